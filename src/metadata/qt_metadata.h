@@ -1,0 +1,367 @@
+/*
+ * qt_metadata.h - everything qtune knows about a search before it trains:
+ * the search space, configurations and their numeric encoding (later also
+ * the model hub, dataset meta-features and the meta-dataset store).
+ *
+ * What this module implements (so far):
+ *   - search spaces read from versioned YAML files (`version: 1`, see
+ *     docs/search-space.md for the full schema), validated strictly: every
+ *     problem is reported as "file:line:column: what is wrong";
+ *   - configurations (qt_config): one value slot per hyperparameter, with
+ *     inactive conditional hyperparameters absent;
+ *   - uniform random sampling and a quasi-random (Sobol) initial design;
+ *   - a deterministic fixed-length numeric encoding of a configuration for
+ *     the surrogates, and its inverse.
+ *
+ * Memory ownership:
+ *   - qt_space_t is opaque. qt_space_load_file/load_string return a space owned
+ *     by the caller, released with qt_space_free(). Every string or array an
+ *     accessor returns belongs to the space and stays valid until it is freed.
+ *   - qt_config is a small caller-owned struct (it may live on the stack or
+ *     in an array of a candidate pool). qt_config_init() allocates its slots,
+ *     qt_config_free() releases them. A configuration remembers its space by
+ *     pointer and does not own it: the space must outlive its configurations.
+ *
+ * Units and shapes:
+ *   - The fidelity (usually "epochs") is counted in whole units from 1.
+ *   - Hyperparameters are addressed by their 0-based index in declaration
+ *     order (the order of the YAML file); qt_space_find() maps a name to it.
+ *   - Encoded vectors are double arrays of qt_space_encoded_dim() entries.
+ *
+ * Errors follow core/: functions return 0 or a negative QT_E* code and fill
+ * the optional qt_err. An index out of range is a programming error and stops
+ * the program through QT_ASSERT; bad files and bad values never do.
+ */
+#ifndef QT_METADATA_H
+#define QT_METADATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/qt_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ========================================================================= */
+/* Search space                                                               */
+/* ========================================================================= */
+
+/*
+ * Search-space YAML, version 1 (docs/search-space.md has a full example):
+ *
+ *   version: 1                          required; other versions are refused
+ *   name: default                       required, non-empty
+ *   description: free text              optional
+ *   fidelity: {name: epochs, min: 1, max: 50}
+ *                                       required; whole numbers, 1 <= min <= max;
+ *                                       the fidelity is not a hyperparameter
+ *   hyperparameters:                    required, non-empty mapping name -> spec
+ *     <name>:                           [A-Za-z_][A-Za-z0-9_]*, unique
+ *       type: categorical | ordinal | integer | float | boolean
+ *       choices: [...]                  categorical: non-empty distinct strings
+ *                                       (numbers are kept as their spelling);
+ *                                       ordinal: non-empty distinct numbers
+ *       range: [min, max]               integer, float: min < max
+ *                                       (integer bounds are whole numbers)
+ *       log: true|false                 ordinal, integer, float; needs values > 0
+ *       default: value                  optional; must be a choice / in range
+ *       active_when: {parent: [v, ...]} optional; see "Conditions" below
+ *       description: text               optional
+ *
+ * Keys not listed for a type are errors (a `range` on a categorical, a `log`
+ * on a boolean), as are unknown keys at every level.
+ *
+ * Types:
+ *   categorical  unordered choices; a value is a choice index. Choices are
+ *                strings; a choice that reads as a number (clip_grad's "10")
+ *                also matches numerically when set from text ("10.0").
+ *   ordinal      ordered numeric choices, listed in any order; the order is
+ *                the numeric one. A value is a choice index (into the list as
+ *                written). Ordered strings are not an ordinal: use categorical.
+ *   integer      whole numbers in [min, max].
+ *   float        real numbers in [min, max].
+ *   boolean      false or true (choice indices 0 and 1, spelled "false" and
+ *                "true"; from text also yes/no/on/off/1/0, any case).
+ *
+ * Conditions: `active_when: {opt: [adam, adamw], sched: [step]}` makes the
+ * hyperparameter active exactly when every named parent is active AND holds
+ * one of the listed values (Quick-Tune's `only_active_with`). A single value
+ * may be written without brackets. Parents must be categorical, ordinal or
+ * boolean hyperparameters of the same space; a hyperparameter cannot depend on
+ * itself, and conditions cannot form a cycle. Declaration order is free: the
+ * space keeps a topological order (parents first) internally.
+ */
+
+#define QT_SPACE_VERSION 1
+
+/* The encoded value of an inactive ordinal, integer, float or boolean
+ * hyperparameter (Quick-Tune also imputes -1 for inactive numbers). */
+#define QT_SPACE_INACTIVE_VALUE (-1.0)
+
+/* Search spaces with more hyperparameters than this use reverse-Halton
+ * points instead of Sobol points in qt_space_sobol() (GSL's Sobol generator
+ * stops at 40 dimensions). */
+#define QT_SPACE_SOBOL_MAX_DIM 40
+
+typedef struct qt_space qt_space_t;
+
+typedef enum qt_hp_type {
+  QT_HP_TYPE_CATEGORICAL = 0,
+  QT_HP_TYPE_ORDINAL = 1,
+  QT_HP_TYPE_INTEGER = 2,
+  QT_HP_TYPE_FLOAT = 3,
+  QT_HP_TYPE_BOOLEAN = 4
+} qt_hp_type;
+
+/* One condition of a hyperparameter: it is active only when hyperparameter
+ * `parent` is active and its choice index is one of `values`. */
+typedef struct qt_space_condition {
+  size_t parent;        /* index of the parent hyperparameter */
+  size_t value_count;   /* number of accepted parent choices, >= 1 */
+  const size_t *values; /* (value_count) parent choice indices, owned by the space */
+} qt_space_condition;
+
+/* Loading. `name` (load_string) is used in messages only. Errors:
+ * QT_EPARSE for YAML syntax, QT_EVERSION for a version other than 1,
+ * QT_ESCHEMA for everything else, each with "name:line:column: ..." in err. */
+int qt_space_load_file(const char *path, qt_space_t **out, qt_err *err);
+int qt_space_load_string(const char *text, size_t length, const char *name, qt_space_t **out,
+                         qt_err *err);
+void qt_space_free(qt_space_t *space);
+
+/* The space's `name`, its `description` ("" when absent) and the path or
+ * name it was loaded from. */
+const char *qt_space_name(const qt_space_t *space);
+const char *qt_space_description(const qt_space_t *space);
+const char *qt_space_source(const qt_space_t *space);
+
+/* The fidelity: its name ("epochs") and the inclusive range [min, max]. Any
+ * out-pointer may be NULL. */
+void qt_space_fidelity(const qt_space_t *space, const char **name, long *min, long *max);
+
+/* Number of hyperparameters (>= 1). */
+size_t qt_space_count(const qt_space_t *space);
+
+/* Finds a hyperparameter by name (a linear scan; spaces are small).
+ * Returns 0 and sets *index, or QT_ENOENT. */
+int qt_space_find(const qt_space_t *space, const char *name, size_t *index);
+
+/* Per-hyperparameter accessors; `hp` must be < qt_space_count(). */
+const char *qt_space_hp_name(const qt_space_t *space, size_t hp);
+const char *qt_space_hp_description(const qt_space_t *space, size_t hp); /* "" when absent */
+qt_hp_type qt_space_hp_type(const qt_space_t *space, size_t hp);
+/* 1 when the hyperparameter is on a log scale (ordinal, integer, float). */
+int qt_space_hp_log(const qt_space_t *space, size_t hp);
+/* Number of choices: categorical and ordinal as declared, boolean 2,
+ * integer and float 0. */
+size_t qt_space_hp_choice_count(const qt_space_t *space, size_t hp);
+/* The spelling of a choice as written in the file ("adamw", "1e-5"); boolean
+ * choices are "false" and "true". */
+const char *qt_space_hp_choice(const qt_space_t *space, size_t hp, size_t choice);
+/* The number a choice stands for: the value of an ordinal choice, 0 or 1 for
+ * a boolean, the parsed number of a numeric-looking categorical choice, NaN
+ * otherwise. */
+double qt_space_hp_choice_number(const qt_space_t *space, size_t hp, size_t choice);
+/* The declared range of an integer or float; the smallest and largest value
+ * of an ordinal; 0 and choices-1 for categorical and boolean. */
+void qt_space_hp_range(const qt_space_t *space, size_t hp, double *min, double *max);
+/* 1 and the default value when the file gave `default:`, else 0. The value
+ * is in slot form (see qt_config_slot). */
+int qt_space_hp_default(const qt_space_t *space, size_t hp, double *value);
+/* Conditions of a hyperparameter (0 for an unconditional one). */
+size_t qt_space_hp_condition_count(const qt_space_t *space, size_t hp);
+void qt_space_hp_condition(const qt_space_t *space, size_t hp, size_t k, qt_space_condition *out);
+
+/* "categorical", "ordinal", "integer", "float", "boolean". */
+const char *qt_hp_type_name(qt_hp_type type);
+
+/* ========================================================================= */
+/* Configurations                                                             */
+/* ========================================================================= */
+
+/* The value of one hyperparameter in a configuration. */
+typedef struct qt_config_slot {
+  int active;   /* 1 when the hyperparameter has a value; 0 when absent (inactive) */
+  double value; /* categorical, ordinal, boolean: the choice index (a whole
+                   number); integer: the value (a whole number); float: the value */
+} qt_config_slot;
+
+/*
+ * A configuration: one slot per hyperparameter of its space, in declaration
+ * order. The struct is caller-owned and its fields may be read directly;
+ * write values through the qt_config_set_* functions (which check them), or
+ * call qt_config_validate() after writing slots by hand.
+ *
+ * A configuration is *valid* for its space when every hyperparameter is
+ * active exactly when its conditions hold, and every active value is a choice
+ * or lies in the range. Setting values does not check conditions (importers
+ * set whatever a table holds); qt_config_prune() then drops the values of
+ * hyperparameters whose conditions do not hold, and qt_config_validate()
+ * reports what is still wrong.
+ */
+typedef struct qt_config {
+  const qt_space_t *space; /* not owned; must outlive the configuration */
+  size_t count;            /* qt_space_count(space) */
+  qt_config_slot *slots;   /* (count) one slot per hyperparameter */
+} qt_config;
+
+/* Allocates the slots, all inactive. qt_config_free() releases them and
+ * leaves a zeroed struct; it accepts NULL and a zeroed struct. */
+int qt_config_init(qt_config *config, const qt_space_t *space, qt_err *err);
+void qt_config_free(qt_config *config);
+/* Copies the values of src into dst; both must be initialized for the same
+ * space (QT_EINVAL otherwise). */
+int qt_config_copy(qt_config *dst, const qt_config *src, qt_err *err);
+/* Makes every hyperparameter inactive. */
+void qt_config_clear(qt_config *config);
+
+/* Sets a hyperparameter from text, the form importers and users write:
+ *   categorical  the choice's spelling ("adamw", "None", "[0.9, 0.999]"), or a
+ *                number equal to a numeric-looking choice ("10.0" for "10");
+ *   ordinal      a number matching one choice within a relative tolerance of
+ *                1e-6 ("0.001" for "1e-3", "32.0" for "32");
+ *   integer      a whole number in range ("32", "32.0");
+ *   float        a number in range;
+ *   boolean      true/false/yes/no/on/off/1/0 (any case).
+ * The hyperparameter becomes active. QT_ENOENT for an unknown name,
+ * QT_ERANGE for a value outside the choices or range, QT_EINVAL for text
+ * that is not a value of the type. */
+int qt_config_set_string(qt_config *config, const char *name, const char *text, qt_err *err);
+/* Sets a categorical, ordinal or boolean hyperparameter to choice `choice`. */
+int qt_config_set_index(qt_config *config, size_t hp, size_t choice, qt_err *err);
+/* Sets a hyperparameter from a number: integer (whole numbers only), float,
+ * ordinal (the matching choice, relative tolerance 1e-6), boolean (0 or 1),
+ * categorical (the numeric-looking choice equal to it). */
+int qt_config_set_number(qt_config *config, size_t hp, double value, qt_err *err);
+/* Makes one hyperparameter inactive. */
+void qt_config_unset(qt_config *config, size_t hp);
+
+int qt_config_is_active(const qt_config *config, size_t hp);
+/* The choice index of an active categorical, ordinal or boolean
+ * hyperparameter; -1 when inactive or for integer and float. */
+long qt_config_index(const qt_config *config, size_t hp);
+/* The numeric value: integer and float values, the ordinal choice's number,
+ * 0/1 for booleans, the number of a numeric-looking categorical choice; NaN
+ * when inactive or not numeric. */
+double qt_config_number(const qt_config *config, size_t hp);
+/* Writes the value as text: the choice's spelling, "false"/"true", the
+ * integer, or the shortest text that reads back as the same float. Writes ""
+ * for an inactive hyperparameter. Returns QT_ERANGE when buf is too small
+ * (the text is truncated). */
+int qt_config_get_string(const qt_config *config, size_t hp, char *buf, size_t size);
+/* Writes "name=value name=value ..." for the active hyperparameters, for
+ * logs and messages. Returns QT_ERANGE when truncated. */
+int qt_config_format(const qt_config *config, char *buf, size_t size);
+
+/* 1 when every condition of hyperparameter hp holds in config (always 1 for
+ * an unconditional one). Uses the parents' slots as they are. */
+int qt_config_conditions_hold(const qt_config *config, size_t hp);
+/* Makes inactive every hyperparameter whose conditions do not hold, parents
+ * first, so that a child of a dropped parent is dropped too. */
+void qt_config_prune(qt_config *config);
+/* 0 when config is valid for its space; otherwise QT_ESCHEMA (activity does
+ * not match the conditions) or QT_ERANGE (a value outside the choices or the
+ * range), naming the hyperparameter in err. */
+int qt_config_validate(const qt_config *config, qt_err *err);
+
+/* 1 when a and b belong to the same space, have the same active set, equal
+ * choices and integers, and floats within a relative 1e-9 of each other. */
+int qt_config_equal(const qt_config *a, const qt_config *b);
+/* A hash consistent with qt_config_equal: it covers the active set, choices
+ * and integers but not float values, so near-equal floats hash alike. */
+uint64_t qt_config_hash(const qt_config *config);
+
+/* ========================================================================= */
+/* Defaults, sampling and initial designs                                     */
+/* ========================================================================= */
+
+/* Fills config (initialized for space) with the default configuration: each
+ * hyperparameter takes its `default:`, else the first choice (categorical,
+ * ordinal), false (boolean), or the midpoint of the range on its scale
+ * (geometric mean when log; rounded for integers). Inactive ones are absent. */
+int qt_space_default_config(const qt_space_t *space, qt_config *config, qt_err *err);
+
+/* Draws one configuration uniformly: categorical, ordinal and boolean
+ * uniformly over their choices, integer and float uniformly on their declared
+ * scale (log-uniform when log; an integer x is then drawn with probability
+ * proportional to log((x+1)/x)). One uniform number is drawn per
+ * hyperparameter in declaration order, active or not, so the stream advances
+ * by qt_space_count() draws per call. Inactive hyperparameters are absent. */
+int qt_space_sample(const qt_space_t *space, qt_rng_t *rng, qt_config *config, qt_err *err);
+
+/* Writes an initial design of n configurations into configs[0..n-1] (each
+ * initialized for space): the points skip .. skip+n-1 of a low-discrepancy
+ * sequence with one dimension per hyperparameter (declaration order), each
+ * coordinate u in [0, 1) mapped to the domain as qt_space_sample maps its
+ * uniform draws. The values of inactive hyperparameters are dropped. The
+ * design is deterministic: the same space, n and skip give the same
+ * configurations.
+ *
+ * The sequence is GSL's Sobol sequence for up to QT_SPACE_SOBOL_MAX_DIM (40)
+ * hyperparameters. Larger spaces use GSL's reverse-Halton sequence (up to
+ * 1229 dimensions) for all dimensions: unlike plain Halton, its digit
+ * permutation keeps high dimensions from correlating in the first few hundred
+ * points, and unlike gluing two different sequences together it stays one
+ * low-discrepancy sequence. More than 1229 hyperparameters is QT_ERANGE. */
+int qt_space_sobol(const qt_space_t *space, size_t n, size_t skip, qt_config *configs, qt_err *err);
+
+/* ========================================================================= */
+/* Numeric encoding for surrogates                                            */
+/* ========================================================================= */
+
+/*
+ * The encoding is qtune's own (Quick-Tune's 69-column z-scored layout is
+ * rebuilt by the importer, not here). Hyperparameters are laid out in
+ * declaration order, each as one contiguous block:
+ *
+ *   categorical, k choices   k columns, one-hot ("opt=adamw"); all zeros when
+ *                            inactive.
+ *   boolean                  1 column ("amp"): 0 or 1; -1 when inactive.
+ *   ordinal, k choices       1 column ("lr"): the choice's position in [0, 1].
+ *                            log: (ln v - ln v_min) / (ln v_max - ln v_min);
+ *                            otherwise its rank in numeric order / (k - 1).
+ *                            A single choice is 0. -1 when inactive.
+ *   integer, float           1 column ("batch_size"): (x - min) / (max - min),
+ *                            with ln x, ln min, ln max when log. -1 when
+ *                            inactive.
+ *
+ * Every hyperparameter that has a condition adds one more column right after
+ * its block, named "<name>:active": 1 when active, 0 when inactive. It lets a
+ * surrogate tell "inactive" from "the lowest value" without relying on the -1
+ * sentinel alone.
+ *
+ * So every column lies in [0, 1], except the -1 sentinel of inactive
+ * non-categorical hyperparameters.
+ *
+ * Decoding accepts any vector (an optimizer's proposal, say): it takes the
+ * argmax of each one-hot block (the first on ties; NaN never wins), clamps
+ * the other columns to [0, 1] (NaN reads as 0), reads a boolean as true from
+ * 0.5, takes the nearest position for an ordinal (the first listed on ties),
+ * inverts the scaling for integers and floats (integers rounded to the
+ * nearest whole number), ignores the active columns and recomputes activity
+ * from the conditions. Encoding then decoding a valid configuration returns
+ * the same configuration (floats within rounding, see qt_config_equal).
+ */
+
+/* Number of columns of an encoded configuration. */
+size_t qt_space_encoded_dim(const qt_space_t *space);
+/* First column of hyperparameter hp's block, and its width (value columns
+ * plus the active column, if any); width may be NULL. */
+size_t qt_space_encoded_offset(const qt_space_t *space, size_t hp, size_t *width);
+/* The name of a column ("opt=adamw", "lr", "momentum:active"). Returns
+ * QT_ERANGE when column >= qt_space_encoded_dim or buf is too small. */
+int qt_space_encoded_name(const qt_space_t *space, size_t column, char *buf, size_t size);
+/* Encodes a valid configuration of space into vec (qt_space_encoded_dim
+ * doubles). Returns QT_EINVAL when config belongs to another space or a slot
+ * holds an impossible value. */
+int qt_space_encode(const qt_space_t *space, const qt_config *config, double *vec, qt_err *err);
+/* Decodes vec into config (initialized for space); the result is valid. */
+int qt_space_decode(const qt_space_t *space, const double *vec, qt_config *config, qt_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QT_METADATA_H */

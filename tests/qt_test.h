@@ -1,0 +1,59 @@
+/*
+ * qt_test.h - the small harness shared by the CUnit suites.
+ *
+ * Each test program defines its tests and a NULL-terminated qt_test_case
+ * array, then calls QT_TEST_MAIN("suite", cases). The program exits 0 when
+ * every test passed, 1 when one failed, and 77 (CTest's "skipped") when the
+ * suite called qt_test_skip_suite() before running, e.g. without a GPU.
+ */
+#ifndef QT_TEST_H
+#define QT_TEST_H
+
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct qt_test_case {
+  const char *name;
+  void (*fn)(void);
+} qt_test_case;
+
+#define QT_TEST_SKIP_CODE 77
+
+static inline int qt_test_run(const char *suite_name, const qt_test_case *cases) {
+  if (CU_initialize_registry() != CUE_SUCCESS) return 1;
+  CU_pSuite suite = CU_add_suite(suite_name, NULL, NULL);
+  if (!suite) return 1;
+  for (const qt_test_case *c = cases; c->name; c++) {
+    if (!CU_add_test(suite, c->name, c->fn)) return 1;
+  }
+  CU_basic_set_mode(CU_BRM_VERBOSE);
+  CU_basic_run_tests();
+  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+  unsigned run = CU_get_number_of_tests_run();
+  CU_cleanup_registry();
+  return (failed == 0 && run > 0) ? 0 : 1;
+}
+
+#define QT_TEST_MAIN(suite_name, cases)                                        \
+  int main(void) { return qt_test_run(suite_name, cases); }
+
+/* Checks two doubles within an absolute tolerance, printing both on failure. */
+#define QT_ASSERT_CLOSE(actual, expected, tol) CU_ASSERT_DOUBLE_EQUAL(actual, expected, tol)
+
+/* Path of a file of the shared folder (../shared), or NULL with a message
+ * when the folder is absent (then the caller returns early: that test is a
+ * no-op outside the project's machines, and says so). */
+static inline const char *qt_test_shared_path(const char *relative, char *buf, size_t size) {
+  snprintf(buf, size, "%s/%s", QT_SHARED_DIR, relative);
+  FILE *f = fopen(buf, "rb");
+  if (!f) {
+    fprintf(stderr, "note: %s is absent; this check needs ../shared and is skipped\n", buf);
+    return NULL;
+  }
+  fclose(f);
+  return buf;
+}
+
+#endif /* QT_TEST_H */
