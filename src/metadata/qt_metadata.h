@@ -360,6 +360,84 @@ int qt_space_encode(const qt_space_t *space, const qt_config *config, double *ve
 /* Decodes vec into config (initialized for space); the result is valid. */
 int qt_space_decode(const qt_space_t *space, const double *vec, qt_config *config, qt_err *err);
 
+/* ========================================================================= */
+/* Meta-dataset store                                                         */
+/* ========================================================================= */
+
+/*
+ * A meta-dataset is a set of recorded learning curves: runs of sampled
+ * configurations on several datasets, with the score and the cost in seconds
+ * of every epoch. The native format is a folder (meta-dataset/README.md):
+ *
+ *   metadataset.yaml   version: 1, name, metric, higher_is_better,
+ *                      score_scale, max_epochs, space (a search-space file
+ *                      path, relative to the folder; importers copy the space
+ *                      in as space.yaml so the folder is self-contained),
+ *                      provenance (free text)
+ *   datasets.csv       dataset,<feature>,<feature>,...  one row per dataset:
+ *                      its name and its meta-features (n_samples, n_classes,
+ *                      image_size, channels, ...), numbers
+ *   runs.csv           run,dataset,<hp>,<hp>,...  one row per run: its id, its
+ *                      dataset, and one column per hyperparameter of the space
+ *                      by name (raw values; empty when inactive)
+ *   curves.csv         run,epoch,score,cost_s[,train_loss][,val_loss]  one row
+ *                      per (run, epoch); scores in [0, 1] after score_scale is
+ *                      applied; cost_s is the seconds of that epoch alone
+ *
+ * Loading validates everything and names file:line for each problem: an
+ * unknown dataset or run, duplicate ids, epochs that are not 1..n in order,
+ * a negative or non-finite cost, a score out of range, a configuration that
+ * is not valid for the space.
+ *
+ * In memory, runs are grouped by dataset (the runs of dataset d are the
+ * indices first_run .. first_run + run_count - 1) and each curve is stored as
+ * contiguous float arrays owned by the meta-dataset.
+ */
+
+#define QT_METADATASET_VERSION 1
+
+typedef struct qt_metadataset qt_metadataset_t;
+
+typedef struct qt_md_dataset {
+  const char *name;
+  const double *features; /* (qt_metadataset_feature_count) meta-features */
+  size_t first_run;       /* index of the dataset's first run */
+  size_t run_count;       /* number of runs of this dataset */
+} qt_md_dataset;
+
+typedef struct qt_md_run {
+  const char *id;
+  size_t dataset;           /* index into the datasets */
+  const qt_config *config;  /* valid for qt_metadataset_space() */
+  size_t epochs;            /* recorded epochs 1..epochs (a run's maximum budget) */
+  const float *score;       /* (epochs) score of epoch e at [e-1], in [0, 1], higher is better */
+  const float *cost;        /* (epochs) seconds of epoch e alone (train + eval) */
+  const float *train_loss;  /* (epochs) or NULL when not recorded; NaN where missing */
+  const float *val_loss;    /* (epochs) or NULL when not recorded; NaN where missing */
+} qt_md_run;
+
+/* Loads and validates a native meta-dataset folder. */
+int qt_metadataset_load(const char *dir, qt_metadataset_t **out, qt_err *err);
+void qt_metadataset_free(qt_metadataset_t *md);
+
+const char *qt_metadataset_name(const qt_metadataset_t *md);
+const char *qt_metadataset_metric(const qt_metadataset_t *md);
+const char *qt_metadataset_provenance(const qt_metadataset_t *md);
+long qt_metadataset_max_epochs(const qt_metadataset_t *md);
+/* The search space the configurations belong to (owned by md). */
+const qt_space_t *qt_metadataset_space(const qt_metadataset_t *md);
+
+size_t qt_metadataset_feature_count(const qt_metadataset_t *md);
+const char *qt_metadataset_feature_name(const qt_metadataset_t *md, size_t feature);
+size_t qt_metadataset_dataset_count(const qt_metadataset_t *md);
+const qt_md_dataset *qt_metadataset_dataset(const qt_metadataset_t *md, size_t dataset);
+/* Index of the dataset called name; QT_ENOENT when there is none. */
+int qt_metadataset_find_dataset(const qt_metadataset_t *md, const char *name, size_t *dataset);
+size_t qt_metadataset_run_count(const qt_metadataset_t *md);
+const qt_md_run *qt_metadataset_run(const qt_metadataset_t *md, size_t run);
+/* Total number of (run, epoch) points. */
+size_t qt_metadataset_point_count(const qt_metadataset_t *md);
+
 #ifdef __cplusplus
 }
 #endif
