@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/qt_core.h"
+#include "metadata/qt_metadata.h"
 #include "qt_test.h"
 
 /* Runs qtune with the given arguments; returns its exit code and keeps what
@@ -80,9 +81,8 @@ static void test_every_command_has_help(void) {
 
 /* Declared but unbuilt commands say so in a sentence and exit 2. */
 static void test_unimplemented_commands_exit_2(void) {
-  const char *cases[] = {"search --budget 4h", "status runs/x", "export runs/x", "bench",
-                         "finetune", "meta import --format quicktune src --out dst",
-                         "meta train", "meta collect", "hub list", "hub show m", NULL};
+  const char *cases[] = {"search --budget 4h", "status runs/x", "export runs/x", "finetune",
+                         "meta train", "meta collect", NULL};
   for (int i = 0; cases[i]; i++) {
     int code = run_qtune(out, sizeof out, cases[i]);
     CU_ASSERT_EQUAL(code, 2);
@@ -110,6 +110,149 @@ static void test_space_commands(void) {
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "round trip ok"));
 }
 
+/* `meta import` converts the shared Quick-Tune copy into a native folder
+ * that loads with the counts of the source; bad flags are usage errors and
+ * a bad source a failure naming the file. */
+static void test_meta_import(void) {
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta import --format csv src --out dst"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "unknown --format 'csv'"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta import --format quicktune src"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "--out DIR is required"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta import --out dst src"), 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "meta import --format quicktune no/such/folder --out /tmp/x"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no/such/folder/perf.json"));
+
+  char probe[1024];
+  if (!qt_test_shared_path("benchmarks/quicktune-extended/perf.json", probe, sizeof probe)) return;
+  char dir[] = "/tmp/qt-test-cli-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  char args[2048];
+  snprintf(args, sizeof args,
+           "meta import --format quicktune '%s/benchmarks/quicktune-extended' --out '%s/md'",
+           QT_SHARED_DIR, dir);
+  int code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "18 datasets, 3239 runs, 97388 points"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "every configuration is valid"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "loads back identical"));
+
+  /* The folder it wrote, read with the library. */
+  char folder[512];
+  snprintf(folder, sizeof folder, "%s/md", dir);
+  qt_metadataset_t *md = NULL;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt_metadataset_load(folder, &md, &err), 0);
+  if (md) {
+    CU_ASSERT_EQUAL(qt_metadataset_dataset_count(md), 18);
+    CU_ASSERT_EQUAL(qt_metadataset_run_count(md), 3239);
+    CU_ASSERT_EQUAL(qt_metadataset_point_count(md), 97388);
+  }
+  qt_metadataset_free(md);
+  static const char *const files[] = {"metadataset.yaml", "space.yaml", "datasets.csv",
+                                      "runs.csv", "curves.csv"};
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", folder, files[f]);
+    CU_ASSERT_EQUAL(unlink(path), 0);
+  }
+  CU_ASSERT_EQUAL(rmdir(folder), 0);
+  CU_ASSERT_EQUAL(rmdir(dir), 0);
+}
+
+/* `bench` checks its flags, and on an imported copy of the shared data it
+ * runs every baseline and prints the regret table. */
+static void test_bench(void) {
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "bench --optimizers random --budget 1h"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "are required"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers simplex --budget 1h"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "unknown optimizer 'simplex'"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "bench --meta-dataset x --optimizers random --budget 4x"), 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers random --budget 1h --seeds 3-1"), 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "bench --meta-dataset no/such --optimizers random --budget 1h"), 3);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers random --budget 1h --surrogate s"), 2);
+
+  char probe[1024];
+  if (!qt_test_shared_path("benchmarks/quicktune-extended/perf.json", probe, sizeof probe)) return;
+  char dir[] = "/tmp/qt-test-cli-bench-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  char args[2048];
+  snprintf(args, sizeof args,
+           "meta import --format quicktune '%s/benchmarks/quicktune-extended' --out '%s/md'",
+           QT_SHARED_DIR, dir);
+  CU_ASSERT_EQUAL_FATAL(run_qtune(out, sizeof out, args), 0);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/md' --optimizers random,sh,hyperband,asha,bohb --budget 1h "
+           "--seeds 0-1 --datasets BCT,FLW",
+           dir);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "5 optimizers x 2 datasets x 2 seeds"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nasha "));
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/md' --optimizers random --budget 1h --datasets NOPE", dir);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no dataset 'NOPE'"));
+  snprintf(args, sizeof args, "rm -rf '%s'", dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+}
+
+/* `hub list` and `hub show` on the fixture hub (every checkpoint fits:
+ * exit 0), on the shipped hub (checkpoints not fetched yet: exit 3 with the
+ * table) and on a hub whose entry contradicts its checkpoint (exit 3). */
+static void test_hub_commands(void) {
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub list tests/fixtures/hubs/tiny.yaml"), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "hub 'tiny', 1 model"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "vit_tiny_fixture"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "1 ok, 0 not fetched yet, 0 invalid"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub show vit_tiny_fixture tests/fixtures/hubs/tiny.yaml"),
+                  0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "ok: 20 tensors, 1355 parameters, depth 1, width 8, 3 classes, "
+                                     "patch 4, 8 px"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub show other tests/fixtures/hubs/tiny.yaml"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no model 'other'"));
+
+  setenv("QTUNE_MODELS", "/nonexistent-qtune-models", 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub list"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "configs/hubs/default.yaml: hub 'default'"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "mobilenetv2_100.nsfwjs"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "not fetched yet (/nonexistent-qtune-models/"));
+  CU_ASSERT_PTR_NULL(strstr(out, "invalid:"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub show mobilenetv2_100.nsfwjs"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "not fetched yet"));
+  unsetenv("QTUNE_MODELS");
+
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub list a.yaml b.yaml"), 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub show"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "missing argument"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "hub list no/such/hub.yaml"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no/such/hub.yaml"));
+
+  /* The fixture's checkpoint under an entry that claims 5 classes. */
+  char dir[] = "/tmp/qt-test-cli-hub-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  char path[512], args[1024];
+  snprintf(path, sizeof path, "%s/hub.yaml", dir);
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fprintf(f, "version: 1\nname: wrong\nmodels:\n"
+             "  - name: five_classes\n    family: vit\n"
+             "    checkpoint: %s/tests/fixtures/safetensors/vit_tiny.safetensors\n"
+             "    image_size: 8\n    mean: [0.5, 0.5, 0.5]\n    std: [0.5, 0.5, 0.5]\n"
+             "    num_classes: 5\n", QT_SOURCE_DIR);
+  fclose(f);
+  snprintf(args, sizeof args, "hub list '%s'", path);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "invalid: "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "has 3 classes but the hub says num_classes 5"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "0 ok, 0 not fetched yet, 1 invalid"));
+  CU_ASSERT_EQUAL(unlink(path), 0);
+  CU_ASSERT_EQUAL(rmdir(dir), 0);
+}
+
 static const qt_test_case cases[] = {
     {"no arguments is a usage error", test_no_arguments_is_usage},
     {"--help and --version", test_help_and_version},
@@ -117,6 +260,9 @@ static const qt_test_case cases[] = {
     {"every command has real help", test_every_command_has_help},
     {"unimplemented commands exit 2", test_unimplemented_commands_exit_2},
     {"space check, sample, encode", test_space_commands},
+    {"hub list and show", test_hub_commands},
+    {"meta import", test_meta_import},
+    {"bench", test_bench},
     {NULL, NULL}};
 
 QT_TEST_MAIN("cli", cases)

@@ -1004,82 +1004,33 @@ static void test_sobol_many_dimensions(void) {
 /* The Quick-Tune meta-dataset's columns map onto quicktune-v1.yaml           */
 /* ------------------------------------------------------------------------- */
 
-/* Imports every row of ../shared/benchmarks/quicktune-extended/table.csv the
- * way the importer will: one-hot columns `cat:<hp>:<value>` set <hp> to
- * <value>, numeric columns set by value (-1 is None for clip_grad and
- * layer_decay), no sched column means None; values that do not fit are
- * skipped, prune drops inactive fillers, and every row must then validate. */
+/* Every row of ../shared/benchmarks/quicktune-extended/table.csv maps onto a
+ * valid configuration of quicktune-v1.yaml. The mapping rules (one-hot
+ * columns, -1 as None, fillers of inactive hyperparameters) have one
+ * implementation, the Quick-Tune importer; this checks the space against
+ * it: an unknown column or value, or a row that does not validate, fails the
+ * import. tests/test_metadataset.c checks the importer itself. */
 static void test_quicktune_table_maps(void) {
-  char path[1024];
+  char path[1024], src[1024], space_file[1024];
   if (!qt_test_shared_path("benchmarks/quicktune-extended/table.csv", path, sizeof path)) return;
-  qt_space_t *space = load_shipped("quicktune-v1.yaml");
-  qt_csv_t *csv = NULL;
+  snprintf(src, sizeof src, "%s/benchmarks/quicktune-extended", QT_SHARED_DIR);
+  snprintf(space_file, sizeof space_file, "%s/configs/spaces/quicktune-v1.yaml", QT_SOURCE_DIR);
+  qt_metadataset_t *md = NULL;
   qt_err err;
-  CU_ASSERT_EQUAL_FATAL(qt_csv_open(path, &csv, &err), 0);
-  CU_ASSERT_EQUAL_FATAL(qt_csv_next(csv, &err), 1);
-  size_t columns = qt_csv_field_count(csv);
-  enum { MAX_COLUMNS = 128 };
-  CU_ASSERT_FATAL(columns <= MAX_COLUMNS);
-  char names[MAX_COLUMNS][96];
-  for (size_t c = 0; c < columns; c++)
-    snprintf(names[c], sizeof names[c], "%s", qt_csv_field(csv, c));
-
-  /* Every column names a hyperparameter, and every one-hot value except
-   * opt_betas=None (Quick-Tune's filler when opt is not an Adam variant) is
-   * one of its choices. */
-  qt_config config;
-  CU_ASSERT_EQUAL_FATAL(qt_config_init(&config, space, NULL), 0);
-  size_t unmapped = 0;
-  for (size_t c = 1; c < columns; c++) {
-    const char *name = names[c];
-    if (strncmp(name, "cat:", 4) == 0) {
-      char hp[96];
-      const char *colon = strchr(name + 4, ':');
-      CU_ASSERT_FATAL(colon != NULL);
-      snprintf(hp, sizeof hp, "%.*s", (int)(colon - (name + 4)), name + 4);
-      if (strcmp(name, "cat:opt_betas:None") == 0) continue;
-      if (qt_config_set_string(&config, hp, colon + 1, &err) != 0) {
-        fprintf(stderr, "\ncolumn %s: %s\n", name, err.msg);
-        unmapped++;
-      }
-    } else if (qt_space_find(space, name, NULL) != 0) {
-      fprintf(stderr, "\ncolumn %s is not a hyperparameter\n", name);
-      unmapped++;
-    }
+  qt_err_clear(&err);
+  int rc = qt_metadataset_import_quicktune(src, space_file, &md, &err);
+  if (rc != 0) fprintf(stderr, "\nimport: %s\n", err.msg);
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT_EQUAL(qt_metadataset_run_count(md), 3239);
+  size_t invalid = 0;
+  for (size_t r = 0; r < qt_metadataset_run_count(md); r++) {
+    const qt_md_run *run = qt_metadataset_run(md, r);
+    if (qt_config_validate(run->config, &err) != 0 && invalid++ < 3)
+      fprintf(stderr, "\nrun %s: %s\n", run->id, err.msg);
+    invalid += !activity_matches_conditions(run->config);
   }
-  CU_ASSERT_EQUAL(unmapped, 0);
-
-  size_t rows = 0, invalid = 0;
-  while (qt_csv_next(csv, &err) == 1) {
-    qt_config_clear(&config);
-    for (size_t c = 1; c < columns && c < qt_csv_field_count(csv); c++) {
-      const char *name = names[c], *value = qt_csv_field(csv, c);
-      if (strncmp(name, "cat:", 4) == 0) {
-        if (strcmp(value, "1") != 0) continue;
-        char hp[96];
-        const char *colon = strchr(name + 4, ':');
-        snprintf(hp, sizeof hp, "%.*s", (int)(colon - (name + 4)), name + 4);
-        qt_config_set_string(&config, hp, colon + 1, NULL);
-      } else {
-        int none = (strcmp(name, "clip_grad") == 0 || strcmp(name, "layer_decay") == 0) &&
-                   strcmp(value, "-1.0") == 0;
-        qt_config_set_string(&config, name, none ? "None" : value, NULL);
-      }
-    }
-    if (!qt_config_is_active(&config, hp_index(space, "sched"))) {
-      qt_config_set_string(&config, "sched", "None", NULL);
-    }
-    qt_config_prune(&config);
-    if (qt_config_validate(&config, &err) != 0 && invalid++ < 3) {
-      fprintf(stderr, "\nrow %s: %s\n", qt_csv_field(csv, 0), err.msg);
-    }
-    rows++;
-  }
-  CU_ASSERT(rows > 3000);
   CU_ASSERT_EQUAL(invalid, 0);
-  qt_config_free(&config);
-  qt_csv_free(csv);
-  qt_space_free(space);
+  qt_metadataset_free(md);
 }
 
 /* ------------------------------------------------------------------------- */

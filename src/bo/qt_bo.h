@@ -77,6 +77,8 @@ typedef struct qt_pool {
   double *encoded;          /* (count, dim) row-major encodings, owned by the pool */
   size_t dim;               /* qt_space_encoded_dim(space) */
   long max_epochs;          /* the fidelity's maximum */
+  qt_config *owned_configs; /* (count) tabular pools only: shallow copies of the runs'
+                               configurations (slots owned by the meta-dataset); NULL otherwise */
 } qt_pool;
 
 /* Encodes every configuration; configs must outlive the pool. */
@@ -149,7 +151,12 @@ typedef struct qt_suggestion {
 } qt_suggestion;
 
 /* Names of the registered optimizers, NULL-terminated ("random", "sh",
- * "hyperband", "asha", "bohb", ...). */
+ * "hyperband", "asha", "bohb", ...). The exact rules of each (schedules,
+ * promotions, how an EXHAUSTED candidate ranks) are documented at the top of
+ * src/bo/qt_opt_<name>.c; "sh", "hyperband" and "bohb" share the bracket
+ * engine of qt_opt_sh.c. Every optimizer draws its new candidates from one seeded
+ * permutation of the pool (stream 1 of params.seed), so optimizers given the
+ * same seed start from the same candidates; same seed, same suggestions. */
 const char *const *qt_optimizer_names(void);
 /* Creates the optimizer called name over pool (which must outlive it).
  * QT_ENOENT for an unknown name, listing the known ones. */
@@ -163,12 +170,121 @@ const char *qt_optimizer_name(const qt_optimizer_t *optimizer);
 int qt_optimizer_suggest(qt_optimizer_t *optimizer, qt_suggestion *out, qt_suggest_status *status,
                          qt_err *err);
 /* Tells the result of epoch `epoch` of candidate. An EXHAUSTED, DIVERGED or
- * FAILED observation ends that candidate: it is never suggested again. */
+ * FAILED observation ends that candidate: it is never suggested again.
+ * Epochs come in order: QT_EINVAL unless epoch is the candidate's last OK
+ * epoch + 1 (and <= max_epochs), for an ended candidate, or for an OK
+ * observation whose score is not finite. */
 int qt_optimizer_observe(qt_optimizer_t *optimizer, size_t candidate, long epoch,
                          const qt_observation *observation, qt_err *err);
 /* Tells that a pending candidate failed outside the objective (a crash of a
  * worker, ...): it is never suggested again. */
 int qt_optimizer_fail(qt_optimizer_t *optimizer, size_t candidate, const char *reason, qt_err *err);
+
+/* ========================================================================= */
+/* Benchmark runner (replayed learning curves)                                */
+/* ========================================================================= */
+
+/*
+ * One benchmark run replays one dataset of a meta-dataset with one optimizer
+ * and one seed, as Quick-Tune's benchmark does (specs §1.8): the simulated
+ * wall clock is the sum of the replayed epoch costs plus the optimizer's own
+ * overhead, measured in real seconds around suggest and observe and charged
+ * to the epoch it produced. The run stops when the clock reaches the budget
+ * or the optimizer is done.
+ *
+ * The trajectory is one point per observed epoch. The incumbent is the best
+ * score seen at any epoch of any candidate so far; before the first epoch
+ * ends it is 0, as in Quick-Tune's perf_traj.
+ */
+
+typedef struct qt_bench_point {
+  double time;      /* simulated seconds at the end of this epoch */
+  double score;     /* score of this epoch (NaN unless status OK) */
+  double incumbent; /* best score so far */
+  double overhead;  /* real seconds the optimizer spent for this epoch */
+  size_t candidate; /* pool index */
+  long epoch;
+  qt_obs_status status;
+} qt_bench_point;
+
+typedef struct qt_bench_trajectory {
+  qt_bench_point *points; /* (count) in time order, owned */
+  size_t count, capacity;
+  double budget;          /* seconds */
+  double y_best, y_worst; /* of the dataset: max and min score over all its runs and epochs */
+  size_t dataset;
+  uint64_t seed;
+} qt_bench_trajectory;
+
+void qt_bench_trajectory_free(qt_bench_trajectory *trajectory);
+
+typedef struct qt_bench_params {
+  qt_optimizer_params optimizer;
+  double budget;       /* simulated seconds (default 3600) */
+  int charge_overhead; /* 1 (default): the optimizer's measured seconds advance the clock,
+                          as in the paper; 0: only replayed costs do, so that a run is
+                          reproducible bit for bit (tests) */
+} qt_bench_params;
+
+qt_bench_params qt_bench_default_params(void);
+
+/* Runs optimizer `name` on dataset `dataset` of md until the simulated clock
+ * reaches params->budget or the optimizer is done. */
+int qt_bench_run(const qt_metadataset_t *md, size_t dataset, const char *name,
+                 const qt_bench_params *params, qt_bench_trajectory *out, qt_err *err);
+
+/* The incumbent at time t (a step function: the last point with time <= t;
+ * 0 before the first point). */
+double qt_bench_incumbent_at(const qt_bench_trajectory *trajectory, double t);
+/* Normalized regret at time t: (y_best - incumbent(t)) / (y_best - y_worst),
+ * 0 when y_best == y_worst. */
+double qt_bench_regret_at(const qt_bench_trajectory *trajectory, double t);
+
+/* Mean, 95% half-width (1.96 * sd / sqrt(n), sd with n - 1) of n values. */
+void qt_bench_mean_ci(const double *values, size_t n, double *mean, double *half_width);
+/* Ranks of k values (1 = lowest), ties sharing their average rank. */
+void qt_bench_rank(const double *values, size_t k, double *ranks);
+
+/* A benchmark suite: every optimizer x dataset x seed, run on a pool of
+ * threads, aggregated into regret and rank over time. Files written under
+ * out_dir (every column is documented in docs/benchmarks/README.md):
+ *   trajectories/<optimizer>/<dataset>-seed<k>.csv  one row per epoch
+ *   regret.csv   optimizer,time_s,fraction,mean,ci_low,ci_high,n
+ *   rank.csv     optimizer,time_s,fraction,mean_rank
+ *   summary.csv  one row per optimizer: regret at 10%, 50% and 100% of the
+ *                budget with 95% half-widths, final rank, epochs, overhead
+ * The time grid has grid_points log-spaced times from budget/1000 to budget. */
+typedef struct qt_bench_suite_params {
+  const char *const *optimizers; /* (optimizer_count) names */
+  size_t optimizer_count;
+  const size_t *datasets; /* (dataset_count) dataset indices of the meta-dataset */
+  size_t dataset_count;
+  const uint64_t *seeds; /* (seed_count) */
+  size_t seed_count;
+  qt_bench_params run;  /* budget, overhead rule, optimizer params (seed set per run) */
+  size_t grid_points;   /* default 200 */
+  int threads;          /* default: the number of online cores */
+  const char *out_dir;  /* NULL: write nothing, only fill the summaries */
+} qt_bench_suite_params;
+
+qt_bench_suite_params qt_bench_suite_default_params(void);
+
+typedef struct qt_bench_summary {
+  double regret[3];      /* mean normalized regret at 10%, 50%, 100% of the budget */
+  double regret_ci[3];   /* 95% half-widths */
+  double final_rank;     /* mean rank at the budget (1 = best) */
+  double epochs;         /* mean epochs observed per run */
+  double overhead;       /* mean optimizer seconds per run */
+  double overhead_share; /* overhead / budget */
+} qt_bench_summary;
+
+/* Runs the suite; summaries (optimizer_count entries) may be NULL. Progress
+ * goes to the log at INFO level. */
+int qt_bench_suite_run(const qt_metadataset_t *md, const qt_bench_suite_params *params,
+                       qt_bench_summary *summaries, qt_err *err);
+
+/* Parses "0-4", "0,3,7" or "1,5-7" into a malloc'ed array. */
+int qt_bench_parse_seeds(const char *text, uint64_t **seeds, size_t *count, qt_err *err);
 
 #ifdef __cplusplus
 }

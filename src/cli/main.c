@@ -71,6 +71,9 @@ static const qt_cli_flag bench_flags[] = {
     {"meta-train-folds", "K", "meta-train surrogates on K-1 folds of datasets, test on the held-out fold"},
     {"surrogate", "FILE", "test a surrogate meta-trained elsewhere"},
     {"out", "DIR", "trajectories, regret CSVs and plots"},
+    {"threads", "N", "parallel runs (default: the number of cores)"},
+    {"overhead", "RULE", "measured (default: the optimizer's real seconds advance the clock) or "
+                         "ignore (replayed costs only: reproducible bit for bit)"},
     {NULL, NULL, NULL}};
 
 /* ------------------------------------------------------------------------- */
@@ -108,8 +111,9 @@ static const qt_cli_command meta_subcommands[] = {
      "--format quicktune SRC --out DIR [--space FILE]",
      "Reads Quick-Tune's layout (perf.json, cost.json, table.csv, descriptors.json), maps the\n"
      "one-hot columns back to values of the search space, scales accuracy to [0, 1] and keeps\n"
-     "the per-epoch costs. Prints the number of datasets, runs and curve points.\n",
-     meta_import_flags, 1, 1, NULL, NULL},
+     "the per-epoch costs, writes the native folder DIR and checks that it loads back\n"
+     "identical. Prints the number of datasets, runs and curve points.\n",
+     meta_import_flags, 1, 1, qt_cli_meta_import, NULL},
     {"train", "meta train", "meta-train the surrogates (performance and cost) on a meta-dataset",
      "--meta-dataset DIR --out FILE [--exclude-datasets LIST]",
      "Trains the deep-kernel GP and the cost predictor on the meta-dataset's learning curves\n"
@@ -124,11 +128,15 @@ static const qt_cli_command meta_subcommands[] = {
 
 static const qt_cli_command hub_subcommands[] = {
     {"list", "hub list", "list the models of a hub and check their checkpoints", "[FILE]",
-     "Prints one line per model: name, family, parameters, image size, checkpoint status.\n",
-     NULL, 0, 1, NULL, NULL},
+     "Prints one line per model: name, family, parameters, image size, classes and the state\n"
+     "of its checkpoint (ok, not fetched yet, or invalid with the reason). FILE defaults to\n"
+     "configs/hubs/default.yaml. Exits 3 when a checkpoint is missing or does not match.\n",
+     NULL, 0, 1, qt_cli_hub_list, NULL},
     {"show", "hub show", "show one model of a hub in full", "MODEL [FILE]",
-     "Prints the hub entry of MODEL and checks that its checkpoint exists and matches.\n",
-     NULL, 1, 2, NULL, NULL},
+     "Prints the hub entry of MODEL and checks that its checkpoint exists and matches its\n"
+     "family's layout (what the checkpoint holds: depth, width, patch and image size, classes).\n"
+     "FILE defaults to configs/hubs/default.yaml. Exits 3 when the checkpoint is not usable.\n",
+     NULL, 1, 2, qt_cli_hub_show, NULL},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL}};
 
 static const qt_cli_flag space_sample_flags[] = {
@@ -183,8 +191,10 @@ static const qt_cli_command commands[] = {
     {"bench", "bench", "compare optimizers on a meta-dataset by replaying its learning curves",
      "--meta-dataset DIR --optimizers LIST --budget DURATION [--seeds RANGE] --out DIR",
      "Simulated wall clock = replayed epoch costs + the optimizer's measured overhead. Writes\n"
-     "trajectories, normalized regret over time with 95% intervals, ranks, and plots.\n",
-     bench_flags, 0, 0, NULL, NULL},
+     "trajectories, normalized regret over time with 95% intervals and ranks as CSV; draw\n"
+     "them with tools/plot-regret DIR. Optimizers available now: random, sh, hyperband,\n"
+     "asha, bohb.\n",
+     bench_flags, 0, 0, qt_cli_bench, NULL},
     {"hub", "hub", "model hubs: list and inspect pretrained models", "<command> [flags]", NULL,
      NULL, 0, 0, NULL, hub_subcommands},
     {"space", "space", "search spaces: validate, sample, show the encoding", "<command> [flags]",

@@ -75,5 +75,9 @@ int qt_cli_fail(const qt_cli_command *command, const qt_err *err);
 int qt_cli_space_check(const qt_cli_args *args);
 int qt_cli_space_sample(const qt_cli_args *args);
 int qt_cli_space_encode(const qt_cli_args *args);
+int qt_cli_hub_list(const qt_cli_args *args);
+int qt_cli_hub_show(const qt_cli_args *args);
+int qt_cli_meta_import(const qt_cli_args *args);
+int qt_cli_bench(const qt_cli_args *args);
 
 #endif /* QT_CLI_H */

@@ -305,6 +305,9 @@ int qt_file_read(const char *path, char **data, size_t *length, qt_err *err);
  * (qt_parse_long: QT_ERANGE when the integer does not fit a long). */
 int qt_parse_double(const char *text, double *out);
 int qt_parse_long(const char *text, long *out);
+/* Creates a directory and its missing parents (mode 0777 before umask); an
+ * existing directory is fine. QT_EIO with "path: strerror" otherwise. */
+int qt_mkdir_p(const char *path, qt_err *err);
 
 #ifdef __cplusplus
 }

@@ -134,3 +134,31 @@ int qt_parse_long(const char *text, long *out) {
   if (out) *out = value;
   return 0;
 }
+
+/* ------------------------------------------------------------------------- */
+/* Directories                                                                */
+/* ------------------------------------------------------------------------- */
+
+int qt_mkdir_p(const char *path, qt_err *err) {
+  char buf[4096];
+  size_t length = strlen(path);
+  if (length == 0 || length >= sizeof buf)
+    return qt_err_set(err, QT_EINVAL, "qt_mkdir_p: bad path length %zu", length);
+  memcpy(buf, path, length + 1);
+  /* Create each prefix that ends at a '/', then the whole path. */
+  for (size_t i = 1; i <= length; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char saved = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
+      int saved_errno = errno;
+      buf[i] = saved;
+      return qt_err_set(err, QT_EIO, "%s: %s", path, strerror(saved_errno));
+    }
+    buf[i] = saved;
+  }
+  struct stat info;
+  if (stat(path, &info) != 0 || !S_ISDIR(info.st_mode))
+    return qt_err_set(err, QT_EIO, "%s: not a directory", path);
+  return 0;
+}

@@ -12,6 +12,10 @@
  *   - uniform random sampling and a quasi-random (Sobol) initial design;
  *   - a deterministic fixed-length numeric encoding of a configuration for
  *     the surrogates, and its inverse.
+ *   - the meta-dataset store: recorded learning curves in a native folder
+ *     (meta-dataset/README.md), built in memory, saved, loaded with strict
+ *     "file:line" validation, synthesized for tests and benchmarks, and
+ *     imported from Quick-Tune's layout.
  *
  * Memory ownership:
  *   - qt_space_t is opaque. qt_space_load_file/load_string return a space owned
@@ -21,6 +25,8 @@
  *     in an array of a candidate pool). qt_config_init() allocates its slots,
  *     qt_config_free() releases them. A configuration remembers its space by
  *     pointer and does not own it: the space must outlive its configurations.
+ *   - qt_metadataset_t is opaque and owns everything it returns (its space,
+ *     names, curves, configurations) until qt_metadataset_free().
  *
  * Units and shapes:
  *   - The fidelity (usually "epochs") is counted in whole units from 1.
@@ -437,6 +443,320 @@ size_t qt_metadataset_run_count(const qt_metadataset_t *md);
 const qt_md_run *qt_metadataset_run(const qt_metadataset_t *md, size_t run);
 /* Total number of (run, epoch) points. */
 size_t qt_metadataset_point_count(const qt_metadataset_t *md);
+/* Index (in the grouped order of qt_metadataset_run) of the run called id;
+ * QT_ENOENT when there is none. Constant time (a hash map). */
+int qt_metadataset_find_run(const qt_metadataset_t *md, const char *id, size_t *run);
+
+/*
+ * File details (meta-dataset/README.md is the full description):
+ *   - metadataset.yaml keys: version (required, 1), name (required),
+ *     metric (required), max_epochs (required, 1 .. the space's fidelity
+ *     max), space (required), higher_is_better (default true), score_scale
+ *     (default 1, > 0), provenance (default ""). Unknown keys are errors at
+ *     their line:column. A stored score s becomes s * score_scale, and
+ *     1 - s * score_scale when higher_is_better is false; scores within 1e-6
+ *     of [0, 1] are clamped, anything further out is an error.
+ *   - The CSV files have a header row; columns are found by name, in any
+ *     order. runs.csv needs run, dataset and one column per hyperparameter;
+ *     curves.csv needs run, epoch, score, cost_s and may add train_loss and
+ *     val_loss (an empty cell is a missing value, NaN in memory). Unknown
+ *     columns are errors.
+ *   - The rows of one run in curves.csv are contiguous, epochs 1, 2, ..., n
+ *     in order, n <= max_epochs, and every run of runs.csv has rows there.
+ *   - Configuration cells hold the text qt_config_get_string writes (set
+ *     back with qt_config_set_string); the configuration must validate.
+ * Loading errors are QT_ENOENT or QT_EIO (a missing or unreadable file),
+ * QT_EPARSE (YAML or CSV syntax), QT_EVERSION (a version other than 1) and
+ * QT_ESCHEMA for everything else, with "path:line: ..." ("path:line:column:"
+ * for metadataset.yaml) in err.
+ */
+
+/* ------------------------------------------------------------------------- */
+/* Building, saving and comparing meta-datasets                               */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Importers, collectors and tests build a meta-dataset in memory, then save
+ * it as a native folder:
+ *
+ *   qt_metadataset_params params = qt_metadataset_default_params();
+ *   params.name = "my-curves";
+ *   params.feature_count = 2;  params.feature_names = names;
+ *   qt_metadataset_create("configs/spaces/default.yaml", &params, &md, &err);
+ *   qt_metadataset_add_dataset(md, "cifar10", features, &d, &err);
+ *   qt_md_run run = {.id = "r1", .dataset = d, .config = &config,
+ *                    .epochs = 3, .score = score, .cost = cost};
+ *   qt_metadataset_add_run(md, &run, &err);   (copies everything)
+ *   qt_metadataset_save(md, "meta-dataset/mine", &err);
+ *
+ * Every add checks what the loader checks, so a built meta-dataset saves to a
+ * folder that loads back identical (qt_metadataset_compare). Runs may be
+ * added in any dataset order: they are kept grouped by dataset, in the order
+ * they were added within a dataset.
+ */
+
+typedef struct qt_metadataset_params {
+  const char *name;                 /* required, non-empty */
+  const char *metric;               /* what the score measures ("top1"); default "score" */
+  long max_epochs;                  /* longest curve allowed; 0 (default): the space's fidelity max */
+  const char *provenance;           /* free text: where the curves come from; default "" */
+  size_t feature_count;             /* number of dataset meta-features (default 0) */
+  const char *const *feature_names; /* (feature_count) distinct, non-empty, not "dataset" */
+} qt_metadataset_params;
+
+qt_metadataset_params qt_metadataset_default_params(void);
+
+/* An empty meta-dataset over the search space in space_path (loaded and
+ * validated here; its text is kept, and qt_metadataset_save writes it as
+ * space.yaml). params is copied. QT_EINVAL for bad params, or the space's
+ * loading errors. */
+int qt_metadataset_create(const char *space_path, const qt_metadataset_params *params,
+                          qt_metadataset_t **out, qt_err *err);
+/* Adds a dataset with qt_metadataset_feature_count() finite features
+ * (features may be NULL when there are none); *index (may be NULL) receives
+ * its index. QT_EEXIST for a duplicate name, QT_EINVAL for an empty name or a
+ * non-finite feature. */
+int qt_metadataset_add_dataset(qt_metadataset_t *md, const char *name, const double *features,
+                               size_t *index, qt_err *err);
+/* Adds a copy of run: its id (unique, non-empty), dataset (an index from
+ * add_dataset), config (initialized for qt_metadataset_space(md) and valid),
+ * epochs (1 .. max_epochs), score[epochs] in [0, 1], cost[epochs] finite and
+ * >= 0, and optional train_loss/val_loss (NULL, or epochs values where a
+ * non-finite value is stored as missing; a curve with no finite value is
+ * stored as NULL). QT_EEXIST for a duplicate id, QT_EINVAL or QT_ERANGE for
+ * the rest, naming the run and epoch. */
+int qt_metadataset_add_run(qt_metadataset_t *md, const qt_md_run *run, qt_err *err);
+
+/* Writes the native folder dir (created when missing, with its parents):
+ * metadataset.yaml (score_scale 1, higher_is_better true, space: space.yaml),
+ * space.yaml, datasets.csv, runs.csv and curves.csv. Each file is written to
+ * a temporary name and renamed into place, so a crash never leaves half a
+ * file under the real name. Floats are written with 9 significant digits and
+ * doubles with 17, so loading gives back the same numbers. */
+int qt_metadataset_save(const qt_metadataset_t *md, const char *dir, qt_err *err);
+
+/* 0 when a and b hold the same content: name, metric, provenance,
+ * max_epochs, the same search-space text, feature names, datasets (names and
+ * features) and runs in the same order (ids, datasets, configurations, curves
+ * bit for bit, NaN equal to NaN). Otherwise QT_ESCHEMA with the first
+ * difference in err. */
+int qt_metadataset_compare(const qt_metadataset_t *a, const qt_metadataset_t *b, qt_err *err);
+
+/* ------------------------------------------------------------------------- */
+/* Synthetic meta-datasets (tests and benchmarks)                             */
+/* ------------------------------------------------------------------------- */
+
+typedef struct qt_metadataset_synth_params {
+  size_t n_datasets;       /* default 4 */
+  size_t runs_per_dataset; /* default 16 */
+  size_t min_epochs;       /* curve lengths are uniform in [min_epochs, max_epochs]; default 1 */
+  size_t max_epochs;       /* default 10; at most the space's fidelity max */
+  int with_losses;         /* 1 (default): record losses (every third run has none) */
+  uint64_t seed;           /* default 0 */
+} qt_metadataset_synth_params;
+
+qt_metadataset_synth_params qt_metadataset_synth_default_params(void);
+
+/* Builds a meta-dataset of plausible learning curves over the space in
+ * space_path: configurations sampled uniformly, saturating score curves with
+ * noise, per-epoch costs around a per-run base, and meta-features n_samples,
+ * n_classes, image_size, channels. Same params, same content. */
+int qt_metadataset_synthesize(const char *space_path, const qt_metadataset_synth_params *params,
+                              qt_metadataset_t **out, qt_err *err);
+
+/* ------------------------------------------------------------------------- */
+/* Importers                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Quick-Tune's layout (the folder src/quicktune/data/.mtlbm/<version>/ of the
+ * Quick-Tune code): perf.json {dataset: {run: [top-1 % per epoch]}, "info"},
+ * cost.json {dataset: {run: [seconds per epoch]}}, table.csv (one row per
+ * run: the run id, one-hot columns `cat:<hp>:<value>` and numeric columns)
+ * and descriptors.json {dataset: [n_samples, n_classes, image_size,
+ * channels]}. The rules that map table.csv to a configuration of space_path
+ * (configs/spaces/quicktune-v1.yaml documents them) are:
+ *   - a one-hot column `cat:<hp>:<value>` set to 1 sets <hp> to <value>; at
+ *     most one column of a group may be 1. A value that is not a choice is
+ *     accepted only for a conditional hyperparameter (Quick-Tune's filler
+ *     for an inactive one, e.g. cat:opt_betas:None);
+ *   - a numeric column sets its hyperparameter by value; -1 in a categorical
+ *     with a "None" choice (clip_grad, layer_decay) means None;
+ *   - a group with no column set means None when the hyperparameter has a
+ *     "None" choice that has no column of its own (sched);
+ *   - a value that is not a choice of a conditional hyperparameter is a
+ *     filler and is dropped, as are the values of every hyperparameter whose
+ *     conditions do not hold (qt_config_prune); the result must validate.
+ * Scores are perf / 100, costs are kept per epoch. A curve entry that is null
+ * or NaN (Python's json writes NaN, Infinity and -Infinity; they are read
+ * too) marks a diverged run: the curve ends before its first such entry, and
+ * a run without one finite first epoch is left out with a warning. Errors
+ * name the file and the dataset, run and epoch (table.csv: line).
+ */
+int qt_metadataset_import_quicktune(const char *src_dir, const char *space_path,
+                                    qt_metadataset_t **out, qt_err *err);
+
+/* ========================================================================= */
+/* Model hub                                                                  */
+/* ========================================================================= */
+
+/*
+ * A model hub lists the pretrained models a search may fine-tune
+ * (YAML files in configs/hubs/, loaded by qt_hub.c):
+ *
+ *   version: 1                          required; other versions are refused
+ *   name: default                       required, non-empty
+ *   description: free text              optional
+ *   models:                             required, a non-empty list of:
+ *     - name: vit_tiny_patch16_224      required, unique; letters, digits, _ . -
+ *       family: vit                     required: vit, deit, deit3, mobilenetv2,
+ *                                       efficientnet, resnet or mlp
+ *       checkpoint: ${QTUNE_MODELS}/vit.safetensors
+ *                                       required: a safetensors file with timm's
+ *                                       parameter names. ${NAME} is replaced by
+ *                                       the environment variable NAME (an
+ *                                       unset one is an error), ${NAME:-text}
+ *                                       by text when NAME is unset or empty
+ *                                       (text may hold ${...} itself). A path
+ *                                       that is still relative is taken from
+ *                                       the folder of the hub file.
+ *       image_size: 224                 image families: required, pixels (square)
+ *       mean: [0.485, 0.456, 0.406]     image families: required, RGB, for
+ *       std: [0.229, 0.224, 0.225]      pixels scaled to [0, 1]; std > 0
+ *       num_classes: 1000               required: classes of the checkpoint's
+ *                                       head, 0 for a checkpoint without one
+ *       patch_size: 16                  ViT families, optional: checked
+ *       heads: 3                        ViT families, optional: must divide the
+ *                                       width (the checkpoint cannot tell)
+ *       descriptors:                    optional, each key optional: what the
+ *         parameters: 5.7e6             surrogate may know about the model;
+ *         depth: 12                     parameters (a count), depth (ViT: blocks;
+ *         width: 192                    ResNet: 18/34/50; EfficientNet family:
+ *         pretrain_dataset: imagenet-1k blocks; MLP: hidden layers), width (the
+ *         pretrain_top1: 0.755          features entering the head),
+ *                                       pretrain_top1 as a fraction in [0, 1]
+ *       description: free text          optional
+ *
+ * Unknown keys, duplicates, wrong types and out-of-range values are
+ * QT_ESCHEMA with "file:line:column: ..."; MLP models take no image_size,
+ * mean or std, only ViT families take patch_size and heads.
+ *
+ * Checking a model (qt_hub_check_model) opens its checkpoint and compares it
+ * with the entry and the family's timm layout; nothing else in this section
+ * touches the checkpoint. It reports the first problem:
+ *   QT_ENOENT   the checkpoint file does not exist (not fetched yet);
+ *   QT_EFORMAT  it is not a valid safetensors file (see qt_finetune.h);
+ *   QT_ESCHEMA  its tensors do not fit the family or the entry: a missing or
+ *               unexpected tensor, a shape that does not chain, a patch size,
+ *               image size (from the position embedding), number of classes,
+ *               depth, width or parameter count (more than 5% off) other
+ *               than the hub says.
+ * Every message starts with "hubfile:line:column: model 'name': checkpoint".
+ *
+ * Layouts checked (timm's names; batch norms as bnN.{weight, bias,
+ * running_mean, running_var[, num_batches_tracked]}):
+ *   vit, deit, deit3  patch_embed.proj.{weight [W,3,p,p], bias}, cls_token
+ *                     [1,1,W], optional dist_token (DeiT distilled, with
+ *                     head_dist), pos_embed [1, (image_size/p)^2 (+ tokens), W],
+ *                     blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
+ *                     mlp.fc2}, layer scale blocks.i.ls1.gamma / ls2.gamma
+ *                     (required for deit3, all blocks or none), norm, head.
+ *   resnet            conv1, bn1, layer1..layer4 of basic (conv1-2) or
+ *                     bottleneck (conv1-3) blocks with optional downsample.0/1,
+ *                     fc.
+ *   mobilenetv2, efficientnet
+ *                     conv_stem, bn1, blocks.s.b (depthwise-separable: conv_dw,
+ *                     bn1, conv_pw, bn2; inverted residual: conv_pw, bn1,
+ *                     conv_dw, bn2, conv_pwl, bn3; squeeze-excitation se.conv_
+ *                     reduce / se.conv_expand for efficientnet only), conv_head,
+ *                     bn2, classifier.
+ *   mlp               (qtune's own: timm has no tabular MLP) blocks.i.fc.{weight
+ *                     [out, in], bias}, optional blocks.i.norm.{weight, bias},
+ *                     head.
+ * Input convolutions must take 3 channels (the hub's mean and std have 3).
+ *
+ * Memory: qt_hub_t is opaque; the qt_hub_model records and their strings
+ * belong to the hub until qt_hub_free().
+ */
+
+#define QT_HUB_VERSION 1
+
+typedef enum qt_model_family {
+  QT_MODEL_FAMILY_VIT = 0,
+  QT_MODEL_FAMILY_DEIT = 1,
+  QT_MODEL_FAMILY_DEIT3 = 2,
+  QT_MODEL_FAMILY_MOBILENETV2 = 3,
+  QT_MODEL_FAMILY_EFFICIENTNET = 4,
+  QT_MODEL_FAMILY_RESNET = 5,
+  QT_MODEL_FAMILY_MLP = 6
+} qt_model_family;
+
+/* "vit", "deit", ...; "unknown" outside the enum. Never NULL. */
+const char *qt_model_family_name(qt_model_family family);
+/* Parses a family name (exact, lower case); QT_EINVAL otherwise. */
+int qt_model_family_parse(const char *text, qt_model_family *out);
+
+/* One model of a hub. Unknown descriptors are 0 (counts), NaN
+ * (pretrain_top1) or "" (strings). */
+typedef struct qt_hub_model {
+  const char *name;
+  qt_model_family family;
+  const char *checkpoint;      /* the path to open: variables expanded, made
+                                  relative to the hub file's folder */
+  const char *checkpoint_text; /* as written in the hub */
+  long image_size;             /* pixels per side; 0 for mlp */
+  double mean[3], std[3];      /* per RGB channel on [0, 1] pixels; 0 and 1 for mlp */
+  long num_classes;            /* classes of the checkpoint's head; 0: no head */
+  long patch_size;             /* ViT families; 0 when not given */
+  long heads;                  /* ViT families; 0 when not given */
+  double parameters;           /* descriptors */
+  long depth;
+  long width;
+  const char *pretrain_dataset;
+  double pretrain_top1; /* fraction in [0, 1] */
+  const char *description;
+  int line, column; /* where the entry starts in the hub file */
+} qt_hub_model;
+
+/* What a checkpoint says about its model (filled by qt_hub_inspect_model). */
+typedef struct qt_hub_checkpoint_summary {
+  size_t tensors;    /* tensors in the file */
+  double parameters; /* elements of all tensors except batch-norm statistics */
+  long depth;        /* as for the descriptor */
+  long width;        /* features entering the head */
+  long num_classes;  /* rows of the head; 0 without one */
+  long patch_size;   /* ViT families; 0 otherwise */
+  long image_size;   /* ViT families: from the position embedding; 0 otherwise */
+  int layer_scale;   /* ViT families: 1 when blocks have ls1/ls2 */
+  int distilled;     /* ViT families: 1 with a distillation token */
+} qt_hub_checkpoint_summary;
+
+typedef struct qt_hub qt_hub_t;
+
+/* Loading. QT_EPARSE for YAML syntax, QT_EVERSION for a version other than
+ * 1, QT_ESCHEMA for everything else (an unset variable in a checkpoint path
+ * included), each "name:line:column: ...". load_string resolves relative
+ * checkpoint paths against the folder of `name`, as for a file. */
+int qt_hub_load_file(const char *path, qt_hub_t **out, qt_err *err);
+int qt_hub_load_string(const char *text, size_t length, const char *name, qt_hub_t **out,
+                       qt_err *err);
+void qt_hub_free(qt_hub_t *hub);
+
+const char *qt_hub_name(const qt_hub_t *hub);
+const char *qt_hub_description(const qt_hub_t *hub); /* "" when absent */
+const char *qt_hub_source(const qt_hub_t *hub);      /* the path or name it was loaded from */
+size_t qt_hub_count(const qt_hub_t *hub);
+/* Model i in file order; i must be < qt_hub_count() (asserted). */
+const qt_hub_model *qt_hub_model_at(const qt_hub_t *hub, size_t index);
+/* Finds a model by name. Returns 0 and sets *index, or QT_ENOENT. */
+int qt_hub_find(const qt_hub_t *hub, const char *name, size_t *index);
+
+/* Checks model i's checkpoint (see above); 0 when it exists and matches. */
+int qt_hub_check_model(const qt_hub_t *hub, size_t index, qt_err *err);
+/* The same check, also reporting what the checkpoint holds; summary may be
+ * NULL. On failure the summary holds what was learned before the problem. */
+int qt_hub_inspect_model(const qt_hub_t *hub, size_t index, qt_hub_checkpoint_summary *summary,
+                         qt_err *err);
 
 #ifdef __cplusplus
 }
