@@ -207,6 +207,102 @@ typedef struct qt_gp_fit_report {
  * QT_EINVAL; no data is QT_EINVAL. */
 int qt_gp_fit(qt_gp_t *gp, const qt_gp_params *params, qt_gp_fit_report *report, qt_err *err);
 
+/* ========================================================================= */
+/* Deep-kernel GP and cost predictor (Quick-Tune, specs §1.3 and §1.6)        */
+/* ========================================================================= */
+
+/*
+ * One "row" is what the surrogates see of (configuration, next epoch):
+ *
+ *   x       (hp_dim)    the configuration's encoding (qt_space_encode)
+ *   budget  scalar      the epoch to predict, divided by the fidelity maximum
+ *   curve   (curve_len) the scores of the epochs before it, zero-padded
+ *   meta    (meta_dim)  dataset meta-features, already scaled (see below)
+ *   y       scalar      the target: the score of that epoch (training rows)
+ *   cost    scalar      the seconds of that epoch (cost-predictor training)
+ *
+ * Meta-features are scaled by the caller with one rule everywhere
+ * (QT_SURROGATE_META_SCALE); Quick-Tune's code divides by 1000 when
+ * meta-training and by 10000 at search time, an inconsistency this project
+ * does not copy (specs §1.5) [RECON: the single scale].
+ */
+#define QT_SURROGATE_META_SCALE 1.0e-4
+
+typedef struct qt_rows {
+  size_t n;
+  const double *x;      /* (n, hp_dim) */
+  const double *budget; /* (n) */
+  const double *curve;  /* (n, curve_len) */
+  const double *meta;   /* (n, meta_dim), or NULL when meta_dim is 0 */
+  const double *y;      /* (n) targets, or NULL for queries */
+  const double *cost;   /* (n) epoch seconds, or NULL */
+} qt_rows;
+
+/* Shapes of the feature extractor. The hyperparameter encoding is split into
+ * two encoders: columns [model_begin, model_end) (the model one-hots) and the
+ * rest; model_begin == model_end means a single encoder over all of x.
+ * Defaults (qt_dkl_default_config) follow the Quick-Tune checkpoints: hidden
+ * 32, output 32, curve encoder output 16, meta embedding 4, curve_len 50,
+ * RBF kernel, dropout 0.25. */
+typedef struct qt_dkl_config {
+  size_t hp_dim;
+  size_t model_begin, model_end;
+  size_t curve_len;
+  size_t meta_dim;
+  size_t hidden_dim;
+  size_t output_dim;
+  size_t curve_out_dim;
+  size_t meta_out_dim;
+  double dropout;
+  qt_gp_kernel kernel;
+} qt_dkl_config;
+
+qt_dkl_config qt_dkl_default_config(size_t hp_dim, size_t meta_dim);
+
+/* The deep-kernel GP: feature extractor phi (specs §1.3) followed by the
+ * exact GP above on phi. */
+typedef struct qt_dkl qt_dkl_t;
+
+/* Initializes the weights as PyTorch does (U(-1/sqrt(fan_in), 1/sqrt(fan_in)))
+ * from rng, and the GP hyperparameters at raw 0. */
+int qt_dkl_init(qt_dkl_t **out, const qt_dkl_config *config, qt_rng_t *rng, qt_err *err);
+void qt_dkl_free(qt_dkl_t *dkl);
+const qt_dkl_config *qt_dkl_get_config(const qt_dkl_t *dkl);
+/* All trainable numbers (extractor weights, then GP raw hyperparameters) as
+ * one flat vector: for restarts from a meta-trained state and for files. */
+size_t qt_dkl_param_count(const qt_dkl_t *dkl);
+void qt_dkl_get_params(const qt_dkl_t *dkl, double *params);
+int qt_dkl_set_params(qt_dkl_t *dkl, const double *params, qt_err *err);
+
+/* `steps` Adam steps (lr, betas 0.9/0.999, eps 1e-8, fresh Adam state per
+ * call) on -MLL/n of the GP conditioned on the features of `rows` in train
+ * mode (dropout on, drawn from rng). Skips when rows->n < 2. *loss (may be
+ * NULL) receives the last loss. A numerical failure restores the parameters
+ * from before the call and returns QT_ENUMERIC. */
+int qt_dkl_train(qt_dkl_t *dkl, const qt_rows *rows, int steps, double lr, qt_rng_t *rng,
+                 double *loss, qt_err *err);
+/* Conditions the GP on rows (features in eval mode) and predicts mean and
+ * predictive variance (noise included) at the query rows. */
+int qt_dkl_predict(qt_dkl_t *dkl, const qt_rows *train, const qt_rows *query, double *mean,
+                   double *variance, qt_err *err);
+
+/* The cost predictor (specs §1.6): its own extractor without model encoders,
+ * [x, budget, Linear(meta), ConvNet(curve)] -> Linear -> LeakyReLU -> Linear
+ * -> ReLU -> Linear(1) -> ReLU. It predicts an epoch's seconds, in the units of
+ * rows->cost; like Quick-Tune it learns seconds / 100 internally. */
+typedef struct qt_costnet qt_costnet_t;
+
+int qt_costnet_init(qt_costnet_t **out, const qt_dkl_config *config, qt_rng_t *rng, qt_err *err);
+void qt_costnet_free(qt_costnet_t *net);
+size_t qt_costnet_param_count(const qt_costnet_t *net);
+void qt_costnet_get_params(const qt_costnet_t *net, double *params);
+int qt_costnet_set_params(qt_costnet_t *net, const double *params, qt_err *err);
+/* `steps` Adam steps on the mean squared error against rows->cost. */
+int qt_costnet_train(qt_costnet_t *net, const qt_rows *rows, int steps, double lr, qt_rng_t *rng,
+                     double *loss, qt_err *err);
+/* Predicted seconds (>= 0) of each query row's epoch. */
+int qt_costnet_predict(qt_costnet_t *net, const qt_rows *query, double *seconds, qt_err *err);
+
 #ifdef __cplusplus
 }
 #endif
