@@ -1,6 +1,8 @@
 /*
  * cmd_hub.c - `qtune hub list|show`: the models of a hub and whether their
- * checkpoints are in place and match.
+ * checkpoints are in place and match. The hub file is read by metadata/
+ * (qt_hub_load_file); each checkpoint is checked by the engine's layout check
+ * (qt_model_inspect), which takes the entry's plain fields.
  *
  * Exit codes: 0 when every listed checkpoint checks out, 3 when the hub file
  * is bad or some checkpoint is missing or does not match (the table is still
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "cli/qt_cli.h"
+#include "finetune/qt_finetune.h"
 #include "metadata/qt_metadata.h"
 
 #define QT_DEFAULT_HUB "configs/hubs/default.yaml"
@@ -35,11 +38,28 @@ static void format_count(double count, char *buf, size_t size) {
 
 typedef enum model_status { STATUS_OK, STATUS_MISSING, STATUS_INVALID } model_status;
 
-static model_status check(const qt_hub_t *hub, size_t index, qt_hub_checkpoint_summary *summary,
+/* Checks model i's checkpoint against its entry; a problem's message starts
+ * with where the entry is: "hub:line:column: model 'name': checkpoint ...". */
+static model_status check(const qt_hub_t *hub, size_t index, qt_model_summary *summary,
                           qt_err *err) {
-  qt_err_clear(err);
-  int rc = qt_hub_inspect_model(hub, index, summary, err);
+  const qt_hub_model *m = qt_hub_model_at(hub, index);
+  qt_model_expect expect = {.image_size = m->image_size,
+                            .num_classes = m->num_classes,
+                            .patch_size = m->patch_size,
+                            .heads = m->heads,
+                            .depth = m->depth,
+                            .width = m->width,
+                            .parameters = m->parameters};
+  qt_model_family family = QT_MODEL_FAMILY_VIT;
+  qt_err inner;
+  qt_err_clear(&inner);
+  int rc =
+      qt_model_family_parse(m->family, &family) == 0
+          ? qt_model_inspect(m->checkpoint, family, &expect, summary, &inner)
+          : qt_err_set(&inner, QT_ESCHEMA, "family '%s' has no layout in this qtune", m->family);
   if (rc == 0) return STATUS_OK;
+  qt_err_set(err, rc, "%s:%d:%d: model '%s': %s", qt_hub_source(hub), m->line, m->column, m->name,
+             qt_err_message(&inner));
   return rc == QT_ENOENT ? STATUS_MISSING : STATUS_INVALID;
 }
 
@@ -65,7 +85,7 @@ int qt_cli_hub_list(const qt_cli_args *args) {
          "checkpoint");
   for (size_t i = 0; i < count; i++) {
     const qt_hub_model *m = qt_hub_model_at(hub, i);
-    qt_hub_checkpoint_summary summary;
+    qt_model_summary summary;
     qt_err err;
     model_status s = check(hub, i, &summary, &err);
     char params[32], image[32];
@@ -76,8 +96,7 @@ int qt_cli_hub_list(const qt_cli_args *args) {
       snprintf(image, sizeof image, "%ld", m->image_size);
     else
       snprintf(image, sizeof image, "-");
-    printf("  %-30s %-13s %8s %6s %8ld  ", m->name, qt_model_family_name(m->family), params, image,
-           m->num_classes);
+    printf("  %-30s %-13s %8s %6s %8ld  ", m->name, m->family, params, image, m->num_classes);
     switch (s) {
       case STATUS_OK:
         printf("ok\n");
@@ -126,11 +145,11 @@ int qt_cli_hub_show(const qt_cli_args *args) {
   char count[32];
   printf("%s\n", m->name);
   printf("  %-16s %s:%d:%d (hub '%s')\n", "defined at", path, m->line, m->column, qt_hub_name(hub));
-  printf("  %-16s %s\n", "family", qt_model_family_name(m->family));
+  printf("  %-16s %s\n", "family", m->family);
   printf("  %-16s %s\n", "checkpoint", m->checkpoint_text);
   if (strcmp(m->checkpoint, m->checkpoint_text) != 0)
     printf("  %-16s %s\n", "resolved", m->checkpoint);
-  if (m->family != QT_MODEL_FAMILY_MLP) {
+  if (m->image_size > 0) {
     printf("  %-16s %ld px\n", "image size", m->image_size);
     print_triple("mean", m->mean);
     print_triple("std", m->std);
@@ -146,7 +165,7 @@ int qt_cli_hub_show(const qt_cli_args *args) {
   if (!isnan(m->pretrain_top1)) printf("  %-16s %.4g\n", "pretrain top-1", m->pretrain_top1);
   if (m->description[0]) printf("  %-16s %s\n", "description", m->description);
 
-  qt_hub_checkpoint_summary summary;
+  qt_model_summary summary;
   qt_err err;
   model_status s = check(hub, index, &summary, &err);
   if (s == STATUS_OK) {

@@ -10,7 +10,12 @@
  *   - the first op, the fused AdamW parameter update, in a CPU reference and
  *     a CUDA version that a parity test (label `gpu`) checks against it;
  *   - safetensors reading and writing with strict validation, and the
- *     float16 / bfloat16 conversions (qt_safetensors.c).
+ *     float16 / bfloat16 conversions (qt_safetensors.c);
+ *   - the timm checkpoint layouts of the model families and the check of a
+ *     checkpoint against them (qt_model_layout.c);
+ *   - the CPU layer ops with hand-written backward passes (cpu/) and the ViT
+ *     family built from them: load a timm checkpoint, forward, loss,
+ *     backward, AdamW step (qt_vit.c).
  *
  * Backends. Every op exists as qt_cpu_<op>() and qt_cuda_<op>(). The CPU
  * version is the reference: a readable loop whose numbers the CUDA version
@@ -325,6 +330,938 @@ int qt_safetensors_write(const char *path, const qt_safetensors_tensor *tensors,
 int qt_safetensors_write_fd(int fd, const char *name, const qt_safetensors_tensor *tensors,
                             size_t n, const qt_safetensors_pair *metadata, size_t n_metadata,
                             qt_err *err);
+
+/* ------------------------------------------------------------------------- */
+/* Model families and their checkpoint layouts                                */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A pretrained model arrives as a safetensors file with timm's parameter
+ * names (qt_model_layout.c). qt_model_inspect() checks that a file holds
+ * exactly the tensors of its family's layout, with shapes that chain, and
+ * infers the model's dimensions from them. Layouts (batch norms as
+ * bnN.{weight, bias, running_mean, running_var[, num_batches_tracked]}):
+ *
+ *   vit, deit, deit3  patch_embed.proj.{weight [W,3,p,p], optional bias},
+ *                     cls_token [1,1,W], optional dist_token (distilled DeiT,
+ *                     with head_dist), pos_embed [1, g*g (+ tokens), W] for a
+ *                     g x g grid of patches (without the tokens: timm's
+ *                     no_embed_class, as in DeiT III), blocks.i.{norm1,
+ *                     attn.qkv (bias optional, in all blocks or none),
+ *                     attn.proj, norm2, mlp.fc1 [M,W], mlp.fc2 [W,M]}, layer
+ *                     scale blocks.i.ls1.gamma / ls2.gamma (required for deit3,
+ *                     all blocks or none), norm, head [classes, W].
+ *   resnet            conv1, bn1, layer1..layer4 of basic (conv1-2) or
+ *                     bottleneck (conv1-3) blocks with optional downsample.0/1,
+ *                     fc.
+ *   mobilenetv2, efficientnet
+ *                     conv_stem, bn1, blocks.s.b (depthwise-separable: conv_dw,
+ *                     bn1, conv_pw, bn2; inverted residual: conv_pw, bn1,
+ *                     conv_dw, bn2, conv_pwl, bn3; squeeze-excitation se.conv_
+ *                     reduce / se.conv_expand for efficientnet only), conv_head,
+ *                     bn2, classifier.
+ *   mlp               (qtune's own: timm has no tabular MLP) blocks.i.fc.{weight
+ *                     [out, in], bias}, optional blocks.i.norm.{weight, bias},
+ *                     head.
+ * Input convolutions take 3 channels (RGB; grayscale data is replicated).
+ * The head is optional everywhere (a checkpoint without a classifier).
+ *
+ * The expectations come from a hub entry (configs/hubs/, see qt_metadata.h),
+ * passed as plain values, so messages call them "the hub". Problems, the
+ * first one found:
+ *   QT_ENOENT   the file does not exist: "checkpoint PATH does not exist
+ *               (not fetched yet?)";
+ *   QT_EFORMAT  it is not a valid safetensors file (see above);
+ *   QT_ESCHEMA  "checkpoint PATH: ..." a missing or unexpected tensor, a
+ *               shape that does not chain, a patch size, image size (from
+ *               the position embedding), number of classes, depth, width or
+ *               parameter count (more than 5% off) other than expected.
+ * Callers that know where the expectation was written (a hub file's
+ * line:column and the model's name) prefix the message with it.
+ */
+
+/* The families of the hub format. The ViT families share one layout. */
+typedef enum qt_model_family {
+  QT_MODEL_FAMILY_VIT = 0,
+  QT_MODEL_FAMILY_DEIT = 1,
+  QT_MODEL_FAMILY_DEIT3 = 2,
+  QT_MODEL_FAMILY_MOBILENETV2 = 3,
+  QT_MODEL_FAMILY_EFFICIENTNET = 4,
+  QT_MODEL_FAMILY_RESNET = 5,
+  QT_MODEL_FAMILY_MLP = 6
+} qt_model_family;
+
+/* "vit", "deit", ...; "unknown" outside the enum. Never NULL. */
+const char *qt_model_family_name(qt_model_family family);
+/* Parses a family name (exact, lower case); QT_EINVAL otherwise. */
+int qt_model_family_parse(const char *text, qt_model_family *out);
+/* 1 for vit, deit and deit3, else 0. */
+int qt_model_family_is_vit(qt_model_family family);
+
+/* What the caller knows about the model; each field is checked only when
+ * set (0, or -1 for num_classes, means "any"). */
+typedef struct qt_model_expect {
+  long image_size;   /* pixels per side (ViT families: with the patch size,
+                        the grid of the position embedding) */
+  long num_classes;  /* rows of the head; 0: the file has no head; -1: any */
+  long patch_size;   /* ViT families */
+  long heads;        /* ViT families: must divide the width */
+  long depth;        /* as in qt_model_summary */
+  long width;        /* features entering the head */
+  double parameters; /* within 5% of qt_model_summary.parameters */
+} qt_model_expect;
+
+/* Expects nothing: every field "any". */
+qt_model_expect qt_model_expect_any(void);
+
+/* What a checkpoint says about its model. */
+typedef struct qt_model_summary {
+  size_t tensors;    /* tensors in the file */
+  double parameters; /* elements of all tensors except batch-norm statistics */
+  long depth;        /* ViT: blocks; ResNet: 2 + convolutions in blocks (18, 34,
+                        50); EfficientNet family: blocks; MLP: hidden layers */
+  long width;        /* features entering the head */
+  long num_classes;  /* rows of the head; 0 without one */
+  /* ViT families only (0 otherwise): */
+  long patch_size;    /* pixels per side of a patch */
+  long image_size;    /* pixels per side, from the position embedding's grid */
+  long mlp_hidden;    /* rows of blocks.i.mlp.fc1.weight */
+  int layer_scale;    /* 1 when blocks have ls1/ls2 */
+  int distilled;      /* 1 with a distillation token */
+  int no_embed_class; /* 1 when pos_embed has no entries for the tokens */
+  int qkv_bias;       /* 1 when blocks have attn.qkv.bias */
+  int patch_bias;     /* 1 when patch_embed.proj.bias exists */
+} qt_model_summary;
+
+/* Opens checkpoint_path and checks it against the family's layout and
+ * *expect (NULL: expect nothing), see above. summary may be NULL; on
+ * failure it holds what was learned before the problem. */
+int qt_model_inspect(const char *checkpoint_path, qt_model_family family,
+                     const qt_model_expect *expect, qt_model_summary *summary, qt_err *err);
+/* The same check on a file the caller has opened. */
+int qt_model_inspect_open(const qt_safetensors_t *st, qt_model_family family,
+                          const qt_model_expect *expect, qt_model_summary *summary, qt_err *err);
+
+/* ------------------------------------------------------------------------- */
+/* CPU layer ops (the reference backend)                                      */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * The layers of the model families as forward / backward pairs on float32
+ * arrays, in the style of llm.c: plain loops, matrix products by OpenBLAS
+ * (cblas_sgemm), no allocation (scratch space is passed in). One op per file
+ * in cpu/ (qt_cpu_<op>.c); a CUDA version of each will be checked against
+ * these.
+ *
+ * Conventions for every op below:
+ *   - arrays are row-major and caller-owned; n is the number of rows (for a
+ *     ViT: batch * tokens), c the features of a row;
+ *   - a forward writes its outputs, never reads them;
+ *   - a backward ACCUMULATES (+=) into every gradient it is given, so the
+ *     caller zeroes gradients before the first contribution, and residual
+ *     connections add up without copies; a NULL gradient pointer skips that
+ *     gradient (e.g. the input images of the patch embedding);
+ *   - shapes are trusted (the model object checked them); sizes that do not
+ *     fit the int of BLAS are asserted.
+ * Reductions (means, variances, log-sum-exp) are accumulated in double and
+ * rounded to float once.
+ */
+
+/* Linear layer: out (n, out_c) = inp (n, in_c) . weight^T + bias, with
+ * weight (out_c, in_c) as torch.nn.Linear stores it; bias (out_c) may be
+ * NULL (no bias). */
+void qt_cpu_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           size_t n, size_t in_c, size_t out_c);
+/* dinp (n, in_c) += dout . weight; dweight (out_c, in_c) += dout^T . inp;
+ * dbias (out_c) += column sums of dout. Any of the three may be NULL. */
+void qt_cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, size_t n, size_t in_c,
+                            size_t out_c);
+
+/* Layer norm over the c features of each row (torch.nn.LayerNorm):
+ * out = (inp - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps) with
+ * the biased variance. mean and rstd (n) are saved for the backward.
+ * timm's ViTs use eps = 1e-6. */
+void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, size_t n, size_t c,
+                              float eps);
+void qt_cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t n, size_t c);
+
+/* GELU, the exact form of torch.nn.GELU() that timm's MLPs use:
+ * out = 0.5 x (1 + erf(x / sqrt(2))), over n elements. out may equal inp. */
+void qt_cpu_gelu_forward(float *out, const float *inp, size_t n);
+/* dinp += dout * (Phi(x) + x phi(x)), with inp the forward's input. */
+void qt_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+/* Multi-head self-attention core, as timm's Attention between its qkv and
+ * proj linears: qkv (batch, tokens, 3 c) holds per token [q | k | v], each
+ * split into heads of c / heads features (head h at h * head_size);
+ * att (batch, heads, tokens, tokens) receives softmax(q k^T / sqrt(head_size))
+ * and out (batch, tokens, c) the heads' att . v side by side (timm's
+ * transpose(1, 2).reshape). heads must divide c. */
+void qt_cpu_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
+                              size_t c, size_t heads);
+/* dqkv (batch, tokens, 3 c) += the gradient through the attention, from
+ * dout (batch, tokens, c) and the forward's qkv and att; scratch holds
+ * tokens * tokens floats. */
+void qt_cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, size_t batch, size_t tokens, size_t c,
+                               size_t heads);
+
+/* Residual connection with optional layer scale (DeiT III):
+ * out = res + gamma * branch, gamma (c) per feature, or 1 when NULL. out may
+ * equal res. */
+void qt_cpu_residual_forward(float *out, const float *res, const float *branch, const float *gamma,
+                             size_t n, size_t c);
+/* dres += dout (skipped when NULL: a caller that keeps one gradient buffer
+ * for the residual stream passes NULL, since d res = d out); dbranch +=
+ * gamma * dout; dgamma (c) += column sums of dout * branch. */
+void qt_cpu_residual_backward(float *dres, float *dbranch, float *dgamma, const float *dout,
+                              const float *branch, const float *gamma, size_t n, size_t c);
+
+/* Patch extraction (the im2col of a convolution with stride = kernel =
+ * patch): images (batch, channels, size, size) -> patches (batch, g * g,
+ * channels * patch * patch) with g = size / patch, patches in row-major grid
+ * order and each patch's values in the order of a convolution weight
+ * (channel, row, column). A linear layer with the convolution's weight
+ * (width, channels, patch, patch) read as (width, channels * patch * patch)
+ * then computes timm's patch_embed.proj(x).flatten(2).transpose(1, 2). */
+void qt_cpu_patchify(float *patches, const float *images, size_t batch, size_t channels,
+                     size_t size, size_t patch);
+
+/* Token sequence of a ViT (timm's _pos_embed with one class token):
+ * x (batch, 1 + patches, c) gets x[b, 0] = cls_token and x[b, 1 + i] =
+ * patch_tokens[b, i], plus the position embedding pos: with class_in_pos
+ * (timm's default) pos has 1 + patches rows and is added to every token;
+ * without (no_embed_class, DeiT III) it has `patches` rows and is added to
+ * the patch tokens only. */
+void qt_cpu_tokens_forward(float *x, const float *patch_tokens, const float *cls_token,
+                           const float *pos, int class_in_pos, size_t batch, size_t patches,
+                           size_t c);
+void qt_cpu_tokens_backward(float *dpatch_tokens, float *dcls_token, float *dpos, const float *dx,
+                            int class_in_pos, size_t batch, size_t patches, size_t c);
+
+/* Softmax cross-entropy of logits (batch, classes), one loss per row:
+ * loss[b] = -sum_k t[b, k] log softmax(logits[b])_k, with the targets t
+ * either soft (soft_targets (batch, classes), rows summing to 1: mixup,
+ * cutmix) or, when soft_targets is NULL, labels (batch) smoothed as in
+ * torch's cross_entropy(label_smoothing = s) and timm's
+ * LabelSmoothingCrossEntropy: t = (1 - s) one_hot(label) + s / classes.
+ * probs (batch, classes) receives the softmax for the backward. Labels
+ * must be in [0, classes) (asserted: the model object checks them). */
+void qt_cpu_cross_entropy_forward(float *losses, float *probs, const float *logits,
+                                  const int *labels, const float *soft_targets, float smoothing,
+                                  size_t batch, size_t classes);
+/* dlogits += dloss[b] * (probs - t), dloss (batch) the gradient of each
+ * row's loss (1 / batch for a mean), or the scalar *dloss for every row
+ * when dloss_per_row is 0. */
+void qt_cpu_cross_entropy_backward(float *dlogits, const float *probs, const int *labels,
+                                   const float *soft_targets, float smoothing, const float *dloss,
+                                   int dloss_per_row, size_t batch, size_t classes);
+
+/* Resizes a grid of vectors inp (old_h, old_w, c) to out (new_h, new_w, c)
+ * with PyTorch's antialiased bicubic interpolation
+ * (F.interpolate(mode='bicubic', antialias=True, align_corners=False)),
+ * which is what timm's resample_abs_pos_embed uses when a ViT is fine-tuned
+ * at another image size: Keys' cubic with a = -0.5, stretched by the scale
+ * when shrinking, weights renormalized at the borders, columns first, then
+ * rows. scratch holds old_h * new_w * c floats. */
+void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_t old_h,
+                             size_t old_w, size_t new_h, size_t new_w, size_t c);
+
+/* ------------------------------------------------------------------------- */
+/* ViT family (vit, deit, deit3)                                              */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A Vision Transformer as timm's VisionTransformer builds it with one class
+ * token and global_pool 'token' (qt_vit.c): patch embedding, class token and
+ * position embedding, `depth` pre-norm blocks
+ *   x = x + ls1 * attn.proj(attention(attn.qkv(norm1(x))))
+ *   x = x + ls2 * mlp.fc2(gelu(mlp.fc1(norm2(x))))
+ * (ls1, ls2 only with layer scale), the final norm of the class token and
+ * the head. Layer norms use eps 1e-6. Dropout, drop path and distillation
+ * tokens are not implemented yet (a distilled checkpoint is QT_ENOTIMPL).
+ * Parameter names are timm's (see "Model families" above), so a timm
+ * checkpoint loads as is and qt_vit_save writes one timm loads.
+ *
+ * Use: qt_vit_load (a checkpoint) or qt_vit_init (random weights), then per
+ * step qt_vit_forward -> qt_vit_loss -> qt_vit_zero_grad -> qt_vit_backward
+ * -> qt_vit_adamw_step. Images are (batch, 3, image_size, image_size)
+ * floats, already normalized with the hub's mean and std.
+ *
+ * Memory. qt_vit_t owns four arrays of all parameters (values, gradients,
+ * AdamW's two moments; qt_vit_parameter_count floats each) and one
+ * activation arena sized at creation for max_batch images (see
+ * qt_vit_activation_bytes); forward, loss, backward and the optimizer step
+ * allocate nothing. A forward with batch <= max_batch uses a prefix of it.
+ * Pointers returned by accessors stay valid until qt_vit_free.
+ *
+ * Numbers. Everything is float32 (reductions in double, see the ops above);
+ * the result matches PyTorch running the same model within float rounding
+ * (tests/test_finetune_vit.c, fixtures by tools/make-vit-fixture.py).
+ */
+
+/* Architecture. */
+typedef struct qt_vit_config {
+  long image_size;         /* pixels per side of the input images */
+  long patch_size;         /* pixels per side of a patch; divides image_size */
+  long width;              /* features per token (timm's embed_dim) */
+  long depth;              /* blocks */
+  long heads;              /* attention heads; divides width */
+  long mlp_hidden;         /* hidden features of the MLPs (timm: 4 * width) */
+  long num_classes;        /* rows of the head, >= 1 */
+  int layer_scale;         /* 1: blocks.i.ls1.gamma / ls2.gamma (DeiT III) */
+  int no_embed_class;      /* 1: pos_embed covers the patches only (DeiT III) */
+  int qkv_bias;            /* 1: attn.qkv has a bias (timm's default) */
+  int patch_bias;          /* 1: patch_embed.proj has a bias (timm's default) */
+  double layer_scale_init; /* qt_vit_init: initial gamma (timm's init_values) */
+} qt_vit_config;
+
+/* ViT-Ti/16 at 224 px (timm's vit_tiny_patch16_224): width 192, depth 12,
+ * 3 heads, MLP 768, 1000 classes, biases, no layer scale (init 1e-6 when
+ * enabled). */
+qt_vit_config qt_vit_default_config(void);
+
+typedef struct qt_vit qt_vit_t;
+
+/* A ViT with timm's random initialization (init_weights_vit_timm):
+ * linear weights and pos_embed truncated normal (std 0.02, cut at +-2 as
+ * timm's trunc_normal_), biases 0, cls_token normal (std 1e-6), layer norms
+ * 1 and 0, patch_embed.proj as torch's Conv2d default (uniform in
+ * +-1/sqrt(fan_in), weight by kaiming_uniform(a = sqrt(5)), which is the
+ * same bound), layer scale gamma = layer_scale_init. Draws from rng. A
+ * config that does not fit together (non-positive sizes, patch not dividing
+ * the image, heads not dividing the width) is QT_EINVAL, a too large model
+ * QT_ENOMEM. */
+int qt_vit_init(const qt_vit_config *config, size_t max_batch, qt_rng_t *rng, qt_vit_t **out,
+                qt_err *err);
+
+/* How to load a checkpoint for fine-tuning. */
+typedef struct qt_vit_load_params {
+  qt_model_family family; /* vit, deit or deit3 (the layout to check) */
+  long heads;             /* required: the checkpoint cannot tell */
+  long image_size;        /* fine-tuning images; 0: the checkpoint's. Another
+                             size resamples pos_embed (see
+                             qt_cpu_resample_bicubic), as timm does */
+  long num_classes;       /* classes of the task; 0: keep the checkpoint's
+                             head. A different count (or a checkpoint
+                             without a head) gets a new head drawn as in
+                             qt_vit_init: weight trunc normal std 0.02,
+                             bias 0, as timm's create_model(num_classes=) */
+  size_t max_batch;       /* images per forward, >= 1 */
+  qt_rng_t *rng;          /* for a new head; may be NULL when none is drawn */
+} qt_vit_load_params;
+
+/* family vit, heads 0 (must be set), image_size 0, num_classes 0,
+ * max_batch 32, rng NULL. */
+qt_vit_load_params qt_vit_default_load_params(void);
+
+/* Loads a timm checkpoint: checks it with qt_model_inspect (errors as
+ * there), reads every tensor as float32 (F16 and BF16 files convert), then
+ * resamples pos_embed and replaces the head as the params ask. heads that
+ * do not divide the width, or an image size that the patch does not
+ * divide, is QT_EINVAL. */
+int qt_vit_load(const char *checkpoint_path, const qt_vit_load_params *params, qt_vit_t **out,
+                qt_err *err);
+
+/* Releases everything; NULL is a no-op. */
+void qt_vit_free(qt_vit_t *vit);
+
+const qt_vit_config *qt_vit_get_config(const qt_vit_t *vit);
+size_t qt_vit_max_batch(const qt_vit_t *vit);
+/* Floats in each of the parameter arrays (values, gradients, moments). */
+size_t qt_vit_parameter_count(const qt_vit_t *vit);
+/* Bytes of the activation arena. */
+size_t qt_vit_activation_bytes(const qt_vit_t *vit);
+
+/* One named parameter tensor, with pointers into the model's arrays. */
+typedef struct qt_vit_tensor {
+  const char *name;    /* timm's name, e.g. "blocks.0.attn.qkv.weight" */
+  size_t ndim;         /* 1..4 */
+  const size_t *shape; /* (ndim) as timm stores it */
+  size_t numel;
+  float *data; /* (numel) the values */
+  float *grad; /* (numel) the gradient of the last backward(s) */
+  int decay;   /* 1 when AdamW decays it: timm's rule, not biases, norms,
+                  layer scales, 1-d tensors, pos_embed and cls_token */
+} qt_vit_tensor;
+
+size_t qt_vit_tensor_count(const qt_vit_t *vit);
+/* Tensor i (i < count, asserted), in a fixed order: patch_embed, cls_token,
+ * pos_embed, blocks in order, norm, head. */
+void qt_vit_tensor_at(const qt_vit_t *vit, size_t index, qt_vit_tensor *out);
+/* By timm's name; QT_ENOENT (err untouched) when there is none. */
+int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out);
+
+/* Forward pass of batch images (batch, 3, image_size, image_size) to the
+ * logits (batch, num_classes), kept with every activation the backward
+ * needs. batch 0 or over max_batch, or a NULL pointer, is QT_EINVAL. */
+int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err);
+/* The logits of the last forward, (batch, num_classes). */
+const float *qt_vit_logits(const qt_vit_t *vit);
+
+/* The mean cross-entropy over the last forward's batch (see
+ * qt_cpu_cross_entropy_forward): labels (batch) with label_smoothing in
+ * [0, 1), or soft_targets (batch, num_classes) when labels is NULL. A label
+ * outside [0, num_classes), a smoothing outside [0, 1) or no forward
+ * before is QT_EINVAL. *loss may be NULL. */
+int qt_vit_loss(qt_vit_t *vit, const int *labels, const float *soft_targets, double label_smoothing,
+                double *loss, qt_err *err);
+
+/* Sets every gradient to 0. */
+void qt_vit_zero_grad(qt_vit_t *vit);
+/* Backward pass of the last loss: ADDS d loss / d parameter to the
+ * gradients (so several batches can accumulate). QT_EINVAL without a loss
+ * since the last forward. */
+int qt_vit_backward(qt_vit_t *vit, qt_err *err);
+
+/* One AdamW step (qt_cpu_adamw_step per tensor, weight decay only where
+ * qt_vit_tensor.decay is set, as timm's param_groups_weight_decay). The
+ * step counter starts at 1 and lives in the model. */
+int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err);
+/* Steps taken so far. */
+long qt_vit_step(const qt_vit_t *vit);
+
+/* Writes the parameters to path as a timm checkpoint (F32, timm's names,
+ * metadata "format": "pt" as timm writes it), atomically. */
+int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
+
+/* ------------------------------------------------------------------------- */
+/* Data: datasets, preprocessing, augmentation, batches (qt_data*.c)          */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Datasets are held in memory, whole:
+ *
+ *   image datasets  uint8 pixels (n, height, width, channels), row-major
+ *                   (HWC per image), channels 1 (gray) or 3 (RGB), one
+ *                   common size for every image of the dataset;
+ *   tabular         float32 features (n, n_features), row-major;
+ *
+ * each with int32 labels in [0, n_classes) and the class names. A loaded
+ * dataset has at least 2 classes and no class without samples; a split
+ * (validation, test) may have fewer samples, down to none.
+ *
+ * Sources (qt_data_load picks by what it finds at the path):
+ *   - MNIST / Fashion-MNIST IDX files (qt_dataset_load_idx), gzip-compressed
+ *     or not (zlib reads both);
+ *   - an ImageFolder tree: image files (.png, .jpg, .jpeg) in root/<class>/
+ *     and its subfolders, as torchvision's
+ *     ImageFolder: class names are the subfolders sorted by byte order, labels
+ *     their index, files found recursively (names starting with '.' are
+ *     ignored, so are other extensions; the test of the extension ignores
+ *     case). PNG and JPEG are recognized by their first bytes, not their
+ *     extension, and decoded by libpng and libjpeg; a file that fails to
+ *     decode is skipped with one warning (qt_log) and counted in n_skipped.
+ *     Images of different sizes are resized on load to one common size (see
+ *     qt_image_folder_params): the engine trains on fixed-size batches, and
+ *     keeping originals of arbitrary size would cost memory proportional to
+ *     the photos, not to the model's input;
+ *   - a CSV file for tabular data (qt_dataset_load_csv);
+ *   - a root with train/ [val/ or valid/ or validation/] [test/] subfolders
+ *     of one of the kinds above; missing splits are carved from train by a
+ *     stratified split with a seed (qt_dataset_split).
+ *
+ * Preprocessing and augmentation follow torchvision with PIL images, on
+ * uint8 pixels, then convert to float32 CHW with the model's mean and std;
+ * Mixup, CutMix and label smoothing follow timm (mixup_mode 'batch') and give
+ * soft targets. Every random choice draws from an explicit qt_rng_t; the batch
+ * iterator derives each sample's stream from (seed, epoch, position), so an
+ * epoch's order and augmentations are the same after a resume, and the same
+ * with any number of threads. Deviations from torchvision are listed at each
+ * function.
+ *
+ * Memory. Loaders return a qt_dataset the caller releases with
+ * qt_dataset_free. The batch iterator borrows its dataset (which must outlive
+ * it) and owns the batch arrays it hands out, valid until the next call.
+ * Functions on single images write into caller-owned arrays.
+ */
+
+/* Limits on one decoded image: larger files are skipped as failed decodes. */
+#define QT_IMAGE_MAX_SIDE 32768u
+#define QT_IMAGE_MAX_PIXELS (1ull << 28)
+
+typedef enum qt_interpolation {
+  QT_INTERPOLATION_BILINEAR = 0, /* triangle filter, support 1 */
+  QT_INTERPOLATION_BICUBIC = 1   /* cubic filter a = -0.5, support 2 (timm's ViT default) */
+} qt_interpolation;
+
+typedef enum qt_dataset_kind {
+  QT_DATASET_KIND_IMAGE = 0,  /* uint8 images */
+  QT_DATASET_KIND_TABULAR = 1 /* float features */
+} qt_dataset_kind;
+
+/* A dataset in memory (fields read-only for users; qt_dataset_free releases
+ * every array and the struct). */
+typedef struct qt_dataset {
+  qt_dataset_kind kind;
+  size_t n;                        /* number of samples */
+  size_t height, width, channels;  /* images: common size, channels 1 or 3; tabular: 0 */
+  uint8_t *images;                 /* (n, height, width, channels); NULL for tabular or n == 0 */
+  size_t n_features;               /* tabular: features per sample; images: 0 */
+  float *features;                 /* (n, n_features); NULL for images or n == 0 */
+  char **feature_names;            /* (n_features) CSV column names; NULL for images */
+  int32_t *labels;                 /* (n) in [0, n_classes) */
+  size_t n_classes;                /* >= 2 */
+  char **class_names;              /* (n_classes) */
+  size_t n_skipped;                /* files left out because they failed to decode */
+  char *source;                    /* the path it came from, for messages */
+} qt_dataset;
+
+/* Releases the dataset and its arrays. NULL is a no-op. */
+void qt_dataset_free(qt_dataset *ds);
+
+/* Number of samples of each class: counts (n_classes) is caller-owned. */
+void qt_dataset_class_counts(const qt_dataset *ds, size_t *counts);
+
+/* A new dataset with the samples indices[0..n) of ds, in that order, and the
+ * same classes (an index may repeat). An index >= ds->n is QT_EINVAL. */
+int qt_dataset_subset(const qt_dataset *ds, const size_t *indices, size_t n, qt_dataset **out,
+                      qt_err *err);
+
+/* --- IDX (MNIST, Fashion-MNIST) ------------------------------------------ */
+
+/*
+ * Loads an IDX image file (magic 0x00000803: unsigned bytes, 3 dimensions
+ * n, height, width) and its IDX label file (magic 0x00000801: unsigned bytes,
+ * 1 dimension n), each gzip-compressed or not. Checked, each a QT_EFORMAT
+ * naming the path: a file shorter than its header, a magic number that is not
+ * IDX, an element type other than unsigned byte, the wrong number of
+ * dimensions, a zero or oversized dimension, a truncated body ("expected N
+ * bytes, got M"), trailing bytes after the body, a corrupt gzip stream. Image
+ * and label counts that differ, and a label >= n_class_names, are QT_ESCHEMA.
+ * class_names (n_class_names entries, copied) name the classes; NULL gives
+ * "0", "1", ... up to the largest label. Images have 1 channel.
+ */
+int qt_dataset_load_idx(const char *images_path, const char *labels_path,
+                        const char *const *class_names, size_t n_class_names, qt_dataset **out,
+                        qt_err *err);
+
+/* The 10 class names of Fashion-MNIST, in label order ("T-shirt/top", ...). */
+const char *const *qt_data_fashion_mnist_class_names(void);
+
+/* --- ImageFolder ---------------------------------------------------------- */
+
+typedef struct qt_image_folder_params {
+  /* The common size. 0 and 0: the size that occurs most often among the
+   * files (ties: the larger area, then the larger height). An image of
+   * another size is resized, keeping its aspect ratio, to the smallest size
+   * that covers (height, width), then center-cropped (qt_image_resize,
+   * qt_image_center_crop): nothing is stretched, edges may be lost. */
+  size_t height, width;
+  /* 1 (gray), 3 (RGB) or 0: 1 when every file is grayscale, else 3. RGB to
+   * gray uses PIL's ITU-R 601-2 luma (L = (19595 R + 38470 G + 7471 B +
+   * 2^15) >> 16); gray to RGB repeats the value. */
+  size_t channels;
+  /* Interpolation of the resize on load. */
+  qt_interpolation interpolation;
+  /* A fixed class list (the validation or test folder of a split layout):
+   * subfolders must be among these names and may be missing or empty. NULL:
+   * the sorted subfolders, at least 2, none without images. */
+  const char *const *class_names;
+  size_t n_class_names;
+  /* Decoding threads; 0: one per processor, at most 16. The result does not
+   * depend on it. */
+  size_t threads;
+} qt_image_folder_params;
+
+/* height 0, width 0, channels 0, bilinear, no fixed class list, threads 0. */
+qt_image_folder_params qt_image_folder_default_params(void);
+
+/*
+ * Loads root/<class>/... (see above). Decoding: PNG of any color type and
+ * bit depth (palette expanded, gray below 8 bits expanded, 16-bit scaled to 8
+ * with rounding, alpha and tRNS transparency dropped as PIL's convert("RGB")
+ * does, no gamma correction); JPEG gray, YCbCr, RGB and CMYK/YCCK (Adobe
+ * inverted CMYK converted naively, as PIL), with libjpeg's defaults (islow
+ * DCT, fancy upsampling). A truncated JPEG is a failed decode (as PIL without
+ * LOAD_TRUNCATED_IMAGES); libjpeg's other warnings are logged at debug
+ * level. Errors of libpng and libjpeg are caught (setjmp), never exit.
+ * Failures to decode: one warning each, then a summary line; the dataset
+ * records the count in n_skipped. A root that is missing or not a folder is
+ * QT_ENOENT; fewer than 2 classes, or a class with no image left, QT_ESCHEMA
+ * naming the folder.
+ */
+int qt_dataset_load_image_folder(const char *root, const qt_image_folder_params *params,
+                                 qt_dataset **out, qt_err *err);
+
+/* Decodes one PNG or JPEG file into *pixels (malloc'ed, (height, width,
+ * channels), owned by the caller). channels: 1, 3, or 0 for the file's own
+ * (1 for grayscale, 3 otherwise). A file that is neither format, or fails to
+ * decode, is QT_EFORMAT with the path and the decoder's message. */
+int qt_image_load(const char *path, size_t channels, uint8_t **pixels, size_t *height,
+                  size_t *width, size_t *channels_out, qt_err *err);
+
+/* --- CSV (tabular) -------------------------------------------------------- */
+
+/*
+ * Loads a CSV file with a header row (qt_csv_*): label_column names the
+ * label column (NULL: "label"), every other column is a numeric feature.
+ * Classes are the distinct label texts, sorted numerically when every label
+ * is an integer, else by byte order. Errors name path:line and the column: a
+ * missing label column (the message lists the columns), a row with another
+ * number of fields, an empty or non-numeric feature (no missing values,
+ * no NaN or infinity), no feature column, fewer than 2 classes (QT_ESCHEMA).
+ * class_names (NULL for none) fixes the class list, as for image folders:
+ * then a label outside it is QT_ESCHEMA.
+ */
+int qt_dataset_load_csv(const char *path, const char *label_column,
+                        const char *const *class_names, size_t n_class_names, qt_dataset **out,
+                        qt_err *err);
+
+/* --- Splits and layouts --------------------------------------------------- */
+
+/*
+ * Stratified split of ds into train, validation and test. For each class
+ * with m samples: n_val = floor(m * val_fraction + 0.5), n_test =
+ * floor(m * test_fraction + 0.5), then, while train would have no sample and
+ * test or validation has some, one is given back (test first); train gets
+ * the rest. Which samples go where: the class's indices shuffled with a
+ * stream seeded by seed (classes in label order), the first n_val to
+ * validation, the next n_test to test. Each split keeps the samples in their
+ * order in ds. Fractions must be >= 0 with a sum < 1 (QT_EINVAL otherwise).
+ * val or test may be NULL when its fraction is 0.
+ */
+int qt_dataset_split(const qt_dataset *ds, double val_fraction, double test_fraction,
+                     uint64_t seed, qt_dataset **train, qt_dataset **val, qt_dataset **test,
+                     qt_err *err);
+
+typedef struct qt_data_params {
+  qt_image_folder_params images; /* image folders (class_names is ignored) */
+  const char *label_column;      /* CSV: the label column; NULL: "label" */
+  double val_fraction;           /* carved from train when there is no val split */
+  double test_fraction;          /* carved from train when there is no test split */
+  uint64_t seed;                 /* of the stratified split */
+} qt_data_params;
+
+/* Image defaults, label column "label", val 0.1, test 0.1, seed 0. */
+qt_data_params qt_data_default_params(void);
+
+/* Which splits came from the files (bits of qt_data_splits.given). */
+#define QT_DATA_SPLIT_TRAIN 1u
+#define QT_DATA_SPLIT_VAL 2u
+#define QT_DATA_SPLIT_TEST 4u
+
+typedef struct qt_data_splits {
+  qt_dataset *train, *val, *test; /* never NULL after a successful load; val, test may be empty */
+  unsigned given;                 /* QT_DATA_SPLIT_* bits: splits found in the layout */
+} qt_data_splits;
+
+/*
+ * Loads a dataset and its splits from path:
+ *   a .csv file                          CSV, all three splits carved;
+ *   a folder with train.csv              train.csv [val.csv] [test.csv];
+ *   a folder with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]
+ *                                        IDX train, and t10k-* as test when
+ *                                        present (class names of Fashion-MNIST
+ *                                        when the path contains "fashion",
+ *                                        any case; else "0".."9");
+ *   a folder whose subfolders are train plus any of val, valid, validation,
+ *   test                                 image folders; val and test take
+ *                                        train's classes;
+ *   any other folder                     one image folder, all splits carved.
+ * Splits missing from the layout are carved from train with the fractions
+ * and the seed (qt_dataset_split), validation and test with their own
+ * fraction each (0 gives an empty split). A split of the layout with a class
+ * unknown to train is QT_ESCHEMA. On failure *out is left empty.
+ */
+int qt_data_load(const char *path, const qt_data_params *params, qt_data_splits *out,
+                 qt_err *err);
+
+/* Releases the three datasets and clears the struct. NULL is a no-op. */
+void qt_data_splits_free(qt_data_splits *splits);
+
+/* --- Preprocessing -------------------------------------------------------- */
+
+/*
+ * Resizes an image (src_height, src_width, channels), HWC uint8, into dst
+ * (dst_height, dst_width, channels). The method is exactly PIL's
+ * Image.resize (Pillow's Resample.c), which torchvision uses for PIL images:
+ * separable, horizontal pass then vertical pass, each output sample the
+ * filter-weighted mean of the input samples whose centers lie within
+ * support * max(1, scale) of its center (scale = input / output size), so
+ * downscaling is antialiased (the filter is stretched by the scale, a box of
+ * the whole footprint); weights normalized to sum 1, converted to 22-bit
+ * fixed point, the intermediate row rounded to uint8. Equal sizes copy.
+ * Checked byte for byte against Pillow (tools/make-data-golden.py).
+ * channels 1..4; sizes >= 1; src and dst must not overlap (QT_EINVAL).
+ */
+int qt_image_resize(const uint8_t *src, size_t src_height, size_t src_width, size_t channels,
+                    uint8_t *dst, size_t dst_height, size_t dst_width, qt_interpolation interpolation,
+                    qt_err *err);
+
+/* The top-left corner of torchvision's center crop of (crop_height,
+ * crop_width) from (height, width): round((height - crop_height) / 2) with
+ * Python's round (half to even); when the crop is larger than the image the
+ * corner is -((crop - size) // 2), the area outside filled with 0 by
+ * qt_image_crop. */
+void qt_image_center_crop_box(size_t height, size_t width, size_t crop_height, size_t crop_width,
+                              long *top, long *left);
+
+/* Copies the (crop_height, crop_width) window at (top, left) of src into
+ * dst; pixels outside src are 0. */
+void qt_image_crop(const uint8_t *src, size_t height, size_t width, size_t channels, long top,
+                   long left, uint8_t *dst, size_t crop_height, size_t crop_width);
+
+/* qt_image_center_crop_box then qt_image_crop. */
+void qt_image_center_crop(const uint8_t *src, size_t height, size_t width, size_t channels,
+                          uint8_t *dst, size_t crop_height, size_t crop_width);
+
+/* The size torchvision's Resize(size) (an int: the shorter side) gives an
+ * image of (height, width): shorter side = size, longer side =
+ * floor(size * longer / shorter). */
+void qt_image_resize_shorter_size(size_t height, size_t width, size_t size, size_t *out_height,
+                                  size_t *out_width);
+
+/* Converts an image (height, width, channels) to float32 CHW (out_channels,
+ * height, width): value / 255, minus mean[c], divided by std[c], in float32
+ * as ToTensor and Normalize do. Gray to 3 channels repeats the plane (then
+ * each channel takes its own mean and std); RGB to 1 channel takes PIL's
+ * luma first. out_channels 1 or 3; std > 0. */
+int qt_image_to_float(const uint8_t *src, size_t height, size_t width, size_t channels,
+                      size_t out_channels, const double *mean, const double *std, float *dst,
+                      qt_err *err);
+
+/* What a model expects of its input (from the hub entry). */
+typedef struct qt_preprocess_params {
+  size_t image_size;             /* input height = width */
+  size_t channels;               /* 3 (RGB) or 1 */
+  double mean[3], std[3];        /* per channel, on [0, 1] pixels */
+  double crop_pct;               /* eval: resize shorter side to floor(image_size / crop_pct) */
+  qt_interpolation interpolation;
+} qt_preprocess_params;
+
+/* 224, 3 channels, ImageNet mean (0.485, 0.456, 0.406) and std (0.229,
+ * 0.224, 0.225), crop_pct 0.875, bilinear. */
+qt_preprocess_params qt_preprocess_default_params(void);
+
+/* timm's evaluation transform: resize the shorter side to
+ * floor(image_size / crop_pct) (qt_image_resize_shorter_size), center crop
+ * image_size, convert (qt_image_to_float). dst: (p->channels, image_size,
+ * image_size). crop_pct in (0, 1]. */
+int qt_image_eval_transform(const qt_preprocess_params *p, const uint8_t *src, size_t height,
+                            size_t width, size_t channels, float *dst, qt_err *err);
+
+/* --- Augmentation --------------------------------------------------------- */
+
+typedef enum qt_auto_augment {
+  QT_AUTO_AUGMENT_NONE = 0,
+  QT_AUTO_AUGMENT_TRIVIAL = 1, /* torchvision's TrivialAugmentWide */
+  QT_AUTO_AUGMENT_RAND = 2     /* torchvision's RandAugment */
+} qt_auto_augment;
+
+/* Parses "none" / "None", "trivial_augment", "random_augment" (the values of
+ * the search spaces). "auto_augment" (AutoAugment policies) is QT_ENOTIMPL,
+ * anything else QT_EINVAL listing the accepted names. */
+int qt_auto_augment_parse(const char *text, qt_auto_augment *out, qt_err *err);
+
+/* The operations of TrivialAugment and RandAugment, in the order of
+ * torchvision's augmentation space (the draw picks an index in this order). */
+typedef enum qt_augment_op {
+  QT_AUGMENT_OP_IDENTITY = 0,
+  QT_AUGMENT_OP_SHEAR_X,
+  QT_AUGMENT_OP_SHEAR_Y,
+  QT_AUGMENT_OP_TRANSLATE_X,
+  QT_AUGMENT_OP_TRANSLATE_Y,
+  QT_AUGMENT_OP_ROTATE,
+  QT_AUGMENT_OP_BRIGHTNESS,
+  QT_AUGMENT_OP_COLOR,
+  QT_AUGMENT_OP_CONTRAST,
+  QT_AUGMENT_OP_SHARPNESS,
+  QT_AUGMENT_OP_POSTERIZE,
+  QT_AUGMENT_OP_SOLARIZE,
+  QT_AUGMENT_OP_AUTOCONTRAST,
+  QT_AUGMENT_OP_EQUALIZE,
+  QT_AUGMENT_OP_COUNT
+} qt_augment_op;
+
+/* "Identity", "ShearX", ... as torchvision names them; "unknown" outside. */
+const char *qt_augment_op_name(qt_augment_op op);
+
+/*
+ * Applies one operation with a signed magnitude to src (height, width,
+ * channels) and writes dst (same shape, not overlapping src), following
+ * torchvision.transforms.functional on uint8 tensors:
+ *   ShearX/Y     affine shear by atan(magnitude) about the top-left corner
+ *   TranslateX/Y shift by int(magnitude) pixels (positive: right / down)
+ *   Rotate       magnitude degrees counter-clockwise about the center
+ *                (geometric ops: nearest neighbour at pixel centers, as
+ *                affine_grid + grid_sample(align_corners=False) in float32,
+ *                fill 0)
+ *   Brightness   blend with black, factor 1 + magnitude
+ *   Color        blend with the gray image (luma 0.2989, 0.587, 0.114,
+ *                truncated), factor 1 + magnitude; gray images unchanged
+ *   Contrast     blend with the mean of the gray image, factor 1 + magnitude
+ *   Sharpness    blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13
+ *                (rounded; border pixels kept), factor 1 + magnitude;
+ *                images of side <= 2 unchanged
+ *   Posterize    keep the top int(magnitude) bits (0..8)
+ *   Solarize     invert the values >= magnitude
+ *   AutoContrast stretch each channel's [min, max] to [0, 255]
+ *   Equalize     per-channel histogram equalization (PIL's algorithm)
+ * Blends compute ratio * a + (1 - ratio) * b in float32, clamp to [0, 255]
+ * and truncate, as torchvision's _blend. The results equal torchvision's
+ * _apply_op on uint8 tensors pixel for pixel on the golden cases of
+ * tools/make-data-golden.py. A bad op or magnitude (posterize outside 0..8)
+ * is QT_EINVAL.
+ */
+int qt_augment_apply_op(const uint8_t *src, uint8_t *dst, size_t height, size_t width,
+                        size_t channels, qt_augment_op op, double magnitude, qt_err *err);
+
+/* The unsigned magnitude of bin `bin` of num_bins for op under policy
+ * (TRIVIAL or RAND), from torchvision's augmentation spaces (linspace in
+ * float32 as torch.linspace; RandAugment's translation scales with the image:
+ * 150/331 of the width or height). Ops without magnitude give 0. */
+double qt_augment_op_magnitude(qt_auto_augment policy, qt_augment_op op, int bin, int num_bins,
+                               size_t height, size_t width);
+
+/* 1 when torchvision draws a random sign for op's magnitude. */
+int qt_augment_op_signed(qt_augment_op op);
+
+typedef struct qt_augment_params {
+  int random_resized_crop;    /* 1: RandomResizedCrop; 0: the eval transform's resize and crop */
+  double scale[2];            /* RRC area fraction range */
+  double ratio[2];            /* RRC aspect ratio range (width / height) */
+  double hflip_prob;          /* probability of a horizontal flip */
+  qt_auto_augment auto_augment;
+  int rand_num_ops;           /* RandAugment: operations per image */
+  int rand_magnitude;         /* RandAugment: magnitude bin, 0..num_magnitude_bins-1 */
+  int num_magnitude_bins;     /* both policies */
+  double mixup_alpha;         /* Beta(alpha, alpha) for Mixup; 0 turns Mixup off */
+  double cutmix_alpha;        /* Beta(alpha, alpha) for CutMix; 0 turns CutMix off */
+  double mix_prob;            /* probability that a batch is mixed at all */
+  double switch_prob;         /* with both on: probability of CutMix instead of Mixup */
+  double label_smoothing;     /* in [0, 1) */
+} qt_augment_params;
+
+/* RRC on with scale (0.08, 1) and ratio (3/4, 4/3), flip 0.5, no auto
+ * augmentation (RandAugment fields at torchvision's 2, 9, 31 bins), Mixup
+ * and CutMix off (mix_prob 1, switch_prob 0.5 as timm), no smoothing. */
+qt_augment_params qt_augment_default_params(void);
+
+/* torchvision's RandomResizedCrop.get_params: 10 tries of an area fraction
+ * uniform in scale and a log-uniform aspect ratio, w = round(sqrt(area *
+ * ratio)), h = round(sqrt(area / ratio)) (half to even), accepted when the
+ * crop fits, its corner uniform; then the fallback, a center crop of the
+ * whole image clamped to the ratio range. Computed in double, torchvision
+ * draws in float32. */
+void qt_random_resized_crop_box(size_t height, size_t width, const double scale[2],
+                                const double ratio[2], qt_rng_t *rng, size_t *top, size_t *left,
+                                size_t *crop_height, size_t *crop_width);
+
+/* The crop (qt_random_resized_crop_box) resized to (size, size): dst is
+ * (size, size, channels). Crop then resize, as torchvision's resized_crop. */
+int qt_image_random_resized_crop(const uint8_t *src, size_t height, size_t width, size_t channels,
+                                 const double scale[2], const double ratio[2], size_t size,
+                                 qt_interpolation interpolation, qt_rng_t *rng, uint8_t *dst,
+                                 qt_err *err);
+
+/* Mirrors an image left-right, in place. */
+void qt_image_hflip(uint8_t *image, size_t height, size_t width, size_t channels);
+
+/* TrivialAugmentWide: one op uniform over the 14, a magnitude bin uniform
+ * over num_bins, a sign uniform for signed ops; src to dst (no overlap). */
+int qt_image_trivial_augment(const uint8_t *src, uint8_t *dst, size_t height, size_t width,
+                             size_t channels, int num_bins, qt_rng_t *rng, qt_err *err);
+
+/* RandAugment: num_ops ops, each uniform over the 14 with the fixed
+ * magnitude bin and a uniform sign for signed ops; src to dst (no
+ * overlap). */
+int qt_image_rand_augment(const uint8_t *src, uint8_t *dst, size_t height, size_t width,
+                          size_t channels, int num_ops, int magnitude, int num_bins,
+                          qt_rng_t *rng, qt_err *err);
+
+/* One-hot targets with label smoothing, as timm: off = smoothing / K,
+ * on = 1 - smoothing + off. targets (n, n_classes). */
+void qt_targets_smooth(const int32_t *labels, size_t n, size_t n_classes, double smoothing,
+                       float *targets);
+
+/*
+ * timm's Mixup / CutMix in mode 'batch', in place on inputs (n, channels,
+ * height, width), writing targets (n, n_classes). With probability
+ * mix_prob the batch is mixed: when both alphas are > 0, CutMix with
+ * probability switch_prob, else Mixup; lambda ~ Beta(alpha, alpha). Mixup:
+ * x_i = lambda x_i + (1 - lambda) x_{n-1-i} (the batch mixed with its
+ * reverse). CutMix: a box of cut ratio sqrt(1 - lambda) per side (sizes
+ * truncated), centered at a uniform pixel, clipped to the image, is copied
+ * from x_{n-1-i}; lambda becomes 1 - box area / image area. Targets:
+ * lambda y_i + (1 - lambda) y_{n-1-i} with smoothed one-hot y. An unmixed
+ * batch has lambda 1 (targets just smoothed). timm requires an even batch;
+ * here an odd batch mixes its middle sample with itself. *lambda and
+ * *cutmix (may be NULL) report what was done.
+ */
+int qt_mix_batch(float *inputs, const int32_t *labels, size_t n, size_t channels, size_t height,
+                 size_t width, size_t n_classes, const qt_augment_params *params, qt_rng_t *rng,
+                 float *targets, double *lambda, int *cutmix, qt_err *err);
+
+/* --- Batches -------------------------------------------------------------- */
+
+typedef struct qt_batch_params {
+  size_t batch_size; /* samples per batch, >= 1 */
+  int shuffle;       /* 1: a new permutation per epoch; 0: dataset order */
+  int drop_last;     /* 1: leave out a last partial batch */
+  int augment;       /* 1: training transform (qt_augment_params); 0: eval transform */
+  uint64_t seed;     /* with the epoch, fixes order and augmentation */
+  int threads;       /* worker threads for preprocessing; results do not depend on it */
+} qt_batch_params;
+
+/* batch 32, shuffle, keep the last batch, augment, seed 0, 1 thread. */
+qt_batch_params qt_batch_default_params(void);
+
+/* One batch. Arrays are owned by the iterator, valid until its next call. */
+typedef struct qt_batch {
+  size_t size;                    /* samples in this batch (the last may be short) */
+  size_t channels, height, width; /* images: model input; tabular: 1, 1, n_features */
+  size_t n_classes;
+  float *inputs;          /* (size, channels, height, width) */
+  float *targets;         /* (size, n_classes) soft targets, rows sum to 1 */
+  const int32_t *labels;  /* (size) hard labels (for accuracy) */
+  const size_t *indices;  /* (size) dataset indices */
+  double lambda;          /* Mixup/CutMix lambda, 1 when not mixed */
+  int cutmix;             /* 1 when CutMix was applied */
+} qt_batch;
+
+typedef struct qt_batch_iter qt_batch_iter_t;
+
+/*
+ * An iterator over ds in batches. Images: each sample goes through the
+ * training transform when params->augment (RandomResizedCrop or the eval
+ * resize and crop, flip, TrivialAugment or RandAugment, conversion) or the
+ * eval transform otherwise, to (pre->channels, pre->image_size,
+ * pre->image_size), then Mixup/CutMix (augment only) and smoothed targets.
+ * Tabular: features as they are (pre may be NULL), smoothed targets; the
+ * image augmentations do not apply. aug may be NULL (defaults; only read
+ * when augment). Randomness: the epoch's order is a permutation drawn from
+ * a stream seeded by (seed, epoch); the sample at position p of the epoch
+ * draws from a stream seeded by (seed, epoch, p) and the batch's mixing from
+ * one seeded by (seed, epoch, batch); so batches are reproducible from
+ * (seed, epoch, batch index) alone.
+ */
+int qt_batch_iter_init(const qt_dataset *ds, const qt_preprocess_params *pre,
+                       const qt_augment_params *aug, const qt_batch_params *params,
+                       qt_batch_iter_t **out, qt_err *err);
+void qt_batch_iter_free(qt_batch_iter_t *it);
+
+/* Batches per epoch. */
+size_t qt_batch_iter_count(const qt_batch_iter_t *it);
+
+/* Starts epoch `epoch` (counted from 0 or 1, as the caller likes) at batch
+ * first_batch (0 for a whole epoch; a resumed epoch continues where it
+ * stopped). first_batch > count is QT_EINVAL. */
+int qt_batch_iter_start(qt_batch_iter_t *it, uint64_t epoch, size_t first_batch, qt_err *err);
+
+/* Fills *batch with the next batch of the epoch: returns 1, or 0 at the end
+ * of the epoch, or a negative code. Calling before qt_batch_iter_start is
+ * QT_EINVAL. */
+int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err);
+
+/* The current epoch's order: (ds->n) dataset indices; NULL before start. */
+const size_t *qt_batch_iter_order(const qt_batch_iter_t *it);
+
+/* end of data section */
 
 #ifdef __cplusplus
 }

@@ -641,39 +641,10 @@ int qt_metadataset_import_quicktune(const char *src_dir, const char *space_path,
  * QT_ESCHEMA with "file:line:column: ..."; MLP models take no image_size,
  * mean or std, only ViT families take patch_size and heads.
  *
- * Checking a model (qt_hub_check_model) opens its checkpoint and compares it
- * with the entry and the family's timm layout; nothing else in this section
- * touches the checkpoint. It reports the first problem:
- *   QT_ENOENT   the checkpoint file does not exist (not fetched yet);
- *   QT_EFORMAT  it is not a valid safetensors file (see qt_finetune.h);
- *   QT_ESCHEMA  its tensors do not fit the family or the entry: a missing or
- *               unexpected tensor, a shape that does not chain, a patch size,
- *               image size (from the position embedding), number of classes,
- *               depth, width or parameter count (more than 5% off) other
- *               than the hub says.
- * Every message starts with "hubfile:line:column: model 'name': checkpoint".
- *
- * Layouts checked (timm's names; batch norms as bnN.{weight, bias,
- * running_mean, running_var[, num_batches_tracked]}):
- *   vit, deit, deit3  patch_embed.proj.{weight [W,3,p,p], bias}, cls_token
- *                     [1,1,W], optional dist_token (DeiT distilled, with
- *                     head_dist), pos_embed [1, (image_size/p)^2 (+ tokens), W],
- *                     blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
- *                     mlp.fc2}, layer scale blocks.i.ls1.gamma / ls2.gamma
- *                     (required for deit3, all blocks or none), norm, head.
- *   resnet            conv1, bn1, layer1..layer4 of basic (conv1-2) or
- *                     bottleneck (conv1-3) blocks with optional downsample.0/1,
- *                     fc.
- *   mobilenetv2, efficientnet
- *                     conv_stem, bn1, blocks.s.b (depthwise-separable: conv_dw,
- *                     bn1, conv_pw, bn2; inverted residual: conv_pw, bn1,
- *                     conv_dw, bn2, conv_pwl, bn3; squeeze-excitation se.conv_
- *                     reduce / se.conv_expand for efficientnet only), conv_head,
- *                     bn2, classifier.
- *   mlp               (qtune's own: timm has no tabular MLP) blocks.i.fc.{weight
- *                     [out, in], bias}, optional blocks.i.norm.{weight, bias},
- *                     head.
- * Input convolutions must take 3 channels (the hub's mean and std have 3).
+ * This module reads the hub file only. Whether a checkpoint exists and
+ * fits its family's timm layout is the engine's knowledge: `qtune hub
+ * list|show` passes each entry's plain fields to qt_model_inspect()
+ * (finetune/qt_finetune.h), which documents the layouts and the checks.
  *
  * Memory: qt_hub_t is opaque; the qt_hub_model records and their strings
  * belong to the hub until qt_hub_free().
@@ -681,26 +652,17 @@ int qt_metadataset_import_quicktune(const char *src_dir, const char *space_path,
 
 #define QT_HUB_VERSION 1
 
-typedef enum qt_model_family {
-  QT_MODEL_FAMILY_VIT = 0,
-  QT_MODEL_FAMILY_DEIT = 1,
-  QT_MODEL_FAMILY_DEIT3 = 2,
-  QT_MODEL_FAMILY_MOBILENETV2 = 3,
-  QT_MODEL_FAMILY_EFFICIENTNET = 4,
-  QT_MODEL_FAMILY_RESNET = 5,
-  QT_MODEL_FAMILY_MLP = 6
-} qt_model_family;
-
-/* "vit", "deit", ...; "unknown" outside the enum. Never NULL. */
-const char *qt_model_family_name(qt_model_family family);
-/* Parses a family name (exact, lower case); QT_EINVAL otherwise. */
-int qt_model_family_parse(const char *text, qt_model_family *out);
+/* The family names the hub accepts: vit, deit, deit3, mobilenetv2,
+ * efficientnet, resnet, mlp (the families whose layouts the engine knows). */
+int qt_hub_family_known(const char *family);
+/* 1 for vit, deit and deit3 (the families that take patch_size and heads). */
+int qt_hub_family_is_vit(const char *family);
 
 /* One model of a hub. Unknown descriptors are 0 (counts), NaN
  * (pretrain_top1) or "" (strings). */
 typedef struct qt_hub_model {
   const char *name;
-  qt_model_family family;
+  const char *family;          /* one of the names above */
   const char *checkpoint;      /* the path to open: variables expanded, made
                                   relative to the hub file's folder */
   const char *checkpoint_text; /* as written in the hub */
@@ -717,19 +679,6 @@ typedef struct qt_hub_model {
   const char *description;
   int line, column; /* where the entry starts in the hub file */
 } qt_hub_model;
-
-/* What a checkpoint says about its model (filled by qt_hub_inspect_model). */
-typedef struct qt_hub_checkpoint_summary {
-  size_t tensors;    /* tensors in the file */
-  double parameters; /* elements of all tensors except batch-norm statistics */
-  long depth;        /* as for the descriptor */
-  long width;        /* features entering the head */
-  long num_classes;  /* rows of the head; 0 without one */
-  long patch_size;   /* ViT families; 0 otherwise */
-  long image_size;   /* ViT families: from the position embedding; 0 otherwise */
-  int layer_scale;   /* ViT families: 1 when blocks have ls1/ls2 */
-  int distilled;     /* ViT families: 1 with a distillation token */
-} qt_hub_checkpoint_summary;
 
 typedef struct qt_hub qt_hub_t;
 
@@ -750,13 +699,6 @@ size_t qt_hub_count(const qt_hub_t *hub);
 const qt_hub_model *qt_hub_model_at(const qt_hub_t *hub, size_t index);
 /* Finds a model by name. Returns 0 and sets *index, or QT_ENOENT. */
 int qt_hub_find(const qt_hub_t *hub, const char *name, size_t *index);
-
-/* Checks model i's checkpoint (see above); 0 when it exists and matches. */
-int qt_hub_check_model(const qt_hub_t *hub, size_t index, qt_err *err);
-/* The same check, also reporting what the checkpoint holds; summary may be
- * NULL. On failure the summary holds what was learned before the problem. */
-int qt_hub_inspect_model(const qt_hub_t *hub, size_t index, qt_hub_checkpoint_summary *summary,
-                         qt_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,861 @@
+/*
+ * qt_vit.c - the ViT family (vit, deit, deit3) on the CPU reference backend:
+ * the model object, its parameter table with timm's names, the activation
+ * arena, and the forward and backward passes composed from the layer ops of
+ * cpu/ (see qt_finetune.h, "ViT family").
+ *
+ * Shapes used throughout: B images (batch <= max_batch), N = (image_size /
+ * patch_size)^2 patches, T = N + 1 tokens (the class token first), C the
+ * width, H heads, M the MLP's hidden features, K classes, P = 3 * patch^2
+ * values per patch.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+
+#define VIT_NORM_EPS 1e-6f /* timm: partial(nn.LayerNorm, eps=1e-6) */
+#define VIT_NAME_MAX 64
+
+/* ------------------------------------------------------------------------- */
+/* The model                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* Pointers to the tensors of one block, into the values or the gradients.
+ * Optional tensors (qkv_b, ls1, ls2) are NULL when the model has none. */
+typedef struct block_tensors {
+  float *norm1_w, *norm1_b; /* (C) */
+  float *qkv_w, *qkv_b;     /* (3C, C), (3C) */
+  float *proj_w, *proj_b;   /* (C, C), (C) */
+  float *ls1;               /* (C) */
+  float *norm2_w, *norm2_b; /* (C) */
+  float *fc1_w, *fc1_b;     /* (M, C), (M) */
+  float *fc2_w, *fc2_b;     /* (C, M), (C) */
+  float *ls2;               /* (C) */
+} block_tensors;
+
+typedef struct vit_tensors {
+  float *patch_w;         /* (C, 3, p, p), read as (C, P) */
+  float *patch_b;         /* (C) or NULL */
+  float *cls;             /* (1, 1, C) */
+  float *pos;             /* (1, T or N, C) */
+  block_tensors *blocks;  /* (depth) */
+  float *norm_w, *norm_b; /* (C) */
+  float *head_w, *head_b; /* (K, C), (K) */
+} vit_tensors;
+
+/* One row of the parameter table. */
+typedef struct tensor_entry {
+  char name[VIT_NAME_MAX];
+  size_t ndim;
+  size_t shape[4];
+  size_t numel;
+  size_t offset; /* into params, grads, m and v */
+  int decay;
+  float **value_slot; /* where the pointer into params goes */
+  float **grad_slot;  /* where the pointer into grads goes */
+} tensor_entry;
+
+/* The activations of one block, kept from the forward for the backward. */
+typedef struct block_acts {
+  float *ln1;                 /* (B, T, C) norm1 output */
+  float *ln1_mean, *ln1_rstd; /* (B, T) */
+  float *qkv;                 /* (B, T, 3C) */
+  float *att;                 /* (B, H, T, T) softmax of the scores */
+  float *attn_y;              /* (B, T, C) heads side by side, before proj */
+  float *attn_out;            /* (B, T, C) proj output (the branch) */
+  float *resid_mid;           /* (B, T, C) after the attention residual */
+  float *ln2;                 /* (B, T, C) norm2 output */
+  float *ln2_mean, *ln2_rstd; /* (B, T) */
+  float *fc1;                 /* (B, T, M) before GELU */
+  float *gelu;                /* (B, T, M) */
+  float *mlp_out;             /* (B, T, C) fc2 output (the branch) */
+  float *resid_out;           /* (B, T, C) the block's output */
+} block_acts;
+
+struct qt_vit {
+  qt_vit_config config;
+  size_t max_batch;
+  size_t patches, tokens; /* N, T */
+
+  /* Parameters: four arrays in the order of the table. */
+  tensor_entry *entries; /* (n_entries) */
+  size_t n_entries;
+  size_t n_params;
+  float *params; /* (n_params) values */
+  float *grads;  /* (n_params) gradients */
+  float *m, *v;  /* (n_params) AdamW moments */
+  vit_tensors p; /* pointers into params */
+  vit_tensors g; /* the same tensors in grads */
+  long step;
+
+  /* Activations and backward scratch: one arena. */
+  float *arena;
+  size_t arena_floats;
+  float *patch_in;   /* (B, N, P) patchified images */
+  float *patch_emb;  /* (B, N, C) */
+  float *resid0;     /* (B, T, C) tokens entering block 0 */
+  block_acts *acts;  /* (depth) */
+  float *cls_rows;   /* (B, C) class token leaving the last block */
+  float *cls_norm;   /* (B, C) after the final norm */
+  float *cls_mean;   /* (B) */
+  float *cls_rstd;   /* (B) */
+  float *logits;     /* (B, K) */
+  float *probs;      /* (B, K) */
+  float *losses;     /* (B) */
+  float *targets;    /* (B, K) soft targets of the last loss */
+  float *dresid;     /* (B, T, C) gradient of the residual stream */
+  float *dbranch;    /* (B, T, C) */
+  float *dln;        /* (B, T, C) */
+  float *dattn_y;    /* (B, T, C) */
+  float *dqkv;       /* (B, T, 3C) */
+  float *datt;       /* (T, T) */
+  float *dfc1;       /* (B, T, M) */
+  float *dgelu;      /* (B, T, M) */
+  float *dcls_rows;  /* (B, C) */
+  float *dcls_norm;  /* (B, C) */
+  float *dlogits;    /* (B, K) */
+  float *dpatch_emb; /* (B, N, C) */
+  int *labels;       /* (B) labels of the last loss */
+
+  /* State of the last pass. */
+  size_t batch;
+  int have_forward, have_loss, soft;
+  float smoothing;
+};
+
+/* ------------------------------------------------------------------------- */
+/* The parameter table                                                        */
+/* ------------------------------------------------------------------------- */
+
+static void add_entry(qt_vit_t *vit, float **value_slot, float **grad_slot, int decay, size_t ndim,
+                      const size_t *shape, const char *fmt, ...) QT_PRINTF(7, 8);
+
+static void add_entry(qt_vit_t *vit, float **value_slot, float **grad_slot, int decay, size_t ndim,
+                      const size_t *shape, const char *fmt, ...) {
+  tensor_entry *e = &vit->entries[vit->n_entries++];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->name, sizeof e->name, fmt, ap);
+  va_end(ap);
+  e->ndim = ndim;
+  e->numel = 1;
+  for (size_t d = 0; d < ndim; d++) {
+    e->shape[d] = shape[d];
+    e->numel *= shape[d];
+  }
+  e->offset = vit->n_params;
+  e->decay = decay;
+  e->value_slot = value_slot;
+  e->grad_slot = grad_slot;
+  vit->n_params += e->numel;
+}
+
+#define DIMS(...)                                                              \
+  (sizeof((const size_t[]){__VA_ARGS__}) / sizeof(size_t)), (const size_t[]) { \
+    __VA_ARGS__                                                                \
+  }
+
+/* Fills the table in timm's order. Weight decay follows timm's
+ * param_groups_weight_decay: none for 1-d tensors, biases and the
+ * no_weight_decay() set {pos_embed, cls_token}. */
+static void build_table(qt_vit_t *vit) {
+  const qt_vit_config *cf = &vit->config;
+  size_t C = (size_t)cf->width, M = (size_t)cf->mlp_hidden, K = (size_t)cf->num_classes;
+  size_t p = (size_t)cf->patch_size;
+  size_t pos_rows = vit->patches + (cf->no_embed_class ? 0 : 1);
+  vit_tensors *P = &vit->p, *G = &vit->g;
+  vit->n_entries = 0;
+  vit->n_params = 0;
+  add_entry(vit, &P->patch_w, &G->patch_w, 1, DIMS(C, 3, p, p), "patch_embed.proj.weight");
+  if (cf->patch_bias) add_entry(vit, &P->patch_b, &G->patch_b, 0, DIMS(C), "patch_embed.proj.bias");
+  add_entry(vit, &P->cls, &G->cls, 0, DIMS(1, 1, C), "cls_token");
+  add_entry(vit, &P->pos, &G->pos, 0, DIMS(1, pos_rows, C), "pos_embed");
+  for (long i = 0; i < cf->depth; i++) {
+    block_tensors *pb = &P->blocks[i], *gb = &G->blocks[i];
+    add_entry(vit, &pb->norm1_w, &gb->norm1_w, 0, DIMS(C), "blocks.%ld.norm1.weight", i);
+    add_entry(vit, &pb->norm1_b, &gb->norm1_b, 0, DIMS(C), "blocks.%ld.norm1.bias", i);
+    add_entry(vit, &pb->qkv_w, &gb->qkv_w, 1, DIMS(3 * C, C), "blocks.%ld.attn.qkv.weight", i);
+    if (cf->qkv_bias)
+      add_entry(vit, &pb->qkv_b, &gb->qkv_b, 0, DIMS(3 * C), "blocks.%ld.attn.qkv.bias", i);
+    add_entry(vit, &pb->proj_w, &gb->proj_w, 1, DIMS(C, C), "blocks.%ld.attn.proj.weight", i);
+    add_entry(vit, &pb->proj_b, &gb->proj_b, 0, DIMS(C), "blocks.%ld.attn.proj.bias", i);
+    if (cf->layer_scale) add_entry(vit, &pb->ls1, &gb->ls1, 0, DIMS(C), "blocks.%ld.ls1.gamma", i);
+    add_entry(vit, &pb->norm2_w, &gb->norm2_w, 0, DIMS(C), "blocks.%ld.norm2.weight", i);
+    add_entry(vit, &pb->norm2_b, &gb->norm2_b, 0, DIMS(C), "blocks.%ld.norm2.bias", i);
+    add_entry(vit, &pb->fc1_w, &gb->fc1_w, 1, DIMS(M, C), "blocks.%ld.mlp.fc1.weight", i);
+    add_entry(vit, &pb->fc1_b, &gb->fc1_b, 0, DIMS(M), "blocks.%ld.mlp.fc1.bias", i);
+    add_entry(vit, &pb->fc2_w, &gb->fc2_w, 1, DIMS(C, M), "blocks.%ld.mlp.fc2.weight", i);
+    add_entry(vit, &pb->fc2_b, &gb->fc2_b, 0, DIMS(C), "blocks.%ld.mlp.fc2.bias", i);
+    if (cf->layer_scale) add_entry(vit, &pb->ls2, &gb->ls2, 0, DIMS(C), "blocks.%ld.ls2.gamma", i);
+  }
+  add_entry(vit, &P->norm_w, &G->norm_w, 0, DIMS(C), "norm.weight");
+  add_entry(vit, &P->norm_b, &G->norm_b, 0, DIMS(C), "norm.bias");
+  add_entry(vit, &P->head_w, &G->head_w, 1, DIMS(K, C), "head.weight");
+  add_entry(vit, &P->head_b, &G->head_b, 0, DIMS(K), "head.bias");
+}
+
+/* Most entries a config can produce: 4 + 14 per block + 4. */
+static size_t max_entries(long depth) {
+  return 8 + 14 * (size_t)depth;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The activation arena                                                       */
+/* ------------------------------------------------------------------------- */
+
+/* Hands out n floats from the arena; with base NULL it only counts. */
+static float *carve(float *base, size_t *used, size_t n) {
+  float *at = base ? base + *used : NULL;
+  *used += n;
+  return at;
+}
+
+/* Lays the activations out in base (NULL: count only); returns the floats
+ * used. Must visit the buffers in the same order both times. */
+static size_t layout_arena(qt_vit_t *vit, float *base) {
+  const qt_vit_config *cf = &vit->config;
+  size_t B = vit->max_batch, N = vit->patches, T = vit->tokens;
+  size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
+  size_t K = (size_t)cf->num_classes, P = 3 * (size_t)cf->patch_size * (size_t)cf->patch_size;
+  size_t used = 0;
+  vit->patch_in = carve(base, &used, B * N * P);
+  vit->patch_emb = carve(base, &used, B * N * C);
+  vit->resid0 = carve(base, &used, B * T * C);
+  for (long l = 0; l < cf->depth; l++) {
+    block_acts *a = &vit->acts[l];
+    a->ln1 = carve(base, &used, B * T * C);
+    a->ln1_mean = carve(base, &used, B * T);
+    a->ln1_rstd = carve(base, &used, B * T);
+    a->qkv = carve(base, &used, B * T * 3 * C);
+    a->att = carve(base, &used, B * H * T * T);
+    a->attn_y = carve(base, &used, B * T * C);
+    a->attn_out = carve(base, &used, B * T * C);
+    a->resid_mid = carve(base, &used, B * T * C);
+    a->ln2 = carve(base, &used, B * T * C);
+    a->ln2_mean = carve(base, &used, B * T);
+    a->ln2_rstd = carve(base, &used, B * T);
+    a->fc1 = carve(base, &used, B * T * M);
+    a->gelu = carve(base, &used, B * T * M);
+    a->mlp_out = carve(base, &used, B * T * C);
+    a->resid_out = carve(base, &used, B * T * C);
+  }
+  vit->cls_rows = carve(base, &used, B * C);
+  vit->cls_norm = carve(base, &used, B * C);
+  vit->cls_mean = carve(base, &used, B);
+  vit->cls_rstd = carve(base, &used, B);
+  vit->logits = carve(base, &used, B * K);
+  vit->probs = carve(base, &used, B * K);
+  vit->losses = carve(base, &used, B);
+  vit->targets = carve(base, &used, B * K);
+  vit->dresid = carve(base, &used, B * T * C);
+  vit->dbranch = carve(base, &used, B * T * C);
+  vit->dln = carve(base, &used, B * T * C);
+  vit->dattn_y = carve(base, &used, B * T * C);
+  vit->dqkv = carve(base, &used, B * T * 3 * C);
+  vit->datt = carve(base, &used, T * T);
+  vit->dfc1 = carve(base, &used, B * T * M);
+  vit->dgelu = carve(base, &used, B * T * M);
+  vit->dcls_rows = carve(base, &used, B * C);
+  vit->dcls_norm = carve(base, &used, B * C);
+  vit->dlogits = carve(base, &used, B * K);
+  vit->dpatch_emb = carve(base, &used, B * N * C);
+  return used;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Creation                                                                   */
+/* ------------------------------------------------------------------------- */
+
+qt_vit_config qt_vit_default_config(void) {
+  qt_vit_config c;
+  memset(&c, 0, sizeof c);
+  c.image_size = 224;
+  c.patch_size = 16;
+  c.width = 192;
+  c.depth = 12;
+  c.heads = 3;
+  c.mlp_hidden = 768;
+  c.num_classes = 1000;
+  c.layer_scale = 0;
+  c.no_embed_class = 0;
+  c.qkv_bias = 1;
+  c.patch_bias = 1;
+  c.layer_scale_init = 1e-6;
+  return c;
+}
+
+/* Sizes beyond this many floats in one array are refused before any
+ * multiplication can overflow (2^40 floats = 4 TiB). */
+#define VIT_MAX_FLOATS ((double)(1ull << 40))
+
+static int check_config(const qt_vit_config *c, size_t max_batch, qt_err *err) {
+  const char *who = "ViT config";
+  if (c->image_size < 1 || c->patch_size < 1 || c->width < 1 || c->depth < 1 || c->heads < 1 ||
+      c->mlp_hidden < 1 || c->num_classes < 1)
+    return qt_err_set(err, QT_EINVAL,
+                      "%s: image_size %ld, patch_size %ld, width %ld, depth %ld, heads %ld, "
+                      "mlp_hidden %ld and num_classes %ld must all be >= 1",
+                      who, c->image_size, c->patch_size, c->width, c->depth, c->heads,
+                      c->mlp_hidden, c->num_classes);
+  if (c->image_size % c->patch_size != 0)
+    return qt_err_set(err, QT_EINVAL, "%s: image_size %ld is not a multiple of patch_size %ld", who,
+                      c->image_size, c->patch_size);
+  if (c->width % c->heads != 0)
+    return qt_err_set(err, QT_EINVAL, "%s: %ld heads do not divide the width %ld", who, c->heads,
+                      c->width);
+  if (max_batch < 1) return qt_err_set(err, QT_EINVAL, "%s: max_batch must be >= 1", who);
+  /* The largest buffers, in double, against the limit. */
+  double grid = (double)(c->image_size / c->patch_size);
+  double tokens = grid * grid + 1, B = (double)max_batch;
+  double biggest[] = {B * c->heads * tokens * tokens,
+                      B * tokens * c->mlp_hidden,
+                      B * tokens * 3.0 * c->width,
+                      (double)c->mlp_hidden * c->width,
+                      (double)c->num_classes * c->width,
+                      B * 3.0 * c->image_size * c->image_size,
+                      (double)c->depth * B * tokens * (c->heads * tokens + 2.0 * c->mlp_hidden)};
+  for (size_t i = 0; i < sizeof biggest / sizeof biggest[0]; i++) {
+    if (biggest[i] > VIT_MAX_FLOATS)
+      return qt_err_set(err, QT_ENOMEM, "%s: a ViT of this size (batch %zu) needs over 2^40 floats",
+                        who, max_batch);
+  }
+  return 0;
+}
+
+/* Allocates a model for a valid config; parameters zero. */
+static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **out, qt_err *err) {
+  *out = NULL;
+  int rc = check_config(config, max_batch, err);
+  if (rc < 0) return rc;
+  qt_vit_t *vit = calloc(1, sizeof *vit);
+  if (!vit) return qt_err_set(err, QT_ENOMEM, "ViT: out of memory");
+  vit->config = *config;
+  vit->max_batch = max_batch;
+  size_t grid = (size_t)(config->image_size / config->patch_size);
+  vit->patches = grid * grid;
+  vit->tokens = vit->patches + 1;
+  size_t depth = (size_t)config->depth;
+  vit->p.blocks = calloc(depth, sizeof *vit->p.blocks);
+  vit->g.blocks = calloc(depth, sizeof *vit->g.blocks);
+  vit->acts = calloc(depth, sizeof *vit->acts);
+  vit->entries = calloc(max_entries(config->depth), sizeof *vit->entries);
+  if (!vit->p.blocks || !vit->g.blocks || !vit->acts || !vit->entries) goto oom;
+  build_table(vit);
+  QT_ASSERT(vit->n_entries <= max_entries(config->depth));
+  vit->params = calloc(vit->n_params, sizeof *vit->params);
+  vit->grads = calloc(vit->n_params, sizeof *vit->grads);
+  vit->m = calloc(vit->n_params, sizeof *vit->m);
+  vit->v = calloc(vit->n_params, sizeof *vit->v);
+  if (!vit->params || !vit->grads || !vit->m || !vit->v) goto oom;
+  for (size_t i = 0; i < vit->n_entries; i++) {
+    tensor_entry *e = &vit->entries[i];
+    *e->value_slot = vit->params + e->offset;
+    *e->grad_slot = vit->grads + e->offset;
+  }
+  vit->arena_floats = layout_arena(vit, NULL);
+  vit->arena = malloc(vit->arena_floats * sizeof *vit->arena);
+  vit->labels = malloc(max_batch * sizeof *vit->labels);
+  if (!vit->arena || !vit->labels) goto oom;
+  layout_arena(vit, vit->arena);
+  *out = vit;
+  return 0;
+oom:
+  qt_vit_free(vit);
+  return qt_err_set(err, QT_ENOMEM, "ViT: out of memory (width %ld, depth %ld, %ld px, batch %zu)",
+                    config->width, config->depth, config->image_size, max_batch);
+}
+
+void qt_vit_free(qt_vit_t *vit) {
+  if (!vit) return;
+  free(vit->p.blocks);
+  free(vit->g.blocks);
+  free(vit->acts);
+  free(vit->entries);
+  free(vit->params);
+  free(vit->grads);
+  free(vit->m);
+  free(vit->v);
+  free(vit->arena);
+  free(vit->labels);
+  free(vit);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Initialization                                                             */
+/* ------------------------------------------------------------------------- */
+
+/* timm's trunc_normal_(std) with its default absolute bounds [-2, 2]. */
+static void trunc_normal(float *x, size_t n, double std, qt_rng_t *rng) {
+  for (size_t i = 0; i < n; i++) {
+    double value;
+    do {
+      value = qt_rng_gaussian(rng, std);
+    } while (value < -2.0 || value > 2.0);
+    x[i] = (float)value;
+  }
+}
+
+static void uniform(float *x, size_t n, double bound, qt_rng_t *rng) {
+  for (size_t i = 0; i < n; i++) x[i] = (float)((2.0 * qt_rng_uniform(rng) - 1.0) * bound);
+}
+
+static void fill(float *x, size_t n, float value) {
+  for (size_t i = 0; i < n; i++) x[i] = value;
+}
+
+/* A new classifier, as timm's init_weights_vit_timm initializes nn.Linear. */
+static void init_head(qt_vit_t *vit, qt_rng_t *rng) {
+  size_t C = (size_t)vit->config.width, K = (size_t)vit->config.num_classes;
+  trunc_normal(vit->p.head_w, K * C, 0.02, rng);
+  fill(vit->p.head_b, K, 0.0f);
+}
+
+int qt_vit_init(const qt_vit_config *config, size_t max_batch, qt_rng_t *rng, qt_vit_t **out,
+                qt_err *err) {
+  if (!out) return qt_err_set(err, QT_EINVAL, "qt_vit_init: NULL argument");
+  *out = NULL;
+  if (!config || !rng) return qt_err_set(err, QT_EINVAL, "qt_vit_init: NULL argument");
+  qt_vit_t *vit;
+  int rc = vit_create(config, max_batch, &vit, err);
+  if (rc < 0) return rc;
+  const qt_vit_config *cf = &vit->config;
+  size_t C = (size_t)cf->width, P = 3 * (size_t)cf->patch_size * (size_t)cf->patch_size;
+  vit_tensors *p = &vit->p;
+  /* Conv2d's default: kaiming_uniform(a = sqrt 5) gives the bound
+   * 1 / sqrt(fan_in) for the weight, the same as for the bias. */
+  double conv_bound = 1.0 / sqrt((double)P);
+  uniform(p->patch_w, C * P, conv_bound, rng);
+  if (p->patch_b) uniform(p->patch_b, C, conv_bound, rng);
+  size_t pos_rows = vit->patches + (cf->no_embed_class ? 0 : 1);
+  trunc_normal(p->pos, pos_rows * C, 0.02, rng);
+  for (size_t j = 0; j < C; j++) p->cls[j] = (float)qt_rng_gaussian(rng, 1e-6);
+  for (long l = 0; l < cf->depth; l++) {
+    block_tensors *b = &p->blocks[l];
+    size_t M = (size_t)cf->mlp_hidden;
+    fill(b->norm1_w, C, 1.0f);
+    fill(b->norm1_b, C, 0.0f);
+    trunc_normal(b->qkv_w, 3 * C * C, 0.02, rng);
+    if (b->qkv_b) fill(b->qkv_b, 3 * C, 0.0f);
+    trunc_normal(b->proj_w, C * C, 0.02, rng);
+    fill(b->proj_b, C, 0.0f);
+    fill(b->norm2_w, C, 1.0f);
+    fill(b->norm2_b, C, 0.0f);
+    trunc_normal(b->fc1_w, M * C, 0.02, rng);
+    fill(b->fc1_b, M, 0.0f);
+    trunc_normal(b->fc2_w, C * M, 0.02, rng);
+    fill(b->fc2_b, C, 0.0f);
+    if (b->ls1) fill(b->ls1, C, (float)cf->layer_scale_init);
+    if (b->ls2) fill(b->ls2, C, (float)cf->layer_scale_init);
+  }
+  fill(p->norm_w, C, 1.0f);
+  fill(p->norm_b, C, 0.0f);
+  init_head(vit, rng);
+  *out = vit;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Loading a checkpoint                                                       */
+/* ------------------------------------------------------------------------- */
+
+qt_vit_load_params qt_vit_default_load_params(void) {
+  qt_vit_load_params p;
+  memset(&p, 0, sizeof p);
+  p.family = QT_MODEL_FAMILY_VIT;
+  p.max_batch = 32;
+  return p;
+}
+
+/* Reads pos_embed of the checkpoint's grid and resamples its patch rows to
+ * the model's grid (class-token row, if any, copied as it is). */
+static int load_pos_embed(qt_vit_t *vit, const qt_safetensors_t *st, long old_grid, qt_err *err) {
+  const qt_vit_config *cf = &vit->config;
+  size_t C = (size_t)cf->width, prefix = cf->no_embed_class ? 0 : 1;
+  size_t old_g = (size_t)old_grid, new_g = (size_t)(cf->image_size / cf->patch_size);
+  size_t old_rows = prefix + old_g * old_g;
+  if (old_g == new_g)
+    return qt_safetensors_read_f32(st, "pos_embed", vit->p.pos, old_rows * C, err);
+  float *old = malloc((old_rows * C + old_g * new_g * C) * sizeof *old);
+  if (!old) return qt_err_set(err, QT_ENOMEM, "%s: out of memory", qt_safetensors_path(st));
+  int rc = qt_safetensors_read_f32(st, "pos_embed", old, old_rows * C, err);
+  if (rc == 0) {
+    memcpy(vit->p.pos, old, prefix * C * sizeof *old);
+    qt_cpu_resample_bicubic(vit->p.pos + prefix * C, old + old_rows * C, old + prefix * C, old_g,
+                            old_g, new_g, new_g, C);
+  }
+  free(old);
+  return rc;
+}
+
+int qt_vit_load(const char *checkpoint_path, const qt_vit_load_params *params, qt_vit_t **out,
+                qt_err *err) {
+  if (!checkpoint_path || !params || !out)
+    return qt_err_set(err, QT_EINVAL, "qt_vit_load: NULL argument");
+  *out = NULL;
+  if (!qt_model_family_is_vit(params->family))
+    return qt_err_set(err, QT_EINVAL, "qt_vit_load: family %s is not a ViT family",
+                      qt_model_family_name(params->family));
+  if (params->heads < 1)
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_vit_load: %s: the number of heads must be given (a checkpoint "
+                      "cannot tell it)",
+                      checkpoint_path);
+  if (params->image_size < 0 || params->num_classes < 0)
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_vit_load: image_size %ld and num_classes %ld must be >= 0",
+                      params->image_size, params->num_classes);
+
+  qt_safetensors_t *st = NULL;
+  qt_err open_err;
+  qt_err_clear(&open_err);
+  int rc = qt_safetensors_open(checkpoint_path, &st, &open_err);
+  if (rc != 0) {
+    if (rc == QT_ENOENT)
+      return qt_err_set(err, rc, "checkpoint %s does not exist", checkpoint_path);
+    return qt_err_set(err, rc, "checkpoint %s", qt_err_message(&open_err));
+  }
+  qt_model_expect expect = qt_model_expect_any();
+  expect.heads = params->heads;
+  qt_model_summary s;
+  rc = qt_model_inspect_open(st, params->family, &expect, &s, err);
+  if (rc == 0 && s.distilled)
+    rc = qt_err_set(err, QT_ENOTIMPL,
+                    "checkpoint %s: distilled DeiT (dist_token, head_dist) is not supported by "
+                    "the engine yet",
+                    checkpoint_path);
+  if (rc == 0 && params->num_classes == 0 && s.num_classes == 0)
+    rc = qt_err_set(err, QT_EINVAL,
+                    "checkpoint %s has no head: give the number of classes of the task",
+                    checkpoint_path);
+  long image_size = params->image_size ? params->image_size : s.image_size;
+  if (rc == 0 && image_size % s.patch_size != 0)
+    rc = qt_err_set(err, QT_EINVAL,
+                    "checkpoint %s: image size %ld is not a multiple of its patch "
+                    "size %ld",
+                    checkpoint_path, image_size, s.patch_size);
+  /* Resampling reads at most 64 taps per output (qt_cpu_resample_bicubic):
+   * shrinking the grid more than 15 times is refused. */
+  if (rc == 0 && s.image_size > 15 * image_size)
+    rc = qt_err_set(err, QT_EINVAL,
+                    "checkpoint %s: image size %ld is more than 15 times smaller than the "
+                    "checkpoint's %ld",
+                    checkpoint_path, image_size, s.image_size);
+  if (rc < 0) {
+    qt_safetensors_free(st);
+    return rc;
+  }
+
+  qt_vit_config config = qt_vit_default_config();
+  config.image_size = image_size;
+  config.patch_size = s.patch_size;
+  config.width = s.width;
+  config.depth = s.depth;
+  config.heads = params->heads;
+  config.mlp_hidden = s.mlp_hidden;
+  config.num_classes = params->num_classes ? params->num_classes : s.num_classes;
+  config.layer_scale = s.layer_scale;
+  config.no_embed_class = s.no_embed_class;
+  config.qkv_bias = s.qkv_bias;
+  config.patch_bias = s.patch_bias;
+  int new_head = config.num_classes != s.num_classes;
+  if (new_head && !params->rng) {
+    qt_safetensors_free(st);
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_vit_load: %s: a new head for %ld classes needs an rng (the checkpoint's "
+                      "has %ld)",
+                      checkpoint_path, config.num_classes, s.num_classes);
+  }
+  qt_vit_t *vit;
+  rc = vit_create(&config, params->max_batch, &vit, err);
+  if (rc < 0) {
+    qt_safetensors_free(st);
+    return rc;
+  }
+  for (size_t i = 0; rc == 0 && i < vit->n_entries; i++) {
+    const tensor_entry *e = &vit->entries[i];
+    if (strcmp(e->name, "pos_embed") == 0) {
+      rc = load_pos_embed(vit, st, s.image_size / s.patch_size, err);
+    } else if (new_head && strncmp(e->name, "head.", 5) == 0) {
+      continue;
+    } else {
+      rc = qt_safetensors_read_f32(st, e->name, vit->params + e->offset, e->numel, err);
+    }
+  }
+  qt_safetensors_free(st);
+  if (rc < 0) {
+    qt_vit_free(vit);
+    return rc;
+  }
+  if (new_head) init_head(vit, params->rng);
+  *out = vit;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Accessors                                                                  */
+/* ------------------------------------------------------------------------- */
+
+const qt_vit_config *qt_vit_get_config(const qt_vit_t *vit) {
+  return &vit->config;
+}
+size_t qt_vit_max_batch(const qt_vit_t *vit) {
+  return vit->max_batch;
+}
+size_t qt_vit_parameter_count(const qt_vit_t *vit) {
+  return vit->n_params;
+}
+size_t qt_vit_activation_bytes(const qt_vit_t *vit) {
+  return vit->arena_floats * sizeof(float) + vit->max_batch * sizeof(int);
+}
+size_t qt_vit_tensor_count(const qt_vit_t *vit) {
+  return vit->n_entries;
+}
+long qt_vit_step(const qt_vit_t *vit) {
+  return vit->step;
+}
+const float *qt_vit_logits(const qt_vit_t *vit) {
+  return vit->logits;
+}
+
+void qt_vit_tensor_at(const qt_vit_t *vit, size_t index, qt_vit_tensor *out) {
+  QT_ASSERT(index < vit->n_entries);
+  const tensor_entry *e = &vit->entries[index];
+  out->name = e->name;
+  out->ndim = e->ndim;
+  out->shape = e->shape;
+  out->numel = e->numel;
+  out->data = vit->params + e->offset;
+  out->grad = vit->grads + e->offset;
+  out->decay = e->decay;
+}
+
+int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out) {
+  for (size_t i = 0; name && i < vit->n_entries; i++) {
+    if (strcmp(vit->entries[i].name, name) == 0) {
+      if (out) qt_vit_tensor_at(vit, i, out);
+      return 0;
+    }
+  }
+  return QT_ENOENT;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Forward                                                                    */
+/* ------------------------------------------------------------------------- */
+
+int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
+  if (!vit || !images) return qt_err_set(err, QT_EINVAL, "qt_vit_forward: NULL argument");
+  if (batch < 1 || batch > vit->max_batch)
+    return qt_err_set(err, QT_EINVAL, "qt_vit_forward: batch %zu is not in [1, %zu] (max_batch)",
+                      batch, vit->max_batch);
+  const qt_vit_config *cf = &vit->config;
+  const vit_tensors *p = &vit->p;
+  size_t B = batch, N = vit->patches, T = vit->tokens, BT = B * T;
+  size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
+  size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
+  vit->have_forward = vit->have_loss = 0;
+
+  /* Patch embedding (a convolution with stride = kernel = patch) and the
+   * token sequence. */
+  qt_cpu_patchify(vit->patch_in, images, B, 3, (size_t)cf->image_size, ps);
+  qt_cpu_linear_forward(vit->patch_emb, vit->patch_in, p->patch_w, p->patch_b, B * N, P, C);
+  qt_cpu_tokens_forward(vit->resid0, vit->patch_emb, p->cls, p->pos, !cf->no_embed_class, B, N, C);
+
+  const float *x = vit->resid0;
+  for (long l = 0; l < cf->depth; l++) {
+    const block_tensors *w = &p->blocks[l];
+    block_acts *a = &vit->acts[l];
+    qt_cpu_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT, C,
+                             VIT_NORM_EPS);
+    qt_cpu_linear_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C);
+    qt_cpu_attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H);
+    qt_cpu_linear_forward(a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C);
+    qt_cpu_residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C);
+    qt_cpu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w, w->norm2_b,
+                             BT, C, VIT_NORM_EPS);
+    qt_cpu_linear_forward(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M);
+    qt_cpu_gelu_forward(a->gelu, a->fc1, BT * M);
+    qt_cpu_linear_forward(a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C);
+    qt_cpu_residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C);
+    x = a->resid_out;
+  }
+
+  /* timm normalizes every token and pools the class token; the norm works
+   * per row, so normalizing only the class tokens gives the same logits. */
+  for (size_t b = 0; b < B; b++) memcpy(vit->cls_rows + b * C, x + b * T * C, C * sizeof *x);
+  qt_cpu_layernorm_forward(vit->cls_norm, vit->cls_mean, vit->cls_rstd, vit->cls_rows, p->norm_w,
+                           p->norm_b, B, C, VIT_NORM_EPS);
+  qt_cpu_linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K);
+  vit->batch = B;
+  vit->have_forward = 1;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Loss                                                                       */
+/* ------------------------------------------------------------------------- */
+
+int qt_vit_loss(qt_vit_t *vit, const int *labels, const float *soft_targets, double label_smoothing,
+                double *loss, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_loss: NULL model");
+  if (!vit->have_forward)
+    return qt_err_set(err, QT_EINVAL, "qt_vit_loss: no forward pass to take the loss of");
+  if (!labels && !soft_targets)
+    return qt_err_set(err, QT_EINVAL, "qt_vit_loss: give labels or soft targets");
+  if (!(label_smoothing >= 0.0 && label_smoothing < 1.0))
+    return qt_err_set(err, QT_EINVAL, "qt_vit_loss: label smoothing %g is not in [0, 1)",
+                      label_smoothing);
+  size_t B = vit->batch, K = (size_t)vit->config.num_classes;
+  if (labels) {
+    for (size_t b = 0; b < B; b++) {
+      if (labels[b] < 0 || (size_t)labels[b] >= K)
+        return qt_err_set(err, QT_EINVAL, "qt_vit_loss: label %d of image %zu is not in [0, %zu)",
+                          labels[b], b, K);
+    }
+    memcpy(vit->labels, labels, B * sizeof *labels);
+  } else {
+    memcpy(vit->targets, soft_targets, B * K * sizeof *soft_targets);
+  }
+  vit->soft = labels == NULL;
+  vit->smoothing = (float)label_smoothing;
+  qt_cpu_cross_entropy_forward(vit->losses, vit->probs, vit->logits, vit->soft ? NULL : vit->labels,
+                               vit->soft ? vit->targets : NULL, vit->smoothing, B, K);
+  double sum = 0.0;
+  for (size_t b = 0; b < B; b++) sum += vit->losses[b];
+  if (loss) *loss = sum / (double)B;
+  vit->have_loss = 1;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Backward                                                                   */
+/* ------------------------------------------------------------------------- */
+
+void qt_vit_zero_grad(qt_vit_t *vit) {
+  memset(vit->grads, 0, vit->n_params * sizeof *vit->grads);
+}
+
+/* The gradient reaching a residual branch: gamma * dout with layer scale
+ * (dgamma accumulated on the way), else dout itself, without a copy. */
+static const float *branch_grad(qt_vit_t *vit, const float *gamma, float *dgamma,
+                                const float *branch, size_t n, size_t c) {
+  if (!gamma) return vit->dresid;
+  memset(vit->dbranch, 0, n * c * sizeof *vit->dbranch);
+  qt_cpu_residual_backward(NULL, vit->dbranch, dgamma, vit->dresid, branch, gamma, n, c);
+  return vit->dbranch;
+}
+
+int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_backward: NULL model");
+  if (!vit->have_loss)
+    return qt_err_set(err, QT_EINVAL, "qt_vit_backward: no loss since the last forward pass");
+  const qt_vit_config *cf = &vit->config;
+  const vit_tensors *p = &vit->p;
+  vit_tensors *g = &vit->g;
+  size_t B = vit->batch, N = vit->patches, T = vit->tokens, BT = B * T;
+  size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
+  size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
+
+  /* The mean over the batch: every row's loss has weight 1 / B. */
+  float dloss = 1.0f / (float)B;
+  memset(vit->dlogits, 0, B * K * sizeof *vit->dlogits);
+  qt_cpu_cross_entropy_backward(vit->dlogits, vit->probs, vit->soft ? NULL : vit->labels,
+                                vit->soft ? vit->targets : NULL, vit->smoothing, &dloss, 0, B, K);
+  memset(vit->dcls_norm, 0, B * C * sizeof *vit->dcls_norm);
+  qt_cpu_linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
+                         p->head_w, B, C, K);
+  memset(vit->dcls_rows, 0, B * C * sizeof *vit->dcls_rows);
+  qt_cpu_layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm, vit->cls_rows,
+                            p->norm_w, vit->cls_mean, vit->cls_rstd, B, C);
+  /* Only the class tokens reach the head. */
+  memset(vit->dresid, 0, BT * C * sizeof *vit->dresid);
+  for (size_t b = 0; b < B; b++)
+    memcpy(vit->dresid + b * T * C, vit->dcls_rows + b * C, C * sizeof *vit->dresid);
+
+  /* dresid holds the gradient of the residual stream: d(block output) on
+   * entry to each block, d(block input) when it leaves. */
+  for (long l = cf->depth - 1; l >= 0; l--) {
+    const block_tensors *w = &p->blocks[l];
+    block_tensors *gw = &g->blocks[l];
+    const block_acts *a = &vit->acts[l];
+    const float *x_in = l > 0 ? vit->acts[l - 1].resid_out : vit->resid0;
+
+    /* MLP branch. */
+    const float *dmlp = branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C);
+    memset(vit->dgelu, 0, BT * M * sizeof *vit->dgelu);
+    qt_cpu_linear_backward(vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT, M, C);
+    memset(vit->dfc1, 0, BT * M * sizeof *vit->dfc1);
+    qt_cpu_gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M);
+    memset(vit->dln, 0, BT * C * sizeof *vit->dln);
+    qt_cpu_linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT, C, M);
+    qt_cpu_layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
+                              w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C);
+
+    /* Attention branch. */
+    const float *dattn = branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C);
+    memset(vit->dattn_y, 0, BT * C * sizeof *vit->dattn_y);
+    qt_cpu_linear_backward(vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y, w->proj_w, BT, C,
+                           C);
+    memset(vit->dqkv, 0, BT * 3 * C * sizeof *vit->dqkv);
+    qt_cpu_attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H);
+    memset(vit->dln, 0, BT * C * sizeof *vit->dln);
+    qt_cpu_linear_backward(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT, C,
+                           3 * C);
+    qt_cpu_layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,
+                              a->ln1_mean, a->ln1_rstd, BT, C);
+  }
+
+  memset(vit->dpatch_emb, 0, B * N * C * sizeof *vit->dpatch_emb);
+  qt_cpu_tokens_backward(vit->dpatch_emb, g->cls, g->pos, vit->dresid, !cf->no_embed_class, B, N,
+                         C);
+  qt_cpu_linear_backward(NULL, g->patch_w, g->patch_b, vit->dpatch_emb, vit->patch_in, p->patch_w,
+                         B * N, P, C);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Optimizer step and saving                                                  */
+/* ------------------------------------------------------------------------- */
+
+int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_adamw_step: NULL model");
+  /* Check the hyperparameters once, so that a bad value changes nothing. */
+  int rc = qt__adamw_prepare("qt_vit_adamw_step", NULL, NULL, NULL, NULL, 0, hp, vit->step + 1,
+                             NULL, err);
+  if (rc < 0) return rc;
+  long step = vit->step + 1;
+  qt_adamw_params no_decay = *hp;
+  no_decay.weight_decay = 0.0;
+  for (size_t i = 0; i < vit->n_entries; i++) {
+    const tensor_entry *e = &vit->entries[i];
+    size_t o = e->offset;
+    rc = qt_cpu_adamw_step(vit->params + o, vit->grads + o, vit->m + o, vit->v + o, e->numel,
+                           e->decay ? hp : &no_decay, step, err);
+    QT_ASSERT(rc == 0); /* the arguments were checked above */
+  }
+  vit->step = step;
+  return 0;
+}
+
+int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err) {
+  if (!vit || !path) return qt_err_set(err, QT_EINVAL, "qt_vit_save: NULL argument");
+  qt_safetensors_tensor *tensors = calloc(vit->n_entries, sizeof *tensors);
+  if (!tensors) return qt_err_set(err, QT_ENOMEM, "qt_vit_save: out of memory");
+  for (size_t i = 0; i < vit->n_entries; i++) {
+    const tensor_entry *e = &vit->entries[i];
+    tensors[i].name = e->name;
+    tensors[i].dtype = QT_DTYPE_F32;
+    tensors[i].ndim = e->ndim;
+    tensors[i].shape = e->shape;
+    tensors[i].data = vit->params + e->offset;
+  }
+  const qt_safetensors_pair metadata[] = {{"format", "pt"}};
+  int rc = qt_safetensors_write(path, tensors, vit->n_entries, metadata, 1, err);
+  free(tensors);
+  return rc;
+}
