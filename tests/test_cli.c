@@ -11,6 +11,7 @@
 #include "core/qt_core.h"
 #include "metadata/qt_metadata.h"
 #include "qt_test.h"
+#include "surrogate/qt_surrogate.h"
 
 /* Runs qtune with the given arguments; returns its exit code and keeps what
  * it printed (stdout and stderr together) in `output`. */
@@ -82,7 +83,7 @@ static void test_every_command_has_help(void) {
 /* Declared but unbuilt commands say so in a sentence and exit 2. */
 static void test_unimplemented_commands_exit_2(void) {
   const char *cases[] = {"search --budget 4h", "status runs/x", "export runs/x", "finetune",
-                         "meta train", "meta collect", NULL};
+                         "meta collect", NULL};
   for (int i = 0; cases[i]; i++) {
     int code = run_qtune(out, sizeof out, cases[i]);
     CU_ASSERT_EQUAL(code, 2);
@@ -200,6 +201,71 @@ static void test_bench(void) {
   CU_ASSERT_EQUAL(system(args), 0);
 }
 
+/* `meta train` on a small synthetic meta-dataset: it prints progress and
+ * the summary, and writes a surrogate file that loads for the meta-dataset's
+ * space and records the held-out dataset; bad flags are usage errors. */
+static void test_meta_train(void) {
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta train --out x.qts"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "--meta-dataset DIR is required"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta train --meta-dataset x"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "--out FILE is required"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta train --meta-dataset x --out y --iterations 0"),
+                  1);
+  CU_ASSERT_EQUAL(
+      run_qtune(out, sizeof out, "meta train --meta-dataset x --out y --learning-rate -1"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "--learning-rate must be"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "meta train --meta-dataset no/such --out y"), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no/such"));
+
+  char dir[] = "/tmp/qt-test-cli-train-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  qt_metadataset_synth_params sp = qt_metadataset_synth_default_params();
+  sp.n_datasets = 5;
+  sp.runs_per_dataset = 8;
+  qt_metadataset_t *md = NULL;
+  qt_err err;
+  char folder[512], file[512], args[2048];
+  snprintf(folder, sizeof folder, "%s/md", dir);
+  snprintf(file, sizeof file, "%s/surrogate.qts", dir);
+  CU_ASSERT_EQUAL_FATAL(
+      qt_metadataset_synthesize("configs/spaces/quicktune-v1.yaml", &sp, &md, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_metadataset_save(md, folder, &err), 0);
+
+  snprintf(args, sizeof args,
+           "meta train --meta-dataset '%s' --out '%s' --iterations 60 --seed 2 "
+           "--exclude-datasets synth-004,NOPE",
+           folder, file);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no dataset 'NOPE'"));
+  snprintf(args, sizeof args,
+           "meta train --meta-dataset '%s' --out '%s' --iterations 60 --seed 2 "
+           "--exclude-datasets synth-004 --learning-rate 1e-3",
+           folder, file);
+  int code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "60 iterations, learning rate 0.001, seed 2"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "iteration     60/60"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "held out    1: synth-004"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "validation  untrained"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "held out    untrained"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "wrote "));
+
+  qt_surrogate_t *surrogate = NULL;
+  CU_ASSERT_EQUAL(qt_surrogate_load(file, qt_metadataset_space(md), &surrogate, &err), 0);
+  if (surrogate) {
+    const qt_surrogate_info *info = qt_surrogate_get_info(surrogate);
+    CU_ASSERT_EQUAL(info->excluded_count, 1);
+    CU_ASSERT_STRING_EQUAL(info->excluded_datasets[0], "synth-004");
+    CU_ASSERT_EQUAL(info->iterations, 60);
+    CU_ASSERT_EQUAL(info->seed, 2);
+  }
+  qt_surrogate_free(surrogate);
+  qt_metadataset_free(md);
+  snprintf(args, sizeof args, "rm -rf '%s'", dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+}
+
 /* `hub list` and `hub show` on the fixture hub (every checkpoint fits:
  * exit 0), on the shipped hub (checkpoints not fetched yet: exit 3 with the
  * table) and on a hub whose entry contradicts its checkpoint (exit 3). */
@@ -262,6 +328,7 @@ static const qt_test_case cases[] = {
     {"space check, sample, encode", test_space_commands},
     {"hub list and show", test_hub_commands},
     {"meta import", test_meta_import},
+    {"meta train", test_meta_train},
     {"bench", test_bench},
     {NULL, NULL}};
 

@@ -91,6 +91,7 @@ static const qt_cli_flag meta_train_flags[] = {
     {"meta-dataset", "DIR", "native meta-dataset folder"},
     {"exclude-datasets", "LIST", "comma-separated datasets to leave out of meta-training"},
     {"iterations", "N", "meta-training iterations (default 10000)"},
+    {"learning-rate", "LR", "Adam learning rate of the GP and extractor (default 1e-4)"},
     {"out", "FILE", "surrogate file to write"},
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
@@ -115,10 +116,10 @@ static const qt_cli_command meta_subcommands[] = {
      "identical. Prints the number of datasets, runs and curve points.\n",
      meta_import_flags, 1, 1, qt_cli_meta_import, NULL},
     {"train", "meta train", "meta-train the surrogates (performance and cost) on a meta-dataset",
-     "--meta-dataset DIR --out FILE [--exclude-datasets LIST]",
+     "--meta-dataset DIR --out FILE [--exclude-datasets LIST] [--iterations N]",
      "Trains the deep-kernel GP and the cost predictor on the meta-dataset's learning curves\n"
      "and writes one surrogate file, tied to the search space and encoding it was trained for.\n",
-     meta_train_flags, 0, 0, NULL, NULL},
+     meta_train_flags, 0, 0, qt_cli_meta_train, NULL},
     {"collect", "meta collect", "build a meta-dataset by fine-tuning sampled configurations",
      "--hub FILE --space FILE --tasks DIR --runs-per-task N --max-epochs N --out DIR",
      "Samples configurations, runs them on every task with the fine-tuning engine and writes\n"

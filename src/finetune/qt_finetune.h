@@ -748,14 +748,13 @@ int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
  * Sources (qt_data_load picks by what it finds at the path):
  *   - MNIST / Fashion-MNIST IDX files (qt_dataset_load_idx), gzip-compressed
  *     or not (zlib reads both);
- *   - an ImageFolder tree: image files (.png, .jpg, .jpeg) in root/<class>/
- *     and its subfolders, as torchvision's
- *     ImageFolder: class names are the subfolders sorted by byte order, labels
- *     their index, files found recursively (names starting with '.' are
- *     ignored, so are other extensions; the test of the extension ignores
- *     case). PNG and JPEG are recognized by their first bytes, not their
- *     extension, and decoded by libpng and libjpeg; a file that fails to
- *     decode is skipped with one warning (qt_log) and counted in n_skipped.
+ *   - an ImageFolder tree, as torchvision's ImageFolder: image files (.png,
+ *     .jpg, .jpeg, any case) in root/<class>/ and its subfolders; class names
+ *     are the subfolders sorted by byte order, labels their index (names
+ *     starting with '.' and other extensions are ignored). PNG and JPEG
+ *     are recognized by their first bytes, not their extension, and decoded
+ *     by libpng and libjpeg; a file that fails to decode is skipped with one
+ *     warning (qt_log) and counted in n_skipped.
  *     Images of different sizes are resized on load to one common size (see
  *     qt_image_folder_params): the engine trains on fixed-size batches, and
  *     keeping originals of arbitrary size would cost memory proportional to
@@ -765,8 +764,11 @@ int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
  *     of one of the kinds above; missing splits are carved from train by a
  *     stratified split with a seed (qt_dataset_split).
  *
- * Preprocessing and augmentation follow torchvision with PIL images, on
- * uint8 pixels, then convert to float32 CHW with the model's mean and std;
+ * Preprocessing and augmentation work on uint8 pixels: resizing as Pillow
+ * (what torchvision does to PIL images), the augmentation ops as
+ * torchvision's definitions on uint8 tensors, both checked pixel for pixel
+ * against the reference (tools/make-data-golden.py); then conversion to
+ * float32 CHW with the model's mean and std;
  * Mixup, CutMix and label smoothing follow timm (mixup_mode 'batch') and give
  * soft targets. Every random choice draws from an explicit qt_rng_t; the batch
  * iterator derives each sample's stream from (seed, epoch, position), so an
@@ -798,17 +800,17 @@ typedef enum qt_dataset_kind {
  * every array and the struct). */
 typedef struct qt_dataset {
   qt_dataset_kind kind;
-  size_t n;                        /* number of samples */
-  size_t height, width, channels;  /* images: common size, channels 1 or 3; tabular: 0 */
-  uint8_t *images;                 /* (n, height, width, channels); NULL for tabular or n == 0 */
-  size_t n_features;               /* tabular: features per sample; images: 0 */
-  float *features;                 /* (n, n_features); NULL for images or n == 0 */
-  char **feature_names;            /* (n_features) CSV column names; NULL for images */
-  int32_t *labels;                 /* (n) in [0, n_classes) */
-  size_t n_classes;                /* >= 2 */
-  char **class_names;              /* (n_classes) */
-  size_t n_skipped;                /* files left out because they failed to decode */
-  char *source;                    /* the path it came from, for messages */
+  size_t n;                       /* number of samples */
+  size_t height, width, channels; /* images: common size, channels 1 or 3; tabular: 0 */
+  uint8_t *images;                /* (n, height, width, channels); NULL for tabular or n == 0 */
+  size_t n_features;              /* tabular: features per sample; images: 0 */
+  float *features;                /* (n, n_features); NULL for images or n == 0 */
+  char **feature_names;           /* (n_features) CSV column names; NULL for images */
+  int32_t *labels;                /* (n) in [0, n_classes) */
+  size_t n_classes;               /* >= 2 */
+  char **class_names;             /* (n_classes) */
+  size_t n_skipped;               /* files left out because they failed to decode */
+  char *source;                   /* the path it came from, for messages */
 } qt_dataset;
 
 /* Releases the dataset and its arrays. NULL is a no-op. */
@@ -908,9 +910,8 @@ int qt_image_load(const char *path, size_t channels, uint8_t **pixels, size_t *h
  * class_names (NULL for none) fixes the class list, as for image folders:
  * then a label outside it is QT_ESCHEMA.
  */
-int qt_dataset_load_csv(const char *path, const char *label_column,
-                        const char *const *class_names, size_t n_class_names, qt_dataset **out,
-                        qt_err *err);
+int qt_dataset_load_csv(const char *path, const char *label_column, const char *const *class_names,
+                        size_t n_class_names, qt_dataset **out, qt_err *err);
 
 /* --- Splits and layouts --------------------------------------------------- */
 
@@ -925,9 +926,8 @@ int qt_dataset_load_csv(const char *path, const char *label_column,
  * order in ds. Fractions must be >= 0 with a sum < 1 (QT_EINVAL otherwise).
  * val or test may be NULL when its fraction is 0.
  */
-int qt_dataset_split(const qt_dataset *ds, double val_fraction, double test_fraction,
-                     uint64_t seed, qt_dataset **train, qt_dataset **val, qt_dataset **test,
-                     qt_err *err);
+int qt_dataset_split(const qt_dataset *ds, double val_fraction, double test_fraction, uint64_t seed,
+                     qt_dataset **train, qt_dataset **val, qt_dataset **test, qt_err *err);
 
 typedef struct qt_data_params {
   qt_image_folder_params images; /* image folders (class_names is ignored) */
@@ -968,8 +968,7 @@ typedef struct qt_data_splits {
  * fraction each (0 gives an empty split). A split of the layout with a class
  * unknown to train is QT_ESCHEMA. On failure *out is left empty.
  */
-int qt_data_load(const char *path, const qt_data_params *params, qt_data_splits *out,
-                 qt_err *err);
+int qt_data_load(const char *path, const qt_data_params *params, qt_data_splits *out, qt_err *err);
 
 /* Releases the three datasets and clears the struct. NULL is a no-op. */
 void qt_data_splits_free(qt_data_splits *splits);
@@ -990,8 +989,8 @@ void qt_data_splits_free(qt_data_splits *splits);
  * channels 1..4; sizes >= 1; src and dst must not overlap (QT_EINVAL).
  */
 int qt_image_resize(const uint8_t *src, size_t src_height, size_t src_width, size_t channels,
-                    uint8_t *dst, size_t dst_height, size_t dst_width, qt_interpolation interpolation,
-                    qt_err *err);
+                    uint8_t *dst, size_t dst_height, size_t dst_width,
+                    qt_interpolation interpolation, qt_err *err);
 
 /* The top-left corner of torchvision's center crop of (crop_height,
  * crop_width) from (height, width): round((height - crop_height) / 2) with
@@ -1027,10 +1026,10 @@ int qt_image_to_float(const uint8_t *src, size_t height, size_t width, size_t ch
 
 /* What a model expects of its input (from the hub entry). */
 typedef struct qt_preprocess_params {
-  size_t image_size;             /* input height = width */
-  size_t channels;               /* 3 (RGB) or 1 */
-  double mean[3], std[3];        /* per channel, on [0, 1] pixels */
-  double crop_pct;               /* eval: resize shorter side to floor(image_size / crop_pct) */
+  size_t image_size;      /* input height = width */
+  size_t channels;        /* 3 (RGB) or 1 */
+  double mean[3], std[3]; /* per channel, on [0, 1] pixels */
+  double crop_pct;        /* eval: resize shorter side to floor(image_size / crop_pct) */
   qt_interpolation interpolation;
 } qt_preprocess_params;
 
@@ -1122,19 +1121,19 @@ double qt_augment_op_magnitude(qt_auto_augment policy, qt_augment_op op, int bin
 int qt_augment_op_signed(qt_augment_op op);
 
 typedef struct qt_augment_params {
-  int random_resized_crop;    /* 1: RandomResizedCrop; 0: the eval transform's resize and crop */
-  double scale[2];            /* RRC area fraction range */
-  double ratio[2];            /* RRC aspect ratio range (width / height) */
-  double hflip_prob;          /* probability of a horizontal flip */
+  int random_resized_crop; /* 1: RandomResizedCrop; 0: the eval transform's resize and crop */
+  double scale[2];         /* RRC area fraction range */
+  double ratio[2];         /* RRC aspect ratio range (width / height) */
+  double hflip_prob;       /* probability of a horizontal flip */
   qt_auto_augment auto_augment;
-  int rand_num_ops;           /* RandAugment: operations per image */
-  int rand_magnitude;         /* RandAugment: magnitude bin, 0..num_magnitude_bins-1 */
-  int num_magnitude_bins;     /* both policies */
-  double mixup_alpha;         /* Beta(alpha, alpha) for Mixup; 0 turns Mixup off */
-  double cutmix_alpha;        /* Beta(alpha, alpha) for CutMix; 0 turns CutMix off */
-  double mix_prob;            /* probability that a batch is mixed at all */
-  double switch_prob;         /* with both on: probability of CutMix instead of Mixup */
-  double label_smoothing;     /* in [0, 1) */
+  int rand_num_ops;       /* RandAugment: operations per image */
+  int rand_magnitude;     /* RandAugment: magnitude bin, 0..num_magnitude_bins-1 */
+  int num_magnitude_bins; /* both policies */
+  double mixup_alpha;     /* Beta(alpha, alpha) for Mixup; 0 turns Mixup off */
+  double cutmix_alpha;    /* Beta(alpha, alpha) for CutMix; 0 turns CutMix off */
+  double mix_prob;        /* probability that a batch is mixed at all */
+  double switch_prob;     /* with both on: probability of CutMix instead of Mixup */
+  double label_smoothing; /* in [0, 1) */
 } qt_augment_params;
 
 /* RRC on with scale (0.08, 1) and ratio (3/4, 4/3), flip 0.5, no auto
@@ -1171,8 +1170,8 @@ int qt_image_trivial_augment(const uint8_t *src, uint8_t *dst, size_t height, si
  * magnitude bin and a uniform sign for signed ops; src to dst (no
  * overlap). */
 int qt_image_rand_augment(const uint8_t *src, uint8_t *dst, size_t height, size_t width,
-                          size_t channels, int num_ops, int magnitude, int num_bins,
-                          qt_rng_t *rng, qt_err *err);
+                          size_t channels, int num_ops, int magnitude, int num_bins, qt_rng_t *rng,
+                          qt_err *err);
 
 /* One-hot targets with label smoothing, as timm: off = smoothing / K,
  * on = 1 - smoothing + off. targets (n, n_classes). */
@@ -1216,12 +1215,12 @@ typedef struct qt_batch {
   size_t size;                    /* samples in this batch (the last may be short) */
   size_t channels, height, width; /* images: model input; tabular: 1, 1, n_features */
   size_t n_classes;
-  float *inputs;          /* (size, channels, height, width) */
-  float *targets;         /* (size, n_classes) soft targets, rows sum to 1 */
-  const int32_t *labels;  /* (size) hard labels (for accuracy) */
-  const size_t *indices;  /* (size) dataset indices */
-  double lambda;          /* Mixup/CutMix lambda, 1 when not mixed */
-  int cutmix;             /* 1 when CutMix was applied */
+  float *inputs;         /* (size, channels, height, width) */
+  float *targets;        /* (size, n_classes) soft targets, rows sum to 1 */
+  const int32_t *labels; /* (size) hard labels (for accuracy) */
+  const size_t *indices; /* (size) dataset indices */
+  double lambda;         /* Mixup/CutMix lambda, 1 when not mixed */
+  int cutmix;            /* 1 when CutMix was applied */
 } qt_batch;
 
 typedef struct qt_batch_iter qt_batch_iter_t;
@@ -1260,7 +1259,6 @@ int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err);
 
 /* The current epoch's order: (ds->n) dataset indices; NULL before start. */
 const size_t *qt_batch_iter_order(const qt_batch_iter_t *it);
-
 /* end of data section */
 
 #ifdef __cplusplus

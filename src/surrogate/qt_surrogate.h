@@ -1,14 +1,20 @@
 /*
  * qt_surrogate.h - the surrogate models of qtune.
  *
- * What this module implements (so far): the exact Gaussian process that every
- * later surrogate builds on. The deep-kernel GP of Quick-Tune (specs/
- * algorithms.md section 1.3) is this GP evaluated on the features phi(x) of a
- * feature extractor: it conditions the GP on the features of a batch, asks for
- * the loss and its gradient with respect to the GP hyperparameters *and* the
- * inputs (here: the features), and backpropagates the latter into the
- * extractor. The GP therefore treats its inputs as plain numbers and offers
- * dL/dX.
+ * What this module implements:
+ *   - the exact Gaussian process (this section) that every surrogate builds on;
+ *   - the deep-kernel GP of Quick-Tune (specs/algorithms.md section 1.3): this
+ *     GP evaluated on the features phi of a feature extractor. It conditions
+ *     the GP on the features of a batch, asks for the loss and its gradient
+ *     with respect to the GP hyperparameters *and* the inputs (the features),
+ *     and backpropagates the latter into the extractor by hand. The GP
+ *     therefore treats its inputs as plain numbers and offers dL/dX;
+ *   - the cost predictor (section 1.6), a network that predicts an epoch's
+ *     seconds;
+ *   - meta-training of both on a meta-dataset (section 1.5) and the surrogate
+ *     file that stores them with the space they were trained for.
+ * qt_surrogate_internal.h holds the network shared by both models; the
+ * sections below document each part.
  *
  * The model (gpytorch's ExactGP with ConstantMean, ScaleKernel(RBFKernel or
  * MaternKernel(nu=2.5)) and GaussianLikelihood):
@@ -80,8 +86,10 @@
 #define QT_SURROGATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/qt_core.h"
+#include "metadata/qt_metadata.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -259,8 +267,36 @@ typedef struct qt_dkl_config {
 
 qt_dkl_config qt_dkl_default_config(size_t hp_dim, size_t meta_dim);
 
+/* The default configuration for a search space: hp_dim is the space's
+ * encoded width, and when the space has a categorical hyperparameter named
+ * "model", [model_begin, model_end) is exactly its one-hot block (its value
+ * columns, without a ":active" column). Quick-Tune splits its 69-column
+ * layout at (0, 23) and (23, 69), which sends the 24th model column to the
+ * second encoder; that off-by-one belongs to their layout and is not copied
+ * [RECON]. A space without such a hyperparameter gets one encoder.
+ *
+ * Network details shared by both models: each encoder is Linear(in ->
+ * hidden_dim) -> ReLU -> Linear(hidden_dim -> hidden_dim); the meta-feature
+ * embedding is absent when meta_dim is 0; MaxPool1d(2) floors odd curve
+ * lengths (curve_len >= 2); dropout acts in training only. */
+qt_dkl_config qt_dkl_space_config(const qt_space_t *space, size_t meta_dim);
+
 /* The deep-kernel GP: feature extractor phi (specs §1.3) followed by the
- * exact GP above on phi. */
+ * exact GP above on phi.
+ *
+ * Memory: qt_dkl_t and qt_costnet_t are opaque and caller-owned (init/free).
+ * Each keeps one workspace sized for the largest batch it has seen (the
+ * extractor's activations and gradients, the GP's matrices); it grows only
+ * when a batch is larger, so training on batches of a stable size allocates
+ * nothing per step. Predictions run the queries in blocks of 256 rows. Not
+ * thread-safe: one model per thread.
+ *
+ * The parameter vector (qt_dkl_get_params) is every extractor weight and
+ * bias, tensor after tensor (encoders, meta embedding, convolutions, curve
+ * Linear, trunk), then the GP's raw hyperparameters in qt_gp_hyper order;
+ * its layout depends only on the config. The trunk's output bias cannot
+ * change the loss (the kernel sees differences of features) and keeps its
+ * initial value. */
 typedef struct qt_dkl qt_dkl_t;
 
 /* Initializes the weights as PyTorch does (U(-1/sqrt(fan_in), 1/sqrt(fan_in)))
@@ -276,13 +312,18 @@ int qt_dkl_set_params(qt_dkl_t *dkl, const double *params, qt_err *err);
 
 /* `steps` Adam steps (lr, betas 0.9/0.999, eps 1e-8, fresh Adam state per
  * call) on -MLL/n of the GP conditioned on the features of `rows` in train
- * mode (dropout on, drawn from rng). Skips when rows->n < 2. *loss (may be
- * NULL) receives the last loss. A numerical failure restores the parameters
- * from before the call and returns QT_ENUMERIC. */
+ * mode (dropout on, drawn from rng). Skips when rows->n < 2 (then *loss is
+ * NaN). *loss (may be NULL) receives the loss of the last step, computed
+ * before its update. A numerical failure restores the parameters from before
+ * the call and returns QT_ENUMERIC. Rows with a missing y, a missing meta
+ * (meta_dim > 0) or a non-finite number are QT_EINVAL naming the row. */
 int qt_dkl_train(qt_dkl_t *dkl, const qt_rows *rows, int steps, double lr, qt_rng_t *rng,
                  double *loss, qt_err *err);
 /* Conditions the GP on rows (features in eval mode) and predicts mean and
- * predictive variance (noise included) at the query rows. */
+ * predictive variance (noise included) at the query rows. mean and variance
+ * are (query->n), either may be NULL. With train->n == 0 it returns the
+ * prior: mean c0, variance outputscale + noise. Queries are processed in
+ * blocks, so a large candidate pool needs no large workspace. */
 int qt_dkl_predict(qt_dkl_t *dkl, const qt_rows *train, const qt_rows *query, double *mean,
                    double *variance, qt_err *err);
 
@@ -294,6 +335,7 @@ typedef struct qt_costnet qt_costnet_t;
 
 int qt_costnet_init(qt_costnet_t **out, const qt_dkl_config *config, qt_rng_t *rng, qt_err *err);
 void qt_costnet_free(qt_costnet_t *net);
+const qt_dkl_config *qt_costnet_get_config(const qt_costnet_t *net);
 size_t qt_costnet_param_count(const qt_costnet_t *net);
 void qt_costnet_get_params(const qt_costnet_t *net, double *params);
 int qt_costnet_set_params(qt_costnet_t *net, const double *params, qt_err *err);
@@ -302,6 +344,209 @@ int qt_costnet_train(qt_costnet_t *net, const qt_rows *rows, int steps, double l
                      double *loss, qt_err *err);
 /* Predicted seconds (>= 0) of each query row's epoch. */
 int qt_costnet_predict(qt_costnet_t *net, const qt_rows *query, double *seconds, qt_err *err);
+/* A data-dependent start: shifts the output bias so that the mean
+ * pre-activation of the output on rows (with costs, eval mode) equals their
+ * mean cost / 100. PyTorch's initialization often leaves the final ReLU
+ * closed for every row, and a closed ReLU passes no gradient, so that the
+ * net would predict 0 forever; meta-training calibrates on one batch before
+ * its first step [RECON: Quick-Tune does not]. */
+int qt_costnet_calibrate(qt_costnet_t *net, const qt_rows *rows, qt_err *err);
+
+/* ========================================================================= */
+/* Surrogate files                                                            */
+/* ========================================================================= */
+
+/*
+ * A surrogate file holds a meta-trained deep-kernel GP and cost predictor,
+ * tied to the search space and encoding they were trained for:
+ *
+ *   "QTSURROG"  8 bytes of magic
+ *   version     u32 (QT_SURROGATE_FILE_VERSION)
+ *   size        u64, bytes of the payload
+ *   payload     the fields of qt_surrogate_info, the qt_dkl_config and both
+ *               parameter vectors (integers u32/u64, doubles as IEEE-754
+ *               bits, strings as u32 length + bytes; all little-endian)
+ *   crc         u32, CRC-32 (IEEE) of the payload
+ *
+ * The space is identified by its name and by qt_surrogate_space_hash, a
+ * hash of the encoding's column names in order: loading a file for a space
+ * whose encoding differs is QT_ESCHEMA ("surrogate was trained for space X
+ * (hash ...), this search uses Y (hash ...)"), as is another fidelity
+ * maximum (the budget scale). A short file, a size mismatch or a wrong CRC is
+ * QT_EFORMAT saying the file is truncated or corrupt; another magic is
+ * QT_EFORMAT, another version QT_EVERSION. Saving writes a temporary file
+ * beside the target and renames it into place.
+ *
+ * Memory: qt_surrogate_t is opaque and owns every string and array that
+ * qt_surrogate_get_info and the accessors return.
+ */
+#define QT_SURROGATE_FILE_VERSION 1
+
+typedef struct qt_surrogate qt_surrogate_t;
+
+/* What a surrogate was trained for and how. */
+typedef struct qt_surrogate_info {
+  /* The space (set from the space by qt_surrogate_create). */
+  const char *space_name;
+  uint64_t space_hash; /* qt_surrogate_space_hash */
+  size_t hp_dim;       /* encoded columns */
+  long fidelity_max;   /* rows' budget = epoch / fidelity_max */
+  double meta_scale;   /* meta-features were multiplied by this (QT_SURROGATE_META_SCALE) */
+  /* Provenance (copied by qt_surrogate_create). */
+  size_t meta_feature_count;
+  const char *const *meta_features; /* (meta_feature_count) names, in rows' meta order */
+  const char *meta_dataset;         /* name of the meta-dataset it was trained on */
+  size_t train_count;
+  const char *const *train_datasets;
+  size_t validation_count;
+  const char *const *validation_datasets;
+  size_t excluded_count;
+  const char *const *excluded_datasets; /* held out of meta-training */
+  long iterations;                      /* meta-training iterations run */
+  long best_iteration;                  /* the iteration whose parameters were kept */
+  double validation_mse;                /* of the kept parameters (NaN: no validation) */
+  double untrained_validation_mse;      /* of the initial parameters */
+  uint64_t seed;
+  const char *created_by; /* "qtune 0.1.0" */
+} qt_surrogate_info;
+
+/* FNV-1a (64 bits) over the space's encoded column names, each followed by
+ * a newline. */
+uint64_t qt_surrogate_space_hash(const qt_space_t *space);
+
+/* A surrogate from trained models (their parameters are copied; both must
+ * have the same qt_dkl_config, and its hp_dim must be the space's encoded
+ * width). Provenance fields of info are copied; its space fields are ignored
+ * and taken from space; info may be NULL. */
+int qt_surrogate_create(const qt_space_t *space, const qt_dkl_t *dkl, const qt_costnet_t *cost,
+                        const qt_surrogate_info *info, qt_surrogate_t **out, qt_err *err);
+void qt_surrogate_free(qt_surrogate_t *surrogate);
+const qt_surrogate_info *qt_surrogate_get_info(const qt_surrogate_t *surrogate);
+const qt_dkl_config *qt_surrogate_config(const qt_surrogate_t *surrogate);
+/* The stored parameter vectors (owned by the surrogate). */
+const double *qt_surrogate_dkl_params(const qt_surrogate_t *surrogate, size_t *count);
+const double *qt_surrogate_costnet_params(const qt_surrogate_t *surrogate, size_t *count);
+/* New models holding the stored parameters (owned by the caller). */
+int qt_surrogate_make_dkl(const qt_surrogate_t *surrogate, qt_dkl_t **out, qt_err *err);
+int qt_surrogate_make_costnet(const qt_surrogate_t *surrogate, qt_costnet_t **out, qt_err *err);
+/* 0 when the surrogate fits space (same encoding hash and fidelity max),
+ * else QT_ESCHEMA with both spaces named in err. */
+int qt_surrogate_check_space(const qt_surrogate_t *surrogate, const qt_space_t *space, qt_err *err);
+
+int qt_surrogate_save(const qt_surrogate_t *surrogate, const char *path, qt_err *err);
+/* Loads path; when space is not NULL, also qt_surrogate_check_space. */
+int qt_surrogate_load(const char *path, const qt_space_t *space, qt_surrogate_t **out, qt_err *err);
+
+/* ========================================================================= */
+/* Meta-training (specs §1.5)                                                 */
+/* ========================================================================= */
+
+/*
+ * Meta-training fits both surrogates to a meta-dataset's learning curves.
+ *
+ * Datasets. Each dataset with runs has a role: training, validation (model
+ * selection) or held out (never seen). By default the datasets named in
+ * `exclude` are held out and, of the others, a shuffled validation_fraction
+ * (rounded, at least one when two or more remain) validates; `roles` sets
+ * them explicitly instead (Quick-Tune's folds: specs §1.5).
+ *
+ * Rows. Every run's configuration is encoded once (qt_space_encode). A
+ * batch is batch_size rows from ONE dataset: a run uniform among its runs,
+ * a budget b uniform in {1 .. max_epochs - 1} (the meta-dataset's maximum;
+ * {1} when it is 1), truncated to the run's length; the row is x, budget =
+ * b / fidelity max of the space, curve = the scores of epochs 1 .. b-1
+ * zero-padded (or cut) to curve_len, meta = the dataset's features times
+ * QT_SURROGATE_META_SCALE, y = the score of epoch b, cost = its seconds.
+ *
+ * Iterations. Each iteration draws a training dataset uniformly and one
+ * batch from it, takes one Adam step of the deep-kernel GP on -MLL/n
+ * (learning_rate, cosine-annealed to min_learning_rate over the iterations
+ * when cosine is set) and one Adam step of the cost predictor on its MSE
+ * (cost_learning_rate, constant) on the same batch [RECON: Quick-Tune's
+ * cost net draws its own batches and does not truncate the budget]. A step
+ * whose factorization fails is skipped and counted.
+ *
+ * Validation. validation_batches pairs (context, query) of batches from one
+ * validation dataset each, drawn once from a stream of the seed; every
+ * validation_every iterations (and after the last) the GP is conditioned on
+ * each context and predicts its query; the mean squared error of the means,
+ * averaged over pairs, selects the parameters kept. The untrained (initial)
+ * parameters are scored the same way, and held-out datasets, when any, get
+ * both scores too (the acceptance number: it should drop with training).
+ */
+typedef enum qt_metatrain_role {
+  QT_METATRAIN_TRAIN = 0,
+  QT_METATRAIN_VALIDATION = 1,
+  QT_METATRAIN_HELD_OUT = 2
+} qt_metatrain_role;
+
+/* Passed to the progress callback every progress_every iterations and
+ * after the last. */
+typedef struct qt_metatrain_progress {
+  long iteration;             /* iterations done */
+  long iterations;            /* total */
+  double learning_rate;       /* of the last step */
+  double train_loss;          /* mean -MLL/n of the steps since the last report */
+  double cost_loss;           /* mean cost MSE (on seconds / 100) of those steps */
+  double validation_mse;      /* the latest validation (NaN before the first) */
+  double best_validation_mse; /* the best so far (NaN before the first) */
+  double seconds;             /* since the start */
+} qt_metatrain_progress;
+
+typedef struct qt_metatrain_params {
+  long iterations;            /* (10000) */
+  size_t batch_size;          /* rows per batch (32) */
+  double learning_rate;       /* GP and extractor (1e-4) */
+  double min_learning_rate;   /* cosine floor (1e-7) */
+  int cosine;                 /* anneal (1) */
+  double cost_learning_rate;  /* (1e-4) */
+  long validation_every;      /* iterations (20) */
+  size_t validation_batches;  /* context/query pairs (50) */
+  double validation_fraction; /* of the non-excluded datasets (0.25) */
+  uint64_t seed;              /* (0) initial weights, batches, dropout, splits */
+  const char *const *exclude; /* (exclude_count) dataset names held out */
+  size_t exclude_count;
+  const qt_metatrain_role *roles; /* (dataset count) or NULL: overrides exclude */
+  const qt_dkl_config *config;    /* NULL: qt_dkl_space_config(space, feature count) */
+  long progress_every;            /* iterations between callbacks (500) */
+  void (*progress)(const qt_metatrain_progress *progress, void *user);
+  void *user;
+} qt_metatrain_params;
+
+qt_metatrain_params qt_metatrain_default_params(void);
+
+typedef struct qt_metatrain_report {
+  size_t train_datasets, validation_datasets, held_out_datasets;
+  long iterations;                 /* run */
+  long best_iteration;             /* kept (the last one without validation) */
+  long failed_steps;               /* skipped after a numerical failure */
+  double final_train_loss;         /* mean -MLL/n of the last progress window */
+  double validation_mse;           /* kept parameters (NaN without validation datasets) */
+  double untrained_validation_mse; /* initial parameters */
+  double held_out_mse;             /* kept parameters on held-out datasets (NaN: none) */
+  double untrained_held_out_mse;
+  double cost_rmse_seconds;           /* cost predictor on validation queries (NaN: none) */
+  double untrained_cost_rmse_seconds; /* initial weights after qt_costnet_calibrate */
+  double seconds;                     /* wall clock */
+} qt_metatrain_report;
+
+/* Meta-trains both surrogates on md and returns them as one surrogate
+ * (*out, owned by the caller) with its provenance; report may be NULL.
+ * QT_EINVAL for bad params, an unknown excluded dataset (named) or fewer
+ * than one training dataset with runs. */
+int qt_metatrain(const qt_metadataset_t *md, const qt_metatrain_params *params,
+                 qt_surrogate_t **out, qt_metatrain_report *report, qt_err *err);
+
+/* The validation procedure on the given datasets with a trained surrogate:
+ * params->validation_batches context/query pairs of params->batch_size rows
+ * drawn from the stream of params->seed that qt_metatrain uses for its
+ * held-out score (so the held-out datasets and the same params give the
+ * report's held_out_mse). *mse: the mean squared error of the predicted
+ * means; *cost_rmse (may be NULL): the cost predictor's root mean squared
+ * error in seconds on the same queries (cost may be NULL: then NaN). */
+int qt_metatrain_evaluate(const qt_metadataset_t *md, const size_t *datasets, size_t count,
+                          qt_dkl_t *dkl, qt_costnet_t *cost, const qt_metatrain_params *params,
+                          double *mse, double *cost_rmse, qt_err *err);
 
 #ifdef __cplusplus
 }

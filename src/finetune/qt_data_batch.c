@@ -1,0 +1,336 @@
+/*
+ * qt_data_batch.c - the batch iterator: epoch order, per-sample transforms
+ * (in threads), Mixup / CutMix and soft targets.
+ *
+ * Reproducibility. Nothing carries over from one batch to the next: the
+ * epoch's permutation comes from a stream seeded by (seed, epoch), the
+ * sample at position p of the epoch from one seeded by (seed, epoch, p), the
+ * batch's mixing from one seeded by (seed, epoch, batch). So a run resumed at
+ * (epoch, batch) sees exactly the batches an uninterrupted run sees, and the
+ * thread count changes nothing. The streams are reseeded in place
+ * (qt__rng_reseed), so a batch allocates nothing once the workspaces have
+ * grown to their working size.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune/qt_data_internal.h"
+
+/* Stream kinds, mixed into the seeds so that the three never coincide. */
+#define STREAM_ORDER (UINT64_C(1) << 56)
+#define STREAM_SAMPLE (UINT64_C(2) << 56)
+#define STREAM_MIX (UINT64_C(3) << 56)
+
+#define MAX_THREADS 64
+
+typedef struct batch_worker {
+  struct qt_batch_iter *it;
+  size_t index; /* this worker takes samples i with i % n_workers == index */
+  qt__image_work work;
+  uint8_t *crop; /* (size, size, dataset channels) the transformed image */
+  size_t crop_cap;
+  qt_rng_t *rng;
+  int rc;
+  qt_err err;
+} batch_worker;
+
+struct qt_batch_iter {
+  const qt_dataset *ds; /* borrowed */
+  qt_preprocess_params pre;
+  qt_augment_params aug;
+  qt_batch_params params;
+  size_t n_batches;
+  size_t *order; /* (n) dataset indices in this epoch's order */
+  int started;
+  uint64_t epoch;
+  size_t next_batch;
+  size_t current_size;     /* samples of the batch being built */
+  size_t in_c, in_h, in_w; /* one input: (in_c, in_h, in_w) */
+  size_t sample_floats;    /* in_c * in_h * in_w */
+  float *inputs;           /* (batch_size, in_c, in_h, in_w) */
+  float *targets;          /* (batch_size, n_classes) */
+  int32_t *labels;         /* (batch_size) */
+  size_t *indices;         /* (batch_size) */
+  size_t n_workers;
+  batch_worker *workers; /* (n_workers) */
+  qt_rng_t *rng;         /* order and mixing */
+};
+
+qt_batch_params qt_batch_default_params(void) {
+  qt_batch_params p;
+  memset(&p, 0, sizeof p);
+  p.batch_size = 32;
+  p.shuffle = 1;
+  p.drop_last = 0;
+  p.augment = 1;
+  p.seed = 0;
+  p.threads = 1;
+  return p;
+}
+
+void qt_batch_iter_free(qt_batch_iter_t *it) {
+  if (!it) return;
+  if (it->workers) {
+    for (size_t t = 0; t < it->n_workers; t++) {
+      qt__image_work_free(&it->workers[t].work);
+      free(it->workers[t].crop);
+      qt_rng_free(it->workers[t].rng);
+    }
+  }
+  free(it->workers);
+  qt_rng_free(it->rng);
+  free(it->order);
+  free(it->inputs);
+  free(it->targets);
+  free(it->labels);
+  free(it->indices);
+  free(it);
+}
+
+static int check_params(const qt_dataset *ds, const qt_preprocess_params *pre,
+                        const qt_augment_params *aug, const qt_batch_params *bp, qt_err *err) {
+  if (bp->batch_size == 0) return qt_err_set(err, QT_EINVAL, "batch size must be >= 1");
+  if (bp->threads < 0 || bp->threads > MAX_THREADS)
+    return qt_err_set(err, QT_EINVAL, "threads must be 0..%d (got %d)", MAX_THREADS, bp->threads);
+  if (ds->n_classes == 0) return qt_err_set(err, QT_EINVAL, "%s: no classes", ds->source);
+  if (ds->kind == QT_DATASET_KIND_TABULAR) return 0;
+  if (!pre) return qt_err_set(err, QT_EINVAL, "an image dataset needs preprocessing parameters");
+  if (pre->image_size == 0 || pre->image_size > QT_IMAGE_MAX_SIDE)
+    return qt_err_set(err, QT_EINVAL, "image_size %zu out of range", pre->image_size);
+  if (pre->channels != 1 && pre->channels != 3)
+    return qt_err_set(err, QT_EINVAL, "the model's channels must be 1 or 3 (got %zu)",
+                      pre->channels);
+  if ((unsigned)pre->interpolation > QT_INTERPOLATION_BICUBIC)
+    return qt_err_set(err, QT_EINVAL, "unknown interpolation %d", (int)pre->interpolation);
+  if (!(pre->crop_pct > 0.0 && pre->crop_pct <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "crop_pct must be in (0, 1] (got %g)", pre->crop_pct);
+  for (size_t c = 0; c < pre->channels; c++)
+    if (!(pre->std[c] > 0.0))
+      return qt_err_set(err, QT_EINVAL, "std[%zu] must be > 0 (got %g)", c, pre->std[c]);
+  if (!bp->augment) return 0;
+  if (aug->random_resized_crop && (!(aug->scale[0] > 0.0 && aug->scale[0] <= aug->scale[1]) ||
+                                   !(aug->ratio[0] > 0.0 && aug->ratio[0] <= aug->ratio[1])))
+    return qt_err_set(err, QT_EINVAL, "RandomResizedCrop: scale (%g, %g), ratio (%g, %g)",
+                      aug->scale[0], aug->scale[1], aug->ratio[0], aug->ratio[1]);
+  if (!(aug->hflip_prob >= 0.0 && aug->hflip_prob <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "hflip_prob %g outside [0, 1]", aug->hflip_prob);
+  if ((unsigned)aug->auto_augment > QT_AUTO_AUGMENT_RAND)
+    return qt_err_set(err, QT_EINVAL, "unknown auto augmentation %d", (int)aug->auto_augment);
+  if (aug->auto_augment != QT_AUTO_AUGMENT_NONE && aug->num_magnitude_bins < 1)
+    return qt_err_set(err, QT_EINVAL, "num_magnitude_bins must be >= 1");
+  if (aug->auto_augment == QT_AUTO_AUGMENT_RAND &&
+      (aug->rand_num_ops < 0 || aug->rand_magnitude < 0 ||
+       aug->rand_magnitude >= aug->num_magnitude_bins))
+    return qt_err_set(err, QT_EINVAL, "RandAugment: num_ops %d, magnitude %d of %d bins",
+                      aug->rand_num_ops, aug->rand_magnitude, aug->num_magnitude_bins);
+  if (!(aug->mixup_alpha >= 0.0) || !(aug->cutmix_alpha >= 0.0) ||
+      !(aug->mix_prob >= 0.0 && aug->mix_prob <= 1.0) ||
+      !(aug->switch_prob >= 0.0 && aug->switch_prob <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "Mixup/CutMix parameters out of range");
+  return 0;
+}
+
+int qt_batch_iter_init(const qt_dataset *ds, const qt_preprocess_params *pre,
+                       const qt_augment_params *aug, const qt_batch_params *params,
+                       qt_batch_iter_t **out, qt_err *err) {
+  if (!out) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_init: out is NULL");
+  *out = NULL;
+  if (!ds) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_init: dataset is NULL");
+  qt_batch_params default_batch = qt_batch_default_params();
+  qt_augment_params default_aug = qt_augment_default_params();
+  const qt_batch_params *bp = params ? params : &default_batch;
+  const qt_augment_params *ap = aug ? aug : &default_aug;
+  int rc = check_params(ds, pre, ap, bp, err);
+  if (rc < 0) return rc;
+  if (bp->augment && !(ap->label_smoothing >= 0.0 && ap->label_smoothing < 1.0))
+    return qt_err_set(err, QT_EINVAL, "label smoothing %g outside [0, 1)", ap->label_smoothing);
+
+  qt_batch_iter_t *it = calloc(1, sizeof *it);
+  if (!it) return qt_err_set(err, QT_ENOMEM, "out of memory for a batch iterator");
+  it->ds = ds;
+  if (pre) it->pre = *pre;
+  it->aug = *ap;
+  it->params = *bp;
+  size_t bs = bp->batch_size;
+  it->n_batches = bp->drop_last ? ds->n / bs : (ds->n + bs - 1) / bs;
+  if (ds->kind == QT_DATASET_KIND_IMAGE) {
+    it->in_c = pre->channels;
+    it->in_h = it->in_w = pre->image_size;
+  } else {
+    it->in_c = it->in_h = 1;
+    it->in_w = ds->n_features;
+  }
+  it->sample_floats = it->in_c * it->in_h * it->in_w;
+  it->n_workers = bp->threads > 1 ? (size_t)bp->threads : 1;
+  if (it->n_workers > bs) it->n_workers = bs;
+  it->order = malloc((ds->n ? ds->n : 1) * sizeof *it->order);
+  it->inputs = malloc(bs * (it->sample_floats ? it->sample_floats : 1) * sizeof *it->inputs);
+  it->targets = malloc(bs * ds->n_classes * sizeof *it->targets);
+  it->labels = malloc(bs * sizeof *it->labels);
+  it->indices = malloc(bs * sizeof *it->indices);
+  it->workers = calloc(it->n_workers, sizeof *it->workers);
+  if (!it->order || !it->inputs || !it->targets || !it->labels || !it->indices || !it->workers) {
+    if (!it->workers) it->n_workers = 0;
+    qt_batch_iter_free(it);
+    return qt_err_set(err, QT_ENOMEM, "out of memory for batches of %zu", bs);
+  }
+  if ((rc = qt_rng_init(&it->rng, bp->seed, err)) < 0) goto fail;
+  for (size_t t = 0; t < it->n_workers; t++) {
+    batch_worker *w = &it->workers[t];
+    w->it = it;
+    w->index = t;
+    qt__image_work_init(&w->work);
+    if ((rc = qt_rng_init(&w->rng, bp->seed, err)) < 0) goto fail;
+    if (ds->kind == QT_DATASET_KIND_IMAGE &&
+        (rc = qt__grow((void **)&w->crop, &w->crop_cap,
+                       pre->image_size * pre->image_size * ds->channels, err)) < 0)
+      goto fail;
+  }
+  *out = it;
+  return 0;
+fail:
+  qt_batch_iter_free(it);
+  return rc;
+}
+
+size_t qt_batch_iter_count(const qt_batch_iter_t *it) {
+  return it ? it->n_batches : 0;
+}
+
+const size_t *qt_batch_iter_order(const qt_batch_iter_t *it) {
+  return it && it->started ? it->order : NULL;
+}
+
+int qt_batch_iter_start(qt_batch_iter_t *it, uint64_t epoch, size_t first_batch, qt_err *err) {
+  if (!it) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_start: iterator is NULL");
+  if (first_batch > it->n_batches)
+    return qt_err_set(err, QT_EINVAL, "batch %zu is past the end of the epoch (%zu batches)",
+                      first_batch, it->n_batches);
+  size_t n = it->ds->n;
+  for (size_t i = 0; i < n; i++) it->order[i] = i;
+  if (it->params.shuffle) {
+    qt__rng_reseed(it->rng, it->params.seed, epoch, STREAM_ORDER);
+    for (size_t i = n; i > 1; i--) {
+      size_t j = (size_t)qt_rng_uniform_int(it->rng, i);
+      size_t t = it->order[i - 1];
+      it->order[i - 1] = it->order[j];
+      it->order[j] = t;
+    }
+  }
+  it->epoch = epoch;
+  it->next_batch = first_batch;
+  it->started = 1;
+  return 0;
+}
+
+/* Transforms sample i of the current batch into its slot of inputs. */
+static int transform_sample(qt_batch_iter_t *it, batch_worker *w, size_t i, qt_err *err) {
+  const qt_dataset *ds = it->ds;
+  size_t index = it->indices[i];
+  float *dst = it->inputs + i * it->sample_floats;
+  if (ds->kind == QT_DATASET_KIND_TABULAR) {
+    memcpy(dst, ds->features + index * ds->n_features, ds->n_features * sizeof *dst);
+    return 0;
+  }
+  size_t image_bytes = ds->height * ds->width * ds->channels;
+  const uint8_t *src = ds->images + index * image_bytes;
+  size_t size = it->pre.image_size;
+  int rc;
+  if (it->params.augment) {
+    uint64_t position = (uint64_t)(it->next_batch * it->params.batch_size + i);
+    qt__rng_reseed(w->rng, it->params.seed, it->epoch, STREAM_SAMPLE | position);
+    if (it->aug.random_resized_crop)
+      rc = qt__image_random_resized_crop(&w->work, src, ds->height, ds->width, ds->channels,
+                                         it->aug.scale, it->aug.ratio, size, it->pre.interpolation,
+                                         w->rng, w->crop, err);
+    else
+      rc = qt__image_eval_crop(&w->work, src, ds->height, ds->width, ds->channels, size,
+                               it->pre.crop_pct, it->pre.interpolation, w->crop, err);
+    if (rc < 0) return rc;
+    /* torchvision draws torch.rand(1) < p for every image. */
+    if (qt_rng_uniform(w->rng) < it->aug.hflip_prob)
+      qt_image_hflip(w->crop, size, size, ds->channels);
+    rc = qt__image_auto_augment(&w->work, w->crop, size, size, ds->channels, &it->aug, w->rng, err);
+    if (rc < 0) return rc;
+  } else {
+    rc = qt__image_eval_crop(&w->work, src, ds->height, ds->width, ds->channels, size,
+                             it->pre.crop_pct, it->pre.interpolation, w->crop, err);
+    if (rc < 0) return rc;
+  }
+  return qt_image_to_float(w->crop, size, size, ds->channels, it->pre.channels, it->pre.mean,
+                           it->pre.std, dst, err);
+}
+
+static void *worker_run(void *arg) {
+  batch_worker *w = arg;
+  qt_batch_iter_t *it = w->it;
+  qt_err_clear(&w->err);
+  w->rc = 0;
+  for (size_t i = w->index; i < it->current_size; i += it->n_workers) {
+    w->rc = transform_sample(it, w, i, &w->err);
+    if (w->rc < 0) break;
+  }
+  return NULL;
+}
+
+int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err) {
+  if (!it || !batch) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: NULL argument");
+  if (!it->started)
+    return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: call qt_batch_iter_start first");
+  if (it->next_batch >= it->n_batches) return 0;
+  const qt_dataset *ds = it->ds;
+  size_t bs = it->params.batch_size;
+  size_t first = it->next_batch * bs;
+  size_t size = ds->n - first < bs ? ds->n - first : bs;
+  it->current_size = size;
+  for (size_t i = 0; i < size; i++) {
+    it->indices[i] = it->order[first + i];
+    it->labels[i] = ds->labels[it->indices[i]];
+  }
+
+  /* Per-sample transforms: worker t takes samples t, t + T, ... */
+  size_t workers = it->n_workers < size ? it->n_workers : size;
+  pthread_t ids[MAX_THREADS];
+  size_t started = 1;
+  for (size_t t = 1; t < workers; t++) {
+    if (pthread_create(&ids[t], NULL, worker_run, &it->workers[t]) != 0) break;
+    started = t + 1;
+  }
+  for (size_t t = started; t < workers; t++) worker_run(&it->workers[t]);
+  worker_run(&it->workers[0]);
+  for (size_t t = 1; t < started; t++) pthread_join(ids[t], NULL);
+  for (size_t t = 0; t < workers; t++) {
+    if (it->workers[t].rc < 0) {
+      if (err) *err = it->workers[t].err;
+      return it->workers[t].rc;
+    }
+  }
+
+  /* Targets: mixed (training images), smoothed (training), or one-hot. */
+  double lambda = 1.0;
+  int cutmix = 0;
+  if (it->params.augment && ds->kind == QT_DATASET_KIND_IMAGE) {
+    qt__rng_reseed(it->rng, it->params.seed, it->epoch, STREAM_MIX | it->next_batch);
+    int rc = qt_mix_batch(it->inputs, it->labels, size, it->in_c, it->in_h, it->in_w, ds->n_classes,
+                          &it->aug, it->rng, it->targets, &lambda, &cutmix, err);
+    if (rc < 0) return rc;
+  } else {
+    qt_targets_smooth(it->labels, size, ds->n_classes,
+                      it->params.augment ? it->aug.label_smoothing : 0.0, it->targets);
+  }
+
+  batch->size = size;
+  batch->channels = it->in_c;
+  batch->height = it->in_h;
+  batch->width = it->in_w;
+  batch->n_classes = ds->n_classes;
+  batch->inputs = it->inputs;
+  batch->targets = it->targets;
+  batch->labels = it->labels;
+  batch->indices = it->indices;
+  batch->lambda = lambda;
+  batch->cutmix = cutmix;
+  it->next_batch++;
+  return 1;
+}
