@@ -11,8 +11,12 @@
 
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct qt_test_case {
   const char *name;
@@ -53,6 +57,57 @@ static inline const char *qt_test_shared_path(const char *relative, char *buf, s
     return NULL;
   }
   fclose(f);
+  return buf;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Temporary files                                                            */
+/* ------------------------------------------------------------------------- */
+
+static char qt_test_temp_dir_buf[64];
+
+/* rm -r of a folder this program wrote (links are removed, not followed). */
+static inline void qt_test_remove_tree(const char *path) {
+  struct stat info;
+  if (lstat(path, &info) != 0) return;
+  if (S_ISDIR(info.st_mode)) {
+    DIR *dir = opendir(path);
+    struct dirent *entry;
+    char child[4096];
+    while (dir && (entry = readdir(dir)) != NULL) {
+      if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+      if ((size_t)snprintf(child, sizeof child, "%s/%s", path, entry->d_name) >= sizeof child)
+        continue;
+      qt_test_remove_tree(child);
+    }
+    if (dir) closedir(dir);
+    rmdir(path);
+  } else {
+    unlink(path);
+  }
+}
+
+static inline void qt_test_remove_temp_dir(void) {
+  if (qt_test_temp_dir_buf[0]) qt_test_remove_tree(qt_test_temp_dir_buf);
+}
+
+/* The program's private temporary folder, made on first use and removed with
+ * everything in it when the program exits. */
+static inline const char *qt_test_temp_dir(void) {
+  if (!qt_test_temp_dir_buf[0]) {
+    snprintf(qt_test_temp_dir_buf, sizeof qt_test_temp_dir_buf, "/tmp/qt-test-XXXXXX");
+    if (!mkdtemp(qt_test_temp_dir_buf)) {
+      perror("mkdtemp");
+      exit(1);
+    }
+    atexit(qt_test_remove_temp_dir);
+  }
+  return qt_test_temp_dir_buf;
+}
+
+/* buf = "<temporary folder>/<name>"; returns buf. */
+static inline const char *qt_test_temp_path(const char *name, char *buf, size_t size) {
+  snprintf(buf, size, "%s/%s", qt_test_temp_dir(), name);
   return buf;
 }
 

@@ -21,24 +21,6 @@
 #define COUNT_OF(array) (sizeof(array) / sizeof((array)[0]))
 
 /* A private temporary directory, made on first use and removed at exit. */
-static char temp_dir[64];
-
-static void remove_temp_dir(void) {
-  rmdir(temp_dir);
-}
-
-static const char *temp_path(const char *name, char *buf, size_t size) {
-  if (!temp_dir[0]) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/qt_test_core_XXXXXX");
-    if (!mkdtemp(temp_dir)) {
-      temp_dir[0] = '\0';
-      return NULL;
-    }
-    atexit(remove_temp_dir);
-  }
-  snprintf(buf, size, "%s/%s", temp_dir, name);
-  return buf;
-}
 
 static int write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "wb");
@@ -756,7 +738,7 @@ static void test_yaml_files(void) {
   char path[256];
   qt_yaml_doc_t *doc = NULL;
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("missing.yaml", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("missing.yaml", path, sizeof path));
   CU_ASSERT_EQUAL(qt_yaml_load_file(path, &doc, &err), QT_ENOENT);
   CU_ASSERT_PTR_NULL(doc);
   char expected[512];
@@ -799,7 +781,7 @@ static void test_json(void) {
   check_json_error("", "c.json:1:1: '[' or '{' expected near end of file");
 
   char path[256];
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("c.json", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("c.json", path, sizeof path));
   CU_ASSERT_EQUAL(qt_json_load_file(path, &root, &err), QT_ENOENT);
   CU_ASSERT_PTR_NULL(root);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, path));
@@ -972,7 +954,7 @@ static void test_csv_files(void) {
   char path[256];
   qt_csv_t *csv = NULL;
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("t.csv", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("t.csv", path, sizeof path));
   CU_ASSERT_EQUAL(qt_csv_open(path, &csv, &err), QT_ENOENT);
   CU_ASSERT_PTR_NULL(csv);
   char expected[512];
@@ -999,7 +981,7 @@ static void test_file_read(void) {
   char *data = NULL;
   size_t length = 0;
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("data.bin", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("data.bin", path, sizeof path));
   CU_ASSERT_EQUAL(qt_file_read(path, &data, &length, &err), QT_ENOENT);
   CU_ASSERT_PTR_NULL(data);
 
@@ -1018,9 +1000,9 @@ static void test_file_read(void) {
   unlink(path);
 
   /* A directory opens but cannot be read: an I/O error, not "missing". */
-  CU_ASSERT_EQUAL(qt_file_read(temp_dir, &data, &length, &err), QT_EIO);
+  CU_ASSERT_EQUAL(qt_file_read(qt_test_temp_dir(), &data, &length, &err), QT_EIO);
   char expected[512];
-  snprintf(expected, sizeof expected, "%s: Is a directory", temp_dir);
+  snprintf(expected, sizeof expected, "%s: Is a directory", qt_test_temp_dir());
   CU_ASSERT_STRING_EQUAL(err.msg, expected);
 
   /* A path through a regular file is "missing" (ENOTDIR). */

@@ -34,56 +34,19 @@
 /* Temporary files                                                            */
 /* ------------------------------------------------------------------------- */
 
-static char temp_dir[64];
-
-/* rm -r of a folder written by this program (no links followed). */
-static void remove_tree(const char *path) {
-  struct stat st;
-  if (lstat(path, &st) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    DIR *d = opendir(path);
-    if (d) {
-      struct dirent *e;
-      char child[1024];
-      while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-        remove_tree(child);
-      }
-      closedir(d);
-    }
-    rmdir(path);
-  } else {
-    unlink(path);
-  }
-}
-
-static void remove_temp_dir(void) {
-  if (temp_dir[0]) remove_tree(temp_dir);
-}
-
 /* A path inside the temporary folder (a ring of buffers). */
 static const char *tmp_path(const char *name) {
   static char bufs[8][512];
   static int next;
-  if (!temp_dir[0]) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/qt-test-data-XXXXXX");
-    if (!mkdtemp(temp_dir)) {
-      perror("mkdtemp");
-      exit(1);
-    }
-    atexit(remove_temp_dir);
-  }
   char *b = bufs[next++ % 8];
-  snprintf(b, sizeof bufs[0], "%s/%s", temp_dir, name);
-  return b;
+  return qt_test_temp_path(name, b, sizeof bufs[0]);
 }
 
 /* mkdir -p of a path inside the temporary folder. */
 static void make_dirs(const char *name) {
   char path[512];
   snprintf(path, sizeof path, "%s", tmp_path(name));
-  for (char *p = path + strlen(temp_dir) + 1; *p; p++) {
+  for (char *p = path + strlen(qt_test_temp_dir()) + 1; *p; p++) {
     if (*p == '/') {
       *p = '\0';
       mkdir(path, 0777);
@@ -468,31 +431,31 @@ static const char *make_folder(const char *name) {
       g16[2 * i] = (uint8_t)(v >> 8);
       g16[2 * i + 1] = (uint8_t)v;
     }
-  snprintf(path, sizeof path, "%s/%s/cat/a_rgb.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/a_rgb.png", qt_test_temp_dir(), name);
   write_png(path, 4, 4, PNG_COLOR_TYPE_RGB, 8, rgb, NULL, 0);
-  snprintf(path, sizeof path, "%s/%s/cat/b_gray.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/b_gray.png", qt_test_temp_dir(), name);
   write_png(path, 4, 4, PNG_COLOR_TYPE_GRAY, 8, gray, NULL, 0);
-  snprintf(path, sizeof path, "%s/%s/cat/c_rgba.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/c_rgba.png", qt_test_temp_dir(), name);
   write_png(path, 4, 4, PNG_COLOR_TYPE_RGBA, 8, rgba, NULL, 0);
-  snprintf(path, sizeof path, "%s/%s/cat/d_palette.PNG", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/d_palette.PNG", qt_test_temp_dir(), name);
   /* 8-bit palette indices, one byte each. */
   write_png(path, 4, 4, PNG_COLOR_TYPE_PALETTE, 8, pal, fixture_palette, 4);
-  snprintf(path, sizeof path, "%s/%s/cat/e_gray16.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/e_gray16.png", qt_test_temp_dir(), name);
   write_png(path, 4, 4, PNG_COLOR_TYPE_GRAY, 16, g16, NULL, 0);
   uint8_t *solid = solid_rgb(4, 4, 200, 40, 90);
-  snprintf(path, sizeof path, "%s/%s/cat/sub/f.jpg", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/cat/sub/f.jpg", qt_test_temp_dir(), name);
   write_jpeg(path, 4, 4, 3, solid);
   free(solid);
   solid = solid_rgb(4, 4, 30, 160, 220);
-  snprintf(path, sizeof path, "%s/%s/dog/a.jpeg", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/a.jpeg", qt_test_temp_dir(), name);
   write_jpeg(path, 4, 4, 3, solid);
   uint8_t flat[16];
   memset(flat, 77, sizeof flat);
-  snprintf(path, sizeof path, "%s/%s/dog/b_gray.jpg", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/b_gray.jpg", qt_test_temp_dir(), name);
   write_jpeg(path, 4, 4, 1, flat);
   /* Truncated JPEG: the first half of a valid one. */
   uint8_t *big = solid_rgb(8, 8, 1, 2, 3);
-  snprintf(path, sizeof path, "%s/%s/dog/c_truncated.jpg", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/c_truncated.jpg", qt_test_temp_dir(), name);
   write_jpeg(path, 8, 8, 3, big);
   free(big);
   size_t n = 0;
@@ -500,14 +463,14 @@ static const char *make_folder(const char *name) {
   write_bytes(path, bytes, n / 2);
   free(bytes);
   /* Corrupt PNG: a valid signature and header, then garbage. */
-  snprintf(path, sizeof path, "%s/%s/dog/d_corrupt.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/d_corrupt.png", qt_test_temp_dir(), name);
   unsigned char garbage[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n',
                                0,    0,   0,   13,  'I',  'H',  'D',  'R'};
   for (size_t i = 16; i < sizeof garbage; i++) garbage[i] = (unsigned char)(i * 37);
   write_bytes(path, garbage, sizeof garbage);
-  snprintf(path, sizeof path, "%s/%s/dog/notes.txt", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/notes.txt", qt_test_temp_dir(), name);
   write_bytes(path, "not an image", 12);
-  snprintf(path, sizeof path, "%s/%s/dog/.hidden.png", temp_dir, name);
+  snprintf(path, sizeof path, "%s/%s/dog/.hidden.png", qt_test_temp_dir(), name);
   write_bytes(path, "junk", 4);
   free(solid);
   return tmp_path(name);
@@ -598,26 +561,26 @@ static void test_image_load_errors(void) {
   uint8_t *pixels = NULL;
   size_t h, w, c;
   char path[512];
-  snprintf(path, sizeof path, "%s/folder-e/dog/d_corrupt.png", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/dog/d_corrupt.png", qt_test_temp_dir());
   CU_ASSERT_EQUAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), QT_EFORMAT);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, path));
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "PNG"));
   CU_ASSERT_PTR_NULL(pixels);
-  snprintf(path, sizeof path, "%s/folder-e/dog/c_truncated.jpg", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/dog/c_truncated.jpg", qt_test_temp_dir());
   CU_ASSERT_EQUAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), QT_EFORMAT);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "truncated"));
-  snprintf(path, sizeof path, "%s/folder-e/dog/notes.txt", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/dog/notes.txt", qt_test_temp_dir());
   CU_ASSERT_EQUAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), QT_EFORMAT);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "not a PNG or JPEG"));
-  snprintf(path, sizeof path, "%s/folder-e/dog/none.png", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/dog/none.png", qt_test_temp_dir());
   CU_ASSERT_EQUAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), QT_ENOENT);
   /* The file's own channels: gray PNG gives 1, RGB 3. */
-  snprintf(path, sizeof path, "%s/folder-e/cat/b_gray.png", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/cat/b_gray.png", qt_test_temp_dir());
   CU_ASSERT_EQUAL_FATAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), 0);
   CU_ASSERT_EQUAL(c, 1);
   CU_ASSERT_EQUAL(pixels[5], 75);
   free(pixels);
-  snprintf(path, sizeof path, "%s/folder-e/cat/a_rgb.png", temp_dir);
+  snprintf(path, sizeof path, "%s/folder-e/cat/a_rgb.png", qt_test_temp_dir());
   CU_ASSERT_EQUAL_FATAL(qt_image_load(path, 0, &pixels, &h, &w, &c, &err), 0);
   CU_ASSERT_EQUAL(c, 3);
   CU_ASSERT_EQUAL(h, 4);

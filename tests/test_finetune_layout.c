@@ -25,34 +25,6 @@
 /* Helpers                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static char temp_dir[64];
-
-static void remove_temp_dir(void) {
-  if (!temp_dir[0]) return;
-  DIR *dir = opendir(temp_dir);
-  struct dirent *entry;
-  char path[512];
-  while (dir && (entry = readdir(dir)) != NULL) {
-    if (entry->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "%s/%s", temp_dir, entry->d_name);
-    unlink(path);
-  }
-  if (dir) closedir(dir);
-  rmdir(temp_dir);
-}
-
-static const char *temp_path(const char *name, char *buf, size_t size) {
-  if (!temp_dir[0]) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/qt_test_layout_XXXXXX");
-    if (!mkdtemp(temp_dir)) {
-      temp_dir[0] = '\0';
-      return NULL;
-    }
-    atexit(remove_temp_dir);
-  }
-  snprintf(buf, size, "%s/%s", temp_dir, name);
-  return buf;
-}
 
 /* ------------------------------------------------------------------------- */
 /* Building checkpoints                                                       */
@@ -214,7 +186,7 @@ static void build_efficientnet(builder *b, int se, size_t classes) {
 static void write_checkpoint(const builder *b, const char *name) {
   char path[512];
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path(name, path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path(name, path, sizeof path));
   int rc = qt_safetensors_write(path, b->tensors, b->n, NULL, 0, &err);
   if (rc != 0) fprintf(stderr, "\n  %s\n", err.msg);
   CU_ASSERT_EQUAL_FATAL(rc, 0);
@@ -234,7 +206,7 @@ static qt_model_expect vit_expect(void) {
 static void expect_check(const char *name, qt_model_family family, const qt_model_expect *expect,
                          int code, const char *expected, qt_model_summary *summary) {
   char path[512], prefix[600];
-  temp_path(name, path, sizeof path);
+  qt_test_temp_path(name, path, sizeof path);
   snprintf(prefix, sizeof prefix, "checkpoint %s", path);
   qt_err err;
   qt_err_clear(&err);
@@ -402,7 +374,7 @@ static void test_check_vit_mismatches(void) {
                "pos_embed has 7 positions, which is no square grid (+1 tokens)", NULL);
   /* Not a safetensors file at all, and a missing one. */
   char path[512];
-  FILE *f = fopen(temp_path("m.safetensors", path, sizeof path), "wb");
+  FILE *f = fopen(qt_test_temp_path("m.safetensors", path, sizeof path), "wb");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   fputs("this is not a checkpoint", f);
   fclose(f);

@@ -23,40 +23,12 @@
 /* Helpers                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static char temp_dir[64];
-
-static void remove_temp_dir(void) {
-  if (!temp_dir[0]) return;
-  DIR *dir = opendir(temp_dir);
-  struct dirent *entry;
-  char path[512];
-  while (dir && (entry = readdir(dir)) != NULL) {
-    if (entry->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "%s/%s", temp_dir, entry->d_name);
-    unlink(path);
-  }
-  if (dir) closedir(dir);
-  rmdir(temp_dir);
-}
-
-static const char *temp_path(const char *name, char *buf, size_t size) {
-  if (!temp_dir[0]) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/qt_test_hub_XXXXXX");
-    if (!mkdtemp(temp_dir)) {
-      temp_dir[0] = '\0';
-      return NULL;
-    }
-    atexit(remove_temp_dir);
-  }
-  snprintf(buf, size, "%s/%s", temp_dir, name);
-  return buf;
-}
 
 /* Loads a hub from text, named as a file in the temporary folder so that
  * relative checkpoints resolve there. */
 static int load(const char *text, qt_hub_t **hub, qt_err *err) {
   char name[512];
-  temp_path("hub.yaml", name, sizeof name);
+  qt_test_temp_path("hub.yaml", name, sizeof name);
   qt_err_clear(err);
   return qt_hub_load_string(text, strlen(text), name, hub, err);
 }
@@ -69,7 +41,7 @@ static void expect_load_error(const char *text, int code, const char *expected) 
   CU_ASSERT_EQUAL(rc, code);
   CU_ASSERT_PTR_NULL(hub);
   char want[1200];
-  snprintf(want, sizeof want, "%s/hub.yaml:%s", temp_dir, expected);
+  snprintf(want, sizeof want, "%s/hub.yaml:%s", qt_test_temp_dir(), expected);
   if (strcmp(err.msg, want) != 0) {
     fprintf(stderr, "\n  got      %s\n  expected %s\n", err.msg, want);
     CU_FAIL("error message");
@@ -172,7 +144,7 @@ static void test_load_tiny_fixture(void) {
 /* The shipped hub loads, its checkpoints under $QTUNE_MODELS. */
 static void test_default_hub_not_fetched(void) {
   char models[512];
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("no-models-here", models, sizeof models));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("no-models-here", models, sizeof models));
   setenv("QTUNE_MODELS", models, 1);
   qt_hub_t *hub = NULL;
   qt_err err;
@@ -231,7 +203,7 @@ static void test_checkpoint_variables(void) {
                              &hub, &err),
                         0);
   char want[512];
-  snprintf(want, sizeof want, "%s/sub/m.safetensors", temp_dir);
+  snprintf(want, sizeof want, "%s/sub/m.safetensors", qt_test_temp_dir());
   CU_ASSERT_STRING_EQUAL(qt_hub_model_at(hub, 0)->checkpoint, want);
   qt_hub_free(hub);
 

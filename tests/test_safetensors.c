@@ -32,35 +32,6 @@
 /* Helpers                                                                    */
 /* ------------------------------------------------------------------------- */
 
-static char temp_dir[64];
-
-/* Removes the files of the temporary folder, then the folder. */
-static void remove_temp_dir(void) {
-  if (!temp_dir[0]) return;
-  DIR *dir = opendir(temp_dir);
-  struct dirent *entry;
-  char path[512];
-  while (dir && (entry = readdir(dir)) != NULL) {
-    if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
-    snprintf(path, sizeof path, "%s/%s", temp_dir, entry->d_name);
-    if (rmdir(path) != 0) unlink(path);
-  }
-  if (dir) closedir(dir);
-  rmdir(temp_dir);
-}
-
-static const char *temp_path(const char *name, char *buf, size_t size) {
-  if (!temp_dir[0]) {
-    snprintf(temp_dir, sizeof temp_dir, "/tmp/qt_test_safetensors_XXXXXX");
-    if (!mkdtemp(temp_dir)) {
-      temp_dir[0] = '\0';
-      return NULL;
-    }
-    atexit(remove_temp_dir);
-  }
-  snprintf(buf, size, "%s/%s", temp_dir, name);
-  return buf;
-}
 
 static int write_bytes(const char *path, const void *data, size_t size) {
   FILE *f = fopen(path, "wb");
@@ -90,7 +61,7 @@ static unsigned char *read_bytes(const char *path, size_t *size) {
  * multiple of 8, as the reference does) and `data_size` data bytes. */
 static const char *make_file(const char *name, const char *header, size_t data_size) {
   static char path[512];
-  if (!temp_path(name, path, sizeof path)) return NULL;
+  if (!qt_test_temp_path(name, path, sizeof path)) return NULL;
   size_t length = strlen(header);
   size_t padded = (length + 7) / 8 * 8;
   size_t total = 8 + padded + data_size;
@@ -442,7 +413,7 @@ static void test_write_matches_reference_bytes(void) {
    * already aligned. */
   const size_t shape3[] = {1, 2, 3};
   qt_safetensors_tensor attn = {"attn.0", QT_DTYPE_F32, 3, shape3, data, NULL};
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("ref1.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("ref1.safetensors", path, sizeof path));
   CU_ASSERT_EQUAL(qt_safetensors_write(path, &attn, 1, NULL, 0, &err), 0);
   const char header1[] =
       "@\0\0\0\0\0\0\0"
@@ -508,7 +479,7 @@ static void test_rewrite_fixture_is_identical(void) {
     qt_safetensors_metadata_at(st, n_metadata - 1 - i, &metadata[i].key, &metadata[i].value);
 
   char path[512];
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("rewrite.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("rewrite.safetensors", path, sizeof path));
   int rc = qt_safetensors_write(path, tensors, n, metadata, n_metadata, &err);
   if (rc != 0) fprintf(stderr, "\n  %s\n", err.msg);
   CU_ASSERT_EQUAL(rc, 0);
@@ -537,7 +508,7 @@ static void test_write_read_round_trip(void) {
   const qt_safetensors_pair metadata[] = {{"epoch", "3"}, {"note", "caf\xc3\xa9 \"quoted\"\n"}};
   char path[512];
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("round.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("round.safetensors", path, sizeof path));
   CU_ASSERT_EQUAL_FATAL(qt_safetensors_write(path, tensors, COUNT_OF(tensors), metadata, 2, &err),
                         0);
 
@@ -573,7 +544,7 @@ static void test_write_argument_errors(void) {
   float one = 1.0f;
   const size_t shape[] = {1};
   const size_t huge[] = {1u << 21, 1u << 21};
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("never.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("never.safetensors", path, sizeof path));
   const struct {
     qt_safetensors_tensor tensors[2];
     size_t n;
@@ -607,7 +578,7 @@ static void test_write_argument_errors(void) {
 
 /* Counts the entries of the temporary folder whose name contains `part`. */
 static int count_files_with(const char *part) {
-  DIR *dir = opendir(temp_dir);
+  DIR *dir = opendir(qt_test_temp_dir());
   struct dirent *entry;
   int count = 0;
   while (dir && (entry = readdir(dir)) != NULL) count += strstr(entry->d_name, part) != NULL;
@@ -622,7 +593,7 @@ static int count_files_with(const char *part) {
 static void test_failed_write_keeps_old_file(void) {
   char path[512];
   qt_err err;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("keep.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("keep.safetensors", path, sizeof path));
   float small[4] = {1, 2, 3, 4};
   const size_t shape[] = {4};
   qt_safetensors_tensor old_tensor = {"old", QT_DTYPE_F32, 1, shape, small, NULL};
@@ -658,7 +629,7 @@ static void test_failed_write_keeps_old_file(void) {
 
   /* The rename itself failing (the destination is a folder) also cleans up. */
   char folder[512];
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("a-folder", folder, sizeof folder));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("a-folder", folder, sizeof folder));
   CU_ASSERT_EQUAL_FATAL(mkdir(folder, 0700), 0);
   CU_ASSERT_EQUAL(qt_safetensors_write(folder, &old_tensor, 1, NULL, 0, &err), QT_EIO);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "cannot rename"));
@@ -696,7 +667,7 @@ static void test_disk_full_is_enospc(void) {
 static void test_bad_prefix_and_header(void) {
   char path[512];
   /* Shorter than the 8-byte length. */
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("short.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("short.safetensors", path, sizeof path));
   CU_ASSERT_EQUAL(write_bytes(path, "\x02\0\0", 3), 0);
   expect_open_error(path, QT_EFORMAT, "too short", NULL);
   /* A header length larger than the file, and one over 100 MB. */
@@ -715,7 +686,7 @@ static void test_bad_prefix_and_header(void) {
   expect_bad_header("{\"w\":" T24 ",\"w\":" T24 "}", 24, "duplicate", NULL);
   /* Missing files. */
   expect_open_error("/nonexistent/none.safetensors", QT_ENOENT, NULL, NULL);
-  expect_open_error(temp_dir, QT_EIO, "not a regular file", NULL);
+  expect_open_error(qt_test_temp_dir(), QT_EIO, "not a regular file", NULL);
 }
 
 static void test_bad_tensor_entries(void) {
@@ -810,7 +781,7 @@ static void test_truncated_and_patched_fixture(void) {
   unsigned char *bytes = read_bytes(FIXTURE_DIR "/tiny.safetensors", &size);
   CU_ASSERT_PTR_NOT_NULL_FATAL(bytes);
   char path[512];
-  CU_ASSERT_PTR_NOT_NULL_FATAL(temp_path("cut.safetensors", path, sizeof path));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qt_test_temp_path("cut.safetensors", path, sizeof path));
   /* Losing the last 3 bytes cuts into the U8 tensor, the last in the file. */
   CU_ASSERT_EQUAL(write_bytes(path, bytes, size - 3), 0);
   expect_open_error(path, QT_EFORMAT, "tensor 'u8.mask'", "is the file truncated?");
