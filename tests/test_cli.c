@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -82,8 +83,8 @@ static void test_every_command_has_help(void) {
 
 /* Declared but unbuilt commands say so in a sentence and exit 2. */
 static void test_unimplemented_commands_exit_2(void) {
-  const char *cases[] = {"search --budget 4h", "status runs/x", "export runs/x", "finetune",
-                         "meta collect", NULL};
+  const char *cases[] = {"search --budget 4h", "status runs/x", "export runs/x", "meta collect",
+                         NULL};
   for (int i = 0; cases[i]; i++) {
     int code = run_qtune(out, sizeof out, cases[i]);
     CU_ASSERT_EQUAL(code, 2);
@@ -319,6 +320,120 @@ static void test_hub_commands(void) {
   CU_ASSERT_EQUAL(rmdir(dir), 0);
 }
 
+
+/* Writes an uncompressed IDX pair of n 8x8 gray images of 3 patterns
+ * (horizontal stripes, vertical stripes, checkerboard) into dir. */
+static void write_pattern_idx(const char *dir, size_t n) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/train-images-idx3-ubyte", dir);
+  FILE *f = fopen(path, "wb");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  const unsigned char head[] = {0, 0, 8, 3, 0, 0, (unsigned char)(n >> 8), (unsigned char)n,
+                                0, 0, 0, 8, 0, 0, 0, 8};
+  fwrite(head, 1, sizeof head, f);
+  for (size_t i = 0; i < n; i++) {
+    int label = (int)(i % 3);
+    for (int y = 0; y < 8; y++) {
+      for (int x = 0; x < 8; x++) {
+        int on = label == 0 ? y / 2 % 2 : label == 1 ? x / 2 % 2 : (x + y) % 2;
+        fputc(on ? 200 + (int)((i * 7 + (size_t)x) % 30) : 40 + (int)((i * 3 + (size_t)y) % 30),
+              f);
+      }
+    }
+  }
+  fclose(f);
+  snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte", dir);
+  f = fopen(path, "wb");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  const unsigned char lhead[] = {0, 0, 8, 1, 0, 0, (unsigned char)(n >> 8), (unsigned char)n};
+  fwrite(lhead, 1, sizeof lhead, f);
+  for (size_t i = 0; i < n; i++) fputc((int)(i % 3), f);
+  fclose(f);
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* `finetune` on the tiny fixture hub: one line per epoch, curve.csv and
+ * final.safetensors; bad configurations fail at their line:column. */
+static void test_finetune(void) {
+  char dir[] = "/tmp/qt-test-cli-ft-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  char data[512], config[512], outdir[512], args[2048], path[600];
+  snprintf(data, sizeof data, "%s/data", dir);
+  CU_ASSERT_EQUAL_FATAL(mkdir(data, 0777), 0);
+  write_pattern_idx(data, 60);
+  snprintf(config, sizeof config, "%s/pipeline.yaml", dir);
+  write_text(config, "opt: momentum\nmomentum: 0.9\nlr: 0.01\nsched: cosine\nbatch_size: 8\n"
+                     "data_augmentation: none\nsmoothing: 0\n");
+  snprintf(outdir, sizeof outdir, "%s/out", dir);
+  snprintf(args, sizeof args,
+           "finetune --hub tests/fixtures/hubs/tiny.yaml --model vit_tiny_fixture --data '%s' "
+           "--config '%s' --epochs 2 --out '%s' --seed 3",
+           data, config, outdir);
+  int code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "epoch 1  train_loss "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "epoch 2  train_loss "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "val_top1 "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "test  loss ")); /* 10% carved for test */
+  snprintf(path, sizeof path, "%s/curve.csv", outdir);
+  FILE *f = fopen(path, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  char line[512];
+  int lines = 0;
+  CU_ASSERT_PTR_NOT_NULL(fgets(line, sizeof line, f));
+  CU_ASSERT_STRING_EQUAL(line, "epoch,train_loss,val_loss,val_top1,seconds,images_per_s\n");
+  while (fgets(line, sizeof line, f)) lines++;
+  fclose(f);
+  CU_ASSERT_EQUAL(lines, 2);
+  snprintf(path, sizeof path, "%s/final.safetensors", outdir);
+  f = fopen(path, "rb");
+  CU_ASSERT_PTR_NOT_NULL(f);
+  if (f) fclose(f);
+
+  /* The same seed gives the same losses. */
+  static char first[sizeof out];
+  snprintf(args, sizeof args,
+           "finetune --hub tests/fixtures/hubs/tiny.yaml --model vit_tiny_fixture --data '%s' "
+           "--config '%s' --epochs 1 --seed 3",
+           data, config);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
+  char *a = strstr(out, "train_loss");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+  snprintf(first, sizeof first, "%.34s", a); /* losses and top-1, not seconds */
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, first));
+
+  /* Bad configurations: an unknown name, a bad value, an inactive one. */
+  const struct {
+    const char *text, *expect;
+  } bad[] = {{"lr: 0.001\nbogus: 1\n", "pipeline.yaml:2:1: unknown hyperparameter 'bogus'"},
+             {"opt: adamw\nlr: fast\n", "pipeline.yaml:2:5:"},
+             {"opt: adamw\nmomentum: 0.9\n", "pipeline.yaml:2:1: 'momentum' does not apply"},
+             {"opt: goodfit\n", "not implemented yet"},
+             {NULL, NULL}};
+  for (int i = 0; bad[i].text; i++) {
+    write_text(config, bad[i].text);
+    snprintf(args, sizeof args,
+             "finetune --hub tests/fixtures/hubs/tiny.yaml --model vit_tiny_fixture --data '%s' "
+             "--config '%s' --epochs 1",
+             data, config);
+    CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+    if (!strstr(out, bad[i].expect)) {
+      fprintf(stderr, "expected '%s' in:\n%s\n", bad[i].expect, out);
+      CU_FAIL("finetune error message");
+    }
+  }
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "finetune --hub x --data y --config z"), 1);
+  qt_test_remove_tree(dir);
+}
+
 static const qt_test_case cases[] = {
     {"no arguments is a usage error", test_no_arguments_is_usage},
     {"--help and --version", test_help_and_version},
@@ -330,6 +445,7 @@ static const qt_test_case cases[] = {
     {"meta import", test_meta_import},
     {"meta train", test_meta_train},
     {"bench", test_bench},
+    {"finetune", test_finetune},
     {NULL, NULL}};
 
 QT_TEST_MAIN("cli", cases)

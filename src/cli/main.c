@@ -56,7 +56,9 @@ static const qt_cli_flag finetune_flags[] = {
     {"data", "DIR", "training data (as for search)"},
     {"config", "FILE", "pipeline configuration YAML, e.g. summary/best_config.yaml of a search"},
     {"epochs", "N", "number of epochs"},
-    {"out", "DIR", "where the curve CSV and the final weights go"},
+    {"out", "DIR", "where curve.csv and final.safetensors go (default: none written)"},
+    {"space", "FILE", "search space the config is checked against "
+                      "(default configs/spaces/default.yaml)"},
     QT_FLAG_DEVICE,
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
@@ -183,10 +185,13 @@ static const qt_cli_command commands[] = {
      "(safetensors, adapters merged) and gnuplot plots.\n",
      export_flags, 1, 1, NULL, NULL},
     {"finetune", "finetune", "fine-tune one model with one pipeline configuration",
-     "--hub FILE --model NAME --data DIR --config FILE --epochs N [--out DIR]",
+     "--hub FILE --model NAME --data DIR --config FILE --epochs N [--out DIR] [--seed S]",
      "Prints one line per epoch (train loss, validation top-1, seconds, images/s) and writes\n"
-     "the learning curve CSV and the final weights.\n",
-     finetune_flags, 0, 0, NULL, NULL},
+     "DIR/curve.csv (epoch,train_loss,val_loss,val_top1,seconds,images_per_s) and\n"
+     "DIR/final.safetensors (all weights, timm's names). The config is a YAML mapping of\n"
+     "hyperparameter values of the space (e.g. opt: adamw, lr: 0.001); the rest take the\n"
+     "space's defaults. CPU only for now. See docs/engine.md.\n",
+     finetune_flags, 0, 0, qt_cli_finetune, NULL},
     {"meta", "meta", "meta-datasets of learning curves: import, meta-train surrogates, collect",
      "<command> [flags]", NULL, NULL, 0, 0, NULL, meta_subcommands},
     {"bench", "bench", "compare optimizers on a meta-dataset by replaying its learning curves",

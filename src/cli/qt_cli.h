@@ -80,5 +80,6 @@ int qt_cli_hub_show(const qt_cli_args *args);
 int qt_cli_meta_import(const qt_cli_args *args);
 int qt_cli_meta_train(const qt_cli_args *args);
 int qt_cli_bench(const qt_cli_args *args);
+int qt_cli_finetune(const qt_cli_args *args);
 
 #endif /* QT_CLI_H */

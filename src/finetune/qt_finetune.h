@@ -1261,6 +1261,560 @@ int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err);
 const size_t *qt_batch_iter_order(const qt_batch_iter_t *it);
 /* end of data section */
 
+/* ------------------------------------------------------------------------- */
+/* CPU convolutional layer ops (issue 7)                                     */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * The layers of the convolutional families (MobileNetV2, EfficientNet,
+ * ResNet) with the conventions of the CPU layer ops above (caller-owned
+ * arrays, forwards write, backwards accumulate, NULL gradients skipped).
+ * Images are NCHW: (batch, channels, height, width), row-major. Weights are
+ * in PyTorch's layout: a convolution weight is (out_c, in_c / groups,
+ * kernel_h, kernel_w), so a depthwise weight is (c, 1, kh, kw).
+ */
+
+/* The geometry of one 2-D convolution. Padding may be asymmetric: pad_top
+ * and pad_left are given, and the bottom / right padding is whatever makes
+ * out_h / out_w come out (TensorFlow's 'same' pads the extra pixel at the
+ * bottom / right). Fill it with qt_conv2d_shape_init or
+ * qt_conv2d_shape_init_same. */
+typedef struct qt_conv2d_shape {
+  size_t batch;
+  size_t in_c, in_h, in_w;
+  size_t out_c, out_h, out_w;
+  size_t kernel_h, kernel_w;
+  size_t stride_h, stride_w;
+  size_t pad_top, pad_left;
+  size_t groups; /* divides in_c and out_c; in_c = groups is depthwise */
+} qt_conv2d_shape;
+
+/* PyTorch's symmetric padding: out = (in + 2 pad - kernel) / stride + 1.
+ * QT_EINVAL (with the offending value in err) when groups does not divide
+ * both channel counts, a size is zero, or the kernel does not fit. */
+int qt_conv2d_shape_init(qt_conv2d_shape *shape, size_t batch, size_t in_c, size_t in_h,
+                         size_t in_w, size_t out_c, size_t kernel, size_t stride, size_t pad,
+                         size_t groups, qt_err *err);
+/* TensorFlow's padding='same': out = ceil(in / stride), total padding
+ * max((out - 1) stride + kernel - in, 0), of which floor(total / 2) goes on
+ * top / left and the rest at the bottom / right. */
+int qt_conv2d_shape_init_same(qt_conv2d_shape *shape, size_t batch, size_t in_c, size_t in_h,
+                              size_t in_w, size_t out_c, size_t kernel, size_t stride,
+                              size_t groups, qt_err *err);
+
+/* Depthwise kernels (one input channel per group) may be at most 8x8
+ * (asserted; qt_cnn_load checks it). */
+/* Floats of scratch space the forward and the backward need (the im2col
+ * matrix of one group of one image); 0 for pointwise (1x1, stride 1, no
+ * padding) and for depthwise convolutions, which need none. */
+size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *shape);
+/* out (batch, out_c, out_h, out_w) = conv(inp (batch, in_c, in_h, in_w),
+ * weight) + bias (out_c, may be NULL). Dense and grouped convolutions go
+ * through im2col and cblas_sgemm; one input channel per group (depthwise,
+ * any multiplier) runs as direct loops. scratch holds
+ * qt_cpu_conv2d_scratch_size floats (may be NULL when that is 0). */
+void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const qt_conv2d_shape *shape);
+/* dinp += the gradient w.r.t. the input, dweight += w.r.t. the weight,
+ * dbias += w.r.t. the bias (each may be NULL), from dout and the forward's
+ * inp and weight. */
+void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const qt_conv2d_shape *shape);
+
+/* How a batch norm layer normalizes and what it learns. */
+typedef enum qt_batchnorm_mode {
+  /* Batch statistics (biased variance) normalize; the running statistics are
+   * updated as PyTorch does: running = (1 - momentum) running + momentum
+   * batch, with the unbiased variance. The backward goes through the batch
+   * statistics. */
+  QT_BATCHNORM_MODE_TRAIN = 0,
+  /* The running statistics normalize and are left alone (model.eval()); the
+   * backward treats them as constants, weight and bias still learn. */
+  QT_BATCHNORM_MODE_EVAL = 1,
+  /* As EVAL, and the affine parameters are frozen too: the backward leaves
+   * dweight and dbias untouched (a frozen block of pct_to_freeze). */
+  QT_BATCHNORM_MODE_FROZEN = 2
+} qt_batchnorm_mode;
+
+/* Batch norm over the channels of NCHW images (torch.nn.BatchNorm2d):
+ * out = (inp - mean) * rstd * weight + bias per channel. mean and rstd (c)
+ * receive the statistics used (batch or running), for the backward;
+ * running_mean and running_var (c) are read, and in TRAIN mode updated with
+ * `momentum` (PyTorch's default 0.1). eps is 1e-5 in timm's models and 1e-3
+ * in Keras's (the importer records it in the checkpoint's metadata). TRAIN
+ * with batch * hw = 1 leaves running_var as it was (PyTorch raises). */
+void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                              float momentum, qt_batchnorm_mode mode);
+void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t batch, size_t c, size_t hw,
+                               qt_batchnorm_mode mode);
+
+/* Elementwise activations over n values; out may equal inp. The backwards
+ * take the forward's input: dinp += dout * f'(inp). ReLU6 clips to [0, 6]
+ * with zero gradient at and beyond both ends (as PyTorch's hardtanh); SiLU
+ * is x sigmoid(x) (torch.nn.SiLU, EfficientNet's swish). */
+void qt_cpu_relu_forward(float *out, const float *inp, size_t n);
+void qt_cpu_relu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void qt_cpu_relu6_forward(float *out, const float *inp, size_t n);
+void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void qt_cpu_silu_forward(float *out, const float *inp, size_t n);
+void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+/* Global average pooling: out (batch, c) = mean of inp (batch, c, hw) over
+ * hw. The backward spreads dout / hw over the hw positions. */
+void qt_cpu_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c,
+                                   size_t hw);
+void qt_cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch, size_t c,
+                                    size_t hw);
+
+/* Max pooling (torch.nn.MaxPool2d, ResNet's 3x3 stride-2 pad-1 stem pool)
+ * over the geometry of a depthwise convolution (qt_conv2d_shape_init with
+ * out_c = groups = in_c); padding never wins. argmax (batch, c, out_h,
+ * out_w) receives each winner's index inside its input plane (first in scan
+ * order on ties, as PyTorch); the backward routes dout there. */
+void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
+                              const qt_conv2d_shape *shape);
+void qt_cpu_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                               const qt_conv2d_shape *shape);
+
+/* The activation between the two 1x1 convolutions of squeeze-and-excitation
+ * (timm: ReLU by default, SiLU in EfficientNet). */
+typedef enum qt_se_act {
+  QT_SE_ACT_RELU = 0,
+  QT_SE_ACT_SILU = 1
+} qt_se_act;
+
+/* Squeeze-and-excitation as timm's efficientnet SqueezeExcite:
+ *   s = mean_hw(x) (batch, c); h = act(s w_reduce^T + b_reduce) (batch, rd);
+ *   g = sigmoid(h w_expand^T + b_expand) (batch, c); out = x * g.
+ * w_reduce (rd, c) and w_expand (c, rd) are the 1x1 convolution weights
+ * (rd, c, 1, 1) and (c, rd, 1, 1) read as matrices. The forward saves, for
+ * the backward: pooled (batch, c), hidden_pre (batch, rd) before the
+ * activation, hidden (batch, rd) after it, gate (batch, c). scratch for the
+ * backward holds 2 * batch * c + 2 * batch * rd floats. out may not equal
+ * inp. */
+void qt_cpu_se_forward(float *out, float *pooled, float *hidden_pre, float *hidden, float *gate,
+                       const float *inp, const float *w_reduce, const float *b_reduce,
+                       const float *w_expand, const float *b_expand, size_t batch, size_t c,
+                       size_t hw, size_t rd, qt_se_act act);
+void qt_cpu_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *dw_expand,
+                        float *db_expand, float *scratch, const float *dout, const float *inp,
+                        const float *pooled, const float *hidden_pre, const float *hidden,
+                        const float *gate, const float *w_reduce, const float *w_expand,
+                        size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act);
+/* ------------------------------------------------------------------------- */
+/* Convolutional models: MobileNetV2, EfficientNet, ResNet (qt_cnn.c)        */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A convolutional network built from a timm-named checkpoint, run by the
+ * CPU ops above: timm's mobilenetv2_* layout (conv_stem,
+ * bn1, blocks.i.j with a depthwise-separable first block {conv_dw, bn1,
+ * conv_pw, bn2} and inverted residuals {conv_pw, bn1, conv_dw, bn2,
+ * conv_pwl, bn3}, conv_head, bn2, classifier), ReLU6 activations, residual
+ * connections where stride is 1 and the channels do not change. Kernel
+ * sizes and channels come from the tensors; stage strides are timm's
+ * (1, 2, 2, 2, 1, 2, 1 after a stride-2 stem) unless the checkpoint's
+ * metadata "stage_strides" lists others. An optional MLP before the
+ * classifier, tensors head_mlp.k.{weight,bias} each followed by ReLU, holds
+ * heads imported from Keras (tools/import-tfjs).
+ *
+ * Also timm's ResNet (resnet18/34 BasicBlock, resnet50 Bottleneck: conv1,
+ * bn1, ReLU, 3x3 stride-2 max pool, layerL.j.{conv1,bn1,conv2,bn2[,conv3,
+ * bn3]} with downsample.{0,1} where present, fc), and timm's EfficientNet
+ * (family efficientnet: the MobileNetV2 layout with SiLU instead of ReLU6
+ * and blocks.i.j.se.{conv_reduce,conv_expand} squeeze-and-excitation after
+ * the depthwise convolution, SiLU inside; tf_efficientnet_* checkpoints
+ * need "padding": "same" and "bn_eps": "0.001" in their metadata).
+ *
+ * Metadata honored: "bn_eps" (batch norm epsilon, default timm's 1e-5;
+ * Keras models use 1e-3), "padding" ("same" for TensorFlow's asymmetric
+ * padding, anything else PyTorch's symmetric kernel / 2).
+ *
+ * Memory: the model owns one parameter array (values, gradients) and an
+ * activation arena sized for max_batch images; pointers from accessors
+ * stay valid until qt_cnn_free. Images are (batch, 3, size, size) floats,
+ * already normalized.
+ */
+typedef struct qt_cnn qt_cnn_t;
+
+typedef struct qt_cnn_load_params {
+  qt_model_family family; /* mobilenetv2, efficientnet or resnet */
+  long image_size;        /* pixels per side, >= 32 */
+  long num_classes;       /* 0: keep the checkpoint's head; another count
+                             draws a new classifier as timm's
+                             _init_weight_goog: uniform(+-1/sqrt(classes)),
+                             bias 0 */
+  size_t max_batch;       /* images per forward, >= 1 */
+  float bn_momentum;      /* running-statistics momentum (PyTorch 0.1) */
+  qt_rng_t *rng;          /* for a new head; may be NULL when none is drawn */
+} qt_cnn_load_params;
+
+/* mobilenetv2, 224 px, keep the head, max_batch 32, momentum 0.1. */
+qt_cnn_load_params qt_cnn_default_load_params(void);
+
+/* Loads a checkpoint (F32/F16/BF16). A missing tensor or a shape that does
+ * not fit the layout is QT_EFORMAT naming the tensor. */
+int qt_cnn_load(const char *checkpoint_path, const qt_cnn_load_params *params, qt_cnn_t **out,
+                qt_err *err);
+/* NULL is a no-op. */
+void qt_cnn_free(qt_cnn_t *cnn);
+
+/* One named tensor: parameters and the batch norm running statistics
+ * (trainable 0: their grad stays 0). */
+typedef struct qt_cnn_tensor {
+  const char *name;
+  size_t ndim;
+  const size_t *shape;
+  size_t numel;
+  float *data;
+  float *grad;
+  int trainable;
+  int decay; /* timm's rule: weights of 2 or more dimensions */
+} qt_cnn_tensor;
+
+size_t qt_cnn_tensor_count(const qt_cnn_t *cnn);
+void qt_cnn_tensor_at(const qt_cnn_t *cnn, size_t index, qt_cnn_tensor *out);
+/* QT_ENOENT (err untouched) when there is no such tensor. */
+int qt_cnn_find_tensor(const qt_cnn_t *cnn, const char *name, qt_cnn_tensor *out);
+long qt_cnn_num_classes(const qt_cnn_t *cnn);
+/* The batch norm epsilon in use. */
+float qt_cnn_bn_eps(const qt_cnn_t *cnn);
+
+/* Forward pass to the logits (batch, num_classes). mode TRAIN uses and
+ * updates batch statistics; EVAL and FROZEN use the running ones. */
+int qt_cnn_forward(qt_cnn_t *cnn, const float *images, size_t batch, qt_batchnorm_mode mode,
+                   qt_err *err);
+const float *qt_cnn_logits(const qt_cnn_t *cnn);
+/* Mean cross-entropy of the last forward against labels (batch). */
+int qt_cnn_loss(qt_cnn_t *cnn, const int *labels, double *loss, qt_err *err);
+void qt_cnn_zero_grad(qt_cnn_t *cnn);
+/* Adds d loss / d parameter to the gradients. */
+int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
+/* end of convolutional section */
+
+/* ------------------------------------------------------------------------- */
+/* Optimizers, schedules and the epoch-step run API (qt_optim.c,              */
+/* qt_schedule.c, qt_run.c)                                                   */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Training options of a fine-tuning run, in the form of timm's train.py
+ * (the reference Quick-Tune used), and the run object that advances one
+ * configuration by one epoch at a time with checkpoint and resume.
+ *
+ * Optimizers (qt_optim_tensor_step), per parameter tensor, as torch.optim:
+ *   sgd       p -= lr * g
+ *   momentum  b = momentum * b + g; p -= lr * b   (dampening 0, no Nesterov)
+ *   adam      Adam with the bias corrections of qt_cpu_adamw_step
+ *   adamw     the same with decoupled weight decay (qt_cpu_adamw_step)
+ * Weight decay is coupled (g += weight_decay * p, torch's SGD and Adam) for
+ * sgd, momentum and adam, decoupled (p -= lr * weight_decay * p) for adamw,
+ * and applies only to tensors whose qt_vit_tensor.decay is set (timm's
+ * param_groups_weight_decay: not to 1-d tensors, biases, norms, layer
+ * scales, pos_embed, cls_token). Gradient clipping (clip_grad > 0) scales
+ * all trainable gradients by clip_grad / (norm + 1e-6) when their global L2
+ * norm exceeds clip_grad (torch's clip_grad_norm_), before weight decay.
+ *
+ * Layer-wise learning-rate decay (layer_decay < 1), as timm's
+ * param_groups_layer_decay for a ViT of depth d: patch_embed, cls_token and
+ * pos_embed are layer 0, blocks.i layer i + 1, the final norm and the head
+ * layer d + 1; a tensor of layer l trains with lr * layer_decay^(d + 1 - l).
+ *
+ * Schedules (qt_schedule_lr) give one learning rate per epoch, as timm's
+ * schedulers stepped once per epoch (train.py's default): epoch e (counted
+ * from 0) trains every step with lr(e). Warmup comes first: for e <
+ * warmup_epochs, lr(e) = warmup_lr + e * (lr - warmup_lr) / warmup_epochs.
+ * After it (t = e, timm's warmup_prefix off):
+ *   none, constant  lr
+ *   cosine          min_lr + (lr - min_lr) (1 + cos(pi t / epochs)) / 2,
+ *                   min_lr once t >= epochs
+ *   step            lr * decay_rate^floor(t / decay_epochs)
+ *   multistep       lr * decay_rate^(milestones <= t); the milestones are
+ *                   `milestones` when given, else decay_epochs alone [RECON:
+ *                   Quick-Tune's space has one decay_epochs for both]
+ *   plateau         lr * the plateau factor: after each epoch past warmup
+ *                   the validation top-1 is compared with the best so far
+ *                   (mode max, relative threshold 1e-4, as torch's
+ *                   ReduceLROnPlateau); more than patience_epochs epochs
+ *                   without improvement multiply the factor by decay_rate
+ *                   and restart the count; never below min_lr.
+ *
+ * Freezing (pct_to_freeze in [0, 1]). The blocks of a ViT of depth d are
+ * counted k = 1..d from the input side; patch_embed, cls_token and pos_embed
+ * count as block 0 and the final norm with block d. Block k is trainable
+ * iff k / d > pct_to_freeze; the head is always trainable; pct_to_freeze 0
+ * trains everything (the stem included), 1 the head only. Frozen tensors are
+ * not updated, have no optimizer state and are not in run checkpoints (they
+ * still equal the pretrained checkpoint); the backward pass stops at the
+ * lowest trainable block (qt_vit_set_backward_from), so they get no
+ * gradients and cost no backward work.
+ *
+ * Linear probing (linear_probing = 1), as Quick-Tune's finetune.py: epochs
+ * e < epochs / 2 (integer division) train the head only (pct_to_freeze 1),
+ * later epochs use pct_to_freeze; tensors that become trainable start with
+ * zero optimizer state.
+ *
+ * Dropout (drop): timm's head dropout on the class token entering the head
+ * (qt_vit_set_head_dropout), masks drawn from a stream of (seed, epoch) in
+ * training only. Not implemented yet: the dropout of timm < 0.9 inside the
+ * blocks (pos/proj/MLP), drop path, L2-SP, SPD, GOODFIT, SFA, LoRA/ROSA
+ * (QT_ENOTIMPL from qt_run_spec_set), families other than vit, deit, deit3.
+ */
+
+typedef enum qt_optim_kind {
+  QT_OPTIM_KIND_SGD = 0,
+  QT_OPTIM_KIND_MOMENTUM = 1,
+  QT_OPTIM_KIND_ADAM = 2,
+  QT_OPTIM_KIND_ADAMW = 3
+} qt_optim_kind;
+
+/* "sgd", "momentum", "adam", "adamw"; "unknown" outside the enum. */
+const char *qt_optim_kind_name(qt_optim_kind kind);
+/* Parses the names above (exact); "goodfit" is QT_ENOTIMPL, anything else
+ * QT_EINVAL listing the accepted names. */
+int qt_optim_kind_parse(const char *text, qt_optim_kind *out, qt_err *err);
+
+typedef struct qt_optim_params {
+  qt_optim_kind kind;
+  double lr;           /* base learning rate, >= 0 (the schedule scales it) */
+  double momentum;     /* momentum: in [0, 1) */
+  double beta1, beta2; /* adam, adamw: in [0, 1) */
+  double eps;          /* adam, adamw: > 0 */
+  double weight_decay; /* >= 0; coupled or decoupled, see above */
+  double clip_grad;    /* global-norm clipping threshold; 0: off */
+  double layer_decay;  /* in (0, 1]; 1: off */
+} qt_optim_params;
+
+/* adamw, lr 1e-3, momentum 0.9, betas 0.9 and 0.999, eps 1e-8, weight
+ * decay 0.01, no clipping, no layer decay. */
+qt_optim_params qt_optim_default_params(void);
+/* QT_EINVAL naming the first value outside its range. */
+int qt_optim_params_check(const qt_optim_params *p, qt_err *err);
+
+/* One optimizer step on one tensor of n elements, in place. lr is the
+ * tensor's learning rate of this step (schedule and layer decay applied),
+ * decay 1 when weight decay applies to it, step t >= 1 counts the steps of
+ * this tensor (Adam's bias correction). state1 and state2 (n floats each,
+ * zero before the first step) are the momentum buffer (state2 unused) or
+ * Adam's two moments; NULL for sgd. grads are read, not changed (coupled
+ * decay is added on the fly). */
+void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
+                          const float *grads, float *state1, float *state2, size_t n);
+
+typedef enum qt_schedule_kind {
+  QT_SCHEDULE_KIND_NONE = 0,
+  QT_SCHEDULE_KIND_CONSTANT = 1,
+  QT_SCHEDULE_KIND_COSINE = 2,
+  QT_SCHEDULE_KIND_STEP = 3,
+  QT_SCHEDULE_KIND_MULTISTEP = 4,
+  QT_SCHEDULE_KIND_PLATEAU = 5
+} qt_schedule_kind;
+
+/* "none", "constant", "cosine", "step", "multistep", "plateau". */
+const char *qt_schedule_kind_name(qt_schedule_kind kind);
+/* Parses those names ("None" too); QT_EINVAL otherwise. */
+int qt_schedule_kind_parse(const char *text, qt_schedule_kind *out, qt_err *err);
+
+#define QT_SCHEDULE_MAX_MILESTONES 8
+
+typedef struct qt_schedule_params {
+  qt_schedule_kind kind;
+  long epochs;          /* cosine: the horizon t_initial (the run's planned epochs), >= 1 */
+  double min_lr;        /* cosine, plateau: the floor */
+  long warmup_epochs;   /* >= 0 */
+  double warmup_lr;     /* learning rate of epoch 0 when warming up */
+  double decay_rate;    /* step, multistep, plateau: factor in (0, 1] */
+  long decay_epochs;    /* step: period; multistep: the milestone without a list; >= 1 */
+  long milestones[QT_SCHEDULE_MAX_MILESTONES]; /* multistep, increasing */
+  size_t n_milestones;
+  long patience_epochs; /* plateau, >= 0 */
+} qt_schedule_params;
+
+/* cosine, 50 epochs, min_lr 0, no warmup (warmup_lr 0), decay_rate 0.1,
+ * decay_epochs 10, no milestones, patience 2. */
+qt_schedule_params qt_schedule_default_params(void);
+int qt_schedule_params_check(const qt_schedule_params *p, qt_err *err);
+
+/* The plateau schedule's memory (zero-initialized by qt_schedule_plateau_init). */
+typedef struct qt_schedule_plateau {
+  double best;    /* best validation score so far; -inf before the first */
+  long bad;       /* epochs since it improved */
+  double factor;  /* current multiplier of lr, starts at 1 */
+} qt_schedule_plateau;
+
+void qt_schedule_plateau_init(qt_schedule_plateau *state);
+/* Records epoch `epoch`'s validation score (plateau only; a no-op for the
+ * other kinds and during warmup). */
+void qt_schedule_plateau_update(const qt_schedule_params *p, qt_schedule_plateau *state,
+                                long epoch, double score);
+/* The learning rate of epoch `epoch` (from 0) for base rate lr; state is
+ * read by plateau only (may be NULL otherwise: factor 1). */
+double qt_schedule_lr(const qt_schedule_params *p, double lr, long epoch,
+                      const qt_schedule_plateau *state);
+
+/* --- Runs ----------------------------------------------------------------- */
+
+/*
+ * A run fine-tunes one model with one pipeline configuration, an epoch per
+ * qt_run_epoch call: train over the epoch's batches (qt_batch_iter, seeded
+ * by (seed, epoch)), then evaluate on the validation split. The observation
+ * of an epoch is its validation top-1 as the score in [0, 1], top-5 when
+ * the task has >= 5 classes, mean train and validation losses (validation:
+ * cross-entropy without smoothing), seconds (train + eval of this epoch
+ * only) and training images per second.
+ *
+ * Checkpoints (qt_run_save / qt_run_load): ONE safetensors file holding the
+ * trainable tensors under timm's names, the optimizer state of each that
+ * has taken a step ("optim.exp_avg.<name>" and "optim.exp_avg_sq.<name>"
+ * for Adam(W), "optim.momentum_buffer.<name>" for momentum, none for sgd;
+ * each tensor's step count as metadata "optim.step.<name>"),
+ * and in "__metadata__": "format" = "qtune-run", "version" = "1", the epoch,
+ * the seed, the best score, the plateau state, and a fingerprint of the
+ * spec's training values. Frozen tensors are not stored: loading reads them
+ * from the spec's pretrained checkpoint. The random state is fully given by
+ * (seed, epoch) because every batch stream is derived from them, so a
+ * resumed run computes the same numbers as an uninterrupted one, bit for
+ * bit on the CPU, with any number of data threads. Files are written
+ * atomically (qt_safetensors_write).
+ *
+ * A loss that is NaN or infinite stops the epoch before the step that
+ * would apply it: the result has status QT_RUN_STATUS_DIVERGED, the run
+ * refuses further epochs and saves (QT_EINVAL), and files saved before stay
+ * as they are.
+ *
+ * Memory. The spec's strings and data are borrowed: the data splits must
+ * outlive the run. The run owns its model, optimizer state and iterators.
+ */
+
+/* What a run trains: every field a plain value (see qt_run_spec_set for the
+ * hyperparameter names of configs/spaces/). */
+typedef struct qt_run_spec {
+  /* Model (from a hub entry). */
+  const char *checkpoint;   /* timm safetensors file */
+  qt_model_family family;   /* vit, deit or deit3 */
+  long heads;               /* attention heads (the checkpoint cannot tell) */
+  long image_size;          /* fine-tuning image size; 0: the checkpoint's */
+  double mean[3], std[3];   /* normalization of the model's input */
+  /* Data (borrowed): train and validation (non-empty) are used. */
+  const qt_data_splits *data;
+  /* Pipeline. */
+  long epochs;              /* planned epochs: cosine horizon, linear-probing switch */
+  qt_optim_params optim;
+  qt_schedule_params schedule; /* schedule.epochs is set from epochs */
+  size_t batch_size;
+  double pct_to_freeze;     /* [0, 1] */
+  int linear_probing;       /* 0 or 1 */
+  qt_auto_augment data_augmentation;
+  int ra_num_ops, ra_magnitude;
+  double mixup, cutmix;     /* Beta alphas; 0: off */
+  double mixup_prob;        /* probability a batch is mixed when an alpha > 0 */
+  double smoothing;         /* label smoothing in [0, 1) */
+  double drop;              /* head dropout rate in [0, 1) */
+  /* Execution. */
+  uint64_t seed;            /* fixes the new head, batch order and augmentation */
+  int threads;              /* preprocessing threads (results do not depend on it) */
+} qt_run_spec;
+
+/* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
+ * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no
+ * linear probing, trivial_augment (RandAugment 2 ops, magnitude 9), no
+ * mixing (mixup_prob 1), smoothing 0.1, drop 0, seed 0, 1 thread. */
+qt_run_spec qt_run_default_spec(void);
+
+/*
+ * Sets one pipeline hyperparameter from its text, with the names of
+ * configs/spaces/default.yaml and Quick-Tune's space: opt, lr, momentum,
+ * opt_betas ("[0.9, 0.999]"), eps, weight_decay, decay (none,
+ * weight_decay) with decay_strength, clip_grad, layer_decay, sched,
+ * warmup_epochs, warmup_lr, min_lr, decay_rate, decay_epochs,
+ * patience_epochs, batch_size, pct_to_freeze, linear_probing,
+ * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
+ * smoothing, drop, epochs. model is ignored (the caller picked the
+ * checkpoint), amp too (the CPU engine computes in float32). Methods not
+ * implemented yet are QT_ENOTIMPL (opt goodfit, adamp, sgdp; decay l2sp or
+ * spd; sfa true; adapter lora or rosa; stoch_norm true; bss_reg, sp_reg,
+ * delta_reg, cotuning_reg other than 0; an AutoAugment policy); the
+ * parameters goodfit_*, sfa_*, adapter_rank are accepted and ignored.
+ * Other names are QT_ENOENT, bad values QT_EINVAL.
+ */
+int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_err *err);
+
+typedef enum qt_run_status {
+  QT_RUN_STATUS_OK = 0,
+  QT_RUN_STATUS_DIVERGED = 1 /* a non-finite training loss */
+} qt_run_status;
+
+typedef struct qt_run_epoch_result {
+  long epoch;           /* 1-based number of the epoch just run */
+  qt_run_status status;
+  double score;         /* validation top-1 in [0, 1] (NaN when diverged) */
+  double top5;          /* validation top-5, NaN with fewer than 5 classes */
+  double train_loss;    /* mean over training samples of the epoch */
+  double val_loss;      /* mean cross-entropy on validation */
+  double lr;            /* base learning rate of the epoch (before layer decay) */
+  double seconds;       /* wall time of this epoch, train + eval */
+  double images_per_s;  /* training images per second */
+  size_t trainable;     /* trainable parameters in this epoch */
+} qt_run_epoch_result;
+
+typedef struct qt_run qt_run_t;
+
+/* Loads the checkpoint (new head for the data's classes, drawn from the
+ * seed), checks the spec (QT_EINVAL naming the value), builds the
+ * iterators. */
+int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err);
+void qt_run_free(qt_run_t *run);
+
+/* Runs the next epoch; see above. Errors other than divergence are
+ * negative codes (the run is then unusable). */
+int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err);
+
+/* Evaluates the current model on the test split as on validation: top-1,
+ * top-5 (NaN with fewer than 5 classes) and cross-entropy. Without a test
+ * split (absent or empty) all three are NaN and the call returns 0. */
+int qt_run_evaluate_test(qt_run_t *run, double *top1, double *top5, double *loss, qt_err *err);
+
+/* Epochs done so far. */
+long qt_run_epochs_done(const qt_run_t *run);
+/* Best validation score so far (NaN before the first epoch). */
+double qt_run_best_score(const qt_run_t *run);
+/* The model (for its weights; the run keeps ownership). */
+qt_vit_t *qt_run_model(qt_run_t *run);
+
+/* Writes the run checkpoint to path (atomic). */
+int qt_run_save(const qt_run_t *run, const char *path, qt_err *err);
+/* Builds a run from spec and restores path into it. A file that is not a
+ * valid safetensors file (e.g. truncated) is QT_EFORMAT; another format or
+ * version key QT_EVERSION; a checkpoint of another spec (fingerprint),
+ * missing or misshapen tensors QT_ESCHEMA. On failure nothing is returned. */
+int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_err *err);
+
+/* Writes the model's full weights (all tensors, timm's names) to path. */
+int qt_run_save_weights(const qt_run_t *run, const char *path, qt_err *err);
+
+/* A hook of the ViT for frozen prefixes (qt_vit.c): the backward pass
+ * stops after block first_block (from 0), so blocks below it and the stem
+ * (patch_embed, cls_token, pos_embed) get no gradients and cost no
+ * backward work; the head, the final norm and blocks >= first_block get the
+ * same gradients as without it. 0 (the default) reaches everything;
+ * values are clamped to [0, depth]. */
+void qt_vit_set_backward_from(qt_vit_t *vit, long first_block);
+
+/* Head dropout, as timm's VisionTransformer(drop_rate=) (its head_drop, in
+ * timm >= 0.9 the only dropout drop_rate controls): while rng is set and
+ * rate > 0, every forward multiplies the normalized class tokens entering
+ * the head by a mask of 0 (probability rate) or 1 / (1 - rate) drawn from
+ * rng (element by element, row-major), and the backward pass applies the
+ * same mask. rng NULL (or rate 0) turns it off, for evaluation; rng is
+ * borrowed and must outlive its use. A rate outside [0, 1) is QT_EINVAL. */
+int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err);
+/* end of run section */
+
 #ifdef __cplusplus
 }
 #endif

@@ -126,6 +126,16 @@ struct qt_vit {
   size_t batch;
   int have_forward, have_loss, soft;
   float smoothing;
+  /* The lowest block the backward pass reaches (qt_vit_set_backward_from);
+   * 0: every block and the stem. */
+  long backward_from;
+  /* Head dropout (qt_vit_set_head_dropout): rate, the stream the masks are
+   * drawn from (borrowed; NULL: no dropout, evaluation), and the mask of the
+   * last forward, (max_batch, width) values 0 or 1 / (1 - rate). */
+  double drop_rate;
+  qt_rng_t *drop_rng;
+  float *drop_mask;
+  int dropped; /* 1 when the last forward applied a mask */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -382,6 +392,7 @@ void qt_vit_free(qt_vit_t *vit) {
   free(vit->v);
   free(vit->arena);
   free(vit->labels);
+  free(vit->drop_mask);
   free(vit);
 }
 
@@ -690,6 +701,17 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   for (size_t b = 0; b < B; b++) memcpy(vit->cls_rows + b * C, x + b * T * C, C * sizeof *x);
   qt_cpu_layernorm_forward(vit->cls_norm, vit->cls_mean, vit->cls_rstd, vit->cls_rows, p->norm_w,
                            p->norm_b, B, C, VIT_NORM_EPS);
+  /* Head dropout: the normalized class tokens are scaled in place (the norm's
+   * backward reads its input, not its output), so the head's backward sees
+   * the dropped features. */
+  vit->dropped = vit->drop_rate > 0.0 && vit->drop_rng != NULL;
+  if (vit->dropped) {
+    float keep_scale = (float)(1.0 / (1.0 - vit->drop_rate));
+    for (size_t i = 0; i < B * C; i++) {
+      vit->drop_mask[i] = qt_rng_uniform(vit->drop_rng) < vit->drop_rate ? 0.0f : keep_scale;
+      vit->cls_norm[i] *= vit->drop_mask[i];
+    }
+  }
   qt_cpu_linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K);
   vit->batch = B;
   vit->have_forward = 1;
@@ -769,6 +791,9 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   memset(vit->dcls_norm, 0, B * C * sizeof *vit->dcls_norm);
   qt_cpu_linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
                          p->head_w, B, C, K);
+  if (vit->dropped) {
+    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->drop_mask[i];
+  }
   memset(vit->dcls_rows, 0, B * C * sizeof *vit->dcls_rows);
   qt_cpu_layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm, vit->cls_rows,
                             p->norm_w, vit->cls_mean, vit->cls_rstd, B, C);
@@ -779,7 +804,7 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
 
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
-  for (long l = cf->depth - 1; l >= 0; l--) {
+  for (long l = cf->depth - 1; l >= vit->backward_from; l--) {
     const block_tensors *w = &p->blocks[l];
     block_tensors *gw = &g->blocks[l];
     const block_acts *a = &vit->acts[l];
@@ -810,12 +835,34 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
                               a->ln1_mean, a->ln1_rstd, BT, C);
   }
 
+  /* Frozen blocks and stem below backward_from need no gradients. */
+  if (vit->backward_from > 0) return 0;
   memset(vit->dpatch_emb, 0, B * N * C * sizeof *vit->dpatch_emb);
   qt_cpu_tokens_backward(vit->dpatch_emb, g->cls, g->pos, vit->dresid, !cf->no_embed_class, B, N,
                          C);
   qt_cpu_linear_backward(NULL, g->patch_w, g->patch_b, vit->dpatch_emb, vit->patch_in, p->patch_w,
                          B * N, P, C);
   return 0;
+}
+
+int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_head_dropout: NULL model");
+  if (!(rate >= 0.0 && rate < 1.0))
+    return qt_err_set(err, QT_EINVAL, "head dropout rate %g is not in [0, 1)", rate);
+  if (rate > 0.0 && !vit->drop_mask) {
+    vit->drop_mask = malloc(vit->max_batch * (size_t)vit->config.width * sizeof *vit->drop_mask);
+    if (!vit->drop_mask) return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for dropout");
+  }
+  vit->drop_rate = rate;
+  vit->drop_rng = rng;
+  return 0;
+}
+
+void qt_vit_set_backward_from(qt_vit_t *vit, long first_block) {
+  if (!vit) return;
+  if (first_block < 0) first_block = 0;
+  if (first_block > vit->config.depth) first_block = vit->config.depth;
+  vit->backward_from = first_block;
 }
 
 /* ------------------------------------------------------------------------- */

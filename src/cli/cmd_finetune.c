@@ -1,0 +1,326 @@
+/*
+ * cmd_finetune.c - `qtune finetune`: fine-tune one hub model with one
+ * pipeline configuration for a number of epochs on the engine's run API
+ * (qt_run_*), printing one line per epoch and writing the learning curve
+ * and the final weights.
+ *
+ * The pipeline configuration is a YAML mapping of hyperparameter values of
+ * a search space (default configs/spaces/default.yaml), e.g.
+ *
+ *   opt: momentum
+ *   momentum: 0.9
+ *   lr: 0.001
+ *
+ * Hyperparameters it leaves out take the space's defaults; each value is
+ * checked by the space (qt_config_set_string), and an unknown name, a bad
+ * value or a value for a hyperparameter whose condition does not hold is an
+ * error at its line:column. `model` names the hub model when --model is not
+ * given (the space's model choices are placeholders for a hub's entries).
+ *
+ * Exit codes: 0 done, 1 usage, 3 a bad file, a failed or diverged run.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/qt_cli.h"
+#include "finetune/qt_finetune.h"
+#include "metadata/qt_metadata.h"
+
+#define QT_DEFAULT_SPACE "configs/spaces/default.yaml"
+
+/* Reads the pipeline YAML into config (defaults first) and the model name
+ * it may carry into *model (owned by doc). */
+static int read_pipeline(const char *path, const qt_space_t *space, qt_config *config,
+                         qt_yaml_doc_t **doc_out, const char **model, qt_err *err) {
+  qt_yaml_doc_t *doc = NULL;
+  int rc = qt_yaml_load_file(path, &doc, err);
+  if (rc < 0) return rc;
+  *doc_out = doc;
+  qt_yaml_node root = qt_yaml_root(doc);
+  if (!root || qt_yaml_kind_of(doc, root) != QT_YAML_KIND_MAPPING)
+    return qt_yaml_error(err, QT_ESCHEMA, doc, root,
+                         "a pipeline configuration is a mapping of hyperparameter values");
+  rc = qt_space_default_config(space, config, err);
+  if (rc < 0) return rc;
+  size_t n = qt_yaml_length(doc, root);
+  unsigned char *given = calloc(config->count ? config->count : 1, 1);
+  qt_yaml_node *where = calloc(config->count ? config->count : 1, sizeof *where);
+  if (!given || !where) {
+    free(given);
+    free(where);
+    return qt_err_set(err, QT_ENOMEM, "out of memory");
+  }
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    qt_yaml_node key = qt_yaml_pair_key(doc, root, i);
+    qt_yaml_node value = qt_yaml_pair_value(doc, root, i);
+    const char *name = qt_yaml_scalar(doc, key);
+    if (!name) {
+      rc = qt_yaml_error(err, QT_ESCHEMA, doc, key, "keys must be hyperparameter names");
+      break;
+    }
+    if (strcmp(name, "version") == 0) continue;
+    const char *text = qt_yaml_scalar(doc, value);
+    if (!text) {
+      rc = qt_yaml_error(err, QT_ESCHEMA, doc, value, "'%s': the value must be a scalar", name);
+      break;
+    }
+    if (strcmp(name, "model") == 0) {
+      *model = text;
+      continue;
+    }
+    size_t hp;
+    if (qt_space_find(space, name, &hp) != 0) {
+      rc = qt_yaml_error(err, QT_ESCHEMA, doc, key, "unknown hyperparameter '%s' (space %s)",
+                         name, qt_space_name(space));
+      break;
+    }
+    qt_err inner;
+    qt_err_clear(&inner);
+    int set = qt_config_set_string(config, name, text, &inner);
+    if (set < 0) {
+      rc = qt_yaml_error(err, QT_ESCHEMA, doc, value, "%s", qt_err_message(&inner));
+      break;
+    }
+    given[hp] = 1;
+    where[hp] = key;
+  }
+  /* Conditional hyperparameters: those switched on by the values take
+   * their defaults, values given for inactive ones are errors. */
+  for (size_t pass = 0; pass <= config->count && rc == 0; pass++) {
+    int changed = 0;
+    for (size_t hp = 0; hp < config->count && rc == 0; hp++) {
+      int holds = qt_config_conditions_hold(config, hp);
+      if (!holds && given[hp]) {
+        rc = qt_yaml_error(
+            err, QT_ESCHEMA, doc, where[hp],
+            "'%s' does not apply to this configuration (its condition does not hold)",
+            qt_space_hp_name(space, hp));
+      } else if (holds && !qt_config_is_active(config, hp)) {
+        /* The space's default, else the first choice or the minimum. */
+        double value, lo, hi;
+        if (qt_space_hp_default(space, hp, &value) != 1) {
+          qt_space_hp_range(space, hp, &lo, &hi);
+          value = lo;
+        }
+        config->slots[hp].active = 1;
+        config->slots[hp].value = value;
+        changed = 1;
+      }
+    }
+    if (!changed) break;
+  }
+  free(given);
+  free(where);
+  if (rc < 0) return rc;
+  qt_config_prune(config);
+  rc = qt_config_validate(config, err);
+  if (rc < 0) return qt_err_prefix(err, rc, "%s", path);
+  return 0;
+}
+
+static int print_fail(const qt_cli_args *args, const char *what, qt_err *err) {
+  if (what) qt_err_prefix(err, err->code ? err->code : QT_EINVAL, "%s", what);
+  return qt_cli_fail(args->command, err);
+}
+
+int qt_cli_finetune(const qt_cli_args *args) {
+  const char *hub_path = qt_cli_get(args, "hub");
+  const char *model_name = qt_cli_get(args, "model");
+  const char *data_path = qt_cli_get(args, "data");
+  const char *config_path = qt_cli_get(args, "config");
+  const char *epochs_text = qt_cli_get(args, "epochs");
+  const char *out_dir = qt_cli_get(args, "out");
+  const char *seed_text = qt_cli_get(args, "seed");
+  const char *device = qt_cli_get(args, "device");
+  const char *space_path = qt_cli_get(args, "space");
+  if (!hub_path) return qt_cli_usage_error(args->command, "--hub FILE is required");
+  if (!data_path) return qt_cli_usage_error(args->command, "--data DIR is required");
+  if (!config_path) return qt_cli_usage_error(args->command, "--config FILE is required");
+  if (!epochs_text) return qt_cli_usage_error(args->command, "--epochs N is required");
+  char *end = NULL;
+  long epochs = strtol(epochs_text, &end, 10);
+  if (*end != '\0' || epochs < 1 || epochs > 100000)
+    return qt_cli_usage_error(args->command, "--epochs must be a whole number >= 1, got '%s'",
+                              epochs_text);
+  unsigned long long seed = 0;
+  if (seed_text) {
+    seed = strtoull(seed_text, &end, 10);
+    if (*end != '\0' || seed_text[0] == '-')
+      return qt_cli_usage_error(args->command, "--seed must be a whole number >= 0, got '%s'",
+                                seed_text);
+  }
+  qt_err err;
+  qt_err_clear(&err);
+  if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
+    qt_err_set(&err, QT_ENOTIMPL, "--device %s: runs on CUDA are not implemented yet (use cpu)",
+               device);
+    return qt_cli_fail(args->command, &err);
+  }
+
+  int status = QT_CLI_EXIT_FAILURE;
+  qt_space_t *space = NULL;
+  qt_config config = {0};
+  qt_yaml_doc_t *doc = NULL;
+  qt_hub_t *hub = NULL;
+  qt_data_splits splits = {0};
+  qt_run_t *run = NULL;
+  FILE *curve = NULL;
+  const char *config_model = NULL;
+
+  if (qt_space_load_file(space_path ? space_path : QT_DEFAULT_SPACE, &space, &err) != 0 ||
+      qt_config_init(&config, space, &err) != 0) {
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  if (read_pipeline(config_path, space, &config, &doc, &config_model, &err) != 0) {
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  if (!model_name) model_name = config_model;
+  if (!model_name) {
+    status = qt_cli_usage_error(args->command, "--model NAME is required (or model: in --config)");
+    goto done;
+  }
+  if (qt_hub_load_file(hub_path, &hub, &err) != 0) {
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  size_t index;
+  if (qt_hub_find(hub, model_name, &index) != 0) {
+    qt_err_set(&err, QT_ENOENT, "%s: no model '%s' in the hub", hub_path, model_name);
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  const qt_hub_model *m = qt_hub_model_at(hub, index);
+
+  qt_run_spec spec = qt_run_default_spec();
+  spec.checkpoint = m->checkpoint;
+  if (qt_model_family_parse(m->family, &spec.family) != 0) {
+    qt_err_set(&err, QT_ENOTIMPL, "model '%s': family '%s' cannot be fine-tuned yet", m->name,
+               m->family);
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  spec.heads = m->heads;
+  spec.image_size = m->image_size;
+  for (int c = 0; c < 3; c++) {
+    spec.mean[c] = m->mean[c];
+    spec.std[c] = m->std[c];
+  }
+  spec.epochs = epochs;
+  spec.seed = seed;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  spec.threads = cpus < 1 ? 1 : (cpus > 8 ? 8 : (int)cpus);
+  for (size_t hp = 0; hp < config.count; hp++) {
+    if (!qt_config_is_active(&config, hp)) continue;
+    char text[256];
+    qt_config_get_string(&config, hp, text, sizeof text);
+    const char *name = qt_space_hp_name(space, hp);
+    if (strcmp(name, "model") == 0) continue;
+    int rc = qt_run_spec_set(&spec, name, text, &err);
+    if (rc < 0) {
+      status = print_fail(args, config_path, &err);
+      goto done;
+    }
+  }
+
+  qt_data_params dp = qt_data_default_params();
+  dp.seed = seed;
+  if (qt_data_load(data_path, &dp, &splits, &err) != 0) {
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  spec.data = &splits;
+  if (qt_run_init(&spec, &run, &err) != 0) {
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+
+  char path[4096];
+  if (out_dir) {
+    if (mkdir(out_dir, 0777) != 0 && access(out_dir, W_OK) != 0) {
+      qt_err_set(&err, QT_EIO, "cannot create or write %s", out_dir);
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    snprintf(path, sizeof path, "%s/curve.csv", out_dir);
+    curve = fopen(path, "w");
+    if (!curve) {
+      qt_err_set(&err, QT_EIO, "cannot write %s", path);
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    fprintf(curve, "epoch,train_loss,val_loss,val_top1,seconds,images_per_s\n");
+  }
+  printf("fine-tuning %s on %s: %zu train, %zu val images, %zu classes, %ld epochs\n", m->name,
+         data_path, splits.train->n, splits.val->n, splits.train->n_classes, epochs);
+  int diverged = 0;
+  for (long e = 0; e < epochs; e++) {
+    qt_run_epoch_result r;
+    if (qt_run_epoch(run, &r, &err) != 0) {
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    if (r.status == QT_RUN_STATUS_DIVERGED) {
+      printf("epoch %ld  diverged (training loss %g)\n", r.epoch, r.train_loss);
+      diverged = 1;
+      break;
+    }
+    printf("epoch %ld  train_loss %.4f  val_top1 %.4f  %.2fs  %.1f images/s\n", r.epoch,
+           r.train_loss, r.score, r.seconds, r.images_per_s);
+    fflush(stdout);
+    if (curve) {
+      fprintf(curve, "%ld,%.9g,%.9g,%.9g,%.6g,%.6g\n", r.epoch, r.train_loss, r.val_loss,
+              r.score, r.seconds, r.images_per_s);
+      fflush(curve);
+    }
+  }
+  if (curve) {
+    int bad = ferror(curve);
+    if (fclose(curve) != 0 || bad) {
+      curve = NULL;
+      qt_err_set(&err, QT_EIO, "writing %s/curve.csv failed", out_dir);
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    curve = NULL;
+  }
+  if (diverged) {
+    qt_err_set(&err, QT_ENUMERIC, "the run diverged (non-finite loss); no weights written");
+    status = qt_cli_fail(args->command, &err);
+    goto done;
+  }
+  if (splits.test && splits.test->n > 0) {
+    double top1, top5, loss;
+    if (qt_run_evaluate_test(run, &top1, &top5, &loss, &err) != 0) {
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    printf("test  loss %.4f  top1 %.4f", loss, top1);
+    if (!isnan(top5)) printf("  top5 %.4f", top5);
+    printf("  (%zu images)\n", splits.test->n);
+  }
+  if (out_dir) {
+    snprintf(path, sizeof path, "%s/final.safetensors", out_dir);
+    if (qt_run_save_weights(run, path, &err) != 0) {
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    printf("wrote %s/curve.csv and %s\n", out_dir, path);
+  }
+  status = QT_CLI_EXIT_OK;
+
+done:
+  if (curve) fclose(curve);
+  qt_run_free(run);
+  qt_data_splits_free(&splits);
+  qt_hub_free(hub);
+  qt_yaml_free(doc);
+  qt_config_free(&config);
+  qt_space_free(space);
+  return status;
+}
