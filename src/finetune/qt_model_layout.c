@@ -518,6 +518,18 @@ static int check_efficientnet(checker *c) {
   if ((rc = need_conv(c, &features, channels, &one, "conv_head.weight")) < 0) return rc;
   if ((rc = need_batch_norm(c, features, "bn2")) < 0) return rc;
   c->summary->depth = blocks_total;
+  /* An optional MLP between the pooling and the classifier,
+   * head_mlp.k.{weight,bias} each followed by ReLU: the head of Keras
+   * models imported by tools/import-tfjs (nsfwjs: 1280 -> 256 -> 128). */
+  long hidden_layers = count_indexed(c, "head_mlp.", ".weight");
+  if ((rc = check_no_stray_index(c, "head_mlp.", hidden_layers)) < 0) return rc;
+  for (long k = 0; k < hidden_layers; k++) {
+    qt_safetensors_info info;
+    if ((rc = get_tensor(c, 1, &info, "head_mlp.%ld.weight", k)) < 0) return rc;
+    if ((rc = check_shape(c, &info, SHAPE(-1, features))) < 0) return rc;
+    features = (long)info.shape[0];
+    if ((rc = need(c, SHAPE(features), "head_mlp.%ld.bias", k)) < 0) return rc;
+  }
   c->summary->width = features;
   return check_head(c, "classifier", features);
 }

@@ -1,0 +1,103 @@
+/*
+ * qt_cpu_batchnorm.c - batch norm over the channels of NCHW images
+ * (torch.nn.BatchNorm2d) on the CPU: train statistics with PyTorch's
+ * running-statistics update, eval mode and frozen mode. See qt_finetune.h.
+ */
+#include <math.h>
+
+#include "finetune/qt_finetune.h"
+
+void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                              float momentum, qt_batchnorm_mode mode) {
+  size_t count = batch * hw;
+  for (size_t ch = 0; ch < c; ch++) {
+    double m, var;
+    if (mode == QT_BATCHNORM_MODE_TRAIN) {
+      /* Two passes in double, as the layer norm: mean, then the biased
+       * variance around it. */
+      double sum = 0.0;
+      for (size_t b = 0; b < batch; b++) {
+        const float *x = inp + (b * c + ch) * hw;
+        for (size_t p = 0; p < hw; p++) sum += x[p];
+      }
+      m = sum / (double)count;
+      double sq = 0.0;
+      for (size_t b = 0; b < batch; b++) {
+        const float *x = inp + (b * c + ch) * hw;
+        for (size_t p = 0; p < hw; p++) {
+          double d = x[p] - m;
+          sq += d * d;
+        }
+      }
+      var = sq / (double)count;
+      /* PyTorch updates the running variance with the unbiased estimate. */
+      running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * m);
+      if (count > 1) {
+        double unbiased = sq / (double)(count - 1);
+        running_var[ch] = (float)((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+      }
+    } else {
+      m = running_mean[ch];
+      var = running_var[ch];
+    }
+    float mf = (float)m, rf = (float)(1.0 / sqrt(var + (double)eps));
+    mean[ch] = mf;
+    rstd[ch] = rf;
+    float scale = rf * (weight ? weight[ch] : 1.0f);
+    float shift = bias ? bias[ch] : 0.0f;
+    for (size_t b = 0; b < batch; b++) {
+      const float *x = inp + (b * c + ch) * hw;
+      float *y = out + (b * c + ch) * hw;
+      for (size_t p = 0; p < hw; p++) y[p] = (x[p] - mf) * scale + shift;
+    }
+  }
+}
+
+void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t batch, size_t c, size_t hw,
+                               qt_batchnorm_mode mode) {
+  size_t count = batch * hw;
+  for (size_t ch = 0; ch < c; ch++) {
+    float m = mean[ch], r = rstd[ch], w = weight ? weight[ch] : 1.0f;
+    double dy_sum = 0.0, dy_xhat_sum = 0.0;
+    for (size_t b = 0; b < batch; b++) {
+      const float *x = inp + (b * c + ch) * hw;
+      const float *dy = dout + (b * c + ch) * hw;
+      for (size_t p = 0; p < hw; p++) {
+        dy_sum += dy[p];
+        dy_xhat_sum += (double)dy[p] * ((x[p] - m) * r);
+      }
+    }
+    if (mode != QT_BATCHNORM_MODE_FROZEN) {
+      if (dweight) dweight[ch] += (float)dy_xhat_sum;
+      if (dbias) dbias[ch] += (float)dy_sum;
+    }
+    if (!dinp) continue;
+    if (mode == QT_BATCHNORM_MODE_TRAIN) {
+      /* With xhat = (x - mean) rstd over the batch statistics:
+       * dx = w rstd (dy - mean(dy) - xhat mean(dy xhat)). */
+      float dy_mean = (float)(dy_sum / (double)count);
+      float dy_xhat_mean = (float)(dy_xhat_sum / (double)count);
+      for (size_t b = 0; b < batch; b++) {
+        const float *x = inp + (b * c + ch) * hw;
+        const float *dy = dout + (b * c + ch) * hw;
+        float *dx = dinp + (b * c + ch) * hw;
+        for (size_t p = 0; p < hw; p++) {
+          float xhat = (x[p] - m) * r;
+          dx[p] += w * r * (dy[p] - dy_mean - xhat * dy_xhat_mean);
+        }
+      }
+    } else {
+      /* The running statistics are constants: an affine map per channel. */
+      float scale = w * r;
+      for (size_t b = 0; b < batch; b++) {
+        const float *dy = dout + (b * c + ch) * hw;
+        float *dx = dinp + (b * c + ch) * hw;
+        for (size_t p = 0; p < hw; p++) dx[p] += scale * dy[p];
+      }
+    }
+  }
+}

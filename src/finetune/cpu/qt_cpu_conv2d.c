@@ -1,0 +1,321 @@
+/*
+ * qt_cpu_conv2d.c - 2-D convolution (torch.nn.Conv2d, with TensorFlow's
+ * asymmetric 'same' padding as an option) on the CPU, forward and backward.
+ * Dense and grouped convolutions lower to im2col + cblas_sgemm per image and
+ * group; pointwise ones (1x1, stride 1, no padding) skip the im2col, since
+ * the image already is the column matrix; convolutions with one input
+ * channel per group (depthwise) run as direct loops, where a matrix product
+ * would have a single row. See qt_finetune.h for shapes.
+ */
+#include <cblas.h>
+#include <limits.h>
+#include <string.h>
+
+#include "finetune/qt_finetune.h"
+
+/* ------------------------------------------------------------------------- */
+/* Shapes                                                                     */
+/* ------------------------------------------------------------------------- */
+
+static int check_common(const char *who, size_t batch, size_t in_c, size_t in_h, size_t in_w,
+                        size_t out_c, size_t kernel, size_t stride, size_t groups, qt_err *err) {
+  if (batch == 0 || in_c == 0 || in_h == 0 || in_w == 0 || out_c == 0 || kernel == 0)
+    return qt_err_set(err, QT_EINVAL,
+                      "%s: zero size (batch %zu, in_c %zu, %zux%zu, out_c %zu, kernel %zu)", who,
+                      batch, in_c, in_h, in_w, out_c, kernel);
+  if (stride == 0) return qt_err_set(err, QT_EINVAL, "%s: stride 0", who);
+  if (groups == 0 || in_c % groups != 0 || out_c % groups != 0)
+    return qt_err_set(err, QT_EINVAL, "%s: groups %zu does not divide in_c %zu and out_c %zu", who,
+                      groups, in_c, out_c);
+  return 0;
+}
+
+int qt_conv2d_shape_init(qt_conv2d_shape *shape, size_t batch, size_t in_c, size_t in_h,
+                         size_t in_w, size_t out_c, size_t kernel, size_t stride, size_t pad,
+                         size_t groups, qt_err *err) {
+  int rc = check_common("qt_conv2d_shape_init", batch, in_c, in_h, in_w, out_c, kernel, stride,
+                        groups, err);
+  if (rc) return rc;
+  if (in_h + 2 * pad < kernel || in_w + 2 * pad < kernel)
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_conv2d_shape_init: kernel %zu larger than the padded %zux%zu input",
+                      kernel, in_h + 2 * pad, in_w + 2 * pad);
+  *shape = (qt_conv2d_shape){.batch = batch,
+                             .in_c = in_c,
+                             .in_h = in_h,
+                             .in_w = in_w,
+                             .out_c = out_c,
+                             .kernel_h = kernel,
+                             .kernel_w = kernel,
+                             .stride_h = stride,
+                             .stride_w = stride,
+                             .pad_top = pad,
+                             .pad_left = pad,
+                             .groups = groups};
+  shape->out_h = (in_h + 2 * pad - kernel) / stride + 1;
+  shape->out_w = (in_w + 2 * pad - kernel) / stride + 1;
+  return 0;
+}
+
+int qt_conv2d_shape_init_same(qt_conv2d_shape *shape, size_t batch, size_t in_c, size_t in_h,
+                              size_t in_w, size_t out_c, size_t kernel, size_t stride,
+                              size_t groups, qt_err *err) {
+  int rc = check_common("qt_conv2d_shape_init_same", batch, in_c, in_h, in_w, out_c, kernel, stride,
+                        groups, err);
+  if (rc) return rc;
+  *shape = (qt_conv2d_shape){.batch = batch,
+                             .in_c = in_c,
+                             .in_h = in_h,
+                             .in_w = in_w,
+                             .out_c = out_c,
+                             .kernel_h = kernel,
+                             .kernel_w = kernel,
+                             .stride_h = stride,
+                             .stride_w = stride,
+                             .groups = groups};
+  shape->out_h = (in_h + stride - 1) / stride;
+  shape->out_w = (in_w + stride - 1) / stride;
+  size_t need_h = (shape->out_h - 1) * stride + kernel;
+  size_t need_w = (shape->out_w - 1) * stride + kernel;
+  shape->pad_top = need_h > in_h ? (need_h - in_h) / 2 : 0;
+  shape->pad_left = need_w > in_w ? (need_w - in_w) / 2 : 0;
+  return 0;
+}
+
+static int is_depthwise(const qt_conv2d_shape *s) {
+  return s->in_c == s->groups;
+}
+
+static int is_pointwise(const qt_conv2d_shape *s) {
+  return s->kernel_h == 1 && s->kernel_w == 1 && s->stride_h == 1 && s->stride_w == 1 &&
+         s->pad_top == 0 && s->pad_left == 0 && s->out_h == s->in_h && s->out_w == s->in_w;
+}
+
+size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *s) {
+  if (is_depthwise(s) || is_pointwise(s)) return 0;
+  return (s->in_c / s->groups) * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+}
+
+/* ------------------------------------------------------------------------- */
+/* im2col / col2im                                                            */
+/* ------------------------------------------------------------------------- */
+
+/* col (cg * kh * kw, out_h * out_w) from the cg channels of one image that
+ * start at img (cg, in_h, in_w); positions in the padding read 0. */
+static void im2col(float *col, const float *img, size_t cg, const qt_conv2d_shape *s) {
+  size_t p_count = s->out_h * s->out_w;
+  for (size_t ci = 0; ci < cg; ci++) {
+    const float *plane = img + ci * s->in_h * s->in_w;
+    for (size_t ky = 0; ky < s->kernel_h; ky++) {
+      for (size_t kx = 0; kx < s->kernel_w; kx++) {
+        float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * p_count;
+        for (size_t oy = 0; oy < s->out_h; oy++) {
+          /* iy = oy * stride + ky - pad_top, done in signed arithmetic. */
+          long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
+          float *dst = row + oy * s->out_w;
+          if (iy < 0 || iy >= (long)s->in_h) {
+            memset(dst, 0, s->out_w * sizeof *dst);
+            continue;
+          }
+          const float *src = plane + (size_t)iy * s->in_w;
+          for (size_t ox = 0; ox < s->out_w; ox++) {
+            long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
+            dst[ox] = (ix < 0 || ix >= (long)s->in_w) ? 0.0f : src[ix];
+          }
+        }
+      }
+    }
+  }
+}
+
+/* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col at the
+ * positions they were read from. */
+static void col2im_add(float *img, const float *col, size_t cg, const qt_conv2d_shape *s) {
+  size_t p_count = s->out_h * s->out_w;
+  for (size_t ci = 0; ci < cg; ci++) {
+    float *plane = img + ci * s->in_h * s->in_w;
+    for (size_t ky = 0; ky < s->kernel_h; ky++) {
+      for (size_t kx = 0; kx < s->kernel_w; kx++) {
+        const float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * p_count;
+        for (size_t oy = 0; oy < s->out_h; oy++) {
+          long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
+          if (iy < 0 || iy >= (long)s->in_h) continue;
+          const float *src = row + oy * s->out_w;
+          float *dst = plane + (size_t)iy * s->in_w;
+          for (size_t ox = 0; ox < s->out_w; ox++) {
+            long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
+            if (ix >= 0 && ix < (long)s->in_w) dst[ix] += src[ox];
+          }
+        }
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Depthwise: direct loops                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* One input channel per group; output channel o reads input channel
+ * o / multiplier (PyTorch's grouping with in_c / groups = 1). */
+static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
+                              const qt_conv2d_shape *s) {
+  size_t mult = s->out_c / s->in_c;
+  size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
+  for (size_t b = 0; b < s->batch; b++) {
+    for (size_t o = 0; o < s->out_c; o++) {
+      const float *x = inp + (b * s->in_c + o / mult) * in_plane;
+      const float *w = weight + o * s->kernel_h * s->kernel_w;
+      float *y = out + (b * s->out_c + o) * out_plane;
+      float b0 = bias ? bias[o] : 0.0f;
+      for (size_t oy = 0; oy < s->out_h; oy++) {
+        for (size_t ox = 0; ox < s->out_w; ox++) {
+          float acc = b0;
+          for (size_t ky = 0; ky < s->kernel_h; ky++) {
+            long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
+            if (iy < 0 || iy >= (long)s->in_h) continue;
+            for (size_t kx = 0; kx < s->kernel_w; kx++) {
+              long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
+              if (ix < 0 || ix >= (long)s->in_w) continue;
+              acc += w[ky * s->kernel_w + kx] * x[(size_t)iy * s->in_w + (size_t)ix];
+            }
+          }
+          y[oy * s->out_w + ox] = acc;
+        }
+      }
+    }
+  }
+}
+
+static void depthwise_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                               const float *weight, const qt_conv2d_shape *s) {
+  size_t mult = s->out_c / s->in_c;
+  size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
+  size_t kk = s->kernel_h * s->kernel_w;
+  for (size_t o = 0; o < s->out_c; o++) {
+    const float *w = weight + o * kk;
+    /* Weight gradients collect batch * out_h * out_w terms: double. */
+    double dw[64];
+    QT_ASSERT(kk <= 64); /* kernels up to 8x8; timm's largest is 7x7 */
+    for (size_t k = 0; k < kk; k++) dw[k] = 0.0;
+    for (size_t b = 0; b < s->batch; b++) {
+      const float *x = inp + (b * s->in_c + o / mult) * in_plane;
+      float *dx = dinp ? dinp + (b * s->in_c + o / mult) * in_plane : NULL;
+      const float *dy = dout + (b * s->out_c + o) * out_plane;
+      for (size_t oy = 0; oy < s->out_h; oy++) {
+        for (size_t ox = 0; ox < s->out_w; ox++) {
+          float g = dy[oy * s->out_w + ox];
+          for (size_t ky = 0; ky < s->kernel_h; ky++) {
+            long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
+            if (iy < 0 || iy >= (long)s->in_h) continue;
+            for (size_t kx = 0; kx < s->kernel_w; kx++) {
+              long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
+              if (ix < 0 || ix >= (long)s->in_w) continue;
+              size_t at = (size_t)iy * s->in_w + (size_t)ix;
+              if (dx) dx[at] += g * w[ky * s->kernel_w + kx];
+              dw[ky * s->kernel_w + kx] += (double)g * x[at];
+            }
+          }
+        }
+      }
+    }
+    if (dweight) {
+      for (size_t k = 0; k < kk; k++) dweight[o * kk + k] += (float)dw[k];
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Forward and backward                                                       */
+/* ------------------------------------------------------------------------- */
+
+static void add_bias_gradient(float *dbias, const float *dout, const qt_conv2d_shape *s) {
+  size_t plane = s->out_h * s->out_w;
+  for (size_t o = 0; o < s->out_c; o++) {
+    double sum = 0.0;
+    for (size_t b = 0; b < s->batch; b++) {
+      const float *dy = dout + (b * s->out_c + o) * plane;
+      for (size_t p = 0; p < plane; p++) sum += dy[p];
+    }
+    dbias[o] += (float)sum;
+  }
+}
+
+void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const qt_conv2d_shape *s) {
+  if (is_depthwise(s)) {
+    depthwise_forward(out, inp, weight, bias, s);
+    return;
+  }
+  size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
+  size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
+  QT_ASSERT(kdim <= INT_MAX && p_count <= INT_MAX && og <= INT_MAX);
+  int pointwise = is_pointwise(s);
+  QT_ASSERT(pointwise || scratch);
+  for (size_t b = 0; b < s->batch; b++) {
+    for (size_t g = 0; g < s->groups; g++) {
+      const float *img = inp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
+      float *y = out + (b * s->out_c + g * og) * p_count;
+      const float *col = img;
+      if (!pointwise) {
+        im2col(scratch, img, cg, s);
+        col = scratch;
+      }
+      if (bias) {
+        for (size_t o = 0; o < og; o++) {
+          float v = bias[g * og + o];
+          for (size_t p = 0; p < p_count; p++) y[o * p_count + p] = v;
+        }
+      }
+      /* y (og, P) = W_g (og, kdim) . col (kdim, P) */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)p_count, (int)kdim, 1.0f,
+                  weight + g * og * kdim, (int)kdim, col, (int)p_count, bias ? 1.0f : 0.0f, y,
+                  (int)p_count);
+    }
+  }
+}
+
+void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const qt_conv2d_shape *s) {
+  if (dbias) add_bias_gradient(dbias, dout, s);
+  if (is_depthwise(s)) {
+    if (dinp || dweight) depthwise_backward(dinp, dweight, dout, inp, weight, s);
+    return;
+  }
+  size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
+  size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
+  QT_ASSERT(kdim <= INT_MAX && p_count <= INT_MAX && og <= INT_MAX);
+  int pointwise = is_pointwise(s);
+  QT_ASSERT(pointwise || scratch);
+  for (size_t b = 0; b < s->batch; b++) {
+    for (size_t g = 0; g < s->groups; g++) {
+      const float *img = inp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
+      const float *dy = dout + (b * s->out_c + g * og) * p_count;
+      const float *w = weight + g * og * kdim;
+      if (dweight) {
+        const float *col = img;
+        if (!pointwise) {
+          im2col(scratch, img, cg, s);
+          col = scratch;
+        }
+        /* dW_g (og, kdim) += dy (og, P) . col^T (P, kdim) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)kdim, (int)p_count, 1.0f,
+                    dy, (int)p_count, col, (int)p_count, 1.0f, dweight + g * og * kdim, (int)kdim);
+      }
+      if (dinp) {
+        float *dimg = dinp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
+        /* dcol (kdim, P) = W_g^T (kdim, og) . dy (og, P); a pointwise
+         * convolution accumulates it straight into the image. */
+        if (pointwise) {
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og,
+                      1.0f, w, (int)kdim, dy, (int)p_count, 1.0f, dimg, (int)p_count);
+        } else {
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og,
+                      1.0f, w, (int)kdim, dy, (int)p_count, 0.0f, scratch, (int)p_count);
+          col2im_add(dimg, scratch, cg, s);
+        }
+      }
+    }
+  }
+}
