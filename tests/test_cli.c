@@ -163,8 +163,81 @@ static void test_meta_import(void) {
   CU_ASSERT_EQUAL(rmdir(dir), 0);
 }
 
-/* `bench` checks its flags, and on an imported copy of the shared data it
- * runs every baseline and prints the regret table. */
+/* A small synthetic meta-dataset in dir/name (datasets synth-000, ...). */
+static void save_synthetic(const char *dir, const char *name, size_t datasets) {
+  qt_metadataset_synth_params sp = qt_metadataset_synth_default_params();
+  sp.n_datasets = datasets;
+  sp.runs_per_dataset = 6;
+  sp.max_epochs = 4;
+  qt_metadataset_t *md = NULL;
+  qt_err err;
+  qt_err_clear(&err);
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  CU_ASSERT_EQUAL_FATAL(qt_metadataset_synthesize("configs/spaces/default.yaml", &sp, &md, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_metadataset_save(md, path, &err), 0);
+  qt_metadataset_free(md);
+}
+
+/* `bench --surrogate FILE` with a file from `meta train` (and a warning for
+ * the datasets that file was meta-trained on), and `--meta-train-folds K`
+ * meta-training one surrogate per fold, on synthetic meta-datasets. */
+static void bench_with_surrogates(void) {
+  char dir[] = "/tmp/qt-test-cli-qt-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+  save_synthetic(dir, "three", 3);
+  char args[2048];
+  snprintf(args, sizeof args,
+           "meta train --meta-dataset '%s/three' --out '%s/s.qts' --iterations 40 "
+           "--exclude-datasets synth-000",
+           dir, dir);
+  int code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL_FATAL(code, 0);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/three' --optimizers random,quicktune,quicktune-M,quicktune-C,"
+           "quicktune-MC --budget 10m --surrogate '%s/s.qts' --datasets synth-000,synth-001 "
+           "--overhead ignore",
+           dir, dir);
+  code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "5 optimizers x 2 datasets x 1 seeds"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nquicktune-MC "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "meta-trained on dataset synth-001"));
+  CU_ASSERT_PTR_NULL(strstr(out, "meta-trained on dataset synth-000"));
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/three' --optimizers quicktune --budget 10m "
+           "--surrogate '%s/no-such.qts'",
+           dir, dir);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "no-such.qts"));
+
+  /* Two folds of one dataset each: each is tested with the surrogate
+   * meta-trained on the other. */
+  save_synthetic(dir, "two", 2);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/two' --optimizers random,quicktune --budget 10m "
+           "--meta-train-folds 2 --threads 2 --out '%s/folds' --overhead cpu",
+           dir, dir);
+  code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "fold 0: 1 test datasets; meta-trained on 1 (+0 validating)"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "fold 1: 1 test datasets"));
+  snprintf(args, sizeof args,
+           "test -s '%s/folds/folds.csv' && test -s '%s/folds/metatrain.csv' && "
+           "test -s '%s/folds/surrogates/fold0.qts' && test -s '%s/folds/surrogates/fold1.qts' && "
+           "test -s '%s/folds/summary.csv'",
+           dir, dir, dir, dir, dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+  snprintf(args, sizeof args, "rm -rf '%s'", dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+}
+
+/* `bench` checks its flags, runs the Quick-Tune optimizers with a surrogate
+ * file or per-fold meta-training, and on an imported copy of the shared data
+ * it runs every baseline and prints the regret table. */
 static void test_bench(void) {
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "bench --optimizers random --budget 1h"), 1);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "are required"));
@@ -176,7 +249,19 @@ static void test_bench(void) {
                             "bench --meta-dataset x --optimizers random --budget 1h --seeds 3-1"), 1);
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, "bench --meta-dataset no/such --optimizers random --budget 1h"), 3);
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
-                            "bench --meta-dataset x --optimizers random --budget 1h --surrogate s"), 2);
+                            "bench --meta-dataset x --optimizers random --budget 1h --overhead wall"), 1);
+  /* The Quick-Tune optimizers that read a surrogate need one, and say how. */
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers random,quicktune-C --budget 1h"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "qtune meta train"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers quicktune --budget 1h "
+                            "--surrogate s --meta-train-folds 3"), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "exclude each other"));
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out,
+                            "bench --meta-dataset x --optimizers quicktune --budget 1h "
+                            "--meta-train-folds 1"), 1);
+  bench_with_surrogates();
 
   char probe[1024];
   if (!qt_test_shared_path("benchmarks/quicktune-extended/perf.json", probe, sizeof probe)) return;

@@ -108,6 +108,7 @@ static void *suite_worker(void *arg) {
     job_indices(state, job, &o, &d, &s);
     qt_bench_params run = state->params->run;
     run.optimizer.seed = state->params->seeds[s];
+    if (state->params->surrogates) run.optimizer.surrogate = state->params->surrogates[d];
     qt_err err;
     qt_err_clear(&err);
     int rc = qt_bench_run(state->md, state->params->datasets[d], state->params->optimizers[o], &run,

@@ -39,6 +39,7 @@
 
 #include "core/qt_core.h"
 #include "metadata/qt_metadata.h"
+#include "surrogate/qt_surrogate.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -79,11 +80,21 @@ typedef struct qt_pool {
   long max_epochs;          /* the fidelity's maximum */
   qt_config *owned_configs; /* (count) tabular pools only: shallow copies of the runs'
                                configurations (slots owned by the meta-dataset); NULL otherwise */
+  double *meta;             /* (meta_dim) meta-features of the dataset the pool is searched
+                               for, already multiplied by QT_SURROGATE_META_SCALE (the
+                               surrogates' single scale); owned; NULL when meta_dim is 0 */
+  size_t meta_dim;
 } qt_pool;
 
-/* Encodes every configuration; configs must outlive the pool. */
+/* Encodes every configuration; configs must outlive the pool. The pool has no
+ * meta-features (meta_dim 0) until qt_pool_set_meta. */
 int qt_pool_init(qt_pool *pool, const qt_space_t *space, const qt_config *configs, size_t count,
                  qt_err *err);
+/* Gives the pool the dataset's raw meta-features (count values, e.g.
+ * n_samples, n_classes, image_size, channels as in datasets.csv): they are
+ * copied and multiplied by QT_SURROGATE_META_SCALE, replacing any earlier
+ * ones. Non-finite values are QT_EINVAL. */
+int qt_pool_set_meta(qt_pool *pool, const double *features, size_t count, qt_err *err);
 void qt_pool_free(qt_pool *pool);
 
 /* ========================================================================= */
@@ -121,7 +132,8 @@ void qt_objective_free(qt_objective_t *objective);
  * meta-dataset must outlive the objective. */
 int qt_tabular_objective_init(const qt_metadataset_t *md, size_t dataset, qt_objective_t **out,
                               qt_err *err);
-/* The candidate pool of that dataset (its runs' configurations). */
+/* The candidate pool of that dataset (its runs' configurations), with the
+ * dataset's meta-features (qt_pool_set_meta). */
 int qt_tabular_pool_init(qt_pool *pool, const qt_metadataset_t *md, size_t dataset, qt_err *err);
 
 /* ========================================================================= */
@@ -130,11 +142,38 @@ int qt_tabular_pool_init(qt_pool *pool, const qt_metadataset_t *md, size_t datas
 
 typedef struct qt_optimizer qt_optimizer_t;
 
+/*
+ * Knobs of the Quick-Tune optimizers (quicktune, quicktune-M, quicktune-C,
+ * quicktune-MC; src/bo/qt_opt_quicktune.c documents the algorithm). The
+ * defaults are the values of Quick-Tune's code (specs §1.4, §1.7); 0 in any
+ * field means its default, so a zeroed struct is the faithful setting.
+ */
+typedef struct qt_quicktune_params {
+  int restart_steps;     /* Adam steps of a training that starts over from the initial state
+                            (meta-trained or fresh) (1000) */
+  int refine_steps;      /* Adam steps of a warm-started training (50) */
+  int initial_restarts;  /* the first this many trainings all start over (10) */
+  long patience;         /* start over after this many consecutive observations that did not
+                            improve the best score; 0: floor(1.2 * max_epochs), 60 at 50 epochs */
+  double learning_rate;  /* 0: 1e-4 from a meta-trained state, 1e-3 from a fresh one */
+  double explore;        /* the offset xi of expected improvement (0) */
+  size_t max_train_rows; /* 0: train on every observed epoch, as Quick-Tune does; N > 0: at most
+                            N rows (each candidate's latest epoch first, then the most recent
+                            ones) so that a refit costs O(N^3) however long the search [RECON] */
+} qt_quicktune_params;
+
+qt_quicktune_params qt_quicktune_default_params(void);
+
 typedef struct qt_optimizer_params {
   uint64_t seed;     /* random stream of the optimizer (default 0) */
   long min_epochs;   /* smallest budget of successive halving and friends (default 1) */
   long max_epochs;   /* largest budget (default: the pool's max_epochs) */
   double eta;        /* reduction factor of SH, Hyperband, ASHA, BOHB (default 3) */
+  /* Quick-Tune only: the meta-trained surrogates (not owned; only read, so
+   * optimizers on several threads may share one). NULL: none, which only
+   * quicktune-MC accepts. */
+  const qt_surrogate_t *surrogate;
+  qt_quicktune_params quicktune;
 } qt_optimizer_params;
 
 qt_optimizer_params qt_optimizer_default_params(void);
@@ -224,6 +263,10 @@ typedef struct qt_bench_params {
   int charge_overhead; /* 1 (default): the optimizer's measured seconds advance the clock,
                           as in the paper; 0: only replayed costs do, so that a run is
                           reproducible bit for bit (tests) */
+  int overhead_cpu;    /* 0 (default): the overhead is wall-clock seconds; 1: CPU seconds of
+                          the thread that runs the optimizer, which other processes on a
+                          shared machine do not inflate (with single-threaded BLAS the two
+                          agree on an idle machine) */
 } qt_bench_params;
 
 qt_bench_params qt_bench_default_params(void);
@@ -262,6 +305,9 @@ typedef struct qt_bench_suite_params {
   const uint64_t *seeds; /* (seed_count) */
   size_t seed_count;
   qt_bench_params run;  /* budget, overhead rule, optimizer params (seed set per run) */
+  const qt_surrogate_t *const *surrogates; /* (dataset_count) the meta-trained surrogate the
+                                              runs on each dataset get (the fold protocol
+                                              below), or NULL: run.optimizer.surrogate */
   size_t grid_points;   /* default 200 */
   int threads;          /* default: the number of online cores */
   const char *out_dir;  /* NULL: write nothing, only fill the summaries */
@@ -282,6 +328,58 @@ typedef struct qt_bench_summary {
  * goes to the log at INFO level. */
 int qt_bench_suite_run(const qt_metadataset_t *md, const qt_bench_suite_params *params,
                        qt_bench_summary *summaries, qt_err *err);
+
+/*
+ * The meta-training protocol of Quick-Tune's benchmark (specs §1.5): no
+ * dataset is ever seen in the meta-training of the surrogate it is tested
+ * with. All datasets of the meta-dataset are shuffled (seed split_seed) and
+ * dealt into K folds: the dataset at shuffled position i goes to fold i mod K.
+ * For each fold f that holds a dataset of the suite, one surrogate is
+ * meta-trained (qt_metatrain) with fold f held out, fold (f + 1) mod K
+ * validating (it picks the parameters kept) and the other folds training;
+ * with K = 2 there is no validation fold and the last parameters are kept.
+ * For K = 5 these are exactly Quick-Tune's SPLITS, up to the fold labels.
+ * The suite then runs every dataset with its fold's surrogate (optimizers
+ * that use none ignore it). The folds are meta-trained on the suite's
+ * threads, one fold per thread.
+ *
+ * Files, when the suite has an out_dir: folds.csv (dataset,fold),
+ * metatrain.csv (one row per meta-trained fold: the qt_metatrain_report
+ * numbers, among them the held-out datasets' next-epoch MSE of the untrained
+ * and the meta-trained surrogate), and surrogates/fold<f>.qts.
+ */
+typedef struct qt_bench_folds_params {
+  size_t folds;                  /* K >= 2 (default 5) */
+  uint64_t split_seed;           /* shuffle of the datasets (default 42, Quick-Tune's) */
+  qt_metatrain_params metatrain; /* iterations, rates, seed...; roles are set per fold */
+} qt_bench_folds_params;
+
+qt_bench_folds_params qt_bench_folds_default_params(void);
+
+/* The fold of every dataset of md (fold_of: qt_metadataset_dataset_count
+ * entries). QT_EINVAL unless 2 <= folds <= the number of datasets. */
+int qt_bench_folds_assign(const qt_metadataset_t *md, size_t folds, uint64_t split_seed,
+                          size_t *fold_of, qt_err *err);
+
+/* One fold's meta-training, as reported to the caller. */
+typedef struct qt_bench_fold_report {
+  size_t fold;
+  size_t test_datasets;       /* datasets of the suite in this fold */
+  qt_metatrain_report report; /* of its meta-training */
+} qt_bench_fold_report;
+
+/* Meta-trains one surrogate per fold that holds a suite dataset, then runs
+ * the suite with params->surrogates set from them (params->surrogates and
+ * run.optimizer.surrogate are ignored). fold_reports (folds->folds entries,
+ * may be NULL) receives each fold's meta-training; a fold without test
+ * datasets has test_datasets 0 and an untouched report. */
+int qt_bench_suite_run_folds(const qt_metadataset_t *md, const qt_bench_suite_params *params,
+                             const qt_bench_folds_params *folds, qt_bench_summary *summaries,
+                             qt_bench_fold_report *fold_reports, qt_err *err);
+
+/* 1 when optimizer `name` reads a meta-trained surrogate (quicktune,
+ * quicktune-M, quicktune-C), else 0. */
+int qt_optimizer_uses_surrogate(const char *name);
 
 /* Parses "0-4", "0,3,7" or "1,5-7" into a malloc'ed array. */
 int qt_bench_parse_seeds(const char *text, uint64_t **seeds, size_t *count, qt_err *err);

@@ -196,5 +196,60 @@ int qt__asha_create(const qt_pool *pool, const qt_optimizer_params *params, qt_o
                     qt_err *err);
 int qt__bohb_create(const qt_pool *pool, const qt_optimizer_params *params, qt_optimizer_t **out,
                     qt_err *err);
+int qt__quicktune_create(const qt_pool *pool, const qt_optimizer_params *params,
+                         qt_optimizer_t **out, qt_err *err);
+int qt__quicktune_m_create(const qt_pool *pool, const qt_optimizer_params *params,
+                           qt_optimizer_t **out, qt_err *err);
+int qt__quicktune_c_create(const qt_pool *pool, const qt_optimizer_params *params,
+                           qt_optimizer_t **out, qt_err *err);
+int qt__quicktune_mc_create(const qt_pool *pool, const qt_optimizer_params *params,
+                            qt_optimizer_t **out, qt_err *err);
+
+/* ========================================================================= */
+/* Quick-Tune internals (qt_opt_quicktune.c), reachable by its test suite     */
+/* ========================================================================= */
+
+/* Expected improvement of a prediction N(mean, sd^2) over incumbent with
+ * offset xi (Quick-Tune's acq 'ei'): 0 when sd == 0, else
+ * (mean - incumbent - xi) Phi(z) + sd phi(z), z = (mean - incumbent - xi) / sd. */
+double qt__quicktune_ei(double mean, double sd, double incumbent, double xi);
+
+/* The per-fidelity incumbent y*(epoch) of specs §1.7: the best score at
+ * `epoch` among the candidates that reached it; when none did, the best
+ * score of any epoch of any observed candidate; -inf before any observation.
+ * optimizer must be a Quick-Tune optimizer. */
+double qt__quicktune_incumbent(const qt_optimizer_t *optimizer, long epoch);
+
+/* The acquisition and choice of one suggestion over n candidates advancing
+ * to epochs[i], with predictive means and variances and, when cost_seconds is
+ * not NULL, predicted seconds of that epoch: a_i = EI_i / c_i with c_i the
+ * predicted seconds / 100 (Quick-Tune's cost units; 1e-4 when c_i == 0), or
+ * a_i = EI_i without costs. Writes a (n) when not NULL and returns the first
+ * index of the strictly largest a_i (0 when no a_i is a number above -inf). */
+size_t qt__quicktune_select(const qt_optimizer_t *optimizer, size_t n, const long *epochs,
+                            const double *mean, const double *variance,
+                            const double *cost_seconds, double *a);
+
+/* What a Quick-Tune optimizer is and has done, for tests. */
+typedef struct qt__quicktune_info {
+  int meta;               /* 1: restarts load the meta-trained deep-kernel GP */
+  int cost_aware;         /* 1: EI is divided by the meta-trained cost predictor's seconds */
+  double learning_rate;   /* of every training */
+  long patience;          /* resolved restart patience */
+  long trainings;         /* surrogate trainings so far (Quick-Tune's `iterations`) */
+  long restarts;          /* trainings that started over from the initial state */
+  long failures;          /* numerical failures (parameters restored, next training restarts) */
+  int last_steps;         /* Adam steps asked of the latest training */
+  int last_restarted;     /* 1 when the latest training started over */
+  size_t last_rows;       /* rows of the latest training */
+  long no_improvement;    /* consecutive observations without a better score */
+  int restart_pending;    /* 1 when the next training will start over */
+  const double *initial;  /* (param_count) the state a restart loads */
+  const double *current;  /* (param_count) the deep-kernel GP's parameters now */
+  size_t param_count;
+} qt__quicktune_info;
+
+/* Fills info; the pointers stay valid until the next call on optimizer. */
+void qt__quicktune_get_info(qt_optimizer_t *optimizer, qt__quicktune_info *info);
 
 #endif /* QT_BO_INTERNAL_H */

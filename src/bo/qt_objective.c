@@ -130,5 +130,10 @@ int qt_tabular_pool_init(qt_pool *pool, const qt_metadataset_t *md, size_t datas
   pool->owned_configs = configs;
   long max_epochs = qt_metadataset_max_epochs(md);
   if (max_epochs > 0) pool->max_epochs = max_epochs;
+  rc = qt_pool_set_meta(pool, d->features, qt_metadataset_feature_count(md), err);
+  if (rc != 0) {
+    qt_pool_free(pool);
+    return qt_err_prefix(err, rc, "pool of dataset %s", d->name);
+  }
   return 0;
 }

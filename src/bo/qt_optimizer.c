@@ -20,12 +20,22 @@
 /* Registry                                                                   */
 /* ========================================================================= */
 
-static const char *const optimizer_names[] = {"random", "sh", "hyperband", "asha", "bohb", NULL};
+static const char *const optimizer_names[] = {"random",      "sh",          "hyperband",
+                                              "asha",        "bohb",        "quicktune",
+                                              "quicktune-M", "quicktune-C", "quicktune-MC",
+                                              NULL};
 
 static const qt__optimizer_create_fn optimizer_creators[] = {
-    qt__random_create, qt__sh_create, qt__hyperband_create, qt__asha_create, qt__bohb_create};
+    qt__random_create,      qt__sh_create,          qt__hyperband_create,
+    qt__asha_create,        qt__bohb_create,        qt__quicktune_create,
+    qt__quicktune_m_create, qt__quicktune_c_create, qt__quicktune_mc_create};
 
 const char *const *qt_optimizer_names(void) { return optimizer_names; }
+
+int qt_optimizer_uses_surrogate(const char *name) {
+  return name && (strcmp(name, "quicktune") == 0 || strcmp(name, "quicktune-M") == 0 ||
+                  strcmp(name, "quicktune-C") == 0);
+}
 
 qt_optimizer_params qt_optimizer_default_params(void) {
   qt_optimizer_params params;
@@ -33,6 +43,8 @@ qt_optimizer_params qt_optimizer_default_params(void) {
   params.min_epochs = 1;
   params.max_epochs = 0;
   params.eta = 3.0;
+  params.surrogate = NULL;
+  params.quicktune = qt_quicktune_default_params();
   return params;
 }
 

@@ -2,10 +2,12 @@
  * qt_pool.c - the candidate pool: the configurations an optimizer chooses
  * from, with their encodings computed once.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bo/qt_bo.h"
+#include "surrogate/qt_surrogate.h"
 
 int qt_pool_init(qt_pool *pool, const qt_space_t *space, const qt_config *configs, size_t count,
                  qt_err *err) {
@@ -41,6 +43,27 @@ int qt_pool_init(qt_pool *pool, const qt_space_t *space, const qt_config *config
   pool->dim = dim;
   pool->max_epochs = max_epochs;
   pool->owned_configs = NULL;
+  pool->meta = NULL;
+  pool->meta_dim = 0;
+  return 0;
+}
+
+int qt_pool_set_meta(qt_pool *pool, const double *features, size_t count, qt_err *err) {
+  if (!pool || (count > 0 && !features))
+    return qt_err_set(err, QT_EINVAL, "qt_pool_set_meta: NULL argument");
+  for (size_t i = 0; i < count; i++)
+    if (!isfinite(features[i]))
+      return qt_err_set(err, QT_EINVAL, "pool meta-feature %zu is %g, not a finite number", i,
+                        features[i]);
+  double *meta = NULL;
+  if (count > 0) {
+    meta = malloc(count * sizeof *meta);
+    if (!meta) return qt_err_set(err, QT_ENOMEM, "out of memory for %zu meta-features", count);
+    for (size_t i = 0; i < count; i++) meta[i] = features[i] * QT_SURROGATE_META_SCALE;
+  }
+  free(pool->meta);
+  pool->meta = meta;
+  pool->meta_dim = count;
   return 0;
 }
 
@@ -48,5 +71,6 @@ void qt_pool_free(qt_pool *pool) {
   if (!pool) return;
   free(pool->encoded);
   free(pool->owned_configs);
+  free(pool->meta);
   memset(pool, 0, sizeof *pool);
 }

@@ -19,26 +19,43 @@ static size_t split_list(char *text, char **words) {
   return count;
 }
 
+/* The dataset indices named by --datasets, or all of them. */
 static int resolve_datasets(const qt_cli_args *args, const qt_metadataset_t *md, size_t **out,
                             size_t *count) {
   size_t total = qt_metadataset_dataset_count(md);
-  *out = calloc(total ? total : 1, sizeof **out);
-  if (!*out) return QT_CLI_EXIT_FAILURE;
   const char *list = qt_cli_get(args, "datasets");
-  if (!list) {
-    for (size_t d = 0; d < total; d++) (*out)[d] = d;
-    *count = total;
-    return 0;
-  }
   char buf[4096], *words[MAX_LIST];
-  snprintf(buf, sizeof buf, "%s", list);
-  *count = split_list(buf, words);
+  snprintf(buf, sizeof buf, "%s", list ? list : "");
+  *count = list ? split_list(buf, words) : total;
+  *out = calloc(*count ? *count : 1, sizeof **out);
+  if (!*out) return QT_CLI_EXIT_FAILURE;
   for (size_t i = 0; i < *count; i++) {
-    if (i >= total || qt_metadataset_find_dataset(md, words[i], &(*out)[i]) != 0)
+    if (!list)
+      (*out)[i] = i;
+    else if (qt_metadataset_find_dataset(md, words[i], &(*out)[i]) != 0)
       return qt_cli_usage_error(args->command, "--datasets: no dataset '%s' in the meta-dataset",
                                 words[i]);
   }
   return 0;
+}
+
+/* A surrogate from elsewhere may have seen some of the benchmark's datasets
+ * in meta-training; their results would then be optimistic. Says so. */
+static void warn_seen_datasets(const qt_surrogate_t *surrogate, const char *path,
+                               const qt_metadataset_t *md, const size_t *datasets, size_t count) {
+  const qt_surrogate_info *info = qt_surrogate_get_info(surrogate);
+  for (size_t i = 0; i < count; i++) {
+    const char *name = qt_metadataset_dataset(md, datasets[i])->name;
+    int seen = 0;
+    for (size_t k = 0; k < info->train_count; k++) seen |= strcmp(info->train_datasets[k], name) == 0;
+    for (size_t k = 0; k < info->validation_count; k++)
+      seen |= strcmp(info->validation_datasets[k], name) == 0;
+    if (seen)
+      fprintf(stderr,
+              "qtune bench: warning: %s was meta-trained on dataset %s (of meta-dataset \"%s\"); "
+              "its results there are optimistic (meta train --exclude-datasets %s)\n",
+              path, name, info->meta_dataset ? info->meta_dataset : "?", name);
+  }
 }
 
 int qt_cli_bench(const qt_cli_args *args) {
@@ -47,22 +64,43 @@ int qt_cli_bench(const qt_cli_args *args) {
   const char *budget_text = qt_cli_get(args, "budget");
   if (!dir || !list || !budget_text)
     return qt_cli_usage_error(args->command, "--meta-dataset, --optimizers and --budget are required");
-  if (qt_cli_get(args, "meta-train-folds") || qt_cli_get(args, "surrogate")) {
-    fprintf(stderr, "qtune bench: --meta-train-folds and --surrogate belong to the quicktune "
-                    "optimizer, which is not implemented yet.\n");
-    return QT_CLI_EXIT_NOT_IMPLEMENTED;
-  }
+  const char *folds_text = qt_cli_get(args, "meta-train-folds");
+  const char *surrogate_path = qt_cli_get(args, "surrogate");
+  if (folds_text && surrogate_path)
+    return qt_cli_usage_error(args->command,
+                              "--meta-train-folds and --surrogate exclude each other: meta-train "
+                              "per fold, or test one surrogate trained elsewhere");
 
   qt_err err;
+  qt_bench_folds_params folds = qt_bench_folds_default_params();
+  long value;
+  if (folds_text) {
+    if (qt_parse_long(folds_text, &value) != 0 || value < 2 || value > 1000)
+      return qt_cli_usage_error(args->command, "--meta-train-folds wants a number >= 2, not '%s'",
+                                folds_text);
+    folds.folds = (size_t)value;
+  }
   qt_bench_suite_params params = qt_bench_suite_default_params();
   if (qt_duration_parse(budget_text, &params.run.budget, &err) != 0)
     return qt_cli_usage_error(args->command, "--budget: %s", qt_err_message(&err));
+  /* measured: wall-clock seconds; cpu: the optimizer thread's CPU seconds
+   * (not inflated by other processes on a shared machine); ignore: none. */
   const char *overhead = qt_cli_get(args, "overhead");
-  if (overhead && strcmp(overhead, "measured") != 0 && strcmp(overhead, "ignore") != 0)
-    return qt_cli_usage_error(args->command, "--overhead is measured or ignore, not '%s'", overhead);
-  params.run.charge_overhead = !overhead || strcmp(overhead, "measured") == 0;
+  if (overhead && strcmp(overhead, "measured") != 0 && strcmp(overhead, "cpu") != 0 &&
+      strcmp(overhead, "ignore") != 0)
+    return qt_cli_usage_error(args->command, "--overhead is measured, cpu or ignore, not '%s'",
+                              overhead);
+  params.run.charge_overhead = !overhead || strcmp(overhead, "ignore") != 0;
+  params.run.overhead_cpu = overhead && strcmp(overhead, "cpu") == 0;
+  /* Quick-Tune's training rows: all (default, as Quick-Tune) or a cap. */
+  const char *max_rows = qt_cli_get(args, "max-train-rows");
+  if (max_rows) {
+    if (qt_parse_long(max_rows, &value) != 0 || value < 0)
+      return qt_cli_usage_error(args->command, "--max-train-rows wants a number >= 0, not '%s'",
+                                max_rows);
+    params.run.optimizer.quicktune.max_train_rows = (size_t)value;
+  }
   const char *threads = qt_cli_get(args, "threads");
-  long value;
   if (threads) {
     if (qt_parse_long(threads, &value) != 0 || value < 1 || value > 256)
       return qt_cli_usage_error(args->command, "--threads wants 1..256, not '%s'", threads);
@@ -78,6 +116,15 @@ int qt_cli_bench(const qt_cli_args *args) {
     for (const char *const *n = qt_optimizer_names(); *n; n++) known |= strcmp(*n, names[o]) == 0;
     if (!known) return qt_cli_usage_error(args->command, "unknown optimizer '%s'", names[o]);
   }
+  int uses_surrogate = 0;
+  for (size_t o = 0; o < params.optimizer_count; o++)
+    uses_surrogate |= qt_optimizer_uses_surrogate(names[o]);
+  if (uses_surrogate && !folds_text && !surrogate_path)
+    return qt_cli_usage_error(args->command,
+                              "quicktune, quicktune-M and quicktune-C need a meta-trained "
+                              "surrogate: --meta-train-folds K (meta-train one per fold here) or "
+                              "--surrogate FILE (made by `qtune meta train --meta-dataset DIR "
+                              "--out FILE --exclude-datasets ...`); quicktune-MC needs none");
 
   uint64_t *seeds = NULL;
   if (qt_bench_parse_seeds(qt_cli_get(args, "seeds") ? qt_cli_get(args, "seeds") : "0", &seeds,
@@ -87,8 +134,10 @@ int qt_cli_bench(const qt_cli_args *args) {
   params.out_dir = qt_cli_get(args, "out");
 
   qt_metadataset_t *md = NULL;
+  qt_surrogate_t *surrogate = NULL;
   size_t *datasets = NULL;
   qt_bench_summary summaries[MAX_LIST];
+  qt_bench_fold_report *fold_reports = NULL;
   int status = QT_CLI_EXIT_OK;
   if (qt_metadataset_load(dir, &md, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
@@ -97,6 +146,19 @@ int qt_cli_bench(const qt_cli_args *args) {
   status = resolve_datasets(args, md, &datasets, &params.dataset_count);
   if (status != 0) goto done;
   params.datasets = datasets;
+  if (folds_text && folds.folds > qt_metadataset_dataset_count(md)) {
+    status = qt_cli_usage_error(args->command, "--meta-train-folds %zu: the meta-dataset has %zu "
+                                "datasets", folds.folds, qt_metadataset_dataset_count(md));
+    goto done;
+  }
+  if (surrogate_path) {
+    if (qt_surrogate_load(surrogate_path, qt_metadataset_space(md), &surrogate, &err) != 0) {
+      status = qt_cli_fail(args->command, &err);
+      goto done;
+    }
+    params.run.optimizer.surrogate = surrogate;
+    warn_seen_datasets(surrogate, surrogate_path, md, datasets, params.dataset_count);
+  }
 
   char budget_buf[32];
   qt_duration_format(params.run.budget, budget_buf, sizeof budget_buf);
@@ -104,9 +166,33 @@ int qt_cli_bench(const qt_cli_args *args) {
          params.optimizer_count, params.dataset_count, params.seed_count, qt_metadataset_name(md),
          budget_buf, params.threads);
   double start = qt_time_now();
-  if (qt_bench_suite_run(md, &params, summaries, &err) != 0) {
+  int rc;
+  if (folds_text && uses_surrogate) {
+    printf("bench: meta-training one surrogate per fold (%zu folds, %ld iterations each) ...\n",
+           folds.folds, folds.metatrain.iterations);
+    fflush(stdout);
+    fold_reports = calloc(folds.folds, sizeof *fold_reports);
+    if (!fold_reports) {
+      status = QT_CLI_EXIT_FAILURE;
+      goto done;
+    }
+    rc = qt_bench_suite_run_folds(md, &params, &folds, summaries, fold_reports, &err);
+  } else {
+    if (folds_text)
+      printf("bench: no optimizer of the list uses a surrogate; nothing to meta-train\n");
+    rc = qt_bench_suite_run(md, &params, summaries, &err);
+  }
+  if (rc != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;
+  }
+  for (size_t f = 0; fold_reports && f < folds.folds; f++) {
+    const qt_bench_fold_report *fr = &fold_reports[f];
+    if (fr->test_datasets == 0) continue;
+    printf("fold %zu: %zu test datasets; meta-trained on %zu (+%zu validating) in %.0f s; "
+           "held-out next-epoch MSE %.5f untrained -> %.5f meta-trained\n",
+           f, fr->test_datasets, fr->report.train_datasets, fr->report.validation_datasets,
+           fr->report.seconds, fr->report.untrained_held_out_mse, fr->report.held_out_mse);
   }
   printf("\nmean normalized regret (95%% half-width) at 10%%, 50%%, 100%% of %s; final mean rank\n",
          budget_buf);
@@ -123,8 +209,10 @@ int qt_cli_bench(const qt_cli_args *args) {
     printf("; results in %s (plot them with tools/plot-regret %s)", params.out_dir, params.out_dir);
   printf("\n");
 done:
+  free(fold_reports);
   free(datasets);
   free(seeds);
+  qt_surrogate_free(surrogate);
   qt_metadataset_free(md);
   return status;
 }

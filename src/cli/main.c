@@ -74,8 +74,11 @@ static const qt_cli_flag bench_flags[] = {
     {"surrogate", "FILE", "test a surrogate meta-trained elsewhere"},
     {"out", "DIR", "trajectories, regret CSVs and plots"},
     {"threads", "N", "parallel runs (default: the number of cores)"},
-    {"overhead", "RULE", "measured (default: the optimizer's real seconds advance the clock) or "
-                         "ignore (replayed costs only: reproducible bit for bit)"},
+    {"overhead", "RULE", "measured (default: the optimizer's wall-clock seconds advance the "
+                         "clock), cpu (its thread's CPU seconds) or ignore (replayed costs only: "
+                         "reproducible bit for bit)"},
+    {"max-train-rows", "N", "quicktune: cap on the surrogate's training rows (default 0: all, "
+                            "as Quick-Tune)"},
     {NULL, NULL, NULL}};
 
 /* ------------------------------------------------------------------------- */
@@ -198,8 +201,7 @@ static const qt_cli_command commands[] = {
      "--meta-dataset DIR --optimizers LIST --budget DURATION [--seeds RANGE] --out DIR",
      "Simulated wall clock = replayed epoch costs + the optimizer's measured overhead. Writes\n"
      "trajectories, normalized regret over time with 95% intervals and ranks as CSV; draw\n"
-     "them with tools/plot-regret DIR. Optimizers available now: random, sh, hyperband,\n"
-     "asha, bohb.\n",
+     "them with tools/plot-regret DIR.\n",
      bench_flags, 0, 0, qt_cli_bench, NULL},
     {"hub", "hub", "model hubs: list and inspect pretrained models", "<command> [flags]", NULL,
      NULL, 0, 0, NULL, hub_subcommands},

@@ -1,0 +1,263 @@
+/*
+ * qt_bench_folds.c - the meta-training protocol of Quick-Tune's benchmark
+ * (specs §1.5): datasets dealt into folds, one surrogate meta-trained per
+ * fold without that fold's datasets, each dataset benchmarked with the
+ * surrogate that never saw it. qt_bo.h documents the protocol and its files.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bo/qt_bo.h"
+
+qt_bench_folds_params qt_bench_folds_default_params(void) {
+  qt_bench_folds_params params;
+  memset(&params, 0, sizeof params);
+  params.folds = 5;
+  params.split_seed = 42;
+  params.metatrain = qt_metatrain_default_params();
+  return params;
+}
+
+int qt_bench_folds_assign(const qt_metadataset_t *md, size_t folds, uint64_t split_seed,
+                          size_t *fold_of, qt_err *err) {
+  size_t n = qt_metadataset_dataset_count(md);
+  if (folds < 2 || folds > n)
+    return qt_err_set(err, QT_EINVAL,
+                      "meta-training folds: %zu folds for %zu datasets (need 2 <= K <= %zu)",
+                      folds, n, n);
+  size_t *order = malloc(n * sizeof *order);
+  if (!order) return qt_err_set(err, QT_ENOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) order[i] = i;
+  qt_rng_t *rng = NULL;
+  int rc = qt_rng_init(&rng, split_seed, err);
+  if (rc == 0) {
+    /* [RECON] Fisher-Yates on the GSL stream: the same idea as Quick-Tune's
+     * numpy shuffle with seed 42, not the same permutation. */
+    for (size_t i = n; i > 1; i--) {
+      size_t j = (size_t)qt_rng_uniform_int(rng, i);
+      size_t tmp = order[i - 1];
+      order[i - 1] = order[j];
+      order[j] = tmp;
+    }
+    for (size_t i = 0; i < n; i++) fold_of[order[i]] = i % folds;
+  }
+  qt_rng_free(rng);
+  free(order);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Meta-training the folds on threads                                         */
+/* ------------------------------------------------------------------------- */
+
+typedef struct folds_state {
+  const qt_metadataset_t *md;
+  const qt_bench_folds_params *folds;
+  const size_t *fold_of;            /* (datasets) */
+  size_t *todo;                     /* (todo_count) folds to meta-train */
+  size_t todo_count;
+  size_t next;                      /* under lock */
+  qt_surrogate_t **surrogates;      /* (folds) */
+  qt_metatrain_report *reports;     /* (folds) */
+  int rc;                           /* first failure */
+  qt_err err;
+  pthread_mutex_t lock;
+} folds_state;
+
+static int metatrain_fold(folds_state *state, size_t fold, qt_err *err) {
+  size_t n = qt_metadataset_dataset_count(state->md);
+  size_t K = state->folds->folds;
+  qt_metatrain_role *roles = malloc(n * sizeof *roles);
+  if (!roles) return qt_err_set(err, QT_ENOMEM, "out of memory");
+  size_t validation = (fold + 1) % K;
+  for (size_t d = 0; d < n; d++) {
+    size_t f = state->fold_of[d];
+    roles[d] = f == fold                  ? QT_METATRAIN_HELD_OUT
+               : K > 2 && f == validation ? QT_METATRAIN_VALIDATION
+                                          : QT_METATRAIN_TRAIN;
+  }
+  qt_metatrain_params params = state->folds->metatrain;
+  params.roles = roles;
+  params.exclude = NULL;
+  params.exclude_count = 0;
+  /* The callback would run on several threads at once: progress is logged
+   * per fold instead. */
+  params.progress = NULL;
+  params.user = NULL;
+  int rc = qt_metatrain(state->md, &params, &state->surrogates[fold], &state->reports[fold], err);
+  free(roles);
+  if (rc != 0) return qt_err_prefix(err, rc, "meta-training fold %zu", fold);
+  const qt_metatrain_report *r = &state->reports[fold];
+  QT_LOG_DEBUG("bench: fold %zu meta-trained on %zu datasets (%zu validating) in %.1f s; held-out "
+              "next-epoch MSE %.5f untrained, %.5f meta-trained",
+              fold, r->train_datasets, r->validation_datasets, r->seconds,
+              r->untrained_held_out_mse, r->held_out_mse);
+  return 0;
+}
+
+static void *folds_worker(void *arg) {
+  folds_state *state = arg;
+  for (;;) {
+    pthread_mutex_lock(&state->lock);
+    size_t job = state->next++;
+    int stop = job >= state->todo_count || state->rc != 0;
+    pthread_mutex_unlock(&state->lock);
+    if (stop) return NULL;
+    qt_err err;
+    qt_err_clear(&err);
+    int rc = metatrain_fold(state, state->todo[job], &err);
+    if (rc != 0) {
+      pthread_mutex_lock(&state->lock);
+      if (state->rc == 0) {
+        state->rc = rc;
+        state->err = err;
+      }
+      pthread_mutex_unlock(&state->lock);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Files                                                                      */
+/* ------------------------------------------------------------------------- */
+
+static int write_fold_files(const qt_metadataset_t *md, const qt_bench_suite_params *params,
+                            const qt_bench_folds_params *folds, const size_t *fold_of,
+                            qt_surrogate_t *const *surrogates, const qt_bench_fold_report *reports,
+                            qt_err *err) {
+  const char *dir = params->out_dir;
+  char path[4096];
+  int rc = qt_mkdir_p(dir, err);
+  if (rc != 0) return rc;
+  snprintf(path, sizeof path, "%s/folds.csv", dir);
+  FILE *file = fopen(path, "w");
+  if (!file) return qt_err_set(err, QT_EIO, "%s: %s", path, strerror(errno));
+  fprintf(file, "dataset,fold\n");
+  for (size_t d = 0; d < qt_metadataset_dataset_count(md); d++)
+    fprintf(file, "%s,%zu\n", qt_metadataset_dataset(md, d)->name, fold_of[d]);
+  int failed = ferror(file);
+  failed |= fclose(file) != 0;
+  if (failed) return qt_err_set(err, QT_EIO, "%s: write failed", path);
+
+  snprintf(path, sizeof path, "%s/metatrain.csv", dir);
+  file = fopen(path, "w");
+  if (!file) return qt_err_set(err, QT_EIO, "%s: %s", path, strerror(errno));
+  fprintf(file, "fold,test_datasets,train_datasets,validation_datasets,held_out_datasets,"
+                "iterations,best_iteration,failed_steps,validation_mse,untrained_validation_mse,"
+                "held_out_mse,untrained_held_out_mse,cost_rmse_s,untrained_cost_rmse_s,seconds\n");
+  for (size_t f = 0; f < folds->folds; f++) {
+    const qt_bench_fold_report *fr = &reports[f];
+    if (fr->test_datasets == 0) continue;
+    const qt_metatrain_report *r = &fr->report;
+    fprintf(file, "%zu,%zu,%zu,%zu,%zu,%ld,%ld,%ld,%.6f,%.6f,%.6f,%.6f,%.3f,%.3f,%.1f\n", f,
+            fr->test_datasets, r->train_datasets, r->validation_datasets, r->held_out_datasets,
+            r->iterations, r->best_iteration, r->failed_steps, r->validation_mse,
+            r->untrained_validation_mse, r->held_out_mse, r->untrained_held_out_mse,
+            r->cost_rmse_seconds, r->untrained_cost_rmse_seconds, r->seconds);
+  }
+  failed = ferror(file);
+  failed |= fclose(file) != 0;
+  if (failed) return qt_err_set(err, QT_EIO, "%s: write failed", path);
+
+  snprintf(path, sizeof path, "%s/surrogates", dir);
+  rc = qt_mkdir_p(path, err);
+  for (size_t f = 0; rc == 0 && f < folds->folds; f++) {
+    if (!surrogates[f]) continue;
+    snprintf(path, sizeof path, "%s/surrogates/fold%zu.qts", dir, f);
+    rc = qt_surrogate_save(surrogates[f], path, err);
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The protocol                                                               */
+/* ------------------------------------------------------------------------- */
+
+int qt_bench_suite_run_folds(const qt_metadataset_t *md, const qt_bench_suite_params *params,
+                             const qt_bench_folds_params *folds, qt_bench_summary *summaries,
+                             qt_bench_fold_report *fold_reports, qt_err *err) {
+  if (!md || !params || !folds)
+    return qt_err_set(err, QT_EINVAL, "qt_bench_suite_run_folds: NULL argument");
+  size_t n = qt_metadataset_dataset_count(md), K = folds->folds;
+  /* The suite's own checks, before minutes of meta-training. */
+  if (params->optimizer_count == 0 || params->dataset_count == 0 || params->seed_count == 0 ||
+      params->grid_points == 0 || !(params->run.budget > 0))
+    return qt_err_set(err, QT_EINVAL, "bench: need optimizers, datasets, seeds, a grid and a budget");
+  for (size_t d = 0; d < params->dataset_count; d++)
+    if (params->datasets[d] >= n)
+      return qt_err_set(err, QT_EINVAL, "bench: dataset index %zu out of range", params->datasets[d]);
+
+  folds_state state;
+  memset(&state, 0, sizeof state);
+  state.md = md;
+  state.folds = folds;
+  size_t *fold_of = malloc((n ? n : 1) * sizeof *fold_of);
+  size_t *todo = malloc((K ? K : 1) * sizeof *todo);
+  qt_surrogate_t **surrogates = calloc(K ? K : 1, sizeof *surrogates);
+  qt_metatrain_report *reports = calloc(K ? K : 1, sizeof *reports);
+  qt_bench_fold_report *own_reports = calloc(K ? K : 1, sizeof *own_reports);
+  const qt_surrogate_t **per_dataset = calloc(params->dataset_count ? params->dataset_count : 1,
+                                              sizeof *per_dataset);
+  int rc = 0;
+  if (!fold_of || !todo || !surrogates || !reports || !own_reports || !per_dataset) {
+    rc = qt_err_set(err, QT_ENOMEM, "out of memory");
+    goto done;
+  }
+  rc = qt_bench_folds_assign(md, K, folds->split_seed, fold_of, err);
+  if (rc != 0) goto done;
+
+  /* The folds that hold a dataset of the suite. */
+  for (size_t f = 0; f < K; f++) own_reports[f].fold = f;
+  for (size_t d = 0; d < params->dataset_count; d++) own_reports[fold_of[params->datasets[d]]].test_datasets++;
+  for (size_t f = 0; f < K; f++)
+    if (own_reports[f].test_datasets > 0) todo[state.todo_count++] = f;
+
+  state.fold_of = fold_of;
+  state.todo = todo;
+  state.surrogates = surrogates;
+  state.reports = reports;
+  pthread_mutex_init(&state.lock, NULL);
+  int threads = params->threads > 0 ? params->threads : 1;
+  if ((size_t)threads > state.todo_count) threads = (int)state.todo_count;
+  pthread_t *workers = calloc((size_t)(threads > 0 ? threads : 1), sizeof *workers);
+  int started = 0;
+  if (workers)
+    for (; started < threads; started++)
+      if (pthread_create(&workers[started], NULL, folds_worker, &state) != 0) break;
+  if (started == 0) folds_worker(&state);
+  for (int i = 0; i < started; i++) pthread_join(workers[i], NULL);
+  free(workers);
+  pthread_mutex_destroy(&state.lock);
+  rc = state.rc;
+  if (rc != 0) {
+    if (err) *err = state.err;
+    goto done;
+  }
+  for (size_t f = 0; f < K; f++)
+    if (own_reports[f].test_datasets > 0) own_reports[f].report = reports[f];
+
+  if (params->out_dir) {
+    rc = write_fold_files(md, params, folds, fold_of, surrogates, own_reports, err);
+    if (rc != 0) goto done;
+  }
+  for (size_t d = 0; d < params->dataset_count; d++)
+    per_dataset[d] = surrogates[fold_of[params->datasets[d]]];
+  qt_bench_suite_params run = *params;
+  run.surrogates = per_dataset;
+  rc = qt_bench_suite_run(md, &run, summaries, err);
+
+done:
+  if (fold_reports && own_reports)
+    for (size_t f = 0; f < K; f++) fold_reports[f] = own_reports[f];
+  for (size_t f = 0; surrogates && f < K; f++) qt_surrogate_free(surrogates[f]);
+  free(fold_of);
+  free(todo);
+  free(surrogates);
+  free(reports);
+  free(own_reports);
+  free(per_dataset);
+  return rc;
+}
