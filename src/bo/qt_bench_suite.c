@@ -83,6 +83,7 @@ typedef struct suite_state {
   size_t jobs;
   size_t next; /* next job to start, under lock */
   size_t done;
+  double start, last_report; /* qt_time_now() of the start and of the last progress line */
   int rc;      /* first failure */
   qt_err err;
   pthread_mutex_t lock;
@@ -125,6 +126,15 @@ static void *suite_worker(void *arg) {
                    state->params->optimizers[o],
                    qt_metadataset_dataset(state->md, state->params->datasets[d])->name,
                    (unsigned long long)state->params->seeds[s], state->trajectories[job].count);
+    /* Long suites (the Quick-Tune optimizers train a network per epoch)
+     * say how far they are, at most once a minute. */
+    double now = qt_time_now();
+    if (rc == 0 && now - state->last_report >= 60.0) {
+      state->last_report = now;
+      QT_LOG_INFO("bench: %zu/%zu runs done after %.0f s (last: %s on %s)", state->done,
+                  state->jobs, now - state->start, state->params->optimizers[o],
+                  qt_metadataset_dataset(state->md, state->params->datasets[d])->name);
+    }
     pthread_mutex_unlock(&state->lock);
   }
 }
@@ -303,6 +313,7 @@ int qt_bench_suite_run(const qt_metadataset_t *md, const qt_bench_suite_params *
   }
   if (!summaries) summaries = owned;
   pthread_mutex_init(&state.lock, NULL);
+  state.start = state.last_report = qt_time_now();
 
   int threads = params->threads > 0 ? params->threads : 1;
   if ((size_t)threads > state.jobs) threads = (int)state.jobs;
