@@ -8,6 +8,7 @@
  * vertical stripes, a checkerboard) with noise, generated here; the model
  * is a tiny random ViT written to a temporary checkpoint with qt_vit_save.
  */
+#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,19 +201,24 @@ static void test_spec_set(void) {
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "decay_strength", "0.05", &err), 0);
   QT_ASSERT_CLOSE(s.optim.weight_decay, 0.05, 1e-15);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "decay", "none", &err), 0);
-  QT_ASSERT_CLOSE(s.optim.weight_decay, 0.0, 0.0);
+  QT_ASSERT_CLOSE(qt_optim_zero_decay(&s.optim), 0.0, 0.0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "sched", "None", &err), 0);
   CU_ASSERT_EQUAL(s.schedule.kind, QT_SCHEDULE_KIND_NONE);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "batch_size", "16", &err), 0);
   CU_ASSERT_EQUAL(s.batch_size, 16);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "linear_probing", "True", &err), 0);
   CU_ASSERT_EQUAL(s.linear_probing, 1);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "goodfit", &err), QT_ENOTIMPL);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "decay", "l2sp", &err), QT_ENOTIMPL);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "goodfit", &err), 0);
+  CU_ASSERT_EQUAL(s.goodfit, 1);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "sgd", &err), 0);
+  CU_ASSERT_EQUAL(s.goodfit, 0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "decay", "l2sp", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bogus", "1", &err), QT_ENOENT);
-  /* Quick-Tune's space: regularizers at 0 are fine, others not yet. */
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "sp_reg", "0", &err), 0);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "sp_reg", "0.01", &err), QT_ENOTIMPL);
+  /* Quick-Tune's space: regularizers at 0 are fine, others not yet
+   * (sp_reg, its L2-SP, is implemented). */
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "sp_reg", "0.01", &err), 0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bss_reg", "0", &err), 0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bss_reg", "0.01", &err), QT_ENOTIMPL);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "amp", "True", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "True", &err), QT_ENOTIMPL);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "clip_grad", "None", &err), 0);
@@ -675,6 +681,506 @@ static void test_learns(void) {
   qt_run_free(run);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Methods toward theta0: L2-SP, SPD, SFA inside runs                          */
+/* ------------------------------------------------------------------------- */
+
+/* Save/load/continue equals an uninterrupted run with the methods on; with
+ * linear probing, tensors become trainable after a resume, so theta0 must
+ * come from the pretrained file (and the head's from the seed), never from
+ * the checkpoint. */
+static void test_resume_methods(void) {
+  qt_run_spec s = base_spec();
+  s.optim.kind = QT_OPTIM_KIND_ADAMW;
+  s.optim.decay = QT_DECAY_KIND_L2SP;
+  s.optim.weight_decay = 0.05;
+  s.optim.sp_reg = 0.01;
+  s.optim.clip_grad = 0.5;
+  s.sfa = 1;
+  s.sfa_p = 0.2; /* K = 4 of T = 20: averages inside epochs */
+  s.sfa_beta = 0.3;
+  s.pct_to_freeze = 0.5;
+  s.linear_probing = 1;
+  s.mixup = 0.4;
+  check_resume(s);
+
+  qt_run_spec spd = base_spec();
+  spd.optim.kind = QT_OPTIM_KIND_ADAM;
+  spd.optim.decay = QT_DECAY_KIND_SPD;
+  spd.optim.weight_decay = 0.8;
+  spd.linear_probing = 1;
+  check_resume(spd);
+  spd.optim.kind = QT_OPTIM_KIND_MOMENTUM;
+  spd.optim.lr = 0.01;
+  spd.sfa = 1;
+  spd.linear_probing = 0;
+  check_resume(spd);
+
+  /* The checkpoint holds no copy of theta0: tensors and Adam moments only. */
+  qt_err err;
+  qt_run_t *run = NULL;
+  spd.optim.kind = QT_OPTIM_KIND_ADAM;
+  CU_ASSERT_FATAL(qt_run_init(&spd, &run, &err) == 0);
+  qt_run_epoch_result r;
+  CU_ASSERT_FATAL(qt_run_epoch(run, &r, &err) == 0);
+  char path[256];
+  qt_test_temp_path("spd.safetensors", path, sizeof path);
+  CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
+  qt_safetensors_t *st = NULL;
+  CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
+  CU_ASSERT_EQUAL(qt_safetensors_count(st), 3 * qt_vit_tensor_count(qt_run_model(run)));
+  qt_safetensors_free(st);
+  /* Another decay kind: another fingerprint. */
+  qt_run_spec other = spd;
+  other.optim.decay = QT_DECAY_KIND_L2SP;
+  qt_run_t *loaded = NULL;
+  CU_ASSERT_EQUAL(qt_run_load(path, &other, &loaded, &err), QT_ESCHEMA);
+  qt_run_free(run);
+}
+
+/* L2 distance of every tensor but the head between two runs' models. */
+static double backbone_distance(qt_run_t *a, qt_run_t *b) {
+  qt_vit_t *va = qt_run_model(a), *vb = qt_run_model(b);
+  double sum = 0.0;
+  for (size_t i = 0; i < qt_vit_tensor_count(va); i++) {
+    qt_vit_tensor ta, tb;
+    qt_vit_tensor_at(va, i, &ta);
+    qt_vit_tensor_at(vb, i, &tb);
+    if (strncmp(ta.name, "head.", 5) == 0) continue;
+    for (size_t j = 0; j < ta.numel; j++) {
+      double d = (double)ta.data[j] - (double)tb.data[j];
+      sum += d * d;
+    }
+  }
+  return sqrt(sum);
+}
+
+/* Runs `epochs` epochs of spec; the caller frees the run. */
+static qt_run_t *run_epochs(const qt_run_spec *spec, int epochs) {
+  qt_err err;
+  qt_run_t *run = NULL;
+  CU_ASSERT_FATAL(qt_run_init(spec, &run, &err) == 0);
+  for (int e = 0; e < epochs; e++) {
+    qt_run_epoch_result r;
+    CU_ASSERT_FATAL(qt_run_epoch(run, &r, &err) == 0);
+    CU_ASSERT_FATAL(r.status == QT_RUN_STATUS_OK);
+  }
+  return run;
+}
+
+static void test_decay_methods_in_run(void) {
+  qt_run_spec s = base_spec();
+  s.optim.kind = QT_OPTIM_KIND_SGD;
+  s.optim.lr = 0.05;
+  s.optim.decay = QT_DECAY_KIND_NONE;
+  s.schedule.kind = QT_SCHEDULE_KIND_CONSTANT;
+  qt_run_t *pre = run_epochs(&s, 0), *plain = run_epochs(&s, 2);
+  /* L2-SP with 2 lr c = 0.5 pulls the backbone back by half of its
+   * deviation every step: it ends much closer to the pretrained weights. */
+  qt_run_spec l2 = s;
+  l2.optim.decay = QT_DECAY_KIND_L2SP;
+  l2.optim.weight_decay = 5.0;
+  qt_run_t *pulled = run_epochs(&l2, 2);
+  double d_plain = backbone_distance(plain, pre), d_l2 = backbone_distance(pulled, pre);
+  CU_ASSERT(d_plain > 0.0);
+  CU_ASSERT(d_l2 < 0.5 * d_plain);
+  /* Quick-Tune's sp_reg is the same term. */
+  qt_run_spec sp = s;
+  sp.optim.sp_reg = 5.0;
+  qt_run_t *sp_run = run_epochs(&sp, 2);
+  CU_ASSERT(same_params(sp_run, pulled));
+  /* Plain decay toward 0 is not L2-SP. */
+  qt_run_spec wd = s;
+  wd.optim.decay = QT_DECAY_KIND_WEIGHT_DECAY;
+  wd.optim.weight_decay = 5.0;
+  qt_run_t *wd_run = run_epochs(&wd, 2);
+  CU_ASSERT(backbone_distance(wd_run, pulled) > 0.0);
+  qt_run_free(sp_run);
+  qt_run_free(wd_run);
+  qt_run_free(pulled);
+  qt_run_free(plain);
+
+  /* SPD with lambda 0 is the plain optimizer without decay, bit for bit;
+   * with lambda 1 it changes the run and keeps it closer to theta0. */
+  s.optim.kind = QT_OPTIM_KIND_ADAM;
+  s.optim.lr = 1e-2;
+  qt_run_t *adam = run_epochs(&s, 2);
+  qt_run_spec spd = s;
+  spd.optim.decay = QT_DECAY_KIND_SPD;
+  spd.optim.weight_decay = 0.0;
+  qt_run_t *spd0 = run_epochs(&spd, 2);
+  CU_ASSERT(same_params(spd0, adam));
+  spd.optim.weight_decay = 1.0;
+  qt_run_t *spd1 = run_epochs(&spd, 2);
+  CU_ASSERT(backbone_distance(spd1, adam) > 0.0);
+  CU_ASSERT(backbone_distance(spd1, pre) < backbone_distance(adam, pre));
+  qt_run_free(spd0);
+  qt_run_free(spd1);
+  qt_run_free(adam);
+  qt_run_free(pre);
+}
+
+/* SFA with beta 1 puts the backbone back on theta0 exactly at the steps
+ * where it averages: with 5 batches per epoch (27 training images, batch
+ * 6) and 4 epochs, T = 20. */
+static void test_sfa_in_run(void) {
+  qt_run_spec s = base_spec();
+  s.sfa = 1;
+  s.sfa_beta = 1.0;
+  qt_run_t *pre = run_epochs(&s, 0);
+  const double ps[3] = {0.25, 0.2, 1.0}; /* K = 5 (every epoch end), 4, 20 (the end only) */
+  for (int k = 0; k < 3; k++) {
+    s.sfa_p = ps[k];
+    qt_err err;
+    qt_run_t *run = NULL;
+    CU_ASSERT_FATAL(qt_run_init(&s, &run, &err) == 0);
+    for (int e = 1; e <= 4; e++) {
+      qt_run_epoch_result r;
+      CU_ASSERT_FATAL(qt_run_epoch(run, &r, &err) == 0);
+      int at_theta0 = backbone_distance(run, pre) == 0.0;
+      int want = k == 0 || e == 4;
+      if (at_theta0 != want) fprintf(stderr, "sfa_p %g epoch %d: at theta0 %d\n", ps[k], e,
+                                     at_theta0);
+      CU_ASSERT_EQUAL(at_theta0, want);
+    }
+    /* The head is not averaged (it has no pretrained value). */
+    qt_vit_tensor h0, h1;
+    qt_vit_t *vp = qt_run_model(pre), *vr = qt_run_model(run);
+    qt_vit_tensor_at(vp, qt_vit_tensor_count(vp) - 2, &h0);
+    qt_vit_tensor_at(vr, qt_vit_tensor_count(vr) - 2, &h1);
+    CU_ASSERT_STRING_EQUAL(h1.name, "head.weight");
+    CU_ASSERT(memcmp(h0.data, h1.data, h0.numel * sizeof(float)) != 0);
+    qt_run_free(run);
+  }
+  /* beta 0 averages to the same values: the run equals one without SFA bit
+   * for bit, so averaging touches nothing else (the optimizer state is
+   * kept). */
+  s.sfa_beta = 0.0;
+  s.sfa_p = 0.05;
+  qt_run_t *avg = run_epochs(&s, 2);
+  s.sfa = 0;
+  qt_run_t *none = run_epochs(&s, 2);
+  CU_ASSERT(same_params(avg, none));
+  qt_run_free(avg);
+  qt_run_free(none);
+  qt_run_free(pre);
+}
+
+/* LoRA in a run: B starts at zero (the model starts as the pretrained one),
+ * only the adapters and the head train, the merged weight is W0 + (alpha /
+ * r) B A with A and B as the checkpoint stores them, and save/resume is bit
+ * for bit with SPD, SFA, clipping, layer decay, freezing and probing. */
+static void test_lora_in_run(void) {
+  qt_run_spec s = base_spec();
+  s.adapter = QT_ADAPTER_KIND_LORA;
+  s.adapter_rank = 2;
+  s.adapter_alpha = 4.0; /* scale 2 */
+  s.optim.lr = 1e-2;
+  qt_run_spec plain = base_spec();
+  qt_run_t *pre = run_epochs(&plain, 0);
+  qt_err err;
+  qt_run_t *run = NULL;
+  CU_ASSERT_FATAL(qt_run_init(&s, &run, &err) == 0);
+  /* Before training: the same weights as the plain model (B = 0). */
+  CU_ASSERT(same_params(run, pre));
+  char path[256];
+  qt_test_temp_path("lora.safetensors", path, sizeof path);
+  CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
+  qt_safetensors_t *st = NULL;
+  CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
+  /* depth 2 x (qkv, proj, fc1, fc2) x (A, B) + the head's two. */
+  CU_ASSERT_EQUAL(qt_safetensors_count(st), 2 * 4 * 2 + 2);
+  float b0[16 * 2], a0[2 * 8];
+  CU_ASSERT_EQUAL(qt_safetensors_read_f32(st, "blocks.1.mlp.fc1.lora_B.weight", b0, 32, &err), 0);
+  CU_ASSERT_EQUAL(qt_safetensors_read_f32(st, "blocks.1.mlp.fc1.lora_A.weight", a0, 16, &err), 0);
+  int zero = 1, a_ok = 1;
+  for (int i = 0; i < 32; i++) zero &= b0[i] == 0.0f;
+  for (int i = 0; i < 16; i++) a_ok &= a0[i] != 0.0f && fabsf(a0[i]) <= 1.0f / sqrtf(8.0f);
+  CU_ASSERT(zero);
+  CU_ASSERT(a_ok);
+  CU_ASSERT_EQUAL(qt_safetensors_find(st, "blocks.1.mlp.fc1.weight", NULL), QT_ENOENT);
+  qt_safetensors_free(st);
+
+  qt_run_epoch_result r;
+  CU_ASSERT_FATAL(qt_run_epoch(run, &r, &err) == 0);
+  /* Trainable: r (in + out) per adapted weight, the head 3 x 8 + 3. */
+  size_t per_block = 2 * (24 + 8) + 2 * (8 + 8) + 2 * (16 + 8) + 2 * (8 + 16);
+  CU_ASSERT_EQUAL(r.trainable, 2 * per_block + 27);
+  CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
+  CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
+  qt_vit_t *vr = qt_run_model(run), *vp = qt_run_model(pre);
+  size_t adapted = 0;
+  for (size_t i = 0; i < qt_vit_tensor_count(vr); i++) {
+    qt_vit_tensor t, t0;
+    qt_vit_tensor_at(vr, i, &t);
+    qt_vit_tensor_at(vp, i, &t0);
+    if (strncmp(t.name, "head.", 5) == 0) continue;
+    const char *tail = strrchr(t.name, '.');
+    int is_adapted = strncmp(t.name, "blocks.", 7) == 0 && strcmp(tail, ".weight") == 0 &&
+                     (strstr(t.name, ".qkv.") || strstr(t.name, ".proj.") ||
+                      strstr(t.name, ".fc1.") || strstr(t.name, ".fc2."));
+    int changed = memcmp(t.data, t0.data, t.numel * sizeof(float)) != 0;
+    if (!is_adapted) {
+      if (changed) fprintf(stderr, "%s changed in a LoRA run\n", t.name);
+      CU_ASSERT(!changed); /* biases, norms, stem: frozen */
+      continue;
+    }
+    CU_ASSERT(changed);
+    adapted++;
+    /* W = W0 + 2 B A, from the stored adapters, in double. */
+    char name[256];
+    size_t out = t.shape[0], in = t.shape[1];
+    float *a = malloc(2 * in * sizeof *a), *b = malloc(out * 2 * sizeof *b);
+    snprintf(name, sizeof name, "%.*s.lora_A.weight", (int)(strlen(t.name) - 7), t.name);
+    CU_ASSERT_FATAL(qt_safetensors_read_f32(st, name, a, 2 * in, &err) == 0);
+    snprintf(name, sizeof name, "%.*s.lora_B.weight", (int)(strlen(t.name) - 7), t.name);
+    CU_ASSERT_FATAL(qt_safetensors_read_f32(st, name, b, out * 2, &err) == 0);
+    double worst = 0.0;
+    for (size_t o = 0; o < out; o++) {
+      for (size_t k = 0; k < in; k++) {
+        double want = (double)t0.data[o * in + k] +
+                      2.0 * ((double)b[o * 2] * a[k] + (double)b[o * 2 + 1] * a[in + k]);
+        double d = fabs(want - (double)t.data[o * in + k]);
+        if (d > worst) worst = d;
+      }
+    }
+    CU_ASSERT(worst < 1e-6);
+    free(a);
+    free(b);
+  }
+  CU_ASSERT_EQUAL(adapted, 8);
+  qt_safetensors_free(st);
+  qt_run_free(run);
+  qt_run_free(pre);
+
+  /* Resume, bit for bit, with the other methods on. */
+  s.optim.kind = QT_OPTIM_KIND_ADAM;
+  s.optim.decay = QT_DECAY_KIND_SPD;
+  s.optim.weight_decay = 0.5;
+  s.optim.clip_grad = 0.5;
+  s.optim.layer_decay = 0.75;
+  s.sfa = 1;
+  s.sfa_p = 0.2;
+  s.sfa_beta = 0.3;
+  s.pct_to_freeze = 0.5;
+  s.linear_probing = 1;
+  check_resume(s);
+  s.optim.kind = QT_OPTIM_KIND_ADAMW;
+  s.optim.decay = QT_DECAY_KIND_L2SP;
+  s.adapter_attention_only = 1;
+  s.linear_probing = 0;
+  s.pct_to_freeze = 0.0;
+  check_resume(s);
+}
+
+static long head_steps(qt_run_t *run);
+
+/* sigma_2 / sigma_1 of W - W0 for tensor `name` (double SVD). */
+static double second_singular_ratio(qt_run_t *run, qt_run_t *pre, const char *name) {
+  qt_vit_t *v = qt_run_model(run), *v0 = qt_run_model(pre);
+  for (size_t i = 0; i < qt_vit_tensor_count(v); i++) {
+    qt_vit_tensor t, t0;
+    qt_vit_tensor_at(v, i, &t);
+    qt_vit_tensor_at(v0, i, &t0);
+    if (strcmp(t.name, name) != 0) continue;
+    size_t m = t.shape[0], n = t.shape[1], k = m < n ? m : n;
+    double *d = malloc(m * n * sizeof *d), *sv = malloc(k * sizeof *sv), *sup = malloc(k * sizeof *sup);
+    for (size_t j = 0; j < m * n; j++) d[j] = (double)t.data[j] - (double)t0.data[j];
+    lapack_int info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)m, (lapack_int)n, d,
+                                     (lapack_int)n, sv, NULL, 1, NULL, 1, sup);
+    double ratio = info == 0 && sv[0] > 0.0 ? sv[1] / sv[0] : -1.0;
+    free(d);
+    free(sv);
+    free(sup);
+    return ratio;
+  }
+  return -1.0;
+}
+
+/* ROSA: resampled every epoch, so after a few epochs the update of a layer
+ * leaves every fixed rank-r subspace, while LoRA's stays rank r; only the
+ * adapted weights and the head move; checkpoints hold the merged weights
+ * and no adapter state; save/resume is bit for bit. */
+static void test_rosa_in_run(void) {
+  qt_run_spec s = base_spec();
+  s.adapter = QT_ADAPTER_KIND_ROSA;
+  s.adapter_rank = 1;
+  s.optim.lr = 1e-2;
+  qt_run_spec lora = s;
+  lora.adapter = QT_ADAPTER_KIND_LORA;
+  qt_run_spec plain = base_spec();
+  qt_run_t *pre = run_epochs(&plain, 0);
+  qt_run_t *rosa_run = run_epochs(&s, 3), *lora_run = run_epochs(&lora, 3);
+  const char *layers[2] = {"blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight"};
+  for (int k = 0; k < 2; k++) {
+    double r_rosa = second_singular_ratio(rosa_run, pre, layers[k]);
+    double r_lora = second_singular_ratio(lora_run, pre, layers[k]);
+    if (!(r_rosa > 1e-2) || !(r_lora >= 0.0 && r_lora < 1e-3))
+      fprintf(stderr, "%s: sigma2/sigma1 rosa %g lora %g\n", layers[k], r_rosa, r_lora);
+    CU_ASSERT(r_rosa > 1e-2);
+    CU_ASSERT(r_lora >= 0.0 && r_lora < 1e-3);
+  }
+  qt_vit_t *vr = qt_run_model(rosa_run), *vp = qt_run_model(pre);
+  for (size_t i = 0; i < qt_vit_tensor_count(vr); i++) {
+    qt_vit_tensor t, t0;
+    qt_vit_tensor_at(vr, i, &t);
+    qt_vit_tensor_at(vp, i, &t0);
+    int adapted = strncmp(t.name, "blocks.", 7) == 0 && strstr(t.name, ".weight") &&
+                  !strstr(t.name, "norm");
+    int changed = memcmp(t.data, t0.data, t.numel * sizeof(float)) != 0;
+    int should = strncmp(t.name, "head.", 5) == 0 || adapted;
+    if (changed != should) fprintf(stderr, "rosa: %s changed %d\n", t.name, changed);
+    CU_ASSERT_EQUAL(changed, should);
+  }
+  /* The optimizer is rebuilt every epoch: 5 steps since the last resample,
+   * where LoRA counts all 15. */
+  CU_ASSERT_EQUAL(head_steps(rosa_run), 5);
+  CU_ASSERT_EQUAL(head_steps(lora_run), 15);
+  qt_err err;
+  char path[256];
+  qt_test_temp_path("rosa.safetensors", path, sizeof path);
+  CU_ASSERT_FATAL(qt_run_save(rosa_run, path, &err) == 0);
+  qt_safetensors_t *st = NULL;
+  CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
+  /* 8 merged weights + the head with its two Adam moments. */
+  CU_ASSERT_EQUAL(qt_safetensors_count(st), 8 + 2 * 3);
+  CU_ASSERT_EQUAL(qt_safetensors_find(st, "blocks.0.attn.qkv.weight", NULL), 0);
+  CU_ASSERT_EQUAL(qt_safetensors_find(st, "blocks.0.attn.qkv.lora_A.weight", NULL), QT_ENOENT);
+  CU_ASSERT_EQUAL(qt_safetensors_find(st, "optim.exp_avg.blocks.0.attn.qkv.weight", NULL),
+                  QT_ENOENT);
+  qt_safetensors_free(st);
+  qt_run_free(rosa_run);
+  qt_run_free(lora_run);
+  qt_run_free(pre);
+
+  s.adapter_rank = 2;
+  s.optim.clip_grad = 0.5;
+  s.sfa = 1;
+  s.sfa_p = 0.2;
+  s.pct_to_freeze = 0.5;
+  s.linear_probing = 1;
+  check_resume(s);
+  s.optim.kind = QT_OPTIM_KIND_ADAM;
+  s.optim.decay = QT_DECAY_KIND_SPD;
+  s.optim.weight_decay = 0.5;
+  s.adapter_attention_only = 1;
+  s.linear_probing = 0;
+  check_resume(s);
+}
+
+/* GOODFIT [RECON]. */
+static int stop_after_one(void *user) { return (*(int *)user)++ >= 1; }
+
+static long head_steps(qt_run_t *run) {
+  qt_err err;
+  char path[256];
+  qt_test_temp_path("goodfit.safetensors", path, sizeof path);
+  CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
+  qt_safetensors_t *st = NULL;
+  CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
+  const char *v = qt_safetensors_metadata_get(st, "optim.step.head.weight");
+  long steps = v ? atol(v) : -1;
+  qt_safetensors_free(st);
+  return steps;
+}
+
+static void test_goodfit_in_run(void) {
+  qt_run_spec s = base_spec();
+  s.goodfit = 1;
+  s.goodfit_main = QT_OPTIM_KIND_SGD;
+  s.optim.decay = QT_DECAY_KIND_NONE;
+  s.optim.lr = 0.05;
+  s.goodfit_lr_ref_ratio = 1.0;
+  /* 5 batches an epoch: cycles of n_ref + 1 batches, one update each. */
+  const long n_ref[4] = {1, 2, 4, 5}, updates[4] = {2, 1, 1, 0};
+  qt_run_t *pre = run_epochs(&s, 0);
+  for (int k = 0; k < 4; k++) {
+    s.goodfit_n_ref = n_ref[k];
+    qt_run_t *run = run_epochs(&s, 1);
+    CU_ASSERT_EQUAL(head_steps(run), updates[k]);
+    /* No complete cycle: the reference steps are undone. */
+    if (updates[k] == 0) CU_ASSERT(same_params(run, pre));
+    qt_run_free(run);
+  }
+  qt_run_free(pre);
+
+  /* Two batches (14 + 13 images), n_ref 1: one update per epoch. The
+   * displacement delta is one plain SGD step on the first batch (a plain
+   * run stopped before its second batch); the update of every tensor must
+   * be orthogonal to delta where GOODFIT projected (<g, delta> < 0) and
+   * have <update, delta> <= 0 where it did not. */
+  s.batch_size = 14;
+  s.goodfit_n_ref = 1;
+  s.data_augmentation = QT_AUTO_AUGMENT_NONE;
+  s.smoothing = 0.0;
+  pre = run_epochs(&s, 0);
+  qt_run_t *gf = run_epochs(&s, 1);
+  CU_ASSERT_EQUAL(head_steps(gf), 1);
+  qt_run_spec plain = s;
+  plain.goodfit = 0;
+  plain.optim.kind = QT_OPTIM_KIND_SGD;
+  qt_err err;
+  qt_run_t *ref = NULL;
+  CU_ASSERT_FATAL(qt_run_init(&plain, &ref, &err) == 0);
+  int calls = 0;
+  qt_run_set_stop(ref, stop_after_one, &calls);
+  qt_run_epoch_result r;
+  CU_ASSERT_FATAL(qt_run_epoch(ref, &r, &err) == 0);
+  CU_ASSERT_EQUAL(r.status, QT_RUN_STATUS_STOPPED);
+  qt_vit_t *v0 = qt_run_model(pre), *v1 = qt_run_model(gf), *vd = qt_run_model(ref);
+  int orthogonal = 0, against = 0, tensors = 0;
+  for (size_t i = 0; i < qt_vit_tensor_count(v0); i++) {
+    qt_vit_tensor t0, t1, td;
+    qt_vit_tensor_at(v0, i, &t0);
+    qt_vit_tensor_at(v1, i, &t1);
+    qt_vit_tensor_at(vd, i, &td);
+    double dot = 0.0, nu = 0.0, nd = 0.0;
+    for (size_t j = 0; j < t0.numel; j++) {
+      double u = (double)t1.data[j] - t0.data[j], d = (double)td.data[j] - t0.data[j];
+      dot += u * d;
+      nu += u * u;
+      nd += d * d;
+    }
+    if (nu == 0.0 || nd == 0.0) continue;
+    double cosine = dot / sqrt(nu * nd);
+    tensors++;
+    if (cosine > 1e-3) fprintf(stderr, "goodfit: %s cos %g\n", t0.name, cosine);
+    CU_ASSERT(cosine <= 1e-3);
+    orthogonal += fabs(cosine) <= 1e-3;
+    against += cosine < -0.1;
+  }
+  /* Both branches occur (the projection is conditional): here the weights
+   * of qkv, proj and the last fc2 are projected, most biases are not. */
+  CU_ASSERT(tensors > 10);
+  CU_ASSERT(orthogonal >= 3);
+  CU_ASSERT(against >= 3);
+  qt_run_free(ref);
+  qt_run_free(gf);
+  qt_run_free(pre);
+
+  /* Resume, bit for bit, with the other methods around it. */
+  qt_run_spec g = base_spec();
+  g.goodfit = 1;
+  g.goodfit_main = QT_OPTIM_KIND_ADAMW;
+  g.goodfit_n_ref = 2; /* cycles of 3 in 5 batches: one dropped each epoch */
+  g.goodfit_lr_ref_ratio = 2.0;
+  g.optim.clip_grad = 0.5;
+  g.optim.layer_decay = 0.75;
+  g.sfa = 1;
+  g.sfa_p = 0.5;
+  g.linear_probing = 1;
+  g.pct_to_freeze = 0.5;
+  check_resume(g);
+  g.goodfit_main = QT_OPTIM_KIND_ADAM;
+  g.optim.decay = QT_DECAY_KIND_SPD;
+  g.optim.weight_decay = 0.5;
+  g.goodfit_n_ref = 1;
+  check_resume(g);
+  /* Not with adapters yet. */
+  g.adapter = QT_ADAPTER_KIND_LORA;
+  CU_ASSERT_EQUAL(qt_run_init(&g, &ref, &err), QT_ENOTIMPL);
+}
+
 static void cleanup(void) {
   qt_data_splits_free(&splits);
 }
@@ -695,6 +1201,12 @@ static const qt_test_case cases[] = {
     {"truncated_checkpoint", test_truncated_checkpoint},
     {"divergence", test_divergence},
     {"learns", test_learns},
+    {"resume_methods", test_resume_methods},
+    {"decay_methods_in_run", test_decay_methods_in_run},
+    {"sfa_in_run", test_sfa_in_run},
+    {"lora_in_run", test_lora_in_run},
+    {"goodfit_in_run", test_goodfit_in_run},
+    {"rosa_in_run", test_rosa_in_run},
     {"cleanup", test_cleanup},
     {NULL, NULL}};
 

@@ -1520,6 +1520,33 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  * all trainable gradients by clip_grad / (norm + 1e-6) when their global L2
  * norm exceeds clip_grad (torch's clip_grad_norm_), before weight decay.
  *
+ * Decay toward a reference (qt_optim_params.decay; decay_strength, i.e.
+ * weight_decay, is each kind's own coefficient; details and what is
+ * [RECON] in docs/engine.md). theta0 is the tensor's value when it first
+ * became trainable: the pretrained weights, or the seeded new head.
+ *   weight_decay  toward 0, as above (the default)
+ *   none          no decay; the coefficient is ignored
+ *   l2sp          L2-SP as Quick-Tune's SPRegularization: the loss gains
+ *                 c ||theta - theta0||^2 (no 1/2) summed over every
+ *                 trainable tensor except the new head (biases and norms
+ *                 included), so the gradient gains 2 c (theta - theta0)
+ *                 before clipping (qt_optim_l2sp_gradient); the optimizer
+ *                 itself then runs without weight decay. sp_reg (Quick-
+ *                 Tune's name) adds the same term with its own coefficient
+ *                 to any decay kind.
+ *   spd           Selective Projection Decay (qt_optim_spd_step) on every
+ *                 trainable tensor, head included (its theta0 is its
+ *                 initial draw, as SPD's official usage deepcopies all
+ *                 trainable parameters): the optimizer step without any
+ *                 weight decay, then the projection with lambda = c.
+ *
+ * SFA averaging (qt_sfa_*, run spec fields sfa, sfa_p, sfa_beta): after
+ * optimizer step s (counted from 1 over the whole run; T = epochs x
+ * batches per epoch) with s % K == 0 or s == T, K = max(1, round(sfa_p T)),
+ * every trainable tensor except the new head becomes (1 - beta) theta +
+ * beta theta0 [RECON: the defaults, the head exclusion, rounding]. The
+ * optimizer state is kept.
+ *
  * Layer-wise learning-rate decay (layer_decay < 1), as timm's
  * param_groups_layer_decay for a ViT of depth d: patch_embed, cls_token and
  * pos_embed are layer 0, blocks.i layer i + 1, the final norm and the head
@@ -1562,8 +1589,9 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  * Dropout (drop): timm's head dropout on the class token entering the head
  * (qt_vit_set_head_dropout), masks drawn from a stream of (seed, epoch) in
  * training only. Not implemented yet: the dropout of timm < 0.9 inside the
- * blocks (pos/proj/MLP), drop path, L2-SP, SPD, GOODFIT, SFA, LoRA/ROSA
- * (QT_ENOTIMPL from qt_run_spec_set), families other than vit, deit, deit3.
+ * blocks (pos/proj/MLP), drop path, DELTA, BSS,
+ * Co-Tuning, StochNorm (QT_ENOTIMPL from qt_run_spec_set), families other
+ * than vit, deit, deit3.
  */
 
 typedef enum qt_optim_kind {
@@ -1575,12 +1603,29 @@ typedef enum qt_optim_kind {
 
 /* "sgd", "momentum", "adam", "adamw"; "unknown" outside the enum. */
 const char *qt_optim_kind_name(qt_optim_kind kind);
-/* Parses the names above (exact); "goodfit" is QT_ENOTIMPL, anything else
- * QT_EINVAL listing the accepted names. */
+/* Parses the names above (exact); "adamp" and "sgdp" are QT_ENOTIMPL,
+ * anything else QT_EINVAL ("goodfit" too: it is qt_run_spec.goodfit, around
+ * one of these). */
 int qt_optim_kind_parse(const char *text, qt_optim_kind *out, qt_err *err);
+
+/* What decay_strength (qt_optim_params.weight_decay) pulls toward; see
+ * above. WEIGHT_DECAY is 0 so that zeroed parameters keep plain decay. */
+typedef enum qt_decay_kind {
+  QT_DECAY_KIND_WEIGHT_DECAY = 0,
+  QT_DECAY_KIND_NONE = 1,
+  QT_DECAY_KIND_L2SP = 2,
+  QT_DECAY_KIND_SPD = 3
+} qt_decay_kind;
+
+/* "weight_decay", "none", "l2sp", "spd"; "unknown" outside the enum. */
+const char *qt_decay_kind_name(qt_decay_kind kind);
+/* Parses those names ("None" too); QT_EINVAL otherwise. */
+int qt_decay_kind_parse(const char *text, qt_decay_kind *out, qt_err *err);
 
 typedef struct qt_optim_params {
   qt_optim_kind kind;
+  qt_decay_kind decay; /* what weight_decay pulls toward (default weight_decay) */
+  double sp_reg;       /* Quick-Tune's L2-SP coefficient, >= 0, added to any decay */
   double lr;           /* base learning rate, >= 0 (the schedule scales it) */
   double momentum;     /* momentum: in [0, 1) */
   double beta1, beta2; /* adam, adamw: in [0, 1) */
@@ -1591,7 +1636,7 @@ typedef struct qt_optim_params {
 } qt_optim_params;
 
 /* adamw, lr 1e-3, momentum 0.9, betas 0.9 and 0.999, eps 1e-8, weight
- * decay 0.01, no clipping, no layer decay. */
+ * decay 0.01 toward 0, sp_reg 0, no clipping, no layer decay. */
 qt_optim_params qt_optim_default_params(void);
 /* QT_EINVAL naming the first value outside its range. */
 int qt_optim_params_check(const qt_optim_params *p, qt_err *err);
@@ -1605,6 +1650,92 @@ int qt_optim_params_check(const qt_optim_params *p, qt_err *err);
  * decay is added on the fly). */
 void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
                           const float *grads, float *state1, float *state2, size_t n);
+
+/* The weight decay toward 0 that qt_optim_tensor_step applies: p's
+ * weight_decay for decay kind weight_decay, else 0. */
+double qt_optim_zero_decay(const qt_optim_params *p);
+/* The L2-SP coefficient c of the loss term c ||theta - theta0||^2: sp_reg,
+ * plus weight_decay for decay kind l2sp. */
+double qt_optim_l2sp_coefficient(const qt_optim_params *p);
+
+/* L2-SP on one tensor of n elements: the penalty c ||params - ref||^2
+ * (double accumulation; ref NULL: 0, the mode for adapter weights) ... */
+double qt_optim_l2sp_penalty(const float *params, const float *ref, size_t n, double c);
+/* ... and its gradient added in place: grads += 2 c (params - ref). */
+void qt_optim_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n,
+                            double c);
+
+/*
+ * One Selective Projection Decay step on one tensor (specs/algorithms.md
+ * section 2, GT-RIPL's adamSPD.py generalized to p's optimizer kind): with
+ * theta the tensor before the step, g = grads (raw, no decay added),
+ * theta0 = ref (NULL: 0, the mode for adapter weights), lambda =
+ * p->weight_decay:
+ *   c = -<g, theta - theta0>                  (whole tensor, double)
+ *   theta~ = the optimizer step of p's kind without any weight decay
+ *   if c < 0 and lambda > 0:
+ *     gamma = ||theta - theta0||,  gamma~ = ||theta~ - theta0||
+ *     r = clamp((gamma~ - gamma) / gamma~, 0, 1)   (0 when gamma~ = 0)
+ *     theta~ -= lambda r (theta~ - theta0)
+ * With lambda = 1 the step ends on the sphere of the previous deviation
+ * (||theta~ - theta0|| = gamma) whenever it left it outward. lr, step and
+ * the states are as for qt_optim_tensor_step. Returns r (0 when no
+ * projection happened).
+ */
+double qt_optim_spd_step(const qt_optim_params *p, double lr, long step, float *params,
+                         const float *grads, const float *ref, float *state1, float *state2,
+                         size_t n);
+
+/* GOODFIT's projection [RECON] (specs/algorithms.md section 3.1) on one
+ * tensor: when <g, delta> < 0, grads -= (<g, delta> / (||delta||^2 +
+ * 1e-12)) delta, which leaves grads orthogonal to delta (up to the 1e-12);
+ * otherwise grads are unchanged. Returns the coefficient subtracted (0
+ * when unchanged). Sums in double. */
+double qt_goodfit_project(float *grads, const float *delta, size_t n);
+
+/* SFA's interval K = max(1, round(p * total_steps)) for p in (0, 1]
+ * [RECON: the rounding], and whether step s (from 1) averages:
+ * s % K == 0 or s == total_steps. */
+long qt_sfa_interval(double p, long total_steps);
+int qt_sfa_due(long interval, long total_steps, long step);
+/* params = (1 - beta) params + beta ref, elementwise in float (beta 1
+ * gives ref exactly, beta 0 params exactly); ref NULL: 0. */
+void qt_sfa_average(float *params, const float *ref, size_t n, double beta);
+
+/*
+ * LoRA adapters (qt_methods_lora.c) on a linear weight W (out, in), timm's
+ * layout (y = x W^T + b): W = W0 + scale B A with A (rank, in) and B (out,
+ * rank), row-major, scale = alpha / rank. A run keeps W merged after every
+ * step, so the model's passes are unchanged and the exported weights carry
+ * no adapter; the gradient of the merged weight, dW, gives the adapters'.
+ */
+/* alpha / rank; alpha <= 0 means alpha = rank (scale 1) [RECON]. */
+double qt_lora_scale(double alpha, long rank);
+/* A ~ U(-1/sqrt(in), 1/sqrt(in)) (torch's kaiming_uniform_(a = sqrt(5)),
+ * peft's LoRA init) drawn row-major from rng; B = 0, so W = W0 at first. */
+void qt_lora_init(float *a, float *b, size_t out, size_t in, size_t rank, qt_rng_t *rng);
+/* w = w0 + scale b a (w and w0 (out, in), distinct). */
+void qt_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out,
+                   size_t in, size_t rank, double scale);
+/* From dw = dL/dW (out, in): ga = scale b^T dw (rank, in), gb = scale dw
+ * a^T (out, rank). */
+void qt_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
+                       size_t rank, double scale, float *ga, float *gb);
+
+/* ROSA (specs/algorithms.md section 4, marawangamal/rosa's
+ * PeftLinear.factorize with sample_method random, factorize_method equal):
+ * the start of a random contiguous window of `rank` singular triplets out
+ * of n, uniform on {0, ..., n - rank - 1} as torch.randint(0, n - rank)
+ * (0 when rank >= n - 1) ... */
+size_t qt_rosa_window_start(size_t n, size_t rank, qt_rng_t *rng);
+/* ... and the factorization of w (out, in) = U diag(s) V^T (LAPACK
+ * sgesvd, n = min(out, in)): b (out, rank) = U[:, I], a (rank, in) =
+ * diag(s_I) V^T[I, :] for I = {start, ..., start + r - 1} (r = min(rank,
+ * n); rows of a and columns of b past r are zero), fixed (out, in) = the
+ * other triplets, so fixed + b a = w up to rounding. QT_EINVAL for a
+ * window outside n, QT_EIO when the SVD fails, QT_ENOMEM. */
+int qt_rosa_factorize(const float *w, size_t out, size_t in, size_t rank, size_t start,
+                      float *fixed, float *a, float *b, qt_err *err);
 
 typedef enum qt_schedule_kind {
   QT_SCHEDULE_KIND_NONE = 0,
@@ -1669,14 +1800,19 @@ double qt_schedule_lr(const qt_schedule_params *p, double lr, long epoch,
  * only) and training images per second.
  *
  * Checkpoints (qt_run_save / qt_run_load): ONE safetensors file holding the
- * trainable tensors under timm's names, the optimizer state of each that
+ * trainable tensors under timm's names (adapted weights as their adapters,
+ * see "LoRA adapters in runs"), the optimizer state of each that
  * has taken a step ("optim.exp_avg.<name>" and "optim.exp_avg_sq.<name>"
  * for Adam(W), "optim.momentum_buffer.<name>" for momentum, none for sgd;
  * each tensor's step count as metadata "optim.step.<name>"),
  * and in "__metadata__": "format" = "qtune-run", "version" = "1", the epoch,
  * the seed, the best score, the plateau state, and a fingerprint of the
  * spec's training values. Frozen tensors are not stored: loading reads them
- * from the spec's pretrained checkpoint. The random state is fully given by
+ * from the spec's pretrained checkpoint. Nor is theta0 of L2-SP, SPD and
+ * SFA: loading takes it from the tensors before the checkpoint overwrites
+ * them (the pretrained file; the head as drawn from the seed), and the run
+ * holds it only for tensors that are or were trainable, only when a
+ * method needs it. The random state is fully given by
  * (seed, epoch) because every batch stream is derived from them, so a
  * resumed run computes the same numbers as an uninterrupted one, bit for
  * bit on the CPU, with any number of data threads. Files are written
@@ -1690,6 +1826,65 @@ double qt_schedule_lr(const qt_schedule_params *p, double lr, long epoch,
  * Memory. The spec's strings and data are borrowed: the data splits must
  * outlive the run. The run owns its model, optimizer state and iterators.
  */
+
+/*
+ * LoRA adapters in runs (adapter = lora). Every linear weight of the
+ * trainable blocks (blocks.i.attn.qkv, attn.proj, mlp.fc1, mlp.fc2; the
+ * attention pair only with adapter_attention_only) gets A and B (see
+ * qt_lora_*), drawn from a stream of the seed; those and the head are the
+ * only trainable parameters (biases, norms, the stem stay frozen, as peft's
+ * bias = "none"). pct_to_freeze and linear probing choose the blocks that
+ * get adapters as they choose trainable blocks. Each step computes the
+ * adapters' gradients from dW, clips over the adapters and the head,
+ * steps A and B with their own optimizer state (weight_decay as for any
+ * 2-d tensor; L2-SP, SPD and SFA take theta0 = 0 for A and B, SPD's
+ * adapter mode, so SFA scales B by 1 - beta, which is exactly W <- (1 -
+ * beta) W + beta W0) and merges W = W0 + scale B A. Memory: W0 of each
+ * adapted weight (one copy), A, B, their gradients and states. Checkpoints
+ * store A and B as "<module>.lora_A.weight" and "<module>.lora_B.weight"
+ * (peft's names) with their optimizer states, not W; loading merges.
+ */
+
+/*
+ * GOODFIT in runs (opt = goodfit) [RECON, specs/algorithms.md section 3.1;
+ * no official code exists]. The batches of an epoch are taken in cycles of
+ * n_ref + 1: at the start of a cycle theta_ref <- theta (the trainable
+ * tensors); each of the first n_ref batches makes a reference step, plain
+ * SGD theta -= goodfit_lr_ref_ratio * lr_tensor * g on its gradient (no
+ * decay, no clipping); the last batch gives g at the displaced point, then
+ * theta <- theta_ref, per tensor g is projected (qt_goodfit_project with
+ * delta = displaced theta - theta_ref: only when <g, delta> < 0) and the
+ * main optimizer (goodfit_main, default adamw, with clipping, layer decay
+ * and the decay kind, SPD included) steps from theta_ref. So each update
+ * costs n_ref + 1 forward/backward passes and an epoch of B batches makes
+ * floor(B / (n_ref + 1)) updates; a cycle left incomplete at the end of an
+ * epoch is dropped (theta <- theta_ref), so checkpoints never hold a
+ * displaced state. The open choices: per-tensor projection, conditional,
+ * gradient at the displaced point, stateless SGD reference optimizer, the
+ * batch cycles, no warm-up. Not with adapters (QT_ENOTIMPL).
+ */
+
+/*
+ * ROSA in runs (adapter = rosa) uses the same layers, masks, gradients and
+ * steps as LoRA with scale 1 and base W_fixed instead of W0: at the start
+ * of every epoch each trainable adapted weight is factorized from its
+ * current merged value (qt_rosa_factorize, the window drawn by
+ * qt_rosa_window_start from a stream of (seed, epoch), tensor by tensor in
+ * model order), W is re-merged (W_fixed + B A, equal to W up to the SVD's
+ * rounding) and the optimizer is rebuilt (every trainable tensor's state
+ * zeroed, step counts 0), as the reference constructs a new optimizer
+ * (the schedule's lr goes on). adapter_alpha is not
+ * used. SFA: W_fixed <- (1 - beta) W_fixed + beta W0 and B <- (1 - beta) B,
+ * exactly W <- (1 - beta) W + beta W0. Checkpoints store the merged W of
+ * adapted weights under timm's names and no adapter state (the next epoch
+ * resamples from W and rebuilds the state anyway): "only what changes".
+ */
+
+typedef enum qt_adapter_kind {
+  QT_ADAPTER_KIND_NONE = 0,
+  QT_ADAPTER_KIND_LORA = 1,
+  QT_ADAPTER_KIND_ROSA = 2
+} qt_adapter_kind;
 
 /* What a run trains: every field a plain value (see qt_run_spec_set for the
  * hyperparameter names of configs/spaces/). */
@@ -1715,6 +1910,17 @@ typedef struct qt_run_spec {
   double mixup_prob;        /* probability a batch is mixed when an alpha > 0 */
   double smoothing;         /* label smoothing in [0, 1) */
   double drop;              /* head dropout rate in [0, 1) */
+  qt_adapter_kind adapter;  /* none, lora or rosa (see "LoRA adapters in runs" above) */
+  long adapter_rank;        /* r >= 1 */
+  double adapter_alpha;     /* LoRA's alpha; <= 0: alpha = rank (scale 1) [RECON] */
+  int adapter_attention_only; /* 1: attn.qkv and attn.proj only; 0: also mlp.fc1, fc2 */
+  int goodfit;              /* 1: GOODFIT updates around goodfit_main (see "GOODFIT in runs") */
+  qt_optim_kind goodfit_main; /* GOODFIT's main optimizer (optim.kind is then ignored) */
+  long goodfit_n_ref;       /* reference steps per update, >= 1 */
+  double goodfit_lr_ref_ratio; /* reference-step lr as a multiple of the main lr, > 0 */
+  int sfa;                  /* 1: SFA averaging toward theta0 (see the optimizers above) */
+  double sfa_p;             /* averaging interval as a fraction of the run's steps, (0, 1] */
+  double sfa_beta;          /* weight of theta0 in an average, [0, 1] */
   /* Execution. */
   uint64_t seed;            /* fixes the new head, batch order and augmentation */
   int threads;              /* preprocessing threads (results do not depend on it) */
@@ -1723,30 +1929,37 @@ typedef struct qt_run_spec {
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no
  * linear probing, trivial_augment (RandAugment 2 ops, magnitude 9), no
- * mixing (mixup_prob 1), smoothing 0.1, drop 0, seed 0, 1 thread. */
+ * mixing (mixup_prob 1), smoothing 0.1, drop 0, no adapter (rank 8,
+ * alpha = rank, all linear layers), no GOODFIT (adamw, n_ref 1, ratio 1),
+ * no SFA (sfa_p 0.25, sfa_beta 0.5 [RECON]), seed 0, 1 thread. */
 qt_run_spec qt_run_default_spec(void);
 
 /*
  * Sets one pipeline hyperparameter from its text, with the names of
  * configs/spaces/default.yaml and Quick-Tune's space: opt, lr, momentum,
  * opt_betas ("[0.9, 0.999]"), eps, weight_decay, decay (none,
- * weight_decay) with decay_strength, clip_grad, layer_decay, sched,
+ * weight_decay, l2sp, spd) with decay_strength (= weight_decay, the
+ * decay's coefficient; the order of the two does not matter), sp_reg,
+ * sfa (boolean), sfa_p, sfa_beta, adapter (none, lora, rosa), adapter_rank,
+ * adapter_alpha and adapter_layers (attention, all; these two are not in
+ * configs/spaces/default.yaml yet), clip_grad, layer_decay, sched,
  * warmup_epochs, warmup_lr, min_lr, decay_rate, decay_epochs,
  * patience_epochs, batch_size, pct_to_freeze, linear_probing,
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
  * smoothing, drop, epochs. model is ignored (the caller picked the
  * checkpoint), amp too (the CPU engine computes in float32). Methods not
- * implemented yet are QT_ENOTIMPL (opt goodfit, adamp, sgdp; decay l2sp or
- * spd; sfa true; adapter lora or rosa; stoch_norm true; bss_reg, sp_reg,
- * delta_reg, cotuning_reg other than 0; an AutoAugment policy); the
- * parameters goodfit_*, sfa_*, adapter_rank are accepted and ignored.
- * Other names are QT_ENOENT, bad values QT_EINVAL.
+ * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; stoch_norm true; bss_reg, delta_reg, cotuning_reg other than 0; an
+ * AutoAugment policy). opt goodfit sets goodfit (another opt clears it);
+ * goodfit_n_ref, goodfit_lr_ref_ratio and goodfit_main (sgd, momentum,
+ * adam, adamw; not in the space yet) set its values. Other names are
+ * QT_ENOENT, bad values QT_EINVAL (ranges are checked by qt_run_init).
  */
 int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_err *err);
 
 typedef enum qt_run_status {
   QT_RUN_STATUS_OK = 0,
-  QT_RUN_STATUS_DIVERGED = 1 /* a non-finite training loss */
+  QT_RUN_STATUS_DIVERGED = 1, /* a non-finite training loss */
+  QT_RUN_STATUS_STOPPED = 2   /* the stop hook asked to stop (qt_run_set_stop) */
 } qt_run_status;
 
 typedef struct qt_run_epoch_result {
@@ -1778,6 +1991,15 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err);
  * top-5 (NaN with fewer than 5 classes) and cross-entropy. Without a test
  * split (absent or empty) all three are NaN and the call returns 0. */
 int qt_run_evaluate_test(qt_run_t *run, double *top1, double *top5, double *loss, qt_err *err);
+
+/* A stop hook, polled before every training batch and every evaluation
+ * batch of qt_run_epoch: a non-zero return abandons the epoch at once with
+ * status QT_RUN_STATUS_STOPPED (score NaN, seconds so far). The run's
+ * memory is then partly trained, so it refuses further epochs and saves
+ * (QT_EINVAL) as after divergence; files saved before are untouched, and
+ * the caller continues from its last checkpoint (qt_run_load). NULL: never
+ * stop. */
+void qt_run_set_stop(qt_run_t *run, int (*should_stop)(void *user), void *user);
 
 /* Epochs done so far. */
 long qt_run_epochs_done(const qt_run_t *run);

@@ -30,7 +30,24 @@ typedef struct run_tensor {
                  0 stem, i for blocks.i, depth for the final norm and head */
   float *s1;  /* (numel) momentum buffer or Adam's first moment; NULL until trained */
   float *s2;  /* (numel) Adam's second moment; NULL until trained or for (momentum) SGD */
+  float *ref; /* (numel) theta0, the value when the tensor first became trainable (the
+                 pretrained weights, the seeded new head), for L2-SP, SPD and SFA;
+                 NULL until then or when no method needs it. Never saved: it is
+                 rebuilt from the pretrained checkpoint and the seed. */
   long steps; /* optimizer steps taken on this tensor */
+  /* LoRA (adapter runs, adapted linear weights only; see qt_finetune.h). The
+   * tensor's data is then the merged W = ref + scale B A, s1 and s2 are A's
+   * optimizer state and b1, b2 B's. */
+  int adapted;       /* 1: this weight carries adapters */
+  size_t rows, cols; /* W's (out, in) */
+  size_t shape_a[2], shape_b[2]; /* (rank, in) and (out, rank), for checkpoints */
+  float *lora_a;     /* (rank, in) */
+  float *lora_b;     /* (out, rank) */
+  float *grad_a;     /* (rank, in) this step's gradient of A */
+  float *grad_b;     /* (out, rank) this step's gradient of B */
+  float *b1, *b2;    /* (out, rank) B's optimizer state, as s1 and s2 */
+  float *goodfit_ref; /* (numel) GOODFIT's theta_ref of the current cycle; NULL otherwise */
+  float *rosa_fixed;  /* (out, in) ROSA's W_fixed, the merge's base; NULL otherwise */
 } run_tensor;
 
 struct qt_run {
@@ -52,6 +69,11 @@ struct qt_run {
   int diverged;
   qt_rng_t *root_rng;       /* the seed's stream: parent of the per-epoch dropout streams */
   char fingerprint[17];     /* hex FNV-1a of the training values */
+  long global_step;         /* optimizer steps of the whole run (SFA's s), set per epoch */
+  long goodfit_phase;       /* batches done in the current GOODFIT cycle, 0..n_ref */
+  int (*stop)(void *user);  /* the stop hook (qt_run_set_stop), NULL: none */
+  void *stop_user;
+  int stopped;              /* 1 after an epoch was abandoned by the stop hook */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -83,6 +105,17 @@ qt_run_spec qt_run_default_spec(void) {
   s.mixup_prob = 1.0;
   s.smoothing = 0.1;
   s.drop = 0.0;
+  s.goodfit = 0;
+  s.goodfit_main = QT_OPTIM_KIND_ADAMW; /* [RECON] */
+  s.goodfit_n_ref = 1;
+  s.goodfit_lr_ref_ratio = 1.0;
+  s.adapter = QT_ADAPTER_KIND_NONE;
+  s.adapter_rank = 8;
+  s.adapter_alpha = 0.0; /* alpha = rank [RECON] */
+  s.adapter_attention_only = 0;
+  s.sfa = 0;
+  s.sfa_p = 0.25;   /* [RECON] specs/algorithms.md section 5 */
+  s.sfa_beta = 0.5; /* [RECON] */
   s.seed = 0;
   s.threads = 1;
   return s;
@@ -141,7 +174,20 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   } while (0)
 
   if (strcmp(name, "model") == 0) return 0;
-  if (strcmp(name, "opt") == 0) return qt_optim_kind_parse(value, &spec->optim.kind, err);
+  if (strcmp(name, "opt") == 0) {
+    /* GOODFIT wraps a main optimizer (goodfit_main), so it is a flag. */
+    if (strcmp(value, "goodfit") == 0) return spec->goodfit = 1, 0;
+    if ((rc = qt_optim_kind_parse(value, &spec->optim.kind, err)) < 0) return rc;
+    spec->goodfit = 0;
+    return 0;
+  }
+  if (strcmp(name, "goodfit_main") == 0) {
+    if ((rc = qt_optim_kind_parse(value, &spec->goodfit_main, err)) < 0)
+      return qt_err_prefix(err, rc, "goodfit_main");
+    return 0;
+  }
+  if (strcmp(name, "goodfit_n_ref") == 0) WHOLE(spec->goodfit_n_ref);
+  if (strcmp(name, "goodfit_lr_ref_ratio") == 0) NUMBER(spec->goodfit_lr_ref_ratio);
   if (strcmp(name, "lr") == 0) NUMBER(spec->optim.lr);
   if (strcmp(name, "momentum") == 0) NUMBER(spec->optim.momentum);
   if (strcmp(name, "eps") == 0 || strcmp(name, "opt_eps") == 0) NUMBER(spec->optim.eps);
@@ -166,12 +212,13 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     return 0;
   }
   if (strcmp(name, "decay") == 0) {
-    if (is_none(value)) return spec->optim.weight_decay = 0.0, 0;
-    if (strcmp(value, "weight_decay") == 0) return 0;
-    if (strcmp(value, "l2sp") == 0 || strcmp(value, "spd") == 0)
-      return qt_err_set(err, QT_ENOTIMPL, "decay '%s' is not implemented yet", value);
-    return qt_err_set(err, QT_EINVAL, "decay: unknown value '%s'", value);
+    /* The kind says what decay_strength pulls toward, so the two can come
+     * in either order. */
+    if ((rc = qt_decay_kind_parse(value, &spec->optim.decay, err)) < 0)
+      return qt_err_prefix(err, rc, "decay");
+    return 0;
   }
+  if (strcmp(name, "sp_reg") == 0) NUMBER(spec->optim.sp_reg);
   if (strcmp(name, "sched") == 0) return qt_schedule_kind_parse(value, &spec->schedule.kind, err);
   if (strcmp(name, "warmup_epochs") == 0) WHOLE(spec->schedule.warmup_epochs);
   if (strcmp(name, "warmup_lr") == 0) NUMBER(spec->schedule.warmup_lr);
@@ -211,12 +258,24 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   if (strcmp(name, "drop") == 0) NUMBER(spec->drop);
   if (strcmp(name, "sfa") == 0) {
     if ((rc = parse_bool(name, value, &b, err)) < 0) return rc;
-    if (b) return qt_err_set(err, QT_ENOTIMPL, "sfa (averaging) is not implemented yet");
+    spec->sfa = b;
     return 0;
   }
+  if (strcmp(name, "sfa_p") == 0) NUMBER(spec->sfa_p);
+  if (strcmp(name, "sfa_beta") == 0) NUMBER(spec->sfa_beta);
   if (strcmp(name, "adapter") == 0) {
-    if (is_none(value)) return 0;
-    return qt_err_set(err, QT_ENOTIMPL, "adapter '%s' is not implemented yet", value);
+    if (is_none(value)) return spec->adapter = QT_ADAPTER_KIND_NONE, 0;
+    if (strcmp(value, "lora") == 0) return spec->adapter = QT_ADAPTER_KIND_LORA, 0;
+    if (strcmp(value, "rosa") == 0) return spec->adapter = QT_ADAPTER_KIND_ROSA, 0;
+    return qt_err_set(err, QT_EINVAL, "adapter: unknown value '%s' (accepted: none, lora, rosa)",
+                      value);
+  }
+  if (strcmp(name, "adapter_rank") == 0) WHOLE(spec->adapter_rank);
+  if (strcmp(name, "adapter_alpha") == 0) NUMBER(spec->adapter_alpha);
+  if (strcmp(name, "adapter_layers") == 0) {
+    if (strcmp(value, "attention") == 0) return spec->adapter_attention_only = 1, 0;
+    if (strcmp(value, "all") == 0) return spec->adapter_attention_only = 0, 0;
+    return qt_err_set(err, QT_EINVAL, "adapter_layers: '%s' is not 'attention' or 'all'", value);
   }
   /* Quick-Tune's space: mixed precision does not apply (float32 always);
    * its regularizers are accepted at 0 only. */
@@ -226,8 +285,8 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     if (b) return qt_err_set(err, QT_ENOTIMPL, "stoch_norm is not implemented yet");
     return 0;
   }
-  if (strcmp(name, "bss_reg") == 0 || strcmp(name, "sp_reg") == 0 ||
-      strcmp(name, "delta_reg") == 0 || strcmp(name, "cotuning_reg") == 0) {
+  if (strcmp(name, "bss_reg") == 0 || strcmp(name, "delta_reg") == 0 ||
+      strcmp(name, "cotuning_reg") == 0) {
     if ((rc = parse_number(name, value, &x, err)) < 0) return rc;
     if (x != 0.0) return qt_err_set(err, QT_ENOTIMPL, "%s = %s is not implemented yet", name, value);
     return 0;
@@ -236,9 +295,6 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     if (is_none(value)) return 0;
     return qt_err_set(err, QT_ENOTIMPL, "AutoAugment policy '%s' is not implemented yet", value);
   }
-  if (strncmp(name, "goodfit_", 8) == 0 || strncmp(name, "sfa_", 4) == 0 ||
-      strcmp(name, "adapter_rank") == 0)
-    return 0;
 #undef NUMBER
 #undef WHOLE
   return qt_err_set(err, QT_ENOENT, "unknown pipeline hyperparameter '%s'", name);
@@ -274,6 +330,30 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
     if (!(s->std[c] > 0.0) || !isfinite(s->mean[c]))
       return qt_err_set(err, QT_EINVAL, "run spec: bad mean/std of channel %d", c);
   }
+  if (s->goodfit) {
+    if (s->goodfit_n_ref < 1 || s->goodfit_n_ref > 64)
+      return qt_err_set(err, QT_EINVAL, "run spec: goodfit_n_ref must be in [1, 64], got %ld",
+                        s->goodfit_n_ref);
+    if (!(s->goodfit_lr_ref_ratio > 0.0) || !isfinite(s->goodfit_lr_ref_ratio))
+      return qt_err_set(err, QT_EINVAL, "run spec: goodfit_lr_ref_ratio must be > 0, got %g",
+                        s->goodfit_lr_ref_ratio);
+    if ((int)s->goodfit_main < 0 || s->goodfit_main > QT_OPTIM_KIND_ADAMW)
+      return qt_err_set(err, QT_EINVAL, "run spec: unknown goodfit_main %d", (int)s->goodfit_main);
+    if (s->adapter != QT_ADAPTER_KIND_NONE)
+      return qt_err_set(err, QT_ENOTIMPL, "run spec: GOODFIT with adapters is not implemented yet");
+  }
+  if ((int)s->adapter < 0 || s->adapter > QT_ADAPTER_KIND_ROSA)
+    return qt_err_set(err, QT_EINVAL, "run spec: unknown adapter kind %d", (int)s->adapter);
+  if (s->adapter != QT_ADAPTER_KIND_NONE && (s->adapter_rank < 1 || s->adapter_rank > 65536))
+    return qt_err_set(err, QT_EINVAL, "run spec: adapter_rank must be in [1, 65536], got %ld",
+                      s->adapter_rank);
+  if (s->adapter != QT_ADAPTER_KIND_NONE && !isfinite(s->adapter_alpha))
+    return qt_err_set(err, QT_EINVAL, "run spec: adapter_alpha must be finite");
+  if (s->sfa && !(s->sfa_p > 0.0 && s->sfa_p <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "run spec: sfa_p must be in (0, 1], got %g", s->sfa_p);
+  if (s->sfa && !(s->sfa_beta >= 0.0 && s->sfa_beta <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "run spec: sfa_beta must be in [0, 1], got %g",
+                      s->sfa_beta);
   int rc = qt_optim_params_check(&s->optim, err);
   if (rc < 0) return qt_err_prefix(err, rc, "run spec");
   qt_schedule_params sp = s->schedule;
@@ -305,6 +385,19 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
   size_t n = len < 0 ? 0 : ((size_t)len < sizeof text ? (size_t)len : sizeof text - 1);
   for (size_t i = 0; i < p->n_milestones && n + 24 < sizeof text; i++)
     n += (size_t)snprintf(text + n, sizeof text - n, " ms=%ld", p->milestones[i]);
+  /* The methods toward theta0 enter only when on, so that the checkpoints
+   * of plain runs keep the fingerprint they had before these existed. */
+  if ((o->decay != QT_DECAY_KIND_WEIGHT_DECAY || o->sp_reg != 0.0) && n + 64 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " decay=%d sp=%.17g", (int)o->decay,
+                          o->sp_reg);
+  if (s->goodfit && n + 80 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " goodfit=%ld,%.17g", s->goodfit_n_ref,
+                          s->goodfit_lr_ref_ratio);
+  if (s->adapter != QT_ADAPTER_KIND_NONE && n + 80 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " adapter=%d,%ld,%.17g,%d", (int)s->adapter,
+                          s->adapter_rank, s->adapter_alpha, s->adapter_attention_only);
+  if (s->sfa && n + 64 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " sfa=%.17g,%.17g", s->sfa_p, s->sfa_beta);
   uint64_t h = 1469598103934665603ull;
   for (size_t i = 0; i < n; i++) {
     h ^= (unsigned char)text[i];
@@ -337,6 +430,53 @@ static void classify(const char *name, long depth, run_tensor *t) {
   }
 }
 
+/* 1 when the ViT tensor `name` is a linear weight that gets adapters. */
+static int adapter_target(const char *name, int attention_only) {
+  if (strncmp(name, "blocks.", 7) != 0) return 0;
+  const char *dot = strchr(name + 7, '.');
+  if (!dot) return 0;
+  if (strcmp(dot, ".attn.qkv.weight") == 0 || strcmp(dot, ".attn.proj.weight") == 0) return 1;
+  return !attention_only &&
+         (strcmp(dot, ".mlp.fc1.weight") == 0 || strcmp(dot, ".mlp.fc2.weight") == 0);
+}
+
+/* Marks the adapted weights and draws their A (B = 0) from the seed's
+ * "lora" stream, tensor by tensor in model order, every adapted weight
+ * whether or not its block trains, so the draw never depends on freezing. */
+static int init_adapters(qt_run_t *run, qt_err *err) {
+  size_t rank = (size_t)run->spec.adapter_rank;
+  qt_rng_t *rng = NULL;
+  int rc = qt_rng_fork(run->root_rng, 0x6c6f7261u /* "lora" */, &rng, err);
+  if (rc < 0) return rc;
+  for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
+    run_tensor *t = &run->tensors[i];
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    if (!adapter_target(vt.name, run->spec.adapter_attention_only) || vt.ndim != 2) continue;
+    t->adapted = 1;
+    t->rows = vt.shape[0];
+    t->cols = vt.shape[1];
+    t->shape_a[0] = rank;
+    t->shape_a[1] = t->cols;
+    t->shape_b[0] = t->rows;
+    t->shape_b[1] = rank;
+    t->lora_a = malloc(rank * t->cols * sizeof *t->lora_a);
+    t->lora_b = malloc(t->rows * rank * sizeof *t->lora_b);
+    t->grad_a = calloc(rank * t->cols, sizeof *t->grad_a);
+    t->grad_b = calloc(t->rows * rank, sizeof *t->grad_b);
+    if (run->spec.adapter == QT_ADAPTER_KIND_ROSA)
+      t->rosa_fixed = malloc(t->rows * t->cols * sizeof *t->rosa_fixed);
+    if (!t->lora_a || !t->lora_b || !t->grad_a || !t->grad_b ||
+        (run->spec.adapter == QT_ADAPTER_KIND_ROSA && !t->rosa_fixed)) {
+      rc = qt_err_set(err, QT_ENOMEM, "out of memory for the adapters of %s", vt.name);
+      break;
+    }
+    qt_lora_init(t->lora_a, t->lora_b, t->rows, t->cols, rank, rng);
+  }
+  qt_rng_free(rng);
+  return rc;
+}
+
 void qt_run_free(qt_run_t *run) {
   if (!run) return;
   qt_batch_iter_free(run->train_it);
@@ -346,6 +486,15 @@ void qt_run_free(qt_run_t *run) {
     for (size_t i = 0; i < run->n_tensors; i++) {
       free(run->tensors[i].s1);
       free(run->tensors[i].s2);
+      free(run->tensors[i].ref);
+      free(run->tensors[i].lora_a);
+      free(run->tensors[i].lora_b);
+      free(run->tensors[i].grad_a);
+      free(run->tensors[i].grad_b);
+      free(run->tensors[i].b1);
+      free(run->tensors[i].b2);
+      free(run->tensors[i].goodfit_ref);
+      free(run->tensors[i].rosa_fixed);
     }
   }
   free(run->tensors);
@@ -367,6 +516,7 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   if (!run) return qt_err_set(err, QT_ENOMEM, "out of memory for a run");
   run->spec = *spec;
   run->spec.schedule.epochs = spec->epochs;
+  if (spec->goodfit) run->spec.optim.kind = spec->goodfit_main;
   run->checkpoint = strdup(spec->checkpoint);
   if (!run->checkpoint) {
     qt_run_free(run);
@@ -411,6 +561,10 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
     qt_vit_tensor_at(run->vit, i, &t);
     classify(t.name, run->depth, &run->tensors[i]);
   }
+  if (spec->adapter != QT_ADAPTER_KIND_NONE && (rc = init_adapters(run, err)) < 0) {
+    qt_run_free(run);
+    return rc;
+  }
 
   run->pre = qt_preprocess_default_params();
   run->pre.image_size = (size_t)vc->image_size;
@@ -452,6 +606,15 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   return 0;
 }
 
+void qt_run_set_stop(qt_run_t *run, int (*should_stop)(void *user), void *user) {
+  if (!run) return;
+  run->stop = should_stop;
+  run->stop_user = user;
+}
+
+/* 1 when the stop hook asks to abandon the epoch. */
+static int stop_requested(const qt_run_t *run) { return run->stop && run->stop(run->stop_user); }
+
 long qt_run_epochs_done(const qt_run_t *run) { return run ? run->done : 0; }
 double qt_run_best_score(const qt_run_t *run) { return run ? run->best : NAN; }
 qt_vit_t *qt_run_model(qt_run_t *run) { return run ? run->vit : NULL; }
@@ -466,11 +629,17 @@ static size_t trainable_mask(const qt_run_t *run, long epoch, unsigned char *mas
   double pct = run->spec.pct_to_freeze;
   if (run->spec.linear_probing && epoch < run->spec.epochs / 2) pct = 1.0;
   size_t count = 0;
+  int lora = run->spec.adapter != QT_ADAPTER_KIND_NONE;
   for (size_t i = 0; i < run->n_tensors; i++) {
     const run_tensor *t = &run->tensors[i];
-    int on = t->head || pct <= 0.0 || (double)t->unit / (double)run->depth > pct;
+    int block_on = pct <= 0.0 || (double)t->unit / (double)run->depth > pct;
+    /* In adapter runs only the adapters of trainable blocks and the head
+     * train. */
+    int on = t->head || (block_on && (!lora || t->adapted));
     mask[i] = (unsigned char)on;
-    if (on) {
+    if (on && t->adapted) {
+      count += (size_t)run->spec.adapter_rank * (t->rows + t->cols);
+    } else if (on) {
       qt_vit_tensor vt;
       qt_vit_tensor_at(run->vit, i, &vt);
       count += vt.numel;
@@ -482,14 +651,46 @@ static size_t trainable_mask(const qt_run_t *run, long epoch, unsigned char *mas
 static int ensure_state(qt_run_t *run, size_t i, size_t numel, qt_err *err) {
   run_tensor *t = &run->tensors[i];
   qt_optim_kind kind = run->spec.optim.kind;
+  /* An adapted weight's state is A's (s1, s2) and B's (b1, b2). */
+  size_t rank = (size_t)run->spec.adapter_rank;
+  size_t na = t->adapted ? rank * t->cols : numel, nb = t->adapted ? t->rows * rank : 0;
   if (kind != QT_OPTIM_KIND_SGD && !t->s1) {
-    t->s1 = calloc(numel ? numel : 1, sizeof *t->s1);
-    if (!t->s1) return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
+    t->s1 = calloc(na ? na : 1, sizeof *t->s1);
+    if (t->s1 && nb) t->b1 = calloc(nb, sizeof *t->b1);
+    if (!t->s1 || (nb && !t->b1))
+      return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
   }
   if ((kind == QT_OPTIM_KIND_ADAM || kind == QT_OPTIM_KIND_ADAMW) && !t->s2) {
-    t->s2 = calloc(numel ? numel : 1, sizeof *t->s2);
-    if (!t->s2) return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
+    t->s2 = calloc(na ? na : 1, sizeof *t->s2);
+    if (t->s2 && nb) t->b2 = calloc(nb, sizeof *t->b2);
+    if (!t->s2 || (nb && !t->b2))
+      return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
   }
+  return 0;
+}
+
+/* Whether tensor i needs theta0: L2-SP and SFA for every tensor but the
+ * new head (it has no pretrained value), SPD for every tensor. */
+static int needs_reference(const qt_run_t *run, size_t i) {
+  const qt_optim_params *o = &run->spec.optim;
+  if (run->tensors[i].adapted) return 1; /* W0 of the merge */
+  if (o->decay == QT_DECAY_KIND_SPD) return 1;
+  if (run->tensors[i].head) return 0;
+  return run->spec.sfa || qt_optim_l2sp_coefficient(o) > 0.0;
+}
+
+/* Takes theta0 of tensor i from its current values, once: call it when the
+ * tensor first becomes trainable, before anything changes it (a frozen
+ * tensor still equals the pretrained checkpoint, the head its seeded
+ * draw), and in qt_run_load before the checkpoint overwrites it. */
+static int ensure_reference(qt_run_t *run, size_t i, qt_err *err) {
+  run_tensor *t = &run->tensors[i];
+  if (t->ref || !needs_reference(run, i)) return 0;
+  qt_vit_tensor vt;
+  qt_vit_tensor_at(run->vit, i, &vt);
+  t->ref = malloc((vt.numel ? vt.numel : 1) * sizeof *t->ref);
+  if (!t->ref) return qt_err_set(err, QT_ENOMEM, "out of memory for the reference weights");
+  memcpy(t->ref, vt.data, vt.numel * sizeof *t->ref);
   return 0;
 }
 
@@ -499,8 +700,57 @@ static double now_seconds(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Optimizer steps per epoch: one per batch, or one per GOODFIT cycle of
+ * n_ref + 1 batches (an incomplete cycle makes none). */
+static long steps_per_epoch(const qt_run_t *run) {
+  long batches = (long)qt_batch_iter_count(run->train_it);
+  return run->spec.goodfit ? batches / (run->spec.goodfit_n_ref + 1) : batches;
+}
+
+/* The parameters a trainable tensor updates: itself, or the two adapter
+ * matrices of an adapted weight (theta0 = 0 for both, SPD's adapter mode). */
+typedef struct param_slice {
+  float *data, *grad, *ref, *s1, *s2;
+  size_t n;
+  int decay; /* weight decay toward 0 applies */
+} param_slice;
+
+static size_t tensor_slices(run_tensor *t, const qt_vit_tensor *vt, size_t rank,
+                            param_slice out[2]) {
+  if (t->adapted) {
+    out[0] = (param_slice){t->lora_a, t->grad_a, NULL, t->s1, t->s2, rank * t->cols, 1};
+    out[1] = (param_slice){t->lora_b, t->grad_b, NULL, t->b1, t->b2, t->rows * rank, 1};
+    return 2;
+  }
+  out[0] = (param_slice){vt->data, vt->grad, t->ref, t->s1, t->s2, vt->numel, vt->decay};
+  return 1;
+}
+
+/* One step of every trainable tensor: the adapters' gradients from dW, the
+ * L2-SP gradient (a loss term, so before clipping, as Quick-Tune adds it
+ * to the loss), clipping, the optimizer (or SPD) step, SFA's average when
+ * this step is due, and the merge of adapted weights. */
 static int optimizer_step(qt_run_t *run, double lr) {
   const qt_optim_params *o = &run->spec.optim;
+  size_t rank = (size_t)run->spec.adapter_rank;
+  int rosa = run->spec.adapter == QT_ADAPTER_KIND_ROSA;
+  double lora_scale = rosa ? 1.0 : qt_lora_scale(run->spec.adapter_alpha, run->spec.adapter_rank);
+  double l2sp = qt_optim_l2sp_coefficient(o);
+  param_slice sl[2];
+  for (size_t i = 0; i < run->n_tensors; i++) {
+    run_tensor *t = &run->tensors[i];
+    if (!run->trainable[i]) continue;
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    if (t->adapted)
+      qt_lora_gradients(vt.grad, t->lora_a, t->lora_b, t->rows, t->cols, rank, lora_scale,
+                        t->grad_a, t->grad_b);
+    if (l2sp > 0.0 && !t->head) {
+      size_t ns = tensor_slices(t, &vt, rank, sl);
+      for (size_t k = 0; k < ns; k++)
+        qt_optim_l2sp_gradient(sl[k].grad, sl[k].data, sl[k].ref, sl[k].n, l2sp);
+    }
+  }
   double clip = 1.0;
   if (o->clip_grad > 0.0) {
     double sum = 0.0;
@@ -508,7 +758,10 @@ static int optimizer_step(qt_run_t *run, double lr) {
       if (!run->trainable[i]) continue;
       qt_vit_tensor vt;
       qt_vit_tensor_at(run->vit, i, &vt);
-      for (size_t j = 0; j < vt.numel; j++) sum += (double)vt.grad[j] * (double)vt.grad[j];
+      size_t ns = tensor_slices(&run->tensors[i], &vt, rank, sl);
+      for (size_t k = 0; k < ns; k++) {
+        for (size_t j = 0; j < sl[k].n; j++) sum += (double)sl[k].grad[j] * (double)sl[k].grad[j];
+      }
     }
     double norm = sqrt(sum);
     double coef = o->clip_grad / (norm + 1e-6);
@@ -519,26 +772,158 @@ static int optimizer_step(qt_run_t *run, double lr) {
     run_tensor *t = &run->tensors[i];
     qt_vit_tensor vt;
     qt_vit_tensor_at(run->vit, i, &vt);
-    if (clip < 1.0) {
-      float c = (float)clip;
-      for (size_t j = 0; j < vt.numel; j++) vt.grad[j] *= c;
-    }
     double scale = pow(o->layer_decay, (double)(run->depth + 1 - t->layer));
     t->steps++;
-    qt_optim_tensor_step(o, lr * scale, vt.decay, t->steps, vt.data, vt.grad, t->s1, t->s2,
-                         vt.numel);
+    size_t ns = tensor_slices(t, &vt, rank, sl);
+    for (size_t k = 0; k < ns; k++) {
+      param_slice *q = &sl[k];
+      if (clip < 1.0) {
+        float c = (float)clip;
+        for (size_t j = 0; j < q->n; j++) q->grad[j] *= c;
+      }
+      if (o->decay == QT_DECAY_KIND_SPD)
+        qt_optim_spd_step(o, lr * scale, t->steps, q->data, q->grad, q->ref, q->s1, q->s2, q->n);
+      else
+        qt_optim_tensor_step(o, lr * scale, q->decay, t->steps, q->data, q->grad, q->s1, q->s2,
+                             q->n);
+    }
+  }
+  run->global_step++;
+  if (run->spec.sfa) {
+    /* SFA [RECON]: T is the planned run (epochs x batches per epoch). For
+     * adapters theta0 = 0 and only B is averaged, which is exactly
+     * W <- (1 - beta) W + beta W0 for the merged weight. */
+    long total = run->spec.epochs * steps_per_epoch(run);
+    if (qt_sfa_due(qt_sfa_interval(run->spec.sfa_p, total), total, run->global_step)) {
+      for (size_t i = 0; i < run->n_tensors; i++) {
+        run_tensor *t = &run->tensors[i];
+        if (!run->trainable[i] || t->head) continue;
+        qt_vit_tensor vt;
+        qt_vit_tensor_at(run->vit, i, &vt);
+        if (t->adapted && rosa)
+          qt_sfa_average(t->rosa_fixed, t->ref, t->rows * t->cols, run->spec.sfa_beta);
+        if (t->adapted)
+          qt_sfa_average(t->lora_b, NULL, t->rows * rank, run->spec.sfa_beta);
+        else
+          qt_sfa_average(vt.data, t->ref, vt.numel, run->spec.sfa_beta);
+      }
+    }
+  }
+  for (size_t i = 0; i < run->n_tensors; i++) {
+    run_tensor *t = &run->tensors[i];
+    if (!run->trainable[i] || !t->adapted) continue;
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    qt_lora_merge(vt.data, rosa ? t->rosa_fixed : t->ref, t->lora_a, t->lora_b, t->rows, t->cols,
+                  rank, lora_scale);
   }
   return 0;
 }
 
-static int evaluate(qt_run_t *run, qt_batch_iter_t *it, double *top1, double *top5, double *loss,
-                    qt_err *err) {
+/* ROSA's resample at the start of epoch e: factorize every trainable
+ * adapted weight from its merged value, merge again, and rebuild the
+ * optimizer (every trainable tensor's state zeroed, step counts 0, as the
+ * reference constructs a new optimizer). The windows come from a stream of
+ * (seed, epoch). */
+static int rosa_resample(qt_run_t *run, long e, qt_err *err) {
+  size_t rank = (size_t)run->spec.adapter_rank;
+  qt_rng_t *rng = NULL;
+  int rc = qt_rng_fork(run->root_rng, 0x726f736100000000ull + (uint64_t)e, &rng, err);
+  if (rc < 0) return rc;
+  for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
+    run_tensor *t = &run->tensors[i];
+    if (!run->trainable[i]) continue;
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    if (!t->adapted) {
+      if (t->s1) memset(t->s1, 0, vt.numel * sizeof(float));
+      if (t->s2) memset(t->s2, 0, vt.numel * sizeof(float));
+      t->steps = 0;
+      continue;
+    }
+    size_t n = t->rows < t->cols ? t->rows : t->cols;
+    size_t start = qt_rosa_window_start(n, rank, rng);
+    rc = qt_rosa_factorize(vt.data, t->rows, t->cols, rank, start, t->rosa_fixed, t->lora_a,
+                           t->lora_b, err);
+    if (rc < 0) {
+      qt_err_prefix(err, rc, "ROSA resample of %s", vt.name);
+      break;
+    }
+    qt_lora_merge(vt.data, t->rosa_fixed, t->lora_a, t->lora_b, t->rows, t->cols, rank, 1.0);
+    float *states[4] = {t->s1, t->s2, t->b1, t->b2};
+    size_t sizes[4] = {rank * t->cols, rank * t->cols, t->rows * rank, t->rows * rank};
+    for (int k = 0; k < 4; k++) {
+      if (states[k]) memset(states[k], 0, sizes[k] * sizeof(float));
+    }
+    t->steps = 0;
+  }
+  qt_rng_free(rng);
+  return rc;
+}
+
+/* One batch of a GOODFIT cycle [RECON] (see "GOODFIT in runs" in
+ * qt_finetune.h): the gradient of the batch is in the model. */
+static int goodfit_step(qt_run_t *run, double lr) {
+  const qt_optim_params *o = &run->spec.optim;
+  if (run->goodfit_phase == 0) {
+    for (size_t i = 0; i < run->n_tensors; i++) {
+      if (!run->trainable[i]) continue;
+      qt_vit_tensor vt;
+      qt_vit_tensor_at(run->vit, i, &vt);
+      memcpy(run->tensors[i].goodfit_ref, vt.data, vt.numel * sizeof(float));
+    }
+  }
+  if (run->goodfit_phase < run->spec.goodfit_n_ref) {
+    /* A reference step: stateless SGD, no decay, no clipping. */
+    for (size_t i = 0; i < run->n_tensors; i++) {
+      if (!run->trainable[i]) continue;
+      qt_vit_tensor vt;
+      qt_vit_tensor_at(run->vit, i, &vt);
+      double scale = pow(o->layer_decay, (double)(run->depth + 1 - run->tensors[i].layer));
+      float f = (float)(run->spec.goodfit_lr_ref_ratio * lr * scale);
+      for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= f * vt.grad[j];
+    }
+    run->goodfit_phase++;
+    return 0;
+  }
+  /* The gradient at the displaced point: back to theta_ref, project the
+   * gradient against delta = theta - theta_ref, then the main step. */
+  for (size_t i = 0; i < run->n_tensors; i++) {
+    if (!run->trainable[i]) continue;
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    const float *ref = run->tensors[i].goodfit_ref;
+    for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= ref[j]; /* data holds delta */
+    qt_goodfit_project(vt.grad, vt.data, vt.numel);
+    memcpy(vt.data, ref, vt.numel * sizeof(float));
+  }
+  run->goodfit_phase = 0;
+  return optimizer_step(run, lr);
+}
+
+/* Drops a GOODFIT cycle left incomplete at the end of an epoch. */
+static void goodfit_drop_cycle(qt_run_t *run) {
+  if (run->goodfit_phase == 0) return;
+  for (size_t i = 0; i < run->n_tensors; i++) {
+    if (!run->trainable[i]) continue;
+    qt_vit_tensor vt;
+    qt_vit_tensor_at(run->vit, i, &vt);
+    memcpy(vt.data, run->tensors[i].goodfit_ref, vt.numel * sizeof(float));
+  }
+  run->goodfit_phase = 0;
+}
+
+/* poll: 1 to honour the stop hook (validation inside an epoch); returns 1
+ * when it stopped. */
+static int evaluate(qt_run_t *run, qt_batch_iter_t *it, int poll, double *top1, double *top5,
+                    double *loss, qt_err *err) {
   int rc = qt_batch_iter_start(it, 0, 0, err);
   if (rc < 0) return rc;
   size_t n = 0, hit1 = 0, hit5 = 0;
   double loss_sum = 0.0;
   qt_batch batch;
   while ((rc = qt_batch_iter_next(it, &batch, err)) == 1) {
+    if (poll && stop_requested(run)) return 1;
     rc = qt_vit_forward(run->vit, batch.inputs, batch.size, err);
     if (rc < 0) return rc;
     double l;
@@ -572,13 +957,14 @@ int qt_run_evaluate_test(qt_run_t *run, double *top1, double *top5, double *loss
     return qt_err_set(err, QT_EINVAL, "qt_run_evaluate_test: NULL argument");
   *top1 = *top5 = *loss = NAN;
   if (!run->test_it) return 0;
-  return evaluate(run, run->test_it, top1, top5, loss, err);
+  return evaluate(run, run->test_it, 0, top1, top5, loss, err);
 }
 
 int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   if (!run || !out) return qt_err_set(err, QT_EINVAL, "qt_run_epoch: NULL argument");
-  if (run->diverged)
-    return qt_err_set(err, QT_EINVAL, "qt_run_epoch: the run diverged; it cannot continue");
+  if (run->diverged || run->stopped)
+    return qt_err_set(err, QT_EINVAL, "qt_run_epoch: the run %s; it cannot continue",
+                      run->stopped ? "was stopped within an epoch" : "diverged");
   memset(out, 0, sizeof *out);
   long e = run->done;
   out->epoch = e + 1;
@@ -592,6 +978,20 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
     qt_vit_tensor vt;
     qt_vit_tensor_at(run->vit, i, &vt);
     int rc = ensure_state(run, i, vt.numel, err);
+    if (rc == 0) rc = ensure_reference(run, i, err);
+    if (rc == 0 && run->spec.goodfit && !run->tensors[i].goodfit_ref) {
+      run->tensors[i].goodfit_ref = malloc((vt.numel ? vt.numel : 1) * sizeof(float));
+      if (!run->tensors[i].goodfit_ref)
+        rc = qt_err_set(err, QT_ENOMEM, "out of memory for GOODFIT's reference state");
+    }
+    if (rc < 0) return rc;
+  }
+  /* Every epoch has the same number of steps, so the run's step count
+   * follows from the epoch: nothing to save for it. */
+  run->global_step = e * steps_per_epoch(run);
+  run->goodfit_phase = 0;
+  if (run->spec.adapter == QT_ADAPTER_KIND_ROSA) {
+    int rc = rosa_resample(run, e, err);
     if (rc < 0) return rc;
   }
   /* The backward pass stops at the lowest trainable block. */
@@ -618,10 +1018,17 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   rc = train_epoch(run, e, out, t0, err);
   qt_vit_set_head_dropout(run->vit, 0.0, NULL, NULL);
   qt_rng_free(drop_rng);
-  if (rc < 0 || out->status == QT_RUN_STATUS_DIVERGED) return rc;
+  if (rc < 0 || out->status != QT_RUN_STATUS_OK) return rc;
 
-  rc = evaluate(run, run->val_it, &out->score, &out->top5, &out->val_loss, err);
+  rc = evaluate(run, run->val_it, 1, &out->score, &out->top5, &out->val_loss, err);
   if (rc < 0) return rc;
+  if (rc == 1) {
+    run->stopped = 1;
+    out->status = QT_RUN_STATUS_STOPPED;
+    out->score = out->top5 = out->val_loss = NAN;
+    out->seconds = now_seconds() - t0;
+    return 0;
+  }
   out->seconds = now_seconds() - t0;
   if (!isfinite(out->val_loss)) {
     /* Finite training losses but non-finite logits on validation: the
@@ -645,6 +1052,12 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
   double loss_sum = 0.0;
   qt_batch batch;
   while ((rc = qt_batch_iter_next(run->train_it, &batch, err)) == 1) {
+    if (stop_requested(run)) {
+      run->stopped = 1;
+      out->status = QT_RUN_STATUS_STOPPED;
+      out->seconds = now_seconds() - t0;
+      return 0;
+    }
     rc = qt_vit_forward(run->vit, batch.inputs, batch.size, err);
     if (rc < 0) return rc;
     double loss;
@@ -662,11 +1075,15 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
     qt_vit_zero_grad(run->vit);
     rc = qt_vit_backward(run->vit, err);
     if (rc < 0) return rc;
-    optimizer_step(run, lr);
+    if (run->spec.goodfit)
+      goodfit_step(run, lr);
+    else
+      optimizer_step(run, lr);
     loss_sum += loss * (double)batch.size;
     images += batch.size;
   }
   if (rc < 0) return rc;
+  if (run->spec.goodfit) goodfit_drop_cycle(run);
   double t_train = now_seconds() - t0;
   out->train_loss = images ? loss_sum / (double)images : NAN;
   out->images_per_s = t_train > 0.0 ? (double)images / t_train : 0.0;
@@ -685,20 +1102,77 @@ static const char *state_prefix(qt_optim_kind kind, int which) {
 }
 #define STEP_PREFIX "optim.step."
 
+/* What a checkpoint stores for trainable tensor i: the tensor, or for an
+ * adapted weight its two adapter matrices under peft's names
+ * ("<module>.lora_A.weight", "<module>.lora_B.weight"); each with its
+ * optimizer states (NULL before the first step). */
+typedef struct saved_part {
+  char name[256];
+  size_t ndim;
+  const size_t *shape;
+  float *data, *s1, *s2;
+  size_t n;
+} saved_part;
+
+/* dst (256 bytes) = a b; names of timm models are far shorter. */
+static void join_name(char *dst, const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  QT_ASSERT(la + lb < 256);
+  memcpy(dst, a, la);
+  memcpy(dst + la, b, lb + 1);
+}
+
+static size_t saved_parts(const qt_run_t *run, size_t i, saved_part out[2]) {
+  const run_tensor *t = &run->tensors[i];
+  qt_vit_tensor vt;
+  qt_vit_tensor_at(run->vit, i, &vt);
+  if (!t->adapted || run->spec.adapter == QT_ADAPTER_KIND_ROSA) {
+    /* ROSA: the merged weight alone; the next epoch resamples from it and
+     * rebuilds the adapters' state. */
+    int rosa = t->adapted;
+    snprintf(out[0].name, sizeof out[0].name, "%s", vt.name);
+    out[0].ndim = vt.ndim;
+    out[0].shape = vt.shape;
+    out[0].data = vt.data;
+    out[0].s1 = rosa ? NULL : t->s1;
+    out[0].s2 = rosa ? NULL : t->s2;
+    out[0].n = vt.numel;
+    return 1;
+  }
+  size_t len = strlen(vt.name);
+  int stem = (int)(len > 7 ? len - 7 : len); /* without ".weight" */
+  snprintf(out[0].name, sizeof out[0].name, "%.*s.lora_A.weight", stem, vt.name);
+  snprintf(out[1].name, sizeof out[1].name, "%.*s.lora_B.weight", stem, vt.name);
+  out[0].ndim = out[1].ndim = 2;
+  out[0].shape = t->shape_a;
+  out[1].shape = t->shape_b;
+  out[0].data = t->lora_a;
+  out[1].data = t->lora_b;
+  out[0].s1 = t->s1;
+  out[0].s2 = t->s2;
+  out[1].s1 = t->b1;
+  out[1].s2 = t->b2;
+  out[0].n = t->shape_a[0] * t->shape_a[1];
+  out[1].n = t->shape_b[0] * t->shape_b[1];
+  return 2;
+}
+
 int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   if (!run || !path) return qt_err_set(err, QT_EINVAL, "qt_run_save: NULL argument");
-  if (run->diverged)
-    return qt_err_set(err, QT_EINVAL, "qt_run_save: the run diverged; not overwriting %s", path);
+  if (run->diverged || run->stopped)
+    return qt_err_set(err, QT_EINVAL, "qt_run_save: the run %s; not overwriting %s",
+                      run->stopped ? "was stopped within an epoch" : "diverged", path);
   /* The tensors trained in the last epoch (the first epoch's before any):
    * every other tensor still equals the pretrained checkpoint. */
   unsigned char *mask = malloc(run->n_tensors ? run->n_tensors : 1);
   if (!mask) return qt_err_set(err, QT_ENOMEM, "qt_run_save: out of memory");
   trainable_mask(run, run->done > 0 ? run->done - 1 : 0, mask);
 
-  size_t cap = 3 * run->n_tensors, n = 0, nm = 0;
-  qt_safetensors_tensor *tensors = calloc(cap, sizeof *tensors);
+  /* Per tensor at most two parts with two states each, and a step key. */
+  size_t cap = 6 * run->n_tensors, n = 0, nm = 0;
+  qt_safetensors_tensor *tensors = calloc(cap ? cap : 1, sizeof *tensors);
   qt_safetensors_pair *meta = calloc(run->n_tensors + 16, sizeof *meta);
-  char *names = calloc(3 * run->n_tensors, 256);
+  char *names = calloc(7 * run->n_tensors + 1, 256);
   char *values = calloc(run->n_tensors + 16, 64);
   if (!tensors || !meta || !names || !values) {
     free(mask);
@@ -734,15 +1208,24 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
     const run_tensor *t = &run->tensors[i];
     qt_vit_tensor vt;
     qt_vit_tensor_at(run->vit, i, &vt);
-    tensors[n++] = (qt_safetensors_tensor){vt.name, QT_DTYPE_F32, vt.ndim, vt.shape, vt.data, NULL};
-    const float *states[2] = {t->s1, t->s2};
+    saved_part parts[2];
+    size_t np = saved_parts(run, i, parts);
     const char *prefixes[2] = {state_prefix(run->spec.optim.kind, 0),
                                 state_prefix(run->spec.optim.kind, 1)};
-    for (int s = 0; s < 2; s++) {
-      if (!states[s] || t->steps == 0) continue;
-      char *nm_ = names + 256 * name_used++;
-      snprintf(nm_, 256, "%s%s", prefixes[s], vt.name);
-      tensors[n++] = (qt_safetensors_tensor){nm_, QT_DTYPE_F32, vt.ndim, vt.shape, states[s], NULL};
+    for (size_t k = 0; k < np; k++) {
+      char *pn = names + 256 * name_used++;
+      join_name(pn, "", parts[k].name);
+      tensors[n++] =
+          (qt_safetensors_tensor){pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, parts[k].data,
+                                  NULL};
+      const float *states[2] = {parts[k].s1, parts[k].s2};
+      for (int s = 0; s < 2; s++) {
+        if (!states[s] || t->steps == 0) continue;
+        char *nm_ = names + 256 * name_used++;
+        join_name(nm_, prefixes[s], parts[k].name);
+        tensors[n++] = (qt_safetensors_tensor){nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
+                                               states[s], NULL};
+      }
     }
     char *key = names + 256 * name_used++;
     snprintf(key, 256, "%s%s", STEP_PREFIX, vt.name);
@@ -821,27 +1304,36 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
     run_tensor *t = &run->tensors[i];
     qt_vit_tensor vt;
     qt_vit_tensor_at(run->vit, i, &vt);
-    rc = qt_safetensors_read_f32(st, vt.name, vt.data, vt.numel, err);
-    if (rc < 0) goto schema;
-    expected++;
+    /* theta0 is the value before the checkpoint overwrites it. */
+    if ((rc = ensure_reference(run, i, err)) < 0) goto fail;
     char key[256];
     snprintf(key, sizeof key, "%s%s", STEP_PREFIX, vt.name);
     double steps;
     if ((rc = meta_number(st, key, &steps, err)) < 0) goto fail;
     t->steps = (long)steps;
-    if (t->steps > 0) {
-      if ((rc = ensure_state(run, i, vt.numel, err)) < 0) goto fail;
-      float *states[2] = {t->s1, t->s2};
-      const char *prefixes[2] = {state_prefix(run->spec.optim.kind, 0),
-                                state_prefix(run->spec.optim.kind, 1)};
-      for (int s = 0; s < 2; s++) {
+    if (t->steps > 0 && (rc = ensure_state(run, i, vt.numel, err)) < 0) goto fail;
+    saved_part parts[2];
+    size_t np = saved_parts(run, i, parts);
+    const char *prefixes[2] = {state_prefix(run->spec.optim.kind, 0),
+                               state_prefix(run->spec.optim.kind, 1)};
+    for (size_t k = 0; k < np; k++) {
+      rc = qt_safetensors_read_f32(st, parts[k].name, parts[k].data, parts[k].n, err);
+      if (rc < 0) goto schema;
+      expected++;
+      float *states[2] = {parts[k].s1, parts[k].s2};
+      for (int s = 0; s < 2 && t->steps > 0; s++) {
         if (!states[s]) continue;
-        snprintf(key, sizeof key, "%s%s", prefixes[s], vt.name);
-        rc = qt_safetensors_read_f32(st, key, states[s], vt.numel, err);
+        join_name(key, prefixes[s], parts[k].name);
+        rc = qt_safetensors_read_f32(st, key, states[s], parts[k].n, err);
         if (rc < 0) goto schema;
         expected++;
       }
     }
+    /* An adapted weight is stored as its adapters: merge them. */
+    if (t->adapted && run->spec.adapter == QT_ADAPTER_KIND_LORA)
+      qt_lora_merge(vt.data, t->ref, t->lora_a, t->lora_b, t->rows, t->cols,
+                    (size_t)run->spec.adapter_rank,
+                    qt_lora_scale(run->spec.adapter_alpha, run->spec.adapter_rank));
   }
   if (expected != qt_safetensors_count(st)) {
     rc = qt_err_set(err, QT_ESCHEMA, "%s: %zu tensors, expected %zu for this configuration", path,
