@@ -36,6 +36,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "core/qt_core.h"
 #include "metadata/qt_metadata.h"
@@ -291,7 +292,10 @@ void qt_bench_rank(const double *values, size_t k, double *ranks);
 /* A benchmark suite: every optimizer x dataset x seed, run on a pool of
  * threads, aggregated into regret and rank over time. Files written under
  * out_dir (every column is documented in docs/benchmarks/README.md):
- *   trajectories/<optimizer>/<dataset>-seed<k>.csv  one row per epoch
+ *   trajectories/<optimizer>/<dataset>-seed<k>.csv  one row per epoch, written
+ *                (temporary file + rename) as soon as the job ends; its last
+ *                line "# qtune bench trajectory v1 ..." holds the parameters
+ *                the run depends on and marks it complete (resume)
  *   regret.csv   optimizer,time_s,fraction,mean,ci_low,ci_high,n
  *   rank.csv     optimizer,time_s,fraction,mean_rank
  *   summary.csv  one row per optimizer: regret at 10%, 50% and 100% of the
@@ -311,6 +315,9 @@ typedef struct qt_bench_suite_params {
   size_t grid_points;   /* default 200 */
   int threads;          /* default: the number of online cores */
   const char *out_dir;  /* NULL: write nothing, only fill the summaries */
+  int resume;           /* 1: read back every job whose complete trajectory file with the
+                           same parameters is in out_dir instead of running it (and, in
+                           qt_bench_suite_run_folds, reuse matching fold surrogates) */
 } qt_bench_suite_params;
 
 qt_bench_suite_params qt_bench_suite_default_params(void);
@@ -325,7 +332,10 @@ typedef struct qt_bench_summary {
 } qt_bench_summary;
 
 /* Runs the suite; summaries (optimizer_count entries) may be NULL. Progress
- * goes to the log at INFO level. */
+ * goes to the log at INFO level. The jobs run cheap first: every baseline,
+ * then the Quick-Tune optimizers (names starting with "quicktune") seed by
+ * seed, each seed over all datasets, so that a suite stopped early holds
+ * whole seeds. The aggregation does not depend on that order. */
 int qt_bench_suite_run(const qt_metadataset_t *md, const qt_bench_suite_params *params,
                        qt_bench_summary *summaries, qt_err *err);
 
@@ -346,7 +356,11 @@ int qt_bench_suite_run(const qt_metadataset_t *md, const qt_bench_suite_params *
  * Files, when the suite has an out_dir: folds.csv (dataset,fold),
  * metatrain.csv (one row per meta-trained fold: the qt_metatrain_report
  * numbers, among them the held-out datasets' next-epoch MSE of the untrained
- * and the meta-trained surrogate), and surrogates/fold<f>.qts.
+ * and the meta-trained surrogate), and surrogates/fold<f>.qts with
+ * surrogates/fold<f>.csv (the parameters of its meta-training and its report),
+ * both saved as soon as the fold is meta-trained. With params->resume, a fold
+ * whose two files match the parameters is loaded instead of meta-trained
+ * again (meta-training is deterministic: same seed, same file).
  */
 typedef struct qt_bench_folds_params {
   size_t folds;                  /* K >= 2 (default 5) */
@@ -383,6 +397,267 @@ int qt_optimizer_uses_surrogate(const char *name);
 
 /* Parses "0-4", "0,3,7" or "1,5-7" into a malloc'ed array. */
 int qt_bench_parse_seeds(const char *text, uint64_t **seeds, size_t *count, qt_err *err);
+
+/* ========================================================================= */
+/* Run directory and journal                                                  */
+/* ========================================================================= */
+
+/*
+ * A search keeps everything in one run directory (ARCHITECTURE.md):
+ *
+ *   run.yaml            the resolved settings and their hash (qt_search_run)
+ *   journal.jsonl       append-only, one JSON object per line, fsync per record
+ *   lock                held (flock) by the one process writing the directory
+ *   trials/<id>/        checkpoint-e<N>.safetensors of the trial's last ended
+ *                       epoch N (trainable state only), curve.csv
+ *   incumbent.safetensors  the checkpoint of the best epoch so far
+ *   summary/            qtune export's files
+ *
+ * Journal records (one line each; keys absent when the value is unknown;
+ * numbers are JSON numbers, NaN is never written). Every record has "type"
+ * and "t", the search's clock in seconds when it was written: wall-clock
+ * seconds of all sessions of the run so far (a resumed run continues the
+ * clock where the journal ends), the same clock the budget is charged on.
+ *
+ *   run_start      session (1, 2, ... for resumes), time (ISO 8601 UTC),
+ *                  hash (of the settings), budget_s, optimizer, seed, pool
+ *                  (candidates), max_epochs, dataset (path), hub, space
+ *   suggest        trial, target (epoch), optimizer_s (seconds suggest took:
+ *                  the surrogate's refit and the acquisition), predicted_cost_s
+ *   trial_created  trial, model, config (object: name -> value as text, the
+ *                  active hyperparameters but model), seed (of the run)
+ *   epoch_begin    trial, epoch, predicted_cost_s
+ *   epoch_end      trial, epoch, status (ok), score, top5, train_loss,
+ *                  val_loss, cost_s (seconds of this epoch), images_per_s
+ *   trial_failed   trial, epoch, status (diverged | failed), reason
+ *   incumbent      trial, epoch, score
+ *   run_end        reason (budget | done | max-trials | max-epochs | target |
+ *                  interrupted | error), budget_s, used_s, overshoot_s
+ *
+ * A torn last line (no final newline: the writer was killed mid-record) is
+ * ignored by readers and cut off by the next writer; any other bad line is
+ * QT_EFORMAT naming path:line.
+ */
+
+typedef enum qt_journal_type {
+  QT_JOURNAL_RUN_START = 0,
+  QT_JOURNAL_SUGGEST,
+  QT_JOURNAL_TRIAL_CREATED,
+  QT_JOURNAL_EPOCH_BEGIN,
+  QT_JOURNAL_EPOCH_END,
+  QT_JOURNAL_TRIAL_FAILED,
+  QT_JOURNAL_INCUMBENT,
+  QT_JOURNAL_RUN_END
+} qt_journal_type;
+
+/* "run_start", "suggest", ... as in the records above. */
+const char *qt_journal_type_name(qt_journal_type type);
+
+/* One record. Fields a type does not use are -1 (integers), NaN (numbers)
+ * or NULL (strings) and are not written. */
+typedef struct qt_journal_record {
+  qt_journal_type type;
+  double t;                 /* search clock, seconds */
+  long trial;               /* trial id (the candidate's pool index) */
+  long epoch;               /* epoch_begin/end, trial_failed, incumbent */
+  long target;              /* suggest */
+  const char *status;       /* epoch_end "ok"; trial_failed "diverged" | "failed" */
+  const char *reason;       /* trial_failed, run_end */
+  double score, top5, train_loss, val_loss, cost_s, images_per_s;
+  double predicted_cost_s;  /* suggest, epoch_begin */
+  double optimizer_s;       /* suggest */
+  /* trial_created */
+  const char *model;
+  size_t n_values;
+  const char *const *names; /* (n_values) */
+  const char *const *values;
+  long seed;                /* trial_created: the run's seed; run_start: the search's */
+  /* run_start, run_end */
+  long session;
+  const char *time, *hash, *optimizer, *dataset, *hub, *space;
+  double budget_s, used_s, overshoot_s;
+  long pool, max_epochs;
+} qt_journal_record;
+
+/* A record of `type` with every field unset (-1, NaN, NULL, 0 values). */
+qt_journal_record qt_journal_record_init(qt_journal_type type);
+
+/* The writer. open creates the file or appends to it, cutting off a torn
+ * last line first. append writes one line and fsyncs it: when it returns
+ * 0 the record is on disk; a full disk is QT_ENOSPC and the file keeps the
+ * records before (a partial line is cut off again). */
+typedef struct qt_journal qt_journal_t;
+int qt_journal_open(const char *path, qt_journal_t **out, qt_err *err);
+int qt_journal_append(qt_journal_t *journal, const qt_journal_record *record, qt_err *err);
+void qt_journal_close(qt_journal_t *journal);
+
+/* The reader: every record of a journal, strings owned by the log. */
+typedef struct qt_journal_log {
+  qt_journal_record *records; /* (count) in file order */
+  size_t count;
+  int torn;                   /* 1 when a torn last line was ignored */
+  void *arena;                /* the strings (private) */
+} qt_journal_log;
+
+/* A missing file is QT_ENOENT; see above for bad lines. */
+int qt_journal_read(const char *path, qt_journal_log *out, qt_err *err);
+void qt_journal_log_free(qt_journal_log *log);
+
+/* The lock of a run directory: flock(LOCK_EX | LOCK_NB) on dir/lock, which
+ * it creates, with the holder's pid written in it. A directory locked by a
+ * live process is QT_EBUSY naming that pid. The lock ends with
+ * qt_rundir_unlock or with the process (a killed writer leaves no stale
+ * lock). */
+int qt_rundir_lock(const char *dir, int *fd, qt_err *err);
+void qt_rundir_unlock(int fd);
+
+/* ========================================================================= */
+/* Search state from a journal (qtune status, progress, export)               */
+/* ========================================================================= */
+
+/* What the journal says about one trial. Strings belong to the summary. */
+typedef struct qt_search_trial_info {
+  long trial;
+  const char *model;
+  size_t n_values;
+  const char *const *names; /* (n_values) the configuration, as in trial_created */
+  const char *const *values;
+  long seed;
+  long epochs;          /* epochs ended */
+  double last_score;    /* NaN before the first */
+  double best_score;    /* NaN before the first */
+  long best_epoch;      /* 0 before the first */
+  double cost_s;        /* seconds of all its ended epochs */
+  double predicted_cost_s; /* of its next epoch, from its last suggest/epoch_begin; NaN */
+  const char *state;    /* "new", "running" (an epoch began and has not ended),
+                           "paused", "diverged", "failed" */
+  const char *reason;   /* of a failure; NULL */
+} qt_search_trial_info;
+
+typedef struct qt_search_summary qt_search_summary_t;
+
+int qt_search_summary_new(qt_search_summary_t **out, qt_err *err);
+void qt_search_summary_free(qt_search_summary_t *summary);
+/* Folds one record into the summary (records in journal order). */
+int qt_search_summary_apply(qt_search_summary_t *summary, const qt_journal_record *record,
+                            qt_err *err);
+/* Reads a journal (qt_journal_read) and applies all of it. */
+int qt_search_summary_load(const char *journal_path, qt_search_summary_t **out, qt_err *err);
+
+size_t qt_search_summary_trial_count(const qt_search_summary_t *summary);
+/* Trials in the order they were created. */
+const qt_search_trial_info *qt_search_summary_trial_at(const qt_search_summary_t *summary,
+                                                       size_t index);
+/* The last run_start record (NULL before one) and the run_end after it
+ * (NULL while the session runs or when it was killed). */
+const qt_journal_record *qt_search_summary_run_start(const qt_search_summary_t *summary);
+const qt_journal_record *qt_search_summary_run_end(const qt_search_summary_t *summary);
+/* The incumbent (best epoch of any trial): 0 and *trial, *epoch, *score, or
+ * QT_ENOENT before the first ended epoch. */
+int qt_search_summary_incumbent(const qt_search_summary_t *summary, long *trial, long *epoch,
+                                double *score);
+/* Clock of the last record, epochs ended in all, optimizer seconds in all. */
+double qt_search_summary_clock(const qt_search_summary_t *summary);
+long qt_search_summary_epochs(const qt_search_summary_t *summary);
+double qt_search_summary_optimizer_s(const qt_search_summary_t *summary);
+
+/* Prints the state as "table" (a header with budget used, trials and the
+ * incumbent over one row per trial: id, model, key hyperparameters, epoch,
+ * score, best, cost, predicted next; at most max_rows rows, best first, 0
+ * for all), "json" or "yaml". Other formats are QT_EINVAL. */
+int qt_search_summary_print(const qt_search_summary_t *summary, const char *format,
+                            size_t max_rows, FILE *out, qt_err *err);
+
+/* qtune export without the weights: reads run_dir/journal.jsonl (and
+ * nothing else that a running search writes) and writes run_dir/summary/:
+ *   best_config.yaml  the incumbent's model and hyperparameters with a
+ *                     qtune: block (run, trial, epochs, schedule_epochs,
+ *                     seed, data_seed, score, cost_s) that qtune finetune
+ *                     --config reads
+ *   incumbent.csv     time_s,trial,epoch,score (one row per incumbent change)
+ *   trials.csv        trial,model,epoch,status,score,top5,train_loss,
+ *                     val_loss,cost_s,time_s,<hyperparameters...>
+ *   incumbent.png|svg, curves.png|svg  plots by gnuplot (skipped with a
+ *                     warning, not an error, when gnuplot is absent)
+ * Files are written atomically. */
+int qt_search_export(const char *run_dir, qt_err *err);
+/* As qt_search_export, into out_dir (NULL: run_dir/summary), drawing the
+ * plots only when `plots` is non-zero (qtune export --out, --no-plots). */
+int qt_search_export_to(const char *run_dir, const char *out_dir, int plots, qt_err *err);
+
+/* ========================================================================= */
+/* Search (qtune search)                                                      */
+/* ========================================================================= */
+
+/*
+ * The search loop (src/bo/qt_search.c documents it): the candidate pool is
+ * a seeded sample of the space over the hub's usable models, the optimizer
+ * suggests (trial, target epoch), the fine-tuning objective advances the
+ * trial one epoch at a time through the engine's run API, and every step is
+ * journaled first. Resuming replays the journal through a fresh optimizer
+ * (suggest, then the journaled observations) and continues; an epoch that
+ * began and did not end is run again from the trial's last checkpoint.
+ */
+typedef enum qt_search_mode {
+  QT_SEARCH_MODE_AUTO = 0,  /* resume when run_dir has a journal with the same hash */
+  QT_SEARCH_MODE_OVERWRITE  /* delete run_dir's contents and start over */
+} qt_search_mode;
+
+typedef struct qt_search_params {
+  const char *run_dir;        /* required */
+  const char *data;           /* dataset path (qt_data_load) */
+  const char *hub;            /* hub YAML */
+  const char *space;          /* space YAML; its "model" choices become the hub's models */
+  const char *optimizer;      /* NULL: "quicktune" with a surrogate, else "quicktune-M" */
+  const char *surrogate;      /* meta-trained surrogate file, or NULL */
+  double budget_s;            /* total wall clock incl. the optimizer; > 0 */
+  double extend_s;            /* added to the journal's budget on resume */
+  long max_trials;            /* 0: no limit */
+  long max_epochs_total;      /* 0: no limit */
+  double target;              /* stop once the incumbent reaches it; NaN: none */
+  size_t pool_size;           /* candidates (default 128) */
+  long max_epochs;            /* per trial; 0: the space's fidelity maximum */
+  size_t max_disk;            /* bytes of trial checkpoints kept; 0: no limit */
+  uint64_t seed;
+  qt_search_mode mode;
+  int threads;                /* engine threads; 0: the online cores (at most 8) */
+  /* Called after each record is journaled (progress display); may be NULL. */
+  void (*on_record)(const qt_journal_record *record, const qt_search_summary_t *summary,
+                    void *user);
+  void *user;
+  /* Polled between batches and between epochs; a non-zero return stops the
+   * search at a clean point with run_end "interrupted" (Ctrl-C). May be NULL. */
+  int (*should_stop)(void *user);
+} qt_search_params;
+
+qt_search_params qt_search_default_params(void);
+
+typedef struct qt_search_result {
+  const char *end_reason; /* static string: as in run_end */
+  double budget_s, used_s, overshoot_s;
+  long trials, epochs;
+  long best_trial, best_epoch; /* -1 when no epoch ended */
+  double best_score;
+} qt_search_result;
+
+int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err *err);
+
+/* Writes the full weights (timm names, adapters merged) of the incumbent
+ * epoch of run_dir to path, from incumbent.safetensors. */
+int qt_search_export_weights(const char *run_dir, const char *path, qt_err *err);
+
+/* The engine's run spec (finetune/qt_finetune.h) of hub model `model` with
+ * configuration `config` of `space` (its "model" value is ignored: model
+ * picks the checkpoint): the model's checkpoint, family, heads, image size,
+ * mean and std, schedule_epochs as spec->epochs (the cosine horizon and the
+ * linear-probing switch; the epochs actually run are the caller's), seed,
+ * threads, then every active hyperparameter through qt_run_spec_set. No
+ * data is set. A family the run API cannot fine-tune, or a method not
+ * implemented yet, is QT_ENOTIMPL; a bad value QT_EINVAL. */
+struct qt_run_spec;
+int qt_search_spec_from_config(const qt_hub_model *model, const qt_space_t *space,
+                               const qt_config *config, long schedule_epochs, uint64_t seed,
+                               int threads, struct qt_run_spec *spec, qt_err *err);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,19 @@
  * error at its line:column. `model` names the hub model when --model is not
  * given (the space's model choices are placeholders for a hub's entries).
  *
+ * A `qtune:` mapping, as `qtune export` writes it into
+ * summary/best_config.yaml, reproduces the search's epoch:
+ *
+ *   qtune: {run: DIR, trial: 7, epochs: 12, schedule_epochs: 50, seed: 8,
+ *           data_seed: 0, score: 0.93, cost_s: 123.4}
+ *
+ * epochs is the default of --epochs, schedule_epochs the run's planned
+ * epochs (the cosine horizon and the linear-probing switch: the search
+ * plans every trial for its maximum epochs), seed the run's seed and
+ * data_seed the seed of the train/validation split; --epochs and --seed
+ * override. The other keys are informative. With the same hub and data the
+ * last epoch's validation score is the search's, bit for bit (CPU).
+ *
  * Exit codes: 0 done, 1 usage, 3 a bad file, a failed or diverged run.
  */
 #include <math.h>
@@ -26,16 +39,48 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bo/qt_bo.h"
 #include "cli/qt_cli.h"
 #include "finetune/qt_finetune.h"
 #include "metadata/qt_metadata.h"
 
 #define QT_DEFAULT_SPACE "configs/spaces/default.yaml"
 
-/* Reads the pipeline YAML into config (defaults first) and the model name
- * it may carry into *model (owned by doc). */
+/* The `qtune:` block of an exported configuration (-1: absent). */
+typedef struct qtune_block {
+  long epochs, schedule_epochs, seed, data_seed;
+} qtune_block;
+
+static int read_qtune_block(const qt_yaml_doc_t *doc, qt_yaml_node node, qtune_block *out,
+                            qt_err *err) {
+  static const char *const keys[] = {"run",  "trial", "epochs", "schedule_epochs", "seed",
+                                     "data_seed", "score", "cost_s", NULL};
+  int rc = qt_yaml_check_keys(doc, node, keys, err);
+  if (rc < 0) return rc;
+  struct {
+    const char *name;
+    long *field;
+    long min;
+  } ints[] = {{"epochs", &out->epochs, 1},
+              {"schedule_epochs", &out->schedule_epochs, 1},
+              {"seed", &out->seed, 0},
+              {"data_seed", &out->data_seed, 0}};
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+    qt_yaml_node v = qt_yaml_get(doc, node, ints[i].name);
+    if (!v || qt_yaml_is_null(doc, v)) continue;
+    if ((rc = qt_yaml_to_int(doc, v, ints[i].field, err)) < 0) return rc;
+    if (*ints[i].field < ints[i].min)
+      return qt_yaml_error(err, QT_ESCHEMA, doc, v, "qtune.%s must be >= %ld", ints[i].name,
+                           ints[i].min);
+  }
+  return 0;
+}
+
+/* Reads the pipeline YAML into config (defaults first), the model name
+ * it may carry into *model (owned by doc) and its qtune: block. */
 static int read_pipeline(const char *path, const qt_space_t *space, qt_config *config,
-                         qt_yaml_doc_t **doc_out, const char **model, qt_err *err) {
+                         qt_yaml_doc_t **doc_out, const char **model, qtune_block *block,
+                         qt_err *err) {
   qt_yaml_doc_t *doc = NULL;
   int rc = qt_yaml_load_file(path, &doc, err);
   if (rc < 0) return rc;
@@ -63,6 +108,11 @@ static int read_pipeline(const char *path, const qt_space_t *space, qt_config *c
       break;
     }
     if (strcmp(name, "version") == 0) continue;
+    if (strcmp(name, "qtune") == 0) {
+      rc = read_qtune_block(doc, value, block, err);
+      if (rc < 0) break;
+      continue;
+    }
     const char *text = qt_yaml_scalar(doc, value);
     if (!text) {
       rc = qt_yaml_error(err, QT_ESCHEMA, doc, value, "'%s': the value must be a scalar", name);
@@ -140,12 +190,17 @@ int qt_cli_finetune(const qt_cli_args *args) {
   if (!hub_path) return qt_cli_usage_error(args->command, "--hub FILE is required");
   if (!data_path) return qt_cli_usage_error(args->command, "--data DIR is required");
   if (!config_path) return qt_cli_usage_error(args->command, "--config FILE is required");
-  if (!epochs_text) return qt_cli_usage_error(args->command, "--epochs N is required");
+  /* --epochs may come from the config's qtune: block, which needs a file. */
+  if (!epochs_text && access(config_path, R_OK) != 0)
+    return qt_cli_usage_error(args->command, "--epochs N is required (or qtune.epochs in --config)");
   char *end = NULL;
-  long epochs = strtol(epochs_text, &end, 10);
-  if (*end != '\0' || epochs < 1 || epochs > 100000)
-    return qt_cli_usage_error(args->command, "--epochs must be a whole number >= 1, got '%s'",
-                              epochs_text);
+  long epochs = 0;
+  if (epochs_text) {
+    epochs = strtol(epochs_text, &end, 10);
+    if (*end != '\0' || epochs < 1 || epochs > 100000)
+      return qt_cli_usage_error(args->command, "--epochs must be a whole number >= 1, got '%s'",
+                                epochs_text);
+  }
   unsigned long long seed = 0;
   if (seed_text) {
     seed = strtoull(seed_text, &end, 10);
@@ -170,16 +225,29 @@ int qt_cli_finetune(const qt_cli_args *args) {
   qt_run_t *run = NULL;
   FILE *curve = NULL;
   const char *config_model = NULL;
+  qtune_block block = {-1, -1, -1, -1};
 
   if (qt_space_load_file(space_path ? space_path : QT_DEFAULT_SPACE, &space, &err) != 0 ||
       qt_config_init(&config, space, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;
   }
-  if (read_pipeline(config_path, space, &config, &doc, &config_model, &err) != 0) {
+  if (read_pipeline(config_path, space, &config, &doc, &config_model, &block, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;
   }
+  if (!epochs_text) {
+    if (block.epochs < 1) {
+      status = qt_cli_usage_error(args->command, "--epochs N is required (or qtune.epochs in "
+                                                 "--config)");
+      goto done;
+    }
+    epochs = block.epochs;
+  }
+  /* The run's seed and the split's: the flag, else the block's. */
+  uint64_t run_seed = seed_text ? (uint64_t)seed : block.seed >= 0 ? (uint64_t)block.seed : 0;
+  uint64_t data_seed = block.data_seed >= 0 ? (uint64_t)block.data_seed : run_seed;
+  long schedule_epochs = block.schedule_epochs > 0 ? block.schedule_epochs : epochs;
   if (!model_name) model_name = config_model;
   if (!model_name) {
     status = qt_cli_usage_error(args->command, "--model NAME is required (or model: in --config)");
@@ -197,39 +265,17 @@ int qt_cli_finetune(const qt_cli_args *args) {
   }
   const qt_hub_model *m = qt_hub_model_at(hub, index);
 
-  qt_run_spec spec = qt_run_default_spec();
-  spec.checkpoint = m->checkpoint;
-  if (qt_model_family_parse(m->family, &spec.family) != 0) {
-    qt_err_set(&err, QT_ENOTIMPL, "model '%s': family '%s' cannot be fine-tuned yet", m->name,
-               m->family);
-    status = qt_cli_fail(args->command, &err);
-    goto done;
-  }
-  spec.heads = m->heads;
-  spec.image_size = m->image_size;
-  for (int c = 0; c < 3; c++) {
-    spec.mean[c] = m->mean[c];
-    spec.std[c] = m->std[c];
-  }
-  spec.epochs = epochs;
-  spec.seed = seed;
+  qt_run_spec spec;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  spec.threads = cpus < 1 ? 1 : (cpus > 8 ? 8 : (int)cpus);
-  for (size_t hp = 0; hp < config.count; hp++) {
-    if (!qt_config_is_active(&config, hp)) continue;
-    char text[256];
-    qt_config_get_string(&config, hp, text, sizeof text);
-    const char *name = qt_space_hp_name(space, hp);
-    if (strcmp(name, "model") == 0) continue;
-    int rc = qt_run_spec_set(&spec, name, text, &err);
-    if (rc < 0) {
-      status = print_fail(args, config_path, &err);
-      goto done;
-    }
+  int threads = cpus < 1 ? 1 : (cpus > 8 ? 8 : (int)cpus);
+  if (qt_search_spec_from_config(m, space, &config, schedule_epochs, run_seed, threads, &spec,
+                                 &err) != 0) {
+    status = print_fail(args, config_path, &err);
+    goto done;
   }
 
   qt_data_params dp = qt_data_default_params();
-  dp.seed = seed;
+  dp.seed = data_seed;
   if (qt_data_load(data_path, &dp, &splits, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;

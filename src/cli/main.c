@@ -28,13 +28,19 @@ static const qt_cli_flag search_flags[] = {
     {"space", "FILE", "search-space YAML (default configs/spaces/default.yaml)"},
     {"budget", "DURATION", "total wall-clock budget, e.g. 90s, 45m, 4h, 1h30m, 1d or HH:MM:SS"},
     {"run-dir", "DIR", "where the journal, checkpoints and exports go (default runs/<timestamp>)"},
-    {"surrogate", "FILE", "meta-trained surrogate (default: the one shipped for the hub)"},
+    {"surrogate", "FILE", "meta-trained surrogate (qtune meta train) for quicktune; without one "
+                          "the optimizer defaults to quicktune-MC"},
     {"max-trials", "N", "stop after N configurations"},
     {"max-epochs-total", "N", "stop after N epochs over all configurations"},
     {"target", "SCORE", "stop as soon as a validation score reaches SCORE (in [0, 1])"},
     {"max-disk", "SIZE", "cap on checkpoint storage; checkpoints of abandoned trials are evicted"},
     {"extend", "DURATION", "add DURATION to the budget of an existing run directory"},
     {"overwrite", NULL, "start over in an existing run directory instead of resuming it"},
+    {"optimizer", "NAME", "quicktune (default with --surrogate), quicktune-MC (default without), "
+                          "quicktune-M, quicktune-C, random, sh, hyperband, asha, bohb"},
+    {"max-epochs", "N", "epochs per configuration at most (default: the space's fidelity max)"},
+    {"pool", "N", "candidate configurations sampled from the space (default 128)"},
+    {"threads", "N", "data preprocessing threads (default: the cores, at most 8)"},
     QT_FLAG_DEVICE,
     QT_FLAG_SEED,
     QT_FLAG_LOG,
@@ -79,6 +85,9 @@ static const qt_cli_flag bench_flags[] = {
                          "reproducible bit for bit)"},
     {"max-train-rows", "N", "quicktune: cap on the surrogate's training rows (default 0: all, "
                             "as Quick-Tune)"},
+    {"meta-train-iterations", "N", "with --meta-train-folds: iterations per fold (default 10000)"},
+    {"resume", NULL, "continue in --out: read back the runs and folds an earlier run finished "
+                     "with the same parameters"},
     {NULL, NULL, NULL}};
 
 /* ------------------------------------------------------------------------- */
@@ -177,16 +186,24 @@ static const qt_cli_command commands[] = {
      "Runs cost-aware gray-box Bayesian optimization (Quick-Tune): a meta-trained deep-kernel\n"
      "GP predicts each configuration's next-epoch score, a cost model its seconds, and the\n"
      "configuration with the best expected improvement per second is trained one more epoch.\n"
-     "The run directory holds a journal: running the same command again resumes it.\n",
-     search_flags, 0, 0, NULL, NULL},
-    {"status", "status", "show the progress of a search from its journal", "RUN_DIR [--format F]",
-     "Reads only the journal, so it is safe while the search runs.\n", status_flags, 1, 1, NULL,
-     NULL},
+     "The run directory holds a journal: running the same command again resumes it\n"
+     "(--extend adds budget; --overwrite starts over). Ctrl-C stops at a clean point.\n"
+     "Prints one line per epoch (or a table on a terminal) and a final line with the\n"
+     "budget, time used and overshoot. Exit codes: 0 ended, 1 usage, 3 failure,\n"
+     "130 interrupted.\n",
+     search_flags, 0, 0, qt_cli_search, NULL},
+    {"status", "status", "show the progress of a search from its journal",
+     "RUN_DIR [--format F] [--watch SECONDS]",
+     "Prints the budget used, the trials, the incumbent and one row per trial (best first)\n"
+     "from RUN_DIR/journal.jsonl. Reads only the journal and never takes the run's lock, so it\n"
+     "is safe while the search runs. --watch S redraws every S seconds until the run ends.\n",
+     status_flags, 1, 1, qt_cli_status, NULL},
     {"export", "export", "export the best configuration, weights, CSVs and plots of a search",
-     "RUN_DIR [--out DIR]",
+     "RUN_DIR [--out DIR] [--no-plots]",
      "Writes summary/best_config.yaml, incumbent.csv, trials.csv, the best fine-tuned weights\n"
-     "(safetensors, adapters merged) and gnuplot plots.\n",
-     export_flags, 1, 1, NULL, NULL},
+     "(safetensors, adapters merged) and gnuplot plots (incumbent over time, learning curves).\n"
+     "Reads the journal, so it may run while the search goes on. CSV columns: README.md.\n",
+     export_flags, 1, 1, qt_cli_export, NULL},
     {"finetune", "finetune", "fine-tune one model with one pipeline configuration",
      "--hub FILE --model NAME --data DIR --config FILE --epochs N [--out DIR] [--seed S]",
      "Prints one line per epoch (train loss, validation top-1, seconds, images/s) and writes\n"

@@ -81,5 +81,8 @@ int qt_cli_meta_import(const qt_cli_args *args);
 int qt_cli_meta_train(const qt_cli_args *args);
 int qt_cli_bench(const qt_cli_args *args);
 int qt_cli_finetune(const qt_cli_args *args);
+int qt_cli_search(const qt_cli_args *args);
+int qt_cli_status(const qt_cli_args *args);
+int qt_cli_export(const qt_cli_args *args);
 
 #endif /* QT_CLI_H */

@@ -289,6 +289,18 @@ uint64_t qt_config_hash(const qt_config *config);
  * (geometric mean when log; rounded for integers). Inactive ones are absent. */
 int qt_space_default_config(const qt_space_t *space, qt_config *config, qt_err *err);
 
+/* A copy of space in which the categorical hyperparameter `name` has the n
+ * given choices instead of its own (a search over a hub puts the hub's
+ * model names into the space's placeholder "model"). The default stays
+ * when it is among the new choices, else it becomes the first; conditions
+ * of other hyperparameters on `name` that name removed choices keep only
+ * the remaining ones. The copy's source is the original's with
+ * "+<name>" appended, and its encoding is that of a space written with
+ * these choices. QT_ENOENT without such a hyperparameter, QT_EINVAL when
+ * it is not categorical, n is 0 or a choice repeats. */
+int qt_space_with_choices(const qt_space_t *space, const char *name, const char *const *choices,
+                          size_t n, qt_space_t **out, qt_err *err);
+
 /* Draws one configuration uniformly: categorical, ordinal and boolean
  * uniformly over their choices, integer and float uniformly on their declared
  * scale (log-uniform when log; an integer x is then drawn with probability
