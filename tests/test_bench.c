@@ -49,11 +49,11 @@ static qt_metadataset_t *hand_made(qt_config *config) {
   return md;
 }
 
-static qt_metadataset_t *synthetic(void) {
+static qt_metadataset_t *synthetic_with(size_t n_datasets) {
   char space_path[1024];
   snprintf(space_path, sizeof space_path, "%s/configs/spaces/default.yaml", QT_SOURCE_DIR);
   qt_metadataset_synth_params params = qt_metadataset_synth_default_params();
-  params.n_datasets = 3;
+  params.n_datasets = n_datasets;
   params.runs_per_dataset = 40;
   params.max_epochs = 20;
   qt_metadataset_t *md = NULL;
@@ -63,6 +63,8 @@ static qt_metadataset_t *synthetic(void) {
   CU_ASSERT_EQUAL_FATAL(rc, 0);
   return md;
 }
+
+static qt_metadataset_t *synthetic(void) { return synthetic_with(3); }
 
 /* ------------------------------------------------------------------------- */
 
@@ -282,6 +284,274 @@ static void test_suite_files_and_summary(void) {
   qt_metadataset_free(md);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Resuming a suite                                                           */
+/* ------------------------------------------------------------------------- */
+
+/* The whole file, or NULL. */
+static char *slurp(const char *dir, const char *name) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  char *text = NULL;
+  qt_err err;
+  return qt_file_read(path, &text, NULL, &err) == 0 ? text : NULL;
+}
+
+/* 1 when both files exist and hold the same bytes. */
+static int same_file(const char *dir_a, const char *dir_b, const char *name) {
+  char *a = slurp(dir_a, name), *b = slurp(dir_b, name);
+  int same = a && b && strcmp(a, b) == 0;
+  free(a);
+  free(b);
+  return same;
+}
+
+/* 1 when both files exist and agree in the first `columns` columns of every
+ * line (the later ones hold measured seconds). */
+static int same_columns(const char *dir_a, const char *dir_b, const char *name, int columns) {
+  char *a = slurp(dir_a, name), *b = slurp(dir_b, name);
+  int same = a && b;
+  for (char *p = a, *q = b; same && *p && *q;) {
+    int column = 0;
+    while (*p && *p == *q && *p != '\n') {
+      if (*p == ',' && ++column == columns) break;
+      p++, q++;
+    }
+    if (*p != *q && column < columns) same = 0;
+    p = strchr(p, '\n'), q = strchr(q, '\n');
+    if (!p || !q) {
+      same = !p && !q;
+      break;
+    }
+    p++, q++;
+  }
+  free(a);
+  free(b);
+  return same;
+}
+
+static void write_text(const char *dir, const char *name, const char *text) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *file = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(file);
+  fputs(text, file);
+  fclose(file);
+}
+
+static void remove_tree(const char *dir) {
+  char command[1100];
+  snprintf(command, sizeof command, "rm -rf %s", dir);
+  CU_ASSERT_EQUAL(system(command), 0);
+}
+
+static void copy_tree(const char *from, const char *to) {
+  char command[2100];
+  snprintf(command, sizeof command, "rm -rf %s && cp -a %s %s", to, from, to);
+  CU_ASSERT_EQUAL_FATAL(system(command), 0);
+}
+
+/* A suite stopped half-way (half the trajectory files gone, one cut before
+ * its completion line, one written for another budget, a stray temporary
+ * file) and resumed writes the same regret.csv and rank.csv bytes as the
+ * uninterrupted suite, and the same summary.csv up to the measured overhead
+ * columns; resumed over a complete folder it reruns nothing, so even the
+ * overhead columns are the same bytes (17 significant digits round-trip). */
+static void test_suite_resume(void) {
+  qt_metadataset_t *md = synthetic();
+  char whole[] = "/tmp/qt-test-resume-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(whole));
+  char part[sizeof whole + 8];
+  snprintf(part, sizeof part, "%s-part", whole);
+  const size_t datasets[3] = {0, 1, 2};
+  const uint64_t seeds[2] = {0, 1};
+  qt_bench_suite_params params = qt_bench_suite_default_params();
+  params.optimizers = all_optimizers;
+  params.optimizer_count = N_OPTIMIZERS;
+  params.datasets = datasets;
+  params.dataset_count = 3;
+  params.seeds = seeds;
+  params.seed_count = 2;
+  params.run.budget = 300.0;
+  params.run.charge_overhead = 0;
+  params.grid_points = 20;
+  params.threads = 2;
+  params.out_dir = whole;
+  qt_err err;
+  qt_err_clear(&err);
+  int rc = qt_bench_suite_run(md, &params, NULL, &err);
+  if (rc != 0) fprintf(stderr, "suite: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+
+  char *original = slurp(whole, "summary.csv");
+
+  /* Every trajectory file ends with its completion line. */
+  char *traj = slurp(whole, "trajectories/asha/synth-001-seed1.csv");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(traj);
+  CU_ASSERT_PTR_NOT_NULL(strstr(traj, "\n# qtune bench trajectory v1: optimizer=asha "));
+  CU_ASSERT_PTR_NOT_NULL(strstr(traj, " budget_s=300 "));
+  free(traj);
+
+  /* The stopped suite. */
+  copy_tree(whole, part);
+  char name[256];
+  for (size_t o = 0; o < N_OPTIMIZERS; o++)
+    for (size_t d = 0; d < 3; d++)
+      for (size_t s = 0; s < 2; s++) {
+        if ((o + d + s) % 2 == 0) continue;
+        snprintf(name, sizeof name, "%s/trajectories/%s/synth-%03zu-seed%zu.csv", part,
+                 all_optimizers[o], d, s);
+        CU_ASSERT_EQUAL(unlink(name), 0);
+      }
+  /* random/synth-000-seed0 without its completion line, as if cut off. */
+  traj = slurp(part, "trajectories/random/synth-000-seed0.csv");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(traj);
+  char *last = strstr(traj, "# qtune bench trajectory");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(last);
+  *last = '\0';
+  write_text(part, "trajectories/random/synth-000-seed0.csv", traj);
+  free(traj);
+  /* sh/synth-001-seed0 claims another budget (and its rows are nonsense). */
+  traj = slurp(part, "trajectories/sh/synth-001-seed0.csv");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(traj);
+  char *budget = strstr(traj, " budget_s=300 ");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(budget);
+  memcpy(budget, " budget_s=301 ", 14);
+  char *rows = strchr(traj, '\n') + 1;
+  memset(rows, '9', 4);
+  write_text(part, "trajectories/sh/synth-001-seed0.csv", traj);
+  free(traj);
+  write_text(part, "trajectories/bohb/synth-000-seed0.csv.tmp999", "time_s,score\n1,");
+  const char *tables[3] = {"regret.csv", "rank.csv", "summary.csv"};
+  for (int f = 0; f < 3; f++) {
+    snprintf(name, sizeof name, "%s/%s", part, tables[f]);
+    unlink(name);
+  }
+
+  params.out_dir = part;
+  params.resume = 1;
+  rc = qt_bench_suite_run(md, &params, NULL, &err);
+  if (rc != 0) fprintf(stderr, "resume: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT(same_file(whole, part, "regret.csv"));
+  CU_ASSERT(same_file(whole, part, "rank.csv"));
+  CU_ASSERT(same_columns(whole, part, "summary.csv", 11));
+  /* The doctored files were run again. */
+  CU_ASSERT(same_columns(whole, part, "trajectories/random/synth-000-seed0.csv", 4));
+  CU_ASSERT(same_columns(whole, part, "trajectories/sh/synth-001-seed0.csv", 4));
+  traj = slurp(part, "trajectories/sh/synth-001-seed0.csv");
+  CU_ASSERT(traj && strstr(traj, " budget_s=300 ") && !strstr(traj, "budget_s=301"));
+  free(traj);
+
+  /* Nothing left to run: every number is read back, the measured overheads
+   * too, so summary.csv is the same to the last byte. */
+  params.out_dir = whole;
+  rc = qt_bench_suite_run(md, &params, NULL, &err);
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  char *again = slurp(whole, "summary.csv");
+  CU_ASSERT(original && again && strcmp(original, again) == 0);
+  free(original);
+  free(again);
+
+  /* Another budget reuses nothing. */
+  params.out_dir = part;
+  params.run.budget = 200.0;
+  rc = qt_bench_suite_run(md, &params, NULL, &err);
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  traj = slurp(part, "trajectories/hyperband/synth-002-seed1.csv");
+  CU_ASSERT(traj && strstr(traj, " budget_s=200 "));
+  free(traj);
+  CU_ASSERT(!same_columns(whole, part, "regret.csv", 2));
+
+  remove_tree(whole);
+  remove_tree(part);
+  qt_metadataset_free(md);
+}
+
+/* The fold protocol resumed: a fold whose surrogate is gone is meta-trained
+ * again to the same bytes (meta-training is deterministic), the others are
+ * loaded, and the suite's regret and rank are those of an uninterrupted run.
+ * Other meta-training parameters retrain every fold and rerun the runs that
+ * use a surrogate, not the others. */
+static void test_folds_resume(void) {
+  qt_metadataset_t *md = synthetic_with(6);
+  char whole[] = "/tmp/qt-test-resume-folds-XXXXXX";
+  CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(whole));
+  char part[sizeof whole + 8];
+  snprintf(part, sizeof part, "%s-part", whole);
+  const char *optimizers[] = {"random", "quicktune"};
+  size_t datasets[6] = {0, 1, 2, 3, 4, 5};
+  uint64_t seeds[1] = {0};
+  qt_bench_suite_params params = qt_bench_suite_default_params();
+  params.optimizers = optimizers;
+  params.optimizer_count = 2;
+  params.datasets = datasets;
+  params.dataset_count = 6;
+  params.seeds = seeds;
+  params.seed_count = 1;
+  params.run.budget = 300.0;
+  params.run.charge_overhead = 0;
+  params.run.optimizer.quicktune.restart_steps = 5;
+  params.run.optimizer.quicktune.refine_steps = 2;
+  params.grid_points = 20;
+  params.threads = 2;
+  params.out_dir = whole;
+  qt_bench_folds_params folds = qt_bench_folds_default_params();
+  folds.folds = 3;
+  folds.metatrain.iterations = 20;
+  folds.metatrain.validation_every = 10;
+  folds.metatrain.validation_batches = 2;
+  qt_bench_fold_report reports[3];
+  qt_err err;
+  qt_err_clear(&err);
+  int rc = qt_bench_suite_run_folds(md, &params, &folds, NULL, reports, &err);
+  if (rc != 0) fprintf(stderr, "folds: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+
+  copy_tree(whole, part);
+  char name[512];
+  snprintf(name, sizeof name, "%s/surrogates/fold1.qts", part);
+  CU_ASSERT_EQUAL(unlink(name), 0);
+  for (size_t d = 0; d < 6; d += 2) {
+    snprintf(name, sizeof name, "%s/trajectories/quicktune/%s-seed0.csv", part,
+             qt_metadataset_dataset(md, d)->name);
+    CU_ASSERT_EQUAL(unlink(name), 0);
+  }
+  params.out_dir = part;
+  params.resume = 1;
+  qt_bench_fold_report resumed[3];
+  rc = qt_bench_suite_run_folds(md, &params, &folds, NULL, resumed, &err);
+  if (rc != 0) fprintf(stderr, "folds resumed: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT(same_file(whole, part, "surrogates/fold1.qts"));
+  CU_ASSERT(same_file(whole, part, "regret.csv"));
+  CU_ASSERT(same_file(whole, part, "rank.csv"));
+  CU_ASSERT(same_file(whole, part, "folds.csv"));
+  /* The loaded folds' reports, their wall-clock seconds included. */
+  QT_ASSERT_CLOSE(resumed[0].report.seconds, reports[0].report.seconds, 0.0);
+  QT_ASSERT_CLOSE(resumed[2].report.held_out_mse, reports[2].report.held_out_mse, 0.0);
+  CU_ASSERT(same_columns(whole, part, "metatrain.csv", 14));
+
+  folds.metatrain.iterations = 21;
+  rc = qt_bench_suite_run_folds(md, &params, &folds, NULL, resumed, &err);
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  qt_surrogate_t *s = NULL;
+  snprintf(name, sizeof name, "%s/surrogates/fold0.qts", part);
+  CU_ASSERT_EQUAL_FATAL(qt_surrogate_load(name, qt_metadataset_space(md), &s, &err), 0);
+  CU_ASSERT_EQUAL(qt_surrogate_get_info(s)->iterations, 21);
+  qt_surrogate_free(s);
+  snprintf(name, sizeof name, "trajectories/quicktune/%s-seed0.csv",
+           qt_metadataset_dataset(md, 1)->name);
+  CU_ASSERT(!same_file(whole, part, name));
+  snprintf(name, sizeof name, "trajectories/random/%s-seed0.csv",
+           qt_metadataset_dataset(md, 1)->name);
+  CU_ASSERT(same_file(whole, part, name)); /* measured overheads: not run again */
+
+  remove_tree(whole);
+  remove_tree(part);
+  qt_metadataset_free(md);
+}
+
 static const qt_test_case cases[] = {
     {"regret of a hand-made trajectory", test_regret_by_hand},
     {"mean, 95% interval and ranks with ties", test_mean_ci_and_ranks},
@@ -289,6 +559,8 @@ static const qt_test_case cases[] = {
     {"a run replays costs and stops at the budget", test_run_replays_costs},
     {"same seed, same trajectory", test_same_seed_same_trajectory},
     {"suite files and summary", test_suite_files_and_summary},
+    {"a stopped suite resumes to the same files", test_suite_resume},
+    {"the fold protocol resumes", test_folds_resume},
     {NULL, NULL}};
 
 QT_TEST_MAIN("bench", cases)

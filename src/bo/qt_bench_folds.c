@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bo/qt_bo.h"
 
@@ -56,6 +57,7 @@ int qt_bench_folds_assign(const qt_metadataset_t *md, size_t folds, uint64_t spl
 typedef struct folds_state {
   const qt_metadataset_t *md;
   const qt_bench_folds_params *folds;
+  const char *out_dir;              /* NULL: no files */
   const size_t *fold_of;            /* (datasets) */
   size_t *todo;                     /* (todo_count) folds to meta-train */
   size_t todo_count;
@@ -66,6 +68,111 @@ typedef struct folds_state {
   qt_err err;
   pthread_mutex_t lock;
 } folds_state;
+
+/* The first line of surrogates/fold<f>.csv: everything the fold's
+ * meta-training depends on. A fold is reused on resume only when this line
+ * matches; a custom network configuration (params.config) is never reused. */
+static void fold_key(const folds_state *state, size_t fold, char *key, size_t size) {
+  const qt_metatrain_params *m = &state->folds->metatrain;
+  size_t used = (size_t)snprintf(
+      key, size,
+      "# qtune bench fold v1: fold=%zu folds=%zu split_seed=%llu meta_dataset=%s iterations=%ld "
+      "batch_size=%zu learning_rate=%.17g min_learning_rate=%.17g cosine=%d "
+      "cost_learning_rate=%.17g validation_every=%ld validation_batches=%zu "
+      "validation_fraction=%.17g seed=%llu config=%s held_out=",
+      fold, state->folds->folds, (unsigned long long)state->folds->split_seed,
+      qt_metadataset_name(state->md), m->iterations, m->batch_size, m->learning_rate,
+      m->min_learning_rate, m->cosine, m->cost_learning_rate, m->validation_every,
+      m->validation_batches, m->validation_fraction, (unsigned long long)m->seed,
+      m->config ? "custom" : "default");
+  for (size_t d = 0; d < qt_metadataset_dataset_count(state->md) && used < size; d++)
+    if (state->fold_of[d] == fold)
+      used += (size_t)snprintf(key + used, size - used, "%s,",
+                               qt_metadataset_dataset(state->md, d)->name);
+}
+
+/* Saves a freshly meta-trained fold: surrogates/fold<f>.qts, then
+ * surrogates/fold<f>.csv (its key and report), each through a temporary file
+ * and a rename, so that the report exists only beside a complete surrogate. */
+static int save_fold(const folds_state *state, size_t fold, qt_err *err) {
+  char path[4096], tmp[4200], key[4096];
+  snprintf(path, sizeof path, "%s/surrogates", state->out_dir);
+  int rc = qt_mkdir_p(path, err);
+  if (rc != 0) return rc;
+  snprintf(path, sizeof path, "%s/surrogates/fold%zu.qts", state->out_dir, fold);
+  rc = qt_surrogate_save(state->surrogates[fold], path, err);
+  if (rc != 0) return rc;
+  snprintf(path, sizeof path, "%s/surrogates/fold%zu.csv", state->out_dir, fold);
+  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+  fold_key(state, fold, key, sizeof key);
+  FILE *file = fopen(tmp, "w");
+  if (!file) return qt_err_set(err, QT_EIO, "%s: %s", tmp, strerror(errno));
+  const qt_metatrain_report *r = &state->reports[fold];
+  fprintf(file, "%s\n%zu %zu %zu %ld %ld %ld %.17g %.17g %.17g %.17g %.17g %.17g %.17g %.17g\n",
+          key, r->train_datasets, r->validation_datasets, r->held_out_datasets, r->iterations,
+          r->best_iteration, r->failed_steps, r->final_train_loss, r->validation_mse,
+          r->untrained_validation_mse, r->held_out_mse, r->untrained_held_out_mse,
+          r->cost_rmse_seconds, r->untrained_cost_rmse_seconds, r->seconds);
+  int failed = ferror(file);
+  failed |= fflush(file) != 0;
+  failed |= fsync(fileno(file)) != 0;
+  failed |= fclose(file) != 0;
+  if (failed || rename(tmp, path) != 0) {
+    int saved = errno;
+    unlink(tmp);
+    return qt_err_set(err, QT_EIO, "%s: write failed: %s", path, strerror(saved));
+  }
+  return 0;
+}
+
+/* Loads a fold meta-trained by an earlier run of the same protocol. 1:
+ * loaded into state->surrogates[fold] and state->reports[fold]; 0: absent,
+ * for other parameters or unreadable (the log says why), so it is
+ * meta-trained again (same seed, same surrogate). */
+static int load_fold(folds_state *state, size_t fold) {
+  char path[4096], key[4096];
+  snprintf(path, sizeof path, "%s/surrogates/fold%zu.csv", state->out_dir, fold);
+  fold_key(state, fold, key, sizeof key);
+  char *text = NULL;
+  qt_err err;
+  qt_err_clear(&err);
+  if (qt_file_read(path, &text, NULL, &err) != 0) return 0;
+  size_t key_length = strlen(key);
+  const char *why = NULL;
+  qt_metatrain_report r;
+  memset(&r, 0, sizeof r);
+  if (strncmp(text, key, key_length) != 0 || text[key_length] != '\n')
+    why = "written with other parameters";
+  else if (sscanf(text + key_length + 1, "%zu %zu %zu %ld %ld %ld %lf %lf %lf %lf %lf %lf %lf %lf",
+                  &r.train_datasets, &r.validation_datasets, &r.held_out_datasets, &r.iterations,
+                  &r.best_iteration, &r.failed_steps, &r.final_train_loss, &r.validation_mse,
+                  &r.untrained_validation_mse, &r.held_out_mse, &r.untrained_held_out_mse,
+                  &r.cost_rmse_seconds, &r.untrained_cost_rmse_seconds, &r.seconds) != 14)
+    why = "damaged";
+  free(text);
+  qt_surrogate_t *surrogate = NULL;
+  if (!why) {
+    snprintf(path, sizeof path, "%s/surrogates/fold%zu.qts", state->out_dir, fold);
+    if (qt_surrogate_load(path, qt_metadataset_space(state->md), &surrogate, &err) != 0) {
+      why = qt_err_message(&err);
+    } else {
+      const qt_surrogate_info *info = qt_surrogate_get_info(surrogate);
+      if (info->seed != state->folds->metatrain.seed || info->iterations != r.iterations ||
+          info->best_iteration != r.best_iteration)
+        why = "not the surrogate its report describes";
+    }
+  }
+  if (why) {
+    QT_LOG_INFO("bench: resume: fold %zu in %s/surrogates is %s; meta-training it again", fold,
+                state->out_dir, why);
+    qt_surrogate_free(surrogate);
+    return 0;
+  }
+  state->surrogates[fold] = surrogate;
+  state->reports[fold] = r;
+  QT_LOG_INFO("bench: resume: fold %zu's meta-trained surrogate read back from %s", fold, path);
+  return 1;
+}
 
 static int metatrain_fold(folds_state *state, size_t fold, qt_err *err) {
   size_t n = qt_metadataset_dataset_count(state->md);
@@ -90,6 +197,11 @@ static int metatrain_fold(folds_state *state, size_t fold, qt_err *err) {
   int rc = qt_metatrain(state->md, &params, &state->surrogates[fold], &state->reports[fold], err);
   free(roles);
   if (rc != 0) return qt_err_prefix(err, rc, "meta-training fold %zu", fold);
+  /* Saved at once, so that a suite killed later keeps this fold. */
+  if (state->out_dir) {
+    rc = save_fold(state, fold, err);
+    if (rc != 0) return rc;
+  }
   const qt_metatrain_report *r = &state->reports[fold];
   QT_LOG_DEBUG("bench: fold %zu meta-trained on %zu datasets (%zu validating) in %.1f s; held-out "
               "next-epoch MSE %.5f untrained, %.5f meta-trained",
@@ -124,10 +236,11 @@ static void *folds_worker(void *arg) {
 /* Files                                                                      */
 /* ------------------------------------------------------------------------- */
 
+/* folds.csv and metatrain.csv (the surrogates were saved as they were
+ * meta-trained). */
 static int write_fold_files(const qt_metadataset_t *md, const qt_bench_suite_params *params,
                             const qt_bench_folds_params *folds, const size_t *fold_of,
-                            qt_surrogate_t *const *surrogates, const qt_bench_fold_report *reports,
-                            qt_err *err) {
+                            const qt_bench_fold_report *reports, qt_err *err) {
   const char *dir = params->out_dir;
   char path[4096];
   int rc = qt_mkdir_p(dir, err);
@@ -161,15 +274,7 @@ static int write_fold_files(const qt_metadataset_t *md, const qt_bench_suite_par
   failed = ferror(file);
   failed |= fclose(file) != 0;
   if (failed) return qt_err_set(err, QT_EIO, "%s: write failed", path);
-
-  snprintf(path, sizeof path, "%s/surrogates", dir);
-  rc = qt_mkdir_p(path, err);
-  for (size_t f = 0; rc == 0 && f < folds->folds; f++) {
-    if (!surrogates[f]) continue;
-    snprintf(path, sizeof path, "%s/surrogates/fold%zu.qts", dir, f);
-    rc = qt_surrogate_save(surrogates[f], path, err);
-  }
-  return rc;
+  return 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -194,6 +299,7 @@ int qt_bench_suite_run_folds(const qt_metadataset_t *md, const qt_bench_suite_pa
   memset(&state, 0, sizeof state);
   state.md = md;
   state.folds = folds;
+  state.out_dir = params->out_dir;
   size_t *fold_of = malloc((n ? n : 1) * sizeof *fold_of);
   size_t *todo = malloc((K ? K : 1) * sizeof *todo);
   qt_surrogate_t **surrogates = calloc(K ? K : 1, sizeof *surrogates);
@@ -212,13 +318,16 @@ int qt_bench_suite_run_folds(const qt_metadataset_t *md, const qt_bench_suite_pa
   /* The folds that hold a dataset of the suite. */
   for (size_t f = 0; f < K; f++) own_reports[f].fold = f;
   for (size_t d = 0; d < params->dataset_count; d++) own_reports[fold_of[params->datasets[d]]].test_datasets++;
-  for (size_t f = 0; f < K; f++)
-    if (own_reports[f].test_datasets > 0) todo[state.todo_count++] = f;
-
   state.fold_of = fold_of;
-  state.todo = todo;
   state.surrogates = surrogates;
   state.reports = reports;
+  /* Meta-training is deterministic (same seed, same surrogate file), so a
+   * fold saved by an earlier run with the same key is reused on resume. */
+  for (size_t f = 0; f < K; f++)
+    if (own_reports[f].test_datasets > 0 &&
+        !(params->resume && params->out_dir && load_fold(&state, f)))
+      todo[state.todo_count++] = f;
+  state.todo = todo;
   pthread_mutex_init(&state.lock, NULL);
   int threads = params->threads > 0 ? params->threads : 1;
   if ((size_t)threads > state.todo_count) threads = (int)state.todo_count;
@@ -240,7 +349,7 @@ int qt_bench_suite_run_folds(const qt_metadataset_t *md, const qt_bench_suite_pa
     if (own_reports[f].test_datasets > 0) own_reports[f].report = reports[f];
 
   if (params->out_dir) {
-    rc = write_fold_files(md, params, folds, fold_of, surrogates, own_reports, err);
+    rc = write_fold_files(md, params, folds, fold_of, own_reports, err);
     if (rc != 0) goto done;
   }
   for (size_t d = 0; d < params->dataset_count; d++)

@@ -80,6 +80,15 @@ int qt_cli_bench(const qt_cli_args *args) {
                                 folds_text);
     folds.folds = (size_t)value;
   }
+  const char *iterations = qt_cli_get(args, "meta-train-iterations");
+  if (iterations) {
+    if (!folds_text)
+      return qt_cli_usage_error(args->command, "--meta-train-iterations needs --meta-train-folds");
+    if (qt_parse_long(iterations, &value) != 0 || value < 1)
+      return qt_cli_usage_error(args->command,
+                                "--meta-train-iterations wants a number >= 1, not '%s'", iterations);
+    folds.metatrain.iterations = value;
+  }
   qt_bench_suite_params params = qt_bench_suite_default_params();
   if (qt_duration_parse(budget_text, &params.run.budget, &err) != 0)
     return qt_cli_usage_error(args->command, "--budget: %s", qt_err_message(&err));
@@ -132,6 +141,13 @@ int qt_cli_bench(const qt_cli_args *args) {
     return qt_cli_usage_error(args->command, "--seeds: %s", qt_err_message(&err));
   params.seeds = seeds;
   params.out_dir = qt_cli_get(args, "out");
+  /* --resume: jobs (and folds) finished by an earlier run with the same
+   * parameters are read back from --out instead of run again. */
+  params.resume = qt_cli_get(args, "resume") != NULL;
+  if (params.resume && !params.out_dir) {
+    free(seeds);
+    return qt_cli_usage_error(args->command, "--resume needs --out DIR (the folder to continue)");
+  }
 
   qt_metadataset_t *md = NULL;
   qt_surrogate_t *surrogate = NULL;
@@ -162,9 +178,9 @@ int qt_cli_bench(const qt_cli_args *args) {
 
   char budget_buf[32];
   qt_duration_format(params.run.budget, budget_buf, sizeof budget_buf);
-  printf("bench: %zu optimizers x %zu datasets x %zu seeds on %s, budget %s, %d threads\n",
+  printf("bench: %zu optimizers x %zu datasets x %zu seeds on %s, budget %s, %d threads%s\n",
          params.optimizer_count, params.dataset_count, params.seed_count, qt_metadataset_name(md),
-         budget_buf, params.threads);
+         budget_buf, params.threads, params.resume ? ", resuming" : "");
   double start = qt_time_now();
   int rc;
   if (folds_text && uses_surrogate) {
