@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/qt_core.h"
+
 typedef struct qt_test_case {
   const char *name;
   void (*fn)(void);
@@ -67,25 +69,7 @@ static inline const char *qt_test_shared_path(const char *relative, char *buf, s
 static char qt_test_temp_dir_buf[64];
 
 /* rm -r of a folder this program wrote (links are removed, not followed). */
-static inline void qt_test_remove_tree(const char *path) {
-  struct stat info;
-  if (lstat(path, &info) != 0) return;
-  if (S_ISDIR(info.st_mode)) {
-    DIR *dir = opendir(path);
-    struct dirent *entry;
-    char child[4096];
-    while (dir && (entry = readdir(dir)) != NULL) {
-      if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
-      if ((size_t)snprintf(child, sizeof child, "%s/%s", path, entry->d_name) >= sizeof child)
-        continue;
-      qt_test_remove_tree(child);
-    }
-    if (dir) closedir(dir);
-    rmdir(path);
-  } else {
-    unlink(path);
-  }
-}
+static inline void qt_test_remove_tree(const char *path) { qt_remove_tree(path); }
 
 static inline void qt_test_remove_temp_dir(void) {
   if (qt_test_temp_dir_buf[0]) qt_test_remove_tree(qt_test_temp_dir_buf);

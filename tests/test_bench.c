@@ -339,12 +339,6 @@ static void write_text(const char *dir, const char *name, const char *text) {
   fclose(file);
 }
 
-static void remove_tree(const char *dir) {
-  char command[1100];
-  snprintf(command, sizeof command, "rm -rf %s", dir);
-  CU_ASSERT_EQUAL(system(command), 0);
-}
-
 static void copy_tree(const char *from, const char *to) {
   char command[2100];
   snprintf(command, sizeof command, "rm -rf %s && cp -a %s %s", to, from, to);
@@ -463,8 +457,8 @@ static void test_suite_resume(void) {
   free(traj);
   CU_ASSERT(!same_columns(whole, part, "regret.csv", 2));
 
-  remove_tree(whole);
-  remove_tree(part);
+  qt_remove_tree(whole);
+  qt_remove_tree(part);
   qt_metadataset_free(md);
 }
 
@@ -547,8 +541,8 @@ static void test_folds_resume(void) {
            qt_metadataset_dataset(md, 1)->name);
   CU_ASSERT(same_file(whole, part, name)); /* measured overheads: not run again */
 
-  remove_tree(whole);
-  remove_tree(part);
+  qt_remove_tree(whole);
+  qt_remove_tree(part);
   qt_metadataset_free(md);
 }
 

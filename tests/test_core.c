@@ -1044,6 +1044,72 @@ static void test_parse_numbers(void) {
   CU_ASSERT_EQUAL(qt_parse_long("-99999999999999999999", &value), QT_ERANGE);
 }
 
+/* The shortest of 15-17 digits reads back exactly; NaN and infinities are
+ * empty; a short buffer is not overrun. */
+static void test_format_double(void) {
+  const double values[] = {0.1, 1.0 / 3.0, 2.5e-300, -123456.789, 0.0, 1e21, 0.30000000000000004};
+  char buf[40];
+  for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+    qt_format_double(values[i], buf, sizeof buf);
+    CU_ASSERT_EQUAL(strtod(buf, NULL), values[i]);
+  }
+  qt_format_double(0.1, buf, sizeof buf);
+  CU_ASSERT_STRING_EQUAL(buf, "0.1");
+  qt_format_double(NAN, buf, sizeof buf);
+  CU_ASSERT_STRING_EQUAL(buf, "");
+  qt_format_double(-INFINITY, buf, sizeof buf);
+  CU_ASSERT_STRING_EQUAL(buf, "");
+  char small[4] = "xyz";
+  qt_format_double(1.0 / 3.0, small, sizeof small);
+  CU_ASSERT_EQUAL(strlen(small), 3);
+}
+
+/* Fields that need it are quoted, quotes doubled, and the CSV reader gets
+ * the same text back. */
+static void test_csv_write_field(void) {
+  const char *fields[] = {"plain", "a,b", "say \"hi\"", "two\nlines", "", "cr\r"};
+  size_t n = sizeof fields / sizeof fields[0];
+  char path[256];
+  qt_test_temp_path("fields.csv", path, sizeof path);
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  for (size_t i = 0; i < n; i++) {
+    if (i) fputc(',', f);
+    qt_csv_write_field(f, fields[i]);
+  }
+  fputc('\n', f);
+  fclose(f);
+  char *text = NULL;
+  size_t length = 0;
+  qt_err err;
+  CU_ASSERT_EQUAL_FATAL(qt_file_read(path, &text, &length, &err), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",,\"cr\r\""));
+  free(text);
+}
+
+/* qt_remove_tree removes nested folders and files, and a link without
+ * following it. */
+static void test_remove_tree(void) {
+  char root[256], path[512], outside[256];
+  qt_test_temp_path("tree", root, sizeof root);
+  qt_test_temp_path("outside", outside, sizeof outside);
+  qt_err err;
+  snprintf(path, sizeof path, "%s/a/b/c", root);
+  CU_ASSERT_EQUAL_FATAL(qt_mkdir_p(path, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_mkdir_p(outside, &err), 0);
+  snprintf(path, sizeof path, "%s/a/b/file", root);
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fclose(f);
+  snprintf(path, sizeof path, "%s/a/link", root);
+  CU_ASSERT_EQUAL(symlink(outside, path), 0);
+  qt_remove_tree(root);
+  struct stat info;
+  CU_ASSERT_NOT_EQUAL(lstat(root, &info), 0);
+  CU_ASSERT_EQUAL(stat(outside, &info), 0);
+  qt_remove_tree(root); /* gone already: a no-op */
+}
+
 /* ------------------------------------------------------------------------- */
 
 static const qt_test_case cases[] = {
@@ -1068,6 +1134,9 @@ static const qt_test_case cases[] = {
     {"csv: files", test_csv_files},
     {"file read", test_file_read},
     {"parse numbers", test_parse_numbers},
+    {"format double: shortest exact text", test_format_double},
+    {"csv: writing fields", test_csv_write_field},
+    {"remove tree", test_remove_tree},
     {NULL, NULL},
 };
 

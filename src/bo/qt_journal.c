@@ -180,18 +180,10 @@ static void buf_key(line_buf *b, const char *key) {
   buf_puts(b, "\":");
 }
 
-/* The shortest of %.15g, %.16g, %.17g that reads back as the same double. */
-static void format_double(double value, char *text, size_t size) {
-  for (int digits = 15; digits <= 17; digits++) {
-    snprintf(text, size, "%.*g", digits, value);
-    if (strtod(text, NULL) == value) return;
-  }
-}
-
 static void put_double(line_buf *b, const char *key, double value) {
   if (!isfinite(value)) return;
   char text[40];
-  format_double(value, text, sizeof text);
+  qt_format_double(value, text, sizeof text);
   buf_key(b, key);
   buf_puts(b, text);
 }
@@ -495,7 +487,7 @@ static const char *value_text(const line_ctx *c, json_t *v) {
   if (json_is_integer(v)) {
     snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
   } else if (json_is_real(v)) {
-    format_double(json_real_value(v), text, sizeof text);
+    qt_format_double(json_real_value(v), text, sizeof text);
   } else if (json_is_boolean(v)) {
     snprintf(text, sizeof text, "%s", json_is_true(v) ? "true" : "false");
   } else {

@@ -140,26 +140,6 @@ static char *resolve_path(const char *path) {
   return strdup(path);
 }
 
-static void remove_tree(const char *path) {
-  struct stat info;
-  if (lstat(path, &info) != 0) return;
-  if (S_ISDIR(info.st_mode)) {
-    DIR *dir = opendir(path);
-    struct dirent *entry;
-    char child[4096];
-    while (dir && (entry = readdir(dir)) != NULL) {
-      if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
-      if ((size_t)snprintf(child, sizeof child, "%s/%s", path, entry->d_name) >= sizeof child)
-        continue;
-      remove_tree(child);
-    }
-    if (dir) closedir(dir);
-    rmdir(path);
-  } else {
-    unlink(path);
-  }
-}
-
 /* Writes text to path atomically (a temporary name, then rename). */
 static int write_atomic(const char *path, const char *text, qt_err *err) {
   char tmp[4200];
@@ -692,7 +672,7 @@ static int overwrite_dir(search *S) {
   char path[4200];
   for (size_t i = 0; ours[i]; i++) {
     snprintf(path, sizeof path, "%s/%s", S->run_dir, ours[i]);
-    remove_tree(path);
+    qt_remove_tree(path);
   }
   return 0;
 }

@@ -109,29 +109,8 @@ static int out_close(out_file *out, int rc, qt_err *err) {
 /* The fewest of 15, 16, 17 significant digits that read back exactly;
  * "" for NaN (an unknown value). */
 static const char *number_text(double value, char *buf, size_t size) {
-  if (!isfinite(value)) {
-    buf[0] = '\0';
-    return buf;
-  }
-  for (int digits = 15; digits <= 17; digits++) {
-    snprintf(buf, size, "%.*g", digits, value);
-    if (strtod(buf, NULL) == value) break;
-  }
+  qt_format_double(value, buf, size);
   return buf;
-}
-
-/* A CSV field, quoted when it holds a comma, a quote or a line end. */
-static void csv_field(FILE *file, const char *text) {
-  if (!strpbrk(text, ",\"\r\n")) {
-    fputs(text, file);
-    return;
-  }
-  fputc('"', file);
-  for (const char *p = text; *p; p++) {
-    if (*p == '"') fputc('"', file);
-    fputc(*p, file);
-  }
-  fputc('"', file);
 }
 
 /* 1 when a plain YAML scalar would not read back as this text (see the
@@ -295,7 +274,7 @@ static int write_trials_csv(const char *out_dir, const qt_journal_log *log,
   fputs("trial,model,epoch,status,score,top5,train_loss,val_loss,cost_s,time_s", f.file);
   for (size_t k = 0; k < n_names; k++) {
     fputc(',', f.file);
-    csv_field(f.file, names[k]);
+    qt_csv_write_field(f.file, names[k]);
   }
   fputc('\n', f.file);
   char a[40], b[40], c[40], d[40], e[40], g[40];
@@ -308,7 +287,7 @@ static int write_trials_csv(const char *out_dir, const qt_journal_log *log,
             ? "ok"
             : (r->status && strcmp(r->status, "diverged") == 0 ? "diverged" : "failed");
     fprintf(f.file, "%ld,", r->trial);
-    csv_field(f.file, t && t->model ? t->model : "");
+    qt_csv_write_field(f.file, t && t->model ? t->model : "");
     fputc(',', f.file);
     if (r->epoch >= 0) fprintf(f.file, "%ld", r->epoch);
     fprintf(f.file, ",%s,%s,%s,%s,%s,%s,%s", status, number_text(r->score, a, sizeof a),
@@ -319,7 +298,7 @@ static int write_trials_csv(const char *out_dir, const qt_journal_log *log,
       fputc(',', f.file);
       for (size_t v = 0; t && v < t->n_values; v++) {
         if (strcmp(t->names[v], names[k]) == 0) {
-          csv_field(f.file, t->values[v]);
+          qt_csv_write_field(f.file, t->values[v]);
           break;
         }
       }

@@ -32,6 +32,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -308,6 +309,15 @@ int qt_parse_long(const char *text, long *out);
 /* Creates a directory and its missing parents (mode 0777 before umask); an
  * existing directory is fine. QT_EIO with "path: strerror" otherwise. */
 int qt_mkdir_p(const char *path, qt_err *err);
+/* rm -r: removes path and, for a directory, everything below it (links are
+ * removed, not followed). Best effort: what cannot be removed stays. */
+void qt_remove_tree(const char *path);
+/* Writes value with the fewest of 15, 16 or 17 significant digits that
+ * read back as the same double (%.*g); "" for NaN and infinities. */
+void qt_format_double(double value, char *buf, size_t size);
+/* Writes one CSV field (RFC 4180): as is, or quoted with doubled quotes
+ * when it holds a comma, a quote or a line end. */
+void qt_csv_write_field(FILE *file, const char *text);
 
 #ifdef __cplusplus
 }

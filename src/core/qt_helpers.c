@@ -1,5 +1,6 @@
 /*
- * qt_helpers.c - reading whole files and strict number parsing.
+ * qt_helpers.c - reading whole files, strict number parsing, exact number
+ * text, CSV fields and removing a tree.
  *
  * qt_file_read is the one place where qtune's loaders open files, so that
  * "cannot open" reads the same everywhere: QT_ENOENT when the path does not
@@ -17,6 +18,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -161,4 +164,47 @@ int qt_mkdir_p(const char *path, qt_err *err) {
   if (stat(path, &info) != 0 || !S_ISDIR(info.st_mode))
     return qt_err_set(err, QT_EIO, "%s: not a directory", path);
   return 0;
+}
+
+void qt_remove_tree(const char *path) {
+  struct stat info;
+  if (lstat(path, &info) != 0) return;
+  if (!S_ISDIR(info.st_mode)) {
+    unlink(path);
+    return;
+  }
+  DIR *dir = opendir(path);
+  struct dirent *entry;
+  char child[4096];
+  while (dir && (entry = readdir(dir)) != NULL) {
+    if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+    if ((size_t)snprintf(child, sizeof child, "%s/%s", path, entry->d_name) >= sizeof child)
+      continue;
+    qt_remove_tree(child);
+  }
+  if (dir) closedir(dir);
+  rmdir(path);
+}
+
+void qt_format_double(double value, char *buf, size_t size) {
+  if (size == 0) return;
+  buf[0] = '\0';
+  if (!isfinite(value)) return;
+  for (int digits = 15; digits <= 17; digits++) {
+    snprintf(buf, size, "%.*g", digits, value);
+    if (strtod(buf, NULL) == value) return;
+  }
+}
+
+void qt_csv_write_field(FILE *file, const char *text) {
+  if (!strpbrk(text, ",\"\r\n")) {
+    fputs(text, file);
+    return;
+  }
+  fputc('"', file);
+  for (const char *p = text; *p; p++) {
+    if (*p == '"') fputc('"', file);
+    fputc(*p, file);
+  }
+  fputc('"', file);
 }

@@ -526,20 +526,6 @@ static int out_close(out_file *out, int rc, qt_err *err) {
   return rc;
 }
 
-/* Writes a CSV field, quoted when it holds a comma, a quote or a line end. */
-static void put_field(FILE *file, const char *text) {
-  if (!strpbrk(text, ",\"\r\n")) {
-    fputs(text, file);
-    return;
-  }
-  fputc('"', file);
-  for (const char *p = text; *p; p++) {
-    if (*p == '"') fputc('"', file);
-    fputc(*p, file);
-  }
-  fputc('"', file);
-}
-
 /* Writes a YAML double-quoted scalar (any text round-trips through it). */
 static void put_yaml_string(FILE *file, const char *text) {
   fputc('"', file);
@@ -610,11 +596,11 @@ static int write_datasets(const qt_metadataset_t *md, const char *dir, qt_err *e
   fputs("dataset", f);
   for (size_t k = 0; k < md->feature_count; k++) {
     fputc(',', f);
-    put_field(f, md->feature_names[k]);
+    qt_csv_write_field(f, md->feature_names[k]);
   }
   fputc('\n', f);
   for (size_t d = 0; d < md->dataset_count; d++) {
-    put_field(f, md->datasets[d].name);
+    qt_csv_write_field(f, md->datasets[d].name);
     for (size_t k = 0; k < md->feature_count; k++) {
       fputc(',', f);
       put_double(f, md->datasets[d].features[k]);
@@ -633,14 +619,14 @@ static int write_runs(const qt_metadataset_t *md, const char *dir, qt_err *err) 
   fputs("run,dataset", f);
   for (size_t h = 0; h < hp_count; h++) {
     fputc(',', f);
-    put_field(f, qt_space_hp_name(md->space, h));
+    qt_csv_write_field(f, qt_space_hp_name(md->space, h));
   }
   fputc('\n', f);
   for (size_t g = 0; rc == 0 && g < md->run_count; g++) {
     const qt_md_run *run = qt_metadataset_run(md, g);
-    put_field(f, run->id);
+    qt_csv_write_field(f, run->id);
     fputc(',', f);
-    put_field(f, md->datasets[run->dataset].name);
+    qt_csv_write_field(f, md->datasets[run->dataset].name);
     for (size_t h = 0; h < hp_count; h++) {
       char value[512];
       if (qt_config_get_string(run->config, h, value, sizeof value) < 0) {
@@ -649,7 +635,7 @@ static int write_runs(const qt_metadataset_t *md, const char *dir, qt_err *err) 
         break;
       }
       fputc(',', f);
-      put_field(f, value);
+      qt_csv_write_field(f, value);
     }
     fputc('\n', f);
   }
@@ -666,7 +652,7 @@ static int write_curves(const qt_metadataset_t *md, const char *dir, qt_err *err
   for (size_t g = 0; g < md->run_count; g++) {
     const qt_md_run *run = qt_metadataset_run(md, g);
     for (size_t e = 0; e < run->epochs; e++) {
-      put_field(f, run->id);
+      qt_csv_write_field(f, run->id);
       fprintf(f, ",%zu,", e + 1);
       put_float(f, run->score[e]);
       fputc(',', f);
