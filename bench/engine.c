@@ -1,0 +1,358 @@
+/*
+ * engine.c - the fine-tuning engine's training step next to PyTorch's (issue
+ * 5's acceptance: images/s and peak memory of a fine-tuning step of
+ * ViT-Ti/16 at 224 px, batch 32, with Debian's PyTorch on the same model and
+ * threads in the same run, as a ratio; the target is at least 1.0x).
+ *
+ * One step is what a fine-tuning epoch does per batch: qt_vit_forward,
+ * qt_vit_loss (cross-entropy, no smoothing), qt_vit_zero_grad,
+ * qt_vit_backward and qt_vit_adamw_step (PyTorch's AdamW defaults). The
+ * model is qt_vit_init with qt_vit_default_config() (timm's
+ * vit_tiny_patch16_224: width 192, depth 12, 3 heads, MLP 768, 224 px, patch
+ * 16) and a 1000-class head unless --classes says otherwise; the images are
+ * random normal values, the labels uniform. Speed does not depend on the
+ * weights, so no checkpoint is needed.
+ *
+ * Threads. The engine's only parallelism is OpenBLAS's (matrix products in
+ * the linears, the patch embedding and the attention); everything else
+ * (layer norms, GELU, softmax, residuals, AdamW) runs on the calling
+ * thread. This program sets OpenBLAS's threads with
+ * openblas_set_num_threads(T) and PyTorch's with torch.set_num_threads(T).
+ *
+ * Time is wall-clock seconds per timed step (images/s = batch / that), and
+ * next to it the CPU seconds per step of the whole process (all threads):
+ * on a shared, loaded machine the wall clock also counts other processes'
+ * turns, the CPU time much less, so the CPU ratio is the steadier one.
+ *
+ * Memory is the peak resident set size (getrusage ru_maxrss) of each
+ * process after its timed steps, and next to it the resident size before
+ * the model was built (for PyTorch, that is the interpreter and torch's
+ * libraries, a few hundred MiB that are not the model's).
+ *
+ * The reference is tools/engine-reference.py run by /usr/bin/python3 as a
+ * child process with the same batch, threads, classes, warm-up and timed
+ * steps; it prints a line "RESULT images_per_s=... peak_rss_kib=...
+ * base_rss_kib=... step_s=... cpu_step_s=..." that is parsed here. Without python3 or
+ * torch the qtune numbers are printed and the reference is reported
+ * unavailable (exit status 0).
+ *
+ *   usage: engine [--model vit_tiny] [--batch 32] [--threads T] [--warmup 1]
+ *                 [--steps 3] [--classes 1000] [--python /usr/bin/python3]
+ *                 [--reference tools/engine-reference.py] [--no-reference]
+ *
+ * Only ViT-Ti is measured: the CNNs (qt_cnn.c) have a forward and a backward
+ * but load from checkpoints only (no random initialization), so a
+ * MobileNetV2 comparison is left for later.
+ */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "finetune/qt_finetune.h"
+
+/* CPU seconds of the whole process (every thread, OpenBLAS's included). */
+static double cpu_now(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+static double wall_now(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+/* The peak resident set size of this process so far, KiB. */
+static long peak_rss_kib(void) {
+  struct rusage usage;
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return -1;
+  return usage.ru_maxrss;
+}
+
+/* The current resident set size (VmRSS of /proc/self/status), KiB; -1 when
+ * it cannot be read. */
+static long current_rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long kib = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  fclose(f);
+  return kib;
+}
+
+typedef struct bench_options {
+  const char *model;
+  long batch, threads, warmup, steps, classes;
+  const char *python, *reference;
+  int no_reference;
+} bench_options;
+
+typedef struct bench_result {
+  double images_per_s, step_s, cpu_step_s;           /* wall and CPU seconds per step */
+  double forward_s, loss_s, backward_s, optimizer_s; /* per step */
+  long peak_rss_kib, base_rss_kib;
+} bench_result;
+
+static void usage(const char *argv0) {
+  fprintf(stderr,
+          "usage: %s [--model vit_tiny] [--batch 32] [--threads T] [--warmup 1] [--steps 3]\n"
+          "          [--classes 1000] [--python /usr/bin/python3] [--reference PATH]"
+          " [--no-reference]\n",
+          argv0);
+}
+
+static int parse_long(const char *flag, const char *text, long min, long *out) {
+  char *end = NULL;
+  long value = strtol(text, &end, 10);
+  if (!end || *end || end == text || value < min) {
+    fprintf(stderr, "%s: expected an integer >= %ld, got '%s'\n", flag, min, text);
+    return -1;
+  }
+  *out = value;
+  return 0;
+}
+
+/* The reference script next to this source file (CMake passes absolute
+ * source paths, so __FILE__ is /.../bench/engine.c), else relative to the
+ * working directory. */
+static const char *default_reference(char *buf, size_t size) {
+  const char *file = __FILE__;
+  const char *slash = strrchr(file, '/');
+  if (slash && file[0] == '/') {
+    snprintf(buf, size, "%.*s/../tools/engine-reference.py", (int)(slash - file), file);
+    if (access(buf, R_OK) == 0) return buf;
+  }
+  return "tools/engine-reference.py";
+}
+
+static int run_qtune(const bench_options *o, bench_result *r) {
+  qt_err err;
+  qt_err_clear(&err);
+  qt_rng_t *rng = NULL;
+  qt_vit_t *vit = NULL;
+  float *images = NULL;
+  int *labels = NULL;
+  int status = 1;
+  r->base_rss_kib = current_rss_kib();
+  qt_vit_config config = qt_vit_default_config();
+  config.num_classes = o->classes;
+  if (qt_rng_init(&rng, 0, &err) != 0 ||
+      qt_vit_init(&config, (size_t)o->batch, rng, &vit, &err) != 0) {
+    fprintf(stderr, "engine: %s\n", qt_err_message(&err));
+    goto done;
+  }
+  size_t pixels = 3 * (size_t)config.image_size * (size_t)config.image_size;
+  images = malloc((size_t)o->batch * pixels * sizeof *images);
+  labels = malloc((size_t)o->batch * sizeof *labels);
+  if (!images || !labels) {
+    fprintf(stderr, "engine: out of memory for the batch\n");
+    goto done;
+  }
+  for (size_t i = 0; i < (size_t)o->batch * pixels; i++)
+    images[i] = (float)qt_rng_gaussian(rng, 1.0);
+  for (long i = 0; i < o->batch; i++)
+    labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
+  qt_adamw_params hp = qt_adamw_default_params();
+  double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
+  double start = 0, cpu_start = 0;
+  for (long step = 0; step < o->warmup + o->steps; step++) {
+    if (step == o->warmup) {
+      t_forward = t_loss = t_backward = t_optimizer = 0;
+      start = wall_now();
+      cpu_start = cpu_now();
+    }
+    double t0 = wall_now();
+    if (qt_vit_forward(vit, images, (size_t)o->batch, &err) != 0) goto fail;
+    double t1 = wall_now();
+    if (qt_vit_loss(vit, labels, NULL, 0.0, &loss, &err) != 0) goto fail;
+    qt_vit_zero_grad(vit);
+    double t2 = wall_now();
+    if (qt_vit_backward(vit, &err) != 0) goto fail;
+    double t3 = wall_now();
+    if (qt_vit_adamw_step(vit, &hp, &err) != 0) goto fail;
+    double t4 = wall_now();
+    t_forward += t1 - t0;
+    t_loss += t2 - t1;
+    t_backward += t3 - t2;
+    t_optimizer += t4 - t3;
+  }
+  double seconds = wall_now() - start;
+  r->cpu_step_s = (cpu_now() - cpu_start) / (double)o->steps;
+  r->images_per_s = (double)(o->batch * o->steps) / seconds;
+  r->step_s = seconds / (double)o->steps;
+  r->forward_s = t_forward / (double)o->steps;
+  r->loss_s = t_loss / (double)o->steps;
+  r->backward_s = t_backward / (double)o->steps;
+  r->optimizer_s = t_optimizer / (double)o->steps;
+  r->peak_rss_kib = peak_rss_kib();
+  printf("qtune: %zu parameters, activation arena %.1f MiB, last loss %.4f\n",
+         qt_vit_parameter_count(vit), (double)qt_vit_activation_bytes(vit) / 1048576.0, loss);
+  status = 0;
+  goto done;
+fail:
+  fprintf(stderr, "engine: %s\n", qt_err_message(&err));
+done:
+  free(images);
+  free(labels);
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+  return status;
+}
+
+/* Runs the PyTorch reference; 0 with r filled, -1 when it is unavailable
+ * (reason in why). */
+static int run_reference(const bench_options *o, bench_result *r, char *why, size_t why_size) {
+  if (access(o->python, X_OK) != 0) {
+    snprintf(why, why_size, "%s not found", o->python);
+    return -1;
+  }
+  if (access(o->reference, R_OK) != 0) {
+    snprintf(why, why_size, "%s not found", o->reference);
+    return -1;
+  }
+  if (strchr(o->python, '\'') || strchr(o->reference, '\'')) {
+    snprintf(why, why_size, "paths with a quote are not supported");
+    return -1;
+  }
+  char command[2048];
+  snprintf(command, sizeof command,
+           "'%s' '%s' --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld", o->python,
+           o->reference, o->batch, o->threads, o->warmup, o->steps, o->classes);
+  /* The child's OpenMP and OpenBLAS pools get the same thread count. */
+  char threads[32];
+  snprintf(threads, sizeof threads, "%ld", o->threads);
+  setenv("OMP_NUM_THREADS", threads, 1);
+  setenv("OPENBLAS_NUM_THREADS", threads, 1);
+  printf("reference: %s\n", command);
+  fflush(stdout);
+  FILE *pipe = popen(command, "r");
+  if (!pipe) {
+    snprintf(why, why_size, "cannot start %s", o->python);
+    return -1;
+  }
+  char line[512];
+  int found = 0;
+  while (fgets(line, sizeof line, pipe)) {
+    if (sscanf(line,
+               "RESULT images_per_s=%lf peak_rss_kib=%ld base_rss_kib=%ld step_s=%lf "
+               "cpu_step_s=%lf",
+               &r->images_per_s, &r->peak_rss_kib, &r->base_rss_kib, &r->step_s,
+               &r->cpu_step_s) == 5)
+      found = 1;
+  }
+  int rc = pclose(pipe);
+  if (rc != 0) {
+    snprintf(why, why_size, "the reference failed (exit status %d; is python3-torch installed?)",
+             WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+    return -1;
+  }
+  if (!found) {
+    snprintf(why, why_size, "the reference printed no RESULT line");
+    return -1;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, "/usr/bin/python3", NULL, 0};
+  char reference_buf[4096];
+  for (int i = 1; i < argc; i++) {
+    const char *flag = argv[i];
+    if (!strcmp(flag, "--no-reference")) {
+      o.no_reference = 1;
+      continue;
+    }
+    if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
+      usage(argv[0]);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      usage(argv[0]);
+      return 1;
+    }
+    const char *value = argv[++i];
+    int bad = 0;
+    if (!strcmp(flag, "--model"))
+      o.model = value;
+    else if (!strcmp(flag, "--batch"))
+      bad = parse_long(flag, value, 1, &o.batch);
+    else if (!strcmp(flag, "--threads"))
+      bad = parse_long(flag, value, 1, &o.threads);
+    else if (!strcmp(flag, "--warmup"))
+      bad = parse_long(flag, value, 0, &o.warmup);
+    else if (!strcmp(flag, "--steps"))
+      bad = parse_long(flag, value, 1, &o.steps);
+    else if (!strcmp(flag, "--classes"))
+      bad = parse_long(flag, value, 1, &o.classes);
+    else if (!strcmp(flag, "--python"))
+      o.python = value;
+    else if (!strcmp(flag, "--reference"))
+      o.reference = value;
+    else {
+      usage(argv[0]);
+      return 1;
+    }
+    if (bad) return 1;
+  }
+  if (strcmp(o.model, "vit_tiny") != 0) {
+    fprintf(stderr,
+            "engine: model '%s' is not supported: only vit_tiny (the CNNs of qt_cnn.c have a "
+            "forward and a backward but load from checkpoints only; a MobileNetV2 comparison "
+            "is not written yet)\n",
+            o.model);
+    return 1;
+  }
+  if (o.threads == 0) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    o.threads = online > 0 ? online : 1;
+  }
+  if (!o.reference) o.reference = default_reference(reference_buf, sizeof reference_buf);
+  openblas_set_num_threads((int)o.threads);
+
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+  printf(
+      "ViT-Ti/16 224 px (qt_vit_default_config), %ld classes, batch %ld, %ld threads "
+      "(OpenBLAS %d), %ld warm-up + %ld timed steps of forward, backward, AdamW\n",
+      o.classes, o.batch, o.threads, openblas_get_num_threads(), o.warmup, o.steps);
+  printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
+  fflush(stdout);
+
+  bench_result q = {0}, t = {0};
+  if (run_qtune(&o, &q) != 0) return 1;
+  printf("qtune per step: forward %.3f s, loss %.3f s, backward %.3f s, AdamW %.3f s\n",
+         q.forward_s, q.loss_s, q.backward_s, q.optimizer_s);
+  fflush(stdout);
+
+  char why[512] = "skipped (--no-reference)";
+  int have_reference = !o.no_reference && run_reference(&o, &t, why, sizeof why) == 0;
+
+  printf("\n%-10s %10s %10s %12s %14s %14s\n", "", "images/s", "s/step", "CPU s/step",
+         "peak RSS MiB", "base RSS MiB");
+  printf("%-10s %10.2f %10.3f %12.3f %14.1f %14.1f\n", "qtune", q.images_per_s, q.step_s,
+         q.cpu_step_s, (double)q.peak_rss_kib / 1024.0, (double)q.base_rss_kib / 1024.0);
+  if (have_reference) {
+    printf("%-10s %10.2f %10.3f %12.3f %14.1f %14.1f\n", "PyTorch", t.images_per_s, t.step_s,
+           t.cpu_step_s, (double)t.peak_rss_kib / 1024.0, (double)t.base_rss_kib / 1024.0);
+    double q_model = (double)(q.peak_rss_kib - q.base_rss_kib);
+    double t_model = (double)(t.peak_rss_kib - t.base_rss_kib);
+    printf(
+        "qtune/PyTorch: throughput %.2fx wall, %.2fx CPU time (target >= 1.0x); "
+        "peak memory %.2fx, peak above base %.2fx (lower is better)\n",
+        q.images_per_s / t.images_per_s, t.cpu_step_s / q.cpu_step_s,
+        (double)q.peak_rss_kib / (double)t.peak_rss_kib, t_model > 0 ? q_model / t_model : 0.0);
+  } else {
+    printf("PyTorch reference unavailable: %s\n", why);
+  }
+  if (getloadavg(load, 3) >= 0)
+    printf("load average after: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
+  return 0;
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""engine-reference.py - the PyTorch side of bench/engine.
+
+Times fine-tuning steps (forward, cross-entropy, backward, AdamW step) of
+ViT-Ti/16 (timm's vit_tiny_patch16_224 layout) written in plain torch, so
+that Debian's python3-torch runs it without timm: a patch convolution, a
+class token, a position embedding, `depth` pre-norm blocks
+
+    x = x + proj(attention(qkv(norm1(x))))
+    x = x + fc2(gelu(fc1(norm2(x))))
+
+(layer norms with eps 1e-6, exact GELU, attention as timm 0.6 computes it
+with explicit q k^T, softmax and a product with v), the final norm of the
+class token and the head. AdamW as torch.optim.AdamW (lr 1e-3, betas 0.9 /
+0.999, eps 1e-8, weight decay 0.01) with weight decay only on tensors of 2
+or more dimensions except pos_embed and cls_token (timm's
+param_groups_weight_decay, as qtune does).
+
+The parameter names are not timm's; the structure and the parameter count
+(5,717,416 with 1000 classes, as qtune's qt_vit_default_config) are.
+
+Inputs are random normal images and random labels. The last line printed is
+
+    RESULT images_per_s=X peak_rss_kib=Y base_rss_kib=Z step_s=S cpu_step_s=U
+
+where peak_rss_kib is the process's getrusage ru_maxrss (KiB) at the end
+and base_rss_kib its resident size before the model was built (the
+interpreter and torch's libraries); step_s is wall-clock seconds per timed
+step and cpu_step_s CPU seconds (all threads) per timed step, which a loaded
+machine inflates less. bench/engine parses that line.
+
+usage: engine-reference.py [--batch 32] [--threads T] [--warmup 1]
+                           [--steps 3] [--classes 1000] [--image-size 224]
+"""
+import argparse
+import resource
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads, mlp_hidden):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, mlp_hidden)
+        self.fc2 = nn.Linear(mlp_hidden, width)
+        self.act = nn.GELU()
+
+    def attention(self, x):
+        b, t, c = x.shape
+        hs = c // self.heads
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, hs).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        att = (q * hs ** -0.5) @ k.transpose(-2, -1)
+        att = att.softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, c)
+        return self.proj(y)
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        x = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return x
+
+
+class ViT(nn.Module):
+    def __init__(self, image_size=224, patch=16, width=192, depth=12, heads=3,
+                 mlp_hidden=768, classes=1000):
+        super().__init__()
+        tokens = (image_size // patch) ** 2 + 1
+        self.patch_embed = nn.Conv2d(3, width, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 1e-6)
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images):
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--image-size", type=int, default=224)
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    base_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    model = ViT(image_size=args.image_size, classes=args.classes)
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim <= 1 or name in ("pos_embed", "cls_token"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, args.classes, (args.batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    for _ in range(args.warmup):
+        step()
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    for _ in range(args.steps):
+        loss = step()
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    per_step = seconds / max(args.steps, 1)
+    print(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads, last loss {loss:.4f}",
+          file=sys.stderr)
+    print(f"RESULT images_per_s={args.batch * args.steps / seconds:.4f} peak_rss_kib={peak} "
+          f"base_rss_kib={base_rss_kib} step_s={per_step:.4f} "
+          f"cpu_step_s={cpu_seconds / max(args.steps, 1):.4f}")
+
+
+if __name__ == "__main__":
+    main()
