@@ -3,7 +3,8 @@
  * IDX data, for `qtune finetune`, `qtune search` and the demo.
  *
  *   make-task --data DIR --per-class N [--classes 0,1,...]
- *             [--test-per-class M] [--seed S] --out DIR
+ *             [--test-per-class M] [--seed S]
+ *             [--transform none|rot90|rot180|invert|noise:SIGMA] --out DIR
  *
  * DIR holds train-images-idx3-ubyte and train-labels-idx1-ubyte, and
  * optionally t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each
@@ -19,6 +20,13 @@
  * which qt_data_load reads as they are (validation is carved from train
  * there), plus task.txt with the command, the source and the counts.
  *
+ * --transform changes every written image (train and test alike): rot90
+ * turns it a quarter turn clockwise (square images only), rot180 a half
+ * turn, invert maps a pixel p to 255 - p, and noise:SIGMA adds Gaussian
+ * noise of standard deviation SIGMA grey levels (0 < SIGMA <= 255), rounded
+ * and clipped to [0, 255], drawn from a stream of the seed of its own (so
+ * the same command gives the same noisy files).
+ *
  * Note: qt_data_load names the classes after Fashion-MNIST's when the
  * path contains "fashion"; a task with fewer than 10 classes in such a
  * folder would then have empty classes, so make-task refuses that.
@@ -28,6 +36,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,11 +56,16 @@ typedef struct options {
   int classes[MAX_CLASSES];
   size_t n_classes; /* 0: all of the source's */
   unsigned long long seed;
+  int transform;       /* TRANSFORM_* */
+  double noise_sigma;  /* grey levels, TRANSFORM_NOISE only */
 } options;
+
+enum { TRANSFORM_NONE = 0, TRANSFORM_ROT90, TRANSFORM_ROT180, TRANSFORM_INVERT, TRANSFORM_NOISE };
 
 static void usage(FILE *f) {
   fprintf(f, "usage: make-task --data DIR --per-class N [--classes 0,1,...] "
-             "[--test-per-class M] [--seed S] --out DIR\n");
+             "[--test-per-class M] [--seed S] "
+             "[--transform none|rot90|rot180|invert|noise:SIGMA] --out DIR\n");
 }
 
 static int parse_count(const char *flag, const char *text, long *out) {
@@ -97,6 +111,32 @@ static int parse_classes(const char *text, options *o) {
   return 0;
 }
 
+static int parse_transform(const char *text, options *o) {
+  o->noise_sigma = 0.0;
+  if (strcmp(text, "none") == 0) o->transform = TRANSFORM_NONE;
+  else if (strcmp(text, "rot90") == 0) o->transform = TRANSFORM_ROT90;
+  else if (strcmp(text, "rot180") == 0) o->transform = TRANSFORM_ROT180;
+  else if (strcmp(text, "invert") == 0) o->transform = TRANSFORM_INVERT;
+  else if (strncmp(text, "noise:", 6) == 0) {
+    char *end = NULL;
+    errno = 0;
+    double sigma = strtod(text + 6, &end);
+    if (end == text + 6 || *end != '\0' || errno == ERANGE || !(sigma > 0.0 && sigma <= 255.0)) {
+      fprintf(stderr, "make-task: --transform noise:SIGMA needs 0 < SIGMA <= 255, got '%s'\n",
+              text);
+      return -1;
+    }
+    o->transform = TRANSFORM_NOISE;
+    o->noise_sigma = sigma;
+  } else {
+    fprintf(stderr,
+            "make-task: --transform must be none, rot90, rot180, invert or noise:SIGMA, got '%s'\n",
+            text);
+    return -1;
+  }
+  return 0;
+}
+
 static int parse_options(int argc, char **argv, options *o) {
   memset(o, 0, sizeof *o);
   o->per_class = -1;
@@ -118,6 +158,7 @@ static int parse_options(int argc, char **argv, options *o) {
     else if (strcmp(flag, "--per-class") == 0) rc = parse_count(flag, v, &o->per_class);
     else if (strcmp(flag, "--test-per-class") == 0) rc = parse_count(flag, v, &o->test_per_class);
     else if (strcmp(flag, "--classes") == 0) rc = parse_classes(v, o);
+    else if (strcmp(flag, "--transform") == 0) rc = parse_transform(v, o);
     else if (strcmp(flag, "--seed") == 0) {
       char *end = NULL;
       o->seed = strtoull(v, &end, 10);
@@ -153,24 +194,60 @@ static void put_be32(unsigned char *p, uint32_t v) {
   p[3] = (unsigned char)v;
 }
 
+/* One grayscale image (height, width) of src, transformed as o says, into
+ * dst; noise draws from rng. */
+static void transform_image(const unsigned char *src, size_t height, size_t width,
+                            const options *o, qt_rng_t *rng, unsigned char *dst) {
+  size_t n = height * width;
+  switch (o->transform) {
+  case TRANSFORM_ROT90: /* clockwise: dst(y, x) = src(h - 1 - x, y), square images */
+    for (size_t y = 0; y < height; y++)
+      for (size_t x = 0; x < width; x++) dst[y * width + x] = src[(height - 1 - x) * width + y];
+    break;
+  case TRANSFORM_ROT180:
+    for (size_t i = 0; i < n; i++) dst[i] = src[n - 1 - i];
+    break;
+  case TRANSFORM_INVERT:
+    for (size_t i = 0; i < n; i++) dst[i] = (unsigned char)(255 - src[i]);
+    break;
+  case TRANSFORM_NOISE:
+    for (size_t i = 0; i < n; i++) {
+      double v = floor((double)src[i] + qt_rng_gaussian(rng, o->noise_sigma) + 0.5);
+      dst[i] = (unsigned char)(v < 0.0 ? 0.0 : v > 255.0 ? 255.0 : v);
+    }
+    break;
+  default:
+    memcpy(dst, src, n);
+  }
+}
+
 /* Writes the images (n, height, width) and labels (n) of the chosen
  * samples as IDX files "<prefix>-images-idx3-ubyte" and
  * "<prefix>-labels-idx1-ubyte" in dir. */
 static int write_idx(const char *dir, const char *prefix, const qt_dataset *ds,
-                     const size_t *chosen, const int32_t *new_labels, size_t n, qt_err *err) {
+                     const size_t *chosen, const int32_t *new_labels, size_t n,
+                     const options *o, qt_rng_t *noise, qt_err *err) {
   char path[4096];
   size_t pixels = ds->height * ds->width * ds->channels;
+  unsigned char *image = malloc(pixels); /* (height, width) one transformed image */
+  if (!image) return qt_err_set(err, QT_ENOMEM, "out of memory");
   unsigned char header[16];
   snprintf(path, sizeof path, "%s/%s-images-idx3-ubyte", dir, prefix);
   FILE *f = fopen(path, "wb");
-  if (!f) return qt_err_set(err, QT_EIO, "cannot write %s: %s", path, strerror(errno));
+  if (!f) {
+    free(image);
+    return qt_err_set(err, QT_EIO, "cannot write %s: %s", path, strerror(errno));
+  }
   put_be32(header, 0x00000803u);
   put_be32(header + 4, (uint32_t)n);
   put_be32(header + 8, (uint32_t)ds->height);
   put_be32(header + 12, (uint32_t)ds->width);
   int ok = fwrite(header, 1, 16, f) == 16;
-  for (size_t i = 0; i < n && ok; i++)
-    ok = fwrite(ds->images + chosen[i] * pixels, 1, pixels, f) == pixels;
+  for (size_t i = 0; i < n && ok; i++) {
+    transform_image(ds->images + chosen[i] * pixels, ds->height, ds->width, o, noise, image);
+    ok = fwrite(image, 1, pixels, f) == pixels;
+  }
+  free(image);
   if (fclose(f) != 0) ok = 0;
   if (!ok) return qt_err_set(err, QT_EIO, "writing %s failed", path);
 
@@ -257,7 +334,7 @@ int main(int argc, char **argv) {
   qt_err_clear(&err);
   int status = EXIT_FAIL;
   qt_dataset *split[2] = {NULL, NULL}; /* train, test */
-  qt_rng_t *root = NULL, *rng = NULL;
+  qt_rng_t *root = NULL, *rng = NULL, *noise = NULL;
   size_t *members = NULL, *chosen = NULL;
   unsigned char *mark = NULL;
   int32_t *new_labels = NULL;
@@ -297,6 +374,11 @@ int main(int argc, char **argv) {
       qt_err_set(&err, QT_EFORMAT, "%s: expected grayscale IDX images", ds->source);
       goto fail;
     }
+    if (o.transform == TRANSFORM_ROT90 && ds->height != ds->width) {
+      qt_err_set(&err, QT_EINVAL, "%s: --transform rot90 needs square images, these are %zux%zu",
+                 ds->source, ds->height, ds->width);
+      goto fail;
+    }
     free(members);
     free(chosen);
     free(mark);
@@ -321,7 +403,11 @@ int main(int argc, char **argv) {
     long per_class = s == 0 ? o.per_class : o.test_per_class;
     counts[s] = choose(ds, new_labels, (size_t)k, per_class, rng, members, mark, chosen);
     if (counts[s] == 0) continue;
-    if (write_idx(o.out, prefixes[s], ds, chosen, new_labels, counts[s], &err) < 0) goto fail;
+    qt_rng_free(noise);
+    noise = NULL;
+    if (qt_rng_fork(root, (uint64_t)s + 3, &noise, &err) < 0) goto fail;
+    if (write_idx(o.out, prefixes[s], ds, chosen, new_labels, counts[s], &o, noise, &err) < 0)
+      goto fail;
   }
   /* A test split from an earlier run with other flags must not linger. */
   if (counts[1] == 0) {
@@ -356,6 +442,7 @@ int main(int argc, char **argv) {
 fail:
   fprintf(stderr, "make-task: %s\n", qt_err_message(&err));
 done:
+  qt_rng_free(noise);
   qt_rng_free(rng);
   qt_rng_free(root);
   free(members);

@@ -659,6 +659,80 @@ int qt_search_spec_from_config(const qt_hub_model *model, const qt_space_t *spac
                                const qt_config *config, long schedule_epochs, uint64_t seed,
                                int threads, struct qt_run_spec *spec, qt_err *err);
 
+/* ========================================================================= */
+/* Search models (shared by qtune search and qtune meta collect)              */
+/* ========================================================================= */
+
+/*
+ * The models a search or a collection draws from: the hub's entries whose
+ * family the run API can fine-tune (vit, deit, deit3) and whose checkpoint
+ * exists (each one left out is logged with the reason), and a copy of the
+ * base space whose categorical "model" has these names as its choices, in
+ * the hub's order (qt_space_with_choices). Everything is owned by the
+ * struct; qt_search_models_free releases it (a zeroed struct is fine).
+ */
+typedef struct qt_search_models {
+  qt_hub_t *hub;                /* the loaded hub */
+  const qt_hub_model **models;  /* (count) the usable entries, by choice of "model" */
+  size_t count;
+  qt_space_t *space;            /* the base space with the models as "model" choices */
+  size_t model_hp;              /* index of "model" in space */
+} qt_search_models;
+
+/* Loads hub_path and fills *out. QT_ENOENT when no model is usable; the
+ * hub's and the space's errors otherwise. */
+int qt_search_models_load(const char *hub_path, const qt_space_t *base_space,
+                          qt_search_models *out, qt_err *err);
+void qt_search_models_free(qt_search_models *models);
+/* 1 when the engine can run config (a configuration of models->space);
+ * 0 when the run spec is QT_ENOTIMPL (a method not built yet), with the
+ * engine's message in reason. Bad values are left to the run itself. */
+int qt_search_config_runnable(const qt_search_models *models, const qt_config *config,
+                              long schedule_epochs, char *reason, size_t size);
+
+/* ========================================================================= */
+/* Meta-dataset collection (qtune meta collect)                               */
+/* ========================================================================= */
+
+/*
+ * qt_collect_run (src/bo/qt_collect.c documents it): for every task (a
+ * task YAML of configs/tasks/, its data the folder named by its `data:` key
+ * or $QTUNE_DATA/tasks/<name>), runs_per_task configurations drawn from
+ * the space over the hub's usable models are fine-tuned for max_epochs
+ * epochs each by the engine's run API; each finished (task, run) is kept in
+ * out_dir/parts/<task>/<run>.csv and skipped when collecting again; at the
+ * end every part is assembled into the native meta-dataset in out_dir.
+ */
+typedef struct qt_collect_params {
+  const char *hub;               /* hub YAML (required) */
+  const char *space;             /* space YAML (required) */
+  const char *const *tasks;      /* (task_count) task YAML files */
+  size_t task_count;
+  const char *data_root;         /* NULL: $QTUNE_DATA, else ~/.cache/qtune/data */
+  long runs_per_task;            /* >= 1 */
+  long max_epochs;               /* >= 1, within the space's fidelity */
+  const char *out_dir;           /* required */
+  const char *name;              /* meta-dataset name; NULL: "qtune-collect" */
+  uint64_t seed;
+  int jobs;                      /* worker processes (fork); < 1: 1 */
+  int threads;                   /* engine threads per run; < 1: 1 */
+} qt_collect_params;
+
+qt_collect_params qt_collect_default_params(void);
+
+typedef struct qt_collect_result {
+  long runs_total;      /* tasks x runs_per_task */
+  long runs_computed;   /* run by this call */
+  long runs_reused;     /* parts already present (a resumed collection) */
+  long runs_kept;       /* runs in the written meta-dataset */
+  long runs_failed;     /* the engine refused or failed the run: left out */
+  long runs_diverged;   /* runs whose curve was cut at a diverged epoch */
+  long runs_empty;      /* diverged in their first epoch: left out */
+  size_t points;        /* (run, epoch) points written */
+} qt_collect_result;
+
+int qt_collect_run(const qt_collect_params *params, qt_collect_result *out, qt_err *err);
+
 #ifdef __cplusplus
 }
 #endif

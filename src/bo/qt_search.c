@@ -540,39 +540,18 @@ static void enforce_disk(search *S) {
 /* Setting up                                                                 */
 /* ------------------------------------------------------------------------- */
 
+/* The hub's usable models and the space over them (qt_search_models_load);
+ * the search takes ownership of what it loaded. */
 static int load_models(search *S, qt_err *err) {
-  int rc = qt_hub_load_file(S->params->hub, &S->hub, err);
+  qt_search_models m;
+  int rc = qt_search_models_load(S->params->hub, S->base_space, &m, err);
   if (rc < 0) return rc;
-  size_t n = qt_hub_count(S->hub);
-  S->models = calloc(n ? n : 1, sizeof *S->models);
-  if (!S->models) return qt_err_set(err, QT_ENOMEM, "out of memory");
-  for (size_t i = 0; i < n; i++) {
-    const qt_hub_model *m = qt_hub_model_at(S->hub, i);
-    qt_model_family family;
-    if (qt_model_family_parse(m->family, &family) != 0 || !qt_model_family_is_vit(family)) {
-      QT_LOG_WARN("hub model %s left out: family '%s' cannot be fine-tuned yet", m->name,
-                  m->family);
-      continue;
-    }
-    if (access(m->checkpoint, R_OK) != 0) {
-      QT_LOG_WARN("hub model %s left out: checkpoint %s: %s", m->name, m->checkpoint,
-                  strerror(errno));
-      continue;
-    }
-    S->models[S->n_models++] = m;
-  }
-  if (S->n_models == 0)
-    return qt_err_set(err, QT_ENOENT,
-                      "hub %s has no model the engine can fine-tune (families vit, deit, deit3 "
-                      "with a checkpoint on disk); see `qtune hub list %s`",
-                      S->params->hub, S->params->hub);
-  const char **names = malloc(S->n_models * sizeof *names);
-  if (!names) return qt_err_set(err, QT_ENOMEM, "out of memory");
-  for (size_t i = 0; i < S->n_models; i++) names[i] = S->models[i]->name;
-  rc = qt_space_with_choices(S->base_space, "model", names, S->n_models, &S->space, err);
-  free(names);
-  if (rc < 0) return rc;
-  return qt_space_find(S->space, "model", &S->model_hp);
+  S->hub = m.hub;
+  S->models = m.models;
+  S->n_models = m.count;
+  S->space = m.space;
+  S->model_hp = m.model_hp;
+  return 0;
 }
 
 /* 1 when the engine can run config (no QT_ENOTIMPL); reason gets why not. */

@@ -1,14 +1,19 @@
 /*
  * cmd_meta.c - `qtune meta ...`: meta-datasets from the command line:
  * `meta import`, which converts Quick-Tune's layout to the native folder, and
- * `meta train`, which meta-trains the surrogates and writes a surrogate file.
+ * `meta train`, which meta-trains the surrogates and writes a surrogate file,
+ * and `meta collect`, which fine-tunes sampled configurations on a task
+ * family and writes a meta-dataset (src/bo/qt_collect.c).
  */
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bo/qt_bo.h"
 #include "cli/qt_cli.h"
 #include "metadata/qt_metadata.h"
 #include "surrogate/qt_surrogate.h"
@@ -191,5 +196,163 @@ int qt_cli_meta_train(const qt_cli_args *args) {
   }
   qt_surrogate_free(surrogate);
   qt_metadataset_free(md);
+  return status;
+}
+
+/* ------------------------------------------------------------------------- */
+/* meta collect                                                               */
+/* ------------------------------------------------------------------------- */
+
+/* A shipped file (configs/...) from the working directory, else from the
+ * source tree this binary was built from. */
+static const char *shipped(const char *relative, char *buf, size_t size) {
+  if (access(relative, R_OK) == 0) return relative;
+  snprintf(buf, size, "%s/%s", QT_SOURCE_DIR, relative);
+  return buf;
+}
+
+static int compare_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int ends_with(const char *text, const char *suffix) {
+  size_t n = strlen(text), m = strlen(suffix);
+  return n >= m && strcmp(text + n - m, suffix) == 0;
+}
+
+/* The task files of --tasks: a folder's *.yaml in name order, or a
+ * comma-separated list of files. *out (and each string) is malloc'ed. */
+static int task_files(const char *spec, char ***out, size_t *count, qt_err *err) {
+  *out = NULL;
+  *count = 0;
+  size_t cap = 16;
+  char **files = malloc(cap * sizeof *files);
+  if (!files) return qt_err_set(err, QT_ENOMEM, "out of memory");
+  DIR *dir = opendir(spec);
+  if (dir) {
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+      if (e->d_name[0] == '.' || !ends_with(e->d_name, ".yaml")) continue;
+      if (*count == cap) {
+        char **bigger = realloc(files, 2 * cap * sizeof *files);
+        if (!bigger) break;
+        files = bigger;
+        cap *= 2;
+      }
+      size_t len = strlen(spec) + strlen(e->d_name) + 2;
+      files[*count] = malloc(len);
+      if (!files[*count]) break;
+      snprintf(files[*count], len, "%s/%s", spec, e->d_name);
+      (*count)++;
+    }
+    closedir(dir);
+    qsort(files, *count, sizeof *files, compare_names);
+  } else {
+    const char *p = spec;
+    while (*p) {
+      const char *comma = strchr(p, ',');
+      size_t len = comma ? (size_t)(comma - p) : strlen(p);
+      if (len > 0) {
+        if (*count == cap) {
+          char **bigger = realloc(files, 2 * cap * sizeof *files);
+          if (!bigger) break;
+          files = bigger;
+          cap *= 2;
+        }
+        files[*count] = malloc(len + 1);
+        if (!files[*count]) break;
+        memcpy(files[*count], p, len);
+        files[*count][len] = '\0';
+        (*count)++;
+      }
+      p = comma ? comma + 1 : p + len;
+    }
+  }
+  *out = files;
+  if (*count == 0)
+    return qt_err_set(err, QT_ENOENT, "--tasks %s: no task file (*.yaml) found", spec);
+  return 0;
+}
+
+static int parse_positive(const qt_cli_command *command, const char *flag, const char *text,
+                          long *out) {
+  long v = 0;
+  if (qt_parse_long(text, &v) != 0 || v < 1)
+    return qt_cli_usage_error(command, "--%s must be a whole number >= 1, got '%s'", flag, text);
+  *out = v;
+  return 0;
+}
+
+int qt_cli_meta_collect(const qt_cli_args *args) {
+  const qt_cli_command *command = args->command;
+  qt_collect_params p = qt_collect_default_params();
+  char hub_buf[4096], space_buf[4096];
+  const char *text;
+  p.hub = qt_cli_get(args, "hub");
+  if (!p.hub) p.hub = shipped("configs/hubs/default.yaml", hub_buf, sizeof hub_buf);
+  p.space = qt_cli_get(args, "space");
+  if (!p.space) p.space = shipped("configs/spaces/default.yaml", space_buf, sizeof space_buf);
+  p.out_dir = qt_cli_get(args, "out");
+  p.name = qt_cli_get(args, "name");
+  const char *tasks = qt_cli_get(args, "tasks");
+  if (!tasks) return qt_cli_usage_error(command, "--tasks DIR|FILES is required");
+  if (!p.out_dir) return qt_cli_usage_error(command, "--out DIR is required");
+  if (!(text = qt_cli_get(args, "runs-per-task")))
+    return qt_cli_usage_error(command, "--runs-per-task N is required");
+  if (parse_positive(command, "runs-per-task", text, &p.runs_per_task)) return QT_CLI_EXIT_USAGE;
+  if (!(text = qt_cli_get(args, "max-epochs")))
+    return qt_cli_usage_error(command, "--max-epochs N is required");
+  if (parse_positive(command, "max-epochs", text, &p.max_epochs)) return QT_CLI_EXIT_USAGE;
+  long v = 0;
+  if ((text = qt_cli_get(args, "jobs"))) {
+    if (parse_positive(command, "jobs", text, &v)) return QT_CLI_EXIT_USAGE;
+    p.jobs = (int)(v > 256 ? 256 : v);
+  }
+  if ((text = qt_cli_get(args, "threads"))) {
+    if (parse_positive(command, "threads", text, &v)) return QT_CLI_EXIT_USAGE;
+    p.threads = (int)(v > 64 ? 64 : v);
+  }
+  if ((text = qt_cli_get(args, "seed"))) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long seed = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || text[0] == '-' || errno == ERANGE)
+      return qt_cli_usage_error(command, "--seed must be a whole number >= 0, got '%s'", text);
+    p.seed = seed;
+  }
+  qt_err err;
+  qt_err_clear(&err);
+  const char *device = qt_cli_get(args, "device");
+  if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
+    qt_err_set(&err, QT_ENOTIMPL, "--device %s: collecting on CUDA is not implemented yet (use cpu)",
+               device);
+    return qt_cli_fail(command, &err);
+  }
+  char **files = NULL;
+  size_t n_files = 0;
+  int status = QT_CLI_EXIT_OK;
+  if (task_files(tasks, &files, &n_files, &err) < 0) {
+    status = qt_cli_fail(command, &err);
+    goto done;
+  }
+  p.tasks = (const char *const *)files;
+  p.task_count = n_files;
+  printf("collecting %zu tasks x %ld runs x %ld epochs into %s (%d job%s)\n", n_files,
+         p.runs_per_task, p.max_epochs, p.out_dir, p.jobs, p.jobs == 1 ? "" : "s");
+  fflush(stdout);
+  qt_collect_result r;
+  if (qt_collect_run(&p, &r, &err) < 0) {
+    status = qt_cli_fail(command, &err);
+    goto done;
+  }
+  printf("runs: %ld in all, %ld computed now, %ld from earlier parts\n", r.runs_total,
+         r.runs_computed, r.runs_reused);
+  printf("kept %ld runs (%zu points; %ld cut at a diverged epoch); left out %ld failed and %ld "
+         "diverged in epoch 1\n",
+         r.runs_kept, r.points, r.runs_diverged, r.runs_failed, r.runs_empty);
+  printf("wrote %s\n", p.out_dir);
+done:
+  for (size_t i = 0; i < n_files; i++) free(files[i]);
+  free(files);
   return status;
 }

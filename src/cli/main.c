@@ -111,12 +111,15 @@ static const qt_cli_flag meta_train_flags[] = {
     {NULL, NULL, NULL}};
 
 static const qt_cli_flag meta_collect_flags[] = {
-    {"hub", "FILE", "model hub YAML"},
-    {"space", "FILE", "search-space YAML"},
-    {"tasks", "DIR", "folder of task YAML files"},
+    {"hub", "FILE", "model hub YAML (default configs/hubs/default.yaml)"},
+    {"space", "FILE", "search-space YAML (default configs/spaces/default.yaml)"},
+    {"tasks", "DIR|FILES", "folder of task YAML files (configs/tasks), or comma-separated files"},
     {"runs-per-task", "N", "sampled configurations per task"},
     {"max-epochs", "N", "epochs per run"},
     {"out", "DIR", "native meta-dataset folder to write (resumed when it exists)"},
+    {"jobs", "J", "worker processes (default 1)"},
+    {"threads", "N", "engine threads per run (default 1)"},
+    {"name", "NAME", "meta-dataset name (default qtune-collect)"},
     QT_FLAG_DEVICE,
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
@@ -135,10 +138,14 @@ static const qt_cli_command meta_subcommands[] = {
      "and writes one surrogate file, tied to the search space and encoding it was trained for.\n",
      meta_train_flags, 0, 0, qt_cli_meta_train, NULL},
     {"collect", "meta collect", "build a meta-dataset by fine-tuning sampled configurations",
-     "--hub FILE --space FILE --tasks DIR --runs-per-task N --max-epochs N --out DIR",
+     "--tasks DIR|FILES --runs-per-task N --max-epochs N --out DIR [--hub FILE] [--space FILE] "
+     "[--jobs J]",
      "Samples configurations, runs them on every task with the fine-tuning engine and writes\n"
-     "the learning curves, per-epoch costs and dataset meta-features. Resumable.\n",
-     meta_collect_flags, 0, 0, NULL, NULL},
+     "the learning curves, per-epoch costs and dataset meta-features. Each finished run is kept\n"
+     "in DIR/parts/<task>/<run>.csv, so running the same command again continues an\n"
+     "interrupted collection. A task's data are its YAML's data: folder, else\n"
+     "$QTUNE_DATA/tasks/<name> (tools/make-tasks builds them).\n",
+     meta_collect_flags, 0, 0, qt_cli_meta_collect, NULL},
     {NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL}};
 
 static const qt_cli_command hub_subcommands[] = {

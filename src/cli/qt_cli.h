@@ -79,6 +79,7 @@ int qt_cli_hub_list(const qt_cli_args *args);
 int qt_cli_hub_show(const qt_cli_args *args);
 int qt_cli_meta_import(const qt_cli_args *args);
 int qt_cli_meta_train(const qt_cli_args *args);
+int qt_cli_meta_collect(const qt_cli_args *args);
 int qt_cli_bench(const qt_cli_args *args);
 int qt_cli_finetune(const qt_cli_args *args);
 int qt_cli_search(const qt_cli_args *args);
