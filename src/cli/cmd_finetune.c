@@ -316,8 +316,8 @@ int qt_cli_finetune(const qt_cli_args *args) {
       diverged = 1;
       break;
     }
-    printf("epoch %ld  train_loss %.4f  val_top1 %.4f  %.2fs  %.1f images/s\n", r.epoch,
-           r.train_loss, r.score, r.seconds, r.images_per_s);
+    printf("epoch %ld  train_loss %.4f  val_top1 %.4f  %.2fs  %.1f images/s  %zu trainable\n",
+           r.epoch, r.train_loss, r.score, r.seconds, r.images_per_s, r.trainable);
     fflush(stdout);
     if (curve) {
       fprintf(curve, "%ld,%.9g,%.9g,%.9g,%.6g,%.6g\n", r.epoch, r.train_loss, r.val_loss,
