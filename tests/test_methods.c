@@ -7,11 +7,16 @@
  * when c >= 0, lambda = 1 restores the previous radius, no projection at
  * step 1, SGD and the theta0 = 0 mode, and a golden sequence from a PyTorch
  * transcription of the official adamSPD.py made by
- * tools/make-spd-fixture.py), and SFA's schedule and average. The run-level
+ * tools/make-spd-fixture.py), SFA's schedule and average, and the feature
+ * regularizers BSS and DELTA (qt_methods_reg.c: hand values, finite
+ * differences against double references, a tiny ViT's whole gradient
+ * through the feature hook, and their runs with save/resume on a small
+ * fixture of their own). The run-level
  * wiring (L2-SP, SPD and SFA inside qt_run_epoch, save/resume) is in
  * test_run.c, which has the model and data fixtures.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -574,6 +579,419 @@ static void test_rosa_factorize(void) {
   CU_ASSERT_EQUAL(qt_rosa_factorize(w, OUT, IN, R, 3, fixed, a, b, &err), QT_EINVAL);
 }
 
+
+/* ------------------------------------------------------------------------- */
+/* BSS (qt_methods_reg.c)                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* F = [[3, 0, 0], [0, 1, 0]]: singular values 3 and 1 with u_2 = e_2,
+ * v_2 = e_2, so k = 1 gives eta * 1 and the gradient 2 eta at (1, 1); k = 2
+ * (or more, clamped) gives eta * 10. */
+static void test_bss_values(void) {
+  qt_err err;
+  float f[6] = {3, 0, 0, 0, 1, 0};
+  float g[6] = {0};
+  double pen = -1.0;
+  CU_ASSERT_FATAL(qt_bss_penalty(f, 2, 3, 1, 0.5, &pen, g, &err) == 0);
+  QT_ASSERT_CLOSE(pen, 0.5, 1e-12);
+  for (int i = 0; i < 6; i++) QT_ASSERT_CLOSE(g[i], i == 4 ? 1.0 : 0.0, 1e-6);
+  CU_ASSERT_FATAL(qt_bss_penalty(f, 2, 3, 2, 0.5, &pen, NULL, &err) == 0);
+  QT_ASSERT_CLOSE(pen, 5.0, 1e-12);
+  CU_ASSERT_FATAL(qt_bss_penalty(f, 2, 3, 7, 0.5, &pen, NULL, &err) == 0);
+  QT_ASSERT_CLOSE(pen, 5.0, 1e-12);
+  /* The transposed shape (more rows than columns) too. */
+  float ft[6] = {3, 0, 0, 1, 0, 0};
+  CU_ASSERT_FATAL(qt_bss_penalty(ft, 3, 2, 1, 2.0, &pen, NULL, &err) == 0);
+  QT_ASSERT_CLOSE(pen, 2.0, 1e-12);
+  CU_ASSERT_EQUAL(qt_bss_penalty(f, 2, 3, 0, 0.5, &pen, NULL, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_bss_penalty(f, 2, 3, 1, -1.0, &pen, NULL, &err), QT_EINVAL);
+}
+
+/* The smallest eigenvalue of the symmetric n x n matrix a (double, row-major,
+ * destroyed) by cyclic Jacobi rotations: an SVD-free reference for
+ * sigma_min(F)^2 = lambda_min(F F^T). */
+static double jacobi_min_eigenvalue(double *a, int n) {
+  for (int sweep = 0; sweep < 100; sweep++) {
+    double off = 0.0;
+    for (int p = 0; p < n; p++)
+      for (int q = p + 1; q < n; q++) off += a[p * n + q] * a[p * n + q];
+    if (off < 1e-30) break;
+    for (int p = 0; p < n; p++) {
+      for (int q = p + 1; q < n; q++) {
+        double apq = a[p * n + q];
+        if (fabs(apq) < 1e-300) continue;
+        double theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+        double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+        double c = 1.0 / sqrt(t * t + 1.0), sn = t * c;
+        for (int k = 0; k < n; k++) { /* columns p, q */
+          double akp = a[k * n + p], akq = a[k * n + q];
+          a[k * n + p] = c * akp - sn * akq;
+          a[k * n + q] = sn * akp + c * akq;
+        }
+        for (int k = 0; k < n; k++) { /* rows p, q */
+          double apk = a[p * n + k], aqk = a[q * n + k];
+          a[p * n + k] = c * apk - sn * aqk;
+          a[q * n + k] = sn * apk + c * aqk;
+        }
+      }
+    }
+  }
+  double m = a[0];
+  for (int i = 1; i < n; i++) m = fmin(m, a[i * n + i]);
+  return m;
+}
+
+/* eta * sigma_min(F)^2 in double through F F^T (B <= D). */
+static double bss_reference(const double *f, int b, int d, double eta) {
+  double g[16 * 16];
+  for (int i = 0; i < b; i++)
+    for (int j = 0; j < b; j++) {
+      double sum = 0.0;
+      for (int k = 0; k < d; k++) sum += f[i * d + k] * f[j * d + k];
+      g[i * b + j] = sum;
+    }
+  return eta * jacobi_min_eigenvalue(g, b);
+}
+
+/* The gradient of qt_bss_penalty (k = 1) against central differences of
+ * the double reference above, every coordinate. */
+static void test_bss_finite_differences(void) {
+  enum { B = 5, D = 7 };
+  qt_err err;
+  float f[B * D], g[B * D];
+  double fd[B * D];
+  qt_rng_t *rng = NULL;
+  CU_ASSERT_FATAL(qt_rng_init(&rng, 21, NULL) == 0);
+  for (int i = 0; i < B * D; i++) {
+    f[i] = (float)(2.0 * qt_rng_uniform(rng) - 1.0);
+    fd[i] = f[i];
+    g[i] = 0.25f; /* the gradient is added to what is there */
+  }
+  qt_rng_free(rng);
+  const double eta = 0.3, h = 1e-6;
+  double pen;
+  CU_ASSERT_FATAL(qt_bss_penalty(f, B, D, 1, eta, &pen, g, &err) == 0);
+  QT_ASSERT_CLOSE(pen, bss_reference(fd, B, D, eta), 1e-9);
+  double worst = 0.0;
+  for (int i = 0; i < B * D; i++) {
+    double keep = fd[i];
+    fd[i] = keep + h;
+    double up = bss_reference(fd, B, D, eta);
+    fd[i] = keep - h;
+    double down = bss_reference(fd, B, D, eta);
+    fd[i] = keep;
+    double num = (up - down) / (2.0 * h);
+    worst = fmax(worst, fabs((g[i] - 0.25) - num));
+  }
+  CU_ASSERT(worst < 1e-5);
+  if (worst >= 1e-5) fprintf(stderr, "\n  BSS gradient off by %g\n", worst);
+}
+
+/* A tiny ViT with BSS through the feature hook: the whole model's gradient
+ * of loss + eta sigma_min(F)^2 against float central differences at a few
+ * coordinates of every kind of tensor below the head, and the penalty's
+ * share must matter (the gradient without it differs). */
+static const float *delta_source; /* NULL: BSS, else DELTA against these features */
+
+static double vit_total_loss(qt_vit_t *vit, const float *images, const int *labels, size_t b,
+                             double eta, int with_grad) {
+  qt_err err;
+  double loss = NAN, pen = 0.0;
+  size_t fb = 0;
+  if (qt_vit_forward(vit, images, b, &err) != 0) return NAN;
+  if (qt_vit_loss(vit, labels, NULL, 0.0, &loss, &err) != 0) return NAN;
+  const float *feat = qt_vit_features(vit, &fb);
+  CU_ASSERT_FATAL(feat != NULL && fb == b);
+  size_t width = (size_t)qt_vit_get_config(vit)->width;
+  if (delta_source)
+    qt_delta_penalty(feat, delta_source, b * width, eta, &pen,
+                     with_grad ? qt_vit_feature_grad(vit) : NULL);
+  else
+    CU_ASSERT_FATAL(qt_bss_penalty(feat, b, width, 1, eta, &pen,
+                                   with_grad ? qt_vit_feature_grad(vit) : NULL, &err) == 0);
+  return loss + pen;
+}
+
+static void check_model_gradient(int delta) {
+  enum { B = 3 };
+  qt_err err;
+  qt_rng_t *rng = NULL;
+  CU_ASSERT_FATAL(qt_rng_init(&rng, 31, NULL) == 0);
+  qt_vit_config c = qt_vit_default_config();
+  c.image_size = 8;
+  c.patch_size = 4;
+  c.width = 8;
+  c.depth = 2;
+  c.heads = 2;
+  c.mlp_hidden = 16;
+  c.num_classes = 3;
+  qt_vit_t *vit = NULL;
+  CU_ASSERT_FATAL(qt_vit_init(&c, B, rng, &vit, &err) == 0);
+  for (size_t i = 0; i < qt_vit_tensor_count(vit); i++) {
+    qt_vit_tensor t;
+    qt_vit_tensor_at(vit, i, &t);
+    for (size_t k = 0; k < t.numel; k++) t.data[k] += (float)qt_rng_gaussian(rng, 0.3);
+  }
+  float images[B * 3 * 8 * 8];
+  for (int i = 0; i < B * 3 * 8 * 8; i++) images[i] = (float)(2.0 * qt_rng_uniform(rng) - 1.0);
+  int labels[B] = {2, 0, 1};
+  const double eta = 0.5;
+  CU_ASSERT_FATAL(qt_vit_features(vit, NULL) == NULL); /* the hook is off */
+  CU_ASSERT_FATAL(qt_vit_set_feature_hook(vit, 1, &err) == 0);
+  /* DELTA's source features: random constants of the features' scale. */
+  float source[B * 8];
+  for (int i = 0; i < B * 8; i++) source[i] = (float)qt_rng_gaussian(rng, 1.0);
+  delta_source = delta ? source : NULL;
+  /* Without the penalty's gradient first, to see that it matters. */
+  vit_total_loss(vit, images, labels, B, eta, 0);
+  qt_vit_zero_grad(vit);
+  CU_ASSERT_FATAL(qt_vit_backward(vit, &err) == 0);
+  const char *names[] = {"patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight",
+                         "blocks.1.mlp.fc1.bias", "norm.weight", "norm.bias"};
+  enum { NN = sizeof names / sizeof names[0], PER = 3 };
+  size_t at[NN][PER];
+  float plain[NN][PER];
+  for (size_t i = 0; i < NN; i++) {
+    qt_vit_tensor t;
+    CU_ASSERT_FATAL(qt_vit_find_tensor(vit, names[i], &t) == 0);
+    for (int j = 0; j < PER; j++) {
+      at[i][j] = (size_t)(qt_rng_uniform(rng) * (double)t.numel);
+      plain[i][j] = t.grad[at[i][j]];
+    }
+  }
+  vit_total_loss(vit, images, labels, B, eta, 1);
+  qt_vit_zero_grad(vit);
+  CU_ASSERT_FATAL(qt_vit_backward(vit, &err) == 0);
+  double worst = 0.0, moved = 0.0;
+  for (size_t i = 0; i < NN; i++) {
+    qt_vit_tensor t;
+    CU_ASSERT_FATAL(qt_vit_find_tensor(vit, names[i], &t) == 0);
+    for (int j = 0; j < PER; j++) {
+      size_t k = at[i][j];
+      float saved = t.data[k], h = 1e-2f, grad = t.grad[k];
+      t.data[k] = saved + h;
+      double plus = vit_total_loss(vit, images, labels, B, eta, 0);
+      t.data[k] = saved - h;
+      double minus = vit_total_loss(vit, images, labels, B, eta, 0);
+      t.data[k] = saved;
+      double num = (plus - minus) / (2.0 * h);
+      double e = fabs(num - grad) / fmax(fabs(num), 1e-2);
+      worst = fmax(worst, e);
+      moved = fmax(moved, fabs(grad - plain[i][j]) / fmax(fabs(num), 1e-2));
+      if (e > 2e-2) fprintf(stderr, "\n  %s[%zu]: %g vs %g", names[i], k, grad, num);
+    }
+  }
+  CU_ASSERT(worst < 2e-2);
+  CU_ASSERT(moved > 0.1);
+  CU_ASSERT_FATAL(qt_vit_set_feature_hook(vit, 0, &err) == 0);
+  CU_ASSERT(qt_vit_features(vit, NULL) == NULL && qt_vit_feature_grad(vit) == NULL);
+  delta_source = NULL;
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+}
+
+static void test_bss_model_gradient(void) { check_model_gradient(0); }
+static void test_delta_model_gradient(void) { check_model_gradient(1); }
+
+
+/* BSS inside a run, on a pattern data set and a tiny pretrained ViT as
+ * test_run.c's fixtures: the run changes with bss_reg > 0, and three epochs
+ * straight equal three epochs with a save and load after each (bit-exact
+ * weights and results); another bss_reg is another fingerprint. */
+static qt_data_splits reg_splits;
+static char reg_checkpoint[256];
+
+static void reg_fixture(void) {
+  if (reg_splits.train) return;
+  const size_t classes = 3, per_class = 12, side = 8, ch = 3, n = classes * per_class;
+  qt_dataset *ds = calloc(1, sizeof *ds);
+  ds->kind = QT_DATASET_KIND_IMAGE;
+  ds->n = n;
+  ds->height = ds->width = side;
+  ds->channels = ch;
+  ds->images = malloc(n * side * side * ch);
+  ds->labels = malloc(n * sizeof *ds->labels);
+  ds->n_classes = classes;
+  ds->class_names = calloc(classes, sizeof *ds->class_names);
+  const char *names[] = {"hstripes", "vstripes", "checker"};
+  for (size_t k = 0; k < classes; k++) ds->class_names[k] = strdup(names[k]);
+  ds->source = strdup("patterns");
+  qt_rng_t *rng = NULL;
+  qt_rng_init(&rng, 7, NULL);
+  for (size_t i = 0; i < n; i++) {
+    int label = (int)(i % classes);
+    ds->labels[i] = label;
+    uint8_t *img = ds->images + i * side * side * ch;
+    for (size_t y = 0; y < side; y++)
+      for (size_t x = 0; x < side; x++) {
+        int on = label == 0 ? (int)(y / 2 % 2) : label == 1 ? (int)(x / 2 % 2) : (int)((x + y) % 2);
+        for (size_t c = 0; c < ch; c++)
+          img[(y * side + x) * ch + c] =
+              (uint8_t)((on ? 200.0 : 50.0) + 40.0 * (qt_rng_uniform(rng) - 0.5));
+      }
+  }
+  qt_rng_free(rng);
+  CU_ASSERT_FATAL(qt_dataset_split(ds, 0.25, 0.0, 3, &reg_splits.train, &reg_splits.val, NULL,
+                                   NULL) == 0);
+  qt_dataset_free(ds);
+  qt_vit_config c = qt_vit_default_config();
+  c.image_size = 8;
+  c.patch_size = 4;
+  c.width = 8;
+  c.depth = 2;
+  c.heads = 2;
+  c.mlp_hidden = 16;
+  c.num_classes = 5;
+  qt_rng_init(&rng, 11, NULL);
+  qt_vit_t *vit = NULL;
+  CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
+  qt_test_temp_path("reg-pretrained.safetensors", reg_checkpoint, sizeof reg_checkpoint);
+  CU_ASSERT_FATAL(qt_vit_save(vit, reg_checkpoint, NULL) == 0);
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+}
+
+static qt_run_spec reg_spec(void) {
+  reg_fixture();
+  qt_run_spec s = qt_run_default_spec();
+  s.checkpoint = reg_checkpoint;
+  s.family = QT_MODEL_FAMILY_VIT;
+  s.heads = 2;
+  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
+  s.data = &reg_splits;
+  s.epochs = 4;
+  s.batch_size = 6;
+  s.seed = 5;
+  s.optim.lr = 3e-3;
+  s.drop = 0.3; /* the hook's features are taken before head dropout */
+  return s;
+}
+
+static int same_weights(qt_run_t *a, qt_run_t *b) {
+  qt_vit_t *va = qt_run_model(a), *vb = qt_run_model(b);
+  for (size_t i = 0; i < qt_vit_tensor_count(va); i++) {
+    qt_vit_tensor ta, tb;
+    qt_vit_tensor_at(va, i, &ta);
+    qt_vit_tensor_at(vb, i, &tb);
+    if (memcmp(ta.data, tb.data, ta.numel * sizeof(float)) != 0) return 0;
+  }
+  return 1;
+}
+
+static void check_reg_run(const char *name, const char *value) {
+  qt_err err;
+  qt_run_spec s = reg_spec();
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, name, value, &err), 0);
+  CU_ASSERT(s.bss_reg > 0.0 || s.delta_reg > 0.0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "0.1", &err), QT_ENOTIMPL);
+  qt_run_spec plain = reg_spec();
+  qt_run_t *full = NULL, *base = NULL, *part = NULL;
+  CU_ASSERT_FATAL(qt_run_init(&s, &full, &err) == 0);
+  CU_ASSERT_FATAL(qt_run_init(&plain, &base, &err) == 0);
+  qt_run_epoch_result want[3], got, r;
+  for (int e = 0; e < 3; e++) {
+    CU_ASSERT_FATAL(qt_run_epoch(full, &want[e], &err) == 0);
+    CU_ASSERT_EQUAL(want[e].status, QT_RUN_STATUS_OK);
+    CU_ASSERT_FATAL(qt_run_epoch(base, &r, &err) == 0);
+  }
+  CU_ASSERT(!same_weights(full, base)); /* BSS changes the run */
+
+  char path[256];
+  qt_test_temp_path("bss-run.safetensors", path, sizeof path);
+  CU_ASSERT_FATAL(qt_run_init(&s, &part, &err) == 0);
+  for (int e = 0; e < 3; e++) {
+    CU_ASSERT_FATAL(qt_run_epoch(part, &got, &err) == 0);
+    CU_ASSERT(got.score == want[e].score && got.train_loss == want[e].train_loss &&
+              got.val_loss == want[e].val_loss);
+    if (e == 2) break;
+    CU_ASSERT_FATAL(qt_run_save(part, path, &err) == 0);
+    qt_run_free(part);
+    part = NULL;
+    int rc = qt_run_load(path, &s, &part, &err);
+    if (rc) fprintf(stderr, "load: %s\n", err.msg);
+    CU_ASSERT_FATAL(rc == 0);
+  }
+  CU_ASSERT(same_weights(full, part));
+  /* The fingerprint covers bss_reg. */
+  qt_run_t *other = NULL;
+  CU_ASSERT_FATAL(qt_run_save(part, path, &err) == 0);
+  CU_ASSERT_EQUAL(qt_run_load(path, &plain, &other, &err), QT_ESCHEMA);
+  s.bss_reg = s.delta_reg = -1.0;
+  CU_ASSERT_EQUAL(qt_run_init(&s, &other, &err), QT_EINVAL);
+  qt_run_free(full);
+  qt_run_free(base);
+  qt_run_free(part);
+  qt_dataset_free(reg_splits.train);
+  qt_dataset_free(reg_splits.val);
+  reg_splits.train = reg_splits.val = NULL;
+  remove(path);
+  remove(reg_checkpoint);
+}
+
+static void test_bss_in_run(void) { check_reg_run("bss_reg", "0.1"); }
+static void test_delta_in_run(void) { check_reg_run("delta_reg", "0.1"); }
+
+/* Squared distance between the features of two models on the same inputs. */
+static double feature_distance(qt_vit_t *a, qt_vit_t *b, const float *x, size_t n) {
+  qt_err err;
+  size_t width = (size_t)qt_vit_get_config(a)->width, fb = 0;
+  CU_ASSERT_FATAL(qt_vit_set_feature_hook(a, 1, &err) == 0);
+  CU_ASSERT_FATAL(qt_vit_set_feature_hook(b, 1, &err) == 0);
+  CU_ASSERT_FATAL(qt_vit_forward(a, x, n, &err) == 0);
+  float *fa = malloc(n * width * sizeof *fa);
+  memcpy(fa, qt_vit_features(a, &fb), n * width * sizeof *fa);
+  CU_ASSERT_FATAL(qt_vit_forward(b, x, n, &err) == 0);
+  const float *fbv = qt_vit_features(b, &fb);
+  double d = 0.0;
+  for (size_t i = 0; i < n * width; i++) d += ((double)fa[i] - fbv[i]) * ((double)fa[i] - fbv[i]);
+  free(fa);
+  return d;
+}
+
+/* A strong DELTA keeps the features near the pretrained model's: after
+ * three epochs, much nearer than a plain run's. */
+static void test_delta_keeps_features(void) {
+  qt_err err;
+  qt_run_spec plain = reg_spec(), delta = reg_spec();
+  delta.delta_reg = 10.0;
+  qt_run_t *r0 = NULL, *rp = NULL, *rd = NULL;
+  CU_ASSERT_FATAL(qt_run_init(&plain, &r0, &err) == 0);
+  CU_ASSERT_FATAL(qt_run_init(&plain, &rp, &err) == 0);
+  CU_ASSERT_FATAL(qt_run_init(&delta, &rd, &err) == 0);
+  qt_run_epoch_result r;
+  for (int e = 0; e < 3; e++) {
+    CU_ASSERT_FATAL(qt_run_epoch(rp, &r, &err) == 0);
+    CU_ASSERT_FATAL(qt_run_epoch(rd, &r, &err) == 0);
+    CU_ASSERT_EQUAL(r.status, QT_RUN_STATUS_OK);
+  }
+  float x[4 * 3 * 8 * 8];
+  qt_rng_t *rng = NULL;
+  CU_ASSERT_FATAL(qt_rng_init(&rng, 41, NULL) == 0);
+  for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = (float)qt_rng_gaussian(rng, 1.0);
+  qt_rng_free(rng);
+  double dp = feature_distance(qt_run_model(r0), qt_run_model(rp), x, 4);
+  double dd = feature_distance(qt_run_model(r0), qt_run_model(rd), x, 4);
+  CU_ASSERT(dp > 0.0);
+  CU_ASSERT(dd < 0.5 * dp);
+  if (!(dd < 0.5 * dp)) fprintf(stderr, "\n  DELTA distance %g vs plain %g\n", dd, dp);
+  qt_run_free(r0);
+  qt_run_free(rp);
+  qt_run_free(rd);
+}
+
+/* DELTA's penalty: hand values, and the gradient is added. */
+static void test_delta_values(void) {
+  float f[3] = {1.0f, -2.0f, 0.5f}, f0[3] = {0.5f, -2.0f, 1.5f}, g[3] = {1.0f, 1.0f, 1.0f};
+  double pen = 0.0;
+  qt_delta_penalty(f, f0, 3, 0.1, &pen, g);
+  QT_ASSERT_CLOSE(pen, 0.1 * (0.25 + 0.0 + 1.0), 1e-12);
+  QT_ASSERT_CLOSE(g[0], 1.0 + 0.1, 1e-7);
+  QT_ASSERT_CLOSE(g[1], 1.0, 0.0);
+  QT_ASSERT_CLOSE(g[2], 1.0 - 0.2, 1e-7);
+  qt_delta_penalty(f, f, 3, 0.1, &pen, NULL);
+  QT_ASSERT_CLOSE(pen, 0.0, 0.0);
+}
+
 static const qt_test_case cases[] = {
     {"decay_kinds", test_decay_kinds},
     {"spec_set_methods", test_spec_set_methods},
@@ -591,6 +1009,14 @@ static const qt_test_case cases[] = {
     {"rosa_window", test_rosa_window},
     {"rosa_factorize", test_rosa_factorize},
     {"lora_gradients_finite_differences", test_lora_gradients_finite_differences},
+    {"bss_values", test_bss_values},
+    {"bss_finite_differences", test_bss_finite_differences},
+    {"bss_model_gradient", test_bss_model_gradient},
+    {"bss_in_run", test_bss_in_run},
+    {"delta_values", test_delta_values},
+    {"delta_model_gradient", test_delta_model_gradient},
+    {"delta_keeps_features", test_delta_keeps_features},
+    {"delta_in_run", test_delta_in_run},
     {NULL, NULL}};
 
 QT_TEST_MAIN("methods", cases)

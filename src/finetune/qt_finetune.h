@@ -1589,7 +1589,7 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  * Dropout (drop): timm's head dropout on the class token entering the head
  * (qt_vit_set_head_dropout), masks drawn from a stream of (seed, epoch) in
  * training only. Not implemented yet: the dropout of timm < 0.9 inside the
- * blocks (pos/proj/MLP), drop path, DELTA, BSS,
+ * blocks (pos/proj/MLP), drop path,
  * Co-Tuning, StochNorm (QT_ENOTIMPL from qt_run_spec_set), families other
  * than vit, deit, deit3.
  */
@@ -1921,6 +1921,9 @@ typedef struct qt_run_spec {
   int sfa;                  /* 1: SFA averaging toward theta0 (see the optimizers above) */
   double sfa_p;             /* averaging interval as a fraction of the run's steps, (0, 1] */
   double sfa_beta;          /* weight of theta0 in an average, [0, 1] */
+  double bss_reg;           /* BSS coefficient eta >= 0; 0: off (see qt_bss_penalty) */
+  long bss_k;               /* BSS: how many of the smallest singular values, >= 1 (1) */
+  double delta_reg;         /* DELTA coefficient >= 0; 0: off (see qt_delta_penalty) */
   /* Execution. */
   uint64_t seed;            /* fixes the new head, batch order and augmentation */
   int threads;              /* preprocessing threads (results do not depend on it) */
@@ -1948,8 +1951,18 @@ qt_run_spec qt_run_default_spec(void);
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
  * smoothing, drop, epochs. model is ignored (the caller picked the
  * checkpoint), amp too (the CPU engine computes in float32). Methods not
- * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; stoch_norm true; bss_reg, delta_reg, cotuning_reg other than 0; an
- * AutoAugment policy). opt goodfit sets goodfit (another opt clears it);
+ * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; stoch_norm true; cotuning_reg other than 0; an
+ * AutoAugment policy). bss_reg (>= 0) turns on Batch Spectral Shrinkage
+ * with bss_k (not in the space; default 1, Quick-Tune's k) smallest
+ * singular values: every training batch adds bss_reg * sum of the bss_k
+ * smallest squared singular values of the batch's pre-head features
+ * (qt_bss_penalty, qt_vit_features) to the loss, its gradient joining the
+ * features' gradient before the backward pass (before clipping); the
+ * reported train_loss stays the cross-entropy alone. delta_reg (>= 0)
+ * turns on DELTA: every training batch also runs a frozen copy of the
+ * pretrained checkpoint (a second model in memory, one more forward pass
+ * per batch) on the same inputs and adds delta_reg * ||F - F_source||^2
+ * (qt_delta_penalty) the same way. opt goodfit sets goodfit (another opt clears it);
  * goodfit_n_ref, goodfit_lr_ref_ratio and goodfit_main (sgd, momentum,
  * adam, adamw; not in the space yet) set its values. Other names are
  * QT_ENOENT, bad values QT_EINVAL (ranges are checked by qt_run_init).
@@ -2035,6 +2048,47 @@ void qt_vit_set_backward_from(qt_vit_t *vit, long first_block);
  * same mask. rng NULL (or rate 0) turns it off, for evaluation; rng is
  * borrowed and must outlive its use. A rate outside [0, 1) is QT_EINVAL. */
 int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err);
+
+/* Feature hook for regularizers on the pre-head representation (BSS): the
+ * features are the normalized class tokens the head sees, (batch, width)
+ * row-major, before head dropout. qt_vit_set_feature_hook(vit, 1) makes
+ * every forward keep a copy of them (qt_vit_features; NULL when the hook
+ * is off or before a forward, batch set to the last forward's batch) and
+ * zero a gradient buffer of the same shape (qt_vit_feature_grad; NULL when
+ * off). What the caller adds to that buffer between qt_vit_loss and
+ * qt_vit_backward is added by the backward pass to the gradient of the
+ * features (after the head dropout's mask, i.e. to d/dF of the undropped
+ * F), before the final norm's backward: the model's gradients then are
+ * those of loss + R(F) when the buffer holds dR/dF. 0 turns it off.
+ * QT_ENOMEM when the buffers cannot be allocated. */
+int qt_vit_set_feature_hook(qt_vit_t *vit, int on, qt_err *err);
+const float *qt_vit_features(const qt_vit_t *vit, size_t *batch);
+float *qt_vit_feature_grad(qt_vit_t *vit);
+
+/*
+ * Batch Spectral Shrinkage (BSS, Chen et al. 2019, as Quick-Tune's
+ * BatchSpectralShrinkage(k=1); specs/algorithms.md section 6, details in
+ * docs/engine.md "BSS"): with F the (batch, width) features and s_1 >= ...
+ * >= s_n its singular values (n = min(batch, width), LAPACK dgesvd in
+ * double), the penalty is eta * sum of the k smallest s_i^2 (k clamped to
+ * n), written to *penalty; when grad is not NULL its gradient 2 eta U_k
+ * diag(s_k) V_k^T is ADDED to grad (batch, width). k >= 1, eta >= 0 finite,
+ * else QT_EINVAL; a failed SVD is QT_EIO. The gradient is exact where the
+ * k-th smallest singular value is simple (distinct from the (k+1)-th).
+ */
+int qt_bss_penalty(const float *features, size_t batch, size_t width, long k, double eta,
+                   double *penalty, float *grad, qt_err *err);
+
+/*
+ * DELTA's feature-map distance (Li et al. 2019, as Quick-Tune's
+ * BehavioralRegularization; specs/algorithms.md section 6, details in
+ * docs/engine.md "DELTA"): over n values (the whole batch's features,
+ * batch x width), *penalty = alpha * sum (f - f0)^2 (double accumulation;
+ * no mean, no 1/2, f0 the frozen pretrained model's features, a constant);
+ * when grad is not NULL, 2 alpha (f - f0) is ADDED to grad.
+ */
+void qt_delta_penalty(const float *f, const float *f0, size_t n, double alpha, double *penalty,
+                      float *grad);
 /* end of run section */
 
 #ifdef __cplusplus

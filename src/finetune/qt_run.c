@@ -54,6 +54,7 @@ struct qt_run {
   qt_run_spec spec;         /* copy; spec.checkpoint points at checkpoint below */
   char *checkpoint;         /* owned copy of the checkpoint path */
   qt_vit_t *vit;
+  qt_vit_t *source;         /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
   size_t n_tensors;
   run_tensor *tensors;      /* (n_tensors) in qt_vit_tensor_at order */
   unsigned char *trainable; /* (n_tensors) the mask of the current / last epoch */
@@ -116,6 +117,9 @@ qt_run_spec qt_run_default_spec(void) {
   s.sfa = 0;
   s.sfa_p = 0.25;   /* [RECON] specs/algorithms.md section 5 */
   s.sfa_beta = 0.5; /* [RECON] */
+  s.bss_reg = 0.0;
+  s.bss_k = 1;
+  s.delta_reg = 0.0;
   s.seed = 0;
   s.threads = 1;
   return s;
@@ -285,8 +289,10 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     if (b) return qt_err_set(err, QT_ENOTIMPL, "stoch_norm is not implemented yet");
     return 0;
   }
-  if (strcmp(name, "bss_reg") == 0 || strcmp(name, "delta_reg") == 0 ||
-      strcmp(name, "cotuning_reg") == 0) {
+  if (strcmp(name, "bss_reg") == 0) NUMBER(spec->bss_reg);
+  if (strcmp(name, "bss_k") == 0) WHOLE(spec->bss_k);
+  if (strcmp(name, "delta_reg") == 0) NUMBER(spec->delta_reg);
+  if (strcmp(name, "cotuning_reg") == 0) {
     if ((rc = parse_number(name, value, &x, err)) < 0) return rc;
     if (x != 0.0) return qt_err_set(err, QT_ENOTIMPL, "%s = %s is not implemented yet", name, value);
     return 0;
@@ -354,6 +360,14 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
   if (s->sfa && !(s->sfa_beta >= 0.0 && s->sfa_beta <= 1.0))
     return qt_err_set(err, QT_EINVAL, "run spec: sfa_beta must be in [0, 1], got %g",
                       s->sfa_beta);
+  if (!(s->bss_reg >= 0.0) || !isfinite(s->bss_reg))
+    return qt_err_set(err, QT_EINVAL, "run spec: bss_reg must be finite and >= 0, got %g",
+                      s->bss_reg);
+  if (!(s->delta_reg >= 0.0) || !isfinite(s->delta_reg))
+    return qt_err_set(err, QT_EINVAL, "run spec: delta_reg must be finite and >= 0, got %g",
+                      s->delta_reg);
+  if (s->bss_k < 1)
+    return qt_err_set(err, QT_EINVAL, "run spec: bss_k must be >= 1, got %ld", s->bss_k);
   int rc = qt_optim_params_check(&s->optim, err);
   if (rc < 0) return qt_err_prefix(err, rc, "run spec");
   qt_schedule_params sp = s->schedule;
@@ -398,6 +412,10 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
                           s->adapter_rank, s->adapter_alpha, s->adapter_attention_only);
   if (s->sfa && n + 64 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " sfa=%.17g,%.17g", s->sfa_p, s->sfa_beta);
+  if (s->bss_reg != 0.0 && n + 64 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " bss=%.17g,%ld", s->bss_reg, s->bss_k);
+  if (s->delta_reg != 0.0 && n + 40 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " delta=%.17g", s->delta_reg);
   uint64_t h = 1469598103934665603ull;
   for (size_t i = 0; i < n; i++) {
     h ^= (unsigned char)text[i];
@@ -500,6 +518,7 @@ void qt_run_free(qt_run_t *run) {
   free(run->tensors);
   free(run->trainable);
   qt_vit_free(run->vit);
+  qt_vit_free(run->source);
   qt_rng_free(run->root_rng);
   free(run->checkpoint);
   free(run);
@@ -564,6 +583,35 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   if (spec->adapter != QT_ADAPTER_KIND_NONE && (rc = init_adapters(run, err)) < 0) {
     qt_run_free(run);
     return rc;
+  }
+  /* BSS reads the pre-head features and adds to their gradient. */
+  if ((spec->bss_reg > 0.0 || spec->delta_reg > 0.0) &&
+      (rc = qt_vit_set_feature_hook(run->vit, 1, err)) < 0) {
+    qt_run_free(run);
+    return rc;
+  }
+  /* DELTA's source: the pretrained checkpoint again, frozen (never
+   * stepped, never saved: a resumed run loads it the same way). Its head
+   * (drawn from a stream of its own) is never used. */
+  if (spec->delta_reg > 0.0) {
+    qt_rng_t *src_rng = NULL;
+    rc = qt_rng_init(&src_rng, spec->seed ^ 0x64656c7461ull /* "delta" */, err);
+    if (rc == 0) {
+      qt_vit_load_params lp = qt_vit_default_load_params();
+      lp.family = spec->family;
+      lp.heads = spec->heads;
+      lp.image_size = spec->image_size;
+      lp.num_classes = (long)spec->data->train->n_classes;
+      lp.max_batch = spec->batch_size;
+      lp.rng = src_rng;
+      rc = qt_vit_load(spec->checkpoint, &lp, &run->source, err);
+    }
+    qt_rng_free(src_rng);
+    if (rc == 0) rc = qt_vit_set_feature_hook(run->source, 1, err);
+    if (rc < 0) {
+      qt_run_free(run);
+      return qt_err_prefix(err, rc, "DELTA source model");
+    }
   }
 
   run->pre = qt_preprocess_default_params();
@@ -1071,6 +1119,27 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
       QT_LOG_WARN("epoch %ld: training loss is %g after %zu images: the run diverged", e + 1,
                   loss, images);
       return 0;
+    }
+    if (run->spec.bss_reg > 0.0) {
+      /* BSS: its gradient joins the features' before the backward pass;
+       * the penalty is not part of the reported training loss. */
+      size_t fb = 0;
+      const float *feat = qt_vit_features(run->vit, &fb);
+      double pen = 0.0;
+      rc = qt_bss_penalty(feat, fb, (size_t)qt_vit_get_config(run->vit)->width, run->spec.bss_k,
+                          run->spec.bss_reg, &pen, qt_vit_feature_grad(run->vit), err);
+      if (rc < 0) return qt_err_prefix(err, rc, "BSS");
+    }
+    if (run->spec.delta_reg > 0.0) {
+      /* DELTA: the frozen source's features of the same (augmented) batch. */
+      rc = qt_vit_forward(run->source, batch.inputs, batch.size, err);
+      if (rc < 0) return qt_err_prefix(err, rc, "DELTA source forward");
+      size_t fb = 0, sb = 0;
+      const float *feat = qt_vit_features(run->vit, &fb);
+      const float *src = qt_vit_features(run->source, &sb);
+      double pen = 0.0;
+      qt_delta_penalty(feat, src, fb * (size_t)qt_vit_get_config(run->vit)->width,
+                       run->spec.delta_reg, &pen, qt_vit_feature_grad(run->vit));
     }
     qt_vit_zero_grad(run->vit);
     rc = qt_vit_backward(run->vit, err);

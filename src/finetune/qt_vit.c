@@ -136,6 +136,11 @@ struct qt_vit {
   qt_rng_t *drop_rng;
   float *drop_mask;
   int dropped; /* 1 when the last forward applied a mask */
+  /* Feature hook (qt_vit_set_feature_hook): the normalized class tokens of
+   * the last forward before dropout and a gradient the backward pass adds
+   * to theirs, (max_batch, width) each; NULL while off. */
+  float *feat;
+  float *dfeat;
 };
 
 /* ------------------------------------------------------------------------- */
@@ -393,6 +398,8 @@ void qt_vit_free(qt_vit_t *vit) {
   free(vit->arena);
   free(vit->labels);
   free(vit->drop_mask);
+  free(vit->feat);
+  free(vit->dfeat);
   free(vit);
 }
 
@@ -704,6 +711,10 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Head dropout: the normalized class tokens are scaled in place (the norm's
    * backward reads its input, not its output), so the head's backward sees
    * the dropped features. */
+  if (vit->feat) {
+    memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
+    memset(vit->dfeat, 0, B * C * sizeof *vit->dfeat);
+  }
   vit->dropped = vit->drop_rate > 0.0 && vit->drop_rng != NULL;
   if (vit->dropped) {
     float keep_scale = (float)(1.0 / (1.0 - vit->drop_rate));
@@ -794,6 +805,10 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   if (vit->dropped) {
     for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->drop_mask[i];
   }
+  /* The feature hook's gradient, on the undropped features. */
+  if (vit->dfeat) {
+    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] += vit->dfeat[i];
+  }
   memset(vit->dcls_rows, 0, B * C * sizeof *vit->dcls_rows);
   qt_cpu_layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm, vit->cls_rows,
                             p->norm_w, vit->cls_mean, vit->cls_rstd, B, C);
@@ -857,6 +872,35 @@ int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *e
   vit->drop_rng = rng;
   return 0;
 }
+
+int qt_vit_set_feature_hook(qt_vit_t *vit, int on, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_feature_hook: NULL model");
+  if (!on) {
+    free(vit->feat);
+    free(vit->dfeat);
+    vit->feat = vit->dfeat = NULL;
+    return 0;
+  }
+  if (vit->feat) return 0;
+  size_t n = vit->max_batch * (size_t)vit->config.width;
+  vit->feat = calloc(n, sizeof *vit->feat);
+  vit->dfeat = calloc(n, sizeof *vit->dfeat);
+  if (!vit->feat || !vit->dfeat) {
+    free(vit->feat);
+    free(vit->dfeat);
+    vit->feat = vit->dfeat = NULL;
+    return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for the feature hook");
+  }
+  return 0;
+}
+
+const float *qt_vit_features(const qt_vit_t *vit, size_t *batch) {
+  if (!vit || !vit->feat || !vit->have_forward) return NULL;
+  if (batch) *batch = vit->batch;
+  return vit->feat;
+}
+
+float *qt_vit_feature_grad(qt_vit_t *vit) { return vit ? vit->dfeat : NULL; }
 
 void qt_vit_set_backward_from(qt_vit_t *vit, long first_block) {
   if (!vit) return;
