@@ -29,82 +29,13 @@
 #include "bo/qt_bo.h"
 #include "finetune/qt_finetune.h"
 #include "qt_test.h"
+#include "qt_test_tiny.h"
 
 /* ------------------------------------------------------------------------- */
 /* Fixtures                                                                   */
 /* ------------------------------------------------------------------------- */
 
 static char hub_path[512], space_path[512], task_a[512], task_b[512];
-
-static void write_file(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  CU_ASSERT_FATAL(f != NULL);
-  CU_ASSERT_FATAL(fwrite(data, 1, n, f) == n);
-  fclose(f);
-}
-
-static void be32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)(v >> 24);
-  p[1] = (unsigned char)(v >> 16);
-  p[2] = (unsigned char)(v >> 8);
-  p[3] = (unsigned char)v;
-}
-
-/* n images of three patterns (stripes, stripes, checkerboard) with noise. */
-static void write_idx(const char *dir, uint32_t n, uint32_t side, uint64_t seed) {
-  size_t pixels = (size_t)side * side;
-  unsigned char *images = malloc(16 + n * pixels), *labels = malloc(8 + n);
-  CU_ASSERT_FATAL(images && labels);
-  images[0] = images[1] = 0;
-  images[2] = 8;
-  images[3] = 3;
-  be32(images + 4, n);
-  be32(images + 8, side);
-  be32(images + 12, side);
-  labels[0] = labels[1] = 0;
-  labels[2] = 8;
-  labels[3] = 1;
-  be32(labels + 4, n);
-  qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, seed, NULL);
-  for (uint32_t i = 0; i < n; i++) {
-    int label = (int)(i % 3);
-    labels[8 + i] = (unsigned char)label;
-    for (uint32_t y = 0; y < side; y++)
-      for (uint32_t x = 0; x < side; x++) {
-        int on = label == 0 ? (int)(y / 2 % 2) : label == 1 ? (int)(x / 2 % 2) : (int)((x + y) % 2);
-        double v = (on ? 190.0 : 60.0) + 80.0 * (qt_rng_uniform(rng) - 0.5);
-        images[16 + i * pixels + y * side + x] = (unsigned char)v;
-      }
-  }
-  qt_rng_free(rng);
-  char path[1024];
-  CU_ASSERT_FATAL(qt_mkdir_p(dir, NULL) == 0);
-  snprintf(path, sizeof path, "%s/train-images-idx3-ubyte", dir);
-  write_file(path, images, 16 + n * pixels);
-  snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte", dir);
-  write_file(path, labels, 8 + n);
-  free(images);
-  free(labels);
-}
-
-static void write_vit(const char *path, uint64_t seed) {
-  qt_vit_config c = qt_vit_default_config();
-  c.image_size = 8;
-  c.patch_size = 4;
-  c.width = 16;
-  c.depth = 1;
-  c.heads = 2;
-  c.mlp_hidden = 32;
-  c.num_classes = 5;
-  qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, seed, NULL);
-  qt_vit_t *vit = NULL;
-  CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
-  CU_ASSERT_FATAL(qt_vit_save(vit, path, NULL) == 0);
-  qt_vit_free(vit);
-  qt_rng_free(rng);
-}
 
 static const char *hub_text =
     "version: 1\n"
@@ -137,19 +68,19 @@ static void make_fixtures(void) {
   qt_log_set_level(QT_LOG_LEVEL_ERROR);
   char path[1024];
   qt_test_temp_path("data-a", path, sizeof path);
-  write_idx(path, 60, 8, 1);
+  qt_tiny_write_idx(path, 60, 8, 1);
   qt_test_temp_path("data-b", path, sizeof path);
-  write_idx(path, 90, 8, 2);
+  qt_tiny_write_idx(path, 90, 8, 2);
   qt_test_temp_path("hub", path, sizeof path);
   CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
   qt_test_temp_path("hub/a.safetensors", path, sizeof path);
-  write_vit(path, 1);
+  qt_tiny_write_vit(path, 1);
   qt_test_temp_path("hub/b.safetensors", path, sizeof path);
-  write_vit(path, 2);
+  qt_tiny_write_vit(path, 2);
   qt_test_temp_path("hub/hub.yaml", hub_path, sizeof hub_path);
-  write_file(hub_path, hub_text, strlen(hub_text));
+  qt_tiny_write_file(hub_path, hub_text, strlen(hub_text));
   qt_test_temp_path("space.yaml", space_path, sizeof space_path);
-  write_file(space_path, space_text, strlen(space_text));
+  qt_tiny_write_file(space_path, space_text, strlen(space_text));
   /* Task files with data: paths relative to their folder. */
   qt_test_temp_path("tasks", path, sizeof path);
   CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
@@ -158,9 +89,9 @@ static void make_fixtures(void) {
   static const char *b = "version: 1\nname: patterns-90\nsource: synthetic\nper_class: 30\n"
                          "seed: 2\ndata: ../data-b\n";
   qt_test_temp_path("tasks/patterns-60.yaml", task_a, sizeof task_a);
-  write_file(task_a, a, strlen(a));
+  qt_tiny_write_file(task_a, a, strlen(a));
   qt_test_temp_path("tasks/patterns-90.yaml", task_b, sizeof task_b);
-  write_file(task_b, b, strlen(b));
+  qt_tiny_write_file(task_b, b, strlen(b));
 }
 
 static const char *task_files[2] = {task_a, task_b};
@@ -303,7 +234,7 @@ static void test_rerun_skips_finished_parts(void) {
   snprintf(path, sizeof path, "%s/parts/patterns-90/1.csv", out);
   CU_ASSERT_EQUAL_FATAL(unlink(path), 0);
   snprintf(path, sizeof path, "%s/parts/patterns-90/1.csv.tmp.99999", out);
-  write_file(path, "epoch,sco", 9);
+  qt_tiny_write_file(path, "epoch,sco", 9);
   CU_ASSERT_EQUAL_FATAL(qt_collect_run(&p, &r, &err), 0);
   CU_ASSERT_EQUAL(r.runs_computed, 1);
   CU_ASSERT_EQUAL(r.runs_reused, 3);
@@ -344,7 +275,7 @@ static void test_other_settings_are_refused(void) {
   qt_test_temp_path("hub/hub2.yaml", hub2, sizeof hub2);
   snprintf(text, sizeof text, "%.*s", (int)(strstr(hub_text, "  - {name: tiny_b") - hub_text),
            hub_text);
-  write_file(hub2, text, strlen(text));
+  qt_tiny_write_file(hub2, text, strlen(text));
   p.hub = hub2;
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EINVAL);
   CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "another space or hub"));
@@ -359,7 +290,7 @@ static void test_bad_task_file(void) {
   qt_collect_params p = base_params("bad-task", out, sizeof out);
   qt_test_temp_path("bad-task.yaml", path, sizeof path);
   static const char *text = "version: 1\nname: x\ncolour: red\n";
-  write_file(path, text, strlen(text));
+  qt_tiny_write_file(path, text, strlen(text));
   const char *files[1] = {path};
   p.tasks = files;
   p.task_count = 1;
@@ -369,7 +300,7 @@ static void test_bad_task_file(void) {
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_ESCHEMA);
   CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "colour"));
   static const char *v2 = "version: 2\nname: x\n";
-  write_file(path, v2, strlen(v2));
+  qt_tiny_write_file(path, v2, strlen(v2));
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EVERSION);
   /* Two tasks with one name. */
   const char *same[2] = {task_a, task_a};
@@ -395,7 +326,7 @@ static void test_unstartable_draws_are_redrawn(void) {
       "  batch_size: {type: ordinal, choices: [16]}\n"
       "  data_augmentation: {type: categorical, choices: [none]}\n";
   qt_test_temp_path("space-goodfit.yaml", path, sizeof path);
-  write_file(path, text, strlen(text));
+  qt_tiny_write_file(path, text, strlen(text));
   p.space = path;
   p.task_count = 1;
   p.runs_per_task = 6;

@@ -40,80 +40,13 @@
 #include "bo/qt_bo.h"
 #include "finetune/qt_finetune.h"
 #include "qt_test.h"
+#include "qt_test_tiny.h"
 
 /* ------------------------------------------------------------------------- */
 /* Fixtures                                                                   */
 /* ------------------------------------------------------------------------- */
 
 static char data_dir[512], hub_path[512], space_path[512];
-
-static void write_file(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  CU_ASSERT_FATAL(f != NULL);
-  CU_ASSERT_FATAL(fwrite(data, 1, n, f) == n);
-  fclose(f);
-}
-
-static void be32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)(v >> 24);
-  p[1] = (unsigned char)(v >> 16);
-  p[2] = (unsigned char)(v >> 8);
-  p[3] = (unsigned char)v;
-}
-
-/* n images of three patterns (stripes, stripes, checkerboard) with noise. */
-static void write_idx(const char *dir, uint32_t n, uint32_t side) {
-  size_t pixels = (size_t)side * side;
-  unsigned char *images = malloc(16 + n * pixels), *labels = malloc(8 + n);
-  images[0] = images[1] = 0;
-  images[2] = 8;
-  images[3] = 3;
-  be32(images + 4, n);
-  be32(images + 8, side);
-  be32(images + 12, side);
-  labels[0] = labels[1] = 0;
-  labels[2] = 8;
-  labels[3] = 1;
-  be32(labels + 4, n);
-  qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, 99, NULL);
-  for (uint32_t i = 0; i < n; i++) {
-    int label = (int)(i % 3);
-    labels[8 + i] = (unsigned char)label;
-    for (uint32_t y = 0; y < side; y++)
-      for (uint32_t x = 0; x < side; x++) {
-        int on = label == 0 ? (int)(y / 2 % 2) : label == 1 ? (int)(x / 2 % 2) : (int)((x + y) % 2);
-        double v = (on ? 190.0 : 60.0) + 80.0 * (qt_rng_uniform(rng) - 0.5);
-        images[16 + i * pixels + y * side + x] = (unsigned char)v;
-      }
-  }
-  qt_rng_free(rng);
-  char path[1024];
-  snprintf(path, sizeof path, "%s/train-images-idx3-ubyte", dir);
-  write_file(path, images, 16 + n * pixels);
-  snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte", dir);
-  write_file(path, labels, 8 + n);
-  free(images);
-  free(labels);
-}
-
-static void write_vit(const char *path, uint64_t seed) {
-  qt_vit_config c = qt_vit_default_config();
-  c.image_size = 8;
-  c.patch_size = 4;
-  c.width = 16;
-  c.depth = 1;
-  c.heads = 2;
-  c.mlp_hidden = 32;
-  c.num_classes = 5;
-  qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, seed, NULL);
-  qt_vit_t *vit = NULL;
-  CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
-  CU_ASSERT_FATAL(qt_vit_save(vit, path, NULL) == 0);
-  qt_vit_free(vit);
-  qt_rng_free(rng);
-}
 
 static const char *hub_text =
     "version: 1\n"
@@ -147,19 +80,19 @@ static void make_fixtures(void) {
   char path[1024];
   qt_test_temp_path("data", data_dir, sizeof data_dir);
   CU_ASSERT_FATAL(qt_mkdir_p(data_dir, NULL) == 0);
-  write_idx(data_dir, 120, 8);
+  qt_tiny_write_idx(data_dir, 120, 8, 99);
   qt_test_temp_path("hub", path, sizeof path);
   CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
   qt_test_temp_path("hub/a.safetensors", path, sizeof path);
-  write_vit(path, 1);
+  qt_tiny_write_vit(path, 1);
   qt_test_temp_path("hub/b.safetensors", path, sizeof path);
-  write_vit(path, 2);
+  qt_tiny_write_vit(path, 2);
   qt_test_temp_path("hub/broken.safetensors", path, sizeof path);
-  write_file(path, "not a safetensors file at all, just text", 40);
+  qt_tiny_write_file(path, "not a safetensors file at all, just text", 40);
   qt_test_temp_path("hub/hub.yaml", hub_path, sizeof hub_path);
-  write_file(hub_path, hub_text, strlen(hub_text));
+  qt_tiny_write_file(hub_path, hub_text, strlen(hub_text));
   qt_test_temp_path("space.yaml", space_path, sizeof space_path);
-  write_file(space_path, space_text, strlen(space_text));
+  qt_tiny_write_file(space_path, space_text, strlen(space_text));
 }
 
 static qt_search_params base_params(const char *run_name, char *run_dir, size_t size) {
@@ -394,7 +327,7 @@ static void test_diverging_trials_are_recorded(void) {
       "  lr: {type: float, range: [1.0e+6, 1.0e+8], log: true}\n"
       "  smoothing: {type: float, range: [0, 0.1]}\n";
   qt_test_temp_path("space-hot.yaml", space, sizeof space);
-  write_file(space, text, strlen(text));
+  qt_tiny_write_file(space, text, strlen(text));
   p.space = space;
   p.pool_size = 6;
   p.max_epochs = 2;
@@ -575,7 +508,7 @@ static void test_budget_stop_overshoot(void) {
   char mid[512];
   qt_test_temp_path("data-mid", mid, sizeof mid);
   CU_ASSERT_FATAL(qt_mkdir_p(mid, NULL) == 0);
-  write_idx(mid, 900, 8);
+  qt_tiny_write_idx(mid, 900, 8, 99);
   p.data = mid;
   p.pool_size = 20;
   p.max_epochs = 4;
@@ -601,7 +534,7 @@ static void test_budget_stops_inside_epoch(void) {
   char big[512], dir[512];
   qt_test_temp_path("data-big", big, sizeof big);
   CU_ASSERT_FATAL(qt_mkdir_p(big, NULL) == 0);
-  write_idx(big, 20000, 8);
+  qt_tiny_write_idx(big, 20000, 8, 99);
   qt_search_params p = base_params("run-cut", dir, sizeof dir);
   p.data = big;
   p.mode = QT_SEARCH_MODE_OVERWRITE;
