@@ -84,10 +84,12 @@ static void make_fixtures(void) {
   /* Task files with data: paths relative to their folder. */
   qt_test_temp_path("tasks", path, sizeof path);
   CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
-  static const char *a = "version: 1\nname: patterns-60\nsource: synthetic\nper_class: 20\n"
-                         "seed: 1\ndata: ../data-a\n";
-  static const char *b = "version: 1\nname: patterns-90\nsource: synthetic\nper_class: 30\n"
-                         "seed: 2\ndata: ../data-b\n";
+  static const char *a =
+      "version: 1\nname: patterns-60\nsource: synthetic\nper_class: 20\n"
+      "seed: 1\ndata: ../data-a\n";
+  static const char *b =
+      "version: 1\nname: patterns-90\nsource: synthetic\nper_class: 30\n"
+      "seed: 2\ndata: ../data-b\n";
   qt_test_temp_path("tasks/patterns-60.yaml", task_a, sizeof task_a);
   qt_tiny_write_file(task_a, a, strlen(a));
   qt_test_temp_path("tasks/patterns-90.yaml", task_b, sizeof task_b);

@@ -127,8 +127,8 @@ static char *epoch_sequence(const char *run_dir) {
       used += (size_t)snprintf(text + used, cap - used, "%ld %ld %.17g\n", r->trial, r->epoch,
                                r->score);
     else if (r->type == QT_JOURNAL_TRIAL_FAILED)
-      used += (size_t)snprintf(text + used, cap - used, "%ld %ld %s\n", r->trial, r->epoch,
-                               r->status);
+      used +=
+          (size_t)snprintf(text + used, cap - used, "%ld %ld %s\n", r->trial, r->epoch, r->status);
   }
   qt_journal_log_free(&log);
   return text;
@@ -247,7 +247,8 @@ static void test_search_runs_and_isolates_failures(void) {
       if (rec->type != QT_JOURNAL_TRIAL_CREATED) continue;
       created++;
       for (size_t k = 0; k < rec->n_values; k++)
-        if (strcmp(rec->names[k], "stoch_norm") == 0) CU_ASSERT_STRING_EQUAL(rec->values[k], "false");
+        if (strcmp(rec->names[k], "stoch_norm") == 0)
+          CU_ASSERT_STRING_EQUAL(rec->values[k], "false");
     }
     CU_ASSERT(created >= 3);
     qt_journal_log_free(&log);
@@ -416,7 +417,8 @@ static int run_binary(const char *run_dir, const char *optimizer, int kill_at_ep
   if (kill_at_epochs > 0) {
     struct timespec poll = {0, 1000000L};
     for (;;) {
-      if (waitpid(pid, &status, WNOHANG) == pid) return WIFSIGNALED(status) ? -1 : WEXITSTATUS(status);
+      if (waitpid(pid, &status, WNOHANG) == pid)
+        return WIFSIGNALED(status) ? -1 : WEXITSTATUS(status);
       if (journal_epochs(run_dir) >= kill_at_epochs) break;
       nanosleep(&poll, NULL);
     }
@@ -460,9 +462,15 @@ static void kill_and_resume(const char *optimizer, const char *name, int attempt
   free(expected);
 }
 
-static void test_kill_and_resume_random(void) { kill_and_resume("random", "random", 4); }
-static void test_kill_and_resume_asha(void) { kill_and_resume("asha", "asha", 4); }
-static void test_kill_and_resume_quicktune(void) { kill_and_resume("quicktune-MC", "qt", 2); }
+static void test_kill_and_resume_random(void) {
+  kill_and_resume("random", "random", 4);
+}
+static void test_kill_and_resume_asha(void) {
+  kill_and_resume("asha", "asha", 4);
+}
+static void test_kill_and_resume_quicktune(void) {
+  kill_and_resume("quicktune-MC", "qt", 2);
+}
 
 /* ------------------------------------------------------------------------- */
 /* Lock, budget, Ctrl-C                                                       */
@@ -547,8 +555,8 @@ static void test_budget_stops_inside_epoch(void) {
     if (count_type(dir, QT_JOURNAL_EPOCH_BEGIN) > 0) break;
   }
   p.mode = QT_SEARCH_MODE_AUTO;
-  fprintf(stderr, "  (budget %.2fs used %.4fs overshoot %.4fs, %ld epochs)\n", r.budget_s,
-          r.used_s, r.overshoot_s, r.epochs);
+  fprintf(stderr, "  (budget %.2fs used %.4fs overshoot %.4fs, %ld epochs)\n", r.budget_s, r.used_s,
+          r.overshoot_s, r.epochs);
   CU_ASSERT_STRING_EQUAL(r.end_reason, "budget");
   CU_ASSERT_EQUAL(r.epochs, 0);
   CU_ASSERT(r.overshoot_s < 0.02);
@@ -679,8 +687,8 @@ static void test_cli_progress_lines(void) {
         strstr(line, " best=") && strstr(line, " clock=0:00:0") && strstr(line, "/0:10:00"))
       epochs++;
     const char *head = "search: max-epochs; budget 0:10:00, used 0:00:0";
-    if (strncmp(line, head, strlen(head)) == 0 &&
-        strstr(line, "overshoot 0s; ") && strstr(line, ", 4 epochs; best trial "))
+    if (strncmp(line, head, strlen(head)) == 0 && strstr(line, "overshoot 0s; ") &&
+        strstr(line, ", 4 epochs; best trial "))
       final++;
   }
   CU_ASSERT_EQUAL(pclose(f), 0);
