@@ -2,21 +2,42 @@
  * engine.c - the fine-tuning engine's training step next to PyTorch's (issue
  * 5's acceptance: images/s and peak memory of a fine-tuning step of
  * ViT-Ti/16 at 224 px, batch 32, with Debian's PyTorch on the same model and
- * threads in the same run, as a ratio; the target is at least 1.0x).
+ * threads in the same run, as a ratio; the target is at least 1.0x), and
+ * the same for two convolutional networks.
  *
- * One step is what a fine-tuning epoch does per batch: qt_vit_forward,
- * qt_vit_loss (cross-entropy, no smoothing), qt_vit_zero_grad,
- * qt_vit_backward and qt_vit_adamw_step (PyTorch's AdamW defaults). The
- * model is qt_vit_init with qt_vit_default_config() (timm's
- * vit_tiny_patch16_224: width 192, depth 12, 3 heads, MLP 768, 224 px, patch
- * 16) and a 1000-class head unless --classes says otherwise; the images are
- * random normal values, the labels uniform. Speed does not depend on the
- * weights, so no checkpoint is needed.
+ * Models (--model):
+ *   vit_tiny         qt_vit_init with qt_vit_default_config() (timm's
+ *                    vit_tiny_patch16_224: width 192, depth 12, 3 heads, MLP
+ *                    768, patch 16); one step is qt_vit_forward,
+ *                    qt_vit_loss (cross-entropy, no smoothing),
+ *                    qt_vit_zero_grad, qt_vit_backward and qt_vit_adamw_step
+ *                    (PyTorch's AdamW defaults).
+ *   mobilenetv2_100  timm's mobilenetv2_100 and resnet18, written with
+ *   resnet18         random initialization by qt_cnn_write_init to a
+ *                    temporary file and loaded by qt_cnn_load (the file is
+ *                    removed once loaded); one step is qt_cnn_forward in
+ *                    TRAIN batch norm mode (batch statistics, running ones
+ *                    updated), qt_cnn_loss (cross-entropy, no smoothing),
+ *                    qt_cnn_zero_grad, qt_cnn_backward and one AdamW step
+ *                    (qt_optim_tensor_step: lr 1e-3, betas 0.9 / 0.999,
+ *                    eps 1e-8, decoupled weight decay 0.01 on the tensors
+ *                    of 2 or more dimensions, as timm's
+ *                    param_groups_weight_decay) over every trainable
+ *                    tensor. The reference builds the same networks with
+ *                    torchvision (models.mobilenet_v2 with dropout 0, and
+ *                    models.resnet18: timm's structure and parameter
+ *                    counts, 3,504,872 and 11,689,512 with 1000 classes)
+ *                    and steps torch.optim.AdamW with the same groups.
+ * Every model gets a --classes head (default 1000) and --image-size inputs
+ * (default 224; the ViT needs a multiple of 16, the CNNs at least 32); the
+ * images are random normal values, the labels uniform. Speed does not
+ * depend on the weights.
  *
  * Threads. The engine's only parallelism is OpenBLAS's (matrix products in
- * the linears, the patch embedding and the attention); everything else
- * (layer norms, GELU, softmax, residuals, AdamW) runs on the calling
- * thread. This program sets OpenBLAS's threads with
+ * the linears, the patch embedding, the attention, and the im2col
+ * convolutions of the CNNs); everything else (norms, activations, softmax,
+ * residuals, depthwise convolutions, pooling, the optimizer) runs on the
+ * calling thread. This program sets OpenBLAS's threads with
  * openblas_set_num_threads(T) and PyTorch's with torch.set_num_threads(T).
  *
  * Time is wall-clock seconds per timed step (images/s = batch / that), and
@@ -30,19 +51,20 @@
  * libraries, a few hundred MiB that are not the model's).
  *
  * The reference is tools/engine-reference.py run by /usr/bin/python3 as a
- * child process with the same batch, threads, classes, warm-up and timed
- * steps; it prints a line "RESULT images_per_s=... peak_rss_kib=...
- * base_rss_kib=... step_s=... cpu_step_s=..." that is parsed here. Without python3 or
- * torch the qtune numbers are printed and the reference is reported
- * unavailable (exit status 0).
+ * child process with the same model, batch, threads, classes, image size,
+ * warm-up and timed steps; it prints a line "RESULT images_per_s=...
+ * peak_rss_kib=... base_rss_kib=... step_s=... cpu_step_s=..." that is
+ * parsed here. Without python3, torch (or torchvision for the CNNs) the
+ * qtune numbers are printed and the reference is reported unavailable
+ * (exit status 0).
  *
- *   usage: engine [--model vit_tiny] [--batch 32] [--threads T] [--warmup 1]
- *                 [--steps 3] [--classes 1000] [--python /usr/bin/python3]
+ *   usage: engine [--model vit_tiny|mobilenetv2_100|resnet18] [--batch 32]
+ *                 [--threads T] [--warmup 1] [--steps 3] [--classes 1000]
+ *                 [--image-size 224] [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
- * Only ViT-Ti is measured: the CNNs (qt_cnn.c) have a forward and a backward
- * but load from checkpoints only (no random initialization), so a
- * MobileNetV2 comparison is left for later.
+ * Example (2 threads, a short check): engine --model resnet18 --batch 16
+ * --threads 2 --warmup 1 --steps 3
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -90,7 +112,7 @@ static long current_rss_kib(void) {
 
 typedef struct bench_options {
   const char *model;
-  long batch, threads, warmup, steps, classes;
+  long batch, threads, warmup, steps, classes, image_size;
   const char *python, *reference;
   int no_reference;
 } bench_options;
@@ -103,9 +125,9 @@ typedef struct bench_result {
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s [--model vit_tiny] [--batch 32] [--threads T] [--warmup 1] [--steps 3]\n"
-          "          [--classes 1000] [--python /usr/bin/python3] [--reference PATH]"
-          " [--no-reference]\n",
+          "usage: %s [--model vit_tiny|mobilenetv2_100|resnet18] [--batch 32] [--threads T]\n"
+          "          [--warmup 1] [--steps 3] [--classes 1000] [--image-size 224]\n"
+          "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
           argv0);
 }
 
@@ -133,7 +155,11 @@ static const char *default_reference(char *buf, size_t size) {
   return "tools/engine-reference.py";
 }
 
-static int run_qtune(const bench_options *o, bench_result *r) {
+static int is_cnn(const char *model) {
+  return strcmp(model, "mobilenetv2_100") == 0 || strcmp(model, "resnet18") == 0;
+}
+
+static int run_qtune_vit(const bench_options *o, bench_result *r) {
   qt_err err;
   qt_err_clear(&err);
   qt_rng_t *rng = NULL;
@@ -144,6 +170,7 @@ static int run_qtune(const bench_options *o, bench_result *r) {
   r->base_rss_kib = current_rss_kib();
   qt_vit_config config = qt_vit_default_config();
   config.num_classes = o->classes;
+  config.image_size = o->image_size;
   if (qt_rng_init(&rng, 0, &err) != 0 ||
       qt_vit_init(&config, (size_t)o->batch, rng, &vit, &err) != 0) {
     fprintf(stderr, "engine: %s\n", qt_err_message(&err));
@@ -207,6 +234,111 @@ done:
   return status;
 }
 
+/* The same for a CNN of qt_cnn_arch.c: written to a temporary file, loaded,
+ * then forward (TRAIN), loss, zero_grad, backward and an AdamW step of
+ * every trainable tensor per step. */
+static int run_qtune_cnn(const bench_options *o, bench_result *r) {
+  qt_err err;
+  qt_err_clear(&err);
+  qt_rng_t *rng = NULL;
+  qt_cnn_t *cnn = NULL;
+  float *images = NULL, *state = NULL; /* state: (2 * params) AdamW moments */
+  int *labels = NULL;
+  int status = 1;
+  char dir[] = "/tmp/qtune-engine-XXXXXX", path[64] = "";
+  r->base_rss_kib = current_rss_kib();
+  if (!mkdtemp(dir)) {
+    perror("engine: mkdtemp");
+    return 1;
+  }
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  qt_cnn_load_params lp = qt_cnn_default_load_params();
+  lp.image_size = o->image_size;
+  lp.max_batch = (size_t)o->batch;
+  int rc = qt_cnn_arch_family(o->model, &lp.family, &err);
+  if (!rc) rc = qt_cnn_write_init(o->model, o->classes, 0, path, &err);
+  if (!rc) rc = qt_cnn_load(path, &lp, &cnn, &err);
+  remove(path);
+  rmdir(dir);
+  if (!rc) rc = qt_rng_init(&rng, 0, &err);
+  if (rc) {
+    fprintf(stderr, "engine: %s\n", qt_err_message(&err));
+    goto done;
+  }
+  size_t n_tensors = qt_cnn_tensor_count(cnn), params = 0;
+  for (size_t i = 0; i < n_tensors; i++) {
+    qt_cnn_tensor t;
+    qt_cnn_tensor_at(cnn, i, &t);
+    if (t.trainable) params += t.numel;
+  }
+  size_t pixels = 3 * (size_t)o->image_size * (size_t)o->image_size;
+  images = malloc((size_t)o->batch * pixels * sizeof *images);
+  labels = malloc((size_t)o->batch * sizeof *labels);
+  state = calloc(2 * params, sizeof *state);
+  if (!images || !labels || !state) {
+    fprintf(stderr, "engine: out of memory for the batch\n");
+    goto done;
+  }
+  for (size_t i = 0; i < (size_t)o->batch * pixels; i++)
+    images[i] = (float)qt_rng_gaussian(rng, 1.0);
+  for (long i = 0; i < o->batch; i++)
+    labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
+  qt_optim_params hp = qt_optim_default_params(); /* AdamW, PyTorch's defaults, wd 0.01 */
+  double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
+  double start = 0, cpu_start = 0;
+  for (long step = 0; step < o->warmup + o->steps; step++) {
+    if (step == o->warmup) {
+      t_forward = t_loss = t_backward = t_optimizer = 0;
+      start = wall_now();
+      cpu_start = cpu_now();
+    }
+    double t0 = wall_now();
+    if (qt_cnn_forward(cnn, images, (size_t)o->batch, QT_BATCHNORM_MODE_TRAIN, &err) != 0)
+      goto fail;
+    double t1 = wall_now();
+    if (qt_cnn_loss(cnn, labels, NULL, 0.0, &loss, &err) != 0) goto fail;
+    qt_cnn_zero_grad(cnn);
+    double t2 = wall_now();
+    if (qt_cnn_backward(cnn, &err) != 0) goto fail;
+    double t3 = wall_now();
+    float *moments = state;
+    for (size_t i = 0; i < n_tensors; i++) {
+      qt_cnn_tensor t;
+      qt_cnn_tensor_at(cnn, i, &t);
+      if (!t.trainable) continue;
+      qt_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
+                           moments + t.numel, t.numel);
+      moments += 2 * t.numel;
+    }
+    double t4 = wall_now();
+    t_forward += t1 - t0;
+    t_loss += t2 - t1;
+    t_backward += t3 - t2;
+    t_optimizer += t4 - t3;
+  }
+  double seconds = wall_now() - start;
+  r->cpu_step_s = (cpu_now() - cpu_start) / (double)o->steps;
+  r->images_per_s = (double)(o->batch * o->steps) / seconds;
+  r->step_s = seconds / (double)o->steps;
+  r->forward_s = t_forward / (double)o->steps;
+  r->loss_s = t_loss / (double)o->steps;
+  r->backward_s = t_backward / (double)o->steps;
+  r->optimizer_s = t_optimizer / (double)o->steps;
+  r->peak_rss_kib = peak_rss_kib();
+  printf("qtune: %zu parameters, last loss %.4f\n", params, loss);
+  status = 0;
+  goto done;
+fail:
+  fprintf(stderr, "engine: %s\n", qt_err_message(&err));
+done:
+  free(images);
+  free(labels);
+  free(state);
+  qt_cnn_free(cnn);
+  qt_rng_free(rng);
+  return status;
+}
+
 /* Runs the PyTorch reference; 0 with r filled, -1 when it is unavailable
  * (reason in why). */
 static int run_reference(const bench_options *o, bench_result *r, char *why, size_t why_size) {
@@ -224,8 +356,10 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   }
   char command[2048];
   snprintf(command, sizeof command,
-           "'%s' '%s' --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld", o->python,
-           o->reference, o->batch, o->threads, o->warmup, o->steps, o->classes);
+           "'%s' '%s' --model %s --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld "
+           "--image-size %ld",
+           o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
+           o->image_size);
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -262,7 +396,7 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
 }
 
 int main(int argc, char **argv) {
-  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, "/usr/bin/python3", NULL, 0};
+  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -292,6 +426,8 @@ int main(int argc, char **argv) {
       bad = parse_long(flag, value, 1, &o.steps);
     else if (!strcmp(flag, "--classes"))
       bad = parse_long(flag, value, 1, &o.classes);
+    else if (!strcmp(flag, "--image-size"))
+      bad = parse_long(flag, value, 1, &o.image_size);
     else if (!strcmp(flag, "--python"))
       o.python = value;
     else if (!strcmp(flag, "--reference"))
@@ -302,12 +438,14 @@ int main(int argc, char **argv) {
     }
     if (bad) return 1;
   }
-  if (strcmp(o.model, "vit_tiny") != 0) {
-    fprintf(stderr,
-            "engine: model '%s' is not supported: only vit_tiny (the CNNs of qt_cnn.c have a "
-            "forward and a backward but load from checkpoints only; a MobileNetV2 comparison "
-            "is not written yet)\n",
+  if (strcmp(o.model, "vit_tiny") != 0 && !is_cnn(o.model)) {
+    fprintf(stderr, "engine: model '%s' is not supported: vit_tiny, mobilenetv2_100 or resnet18\n",
             o.model);
+    return 1;
+  }
+  if (is_cnn(o.model) ? o.image_size < 32 : o.image_size % 16 != 0) {
+    fprintf(stderr, "engine: --image-size %ld: %s\n", o.image_size,
+            is_cnn(o.model) ? "the CNNs need at least 32" : "the ViT needs a multiple of 16");
     return 1;
   }
   if (o.threads == 0) {
@@ -319,15 +457,22 @@ int main(int argc, char **argv) {
 
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
-  printf(
-      "ViT-Ti/16 224 px (qt_vit_default_config), %ld classes, batch %ld, %ld threads "
-      "(OpenBLAS %d), %ld warm-up + %ld timed steps of forward, backward, AdamW\n",
-      o.classes, o.batch, o.threads, openblas_get_num_threads(), o.warmup, o.steps);
+  if (is_cnn(o.model))
+    printf(
+        "%s %ld px (qt_cnn_write_init, TRAIN batch norm), %ld classes, batch %ld, %ld threads "
+        "(OpenBLAS %d), %ld warm-up + %ld timed steps of forward, backward, AdamW\n",
+        o.model, o.image_size, o.classes, o.batch, o.threads, openblas_get_num_threads(), o.warmup,
+        o.steps);
+  else
+    printf(
+        "ViT-Ti/16 %ld px (qt_vit_default_config), %ld classes, batch %ld, %ld threads "
+        "(OpenBLAS %d), %ld warm-up + %ld timed steps of forward, backward, AdamW\n",
+        o.image_size, o.classes, o.batch, o.threads, openblas_get_num_threads(), o.warmup, o.steps);
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
   fflush(stdout);
 
   bench_result q = {0}, t = {0};
-  if (run_qtune(&o, &q) != 0) return 1;
+  if ((is_cnn(o.model) ? run_qtune_cnn(&o, &q) : run_qtune_vit(&o, &q)) != 0) return 1;
   printf("qtune per step: forward %.3f s, loss %.3f s, backward %.3f s, AdamW %.3f s\n",
          q.forward_s, q.loss_s, q.backward_s, q.optimizer_s);
   fflush(stdout);

@@ -768,7 +768,7 @@ static void run_golden_case(const char *name, qt_model_family family, float want
   CU_ASSERT(e < 1e-4);
   free(want);
   double loss = 0.0;
-  CU_ASSERT_EQUAL_FATAL(qt_cnn_loss(cnn, labels, &loss, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_cnn_loss(cnn, labels, NULL, 0.0, &loss, &err), 0);
   want = read_expected(st, "loss", 1);
   fprintf(stderr, "  loss %.7f (torch %.7f)\n", loss, (double)want[0]);
   CU_ASSERT(fabs(loss - want[0]) < 1e-4 * fabs(want[0]));
@@ -866,7 +866,7 @@ static void test_mobilenetv2_new_head(void) {
   /* Bad input is an error. */
   CU_ASSERT_EQUAL(qt_cnn_forward(cnn, images, 3, QT_BATCHNORM_MODE_TRAIN, &err), QT_EINVAL);
   int bad[2] = {0, 3};
-  CU_ASSERT_EQUAL(qt_cnn_loss(cnn, bad, NULL, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cnn_loss(cnn, bad, NULL, 0.0, NULL, &err), QT_EINVAL);
   qt_cnn_free(cnn);
   qt_cnn_free(NULL);
   qt_rng_free(rng);

@@ -114,7 +114,7 @@ static void test_spec_set_methods(void) {
   CU_ASSERT_EQUAL(s.adapter, QT_ADAPTER_KIND_ROSA);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "adapter", "dora", &err), QT_EINVAL);
   /* Still missing. */
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "true", &err), QT_ENOTIMPL);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "1", &err), QT_ENOTIMPL);
   /* GOODFIT. */
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "goodfit", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "goodfit_n_ref", "2", &err), 0);
@@ -579,7 +579,6 @@ static void test_rosa_factorize(void) {
   CU_ASSERT_EQUAL(qt_rosa_factorize(w, OUT, IN, R, 3, fixed, a, b, &err), QT_EINVAL);
 }
 
-
 /* ------------------------------------------------------------------------- */
 /* BSS (qt_methods_reg.c)                                                     */
 /* ------------------------------------------------------------------------- */
@@ -746,8 +745,8 @@ static void check_model_gradient(int delta) {
   vit_total_loss(vit, images, labels, B, eta, 0);
   qt_vit_zero_grad(vit);
   CU_ASSERT_FATAL(qt_vit_backward(vit, &err) == 0);
-  const char *names[] = {"patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight",
-                         "blocks.1.mlp.fc1.bias", "norm.weight", "norm.bias"};
+  const char *names[] = {"patch_embed.proj.weight", "cls_token",   "blocks.0.attn.qkv.weight",
+                         "blocks.1.mlp.fc1.bias",   "norm.weight", "norm.bias"};
   enum { NN = sizeof names / sizeof names[0], PER = 3 };
   size_t at[NN][PER];
   float plain[NN][PER];
@@ -790,9 +789,12 @@ static void check_model_gradient(int delta) {
   qt_rng_free(rng);
 }
 
-static void test_bss_model_gradient(void) { check_model_gradient(0); }
-static void test_delta_model_gradient(void) { check_model_gradient(1); }
-
+static void test_bss_model_gradient(void) {
+  check_model_gradient(0);
+}
+static void test_delta_model_gradient(void) {
+  check_model_gradient(1);
+}
 
 /* BSS inside a run, on a pattern data set and a tiny pretrained ViT as
  * test_run.c's fixtures: the run changes with bss_reg > 0, and three epochs
@@ -831,8 +833,8 @@ static void reg_fixture(void) {
       }
   }
   qt_rng_free(rng);
-  CU_ASSERT_FATAL(qt_dataset_split(ds, 0.25, 0.0, 3, &reg_splits.train, &reg_splits.val, NULL,
-                                   NULL) == 0);
+  CU_ASSERT_FATAL(
+      qt_dataset_split(ds, 0.25, 0.0, 3, &reg_splits.train, &reg_splits.val, NULL, NULL) == 0);
   qt_dataset_free(ds);
   qt_vit_config c = qt_vit_default_config();
   c.image_size = 8;
@@ -868,7 +870,7 @@ static qt_run_spec reg_spec(void) {
 }
 
 static int same_weights(qt_run_t *a, qt_run_t *b) {
-  qt_vit_t *va = qt_run_model(a), *vb = qt_run_model(b);
+  qt_vit_t *va = qt_model_vit(qt_run_model(a)), *vb = qt_model_vit(qt_run_model(b));
   for (size_t i = 0; i < qt_vit_tensor_count(va); i++) {
     qt_vit_tensor ta, tb;
     qt_vit_tensor_at(va, i, &ta);
@@ -928,8 +930,12 @@ static void check_reg_run(const char *name, const char *value) {
   remove(reg_checkpoint);
 }
 
-static void test_bss_in_run(void) { check_reg_run("bss_reg", "0.1"); }
-static void test_delta_in_run(void) { check_reg_run("delta_reg", "0.1"); }
+static void test_bss_in_run(void) {
+  check_reg_run("bss_reg", "0.1");
+}
+static void test_delta_in_run(void) {
+  check_reg_run("delta_reg", "0.1");
+}
 
 /* Squared distance between the features of two models on the same inputs. */
 static double feature_distance(qt_vit_t *a, qt_vit_t *b, const float *x, size_t n) {
@@ -969,8 +975,10 @@ static void test_delta_keeps_features(void) {
   CU_ASSERT_FATAL(qt_rng_init(&rng, 41, NULL) == 0);
   for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = (float)qt_rng_gaussian(rng, 1.0);
   qt_rng_free(rng);
-  double dp = feature_distance(qt_run_model(r0), qt_run_model(rp), x, 4);
-  double dd = feature_distance(qt_run_model(r0), qt_run_model(rd), x, 4);
+  double dp =
+      feature_distance(qt_model_vit(qt_run_model(r0)), qt_model_vit(qt_run_model(rp)), x, 4);
+  double dd =
+      feature_distance(qt_model_vit(qt_run_model(r0)), qt_model_vit(qt_run_model(rd)), x, 4);
   CU_ASSERT(dp > 0.0);
   CU_ASSERT(dd < 0.5 * dp);
   if (!(dd < 0.5 * dp)) fprintf(stderr, "\n  DELTA distance %g vs plain %g\n", dd, dp);

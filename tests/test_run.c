@@ -63,8 +63,7 @@ static char checkpoint_path[256];
 static void make_fixture(void) {
   if (splits.train) return;
   qt_dataset *all = make_patterns(12, 7);
-  CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) ==
-                  0);
+  CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) == 0);
   qt_dataset_free(all);
   qt_vit_config c = qt_vit_default_config();
   c.image_size = 8;
@@ -220,7 +219,8 @@ static void test_spec_set(void) {
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bss_reg", "0", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "0.5", &err), QT_ENOTIMPL);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "amp", "True", &err), 0);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "True", &err), QT_ENOTIMPL);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "True", &err), 0);
+  CU_ASSERT_EQUAL(s.stoch_norm, 1);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "clip_grad", "None", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "layer_decay", "0.65", &err), 0);
   QT_ASSERT_CLOSE(s.optim.layer_decay, 0.65, 1e-15);
@@ -233,7 +233,7 @@ static void test_spec_set(void) {
 /* ------------------------------------------------------------------------- */
 
 static int same_params(qt_run_t *a, qt_run_t *b) {
-  qt_vit_t *va = qt_run_model(a), *vb = qt_run_model(b);
+  qt_vit_t *va = qt_model_vit(qt_run_model(a)), *vb = qt_model_vit(qt_run_model(b));
   if (qt_vit_parameter_count(va) != qt_vit_parameter_count(vb)) return 0;
   for (size_t i = 0; i < qt_vit_tensor_count(va); i++) {
     qt_vit_tensor ta, tb;
@@ -325,7 +325,6 @@ static void test_resume_momentum_plateau(void) {
   check_resume(s);
 }
 
-
 /* The backward stop gives the trainable tensors the same gradients, bit for
  * bit, and the frozen ones none. */
 static void test_backward_from(void) {
@@ -378,7 +377,6 @@ static void test_backward_from(void) {
   qt_rng_free(rng);
 }
 
-
 /* One SGD step over the whole training set from the same start: layer
  * decay scales each tensor's update by layer_decay^(depth + 1 - layer), and
  * clipping scales every update by one common factor. */
@@ -386,7 +384,7 @@ static void one_step_deltas(qt_run_spec s, float *delta) {
   qt_err err;
   qt_run_t *run = NULL;
   CU_ASSERT_FATAL(qt_run_init(&s, &run, &err) == 0);
-  qt_vit_t *vit = qt_run_model(run);
+  qt_vit_t *vit = qt_model_vit(qt_run_model(run));
   size_t off = 0;
   for (size_t i = 0; i < qt_vit_tensor_count(vit); i++) {
     qt_vit_tensor t;
@@ -424,7 +422,7 @@ static void test_layer_decay_and_clipping(void) {
   s.data_augmentation = QT_AUTO_AUGMENT_NONE;
   qt_run_t *probe = NULL;
   CU_ASSERT_FATAL(qt_run_init(&s, &probe, NULL) == 0);
-  qt_vit_t *vit = qt_run_model(probe);
+  qt_vit_t *vit = qt_model_vit(qt_run_model(probe));
   size_t n = qt_vit_parameter_count(vit);
   float *plain = malloc(n * sizeof *plain), *decayed = malloc(n * sizeof *decayed),
         *clipped = malloc(n * sizeof *clipped);
@@ -470,7 +468,6 @@ static void test_layer_decay_and_clipping(void) {
   free(clipped);
   qt_run_free(probe);
 }
-
 
 /* Head dropout: the backward applies the forward's mask (finite
  * differences with the same mask), and rate 0 or no stream changes nothing. */
@@ -551,7 +548,7 @@ static void test_freezing(void) {
   qt_err err;
   qt_run_t *run = NULL;
   CU_ASSERT_FATAL(qt_run_init(&s, &run, &err) == 0);
-  qt_vit_t *vit = qt_run_model(run);
+  qt_vit_t *vit = qt_model_vit(qt_run_model(run));
   size_t n = qt_vit_parameter_count(vit);
   float *before = malloc(n * sizeof *before);
   size_t off = 0;
@@ -728,7 +725,8 @@ static void test_resume_methods(void) {
   CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
   qt_safetensors_t *st = NULL;
   CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
-  CU_ASSERT_EQUAL(qt_safetensors_count(st), 3 * qt_vit_tensor_count(qt_run_model(run)));
+  CU_ASSERT_EQUAL(qt_safetensors_count(st),
+                  3 * qt_vit_tensor_count(qt_model_vit(qt_run_model(run))));
   qt_safetensors_free(st);
   /* Another decay kind: another fingerprint. */
   qt_run_spec other = spd;
@@ -740,7 +738,7 @@ static void test_resume_methods(void) {
 
 /* L2 distance of every tensor but the head between two runs' models. */
 static double backbone_distance(qt_run_t *a, qt_run_t *b) {
-  qt_vit_t *va = qt_run_model(a), *vb = qt_run_model(b);
+  qt_vit_t *va = qt_model_vit(qt_run_model(a)), *vb = qt_model_vit(qt_run_model(b));
   double sum = 0.0;
   for (size_t i = 0; i < qt_vit_tensor_count(va); i++) {
     qt_vit_tensor ta, tb;
@@ -839,13 +837,13 @@ static void test_sfa_in_run(void) {
       CU_ASSERT_FATAL(qt_run_epoch(run, &r, &err) == 0);
       int at_theta0 = backbone_distance(run, pre) == 0.0;
       int want = k == 0 || e == 4;
-      if (at_theta0 != want) fprintf(stderr, "sfa_p %g epoch %d: at theta0 %d\n", ps[k], e,
-                                     at_theta0);
+      if (at_theta0 != want)
+        fprintf(stderr, "sfa_p %g epoch %d: at theta0 %d\n", ps[k], e, at_theta0);
       CU_ASSERT_EQUAL(at_theta0, want);
     }
     /* The head is not averaged (it has no pretrained value). */
     qt_vit_tensor h0, h1;
-    qt_vit_t *vp = qt_run_model(pre), *vr = qt_run_model(run);
+    qt_vit_t *vp = qt_model_vit(qt_run_model(pre)), *vr = qt_model_vit(qt_run_model(run));
     qt_vit_tensor_at(vp, qt_vit_tensor_count(vp) - 2, &h0);
     qt_vit_tensor_at(vr, qt_vit_tensor_count(vr) - 2, &h1);
     CU_ASSERT_STRING_EQUAL(h1.name, "head.weight");
@@ -908,7 +906,7 @@ static void test_lora_in_run(void) {
   CU_ASSERT_EQUAL(r.trainable, 2 * per_block + 27);
   CU_ASSERT_FATAL(qt_run_save(run, path, &err) == 0);
   CU_ASSERT_FATAL(qt_safetensors_open(path, &st, &err) == 0);
-  qt_vit_t *vr = qt_run_model(run), *vp = qt_run_model(pre);
+  qt_vit_t *vr = qt_model_vit(qt_run_model(run)), *vp = qt_model_vit(qt_run_model(pre));
   size_t adapted = 0;
   for (size_t i = 0; i < qt_vit_tensor_count(vr); i++) {
     qt_vit_tensor t, t0;
@@ -977,14 +975,15 @@ static long head_steps(qt_run_t *run);
 
 /* sigma_2 / sigma_1 of W - W0 for tensor `name` (double SVD). */
 static double second_singular_ratio(qt_run_t *run, qt_run_t *pre, const char *name) {
-  qt_vit_t *v = qt_run_model(run), *v0 = qt_run_model(pre);
+  qt_vit_t *v = qt_model_vit(qt_run_model(run)), *v0 = qt_model_vit(qt_run_model(pre));
   for (size_t i = 0; i < qt_vit_tensor_count(v); i++) {
     qt_vit_tensor t, t0;
     qt_vit_tensor_at(v, i, &t);
     qt_vit_tensor_at(v0, i, &t0);
     if (strcmp(t.name, name) != 0) continue;
     size_t m = t.shape[0], n = t.shape[1], k = m < n ? m : n;
-    double *d = malloc(m * n * sizeof *d), *sv = malloc(k * sizeof *sv), *sup = malloc(k * sizeof *sup);
+    double *d = malloc(m * n * sizeof *d), *sv = malloc(k * sizeof *sv),
+           *sup = malloc(k * sizeof *sup);
     for (size_t j = 0; j < m * n; j++) d[j] = (double)t.data[j] - (double)t0.data[j];
     lapack_int info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)m, (lapack_int)n, d,
                                      (lapack_int)n, sv, NULL, 1, NULL, 1, sup);
@@ -1020,13 +1019,13 @@ static void test_rosa_in_run(void) {
     CU_ASSERT(r_rosa > 1e-2);
     CU_ASSERT(r_lora >= 0.0 && r_lora < 1e-3);
   }
-  qt_vit_t *vr = qt_run_model(rosa_run), *vp = qt_run_model(pre);
+  qt_vit_t *vr = qt_model_vit(qt_run_model(rosa_run)), *vp = qt_model_vit(qt_run_model(pre));
   for (size_t i = 0; i < qt_vit_tensor_count(vr); i++) {
     qt_vit_tensor t, t0;
     qt_vit_tensor_at(vr, i, &t);
     qt_vit_tensor_at(vp, i, &t0);
-    int adapted = strncmp(t.name, "blocks.", 7) == 0 && strstr(t.name, ".weight") &&
-                  !strstr(t.name, "norm");
+    int adapted =
+        strncmp(t.name, "blocks.", 7) == 0 && strstr(t.name, ".weight") && !strstr(t.name, "norm");
     int changed = memcmp(t.data, t0.data, t.numel * sizeof(float)) != 0;
     int should = strncmp(t.name, "head.", 5) == 0 || adapted;
     if (changed != should) fprintf(stderr, "rosa: %s changed %d\n", t.name, changed);
@@ -1069,7 +1068,9 @@ static void test_rosa_in_run(void) {
 }
 
 /* GOODFIT [RECON]. */
-static int stop_after_one(void *user) { return (*(int *)user)++ >= 1; }
+static int stop_after_one(void *user) {
+  return (*(int *)user)++ >= 1;
+}
 
 static long head_steps(qt_run_t *run) {
   qt_err err;
@@ -1127,7 +1128,8 @@ static void test_goodfit_in_run(void) {
   qt_run_epoch_result r;
   CU_ASSERT_FATAL(qt_run_epoch(ref, &r, &err) == 0);
   CU_ASSERT_EQUAL(r.status, QT_RUN_STATUS_STOPPED);
-  qt_vit_t *v0 = qt_run_model(pre), *v1 = qt_run_model(gf), *vd = qt_run_model(ref);
+  qt_vit_t *v0 = qt_model_vit(qt_run_model(pre)), *v1 = qt_model_vit(qt_run_model(gf)),
+           *vd = qt_model_vit(qt_run_model(ref));
   int orthogonal = 0, against = 0, tensors = 0;
   for (size_t i = 0; i < qt_vit_tensor_count(v0); i++) {
     qt_vit_tensor t0, t1, td;
@@ -1185,7 +1187,9 @@ static void cleanup(void) {
   qt_data_splits_free(&splits);
 }
 
-static void test_cleanup(void) { cleanup(); }
+static void test_cleanup(void) {
+  cleanup();
+}
 
 static const qt_test_case cases[] = {
     {"optim_sgd_momentum", test_optim_sgd_momentum},

@@ -2,7 +2,20 @@
 """engine-reference.py - the PyTorch side of bench/engine.
 
 Times fine-tuning steps (forward, cross-entropy, backward, AdamW step) of
-ViT-Ti/16 (timm's vit_tiny_patch16_224 layout) written in plain torch, so
+one of three models (--model), in train mode:
+
+  vit_tiny         ViT-Ti/16, below;
+  mobilenetv2_100  torchvision.models.mobilenet_v2(dropout=0): the structure
+                   and parameter count (3,504,872 with 1000 classes) of
+                   timm's mobilenetv2_100, which qtune's qt_cnn_write_init
+                   writes (timm's head has no dropout either);
+  resnet18         torchvision.models.resnet18() (11,689,512 parameters,
+                   timm's resnet18).
+
+The CNNs need Debian's python3-torchvision; their batch norms run in train
+mode (batch statistics, running ones updated), as qtune's TRAIN mode.
+
+ViT-Ti/16 (timm's vit_tiny_patch16_224 layout) is written in plain torch, so
 that Debian's python3-torch runs it without timm: a patch convolution, a
 class token, a position embedding, `depth` pre-norm blocks
 
@@ -16,8 +29,9 @@ class token and the head. AdamW as torch.optim.AdamW (lr 1e-3, betas 0.9 /
 or more dimensions except pos_embed and cls_token (timm's
 param_groups_weight_decay, as qtune does).
 
-The parameter names are not timm's; the structure and the parameter count
-(5,717,416 with 1000 classes, as qtune's qt_vit_default_config) are.
+The ViT's parameter names are not timm's; the structure and the parameter
+count (5,717,416 with 1000 classes, as qtune's qt_vit_default_config) are.
+The count of the model built is printed to stderr.
 
 Inputs are random normal images and random labels. The last line printed is
 
@@ -29,7 +43,8 @@ interpreter and torch's libraries); step_s is wall-clock seconds per timed
 step and cpu_step_s CPU seconds (all threads) per timed step, which a loaded
 machine inflates less. bench/engine parses that line.
 
-usage: engine-reference.py [--batch 32] [--threads T] [--warmup 1]
+usage: engine-reference.py [--model vit_tiny|mobilenetv2_100|resnet18]
+                           [--batch 32] [--threads T] [--warmup 1]
                            [--steps 3] [--classes 1000] [--image-size 224]
 """
 import argparse
@@ -90,8 +105,21 @@ class ViT(nn.Module):
         return self.head(self.norm(x[:, 0]))
 
 
+def build_model(name, image_size, classes):
+    if name == "vit_tiny":
+        return ViT(image_size=image_size, classes=classes)
+    import torchvision
+    if name == "mobilenetv2_100":
+        return torchvision.models.mobilenet_v2(num_classes=classes, dropout=0.0)
+    if name == "resnet18":
+        return torchvision.models.resnet18(num_classes=classes)
+    raise SystemExit(f"engine-reference.py: unknown model '{name}'")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="vit_tiny",
+                    choices=["vit_tiny", "mobilenetv2_100", "resnet18"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1)
@@ -103,8 +131,9 @@ def main():
         torch.set_num_threads(args.threads)
     base_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
-    model = ViT(image_size=args.image_size, classes=args.classes)
+    model = build_model(args.model, args.image_size, args.classes)
     model.train()
+    params = sum(p.numel() for p in model.parameters())
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.ndim <= 1 or name in ("pos_embed", "cls_token"):
@@ -135,8 +164,8 @@ def main():
     cpu_seconds = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per_step = seconds / max(args.steps, 1)
-    print(f"reference: torch {torch.__version__}, {torch.get_num_threads()} threads, last loss {loss:.4f}",
-          file=sys.stderr)
+    print(f"reference: {args.model}, {params} parameters, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, last loss {loss:.4f}", file=sys.stderr)
     print(f"RESULT images_per_s={args.batch * args.steps / seconds:.4f} peak_rss_kib={peak} "
           f"base_rss_kib={base_rss_kib} step_s={per_step:.4f} "
           f"cpu_step_s={cpu_seconds / max(args.steps, 1):.4f}")

@@ -27,6 +27,19 @@ python3-torch, /usr/bin/python3):
                                          (uint8 weights, base64 JS shard)
                                          and its eval-mode logits, for
                                          tools/import-tfjs
+  mobilenetv2_tiny_steps.safetensors,    for tests/test_cnn_golden_steps.c:
+  resnet_tiny_steps.safetensors          from the checkpoint above, 3
+                                         train-mode steps on one fixed
+                                         batch of 8 ("images", "labels") with
+                                         SGD (momentum; weight decay 1e-4,
+                                         and 0.05 as "sgd_decay") and with
+                                         AdamW (see make_steps_case), every
+                                         parameter and running statistic
+                                         after them ("sgd.<name>", ...)
+                                         and the loss of each step
+                                         ("sgd_loss", ...), and
+                                         how far PyTorch's float32 run of
+                                         the same steps ends from them
 
 Architecture (expansion, channels, blocks, stride) per stage, timm's seven
 stages with timm's strides 1, 2, 2, 2, 1, 2, 1 after a stride-2 stem of 8
@@ -370,6 +383,126 @@ def make_tfjs_case(out, seed):
                       {"images": images, "eval_logits": logits})
 
 
+# ---------------------------------------------------------------------------
+# A few optimizer steps, for tests/test_cnn_golden_steps.c
+# ---------------------------------------------------------------------------
+
+STEPS, STEPS_BATCH = 3, 8
+# The runs of each steps fixture: prefix -> (torch.optim class, its
+# hyperparameters). sgd_decay repeats sgd with a weight decay large enough
+# to show in 3 steps: 1e-4 moves a weight by about 6e-6 of its value there,
+# a twentieth of the test's tolerance, so sgd alone cannot tell where (or
+# whether) the decay applied.
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, dict(lr=0.01, momentum=0.9, weight_decay=1e-4)),
+    "sgd_decay": (torch.optim.SGD, dict(lr=0.01, momentum=0.9, weight_decay=0.05)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)),
+}
+
+
+def read_safetensors(path):
+    """The F32 tensors of a file written by write_safetensors, as doubles."""
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        data = f.read()
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", name
+        begin, end = info["data_offsets"]
+        values = struct.unpack("<%df" % ((end - begin) // 4), data[begin:end])
+        tensors[name] = torch.tensor(values, dtype=torch.float64).reshape(info["shape"])
+    return tensors
+
+
+def param_groups_weight_decay(model, weight_decay):
+    """timm's optim_factory.param_groups_weight_decay: no decay for tensors
+    of fewer than 2 dimensions and for biases (here the same set)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim <= 1 or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay}]
+
+
+def train_steps(checkpoint, resnet, kind, images, labels, dtype):
+    """STEPS steps of `kind` from checkpoint in dtype: the state dict after
+    them (as doubles) and the loss of each step."""
+    model = (ResNet() if resnet else MobileNetV2(False, 1e-5)).to(dtype)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in checkpoint.items()},
+                                                strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    optimizer_class, hp = OPTIMIZERS[kind]
+    hp = dict(hp)
+    groups = param_groups_weight_decay(model, hp.pop("weight_decay"))
+    optimizer = optimizer_class(groups, **hp)
+    model.train()
+    losses = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images.to(dtype)), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    state = {k: v.double() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    return state, torch.tensor(losses, dtype=torch.float64)
+
+
+def make_steps_case(out, name, seed, resnet=False):
+    """STEPS training steps (batch norm in train mode, mean cross-entropy)
+    on one fixed batch of STEPS_BATCH images from the checkpoint written by
+    make_case, once per entry of OPTIMIZERS: torch.optim.SGD (momentum,
+    dampening 0, no Nesterov, coupled weight decay), torch.optim.AdamW
+    (decoupled weight decay), weight decay only on tensors of 2 or more
+    dimensions (timm's two parameter groups); the hyperparameters are
+    copied to the metadata ("<kind>_lr", ...) for the test.
+
+    The reference runs in double ("<kind>.<name>", "<kind>_loss"). The same
+    steps in float32 give, per tensor, how far float rounding alone carries
+    PyTorch from it ("<kind>_f32_error.<name>", the largest absolute
+    difference, one value): the engine runs in float and meets the same
+    rounding. It matters for MobileNetV2 under AdamW: the bias of a batch
+    norm whose output reaches the next train-mode batch norm through a
+    linear 1x1 convolution only (bn3 of every block, and bn2 of the first)
+    has an exact gradient of 0 (the next batch norm removes any shift), so
+    its float gradient is rounding noise, which Adam's normalization turns
+    into steps of up to lr either way (about 2e-3 after 3 steps), while in
+    double it stays at 0; the next batch norm's running mean inherits that.
+
+    MobileNetV2's ReLU6 kinks also make a few steps of SGD discontinuous in
+    the starting point on some batches (an activation crossing 0 or 6
+    changes the next gradient by a finite amount, and the steps amplify
+    it): seed 20 with 8 images and SGD lr 0.01 was picked because a 1e-7
+    relative perturbation of the checkpoint and the float32 run both stay
+    below a tenth of the test's tolerance there (with 3 images, or lr
+    0.05, several seeds move some weights by hundreds of times it)."""
+    checkpoint = read_safetensors(os.path.join(out, name + ".safetensors"))
+    torch.manual_seed(seed)
+    images = torch.randn(STEPS_BATCH, 3, IMAGE, IMAGE, dtype=torch.float64).float().double()
+    labels = torch.randint(0, CLASSES, (STEPS_BATCH,))
+    expected = {"images": images, "labels": labels.double()}
+    metadata = {"steps": str(STEPS), "batch": str(STEPS_BATCH)}
+    for kind, (_, hp) in OPTIMIZERS.items():
+        for key, value in hp.items():
+            if key == "betas":
+                metadata[kind + "_beta1"], metadata[kind + "_beta2"] = map(repr, value)
+            else:
+                metadata[kind + "_" + key] = repr(value)
+        state, losses = train_steps(checkpoint, resnet, kind, images, labels, torch.float64)
+        state32, _ = train_steps(checkpoint, resnet, kind, images, labels, torch.float32)
+        expected[kind + "_loss"] = losses
+        for k, v in state.items():
+            expected[kind + "." + k] = v
+            expected[kind + "_f32_error." + k] = (state32[k] - v).abs().max().reshape(1)
+    write_safetensors(os.path.join(out, name + "_steps.safetensors"), expected, metadata)
+
+
 def main():
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
                        "cnn")
@@ -380,6 +513,9 @@ def main():
     make_case(out, "resnet_tiny", 9, False, 1e-5, {"format": "pt"}, resnet=True)
     make_case(out, "efficientnet_tiny", 10, False, 1e-5, {"format": "pt"}, efficientnet=True)
     make_tfjs_case(out, 11)
+    # Last, and seeded on their own, so that the files above do not change.
+    make_steps_case(out, "mobilenetv2_tiny", 20)
+    make_steps_case(out, "resnet_tiny", 20, resnet=True)
 
 
 if __name__ == "__main__":

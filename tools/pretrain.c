@@ -1,8 +1,8 @@
 /*
- * pretrain - trains a small Vision Transformer from random initialization
- * with qtune's own engine, for the models of the default hub
- * (configs/hubs/default.yaml) and for the random-initialization baseline
- * of docs/pretrain-transfer.md.
+ * pretrain - trains a small Vision Transformer or convolutional network
+ * from random initialization with qtune's own engine, for the models of the
+ * default hub (configs/hubs/default.yaml) and for the random-initialization
+ * baselines of docs/pretrain-transfer.md and docs/cnn-transfer.md.
  *
  *   pretrain --data DIR --out FILE.safetensors
  *            [--arch PRESET] [--image-size PX] [--patch PX] [--width W]
@@ -11,7 +11,8 @@
  *            [--test-per-class N] [--batch-size B] [--lr LR]
  *            [--weight-decay WD] [--warmup-epochs N] [--smoothing S]
  *            [--augment none|trivial_augment|random_augment]
- *            [--crop-scale F] [--hflip P] [--init CHECKPOINT]
+ *            [--crop-scale F] [--hflip P]
+ *            [--init CHECKPOINT [--family F] [--reinit]]
  *            [--mean M --std S] [--seed S] [--threads T]
  *            [--curve FILE.csv] [--name NAME]
  *
@@ -23,17 +24,22 @@
  *   vit_small_28      28 px, patch 4, width 96, depth 6, heads 3 (about 3x
  *                     slower than vit_small_p7_28 per image)
  *
+ * and every convolutional architecture of qt_cnn_write_init
+ * (mobilenetv2_tiny, resnet_tiny, efficientnet_tiny, resnet18, ...; see
+ * qt_cnn_arch.c), at --image-size (default 32, the smallest a CNN takes:
+ * 28 px data are upscaled).
+ *
  * What it does:
  *   1. loads DIR with qt_data_load (MNIST-style IDX files, an ImageFolder,
  *      ...): the test split of the layout (t10k-* for IDX) is the test set;
  *      validation (--val-per-class images of each class, default 100) and
  *      training (--subset images of each class, default the rest) are
  *      drawn from the training split, disjoint, by a stream of the seed;
- *   2. draws a ViT with timm's initialization (qt_vit_init) with one head
- *      row per class of the data (from a stream of the seed only, so the
- *      same seed and architecture give the same initial weights whatever
- *      the data);
- *   3. trains every tensor with the engine's pieces (batch iterator, ViT
+ *   2. draws the model with timm's initialization (qt_vit_init,
+ *      qt_cnn_write_init) with one head row per class of the data (from
+ *      the seed only, so the same seed and architecture give the same
+ *      initial weights whatever the data);
+ *   3. trains every tensor with the engine's pieces (batch iterator, model
  *      forward / backward, AdamW step, schedule; see train_model for why
  *      not qt_run_epoch): AdamW, a cosine schedule after a linear warmup,
  *      label smoothing, RandomResizedCrop with area scale (--crop-scale
@@ -47,10 +53,15 @@
  * --epochs 0 stops after step 2 and writes the random initialization to
  * --out (the baseline "same architecture from random initialization").
  * --init FILE starts from a timm checkpoint instead of random weights
- * (heads from --heads or --arch; a new head when the classes differ): the
+ * (--family names its family, default vit; ViT heads from --heads or
+ * --arch; a new head when the classes differ): the
  * same training loop as a fine-tuner with its own augmentation settings,
  * which docs/pretrain-transfer.md used to probe what the run API's fixed
- * training transform costs at 28 pixels.
+ * training transform costs at 28 pixels. --reinit (convolutional families)
+ * re-draws every weight of the --init checkpoint with timm's
+ * initialization from the seed (qt_cnn_reinit): the same architecture,
+ * metadata included, from random initialization; with --epochs 0 that is
+ * the baseline of docs/cnn-transfer.md.
  *
  * Determinism: the subset, the initialization, the batch order and the
  * augmentation all derive from --seed, and the engine's results do not
@@ -90,7 +101,11 @@ static const preset presets[] = {
 
 typedef struct options {
   const char *data, *out, *curve, *name, *arch;
-  const char *init; /* start from this timm checkpoint instead of random weights */
+  const char *init;   /* start from this timm checkpoint instead of random weights */
+  const char *family; /* of --init */
+  int cnn;            /* 1: a convolutional --arch or --family */
+  int image_size_set; /* 1: --image-size was given */
+  int reinit;         /* 1: --reinit */
   long image_size, patch, width, depth, heads;
   double mlp_ratio;
   long epochs;
@@ -115,12 +130,12 @@ static void usage(FILE *f) {
           "                [--val-per-class N] [--test-per-class N] [--batch-size B] [--lr LR]\n"
           "                [--weight-decay WD] [--warmup-epochs N] [--smoothing S]\n"
           "                [--augment none|trivial_augment|random_augment] [--crop-scale F]\n"
-          "                [--hflip P] [--init CHECKPOINT] [--mean M --std S]\n"
+          "                [--hflip P] [--init CHECKPOINT [--family F] [--reinit]]\n"
+          "                [--mean M --std S]\n"
           "                [--seed S] [--threads T] [--curve FILE.csv] [--name NAME]\n"
           "presets:");
-  for (size_t i = 0; i < N_PRESETS; i++)
-    fprintf(f, " %s", presets[i].name);
-  fprintf(f, "\n");
+  for (size_t i = 0; i < N_PRESETS; i++) fprintf(f, " %s", presets[i].name);
+  fprintf(f, ", and the convolutional architectures of make-cnn\n");
 }
 
 static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {
@@ -158,10 +173,16 @@ static int apply_preset(options *o, const char *name) {
       return 0;
     }
   }
+  qt_model_family family;
+  if (qt_cnn_arch_family(name, &family, NULL) == 0) {
+    o->arch = name;
+    o->cnn = 1;
+    if (!o->image_size_set) o->image_size = 32;
+    return 0;
+  }
   fprintf(stderr, "pretrain: unknown --arch '%s'; presets:", name);
-  for (size_t i = 0; i < N_PRESETS; i++)
-    fprintf(stderr, " %s", presets[i].name);
-  fprintf(stderr, "\n");
+  for (size_t i = 0; i < N_PRESETS; i++) fprintf(stderr, " %s", presets[i].name);
+  fprintf(stderr, " and the convolutional architectures of make-cnn\n");
   return -1;
 }
 
@@ -171,6 +192,7 @@ static int apply_preset(options *o, const char *name) {
 static int parse_options(int argc, char **argv, options *o) {
   memset(o, 0, sizeof *o);
   o->arch = "custom";
+  o->family = "vit";
   o->image_size = 28;
   o->patch = 4;
   o->width = 64;
@@ -191,6 +213,9 @@ static int parse_options(int argc, char **argv, options *o) {
   o->std = 0.3530;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   o->threads = cpus < 1 ? 1 : (cpus > 8 ? 8 : (int)cpus);
+  for (int i = 1; i + 1 < argc; i++) {
+    if (strcmp(argv[i], "--image-size") == 0) o->image_size_set = 1;
+  }
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--arch") == 0) {
       if (i + 1 >= argc) break;
@@ -203,6 +228,10 @@ static int parse_options(int argc, char **argv, options *o) {
       usage(stdout);
       exit(0);
     }
+    if (strcmp(flag, "--reinit") == 0) {
+      o->reinit = 1;
+      continue;
+    }
     if (strncmp(flag, "--", 2) != 0 || i + 1 >= argc) {
       fprintf(stderr, "pretrain: %s: expected a flag with a value\n", flag);
       return -1;
@@ -210,36 +239,60 @@ static int parse_options(int argc, char **argv, options *o) {
     const char *v = argv[++i];
     long x = 0;
     int rc = 0;
-    if (strcmp(flag, "--arch") == 0) continue;
-    else if (strcmp(flag, "--data") == 0) o->data = v;
-    else if (strcmp(flag, "--out") == 0) o->out = v;
-    else if (strcmp(flag, "--curve") == 0) o->curve = v;
-    else if (strcmp(flag, "--init") == 0) o->init = v;
-    else if (strcmp(flag, "--name") == 0) o->name = v;
-    else if (strcmp(flag, "--augment") == 0) o->augment = v;
-    else if (strcmp(flag, "--image-size") == 0) rc = parse_long(flag, v, 1, 4096, &o->image_size);
-    else if (strcmp(flag, "--patch") == 0) rc = parse_long(flag, v, 1, 4096, &o->patch);
-    else if (strcmp(flag, "--width") == 0) rc = parse_long(flag, v, 1, 65536, &o->width);
-    else if (strcmp(flag, "--depth") == 0) rc = parse_long(flag, v, 1, 1024, &o->depth);
-    else if (strcmp(flag, "--heads") == 0) rc = parse_long(flag, v, 1, 1024, &o->heads);
-    else if (strcmp(flag, "--mlp-ratio") == 0) rc = parse_double(flag, v, 0.01, 64, &o->mlp_ratio);
-    else if (strcmp(flag, "--epochs") == 0) rc = parse_long(flag, v, 0, 100000, &o->epochs);
-    else if (strcmp(flag, "--subset") == 0) rc = parse_long(flag, v, 1, 100000000, &o->subset);
+    if (strcmp(flag, "--arch") == 0)
+      continue;
+    else if (strcmp(flag, "--data") == 0)
+      o->data = v;
+    else if (strcmp(flag, "--out") == 0)
+      o->out = v;
+    else if (strcmp(flag, "--curve") == 0)
+      o->curve = v;
+    else if (strcmp(flag, "--init") == 0)
+      o->init = v;
+    else if (strcmp(flag, "--family") == 0)
+      o->family = v;
+    else if (strcmp(flag, "--name") == 0)
+      o->name = v;
+    else if (strcmp(flag, "--augment") == 0)
+      o->augment = v;
+    else if (strcmp(flag, "--image-size") == 0)
+      rc = parse_long(flag, v, 1, 4096, &o->image_size);
+    else if (strcmp(flag, "--patch") == 0)
+      rc = parse_long(flag, v, 1, 4096, &o->patch);
+    else if (strcmp(flag, "--width") == 0)
+      rc = parse_long(flag, v, 1, 65536, &o->width);
+    else if (strcmp(flag, "--depth") == 0)
+      rc = parse_long(flag, v, 1, 1024, &o->depth);
+    else if (strcmp(flag, "--heads") == 0)
+      rc = parse_long(flag, v, 1, 1024, &o->heads);
+    else if (strcmp(flag, "--mlp-ratio") == 0)
+      rc = parse_double(flag, v, 0.01, 64, &o->mlp_ratio);
+    else if (strcmp(flag, "--epochs") == 0)
+      rc = parse_long(flag, v, 0, 100000, &o->epochs);
+    else if (strcmp(flag, "--subset") == 0)
+      rc = parse_long(flag, v, 1, 100000000, &o->subset);
     else if (strcmp(flag, "--val-per-class") == 0)
       rc = parse_long(flag, v, 1, 100000000, &o->val_per_class);
     else if (strcmp(flag, "--test-per-class") == 0)
       rc = parse_long(flag, v, 0, 100000000, &o->test_per_class);
-    else if (strcmp(flag, "--batch-size") == 0) rc = parse_long(flag, v, 1, 65536, &o->batch_size);
-    else if (strcmp(flag, "--lr") == 0) rc = parse_double(flag, v, 0, 10, &o->lr);
+    else if (strcmp(flag, "--batch-size") == 0)
+      rc = parse_long(flag, v, 1, 65536, &o->batch_size);
+    else if (strcmp(flag, "--lr") == 0)
+      rc = parse_double(flag, v, 0, 10, &o->lr);
     else if (strcmp(flag, "--weight-decay") == 0)
       rc = parse_double(flag, v, 0, 10, &o->weight_decay);
     else if (strcmp(flag, "--warmup-epochs") == 0)
       rc = parse_long(flag, v, 0, 100000, &o->warmup_epochs);
-    else if (strcmp(flag, "--crop-scale") == 0) rc = parse_double(flag, v, 0.01, 1, &o->crop_scale);
-    else if (strcmp(flag, "--hflip") == 0) rc = parse_double(flag, v, 0, 1, &o->hflip);
-    else if (strcmp(flag, "--smoothing") == 0) rc = parse_double(flag, v, 0, 0.99, &o->smoothing);
-    else if (strcmp(flag, "--mean") == 0) rc = parse_double(flag, v, -10, 10, &o->mean);
-    else if (strcmp(flag, "--std") == 0) rc = parse_double(flag, v, 1e-6, 10, &o->std);
+    else if (strcmp(flag, "--crop-scale") == 0)
+      rc = parse_double(flag, v, 0.01, 1, &o->crop_scale);
+    else if (strcmp(flag, "--hflip") == 0)
+      rc = parse_double(flag, v, 0, 1, &o->hflip);
+    else if (strcmp(flag, "--smoothing") == 0)
+      rc = parse_double(flag, v, 0, 0.99, &o->smoothing);
+    else if (strcmp(flag, "--mean") == 0)
+      rc = parse_double(flag, v, -10, 10, &o->mean);
+    else if (strcmp(flag, "--std") == 0)
+      rc = parse_double(flag, v, 1e-6, 10, &o->std);
     else if (strcmp(flag, "--seed") == 0) {
       char *end = NULL;
       o->seed = strtoull(v, &end, 10);
@@ -260,7 +313,21 @@ static int parse_options(int argc, char **argv, options *o) {
     fprintf(stderr, "pretrain: --data DIR and --out FILE are required\n");
     return -1;
   }
-  if (o->image_size % o->patch != 0 || o->width % o->heads != 0) {
+  qt_model_family family;
+  if (qt_model_family_parse(o->family, &family) != 0 ||
+      !(qt_model_family_is_vit(family) || qt_model_family_is_cnn(family))) {
+    fprintf(stderr, "pretrain: --family '%s' is not a ViT or convolutional family\n", o->family);
+    return -1;
+  }
+  if (o->init && qt_model_family_is_cnn(family)) {
+    o->cnn = 1;
+    if (!o->image_size_set) o->image_size = 32;
+  }
+  if (o->reinit && !(o->init && o->cnn)) {
+    fprintf(stderr, "pretrain: --reinit needs --init with a convolutional --family\n");
+    return -1;
+  }
+  if (!o->cnn && (o->image_size % o->patch != 0 || o->width % o->heads != 0)) {
     fprintf(stderr,
             "pretrain: the patch (%ld) must divide the image size (%ld) and the heads (%ld) "
             "the width (%ld)\n",
@@ -283,8 +350,8 @@ static int draw_per_class(const qt_dataset *ds, size_t first_per_class, size_t s
                           qt_err *err) {
   size_t n = ds->n;
   size_t *members = malloc((n ? n : 1) * sizeof *members); /* (n) indices of one class */
-  unsigned char *which = calloc(n ? n : 1, 1);              /* (n) 0 none, 1 first, 2 second */
-  size_t *chosen = malloc((n ? n : 1) * sizeof *chosen);    /* (n) indices of one output */
+  unsigned char *which = calloc(n ? n : 1, 1);             /* (n) 0 none, 1 first, 2 second */
+  size_t *chosen = malloc((n ? n : 1) * sizeof *chosen);   /* (n) indices of one output */
   int rc = 0;
   if (!members || !which || !chosen) {
     rc = qt_err_set(err, QT_ENOMEM, "out of memory drawing a subset of %zu samples", n);
@@ -325,11 +392,11 @@ done:
 /* Output                                                                     */
 /* ------------------------------------------------------------------------- */
 
-/* Writes the model's tensors to path as a timm checkpoint with `format`
- * "pt" and the given extra metadata. */
-static int save_checkpoint(qt_vit_t *vit, const char *path, const qt_safetensors_pair *extra,
-                           size_t n_extra, qt_err *err) {
-  size_t n = qt_vit_tensor_count(vit);
+/* Writes the model's tensors (running statistics included) to path as a
+ * timm checkpoint with `format` "pt" and the given extra metadata. */
+static int save_checkpoint(const qt_model_t *model, const char *path,
+                           const qt_safetensors_pair *extra, size_t n_extra, qt_err *err) {
+  size_t n = qt_model_tensor_count(model);
   qt_safetensors_tensor *tensors = calloc(n, sizeof *tensors);
   qt_safetensors_pair *meta = calloc(n_extra + 1, sizeof *meta);
   if (!tensors || !meta) {
@@ -338,8 +405,8 @@ static int save_checkpoint(qt_vit_t *vit, const char *path, const qt_safetensors
     return qt_err_set(err, QT_ENOMEM, "out of memory writing %s", path);
   }
   for (size_t i = 0; i < n; i++) {
-    qt_vit_tensor t;
-    qt_vit_tensor_at(vit, i, &t);
+    qt_model_tensor t;
+    qt_model_tensor_at(model, i, &t);
     tensors[i].name = t.name;
     tensors[i].dtype = QT_DTYPE_F32;
     tensors[i].ndim = t.ndim;
@@ -348,8 +415,7 @@ static int save_checkpoint(qt_vit_t *vit, const char *path, const qt_safetensors
   }
   meta[0].key = "format";
   meta[0].value = "pt";
-  for (size_t i = 0; i < n_extra; i++)
-    meta[i + 1] = extra[i];
+  for (size_t i = 0; i < n_extra; i++) meta[i + 1] = extra[i];
   int rc = qt_safetensors_write(path, tensors, n, meta, n_extra + 1, err);
   free(tensors);
   free(meta);
@@ -368,8 +434,7 @@ static double cpu_seconds(void) {
 /* The command line as one string (arguments joined by spaces). */
 static char *join_command(int argc, char **argv) {
   size_t len = 1;
-  for (int i = 0; i < argc; i++)
-    len += strlen(argv[i]) + 1;
+  for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
   char *s = malloc(len);
   if (!s) return NULL;
   s[0] = '\0';
@@ -410,8 +475,9 @@ static qt_batch_params batch_params(const options *o, int train) {
   return bp;
 }
 
-/* Top-1 and mean cross-entropy of vit over the batches of it. */
-static int evaluate(qt_vit_t *vit, qt_batch_iter_t *it, double *top1, double *loss, qt_err *err) {
+/* Top-1 and mean cross-entropy of the model over the batches of it. */
+static int evaluate(qt_model_t *model, qt_batch_iter_t *it, double *top1, double *loss,
+                    qt_err *err) {
   int rc = qt_batch_iter_start(it, 0, 0, err);
   if (rc < 0) return rc;
   size_t n = 0, hits = 0;
@@ -419,10 +485,10 @@ static int evaluate(qt_vit_t *vit, qt_batch_iter_t *it, double *top1, double *lo
   qt_batch batch;
   while ((rc = qt_batch_iter_next(it, &batch, err)) == 1) {
     double l;
-    if ((rc = qt_vit_forward(vit, batch.inputs, batch.size, err)) < 0) return rc;
-    if ((rc = qt_vit_loss(vit, (const int *)batch.labels, NULL, 0.0, &l, err)) < 0) return rc;
+    if ((rc = qt_model_forward(model, batch.inputs, batch.size, 0, err)) < 0) return rc;
+    if ((rc = qt_model_loss(model, (const int *)batch.labels, NULL, 0.0, &l, err)) < 0) return rc;
     loss_sum += l * (double)batch.size;
-    const float *logits = qt_vit_logits(vit);
+    const float *logits = qt_model_logits(model);
     for (size_t b = 0; b < batch.size; b++) {
       const float *row = logits + b * batch.n_classes;
       size_t best = 0;
@@ -439,7 +505,7 @@ static int evaluate(qt_vit_t *vit, qt_batch_iter_t *it, double *top1, double *lo
 }
 
 /*
- * Trains vit on splits->train for o->epochs epochs, evaluating on
+ * Trains the model on splits->train for o->epochs epochs, evaluating on
  * splits->val after each: AdamW (timm's weight-decay groups), the learning
  * rate of qt_schedule_lr (cosine to lr / 100 after o->warmup_epochs epochs
  * of linear warmup from lr / 10), label smoothing, and a milder version of
@@ -451,7 +517,56 @@ static int evaluate(qt_vit_t *vit, qt_batch_iter_t *it, double *top1, double *lo
  * preprocessing (resize, crop_pct, normalization) is the run API's, so
  * fine-tuning sees inputs prepared the same way.
  */
-static int train_model(const options *o, qt_vit_t *vit, const qt_data_splits *splits,
+/* AdamW over every parameter tensor (buffers excluded), with decay where
+ * qt_model_tensor.decay is set: qt_vit_adamw_step for any model. */
+typedef struct adamw_state {
+  size_t n;
+  float **m, **v; /* (n) moments per tensor; NULL for buffers */
+  long step;
+} adamw_state;
+
+static void adamw_free(adamw_state *a) {
+  for (size_t i = 0; i < a->n; i++) {
+    if (a->m) free(a->m[i]);
+    if (a->v) free(a->v[i]);
+  }
+  free(a->m);
+  free(a->v);
+}
+
+static int adamw_init(adamw_state *a, const qt_model_t *model, qt_err *err) {
+  memset(a, 0, sizeof *a);
+  a->n = qt_model_tensor_count(model);
+  a->m = calloc(a->n, sizeof *a->m);
+  a->v = calloc(a->n, sizeof *a->v);
+  if (!a->m || !a->v) return qt_err_set(err, QT_ENOMEM, "out of memory for AdamW");
+  for (size_t i = 0; i < a->n; i++) {
+    qt_model_tensor t;
+    qt_model_tensor_at(model, i, &t);
+    if (t.buffer) continue;
+    a->m[i] = calloc(t.numel ? t.numel : 1, sizeof(float));
+    a->v[i] = calloc(t.numel ? t.numel : 1, sizeof(float));
+    if (!a->m[i] || !a->v[i]) return qt_err_set(err, QT_ENOMEM, "out of memory for AdamW");
+  }
+  return 0;
+}
+
+static int adamw_step(adamw_state *a, qt_model_t *model, const qt_adamw_params *hp, qt_err *err) {
+  qt_adamw_params no_decay = *hp;
+  no_decay.weight_decay = 0.0;
+  a->step++;
+  for (size_t i = 0; i < a->n; i++) {
+    qt_model_tensor t;
+    qt_model_tensor_at(model, i, &t);
+    if (t.buffer) continue;
+    int rc = qt_cpu_adamw_step(t.data, t.grad, a->m[i], a->v[i], t.numel, t.decay ? hp : &no_decay,
+                               a->step, err);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+static int train_model(const options *o, qt_model_t *model, const qt_data_splits *splits,
                        qt_err *err) {
   qt_preprocess_params pre = preprocess_params(o);
   qt_augment_params aug = qt_augment_default_params();
@@ -471,16 +586,20 @@ static int train_model(const options *o, qt_vit_t *vit, const qt_data_splits *sp
 
   qt_batch_iter_t *train_it = NULL, *val_it = NULL;
   FILE *curve = NULL;
+  adamw_state opt;
   qt_batch_params bp = batch_params(o, 1);
-  rc = qt_batch_iter_init(splits->train, &pre, &aug, &bp, &train_it, err);
+  rc = adamw_init(&opt, model, err);
+  if (rc == 0) rc = qt_batch_iter_init(splits->train, &pre, &aug, &bp, &train_it, err);
   if (rc == 0) {
     bp = batch_params(o, 0);
     rc = qt_batch_iter_init(splits->val, &pre, NULL, &bp, &val_it, err);
   }
   if (rc == 0 && o->curve) {
     curve = fopen(o->curve, "w");
-    if (!curve) rc = qt_err_set(err, QT_EIO, "cannot write %s", o->curve);
-    else fprintf(curve, "epoch,train_loss,val_loss,val_top1,lr,seconds,images_per_s\n");
+    if (!curve)
+      rc = qt_err_set(err, QT_EIO, "cannot write %s", o->curve);
+    else
+      fprintf(curve, "epoch,train_loss,val_loss,val_top1,lr,seconds,images_per_s\n");
   }
   for (long e = 0; e < o->epochs && rc == 0; e++) {
     double t0 = qt_time_now();
@@ -493,8 +612,8 @@ static int train_model(const options *o, qt_vit_t *vit, const qt_data_splits *sp
     qt_batch batch;
     while ((rc = qt_batch_iter_next(train_it, &batch, err)) == 1) {
       double loss;
-      if ((rc = qt_vit_forward(vit, batch.inputs, batch.size, err)) < 0) break;
-      if ((rc = qt_vit_loss(vit, NULL, batch.targets, 0.0, &loss, err)) < 0) break;
+      if ((rc = qt_model_forward(model, batch.inputs, batch.size, 1, err)) < 0) break;
+      if ((rc = qt_model_loss(model, NULL, batch.targets, 0.0, &loss, err)) < 0) break;
       if (!isfinite(loss)) {
         rc = qt_err_set(err, QT_ENUMERIC,
                         "epoch %ld: the training loss is %g after %zu images (diverged; try a "
@@ -502,22 +621,23 @@ static int train_model(const options *o, qt_vit_t *vit, const qt_data_splits *sp
                         e + 1, loss, images);
         break;
       }
-      qt_vit_zero_grad(vit);
-      if ((rc = qt_vit_backward(vit, err)) < 0) break;
-      if ((rc = qt_vit_adamw_step(vit, &hp, err)) < 0) break;
+      qt_model_zero_grad(model);
+      if ((rc = qt_model_backward(model, err)) < 0) break;
+      if ((rc = adamw_step(&opt, model, &hp, err)) < 0) break;
       loss_sum += loss * (double)batch.size;
       images += batch.size;
     }
     if (rc < 0) break;
     double t_train = qt_time_now() - t0;
     double top1 = NAN, val_loss = NAN;
-    if ((rc = evaluate(vit, val_it, &top1, &val_loss, err)) < 0) break;
+    if ((rc = evaluate(model, val_it, &top1, &val_loss, err)) < 0) break;
     double seconds = qt_time_now() - t0;
     double train_loss = images ? loss_sum / (double)images : NAN;
     double speed = t_train > 0.0 ? (double)images / t_train : 0.0;
-    printf("epoch %ld  lr %.2e  train_loss %.4f  val_loss %.4f  val_top1 %.4f  %.1fs  %.0f "
-           "images/s\n",
-           e + 1, hp.lr, train_loss, val_loss, top1, seconds, speed);
+    printf(
+        "epoch %ld  lr %.2e  train_loss %.4f  val_loss %.4f  val_top1 %.4f  %.1fs  %.0f "
+        "images/s\n",
+        e + 1, hp.lr, train_loss, val_loss, top1, seconds, speed);
     fflush(stdout);
     if (curve) {
       fprintf(curve, "%ld,%.9g,%.9g,%.9g,%.9g,%.6g,%.6g\n", e + 1, train_loss, val_loss, top1,
@@ -529,6 +649,83 @@ static int train_model(const options *o, qt_vit_t *vit, const qt_data_splits *sp
     rc = qt_err_set(err, QT_EIO, "writing %s failed", o->curve);
   qt_batch_iter_free(train_it);
   qt_batch_iter_free(val_it);
+  adamw_free(&opt);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Models                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* A ViT: --init's checkpoint (its architecture wins over the size flags;
+ * the heads must be given; a new head when the data has another number of
+ * classes, as fine-tuning does), or timm's initialization of the size
+ * flags from rng. */
+static int make_vit(const options *o, long n_classes, qt_rng_t *rng, qt_model_t **out,
+                    qt_err *err) {
+  qt_model_load_params lp = qt_model_default_load_params();
+  if (o->init) {
+    if (qt_model_family_parse(o->family, &lp.family) != 0) lp.family = QT_MODEL_FAMILY_VIT;
+    lp.heads = o->heads;
+    lp.image_size = o->image_size;
+    lp.num_classes = n_classes;
+    lp.max_batch = (size_t)o->batch_size;
+    lp.rng = rng;
+    return qt_model_load(o->init, &lp, out, err);
+  }
+  qt_vit_config vc = qt_vit_default_config();
+  vc.image_size = o->image_size;
+  vc.patch_size = o->patch;
+  vc.width = o->width;
+  vc.depth = o->depth;
+  vc.heads = o->heads;
+  vc.mlp_hidden = (long)floor(o->mlp_ratio * (double)o->width + 0.5);
+  vc.num_classes = n_classes;
+  qt_vit_t *vit = NULL;
+  int rc = qt_vit_init(&vc, (size_t)o->batch_size, rng, &vit, err);
+  if (rc == 0 && (rc = qt_model_wrap_vit(vit, QT_MODEL_FAMILY_VIT, out, err)) < 0) qt_vit_free(vit);
+  return rc;
+}
+
+/* A CNN: --init's checkpoint, or qt_cnn_write_init of --arch with the
+ * seed, through a temporary file beside --out. The loader's metadata of
+ * the checkpoint (stage_strides, bn_eps, padding, arch) is copied into
+ * values and appended to meta, so the pretrained checkpoint loads alike. */
+static int make_cnn(const options *o, long n_classes, qt_model_t **out, char values[4][256],
+                    qt_safetensors_pair *meta, size_t *n_meta, qt_err *err) {
+  char tmp[4096];
+  const char *path = o->init;
+  qt_model_load_params lp = qt_model_default_load_params();
+  int rc = 0;
+  if (o->init) {
+    if (qt_model_family_parse(o->family, &lp.family) != 0)
+      return qt_err_set(err, QT_EINVAL, "--family '%s'", o->family);
+  } else {
+    if ((rc = qt_cnn_arch_family(o->arch, &lp.family, err)) < 0) return rc;
+    snprintf(tmp, sizeof tmp, "%s.init", o->out);
+    if ((rc = qt_cnn_write_init(o->arch, n_classes, o->seed, tmp, err)) < 0) return rc;
+    path = tmp;
+  }
+  lp.image_size = o->image_size;
+  lp.num_classes = n_classes;
+  lp.max_batch = (size_t)o->batch_size;
+  qt_rng_t *rng = NULL;
+  rc = qt_rng_init(&rng, o->seed ^ 0x68656164u /* "head" */, err);
+  lp.rng = rng;
+  if (rc == 0) rc = qt_model_load(path, &lp, out, err);
+  if (rc == 0 && o->reinit) qt_cnn_reinit(qt_model_cnn(*out), rng);
+  qt_rng_free(rng);
+  qt_safetensors_t *st = NULL;
+  if (rc == 0) rc = qt_safetensors_open(path, &st, err);
+  static const char *keys[4] = {"stage_strides", "bn_eps", "padding", "arch"};
+  for (int k = 0; rc == 0 && k < 4; k++) {
+    const char *v = qt_safetensors_metadata_get(st, keys[k]);
+    if (!v) continue;
+    snprintf(values[k], 256, "%s", v);
+    meta[(*n_meta)++] = (qt_safetensors_pair){keys[k], values[k]};
+  }
+  qt_safetensors_free(st);
+  if (!o->init) remove(tmp);
   return rc;
 }
 
@@ -548,7 +745,7 @@ int main(int argc, char **argv) {
   qt_data_splits loaded = {0};
   qt_dataset *train = NULL, *val = NULL, *test = NULL;
   qt_rng_t *root = NULL, *subset_rng = NULL, *init_rng = NULL;
-  qt_vit_t *init = NULL;
+  qt_model_t *model = NULL;
   char *command = join_command(argc, argv);
   int rc = 0;
   double t_start = qt_time_now();
@@ -582,63 +779,59 @@ int main(int argc, char **argv) {
          o.name ? o.name : o.arch, o.data, train->n, val->n, test ? test->n : 0, n_classes);
 
   /* The initial weights: random, or the --init checkpoint. */
-  qt_vit_config vc = qt_vit_default_config();
-  vc.image_size = o.image_size;
-  vc.patch_size = o.patch;
-  vc.width = o.width;
-  vc.depth = o.depth;
-  vc.heads = o.heads;
-  vc.mlp_hidden = (long)floor(o.mlp_ratio * (double)o.width + 0.5);
-  vc.num_classes = (long)n_classes;
-  if (o.init) {
-    /* A checkpoint to continue from (its architecture wins over the size
-     * flags; the heads must be given): a new head when the data has
-     * another number of classes, as fine-tuning does. */
-    qt_vit_load_params lp = qt_vit_default_load_params();
-    lp.family = QT_MODEL_FAMILY_VIT;
-    lp.heads = o.heads;
-    lp.image_size = o.image_size;
-    lp.num_classes = (long)n_classes;
-    lp.max_batch = (size_t)o.batch_size;
-    lp.rng = init_rng;
-    rc = qt_vit_load(o.init, &lp, &init, &err);
-    if (rc == 0) vc = *qt_vit_get_config(init);
-  } else {
-    rc = qt_vit_init(&vc, (size_t)o.batch_size, init_rng, &init, &err);
-  }
+  char text[8][64], loader_meta[4][256];
+  qt_safetensors_pair meta[16] = {{"qtune.tool", "pretrain"}, {"qtune.arch", o.arch}};
+  size_t n_meta = 2;
+  if (o.cnn)
+    rc = make_cnn(&o, (long)n_classes, &model, loader_meta, meta, &n_meta, &err);
+  else
+    rc = make_vit(&o, (long)n_classes, init_rng, &model, &err);
   if (rc < 0) goto fail;
-  size_t parameters = qt_vit_parameter_count(init);
-  printf("pretrain: ViT %ld px, patch %ld, width %ld, depth %ld, heads %ld, mlp %ld: %zu "
-         "parameters\n",
-         vc.image_size, vc.patch_size, vc.width, vc.depth, vc.heads, vc.mlp_hidden, parameters);
-
-  char text[8][64];
-  snprintf(text[0], sizeof text[0], "%ld", vc.patch_size);
-  snprintf(text[1], sizeof text[1], "%ld", vc.width);
-  snprintf(text[2], sizeof text[2], "%ld", vc.depth);
-  snprintf(text[3], sizeof text[3], "%ld", vc.heads);
-  snprintf(text[4], sizeof text[4], "%ld", vc.image_size);
+  size_t parameters = 0;
+  for (size_t i = 0; i < qt_model_tensor_count(model); i++) {
+    qt_model_tensor t;
+    qt_model_tensor_at(model, i, &t);
+    if (!t.buffer) parameters += t.numel;
+  }
+  if (o.cnn) {
+    printf("pretrain: %s (%s) %ld px: %zu parameters\n", o.arch,
+           qt_model_family_name(qt_model_get_family(model)), o.image_size, parameters);
+    snprintf(text[0], sizeof text[0], "%s", qt_model_family_name(qt_model_get_family(model)));
+    meta[n_meta++] = (qt_safetensors_pair){"qtune.family", text[0]};
+  } else {
+    const qt_vit_config *vc = qt_vit_get_config(qt_model_vit(model));
+    printf(
+        "pretrain: ViT %ld px, patch %ld, width %ld, depth %ld, heads %ld, mlp %ld: %zu "
+        "parameters\n",
+        vc->image_size, vc->patch_size, vc->width, vc->depth, vc->heads, vc->mlp_hidden,
+        parameters);
+    snprintf(text[0], sizeof text[0], "%ld", vc->patch_size);
+    snprintf(text[1], sizeof text[1], "%ld", vc->width);
+    snprintf(text[2], sizeof text[2], "%ld", vc->depth);
+    snprintf(text[3], sizeof text[3], "%ld", vc->heads);
+    meta[n_meta++] = (qt_safetensors_pair){"qtune.patch_size", text[0]};
+    meta[n_meta++] = (qt_safetensors_pair){"qtune.width", text[1]};
+    meta[n_meta++] = (qt_safetensors_pair){"qtune.depth", text[2]};
+    meta[n_meta++] = (qt_safetensors_pair){"qtune.heads", text[3]};
+  }
+  snprintf(text[4], sizeof text[4], "%ld", qt_model_image_size(model));
   snprintf(text[5], sizeof text[5], "%zu", parameters);
   snprintf(text[6], sizeof text[6], "%ld", o.epochs);
-  qt_safetensors_pair meta[12] = {
-      {"qtune.tool", "pretrain"},        {"qtune.arch", o.arch},
-      {"qtune.patch_size", text[0]},     {"qtune.width", text[1]},
-      {"qtune.depth", text[2]},          {"qtune.heads", text[3]},
-      {"qtune.image_size", text[4]},     {"qtune.parameters", text[5]},
-      {"qtune.epochs", text[6]},         {"qtune.data", o.data},
-      {"qtune.command", command ? command : ""},
-  };
-  size_t n_meta = 11;
+  meta[n_meta++] = (qt_safetensors_pair){"qtune.image_size", text[4]};
+  meta[n_meta++] = (qt_safetensors_pair){"qtune.parameters", text[5]};
+  meta[n_meta++] = (qt_safetensors_pair){"qtune.epochs", text[6]};
+  meta[n_meta++] = (qt_safetensors_pair){"qtune.data", o.data};
+  meta[n_meta++] = (qt_safetensors_pair){"qtune.command", command ? command : ""};
 
   if (o.epochs == 0) {
-    if ((rc = save_checkpoint(init, o.out, meta, n_meta, &err)) < 0) goto fail;
+    if ((rc = save_checkpoint(model, o.out, meta, n_meta, &err)) < 0) goto fail;
     printf("pretrain: wrote the random initialization to %s\n", o.out);
     status = 0;
     goto done;
   }
   /* Training. */
   qt_data_splits splits = {train, val, test, 0};
-  rc = train_model(&o, init, &splits, &err);
+  rc = train_model(&o, model, &splits, &err);
   if (rc < 0) goto fail;
   double top1 = NAN, loss = NAN;
   if (test && test->n > 0) {
@@ -646,7 +839,7 @@ int main(int argc, char **argv) {
     qt_preprocess_params pre = preprocess_params(&o);
     qt_batch_params bp = batch_params(&o, 0);
     rc = qt_batch_iter_init(test, &pre, NULL, &bp, &it, &err);
-    if (rc == 0) rc = evaluate(init, it, &top1, &loss, &err);
+    if (rc == 0) rc = evaluate(model, it, &top1, &loss, &err);
     qt_batch_iter_free(it);
     if (rc < 0) goto fail;
   }
@@ -654,10 +847,10 @@ int main(int argc, char **argv) {
   meta[n_meta].key = "qtune.test_top1";
   meta[n_meta].value = text[7];
   n_meta++;
-  if ((rc = save_checkpoint(init, o.out, meta, n_meta, &err)) < 0) goto fail;
+  if ((rc = save_checkpoint(model, o.out, meta, n_meta, &err)) < 0) goto fail;
   printf("test  loss %.4f  top1 %.4f  (%zu images)\n", loss, top1, test ? test->n : 0);
-  printf("pretrain: wrote %s (%zu parameters, test top-1 %.4f, %.1f s wall, %.1f s CPU)\n",
-         o.out, parameters, top1, qt_time_now() - t_start, cpu_seconds());
+  printf("pretrain: wrote %s (%zu parameters, test top-1 %.4f, %.1f s wall, %.1f s CPU)\n", o.out,
+         parameters, top1, qt_time_now() - t_start, cpu_seconds());
   status = 0;
   goto done;
 
@@ -665,7 +858,7 @@ fail:
   fprintf(stderr, "pretrain: %s\n", qt_err_message(&err));
   status = EXIT_FAIL;
 done:
-  qt_vit_free(init);
+  qt_model_free(model);
   qt_rng_free(init_rng);
   qt_rng_free(subset_rng);
   qt_rng_free(root);

@@ -30,7 +30,7 @@ static int spec_base(const qt_hub_model *model, long schedule_epochs, uint64_t s
                      qt_run_spec *spec, qt_err *err) {
   *spec = qt_run_default_spec();
   if (qt_model_family_parse(model->family, &spec->family) != 0 ||
-      !qt_model_family_is_vit(spec->family))
+      !(qt_model_family_is_vit(spec->family) || qt_model_family_is_cnn(spec->family)))
     return qt_err_set(err, QT_ENOTIMPL, "model '%s': family '%s' cannot be fine-tuned yet",
                       model->name, model->family);
   spec->checkpoint = model->checkpoint;
@@ -86,9 +86,9 @@ typedef struct finetune_objective {
   qt_objective_t base; /* first member */
   qt__finetune_setup setup;
   char *run_dir;
-  long *checkpoint;      /* (pool count) epoch of each trial's checkpoint, 0: none */
+  long *checkpoint;       /* (pool count) epoch of each trial's checkpoint, 0: none */
   unsigned char *evicted; /* (pool count) */
-  qt_run_t *live;        /* the run of trial live_trial, or NULL */
+  qt_run_t *live;         /* the run of trial live_trial, or NULL */
   size_t live_trial;
   int (*should_stop)(void *user);
   void *stop_user;
@@ -110,8 +110,8 @@ static int step_failed(finetune_objective *ft, qt_observation *out, const qt_err
                        const char *what) {
   release_live(ft);
   out->status = QT_OBS_STATUS_FAILED;
-  snprintf(ft->last.reason, sizeof ft->last.reason, "%s%s%s", what ? what : "",
-           what ? ": " : "", qt_err_message(inner));
+  snprintf(ft->last.reason, sizeof ft->last.reason, "%s%s%s", what ? what : "", what ? ": " : "",
+           qt_err_message(inner));
   return 0;
 }
 
@@ -134,9 +134,8 @@ static int finetune_step(qt_objective_t *objective, size_t candidate, long epoch
   qt_err inner;
   qt_err_clear(&inner);
   qt_run_spec spec;
-  int rc = qt_search_spec_from_config(s->models[model], s->pool->space, config,
-                                      s->schedule_epochs, s->seed + (uint64_t)candidate,
-                                      s->threads, &spec, &inner);
+  int rc = qt_search_spec_from_config(s->models[model], s->pool->space, config, s->schedule_epochs,
+                                      s->seed + (uint64_t)candidate, s->threads, &spec, &inner);
   if (rc < 0) return step_failed(ft, out, &inner, "configuration");
   spec.data = s->data;
 
@@ -184,8 +183,7 @@ static int finetune_step(qt_objective_t *objective, size_t candidate, long epoch
   if (r.status == QT_RUN_STATUS_DIVERGED) {
     release_live(ft);
     out->status = QT_OBS_STATUS_DIVERGED;
-    snprintf(ft->last.reason, sizeof ft->last.reason, "diverged (training loss %g)",
-             r.train_loss);
+    snprintf(ft->last.reason, sizeof ft->last.reason, "diverged (training loss %g)", r.train_loss);
     return 0;
   }
 

@@ -13,8 +13,8 @@
 #include "bo/qt_bo.h"
 #include "finetune/qt_finetune.h"
 
-int qt_search_models_load(const char *hub_path, const qt_space_t *base_space,
-                          qt_search_models *out, qt_err *err) {
+int qt_search_models_load(const char *hub_path, const qt_space_t *base_space, qt_search_models *out,
+                          qt_err *err) {
   if (!hub_path || !base_space || !out)
     return qt_err_set(err, QT_EINVAL, "qt_search_models_load: NULL argument");
   memset(out, 0, sizeof *out);
@@ -29,7 +29,8 @@ int qt_search_models_load(const char *hub_path, const qt_space_t *base_space,
   for (size_t i = 0; i < n; i++) {
     const qt_hub_model *m = qt_hub_model_at(out->hub, i);
     qt_model_family family;
-    if (qt_model_family_parse(m->family, &family) != 0 || !qt_model_family_is_vit(family)) {
+    if (qt_model_family_parse(m->family, &family) != 0 ||
+        !(qt_model_family_is_vit(family) || qt_model_family_is_cnn(family))) {
       QT_LOG_WARN("hub model %s left out: family '%s' cannot be fine-tuned yet", m->name,
                   m->family);
       continue;
@@ -85,8 +86,8 @@ int qt_search_config_runnable(const qt_search_models *models, const qt_config *c
     if (size) snprintf(reason, size, "no model chosen");
     return 0;
   }
-  int rc = qt_search_spec_from_config(models->models[model], models->space, config,
-                                      schedule_epochs, 0, 1, &spec, &err);
+  int rc = qt_search_spec_from_config(models->models[model], models->space, config, schedule_epochs,
+                                      0, 1, &spec, &err);
   if (rc == QT_ENOTIMPL) {
     if (size) snprintf(reason, size, "%s", qt_err_message(&err));
     return 0;

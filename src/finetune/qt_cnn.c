@@ -26,6 +26,8 @@ typedef struct tensor {
   size_t offset; /* into params / grads */
   int trainable;
   int fresh; /* 1: not from the checkpoint (a new head) */
+  long unit; /* freezing unit (qt_cnn_units) */
+  int head;  /* 1: part of the head (always trainable) */
 } tensor;
 
 typedef enum op_kind {
@@ -38,7 +40,8 @@ typedef enum op_kind {
   OP_MAXPOOL,
   OP_LINEAR,
   OP_SILU,
-  OP_SE
+  OP_SE,
+  OP_DROPOUT /* head dropout (identity while off) */
 } op_kind;
 
 typedef struct op {
@@ -54,6 +57,10 @@ typedef struct op {
   size_t c, hw;             /* OP_BN, OP_POOL: channels, plane */
   size_t in_f, out_f;       /* OP_LINEAR */
   size_t stats;             /* OP_BN: offset into mean / rstd */
+  long unit;                /* freezing unit */
+  int head;                 /* 1: part of the head */
+  qt_batchnorm_mode mode;   /* OP_BN: the mode of the last forward */
+  int stoch;                /* OP_BN: 1 when the last forward was StochNorm */
 } op;
 
 typedef struct activation {
@@ -85,12 +92,30 @@ struct qt_cnn {
   size_t stats_n;
   float *probs, *losses; /* (max_batch, classes), (max_batch) */
   int labels_set;
+  int soft_set;    /* 1: the last loss used soft targets (soft), else labels */
+  float *soft;     /* (max_batch, classes) */
+  float smoothing; /* of the last loss */
   size_t batch, max_batch;
   long image_size, classes;
   float bn_eps, bn_momentum;
   int tf_same;
-  qt_batchnorm_mode mode;
-  int *labels; /* (max_batch) */
+  int *labels;     /* (max_batch) */
+  long units;      /* blocks (qt_cnn_units) */
+  long train_from; /* qt_cnn_set_trainable_from */
+  int pool_op;     /* the global pooling op: its output are the features */
+  /* Head dropout (qt_cnn_set_head_dropout). */
+  double drop_rate;
+  qt_rng_t *drop_rng;
+  float *drop_mask; /* (max_batch, features) */
+  int dropped;      /* 1: the last forward applied a mask */
+  /* Feature hook (qt_cnn_set_feature_hook). */
+  float *dfeat; /* (max_batch, features); NULL while off */
+  /* StochNorm (qt_cnn_set_stoch_norm). */
+  double stoch_p;
+  qt_rng_t *stoch_rng;
+  unsigned char *select; /* (stats_n) the channels' draws of the last forward */
+  /* Metadata carried to qt_cnn_save. */
+  char *meta_bn_eps, *meta_padding, *meta_strides, *meta_arch;
 };
 
 /* ------------------------------------------------------------------------- */
@@ -102,6 +127,8 @@ typedef struct builder {
   const qt_safetensors_t *st;
   qt_err *err;
   int rc;
+  long unit; /* the freezing unit of what is being added */
+  int head;  /* 1 while the head is being added */
 } builder;
 
 static int add_tensor(builder *b, const char *name, size_t ndim, const size_t *shape,
@@ -126,6 +153,8 @@ static int add_tensor(builder *b, const char *name, size_t ndim, const size_t *s
   t->offset = m->n_params;
   t->trainable = trainable;
   t->fresh = 0;
+  t->unit = b->unit;
+  t->head = b->head;
   m->n_params += t->numel;
   return (int)m->n_tensors++;
 }
@@ -176,6 +205,8 @@ static op *new_op(builder *b, op_kind kind, int in) {
   memset(o, 0, sizeof *o);
   o->kind = kind;
   o->in = in;
+  o->unit = b->unit;
+  o->head = b->head;
   o->in2 = o->weight = o->bias = o->rm = o->rv = o->se_we = o->se_be = -1;
   return o;
 }
@@ -342,12 +373,15 @@ static int build_head(builder *b, const qt_cnn_load_params *p, fmap x, const cha
   qt_cnn_t *m = b->m;
   char prefix[128], weight_name[160], bias_name[160];
   if (b->rc) return b->rc;
+  b->head = 1;
   op *pool = new_op(b, OP_POOL, x.act);
   if (!pool) return b->rc;
+  m->pool_op = (int)(pool - m->ops);
   pool->c = x.c;
   pool->hw = x.h * x.w;
   x.h = x.w = 1;
   x.act = pool->out = new_act(b, x.c);
+  x = elementwise(b, x, OP_DROPOUT);
   for (int k = 0; !b->rc; k++) {
     snprintf(prefix, sizeof prefix, "head_mlp.%d", k);
     if (!has(b, prefix, "weight")) break;
@@ -402,6 +436,7 @@ static int build_efficientnet_family(builder *b, const qt_cnn_load_params *p, op
     for (size_t j = 0; !b->rc; j++) {
       snprintf(prefix, sizeof prefix, "blocks.%zu.%zu", s, j);
       if (!has(b, prefix, "conv_dw.weight")) break;
+      b->unit++;
       size_t stride = j == 0 ? strides[s] : 1;
       fmap in = x;
       if (has(b, prefix, "conv_pwl.weight")) {
@@ -482,6 +517,7 @@ static int build_resnet(builder *b, const qt_cnn_load_params *p) {
                              qt_safetensors_path(b->st), prefix);
         break;
       }
+      b->unit++;
       size_t stride = (j == 0 && layer > 1) ? 2 : 1;
       fmap in = x;
       for (int k = 1; k <= convs; k++) {
@@ -540,6 +576,14 @@ void qt_cnn_free(qt_cnn_t *m) {
   free(m->probs);
   free(m->losses);
   free(m->labels);
+  free(m->soft);
+  free(m->select);
+  free(m->drop_mask);
+  free(m->dfeat);
+  free(m->meta_bn_eps);
+  free(m->meta_padding);
+  free(m->meta_strides);
+  free(m->meta_arch);
   free(m);
 }
 
@@ -579,7 +623,7 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
   }
   const char *padding = qt_safetensors_metadata_get(st, "padding");
   m->tf_same = padding && strcmp(padding, "same") == 0;
-  builder b = {.m = m, .st = st, .err = err};
+  builder b = {.m = m, .st = st, .err = err, .unit = 0, .head = 0};
   if (p->family == QT_MODEL_FAMILY_RESNET) {
     rc = build_resnet(&b, p);
   } else {
@@ -587,6 +631,16 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
                                    p->family == QT_MODEL_FAMILY_EFFICIENTNET ? OP_SILU : OP_RELU6);
   }
   if (rc) goto fail;
+  m->units = b.unit;
+  const char *keys[4] = {"bn_eps", "padding", "stage_strides", "arch"};
+  char **copies[4] = {&m->meta_bn_eps, &m->meta_padding, &m->meta_strides, &m->meta_arch};
+  for (int k = 0; k < 4; k++) {
+    const char *v = qt_safetensors_metadata_get(st, keys[k]);
+    if (v && !(*copies[k] = strdup(v))) {
+      rc = qt_err_set(err, QT_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
   if (m->classes <= 0 || (size_t)m->classes > 1000000) {
     rc = qt_err_set(err, QT_EFORMAT, "%s: bad class count", path);
     goto fail;
@@ -606,8 +660,11 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
   m->probs = calloc(m->max_batch * (size_t)m->classes, sizeof(float));
   m->losses = calloc(m->max_batch, sizeof(float));
   m->labels = calloc(m->max_batch, sizeof(int));
+  m->soft = calloc(m->max_batch * (size_t)m->classes, sizeof(float));
+  m->select = calloc(m->stats_n ? m->stats_n : 1, 1);
   if (!m->params || !m->grads || !m->arena || !m->scratch || !m->argmax || !m->se_saved ||
-      !m->se_scratch || !m->mean || !m->rstd || !m->probs || !m->losses || !m->labels) {
+      !m->se_scratch || !m->mean || !m->rstd || !m->probs || !m->losses || !m->labels || !m->soft ||
+      !m->select) {
     rc = qt_err_set(err, QT_ENOMEM, "%s: out of memory for the model", path);
     goto fail;
   }
@@ -661,7 +718,9 @@ void qt_cnn_tensor_at(const qt_cnn_t *m, size_t index, qt_cnn_tensor *out) {
                          .data = m->params + t->offset,
                          .grad = m->grads + t->offset,
                          .trainable = t->trainable,
-                         .decay = t->trainable && t->ndim >= 2};
+                         .decay = t->trainable && t->ndim >= 2,
+                         .unit = t->unit,
+                         .head = t->head};
 }
 
 int qt_cnn_find_tensor(const qt_cnn_t *m, const char *name, qt_cnn_tensor *out) {
@@ -700,14 +759,19 @@ static float *grad(qt_cnn_t *m, int index) {
   return index < 0 ? NULL : m->grads + m->tensors[index].offset;
 }
 
+/* 1 when op o belongs to a frozen unit (qt_cnn_set_trainable_from). */
+static int frozen(const qt_cnn_t *m, const op *o) {
+  return !o->head && o->unit < m->train_from;
+}
+
 int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_mode mode,
                    qt_err *err) {
   if (!images || batch == 0 || batch > m->max_batch)
     return qt_err_set(err, QT_EINVAL, "qt_cnn_forward: batch %zu outside [1, %zu]", batch,
                       m->max_batch);
   m->batch = batch;
-  m->mode = mode;
   m->labels_set = 0;
+  m->dropped = 0;
   memcpy(m->acts[0].data, images, batch * m->acts[0].per_image * sizeof(float));
   for (size_t i = 0; i < m->n_ops; i++) {
     op *o = &m->ops[i];
@@ -720,9 +784,35 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
         qt_cpu_conv2d_forward(y, m->scratch, x, param(m, o->weight), param(m, o->bias), &o->conv);
         break;
       case OP_BN:
-        qt_cpu_batchnorm_forward(y, m->mean + o->stats, m->rstd + o->stats, param(m, o->rm),
-                                 param(m, o->rv), x, param(m, o->weight), param(m, o->bias), batch,
-                                 o->c, o->hw, m->bn_eps, m->bn_momentum, mode);
+        /* Frozen units keep their statistics; StochNorm replaces the
+         * training mode of the others. */
+        o->mode = mode == QT_BATCHNORM_MODE_TRAIN && frozen(m, o) ? QT_BATCHNORM_MODE_FROZEN : mode;
+        o->stoch = o->mode == QT_BATCHNORM_MODE_TRAIN && m->stoch_rng && m->stoch_p > 0.0;
+        if (o->stoch) {
+          unsigned char *sel = m->select + o->stats;
+          for (size_t ch = 0; ch < o->c; ch++) sel[ch] = qt_rng_uniform(m->stoch_rng) < m->stoch_p;
+          qt_cpu_stochnorm_forward(y, m->mean + o->stats, m->rstd + o->stats, param(m, o->rm),
+                                   param(m, o->rv), x, param(m, o->weight), param(m, o->bias), sel,
+                                   batch, o->c, o->hw, m->bn_eps, m->bn_momentum);
+        } else {
+          qt_cpu_batchnorm_forward(y, m->mean + o->stats, m->rstd + o->stats, param(m, o->rm),
+                                   param(m, o->rv), x, param(m, o->weight), param(m, o->bias),
+                                   batch, o->c, o->hw, m->bn_eps, m->bn_momentum, o->mode);
+        }
+        break;
+      case OP_DROPOUT:
+        /* The features before the mask are the hook's. */
+        if (m->dfeat) memset(m->dfeat, 0, n * sizeof *m->dfeat);
+        m->dropped = m->drop_rate > 0.0 && m->drop_rng != NULL;
+        if (m->dropped) {
+          float keep_scale = (float)(1.0 / (1.0 - m->drop_rate));
+          for (size_t k = 0; k < n; k++) {
+            m->drop_mask[k] = qt_rng_uniform(m->drop_rng) < m->drop_rate ? 0.0f : keep_scale;
+            y[k] = x[k] * m->drop_mask[k];
+          }
+        } else {
+          memcpy(y, x, n * sizeof *y);
+        }
         break;
       case OP_RELU6:
         qt_cpu_relu6_forward(y, x, n);
@@ -763,17 +853,31 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
   return 0;
 }
 
-int qt_cnn_loss(qt_cnn_t *m, const int *labels, double *loss, qt_err *err) {
+int qt_cnn_loss(qt_cnn_t *m, const int *labels, const float *soft_targets, double label_smoothing,
+                double *loss, qt_err *err) {
   if (m->batch == 0) return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: no forward before");
-  if (!labels) return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: labels is NULL");
-  for (size_t i = 0; i < m->batch; i++) {
-    if (labels[i] < 0 || labels[i] >= m->classes)
-      return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: label %d of image %zu outside [0, %ld)",
-                        labels[i], i, m->classes);
-    m->labels[i] = labels[i];
+  if (!labels && !soft_targets)
+    return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: neither labels nor soft targets");
+  if (!(label_smoothing >= 0.0 && label_smoothing < 1.0))
+    return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: label smoothing %g outside [0, 1)",
+                      label_smoothing);
+  size_t classes = (size_t)m->classes;
+  if (labels) {
+    for (size_t i = 0; i < m->batch; i++) {
+      if (labels[i] < 0 || labels[i] >= m->classes)
+        return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: label %d of image %zu outside [0, %ld)",
+                          labels[i], i, m->classes);
+      m->labels[i] = labels[i];
+    }
+    m->soft_set = 0;
+  } else {
+    memcpy(m->soft, soft_targets, m->batch * classes * sizeof *m->soft);
+    m->soft_set = 1;
   }
-  qt_cpu_cross_entropy_forward(m->losses, m->probs, qt_cnn_logits(m), m->labels, NULL, 0.0f,
-                               m->batch, (size_t)m->classes);
+  m->smoothing = (float)label_smoothing;
+  qt_cpu_cross_entropy_forward(m->losses, m->probs, qt_cnn_logits(m),
+                               m->soft_set ? NULL : m->labels, m->soft_set ? m->soft : NULL,
+                               m->smoothing, m->batch, classes);
   double sum = 0.0;
   for (size_t i = 0; i < m->batch; i++) sum += m->losses[i];
   if (loss) *loss = sum / (double)m->batch;
@@ -788,10 +892,12 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
   for (size_t i = 0; i < m->n_acts; i++)
     memset(m->acts[i].grad, 0, batch * m->acts[i].per_image * sizeof(float));
   float dloss = 1.0f / (float)batch;
-  qt_cpu_cross_entropy_backward(m->acts[m->n_acts - 1].grad, m->probs, m->labels, NULL, 0.0f,
-                                &dloss, 0, batch, (size_t)m->classes);
+  qt_cpu_cross_entropy_backward(m->acts[m->n_acts - 1].grad, m->probs,
+                                m->soft_set ? NULL : m->labels, m->soft_set ? m->soft : NULL,
+                                m->smoothing, &dloss, 0, batch, (size_t)m->classes);
   for (size_t i = m->n_ops; i-- > 0;) {
     op *o = &m->ops[i];
+    if (frozen(m, o)) break; /* units below get no gradients */
     const float *x = m->acts[o->in].data;
     /* The images need no gradient. */
     float *dx = o->in == 0 ? NULL : m->acts[o->in].grad;
@@ -804,9 +910,20 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
                                param(m, o->weight), &o->conv);
         break;
       case OP_BN:
-        qt_cpu_batchnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
-                                  param(m, o->weight), m->mean + o->stats, m->rstd + o->stats,
-                                  batch, o->c, o->hw, m->mode);
+        if (o->stoch)
+          qt_cpu_stochnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
+                                    param(m, o->weight), m->mean + o->stats, m->rstd + o->stats,
+                                    m->select + o->stats, batch, o->c, o->hw);
+        else
+          qt_cpu_batchnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
+                                    param(m, o->weight), m->mean + o->stats, m->rstd + o->stats,
+                                    batch, o->c, o->hw, o->mode);
+        break;
+      case OP_DROPOUT:
+        for (size_t k = 0; k < n; k++) dx[k] += m->dropped ? dy[k] * m->drop_mask[k] : dy[k];
+        if (m->dfeat) {
+          for (size_t k = 0; k < n; k++) dx[k] += m->dfeat[k];
+        }
         break;
       case OP_RELU6:
         qt_cpu_relu6_backward(dx, dy, x, n);
@@ -850,4 +967,87 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
   }
   m->labels_set = 0;
   return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Run hooks: freezing, dropout, features, StochNorm, save                    */
+/* ------------------------------------------------------------------------- */
+
+long qt_cnn_image_size(const qt_cnn_t *m) {
+  return m->image_size;
+}
+
+long qt_cnn_units(const qt_cnn_t *m) {
+  return m->units;
+}
+
+void qt_cnn_set_trainable_from(qt_cnn_t *m, long unit) {
+  m->train_from = unit < 0 ? 0 : unit;
+}
+
+size_t qt_cnn_feature_dim(const qt_cnn_t *m) {
+  return m->acts[m->ops[m->pool_op].out].per_image;
+}
+
+int qt_cnn_set_head_dropout(qt_cnn_t *m, double rate, qt_rng_t *rng, qt_err *err) {
+  if (!(rate >= 0.0 && rate < 1.0))
+    return qt_err_set(err, QT_EINVAL, "head dropout rate %g is not in [0, 1)", rate);
+  if (rate > 0.0 && !m->drop_mask) {
+    m->drop_mask = malloc(m->max_batch * qt_cnn_feature_dim(m) * sizeof *m->drop_mask);
+    if (!m->drop_mask) return qt_err_set(err, QT_ENOMEM, "CNN: out of memory for dropout");
+  }
+  m->drop_rate = rate;
+  m->drop_rng = rng;
+  return 0;
+}
+
+int qt_cnn_set_feature_hook(qt_cnn_t *m, int on, qt_err *err) {
+  if (!on) {
+    free(m->dfeat);
+    m->dfeat = NULL;
+    return 0;
+  }
+  if (m->dfeat) return 0;
+  m->dfeat = calloc(m->max_batch * qt_cnn_feature_dim(m), sizeof *m->dfeat);
+  if (!m->dfeat) return qt_err_set(err, QT_ENOMEM, "CNN: out of memory for the feature hook");
+  return 0;
+}
+
+const float *qt_cnn_features(const qt_cnn_t *m, size_t *batch) {
+  if (!m->dfeat || m->batch == 0) return NULL;
+  if (batch) *batch = m->batch;
+  return m->acts[m->ops[m->pool_op].out].data;
+}
+
+float *qt_cnn_feature_grad(qt_cnn_t *m) {
+  return m->dfeat;
+}
+
+int qt_cnn_set_stoch_norm(qt_cnn_t *m, double p, qt_rng_t *rng, qt_err *err) {
+  if (!(p >= 0.0 && p <= 1.0))
+    return qt_err_set(err, QT_EINVAL, "StochNorm probability %g is not in [0, 1]", p);
+  m->stoch_p = p;
+  m->stoch_rng = rng;
+  return 0;
+}
+
+int qt_cnn_save(const qt_cnn_t *m, const char *path, qt_err *err) {
+  qt_safetensors_tensor *list = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *list);
+  if (!list) return qt_err_set(err, QT_ENOMEM, "qt_cnn_save: out of memory");
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    const tensor *t = &m->tensors[i];
+    list[i] = (qt_safetensors_tensor){t->name,  QT_DTYPE_F32,          t->ndim,
+                                      t->shape, m->params + t->offset, NULL};
+  }
+  qt_safetensors_pair meta[5];
+  size_t nm = 0;
+  meta[nm++] = (qt_safetensors_pair){"format", "pt"};
+  const char *keys[4] = {"bn_eps", "padding", "stage_strides", "arch"};
+  const char *values[4] = {m->meta_bn_eps, m->meta_padding, m->meta_strides, m->meta_arch};
+  for (int k = 0; k < 4; k++) {
+    if (values[k]) meta[nm++] = (qt_safetensors_pair){keys[k], values[k]};
+  }
+  int rc = qt_safetensors_write(path, list, m->n_tensors, meta, nm, err);
+  free(list);
+  return rc;
 }

@@ -397,6 +397,8 @@ const char *qt_model_family_name(qt_model_family family);
 int qt_model_family_parse(const char *text, qt_model_family *out);
 /* 1 for vit, deit and deit3, else 0. */
 int qt_model_family_is_vit(qt_model_family family);
+/* 1 for mobilenetv2, efficientnet and resnet (qt_cnn), else 0. */
+int qt_model_family_is_cnn(qt_model_family family);
 
 /* What the caller knows about the model; each field is checked only when
  * set (0, or -1 for num_classes, means "any"). */
@@ -1366,8 +1368,7 @@ void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp, size
 
 /* Global average pooling: out (batch, c) = mean of inp (batch, c, hw) over
  * hw. The backward spreads dout / hw over the hw positions. */
-void qt_cpu_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c,
-                                   size_t hw);
+void qt_cpu_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c, size_t hw);
 void qt_cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch, size_t c,
                                     size_t hw);
 
@@ -1383,10 +1384,7 @@ void qt_cpu_maxpool2d_backward(float *dinp, const float *dout, const int32_t *ar
 
 /* The activation between the two 1x1 convolutions of squeeze-and-excitation
  * (timm: ReLU by default, SiLU in EfficientNet). */
-typedef enum qt_se_act {
-  QT_SE_ACT_RELU = 0,
-  QT_SE_ACT_SILU = 1
-} qt_se_act;
+typedef enum qt_se_act { QT_SE_ACT_RELU = 0, QT_SE_ACT_SILU = 1 } qt_se_act;
 
 /* Squeeze-and-excitation as timm's efficientnet SqueezeExcite:
  *   s = mean_hw(x) (batch, c); h = act(s w_reduce^T + b_reduce) (batch, rd);
@@ -1406,6 +1404,22 @@ void qt_cpu_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *
                         const float *pooled, const float *hidden_pre, const float *hidden,
                         const float *gate, const float *w_reduce, const float *w_expand,
                         size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act);
+
+/* StochNorm's batch norm (see qt_cnn_set_stoch_norm): per channel ch,
+ * select[ch] = 1 normalizes with the batch statistics and 0 with the
+ * running ones; the running statistics are updated as in TRAIN mode
+ * (qt_cpu_batchnorm_forward) for every channel. mean and rstd receive the
+ * statistics used per channel. The backward goes through the batch
+ * statistics of the select = 1 channels and treats the running ones of the
+ * others as constants; weight and bias learn in both. */
+void qt_cpu_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, const unsigned char *select, size_t batch,
+                              size_t c, size_t hw, float eps, float momentum);
+void qt_cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, const unsigned char *select, size_t batch,
+                               size_t c, size_t hw);
 /* ------------------------------------------------------------------------- */
 /* Convolutional models: MobileNetV2, EfficientNet, ResNet (qt_cnn.c)        */
 /* ------------------------------------------------------------------------- */
@@ -1475,6 +1489,8 @@ typedef struct qt_cnn_tensor {
   float *grad;
   int trainable;
   int decay; /* timm's rule: weights of 2 or more dimensions */
+  long unit; /* freezing unit (see qt_cnn_units) */
+  int head;  /* 1: head_mlp.* and the classifier (always trainable) */
 } qt_cnn_tensor;
 
 size_t qt_cnn_tensor_count(const qt_cnn_t *cnn);
@@ -1490,12 +1506,192 @@ float qt_cnn_bn_eps(const qt_cnn_t *cnn);
 int qt_cnn_forward(qt_cnn_t *cnn, const float *images, size_t batch, qt_batchnorm_mode mode,
                    qt_err *err);
 const float *qt_cnn_logits(const qt_cnn_t *cnn);
-/* Mean cross-entropy of the last forward against labels (batch). */
-int qt_cnn_loss(qt_cnn_t *cnn, const int *labels, double *loss, qt_err *err);
+/* The mean cross-entropy of the last forward, as qt_vit_loss: labels
+ * (batch) with label_smoothing in [0, 1), or soft_targets (batch,
+ * num_classes) when labels is NULL. *loss may be NULL. */
+int qt_cnn_loss(qt_cnn_t *cnn, const int *labels, const float *soft_targets, double label_smoothing,
+                double *loss, qt_err *err);
 void qt_cnn_zero_grad(qt_cnn_t *cnn);
 /* Adds d loss / d parameter to the gradients. */
 int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
+
+/* Pixels per side of the input images. */
+long qt_cnn_image_size(const qt_cnn_t *cnn);
+
+/* Freezing units, for pct_to_freeze (see "Freezing" in the run section):
+ * unit 0 is the stem (conv_stem and bn1; ResNet's conv1 and bn1), units
+ * 1..n the blocks in order (blocks.i.j; ResNet's layerL.j), and the final
+ * conv_head and bn2 count with unit n, as a ViT's final norm with its last
+ * block. The head (head_mlp.*, the classifier or fc) is qt_cnn_tensor.head.
+ * Returns n. */
+long qt_cnn_units(const qt_cnn_t *cnn);
+
+/* Units below `unit` are frozen: in a TRAIN forward their batch norms run
+ * in FROZEN mode (running statistics, nothing updated), and the backward
+ * pass stops before them (their tensors get no gradients and cost no
+ * backward work). 0 (the default) trains everything; n + 1 or more only the
+ * head. */
+void qt_cnn_set_trainable_from(qt_cnn_t *cnn, long unit);
+
+/* Head dropout, as timm's EfficientNet / ResNet drop_rate: while rng is set
+ * and rate > 0, every forward multiplies the pooled features entering the
+ * head by a mask of 0 (probability rate) or 1 / (1 - rate) drawn from rng
+ * (element by element, row-major), and the backward applies the same mask.
+ * rng NULL or rate 0 turns it off. A rate outside [0, 1) is QT_EINVAL. */
+int qt_cnn_set_head_dropout(qt_cnn_t *cnn, double rate, qt_rng_t *rng, qt_err *err);
+
+/* Feature hook, as qt_vit_set_feature_hook: the features are the globally
+ * pooled activations entering the head (batch, qt_cnn_feature_dim), before
+ * head dropout; what the caller adds to qt_cnn_feature_grad between
+ * qt_cnn_loss and qt_cnn_backward joins their gradient. */
+int qt_cnn_set_feature_hook(qt_cnn_t *cnn, int on, qt_err *err);
+const float *qt_cnn_features(const qt_cnn_t *cnn, size_t *batch);
+float *qt_cnn_feature_grad(qt_cnn_t *cnn);
+size_t qt_cnn_feature_dim(const qt_cnn_t *cnn);
+
+/* Writes every tensor (parameters and running statistics, timm's names) to
+ * path as F32, atomically, with the metadata the loader honours (bn_eps,
+ * padding, stage_strides) carried over from the loaded checkpoint. */
+int qt_cnn_save(const qt_cnn_t *cnn, const char *path, qt_err *err);
+
+/* StochNorm (Kou et al. 2020, Quick-Tune's convert_to_stoch_norm(p = 0.5);
+ * specs/algorithms.md section 6): in a TRAIN forward, each batch norm of a
+ * trainable unit draws per channel s ~ Bernoulli(p) from rng and outputs
+ * BN(x; batch statistics) where s = 1, BN(x; running statistics) where
+ * s = 0; the running statistics update as in TRAIN mode either way; the
+ * backward follows the branch taken per channel (qt_cpu_stochnorm_*).
+ * Evaluation is unchanged. rng NULL or p 0 turns it off; p outside [0, 1]
+ * is QT_EINVAL. */
+int qt_cnn_set_stoch_norm(qt_cnn_t *cnn, double p, qt_rng_t *rng, qt_err *err);
+
+/* Architectures qtune can create with random initialization (qt_cnn_arch.c),
+ * with timm's layouts and parameter names, so that a network pretrained by
+ * qtune loads as the timm model of the same name would:
+ *   mobilenetv2_100, mobilenetv2_050  timm's (stem 32 / 16, head 1280)
+ *   efficientnet_b0                   timm's
+ *   resnet18, resnet34, resnet50      timm's / torchvision's
+ *   mobilenetv2_tiny, efficientnet_tiny, resnet_tiny  small variants for
+ *                                     28-64 px images (qt_cnn_arch.c lists
+ *                                     their stages)
+ * Initialization as timm: EfficientNet builder models by _init_weight_goog
+ * (convolutions normal(0, sqrt(2 / fan_out)), fan_out = k * k * out /
+ * groups; batch norm weight 1, bias 0; classifier uniform(+-1/sqrt(classes)),
+ * bias 0); ResNets by kaiming_normal(fan_out, relu) for convolutions, batch
+ * norm 1 / 0, fc as torch.nn.Linear (uniform(+-1/sqrt(in)) for weight and
+ * bias). Running statistics start at mean 0, variance 1. */
+/* The family of a named architecture; an unknown name is QT_EINVAL
+ * listing the names. */
+int qt_cnn_arch_family(const char *arch, qt_model_family *family, qt_err *err);
+/* Writes a randomly initialized checkpoint of `arch` with num_classes
+ * classes (>= 1), drawn from seed, to path (F32, atomically; metadata
+ * "arch" names it, plus what the loader needs, e.g. stage_strides). */
+int qt_cnn_write_init(const char *arch, long num_classes, uint64_t seed, const char *path,
+                      qt_err *err);
+/* Re-draws every parameter of a loaded model with its family's
+ * initialization above and resets the running statistics (mean 0, var 1):
+ * the same architecture from random initialization. */
+void qt_cnn_reinit(qt_cnn_t *cnn, qt_rng_t *rng);
 /* end of convolutional section */
+
+/* ------------------------------------------------------------------------- */
+/* Any model behind one interface (qt_model.c)                                */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * What the run API needs of a model, whatever its family: the ViT families
+ * (qt_vit) and the convolutional ones (qt_cnn). Each call forwards to the
+ * family's function of the same name; the family sections above hold the
+ * semantics. Tensors carry, beyond their values, where they sit for
+ * freezing and layer-wise lr decay:
+ *
+ *   unit   freezing unit, 0 .. qt_model_units (n): 0 the stem, k the k-th
+ *          block from the input side, the final norm (ViT) or conv_head
+ *          and bn2 (CNN) with block n; see "Freezing" in the run section;
+ *   layer  layer-decay id: the unit for the stem and the blocks, n + 1 for
+ *          the final norm / conv_head and the head (scale layer_decay^(n +
+ *          1 - layer), timm's param_groups_layer_decay);
+ *   head   1 for the head (always trainable);
+ *   buffer 1 for state that is not a parameter (batch norm running
+ *          statistics): never stepped, but it changes while its unit trains,
+ *          so run checkpoints keep it then.
+ */
+typedef struct qt_model qt_model_t;
+
+typedef struct qt_model_load_params {
+  qt_model_family family;
+  long heads;        /* ViT families: required (the checkpoint cannot tell) */
+  long image_size;   /* ViT: 0 keeps the checkpoint's; CNN: required, >= 32 */
+  long num_classes;  /* 0: keep the checkpoint's head (see the family's load) */
+  size_t max_batch;  /* >= 1 */
+  float bn_momentum; /* CNN running statistics (PyTorch 0.1) */
+  qt_rng_t *rng;     /* for a new head; may be NULL when none is drawn */
+} qt_model_load_params;
+
+/* family vit, heads 0, image_size 0, keep the head, max_batch 32, momentum 0.1. */
+qt_model_load_params qt_model_default_load_params(void);
+
+/* Loads a checkpoint of a ViT family (qt_vit_load) or a convolutional one
+ * (qt_cnn_load); other families are QT_ENOTIMPL. */
+int qt_model_load(const char *checkpoint_path, const qt_model_load_params *params, qt_model_t **out,
+                  qt_err *err);
+/* NULL is a no-op. */
+void qt_model_free(qt_model_t *model);
+/* Wraps a model built otherwise (qt_vit_init, qt_cnn_load), taking
+ * ownership of it; QT_ENOMEM leaves it with the caller. */
+int qt_model_wrap_vit(qt_vit_t *vit, qt_model_family family, qt_model_t **out, qt_err *err);
+
+qt_model_family qt_model_get_family(const qt_model_t *model);
+/* The underlying model, or NULL when the model is of the other kind. */
+qt_vit_t *qt_model_vit(qt_model_t *model);
+qt_cnn_t *qt_model_cnn(qt_model_t *model);
+
+typedef struct qt_model_tensor {
+  const char *name;
+  size_t ndim;
+  const size_t *shape;
+  size_t numel;
+  float *data;
+  float *grad; /* (numel); unused for buffers */
+  int decay;   /* weight decay applies (timm's rule) */
+  int buffer;
+  long unit;
+  long layer;
+  int head;
+} qt_model_tensor;
+
+size_t qt_model_tensor_count(const qt_model_t *model);
+void qt_model_tensor_at(const qt_model_t *model, size_t index, qt_model_tensor *out);
+/* QT_ENOENT (err untouched) when there is no such tensor. */
+int qt_model_find_tensor(const qt_model_t *model, const char *name, qt_model_tensor *out);
+/* n: a ViT's depth, a CNN's blocks. */
+long qt_model_units(const qt_model_t *model);
+long qt_model_image_size(const qt_model_t *model);
+long qt_model_num_classes(const qt_model_t *model);
+/* Units below `unit` are frozen: no backward work for them, and a CNN's
+ * batch norms there keep their statistics (qt_cnn_set_trainable_from).
+ * n + 1 or more: the head alone trains. */
+void qt_model_set_trainable_from(qt_model_t *model, long unit);
+/* training 1: a training forward (CNN batch norms of trainable units use
+ * and update batch statistics), 0: evaluation. ViTs ignore it. */
+int qt_model_forward(qt_model_t *model, const float *images, size_t batch, int training,
+                     qt_err *err);
+const float *qt_model_logits(const qt_model_t *model);
+int qt_model_loss(qt_model_t *model, const int *labels, const float *soft_targets,
+                  double label_smoothing, double *loss, qt_err *err);
+void qt_model_zero_grad(qt_model_t *model);
+int qt_model_backward(qt_model_t *model, qt_err *err);
+int qt_model_set_head_dropout(qt_model_t *model, double rate, qt_rng_t *rng, qt_err *err);
+int qt_model_set_feature_hook(qt_model_t *model, int on, qt_err *err);
+const float *qt_model_features(const qt_model_t *model, size_t *batch);
+float *qt_model_feature_grad(qt_model_t *model);
+/* Features per image of the feature hook (a ViT's width). */
+size_t qt_model_feature_dim(const qt_model_t *model);
+/* StochNorm (qt_cnn_set_stoch_norm); a model without batch norm (the ViT
+ * families) has nothing to convert, as Quick-Tune's convert_to_stoch_norm
+ * leaves such a model unchanged: a no-op returning 0. */
+int qt_model_set_stoch_norm(qt_model_t *model, double p, qt_rng_t *rng, qt_err *err);
+/* Writes every tensor with timm's names (qt_vit_save / qt_cnn_save). */
+int qt_model_save(const qt_model_t *model, const char *path, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* Optimizers, schedules and the epoch-step run API (qt_optim.c,              */
@@ -1571,27 +1767,43 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  *                   without improvement multiply the factor by decay_rate
  *                   and restart the count; never below min_lr.
  *
- * Freezing (pct_to_freeze in [0, 1]). The blocks of a ViT of depth d are
- * counted k = 1..d from the input side; patch_embed, cls_token and pos_embed
- * count as block 0 and the final norm with block d. Block k is trainable
- * iff k / d > pct_to_freeze; the head is always trainable; pct_to_freeze 0
+ * Families. A run fine-tunes the ViT families (vit, deit, deit3) and the
+ * convolutional ones (mobilenetv2, efficientnet, resnet) through
+ * qt_model; a convolutional run needs spec.image_size (the hub entry's).
+ *
+ * Freezing (pct_to_freeze in [0, 1]). The blocks of a model with n blocks
+ * (a ViT's depth; a CNN's blocks.i.j or layerL.j, qt_cnn_units) are
+ * counted k = 1..n from the input side; the stem (patch_embed, cls_token
+ * and pos_embed; conv_stem or conv1 with bn1) counts as block 0 and the
+ * final norm (conv_head with bn2) with block n. Block k is trainable iff
+ * k / n > pct_to_freeze; the head is always trainable; pct_to_freeze 0
  * trains everything (the stem included), 1 the head only. Frozen tensors are
  * not updated, have no optimizer state and are not in run checkpoints (they
  * still equal the pretrained checkpoint); the backward pass stops at the
- * lowest trainable block (qt_vit_set_backward_from), so they get no
- * gradients and cost no backward work.
+ * lowest trainable block (qt_model_set_trainable_from), so they get no
+ * gradients and cost no backward work. The batch norms of frozen blocks
+ * normalize with their running statistics and leave them alone
+ * (QT_BATCHNORM_MODE_FROZEN): a frozen block is the pretrained function.
+ * [Deviation: Quick-Tune's finetune.py sets requires_grad = False and keeps
+ * the model in train mode, so its frozen batch norms still normalize with
+ * batch statistics and move their running statistics.] The running
+ * statistics of trainable blocks are buffers: never stepped, saved in run
+ * checkpoints while their block trains.
  *
  * Linear probing (linear_probing = 1), as Quick-Tune's finetune.py: epochs
  * e < epochs / 2 (integer division) train the head only (pct_to_freeze 1),
  * later epochs use pct_to_freeze; tensors that become trainable start with
  * zero optimizer state.
  *
- * Dropout (drop): timm's head dropout on the class token entering the head
- * (qt_vit_set_head_dropout), masks drawn from a stream of (seed, epoch) in
- * training only. Not implemented yet: the dropout of timm < 0.9 inside the
- * blocks (pos/proj/MLP), drop path,
- * Co-Tuning, StochNorm (QT_ENOTIMPL from qt_run_spec_set), families other
- * than vit, deit, deit3.
+ * Dropout (drop): timm's head dropout on the features entering the head
+ * (qt_vit_set_head_dropout, qt_cnn_set_head_dropout), masks drawn from a
+ * stream of (seed, epoch) in training only. StochNorm (stoch_norm) on the
+ * batch norms of trainable blocks of a CNN, channel draws from another
+ * stream of (seed, epoch); a ViT has no batch norm, so it changes nothing
+ * there, as in Quick-Tune. Not implemented yet: the dropout of timm < 0.9
+ * inside the blocks (pos/proj/MLP), drop path, Co-Tuning (QT_ENOTIMPL from
+ * qt_run_spec_set), adapters on convolutional families and the MLP family
+ * (QT_ENOTIMPL from qt_run_init).
  */
 
 typedef enum qt_optim_kind {
@@ -1715,8 +1927,8 @@ double qt_lora_scale(double alpha, long rank);
  * peft's LoRA init) drawn row-major from rng; B = 0, so W = W0 at first. */
 void qt_lora_init(float *a, float *b, size_t out, size_t in, size_t rank, qt_rng_t *rng);
 /* w = w0 + scale b a (w and w0 (out, in), distinct). */
-void qt_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out,
-                   size_t in, size_t rank, double scale);
+void qt_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out, size_t in,
+                   size_t rank, double scale);
 /* From dw = dL/dW (out, in): ga = scale b^T dw (rank, in), gb = scale dw
  * a^T (out, rank). */
 void qt_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
@@ -1755,12 +1967,12 @@ int qt_schedule_kind_parse(const char *text, qt_schedule_kind *out, qt_err *err)
 
 typedef struct qt_schedule_params {
   qt_schedule_kind kind;
-  long epochs;          /* cosine: the horizon t_initial (the run's planned epochs), >= 1 */
-  double min_lr;        /* cosine, plateau: the floor */
-  long warmup_epochs;   /* >= 0 */
-  double warmup_lr;     /* learning rate of epoch 0 when warming up */
-  double decay_rate;    /* step, multistep, plateau: factor in (0, 1] */
-  long decay_epochs;    /* step: period; multistep: the milestone without a list; >= 1 */
+  long epochs;        /* cosine: the horizon t_initial (the run's planned epochs), >= 1 */
+  double min_lr;      /* cosine, plateau: the floor */
+  long warmup_epochs; /* >= 0 */
+  double warmup_lr;   /* learning rate of epoch 0 when warming up */
+  double decay_rate;  /* step, multistep, plateau: factor in (0, 1] */
+  long decay_epochs;  /* step: period; multistep: the milestone without a list; >= 1 */
   long milestones[QT_SCHEDULE_MAX_MILESTONES]; /* multistep, increasing */
   size_t n_milestones;
   long patience_epochs; /* plateau, >= 0 */
@@ -1773,16 +1985,16 @@ int qt_schedule_params_check(const qt_schedule_params *p, qt_err *err);
 
 /* The plateau schedule's memory (zero-initialized by qt_schedule_plateau_init). */
 typedef struct qt_schedule_plateau {
-  double best;    /* best validation score so far; -inf before the first */
-  long bad;       /* epochs since it improved */
-  double factor;  /* current multiplier of lr, starts at 1 */
+  double best;   /* best validation score so far; -inf before the first */
+  long bad;      /* epochs since it improved */
+  double factor; /* current multiplier of lr, starts at 1 */
 } qt_schedule_plateau;
 
 void qt_schedule_plateau_init(qt_schedule_plateau *state);
 /* Records epoch `epoch`'s validation score (plateau only; a no-op for the
  * other kinds and during warmup). */
-void qt_schedule_plateau_update(const qt_schedule_params *p, qt_schedule_plateau *state,
-                                long epoch, double score);
+void qt_schedule_plateau_update(const qt_schedule_params *p, qt_schedule_plateau *state, long epoch,
+                                double score);
 /* The learning rate of epoch `epoch` (from 0) for base rate lr; state is
  * read by plateau only (may be NULL otherwise: factor 1). */
 double qt_schedule_lr(const qt_schedule_params *p, double lr, long epoch,
@@ -1890,43 +2102,45 @@ typedef enum qt_adapter_kind {
  * hyperparameter names of configs/spaces/). */
 typedef struct qt_run_spec {
   /* Model (from a hub entry). */
-  const char *checkpoint;   /* timm safetensors file */
-  qt_model_family family;   /* vit, deit or deit3 */
-  long heads;               /* attention heads (the checkpoint cannot tell) */
-  long image_size;          /* fine-tuning image size; 0: the checkpoint's */
-  double mean[3], std[3];   /* normalization of the model's input */
+  const char *checkpoint; /* timm safetensors file */
+  qt_model_family family; /* vit, deit or deit3 */
+  long heads;             /* attention heads (the checkpoint cannot tell) */
+  long image_size;        /* fine-tuning image size; 0: the checkpoint's */
+  double mean[3], std[3]; /* normalization of the model's input */
   /* Data (borrowed): train and validation (non-empty) are used. */
   const qt_data_splits *data;
   /* Pipeline. */
-  long epochs;              /* planned epochs: cosine horizon, linear-probing switch */
+  long epochs; /* planned epochs: cosine horizon, linear-probing switch */
   qt_optim_params optim;
   qt_schedule_params schedule; /* schedule.epochs is set from epochs */
   size_t batch_size;
-  double pct_to_freeze;     /* [0, 1] */
-  int linear_probing;       /* 0 or 1 */
+  double pct_to_freeze; /* [0, 1] */
+  int linear_probing;   /* 0 or 1 */
   qt_auto_augment data_augmentation;
   int ra_num_ops, ra_magnitude;
-  double mixup, cutmix;     /* Beta alphas; 0: off */
-  double mixup_prob;        /* probability a batch is mixed when an alpha > 0 */
-  double smoothing;         /* label smoothing in [0, 1) */
-  double drop;              /* head dropout rate in [0, 1) */
-  qt_adapter_kind adapter;  /* none, lora or rosa (see "LoRA adapters in runs" above) */
-  long adapter_rank;        /* r >= 1 */
-  double adapter_alpha;     /* LoRA's alpha; <= 0: alpha = rank (scale 1) [RECON] */
-  int adapter_attention_only; /* 1: attn.qkv and attn.proj only; 0: also mlp.fc1, fc2 */
-  int goodfit;              /* 1: GOODFIT updates around goodfit_main (see "GOODFIT in runs") */
-  qt_optim_kind goodfit_main; /* GOODFIT's main optimizer (optim.kind is then ignored) */
-  long goodfit_n_ref;       /* reference steps per update, >= 1 */
+  double mixup, cutmix;        /* Beta alphas; 0: off */
+  double mixup_prob;           /* probability a batch is mixed when an alpha > 0 */
+  double smoothing;            /* label smoothing in [0, 1) */
+  double drop;                 /* head dropout rate in [0, 1) */
+  qt_adapter_kind adapter;     /* none, lora or rosa (see "LoRA adapters in runs" above) */
+  long adapter_rank;           /* r >= 1 */
+  double adapter_alpha;        /* LoRA's alpha; <= 0: alpha = rank (scale 1) [RECON] */
+  int adapter_attention_only;  /* 1: attn.qkv and attn.proj only; 0: also mlp.fc1, fc2 */
+  int goodfit;                 /* 1: GOODFIT updates around goodfit_main (see "GOODFIT in runs") */
+  qt_optim_kind goodfit_main;  /* GOODFIT's main optimizer (optim.kind is then ignored) */
+  long goodfit_n_ref;          /* reference steps per update, >= 1 */
   double goodfit_lr_ref_ratio; /* reference-step lr as a multiple of the main lr, > 0 */
-  int sfa;                  /* 1: SFA averaging toward theta0 (see the optimizers above) */
-  double sfa_p;             /* averaging interval as a fraction of the run's steps, (0, 1] */
-  double sfa_beta;          /* weight of theta0 in an average, [0, 1] */
-  double bss_reg;           /* BSS coefficient eta >= 0; 0: off (see qt_bss_penalty) */
-  long bss_k;               /* BSS: how many of the smallest singular values, >= 1 (1) */
-  double delta_reg;         /* DELTA coefficient >= 0; 0: off (see qt_delta_penalty) */
+  int sfa;                     /* 1: SFA averaging toward theta0 (see the optimizers above) */
+  double sfa_p;                /* averaging interval as a fraction of the run's steps, (0, 1] */
+  double sfa_beta;             /* weight of theta0 in an average, [0, 1] */
+  double bss_reg;              /* BSS coefficient eta >= 0; 0: off (see qt_bss_penalty) */
+  long bss_k;                  /* BSS: how many of the smallest singular values, >= 1 (1) */
+  double delta_reg;            /* DELTA coefficient >= 0; 0: off (see qt_delta_penalty) */
+  int stoch_norm;              /* 1: StochNorm (p = 0.5) on the batch norms of trainable units
+                                  (qt_cnn_set_stoch_norm); no effect on the ViT families */
   /* Execution. */
-  uint64_t seed;            /* fixes the new head, batch order and augmentation */
-  int threads;              /* preprocessing threads (results do not depend on it) */
+  uint64_t seed; /* fixes the new head, batch order and augmentation */
+  int threads;   /* preprocessing threads (results do not depend on it) */
 } qt_run_spec;
 
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
@@ -1951,8 +2165,9 @@ qt_run_spec qt_run_default_spec(void);
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
  * smoothing, drop, epochs. model is ignored (the caller picked the
  * checkpoint), amp too (the CPU engine computes in float32). Methods not
- * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; stoch_norm true; cotuning_reg other than 0; an
- * AutoAugment policy). bss_reg (>= 0) turns on Batch Spectral Shrinkage
+ * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; cotuning_reg other than
+ * 0; an AutoAugment policy). stoch_norm (boolean) turns on StochNorm (see
+ * the run section's introduction). bss_reg (>= 0) turns on Batch Spectral Shrinkage
  * with bss_k (not in the space; default 1, Quick-Tune's k) smallest
  * singular values: every training batch adds bss_reg * sum of the bss_k
  * smallest squared singular values of the batch's pre-head features
@@ -1976,16 +2191,16 @@ typedef enum qt_run_status {
 } qt_run_status;
 
 typedef struct qt_run_epoch_result {
-  long epoch;           /* 1-based number of the epoch just run */
+  long epoch; /* 1-based number of the epoch just run */
   qt_run_status status;
-  double score;         /* validation top-1 in [0, 1] (NaN when diverged) */
-  double top5;          /* validation top-5, NaN with fewer than 5 classes */
-  double train_loss;    /* mean over training samples of the epoch */
-  double val_loss;      /* mean cross-entropy on validation */
-  double lr;            /* base learning rate of the epoch (before layer decay) */
-  double seconds;       /* wall time of this epoch, train + eval */
-  double images_per_s;  /* training images per second */
-  size_t trainable;     /* trainable parameters in this epoch */
+  double score;        /* validation top-1 in [0, 1] (NaN when diverged) */
+  double top5;         /* validation top-5, NaN with fewer than 5 classes */
+  double train_loss;   /* mean over training samples of the epoch */
+  double val_loss;     /* mean cross-entropy on validation */
+  double lr;           /* base learning rate of the epoch (before layer decay) */
+  double seconds;      /* wall time of this epoch, train + eval */
+  double images_per_s; /* training images per second */
+  size_t trainable;    /* trainable parameters in this epoch */
 } qt_run_epoch_result;
 
 typedef struct qt_run qt_run_t;
@@ -2019,7 +2234,7 @@ long qt_run_epochs_done(const qt_run_t *run);
 /* Best validation score so far (NaN before the first epoch). */
 double qt_run_best_score(const qt_run_t *run);
 /* The model (for its weights; the run keeps ownership). */
-qt_vit_t *qt_run_model(qt_run_t *run);
+qt_model_t *qt_run_model(qt_run_t *run);
 
 /* Writes the run checkpoint to path (atomic). */
 int qt_run_save(const qt_run_t *run, const char *path, qt_err *err);

@@ -46,6 +46,11 @@ int qt_model_family_is_vit(qt_model_family family) {
          family == QT_MODEL_FAMILY_DEIT3;
 }
 
+int qt_model_family_is_cnn(qt_model_family family) {
+  return family == QT_MODEL_FAMILY_MOBILENETV2 || family == QT_MODEL_FAMILY_EFFICIENTNET ||
+         family == QT_MODEL_FAMILY_RESNET;
+}
+
 qt_model_expect qt_model_expect_any(void) {
   qt_model_expect expect;
   memset(&expect, 0, sizeof expect);

@@ -19,15 +19,19 @@
 #include "finetune/qt_finetune.h"
 
 #define RUN_FORMAT "qtune-run"
+/* Values of the trainable mask: the optimizer steps the tensor, or it is a
+ * buffer of a training unit (kept in checkpoints, never stepped). */
+#define MASK_OFF 0
+#define MASK_STEP 1
+#define MASK_KEEP 2
 #define RUN_VERSION "1"
 
-/* Where a tensor sits in the layer structure of a ViT. */
+/* What the run keeps per model tensor. */
 typedef struct run_tensor {
-  int layer;  /* layer-decay id: 0 stem, i + 1 for blocks.i, depth + 1 norm and head */
-  int unit;   /* freezing unit: 0 stem, i + 1 for blocks.i, depth for the final norm */
-  int head;   /* 1 for head.weight / head.bias: always trainable */
-  long reach; /* the qt_vit_set_backward_from value its gradient needs:
-                 0 stem, i for blocks.i, depth for the final norm and head */
+  long layer; /* layer-decay id (qt_model_tensor.layer) */
+  long unit;  /* freezing unit (qt_model_tensor.unit) */
+  int head;   /* 1: always trainable */
+  int buffer; /* 1: batch norm running statistics, saved while their unit trains, never stepped */
   float *s1;  /* (numel) momentum buffer or Adam's first moment; NULL until trained */
   float *s2;  /* (numel) Adam's second moment; NULL until trained or for (momentum) SGD */
   float *ref; /* (numel) theta0, the value when the tensor first became trainable (the
@@ -38,27 +42,27 @@ typedef struct run_tensor {
   /* LoRA (adapter runs, adapted linear weights only; see qt_finetune.h). The
    * tensor's data is then the merged W = ref + scale B A, s1 and s2 are A's
    * optimizer state and b1, b2 B's. */
-  int adapted;       /* 1: this weight carries adapters */
-  size_t rows, cols; /* W's (out, in) */
+  int adapted;                   /* 1: this weight carries adapters */
+  size_t rows, cols;             /* W's (out, in) */
   size_t shape_a[2], shape_b[2]; /* (rank, in) and (out, rank), for checkpoints */
-  float *lora_a;     /* (rank, in) */
-  float *lora_b;     /* (out, rank) */
-  float *grad_a;     /* (rank, in) this step's gradient of A */
-  float *grad_b;     /* (out, rank) this step's gradient of B */
-  float *b1, *b2;    /* (out, rank) B's optimizer state, as s1 and s2 */
+  float *lora_a;                 /* (rank, in) */
+  float *lora_b;                 /* (out, rank) */
+  float *grad_a;                 /* (rank, in) this step's gradient of A */
+  float *grad_b;                 /* (out, rank) this step's gradient of B */
+  float *b1, *b2;                /* (out, rank) B's optimizer state, as s1 and s2 */
   float *goodfit_ref; /* (numel) GOODFIT's theta_ref of the current cycle; NULL otherwise */
   float *rosa_fixed;  /* (out, in) ROSA's W_fixed, the merge's base; NULL otherwise */
 } run_tensor;
 
 struct qt_run {
-  qt_run_spec spec;         /* copy; spec.checkpoint points at checkpoint below */
-  char *checkpoint;         /* owned copy of the checkpoint path */
-  qt_vit_t *vit;
-  qt_vit_t *source;         /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
+  qt_run_spec spec; /* copy; spec.checkpoint points at checkpoint below */
+  char *checkpoint; /* owned copy of the checkpoint path */
+  qt_model_t *model;
+  qt_model_t *source; /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
   size_t n_tensors;
-  run_tensor *tensors;      /* (n_tensors) in qt_vit_tensor_at order */
-  unsigned char *trainable; /* (n_tensors) the mask of the current / last epoch */
-  long depth;
+  run_tensor *tensors;      /* (n_tensors) in qt_model_tensor_at order */
+  unsigned char *trainable; /* (n_tensors) the mask of the current / last epoch: MASK_* */
+  long units;               /* qt_model_units */
   qt_preprocess_params pre;
   qt_augment_params aug;
   qt_batch_iter_t *train_it;
@@ -68,13 +72,13 @@ struct qt_run {
   double best;              /* best validation score, NaN before the first epoch */
   qt_schedule_plateau plateau;
   int diverged;
-  qt_rng_t *root_rng;       /* the seed's stream: parent of the per-epoch dropout streams */
-  char fingerprint[17];     /* hex FNV-1a of the training values */
-  long global_step;         /* optimizer steps of the whole run (SFA's s), set per epoch */
-  long goodfit_phase;       /* batches done in the current GOODFIT cycle, 0..n_ref */
-  int (*stop)(void *user);  /* the stop hook (qt_run_set_stop), NULL: none */
+  qt_rng_t *root_rng;      /* the seed's stream: parent of the per-epoch dropout streams */
+  char fingerprint[17];    /* hex FNV-1a of the training values */
+  long global_step;        /* optimizer steps of the whole run (SFA's s), set per epoch */
+  long goodfit_phase;      /* batches done in the current GOODFIT cycle, 0..n_ref */
+  int (*stop)(void *user); /* the stop hook (qt_run_set_stop), NULL: none */
   void *stop_user;
-  int stopped;              /* 1 after an epoch was abandoned by the stop hook */
+  int stopped; /* 1 after an epoch was abandoned by the stop hook */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -164,17 +168,17 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   double x = 0.0;
   long k = 0;
   int b = 0, rc = 0;
-#define NUMBER(field)                                                                            \
-  do {                                                                                           \
-    if ((rc = parse_number(name, value, &x, err)) < 0) return rc;                                \
-    field = x;                                                                                   \
-    return 0;                                                                                    \
+#define NUMBER(field)                                             \
+  do {                                                            \
+    if ((rc = parse_number(name, value, &x, err)) < 0) return rc; \
+    field = x;                                                    \
+    return 0;                                                     \
   } while (0)
-#define WHOLE(field)                                                                             \
-  do {                                                                                           \
-    if ((rc = parse_whole(name, value, &k, err)) < 0) return rc;                                 \
-    field = k;                                                                                   \
-    return 0;                                                                                    \
+#define WHOLE(field)                                             \
+  do {                                                           \
+    if ((rc = parse_whole(name, value, &k, err)) < 0) return rc; \
+    field = k;                                                   \
+    return 0;                                                    \
   } while (0)
 
   if (strcmp(name, "model") == 0) return 0;
@@ -284,17 +288,14 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   /* Quick-Tune's space: mixed precision does not apply (float32 always);
    * its regularizers are accepted at 0 only. */
   if (strcmp(name, "amp") == 0) return parse_bool(name, value, &b, err);
-  if (strcmp(name, "stoch_norm") == 0) {
-    if ((rc = parse_bool(name, value, &b, err)) < 0) return rc;
-    if (b) return qt_err_set(err, QT_ENOTIMPL, "stoch_norm is not implemented yet");
-    return 0;
-  }
+  if (strcmp(name, "stoch_norm") == 0) return parse_bool(name, value, &spec->stoch_norm, err);
   if (strcmp(name, "bss_reg") == 0) NUMBER(spec->bss_reg);
   if (strcmp(name, "bss_k") == 0) WHOLE(spec->bss_k);
   if (strcmp(name, "delta_reg") == 0) NUMBER(spec->delta_reg);
   if (strcmp(name, "cotuning_reg") == 0) {
     if ((rc = parse_number(name, value, &x, err)) < 0) return rc;
-    if (x != 0.0) return qt_err_set(err, QT_ENOTIMPL, "%s = %s is not implemented yet", name, value);
+    if (x != 0.0)
+      return qt_err_set(err, QT_ENOTIMPL, "%s = %s is not implemented yet", name, value);
     return 0;
   }
   if (strcmp(name, "auto_augment") == 0) {
@@ -308,10 +309,11 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
 
 static int check_spec(const qt_run_spec *s, qt_err *err) {
   if (!s->checkpoint) return qt_err_set(err, QT_EINVAL, "run spec: no checkpoint");
-  if (!qt_model_family_is_vit(s->family))
+  if (!qt_model_family_is_vit(s->family) && !qt_model_family_is_cnn(s->family))
     return qt_err_set(err, QT_ENOTIMPL, "run spec: family '%s' is not supported by runs yet",
                       qt_model_family_name(s->family));
-  if (s->heads < 1) return qt_err_set(err, QT_EINVAL, "run spec: heads must be set");
+  if (qt_model_family_is_vit(s->family) && s->heads < 1)
+    return qt_err_set(err, QT_EINVAL, "run spec: heads must be set");
   if (!s->data || !s->data->train || !s->data->val)
     return qt_err_set(err, QT_EINVAL, "run spec: no data");
   if (s->data->train->kind != QT_DATASET_KIND_IMAGE)
@@ -328,8 +330,9 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
     return qt_err_set(err, QT_EINVAL, "run spec: smoothing must be in [0, 1), got %g",
                       s->smoothing);
   if (!(s->mixup >= 0.0) || !(s->cutmix >= 0.0) || !(s->mixup_prob >= 0.0 && s->mixup_prob <= 1.0))
-    return qt_err_set(err, QT_EINVAL, "run spec: mixup and cutmix must be >= 0, mixup_prob in "
-                                      "[0, 1]");
+    return qt_err_set(err, QT_EINVAL,
+                      "run spec: mixup and cutmix must be >= 0, mixup_prob in "
+                      "[0, 1]");
   if (!(s->drop >= 0.0 && s->drop < 1.0))
     return qt_err_set(err, QT_EINVAL, "run spec: drop must be in [0, 1), got %g", s->drop);
   for (int c = 0; c < 3; c++) {
@@ -358,8 +361,7 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
   if (s->sfa && !(s->sfa_p > 0.0 && s->sfa_p <= 1.0))
     return qt_err_set(err, QT_EINVAL, "run spec: sfa_p must be in (0, 1], got %g", s->sfa_p);
   if (s->sfa && !(s->sfa_beta >= 0.0 && s->sfa_beta <= 1.0))
-    return qt_err_set(err, QT_EINVAL, "run spec: sfa_beta must be in [0, 1], got %g",
-                      s->sfa_beta);
+    return qt_err_set(err, QT_EINVAL, "run spec: sfa_beta must be in [0, 1], got %g", s->sfa_beta);
   if (!(s->bss_reg >= 0.0) || !isfinite(s->bss_reg))
     return qt_err_set(err, QT_EINVAL, "run spec: bss_reg must be finite and >= 0, got %g",
                       s->bss_reg);
@@ -391,19 +393,19 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
       "seed=%llu",
       (int)s->family, s->heads, s->image_size, s->mean[0], s->mean[1], s->mean[2], s->std[0],
       s->std[1], s->std[2], num_classes, s->data->train->n, s->data->val->n, s->epochs,
-      (int)o->kind, o->lr, o->momentum, o->beta1, o->beta2, o->eps, o->weight_decay,
-      o->clip_grad, o->layer_decay, (int)p->kind, p->min_lr, p->warmup_epochs, p->warmup_lr,
-      p->decay_rate, p->decay_epochs, p->patience_epochs, s->batch_size, s->pct_to_freeze,
-      s->linear_probing, (int)s->data_augmentation, s->ra_num_ops, s->ra_magnitude, s->mixup,
-      s->cutmix, s->mixup_prob, s->smoothing, s->drop, (unsigned long long)s->seed);
+      (int)o->kind, o->lr, o->momentum, o->beta1, o->beta2, o->eps, o->weight_decay, o->clip_grad,
+      o->layer_decay, (int)p->kind, p->min_lr, p->warmup_epochs, p->warmup_lr, p->decay_rate,
+      p->decay_epochs, p->patience_epochs, s->batch_size, s->pct_to_freeze, s->linear_probing,
+      (int)s->data_augmentation, s->ra_num_ops, s->ra_magnitude, s->mixup, s->cutmix, s->mixup_prob,
+      s->smoothing, s->drop, (unsigned long long)s->seed);
   size_t n = len < 0 ? 0 : ((size_t)len < sizeof text ? (size_t)len : sizeof text - 1);
   for (size_t i = 0; i < p->n_milestones && n + 24 < sizeof text; i++)
     n += (size_t)snprintf(text + n, sizeof text - n, " ms=%ld", p->milestones[i]);
   /* The methods toward theta0 enter only when on, so that the checkpoints
    * of plain runs keep the fingerprint they had before these existed. */
   if ((o->decay != QT_DECAY_KIND_WEIGHT_DECAY || o->sp_reg != 0.0) && n + 64 < sizeof text)
-    n += (size_t)snprintf(text + n, sizeof text - n, " decay=%d sp=%.17g", (int)o->decay,
-                          o->sp_reg);
+    n +=
+        (size_t)snprintf(text + n, sizeof text - n, " decay=%d sp=%.17g", (int)o->decay, o->sp_reg);
   if (s->goodfit && n + 80 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " goodfit=%ld,%.17g", s->goodfit_n_ref,
                           s->goodfit_lr_ref_ratio);
@@ -412,6 +414,8 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
                           s->adapter_rank, s->adapter_alpha, s->adapter_attention_only);
   if (s->sfa && n + 64 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " sfa=%.17g,%.17g", s->sfa_p, s->sfa_beta);
+  if (s->stoch_norm && n + 16 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " stochnorm");
   if (s->bss_reg != 0.0 && n + 64 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " bss=%.17g,%ld", s->bss_reg, s->bss_k);
   if (s->delta_reg != 0.0 && n + 40 < sizeof text)
@@ -427,26 +431,6 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
 /* ------------------------------------------------------------------------- */
 /* Init and free                                                              */
 /* ------------------------------------------------------------------------- */
-
-static void classify(const char *name, long depth, run_tensor *t) {
-  int block = -1;
-  if (strncmp(name, "blocks.", 7) == 0) block = atoi(name + 7);
-  t->head = strncmp(name, "head.", 5) == 0;
-  if (block >= 0) {
-    t->layer = block + 1;
-    t->unit = block + 1;
-    t->reach = block;
-  } else if (t->head || strncmp(name, "norm.", 5) == 0) {
-    t->layer = (int)depth + 1;
-    t->unit = (int)depth;
-    t->reach = depth;
-  } else {
-    /* patch_embed, cls_token, pos_embed: the stem. */
-    t->layer = 0;
-    t->unit = 0;
-    t->reach = 0;
-  }
-}
 
 /* 1 when the ViT tensor `name` is a linear weight that gets adapters. */
 static int adapter_target(const char *name, int attention_only) {
@@ -468,8 +452,8 @@ static int init_adapters(qt_run_t *run, qt_err *err) {
   if (rc < 0) return rc;
   for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
     run_tensor *t = &run->tensors[i];
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     if (!adapter_target(vt.name, run->spec.adapter_attention_only) || vt.ndim != 2) continue;
     t->adapted = 1;
     t->rows = vt.shape[0];
@@ -517,8 +501,8 @@ void qt_run_free(qt_run_t *run) {
   }
   free(run->tensors);
   free(run->trainable);
-  qt_vit_free(run->vit);
-  qt_vit_free(run->source);
+  qt_model_free(run->model);
+  qt_model_free(run->source);
   qt_rng_free(run->root_rng);
   free(run->checkpoint);
   free(run);
@@ -549,15 +533,15 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   qt_rng_t *root = NULL, *head_rng = NULL;
   rc = qt_rng_init(&root, spec->seed, err);
   if (rc == 0) rc = qt_rng_fork(root, 0x68656164u /* "head" */, &head_rng, err);
+  qt_model_load_params lp = qt_model_default_load_params();
+  lp.family = spec->family;
+  lp.heads = spec->heads;
+  lp.image_size = spec->image_size;
+  lp.num_classes = (long)spec->data->train->n_classes;
+  lp.max_batch = spec->batch_size;
   if (rc == 0) {
-    qt_vit_load_params lp = qt_vit_default_load_params();
-    lp.family = spec->family;
-    lp.heads = spec->heads;
-    lp.image_size = spec->image_size;
-    lp.num_classes = (long)spec->data->train->n_classes;
-    lp.max_batch = spec->batch_size;
     lp.rng = head_rng;
-    rc = qt_vit_load(spec->checkpoint, &lp, &run->vit, err);
+    rc = qt_model_load(spec->checkpoint, &lp, &run->model, err);
   }
   qt_rng_free(head_rng);
   run->root_rng = root;
@@ -566,9 +550,8 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
     return rc;
   }
 
-  const qt_vit_config *vc = qt_vit_get_config(run->vit);
-  run->depth = vc->depth;
-  run->n_tensors = qt_vit_tensor_count(run->vit);
+  run->units = qt_model_units(run->model);
+  run->n_tensors = qt_model_tensor_count(run->model);
   run->tensors = calloc(run->n_tensors, sizeof *run->tensors);
   run->trainable = calloc(run->n_tensors, 1);
   if (!run->tensors || !run->trainable) {
@@ -576,9 +559,17 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
     return qt_err_set(err, QT_ENOMEM, "out of memory for a run");
   }
   for (size_t i = 0; i < run->n_tensors; i++) {
-    qt_vit_tensor t;
-    qt_vit_tensor_at(run->vit, i, &t);
-    classify(t.name, run->depth, &run->tensors[i]);
+    qt_model_tensor t;
+    qt_model_tensor_at(run->model, i, &t);
+    run->tensors[i] =
+        (run_tensor){.layer = t.layer, .unit = t.unit, .head = t.head, .buffer = t.buffer};
+  }
+  if (spec->adapter != QT_ADAPTER_KIND_NONE && !qt_model_vit(run->model)) {
+    qt_run_free(run);
+    return qt_err_set(err, QT_ENOTIMPL,
+                      "adapters (LoRA, ROSA) on the family '%s' are not implemented yet: the "
+                      "ViT families only",
+                      qt_model_family_name(spec->family));
   }
   if (spec->adapter != QT_ADAPTER_KIND_NONE && (rc = init_adapters(run, err)) < 0) {
     qt_run_free(run);
@@ -586,7 +577,7 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   }
   /* BSS reads the pre-head features and adds to their gradient. */
   if ((spec->bss_reg > 0.0 || spec->delta_reg > 0.0) &&
-      (rc = qt_vit_set_feature_hook(run->vit, 1, err)) < 0) {
+      (rc = qt_model_set_feature_hook(run->model, 1, err)) < 0) {
     qt_run_free(run);
     return rc;
   }
@@ -597,17 +588,11 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
     qt_rng_t *src_rng = NULL;
     rc = qt_rng_init(&src_rng, spec->seed ^ 0x64656c7461ull /* "delta" */, err);
     if (rc == 0) {
-      qt_vit_load_params lp = qt_vit_default_load_params();
-      lp.family = spec->family;
-      lp.heads = spec->heads;
-      lp.image_size = spec->image_size;
-      lp.num_classes = (long)spec->data->train->n_classes;
-      lp.max_batch = spec->batch_size;
       lp.rng = src_rng;
-      rc = qt_vit_load(spec->checkpoint, &lp, &run->source, err);
+      rc = qt_model_load(spec->checkpoint, &lp, &run->source, err);
     }
     qt_rng_free(src_rng);
-    if (rc == 0) rc = qt_vit_set_feature_hook(run->source, 1, err);
+    if (rc == 0) rc = qt_model_set_feature_hook(run->source, 1, err);
     if (rc < 0) {
       qt_run_free(run);
       return qt_err_prefix(err, rc, "DELTA source model");
@@ -615,7 +600,7 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   }
 
   run->pre = qt_preprocess_default_params();
-  run->pre.image_size = (size_t)vc->image_size;
+  run->pre.image_size = (size_t)qt_model_image_size(run->model);
   run->pre.channels = 3;
   run->pre.interpolation = QT_INTERPOLATION_BICUBIC;
   memcpy(run->pre.mean, spec->mean, sizeof run->pre.mean);
@@ -661,11 +646,19 @@ void qt_run_set_stop(qt_run_t *run, int (*should_stop)(void *user), void *user) 
 }
 
 /* 1 when the stop hook asks to abandon the epoch. */
-static int stop_requested(const qt_run_t *run) { return run->stop && run->stop(run->stop_user); }
+static int stop_requested(const qt_run_t *run) {
+  return run->stop && run->stop(run->stop_user);
+}
 
-long qt_run_epochs_done(const qt_run_t *run) { return run ? run->done : 0; }
-double qt_run_best_score(const qt_run_t *run) { return run ? run->best : NAN; }
-qt_vit_t *qt_run_model(qt_run_t *run) { return run ? run->vit : NULL; }
+long qt_run_epochs_done(const qt_run_t *run) {
+  return run ? run->done : 0;
+}
+double qt_run_best_score(const qt_run_t *run) {
+  return run ? run->best : NAN;
+}
+qt_model_t *qt_run_model(qt_run_t *run) {
+  return run ? run->model : NULL;
+}
 
 /* ------------------------------------------------------------------------- */
 /* One epoch                                                                  */
@@ -680,16 +673,20 @@ static size_t trainable_mask(const qt_run_t *run, long epoch, unsigned char *mas
   int lora = run->spec.adapter != QT_ADAPTER_KIND_NONE;
   for (size_t i = 0; i < run->n_tensors; i++) {
     const run_tensor *t = &run->tensors[i];
-    int block_on = pct <= 0.0 || (double)t->unit / (double)run->depth > pct;
+    int block_on = pct <= 0.0 || (double)t->unit / (double)run->units > pct;
     /* In adapter runs only the adapters of trainable blocks and the head
      * train. */
     int on = t->head || (block_on && (!lora || t->adapted));
-    mask[i] = (unsigned char)on;
+    if (t->buffer) {
+      mask[i] = on ? MASK_KEEP : MASK_OFF;
+      continue;
+    }
+    mask[i] = on ? MASK_STEP : MASK_OFF;
     if (on && t->adapted) {
       count += (size_t)run->spec.adapter_rank * (t->rows + t->cols);
     } else if (on) {
-      qt_vit_tensor vt;
-      qt_vit_tensor_at(run->vit, i, &vt);
+      qt_model_tensor vt;
+      qt_model_tensor_at(run->model, i, &vt);
       count += vt.numel;
     }
   }
@@ -734,8 +731,8 @@ static int needs_reference(const qt_run_t *run, size_t i) {
 static int ensure_reference(qt_run_t *run, size_t i, qt_err *err) {
   run_tensor *t = &run->tensors[i];
   if (t->ref || !needs_reference(run, i)) return 0;
-  qt_vit_tensor vt;
-  qt_vit_tensor_at(run->vit, i, &vt);
+  qt_model_tensor vt;
+  qt_model_tensor_at(run->model, i, &vt);
   t->ref = malloc((vt.numel ? vt.numel : 1) * sizeof *t->ref);
   if (!t->ref) return qt_err_set(err, QT_ENOMEM, "out of memory for the reference weights");
   memcpy(t->ref, vt.data, vt.numel * sizeof *t->ref);
@@ -763,7 +760,7 @@ typedef struct param_slice {
   int decay; /* weight decay toward 0 applies */
 } param_slice;
 
-static size_t tensor_slices(run_tensor *t, const qt_vit_tensor *vt, size_t rank,
+static size_t tensor_slices(run_tensor *t, const qt_model_tensor *vt, size_t rank,
                             param_slice out[2]) {
   if (t->adapted) {
     out[0] = (param_slice){t->lora_a, t->grad_a, NULL, t->s1, t->s2, rank * t->cols, 1};
@@ -787,9 +784,9 @@ static int optimizer_step(qt_run_t *run, double lr) {
   param_slice sl[2];
   for (size_t i = 0; i < run->n_tensors; i++) {
     run_tensor *t = &run->tensors[i];
-    if (!run->trainable[i]) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     if (t->adapted)
       qt_lora_gradients(vt.grad, t->lora_a, t->lora_b, t->rows, t->cols, rank, lora_scale,
                         t->grad_a, t->grad_b);
@@ -803,9 +800,9 @@ static int optimizer_step(qt_run_t *run, double lr) {
   if (o->clip_grad > 0.0) {
     double sum = 0.0;
     for (size_t i = 0; i < run->n_tensors; i++) {
-      if (!run->trainable[i]) continue;
-      qt_vit_tensor vt;
-      qt_vit_tensor_at(run->vit, i, &vt);
+      if (run->trainable[i] != MASK_STEP) continue;
+      qt_model_tensor vt;
+      qt_model_tensor_at(run->model, i, &vt);
       size_t ns = tensor_slices(&run->tensors[i], &vt, rank, sl);
       for (size_t k = 0; k < ns; k++) {
         for (size_t j = 0; j < sl[k].n; j++) sum += (double)sl[k].grad[j] * (double)sl[k].grad[j];
@@ -816,11 +813,11 @@ static int optimizer_step(qt_run_t *run, double lr) {
     if (coef < 1.0) clip = coef;
   }
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (!run->trainable[i]) continue;
+    if (run->trainable[i] != MASK_STEP) continue;
     run_tensor *t = &run->tensors[i];
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
-    double scale = pow(o->layer_decay, (double)(run->depth + 1 - t->layer));
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
+    double scale = pow(o->layer_decay, (double)(run->units + 1 - t->layer));
     t->steps++;
     size_t ns = tensor_slices(t, &vt, rank, sl);
     for (size_t k = 0; k < ns; k++) {
@@ -845,9 +842,9 @@ static int optimizer_step(qt_run_t *run, double lr) {
     if (qt_sfa_due(qt_sfa_interval(run->spec.sfa_p, total), total, run->global_step)) {
       for (size_t i = 0; i < run->n_tensors; i++) {
         run_tensor *t = &run->tensors[i];
-        if (!run->trainable[i] || t->head) continue;
-        qt_vit_tensor vt;
-        qt_vit_tensor_at(run->vit, i, &vt);
+        if (run->trainable[i] != MASK_STEP || t->head) continue;
+        qt_model_tensor vt;
+        qt_model_tensor_at(run->model, i, &vt);
         if (t->adapted && rosa)
           qt_sfa_average(t->rosa_fixed, t->ref, t->rows * t->cols, run->spec.sfa_beta);
         if (t->adapted)
@@ -859,9 +856,9 @@ static int optimizer_step(qt_run_t *run, double lr) {
   }
   for (size_t i = 0; i < run->n_tensors; i++) {
     run_tensor *t = &run->tensors[i];
-    if (!run->trainable[i] || !t->adapted) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP || !t->adapted) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     qt_lora_merge(vt.data, rosa ? t->rosa_fixed : t->ref, t->lora_a, t->lora_b, t->rows, t->cols,
                   rank, lora_scale);
   }
@@ -880,9 +877,9 @@ static int rosa_resample(qt_run_t *run, long e, qt_err *err) {
   if (rc < 0) return rc;
   for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
     run_tensor *t = &run->tensors[i];
-    if (!run->trainable[i]) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     if (!t->adapted) {
       if (t->s1) memset(t->s1, 0, vt.numel * sizeof(float));
       if (t->s2) memset(t->s2, 0, vt.numel * sizeof(float));
@@ -915,19 +912,19 @@ static int goodfit_step(qt_run_t *run, double lr) {
   const qt_optim_params *o = &run->spec.optim;
   if (run->goodfit_phase == 0) {
     for (size_t i = 0; i < run->n_tensors; i++) {
-      if (!run->trainable[i]) continue;
-      qt_vit_tensor vt;
-      qt_vit_tensor_at(run->vit, i, &vt);
+      if (run->trainable[i] != MASK_STEP) continue;
+      qt_model_tensor vt;
+      qt_model_tensor_at(run->model, i, &vt);
       memcpy(run->tensors[i].goodfit_ref, vt.data, vt.numel * sizeof(float));
     }
   }
   if (run->goodfit_phase < run->spec.goodfit_n_ref) {
     /* A reference step: stateless SGD, no decay, no clipping. */
     for (size_t i = 0; i < run->n_tensors; i++) {
-      if (!run->trainable[i]) continue;
-      qt_vit_tensor vt;
-      qt_vit_tensor_at(run->vit, i, &vt);
-      double scale = pow(o->layer_decay, (double)(run->depth + 1 - run->tensors[i].layer));
+      if (run->trainable[i] != MASK_STEP) continue;
+      qt_model_tensor vt;
+      qt_model_tensor_at(run->model, i, &vt);
+      double scale = pow(o->layer_decay, (double)(run->units + 1 - run->tensors[i].layer));
       float f = (float)(run->spec.goodfit_lr_ref_ratio * lr * scale);
       for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= f * vt.grad[j];
     }
@@ -937,9 +934,9 @@ static int goodfit_step(qt_run_t *run, double lr) {
   /* The gradient at the displaced point: back to theta_ref, project the
    * gradient against delta = theta - theta_ref, then the main step. */
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (!run->trainable[i]) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     const float *ref = run->tensors[i].goodfit_ref;
     for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= ref[j]; /* data holds delta */
     qt_goodfit_project(vt.grad, vt.data, vt.numel);
@@ -953,9 +950,9 @@ static int goodfit_step(qt_run_t *run, double lr) {
 static void goodfit_drop_cycle(qt_run_t *run) {
   if (run->goodfit_phase == 0) return;
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (!run->trainable[i]) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     memcpy(vt.data, run->tensors[i].goodfit_ref, vt.numel * sizeof(float));
   }
   run->goodfit_phase = 0;
@@ -972,13 +969,13 @@ static int evaluate(qt_run_t *run, qt_batch_iter_t *it, int poll, double *top1, 
   qt_batch batch;
   while ((rc = qt_batch_iter_next(it, &batch, err)) == 1) {
     if (poll && stop_requested(run)) return 1;
-    rc = qt_vit_forward(run->vit, batch.inputs, batch.size, err);
+    rc = qt_model_forward(run->model, batch.inputs, batch.size, 0, err);
     if (rc < 0) return rc;
     double l;
-    rc = qt_vit_loss(run->vit, (const int *)batch.labels, NULL, 0.0, &l, err);
+    rc = qt_model_loss(run->model, (const int *)batch.labels, NULL, 0.0, &l, err);
     if (rc < 0) return rc;
     loss_sum += l * (double)batch.size;
-    const float *logits = qt_vit_logits(run->vit);
+    const float *logits = qt_model_logits(run->model);
     for (size_t b = 0; b < batch.size; b++) {
       const float *row = logits + b * batch.n_classes;
       float mine = row[batch.labels[b]];
@@ -1022,9 +1019,9 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
 
   out->trainable = trainable_mask(run, e, run->trainable);
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (!run->trainable[i]) continue;
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    if (run->trainable[i] != MASK_STEP) continue;
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     int rc = ensure_state(run, i, vt.numel, err);
     if (rc == 0) rc = ensure_reference(run, i, err);
     if (rc == 0 && run->spec.goodfit && !run->tensors[i].goodfit_ref) {
@@ -1042,30 +1039,33 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
     int rc = rosa_resample(run, e, err);
     if (rc < 0) return rc;
   }
-  /* The backward pass stops at the lowest trainable block. */
-  long lowest = run->depth;
+  /* The backward pass stops at the lowest trainable unit. */
+  long lowest = run->units + 1;
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (run->trainable[i] && run->tensors[i].reach < lowest) lowest = run->tensors[i].reach;
+    const run_tensor *t = &run->tensors[i];
+    if (run->trainable[i] == MASK_STEP && !t->head && t->unit < lowest) lowest = t->unit;
   }
-  qt_vit_set_backward_from(run->vit, lowest);
+  qt_model_set_trainable_from(run->model, lowest);
   double lr = qt_schedule_lr(&run->spec.schedule, run->spec.optim.lr, e, &run->plateau);
   out->lr = lr;
 
-  /* Head dropout draws from a stream of (seed, epoch), so a resumed epoch
-   * draws the same masks. */
-  qt_rng_t *drop_rng = NULL;
+  /* Head dropout and StochNorm draw from streams of (seed, epoch), so a
+   * resumed epoch draws the same masks. */
+  qt_rng_t *drop_rng = NULL, *stoch_rng = NULL;
   int rc = 0;
   if (run->spec.drop > 0.0) {
     rc = qt_rng_fork(run->root_rng, 0x64726f7000000000ull + (uint64_t)e, &drop_rng, err);
-    if (rc == 0) rc = qt_vit_set_head_dropout(run->vit, run->spec.drop, drop_rng, err);
-    if (rc < 0) {
-      qt_rng_free(drop_rng);
-      return rc;
-    }
+    if (rc == 0) rc = qt_model_set_head_dropout(run->model, run->spec.drop, drop_rng, err);
   }
-  rc = train_epoch(run, e, out, t0, err);
-  qt_vit_set_head_dropout(run->vit, 0.0, NULL, NULL);
+  if (rc == 0 && run->spec.stoch_norm) {
+    rc = qt_rng_fork(run->root_rng, 0x73746f6300000000ull + (uint64_t)e, &stoch_rng, err);
+    if (rc == 0) rc = qt_model_set_stoch_norm(run->model, 0.5, stoch_rng, err);
+  }
+  if (rc == 0) rc = train_epoch(run, e, out, t0, err);
+  qt_model_set_head_dropout(run->model, 0.0, NULL, NULL);
+  qt_model_set_stoch_norm(run->model, 0.0, NULL, NULL);
   qt_rng_free(drop_rng);
+  qt_rng_free(stoch_rng);
   if (rc < 0 || out->status != QT_RUN_STATUS_OK) return rc;
 
   rc = evaluate(run, run->val_it, 1, &out->score, &out->top5, &out->val_loss, err);
@@ -1106,43 +1106,43 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
       out->seconds = now_seconds() - t0;
       return 0;
     }
-    rc = qt_vit_forward(run->vit, batch.inputs, batch.size, err);
+    rc = qt_model_forward(run->model, batch.inputs, batch.size, 1, err);
     if (rc < 0) return rc;
     double loss;
-    rc = qt_vit_loss(run->vit, NULL, batch.targets, 0.0, &loss, err);
+    rc = qt_model_loss(run->model, NULL, batch.targets, 0.0, &loss, err);
     if (rc < 0) return rc;
     if (!isfinite(loss)) {
       run->diverged = 1;
       out->status = QT_RUN_STATUS_DIVERGED;
       out->train_loss = loss;
       out->seconds = now_seconds() - t0;
-      QT_LOG_WARN("epoch %ld: training loss is %g after %zu images: the run diverged", e + 1,
-                  loss, images);
+      QT_LOG_WARN("epoch %ld: training loss is %g after %zu images: the run diverged", e + 1, loss,
+                  images);
       return 0;
     }
     if (run->spec.bss_reg > 0.0) {
       /* BSS: its gradient joins the features' before the backward pass;
        * the penalty is not part of the reported training loss. */
       size_t fb = 0;
-      const float *feat = qt_vit_features(run->vit, &fb);
+      const float *feat = qt_model_features(run->model, &fb);
       double pen = 0.0;
-      rc = qt_bss_penalty(feat, fb, (size_t)qt_vit_get_config(run->vit)->width, run->spec.bss_k,
-                          run->spec.bss_reg, &pen, qt_vit_feature_grad(run->vit), err);
+      rc = qt_bss_penalty(feat, fb, qt_model_feature_dim(run->model), run->spec.bss_k,
+                          run->spec.bss_reg, &pen, qt_model_feature_grad(run->model), err);
       if (rc < 0) return qt_err_prefix(err, rc, "BSS");
     }
     if (run->spec.delta_reg > 0.0) {
       /* DELTA: the frozen source's features of the same (augmented) batch. */
-      rc = qt_vit_forward(run->source, batch.inputs, batch.size, err);
+      rc = qt_model_forward(run->source, batch.inputs, batch.size, 0, err);
       if (rc < 0) return qt_err_prefix(err, rc, "DELTA source forward");
       size_t fb = 0, sb = 0;
-      const float *feat = qt_vit_features(run->vit, &fb);
-      const float *src = qt_vit_features(run->source, &sb);
+      const float *feat = qt_model_features(run->model, &fb);
+      const float *src = qt_model_features(run->source, &sb);
       double pen = 0.0;
-      qt_delta_penalty(feat, src, fb * (size_t)qt_vit_get_config(run->vit)->width,
-                       run->spec.delta_reg, &pen, qt_vit_feature_grad(run->vit));
+      qt_delta_penalty(feat, src, fb * qt_model_feature_dim(run->model), run->spec.delta_reg, &pen,
+                       qt_model_feature_grad(run->model));
     }
-    qt_vit_zero_grad(run->vit);
-    rc = qt_vit_backward(run->vit, err);
+    qt_model_zero_grad(run->model);
+    rc = qt_model_backward(run->model, err);
     if (rc < 0) return rc;
     if (run->spec.goodfit)
       goodfit_step(run, lr);
@@ -1193,8 +1193,8 @@ static void join_name(char *dst, const char *a, const char *b) {
 
 static size_t saved_parts(const qt_run_t *run, size_t i, saved_part out[2]) {
   const run_tensor *t = &run->tensors[i];
-  qt_vit_tensor vt;
-  qt_vit_tensor_at(run->vit, i, &vt);
+  qt_model_tensor vt;
+  qt_model_tensor_at(run->model, i, &vt);
   if (!t->adapted || run->spec.adapter == QT_ADAPTER_KIND_ROSA) {
     /* ROSA: the merged weight alone; the next epoch resamples from it and
      * rebuilds the adapters' state. */
@@ -1252,13 +1252,13 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
     return qt_err_set(err, QT_ENOMEM, "qt_run_save: out of memory");
   }
   size_t name_used = 0, value_used = 0;
-#define ADD_META(k, ...)                                                                          \
-  do {                                                                                            \
-    char *v_ = values + 64 * value_used++;                                                        \
-    snprintf(v_, 64, __VA_ARGS__);                                                                \
-    meta[nm].key = (k);                                                                           \
-    meta[nm].value = v_;                                                                          \
-    nm++;                                                                                         \
+#define ADD_META(k, ...)                   \
+  do {                                     \
+    char *v_ = values + 64 * value_used++; \
+    snprintf(v_, 64, __VA_ARGS__);         \
+    meta[nm].key = (k);                    \
+    meta[nm].value = v_;                   \
+    nm++;                                  \
   } while (0)
   meta[nm].key = "format";
   meta[nm++].value = RUN_FORMAT;
@@ -1275,27 +1275,27 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   for (size_t i = 0; i < run->n_tensors; i++) {
     if (!mask[i]) continue;
     const run_tensor *t = &run->tensors[i];
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
     saved_part parts[2];
     size_t np = saved_parts(run, i, parts);
     const char *prefixes[2] = {state_prefix(run->spec.optim.kind, 0),
-                                state_prefix(run->spec.optim.kind, 1)};
+                               state_prefix(run->spec.optim.kind, 1)};
     for (size_t k = 0; k < np; k++) {
       char *pn = names + 256 * name_used++;
       join_name(pn, "", parts[k].name);
-      tensors[n++] =
-          (qt_safetensors_tensor){pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, parts[k].data,
-                                  NULL};
+      tensors[n++] = (qt_safetensors_tensor){
+          pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, parts[k].data, NULL};
       const float *states[2] = {parts[k].s1, parts[k].s2};
       for (int s = 0; s < 2; s++) {
         if (!states[s] || t->steps == 0) continue;
         char *nm_ = names + 256 * name_used++;
         join_name(nm_, prefixes[s], parts[k].name);
-        tensors[n++] = (qt_safetensors_tensor){nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
-                                               states[s], NULL};
+        tensors[n++] = (qt_safetensors_tensor){
+            nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, states[s], NULL};
       }
     }
+    if (t->buffer) continue;
     char *key = names + 256 * name_used++;
     snprintf(key, 256, "%s%s", STEP_PREFIX, vt.name);
     ADD_META(key, "%ld", t->steps);
@@ -1369,13 +1369,19 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
   trainable_mask(run, run->done > 0 ? run->done - 1 : 0, run->trainable);
   size_t expected = 0;
   for (size_t i = 0; i < run->n_tensors; i++) {
-    if (!run->trainable[i]) continue;
+    if (run->trainable[i] == MASK_OFF) continue;
     run_tensor *t = &run->tensors[i];
-    qt_vit_tensor vt;
-    qt_vit_tensor_at(run->vit, i, &vt);
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
+    char key[256];
+    if (t->buffer) {
+      rc = qt_safetensors_read_f32(st, vt.name, vt.data, vt.numel, err);
+      if (rc < 0) goto schema;
+      expected++;
+      continue;
+    }
     /* theta0 is the value before the checkpoint overwrites it. */
     if ((rc = ensure_reference(run, i, err)) < 0) goto fail;
-    char key[256];
     snprintf(key, sizeof key, "%s%s", STEP_PREFIX, vt.name);
     double steps;
     if ((rc = meta_number(st, key, &steps, err)) < 0) goto fail;
@@ -1432,5 +1438,5 @@ fail:
 
 int qt_run_save_weights(const qt_run_t *run, const char *path, qt_err *err) {
   if (!run || !path) return qt_err_set(err, QT_EINVAL, "qt_run_save_weights: NULL argument");
-  return qt_vit_save(run->vit, path, err);
+  return qt_model_save(run->model, path, err);
 }
