@@ -5,7 +5,7 @@
  *   - 2 tasks x 2 runs x 2 epochs give a meta-dataset that loads back with
  *     qt_metadataset_load: 2 datasets with the pool's meta-features, every
  *     run with 2 epochs, scores in [0, 1], costs >= 0, and no configuration
- *     the engine cannot run (cotuning_reg 1, refused by the run spec, and
+ *     the engine cannot run (opt adamp, refused by the run spec, and
  *     GOODFIT with LoRA, refused by qt_run_init, are replaced by other
  *     draws);
  *   - collecting again with every part present computes nothing and writes
@@ -54,12 +54,11 @@ static const char *space_text =
     "fidelity: {name: epochs, min: 1, max: 4}\n"
     "hyperparameters:\n"
     "  model: {type: categorical, choices: [placeholder]}\n"
-    "  opt: {type: categorical, choices: [sgd, momentum, adamw, goodfit], default: adamw}\n"
+    "  opt: {type: categorical, choices: [sgd, momentum, adamw, goodfit, adamp], default: adamw}\n"
     "  adapter: {type: categorical, choices: [none, lora], default: none}\n"
     "  momentum: {type: ordinal, choices: [0.8, 0.9], active_when: {opt: momentum}}\n"
     "  lr: {type: float, range: [1.0e-3, 3.0e-2], log: true}\n"
     "  batch_size: {type: ordinal, choices: [8, 16]}\n"
-    "  cotuning_reg: {type: ordinal, choices: [0, 1]}\n"
     "  data_augmentation: {type: categorical, choices: [none]}\n"
     "  smoothing: {type: float, range: [0, 0.2]}\n";
 
@@ -163,11 +162,10 @@ static void test_collect_writes_metadataset(void) {
   size_t dataset;
   CU_ASSERT_EQUAL(qt_metadataset_find_dataset(md, "patterns-90", &dataset), 0);
   const qt_space_t *space = qt_metadataset_space(md);
-  size_t model_hp, cotuning_hp, opt_hp, adapter_hp;
+  size_t model_hp, opt_hp, adapter_hp;
   CU_ASSERT_EQUAL_FATAL(qt_space_find(space, "model", &model_hp), 0);
   CU_ASSERT_EQUAL_FATAL(qt_space_find(space, "opt", &opt_hp), 0);
   CU_ASSERT_EQUAL_FATAL(qt_space_find(space, "adapter", &adapter_hp), 0);
-  CU_ASSERT_EQUAL_FATAL(qt_space_find(space, "cotuning_reg", &cotuning_hp), 0);
   /* The hub's usable models only. */
   CU_ASSERT_EQUAL(qt_space_hp_choice_count(space, model_hp), 2);
   for (size_t i = 0; i < qt_metadataset_run_count(md); i++) {
@@ -178,8 +176,8 @@ static void test_collect_writes_metadataset(void) {
       CU_ASSERT(run->cost[e] >= 0.0f && isfinite(run->cost[e]));
     }
     CU_ASSERT(run->train_loss != NULL);
-    /* Co-Tuning cannot run yet: such draws are replaced. */
-    CU_ASSERT_EQUAL(qt_config_index(run->config, cotuning_hp), 0);
+    /* AdamP cannot run yet: such draws are replaced. */
+    CU_ASSERT_NOT_EQUAL(qt_config_index(run->config, opt_hp), 4);
     /* Nor GOODFIT with adapters, which only qt_run_init refuses. */
     CU_ASSERT(!(qt_config_index(run->config, opt_hp) == 3 &&
                 qt_config_index(run->config, adapter_hp) == 1));

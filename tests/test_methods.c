@@ -113,8 +113,10 @@ static void test_spec_set_methods(void) {
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "adapter", "rosa", &err), 0);
   CU_ASSERT_EQUAL(s.adapter, QT_ADAPTER_KIND_ROSA);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "adapter", "dora", &err), QT_EINVAL);
-  /* Still missing. */
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "1", &err), QT_ENOTIMPL);
+  /* Co-Tuning (runs in test_cotuning.c). */
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "1", &err), 0);
+  QT_ASSERT_CLOSE(s.cotuning_reg, 1.0, 0.0);
+  s.cotuning_reg = 0.0;
   /* GOODFIT. */
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "goodfit", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "goodfit_n_ref", "2", &err), 0);
@@ -885,7 +887,6 @@ static void check_reg_run(const char *name, const char *value) {
   qt_run_spec s = reg_spec();
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, name, value, &err), 0);
   CU_ASSERT(s.bss_reg > 0.0 || s.delta_reg > 0.0);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "0.1", &err), QT_ENOTIMPL);
   qt_run_spec plain = reg_spec();
   qt_run_t *full = NULL, *base = NULL, *part = NULL;
   CU_ASSERT_FATAL(qt_run_init(&s, &full, &err) == 0);

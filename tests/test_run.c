@@ -213,11 +213,12 @@ static void test_spec_set(void) {
   CU_ASSERT_EQUAL(s.goodfit, 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "decay", "l2sp", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bogus", "1", &err), QT_ENOENT);
-  /* Quick-Tune's space: regularizers at 0 are fine, others not yet
-   * (sp_reg, its L2-SP, is implemented). */
+  /* Quick-Tune's space: its regularizers (sp_reg's L2-SP, BSS, Co-Tuning). */
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "sp_reg", "0.01", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "bss_reg", "0", &err), 0);
-  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "0.5", &err), QT_ENOTIMPL);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "0.5", &err), 0);
+  QT_ASSERT_CLOSE(s.cotuning_reg, 0.5, 0.0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "much", &err), QT_EINVAL);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "amp", "True", &err), 0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "True", &err), 0);
   CU_ASSERT_EQUAL(s.stoch_norm, 1);

@@ -183,7 +183,7 @@ static void test_load_quicktune_v1(void) {
 static void test_load_default(void) {
   qt_space_t *space = load_shipped("default.yaml");
   CU_ASSERT_STRING_EQUAL(qt_space_name(space), "default");
-  CU_ASSERT_EQUAL(qt_space_count(space), 22);
+  CU_ASSERT_EQUAL(qt_space_count(space), 29);
   long max;
   qt_space_fidelity(space, NULL, NULL, &max);
   CU_ASSERT_EQUAL(max, 50);
@@ -209,9 +209,14 @@ static void test_load_default(void) {
   condition_text(space, "adapter_rank", text, sizeof text);
   CU_ASSERT_STRING_EQUAL(text, "adapter: lora,rosa");
 
-  /* 6 categoricals with 3+5+4+3+3+3 = 21 columns, 16 single columns, 7
-   * active columns. */
-  CU_ASSERT_EQUAL(qt_space_encoded_dim(space), 21 + 16 + 7);
+  condition_text(space, "goodfit_main", text, sizeof text);
+  CU_ASSERT_STRING_EQUAL(text, "opt: goodfit");
+  condition_text(space, "adapter_layers", text, sizeof text);
+  CU_ASSERT_STRING_EQUAL(text, "adapter: lora,rosa");
+
+  /* 8 categoricals with 3+5+3+4+3+2+3+3 = 26 columns, 21 single columns,
+   * 9 active columns. */
+  CU_ASSERT_EQUAL(qt_space_encoded_dim(space), 26 + 21 + 9);
 
   /* The default configuration uses the file's defaults. */
   qt_config config;
@@ -221,12 +226,14 @@ static void test_load_default(void) {
   CU_ASSERT_EQUAL(qt_config_validate(&config, &err), 0);
   char line[2048];
   CU_ASSERT_EQUAL(qt_config_format(&config, line, sizeof line), 0);
-  CU_ASSERT_STRING_EQUAL(line,
-                         "model=resnet18 opt=adamw lr=0.001 decay=weight_decay "
-                         "decay_strength=0.01 sfa=false adapter=none sched=cosine "
-                         "warmup_epochs=0 batch_size=32 pct_to_freeze=0 "
-                         "data_augmentation=trivial_augment mixup=0 cutmix=0 smoothing=0.1 "
-                         "drop=0");
+  CU_ASSERT_STRING_EQUAL(
+      line,
+      "model=resnet18 opt=adamw lr=0.001 decay=weight_decay "
+      "decay_strength=0.01 sfa=false adapter=none bss_reg=0 delta_reg=0 cotuning_reg=0 "
+      "stoch_norm=false sched=cosine warmup_epochs=0 batch_size=32 "
+      "pct_to_freeze=0 linear_probing=false "
+      "data_augmentation=trivial_augment mixup=0 cutmix=0 smoothing=0.1 "
+      "drop=0");
   qt_config_free(&config);
   qt_space_free(space);
 }

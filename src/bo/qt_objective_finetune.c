@@ -30,7 +30,8 @@ static int spec_base(const qt_hub_model *model, long schedule_epochs, uint64_t s
                      qt_run_spec *spec, qt_err *err) {
   *spec = qt_run_default_spec();
   if (qt_model_family_parse(model->family, &spec->family) != 0 ||
-      !(qt_model_family_is_vit(spec->family) || qt_model_family_is_cnn(spec->family)))
+      !(qt_model_family_is_vit(spec->family) || qt_model_family_is_cnn(spec->family) ||
+        qt_model_family_is_mlp(spec->family)))
     return qt_err_set(err, QT_ENOTIMPL, "model '%s': family '%s' cannot be fine-tuned yet",
                       model->name, model->family);
   spec->checkpoint = model->checkpoint;
@@ -75,6 +76,9 @@ int qt_search_spec_from_config(const qt_hub_model *model, const qt_space_t *spac
     qt_config_get_string(config, hp, text, sizeof text);
     rc = qt_run_spec_set(spec, name, text, err);
   }
+  /* Combinations the engine refuses only as a whole (e.g. adapters on a
+   * CNN) are QT_ENOTIMPL here too, so a search drops them up front. */
+  if (rc == 0) rc = qt_run_spec_supported(spec, err);
   return rc;
 }
 

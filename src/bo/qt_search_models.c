@@ -30,7 +30,8 @@ int qt_search_models_load(const char *hub_path, const qt_space_t *base_space, qt
     const qt_hub_model *m = qt_hub_model_at(out->hub, i);
     qt_model_family family;
     if (qt_model_family_parse(m->family, &family) != 0 ||
-        !(qt_model_family_is_vit(family) || qt_model_family_is_cnn(family))) {
+        !(qt_model_family_is_vit(family) || qt_model_family_is_cnn(family) ||
+          qt_model_family_is_mlp(family))) {
       QT_LOG_WARN("hub model %s left out: family '%s' cannot be fine-tuned yet", m->name,
                   m->family);
       continue;

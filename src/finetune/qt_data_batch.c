@@ -11,6 +11,7 @@
  * (qt__rng_reseed), so a batch allocates nothing once the workspaces have
  * grown to their working size.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,15 @@ static int check_params(const qt_dataset *ds, const qt_preprocess_params *pre,
   if (bp->threads < 0 || bp->threads > MAX_THREADS)
     return qt_err_set(err, QT_EINVAL, "threads must be 0..%d (got %d)", MAX_THREADS, bp->threads);
   if (ds->n_classes == 0) return qt_err_set(err, QT_EINVAL, "%s: no classes", ds->source);
-  if (ds->kind == QT_DATASET_KIND_TABULAR) return 0;
+  if (ds->kind == QT_DATASET_KIND_TABULAR) {
+    if (pre && (!pre->feature_mean) != (!pre->feature_std))
+      return qt_err_set(err, QT_EINVAL, "feature_mean and feature_std must be set together");
+    for (size_t j = 0; pre && pre->feature_std && j < ds->n_features; j++)
+      if (!(pre->feature_std[j] > 0.0f) || !isfinite(pre->feature_mean[j]))
+        return qt_err_set(err, QT_EINVAL, "feature %zu: std %g must be > 0, mean %g finite", j,
+                          (double)pre->feature_std[j], (double)pre->feature_mean[j]);
+    return 0;
+  }
   if (!pre) return qt_err_set(err, QT_EINVAL, "an image dataset needs preprocessing parameters");
   if (pre->image_size == 0 || pre->image_size > QT_IMAGE_MAX_SIDE)
     return qt_err_set(err, QT_EINVAL, "image_size %zu out of range", pre->image_size);
@@ -230,7 +239,10 @@ static int transform_sample(qt_batch_iter_t *it, batch_worker *w, size_t i, qt_e
   size_t index = it->indices[i];
   float *dst = it->inputs + i * it->sample_floats;
   if (ds->kind == QT_DATASET_KIND_TABULAR) {
-    memcpy(dst, ds->features + index * ds->n_features, ds->n_features * sizeof *dst);
+    const float *src = ds->features + index * ds->n_features;
+    const float *mean = it->pre.feature_mean, *std = it->pre.feature_std;
+    for (size_t j = 0; j < ds->n_features; j++)
+      dst[j] = mean ? (src[j] - mean[j]) / std[j] : src[j];
     return 0;
   }
   size_t image_bytes = ds->height * ds->width * ds->channels;

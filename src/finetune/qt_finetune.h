@@ -399,6 +399,8 @@ int qt_model_family_parse(const char *text, qt_model_family *out);
 int qt_model_family_is_vit(qt_model_family family);
 /* 1 for mobilenetv2, efficientnet and resnet (qt_cnn), else 0. */
 int qt_model_family_is_cnn(qt_model_family family);
+/* 1 for mlp (qt_mlp), else 0 (defined in qt_model.c). */
+int qt_model_family_is_mlp(qt_model_family family);
 
 /* What the caller knows about the model; each field is checked only when
  * set (0, or -1 for num_classes, means "any"). */
@@ -572,6 +574,95 @@ void qt_cpu_cross_entropy_backward(float *dlogits, const float *probs, const int
  * rows. scratch holds old_h * new_w * c floats. */
 void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_t old_h,
                              size_t old_w, size_t new_h, size_t new_w, size_t c);
+
+/* ------------------------------------------------------------------------- */
+/* CUDA layer ops (finetune/cuda/, issue 8)                                   */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * The ViT layer ops above on a CUDA device: qt_cuda_<op>() has the
+ * arguments of qt_cpu_<op>() with the same meaning, shapes and conventions
+ * (a backward accumulates; a NULL gradient is skipped), except that
+ *   - every array is device memory (qt_cuda_malloc, cudaMalloc);
+ *   - the op returns 0 or a negative QT_E* code with qt_err as its last
+ *     argument: QT_EINVAL for a NULL array the op needs or sizes beyond the
+ *     int of cuBLAS and of the launch grid (where the CPU asserts), and the
+ *     CUDA / cuBLAS failures of qt_cuda_adamw_step (QT_ENOMEM, QT_EINVAL,
+ *     QT_ENODEV);
+ *   - work is queued on the default stream and may still run when the call
+ *     returns (qt_cuda_synchronize waits; execution errors surface there);
+ *   - qt_cuda_attention_backward's scratch holds
+ *     qt_cuda_attention_scratch_size(tokens, heads) = heads * tokens * tokens
+ *     floats (the CPU's: tokens * tokens), one score matrix per head.
+ * Matrix products run on cuBLAS in FP32 unless qt_cuda_set_tf32(1) allows
+ * TF32 tensor cores; reductions (row statistics, log-sum-exp, column sums
+ * for bias, layer-norm and layer-scale gradients) accumulate in double as
+ * on the CPU. tests/test_gpu_ops.c checks each op against its CPU twin
+ * (docs/cuda.md gives the tolerances). Built without CUDA, every function
+ * here returns QT_ENODEV ("built without CUDA"); qt_cuda_free does nothing.
+ */
+
+/* Device memory for tests and callers written in C: qt_cuda_malloc stores a
+ * cudaMalloc'ed block of `bytes` in *ptr (NULL for 0 bytes), qt_cuda_free
+ * releases it (NULL is a no-op), the copies are synchronous cudaMemcpy's. */
+int qt_cuda_malloc(void **ptr, size_t bytes, qt_err *err);
+void qt_cuda_free(void *ptr);
+int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err);
+int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err);
+/* Waits for all queued device work; reports an execution failure. */
+int qt_cuda_synchronize(qt_err *err);
+
+/* Allows (allow != 0) or forbids TF32 tensor-core math in the FP32 matrix
+ * products of the CUDA ops, process-wide; returns the previous setting.
+ * Off by default: products are computed in full FP32. */
+int qt_cuda_set_tf32(int allow);
+
+int qt_cuda_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           size_t n, size_t in_c, size_t out_c, qt_err *err);
+int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, size_t n, size_t in_c,
+                            size_t out_c, qt_err *err);
+
+int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, size_t n, size_t c, float eps,
+                              qt_err *err);
+int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t n, size_t c, qt_err *err);
+
+int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err);
+int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+
+/* Floats of scratch that qt_cuda_attention_backward needs. */
+size_t qt_cuda_attention_scratch_size(size_t tokens, size_t heads);
+int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
+                              size_t c, size_t heads, qt_err *err);
+int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, size_t batch, size_t tokens, size_t c,
+                               size_t heads, qt_err *err);
+
+int qt_cuda_residual_forward(float *out, const float *res, const float *branch, const float *gamma,
+                             size_t n, size_t c, qt_err *err);
+int qt_cuda_residual_backward(float *dres, float *dbranch, float *dgamma, const float *dout,
+                              const float *branch, const float *gamma, size_t n, size_t c,
+                              qt_err *err);
+
+int qt_cuda_patchify(float *patches, const float *images, size_t batch, size_t channels,
+                     size_t size, size_t patch, qt_err *err);
+int qt_cuda_tokens_forward(float *x, const float *patch_tokens, const float *cls_token,
+                           const float *pos, int class_in_pos, size_t batch, size_t patches,
+                           size_t c, qt_err *err);
+int qt_cuda_tokens_backward(float *dpatch_tokens, float *dcls_token, float *dpos, const float *dx,
+                            int class_in_pos, size_t batch, size_t patches, size_t c, qt_err *err);
+
+/* Labels are device memory too; an out-of-range label is reported
+ * (QT_EINVAL) only in builds without NDEBUG, since the check synchronizes. */
+int qt_cuda_cross_entropy_forward(float *losses, float *probs, const float *logits,
+                                  const int *labels, const float *soft_targets, float smoothing,
+                                  size_t batch, size_t classes, qt_err *err);
+int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs, const int *labels,
+                                   const float *soft_targets, float smoothing, const float *dloss,
+                                   int dloss_per_row, size_t batch, size_t classes, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* ViT family (vit, deit, deit3)                                              */
@@ -915,6 +1006,16 @@ int qt_image_load(const char *path, size_t channels, uint8_t **pixels, size_t *h
 int qt_dataset_load_csv(const char *path, const char *label_column, const char *const *class_names,
                         size_t n_class_names, qt_dataset **out, qt_err *err);
 
+/* Per-feature statistics of a tabular dataset for standardization (as
+ * scikit-learn's StandardScaler): mean (n_features) and std (n_features)
+ * the population standard deviation (ddof 0), accumulated in double; a
+ * feature with std below 1e-12 times (1 + |mean|) (constant) gets std 1,
+ * so it standardizes to 0 rather than dividing by nothing. An image
+ * dataset or one without samples is QT_EINVAL. The batch iterator applies
+ * them through qt_preprocess_params.feature_mean / feature_std
+ * (qt_data_tabular.c). */
+int qt_dataset_feature_stats(const qt_dataset *ds, float *mean, float *std, qt_err *err);
+
 /* --- Splits and layouts --------------------------------------------------- */
 
 /*
@@ -1033,10 +1134,16 @@ typedef struct qt_preprocess_params {
   double mean[3], std[3]; /* per channel, on [0, 1] pixels */
   double crop_pct;        /* eval: resize shorter side to floor(image_size / crop_pct) */
   qt_interpolation interpolation;
+  /* Tabular data: per-feature standardization (x - mean) / std, both
+   * (n_features), borrowed (they must outlive the batch iterator); NULL
+   * (the default): features as they are. Compute them on the training
+   * split with qt_dataset_feature_stats and give the same arrays to every
+   * split's iterator. Image data ignores them. */
+  const float *feature_mean, *feature_std;
 } qt_preprocess_params;
 
 /* 224, 3 channels, ImageNet mean (0.485, 0.456, 0.406) and std (0.229,
- * 0.224, 0.225), crop_pct 0.875, bilinear. */
+ * 0.224, 0.225), crop_pct 0.875, bilinear, no feature standardization. */
 qt_preprocess_params qt_preprocess_default_params(void);
 
 /* timm's evaluation transform: resize the shorter side to
@@ -1233,8 +1340,9 @@ typedef struct qt_batch_iter qt_batch_iter_t;
  * resize and crop, flip, TrivialAugment or RandAugment, conversion) or the
  * eval transform otherwise, to (pre->channels, pre->image_size,
  * pre->image_size), then Mixup/CutMix (augment only) and smoothed targets.
- * Tabular: features as they are (pre may be NULL), smoothed targets; the
- * image augmentations do not apply. aug may be NULL (defaults; only read
+ * Tabular: features as they are, or standardized with pre->feature_mean and
+ * pre->feature_std when set (pre may be NULL: as they are), smoothed
+ * targets; the image augmentations do not apply. aug may be NULL (defaults; only read
  * when augment). Randomness: the epoch's order is a permutation drawn from
  * a stream seeded by (seed, epoch); the sample at position p of the epoch
  * draws from a stream seeded by (seed, epoch, p) and the batch's mixing from
@@ -1594,19 +1702,175 @@ void qt_cnn_reinit(qt_cnn_t *cnn, qt_rng_t *rng);
 /* end of convolutional section */
 
 /* ------------------------------------------------------------------------- */
+/* MLP for tabular data (qt_mlp.c)                                            */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * A multilayer perceptron over the features of a tabular dataset, run by the
+ * CPU layer ops above. qtune's own layout (qt_model_inspect's family mlp):
+ * depth >= 1 blocks, then a linear head. Block i (0-based) computes
+ *
+ *   z = x W_i^T + b_i           blocks.i.fc.weight (out, in), blocks.i.fc.bias
+ *   n = LayerNorm(z)            blocks.i.norm.weight / .bias (out), optional
+ *                               per block, eps 1e-5 (torch.nn.LayerNorm's)
+ *   a = act(n)                  ReLU (default) or exact GELU, from the
+ *                               checkpoint's metadata "activation"
+ *
+ * as the MLP baselines of tabular deep learning (Gorishniy et al. 2021,
+ * "Revisiting deep learning models for tabular data": Linear, ReLU,
+ * dropout; LayerNorm in the block as their ResNet's and Kadra et al.'s
+ * regularization cocktails allow). The last block's output a (batch,
+ * width of the last block) is the feature vector; head dropout (the only
+ * dropout: a run's `drop`) applies to it, then logits = a head.weight^T +
+ * head.bias (head.weight (classes, width)). Inputs are (batch, n_features)
+ * floats, already standardized (see qt_dataset_feature_stats); n_features
+ * is read from blocks.0.fc.weight. A batch from qt_batch_iter_next is
+ * (size, 1, 1, n_features): the same floats.
+ *
+ * Freezing units (qt_mlp_units = depth n): unit k (1..n) is blocks.(k-1)
+ * (its fc and norm); unit 0 is the input layer, which has no tensors. The
+ * head (head.*) is qt_mlp_tensor.head and always trains.
+ *
+ * Memory: the model owns one parameter array (values, gradients) and its
+ * activations for max_batch rows; pointers from accessors stay valid until
+ * qt_mlp_free.
+ */
+typedef struct qt_mlp qt_mlp_t;
+
+/* The activation of every block. */
+typedef enum qt_mlp_activation {
+  QT_MLP_ACTIVATION_RELU = 0, /* metadata "activation": "relu" (or absent) */
+  QT_MLP_ACTIVATION_GELU = 1  /* "gelu": torch.nn.GELU() (exact, erf) */
+} qt_mlp_activation;
+
+typedef struct qt_mlp_load_params {
+  long num_classes; /* 0: keep the checkpoint's head; another count (or a
+                       checkpoint without head.*) draws a new head as
+                       torch.nn.Linear: weight and bias uniform(+-1 /
+                       sqrt(width)) */
+  size_t max_batch; /* rows per forward, >= 1 */
+  qt_rng_t *rng;    /* for a new head; may be NULL when none is drawn */
+} qt_mlp_load_params;
+
+/* Keep the head, max_batch 32, no rng. */
+qt_mlp_load_params qt_mlp_default_load_params(void);
+
+/* Loads a checkpoint (F32/F16/BF16), checked first by qt_model_inspect
+ * (family mlp: QT_ESCHEMA naming the tensor for a missing tensor, a shape
+ * that does not chain, a stray tensor). An unknown "activation" is
+ * QT_EFORMAT; a checkpoint without a head and num_classes 0 is QT_EINVAL. */
+int qt_mlp_load(const char *checkpoint_path, const qt_mlp_load_params *params, qt_mlp_t **out,
+                qt_err *err);
+/* NULL is a no-op. */
+void qt_mlp_free(qt_mlp_t *mlp);
+
+/* One named tensor, as qt_cnn_tensor (an MLP has no buffers: every tensor
+ * is trainable). */
+typedef struct qt_mlp_tensor {
+  const char *name;
+  size_t ndim;
+  const size_t *shape;
+  size_t numel;
+  float *data;
+  float *grad;
+  int trainable; /* always 1 */
+  int decay;     /* timm's rule: weights of 2 dimensions (fc and head weights) */
+  long unit;     /* freezing unit: block index + 1; the head's is n */
+  int head;      /* 1: head.weight and head.bias */
+} qt_mlp_tensor;
+
+/* Tensors in model order: per block fc.weight, fc.bias, [norm.weight,
+ * norm.bias], then head.weight, head.bias. */
+size_t qt_mlp_tensor_count(const qt_mlp_t *mlp);
+void qt_mlp_tensor_at(const qt_mlp_t *mlp, size_t index, qt_mlp_tensor *out);
+/* QT_ENOENT (err untouched) when there is no such tensor. */
+int qt_mlp_find_tensor(const qt_mlp_t *mlp, const char *name, qt_mlp_tensor *out);
+long qt_mlp_num_classes(const qt_mlp_t *mlp);
+/* Input features per row (columns of blocks.0.fc.weight). */
+size_t qt_mlp_num_features(const qt_mlp_t *mlp);
+qt_mlp_activation qt_mlp_get_activation(const qt_mlp_t *mlp);
+
+/* Forward pass of inputs (batch, n_features) to the logits (batch,
+ * num_classes). batch outside [1, max_batch] is QT_EINVAL. */
+int qt_mlp_forward(qt_mlp_t *mlp, const float *inputs, size_t batch, qt_err *err);
+const float *qt_mlp_logits(const qt_mlp_t *mlp);
+/* The mean cross-entropy of the last forward, as qt_cnn_loss: labels
+ * (batch) with label_smoothing in [0, 1), or soft_targets (batch,
+ * num_classes) when labels is NULL. *loss may be NULL. */
+int qt_mlp_loss(qt_mlp_t *mlp, const int *labels, const float *soft_targets,
+                double label_smoothing, double *loss, qt_err *err);
+void qt_mlp_zero_grad(qt_mlp_t *mlp);
+/* Adds d loss / d parameter to the gradients (of the trainable units and
+ * the head). QT_EINVAL without a loss since the last forward. */
+int qt_mlp_backward(qt_mlp_t *mlp, qt_err *err);
+
+/* The blocks, n (see the freezing units above). */
+long qt_mlp_units(const qt_mlp_t *mlp);
+/* Units below `unit` are frozen: the backward pass stops before them (no
+ * gradients, no backward work, not even the input gradient of the lowest
+ * trainable block). 0 or 1 (the default 0) trains everything; n + 1 or more
+ * only the head. */
+void qt_mlp_set_trainable_from(qt_mlp_t *mlp, long unit);
+
+/* Head dropout, as qt_cnn_set_head_dropout: while rng is set and rate > 0,
+ * every forward multiplies the features entering the head by a mask of 0
+ * (probability rate) or 1 / (1 - rate) drawn from rng (element by element,
+ * row-major); the backward applies the same mask. rng NULL or rate 0 turns
+ * it off. A rate outside [0, 1) is QT_EINVAL. */
+int qt_mlp_set_head_dropout(qt_mlp_t *mlp, double rate, qt_rng_t *rng, qt_err *err);
+
+/* Feature hook, as qt_cnn_set_feature_hook: the features are the last
+ * block's output entering the head (batch, qt_mlp_feature_dim), before head
+ * dropout; what the caller adds to qt_mlp_feature_grad between qt_mlp_loss
+ * and qt_mlp_backward joins their gradient (zeroed by each forward). */
+int qt_mlp_set_feature_hook(qt_mlp_t *mlp, int on, qt_err *err);
+const float *qt_mlp_features(const qt_mlp_t *mlp, size_t *batch);
+float *qt_mlp_feature_grad(qt_mlp_t *mlp);
+size_t qt_mlp_feature_dim(const qt_mlp_t *mlp);
+
+/* Writes every tensor to path as F32, atomically, with the metadata "arch"
+ * ("mlp") and "activation". */
+int qt_mlp_save(const qt_mlp_t *mlp, const char *path, qt_err *err);
+
+/* The shape of a new MLP (qt_mlp_write_init). */
+typedef struct qt_mlp_arch {
+  size_t n_features; /* inputs per row, >= 1 */
+  size_t width;      /* outputs of every block, >= 1 */
+  size_t depth;      /* blocks, >= 1 */
+  long num_classes;  /* head rows, >= 2 */
+  int layer_norm;    /* 1: each block has blocks.i.norm */
+  qt_mlp_activation activation;
+} qt_mlp_arch;
+
+/* 0 features (to be set), width 256, depth 3, 0 classes (to be set), layer
+ * norm on, ReLU. */
+qt_mlp_arch qt_mlp_default_arch(void);
+
+/* Writes a randomly initialized MLP of `arch`, drawn from seed, to path
+ * (F32, atomically; metadata "arch": "mlp" and "activation"), with
+ * torch.nn's initialization: every Linear (fc and head) has weight and bias
+ * uniform(+-1 / sqrt(in_features)) (kaiming_uniform(a = sqrt(5)) reduces
+ * to that bound), LayerNorm weight 1 and bias 0. The same arguments give
+ * the same bytes. A size out of range is QT_EINVAL. */
+int qt_mlp_write_init(const qt_mlp_arch *arch, uint64_t seed, const char *path, qt_err *err);
+/* end of MLP section */
+
+/* ------------------------------------------------------------------------- */
 /* Any model behind one interface (qt_model.c)                                */
 /* ------------------------------------------------------------------------- */
 
 /*
  * What the run API needs of a model, whatever its family: the ViT families
- * (qt_vit) and the convolutional ones (qt_cnn). Each call forwards to the
+ * (qt_vit), the convolutional ones (qt_cnn) and the MLP for tabular data
+ * (qt_mlp, whose "images" are rows of features). Each call forwards to the
  * family's function of the same name; the family sections above hold the
  * semantics. Tensors carry, beyond their values, where they sit for
  * freezing and layer-wise lr decay:
  *
- *   unit   freezing unit, 0 .. qt_model_units (n): 0 the stem, k the k-th
- *          block from the input side, the final norm (ViT) or conv_head
- *          and bn2 (CNN) with block n; see "Freezing" in the run section;
+ *   unit   freezing unit, 0 .. qt_model_units (n): 0 the stem (none in an
+ *          MLP), k the k-th block from the input side, the final norm
+ *          (ViT) or conv_head and bn2 (CNN) with block n; see "Freezing" in
+ *          the run section;
  *   layer  layer-decay id: the unit for the stem and the blocks, n + 1 for
  *          the final norm / conv_head and the head (scale layer_decay^(n +
  *          1 - layer), timm's param_groups_layer_decay);
@@ -1620,7 +1884,8 @@ typedef struct qt_model qt_model_t;
 typedef struct qt_model_load_params {
   qt_model_family family;
   long heads;        /* ViT families: required (the checkpoint cannot tell) */
-  long image_size;   /* ViT: 0 keeps the checkpoint's; CNN: required, >= 32 */
+  long image_size;   /* ViT: 0 keeps the checkpoint's; CNN: required, >= 32;
+                        MLP: ignored (features come from the checkpoint) */
   long num_classes;  /* 0: keep the checkpoint's head (see the family's load) */
   size_t max_batch;  /* >= 1 */
   float bn_momentum; /* CNN running statistics (PyTorch 0.1) */
@@ -1630,8 +1895,8 @@ typedef struct qt_model_load_params {
 /* family vit, heads 0, image_size 0, keep the head, max_batch 32, momentum 0.1. */
 qt_model_load_params qt_model_default_load_params(void);
 
-/* Loads a checkpoint of a ViT family (qt_vit_load) or a convolutional one
- * (qt_cnn_load); other families are QT_ENOTIMPL. */
+/* Loads a checkpoint of a ViT family (qt_vit_load), a convolutional one
+ * (qt_cnn_load) or an MLP (qt_mlp_load); other families are QT_ENOTIMPL. */
 int qt_model_load(const char *checkpoint_path, const qt_model_load_params *params, qt_model_t **out,
                   qt_err *err);
 /* NULL is a no-op. */
@@ -1644,6 +1909,7 @@ qt_model_family qt_model_get_family(const qt_model_t *model);
 /* The underlying model, or NULL when the model is of the other kind. */
 qt_vit_t *qt_model_vit(qt_model_t *model);
 qt_cnn_t *qt_model_cnn(qt_model_t *model);
+qt_mlp_t *qt_model_mlp(qt_model_t *model);
 
 typedef struct qt_model_tensor {
   const char *name;
@@ -1663,8 +1929,10 @@ size_t qt_model_tensor_count(const qt_model_t *model);
 void qt_model_tensor_at(const qt_model_t *model, size_t index, qt_model_tensor *out);
 /* QT_ENOENT (err untouched) when there is no such tensor. */
 int qt_model_find_tensor(const qt_model_t *model, const char *name, qt_model_tensor *out);
-/* n: a ViT's depth, a CNN's blocks. */
+/* n: a ViT's depth, a CNN's or an MLP's blocks. */
 long qt_model_units(const qt_model_t *model);
+/* Pixels per side of the input images; 0 for an MLP (its input is
+ * qt_mlp_num_features floats per row). */
 long qt_model_image_size(const qt_model_t *model);
 long qt_model_num_classes(const qt_model_t *model);
 /* Units below `unit` are frozen: no backward work for them, and a CNN's
@@ -1672,7 +1940,8 @@ long qt_model_num_classes(const qt_model_t *model);
  * n + 1 or more: the head alone trains. */
 void qt_model_set_trainable_from(qt_model_t *model, long unit);
 /* training 1: a training forward (CNN batch norms of trainable units use
- * and update batch statistics), 0: evaluation. ViTs ignore it. */
+ * and update batch statistics), 0: evaluation. ViTs and MLPs ignore it.
+ * An MLP's images are rows (batch, n_features). */
 int qt_model_forward(qt_model_t *model, const float *images, size_t batch, int training,
                      qt_err *err);
 const float *qt_model_logits(const qt_model_t *model);
@@ -1684,13 +1953,15 @@ int qt_model_set_head_dropout(qt_model_t *model, double rate, qt_rng_t *rng, qt_
 int qt_model_set_feature_hook(qt_model_t *model, int on, qt_err *err);
 const float *qt_model_features(const qt_model_t *model, size_t *batch);
 float *qt_model_feature_grad(qt_model_t *model);
-/* Features per image of the feature hook (a ViT's width). */
+/* Features per image of the feature hook (a ViT's width, an MLP's last
+ * block's width). */
 size_t qt_model_feature_dim(const qt_model_t *model);
 /* StochNorm (qt_cnn_set_stoch_norm); a model without batch norm (the ViT
- * families) has nothing to convert, as Quick-Tune's convert_to_stoch_norm
+ * families, the MLP) has nothing to convert, as Quick-Tune's convert_to_stoch_norm
  * leaves such a model unchanged: a no-op returning 0. */
 int qt_model_set_stoch_norm(qt_model_t *model, double p, qt_rng_t *rng, qt_err *err);
-/* Writes every tensor with timm's names (qt_vit_save / qt_cnn_save). */
+/* Writes every tensor with timm's names (qt_vit_save / qt_cnn_save /
+ * qt_mlp_save). */
 int qt_model_save(const qt_model_t *model, const char *path, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
@@ -1801,8 +2072,7 @@ int qt_model_save(const qt_model_t *model, const char *path, qt_err *err);
  * batch norms of trainable blocks of a CNN, channel draws from another
  * stream of (seed, epoch); a ViT has no batch norm, so it changes nothing
  * there, as in Quick-Tune. Not implemented yet: the dropout of timm < 0.9
- * inside the blocks (pos/proj/MLP), drop path, Co-Tuning (QT_ENOTIMPL from
- * qt_run_spec_set), adapters on convolutional families and the MLP family
+ * inside the blocks (pos/proj/MLP), drop path, adapters on convolutional families and the MLP family
  * (QT_ENOTIMPL from qt_run_init).
  */
 
@@ -2136,12 +2406,21 @@ typedef struct qt_run_spec {
   double bss_reg;              /* BSS coefficient eta >= 0; 0: off (see qt_bss_penalty) */
   long bss_k;                  /* BSS: how many of the smallest singular values, >= 1 (1) */
   double delta_reg;            /* DELTA coefficient >= 0; 0: off (see qt_delta_penalty) */
+  double cotuning_reg;         /* Co-Tuning coefficient >= 0; 0: off (see qt_cotuning_penalty
+                                  and qt_run_spec_set) */
   int stoch_norm;              /* 1: StochNorm (p = 0.5) on the batch norms of trainable units
                                   (qt_cnn_set_stoch_norm); no effect on the ViT families */
   /* Execution. */
   uint64_t seed; /* fixes the new head, batch order and augmentation */
   int threads;   /* preprocessing threads (results do not depend on it) */
 } qt_run_spec;
+
+/* QT_ENOTIMPL (with the reason) when the spec asks for a combination the
+ * engine cannot run yet (a family without runs, GOODFIT with adapters or
+ * with Co-Tuning, adapters on a convolutional family), else 0; needs no data or checkpoint,
+ * so a search can drop such configurations before it starts.
+ * qt_run_init checks the same. */
+int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
 
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no
@@ -2165,8 +2444,8 @@ qt_run_spec qt_run_default_spec(void);
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
  * smoothing, drop, epochs. model is ignored (the caller picked the
  * checkpoint), amp too (the CPU engine computes in float32). Methods not
- * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; cotuning_reg other than
- * 0; an AutoAugment policy). stoch_norm (boolean) turns on StochNorm (see
+ * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; an AutoAugment
+ * policy). stoch_norm (boolean) turns on StochNorm (see
  * the run section's introduction). bss_reg (>= 0) turns on Batch Spectral Shrinkage
  * with bss_k (not in the space; default 1, Quick-Tune's k) smallest
  * singular values: every training batch adds bss_reg * sum of the bss_k
@@ -2177,7 +2456,20 @@ qt_run_spec qt_run_default_spec(void);
  * turns on DELTA: every training batch also runs a frozen copy of the
  * pretrained checkpoint (a second model in memory, one more forward pass
  * per batch) on the same inputs and adds delta_reg * ||F - F_source||^2
- * (qt_delta_penalty) the same way. opt goodfit sets goodfit (another opt clears it);
+ * (qt_delta_penalty) the same way. cotuning_reg (>= 0) turns on Co-Tuning
+ * (qt_cotuning_penalty): qt_run_init reads the checkpoint's classifier
+ * ("head.*" for the ViT families, "classifier.*" for mobilenetv2 and
+ * efficientnet, "fc.*" for resnet; a checkpoint without one is QT_EINVAL,
+ * as is one whose classifier does not take the feature hook's width) as
+ * the source head, runs the training split once through the pretrained
+ * model (evaluation mode, no augmentation: one more pass over the training
+ * data at every init and load) for R, and every training batch adds the
+ * penalty's gradient to the features' (as BSS) and trains the source head
+ * with the run's optimizer like the new head (always trainable, weight
+ * decay on its weight only, no layer decay, L2-SP or SFA; inside gradient
+ * clipping's global norm). Run checkpoints store it as
+ * "cotuning.source_head.weight" and ".bias" with their optimizer state; R
+ * is recomputed on load. With GOODFIT it is QT_ENOTIMPL. opt goodfit sets goodfit (another opt clears it);
  * goodfit_n_ref, goodfit_lr_ref_ratio and goodfit_main (sgd, momentum,
  * adam, adamw; not in the space yet) set its values. Other names are
  * QT_ENOENT, bad values QT_EINVAL (ranges are checked by qt_run_init).
@@ -2304,6 +2596,59 @@ int qt_bss_penalty(const float *features, size_t batch, size_t width, long k, do
  */
 void qt_delta_penalty(const float *f, const float *f0, size_t n, double alpha, double *penalty,
                       float *grad);
+
+/*
+ * Co-Tuning (You et al. 2020; specs/algorithms.md section 6, the original
+ * method, not Quick-Tune's code; details in docs/engine.md "Co-Tuning").
+ * The pretrained checkpoint's own classifier (the source head, n_src
+ * classes, W_src (n_src, dim) and b_src (n_src)) is kept next to the new
+ * target head. R (n_target, n_src), the category relationship, has row c =
+ * the mean over the training samples of target class c of softmax(source
+ * logits), the source logits z = F W_src^T + b_src of the PRETRAINED
+ * model's features F (evaluation mode), computed once per run. Every
+ * training batch then adds
+ *   lambda * mean_b [ -sum_s q_b[s] log softmax(z_b)_s ],  q_b = sum_c w[b,c] R[c,:]
+ * with z_b the source logits of the current features and w the batch's
+ * target weights over the target classes (the one-hot label; with
+ * Mixup/CutMix lambda_mix on the label and 1 - lambda_mix on the partner's).
+ * R uses the spec's formula (the plain training-set mean); the paper's
+ * calibrated held-out estimate is not implemented.
+ */
+
+/* z = F W^T + b into logits (batch, n_src), accumulated in double:
+ * features (batch, dim), w (n_src, dim), b (n_src). */
+void qt_cotuning_source_logits(const float *features, size_t batch, size_t dim, const float *w,
+                               const float *b, size_t n_src, float *logits);
+
+/* Adds softmax(logits row i) (computed in double) to sum[labels[i], :] and
+ * 1 to count[labels[i]] for i < batch: sum (n_target, n_src) and count
+ * (n_target) start at zero and collect the whole training set. A label
+ * outside [0, n_target) or a non-finite logit is QT_EINVAL (nothing of
+ * that row is added); NULL arguments or zero sizes QT_EINVAL. */
+int qt_cotuning_relationship_accumulate(const float *logits, const int32_t *labels, size_t batch,
+                                        size_t n_src, size_t n_target, double *sum, double *count,
+                                        qt_err *err);
+
+/* R[c, :] = sum[c, :] / count[c] into r (n_target, n_src): every row a
+ * probability vector (sums to 1 up to rounding). A class without training
+ * samples gets the uniform row 1 / n_src [RECON: the paper assumes every
+ * class is present]. */
+void qt_cotuning_relationship_finalize(const double *sum, const double *count, size_t n_target,
+                                       size_t n_src, float *r);
+
+/* The Co-Tuning penalty of one batch (see above), in double: features
+ * (batch, dim), w (n_src, dim), b (n_src), r (n_target, n_src). The
+ * targets: weights (batch, n_target; rows normally sum to 1) when not NULL,
+ * else the hard labels (batch) (q_b = R[labels[b], :]). Writes *penalty =
+ * lambda * mean_b [ -sum_s q_b[s] log p_b[s] ] and, for each of dfeat
+ * (batch, dim), dw (n_src, dim), db (n_src) that is not NULL, ADDS the
+ * gradient: with dz_b = lambda / batch * ((sum_s q_b[s]) p_b - q_b),
+ * dfeat_b += dz_b W, dw += sum_b dz_b^T F_b, db += sum_b dz_b. lambda >= 0
+ * finite; sizes >= 1; labels in [0, n_target); else QT_EINVAL. */
+int qt_cotuning_penalty(const float *features, size_t batch, size_t dim, const float *w,
+                        const float *b, size_t n_src, const float *r, size_t n_target,
+                        const int32_t *labels, const float *weights, double lambda,
+                        double *penalty, float *dfeat, float *dw, float *db, qt_err *err);
 /* end of run section */
 
 #ifdef __cplusplus

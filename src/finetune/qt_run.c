@@ -54,11 +54,33 @@ typedef struct run_tensor {
   float *rosa_fixed;  /* (out, in) ROSA's W_fixed, the merge's base; NULL otherwise */
 } run_tensor;
 
+/* Co-Tuning's source head (cotuning_reg > 0): the checkpoint's classifier,
+ * trained by the run's optimizer like the new head. */
+typedef struct cot_param {
+  const char *name;   /* run-checkpoint name */
+  size_t ndim;        /* 2 (weight) or 1 (bias) */
+  size_t shape[2];    /* (n_src, dim) or (n_src) */
+  size_t n;           /* elements */
+  int decay;          /* weight decay applies (the weight, not the bias) */
+  float *data, *grad; /* (n) */
+  float *s1, *s2;     /* (n) optimizer state as run_tensor's; NULL when unused */
+} cot_param;
+
+typedef struct cotuning_state {
+  size_t n_src, dim, n_target;
+  cot_param p[2];      /* the source head's weight and bias */
+  long steps;          /* optimizer steps taken on it */
+  float *relationship; /* (n_target, n_src) R, from the pretrained model at init */
+  float *weights;      /* (batch_size, n_target) this batch's target weights */
+} cotuning_state;
+
 struct qt_run {
   qt_run_spec spec; /* copy; spec.checkpoint points at checkpoint below */
   char *checkpoint; /* owned copy of the checkpoint path */
   qt_model_t *model;
-  qt_model_t *source; /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
+  qt_model_t *source;                /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
+  cotuning_state *cot;               /* Co-Tuning (cotuning_reg > 0), else NULL */
+  float *feature_mean, *feature_std; /* tabular data: (n_features) of the training split */
   size_t n_tensors;
   run_tensor *tensors;      /* (n_tensors) in qt_model_tensor_at order */
   unsigned char *trainable; /* (n_tensors) the mask of the current / last epoch: MASK_* */
@@ -286,18 +308,13 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     return qt_err_set(err, QT_EINVAL, "adapter_layers: '%s' is not 'attention' or 'all'", value);
   }
   /* Quick-Tune's space: mixed precision does not apply (float32 always);
-   * its regularizers are accepted at 0 only. */
+   * its regularizers (sp_reg above) follow. */
   if (strcmp(name, "amp") == 0) return parse_bool(name, value, &b, err);
   if (strcmp(name, "stoch_norm") == 0) return parse_bool(name, value, &spec->stoch_norm, err);
   if (strcmp(name, "bss_reg") == 0) NUMBER(spec->bss_reg);
   if (strcmp(name, "bss_k") == 0) WHOLE(spec->bss_k);
   if (strcmp(name, "delta_reg") == 0) NUMBER(spec->delta_reg);
-  if (strcmp(name, "cotuning_reg") == 0) {
-    if ((rc = parse_number(name, value, &x, err)) < 0) return rc;
-    if (x != 0.0)
-      return qt_err_set(err, QT_ENOTIMPL, "%s = %s is not implemented yet", name, value);
-    return 0;
-  }
+  if (strcmp(name, "cotuning_reg") == 0) NUMBER(spec->cotuning_reg);
   if (strcmp(name, "auto_augment") == 0) {
     if (is_none(value)) return 0;
     return qt_err_set(err, QT_ENOTIMPL, "AutoAugment policy '%s' is not implemented yet", value);
@@ -307,17 +324,37 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   return qt_err_set(err, QT_ENOENT, "unknown pipeline hyperparameter '%s'", name);
 }
 
-static int check_spec(const qt_run_spec *s, qt_err *err) {
-  if (!s->checkpoint) return qt_err_set(err, QT_EINVAL, "run spec: no checkpoint");
-  if (!qt_model_family_is_vit(s->family) && !qt_model_family_is_cnn(s->family))
+int qt_run_spec_supported(const qt_run_spec *s, qt_err *err) {
+  if (!qt_model_family_is_vit(s->family) && !qt_model_family_is_cnn(s->family) &&
+      !qt_model_family_is_mlp(s->family))
     return qt_err_set(err, QT_ENOTIMPL, "run spec: family '%s' is not supported by runs yet",
                       qt_model_family_name(s->family));
+  if (s->goodfit && s->adapter != QT_ADAPTER_KIND_NONE)
+    return qt_err_set(err, QT_ENOTIMPL, "run spec: GOODFIT with adapters is not implemented yet");
+  if (s->goodfit && s->cotuning_reg > 0.0)
+    return qt_err_set(err, QT_ENOTIMPL, "run spec: Co-Tuning with GOODFIT is not implemented yet");
+  if (s->adapter != QT_ADAPTER_KIND_NONE && !qt_model_family_is_vit(s->family))
+    return qt_err_set(err, QT_ENOTIMPL,
+                      "run spec: adapters (LoRA, ROSA) on the family '%s' are not implemented "
+                      "yet: the ViT families only",
+                      qt_model_family_name(s->family));
+  return 0;
+}
+
+static int check_spec(const qt_run_spec *s, qt_err *err) {
+  if (!s->checkpoint) return qt_err_set(err, QT_EINVAL, "run spec: no checkpoint");
+  int rc = qt_run_spec_supported(s, err);
+  if (rc < 0) return rc;
   if (qt_model_family_is_vit(s->family) && s->heads < 1)
     return qt_err_set(err, QT_EINVAL, "run spec: heads must be set");
   if (!s->data || !s->data->train || !s->data->val)
     return qt_err_set(err, QT_EINVAL, "run spec: no data");
-  if (s->data->train->kind != QT_DATASET_KIND_IMAGE)
-    return qt_err_set(err, QT_ENOTIMPL, "run spec: tabular data needs the MLP family (not yet)");
+  if ((s->data->train->kind == QT_DATASET_KIND_TABULAR) != qt_model_family_is_mlp(s->family))
+    return qt_err_set(err, QT_EINVAL,
+                      "run spec: family '%s' with %s data: tabular data needs the family mlp, "
+                      "and mlp needs tabular data",
+                      qt_model_family_name(s->family),
+                      s->data->train->kind == QT_DATASET_KIND_TABULAR ? "tabular" : "image");
   if (s->data->train->n == 0) return qt_err_set(err, QT_ESCHEMA, "run spec: empty training set");
   if (s->data->val->n == 0)
     return qt_err_set(err, QT_ESCHEMA, "run spec: empty validation set (the score needs one)");
@@ -348,8 +385,6 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
                         s->goodfit_lr_ref_ratio);
     if ((int)s->goodfit_main < 0 || s->goodfit_main > QT_OPTIM_KIND_ADAMW)
       return qt_err_set(err, QT_EINVAL, "run spec: unknown goodfit_main %d", (int)s->goodfit_main);
-    if (s->adapter != QT_ADAPTER_KIND_NONE)
-      return qt_err_set(err, QT_ENOTIMPL, "run spec: GOODFIT with adapters is not implemented yet");
   }
   if ((int)s->adapter < 0 || s->adapter > QT_ADAPTER_KIND_ROSA)
     return qt_err_set(err, QT_EINVAL, "run spec: unknown adapter kind %d", (int)s->adapter);
@@ -370,7 +405,10 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
                       s->delta_reg);
   if (s->bss_k < 1)
     return qt_err_set(err, QT_EINVAL, "run spec: bss_k must be >= 1, got %ld", s->bss_k);
-  int rc = qt_optim_params_check(&s->optim, err);
+  if (!(s->cotuning_reg >= 0.0) || !isfinite(s->cotuning_reg))
+    return qt_err_set(err, QT_EINVAL, "run spec: cotuning_reg must be finite and >= 0, got %g",
+                      s->cotuning_reg);
+  rc = qt_optim_params_check(&s->optim, err);
   if (rc < 0) return qt_err_prefix(err, rc, "run spec");
   qt_schedule_params sp = s->schedule;
   sp.epochs = s->epochs;
@@ -420,12 +458,219 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
     n += (size_t)snprintf(text + n, sizeof text - n, " bss=%.17g,%ld", s->bss_reg, s->bss_k);
   if (s->delta_reg != 0.0 && n + 40 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " delta=%.17g", s->delta_reg);
+  if (s->cotuning_reg != 0.0 && n + 40 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " cotuning=%.17g", s->cotuning_reg);
   uint64_t h = 1469598103934665603ull;
   for (size_t i = 0; i < n; i++) {
     h ^= (unsigned char)text[i];
     h *= 1099511628211ull;
   }
   snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Co-Tuning                                                                  */
+/* ------------------------------------------------------------------------- */
+
+static void cotuning_free(cotuning_state *cot) {
+  if (!cot) return;
+  for (int k = 0; k < 2; k++) {
+    free(cot->p[k].data);
+    free(cot->p[k].grad);
+    free(cot->p[k].s1);
+    free(cot->p[k].s2);
+  }
+  free(cot->relationship);
+  free(cot->weights);
+  free(cot);
+}
+
+/* The checkpoint's classifier of a family: timm's names. */
+static const char *cotuning_classifier(qt_model_family family) {
+  if (qt_model_family_is_vit(family) || qt_model_family_is_mlp(family)) return "head";
+  if (family == QT_MODEL_FAMILY_RESNET) return "fc";
+  return "classifier"; /* mobilenetv2, efficientnet */
+}
+
+/* Reads the source head from the pretrained checkpoint into cot (weight
+ * and bias allocated here). */
+static int cotuning_read_head(qt_run_t *run, cotuning_state *cot, qt_err *err) {
+  const char *prefix = cotuning_classifier(run->spec.family);
+  char wname[64], bname[64];
+  snprintf(wname, sizeof wname, "%s.weight", prefix);
+  snprintf(bname, sizeof bname, "%s.bias", prefix);
+  qt_safetensors_t *st = NULL;
+  int rc = qt_safetensors_open(run->spec.checkpoint, &st, err);
+  if (rc < 0) return rc;
+  size_t wi = 0, bi = 0;
+  if (qt_safetensors_find(st, wname, &wi) < 0 || qt_safetensors_find(st, bname, &bi) < 0) {
+    rc = qt_err_set(err, QT_EINVAL,
+                    "Co-Tuning (cotuning_reg = %g) needs the pretrained classifier, but %s has "
+                    "no '%s' and '%s' (a checkpoint without a head); set cotuning_reg to 0",
+                    run->spec.cotuning_reg, run->spec.checkpoint, wname, bname);
+    qt_safetensors_free(st);
+    return rc;
+  }
+  qt_safetensors_info w, b;
+  qt_safetensors_info_at(st, wi, &w);
+  qt_safetensors_info_at(st, bi, &b);
+  if (w.ndim != 2 || w.shape[0] < 1 || w.shape[1] != cot->dim || b.ndim != 1 ||
+      b.shape[0] != w.shape[0]) {
+    rc = qt_err_set(err, QT_EINVAL,
+                    "Co-Tuning: the classifier '%s' of %s does not take the %zu pre-head "
+                    "features (weight %zu-d, %zu x %zu; bias %zu-d, %zu)",
+                    wname, run->spec.checkpoint, cot->dim, w.ndim, w.ndim > 0 ? w.shape[0] : 0,
+                    w.ndim > 1 ? w.shape[1] : 0, b.ndim, b.ndim > 0 ? b.shape[0] : 0);
+    qt_safetensors_free(st);
+    return rc;
+  }
+  cot->n_src = w.shape[0];
+  static const char *const names[2] = {"cotuning.source_head.weight", "cotuning.source_head.bias"};
+  for (int k = 0; k < 2; k++) {
+    cot_param *q = &cot->p[k];
+    q->name = names[k];
+    q->ndim = k == 0 ? 2 : 1;
+    q->shape[0] = cot->n_src;
+    q->shape[1] = k == 0 ? cot->dim : 0;
+    q->n = k == 0 ? cot->n_src * cot->dim : cot->n_src;
+    q->decay = k == 0;
+    q->data = malloc(q->n * sizeof *q->data);
+    q->grad = calloc(q->n, sizeof *q->grad);
+    if (!q->data || !q->grad) {
+      qt_safetensors_free(st);
+      return qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning's source head");
+    }
+  }
+  rc = qt_safetensors_read_f32(st, wname, cot->p[0].data, cot->p[0].n, err);
+  if (rc == 0) rc = qt_safetensors_read_f32(st, bname, cot->p[1].data, cot->p[1].n, err);
+  qt_safetensors_free(st);
+  return rc;
+}
+
+/* R from the pretrained model: the training split once, in evaluation mode
+ * (no augmentation, in order, CNN batch norms on running statistics),
+ * through the source head. Call it before anything trains. */
+static int cotuning_relationship(qt_run_t *run, cotuning_state *cot, qt_err *err) {
+  const qt_run_spec *spec = &run->spec;
+  qt_batch_params bp = qt_batch_default_params();
+  bp.batch_size = spec->batch_size;
+  bp.shuffle = 0;
+  bp.drop_last = 0;
+  bp.augment = 0;
+  bp.seed = spec->seed;
+  bp.threads = spec->threads < 1 ? 1 : spec->threads;
+  qt_batch_iter_t *it = NULL;
+  int rc = qt_batch_iter_init(spec->data->train, &run->pre, &run->aug, &bp, &it, err);
+  if (rc < 0) return rc;
+  double *sum = calloc(cot->n_target * cot->n_src, sizeof *sum);
+  double *count = calloc(cot->n_target, sizeof *count);
+  float *logits = malloc(spec->batch_size * cot->n_src * sizeof *logits);
+  if (!sum || !count || !logits) rc = qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning");
+  if (rc == 0) rc = qt_batch_iter_start(it, 0, 0, err);
+  qt_batch batch;
+  while (rc == 0 && (rc = qt_batch_iter_next(it, &batch, err)) == 1) {
+    rc = qt_model_forward(run->model, batch.inputs, batch.size, 0, err);
+    if (rc < 0) break;
+    size_t fb = 0;
+    const float *feat = qt_model_features(run->model, &fb);
+    qt_cotuning_source_logits(feat, fb, cot->dim, cot->p[0].data, cot->p[1].data, cot->n_src,
+                              logits);
+    rc = qt_cotuning_relationship_accumulate(logits, batch.labels, fb, cot->n_src, cot->n_target,
+                                             sum, count, err);
+  }
+  if (rc == 0)
+    qt_cotuning_relationship_finalize(sum, count, cot->n_target, cot->n_src, cot->relationship);
+  free(sum);
+  free(count);
+  free(logits);
+  qt_batch_iter_free(it);
+  return rc;
+}
+
+/* Co-Tuning's state at run init (the feature hook is on, the iterators'
+ * preprocessing is set): the source head and R. */
+static int cotuning_init(qt_run_t *run, qt_err *err) {
+  cotuning_state *cot = calloc(1, sizeof *cot);
+  if (!cot) return qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning");
+  run->cot = cot;
+  cot->dim = qt_model_feature_dim(run->model);
+  cot->n_target = run->spec.data->train->n_classes;
+  int rc = cotuning_read_head(run, cot, err);
+  if (rc < 0) return rc;
+  qt_optim_kind kind = run->spec.optim.kind;
+  for (int k = 0; k < 2; k++) {
+    cot_param *q = &cot->p[k];
+    if (kind != QT_OPTIM_KIND_SGD && !(q->s1 = calloc(q->n, sizeof *q->s1)))
+      return qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning's optimizer state");
+    if ((kind == QT_OPTIM_KIND_ADAM || kind == QT_OPTIM_KIND_ADAMW) &&
+        !(q->s2 = calloc(q->n, sizeof *q->s2)))
+      return qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning's optimizer state");
+  }
+  cot->relationship = malloc(cot->n_target * cot->n_src * sizeof *cot->relationship);
+  cot->weights = malloc(run->spec.batch_size * cot->n_target * sizeof *cot->weights);
+  if (!cot->relationship || !cot->weights)
+    return qt_err_set(err, QT_ENOMEM, "out of memory for Co-Tuning");
+  return cotuning_relationship(run, cot, err);
+}
+
+/* One training batch: the penalty's gradient joins the features' (before
+ * the backward pass) and becomes the source head's gradient. The target
+ * weights are the hard label, or lambda and 1 - lambda on the Mixup/CutMix
+ * pair (b, size - 1 - b) [RECON: the paper has no mixing; the smoothing of
+ * the training targets is not applied to R's rows]. Returns the penalty. */
+static int cotuning_batch(qt_run_t *run, const qt_batch *batch, double *penalty, qt_err *err) {
+  cotuning_state *cot = run->cot;
+  size_t n = batch->size, k = cot->n_target, fb = 0;
+  float *w = cot->weights;
+  memset(w, 0, n * k * sizeof *w);
+  for (size_t b = 0; b < n; b++) {
+    w[b * k + (size_t)batch->labels[b]] += (float)batch->lambda;
+    w[b * k + (size_t)batch->labels[n - 1 - b]] += (float)(1.0 - batch->lambda);
+  }
+  for (int j = 0; j < 2; j++) memset(cot->p[j].grad, 0, cot->p[j].n * sizeof(float));
+  const float *feat = qt_model_features(run->model, &fb);
+  return qt_cotuning_penalty(feat, fb, cot->dim, cot->p[0].data, cot->p[1].data, cot->n_src,
+                             cot->relationship, k, NULL, w, run->spec.cotuning_reg, penalty,
+                             qt_model_feature_grad(run->model), cot->p[0].grad, cot->p[1].grad,
+                             err);
+}
+
+/* The squared norm of the source head's gradient (for clipping). */
+static double cotuning_grad_sq(const qt_run_t *run) {
+  double sum = 0.0;
+  for (int k = 0; run->cot && k < 2; k++) {
+    const cot_param *q = &run->cot->p[k];
+    for (size_t j = 0; j < q->n; j++) sum += (double)q->grad[j] * (double)q->grad[j];
+  }
+  return sum;
+}
+
+/* The source head's optimizer step: the head's learning rate (no layer
+ * decay), weight decay on the weight only, clip the global clipping factor. */
+static void cotuning_step(qt_run_t *run, double lr, double clip) {
+  cotuning_state *cot = run->cot;
+  if (!cot) return;
+  cot->steps++;
+  for (int k = 0; k < 2; k++) {
+    cot_param *q = &cot->p[k];
+    if (clip < 1.0) {
+      float c = (float)clip;
+      for (size_t j = 0; j < q->n; j++) q->grad[j] *= c;
+    }
+    qt_optim_tensor_step(&run->spec.optim, lr, q->decay, cot->steps, q->data, q->grad, q->s1, q->s2,
+                         q->n);
+  }
+}
+
+/* ROSA rebuilds the optimizer every epoch: the source head's too. */
+static void cotuning_reset_state(qt_run_t *run) {
+  cotuning_state *cot = run->cot;
+  if (!cot) return;
+  for (int k = 0; k < 2; k++) {
+    if (cot->p[k].s1) memset(cot->p[k].s1, 0, cot->p[k].n * sizeof(float));
+    if (cot->p[k].s2) memset(cot->p[k].s2, 0, cot->p[k].n * sizeof(float));
+  }
+  cot->steps = 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -503,8 +748,11 @@ void qt_run_free(qt_run_t *run) {
   free(run->trainable);
   qt_model_free(run->model);
   qt_model_free(run->source);
+  cotuning_free(run->cot);
   qt_rng_free(run->root_rng);
   free(run->checkpoint);
+  free(run->feature_mean);
+  free(run->feature_std);
   free(run);
 }
 
@@ -545,6 +793,10 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   }
   qt_rng_free(head_rng);
   run->root_rng = root;
+  qt_mlp_t *mlp = qt_model_mlp(run->model);
+  if (rc == 0 && mlp && qt_mlp_num_features(mlp) != spec->data->train->n_features)
+    rc = qt_err_set(err, QT_ESCHEMA, "%s: the checkpoint takes %zu features, the data has %zu",
+                    spec->checkpoint, qt_mlp_num_features(mlp), spec->data->train->n_features);
   if (rc < 0) {
     qt_run_free(run);
     return rc;
@@ -564,19 +816,12 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
     run->tensors[i] =
         (run_tensor){.layer = t.layer, .unit = t.unit, .head = t.head, .buffer = t.buffer};
   }
-  if (spec->adapter != QT_ADAPTER_KIND_NONE && !qt_model_vit(run->model)) {
-    qt_run_free(run);
-    return qt_err_set(err, QT_ENOTIMPL,
-                      "adapters (LoRA, ROSA) on the family '%s' are not implemented yet: the "
-                      "ViT families only",
-                      qt_model_family_name(spec->family));
-  }
   if (spec->adapter != QT_ADAPTER_KIND_NONE && (rc = init_adapters(run, err)) < 0) {
     qt_run_free(run);
     return rc;
   }
   /* BSS reads the pre-head features and adds to their gradient. */
-  if ((spec->bss_reg > 0.0 || spec->delta_reg > 0.0) &&
+  if ((spec->bss_reg > 0.0 || spec->delta_reg > 0.0 || spec->cotuning_reg > 0.0) &&
       (rc = qt_model_set_feature_hook(run->model, 1, err)) < 0) {
     qt_run_free(run);
     return rc;
@@ -600,6 +845,23 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   }
 
   run->pre = qt_preprocess_default_params();
+  if (mlp) {
+    /* Tabular features are standardized with the training split's
+     * statistics (every split alike). */
+    size_t nf = spec->data->train->n_features;
+    run->feature_mean = malloc((nf ? nf : 1) * sizeof *run->feature_mean);
+    run->feature_std = malloc((nf ? nf : 1) * sizeof *run->feature_std);
+    rc =
+        !run->feature_mean || !run->feature_std
+            ? qt_err_set(err, QT_ENOMEM, "out of memory for feature statistics")
+            : qt_dataset_feature_stats(spec->data->train, run->feature_mean, run->feature_std, err);
+    if (rc < 0) {
+      qt_run_free(run);
+      return rc;
+    }
+    run->pre.feature_mean = run->feature_mean;
+    run->pre.feature_std = run->feature_std;
+  }
   run->pre.image_size = (size_t)qt_model_image_size(run->model);
   run->pre.channels = 3;
   run->pre.interpolation = QT_INTERPOLATION_BICUBIC;
@@ -633,6 +895,12 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   if (rc < 0) {
     qt_run_free(run);
     return qt_err_prefix(err, rc, "run data");
+  }
+  /* Co-Tuning: the source head and R, from the pretrained weights (before
+   * qt_run_load overwrites anything). */
+  if (spec->cotuning_reg > 0.0 && (rc = cotuning_init(run, err)) < 0) {
+    qt_run_free(run);
+    return rc;
   }
   spec_fingerprint(&run->spec, (long)spec->data->train->n_classes, run->fingerprint);
   *out = run;
@@ -808,6 +1076,7 @@ static int optimizer_step(qt_run_t *run, double lr) {
         for (size_t j = 0; j < sl[k].n; j++) sum += (double)sl[k].grad[j] * (double)sl[k].grad[j];
       }
     }
+    sum += cotuning_grad_sq(run);
     double norm = sqrt(sum);
     double coef = o->clip_grad / (norm + 1e-6);
     if (coef < 1.0) clip = coef;
@@ -833,6 +1102,7 @@ static int optimizer_step(qt_run_t *run, double lr) {
                              q->n);
     }
   }
+  cotuning_step(run, lr, clip);
   run->global_step++;
   if (run->spec.sfa) {
     /* SFA [RECON]: T is the planned run (epochs x batches per epoch). For
@@ -1038,6 +1308,7 @@ int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   if (run->spec.adapter == QT_ADAPTER_KIND_ROSA) {
     int rc = rosa_resample(run, e, err);
     if (rc < 0) return rc;
+    cotuning_reset_state(run);
   }
   /* The backward pass stops at the lowest trainable unit. */
   long lowest = run->units + 1;
@@ -1141,6 +1412,21 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
       qt_delta_penalty(feat, src, fb * qt_model_feature_dim(run->model), run->spec.delta_reg, &pen,
                        qt_model_feature_grad(run->model));
     }
+    if (run->cot) {
+      /* Co-Tuning: the source head's gradient, and its part of the features'. */
+      double pen = 0.0;
+      rc = cotuning_batch(run, &batch, &pen, err);
+      if (rc < 0) return qt_err_prefix(err, rc, "Co-Tuning");
+      if (!isfinite(pen)) {
+        run->diverged = 1;
+        out->status = QT_RUN_STATUS_DIVERGED;
+        out->train_loss = pen;
+        out->seconds = now_seconds() - t0;
+        QT_LOG_WARN("epoch %ld: the Co-Tuning penalty is %g after %zu images: the run diverged",
+                    e + 1, pen, images);
+        return 0;
+      }
+    }
     qt_model_zero_grad(run->model);
     rc = qt_model_backward(run->model, err);
     if (rc < 0) return rc;
@@ -1237,11 +1523,12 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   if (!mask) return qt_err_set(err, QT_ENOMEM, "qt_run_save: out of memory");
   trainable_mask(run, run->done > 0 ? run->done - 1 : 0, mask);
 
-  /* Per tensor at most two parts with two states each, and a step key. */
-  size_t cap = 6 * run->n_tensors, n = 0, nm = 0;
-  qt_safetensors_tensor *tensors = calloc(cap ? cap : 1, sizeof *tensors);
+  /* Per tensor at most two parts with two states each, and a step key;
+   * Co-Tuning's source head: two tensors, their states and step keys. */
+  size_t cap = 6 * run->n_tensors + 8, n = 0, nm = 0;
+  qt_safetensors_tensor *tensors = calloc(cap, sizeof *tensors);
   qt_safetensors_pair *meta = calloc(run->n_tensors + 16, sizeof *meta);
-  char *names = calloc(7 * run->n_tensors + 1, 256);
+  char *names = calloc(7 * run->n_tensors + 9, 256);
   char *values = calloc(run->n_tensors + 16, 64);
   if (!tensors || !meta || !names || !values) {
     free(mask);
@@ -1299,6 +1586,21 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
     char *key = names + 256 * name_used++;
     snprintf(key, 256, "%s%s", STEP_PREFIX, vt.name);
     ADD_META(key, "%ld", t->steps);
+  }
+  for (int k = 0; run->cot && k < 2; k++) {
+    /* Co-Tuning's source head always trains. */
+    const cot_param *q = &run->cot->p[k];
+    tensors[n++] = (qt_safetensors_tensor){q->name, QT_DTYPE_F32, q->ndim, q->shape, q->data, NULL};
+    const float *states[2] = {q->s1, q->s2};
+    for (int j = 0; j < 2; j++) {
+      if (!states[j] || run->cot->steps == 0) continue;
+      char *sn = names + 256 * name_used++;
+      join_name(sn, state_prefix(run->spec.optim.kind, j), q->name);
+      tensors[n++] = (qt_safetensors_tensor){sn, QT_DTYPE_F32, q->ndim, q->shape, states[j], NULL};
+    }
+    char *key = names + 256 * name_used++;
+    join_name(key, STEP_PREFIX, q->name);
+    ADD_META(key, "%ld", run->cot->steps);
   }
 #undef ADD_META
   int rc = qt_safetensors_write(path, tensors, n, meta, nm, err);
@@ -1409,6 +1711,31 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
       qt_lora_merge(vt.data, t->ref, t->lora_a, t->lora_b, t->rows, t->cols,
                     (size_t)run->spec.adapter_rank,
                     qt_lora_scale(run->spec.adapter_alpha, run->spec.adapter_rank));
+  }
+  for (int k = 0; run->cot && k < 2; k++) {
+    /* Co-Tuning's source head and its optimizer state (R was recomputed
+     * from the pretrained weights by qt_run_init). */
+    cot_param *q = &run->cot->p[k];
+    char key[256];
+    double steps;
+    join_name(key, STEP_PREFIX, q->name);
+    if ((rc = meta_number(st, key, &steps, err)) < 0) goto fail;
+    if (steps < 0 || steps != floor(steps)) {
+      rc = qt_err_set(err, QT_ESCHEMA, "%s: bad step count %g of %s", path, steps, q->name);
+      goto fail;
+    }
+    run->cot->steps = (long)steps;
+    rc = qt_safetensors_read_f32(st, q->name, q->data, q->n, err);
+    if (rc < 0) goto schema;
+    expected++;
+    float *states[2] = {q->s1, q->s2};
+    for (int j = 0; j < 2 && run->cot->steps > 0; j++) {
+      if (!states[j]) continue;
+      join_name(key, state_prefix(run->spec.optim.kind, j), q->name);
+      rc = qt_safetensors_read_f32(st, key, states[j], q->n, err);
+      if (rc < 0) goto schema;
+      expected++;
+    }
   }
   if (expected != qt_safetensors_count(st)) {
     rc = qt_err_set(err, QT_ESCHEMA, "%s: %zu tensors, expected %zu for this configuration", path,

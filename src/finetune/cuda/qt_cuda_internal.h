@@ -6,6 +6,9 @@
 #ifndef QT_CUDA_INTERNAL_H
 #define QT_CUDA_INTERNAL_H
 
+#include <math.h>
+
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "core/qt_core.h"
@@ -21,6 +24,102 @@ int qt__cuda_code(cudaError_t status);
  * mapped code and returns that code. */
 int qt__cuda_error(qt_err *err, cudaError_t status, const char *what);
 
+/* Reports a failed kernel launch: checks cudaGetLastError() and, on failure,
+ * records "<who>: launching <kernel>: <CUDA's text>" and returns the mapped
+ * code; 0 when the launch succeeded. */
+int qt__cuda_check_launch(qt_err *err, const char *who, const char *kernel);
+
+/* The same mapping for cuBLAS statuses: CUBLAS_STATUS_ALLOC_FAILED is
+ * QT_ENOMEM, CUBLAS_STATUS_INVALID_VALUE QT_EINVAL, anything else
+ * QT_ENODEV. Records "<what>: <cuBLAS's name>" and returns the code. */
+int qt__cublas_error(qt_err *err, cublasStatus_t status, const char *what);
+
+/* The process's cuBLAS handle for the current device, created on first use
+ * (one per device, never destroyed) and bound to the default stream. */
+int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
+
+/* Row-major single-precision GEMM on the default stream:
+ *   C (m, n) = alpha * op(A) (m, k) . op(B) (k, n) + beta * C
+ * with op(X) = X or X^T (trans_a, trans_b nonzero), lda, ldb, ldc the row
+ * strides of the matrices as stored, and `batch` matrices spaced
+ * stride_a, stride_b, stride_c floats apart (batch 1: strides unused).
+ * Computes in FP32 unless TF32 is allowed (qt_cuda_set_tf32). m, n, k, the
+ * leading dimensions and batch must fit an int (QT_EINVAL otherwise);
+ * m, n or batch 0 is a no-op, k 0 scales C by beta. */
+int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                  const float *a, size_t lda, long long stride_a, const float *b, size_t ldb,
+                  long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
+                  size_t batch, const char *who, qt_err *err);
+
 } /* extern "C" */
+
+/* ------------------------------------------------------------------------- */
+/* Device helpers (static inline: nothing is exported)                        */
+/* ------------------------------------------------------------------------- */
+
+/* Threads per block of the row kernels (one block per row) and of the
+ * elementwise kernels. A multiple of 32: the reductions below rely on it. */
+#define QT_CUDA_THREADS 256
+/* The column-sum kernels run blocks of (32, 8) threads under the launch
+ * bound QT_CUDA_THREADS. */
+static_assert(32 * 8 == QT_CUDA_THREADS, "column-sum blocks are (32, 8) threads");
+/* Cap on the grid of the grid-stride elementwise kernels. */
+#define QT_CUDA_MAX_BLOCKS 65536
+
+/* Sum over the 32 lanes of a full warp; every lane gets the total. */
+static __device__ __forceinline__ double qt__warp_sum(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+static __device__ __forceinline__ float qt__warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+/* Block-wide sum of one double per thread, for a one-dimensional block of a
+ * multiple of 32 threads (at most 1024): every thread gets the total.
+ * `shared` is 32 doubles of shared memory. All threads of the block must
+ * call it; it synchronizes the block before it writes `shared` (so that a
+ * previous call's readers are done) and before it returns, so it may be
+ * called repeatedly with the same buffer. */
+static __device__ __forceinline__ double qt__block_sum(double v, double *shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = qt__warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    double w = lane < warps ? shared[lane] : 0.0;
+    w = qt__warp_sum(w);
+    if (lane == 0) shared[0] = w;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+/* The same for the maximum of floats (NaN-free inputs). */
+static __device__ __forceinline__ float qt__block_max(float v, float *shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = qt__warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < warps ? shared[lane] : -INFINITY;
+    w = qt__warp_max(w);
+    if (lane == 0) shared[0] = w;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+/* Blocks for a grid-stride loop over n elements. */
+static inline unsigned qt__cuda_blocks(size_t n) {
+  size_t blocks = (n + QT_CUDA_THREADS - 1) / QT_CUDA_THREADS;
+  if (blocks > QT_CUDA_MAX_BLOCKS) blocks = QT_CUDA_MAX_BLOCKS;
+  return blocks == 0 ? 1u : (unsigned)blocks;
+}
 
 #endif /* QT_CUDA_INTERNAL_H */

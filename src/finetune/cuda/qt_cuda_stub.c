@@ -24,3 +24,121 @@ int qt_cuda_adamw_step_host(float *params, const float *grads, float *m, float *
                             const qt_adamw_params *hp, long step, qt_err *err) {
   return qt_err_set(err, QT_ENODEV, "qt_cuda_adamw_step_host: " QT_CUDA_STUB_MESSAGE);
 }
+
+/* ------------------------------------------------------------------------- */
+/* Device memory and the layer ops (see "CUDA layer ops" in qt_finetune.h)    */
+/* ------------------------------------------------------------------------- */
+
+#define QT_CUDA_STUB(name) qt_err_set(err, QT_ENODEV, name ": " QT_CUDA_STUB_MESSAGE)
+
+int qt_cuda_malloc(void **ptr, size_t bytes, qt_err *err) {
+  if (ptr) *ptr = NULL;
+  (void)bytes;
+  return QT_CUDA_STUB("qt_cuda_malloc");
+}
+
+void qt_cuda_free(void *ptr) {
+  (void)ptr;
+}
+
+int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_copy_to_device");
+}
+
+int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_copy_to_host");
+}
+
+int qt_cuda_synchronize(qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_synchronize");
+}
+
+int qt_cuda_set_tf32(int allow) {
+  (void)allow;
+  return 0;
+}
+
+int qt_cuda_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                           size_t n, size_t in_c, size_t out_c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_forward");
+}
+
+int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, size_t n, size_t in_c,
+                            size_t out_c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_backward");
+}
+
+int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, size_t n, size_t c, float eps,
+                              qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_layernorm_forward");
+}
+
+int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t n, size_t c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_layernorm_backward");
+}
+
+int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_forward");
+}
+
+int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_backward");
+}
+
+size_t qt_cuda_attention_scratch_size(size_t tokens, size_t heads) {
+  return heads * tokens * tokens;
+}
+
+int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
+                              size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_forward");
+}
+
+int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, size_t batch, size_t tokens, size_t c,
+                               size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_backward");
+}
+
+int qt_cuda_residual_forward(float *out, const float *res, const float *branch, const float *gamma,
+                             size_t n, size_t c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_residual_forward");
+}
+
+int qt_cuda_residual_backward(float *dres, float *dbranch, float *dgamma, const float *dout,
+                              const float *branch, const float *gamma, size_t n, size_t c,
+                              qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_residual_backward");
+}
+
+int qt_cuda_patchify(float *patches, const float *images, size_t batch, size_t channels,
+                     size_t size, size_t patch, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_patchify");
+}
+
+int qt_cuda_tokens_forward(float *x, const float *patch_tokens, const float *cls_token,
+                           const float *pos, int class_in_pos, size_t batch, size_t patches,
+                           size_t c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_tokens_forward");
+}
+
+int qt_cuda_tokens_backward(float *dpatch_tokens, float *dcls_token, float *dpos, const float *dx,
+                            int class_in_pos, size_t batch, size_t patches, size_t c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_tokens_backward");
+}
+
+int qt_cuda_cross_entropy_forward(float *losses, float *probs, const float *logits,
+                                  const int *labels, const float *soft_targets, float smoothing,
+                                  size_t batch, size_t classes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_cross_entropy_forward");
+}
+
+int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs, const int *labels,
+                                   const float *soft_targets, float smoothing, const float *dloss,
+                                   int dloss_per_row, size_t batch, size_t classes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_cross_entropy_backward");
+}

@@ -1,0 +1,50 @@
+/*
+ * qt_cuda_gelu.cu - exact (erf) GELU on a CUDA device, the twin of
+ * cpu/qt_cpu_gelu.c: the same float expressions, with CUDA's erff and expf
+ * (both within 2 units in the last place, like glibc's). See qt_finetune.h.
+ */
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+#define QT_SQRT1_2 0.70710678118654752440f      /* 1 / sqrt(2) */
+#define QT_INV_SQRT_2PI 0.39894228040143267794f /* 1 / sqrt(2 pi) */
+
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    gelu_forward_kernel(float *out, const float *inp, size_t n) {
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float x = inp[i];
+    out[i] = __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
+  }
+}
+
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    gelu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
+                         const float *__restrict__ inp, size_t n) {
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float x = inp[i];
+    float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
+    float pdf = __fmul_rn(QT_INV_SQRT_2PI, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
+    dinp[i] = __fadd_rn(dinp[i], __fmul_rn(dout[i], __fadd_rn(cdf, __fmul_rn(x, pdf))));
+  }
+}
+
+extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward: NULL array");
+  gelu_forward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);
+  return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
+}
+
+extern "C" int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
+                                     qt_err *err) {
+  if (n == 0) return 0;
+  if (!dinp || !dout || !inp) {
+    return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
+  }
+  gelu_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+  return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
+}

@@ -1,0 +1,148 @@
+/*
+ * qt_cuda_layernorm.cu - layer norm on a CUDA device, the twin of
+ * cpu/qt_cpu_layernorm.c. One block per row; the row statistics are reduced
+ * in double exactly as the CPU does (two passes: mean, then the biased
+ * variance around it), so mean and rstd agree with the CPU's to the last
+ * float bit or one unit of it. The weight and bias gradients are column
+ * sums over the rows, also in double (the CPU adds them row by row in
+ * float, so there the GPU is the more accurate side). See qt_finetune.h.
+ */
+#include <limits.h>
+
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    layernorm_forward_kernel(float *__restrict__ out, float *__restrict__ mean,
+                             float *__restrict__ rstd, const float *__restrict__ inp,
+                             const float *__restrict__ weight, const float *__restrict__ bias,
+                             size_t c, float eps) {
+  __shared__ double shared[32];
+  size_t row = blockIdx.x;
+  const float *x = inp + row * c;
+  float *y = out + row * c;
+  double sum = 0.0;
+  for (size_t j = threadIdx.x; j < c; j += blockDim.x) sum += x[j];
+  double m = qt__block_sum(sum, shared) / (double)c;
+  double sq = 0.0;
+  for (size_t j = threadIdx.x; j < c; j += blockDim.x) {
+    double d = x[j] - m;
+    sq += d * d;
+  }
+  sq = qt__block_sum(sq, shared);
+  double r = 1.0 / sqrt(sq / (double)c + (double)eps);
+  float mf = (float)m, rf = (float)r;
+  for (size_t j = threadIdx.x; j < c; j += blockDim.x) {
+    float normalized = __fmul_rn(x[j] - mf, rf);
+    y[j] = __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f);
+  }
+  if (threadIdx.x == 0) {
+    mean[row] = mf;
+    rstd[row] = rf;
+  }
+}
+
+/* dinp of one row per block: dx = rstd * (g - mean(g) - xhat * mean(g xhat))
+ * with g = weight * dy. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    layernorm_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
+                                    const float *__restrict__ inp, const float *__restrict__ weight,
+                                    const float *__restrict__ mean, const float *__restrict__ rstd,
+                                    size_t c) {
+  __shared__ double shared[32];
+  size_t row = blockIdx.x;
+  const float *x = inp + row * c;
+  const float *dy = dout + row * c;
+  float m = mean[row], r = rstd[row];
+  double g_sum = 0.0, g_xhat_sum = 0.0;
+  for (size_t j = threadIdx.x; j < c; j += blockDim.x) {
+    float xhat = __fmul_rn(x[j] - m, r);
+    float g = __fmul_rn(weight ? weight[j] : 1.0f, dy[j]);
+    g_sum += g;
+    g_xhat_sum += (double)g * xhat;
+  }
+  g_sum = qt__block_sum(g_sum, shared);
+  g_xhat_sum = qt__block_sum(g_xhat_sum, shared);
+  float g_mean = (float)(g_sum / (double)c);
+  float g_xhat_mean = (float)(g_xhat_sum / (double)c);
+  for (size_t j = threadIdx.x; j < c; j += blockDim.x) {
+    float xhat = __fmul_rn(x[j] - m, r);
+    float g = __fmul_rn(weight ? weight[j] : 1.0f, dy[j]);
+    float d = __fmul_rn(g - g_mean - __fmul_rn(xhat, g_xhat_mean), r);
+    dinp[row * c + j] += d;
+  }
+}
+
+/* dweight (c) += column sums of dy * xhat, dbias (c) += column sums of dy,
+ * in double: blocks of (32, 8) threads own 32 columns and stride over the
+ * rows, reduced in shared memory. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    layernorm_backward_params_kernel(float *__restrict__ dweight, float *__restrict__ dbias,
+                                     const float *__restrict__ dout, const float *__restrict__ inp,
+                                     const float *__restrict__ mean, const float *__restrict__ rstd,
+                                     size_t n, size_t c) {
+  __shared__ double partial_w[8][33];
+  __shared__ double partial_b[8][33];
+  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
+  double sum_w = 0.0, sum_b = 0.0;
+  if (col < c) {
+    for (size_t i = threadIdx.y; i < n; i += 8) {
+      float dy = dout[i * c + col];
+      float xhat = __fmul_rn(inp[i * c + col] - mean[i], rstd[i]);
+      sum_w += (double)__fmul_rn(dy, xhat);
+      sum_b += dy;
+    }
+  }
+  partial_w[threadIdx.y][threadIdx.x] = sum_w;
+  partial_b[threadIdx.y][threadIdx.x] = sum_b;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < c) {
+    double total_w = 0.0, total_b = 0.0;
+    for (int r = 0; r < 8; r++) {
+      total_w += partial_w[r][threadIdx.x];
+      total_b += partial_b[r][threadIdx.x];
+    }
+    if (dweight) dweight[col] += (float)total_w;
+    if (dbias) dbias[col] += (float)total_b;
+  }
+}
+
+extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, size_t n, size_t c,
+                                         float eps, qt_err *err) {
+  const char *who = "qt_cuda_layernorm_forward";
+  if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
+  if (n == 0) return 0;
+  if (c == 0 || !out || !mean || !rstd || !inp) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array or no features (c = %zu)", who, c);
+  }
+  layernorm_forward_kernel<<<(unsigned)n, QT_CUDA_THREADS>>>(out, mean, rstd, inp, weight, bias, c,
+                                                             eps);
+  return qt__cuda_check_launch(err, who, "the layer norm kernel");
+}
+
+extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, size_t n, size_t c,
+                                          qt_err *err) {
+  const char *who = "qt_cuda_layernorm_backward";
+  if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
+  if (n == 0 || c == 0) return 0;
+  if (!dout || !inp || !mean || !rstd) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (dinp) {
+    layernorm_backward_input_kernel<<<(unsigned)n, QT_CUDA_THREADS>>>(dinp, dout, inp, weight, mean,
+                                                                      rstd, c);
+    int rc = qt__cuda_check_launch(err, who, "the layer norm input gradient");
+    if (rc < 0) return rc;
+  }
+  if (dweight || dbias) {
+    dim3 block(32, 8);
+    unsigned blocks = (unsigned)((c + 31) / 32);
+    layernorm_backward_params_kernel<<<blocks, block>>>(dweight, dbias, dout, inp, mean, rstd, n,
+                                                        c);
+    return qt__cuda_check_launch(err, who, "the layer norm parameter gradients");
+  }
+  return 0;
+}

@@ -1,0 +1,107 @@
+/*
+ * qt_cuda_linear.cu - the linear layer on a CUDA device, the twin of
+ * cpu/qt_cpu_linear.c: matrix products by cuBLAS (FP32, or TF32 when
+ * qt_cuda_set_tf32 allows it), the bias broadcast and the bias gradient by
+ * kernels. See qt_finetune.h.
+ */
+#include <limits.h>
+
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+/* out (n, out_c) = bias broadcast to every row. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    bias_broadcast_kernel(float *__restrict__ out, const float *__restrict__ bias, size_t n,
+                          size_t out_c) {
+  size_t total = n * out_c, stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    out[i] = bias[i % out_c];
+  }
+}
+
+/* Column sums of dout (n, out_c) in double, added to dbias (out_c) once:
+ * blocks of (32, 8) threads own 32 columns; the 8 rows of threads stride
+ * over the rows and are reduced in shared memory. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    bias_grad_kernel(float *__restrict__ dbias, const float *__restrict__ dout, size_t n,
+                     size_t out_c) {
+  __shared__ double partial[8][33];
+  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
+  double sum = 0.0;
+  if (col < out_c) {
+    for (size_t i = threadIdx.y; i < n; i += 8) sum += dout[i * out_c + col];
+  }
+  partial[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < out_c) {
+    double total = 0.0;
+    for (int r = 0; r < 8; r++) total += partial[r][threadIdx.x];
+    dbias[col] += (float)total;
+  }
+}
+
+extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float *weight,
+                                      const float *bias, size_t n, size_t in_c, size_t out_c,
+                                      qt_err *err) {
+  const char *who = "qt_cuda_linear_forward";
+  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
+    return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
+                      in_c, out_c);
+  }
+  if (n == 0 || out_c == 0) return 0;
+  if (!out || (in_c > 0 && (!inp || !weight))) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  }
+  if (bias) {
+    bias_broadcast_kernel<<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(out, bias, n, out_c);
+    int rc = qt__cuda_check_launch(err, who, "the bias broadcast");
+    if (rc < 0) return rc;
+  }
+  if (in_c == 0) {
+    if (!bias) {
+      cudaError_t status = cudaMemsetAsync(out, 0, n * out_c * sizeof *out, 0);
+      if (status != cudaSuccess)
+        return qt__cuda_error(err, status, "qt_cuda_linear_forward: memset");
+    }
+    return 0;
+  }
+  /* out (n, out_c) = inp (n, in_c) . weight^T (+ out, which holds the bias) */
+  return qt__cuda_gemm(0, 1, n, out_c, in_c, 1.0f, inp, in_c, 0, weight, in_c, 0,
+                       bias ? 1.0f : 0.0f, out, out_c, 0, 1, who, err);
+}
+
+extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                       const float *inp, const float *weight, size_t n, size_t in_c,
+                                       size_t out_c, qt_err *err) {
+  const char *who = "qt_cuda_linear_backward";
+  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
+    return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
+                      in_c, out_c);
+  }
+  if (n == 0 || out_c == 0) return 0;
+  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp)) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  }
+  int rc = 0;
+  if (dinp && in_c > 0) {
+    /* dinp (n, in_c) += dout (n, out_c) . weight (out_c, in_c) */
+    rc = qt__cuda_gemm(0, 0, n, in_c, out_c, 1.0f, dout, out_c, 0, weight, in_c, 0, 1.0f, dinp,
+                       in_c, 0, 1, who, err);
+    if (rc < 0) return rc;
+  }
+  if (dweight && in_c > 0) {
+    /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
+    rc = qt__cuda_gemm(1, 0, out_c, in_c, n, 1.0f, dout, out_c, 0, inp, in_c, 0, 1.0f, dweight,
+                       in_c, 0, 1, who, err);
+    if (rc < 0) return rc;
+  }
+  if (dbias) {
+    dim3 block(32, 8);
+    unsigned blocks = (unsigned)((out_c + 31) / 32);
+    bias_grad_kernel<<<blocks, block>>>(dbias, dout, n, out_c);
+    rc = qt__cuda_check_launch(err, who, "the bias gradient");
+  }
+  return rc;
+}

@@ -1,0 +1,188 @@
+/*
+ * qt_cuda_memory.cu - device memory helpers, the TF32 switch, the process's
+ * cuBLAS handles and the row-major GEMM that the CUDA layer ops share.
+ */
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+/* ------------------------------------------------------------------------- */
+/* Errors                                                                     */
+/* ------------------------------------------------------------------------- */
+
+extern "C" int qt__cuda_check_launch(qt_err *err, const char *who, const char *kernel) {
+  cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess) return 0;
+  char what[160];
+  snprintf(what, sizeof what, "%s: launching %s", who, kernel);
+  return qt__cuda_error(err, status, what);
+}
+
+static const char *cublas_status_name(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default:
+      return "unknown cuBLAS status";
+  }
+}
+
+extern "C" int qt__cublas_error(qt_err *err, cublasStatus_t status, const char *what) {
+  int code = status == CUBLAS_STATUS_ALLOC_FAILED    ? QT_ENOMEM
+             : status == CUBLAS_STATUS_INVALID_VALUE ? QT_EINVAL
+                                                     : QT_ENODEV;
+  return qt_err_set(err, code, "%s: %s (%d)", what, cublas_status_name(status), (int)status);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Device memory                                                              */
+/* ------------------------------------------------------------------------- */
+
+extern "C" int qt_cuda_malloc(void **ptr, size_t bytes, qt_err *err) {
+  if (!ptr) return qt_err_set(err, QT_EINVAL, "qt_cuda_malloc: ptr is NULL");
+  *ptr = NULL;
+  if (bytes == 0) return 0;
+  cudaError_t status = cudaMalloc(ptr, bytes);
+  if (status != cudaSuccess) {
+    *ptr = NULL;
+    char what[96];
+    snprintf(what, sizeof what, "qt_cuda_malloc: cudaMalloc of %zu bytes", bytes);
+    return qt__cuda_error(err, status, what);
+  }
+  return 0;
+}
+
+extern "C" void qt_cuda_free(void *ptr) {
+  if (ptr) cudaFree(ptr);
+}
+
+extern "C" int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err) {
+  if (bytes == 0) return 0;
+  if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_to_device: NULL pointer");
+  cudaError_t status = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_to_device");
+  return 0;
+}
+
+extern "C" int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err) {
+  if (bytes == 0) return 0;
+  if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_to_host: NULL pointer");
+  cudaError_t status = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_to_host");
+  return 0;
+}
+
+extern "C" int qt_cuda_synchronize(qt_err *err) {
+  cudaError_t status = cudaDeviceSynchronize();
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_synchronize");
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* TF32 and cuBLAS                                                            */
+/* ------------------------------------------------------------------------- */
+
+/* 0: FP32 GEMMs (the default); 1: TF32 tensor cores allowed. */
+static int tf32_allowed = 0;
+
+extern "C" int qt_cuda_set_tf32(int allow) {
+  return __atomic_exchange_n(&tf32_allowed, allow ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+/* One handle per device, created under the lock on first use. */
+#define QT_CUDA_MAX_DEVICES 64
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static cublasHandle_t handles[QT_CUDA_MAX_DEVICES];
+
+extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err) {
+  int device = 0;
+  char what[128];
+  cudaError_t cuda_status = cudaGetDevice(&device);
+  if (cuda_status != cudaSuccess) {
+    snprintf(what, sizeof what, "%s: cudaGetDevice", who);
+    return qt__cuda_error(err, cuda_status, what);
+  }
+  if (device < 0 || device >= QT_CUDA_MAX_DEVICES) {
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
+                      device, QT_CUDA_MAX_DEVICES);
+  }
+  pthread_mutex_lock(&handles_lock);
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  if (!handles[device]) {
+    cublasHandle_t created = NULL;
+    status = cublasCreate(&created);
+    if (status == CUBLAS_STATUS_SUCCESS) handles[device] = created;
+  }
+  *handle = handles[device];
+  pthread_mutex_unlock(&handles_lock);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    snprintf(what, sizeof what, "%s: cublasCreate", who);
+    return qt__cublas_error(err, status, what);
+  }
+  return 0;
+}
+
+extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                             const float *a, size_t lda, long long stride_a, const float *b,
+                             size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
+                             long long stride_c, size_t batch, const char *who, qt_err *err) {
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+      ldc > INT_MAX || batch > INT_MAX) {
+    return qt_err_set(err, QT_EINVAL,
+                      "%s: matrix product of (%zu, %zu) x (%zu, %zu), %zu times, is too large "
+                      "for cuBLAS's int sizes",
+                      who, m, k, k, n, batch);
+  }
+  if (m == 0 || n == 0 || batch == 0) return 0;
+  cublasHandle_t handle;
+  int rc = qt__cublas_handle(&handle, who, err);
+  if (rc < 0) return rc;
+  /* cuBLAS is column-major: a row-major (rows, cols) matrix is its
+   * transpose there. C^T (n, m) = op(B)^T . op(A)^T, so B comes first and
+   * the transposition flags stay as they are. */
+  cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasComputeType_t compute = __atomic_load_n(&tf32_allowed, __ATOMIC_RELAXED)
+                                    ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                    : CUBLAS_COMPUTE_32F;
+  cublasStatus_t status;
+  if (batch == 1) {
+    status = cublasGemmEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
+                          (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
+                          compute, CUBLAS_GEMM_DEFAULT);
+  } else {
+    status = cublasGemmStridedBatchedEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b,
+                                        CUDA_R_32F, (int)ldb, stride_b, a, CUDA_R_32F, (int)lda,
+                                        stride_a, &beta, c, CUDA_R_32F, (int)ldc, stride_c,
+                                        (int)batch, compute, CUBLAS_GEMM_DEFAULT);
+  }
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    char what[192];
+    snprintf(what, sizeof what, "%s: cuBLAS GEMM (%zu x %zu x %zu, batch %zu)", who, m, n, k,
+             batch);
+    return qt__cublas_error(err, status, what);
+  }
+  return 0;
+}

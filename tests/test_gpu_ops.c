@@ -1,0 +1,704 @@
+/*
+ * test_gpu_ops.c - parity of the CUDA layer ops of the ViT engine (linear,
+ * layer norm, GELU, attention, residual, patchify and tokens, softmax
+ * cross-entropy) with their CPU references, forward and backward (label
+ * `gpu`). Without a CUDA device, or in a build without CUDA, the program
+ * prints why and exits 77, which CTest reports as skipped.
+ *
+ * The measure. Each output array (a forward's result, or what a backward
+ * added to a gradient) is compared as a whole:
+ *
+ *   error = max_i |gpu_i - cpu_i| / max_i |cpu_i - init_i|
+ *
+ * with init the gradient's value before the backward (0 for a forward): the
+ * largest difference relative to the largest value the op produced (the
+ * infinity norm). Element-wise relative errors are meaningless for sums of
+ * many terms of both signs (matrix products, column sums): where the terms
+ * cancel, the result is small and both sides are exact only to the rounding
+ * of the terms, which cuBLAS and OpenBLAS add in different orders. The
+ * bound is 1e-5 in FP32 for every op (PARITY_TOLERANCE) and 1e-2 for the
+ * TF32 check (TF32_TOLERANCE). Backward gradients start from small random
+ * values, so that the tests also check that the ops accumulate (+=).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune/qt_finetune.h"
+#include "qt_test.h"
+
+#define PARITY_TOLERANCE 1e-5
+#define TF32_TOLERANCE 1e-2
+/* Standard deviation of the gradients' starting values. */
+#define GRAD_INIT_SIGMA 1e-3
+
+/* ------------------------------------------------------------------------- */
+/* Helpers                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* Fails the test with the error's message when rc is not 0. */
+#define CHECK_RC(call)                                                                     \
+  do {                                                                                     \
+    qt_err check_err_;                                                                     \
+    qt_err_clear(&check_err_);                                                             \
+    int check_rc_ = (call);                                                                \
+    if (check_rc_ != 0) fprintf(stderr, "\n%s: %s\n", #call, qt_err_message(&check_err_)); \
+    CU_ASSERT_EQUAL_FATAL(check_rc_, 0);                                                   \
+  } while (0)
+/* The error argument that CHECK_RC's call passes. */
+#define E (&check_err_)
+
+static qt_rng_t *make_rng(uint64_t seed) {
+  qt_err err;
+  qt_rng_t *rng = NULL;
+  CU_ASSERT_EQUAL_FATAL(qt_rng_init(&rng, seed, &err), 0);
+  return rng;
+}
+
+/* n floats N(mean, sigma^2) on the host (never NULL, even for n = 0). */
+static float *host_random(qt_rng_t *rng, size_t n, double mean, double sigma) {
+  float *h = malloc((n ? n : 1) * sizeof *h);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+  for (size_t i = 0; i < n; i++) h[i] = (float)(mean + qt_rng_gaussian(rng, sigma));
+  return h;
+}
+
+static float *host_copy(const float *src, size_t n) {
+  float *h = malloc((n ? n : 1) * sizeof *h);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+  if (n) memcpy(h, src, n * sizeof *h);
+  return h;
+}
+
+/* A device copy of n host values of `size` bytes each (NULL for n = 0). */
+static void *device_copy(const void *h, size_t n, size_t size) {
+  void *d = NULL;
+  CHECK_RC(qt_cuda_malloc(&d, n * size, E));
+  CHECK_RC(qt_cuda_copy_to_device(d, h, n * size, E));
+  return d;
+}
+
+static float *device_floats(const float *h, size_t n) {
+  return device_copy(h, n, sizeof(float));
+}
+
+/* The device array's values in a new host array (after the queued work). */
+static float *download(const float *d, size_t n) {
+  CHECK_RC(qt_cuda_synchronize(E));
+  float *h = malloc((n ? n : 1) * sizeof *h);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+  CHECK_RC(qt_cuda_copy_to_host(h, d, n * sizeof *h, E));
+  return h;
+}
+
+/* The measure described at the top; init may be NULL (zeros). */
+static double parity_error(const float *gpu, const float *cpu, const float *init, size_t n) {
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(gpu[i]) || !isfinite(cpu[i])) return INFINITY;
+    diff = fmax(diff, fabs((double)gpu[i] - cpu[i]));
+    scale = fmax(scale, fabs((double)cpu[i] - (init ? init[i] : 0.0f)));
+  }
+  if (scale == 0.0) return diff == 0.0 ? 0.0 : INFINITY;
+  return diff / fmax(scale, (double)FLT_MIN);
+}
+
+/* Downloads the device array d, compares it with cpu, prints and checks the
+ * error, frees the download. */
+static double expect_parity_tol(const char *what, const float *d, const float *cpu,
+                                const float *init, size_t n, double tolerance) {
+  float *gpu = download(d, n);
+  double e = parity_error(gpu, cpu, init, n);
+  printf("\n    %-48s error %.3g", what, e);
+  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
+  CU_ASSERT(e < tolerance);
+  free(gpu);
+  return e;
+}
+
+static double expect_parity(const char *what, const float *d, const float *cpu, const float *init,
+                            size_t n) {
+  return expect_parity_tol(what, d, cpu, init, n, PARITY_TOLERANCE);
+}
+
+/* A gradient on both sides: random starting values on the host (init, kept
+ * for the measure), the CPU's copy and the device's copy. */
+typedef struct grad {
+  size_t n;
+  float *init;
+  float *cpu;
+  float *dev;
+} grad;
+
+static grad grad_make(qt_rng_t *rng, size_t n) {
+  grad g;
+  g.n = n;
+  g.init = host_random(rng, n, 0.0, GRAD_INIT_SIGMA);
+  g.cpu = host_copy(g.init, n);
+  g.dev = device_floats(g.init, n);
+  return g;
+}
+
+static void grad_check(const char *what, const grad *g) {
+  expect_parity(what, g->dev, g->cpu, g->init, g->n);
+}
+
+static void grad_free(grad *g) {
+  free(g->init);
+  free(g->cpu);
+  qt_cuda_free(g->dev);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Linear                                                                     */
+/* ------------------------------------------------------------------------- */
+
+static void linear_case(size_t n, size_t in_c, size_t out_c, int with_bias, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[96];
+  float *inp = host_random(rng, n * in_c, 0.0, 1.0);
+  float *weight = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *bias = with_bias ? host_random(rng, out_c, 0.0, 0.5) : NULL;
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0);
+  float *d_inp = device_floats(inp, n * in_c), *d_weight = device_floats(weight, out_c * in_c);
+  float *d_bias = with_bias ? device_floats(bias, out_c) : NULL;
+  float *d_dout = device_floats(dout, n * out_c);
+
+  float *out = host_random(rng, n * out_c, 0.0, 1.0); /* garbage: the forward overwrites */
+  float *d_out = device_floats(out, n * out_c);
+  qt_cpu_linear_forward(out, inp, weight, bias, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_forward(d_out, d_inp, d_weight, d_bias, n, in_c, out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu%s: out", n, in_c, out_c,
+           with_bias ? "" : " no bias");
+  expect_parity(what, d_out, out, NULL, n * out_c);
+
+  grad dinp = grad_make(rng, n * in_c), dweight = grad_make(rng, out_c * in_c);
+  grad dbias = grad_make(rng, out_c);
+  qt_cpu_linear_backward(dinp.cpu, dweight.cpu, dbias.cpu, dout, inp, weight, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_backward(dinp.dev, dweight.dev, dbias.dev, d_dout, d_inp, d_weight, n,
+                                   in_c, out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dinp", n, in_c, out_c);
+  if (in_c > 0) grad_check(what, &dinp);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight", n, in_c, out_c);
+  if (in_c > 0) grad_check(what, &dweight);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dbias", n, in_c, out_c);
+  grad_check(what, &dbias);
+
+  /* NULL gradients are skipped: only dweight this time. */
+  qt_cpu_linear_backward(NULL, dweight.cpu, NULL, dout, inp, weight, n, in_c, out_c);
+  CHECK_RC(
+      qt_cuda_linear_backward(NULL, dweight.dev, NULL, d_dout, d_inp, d_weight, n, in_c, out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight twice", n, in_c, out_c);
+  if (in_c > 0) grad_check(what, &dweight);
+
+  grad_free(&dinp);
+  grad_free(&dweight);
+  grad_free(&dbias);
+  free(inp);
+  free(weight);
+  free(bias);
+  free(dout);
+  free(out);
+  qt_cuda_free(d_inp);
+  qt_cuda_free(d_weight);
+  qt_cuda_free(d_bias);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_rng_free(rng);
+}
+
+static void test_linear(void) {
+  linear_case(1, 1, 1, 1, 11);
+  linear_case(37, 45, 29, 1, 12);
+  linear_case(37, 45, 29, 0, 13);
+  linear_case(394, 192, 576, 1, 14); /* ViT-Ti qkv on two images */
+  linear_case(33, 768, 1000, 1, 15); /* a ViT-B head */
+  linear_case(5, 0, 7, 1, 16);       /* no input features: out = bias */
+  linear_case(5, 0, 7, 0, 17);       /* ... or 0 */
+}
+
+/* TF32 is off by default, can be switched on and back off, and with it on
+ * the products stay within the TF32 bound. */
+static void test_linear_tf32(void) {
+  CU_ASSERT_EQUAL(qt_cuda_set_tf32(1), 0);
+  qt_rng_t *rng = make_rng(21);
+  size_t n = 394, in_c = 192, out_c = 576;
+  float *inp = host_random(rng, n * in_c, 0.0, 1.0);
+  float *weight = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *out = host_random(rng, n * out_c, 0.0, 1.0);
+  float *d_inp = device_floats(inp, n * in_c), *d_weight = device_floats(weight, out_c * in_c);
+  float *d_out = device_floats(out, n * out_c);
+  qt_cpu_linear_forward(out, inp, weight, NULL, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_forward(d_out, d_inp, d_weight, NULL, n, in_c, out_c, E));
+  expect_parity_tol("linear (394, 192) -> 576, TF32: out", d_out, out, NULL, n * out_c,
+                    TF32_TOLERANCE);
+  CU_ASSERT_EQUAL(qt_cuda_set_tf32(0), 1);
+  free(inp);
+  free(weight);
+  free(out);
+  qt_cuda_free(d_inp);
+  qt_cuda_free(d_weight);
+  qt_cuda_free(d_out);
+  qt_rng_free(rng);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Layer norm                                                                 */
+/* ------------------------------------------------------------------------- */
+
+static void layernorm_case(size_t n, size_t c, int affine, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[96];
+  const float eps = 1e-6f;
+  /* Rows with a large mean test the two-pass variance. */
+  float *inp = host_random(rng, n * c, 3.0, 2.0);
+  float *weight = affine ? host_random(rng, c, 1.0, 0.2) : NULL;
+  float *bias = affine ? host_random(rng, c, 0.0, 0.2) : NULL;
+  float *dout = host_random(rng, n * c, 0.0, 1.0);
+  float *d_inp = device_floats(inp, n * c), *d_dout = device_floats(dout, n * c);
+  float *d_weight = affine ? device_floats(weight, c) : NULL;
+  float *d_bias = affine ? device_floats(bias, c) : NULL;
+
+  float *out = host_random(rng, n * c, 0.0, 1.0), *mean = host_random(rng, n, 0.0, 1.0);
+  float *rstd = host_random(rng, n, 0.0, 1.0);
+  float *d_out = device_floats(out, n * c), *d_mean = device_floats(mean, n);
+  float *d_rstd = device_floats(rstd, n);
+  qt_cpu_layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, eps);
+  CHECK_RC(qt_cuda_layernorm_forward(d_out, d_mean, d_rstd, d_inp, d_weight, d_bias, n, c, eps, E));
+  snprintf(what, sizeof what, "layernorm (%zu, %zu)%s: out", n, c, affine ? "" : " no affine");
+  expect_parity(what, d_out, out, NULL, n * c);
+  snprintf(what, sizeof what, "layernorm (%zu, %zu): mean", n, c);
+  expect_parity(what, d_mean, mean, NULL, n);
+  snprintf(what, sizeof what, "layernorm (%zu, %zu): rstd", n, c);
+  expect_parity(what, d_rstd, rstd, NULL, n);
+
+  /* The backward reads the CPU's statistics on both sides. */
+  CHECK_RC(qt_cuda_copy_to_device(d_mean, mean, n * sizeof *mean, E));
+  CHECK_RC(qt_cuda_copy_to_device(d_rstd, rstd, n * sizeof *rstd, E));
+  grad dinp = grad_make(rng, n * c), dweight = grad_make(rng, c), dbias = grad_make(rng, c);
+  qt_cpu_layernorm_backward(dinp.cpu, dweight.cpu, dbias.cpu, dout, inp, weight, mean, rstd, n, c);
+  CHECK_RC(qt_cuda_layernorm_backward(dinp.dev, dweight.dev, dbias.dev, d_dout, d_inp, d_weight,
+                                      d_mean, d_rstd, n, c, E));
+  snprintf(what, sizeof what, "layernorm (%zu, %zu): dinp", n, c);
+  grad_check(what, &dinp);
+  snprintf(what, sizeof what, "layernorm (%zu, %zu): dweight", n, c);
+  grad_check(what, &dweight);
+  snprintf(what, sizeof what, "layernorm (%zu, %zu): dbias", n, c);
+  grad_check(what, &dbias);
+
+  grad_free(&dinp);
+  grad_free(&dweight);
+  grad_free(&dbias);
+  free(inp);
+  free(weight);
+  free(bias);
+  free(dout);
+  free(out);
+  free(mean);
+  free(rstd);
+  qt_cuda_free(d_inp);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_weight);
+  qt_cuda_free(d_bias);
+  qt_cuda_free(d_out);
+  qt_cuda_free(d_mean);
+  qt_cuda_free(d_rstd);
+  qt_rng_free(rng);
+}
+
+static void test_layernorm(void) {
+  layernorm_case(1, 1, 1, 31);
+  layernorm_case(5, 7, 1, 32);
+  layernorm_case(5, 7, 0, 33);
+  layernorm_case(394, 192, 1, 34);
+  layernorm_case(3, 1000, 1, 35); /* more features than threads per block */
+  layernorm_case(2, 768, 1, 36);
+}
+
+/* ------------------------------------------------------------------------- */
+/* GELU                                                                       */
+/* ------------------------------------------------------------------------- */
+
+static void test_gelu(void) {
+  static const size_t sizes[] = {1, 1000, 100003};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    size_t n = sizes[s];
+    qt_rng_t *rng = make_rng(40 + s);
+    char what[96];
+    float *inp = host_random(rng, n, 0.0, 3.0), *dout = host_random(rng, n, 0.0, 1.0);
+    float *d_inp = device_floats(inp, n), *d_dout = device_floats(dout, n);
+    float *out = host_random(rng, n, 0.0, 1.0);
+    float *d_out = device_floats(out, n);
+    qt_cpu_gelu_forward(out, inp, n);
+    CHECK_RC(qt_cuda_gelu_forward(d_out, d_inp, n, E));
+    snprintf(what, sizeof what, "gelu (%zu): out", n);
+    expect_parity(what, d_out, out, NULL, n);
+    grad dinp = grad_make(rng, n);
+    qt_cpu_gelu_backward(dinp.cpu, dout, inp, n);
+    CHECK_RC(qt_cuda_gelu_backward(dinp.dev, d_dout, d_inp, n, E));
+    snprintf(what, sizeof what, "gelu (%zu): dinp", n);
+    grad_check(what, &dinp);
+    /* In place: out == inp. */
+    CHECK_RC(qt_cuda_gelu_forward(d_inp, d_inp, n, E));
+    snprintf(what, sizeof what, "gelu (%zu) in place: out", n);
+    expect_parity(what, d_inp, out, NULL, n);
+    grad_free(&dinp);
+    free(inp);
+    free(dout);
+    free(out);
+    qt_cuda_free(d_inp);
+    qt_cuda_free(d_dout);
+    qt_cuda_free(d_out);
+    qt_rng_free(rng);
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Attention                                                                  */
+/* ------------------------------------------------------------------------- */
+
+static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[128];
+  size_t n_qkv = batch * tokens * 3 * c, n_out = batch * tokens * c;
+  size_t n_att = batch * heads * tokens * tokens;
+  float *qkv = host_random(rng, n_qkv, 0.0, 1.0), *dout = host_random(rng, n_out, 0.0, 1.0);
+  float *d_qkv = device_floats(qkv, n_qkv), *d_dout = device_floats(dout, n_out);
+  float *out = host_random(rng, n_out, 0.0, 1.0), *att = host_random(rng, n_att, 0.0, 1.0);
+  float *d_out = device_floats(out, n_out), *d_att = device_floats(att, n_att);
+  qt_cpu_attention_forward(out, att, qkv, batch, tokens, c, heads);
+  CHECK_RC(qt_cuda_attention_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
+  snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: att", batch, tokens, c,
+           heads);
+  expect_parity(what, d_att, att, NULL, n_att);
+  snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: out", batch, tokens, c,
+           heads);
+  expect_parity(what, d_out, out, NULL, n_out);
+
+  /* The backward reads the CPU's probabilities on both sides. */
+  CHECK_RC(qt_cuda_copy_to_device(d_att, att, n_att * sizeof *att, E));
+  float *scratch = malloc(tokens * tokens * sizeof *scratch);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(scratch);
+  float *d_scratch = NULL;
+  CHECK_RC(qt_cuda_malloc((void **)&d_scratch,
+                          qt_cuda_attention_scratch_size(tokens, heads) * sizeof(float), E));
+  grad dqkv = grad_make(rng, n_qkv);
+  qt_cpu_attention_backward(dqkv.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
+  CHECK_RC(qt_cuda_attention_backward(dqkv.dev, d_scratch, d_dout, d_qkv, d_att, batch, tokens, c,
+                                      heads, E));
+  snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: dqkv", batch, tokens, c,
+           heads);
+  grad_check(what, &dqkv);
+
+  grad_free(&dqkv);
+  free(qkv);
+  free(dout);
+  free(out);
+  free(att);
+  free(scratch);
+  qt_cuda_free(d_qkv);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_cuda_free(d_att);
+  qt_cuda_free(d_scratch);
+  qt_rng_free(rng);
+}
+
+static void test_attention(void) {
+  attention_case(1, 1, 4, 1, 51);
+  attention_case(1, 5, 8, 2, 52);
+  attention_case(3, 33, 48, 4, 53);
+  attention_case(2, 197, 192, 3, 54); /* ViT-Ti/16 at 224 px */
+  attention_case(1, 50, 768, 12, 55); /* ViT-B width, 7x7 patches */
+}
+
+/* ------------------------------------------------------------------------- */
+/* Residual                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static void residual_case(size_t n, size_t c, int with_gamma, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[96];
+  float *res = host_random(rng, n * c, 0.0, 1.0), *branch = host_random(rng, n * c, 0.0, 1.0);
+  float *gamma = with_gamma ? host_random(rng, c, 0.0, 0.1) : NULL;
+  float *dout = host_random(rng, n * c, 0.0, 1.0);
+  float *d_res = device_floats(res, n * c), *d_branch = device_floats(branch, n * c);
+  float *d_gamma = with_gamma ? device_floats(gamma, c) : NULL;
+  float *d_dout = device_floats(dout, n * c);
+  float *out = host_random(rng, n * c, 0.0, 1.0);
+  float *d_out = device_floats(out, n * c);
+  qt_cpu_residual_forward(out, res, branch, gamma, n, c);
+  CHECK_RC(qt_cuda_residual_forward(d_out, d_res, d_branch, d_gamma, n, c, E));
+  snprintf(what, sizeof what, "residual (%zu, %zu)%s: out", n, c, with_gamma ? "" : " no gamma");
+  expect_parity(what, d_out, out, NULL, n * c);
+  /* In place: out == res. */
+  CHECK_RC(qt_cuda_residual_forward(d_res, d_res, d_branch, d_gamma, n, c, E));
+  snprintf(what, sizeof what, "residual (%zu, %zu) in place: out", n, c);
+  expect_parity(what, d_res, out, NULL, n * c);
+
+  grad dres = grad_make(rng, n * c), dbranch = grad_make(rng, n * c), dgamma = grad_make(rng, c);
+  qt_cpu_residual_backward(dres.cpu, dbranch.cpu, with_gamma ? dgamma.cpu : NULL, dout, branch,
+                           gamma, n, c);
+  CHECK_RC(qt_cuda_residual_backward(dres.dev, dbranch.dev, with_gamma ? dgamma.dev : NULL, d_dout,
+                                     d_branch, d_gamma, n, c, E));
+  snprintf(what, sizeof what, "residual (%zu, %zu): dres", n, c);
+  grad_check(what, &dres);
+  snprintf(what, sizeof what, "residual (%zu, %zu): dbranch", n, c);
+  grad_check(what, &dbranch);
+  if (with_gamma) {
+    snprintf(what, sizeof what, "residual (%zu, %zu): dgamma", n, c);
+    grad_check(what, &dgamma);
+  }
+  /* dres NULL: only dbranch grows. */
+  qt_cpu_residual_backward(NULL, dbranch.cpu, NULL, dout, branch, gamma, n, c);
+  CHECK_RC(qt_cuda_residual_backward(NULL, dbranch.dev, NULL, d_dout, d_branch, d_gamma, n, c, E));
+  snprintf(what, sizeof what, "residual (%zu, %zu): dbranch twice", n, c);
+  grad_check(what, &dbranch);
+  snprintf(what, sizeof what, "residual (%zu, %zu): dres untouched", n, c);
+  grad_check(what, &dres);
+
+  grad_free(&dres);
+  grad_free(&dbranch);
+  grad_free(&dgamma);
+  free(res);
+  free(branch);
+  free(gamma);
+  free(dout);
+  free(out);
+  qt_cuda_free(d_res);
+  qt_cuda_free(d_branch);
+  qt_cuda_free(d_gamma);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_rng_free(rng);
+}
+
+static void test_residual(void) {
+  residual_case(1, 1, 1, 61);
+  residual_case(37, 45, 1, 62);
+  residual_case(37, 45, 0, 63);
+  residual_case(394, 192, 1, 64);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Patchify and tokens                                                        */
+/* ------------------------------------------------------------------------- */
+
+static void patchify_case(size_t batch, size_t channels, size_t size, size_t patch, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[96];
+  size_t n = batch * channels * size * size;
+  float *images = host_random(rng, n, 0.0, 1.0), *patches = host_random(rng, n, 0.0, 1.0);
+  float *d_images = device_floats(images, n), *d_patches = device_floats(patches, n);
+  qt_cpu_patchify(patches, images, batch, channels, size, patch);
+  CHECK_RC(qt_cuda_patchify(d_patches, d_images, batch, channels, size, patch, E));
+  snprintf(what, sizeof what, "patchify (%zu, %zu, %zu) / %zu", batch, channels, size, patch);
+  expect_parity(what, d_patches, patches, NULL, n);
+  free(images);
+  free(patches);
+  qt_cuda_free(d_images);
+  qt_cuda_free(d_patches);
+  qt_rng_free(rng);
+}
+
+static void tokens_case(size_t batch, size_t patches, size_t c, int class_in_pos, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[128];
+  size_t tokens = patches + 1, n_x = batch * tokens * c, n_pt = batch * patches * c;
+  size_t n_pos = (class_in_pos ? tokens : patches) * c;
+  float *pt = host_random(rng, n_pt, 0.0, 1.0), *cls = host_random(rng, c, 0.0, 1.0);
+  float *pos = host_random(rng, n_pos, 0.0, 1.0), *dx = host_random(rng, n_x, 0.0, 1.0);
+  float *d_pt = device_floats(pt, n_pt), *d_cls = device_floats(cls, c);
+  float *d_pos = device_floats(pos, n_pos), *d_dx = device_floats(dx, n_x);
+  float *x = host_random(rng, n_x, 0.0, 1.0);
+  float *d_x = device_floats(x, n_x);
+  qt_cpu_tokens_forward(x, pt, cls, pos, class_in_pos, batch, patches, c);
+  CHECK_RC(qt_cuda_tokens_forward(d_x, d_pt, d_cls, d_pos, class_in_pos, batch, patches, c, E));
+  snprintf(what, sizeof what, "tokens b %zu, %zu patches, c %zu, class_in_pos %d: x", batch,
+           patches, c, class_in_pos);
+  expect_parity(what, d_x, x, NULL, n_x);
+
+  grad dpt = grad_make(rng, n_pt), dcls = grad_make(rng, c), dpos = grad_make(rng, n_pos);
+  qt_cpu_tokens_backward(dpt.cpu, dcls.cpu, dpos.cpu, dx, class_in_pos, batch, patches, c);
+  CHECK_RC(qt_cuda_tokens_backward(dpt.dev, dcls.dev, dpos.dev, d_dx, class_in_pos, batch, patches,
+                                   c, E));
+  snprintf(what, sizeof what, "tokens b %zu, %zu patches, c %zu: dpatch_tokens", batch, patches, c);
+  grad_check(what, &dpt);
+  snprintf(what, sizeof what, "tokens b %zu, %zu patches, c %zu: dcls_token", batch, patches, c);
+  grad_check(what, &dcls);
+  snprintf(what, sizeof what, "tokens b %zu, %zu patches, c %zu: dpos", batch, patches, c);
+  grad_check(what, &dpos);
+  /* Only dpos this time. */
+  qt_cpu_tokens_backward(NULL, NULL, dpos.cpu, dx, class_in_pos, batch, patches, c);
+  CHECK_RC(qt_cuda_tokens_backward(NULL, NULL, dpos.dev, d_dx, class_in_pos, batch, patches, c, E));
+  snprintf(what, sizeof what, "tokens b %zu, %zu patches, c %zu: dpos twice", batch, patches, c);
+  grad_check(what, &dpos);
+
+  grad_free(&dpt);
+  grad_free(&dcls);
+  grad_free(&dpos);
+  free(pt);
+  free(cls);
+  free(pos);
+  free(dx);
+  free(x);
+  qt_cuda_free(d_pt);
+  qt_cuda_free(d_cls);
+  qt_cuda_free(d_pos);
+  qt_cuda_free(d_dx);
+  qt_cuda_free(d_x);
+  qt_rng_free(rng);
+}
+
+static void test_tokens(void) {
+  patchify_case(1, 1, 5, 5, 71);
+  patchify_case(2, 3, 32, 8, 72);
+  patchify_case(3, 3, 48, 16, 73);
+  tokens_case(1, 1, 1, 1, 74);
+  tokens_case(2, 4, 5, 1, 75);
+  tokens_case(2, 4, 5, 0, 76);
+  tokens_case(3, 196, 192, 1, 77);
+  tokens_case(3, 196, 192, 0, 78);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Cross-entropy                                                              */
+/* ------------------------------------------------------------------------- */
+
+/* soft: random soft targets (rows summing to 1); else labels with the given
+ * smoothing. */
+static void cross_entropy_case(size_t batch, size_t classes, int soft, float smoothing,
+                               uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[128];
+  size_t n = batch * classes;
+  float *logits = host_random(rng, n, 0.0, 3.0);
+  int *labels = malloc(batch * sizeof *labels);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(labels);
+  for (size_t b = 0; b < batch; b++) labels[b] = (int)qt_rng_uniform_int(rng, classes);
+  float *targets = NULL;
+  if (soft) {
+    targets = malloc(n * sizeof *targets);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(targets);
+    for (size_t b = 0; b < batch; b++) {
+      double sum = 0.0;
+      float *row = targets + b * classes;
+      for (size_t k = 0; k < classes; k++) {
+        row[k] = (float)qt_rng_uniform_pos(rng);
+        sum += row[k];
+      }
+      for (size_t k = 0; k < classes; k++) row[k] = (float)(row[k] / sum);
+    }
+  }
+  float *d_logits = device_floats(logits, n);
+  int *d_labels = soft ? NULL : device_copy(labels, batch, sizeof *labels);
+  float *d_targets = soft ? device_floats(targets, n) : NULL;
+  float *losses = host_random(rng, batch, 0.0, 1.0), *probs = host_random(rng, n, 0.0, 1.0);
+  float *d_losses = device_floats(losses, batch), *d_probs = device_floats(probs, n);
+  const int *cpu_labels = soft ? NULL : labels;
+
+  qt_cpu_cross_entropy_forward(losses, probs, logits, cpu_labels, targets, smoothing, batch,
+                               classes);
+  CHECK_RC(qt_cuda_cross_entropy_forward(d_losses, d_probs, d_logits, d_labels, d_targets,
+                                         smoothing, batch, classes, E));
+  snprintf(what, sizeof what, "cross-entropy (%zu, %zu) %s %.2g: losses", batch, classes,
+           soft ? "soft" : "labels", (double)smoothing);
+  expect_parity(what, d_losses, losses, NULL, batch);
+  snprintf(what, sizeof what, "cross-entropy (%zu, %zu): probs", batch, classes);
+  expect_parity(what, d_probs, probs, NULL, n);
+
+  /* Backward from the CPU's probabilities: once with a gradient per row,
+   * once with the scalar 1 / batch of a mean. */
+  CHECK_RC(qt_cuda_copy_to_device(d_probs, probs, n * sizeof *probs, E));
+  float *dloss = host_random(rng, batch, 0.0, 1.0);
+  float *d_dloss = device_floats(dloss, batch);
+  float mean_scale = 1.0f / (float)batch;
+  float *d_mean_scale = device_floats(&mean_scale, 1);
+  grad dlogits = grad_make(rng, n);
+  qt_cpu_cross_entropy_backward(dlogits.cpu, probs, cpu_labels, targets, smoothing, dloss, 1, batch,
+                                classes);
+  CHECK_RC(qt_cuda_cross_entropy_backward(dlogits.dev, d_probs, d_labels, d_targets, smoothing,
+                                          d_dloss, 1, batch, classes, E));
+  snprintf(what, sizeof what, "cross-entropy (%zu, %zu): dlogits per row", batch, classes);
+  grad_check(what, &dlogits);
+  qt_cpu_cross_entropy_backward(dlogits.cpu, probs, cpu_labels, targets, smoothing, &mean_scale, 0,
+                                batch, classes);
+  CHECK_RC(qt_cuda_cross_entropy_backward(dlogits.dev, d_probs, d_labels, d_targets, smoothing,
+                                          d_mean_scale, 0, batch, classes, E));
+  snprintf(what, sizeof what, "cross-entropy (%zu, %zu): dlogits mean", batch, classes);
+  grad_check(what, &dlogits);
+
+  grad_free(&dlogits);
+  free(logits);
+  free(labels);
+  free(targets);
+  free(losses);
+  free(probs);
+  free(dloss);
+  qt_cuda_free(d_logits);
+  qt_cuda_free(d_labels);
+  qt_cuda_free(d_targets);
+  qt_cuda_free(d_losses);
+  qt_cuda_free(d_probs);
+  qt_cuda_free(d_dloss);
+  qt_cuda_free(d_mean_scale);
+  qt_rng_free(rng);
+}
+
+static void test_cross_entropy(void) {
+  cross_entropy_case(1, 1, 0, 0.0f, 81);
+  cross_entropy_case(5, 10, 0, 0.0f, 82);
+  cross_entropy_case(5, 10, 0, 0.1f, 83);
+  cross_entropy_case(37, 1000, 0, 0.1f, 84);
+  cross_entropy_case(37, 1000, 1, 0.0f, 85);
+  cross_entropy_case(3, 333, 1, 0.0f, 86);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Arguments                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* Bad shapes and NULL arrays are QT_EINVAL; empty shapes are no-ops. */
+static void test_arguments(void) {
+  qt_err err;
+  float *d = NULL;
+  CHECK_RC(qt_cuda_malloc((void **)&d, 64 * sizeof *d, E));
+  CU_ASSERT_EQUAL(qt_cuda_attention_forward(d, d, d, 1, 2, 6, 4, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_attention_backward(d, d, d, d, d, 1, 2, 6, 0, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_linear_forward(NULL, d, d, NULL, 2, 2, 2, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_layernorm_forward(d, NULL, d, d, NULL, NULL, 2, 2, 1e-6f, &err),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_gelu_forward(NULL, d, 3, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_patchify(d, d, 1, 1, 5, 2, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_cross_entropy_forward(d, d, d, NULL, NULL, 0.0f, 2, 2, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt_cuda_linear_forward(NULL, NULL, NULL, NULL, 0, 3, 3, &err), 0);
+  CU_ASSERT_EQUAL(qt_cuda_layernorm_forward(NULL, NULL, NULL, NULL, NULL, NULL, 0, 3, 1e-6f, &err),
+                  0);
+  CU_ASSERT_EQUAL(qt_cuda_gelu_backward(NULL, NULL, NULL, 0, &err), 0);
+  CU_ASSERT_EQUAL(qt_cuda_attention_forward(NULL, NULL, NULL, 0, 3, 6, 2, &err), 0);
+  CU_ASSERT_EQUAL(qt_cuda_residual_forward(NULL, NULL, NULL, NULL, 0, 3, &err), 0);
+  CU_ASSERT_EQUAL(qt_cuda_cross_entropy_backward(NULL, NULL, NULL, NULL, 0.0f, NULL, 0, 0, 3, &err),
+                  0);
+  CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(197, 12), (size_t)12 * 197 * 197);
+  CHECK_RC(qt_cuda_synchronize(E));
+  qt_cuda_free(d);
+}
+
+static const qt_test_case cases[] = {
+    {"linear", test_linear},       {"linear_tf32", test_linear_tf32},
+    {"layernorm", test_layernorm}, {"gelu", test_gelu},
+    {"attention", test_attention}, {"residual", test_residual},
+    {"tokens", test_tokens},       {"cross_entropy", test_cross_entropy},
+    {"arguments", test_arguments}, {NULL, NULL},
+};
+
+int main(void) {
+  int count = 0;
+  qt_err err;
+  if (qt_cuda_device_count(&count, &err) != 0 || count == 0) {
+    printf("no CUDA device: skipping\n");
+    return QT_TEST_SKIP_CODE;
+  }
+  return qt_test_run("gpu_ops", cases);
+}
