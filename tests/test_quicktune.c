@@ -140,7 +140,7 @@ static qt_metadataset_t *synthetic_md(size_t datasets, size_t runs, size_t epoch
   qt_metadataset_t *md = NULL;
   qt_err err;
   qt_err_clear(&err);
-  int rc = qt_metadataset_synthesize("configs/spaces/default.yaml", &sp, &md, &err);
+  int rc = qt_metadataset_synthesize("tests/fixtures/spaces/synthetic.yaml", &sp, &md, &err);
   if (rc != 0) fprintf(stderr, "synthesize: %s\n", qt_err_message(&err));
   CU_ASSERT_EQUAL_FATAL(rc, 0);
   return md;
