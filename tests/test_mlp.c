@@ -1083,6 +1083,85 @@ static void test_learns_xor_through_model(void) {
   qt_dataset_free(ds);
 }
 
+/* The run API on tabular data: an MLP run on a CSV file learns XOR,
+ * resumes bit for bit, and an image family on the same data is refused. */
+static void test_run_on_csv(void) {
+  qt_err err;
+  qt_err_clear(&err);
+  char csv[256], ckpt[256], saved[256];
+  tmp_path("run-xor.csv", csv, sizeof csv);
+  tmp_path("run-xor.safetensors", ckpt, sizeof ckpt);
+  tmp_path("run-xor-e1.safetensors", saved, sizeof saved);
+  FILE *f = fopen(csv, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fprintf(f, "x1,x2,noise,label\n");
+  for (int i = 0; i < 400; i++) {
+    double a = uniform(-1.0, 1.0), b = uniform(-1.0, 1.0);
+    fprintf(f, "%.3f,%.3f,%.3f,%d\n", 100.0 * a, b, uniform(-3.0, 3.0), (a > 0.0) != (b > 0.0));
+  }
+  fclose(f);
+  qt_dataset *all = NULL;
+  qt_data_splits splits = {0};
+  CU_ASSERT_EQUAL_FATAL(qt_dataset_load_csv(csv, NULL, NULL, 0, &all, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_dataset_split(all, 0.2, 0.0, 3, &splits.train, &splits.val, NULL, &err),
+                        0);
+  qt_dataset_free(all);
+  qt_mlp_arch a = qt_mlp_default_arch();
+  a.n_features = 3;
+  a.width = 32;
+  a.depth = 2;
+  a.num_classes = 2;
+  CU_ASSERT_EQUAL_FATAL(qt_mlp_write_init(&a, 1, ckpt, &err), 0);
+  qt_run_spec s = qt_run_default_spec();
+  s.checkpoint = ckpt;
+  s.family = QT_MODEL_FAMILY_MLP;
+  for (int c = 0; c < 3; c++) {
+    s.mean[c] = 0.0;
+    s.std[c] = 1.0;
+  }
+  s.data = &splits;
+  s.epochs = 30;
+  s.batch_size = 32;
+  s.smoothing = 0.0;
+  s.optim.lr = 1e-2;
+  qt_run_t *run = NULL;
+  CU_ASSERT_EQUAL_FATAL(qt_run_init(&s, &run, &err), 0);
+  qt_run_epoch_result r;
+  for (long e = 0; e < s.epochs; e++) CU_ASSERT_EQUAL_FATAL(qt_run_epoch(run, &r, &err), 0);
+  CU_ASSERT(r.score > 0.9);
+  qt_run_free(run);
+
+  /* Resume: 2 epochs in one go equal 1 + save/load + 1. */
+  s.epochs = 2;
+  qt_run_t *straight = NULL, *first = NULL, *resumed = NULL;
+  CU_ASSERT_EQUAL_FATAL(qt_run_init(&s, &straight, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_run_init(&s, &first, &err), 0);
+  for (int e = 0; e < 2; e++) CU_ASSERT_EQUAL_FATAL(qt_run_epoch(straight, &r, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_run_epoch(first, &r, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_run_save(first, saved, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_run_load(saved, &s, &resumed, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_run_epoch(resumed, &r, &err), 0);
+  qt_model_t *ma = qt_run_model(straight), *mb = qt_run_model(resumed);
+  for (size_t i = 0; i < qt_model_tensor_count(ma); i++) {
+    qt_model_tensor ta, tb;
+    qt_model_tensor_at(ma, i, &ta);
+    qt_model_tensor_at(mb, i, &tb);
+    CU_ASSERT(memcmp(ta.data, tb.data, ta.numel * sizeof(float)) == 0);
+  }
+  qt_run_free(straight);
+  qt_run_free(first);
+  qt_run_free(resumed);
+
+  /* An image family on tabular data is refused. */
+  s.family = QT_MODEL_FAMILY_RESNET;
+  s.image_size = 32;
+  CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_EINVAL);
+  qt_data_splits_free(&splits);
+  unlink(csv);
+  unlink(ckpt);
+  unlink(saved);
+}
+
 static const qt_test_case cases[] = {
     {"gradients: ReLU, LayerNorm, labels with smoothing", test_gradients_relu_layernorm},
     {"gradients: GELU without norm", test_gradients_gelu_plain},
@@ -1099,6 +1178,7 @@ static const qt_test_case cases[] = {
     {"qt_model wrappers for family mlp", test_model_wrappers},
     {"feature statistics and standardized batches", test_feature_stats_and_batches},
     {"learns XOR from standardized CSV features through qt_model", test_learns_xor_through_model},
+    {"the run API on a CSV file: learns, resumes, refuses image families", test_run_on_csv},
     {NULL, NULL}};
 
 QT_TEST_MAIN("mlp", cases)

@@ -223,6 +223,10 @@ static void test_spec_set(void) {
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "stoch_norm", "True", &err), 0);
   CU_ASSERT_EQUAL(s.stoch_norm, 1);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "clip_grad", "None", &err), 0);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "crop_scale", "0.35", &err), 0);
+  QT_ASSERT_CLOSE(s.crop_scale, 0.35, 1e-15);
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "hflip", "0", &err), 0);
+  CU_ASSERT_EQUAL(s.hflip, 0.0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "layer_decay", "0.65", &err), 0);
   QT_ASSERT_CLOSE(s.optim.layer_decay, 0.65, 1e-15);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "opt", "adamp", &err), QT_ENOTIMPL);
@@ -677,6 +681,29 @@ static void test_learns(void) {
   CU_ASSERT_EQUAL(qt_run_evaluate_test(run, &t1, &t5, &tl, &err), 0);
   CU_ASSERT(isnan(t1) && isnan(t5) && isnan(tl));
   qt_run_free(run);
+}
+
+/* crop_scale and hflip reach the training transform; bad values are
+ * refused at init. */
+static void test_transform_knobs(void) {
+  qt_run_spec s = base_spec(), t = base_spec();
+  t.crop_scale = 1.0;
+  t.hflip = 0.0;
+  qt_err err;
+  qt_run_t *a = NULL, *b = NULL;
+  CU_ASSERT_FATAL(qt_run_init(&s, &a, &err) == 0);
+  CU_ASSERT_FATAL(qt_run_init(&t, &b, &err) == 0);
+  qt_run_epoch_result ra, rb;
+  CU_ASSERT_FATAL(qt_run_epoch(a, &ra, &err) == 0);
+  CU_ASSERT_FATAL(qt_run_epoch(b, &rb, &err) == 0);
+  CU_ASSERT(ra.train_loss != rb.train_loss);
+  qt_run_free(a);
+  qt_run_free(b);
+  t.crop_scale = 0.0;
+  CU_ASSERT_EQUAL(qt_run_init(&t, &b, &err), QT_EINVAL);
+  t.crop_scale = 0.5;
+  t.hflip = 1.5;
+  CU_ASSERT_EQUAL(qt_run_init(&t, &b, &err), QT_EINVAL);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1206,6 +1233,7 @@ static const qt_test_case cases[] = {
     {"truncated_checkpoint", test_truncated_checkpoint},
     {"divergence", test_divergence},
     {"learns", test_learns},
+    {"transform_knobs", test_transform_knobs},
     {"resume_methods", test_resume_methods},
     {"decay_methods_in_run", test_decay_methods_in_run},
     {"sfa_in_run", test_sfa_in_run},

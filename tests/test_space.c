@@ -183,7 +183,7 @@ static void test_load_quicktune_v1(void) {
 static void test_load_default(void) {
   qt_space_t *space = load_shipped("default.yaml");
   CU_ASSERT_STRING_EQUAL(qt_space_name(space), "default");
-  CU_ASSERT_EQUAL(qt_space_count(space), 29);
+  CU_ASSERT_EQUAL(qt_space_count(space), 31);
   long max;
   qt_space_fidelity(space, NULL, NULL, &max);
   CU_ASSERT_EQUAL(max, 50);
@@ -214,9 +214,9 @@ static void test_load_default(void) {
   condition_text(space, "adapter_layers", text, sizeof text);
   CU_ASSERT_STRING_EQUAL(text, "adapter: lora,rosa");
 
-  /* 8 categoricals with 3+5+3+4+3+2+3+3 = 26 columns, 21 single columns,
+  /* 8 categoricals with 3+5+3+4+3+2+3+3 = 26 columns, 23 single columns,
    * 9 active columns. */
-  CU_ASSERT_EQUAL(qt_space_encoded_dim(space), 26 + 21 + 9);
+  CU_ASSERT_EQUAL(qt_space_encoded_dim(space), 26 + 23 + 9);
 
   /* The default configuration uses the file's defaults. */
   qt_config config;
@@ -233,7 +233,7 @@ static void test_load_default(void) {
       "stoch_norm=false sched=cosine warmup_epochs=0 batch_size=32 "
       "pct_to_freeze=0 linear_probing=false "
       "data_augmentation=trivial_augment mixup=0 cutmix=0 smoothing=0.1 "
-      "drop=0");
+      "drop=0 crop_scale=0.08 hflip=0.5");
   qt_config_free(&config);
   qt_space_free(space);
 }

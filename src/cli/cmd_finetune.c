@@ -53,8 +53,8 @@ typedef struct qtune_block {
 
 static int read_qtune_block(const qt_yaml_doc_t *doc, qt_yaml_node node, qtune_block *out,
                             qt_err *err) {
-  static const char *const keys[] = {"run",  "trial", "epochs", "schedule_epochs", "seed",
-                                     "data_seed", "score", "cost_s", NULL};
+  static const char *const keys[] = {
+      "run", "trial", "epochs", "schedule_epochs", "seed", "data_seed", "score", "cost_s", NULL};
   int rc = qt_yaml_check_keys(doc, node, keys, err);
   if (rc < 0) return rc;
   struct {
@@ -124,8 +124,8 @@ static int read_pipeline(const char *path, const qt_space_t *space, qt_config *c
     }
     size_t hp;
     if (qt_space_find(space, name, &hp) != 0) {
-      rc = qt_yaml_error(err, QT_ESCHEMA, doc, key, "unknown hyperparameter '%s' (space %s)",
-                         name, qt_space_name(space));
+      rc = qt_yaml_error(err, QT_ESCHEMA, doc, key, "unknown hyperparameter '%s' (space %s)", name,
+                         qt_space_name(space));
       break;
     }
     qt_err inner;
@@ -145,10 +145,10 @@ static int read_pipeline(const char *path, const qt_space_t *space, qt_config *c
     for (size_t hp = 0; hp < config->count && rc == 0; hp++) {
       int holds = qt_config_conditions_hold(config, hp);
       if (!holds && given[hp]) {
-        rc = qt_yaml_error(
-            err, QT_ESCHEMA, doc, where[hp],
-            "'%s' does not apply to this configuration (its condition does not hold)",
-            qt_space_hp_name(space, hp));
+        rc =
+            qt_yaml_error(err, QT_ESCHEMA, doc, where[hp],
+                          "'%s' does not apply to this configuration (its condition does not hold)",
+                          qt_space_hp_name(space, hp));
       } else if (holds && !qt_config_is_active(config, hp)) {
         /* The space's default, else the first choice or the minimum. */
         double value, lo, hi;
@@ -192,7 +192,8 @@ int qt_cli_finetune(const qt_cli_args *args) {
   if (!config_path) return qt_cli_usage_error(args->command, "--config FILE is required");
   /* --epochs may come from the config's qtune: block, which needs a file. */
   if (!epochs_text && access(config_path, R_OK) != 0)
-    return qt_cli_usage_error(args->command, "--epochs N is required (or qtune.epochs in --config)");
+    return qt_cli_usage_error(args->command,
+                              "--epochs N is required (or qtune.epochs in --config)");
   char *end = NULL;
   long epochs = 0;
   if (epochs_text) {
@@ -238,8 +239,9 @@ int qt_cli_finetune(const qt_cli_args *args) {
   }
   if (!epochs_text) {
     if (block.epochs < 1) {
-      status = qt_cli_usage_error(args->command, "--epochs N is required (or qtune.epochs in "
-                                                 "--config)");
+      status = qt_cli_usage_error(args->command,
+                                  "--epochs N is required (or qtune.epochs in "
+                                  "--config)");
       goto done;
     }
     epochs = block.epochs;
@@ -302,8 +304,9 @@ int qt_cli_finetune(const qt_cli_args *args) {
     }
     fprintf(curve, "epoch,train_loss,val_loss,val_top1,seconds,images_per_s\n");
   }
-  printf("fine-tuning %s on %s: %zu train, %zu val images, %zu classes, %ld epochs\n", m->name,
-         data_path, splits.train->n, splits.val->n, splits.train->n_classes, epochs);
+  const char *unit = splits.train->kind == QT_DATASET_KIND_TABULAR ? "samples" : "images";
+  printf("fine-tuning %s on %s: %zu train, %zu val %s, %zu classes, %ld epochs\n", m->name,
+         data_path, splits.train->n, splits.val->n, unit, splits.train->n_classes, epochs);
   int diverged = 0;
   for (long e = 0; e < epochs; e++) {
     qt_run_epoch_result r;
@@ -316,12 +319,12 @@ int qt_cli_finetune(const qt_cli_args *args) {
       diverged = 1;
       break;
     }
-    printf("epoch %ld  train_loss %.4f  val_top1 %.4f  %.2fs  %.1f images/s  %zu trainable\n",
-           r.epoch, r.train_loss, r.score, r.seconds, r.images_per_s, r.trainable);
+    printf("epoch %ld  train_loss %.4f  val_top1 %.4f  %.2fs  %.1f %s/s  %zu trainable\n", r.epoch,
+           r.train_loss, r.score, r.seconds, r.images_per_s, unit, r.trainable);
     fflush(stdout);
     if (curve) {
-      fprintf(curve, "%ld,%.9g,%.9g,%.9g,%.6g,%.6g\n", r.epoch, r.train_loss, r.val_loss,
-              r.score, r.seconds, r.images_per_s);
+      fprintf(curve, "%ld,%.9g,%.9g,%.9g,%.6g,%.6g\n", r.epoch, r.train_loss, r.val_loss, r.score,
+              r.seconds, r.images_per_s);
       fflush(curve);
     }
   }
@@ -348,7 +351,7 @@ int qt_cli_finetune(const qt_cli_args *args) {
     }
     printf("test  loss %.4f  top1 %.4f", loss, top1);
     if (!isnan(top5)) printf("  top5 %.4f", top5);
-    printf("  (%zu images)\n", splits.test->n);
+    printf("  (%zu %s)\n", splits.test->n, unit);
   }
   if (out_dir) {
     snprintf(path, sizeof path, "%s/final.safetensors", out_dir);

@@ -2392,6 +2392,8 @@ typedef struct qt_run_spec {
   double mixup_prob;           /* probability a batch is mixed when an alpha > 0 */
   double smoothing;            /* label smoothing in [0, 1) */
   double drop;                 /* head dropout rate in [0, 1) */
+  double crop_scale;           /* RandomResizedCrop's smallest area fraction, (0, 1] (timm 0.08) */
+  double hflip;                /* probability of a horizontal flip, [0, 1] (timm 0.5) */
   qt_adapter_kind adapter;     /* none, lora or rosa (see "LoRA adapters in runs" above) */
   long adapter_rank;           /* r >= 1 */
   double adapter_alpha;        /* LoRA's alpha; <= 0: alpha = rank (scale 1) [RECON] */
@@ -2425,7 +2427,7 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no
  * linear probing, trivial_augment (RandAugment 2 ops, magnitude 9), no
- * mixing (mixup_prob 1), smoothing 0.1, drop 0, no adapter (rank 8,
+ * mixing (mixup_prob 1), smoothing 0.1, drop 0, crop_scale 0.08, hflip 0.5, no adapter (rank 8,
  * alpha = rank, all linear layers), no GOODFIT (adamw, n_ref 1, ratio 1),
  * no SFA (sfa_p 0.25, sfa_beta 0.5 [RECON]), seed 0, 1 thread. */
 qt_run_spec qt_run_default_spec(void);
@@ -2442,7 +2444,7 @@ qt_run_spec qt_run_default_spec(void);
  * warmup_epochs, warmup_lr, min_lr, decay_rate, decay_epochs,
  * patience_epochs, batch_size, pct_to_freeze, linear_probing,
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
- * smoothing, drop, epochs. model is ignored (the caller picked the
+ * smoothing, drop, crop_scale, hflip, epochs. model is ignored (the caller picked the
  * checkpoint), amp too (the CPU engine computes in float32). Methods not
  * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; an AutoAugment
  * policy). stoch_norm (boolean) turns on StochNorm (see

@@ -132,6 +132,8 @@ qt_run_spec qt_run_default_spec(void) {
   s.mixup_prob = 1.0;
   s.smoothing = 0.1;
   s.drop = 0.0;
+  s.crop_scale = 0.08;
+  s.hflip = 0.5;
   s.goodfit = 0;
   s.goodfit_main = QT_OPTIM_KIND_ADAMW; /* [RECON] */
   s.goodfit_n_ref = 1;
@@ -286,6 +288,8 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
   if (strcmp(name, "mixup_prob") == 0) NUMBER(spec->mixup_prob);
   if (strcmp(name, "smoothing") == 0) NUMBER(spec->smoothing);
   if (strcmp(name, "drop") == 0) NUMBER(spec->drop);
+  if (strcmp(name, "crop_scale") == 0) NUMBER(spec->crop_scale);
+  if (strcmp(name, "hflip") == 0) NUMBER(spec->hflip);
   if (strcmp(name, "sfa") == 0) {
     if ((rc = parse_bool(name, value, &b, err)) < 0) return rc;
     spec->sfa = b;
@@ -370,6 +374,10 @@ static int check_spec(const qt_run_spec *s, qt_err *err) {
     return qt_err_set(err, QT_EINVAL,
                       "run spec: mixup and cutmix must be >= 0, mixup_prob in "
                       "[0, 1]");
+  if (!(s->crop_scale > 0.0 && s->crop_scale <= 1.0) || !(s->hflip >= 0.0 && s->hflip <= 1.0))
+    return qt_err_set(err, QT_EINVAL,
+                      "run spec: crop_scale must be in (0, 1] and hflip in [0, 1], got %g and %g",
+                      s->crop_scale, s->hflip);
   if (!(s->drop >= 0.0 && s->drop < 1.0))
     return qt_err_set(err, QT_EINVAL, "run spec: drop must be in [0, 1), got %g", s->drop);
   for (int c = 0; c < 3; c++) {
@@ -452,6 +460,11 @@ static void spec_fingerprint(const qt_run_spec *s, long num_classes, char out[17
                           s->adapter_rank, s->adapter_alpha, s->adapter_attention_only);
   if (s->sfa && n + 64 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " sfa=%.17g,%.17g", s->sfa_p, s->sfa_beta);
+  /* The training transform enters only when not timm's default, so that
+   * checkpoints made before these existed keep their fingerprint. */
+  if ((s->crop_scale != 0.08 || s->hflip != 0.5) && n + 64 < sizeof text)
+    n += (size_t)snprintf(text + n, sizeof text - n, " crop=%.17g flip=%.17g", s->crop_scale,
+                          s->hflip);
   if (s->stoch_norm && n + 16 < sizeof text)
     n += (size_t)snprintf(text + n, sizeof text - n, " stochnorm");
   if (s->bss_reg != 0.0 && n + 64 < sizeof text)
@@ -876,6 +889,8 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   run->aug.cutmix_alpha = spec->cutmix;
   run->aug.mix_prob = spec->mixup_prob;
   run->aug.label_smoothing = spec->smoothing;
+  run->aug.scale[0] = spec->crop_scale;
+  run->aug.hflip_prob = spec->hflip;
 
   qt_batch_params bp = qt_batch_default_params();
   bp.batch_size = spec->batch_size;
