@@ -126,15 +126,15 @@ typedef struct row_buffer {
 } row_buffer;
 
 typedef struct quicktune_optimizer {
-  qt_optimizer_t base; /* first member */
-  int meta;            /* restarts load the meta-trained state */
-  int cost_aware;      /* EI / predicted cost */
+  qt_optimizer_t base;        /* first member */
+  int meta;                   /* restarts load the meta-trained state */
+  int cost_aware;             /* EI / predicted cost */
   qt_quicktune_params params; /* resolved: no zero left */
   double learning_rate;
   qt_dkl_config config;
   long fidelity_max; /* T: budgets are epoch / T (the space's fidelity maximum) */
 
-  qt_dkl_t *dkl;          /* the deep-kernel GP being trained */
+  qt_dkl_t *dkl; /* the deep-kernel GP being trained */
   size_t param_count;
   double *initial;        /* (param_count) the state a restart loads */
   double *saved;          /* (param_count) the state before the current training */
@@ -144,23 +144,28 @@ typedef struct quicktune_optimizer {
   qt_rng_t *fallback_rng; /* the random suggestion after a failed prediction */
 
   /* History. */
-  qt_log_entry *log;      /* (log_capacity) scored observations in order */
-  unsigned char *chosen;  /* (log_capacity) row selection under the cap */
+  qt_log_entry *log;     /* (log_capacity) scored observations in order */
+  unsigned char *chosen; /* (log_capacity) row selection under the cap */
   size_t log_count, log_capacity;
-  size_t *seen;           /* (pool count) candidates in order of their first score */
+  size_t *seen; /* (pool count) candidates in order of their first score */
   size_t seen_count;
-  size_t *mark;           /* (pool count) generation marks for the row cap */
+  size_t *mark; /* (pool count) generation marks for the row cap */
   size_t generation;
 
-  row_buffer train;       /* training rows */
+  row_buffer train; /* training rows */
   size_t train_count;
-  row_buffer query;       /* one row per scorable candidate, (pool count) */
+  row_buffer query;        /* one row per scorable candidate, (pool count) */
   size_t *query_candidate; /* (pool count) */
-  long *query_epoch;      /* (pool count) */
-  double *mean;           /* (pool count) */
-  double *variance;       /* (pool count) */
-  double *seconds;        /* (pool count) predicted seconds, cost-aware only */
-  double *incumbents;     /* (T + 1) y*(t) by epoch, filled per suggestion */
+  long *query_epoch;       /* (pool count) */
+  double *mean;            /* (pool count) */
+  double *variance;        /* (pool count) */
+  double *seconds;         /* (pool count) predicted seconds, cost-aware only */
+  double *incumbents;      /* (T + 1) y*(t) by epoch, filled per suggestion */
+  /* The candidates as the surrogate reads them: the pool's encodings
+   * (one-hot), or (pool count, hp_dim) owned rows when the surrogate uses
+   * model descriptors (qt_surrogate_encode). */
+  const double *encoded;
+  double *owned_encoded;
 
   /* Schedule state (Quick-Tune's restart, iterations, patience). */
   int restart;
@@ -212,8 +217,8 @@ double qt__quicktune_incumbent(const qt_optimizer_t *optimizer, long epoch) {
 }
 
 size_t qt__quicktune_select(const qt_optimizer_t *optimizer, size_t n, const long *epochs,
-                            const double *mean, const double *variance,
-                            const double *cost_seconds, double *a) {
+                            const double *mean, const double *variance, const double *cost_seconds,
+                            double *a) {
   quicktune_optimizer *qt = (quicktune_optimizer *)optimizer;
   compute_incumbents(qt);
   size_t best = 0;
@@ -273,16 +278,15 @@ static int row_buffer_reserve(row_buffer *b, const qt_dkl_config *config, size_t
  * 1..t-1; y is its score at t when t <= last epoch. */
 static void fill_row(quicktune_optimizer *qt, row_buffer *b, size_t r, size_t c, long t) {
   const qt_optimizer_t *base = &qt->base;
-  const qt_pool *pool = base->pool;
   const qt_dkl_config *cfg = &qt->config;
-  memcpy(b->x + r * cfg->hp_dim, pool->encoded + c * pool->dim, cfg->hp_dim * sizeof *b->x);
+  memcpy(b->x + r * cfg->hp_dim, qt->encoded + c * cfg->hp_dim, cfg->hp_dim * sizeof *b->x);
   b->budget[r] = (double)t / (double)qt->fidelity_max;
   double *curve = b->curve + r * cfg->curve_len;
   size_t known = (size_t)(t - 1) < cfg->curve_len ? (size_t)(t - 1) : cfg->curve_len;
   for (size_t e = 0; e < known; e++) curve[e] = qt__trial_score(base, c, (long)e + 1);
   for (size_t e = known; e < cfg->curve_len; e++) curve[e] = 0.0;
   if (cfg->meta_dim)
-    memcpy(b->meta + r * cfg->meta_dim, pool->meta, cfg->meta_dim * sizeof *b->meta);
+    memcpy(b->meta + r * cfg->meta_dim, base->pool->meta, cfg->meta_dim * sizeof *b->meta);
   b->y[r] = t <= base->trials[c].last_epoch ? qt__trial_score(base, c, t) : 0.0;
 }
 
@@ -523,6 +527,7 @@ static void quicktune_free(qt_optimizer_t *optimizer) {
   free(qt->variance);
   free(qt->seconds);
   free(qt->incumbents);
+  free(qt->owned_encoded);
   qt__optimizer_base_free(optimizer);
   free(qt);
 }
@@ -622,6 +627,23 @@ static int quicktune_create(const qt_pool *pool, const qt_optimizer_params *para
     }
   } else {
     qt->config = qt_dkl_space_config(pool->space, pool->meta_dim);
+  }
+  /* A surrogate with model descriptors reads its own encoding of the
+   * candidates; a model it has no descriptors for is an error here. */
+  qt->encoded = pool->encoded;
+  if (surrogate && qt_surrogate_codec(surrogate)) {
+    qt->owned_encoded =
+        malloc((pool->count ? pool->count : 1) * qt->config.hp_dim * sizeof *qt->owned_encoded);
+    if (!qt->owned_encoded) {
+      rc = qt_err_set(err, QT_ENOMEM, "out of memory for %s", name);
+      goto fail;
+    }
+    for (size_t c = 0; c < pool->count; c++) {
+      rc = qt_surrogate_encode(surrogate, pool->space, &pool->configs[c],
+                               qt->owned_encoded + c * qt->config.hp_dim, err);
+      if (rc != 0) goto fail_prefix;
+    }
+    qt->encoded = qt->owned_encoded;
   }
 
   qt_rng_t *init_rng = NULL;

@@ -177,11 +177,23 @@ static void yaml_quote(const char *text, char *buf, size_t size) {
 /* ------------------------------------------------------------------------- */
 
 /* The settings hashed into run.yaml's hash, in file order. */
-enum { KEY_DATA, KEY_HUB, KEY_HUB_DIGEST, KEY_SPACE, KEY_SPACE_DIGEST, KEY_OPTIMIZER,
-       KEY_SURROGATE, KEY_SEED, KEY_POOL, KEY_MAX_EPOCHS, KEY_MAX_DISK, KEY_COUNT };
+enum {
+  KEY_DATA,
+  KEY_HUB,
+  KEY_HUB_DIGEST,
+  KEY_SPACE,
+  KEY_SPACE_DIGEST,
+  KEY_OPTIMIZER,
+  KEY_SURROGATE,
+  KEY_SEED,
+  KEY_POOL,
+  KEY_MAX_EPOCHS,
+  KEY_MAX_DISK,
+  KEY_COUNT
+};
 static const char *const key_names[KEY_COUNT] = {
-    "data", "hub", "hub_digest", "space", "space_digest", "optimizer",
-    "surrogate", "seed", "pool_size", "max_epochs", "max_disk"};
+    "data",      "hub",  "hub_digest", "space",      "space_digest", "optimizer",
+    "surrogate", "seed", "pool_size",  "max_epochs", "max_disk"};
 
 typedef struct settings {
   char *values[KEY_COUNT]; /* text of each hashed setting */
@@ -231,8 +243,8 @@ static void settings_diff(const settings *s, const char *run_yaml, char *buf, si
     const char *old = qt_yaml_scalar(doc, qt_yaml_get(doc, root, key_names[k]));
     if (old && strcmp(old, s->values[k]) == 0) continue;
     /* Long values (paths) are cut to keep the message readable. */
-    int n = snprintf(buf + used, size - used, "%s%s (was '%.300s', now '%.300s')",
-                     used ? ", " : "", key_names[k], old ? old : "absent", s->values[k]);
+    int n = snprintf(buf + used, size - used, "%s%s (was '%.300s', now '%.300s')", used ? ", " : "",
+                     key_names[k], old ? old : "absent", s->values[k]);
     if (n < 0 || (size_t)n >= size - used) break;
     used += (size_t)n;
   }
@@ -251,15 +263,15 @@ typedef struct curve_row {
 
 typedef struct trial_state {
   int created;
-  int ended;           /* failed or diverged */
-  long last_epoch;     /* last ended epoch */
-  double best_score;   /* NaN before the first */
-  double first_cost;   /* NaN before the first */
-  double last_cost;    /* NaN before the first */
-  double first_wall;   /* clock seconds of its first epoch with the bookkeeping around it
-                          (loading, checkpoint, journal); NaN when unknown */
-  double last_wall;    /* the same for its last epoch */
-  curve_row *rows;     /* (row_count) its ended epochs */
+  int ended;         /* failed or diverged */
+  long last_epoch;   /* last ended epoch */
+  double best_score; /* NaN before the first */
+  double first_cost; /* NaN before the first */
+  double last_cost;  /* NaN before the first */
+  double first_wall; /* clock seconds of its first epoch with the bookkeeping around it
+                        (loading, checkpoint, journal); NaN when unknown */
+  double last_wall;  /* the same for its last epoch */
+  curve_row *rows;   /* (row_count) its ended epochs */
   size_t row_count, row_capacity;
 } trial_state;
 
@@ -276,7 +288,7 @@ typedef struct search {
   size_t n_models;
   size_t model_hp;
   qt_data_splits data;
-  qt_config *configs;          /* (pool_size) */
+  qt_config *configs; /* (pool_size) */
   size_t n_configs;
   qt_pool pool;
   int pool_ready;
@@ -286,33 +298,35 @@ typedef struct search {
   qt_objective_t *objective;
   long max_epochs;
   int threads;
-  size_t dropped;              /* Sobol points replaced (QT_ENOTIMPL) */
+  size_t dropped; /* Sobol points replaced (QT_ENOTIMPL) */
   char drop_reasons[1024];
   /* Journal. */
   qt_journal_t *journal;
   qt_journal_log log;
   int have_log;
-  size_t pos;                  /* replay cursor into log */
+  size_t pos; /* replay cursor into log */
   int replaying;
   qt_search_summary_t *summary;
   long session;
   /* Clock. */
-  double clock0;               /* journal clock at the session's start */
-  double t0;                   /* qt_time_now() at the session's start */
+  double clock0; /* journal clock at the session's start */
+  double t0;     /* qt_time_now() at the session's start */
   double budget;
   /* Trials. */
-  trial_state *trials;         /* (pool count) */
+  trial_state *trials; /* (pool count) */
   long n_created;
   long total_epochs;
   long best_trial, best_epoch;
   double best_score;
-  long inc_trial, inc_epoch;   /* what incumbent.safetensors holds (journal) */
-  size_t live_trial;           /* the trial stepped last, SIZE_MAX: none */
-  double observe_s;            /* seconds of the last observe (the surrogate's refit) */
-  double optimizer_s;          /* seconds of the last observe and the suggest after it */
+  long inc_trial, inc_epoch; /* what incumbent.safetensors holds (journal) */
+  size_t live_trial;         /* the trial stepped last, SIZE_MAX: none */
+  double observe_s;          /* seconds of the last observe (the surrogate's refit) */
+  double optimizer_s;        /* seconds of the last observe and the suggest after it */
 } search;
 
-static double search_clock(const search *S) { return S->clock0 + (qt_time_now() - S->t0); }
+static double search_clock(const search *S) {
+  return S->clock0 + (qt_time_now() - S->t0);
+}
 
 /* The engine's stop hook: the budget, or the caller's Ctrl-C. */
 static int stop_hook(void *user) {
@@ -362,8 +376,8 @@ static int write_curve(search *S, size_t trial, qt_err *err) {
   size_t cap = 128 + t->row_count * 160;
   char *text = malloc(cap);
   if (!text) return qt_err_set(err, QT_ENOMEM, "out of memory");
-  size_t used = (size_t)snprintf(text, cap,
-                                 "epoch,score,top5,train_loss,val_loss,cost_s,images_per_s\n");
+  size_t used =
+      (size_t)snprintf(text, cap, "epoch,score,top5,train_loss,val_loss,cost_s,images_per_s\n");
   for (size_t i = 0; i < t->row_count; i++) {
     const curve_row *r = &t->rows[i];
     char v[6][32];
@@ -389,7 +403,9 @@ static size_t trial_model(const search *S, size_t trial) {
 
 /* The clock seconds an epoch of the trial took (with its bookkeeping), or
  * its engine seconds when that is unknown. */
-static double epoch_clock(double wall, double cost) { return isfinite(wall) ? wall : cost; }
+static double epoch_clock(double wall, double cost) {
+  return isfinite(wall) ? wall : cost;
+}
 
 /* The predicted clock seconds of the trial's next epoch (NaN: unknown). */
 static double predict_cost(const search *S, size_t trial) {
@@ -432,8 +448,8 @@ static int book_epoch(search *S, size_t trial, const qt_journal_record *r, doubl
     S->best_epoch = r->epoch;
     S->best_score = r->score;
   }
-  curve_row row = {r->epoch, r->score, r->top5, r->train_loss, r->val_loss, r->cost_s,
-                   r->images_per_s};
+  curve_row row = {r->epoch,    r->score,  r->top5,        r->train_loss,
+                   r->val_loss, r->cost_s, r->images_per_s};
   return add_row(t, &row) < 0 ? QT_ENOMEM : 0;
 }
 
@@ -449,8 +465,8 @@ static qt_observation observation_of(const qt_journal_record *r) {
 
 static qt_observation failure_of(const char *status) {
   qt_observation o;
-  o.status = status && strcmp(status, "diverged") == 0 ? QT_OBS_STATUS_DIVERGED
-                                                       : QT_OBS_STATUS_FAILED;
+  o.status =
+      status && strcmp(status, "diverged") == 0 ? QT_OBS_STATUS_DIVERGED : QT_OBS_STATUS_FAILED;
   o.score = NAN;
   o.cost = 0.0;
   o.train_loss = o.val_loss = NAN;
@@ -524,14 +540,15 @@ static void enforce_disk(search *S) {
       }
     }
     if (victim == SIZE_MAX) {
-      QT_LOG_WARN("checkpoints use %zu bytes, over --max-disk %zu, and none can be evicted",
-                  total, S->params->max_disk);
+      QT_LOG_WARN("checkpoints use %zu bytes, over --max-disk %zu, and none can be evicted", total,
+                  S->params->max_disk);
       return;
     }
-    QT_LOG_INFO("max-disk: evicting the checkpoint of trial %zu (epoch %ld, best %.4f): %zu bytes "
-                "in all, cap %zu",
-                victim, S->trials[victim].last_epoch, S->trials[victim].best_score, total,
-                S->params->max_disk);
+    QT_LOG_INFO(
+        "max-disk: evicting the checkpoint of trial %zu (epoch %ld, best %.4f): %zu bytes "
+        "in all, cap %zu",
+        victim, S->trials[victim].last_epoch, S->trials[victim].best_score, total,
+        S->params->max_disk);
     qt__finetune_evict(S->objective, victim);
   }
 }
@@ -611,9 +628,10 @@ static int build_pool(search *S, qt_err *err) {
   qt_rng_free(rng);
   if (rc < 0) return rc;
   if (S->dropped)
-    QT_LOG_INFO("pool: %zu of %zu design points replaced by random ones the engine can run "
-                "(not implemented yet: %s)",
-                S->dropped, n, S->drop_reasons);
+    QT_LOG_INFO(
+        "pool: %zu of %zu design points replaced by random ones the engine can run "
+        "(not implemented yet: %s)",
+        S->dropped, n, S->drop_reasons);
   rc = qt_pool_init(&S->pool, S->space, S->configs, n, err);
   if (rc < 0) return rc;
   S->pool_ready = 1;
@@ -645,9 +663,14 @@ static int write_run_yaml(search *S, qt_err *err) {
 }
 
 static int overwrite_dir(search *S) {
-  static const char *const ours[] = {"run.yaml", "run.yaml.tmp", "journal.jsonl", "trials",
-                                     "incumbent.safetensors", "incumbent.safetensors.tmp",
-                                     "summary", NULL};
+  static const char *const ours[] = {"run.yaml",
+                                     "run.yaml.tmp",
+                                     "journal.jsonl",
+                                     "trials",
+                                     "incumbent.safetensors",
+                                     "incumbent.safetensors.tmp",
+                                     "summary",
+                                     NULL};
   char path[4200];
   for (size_t i = 0; ours[i]; i++) {
     snprintf(path, sizeof path, "%s/%s", S->run_dir, ours[i]);
@@ -1090,8 +1113,7 @@ int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err 
   out->end_reason = "error";
   if (!params->run_dir || !params->data || !params->hub)
     return qt_err_set(err, QT_EINVAL, "qt_search_run: run_dir, data and hub are required");
-  if (!(params->extend_s >= 0.0))
-    return qt_err_set(err, QT_EINVAL, "extend must be >= 0 seconds");
+  if (!(params->extend_s >= 0.0)) return qt_err_set(err, QT_EINVAL, "extend must be >= 0 seconds");
 
   search S;
   memset(&S, 0, sizeof S);
@@ -1100,8 +1122,8 @@ int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err 
   S.best_trial = S.best_epoch = S.inc_trial = S.inc_epoch = -1;
   S.best_score = NAN;
   S.live_trial = SIZE_MAX;
-  S.optimizer_name = params->optimizer ? params->optimizer
-                                       : (params->surrogate ? "quicktune" : "quicktune-MC");
+  S.optimizer_name =
+      params->optimizer ? params->optimizer : (params->surrogate ? "quicktune" : "quicktune-MC");
   S.threads = params->threads;
   if (S.threads <= 0) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1147,13 +1169,17 @@ int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err 
   if (params->surrogate &&
       (rc = qt_surrogate_load(params->surrogate, S.space, &S.surrogate, err)) < 0)
     goto done;
+  /* A surrogate with model descriptors learns those of hub models it never
+   * saw from the hub (a no-op for one-hot surrogates). */
+  if (S.surrogate && (rc = qt_surrogate_add_hub_descriptors(S.surrogate, S.hub, NULL, err)) < 0)
+    goto done;
   qt_optimizer_params op = qt_optimizer_default_params();
   op.seed = params->seed;
   op.max_epochs = S.max_epochs;
   op.surrogate = S.surrogate;
   if ((rc = qt_optimizer_create(S.optimizer_name, &S.pool, &op, &S.optimizer, err)) < 0) goto done;
-  qt__finetune_setup setup = {S.run_dir, &S.pool, S.model_hp, S.models, &S.data, S.max_epochs,
-                              params->seed, S.threads};
+  qt__finetune_setup setup = {S.run_dir, &S.pool,      S.model_hp,   S.models,
+                              &S.data,   S.max_epochs, params->seed, S.threads};
   if ((rc = qt__finetune_objective_init(&setup, &S.objective, err)) < 0) goto done;
   qt__finetune_set_stop(S.objective, stop_hook, &S);
 
@@ -1186,8 +1212,8 @@ int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err 
     if ((rc = emit(&S, &rec, err)) < 0) goto done;
   }
   if (S.replaying)
-    QT_LOG_INFO("resuming %s: session %ld, %.0fs of %.0fs used, replaying %zu records",
-                S.run_dir, S.session + 1, S.clock0, S.budget, S.log.count);
+    QT_LOG_INFO("resuming %s: session %ld, %.0fs of %.0fs used, replaying %zu records", S.run_dir,
+                S.session + 1, S.clock0, S.budget, S.log.count);
 
   rc = search_loop(&S, &reason, err);
   if (rc == 0 && S.replaying) rc = go_live(&S, err);
@@ -1225,7 +1251,8 @@ done:
 /* ------------------------------------------------------------------------- */
 
 int qt_search_export_weights(const char *run_dir, const char *path, qt_err *err) {
-  if (!run_dir || !path) return qt_err_set(err, QT_EINVAL, "qt_search_export_weights: NULL argument");
+  if (!run_dir || !path)
+    return qt_err_set(err, QT_EINVAL, "qt_search_export_weights: NULL argument");
   char journal_path[4200], incumbent[4200];
   snprintf(journal_path, sizeof journal_path, "%s/journal.jsonl", run_dir);
   snprintf(incumbent, sizeof incumbent, "%s/incumbent.safetensors", run_dir);
@@ -1247,8 +1274,7 @@ int qt_search_export_weights(const char *run_dir, const char *path, qt_err *err)
   qt_data_splits data = {0};
   qt_run_t *run = NULL;
   if (!start || !inc || !created) {
-    rc = qt_err_set(err, QT_ENOENT, "%s: no epoch has ended yet; nothing to export",
-                    journal_path);
+    rc = qt_err_set(err, QT_ENOENT, "%s: no epoch has ended yet; nothing to export", journal_path);
     goto done;
   }
   if ((rc = qt_hub_load_file(start->hub, &hub, err)) < 0) goto done;

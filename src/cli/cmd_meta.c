@@ -107,6 +107,19 @@ int qt_cli_meta_train(const qt_cli_args *args) {
   const char *seed_text = qt_cli_get(args, "seed");
   if (!dir) return qt_cli_usage_error(command, "--meta-dataset DIR is required");
   if (!out_path) return qt_cli_usage_error(command, "--out FILE is required");
+  const char *encoding_text = qt_cli_get(args, "model-encoding");
+  const char *descriptors = qt_cli_get(args, "descriptors");
+  const char *hub = qt_cli_get(args, "hub");
+  qt_model_encoding encoding = QT_MODEL_ENCODING_ONEHOT;
+  if (encoding_text && qt_model_encoding_parse(encoding_text, &encoding, NULL) != 0)
+    return qt_cli_usage_error(command, "--model-encoding must be onehot or descriptors, not '%s'",
+                              encoding_text);
+  if (encoding == QT_MODEL_ENCODING_ONEHOT && (descriptors || hub))
+    return qt_cli_usage_error(command, "--descriptors and --hub need --model-encoding descriptors");
+  if (encoding == QT_MODEL_ENCODING_DESCRIPTORS && !descriptors && !hub)
+    return qt_cli_usage_error(command,
+                              "--model-encoding descriptors needs --descriptors FILE (e.g. "
+                              "configs/model-descriptors/quicktune.yaml) or --hub FILE");
 
   qt_metatrain_params params = qt_metatrain_default_params();
   long value = 0;
@@ -145,10 +158,19 @@ int qt_cli_meta_train(const qt_cli_args *args) {
   qt_err err;
   qt_err_clear(&err);
   qt_metadataset_t *md = NULL;
+  qt_model_codec_t *codec = NULL;
   if (qt_metadataset_load(dir, &md, &err) != 0) return qt_cli_fail(command, &err);
+  if (qt_model_codec_load(encoding, descriptors, hub, &codec, &err) != 0 ||
+      qt_model_codec_check_metadataset(codec, md, &err) != 0) {
+    qt_model_codec_free(codec);
+    qt_metadataset_free(md);
+    return qt_cli_fail(command, &err);
+  }
+  params.codec = codec;
   for (size_t i = 0; i < params.exclude_count; i++) {
     size_t index;
     if (qt_metadataset_find_dataset(md, excluded[i], &index) != 0) {
+      qt_model_codec_free(codec);
       qt_metadataset_free(md);
       return qt_cli_usage_error(command, "--exclude-datasets: no dataset '%s' in %s", excluded[i],
                                 dir);
@@ -156,11 +178,11 @@ int qt_cli_meta_train(const qt_cli_args *args) {
   }
   const qt_space_t *space = qt_metadataset_space(md);
   printf(
-      "meta-training on \"%s\" (%zu datasets, %zu runs), space \"%s\" (%zu encoded columns), "
-      "%ld iterations, learning rate %g, seed %llu\n",
+      "meta-training on \"%s\" (%zu datasets, %zu runs), space \"%s\" (%zu encoded columns, "
+      "model encoding %s), %ld iterations, learning rate %g, seed %llu\n",
       qt_metadataset_name(md), qt_metadataset_dataset_count(md), qt_metadataset_run_count(md),
-      qt_space_name(space), qt_space_encoded_dim(space), params.iterations, params.learning_rate,
-      (unsigned long long)params.seed);
+      qt_space_name(space), qt_model_encoded_dim(encoding, space), qt_model_encoding_name(encoding),
+      params.iterations, params.learning_rate, (unsigned long long)params.seed);
   fflush(stdout);
 
   qt_surrogate_t *surrogate = NULL;
@@ -191,10 +213,12 @@ int qt_cli_meta_train(const qt_cli_args *args) {
            report.failed_steps ? "" : ", no failed steps");
     if (report.failed_steps)
       printf("  %ld steps were skipped after a numerical failure\n", report.failed_steps);
-    printf("wrote %s (surrogate for space \"%s\", encoding hash %016llx)\n", out_path,
-           info->space_name, (unsigned long long)info->space_hash);
+    printf("wrote %s (surrogate for space \"%s\", model encoding %s, encoding hash %016llx)\n",
+           out_path, info->space_name, qt_model_encoding_name(info->model_encoding),
+           (unsigned long long)info->space_hash);
   }
   qt_surrogate_free(surrogate);
+  qt_model_codec_free(codec);
   qt_metadataset_free(md);
   return status;
 }
@@ -324,8 +348,8 @@ int qt_cli_meta_collect(const qt_cli_args *args) {
   qt_err_clear(&err);
   const char *device = qt_cli_get(args, "device");
   if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
-    qt_err_set(&err, QT_ENOTIMPL, "--device %s: collecting on CUDA is not implemented yet (use cpu)",
-               device);
+    qt_err_set(&err, QT_ENOTIMPL,
+               "--device %s: collecting on CUDA is not implemented yet (use cpu)", device);
     return qt_cli_fail(command, &err);
   }
   char **files = NULL;
@@ -347,9 +371,10 @@ int qt_cli_meta_collect(const qt_cli_args *args) {
   }
   printf("runs: %ld in all, %ld computed now, %ld from earlier parts\n", r.runs_total,
          r.runs_computed, r.runs_reused);
-  printf("kept %ld runs (%zu points; %ld cut at a diverged epoch); left out %ld failed and %ld "
-         "diverged in epoch 1\n",
-         r.runs_kept, r.points, r.runs_diverged, r.runs_failed, r.runs_empty);
+  printf(
+      "kept %ld runs (%zu points; %ld cut at a diverged epoch); left out %ld failed and %ld "
+      "diverged in epoch 1\n",
+      r.runs_kept, r.points, r.runs_diverged, r.runs_failed, r.runs_empty);
   printf("wrote %s\n", p.out_dir);
 done:
   for (size_t i = 0; i < n_files; i++) free(files[i]);

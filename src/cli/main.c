@@ -14,9 +14,12 @@
 /* Flags shared by several commands                                           */
 /* ------------------------------------------------------------------------- */
 
-#define QT_FLAG_SEED {"seed", "N", "random seed (default 0); the same seed gives the same numbers"}
-#define QT_FLAG_DEVICE {"device", "D", "auto, cpu or cuda:N (default auto: a GPU when one is present)"}
-#define QT_FLAG_LOG {"log-level", "L", "debug, info, warn, error or silent (default info)"}
+#define QT_FLAG_SEED \
+  { "seed", "N", "random seed (default 0); the same seed gives the same numbers" }
+#define QT_FLAG_DEVICE \
+  { "device", "D", "auto, cpu or cuda:N (default auto: a GPU when one is present)" }
+#define QT_FLAG_LOG \
+  { "log-level", "L", "debug, info, warn, error or silent (default info)" }
 
 /* ------------------------------------------------------------------------- */
 /* search, status, export, finetune, bench                                    */
@@ -28,16 +31,18 @@ static const qt_cli_flag search_flags[] = {
     {"space", "FILE", "search-space YAML (default configs/spaces/default.yaml)"},
     {"budget", "DURATION", "total wall-clock budget, e.g. 90s, 45m, 4h, 1h30m, 1d or HH:MM:SS"},
     {"run-dir", "DIR", "where the journal, checkpoints and exports go (default runs/<timestamp>)"},
-    {"surrogate", "FILE", "meta-trained surrogate (qtune meta train) for quicktune; without one "
-                          "the optimizer defaults to quicktune-MC"},
+    {"surrogate", "FILE",
+     "meta-trained surrogate (qtune meta train) for quicktune; without one "
+     "the optimizer defaults to quicktune-MC"},
     {"max-trials", "N", "stop after N configurations"},
     {"max-epochs-total", "N", "stop after N epochs over all configurations"},
     {"target", "SCORE", "stop as soon as a validation score reaches SCORE (in [0, 1])"},
     {"max-disk", "SIZE", "cap on checkpoint storage; checkpoints of abandoned trials are evicted"},
     {"extend", "DURATION", "add DURATION to the budget of an existing run directory"},
     {"overwrite", NULL, "start over in an existing run directory instead of resuming it"},
-    {"optimizer", "NAME", "quicktune (default with --surrogate), quicktune-MC (default without), "
-                          "quicktune-M, quicktune-C, random, sh, hyperband, asha, bohb"},
+    {"optimizer", "NAME",
+     "quicktune (default with --surrogate), quicktune-MC (default without), "
+     "quicktune-M, quicktune-C, random, sh, hyperband, asha, bohb"},
     {"max-epochs", "N", "epochs per configuration at most (default: the space's fidelity max)"},
     {"pool", "N", "candidate configurations sampled from the space (default 128)"},
     {"threads", "N", "data preprocessing threads (default: the cores, at most 8)"},
@@ -63,31 +68,37 @@ static const qt_cli_flag finetune_flags[] = {
     {"config", "FILE", "pipeline configuration YAML, e.g. summary/best_config.yaml of a search"},
     {"epochs", "N", "number of epochs"},
     {"out", "DIR", "where curve.csv and final.safetensors go (default: none written)"},
-    {"space", "FILE", "search space the config is checked against "
-                      "(default configs/spaces/default.yaml)"},
+    {"space", "FILE",
+     "search space the config is checked against "
+     "(default configs/spaces/default.yaml)"},
     QT_FLAG_DEVICE,
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
 
 static const qt_cli_flag bench_flags[] = {
     {"meta-dataset", "DIR", "meta-dataset folder whose learning curves are replayed"},
-    {"optimizers", "LIST", "comma-separated: random, sh, hyperband, asha, bohb, quicktune, "
-                           "quicktune-M, quicktune-C, quicktune-MC"},
+    {"optimizers", "LIST",
+     "comma-separated: random, sh, hyperband, asha, bohb, quicktune, "
+     "quicktune-M, quicktune-C, quicktune-MC"},
     {"budget", "DURATION", "simulated wall-clock budget per run"},
     {"seeds", "RANGE", "seeds to run, e.g. 0-4 or 0,3,7"},
     {"datasets", "LIST", "comma-separated subset of the meta-dataset's datasets (default all)"},
-    {"meta-train-folds", "K", "meta-train surrogates on K-1 folds of datasets, test on the held-out fold"},
+    {"meta-train-folds", "K",
+     "meta-train surrogates on K-1 folds of datasets, test on the held-out fold"},
     {"surrogate", "FILE", "test a surrogate meta-trained elsewhere"},
     {"out", "DIR", "trajectories, regret CSVs and plots"},
     {"threads", "N", "parallel runs (default: the number of cores)"},
-    {"overhead", "RULE", "measured (default: the optimizer's wall-clock seconds advance the "
-                         "clock), cpu (its thread's CPU seconds) or ignore (replayed costs only: "
-                         "reproducible bit for bit)"},
-    {"max-train-rows", "N", "quicktune: cap on the surrogate's training rows (default 0: all, "
-                            "as Quick-Tune)"},
+    {"overhead", "RULE",
+     "measured (default: the optimizer's wall-clock seconds advance the "
+     "clock), cpu (its thread's CPU seconds) or ignore (replayed costs only: "
+     "reproducible bit for bit)"},
+    {"max-train-rows", "N",
+     "quicktune: cap on the surrogate's training rows (default 0: all, "
+     "as Quick-Tune)"},
     {"meta-train-iterations", "N", "with --meta-train-folds: iterations per fold (default 10000)"},
-    {"resume", NULL, "continue in --out: read back the runs and folds an earlier run finished "
-                     "with the same parameters"},
+    {"resume", NULL,
+     "continue in --out: read back the runs and folds an earlier run finished "
+     "with the same parameters"},
     {NULL, NULL, NULL}};
 
 /* ------------------------------------------------------------------------- */
@@ -95,10 +106,12 @@ static const qt_cli_flag bench_flags[] = {
 /* ------------------------------------------------------------------------- */
 
 static const qt_cli_flag meta_import_flags[] = {
-    {"format", "NAME", "layout of SRC: quicktune (perf.json, cost.json, table.csv, descriptors.json)"},
+    {"format", "NAME",
+     "layout of SRC: quicktune (perf.json, cost.json, table.csv, descriptors.json)"},
     {"out", "DIR", "native meta-dataset folder to write"},
-    {"space", "FILE", "search space the configurations belong to "
-                      "(default configs/spaces/quicktune-v1.yaml)"},
+    {"space", "FILE",
+     "search space the configurations belong to "
+     "(default configs/spaces/quicktune-v1.yaml)"},
     {NULL, NULL, NULL}};
 
 static const qt_cli_flag meta_train_flags[] = {
@@ -107,6 +120,11 @@ static const qt_cli_flag meta_train_flags[] = {
     {"iterations", "N", "meta-training iterations (default 10000)"},
     {"learning-rate", "LR", "Adam learning rate of the GP and extractor (default 1e-4)"},
     {"out", "FILE", "surrogate file to write"},
+    {"model-encoding", "MODE",
+     "onehot (default: the model one-hot) or descriptors (model "
+     "family, size, input size, depth, width, pretraining top-1)"},
+    {"descriptors", "FILE", "model descriptor YAML (configs/model-descriptors/) for descriptors"},
+    {"hub", "FILE", "model hub YAML whose descriptors fill in models --descriptors lacks"},
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
 
@@ -133,7 +151,8 @@ static const qt_cli_command meta_subcommands[] = {
      "identical. Prints the number of datasets, runs and curve points.\n",
      meta_import_flags, 1, 1, qt_cli_meta_import, NULL},
     {"train", "meta train", "meta-train the surrogates (performance and cost) on a meta-dataset",
-     "--meta-dataset DIR --out FILE [--exclude-datasets LIST] [--iterations N]",
+     "--meta-dataset DIR --out FILE [--exclude-datasets LIST] [--iterations N] "
+     "[--model-encoding onehot|descriptors [--descriptors FILE] [--hub FILE]]",
      "Trains the deep-kernel GP and the cost predictor on the meta-dataset's learning curves\n"
      "and writes one surrogate file, tied to the search space and encoding it was trained for.\n",
      meta_train_flags, 0, 0, qt_cli_meta_train, NULL},
@@ -242,11 +261,13 @@ static void print_main_help(FILE *out) {
   for (const qt_cli_command *c = commands; c->name; c++) {
     int implemented = c->run != NULL;
     for (const qt_cli_command *s = c->subcommands; s && s->name; s++) implemented |= s->run != NULL;
-    fprintf(out, "  %-10s %s%s\n", c->name, c->summary, implemented ? "" : " (not implemented yet)");
+    fprintf(out, "  %-10s %s%s\n", c->name, c->summary,
+            implemented ? "" : " (not implemented yet)");
   }
-  fprintf(out, "\nRun 'qtune <command> --help' for the flags of a command.\n"
-               "  --version   print the version and build configuration\n"
-               "  -h, --help  show this help\n");
+  fprintf(out,
+          "\nRun 'qtune <command> --help' for the flags of a command.\n"
+          "  --version   print the version and build configuration\n"
+          "  -h, --help  show this help\n");
 }
 
 static int run_command(const qt_cli_command *command, int argc, char **argv) {
@@ -288,12 +309,14 @@ int main(int argc, char **argv) {
     print_main_help(stderr);
     return QT_CLI_EXIT_USAGE;
   }
-  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+      strcmp(argv[1], "help") == 0) {
     print_main_help(stdout);
     return QT_CLI_EXIT_OK;
   }
   if (strcmp(argv[1], "--version") == 0) {
-    printf("qtune %s (CUDA backend: %s)\n", QT_VERSION_STRING, QT_HAVE_CUDA ? "built" : "not built");
+    printf("qtune %s (CUDA backend: %s)\n", QT_VERSION_STRING,
+           QT_HAVE_CUDA ? "built" : "not built");
     return QT_CLI_EXIT_OK;
   }
   for (const qt_cli_command *c = commands; c->name; c++) {

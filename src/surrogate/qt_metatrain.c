@@ -63,7 +63,7 @@ static void sampler_free(sampler *s) {
 }
 
 static int sampler_init(sampler *s, const qt_metadataset_t *md, const qt_dkl_config *config,
-                        qt_err *err) {
+                        const qt_model_codec_t *codec, qt_err *err) {
   memset(s, 0, sizeof *s);
   s->md = md;
   s->config = *config;
@@ -80,7 +80,8 @@ static int sampler_init(sampler *s, const qt_metadataset_t *md, const qt_dkl_con
     return qt_err_set(err, QT_ENOMEM, "meta-training: out of memory for %zu runs", runs);
   }
   for (size_t r = 0; r < runs; r++) {
-    int rc = qt_space_encode(space, qt_metadataset_run(md, r)->config, s->encoded + r * hp, err);
+    int rc = qt_model_codec_encode(codec, space, qt_metadataset_run(md, r)->config,
+                                   s->encoded + r * hp, err);
     if (rc != 0) {
       sampler_free(s);
       return qt_err_prefix(err, rc, "meta-training: encoding run '%s'",
@@ -363,12 +364,16 @@ static int check_params(const qt_metadataset_t *md, const qt_metatrain_params *p
   }
   const qt_space_t *space = qt_metadataset_space(md);
   size_t features = qt_metadataset_feature_count(md);
-  *config = p->config ? *p->config : qt_dkl_space_config(space, features);
-  if (config->hp_dim != qt_space_encoded_dim(space) || config->meta_dim != features) {
+  qt_model_encoding mode = qt_model_codec_mode(p->codec);
+  int rc = qt_model_encoding_check_space(mode, space, err);
+  if (rc != 0) return qt_err_prefix(err, rc, "meta-training");
+  *config = p->config ? *p->config : qt_model_codec_dkl_config(p->codec, space, features);
+  if (config->hp_dim != qt_model_encoded_dim(mode, space) || config->meta_dim != features) {
     return qt_err_set(err, QT_EINVAL,
                       "meta-training: the config takes %zu encoded columns and %zu meta-features, "
-                      "the meta-dataset has %zu and %zu",
-                      config->hp_dim, config->meta_dim, qt_space_encoded_dim(space), features);
+                      "the meta-dataset has %zu (%s encoding) and %zu",
+                      config->hp_dim, config->meta_dim, qt_model_encoded_dim(mode, space),
+                      qt_model_encoding_name(mode), features);
   }
   return qt__dkl_config_check(config, "meta-training", err);
 }
@@ -420,7 +425,7 @@ int qt_metatrain_evaluate(const qt_metadataset_t *md, const size_t *datasets, si
     }
   }
   sampler s;
-  rc = sampler_init(&s, md, &config, err);
+  rc = sampler_init(&s, md, &config, p.codec, err);
   if (rc != 0) return rc;
   rc = evaluate_on(&s, datasets, count, &p, STREAM_HELD_OUT, dkl, cost, mse, cost_rmse, err);
   sampler_free(&s);
@@ -477,7 +482,7 @@ static void run_free(run_state *r) {
 static int run_setup(run_state *r, const qt_metadataset_t *md, const qt_metatrain_params *p,
                      const qt_dkl_config *config, qt_err *err) {
   int rc = split_datasets(md, p, &r->roles, err);
-  if (rc == 0) rc = sampler_init(&r->s, md, config, err);
+  if (rc == 0) rc = sampler_init(&r->s, md, config, p->codec, err);
   if (rc == 0) rc = qt_rng_init(&r->root, p->seed, err);
   if (rc == 0) rc = qt_rng_fork(r->root, STREAM_INIT_DKL, &r->init_dkl, err);
   if (rc == 0) rc = qt_rng_fork(r->root, STREAM_INIT_COST, &r->init_cost, err);
@@ -656,7 +661,8 @@ int qt_metatrain(const qt_metadataset_t *md, const qt_metatrain_params *params,
       info.validation_mse = rep.validation_mse;
       info.untrained_validation_mse = rep.untrained_validation_mse;
       info.seed = p->seed;
-      rc = qt_surrogate_create(qt_metadataset_space(md), r.dkl, r.cost, &info, out, err);
+      rc = qt_surrogate_create_encoded(qt_metadataset_space(md), p->codec, r.dkl, r.cost, &info,
+                                       out, err);
       free(features);
     }
   }

@@ -222,7 +222,8 @@ int qt_gp_fit(qt_gp_t *gp, const qt_gp_params *params, qt_gp_fit_report *report,
 /*
  * One "row" is what the surrogates see of (configuration, next epoch):
  *
- *   x       (hp_dim)    the configuration's encoding (qt_space_encode)
+ *   x       (hp_dim)    the configuration's encoding (qt_surrogate_encode:
+ *                       qt_space_encode, or model descriptors)
  *   budget  scalar      the epoch to predict, divided by the fidelity maximum
  *   curve   (curve_len) the scores of the epochs before it, zero-padded
  *   meta    (meta_dim)  dataset meta-features, already scaled (see below)
@@ -353,6 +354,190 @@ int qt_costnet_predict(qt_costnet_t *net, const qt_rows *query, double *seconds,
 int qt_costnet_calibrate(qt_costnet_t *net, const qt_rows *rows, qt_err *err);
 
 /* ========================================================================= */
+/* Model encoding: one-hot or model descriptors (issue 10)                    */
+/* ========================================================================= */
+
+/*
+ * The surrogates see a configuration's model either as the space's one-hot
+ * block (QT_MODEL_ENCODING_ONEHOT, Quick-Tune's encoding and the default) or
+ * as a fixed block of model descriptors (QT_MODEL_ENCODING_DESCRIPTORS), so
+ * that a model the meta-dataset never saw still gets an encoding that says
+ * what kind of model it is.
+ *
+ * Descriptor encoding. The space must have an unconditional categorical
+ * hyperparameter "model". The encoded vector is the space's encoding with
+ * the model's one-hot columns cut out and these QT_DESCRIPTOR_COLUMNS (15)
+ * columns put in their place, in this order:
+ *
+ *   desc:family=transformer         family one-hot (1 of 5, or all 0 for a
+ *   desc:family=efficient_convnet   family outside the list); see
+ *   desc:family=residual_convnet    qt_descriptor_family_name
+ *   desc:family=hybrid
+ *   desc:family=mlp
+ *   desc:log10_parameters           then, for each of 5 numeric descriptors,
+ *   desc:log10_parameters:known     its z-scored value (0 when unknown) and a
+ *   desc:log2_image_size            0/1 "known" column
+ *   desc:log2_image_size:known
+ *   desc:log2_depth, desc:log2_depth:known
+ *   desc:log2_width, desc:log2_width:known
+ *   desc:pretrain_top1, desc:pretrain_top1:known   (top-1 as a fraction)
+ *
+ * The z-score uses the mean and standard deviation (population; 1 when it is
+ * 0 or fewer than two models know the value) of the transformed values over
+ * the models of the descriptor table the surrogate was trained with; the
+ * surrogate file stores the table and these statistics, so that a model
+ * added later (from a hub, qt_surrogate_add_hub_descriptors) is scaled the
+ * same way. The deep-kernel GP's first encoder reads exactly the 15
+ * descriptor columns ([model_begin, model_end) of its config).
+ *
+ * The encoding hash of a descriptors surrogate covers the names of the
+ * columns above and of every non-model column, not the model choices: a
+ * search whose space lists other models (a hub's) fits the surrogate as long
+ * as every model has descriptors.
+ *
+ * Descriptor tables come from a YAML file (configs/model-descriptors/):
+ *
+ *   version: 1
+ *   name: quicktune
+ *   description: free text                optional
+ *   models:
+ *     - name: beit_base_patch16_384       required, unique
+ *       family: transformer               required: a descriptor family
+ *       parameters: 86.7e6                optional, > 0
+ *       image_size: 384                   optional, pixels, > 0
+ *       depth: 12                         optional, blocks, > 0
+ *       width: 768                        optional, features entering the head, > 0
+ *       pretrain_top1: 0.874              optional, fraction in [0, 1]
+ *       note: free text                   optional
+ *
+ * or from a model hub (its descriptors; families map vit, deit, deit3 ->
+ * transformer, mobilenetv2, efficientnet -> efficient_convnet, resnet ->
+ * residual_convnet, mlp -> mlp; unknown counts of 0 and a NaN top-1 are
+ * unknown; image_size 0 is unknown).
+ */
+typedef enum qt_model_encoding {
+  QT_MODEL_ENCODING_ONEHOT = 0,
+  QT_MODEL_ENCODING_DESCRIPTORS = 1
+} qt_model_encoding;
+
+#define QT_DESCRIPTOR_FAMILY_COUNT 5
+#define QT_DESCRIPTOR_NUMERIC_COUNT 5
+#define QT_DESCRIPTOR_COLUMNS (QT_DESCRIPTOR_FAMILY_COUNT + 2 * QT_DESCRIPTOR_NUMERIC_COUNT)
+#define QT_DESCRIPTOR_TABLE_VERSION 1
+/* A family index meaning "none of the list" (all family columns 0). */
+#define QT_DESCRIPTOR_FAMILY_OTHER ((size_t)QT_DESCRIPTOR_FAMILY_COUNT)
+
+/* Indices of qt_model_descriptor.values: raw values, NaN when unknown. */
+enum {
+  QT_DESCRIPTOR_PARAMETERS = 0,   /* count */
+  QT_DESCRIPTOR_IMAGE_SIZE = 1,   /* pixels */
+  QT_DESCRIPTOR_DEPTH = 2,        /* blocks */
+  QT_DESCRIPTOR_WIDTH = 3,        /* features entering the head */
+  QT_DESCRIPTOR_PRETRAIN_TOP1 = 4 /* fraction */
+};
+
+/* "onehot" or "descriptors" ("unknown" outside the enum). */
+const char *qt_model_encoding_name(qt_model_encoding encoding);
+/* Parses "onehot" or "descriptors"; QT_EINVAL naming both otherwise. */
+int qt_model_encoding_parse(const char *text, qt_model_encoding *out, qt_err *err);
+/* "transformer", "efficient_convnet", "residual_convnet", "hybrid", "mlp"
+ * for 0..4, "other" for QT_DESCRIPTOR_FAMILY_OTHER. */
+const char *qt_descriptor_family_name(size_t family);
+/* A family by name ("other" included); QT_ENOENT otherwise. */
+int qt_descriptor_family_find(const char *name, size_t *family);
+/* The descriptor family of a hub family (other for an unknown one). */
+size_t qt_descriptor_family_of_hub(const char *hub_family);
+/* The name of descriptor column k < QT_DESCRIPTOR_COLUMNS. */
+const char *qt_descriptor_column_name(size_t column);
+
+/* One model's descriptors. */
+typedef struct qt_model_descriptor {
+  const char *name;
+  size_t family; /* < QT_DESCRIPTOR_FAMILY_COUNT, or QT_DESCRIPTOR_FAMILY_OTHER */
+  double values[QT_DESCRIPTOR_NUMERIC_COUNT]; /* raw, NaN when unknown */
+} qt_model_descriptor;
+
+/* A table of model descriptors; opaque, caller-owned, owns its strings. */
+typedef struct qt_descriptor_table qt_descriptor_table_t;
+
+int qt_descriptor_table_create(qt_descriptor_table_t **out, qt_err *err);
+void qt_descriptor_table_free(qt_descriptor_table_t *table);
+/* Adds a copy of d; QT_EEXIST for a name already there, QT_EINVAL for an
+ * empty name, a bad family or a value out of range (non-positive counts and
+ * sizes, a top-1 outside [0, 1], infinities). */
+int qt_descriptor_table_add(qt_descriptor_table_t *table, const qt_model_descriptor *d,
+                            qt_err *err);
+/* Adds the models of a descriptor YAML file (format above); QT_EPARSE,
+ * QT_EVERSION or QT_ESCHEMA with "file:line:column: ..."; a model already in
+ * the table is QT_EEXIST. */
+int qt_descriptor_table_load_file(qt_descriptor_table_t *table, const char *path, qt_err *err);
+/* Adds the hub's models that the table does not hold yet; *added (may be
+ * NULL) receives their number. */
+int qt_descriptor_table_add_hub(qt_descriptor_table_t *table, const qt_hub_t *hub, size_t *added,
+                                qt_err *err);
+size_t qt_descriptor_table_count(const qt_descriptor_table_t *table);
+/* Entry i < count (asserted); owned by the table. */
+const qt_model_descriptor *qt_descriptor_table_at(const qt_descriptor_table_t *table, size_t i);
+/* 0 and *index, or QT_ENOENT. */
+int qt_descriptor_table_find(const qt_descriptor_table_t *table, const char *name, size_t *index);
+
+/* A model codec: the encoding mode and, for descriptors, a copy of the table
+ * and the z-score statistics. NULL stands for the one-hot encoding wherever
+ * a codec is taken. Opaque, caller-owned. */
+typedef struct qt_model_codec qt_model_codec_t;
+
+/* A codec for mode; descriptors need a table with at least one model (it is
+ * copied and the statistics are computed from it). */
+int qt_model_codec_create(qt_model_encoding mode, const qt_descriptor_table_t *table,
+                          qt_model_codec_t **out, qt_err *err);
+/* A codec with the given table and statistics (mean, std: transformed
+ * values, QT_DESCRIPTOR_NUMERIC_COUNT each; std > 0), as a file stores it. */
+int qt_model_codec_create_with_stats(const qt_descriptor_table_t *table, const double *mean,
+                                     const double *std, qt_model_codec_t **out, qt_err *err);
+int qt_model_codec_copy(const qt_model_codec_t *codec, qt_model_codec_t **out, qt_err *err);
+void qt_model_codec_free(qt_model_codec_t *codec);
+/* The mode (onehot for NULL). */
+qt_model_encoding qt_model_codec_mode(const qt_model_codec_t *codec);
+/* The table (NULL for one-hot) and statistics (mean, std may be NULL). */
+const qt_descriptor_table_t *qt_model_codec_table(const qt_model_codec_t *codec);
+void qt_model_codec_stats(const qt_model_codec_t *codec, double *mean, double *std);
+/* Adds the hub's models the table lacks (statistics unchanged); a no-op for
+ * one-hot. */
+int qt_model_codec_add_hub(qt_model_codec_t *codec, const qt_hub_t *hub, size_t *added,
+                           qt_err *err);
+/* The encoded width for space: the space's, or with descriptors the space's
+ * minus the model's one-hot width plus QT_DESCRIPTOR_COLUMNS (0 when the
+ * space has no usable "model"). */
+size_t qt_model_encoded_dim(qt_model_encoding mode, const qt_space_t *space);
+/* The encoding hash (see above); for one-hot qt_surrogate_space_hash. */
+uint64_t qt_model_encoding_hash(qt_model_encoding mode, const qt_space_t *space);
+/* 0 when space can be encoded in mode, else QT_ESCHEMA saying why. */
+int qt_model_encoding_check_space(qt_model_encoding mode, const qt_space_t *space, qt_err *err);
+/* The deep-kernel GP's default config for the codec's encoding of space
+ * (qt_dkl_space_config for one-hot; the model encoder reads the descriptor
+ * block for descriptors). */
+qt_dkl_config qt_model_codec_dkl_config(const qt_model_codec_t *codec, const qt_space_t *space,
+                                        size_t meta_dim);
+/* The QT_DESCRIPTOR_COLUMNS descriptor columns of model `name`; QT_ENOENT
+ * (naming it) when the table does not hold it. QT_EINVAL for one-hot. */
+int qt_model_codec_descriptor_vector(const qt_model_codec_t *codec, const char *name, double *out,
+                                     qt_err *err);
+/* A codec for mode from files: the descriptor file (may be NULL), then the
+ * hub's models it lacks (hub_path may be NULL); descriptors need at least
+ * one of them. One-hot ignores both. */
+int qt_model_codec_load(qt_model_encoding mode, const char *descriptors_path, const char *hub_path,
+                        qt_model_codec_t **out, qt_err *err);
+/* 0 when every model choice of space that some run of md uses has
+ * descriptors in codec (always 0 for one-hot); else QT_ENOENT naming the
+ * first model without. */
+int qt_model_codec_check_metadataset(const qt_model_codec_t *codec, const qt_metadataset_t *md,
+                                     qt_err *err);
+/* Encodes config (valid for space) into out (qt_model_encoded_dim doubles).
+ * With descriptors, QT_ENOENT when its model has none. */
+int qt_model_codec_encode(const qt_model_codec_t *codec, const qt_space_t *space,
+                          const qt_config *config, double *out, qt_err *err);
+
+/* ========================================================================= */
 /* Surrogate files                                                            */
 /* ========================================================================= */
 
@@ -377,10 +562,20 @@ int qt_costnet_calibrate(qt_costnet_t *net, const qt_rows *rows, qt_err *err);
  * QT_EFORMAT, another version QT_EVERSION. Saving writes a temporary file
  * beside the target and renames it into place.
  *
+ * Model encoding. A one-hot surrogate is written as version 1, exactly as
+ * before issue 10, so that files of either age read the same. A surrogate
+ * with model descriptors is version 2: the version-1 payload followed by
+ * u32 mode (1), u32 model count, per model name, u32 family and
+ * QT_DESCRIPTOR_NUMERIC_COUNT raw values, then the means and the standard
+ * deviations (QT_DESCRIPTOR_NUMERIC_COUNT each); its space hash is
+ * qt_model_encoding_hash. Both versions are read.
+ *
  * Memory: qt_surrogate_t is opaque and owns every string and array that
  * qt_surrogate_get_info and the accessors return.
  */
-#define QT_SURROGATE_FILE_VERSION 1
+#define QT_SURROGATE_FILE_VERSION 2
+/* The version written for one-hot surrogates (read as well). */
+#define QT_SURROGATE_FILE_VERSION_ONEHOT 1
 
 typedef struct qt_surrogate qt_surrogate_t;
 
@@ -408,6 +603,8 @@ typedef struct qt_surrogate_info {
   double untrained_validation_mse;      /* of the initial parameters */
   uint64_t seed;
   const char *created_by; /* "qtune 0.1.0" */
+  /* How the model is encoded (set by qt_surrogate_create_encoded). */
+  qt_model_encoding model_encoding;
 } qt_surrogate_info;
 
 /* FNV-1a (64 bits) over the space's encoded column names, each followed by
@@ -420,7 +617,30 @@ uint64_t qt_surrogate_space_hash(const qt_space_t *space);
  * and taken from space; info may be NULL. */
 int qt_surrogate_create(const qt_space_t *space, const qt_dkl_t *dkl, const qt_costnet_t *cost,
                         const qt_surrogate_info *info, qt_surrogate_t **out, qt_err *err);
+/* The same for a model codec (NULL: one-hot, as qt_surrogate_create): the
+ * models' hp_dim must be qt_model_encoded_dim for the codec's mode; the
+ * codec is copied. */
+int qt_surrogate_create_encoded(const qt_space_t *space, const qt_model_codec_t *codec,
+                                const qt_dkl_t *dkl, const qt_costnet_t *cost,
+                                const qt_surrogate_info *info, qt_surrogate_t **out, qt_err *err);
 void qt_surrogate_free(qt_surrogate_t *surrogate);
+/* The surrogate's model codec: NULL for one-hot. */
+const qt_model_codec_t *qt_surrogate_codec(const qt_surrogate_t *surrogate);
+/* 0 when the surrogate uses model encoding `mode`, else QT_ESCHEMA saying
+ * which encoding it was meta-trained with and which one was asked for. */
+int qt_surrogate_check_encoding(const qt_surrogate_t *surrogate, qt_model_encoding mode,
+                                qt_err *err);
+/* Gives a descriptors surrogate the descriptors of the hub's models that
+ * its table lacks (a search over a hub whose models the meta-dataset never
+ * saw); a no-op for one-hot. *added may be NULL. */
+int qt_surrogate_add_hub_descriptors(qt_surrogate_t *surrogate, const qt_hub_t *hub, size_t *added,
+                                     qt_err *err);
+/* Encodes config (valid for space, which passed qt_surrogate_check_space)
+ * the way the surrogate reads it: qt_space_encode for one-hot, the
+ * descriptor encoding otherwise (QT_ENOENT for a model without
+ * descriptors). out holds qt_surrogate_config(s)->hp_dim doubles. */
+int qt_surrogate_encode(const qt_surrogate_t *surrogate, const qt_space_t *space,
+                        const qt_config *config, double *out, qt_err *err);
 const qt_surrogate_info *qt_surrogate_get_info(const qt_surrogate_t *surrogate);
 const qt_dkl_config *qt_surrogate_config(const qt_surrogate_t *surrogate);
 /* The stored parameter vectors (owned by the surrogate). */
@@ -429,8 +649,9 @@ const double *qt_surrogate_costnet_params(const qt_surrogate_t *surrogate, size_
 /* New models holding the stored parameters (owned by the caller). */
 int qt_surrogate_make_dkl(const qt_surrogate_t *surrogate, qt_dkl_t **out, qt_err *err);
 int qt_surrogate_make_costnet(const qt_surrogate_t *surrogate, qt_costnet_t **out, qt_err *err);
-/* 0 when the surrogate fits space (same encoding hash and fidelity max),
- * else QT_ESCHEMA with both spaces named in err. */
+/* 0 when the surrogate fits space (same encoding hash, in the surrogate's
+ * model encoding, and fidelity max), else QT_ESCHEMA with both spaces named
+ * in err. */
 int qt_surrogate_check_space(const qt_surrogate_t *surrogate, const qt_space_t *space, qt_err *err);
 
 int qt_surrogate_save(const qt_surrogate_t *surrogate, const char *path, qt_err *err);
@@ -450,7 +671,7 @@ int qt_surrogate_load(const char *path, const qt_space_t *space, qt_surrogate_t 
  * (rounded, at least one when two or more remain) validates; `roles` sets
  * them explicitly instead (Quick-Tune's folds: specs §1.5).
  *
- * Rows. Every run's configuration is encoded once (qt_space_encode). A
+ * Rows. Every run's configuration is encoded once (qt_model_codec_encode with params->codec). A
  * batch is batch_size rows from ONE dataset: a run uniform among its runs,
  * a budget b uniform in {1 .. max_epochs - 1} (the meta-dataset's maximum;
  * {1} when it is 1), truncated to the run's length; the row is x, budget =
@@ -507,8 +728,12 @@ typedef struct qt_metatrain_params {
   const char *const *exclude; /* (exclude_count) dataset names held out */
   size_t exclude_count;
   const qt_metatrain_role *roles; /* (dataset count) or NULL: overrides exclude */
-  const qt_dkl_config *config;    /* NULL: qt_dkl_space_config(space, feature count) */
-  long progress_every;            /* iterations between callbacks (500) */
+  const qt_dkl_config *config;    /* NULL: qt_model_codec_dkl_config(codec, space, features) */
+  /* How the model is encoded: NULL for one-hot (the default), or a codec
+   * with a descriptor table that holds every model of the meta-dataset's
+   * runs (not copied; must outlive the call). */
+  const qt_model_codec_t *codec;
+  long progress_every; /* iterations between callbacks (500) */
   void (*progress)(const qt_metatrain_progress *progress, void *user);
   void *user;
 } qt_metatrain_params;

@@ -38,6 +38,7 @@ struct qt_surrogate {
   double *cost_params; /* (cost_count) */
   char *space_name, *meta_dataset, *created_by;
   string_list meta_features, train, validation, excluded;
+  qt_model_codec_t *codec; /* NULL: one-hot */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -126,6 +127,7 @@ void qt_surrogate_free(qt_surrogate_t *s) {
   list_free(&s->train);
   list_free(&s->validation);
   list_free(&s->excluded);
+  qt_model_codec_free(s->codec);
   free(s);
 }
 
@@ -139,20 +141,30 @@ static int same_config(const qt_dkl_config *a, const qt_dkl_config *b) {
 
 int qt_surrogate_create(const qt_space_t *space, const qt_dkl_t *dkl, const qt_costnet_t *cost,
                         const qt_surrogate_info *info, qt_surrogate_t **out, qt_err *err) {
+  return qt_surrogate_create_encoded(space, NULL, dkl, cost, info, out, err);
+}
+
+int qt_surrogate_create_encoded(const qt_space_t *space, const qt_model_codec_t *codec,
+                                const qt_dkl_t *dkl, const qt_costnet_t *cost,
+                                const qt_surrogate_info *info, qt_surrogate_t **out, qt_err *err) {
   if (!out || !space || !dkl || !cost)
     return qt_err_set(err, QT_EINVAL, "qt_surrogate_create: NULL argument");
   *out = NULL;
+  qt_model_encoding mode = qt_model_codec_mode(codec);
+  int crc = qt_model_encoding_check_space(mode, space, err);
+  if (crc != 0) return crc;
   const qt_dkl_config *config = qt_dkl_get_config(dkl);
   qt_surrogate_info empty;
   memset(&empty, 0, sizeof empty);
   empty.validation_mse = NAN;
   empty.untrained_validation_mse = NAN;
   if (!info) info = &empty;
-  if (config->hp_dim != qt_space_encoded_dim(space)) {
+  if (config->hp_dim != qt_model_encoded_dim(mode, space)) {
     return qt_err_set(
         err, QT_EINVAL,
-        "qt_surrogate_create: the models take %zu encoded columns, space '%s' has %zu",
-        config->hp_dim, qt_space_name(space), qt_space_encoded_dim(space));
+        "qt_surrogate_create: the models take %zu encoded columns, space '%s' has %zu (%s)",
+        config->hp_dim, qt_space_name(space), qt_model_encoded_dim(mode, space),
+        qt_model_encoding_name(mode));
   }
   if (!same_config(config, qt_costnet_get_config(cost))) {
     return qt_err_set(err, QT_EINVAL,
@@ -188,13 +200,16 @@ int qt_surrogate_create(const qt_space_t *space, const qt_dkl_t *dkl, const qt_c
   if (rc == 0) rc = list_copy(&s->train, info->train_datasets, info->train_count);
   if (rc == 0) rc = list_copy(&s->validation, info->validation_datasets, info->validation_count);
   if (rc == 0) rc = list_copy(&s->excluded, info->excluded_datasets, info->excluded_count);
+  if (rc == 0 && mode == QT_MODEL_ENCODING_DESCRIPTORS)
+    rc = qt_model_codec_copy(codec, &s->codec, NULL) == 0 ? 0 : QT_ENOMEM;
   if (rc != 0) {
     qt_surrogate_free(s);
     return qt_err_set(err, QT_ENOMEM, "qt_surrogate_create: out of memory");
   }
   qt_dkl_get_params(dkl, s->dkl_params);
   qt_costnet_get_params(cost, s->cost_params);
-  s->info.space_hash = qt_surrogate_space_hash(space);
+  s->info.space_hash = qt_model_encoding_hash(mode, space);
+  s->info.model_encoding = mode;
   s->info.hp_dim = config->hp_dim;
   qt_space_fidelity(space, NULL, NULL, &s->info.fidelity_max);
   s->info.meta_scale = QT_SURROGATE_META_SCALE;
@@ -265,17 +280,44 @@ int qt_surrogate_make_costnet(const qt_surrogate_t *s, qt_costnet_t **out, qt_er
   return rc;
 }
 
+const qt_model_codec_t *qt_surrogate_codec(const qt_surrogate_t *s) {
+  return s->codec;
+}
+
+int qt_surrogate_check_encoding(const qt_surrogate_t *s, qt_model_encoding mode, qt_err *err) {
+  if (s->info.model_encoding == mode) return 0;
+  return qt_err_set(err, QT_ESCHEMA,
+                    "surrogate was meta-trained with model encoding '%s', this request asks for "
+                    "'%s'; meta-train one with `qtune meta train --model-encoding %s`",
+                    qt_model_encoding_name(s->info.model_encoding), qt_model_encoding_name(mode),
+                    qt_model_encoding_name(mode));
+}
+
+int qt_surrogate_add_hub_descriptors(qt_surrogate_t *s, const qt_hub_t *hub, size_t *added,
+                                     qt_err *err) {
+  if (added) *added = 0;
+  return qt_model_codec_add_hub(s->codec, hub, added, err);
+}
+
+int qt_surrogate_encode(const qt_surrogate_t *s, const qt_space_t *space, const qt_config *config,
+                        double *out, qt_err *err) {
+  return qt_model_codec_encode(s->codec, space, config, out, err);
+}
+
 int qt_surrogate_check_space(const qt_surrogate_t *s, const qt_space_t *space, qt_err *err) {
-  uint64_t hash = qt_surrogate_space_hash(space);
+  qt_model_encoding mode = s->info.model_encoding;
+  uint64_t hash = qt_model_encoding_hash(mode, space);
+  size_t dim = qt_model_encoded_dim(mode, space);
   long fidelity_max = 0;
   qt_space_fidelity(space, NULL, NULL, &fidelity_max);
-  if (hash != s->info.space_hash || qt_space_encoded_dim(space) != s->info.hp_dim) {
+  if (hash != s->info.space_hash || dim != s->info.hp_dim) {
     return qt_err_set(err, QT_ESCHEMA,
-                      "surrogate was trained for space '%s' (encoding hash %016llx, %zu columns), "
-                      "this search uses '%s' (hash %016llx, %zu columns); meta-train one for this "
-                      "space with `qtune meta train`",
-                      s->info.space_name, (unsigned long long)s->info.space_hash, s->info.hp_dim,
-                      qt_space_name(space), (unsigned long long)hash, qt_space_encoded_dim(space));
+                      "surrogate was trained for space '%s' (%s encoding hash %016llx, %zu "
+                      "columns), this search uses '%s' (hash %016llx, %zu columns); meta-train one "
+                      "for this space with `qtune meta train`",
+                      s->info.space_name, qt_model_encoding_name(mode),
+                      (unsigned long long)s->info.space_hash, s->info.hp_dim, qt_space_name(space),
+                      (unsigned long long)hash, dim);
   }
   if (fidelity_max != s->info.fidelity_max) {
     return qt_err_set(err, QT_ESCHEMA,
@@ -396,6 +438,21 @@ static void write_payload(writer *w, const qt_surrogate_t *s) {
   put_f64(w, info->untrained_validation_mse);
   put_u64(w, info->seed);
   put_string(w, s->created_by);
+  if (s->codec) { /* version 2: the model descriptors */
+    const qt_descriptor_table_t *table = qt_model_codec_table(s->codec);
+    double mean[QT_DESCRIPTOR_NUMERIC_COUNT], std[QT_DESCRIPTOR_NUMERIC_COUNT];
+    qt_model_codec_stats(s->codec, mean, std);
+    put_u32(w, (uint32_t)QT_MODEL_ENCODING_DESCRIPTORS);
+    put_u32(w, (uint32_t)qt_descriptor_table_count(table));
+    for (size_t i = 0; i < qt_descriptor_table_count(table); i++) {
+      const qt_model_descriptor *d = qt_descriptor_table_at(table, i);
+      put_string(w, d->name);
+      put_u32(w, (uint32_t)d->family);
+      for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) put_f64(w, d->values[k]);
+    }
+    for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) put_f64(w, mean[k]);
+    for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) put_f64(w, std[k]);
+  }
 }
 
 /* Writes all of data to fd, retrying after interruptions and short writes. */
@@ -417,7 +474,7 @@ int qt_surrogate_save(const qt_surrogate_t *s, const char *path, qt_err *err) {
   writer payload = {0}, file = {0};
   write_payload(&payload, s);
   put_bytes(&file, SURROGATE_MAGIC, sizeof SURROGATE_MAGIC);
-  put_u32(&file, QT_SURROGATE_FILE_VERSION);
+  put_u32(&file, s->codec ? QT_SURROGATE_FILE_VERSION : QT_SURROGATE_FILE_VERSION_ONEHOT);
   put_u64(&file, payload.length);
   put_bytes(&file, payload.data, payload.length);
   put_u32(&file, payload.failed ? 0 : crc32_of(payload.data, payload.length));
@@ -557,6 +614,38 @@ static double *get_doubles(reader *r, size_t *count) {
   return values;
 }
 
+/* The version-2 section: the descriptor table and statistics. */
+static void read_codec(reader *r, qt_surrogate_t *s) {
+  uint32_t mode = get_u32(r);
+  uint32_t count = get_u32(r);
+  if (r->failed || mode != QT_MODEL_ENCODING_DESCRIPTORS || count == 0 ||
+      count > r->length - r->at) {
+    r->failed = 1;
+    return;
+  }
+  qt_descriptor_table_t *table = NULL;
+  if (qt_descriptor_table_create(&table, NULL) != 0) {
+    r->failed = 1;
+    return;
+  }
+  for (uint32_t i = 0; i < count && !r->failed; i++) {
+    qt_model_descriptor d;
+    char *name = get_string(r);
+    d.name = name;
+    d.family = get_u32(r);
+    for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) d.values[k] = get_f64(r);
+    if (!r->failed && qt_descriptor_table_add(table, &d, NULL) != 0) r->failed = 1;
+    free(name);
+  }
+  double mean[QT_DESCRIPTOR_NUMERIC_COUNT], std[QT_DESCRIPTOR_NUMERIC_COUNT];
+  for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) mean[k] = get_f64(r);
+  for (size_t k = 0; k < QT_DESCRIPTOR_NUMERIC_COUNT; k++) std[k] = get_f64(r);
+  if (!r->failed && qt_model_codec_create_with_stats(table, mean, std, &s->codec, NULL) != 0)
+    r->failed = 1;
+  qt_descriptor_table_free(table);
+  if (!r->failed) s->info.model_encoding = QT_MODEL_ENCODING_DESCRIPTORS;
+}
+
 static void read_payload(reader *r, qt_surrogate_t *s) {
   qt_surrogate_info *info = &s->info;
   qt_dkl_config *c = &s->config;
@@ -622,12 +711,12 @@ int qt_surrogate_load(const char *path, const qt_space_t *space, qt_surrogate_t 
                       "%s: truncated surrogate file (%zu bytes, header alone is %d)", path, length,
                       HEADER_BYTES);
   }
-  if (version != QT_SURROGATE_FILE_VERSION) {
+  if (version != QT_SURROGATE_FILE_VERSION && version != QT_SURROGATE_FILE_VERSION_ONEHOT) {
     free(data);
     return qt_err_set(err, QT_EVERSION,
-                      "%s: surrogate file version %u, this qtune reads version %d; meta-train it "
-                      "again with this qtune (`qtune meta train`)",
-                      path, version, QT_SURROGATE_FILE_VERSION);
+                      "%s: surrogate file version %u, this qtune reads versions %d and %d; "
+                      "meta-train it again with this qtune (`qtune meta train`)",
+                      path, version, QT_SURROGATE_FILE_VERSION_ONEHOT, QT_SURROGATE_FILE_VERSION);
   }
   uint64_t expected = (uint64_t)HEADER_BYTES + payload_size + TRAILER_BYTES;
   if (payload_size > length || expected != length) {
@@ -652,6 +741,7 @@ int qt_surrogate_load(const char *path, const qt_space_t *space, qt_surrogate_t 
   }
   reader r = {payload, (size_t)payload_size, 0, 0};
   read_payload(&r, s);
+  if (version == QT_SURROGATE_FILE_VERSION) read_codec(&r, s);
   free(data);
   if (r.failed || r.at != r.length) {
     qt_surrogate_free(s);
