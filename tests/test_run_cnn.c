@@ -253,7 +253,10 @@ static void test_methods(void) {
   run = run_epochs(&s, 1);
   qt_run_free(run);
   s = base_spec(MOBILENET, QT_MODEL_FAMILY_MOBILENETV2);
+  CU_ASSERT_EQUAL(qt_run_spec_supported(&s, &err), 0);
   s.adapter = QT_ADAPTER_KIND_LORA;
+  /* Refused before any loading (a search drops such configurations). */
+  CU_ASSERT_EQUAL(qt_run_spec_supported(&s, &err), QT_ENOTIMPL);
   CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_ENOTIMPL);
   CU_ASSERT_PTR_NULL(run);
   s = base_spec(MOBILENET, QT_MODEL_FAMILY_MOBILENETV2);
