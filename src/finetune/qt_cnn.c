@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 /* ------------------------------------------------------------------------- */
 /* Structures                                                                 */
@@ -99,17 +99,11 @@ struct qt_cnn {
   long image_size, classes;
   float bn_eps, bn_momentum;
   int tf_same;
-  int *labels;     /* (max_batch) */
-  long units;      /* blocks (qt_cnn_units) */
-  long train_from; /* qt_cnn_set_trainable_from */
-  int pool_op;     /* the global pooling op: its output are the features */
-  /* Head dropout (qt_cnn_set_head_dropout). */
-  double drop_rate;
-  qt_rng_t *drop_rng;
-  float *drop_mask; /* (max_batch, features) */
-  int dropped;      /* 1: the last forward applied a mask */
-  /* Feature hook (qt_cnn_set_feature_hook). */
-  float *dfeat; /* (max_batch, features); NULL while off */
+  int *labels;          /* (max_batch) */
+  long units;           /* blocks (qt_cnn_units) */
+  long train_from;      /* qt_cnn_set_trainable_from */
+  int pool_op;          /* the global pooling op: its output are the features */
+  qt__head_hooks hooks; /* head dropout and the feature hook's gradient */
   /* StochNorm (qt_cnn_set_stoch_norm). */
   double stoch_p;
   qt_rng_t *stoch_rng;
@@ -578,8 +572,7 @@ void qt_cnn_free(qt_cnn_t *m) {
   free(m->labels);
   free(m->soft);
   free(m->select);
-  free(m->drop_mask);
-  free(m->dfeat);
+  qt__head_hooks_free(&m->hooks);
   free(m->meta_bn_eps);
   free(m->meta_padding);
   free(m->meta_strides);
@@ -771,7 +764,7 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
                       m->max_batch);
   m->batch = batch;
   m->labels_set = 0;
-  m->dropped = 0;
+  m->hooks.dropped = 0;
   memcpy(m->acts[0].data, images, batch * m->acts[0].per_image * sizeof(float));
   for (size_t i = 0; i < m->n_ops; i++) {
     op *o = &m->ops[i];
@@ -802,17 +795,7 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
         break;
       case OP_DROPOUT:
         /* The features before the mask are the hook's. */
-        if (m->dfeat) memset(m->dfeat, 0, n * sizeof *m->dfeat);
-        m->dropped = m->drop_rate > 0.0 && m->drop_rng != NULL;
-        if (m->dropped) {
-          float keep_scale = (float)(1.0 / (1.0 - m->drop_rate));
-          for (size_t k = 0; k < n; k++) {
-            m->drop_mask[k] = qt_rng_uniform(m->drop_rng) < m->drop_rate ? 0.0f : keep_scale;
-            y[k] = x[k] * m->drop_mask[k];
-          }
-        } else {
-          memcpy(y, x, n * sizeof *y);
-        }
+        qt__head_hooks_forward(&m->hooks, y, x, n);
         break;
       case OP_RELU6:
         qt_cpu_relu6_forward(y, x, n);
@@ -920,9 +903,10 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
                                     batch, o->c, o->hw, o->mode);
         break;
       case OP_DROPOUT:
-        for (size_t k = 0; k < n; k++) dx[k] += m->dropped ? dy[k] * m->drop_mask[k] : dy[k];
-        if (m->dfeat) {
-          for (size_t k = 0; k < n; k++) dx[k] += m->dfeat[k];
+        for (size_t k = 0; k < n; k++)
+          dx[k] += m->hooks.dropped ? dy[k] * m->hooks.drop_mask[k] : dy[k];
+        if (m->hooks.dfeat) {
+          for (size_t k = 0; k < n; k++) dx[k] += m->hooks.dfeat[k];
         }
         break;
       case OP_RELU6:
@@ -990,37 +974,23 @@ size_t qt_cnn_feature_dim(const qt_cnn_t *m) {
 }
 
 int qt_cnn_set_head_dropout(qt_cnn_t *m, double rate, qt_rng_t *rng, qt_err *err) {
-  if (!(rate >= 0.0 && rate < 1.0))
-    return qt_err_set(err, QT_EINVAL, "head dropout rate %g is not in [0, 1)", rate);
-  if (rate > 0.0 && !m->drop_mask) {
-    m->drop_mask = malloc(m->max_batch * qt_cnn_feature_dim(m) * sizeof *m->drop_mask);
-    if (!m->drop_mask) return qt_err_set(err, QT_ENOMEM, "CNN: out of memory for dropout");
-  }
-  m->drop_rate = rate;
-  m->drop_rng = rng;
-  return 0;
+  return qt__head_hooks_set_dropout(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), rate, rng,
+                                    "CNN", err);
 }
 
 int qt_cnn_set_feature_hook(qt_cnn_t *m, int on, qt_err *err) {
-  if (!on) {
-    free(m->dfeat);
-    m->dfeat = NULL;
-    return 0;
-  }
-  if (m->dfeat) return 0;
-  m->dfeat = calloc(m->max_batch * qt_cnn_feature_dim(m), sizeof *m->dfeat);
-  if (!m->dfeat) return qt_err_set(err, QT_ENOMEM, "CNN: out of memory for the feature hook");
-  return 0;
+  return qt__head_hooks_set_feature_grad(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), on, "CNN",
+                                         err);
 }
 
 const float *qt_cnn_features(const qt_cnn_t *m, size_t *batch) {
-  if (!m->dfeat || m->batch == 0) return NULL;
+  if (!m->hooks.dfeat || m->batch == 0) return NULL;
   if (batch) *batch = m->batch;
   return m->acts[m->ops[m->pool_op].out].data;
 }
 
 float *qt_cnn_feature_grad(qt_cnn_t *m) {
-  return m->dfeat;
+  return m->hooks.dfeat;
 }
 
 int qt_cnn_set_stoch_norm(qt_cnn_t *m, double p, qt_rng_t *rng, qt_err *err) {

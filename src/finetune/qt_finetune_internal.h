@@ -39,6 +39,36 @@ int qt__adamw_prepare(const char *who, const float *params, const float *grads, 
                       const float *v, size_t n, const qt_adamw_params *hp, long step,
                       qt__adamw_coefficients *out, qt_err *err);
 
+/* ------------------------------------------------------------------------- */
+/* Head dropout and the feature hook (qt_head_hooks.c)                        */
+/* ------------------------------------------------------------------------- */
+
+/* What every model family (qt_vit.c, qt_cnn.c, qt_mlp.c) keeps for the
+ * features entering its head: timm's head dropout and the gradient buffer
+ * of the feature hook (see qt_vit_set_head_dropout and
+ * qt_vit_set_feature_hook for the semantics). cap is max_batch * features.
+ * Zero-initialized means both off. */
+typedef struct qt__head_hooks {
+  double drop_rate;
+  qt_rng_t *drop_rng; /* borrowed */
+  float *drop_mask;   /* (cap) 0 or 1 / (1 - rate); NULL until dropout was on */
+  int dropped;        /* 1: the last forward applied a mask */
+  float *dfeat;       /* (cap) the hook's gradient; NULL while the hook is off */
+} qt__head_hooks;
+
+/* Sets the dropout rate ([0, 1), else QT_EINVAL) and stream; `family`
+ * names the model in messages. */
+int qt__head_hooks_set_dropout(qt__head_hooks *h, size_t cap, double rate, qt_rng_t *rng,
+                               const char *family, qt_err *err);
+/* Turns the hook's gradient buffer on (calloc of cap floats) or off. */
+int qt__head_hooks_set_feature_grad(qt__head_hooks *h, size_t cap, int on, const char *family,
+                                    qt_err *err);
+/* One forward over n feature values: zeroes the hook's gradient, then,
+ * while dropout is on, draws the mask element by element (row-major) and
+ * writes out = in * mask; else copies in to out. out may equal in. */
+void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n);
+void qt__head_hooks_free(qt__head_hooks *h);
+
 #ifdef __cplusplus
 }
 #endif

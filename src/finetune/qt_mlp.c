@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 /* ------------------------------------------------------------------------- */
 /* Structures                                                                 */
@@ -63,13 +63,7 @@ struct qt_mlp {
   float smoothing;
   size_t batch, max_batch;
   long train_from;
-  /* Head dropout (qt_mlp_set_head_dropout). */
-  double drop_rate;
-  qt_rng_t *drop_rng;
-  float *drop_mask; /* (max_batch, width) */
-  int dropped;
-  /* Feature hook (qt_mlp_set_feature_hook). */
-  float *dfeat; /* (max_batch, width); NULL while off */
+  qt__head_hooks hooks; /* head dropout and the feature hook's gradient */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -277,8 +271,7 @@ void qt_mlp_free(qt_mlp_t *m) {
   free(m->soft);
   free(m->losses);
   free(m->labels);
-  free(m->drop_mask);
-  free(m->dfeat);
+  qt__head_hooks_free(&m->hooks);
   free(m);
 }
 
@@ -379,17 +372,7 @@ int qt_mlp_forward(qt_mlp_t *m, const float *inputs, size_t batch, qt_err *err) 
   /* Head dropout on the features; the features before the mask are the
    * hook's. */
   size_t width = qt_mlp_feature_dim(m), nf = batch * width;
-  if (m->dfeat) memset(m->dfeat, 0, nf * sizeof *m->dfeat);
-  m->dropped = m->drop_rate > 0.0 && m->drop_rng != NULL;
-  if (m->dropped) {
-    float keep_scale = (float)(1.0 / (1.0 - m->drop_rate));
-    for (size_t k = 0; k < nf; k++) {
-      m->drop_mask[k] = qt_rng_uniform(m->drop_rng) < m->drop_rate ? 0.0f : keep_scale;
-      m->drop_out[k] = x[k] * m->drop_mask[k];
-    }
-  } else {
-    memcpy(m->drop_out, x, nf * sizeof *m->drop_out);
-  }
+  qt__head_hooks_forward(&m->hooks, m->drop_out, x, nf);
   qt_cpu_linear_forward(m->logits, m->drop_out, param(m, m->head_w), param(m, m->head_b), batch,
                         width, (size_t)m->classes);
   return 0;
@@ -453,8 +436,8 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
   }
   block *top = &m->blocks[last];
   for (size_t k = 0; k < nf; k++) {
-    float g = m->dropped ? m->ddrop[k] * m->drop_mask[k] : m->ddrop[k];
-    top->da[k] = m->dfeat ? g + m->dfeat[k] : g;
+    float g = m->hooks.dropped ? m->ddrop[k] * m->hooks.drop_mask[k] : m->ddrop[k];
+    top->da[k] = m->hooks.dfeat ? g + m->hooks.dfeat[k] : g;
   }
   for (size_t i = m->depth; i-- > 0;) {
     block *b = &m->blocks[i];
@@ -491,37 +474,23 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
 /* ------------------------------------------------------------------------- */
 
 int qt_mlp_set_head_dropout(qt_mlp_t *m, double rate, qt_rng_t *rng, qt_err *err) {
-  if (!(rate >= 0.0 && rate < 1.0))
-    return qt_err_set(err, QT_EINVAL, "head dropout rate %g is not in [0, 1)", rate);
-  if (rate > 0.0 && !m->drop_mask) {
-    m->drop_mask = malloc(m->max_batch * qt_mlp_feature_dim(m) * sizeof *m->drop_mask);
-    if (!m->drop_mask) return qt_err_set(err, QT_ENOMEM, "MLP: out of memory for dropout");
-  }
-  m->drop_rate = rate;
-  m->drop_rng = rng;
-  return 0;
+  return qt__head_hooks_set_dropout(&m->hooks, m->max_batch * qt_mlp_feature_dim(m), rate, rng,
+                                    "MLP", err);
 }
 
 int qt_mlp_set_feature_hook(qt_mlp_t *m, int on, qt_err *err) {
-  if (!on) {
-    free(m->dfeat);
-    m->dfeat = NULL;
-    return 0;
-  }
-  if (m->dfeat) return 0;
-  m->dfeat = calloc(m->max_batch * qt_mlp_feature_dim(m), sizeof *m->dfeat);
-  if (!m->dfeat) return qt_err_set(err, QT_ENOMEM, "MLP: out of memory for the feature hook");
-  return 0;
+  return qt__head_hooks_set_feature_grad(&m->hooks, m->max_batch * qt_mlp_feature_dim(m), on, "MLP",
+                                         err);
 }
 
 const float *qt_mlp_features(const qt_mlp_t *m, size_t *batch) {
-  if (!m->dfeat || m->batch == 0) return NULL;
+  if (!m->hooks.dfeat || m->batch == 0) return NULL;
   if (batch) *batch = m->batch;
   return m->blocks[m->depth - 1].a;
 }
 
 float *qt_mlp_feature_grad(qt_mlp_t *m) {
-  return m->dfeat;
+  return m->hooks.dfeat;
 }
 
 int qt_mlp_save(const qt_mlp_t *m, const char *path, qt_err *err) {

@@ -129,18 +129,12 @@ struct qt_vit {
   /* The lowest block the backward pass reaches (qt_vit_set_backward_from);
    * 0: every block and the stem. */
   long backward_from;
-  /* Head dropout (qt_vit_set_head_dropout): rate, the stream the masks are
-   * drawn from (borrowed; NULL: no dropout, evaluation), and the mask of the
-   * last forward, (max_batch, width) values 0 or 1 / (1 - rate). */
-  double drop_rate;
-  qt_rng_t *drop_rng;
-  float *drop_mask;
-  int dropped; /* 1 when the last forward applied a mask */
-  /* Feature hook (qt_vit_set_feature_hook): the normalized class tokens of
-   * the last forward before dropout and a gradient the backward pass adds
-   * to theirs, (max_batch, width) each; NULL while off. */
+  /* Head dropout (qt_vit_set_head_dropout) and the feature hook's gradient
+   * (qt_vit_set_feature_hook), over (max_batch, width) values. */
+  qt__head_hooks hooks;
+  /* The feature hook's copy of the normalized class tokens of the last
+   * forward before dropout; NULL while off. */
   float *feat;
-  float *dfeat;
 };
 
 /* ------------------------------------------------------------------------- */
@@ -397,9 +391,8 @@ void qt_vit_free(qt_vit_t *vit) {
   free(vit->v);
   free(vit->arena);
   free(vit->labels);
-  free(vit->drop_mask);
+  qt__head_hooks_free(&vit->hooks);
   free(vit->feat);
-  free(vit->dfeat);
   free(vit);
 }
 
@@ -711,18 +704,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Head dropout: the normalized class tokens are scaled in place (the norm's
    * backward reads its input, not its output), so the head's backward sees
    * the dropped features. */
-  if (vit->feat) {
-    memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
-    memset(vit->dfeat, 0, B * C * sizeof *vit->dfeat);
-  }
-  vit->dropped = vit->drop_rate > 0.0 && vit->drop_rng != NULL;
-  if (vit->dropped) {
-    float keep_scale = (float)(1.0 / (1.0 - vit->drop_rate));
-    for (size_t i = 0; i < B * C; i++) {
-      vit->drop_mask[i] = qt_rng_uniform(vit->drop_rng) < vit->drop_rate ? 0.0f : keep_scale;
-      vit->cls_norm[i] *= vit->drop_mask[i];
-    }
-  }
+  if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
+  qt__head_hooks_forward(&vit->hooks, vit->cls_norm, vit->cls_norm, B * C);
   qt_cpu_linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K);
   vit->batch = B;
   vit->have_forward = 1;
@@ -802,12 +785,12 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   memset(vit->dcls_norm, 0, B * C * sizeof *vit->dcls_norm);
   qt_cpu_linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
                          p->head_w, B, C, K);
-  if (vit->dropped) {
-    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->drop_mask[i];
+  if (vit->hooks.dropped) {
+    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->hooks.drop_mask[i];
   }
   /* The feature hook's gradient, on the undropped features. */
-  if (vit->dfeat) {
-    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] += vit->dfeat[i];
+  if (vit->hooks.dfeat) {
+    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] += vit->hooks.dfeat[i];
   }
   memset(vit->dcls_rows, 0, B * C * sizeof *vit->dcls_rows);
   qt_cpu_layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm, vit->cls_rows,
@@ -862,36 +845,21 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
 
 int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_head_dropout: NULL model");
-  if (!(rate >= 0.0 && rate < 1.0))
-    return qt_err_set(err, QT_EINVAL, "head dropout rate %g is not in [0, 1)", rate);
-  if (rate > 0.0 && !vit->drop_mask) {
-    vit->drop_mask = malloc(vit->max_batch * (size_t)vit->config.width * sizeof *vit->drop_mask);
-    if (!vit->drop_mask) return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for dropout");
-  }
-  vit->drop_rate = rate;
-  vit->drop_rng = rng;
-  return 0;
+  return qt__head_hooks_set_dropout(&vit->hooks, vit->max_batch * (size_t)vit->config.width, rate,
+                                    rng, "ViT", err);
 }
 
 int qt_vit_set_feature_hook(qt_vit_t *vit, int on, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_feature_hook: NULL model");
-  if (!on) {
-    free(vit->feat);
-    free(vit->dfeat);
-    vit->feat = vit->dfeat = NULL;
-    return 0;
-  }
-  if (vit->feat) return 0;
   size_t n = vit->max_batch * (size_t)vit->config.width;
-  vit->feat = calloc(n, sizeof *vit->feat);
-  vit->dfeat = calloc(n, sizeof *vit->dfeat);
-  if (!vit->feat || !vit->dfeat) {
-    free(vit->feat);
-    free(vit->dfeat);
-    vit->feat = vit->dfeat = NULL;
+  if (on && !vit->feat && !(vit->feat = calloc(n, sizeof *vit->feat)))
     return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for the feature hook");
+  int rc = qt__head_hooks_set_feature_grad(&vit->hooks, n, on, "ViT", err);
+  if (!on || rc < 0) {
+    free(vit->feat);
+    vit->feat = NULL;
   }
-  return 0;
+  return rc;
 }
 
 const float *qt_vit_features(const qt_vit_t *vit, size_t *batch) {
@@ -900,7 +868,9 @@ const float *qt_vit_features(const qt_vit_t *vit, size_t *batch) {
   return vit->feat;
 }
 
-float *qt_vit_feature_grad(qt_vit_t *vit) { return vit ? vit->dfeat : NULL; }
+float *qt_vit_feature_grad(qt_vit_t *vit) {
+  return vit ? vit->hooks.dfeat : NULL;
+}
 
 void qt_vit_set_backward_from(qt_vit_t *vit, long first_block) {
   if (!vit) return;
