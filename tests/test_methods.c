@@ -23,6 +23,7 @@
 
 #include "finetune/qt_finetune.h"
 #include "qt_test.h"
+#include "qt_test_patterns.h"
 
 /* ------------------------------------------------------------------------- */
 /* Decay kinds and the space's names                                          */
@@ -807,34 +808,8 @@ static char reg_checkpoint[256];
 
 static void reg_fixture(void) {
   if (reg_splits.train) return;
-  const size_t classes = 3, per_class = 12, side = 8, ch = 3, n = classes * per_class;
-  qt_dataset *ds = calloc(1, sizeof *ds);
-  ds->kind = QT_DATASET_KIND_IMAGE;
-  ds->n = n;
-  ds->height = ds->width = side;
-  ds->channels = ch;
-  ds->images = malloc(n * side * side * ch);
-  ds->labels = malloc(n * sizeof *ds->labels);
-  ds->n_classes = classes;
-  ds->class_names = calloc(classes, sizeof *ds->class_names);
-  const char *names[] = {"hstripes", "vstripes", "checker"};
-  for (size_t k = 0; k < classes; k++) ds->class_names[k] = strdup(names[k]);
-  ds->source = strdup("patterns");
+  qt_dataset *ds = qt_test_patterns(12, 7);
   qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, 7, NULL);
-  for (size_t i = 0; i < n; i++) {
-    int label = (int)(i % classes);
-    ds->labels[i] = label;
-    uint8_t *img = ds->images + i * side * side * ch;
-    for (size_t y = 0; y < side; y++)
-      for (size_t x = 0; x < side; x++) {
-        int on = label == 0 ? (int)(y / 2 % 2) : label == 1 ? (int)(x / 2 % 2) : (int)((x + y) % 2);
-        for (size_t c = 0; c < ch; c++)
-          img[(y * side + x) * ch + c] =
-              (uint8_t)((on ? 200.0 : 50.0) + 40.0 * (qt_rng_uniform(rng) - 0.5));
-      }
-  }
-  qt_rng_free(rng);
   CU_ASSERT_FATAL(
       qt_dataset_split(ds, 0.25, 0.0, 3, &reg_splits.train, &reg_splits.val, NULL, NULL) == 0);
   qt_dataset_free(ds);
