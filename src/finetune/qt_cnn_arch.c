@@ -123,6 +123,13 @@ typedef struct arch_def {
 #define IR(k, e, c, r, s) \
   { 0, k, e, c, r, s }
 
+/* timm's mobilenetv2 stages (before the channel multiplier). */
+#define MOBILENETV2_STAGES                                                                     \
+  {                                                                                            \
+    DS(3, 16), IR(3, 6, 24, 2, 2), IR(3, 6, 32, 3, 2), IR(3, 6, 64, 4, 2), IR(3, 6, 96, 3, 1), \
+        IR(3, 6, 160, 3, 2), IR(3, 6, 320, 1, 1)                                               \
+  }
+
 static const arch_def ARCHS[] = {
     {.name = "mobilenetv2_100",
      .family = QT_MODEL_FAMILY_MOBILENETV2,
@@ -131,8 +138,7 @@ static const arch_def ARCHS[] = {
      .head = 1280,
      .head_at_least = 1,
      .n_stages = 7,
-     .stages = {DS(3, 16), IR(3, 6, 24, 2, 2), IR(3, 6, 32, 3, 2), IR(3, 6, 64, 4, 2),
-                IR(3, 6, 96, 3, 1), IR(3, 6, 160, 3, 2), IR(3, 6, 320, 1, 1)}},
+     .stages = MOBILENETV2_STAGES},
     {.name = "mobilenetv2_050",
      .family = QT_MODEL_FAMILY_MOBILENETV2,
      .multiplier = 0.5,
@@ -140,8 +146,7 @@ static const arch_def ARCHS[] = {
      .head = 1280,
      .head_at_least = 1,
      .n_stages = 7,
-     .stages = {DS(3, 16), IR(3, 6, 24, 2, 2), IR(3, 6, 32, 3, 2), IR(3, 6, 64, 4, 2),
-                IR(3, 6, 96, 3, 1), IR(3, 6, 160, 3, 2), IR(3, 6, 320, 1, 1)}},
+     .stages = MOBILENETV2_STAGES},
     {.name = "efficientnet_b0",
      .family = QT_MODEL_FAMILY_EFFICIENTNET,
      .multiplier = 1.0,
