@@ -229,6 +229,34 @@ static void bench_with_surrogates(void) {
            "test -s '%s/folds/summary.csv'",
            dir, dir, dir, dir, dir);
   CU_ASSERT_EQUAL(system(args), 0);
+  /* The same with model descriptors: the folds are meta-trained again, and
+   * their files say with which descriptors. */
+  snprintf(args, sizeof args,
+           "printf '%%s\\n' 'version: 1' 'name: test' 'models:' "
+           "'  - {name: mobilenetv2_100, family: efficient_convnet, parameters: 3.5e6}' "
+           "'  - {name: resnet18, family: residual_convnet, parameters: 11.7e6}' "
+           "'  - {name: vit_tiny_patch16_224, family: transformer, parameters: 5.7e6}' "
+           "> '%s/descriptors.yaml'",
+           dir);
+  CU_ASSERT_EQUAL_FATAL(system(args), 0);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/two' --optimizers random,quicktune --budget 10m "
+           "--meta-train-folds 2 --meta-train-iterations 40 --model-encoding descriptors "
+           "--descriptors '%s/descriptors.yaml' --out '%s/folds' --resume --overhead ignore",
+           dir, dir, dir);
+  code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "model encoding descriptors"));
+  snprintf(args, sizeof args,
+           "grep -q 'model_encoding=descriptors:' '%s/folds/surrogates/fold1.csv'", dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/two' --optimizers quicktune --budget 10m "
+           "--surrogate '%s/s.qts' --model-encoding descriptors",
+           dir, dir);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "needs --meta-train-folds"));
   snprintf(args, sizeof args, "rm -rf '%s'", dir);
   CU_ASSERT_EQUAL(system(args), 0);
 }

@@ -700,6 +700,107 @@ static void test_cli_progress_lines(void) {
   CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
 }
 
+/* ------------------------------------------------------------------------- */
+/* The default surrogate                                                      */
+/* ------------------------------------------------------------------------- */
+
+/* A surrogate (untrained, seeded) for the search over hub's usable models,
+ * or, with only_model, over a space whose model is that one alone. */
+static void write_surrogate(const char *path, const char *only_model) {
+  qt_err err;
+  qt_err_clear(&err);
+  qt_space_t *base = NULL, *space = NULL;
+  qt_search_models m;
+  memset(&m, 0, sizeof m);
+  CU_ASSERT_EQUAL_FATAL(qt_space_load_file(space_path, &base, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_search_models_load(hub_path, base, &m, &err), 0);
+  const char *one[] = {only_model};
+  if (only_model)
+    CU_ASSERT_EQUAL_FATAL(qt_space_with_choices(base, "model", one, 1, &space, &err), 0);
+  const qt_space_t *target = only_model ? space : m.space;
+  qt_dkl_config config = qt_dkl_space_config(target, 4);
+  qt_rng_t *rng = NULL;
+  qt_dkl_t *dkl = NULL;
+  qt_costnet_t *cost = NULL;
+  qt_surrogate_t *surrogate = NULL;
+  CU_ASSERT_EQUAL_FATAL(qt_rng_init(&rng, 5, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_dkl_init(&dkl, &config, rng, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_costnet_init(&cost, &config, rng, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_surrogate_create(target, dkl, cost, NULL, &surrogate, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_surrogate_save(surrogate, path, &err), 0);
+  qt_surrogate_free(surrogate);
+  qt_costnet_free(cost);
+  qt_dkl_free(dkl);
+  qt_rng_free(rng);
+  qt_space_free(space);
+  qt_search_models_free(&m);
+  qt_space_free(base);
+}
+
+/* run.yaml's value of key (static buffer; "" when absent). */
+static const char *run_setting(const char *run_dir, const char *key) {
+  static char value[1024];
+  char path[1024];
+  snprintf(path, sizeof path, "%s/run.yaml", run_dir);
+  value[0] = '\0';
+  qt_yaml_doc_t *doc = NULL;
+  if (qt_yaml_load_file(path, &doc, NULL) != 0) return value;
+  const char *text = qt_yaml_scalar(doc, qt_yaml_get(doc, qt_yaml_root(doc), key));
+  snprintf(value, sizeof value, "%s", text ? text : "");
+  qt_yaml_free(doc);
+  return value;
+}
+
+/* The shipped surrogate is used when it fits the space and the hub's
+ * models, skipped when it does not, an error when damaged, and a resumed
+ * search keeps the choice it started with. */
+static void test_default_surrogate(void) {
+  char fits[1024], other[1024], damaged[1024], run_dir[512];
+  qt_search_params p = base_params("run-default-fits", run_dir, sizeof run_dir);
+  qt_test_temp_path("default-fits.qts", fits, sizeof fits);
+  qt_test_temp_path("default-other.qts", other, sizeof other);
+  qt_test_temp_path("default-damaged.qts", damaged, sizeof damaged);
+  write_surrogate(fits, NULL);
+  write_surrogate(other, "tiny_a");
+  qt_tiny_write_file(damaged, "QTSURROG and then nothing useful", 32);
+  qt_search_result r;
+  qt_err err;
+  qt_err_clear(&err);
+
+  p.optimizer = NULL;
+  p.default_surrogate = fits;
+  p.max_epochs_total = 2;
+  int rc = qt_search_run(&p, &r, &err);
+  if (rc != 0) fprintf(stderr, "search: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "optimizer"), "quicktune");
+  CU_ASSERT_PTR_NOT_NULL(strstr(run_setting(run_dir, "surrogate"), "default-fits.qts"));
+
+  p = base_params("run-default-other", run_dir, sizeof run_dir);
+  p.optimizer = NULL;
+  p.default_surrogate = other;
+  p.max_epochs_total = 2;
+  rc = qt_search_run(&p, &r, &err);
+  if (rc != 0) fprintf(stderr, "search: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "optimizer"), "quicktune-MC");
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "surrogate"), "");
+  /* Resumed with a default that would fit: the search keeps going without. */
+  p.default_surrogate = fits;
+  p.max_epochs_total = 3;
+  rc = qt_search_run(&p, &r, &err);
+  if (rc != 0) fprintf(stderr, "resume: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL(rc, 0);
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "optimizer"), "quicktune-MC");
+
+  p = base_params("run-default-damaged", run_dir, sizeof run_dir);
+  p.optimizer = NULL;
+  p.default_surrogate = damaged;
+  rc = qt_search_run(&p, &r, &err);
+  CU_ASSERT(rc < 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "--surrogate none"));
+}
+
 static const qt_test_case cases[] = {
     {"space_with_choices", test_space_with_choices},
     {"search_runs_and_isolates_failures", test_search_runs_and_isolates_failures},
@@ -716,6 +817,7 @@ static const qt_test_case cases[] = {
     {"interrupt_is_clean_and_resumable", test_interrupt_is_clean_and_resumable},
     {"finetune_reproduces_best", test_finetune_reproduces_best},
     {"cli_progress_lines", test_cli_progress_lines},
+    {"default_surrogate", test_default_surrogate},
     {NULL, NULL}};
 
 QT_TEST_MAIN("search", cases)

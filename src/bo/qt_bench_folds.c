@@ -72,6 +72,21 @@ typedef struct folds_state {
 /* The first line of surrogates/fold<f>.csv: everything the fold's
  * meta-training depends on. A fold is reused on resume only when this line
  * matches; a custom network configuration (params.config) is never reused. */
+/* FNV-1a over every model's name, family and descriptor values. */
+static uint64_t descriptor_digest(const qt_descriptor_table_t *table) {
+  uint64_t h = 1469598103934665603ull;
+  char text[512];
+  for (size_t i = 0; i < qt_descriptor_table_count(table); i++) {
+    const qt_model_descriptor *d = qt_descriptor_table_at(table, i);
+    int n = snprintf(text, sizeof text, "%s %zu", d->name, d->family);
+    for (size_t v = 0; v < QT_DESCRIPTOR_NUMERIC_COUNT && n > 0 && (size_t)n < sizeof text; v++)
+      n += snprintf(text + n, sizeof text - (size_t)n, " %.17g", d->values[v]);
+    for (const char *c = text; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    h = (h ^ '\n') * 1099511628211ull;
+  }
+  return h;
+}
+
 static void fold_key(const folds_state *state, size_t fold, char *key, size_t size) {
   const qt_metatrain_params *m = &state->folds->metatrain;
   size_t used = (size_t)snprintf(
@@ -89,6 +104,10 @@ static void fold_key(const folds_state *state, size_t fold, char *key, size_t si
     if (state->fold_of[d] == fold)
       used += (size_t)snprintf(key + used, size - used, "%s,",
                                qt_metadataset_dataset(state->md, d)->name);
+  /* Model descriptors: their digest (one-hot keys stay as they were). */
+  if (qt_model_codec_mode(m->codec) == QT_MODEL_ENCODING_DESCRIPTORS && used < size)
+    snprintf(key + used, size - used, " model_encoding=descriptors:%016llx",
+             (unsigned long long)descriptor_digest(qt_model_codec_table(m->codec)));
 }
 
 /* Saves a freshly meta-trained fold: surrogates/fold<f>.qts, then

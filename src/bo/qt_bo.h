@@ -608,8 +608,14 @@ typedef struct qt_search_params {
   const char *data;           /* dataset path (qt_data_load) */
   const char *hub;            /* hub YAML */
   const char *space;          /* space YAML; its "model" choices become the hub's models */
-  const char *optimizer;      /* NULL: "quicktune" with a surrogate, else "quicktune-M" */
+  const char *optimizer;      /* NULL: "quicktune" with a surrogate, else "quicktune-MC" */
   const char *surrogate;      /* meta-trained surrogate file, or NULL */
+  /* Used as surrogate when surrogate is NULL, the file exists and it was
+   * meta-trained for this search's space and hub models (the shipped
+   * meta-dataset/surrogate.qts); otherwise skipped with an info line. A
+   * damaged file is an error. A resumed search keeps the choice its run.yaml
+   * records. NULL: none. */
+  const char *default_surrogate;
   double budget_s;            /* total wall clock incl. the optimizer; > 0 */
   double extend_s;            /* added to the journal's budget on resume */
   long max_trials;            /* 0: no limit */

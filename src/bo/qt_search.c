@@ -20,7 +20,9 @@
  *   4. The optimizer: params->optimizer, else "quicktune" with a surrogate
  *      and "quicktune-MC" without one (the only Quick-Tune variant that
  *      needs no meta-trained file; quicktune-M still reads the surrogate's
- *      cost predictor). Seed = the search seed.
+ *      cost predictor). Seed = the search seed. The surrogate is
+ *      params->surrogate, else params->default_surrogate when it fits the
+ *      space and the hub's models (pick_default_surrogate).
  *
  * The loop: suggest (trial = candidate, target epoch) -> trial_created for
  * a new trial -> for each epoch up to the target: epoch_begin, one epoch of
@@ -1105,8 +1107,63 @@ static int open_run(search *S, qt_err *err) {
   return 0;
 }
 
-int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err *err) {
-  if (!params || !out) return qt_err_set(err, QT_EINVAL, "qt_search_run: NULL argument");
+/* params->default_surrogate, when params->surrogate is NULL and the file
+ * fits this search: 1 (use it), 0 (not), < 0 on error. A resumed search
+ * (run.yaml exists, mode AUTO) keeps what run.yaml records; a fresh one
+ * loads the space and the hub's models as the search will and tries the
+ * file: another space or other models (QT_ESCHEMA) is an info line and 0,
+ * a damaged file an error that says how to go on without it. */
+static int pick_default_surrogate(const qt_search_params *p, qt_err *err) {
+  const char *path = p->default_surrogate;
+  if (p->surrogate || !path || access(path, F_OK) != 0) return 0;
+  char *resolved = resolve_path(path);
+  if (!resolved) return qt_err_set(err, QT_ENOMEM, "out of memory");
+  char run_yaml[4200];
+  snprintf(run_yaml, sizeof run_yaml, "%s/run.yaml", p->run_dir);
+  qt_yaml_doc_t *doc = NULL;
+  if (p->mode == QT_SEARCH_MODE_AUTO && qt_yaml_load_file(run_yaml, &doc, NULL) == 0) {
+    const char *recorded = qt_yaml_scalar(doc, qt_yaml_get(doc, qt_yaml_root(doc), "surrogate"));
+    int use = recorded && strcmp(recorded, resolved) == 0;
+    qt_yaml_free(doc);
+    free(resolved);
+    return use;
+  }
+  free(resolved);
+  qt_space_t *base = NULL;
+  qt_search_models m;
+  memset(&m, 0, sizeof m);
+  qt_surrogate_t *surrogate = NULL;
+  qt_err why;
+  qt_err_clear(&why);
+  int rc = qt_space_load_file(p->space ? p->space : DEFAULT_SPACE, &base, err);
+  if (rc == 0) rc = qt_search_models_load(p->hub, base, &m, err);
+  int use = 0;
+  if (rc == 0) {
+    int loaded = qt_surrogate_load(path, m.space, &surrogate, &why);
+    if (loaded == 0) {
+      const qt_surrogate_info *info = qt_surrogate_get_info(surrogate);
+      QT_LOG_INFO("search: quicktune with the surrogate %s (meta-trained on \"%s\"; --surrogate "
+                  "none: without it)",
+                  path, info->meta_dataset ? info->meta_dataset : "?");
+      use = 1;
+    } else if (loaded == QT_ESCHEMA) {
+      QT_LOG_INFO("search: the surrogate %s does not fit this search (%s); quicktune-MC needs "
+                  "none", path, qt_err_message(&why));
+    } else {
+      rc = qt_err_set(err, loaded, "%s (the default surrogate; --surrogate none searches "
+                      "without it)", qt_err_message(&why));
+    }
+  }
+  qt_surrogate_free(surrogate);
+  qt_search_models_free(&m);
+  qt_space_free(base);
+  return rc < 0 ? rc : use;
+}
+
+int qt_search_run(const qt_search_params *caller_params, qt_search_result *out, qt_err *err) {
+  if (!caller_params || !out) return qt_err_set(err, QT_EINVAL, "qt_search_run: NULL argument");
+  qt_search_params with_default = *caller_params;
+  const qt_search_params *params = &with_default;
   memset(out, 0, sizeof *out);
   out->best_trial = out->best_epoch = -1;
   out->best_score = NAN;
@@ -1114,6 +1171,9 @@ int qt_search_run(const qt_search_params *params, qt_search_result *out, qt_err 
   if (!params->run_dir || !params->data || !params->hub)
     return qt_err_set(err, QT_EINVAL, "qt_search_run: run_dir, data and hub are required");
   if (!(params->extend_s >= 0.0)) return qt_err_set(err, QT_EINVAL, "extend must be >= 0 seconds");
+  int use_default = pick_default_surrogate(params, err);
+  if (use_default < 0) return use_default;
+  if (use_default) with_default.surrogate = params->default_surrogate;
 
   search S;
   memset(&S, 0, sizeof S);

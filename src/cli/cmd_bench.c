@@ -8,6 +8,7 @@
 
 #include "bo/qt_bo.h"
 #include "cli/qt_cli.h"
+#include "surrogate/qt_surrogate.h"
 
 #define MAX_LIST 64
 
@@ -150,6 +151,7 @@ int qt_cli_bench(const qt_cli_args *args) {
   }
 
   qt_metadataset_t *md = NULL;
+  qt_model_codec_t *codec = NULL;
   qt_surrogate_t *surrogate = NULL;
   size_t *datasets = NULL;
   qt_bench_summary summaries[MAX_LIST];
@@ -162,6 +164,18 @@ int qt_cli_bench(const qt_cli_args *args) {
   status = resolve_datasets(args, md, &datasets, &params.dataset_count);
   if (status != 0) goto done;
   params.datasets = datasets;
+  if (qt_cli_get(args, "model-encoding") && !folds_text) {
+    status = qt_cli_usage_error(args->command,
+                                "--model-encoding needs --meta-train-folds (a surrogate file "
+                                "brings its own encoding)");
+    goto done;
+  }
+  if (folds_text) {
+    status = qt_cli_model_codec(args, md, &codec);
+    if (status != 0) goto done;
+    /* One-hot is meta-training's default: no codec, the same fold files. */
+    if (qt_model_codec_mode(codec) == QT_MODEL_ENCODING_DESCRIPTORS) folds.metatrain.codec = codec;
+  }
   if (folds_text && folds.folds > qt_metadataset_dataset_count(md)) {
     status = qt_cli_usage_error(args->command, "--meta-train-folds %zu: the meta-dataset has %zu "
                                 "datasets", folds.folds, qt_metadataset_dataset_count(md));
@@ -184,8 +198,10 @@ int qt_cli_bench(const qt_cli_args *args) {
   double start = qt_time_now();
   int rc;
   if (folds_text && uses_surrogate) {
-    printf("bench: meta-training one surrogate per fold (%zu folds, %ld iterations each) ...\n",
-           folds.folds, folds.metatrain.iterations);
+    printf("bench: meta-training one surrogate per fold (%zu folds, %ld iterations each, model "
+           "encoding %s) ...\n",
+           folds.folds, folds.metatrain.iterations,
+           qt_model_encoding_name(qt_model_codec_mode(folds.metatrain.codec)));
     fflush(stdout);
     fold_reports = calloc(folds.folds, sizeof *fold_reports);
     if (!fold_reports) {
@@ -229,6 +245,7 @@ done:
   free(datasets);
   free(seeds);
   qt_surrogate_free(surrogate);
+  qt_model_codec_free(codec);
   qt_metadataset_free(md);
   return status;
 }

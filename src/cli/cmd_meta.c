@@ -98,19 +98,17 @@ static void print_names(const char *label, const char *const *names, size_t coun
   printf("\n");
 }
 
-int qt_cli_meta_train(const qt_cli_args *args) {
+/* --model-encoding, --descriptors and --hub (meta train, bench): the codec
+ * that encodes the models of md's runs, checked to know every one of them.
+ * 0, or the exit status of a usage error or a failure (printed). */
+int qt_cli_model_codec(const qt_cli_args *args, const qt_metadataset_t *md,
+                       qt_model_codec_t **out) {
   const qt_cli_command *command = args->command;
-  const char *dir = qt_cli_get(args, "meta-dataset");
-  const char *out_path = qt_cli_get(args, "out");
-  const char *exclude = qt_cli_get(args, "exclude-datasets");
-  const char *iterations_text = qt_cli_get(args, "iterations");
-  const char *seed_text = qt_cli_get(args, "seed");
-  if (!dir) return qt_cli_usage_error(command, "--meta-dataset DIR is required");
-  if (!out_path) return qt_cli_usage_error(command, "--out FILE is required");
   const char *encoding_text = qt_cli_get(args, "model-encoding");
   const char *descriptors = qt_cli_get(args, "descriptors");
   const char *hub = qt_cli_get(args, "hub");
   qt_model_encoding encoding = QT_MODEL_ENCODING_ONEHOT;
+  *out = NULL;
   if (encoding_text && qt_model_encoding_parse(encoding_text, &encoding, NULL) != 0)
     return qt_cli_usage_error(command, "--model-encoding must be onehot or descriptors, not '%s'",
                               encoding_text);
@@ -120,7 +118,26 @@ int qt_cli_meta_train(const qt_cli_args *args) {
     return qt_cli_usage_error(command,
                               "--model-encoding descriptors needs --descriptors FILE (e.g. "
                               "configs/model-descriptors/quicktune.yaml) or --hub FILE");
+  qt_err err;
+  qt_err_clear(&err);
+  if (qt_model_codec_load(encoding, descriptors, hub, out, &err) != 0 ||
+      qt_model_codec_check_metadataset(*out, md, &err) != 0) {
+    qt_model_codec_free(*out);
+    *out = NULL;
+    return qt_cli_fail(command, &err);
+  }
+  return 0;
+}
 
+int qt_cli_meta_train(const qt_cli_args *args) {
+  const qt_cli_command *command = args->command;
+  const char *dir = qt_cli_get(args, "meta-dataset");
+  const char *out_path = qt_cli_get(args, "out");
+  const char *exclude = qt_cli_get(args, "exclude-datasets");
+  const char *iterations_text = qt_cli_get(args, "iterations");
+  const char *seed_text = qt_cli_get(args, "seed");
+  if (!dir) return qt_cli_usage_error(command, "--meta-dataset DIR is required");
+  if (!out_path) return qt_cli_usage_error(command, "--out FILE is required");
   qt_metatrain_params params = qt_metatrain_default_params();
   long value = 0;
   if (iterations_text &&
@@ -160,12 +177,12 @@ int qt_cli_meta_train(const qt_cli_args *args) {
   qt_metadataset_t *md = NULL;
   qt_model_codec_t *codec = NULL;
   if (qt_metadataset_load(dir, &md, &err) != 0) return qt_cli_fail(command, &err);
-  if (qt_model_codec_load(encoding, descriptors, hub, &codec, &err) != 0 ||
-      qt_model_codec_check_metadataset(codec, md, &err) != 0) {
-    qt_model_codec_free(codec);
+  int status = qt_cli_model_codec(args, md, &codec);
+  if (status != 0) {
     qt_metadataset_free(md);
-    return qt_cli_fail(command, &err);
+    return status;
   }
+  qt_model_encoding encoding = qt_model_codec_mode(codec);
   params.codec = codec;
   for (size_t i = 0; i < params.exclude_count; i++) {
     size_t index;
@@ -187,7 +204,6 @@ int qt_cli_meta_train(const qt_cli_args *args) {
 
   qt_surrogate_t *surrogate = NULL;
   qt_metatrain_report report;
-  int status = QT_CLI_EXIT_OK;
   if (qt_metatrain(md, &params, &surrogate, &report, &err) != 0 ||
       qt_surrogate_save(surrogate, out_path, &err) != 0) {
     status = qt_cli_fail(command, &err);

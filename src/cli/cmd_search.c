@@ -29,6 +29,8 @@
 #include "cli/qt_cli.h"
 
 #define DEFAULT_HUB "configs/hubs/default.yaml"
+/* Meta-trained on the default hub's meta-dataset; used when it fits. */
+#define DEFAULT_SURROGATE "meta-dataset/surrogate.qts"
 #define EXIT_INTERRUPTED 130
 
 static volatile sig_atomic_t interrupted = 0;
@@ -143,6 +145,10 @@ int qt_cli_search(const qt_cli_args *args) {
   p.space = qt_cli_get(args, "space");
   p.optimizer = qt_cli_get(args, "optimizer");
   p.surrogate = qt_cli_get(args, "surrogate");
+  if (!p.surrogate)
+    p.default_surrogate = DEFAULT_SURROGATE;
+  else if (strcmp(p.surrogate, "none") == 0)
+    p.surrogate = NULL;
   if (!p.hub) p.hub = DEFAULT_HUB;
   if (!p.data) return qt_cli_usage_error(cmd, "--data DIR is required");
   qt_err err;

@@ -32,8 +32,9 @@ static const qt_cli_flag search_flags[] = {
     {"budget", "DURATION", "total wall-clock budget, e.g. 90s, 45m, 4h, 1h30m, 1d or HH:MM:SS"},
     {"run-dir", "DIR", "where the journal, checkpoints and exports go (default runs/<timestamp>)"},
     {"surrogate", "FILE",
-     "meta-trained surrogate (qtune meta train) for quicktune; without one "
-     "the optimizer defaults to quicktune-MC"},
+     "meta-trained surrogate (qtune meta train) for quicktune (default "
+     "meta-dataset/surrogate.qts when it fits the space and hub; none: no "
+     "surrogate, and the optimizer defaults to quicktune-MC)"},
     {"max-trials", "N", "stop after N configurations"},
     {"max-epochs-total", "N", "stop after N epochs over all configurations"},
     {"target", "SCORE", "stop as soon as a validation score reaches SCORE (in [0, 1])"},
@@ -96,6 +97,10 @@ static const qt_cli_flag bench_flags[] = {
      "quicktune: cap on the surrogate's training rows (default 0: all, "
      "as Quick-Tune)"},
     {"meta-train-iterations", "N", "with --meta-train-folds: iterations per fold (default 10000)"},
+    {"model-encoding", "MODE",
+     "with --meta-train-folds: onehot (default) or descriptors (see meta train)"},
+    {"descriptors", "FILE", "model descriptors YAML (with --model-encoding descriptors)"},
+    {"hub", "FILE", "hub whose models' descriptors are used (with --model-encoding descriptors)"},
     {"resume", NULL,
      "continue in --out: read back the runs and folds an earlier run finished "
      "with the same parameters"},

@@ -71,6 +71,14 @@ int qt_cli_usage_error(const qt_cli_command *command, const char *fmt, ...) QT_P
 /* Prints "qtune <path>: <err message>" and returns QT_CLI_EXIT_FAILURE. */
 int qt_cli_fail(const qt_cli_command *command, const qt_err *err);
 
+/* --model-encoding, --descriptors and --hub (meta train, bench): the codec
+ * for the models of md's runs (cmd_meta.c). 0, or an exit status after
+ * printing the problem. */
+struct qt_metadataset;
+struct qt_model_codec;
+int qt_cli_model_codec(const qt_cli_args *args, const struct qt_metadataset *md,
+                       struct qt_model_codec **out);
+
 /* Handlers of the commands that exist, one file each (cmd_*.c). */
 int qt_cli_space_check(const qt_cli_args *args);
 int qt_cli_space_sample(const qt_cli_args *args);
