@@ -244,6 +244,34 @@ static void test_rerun_skips_finished_parts(void) {
   qt_metadataset_free(first);
 }
 
+/* assemble_only runs nothing: a collection asked for more runs than it has
+ * is written from the runs present, the rest counted as missing. */
+static void test_assemble_only(void) {
+  char out[512];
+  qt_collect_result r;
+  collect_once("assemble", 1, out, sizeof out, &r);
+  qt_metadataset_t *first = load(out);
+  qt_collect_params p = base_params("assemble", out, sizeof out);
+  p.runs_per_task = 5;
+  p.assemble_only = 1;
+  qt_err err;
+  qt_err_clear(&err);
+  int rc = qt_collect_run(&p, &r, &err);
+  if (rc != 0) fprintf(stderr, "assemble: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+  CU_ASSERT_EQUAL(r.runs_total, 10);
+  CU_ASSERT_EQUAL(r.runs_computed, 0);
+  CU_ASSERT_EQUAL(r.runs_reused, 4);
+  CU_ASSERT_EQUAL(r.runs_missing, 6);
+  char path[1024];
+  snprintf(path, sizeof path, "%s/parts/patterns-60/2.csv", out);
+  CU_ASSERT_NOT_EQUAL(access(path, F_OK), 0);
+  qt_metadataset_t *second = load(out);
+  assert_same_runs(first, second);
+  qt_metadataset_free(second);
+  qt_metadataset_free(first);
+}
+
 static void test_jobs_give_the_same_runs(void) {
   char one[512], two[512];
   qt_collect_result r1, r2;
@@ -351,6 +379,7 @@ static const qt_test_case cases[] = {
     {"collect_writes_metadataset", test_collect_writes_metadataset},
     {"rerun_skips_finished_parts", test_rerun_skips_finished_parts},
     {"jobs_give_the_same_runs", test_jobs_give_the_same_runs},
+    {"assemble_only", test_assemble_only},
     {"other_settings_are_refused", test_other_settings_are_refused},
     {"bad_task_file", test_bad_task_file},
     {"unstartable_draws_are_redrawn", test_unstartable_draws_are_redrawn},

@@ -722,6 +722,8 @@ typedef struct qt_collect_params {
   uint64_t seed;
   int jobs;                      /* worker processes (fork); < 1: 1 */
   int threads;                   /* engine threads per run; < 1: 1 */
+  int assemble_only;             /* run nothing: assemble the parts present (a run without a
+                                    part is counted in runs_missing) */
 } qt_collect_params;
 
 qt_collect_params qt_collect_default_params(void);
@@ -734,6 +736,7 @@ typedef struct qt_collect_result {
   long runs_failed;     /* the engine refused or failed the run: left out */
   long runs_diverged;   /* runs whose curve was cut at a diverged epoch */
   long runs_empty;      /* diverged in their first epoch: left out */
+  long runs_missing;    /* assemble_only: runs without a part yet */
   size_t points;        /* (run, epoch) points written */
 } qt_collect_result;
 

@@ -48,7 +48,9 @@
  *
  * Assembly. Every part of the requested tasks and runs is read back in
  * task order and run order; failed runs and runs without a curve are left
- * out and counted. The meta-dataset (metric top1, max_epochs, the space
+ * out and counted. With assemble_only nothing runs: the parts present are
+ * assembled and the runs without one counted (a collection stopped in the
+ * middle of a round, published as it is). The meta-dataset (metric top1, max_epochs, the space
  * over the hub's models as space.yaml) is saved in out_dir.
  */
 #include <errno.h>
@@ -669,6 +671,10 @@ static int assemble(collector *C, qt_collect_result *res, qt_err *err) {
     for (long run = 0; run < p->runs_per_task && rc == 0; run++) {
       char path[4400], id[200];
       part_path(p->out_dir, C->tasks[t].name, run, path, sizeof path);
+      if (p->assemble_only && access(path, F_OK) != 0) {
+        res->runs_missing++;
+        continue;
+      }
       qt_config config;
       if ((rc = qt_config_init(&config, space, err)) < 0) break;
       part pt;
@@ -752,7 +758,9 @@ int qt_collect_run(const qt_collect_params *params, qt_collect_result *out, qt_e
     }
 
   int jobs = params->jobs < 1 ? 1 : params->jobs;
-  if (jobs == 1) {
+  if (params->assemble_only) {
+    /* nothing to run */
+  } else if (jobs == 1) {
     rc = collect_items(&C, 0, 1, err);
   } else {
     fflush(NULL);

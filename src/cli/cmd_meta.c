@@ -360,6 +360,7 @@ int qt_cli_meta_collect(const qt_cli_args *args) {
       return qt_cli_usage_error(command, "--seed must be a whole number >= 0, got '%s'", text);
     p.seed = seed;
   }
+  p.assemble_only = qt_cli_get(args, "assemble-only") != NULL;
   qt_err err;
   qt_err_clear(&err);
   const char *device = qt_cli_get(args, "device");
@@ -377,16 +378,22 @@ int qt_cli_meta_collect(const qt_cli_args *args) {
   }
   p.tasks = (const char *const *)files;
   p.task_count = n_files;
-  printf("collecting %zu tasks x %ld runs x %ld epochs into %s (%d job%s)\n", n_files,
-         p.runs_per_task, p.max_epochs, p.out_dir, p.jobs, p.jobs == 1 ? "" : "s");
+  if (p.assemble_only)
+    printf("assembling %zu tasks x %ld runs x %ld epochs in %s from the runs collected\n",
+           n_files, p.runs_per_task, p.max_epochs, p.out_dir);
+  else
+    printf("collecting %zu tasks x %ld runs x %ld epochs into %s (%d job%s)\n", n_files,
+           p.runs_per_task, p.max_epochs, p.out_dir, p.jobs, p.jobs == 1 ? "" : "s");
   fflush(stdout);
   qt_collect_result r;
   if (qt_collect_run(&p, &r, &err) < 0) {
     status = qt_cli_fail(command, &err);
     goto done;
   }
-  printf("runs: %ld in all, %ld computed now, %ld from earlier parts\n", r.runs_total,
+  printf("runs: %ld in all, %ld computed now, %ld from earlier parts", r.runs_total,
          r.runs_computed, r.runs_reused);
+  if (p.assemble_only) printf(", %ld not collected yet", r.runs_missing);
+  printf("\n");
   printf(
       "kept %ld runs (%zu points; %ld cut at a diverged epoch); left out %ld failed and %ld "
       "diverged in epoch 1\n",

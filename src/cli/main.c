@@ -143,6 +143,9 @@ static const qt_cli_flag meta_collect_flags[] = {
     {"jobs", "J", "worker processes (default 1)"},
     {"threads", "N", "engine threads per run (default 1)"},
     {"name", "NAME", "meta-dataset name (default qtune-collect)"},
+    {"assemble-only", NULL,
+     "run nothing: write the meta-dataset from the runs already collected (e.g. a "
+     "collection stopped in the middle)"},
     QT_FLAG_DEVICE,
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
