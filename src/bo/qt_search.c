@@ -14,9 +14,12 @@
  *      meta-dataset's datasets.csv.
  *   3. The candidate pool: pool_size points of the space's Sobol design
  *      (skip 0). A point the engine cannot run yet (qt_run_spec_set says
- *      QT_ENOTIMPL: methods of issue 6 that are not built) is replaced by a
- *      uniform sample of a stream of the seed, up to 200 draws per slot;
- *      how many were replaced and why is logged and written to run.yaml.
+ *      QT_ENOTIMPL, e.g. adapters on a CNN) is replaced by a uniform sample
+ *      of a stream of the seed with the point's model kept, up to 200
+ *      draws per slot, so that every model keeps its share of the design
+ *      (redrawing the model too would favour the models that support the
+ *      most methods); how many were replaced and why is logged and written
+ *      to run.yaml.
  *   4. The optimizer: params->optimizer, else "quicktune" with a surrogate
  *      and "quicktune-MC" without one (the only Quick-Tune variant that
  *      needs no meta-trained file; quicktune-M still reads the surrogate's
@@ -613,6 +616,7 @@ static int build_pool(search *S, qt_err *err) {
   char reason[1024];
   for (size_t i = 0; i < n && rc == 0; i++) {
     int tries = 0;
+    size_t model = (size_t)qt_config_index(&S->configs[i], S->model_hp);
     while (!runnable(S, &S->configs[i], reason, sizeof reason)) {
       if (tries == 0) S->dropped++;
       count_reason(S, reason);
@@ -624,6 +628,7 @@ static int build_pool(search *S, qt_err *err) {
         break;
       }
       rc = qt_space_sample(S->space, rng, &S->configs[i], err);
+      if (rc == 0) rc = qt_config_set_index(&S->configs[i], S->model_hp, model, err);
       if (rc < 0) break;
     }
   }
