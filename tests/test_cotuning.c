@@ -465,6 +465,24 @@ static void test_refused(void) {
   CU_ASSERT_EQUAL(qt_run_spec_supported(&s, &err), QT_ENOTIMPL);
   CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_ENOTIMPL);
   CU_ASSERT_PTR_NULL(run);
+  /* A classifier behind a head MLP (the nsfwjs import's layout): refused as
+   * not implemented from the checkpoint's header alone, so searches drop it. */
+  char mlp_path[512];
+  qt_test_temp_path("cotuning-head-mlp.safetensors", mlp_path, sizeof mlp_path);
+  float values[4] = {0};
+  size_t shape[2] = {2, 2};
+  qt_safetensors_tensor t[2] = {{"head_mlp.0.weight", QT_DTYPE_F32, 2, shape, values, NULL},
+                                {"classifier.weight", QT_DTYPE_F32, 2, shape, values, NULL}};
+  CU_ASSERT_EQUAL_FATAL(qt_safetensors_write(mlp_path, t, 2, NULL, 0, &err), 0);
+  qt_run_spec m = cnn_spec();
+  m.checkpoint = mlp_path;
+  CU_ASSERT_EQUAL(qt_run_cotuning_supported(&m, &err), 0); /* Co-Tuning off */
+  m.cotuning_reg = 1.0;
+  CU_ASSERT_EQUAL(qt_run_cotuning_supported(&m, &err), QT_ENOTIMPL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "head MLP"));
+  m.checkpoint = MOBILENET;
+  CU_ASSERT_EQUAL(qt_run_cotuning_supported(&m, &err), 0);
+  remove(mlp_path);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "2", &err), 0);
   QT_ASSERT_CLOSE(s.cotuning_reg, 2.0, 0.0);
   CU_ASSERT_EQUAL(qt_run_spec_set(&s, "cotuning_reg", "x", &err), QT_EINVAL);

@@ -659,7 +659,9 @@ int qt_search_export_weights(const char *run_dir, const char *path, qt_err *err)
  * linear-probing switch; the epochs actually run are the caller's), seed,
  * threads, then every active hyperparameter through qt_run_spec_set. No
  * data is set. A family the run API cannot fine-tune, or a method not
- * implemented yet, is QT_ENOTIMPL; a bad value QT_EINVAL. */
+ * implemented yet, is QT_ENOTIMPL (qt_run_spec_supported, and
+ * qt_run_cotuning_supported, which reads the checkpoint's header when
+ * Co-Tuning is on); a bad value QT_EINVAL. */
 struct qt_run_spec;
 int qt_search_spec_from_config(const qt_hub_model *model, const qt_space_t *space,
                                const qt_config *config, long schedule_epochs, uint64_t seed,

@@ -79,6 +79,7 @@ int qt_search_spec_from_config(const qt_hub_model *model, const qt_space_t *spac
   /* Combinations the engine refuses only as a whole (e.g. adapters on a
    * CNN) are QT_ENOTIMPL here too, so a search drops them up front. */
   if (rc == 0) rc = qt_run_spec_supported(spec, err);
+  if (rc == 0) rc = qt_run_cotuning_supported(spec, err);
   return rc;
 }
 

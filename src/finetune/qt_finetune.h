@@ -2423,6 +2423,12 @@ typedef struct qt_run_spec {
  * so a search can drop such configurations before it starts.
  * qt_run_init checks the same. */
 int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
+/* With cotuning_reg > 0: QT_ENOTIMPL when the checkpoint's classifier sits
+ * behind a head MLP (head_mlp.*, e.g. the nsfwjs import: Co-Tuning's source
+ * head must take the pooled features), else 0 (also without Co-Tuning).
+ * Reads only the checkpoint's header; its errors are returned as they are.
+ * qt_run_init refuses the same. */
+int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no

@@ -505,6 +505,28 @@ static const char *cotuning_classifier(qt_model_family family) {
   return "classifier"; /* mobilenetv2, efficientnet */
 }
 
+/* QT_ENOTIMPL when st holds a head MLP in front of the classifier. */
+static int cotuning_head_mlp(const qt_safetensors_t *st, const char *checkpoint, qt_err *err) {
+  size_t index;
+  if (qt_safetensors_find(st, "head_mlp.0.weight", &index) < 0) return 0;
+  return qt_err_set(err, QT_ENOTIMPL,
+                    "Co-Tuning: the classifier of %s sits behind a head MLP (head_mlp.*); a "
+                    "source head on the pooled features is needed, other heads are not "
+                    "implemented yet",
+                    checkpoint);
+}
+
+int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err) {
+  if (!spec) return qt_err_set(err, QT_EINVAL, "qt_run_cotuning_supported: NULL argument");
+  if (!(spec->cotuning_reg > 0.0)) return 0;
+  if (!spec->checkpoint) return qt_err_set(err, QT_EINVAL, "run spec: no checkpoint");
+  qt_safetensors_t *st = NULL;
+  int rc = qt_safetensors_open(spec->checkpoint, &st, err);
+  if (rc == 0) rc = cotuning_head_mlp(st, spec->checkpoint, err);
+  qt_safetensors_free(st);
+  return rc;
+}
+
 /* Reads the source head from the pretrained checkpoint into cot (weight
  * and bias allocated here). */
 static int cotuning_read_head(qt_run_t *run, cotuning_state *cot, qt_err *err) {
@@ -515,6 +537,10 @@ static int cotuning_read_head(qt_run_t *run, cotuning_state *cot, qt_err *err) {
   qt_safetensors_t *st = NULL;
   int rc = qt_safetensors_open(run->spec.checkpoint, &st, err);
   if (rc < 0) return rc;
+  if ((rc = cotuning_head_mlp(st, run->spec.checkpoint, err)) < 0) {
+    qt_safetensors_free(st);
+    return rc;
+  }
   size_t wi = 0, bi = 0;
   if (qt_safetensors_find(st, wname, &wi) < 0 || qt_safetensors_find(st, bname, &bi) < 0) {
     rc = qt_err_set(err, QT_EINVAL,
