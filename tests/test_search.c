@@ -801,6 +801,97 @@ static void test_default_surrogate(void) {
   CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "--surrogate none"));
 }
 
+/* ------------------------------------------------------------------------- */
+/* The pool keeps the design's models                                         */
+/* ------------------------------------------------------------------------- */
+
+/* A design point the engine cannot run (here LoRA on a CNN) is redrawn with
+ * its model kept: every trial's model is its Sobol point's model. */
+static void test_pool_keeps_models(void) {
+  make_fixtures();
+  char path[1024], hub[1024], space[1024], run_dir[512];
+  qt_err err;
+  qt_err_clear(&err);
+  qt_test_temp_path("hub/resnet.safetensors", path, sizeof path);
+  CU_ASSERT_EQUAL_FATAL(qt_cnn_write_init("resnet_tiny", 5, 3, path, &err), 0);
+  static const char *hub_cnn =
+      "version: 1\n"
+      "name: mixed\n"
+      "models:\n"
+      "  - {name: tiny_a, family: vit, checkpoint: a.safetensors, image_size: 8,\n"
+      "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
+      "  - {name: small_cnn, family: resnet, checkpoint: resnet.safetensors, image_size: 8,\n"
+      "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5}\n";
+  static const char *space_lora =
+      "version: 1\n"
+      "name: lora\n"
+      "fidelity: {name: epochs, min: 1, max: 4}\n"
+      "hyperparameters:\n"
+      "  model: {type: categorical, choices: [placeholder]}\n"
+      "  lr: {type: float, range: [1.0e-3, 3.0e-2], log: true}\n"
+      "  batch_size: {type: ordinal, choices: [16]}\n"
+      "  adapter: {type: categorical, choices: [none, lora]}\n"
+      "  adapter_rank: {type: ordinal, choices: [2, 4], active_when: {adapter: [lora]}}\n";
+  qt_test_temp_path("hub/mixed.yaml", hub, sizeof hub);
+  qt_tiny_write_file(hub, hub_cnn, strlen(hub_cnn));
+  qt_test_temp_path("space-lora.yaml", space, sizeof space);
+  qt_tiny_write_file(space, space_lora, strlen(space_lora));
+
+  qt_search_params p = base_params("run-pool-models", run_dir, sizeof run_dir);
+  p.hub = hub;
+  p.space = space;
+  p.pool_size = 16;
+  p.max_epochs = 1;
+  p.max_epochs_total = 16;
+  qt_search_result r;
+  int rc = qt_search_run(&p, &r, &err);
+  if (rc != 0) fprintf(stderr, "search: %s\n", qt_err_message(&err));
+  CU_ASSERT_EQUAL_FATAL(rc, 0);
+
+  /* The design, as the search draws it. */
+  qt_space_t *base = NULL;
+  qt_search_models m;
+  CU_ASSERT_EQUAL_FATAL(qt_space_load_file(space, &base, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_search_models_load(hub, base, &m, &err), 0);
+  qt_config design[16];
+  for (size_t i = 0; i < 16; i++) CU_ASSERT_EQUAL_FATAL(qt_config_init(&design[i], m.space, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_space_sobol(m.space, 16, 0, design, &err), 0);
+  size_t replaced_cnn = 0;
+  for (size_t i = 0; i < 16; i++) {
+    char model[64], adapter[64];
+    qt_config_get_string(&design[i], m.model_hp, model, sizeof model);
+    size_t hp;
+    CU_ASSERT_EQUAL_FATAL(qt_space_find(m.space, "adapter", &hp), 0);
+    qt_config_get_string(&design[i], hp, adapter, sizeof adapter);
+    replaced_cnn += strcmp(model, "small_cnn") == 0 && strcmp(adapter, "lora") == 0;
+  }
+  CU_ASSERT(replaced_cnn >= 2); /* the test means something */
+
+  snprintf(path, sizeof path, "%s/journal.jsonl", run_dir);
+  qt_journal_log log;
+  CU_ASSERT_EQUAL_FATAL(qt_journal_read(path, &log, NULL), 0);
+  size_t created = 0;
+  for (size_t i = 0; i < log.count; i++) {
+    const qt_journal_record *rec = &log.records[i];
+    if (rec->type != QT_JOURNAL_TRIAL_CREATED) continue;
+    created++;
+    CU_ASSERT_FATAL(rec->trial >= 0 && rec->trial < 16);
+    char want[64];
+    qt_config_get_string(&design[rec->trial], m.model_hp, want, sizeof want);
+    for (size_t k = 0; k < rec->n_values; k++) {
+      if (strcmp(rec->names[k], "model") == 0) CU_ASSERT_STRING_EQUAL(rec->values[k], want);
+      /* and no CNN trial has an adapter */
+      if (strcmp(rec->names[k], "adapter") == 0 && strcmp(want, "small_cnn") == 0)
+        CU_ASSERT_STRING_EQUAL(rec->values[k], "none");
+    }
+  }
+  CU_ASSERT_EQUAL(created, 16);
+  qt_journal_log_free(&log);
+  for (size_t i = 0; i < 16; i++) qt_config_free(&design[i]);
+  qt_search_models_free(&m);
+  qt_space_free(base);
+}
+
 static const qt_test_case cases[] = {
     {"space_with_choices", test_space_with_choices},
     {"search_runs_and_isolates_failures", test_search_runs_and_isolates_failures},
@@ -818,6 +909,7 @@ static const qt_test_case cases[] = {
     {"finetune_reproduces_best", test_finetune_reproduces_best},
     {"cli_progress_lines", test_cli_progress_lines},
     {"default_surrogate", test_default_surrogate},
+    {"pool_keeps_models", test_pool_keeps_models},
     {NULL, NULL}};
 
 QT_TEST_MAIN("search", cases)
