@@ -1528,6 +1528,83 @@ void qt_cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const 
                                const float *inp, const float *weight, const float *mean,
                                const float *rstd, const unsigned char *select, size_t batch,
                                size_t c, size_t hw);
+
+/* ------------------------------------------------------------------------- */
+/* CUDA convolutional layer ops (finetune/cuda/, issue 8)                    */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * The convolutional layer ops above on a CUDA device, with the conventions
+ * of "CUDA layer ops" (device arrays, a QT_E* code and qt_err last, the
+ * default stream, QT_EINVAL for a NULL array the op needs, a bad shape or
+ * mode, or sizes beyond an int, where the CPU asserts). Differences from
+ * the CPU twins:
+ *   - qt_cuda_conv2d_*'s scratch holds qt_cuda_conv2d_scratch_size(shape)
+ *     floats = in_c * kernel_h * kernel_w * out_h * out_w, the column
+ *     matrix of every group of one image (the CPU's holds one group's), 0
+ *     for pointwise and depthwise convolutions; depthwise kernels have no
+ *     8x8 limit on the device;
+ *   - qt_cuda_batchnorm_forward and qt_cuda_stochnorm_forward with batch
+ *     or hw 0 are QT_EINVAL (the CPU would write NaN statistics);
+ *   - a max-pooling window that misses the image (the CPU asserts) gives
+ *     -infinity and argmax 0.
+ * qt_cuda_se_backward's scratch holds the CPU's 2 batch c + 2 batch rd
+ * floats. qt_cuda_stochnorm_*'s select (c) is device memory too.
+ * tests/test_gpu_cnn_ops.c checks each op against its CPU twin
+ * (docs/cuda.md).
+ */
+size_t qt_cuda_conv2d_scratch_size(const qt_conv2d_shape *shape);
+int qt_cuda_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const qt_conv2d_shape *shape, qt_err *err);
+int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const qt_conv2d_shape *shape, qt_err *err);
+
+int qt_cuda_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                              float momentum, qt_batchnorm_mode mode, qt_err *err);
+int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t batch, size_t c, size_t hw,
+                               qt_batchnorm_mode mode, qt_err *err);
+
+int qt_cuda_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, const unsigned char *select, size_t batch,
+                              size_t c, size_t hw, float eps, float momentum, qt_err *err);
+int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, const unsigned char *select, size_t batch,
+                               size_t c, size_t hw, qt_err *err);
+
+int qt_cuda_relu_forward(float *out, const float *inp, size_t n, qt_err *err);
+int qt_cuda_relu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+int qt_cuda_relu6_forward(float *out, const float *inp, size_t n, qt_err *err);
+int qt_cuda_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+int qt_cuda_silu_forward(float *out, const float *inp, size_t n, qt_err *err);
+int qt_cuda_silu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+
+int qt_cuda_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c, size_t hw,
+                                   qt_err *err);
+int qt_cuda_global_avgpool_backward(float *dinp, const float *dout, size_t batch, size_t c,
+                                    size_t hw, qt_err *err);
+
+/* argmax is device memory too. */
+int qt_cuda_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
+                              const qt_conv2d_shape *shape, qt_err *err);
+int qt_cuda_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                               const qt_conv2d_shape *shape, qt_err *err);
+
+int qt_cuda_se_forward(float *out, float *pooled, float *hidden_pre, float *hidden, float *gate,
+                       const float *inp, const float *w_reduce, const float *b_reduce,
+                       const float *w_expand, const float *b_expand, size_t batch, size_t c,
+                       size_t hw, size_t rd, qt_se_act act, qt_err *err);
+int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *dw_expand,
+                        float *db_expand, float *scratch, const float *dout, const float *inp,
+                        const float *pooled, const float *hidden_pre, const float *hidden,
+                        const float *gate, const float *w_reduce, const float *w_expand,
+                        size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act, qt_err *err);
 /* ------------------------------------------------------------------------- */
 /* Convolutional models: MobileNetV2, EfficientNet, ResNet (qt_cnn.c)        */
 /* ------------------------------------------------------------------------- */

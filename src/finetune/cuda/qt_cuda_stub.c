@@ -142,3 +142,114 @@ int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs, const int
                                    int dloss_per_row, size_t batch, size_t classes, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_cross_entropy_backward");
 }
+
+/* ------------------------------------------------------------------------- */
+/* Convolutional layer ops (see "CUDA convolutional layer ops")               */
+/* ------------------------------------------------------------------------- */
+
+size_t qt_cuda_conv2d_scratch_size(const qt_conv2d_shape *shape) {
+  int pointwise = shape->kernel_h == 1 && shape->kernel_w == 1 && shape->stride_h == 1 &&
+                  shape->stride_w == 1 && shape->pad_top == 0 && shape->pad_left == 0 &&
+                  shape->out_h == shape->in_h && shape->out_w == shape->in_w;
+  if (shape->in_c == shape->groups || pointwise) return 0;
+  return shape->in_c * shape->kernel_h * shape->kernel_w * shape->out_h * shape->out_w;
+}
+
+int qt_cuda_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                           const float *bias, const qt_conv2d_shape *shape, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_conv2d_forward");
+}
+
+int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                            const float *dout, const float *inp, const float *weight,
+                            const qt_conv2d_shape *shape, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_conv2d_backward");
+}
+
+int qt_cuda_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                              float momentum, qt_batchnorm_mode mode, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_batchnorm_forward");
+}
+
+int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t batch, size_t c, size_t hw,
+                               qt_batchnorm_mode mode, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_batchnorm_backward");
+}
+
+int qt_cuda_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, const unsigned char *select, size_t batch,
+                              size_t c, size_t hw, float eps, float momentum, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_stochnorm_forward");
+}
+
+int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, const unsigned char *select, size_t batch,
+                               size_t c, size_t hw, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_stochnorm_backward");
+}
+
+int qt_cuda_relu_forward(float *out, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu_forward");
+}
+
+int qt_cuda_relu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu_backward");
+}
+
+int qt_cuda_relu6_forward(float *out, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu6_forward");
+}
+
+int qt_cuda_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n,
+                           qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu6_backward");
+}
+
+int qt_cuda_silu_forward(float *out, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_silu_forward");
+}
+
+int qt_cuda_silu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_silu_backward");
+}
+
+int qt_cuda_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c, size_t hw,
+                                   qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_global_avgpool_forward");
+}
+
+int qt_cuda_global_avgpool_backward(float *dinp, const float *dout, size_t batch, size_t c,
+                                    size_t hw, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_global_avgpool_backward");
+}
+
+int qt_cuda_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
+                              const qt_conv2d_shape *shape, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_maxpool2d_forward");
+}
+
+int qt_cuda_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                               const qt_conv2d_shape *shape, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_maxpool2d_backward");
+}
+
+int qt_cuda_se_forward(float *out, float *pooled, float *hidden_pre, float *hidden, float *gate,
+                       const float *inp, const float *w_reduce, const float *b_reduce,
+                       const float *w_expand, const float *b_expand, size_t batch, size_t c,
+                       size_t hw, size_t rd, qt_se_act act, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_se_forward");
+}
+
+int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *dw_expand,
+                        float *db_expand, float *scratch, const float *dout, const float *inp,
+                        const float *pooled, const float *hidden_pre, const float *hidden,
+                        const float *gate, const float *w_reduce, const float *w_expand,
+                        size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_se_backward");
+}

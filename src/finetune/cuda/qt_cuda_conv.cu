@@ -1,0 +1,419 @@
+/*
+ * qt_cuda_conv.cu - 2-D convolution on a CUDA device, the twin of
+ * cpu/qt_cpu_conv2d.c. Dense and grouped convolutions lower, image by
+ * image, to an im2col kernel (all groups of the image at once) and one
+ * strided-batched cuBLAS GEMM over the groups; pointwise ones (1x1, stride
+ * 1, no padding) multiply the image directly. The input gradient goes
+ * through a column matrix and a col2im kernel that gathers, for each input
+ * pixel, the entries it was read into (no atomics; the CPU's order of
+ * additions). Depthwise convolutions (one input channel per group, any
+ * multiplier) run as direct kernels: one thread per output (forward) or
+ * input pixel (input gradient), and one block per weight tap for the
+ * weight gradient, summed in double as on the CPU. See qt_finetune.h.
+ */
+#include <limits.h>
+
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+/* ------------------------------------------------------------------------- */
+/* Geometry                                                                   */
+/* ------------------------------------------------------------------------- */
+
+/* The shape as kernel arguments (passed by value). */
+typedef struct conv_geometry {
+  long in_c, in_h, in_w;
+  long out_c, out_h, out_w;
+  long kernel_h, kernel_w;
+  long stride_h, stride_w;
+  long pad_top, pad_left;
+  long groups;
+} conv_geometry;
+
+static conv_geometry geometry_of(const qt_conv2d_shape *s) {
+  conv_geometry g;
+  g.in_c = (long)s->in_c;
+  g.in_h = (long)s->in_h;
+  g.in_w = (long)s->in_w;
+  g.out_c = (long)s->out_c;
+  g.out_h = (long)s->out_h;
+  g.out_w = (long)s->out_w;
+  g.kernel_h = (long)s->kernel_h;
+  g.kernel_w = (long)s->kernel_w;
+  g.stride_h = (long)s->stride_h;
+  g.stride_w = (long)s->stride_w;
+  g.pad_top = (long)s->pad_top;
+  g.pad_left = (long)s->pad_left;
+  g.groups = (long)s->groups;
+  return g;
+}
+
+static int is_depthwise(const qt_conv2d_shape *s) {
+  return s->in_c == s->groups;
+}
+
+/* The CPU's definition (qt_cpu_conv2d.c): the image is its column matrix. */
+static int is_pointwise(const qt_conv2d_shape *s) {
+  return s->kernel_h == 1 && s->kernel_w == 1 && s->stride_h == 1 && s->stride_w == 1 &&
+         s->pad_top == 0 && s->pad_left == 0 && s->out_h == s->in_h && s->out_w == s->in_w;
+}
+
+extern "C" size_t qt_cuda_conv2d_scratch_size(const qt_conv2d_shape *s) {
+  if (is_depthwise(s) || is_pointwise(s)) return 0;
+  return s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+}
+
+/* QT_EINVAL unless the shape has nonzero sizes and strides, groups
+ * dividing both channel counts, and sizes that the kernels' long indices,
+ * the int of cuBLAS and the launch grid hold. (Every kernel checks each
+ * input index it reads against in_h and in_w, so output sizes that the
+ * padded input does not produce read no memory out of bounds.) */
+static int check_shape(const qt_conv2d_shape *s, const char *who, qt_err *err) {
+  if (!s) return qt_err_set(err, QT_EINVAL, "%s: shape is NULL", who);
+  if (s->batch == 0 || s->in_c == 0 || s->in_h == 0 || s->in_w == 0 || s->out_c == 0 ||
+      s->out_h == 0 || s->out_w == 0 || s->kernel_h == 0 || s->kernel_w == 0 || s->stride_h == 0 ||
+      s->stride_w == 0) {
+    return qt_err_set(err, QT_EINVAL,
+                      "%s: zero size in the shape (batch %zu, in %zux%zux%zu, out %zux%zux%zu, "
+                      "kernel %zux%zu, stride %zux%zu)",
+                      who, s->batch, s->in_c, s->in_h, s->in_w, s->out_c, s->out_h, s->out_w,
+                      s->kernel_h, s->kernel_w, s->stride_h, s->stride_w);
+  }
+  if (s->groups == 0 || s->in_c % s->groups != 0 || s->out_c % s->groups != 0) {
+    return qt_err_set(err, QT_EINVAL, "%s: groups %zu does not divide in_c %zu and out_c %zu", who,
+                      s->groups, s->in_c, s->out_c);
+  }
+  /* Each size must fit an int, the element counts the kernels' long
+   * indices, and the matrix sizes cuBLAS's int. */
+  const size_t big = (size_t)INT_MAX;
+  if (s->batch > big || s->in_c > big || s->in_h > big || s->in_w > big || s->out_c > big ||
+      s->out_h > big || s->out_w > big || s->kernel_h > big || s->kernel_w > big ||
+      s->stride_h > big || s->stride_w > big || s->pad_top > big || s->pad_left > big) {
+    return qt_err_set(err, QT_EINVAL, "%s: a size of the shape does not fit an int", who);
+  }
+  size_t in_elems = s->batch * s->in_c * s->in_h * s->in_w;
+  size_t out_elems = s->batch * s->out_c * s->out_h * s->out_w;
+  size_t kdim = (s->in_c / s->groups) * s->kernel_h * s->kernel_w;
+  size_t p_count = s->out_h * s->out_w;
+  if (in_elems > (size_t)LONG_MAX / 2 || out_elems > (size_t)LONG_MAX / 2 || kdim > big ||
+      p_count > big || s->in_c * s->kernel_h * s->kernel_w > big ||
+      s->out_c * s->kernel_h * s->kernel_w > big) {
+    return qt_err_set(err, QT_EINVAL, "%s: the convolution is too large for int sizes", who);
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* im2col / col2im                                                            */
+/* ------------------------------------------------------------------------- */
+
+/* col (in_c * kh * kw, out_h * out_w) from one image img (in_c, in_h,
+ * in_w): row (ci * kh + ky) * kw + kx, so that group g's (kdim, P) block
+ * starts at row g * cg * kh * kw, as the CPU's per-group matrix. Padding
+ * reads 0. One thread per entry, grid-stride. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    im2col_kernel(float *__restrict__ col, const float *__restrict__ img, conv_geometry g) {
+  long p_count = g.out_h * g.out_w;
+  long total = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  long stride = (long)gridDim.x * blockDim.x;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    long p = i % p_count, row = i / p_count;
+    long ox = p % g.out_w, oy = p / g.out_w;
+    long kx = row % g.kernel_w, ky = (row / g.kernel_w) % g.kernel_h;
+    long ci = row / (g.kernel_w * g.kernel_h);
+    long iy = oy * g.stride_h + ky - g.pad_top;
+    long ix = ox * g.stride_w + kx - g.pad_left;
+    float v = 0.0f;
+    if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w) v = img[(ci * g.in_h + iy) * g.in_w + ix];
+    col[i] = v;
+  }
+}
+
+/* img (in_c, in_h, in_w) += the entries of col (laid out as im2col's) that
+ * were read from each pixel. One thread per pixel gathers its entries in
+ * the CPU's order (ky, then kx ascending), so no two threads write the same
+ * pixel. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, conv_geometry g) {
+  long p_count = g.out_h * g.out_w;
+  long total = g.in_c * g.in_h * g.in_w;
+  long stride = (long)gridDim.x * blockDim.x;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    long ix = i % g.in_w, iy = (i / g.in_w) % g.in_h, ci = i / (g.in_w * g.in_h);
+    float acc = img[i];
+    for (long ky = 0; ky < g.kernel_h; ky++) {
+      long ty = iy + g.pad_top - ky; /* = oy * stride_h */
+      if (ty < 0 || ty % g.stride_h != 0) continue;
+      long oy = ty / g.stride_h;
+      if (oy >= g.out_h) continue;
+      for (long kx = 0; kx < g.kernel_w; kx++) {
+        long tx = ix + g.pad_left - kx;
+        if (tx < 0 || tx % g.stride_w != 0) continue;
+        long ox = tx / g.stride_w;
+        if (ox >= g.out_w) continue;
+        long row = (ci * g.kernel_h + ky) * g.kernel_w + kx;
+        acc = __fadd_rn(acc, col[row * p_count + oy * g.out_w + ox]);
+      }
+    }
+    img[i] = acc;
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Bias                                                                       */
+/* ------------------------------------------------------------------------- */
+
+/* out (batch, out_c, P) = bias[channel]. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    conv_bias_broadcast_kernel(float *__restrict__ out, const float *__restrict__ bias, long total,
+                               long out_c, long p_count) {
+  long stride = (long)gridDim.x * blockDim.x;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    out[i] = bias[(i / p_count) % out_c];
+  }
+}
+
+/* dbias[o] += the sum over the batch and the plane of dout, in double: one
+ * block per output channel. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    conv_bias_grad_kernel(float *__restrict__ dbias, const float *__restrict__ dout, long batch,
+                          long out_c, long p_count) {
+  __shared__ double shared[32];
+  long o = blockIdx.x;
+  double sum = 0.0;
+  for (long i = threadIdx.x; i < batch * p_count; i += blockDim.x) {
+    long b = i / p_count, p = i % p_count;
+    sum += dout[(b * out_c + o) * p_count + p];
+  }
+  sum = qt__block_sum(sum, shared);
+  if (threadIdx.x == 0) dbias[o] += (float)sum;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Depthwise                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* One thread per output (b, o, oy, ox); output channel o reads input
+ * channel o / multiplier. The CPU's order and float operations: acc = bias,
+ * then += w * x over the taps inside the image, ky then kx. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    depthwise_forward_kernel(float *__restrict__ out, const float *__restrict__ inp,
+                             const float *__restrict__ weight, const float *__restrict__ bias,
+                             long batch, conv_geometry g) {
+  long mult = g.out_c / g.in_c;
+  long total = batch * g.out_c * g.out_h * g.out_w;
+  long stride = (long)gridDim.x * blockDim.x;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    long ox = i % g.out_w, oy = (i / g.out_w) % g.out_h;
+    long plane = i / (g.out_w * g.out_h); /* b * out_c + o */
+    long o = plane % g.out_c, b = plane / g.out_c;
+    const float *x = inp + (b * g.in_c + o / mult) * g.in_h * g.in_w;
+    const float *w = weight + o * g.kernel_h * g.kernel_w;
+    float acc = bias ? bias[o] : 0.0f;
+    for (long ky = 0; ky < g.kernel_h; ky++) {
+      long iy = oy * g.stride_h + ky - g.pad_top;
+      if (iy < 0 || iy >= g.in_h) continue;
+      for (long kx = 0; kx < g.kernel_w; kx++) {
+        long ix = ox * g.stride_w + kx - g.pad_left;
+        if (ix < 0 || ix >= g.in_w) continue;
+        acc = __fadd_rn(acc, __fmul_rn(w[ky * g.kernel_w + kx], x[iy * g.in_w + ix]));
+      }
+    }
+    out[i] = acc;
+  }
+}
+
+/* dinp += the input gradient: one thread per input pixel (b, ci, iy, ix)
+ * gathers dout * w over the multiplier's output channels and the outputs
+ * whose window covers it. The loops run over ky and kx downwards, so the
+ * outputs come in scan order (oy, then ox ascending), the order in which
+ * the CPU adds them. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
+                                    const float *__restrict__ weight, long batch, conv_geometry g) {
+  long mult = g.out_c / g.in_c;
+  long total = batch * g.in_c * g.in_h * g.in_w;
+  long stride = (long)gridDim.x * blockDim.x;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    long ix = i % g.in_w, iy = (i / g.in_w) % g.in_h;
+    long plane = i / (g.in_w * g.in_h); /* b * in_c + ci */
+    long ci = plane % g.in_c, b = plane / g.in_c;
+    float acc = dinp[i];
+    for (long m = 0; m < mult; m++) {
+      long o = ci * mult + m;
+      const float *dy = dout + (b * g.out_c + o) * g.out_h * g.out_w;
+      const float *w = weight + o * g.kernel_h * g.kernel_w;
+      for (long ky = g.kernel_h - 1; ky >= 0; ky--) {
+        long ty = iy + g.pad_top - ky;
+        if (ty < 0 || ty % g.stride_h != 0) continue;
+        long oy = ty / g.stride_h;
+        if (oy >= g.out_h) continue;
+        for (long kx = g.kernel_w - 1; kx >= 0; kx--) {
+          long tx = ix + g.pad_left - kx;
+          if (tx < 0 || tx % g.stride_w != 0) continue;
+          long ox = tx / g.stride_w;
+          if (ox >= g.out_w) continue;
+          acc = __fadd_rn(acc, __fmul_rn(dy[oy * g.out_w + ox], w[ky * g.kernel_w + kx]));
+        }
+      }
+    }
+    dinp[i] = acc;
+  }
+}
+
+/* dweight[o, ky, kx] += sum over the batch and the outputs of dout * x, in
+ * double (as the CPU): one block per (o, tap). */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    depthwise_backward_weight_kernel(float *__restrict__ dweight, const float *__restrict__ dout,
+                                     const float *__restrict__ inp, long batch, conv_geometry g) {
+  __shared__ double shared[32];
+  long kk = g.kernel_h * g.kernel_w;
+  long o = blockIdx.x / kk, k = blockIdx.x % kk;
+  long ky = k / g.kernel_w, kx = k % g.kernel_w;
+  long mult = g.out_c / g.in_c;
+  long p_count = g.out_h * g.out_w;
+  double sum = 0.0;
+  for (long i = threadIdx.x; i < batch * p_count; i += blockDim.x) {
+    long b = i / p_count, p = i % p_count;
+    long oy = p / g.out_w, ox = p % g.out_w;
+    long iy = oy * g.stride_h + ky - g.pad_top;
+    long ix = ox * g.stride_w + kx - g.pad_left;
+    if (iy < 0 || iy >= g.in_h || ix < 0 || ix >= g.in_w) continue;
+    float dy = dout[(b * g.out_c + o) * p_count + p];
+    float x = inp[((b * g.in_c + o / mult) * g.in_h + iy) * g.in_w + ix];
+    sum += (double)dy * x;
+  }
+  sum = qt__block_sum(sum, shared);
+  if (threadIdx.x == 0) dweight[blockIdx.x] += (float)sum;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Forward and backward                                                       */
+/* ------------------------------------------------------------------------- */
+
+extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *inp,
+                                      const float *weight, const float *bias,
+                                      const qt_conv2d_shape *s, qt_err *err) {
+  const char *who = "qt_cuda_conv2d_forward";
+  int rc = check_shape(s, who, err);
+  if (rc < 0) return rc;
+  if (!out || !inp || !weight || (!scratch && qt_cuda_conv2d_scratch_size(s) > 0)) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array (scratch needs %zu floats)", who,
+                      qt_cuda_conv2d_scratch_size(s));
+  }
+  conv_geometry g = geometry_of(s);
+  size_t out_elems = s->batch * s->out_c * s->out_h * s->out_w;
+  if (is_depthwise(s)) {
+    depthwise_forward_kernel<<<qt__cuda_blocks(out_elems), QT_CUDA_THREADS>>>(
+        out, inp, weight, bias, (long)s->batch, g);
+    return qt__cuda_check_launch(err, who, "the depthwise convolution kernel");
+  }
+  size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
+  size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
+  int pointwise = is_pointwise(s);
+  if (bias) {
+    conv_bias_broadcast_kernel<<<qt__cuda_blocks(out_elems), QT_CUDA_THREADS>>>(
+        out, bias, (long)out_elems, (long)s->out_c, (long)p_count);
+    rc = qt__cuda_check_launch(err, who, "the bias broadcast");
+    if (rc < 0) return rc;
+  }
+  size_t in_image = s->in_c * s->in_h * s->in_w;
+  for (size_t b = 0; b < s->batch; b++) {
+    const float *img = inp + b * in_image;
+    const float *col = img;
+    if (!pointwise) {
+      im2col_kernel<<<qt__cuda_blocks(qt_cuda_conv2d_scratch_size(s)), QT_CUDA_THREADS>>>(scratch,
+                                                                                          img, g);
+      rc = qt__cuda_check_launch(err, who, "im2col");
+      if (rc < 0) return rc;
+      col = scratch;
+    }
+    /* y_g (og, P) = W_g (og, kdim) . col_g (kdim, P) for every group g. */
+    rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, (long long)(og * kdim), col,
+                       p_count, (long long)(kdim * p_count), bias ? 1.0f : 0.0f,
+                       out + b * s->out_c * p_count, p_count, (long long)(og * p_count), s->groups,
+                       who, err);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                       const float *dout, const float *inp, const float *weight,
+                                       const qt_conv2d_shape *s, qt_err *err) {
+  const char *who = "qt_cuda_conv2d_backward";
+  int rc = check_shape(s, who, err);
+  if (rc < 0) return rc;
+  if (!dout || (dweight && !inp) || (dinp && !weight) ||
+      ((dinp || dweight) && !scratch && qt_cuda_conv2d_scratch_size(s) > 0)) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array (scratch needs %zu floats)", who,
+                      qt_cuda_conv2d_scratch_size(s));
+  }
+  conv_geometry g = geometry_of(s);
+  size_t p_count = s->out_h * s->out_w;
+  if (dbias) {
+    conv_bias_grad_kernel<<<(unsigned)s->out_c, QT_CUDA_THREADS>>>(dbias, dout, (long)s->batch,
+                                                                   (long)s->out_c, (long)p_count);
+    rc = qt__cuda_check_launch(err, who, "the bias gradient");
+    if (rc < 0) return rc;
+  }
+  if (is_depthwise(s)) {
+    if (dinp) {
+      size_t in_elems = s->batch * s->in_c * s->in_h * s->in_w;
+      depthwise_backward_input_kernel<<<qt__cuda_blocks(in_elems), QT_CUDA_THREADS>>>(
+          dinp, dout, weight, (long)s->batch, g);
+      rc = qt__cuda_check_launch(err, who, "the depthwise input gradient");
+      if (rc < 0) return rc;
+    }
+    if (dweight) {
+      /* check_shape bounds out_c * kh * kw by INT_MAX: it fits the grid. */
+      unsigned blocks = (unsigned)(s->out_c * s->kernel_h * s->kernel_w);
+      depthwise_backward_weight_kernel<<<blocks, QT_CUDA_THREADS>>>(dweight, dout, inp,
+                                                                    (long)s->batch, g);
+      rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient");
+      if (rc < 0) return rc;
+    }
+    return 0;
+  }
+  size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
+  size_t kdim = cg * s->kernel_h * s->kernel_w;
+  size_t in_image = s->in_c * s->in_h * s->in_w;
+  int pointwise = is_pointwise(s);
+  unsigned col_blocks = qt__cuda_blocks(qt_cuda_conv2d_scratch_size(s));
+  for (size_t b = 0; b < s->batch; b++) {
+    const float *dy = dout + b * s->out_c * p_count;
+    if (dweight) {
+      const float *col = inp + b * in_image;
+      if (!pointwise) {
+        im2col_kernel<<<col_blocks, QT_CUDA_THREADS>>>(scratch, inp + b * in_image, g);
+        rc = qt__cuda_check_launch(err, who, "im2col");
+        if (rc < 0) return rc;
+        col = scratch;
+      }
+      /* dW_g (og, kdim) += dy_g (og, P) . col_g^T (P, kdim) */
+      rc = qt__cuda_gemm(0, 1, og, kdim, p_count, 1.0f, dy, p_count, (long long)(og * p_count), col,
+                         p_count, (long long)(kdim * p_count), 1.0f, dweight, kdim,
+                         (long long)(og * kdim), s->groups, who, err);
+      if (rc < 0) return rc;
+    }
+    if (dinp) {
+      float *dimg = dinp + b * in_image;
+      /* dcol_g (kdim, P) = W_g^T (kdim, og) . dy_g (og, P); a pointwise
+       * convolution accumulates it straight into the image. The queue
+       * orders this after the weight gradient's read of the scratch. */
+      float *dcol = pointwise ? dimg : scratch;
+      rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
+                         p_count, (long long)(og * p_count), pointwise ? 1.0f : 0.0f, dcol, p_count,
+                         (long long)(kdim * p_count), s->groups, who, err);
+      if (rc < 0) return rc;
+      if (!pointwise) {
+        col2im_add_kernel<<<qt__cuda_blocks(in_image), QT_CUDA_THREADS>>>(dimg, scratch, g);
+        rc = qt__cuda_check_launch(err, who, "col2im");
+        if (rc < 0) return rc;
+      }
+    }
+  }
+  return 0;
+}
