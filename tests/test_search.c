@@ -776,6 +776,15 @@ static void test_default_surrogate(void) {
   CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "optimizer"), "quicktune");
   CU_ASSERT_PTR_NOT_NULL(strstr(run_setting(run_dir, "surrogate"), "default-fits.qts"));
 
+  /* An optimizer that reads no surrogate does not take it. */
+  p = base_params("run-default-random", run_dir, sizeof run_dir);
+  p.default_surrogate = fits;
+  p.max_epochs_total = 1;
+  rc = qt_search_run(&p, &r, &err);
+  CU_ASSERT_EQUAL(rc, 0);
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "optimizer"), "random");
+  CU_ASSERT_STRING_EQUAL(run_setting(run_dir, "surrogate"), "");
+
   p = base_params("run-default-other", run_dir, sizeof run_dir);
   p.optimizer = NULL;
   p.default_surrogate = other;

@@ -610,7 +610,8 @@ typedef struct qt_search_params {
   const char *space;          /* space YAML; its "model" choices become the hub's models */
   const char *optimizer;      /* NULL: "quicktune" with a surrogate, else "quicktune-MC" */
   const char *surrogate;      /* meta-trained surrogate file, or NULL */
-  /* Used as surrogate when surrogate is NULL, the file exists and it was
+  /* Used as surrogate when surrogate is NULL, optimizer is NULL or reads a
+   * surrogate, the file exists and it was
    * meta-trained for this search's space and hub models (the shipped
    * meta-dataset/surrogate.qts); otherwise skipped with an info line. A
    * damaged file is an error. A resumed search keeps the choice its run.yaml

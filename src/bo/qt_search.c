@@ -1112,8 +1112,9 @@ static int open_run(search *S, qt_err *err) {
   return 0;
 }
 
-/* params->default_surrogate, when params->surrogate is NULL and the file
- * fits this search: 1 (use it), 0 (not), < 0 on error. A resumed search
+/* params->default_surrogate, when params->surrogate is NULL, the optimizer
+ * is unset or one that reads a surrogate, and the file fits this search:
+ * 1 (use it), 0 (not), < 0 on error. A resumed search
  * (run.yaml exists, mode AUTO) keeps what run.yaml records; a fresh one
  * loads the space and the hub's models as the search will and tries the
  * file: another space or other models (QT_ESCHEMA) is an info line and 0,
@@ -1121,6 +1122,7 @@ static int open_run(search *S, qt_err *err) {
 static int pick_default_surrogate(const qt_search_params *p, qt_err *err) {
   const char *path = p->default_surrogate;
   if (p->surrogate || !path || access(path, F_OK) != 0) return 0;
+  if (p->optimizer && !qt_optimizer_uses_surrogate(p->optimizer)) return 0;
   char *resolved = resolve_path(path);
   if (!resolved) return qt_err_set(err, QT_ENOMEM, "out of memory");
   char run_yaml[4200];
