@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Paired comparison of two optimizers of a `qtune bench --out DIR` folder.
 
-    tools/regret-paired.py DIR A B [--fractions 0.1,0.5,1]
+    tools/regret-paired.py DIR A B [--fractions 0.1,0.5,1] [--seeds 0,1,...]
 
 Reads DIR/trajectories/<optimizer>/<dataset>-seed<k>.csv (written by qtune
 bench) and, for every (dataset, seed) both optimizers ran, the normalized
@@ -45,12 +45,16 @@ def main():
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--fractions", default="0.1,0.5,1")
+    ap.add_argument("--seeds", help="only these seeds (comma-separated); default all")
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
     root = os.path.join(args.dir, "trajectories")
     runs = sorted(set(os.listdir(os.path.join(root, args.a))) &
                   set(os.listdir(os.path.join(root, args.b))))
     runs = [r for r in runs if re.match(r".+-seed\d+\.csv$", r)]
+    if args.seeds:
+        keep = set(args.seeds.split(","))
+        runs = [r for r in runs if re.search(r"-seed(\d+)\.csv$", r).group(1) in keep]
     diffs = {f: [] for f in fractions}
     for name in runs:
         pa, fa = read(os.path.join(root, args.a, name))
