@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Paired comparison of two optimizers of a `qtune bench --out DIR` folder.
 
-    tools/regret-paired.py DIR A B [--fractions 0.1,0.5,1] [--seeds 0,1,...]
+    tools/regret-paired.py DIR A B [--fractions 0.1,0.5,1] [--seeds 0,1,...] [--dir-b DIR2]
 
 Reads DIR/trajectories/<optimizer>/<dataset>-seed<k>.csv (written by qtune
 bench) and, for every (dataset, seed) both optimizers ran, the normalized
@@ -9,7 +9,9 @@ regret at each fraction of the budget: the regret of the last point at or
 before that time, or (y_best - 0) / (y_best - y_worst) before the first point
 (the incumbent is 0 until an epoch ends, as in qtune bench). Prints the mean
 paired difference A - B with its 95% half-width (1.96 sd / sqrt(n)) and how
-often A is lower, equal and higher. Standard library only.
+often A is lower, equal and higher. --dir-b takes B's runs from another bench
+folder (e.g. the same optimizer with another model encoding). Standard library
+only.
 """
 import argparse
 import math
@@ -46,11 +48,13 @@ def main():
     ap.add_argument("b")
     ap.add_argument("--fractions", default="0.1,0.5,1")
     ap.add_argument("--seeds", help="only these seeds (comma-separated); default all")
+    ap.add_argument("--dir-b", help="bench folder of B (default DIR)")
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
     root = os.path.join(args.dir, "trajectories")
+    root_b = os.path.join(args.dir_b or args.dir, "trajectories")
     runs = sorted(set(os.listdir(os.path.join(root, args.a))) &
-                  set(os.listdir(os.path.join(root, args.b))))
+                  set(os.listdir(os.path.join(root_b, args.b))))
     runs = [r for r in runs if re.match(r".+-seed\d+\.csv$", r)]
     if args.seeds:
         keep = set(args.seeds.split(","))
@@ -58,7 +62,7 @@ def main():
     diffs = {f: [] for f in fractions}
     for name in runs:
         pa, fa = read(os.path.join(root, args.a, name))
-        pb, fb = read(os.path.join(root, args.b, name))
+        pb, fb = read(os.path.join(root_b, args.b, name))
         budget = float(fa["budget_s"])
         for f in fractions:
             diffs[f].append(regret_at(pa, fa, f * budget) - regret_at(pb, fb, f * budget))
