@@ -69,9 +69,6 @@ typedef struct folds_state {
   pthread_mutex_t lock;
 } folds_state;
 
-/* The first line of surrogates/fold<f>.csv: everything the fold's
- * meta-training depends on. A fold is reused on resume only when this line
- * matches; a custom network configuration (params.config) is never reused. */
 /* FNV-1a over every model's name, family and descriptor values. */
 static uint64_t descriptor_digest(const qt_descriptor_table_t *table) {
   uint64_t h = 1469598103934665603ull;
@@ -87,6 +84,9 @@ static uint64_t descriptor_digest(const qt_descriptor_table_t *table) {
   return h;
 }
 
+/* The first line of surrogates/fold<f>.csv: everything the fold's
+ * meta-training depends on. A fold is reused on resume only when this line
+ * matches; a custom network configuration (params.config) is never reused. */
 static void fold_key(const folds_state *state, size_t fold, char *key, size_t size) {
   const qt_metatrain_params *m = &state->folds->metatrain;
   size_t used = (size_t)snprintf(

@@ -50,8 +50,9 @@
  * task order and run order; failed runs and runs without a curve are left
  * out and counted. With assemble_only nothing runs: the parts present are
  * assembled and the runs without one counted (a collection stopped in the
- * middle of a round, published as it is). The meta-dataset (metric top1, max_epochs, the space
- * over the hub's models as space.yaml) is saved in out_dir.
+ * middle of a round, published as it is). The meta-dataset (metric top1,
+ * max_epochs, the space over the hub's models as space.yaml) is saved in
+ * out_dir.
  */
 #include <errno.h>
 #include <math.h>
