@@ -27,128 +27,9 @@
 
 #include "finetune/qt_finetune.h"
 #include "qt_test.h"
+#include "qt_test_gpu.h"
 
-#define PARITY_TOLERANCE 1e-5
 #define TF32_TOLERANCE 1e-2
-/* Standard deviation of the gradients' starting values. */
-#define GRAD_INIT_SIGMA 1e-3
-
-/* ------------------------------------------------------------------------- */
-/* Helpers                                                                    */
-/* ------------------------------------------------------------------------- */
-
-/* Fails the test with the error's message when rc is not 0. */
-#define CHECK_RC(call)                                                                     \
-  do {                                                                                     \
-    qt_err check_err_;                                                                     \
-    qt_err_clear(&check_err_);                                                             \
-    int check_rc_ = (call);                                                                \
-    if (check_rc_ != 0) fprintf(stderr, "\n%s: %s\n", #call, qt_err_message(&check_err_)); \
-    CU_ASSERT_EQUAL_FATAL(check_rc_, 0);                                                   \
-  } while (0)
-/* The error argument that CHECK_RC's call passes. */
-#define E (&check_err_)
-
-static qt_rng_t *make_rng(uint64_t seed) {
-  qt_err err;
-  qt_rng_t *rng = NULL;
-  CU_ASSERT_EQUAL_FATAL(qt_rng_init(&rng, seed, &err), 0);
-  return rng;
-}
-
-/* n floats N(mean, sigma^2) on the host (never NULL, even for n = 0). */
-static float *host_random(qt_rng_t *rng, size_t n, double mean, double sigma) {
-  float *h = malloc((n ? n : 1) * sizeof *h);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
-  for (size_t i = 0; i < n; i++) h[i] = (float)(mean + qt_rng_gaussian(rng, sigma));
-  return h;
-}
-
-static float *host_copy(const float *src, size_t n) {
-  float *h = malloc((n ? n : 1) * sizeof *h);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
-  if (n) memcpy(h, src, n * sizeof *h);
-  return h;
-}
-
-/* A device copy of n host values of `size` bytes each (NULL for n = 0). */
-static void *device_copy(const void *h, size_t n, size_t size) {
-  void *d = NULL;
-  CHECK_RC(qt_cuda_malloc(&d, n * size, E));
-  CHECK_RC(qt_cuda_copy_to_device(d, h, n * size, E));
-  return d;
-}
-
-static float *device_floats(const float *h, size_t n) {
-  return device_copy(h, n, sizeof(float));
-}
-
-/* The device array's values in a new host array (after the queued work). */
-static float *download(const float *d, size_t n) {
-  CHECK_RC(qt_cuda_synchronize(E));
-  float *h = malloc((n ? n : 1) * sizeof *h);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(h);
-  CHECK_RC(qt_cuda_copy_to_host(h, d, n * sizeof *h, E));
-  return h;
-}
-
-/* The measure described at the top; init may be NULL (zeros). */
-static double parity_error(const float *gpu, const float *cpu, const float *init, size_t n) {
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < n; i++) {
-    if (!isfinite(gpu[i]) || !isfinite(cpu[i])) return INFINITY;
-    diff = fmax(diff, fabs((double)gpu[i] - cpu[i]));
-    scale = fmax(scale, fabs((double)cpu[i] - (init ? init[i] : 0.0f)));
-  }
-  if (scale == 0.0) return diff == 0.0 ? 0.0 : INFINITY;
-  return diff / fmax(scale, (double)FLT_MIN);
-}
-
-/* Downloads the device array d, compares it with cpu, prints and checks the
- * error, frees the download. */
-static double expect_parity_tol(const char *what, const float *d, const float *cpu,
-                                const float *init, size_t n, double tolerance) {
-  float *gpu = download(d, n);
-  double e = parity_error(gpu, cpu, init, n);
-  printf("\n    %-48s error %.3g", what, e);
-  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
-  CU_ASSERT(e < tolerance);
-  free(gpu);
-  return e;
-}
-
-static double expect_parity(const char *what, const float *d, const float *cpu, const float *init,
-                            size_t n) {
-  return expect_parity_tol(what, d, cpu, init, n, PARITY_TOLERANCE);
-}
-
-/* A gradient on both sides: random starting values on the host (init, kept
- * for the measure), the CPU's copy and the device's copy. */
-typedef struct grad {
-  size_t n;
-  float *init;
-  float *cpu;
-  float *dev;
-} grad;
-
-static grad grad_make(qt_rng_t *rng, size_t n) {
-  grad g;
-  g.n = n;
-  g.init = host_random(rng, n, 0.0, GRAD_INIT_SIGMA);
-  g.cpu = host_copy(g.init, n);
-  g.dev = device_floats(g.init, n);
-  return g;
-}
-
-static void grad_check(const char *what, const grad *g) {
-  expect_parity(what, g->dev, g->cpu, g->init, g->n);
-}
-
-static void grad_free(grad *g) {
-  free(g->init);
-  free(g->cpu);
-  qt_cuda_free(g->dev);
-}
 
 /* ------------------------------------------------------------------------- */
 /* Linear                                                                     */
@@ -693,12 +574,4 @@ static const qt_test_case cases[] = {
     {"arguments", test_arguments}, {NULL, NULL},
 };
 
-int main(void) {
-  int count = 0;
-  qt_err err;
-  if (qt_cuda_device_count(&count, &err) != 0 || count == 0) {
-    printf("no CUDA device: skipping\n");
-    return QT_TEST_SKIP_CODE;
-  }
-  return qt_test_run("gpu_ops", cases);
-}
+QT_GPU_TEST_MAIN("gpu_ops", cases)
