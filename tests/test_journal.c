@@ -980,7 +980,9 @@ static void test_status_cli_on_live_run(void) {
 }
 
 /* --watch keeps printing while the run goes on and returns when a run_end
- * arrives (a new session's run_start makes it wait again). */
+ * arrives (a new session's run_start makes it wait again). The writer goes
+ * in lockstep with the prints: a record after each of the first three, then
+ * the run_end, so the test does not depend on how fast the machine is. */
 static void test_status_watch_until_run_end(void) {
   char dir[512], path[700], command[1400];
   fresh_dir("watch-run", dir, sizeof dir);
@@ -989,35 +991,47 @@ static void test_status_watch_until_run_end(void) {
   size_t n = every_record(records);
   append_all(path, records, n); /* session 1 ended */
   append_all(path, records, 1); /* session 2 started */
+  int go[2];
+  CU_ASSERT_FATAL(pipe(go) == 0);
   pid_t child = fork();
   CU_ASSERT_FATAL(child >= 0);
   if (child == 0) {
+    close(go[1]);
     qt_journal_t *journal = NULL;
     if (qt_journal_open(path, &journal, NULL) != 0) _exit(1);
-    for (long round = 0; round < 60; round++) {
+    char byte;
+    for (long round = 0; round < 3 && read(go[0], &byte, 1) == 1; round++) {
       qt_journal_record r = records[1];
       r.trial = round;
       if (qt_journal_append(journal, &r, NULL) != 0) _exit(2);
-      usleep(10000);
     }
     if (qt_journal_append(journal, &records[n - 1], NULL) != 0) _exit(3);
     qt_journal_close(journal);
     _exit(0);
   }
+  close(go[0]);
   snprintf(command, sizeof command, "timeout 30 '%s' status '%s' --watch 0.05 --format json",
            QT_QTUNE_BINARY, dir);
-  FILE *pipe = popen(command, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(pipe);
-  size_t used = fread(out, 1, sizeof out - 1, pipe);
+  FILE *pipe_in = popen(command, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(pipe_in);
+  size_t used = 0, prints = 0;
+  char line[4096];
+  while (fgets(line, sizeof line, pipe_in)) {
+    size_t len = strlen(line);
+    if (used + len < sizeof out) {
+      memcpy(out + used, line, len);
+      used += len;
+    }
+    if (strstr(line, "\"n_trials\"") && ++prints <= 3) CU_ASSERT(write(go[1], "g", 1) == 1);
+  }
   out[used] = '\0';
-  int status = pclose(pipe);
+  close(go[1]);
+  int status = pclose(pipe_in);
   CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   int child_status = 0;
   waitpid(child, &child_status, 0);
   CU_ASSERT(WIFEXITED(child_status) && WEXITSTATUS(child_status) == 0);
-  size_t prints = 0;
-  for (const char *p = out; (p = strstr(p, "\"n_trials\"")) != NULL; p++) prints++;
-  CU_ASSERT(prints >= 3);
+  CU_ASSERT(prints >= 4); /* three while the run went on, one of its end */
   /* The last print is of the ended run. */
   const char *last = out, *p;
   while ((p = strstr(last + 1, "\"run_dir\"")) != NULL) last = p;
