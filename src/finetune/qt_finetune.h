@@ -611,6 +611,15 @@ int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err
 int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err);
 /* Waits for all queued device work; reports an execution failure. */
 int qt_cuda_synchronize(qt_err *err);
+/* Queued on the default stream: qt_cuda_zero sets `bytes` bytes to 0,
+ * qt_cuda_copy_on_device copies between two device blocks, and
+ * qt_cuda_copy_rows copies `rows` rows of `cols` floats from rows
+ * `src_stride` floats apart to rows `dst_stride` floats apart. */
+int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err);
+int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, qt_err *err);
+int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                      size_t cols, size_t rows, qt_err *err);
+
 
 /* Allows (allow != 0) or forbids TF32 tensor-core math in the FP32 matrix
  * products of the CUDA ops, process-wide; returns the previous setting.
@@ -690,7 +699,8 @@ int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs, const int
  * activation arena sized at creation for max_batch images (see
  * qt_vit_activation_bytes); forward, loss, backward and the optimizer step
  * allocate nothing. A forward with batch <= max_batch uses a prefix of it.
- * Pointers returned by accessors stay valid until qt_vit_free.
+ * Pointers returned by accessors stay valid until qt_vit_free or
+ * qt_vit_to_backend.
  *
  * Numbers. Everything is float32 (reductions in double, see the ops above);
  * the result matches PyTorch running the same model within float rounding
@@ -776,8 +786,8 @@ typedef struct qt_vit_tensor {
   size_t ndim;         /* 1..4 */
   const size_t *shape; /* (ndim) as timm stores it */
   size_t numel;
-  float *data; /* (numel) the values */
-  float *grad; /* (numel) the gradient of the last backward(s) */
+  float *data; /* (numel) the values; device memory on a CUDA model */
+  float *grad; /* (numel) the gradient of the last backward(s); ditto */
   int decay;   /* 1 when AdamW decays it: timm's rule, not biases, norms,
                   layer scales, 1-d tensors, pos_embed and cls_token */
 } qt_vit_tensor;
@@ -793,7 +803,8 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
  * logits (batch, num_classes), kept with every activation the backward
  * needs. batch 0 or over max_batch, or a NULL pointer, is QT_EINVAL. */
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err);
-/* The logits of the last forward, (batch, num_classes). */
+/* The logits of the last forward, (batch, num_classes), in host memory on
+ * every backend (a CUDA model copies them back at the end of the forward). */
 const float *qt_vit_logits(const qt_vit_t *vit);
 
 /* The mean cross-entropy over the last forward's batch (see
@@ -819,8 +830,23 @@ int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err);
 long qt_vit_step(const qt_vit_t *vit);
 
 /* Writes the parameters to path as a timm checkpoint (F32, timm's names,
- * metadata "format": "pt" as timm writes it), atomically. */
+ * metadata "format": "pt" as timm writes it), atomically; from any backend
+ * (a CUDA model's values are copied to the host first). */
 int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
+
+/* Moves the model to a backend: its parameters, gradients, AdamW moments
+ * (the step counter stays) and a new activation arena, all in the
+ * backend's memory; the next forward starts afresh. A model starts on the
+ * CPU (qt_vit_init, qt_vit_load); qt_vit_to_backend(vit, QT_BACKEND_KIND_CPU)
+ * brings it back. Images, labels and targets stay host arrays on every
+ * backend (moved once per batch), and the loss and logits come back to the
+ * host. On a CUDA model, qt_vit_tensor's data and grad point to device
+ * memory. Errors: QT_ENODEV without a usable device (qt_backend_kind_check),
+ * QT_ENOMEM when the device's memory is short (the model stays where and as
+ * it was), QT_ENOTIMPL for a model with head dropout or the feature hook on
+ * (they run on the CPU only so far; turning them on for a CUDA model is
+ * QT_ENOTIMPL too). */
+int qt_vit_to_backend(qt_vit_t *vit, qt_backend_kind kind, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* Data: datasets, preprocessing, augmentation, batches (qt_data*.c)          */

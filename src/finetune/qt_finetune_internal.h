@@ -1,7 +1,8 @@
 /*
  * qt_finetune_internal.h - helpers shared by the CPU and CUDA halves of the
  * finetune module. Not part of the public API: nothing outside src/finetune/
- * includes this header. Included from C and from CUDA C++ (.cu) files.
+ * includes this header, except the tests that install an op table of their
+ * own (qt__ops). Included from C and from CUDA C++ (.cu) files.
  */
 #ifndef QT_FINETUNE_INTERNAL_H
 #define QT_FINETUNE_INTERNAL_H
@@ -68,6 +69,94 @@ int qt__head_hooks_set_feature_grad(qt__head_hooks *h, size_t cap, int on, const
  * writes out = in * mask; else copies in to out. out may equal in. */
 void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n);
 void qt__head_hooks_free(qt__head_hooks *h);
+
+/* ------------------------------------------------------------------------- */
+/* The backend interface: one op table per backend (qt_ops.c)                 */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * What a model's passes call, so that one piece of code composes the
+ * forward, backward and optimizer step on any backend: memory (allocation,
+ * zeroing, copies within the backend and across to the host) and the layer
+ * ops with the signatures of qt_cuda_<op>() (device arrays, a QT_E* code,
+ * qt_err last). qt__ops_cpu() wraps the CPU references, which cannot fail
+ * for valid shapes, and returns 0; qt__ops_cuda() is the qt_cuda_* functions
+ * (each returns QT_ENODEV in a build without CUDA). Tests install tables of
+ * their own (tests/qt_test_fake_device.h).
+ *
+ * `host_memory` is 1 when the backend's arrays are ordinary host memory
+ * that callers' arrays may stand in for (the CPU); a model then reads the
+ * caller's images in place instead of uploading them.
+ */
+typedef struct qt__ops {
+  const char *name; /* "cpu", "cuda", in messages */
+  int host_memory;
+
+  /* Memory. alloc stores a block of `bytes` in *ptr (NULL for 0 bytes);
+   * release(NULL) is a no-op. upload copies host -> backend, download
+   * backend -> host, copy within the backend; download waits for the
+   * work queued before it. copy_rows: `rows` rows of `cols` floats from
+   * rows src_stride floats apart to rows dst_stride floats apart. */
+  int (*alloc)(void **ptr, size_t bytes, qt_err *err);
+  void (*release)(void *ptr);
+  int (*zero)(void *ptr, size_t bytes, qt_err *err);
+  int (*copy)(void *dst, const void *src, size_t bytes, qt_err *err);
+  int (*copy_rows)(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                   size_t cols, size_t rows, qt_err *err);
+  int (*upload)(void *dst, const void *src, size_t bytes, qt_err *err);
+  int (*download)(void *dst, const void *src, size_t bytes, qt_err *err);
+
+  /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). */
+  int (*linear_forward)(float *out, const float *inp, const float *weight, const float *bias,
+                        size_t n, size_t in_c, size_t out_c, qt_err *err);
+  int (*linear_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, size_t n, size_t in_c,
+                         size_t out_c, qt_err *err);
+  int (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, size_t n, size_t c, float eps,
+                           qt_err *err);
+  int (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, size_t n, size_t c, qt_err *err);
+  int (*gelu_forward)(float *out, const float *inp, size_t n, qt_err *err);
+  int (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  size_t (*attention_scratch_size)(size_t tokens, size_t heads);
+  int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
+                           size_t c, size_t heads, qt_err *err);
+  int (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
+                            qt_err *err);
+  int (*residual_forward)(float *out, const float *res, const float *branch, const float *gamma,
+                          size_t n, size_t c, qt_err *err);
+  int (*residual_backward)(float *dres, float *dbranch, float *dgamma, const float *dout,
+                           const float *branch, const float *gamma, size_t n, size_t c,
+                           qt_err *err);
+  int (*patchify)(float *patches, const float *images, size_t batch, size_t channels, size_t size,
+                  size_t patch, qt_err *err);
+  int (*tokens_forward)(float *x, const float *patch_tokens, const float *cls_token,
+                        const float *pos, int class_in_pos, size_t batch, size_t patches, size_t c,
+                        qt_err *err);
+  int (*tokens_backward)(float *dpatch_tokens, float *dcls_token, float *dpos, const float *dx,
+                         int class_in_pos, size_t batch, size_t patches, size_t c, qt_err *err);
+  int (*cross_entropy_forward)(float *losses, float *probs, const float *logits, const int *labels,
+                               const float *soft_targets, float smoothing, size_t batch,
+                               size_t classes, qt_err *err);
+  int (*cross_entropy_backward)(float *dlogits, const float *probs, const int *labels,
+                                const float *soft_targets, float smoothing, const float *dloss,
+                                int dloss_per_row, size_t batch, size_t classes, qt_err *err);
+  int (*adamw_step)(float *params, const float *grads, float *m, float *v, size_t n,
+                    const qt_adamw_params *hp, long step, qt_err *err);
+} qt__ops;
+
+const qt__ops *qt__ops_cpu(void);
+const qt__ops *qt__ops_cuda(void);
+/* The table of a backend kind (never NULL for a kind of the enum). */
+const qt__ops *qt__ops_for(qt_backend_kind kind);
+
+/* Moves a ViT's parameters, gradients, AdamW moments and step counter to
+ * the backend of `ops` (see qt_vit_to_backend; tests pass their own
+ * tables). */
+int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,11 @@
 /*
- * qt_vit.c - the ViT family (vit, deit, deit3) on the CPU reference backend:
- * the model object, its parameter table with timm's names, the activation
- * arena, and the forward and backward passes composed from the layer ops of
- * cpu/ (see qt_finetune.h, "ViT family").
+ * qt_vit.c - the ViT family (vit, deit, deit3): the model object, its
+ * parameter table with timm's names, the activation arena, and the forward
+ * and backward passes composed from the layer ops of the backend's op table
+ * (qt__ops: the CPU references of cpu/ or the CUDA ops of cuda/; see
+ * qt_finetune.h, "ViT family"). The parameters, gradients, moments and
+ * activations live in the backend's memory; a model is made on the CPU and
+ * moved with qt_vit_to_backend.
  *
  * Shapes used throughout: B images (batch <= max_batch), N = (image_size /
  * patch_size)^2 patches, T = N + 1 tokens (the class token first), C the
@@ -81,8 +84,9 @@ struct qt_vit {
   qt_vit_config config;
   size_t max_batch;
   size_t patches, tokens; /* N, T */
+  const qt__ops *ops;     /* the backend every array below lives on */
 
-  /* Parameters: four arrays in the order of the table. */
+  /* Parameters: four arrays in the order of the table, backend memory. */
   tensor_entry *entries; /* (n_entries) */
   size_t n_entries;
   size_t n_params;
@@ -93,9 +97,11 @@ struct qt_vit {
   vit_tensors g; /* the same tensors in grads */
   long step;
 
-  /* Activations and backward scratch: one arena. */
+  /* Activations and backward scratch: one arena in backend memory. */
   float *arena;
   size_t arena_floats;
+  float *images;     /* (B, 3, S, S) the batch's images; NULL on the CPU,
+                        which reads the caller's in place */
   float *patch_in;   /* (B, N, P) patchified images */
   float *patch_emb;  /* (B, N, C) */
   float *resid0;     /* (B, T, C) tokens entering block 0 */
@@ -113,17 +119,25 @@ struct qt_vit {
   float *dln;        /* (B, T, C) */
   float *dattn_y;    /* (B, T, C) */
   float *dqkv;       /* (B, T, 3C) */
-  float *datt;       /* (T, T) */
+  float *datt;       /* the attention backward's scratch (attention_scratch_size) */
   float *dfc1;       /* (B, T, M) */
   float *dgelu;      /* (B, T, M) */
   float *dcls_rows;  /* (B, C) */
   float *dcls_norm;  /* (B, C) */
   float *dlogits;    /* (B, K) */
   float *dpatch_emb; /* (B, N, C) */
-  int *labels;       /* (B) labels of the last loss */
+  float *dloss;      /* (1) the loss gradient of every row, 1 / B */
+  int *labels;       /* (B) labels of the last loss, backend memory */
+  /* Host copies of what callers read, off the CPU only (else NULL). */
+  float *host_logits; /* (B, K) */
+  float *host_losses; /* (B) */
 
   /* State of the last pass. */
   size_t batch;
+  /* A failure of qt_vit_zero_grad (which returns nothing) to queue its
+   * work on a device, reported by the next backward; 0 when none. */
+  int zero_grad_rc;
+  qt_err zero_grad_err;
   int have_forward, have_loss, soft;
   float smoothing;
   /* The lowest block the backward pass reaches (qt_vit_set_backward_from);
@@ -232,6 +246,8 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
   size_t K = (size_t)cf->num_classes, P = 3 * (size_t)cf->patch_size * (size_t)cf->patch_size;
   size_t used = 0;
+  size_t S = (size_t)cf->image_size;
+  vit->images = vit->ops->host_memory ? NULL : carve(base, &used, B * 3 * S * S);
   vit->patch_in = carve(base, &used, B * N * P);
   vit->patch_emb = carve(base, &used, B * N * C);
   vit->resid0 = carve(base, &used, B * T * C);
@@ -266,13 +282,14 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dln = carve(base, &used, B * T * C);
   vit->dattn_y = carve(base, &used, B * T * C);
   vit->dqkv = carve(base, &used, B * T * 3 * C);
-  vit->datt = carve(base, &used, T * T);
+  vit->datt = carve(base, &used, vit->ops->attention_scratch_size(T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
   vit->dgelu = carve(base, &used, B * T * M);
   vit->dcls_rows = carve(base, &used, B * C);
   vit->dcls_norm = carve(base, &used, B * C);
   vit->dlogits = carve(base, &used, B * K);
   vit->dpatch_emb = carve(base, &used, B * N * C);
+  vit->dloss = carve(base, &used, 1);
   return used;
 }
 
@@ -336,7 +353,16 @@ static int check_config(const qt_vit_config *c, size_t max_batch, qt_err *err) {
   return 0;
 }
 
-/* Allocates a model for a valid config; parameters zero. */
+/* Points the tensors of the table into the parameter and gradient arrays. */
+static void point_tensors(qt_vit_t *vit) {
+  for (size_t i = 0; i < vit->n_entries; i++) {
+    tensor_entry *e = &vit->entries[i];
+    *e->value_slot = vit->params + e->offset;
+    *e->grad_slot = vit->grads + e->offset;
+  }
+}
+
+/* Allocates a model for a valid config on the CPU; parameters zero. */
 static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **out, qt_err *err) {
   *out = NULL;
   int rc = check_config(config, max_batch, err);
@@ -345,6 +371,7 @@ static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **
   if (!vit) return qt_err_set(err, QT_ENOMEM, "ViT: out of memory");
   vit->config = *config;
   vit->max_batch = max_batch;
+  vit->ops = qt__ops_cpu();
   size_t grid = (size_t)(config->image_size / config->patch_size);
   vit->patches = grid * grid;
   vit->tokens = vit->patches + 1;
@@ -361,11 +388,7 @@ static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **
   vit->m = calloc(vit->n_params, sizeof *vit->m);
   vit->v = calloc(vit->n_params, sizeof *vit->v);
   if (!vit->params || !vit->grads || !vit->m || !vit->v) goto oom;
-  for (size_t i = 0; i < vit->n_entries; i++) {
-    tensor_entry *e = &vit->entries[i];
-    *e->value_slot = vit->params + e->offset;
-    *e->grad_slot = vit->grads + e->offset;
-  }
+  point_tensors(vit);
   vit->arena_floats = layout_arena(vit, NULL);
   vit->arena = malloc(vit->arena_floats * sizeof *vit->arena);
   vit->labels = malloc(max_batch * sizeof *vit->labels);
@@ -385,12 +408,15 @@ void qt_vit_free(qt_vit_t *vit) {
   free(vit->g.blocks);
   free(vit->acts);
   free(vit->entries);
-  free(vit->params);
-  free(vit->grads);
-  free(vit->m);
-  free(vit->v);
-  free(vit->arena);
-  free(vit->labels);
+  const qt__ops *ops = vit->ops;
+  ops->release(vit->params);
+  ops->release(vit->grads);
+  ops->release(vit->m);
+  ops->release(vit->v);
+  ops->release(vit->arena);
+  ops->release(vit->labels);
+  free(vit->host_logits);
+  free(vit->host_losses);
   qt__head_hooks_free(&vit->hooks);
   free(vit->feat);
   free(vit);
@@ -629,10 +655,6 @@ size_t qt_vit_tensor_count(const qt_vit_t *vit) {
 long qt_vit_step(const qt_vit_t *vit) {
   return vit->step;
 }
-const float *qt_vit_logits(const qt_vit_t *vit) {
-  return vit->logits;
-}
-
 void qt_vit_tensor_at(const qt_vit_t *vit, size_t index, qt_vit_tensor *out) {
   QT_ASSERT(index < vit->n_entries);
   const tensor_entry *e = &vit->entries[index];
@@ -659,57 +681,83 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
 /* Forward                                                                    */
 /* ------------------------------------------------------------------------- */
 
+/* Returns from the enclosing function when a backend call fails. */
+#define VIT_TRY(call)        \
+  do {                       \
+    int vit_rc_ = (call);    \
+    if (vit_rc_ < 0) return vit_rc_; \
+  } while (0)
+
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
   if (!vit || !images) return qt_err_set(err, QT_EINVAL, "qt_vit_forward: NULL argument");
   if (batch < 1 || batch > vit->max_batch)
     return qt_err_set(err, QT_EINVAL, "qt_vit_forward: batch %zu is not in [1, %zu] (max_batch)",
                       batch, vit->max_batch);
+  const qt__ops *ops = vit->ops;
   const qt_vit_config *cf = &vit->config;
   const vit_tensors *p = &vit->p;
   size_t B = batch, N = vit->patches, T = vit->tokens, BT = B * T;
   size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
   size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
+  size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
 
+  /* The images move to the backend once per batch. */
+  const float *pixels = images;
+  if (!ops->host_memory) {
+    VIT_TRY(ops->upload(vit->images, images, B * 3 * S * S * sizeof *images, err));
+    pixels = vit->images;
+  }
   /* Patch embedding (a convolution with stride = kernel = patch) and the
    * token sequence. */
-  qt_cpu_patchify(vit->patch_in, images, B, 3, (size_t)cf->image_size, ps);
-  qt_cpu_linear_forward(vit->patch_emb, vit->patch_in, p->patch_w, p->patch_b, B * N, P, C);
-  qt_cpu_tokens_forward(vit->resid0, vit->patch_emb, p->cls, p->pos, !cf->no_embed_class, B, N, C);
+  VIT_TRY(ops->patchify(vit->patch_in, pixels, B, 3, S, ps, err));
+  VIT_TRY(ops->linear_forward(vit->patch_emb, vit->patch_in, p->patch_w, p->patch_b, B * N, P, C,
+                              err));
+  VIT_TRY(ops->tokens_forward(vit->resid0, vit->patch_emb, p->cls, p->pos, !cf->no_embed_class, B,
+                              N, C, err));
 
   const float *x = vit->resid0;
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    qt_cpu_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT, C,
-                             VIT_NORM_EPS);
-    qt_cpu_linear_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C);
-    qt_cpu_attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H);
-    qt_cpu_linear_forward(a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C);
-    qt_cpu_residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C);
-    qt_cpu_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w, w->norm2_b,
-                             BT, C, VIT_NORM_EPS);
-    qt_cpu_linear_forward(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M);
-    qt_cpu_gelu_forward(a->gelu, a->fc1, BT * M);
-    qt_cpu_linear_forward(a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C);
-    qt_cpu_residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C);
+    VIT_TRY(ops->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT,
+                                   C, VIT_NORM_EPS, err));
+    VIT_TRY(ops->linear_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
+    VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    VIT_TRY(ops->linear_forward(a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, err));
+    VIT_TRY(ops->residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C, err));
+    VIT_TRY(ops->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w,
+                                   w->norm2_b, BT, C, VIT_NORM_EPS, err));
+    VIT_TRY(ops->linear_forward(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
+    VIT_TRY(ops->gelu_forward(a->gelu, a->fc1, BT * M, err));
+    VIT_TRY(ops->linear_forward(a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, err));
+    VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     x = a->resid_out;
   }
 
   /* timm normalizes every token and pools the class token; the norm works
    * per row, so normalizing only the class tokens gives the same logits. */
-  for (size_t b = 0; b < B; b++) memcpy(vit->cls_rows + b * C, x + b * T * C, C * sizeof *x);
-  qt_cpu_layernorm_forward(vit->cls_norm, vit->cls_mean, vit->cls_rstd, vit->cls_rows, p->norm_w,
-                           p->norm_b, B, C, VIT_NORM_EPS);
+  VIT_TRY(ops->copy_rows(vit->cls_rows, C, x, T * C, C, B, err));
+  VIT_TRY(ops->layernorm_forward(vit->cls_norm, vit->cls_mean, vit->cls_rstd, vit->cls_rows,
+                                 p->norm_w, p->norm_b, B, C, VIT_NORM_EPS, err));
   /* Head dropout: the normalized class tokens are scaled in place (the norm's
    * backward reads its input, not its output), so the head's backward sees
-   * the dropped features. */
-  if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
-  qt__head_hooks_forward(&vit->hooks, vit->cls_norm, vit->cls_norm, B * C);
-  qt_cpu_linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K);
+   * the dropped features. The hooks run on the CPU only (qt_vit_to_backend
+   * refuses a model with one on). */
+  if (ops->host_memory) {
+    if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
+    qt__head_hooks_forward(&vit->hooks, vit->cls_norm, vit->cls_norm, B * C);
+  }
+  VIT_TRY(ops->linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K, err));
+  if (vit->host_logits)
+    VIT_TRY(ops->download(vit->host_logits, vit->logits, B * K * sizeof *vit->logits, err));
   vit->batch = B;
   vit->have_forward = 1;
   return 0;
+}
+
+const float *qt_vit_logits(const qt_vit_t *vit) {
+  return vit->host_logits ? vit->host_logits : vit->logits;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -726,6 +774,7 @@ int qt_vit_loss(qt_vit_t *vit, const int *labels, const float *soft_targets, dou
   if (!(label_smoothing >= 0.0 && label_smoothing < 1.0))
     return qt_err_set(err, QT_EINVAL, "qt_vit_loss: label smoothing %g is not in [0, 1)",
                       label_smoothing);
+  const qt__ops *ops = vit->ops;
   size_t B = vit->batch, K = (size_t)vit->config.num_classes;
   if (labels) {
     for (size_t b = 0; b < B; b++) {
@@ -733,16 +782,22 @@ int qt_vit_loss(qt_vit_t *vit, const int *labels, const float *soft_targets, dou
         return qt_err_set(err, QT_EINVAL, "qt_vit_loss: label %d of image %zu is not in [0, %zu)",
                           labels[b], b, K);
     }
-    memcpy(vit->labels, labels, B * sizeof *labels);
+    VIT_TRY(ops->upload(vit->labels, labels, B * sizeof *labels, err));
   } else {
-    memcpy(vit->targets, soft_targets, B * K * sizeof *soft_targets);
+    VIT_TRY(ops->upload(vit->targets, soft_targets, B * K * sizeof *soft_targets, err));
   }
   vit->soft = labels == NULL;
   vit->smoothing = (float)label_smoothing;
-  qt_cpu_cross_entropy_forward(vit->losses, vit->probs, vit->logits, vit->soft ? NULL : vit->labels,
-                               vit->soft ? vit->targets : NULL, vit->smoothing, B, K);
+  VIT_TRY(ops->cross_entropy_forward(vit->losses, vit->probs, vit->logits,
+                                     vit->soft ? NULL : vit->labels,
+                                     vit->soft ? vit->targets : NULL, vit->smoothing, B, K, err));
+  const float *losses = vit->losses;
+  if (vit->host_losses) {
+    VIT_TRY(ops->download(vit->host_losses, vit->losses, B * sizeof *vit->losses, err));
+    losses = vit->host_losses;
+  }
   double sum = 0.0;
-  for (size_t b = 0; b < B; b++) sum += vit->losses[b];
+  for (size_t b = 0; b < B; b++) sum += losses[b];
   if (loss) *loss = sum / (double)B;
   vit->have_loss = 1;
   return 0;
@@ -753,38 +808,51 @@ int qt_vit_loss(qt_vit_t *vit, const int *labels, const float *soft_targets, dou
 /* ------------------------------------------------------------------------- */
 
 void qt_vit_zero_grad(qt_vit_t *vit) {
-  memset(vit->grads, 0, vit->n_params * sizeof *vit->grads);
+  int rc = vit->ops->zero(vit->grads, vit->n_params * sizeof *vit->grads, &vit->zero_grad_err);
+  if (rc < 0 && vit->zero_grad_rc == 0) vit->zero_grad_rc = rc;
 }
 
-/* The gradient reaching a residual branch: gamma * dout with layer scale
- * (dgamma accumulated on the way), else dout itself, without a copy. */
-static const float *branch_grad(qt_vit_t *vit, const float *gamma, float *dgamma,
-                                const float *branch, size_t n, size_t c) {
-  if (!gamma) return vit->dresid;
-  memset(vit->dbranch, 0, n * c * sizeof *vit->dbranch);
-  qt_cpu_residual_backward(NULL, vit->dbranch, dgamma, vit->dresid, branch, gamma, n, c);
-  return vit->dbranch;
+/* The gradient reaching a residual branch, in *out: gamma * dout with layer
+ * scale (dgamma accumulated on the way), else dout itself, without a copy. */
+static int branch_grad(qt_vit_t *vit, const float *gamma, float *dgamma, const float *branch,
+                       size_t n, size_t c, const float **out, qt_err *err) {
+  *out = vit->dresid;
+  if (!gamma) return 0;
+  const qt__ops *ops = vit->ops;
+  VIT_TRY(ops->zero(vit->dbranch, n * c * sizeof *vit->dbranch, err));
+  VIT_TRY(ops->residual_backward(NULL, vit->dbranch, dgamma, vit->dresid, branch, gamma, n, c, err));
+  *out = vit->dbranch;
+  return 0;
 }
 
 int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_backward: NULL model");
+  if (vit->zero_grad_rc < 0) {
+    int rc = vit->zero_grad_rc;
+    vit->zero_grad_rc = 0;
+    return qt_err_set(err, rc, "qt_vit_zero_grad: %s", vit->zero_grad_err.msg);
+  }
   if (!vit->have_loss)
     return qt_err_set(err, QT_EINVAL, "qt_vit_backward: no loss since the last forward pass");
+  const qt__ops *ops = vit->ops;
   const qt_vit_config *cf = &vit->config;
   const vit_tensors *p = &vit->p;
   vit_tensors *g = &vit->g;
   size_t B = vit->batch, N = vit->patches, T = vit->tokens, BT = B * T;
   size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
   size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
+  const size_t F = sizeof(float);
 
   /* The mean over the batch: every row's loss has weight 1 / B. */
   float dloss = 1.0f / (float)B;
-  memset(vit->dlogits, 0, B * K * sizeof *vit->dlogits);
-  qt_cpu_cross_entropy_backward(vit->dlogits, vit->probs, vit->soft ? NULL : vit->labels,
-                                vit->soft ? vit->targets : NULL, vit->smoothing, &dloss, 0, B, K);
-  memset(vit->dcls_norm, 0, B * C * sizeof *vit->dcls_norm);
-  qt_cpu_linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
-                         p->head_w, B, C, K);
+  VIT_TRY(ops->upload(vit->dloss, &dloss, sizeof dloss, err));
+  VIT_TRY(ops->zero(vit->dlogits, B * K * F, err));
+  VIT_TRY(ops->cross_entropy_backward(vit->dlogits, vit->probs, vit->soft ? NULL : vit->labels,
+                                      vit->soft ? vit->targets : NULL, vit->smoothing, vit->dloss,
+                                      0, B, K, err));
+  VIT_TRY(ops->zero(vit->dcls_norm, B * C * F, err));
+  VIT_TRY(ops->linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
+                               p->head_w, B, C, K, err));
   if (vit->hooks.dropped) {
     for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->hooks.drop_mask[i];
   }
@@ -792,13 +860,13 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   if (vit->hooks.dfeat) {
     for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] += vit->hooks.dfeat[i];
   }
-  memset(vit->dcls_rows, 0, B * C * sizeof *vit->dcls_rows);
-  qt_cpu_layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm, vit->cls_rows,
-                            p->norm_w, vit->cls_mean, vit->cls_rstd, B, C);
+  VIT_TRY(ops->zero(vit->dcls_rows, B * C * F, err));
+  VIT_TRY(ops->layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm,
+                                  vit->cls_rows, p->norm_w, vit->cls_mean, vit->cls_rstd, B, C,
+                                  err));
   /* Only the class tokens reach the head. */
-  memset(vit->dresid, 0, BT * C * sizeof *vit->dresid);
-  for (size_t b = 0; b < B; b++)
-    memcpy(vit->dresid + b * T * C, vit->dcls_rows + b * C, C * sizeof *vit->dresid);
+  VIT_TRY(ops->zero(vit->dresid, BT * C * F, err));
+  VIT_TRY(ops->copy_rows(vit->dresid, T * C, vit->dcls_rows, C, C, B, err));
 
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
@@ -809,48 +877,60 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     const float *x_in = l > 0 ? vit->acts[l - 1].resid_out : vit->resid0;
 
     /* MLP branch. */
-    const float *dmlp = branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C);
-    memset(vit->dgelu, 0, BT * M * sizeof *vit->dgelu);
-    qt_cpu_linear_backward(vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT, M, C);
-    memset(vit->dfc1, 0, BT * M * sizeof *vit->dfc1);
-    qt_cpu_gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M);
-    memset(vit->dln, 0, BT * C * sizeof *vit->dln);
-    qt_cpu_linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT, C, M);
-    qt_cpu_layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
-                              w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C);
+    const float *dmlp;
+    VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
+    VIT_TRY(ops->zero(vit->dgelu, BT * M * F, err));
+    VIT_TRY(ops->linear_backward(vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT, M,
+                                 C, err));
+    VIT_TRY(ops->zero(vit->dfc1, BT * M * F, err));
+    VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, err));
+    VIT_TRY(ops->zero(vit->dln, BT * C * F, err));
+    VIT_TRY(ops->linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT,
+                                 C, M, err));
+    VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
+                                    w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
     /* Attention branch. */
-    const float *dattn = branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C);
-    memset(vit->dattn_y, 0, BT * C * sizeof *vit->dattn_y);
-    qt_cpu_linear_backward(vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y, w->proj_w, BT, C,
-                           C);
-    memset(vit->dqkv, 0, BT * 3 * C * sizeof *vit->dqkv);
-    qt_cpu_attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H);
-    memset(vit->dln, 0, BT * C * sizeof *vit->dln);
-    qt_cpu_linear_backward(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT, C,
-                           3 * C);
-    qt_cpu_layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,
-                              a->ln1_mean, a->ln1_rstd, BT, C);
+    const float *dattn;
+    VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
+    VIT_TRY(ops->zero(vit->dattn_y, BT * C * F, err));
+    VIT_TRY(ops->linear_backward(vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y, w->proj_w,
+                                 BT, C, C, err));
+    VIT_TRY(ops->zero(vit->dqkv, BT * 3 * C * F, err));
+    VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H,
+                                    err));
+    VIT_TRY(ops->zero(vit->dln, BT * C * F, err));
+    VIT_TRY(ops->linear_backward(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT, C,
+                                 3 * C, err));
+    VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
+                                    w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }
 
   /* Frozen blocks and stem below backward_from need no gradients. */
   if (vit->backward_from > 0) return 0;
-  memset(vit->dpatch_emb, 0, B * N * C * sizeof *vit->dpatch_emb);
-  qt_cpu_tokens_backward(vit->dpatch_emb, g->cls, g->pos, vit->dresid, !cf->no_embed_class, B, N,
-                         C);
-  qt_cpu_linear_backward(NULL, g->patch_w, g->patch_b, vit->dpatch_emb, vit->patch_in, p->patch_w,
-                         B * N, P, C);
+  VIT_TRY(ops->zero(vit->dpatch_emb, B * N * C * F, err));
+  VIT_TRY(ops->tokens_backward(vit->dpatch_emb, g->cls, g->pos, vit->dresid, !cf->no_embed_class, B,
+                               N, C, err));
+  VIT_TRY(ops->linear_backward(NULL, g->patch_w, g->patch_b, vit->dpatch_emb, vit->patch_in,
+                               p->patch_w, B * N, P, C, err));
   return 0;
 }
 
+/* The head hooks read and write the features on the host. */
+#define VIT_HOOKS_CPU_ONLY "head dropout and the feature hook run on the CPU backend only so far"
+
 int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_head_dropout: NULL model");
+  if (!vit->ops->host_memory && rate > 0.0)
+    return qt_err_set(err, QT_ENOTIMPL, "ViT on %s: " VIT_HOOKS_CPU_ONLY, vit->ops->name);
   return qt__head_hooks_set_dropout(&vit->hooks, vit->max_batch * (size_t)vit->config.width, rate,
                                     rng, "ViT", err);
 }
 
 int qt_vit_set_feature_hook(qt_vit_t *vit, int on, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_feature_hook: NULL model");
+  if (!vit->ops->host_memory && on)
+    return qt_err_set(err, QT_ENOTIMPL, "ViT on %s: " VIT_HOOKS_CPU_ONLY, vit->ops->name);
   size_t n = vit->max_batch * (size_t)vit->config.width;
   if (on && !vit->feat && !(vit->feat = calloc(n, sizeof *vit->feat)))
     return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for the feature hook");
@@ -895,9 +975,11 @@ int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err) {
   for (size_t i = 0; i < vit->n_entries; i++) {
     const tensor_entry *e = &vit->entries[i];
     size_t o = e->offset;
-    rc = qt_cpu_adamw_step(vit->params + o, vit->grads + o, vit->m + o, vit->v + o, e->numel,
-                           e->decay ? hp : &no_decay, step, err);
-    QT_ASSERT(rc == 0); /* the arguments were checked above */
+    rc = vit->ops->adamw_step(vit->params + o, vit->grads + o, vit->m + o, vit->v + o, e->numel,
+                              e->decay ? hp : &no_decay, step, err);
+    /* The arguments were checked above; a device can still fail. The step
+     * counter then stays, and the run fails. */
+    if (rc < 0) return rc;
   }
   vit->step = step;
   return 0;
@@ -905,18 +987,117 @@ int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err) {
 
 int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err) {
   if (!vit || !path) return qt_err_set(err, QT_EINVAL, "qt_vit_save: NULL argument");
+  /* Off the CPU, the values are written from a host copy. */
+  float *values = vit->params;
+  if (!vit->ops->host_memory) {
+    if (!(values = malloc(vit->n_params * sizeof *values)))
+      return qt_err_set(err, QT_ENOMEM, "qt_vit_save: out of memory for a host copy");
+    int rc = vit->ops->download(values, vit->params, vit->n_params * sizeof *values, err);
+    if (rc < 0) {
+      free(values);
+      return rc;
+    }
+  }
   qt_safetensors_tensor *tensors = calloc(vit->n_entries, sizeof *tensors);
-  if (!tensors) return qt_err_set(err, QT_ENOMEM, "qt_vit_save: out of memory");
+  if (!tensors) {
+    if (values != vit->params) free(values);
+    return qt_err_set(err, QT_ENOMEM, "qt_vit_save: out of memory");
+  }
   for (size_t i = 0; i < vit->n_entries; i++) {
     const tensor_entry *e = &vit->entries[i];
     tensors[i].name = e->name;
     tensors[i].dtype = QT_DTYPE_F32;
     tensors[i].ndim = e->ndim;
     tensors[i].shape = e->shape;
-    tensors[i].data = vit->params + e->offset;
+    tensors[i].data = values + e->offset;
   }
   const qt_safetensors_pair metadata[] = {{"format", "pt"}};
   int rc = qt_safetensors_write(path, tensors, vit->n_entries, metadata, 1, err);
   free(tensors);
+  if (values != vit->params) free(values);
   return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Moving between backends                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* Copies `bytes` from `src` on backend `from` to `dst` on backend `to`,
+ * through `staging` (host memory of `bytes`) when neither is the host. */
+static int move_bytes(const qt__ops *from, const qt__ops *to, void *dst, const void *src,
+                      void *staging, size_t bytes, qt_err *err) {
+  if (from->host_memory) return to->upload(dst, src, bytes, err);
+  if (to->host_memory) return from->download(dst, src, bytes, err);
+  int rc = from->download(staging, src, bytes, err);
+  return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
+}
+
+int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
+  if (!vit || !ops) return qt_err_set(err, QT_EINVAL, "qt_vit_to_backend: NULL argument");
+  const qt__ops *from = vit->ops;
+  if (ops == from) return 0;
+  if (!ops->host_memory && (vit->hooks.drop_rate > 0.0 || vit->hooks.dfeat))
+    return qt_err_set(err, QT_ENOTIMPL, "ViT to %s: " VIT_HOOKS_CPU_ONLY, ops->name);
+
+  /* Everything is allocated and copied before anything is released, so a
+   * failure (out of device memory, most likely) leaves the model as it was. */
+  size_t bytes = vit->n_params * sizeof(float);
+  float *const old[4] = {vit->params, vit->grads, vit->m, vit->v};
+  float *fresh[4] = {NULL, NULL, NULL, NULL};
+  float *arena = NULL, *host_logits = NULL, *host_losses = NULL, *staging = NULL;
+  int *labels = NULL;
+  vit->ops = ops;
+  size_t arena_floats = layout_arena(vit, NULL);
+  int rc = 0;
+  for (int k = 0; k < 4 && rc == 0; k++) rc = ops->alloc((void **)&fresh[k], bytes, err);
+  if (rc == 0) rc = ops->alloc((void **)&arena, arena_floats * sizeof(float), err);
+  if (rc == 0) rc = ops->alloc((void **)&labels, vit->max_batch * sizeof(int), err);
+  if (rc == 0 && !ops->host_memory) {
+    size_t K = (size_t)vit->config.num_classes;
+    host_logits = malloc(vit->max_batch * K * sizeof *host_logits);
+    host_losses = malloc(vit->max_batch * sizeof *host_losses);
+    if (!host_logits || !host_losses)
+      rc = qt_err_set(err, QT_ENOMEM, "ViT: out of host memory for the logits' copy");
+  }
+  if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
+    rc = qt_err_set(err, QT_ENOMEM, "ViT: out of host memory to move %zu bytes", bytes);
+  for (int k = 0; k < 4 && rc == 0; k++)
+    rc = move_bytes(from, ops, fresh[k], old[k], staging, bytes, err);
+  free(staging);
+  if (rc < 0) {
+    for (int k = 0; k < 4; k++) ops->release(fresh[k]);
+    ops->release(arena);
+    ops->release(labels);
+    free(host_logits);
+    free(host_losses);
+    vit->ops = from;
+    layout_arena(vit, vit->arena);
+    return rc;
+  }
+
+  for (int k = 0; k < 4; k++) from->release(old[k]);
+  from->release(vit->arena);
+  from->release(vit->labels);
+  free(vit->host_logits);
+  free(vit->host_losses);
+  vit->params = fresh[0];
+  vit->grads = fresh[1];
+  vit->m = fresh[2];
+  vit->v = fresh[3];
+  vit->arena = arena;
+  vit->arena_floats = arena_floats;
+  vit->labels = labels;
+  vit->host_logits = host_logits;
+  vit->host_losses = host_losses;
+  point_tensors(vit);
+  layout_arena(vit, arena);
+  vit->have_forward = vit->have_loss = 0;
+  return 0;
+}
+
+int qt_vit_to_backend(qt_vit_t *vit, qt_backend_kind kind, qt_err *err) {
+  if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_to_backend: NULL model");
+  int rc = qt_backend_kind_check(kind, err);
+  if (rc < 0) return rc;
+  return qt__vit_set_ops(vit, qt__ops_for(kind), err);
 }

@@ -94,6 +94,36 @@ extern "C" int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt
   return 0;
 }
 
+extern "C" int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err) {
+  if (bytes == 0) return 0;
+  if (!ptr) return qt_err_set(err, QT_EINVAL, "qt_cuda_zero: NULL pointer");
+  cudaError_t status = cudaMemsetAsync(ptr, 0, bytes, 0);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_zero");
+  return 0;
+}
+
+extern "C" int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, qt_err *err) {
+  if (bytes == 0) return 0;
+  if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_on_device: NULL pointer");
+  cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_on_device");
+  return 0;
+}
+
+extern "C" int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src,
+                                 size_t src_stride, size_t cols, size_t rows, qt_err *err) {
+  if (cols == 0 || rows == 0) return 0;
+  if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_rows: NULL pointer");
+  if (cols > dst_stride || cols > src_stride)
+    return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_rows: %zu columns exceed a stride (%zu, %zu)",
+                      cols, dst_stride, src_stride);
+  cudaError_t status =
+      cudaMemcpy2DAsync(dst, dst_stride * sizeof(float), src, src_stride * sizeof(float),
+                        cols * sizeof(float), rows, cudaMemcpyDeviceToDevice, 0);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_rows");
+  return 0;
+}
+
 extern "C" int qt_cuda_synchronize(qt_err *err) {
   cudaError_t status = cudaDeviceSynchronize();
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_synchronize");

@@ -49,6 +49,19 @@ int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err) 
   return QT_CUDA_STUB("qt_cuda_copy_to_host");
 }
 
+int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_zero");
+}
+
+int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_copy_on_device");
+}
+
+int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                      size_t cols, size_t rows, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_copy_rows");
+}
+
 int qt_cuda_synchronize(qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_synchronize");
 }

@@ -1,0 +1,301 @@
+/*
+ * qt_test_vit_backend.h - whole ViT training steps on a backend against the
+ * CPU: two models drawn from one seed, one moved to the backend, trained
+ * side by side on the same batches (forward, loss, backward, AdamW), with
+ * the losses, logits, gradients and parameters compared; and checkpoints
+ * saved on one backend and resumed on the other. Shared by test_vit_backend
+ * (the fake device of qt_test_fake_device.h: every number must be equal)
+ * and test_gpu_vit_backend (CUDA: within the tolerances below).
+ *
+ * Include after qt_test.h, qt_test_gpu.h (for CHECK_RC, E, make_rng,
+ * host_random and parity_error), finetune/qt_finetune.h and
+ * finetune/qt_finetune_internal.h.
+ */
+#ifndef QT_TEST_VIT_BACKEND_H
+#define QT_TEST_VIT_BACKEND_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How close the backend must come to the CPU. All zero: bit for bit. */
+typedef struct vit_tolerance {
+  double loss;   /* |loss - cpu| / |cpu| */
+  double arrays; /* parity_error of the logits and of every gradient */
+  /* Parameters after AdamW steps: the fraction of values further than
+   * 1e-3 * lr from the CPU's. Adam's first steps move a value by about
+   * lr * sign(gradient), so a gradient that is zero to within rounding may
+   * step either way; those values are counted, not failed one by one. */
+  double params_off;
+} vit_tolerance;
+
+typedef struct vit_case {
+  const char *name;
+  qt_vit_config config;
+  size_t max_batch, batch;
+  int soft;            /* soft targets instead of labels */
+  double smoothing;    /* with labels */
+  long backward_from;  /* blocks below it frozen (qt_vit_set_backward_from) */
+  int steps;
+} vit_case;
+
+/* A small ViT: 8 px images of 4 px patches (5 tokens), width 16, 2 heads,
+ * depth 2, 5 classes. */
+static inline qt_vit_config vit_backend_small_config(void) {
+  qt_vit_config c = qt_vit_default_config();
+  c.image_size = 8;
+  c.patch_size = 4;
+  c.width = 16;
+  c.depth = 2;
+  c.heads = 2;
+  c.mlp_hidden = 32;
+  c.num_classes = 5;
+  return c;
+}
+
+static inline qt_adamw_params vit_backend_adamw(void) {
+  qt_adamw_params hp = qt_adamw_default_params();
+  hp.lr = 1e-3;
+  hp.weight_decay = 0.05;
+  return hp;
+}
+
+static inline void vit_backend_download(const qt__ops *ops, float *host, const float *src,
+                                        size_t n) {
+  CHECK_RC(ops->download(host, src, n * sizeof *host, E));
+}
+
+/* Compares n values: equal bit for bit when tolerance is 0, else
+ * parity_error(got, want, init) < tolerance. */
+static inline void vit_backend_expect(const char *what, const float *got, const float *want,
+                                      const float *init, size_t n, double tolerance) {
+  if (tolerance == 0.0) {
+    size_t i = 0;
+    while (i < n && memcmp(&got[i], &want[i], sizeof *got) == 0) i++;
+    if (i < n) fprintf(stderr, "\n%s: value %zu is %.9g, the CPU's %.9g\n", what, i, got[i], want[i]);
+    CU_ASSERT(i == n);
+    return;
+  }
+  double e = parity_error(got, want, init, n);
+  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
+  CU_ASSERT(e < tolerance);
+}
+
+/* What vit_backend_expect_tensors compares. */
+enum { VIT_GRADS = 1, VIT_PARAMS = 2 };
+
+/* Compares the gradients (tol->arrays) and/or the parameters
+ * (tol->params_off, with AdamW's learning rate lr) of every tensor of the
+ * backend's model dev with the CPU's model cpu. */
+static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t *dev,
+                                              const qt_vit_t *cpu, int what_mask,
+                                              const vit_tolerance *tol, double lr,
+                                              const char *when) {
+  size_t off = 0, total = 0;
+  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
+    qt_vit_tensor td, tc;
+    qt_vit_tensor_at(dev, i, &td);
+    qt_vit_tensor_at(cpu, i, &tc);
+    CU_ASSERT_FATAL(td.numel == tc.numel && strcmp(td.name, tc.name) == 0);
+    float *host = malloc(td.numel * sizeof *host);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(host);
+    char what[160];
+    if (what_mask & VIT_GRADS) {
+      vit_backend_download(ops, host, td.grad, td.numel);
+      snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
+      vit_backend_expect(what, host, tc.grad, NULL, td.numel, tol->arrays);
+    }
+    if (!(what_mask & VIT_PARAMS)) {
+      free(host);
+      continue;
+    }
+    vit_backend_download(ops, host, td.data, td.numel);
+    if (tol->params_off == 0.0) {
+      snprintf(what, sizeof what, "%s: %s", when, td.name);
+      vit_backend_expect(what, host, tc.data, NULL, td.numel, 0.0);
+    } else {
+      for (size_t j = 0; j < td.numel; j++) off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
+    }
+    total += td.numel;
+    free(host);
+  }
+  if ((what_mask & VIT_PARAMS) && tol->params_off > 0.0) {
+    double fraction = (double)off / (double)total;
+    printf("\n    %s: %zu of %zu parameters off by more than 1e-3 lr", when, off, total);
+    CU_ASSERT(fraction < tol->params_off);
+  }
+}
+
+/* A batch: images N(0, 1), labels or soft targets (rows of a softmax). */
+typedef struct vit_batch {
+  float *images;
+  int *labels;
+  float *soft;
+} vit_batch;
+
+static inline vit_batch vit_backend_batch(qt_rng_t *rng, const vit_case *c) {
+  size_t S = (size_t)c->config.image_size, K = (size_t)c->config.num_classes;
+  vit_batch b;
+  b.images = host_random(rng, c->batch * 3 * S * S, 0.0, 1.0);
+  b.labels = malloc(c->batch * sizeof *b.labels);
+  b.soft = host_random(rng, c->batch * K, 0.0, 1.0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(b.labels);
+  for (size_t i = 0; i < c->batch; i++) {
+    b.labels[i] = (int)(qt_rng_uniform(rng) * (double)K) % (int)K;
+    double sum = 0.0;
+    for (size_t k = 0; k < K; k++) sum += (b.soft[i * K + k] = expf(b.soft[i * K + k]));
+    for (size_t k = 0; k < K; k++) b.soft[i * K + k] = (float)(b.soft[i * K + k] / sum);
+  }
+  return b;
+}
+
+static inline void vit_batch_free(vit_batch *b) {
+  free(b->images);
+  free(b->labels);
+  free(b->soft);
+}
+
+/* One training step of vit on the batch; returns the loss. */
+static inline double vit_backend_step(qt_vit_t *vit, const vit_case *c, const vit_batch *b,
+                                      int update) {
+  double loss = NAN;
+  qt_adamw_params hp = vit_backend_adamw();
+  CHECK_RC(qt_vit_forward(vit, b->images, c->batch, E));
+  CHECK_RC(qt_vit_loss(vit, c->soft ? NULL : b->labels, c->soft ? b->soft : NULL,
+                       c->soft ? 0.0 : c->smoothing, &loss, E));
+  qt_vit_zero_grad(vit);
+  CHECK_RC(qt_vit_backward(vit, E));
+  if (update) CHECK_RC(qt_vit_adamw_step(vit, &hp, E));
+  return loss;
+}
+
+/* Runs one step of both models on the batch and compares loss, logits and
+ * gradients, then the parameters after the update. */
+static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_vit_t *cpu,
+                                         const vit_case *c, const vit_batch *b,
+                                         const vit_tolerance *tol, const char *when) {
+  size_t K = (size_t)c->config.num_classes;
+  double loss_dev = vit_backend_step(dev, c, b, 0);
+  double loss_cpu = vit_backend_step(cpu, c, b, 0);
+  printf("\n    %s: loss %.9g (CPU %.9g)", when, loss_dev, loss_cpu);
+  if (tol->loss == 0.0) {
+    CU_ASSERT(memcmp(&loss_dev, &loss_cpu, sizeof loss_dev) == 0);
+  } else {
+    CU_ASSERT(fabs(loss_dev - loss_cpu) <= tol->loss * fabs(loss_cpu));
+  }
+  char what[160];
+  snprintf(what, sizeof what, "%s: logits", when);
+  vit_backend_expect(what, qt_vit_logits(dev), qt_vit_logits(cpu), NULL, c->batch * K,
+                     tol->arrays);
+  vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0, when);
+  qt_adamw_params hp = vit_backend_adamw();
+  CHECK_RC(qt_vit_adamw_step(dev, &hp, E));
+  CHECK_RC(qt_vit_adamw_step(cpu, &hp, E));
+  snprintf(what, sizeof what, "%s, after AdamW", when);
+  vit_backend_expect_tensors(ops, dev, cpu, VIT_PARAMS, tol, hp.lr, what);
+}
+
+/* c->steps steps side by side, then the backend's model comes back to the
+ * CPU and one more step there must match too (the moments and the step
+ * counter moved with it). */
+static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case *c,
+                                             const vit_tolerance *tol) {
+  printf("\n  case %s", c->name);
+  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(11);
+  qt_vit_t *cpu = NULL, *dev = NULL;
+  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_a, &cpu, E));
+  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_b, &dev, E));
+  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  qt_vit_set_backward_from(cpu, c->backward_from);
+  qt_vit_set_backward_from(dev, c->backward_from);
+  char when[96];
+  for (int s = 1; s <= c->steps; s++) {
+    vit_batch b = vit_backend_batch(data, c);
+    snprintf(when, sizeof when, "%s step %d", c->name, s);
+    vit_backend_step_both(ops, dev, cpu, c, &b, tol, when);
+    vit_batch_free(&b);
+  }
+  CHECK_RC(qt__vit_set_ops(dev, qt__ops_cpu(), E));
+  CU_ASSERT_EQUAL(qt_vit_step(dev), qt_vit_step(cpu));
+  vit_batch b = vit_backend_batch(data, c);
+  snprintf(when, sizeof when, "%s back on the CPU", c->name);
+  vit_backend_step_both(qt__ops_cpu(), dev, cpu, c, &b, tol, when);
+  vit_batch_free(&b);
+  qt_vit_free(cpu);
+  qt_vit_free(dev);
+  qt_rng_free(init_a);
+  qt_rng_free(init_b);
+  qt_rng_free(data);
+}
+
+/* The cases both tests run: labels with smoothing and a batch below
+ * max_batch; layer scale, no class token in pos_embed, no patch or qkv
+ * bias and soft targets; the first block frozen. */
+static inline void vit_backend_cases(const qt__ops *ops, const vit_tolerance *tol) {
+  vit_case plain = {"labels", vit_backend_small_config(), 4, 3, 0, 0.1, 0, 3};
+  vit_case variant = {"layer scale, soft targets", vit_backend_small_config(), 3, 3, 1, 0.0, 0, 2};
+  variant.config.layer_scale = 1;
+  variant.config.layer_scale_init = 0.1;
+  variant.config.no_embed_class = 1;
+  variant.config.patch_bias = 0;
+  variant.config.qkv_bias = 0;
+  vit_case frozen = {"first block frozen", vit_backend_small_config(), 2, 2, 0, 0.0, 1, 2};
+  vit_backend_train_compare(ops, &plain, tol);
+  vit_backend_train_compare(ops, &variant, tol);
+  vit_backend_train_compare(ops, &frozen, tol);
+}
+
+/* Saved on the backend, resumed on the CPU, and the reverse: a checkpoint
+ * written by a model on the backend after one step loads on the CPU with
+ * exactly the backend's values; one written on the CPU loads, moves to the
+ * backend with exactly the CPU's values and trains a step as the CPU does. */
+static inline void vit_backend_save_resume(const qt__ops *ops, const vit_tolerance *tol) {
+  vit_case c = {"save and resume", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1};
+  qt_rng_t *init_a = make_rng(3), *init_b = make_rng(3), *data = make_rng(5);
+  qt_vit_t *cpu = NULL, *dev = NULL;
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
+  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_batch b = vit_backend_batch(data, &c);
+  vit_backend_step(dev, &c, &b, 1);
+  vit_backend_step(cpu, &c, &b, 1);
+
+  char from_dev[512], from_cpu[512];
+  qt_test_temp_path("vit-from-backend.safetensors", from_dev, sizeof from_dev);
+  qt_test_temp_path("vit-from-cpu.safetensors", from_cpu, sizeof from_cpu);
+  CHECK_RC(qt_vit_save(dev, from_dev, E));
+  CHECK_RC(qt_vit_save(cpu, from_cpu, E));
+  qt_vit_load_params lp = qt_vit_default_load_params();
+  lp.heads = c.config.heads;
+  lp.max_batch = c.max_batch;
+
+  /* Backend -> CPU: the file holds the backend's values exactly. */
+  qt_vit_t *resumed_cpu = NULL;
+  CHECK_RC(qt_vit_load(from_dev, &lp, &resumed_cpu, E));
+  vit_backend_expect_tensors(ops, dev, resumed_cpu, VIT_PARAMS, &(vit_tolerance){0, 0, 0}, 0.0,
+                             "saved on the backend, loaded on the CPU");
+
+  /* CPU -> backend: the same values there, and the same next step. */
+  qt_vit_t *resumed_dev = NULL, *twin = NULL;
+  CHECK_RC(qt_vit_load(from_cpu, &lp, &resumed_dev, E));
+  CHECK_RC(qt_vit_load(from_cpu, &lp, &twin, E));
+  CHECK_RC(qt__vit_set_ops(resumed_dev, ops, E));
+  vit_backend_expect_tensors(ops, resumed_dev, cpu, VIT_PARAMS, &(vit_tolerance){0, 0, 0}, 0.0,
+                             "saved on the CPU, moved to the backend");
+  vit_batch next = vit_backend_batch(data, &c);
+  vit_backend_step_both(ops, resumed_dev, twin, &c, &next, tol, "resumed on the backend");
+
+  vit_batch_free(&b);
+  vit_batch_free(&next);
+  qt_vit_free(cpu);
+  qt_vit_free(dev);
+  qt_vit_free(resumed_cpu);
+  qt_vit_free(resumed_dev);
+  qt_vit_free(twin);
+  qt_rng_free(init_a);
+  qt_rng_free(init_b);
+  qt_rng_free(data);
+}
+
+#endif /* QT_TEST_VIT_BACKEND_H */

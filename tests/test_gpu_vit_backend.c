@@ -1,0 +1,68 @@
+/*
+ * test_gpu_vit_backend.c - whole ViT training steps on a CUDA device against
+ * the CPU (label gpu; skips with 77 without a device): the cases of
+ * qt_test_vit_backend.h (three small ViTs over several steps, moved back to
+ * the CPU; checkpoints saved on the GPU and resumed on the CPU and the
+ * reverse), then one step of a ViT-S/16 at 224 px, all in FP32.
+ *
+ * Tolerances: the loss within 1e-5 relative; the logits and every gradient
+ * within a parity error (qt_test_gpu.h) of 1e-4, 1e-3 for the 12 blocks of
+ * ViT-S (each op is within 1e-5, docs/cuda.md; the errors of the GEMMs'
+ * summation order compound through the blocks); parameters after AdamW: at
+ * most 0.1% of the values further than 1e-3 lr from the CPU's (see
+ * vit_tolerance).
+ */
+#include "qt_test.h"
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+#include "qt_test_gpu.h"
+#include "qt_test_vit_backend.h"
+
+static const vit_tolerance small_tolerance = {1e-5, 1e-4, 1e-3};
+
+static void test_training_steps_match_cpu(void) {
+  vit_backend_cases(qt__ops_cuda(), &small_tolerance);
+}
+
+static void test_save_and_resume_across_backends(void) {
+  vit_backend_save_resume(qt__ops_cuda(), &small_tolerance);
+}
+
+/* timm's vit_small_patch16_224 with random weights, 10 classes, batch 2. */
+static void test_vit_small_step(void) {
+  vit_case c = {"ViT-S/16 224 px", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1};
+  c.config.width = 384;
+  c.config.heads = 6;
+  c.config.mlp_hidden = 1536;
+  c.config.num_classes = 10;
+  vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-5, 1e-3, 1e-3});
+}
+
+/* The public entry point moves a model there and back. */
+static void test_to_backend(void) {
+  qt_vit_config c = vit_backend_small_config();
+  qt_rng_t *rng = make_rng(6);
+  qt_vit_t *vit = NULL;
+  CHECK_RC(qt_vit_init(&c, 2, rng, &vit, E));
+  CHECK_RC(qt_vit_to_backend(vit, QT_BACKEND_KIND_CUDA, E));
+  vit_case one = {"to_backend", c, 2, 2, 0, 0.0, 0, 1};
+  vit_batch b = vit_backend_batch(rng, &one);
+  CU_ASSERT(isfinite(vit_backend_step(vit, &one, &b, 1)));
+  CHECK_RC(qt_vit_to_backend(vit, QT_BACKEND_KIND_CPU, E));
+  CU_ASSERT(isfinite(vit_backend_step(vit, &one, &b, 1)));
+  CU_ASSERT_EQUAL(qt_vit_step(vit), 2);
+  vit_batch_free(&b);
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+}
+
+static const qt_test_case cases[] = {
+    {"training_steps_match_cpu", test_training_steps_match_cpu},
+    {"save_and_resume_across_backends", test_save_and_resume_across_backends},
+    {"vit_small_step", test_vit_small_step},
+    {"to_backend", test_to_backend},
+    {NULL, NULL},
+};
+
+QT_GPU_TEST_MAIN("gpu_vit_backend", cases)

@@ -1,0 +1,112 @@
+/*
+ * test_vit_backend.c - the ViT on the backend interface, checked without a
+ * GPU: on the fake device of qt_test_fake_device.h (the CPU's ops on memory
+ * the host cannot touch), whole training steps, moves between backends and
+ * checkpoints across them give the CPU's numbers bit for bit, and every
+ * access to the model's memory goes through the op table (any other would
+ * crash). test_gpu_vit_backend runs the same cases on CUDA.
+ */
+#include "qt_test.h"
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+#include "qt_test_fake_device.h"
+#include "qt_test_gpu.h"
+#include "qt_test_vit_backend.h"
+
+static const vit_tolerance exact = {0.0, 0.0, 0.0};
+
+static void test_training_steps_match_cpu(void) {
+  long uploads = fake_device.uploads;
+  vit_backend_cases(fake_device_ops(), &exact);
+  /* Images, labels or targets and the loss gradient went up each step. */
+  CU_ASSERT(fake_device.uploads - uploads > 3 * 7);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+static void test_save_and_resume_across_backends(void) {
+  vit_backend_save_resume(fake_device_ops(), &exact);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+/* A move that runs out of device memory part way leaves the model on the
+ * CPU, whole: it trains on as its twin does. */
+static void test_failed_move_changes_nothing(void) {
+  vit_case c = {"after a failed move", vit_backend_small_config(), 2, 2, 0, 0.0, 0, 1};
+  for (long fail_after = 0; fail_after < 6; fail_after++) {
+    qt_rng_t *init_a = make_rng(9), *init_b = make_rng(9), *data = make_rng(1);
+    qt_vit_t *vit = NULL, *twin = NULL;
+    CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &vit, E));
+    CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &twin, E));
+    vit_batch b = vit_backend_batch(data, &c);
+    vit_backend_step(vit, &c, &b, 1);
+    vit_backend_step(twin, &c, &b, 1);
+    fake_device.fail_after = fail_after;
+    qt_err err;
+    CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOMEM);
+    fake_device.fail_after = -1;
+    CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+    vit_backend_step_both(qt__ops_cpu(), vit, twin, &c, &b, &exact, "after a failed move");
+    vit_batch_free(&b);
+    qt_vit_free(vit);
+    qt_vit_free(twin);
+    qt_rng_free(init_a);
+    qt_rng_free(init_b);
+    qt_rng_free(data);
+  }
+}
+
+/* Head dropout and the feature hook run on the CPU only: a model with one
+ * on does not move, and a moved model does not take one. */
+static void test_head_hooks_stay_on_the_cpu(void) {
+  qt_vit_config c = vit_backend_small_config();
+  qt_rng_t *rng = make_rng(2);
+  qt_vit_t *vit = NULL;
+  qt_err err;
+  CHECK_RC(qt_vit_init(&c, 2, rng, &vit, E));
+  CHECK_RC(qt_vit_set_head_dropout(vit, 0.5, rng, E));
+  CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOTIMPL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "CPU backend only"));
+  CHECK_RC(qt_vit_set_head_dropout(vit, 0.0, rng, E));
+  CHECK_RC(qt_vit_set_feature_hook(vit, 1, E));
+  CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOTIMPL);
+  CHECK_RC(qt_vit_set_feature_hook(vit, 0, E));
+  CHECK_RC(qt__vit_set_ops(vit, fake_device_ops(), E));
+  CU_ASSERT_EQUAL(qt_vit_set_head_dropout(vit, 0.1, rng, &err), QT_ENOTIMPL);
+  CU_ASSERT_EQUAL(qt_vit_set_feature_hook(vit, 1, &err), QT_ENOTIMPL);
+  CHECK_RC(qt_vit_set_head_dropout(vit, 0.0, rng, E));
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+/* Without a device, asking for CUDA is QT_ENODEV and the model stays. */
+static void test_cuda_without_a_device(void) {
+  int count = 0;
+  CHECK_RC(qt_cuda_device_count(&count, E));
+  if (count > 0) return; /* test_gpu_vit_backend covers a machine with one */
+  qt_vit_config c = vit_backend_small_config();
+  qt_rng_t *rng = make_rng(4);
+  qt_vit_t *vit = NULL;
+  qt_err err;
+  CHECK_RC(qt_vit_init(&c, 2, rng, &vit, E));
+  CU_ASSERT_EQUAL(qt_vit_to_backend(vit, QT_BACKEND_KIND_CUDA, &err), QT_ENODEV);
+  CHECK_RC(qt_vit_to_backend(vit, QT_BACKEND_KIND_CPU, E));
+  vit_case one = {"cpu", c, 2, 2, 0, 0.0, 0, 1};
+  vit_batch b = vit_backend_batch(rng, &one);
+  CU_ASSERT(isfinite(vit_backend_step(vit, &one, &b, 1)));
+  vit_batch_free(&b);
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+}
+
+static const qt_test_case cases[] = {
+    {"training_steps_match_cpu", test_training_steps_match_cpu},
+    {"save_and_resume_across_backends", test_save_and_resume_across_backends},
+    {"failed_move_changes_nothing", test_failed_move_changes_nothing},
+    {"head_hooks_stay_on_the_cpu", test_head_hooks_stay_on_the_cpu},
+    {"cuda_without_a_device", test_cuda_without_a_device},
+    {NULL, NULL},
+};
+
+QT_TEST_MAIN("vit_backend", cases)
