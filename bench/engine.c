@@ -8,7 +8,9 @@
  * Models (--model):
  *   vit_tiny         qt_vit_init with qt_vit_default_config() (timm's
  *                    vit_tiny_patch16_224: width 192, depth 12, 3 heads, MLP
- *                    768, patch 16); one step is qt_vit_forward,
+ *                    768, patch 16); vit_small and vit_base the same with
+ *                    timm's ViT-S/16 (384, 6 heads, MLP 1536) and ViT-B/16
+ *                    (768, 12 heads, MLP 3072); one step is qt_vit_forward,
  *                    qt_vit_loss (cross-entropy, no smoothing),
  *                    qt_vit_zero_grad, qt_vit_backward and qt_vit_adamw_step
  *                    (PyTorch's AdamW defaults).
@@ -58,9 +60,25 @@
  * qtune numbers are printed and the reference is reported unavailable
  * (exit status 0).
  *
- *   usage: engine [--model vit_tiny|mobilenetv2_100|resnet18] [--batch 32]
- *                 [--threads T] [--warmup 1] [--steps 3] [--classes 1000]
- *                 [--image-size 224] [--python /usr/bin/python3]
+ * Device (--device cuda, issue 8): the ViTs move to the GPU with
+ * qt_vit_to_backend after qt_vit_init and train there in FP32 (--tf32
+ * allows TF32 tensor cores in the matrix products, on both sides); the
+ * images and labels go up every step as in training, and every timed step
+ * ends with qt_cuda_synchronize (the reference with
+ * torch.cuda.synchronize). Printed next to the throughput: the model FLOP
+ * utilization (vit_forward_flops x 3 per image over the device's peak:
+ * NVIDIA's dense FP32 or TF32 figure for a known name, else --peak-tflops)
+ * and device memory: for qtune the memory in use after the steps less
+ * that before the model (cudaMemGetInfo: the model, its arena and cuBLAS's
+ * workspace), for PyTorch torch.cuda.max_memory_reserved. The CNNs do not
+ * run on the GPU yet (--device cuda with one is refused). The per-phase
+ * split (forward, loss, backward, AdamW) is host time: on the GPU the
+ * backward's work is mostly counted under AdamW, whose end waits for it.
+ *
+ *   usage: engine [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
+ *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
+ *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
+ *                 [--tf32] [--peak-tflops X] [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
  * Example (2 threads, a short check): engine --model resnet18 --batch 16
@@ -115,18 +133,77 @@ typedef struct bench_options {
   long batch, threads, warmup, steps, classes, image_size;
   const char *python, *reference;
   int no_reference;
+  qt_backend_kind device;
+  int tf32;           /* TF32 allowed in the FP32 matrix products (CUDA) */
+  double peak_tflops; /* the device's peak for the utilization; 0: from its name */
 } bench_options;
 
 typedef struct bench_result {
   double images_per_s, step_s, cpu_step_s;           /* wall and CPU seconds per step */
   double forward_s, loss_s, backward_s, optimizer_s; /* per step */
   long peak_rss_kib, base_rss_kib;
+  double device_mib, device_base_mib; /* CUDA: in use after the steps, before the model */
 } bench_result;
+
+/* The ViTs of timm (patch 16): width, depth, heads, MLP features. */
+typedef struct vit_shape {
+  const char *model, *label;
+  long width, depth, heads, mlp_hidden;
+} vit_shape;
+
+static const vit_shape vit_shapes[] = {
+    {"vit_tiny", "ViT-Ti/16", 192, 12, 3, 768},
+    {"vit_small", "ViT-S/16", 384, 12, 6, 1536},
+    {"vit_base", "ViT-B/16", 768, 12, 12, 3072},
+};
+
+static const vit_shape *find_vit(const char *model) {
+  for (size_t i = 0; i < sizeof vit_shapes / sizeof vit_shapes[0]; i++)
+    if (strcmp(vit_shapes[i].model, model) == 0) return &vit_shapes[i];
+  return NULL;
+}
+
+/* Multiply-adds of one image's forward pass, times 2 (FLOPs): the patch
+ * embedding, per block the qkv, attention (q k^T and att v), projection
+ * and MLP products, and the head; norms, softmax and activations are left
+ * out (under 1%). A training step is counted as 3 forward passes (the
+ * backward computes two products per forward product), the convention of
+ * model FLOP utilization (Chowdhery et al., PaLM, 2022). */
+static double vit_forward_flops(const vit_shape *v, long image_size, long classes) {
+  double n = (double)(image_size / 16) * (double)(image_size / 16), t = n + 1.0;
+  double c = (double)v->width, m = (double)v->mlp_hidden;
+  double block = t * c * 3.0 * c + 2.0 * t * t * c + t * c * c + 2.0 * t * c * m;
+  return 2.0 * (n * 768.0 * c + (double)v->depth * block + c * (double)classes);
+}
+
+/* Dense peak FLOP/s of the known data-center GPUs (NVIDIA's data sheets), by
+ * a substring of the device name: FP32, TF32 and BF16 tensor cores without
+ * sparsity. 0 when the name is not in the table. */
+static double device_peak_tflops(const char *name, int tf32) {
+  static const struct {
+    const char *name;
+    double fp32, tf32;
+  } table[] = {
+      {"H200", 67.0, 494.7},     {"H100 80GB HBM3", 67.0, 494.7}, {"H100 SXM", 67.0, 494.7},
+      {"H100 PCIe", 51.2, 378.0}, {"H100 NVL", 60.0, 417.5},      {"A100", 19.5, 156.0},
+  };
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (strstr(name, table[i].name)) return tf32 ? table[i].tf32 : table[i].fp32;
+  return 0.0;
+}
+
+/* Device memory in use (all processes), MiB; -1 when it cannot be read. */
+static double device_used_mib(void) {
+  qt_cuda_info info;
+  if (qt_cuda_device_info(&info, NULL) != 0) return -1.0;
+  return (double)(info.memory_total - info.memory_free) / 1048576.0;
+}
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s [--model vit_tiny|mobilenetv2_100|resnet18] [--batch 32] [--threads T]\n"
-          "          [--warmup 1] [--steps 3] [--classes 1000] [--image-size 224]\n"
+          "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
+          "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
+          "          [--image-size 224] [--device cpu|cuda] [--tf32] [--peak-tflops X]\n"
           "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
           argv0);
 }
@@ -168,11 +245,22 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   int *labels = NULL;
   int status = 1;
   r->base_rss_kib = current_rss_kib();
+  int cuda = o->device == QT_BACKEND_KIND_CUDA;
+  if (cuda) {
+    qt_cuda_set_tf32(o->tf32);
+    r->device_base_mib = device_used_mib();
+  }
+  const vit_shape *shape = find_vit(o->model);
   qt_vit_config config = qt_vit_default_config();
+  config.width = shape->width;
+  config.depth = shape->depth;
+  config.heads = shape->heads;
+  config.mlp_hidden = shape->mlp_hidden;
   config.num_classes = o->classes;
   config.image_size = o->image_size;
   if (qt_rng_init(&rng, 0, &err) != 0 ||
-      qt_vit_init(&config, (size_t)o->batch, rng, &vit, &err) != 0) {
+      qt_vit_init(&config, (size_t)o->batch, rng, &vit, &err) != 0 ||
+      qt_vit_to_backend(vit, o->device, &err) != 0) {
     fprintf(stderr, "engine: %s\n", qt_err_message(&err));
     goto done;
   }
@@ -205,6 +293,9 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
     if (qt_vit_backward(vit, &err) != 0) goto fail;
     double t3 = wall_now();
     if (qt_vit_adamw_step(vit, &hp, &err) != 0) goto fail;
+    /* The forward and the loss wait for the device (they copy the logits
+     * and losses back); the backward and the step are queued: wait here. */
+    if (cuda && qt_cuda_synchronize(&err) != 0) goto fail;
     double t4 = wall_now();
     t_forward += t1 - t0;
     t_loss += t2 - t1;
@@ -220,6 +311,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   r->backward_s = t_backward / (double)o->steps;
   r->optimizer_s = t_optimizer / (double)o->steps;
   r->peak_rss_kib = peak_rss_kib();
+  if (cuda) r->device_mib = device_used_mib();
   printf("qtune: %zu parameters, activation arena %.1f MiB, last loss %.4f\n",
          qt_vit_parameter_count(vit), (double)qt_vit_activation_bytes(vit) / 1048576.0, loss);
   status = 0;
@@ -357,9 +449,9 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   char command[2048];
   snprintf(command, sizeof command,
            "'%s' '%s' --model %s --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld "
-           "--image-size %ld",
+           "--image-size %ld --device %s%s",
            o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
-           o->image_size);
+           o->image_size, qt_backend_kind_name(o->device), o->tf32 ? " --tf32" : "");
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -377,9 +469,9 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   while (fgets(line, sizeof line, pipe)) {
     if (sscanf(line,
                "RESULT images_per_s=%lf peak_rss_kib=%ld base_rss_kib=%ld step_s=%lf "
-               "cpu_step_s=%lf",
-               &r->images_per_s, &r->peak_rss_kib, &r->base_rss_kib, &r->step_s,
-               &r->cpu_step_s) == 5)
+               "cpu_step_s=%lf device_mib=%lf",
+               &r->images_per_s, &r->peak_rss_kib, &r->base_rss_kib, &r->step_s, &r->cpu_step_s,
+               &r->device_mib) == 6)
       found = 1;
   }
   int rc = pclose(pipe);
@@ -396,12 +488,17 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
 }
 
 int main(int argc, char **argv) {
-  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0};
+  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0,
+                     QT_BACKEND_KIND_CPU, 0, 0.0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
     if (!strcmp(flag, "--no-reference")) {
       o.no_reference = 1;
+      continue;
+    }
+    if (!strcmp(flag, "--tf32")) {
+      o.tf32 = 1;
       continue;
     }
     if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
@@ -432,15 +529,38 @@ int main(int argc, char **argv) {
       o.python = value;
     else if (!strcmp(flag, "--reference"))
       o.reference = value;
-    else {
+    else if (!strcmp(flag, "--device")) {
+      qt_err err;
+      if (qt_backend_kind_parse(value, &o.device, &err) != 0) {
+        fprintf(stderr, "--device: %s\n", qt_err_message(&err));
+        return 1;
+      }
+    } else if (!strcmp(flag, "--peak-tflops")) {
+      char *end = NULL;
+      o.peak_tflops = strtod(value, &end);
+      bad = !end || *end || !(o.peak_tflops > 0);
+      if (bad) fprintf(stderr, "--peak-tflops: expected a positive number, got '%s'\n", value);
+    } else {
       usage(argv[0]);
       return 1;
     }
     if (bad) return 1;
   }
-  if (strcmp(o.model, "vit_tiny") != 0 && !is_cnn(o.model)) {
-    fprintf(stderr, "engine: model '%s' is not supported: vit_tiny, mobilenetv2_100 or resnet18\n",
+  if (!find_vit(o.model) && !is_cnn(o.model)) {
+    fprintf(stderr,
+            "engine: model '%s' is not supported: vit_tiny, vit_small, vit_base, mobilenetv2_100 "
+            "or resnet18\n",
             o.model);
+    return 1;
+  }
+  qt_err device_err;
+  if (qt_backend_kind_check(o.device, &device_err) != 0) {
+    fprintf(stderr, "engine: --device %s: %s\n", qt_backend_kind_name(o.device),
+            qt_err_message(&device_err));
+    return 1;
+  }
+  if (o.device == QT_BACKEND_KIND_CUDA && is_cnn(o.model)) {
+    fprintf(stderr, "engine: --device cuda: the CNNs do not run on the GPU yet (not implemented)\n");
     return 1;
   }
   if (is_cnn(o.model) ? o.image_size < 32 : o.image_size % 16 != 0) {
@@ -465,9 +585,22 @@ int main(int argc, char **argv) {
         o.steps);
   else
     printf(
-        "ViT-Ti/16 %ld px (qt_vit_default_config), %ld classes, batch %ld, %ld threads "
+        "%s %ld px (random init), %ld classes, batch %ld, %ld threads "
         "(OpenBLAS %d), %ld warm-up + %ld timed steps of forward, backward, AdamW\n",
-        o.image_size, o.classes, o.batch, o.threads, openblas_get_num_threads(), o.warmup, o.steps);
+        find_vit(o.model)->label, o.image_size, o.classes, o.batch, o.threads,
+        openblas_get_num_threads(), o.warmup, o.steps);
+  qt_cuda_info info = {0};
+  if (o.device == QT_BACKEND_KIND_CUDA) {
+    if (qt_cuda_device_info(&info, &device_err) != 0) {
+      fprintf(stderr, "engine: %s\n", qt_err_message(&device_err));
+      return 1;
+    }
+    if (o.peak_tflops == 0) o.peak_tflops = device_peak_tflops(info.name, o.tf32);
+    printf("device: %s (compute %d.%d, %d SMs, %.0f MiB), FP32 products%s, peak %.1f TFLOP/s%s\n",
+           info.name, info.major, info.minor, info.multiprocessors,
+           (double)info.memory_total / 1048576.0, o.tf32 ? " with TF32" : "", o.peak_tflops,
+           o.peak_tflops > 0 ? "" : " (unknown: give --peak-tflops)");
+  }
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
   fflush(stdout);
 
@@ -487,6 +620,25 @@ int main(int argc, char **argv) {
   if (have_reference) {
     printf("%-10s %10.2f %10.3f %12.3f %14.1f %14.1f\n", "PyTorch", t.images_per_s, t.step_s,
            t.cpu_step_s, (double)t.peak_rss_kib / 1024.0, (double)t.base_rss_kib / 1024.0);
+  }
+  if (o.device == QT_BACKEND_KIND_CUDA) {
+    /* The model FLOP utilization of the ViTs (the CNNs do not run there). */
+    const vit_shape *v = find_vit(o.model);
+    double step_flops = 3.0 * vit_forward_flops(v, o.image_size, o.classes);
+    printf("\nmodel FLOPs per training image %.3g (3 x forward)\n", step_flops);
+    printf("%-10s %12s %10s %22s\n", "", "TFLOP/s", "MFU", "device memory MiB");
+    printf("%-10s %12.2f %9.1f%% %22.0f   (in use after the steps, less %.0f before the model)\n",
+           "qtune", step_flops * q.images_per_s / 1e12,
+           o.peak_tflops > 0 ? 100.0 * step_flops * q.images_per_s / (o.peak_tflops * 1e12) : 0.0,
+           q.device_mib - q.device_base_mib, q.device_base_mib);
+    if (have_reference)
+      printf("%-10s %12.2f %9.1f%% %22.0f   (torch.cuda.max_memory_reserved)\n", "PyTorch",
+             step_flops * t.images_per_s / 1e12,
+             o.peak_tflops > 0 ? 100.0 * step_flops * t.images_per_s / (o.peak_tflops * 1e12)
+                               : 0.0,
+             t.device_mib);
+  }
+  if (have_reference) {
     double q_model = (double)(q.peak_rss_kib - q.base_rss_kib);
     double t_model = (double)(t.peak_rss_kib - t.base_rss_kib);
     printf(

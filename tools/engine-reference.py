@@ -2,9 +2,12 @@
 """engine-reference.py - the PyTorch side of bench/engine.
 
 Times fine-tuning steps (forward, cross-entropy, backward, AdamW step) of
-one of three models (--model), in train mode:
+one of five models (--model), in train mode, on the CPU or a CUDA device
+(--device):
 
   vit_tiny         ViT-Ti/16, below;
+  vit_small        ViT-S/16 (width 384, 6 heads, MLP 1536), the same code;
+  vit_base         ViT-B/16 (width 768, 12 heads, MLP 3072), the same code;
   mobilenetv2_100  torchvision.models.mobilenet_v2(dropout=0): the structure
                    and parameter count (3,504,872 with 1000 classes) of
                    timm's mobilenetv2_100, which qtune's qt_cnn_write_init
@@ -35,17 +38,24 @@ The count of the model built is printed to stderr.
 
 Inputs are random normal images and random labels. The last line printed is
 
-    RESULT images_per_s=X peak_rss_kib=Y base_rss_kib=Z step_s=S cpu_step_s=U
+    RESULT images_per_s=X peak_rss_kib=Y base_rss_kib=Z step_s=S cpu_step_s=U device_mib=D
 
 where peak_rss_kib is the process's getrusage ru_maxrss (KiB) at the end
 and base_rss_kib its resident size before the model was built (the
 interpreter and torch's libraries); step_s is wall-clock seconds per timed
 step and cpu_step_s CPU seconds (all threads) per timed step, which a loaded
-machine inflates less. bench/engine parses that line.
+machine inflates less. device_mib is torch.cuda.max_memory_reserved in
+MiB on a CUDA device (the caching allocator's peak, without the CUDA
+context), 0 on the CPU. On CUDA every timed step ends with
+torch.cuda.synchronize(); matrix products are FP32 unless --tf32 (which
+sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32). A torch
+without CUDA fails with a message (bench/engine then reports the reference
+unavailable). bench/engine parses that line.
 
-usage: engine-reference.py [--model vit_tiny|mobilenetv2_100|resnet18]
+usage: engine-reference.py [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
                            [--batch 32] [--threads T] [--warmup 1]
                            [--steps 3] [--classes 1000] [--image-size 224]
+                           [--device cpu|cuda] [--tf32]
 """
 import argparse
 import resource
@@ -105,9 +115,18 @@ class ViT(nn.Module):
         return self.head(self.norm(x[:, 0]))
 
 
+VIT_SHAPES = {  # width, depth, heads, MLP features
+    "vit_tiny": (192, 12, 3, 768),
+    "vit_small": (384, 12, 6, 1536),
+    "vit_base": (768, 12, 12, 3072),
+}
+
+
 def build_model(name, image_size, classes):
-    if name == "vit_tiny":
-        return ViT(image_size=image_size, classes=classes)
+    if name in VIT_SHAPES:
+        width, depth, heads, mlp = VIT_SHAPES[name]
+        return ViT(image_size=image_size, width=width, depth=depth, heads=heads,
+                   mlp_hidden=mlp, classes=classes)
     import torchvision
     if name == "mobilenetv2_100":
         return torchvision.models.mobilenet_v2(num_classes=classes, dropout=0.0)
@@ -119,19 +138,28 @@ def build_model(name, image_size, classes):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="vit_tiny",
-                    choices=["vit_tiny", "mobilenetv2_100", "resnet18"])
+                    choices=list(VIT_SHAPES) + ["mobilenetv2_100", "resnet18"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", action="store_true")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("engine-reference.py: this torch has no CUDA device "
+                         f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     base_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
-    model = build_model(args.model, args.image_size, args.classes)
+    model = build_model(args.model, args.image_size, args.classes).to(args.device)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     decay, no_decay = [], []
@@ -143,8 +171,8 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
-    labels = torch.randint(0, args.classes, (args.batch,))
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=args.device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
@@ -152,6 +180,8 @@ def main():
         loss = loss_fn(model(images), labels)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         return float(loss)
 
     for _ in range(args.warmup):
@@ -168,7 +198,8 @@ def main():
           f"{torch.get_num_threads()} threads, last loss {loss:.4f}", file=sys.stderr)
     print(f"RESULT images_per_s={args.batch * args.steps / seconds:.4f} peak_rss_kib={peak} "
           f"base_rss_kib={base_rss_kib} step_s={per_step:.4f} "
-          f"cpu_step_s={cpu_seconds / max(args.steps, 1):.4f}")
+          f"cpu_step_s={cpu_seconds / max(args.steps, 1):.4f} "
+          f"device_mib={torch.cuda.max_memory_reserved() / 1048576.0 if cuda else 0.0:.1f}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,18 @@ int qt_backend_kind_check(qt_backend_kind kind, qt_err *err);
  * is NULL. */
 int qt_cuda_device_count(int *count, qt_err *err);
 
+/* The current CUDA device: its name, compute capability, multiprocessors,
+ * and its memory as cudaMemGetInfo sees it (free and total bytes, every
+ * process's allocations counted). QT_ENODEV without a device (or built
+ * without CUDA). */
+typedef struct qt_cuda_info {
+  char name[256]; /* e.g. "NVIDIA H100 80GB HBM3" */
+  int major, minor;
+  int multiprocessors;
+  size_t memory_free, memory_total;
+} qt_cuda_info;
+int qt_cuda_device_info(qt_cuda_info *info, qt_err *err);
+
 /* ------------------------------------------------------------------------- */
 /* Optimizer op: AdamW                                                        */
 /* ------------------------------------------------------------------------- */

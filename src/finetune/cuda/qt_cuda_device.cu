@@ -3,6 +3,8 @@
  * errors to qtune's error codes.
  */
 #include <cuda_runtime.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "finetune/qt_finetune.h"
 #include "finetune/cuda/qt_cuda_internal.h"
@@ -39,5 +41,27 @@ extern "C" int qt_cuda_device_count(int *count, qt_err *err) {
     return 0;
   }
   *count = devices;
+  return 0;
+}
+
+extern "C" int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
+  if (!info) return qt_err_set(err, QT_EINVAL, "qt_cuda_device_info: info is NULL");
+  memset(info, 0, sizeof *info);
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_device_info: cudaGetDevice");
+  cudaDeviceProp prop;
+  status = cudaGetDeviceProperties(&prop, device);
+  if (status != cudaSuccess)
+    return qt__cuda_error(err, status, "qt_cuda_device_info: cudaGetDeviceProperties");
+  snprintf(info->name, sizeof info->name, "%s", prop.name);
+  info->major = prop.major;
+  info->minor = prop.minor;
+  info->multiprocessors = prop.multiProcessorCount;
+  size_t free_bytes = 0, total_bytes = 0;
+  status = cudaMemGetInfo(&free_bytes, &total_bytes);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_device_info: cudaMemGetInfo");
+  info->memory_free = free_bytes;
+  info->memory_total = total_bytes;
   return 0;
 }

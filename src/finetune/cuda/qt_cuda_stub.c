@@ -15,6 +15,11 @@ int qt_cuda_device_count(int *count, qt_err *err) {
   return 0;
 }
 
+int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
+  (void)info;
+  return qt_err_set(err, QT_ENODEV, "qt_cuda_device_info: " QT_CUDA_STUB_MESSAGE);
+}
+
 int qt_cuda_adamw_step(float *params, const float *grads, float *m, float *v, size_t n,
                        const qt_adamw_params *hp, long step, qt_err *err) {
   return qt_err_set(err, QT_ENODEV, "qt_cuda_adamw_step: " QT_CUDA_STUB_MESSAGE);
