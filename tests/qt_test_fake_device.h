@@ -15,10 +15,12 @@
 #define QT_TEST_FAKE_DEVICE_H
 
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define FAKE_DEVICE_MAX_BLOCKS 64
+#define FAKE_DEVICE_MAX_BLOCKS 1024
 
 typedef struct fake_block {
   void *ptr;
@@ -27,14 +29,18 @@ typedef struct fake_block {
 
 static struct fake_device {
   fake_block blocks[FAKE_DEVICE_MAX_BLOCKS];
+  int high;        /* slots in use lie below it */
   long fail_after; /* allocations left before one fails; < 0: none fails */
   long uploads, downloads, op_calls;
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
-  for (int i = 0; i < FAKE_DEVICE_MAX_BLOCKS; i++) {
+  for (int i = 0; i < fake_device.high; i++) {
     fake_block *b = &fake_device.blocks[i];
-    if (b->ptr) CU_ASSERT_FATAL(mprotect(b->ptr, b->bytes, prot) == 0);
+    if (b->ptr && mprotect(b->ptr, b->bytes, prot) != 0) {
+      perror("fake device: mprotect");
+      abort();
+    }
   }
 }
 #define FAKE_OPEN() fake_protect(PROT_READ | PROT_WRITE)
@@ -53,6 +59,7 @@ static inline int fake_alloc(void **ptr, size_t bytes, qt_err *err) {
   for (int i = 0; i < FAKE_DEVICE_MAX_BLOCKS; i++) {
     if (!fake_device.blocks[i].ptr) {
       fake_device.blocks[i] = (fake_block){p, mapped};
+      if (i >= fake_device.high) fake_device.high = i + 1;
       *ptr = p;
       return 0;
     }
@@ -195,6 +202,121 @@ static inline int fake_adamw_step(float *params, const float *grads, float *m, f
                                   const qt_adamw_params *hp, long step, qt_err *err) {
   FAKE_OP(op_calls, adamw_step(params, grads, m, v, n, hp, step, err));
 }
+static inline int fake_optim_step(const qt_optim_params *p, double lr, int decay, long step,
+                                  float *params, const float *grads, float *state1, float *state2,
+                                  size_t n, qt_err *err) {
+  FAKE_OP(op_calls, optim_step(p, lr, decay, step, params, grads, state1, state2, n, err));
+}
+static inline int fake_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
+  FAKE_OP(op_calls, sum_squares(x, n, acc, err));
+}
+static inline int fake_scale(float *x, float c, size_t n, qt_err *err) {
+  FAKE_OP(op_calls, scale(x, c, n, err));
+}
+static inline int fake_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n,
+                                     double c, qt_err *err) {
+  FAKE_OP(op_calls, l2sp_gradient(grads, params, ref, n, c, err));
+}
+static inline int fake_sfa_average(float *params, const float *ref, size_t n, double beta,
+                                   qt_err *err) {
+  FAKE_OP(op_calls, sfa_average(params, ref, n, beta, err));
+}
+
+/* The CUDA backend's convolution scratch size (every group's column
+ * matrix), to exercise buffers laid out for a device. */
+static inline size_t fake_conv2d_scratch_size(const qt_conv2d_shape *s) {
+  size_t cpu = qt__ops_cpu()->conv2d_scratch_size(s);
+  return cpu == 0 ? 0 : s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+}
+static inline int fake_conv2d_forward(float *out, float *scratch, const float *inp,
+                                      const float *weight, const float *bias,
+                                      const qt_conv2d_shape *shape, qt_err *err) {
+  FAKE_OP(op_calls, conv2d_forward(out, scratch, inp, weight, bias, shape, err));
+}
+static inline int fake_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                       const float *dout, const float *inp, const float *weight,
+                                       const qt_conv2d_shape *shape, qt_err *err) {
+  FAKE_OP(op_calls, conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, shape, err));
+}
+static inline int fake_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                         float *running_var, const float *inp, const float *weight,
+                                         const float *bias, size_t batch, size_t c, size_t hw,
+                                         float eps, float momentum, qt_batchnorm_mode mode,
+                                         qt_err *err) {
+  FAKE_OP(op_calls, batchnorm_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias,
+                                      batch, c, hw, eps, momentum, mode, err));
+}
+static inline int fake_batchnorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, size_t batch,
+                                          size_t c, size_t hw, qt_batchnorm_mode mode,
+                                          qt_err *err) {
+  FAKE_OP(op_calls, batchnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch,
+                                       c, hw, mode, err));
+}
+static inline int fake_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                         float *running_var, const float *inp, const float *weight,
+                                         const float *bias, const unsigned char *select,
+                                         size_t batch, size_t c, size_t hw, float eps,
+                                         float momentum, qt_err *err) {
+  FAKE_OP(op_calls, stochnorm_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias,
+                                      select, batch, c, hw, eps, momentum, err));
+}
+static inline int fake_stochnorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd,
+                                          const unsigned char *select, size_t batch, size_t c,
+                                          size_t hw, qt_err *err) {
+  FAKE_OP(op_calls, stochnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select,
+                                       batch, c, hw, err));
+}
+/* The elementwise activations. */
+#define FAKE_ACTIVATION(name)                                                                    \
+  static inline int fake_##name##_forward(float *out, const float *inp, size_t n, qt_err *err) { \
+    FAKE_OP(op_calls, name##_forward(out, inp, n, err));                                         \
+  }                                                                                              \
+  static inline int fake_##name##_backward(float *dinp, const float *dout, const float *inp,     \
+                                           size_t n, qt_err *err) {                              \
+    FAKE_OP(op_calls, name##_backward(dinp, dout, inp, n, err));                                 \
+  }
+FAKE_ACTIVATION(relu)
+FAKE_ACTIVATION(relu6)
+FAKE_ACTIVATION(silu)
+#undef FAKE_ACTIVATION
+static inline int fake_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c,
+                                              size_t hw, qt_err *err) {
+  FAKE_OP(op_calls, global_avgpool_forward(out, inp, batch, c, hw, err));
+}
+static inline int fake_global_avgpool_backward(float *dinp, const float *dout, size_t batch,
+                                               size_t c, size_t hw, qt_err *err) {
+  FAKE_OP(op_calls, global_avgpool_backward(dinp, dout, batch, c, hw, err));
+}
+static inline int fake_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
+                                         const qt_conv2d_shape *shape, qt_err *err) {
+  FAKE_OP(op_calls, maxpool2d_forward(out, argmax, inp, shape, err));
+}
+static inline int fake_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                                          const qt_conv2d_shape *shape, qt_err *err) {
+  FAKE_OP(op_calls, maxpool2d_backward(dinp, dout, argmax, shape, err));
+}
+static inline int fake_se_forward(float *out, float *pooled, float *hidden_pre, float *hidden,
+                                  float *gate, const float *inp, const float *w_reduce,
+                                  const float *b_reduce, const float *w_expand,
+                                  const float *b_expand, size_t batch, size_t c, size_t hw,
+                                  size_t rd, qt_se_act act, qt_err *err) {
+  FAKE_OP(op_calls, se_forward(out, pooled, hidden_pre, hidden, gate, inp, w_reduce, b_reduce,
+                               w_expand, b_expand, batch, c, hw, rd, act, err));
+}
+static inline int fake_se_backward(float *dinp, float *dw_reduce, float *db_reduce,
+                                   float *dw_expand, float *db_expand, float *scratch,
+                                   const float *dout, const float *inp, const float *pooled,
+                                   const float *hidden_pre, const float *hidden, const float *gate,
+                                   const float *w_reduce, const float *w_expand, size_t batch,
+                                   size_t c, size_t hw, size_t rd, qt_se_act act, qt_err *err) {
+  FAKE_OP(op_calls,
+          se_backward(dinp, dw_reduce, db_reduce, dw_expand, db_expand, scratch, dout, inp, pooled,
+                      hidden_pre, hidden, gate, w_reduce, w_expand, batch, c, hw, rd, act, err));
+}
 
 static inline const qt__ops *fake_device_ops(void) {
   static const qt__ops ops = {
@@ -224,6 +346,30 @@ static inline const qt__ops *fake_device_ops(void) {
       .cross_entropy_forward = fake_cross_entropy_forward,
       .cross_entropy_backward = fake_cross_entropy_backward,
       .adamw_step = fake_adamw_step,
+      .optim_step = fake_optim_step,
+      .sum_squares = fake_sum_squares,
+      .scale = fake_scale,
+      .l2sp_gradient = fake_l2sp_gradient,
+      .sfa_average = fake_sfa_average,
+      .conv2d_scratch_size = fake_conv2d_scratch_size,
+      .conv2d_forward = fake_conv2d_forward,
+      .conv2d_backward = fake_conv2d_backward,
+      .batchnorm_forward = fake_batchnorm_forward,
+      .batchnorm_backward = fake_batchnorm_backward,
+      .stochnorm_forward = fake_stochnorm_forward,
+      .stochnorm_backward = fake_stochnorm_backward,
+      .relu_forward = fake_relu_forward,
+      .relu_backward = fake_relu_backward,
+      .relu6_forward = fake_relu6_forward,
+      .relu6_backward = fake_relu6_backward,
+      .silu_forward = fake_silu_forward,
+      .silu_backward = fake_silu_backward,
+      .global_avgpool_forward = fake_global_avgpool_forward,
+      .global_avgpool_backward = fake_global_avgpool_backward,
+      .maxpool2d_forward = fake_maxpool2d_forward,
+      .maxpool2d_backward = fake_maxpool2d_backward,
+      .se_forward = fake_se_forward,
+      .se_backward = fake_se_backward,
   };
   return &ops;
 }

@@ -1,7 +1,11 @@
 /*
- * qt_cnn.c - convolutional models (MobileNetV2 today) from timm-named
- * checkpoints: a flat list of ops over an activation arena, run forward and
- * backward by the CPU ops of cpu/. See qt_finetune.h.
+ * qt_cnn.c - convolutional models (MobileNetV2, EfficientNet, ResNet) from
+ * timm-named checkpoints: a flat list of ops over an activation arena, run
+ * forward and backward by the layer ops of the backend's op table (qt__ops:
+ * the CPU references of cpu/ or the CUDA ops of cuda/). The parameters,
+ * gradients, activations and every buffer the passes touch live in the
+ * backend's memory; a model is loaded on the CPU and moved with
+ * qt_cnn_to_backend. See qt_finetune.h.
  */
 #include <math.h>
 #include <stdio.h>
@@ -65,9 +69,33 @@ typedef struct op {
 
 typedef struct activation {
   size_t per_image; /* floats per image */
-  float *data;      /* (max_batch, per_image) */
-  float *grad;      /* (max_batch, per_image) */
+  float *data;      /* (max_batch, per_image), in the arena */
+  float *grad;      /* (max_batch, per_image), in the arena */
 } activation;
+
+/* Everything the passes read or write, in the memory of one backend
+ * (allocated together, so that a move builds a whole new set before it
+ * releases the old one). Sizes in elements; a size of 0 leaves NULL. */
+typedef struct cnn_memory {
+  float *params;         /* (n_params) values and running statistics */
+  float *grads;          /* (n_params) */
+  float *arena;          /* every activation and its gradient */
+  float *scratch;        /* (scratch_n) the convolutions' column matrices */
+  size_t scratch_n;      /* the backend's conv2d_scratch_size, over every conv */
+  int32_t *argmax;       /* (max_batch, argmax_n) max pooling winners */
+  float *se_saved;       /* (max_batch, se_n) SE pooled / hidden / gate values */
+  float *se_scratch;     /* (max_batch, se_scratch_n) SE backward scratch */
+  float *mean, *rstd;    /* (stats_n) batch norm statistics of the last forward */
+  unsigned char *select; /* (stats_n) StochNorm's draws of the last forward */
+  float *probs;          /* (max_batch, classes) */
+  float *losses;         /* (max_batch) */
+  int *labels;           /* (max_batch) labels of the last loss */
+  float *soft;           /* (max_batch, classes) soft targets of the last loss */
+  float *dloss;          /* (1) the loss gradient of every row, 1 / batch */
+  /* Host copies of what callers read, off the CPU only (else NULL). */
+  float *host_logits; /* (max_batch, classes) */
+  float *host_losses; /* (max_batch) */
+} cnn_memory;
 
 struct qt_cnn {
   tensor tensors[MAX_TENSORS];
@@ -76,30 +104,25 @@ struct qt_cnn {
   size_t n_ops;
   activation acts[MAX_OPS + 1];
   size_t n_acts;
-  float *params; /* (n_params) */
-  float *grads;  /* (n_params) */
   size_t n_params;
-  float *arena;   /* every activation and its gradient */
-  float *scratch; /* (scratch_n) im2col */
-  size_t scratch_n;
-  int32_t *argmax; /* (max_batch, argmax_n) max pooling winners */
-  float *se_saved; /* (max_batch, se_n) SE pooled / hidden / gate values */
-  size_t se_n;
-  float *se_scratch; /* (max_batch * se_scratch_n) SE backward scratch */
-  size_t se_scratch_n;
-  size_t argmax_n;
-  float *mean, *rstd; /* (stats_n) batch norm statistics of the last forward */
-  size_t stats_n;
-  float *probs, *losses; /* (max_batch, classes), (max_batch) */
+  const qt__ops *backend; /* the backend every array of mem lives on */
+  cnn_memory mem;
+  size_t arena_n;      /* floats */
+  size_t se_n;         /* SE values per image */
+  size_t se_scratch_n; /* SE backward scratch per image */
+  size_t argmax_n;     /* max pooling winners per image */
+  size_t stats_n;      /* batch norm channels */
   int labels_set;
   int soft_set;    /* 1: the last loss used soft targets (soft), else labels */
-  float *soft;     /* (max_batch, classes) */
   float smoothing; /* of the last loss */
   size_t batch, max_batch;
   long image_size, classes;
   float bn_eps, bn_momentum;
   int tf_same;
-  int *labels;          /* (max_batch) */
+  /* A failure of qt_cnn_zero_grad (which returns nothing) to queue its
+   * work on a device, reported by the next backward; 0 when none. */
+  int zero_grad_rc;
+  qt_err zero_grad_err;
   long units;           /* blocks (qt_cnn_units) */
   long train_from;      /* qt_cnn_set_trainable_from */
   int pool_op;          /* the global pooling op: its output are the features */
@@ -107,7 +130,7 @@ struct qt_cnn {
   /* StochNorm (qt_cnn_set_stoch_norm). */
   double stoch_p;
   qt_rng_t *stoch_rng;
-  unsigned char *select; /* (stats_n) the channels' draws of the last forward */
+  unsigned char *host_select; /* (stats_n) the draws on the host, then uploaded */
   /* Metadata carried to qt_cnn_save. */
   char *meta_bn_eps, *meta_padding, *meta_strides, *meta_arch;
 };
@@ -244,8 +267,6 @@ static fmap conv(builder *b, fmap x, const char *name, size_t stride, int depthw
   y.h = o->conv.out_h;
   y.w = o->conv.out_w;
   y.act = o->out = new_act(b, y.c * y.h * y.w);
-  size_t need = qt_cpu_conv2d_scratch_size(&o->conv);
-  if (need > b->m->scratch_n) b->m->scratch_n = need;
   return y;
 }
 
@@ -555,23 +576,90 @@ qt_cnn_load_params qt_cnn_default_load_params(void) {
                               .rng = NULL};
 }
 
+/* Releases every array of mem (allocated on ops); NULLs are no-ops. */
+static void memory_release(const qt__ops *ops, cnn_memory *mem) {
+  ops->release(mem->params);
+  ops->release(mem->grads);
+  ops->release(mem->arena);
+  ops->release(mem->scratch);
+  ops->release(mem->argmax);
+  ops->release(mem->se_saved);
+  ops->release(mem->se_scratch);
+  ops->release(mem->mean);
+  ops->release(mem->rstd);
+  ops->release(mem->select);
+  ops->release(mem->probs);
+  ops->release(mem->losses);
+  ops->release(mem->labels);
+  ops->release(mem->soft);
+  ops->release(mem->dloss);
+  free(mem->host_logits);
+  free(mem->host_losses);
+  memset(mem, 0, sizeof *mem);
+}
+
+/* Allocates and zeroes (as calloc) a complete set of arrays for the model on
+ * ops, with the backend's convolution scratch size. On failure nothing
+ * stays allocated and *mem is all NULL. */
+static int memory_alloc(const qt_cnn_t *m, const qt__ops *ops, cnn_memory *mem, qt_err *err) {
+  memset(mem, 0, sizeof *mem);
+  for (size_t i = 0; i < m->n_ops; i++) {
+    if (m->ops[i].kind != OP_CONV) continue;
+    size_t need = ops->conv2d_scratch_size(&m->ops[i].conv);
+    if (need > mem->scratch_n) mem->scratch_n = need;
+  }
+  size_t mb = m->max_batch, classes = (size_t)m->classes;
+  struct {
+    void **ptr;
+    size_t bytes;
+  } arrays[] = {
+      {(void **)&mem->params, m->n_params * sizeof(float)},
+      {(void **)&mem->grads, m->n_params * sizeof(float)},
+      {(void **)&mem->arena, m->arena_n * sizeof(float)},
+      {(void **)&mem->scratch, mem->scratch_n * sizeof(float)},
+      {(void **)&mem->argmax, m->argmax_n * mb * sizeof(int32_t)},
+      {(void **)&mem->se_saved, m->se_n * mb * sizeof(float)},
+      {(void **)&mem->se_scratch, m->se_scratch_n * mb * sizeof(float)},
+      {(void **)&mem->mean, m->stats_n * sizeof(float)},
+      {(void **)&mem->rstd, m->stats_n * sizeof(float)},
+      {(void **)&mem->select, m->stats_n},
+      {(void **)&mem->probs, mb * classes * sizeof(float)},
+      {(void **)&mem->losses, mb * sizeof(float)},
+      {(void **)&mem->labels, mb * sizeof(int)},
+      {(void **)&mem->soft, mb * classes * sizeof(float)},
+      {(void **)&mem->dloss, sizeof(float)},
+  };
+  int rc = 0;
+  for (size_t k = 0; k < sizeof arrays / sizeof arrays[0] && rc == 0; k++) {
+    rc = ops->alloc(arrays[k].ptr, arrays[k].bytes, err);
+    if (rc == 0 && arrays[k].bytes) rc = ops->zero(*arrays[k].ptr, arrays[k].bytes, err);
+  }
+  if (rc == 0 && !ops->host_memory) {
+    mem->host_logits = calloc(mb * classes, sizeof(float));
+    mem->host_losses = calloc(mb, sizeof(float));
+    if (!mem->host_logits || !mem->host_losses)
+      rc = qt_err_set(err, QT_ENOMEM, "CNN: out of host memory for the logits' copy");
+  }
+  if (rc < 0) memory_release(ops, mem);
+  return rc;
+}
+
+/* Points the activations into the arena of m->mem. */
+static void point_acts(qt_cnn_t *m) {
+  float *cursor = m->mem.arena;
+  for (size_t i = 0; i < m->n_acts; i++) {
+    m->acts[i].data = cursor;
+    cursor += m->acts[i].per_image * m->max_batch;
+    m->acts[i].grad = cursor;
+    cursor += m->acts[i].per_image * m->max_batch;
+  }
+}
+
 void qt_cnn_free(qt_cnn_t *m) {
   if (!m) return;
   for (size_t i = 0; i < m->n_tensors; i++) free(m->tensors[i].name);
-  free(m->params);
-  free(m->grads);
-  free(m->arena);
-  free(m->scratch);
-  free(m->argmax);
-  free(m->se_saved);
-  free(m->se_scratch);
-  free(m->mean);
-  free(m->rstd);
-  free(m->probs);
-  free(m->losses);
-  free(m->labels);
-  free(m->soft);
-  free(m->select);
+  if (m->backend) memory_release(m->backend, &m->mem);
+  free(m->host_select);
   qt__head_hooks_free(&m->hooks);
   free(m->meta_bn_eps);
   free(m->meta_padding);
@@ -599,6 +687,7 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
     qt_safetensors_free(st);
     return qt_err_set(err, QT_ENOMEM, "out of memory");
   }
+  m->backend = qt__ops_cpu();
   m->max_batch = p->max_batch;
   m->image_size = p->image_size;
   m->bn_momentum = p->bn_momentum;
@@ -638,40 +727,22 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
     rc = qt_err_set(err, QT_EFORMAT, "%s: bad class count", path);
     goto fail;
   }
-  /* Allocation: parameters, activations, scratch, statistics. */
-  size_t arena_n = 0;
-  for (size_t i = 0; i < m->n_acts; i++) arena_n += 2 * m->acts[i].per_image * m->max_batch;
-  m->params = calloc(m->n_params, sizeof(float));
-  m->grads = calloc(m->n_params, sizeof(float));
-  m->arena = calloc(arena_n, sizeof(float));
-  m->scratch = calloc(m->scratch_n ? m->scratch_n : 1, sizeof(float));
-  m->argmax = calloc(m->argmax_n ? m->argmax_n * m->max_batch : 1, sizeof(int32_t));
-  m->se_saved = calloc(m->se_n ? m->se_n * m->max_batch : 1, sizeof(float));
-  m->se_scratch = calloc(m->se_scratch_n ? m->se_scratch_n * m->max_batch : 1, sizeof(float));
-  m->mean = calloc(m->stats_n ? m->stats_n : 1, sizeof(float));
-  m->rstd = calloc(m->stats_n ? m->stats_n : 1, sizeof(float));
-  m->probs = calloc(m->max_batch * (size_t)m->classes, sizeof(float));
-  m->losses = calloc(m->max_batch, sizeof(float));
-  m->labels = calloc(m->max_batch, sizeof(int));
-  m->soft = calloc(m->max_batch * (size_t)m->classes, sizeof(float));
-  m->select = calloc(m->stats_n ? m->stats_n : 1, 1);
-  if (!m->params || !m->grads || !m->arena || !m->scratch || !m->argmax || !m->se_saved ||
-      !m->se_scratch || !m->mean || !m->rstd || !m->probs || !m->losses || !m->labels || !m->soft ||
-      !m->select) {
+  /* Allocation on the CPU: parameters, activations, scratch, statistics
+   * (zeroed, so that a new classifier's bias starts at 0). */
+  m->arena_n = 0;
+  for (size_t i = 0; i < m->n_acts; i++) m->arena_n += 2 * m->acts[i].per_image * m->max_batch;
+  if ((rc = memory_alloc(m, m->backend, &m->mem, err)) != 0) goto fail;
+  m->host_select = calloc(m->stats_n ? m->stats_n : 1, 1);
+  if (!m->host_select) {
     rc = qt_err_set(err, QT_ENOMEM, "%s: out of memory for the model", path);
     goto fail;
   }
-  float *cursor = m->arena;
-  for (size_t i = 0; i < m->n_acts; i++) {
-    m->acts[i].data = cursor;
-    cursor += m->acts[i].per_image * m->max_batch;
-    m->acts[i].grad = cursor;
-    cursor += m->acts[i].per_image * m->max_batch;
-  }
+  point_acts(m);
   for (size_t i = 0; i < m->n_tensors; i++) {
     tensor *t = &m->tensors[i];
     if (!t->fresh) {
-      if ((rc = qt_safetensors_read_f32(st, t->name, m->params + t->offset, t->numel, err)) != 0)
+      if ((rc = qt_safetensors_read_f32(st, t->name, m->mem.params + t->offset, t->numel, err)) !=
+          0)
         goto fail;
     } else if (t->ndim == 2) {
       /* A new classifier, as timm's _init_weight_goog for nn.Linear. */
@@ -681,7 +752,7 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
       }
       double range = 1.0 / sqrt((double)t->shape[0]);
       for (size_t k = 0; k < t->numel; k++)
-        m->params[t->offset + k] = (float)(range * (2.0 * qt_rng_uniform(p->rng) - 1.0));
+        m->mem.params[t->offset + k] = (float)(range * (2.0 * qt_rng_uniform(p->rng) - 1.0));
     }
   }
   qt_safetensors_free(st);
@@ -708,8 +779,8 @@ void qt_cnn_tensor_at(const qt_cnn_t *m, size_t index, qt_cnn_tensor *out) {
                          .ndim = t->ndim,
                          .shape = t->shape,
                          .numel = t->numel,
-                         .data = m->params + t->offset,
-                         .grad = m->grads + t->offset,
+                         .data = m->mem.params + t->offset,
+                         .grad = m->mem.grads + t->offset,
                          .trainable = t->trainable,
                          .decay = t->trainable && t->ndim >= 2,
                          .unit = t->unit,
@@ -733,23 +804,31 @@ float qt_cnn_bn_eps(const qt_cnn_t *m) {
   return m->bn_eps;
 }
 const float *qt_cnn_logits(const qt_cnn_t *m) {
-  return m->acts[m->n_acts - 1].data;
+  return m->mem.host_logits ? m->mem.host_logits : m->acts[m->n_acts - 1].data;
 }
 
 void qt_cnn_zero_grad(qt_cnn_t *m) {
-  memset(m->grads, 0, m->n_params * sizeof *m->grads);
+  int rc = m->backend->zero(m->mem.grads, m->n_params * sizeof *m->mem.grads, &m->zero_grad_err);
+  if (rc < 0 && m->zero_grad_rc == 0) m->zero_grad_rc = rc;
 }
 
 /* ------------------------------------------------------------------------- */
 /* Forward / loss / backward                                                  */
 /* ------------------------------------------------------------------------- */
 
+/* Returns from the enclosing function when a backend call fails. */
+#define CNN_TRY(call)                \
+  do {                               \
+    int cnn_rc_ = (call);            \
+    if (cnn_rc_ < 0) return cnn_rc_; \
+  } while (0)
+
 static float *param(qt_cnn_t *m, int index) {
-  return index < 0 ? NULL : m->params + m->tensors[index].offset;
+  return index < 0 ? NULL : m->mem.params + m->tensors[index].offset;
 }
 
 static float *grad(qt_cnn_t *m, int index) {
-  return index < 0 ? NULL : m->grads + m->tensors[index].offset;
+  return index < 0 ? NULL : m->mem.grads + m->tensors[index].offset;
 }
 
 /* 1 when op o belongs to a frozen unit (qt_cnn_set_trainable_from). */
@@ -757,15 +836,42 @@ static int frozen(const qt_cnn_t *m, const op *o) {
   return !o->head && o->unit < m->train_from;
 }
 
+/* Sets every batch norm's mode for a forward in `mode` and, where StochNorm
+ * replaces the training mode, draws its channels' branches on the host (in
+ * the order of the layers, so the stream is the CPU's on every backend) and
+ * uploads them. */
+static int prepare_batchnorms(qt_cnn_t *m, qt_batchnorm_mode mode, qt_err *err) {
+  int any_stoch = 0;
+  for (size_t i = 0; i < m->n_ops; i++) {
+    op *o = &m->ops[i];
+    if (o->kind != OP_BN) continue;
+    /* Frozen units keep their statistics; StochNorm replaces the training
+     * mode of the others. */
+    o->mode = mode == QT_BATCHNORM_MODE_TRAIN && frozen(m, o) ? QT_BATCHNORM_MODE_FROZEN : mode;
+    o->stoch = o->mode == QT_BATCHNORM_MODE_TRAIN && m->stoch_rng && m->stoch_p > 0.0;
+    if (!o->stoch) continue;
+    unsigned char *sel = m->host_select + o->stats;
+    for (size_t ch = 0; ch < o->c; ch++) sel[ch] = qt_rng_uniform(m->stoch_rng) < m->stoch_p;
+    any_stoch = 1;
+  }
+  if (any_stoch) CNN_TRY(m->backend->upload(m->mem.select, m->host_select, m->stats_n, err));
+  return 0;
+}
+
 int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_mode mode,
                    qt_err *err) {
   if (!images || batch == 0 || batch > m->max_batch)
     return qt_err_set(err, QT_EINVAL, "qt_cnn_forward: batch %zu outside [1, %zu]", batch,
                       m->max_batch);
-  m->batch = batch;
+  const qt__ops *ops = m->backend;
+  const size_t F = sizeof(float);
+  m->batch = 0;
   m->labels_set = 0;
   m->hooks.dropped = 0;
-  memcpy(m->acts[0].data, images, batch * m->acts[0].per_image * sizeof(float));
+  /* The images are copied into the arena on every backend (the stem's
+   * backward reads them after the caller may have reused its buffer). */
+  CNN_TRY(ops->upload(m->acts[0].data, images, batch * m->acts[0].per_image * F, err));
+  CNN_TRY(prepare_batchnorms(m, mode, err));
   for (size_t i = 0; i < m->n_ops; i++) {
     op *o = &m->ops[i];
     const float *x = m->acts[o->in].data;
@@ -774,65 +880,70 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
     switch (o->kind) {
       case OP_CONV:
         o->conv.batch = batch;
-        qt_cpu_conv2d_forward(y, m->scratch, x, param(m, o->weight), param(m, o->bias), &o->conv);
+        CNN_TRY(ops->conv2d_forward(y, m->mem.scratch, x, param(m, o->weight), param(m, o->bias),
+                                    &o->conv, err));
         break;
       case OP_BN:
-        /* Frozen units keep their statistics; StochNorm replaces the
-         * training mode of the others. */
-        o->mode = mode == QT_BATCHNORM_MODE_TRAIN && frozen(m, o) ? QT_BATCHNORM_MODE_FROZEN : mode;
-        o->stoch = o->mode == QT_BATCHNORM_MODE_TRAIN && m->stoch_rng && m->stoch_p > 0.0;
         if (o->stoch) {
-          unsigned char *sel = m->select + o->stats;
-          for (size_t ch = 0; ch < o->c; ch++) sel[ch] = qt_rng_uniform(m->stoch_rng) < m->stoch_p;
-          qt_cpu_stochnorm_forward(y, m->mean + o->stats, m->rstd + o->stats, param(m, o->rm),
-                                   param(m, o->rv), x, param(m, o->weight), param(m, o->bias), sel,
-                                   batch, o->c, o->hw, m->bn_eps, m->bn_momentum);
+          CNN_TRY(ops->stochnorm_forward(y, m->mem.mean + o->stats, m->mem.rstd + o->stats,
+                                         param(m, o->rm), param(m, o->rv), x, param(m, o->weight),
+                                         param(m, o->bias), m->mem.select + o->stats, batch, o->c,
+                                         o->hw, m->bn_eps, m->bn_momentum, err));
         } else {
-          qt_cpu_batchnorm_forward(y, m->mean + o->stats, m->rstd + o->stats, param(m, o->rm),
-                                   param(m, o->rv), x, param(m, o->weight), param(m, o->bias),
-                                   batch, o->c, o->hw, m->bn_eps, m->bn_momentum, o->mode);
+          CNN_TRY(ops->batchnorm_forward(y, m->mem.mean + o->stats, m->mem.rstd + o->stats,
+                                         param(m, o->rm), param(m, o->rv), x, param(m, o->weight),
+                                         param(m, o->bias), batch, o->c, o->hw, m->bn_eps,
+                                         m->bn_momentum, o->mode, err));
         }
         break;
       case OP_DROPOUT:
-        /* The features before the mask are the hook's. */
-        qt__head_hooks_forward(&m->hooks, y, x, n);
+        /* The features before the mask are the hook's. The hooks run on the
+         * CPU only (qt_cnn_to_backend refuses a model with one on); on a
+         * device this op is a copy. */
+        if (ops->host_memory)
+          qt__head_hooks_forward(&m->hooks, y, x, n);
+        else
+          CNN_TRY(ops->copy(y, x, n * F, err));
         break;
       case OP_RELU6:
-        qt_cpu_relu6_forward(y, x, n);
+        CNN_TRY(ops->relu6_forward(y, x, n, err));
         break;
       case OP_RELU:
-        qt_cpu_relu_forward(y, x, n);
+        CNN_TRY(ops->relu_forward(y, x, n, err));
         break;
       case OP_SILU:
-        qt_cpu_silu_forward(y, x, n);
+        CNN_TRY(ops->silu_forward(y, x, n, err));
         break;
       case OP_SE: {
-        float *saved = m->se_saved + o->se_saved * m->max_batch;
+        float *saved = m->mem.se_saved + o->se_saved * m->max_batch;
         size_t mb = m->max_batch;
-        qt_cpu_se_forward(y, saved, saved + mb * o->c, saved + mb * (o->c + o->rd),
-                          saved + mb * (o->c + 2 * o->rd), x, param(m, o->weight),
-                          param(m, o->bias), param(m, o->se_we), param(m, o->se_be), batch, o->c,
-                          o->hw, o->rd, QT_SE_ACT_SILU);
+        CNN_TRY(ops->se_forward(y, saved, saved + mb * o->c, saved + mb * (o->c + o->rd),
+                                saved + mb * (o->c + 2 * o->rd), x, param(m, o->weight),
+                                param(m, o->bias), param(m, o->se_we), param(m, o->se_be), batch,
+                                o->c, o->hw, o->rd, QT_SE_ACT_SILU, err));
         break;
       }
-      case OP_ADD: {
-        const float *x2 = m->acts[o->in2].data;
-        for (size_t k = 0; k < n; k++) y[k] = x[k] + x2[k];
+      case OP_ADD:
+        /* y = x + x2: a residual connection without layer scale. */
+        CNN_TRY(ops->residual_forward(y, x, m->acts[o->in2].data, NULL, n, 1, err));
         break;
-      }
       case OP_POOL:
-        qt_cpu_global_avgpool_forward(y, x, batch, o->c, o->hw);
+        CNN_TRY(ops->global_avgpool_forward(y, x, batch, o->c, o->hw, err));
         break;
       case OP_MAXPOOL:
         o->conv.batch = batch;
-        qt_cpu_maxpool2d_forward(y, m->argmax + o->argmax * batch, x, &o->conv);
+        CNN_TRY(ops->maxpool2d_forward(y, m->mem.argmax + o->argmax * batch, x, &o->conv, err));
         break;
       case OP_LINEAR:
-        qt_cpu_linear_forward(y, x, param(m, o->weight), param(m, o->bias), batch, o->in_f,
-                              o->out_f);
+        CNN_TRY(ops->linear_forward(y, x, param(m, o->weight), param(m, o->bias), batch, o->in_f,
+                                    o->out_f, err));
         break;
     }
   }
+  if (m->mem.host_logits)
+    CNN_TRY(ops->download(m->mem.host_logits, m->acts[m->n_acts - 1].data,
+                          batch * (size_t)m->classes * F, err));
+  m->batch = batch;
   return 0;
 }
 
@@ -844,40 +955,57 @@ int qt_cnn_loss(qt_cnn_t *m, const int *labels, const float *soft_targets, doubl
   if (!(label_smoothing >= 0.0 && label_smoothing < 1.0))
     return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: label smoothing %g outside [0, 1)",
                       label_smoothing);
+  const qt__ops *ops = m->backend;
   size_t classes = (size_t)m->classes;
+  m->labels_set = 0;
   if (labels) {
     for (size_t i = 0; i < m->batch; i++) {
       if (labels[i] < 0 || labels[i] >= m->classes)
         return qt_err_set(err, QT_EINVAL, "qt_cnn_loss: label %d of image %zu outside [0, %ld)",
                           labels[i], i, m->classes);
-      m->labels[i] = labels[i];
     }
+    CNN_TRY(ops->upload(m->mem.labels, labels, m->batch * sizeof *labels, err));
     m->soft_set = 0;
   } else {
-    memcpy(m->soft, soft_targets, m->batch * classes * sizeof *m->soft);
+    CNN_TRY(ops->upload(m->mem.soft, soft_targets, m->batch * classes * sizeof *soft_targets, err));
     m->soft_set = 1;
   }
   m->smoothing = (float)label_smoothing;
-  qt_cpu_cross_entropy_forward(m->losses, m->probs, qt_cnn_logits(m),
-                               m->soft_set ? NULL : m->labels, m->soft_set ? m->soft : NULL,
-                               m->smoothing, m->batch, classes);
+  CNN_TRY(ops->cross_entropy_forward(
+      m->mem.losses, m->mem.probs, m->acts[m->n_acts - 1].data, m->soft_set ? NULL : m->mem.labels,
+      m->soft_set ? m->mem.soft : NULL, m->smoothing, m->batch, classes, err));
+  const float *losses = m->mem.losses;
+  if (m->mem.host_losses) {
+    CNN_TRY(ops->download(m->mem.host_losses, m->mem.losses, m->batch * sizeof(float), err));
+    losses = m->mem.host_losses;
+  }
   double sum = 0.0;
-  for (size_t i = 0; i < m->batch; i++) sum += m->losses[i];
+  for (size_t i = 0; i < m->batch; i++) sum += losses[i];
   if (loss) *loss = sum / (double)m->batch;
   m->labels_set = 1;
   return 0;
 }
 
 int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
+  if (m->zero_grad_rc < 0) {
+    int rc = m->zero_grad_rc;
+    m->zero_grad_rc = 0;
+    return qt_err_set(err, rc, "qt_cnn_zero_grad: %s", m->zero_grad_err.msg);
+  }
   if (!m->labels_set)
     return qt_err_set(err, QT_EINVAL, "qt_cnn_backward: no loss since the last forward");
+  const qt__ops *ops = m->backend;
+  const size_t F = sizeof(float);
   size_t batch = m->batch;
+  m->labels_set = 0;
   for (size_t i = 0; i < m->n_acts; i++)
-    memset(m->acts[i].grad, 0, batch * m->acts[i].per_image * sizeof(float));
+    CNN_TRY(ops->zero(m->acts[i].grad, batch * m->acts[i].per_image * F, err));
   float dloss = 1.0f / (float)batch;
-  qt_cpu_cross_entropy_backward(m->acts[m->n_acts - 1].grad, m->probs,
-                                m->soft_set ? NULL : m->labels, m->soft_set ? m->soft : NULL,
-                                m->smoothing, &dloss, 0, batch, (size_t)m->classes);
+  CNN_TRY(ops->upload(m->mem.dloss, &dloss, sizeof dloss, err));
+  CNN_TRY(ops->cross_entropy_backward(m->acts[m->n_acts - 1].grad, m->mem.probs,
+                                      m->soft_set ? NULL : m->mem.labels,
+                                      m->soft_set ? m->mem.soft : NULL, m->smoothing, m->mem.dloss,
+                                      0, batch, (size_t)m->classes, err));
   for (size_t i = m->n_ops; i-- > 0;) {
     op *o = &m->ops[i];
     if (frozen(m, o)) break; /* units below get no gradients */
@@ -889,20 +1017,26 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
     switch (o->kind) {
       case OP_CONV:
         o->conv.batch = batch;
-        qt_cpu_conv2d_backward(dx, grad(m, o->weight), grad(m, o->bias), m->scratch, dy, x,
-                               param(m, o->weight), &o->conv);
+        CNN_TRY(ops->conv2d_backward(dx, grad(m, o->weight), grad(m, o->bias), m->mem.scratch, dy,
+                                     x, param(m, o->weight), &o->conv, err));
         break;
       case OP_BN:
         if (o->stoch)
-          qt_cpu_stochnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
-                                    param(m, o->weight), m->mean + o->stats, m->rstd + o->stats,
-                                    m->select + o->stats, batch, o->c, o->hw);
+          CNN_TRY(ops->stochnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
+                                          param(m, o->weight), m->mem.mean + o->stats,
+                                          m->mem.rstd + o->stats, m->mem.select + o->stats, batch,
+                                          o->c, o->hw, err));
         else
-          qt_cpu_batchnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
-                                    param(m, o->weight), m->mean + o->stats, m->rstd + o->stats,
-                                    batch, o->c, o->hw, o->mode);
+          CNN_TRY(ops->batchnorm_backward(
+              dx, grad(m, o->weight), grad(m, o->bias), dy, x, param(m, o->weight),
+              m->mem.mean + o->stats, m->mem.rstd + o->stats, batch, o->c, o->hw, o->mode, err));
         break;
       case OP_DROPOUT:
+        if (!ops->host_memory) {
+          /* No hooks off the CPU: dx += dy. */
+          CNN_TRY(ops->residual_backward(dx, NULL, NULL, dy, NULL, NULL, n, 1, err));
+          break;
+        }
         for (size_t k = 0; k < n; k++)
           dx[k] += m->hooks.dropped ? dy[k] * m->hooks.drop_mask[k] : dy[k];
         if (m->hooks.dfeat) {
@@ -910,46 +1044,41 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
         }
         break;
       case OP_RELU6:
-        qt_cpu_relu6_backward(dx, dy, x, n);
+        CNN_TRY(ops->relu6_backward(dx, dy, x, n, err));
         break;
       case OP_RELU:
-        qt_cpu_relu_backward(dx, dy, x, n);
+        CNN_TRY(ops->relu_backward(dx, dy, x, n, err));
         break;
       case OP_SILU:
-        qt_cpu_silu_backward(dx, dy, x, n);
+        CNN_TRY(ops->silu_backward(dx, dy, x, n, err));
         break;
       case OP_SE: {
-        const float *saved = m->se_saved + o->se_saved * m->max_batch;
+        const float *saved = m->mem.se_saved + o->se_saved * m->max_batch;
         size_t mb = m->max_batch;
-        qt_cpu_se_backward(dx, grad(m, o->weight), grad(m, o->bias), grad(m, o->se_we),
-                           grad(m, o->se_be), m->se_scratch, dy, x, saved, saved + mb * o->c,
-                           saved + mb * (o->c + o->rd), saved + mb * (o->c + 2 * o->rd),
-                           param(m, o->weight), param(m, o->se_we), batch, o->c, o->hw, o->rd,
-                           QT_SE_ACT_SILU);
+        CNN_TRY(ops->se_backward(
+            dx, grad(m, o->weight), grad(m, o->bias), grad(m, o->se_we), grad(m, o->se_be),
+            m->mem.se_scratch, dy, x, saved, saved + mb * o->c, saved + mb * (o->c + o->rd),
+            saved + mb * (o->c + 2 * o->rd), param(m, o->weight), param(m, o->se_we), batch, o->c,
+            o->hw, o->rd, QT_SE_ACT_SILU, err));
         break;
       }
-      case OP_ADD: {
-        float *dx2 = m->acts[o->in2].grad;
-        for (size_t k = 0; k < n; k++) {
-          dx[k] += dy[k];
-          dx2[k] += dy[k];
-        }
+      case OP_ADD:
+        /* dx += dy, dx2 += dy. */
+        CNN_TRY(ops->residual_backward(dx, m->acts[o->in2].grad, NULL, dy, NULL, NULL, n, 1, err));
         break;
-      }
       case OP_POOL:
-        qt_cpu_global_avgpool_backward(dx, dy, batch, o->c, o->hw);
+        CNN_TRY(ops->global_avgpool_backward(dx, dy, batch, o->c, o->hw, err));
         break;
       case OP_MAXPOOL:
         o->conv.batch = batch;
-        qt_cpu_maxpool2d_backward(dx, dy, m->argmax + o->argmax * batch, &o->conv);
+        CNN_TRY(ops->maxpool2d_backward(dx, dy, m->mem.argmax + o->argmax * batch, &o->conv, err));
         break;
       case OP_LINEAR:
-        qt_cpu_linear_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x, param(m, o->weight),
-                               batch, o->in_f, o->out_f);
+        CNN_TRY(ops->linear_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
+                                     param(m, o->weight), batch, o->in_f, o->out_f, err));
         break;
     }
   }
-  m->labels_set = 0;
   return 0;
 }
 
@@ -973,12 +1102,19 @@ size_t qt_cnn_feature_dim(const qt_cnn_t *m) {
   return m->acts[m->ops[m->pool_op].out].per_image;
 }
 
+/* The head hooks read and write the features on the host. */
+#define CNN_HOOKS_CPU_ONLY "head dropout and the feature hook run on the CPU backend only so far"
+
 int qt_cnn_set_head_dropout(qt_cnn_t *m, double rate, qt_rng_t *rng, qt_err *err) {
+  if (!m->backend->host_memory && rate > 0.0)
+    return qt_err_set(err, QT_ENOTIMPL, "CNN on %s: " CNN_HOOKS_CPU_ONLY, m->backend->name);
   return qt__head_hooks_set_dropout(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), rate, rng,
                                     "CNN", err);
 }
 
 int qt_cnn_set_feature_hook(qt_cnn_t *m, int on, qt_err *err) {
+  if (!m->backend->host_memory && on)
+    return qt_err_set(err, QT_ENOTIMPL, "CNN on %s: " CNN_HOOKS_CPU_ONLY, m->backend->name);
   return qt__head_hooks_set_feature_grad(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), on, "CNN",
                                          err);
 }
@@ -1002,22 +1138,91 @@ int qt_cnn_set_stoch_norm(qt_cnn_t *m, double p, qt_rng_t *rng, qt_err *err) {
 }
 
 int qt_cnn_save(const qt_cnn_t *m, const char *path, qt_err *err) {
+  /* Off the CPU, the values are written from a host copy. */
+  float *values = m->mem.params;
+  if (!m->backend->host_memory) {
+    if (!(values = malloc(m->n_params * sizeof *values)))
+      return qt_err_set(err, QT_ENOMEM, "qt_cnn_save: out of memory for a host copy");
+    int rc = m->backend->download(values, m->mem.params, m->n_params * sizeof *values, err);
+    if (rc < 0) {
+      free(values);
+      return rc;
+    }
+  }
   qt_safetensors_tensor *list = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *list);
-  if (!list) return qt_err_set(err, QT_ENOMEM, "qt_cnn_save: out of memory");
+  if (!list) {
+    if (values != m->mem.params) free(values);
+    return qt_err_set(err, QT_ENOMEM, "qt_cnn_save: out of memory");
+  }
   for (size_t i = 0; i < m->n_tensors; i++) {
     const tensor *t = &m->tensors[i];
-    list[i] = (qt_safetensors_tensor){t->name,  QT_DTYPE_F32,          t->ndim,
-                                      t->shape, m->params + t->offset, NULL};
+    list[i] =
+        (qt_safetensors_tensor){t->name, QT_DTYPE_F32, t->ndim, t->shape, values + t->offset, NULL};
   }
   qt_safetensors_pair meta[5];
   size_t nm = 0;
   meta[nm++] = (qt_safetensors_pair){"format", "pt"};
   const char *keys[4] = {"bn_eps", "padding", "stage_strides", "arch"};
-  const char *values[4] = {m->meta_bn_eps, m->meta_padding, m->meta_strides, m->meta_arch};
+  const char *meta_values[4] = {m->meta_bn_eps, m->meta_padding, m->meta_strides, m->meta_arch};
   for (int k = 0; k < 4; k++) {
-    if (values[k]) meta[nm++] = (qt_safetensors_pair){keys[k], values[k]};
+    if (meta_values[k]) meta[nm++] = (qt_safetensors_pair){keys[k], meta_values[k]};
   }
   int rc = qt_safetensors_write(path, list, m->n_tensors, meta, nm, err);
   free(list);
+  if (values != m->mem.params) free(values);
   return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Moving between backends                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* Copies `bytes` from `src` on backend `from` to `dst` on backend `to`,
+ * through `staging` (host memory of `bytes`) when neither is the host. */
+static int move_bytes(const qt__ops *from, const qt__ops *to, void *dst, const void *src,
+                      void *staging, size_t bytes, qt_err *err) {
+  if (from->host_memory) return to->upload(dst, src, bytes, err);
+  if (to->host_memory) return from->download(dst, src, bytes, err);
+  int rc = from->download(staging, src, bytes, err);
+  return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
+}
+
+int qt__cnn_set_ops(qt_cnn_t *m, const qt__ops *ops, qt_err *err) {
+  if (!m || !ops) return qt_err_set(err, QT_EINVAL, "qt_cnn_to_backend: NULL argument");
+  const qt__ops *from = m->backend;
+  if (ops == from) return 0;
+  if (!ops->host_memory && (m->hooks.drop_rate > 0.0 || m->hooks.dfeat))
+    return qt_err_set(err, QT_ENOTIMPL, "CNN to %s: " CNN_HOOKS_CPU_ONLY, ops->name);
+
+  /* Everything is allocated and copied before anything is released, so a
+   * failure (out of device memory, most likely) leaves the model as it was.
+   * The parameters (running statistics included) and gradients move; the
+   * rest is the next forward's to fill. */
+  size_t bytes = m->n_params * sizeof(float);
+  cnn_memory fresh;
+  float *staging = NULL;
+  int rc = memory_alloc(m, ops, &fresh, err);
+  if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
+    rc = qt_err_set(err, QT_ENOMEM, "CNN: out of host memory to move %zu bytes", bytes);
+  if (rc == 0) rc = move_bytes(from, ops, fresh.params, m->mem.params, staging, bytes, err);
+  if (rc == 0) rc = move_bytes(from, ops, fresh.grads, m->mem.grads, staging, bytes, err);
+  free(staging);
+  if (rc < 0) {
+    memory_release(ops, &fresh);
+    return rc;
+  }
+  memory_release(from, &m->mem);
+  m->mem = fresh;
+  m->backend = ops;
+  point_acts(m);
+  m->batch = 0;
+  m->labels_set = 0;
+  return 0;
+}
+
+int qt_cnn_to_backend(qt_cnn_t *m, qt_backend_kind kind, qt_err *err) {
+  if (!m) return qt_err_set(err, QT_EINVAL, "qt_cnn_to_backend: NULL model");
+  int rc = qt_backend_kind_check(kind, err);
+  if (rc < 0) return rc;
+  return qt__cnn_set_ops(m, qt__ops_for(kind), err);
 }

@@ -1649,7 +1649,8 @@ int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *
 
 /*
  * A convolutional network built from a timm-named checkpoint, run by the
- * CPU ops above: timm's mobilenetv2_* layout (conv_stem,
+ * layer ops of its backend (the CPU ops above, or the CUDA ones after
+ * qt_cnn_to_backend): timm's mobilenetv2_* layout (conv_stem,
  * bn1, blocks.i.j with a depthwise-separable first block {conv_dw, bn1,
  * conv_pw, bn2} and inverted residuals {conv_pw, bn1, conv_dw, bn2,
  * conv_pwl, bn3}, conv_head, bn2, classifier), ReLU6 activations, residual
@@ -1673,9 +1674,10 @@ int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *
  * padding, anything else PyTorch's symmetric kernel / 2).
  *
  * Memory: the model owns one parameter array (values, gradients) and an
- * activation arena sized for max_batch images; pointers from accessors
- * stay valid until qt_cnn_free. Images are (batch, 3, size, size) floats,
- * already normalized.
+ * activation arena sized for max_batch images, in its backend's memory;
+ * pointers from accessors stay valid until qt_cnn_free or
+ * qt_cnn_to_backend. Images are (batch, 3, size, size) floats, already
+ * normalized, host memory on every backend.
  */
 typedef struct qt_cnn qt_cnn_t;
 
@@ -1702,7 +1704,10 @@ int qt_cnn_load(const char *checkpoint_path, const qt_cnn_load_params *params, q
 void qt_cnn_free(qt_cnn_t *cnn);
 
 /* One named tensor: parameters and the batch norm running statistics
- * (trainable 0: their grad stays 0). */
+ * (trainable 0: their grad stays 0). data and grad are the backend's
+ * memory: device pointers on a CUDA model (read and write them with the
+ * backend's copies; host code such as qt_optim_tensor_step and
+ * qt_cnn_reinit needs a CPU model). */
 typedef struct qt_cnn_tensor {
   const char *name;
   size_t ndim;
@@ -1728,15 +1733,34 @@ float qt_cnn_bn_eps(const qt_cnn_t *cnn);
  * updates batch statistics; EVAL and FROZEN use the running ones. */
 int qt_cnn_forward(qt_cnn_t *cnn, const float *images, size_t batch, qt_batchnorm_mode mode,
                    qt_err *err);
+/* The logits of the last forward, host memory on every backend. */
 const float *qt_cnn_logits(const qt_cnn_t *cnn);
 /* The mean cross-entropy of the last forward, as qt_vit_loss: labels
  * (batch) with label_smoothing in [0, 1), or soft_targets (batch,
  * num_classes) when labels is NULL. *loss may be NULL. */
 int qt_cnn_loss(qt_cnn_t *cnn, const int *labels, const float *soft_targets, double label_smoothing,
                 double *loss, qt_err *err);
+/* A device's failure to zero is reported by the next qt_cnn_backward. */
 void qt_cnn_zero_grad(qt_cnn_t *cnn);
 /* Adds d loss / d parameter to the gradients. */
 int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
+
+/* Moves the model to a backend: its parameters (running statistics
+ * included) and gradients, with a new activation arena and every buffer of
+ * the passes, all in the backend's memory; the next forward starts afresh.
+ * A model starts on the CPU (qt_cnn_load); qt_cnn_to_backend(cnn,
+ * QT_BACKEND_KIND_CPU) brings it back. Images, labels and soft targets stay
+ * host arrays on every backend (moved once per batch), the loss and logits
+ * come back to the host, StochNorm draws on the host from its rng (the
+ * CPU's stream) and uploads the draws. The model holds no optimizer state:
+ * a caller stepping a CUDA model runs its optimizer on the device arrays of
+ * qt_cnn_tensor (tests/qt_test_cnn_backend.h steps AdamW with the backend's
+ * op). qt_cnn_save writes from a host copy. Errors: QT_ENODEV without a
+ * usable device (qt_backend_kind_check), QT_ENOMEM when the device's memory
+ * is short (the model stays where and as it was), QT_ENOTIMPL for a model
+ * with head dropout or the feature hook on (they run on the CPU only so
+ * far; turning them on for a CUDA model is QT_ENOTIMPL too). */
+int qt_cnn_to_backend(qt_cnn_t *cnn, qt_backend_kind kind, qt_err *err);
 
 /* Pixels per side of the input images. */
 long qt_cnn_image_size(const qt_cnn_t *cnn);
@@ -2078,6 +2102,9 @@ int qt_model_set_stoch_norm(qt_model_t *model, double p, qt_rng_t *rng, qt_err *
 /* Writes every tensor with timm's names (qt_vit_save / qt_cnn_save /
  * qt_mlp_save). */
 int qt_model_save(const qt_model_t *model, const char *path, qt_err *err);
+/* Moves the model to a backend (qt_vit_to_backend, qt_cnn_to_backend);
+ * QT_ENOTIMPL for the MLP, which runs on the CPU only so far. */
+int qt_model_to_backend(qt_model_t *model, qt_backend_kind kind, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* Optimizers, schedules and the epoch-step run API (qt_optim.c,              */
@@ -2298,6 +2325,22 @@ int qt_sfa_due(long interval, long total_steps, long step);
 /* params = (1 - beta) params + beta ref, elementwise in float (beta 1
  * gives ref exactly, beta 0 params exactly); ref NULL: 0. */
 void qt_sfa_average(float *params, const float *ref, size_t n, double beta);
+
+/* The CUDA twins of the per-tensor arithmetic above (finetune/cuda/
+ * qt_cuda_optim.cu), on device arrays, queued on the default stream, with a
+ * QT_E* code and qt_err last: each element is computed with the CPU's float
+ * operations in its order (bit-identical results). qt_cuda_sum_squares
+ * adds sum_i x_i^2 to *acc (in double, in another order than a loop; it
+ * waits for the device) for gradient clipping, and qt_cuda_scale
+ * multiplies by c (a clipped gradient). Built without CUDA: QT_ENODEV. */
+int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step,
+                              float *params, const float *grads, float *state1, float *state2,
+                              size_t n, qt_err *err);
+int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err);
+int qt_cuda_scale(float *x, float c, size_t n, qt_err *err);
+int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n, double c,
+                          qt_err *err);
+int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err);
 
 /*
  * LoRA adapters (qt_methods_lora.c) on a linear weight W (out, in), timm's
@@ -2530,6 +2573,8 @@ typedef struct qt_run_spec {
   /* Execution. */
   uint64_t seed; /* fixes the new head, batch order and augmentation */
   int threads;   /* preprocessing threads (results do not depend on it) */
+  qt_backend_kind device; /* where the model trains (default cpu); see
+                             qt_run_spec_device_supported */
 } qt_run_spec;
 
 /* QT_ENOTIMPL (with the reason) when the spec asks for a combination the
@@ -2544,6 +2589,17 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
  * Reads only the checkpoint's header; its errors are returned as they are.
  * qt_run_init refuses the same. */
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
+/* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
+ * convolutional family with any optimizer, weight decay or L2-SP, SFA, clipping, layer
+ * decay, freezing, linear probing, the schedules, augmentation, mixing and
+ * smoothing, StochNorm (the data are prepared on the host and moved once
+ * per batch). QT_ENOTIMPL naming the first part that trains on the CPU
+ * only so far: the MLP, adapters, GOODFIT, Selective
+ * Projection Decay, BSS, DELTA, Co-Tuning, head dropout. qt_run_init and
+ * qt_run_load check it for a device run. A run's checkpoint is the same
+ * file on every backend: one saved on a device resumes on the CPU and the
+ * reverse. */
+int qt_run_spec_device_supported(const qt_run_spec *spec, qt_err *err);
 
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no

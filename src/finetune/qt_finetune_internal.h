@@ -146,6 +146,68 @@ typedef struct qt__ops {
                                 int dloss_per_row, size_t batch, size_t classes, qt_err *err);
   int (*adamw_step)(float *params, const float *grads, float *m, float *v, size_t n,
                     const qt_adamw_params *hp, long step, qt_err *err);
+
+  /* A run's optimizer arithmetic, as qt_cuda_optim_tensor_step and the
+   * functions after it (qt_finetune.h, "Optimizers"). */
+  int (*optim_step)(const qt_optim_params *p, double lr, int decay, long step, float *params,
+                    const float *grads, float *state1, float *state2, size_t n, qt_err *err);
+  int (*sum_squares)(const float *x, size_t n, double *acc, qt_err *err); /* *acc += sum x^2 */
+  int (*scale)(float *x, float c, size_t n, qt_err *err);
+  int (*l2sp_gradient)(float *grads, const float *params, const float *ref, size_t n, double c,
+                       qt_err *err);
+  int (*sfa_average)(float *params, const float *ref, size_t n, double beta, qt_err *err);
+
+  /* The convolutional models' layer ops, as qt_cuda_<op>() ("CUDA
+   * convolutional layer ops" in qt_finetune.h). conv2d_scratch_size is the
+   * backend's: the CPU's scratch holds one group's column matrix, CUDA's
+   * every group's (both 0 for pointwise and depthwise convolutions). The
+   * StochNorm select (unsigned char per channel) and the max-pooling argmax
+   * (int32) live in backend memory like every other array. */
+  size_t (*conv2d_scratch_size)(const qt_conv2d_shape *shape);
+  int (*conv2d_forward)(float *out, float *scratch, const float *inp, const float *weight,
+                        const float *bias, const qt_conv2d_shape *shape, qt_err *err);
+  int (*conv2d_backward)(float *dinp, float *dweight, float *dbias, float *scratch,
+                         const float *dout, const float *inp, const float *weight,
+                         const qt_conv2d_shape *shape, qt_err *err);
+  int (*batchnorm_forward)(float *out, float *mean, float *rstd, float *running_mean,
+                           float *running_var, const float *inp, const float *weight,
+                           const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                           float momentum, qt_batchnorm_mode mode, qt_err *err);
+  int (*batchnorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, size_t batch, size_t c, size_t hw,
+                            qt_batchnorm_mode mode, qt_err *err);
+  int (*stochnorm_forward)(float *out, float *mean, float *rstd, float *running_mean,
+                           float *running_var, const float *inp, const float *weight,
+                           const float *bias, const unsigned char *select, size_t batch, size_t c,
+                           size_t hw, float eps, float momentum, qt_err *err);
+  int (*stochnorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, const unsigned char *select, size_t batch, size_t c,
+                            size_t hw, qt_err *err);
+  int (*relu_forward)(float *out, const float *inp, size_t n, qt_err *err);
+  int (*relu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*relu6_forward)(float *out, const float *inp, size_t n, qt_err *err);
+  int (*relu6_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*silu_forward)(float *out, const float *inp, size_t n, qt_err *err);
+  int (*silu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*global_avgpool_forward)(float *out, const float *inp, size_t batch, size_t c, size_t hw,
+                                qt_err *err);
+  int (*global_avgpool_backward)(float *dinp, const float *dout, size_t batch, size_t c, size_t hw,
+                                 qt_err *err);
+  int (*maxpool2d_forward)(float *out, int32_t *argmax, const float *inp,
+                           const qt_conv2d_shape *shape, qt_err *err);
+  int (*maxpool2d_backward)(float *dinp, const float *dout, const int32_t *argmax,
+                            const qt_conv2d_shape *shape, qt_err *err);
+  int (*se_forward)(float *out, float *pooled, float *hidden_pre, float *hidden, float *gate,
+                    const float *inp, const float *w_reduce, const float *b_reduce,
+                    const float *w_expand, const float *b_expand, size_t batch, size_t c, size_t hw,
+                    size_t rd, qt_se_act act, qt_err *err);
+  int (*se_backward)(float *dinp, float *dw_reduce, float *db_reduce, float *dw_expand,
+                     float *db_expand, float *scratch, const float *dout, const float *inp,
+                     const float *pooled, const float *hidden_pre, const float *hidden,
+                     const float *gate, const float *w_reduce, const float *w_expand, size_t batch,
+                     size_t c, size_t hw, size_t rd, qt_se_act act, qt_err *err);
 } qt__ops;
 
 const qt__ops *qt__ops_cpu(void);
@@ -157,6 +219,22 @@ const qt__ops *qt__ops_for(qt_backend_kind kind);
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own
  * tables). */
 int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err);
+
+/* The same for any model (qt_model_to_backend), and the table its arrays
+ * are on (the CPU's until moved). */
+int qt__model_set_ops(qt_model_t *m, const qt__ops *ops, qt_err *err);
+const qt__ops *qt__model_ops(const qt_model_t *m);
+
+/* qt_run_init and qt_run_load on the backend of ops instead of spec's
+ * device (tests run them on a fake device). */
+int qt__run_init_ops(const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out, qt_err *err);
+int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops,
+                     qt_run_t **out, qt_err *err);
+
+/* Moves a convolutional model's parameters (with the running statistics)
+ * and gradients to the backend of `ops`, with a new activation arena there
+ * (see qt_cnn_to_backend; tests pass their own tables). */
+int qt__cnn_set_ops(qt_cnn_t *cnn, const qt__ops *ops, qt_err *err);
 
 #ifdef __cplusplus
 }

@@ -174,6 +174,175 @@ static int cpu_cross_entropy_backward(float *dlogits, const float *probs, const 
 }
 
 /* ------------------------------------------------------------------------- */
+/* CPU: the convolutional layer ops                                           */
+/* ------------------------------------------------------------------------- */
+
+static int cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
+                              const float *bias, const qt_conv2d_shape *shape, qt_err *err) {
+  (void)err;
+  qt_cpu_conv2d_forward(out, scratch, inp, weight, bias, shape);
+  return 0;
+}
+
+static int cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                               const float *dout, const float *inp, const float *weight,
+                               const qt_conv2d_shape *shape, qt_err *err) {
+  (void)err;
+  qt_cpu_conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, shape);
+  return 0;
+}
+
+static int cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                 float *running_var, const float *inp, const float *weight,
+                                 const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                                 float momentum, qt_batchnorm_mode mode, qt_err *err) {
+  (void)err;
+  qt_cpu_batchnorm_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias, batch, c,
+                           hw, eps, momentum, mode);
+  return 0;
+}
+
+static int cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                  const float *inp, const float *weight, const float *mean,
+                                  const float *rstd, size_t batch, size_t c, size_t hw,
+                                  qt_batchnorm_mode mode, qt_err *err) {
+  (void)err;
+  qt_cpu_batchnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch, c, hw,
+                            mode);
+  return 0;
+}
+
+static int cpu_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                 float *running_var, const float *inp, const float *weight,
+                                 const float *bias, const unsigned char *select, size_t batch,
+                                 size_t c, size_t hw, float eps, float momentum, qt_err *err) {
+  (void)err;
+  qt_cpu_stochnorm_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias, select,
+                           batch, c, hw, eps, momentum);
+  return 0;
+}
+
+static int cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                  const float *inp, const float *weight, const float *mean,
+                                  const float *rstd, const unsigned char *select, size_t batch,
+                                  size_t c, size_t hw, qt_err *err) {
+  (void)err;
+  qt_cpu_stochnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c,
+                            hw);
+  return 0;
+}
+
+/* The elementwise activations: forward (out, inp, n), backward (dinp, dout,
+ * inp, n). */
+#define CPU_ACTIVATION(name)                                                                   \
+  static int cpu_##name##_forward(float *out, const float *inp, size_t n, qt_err *err) {       \
+    (void)err;                                                                                 \
+    qt_cpu_##name##_forward(out, inp, n);                                                      \
+    return 0;                                                                                  \
+  }                                                                                            \
+  static int cpu_##name##_backward(float *dinp, const float *dout, const float *inp, size_t n, \
+                                   qt_err *err) {                                              \
+    (void)err;                                                                                 \
+    qt_cpu_##name##_backward(dinp, dout, inp, n);                                              \
+    return 0;                                                                                  \
+  }
+CPU_ACTIVATION(relu)
+CPU_ACTIVATION(relu6)
+CPU_ACTIVATION(silu)
+#undef CPU_ACTIVATION
+
+static int cpu_global_avgpool_forward(float *out, const float *inp, size_t batch, size_t c,
+                                      size_t hw, qt_err *err) {
+  (void)err;
+  qt_cpu_global_avgpool_forward(out, inp, batch, c, hw);
+  return 0;
+}
+
+static int cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch, size_t c,
+                                       size_t hw, qt_err *err) {
+  (void)err;
+  qt_cpu_global_avgpool_backward(dinp, dout, batch, c, hw);
+  return 0;
+}
+
+static int cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
+                                 const qt_conv2d_shape *shape, qt_err *err) {
+  (void)err;
+  qt_cpu_maxpool2d_forward(out, argmax, inp, shape);
+  return 0;
+}
+
+static int cpu_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,
+                                  const qt_conv2d_shape *shape, qt_err *err) {
+  (void)err;
+  qt_cpu_maxpool2d_backward(dinp, dout, argmax, shape);
+  return 0;
+}
+
+static int cpu_se_forward(float *out, float *pooled, float *hidden_pre, float *hidden, float *gate,
+                          const float *inp, const float *w_reduce, const float *b_reduce,
+                          const float *w_expand, const float *b_expand, size_t batch, size_t c,
+                          size_t hw, size_t rd, qt_se_act act, qt_err *err) {
+  (void)err;
+  qt_cpu_se_forward(out, pooled, hidden_pre, hidden, gate, inp, w_reduce, b_reduce, w_expand,
+                    b_expand, batch, c, hw, rd, act);
+  return 0;
+}
+
+static int cpu_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *dw_expand,
+                           float *db_expand, float *scratch, const float *dout, const float *inp,
+                           const float *pooled, const float *hidden_pre, const float *hidden,
+                           const float *gate, const float *w_reduce, const float *w_expand,
+                           size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act,
+                           qt_err *err) {
+  (void)err;
+  qt_cpu_se_backward(dinp, dw_reduce, db_reduce, dw_expand, db_expand, scratch, dout, inp, pooled,
+                     hidden_pre, hidden, gate, w_reduce, w_expand, batch, c, hw, rd, act);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* CPU: a run's optimizer arithmetic                                          */
+/* ------------------------------------------------------------------------- */
+
+static int cpu_optim_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
+                          const float *grads, float *state1, float *state2, size_t n,
+                          qt_err *err) {
+  (void)err;
+  qt_optim_tensor_step(p, lr, decay, step, params, grads, state1, state2, n);
+  return 0;
+}
+
+/* Adds to *acc in double, element by element in order (a run's clipping
+ * sums every tensor into one accumulator). */
+static int cpu_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
+  (void)err;
+  double sum = *acc;
+  for (size_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
+  *acc = sum;
+  return 0;
+}
+
+static int cpu_scale(float *x, float c, size_t n, qt_err *err) {
+  (void)err;
+  for (size_t i = 0; i < n; i++) x[i] *= c;
+  return 0;
+}
+
+static int cpu_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n,
+                             double c, qt_err *err) {
+  (void)err;
+  qt_optim_l2sp_gradient(grads, params, ref, n, c);
+  return 0;
+}
+
+static int cpu_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err) {
+  (void)err;
+  qt_sfa_average(params, ref, n, beta);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------- */
 /* The tables                                                                 */
 /* ------------------------------------------------------------------------- */
 
@@ -204,6 +373,30 @@ static const qt__ops cpu_ops = {
     .cross_entropy_forward = cpu_cross_entropy_forward,
     .cross_entropy_backward = cpu_cross_entropy_backward,
     .adamw_step = qt_cpu_adamw_step,
+    .optim_step = cpu_optim_step,
+    .sum_squares = cpu_sum_squares,
+    .scale = cpu_scale,
+    .l2sp_gradient = cpu_l2sp_gradient,
+    .sfa_average = cpu_sfa_average,
+    .conv2d_scratch_size = qt_cpu_conv2d_scratch_size,
+    .conv2d_forward = cpu_conv2d_forward,
+    .conv2d_backward = cpu_conv2d_backward,
+    .batchnorm_forward = cpu_batchnorm_forward,
+    .batchnorm_backward = cpu_batchnorm_backward,
+    .stochnorm_forward = cpu_stochnorm_forward,
+    .stochnorm_backward = cpu_stochnorm_backward,
+    .relu_forward = cpu_relu_forward,
+    .relu_backward = cpu_relu_backward,
+    .relu6_forward = cpu_relu6_forward,
+    .relu6_backward = cpu_relu6_backward,
+    .silu_forward = cpu_silu_forward,
+    .silu_backward = cpu_silu_backward,
+    .global_avgpool_forward = cpu_global_avgpool_forward,
+    .global_avgpool_backward = cpu_global_avgpool_backward,
+    .maxpool2d_forward = cpu_maxpool2d_forward,
+    .maxpool2d_backward = cpu_maxpool2d_backward,
+    .se_forward = cpu_se_forward,
+    .se_backward = cpu_se_backward,
 };
 
 static const qt__ops cuda_ops = {
@@ -233,6 +426,30 @@ static const qt__ops cuda_ops = {
     .cross_entropy_forward = qt_cuda_cross_entropy_forward,
     .cross_entropy_backward = qt_cuda_cross_entropy_backward,
     .adamw_step = qt_cuda_adamw_step,
+    .optim_step = qt_cuda_optim_tensor_step,
+    .sum_squares = qt_cuda_sum_squares,
+    .scale = qt_cuda_scale,
+    .l2sp_gradient = qt_cuda_l2sp_gradient,
+    .sfa_average = qt_cuda_sfa_average,
+    .conv2d_scratch_size = qt_cuda_conv2d_scratch_size,
+    .conv2d_forward = qt_cuda_conv2d_forward,
+    .conv2d_backward = qt_cuda_conv2d_backward,
+    .batchnorm_forward = qt_cuda_batchnorm_forward,
+    .batchnorm_backward = qt_cuda_batchnorm_backward,
+    .stochnorm_forward = qt_cuda_stochnorm_forward,
+    .stochnorm_backward = qt_cuda_stochnorm_backward,
+    .relu_forward = qt_cuda_relu_forward,
+    .relu_backward = qt_cuda_relu_backward,
+    .relu6_forward = qt_cuda_relu6_forward,
+    .relu6_backward = qt_cuda_relu6_backward,
+    .silu_forward = qt_cuda_silu_forward,
+    .silu_backward = qt_cuda_silu_backward,
+    .global_avgpool_forward = qt_cuda_global_avgpool_forward,
+    .global_avgpool_backward = qt_cuda_global_avgpool_backward,
+    .maxpool2d_forward = qt_cuda_maxpool2d_forward,
+    .maxpool2d_backward = qt_cuda_maxpool2d_backward,
+    .se_forward = qt_cuda_se_forward,
+    .se_backward = qt_cuda_se_backward,
 };
 
 const qt__ops *qt__ops_cpu(void) {

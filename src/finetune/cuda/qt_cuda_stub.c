@@ -271,3 +271,30 @@ int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_reduce, float *
                         size_t batch, size_t c, size_t hw, size_t rd, qt_se_act act, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_se_backward");
 }
+
+/* ------------------------------------------------------------------------- */
+/* A run's optimizer arithmetic (see qt_cuda_optim_tensor_step)              */
+/* ------------------------------------------------------------------------- */
+
+int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step,
+                              float *params, const float *grads, float *state1, float *state2,
+                              size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_optim_tensor_step");
+}
+
+int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_sum_squares");
+}
+
+int qt_cuda_scale(float *x, float c, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_scale");
+}
+
+int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n, double c,
+                          qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_l2sp_gradient");
+}
+
+int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_sfa_average");
+}

@@ -1,0 +1,205 @@
+/*
+ * qt_cuda_optim.cu - a fine-tuning run's per-tensor optimizer arithmetic on
+ * a CUDA device, the twins of qt_optim.c: the optimizer step (SGD,
+ * momentum, Adam, AdamW), the sum of squares behind gradient clipping, the
+ * scaling of a clipped gradient, L2-SP's gradient and SFA's average. The
+ * kernels evaluate the CPU's float expressions in its order with
+ * round-to-nearest intrinsics (__fmul_rn, __fadd_rn, ...), which nvcc never
+ * contracts into FMAs, so each element is bit-identical to the CPU's; the
+ * sum of squares is reduced in double in another order than the CPU's.
+ * tests/test_gpu_optim.c checks them against qt_optim.c.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+/* Blocks for n elements, grid-stride beyond QT_CUDA_MAX_BLOCKS. */
+static unsigned grid_for(size_t n) {
+  size_t blocks = (n + QT_CUDA_THREADS - 1) / QT_CUDA_THREADS;
+  return (unsigned)(blocks > QT_CUDA_MAX_BLOCKS ? QT_CUDA_MAX_BLOCKS : blocks);
+}
+
+#define GRID_STRIDE(i, n)                                                             \
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
+       i += (size_t)gridDim.x * blockDim.x)
+
+/* ------------------------------------------------------------------------- */
+/* Kernels                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* SGD: g = grad + wd * x; x -= lr * g. */
+static __global__ void sgd_kernel(float *__restrict__ x, const float *__restrict__ grad, float lr,
+                                  float wd, size_t n) {
+  GRID_STRIDE(i, n) {
+    float g = __fadd_rn(grad[i], __fmul_rn(wd, x[i]));
+    x[i] = __fsub_rn(x[i], __fmul_rn(lr, g));
+  }
+}
+
+/* Momentum (torch.optim.SGD, dampening 0): b = mom * b + g; x -= lr * b. */
+static __global__ void momentum_kernel(float *__restrict__ x, const float *__restrict__ grad,
+                                       float *__restrict__ buf, float lr, float wd, float mom,
+                                       size_t n) {
+  GRID_STRIDE(i, n) {
+    float g = __fadd_rn(grad[i], __fmul_rn(wd, x[i]));
+    float b = __fadd_rn(__fmul_rn(mom, buf[i]), g);
+    buf[i] = b;
+    x[i] = __fsub_rn(x[i], __fmul_rn(lr, b));
+  }
+}
+
+/* Adam (coupled decay through the gradient) and AdamW (decoupled decay in
+ * c.decay), as qt_optim_tensor_step. */
+static __global__ void adam_kernel(float *__restrict__ x, const float *__restrict__ grad,
+                                   float *__restrict__ m, float *__restrict__ v, float coupled,
+                                   qt__adamw_coefficients c, size_t n) {
+  GRID_STRIDE(i, n) {
+    float p = x[i];
+    float g = __fadd_rn(grad[i], __fmul_rn(coupled, p));
+    float m_new = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(c.one_minus_beta1, g));
+    float v_new = __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
+    m[i] = m_new;
+    v[i] = v_new;
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v_new), c.bias_correction2_sqrt), c.eps);
+    x[i] = __fsub_rn(__fsub_rn(p, __fmul_rn(c.decay, p)),
+                     __fmul_rn(c.step_size, __fdiv_rn(m_new, denom)));
+  }
+}
+
+/* One partial sum of squares per block, in double. */
+static __global__ void sum_squares_kernel(const float *__restrict__ x, size_t n,
+                                          double *__restrict__ partial) {
+  __shared__ double shared[32];
+  double s = 0.0;
+  GRID_STRIDE(i, n) {
+    double xi = (double)x[i];
+    s += xi * xi;
+  }
+  s = qt__block_sum(s, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+static __global__ void scale_kernel(float *__restrict__ x, float c, size_t n) {
+  GRID_STRIDE(i, n) x[i] = __fmul_rn(x[i], c);
+}
+
+/* L2-SP: grad += 2c (x - ref), or 2c x without a reference. */
+static __global__ void l2sp_kernel(float *__restrict__ grad, const float *__restrict__ x,
+                                   const float *__restrict__ ref, float two_c, size_t n) {
+  GRID_STRIDE(i, n) {
+    float d = ref ? __fsub_rn(x[i], ref[i]) : x[i];
+    grad[i] = __fadd_rn(grad[i], __fmul_rn(two_c, d));
+  }
+}
+
+/* SFA: x = keep x + pull ref, or keep x without a reference. */
+static __global__ void sfa_kernel(float *__restrict__ x, const float *__restrict__ ref, float keep,
+                                  float pull, size_t n) {
+  GRID_STRIDE(i, n) {
+    x[i] = ref ? __fadd_rn(__fmul_rn(keep, x[i]), __fmul_rn(pull, ref[i])) : __fmul_rn(keep, x[i]);
+  }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Entry points                                                               */
+/* ------------------------------------------------------------------------- */
+
+static int launched(const char *who, const char *kernel, qt_err *err) {
+  cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess) return 0;
+  char what[128];
+  snprintf(what, sizeof what, "%s: launching %s", who, kernel);
+  return qt__cuda_error(err, status, what);
+}
+
+extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay,
+                                         long step, float *params, const float *grads,
+                                         float *state1, float *state2, size_t n, qt_err *err) {
+  const char *who = "qt_cuda_optim_tensor_step";
+  if (!p) return qt_err_set(err, QT_EINVAL, "%s: NULL parameters", who);
+  if (n == 0) return 0;
+  if (!params || !grads) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  double wd = decay ? qt_optim_zero_decay(p) : 0.0;
+  switch (p->kind) {
+  case QT_OPTIM_KIND_SGD:
+    sgd_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, (float)lr, (float)wd, n);
+    return launched(who, "the SGD kernel", err);
+  case QT_OPTIM_KIND_MOMENTUM:
+    if (!state1) return qt_err_set(err, QT_EINVAL, "%s: momentum needs its buffer", who);
+    momentum_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, (float)lr, (float)wd,
+                                                      (float)p->momentum, n);
+    return launched(who, "the momentum kernel", err);
+  case QT_OPTIM_KIND_ADAM:
+  case QT_OPTIM_KIND_ADAMW: {
+    if (!state1 || !state2) return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
+    qt_adamw_params hp;
+    hp.lr = lr;
+    hp.beta1 = p->beta1;
+    hp.beta2 = p->beta2;
+    hp.eps = p->eps;
+    hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
+    qt__adamw_coefficients c;
+    int rc = qt__adamw_prepare(who, params, grads, state1, state2, n, &hp, step, &c, err);
+    if (rc < 0) return rc;
+    float coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
+    adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, state2, coupled, c, n);
+    return launched(who, "the Adam kernel", err);
+  }
+  }
+  return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
+}
+
+extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
+  const char *who = "qt_cuda_sum_squares";
+  if (!acc) return qt_err_set(err, QT_EINVAL, "%s: acc is NULL", who);
+  if (n == 0) return 0;
+  if (!x) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  unsigned blocks = grid_for(n);
+  double *partial = NULL;
+  cudaError_t status = cudaMalloc((void **)&partial, blocks * sizeof *partial);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  sum_squares_kernel<<<blocks, QT_CUDA_THREADS>>>(x, n, partial);
+  int rc = launched(who, "the sum-of-squares kernel", err);
+  double *host = (double *)malloc(blocks * sizeof *host);
+  if (rc == 0 && !host) rc = qt_err_set(err, QT_ENOMEM, "%s: out of host memory", who);
+  if (rc == 0) {
+    status = cudaMemcpy(host, partial, blocks * sizeof *host, cudaMemcpyDeviceToHost);
+    if (status != cudaSuccess) rc = qt__cuda_error(err, status, who);
+  }
+  if (rc == 0) {
+    double s = 0.0;
+    for (unsigned b = 0; b < blocks; b++) s += host[b];
+    *acc += s;
+  }
+  free(host);
+  cudaFree(partial);
+  return rc;
+}
+
+extern "C" int qt_cuda_scale(float *x, float c, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!x) return qt_err_set(err, QT_EINVAL, "qt_cuda_scale: NULL array");
+  scale_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(x, c, n);
+  return launched("qt_cuda_scale", "the scaling kernel", err);
+}
+
+extern "C" int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n,
+                                     double c, qt_err *err) {
+  if (n == 0) return 0;
+  if (!grads || !params) return qt_err_set(err, QT_EINVAL, "qt_cuda_l2sp_gradient: NULL array");
+  l2sp_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(grads, params, ref, (float)(2.0 * c), n);
+  return launched("qt_cuda_l2sp_gradient", "the L2-SP kernel", err);
+}
+
+extern "C" int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta,
+                                   qt_err *err) {
+  if (n == 0) return 0;
+  if (!params) return qt_err_set(err, QT_EINVAL, "qt_cuda_sfa_average: NULL array");
+  sfa_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, ref, (float)(1.0 - beta), (float)beta, n);
+  return launched("qt_cuda_sfa_average", "the SFA kernel", err);
+}

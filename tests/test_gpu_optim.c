@@ -1,0 +1,106 @@
+/*
+ * test_gpu_optim.c - a run's optimizer arithmetic on a CUDA device against
+ * qt_optim.c (label gpu; skips with 77 without a device): the step of
+ * every optimizer kind with and without weight decay over three steps,
+ * L2-SP's gradient and SFA's average (with and without a reference), the
+ * scaling of a clipped gradient: bit-identical to the CPU, since the
+ * kernels use the CPU's float operations in its order; the sum of squares
+ * within 1e-12 relative (double sums in another order).
+ */
+#include "qt_test.h"
+
+#include "finetune/qt_finetune.h"
+#include "qt_test_gpu.h"
+
+static const size_t sizes[] = {1, 1000, 100003};
+
+/* Downloads d and expects it equal to cpu bit for bit. */
+static void expect_same(const char *what, const float *d, const float *cpu, size_t n) {
+  float *gpu = download(d, n);
+  size_t i = 0;
+  while (i < n && memcmp(&gpu[i], &cpu[i], sizeof *gpu) == 0) i++;
+  if (i < n) fprintf(stderr, "\n%s (n %zu): value %zu is %.9g, the CPU's %.9g\n", what, n, i, gpu[i], cpu[i]);
+  CU_ASSERT(i == n);
+  free(gpu);
+}
+
+static void test_optimizer_steps(void) {
+  qt_rng_t *rng = make_rng(1);
+  const qt_optim_kind kinds[] = {QT_OPTIM_KIND_SGD, QT_OPTIM_KIND_MOMENTUM, QT_OPTIM_KIND_ADAM,
+                                 QT_OPTIM_KIND_ADAMW};
+  for (size_t k = 0; k < 4; k++) {
+    for (int decay = 0; decay <= 1; decay++) {
+      for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s];
+        qt_optim_params p = qt_optim_default_params();
+        p.kind = kinds[k];
+        p.weight_decay = 0.05;
+        float *x = host_random(rng, n, 0.0, 1.0), *s1 = host_random(rng, n, 0.0, 0.0);
+        float *s2 = host_random(rng, n, 0.0, 0.0);
+        float *dx = device_floats(x, n), *ds1 = device_floats(s1, n), *ds2 = device_floats(s2, n);
+        for (long step = 1; step <= 3; step++) {
+          float *g = host_random(rng, n, 0.0, 1e-2);
+          float *dg = device_floats(g, n);
+          double lr = 1e-3 * (double)step;
+          qt_optim_tensor_step(&p, lr, decay, step, x, g, s1, s2, n);
+          CHECK_RC(qt_cuda_optim_tensor_step(&p, lr, decay, step, dx, dg, ds1, ds2, n, E));
+          qt_cuda_free(dg);
+          free(g);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "%s, decay %d: parameters", qt_optim_kind_name(p.kind), decay);
+        expect_same(what, dx, x, n);
+        if (p.kind != QT_OPTIM_KIND_SGD) expect_same(what, ds1, s1, n);
+        if (p.kind == QT_OPTIM_KIND_ADAM || p.kind == QT_OPTIM_KIND_ADAMW)
+          expect_same(what, ds2, s2, n);
+        qt_cuda_free(dx);
+        qt_cuda_free(ds1);
+        qt_cuda_free(ds2);
+        free(x);
+        free(s1);
+        free(s2);
+      }
+    }
+  }
+  qt_rng_free(rng);
+}
+
+static void test_l2sp_sfa_scale(void) {
+  qt_rng_t *rng = make_rng(2);
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    size_t n = sizes[s];
+    for (int with_ref = 0; with_ref <= 1; with_ref++) {
+      float *x = host_random(rng, n, 0.0, 1.0), *ref = host_random(rng, n, 0.0, 1.0);
+      float *g = host_random(rng, n, 0.0, 1e-2);
+      float *dx = device_floats(x, n), *dref = device_floats(ref, n), *dg = device_floats(g, n);
+      qt_optim_l2sp_gradient(g, x, with_ref ? ref : NULL, n, 0.37);
+      CHECK_RC(qt_cuda_l2sp_gradient(dg, dx, with_ref ? dref : NULL, n, 0.37, E));
+      expect_same("L2-SP gradient", dg, g, n);
+      qt_sfa_average(x, with_ref ? ref : NULL, n, 0.3);
+      CHECK_RC(qt_cuda_sfa_average(dx, with_ref ? dref : NULL, n, 0.3, E));
+      expect_same("SFA average", dx, x, n);
+      for (size_t i = 0; i < n; i++) g[i] *= 0.61f;
+      CHECK_RC(qt_cuda_scale(dg, 0.61f, n, E));
+      expect_same("scaled gradient", dg, g, n);
+      double cpu = 2.5, gpu = 2.5; /* it adds to what is there */
+      for (size_t i = 0; i < n; i++) cpu += (double)g[i] * (double)g[i];
+      CHECK_RC(qt_cuda_sum_squares(dg, n, &gpu, E));
+      CU_ASSERT(fabs(gpu - cpu) <= 1e-12 * cpu);
+      qt_cuda_free(dx);
+      qt_cuda_free(dref);
+      qt_cuda_free(dg);
+      free(x);
+      free(ref);
+      free(g);
+    }
+  }
+  qt_rng_free(rng);
+}
+
+static const qt_test_case cases[] = {
+    {"optimizer_steps", test_optimizer_steps},
+    {"l2sp_sfa_scale", test_l2sp_sfa_scale},
+    {NULL, NULL},
+};
+
+QT_GPU_TEST_MAIN("gpu_optim", cases)
