@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/qt_core.h"
+#include "finetune/qt_finetune.h"
 #include "metadata/qt_metadata.h"
 #include "qt_test.h"
 #include "surrogate/qt_surrogate.h"
@@ -520,6 +521,27 @@ static void test_finetune(void) {
   snprintf(first, sizeof first, "%.34s", a); /* losses and top-1, not seconds */
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, first));
+
+  /* --device: cpu gives the same losses; another GPU than the first is not
+   * implemented; an unknown name is a usage error; cuda without a device
+   * fails saying so (with a device it trains: test_gpu_run_backend). */
+  size_t base = strlen(args);
+  snprintf(args + base, sizeof args - base, " --device cpu");
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, first));
+  snprintf(args + base, sizeof args - base, " --device cuda:1");
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "only the first GPU"));
+  snprintf(args + base, sizeof args - base, " --device tpu");
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  int gpus = 0;
+  qt_cuda_device_count(&gpus, NULL);
+  if (gpus == 0) {
+    snprintf(args + base, sizeof args - base, " --device cuda");
+    CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "backend 'cuda' is unavailable"));
+  }
+  args[base] = '\0';
 
   /* Bad configurations: an unknown name, a bad value, an inactive one. */
   const struct {

@@ -211,10 +211,20 @@ int qt_cli_finetune(const qt_cli_args *args) {
   }
   qt_err err;
   qt_err_clear(&err);
-  if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
-    qt_err_set(&err, QT_ENOTIMPL, "--device %s: runs on CUDA are not implemented yet (use cpu)",
-               device);
-    return qt_cli_fail(args->command, &err);
+  /* auto: the GPU when there is one and the pipeline trains there. */
+  int device_auto = !device || strcmp(device, "auto") == 0;
+  qt_backend_kind kind = QT_BACKEND_KIND_CPU;
+  if (!device_auto) {
+    if (strcmp(device, "cuda:0") == 0) {
+      kind = QT_BACKEND_KIND_CUDA;
+    } else if (strncmp(device, "cuda:", 5) == 0) {
+      qt_err_set(&err, QT_ENOTIMPL, "--device %s: only the first GPU (cuda or cuda:0) so far",
+                 device);
+      return qt_cli_fail(args->command, &err);
+    } else if (qt_backend_kind_parse(device, &kind, &err) != 0) {
+      return qt_cli_usage_error(args->command, "--device: %s (or auto, cuda:0)",
+                                qt_err_message(&err));
+    }
   }
 
   int status = QT_CLI_EXIT_FAILURE;
@@ -283,6 +293,15 @@ int qt_cli_finetune(const qt_cli_args *args) {
     goto done;
   }
   spec.data = &splits;
+  spec.device = kind;
+  if (device_auto && qt_backend_kind_check(QT_BACKEND_KIND_CUDA, NULL) == 0) {
+    qt_err why;
+    if (qt_run_spec_device_supported(&spec, &why) == 0)
+      spec.device = QT_BACKEND_KIND_CUDA;
+    else
+      QT_LOG_INFO("--device auto: training on the CPU: %s", qt_err_message(&why));
+  }
+  if (spec.device == QT_BACKEND_KIND_CUDA) QT_LOG_INFO("training on the GPU (cuda:0)");
   if (qt_run_init(&spec, &run, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;

@@ -8,12 +8,14 @@
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 struct qt_model {
   qt_model_family family;
   qt_vit_t *vit; /* exactly one of vit, cnn and mlp is set */
   qt_cnn_t *cnn;
   qt_mlp_t *mlp;
+  const qt__ops *ops; /* the backend of its arrays; NULL: the CPU */
 };
 
 int qt_model_family_is_mlp(qt_model_family family) {
@@ -101,6 +103,32 @@ void qt_model_free(qt_model_t *m) {
   qt_cnn_free(m->cnn);
   qt_mlp_free(m->mlp);
   free(m);
+}
+
+int qt__model_set_ops(qt_model_t *m, const qt__ops *ops, qt_err *err) {
+  if (!m || !ops) return qt_err_set(err, QT_EINVAL, "qt_model_to_backend: NULL argument");
+  int rc;
+  if (m->vit)
+    rc = qt__vit_set_ops(m->vit, ops, err);
+  else if (m->cnn)
+    rc = qt__cnn_set_ops(m->cnn, ops, err);
+  else if (ops->host_memory)
+    rc = 0; /* the MLP is always on the CPU */
+  else
+    rc = qt_err_set(err, QT_ENOTIMPL, "family '%s' runs on the CPU backend only so far",
+                    qt_model_family_name(m->family));
+  if (rc == 0) m->ops = ops;
+  return rc;
+}
+
+const qt__ops *qt__model_ops(const qt_model_t *m) {
+  return m->ops ? m->ops : qt__ops_cpu();
+}
+
+int qt_model_to_backend(qt_model_t *m, qt_backend_kind kind, qt_err *err) {
+  if (!m) return qt_err_set(err, QT_EINVAL, "qt_model_to_backend: NULL model");
+  int rc = qt_backend_kind_check(kind, err);
+  return rc < 0 ? rc : qt__model_set_ops(m, qt__ops_for(kind), err);
 }
 
 qt_model_family qt_model_get_family(const qt_model_t *m) {

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 #define RUN_FORMAT "qtune-run"
 /* Values of the trainable mask: the optimizer steps the tensor, or it is a
@@ -77,6 +78,9 @@ typedef struct cotuning_state {
 struct qt_run {
   qt_run_spec spec; /* copy; spec.checkpoint points at checkpoint below */
   char *checkpoint; /* owned copy of the checkpoint path */
+  /* The backend of the model and of each run_tensor's s1, s2 and ref (the
+   * other arrays are host memory: what uses them runs on the CPU only). */
+  const qt__ops *ops;
   qt_model_t *model;
   qt_model_t *source;                /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
   cotuning_state *cot;               /* Co-Tuning (cotuning_reg > 0), else NULL */
@@ -343,6 +347,24 @@ int qt_run_spec_supported(const qt_run_spec *s, qt_err *err) {
                       "yet: the ViT families only",
                       qt_model_family_name(s->family));
   return 0;
+}
+
+int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
+  const char *cpu_only = NULL;
+  if (qt_model_family_is_mlp(s->family))
+    cpu_only = "MLPs";
+  else if (s->adapter != QT_ADAPTER_KIND_NONE)
+    cpu_only = "adapters (LoRA, ROSA)";
+  else if (s->goodfit)
+    cpu_only = "GOODFIT";
+  else if (s->optim.decay == QT_DECAY_KIND_SPD)
+    cpu_only = "Selective Projection Decay";
+  else if (s->bss_reg > 0.0 || s->delta_reg > 0.0 || s->cotuning_reg > 0.0)
+    cpu_only = "BSS, DELTA and Co-Tuning";
+  else if (s->drop > 0.0)
+    cpu_only = "head dropout (drop)";
+  if (!cpu_only) return 0;
+  return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
 }
 
 static int check_spec(const qt_run_spec *s, qt_err *err) {
@@ -769,10 +791,11 @@ void qt_run_free(qt_run_t *run) {
   qt_batch_iter_free(run->val_it);
   qt_batch_iter_free(run->test_it);
   if (run->tensors) {
+    const qt__ops *ops = run->ops ? run->ops : qt__ops_cpu();
     for (size_t i = 0; i < run->n_tensors; i++) {
-      free(run->tensors[i].s1);
-      free(run->tensors[i].s2);
-      free(run->tensors[i].ref);
+      ops->release(run->tensors[i].s1);
+      ops->release(run->tensors[i].s2);
+      ops->release(run->tensors[i].ref);
       free(run->tensors[i].lora_a);
       free(run->tensors[i].lora_b);
       free(run->tensors[i].grad_a);
@@ -795,15 +818,15 @@ void qt_run_free(qt_run_t *run) {
   free(run);
 }
 
-int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
-  if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_init: out is NULL");
+/* A run on the CPU: the model loaded, the data and the methods set up. */
+static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   *out = NULL;
-  if (!spec) return qt_err_set(err, QT_EINVAL, "qt_run_init: spec is NULL");
   int rc = check_spec(spec, err);
   if (rc < 0) return rc;
 
   qt_run_t *run = calloc(1, sizeof *run);
   if (!run) return qt_err_set(err, QT_ENOMEM, "out of memory for a run");
+  run->ops = qt__ops_cpu();
   run->spec = *spec;
   run->spec.schedule.epochs = spec->epochs;
   if (spec->goodfit) run->spec.optim.kind = spec->goodfit_main;
@@ -948,6 +971,72 @@ int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   return 0;
 }
 
+/* Moves a run made on the CPU to the backend of ops: the model and every
+ * tensor's optimizer state and reference weights. Everything is allocated
+ * and copied before anything is released, so a failure (out of device
+ * memory, most likely) leaves the run on the CPU as it was. */
+static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
+  QT_ASSERT(run->ops->host_memory);
+  size_t n = run->n_tensors;
+  float **fresh = calloc(3 * (n ? n : 1), sizeof *fresh);
+  if (!fresh) return qt_err_set(err, QT_ENOMEM, "out of memory to move a run");
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    run_tensor *t = &run->tensors[i];
+    qt_model_tensor vt;
+    qt_model_tensor_at(run->model, i, &vt);
+    size_t bytes = (vt.numel ? vt.numel : 1) * sizeof(float);
+    float *const old[3] = {t->s1, t->s2, t->ref};
+    for (int k = 0; k < 3 && rc == 0; k++) {
+      if (!old[k]) continue;
+      rc = ops->alloc((void **)&fresh[3 * i + k], bytes, err);
+      if (rc == 0) rc = ops->upload(fresh[3 * i + k], old[k], bytes, err);
+    }
+  }
+  if (rc == 0) rc = qt__model_set_ops(run->model, ops, err);
+  if (rc < 0) {
+    for (size_t k = 0; k < 3 * n; k++) ops->release(fresh[k]);
+    free(fresh);
+    return qt_err_prefix(err, rc, "moving the run to %s", ops->name);
+  }
+  for (size_t i = 0; i < n; i++) {
+    run_tensor *t = &run->tensors[i];
+    float **slots[3] = {&t->s1, &t->s2, &t->ref};
+    for (int k = 0; k < 3; k++) {
+      if (!*slots[k]) continue;
+      run->ops->release(*slots[k]);
+      *slots[k] = fresh[3 * i + k];
+    }
+  }
+  free(fresh);
+  run->ops = ops;
+  return 0;
+}
+
+int qt__run_init_ops(const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out, qt_err *err) {
+  if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_init: out is NULL");
+  *out = NULL;
+  if (!spec || !ops) return qt_err_set(err, QT_EINVAL, "qt_run_init: NULL argument");
+  int rc = ops->host_memory ? 0 : qt_run_spec_device_supported(spec, err);
+  qt_run_t *run = NULL;
+  if (rc == 0) rc = run_create(spec, &run, err);
+  if (rc == 0 && !ops->host_memory) rc = run_move(run, ops, err);
+  if (rc < 0) {
+    qt_run_free(run);
+    return rc;
+  }
+  *out = run;
+  return 0;
+}
+
+int qt_run_init(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
+  if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_init: out is NULL");
+  *out = NULL;
+  if (!spec) return qt_err_set(err, QT_EINVAL, "qt_run_init: spec is NULL");
+  int rc = qt_backend_kind_check(spec->device, err);
+  return rc < 0 ? rc : qt__run_init_ops(spec, qt__ops_for(spec->device), out, err);
+}
+
 void qt_run_set_stop(qt_run_t *run, int (*should_stop)(void *user), void *user) {
   if (!run) return;
   run->stop = should_stop;
@@ -1002,22 +1091,35 @@ static size_t trainable_mask(const qt_run_t *run, long epoch, unsigned char *mas
   return count;
 }
 
+/* n floats (at least one) of zeros on the run's backend, in *out. */
+static int backend_zeros(const qt_run_t *run, float **out, size_t n, qt_err *err) {
+  size_t bytes = (n ? n : 1) * sizeof **out;
+  int rc = run->ops->alloc((void **)out, bytes, err);
+  if (rc == 0) rc = run->ops->zero(*out, bytes, err);
+  if (rc < 0) {
+    run->ops->release(*out);
+    *out = NULL;
+    return qt_err_prefix(err, rc, "optimizer state");
+  }
+  return 0;
+}
+
 static int ensure_state(qt_run_t *run, size_t i, size_t numel, qt_err *err) {
   run_tensor *t = &run->tensors[i];
   qt_optim_kind kind = run->spec.optim.kind;
-  /* An adapted weight's state is A's (s1, s2) and B's (b1, b2). */
+  /* An adapted weight's state is A's (s1, s2) and B's (b1, b2); adapters
+   * run on the CPU only, so b1 and b2 are host memory. */
   size_t rank = (size_t)run->spec.adapter_rank;
   size_t na = t->adapted ? rank * t->cols : numel, nb = t->adapted ? t->rows * rank : 0;
+  int rc;
   if (kind != QT_OPTIM_KIND_SGD && !t->s1) {
-    t->s1 = calloc(na ? na : 1, sizeof *t->s1);
-    if (t->s1 && nb) t->b1 = calloc(nb, sizeof *t->b1);
-    if (!t->s1 || (nb && !t->b1))
+    if ((rc = backend_zeros(run, &t->s1, na, err)) < 0) return rc;
+    if (nb && !(t->b1 = calloc(nb, sizeof *t->b1)))
       return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
   }
   if ((kind == QT_OPTIM_KIND_ADAM || kind == QT_OPTIM_KIND_ADAMW) && !t->s2) {
-    t->s2 = calloc(na ? na : 1, sizeof *t->s2);
-    if (t->s2 && nb) t->b2 = calloc(nb, sizeof *t->b2);
-    if (!t->s2 || (nb && !t->b2))
+    if ((rc = backend_zeros(run, &t->s2, na, err)) < 0) return rc;
+    if (nb && !(t->b2 = calloc(nb, sizeof *t->b2)))
       return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
   }
   return 0;
@@ -1042,9 +1144,13 @@ static int ensure_reference(qt_run_t *run, size_t i, qt_err *err) {
   if (t->ref || !needs_reference(run, i)) return 0;
   qt_model_tensor vt;
   qt_model_tensor_at(run->model, i, &vt);
-  t->ref = malloc((vt.numel ? vt.numel : 1) * sizeof *t->ref);
-  if (!t->ref) return qt_err_set(err, QT_ENOMEM, "out of memory for the reference weights");
-  memcpy(t->ref, vt.data, vt.numel * sizeof *t->ref);
+  int rc = run->ops->alloc((void **)&t->ref, (vt.numel ? vt.numel : 1) * sizeof *t->ref, err);
+  if (rc == 0) rc = run->ops->copy(t->ref, vt.data, vt.numel * sizeof *t->ref, err);
+  if (rc < 0) {
+    run->ops->release(t->ref);
+    t->ref = NULL;
+    return qt_err_prefix(err, rc, "the reference weights");
+  }
   return 0;
 }
 
@@ -1083,14 +1189,23 @@ static size_t tensor_slices(run_tensor *t, const qt_model_tensor *vt, size_t ran
 /* One step of every trainable tensor: the adapters' gradients from dW, the
  * L2-SP gradient (a loss term, so before clipping, as Quick-Tune adds it
  * to the loss), clipping, the optimizer (or SPD) step, SFA's average when
- * this step is due, and the merge of adapted weights. */
-static int optimizer_step(qt_run_t *run, double lr) {
+ * this step is due, and the merge of adapted weights. The tensors' own
+ * arithmetic goes through the backend's op table; adapters, SPD and
+ * Co-Tuning run on the CPU only (run_device_supported), so their host
+ * loops see host memory. */
+static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
+  const qt__ops *ops = run->ops;
   const qt_optim_params *o = &run->spec.optim;
   size_t rank = (size_t)run->spec.adapter_rank;
   int rosa = run->spec.adapter == QT_ADAPTER_KIND_ROSA;
   double lora_scale = rosa ? 1.0 : qt_lora_scale(run->spec.adapter_alpha, run->spec.adapter_rank);
   double l2sp = qt_optim_l2sp_coefficient(o);
   param_slice sl[2];
+  int rc;
+#define RUN_TRY(call)             \
+  do {                            \
+    if ((rc = (call)) < 0) return rc; \
+  } while (0)
   for (size_t i = 0; i < run->n_tensors; i++) {
     run_tensor *t = &run->tensors[i];
     if (run->trainable[i] != MASK_STEP) continue;
@@ -1102,7 +1217,7 @@ static int optimizer_step(qt_run_t *run, double lr) {
     if (l2sp > 0.0 && !t->head) {
       size_t ns = tensor_slices(t, &vt, rank, sl);
       for (size_t k = 0; k < ns; k++)
-        qt_optim_l2sp_gradient(sl[k].grad, sl[k].data, sl[k].ref, sl[k].n, l2sp);
+        RUN_TRY(ops->l2sp_gradient(sl[k].grad, sl[k].data, sl[k].ref, sl[k].n, l2sp, err));
     }
   }
   double clip = 1.0;
@@ -1113,9 +1228,7 @@ static int optimizer_step(qt_run_t *run, double lr) {
       qt_model_tensor vt;
       qt_model_tensor_at(run->model, i, &vt);
       size_t ns = tensor_slices(&run->tensors[i], &vt, rank, sl);
-      for (size_t k = 0; k < ns; k++) {
-        for (size_t j = 0; j < sl[k].n; j++) sum += (double)sl[k].grad[j] * (double)sl[k].grad[j];
-      }
+      for (size_t k = 0; k < ns; k++) RUN_TRY(ops->sum_squares(sl[k].grad, sl[k].n, &sum, err));
     }
     sum += cotuning_grad_sq(run);
     double norm = sqrt(sum);
@@ -1132,15 +1245,12 @@ static int optimizer_step(qt_run_t *run, double lr) {
     size_t ns = tensor_slices(t, &vt, rank, sl);
     for (size_t k = 0; k < ns; k++) {
       param_slice *q = &sl[k];
-      if (clip < 1.0) {
-        float c = (float)clip;
-        for (size_t j = 0; j < q->n; j++) q->grad[j] *= c;
-      }
+      if (clip < 1.0) RUN_TRY(ops->scale(q->grad, (float)clip, q->n, err));
       if (o->decay == QT_DECAY_KIND_SPD)
         qt_optim_spd_step(o, lr * scale, t->steps, q->data, q->grad, q->ref, q->s1, q->s2, q->n);
       else
-        qt_optim_tensor_step(o, lr * scale, q->decay, t->steps, q->data, q->grad, q->s1, q->s2,
-                             q->n);
+        RUN_TRY(ops->optim_step(o, lr * scale, q->decay, t->steps, q->data, q->grad, q->s1, q->s2,
+                                q->n, err));
     }
   }
   cotuning_step(run, lr, clip);
@@ -1161,10 +1271,11 @@ static int optimizer_step(qt_run_t *run, double lr) {
         if (t->adapted)
           qt_sfa_average(t->lora_b, NULL, t->rows * rank, run->spec.sfa_beta);
         else
-          qt_sfa_average(vt.data, t->ref, vt.numel, run->spec.sfa_beta);
+          RUN_TRY(ops->sfa_average(vt.data, t->ref, vt.numel, run->spec.sfa_beta, err));
       }
     }
   }
+#undef RUN_TRY
   for (size_t i = 0; i < run->n_tensors; i++) {
     run_tensor *t = &run->tensors[i];
     if (run->trainable[i] != MASK_STEP || !t->adapted) continue;
@@ -1219,7 +1330,7 @@ static int rosa_resample(qt_run_t *run, long e, qt_err *err) {
 
 /* One batch of a GOODFIT cycle [RECON] (see "GOODFIT in runs" in
  * qt_finetune.h): the gradient of the batch is in the model. */
-static int goodfit_step(qt_run_t *run, double lr) {
+static int goodfit_step(qt_run_t *run, double lr, qt_err *err) {
   const qt_optim_params *o = &run->spec.optim;
   if (run->goodfit_phase == 0) {
     for (size_t i = 0; i < run->n_tensors; i++) {
@@ -1254,7 +1365,7 @@ static int goodfit_step(qt_run_t *run, double lr) {
     memcpy(vt.data, ref, vt.numel * sizeof(float));
   }
   run->goodfit_phase = 0;
-  return optimizer_step(run, lr);
+  return optimizer_step(run, lr, err);
 }
 
 /* Drops a GOODFIT cycle left incomplete at the end of an epoch. */
@@ -1471,10 +1582,8 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
     qt_model_zero_grad(run->model);
     rc = qt_model_backward(run->model, err);
     if (rc < 0) return rc;
-    if (run->spec.goodfit)
-      goodfit_step(run, lr);
-    else
-      optimizer_step(run, lr);
+    rc = run->spec.goodfit ? goodfit_step(run, lr, err) : optimizer_step(run, lr, err);
+    if (rc < 0) return rc;
     loss_sum += loss * (double)batch.size;
     images += batch.size;
   }
@@ -1553,6 +1662,28 @@ static size_t saved_parts(const qt_run_t *run, size_t i, saved_part out[2]) {
   return 2;
 }
 
+/* The host copies a checkpoint of a run on a device is written from. */
+typedef struct host_stage {
+  float **copies; /* (cap) */
+  size_t used, cap;
+} host_stage;
+
+/* p itself on the CPU; else a host copy of its n floats, kept in stage
+ * (NULL with *rc set when the copy fails). */
+static const float *host_view(const qt_run_t *run, const float *p, size_t n, host_stage *stage,
+                              int *rc, qt_err *err) {
+  if (!p || run->ops->host_memory || *rc < 0) return p;
+  QT_ASSERT(stage->used < stage->cap);
+  float *copy = malloc((n ? n : 1) * sizeof *copy);
+  if (!copy) {
+    *rc = qt_err_set(err, QT_ENOMEM, "qt_run_save: out of memory for a host copy");
+    return NULL;
+  }
+  stage->copies[stage->used++] = copy;
+  *rc = run->ops->download(copy, p, n * sizeof *copy, err);
+  return copy;
+}
+
 int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   if (!run || !path) return qt_err_set(err, QT_EINVAL, "qt_run_save: NULL argument");
   if (run->diverged || run->stopped)
@@ -1571,14 +1702,17 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   qt_safetensors_pair *meta = calloc(run->n_tensors + 16, sizeof *meta);
   char *names = calloc(7 * run->n_tensors + 9, 256);
   char *values = calloc(run->n_tensors + 16, 64);
-  if (!tensors || !meta || !names || !values) {
+  host_stage stage = {calloc(cap, sizeof(float *)), 0, cap};
+  if (!tensors || !meta || !names || !values || !stage.copies) {
     free(mask);
     free(tensors);
     free(meta);
     free(names);
     free(values);
+    free(stage.copies);
     return qt_err_set(err, QT_ENOMEM, "qt_run_save: out of memory");
   }
+  int rc = 0;
   size_t name_used = 0, value_used = 0;
 #define ADD_META(k, ...)                   \
   do {                                     \
@@ -1613,14 +1747,16 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
       char *pn = names + 256 * name_used++;
       join_name(pn, "", parts[k].name);
       tensors[n++] = (qt_safetensors_tensor){
-          pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, parts[k].data, NULL};
+          pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
+          host_view(run, parts[k].data, parts[k].n, &stage, &rc, err), NULL};
       const float *states[2] = {parts[k].s1, parts[k].s2};
       for (int s = 0; s < 2; s++) {
         if (!states[s] || t->steps == 0) continue;
         char *nm_ = names + 256 * name_used++;
         join_name(nm_, prefixes[s], parts[k].name);
         tensors[n++] = (qt_safetensors_tensor){
-            nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape, states[s], NULL};
+            nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
+            host_view(run, states[s], parts[k].n, &stage, &rc, err), NULL};
       }
     }
     if (t->buffer) continue;
@@ -1644,7 +1780,9 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
     ADD_META(key, "%ld", run->cot->steps);
   }
 #undef ADD_META
-  int rc = qt_safetensors_write(path, tensors, n, meta, nm, err);
+  if (rc == 0) rc = qt_safetensors_write(path, tensors, n, meta, nm, err);
+  for (size_t k = 0; k < stage.used; k++) free(stage.copies[k]);
+  free(stage.copies);
   free(mask);
   free(tensors);
   free(meta);
@@ -1669,9 +1807,21 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
   if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_load: out is NULL");
   *out = NULL;
   if (!path || !spec) return qt_err_set(err, QT_EINVAL, "qt_run_load: NULL argument");
+  int rc = qt_backend_kind_check(spec->device, err);
+  return rc < 0 ? rc : qt__run_load_ops(path, spec, qt__ops_for(spec->device), out, err);
+}
+
+/* The checkpoint is read on the CPU; the run moves to ops at the end. */
+int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops,
+                     qt_run_t **out, qt_err *err) {
+  if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_load: out is NULL");
+  *out = NULL;
+  if (!path || !spec || !ops) return qt_err_set(err, QT_EINVAL, "qt_run_load: NULL argument");
+  int rc = ops->host_memory ? 0 : qt_run_spec_device_supported(spec, err);
+  if (rc < 0) return rc;
   /* Validate the file before the (expensive) model load. */
   qt_safetensors_t *st = NULL;
-  int rc = qt_safetensors_open(path, &st, err);
+  rc = qt_safetensors_open(path, &st, err);
   if (rc < 0) return rc;
   const char *format = qt_safetensors_metadata_get(st, "format");
   const char *version = qt_safetensors_metadata_get(st, "version");
@@ -1684,7 +1834,7 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
     return rc;
   }
   qt_run_t *run = NULL;
-  rc = qt_run_init(spec, &run, err);
+  rc = run_create(spec, &run, err);
   if (rc < 0) {
     qt_safetensors_free(st);
     return rc;
@@ -1788,6 +1938,8 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
   run->plateau.bad = (long)pbad;
   run->plateau.factor = pfactor;
   qt_safetensors_free(st);
+  st = NULL;
+  if (!ops->host_memory && (rc = run_move(run, ops, err)) < 0) goto fail;
   *out = run;
   return 0;
 schema:

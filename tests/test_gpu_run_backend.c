@@ -1,0 +1,144 @@
+/*
+ * test_gpu_run_backend.c - whole fine-tuning runs on a CUDA device against
+ * the CPU (label gpu; skips with 77 without a device): three epochs of a
+ * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing)
+ * and of a small MobileNetV2 (Adam, StochNorm) through qt_run_init with
+ * spec.device cuda, and a checkpoint saved on the GPU resumed on the CPU
+ * and the reverse. The device's matrix products add in another order, so
+ * the numbers agree within a tolerance, not bit for bit
+ * (test_run_backend checks the same runs bit for bit on a fake device):
+ * each epoch's training and validation loss within 1e-3 relative.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune/qt_finetune.h"
+#include "qt_test.h"
+#include "qt_test_gpu.h"
+#include "qt_test_patterns.h"
+
+#define CNN_FIXTURES QT_SOURCE_DIR "/tests/fixtures/cnn/"
+#define LOSS_TOLERANCE 1e-3
+
+static qt_data_splits splits;
+static char vit_path[256];
+
+static qt_run_spec vit_spec(void) {
+  if (!splits.train) {
+    qt_dataset *all = qt_test_patterns(8, 7);
+    CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) ==
+                    0);
+    qt_dataset_free(all);
+    qt_vit_config c = qt_vit_default_config();
+    c.image_size = 8;
+    c.patch_size = 4;
+    c.width = 8;
+    c.depth = 2;
+    c.heads = 2;
+    c.mlp_hidden = 16;
+    c.num_classes = 5;
+    qt_rng_t *rng = make_rng(11);
+    qt_vit_t *vit = NULL;
+    CHECK_RC(qt_vit_init(&c, 4, rng, &vit, E));
+    qt_test_temp_path("pretrained.safetensors", vit_path, sizeof vit_path);
+    CHECK_RC(qt_vit_save(vit, vit_path, E));
+    qt_vit_free(vit);
+    qt_rng_free(rng);
+  }
+  qt_run_spec s = qt_run_default_spec();
+  s.checkpoint = vit_path;
+  s.family = QT_MODEL_FAMILY_VIT;
+  s.heads = 2;
+  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
+  s.data = &splits;
+  s.epochs = 4;
+  s.batch_size = 6;
+  s.seed = 5;
+  s.optim.lr = 3e-3;
+  s.optim.sp_reg = 0.01;
+  s.optim.clip_grad = 0.5;
+  s.optim.layer_decay = 0.8;
+  s.pct_to_freeze = 0.5;
+  s.sfa = 1;
+  s.mixup = 0.4;
+  return s;
+}
+
+static qt_run_spec mobilenet_spec(void) {
+  qt_run_spec s = vit_spec();
+  s.checkpoint = CNN_FIXTURES "mobilenetv2_tiny.safetensors";
+  s.family = QT_MODEL_FAMILY_MOBILENETV2;
+  s.heads = 0;
+  s.image_size = 32;
+  s.optim = qt_optim_default_params();
+  s.optim.kind = QT_OPTIM_KIND_ADAM;
+  s.optim.lr = 3e-3;
+  s.pct_to_freeze = 0.0;
+  s.sfa = 0;
+  s.mixup = 0.0;
+  s.stoch_norm = 1;
+  return s;
+}
+
+static void expect_close(const char *what, double gpu, double cpu) {
+  printf("\n    %-40s GPU %.9g CPU %.9g", what, gpu, cpu);
+  CU_ASSERT(isfinite(gpu) && fabs(gpu - cpu) <= LOSS_TOLERANCE * fabs(cpu));
+}
+
+static void epoch(qt_run_t *run, qt_run_epoch_result *r) {
+  CHECK_RC(qt_run_epoch(run, r, E));
+  CU_ASSERT_EQUAL(r->status, QT_RUN_STATUS_OK);
+}
+
+/* Three epochs on the CPU against one on `first` (a device when cuda_first),
+ * a checkpoint, and two on the other backend. */
+static void check(qt_run_spec s, int cuda_first) {
+  qt_run_spec on_cpu = s, on_gpu = s;
+  on_cpu.device = QT_BACKEND_KIND_CPU;
+  on_gpu.device = QT_BACKEND_KIND_CUDA;
+  qt_run_t *cpu = NULL, *part = NULL;
+  CHECK_RC(qt_run_init(&on_cpu, &cpu, E));
+  CHECK_RC(qt_run_init(cuda_first ? &on_gpu : &on_cpu, &part, E));
+  char path[256];
+  qt_test_temp_path("gpu-run.safetensors", path, sizeof path);
+  for (int e = 0; e < 3; e++) {
+    qt_run_epoch_result rc_, rp;
+    epoch(cpu, &rc_);
+    epoch(part, &rp);
+    expect_close("training loss", rp.train_loss, rc_.train_loss);
+    expect_close("validation loss", rp.val_loss, rc_.val_loss);
+    if (e == 0) {
+      CHECK_RC(qt_run_save(part, path, E));
+      qt_run_free(part);
+      part = NULL;
+      CHECK_RC(qt_run_load(path, cuda_first ? &on_cpu : &on_gpu, &part, E));
+    }
+  }
+  qt_run_free(cpu);
+  qt_run_free(part);
+}
+
+static void test_vit_run(void) {
+  check(vit_spec(), 1);
+  check(vit_spec(), 0);
+}
+
+static void test_mobilenet_run(void) {
+  check(mobilenet_spec(), 1);
+  check(mobilenet_spec(), 0);
+}
+
+static void test_cleanup(void) {
+  qt_data_splits_free(&splits);
+}
+
+static const qt_test_case cases[] = {
+    {"vit_run", test_vit_run},
+    {"mobilenet_run", test_mobilenet_run},
+    {"cleanup", test_cleanup},
+    {NULL, NULL},
+};
+
+QT_GPU_TEST_MAIN("gpu_run_backend", cases)

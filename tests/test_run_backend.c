@@ -1,0 +1,323 @@
+/*
+ * test_run_backend.c - whole fine-tuning runs (qt_run.c) on a device,
+ * checked without a GPU: on the fake device of qt_test_fake_device.h (the
+ * CPU's ops on memory the host cannot touch) epochs of a ViT and of two
+ * CNNs, with the optimizers, L2-SP, SFA, clipping, layer decay, freezing,
+ * linear probing, mixing and StochNorm, give the CPU's results and weights
+ * bit for bit; a checkpoint saved by a run on the device resumes on the
+ * CPU and the reverse, as an uninterrupted run; what trains on the CPU
+ * only is refused by name; a move that runs out of memory changes nothing.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+#include "qt_test.h"
+#include "qt_test_fake_device.h"
+#include "qt_test_patterns.h"
+
+#define CNN_FIXTURES QT_SOURCE_DIR "/tests/fixtures/cnn/"
+
+static qt_data_splits splits;
+static char vit_path[256];
+
+static void make_fixture(void) {
+  if (splits.train) return;
+  qt_dataset *all = qt_test_patterns(8, 7);
+  CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) == 0);
+  qt_dataset_free(all);
+  qt_vit_config c = qt_vit_default_config();
+  c.image_size = 8;
+  c.patch_size = 4;
+  c.width = 8;
+  c.depth = 2;
+  c.heads = 2;
+  c.mlp_hidden = 16;
+  c.num_classes = 5;
+  qt_rng_t *rng = NULL;
+  qt_rng_init(&rng, 11, NULL);
+  qt_vit_t *vit = NULL;
+  CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
+  qt_test_temp_path("pretrained.safetensors", vit_path, sizeof vit_path);
+  CU_ASSERT_FATAL(qt_vit_save(vit, vit_path, NULL) == 0);
+  qt_vit_free(vit);
+  qt_rng_free(rng);
+}
+
+static qt_run_spec vit_spec(void) {
+  make_fixture();
+  qt_run_spec s = qt_run_default_spec();
+  s.checkpoint = vit_path;
+  s.family = QT_MODEL_FAMILY_VIT;
+  s.heads = 2;
+  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
+  s.data = &splits;
+  s.epochs = 4;
+  s.batch_size = 6;
+  s.seed = 5;
+  s.optim.lr = 3e-3;
+  return s;
+}
+
+static qt_run_spec cnn_spec(const char *checkpoint, qt_model_family family) {
+  qt_run_spec s = vit_spec();
+  s.checkpoint = checkpoint;
+  s.family = family;
+  s.heads = 0;
+  s.image_size = 32;
+  return s;
+}
+
+/* The pipelines compared: every part that trains on a device. */
+static int n_specs(void) {
+  return 4;
+}
+
+static qt_run_spec spec_at(int k) {
+  qt_run_spec s;
+  switch (k) {
+  case 0: /* AdamW, L2-SP and SFA, clipping, layer decay, freezing, mixing */
+    s = vit_spec();
+    s.optim.sp_reg = 0.01;
+    s.optim.clip_grad = 0.5;
+    s.optim.layer_decay = 0.8;
+    s.pct_to_freeze = 0.5;
+    s.sfa = 1;
+    s.mixup = 0.4;
+    s.smoothing = 0.1;
+    return s;
+  case 1: /* momentum, L2-SP as the decay, linear probing, plateau schedule */
+    s = vit_spec();
+    s.optim.kind = QT_OPTIM_KIND_MOMENTUM;
+    s.optim.decay = QT_DECAY_KIND_L2SP;
+    s.linear_probing = 1;
+    s.schedule.kind = QT_SCHEDULE_KIND_PLATEAU;
+    return s;
+  case 2: /* a MobileNetV2 with Adam and StochNorm */
+    s = cnn_spec(CNN_FIXTURES "mobilenetv2_tiny.safetensors", QT_MODEL_FAMILY_MOBILENETV2);
+    s.optim.kind = QT_OPTIM_KIND_ADAM;
+    s.stoch_norm = 1;
+    return s;
+  default: /* a ResNet with SGD, clipping and half of it frozen */
+    s = cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
+    s.optim.kind = QT_OPTIM_KIND_SGD;
+    s.optim.clip_grad = 1.0;
+    s.pct_to_freeze = 0.5;
+    return s;
+  }
+}
+
+/* Every parameter of the run's model in one host array (downloaded from
+ * its backend). */
+static float *run_weights(qt_run_t *run, size_t *n) {
+  qt_model_t *m = qt_run_model(run);
+  const qt__ops *ops = qt__model_ops(m);
+  size_t total = 0, count = qt_model_tensor_count(m);
+  for (size_t i = 0; i < count; i++) {
+    qt_model_tensor t;
+    qt_model_tensor_at(m, i, &t);
+    total += t.numel;
+  }
+  float *all = malloc((total ? total : 1) * sizeof *all);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+  size_t at = 0;
+  for (size_t i = 0; i < count; i++) {
+    qt_model_tensor t;
+    qt_model_tensor_at(m, i, &t);
+    CU_ASSERT_FATAL(ops->download(all + at, t.data, t.numel * sizeof *all, NULL) == 0);
+    at += t.numel;
+  }
+  *n = total;
+  return all;
+}
+
+static void expect_same_weights(qt_run_t *a, qt_run_t *b, const char *what) {
+  size_t na = 0, nb = 0;
+  float *wa = run_weights(a, &na), *wb = run_weights(b, &nb);
+  CU_ASSERT_FATAL(na == nb);
+  int same = memcmp(wa, wb, na * sizeof *wa) == 0;
+  if (!same) fprintf(stderr, "\n%s: the weights differ\n", what);
+  CU_ASSERT(same);
+  free(wa);
+  free(wb);
+}
+
+static void expect_same_epoch(const qt_run_epoch_result *a, const qt_run_epoch_result *b,
+                              const char *what) {
+  int same = a->epoch == b->epoch && a->status == b->status && a->score == b->score &&
+             a->train_loss == b->train_loss && a->val_loss == b->val_loss && a->lr == b->lr &&
+             a->trainable == b->trainable;
+  if (!same)
+    fprintf(stderr, "\n%s: epoch %ld: score %.9g / %.9g, train loss %.9g / %.9g\n", what, a->epoch,
+            a->score, b->score, a->train_loss, b->train_loss);
+  CU_ASSERT(same);
+}
+
+static qt_run_t *start(const qt_run_spec *s, const qt__ops *ops) {
+  qt_run_t *run = NULL;
+  qt_err err;
+  int rc = qt__run_init_ops(s, ops, &run, &err);
+  if (rc) fprintf(stderr, "\nqt_run_init on %s: %s\n", ops->name, qt_err_message(&err));
+  CU_ASSERT_FATAL(rc == 0);
+  return run;
+}
+
+static void epoch(qt_run_t *run, qt_run_epoch_result *r) {
+  qt_err err;
+  int rc = qt_run_epoch(run, r, &err);
+  if (rc) fprintf(stderr, "\nqt_run_epoch: %s\n", qt_err_message(&err));
+  CU_ASSERT_FATAL(rc == 0);
+  CU_ASSERT_EQUAL(r->status, QT_RUN_STATUS_OK);
+}
+
+static void test_epochs_match_cpu(void) {
+  for (int k = 0; k < n_specs(); k++) {
+    qt_run_spec s = spec_at(k);
+    char what[64];
+    snprintf(what, sizeof what, "pipeline %d", k);
+    qt_run_t *cpu = start(&s, qt__ops_cpu()), *dev = start(&s, fake_device_ops());
+    for (int e = 0; e < 3; e++) {
+      qt_run_epoch_result rc_, rd;
+      epoch(cpu, &rc_);
+      epoch(dev, &rd);
+      expect_same_epoch(&rd, &rc_, what);
+    }
+    expect_same_weights(dev, cpu, what);
+    qt_run_free(cpu);
+    qt_run_free(dev);
+    CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  }
+}
+
+/* Three epochs in one go on the CPU against one epoch on `first`, a
+ * checkpoint, and two more epochs on `second` from it. */
+static void check_resume_across(const qt_run_spec *s, const qt__ops *first, const qt__ops *second) {
+  qt_err err;
+  char path[256];
+  qt_test_temp_path("run-backend.safetensors", path, sizeof path);
+  qt_run_t *full = start(s, qt__ops_cpu());
+  qt_run_epoch_result want[3], got;
+  for (int e = 0; e < 3; e++) epoch(full, &want[e]);
+
+  qt_run_t *part = start(s, first);
+  epoch(part, &got);
+  expect_same_epoch(&got, &want[0], "before the checkpoint");
+  CU_ASSERT_FATAL(qt_run_save(part, path, &err) == 0);
+  qt_run_free(part);
+  part = NULL;
+  int rc = qt__run_load_ops(path, s, second, &part, &err);
+  if (rc) fprintf(stderr, "\nqt_run_load on %s: %s\n", second->name, qt_err_message(&err));
+  CU_ASSERT_FATAL(rc == 0);
+  CU_ASSERT_EQUAL(qt_run_epochs_done(part), 1);
+  for (int e = 1; e < 3; e++) {
+    epoch(part, &got);
+    expect_same_epoch(&got, &want[e], "after the checkpoint");
+  }
+  expect_same_weights(part, full, "resumed");
+  qt_run_free(full);
+  qt_run_free(part);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+static void test_resume_across_backends(void) {
+  for (int k = 0; k < n_specs(); k += 2) {
+    qt_run_spec s = spec_at(k);
+    check_resume_across(&s, fake_device_ops(), qt__ops_cpu());
+    check_resume_across(&s, qt__ops_cpu(), fake_device_ops());
+  }
+}
+
+static void expect_refused(qt_run_spec s, const char *part) {
+  qt_run_t *run = NULL;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt__run_init_ops(&s, fake_device_ops(), &run, &err), QT_ENOTIMPL);
+  CU_ASSERT_PTR_NULL(run);
+  if (!strstr(qt_err_message(&err), part))
+    fprintf(stderr, "\nexpected '%s' in: %s\n", part, qt_err_message(&err));
+  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), part));
+  CU_ASSERT_EQUAL(qt_run_spec_device_supported(&s, &err), QT_ENOTIMPL);
+  /* The same spec trains on the CPU. */
+  CU_ASSERT_EQUAL(qt__run_init_ops(&s, qt__ops_cpu(), &run, &err), 0);
+  qt_run_free(run);
+}
+
+static void test_cpu_only_parts_refused(void) {
+  qt_run_spec s = vit_spec();
+  s.drop = 0.1;
+  expect_refused(s, "head dropout");
+  s = vit_spec();
+  s.adapter = QT_ADAPTER_KIND_LORA;
+  expect_refused(s, "adapters");
+  s = vit_spec();
+  s.optim.decay = QT_DECAY_KIND_SPD;
+  expect_refused(s, "Selective Projection Decay");
+  s = vit_spec();
+  s.bss_reg = 0.1;
+  expect_refused(s, "BSS");
+  s = vit_spec();
+  s.goodfit = 1;
+  expect_refused(s, "GOODFIT");
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  /* Without a device, a CUDA run is QT_ENODEV. */
+  int count = 0;
+  CU_ASSERT_EQUAL(qt_cuda_device_count(&count, NULL), 0);
+  if (count == 0) {
+    s = vit_spec();
+    s.device = QT_BACKEND_KIND_CUDA;
+    qt_run_t *run = NULL;
+    qt_err err;
+    CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_ENODEV);
+    CU_ASSERT_PTR_NULL(run);
+  }
+}
+
+/* Out of device memory at any allocation of the move (model, optimizer
+ * state, reference weights): the run is not made, nothing is left held,
+ * and the next try succeeds. */
+static void test_failed_move(void) {
+  qt_run_spec s = spec_at(0);
+  char path[256];
+  qt_test_temp_path("run-move.safetensors", path, sizeof path);
+  qt_run_t *run = start(&s, qt__ops_cpu());
+  qt_run_epoch_result r;
+  epoch(run, &r);
+  CU_ASSERT_FATAL(qt_run_save(run, path, NULL) == 0);
+  qt_run_free(run);
+  int failures = 0;
+  for (long k = 0; k < 40; k++) {
+    fake_device.fail_after = k;
+    qt_err err;
+    run = NULL;
+    int rc = qt__run_load_ops(path, &s, fake_device_ops(), &run, &err);
+    fake_device.fail_after = -1;
+    if (rc == 0) {
+      qt_run_free(run);
+      break;
+    }
+    failures++;
+    CU_ASSERT_EQUAL(rc, QT_ENOMEM);
+    CU_ASSERT_PTR_NULL(run);
+    CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  }
+  /* The loaded run holds reference weights and moments to move. */
+  CU_ASSERT(failures > 10);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+static void test_cleanup(void) {
+  qt_data_splits_free(&splits);
+}
+
+static const qt_test_case cases[] = {
+    {"epochs_match_cpu", test_epochs_match_cpu},
+    {"resume_across_backends", test_resume_across_backends},
+    {"cpu_only_parts_refused", test_cpu_only_parts_refused},
+    {"failed_move", test_failed_move},
+    {"cleanup", test_cleanup},
+    {NULL, NULL},
+};
+
+QT_TEST_MAIN("run_backend", cases)
