@@ -50,6 +50,7 @@ typedef struct cnn_case {
   long trainable_from; /* qt_cnn_set_trainable_from */
   double stoch_p;      /* > 0: StochNorm with this probability */
   int steps;
+  double drop;         /* head dropout rate (both sides draw the same masks) */
 } cnn_case;
 
 static inline qt_adamw_params cnn_backend_adamw(void) {
@@ -272,6 +273,7 @@ typedef struct cnn_side {
   qt_cnn_t *model;
   cnn_trainer trainer;
   qt_rng_t *stoch_rng;
+  qt_rng_t *drop_rng;
 } cnn_side;
 
 static inline cnn_side cnn_side_init(const cnn_case *c, const char *checkpoint) {
@@ -283,6 +285,8 @@ static inline cnn_side cnn_side_init(const cnn_case *c, const char *checkpoint) 
     s.stoch_rng = make_rng(13);
     CHECK_RC(qt_cnn_set_stoch_norm(s.model, c->stoch_p, s.stoch_rng, E));
   }
+  s.drop_rng = make_rng(17);
+  CHECK_RC(qt_cnn_set_head_dropout(s.model, c->drop, s.drop_rng, E));
   return s;
 }
 
@@ -296,6 +300,7 @@ static inline void cnn_side_free(cnn_side *s) {
   qt_cnn_free(s->model);
   cnn_trainer_free(&s->trainer);
   qt_rng_free(s->stoch_rng);
+  qt_rng_free(s->drop_rng);
 }
 
 /* One step of both sides on the batch: loss, logits and gradients
@@ -356,13 +361,13 @@ static inline void cnn_backend_train_compare(const qt__ops *ops, const cnn_case 
 /* The small models: 32 px images, 5 classes. */
 static inline cnn_case cnn_backend_small(const char *name, const char *arch,
                                          qt_model_family family) {
-  cnn_case c = {name, arch, family, 32, 5, 3, 3, QT_BATCHNORM_MODE_TRAIN, 0, 0.1, 0, 0.0, 2};
+  cnn_case c = {name, arch, family, 32, 5, 3, 3, QT_BATCHNORM_MODE_TRAIN, 0, 0.1, 0, 0.0, 2, 0.0};
   return c;
 }
 
 /* The cases both tests run: MobileNetV2 with labels, smoothing and a batch
  * below max_batch over three steps; ResNet (max pooling, downsample) with
- * soft targets; EfficientNet (SiLU, squeeze-and-excitation); MobileNetV2 in
+ * soft targets and head dropout; EfficientNet (SiLU, squeeze-and-excitation); MobileNetV2 in
  * EVAL mode; ResNet in FROZEN mode; EfficientNet with StochNorm and the
  * stem and first two blocks frozen. */
 static inline void cnn_backend_cases(const qt__ops *ops, const cnn_tolerance *tol) {
@@ -371,8 +376,9 @@ static inline void cnn_backend_cases(const qt__ops *ops, const cnn_tolerance *to
   mobilenet.batch = 2;
   mobilenet.steps = 3;
   cnn_case resnet =
-      cnn_backend_small("resnet, soft targets", "resnet_tiny", QT_MODEL_FAMILY_RESNET);
+      cnn_backend_small("resnet, soft targets, dropout", "resnet_tiny", QT_MODEL_FAMILY_RESNET);
   resnet.soft = 1;
+  resnet.drop = 0.3;
   cnn_case efficientnet =
       cnn_backend_small("efficientnet", "efficientnet_tiny", QT_MODEL_FAMILY_EFFICIENTNET);
   cnn_case eval =

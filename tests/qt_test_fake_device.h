@@ -221,6 +221,12 @@ static inline int fake_sfa_average(float *params, const float *ref, size_t n, do
                                    qt_err *err) {
   FAKE_OP(op_calls, sfa_average(params, ref, n, beta, err));
 }
+static inline int fake_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
+  FAKE_OP(op_calls, mul(out, a, b, n, err));
+}
+static inline int fake_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
+  FAKE_OP(op_calls, mul_add(acc, a, b, n, err));
+}
 
 /* The CUDA backend's convolution scratch size (every group's column
  * matrix), to exercise buffers laid out for a device. */
@@ -351,6 +357,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .scale = fake_scale,
       .l2sp_gradient = fake_l2sp_gradient,
       .sfa_average = fake_sfa_average,
+      .mul = fake_mul,
+      .mul_add = fake_mul_add,
       .conv2d_scratch_size = fake_conv2d_scratch_size,
       .conv2d_forward = fake_conv2d_forward,
       .conv2d_backward = fake_conv2d_backward,

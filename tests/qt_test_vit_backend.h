@@ -38,6 +38,7 @@ typedef struct vit_case {
   double smoothing;    /* with labels */
   long backward_from;  /* blocks below it frozen (qt_vit_set_backward_from) */
   int steps;
+  double drop;         /* head dropout rate (the two models draw the same masks) */
 } vit_case;
 
 /* A small ViT: 8 px images of 4 px patches (5 tokens), width 16, 2 heads,
@@ -209,6 +210,9 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
   CHECK_RC(qt__vit_set_ops(dev, ops, E));
   qt_vit_set_backward_from(cpu, c->backward_from);
   qt_vit_set_backward_from(dev, c->backward_from);
+  qt_rng_t *drop_a = make_rng(13), *drop_b = make_rng(13);
+  CHECK_RC(qt_vit_set_head_dropout(cpu, c->drop, drop_a, E));
+  CHECK_RC(qt_vit_set_head_dropout(dev, c->drop, drop_b, E));
   char when[96];
   for (int s = 1; s <= c->steps; s++) {
     vit_batch b = vit_backend_batch(data, c);
@@ -227,20 +231,24 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
   qt_rng_free(init_a);
   qt_rng_free(init_b);
   qt_rng_free(data);
+  qt_rng_free(drop_a);
+  qt_rng_free(drop_b);
 }
 
 /* The cases both tests run: labels with smoothing and a batch below
  * max_batch; layer scale, no class token in pos_embed, no patch or qkv
- * bias and soft targets; the first block frozen. */
+ * bias and soft targets; the first block frozen, with head dropout. */
 static inline void vit_backend_cases(const qt__ops *ops, const vit_tolerance *tol) {
-  vit_case plain = {"labels", vit_backend_small_config(), 4, 3, 0, 0.1, 0, 3};
-  vit_case variant = {"layer scale, soft targets", vit_backend_small_config(), 3, 3, 1, 0.0, 0, 2};
+  vit_case plain = {"labels", vit_backend_small_config(), 4, 3, 0, 0.1, 0, 3, 0.0};
+  vit_case variant = {"layer scale, soft targets", vit_backend_small_config(), 3, 3, 1, 0.0, 0, 2,
+                      0.0};
   variant.config.layer_scale = 1;
   variant.config.layer_scale_init = 0.1;
   variant.config.no_embed_class = 1;
   variant.config.patch_bias = 0;
   variant.config.qkv_bias = 0;
-  vit_case frozen = {"first block frozen", vit_backend_small_config(), 2, 2, 0, 0.0, 1, 2};
+  vit_case frozen = {"first block frozen, dropout", vit_backend_small_config(), 2, 2, 0, 0.0, 1, 2,
+                     0.3};
   vit_backend_train_compare(ops, &plain, tol);
   vit_backend_train_compare(ops, &variant, tol);
   vit_backend_train_compare(ops, &frozen, tol);
@@ -251,7 +259,7 @@ static inline void vit_backend_cases(const qt__ops *ops, const vit_tolerance *to
  * exactly the backend's values; one written on the CPU loads, moves to the
  * backend with exactly the CPU's values and trains a step as the CPU does. */
 static inline void vit_backend_save_resume(const qt__ops *ops, const vit_tolerance *tol) {
-  vit_case c = {"save and resume", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1};
+  vit_case c = {"save and resume", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   qt_rng_t *init_a = make_rng(3), *init_b = make_rng(3), *data = make_rng(5);
   qt_vit_t *cpu = NULL, *dev = NULL;
   CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));

@@ -3,7 +3,7 @@
  * qt_optim.c (label gpu; skips with 77 without a device): the step of
  * every optimizer kind with and without weight decay over three steps,
  * L2-SP's gradient and SFA's average (with and without a reference), the
- * scaling of a clipped gradient: bit-identical to the CPU, since the
+ * scaling of a clipped gradient, head dropout's products: bit-identical to the CPU, since the
  * kernels use the CPU's float operations in its order; the sum of squares
  * within 1e-12 relative (double sums in another order).
  */
@@ -82,6 +82,13 @@ static void test_l2sp_sfa_scale(void) {
       for (size_t i = 0; i < n; i++) g[i] *= 0.61f;
       CHECK_RC(qt_cuda_scale(dg, 0.61f, n, E));
       expect_same("scaled gradient", dg, g, n);
+      /* Head dropout's products (x, ref and g as they are by now). */
+      for (size_t i = 0; i < n; i++) g[i] += x[i] * ref[i];
+      CHECK_RC(qt_cuda_mul_add(dg, dx, dref, n, E));
+      expect_same("multiply-accumulate", dg, g, n);
+      for (size_t i = 0; i < n; i++) x[i] = x[i] * ref[i];
+      CHECK_RC(qt_cuda_mul(dx, dx, dref, n, E));
+      expect_same("product in place", dx, x, n);
       double cpu = 2.5, gpu = 2.5; /* it adds to what is there */
       for (size_t i = 0; i < n; i++) cpu += (double)g[i] * (double)g[i];
       CHECK_RC(qt_cuda_sum_squares(dg, n, &gpu, E));

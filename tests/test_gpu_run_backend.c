@@ -1,7 +1,8 @@
 /*
  * test_gpu_run_backend.c - whole fine-tuning runs on a CUDA device against
  * the CPU (label gpu; skips with 77 without a device): three epochs of a
- * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing)
+ * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing,
+ * head dropout)
  * and of a small MobileNetV2 (Adam, StochNorm) through qt_run_init with
  * spec.device cuda, and a checkpoint saved on the GPU resumed on the CPU
  * and the reverse. The device's matrix products add in another order, so
@@ -63,6 +64,7 @@ static qt_run_spec vit_spec(void) {
   s.pct_to_freeze = 0.5;
   s.sfa = 1;
   s.mixup = 0.4;
+  s.drop = 0.2;
   return s;
 }
 

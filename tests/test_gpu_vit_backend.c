@@ -31,7 +31,7 @@ static void test_save_and_resume_across_backends(void) {
 
 /* timm's vit_small_patch16_224 with random weights, 10 classes, batch 2. */
 static void test_vit_small_step(void) {
-  vit_case c = {"ViT-S/16 224 px", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1};
+  vit_case c = {"ViT-S/16 224 px", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1, 0.0};
   c.config.width = 384;
   c.config.heads = 6;
   c.config.mlp_hidden = 1536;
@@ -46,7 +46,7 @@ static void test_to_backend(void) {
   qt_vit_t *vit = NULL;
   CHECK_RC(qt_vit_init(&c, 2, rng, &vit, E));
   CHECK_RC(qt_vit_to_backend(vit, QT_BACKEND_KIND_CUDA, E));
-  vit_case one = {"to_backend", c, 2, 2, 0, 0.0, 0, 1};
+  vit_case one = {"to_backend", c, 2, 2, 0, 0.0, 0, 1, 0.0};
   vit_batch b = vit_backend_batch(rng, &one);
   CU_ASSERT(isfinite(vit_backend_step(vit, &one, &b, 1)));
   CHECK_RC(qt_vit_to_backend(vit, QT_BACKEND_KIND_CPU, E));

@@ -92,6 +92,8 @@ typedef struct cnn_memory {
   int *labels;           /* (max_batch) labels of the last loss */
   float *soft;           /* (max_batch, classes) soft targets of the last loss */
   float *dloss;          /* (1) the loss gradient of every row, 1 / batch */
+  float *drop_mask;      /* (max_batch, features) head dropout's mask, off the
+                            CPU only (the CPU reads the hooks' own) */
   /* Host copies of what callers read, off the CPU only (else NULL). */
   float *host_logits; /* (max_batch, classes) */
   float *host_losses; /* (max_batch) */
@@ -593,6 +595,7 @@ static void memory_release(const qt__ops *ops, cnn_memory *mem) {
   ops->release(mem->labels);
   ops->release(mem->soft);
   ops->release(mem->dloss);
+  ops->release(mem->drop_mask);
   free(mem->host_logits);
   free(mem->host_losses);
   memset(mem, 0, sizeof *mem);
@@ -628,6 +631,7 @@ static int memory_alloc(const qt_cnn_t *m, const qt__ops *ops, cnn_memory *mem, 
       {(void **)&mem->labels, mb * sizeof(int)},
       {(void **)&mem->soft, mb * classes * sizeof(float)},
       {(void **)&mem->dloss, sizeof(float)},
+      {(void **)&mem->drop_mask, ops->host_memory ? 0 : mb * qt_cnn_feature_dim(m) * sizeof(float)},
   };
   int rc = 0;
   for (size_t k = 0; k < sizeof arrays / sizeof arrays[0] && rc == 0; k++) {
@@ -897,13 +901,22 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
         }
         break;
       case OP_DROPOUT:
-        /* The features before the mask are the hook's. The hooks run on the
-         * CPU only (qt_cnn_to_backend refuses a model with one on); on a
-         * device this op is a copy. */
-        if (ops->host_memory)
+        /* The features before the mask are the hook's. The feature hook
+         * runs on the CPU only (qt_cnn_to_backend refuses a model with it
+         * on); the mask is drawn on the host (the same draws on every
+         * backend) and applied by the backend. */
+        if (m->hooks.dfeat) {
           qt__head_hooks_forward(&m->hooks, y, x, n);
-        else
+        } else if (qt__head_hooks_draw(&m->hooks, n)) {
+          const float *mask = m->hooks.drop_mask;
+          if (!ops->host_memory) {
+            CNN_TRY(ops->upload(m->mem.drop_mask, mask, n * F, err));
+            mask = m->mem.drop_mask;
+          }
+          CNN_TRY(ops->mul(y, x, mask, n, err));
+        } else {
           CNN_TRY(ops->copy(y, x, n * F, err));
+        }
         break;
       case OP_RELU6:
         CNN_TRY(ops->relu6_forward(y, x, n, err));
@@ -1032,15 +1045,16 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
               m->mem.mean + o->stats, m->mem.rstd + o->stats, batch, o->c, o->hw, o->mode, err));
         break;
       case OP_DROPOUT:
-        if (!ops->host_memory) {
-          /* No hooks off the CPU: dx += dy. */
-          CNN_TRY(ops->residual_backward(dx, NULL, NULL, dy, NULL, NULL, n, 1, err));
-          break;
-        }
-        for (size_t k = 0; k < n; k++)
-          dx[k] += m->hooks.dropped ? dy[k] * m->hooks.drop_mask[k] : dy[k];
-        if (m->hooks.dfeat) {
+        if (m->hooks.dfeat) { /* the CPU only */
+          for (size_t k = 0; k < n; k++)
+            dx[k] += m->hooks.dropped ? dy[k] * m->hooks.drop_mask[k] : dy[k];
           for (size_t k = 0; k < n; k++) dx[k] += m->hooks.dfeat[k];
+        } else if (m->hooks.dropped) {
+          const float *mask = ops->host_memory ? m->hooks.drop_mask : m->mem.drop_mask;
+          CNN_TRY(ops->mul_add(dx, dy, mask, n, err));
+        } else {
+          /* dx += dy */
+          CNN_TRY(ops->residual_backward(dx, NULL, NULL, dy, NULL, NULL, n, 1, err));
         }
         break;
       case OP_RELU6:
@@ -1102,12 +1116,10 @@ size_t qt_cnn_feature_dim(const qt_cnn_t *m) {
   return m->acts[m->ops[m->pool_op].out].per_image;
 }
 
-/* The head hooks read and write the features on the host. */
-#define CNN_HOOKS_CPU_ONLY "head dropout and the feature hook run on the CPU backend only so far"
+/* The feature hook reads and writes the features on the host. */
+#define CNN_HOOKS_CPU_ONLY "the feature hook runs on the CPU backend only so far"
 
 int qt_cnn_set_head_dropout(qt_cnn_t *m, double rate, qt_rng_t *rng, qt_err *err) {
-  if (!m->backend->host_memory && rate > 0.0)
-    return qt_err_set(err, QT_ENOTIMPL, "CNN on %s: " CNN_HOOKS_CPU_ONLY, m->backend->name);
   return qt__head_hooks_set_dropout(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), rate, rng,
                                     "CNN", err);
 }
@@ -1191,7 +1203,7 @@ int qt__cnn_set_ops(qt_cnn_t *m, const qt__ops *ops, qt_err *err) {
   if (!m || !ops) return qt_err_set(err, QT_EINVAL, "qt_cnn_to_backend: NULL argument");
   const qt__ops *from = m->backend;
   if (ops == from) return 0;
-  if (!ops->host_memory && (m->hooks.drop_rate > 0.0 || m->hooks.dfeat))
+  if (!ops->host_memory && m->hooks.dfeat)
     return qt_err_set(err, QT_ENOTIMPL, "CNN to %s: " CNN_HOOKS_CPU_ONLY, ops->name);
 
   /* Everything is allocated and copied before anything is released, so a

@@ -855,9 +855,10 @@ int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
  * host. On a CUDA model, qt_vit_tensor's data and grad point to device
  * memory. Errors: QT_ENODEV without a usable device (qt_backend_kind_check),
  * QT_ENOMEM when the device's memory is short (the model stays where and as
- * it was), QT_ENOTIMPL for a model with head dropout or the feature hook on
- * (they run on the CPU only so far; turning them on for a CUDA model is
- * QT_ENOTIMPL too). */
+ * it was), QT_ENOTIMPL for a model with the feature hook on (it runs on
+ * the CPU only so far; turning it on for a CUDA model is QT_ENOTIMPL too).
+ * Head dropout works on every backend: the masks are drawn on the host, in
+ * the same order, and applied by the backend. */
 int qt_vit_to_backend(qt_vit_t *vit, qt_backend_kind kind, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
@@ -1758,8 +1759,9 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  * op). qt_cnn_save writes from a host copy. Errors: QT_ENODEV without a
  * usable device (qt_backend_kind_check), QT_ENOMEM when the device's memory
  * is short (the model stays where and as it was), QT_ENOTIMPL for a model
- * with head dropout or the feature hook on (they run on the CPU only so
- * far; turning them on for a CUDA model is QT_ENOTIMPL too). */
+ * with the feature hook on (it runs on the CPU only so far; turning it on
+ * for a CUDA model is QT_ENOTIMPL too). Head dropout works on every
+ * backend, as for the ViT. */
 int qt_cnn_to_backend(qt_cnn_t *cnn, qt_backend_kind kind, qt_err *err);
 
 /* Pixels per side of the input images. */
@@ -2341,6 +2343,10 @@ int qt_cuda_scale(float *x, float c, size_t n, qt_err *err);
 int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n, double c,
                           qt_err *err);
 int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err);
+/* Elementwise out = a * b (out may be a) and acc += a * b (head dropout's
+ * mask and its gradient), with the CPU's float operations. */
+int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *err);
+int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err);
 
 /*
  * LoRA adapters (qt_methods_lora.c) on a linear weight W (out, in), timm's
@@ -2592,10 +2598,10 @@ int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 /* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
  * convolutional family with any optimizer, weight decay or L2-SP, SFA, clipping, layer
  * decay, freezing, linear probing, the schedules, augmentation, mixing and
- * smoothing, StochNorm (the data are prepared on the host and moved once
- * per batch). QT_ENOTIMPL naming the first part that trains on the CPU
- * only so far: the MLP, adapters, GOODFIT, Selective
- * Projection Decay, BSS, DELTA, Co-Tuning, head dropout. qt_run_init and
+ * smoothing, head dropout, StochNorm (the data are prepared on the host
+ * and moved once per batch). QT_ENOTIMPL naming the first part that trains
+ * on the CPU only so far: the MLP, adapters, GOODFIT, Selective
+ * Projection Decay, BSS, DELTA, Co-Tuning. qt_run_init and
  * qt_run_load check it for a device run. A run's checkpoint is the same
  * file on every backend: one saved on a device resumes on the CPU and the
  * reverse. */

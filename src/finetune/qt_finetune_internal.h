@@ -68,6 +68,10 @@ int qt__head_hooks_set_feature_grad(qt__head_hooks *h, size_t cap, int on, const
  * while dropout is on, draws the mask element by element (row-major) and
  * writes out = in * mask; else copies in to out. out may equal in. */
 void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n);
+/* Only the mask of one forward over n values (the draws of
+ * qt__head_hooks_forward, in its order) into drop_mask; returns
+ * h->dropped. For a model on a device, which applies the mask there. */
+int qt__head_hooks_draw(qt__head_hooks *h, size_t n);
 void qt__head_hooks_free(qt__head_hooks *h);
 
 /* ------------------------------------------------------------------------- */
@@ -156,6 +160,9 @@ typedef struct qt__ops {
   int (*l2sp_gradient)(float *grads, const float *params, const float *ref, size_t n, double c,
                        qt_err *err);
   int (*sfa_average)(float *params, const float *ref, size_t n, double beta, qt_err *err);
+  /* Elementwise: out = a * b (out may be a), acc += a * b; head dropout. */
+  int (*mul)(float *out, const float *a, const float *b, size_t n, qt_err *err);
+  int (*mul_add)(float *acc, const float *a, const float *b, size_t n, qt_err *err);
 
   /* The convolutional models' layer ops, as qt_cuda_<op>() ("CUDA
    * convolutional layer ops" in qt_finetune.h). conv2d_scratch_size is the

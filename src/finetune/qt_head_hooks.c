@@ -34,15 +34,20 @@ int qt__head_hooks_set_feature_grad(qt__head_hooks *h, size_t cap, int on, const
   return 0;
 }
 
-void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n) {
-  if (h->dfeat) memset(h->dfeat, 0, n * sizeof *h->dfeat);
+int qt__head_hooks_draw(qt__head_hooks *h, size_t n) {
   h->dropped = h->drop_rate > 0.0 && h->drop_rng != NULL;
   if (h->dropped) {
     float keep_scale = (float)(1.0 / (1.0 - h->drop_rate));
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < n; k++)
       h->drop_mask[k] = qt_rng_uniform(h->drop_rng) < h->drop_rate ? 0.0f : keep_scale;
-      out[k] = in[k] * h->drop_mask[k];
-    }
+  }
+  return h->dropped;
+}
+
+void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n) {
+  if (h->dfeat) memset(h->dfeat, 0, n * sizeof *h->dfeat);
+  if (qt__head_hooks_draw(h, n)) {
+    for (size_t k = 0; k < n; k++) out[k] = in[k] * h->drop_mask[k];
   } else if (out != in) {
     memcpy(out, in, n * sizeof *out);
   }

@@ -342,6 +342,18 @@ static int cpu_sfa_average(float *params, const float *ref, size_t n, double bet
   return 0;
 }
 
+static int cpu_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
+  (void)err;
+  for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+  return 0;
+}
+
+static int cpu_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
+  (void)err;
+  for (size_t i = 0; i < n; i++) acc[i] += a[i] * b[i];
+  return 0;
+}
+
 /* ------------------------------------------------------------------------- */
 /* The tables                                                                 */
 /* ------------------------------------------------------------------------- */
@@ -378,6 +390,8 @@ static const qt__ops cpu_ops = {
     .scale = cpu_scale,
     .l2sp_gradient = cpu_l2sp_gradient,
     .sfa_average = cpu_sfa_average,
+    .mul = cpu_mul,
+    .mul_add = cpu_mul_add,
     .conv2d_scratch_size = qt_cpu_conv2d_scratch_size,
     .conv2d_forward = cpu_conv2d_forward,
     .conv2d_backward = cpu_conv2d_backward,
@@ -431,6 +445,8 @@ static const qt__ops cuda_ops = {
     .scale = qt_cuda_scale,
     .l2sp_gradient = qt_cuda_l2sp_gradient,
     .sfa_average = qt_cuda_sfa_average,
+    .mul = qt_cuda_mul,
+    .mul_add = qt_cuda_mul_add,
     .conv2d_scratch_size = qt_cuda_conv2d_scratch_size,
     .conv2d_forward = qt_cuda_conv2d_forward,
     .conv2d_backward = qt_cuda_conv2d_backward,

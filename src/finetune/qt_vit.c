@@ -127,6 +127,8 @@ struct qt_vit {
   float *dlogits;    /* (B, K) */
   float *dpatch_emb; /* (B, N, C) */
   float *dloss;      /* (1) the loss gradient of every row, 1 / B */
+  float *drop_mask;  /* (B, C) head dropout's mask of the last forward; NULL
+                        on the CPU, which reads the hooks' own */
   int *labels;       /* (B) labels of the last loss, backend memory */
   /* Host copies of what callers read, off the CPU only (else NULL). */
   float *host_logits; /* (B, K) */
@@ -290,6 +292,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dlogits = carve(base, &used, B * K);
   vit->dpatch_emb = carve(base, &used, B * N * C);
   vit->dloss = carve(base, &used, 1);
+  vit->drop_mask = vit->ops->host_memory ? NULL : carve(base, &used, B * C);
   return used;
 }
 
@@ -742,11 +745,18 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
                                  p->norm_w, p->norm_b, B, C, VIT_NORM_EPS, err));
   /* Head dropout: the normalized class tokens are scaled in place (the norm's
    * backward reads its input, not its output), so the head's backward sees
-   * the dropped features. The hooks run on the CPU only (qt_vit_to_backend
-   * refuses a model with one on). */
-  if (ops->host_memory) {
-    if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
-    qt__head_hooks_forward(&vit->hooks, vit->cls_norm, vit->cls_norm, B * C);
+   * the dropped features. The mask is drawn on the host (the same draws on
+   * every backend) and applied by the backend. The feature hook runs on the
+   * CPU only (qt_vit_to_backend refuses a model with it on). */
+  if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
+  if (vit->hooks.dfeat) memset(vit->hooks.dfeat, 0, B * C * sizeof *vit->hooks.dfeat);
+  if (qt__head_hooks_draw(&vit->hooks, B * C)) {
+    const float *mask = vit->hooks.drop_mask;
+    if (!ops->host_memory) {
+      VIT_TRY(ops->upload(vit->drop_mask, mask, B * C * sizeof *mask, err));
+      mask = vit->drop_mask;
+    }
+    VIT_TRY(ops->mul(vit->cls_norm, vit->cls_norm, mask, B * C, err));
   }
   VIT_TRY(ops->linear_forward(vit->logits, vit->cls_norm, p->head_w, p->head_b, B, C, K, err));
   if (vit->host_logits)
@@ -854,7 +864,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
                                p->head_w, B, C, K, err));
   if (vit->hooks.dropped) {
-    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] *= vit->hooks.drop_mask[i];
+    const float *mask = ops->host_memory ? vit->hooks.drop_mask : vit->drop_mask;
+    VIT_TRY(ops->mul(vit->dcls_norm, vit->dcls_norm, mask, B * C, err));
   }
   /* The feature hook's gradient, on the undropped features. */
   if (vit->hooks.dfeat) {
@@ -916,13 +927,11 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   return 0;
 }
 
-/* The head hooks read and write the features on the host. */
-#define VIT_HOOKS_CPU_ONLY "head dropout and the feature hook run on the CPU backend only so far"
+/* The feature hook reads and writes the features on the host. */
+#define VIT_HOOKS_CPU_ONLY "the feature hook runs on the CPU backend only so far"
 
 int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_head_dropout: NULL model");
-  if (!vit->ops->host_memory && rate > 0.0)
-    return qt_err_set(err, QT_ENOTIMPL, "ViT on %s: " VIT_HOOKS_CPU_ONLY, vit->ops->name);
   return qt__head_hooks_set_dropout(&vit->hooks, vit->max_batch * (size_t)vit->config.width, rate,
                                     rng, "ViT", err);
 }
@@ -1036,7 +1045,7 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   if (!vit || !ops) return qt_err_set(err, QT_EINVAL, "qt_vit_to_backend: NULL argument");
   const qt__ops *from = vit->ops;
   if (ops == from) return 0;
-  if (!ops->host_memory && (vit->hooks.drop_rate > 0.0 || vit->hooks.dfeat))
+  if (!ops->host_memory && vit->hooks.dfeat)
     return qt_err_set(err, QT_ENOTIMPL, "ViT to %s: " VIT_HOOKS_CPU_ONLY, ops->name);
 
   /* Everything is allocated and copied before anything is released, so a

@@ -105,6 +105,16 @@ static __global__ void sfa_kernel(float *__restrict__ x, const float *__restrict
   }
 }
 
+static __global__ void mul_kernel(float *out, const float *a, const float *__restrict__ b,
+                                  size_t n) {
+  GRID_STRIDE(i, n) out[i] = __fmul_rn(a[i], b[i]);
+}
+
+static __global__ void mul_add_kernel(float *__restrict__ acc, const float *__restrict__ a,
+                                      const float *__restrict__ b, size_t n) {
+  GRID_STRIDE(i, n) acc[i] = __fadd_rn(acc[i], __fmul_rn(a[i], b[i]));
+}
+
 /* ------------------------------------------------------------------------- */
 /* Entry points                                                               */
 /* ------------------------------------------------------------------------- */
@@ -202,4 +212,19 @@ extern "C" int qt_cuda_sfa_average(float *params, const float *ref, size_t n, do
   if (!params) return qt_err_set(err, QT_EINVAL, "qt_cuda_sfa_average: NULL array");
   sfa_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, ref, (float)(1.0 - beta), (float)beta, n);
   return launched("qt_cuda_sfa_average", "the SFA kernel", err);
+}
+
+extern "C" int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!out || !a || !b) return qt_err_set(err, QT_EINVAL, "qt_cuda_mul: NULL array");
+  mul_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(out, a, b, n);
+  return launched("qt_cuda_mul", "the product kernel", err);
+}
+
+extern "C" int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n,
+                               qt_err *err) {
+  if (n == 0) return 0;
+  if (!acc || !a || !b) return qt_err_set(err, QT_EINVAL, "qt_cuda_mul_add: NULL array");
+  mul_add_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(acc, a, b, n);
+  return launched("qt_cuda_mul_add", "the multiply-accumulate kernel", err);
 }

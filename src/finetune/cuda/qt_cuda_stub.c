@@ -298,3 +298,11 @@ int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, s
 int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_sfa_average");
 }
+
+int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_mul");
+}
+
+int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_mul_add");
+}
