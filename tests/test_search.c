@@ -698,6 +698,25 @@ static void test_cli_progress_lines(void) {
            QT_QTUNE_BINARY, data_dir, hub_path, dir);
   int status = system(cmd);
   CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  /* --device: an unknown name is a usage error, another GPU than the
+   * first not implemented, cpu searches as before; cuda without a GPU
+   * fails at the start saying so. */
+  const struct {
+    const char *device;
+    int code;
+  } devices[] = {{"tpu", 1}, {"cuda:1", 3}, {"cpu", 0}, {"cuda", 3}};
+  int gpus = 0;
+  qt_cuda_device_count(&gpus, NULL);
+  for (size_t k = 0; k < sizeof devices / sizeof devices[0]; k++) {
+    if (gpus > 0 && strcmp(devices[k].device, "cuda") == 0) continue;
+    snprintf(cmd, sizeof cmd,
+             "%s search --data %s --hub %s --space %s --budget 10m --run-dir %s/device-%zu "
+             "--optimizer random --pool 4 --max-epochs 1 --max-epochs-total 1 --threads 1 "
+             "--device %s --log-level error > %s/device-%zu.txt 2>&1",
+             QT_QTUNE_BINARY, data_dir, hub_path, space_path, dir, k, devices[k].device, dir, k);
+    status = system(cmd);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == devices[k].code);
+  }
 }
 
 /* ------------------------------------------------------------------------- */

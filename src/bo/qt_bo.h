@@ -603,6 +603,15 @@ typedef enum qt_search_mode {
   QT_SEARCH_MODE_OVERWRITE  /* delete run_dir's contents and start over */
 } qt_search_mode;
 
+/* Where a search's trials train. With a GPU, each trial trains on it when
+ * its pipeline can (qt_run_spec_device_supported), else on the CPU; the
+ * observed costs are then the GPU's seconds. */
+typedef enum qt_search_device {
+  QT_SEARCH_DEVICE_AUTO = 0, /* the first GPU when one is present, else the CPU */
+  QT_SEARCH_DEVICE_CPU = 1,  /* the CPU only */
+  QT_SEARCH_DEVICE_CUDA = 2  /* the first GPU; QT_ENODEV at the start without one */
+} qt_search_device;
+
 typedef struct qt_search_params {
   const char *run_dir;        /* required */
   const char *data;           /* dataset path (qt_data_load) */
@@ -628,6 +637,7 @@ typedef struct qt_search_params {
   uint64_t seed;
   qt_search_mode mode;
   int threads;                /* engine threads; 0: the online cores (at most 8) */
+  qt_search_device device;    /* where the trials train (default auto) */
   /* Called after each record is journaled (progress display); may be NULL. */
   void (*on_record)(const qt_journal_record *record, const qt_search_summary_t *summary,
                     void *user);

@@ -1245,8 +1245,19 @@ int qt_search_run(const qt_search_params *caller_params, qt_search_result *out, 
   op.max_epochs = S.max_epochs;
   op.surrogate = S.surrogate;
   if ((rc = qt_optimizer_create(S.optimizer_name, &S.pool, &op, &S.optimizer, err)) < 0) goto done;
+  /* The device: a GPU if asked for (or, with auto, present). */
+  int gpu = 0;
+  if (params->device != QT_SEARCH_DEVICE_CPU) {
+    qt_err why;
+    gpu = qt_backend_kind_check(QT_BACKEND_KIND_CUDA, &why) == 0;
+    if (!gpu && params->device == QT_SEARCH_DEVICE_CUDA) {
+      rc = qt_err_set(err, QT_ENODEV, "--device cuda: %s", qt_err_message(&why));
+      goto done;
+    }
+    if (gpu) QT_LOG_INFO("trials train on the GPU (cuda:0) where their pipeline can");
+  }
   qt__finetune_setup setup = {S.run_dir, &S.pool,      S.model_hp,   S.models,
-                              &S.data,   S.max_epochs, params->seed, S.threads};
+                              &S.data,   S.max_epochs, params->seed, S.threads, gpu};
   if ((rc = qt__finetune_objective_init(&setup, &S.objective, err)) < 0) goto done;
   qt__finetune_set_stop(S.objective, stop_hook, &S);
 

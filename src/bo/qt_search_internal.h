@@ -35,6 +35,7 @@ typedef struct qt__finetune_setup {
   long schedule_epochs;               /* qt_run_spec.epochs of every trial */
   uint64_t seed;                      /* the search's: trial t runs with seed + t */
   int threads;                        /* qt_run_spec.threads */
+  int gpu; /* 1: a trial trains on the GPU when its pipeline can (qt_search_device) */
 } qt__finetune_setup;
 
 /* What the last qt_objective_step of a fine-tuning objective saw beyond
