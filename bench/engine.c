@@ -70,8 +70,9 @@
  * NVIDIA's dense FP32 or TF32 figure for a known name, else --peak-tflops)
  * and device memory: for qtune the memory in use after the steps less
  * that before the model (cudaMemGetInfo: the model, its arena and cuBLAS's
- * workspace), for PyTorch torch.cuda.max_memory_reserved. The CNNs do not
- * run on the GPU yet (--device cuda with one is refused). The per-phase
+ * workspace), for PyTorch torch.cuda.max_memory_reserved. The CNNs move
+ * with qt_cnn_to_backend and step AdamW with qt_cuda_optim_tensor_step
+ * (moments on the device); their FLOPs are not counted. The per-phase
  * split (forward, loss, backward, AdamW) is host time: on the GPU the
  * backward's work is mostly counted under AdamW, whose end waits for it.
  *
@@ -352,6 +353,12 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   if (!rc) rc = qt_cnn_load(path, &lp, &cnn, &err);
   remove(path);
   rmdir(dir);
+  int cuda = o->device == QT_BACKEND_KIND_CUDA;
+  if (cuda) {
+    qt_cuda_set_tf32(o->tf32);
+    r->device_base_mib = device_used_mib();
+  }
+  if (!rc) rc = qt_cnn_to_backend(cnn, o->device, &err);
   if (!rc) rc = qt_rng_init(&rng, 0, &err);
   if (rc) {
     fprintf(stderr, "engine: %s\n", qt_err_message(&err));
@@ -366,7 +373,22 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   size_t pixels = 3 * (size_t)o->image_size * (size_t)o->image_size;
   images = malloc((size_t)o->batch * pixels * sizeof *images);
   labels = malloc((size_t)o->batch * sizeof *labels);
-  state = calloc(2 * params, sizeof *state);
+  /* The moments live where the model does. */
+  if (cuda) {
+    void *device_state = NULL;
+    if (qt_cuda_malloc(&device_state, 2 * params * sizeof *state, &err) != 0) goto fail;
+    state = device_state;
+    float *zeros = calloc(2 * params, sizeof *zeros);
+    if (!zeros) {
+      qt_err_set(&err, QT_ENOMEM, "out of memory for the moments");
+      goto fail;
+    }
+    rc = qt_cuda_copy_to_device(state, zeros, 2 * params * sizeof *zeros, &err);
+    free(zeros);
+    if (rc != 0) goto fail;
+  } else {
+    state = calloc(2 * params, sizeof *state);
+  }
   if (!images || !labels || !state) {
     fprintf(stderr, "engine: out of memory for the batch\n");
     goto done;
@@ -398,10 +420,17 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
       qt_cnn_tensor t;
       qt_cnn_tensor_at(cnn, i, &t);
       if (!t.trainable) continue;
-      qt_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
-                           moments + t.numel, t.numel);
+      if (cuda) {
+        if (qt_cuda_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
+                                      moments + t.numel, t.numel, &err) != 0)
+          goto fail;
+      } else {
+        qt_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
+                             moments + t.numel, t.numel);
+      }
       moments += 2 * t.numel;
     }
+    if (cuda && qt_cuda_synchronize(&err) != 0) goto fail;
     double t4 = wall_now();
     t_forward += t1 - t0;
     t_loss += t2 - t1;
@@ -417,6 +446,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   r->backward_s = t_backward / (double)o->steps;
   r->optimizer_s = t_optimizer / (double)o->steps;
   r->peak_rss_kib = peak_rss_kib();
+  if (cuda) r->device_mib = device_used_mib();
   printf("qtune: %zu parameters, last loss %.4f\n", params, loss);
   status = 0;
   goto done;
@@ -425,7 +455,10 @@ fail:
 done:
   free(images);
   free(labels);
-  free(state);
+  if (o->device == QT_BACKEND_KIND_CUDA)
+    qt_cuda_free(state);
+  else
+    free(state);
   qt_cnn_free(cnn);
   qt_rng_free(rng);
   return status;
@@ -559,10 +592,6 @@ int main(int argc, char **argv) {
             qt_err_message(&device_err));
     return 1;
   }
-  if (o.device == QT_BACKEND_KIND_CUDA && is_cnn(o.model)) {
-    fprintf(stderr, "engine: --device cuda: the CNNs do not run on the GPU yet (not implemented)\n");
-    return 1;
-  }
   if (is_cnn(o.model) ? o.image_size < 32 : o.image_size % 16 != 0) {
     fprintf(stderr, "engine: --image-size %ld: %s\n", o.image_size,
             is_cnn(o.model) ? "the CNNs need at least 32" : "the ViT needs a multiple of 16");
@@ -621,8 +650,14 @@ int main(int argc, char **argv) {
     printf("%-10s %10.2f %10.3f %12.3f %14.1f %14.1f\n", "PyTorch", t.images_per_s, t.step_s,
            t.cpu_step_s, (double)t.peak_rss_kib / 1024.0, (double)t.base_rss_kib / 1024.0);
   }
-  if (o.device == QT_BACKEND_KIND_CUDA) {
-    /* The model FLOP utilization of the ViTs (the CNNs do not run there). */
+  if (o.device == QT_BACKEND_KIND_CUDA && is_cnn(o.model)) {
+    printf("\n%-10s %22s\n", "", "device memory MiB");
+    printf("%-10s %22.0f   (in use after the steps, less %.0f before the model)\n", "qtune",
+           q.device_mib - q.device_base_mib, q.device_base_mib);
+    if (have_reference)
+      printf("%-10s %22.0f   (torch.cuda.max_memory_reserved)\n", "PyTorch", t.device_mib);
+  } else if (o.device == QT_BACKEND_KIND_CUDA) {
+    /* The model FLOP utilization of the ViTs (not counted for the CNNs). */
     const vit_shape *v = find_vit(o.model);
     double step_flops = 3.0 * vit_forward_flops(v, o.image_size, o.classes);
     printf("\nmodel FLOPs per training image %.3g (3 x forward)\n", step_flops);
