@@ -10,6 +10,7 @@
  * tests/test_gpu_optim.c checks them against qt_optim.c.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 
 #include <cuda_runtime.h>
@@ -82,6 +83,16 @@ static __global__ void sum_squares_kernel(const float *__restrict__ x, size_t n,
   }
   s = qt__block_sum(s, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+/* The partial sums of one block, added in order by one block: the total in
+ * partial[count]. */
+static __global__ void sum_partials_kernel(double *partial, unsigned count) {
+  __shared__ double shared[32];
+  double s = 0.0;
+  for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+  s = qt__block_sum(s, shared);
+  if (threadIdx.x == 0) partial[count] = s;
 }
 
 static __global__ void scale_kernel(float *__restrict__ x, float c, size_t n) {
@@ -164,30 +175,50 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
   return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
 }
 
+/* The blocks' partial sums (QT_CUDA_MAX_BLOCKS + 1 doubles per device),
+ * allocated on first use and kept, so that clipping allocates nothing per
+ * step; the lock makes one sum at a time use them. */
+#define PARTIALS_MAX_DEVICES 64
+static pthread_mutex_t partials_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *partials[PARTIALS_MAX_DEVICES];
+
 extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   const char *who = "qt_cuda_sum_squares";
   if (!acc) return qt_err_set(err, QT_EINVAL, "%s: acc is NULL", who);
   if (n == 0) return 0;
   if (!x) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  unsigned blocks = grid_for(n);
-  double *partial = NULL;
-  cudaError_t status = cudaMalloc((void **)&partial, blocks * sizeof *partial);
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
   if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  sum_squares_kernel<<<blocks, QT_CUDA_THREADS>>>(x, n, partial);
-  int rc = launched(who, "the sum-of-squares kernel", err);
-  double *host = (double *)malloc(blocks * sizeof *host);
-  if (rc == 0 && !host) rc = qt_err_set(err, QT_ENOMEM, "%s: out of host memory", who);
+  if (device < 0 || device >= PARTIALS_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
+                      PARTIALS_MAX_DEVICES);
+  unsigned blocks = grid_for(n);
+  int rc = 0;
+  pthread_mutex_lock(&partials_lock);
+  double *partial = partials[device];
+  if (!partial) {
+    status = cudaMalloc((void **)&partial, (QT_CUDA_MAX_BLOCKS + 1) * sizeof *partial);
+    if (status == cudaSuccess)
+      partials[device] = partial;
+    else
+      rc = qt__cuda_error(err, status, who);
+  }
   if (rc == 0) {
-    status = cudaMemcpy(host, partial, blocks * sizeof *host, cudaMemcpyDeviceToHost);
+    sum_squares_kernel<<<blocks, QT_CUDA_THREADS>>>(x, n, partial);
+    rc = launched(who, "the sum-of-squares kernel", err);
+  }
+  if (rc == 0) {
+    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks);
+    rc = launched(who, "the kernel adding the partial sums", err);
+  }
+  double s = 0.0;
+  if (rc == 0) {
+    status = cudaMemcpy(&s, partial + blocks, sizeof s, cudaMemcpyDeviceToHost);
     if (status != cudaSuccess) rc = qt__cuda_error(err, status, who);
   }
-  if (rc == 0) {
-    double s = 0.0;
-    for (unsigned b = 0; b < blocks; b++) s += host[b];
-    *acc += s;
-  }
-  free(host);
-  cudaFree(partial);
+  pthread_mutex_unlock(&partials_lock);
+  if (rc == 0) *acc += s;
   return rc;
 }
 
