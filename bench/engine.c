@@ -185,8 +185,8 @@ static double device_peak_tflops(const char *name, int tf32) {
     const char *name;
     double fp32, tf32;
   } table[] = {
-      {"H200", 67.0, 494.7},     {"H100 80GB HBM3", 67.0, 494.7}, {"H100 SXM", 67.0, 494.7},
-      {"H100 PCIe", 51.2, 378.0}, {"H100 NVL", 60.0, 417.5},      {"A100", 19.5, 156.0},
+      {"H200", 67.0, 494.7},      {"H100 80GB HBM3", 67.0, 494.7}, {"H100 SXM", 67.0, 494.7},
+      {"H100 PCIe", 51.2, 378.0}, {"H100 NVL", 60.0, 417.5},       {"A100", 19.5, 156.0},
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
     if (strstr(name, table[i].name)) return tf32 ? table[i].tf32 : table[i].fp32;
@@ -521,8 +521,8 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
 }
 
 int main(int argc, char **argv) {
-  bench_options o = {"vit_tiny", 32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0,
-                     QT_BACKEND_KIND_CPU, 0, 0.0};
+  bench_options o = {"vit_tiny",          32, 0,  1, 3, 1000, 224, "/usr/bin/python3", NULL, 0,
+                     QT_BACKEND_KIND_CPU, 0,  0.0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -669,8 +669,7 @@ int main(int argc, char **argv) {
     if (have_reference)
       printf("%-10s %12.2f %9.1f%% %22.0f   (torch.cuda.max_memory_reserved)\n", "PyTorch",
              step_flops * t.images_per_s / 1e12,
-             o.peak_tflops > 0 ? 100.0 * step_flops * t.images_per_s / (o.peak_tflops * 1e12)
-                               : 0.0,
+             o.peak_tflops > 0 ? 100.0 * step_flops * t.images_per_s / (o.peak_tflops * 1e12) : 0.0,
              t.device_mib);
   }
   if (have_reference) {

@@ -50,7 +50,7 @@ typedef struct cnn_case {
   long trainable_from; /* qt_cnn_set_trainable_from */
   double stoch_p;      /* > 0: StochNorm with this probability */
   int steps;
-  double drop;         /* head dropout rate (both sides draw the same masks) */
+  double drop; /* head dropout rate (both sides draw the same masks) */
 } cnn_case;
 
 static inline qt_adamw_params cnn_backend_adamw(void) {
@@ -159,23 +159,6 @@ static inline void cnn_trainer_step(cnn_trainer *tr, qt_cnn_t *model, long train
 /* Comparisons                                                                */
 /* ------------------------------------------------------------------------- */
 
-/* Compares n values: equal bit for bit when tolerance is 0, else
- * parity_error(got, want, NULL) < tolerance. */
-static inline void cnn_backend_expect(const char *what, const float *got, const float *want,
-                                      size_t n, double tolerance) {
-  if (tolerance == 0.0) {
-    size_t i = 0;
-    while (i < n && memcmp(&got[i], &want[i], sizeof *got) == 0) i++;
-    if (i < n)
-      fprintf(stderr, "\n%s: value %zu is %.9g, the CPU's %.9g\n", what, i, got[i], want[i]);
-    CU_ASSERT(i == n);
-    return;
-  }
-  double e = parity_error(got, want, NULL, n);
-  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
-  CU_ASSERT(e < tolerance);
-}
-
 /* What cnn_backend_expect_tensors compares. */
 enum { CNN_GRADS = 1, CNN_PARAMS = 2 };
 
@@ -200,15 +183,15 @@ static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t
     if (what_mask & CNN_GRADS) {
       CHECK_RC(ops->download(host, td.grad, td.numel * sizeof *host, E));
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      cnn_backend_expect(what, host, tc.grad, td.numel, tol->arrays);
+      expect_values(what, host, tc.grad, NULL, td.numel, tol->arrays);
     }
     if (what_mask & CNN_PARAMS) {
       CHECK_RC(ops->download(host, td.data, td.numel * sizeof *host, E));
       snprintf(what, sizeof what, "%s: %s", when, td.name);
       if (tol->params_off == 0.0) {
-        cnn_backend_expect(what, host, tc.data, td.numel, 0.0);
+        expect_values(what, host, tc.data, NULL, td.numel, 0.0);
       } else if (!td.trainable) {
-        cnn_backend_expect(what, host, tc.data, td.numel, tol->arrays);
+        expect_values(what, host, tc.data, NULL, td.numel, tol->arrays);
       } else {
         for (size_t j = 0; j < td.numel; j++)
           off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
@@ -320,8 +303,8 @@ static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, const cnn
   }
   char what[160];
   snprintf(what, sizeof what, "%s: logits", when);
-  cnn_backend_expect(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model),
-                     c->batch * (size_t)c->classes, tol->arrays);
+  expect_values(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), NULL,
+                c->batch * (size_t)c->classes, tol->arrays);
   cnn_backend_expect_tensors(ops, dev->model, cpu->model, CNN_GRADS, tol, 0.0, when);
   cnn_trainer_step(&dev->trainer, dev->model, c->trainable_from);
   cnn_trainer_step(&cpu->trainer, cpu->model, c->trainable_from);

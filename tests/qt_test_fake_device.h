@@ -89,13 +89,13 @@ static inline int fake_blocks_held(void) {
 }
 
 /* The CPU's function `name` with the fake's memory open while it runs. */
-#define FAKE_OP(counter, call)             \
-  do {                                     \
-    fake_device.counter++;                 \
-    FAKE_OPEN();                           \
-    int fake_rc_ = qt__ops_cpu()->call;    \
-    FAKE_CLOSE();                          \
-    return fake_rc_;                       \
+#define FAKE_OP(counter, call)          \
+  do {                                  \
+    fake_device.counter++;              \
+    FAKE_OPEN();                        \
+    int fake_rc_ = qt__ops_cpu()->call; \
+    FAKE_CLOSE();                       \
+    return fake_rc_;                    \
   } while (0)
 
 static inline int fake_zero(void *ptr, size_t bytes, qt_err *err) {
@@ -104,8 +104,8 @@ static inline int fake_zero(void *ptr, size_t bytes, qt_err *err) {
 static inline int fake_copy(void *dst, const void *src, size_t bytes, qt_err *err) {
   FAKE_OP(op_calls, copy(dst, src, bytes, err));
 }
-static inline int fake_copy_rows(float *dst, size_t dst_stride, const float *src,
-                                 size_t src_stride, size_t cols, size_t rows, qt_err *err) {
+static inline int fake_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                                 size_t cols, size_t rows, qt_err *err) {
   FAKE_OP(op_calls, copy_rows(dst, dst_stride, src, src_stride, cols, rows, err));
 }
 static inline int fake_upload(void *dst, const void *src, size_t bytes, qt_err *err) {
@@ -119,20 +119,20 @@ static inline int fake_linear_forward(float *out, const float *inp, const float 
                                       qt_err *err) {
   FAKE_OP(op_calls, linear_forward(out, inp, weight, bias, n, in_c, out_c, err));
 }
-static inline int fake_linear_backward(float *dinp, float *dweight, float *dbias,
-                                       const float *dout, const float *inp, const float *weight,
-                                       size_t n, size_t in_c, size_t out_c, qt_err *err) {
+static inline int fake_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                       const float *inp, const float *weight, size_t n, size_t in_c,
+                                       size_t out_c, qt_err *err) {
   FAKE_OP(op_calls, linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, err));
 }
 static inline int fake_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *weight, const float *bias, size_t n,
-                                         size_t c, float eps, qt_err *err) {
+                                         const float *weight, const float *bias, size_t n, size_t c,
+                                         float eps, qt_err *err) {
   FAKE_OP(op_calls, layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, eps, err));
 }
 static inline int fake_layernorm_backward(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const float *inp,
-                                          const float *weight, const float *mean,
-                                          const float *rstd, size_t n, size_t c, qt_err *err) {
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, size_t n, size_t c,
+                                          qt_err *err) {
   FAKE_OP(op_calls,
           layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c, err));
 }
@@ -163,12 +163,12 @@ static inline int fake_residual_forward(float *out, const float *res, const floa
   FAKE_OP(op_calls, residual_forward(out, res, branch, gamma, n, c, err));
 }
 static inline int fake_residual_backward(float *dres, float *dbranch, float *dgamma,
-                                         const float *dout, const float *branch,
-                                         const float *gamma, size_t n, size_t c, qt_err *err) {
+                                         const float *dout, const float *branch, const float *gamma,
+                                         size_t n, size_t c, qt_err *err) {
   FAKE_OP(op_calls, residual_backward(dres, dbranch, dgamma, dout, branch, gamma, n, c, err));
 }
-static inline int fake_patchify(float *patches, const float *images, size_t batch,
-                                size_t channels, size_t size, size_t patch, qt_err *err) {
+static inline int fake_patchify(float *patches, const float *images, size_t batch, size_t channels,
+                                size_t size, size_t patch, qt_err *err) {
   FAKE_OP(op_calls, patchify(patches, images, batch, channels, size, patch, err));
 }
 static inline int fake_tokens_forward(float *x, const float *patch_tokens, const float *cls_token,
@@ -190,11 +190,10 @@ static inline int fake_cross_entropy_forward(float *losses, float *probs, const 
   FAKE_OP(op_calls, cross_entropy_forward(losses, probs, logits, labels, soft_targets, smoothing,
                                           batch, classes, err));
 }
-static inline int fake_cross_entropy_backward(float *dlogits, const float *probs,
-                                              const int *labels, const float *soft_targets,
-                                              float smoothing, const float *dloss,
-                                              int dloss_per_row, size_t batch, size_t classes,
-                                              qt_err *err) {
+static inline int fake_cross_entropy_backward(float *dlogits, const float *probs, const int *labels,
+                                              const float *soft_targets, float smoothing,
+                                              const float *dloss, int dloss_per_row, size_t batch,
+                                              size_t classes, qt_err *err) {
   FAKE_OP(op_calls, cross_entropy_backward(dlogits, probs, labels, soft_targets, smoothing, dloss,
                                            dloss_per_row, batch, classes, err));
 }

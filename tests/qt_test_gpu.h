@@ -101,6 +101,24 @@ static inline double parity_error(const float *gpu, const float *cpu, const floa
   return diff / fmax(scale, (double)FLT_MIN);
 }
 
+/* Compares n host values with the CPU's: equal bit for bit when tolerance
+ * is 0 (the first difference printed), else parity_error(got, want, init)
+ * < tolerance. */
+static inline void expect_values(const char *what, const float *got, const float *want,
+                                 const float *init, size_t n, double tolerance) {
+  if (tolerance == 0.0) {
+    size_t i = 0;
+    while (i < n && memcmp(&got[i], &want[i], sizeof *got) == 0) i++;
+    if (i < n)
+      fprintf(stderr, "\n%s: value %zu is %.9g, the CPU's %.9g\n", what, i, got[i], want[i]);
+    CU_ASSERT(i == n);
+    return;
+  }
+  double e = parity_error(got, want, init, n);
+  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
+  CU_ASSERT(e < tolerance);
+}
+
 /* Downloads the device array d, compares it with cpu, prints and checks the
  * error against tolerance, frees the download; returns the error. */
 static inline double expect_parity_tol(const char *what, const float *d, const float *cpu,

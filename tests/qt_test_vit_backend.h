@@ -34,11 +34,11 @@ typedef struct vit_case {
   const char *name;
   qt_vit_config config;
   size_t max_batch, batch;
-  int soft;            /* soft targets instead of labels */
-  double smoothing;    /* with labels */
-  long backward_from;  /* blocks below it frozen (qt_vit_set_backward_from) */
+  int soft;           /* soft targets instead of labels */
+  double smoothing;   /* with labels */
+  long backward_from; /* blocks below it frozen (qt_vit_set_backward_from) */
   int steps;
-  double drop;         /* head dropout rate (the two models draw the same masks) */
+  double drop; /* head dropout rate (the two models draw the same masks) */
 } vit_case;
 
 /* A small ViT: 8 px images of 4 px patches (5 tokens), width 16, 2 heads,
@@ -67,22 +67,6 @@ static inline void vit_backend_download(const qt__ops *ops, float *host, const f
   CHECK_RC(ops->download(host, src, n * sizeof *host, E));
 }
 
-/* Compares n values: equal bit for bit when tolerance is 0, else
- * parity_error(got, want, init) < tolerance. */
-static inline void vit_backend_expect(const char *what, const float *got, const float *want,
-                                      const float *init, size_t n, double tolerance) {
-  if (tolerance == 0.0) {
-    size_t i = 0;
-    while (i < n && memcmp(&got[i], &want[i], sizeof *got) == 0) i++;
-    if (i < n) fprintf(stderr, "\n%s: value %zu is %.9g, the CPU's %.9g\n", what, i, got[i], want[i]);
-    CU_ASSERT(i == n);
-    return;
-  }
-  double e = parity_error(got, want, init, n);
-  if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
-  CU_ASSERT(e < tolerance);
-}
-
 /* What vit_backend_expect_tensors compares. */
 enum { VIT_GRADS = 1, VIT_PARAMS = 2 };
 
@@ -105,7 +89,7 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
     if (what_mask & VIT_GRADS) {
       vit_backend_download(ops, host, td.grad, td.numel);
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      vit_backend_expect(what, host, tc.grad, NULL, td.numel, tol->arrays);
+      expect_values(what, host, tc.grad, NULL, td.numel, tol->arrays);
     }
     if (!(what_mask & VIT_PARAMS)) {
       free(host);
@@ -114,9 +98,10 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
     vit_backend_download(ops, host, td.data, td.numel);
     if (tol->params_off == 0.0) {
       snprintf(what, sizeof what, "%s: %s", when, td.name);
-      vit_backend_expect(what, host, tc.data, NULL, td.numel, 0.0);
+      expect_values(what, host, tc.data, NULL, td.numel, 0.0);
     } else {
-      for (size_t j = 0; j < td.numel; j++) off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
+      for (size_t j = 0; j < td.numel; j++)
+        off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
     }
     total += td.numel;
     free(host);
@@ -187,8 +172,7 @@ static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_v
   }
   char what[160];
   snprintf(what, sizeof what, "%s: logits", when);
-  vit_backend_expect(what, qt_vit_logits(dev), qt_vit_logits(cpu), NULL, c->batch * K,
-                     tol->arrays);
+  expect_values(what, qt_vit_logits(dev), qt_vit_logits(cpu), NULL, c->batch * K, tol->arrays);
   vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0, when);
   qt_adamw_params hp = vit_backend_adamw();
   CHECK_RC(qt_vit_adamw_step(dev, &hp, E));
@@ -240,15 +224,15 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
  * bias and soft targets; the first block frozen, with head dropout. */
 static inline void vit_backend_cases(const qt__ops *ops, const vit_tolerance *tol) {
   vit_case plain = {"labels", vit_backend_small_config(), 4, 3, 0, 0.1, 0, 3, 0.0};
-  vit_case variant = {"layer scale, soft targets", vit_backend_small_config(), 3, 3, 1, 0.0, 0, 2,
-                      0.0};
+  vit_case variant = {
+      "layer scale, soft targets", vit_backend_small_config(), 3, 3, 1, 0.0, 0, 2, 0.0};
   variant.config.layer_scale = 1;
   variant.config.layer_scale_init = 0.1;
   variant.config.no_embed_class = 1;
   variant.config.patch_bias = 0;
   variant.config.qkv_bias = 0;
-  vit_case frozen = {"first block frozen, dropout", vit_backend_small_config(), 2, 2, 0, 0.0, 1, 2,
-                     0.3};
+  vit_case frozen = {
+      "first block frozen, dropout", vit_backend_small_config(), 2, 2, 0, 0.0, 1, 2, 0.3};
   vit_backend_train_compare(ops, &plain, tol);
   vit_backend_train_compare(ops, &variant, tol);
   vit_backend_train_compare(ops, &frozen, tol);

@@ -17,10 +17,7 @@ static const size_t sizes[] = {1, 1000, 100003};
 /* Downloads d and expects it equal to cpu bit for bit. */
 static void expect_same(const char *what, const float *d, const float *cpu, size_t n) {
   float *gpu = download(d, n);
-  size_t i = 0;
-  while (i < n && memcmp(&gpu[i], &cpu[i], sizeof *gpu) == 0) i++;
-  if (i < n) fprintf(stderr, "\n%s (n %zu): value %zu is %.9g, the CPU's %.9g\n", what, n, i, gpu[i], cpu[i]);
-  CU_ASSERT(i == n);
+  expect_values(what, gpu, cpu, NULL, n, 0.0);
   free(gpu);
 }
 

@@ -19,45 +19,13 @@
 #include "qt_test.h"
 #include "qt_test_gpu.h"
 #include "qt_test_patterns.h"
+#include "qt_test_run_fixture.h"
 
 #define CNN_FIXTURES QT_SOURCE_DIR "/tests/fixtures/cnn/"
 #define LOSS_TOLERANCE 1e-3
 
-static qt_data_splits splits;
-static char vit_path[256];
-
 static qt_run_spec vit_spec(void) {
-  if (!splits.train) {
-    qt_dataset *all = qt_test_patterns(8, 7);
-    CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) ==
-                    0);
-    qt_dataset_free(all);
-    qt_vit_config c = qt_vit_default_config();
-    c.image_size = 8;
-    c.patch_size = 4;
-    c.width = 8;
-    c.depth = 2;
-    c.heads = 2;
-    c.mlp_hidden = 16;
-    c.num_classes = 5;
-    qt_rng_t *rng = make_rng(11);
-    qt_vit_t *vit = NULL;
-    CHECK_RC(qt_vit_init(&c, 4, rng, &vit, E));
-    qt_test_temp_path("pretrained.safetensors", vit_path, sizeof vit_path);
-    CHECK_RC(qt_vit_save(vit, vit_path, E));
-    qt_vit_free(vit);
-    qt_rng_free(rng);
-  }
-  qt_run_spec s = qt_run_default_spec();
-  s.checkpoint = vit_path;
-  s.family = QT_MODEL_FAMILY_VIT;
-  s.heads = 2;
-  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
-  s.data = &splits;
-  s.epochs = 4;
-  s.batch_size = 6;
-  s.seed = 5;
-  s.optim.lr = 3e-3;
+  qt_run_spec s = run_fixture_vit_spec();
   s.optim.sp_reg = 0.01;
   s.optim.clip_grad = 0.5;
   s.optim.layer_decay = 0.8;
@@ -133,7 +101,7 @@ static void test_mobilenet_run(void) {
 }
 
 static void test_cleanup(void) {
-  qt_data_splits_free(&splits);
+  run_fixture_free();
 }
 
 static const qt_test_case cases[] = {

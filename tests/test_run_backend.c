@@ -18,57 +18,12 @@
 #include "qt_test.h"
 #include "qt_test_fake_device.h"
 #include "qt_test_patterns.h"
+#include "qt_test_run_fixture.h"
 
 #define CNN_FIXTURES QT_SOURCE_DIR "/tests/fixtures/cnn/"
 
-static qt_data_splits splits;
-static char vit_path[256];
-
-static void make_fixture(void) {
-  if (splits.train) return;
-  qt_dataset *all = qt_test_patterns(8, 7);
-  CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &splits.train, &splits.val, NULL, NULL) == 0);
-  qt_dataset_free(all);
-  qt_vit_config c = qt_vit_default_config();
-  c.image_size = 8;
-  c.patch_size = 4;
-  c.width = 8;
-  c.depth = 2;
-  c.heads = 2;
-  c.mlp_hidden = 16;
-  c.num_classes = 5;
-  qt_rng_t *rng = NULL;
-  qt_rng_init(&rng, 11, NULL);
-  qt_vit_t *vit = NULL;
-  CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
-  qt_test_temp_path("pretrained.safetensors", vit_path, sizeof vit_path);
-  CU_ASSERT_FATAL(qt_vit_save(vit, vit_path, NULL) == 0);
-  qt_vit_free(vit);
-  qt_rng_free(rng);
-}
-
 static qt_run_spec vit_spec(void) {
-  make_fixture();
-  qt_run_spec s = qt_run_default_spec();
-  s.checkpoint = vit_path;
-  s.family = QT_MODEL_FAMILY_VIT;
-  s.heads = 2;
-  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
-  s.data = &splits;
-  s.epochs = 4;
-  s.batch_size = 6;
-  s.seed = 5;
-  s.optim.lr = 3e-3;
-  return s;
-}
-
-static qt_run_spec cnn_spec(const char *checkpoint, qt_model_family family) {
-  qt_run_spec s = vit_spec();
-  s.checkpoint = checkpoint;
-  s.family = family;
-  s.heads = 0;
-  s.image_size = 32;
-  return s;
+  return run_fixture_vit_spec();
 }
 
 /* The pipelines compared: every part that trains on a device. */
@@ -79,36 +34,37 @@ static int n_specs(void) {
 static qt_run_spec spec_at(int k) {
   qt_run_spec s;
   switch (k) {
-  case 0: /* AdamW, L2-SP and SFA, clipping, layer decay, freezing, mixing, dropout */
-    s = vit_spec();
-    s.drop = 0.2;
-    s.optim.sp_reg = 0.01;
-    s.optim.clip_grad = 0.5;
-    s.optim.layer_decay = 0.8;
-    s.pct_to_freeze = 0.5;
-    s.sfa = 1;
-    s.mixup = 0.4;
-    s.smoothing = 0.1;
-    return s;
-  case 1: /* momentum, L2-SP as the decay, linear probing, plateau schedule */
-    s = vit_spec();
-    s.optim.kind = QT_OPTIM_KIND_MOMENTUM;
-    s.optim.decay = QT_DECAY_KIND_L2SP;
-    s.linear_probing = 1;
-    s.schedule.kind = QT_SCHEDULE_KIND_PLATEAU;
-    return s;
-  case 2: /* a MobileNetV2 with Adam, StochNorm and dropout */
-    s = cnn_spec(CNN_FIXTURES "mobilenetv2_tiny.safetensors", QT_MODEL_FAMILY_MOBILENETV2);
-    s.optim.kind = QT_OPTIM_KIND_ADAM;
-    s.drop = 0.2;
-    s.stoch_norm = 1;
-    return s;
-  default: /* a ResNet with SGD, clipping and half of it frozen */
-    s = cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
-    s.optim.kind = QT_OPTIM_KIND_SGD;
-    s.optim.clip_grad = 1.0;
-    s.pct_to_freeze = 0.5;
-    return s;
+    case 0: /* AdamW, L2-SP and SFA, clipping, layer decay, freezing, mixing, dropout */
+      s = vit_spec();
+      s.drop = 0.2;
+      s.optim.sp_reg = 0.01;
+      s.optim.clip_grad = 0.5;
+      s.optim.layer_decay = 0.8;
+      s.pct_to_freeze = 0.5;
+      s.sfa = 1;
+      s.mixup = 0.4;
+      s.smoothing = 0.1;
+      return s;
+    case 1: /* momentum, L2-SP as the decay, linear probing, plateau schedule */
+      s = vit_spec();
+      s.optim.kind = QT_OPTIM_KIND_MOMENTUM;
+      s.optim.decay = QT_DECAY_KIND_L2SP;
+      s.linear_probing = 1;
+      s.schedule.kind = QT_SCHEDULE_KIND_PLATEAU;
+      return s;
+    case 2: /* a MobileNetV2 with Adam, StochNorm and dropout */
+      s = run_fixture_cnn_spec(CNN_FIXTURES "mobilenetv2_tiny.safetensors",
+                               QT_MODEL_FAMILY_MOBILENETV2);
+      s.optim.kind = QT_OPTIM_KIND_ADAM;
+      s.drop = 0.2;
+      s.stoch_norm = 1;
+      return s;
+    default: /* a ResNet with SGD, clipping and half of it frozen */
+      s = run_fixture_cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
+      s.optim.kind = QT_OPTIM_KIND_SGD;
+      s.optim.clip_grad = 1.0;
+      s.pct_to_freeze = 0.5;
+      return s;
   }
 }
 
@@ -307,7 +263,7 @@ static void test_failed_move(void) {
 }
 
 static void test_cleanup(void) {
-  qt_data_splits_free(&splits);
+  run_fixture_free();
 }
 
 static const qt_test_case cases[] = {

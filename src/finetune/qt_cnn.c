@@ -1189,16 +1189,6 @@ int qt_cnn_save(const qt_cnn_t *m, const char *path, qt_err *err) {
 /* Moving between backends                                                    */
 /* ------------------------------------------------------------------------- */
 
-/* Copies `bytes` from `src` on backend `from` to `dst` on backend `to`,
- * through `staging` (host memory of `bytes`) when neither is the host. */
-static int move_bytes(const qt__ops *from, const qt__ops *to, void *dst, const void *src,
-                      void *staging, size_t bytes, qt_err *err) {
-  if (from->host_memory) return to->upload(dst, src, bytes, err);
-  if (to->host_memory) return from->download(dst, src, bytes, err);
-  int rc = from->download(staging, src, bytes, err);
-  return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
-}
-
 int qt__cnn_set_ops(qt_cnn_t *m, const qt__ops *ops, qt_err *err) {
   if (!m || !ops) return qt_err_set(err, QT_EINVAL, "qt_cnn_to_backend: NULL argument");
   const qt__ops *from = m->backend;
@@ -1216,8 +1206,8 @@ int qt__cnn_set_ops(qt_cnn_t *m, const qt__ops *ops, qt_err *err) {
   int rc = memory_alloc(m, ops, &fresh, err);
   if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
     rc = qt_err_set(err, QT_ENOMEM, "CNN: out of host memory to move %zu bytes", bytes);
-  if (rc == 0) rc = move_bytes(from, ops, fresh.params, m->mem.params, staging, bytes, err);
-  if (rc == 0) rc = move_bytes(from, ops, fresh.grads, m->mem.grads, staging, bytes, err);
+  if (rc == 0) rc = qt__ops_move(from, ops, fresh.params, m->mem.params, staging, bytes, err);
+  if (rc == 0) rc = qt__ops_move(from, ops, fresh.grads, m->mem.grads, staging, bytes, err);
   free(staging);
   if (rc < 0) {
     memory_release(ops, &fresh);

@@ -221,6 +221,10 @@ const qt__ops *qt__ops_cpu(void);
 const qt__ops *qt__ops_cuda(void);
 /* The table of a backend kind (never NULL for a kind of the enum). */
 const qt__ops *qt__ops_for(qt_backend_kind kind);
+/* Copies `bytes` from `src` on backend `from` to `dst` on backend `to`,
+ * through `staging` (host memory of `bytes`) when neither is the host. */
+int qt__ops_move(const qt__ops *from, const qt__ops *to, void *dst, const void *src, void *staging,
+                 size_t bytes, qt_err *err);
 
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own

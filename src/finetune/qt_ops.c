@@ -306,8 +306,7 @@ static int cpu_se_backward(float *dinp, float *dw_reduce, float *db_reduce, floa
 /* ------------------------------------------------------------------------- */
 
 static int cpu_optim_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
-                          const float *grads, float *state1, float *state2, size_t n,
-                          qt_err *err) {
+                          const float *grads, float *state1, float *state2, size_t n, qt_err *err) {
   (void)err;
   qt_optim_tensor_step(p, lr, decay, step, params, grads, state1, state2, n);
   return 0;
@@ -467,6 +466,14 @@ static const qt__ops cuda_ops = {
     .se_forward = qt_cuda_se_forward,
     .se_backward = qt_cuda_se_backward,
 };
+
+int qt__ops_move(const qt__ops *from, const qt__ops *to, void *dst, const void *src, void *staging,
+                 size_t bytes, qt_err *err) {
+  if (from->host_memory) return to->upload(dst, src, bytes, err);
+  if (to->host_memory) return from->download(dst, src, bytes, err);
+  int rc = from->download(staging, src, bytes, err);
+  return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
+}
 
 const qt__ops *qt__ops_cpu(void) {
   return &cpu_ops;

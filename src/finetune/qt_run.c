@@ -1200,8 +1200,8 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
   double l2sp = qt_optim_l2sp_coefficient(o);
   param_slice sl[2];
   int rc;
-#define RUN_TRY(call)             \
-  do {                            \
+#define RUN_TRY(call)                 \
+  do {                                \
     if ((rc = (call)) < 0) return rc; \
   } while (0)
   for (size_t i = 0; i < run->n_tensors; i++) {
@@ -1744,17 +1744,25 @@ int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
     for (size_t k = 0; k < np; k++) {
       char *pn = names + 256 * name_used++;
       join_name(pn, "", parts[k].name);
-      tensors[n++] = (qt_safetensors_tensor){
-          pn, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
-          host_view(run, parts[k].data, parts[k].n, &stage, &rc, err), NULL};
+      tensors[n++] =
+          (qt_safetensors_tensor){pn,
+                                  QT_DTYPE_F32,
+                                  parts[k].ndim,
+                                  parts[k].shape,
+                                  host_view(run, parts[k].data, parts[k].n, &stage, &rc, err),
+                                  NULL};
       const float *states[2] = {parts[k].s1, parts[k].s2};
       for (int s = 0; s < 2; s++) {
         if (!states[s] || t->steps == 0) continue;
         char *nm_ = names + 256 * name_used++;
         join_name(nm_, prefixes[s], parts[k].name);
-        tensors[n++] = (qt_safetensors_tensor){
-            nm_, QT_DTYPE_F32, parts[k].ndim, parts[k].shape,
-            host_view(run, states[s], parts[k].n, &stage, &rc, err), NULL};
+        tensors[n++] =
+            (qt_safetensors_tensor){nm_,
+                                    QT_DTYPE_F32,
+                                    parts[k].ndim,
+                                    parts[k].shape,
+                                    host_view(run, states[s], parts[k].n, &stage, &rc, err),
+                                    NULL};
       }
     }
     if (t->buffer) continue;
@@ -1810,8 +1818,8 @@ int qt_run_load(const char *path, const qt_run_spec *spec, qt_run_t **out, qt_er
 }
 
 /* The checkpoint is read on the CPU; the run moves to ops at the end. */
-int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops,
-                     qt_run_t **out, qt_err *err) {
+int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out,
+                     qt_err *err) {
   if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_load: out is NULL");
   *out = NULL;
   if (!path || !spec || !ops) return qt_err_set(err, QT_EINVAL, "qt_run_load: NULL argument");

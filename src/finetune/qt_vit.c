@@ -685,9 +685,9 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
 /* ------------------------------------------------------------------------- */
 
 /* Returns from the enclosing function when a backend call fails. */
-#define VIT_TRY(call)        \
-  do {                       \
-    int vit_rc_ = (call);    \
+#define VIT_TRY(call)                \
+  do {                               \
+    int vit_rc_ = (call);            \
     if (vit_rc_ < 0) return vit_rc_; \
   } while (0)
 
@@ -714,8 +714,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Patch embedding (a convolution with stride = kernel = patch) and the
    * token sequence. */
   VIT_TRY(ops->patchify(vit->patch_in, pixels, B, 3, S, ps, err));
-  VIT_TRY(ops->linear_forward(vit->patch_emb, vit->patch_in, p->patch_w, p->patch_b, B * N, P, C,
-                              err));
+  VIT_TRY(
+      ops->linear_forward(vit->patch_emb, vit->patch_in, p->patch_w, p->patch_b, B * N, P, C, err));
   VIT_TRY(ops->tokens_forward(vit->resid0, vit->patch_emb, p->cls, p->pos, !cf->no_embed_class, B,
                               N, C, err));
 
@@ -830,7 +830,8 @@ static int branch_grad(qt_vit_t *vit, const float *gamma, float *dgamma, const f
   if (!gamma) return 0;
   const qt__ops *ops = vit->ops;
   VIT_TRY(ops->zero(vit->dbranch, n * c * sizeof *vit->dbranch, err));
-  VIT_TRY(ops->residual_backward(NULL, vit->dbranch, dgamma, vit->dresid, branch, gamma, n, c, err));
+  VIT_TRY(
+      ops->residual_backward(NULL, vit->dbranch, dgamma, vit->dresid, branch, gamma, n, c, err));
   *out = vit->dbranch;
   return 0;
 }
@@ -896,8 +897,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(ops->zero(vit->dfc1, BT * M * F, err));
     VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, err));
     VIT_TRY(ops->zero(vit->dln, BT * C * F, err));
-    VIT_TRY(ops->linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT,
-                                 C, M, err));
+    VIT_TRY(ops->linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT, C,
+                                 M, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
@@ -1031,16 +1032,6 @@ int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err) {
 /* Moving between backends                                                    */
 /* ------------------------------------------------------------------------- */
 
-/* Copies `bytes` from `src` on backend `from` to `dst` on backend `to`,
- * through `staging` (host memory of `bytes`) when neither is the host. */
-static int move_bytes(const qt__ops *from, const qt__ops *to, void *dst, const void *src,
-                      void *staging, size_t bytes, qt_err *err) {
-  if (from->host_memory) return to->upload(dst, src, bytes, err);
-  if (to->host_memory) return from->download(dst, src, bytes, err);
-  int rc = from->download(staging, src, bytes, err);
-  return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
-}
-
 int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   if (!vit || !ops) return qt_err_set(err, QT_EINVAL, "qt_vit_to_backend: NULL argument");
   const qt__ops *from = vit->ops;
@@ -1071,7 +1062,7 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
     rc = qt_err_set(err, QT_ENOMEM, "ViT: out of host memory to move %zu bytes", bytes);
   for (int k = 0; k < 4 && rc == 0; k++)
-    rc = move_bytes(from, ops, fresh[k], old[k], staging, bytes, err);
+    rc = qt__ops_move(from, ops, fresh[k], old[k], staging, bytes, err);
   free(staging);
   if (rc < 0) {
     for (int k = 0; k < 4; k++) ops->release(fresh[k]);

@@ -25,8 +25,8 @@ static unsigned grid_for(size_t n) {
   return (unsigned)(blocks > QT_CUDA_MAX_BLOCKS ? QT_CUDA_MAX_BLOCKS : blocks);
 }
 
-#define GRID_STRIDE(i, n)                                                             \
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
+#define GRID_STRIDE(i, n)                                                 \
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (size_t)gridDim.x * blockDim.x)
 
 /* ------------------------------------------------------------------------- */
@@ -63,7 +63,8 @@ static __global__ void adam_kernel(float *__restrict__ x, const float *__restric
     float p = x[i];
     float g = __fadd_rn(grad[i], __fmul_rn(coupled, p));
     float m_new = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(c.one_minus_beta1, g));
-    float v_new = __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
+    float v_new =
+        __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
     m[i] = m_new;
     v[i] = v_new;
     float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v_new), c.bias_correction2_sqrt), c.eps);
@@ -138,39 +139,39 @@ static int launched(const char *who, const char *kernel, qt_err *err) {
   return qt__cuda_error(err, status, what);
 }
 
-extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay,
-                                         long step, float *params, const float *grads,
-                                         float *state1, float *state2, size_t n, qt_err *err) {
+extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step,
+                                         float *params, const float *grads, float *state1,
+                                         float *state2, size_t n, qt_err *err) {
   const char *who = "qt_cuda_optim_tensor_step";
   if (!p) return qt_err_set(err, QT_EINVAL, "%s: NULL parameters", who);
   if (n == 0) return 0;
   if (!params || !grads) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   double wd = decay ? qt_optim_zero_decay(p) : 0.0;
   switch (p->kind) {
-  case QT_OPTIM_KIND_SGD:
-    sgd_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, (float)lr, (float)wd, n);
-    return launched(who, "the SGD kernel", err);
-  case QT_OPTIM_KIND_MOMENTUM:
-    if (!state1) return qt_err_set(err, QT_EINVAL, "%s: momentum needs its buffer", who);
-    momentum_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, (float)lr, (float)wd,
-                                                      (float)p->momentum, n);
-    return launched(who, "the momentum kernel", err);
-  case QT_OPTIM_KIND_ADAM:
-  case QT_OPTIM_KIND_ADAMW: {
-    if (!state1 || !state2) return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
-    qt_adamw_params hp;
-    hp.lr = lr;
-    hp.beta1 = p->beta1;
-    hp.beta2 = p->beta2;
-    hp.eps = p->eps;
-    hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
-    qt__adamw_coefficients c;
-    int rc = qt__adamw_prepare(who, params, grads, state1, state2, n, &hp, step, &c, err);
-    if (rc < 0) return rc;
-    float coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
-    adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, state2, coupled, c, n);
-    return launched(who, "the Adam kernel", err);
-  }
+    case QT_OPTIM_KIND_SGD:
+      sgd_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, (float)lr, (float)wd, n);
+      return launched(who, "the SGD kernel", err);
+    case QT_OPTIM_KIND_MOMENTUM:
+      if (!state1) return qt_err_set(err, QT_EINVAL, "%s: momentum needs its buffer", who);
+      momentum_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, (float)lr, (float)wd,
+                                                        (float)p->momentum, n);
+      return launched(who, "the momentum kernel", err);
+    case QT_OPTIM_KIND_ADAM:
+    case QT_OPTIM_KIND_ADAMW: {
+      if (!state1 || !state2) return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
+      qt_adamw_params hp;
+      hp.lr = lr;
+      hp.beta1 = p->beta1;
+      hp.beta2 = p->beta2;
+      hp.eps = p->eps;
+      hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
+      qt__adamw_coefficients c;
+      int rc = qt__adamw_prepare(who, params, grads, state1, state2, n, &hp, step, &c, err);
+      if (rc < 0) return rc;
+      float coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
+      adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, state2, coupled, c, n);
+      return launched(who, "the Adam kernel", err);
+    }
   }
   return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
 }
@@ -252,8 +253,7 @@ extern "C" int qt_cuda_mul(float *out, const float *a, const float *b, size_t n,
   return launched("qt_cuda_mul", "the product kernel", err);
 }
 
-extern "C" int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n,
-                               qt_err *err) {
+extern "C" int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!acc || !a || !b) return qt_err_set(err, QT_EINVAL, "qt_cuda_mul_add: NULL array");
   mul_add_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(acc, a, b, n);

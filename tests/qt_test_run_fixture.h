@@ -1,0 +1,66 @@
+/*
+ * qt_test_run_fixture.h - a run spec on small real data for the tests of
+ * runs on a backend (test_run_backend, test_gpu_run_backend): 8x8 pattern
+ * images of three classes (qt_test_patterns, 8 per class, a quarter for
+ * validation) and a tiny random ViT (width 8, depth 2, 2 heads, a 5-class
+ * head the run replaces) written once to a temporary checkpoint. Include
+ * after qt_test.h and qt_test_patterns.h.
+ */
+#ifndef QT_TEST_RUN_FIXTURE_H
+#define QT_TEST_RUN_FIXTURE_H
+
+static qt_data_splits run_fixture_splits;
+static char run_fixture_vit_path[256];
+
+/* The ViT run spec: AdamW at 3e-3, 4 planned epochs, batch 6, seed 5. */
+static inline qt_run_spec run_fixture_vit_spec(void) {
+  if (!run_fixture_splits.train) {
+    qt_dataset *all = qt_test_patterns(8, 7);
+    CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &run_fixture_splits.train,
+                                     &run_fixture_splits.val, NULL, NULL) == 0);
+    qt_dataset_free(all);
+    qt_vit_config c = qt_vit_default_config();
+    c.image_size = 8;
+    c.patch_size = 4;
+    c.width = 8;
+    c.depth = 2;
+    c.heads = 2;
+    c.mlp_hidden = 16;
+    c.num_classes = 5;
+    qt_rng_t *rng = NULL;
+    CU_ASSERT_FATAL(qt_rng_init(&rng, 11, NULL) == 0);
+    qt_vit_t *vit = NULL;
+    CU_ASSERT_FATAL(qt_vit_init(&c, 4, rng, &vit, NULL) == 0);
+    qt_test_temp_path("pretrained.safetensors", run_fixture_vit_path, sizeof run_fixture_vit_path);
+    CU_ASSERT_FATAL(qt_vit_save(vit, run_fixture_vit_path, NULL) == 0);
+    qt_vit_free(vit);
+    qt_rng_free(rng);
+  }
+  qt_run_spec s = qt_run_default_spec();
+  s.checkpoint = run_fixture_vit_path;
+  s.family = QT_MODEL_FAMILY_VIT;
+  s.heads = 2;
+  for (int c = 0; c < 3; c++) s.mean[c] = s.std[c] = 0.5;
+  s.data = &run_fixture_splits;
+  s.epochs = 4;
+  s.batch_size = 6;
+  s.seed = 5;
+  s.optim.lr = 3e-3;
+  return s;
+}
+
+/* The same spec on a CNN fixture of tests/fixtures/cnn/ at 32 px. */
+static inline qt_run_spec run_fixture_cnn_spec(const char *checkpoint, qt_model_family family) {
+  qt_run_spec s = run_fixture_vit_spec();
+  s.checkpoint = checkpoint;
+  s.family = family;
+  s.heads = 0;
+  s.image_size = 32;
+  return s;
+}
+
+static inline void run_fixture_free(void) {
+  qt_data_splits_free(&run_fixture_splits);
+}
+
+#endif /* QT_TEST_RUN_FIXTURE_H */
