@@ -72,31 +72,45 @@ static void test_failed_move_changes_nothing(void) {
   remove(checkpoint);
 }
 
-/* The feature hook runs on the CPU only: a model with it on does not move,
- * and a moved model does not take it. Head dropout moves (its steps are
- * compared in the training cases). */
-static void test_feature_hook_stays_on_the_cpu(void) {
+/* The feature hook on the device: the features read there (a host copy)
+ * equal the CPU's, and the gradient written to it (with head dropout on)
+ * reaches every parameter as on the CPU. */
+static void test_feature_hook_on_the_device(void) {
   cnn_case c = cnn_backend_small("hooks", "mobilenetv2_tiny", QT_MODEL_FAMILY_MOBILENETV2);
   char checkpoint[512];
   cnn_backend_checkpoint(&c, 2, checkpoint, sizeof checkpoint);
-  qt_rng_t *rng = make_rng(2);
-  qt_cnn_t *m = cnn_backend_load(&c, checkpoint);
-  qt_err err;
-  CHECK_RC(qt_cnn_set_feature_hook(m, 1, E));
-  CU_ASSERT_EQUAL(qt__cnn_set_ops(m, fake_device_ops(), &err), QT_ENOTIMPL);
-  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "CPU backend only"));
-  CHECK_RC(qt_cnn_set_feature_hook(m, 0, E));
-  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
-  CHECK_RC(qt_cnn_set_head_dropout(m, 0.5, rng, E));
-  CHECK_RC(qt__cnn_set_ops(m, fake_device_ops(), E));
-  CU_ASSERT_EQUAL(qt_cnn_set_feature_hook(m, 1, &err), QT_ENOTIMPL);
-  CHECK_RC(qt_cnn_set_feature_hook(m, 0, E));
-  /* It still trains there. */
-  cnn_batch b = cnn_backend_batch(rng, &c);
-  CU_ASSERT(isfinite(cnn_backend_pass(m, &c, &b)));
+  qt_rng_t *data = make_rng(3), *drop_a = make_rng(4), *drop_b = make_rng(4);
+  qt_cnn_t *cpu = cnn_backend_load(&c, checkpoint), *dev = cnn_backend_load(&c, checkpoint);
+  qt_cnn_t *both[2] = {cpu, dev};
+  qt_rng_t *drops[2] = {drop_a, drop_b};
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_cnn_set_feature_hook(both[k], 1, E));
+    CHECK_RC(qt_cnn_set_head_dropout(both[k], 0.3, drops[k], E));
+  }
+  CHECK_RC(qt__cnn_set_ops(dev, fake_device_ops(), E));
+  cnn_batch b = cnn_backend_batch(data, &c);
+  size_t n = c.batch * qt_cnn_feature_dim(cpu), batch = 0;
+  float *dfeat = host_random(data, n, 0.0, 0.1);
+  double loss[2];
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_cnn_forward(both[k], b.images, c.batch, c.mode, E));
+    CHECK_RC(qt_cnn_loss(both[k], b.labels, NULL, 0.0, &loss[k], E));
+    memcpy(qt_cnn_feature_grad(both[k]), dfeat, n * sizeof *dfeat);
+    qt_cnn_zero_grad(both[k]);
+    CHECK_RC(qt_cnn_backward(both[k], E));
+  }
+  CU_ASSERT(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0);
+  expect_values("features", qt_cnn_features(dev, &batch), qt_cnn_features(cpu, NULL), NULL, n, 0.0);
+  CU_ASSERT_EQUAL(batch, c.batch);
+  cnn_backend_expect_tensors(fake_device_ops(), dev, cpu, CNN_GRADS, &exact, 0.0,
+                             "with the feature hook's gradient");
+  free(dfeat);
   cnn_batch_free(&b);
-  qt_cnn_free(m);
-  qt_rng_free(rng);
+  qt_cnn_free(cpu);
+  qt_cnn_free(dev);
+  qt_rng_free(data);
+  qt_rng_free(drop_a);
+  qt_rng_free(drop_b);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
   remove(checkpoint);
 }
@@ -126,7 +140,7 @@ static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
-    {"feature_hook_stays_on_the_cpu", test_feature_hook_stays_on_the_cpu},
+    {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},
 };

@@ -28,7 +28,7 @@ static qt_run_spec vit_spec(void) {
 
 /* The pipelines compared: every part that trains on a device. */
 static int n_specs(void) {
-  return 4;
+  return 6;
 }
 
 static qt_run_spec spec_at(int k) {
@@ -59,8 +59,19 @@ static qt_run_spec spec_at(int k) {
       s.drop = 0.2;
       s.stoch_norm = 1;
       return s;
-    default: /* a ResNet with SGD, clipping and half of it frozen */
+    case 4: /* the feature hook's methods: BSS and DELTA (its source on the CPU) */
+      s = vit_spec();
+      s.bss_reg = 0.01;
+      s.delta_reg = 0.1;
+      s.drop = 0.1;
+      return s;
+    case 5: /* Co-Tuning with the checkpoint's head as the source classifier */
+      s = vit_spec();
+      s.cotuning_reg = 0.5;
+      return s;
+    default: /* a ResNet with SGD, clipping, half of it frozen and BSS (the hook on a CNN) */
       s = run_fixture_cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
+      s.bss_reg = 0.01;
       s.optim.kind = QT_OPTIM_KIND_SGD;
       s.optim.clip_grad = 1.0;
       s.pct_to_freeze = 0.5;
@@ -209,9 +220,6 @@ static void test_cpu_only_parts_refused(void) {
   s = vit_spec();
   s.optim.decay = QT_DECAY_KIND_SPD;
   expect_refused(s, "Selective Projection Decay");
-  s = vit_spec();
-  s.bss_reg = 0.1;
-  expect_refused(s, "BSS");
   s = vit_spec();
   s.goodfit = 1;
   expect_refused(s, "GOODFIT");

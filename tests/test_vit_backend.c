@@ -56,24 +56,48 @@ static void test_failed_move_changes_nothing(void) {
   }
 }
 
-/* The feature hook runs on the CPU only: a model with it on does not
- * move, and a moved model does not take it. Head dropout moves (its steps
- * are compared in training_steps_match_cpu). */
-static void test_feature_hook_stays_on_the_cpu(void) {
-  qt_vit_config c = vit_backend_small_config();
-  qt_rng_t *rng = make_rng(2);
-  qt_vit_t *vit = NULL;
-  qt_err err;
-  CHECK_RC(qt_vit_init(&c, 2, rng, &vit, E));
-  CHECK_RC(qt_vit_set_feature_hook(vit, 1, E));
-  CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOTIMPL);
-  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "CPU backend only"));
-  CHECK_RC(qt_vit_set_feature_hook(vit, 0, E));
-  CHECK_RC(qt_vit_set_head_dropout(vit, 0.5, rng, E));
-  CHECK_RC(qt__vit_set_ops(vit, fake_device_ops(), E));
-  CU_ASSERT_EQUAL(qt_vit_set_feature_hook(vit, 1, &err), QT_ENOTIMPL);
-  qt_vit_free(vit);
-  qt_rng_free(rng);
+/* The feature hook on the device: the features read there (a host copy)
+ * equal the CPU's, and the gradient written to it (with head dropout on)
+ * reaches every parameter as on the CPU. */
+static void test_feature_hook_on_the_device(void) {
+  vit_case c = {"feature hook", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
+  qt_rng_t *init_a = make_rng(2), *init_b = make_rng(2), *data = make_rng(3);
+  qt_rng_t *drop_a = make_rng(4), *drop_b = make_rng(4);
+  qt_vit_t *cpu = NULL, *dev = NULL;
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
+  qt_vit_t *both[2] = {cpu, dev};
+  qt_rng_t *drops[2] = {drop_a, drop_b};
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_vit_set_feature_hook(both[k], 1, E));
+    CHECK_RC(qt_vit_set_head_dropout(both[k], 0.3, drops[k], E));
+  }
+  CHECK_RC(qt__vit_set_ops(dev, fake_device_ops(), E));
+  vit_batch b = vit_backend_batch(data, &c);
+  size_t n = c.batch * (size_t)c.config.width, batch = 0;
+  float *dfeat = host_random(data, n, 0.0, 0.1);
+  double loss[2];
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_vit_forward(both[k], b.images, c.batch, E));
+    CHECK_RC(qt_vit_loss(both[k], b.labels, NULL, 0.0, &loss[k], E));
+    memcpy(qt_vit_feature_grad(both[k]), dfeat, n * sizeof *dfeat);
+    qt_vit_zero_grad(both[k]);
+    CHECK_RC(qt_vit_backward(both[k], E));
+  }
+  CU_ASSERT(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0);
+  expect_values("features", qt_vit_features(dev, &batch), qt_vit_features(cpu, NULL), NULL, n, 0.0);
+  CU_ASSERT_EQUAL(batch, c.batch);
+  vit_backend_expect_tensors(fake_device_ops(), dev, cpu, VIT_GRADS, &exact, 0.0,
+                             "with the feature hook's gradient");
+  free(dfeat);
+  vit_batch_free(&b);
+  qt_vit_free(cpu);
+  qt_vit_free(dev);
+  qt_rng_free(init_a);
+  qt_rng_free(init_b);
+  qt_rng_free(data);
+  qt_rng_free(drop_a);
+  qt_rng_free(drop_b);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
 
@@ -101,7 +125,7 @@ static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
-    {"feature_hook_stays_on_the_cpu", test_feature_hook_stays_on_the_cpu},
+    {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},
 };

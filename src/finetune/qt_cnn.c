@@ -94,9 +94,12 @@ typedef struct cnn_memory {
   float *dloss;          /* (1) the loss gradient of every row, 1 / batch */
   float *drop_mask;      /* (max_batch, features) head dropout's mask, off the
                             CPU only (the CPU reads the hooks' own) */
+  float *feat_grad;      /* (max_batch, features) the feature hook's gradient
+                            moved up, off the CPU only */
   /* Host copies of what callers read, off the CPU only (else NULL). */
-  float *host_logits; /* (max_batch, classes) */
-  float *host_losses; /* (max_batch) */
+  float *host_logits;   /* (max_batch, classes) */
+  float *host_losses;   /* (max_batch) */
+  float *host_features; /* (max_batch, features) the feature hook's */
 } cnn_memory;
 
 struct qt_cnn {
@@ -596,8 +599,10 @@ static void memory_release(const qt__ops *ops, cnn_memory *mem) {
   ops->release(mem->soft);
   ops->release(mem->dloss);
   ops->release(mem->drop_mask);
+  ops->release(mem->feat_grad);
   free(mem->host_logits);
   free(mem->host_losses);
+  free(mem->host_features);
   memset(mem, 0, sizeof *mem);
 }
 
@@ -632,6 +637,7 @@ static int memory_alloc(const qt_cnn_t *m, const qt__ops *ops, cnn_memory *mem, 
       {(void **)&mem->soft, mb * classes * sizeof(float)},
       {(void **)&mem->dloss, sizeof(float)},
       {(void **)&mem->drop_mask, ops->host_memory ? 0 : mb * qt_cnn_feature_dim(m) * sizeof(float)},
+      {(void **)&mem->feat_grad, ops->host_memory ? 0 : mb * qt_cnn_feature_dim(m) * sizeof(float)},
   };
   int rc = 0;
   for (size_t k = 0; k < sizeof arrays / sizeof arrays[0] && rc == 0; k++) {
@@ -641,7 +647,8 @@ static int memory_alloc(const qt_cnn_t *m, const qt__ops *ops, cnn_memory *mem, 
   if (rc == 0 && !ops->host_memory) {
     mem->host_logits = calloc(mb * classes, sizeof(float));
     mem->host_losses = calloc(mb, sizeof(float));
-    if (!mem->host_logits || !mem->host_losses)
+    mem->host_features = calloc(mb * qt_cnn_feature_dim(m), sizeof(float));
+    if (!mem->host_logits || !mem->host_losses || !mem->host_features)
       rc = qt_err_set(err, QT_ENOMEM, "CNN: out of host memory for the logits' copy");
   }
   if (rc < 0) memory_release(ops, mem);
@@ -901,13 +908,14 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
         }
         break;
       case OP_DROPOUT:
-        /* The features before the mask are the hook's. The feature hook
-         * runs on the CPU only (qt_cnn_to_backend refuses a model with it
-         * on); the mask is drawn on the host (the same draws on every
-         * backend) and applied by the backend. */
+        /* The features before the mask are the feature hook's (a host copy
+         * off the CPU); the mask is drawn on the host (the same draws on
+         * every backend) and applied by the backend. */
         if (m->hooks.dfeat) {
-          qt__head_hooks_forward(&m->hooks, y, x, n);
-        } else if (qt__head_hooks_draw(&m->hooks, n)) {
+          memset(m->hooks.dfeat, 0, n * F);
+          if (m->mem.host_features) CNN_TRY(ops->download(m->mem.host_features, x, n * F, err));
+        }
+        if (qt__head_hooks_draw(&m->hooks, n)) {
           const float *mask = m->hooks.drop_mask;
           if (!ops->host_memory) {
             CNN_TRY(ops->upload(m->mem.drop_mask, mask, n * F, err));
@@ -1045,16 +1053,21 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
               m->mem.mean + o->stats, m->mem.rstd + o->stats, batch, o->c, o->hw, o->mode, err));
         break;
       case OP_DROPOUT:
-        if (m->hooks.dfeat) { /* the CPU only */
-          for (size_t k = 0; k < n; k++)
-            dx[k] += m->hooks.dropped ? dy[k] * m->hooks.drop_mask[k] : dy[k];
-          for (size_t k = 0; k < n; k++) dx[k] += m->hooks.dfeat[k];
-        } else if (m->hooks.dropped) {
+        if (m->hooks.dropped) {
           const float *mask = ops->host_memory ? m->hooks.drop_mask : m->mem.drop_mask;
           CNN_TRY(ops->mul_add(dx, dy, mask, n, err));
         } else {
           /* dx += dy */
           CNN_TRY(ops->residual_backward(dx, NULL, NULL, dy, NULL, NULL, n, 1, err));
+        }
+        if (m->hooks.dfeat) {
+          /* dx += the feature hook's gradient */
+          const float *dfeat = m->hooks.dfeat;
+          if (!ops->host_memory) {
+            CNN_TRY(ops->upload(m->mem.feat_grad, dfeat, n * F, err));
+            dfeat = m->mem.feat_grad;
+          }
+          CNN_TRY(ops->residual_backward(dx, NULL, NULL, dfeat, NULL, NULL, n, 1, err));
         }
         break;
       case OP_RELU6:
@@ -1116,17 +1129,12 @@ size_t qt_cnn_feature_dim(const qt_cnn_t *m) {
   return m->acts[m->ops[m->pool_op].out].per_image;
 }
 
-/* The feature hook reads and writes the features on the host. */
-#define CNN_HOOKS_CPU_ONLY "the feature hook runs on the CPU backend only so far"
-
 int qt_cnn_set_head_dropout(qt_cnn_t *m, double rate, qt_rng_t *rng, qt_err *err) {
   return qt__head_hooks_set_dropout(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), rate, rng,
                                     "CNN", err);
 }
 
 int qt_cnn_set_feature_hook(qt_cnn_t *m, int on, qt_err *err) {
-  if (!m->backend->host_memory && on)
-    return qt_err_set(err, QT_ENOTIMPL, "CNN on %s: " CNN_HOOKS_CPU_ONLY, m->backend->name);
   return qt__head_hooks_set_feature_grad(&m->hooks, m->max_batch * qt_cnn_feature_dim(m), on, "CNN",
                                          err);
 }
@@ -1134,7 +1142,7 @@ int qt_cnn_set_feature_hook(qt_cnn_t *m, int on, qt_err *err) {
 const float *qt_cnn_features(const qt_cnn_t *m, size_t *batch) {
   if (!m->hooks.dfeat || m->batch == 0) return NULL;
   if (batch) *batch = m->batch;
-  return m->acts[m->ops[m->pool_op].out].data;
+  return m->mem.host_features ? m->mem.host_features : m->acts[m->ops[m->pool_op].out].data;
 }
 
 float *qt_cnn_feature_grad(qt_cnn_t *m) {
@@ -1193,8 +1201,6 @@ int qt__cnn_set_ops(qt_cnn_t *m, const qt__ops *ops, qt_err *err) {
   if (!m || !ops) return qt_err_set(err, QT_EINVAL, "qt_cnn_to_backend: NULL argument");
   const qt__ops *from = m->backend;
   if (ops == from) return 0;
-  if (!ops->host_memory && m->hooks.dfeat)
-    return qt_err_set(err, QT_ENOTIMPL, "CNN to %s: " CNN_HOOKS_CPU_ONLY, ops->name);
 
   /* Everything is allocated and copied before anything is released, so a
    * failure (out of device memory, most likely) leaves the model as it was.

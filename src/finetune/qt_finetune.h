@@ -855,10 +855,10 @@ int qt_vit_save(const qt_vit_t *vit, const char *path, qt_err *err);
  * host. On a CUDA model, qt_vit_tensor's data and grad point to device
  * memory. Errors: QT_ENODEV without a usable device (qt_backend_kind_check),
  * QT_ENOMEM when the device's memory is short (the model stays where and as
- * it was), QT_ENOTIMPL for a model with the feature hook on (it runs on
- * the CPU only so far; turning it on for a CUDA model is QT_ENOTIMPL too).
- * Head dropout works on every backend: the masks are drawn on the host, in
- * the same order, and applied by the backend. */
+ * it was). Head dropout and the feature hook work on every backend: the
+ * masks are drawn on the host, in the same order, and applied by the
+ * backend; qt_vit_features is a host copy and qt_vit_feature_grad a host
+ * array the backward moves up. */
 int qt_vit_to_backend(qt_vit_t *vit, qt_backend_kind kind, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
@@ -1758,10 +1758,8 @@ int qt_cnn_backward(qt_cnn_t *cnn, qt_err *err);
  * qt_cnn_tensor (tests/qt_test_cnn_backend.h steps AdamW with the backend's
  * op). qt_cnn_save writes from a host copy. Errors: QT_ENODEV without a
  * usable device (qt_backend_kind_check), QT_ENOMEM when the device's memory
- * is short (the model stays where and as it was), QT_ENOTIMPL for a model
- * with the feature hook on (it runs on the CPU only so far; turning it on
- * for a CUDA model is QT_ENOTIMPL too). Head dropout works on every
- * backend, as for the ViT. */
+ * is short (the model stays where and as it was). Head dropout and the
+ * feature hook work on every backend, as for the ViT. */
 int qt_cnn_to_backend(qt_cnn_t *cnn, qt_backend_kind kind, qt_err *err);
 
 /* Pixels per side of the input images. */
@@ -2596,12 +2594,14 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
  * qt_run_init refuses the same. */
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 /* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
- * convolutional family with any optimizer, weight decay or L2-SP, SFA, clipping, layer
- * decay, freezing, linear probing, the schedules, augmentation, mixing and
- * smoothing, head dropout, StochNorm (the data are prepared on the host
- * and moved once per batch). QT_ENOTIMPL naming the first part that trains
- * on the CPU only so far: the MLP, adapters, GOODFIT, Selective
- * Projection Decay, BSS, DELTA, Co-Tuning. qt_run_init and
+ * convolutional family with any optimizer, weight decay or L2-SP, SFA,
+ * clipping, layer decay, freezing, linear probing, the schedules,
+ * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
+ * (its frozen source model runs on the CPU) and Co-Tuning (the data are
+ * prepared on the host and moved once per batch; the methods on the
+ * features compute on the host). QT_ENOTIMPL naming the first part that
+ * trains on the CPU only so far: the MLP, adapters, GOODFIT, Selective
+ * Projection Decay. qt_run_init and
  * qt_run_load check it for a device run. A run's checkpoint is the same
  * file on every backend: one saved on a device resumes on the CPU and the
  * reverse. */

@@ -359,8 +359,6 @@ int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
     cpu_only = "GOODFIT";
   else if (s->optim.decay == QT_DECAY_KIND_SPD)
     cpu_only = "Selective Projection Decay";
-  else if (s->bss_reg > 0.0 || s->delta_reg > 0.0 || s->cotuning_reg > 0.0)
-    cpu_only = "BSS, DELTA and Co-Tuning";
   if (!cpu_only) return 0;
   return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
 }

@@ -129,6 +129,8 @@ struct qt_vit {
   float *dloss;      /* (1) the loss gradient of every row, 1 / B */
   float *drop_mask;  /* (B, C) head dropout's mask of the last forward; NULL
                         on the CPU, which reads the hooks' own */
+  float *dfeat;      /* (B, C) the feature hook's gradient moved up; NULL on
+                        the CPU, which reads the hooks' own */
   int *labels;       /* (B) labels of the last loss, backend memory */
   /* Host copies of what callers read, off the CPU only (else NULL). */
   float *host_logits; /* (B, K) */
@@ -293,6 +295,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dpatch_emb = carve(base, &used, B * N * C);
   vit->dloss = carve(base, &used, 1);
   vit->drop_mask = vit->ops->host_memory ? NULL : carve(base, &used, B * C);
+  vit->dfeat = vit->ops->host_memory ? NULL : carve(base, &used, B * C);
   return used;
 }
 
@@ -746,9 +749,9 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Head dropout: the normalized class tokens are scaled in place (the norm's
    * backward reads its input, not its output), so the head's backward sees
    * the dropped features. The mask is drawn on the host (the same draws on
-   * every backend) and applied by the backend. The feature hook runs on the
-   * CPU only (qt_vit_to_backend refuses a model with it on). */
-  if (vit->feat) memcpy(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat);
+   * every backend) and applied by the backend. The feature hook's features
+   * are a host copy of the undropped ones. */
+  if (vit->feat) VIT_TRY(ops->download(vit->feat, vit->cls_norm, B * C * sizeof *vit->feat, err));
   if (vit->hooks.dfeat) memset(vit->hooks.dfeat, 0, B * C * sizeof *vit->hooks.dfeat);
   if (qt__head_hooks_draw(&vit->hooks, B * C)) {
     const float *mask = vit->hooks.drop_mask;
@@ -870,7 +873,13 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   }
   /* The feature hook's gradient, on the undropped features. */
   if (vit->hooks.dfeat) {
-    for (size_t i = 0; i < B * C; i++) vit->dcls_norm[i] += vit->hooks.dfeat[i];
+    const float *dfeat = vit->hooks.dfeat;
+    if (!ops->host_memory) {
+      VIT_TRY(ops->upload(vit->dfeat, dfeat, B * C * sizeof *dfeat, err));
+      dfeat = vit->dfeat;
+    }
+    /* dcls_norm += dfeat */
+    VIT_TRY(ops->residual_backward(vit->dcls_norm, NULL, NULL, dfeat, NULL, NULL, B * C, 1, err));
   }
   VIT_TRY(ops->zero(vit->dcls_rows, B * C * F, err));
   VIT_TRY(ops->layernorm_backward(vit->dcls_rows, g->norm_w, g->norm_b, vit->dcls_norm,
@@ -928,9 +937,6 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   return 0;
 }
 
-/* The feature hook reads and writes the features on the host. */
-#define VIT_HOOKS_CPU_ONLY "the feature hook runs on the CPU backend only so far"
-
 int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_head_dropout: NULL model");
   return qt__head_hooks_set_dropout(&vit->hooks, vit->max_batch * (size_t)vit->config.width, rate,
@@ -939,8 +945,6 @@ int qt_vit_set_head_dropout(qt_vit_t *vit, double rate, qt_rng_t *rng, qt_err *e
 
 int qt_vit_set_feature_hook(qt_vit_t *vit, int on, qt_err *err) {
   if (!vit) return qt_err_set(err, QT_EINVAL, "qt_vit_set_feature_hook: NULL model");
-  if (!vit->ops->host_memory && on)
-    return qt_err_set(err, QT_ENOTIMPL, "ViT on %s: " VIT_HOOKS_CPU_ONLY, vit->ops->name);
   size_t n = vit->max_batch * (size_t)vit->config.width;
   if (on && !vit->feat && !(vit->feat = calloc(n, sizeof *vit->feat)))
     return qt_err_set(err, QT_ENOMEM, "ViT: out of memory for the feature hook");
@@ -1036,8 +1040,6 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   if (!vit || !ops) return qt_err_set(err, QT_EINVAL, "qt_vit_to_backend: NULL argument");
   const qt__ops *from = vit->ops;
   if (ops == from) return 0;
-  if (!ops->host_memory && vit->hooks.dfeat)
-    return qt_err_set(err, QT_ENOTIMPL, "ViT to %s: " VIT_HOOKS_CPU_ONLY, ops->name);
 
   /* Everything is allocated and copied before anything is released, so a
    * failure (out of device memory, most likely) leaves the model as it was. */
