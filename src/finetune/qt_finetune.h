@@ -2597,7 +2597,7 @@ int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
  * convolutional family with any optimizer, weight decay or L2-SP, SFA,
  * clipping, layer decay, freezing, linear probing, the schedules,
  * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
- * (its frozen source model runs on the CPU) and Co-Tuning (the data are
+ * (its frozen source model moves too) and Co-Tuning (the data are
  * prepared on the host and moved once per batch; the methods on the
  * features compute on the host). QT_ENOTIMPL naming the first part that
  * trains on the CPU only so far: the MLP, adapters, GOODFIT, Selective

@@ -967,10 +967,11 @@ static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   return 0;
 }
 
-/* Moves a run made on the CPU to the backend of ops: the model and every
- * tensor's optimizer state and reference weights. Everything is allocated
- * and copied before anything is released, so a failure (out of device
- * memory, most likely) leaves the run on the CPU as it was. */
+/* Moves a run made on the CPU to the backend of ops: the model, DELTA's
+ * source model and every tensor's optimizer state and reference weights.
+ * On a failure (out of device memory, most likely) the run is only fit for
+ * qt_run_free, which its callers then do: each model releases its own
+ * memory wherever it is, and the state arrays are released here. */
 static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   QT_ASSERT(run->ops->host_memory);
   size_t n = run->n_tensors;
@@ -990,6 +991,7 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
     }
   }
   if (rc == 0) rc = qt__model_set_ops(run->model, ops, err);
+  if (rc == 0 && run->source) rc = qt__model_set_ops(run->source, ops, err);
   if (rc < 0) {
     for (size_t k = 0; k < 3 * n; k++) ops->release(fresh[k]);
     free(fresh);
