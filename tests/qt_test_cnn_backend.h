@@ -211,32 +211,14 @@ static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t
 /* Batches and steps                                                          */
 /* ------------------------------------------------------------------------- */
 
-typedef struct cnn_batch {
-  float *images; /* (batch, 3, S, S) N(0, 1) */
-  int *labels;   /* (batch) */
-  float *soft;   /* (batch, classes) rows of a softmax */
-} cnn_batch;
+typedef test_batch cnn_batch;
 
 static inline cnn_batch cnn_backend_batch(qt_rng_t *rng, const cnn_case *c) {
-  size_t S = (size_t)c->image_size, K = (size_t)c->classes;
-  cnn_batch b;
-  b.images = host_random(rng, c->batch * 3 * S * S, 0.0, 1.0);
-  b.labels = malloc(c->batch * sizeof *b.labels);
-  b.soft = host_random(rng, c->batch * K, 0.0, 1.0);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(b.labels);
-  for (size_t i = 0; i < c->batch; i++) {
-    b.labels[i] = (int)(qt_rng_uniform(rng) * (double)K) % (int)K;
-    double sum = 0.0;
-    for (size_t k = 0; k < K; k++) sum += (b.soft[i * K + k] = expf(b.soft[i * K + k]));
-    for (size_t k = 0; k < K; k++) b.soft[i * K + k] = (float)(b.soft[i * K + k] / sum);
-  }
-  return b;
+  return test_batch_make(rng, c->batch, (size_t)c->image_size, (size_t)c->classes);
 }
 
 static inline void cnn_batch_free(cnn_batch *b) {
-  free(b->images);
-  free(b->labels);
-  free(b->soft);
+  test_batch_free(b);
 }
 
 /* Forward, loss, zero_grad, backward of model on the batch; returns the

@@ -89,8 +89,7 @@ static inline float *download(const float *d, size_t n) {
 }
 
 /* The measure above; init may be NULL (zeros). */
-static inline double parity_error(const float *gpu, const float *cpu, const float *init,
-                                  size_t n) {
+static inline double parity_error(const float *gpu, const float *cpu, const float *init, size_t n) {
   double diff = 0.0, scale = 0.0;
   for (size_t i = 0; i < n; i++) {
     if (!isfinite(gpu[i]) || !isfinite(cpu[i])) return INFINITY;
@@ -99,6 +98,36 @@ static inline double parity_error(const float *gpu, const float *cpu, const floa
   }
   if (scale == 0.0) return diff == 0.0 ? 0.0 : INFINITY;
   return diff / fmax(scale, (double)FLT_MIN);
+}
+
+/* A batch for whole training steps: images N(0, 1), labels uniform, and
+ * soft targets (rows of a softmax), all drawn from rng in this order. */
+typedef struct test_batch {
+  float *images; /* (batch, 3, size, size) */
+  int *labels;   /* (batch) */
+  float *soft;   /* (batch, classes) */
+} test_batch;
+
+static inline test_batch test_batch_make(qt_rng_t *rng, size_t batch, size_t size, size_t classes) {
+  size_t K = classes;
+  test_batch b;
+  b.images = host_random(rng, batch * 3 * size * size, 0.0, 1.0);
+  b.labels = malloc(batch * sizeof *b.labels);
+  b.soft = host_random(rng, batch * K, 0.0, 1.0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(b.labels);
+  for (size_t i = 0; i < batch; i++) {
+    b.labels[i] = (int)(qt_rng_uniform(rng) * (double)K) % (int)K;
+    double sum = 0.0;
+    for (size_t k = 0; k < K; k++) sum += (b.soft[i * K + k] = expf(b.soft[i * K + k]));
+    for (size_t k = 0; k < K; k++) b.soft[i * K + k] = (float)(b.soft[i * K + k] / sum);
+  }
+  return b;
+}
+
+static inline void test_batch_free(test_batch *b) {
+  free(b->images);
+  free(b->labels);
+  free(b->soft);
 }
 
 /* Compares n host values with the CPU's: equal bit for bit when tolerance
@@ -166,15 +195,15 @@ static inline void grad_free(grad *g) {
 }
 
 /* main() of a parity test: skips (77) without a CUDA device. */
-#define QT_GPU_TEST_MAIN(suite_name, cases)                         \
-  int main(void) {                                                  \
-    int count = 0;                                                  \
-    qt_err err;                                                     \
-    if (qt_cuda_device_count(&count, &err) != 0 || count == 0) {    \
-      printf("no CUDA device: skipping\n");                         \
-      return QT_TEST_SKIP_CODE;                                     \
-    }                                                               \
-    return qt_test_run(suite_name, cases);                          \
+#define QT_GPU_TEST_MAIN(suite_name, cases)                      \
+  int main(void) {                                               \
+    int count = 0;                                               \
+    qt_err err;                                                  \
+    if (qt_cuda_device_count(&count, &err) != 0 || count == 0) { \
+      printf("no CUDA device: skipping\n");                      \
+      return QT_TEST_SKIP_CODE;                                  \
+    }                                                            \
+    return qt_test_run(suite_name, cases);                       \
   }
 
 #endif /* QT_TEST_GPU_H */

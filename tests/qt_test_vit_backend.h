@@ -113,33 +113,16 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
   }
 }
 
-/* A batch: images N(0, 1), labels or soft targets (rows of a softmax). */
-typedef struct vit_batch {
-  float *images;
-  int *labels;
-  float *soft;
-} vit_batch;
+/* A batch of the case's shape (qt_test_gpu.h). */
+typedef test_batch vit_batch;
 
 static inline vit_batch vit_backend_batch(qt_rng_t *rng, const vit_case *c) {
-  size_t S = (size_t)c->config.image_size, K = (size_t)c->config.num_classes;
-  vit_batch b;
-  b.images = host_random(rng, c->batch * 3 * S * S, 0.0, 1.0);
-  b.labels = malloc(c->batch * sizeof *b.labels);
-  b.soft = host_random(rng, c->batch * K, 0.0, 1.0);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(b.labels);
-  for (size_t i = 0; i < c->batch; i++) {
-    b.labels[i] = (int)(qt_rng_uniform(rng) * (double)K) % (int)K;
-    double sum = 0.0;
-    for (size_t k = 0; k < K; k++) sum += (b.soft[i * K + k] = expf(b.soft[i * K + k]));
-    for (size_t k = 0; k < K; k++) b.soft[i * K + k] = (float)(b.soft[i * K + k] / sum);
-  }
-  return b;
+  return test_batch_make(rng, c->batch, (size_t)c->config.image_size,
+                         (size_t)c->config.num_classes);
 }
 
 static inline void vit_batch_free(vit_batch *b) {
-  free(b->images);
-  free(b->labels);
-  free(b->soft);
+  test_batch_free(b);
 }
 
 /* One training step of vit on the batch; returns the loss. */
