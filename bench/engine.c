@@ -62,12 +62,15 @@
  *
  * Device (--device cuda, issue 8): the ViTs move to the GPU with
  * qt_vit_to_backend after qt_vit_init and train there in FP32 (--tf32
- * allows TF32 tensor cores in the matrix products, on both sides); the
+ * allows TF32 tensor cores in the matrix products, on both sides; --amp
+ * bf16 multiplies in BF16, qt_cuda_set_matmul_precision, against PyTorch
+ * under torch.autocast with bfloat16); the
  * images and labels go up every step as in training, and every timed step
  * ends with qt_cuda_synchronize (the reference with
  * torch.cuda.synchronize). Printed next to the throughput: the model FLOP
  * utilization (vit_forward_flops x 3 per image over the device's peak:
- * NVIDIA's dense FP32 or TF32 figure for a known name, else --peak-tflops)
+ * NVIDIA's dense FP32, TF32 or BF16 figure for a known name, else
+ * --peak-tflops)
  * and device memory: for qtune the memory in use after the steps less
  * that before the model (cudaMemGetInfo: the model, its arena and cuBLAS's
  * workspace), for PyTorch torch.cuda.max_memory_reserved. The CNNs move
@@ -79,7 +82,8 @@
  *   usage: engine [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
  *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
  *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
- *                 [--tf32] [--peak-tflops X] [--python /usr/bin/python3]
+ *                 [--tf32 | --amp bf16] [--peak-tflops X]
+ *                 [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
  * Example (2 threads, a short check): engine --model resnet18 --batch 16
@@ -135,8 +139,8 @@ typedef struct bench_options {
   const char *python, *reference;
   int no_reference;
   qt_backend_kind device;
-  int tf32;           /* TF32 allowed in the FP32 matrix products (CUDA) */
-  double peak_tflops; /* the device's peak for the utilization; 0: from its name */
+  qt_matmul_precision precision; /* of the matrix products (CUDA) */
+  double peak_tflops;            /* the device's peak for the utilization; 0: from its name */
 } bench_options;
 
 typedef struct bench_result {
@@ -180,17 +184,28 @@ static double vit_forward_flops(const vit_shape *v, long image_size, long classe
 /* Dense peak FLOP/s of the known data-center GPUs (NVIDIA's data sheets), by
  * a substring of the device name: FP32, TF32 and BF16 tensor cores without
  * sparsity. 0 when the name is not in the table. */
-static double device_peak_tflops(const char *name, int tf32) {
+static double device_peak_tflops(const char *name, qt_matmul_precision precision) {
   static const struct {
     const char *name;
-    double fp32, tf32;
+    double fp32, tf32, bf16;
   } table[] = {
-      {"H200", 67.0, 494.7},      {"H100 80GB HBM3", 67.0, 494.7}, {"H100 SXM", 67.0, 494.7},
-      {"H100 PCIe", 51.2, 378.0}, {"H100 NVL", 60.0, 417.5},       {"A100", 19.5, 156.0},
+      {"H200", 67.0, 494.7, 989.4},     {"H100 80GB HBM3", 67.0, 494.7, 989.4},
+      {"H100 SXM", 67.0, 494.7, 989.4}, {"H100 PCIe", 51.2, 378.0, 756.5},
+      {"H100 NVL", 60.0, 417.5, 835.5}, {"A100", 19.5, 156.0, 312.0},
   };
-  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
-    if (strstr(name, table[i].name)) return tf32 ? table[i].tf32 : table[i].fp32;
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+    if (!strstr(name, table[i].name)) continue;
+    return precision == QT_MATMUL_BF16   ? table[i].bf16
+           : precision == QT_MATMUL_TF32 ? table[i].tf32
+                                         : table[i].fp32;
+  }
   return 0.0;
+}
+
+static const char *precision_words(qt_matmul_precision precision) {
+  return precision == QT_MATMUL_BF16   ? "BF16 products (amp), FP32 storage"
+         : precision == QT_MATMUL_TF32 ? "FP32 products with TF32"
+                                       : "FP32 products";
 }
 
 /* Device memory in use (all processes), MiB; -1 when it cannot be read. */
@@ -201,12 +216,13 @@ static double device_used_mib(void) {
 }
 
 static void usage(const char *argv0) {
-  fprintf(stderr,
-          "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
-          "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
-          "          [--image-size 224] [--device cpu|cuda] [--tf32] [--peak-tflops X]\n"
-          "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
-          argv0);
+  fprintf(
+      stderr,
+      "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
+      "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
+      "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16] [--peak-tflops X]\n"
+      "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
+      argv0);
 }
 
 static int parse_long(const char *flag, const char *text, long min, long *out) {
@@ -248,7 +264,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   r->base_rss_kib = current_rss_kib();
   int cuda = o->device == QT_BACKEND_KIND_CUDA;
   if (cuda) {
-    qt_cuda_set_tf32(o->tf32);
+    qt_cuda_set_matmul_precision(o->precision);
     r->device_base_mib = device_used_mib();
   }
   const vit_shape *shape = find_vit(o->model);
@@ -355,7 +371,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   rmdir(dir);
   int cuda = o->device == QT_BACKEND_KIND_CUDA;
   if (cuda) {
-    qt_cuda_set_tf32(o->tf32);
+    qt_cuda_set_matmul_precision(o->precision);
     r->device_base_mib = device_used_mib();
   }
   if (!rc) rc = qt_cnn_to_backend(cnn, o->device, &err);
@@ -484,7 +500,10 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
            "'%s' '%s' --model %s --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld "
            "--image-size %ld --device %s%s",
            o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
-           o->image_size, qt_backend_kind_name(o->device), o->tf32 ? " --tf32" : "");
+           o->image_size, qt_backend_kind_name(o->device),
+           o->precision == QT_MATMUL_BF16   ? " --amp bf16"
+           : o->precision == QT_MATMUL_TF32 ? " --tf32"
+                                            : "");
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -521,8 +540,9 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
 }
 
 int main(int argc, char **argv) {
-  bench_options o = {"vit_tiny",          32, 0,  1, 3, 1000, 224, "/usr/bin/python3", NULL, 0,
-                     QT_BACKEND_KIND_CPU, 0,  0.0};
+  bench_options o = {
+      "vit_tiny",     32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0, QT_BACKEND_KIND_CPU,
+      QT_MATMUL_FP32, 0.0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -531,7 +551,7 @@ int main(int argc, char **argv) {
       continue;
     }
     if (!strcmp(flag, "--tf32")) {
-      o.tf32 = 1;
+      o.precision = QT_MATMUL_TF32;
       continue;
     }
     if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
@@ -568,6 +588,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "--device: %s\n", qt_err_message(&err));
         return 1;
       }
+    } else if (!strcmp(flag, "--amp")) {
+      bad = strcmp(value, "bf16") != 0;
+      if (bad) fprintf(stderr, "--amp: only bf16 is supported, got '%s'\n", value);
+      o.precision = QT_MATMUL_BF16;
     } else if (!strcmp(flag, "--peak-tflops")) {
       char *end = NULL;
       o.peak_tflops = strtod(value, &end);
@@ -624,10 +648,10 @@ int main(int argc, char **argv) {
       fprintf(stderr, "engine: %s\n", qt_err_message(&device_err));
       return 1;
     }
-    if (o.peak_tflops == 0) o.peak_tflops = device_peak_tflops(info.name, o.tf32);
-    printf("device: %s (compute %d.%d, %d SMs, %.0f MiB), FP32 products%s, peak %.1f TFLOP/s%s\n",
-           info.name, info.major, info.minor, info.multiprocessors,
-           (double)info.memory_total / 1048576.0, o.tf32 ? " with TF32" : "", o.peak_tflops,
+    if (o.peak_tflops == 0) o.peak_tflops = device_peak_tflops(info.name, o.precision);
+    printf("device: %s (compute %d.%d, %d SMs, %.0f MiB), %s, peak %.1f TFLOP/s%s\n", info.name,
+           info.major, info.minor, info.multiprocessors, (double)info.memory_total / 1048576.0,
+           precision_words(o.precision), o.peak_tflops,
            o.peak_tflops > 0 ? "" : " (unknown: give --peak-tflops)");
   }
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);

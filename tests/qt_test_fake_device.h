@@ -32,6 +32,8 @@ static struct fake_device {
   int high;        /* slots in use lie below it */
   long fail_after; /* allocations left before one fails; < 0: none fails */
   long uploads, downloads, op_calls;
+  qt_matmul_precision precision; /* as set through the table */
+  long under_bf16;               /* calls of the three counters above made under BF16 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -89,13 +91,14 @@ static inline int fake_blocks_held(void) {
 }
 
 /* The CPU's function `name` with the fake's memory open while it runs. */
-#define FAKE_OP(counter, call)          \
-  do {                                  \
-    fake_device.counter++;              \
-    FAKE_OPEN();                        \
-    int fake_rc_ = qt__ops_cpu()->call; \
-    FAKE_CLOSE();                       \
-    return fake_rc_;                    \
+#define FAKE_OP(counter, call)                                             \
+  do {                                                                     \
+    fake_device.counter++;                                                 \
+    if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++; \
+    FAKE_OPEN();                                                           \
+    int fake_rc_ = qt__ops_cpu()->call;                                    \
+    FAKE_CLOSE();                                                          \
+    return fake_rc_;                                                       \
   } while (0)
 
 static inline int fake_zero(void *ptr, size_t bytes, qt_err *err) {
@@ -323,6 +326,13 @@ static inline int fake_se_backward(float *dinp, float *dw_reduce, float *db_redu
                       hidden_pre, hidden, gate, w_reduce, w_expand, batch, c, hw, rd, act, err));
 }
 
+/* Records the precision (the numbers stay the CPU's FP32 ones). */
+static inline qt_matmul_precision fake_set_matmul_precision(qt_matmul_precision precision) {
+  qt_matmul_precision previous = fake_device.precision;
+  fake_device.precision = precision;
+  return previous;
+}
+
 static inline const qt__ops *fake_device_ops(void) {
   static const qt__ops ops = {
       .name = "fake device",
@@ -358,6 +368,7 @@ static inline const qt__ops *fake_device_ops(void) {
       .sfa_average = fake_sfa_average,
       .mul = fake_mul,
       .mul_add = fake_mul_add,
+      .set_matmul_precision = fake_set_matmul_precision,
       .conv2d_scratch_size = fake_conv2d_scratch_size,
       .conv2d_forward = fake_conv2d_forward,
       .conv2d_backward = fake_conv2d_backward,

@@ -5,7 +5,8 @@
  * and EfficientNet over several steps in TRAIN, EVAL and FROZEN batch norm
  * modes and with StochNorm, moved back to the CPU; checkpoints saved on the
  * GPU and resumed on the CPU and the reverse), then one step of timm's
- * mobilenetv2_100 at 224 px, and the public qt_cnn_to_backend, all in FP32.
+ * mobilenetv2_100 at 224 px, and the public qt_cnn_to_backend, all in FP32;
+ * then the mobilenetv2_100 step with BF16 products (amp).
  *
  * Tolerances: the loss within 1e-5 relative; the logits, every gradient and
  * the running statistics within a parity error (qt_test_gpu.h) of 1e-4,
@@ -43,6 +44,20 @@ static void test_mobilenetv2_100_step(void) {
   cnn_backend_train_compare(qt__ops_cuda(), &c, &(cnn_tolerance){1e-5, 1e-3, 1e-3});
 }
 
+/* The same step with BF16 products (amp): the convolutions' GEMMs. The
+ * bounds and their reasons are those of test_gpu_vit_backend's BF16 step. */
+static void test_mobilenetv2_100_step_bf16(void) {
+  cnn_case c = cnn_backend_small("mobilenetv2_100 224 px, BF16", "mobilenetv2_100",
+                                 QT_MODEL_FAMILY_MOBILENETV2);
+  c.image_size = 224;
+  c.classes = 10;
+  c.max_batch = c.batch = 2;
+  c.steps = 1;
+  qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  cnn_backend_train_compare(qt__ops_cuda(), &c, &(cnn_tolerance){1e-2, 5e-2, 0.2});
+  qt_cuda_set_matmul_precision(previous);
+}
+
 /* The public entry point moves a model there and back. */
 static void test_to_backend(void) {
   cnn_case c = cnn_backend_small("to_backend", "mobilenetv2_tiny", QT_MODEL_FAMILY_MOBILENETV2);
@@ -66,6 +81,7 @@ static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"mobilenetv2_100_step", test_mobilenetv2_100_step},
+    {"mobilenetv2_100_step_bf16", test_mobilenetv2_100_step_bf16},
     {"to_backend", test_to_backend},
     {NULL, NULL},
 };

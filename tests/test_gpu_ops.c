@@ -17,7 +17,11 @@
  * cancel, the result is small and both sides are exact only to the rounding
  * of the terms, which cuBLAS and OpenBLAS add in different orders. The
  * bound is 1e-5 in FP32 for every op (PARITY_TOLERANCE) and 1e-2 for the
- * TF32 check (TF32_TOLERANCE). Backward gradients start from small random
+ * TF32 check (TF32_TOLERANCE) and for the linear and attention cases rerun
+ * with BF16 products (BF16_TOLERANCE, against the FP32 CPU); with operands
+ * rounded to BF16 on the host first, the CPU's FP32 product must match the
+ * BF16 one to 1e-5 (the device rounds the same way and accumulates in
+ * FP32). Backward gradients start from small random
  * values, so that the tests also check that the ops accumulate (+=).
  */
 #include <float.h>
@@ -30,6 +34,19 @@
 #include "qt_test_gpu.h"
 
 #define TF32_TOLERANCE 1e-2
+#define BF16_TOLERANCE 1e-2
+
+/* The bound of the linear and attention cases: PARITY_TOLERANCE, or
+ * BF16_TOLERANCE while they run with BF16 products. */
+static double tolerance = PARITY_TOLERANCE;
+
+static void check(const char *what, const float *d, const float *cpu, const float *init, size_t n) {
+  expect_parity_tol(what, d, cpu, init, n, tolerance);
+}
+
+static void check_grad(const char *what, const grad *g) {
+  check(what, g->dev, g->cpu, g->init, g->n);
+}
 
 /* ------------------------------------------------------------------------- */
 /* Linear                                                                     */
@@ -52,7 +69,7 @@ static void linear_case(size_t n, size_t in_c, size_t out_c, int with_bias, uint
   CHECK_RC(qt_cuda_linear_forward(d_out, d_inp, d_weight, d_bias, n, in_c, out_c, E));
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu%s: out", n, in_c, out_c,
            with_bias ? "" : " no bias");
-  expect_parity(what, d_out, out, NULL, n * out_c);
+  check(what, d_out, out, NULL, n * out_c);
 
   grad dinp = grad_make(rng, n * in_c), dweight = grad_make(rng, out_c * in_c);
   grad dbias = grad_make(rng, out_c);
@@ -60,18 +77,18 @@ static void linear_case(size_t n, size_t in_c, size_t out_c, int with_bias, uint
   CHECK_RC(qt_cuda_linear_backward(dinp.dev, dweight.dev, dbias.dev, d_dout, d_inp, d_weight, n,
                                    in_c, out_c, E));
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dinp", n, in_c, out_c);
-  if (in_c > 0) grad_check(what, &dinp);
+  if (in_c > 0) check_grad(what, &dinp);
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight", n, in_c, out_c);
-  if (in_c > 0) grad_check(what, &dweight);
+  if (in_c > 0) check_grad(what, &dweight);
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dbias", n, in_c, out_c);
-  grad_check(what, &dbias);
+  check_grad(what, &dbias);
 
   /* NULL gradients are skipped: only dweight this time. */
   qt_cpu_linear_backward(NULL, dweight.cpu, NULL, dout, inp, weight, n, in_c, out_c);
   CHECK_RC(
       qt_cuda_linear_backward(NULL, dweight.dev, NULL, d_dout, d_inp, d_weight, n, in_c, out_c, E));
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight twice", n, in_c, out_c);
-  if (in_c > 0) grad_check(what, &dweight);
+  if (in_c > 0) check_grad(what, &dweight);
 
   grad_free(&dinp);
   grad_free(&dweight);
@@ -99,10 +116,10 @@ static void test_linear(void) {
   linear_case(5, 0, 7, 0, 17);       /* ... or 0 */
 }
 
-/* TF32 is off by default, can be switched on and back off, and with it on
+/* FP32 is the default; TF32 can be switched on and back off, and with it on
  * the products stay within the TF32 bound. */
 static void test_linear_tf32(void) {
-  CU_ASSERT_EQUAL(qt_cuda_set_tf32(1), 0);
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_TF32), QT_MATMUL_FP32);
   qt_rng_t *rng = make_rng(21);
   size_t n = 394, in_c = 192, out_c = 576;
   float *inp = host_random(rng, n * in_c, 0.0, 1.0);
@@ -114,7 +131,7 @@ static void test_linear_tf32(void) {
   CHECK_RC(qt_cuda_linear_forward(d_out, d_inp, d_weight, NULL, n, in_c, out_c, E));
   expect_parity_tol("linear (394, 192) -> 576, TF32: out", d_out, out, NULL, n * out_c,
                     TF32_TOLERANCE);
-  CU_ASSERT_EQUAL(qt_cuda_set_tf32(0), 1);
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_TF32);
   free(inp);
   free(weight);
   free(out);
@@ -122,6 +139,69 @@ static void test_linear_tf32(void) {
   qt_cuda_free(d_weight);
   qt_cuda_free(d_out);
   qt_rng_free(rng);
+}
+
+/* The float nearest to x among the BF16 values (ties to even), as
+ * __float2bfloat16_rn rounds on the device. */
+static float bf16_round(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+static float *host_bf16(const float *x, size_t n) {
+  float *r = host_copy(x, n);
+  for (size_t i = 0; i < n; i++) r[i] = bf16_round(r[i]);
+  return r;
+}
+
+/* Under BF16 the device's products are the FP32 products of the rounded
+ * operands: the CPU on operands rounded on the host matches to 1e-5. */
+static void linear_bf16_exact(size_t n, size_t in_c, size_t out_c, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  char what[96];
+  float *inp = host_random(rng, n * in_c, 0.0, 1.0);
+  float *weight = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0);
+  float *r_inp = host_bf16(inp, n * in_c), *r_weight = host_bf16(weight, out_c * in_c);
+  float *r_dout = host_bf16(dout, n * out_c);
+  float *d_inp = device_floats(inp, n * in_c), *d_weight = device_floats(weight, out_c * in_c);
+  float *d_dout = device_floats(dout, n * out_c), *d_out = device_alloc(n * out_c);
+  float *out = malloc(n * out_c * sizeof *out);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+  qt_cpu_linear_forward(out, r_inp, r_weight, NULL, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_forward(d_out, d_inp, d_weight, NULL, n, in_c, out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands: out", n, in_c, out_c);
+  expect_parity(what, d_out, out, NULL, n * out_c);
+  grad dinp = grad_make(rng, n * in_c), dweight = grad_make(rng, out_c * in_c);
+  qt_cpu_linear_backward(dinp.cpu, dweight.cpu, NULL, r_dout, r_inp, r_weight, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_backward(dinp.dev, dweight.dev, NULL, d_dout, d_inp, d_weight, n, in_c,
+                                   out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands: dinp", n, in_c, out_c);
+  grad_check(what, &dinp);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands: dweight", n, in_c, out_c);
+  grad_check(what, &dweight);
+  grad_free(&dinp);
+  grad_free(&dweight);
+  float *host[] = {inp, weight, dout, r_inp, r_weight, r_dout, out};
+  for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+  float *dev[] = {d_inp, d_weight, d_dout, d_out};
+  for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
+  qt_rng_free(rng);
+}
+
+/* Mixed precision (amp: bf16): the linear cases within the BF16 bound of the
+ * FP32 CPU, and exactly the rounded operands' products. */
+static void test_linear_bf16(void) {
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_BF16), QT_MATMUL_FP32);
+  tolerance = BF16_TOLERANCE;
+  test_linear();
+  linear_bf16_exact(37, 45, 29, 18);
+  linear_bf16_exact(394, 192, 576, 19);
+  tolerance = PARITY_TOLERANCE;
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_BF16);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -252,10 +332,10 @@ static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, 
   CHECK_RC(qt_cuda_attention_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: att", batch, tokens, c,
            heads);
-  expect_parity(what, d_att, att, NULL, n_att);
+  check(what, d_att, att, NULL, n_att);
   snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: out", batch, tokens, c,
            heads);
-  expect_parity(what, d_out, out, NULL, n_out);
+  check(what, d_out, out, NULL, n_out);
 
   /* The backward reads the CPU's probabilities on both sides. */
   CHECK_RC(qt_cuda_copy_to_device(d_att, att, n_att * sizeof *att, E));
@@ -270,7 +350,7 @@ static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, 
                                       heads, E));
   snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: dqkv", batch, tokens, c,
            heads);
-  grad_check(what, &dqkv);
+  check_grad(what, &dqkv);
 
   grad_free(&dqkv);
   free(qkv);
@@ -292,6 +372,15 @@ static void test_attention(void) {
   attention_case(3, 33, 48, 4, 53);
   attention_case(2, 197, 192, 3, 54); /* ViT-Ti/16 at 224 px */
   attention_case(1, 50, 768, 12, 55); /* ViT-B width, 7x7 patches */
+}
+
+/* Attention's four products in BF16: within the BF16 bound of the CPU. */
+static void test_attention_bf16(void) {
+  qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  tolerance = BF16_TOLERANCE;
+  test_attention();
+  tolerance = PARITY_TOLERANCE;
+  qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -567,11 +656,12 @@ static void test_arguments(void) {
 }
 
 static const qt_test_case cases[] = {
-    {"linear", test_linear},       {"linear_tf32", test_linear_tf32},
-    {"layernorm", test_layernorm}, {"gelu", test_gelu},
-    {"attention", test_attention}, {"residual", test_residual},
-    {"tokens", test_tokens},       {"cross_entropy", test_cross_entropy},
-    {"arguments", test_arguments}, {NULL, NULL},
+    {"linear", test_linear},           {"linear_tf32", test_linear_tf32},
+    {"linear_bf16", test_linear_bf16}, {"attention_bf16", test_attention_bf16},
+    {"layernorm", test_layernorm},     {"gelu", test_gelu},
+    {"attention", test_attention},     {"residual", test_residual},
+    {"tokens", test_tokens},           {"cross_entropy", test_cross_entropy},
+    {"arguments", test_arguments},     {NULL, NULL},
 };
 
 QT_GPU_TEST_MAIN("gpu_ops", cases)

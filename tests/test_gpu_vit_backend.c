@@ -39,6 +39,24 @@ static void test_vit_small_step(void) {
   vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-5, 1e-3, 1e-3});
 }
 
+/* The same step with BF16 products (amp), against the FP32 CPU. The loss
+ * within 1e-2 relative; logits and gradients within a parity error of
+ * 5e-2 (each product's operands lose 2^-9 relative to the rounding, and 12
+ * blocks compound it); after AdamW's first step, which moves a value by
+ * about lr * sign(gradient), the gradients that are zero to within that
+ * error may step either way: at most 20% of the values. First calibration,
+ * before any run on a GPU: see docs/cuda.md. */
+static void test_vit_small_step_bf16(void) {
+  vit_case c = {"ViT-S/16 224 px, BF16", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1, 0.0};
+  c.config.width = 384;
+  c.config.heads = 6;
+  c.config.mlp_hidden = 1536;
+  c.config.num_classes = 10;
+  qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-2, 5e-2, 0.2});
+  qt_cuda_set_matmul_precision(previous);
+}
+
 /* The public entry point moves a model there and back. */
 static void test_to_backend(void) {
   qt_vit_config c = vit_backend_small_config();
@@ -61,6 +79,7 @@ static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"vit_small_step", test_vit_small_step},
+    {"vit_small_step_bf16", test_vit_small_step_bf16},
     {"to_backend", test_to_backend},
     {NULL, NULL},
 };

@@ -161,6 +161,47 @@ static void test_epochs_match_cpu(void) {
   }
 }
 
+/* amp: every call that a run's epochs and its test evaluation make on the
+ * device comes under BF16 products, the setting before is restored after
+ * each, and the CPU (which computes in FP32 regardless) gives the numbers
+ * of the run without amp. */
+static void test_amp(void) {
+  qt_run_spec s = spec_at(0), plain = s;
+  CU_ASSERT_FATAL(qt_run_spec_set(&s, "amp", "true", NULL) == 0);
+  CU_ASSERT_EQUAL(s.amp, 1);
+  qt_err err;
+  CU_ASSERT_EQUAL(qt_run_spec_set(&s, "amp", "bf16", &err), QT_EINVAL);
+  qt_run_t *cpu = start(&plain, qt__ops_cpu()), *cpu_amp = start(&s, qt__ops_cpu());
+  qt_run_t *dev = start(&s, fake_device_ops());
+  fake_device.precision = QT_MATMUL_TF32; /* a caller's own setting, restored after */
+  for (int e = 0; e < 2; e++) {
+    qt_run_epoch_result r, r_amp, rd;
+    epoch(cpu, &r);
+    epoch(cpu_amp, &r_amp);
+    expect_same_epoch(&r_amp, &r, "amp on the CPU");
+    long calls = fake_device.op_calls + fake_device.uploads + fake_device.downloads;
+    long bf16 = fake_device.under_bf16;
+    epoch(dev, &rd);
+    expect_same_epoch(&rd, &r, "amp on the fake device");
+    calls = fake_device.op_calls + fake_device.uploads + fake_device.downloads - calls;
+    CU_ASSERT(calls > 0);
+    CU_ASSERT_EQUAL(fake_device.under_bf16 - bf16, calls);
+    CU_ASSERT_EQUAL(fake_device.precision, QT_MATMUL_TF32);
+  }
+  double top1, top5, loss;
+  long bf16 = fake_device.under_bf16;
+  CU_ASSERT_FATAL(qt_run_evaluate_test(dev, &top1, &top5, &loss, NULL) == 0);
+  CU_ASSERT_EQUAL(fake_device.under_bf16, bf16); /* no test split: nothing ran */
+  CU_ASSERT_EQUAL(fake_device.precision, QT_MATMUL_TF32);
+  fake_device.precision = QT_MATMUL_FP32;
+  expect_same_weights(cpu_amp, cpu, "amp on the CPU");
+  expect_same_weights(dev, cpu, "amp on the fake device");
+  qt_run_free(cpu);
+  qt_run_free(cpu_amp);
+  qt_run_free(dev);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
 /* Three epochs in one go on the CPU against one epoch on `first`, a
  * checkpoint, and two more epochs on `second` from it. */
 static void check_resume_across(const qt_run_spec *s, const qt__ops *first, const qt__ops *second) {
@@ -277,6 +318,7 @@ static void test_cleanup(void) {
 static const qt_test_case cases[] = {
     {"epochs_match_cpu", test_epochs_match_cpu},
     {"resume_across_backends", test_resume_across_backends},
+    {"amp", test_amp},
     {"cpu_only_parts_refused", test_cpu_only_parts_refused},
     {"failed_move", test_failed_move},
     {"cleanup", test_cleanup},

@@ -48,14 +48,17 @@ machine inflates less. device_mib is torch.cuda.max_memory_reserved in
 MiB on a CUDA device (the caching allocator's peak, without the CUDA
 context), 0 on the CPU. On CUDA every timed step ends with
 torch.cuda.synchronize(); matrix products are FP32 unless --tf32 (which
-sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32). A torch
+sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32) or
+--amp bf16 (forward and loss under torch.autocast with bfloat16, the
+PyTorch recipe of BF16 mixed precision: FP32 parameters, no loss scaler
+needed for BF16). A torch
 without CUDA fails with a message (bench/engine then reports the reference
 unavailable). bench/engine parses that line.
 
 usage: engine-reference.py [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
                            [--batch 32] [--threads T] [--warmup 1]
                            [--steps 3] [--classes 1000] [--image-size 224]
-                           [--device cpu|cuda] [--tf32]
+                           [--device cpu|cuda] [--tf32 | --amp bf16]
 """
 import argparse
 import resource
@@ -147,6 +150,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--amp", choices=["bf16"], default=None)
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -175,9 +179,14 @@ def main():
     labels = torch.randint(0, args.classes, (args.batch,), device=args.device)
     loss_fn = nn.CrossEntropyLoss()
 
+    amp = args.amp == "bf16"
+    if amp and not cuda:
+        raise SystemExit("engine-reference.py: --amp bf16 is for --device cuda")
+
     def step():
         opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(images), labels)
+        with torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(images), labels)
         loss.backward()
         opt.step()
         if cuda:

@@ -301,7 +301,11 @@ int qt_cli_finetune(const qt_cli_args *args) {
     else
       QT_LOG_INFO("--device auto: training on the CPU: %s", qt_err_message(&why));
   }
-  if (spec.device == QT_BACKEND_KIND_CUDA) QT_LOG_INFO("training on the GPU (cuda:0)");
+  if (spec.device == QT_BACKEND_KIND_CUDA)
+    QT_LOG_INFO("training on the GPU (cuda:0)%s",
+                spec.amp ? ", BF16 matrix products (amp)" : ", in FP32");
+  else if (spec.amp)
+    QT_LOG_INFO("amp: no effect on the CPU, which computes in FP32");
   if (qt_run_init(&spec, &run, &err) != 0) {
     status = qt_cli_fail(args->command, &err);
     goto done;

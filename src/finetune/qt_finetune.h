@@ -606,8 +606,8 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
  *   - qt_cuda_attention_backward's scratch holds
  *     qt_cuda_attention_scratch_size(tokens, heads) = heads * tokens * tokens
  *     floats (the CPU's: tokens * tokens), one score matrix per head.
- * Matrix products run on cuBLAS in FP32 unless qt_cuda_set_tf32(1) allows
- * TF32 tensor cores; reductions (row statistics, log-sum-exp, column sums
+ * Matrix products run on cuBLAS in the precision that
+ * qt_cuda_set_matmul_precision chose (FP32 by default); reductions (row statistics, log-sum-exp, column sums
  * for bias, layer-norm and layer-scale gradients) accumulate in double as
  * on the CPU. tests/test_gpu_ops.c checks each op against its CPU twin
  * (docs/cuda.md gives the tolerances). Built without CUDA, every function
@@ -633,10 +633,24 @@ int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src, size_t sr
                       size_t cols, size_t rows, qt_err *err);
 
 
-/* Allows (allow != 0) or forbids TF32 tensor-core math in the FP32 matrix
- * products of the CUDA ops, process-wide; returns the previous setting.
- * Off by default: products are computed in full FP32. */
-int qt_cuda_set_tf32(int allow);
+/* How the CUDA ops compute their matrix products (every cuBLAS call: the
+ * linear layers, attention's products, the convolutions' GEMMs). Storage
+ * stays FP32 in every mode: parameters (the master weights), activations,
+ * gradients and optimizer states. */
+typedef enum qt_matmul_precision {
+  QT_MATMUL_FP32 = 0, /* full FP32 (the default) */
+  QT_MATMUL_TF32 = 1, /* TF32 tensor cores on the FP32 operands */
+  /* Mixed precision (`amp: bf16` of a run): each product's operands are
+   * rounded to BF16 (to nearest even), multiplied on BF16 tensor cores and
+   * accumulated into FP32. BF16 has FP32's exponent range, so no loss
+   * scaling is needed. Everything outside the products stays FP32. */
+  QT_MATMUL_BF16 = 2
+} qt_matmul_precision;
+
+/* Sets the precision of the CUDA ops' matrix products, process-wide (an
+ * unknown value means FP32); returns the previous one. Without CUDA it
+ * only returns QT_MATMUL_FP32. */
+qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision);
 
 int qt_cuda_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                            size_t n, size_t in_c, size_t out_c, qt_err *err);
@@ -2579,6 +2593,9 @@ typedef struct qt_run_spec {
   int threads;   /* preprocessing threads (results do not depend on it) */
   qt_backend_kind device; /* where the model trains (default cpu); see
                              qt_run_spec_device_supported */
+  int amp; /* 1: mixed precision on a device (QT_MATMUL_BF16 products during the run's epochs
+              and evaluations, FP32 master weights); the CPU computes in FP32 regardless.
+              Like device, not part of a checkpoint's fingerprint */
 } qt_run_spec;
 
 /* QT_ENOTIMPL (with the reason) when the spec asks for a combination the
@@ -2628,7 +2645,8 @@ qt_run_spec qt_run_default_spec(void);
  * patience_epochs, batch_size, pct_to_freeze, linear_probing,
  * data_augmentation, ra_num_ops, ra_magnitude, mixup, cutmix, mixup_prob,
  * smoothing, drop, crop_scale, hflip, epochs. model is ignored (the caller picked the
- * checkpoint), amp too (the CPU engine computes in float32). Methods not
+ * checkpoint). amp (boolean, Quick-Tune's space) sets spec.amp: BF16
+ * matrix products on a CUDA device, no effect on the CPU. Methods not
  * implemented yet are QT_ENOTIMPL (opt adamp, sgdp; an AutoAugment
  * policy). stoch_norm (boolean) turns on StochNorm (see
  * the run section's introduction). bss_reg (>= 0) turns on Batch Spectral Shrinkage

@@ -163,6 +163,10 @@ typedef struct qt__ops {
   /* Elementwise: out = a * b (out may be a), acc += a * b; head dropout. */
   int (*mul)(float *out, const float *a, const float *b, size_t n, qt_err *err);
   int (*mul_add)(float *acc, const float *a, const float *b, size_t n, qt_err *err);
+  /* The precision of the matrix products that follow, as
+   * qt_cuda_set_matmul_precision (returns the previous one); the CPU's
+   * computes in FP32 whatever is asked and returns QT_MATMUL_FP32. */
+  qt_matmul_precision (*set_matmul_precision)(qt_matmul_precision precision);
 
   /* The convolutional models' layer ops, as qt_cuda_<op>() ("CUDA
    * convolutional layer ops" in qt_finetune.h). conv2d_scratch_size is the

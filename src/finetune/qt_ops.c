@@ -353,6 +353,11 @@ static int cpu_mul_add(float *acc, const float *a, const float *b, size_t n, qt_
   return 0;
 }
 
+static qt_matmul_precision cpu_set_matmul_precision(qt_matmul_precision precision) {
+  (void)precision;
+  return QT_MATMUL_FP32;
+}
+
 /* ------------------------------------------------------------------------- */
 /* The tables                                                                 */
 /* ------------------------------------------------------------------------- */
@@ -391,6 +396,7 @@ static const qt__ops cpu_ops = {
     .sfa_average = cpu_sfa_average,
     .mul = cpu_mul,
     .mul_add = cpu_mul_add,
+    .set_matmul_precision = cpu_set_matmul_precision,
     .conv2d_scratch_size = qt_cpu_conv2d_scratch_size,
     .conv2d_forward = cpu_conv2d_forward,
     .conv2d_backward = cpu_conv2d_backward,
@@ -446,6 +452,7 @@ static const qt__ops cuda_ops = {
     .sfa_average = qt_cuda_sfa_average,
     .mul = qt_cuda_mul,
     .mul_add = qt_cuda_mul_add,
+    .set_matmul_precision = qt_cuda_set_matmul_precision,
     .conv2d_scratch_size = qt_cuda_conv2d_scratch_size,
     .conv2d_forward = qt_cuda_conv2d_forward,
     .conv2d_backward = qt_cuda_conv2d_backward,

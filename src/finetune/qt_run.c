@@ -315,9 +315,7 @@ int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_e
     if (strcmp(value, "all") == 0) return spec->adapter_attention_only = 0, 0;
     return qt_err_set(err, QT_EINVAL, "adapter_layers: '%s' is not 'attention' or 'all'", value);
   }
-  /* Quick-Tune's space: mixed precision does not apply (float32 always);
-   * its regularizers (sp_reg above) follow. */
-  if (strcmp(name, "amp") == 0) return parse_bool(name, value, &b, err);
+  if (strcmp(name, "amp") == 0) return parse_bool(name, value, &spec->amp, err);
   if (strcmp(name, "stoch_norm") == 0) return parse_bool(name, value, &spec->stoch_norm, err);
   if (strcmp(name, "bss_reg") == 0) NUMBER(spec->bss_reg);
   if (strcmp(name, "bss_k") == 0) WHOLE(spec->bss_k);
@@ -1417,16 +1415,39 @@ static int evaluate(qt_run_t *run, qt_batch_iter_t *it, int poll, double *top1, 
 
 static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t0, qt_err *err);
 
+/* With amp, the matrix products of the run's work between amp_enter and
+ * amp_leave are BF16 (on a CPU backend this changes nothing); without,
+ * the process's setting stays as it is. */
+static qt_matmul_precision amp_enter(const qt_run_t *run) {
+  return run->spec.amp ? run->ops->set_matmul_precision(QT_MATMUL_BF16) : QT_MATMUL_FP32;
+}
+
+static void amp_leave(const qt_run_t *run, qt_matmul_precision previous) {
+  if (run->spec.amp) run->ops->set_matmul_precision(previous);
+}
+
 int qt_run_evaluate_test(qt_run_t *run, double *top1, double *top5, double *loss, qt_err *err) {
   if (!run || !top1 || !top5 || !loss)
     return qt_err_set(err, QT_EINVAL, "qt_run_evaluate_test: NULL argument");
   *top1 = *top5 = *loss = NAN;
   if (!run->test_it) return 0;
-  return evaluate(run, run->test_it, 0, top1, top5, loss, err);
+  qt_matmul_precision previous = amp_enter(run);
+  int rc = evaluate(run, run->test_it, 0, top1, top5, loss, err);
+  amp_leave(run, previous);
+  return rc;
 }
+
+static int run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err);
 
 int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   if (!run || !out) return qt_err_set(err, QT_EINVAL, "qt_run_epoch: NULL argument");
+  qt_matmul_precision previous = amp_enter(run);
+  int rc = run_epoch(run, out, err);
+  amp_leave(run, previous);
+  return rc;
+}
+
+static int run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   if (run->diverged || run->stopped)
     return qt_err_set(err, QT_EINVAL, "qt_run_epoch: the run %s; it cannot continue",
                       run->stopped ? "was stopped within an epoch" : "diverged");

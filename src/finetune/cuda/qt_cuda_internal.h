@@ -43,7 +43,8 @@ int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
  * with op(X) = X or X^T (trans_a, trans_b nonzero), lda, ldb, ldc the row
  * strides of the matrices as stored, and `batch` matrices spaced
  * stride_a, stride_b, stride_c floats apart (batch 1: strides unused).
- * Computes in FP32 unless TF32 is allowed (qt_cuda_set_tf32). m, n, k, the
+ * Computes in the precision of qt_cuda_set_matmul_precision (BF16: the
+ * operands' spans are rounded into device scratch first). m, n, k, the
  * leading dimensions and batch must fit an int (QT_EINVAL otherwise);
  * m, n or batch 0 is a no-op, k 0 scales C by beta. */
 int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,

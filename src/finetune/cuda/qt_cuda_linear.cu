@@ -1,7 +1,7 @@
 /*
  * qt_cuda_linear.cu - the linear layer on a CUDA device, the twin of
- * cpu/qt_cpu_linear.c: matrix products by cuBLAS (FP32, or TF32 when
- * qt_cuda_set_tf32 allows it), the bias broadcast and the bias gradient by
+ * cpu/qt_cpu_linear.c: matrix products by cuBLAS (in the precision of
+ * qt_cuda_set_matmul_precision), the bias broadcast and the bias gradient by
  * kernels. See qt_finetune.h.
  */
 #include <limits.h>

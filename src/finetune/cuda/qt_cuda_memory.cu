@@ -1,12 +1,14 @@
 /*
- * qt_cuda_memory.cu - device memory helpers, the TF32 switch, the process's
- * cuBLAS handles and the row-major GEMM that the CUDA layer ops share.
+ * qt_cuda_memory.cu - device memory helpers, the matrix-product precision
+ * switch, the process's cuBLAS handles and the row-major GEMM that the CUDA
+ * layer ops share.
  */
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
@@ -110,8 +112,8 @@ extern "C" int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, 
   return 0;
 }
 
-extern "C" int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src,
-                                 size_t src_stride, size_t cols, size_t rows, qt_err *err) {
+extern "C" int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                                 size_t cols, size_t rows, qt_err *err) {
   if (cols == 0 || rows == 0) return 0;
   if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_rows: NULL pointer");
   if (cols > dst_stride || cols > src_stride)
@@ -131,14 +133,16 @@ extern "C" int qt_cuda_synchronize(qt_err *err) {
 }
 
 /* ------------------------------------------------------------------------- */
-/* TF32 and cuBLAS                                                            */
+/* Matrix-product precision and cuBLAS                                        */
 /* ------------------------------------------------------------------------- */
 
-/* 0: FP32 GEMMs (the default); 1: TF32 tensor cores allowed. */
-static int tf32_allowed = 0;
+/* A qt_matmul_precision; QT_MATMUL_FP32 by default. */
+static int matmul_precision = QT_MATMUL_FP32;
 
-extern "C" int qt_cuda_set_tf32(int allow) {
-  return __atomic_exchange_n(&tf32_allowed, allow ? 1 : 0, __ATOMIC_SEQ_CST);
+extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
+  int p = precision == QT_MATMUL_TF32 || precision == QT_MATMUL_BF16 ? (int)precision
+                                                                     : (int)QT_MATMUL_FP32;
+  return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
 /* One handle per device, created under the lock on first use. */
@@ -174,6 +178,71 @@ extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err
   return 0;
 }
 
+/* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A and B
+ * that it reads to BF16 (round to nearest even) in two scratch blocks of the
+ * device, kept and grown as needed (never freed: one pair per device, like
+ * the handles). The spans keep their layout, so the leading dimensions and
+ * batch strides stay as they are. Work on the default stream is ordered,
+ * so one pair serves every call; bf16_lock keeps host threads from
+ * interleaving between a rounding and its product; cudaFree (on growth)
+ * waits for the device. */
+typedef struct bf16_scratch {
+  __nv_bfloat16 *block[2];
+  size_t cap[2]; /* elements */
+} bf16_scratch;
+static bf16_scratch bf16_scratches[QT_CUDA_MAX_DEVICES];
+static pthread_mutex_t bf16_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    to_bf16_kernel(__nv_bfloat16 *__restrict__ out, const float *__restrict__ in, size_t n) {
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+/* Elements from the first to the last that a row-major (rows, cols) matrix
+ * with row stride ld, `batch` times stride apart, occupies. */
+static size_t matrix_span(size_t rows, size_t cols, size_t ld, long long stride, size_t batch) {
+  return (batch - 1) * (size_t)stride + (rows - 1) * ld + cols;
+}
+
+/* BF16 copies of the spans of a (span_a elements) and b (span_b) in the
+ * current device's scratch: *out_a, *out_b. Call under bf16_lock. */
+static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
+                   const __nv_bfloat16 **out_a, const __nv_bfloat16 **out_b, const char *who,
+                   qt_err *err) {
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  if (device < 0 || device >= QT_CUDA_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
+                      device, QT_CUDA_MAX_DEVICES);
+  bf16_scratch *s = &bf16_scratches[device];
+  const float *src[2] = {a, b};
+  size_t span[2] = {span_a, span_b};
+  for (int i = 0; i < 2; i++) {
+    if (span[i] > s->cap[i]) {
+      if (s->block[i]) cudaFree(s->block[i]);
+      s->block[i] = NULL;
+      s->cap[i] = 0;
+      status = cudaMalloc((void **)&s->block[i], span[i] * sizeof(__nv_bfloat16));
+      if (status != cudaSuccess) {
+        s->block[i] = NULL;
+        char what[160];
+        snprintf(what, sizeof what, "%s: %zu BF16 operand elements", who, span[i]);
+        return qt__cuda_error(err, status, what);
+      }
+      s->cap[i] = span[i];
+    }
+    to_bf16_kernel<<<qt__cuda_blocks(span[i]), QT_CUDA_THREADS>>>(s->block[i], src[i], span[i]);
+    int rc = qt__cuda_check_launch(err, who, "the BF16 rounding");
+    if (rc < 0) return rc;
+  }
+  *out_a = s->block[0];
+  *out_b = s->block[1];
+  return 0;
+}
+
 extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                              const float *a, size_t lda, long long stride_a, const float *b,
                              size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
@@ -194,20 +263,38 @@ extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_
    * the transposition flags stay as they are. */
   cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasComputeType_t compute = __atomic_load_n(&tf32_allowed, __ATOMIC_RELAXED)
-                                    ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                    : CUBLAS_COMPUTE_32F;
+  int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
+  cublasComputeType_t compute =
+      precision == QT_MATMUL_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const void *a_data = a, *b_data = b;
+  cudaDataType_t operand_type = CUDA_R_32F;
+  if (precision == QT_MATMUL_BF16 && k > 0) {
+    /* As stored: op(A) (m, k) is A (k, m) when transposed. */
+    size_t span_a = matrix_span(trans_a ? k : m, trans_a ? m : k, lda, stride_a, batch);
+    size_t span_b = matrix_span(trans_b ? n : k, trans_b ? k : n, ldb, stride_b, batch);
+    const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
+    pthread_mutex_lock(&bf16_lock);
+    rc = to_bf16(a, span_a, b, span_b, &a16, &b16, who, err);
+    if (rc < 0) {
+      pthread_mutex_unlock(&bf16_lock);
+      return rc;
+    }
+    a_data = a16;
+    b_data = b16;
+    operand_type = CUDA_R_16BF;
+  }
   cublasStatus_t status;
   if (batch == 1) {
-    status = cublasGemmEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b, CUDA_R_32F,
-                          (int)ldb, a, CUDA_R_32F, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
+    status = cublasGemmEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b_data, operand_type,
+                          (int)ldb, a_data, operand_type, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
                           compute, CUBLAS_GEMM_DEFAULT);
   } else {
-    status = cublasGemmStridedBatchedEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b,
-                                        CUDA_R_32F, (int)ldb, stride_b, a, CUDA_R_32F, (int)lda,
-                                        stride_a, &beta, c, CUDA_R_32F, (int)ldc, stride_c,
-                                        (int)batch, compute, CUBLAS_GEMM_DEFAULT);
+    status = cublasGemmStridedBatchedEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b_data,
+                                        operand_type, (int)ldb, stride_b, a_data, operand_type,
+                                        (int)lda, stride_a, &beta, c, CUDA_R_32F, (int)ldc,
+                                        stride_c, (int)batch, compute, CUBLAS_GEMM_DEFAULT);
   }
+  if (operand_type == CUDA_R_16BF) pthread_mutex_unlock(&bf16_lock);
   if (status != CUBLAS_STATUS_SUCCESS) {
     char what[192];
     snprintf(what, sizeof what, "%s: cuBLAS GEMM (%zu x %zu x %zu, batch %zu)", who, m, n, k,

@@ -71,9 +71,9 @@ int qt_cuda_synchronize(qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_synchronize");
 }
 
-int qt_cuda_set_tf32(int allow) {
-  (void)allow;
-  return 0;
+qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
+  (void)precision;
+  return QT_MATMUL_FP32;
 }
 
 int qt_cuda_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
