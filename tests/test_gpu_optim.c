@@ -86,10 +86,15 @@ static void test_l2sp_sfa_scale(void) {
       for (size_t i = 0; i < n; i++) x[i] = x[i] * ref[i];
       CHECK_RC(qt_cuda_mul(dx, dx, dref, n, E));
       expect_same("product in place", dx, x, n);
-      double cpu = 2.5, gpu = 2.5; /* it adds to what is there */
-      for (size_t i = 0; i < n; i++) cpu += (double)g[i] * (double)g[i];
-      CHECK_RC(qt_cuda_sum_squares(dg, n, &gpu, E));
-      CU_ASSERT(fabs(gpu - cpu) <= 1e-12 * cpu);
+      double cpu = 2.5, gpu = 2.5; /* it adds to what is there, twice here */
+      for (size_t i = 0; i < n; i++) cpu += 2.0 * (double)g[i] * (double)g[i];
+      double *dacc = device_copy(&gpu, 1, sizeof gpu);
+      CHECK_RC(qt_cuda_sum_squares(dg, n, dacc, E));
+      CHECK_RC(qt_cuda_sum_squares(dg, n, dacc, E));
+      double *back = download_bytes(dacc, sizeof gpu);
+      CU_ASSERT(fabs(*back - cpu) <= 1e-12 * cpu);
+      free(back);
+      qt_cuda_free(dacc);
       qt_cuda_free(dx);
       qt_cuda_free(dref);
       qt_cuda_free(dg);

@@ -2344,8 +2344,9 @@ void qt_sfa_average(float *params, const float *ref, size_t n, double beta);
  * qt_cuda_optim.cu), on device arrays, queued on the default stream, with a
  * QT_E* code and qt_err last: each element is computed with the CPU's float
  * operations in its order (bit-identical results). qt_cuda_sum_squares
- * adds sum_i x_i^2 to *acc (in double, in another order than a loop; it
- * waits for the device) for gradient clipping, and qt_cuda_scale
+ * adds sum_i x_i^2 to *acc, one double in device memory (in double, in
+ * another order than a loop; queued like the rest, so that clipping sums
+ * every tensor and downloads once), and qt_cuda_scale
  * multiplies by c (a clipped gradient). Built without CUDA: QT_ENODEV. */
 int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step,
                               float *params, const float *grads, float *state1, float *state2,

@@ -155,7 +155,8 @@ typedef struct qt__ops {
    * functions after it (qt_finetune.h, "Optimizers"). */
   int (*optim_step)(const qt_optim_params *p, double lr, int decay, long step, float *params,
                     const float *grads, float *state1, float *state2, size_t n, qt_err *err);
-  int (*sum_squares)(const float *x, size_t n, double *acc, qt_err *err); /* *acc += sum x^2 */
+  /* *acc += sum x^2, acc one double of the backend's memory. */
+  int (*sum_squares)(const float *x, size_t n, double *acc, qt_err *err);
   int (*scale)(float *x, float c, size_t n, qt_err *err);
   int (*l2sp_gradient)(float *grads, const float *params, const float *ref, size_t n, double c,
                        qt_err *err);

@@ -313,7 +313,7 @@ static int cpu_optim_step(const qt_optim_params *p, double lr, int decay, long s
 }
 
 /* Adds to *acc in double, element by element in order (a run's clipping
- * sums every tensor into one accumulator). */
+ * sums every tensor into one accumulator, backend memory, downloaded once). */
 static int cpu_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   (void)err;
   double sum = *acc;

@@ -104,7 +104,9 @@ struct qt_run {
   long goodfit_phase;      /* batches done in the current GOODFIT cycle, 0..n_ref */
   int (*stop)(void *user); /* the stop hook (qt_run_set_stop), NULL: none */
   void *stop_user;
-  int stopped; /* 1 after an epoch was abandoned by the stop hook */
+  int stopped;      /* 1 after an epoch was abandoned by the stop hook */
+  double *clip_sum; /* one double of the backend's memory: clipping's sum of squares, allocated
+                       at the first clipped step */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -800,6 +802,7 @@ void qt_run_free(qt_run_t *run) {
       free(run->tensors[i].rosa_fixed);
     }
   }
+  (run->ops ? run->ops : qt__ops_cpu())->release(run->clip_sum);
   free(run->tensors);
   free(run->trainable);
   qt_model_free(run->model);
@@ -1005,6 +1008,8 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
     }
   }
   free(fresh);
+  run->ops->release(run->clip_sum);
+  run->clip_sum = NULL;
   run->ops = ops;
   return 0;
 }
@@ -1218,14 +1223,19 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
   }
   double clip = 1.0;
   if (o->clip_grad > 0.0) {
-    double sum = 0.0;
+    /* Summed where the gradients are, downloaded once. */
+    if (!run->clip_sum) RUN_TRY(ops->alloc((void **)&run->clip_sum, sizeof(double), err));
+    RUN_TRY(ops->zero(run->clip_sum, sizeof(double), err));
     for (size_t i = 0; i < run->n_tensors; i++) {
       if (run->trainable[i] != MASK_STEP) continue;
       qt_model_tensor vt;
       qt_model_tensor_at(run->model, i, &vt);
       size_t ns = tensor_slices(&run->tensors[i], &vt, rank, sl);
-      for (size_t k = 0; k < ns; k++) RUN_TRY(ops->sum_squares(sl[k].grad, sl[k].n, &sum, err));
+      for (size_t k = 0; k < ns; k++)
+        RUN_TRY(ops->sum_squares(sl[k].grad, sl[k].n, run->clip_sum, err));
     }
+    double sum = 0.0;
+    RUN_TRY(ops->download(&sum, run->clip_sum, sizeof sum, err));
     sum += cotuning_grad_sq(run);
     double norm = sqrt(sum);
     double coef = o->clip_grad / (norm + 1e-6);

@@ -86,14 +86,15 @@ static __global__ void sum_squares_kernel(const float *__restrict__ x, size_t n,
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-/* The partial sums of one block, added in order by one block: the total in
- * partial[count]. */
-static __global__ void sum_partials_kernel(double *partial, unsigned count) {
+/* The partial sums of the blocks, added by one block: their total added
+ * to *acc. */
+static __global__ void sum_partials_kernel(const double *__restrict__ partial, unsigned count,
+                                           double *__restrict__ acc) {
   __shared__ double shared[32];
   double s = 0.0;
   for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
   s = qt__block_sum(s, shared);
-  if (threadIdx.x == 0) partial[count] = s;
+  if (threadIdx.x == 0) *acc += s;
 }
 
 static __global__ void scale_kernel(float *__restrict__ x, float c, size_t n) {
@@ -176,9 +177,10 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
   return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
 }
 
-/* The blocks' partial sums (QT_CUDA_MAX_BLOCKS + 1 doubles per device),
+/* The blocks' partial sums (QT_CUDA_MAX_BLOCKS doubles per device),
  * allocated on first use and kept, so that clipping allocates nothing per
- * step; the lock makes one sum at a time use them. */
+ * step; work on the default stream is ordered, and the lock keeps host
+ * threads from interleaving their launches. */
 #define PARTIALS_MAX_DEVICES 64
 static pthread_mutex_t partials_lock = PTHREAD_MUTEX_INITIALIZER;
 static double *partials[PARTIALS_MAX_DEVICES];
@@ -199,7 +201,7 @@ extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err
   pthread_mutex_lock(&partials_lock);
   double *partial = partials[device];
   if (!partial) {
-    status = cudaMalloc((void **)&partial, (QT_CUDA_MAX_BLOCKS + 1) * sizeof *partial);
+    status = cudaMalloc((void **)&partial, QT_CUDA_MAX_BLOCKS * sizeof *partial);
     if (status == cudaSuccess)
       partials[device] = partial;
     else
@@ -210,16 +212,10 @@ extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err
     rc = launched(who, "the sum-of-squares kernel", err);
   }
   if (rc == 0) {
-    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks);
+    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks, acc);
     rc = launched(who, "the kernel adding the partial sums", err);
   }
-  double s = 0.0;
-  if (rc == 0) {
-    status = cudaMemcpy(&s, partial + blocks, sizeof s, cudaMemcpyDeviceToHost);
-    if (status != cudaSuccess) rc = qt__cuda_error(err, status, who);
-  }
   pthread_mutex_unlock(&partials_lock);
-  if (rc == 0) *acc += s;
   return rc;
 }
 
