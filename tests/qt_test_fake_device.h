@@ -209,6 +209,14 @@ static inline int fake_optim_step(const qt_optim_params *p, double lr, int decay
                                   size_t n, qt_err *err) {
   FAKE_OP(op_calls, optim_step(p, lr, decay, step, params, grads, state1, state2, n, err));
 }
+static inline int fake_spd_stats(const float *params, const float *grads, const float *ref,
+                                 size_t n, double *stats, qt_err *err) {
+  FAKE_OP(op_calls, spd_stats(params, grads, ref, n, stats, err));
+}
+static inline int fake_spd_project(float *params, const float *ref, size_t n, double lambda,
+                                   double *stats, qt_err *err) {
+  FAKE_OP(op_calls, spd_project(params, ref, n, lambda, stats, err));
+}
 static inline int fake_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   FAKE_OP(op_calls, sum_squares(x, n, acc, err));
 }
@@ -368,6 +376,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .sfa_average = fake_sfa_average,
       .mul = fake_mul,
       .mul_add = fake_mul_add,
+      .spd_stats = fake_spd_stats,
+      .spd_project = fake_spd_project,
       .set_matmul_precision = fake_set_matmul_precision,
       .conv2d_scratch_size = fake_conv2d_scratch_size,
       .conv2d_forward = fake_conv2d_forward,

@@ -106,9 +106,63 @@ static void test_l2sp_sfa_scale(void) {
   qt_rng_free(rng);
 }
 
+/* Selective Projection Decay's halves on the device against
+ * qt_optim_spd_step (SGD at lr 0.5, lambda 1): a gradient along the
+ * deviation d = x - ref with a large orthogonal part, so that the
+ * condition holds and the step still moves outward (r > 0, projected), and
+ * a gradient against d (not projected). Within 1e-6 of the largest value:
+ * r comes from double sums in another order. */
+static void test_spd(void) {
+  qt_rng_t *rng = make_rng(3);
+  for (size_t s = 1; s < sizeof sizes / sizeof sizes[0]; s++) {
+    for (int with_ref = 0; with_ref <= 1; with_ref++) {
+      for (int projected = 0; projected <= 1; projected++) {
+        size_t n = sizes[s];
+        float *ref = host_random(rng, n, 0.0, 1.0), *x = host_random(rng, n, 0.0, 1.0);
+        float *g = host_random(rng, n, 0.0, 3.0);
+        for (size_t i = 0; i < n; i++) {
+          if (with_ref) x[i] += ref[i];
+          g[i] += (projected ? 1.0f : -1.0f) * (x[i] - (with_ref ? ref[i] : 0.0f));
+        }
+        float *dx = device_floats(x, n), *dg = device_floats(g, n), *dref = device_floats(ref, n);
+        double zeros[3] = {0.0, 0.0, 0.0};
+        double *dstats = device_copy(zeros, 3, sizeof(double));
+        qt_optim_params p = qt_optim_default_params(), base;
+        p.kind = QT_OPTIM_KIND_SGD;
+        p.decay = QT_DECAY_KIND_SPD;
+        p.weight_decay = 1.0;
+        base = p;
+        base.decay = QT_DECAY_KIND_NONE;
+        base.weight_decay = 0.0;
+        const float *r_cpu = with_ref ? ref : NULL, *r_dev = with_ref ? dref : NULL;
+        double r = qt_optim_spd_step(&p, 0.5, 1, x, g, r_cpu, NULL, NULL, n);
+        CU_ASSERT(projected ? r > 0.0 : r == 0.0);
+        CHECK_RC(qt_cuda_spd_stats(dx, dg, r_dev, n, dstats, E));
+        CHECK_RC(qt_cuda_optim_tensor_step(&base, 0.5, 0, 1, dx, dg, NULL, NULL, n, E));
+        CHECK_RC(qt_cuda_spd_project(dx, r_dev, n, 1.0, dstats, E));
+        float *got = download(dx, n);
+        char what[96];
+        snprintf(what, sizeof what, "SPD, n %zu, %s, %s", n, with_ref ? "ref" : "no ref",
+                 projected ? "projected" : "not projected");
+        expect_values(what, got, x, NULL, n, 1e-6);
+        free(got);
+        qt_cuda_free(dx);
+        qt_cuda_free(dg);
+        qt_cuda_free(dref);
+        qt_cuda_free(dstats);
+        free(ref);
+        free(x);
+        free(g);
+      }
+    }
+  }
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"optimizer_steps", test_optimizer_steps},
     {"l2sp_sfa_scale", test_l2sp_sfa_scale},
+    {"spd", test_spd},
     {NULL, NULL},
 };
 

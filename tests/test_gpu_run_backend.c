@@ -2,8 +2,8 @@
  * test_gpu_run_backend.c - whole fine-tuning runs on a CUDA device against
  * the CPU (label gpu; skips with 77 without a device): three epochs of a
  * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing,
- * head dropout)
- * and of a small MobileNetV2 (Adam, StochNorm) through qt_run_init with
+ * head dropout), of the same ViT with Selective Projection Decay instead of
+ * L2-SP, and of a small MobileNetV2 (Adam, StochNorm) through qt_run_init with
  * spec.device cuda, and a checkpoint saved on the GPU resumed on the CPU
  * and the reverse. The device's matrix products add in another order, so
  * the numbers agree within a tolerance, not bit for bit
@@ -95,6 +95,14 @@ static void test_vit_run(void) {
   check(vit_spec(), 0);
 }
 
+static void test_spd_run(void) {
+  qt_run_spec s = vit_spec();
+  s.optim.sp_reg = 0.0;
+  s.optim.decay = QT_DECAY_KIND_SPD;
+  s.optim.weight_decay = 0.5;
+  check(s, 1);
+}
+
 static void test_mobilenet_run(void) {
   check(mobilenet_spec(), 1);
   check(mobilenet_spec(), 0);
@@ -106,6 +114,7 @@ static void test_cleanup(void) {
 
 static const qt_test_case cases[] = {
     {"vit_run", test_vit_run},
+    {"spd_run", test_spd_run},
     {"mobilenet_run", test_mobilenet_run},
     {"cleanup", test_cleanup},
     {NULL, NULL},

@@ -2323,6 +2323,15 @@ void qt_optim_l2sp_gradient(float *grads, const float *params, const float *ref,
 double qt_optim_spd_step(const qt_optim_params *p, double lr, long step, float *params,
                          const float *grads, const float *ref, float *state1, float *state2,
                          size_t n);
+/* qt_optim_spd_step's two halves around the plain step, for a backend to
+ * compose: qt_optim_spd_stats stores <g, theta - theta0> and ||theta -
+ * theta0||^2 of the tensor before the step in stats[0] and stats[1];
+ * qt_optim_spd_project, after the step, uses stats[2] as scratch (||theta~
+ * - theta0||^2 where needed) and projects; returns r. */
+void qt_optim_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
+                        double stats[2]);
+double qt_optim_spd_project(float *params, const float *ref, size_t n, double lambda,
+                            double stats[3]);
 
 /* GOODFIT's projection [RECON] (specs/algorithms.md section 3.1) on one
  * tensor: when <g, delta> < 0, grads -= (<g, delta> / (||delta||^2 +
@@ -2356,6 +2365,14 @@ int qt_cuda_scale(float *x, float c, size_t n, qt_err *err);
 int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n, double c,
                           qt_err *err);
 int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err);
+/* SPD's halves (qt_optim_spd_stats, qt_optim_spd_project) with stats three
+ * doubles of device memory: the projection reads them on the device, so an
+ * SPD step waits for nothing. Sums in double in another order than the
+ * CPU's loops. */
+int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
+                      double *stats, qt_err *err);
+int qt_cuda_spd_project(float *params, const float *ref, size_t n, double lambda, double *stats,
+                        qt_err *err);
 /* Elementwise out = a * b (out may be a) and acc += a * b (head dropout's
  * mask and its gradient), with the CPU's float operations. */
 int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *err);
@@ -2612,14 +2629,14 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
  * qt_run_init refuses the same. */
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 /* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
- * convolutional family with any optimizer, weight decay or L2-SP, SFA,
+ * convolutional family with any optimizer, weight decay, L2-SP or
+ * Selective Projection Decay, SFA,
  * clipping, layer decay, freezing, linear probing, the schedules,
  * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
  * (its frozen source model moves too) and Co-Tuning (the data are
  * prepared on the host and moved once per batch; the methods on the
  * features compute on the host). QT_ENOTIMPL naming the first part that
- * trains on the CPU only so far: the MLP, adapters, GOODFIT, Selective
- * Projection Decay. qt_run_init and
+ * trains on the CPU only so far: the MLP, adapters, GOODFIT. qt_run_init and
  * qt_run_load check it for a device run. A run's checkpoint is the same
  * file on every backend: one saved on a device resumes on the CPU and the
  * reverse. */

@@ -161,6 +161,12 @@ typedef struct qt__ops {
   int (*l2sp_gradient)(float *grads, const float *params, const float *ref, size_t n, double c,
                        qt_err *err);
   int (*sfa_average)(float *params, const float *ref, size_t n, double beta, qt_err *err);
+  /* Selective Projection Decay around optim_step, as qt_cuda_spd_stats and
+   * qt_cuda_spd_project: stats is three doubles of the backend's memory. */
+  int (*spd_stats)(const float *params, const float *grads, const float *ref, size_t n,
+                   double *stats, qt_err *err);
+  int (*spd_project)(float *params, const float *ref, size_t n, double lambda, double *stats,
+                     qt_err *err);
   /* Elementwise: out = a * b (out may be a), acc += a * b; head dropout. */
   int (*mul)(float *out, const float *a, const float *b, size_t n, qt_err *err);
   int (*mul_add)(float *acc, const float *a, const float *b, size_t n, qt_err *err);

@@ -341,6 +341,20 @@ static int cpu_sfa_average(float *params, const float *ref, size_t n, double bet
   return 0;
 }
 
+static int cpu_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
+                         double *stats, qt_err *err) {
+  (void)err;
+  qt_optim_spd_stats(params, grads, ref, n, stats);
+  return 0;
+}
+
+static int cpu_spd_project(float *params, const float *ref, size_t n, double lambda,
+                           double *stats, qt_err *err) {
+  (void)err;
+  qt_optim_spd_project(params, ref, n, lambda, stats);
+  return 0;
+}
+
 static int cpu_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
   (void)err;
   for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
@@ -396,6 +410,8 @@ static const qt__ops cpu_ops = {
     .sfa_average = cpu_sfa_average,
     .mul = cpu_mul,
     .mul_add = cpu_mul_add,
+    .spd_stats = cpu_spd_stats,
+    .spd_project = cpu_spd_project,
     .set_matmul_precision = cpu_set_matmul_precision,
     .conv2d_scratch_size = qt_cpu_conv2d_scratch_size,
     .conv2d_forward = cpu_conv2d_forward,
@@ -452,6 +468,8 @@ static const qt__ops cuda_ops = {
     .sfa_average = qt_cuda_sfa_average,
     .mul = qt_cuda_mul,
     .mul_add = qt_cuda_mul_add,
+    .spd_stats = qt_cuda_spd_stats,
+    .spd_project = qt_cuda_spd_project,
     .set_matmul_precision = qt_cuda_set_matmul_precision,
     .conv2d_scratch_size = qt_cuda_conv2d_scratch_size,
     .conv2d_forward = qt_cuda_conv2d_forward,

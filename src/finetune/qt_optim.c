@@ -192,30 +192,30 @@ void qt_optim_l2sp_gradient(float *grads, const float *params, const float *ref,
 /* Selective Projection Decay                                                 */
 /* ------------------------------------------------------------------------- */
 
-double qt_optim_spd_step(const qt_optim_params *p, double lr, long step, float *params,
-                         const float *grads, const float *ref, float *state1, float *state2,
-                         size_t n) {
-  /* The condition and the old radius use theta before the step. */
+void qt_optim_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
+                        double stats[2]) {
   double inner = 0.0, gamma_sq = 0.0;
   for (size_t i = 0; i < n; i++) {
     double d = (double)params[i] - (ref ? (double)ref[i] : 0.0);
     inner += (double)grads[i] * d;
     gamma_sq += d * d;
   }
-  double condition = -inner;
-  /* The plain step: SPD replaces every other form of weight decay. */
-  qt_optim_params base = *p;
-  base.weight_decay = 0.0;
-  base.decay = QT_DECAY_KIND_NONE;
-  qt_optim_tensor_step(&base, lr, 0, step, params, grads, state1, state2, n);
-  double lambda = p->weight_decay;
+  stats[0] = inner;
+  stats[1] = gamma_sq;
+}
+
+double qt_optim_spd_project(float *params, const float *ref, size_t n, double lambda,
+                            double stats[3]) {
+  stats[2] = 0.0;
+  double condition = -stats[0];
   if (!(condition < 0.0) || !(lambda > 0.0)) return 0.0;
   double new_sq = 0.0;
   for (size_t i = 0; i < n; i++) {
     double d = (double)params[i] - (ref ? (double)ref[i] : 0.0);
     new_sq += d * d;
   }
-  double gamma_new = sqrt(new_sq), gamma = sqrt(gamma_sq);
+  stats[2] = new_sq;
+  double gamma_new = sqrt(new_sq), gamma = sqrt(stats[1]);
   /* gamma~ = 0: the step landed on theta0, there is no deviation to
    * project (the reference code would divide 0 by 0 here). */
   if (!(gamma_new > 0.0)) return 0.0;
@@ -230,6 +230,20 @@ double qt_optim_spd_step(const qt_optim_params *p, double lr, long step, float *
     for (size_t i = 0; i < n; i++) params[i] -= f * params[i];
   }
   return r;
+}
+
+double qt_optim_spd_step(const qt_optim_params *p, double lr, long step, float *params,
+                         const float *grads, const float *ref, float *state1, float *state2,
+                         size_t n) {
+  /* The condition and the old radius use theta before the step. */
+  double stats[3];
+  qt_optim_spd_stats(params, grads, ref, n, stats);
+  /* The plain step: SPD replaces every other form of weight decay. */
+  qt_optim_params base = *p;
+  base.weight_decay = 0.0;
+  base.decay = QT_DECAY_KIND_NONE;
+  qt_optim_tensor_step(&base, lr, 0, step, params, grads, state1, state2, n);
+  return qt_optim_spd_project(params, ref, n, p->weight_decay, stats);
 }
 
 /* ------------------------------------------------------------------------- */

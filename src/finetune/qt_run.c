@@ -105,8 +105,8 @@ struct qt_run {
   int (*stop)(void *user); /* the stop hook (qt_run_set_stop), NULL: none */
   void *stop_user;
   int stopped;      /* 1 after an epoch was abandoned by the stop hook */
-  double *clip_sum; /* one double of the backend's memory: clipping's sum of squares, allocated
-                       at the first clipped step */
+  double *scalars; /* (4) doubles of the backend's memory, allocated at the first step that
+                      needs them: clipping's sum of squares, SPD's three statistics */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -357,8 +357,6 @@ int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
     cpu_only = "adapters (LoRA, ROSA)";
   else if (s->goodfit)
     cpu_only = "GOODFIT";
-  else if (s->optim.decay == QT_DECAY_KIND_SPD)
-    cpu_only = "Selective Projection Decay";
   if (!cpu_only) return 0;
   return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
 }
@@ -802,7 +800,7 @@ void qt_run_free(qt_run_t *run) {
       free(run->tensors[i].rosa_fixed);
     }
   }
-  (run->ops ? run->ops : qt__ops_cpu())->release(run->clip_sum);
+  (run->ops ? run->ops : qt__ops_cpu())->release(run->scalars);
   free(run->tensors);
   free(run->trainable);
   qt_model_free(run->model);
@@ -1008,8 +1006,8 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
     }
   }
   free(fresh);
-  run->ops->release(run->clip_sum);
-  run->clip_sum = NULL;
+  run->ops->release(run->scalars);
+  run->scalars = NULL;
   run->ops = ops;
   return 0;
 }
@@ -1187,11 +1185,35 @@ static size_t tensor_slices(run_tensor *t, const qt_model_tensor *vt, size_t ran
   return 1;
 }
 
+/* The run's backend scalars (run->scalars), allocated on first use. */
+static int run_scalars(qt_run_t *run, qt_err *err) {
+  if (run->scalars) return 0;
+  return run->ops->alloc((void **)&run->scalars, 4 * sizeof(double), err);
+}
+
+/* qt_optim_spd_step on the backend: the statistics before the plain step
+ * (without any weight decay) and the projection after it, all where the
+ * tensor is (the CPU's table runs qt_optim_spd_step's own halves). */
+static int spd_step(qt_run_t *run, double lr, long step, const param_slice *q, qt_err *err) {
+  const qt__ops *ops = run->ops;
+  qt_optim_params base = run->spec.optim;
+  base.weight_decay = 0.0;
+  base.decay = QT_DECAY_KIND_NONE;
+  int rc = run_scalars(run, err);
+  double *stats = run->scalars + 1;
+  if (rc == 0) rc = ops->spd_stats(q->data, q->grad, q->ref, q->n, stats, err);
+  if (rc == 0)
+    rc = ops->optim_step(&base, lr, 0, step, q->data, q->grad, q->s1, q->s2, q->n, err);
+  if (rc == 0)
+    rc = ops->spd_project(q->data, q->ref, q->n, run->spec.optim.weight_decay, stats, err);
+  return rc;
+}
+
 /* One step of every trainable tensor: the adapters' gradients from dW, the
  * L2-SP gradient (a loss term, so before clipping, as Quick-Tune adds it
  * to the loss), clipping, the optimizer (or SPD) step, SFA's average when
  * this step is due, and the merge of adapted weights. The tensors' own
- * arithmetic goes through the backend's op table; adapters, SPD and
+ * arithmetic goes through the backend's op table; adapters and
  * Co-Tuning run on the CPU only (run_device_supported), so their host
  * loops see host memory. */
 static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
@@ -1224,18 +1246,18 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
   double clip = 1.0;
   if (o->clip_grad > 0.0) {
     /* Summed where the gradients are, downloaded once. */
-    if (!run->clip_sum) RUN_TRY(ops->alloc((void **)&run->clip_sum, sizeof(double), err));
-    RUN_TRY(ops->zero(run->clip_sum, sizeof(double), err));
+    RUN_TRY(run_scalars(run, err));
+    RUN_TRY(ops->zero(run->scalars, sizeof(double), err));
     for (size_t i = 0; i < run->n_tensors; i++) {
       if (run->trainable[i] != MASK_STEP) continue;
       qt_model_tensor vt;
       qt_model_tensor_at(run->model, i, &vt);
       size_t ns = tensor_slices(&run->tensors[i], &vt, rank, sl);
       for (size_t k = 0; k < ns; k++)
-        RUN_TRY(ops->sum_squares(sl[k].grad, sl[k].n, run->clip_sum, err));
+        RUN_TRY(ops->sum_squares(sl[k].grad, sl[k].n, run->scalars, err));
     }
     double sum = 0.0;
-    RUN_TRY(ops->download(&sum, run->clip_sum, sizeof sum, err));
+    RUN_TRY(ops->download(&sum, run->scalars, sizeof sum, err));
     sum += cotuning_grad_sq(run);
     double norm = sqrt(sum);
     double coef = o->clip_grad / (norm + 1e-6);
@@ -1253,7 +1275,7 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
       param_slice *q = &sl[k];
       if (clip < 1.0) RUN_TRY(ops->scale(q->grad, (float)clip, q->n, err));
       if (o->decay == QT_DECAY_KIND_SPD)
-        qt_optim_spd_step(o, lr * scale, t->steps, q->data, q->grad, q->ref, q->s1, q->s2, q->n);
+        RUN_TRY(spd_step(run, lr * scale, t->steps, q, err));
       else
         RUN_TRY(ops->optim_step(o, lr * scale, q->decay, t->steps, q->data, q->grad, q->s1, q->s2,
                                 q->n, err));

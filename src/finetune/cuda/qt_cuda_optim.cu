@@ -2,11 +2,13 @@
  * qt_cuda_optim.cu - a fine-tuning run's per-tensor optimizer arithmetic on
  * a CUDA device, the twins of qt_optim.c: the optimizer step (SGD,
  * momentum, Adam, AdamW), the sum of squares behind gradient clipping, the
- * scaling of a clipped gradient, L2-SP's gradient and SFA's average. The
+ * scaling of a clipped gradient, L2-SP's gradient, SFA's average and
+ * Selective Projection Decay's statistics and projection. The
  * kernels evaluate the CPU's float expressions in its order with
  * round-to-nearest intrinsics (__fmul_rn, __fadd_rn, ...), which nvcc never
  * contracts into FMAs, so each element is bit-identical to the CPU's; the
- * sum of squares is reduced in double in another order than the CPU's.
+ * sums (of squares, SPD's) are reduced in double in another order than
+ * the CPU's.
  * tests/test_gpu_optim.c checks them against qt_optim.c.
  */
 #include <math.h>
@@ -73,28 +75,61 @@ static __global__ void adam_kernel(float *__restrict__ x, const float *__restric
   }
 }
 
-/* One partial sum of squares per block, in double. */
-static __global__ void sum_squares_kernel(const float *__restrict__ x, size_t n,
-                                          double *__restrict__ partial) {
+/* The sums of the reductions, per element in double: x^2 (clipping);
+ * with d = x - ref (ref NULL: x), y d and d^2 (SPD's statistics, x the
+ * parameters and y the gradients). */
+enum { SUM_SQUARES = 0, SUM_INNER = 1, SUM_DEVIATION = 2 };
+
+template <int kind>
+static __device__ __forceinline__ double term(const float *x, const float *y, const float *ref,
+                                              size_t i) {
+  if (kind == SUM_SQUARES) return (double)x[i] * (double)x[i];
+  double d = (double)x[i] - (ref ? (double)ref[i] : 0.0);
+  return kind == SUM_INNER ? (double)y[i] * d : d * d;
+}
+
+/* One partial sum per block, in double. */
+template <int kind>
+static __global__ void reduce_kernel(const float *__restrict__ x, const float *__restrict__ y,
+                                     const float *__restrict__ ref, size_t n,
+                                     double *__restrict__ partial) {
   __shared__ double shared[32];
   double s = 0.0;
-  GRID_STRIDE(i, n) {
-    double xi = (double)x[i];
-    s += xi * xi;
-  }
+  GRID_STRIDE(i, n) s += term<kind>(x, y, ref, i);
   s = qt__block_sum(s, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 /* The partial sums of the blocks, added by one block: their total added
- * to *acc. */
+ * to *acc (add) or stored there. */
 static __global__ void sum_partials_kernel(const double *__restrict__ partial, unsigned count,
-                                           double *__restrict__ acc) {
+                                           double *__restrict__ acc, int add) {
   __shared__ double shared[32];
   double s = 0.0;
   for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
   s = qt__block_sum(s, shared);
-  if (threadIdx.x == 0) *acc += s;
+  if (threadIdx.x == 0) *acc = add ? *acc + s : s;
+}
+
+/* SPD's projection from the statistics on the device (stats[0] <g, d>,
+ * stats[1] ||d||^2 before the step, stats[2] after it), with the CPU's
+ * double arithmetic for r and its float operations per element. */
+static __global__ void spd_project_kernel(float *__restrict__ x, const float *__restrict__ ref,
+                                          size_t n, double lambda,
+                                          const double *__restrict__ stats) {
+  double condition = -stats[0];
+  if (!(condition < 0.0) || !(lambda > 0.0)) return;
+  double gamma_new = sqrt(stats[2]), gamma = sqrt(stats[1]);
+  if (!(gamma_new > 0.0)) return;
+  double r = (gamma_new - gamma) / gamma_new;
+  if (r < 0.0) r = 0.0;
+  if (r > 1.0) r = 1.0;
+  if (r == 0.0) return;
+  float f = (float)(lambda * r);
+  GRID_STRIDE(i, n) {
+    x[i] = ref ? __fsub_rn(x[i], __fmul_rn(f, __fsub_rn(x[i], ref[i])))
+               : __fsub_rn(x[i], __fmul_rn(f, x[i]));
+  }
 }
 
 static __global__ void scale_kernel(float *__restrict__ x, float c, size_t n) {
@@ -185,11 +220,18 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
 static pthread_mutex_t partials_lock = PTHREAD_MUTEX_INITIALIZER;
 static double *partials[PARTIALS_MAX_DEVICES];
 
-extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
-  const char *who = "qt_cuda_sum_squares";
-  if (!acc) return qt_err_set(err, QT_EINVAL, "%s: acc is NULL", who);
-  if (n == 0) return 0;
-  if (!x) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+/* Sums term<kind> over n elements into *acc (add: += , else =), queued:
+ * one partial per block, then one block adds them. */
+template <int kind>
+static int reduce(const float *x, const float *y, const float *ref, size_t n, double *acc, int add,
+                  const char *who, qt_err *err) {
+  if (!acc) return qt_err_set(err, QT_EINVAL, "%s: the accumulator is NULL", who);
+  if (n == 0) {
+    if (add) return 0;
+    cudaError_t status = cudaMemsetAsync(acc, 0, sizeof *acc, 0);
+    return status == cudaSuccess ? 0 : qt__cuda_error(err, status, who);
+  }
+  if (!x || (kind == SUM_INNER && !y)) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   int device = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status != cudaSuccess) return qt__cuda_error(err, status, who);
@@ -208,15 +250,37 @@ extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err
       rc = qt__cuda_error(err, status, who);
   }
   if (rc == 0) {
-    sum_squares_kernel<<<blocks, QT_CUDA_THREADS>>>(x, n, partial);
-    rc = launched(who, "the sum-of-squares kernel", err);
+    reduce_kernel<kind><<<blocks, QT_CUDA_THREADS>>>(x, y, ref, n, partial);
+    rc = launched(who, "the reduction kernel", err);
   }
   if (rc == 0) {
-    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks, acc);
+    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks, acc, add);
     rc = launched(who, "the kernel adding the partial sums", err);
   }
   pthread_mutex_unlock(&partials_lock);
   return rc;
+}
+
+extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
+  return reduce<SUM_SQUARES>(x, NULL, NULL, n, acc, 1, "qt_cuda_sum_squares", err);
+}
+
+extern "C" int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref,
+                                 size_t n, double *stats, qt_err *err) {
+  const char *who = "qt_cuda_spd_stats";
+  if (!stats) return qt_err_set(err, QT_EINVAL, "%s: stats is NULL", who);
+  int rc = reduce<SUM_INNER>(params, grads, ref, n, stats, 0, who, err);
+  return rc < 0 ? rc : reduce<SUM_DEVIATION>(params, NULL, ref, n, stats + 1, 0, who, err);
+}
+
+extern "C" int qt_cuda_spd_project(float *params, const float *ref, size_t n, double lambda,
+                                   double *stats, qt_err *err) {
+  const char *who = "qt_cuda_spd_project";
+  if (!stats) return qt_err_set(err, QT_EINVAL, "%s: stats is NULL", who);
+  int rc = reduce<SUM_DEVIATION>(params, NULL, ref, n, stats + 2, 0, who, err);
+  if (rc < 0 || n == 0) return rc;
+  spd_project_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, ref, n, lambda, stats);
+  return launched(who, "the SPD projection kernel", err);
 }
 
 extern "C" int qt_cuda_scale(float *x, float c, size_t n, qt_err *err) {

@@ -286,6 +286,16 @@ int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_sum_squares");
 }
 
+int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
+                      double *stats, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_spd_stats");
+}
+
+int qt_cuda_spd_project(float *params, const float *ref, size_t n, double lambda, double *stats,
+                        qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_spd_project");
+}
+
 int qt_cuda_scale(float *x, float c, size_t n, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_scale");
 }
