@@ -522,20 +522,23 @@ static void test_finetune(void) {
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, first));
 
-  /* --device: cpu gives the same losses; another GPU than the first is not
-   * implemented; an unknown name is a usage error; cuda without a device
-   * fails saying so (with a device it trains: test_gpu_run_backend). */
+  /* --device: cpu gives the same losses; a GPU the machine lacks (cuda:N,
+   * N >= 1) fails saying how many it has; an unknown name is a usage
+   * error; cuda without a device fails saying so (with a device it trains:
+   * test_gpu_run_backend). */
   size_t base = strlen(args);
   snprintf(args + base, sizeof args - base, " --device cpu");
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, first));
-  snprintf(args + base, sizeof args - base, " --device cuda:1");
-  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
-  CU_ASSERT_PTR_NOT_NULL(strstr(out, "only the first GPU"));
-  snprintf(args + base, sizeof args - base, " --device tpu");
-  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
   int gpus = 0;
   qt_cuda_device_count(&gpus, NULL);
+  snprintf(args + base, sizeof args - base, " --device cuda:%d", gpus + 1);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "CUDA device"));
+  snprintf(args + base, sizeof args - base, " --device tpu");
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  snprintf(args + base, sizeof args - base, " --device cuda:x");
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
   if (gpus == 0) {
     snprintf(args + base, sizeof args - base, " --device cuda");
     CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);

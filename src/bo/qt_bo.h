@@ -609,7 +609,9 @@ typedef enum qt_search_mode {
 typedef enum qt_search_device {
   QT_SEARCH_DEVICE_AUTO = 0, /* the first GPU when one is present, else the CPU */
   QT_SEARCH_DEVICE_CPU = 1,  /* the CPU only */
-  QT_SEARCH_DEVICE_CUDA = 2  /* the first GPU; QT_ENODEV at the start without one */
+  QT_SEARCH_DEVICE_CUDA = 2  /* the thread's CUDA device (the first unless the caller chose
+                                another, qt_cuda_select_device); QT_ENODEV at the start
+                                without one */
 } qt_search_device;
 
 typedef struct qt_search_params {

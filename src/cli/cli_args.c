@@ -3,9 +3,11 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/qt_cli.h"
+#include "finetune/qt_finetune.h"
 
 static int flag_index(const qt_cli_command *command, const char *name, size_t length) {
   if (!command->flags) return -1;
@@ -30,6 +32,26 @@ int qt_cli_usage_error(const qt_cli_command *command, const char *fmt, ...) {
 int qt_cli_fail(const qt_cli_command *command, const qt_err *err) {
   fprintf(stderr, "qtune %s: %s\n", command->path, qt_err_message(err));
   return QT_CLI_EXIT_FAILURE;
+}
+
+int qt_cli_device_option(const qt_cli_command *command, const char *text, qt_cli_device *out) {
+  memset(out, 0, sizeof *out);
+  if (!text || strcmp(text, "auto") == 0) {
+    out->is_auto = 1;
+    return 0;
+  }
+  if (strcmp(text, "cpu") == 0) return 0;
+  out->cuda = 1;
+  if (strcmp(text, "cuda") == 0) return 0;
+  char *end = NULL;
+  long index = strncmp(text, "cuda:", 5) == 0 ? strtol(text + 5, &end, 10) : -1;
+  if (index < 0 || index > 1023 || end == text + 5 || *end != '\0')
+    return qt_cli_usage_error(command, "--device: '%s' is not auto, cpu, cuda or cuda:N", text);
+  out->index = (int)index;
+  if (index == 0) return 0;
+  qt_err err;
+  if (qt_cuda_select_device(out->index, &err) != 0) return qt_cli_fail(command, &err);
+  return 0;
 }
 
 void qt_cli_print_help(const qt_cli_command *command) {

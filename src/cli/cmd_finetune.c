@@ -212,20 +212,11 @@ int qt_cli_finetune(const qt_cli_args *args) {
   qt_err err;
   qt_err_clear(&err);
   /* auto: the GPU when there is one and the pipeline trains there. */
-  int device_auto = !device || strcmp(device, "auto") == 0;
-  qt_backend_kind kind = QT_BACKEND_KIND_CPU;
-  if (!device_auto) {
-    if (strcmp(device, "cuda:0") == 0) {
-      kind = QT_BACKEND_KIND_CUDA;
-    } else if (strncmp(device, "cuda:", 5) == 0) {
-      qt_err_set(&err, QT_ENOTIMPL, "--device %s: only the first GPU (cuda or cuda:0) so far",
-                 device);
-      return qt_cli_fail(args->command, &err);
-    } else if (qt_backend_kind_parse(device, &kind, &err) != 0) {
-      return qt_cli_usage_error(args->command, "--device: %s (or auto, cuda:0)",
-                                qt_err_message(&err));
-    }
-  }
+  qt_cli_device dev;
+  int dev_status = qt_cli_device_option(args->command, device, &dev);
+  if (dev_status != 0) return dev_status;
+  int device_auto = dev.is_auto;
+  qt_backend_kind kind = dev.cuda ? QT_BACKEND_KIND_CUDA : QT_BACKEND_KIND_CPU;
 
   int status = QT_CLI_EXIT_FAILURE;
   qt_space_t *space = NULL;
@@ -302,7 +293,7 @@ int qt_cli_finetune(const qt_cli_args *args) {
       QT_LOG_INFO("--device auto: training on the CPU: %s", qt_err_message(&why));
   }
   if (spec.device == QT_BACKEND_KIND_CUDA)
-    QT_LOG_INFO("training on the GPU (cuda:0)%s",
+    QT_LOG_INFO("training on the GPU (cuda:%d)%s", dev.index,
                 spec.amp ? ", BF16 matrix products (amp)" : ", in FP32");
   else if (spec.amp)
     QT_LOG_INFO("amp: no effect on the CPU, which computes in FP32");

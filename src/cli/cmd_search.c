@@ -200,22 +200,12 @@ int qt_cli_search(const qt_cli_args *args) {
   if ((text = qt_cli_get(args, "max-disk")) && parse_size(text, &p.max_disk) != 0)
     return qt_cli_usage_error(cmd, "--max-disk: '%s' is not a size (e.g. 500M, 2G)", text);
   if (qt_cli_get(args, "overwrite")) p.mode = QT_SEARCH_MODE_OVERWRITE;
-  const char *device = qt_cli_get(args, "device");
-  if (device) {
-    if (strcmp(device, "auto") == 0) {
-      p.device = QT_SEARCH_DEVICE_AUTO;
-    } else if (strcmp(device, "cpu") == 0) {
-      p.device = QT_SEARCH_DEVICE_CPU;
-    } else if (strcmp(device, "cuda") == 0 || strcmp(device, "cuda:0") == 0) {
-      p.device = QT_SEARCH_DEVICE_CUDA;
-    } else if (strncmp(device, "cuda:", 5) == 0) {
-      qt_err_set(&err, QT_ENOTIMPL, "--device %s: only the first GPU (cuda or cuda:0) so far",
-                 device);
-      return qt_cli_fail(cmd, &err);
-    } else {
-      return qt_cli_usage_error(cmd, "--device: '%s' is not auto, cpu, cuda or cuda:0", device);
-    }
-  }
+  qt_cli_device dev;
+  int dev_status = qt_cli_device_option(cmd, qt_cli_get(args, "device"), &dev);
+  if (dev_status != 0) return dev_status;
+  p.device = dev.is_auto ? QT_SEARCH_DEVICE_AUTO
+             : dev.cuda  ? QT_SEARCH_DEVICE_CUDA
+                         : QT_SEARCH_DEVICE_CPU;
 
   char run_dir[512];
   p.run_dir = qt_cli_get(args, "run-dir");

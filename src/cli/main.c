@@ -17,7 +17,7 @@
 #define QT_FLAG_SEED \
   { "seed", "N", "random seed (default 0); the same seed gives the same numbers" }
 #define QT_FLAG_DEVICE \
-  { "device", "D", "auto, cpu or cuda (= cuda:0; default auto: the GPU when one is present, for the pipelines that train there)" }
+  { "device", "D", "auto, cpu, cuda (= cuda:0) or cuda:N (default auto: the first GPU when one is present, for the pipelines that train there)" }
 #define QT_FLAG_LOG \
   { "log-level", "L", "debug, info, warn, error or silent (default info)" }
 

@@ -71,6 +71,19 @@ int qt_cli_usage_error(const qt_cli_command *command, const char *fmt, ...) QT_P
 /* Prints "qtune <path>: <err message>" and returns QT_CLI_EXIT_FAILURE. */
 int qt_cli_fail(const qt_cli_command *command, const qt_err *err);
 
+/* --device of finetune and search: auto (also when not given), cpu, cuda
+ * (= cuda:0) or cuda:N. */
+typedef struct qt_cli_device {
+  int is_auto; /* auto: the GPU when there is one and the pipeline trains there */
+  int cuda;    /* cuda or cuda:N given */
+  int index;   /* N of cuda:N, else 0 */
+} qt_cli_device;
+/* Parses text into *out; for cuda:N with N > 0 also makes device N the
+ * process's (qt_cuda_select_device: the runs train on this thread). 0, or
+ * an exit status after printing the problem (a usage error for a name
+ * that is none of these, a failure for a device the machine lacks). */
+int qt_cli_device_option(const qt_cli_command *command, const char *text, qt_cli_device *out);
+
 /* --model-encoding, --descriptors and --hub (meta train, bench): the codec
  * for the models of md's runs (cmd_meta.c). 0, or an exit status after
  * printing the problem. */

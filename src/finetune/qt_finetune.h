@@ -79,6 +79,14 @@ int qt_backend_kind_check(qt_backend_kind kind, qt_err *err);
  * is NULL. */
 int qt_cuda_device_count(int *count, qt_err *err);
 
+/* Makes device `index` (0-based, as nvidia-smi and CUDA_VISIBLE_DEVICES
+ * number them) the calling thread's CUDA device: every model, op and
+ * cuBLAS handle created on that thread afterwards lives there (the
+ * engine's CUDA calls run on the thread that trains). QT_ENODEV, saying how
+ * many devices there are, when there is no such device (always without
+ * CUDA). */
+int qt_cuda_select_device(int index, qt_err *err);
+
 /* The current CUDA device: its name, compute capability, multiprocessors,
  * and its memory as cudaMemGetInfo sees it (free and total bytes, every
  * process's allocations counted). QT_ENODEV without a device (or built

@@ -44,6 +44,17 @@ extern "C" int qt_cuda_device_count(int *count, qt_err *err) {
   return 0;
 }
 
+extern "C" int qt_cuda_select_device(int index, qt_err *err) {
+  int count = 0;
+  qt_cuda_device_count(&count, NULL);
+  if (index < 0 || index >= count)
+    return qt_err_set(err, QT_ENODEV, "cuda:%d: this machine has %d CUDA device%s", index, count,
+                      count == 1 ? "" : "s");
+  cudaError_t status = cudaSetDevice(index);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_select_device");
+  return 0;
+}
+
 extern "C" int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
   if (!info) return qt_err_set(err, QT_EINVAL, "qt_cuda_device_info: info is NULL");
   memset(info, 0, sizeof *info);
