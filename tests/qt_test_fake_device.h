@@ -209,6 +209,13 @@ static inline int fake_optim_step(const qt_optim_params *p, double lr, int decay
                                   size_t n, qt_err *err) {
   FAKE_OP(op_calls, optim_step(p, lr, decay, step, params, grads, state1, state2, n, err));
 }
+static inline int fake_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
+  FAKE_OP(op_calls, axpy(x, a, y, n, err));
+}
+static inline int fake_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
+                                       qt_err *err) {
+  FAKE_OP(op_calls, goodfit_project(grads, delta, n, stats, err));
+}
 static inline int fake_spd_stats(const float *params, const float *grads, const float *ref,
                                  size_t n, double *stats, qt_err *err) {
   FAKE_OP(op_calls, spd_stats(params, grads, ref, n, stats, err));
@@ -376,6 +383,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .sfa_average = fake_sfa_average,
       .mul = fake_mul,
       .mul_add = fake_mul_add,
+      .axpy = fake_axpy,
+      .goodfit_project = fake_goodfit_project,
       .spd_stats = fake_spd_stats,
       .spd_project = fake_spd_project,
       .set_matmul_precision = fake_set_matmul_precision,

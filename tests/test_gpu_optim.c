@@ -3,7 +3,8 @@
  * qt_optim.c (label gpu; skips with 77 without a device): the step of
  * every optimizer kind with and without weight decay over three steps,
  * L2-SP's gradient and SFA's average (with and without a reference), the
- * scaling of a clipped gradient, head dropout's products: bit-identical to the CPU, since the
+ * scaling of a clipped gradient, head dropout's products, GOODFIT's reference
+ * step: bit-identical to the CPU, since the
  * kernels use the CPU's float operations in its order; the sum of squares
  * within 1e-12 relative (double sums in another order).
  */
@@ -159,10 +160,54 @@ static void test_spd(void) {
   qt_rng_free(rng);
 }
 
+/* GOODFIT's arithmetic: a reference step (axpy, bit for bit) and the
+ * projection against delta on both sides of its condition (within 1e-6 of
+ * the largest value: the coefficient comes from double sums in another
+ * order). */
+static void test_goodfit(void) {
+  qt_rng_t *rng = make_rng(4);
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    for (int against = 0; against <= 1; against++) {
+      size_t n = sizes[s];
+      float *x = host_random(rng, n, 0.0, 1.0), *g = host_random(rng, n, 0.0, 1.0);
+      float *delta = host_random(rng, n, 0.0, 1.0);
+      /* Every term of <g, delta> has the sign of the case: negative when
+       * against (projected), positive otherwise. */
+      for (size_t i = 0; i < n; i++)
+        g[i] = (against ? -1.0f : 1.0f) * (fabsf(g[i]) + 0.5f) * delta[i];
+      float *dx = device_floats(x, n), *dg = device_floats(g, n);
+      float *ddelta = device_floats(delta, n);
+      for (size_t i = 0; i < n; i++) x[i] += -0.37f * g[i];
+      CHECK_RC(qt_cuda_axpy(dx, -0.37f, dg, n, E));
+      expect_same("axpy", dx, x, n);
+      double zeros[2] = {0.0, 0.0};
+      double *dstats = device_copy(zeros, 2, sizeof(double));
+      double coef = qt_goodfit_project(g, delta, n);
+      CU_ASSERT(against ? coef < 0.0 : coef == 0.0);
+      CHECK_RC(qt_cuda_goodfit_project(dg, ddelta, n, dstats, E));
+      float *got = download(dg, n);
+      char what[96];
+      snprintf(what, sizeof what, "GOODFIT projection, n %zu, %s", n,
+               against ? "projected" : "not projected");
+      expect_values(what, got, g, NULL, n, against ? 1e-6 : 0.0);
+      free(got);
+      qt_cuda_free(dx);
+      qt_cuda_free(dg);
+      qt_cuda_free(ddelta);
+      qt_cuda_free(dstats);
+      free(x);
+      free(g);
+      free(delta);
+    }
+  }
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"optimizer_steps", test_optimizer_steps},
     {"l2sp_sfa_scale", test_l2sp_sfa_scale},
     {"spd", test_spd},
+    {"goodfit", test_goodfit},
     {NULL, NULL},
 };
 

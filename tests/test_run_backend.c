@@ -2,7 +2,7 @@
  * test_run_backend.c - whole fine-tuning runs (qt_run.c) on a device,
  * checked without a GPU: on the fake device of qt_test_fake_device.h (the
  * CPU's ops on memory the host cannot touch) epochs of a ViT and of two
- * CNNs, with the optimizers, L2-SP, SPD, SFA, clipping, layer decay, freezing,
+ * CNNs, with the optimizers, GOODFIT, L2-SP, SPD, SFA, clipping, layer decay, freezing,
  * linear probing, mixing, head dropout and StochNorm, give the CPU's results and weights
  * bit for bit; a checkpoint saved by a run on the device resumes on the
  * CPU and the reverse, as an uninterrupted run; what trains on the CPU
@@ -28,7 +28,7 @@ static qt_run_spec vit_spec(void) {
 
 /* The pipelines compared: every part that trains on a device. */
 static int n_specs(void) {
-  return 7;
+  return 8;
 }
 
 static qt_run_spec spec_at(int k) {
@@ -75,6 +75,14 @@ static qt_run_spec spec_at(int k) {
       s.optim.weight_decay = 0.5;
       s.optim.clip_grad = 0.5;
       s.sfa = 1;
+      return s;
+    case 7: /* GOODFIT (two reference steps per update) around momentum, with clipping */
+      s = vit_spec();
+      s.goodfit = 1;
+      s.goodfit_main = QT_OPTIM_KIND_MOMENTUM;
+      s.optim.kind = QT_OPTIM_KIND_MOMENTUM;
+      s.goodfit_n_ref = 2;
+      s.optim.clip_grad = 0.5;
       return s;
     default: /* a ResNet with SGD, clipping, half of it frozen and BSS (the hook on a CNN) */
       s = run_fixture_cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
@@ -265,9 +273,6 @@ static void test_cpu_only_parts_refused(void) {
   qt_run_spec s = vit_spec();
   s.adapter = QT_ADAPTER_KIND_LORA;
   expect_refused(s, "adapters");
-  s = vit_spec();
-  s.goodfit = 1;
-  expect_refused(s, "GOODFIT");
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
   /* Without a device, a CUDA run is QT_ENODEV. */
   int count = 0;

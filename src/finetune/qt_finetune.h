@@ -2373,6 +2373,14 @@ int qt_cuda_scale(float *x, float c, size_t n, qt_err *err);
 int qt_cuda_l2sp_gradient(float *grads, const float *params, const float *ref, size_t n, double c,
                           qt_err *err);
 int qt_cuda_sfa_average(float *params, const float *ref, size_t n, double beta, qt_err *err);
+/* x += a * y elementwise with the CPU's float operations (a GOODFIT
+ * reference step is a = -lr: bit-identical to x -= lr * y). */
+int qt_cuda_axpy(float *x, float a, const float *y, size_t n, qt_err *err);
+/* qt_goodfit_project on the device, with stats two doubles of device
+ * memory as scratch: the sums in double (in another order), the
+ * conditional update on the device (nothing waits). */
+int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
+                            qt_err *err);
 /* SPD's halves (qt_optim_spd_stats, qt_optim_spd_project) with stats three
  * doubles of device memory: the projection reads them on the device, so an
  * SPD step waits for nothing. Sums in double in another order than the
@@ -2637,14 +2645,14 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
  * qt_run_init refuses the same. */
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 /* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
- * convolutional family with any optimizer, weight decay, L2-SP or
- * Selective Projection Decay, SFA,
+ * convolutional family with any optimizer or GOODFIT around one, weight
+ * decay, L2-SP or Selective Projection Decay, SFA,
  * clipping, layer decay, freezing, linear probing, the schedules,
  * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
  * (its frozen source model moves too) and Co-Tuning (the data are
  * prepared on the host and moved once per batch; the methods on the
  * features compute on the host). QT_ENOTIMPL naming the first part that
- * trains on the CPU only so far: the MLP, adapters, GOODFIT. qt_run_init and
+ * trains on the CPU only so far: the MLP, adapters. qt_run_init and
  * qt_run_load check it for a device run. A run's checkpoint is the same
  * file on every backend: one saved on a device resumes on the CPU and the
  * reverse. */

@@ -161,6 +161,12 @@ typedef struct qt__ops {
   int (*l2sp_gradient)(float *grads, const float *params, const float *ref, size_t n, double c,
                        qt_err *err);
   int (*sfa_average)(float *params, const float *ref, size_t n, double beta, qt_err *err);
+  /* x += a * y (GOODFIT's reference steps and its delta), and GOODFIT's
+   * projection of grads against delta (qt_goodfit_project) with stats two
+   * doubles of the backend's memory as scratch, as qt_cuda_axpy and
+   * qt_cuda_goodfit_project. */
+  int (*axpy)(float *x, float a, const float *y, size_t n, qt_err *err);
+  int (*goodfit_project)(float *grads, const float *delta, size_t n, double *stats, qt_err *err);
   /* Selective Projection Decay around optim_step, as qt_cuda_spd_stats and
    * qt_cuda_spd_project: stats is three doubles of the backend's memory. */
   int (*spd_stats)(const float *params, const float *grads, const float *ref, size_t n,

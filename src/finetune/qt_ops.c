@@ -341,6 +341,20 @@ static int cpu_sfa_average(float *params, const float *ref, size_t n, double bet
   return 0;
 }
 
+static int cpu_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
+  (void)err;
+  for (size_t i = 0; i < n; i++) x[i] += a * y[i];
+  return 0;
+}
+
+static int cpu_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
+                               qt_err *err) {
+  (void)stats;
+  (void)err;
+  qt_goodfit_project(grads, delta, n);
+  return 0;
+}
+
 static int cpu_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
                          double *stats, qt_err *err) {
   (void)err;
@@ -348,8 +362,8 @@ static int cpu_spd_stats(const float *params, const float *grads, const float *r
   return 0;
 }
 
-static int cpu_spd_project(float *params, const float *ref, size_t n, double lambda,
-                           double *stats, qt_err *err) {
+static int cpu_spd_project(float *params, const float *ref, size_t n, double lambda, double *stats,
+                           qt_err *err) {
   (void)err;
   qt_optim_spd_project(params, ref, n, lambda, stats);
   return 0;
@@ -410,6 +424,8 @@ static const qt__ops cpu_ops = {
     .sfa_average = cpu_sfa_average,
     .mul = cpu_mul,
     .mul_add = cpu_mul_add,
+    .axpy = cpu_axpy,
+    .goodfit_project = cpu_goodfit_project,
     .spd_stats = cpu_spd_stats,
     .spd_project = cpu_spd_project,
     .set_matmul_precision = cpu_set_matmul_precision,
@@ -468,6 +484,8 @@ static const qt__ops cuda_ops = {
     .sfa_average = qt_cuda_sfa_average,
     .mul = qt_cuda_mul,
     .mul_add = qt_cuda_mul_add,
+    .axpy = qt_cuda_axpy,
+    .goodfit_project = qt_cuda_goodfit_project,
     .spd_stats = qt_cuda_spd_stats,
     .spd_project = qt_cuda_spd_project,
     .set_matmul_precision = qt_cuda_set_matmul_precision,

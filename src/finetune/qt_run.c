@@ -51,8 +51,9 @@ typedef struct run_tensor {
   float *grad_a;                 /* (rank, in) this step's gradient of A */
   float *grad_b;                 /* (out, rank) this step's gradient of B */
   float *b1, *b2;                /* (out, rank) B's optimizer state, as s1 and s2 */
-  float *goodfit_ref; /* (numel) GOODFIT's theta_ref of the current cycle; NULL otherwise */
-  float *rosa_fixed;  /* (out, in) ROSA's W_fixed, the merge's base; NULL otherwise */
+  float *goodfit_ref;            /* (numel) GOODFIT's theta_ref of the current cycle, on the run's
+                                    backend; NULL otherwise */
+  float *rosa_fixed;             /* (out, in) ROSA's W_fixed, the merge's base; NULL otherwise */
 } run_tensor;
 
 /* Co-Tuning's source head (cotuning_reg > 0): the checkpoint's classifier,
@@ -104,7 +105,7 @@ struct qt_run {
   long goodfit_phase;      /* batches done in the current GOODFIT cycle, 0..n_ref */
   int (*stop)(void *user); /* the stop hook (qt_run_set_stop), NULL: none */
   void *stop_user;
-  int stopped;      /* 1 after an epoch was abandoned by the stop hook */
+  int stopped;     /* 1 after an epoch was abandoned by the stop hook */
   double *scalars; /* (4) doubles of the backend's memory, allocated at the first step that
                       needs them: clipping's sum of squares, SPD's three statistics */
 };
@@ -355,8 +356,6 @@ int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
     cpu_only = "MLPs";
   else if (s->adapter != QT_ADAPTER_KIND_NONE)
     cpu_only = "adapters (LoRA, ROSA)";
-  else if (s->goodfit)
-    cpu_only = "GOODFIT";
   if (!cpu_only) return 0;
   return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
 }
@@ -796,7 +795,7 @@ void qt_run_free(qt_run_t *run) {
       free(run->tensors[i].grad_b);
       free(run->tensors[i].b1);
       free(run->tensors[i].b2);
-      free(run->tensors[i].goodfit_ref);
+      ops->release(run->tensors[i].goodfit_ref);
       free(run->tensors[i].rosa_fixed);
     }
   }
@@ -974,7 +973,7 @@ static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
 static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   QT_ASSERT(run->ops->host_memory);
   size_t n = run->n_tensors;
-  float **fresh = calloc(3 * (n ? n : 1), sizeof *fresh);
+  float **fresh = calloc(4 * (n ? n : 1), sizeof *fresh);
   if (!fresh) return qt_err_set(err, QT_ENOMEM, "out of memory to move a run");
   int rc = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
@@ -982,27 +981,27 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
     size_t bytes = (vt.numel ? vt.numel : 1) * sizeof(float);
-    float *const old[3] = {t->s1, t->s2, t->ref};
-    for (int k = 0; k < 3 && rc == 0; k++) {
+    float *const old[4] = {t->s1, t->s2, t->ref, t->goodfit_ref};
+    for (int k = 0; k < 4 && rc == 0; k++) {
       if (!old[k]) continue;
-      rc = ops->alloc((void **)&fresh[3 * i + k], bytes, err);
-      if (rc == 0) rc = ops->upload(fresh[3 * i + k], old[k], bytes, err);
+      rc = ops->alloc((void **)&fresh[4 * i + k], bytes, err);
+      if (rc == 0) rc = ops->upload(fresh[4 * i + k], old[k], bytes, err);
     }
   }
   if (rc == 0) rc = qt__model_set_ops(run->model, ops, err);
   if (rc == 0 && run->source) rc = qt__model_set_ops(run->source, ops, err);
   if (rc < 0) {
-    for (size_t k = 0; k < 3 * n; k++) ops->release(fresh[k]);
+    for (size_t k = 0; k < 4 * n; k++) ops->release(fresh[k]);
     free(fresh);
     return qt_err_prefix(err, rc, "moving the run to %s", ops->name);
   }
   for (size_t i = 0; i < n; i++) {
     run_tensor *t = &run->tensors[i];
-    float **slots[3] = {&t->s1, &t->s2, &t->ref};
-    for (int k = 0; k < 3; k++) {
+    float **slots[4] = {&t->s1, &t->s2, &t->ref, &t->goodfit_ref};
+    for (int k = 0; k < 4; k++) {
       if (!*slots[k]) continue;
       run->ops->release(*slots[k]);
-      *slots[k] = fresh[3 * i + k];
+      *slots[k] = fresh[4 * i + k];
     }
   }
   free(fresh);
@@ -1202,8 +1201,7 @@ static int spd_step(qt_run_t *run, double lr, long step, const param_slice *q, q
   int rc = run_scalars(run, err);
   double *stats = run->scalars + 1;
   if (rc == 0) rc = ops->spd_stats(q->data, q->grad, q->ref, q->n, stats, err);
-  if (rc == 0)
-    rc = ops->optim_step(&base, lr, 0, step, q->data, q->grad, q->s1, q->s2, q->n, err);
+  if (rc == 0) rc = ops->optim_step(&base, lr, 0, step, q->data, q->grad, q->s1, q->s2, q->n, err);
   if (rc == 0)
     rc = ops->spd_project(q->data, q->ref, q->n, run->spec.optim.weight_decay, stats, err);
   return rc;
@@ -1357,55 +1355,62 @@ static int rosa_resample(qt_run_t *run, long e, qt_err *err) {
 }
 
 /* One batch of a GOODFIT cycle [RECON] (see "GOODFIT in runs" in
- * qt_finetune.h): the gradient of the batch is in the model. */
+ * qt_finetune.h): the gradient of the batch is in the model. The
+ * arithmetic runs where the tensors are. */
 static int goodfit_step(qt_run_t *run, double lr, qt_err *err) {
+  const qt__ops *ops = run->ops;
   const qt_optim_params *o = &run->spec.optim;
+  int rc = 0;
   if (run->goodfit_phase == 0) {
-    for (size_t i = 0; i < run->n_tensors; i++) {
+    for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
       if (run->trainable[i] != MASK_STEP) continue;
       qt_model_tensor vt;
       qt_model_tensor_at(run->model, i, &vt);
-      memcpy(run->tensors[i].goodfit_ref, vt.data, vt.numel * sizeof(float));
+      rc = ops->copy(run->tensors[i].goodfit_ref, vt.data, vt.numel * sizeof(float), err);
     }
   }
-  if (run->goodfit_phase < run->spec.goodfit_n_ref) {
+  if (rc == 0 && run->goodfit_phase < run->spec.goodfit_n_ref) {
     /* A reference step: stateless SGD, no decay, no clipping. */
-    for (size_t i = 0; i < run->n_tensors; i++) {
+    for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
       if (run->trainable[i] != MASK_STEP) continue;
       qt_model_tensor vt;
       qt_model_tensor_at(run->model, i, &vt);
       double scale = pow(o->layer_decay, (double)(run->units + 1 - run->tensors[i].layer));
       float f = (float)(run->spec.goodfit_lr_ref_ratio * lr * scale);
-      for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= f * vt.grad[j];
+      rc = ops->axpy(vt.data, -f, vt.grad, vt.numel, err); /* data -= f grad */
     }
     run->goodfit_phase++;
-    return 0;
+    return rc;
   }
   /* The gradient at the displaced point: back to theta_ref, project the
    * gradient against delta = theta - theta_ref, then the main step. */
-  for (size_t i = 0; i < run->n_tensors; i++) {
+  if (rc == 0) rc = run_scalars(run, err);
+  for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
     if (run->trainable[i] != MASK_STEP) continue;
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
     const float *ref = run->tensors[i].goodfit_ref;
-    for (size_t j = 0; j < vt.numel; j++) vt.data[j] -= ref[j]; /* data holds delta */
-    qt_goodfit_project(vt.grad, vt.data, vt.numel);
-    memcpy(vt.data, ref, vt.numel * sizeof(float));
+    rc = ops->axpy(vt.data, -1.0f, ref, vt.numel, err); /* data holds delta */
+    if (rc == 0) rc = ops->goodfit_project(vt.grad, vt.data, vt.numel, run->scalars + 1, err);
+    if (rc == 0) rc = ops->copy(vt.data, ref, vt.numel * sizeof(float), err);
   }
+  if (rc < 0) return rc;
   run->goodfit_phase = 0;
   return optimizer_step(run, lr, err);
 }
 
 /* Drops a GOODFIT cycle left incomplete at the end of an epoch. */
-static void goodfit_drop_cycle(qt_run_t *run) {
-  if (run->goodfit_phase == 0) return;
-  for (size_t i = 0; i < run->n_tensors; i++) {
+static int goodfit_drop_cycle(qt_run_t *run, qt_err *err) {
+  if (run->goodfit_phase == 0) return 0;
+  int rc = 0;
+  for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
     if (run->trainable[i] != MASK_STEP) continue;
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
-    memcpy(vt.data, run->tensors[i].goodfit_ref, vt.numel * sizeof(float));
+    rc = run->ops->copy(vt.data, run->tensors[i].goodfit_ref, vt.numel * sizeof(float), err);
   }
   run->goodfit_phase = 0;
+  return rc;
 }
 
 /* poll: 1 to honour the stop hook (validation inside an epoch); returns 1
@@ -1498,9 +1503,9 @@ static int run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
     int rc = ensure_state(run, i, vt.numel, err);
     if (rc == 0) rc = ensure_reference(run, i, err);
     if (rc == 0 && run->spec.goodfit && !run->tensors[i].goodfit_ref) {
-      run->tensors[i].goodfit_ref = malloc((vt.numel ? vt.numel : 1) * sizeof(float));
-      if (!run->tensors[i].goodfit_ref)
-        rc = qt_err_set(err, QT_ENOMEM, "out of memory for GOODFIT's reference state");
+      rc = run->ops->alloc((void **)&run->tensors[i].goodfit_ref,
+                           (vt.numel ? vt.numel : 1) * sizeof(float), err);
+      if (rc < 0) qt_err_prefix(err, rc, "GOODFIT's reference state");
     }
     if (rc < 0) return rc;
   }
@@ -1639,7 +1644,7 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
     images += batch.size;
   }
   if (rc < 0) return rc;
-  if (run->spec.goodfit) goodfit_drop_cycle(run);
+  if (run->spec.goodfit && (rc = goodfit_drop_cycle(run, err)) < 0) return rc;
   double t_train = now_seconds() - t0;
   out->train_loss = images ? loss_sum / (double)images : NAN;
   out->images_per_s = t_train > 0.0 ? (double)images / t_train : 0.0;

@@ -2,8 +2,9 @@
  * qt_cuda_optim.cu - a fine-tuning run's per-tensor optimizer arithmetic on
  * a CUDA device, the twins of qt_optim.c: the optimizer step (SGD,
  * momentum, Adam, AdamW), the sum of squares behind gradient clipping, the
- * scaling of a clipped gradient, L2-SP's gradient, SFA's average and
- * Selective Projection Decay's statistics and projection. The
+ * scaling of a clipped gradient, L2-SP's gradient, SFA's average,
+ * Selective Projection Decay's statistics and projection, and GOODFIT's
+ * reference steps (axpy) and projection. The
  * kernels evaluate the CPU's float expressions in its order with
  * round-to-nearest intrinsics (__fmul_rn, __fadd_rn, ...), which nvcc never
  * contracts into FMAs, so each element is bit-identical to the CPU's; the
@@ -109,6 +110,22 @@ static __global__ void sum_partials_kernel(const double *__restrict__ partial, u
   for (unsigned i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
   s = qt__block_sum(s, shared);
   if (threadIdx.x == 0) *acc = add ? *acc + s : s;
+}
+
+static __global__ void axpy_kernel(float *__restrict__ x, float a, const float *__restrict__ y,
+                                   size_t n) {
+  GRID_STRIDE(i, n) x[i] = __fadd_rn(x[i], __fmul_rn(a, y[i]));
+}
+
+/* GOODFIT's projection from stats[0] = <g, delta>, stats[1] = ||delta||^2,
+ * in the CPU's double arithmetic. */
+static __global__ void goodfit_project_kernel(float *__restrict__ g,
+                                              const float *__restrict__ delta, size_t n,
+                                              const double *__restrict__ stats) {
+  double inner = stats[0];
+  if (!(inner < 0.0)) return;
+  double coef = inner / (stats[1] + 1e-12);
+  GRID_STRIDE(i, n) g[i] = (float)__dsub_rn((double)g[i], __dmul_rn(coef, (double)delta[i]));
 }
 
 /* SPD's projection from the statistics on the device (stats[0] <g, d>,
@@ -263,6 +280,27 @@ static int reduce(const float *x, const float *y, const float *ref, size_t n, do
 
 extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   return reduce<SUM_SQUARES>(x, NULL, NULL, n, acc, 1, "qt_cuda_sum_squares", err);
+}
+
+extern "C" int qt_cuda_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!x || !y) return qt_err_set(err, QT_EINVAL, "qt_cuda_axpy: NULL array");
+  axpy_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(x, a, y, n);
+  return launched("qt_cuda_axpy", "the axpy kernel", err);
+}
+
+extern "C" int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
+                                       qt_err *err) {
+  const char *who = "qt_cuda_goodfit_project";
+  if (!stats) return qt_err_set(err, QT_EINVAL, "%s: stats is NULL", who);
+  if (n == 0) return 0;
+  if (!grads || !delta) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  /* <g, delta>: the SPD inner product's term with no reference. */
+  int rc = reduce<SUM_INNER>(delta, grads, NULL, n, stats, 0, who, err);
+  if (rc == 0) rc = reduce<SUM_SQUARES>(delta, NULL, NULL, n, stats + 1, 0, who, err);
+  if (rc < 0) return rc;
+  goodfit_project_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(grads, delta, n, stats);
+  return launched(who, "the GOODFIT projection kernel", err);
 }
 
 extern "C" int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref,

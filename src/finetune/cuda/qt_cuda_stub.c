@@ -290,6 +290,15 @@ int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_sum_squares");
 }
 
+int qt_cuda_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_axpy");
+}
+
+int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
+                            qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_goodfit_project");
+}
+
 int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
                       double *stats, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_spd_stats");
