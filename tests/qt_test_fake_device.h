@@ -216,6 +216,15 @@ static inline int fake_goodfit_project(float *grads, const float *delta, size_t 
                                        qt_err *err) {
   FAKE_OP(op_calls, goodfit_project(grads, delta, n, stats, err));
 }
+static inline int fake_lora_merge(float *w, const float *w0, const float *a, const float *b,
+                                  size_t out, size_t in, size_t rank, double scale, qt_err *err) {
+  FAKE_OP(op_calls, lora_merge(w, w0, a, b, out, in, rank, scale, err));
+}
+static inline int fake_lora_gradients(const float *dw, const float *a, const float *b, size_t out,
+                                      size_t in, size_t rank, double scale, float *ga, float *gb,
+                                      qt_err *err) {
+  FAKE_OP(op_calls, lora_gradients(dw, a, b, out, in, rank, scale, ga, gb, err));
+}
 static inline int fake_spd_stats(const float *params, const float *grads, const float *ref,
                                  size_t n, double *stats, qt_err *err) {
   FAKE_OP(op_calls, spd_stats(params, grads, ref, n, stats, err));
@@ -384,6 +393,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .mul = fake_mul,
       .mul_add = fake_mul_add,
       .axpy = fake_axpy,
+      .lora_merge = fake_lora_merge,
+      .lora_gradients = fake_lora_gradients,
       .goodfit_project = fake_goodfit_project,
       .spd_stats = fake_spd_stats,
       .spd_project = fake_spd_project,

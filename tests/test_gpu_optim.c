@@ -203,11 +203,43 @@ static void test_goodfit(void) {
   qt_rng_free(rng);
 }
 
+/* LoRA's merge and its factors' gradients against qt_methods_lora.c: cuBLAS
+ * and OpenBLAS add in other orders, so within the parity bound (1e-5) of
+ * the ops (qt_test_gpu.h's measure). */
+static void test_lora(void) {
+  qt_rng_t *rng = make_rng(5);
+  const size_t shapes[][3] = {{1, 1, 1}, {24, 16, 2}, {576, 192, 8}};
+  for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+    size_t out = shapes[k][0], in = shapes[k][1], rank = shapes[k][2];
+    float *w0 = host_random(rng, out * in, 0.0, 1.0), *a = host_random(rng, rank * in, 0.0, 1.0);
+    float *b = host_random(rng, out * rank, 0.0, 1.0), *dw = host_random(rng, out * in, 0.0, 1.0);
+    float *w = host_random(rng, out * in, 0.0, 1.0);
+    float *ga = host_random(rng, rank * in, 0.0, 1.0), *gb = host_random(rng, out * rank, 0.0, 1.0);
+    float *dw0 = device_floats(w0, out * in), *da = device_floats(a, rank * in);
+    float *db = device_floats(b, out * rank), *ddw = device_floats(dw, out * in);
+    float *dw_ = device_floats(w, out * in), *dga = device_floats(ga, rank * in);
+    float *dgb = device_floats(gb, out * rank);
+    qt_lora_merge(w, w0, a, b, out, in, rank, 0.5);
+    CHECK_RC(qt_cuda_lora_merge(dw_, dw0, da, db, out, in, rank, 0.5, E));
+    expect_parity("LoRA merge", dw_, w, NULL, out * in);
+    qt_lora_gradients(dw, a, b, out, in, rank, 0.5, ga, gb);
+    CHECK_RC(qt_cuda_lora_gradients(ddw, da, db, out, in, rank, 0.5, dga, dgb, E));
+    expect_parity("LoRA gradient of A", dga, ga, NULL, rank * in);
+    expect_parity("LoRA gradient of B", dgb, gb, NULL, out * rank);
+    float *host[] = {w0, a, b, dw, w, ga, gb};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+    float *dev[] = {dw0, da, db, ddw, dw_, dga, dgb};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
+  }
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"optimizer_steps", test_optimizer_steps},
     {"l2sp_sfa_scale", test_l2sp_sfa_scale},
     {"spd", test_spd},
     {"goodfit", test_goodfit},
+    {"lora", test_lora},
     {NULL, NULL},
 };
 

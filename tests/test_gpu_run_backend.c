@@ -3,11 +3,11 @@
  * the CPU (label gpu; skips with 77 without a device): three epochs of a
  * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing,
  * head dropout), of the same ViT with Selective Projection Decay instead of
- * L2-SP and with GOODFIT around AdamW, and of a small MobileNetV2 (Adam, StochNorm) through
- * qt_run_init with spec.device cuda, and a checkpoint saved on the GPU resumed on the CPU and the
- * reverse. The device's matrix products add in another order, so the numbers agree within a
- * tolerance, not bit for bit (test_run_backend checks the same runs bit for bit on a fake device):
- * each epoch's training and validation loss within 1e-3 relative.
+ * L2-SP, with GOODFIT around AdamW, with LoRA and with ROSA, and of a small MobileNetV2 (Adam,
+ * StochNorm) through qt_run_init with spec.device cuda, and a checkpoint saved on the GPU resumed
+ * on the CPU and the reverse. The device's matrix products add in another order, so the numbers
+ * agree within a tolerance, not bit for bit (test_run_backend checks the same runs bit for bit on a
+ * fake device): each epoch's training and validation loss within 1e-3 relative.
  */
 #include <math.h>
 #include <stdio.h>
@@ -110,6 +110,16 @@ static void test_goodfit_run(void) {
   check(s, 0);
 }
 
+static void test_adapter_runs(void) {
+  qt_run_spec s = vit_spec();
+  s.adapter = QT_ADAPTER_KIND_LORA;
+  s.adapter_rank = 2;
+  check(s, 1);
+  s.adapter = QT_ADAPTER_KIND_ROSA;
+  s.adapter_attention_only = 1;
+  check(s, 0);
+}
+
 static void test_mobilenet_run(void) {
   check(mobilenet_spec(), 1);
   check(mobilenet_spec(), 0);
@@ -120,9 +130,13 @@ static void test_cleanup(void) {
 }
 
 static const qt_test_case cases[] = {
-    {"vit_run", test_vit_run},         {"spd_run", test_spd_run},
-    {"goodfit_run", test_goodfit_run}, {"mobilenet_run", test_mobilenet_run},
-    {"cleanup", test_cleanup},         {NULL, NULL},
+    {"vit_run", test_vit_run},
+    {"spd_run", test_spd_run},
+    {"goodfit_run", test_goodfit_run},
+    {"adapter_runs", test_adapter_runs},
+    {"mobilenet_run", test_mobilenet_run},
+    {"cleanup", test_cleanup},
+    {NULL, NULL},
 };
 
 QT_GPU_TEST_MAIN("gpu_run_backend", cases)

@@ -2413,6 +2413,12 @@ void qt_lora_merge(float *w, const float *w0, const float *a, const float *b, si
  * a^T (out, rank). */
 void qt_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
                        size_t rank, double scale, float *ga, float *gb);
+/* The two above on a CUDA device (cuBLAS products, queued; device arrays),
+ * for adapter runs on a GPU. QT_ENODEV without CUDA. */
+int qt_cuda_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out,
+                       size_t in, size_t rank, double scale, qt_err *err);
+int qt_cuda_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
+                           size_t rank, double scale, float *ga, float *gb, qt_err *err);
 
 /* ROSA (specs/algorithms.md section 4, marawangamal/rosa's
  * PeftLinear.factorize with sample_method random, factorize_method equal):
@@ -2646,13 +2652,14 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
 /* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
  * convolutional family with any optimizer or GOODFIT around one, weight
- * decay, L2-SP or Selective Projection Decay, SFA,
+ * decay, L2-SP or Selective Projection Decay, SFA, LoRA and ROSA adapters
+ * (ROSA's per-epoch SVD runs on host copies),
  * clipping, layer decay, freezing, linear probing, the schedules,
  * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
  * (its frozen source model moves too) and Co-Tuning (the data are
  * prepared on the host and moved once per batch; the methods on the
  * features compute on the host). QT_ENOTIMPL naming the first part that
- * trains on the CPU only so far: the MLP, adapters. qt_run_init and
+ * trains on the CPU only so far: the MLP (tabular data). qt_run_init and
  * qt_run_load check it for a device run. A run's checkpoint is the same
  * file on every backend: one saved on a device resumes on the CPU and the
  * reverse. */

@@ -167,6 +167,12 @@ typedef struct qt__ops {
    * qt_cuda_goodfit_project. */
   int (*axpy)(float *x, float a, const float *y, size_t n, qt_err *err);
   int (*goodfit_project)(float *grads, const float *delta, size_t n, double *stats, qt_err *err);
+  /* LoRA's merge and its factors' gradients, as qt_cuda_lora_merge and
+   * qt_cuda_lora_gradients (the CPU's: qt_lora_merge, qt_lora_gradients). */
+  int (*lora_merge)(float *w, const float *w0, const float *a, const float *b, size_t out,
+                    size_t in, size_t rank, double scale, qt_err *err);
+  int (*lora_gradients)(const float *dw, const float *a, const float *b, size_t out, size_t in,
+                        size_t rank, double scale, float *ga, float *gb, qt_err *err);
   /* Selective Projection Decay around optim_step, as qt_cuda_spd_stats and
    * qt_cuda_spd_project: stats is three doubles of the backend's memory. */
   int (*spd_stats)(const float *params, const float *grads, const float *ref, size_t n,

@@ -355,6 +355,21 @@ static int cpu_goodfit_project(float *grads, const float *delta, size_t n, doubl
   return 0;
 }
 
+static int cpu_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out,
+                          size_t in, size_t rank, double scale, qt_err *err) {
+  (void)err;
+  qt_lora_merge(w, w0, a, b, out, in, rank, scale);
+  return 0;
+}
+
+static int cpu_lora_gradients(const float *dw, const float *a, const float *b, size_t out,
+                              size_t in, size_t rank, double scale, float *ga, float *gb,
+                              qt_err *err) {
+  (void)err;
+  qt_lora_gradients(dw, a, b, out, in, rank, scale, ga, gb);
+  return 0;
+}
+
 static int cpu_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
                          double *stats, qt_err *err) {
   (void)err;
@@ -425,6 +440,8 @@ static const qt__ops cpu_ops = {
     .mul = cpu_mul,
     .mul_add = cpu_mul_add,
     .axpy = cpu_axpy,
+    .lora_merge = cpu_lora_merge,
+    .lora_gradients = cpu_lora_gradients,
     .goodfit_project = cpu_goodfit_project,
     .spd_stats = cpu_spd_stats,
     .spd_project = cpu_spd_project,
@@ -485,6 +502,8 @@ static const qt__ops cuda_ops = {
     .mul = qt_cuda_mul,
     .mul_add = qt_cuda_mul_add,
     .axpy = qt_cuda_axpy,
+    .lora_merge = qt_cuda_lora_merge,
+    .lora_gradients = qt_cuda_lora_gradients,
     .goodfit_project = qt_cuda_goodfit_project,
     .spd_stats = qt_cuda_spd_stats,
     .spd_project = qt_cuda_spd_project,

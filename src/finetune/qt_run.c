@@ -79,8 +79,8 @@ typedef struct cotuning_state {
 struct qt_run {
   qt_run_spec spec; /* copy; spec.checkpoint points at checkpoint below */
   char *checkpoint; /* owned copy of the checkpoint path */
-  /* The backend of the model and of each run_tensor's s1, s2 and ref (the
-   * other arrays are host memory: what uses them runs on the CPU only). */
+  /* The backend of the model, of each run_tensor's arrays (tensor_arrays)
+   * and of scalars; Co-Tuning's source head and the data are host memory. */
   const qt__ops *ops;
   qt_model_t *model;
   qt_model_t *source;                /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
@@ -352,10 +352,7 @@ int qt_run_spec_supported(const qt_run_spec *s, qt_err *err) {
 
 int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
   const char *cpu_only = NULL;
-  if (qt_model_family_is_mlp(s->family))
-    cpu_only = "MLPs";
-  else if (s->adapter != QT_ADAPTER_KIND_NONE)
-    cpu_only = "adapters (LoRA, ROSA)";
+  if (qt_model_family_is_mlp(s->family)) cpu_only = "MLPs";
   if (!cpu_only) return 0;
   return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
 }
@@ -778,6 +775,24 @@ static int init_adapters(qt_run_t *run, qt_err *err) {
   return rc;
 }
 
+/* The arrays of tensor i that live on the run's backend (NULL slots are
+ * unused) and their lengths in floats. */
+#define RUN_ARRAYS 11
+static void tensor_arrays(qt_run_t *run, size_t i, float **slots[RUN_ARRAYS],
+                          size_t counts[RUN_ARRAYS]) {
+  run_tensor *t = &run->tensors[i];
+  qt_model_tensor vt;
+  qt_model_tensor_at(run->model, i, &vt);
+  size_t rank = (size_t)run->spec.adapter_rank;
+  size_t na = t->adapted ? rank * t->cols : vt.numel, nb = t->rows * rank;
+  float **s[RUN_ARRAYS] = {&t->s1,     &t->s2,     &t->ref,       &t->goodfit_ref,
+                           &t->lora_a, &t->lora_b, &t->grad_a,    &t->grad_b,
+                           &t->b1,     &t->b2,     &t->rosa_fixed};
+  size_t c[RUN_ARRAYS] = {na, na, vt.numel, vt.numel, na, nb, na, nb, nb, nb, vt.numel};
+  memcpy(slots, s, sizeof s);
+  memcpy(counts, c, sizeof c);
+}
+
 void qt_run_free(qt_run_t *run) {
   if (!run) return;
   qt_batch_iter_free(run->train_it);
@@ -786,17 +801,10 @@ void qt_run_free(qt_run_t *run) {
   if (run->tensors) {
     const qt__ops *ops = run->ops ? run->ops : qt__ops_cpu();
     for (size_t i = 0; i < run->n_tensors; i++) {
-      ops->release(run->tensors[i].s1);
-      ops->release(run->tensors[i].s2);
-      ops->release(run->tensors[i].ref);
-      free(run->tensors[i].lora_a);
-      free(run->tensors[i].lora_b);
-      free(run->tensors[i].grad_a);
-      free(run->tensors[i].grad_b);
-      free(run->tensors[i].b1);
-      free(run->tensors[i].b2);
-      ops->release(run->tensors[i].goodfit_ref);
-      free(run->tensors[i].rosa_fixed);
+      float **slots[RUN_ARRAYS];
+      size_t counts[RUN_ARRAYS];
+      tensor_arrays(run, i, slots, counts);
+      for (int k = 0; k < RUN_ARRAYS; k++) ops->release(*slots[k]);
     }
   }
   (run->ops ? run->ops : qt__ops_cpu())->release(run->scalars);
@@ -966,42 +974,43 @@ static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
 }
 
 /* Moves a run made on the CPU to the backend of ops: the model, DELTA's
- * source model and every tensor's optimizer state and reference weights.
+ * source model and every tensor's optimizer state, reference weights and
+ * adapters (tensor_arrays).
  * On a failure (out of device memory, most likely) the run is only fit for
  * qt_run_free, which its callers then do: each model releases its own
  * memory wherever it is, and the state arrays are released here. */
 static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   QT_ASSERT(run->ops->host_memory);
   size_t n = run->n_tensors;
-  float **fresh = calloc(4 * (n ? n : 1), sizeof *fresh);
+  float **fresh = calloc(RUN_ARRAYS * (n ? n : 1), sizeof *fresh);
   if (!fresh) return qt_err_set(err, QT_ENOMEM, "out of memory to move a run");
   int rc = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
-    run_tensor *t = &run->tensors[i];
-    qt_model_tensor vt;
-    qt_model_tensor_at(run->model, i, &vt);
-    size_t bytes = (vt.numel ? vt.numel : 1) * sizeof(float);
-    float *const old[4] = {t->s1, t->s2, t->ref, t->goodfit_ref};
-    for (int k = 0; k < 4 && rc == 0; k++) {
-      if (!old[k]) continue;
-      rc = ops->alloc((void **)&fresh[4 * i + k], bytes, err);
-      if (rc == 0) rc = ops->upload(fresh[4 * i + k], old[k], bytes, err);
+    float **slots[RUN_ARRAYS];
+    size_t counts[RUN_ARRAYS];
+    tensor_arrays(run, i, slots, counts);
+    for (int k = 0; k < RUN_ARRAYS && rc == 0; k++) {
+      if (!*slots[k]) continue;
+      size_t bytes = (counts[k] ? counts[k] : 1) * sizeof(float);
+      rc = ops->alloc((void **)&fresh[RUN_ARRAYS * i + k], bytes, err);
+      if (rc == 0) rc = ops->upload(fresh[RUN_ARRAYS * i + k], *slots[k], bytes, err);
     }
   }
   if (rc == 0) rc = qt__model_set_ops(run->model, ops, err);
   if (rc == 0 && run->source) rc = qt__model_set_ops(run->source, ops, err);
   if (rc < 0) {
-    for (size_t k = 0; k < 4 * n; k++) ops->release(fresh[k]);
+    for (size_t k = 0; k < RUN_ARRAYS * n; k++) ops->release(fresh[k]);
     free(fresh);
     return qt_err_prefix(err, rc, "moving the run to %s", ops->name);
   }
   for (size_t i = 0; i < n; i++) {
-    run_tensor *t = &run->tensors[i];
-    float **slots[4] = {&t->s1, &t->s2, &t->ref, &t->goodfit_ref};
-    for (int k = 0; k < 4; k++) {
+    float **slots[RUN_ARRAYS];
+    size_t counts[RUN_ARRAYS];
+    tensor_arrays(run, i, slots, counts);
+    for (int k = 0; k < RUN_ARRAYS; k++) {
       if (!*slots[k]) continue;
       run->ops->release(*slots[k]);
-      *slots[k] = fresh[4 * i + k];
+      *slots[k] = fresh[RUN_ARRAYS * i + k];
     }
   }
   free(fresh);
@@ -1105,20 +1114,17 @@ static int backend_zeros(const qt_run_t *run, float **out, size_t n, qt_err *err
 static int ensure_state(qt_run_t *run, size_t i, size_t numel, qt_err *err) {
   run_tensor *t = &run->tensors[i];
   qt_optim_kind kind = run->spec.optim.kind;
-  /* An adapted weight's state is A's (s1, s2) and B's (b1, b2); adapters
-   * run on the CPU only, so b1 and b2 are host memory. */
+  /* An adapted weight's state is A's (s1, s2) and B's (b1, b2). */
   size_t rank = (size_t)run->spec.adapter_rank;
   size_t na = t->adapted ? rank * t->cols : numel, nb = t->adapted ? t->rows * rank : 0;
   int rc;
   if (kind != QT_OPTIM_KIND_SGD && !t->s1) {
     if ((rc = backend_zeros(run, &t->s1, na, err)) < 0) return rc;
-    if (nb && !(t->b1 = calloc(nb, sizeof *t->b1)))
-      return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
+    if (nb && (rc = backend_zeros(run, &t->b1, nb, err)) < 0) return rc;
   }
   if ((kind == QT_OPTIM_KIND_ADAM || kind == QT_OPTIM_KIND_ADAMW) && !t->s2) {
     if ((rc = backend_zeros(run, &t->s2, na, err)) < 0) return rc;
-    if (nb && !(t->b2 = calloc(nb, sizeof *t->b2)))
-      return qt_err_set(err, QT_ENOMEM, "out of memory for optimizer state");
+    if (nb && (rc = backend_zeros(run, &t->b2, nb, err)) < 0) return rc;
   }
   return 0;
 }
@@ -1211,9 +1217,8 @@ static int spd_step(qt_run_t *run, double lr, long step, const param_slice *q, q
  * L2-SP gradient (a loss term, so before clipping, as Quick-Tune adds it
  * to the loss), clipping, the optimizer (or SPD) step, SFA's average when
  * this step is due, and the merge of adapted weights. The tensors' own
- * arithmetic goes through the backend's op table; adapters and
- * Co-Tuning run on the CPU only (run_device_supported), so their host
- * loops see host memory. */
+ * arithmetic goes through the backend's op table; Co-Tuning's source head
+ * stays in host memory (its arithmetic on the features runs on the host). */
 static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
   const qt__ops *ops = run->ops;
   const qt_optim_params *o = &run->spec.optim;
@@ -1233,8 +1238,8 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
     if (t->adapted)
-      qt_lora_gradients(vt.grad, t->lora_a, t->lora_b, t->rows, t->cols, rank, lora_scale,
-                        t->grad_a, t->grad_b);
+      RUN_TRY(ops->lora_gradients(vt.grad, t->lora_a, t->lora_b, t->rows, t->cols, rank, lora_scale,
+                                  t->grad_a, t->grad_b, err));
     if (l2sp > 0.0 && !t->head) {
       size_t ns = tensor_slices(t, &vt, rank, sl);
       for (size_t k = 0; k < ns; k++)
@@ -1293,9 +1298,10 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
         qt_model_tensor vt;
         qt_model_tensor_at(run->model, i, &vt);
         if (t->adapted && rosa)
-          qt_sfa_average(t->rosa_fixed, t->ref, t->rows * t->cols, run->spec.sfa_beta);
+          RUN_TRY(
+              ops->sfa_average(t->rosa_fixed, t->ref, t->rows * t->cols, run->spec.sfa_beta, err));
         if (t->adapted)
-          qt_sfa_average(t->lora_b, NULL, t->rows * rank, run->spec.sfa_beta);
+          RUN_TRY(ops->sfa_average(t->lora_b, NULL, t->rows * rank, run->spec.sfa_beta, err));
         else
           RUN_TRY(ops->sfa_average(vt.data, t->ref, vt.numel, run->spec.sfa_beta, err));
       }
@@ -1307,8 +1313,9 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
     if (run->trainable[i] != MASK_STEP || !t->adapted) continue;
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
-    qt_lora_merge(vt.data, rosa ? t->rosa_fixed : t->ref, t->lora_a, t->lora_b, t->rows, t->cols,
-                  rank, lora_scale);
+    rc = ops->lora_merge(vt.data, rosa ? t->rosa_fixed : t->ref, t->lora_a, t->lora_b, t->rows,
+                         t->cols, rank, lora_scale, err);
+    if (rc < 0) return rc;
   }
   return 0;
 }
@@ -1323,33 +1330,57 @@ static int rosa_resample(qt_run_t *run, long e, qt_err *err) {
   qt_rng_t *rng = NULL;
   int rc = qt_rng_fork(run->root_rng, 0x726f736100000000ull + (uint64_t)e, &rng, err);
   if (rc < 0) return rc;
+  const qt__ops *ops = run->ops;
+  /* On a device the factorization (LAPACK's SVD) runs on host copies. */
+  float *stage = NULL;
   for (size_t i = 0; i < run->n_tensors && rc == 0; i++) {
     run_tensor *t = &run->tensors[i];
     if (run->trainable[i] != MASK_STEP) continue;
     qt_model_tensor vt;
     qt_model_tensor_at(run->model, i, &vt);
-    if (!t->adapted) {
-      if (t->s1) memset(t->s1, 0, vt.numel * sizeof(float));
-      if (t->s2) memset(t->s2, 0, vt.numel * sizeof(float));
-      t->steps = 0;
-      continue;
+    if (t->adapted) {
+      size_t n = t->rows < t->cols ? t->rows : t->cols;
+      size_t start = qt_rosa_window_start(n, rank, rng);
+      size_t nw = t->rows * t->cols, na = rank * t->cols, nb = t->rows * rank;
+      float *w = vt.data, *fixed = t->rosa_fixed, *a = t->lora_a, *b = t->lora_b;
+      if (!ops->host_memory) {
+        float *grown = realloc(stage, (2 * nw + na + nb) * sizeof *stage);
+        if (!grown) {
+          rc = qt_err_set(err, QT_ENOMEM, "out of memory for ROSA's host copies");
+          break;
+        }
+        stage = grown;
+        w = stage;
+        fixed = w + nw;
+        a = fixed + nw;
+        b = a + na;
+        rc = ops->download(w, vt.data, nw * sizeof *w, err);
+      }
+      if (rc == 0) rc = qt_rosa_factorize(w, t->rows, t->cols, rank, start, fixed, a, b, err);
+      if (rc == 0 && !ops->host_memory) {
+        rc = ops->upload(t->rosa_fixed, fixed, nw * sizeof *fixed, err);
+        if (rc == 0) rc = ops->upload(t->lora_a, a, na * sizeof *a, err);
+        if (rc == 0) rc = ops->upload(t->lora_b, b, nb * sizeof *b, err);
+      }
+      if (rc == 0)
+        rc = ops->lora_merge(vt.data, t->rosa_fixed, t->lora_a, t->lora_b, t->rows, t->cols, rank,
+                             1.0, err);
+      if (rc < 0) {
+        qt_err_prefix(err, rc, "ROSA resample of %s", vt.name);
+        break;
+      }
     }
-    size_t n = t->rows < t->cols ? t->rows : t->cols;
-    size_t start = qt_rosa_window_start(n, rank, rng);
-    rc = qt_rosa_factorize(vt.data, t->rows, t->cols, rank, start, t->rosa_fixed, t->lora_a,
-                           t->lora_b, err);
-    if (rc < 0) {
-      qt_err_prefix(err, rc, "ROSA resample of %s", vt.name);
-      break;
-    }
-    qt_lora_merge(vt.data, t->rosa_fixed, t->lora_a, t->lora_b, t->rows, t->cols, rank, 1.0);
+    float **slots[RUN_ARRAYS];
+    size_t counts[RUN_ARRAYS];
+    tensor_arrays(run, i, slots, counts);
     float *states[4] = {t->s1, t->s2, t->b1, t->b2};
-    size_t sizes[4] = {rank * t->cols, rank * t->cols, t->rows * rank, t->rows * rank};
-    for (int k = 0; k < 4; k++) {
-      if (states[k]) memset(states[k], 0, sizes[k] * sizeof(float));
+    size_t sizes[4] = {counts[0], counts[1], counts[8], counts[9]};
+    for (int k = 0; k < 4 && rc == 0; k++) {
+      if (states[k]) rc = ops->zero(states[k], sizes[k] * sizeof(float), err);
     }
     t->steps = 0;
   }
+  free(stage);
   qt_rng_free(rng);
   return rc;
 }

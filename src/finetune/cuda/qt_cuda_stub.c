@@ -299,6 +299,16 @@ int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *
   return QT_CUDA_STUB("qt_cuda_goodfit_project");
 }
 
+int qt_cuda_lora_merge(float *w, const float *w0, const float *a, const float *b, size_t out,
+                       size_t in, size_t rank, double scale, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_lora_merge");
+}
+
+int qt_cuda_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
+                           size_t rank, double scale, float *ga, float *gb, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_lora_gradients");
+}
+
 int qt_cuda_spd_stats(const float *params, const float *grads, const float *ref, size_t n,
                       double *stats, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_spd_stats");
