@@ -311,6 +311,18 @@ static void test_other_settings_are_refused(void) {
   p.hub = hub_path;
   p.max_epochs = 5;
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EINVAL);
+  /* CUDA: one job only; no device here, or (with one) a collection timed
+   * on the CPU is not continued on it. */
+  p.max_epochs = 2;
+  p.cuda = 1;
+  p.jobs = 2;
+  CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "one job"));
+  p.jobs = 1;
+  int gpus = 0;
+  qt_cuda_device_count(&gpus, NULL);
+  CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), gpus ? QT_EINVAL : QT_ENODEV);
+  if (gpus) CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "the device must match"));
 }
 
 static void test_bad_task_file(void) {

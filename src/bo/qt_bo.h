@@ -739,6 +739,9 @@ typedef struct qt_collect_params {
   int threads;                   /* engine threads per run; < 1: 1 */
   int assemble_only;             /* run nothing: assemble the parts present (a run without a
                                     part is counted in runs_missing) */
+  int cuda;                      /* 1: every run trains on the calling thread's CUDA device
+                                    (with jobs 1), else on the CPU, so that cost_s is one
+                                    device's seconds; recorded in parts/collect.txt */
 } qt_collect_params;
 
 qt_collect_params qt_collect_default_params(void);

@@ -39,12 +39,15 @@
  * recomputed; a collection killed at any time continues where it stopped.
  * out_dir/parts/space.yaml is the space over the hub's models (written by
  * the first call) and out_dir/parts/collect.txt the settings that change
- * the parts (max_epochs, seed): a later call with another hub, space,
- * epochs or seed is refused, naming what differs.
+ * the parts (max_epochs, seed, a CUDA device): a later call with another
+ * hub, space, epochs, seed or device is refused, naming what differs.
  *
  * Jobs. With jobs > 1 the parent forks that many workers; worker j runs
  * the (task, run) items j, j + jobs, ... in order, each loading a task's
- * data once. The parent waits for all of them, then assembles.
+ * data once. The parent waits for all of them, then assembles. With cuda
+ * every run trains on the GPU (one job; a configuration that cannot train
+ * there, the MLP, is redrawn like one the engine refuses), and the device's
+ * name goes into parts/collect.txt and the provenance.
  *
  * Assembly. Every part of the requested tasks and runs is read back in
  * task order and run order; failed runs and runs without a curve are left
@@ -427,6 +430,7 @@ typedef struct collector {
   qt_search_models models;
   collect_task *tasks; /* (task_count) */
   long computed;
+  char device[256]; /* the CUDA device's name (params->cuda) */
 } collector;
 
 static uint64_t fnv_name(const char *text) {
@@ -475,6 +479,7 @@ static int start_run(collector *C, const qt_data_splits *data, qt_rng_t *rng, qt
                                     p->max_epochs, run_seed, p->threads, &spec, inner);
     if (rc == 0) {
       spec.data = data;
+      if (p->cuda) spec.device = QT_BACKEND_KIND_CUDA;
       rc = qt_run_init(&spec, engine, inner);
     }
     if (rc == QT_ENOTIMPL) {
@@ -599,9 +604,11 @@ static int check_settings(collector *C, qt_err *err) {
   snprintf(path, sizeof path, "%s/space.yaml", dir);
   snprintf(tmp, sizeof tmp, "%s/space.yaml.tmp.%ld", dir, (long)getpid());
   if ((rc = space_write(C->models.space, tmp, err)) < 0) return rc;
-  char settings[256];
-  snprintf(settings, sizeof settings, "max_epochs: %ld\nseed: %llu\n", p->max_epochs,
-           (unsigned long long)p->seed);
+  char settings[512];
+  int len = snprintf(settings, sizeof settings, "max_epochs: %ld\nseed: %llu\n", p->max_epochs,
+                     (unsigned long long)p->seed);
+  /* The device enters only for CUDA, so CPU collections keep their file. */
+  if (p->cuda) snprintf(settings + len, sizeof settings - (size_t)len, "device: cuda %s\n", C->device);
   char *old = NULL, *now = NULL;
   if (access(path, F_OK) == 0) {
     qt_err ignore;
@@ -629,9 +636,10 @@ static int check_settings(collector *C, qt_err *err) {
     free(old);
     if (!same)
       return qt_err_set(err, QT_EINVAL,
-                        "%s was collected with other settings (parts/collect.txt: max_epochs "
-                        "and seed must match; this call: %ld epochs, seed %llu)",
-                        p->out_dir, p->max_epochs, (unsigned long long)p->seed);
+                        "%s was collected with other settings (parts/collect.txt: max_epochs, "
+                        "seed and the device must match; this call: %ld epochs, seed %llu, %s%s)",
+                        p->out_dir, p->max_epochs, (unsigned long long)p->seed,
+                        p->cuda ? "cuda " : "cpu", p->cuda ? C->device : "");
     return 0;
   }
   FILE *f = fopen(path, "w");
@@ -650,8 +658,12 @@ static int assemble(collector *C, qt_collect_result *res, qt_err *err) {
   mp.name = p->name ? p->name : "qtune-collect";
   mp.metric = "top1";
   mp.max_epochs = p->max_epochs;
-  mp.provenance = "qtune meta collect (validation top-1 of the engine's runs; cost_s: seconds "
-                  "of each epoch, train + eval)";
+  char provenance[512];
+  snprintf(provenance, sizeof provenance,
+           "qtune meta collect (validation top-1 of the engine's runs; cost_s: seconds of each "
+           "epoch, train + eval%s%s)",
+           p->cuda ? ", on CUDA device " : "", p->cuda ? C->device : "");
+  mp.provenance = provenance;
   mp.feature_count = 4;
   mp.feature_names = features;
   qt_metadataset_t *md = NULL;
@@ -715,6 +727,17 @@ int qt_collect_run(const qt_collect_params *params, qt_collect_result *out, qt_e
   collector C;
   memset(&C, 0, sizeof C);
   C.params = params;
+  if (params->cuda) {
+    /* One process per GPU: forked workers cannot share the parent's CUDA. */
+    if (params->jobs > 1)
+      return qt_err_set(err, QT_EINVAL,
+                        "collect: a collection on CUDA runs one job (one process per GPU)");
+    qt_cuda_info info;
+    int rc = qt_backend_kind_check(QT_BACKEND_KIND_CUDA, err);
+    if (rc == 0) rc = qt_cuda_device_info(&info, err);
+    if (rc < 0) return rc;
+    snprintf(C.device, sizeof C.device, "%s", info.name);
+  }
   qt_space_t *base = NULL;
   int rc = qt_space_load_file(params->space, &base, err);
   if (rc < 0) return rc;

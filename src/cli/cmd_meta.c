@@ -15,6 +15,7 @@
 
 #include "bo/qt_bo.h"
 #include "cli/qt_cli.h"
+#include "finetune/qt_finetune.h"
 #include "metadata/qt_metadata.h"
 #include "surrogate/qt_surrogate.h"
 
@@ -363,12 +364,12 @@ int qt_cli_meta_collect(const qt_cli_args *args) {
   p.assemble_only = qt_cli_get(args, "assemble-only") != NULL;
   qt_err err;
   qt_err_clear(&err);
+  /* cpu unless asked: a meta-dataset's costs are one device's seconds. */
   const char *device = qt_cli_get(args, "device");
-  if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
-    qt_err_set(&err, QT_ENOTIMPL,
-               "--device %s: collecting on CUDA is not implemented yet (use cpu)", device);
-    return qt_cli_fail(command, &err);
-  }
+  qt_cli_device dev;
+  int dev_status = qt_cli_device_option(command, device ? device : "cpu", &dev);
+  if (dev_status != 0) return dev_status;
+  p.cuda = dev.cuda || (dev.is_auto && qt_backend_kind_check(QT_BACKEND_KIND_CUDA, NULL) == 0);
   char **files = NULL;
   size_t n_files = 0;
   int status = QT_CLI_EXIT_OK;

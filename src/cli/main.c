@@ -146,7 +146,9 @@ static const qt_cli_flag meta_collect_flags[] = {
     {"assemble-only", NULL,
      "run nothing: write the meta-dataset from the runs already collected (e.g. a "
      "collection stopped in the middle)"},
-    QT_FLAG_DEVICE,
+    {"device", "D",
+     "cpu (default), cuda, cuda:N or auto: where every run trains; its seconds are the costs, "
+     "so a collection keeps one device (with CUDA: --jobs 1)"},
     QT_FLAG_SEED,
     {NULL, NULL, NULL}};
 
