@@ -608,7 +608,8 @@ static int check_settings(collector *C, qt_err *err) {
   int len = snprintf(settings, sizeof settings, "max_epochs: %ld\nseed: %llu\n", p->max_epochs,
                      (unsigned long long)p->seed);
   /* The device enters only for CUDA, so CPU collections keep their file. */
-  if (p->cuda) snprintf(settings + len, sizeof settings - (size_t)len, "device: cuda %s\n", C->device);
+  if (p->cuda)
+    snprintf(settings + len, sizeof settings - (size_t)len, "device: cuda %s\n", C->device);
   char *old = NULL, *now = NULL;
   if (access(path, F_OK) == 0) {
     qt_err ignore;
