@@ -30,12 +30,17 @@ static void test_save_and_resume_across_backends(void) {
 }
 
 /* timm's vit_small_patch16_224 with random weights, 10 classes, batch 2. */
-static void test_vit_small_step(void) {
-  vit_case c = {"ViT-S/16 224 px", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1, 0.0};
+static vit_case vit_small_case(const char *name) {
+  vit_case c = {name, qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1, 0.0};
   c.config.width = 384;
   c.config.heads = 6;
   c.config.mlp_hidden = 1536;
   c.config.num_classes = 10;
+  return c;
+}
+
+static void test_vit_small_step(void) {
+  vit_case c = vit_small_case("ViT-S/16 224 px");
   vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-5, 1e-3, 1e-3});
 }
 
@@ -47,11 +52,7 @@ static void test_vit_small_step(void) {
  * error may step either way: at most 20% of the values. First calibration,
  * before any run on a GPU: see docs/cuda.md. */
 static void test_vit_small_step_bf16(void) {
-  vit_case c = {"ViT-S/16 224 px, BF16", qt_vit_default_config(), 2, 2, 0, 0.1, 0, 1, 0.0};
-  c.config.width = 384;
-  c.config.heads = 6;
-  c.config.mlp_hidden = 1536;
-  c.config.num_classes = 10;
+  vit_case c = vit_small_case("ViT-S/16 224 px, BF16");
   qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-2, 5e-2, 0.2});
   qt_cuda_set_matmul_precision(previous);
