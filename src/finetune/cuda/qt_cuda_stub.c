@@ -16,7 +16,7 @@ int qt_cuda_device_count(int *count, qt_err *err) {
 }
 
 int qt_cuda_select_device(int index, qt_err *err) {
-  return qt_err_set(err, QT_ENODEV, "cuda:%d: " QT_CUDA_STUB_MESSAGE, index);
+  return qt_err_set(err, QT_ENODEV, "cuda:%d: no CUDA device: " QT_CUDA_STUB_MESSAGE, index);
 }
 
 int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
