@@ -39,6 +39,13 @@ typedef struct qt__adamw_coefficients {
 int qt__adamw_prepare(const char *who, const float *params, const float *grads, const float *m,
                       const float *v, size_t n, const qt_adamw_params *hp, long step,
                       qt__adamw_coefficients *out, qt_err *err);
+/* The same for a run's Adam or AdamW step (qt_optim_tensor_step and its
+ * CUDA twin): p's betas and eps at lr, weight decay wd decoupled for
+ * AdamW; *coupled is the decay Adam adds to the gradient (0 for AdamW). */
+int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr, double wd,
+                           long step, const float *params, const float *grads, const float *m,
+                           const float *v, size_t n, qt__adamw_coefficients *out,
+                           float *coupled, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* Head dropout and the feature hook (qt_head_hooks.c)                        */

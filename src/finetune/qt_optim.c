@@ -104,6 +104,20 @@ int qt_optim_params_check(const qt_optim_params *p, qt_err *err) {
   return 0;
 }
 
+int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr, double wd,
+                           long step, const float *params, const float *grads, const float *m,
+                           const float *v, size_t n, qt__adamw_coefficients *out,
+                           float *coupled, qt_err *err) {
+  qt_adamw_params hp;
+  hp.lr = lr;
+  hp.beta1 = p->beta1;
+  hp.beta2 = p->beta2;
+  hp.eps = p->eps;
+  hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
+  *coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
+  return qt__adamw_prepare(who, params, grads, m, v, n, &hp, step, out, err);
+}
+
 void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
                           const float *grads, float *state1, float *state2, size_t n) {
   double wd = decay ? qt_optim_zero_decay(p) : 0.0;
@@ -130,17 +144,11 @@ void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long s
   }
   case QT_OPTIM_KIND_ADAM:
   case QT_OPTIM_KIND_ADAMW: {
-    qt_adamw_params hp;
-    hp.lr = lr;
-    hp.beta1 = p->beta1;
-    hp.beta2 = p->beta2;
-    hp.eps = p->eps;
-    hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
     qt__adamw_coefficients c;
-    int rc = qt__adamw_prepare("qt_optim_tensor_step", params, grads, state1, state2, n, &hp,
-                               step, &c, NULL);
+    float coupled;
+    int rc = qt__optim_adam_prepare("qt_optim_tensor_step", p, lr, wd, step, params, grads,
+                                    state1, state2, n, &c, &coupled, NULL);
     QT_ASSERT(rc == 0); /* the run checked the parameters */
-    float coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
     for (size_t i = 0; i < n; i++) {
       float x = params[i];
       float g = grads[i] + coupled * x;

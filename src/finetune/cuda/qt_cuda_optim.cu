@@ -212,16 +212,11 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
     case QT_OPTIM_KIND_ADAM:
     case QT_OPTIM_KIND_ADAMW: {
       if (!state1 || !state2) return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
-      qt_adamw_params hp;
-      hp.lr = lr;
-      hp.beta1 = p->beta1;
-      hp.beta2 = p->beta2;
-      hp.eps = p->eps;
-      hp.weight_decay = p->kind == QT_OPTIM_KIND_ADAMW ? wd : 0.0;
       qt__adamw_coefficients c;
-      int rc = qt__adamw_prepare(who, params, grads, state1, state2, n, &hp, step, &c, err);
+      float coupled;
+      int rc = qt__optim_adam_prepare(who, p, lr, wd, step, params, grads, state1, state2, n, &c,
+                                      &coupled, err);
       if (rc < 0) return rc;
-      float coupled = p->kind == QT_OPTIM_KIND_ADAM ? (float)wd : 0.0f;
       adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, state2, coupled, c, n);
       return launched(who, "the Adam kernel", err);
     }
