@@ -49,6 +49,21 @@ static inline qt_run_spec run_fixture_vit_spec(void) {
   return s;
 }
 
+/* The ViT spec with most of a pipeline on: L2-SP (sp_reg 0.01) and SFA,
+ * clipping at 0.5, layer decay 0.8, half of the blocks frozen, mixup 0.4,
+ * head dropout 0.2 (label smoothing stays the default 0.1). */
+static inline qt_run_spec run_fixture_vit_pipeline_spec(void) {
+  qt_run_spec s = run_fixture_vit_spec();
+  s.optim.sp_reg = 0.01;
+  s.optim.clip_grad = 0.5;
+  s.optim.layer_decay = 0.8;
+  s.pct_to_freeze = 0.5;
+  s.sfa = 1;
+  s.mixup = 0.4;
+  s.drop = 0.2;
+  return s;
+}
+
 /* The same spec on a CNN fixture of tests/fixtures/cnn/ at 32 px. */
 static inline qt_run_spec run_fixture_cnn_spec(const char *checkpoint, qt_model_family family) {
   qt_run_spec s = run_fixture_vit_spec();

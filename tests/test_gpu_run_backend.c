@@ -24,15 +24,7 @@
 #define LOSS_TOLERANCE 1e-3
 
 static qt_run_spec vit_spec(void) {
-  qt_run_spec s = run_fixture_vit_spec();
-  s.optim.sp_reg = 0.01;
-  s.optim.clip_grad = 0.5;
-  s.optim.layer_decay = 0.8;
-  s.pct_to_freeze = 0.5;
-  s.sfa = 1;
-  s.mixup = 0.4;
-  s.drop = 0.2;
-  return s;
+  return run_fixture_vit_pipeline_spec();
 }
 
 static qt_run_spec mobilenet_spec(void) {

@@ -35,16 +35,7 @@ static qt_run_spec spec_at(int k) {
   qt_run_spec s;
   switch (k) {
     case 0: /* AdamW, L2-SP and SFA, clipping, layer decay, freezing, mixing, dropout */
-      s = vit_spec();
-      s.drop = 0.2;
-      s.optim.sp_reg = 0.01;
-      s.optim.clip_grad = 0.5;
-      s.optim.layer_decay = 0.8;
-      s.pct_to_freeze = 0.5;
-      s.sfa = 1;
-      s.mixup = 0.4;
-      s.smoothing = 0.1;
-      return s;
+      return run_fixture_vit_pipeline_spec();
     case 1: /* momentum, L2-SP as the decay, linear probing, plateau schedule */
       s = vit_spec();
       s.optim.kind = QT_OPTIM_KIND_MOMENTUM;
