@@ -64,7 +64,8 @@
  * qt_vit_to_backend after qt_vit_init and train there in FP32 (--tf32
  * allows TF32 tensor cores in the matrix products, on both sides; --amp
  * bf16 multiplies in BF16, qt_cuda_set_matmul_precision, against PyTorch
- * under torch.autocast with bfloat16); the
+ * under torch.autocast with bfloat16; --amp bf16-fast the same with cuBLAS
+ * converting the FP32 operands itself, QT_MATMUL_BF16_FAST); the
  * images and labels go up every step as in training, and every timed step
  * ends with qt_cuda_synchronize (the reference with
  * torch.cuda.synchronize). Printed next to the throughput: the model FLOP
@@ -82,7 +83,7 @@
  *   usage: engine [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
  *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
  *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
- *                 [--tf32 | --amp bf16] [--peak-tflops X]
+ *                 [--tf32 | --amp bf16|bf16-fast] [--peak-tflops X]
  *                 [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
@@ -195,17 +196,18 @@ static double device_peak_tflops(const char *name, qt_matmul_precision precision
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     if (!strstr(name, table[i].name)) continue;
-    return precision == QT_MATMUL_BF16   ? table[i].bf16
-           : precision == QT_MATMUL_TF32 ? table[i].tf32
-                                         : table[i].fp32;
+    return precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST ? table[i].bf16
+           : precision == QT_MATMUL_TF32                                    ? table[i].tf32
+                                                                            : table[i].fp32;
   }
   return 0.0;
 }
 
 static const char *precision_words(qt_matmul_precision precision) {
-  return precision == QT_MATMUL_BF16   ? "BF16 products (amp), FP32 storage"
-         : precision == QT_MATMUL_TF32 ? "FP32 products with TF32"
-                                       : "FP32 products";
+  return precision == QT_MATMUL_BF16        ? "BF16 products (amp), FP32 storage"
+         : precision == QT_MATMUL_BF16_FAST ? "BF16 products converted by cuBLAS, FP32 storage"
+         : precision == QT_MATMUL_TF32      ? "FP32 products with TF32"
+                                            : "FP32 products";
 }
 
 /* Device memory in use (all processes), MiB; -1 when it cannot be read. */
@@ -220,7 +222,8 @@ static void usage(const char *argv0) {
       stderr,
       "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
       "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
-      "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16] [--peak-tflops X]\n"
+      "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16|bf16-fast]\n"
+      "          [--peak-tflops X]\n"
       "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
       argv0);
 }
@@ -501,9 +504,9 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
            "--image-size %ld --device %s%s",
            o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
            o->image_size, qt_backend_kind_name(o->device),
-           o->precision == QT_MATMUL_BF16   ? " --amp bf16"
-           : o->precision == QT_MATMUL_TF32 ? " --tf32"
-                                            : "");
+           o->precision == QT_MATMUL_BF16 || o->precision == QT_MATMUL_BF16_FAST ? " --amp bf16"
+           : o->precision == QT_MATMUL_TF32                                       ? " --tf32"
+                                                                                  : "");
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -589,9 +592,9 @@ int main(int argc, char **argv) {
         return 1;
       }
     } else if (!strcmp(flag, "--amp")) {
-      bad = strcmp(value, "bf16") != 0;
-      if (bad) fprintf(stderr, "--amp: only bf16 is supported, got '%s'\n", value);
-      o.precision = QT_MATMUL_BF16;
+      bad = strcmp(value, "bf16") != 0 && strcmp(value, "bf16-fast") != 0;
+      if (bad) fprintf(stderr, "--amp: bf16 or bf16-fast, got '%s'\n", value);
+      o.precision = strcmp(value, "bf16-fast") == 0 ? QT_MATMUL_BF16_FAST : QT_MATMUL_BF16;
     } else if (!strcmp(flag, "--peak-tflops")) {
       char *end = NULL;
       o.peak_tflops = strtod(value, &end);

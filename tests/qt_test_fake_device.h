@@ -146,10 +146,10 @@ static inline int fake_gelu_backward(float *dinp, const float *dout, const float
                                      qt_err *err) {
   FAKE_OP(op_calls, gelu_backward(dinp, dout, inp, n, err));
 }
-/* The CUDA backend's scratch size (one matrix per head), to exercise an
- * arena laid out for a device. */
-static inline size_t fake_attention_scratch_size(size_t tokens, size_t heads) {
-  return heads * tokens * tokens;
+/* The CUDA backend's scratch size (one matrix per image or head), to
+ * exercise an arena laid out for a device. */
+static inline size_t fake_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
+  return qt_cuda_attention_scratch_size(batch, tokens, heads);
 }
 static inline int fake_attention_forward(float *out, float *att, const float *qkv, size_t batch,
                                          size_t tokens, size_t c, size_t heads, qt_err *err) {

@@ -204,6 +204,17 @@ static void test_linear_bf16(void) {
   CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_BF16);
 }
 
+/* The same bound with cuBLAS converting the operands (QT_MATMUL_BF16_FAST,
+ * bench/engine --amp bf16-fast); its rounding is cuBLAS's, so no exact
+ * check. */
+static void test_linear_bf16_fast(void) {
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_BF16_FAST), QT_MATMUL_FP32);
+  tolerance = BF16_TOLERANCE;
+  test_linear();
+  tolerance = PARITY_TOLERANCE;
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_BF16_FAST);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Layer norm                                                                 */
 /* ------------------------------------------------------------------------- */
@@ -343,7 +354,7 @@ static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, 
   CU_ASSERT_PTR_NOT_NULL_FATAL(scratch);
   float *d_scratch = NULL;
   CHECK_RC(qt_cuda_malloc((void **)&d_scratch,
-                          qt_cuda_attention_scratch_size(tokens, heads) * sizeof(float), E));
+                          qt_cuda_attention_scratch_size(batch, tokens, heads) * sizeof(float), E));
   grad dqkv = grad_make(rng, n_qkv);
   qt_cpu_attention_backward(dqkv.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
   CHECK_RC(qt_cuda_attention_backward(dqkv.dev, d_scratch, d_dout, d_qkv, d_att, batch, tokens, c,
@@ -372,9 +383,11 @@ static void test_attention(void) {
   attention_case(3, 33, 48, 4, 53);
   attention_case(2, 197, 192, 3, 54); /* ViT-Ti/16 at 224 px */
   attention_case(1, 50, 768, 12, 55); /* ViT-B width, 7x7 patches */
+  attention_case(6, 17, 64, 4, 56);   /* more images than heads: one call per head */
 }
 
-/* Attention's four products in BF16: within the BF16 bound of the CPU. */
+/* Attention's four products in BF16 (converted by cuBLAS: the operands are
+ * interleaved in qkv): within the BF16 bound of the CPU. */
 static void test_attention_bf16(void) {
   qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   tolerance = BF16_TOLERANCE;
@@ -650,18 +663,26 @@ static void test_arguments(void) {
   CU_ASSERT_EQUAL(qt_cuda_residual_forward(NULL, NULL, NULL, NULL, 0, 3, &err), 0);
   CU_ASSERT_EQUAL(qt_cuda_cross_entropy_backward(NULL, NULL, NULL, NULL, 0.0f, NULL, 0, 0, 3, &err),
                   0);
-  CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(197, 12), (size_t)12 * 197 * 197);
+  CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(8, 197, 12), (size_t)12 * 197 * 197);
+  CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(64, 197, 12), (size_t)64 * 197 * 197);
   CHECK_RC(qt_cuda_synchronize(E));
   qt_cuda_free(d);
 }
 
 static const qt_test_case cases[] = {
-    {"linear", test_linear},           {"linear_tf32", test_linear_tf32},
-    {"linear_bf16", test_linear_bf16}, {"attention_bf16", test_attention_bf16},
-    {"layernorm", test_layernorm},     {"gelu", test_gelu},
-    {"attention", test_attention},     {"residual", test_residual},
-    {"tokens", test_tokens},           {"cross_entropy", test_cross_entropy},
-    {"arguments", test_arguments},     {NULL, NULL},
+    {"linear", test_linear},
+    {"linear_tf32", test_linear_tf32},
+    {"linear_bf16", test_linear_bf16},
+    {"linear_bf16_fast", test_linear_bf16_fast},
+    {"attention_bf16", test_attention_bf16},
+    {"layernorm", test_layernorm},
+    {"gelu", test_gelu},
+    {"attention", test_attention},
+    {"residual", test_residual},
+    {"tokens", test_tokens},
+    {"cross_entropy", test_cross_entropy},
+    {"arguments", test_arguments},
+    {NULL, NULL},
 };
 
 QT_GPU_TEST_MAIN("gpu_ops", cases)

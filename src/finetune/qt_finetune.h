@@ -612,8 +612,10 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
  *   - work is queued on the default stream and may still run when the call
  *     returns (qt_cuda_synchronize waits; execution errors surface there);
  *   - qt_cuda_attention_backward's scratch holds
- *     qt_cuda_attention_scratch_size(tokens, heads) = heads * tokens * tokens
- *     floats (the CPU's: tokens * tokens), one score matrix per head.
+ *     qt_cuda_attention_scratch_size(batch, tokens, heads) =
+ *     max(batch, heads) * tokens * tokens floats (the CPU's: tokens *
+ *     tokens), one score matrix per image or per head; batch is the
+ *     largest batch the scratch serves.
  * Matrix products run on cuBLAS in the precision that
  * qt_cuda_set_matmul_precision chose (FP32 by default); reductions (row statistics, log-sum-exp, column sums
  * for bias, layer-norm and layer-scale gradients) accumulate in double as
@@ -651,8 +653,15 @@ typedef enum qt_matmul_precision {
   /* Mixed precision (`amp: bf16` of a run): each product's operands are
    * rounded to BF16 (to nearest even), multiplied on BF16 tensor cores and
    * accumulated into FP32. BF16 has FP32's exponent range, so no loss
-   * scaling is needed. Everything outside the products stays FP32. */
-  QT_MATMUL_BF16 = 2
+   * scaling is needed. Everything outside the products stays FP32.
+   * Attention's products, whose operands are interleaved in the qkv rows,
+   * are multiplied as QT_MATMUL_BF16_FAST. */
+  QT_MATMUL_BF16 = 2,
+  /* BF16 products where cuBLAS converts the FP32 operands itself
+   * (CUBLAS_COMPUTE_32F_FAST_16BF): no rounding pass and no scratch, but a
+   * rounding that cuBLAS does not document. Offered to be measured against
+   * QT_MATMUL_BF16 (bench/engine --amp bf16-fast); runs use QT_MATMUL_BF16. */
+  QT_MATMUL_BF16_FAST = 3
 } qt_matmul_precision;
 
 /* Sets the precision of the CUDA ops' matrix products, process-wide (an
@@ -677,7 +686,7 @@ int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err);
 int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
 
 /* Floats of scratch that qt_cuda_attention_backward needs. */
-size_t qt_cuda_attention_scratch_size(size_t tokens, size_t heads);
+size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads);
 int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                               size_t c, size_t heads, qt_err *err);
 int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,

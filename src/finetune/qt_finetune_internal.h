@@ -131,7 +131,7 @@ typedef struct qt__ops {
                             const float *rstd, size_t n, size_t c, qt_err *err);
   int (*gelu_forward)(float *out, const float *inp, size_t n, qt_err *err);
   int (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
-  size_t (*attention_scratch_size)(size_t tokens, size_t heads);
+  size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
   int (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,

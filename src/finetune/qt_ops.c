@@ -96,7 +96,8 @@ static int cpu_gelu_backward(float *dinp, const float *dout, const float *inp, s
 }
 
 /* The CPU's attention backward reuses one score matrix for every head. */
-static size_t cpu_attention_scratch_size(size_t tokens, size_t heads) {
+static size_t cpu_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
+  (void)batch;
   (void)heads;
   return tokens * tokens;
 }

@@ -286,7 +286,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dln = carve(base, &used, B * T * C);
   vit->dattn_y = carve(base, &used, B * T * C);
   vit->dqkv = carve(base, &used, B * T * 3 * C);
-  vit->datt = carve(base, &used, vit->ops->attention_scratch_size(T, H));
+  vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
   vit->dgelu = carve(base, &used, B * T * M);
   vit->dcls_rows = carve(base, &used, B * C);

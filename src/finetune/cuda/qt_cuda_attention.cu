@@ -1,11 +1,11 @@
 /*
  * qt_cuda_attention.cu - the core of multi-head self-attention on a CUDA
- * device, the twin of cpu/qt_cpu_attention.c. Correctness first: for each
- * image, the heads' matrix products are one strided-batched cuBLAS call
- * each (q, k and v are read in place through the qkv row stride; head h
- * starts h * head_size floats into a row), and the softmax and its backward
- * are one block per row of scores, with the row sums in double as on the
- * CPU. See qt_finetune.h.
+ * device, the twin of cpu/qt_cpu_attention.c. Each of the four matrix
+ * products is one strided-batched cuBLAS call per image over its heads, or
+ * per head over the images, whichever makes fewer calls (q, k and v are read
+ * in place through the qkv row stride; head h starts h * head_size floats
+ * into a row). The softmax and its backward are one block per row of
+ * scores, with the row sums in double as on the CPU. See qt_finetune.h.
  */
 #include <limits.h>
 #include <math.h>
@@ -37,19 +37,47 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* Through the softmax, in place, one block per row: da = a * (da - sum_j a
- * da), the dot product in double. */
+ * da), the dot product in double. da holds rows of `tokens` one after the
+ * other; a holds the same rows as matrices of `tokens` rows, a_stride floats
+ * apart (da's matrix i, row j is a's matrix i, row j). */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     softmax_backward_rows_kernel(float *__restrict__ da, const float *__restrict__ att,
-                                 size_t tokens) {
+                                 size_t tokens, size_t a_stride) {
   __shared__ double shared[32];
-  const float *arow = att + (size_t)blockIdx.x * tokens;
-  float *drow = da + (size_t)blockIdx.x * tokens;
+  size_t row = blockIdx.x, matrix = row / tokens;
+  const float *arow = att + matrix * a_stride + (row - matrix * tokens) * tokens;
+  float *drow = da + row * tokens;
   double dot = 0.0;
   for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) dot += (double)arow[j] * drow[j];
   float dotf = (float)qt__block_sum(dot, shared);
   for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) {
     drow[j] = __fmul_rn(arow[j], drow[j] - dotf);
   }
+}
+
+/* How the (image, head) score matrices are walked: an outer loop of
+ * `outer` steps, each one strided-batched cuBLAS call over `inner`
+ * matrices. The loop runs over the smaller of the images and the heads (a
+ * ViT-B step at batch 64: 12 calls per product, not 64). The strides, in
+ * floats, of the head's q (k, v and the gradients alike: row stride 3 c),
+ * of its score matrix and of its columns of the output (row stride c), per
+ * outer step (_o) and per matrix within a call (_i). */
+typedef struct walk {
+  size_t outer, inner;
+  long long qkv_o, qkv_i, att_o, att_i, out_o, out_i;
+} walk;
+
+static walk walk_of(size_t batch, size_t tokens, size_t c, size_t heads) {
+  long long hs = (long long)(c / heads), tt = (long long)(tokens * tokens);
+  long long image_qkv = (long long)(tokens * 3 * c), image_out = (long long)(tokens * c);
+  long long image_att = (long long)heads * tt;
+  walk w;
+  if (batch <= heads) { /* per image, its heads in one call */
+    w = (walk){batch, heads, image_qkv, hs, image_att, tt, image_out, hs};
+  } else { /* per head, the images in one call */
+    w = (walk){heads, batch, hs, image_qkv, tt, image_att, hs, image_out};
+  }
+  return w;
 }
 
 /* The shape checks shared by forward and backward. */
@@ -68,8 +96,9 @@ static int check_shape(size_t batch, size_t tokens, size_t c, size_t heads, cons
   return 0;
 }
 
-extern "C" size_t qt_cuda_attention_scratch_size(size_t tokens, size_t heads) {
-  return heads * tokens * tokens;
+/* One call's gradients of the scores: `inner` matrices of (T, T). */
+extern "C" size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
+  return (batch > heads ? batch : heads) * tokens * tokens;
 }
 
 extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch,
@@ -79,24 +108,25 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   if (rc < 0) return rc;
   if (batch == 0 || tokens == 0 || c == 0) return 0;
   if (!out || !att || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  size_t hs = c / heads, tt = tokens * tokens;
+  size_t hs = c / heads;
   float scale = (float)(1.0 / sqrt((double)hs));
-  for (size_t b = 0; b < batch && rc == 0; b++) {
-    const float *q = qkv + b * tokens * 3 * c, *k = q + c;
-    /* att[b, h] (T, T) = scale * q_h (T, hs) . k_h^T, for every head h */
-    rc = qt__cuda_gemm(0, 1, tokens, tokens, hs, scale, q, 3 * c, (long long)hs, k, 3 * c,
-                       (long long)hs, 0.0f, att + b * heads * tt, tokens, (long long)tt, heads, who,
-                       err);
+  walk w = walk_of(batch, tokens, c, heads);
+  for (size_t o = 0; o < w.outer && rc == 0; o++) {
+    const float *q = qkv + o * w.qkv_o, *k = q + c;
+    /* att[b, h] (T, T) = scale * q_h (T, hs) . k_h^T */
+    rc = qt__cuda_gemm_interleaved(0, 1, tokens, tokens, hs, scale, q, 3 * c, w.qkv_i, k, 3 * c,
+                                   w.qkv_i, 0.0f, att + o * w.att_o, tokens, w.att_i, w.inner, who,
+                                   err);
   }
   if (rc < 0) return rc;
   softmax_rows_kernel<<<(unsigned)(batch * heads * tokens), QT_CUDA_THREADS>>>(att, tokens);
   rc = qt__cuda_check_launch(err, who, "the softmax kernel");
-  for (size_t b = 0; b < batch && rc == 0; b++) {
-    const float *v = qkv + b * tokens * 3 * c + 2 * c;
+  for (size_t o = 0; o < w.outer && rc == 0; o++) {
+    const float *v = qkv + o * w.qkv_o + 2 * c;
     /* out[b] (T, hs) at column h * hs = att[b, h] (T, T) . v_h (T, hs) */
-    rc = qt__cuda_gemm(0, 0, tokens, hs, tokens, 1.0f, att + b * heads * tt, tokens, (long long)tt,
-                       v, 3 * c, (long long)hs, 0.0f, out + b * tokens * c, c, (long long)hs, heads,
-                       who, err);
+    rc = qt__cuda_gemm_interleaved(0, 0, tokens, hs, tokens, 1.0f, att + o * w.att_o, tokens,
+                                   w.att_i, v, 3 * c, w.qkv_i, 0.0f, out + o * w.out_o, c, w.out_i,
+                                   w.inner, who, err);
   }
   return rc;
 }
@@ -111,38 +141,39 @@ extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const flo
   if (!dqkv || !scratch || !dout || !qkv || !att) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  size_t hs = c / heads, tt = tokens * tokens;
+  size_t hs = c / heads;
   float scale = (float)(1.0 / sqrt((double)hs));
-  long long s_hs = (long long)hs, s_tt = (long long)tt;
-  /* The images run one after the other on the stream: scratch (heads, T, T)
-   * is reused. */
-  for (size_t b = 0; b < batch && rc == 0; b++) {
-    size_t offset = b * tokens * 3 * c;
-    const float *q = qkv + offset, *k = q + c, *v = q + 2 * c;
-    float *dq = dqkv + offset, *dk = dq + c, *dv = dq + 2 * c;
-    const float *a = att + b * heads * tt;
-    const float *dy = dout + b * tokens * c;
+  walk w = walk_of(batch, tokens, c, heads);
+  long long tt = (long long)(tokens * tokens);
+  /* The outer steps run one after the other on the stream: the scratch,
+   * (inner, T, T), is reused. */
+  for (size_t o = 0; o < w.outer && rc == 0; o++) {
+    const float *q = qkv + o * w.qkv_o, *k = q + c, *v = q + 2 * c;
+    float *dq = dqkv + o * w.qkv_o, *dk = dq + c, *dv = dq + 2 * c;
+    const float *a = att + o * w.att_o;
+    const float *dy = dout + o * w.out_o;
     float *da = scratch;
-    /* da_h = dy_h (T, hs) . v_h^T */
-    rc = qt__cuda_gemm(0, 1, tokens, tokens, hs, 1.0f, dy, c, s_hs, v, 3 * c, s_hs, 0.0f, da,
-                       tokens, s_tt, heads, who, err);
-    /* dv_h += a_h^T . dy_h */
+    /* da = dy_h (T, hs) . v_h^T */
+    rc = qt__cuda_gemm_interleaved(0, 1, tokens, tokens, hs, 1.0f, dy, c, w.out_i, v, 3 * c,
+                                   w.qkv_i, 0.0f, da, tokens, tt, w.inner, who, err);
+    /* dv_h += a^T . dy_h */
     if (rc == 0) {
-      rc = qt__cuda_gemm(1, 0, tokens, hs, tokens, 1.0f, a, tokens, s_tt, dy, c, s_hs, 1.0f, dv,
-                         3 * c, s_hs, heads, who, err);
+      rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, 1.0f, a, tokens, w.att_i, dy, c,
+                                     w.out_i, 1.0f, dv, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
-      softmax_backward_rows_kernel<<<(unsigned)(heads * tokens), QT_CUDA_THREADS>>>(da, a, tokens);
+      softmax_backward_rows_kernel<<<(unsigned)(w.inner * tokens), QT_CUDA_THREADS>>>(
+          da, a, tokens, (size_t)w.att_i);
       rc = qt__cuda_check_launch(err, who, "the softmax backward kernel");
     }
-    /* dq_h += scale ds_h . k_h; dk_h += scale ds_h^T . q_h */
+    /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */
     if (rc == 0) {
-      rc = qt__cuda_gemm(0, 0, tokens, hs, tokens, scale, da, tokens, s_tt, k, 3 * c, s_hs, 1.0f,
-                         dq, 3 * c, s_hs, heads, who, err);
+      rc = qt__cuda_gemm_interleaved(0, 0, tokens, hs, tokens, scale, da, tokens, tt, k, 3 * c,
+                                     w.qkv_i, 1.0f, dq, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
-      rc = qt__cuda_gemm(1, 0, tokens, hs, tokens, scale, da, tokens, s_tt, q, 3 * c, s_hs, 1.0f,
-                         dk, 3 * c, s_hs, heads, who, err);
+      rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, scale, da, tokens, tt, q, 3 * c,
+                                     w.qkv_i, 1.0f, dk, 3 * c, w.qkv_i, w.inner, who, err);
     }
   }
   return rc;

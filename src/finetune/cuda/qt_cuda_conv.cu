@@ -320,6 +320,13 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
     if (rc < 0) return rc;
   }
   size_t in_image = s->in_c * s->in_h * s->in_w;
+  if (pointwise && s->groups == 1) {
+    /* y_b (out_c, P) = W (out_c, in_c) . x_b (in_c, P), every image in one
+     * call (the weight's batch stride is 0). */
+    return qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, inp, p_count,
+                         (long long)in_image, bias ? 1.0f : 0.0f, out, p_count,
+                         (long long)(s->out_c * p_count), s->batch, who, err);
+  }
   for (size_t b = 0; b < s->batch; b++) {
     const float *img = inp + b * in_image;
     const float *col = img;
@@ -382,6 +389,15 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
   size_t in_image = s->in_c * s->in_h * s->in_w;
   int pointwise = is_pointwise(s);
   unsigned col_blocks = qt__cuda_blocks(qt_cuda_conv2d_scratch_size(s));
+  /* A pointwise convolution without groups takes every image's input
+   * gradient in one call: dx_b (in_c, P) += W^T . dy_b. */
+  int batched_dinp = dinp && pointwise && s->groups == 1;
+  if (batched_dinp) {
+    rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
+                       (long long)(og * p_count), 1.0f, dinp, p_count, (long long)in_image,
+                       s->batch, who, err);
+    if (rc < 0) return rc;
+  }
   for (size_t b = 0; b < s->batch; b++) {
     const float *dy = dout + b * s->out_c * p_count;
     if (dweight) {
@@ -398,7 +414,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
                          (long long)(og * kdim), s->groups, who, err);
       if (rc < 0) return rc;
     }
-    if (dinp) {
+    if (dinp && !batched_dinp) {
       float *dimg = dinp + b * in_image;
       /* dcol_g (kdim, P) = W_g^T (kdim, og) . dy_g (og, P); a pointwise
        * convolution accumulates it straight into the image. The queue

@@ -43,14 +43,24 @@ int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
  * with op(X) = X or X^T (trans_a, trans_b nonzero), lda, ldb, ldc the row
  * strides of the matrices as stored, and `batch` matrices spaced
  * stride_a, stride_b, stride_c floats apart (batch 1: strides unused).
- * Computes in the precision of qt_cuda_set_matmul_precision (BF16: the
- * operands' spans are rounded into device scratch first). m, n, k, the
+ * Computes in the precision of qt_cuda_set_matmul_precision (QT_MATMUL_BF16:
+ * the operands' spans are rounded into device scratch first). m, n, k, the
  * leading dimensions and batch must fit an int (QT_EINVAL otherwise);
  * m, n or batch 0 is a no-op, k 0 scales C by beta. */
 int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                   const float *a, size_t lda, long long stride_a, const float *b, size_t ldb,
                   long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
                   size_t batch, const char *who, qt_err *err);
+
+/* qt__cuda_gemm for operands interleaved in a larger array, such as
+ * attention's heads in the rows of qkv: under QT_MATMUL_BF16 cuBLAS
+ * converts the FP32 operands itself (as QT_MATMUL_BF16_FAST), since
+ * rounding the spans they occupy would copy most of that array at every
+ * call. Any other precision is qt__cuda_gemm's. */
+int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                              const float *a, size_t lda, long long stride_a, const float *b,
+                              size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
+                              long long stride_c, size_t batch, const char *who, qt_err *err);
 
 } /* extern "C" */
 

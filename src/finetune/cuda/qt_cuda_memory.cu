@@ -140,8 +140,10 @@ extern "C" int qt_cuda_synchronize(qt_err *err) {
 static int matmul_precision = QT_MATMUL_FP32;
 
 extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
-  int p = precision == QT_MATMUL_TF32 || precision == QT_MATMUL_BF16 ? (int)precision
-                                                                     : (int)QT_MATMUL_FP32;
+  int p = precision == QT_MATMUL_TF32 || precision == QT_MATMUL_BF16 ||
+                  precision == QT_MATMUL_BF16_FAST
+              ? (int)precision
+              : (int)QT_MATMUL_FP32;
   return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
@@ -243,10 +245,13 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
   return 0;
 }
 
-extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
-                             const float *a, size_t lda, long long stride_a, const float *b,
-                             size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
-                             long long stride_c, size_t batch, const char *who, qt_err *err) {
+/* The GEMM of qt__cuda_gemm and qt__cuda_gemm_interleaved: under
+ * QT_MATMUL_BF16, round_spans says whether the operands' spans are rounded
+ * into scratch (1) or left to cuBLAS's own conversion (0). */
+static int gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                const float *a, size_t lda, long long stride_a, const float *b, size_t ldb,
+                long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
+                size_t batch, int round_spans, const char *who, qt_err *err) {
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
       ldc > INT_MAX || batch > INT_MAX) {
     return qt_err_set(err, QT_EINVAL,
@@ -264,8 +269,10 @@ extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_
   cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
-  cublasComputeType_t compute =
-      precision == QT_MATMUL_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  if (precision == QT_MATMUL_BF16 && !round_spans) precision = QT_MATMUL_BF16_FAST;
+  cublasComputeType_t compute = precision == QT_MATMUL_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                : precision == QT_MATMUL_BF16_FAST ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                   : CUBLAS_COMPUTE_32F;
   const void *a_data = a, *b_data = b;
   cudaDataType_t operand_type = CUDA_R_32F;
   if (precision == QT_MATMUL_BF16 && k > 0) {
@@ -302,4 +309,22 @@ extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_
     return qt__cublas_error(err, status, what);
   }
   return 0;
+}
+
+extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                             const float *a, size_t lda, long long stride_a, const float *b,
+                             size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
+                             long long stride_c, size_t batch, const char *who, qt_err *err) {
+  return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+              stride_c, batch, 1, who, err);
+}
+
+extern "C" int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size_t k,
+                                         float alpha, const float *a, size_t lda,
+                                         long long stride_a, const float *b, size_t ldb,
+                                         long long stride_b, float beta, float *c, size_t ldc,
+                                         long long stride_c, size_t batch, const char *who,
+                                         qt_err *err) {
+  return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+              stride_c, batch, 0, who, err);
 }

@@ -111,8 +111,8 @@ int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size
   return QT_CUDA_STUB("qt_cuda_gelu_backward");
 }
 
-size_t qt_cuda_attention_scratch_size(size_t tokens, size_t heads) {
-  return heads * tokens * tokens;
+size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
+  return (batch > heads ? batch : heads) * tokens * tokens;
 }
 
 int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
