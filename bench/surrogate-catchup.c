@@ -59,6 +59,7 @@ typedef struct observation {
   long epoch;
   qt_obs_status status;
   double score;
+  double time; /* simulated seconds when it came */
 } observation;
 
 static void die(const char *what, const qt_err *err) {
@@ -184,9 +185,9 @@ static metrics evaluate(replay *r, qt_dkl_t *dkl, const observation *obs, size_t
 }
 
 /* Reads trajectories/quicktune/<name>-seed<seed>.csv: the observations in
- * order. Returns their count. */
+ * order, and the budget from its key line. Returns their count. */
 static size_t read_trajectory(const char *dir, const replay *r, unsigned long seed,
-                              observation **out) {
+                              observation **out, double *budget) {
   char path[4096];
   snprintf(path, sizeof path, "%s/trajectories/quicktune/%s-seed%lu.csv", dir, r->d->name, seed);
   FILE *f = fopen(path, "r");
@@ -195,9 +196,15 @@ static size_t read_trajectory(const char *dir, const replay *r, unsigned long se
   size_t n = 0, cap = 256;
   observation *obs = malloc(cap * sizeof *obs);
   if (!fgets(line, sizeof line, f)) die(path, NULL);
+  *budget = NAN;
   while (fgets(line, sizeof line, f)) {
     /* time_s,score,incumbent,regret,overhead_s,run,epoch,status; the last
      * line is the file's key. */
+    const char *key = strstr(line, " budget_s=");
+    if (line[0] == '#' && key) {
+      *budget = strtod(key + strlen(" budget_s="), NULL);
+      continue;
+    }
     char *field[8];
     size_t k = 0;
     for (char *p = strtok(line, ",\n"); p && k < 8; p = strtok(NULL, ",\n")) field[k++] = p;
@@ -215,7 +222,8 @@ static size_t read_trajectory(const char *dir, const replay *r, unsigned long se
                            : !strcmp(field[7], "diverged") ? QT_OBS_STATUS_DIVERGED
                            : !strcmp(field[7], "failed")   ? QT_OBS_STATUS_FAILED
                                                            : QT_OBS_STATUS_EXHAUSTED;
-    obs[n++] = (observation){c, strtol(field[6], NULL, 10), status, strtod(field[1], NULL)};
+    obs[n++] = (observation){c, strtol(field[6], NULL, 10), status, strtod(field[1], NULL),
+                             strtod(field[0], NULL)};
   }
   fclose(f);
   *out = obs;
@@ -227,6 +235,8 @@ static size_t read_trajectory(const char *dir, const replay *r, unsigned long se
 typedef struct results {
   metrics at[N_CHECKPOINTS][N_VARIANTS][MAX_PAIRS];
   size_t pairs[N_CHECKPOINTS];
+  double observed[2][MAX_PAIRS]; /* OK observations by 10% and 50% of the budget */
+  size_t runs;
 } results;
 
 /* Replays seed `seed`'s quicktune trajectory of r's dataset into the
@@ -239,7 +249,17 @@ static void replay_seed(replay *r, const qt_surrogate_t *surrogate, const char *
   memset(r->last, 0, r->pool.count * sizeof *r->last);
   memset(r->ended, 0, r->pool.count * sizeof *r->ended);
   observation *obs = NULL;
-  size_t n_obs = read_trajectory(dir, r, seed, &obs);
+  double budget = NAN;
+  size_t n_obs = read_trajectory(dir, r, seed, &obs, &budget);
+  if (!(budget > 0)) die("a trajectory without budget_s in its key line", NULL);
+  QT_ASSERT(res->runs < MAX_PAIRS);
+  for (int f = 0; f < 2; f++) {
+    double by = (f == 0 ? 0.1 : 0.5) * budget, count = 0;
+    for (size_t k = 0; k < n_obs; k++)
+      count += obs[k].status == QT_OBS_STATUS_OK && obs[k].time <= by;
+    res->observed[f][res->runs] = count;
+  }
+  res->runs++;
   /* The two refit optimizers (the bench's parameters), and the frozen GP. */
   qt_optimizer_params params = qt_optimizer_default_params();
   params.seed = seed;
@@ -293,6 +313,11 @@ static void replay_seed(replay *r, const qt_surrogate_t *surrogate, const char *
   for (int v = 0; v < 2; v++) qt_optimizer_free(opt[v]);
   free(obs);
   fflush(stdout);
+}
+
+static int compare_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
 }
 
 static double field(const metrics *m, size_t f) {
@@ -407,6 +432,15 @@ int main(int argc, char **argv) {
       }
       printf("\n");
     }
+  }
+  for (int f = 0; f < 2; f++) {
+    double *v = res->observed[f];
+    qsort(v, res->runs, sizeof *v, compare_double);
+    printf(
+        "%squicktune's observations by %d%% of the budget (%zu runs): median %g, quartiles "
+        "%g-%g\n",
+        f == 0 ? "\n" : "", f == 0 ? 10 : 50, res->runs, v[res->runs / 2], v[res->runs / 4],
+        v[3 * res->runs / 4]);
   }
   printf(
       "\n(%s: the refit meta-trained GP; %s: the refit fresh one; %s: the meta-trained one "

@@ -211,6 +211,24 @@ static void bench_with_surrogates(void) {
            dir, dir);
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 3);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "no-such.qts"));
+  /* --refit-steps reaches the optimizer: its trajectories' key says so. */
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/three' --optimizers quicktune --budget 10m "
+           "--surrogate '%s/s.qts' --datasets synth-000 --overhead ignore --refit-steps 3,2 "
+           "--out '%s/refit'",
+           dir, dir, dir);
+  code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\n%s\n", out);
+  CU_ASSERT_EQUAL(code, 0);
+  snprintf(args, sizeof args,
+           "grep -q ' quicktune=3,2,' '%s/refit/trajectories/quicktune/synth-000-seed0.csv'", dir);
+  CU_ASSERT_EQUAL(system(args), 0);
+  snprintf(args, sizeof args,
+           "bench --meta-dataset '%s/three' --optimizers quicktune --budget 10m "
+           "--surrogate '%s/s.qts' --refit-steps 3",
+           dir, dir);
+  CU_ASSERT_EQUAL(run_qtune(out, sizeof out, args), 1);
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "--refit-steps wants RESTART,REFINE"));
 
   /* Two folds of one dataset each: each is tested with the surrogate
    * meta-trained on the other. */

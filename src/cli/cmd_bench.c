@@ -110,6 +110,23 @@ int qt_cli_bench(const qt_cli_args *args) {
                                 max_rows);
     params.run.optimizer.quicktune.max_train_rows = (size_t)value;
   }
+  /* Quick-Tune's refit: Adam steps of a restart and of a warm start. */
+  const char *refit = qt_cli_get(args, "refit-steps");
+  if (refit) {
+    char *end = NULL;
+    long restart = strtol(refit, &end, 10), refine = -1;
+    if (end != refit && *end == ',') {
+      const char *second = end + 1;
+      refine = strtol(second, &end, 10);
+      if (end == second || *end) refine = -1;
+    }
+    if (restart < 1 || restart > 1000000 || refine < 1 || refine > 1000000)
+      return qt_cli_usage_error(args->command,
+                                "--refit-steps wants RESTART,REFINE (two numbers >= 1), not '%s'",
+                                refit);
+    params.run.optimizer.quicktune.restart_steps = (int)restart;
+    params.run.optimizer.quicktune.refine_steps = (int)refine;
+  }
   const char *threads = qt_cli_get(args, "threads");
   if (threads) {
     if (qt_parse_long(threads, &value) != 0 || value < 1 || value > 256)

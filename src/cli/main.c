@@ -96,6 +96,9 @@ static const qt_cli_flag bench_flags[] = {
     {"max-train-rows", "N",
      "quicktune: cap on the surrogate's training rows (default 0: all, "
      "as Quick-Tune)"},
+    {"refit-steps", "R,F",
+     "quicktune: Adam steps of a surrogate refit that starts over (R) and of one "
+     "warm-started (F) (default 1000,50, as Quick-Tune)"},
     {"meta-train-iterations", "N", "with --meta-train-folds: iterations per fold (default 10000)"},
     {"model-encoding", "MODE",
      "with --meta-train-folds: onehot (default) or descriptors (see meta train)"},
