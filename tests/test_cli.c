@@ -30,6 +30,14 @@ static int run_qtune(char *output, size_t size, const char *args) {
 
 static char out[1 << 16];
 
+/* run_qtune into `out` for a command that should succeed: its output goes
+ * to stderr when it does not, so that a failing test shows why. */
+static int run_qtune_ok(const char *args) {
+  int code = run_qtune(out, sizeof out, args);
+  if (code != 0) fprintf(stderr, "\nqtune %s: exit %d\n%s\n", args, code, out);
+  return code;
+}
+
 static void test_no_arguments_is_usage(void) {
   CU_ASSERT_EQUAL(run_qtune(out, sizeof out, ""), 1);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "usage: qtune <command>"));
@@ -132,9 +140,7 @@ static void test_meta_import(void) {
   snprintf(args, sizeof args,
            "meta import --format quicktune '%s/benchmarks/quicktune-extended' --out '%s/md'",
            QT_SHARED_DIR, dir);
-  int code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "18 datasets, 3239 runs, 97388 points"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "every configuration is valid"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "loads back identical"));
@@ -190,17 +196,13 @@ static void bench_with_surrogates(void) {
            "meta train --meta-dataset '%s/three' --out '%s/s.qts' --iterations 40 "
            "--exclude-datasets synth-000",
            dir, dir);
-  int code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL_FATAL(code, 0);
+  CU_ASSERT_EQUAL_FATAL(run_qtune_ok(args), 0);
   snprintf(args, sizeof args,
            "bench --meta-dataset '%s/three' --optimizers random,quicktune,quicktune-M,quicktune-C,"
            "quicktune-MC --budget 10m --surrogate '%s/s.qts' --datasets synth-000,synth-001 "
            "--overhead ignore",
            dir, dir);
-  code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "5 optimizers x 2 datasets x 1 seeds"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nquicktune-MC "));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "meta-trained on dataset synth-001"));
@@ -217,9 +219,7 @@ static void bench_with_surrogates(void) {
            "--surrogate '%s/s.qts' --datasets synth-000 --overhead ignore --refit-steps 3,2 "
            "--out '%s/refit'",
            dir, dir, dir);
-  code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   snprintf(args, sizeof args,
            "grep -q ' quicktune=3,2,' '%s/refit/trajectories/quicktune/synth-000-seed0.csv'", dir);
   CU_ASSERT_EQUAL(system(args), 0);
@@ -237,9 +237,7 @@ static void bench_with_surrogates(void) {
            "bench --meta-dataset '%s/two' --optimizers random,quicktune --budget 10m "
            "--meta-train-folds 2 --threads 2 --out '%s/folds' --overhead cpu",
            dir, dir);
-  code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "fold 0: 1 test datasets; meta-trained on 1 (+0 validating)"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "fold 1: 1 test datasets"));
   snprintf(args, sizeof args,
@@ -263,9 +261,7 @@ static void bench_with_surrogates(void) {
            "--meta-train-folds 2 --meta-train-iterations 40 --model-encoding descriptors "
            "--descriptors '%s/descriptors.yaml' --out '%s/folds' --resume --overhead ignore",
            dir, dir, dir);
-  code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "model encoding descriptors"));
   snprintf(args, sizeof args,
            "grep -q 'model_encoding=descriptors:' '%s/folds/surrogates/fold1.csv'", dir);
@@ -372,9 +368,7 @@ static void test_meta_train(void) {
            "meta train --meta-dataset '%s' --out '%s' --iterations 60 --seed 2 "
            "--exclude-datasets synth-004 --learning-rate 1e-3",
            folder, file);
-  int code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "60 iterations, learning rate 0.001, seed 2"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "iteration     60/60"));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "held out    1: synth-004"));
@@ -505,9 +499,7 @@ static void test_finetune(void) {
            "finetune --hub tests/fixtures/hubs/tiny.yaml --model vit_tiny_fixture --data '%s' "
            "--config '%s' --epochs 2 --out '%s' --seed 3",
            data, config, outdir);
-  int code = run_qtune(out, sizeof out, args);
-  if (code != 0) fprintf(stderr, "\n%s\n", out);
-  CU_ASSERT_EQUAL(code, 0);
+  CU_ASSERT_EQUAL(run_qtune_ok(args), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "epoch 1  train_loss "));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "epoch 2  train_loss "));
   CU_ASSERT_PTR_NOT_NULL(strstr(out, "val_top1 "));
