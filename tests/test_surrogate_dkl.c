@@ -530,6 +530,66 @@ static void test_configs(void) {
   qt_rng_free(rng);
 }
 
+/* The curve encoder's convolutions are written for the vectorizer; they
+ * must give, to the bit, what the formula's loop over one output at a time
+ * gives (bias, then input channel, then tap), for the shortest curve, an
+ * odd one and the default 50 epochs. */
+static void test_curve_convolutions_exact(void) {
+  enum { CH = QT__CONV_CHANNELS, TAPS = QT__CONV_KERNEL };
+  static const size_t lengths[] = {2, 9, 50};
+  qt_rng_t *rng = make_rng(11);
+  for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+    qt_dkl_config config = small_config();
+    config.curve_len = lengths[li];
+    qt__net_shape shape = qt__dkl_shape(&config);
+    qt__net net;
+    CU_ASSERT_EQUAL_FATAL(qt__net_init(&net, &shape, NULL), 0);
+    size_t n = 6, L = config.curve_len;
+    CU_ASSERT_EQUAL_FATAL(qt__net_reserve(&net, n, NULL), 0);
+    double *params = malloc(net.param_count * sizeof *params);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(params);
+    for (size_t i = 0; i < net.param_count; i++) params[i] = 2.0 * qt_rng_uniform(rng) - 1.0;
+    test_rows rows = make_rows(&config, n, rng);
+    qt__net_forward(&net, params, &rows.rows, NULL);
+
+    const double *W1 = params + net.conv1_weight, *b1 = params + net.conv1_bias;
+    const double *W2 = params + net.conv2_weight, *b2 = params + net.conv2_bias;
+    size_t mismatches = 0;
+    double h1[CH * 50];
+    for (size_t i = 0; i < n; i++) {
+      const double *c = rows.rows.curve + i * L;
+      for (size_t o = 0; o < CH; o++) {
+        for (size_t t = 0; t < L; t++) {
+          double sum = b1[o];
+          for (size_t k = 0; k < TAPS; k++) {
+            if (t + k >= 1 && t + k - 1 < L) sum += W1[o * TAPS + k] * c[t + k - 1];
+          }
+          h1[o * L + t] = sum > 0.0 ? sum : 0.0;
+          mismatches +=
+              memcmp(&h1[o * L + t], &net.conv1_out[(i * CH + o) * L + t], sizeof sum) != 0;
+        }
+      }
+      for (size_t o = 0; o < CH; o++) {
+        for (size_t t = 0; t < L; t++) {
+          double sum = b2[o];
+          for (size_t ci = 0; ci < CH; ci++) {
+            for (size_t k = 0; k < TAPS; k++) {
+              if (t + k >= 1 && t + k - 1 < L)
+                sum += W2[(o * CH + ci) * TAPS + k] * h1[ci * L + t + k - 1];
+            }
+          }
+          mismatches += memcmp(&sum, &net.conv2_out[(i * CH + o) * L + t], sizeof sum) != 0;
+        }
+      }
+    }
+    CU_ASSERT_EQUAL(mismatches, 0);
+    free(rows.block);
+    free(params);
+    qt__net_free(&net);
+  }
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"deep-kernel GP gradients (finite differences, every tensor)", test_dkl_gradients},
     {"cost predictor gradients (finite differences, every tensor)", test_costnet_gradients},
@@ -539,6 +599,7 @@ static const qt_test_case cases[] = {
     {"a numerical failure restores the parameters", test_dkl_failure_restores},
     {"cost predictor: non-negative, learns", test_costnet},
     {"configurations", test_configs},
+    {"curve convolutions equal the formula to the bit", test_curve_convolutions_exact},
     {NULL, NULL}};
 
 QT_TEST_MAIN("surrogate_dkl", cases)

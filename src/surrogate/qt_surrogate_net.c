@@ -314,7 +314,30 @@ static void order_columns(const qt__net *net, const double *x, size_t n) {
   }
 }
 
-/* The curve encoder up to the flattened, rectified pooling output. */
+/* out[t] += sum_k w[k] in[t + k - 1] over the 3 taps that read inside the
+ * row (padding 1), each output adding its terms in tap order. */
+_Static_assert(K == 3, "the curve convolutions have 3 taps and padding 1");
+static inline void conv_taps(double *restrict out, const double *restrict in, const double *w,
+                             size_t L) {
+  out[0] += w[1] * in[0];
+  out[0] += w[2] * in[1];
+  for (size_t t = 1; t + 1 < L; t++) {
+    double sum = out[t];
+    sum += w[0] * in[t - 1];
+    sum += w[1] * in[t];
+    sum += w[2] * in[t + 1];
+    out[t] = sum;
+  }
+  out[L - 1] += w[0] * in[L - 2];
+  out[L - 1] += w[1] * in[L - 1];
+}
+
+/* The curve encoder up to the flattened, rectified pooling output.
+ *
+ * The convolutions loop over positions innermost, so that the compiler can
+ * vectorize them; each output still adds its terms in the order of the
+ * formula (bias, then input channel, then tap), so the result is the same
+ * to the bit as a loop over one output at a time. */
 static void curve_forward(qt__net *net, const double *params, const double *curve, size_t n,
                           const double *mask) {
   size_t L = net->shape.curve_len, P = net->pooled_len;
@@ -328,29 +351,17 @@ static void curve_forward(qt__net *net, const double *params, const double *curv
     double *h2 = net->conv2_out + i * C * L; /* (8, L) */
     /* Conv1d(1 -> 8, k 3, padding 1): h1[o][t] = b1[o] + sum_k W1[o][k] c[t + k - 1]. */
     for (size_t o = 0; o < C; o++) {
-      for (size_t t = 0; t < L; t++) {
-        double sum = b1[o];
-        for (size_t k = 0; k < K; k++) {
-          size_t src = t + k; /* t + k - 1, shifted by one to stay unsigned */
-          if (src >= 1 && src - 1 < L) sum += W1[o * K + k] * c[src - 1];
-        }
-        h1[o * L + t] = sum > 0.0 ? sum : 0.0;
-      }
+      double *out = h1 + o * L;
+      for (size_t t = 0; t < L; t++) out[t] = b1[o];
+      conv_taps(out, c, W1 + o * K, L);
+      for (size_t t = 0; t < L; t++) out[t] = out[t] > 0.0 ? out[t] : 0.0;
     }
-    /* Conv1d(8 -> 8, k 3, padding 1), no activation. */
+    /* Conv1d(8 -> 8, k 3, padding 1), no activation:
+     * h2[o][t] = b2[o] + sum_ci sum_k W2[o][ci][k] h1[ci][t + k - 1]. */
     for (size_t o = 0; o < C; o++) {
-      for (size_t t = 0; t < L; t++) {
-        double sum = b2[o];
-        for (size_t ci = 0; ci < C; ci++) {
-          const double *w = W2 + (o * C + ci) * K;
-          const double *h = h1 + ci * L;
-          for (size_t k = 0; k < K; k++) {
-            size_t src = t + k;
-            if (src >= 1 && src - 1 < L) sum += w[k] * h[src - 1];
-          }
-        }
-        h2[o * L + t] = sum;
-      }
+      double *out = h2 + o * L;
+      for (size_t t = 0; t < L; t++) out[t] = b2[o];
+      for (size_t ci = 0; ci < C; ci++) conv_taps(out, h1 + ci * L, W2 + (o * C + ci) * K, L);
     }
     /* MaxPool1d(2) (the first of two equal values wins, as in torch), then
      * Dropout1d on whole channels, flatten and ReLU. */
