@@ -66,7 +66,8 @@
  * bf16 multiplies in BF16, qt_cuda_set_matmul_precision, against PyTorch
  * under torch.autocast with bfloat16; --amp bf16-fast the same with cuBLAS
  * converting the FP32 operands itself, QT_MATMUL_BF16_FAST); the
- * images and labels go up every step as in training, and every timed step
+ * images and labels go up every step as in training (the images from
+ * page-locked memory, as a run's batches), and every timed step
  * ends with qt_cuda_synchronize (the reference with
  * torch.cuda.synchronize). Printed next to the throughput: the model FLOP
  * utilization (vit_forward_flops x 3 per image over the device's peak:
@@ -256,6 +257,18 @@ static int is_cnn(const char *model) {
   return strcmp(model, "mobilenetv2_100") == 0 || strcmp(model, "resnet18") == 0;
 }
 
+/* On the device the batch goes up from page-locked memory, as a run's
+ * batches do (qt_run pins its batch iterators' arrays). Returns 1 when the
+ * images are pinned (then qt_cuda_host_unregister before free). */
+static int pin_images(int cuda, float *images, size_t bytes) {
+  if (!cuda) return 0;
+  qt_err err;
+  qt_err_clear(&err);
+  if (qt_cuda_host_register(images, bytes, &err) == 0) return 1;
+  fprintf(stderr, "engine: the images upload from pageable memory (%s)\n", qt_err_message(&err));
+  return 0;
+}
+
 static int run_qtune_vit(const bench_options *o, bench_result *r) {
   qt_err err;
   qt_err_clear(&err);
@@ -263,7 +276,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   qt_vit_t *vit = NULL;
   float *images = NULL;
   int *labels = NULL;
-  int status = 1;
+  int status = 1, pinned = 0;
   r->base_rss_kib = current_rss_kib();
   int cuda = o->device == QT_BACKEND_KIND_CUDA;
   if (cuda) {
@@ -295,6 +308,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
     images[i] = (float)qt_rng_gaussian(rng, 1.0);
   for (long i = 0; i < o->batch; i++)
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
+  pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
   qt_adamw_params hp = qt_adamw_default_params();
   double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
   double start = 0, cpu_start = 0;
@@ -339,6 +353,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
 fail:
   fprintf(stderr, "engine: %s\n", qt_err_message(&err));
 done:
+  if (pinned) qt_cuda_host_unregister(images);
   free(images);
   free(labels);
   qt_vit_free(vit);
@@ -356,7 +371,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   qt_cnn_t *cnn = NULL;
   float *images = NULL, *state = NULL; /* state: (2 * params) AdamW moments */
   int *labels = NULL;
-  int status = 1;
+  int status = 1, pinned = 0;
   char dir[] = "/tmp/qtune-engine-XXXXXX", path[64] = "";
   r->base_rss_kib = current_rss_kib();
   if (!mkdtemp(dir)) {
@@ -416,6 +431,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
     images[i] = (float)qt_rng_gaussian(rng, 1.0);
   for (long i = 0; i < o->batch; i++)
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
+  pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
   qt_optim_params hp = qt_optim_default_params(); /* AdamW, PyTorch's defaults, wd 0.01 */
   double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
   double start = 0, cpu_start = 0;
@@ -472,6 +488,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
 fail:
   fprintf(stderr, "engine: %s\n", qt_err_message(&err));
 done:
+  if (pinned) qt_cuda_host_unregister(images);
   free(images);
   free(labels);
   if (o->device == QT_BACKEND_KIND_CUDA)

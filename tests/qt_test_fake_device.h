@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #define FAKE_DEVICE_MAX_BLOCKS 1024
+#define FAKE_DEVICE_MAX_PINS 8
 
 typedef struct fake_block {
   void *ptr;
@@ -34,6 +35,9 @@ static struct fake_device {
   long uploads, downloads, op_calls;
   qt_matmul_precision precision; /* as set through the table */
   long under_bf16;               /* calls of the three counters above made under BF16 */
+  fake_block pins[FAKE_DEVICE_MAX_PINS]; /* host arrays page-locked through the table */
+  int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
+  long pinned_uploads;                   /* uploads whose source lies in a pinned array */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -90,6 +94,48 @@ static inline int fake_blocks_held(void) {
   return held;
 }
 
+/* Pins: recorded host ranges (the host memory itself is left alone). */
+static inline int fake_pin(void *ptr, size_t bytes, qt_err *err) {
+  if (fake_device.refuse_pins)
+    return qt_err_set(err, QT_ENOMEM, "fake device: page-locking %zu bytes refused", bytes);
+  for (int i = 0; i < FAKE_DEVICE_MAX_PINS; i++) {
+    if (fake_device.pins[i].ptr == ptr) CU_FAIL("fake device: an array pinned twice");
+  }
+  for (int i = 0; i < FAKE_DEVICE_MAX_PINS; i++) {
+    if (!fake_device.pins[i].ptr) {
+      fake_device.pins[i] = (fake_block){ptr, bytes};
+      return 0;
+    }
+  }
+  CU_FAIL_FATAL("fake device: more pins than FAKE_DEVICE_MAX_PINS");
+  return QT_ENOMEM;
+}
+
+static inline void fake_unpin(void *ptr) {
+  for (int i = 0; i < FAKE_DEVICE_MAX_PINS; i++) {
+    if (ptr && fake_device.pins[i].ptr == ptr) {
+      fake_device.pins[i].ptr = NULL;
+      return;
+    }
+  }
+  CU_FAIL("fake device: unpin of an array it has not pinned");
+}
+
+static inline int fake_pins_held(void) {
+  int held = 0;
+  for (int i = 0; i < FAKE_DEVICE_MAX_PINS; i++) held += fake_device.pins[i].ptr != NULL;
+  return held;
+}
+
+static inline int fake_pinned(const void *src, size_t bytes) {
+  const char *p = (const char *)src;
+  for (int i = 0; i < FAKE_DEVICE_MAX_PINS; i++) {
+    const char *base = (const char *)fake_device.pins[i].ptr;
+    if (base && p >= base && p + bytes <= base + fake_device.pins[i].bytes) return 1;
+  }
+  return 0;
+}
+
 /* The CPU's function `name` with the fake's memory open while it runs. */
 #define FAKE_OP(counter, call)                                             \
   do {                                                                     \
@@ -112,6 +158,7 @@ static inline int fake_copy_rows(float *dst, size_t dst_stride, const float *src
   FAKE_OP(op_calls, copy_rows(dst, dst_stride, src, src_stride, cols, rows, err));
 }
 static inline int fake_upload(void *dst, const void *src, size_t bytes, qt_err *err) {
+  fake_device.pinned_uploads += fake_pinned(src, bytes);
   FAKE_OP(uploads, upload(dst, src, bytes, err));
 }
 static inline int fake_download(void *dst, const void *src, size_t bytes, qt_err *err) {
@@ -368,6 +415,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .copy_rows = fake_copy_rows,
       .upload = fake_upload,
       .download = fake_download,
+      .pin = fake_pin,
+      .unpin = fake_unpin,
       .linear_forward = fake_linear_forward,
       .linear_backward = fake_linear_backward,
       .layernorm_forward = fake_layernorm_forward,

@@ -669,6 +669,33 @@ static void test_arguments(void) {
   qt_cuda_free(d);
 }
 
+/* Page-locked host memory: a round trip through the device is exact, a
+ * second registration of the same array is an error that later work does
+ * not see (a kernel launched after it succeeds), and the array is ordinary
+ * host memory again after unregistering. */
+static void test_host_register(void) {
+  qt_rng_t *rng = make_rng(31);
+  size_t n = 1000003;
+  float *h = host_random(rng, n, 0.0, 1.0), *back = malloc(n * sizeof *back);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(back);
+  CHECK_RC(qt_cuda_host_register(h, n * sizeof *h, E));
+  qt_err err;
+  CU_ASSERT_NOT_EQUAL(qt_cuda_host_register(h, n * sizeof *h, &err), 0);
+  float *d = device_floats(h, n);
+  CHECK_RC(qt_cuda_gelu_forward(d, d, 1, E)); /* a launch after the failed registration */
+  CHECK_RC(qt_cuda_synchronize(E));
+  CHECK_RC(qt_cuda_copy_to_device(d, h, n * sizeof *h, E));
+  CHECK_RC(qt_cuda_copy_to_host(back, d, n * sizeof *h, E));
+  CU_ASSERT(memcmp(back, h, n * sizeof *h) == 0);
+  qt_cuda_host_unregister(h);
+  CHECK_RC(qt_cuda_copy_to_host(back, d, n * sizeof *h, E));
+  CU_ASSERT(memcmp(back, h, n * sizeof *h) == 0);
+  qt_cuda_free(d);
+  free(h);
+  free(back);
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"linear", test_linear},
     {"linear_tf32", test_linear_tf32},
@@ -682,6 +709,7 @@ static const qt_test_case cases[] = {
     {"tokens", test_tokens},
     {"cross_entropy", test_cross_entropy},
     {"arguments", test_arguments},
+    {"host_register", test_host_register},
     {NULL, NULL},
 };
 

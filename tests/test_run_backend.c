@@ -171,6 +171,7 @@ static void test_epochs_match_cpu(void) {
     char what[64];
     snprintf(what, sizeof what, "pipeline %d", k);
     qt_run_t *cpu = start(&s, qt__ops_cpu()), *dev = start(&s, fake_device_ops());
+    long pinned_uploads = fake_device.pinned_uploads;
     for (int e = 0; e < 3; e++) {
       qt_run_epoch_result rc_, rd;
       epoch(cpu, &rc_);
@@ -178,10 +179,33 @@ static void test_epochs_match_cpu(void) {
       expect_same_epoch(&rd, &rc_, what);
     }
     expect_same_weights(dev, cpu, what);
+    /* The batches went up from the page-locked arrays of the iterators:
+     * at least one upload per training and validation batch. */
+    CU_ASSERT(fake_device.pinned_uploads - pinned_uploads >= 3 * 2);
     qt_run_free(cpu);
     qt_run_free(dev);
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+    CU_ASSERT_EQUAL(fake_pins_held(), 0);
   }
+}
+
+/* A device that refuses to page-lock host memory trains the same: pinning
+ * only speeds up the uploads. */
+static void test_pin_refused(void) {
+  qt_run_spec s = spec_at(0);
+  fake_device.refuse_pins = 1;
+  long pinned_uploads = fake_device.pinned_uploads;
+  qt_run_t *cpu = start(&s, qt__ops_cpu()), *dev = start(&s, fake_device_ops());
+  CU_ASSERT_EQUAL(fake_pins_held(), 0);
+  qt_run_epoch_result rc_, rd;
+  epoch(cpu, &rc_);
+  epoch(dev, &rd);
+  expect_same_epoch(&rd, &rc_, "pins refused");
+  CU_ASSERT_EQUAL(fake_device.pinned_uploads, pinned_uploads);
+  qt_run_free(cpu);
+  qt_run_free(dev);
+  fake_device.refuse_pins = 0;
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
 
 /* amp: every call that a run's epochs and its test evaluation make on the
@@ -327,6 +351,7 @@ static const qt_test_case cases[] = {
     {"epochs_match_cpu", test_epochs_match_cpu},
     {"resume_across_backends", test_resume_across_backends},
     {"amp", test_amp},
+    {"pin_refused", test_pin_refused},
     {"cpu_only_parts_refused", test_cpu_only_parts_refused},
     {"failed_move", test_failed_move},
     {"cleanup", test_cleanup},

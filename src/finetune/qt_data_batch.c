@@ -58,6 +58,11 @@ struct qt_batch_iter {
   qt_rng_t *rng;         /* order and mixing */
 };
 
+/* Size of the inputs array: a whole batch, at least one float. */
+static size_t inputs_bytes(const qt_batch_iter_t *it) {
+  return it->params.batch_size * (it->sample_floats ? it->sample_floats : 1) * sizeof *it->inputs;
+}
+
 qt_batch_params qt_batch_default_params(void) {
   qt_batch_params p;
   memset(&p, 0, sizeof p);
@@ -174,7 +179,7 @@ int qt_batch_iter_init(const qt_dataset *ds, const qt_preprocess_params *pre,
   it->n_workers = bp->threads > 1 ? (size_t)bp->threads : 1;
   if (it->n_workers > bs) it->n_workers = bs;
   it->order = malloc((ds->n ? ds->n : 1) * sizeof *it->order);
-  it->inputs = malloc(bs * (it->sample_floats ? it->sample_floats : 1) * sizeof *it->inputs);
+  it->inputs = malloc(inputs_bytes(it));
   it->targets = malloc(bs * ds->n_classes * sizeof *it->targets);
   it->labels = malloc(bs * sizeof *it->labels);
   it->indices = malloc(bs * sizeof *it->indices);
@@ -205,6 +210,11 @@ fail:
 
 size_t qt_batch_iter_count(const qt_batch_iter_t *it) {
   return it ? it->n_batches : 0;
+}
+
+float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, size_t *bytes) {
+  *bytes = it ? inputs_bytes(it) : 0;
+  return it ? it->inputs : NULL;
 }
 
 const size_t *qt_batch_iter_order(const qt_batch_iter_t *it) {

@@ -633,6 +633,15 @@ int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err
 int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err);
 /* Waits for all queued device work; reports an execution failure. */
 int qt_cuda_synchronize(qt_err *err);
+/* Page-locks `bytes` bytes of ordinary host memory at ptr
+ * (cudaHostRegister), so that copies between it and the device are direct
+ * DMA transfers, without the driver's staging through pageable memory: for
+ * arrays uploaded at every step, such as a batch's images. The memory
+ * stays the caller's; qt_cuda_host_unregister(ptr) must run before it is
+ * freed (NULL is a no-op). Registering costs about a millisecond per
+ * hundred MB: done once per buffer, not per copy. */
+int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err);
+void qt_cuda_host_unregister(void *ptr);
 /* Queued on the default stream: qt_cuda_zero sets `bytes` bytes to 0,
  * qt_cuda_copy_on_device copies between two device blocks, and
  * qt_cuda_copy_rows copies `rows` rows of `cols` floats from rows
@@ -1426,6 +1435,11 @@ void qt_batch_iter_free(qt_batch_iter_t *it);
 
 /* Batches per epoch. */
 size_t qt_batch_iter_count(const qt_batch_iter_t *it);
+
+/* The array that every batch's inputs are written to (batch->inputs is
+ * this array, reused from batch to batch) and its size in *bytes: a device
+ * backend page-locks it once, for faster uploads. */
+float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, size_t *bytes);
 
 /* Starts epoch `epoch` (counted from 0 or 1, as the caller likes) at batch
  * first_batch (0 for a whole epoch; a resumed epoch continues where it

@@ -116,6 +116,11 @@ typedef struct qt__ops {
                    size_t cols, size_t rows, qt_err *err);
   int (*upload)(void *dst, const void *src, size_t bytes, qt_err *err);
   int (*download)(void *dst, const void *src, size_t bytes, qt_err *err);
+  /* Page-lock a host array that is uploaded at every step, and undo it
+   * before the array is freed (qt_cuda_host_register); NULL for a backend
+   * whose memory is the host's. Failing to pin costs only speed. */
+  int (*pin)(void *ptr, size_t bytes, qt_err *err);
+  void (*unpin)(void *ptr);
 
   /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). */
   int (*linear_forward)(float *out, const float *inp, const float *weight, const float *bias,

@@ -126,6 +126,23 @@ extern "C" int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src
   return 0;
 }
 
+extern "C" int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err) {
+  if (bytes == 0) return 0;
+  if (!ptr) return qt_err_set(err, QT_EINVAL, "qt_cuda_host_register: NULL pointer");
+  cudaError_t status = cudaHostRegister(ptr, bytes, cudaHostRegisterDefault);
+  if (status != cudaSuccess) {
+    cudaGetLastError(); /* a failed registration is not sticky: clear it */
+    char what[96];
+    snprintf(what, sizeof what, "qt_cuda_host_register: page-locking %zu bytes", bytes);
+    return qt__cuda_error(err, status, what);
+  }
+  return 0;
+}
+
+extern "C" void qt_cuda_host_unregister(void *ptr) {
+  if (ptr) cudaHostUnregister(ptr);
+}
+
 extern "C" int qt_cuda_synchronize(qt_err *err) {
   cudaError_t status = cudaDeviceSynchronize();
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_synchronize");

@@ -75,6 +75,14 @@ int qt_cuda_synchronize(qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_synchronize");
 }
 
+int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_host_register");
+}
+
+void qt_cuda_host_unregister(void *ptr) {
+  (void)ptr;
+}
+
 qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
   (void)precision;
   return QT_MATMUL_FP32;
