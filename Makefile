@@ -6,7 +6,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-gpu sanitize demo format clean
+.PHONY: all deps configure build test test-gpu sanitize sanitize-thread demo format clean
 
 all: build
 
@@ -31,6 +31,13 @@ sanitize:
 	@$(MAKE) test BUILD=build-sanitize \
 	  CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DQT_CUDA=OFF -DQT_SANITIZE_ADDRESS=ON -DQT_SANITIZE_UNDEFINED=ON"
 
+# The tests of the code that runs threads (batch preparation and its
+# prefetching, runs on the fake device) under ThreadSanitizer.
+sanitize-thread:
+	@$(MAKE) build BUILD=build-tsan \
+	  CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DQT_CUDA=OFF -DQT_SANITIZE_THREAD=ON"
+	@ctest --test-dir build-tsan --output-on-failure -R '^test_(data|run_backend)$$'
+
 demo: build
 	@tools/demo.sh $(BUILD)/qtune
 
@@ -38,4 +45,4 @@ format:
 	@clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
 
 clean:
-	@rm -rf $(BUILD) build-sanitize
+	@rm -rf $(BUILD) build-sanitize build-tsan

@@ -1696,6 +1696,81 @@ static void test_batches_images_reproducible(void) {
   qt_dataset_free(ds);
 }
 
+/* Prefetching (the next batch built in the background while the caller
+ * holds the current one) gives the batches of an iterator without it: a
+ * whole epoch, a resumed one, and an epoch abandoned with a build in
+ * flight; consecutive batches come from the two slots in turn. */
+static void test_batches_prefetch(void) {
+  qt_dataset *ds = make_images(11);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ds);
+  qt_preprocess_params pre = qt_preprocess_default_params();
+  pre.image_size = 6;
+  qt_augment_params aug = qt_augment_default_params();
+  aug.auto_augment = QT_AUTO_AUGMENT_RAND;
+  aug.mixup_alpha = 0.8;
+  aug.cutmix_alpha = 1.0;
+  qt_batch_params bp = qt_batch_default_params();
+  bp.batch_size = 3;
+  bp.seed = 5;
+  enum { B = 4, IN = 3 * 3 * 6 * 6, TG = 3 * 3 };
+  float in1[B * IN] = {0}, tg1[B * TG] = {0}, in2[B * IN] = {0}, tg2[B * TG] = {0};
+  qt_batch_iter_t *plain, *ahead;
+  qt_err err;
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_init(ds, &pre, &aug, &bp, &plain, &err), 0);
+  bp.threads = 2;
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_init(ds, &pre, &aug, &bp, &ahead, &err), 0);
+  size_t bytes = 0;
+  CU_ASSERT_PTR_NULL(qt_batch_iter_inputs_buffer(ahead, 1, &bytes));
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_set_prefetch(ahead, 1, &err), 0);
+  float *slot0 = qt_batch_iter_inputs_buffer(ahead, 0, &bytes);
+  float *slot1 = qt_batch_iter_inputs_buffer(ahead, 1, &bytes);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(slot1);
+  CU_ASSERT_EQUAL(bytes, (size_t)IN * sizeof(float));
+
+  for (uint64_t epoch = 1; epoch <= 2; epoch++) {
+    CU_ASSERT_EQUAL(run_epoch(plain, epoch, 0, in1, tg1, IN, TG), B);
+    CU_ASSERT_EQUAL(run_epoch(ahead, epoch, 0, in2, tg2, IN, TG), B);
+    CU_ASSERT_EQUAL(memcmp(in1, in2, sizeof in1), 0);
+    CU_ASSERT_EQUAL(memcmp(tg1, tg2, sizeof tg1), 0);
+  }
+  /* Resumed at batch 2 of epoch 2: batches 2 and 3. */
+  memset(in2, 0, sizeof in2);
+  memset(tg2, 0, sizeof tg2);
+  CU_ASSERT_EQUAL(run_epoch(ahead, 2, 2, in2, tg2, IN, TG), 2);
+  CU_ASSERT_EQUAL(memcmp(in2, in1 + 2 * IN, 2 * IN * sizeof(float)), 0);
+  CU_ASSERT_EQUAL(memcmp(tg2, tg1 + 2 * TG, 2 * TG * sizeof(float)), 0);
+
+  /* One batch of epoch 7 (batch 1 is then being built), then epoch 2 again;
+   * the slots alternate. */
+  qt_batch batch;
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_start(ahead, 7, 0, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_next(ahead, &batch, &err), 1);
+  float *first = batch.inputs;
+  CU_ASSERT(first == slot0 || first == slot1);
+  memset(in2, 0, sizeof in2);
+  CU_ASSERT_EQUAL(run_epoch(ahead, 2, 0, in2, tg2, IN, TG), B);
+  CU_ASSERT_EQUAL(memcmp(in1, in2, sizeof in1), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_batch_iter_start(ahead, 2, 0, &err), 0);
+  float *seen[B];
+  for (int b = 0; b < B; b++) {
+    CU_ASSERT_EQUAL_FATAL(qt_batch_iter_next(ahead, &batch, &err), 1);
+    seen[b] = batch.inputs;
+    CU_ASSERT_EQUAL(memcmp(batch.inputs, in1 + b * IN, batch.size * IN / 3 * sizeof(float)), 0);
+  }
+  CU_ASSERT(seen[0] != seen[1] && seen[0] == seen[2] && seen[1] == seen[3]);
+  CU_ASSERT_EQUAL(qt_batch_iter_next(ahead, &batch, &err), 0);
+
+  /* Turned off again: one slot, the same batches. */
+  CU_ASSERT_EQUAL(qt_batch_iter_set_prefetch(ahead, 0, &err), 0);
+  memset(in2, 0, sizeof in2);
+  CU_ASSERT_EQUAL(run_epoch(ahead, 1, 0, in2, tg2, IN, TG), B);
+  CU_ASSERT_EQUAL(run_epoch(plain, 1, 0, in1, tg1, IN, TG), B);
+  CU_ASSERT_EQUAL(memcmp(in1, in2, sizeof in1), 0);
+  qt_batch_iter_free(plain);
+  qt_batch_iter_free(ahead);
+  qt_dataset_free(ds);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Golden numbers from torchvision and Pillow                                 */
 /* ------------------------------------------------------------------------- */
@@ -1882,6 +1957,7 @@ static const qt_test_case cases[] = {
     {"mixup, cutmix, smoothing", test_mixup_cutmix},
     {"batches cover each epoch once", test_batches_cover_epoch},
     {"image batches reproducible (threads, resume)", test_batches_images_reproducible},
+    {"prefetched batches are the same (epochs, resume, abandoned epoch)", test_batches_prefetch},
     {NULL, NULL}};
 
 QT_TEST_MAIN("data", cases)

@@ -10,6 +10,15 @@
  * thread count changes nothing. The streams are reseeded in place
  * (qt__rng_reseed), so a batch allocates nothing once the workspaces have
  * grown to their working size.
+ *
+ * Prefetching (qt_batch_iter_set_prefetch; a run on a device turns it on).
+ * The iterator then has two slots of batch arrays: while the caller uses
+ * the batch in one, a background thread builds the next batch of the epoch
+ * in the other, so that preparing batches overlaps the device's step. At
+ * most one build runs at a time (the caller's call waits for a running one
+ * before it builds or restarts anything), and a batch is the same function
+ * of (seed, epoch, batch) either way, so prefetching changes no value. A
+ * build's failure is reported by the call that asks for that batch.
  */
 #include <math.h>
 #include <pthread.h>
@@ -25,8 +34,23 @@
 
 #define MAX_THREADS 64
 
+/* The arrays of one batch, and the outcome of building it. */
+typedef struct batch_slot {
+  float *inputs;   /* (batch_size, in_c, in_h, in_w) */
+  float *targets;  /* (batch_size, n_classes) */
+  int32_t *labels; /* (batch_size) */
+  size_t *indices; /* (batch_size) */
+  size_t batch;    /* the batch of the epoch it holds */
+  size_t size;     /* its samples (the last batch may be short) */
+  double lambda;
+  int cutmix;
+  int rc; /* 0, or the build's failure, described in err */
+  qt_err err;
+} batch_slot;
+
 typedef struct batch_worker {
   struct qt_batch_iter *it;
+  batch_slot *slot; /* the batch being built */
   size_t index; /* this worker takes samples i with i % n_workers == index */
   qt__image_work work;
   uint8_t *crop; /* (size, size, dataset channels) the transformed image */
@@ -46,13 +70,13 @@ struct qt_batch_iter {
   int started;
   uint64_t epoch;
   size_t next_batch;
-  size_t current_size;     /* samples of the batch being built */
   size_t in_c, in_h, in_w; /* one input: (in_c, in_h, in_w) */
   size_t sample_floats;    /* in_c * in_h * in_w */
-  float *inputs;           /* (batch_size, in_c, in_h, in_w) */
-  float *targets;          /* (batch_size, n_classes) */
-  int32_t *labels;         /* (batch_size) */
-  size_t *indices;         /* (batch_size) */
+  batch_slot slots[2];     /* the second only allocated for prefetching */
+  int front;               /* the slot of the batch returned last */
+  int prefetch;            /* 1: build the next batch in the background */
+  int prefetching;         /* 1: prefetcher is building slots[1 - front] */
+  pthread_t prefetcher;
   size_t n_workers;
   batch_worker *workers; /* (n_workers) */
   qt_rng_t *rng;         /* order and mixing */
@@ -60,7 +84,7 @@ struct qt_batch_iter {
 
 /* Size of the inputs array: a whole batch, at least one float. */
 static size_t inputs_bytes(const qt_batch_iter_t *it) {
-  return it->params.batch_size * (it->sample_floats ? it->sample_floats : 1) * sizeof *it->inputs;
+  return it->params.batch_size * (it->sample_floats ? it->sample_floats : 1) * sizeof(float);
 }
 
 qt_batch_params qt_batch_default_params(void) {
@@ -75,8 +99,35 @@ qt_batch_params qt_batch_default_params(void) {
   return p;
 }
 
+/* Waits for a background build, whose batch is then dropped. */
+static void settle(qt_batch_iter_t *it) {
+  if (!it->prefetching) return;
+  pthread_join(it->prefetcher, NULL);
+  it->prefetching = 0;
+}
+
+static void slot_free(batch_slot *slot) {
+  free(slot->inputs);
+  free(slot->targets);
+  free(slot->labels);
+  free(slot->indices);
+  memset(slot, 0, sizeof *slot);
+}
+
+static int slot_alloc(const qt_batch_iter_t *it, batch_slot *slot) {
+  size_t bs = it->params.batch_size;
+  slot->inputs = malloc(inputs_bytes(it));
+  slot->targets = malloc(bs * it->ds->n_classes * sizeof *slot->targets);
+  slot->labels = malloc(bs * sizeof *slot->labels);
+  slot->indices = malloc(bs * sizeof *slot->indices);
+  if (slot->inputs && slot->targets && slot->labels && slot->indices) return 0;
+  slot_free(slot);
+  return QT_ENOMEM;
+}
+
 void qt_batch_iter_free(qt_batch_iter_t *it) {
   if (!it) return;
+  settle(it);
   if (it->workers) {
     for (size_t t = 0; t < it->n_workers; t++) {
       qt__image_work_free(&it->workers[t].work);
@@ -87,10 +138,8 @@ void qt_batch_iter_free(qt_batch_iter_t *it) {
   free(it->workers);
   qt_rng_free(it->rng);
   free(it->order);
-  free(it->inputs);
-  free(it->targets);
-  free(it->labels);
-  free(it->indices);
+  slot_free(&it->slots[0]);
+  slot_free(&it->slots[1]);
   free(it);
 }
 
@@ -179,12 +228,8 @@ int qt_batch_iter_init(const qt_dataset *ds, const qt_preprocess_params *pre,
   it->n_workers = bp->threads > 1 ? (size_t)bp->threads : 1;
   if (it->n_workers > bs) it->n_workers = bs;
   it->order = malloc((ds->n ? ds->n : 1) * sizeof *it->order);
-  it->inputs = malloc(inputs_bytes(it));
-  it->targets = malloc(bs * ds->n_classes * sizeof *it->targets);
-  it->labels = malloc(bs * sizeof *it->labels);
-  it->indices = malloc(bs * sizeof *it->indices);
   it->workers = calloc(it->n_workers, sizeof *it->workers);
-  if (!it->order || !it->inputs || !it->targets || !it->labels || !it->indices || !it->workers) {
+  if (!it->order || !it->workers || slot_alloc(it, &it->slots[0]) < 0) {
     if (!it->workers) it->n_workers = 0;
     qt_batch_iter_free(it);
     return qt_err_set(err, QT_ENOMEM, "out of memory for batches of %zu", bs);
@@ -212,9 +257,20 @@ size_t qt_batch_iter_count(const qt_batch_iter_t *it) {
   return it ? it->n_batches : 0;
 }
 
-float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, size_t *bytes) {
-  *bytes = it ? inputs_bytes(it) : 0;
-  return it ? it->inputs : NULL;
+float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, int slot, size_t *bytes) {
+  float *inputs = it && (slot == 0 || slot == 1) ? it->slots[slot].inputs : NULL;
+  *bytes = inputs ? inputs_bytes(it) : 0;
+  return inputs;
+}
+
+int qt_batch_iter_set_prefetch(qt_batch_iter_t *it, int on, qt_err *err) {
+  if (!it) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_set_prefetch: iterator is NULL");
+  settle(it);
+  if (on && !it->slots[1].inputs && slot_alloc(it, &it->slots[1]) < 0)
+    return qt_err_set(err, QT_ENOMEM, "out of memory for a second batch of %zu",
+                      it->params.batch_size);
+  it->prefetch = on != 0;
+  return 0;
 }
 
 const size_t *qt_batch_iter_order(const qt_batch_iter_t *it) {
@@ -226,6 +282,7 @@ int qt_batch_iter_start(qt_batch_iter_t *it, uint64_t epoch, size_t first_batch,
   if (first_batch > it->n_batches)
     return qt_err_set(err, QT_EINVAL, "batch %zu is past the end of the epoch (%zu batches)",
                       first_batch, it->n_batches);
+  settle(it);
   size_t n = it->ds->n;
   for (size_t i = 0; i < n; i++) it->order[i] = i;
   if (it->params.shuffle) {
@@ -243,11 +300,12 @@ int qt_batch_iter_start(qt_batch_iter_t *it, uint64_t epoch, size_t first_batch,
   return 0;
 }
 
-/* Transforms sample i of the current batch into its slot of inputs. */
+/* Transforms sample i of the worker's batch into its row of inputs. */
 static int transform_sample(qt_batch_iter_t *it, batch_worker *w, size_t i, qt_err *err) {
   const qt_dataset *ds = it->ds;
-  size_t index = it->indices[i];
-  float *dst = it->inputs + i * it->sample_floats;
+  const batch_slot *slot = w->slot;
+  size_t index = slot->indices[i];
+  float *dst = slot->inputs + i * it->sample_floats;
   if (ds->kind == QT_DATASET_KIND_TABULAR) {
     const float *src = ds->features + index * ds->n_features;
     const float *mean = it->pre.feature_mean, *std = it->pre.feature_std;
@@ -260,7 +318,7 @@ static int transform_sample(qt_batch_iter_t *it, batch_worker *w, size_t i, qt_e
   size_t size = it->pre.image_size;
   int rc;
   if (it->params.augment) {
-    uint64_t position = (uint64_t)(it->next_batch * it->params.batch_size + i);
+    uint64_t position = (uint64_t)(slot->batch * it->params.batch_size + i);
     qt__rng_reseed(w->rng, it->params.seed, it->epoch, STREAM_SAMPLE | position);
     if (it->aug.random_resized_crop)
       rc = qt__image_random_resized_crop(&w->work, src, ds->height, ds->width, ds->channels,
@@ -289,30 +347,32 @@ static void *worker_run(void *arg) {
   qt_batch_iter_t *it = w->it;
   qt_err_clear(&w->err);
   w->rc = 0;
-  for (size_t i = w->index; i < it->current_size; i += it->n_workers) {
+  for (size_t i = w->index; i < w->slot->size; i += it->n_workers) {
     w->rc = transform_sample(it, w, i, &w->err);
     if (w->rc < 0) break;
   }
   return NULL;
 }
 
-int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err) {
-  if (!it || !batch) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: NULL argument");
-  if (!it->started)
-    return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: call qt_batch_iter_start first");
-  if (it->next_batch >= it->n_batches) return 0;
+/* Builds batch `index` of the epoch into slot; the outcome goes to
+ * slot->rc and slot->err. */
+static void build(qt_batch_iter_t *it, batch_slot *slot, size_t index) {
   const qt_dataset *ds = it->ds;
   size_t bs = it->params.batch_size;
-  size_t first = it->next_batch * bs;
+  size_t first = index * bs;
   size_t size = ds->n - first < bs ? ds->n - first : bs;
-  it->current_size = size;
+  slot->batch = index;
+  slot->size = size;
+  slot->rc = 0;
+  qt_err_clear(&slot->err);
   for (size_t i = 0; i < size; i++) {
-    it->indices[i] = it->order[first + i];
-    it->labels[i] = ds->labels[it->indices[i]];
+    slot->indices[i] = it->order[first + i];
+    slot->labels[i] = ds->labels[slot->indices[i]];
   }
 
   /* Per-sample transforms: worker t takes samples t, t + T, ... */
   size_t workers = it->n_workers < size ? it->n_workers : size;
+  for (size_t t = 0; t < workers; t++) it->workers[t].slot = slot;
   pthread_t ids[MAX_THREADS];
   size_t started = 1;
   for (size_t t = 1; t < workers; t++) {
@@ -324,35 +384,67 @@ int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err) {
   for (size_t t = 1; t < started; t++) pthread_join(ids[t], NULL);
   for (size_t t = 0; t < workers; t++) {
     if (it->workers[t].rc < 0) {
-      if (err) *err = it->workers[t].err;
-      return it->workers[t].rc;
+      slot->rc = it->workers[t].rc;
+      slot->err = it->workers[t].err;
+      return;
     }
   }
 
   /* Targets: mixed (training images), smoothed (training), or one-hot. */
-  double lambda = 1.0;
-  int cutmix = 0;
+  slot->lambda = 1.0;
+  slot->cutmix = 0;
   if (it->params.augment && ds->kind == QT_DATASET_KIND_IMAGE) {
-    qt__rng_reseed(it->rng, it->params.seed, it->epoch, STREAM_MIX | it->next_batch);
-    int rc = qt_mix_batch(it->inputs, it->labels, size, it->in_c, it->in_h, it->in_w, ds->n_classes,
-                          &it->aug, it->rng, it->targets, &lambda, &cutmix, err);
-    if (rc < 0) return rc;
+    qt__rng_reseed(it->rng, it->params.seed, it->epoch, STREAM_MIX | index);
+    slot->rc = qt_mix_batch(slot->inputs, slot->labels, size, it->in_c, it->in_h, it->in_w,
+                            ds->n_classes, &it->aug, it->rng, slot->targets, &slot->lambda,
+                            &slot->cutmix, &slot->err);
   } else {
-    qt_targets_smooth(it->labels, size, ds->n_classes,
-                      it->params.augment ? it->aug.label_smoothing : 0.0, it->targets);
+    qt_targets_smooth(slot->labels, size, ds->n_classes,
+                      it->params.augment ? it->aug.label_smoothing : 0.0, slot->targets);
+  }
+}
+
+static void *prefetch_run(void *arg) {
+  qt_batch_iter_t *it = arg;
+  build(it, &it->slots[1 - it->front], it->next_batch);
+  return NULL;
+}
+
+int qt_batch_iter_next(qt_batch_iter_t *it, qt_batch *batch, qt_err *err) {
+  if (!it || !batch) return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: NULL argument");
+  if (!it->started)
+    return qt_err_set(err, QT_EINVAL, "qt_batch_iter_next: call qt_batch_iter_start first");
+  if (it->next_batch >= it->n_batches) return 0;
+  /* A running prefetch is building exactly this batch (start settles it). */
+  if (it->prefetching) {
+    settle(it);
+    it->front = 1 - it->front;
+  } else {
+    build(it, &it->slots[it->front], it->next_batch);
+  }
+  const batch_slot *slot = &it->slots[it->front];
+  QT_ASSERT(slot->batch == it->next_batch);
+  if (slot->rc < 0) {
+    if (err) *err = slot->err;
+    return slot->rc;
   }
 
-  batch->size = size;
+  batch->size = slot->size;
   batch->channels = it->in_c;
   batch->height = it->in_h;
   batch->width = it->in_w;
-  batch->n_classes = ds->n_classes;
-  batch->inputs = it->inputs;
-  batch->targets = it->targets;
-  batch->labels = it->labels;
-  batch->indices = it->indices;
-  batch->lambda = lambda;
-  batch->cutmix = cutmix;
+  batch->n_classes = it->ds->n_classes;
+  batch->inputs = slot->inputs;
+  batch->targets = slot->targets;
+  batch->labels = slot->labels;
+  batch->indices = slot->indices;
+  batch->lambda = slot->lambda;
+  batch->cutmix = slot->cutmix;
   it->next_batch++;
+  /* The next batch goes to the other slot while the caller uses this one;
+   * if no thread can be started, the next call builds it itself. */
+  if (it->prefetch && it->next_batch < it->n_batches &&
+      pthread_create(&it->prefetcher, NULL, prefetch_run, it) == 0)
+    it->prefetching = 1;
   return 1;
 }

@@ -1436,10 +1436,18 @@ void qt_batch_iter_free(qt_batch_iter_t *it);
 /* Batches per epoch. */
 size_t qt_batch_iter_count(const qt_batch_iter_t *it);
 
-/* The array that every batch's inputs are written to (batch->inputs is
- * this array, reused from batch to batch) and its size in *bytes: a device
- * backend page-locks it once, for faster uploads. */
-float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, size_t *bytes);
+/* Prefetching: with on = 1, while the caller uses a batch, a background
+ * thread builds the next batch of the epoch (into a second set of arrays,
+ * allocated here: QT_ENOMEM), so that preparing batches overlaps the
+ * caller's work on a device. Batches are the same with or without it; a
+ * failure building a batch is returned by the call that asks for it. */
+int qt_batch_iter_set_prefetch(qt_batch_iter_t *it, int on, qt_err *err);
+
+/* The arrays that batches' inputs are written to (batch->inputs is one of
+ * them, reused from batch to batch): slot 0, and slot 1 once prefetching
+ * has been turned on (else NULL), with their size in *bytes. A device
+ * backend page-locks them once, for faster uploads. */
+float *qt_batch_iter_inputs_buffer(qt_batch_iter_t *it, int slot, size_t *bytes);
 
 /* Starts epoch `epoch` (counted from 0 or 1, as the caller likes) at batch
  * first_batch (0 for a whole epoch; a resumed epoch continues where it

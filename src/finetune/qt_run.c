@@ -95,7 +95,7 @@ struct qt_run {
   qt_batch_iter_t *train_it;
   qt_batch_iter_t *val_it;
   qt_batch_iter_t *test_it; /* NULL when the test split is absent or empty */
-  void *pinned[3];          /* the iterators' input arrays that ops->pin page-locked */
+  void *pinned[3][2];       /* the iterators' input arrays that ops->pin page-locked */
   long done;                /* epochs completed */
   double best;              /* best validation score, NaN before the first epoch */
   qt_schedule_plateau plateau;
@@ -797,7 +797,9 @@ static void tensor_arrays(qt_run_t *run, size_t i, float **slots[RUN_ARRAYS],
 void qt_run_free(qt_run_t *run) {
   if (!run) return;
   for (int k = 0; k < 3; k++) {
-    if (run->pinned[k]) run->ops->unpin(run->pinned[k]);
+    for (int slot = 0; slot < 2; slot++) {
+      if (run->pinned[k][slot]) run->ops->unpin(run->pinned[k][slot]);
+    }
   }
   qt_batch_iter_free(run->train_it);
   qt_batch_iter_free(run->val_it);
@@ -977,22 +979,29 @@ static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   return 0;
 }
 
-/* Page-locks the iterators' input arrays on a backend that can (ops->pin),
- * so that every batch goes up by direct DMA. A failure is not an error:
- * the uploads then go through the driver's staging, only slower. */
-static void pin_batches(qt_run_t *run) {
-  if (!run->ops->pin) return;
+/* On a device, the iterators prepare the next batch while the device
+ * trains on the current one (qt_batch_iter_set_prefetch), and their input
+ * arrays are page-locked (ops->pin), so that every batch goes up by direct
+ * DMA. Neither changes a value, and neither failing is an error: batches
+ * are then built in turn, or uploaded through the driver's staging. */
+static void overlap_batches(qt_run_t *run) {
   qt_batch_iter_t *its[3] = {run->train_it, run->val_it, run->test_it};
   for (int k = 0; k < 3; k++) {
-    size_t bytes = 0;
-    void *inputs = qt_batch_iter_inputs_buffer(its[k], &bytes);
-    if (!inputs) continue;
+    if (!its[k]) continue;
     qt_err err;
     qt_err_clear(&err);
-    if (run->ops->pin(inputs, bytes, &err) == 0)
-      run->pinned[k] = inputs;
-    else
-      QT_LOG_DEBUG("run: batches upload from pageable memory (%s)", qt_err_message(&err));
+    if (qt_batch_iter_set_prefetch(its[k], 1, &err) < 0)
+      QT_LOG_DEBUG("run: batches built in turn (%s)", qt_err_message(&err));
+    for (int slot = 0; slot < 2 && run->ops->pin; slot++) {
+      size_t bytes = 0;
+      void *inputs = qt_batch_iter_inputs_buffer(its[k], slot, &bytes);
+      if (!inputs) continue;
+      qt_err_clear(&err);
+      if (run->ops->pin(inputs, bytes, &err) == 0)
+        run->pinned[k][slot] = inputs;
+      else
+        QT_LOG_DEBUG("run: batches upload from pageable memory (%s)", qt_err_message(&err));
+    }
   }
 }
 
@@ -1040,7 +1049,7 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   run->ops->release(run->scalars);
   run->scalars = NULL;
   run->ops = ops;
-  pin_batches(run);
+  overlap_batches(run);
   return 0;
 }
 
