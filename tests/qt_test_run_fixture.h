@@ -3,14 +3,21 @@
  * runs on a backend (test_run_backend, test_gpu_run_backend): 8x8 pattern
  * images of three classes (qt_test_patterns, 8 per class, a quarter for
  * validation) and a tiny random ViT (width 8, depth 2, 2 heads, a 5-class
- * head the run replaces) written once to a temporary checkpoint. Include
- * after qt_test.h and qt_test_patterns.h.
+ * head the run replaces) written once to a temporary checkpoint; and for
+ * the MLP, a CSV of 48 rows of 5 features in three classes with an MLP
+ * checkpoint (width 8, depth 3, LayerNorm, GELU, a 5-class head the run
+ * replaces). Include after qt_test.h and qt_test_patterns.h.
  */
 #ifndef QT_TEST_RUN_FIXTURE_H
 #define QT_TEST_RUN_FIXTURE_H
 
+#include <stdio.h>
+#include <unistd.h>
+
 static qt_data_splits run_fixture_splits;
 static char run_fixture_vit_path[256];
+static qt_data_splits run_fixture_mlp_splits;
+static char run_fixture_mlp_path[256];
 
 /* The ViT run spec: AdamW at 3e-3, 4 planned epochs, batch 6, seed 5. */
 static inline qt_run_spec run_fixture_vit_spec(void) {
@@ -74,8 +81,60 @@ static inline qt_run_spec run_fixture_cnn_spec(const char *checkpoint, qt_model_
   return s;
 }
 
+/* The spec of an MLP run on the tabular fixture (AdamW at 3e-3, 4 planned
+ * epochs, batch 6, seed 5, as the ViT's). The class of a row is which of
+ * three fixed directions its features lie along most, drawn by an LCG. */
+static inline qt_run_spec run_fixture_mlp_spec(void) {
+  if (!run_fixture_mlp_splits.train) {
+    char csv[256];
+    qt_test_temp_path("tabular.csv", csv, sizeof csv);
+    FILE *f = fopen(csv, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fprintf(f, "a,b,c,d,e,label\n");
+    unsigned long long state = 12345;
+    for (int row = 0; row < 48; row++) {
+      double x[5];
+      for (int j = 0; j < 5; j++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        x[j] = (double)(state >> 11) / 9007199254740992.0 * 4.0 - 2.0;
+      }
+      double score[3] = {x[0] + x[1], x[2] - x[3], x[4] - x[0]};
+      int label = score[1] > score[0] ? 1 : 0;
+      if (score[2] > score[label]) label = 2;
+      fprintf(f, "%.4f,%.4f,%.4f,%.4f,%.4f,%d\n", 10.0 * x[0], x[1], x[2], x[3], x[4], label);
+    }
+    fclose(f);
+    qt_dataset *all = NULL;
+    CU_ASSERT_FATAL(qt_dataset_load_csv(csv, NULL, NULL, 0, &all, NULL) == 0);
+    CU_ASSERT_FATAL(qt_dataset_split(all, 0.25, 0.0, 3, &run_fixture_mlp_splits.train,
+                                     &run_fixture_mlp_splits.val, NULL, NULL) == 0);
+    qt_dataset_free(all);
+    unlink(csv);
+    qt_mlp_arch a = qt_mlp_default_arch();
+    a.n_features = 5;
+    a.width = 8;
+    a.depth = 3;
+    a.num_classes = 5;
+    a.activation = QT_MLP_ACTIVATION_GELU;
+    qt_test_temp_path("pretrained-mlp.safetensors", run_fixture_mlp_path,
+                      sizeof run_fixture_mlp_path);
+    CU_ASSERT_FATAL(qt_mlp_write_init(&a, 13, run_fixture_mlp_path, NULL) == 0);
+  }
+  qt_run_spec s = run_fixture_vit_spec();
+  s.checkpoint = run_fixture_mlp_path;
+  s.family = QT_MODEL_FAMILY_MLP;
+  s.heads = 0;
+  for (int c = 0; c < 3; c++) {
+    s.mean[c] = 0.0;
+    s.std[c] = 1.0;
+  }
+  s.data = &run_fixture_mlp_splits;
+  return s;
+}
+
 static inline void run_fixture_free(void) {
   qt_data_splits_free(&run_fixture_splits);
+  qt_data_splits_free(&run_fixture_mlp_splits);
 }
 
 #endif /* QT_TEST_RUN_FIXTURE_H */

@@ -3,8 +3,9 @@
  * the CPU (label gpu; skips with 77 without a device): three epochs of a
  * small ViT (AdamW, L2-SP, SFA, clipping, layer decay, freezing, mixing,
  * head dropout), of the same ViT with Selective Projection Decay instead of
- * L2-SP, with GOODFIT around AdamW, with LoRA and with ROSA, and of a small MobileNetV2 (Adam,
- * StochNorm) through qt_run_init with spec.device cuda, and a checkpoint saved on the GPU resumed
+ * L2-SP, with GOODFIT around AdamW, with LoRA and with ROSA, of a small MobileNetV2 (Adam,
+ * StochNorm) and of an MLP on tabular data (L2-SP, clipping, freezing, mixing, head dropout, BSS)
+ * through qt_run_init with spec.device cuda, and a checkpoint saved on the GPU resumed
  * on the CPU and the reverse. The device's matrix products add in another order, so the numbers
  * agree within a tolerance, not bit for bit (test_run_backend checks the same runs bit for bit on a
  * fake device): each epoch's training and validation loss within 1e-3 relative.
@@ -117,6 +118,18 @@ static void test_mobilenet_run(void) {
   check(mobilenet_spec(), 0);
 }
 
+static void test_mlp_run(void) {
+  qt_run_spec s = run_fixture_mlp_spec();
+  s.optim.sp_reg = 0.01;
+  s.optim.clip_grad = 0.5;
+  s.pct_to_freeze = 0.5;
+  s.mixup = 0.4;
+  s.drop = 0.2;
+  s.bss_reg = 0.01;
+  check(s, 1);
+  check(s, 0);
+}
+
 static void test_cleanup(void) {
   run_fixture_free();
 }
@@ -127,6 +140,7 @@ static const qt_test_case cases[] = {
     {"goodfit_run", test_goodfit_run},
     {"adapter_runs", test_adapter_runs},
     {"mobilenet_run", test_mobilenet_run},
+    {"mlp_run", test_mlp_run},
     {"cleanup", test_cleanup},
     {NULL, NULL},
 };

@@ -15,14 +15,20 @@
  *     AdamW steps (weight decay on 2-d weights only), each value within
  *     1e-5 + 1e-4 |want|;
  *   - freezing, save / load, a new head, qt_model's wrappers, write_init,
- *     feature statistics and standardized batches.
+ *     feature statistics and standardized batches;
+ *   - on a backend: on the fake device of qt_test_fake_device.h (the CPU's
+ *     ops on memory the host cannot touch) the model trains as on the CPU,
+ *     bit for bit, with dropout, the feature hook and freezing, moves back,
+ *     saves, and a move that runs out of memory changes nothing.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "qt_test.h"
+#include "qt_test_fake_device.h"
 
 #define FORWARD_TOL 1e-5
 #define BACKWARD_TOL 1e-4
@@ -1162,6 +1168,137 @@ static void test_run_on_csv(void) {
   unlink(saved);
 }
 
+/* ------------------------------------------------------------------------- */
+/* On a backend                                                               */
+/* ------------------------------------------------------------------------- */
+
+/* Every parameter (grads: every gradient) of m in one host array. */
+static float *mlp_values(const qt_mlp_t *m, const qt__ops *ops, int grads, size_t *n) {
+  size_t total = 0;
+  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
+    qt_mlp_tensor t;
+    qt_mlp_tensor_at(m, i, &t);
+    total += t.numel;
+  }
+  float *v = malloc(total * sizeof *v), *cursor = v;
+  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
+    qt_mlp_tensor t;
+    qt_mlp_tensor_at(m, i, &t);
+    CU_ASSERT_EQUAL(ops->download(cursor, grads ? t.grad : t.data, t.numel * sizeof *v, NULL), 0);
+    cursor += t.numel;
+  }
+  *n = total;
+  return v;
+}
+
+static void expect_same_model(const qt_mlp_t *got, const qt__ops *ops, const qt_mlp_t *want,
+                              int grads) {
+  size_t n_got, n_want;
+  float *a = mlp_values(got, ops, grads, &n_got),
+        *b = mlp_values(want, qt__ops_cpu(), grads, &n_want);
+  CU_ASSERT_EQUAL_FATAL(n_got, n_want);
+  CU_ASSERT(memcmp(a, b, n_got * sizeof *a) == 0);
+  free(a);
+  free(b);
+}
+
+/* One step on both models: forward (step 0 with labels and smoothing,
+ * else soft targets), the same feature gradient added, backward, and
+ * p -= 0.05 g on every tensor through each model's backend; the losses,
+ * logits, features and gradients must be equal. */
+static void step_both(qt_mlp_t *cpu, qt_mlp_t *dev, const qt__ops *ops, int step) {
+  enum { BATCH = 5, FEATURES = 4, CLASSES = 3, WIDTH = 6 };
+  float x[BATCH * FEATURES], soft[BATCH * CLASSES];
+  int labels[BATCH];
+  fill_batch(x, labels, BATCH, FEATURES, CLASSES);
+  for (size_t i = 0; i < BATCH * CLASSES; i++) soft[i] = (float)uniform(0.0, 1.0);
+  qt_mlp_t *models[2] = {cpu, dev};
+  double loss[2];
+  for (int k = 0; k < 2; k++) {
+    qt_mlp_zero_grad(models[k]);
+    CU_ASSERT_EQUAL_FATAL(qt_mlp_forward(models[k], x, BATCH, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(qt_mlp_loss(models[k], step == 0 ? labels : NULL, step == 0 ? NULL : soft,
+                                      step == 0 ? 0.1 : 0.0, &loss[k], NULL),
+                          0);
+    float *dfeat = qt_mlp_feature_grad(models[k]);
+    for (size_t i = 0; i < BATCH * WIDTH; i++) dfeat[i] = 0.01f * (float)((i * 7) % 5) - 0.02f;
+    CU_ASSERT_EQUAL_FATAL(qt_mlp_backward(models[k], NULL), 0);
+  }
+  CU_ASSERT(loss[0] == loss[1]);
+  CU_ASSERT(memcmp(qt_mlp_logits(cpu), qt_mlp_logits(dev), BATCH * CLASSES * sizeof(float)) == 0);
+  size_t bc, bd;
+  const float *fc = qt_mlp_features(cpu, &bc), *fd = qt_mlp_features(dev, &bd);
+  CU_ASSERT_FATAL(fc && fd && bc == BATCH && bd == BATCH);
+  CU_ASSERT(memcmp(fc, fd, BATCH * WIDTH * sizeof(float)) == 0);
+  expect_same_model(dev, ops, cpu, 1);
+  for (int k = 0; k < 2; k++) {
+    const qt__ops *o = k ? ops : qt__ops_cpu();
+    for (size_t i = 0; i < qt_mlp_tensor_count(models[k]); i++) {
+      qt_mlp_tensor t;
+      qt_mlp_tensor_at(models[k], i, &t);
+      CU_ASSERT_EQUAL(o->axpy(t.data, -0.05f, t.grad, t.numel, NULL), 0);
+    }
+  }
+  expect_same_model(dev, ops, cpu, 0);
+}
+
+static void test_fake_device(void) {
+  const qt__ops *fake = fake_device_ops();
+  qt_mlp_t *cpu = make_model("dev-cpu", 4, 6, 3, 3, 1, QT_MLP_ACTIVATION_GELU, 8);
+  qt_mlp_t *dev = make_model("dev-fake", 4, 6, 3, 3, 1, QT_MLP_ACTIVATION_GELU, 8);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(cpu);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dev);
+  /* Out of memory at each allocation of the move: the model stays on the
+   * CPU, as it was, and nothing is held. */
+  int failures = 0;
+  for (long k = 0; k < 20; k++) {
+    fake_device.fail_after = k;
+    int rc = qt__mlp_set_ops(dev, fake, NULL);
+    fake_device.fail_after = -1;
+    if (rc == 0) break;
+    failures++;
+    CU_ASSERT_EQUAL(rc, QT_ENOMEM);
+    CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+    expect_same_model(dev, qt__ops_cpu(), cpu, 0);
+  }
+  CU_ASSERT(failures == 10); /* the ten arrays of the passes */
+  CU_ASSERT(fake_blocks_held() > 0);
+  /* Dropout from two streams of one seed, the hook on, the first block
+   * frozen. */
+  qt_rng_t *rc_rng = NULL, *rd_rng = NULL;
+  CU_ASSERT_FATAL(qt_rng_init(&rc_rng, 3, NULL) == 0 && qt_rng_init(&rd_rng, 3, NULL) == 0);
+  qt_mlp_t *models[2] = {cpu, dev};
+  for (int k = 0; k < 2; k++) {
+    CU_ASSERT_EQUAL(qt_mlp_set_head_dropout(models[k], 0.3, k ? rd_rng : rc_rng, NULL), 0);
+    CU_ASSERT_EQUAL(qt_mlp_set_feature_hook(models[k], 1, NULL), 0);
+    qt_mlp_set_trainable_from(models[k], 2);
+  }
+  step_both(cpu, dev, fake, 0);
+  step_both(cpu, dev, fake, 1);
+  /* Saved from the device, the checkpoint has the CPU model's values. */
+  char path[256];
+  tmp_path("dev-saved.safetensors", path, sizeof path);
+  CU_ASSERT_EQUAL_FATAL(qt_mlp_save(dev, path, NULL), 0);
+  qt_mlp_t *saved = load(path, 0, 8, NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(saved);
+  expect_same_model(saved, qt__ops_cpu(), cpu, 0);
+  qt_mlp_free(saved);
+  unlink(path);
+  /* Back on the CPU, it trains on as its twin. */
+  CU_ASSERT_EQUAL(qt__mlp_set_ops(dev, qt__ops_cpu(), NULL), 0);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  step_both(cpu, dev, qt__ops_cpu(), 1);
+  /* Without a GPU, a CUDA move is QT_ENODEV and leaves the model. */
+  int count = 0;
+  CU_ASSERT_EQUAL(qt_cuda_device_count(&count, NULL), 0);
+  if (count == 0) CU_ASSERT_EQUAL(qt_mlp_to_backend(dev, QT_BACKEND_KIND_CUDA, NULL), QT_ENODEV);
+  step_both(cpu, dev, qt__ops_cpu(), 1);
+  qt_mlp_free(cpu);
+  qt_mlp_free(dev);
+  qt_rng_free(rc_rng);
+  qt_rng_free(rd_rng);
+}
+
 static const qt_test_case cases[] = {
     {"gradients: ReLU, LayerNorm, labels with smoothing", test_gradients_relu_layernorm},
     {"gradients: GELU without norm", test_gradients_gelu_plain},
@@ -1179,6 +1316,7 @@ static const qt_test_case cases[] = {
     {"feature statistics and standardized batches", test_feature_stats_and_batches},
     {"learns XOR from standardized CSV features through qt_model", test_learns_xor_through_model},
     {"the run API on a CSV file: learns, resumes, refuses image families", test_run_on_csv},
+    {"on a fake device: the CPU's numbers bit for bit, moves, save", test_fake_device},
     {NULL, NULL}};
 
 QT_TEST_MAIN("mlp", cases)

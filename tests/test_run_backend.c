@@ -1,12 +1,13 @@
 /*
  * test_run_backend.c - whole fine-tuning runs (qt_run.c) on a device,
  * checked without a GPU: on the fake device of qt_test_fake_device.h (the
- * CPU's ops on memory the host cannot touch) epochs of a ViT and of two
- * CNNs, with the optimizers, GOODFIT, L2-SP, SPD, SFA, LoRA, ROSA, clipping, layer decay, freezing,
- * linear probing, mixing, head dropout and StochNorm, give the CPU's results and weights
- * bit for bit; a checkpoint saved by a run on the device resumes on the
- * CPU and the reverse, as an uninterrupted run; what trains on the CPU
- * only (the MLP) is refused by name; a move that runs out of memory changes nothing.
+ * CPU's ops on memory the host cannot touch) epochs of a ViT, of two CNNs
+ * and of an MLP on tabular data, with the optimizers, GOODFIT, L2-SP, SPD,
+ * SFA, LoRA, ROSA, clipping, layer decay, freezing, linear probing, mixing,
+ * head dropout, BSS, DELTA, Co-Tuning and StochNorm, give the CPU's results
+ * and weights bit for bit; a checkpoint saved by a run on the device
+ * resumes on the CPU and the reverse, as an uninterrupted run; a move that
+ * runs out of memory changes nothing.
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@ static qt_run_spec vit_spec(void) {
 
 /* The pipelines compared: every part that trains on a device. */
 static int n_specs(void) {
-  return 10;
+  return 11;
 }
 
 static qt_run_spec spec_at(int k) {
@@ -91,6 +92,16 @@ static qt_run_spec spec_at(int k) {
       s.adapter_attention_only = 1;
       s.optim.sp_reg = 0.01;
       s.sfa = 1;
+      return s;
+    case 10: /* an MLP on tabular data with AdamW, L2-SP, clipping, half of it frozen, mixing,
+                dropout and BSS */
+      s = run_fixture_mlp_spec();
+      s.optim.sp_reg = 0.01;
+      s.optim.clip_grad = 0.5;
+      s.pct_to_freeze = 0.5;
+      s.mixup = 0.4;
+      s.drop = 0.2;
+      s.bss_reg = 0.01;
       return s;
     default: /* a ResNet with SGD, clipping, half of it frozen and BSS (the hook on a CNN) */
       s = run_fixture_cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
@@ -287,34 +298,24 @@ static void test_resume_across_backends(void) {
   }
 }
 
-/* The MLP (tabular data) trains on the CPU only: refused by name before
- * anything is loaded. */
-static void test_cpu_only_parts_refused(void) {
-  qt_run_spec s = vit_spec();
-  s.family = QT_MODEL_FAMILY_MLP;
-  qt_run_t *run = NULL;
-  qt_err err;
-  CU_ASSERT_EQUAL(qt__run_init_ops(&s, fake_device_ops(), &run, &err), QT_ENOTIMPL);
-  CU_ASSERT_PTR_NULL(run);
-  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "MLPs"));
-  CU_ASSERT_EQUAL(qt_run_spec_device_supported(&s, &err), QT_ENOTIMPL);
-  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
-  /* Without a device, a CUDA run is QT_ENODEV. */
+/* Without a device, a CUDA run is QT_ENODEV. */
+static void test_cuda_without_device(void) {
   int count = 0;
   CU_ASSERT_EQUAL(qt_cuda_device_count(&count, NULL), 0);
-  if (count == 0) {
-    s = vit_spec();
-    s.device = QT_BACKEND_KIND_CUDA;
-    CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_ENODEV);
-    CU_ASSERT_PTR_NULL(run);
-  }
+  if (count > 0) return;
+  qt_run_spec s = vit_spec();
+  s.device = QT_BACKEND_KIND_CUDA;
+  qt_run_t *run = NULL;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt_run_init(&s, &run, &err), QT_ENODEV);
+  CU_ASSERT_PTR_NULL(run);
 }
 
 /* Out of device memory at any allocation of the move (model, optimizer
  * state, reference weights): the run is not made, nothing is left held,
  * and the next try succeeds. */
-static void test_failed_move(void) {
-  qt_run_spec s = spec_at(0);
+static void check_failed_move(const qt_run_spec *spec) {
+  qt_run_spec s = *spec;
   char path[256];
   qt_test_temp_path("run-move.safetensors", path, sizeof path);
   qt_run_t *run = start(&s, qt__ops_cpu());
@@ -343,6 +344,12 @@ static void test_failed_move(void) {
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
 
+static void test_failed_move(void) {
+  qt_run_spec vit = spec_at(0), mlp = spec_at(10);
+  check_failed_move(&vit);
+  check_failed_move(&mlp);
+}
+
 static void test_cleanup(void) {
   run_fixture_free();
 }
@@ -352,7 +359,7 @@ static const qt_test_case cases[] = {
     {"resume_across_backends", test_resume_across_backends},
     {"amp", test_amp},
     {"pin_refused", test_pin_refused},
-    {"cpu_only_parts_refused", test_cpu_only_parts_refused},
+    {"cuda_without_device", test_cuda_without_device},
     {"failed_move", test_failed_move},
     {"cleanup", test_cleanup},
     {NULL, NULL},

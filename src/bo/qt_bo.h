@@ -603,8 +603,7 @@ typedef enum qt_search_mode {
   QT_SEARCH_MODE_OVERWRITE  /* delete run_dir's contents and start over */
 } qt_search_mode;
 
-/* Where a search's trials train. With a GPU, each trial trains on it when
- * its pipeline can (qt_run_spec_device_supported), else on the CPU; the
+/* Where a search's trials train. With a GPU, every trial trains on it; the
  * observed costs are then the GPU's seconds. */
 typedef enum qt_search_device {
   QT_SEARCH_DEVICE_AUTO = 0, /* the first GPU when one is present, else the CPU */

@@ -45,9 +45,8 @@
  * Jobs. With jobs > 1 the parent forks that many workers; worker j runs
  * the (task, run) items j, j + jobs, ... in order, each loading a task's
  * data once. The parent waits for all of them, then assembles. With cuda
- * every run trains on the GPU (one job; a configuration that cannot train
- * there, the MLP, is redrawn like one the engine refuses), and the device's
- * name goes into parts/collect.txt and the provenance.
+ * every run trains on the GPU (one job), and the device's name goes into
+ * parts/collect.txt and the provenance.
  *
  * Assembly. Every part of the requested tasks and runs is read back in
  * task order and run order; failed runs and runs without a curve are left

@@ -143,7 +143,7 @@ static int finetune_step(qt_objective_t *objective, size_t candidate, long epoch
                                       s->seed + (uint64_t)candidate, s->threads, &spec, &inner);
   if (rc < 0) return step_failed(ft, out, &inner, "configuration");
   spec.data = s->data;
-  if (s->gpu && qt_run_spec_device_supported(&spec, NULL) == 0) spec.device = QT_BACKEND_KIND_CUDA;
+  if (s->gpu) spec.device = QT_BACKEND_KIND_CUDA;
 
   /* The live run continues when it is this trial's, at the right epoch. */
   if (ft->live && (ft->live_trial != candidate || qt_run_epochs_done(ft->live) != epoch - 1))

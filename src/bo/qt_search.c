@@ -1254,7 +1254,7 @@ int qt_search_run(const qt_search_params *caller_params, qt_search_result *out, 
       rc = qt_err_set(err, QT_ENODEV, "--device cuda: %s", qt_err_message(&why));
       goto done;
     }
-    if (gpu) QT_LOG_INFO("trials train on the GPU (cuda:0) where their pipeline can");
+    if (gpu) QT_LOG_INFO("trials train on the GPU (cuda:0)");
   }
   qt__finetune_setup setup = {S.run_dir, &S.pool,      S.model_hp,   S.models,
                               &S.data,   S.max_epochs, params->seed, S.threads, gpu};

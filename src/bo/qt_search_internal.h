@@ -28,14 +28,14 @@
 
 typedef struct qt__finetune_setup {
   const char *run_dir;
-  const qt_pool *pool;                /* candidates (configurations with "model") */
-  size_t model_hp;                    /* index of "model" in the pool's space */
-  const qt_hub_model *const *models;  /* (choices of model) the hub entry of each choice */
-  const qt_data_splits *data;         /* shared by every run; must outlive the objective */
-  long schedule_epochs;               /* qt_run_spec.epochs of every trial */
-  uint64_t seed;                      /* the search's: trial t runs with seed + t */
-  int threads;                        /* qt_run_spec.threads */
-  int gpu; /* 1: a trial trains on the GPU when its pipeline can (qt_search_device) */
+  const qt_pool *pool;               /* candidates (configurations with "model") */
+  size_t model_hp;                   /* index of "model" in the pool's space */
+  const qt_hub_model *const *models; /* (choices of model) the hub entry of each choice */
+  const qt_data_splits *data;        /* shared by every run; must outlive the objective */
+  long schedule_epochs;              /* qt_run_spec.epochs of every trial */
+  uint64_t seed;                     /* the search's: trial t runs with seed + t */
+  int threads;                       /* qt_run_spec.threads */
+  int gpu;                           /* 1: trials train on the GPU (qt_search_device) */
 } qt__finetune_setup;
 
 /* What the last qt_objective_step of a fine-tuning objective saw beyond
@@ -50,8 +50,7 @@ typedef struct qt__finetune_step {
  * OK with a saved checkpoint, DIVERGED, or FAILED with the engine's message
  * (bad configuration, missing or corrupt checkpoint, out of memory, ...);
  * a negative code only when the checkpoint cannot be written (the disk). */
-int qt__finetune_objective_init(const qt__finetune_setup *setup, qt_objective_t **out,
-                                qt_err *err);
+int qt__finetune_objective_init(const qt__finetune_setup *setup, qt_objective_t **out, qt_err *err);
 const qt__finetune_step *qt__finetune_last_step(const qt_objective_t *objective);
 /* The engine's stop hook for the epochs to come (qt_run_set_stop). */
 void qt__finetune_set_stop(qt_objective_t *objective, int (*should_stop)(void *user), void *user);

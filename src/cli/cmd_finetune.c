@@ -211,7 +211,7 @@ int qt_cli_finetune(const qt_cli_args *args) {
   }
   qt_err err;
   qt_err_clear(&err);
-  /* auto: the GPU when there is one and the pipeline trains there. */
+  /* auto: the GPU when there is one. */
   qt_cli_device dev;
   int dev_status = qt_cli_device_option(args->command, device, &dev);
   if (dev_status != 0) return dev_status;
@@ -285,13 +285,8 @@ int qt_cli_finetune(const qt_cli_args *args) {
   }
   spec.data = &splits;
   spec.device = kind;
-  if (device_auto && qt_backend_kind_check(QT_BACKEND_KIND_CUDA, NULL) == 0) {
-    qt_err why;
-    if (qt_run_spec_device_supported(&spec, &why) == 0)
-      spec.device = QT_BACKEND_KIND_CUDA;
-    else
-      QT_LOG_INFO("--device auto: training on the CPU: %s", qt_err_message(&why));
-  }
+  if (device_auto && qt_backend_kind_check(QT_BACKEND_KIND_CUDA, NULL) == 0)
+    spec.device = QT_BACKEND_KIND_CUDA;
   if (spec.device == QT_BACKEND_KIND_CUDA)
     QT_LOG_INFO("training on the GPU (cuda:%d)%s", dev.index,
                 spec.amp ? ", BF16 matrix products (amp)" : ", in FP32");

@@ -244,12 +244,14 @@ static const qt_cli_command commands[] = {
      "Reads the journal, so it may run while the search goes on. CSV columns: README.md.\n",
      export_flags, 1, 1, qt_cli_export, NULL},
     {"finetune", "finetune", "fine-tune one model with one pipeline configuration",
-     "--hub FILE --model NAME --data DIR --config FILE --epochs N [--out DIR] [--seed S]",
+     "--hub FILE --model NAME --data DIR --config FILE --epochs N [--out DIR] [--device D] "
+     "[--seed S]",
      "Prints one line per epoch (train loss, validation top-1, seconds, images/s) and writes\n"
      "DIR/curve.csv (epoch,train_loss,val_loss,val_top1,seconds,images_per_s) and\n"
      "DIR/final.safetensors (all weights, timm's names). The config is a YAML mapping of\n"
      "hyperparameter values of the space (e.g. opt: adamw, lr: 0.001); the rest take the\n"
-     "space's defaults. CPU only for now. See docs/engine.md.\n",
+     "space's defaults. --device auto (the default) trains on the first GPU when one is\n"
+     "present. See docs/engine.md and docs/cuda.md.\n",
      finetune_flags, 0, 0, qt_cli_finetune, NULL},
     {"meta", "meta", "meta-datasets of learning curves: import, meta-train surrogates, collect",
      "<command> [flags]", NULL, NULL, 0, 0, NULL, meta_subcommands},

@@ -74,7 +74,7 @@ int qt_cli_fail(const qt_cli_command *command, const qt_err *err);
 /* --device of finetune and search: auto (also when not given), cpu, cuda
  * (= cuda:0) or cuda:N. */
 typedef struct qt_cli_device {
-  int is_auto; /* auto: the GPU when there is one and the pipeline trains there */
+  int is_auto; /* auto: the GPU when there is one */
   int cuda;    /* cuda or cuda:N given */
   int index;   /* N of cuda:N, else 0 */
 } qt_cli_device;

@@ -1899,7 +1899,8 @@ void qt_cnn_reinit(qt_cnn_t *cnn, qt_rng_t *rng);
 
 /*
  * A multilayer perceptron over the features of a tabular dataset, run by the
- * CPU layer ops above. qtune's own layout (qt_model_inspect's family mlp):
+ * layer ops of its backend (the CPU references above, or CUDA after
+ * qt_mlp_to_backend). qtune's own layout (qt_model_inspect's family mlp):
  * depth >= 1 blocks, then a linear head. Block i (0-based) computes
  *
  *   z = x W_i^T + b_i           blocks.i.fc.weight (out, in), blocks.i.fc.bias
@@ -1924,8 +1925,8 @@ void qt_cnn_reinit(qt_cnn_t *cnn, qt_rng_t *rng);
  * head (head.*) is qt_mlp_tensor.head and always trains.
  *
  * Memory: the model owns one parameter array (values, gradients) and its
- * activations for max_batch rows; pointers from accessors stay valid until
- * qt_mlp_free.
+ * activations for max_batch rows, in its backend's memory; pointers from
+ * accessors stay valid until qt_mlp_free or a move to another backend.
  */
 typedef struct qt_mlp qt_mlp_t;
 
@@ -2021,8 +2022,18 @@ float *qt_mlp_feature_grad(qt_mlp_t *mlp);
 size_t qt_mlp_feature_dim(const qt_mlp_t *mlp);
 
 /* Writes every tensor to path as F32, atomically, with the metadata "arch"
- * ("mlp") and "activation". */
+ * ("mlp") and "activation" (from a host copy off the CPU). */
 int qt_mlp_save(const qt_mlp_t *mlp, const char *path, qt_err *err);
+
+/* Moves the model to a backend, as qt_cnn_to_backend: parameters and
+ * gradients, with a new activation arena and every buffer of the passes in
+ * the backend's memory (qt_mlp_tensor's data and grad then point there);
+ * inputs, labels and soft targets stay host arrays (moved once per batch),
+ * the losses and logits come back to the host, head dropout draws its mask
+ * on the host and the feature hook works on every backend. QT_ENODEV
+ * without a usable device, QT_ENOMEM when its memory is short (the model
+ * stays where and as it was). */
+int qt_mlp_to_backend(qt_mlp_t *mlp, qt_backend_kind kind, qt_err *err);
 
 /* The shape of a new MLP (qt_mlp_write_init). */
 typedef struct qt_mlp_arch {
@@ -2155,8 +2166,8 @@ int qt_model_set_stoch_norm(qt_model_t *model, double p, qt_rng_t *rng, qt_err *
 /* Writes every tensor with timm's names (qt_vit_save / qt_cnn_save /
  * qt_mlp_save). */
 int qt_model_save(const qt_model_t *model, const char *path, qt_err *err);
-/* Moves the model to a backend (qt_vit_to_backend, qt_cnn_to_backend);
- * QT_ENOTIMPL for the MLP, which runs on the CPU only so far. */
+/* Moves the model to a backend (qt_vit_to_backend, qt_cnn_to_backend,
+ * qt_mlp_to_backend). */
 int qt_model_to_backend(qt_model_t *model, qt_backend_kind kind, qt_err *err);
 
 /* ------------------------------------------------------------------------- */
@@ -2662,8 +2673,7 @@ typedef struct qt_run_spec {
   /* Execution. */
   uint64_t seed; /* fixes the new head, batch order and augmentation */
   int threads;   /* preprocessing threads (results do not depend on it) */
-  qt_backend_kind device; /* where the model trains (default cpu); see
-                             qt_run_spec_device_supported */
+  qt_backend_kind device; /* where the model trains (default cpu) */
   int amp; /* 1: mixed precision on a device (QT_MATMUL_BF16 products during the run's epochs
               and evaluations, FP32 master weights); the CPU computes in FP32 regardless.
               Like device, not part of a checkpoint's fingerprint */
@@ -2681,20 +2691,11 @@ int qt_run_spec_supported(const qt_run_spec *spec, qt_err *err);
  * Reads only the checkpoint's header; its errors are returned as they are.
  * qt_run_init refuses the same. */
 int qt_run_cotuning_supported(const qt_run_spec *spec, qt_err *err);
-/* 0 when the pipeline can train on a device (spec.device cuda): a ViT or
- * convolutional family with any optimizer or GOODFIT around one, weight
- * decay, L2-SP or Selective Projection Decay, SFA, LoRA and ROSA adapters
- * (ROSA's per-epoch SVD runs on host copies),
- * clipping, layer decay, freezing, linear probing, the schedules,
- * augmentation, mixing and smoothing, head dropout, StochNorm, BSS, DELTA
- * (its frozen source model moves too) and Co-Tuning (the data are
- * prepared on the host and moved once per batch; the methods on the
- * features compute on the host). QT_ENOTIMPL naming the first part that
- * trains on the CPU only so far: the MLP (tabular data). qt_run_init and
- * qt_run_load check it for a device run. A run's checkpoint is the same
- * file on every backend: one saved on a device resumes on the CPU and the
- * reverse. */
-int qt_run_spec_device_supported(const qt_run_spec *spec, qt_err *err);
+/* Every pipeline a run can train on the CPU trains on a device too
+ * (spec.device cuda): each family, optimizer and method; ROSA's per-epoch
+ * SVD runs on host copies, and BSS, DELTA and Co-Tuning compute on host
+ * copies of the features. A run's checkpoint is the same file on every
+ * backend: one saved on a device resumes on the CPU and the reverse. */
 
 /* No checkpoint or data; family vit, image_size 0, ImageNet mean/std, 10
  * epochs, qt_optim_default_params, cosine, batch 32, pct_to_freeze 0, no

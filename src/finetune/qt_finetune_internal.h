@@ -71,13 +71,10 @@ int qt__head_hooks_set_dropout(qt__head_hooks *h, size_t cap, double rate, qt_rn
 /* Turns the hook's gradient buffer on (calloc of cap floats) or off. */
 int qt__head_hooks_set_feature_grad(qt__head_hooks *h, size_t cap, int on, const char *family,
                                     qt_err *err);
-/* One forward over n feature values: zeroes the hook's gradient, then,
- * while dropout is on, draws the mask element by element (row-major) and
- * writes out = in * mask; else copies in to out. out may equal in. */
-void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n);
-/* Only the mask of one forward over n values (the draws of
- * qt__head_hooks_forward, in its order) into drop_mask; returns
- * h->dropped. For a model on a device, which applies the mask there. */
+/* One forward's mask over n feature values: while dropout is on, draws it
+ * element by element (row-major) into drop_mask, each value 0 or
+ * 1 / (1 - rate); returns h->dropped. The model applies it on its
+ * backend (out = in * mask, and the same mask in the backward). */
 int qt__head_hooks_draw(qt__head_hooks *h, size_t n);
 void qt__head_hooks_free(qt__head_hooks *h);
 
@@ -276,6 +273,10 @@ const qt__ops *qt__model_ops(const qt_model_t *m);
 int qt__run_init_ops(const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out, qt_err *err);
 int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops,
                      qt_run_t **out, qt_err *err);
+
+/* Moves an MLP's parameters and gradients to the backend of `ops`, with a
+ * new activation arena there (see qt_mlp_to_backend). */
+int qt__mlp_set_ops(qt_mlp_t *mlp, const qt__ops *ops, qt_err *err);
 
 /* Moves a convolutional model's parameters (with the running statistics)
  * and gradients to the backend of `ops`, with a new activation arena there

@@ -44,15 +44,6 @@ int qt__head_hooks_draw(qt__head_hooks *h, size_t n) {
   return h->dropped;
 }
 
-void qt__head_hooks_forward(qt__head_hooks *h, float *out, const float *in, size_t n) {
-  if (h->dfeat) memset(h->dfeat, 0, n * sizeof *h->dfeat);
-  if (qt__head_hooks_draw(h, n)) {
-    for (size_t k = 0; k < n; k++) out[k] = in[k] * h->drop_mask[k];
-  } else if (out != in) {
-    memcpy(out, in, n * sizeof *out);
-  }
-}
-
 void qt__head_hooks_free(qt__head_hooks *h) {
   free(h->drop_mask);
   free(h->dfeat);

@@ -112,11 +112,8 @@ int qt__model_set_ops(qt_model_t *m, const qt__ops *ops, qt_err *err) {
     rc = qt__vit_set_ops(m->vit, ops, err);
   else if (m->cnn)
     rc = qt__cnn_set_ops(m->cnn, ops, err);
-  else if (ops->host_memory)
-    rc = 0; /* the MLP is always on the CPU */
   else
-    rc = qt_err_set(err, QT_ENOTIMPL, "family '%s' runs on the CPU backend only so far",
-                    qt_model_family_name(m->family));
+    rc = qt__mlp_set_ops(m->mlp, ops, err);
   if (rc == 0) m->ops = ops;
   return rc;
 }

@@ -351,13 +351,6 @@ int qt_run_spec_supported(const qt_run_spec *s, qt_err *err) {
   return 0;
 }
 
-int qt_run_spec_device_supported(const qt_run_spec *s, qt_err *err) {
-  const char *cpu_only = NULL;
-  if (qt_model_family_is_mlp(s->family)) cpu_only = "MLPs";
-  if (!cpu_only) return 0;
-  return qt_err_set(err, QT_ENOTIMPL, "run spec: %s train on the CPU only so far", cpu_only);
-}
-
 static int check_spec(const qt_run_spec *s, qt_err *err) {
   if (!s->checkpoint) return qt_err_set(err, QT_EINVAL, "run spec: no checkpoint");
   int rc = qt_run_spec_supported(s, err);
@@ -1057,9 +1050,8 @@ int qt__run_init_ops(const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out
   if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_init: out is NULL");
   *out = NULL;
   if (!spec || !ops) return qt_err_set(err, QT_EINVAL, "qt_run_init: NULL argument");
-  int rc = ops->host_memory ? 0 : qt_run_spec_device_supported(spec, err);
   qt_run_t *run = NULL;
-  if (rc == 0) rc = run_create(spec, &run, err);
+  int rc = run_create(spec, &run, err);
   if (rc == 0 && !ops->host_memory) rc = run_move(run, ops, err);
   if (rc < 0) {
     qt_run_free(run);
@@ -1945,11 +1937,9 @@ int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *o
   if (!out) return qt_err_set(err, QT_EINVAL, "qt_run_load: out is NULL");
   *out = NULL;
   if (!path || !spec || !ops) return qt_err_set(err, QT_EINVAL, "qt_run_load: NULL argument");
-  int rc = ops->host_memory ? 0 : qt_run_spec_device_supported(spec, err);
-  if (rc < 0) return rc;
   /* Validate the file before the (expensive) model load. */
   qt_safetensors_t *st = NULL;
-  rc = qt_safetensors_open(path, &st, err);
+  int rc = qt_safetensors_open(path, &st, err);
   if (rc < 0) return rc;
   const char *format = qt_safetensors_metadata_get(st, "format");
   const char *version = qt_safetensors_metadata_get(st, "version");
