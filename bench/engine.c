@@ -81,10 +81,17 @@
  * split (forward, loss, backward, AdamW) is host time: on the GPU the
  * backward's work is mostly counted under AdamW, whose end waits for it.
  *
+ * --profile: after the timed steps (whose numbers it leaves alone), the
+ * model moves to the op table of qt__ops_profile, which times every op
+ * (on the GPU each op then waits for its work, so the device's time lands
+ * on the op that queued it and nothing overlaps), and takes one step
+ * plus --steps profiled steps; printed: each op's calls and milliseconds
+ * per step and its share of the ops' time, most first.
+ *
  *   usage: engine [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]
  *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
  *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
- *                 [--tf32 | --amp bf16|bf16-fast] [--peak-tflops X]
+ *                 [--tf32 | --amp bf16|bf16-fast] [--peak-tflops X] [--profile]
  *                 [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
@@ -101,6 +108,7 @@
 #include <unistd.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 /* CPU seconds of the whole process (every thread, OpenBLAS's included). */
 static double cpu_now(void) {
@@ -143,6 +151,7 @@ typedef struct bench_options {
   qt_backend_kind device;
   qt_matmul_precision precision; /* of the matrix products (CUDA) */
   double peak_tflops;            /* the device's peak for the utilization; 0: from its name */
+  int profile;                   /* --profile: time per op after the timed steps */
 } bench_options;
 
 typedef struct bench_result {
@@ -198,8 +207,8 @@ static double device_peak_tflops(const char *name, qt_matmul_precision precision
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     if (!strstr(name, table[i].name)) continue;
     return precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST ? table[i].bf16
-           : precision == QT_MATMUL_TF32                                    ? table[i].tf32
-                                                                            : table[i].fp32;
+           : precision == QT_MATMUL_TF32                                   ? table[i].tf32
+                                                                           : table[i].fp32;
   }
   return 0.0;
 }
@@ -219,14 +228,13 @@ static double device_used_mib(void) {
 }
 
 static void usage(const char *argv0) {
-  fprintf(
-      stderr,
-      "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
-      "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
-      "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16|bf16-fast]\n"
-      "          [--peak-tflops X]\n"
-      "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
-      argv0);
+  fprintf(stderr,
+          "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
+          "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
+          "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16|bf16-fast]\n"
+          "          [--peak-tflops X] [--profile]\n"
+          "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
+          argv0);
 }
 
 static int parse_long(const char *flag, const char *text, long min, long *out) {
@@ -266,6 +274,105 @@ static int pin_images(int cuda, float *images, size_t bytes) {
   qt_err_clear(&err);
   if (qt_cuda_host_register(images, bytes, &err) == 0) return 1;
   fprintf(stderr, "engine: the images upload from pageable memory (%s)\n", qt_err_message(&err));
+  return 0;
+}
+
+/* Wall seconds of the phases of the steps timed so far. */
+typedef struct step_times {
+  double forward, loss, backward, optimizer;
+} step_times;
+
+/* One training step of a model: forward, loss, zero_grad, backward and an
+ * optimizer step, ending (on a device) with the device's work done; adds
+ * each phase's wall seconds to *t. */
+typedef int (*step_fn)(void *model, step_times *t, double *loss, qt_err *err);
+
+/* The warm-up and timed steps, and r's times from them. */
+static int timed_steps(step_fn step, void *model, const bench_options *o, bench_result *r,
+                       double *loss, qt_err *err) {
+  step_times t = {0};
+  double start = 0, cpu_start = 0;
+  for (long k = 0; k < o->warmup + o->steps; k++) {
+    if (k == o->warmup) {
+      t = (step_times){0};
+      start = wall_now();
+      cpu_start = cpu_now();
+    }
+    if (step(model, &t, loss, err) != 0) return -1;
+  }
+  double seconds = wall_now() - start;
+  r->cpu_step_s = (cpu_now() - cpu_start) / (double)o->steps;
+  r->images_per_s = (double)(o->batch * o->steps) / seconds;
+  r->step_s = seconds / (double)o->steps;
+  r->forward_s = t.forward / (double)o->steps;
+  r->loss_s = t.loss / (double)o->steps;
+  r->backward_s = t.backward / (double)o->steps;
+  r->optimizer_s = t.optimizer / (double)o->steps;
+  r->peak_rss_kib = peak_rss_kib();
+  if (o->device == QT_BACKEND_KIND_CUDA) r->device_mib = device_used_mib();
+  return 0;
+}
+
+/* The profile table over the backend's ops: on the GPU each op waits for
+ * its work. */
+static const qt__ops *profile_ops(const bench_options *o) {
+  int cuda = o->device == QT_BACKEND_KIND_CUDA;
+  return qt__ops_profile(qt__ops_for(o->device), cuda ? qt_cuda_synchronize : NULL);
+}
+
+/* --profile: `steps` more steps on the profile table (the model already
+ * moved there by the caller), then the time per op. */
+static int profiled_steps(step_fn step, void *model, const bench_options *o, double *loss,
+                          qt_err *err) {
+  step_times t = {0};
+  if (step(model, &t, loss, err) != 0) return -1; /* the moved model's first step */
+  qt__ops_profile_reset();
+  double start = wall_now();
+  for (long k = 0; k < o->steps; k++)
+    if (step(model, &t, loss, err) != 0) return -1;
+  double seconds = wall_now() - start, ops = 0.0, steps = (double)o->steps;
+  qt__op_time times[64];
+  size_t n = qt__ops_profile_read(times, 64);
+  for (size_t i = 0; i < n; i++) ops += times[i].seconds;
+  printf(
+      "\nqtune per op (--profile: %ld more steps, %.4f s each with every op waiting for its "
+      "work; the ops %.1f%% of that)\n",
+      o->steps, seconds / steps, 100.0 * ops / seconds);
+  printf("%-24s %10s %10s %7s\n", "op", "calls/step", "ms/step", "share");
+  for (size_t i = 0; i < n; i++)
+    printf("%-24s %10.1f %10.3f %6.1f%%\n", times[i].name, (double)times[i].calls / steps,
+           1e3 * times[i].seconds / steps, 100.0 * times[i].seconds / ops);
+  return 0;
+}
+
+typedef struct vit_model {
+  qt_vit_t *vit;
+  const float *images;
+  const int *labels;
+  size_t batch;
+  qt_adamw_params hp;
+  int cuda;
+} vit_model;
+
+static int vit_step(void *model, step_times *t, double *loss, qt_err *err) {
+  vit_model *v = model;
+  double t0 = wall_now();
+  if (qt_vit_forward(v->vit, v->images, v->batch, err) != 0) return -1;
+  double t1 = wall_now();
+  if (qt_vit_loss(v->vit, v->labels, NULL, 0.0, loss, err) != 0) return -1;
+  qt_vit_zero_grad(v->vit);
+  double t2 = wall_now();
+  if (qt_vit_backward(v->vit, err) != 0) return -1;
+  double t3 = wall_now();
+  if (qt_vit_adamw_step(v->vit, &v->hp, err) != 0) return -1;
+  /* The forward and the loss wait for the device (they copy the logits
+   * and losses back); the backward and the step are queued: wait here. */
+  if (v->cuda && qt_cuda_synchronize(err) != 0) return -1;
+  double t4 = wall_now();
+  t->forward += t1 - t0;
+  t->loss += t2 - t1;
+  t->backward += t3 - t2;
+  t->optimizer += t4 - t3;
   return 0;
 }
 
@@ -309,45 +416,14 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   for (long i = 0; i < o->batch; i++)
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
   pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
-  qt_adamw_params hp = qt_adamw_default_params();
-  double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
-  double start = 0, cpu_start = 0;
-  for (long step = 0; step < o->warmup + o->steps; step++) {
-    if (step == o->warmup) {
-      t_forward = t_loss = t_backward = t_optimizer = 0;
-      start = wall_now();
-      cpu_start = cpu_now();
-    }
-    double t0 = wall_now();
-    if (qt_vit_forward(vit, images, (size_t)o->batch, &err) != 0) goto fail;
-    double t1 = wall_now();
-    if (qt_vit_loss(vit, labels, NULL, 0.0, &loss, &err) != 0) goto fail;
-    qt_vit_zero_grad(vit);
-    double t2 = wall_now();
-    if (qt_vit_backward(vit, &err) != 0) goto fail;
-    double t3 = wall_now();
-    if (qt_vit_adamw_step(vit, &hp, &err) != 0) goto fail;
-    /* The forward and the loss wait for the device (they copy the logits
-     * and losses back); the backward and the step are queued: wait here. */
-    if (cuda && qt_cuda_synchronize(&err) != 0) goto fail;
-    double t4 = wall_now();
-    t_forward += t1 - t0;
-    t_loss += t2 - t1;
-    t_backward += t3 - t2;
-    t_optimizer += t4 - t3;
-  }
-  double seconds = wall_now() - start;
-  r->cpu_step_s = (cpu_now() - cpu_start) / (double)o->steps;
-  r->images_per_s = (double)(o->batch * o->steps) / seconds;
-  r->step_s = seconds / (double)o->steps;
-  r->forward_s = t_forward / (double)o->steps;
-  r->loss_s = t_loss / (double)o->steps;
-  r->backward_s = t_backward / (double)o->steps;
-  r->optimizer_s = t_optimizer / (double)o->steps;
-  r->peak_rss_kib = peak_rss_kib();
-  if (cuda) r->device_mib = device_used_mib();
+  vit_model model = {vit, images, labels, (size_t)o->batch, qt_adamw_default_params(), cuda};
+  double loss = 0;
+  if (timed_steps(vit_step, &model, o, r, &loss, &err) != 0) goto fail;
   printf("qtune: %zu parameters, activation arena %.1f MiB, last loss %.4f\n",
          qt_vit_parameter_count(vit), (double)qt_vit_activation_bytes(vit) / 1048576.0, loss);
+  if (o->profile && (qt__vit_set_ops(vit, profile_ops(o), &err) != 0 ||
+                     profiled_steps(vit_step, &model, o, &loss, &err) != 0))
+    goto fail;
   status = 0;
   goto done;
 fail:
@@ -361,17 +437,61 @@ done:
   return status;
 }
 
+typedef struct cnn_model {
+  qt_cnn_t *cnn;
+  const float *images;
+  const int *labels;
+  size_t batch;
+  qt_optim_params hp;
+  const qt__ops *ops; /* the model's table: the optimizer step runs on it */
+  float *state;       /* (2 * trainable parameters) AdamW moments, on the model's backend */
+  long step;          /* AdamW steps taken */
+  int cuda;
+} cnn_model;
+
+static int cnn_step(void *model, step_times *t, double *loss, qt_err *err) {
+  cnn_model *c = model;
+  double t0 = wall_now();
+  if (qt_cnn_forward(c->cnn, c->images, c->batch, QT_BATCHNORM_MODE_TRAIN, err) != 0) return -1;
+  double t1 = wall_now();
+  if (qt_cnn_loss(c->cnn, c->labels, NULL, 0.0, loss, err) != 0) return -1;
+  qt_cnn_zero_grad(c->cnn);
+  double t2 = wall_now();
+  if (qt_cnn_backward(c->cnn, err) != 0) return -1;
+  double t3 = wall_now();
+  c->step++;
+  float *moments = c->state;
+  for (size_t i = 0; i < qt_cnn_tensor_count(c->cnn); i++) {
+    qt_cnn_tensor p;
+    qt_cnn_tensor_at(c->cnn, i, &p);
+    if (!p.trainable) continue;
+    if (c->ops->optim_step(&c->hp, c->hp.lr, p.decay, c->step, p.data, p.grad, moments,
+                           moments + p.numel, p.numel, err) != 0)
+      return -1;
+    moments += 2 * p.numel;
+  }
+  if (c->cuda && qt_cuda_synchronize(err) != 0) return -1;
+  double t4 = wall_now();
+  t->forward += t1 - t0;
+  t->loss += t2 - t1;
+  t->backward += t3 - t2;
+  t->optimizer += t4 - t3;
+  return 0;
+}
+
 /* The same for a CNN of qt_cnn_arch.c: written to a temporary file, loaded,
  * then forward (TRAIN), loss, zero_grad, backward and an AdamW step of
- * every trainable tensor per step. */
+ * every trainable tensor (the backend's optim_step) per step. */
 static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   qt_err err;
   qt_err_clear(&err);
   qt_rng_t *rng = NULL;
   qt_cnn_t *cnn = NULL;
-  float *images = NULL, *state = NULL; /* state: (2 * params) AdamW moments */
+  float *images = NULL;
   int *labels = NULL;
   int status = 1, pinned = 0;
+  const qt__ops *ops = qt__ops_for(o->device);
+  cnn_model model = {.ops = ops, .hp = qt_optim_default_params()}; /* AdamW, wd 0.01 */
   char dir[] = "/tmp/qtune-engine-XXXXXX", path[64] = "";
   r->base_rss_kib = current_rss_kib();
   if (!mkdtemp(dir)) {
@@ -398,32 +518,21 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
     fprintf(stderr, "engine: %s\n", qt_err_message(&err));
     goto done;
   }
-  size_t n_tensors = qt_cnn_tensor_count(cnn), params = 0;
-  for (size_t i = 0; i < n_tensors; i++) {
+  size_t params = 0;
+  for (size_t i = 0; i < qt_cnn_tensor_count(cnn); i++) {
     qt_cnn_tensor t;
     qt_cnn_tensor_at(cnn, i, &t);
     if (t.trainable) params += t.numel;
   }
+  /* The moments live where the model does. */
+  size_t state_bytes = 2 * params * sizeof(float);
+  if (ops->alloc((void **)&model.state, state_bytes, &err) != 0 ||
+      ops->zero(model.state, state_bytes, &err) != 0)
+    goto fail;
   size_t pixels = 3 * (size_t)o->image_size * (size_t)o->image_size;
   images = malloc((size_t)o->batch * pixels * sizeof *images);
   labels = malloc((size_t)o->batch * sizeof *labels);
-  /* The moments live where the model does. */
-  if (cuda) {
-    void *device_state = NULL;
-    if (qt_cuda_malloc(&device_state, 2 * params * sizeof *state, &err) != 0) goto fail;
-    state = device_state;
-    float *zeros = calloc(2 * params, sizeof *zeros);
-    if (!zeros) {
-      qt_err_set(&err, QT_ENOMEM, "out of memory for the moments");
-      goto fail;
-    }
-    rc = qt_cuda_copy_to_device(state, zeros, 2 * params * sizeof *zeros, &err);
-    free(zeros);
-    if (rc != 0) goto fail;
-  } else {
-    state = calloc(2 * params, sizeof *state);
-  }
-  if (!images || !labels || !state) {
+  if (!images || !labels) {
     fprintf(stderr, "engine: out of memory for the batch\n");
     goto done;
   }
@@ -432,57 +541,20 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   for (long i = 0; i < o->batch; i++)
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
   pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
-  qt_optim_params hp = qt_optim_default_params(); /* AdamW, PyTorch's defaults, wd 0.01 */
-  double t_forward = 0, t_loss = 0, t_backward = 0, t_optimizer = 0, loss = 0;
-  double start = 0, cpu_start = 0;
-  for (long step = 0; step < o->warmup + o->steps; step++) {
-    if (step == o->warmup) {
-      t_forward = t_loss = t_backward = t_optimizer = 0;
-      start = wall_now();
-      cpu_start = cpu_now();
-    }
-    double t0 = wall_now();
-    if (qt_cnn_forward(cnn, images, (size_t)o->batch, QT_BATCHNORM_MODE_TRAIN, &err) != 0)
-      goto fail;
-    double t1 = wall_now();
-    if (qt_cnn_loss(cnn, labels, NULL, 0.0, &loss, &err) != 0) goto fail;
-    qt_cnn_zero_grad(cnn);
-    double t2 = wall_now();
-    if (qt_cnn_backward(cnn, &err) != 0) goto fail;
-    double t3 = wall_now();
-    float *moments = state;
-    for (size_t i = 0; i < n_tensors; i++) {
-      qt_cnn_tensor t;
-      qt_cnn_tensor_at(cnn, i, &t);
-      if (!t.trainable) continue;
-      if (cuda) {
-        if (qt_cuda_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
-                                      moments + t.numel, t.numel, &err) != 0)
-          goto fail;
-      } else {
-        qt_optim_tensor_step(&hp, hp.lr, t.decay, step + 1, t.data, t.grad, moments,
-                             moments + t.numel, t.numel);
-      }
-      moments += 2 * t.numel;
-    }
-    if (cuda && qt_cuda_synchronize(&err) != 0) goto fail;
-    double t4 = wall_now();
-    t_forward += t1 - t0;
-    t_loss += t2 - t1;
-    t_backward += t3 - t2;
-    t_optimizer += t4 - t3;
-  }
-  double seconds = wall_now() - start;
-  r->cpu_step_s = (cpu_now() - cpu_start) / (double)o->steps;
-  r->images_per_s = (double)(o->batch * o->steps) / seconds;
-  r->step_s = seconds / (double)o->steps;
-  r->forward_s = t_forward / (double)o->steps;
-  r->loss_s = t_loss / (double)o->steps;
-  r->backward_s = t_backward / (double)o->steps;
-  r->optimizer_s = t_optimizer / (double)o->steps;
-  r->peak_rss_kib = peak_rss_kib();
-  if (cuda) r->device_mib = device_used_mib();
+  model.cnn = cnn;
+  model.images = images;
+  model.labels = labels;
+  model.batch = (size_t)o->batch;
+  model.cuda = cuda;
+  double loss = 0;
+  if (timed_steps(cnn_step, &model, o, r, &loss, &err) != 0) goto fail;
   printf("qtune: %zu parameters, last loss %.4f\n", params, loss);
+  if (o->profile) {
+    model.ops = profile_ops(o);
+    if (qt__cnn_set_ops(cnn, model.ops, &err) != 0 ||
+        profiled_steps(cnn_step, &model, o, &loss, &err) != 0)
+      goto fail;
+  }
   status = 0;
   goto done;
 fail:
@@ -491,10 +563,7 @@ done:
   if (pinned) qt_cuda_host_unregister(images);
   free(images);
   free(labels);
-  if (o->device == QT_BACKEND_KIND_CUDA)
-    qt_cuda_free(state);
-  else
-    free(state);
+  ops->release(model.state);
   qt_cnn_free(cnn);
   qt_rng_free(rng);
   return status;
@@ -522,8 +591,8 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
            o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
            o->image_size, qt_backend_kind_name(o->device),
            o->precision == QT_MATMUL_BF16 || o->precision == QT_MATMUL_BF16_FAST ? " --amp bf16"
-           : o->precision == QT_MATMUL_TF32                                       ? " --tf32"
-                                                                                  : "");
+           : o->precision == QT_MATMUL_TF32                                      ? " --tf32"
+                                                                                 : "");
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -561,8 +630,8 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
 
 int main(int argc, char **argv) {
   bench_options o = {
-      "vit_tiny",     32, 0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0, QT_BACKEND_KIND_CPU,
-      QT_MATMUL_FP32, 0.0};
+      "vit_tiny",     32,  0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0, QT_BACKEND_KIND_CPU,
+      QT_MATMUL_FP32, 0.0, 0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -572,6 +641,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(flag, "--tf32")) {
       o.precision = QT_MATMUL_TF32;
+      continue;
+    }
+    if (!strcmp(flag, "--profile")) {
+      o.profile = 1;
       continue;
     }
     if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {

@@ -298,6 +298,52 @@ static void test_resume_across_backends(void) {
   }
 }
 
+/* The op profile (qt__ops_profile) over the fake device: the run's numbers
+ * stay the CPU's, every timed op is counted and waited for once, and the
+ * ops of a ViT's epoch are there, most time first. */
+static long syncs;
+static int count_sync(qt_err *err) {
+  (void)err;
+  syncs++;
+  return 0;
+}
+
+static void test_profile(void) {
+  qt_run_spec s = spec_at(0);
+  syncs = 0;
+  const qt__ops *profiled = qt__ops_profile(fake_device_ops(), count_sync);
+  CU_ASSERT_EQUAL(profiled->host_memory, 0);
+  qt_run_t *cpu = start(&s, qt__ops_cpu()), *dev = start(&s, profiled);
+  qt__ops_profile_reset();
+  syncs = 0;
+  qt_run_epoch_result rc_, rd;
+  epoch(cpu, &rc_);
+  epoch(dev, &rd);
+  expect_same_epoch(&rd, &rc_, "profiled");
+  expect_same_weights(dev, cpu, "profiled");
+  qt__op_time t[64];
+  size_t n = qt__ops_profile_read(t, 64);
+  long calls = 0;
+  int seen_linear = 0, seen_attention = 0, seen_step = 0;
+  for (size_t i = 0; i < n; i++) {
+    calls += t[i].calls;
+    CU_ASSERT(t[i].calls > 0 && t[i].seconds >= 0.0);
+    if (i > 0) CU_ASSERT(t[i].seconds <= t[i - 1].seconds);
+    seen_linear |= strcmp(t[i].name, "linear_forward") == 0;
+    seen_attention |= strcmp(t[i].name, "attention_backward") == 0;
+    seen_step |= strcmp(t[i].name, "optim_step") == 0;
+  }
+  CU_ASSERT(seen_linear && seen_attention && seen_step);
+  /* Every timed call waited once (expect_same_weights's downloads too). */
+  CU_ASSERT_EQUAL(calls, syncs);
+  CU_ASSERT_EQUAL(qt__ops_profile_read(t, 2), 2);
+  qt__ops_profile_reset();
+  CU_ASSERT_EQUAL(qt__ops_profile_read(t, 64), 0);
+  qt_run_free(cpu);
+  qt_run_free(dev);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
 /* Without a device, a CUDA run is QT_ENODEV. */
 static void test_cuda_without_device(void) {
   int count = 0;
@@ -359,6 +405,7 @@ static const qt_test_case cases[] = {
     {"resume_across_backends", test_resume_across_backends},
     {"amp", test_amp},
     {"pin_refused", test_pin_refused},
+    {"profile", test_profile},
     {"cuda_without_device", test_cuda_without_device},
     {"failed_move", test_failed_move},
     {"cleanup", test_cleanup},

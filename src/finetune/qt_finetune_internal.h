@@ -258,6 +258,26 @@ const qt__ops *qt__ops_for(qt_backend_kind kind);
 int qt__ops_move(const qt__ops *from, const qt__ops *to, void *dst, const void *src, void *staging,
                  size_t bytes, qt_err *err);
 
+/* Op profiling (qt_ops_profile.c), for benchmarks: a table that runs
+ * inner's ops and, for each op that computes or moves data, adds its calls
+ * and wall seconds to the op's entry; with sync (qt_cuda_synchronize for a
+ * device) each such op waits for its work before its time is taken, so a
+ * device's time lands on the op that queued it (and the queue no longer
+ * overlaps host work: a profiled step is slower than a plain one).
+ * Allocation, release, pinning, the scratch sizes and the precision pass
+ * through untimed. One profile per process: a new call rewires the one
+ * table and resets the times; not for concurrent use. */
+typedef struct qt__op_time {
+  const char *name; /* the op's field name in qt__ops, e.g. "linear_forward" */
+  long calls;
+  double seconds;
+} qt__op_time;
+const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err));
+void qt__ops_profile_reset(void);
+/* Up to cap entries of the ops called since the last reset, most time
+ * first; returns how many. */
+size_t qt__ops_profile_read(qt__op_time *out, size_t cap);
+
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own
  * tables). */
