@@ -4,6 +4,8 @@
  * See qt_finetune.h.
  */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "finetune/qt_finetune.h"
 
@@ -11,9 +13,25 @@ void qt_cpu_relu_forward(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
+/* a where pass is 1, else b, chosen on the bits: no branch, and no
+ * floating-point operation that GCC must keep behind one (it assumes
+ * arithmetic may trap), so the loops below vectorize (at -O3, see
+ * CMakeLists.txt). The backward passes compute every sum and keep it or
+ * the old value: the same values as adding only where the gradient
+ * passes, a -0 included. */
+static inline float pick(int pass, float a, float b) {
+  uint32_t ua, ub, mask = 0u - (uint32_t)pass;
+  memcpy(&ua, &a, sizeof ua);
+  memcpy(&ub, &b, sizeof ub);
+  ua = (ua & mask) | (ub & ~mask);
+  memcpy(&a, &ua, sizeof a);
+  return a;
+}
+
 void qt_cpu_relu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    if (inp[i] > 0.0f) dinp[i] += dout[i];
+    float d = dinp[i];
+    dinp[i] = pick(inp[i] > 0.0f, d + dout[i], d);
   }
 }
 
@@ -27,7 +45,8 @@ void qt_cpu_relu6_forward(float *out, const float *inp, size_t n) {
 void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n) {
   /* PyTorch's hardtanh_backward: the gradient passes strictly inside. */
   for (size_t i = 0; i < n; i++) {
-    if (inp[i] > 0.0f && inp[i] < 6.0f) dinp[i] += dout[i];
+    float x = inp[i], d = dinp[i];
+    dinp[i] = pick((x > 0.0f) & (x < 6.0f), d + dout[i], d);
   }
 }
 
