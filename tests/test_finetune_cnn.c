@@ -500,6 +500,31 @@ static void test_activations(void) {
   for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(d[i], 0.0f);
 }
 
+/* The ReLU and ReLU6 backward add only where the gradient passes and leave
+ * every other value as it was, to the bit (a -0 and a NaN input included),
+ * over a length that leaves a vector loop's remainder. */
+static void test_activation_backward_blocked(void) {
+  enum { N = 37 };
+  float x[N], d[N], g[N], want[N];
+  for (int kind = 0; kind < 2; kind++) {
+    for (int i = 0; i < N; i++) {
+      x[i] = 0.5f * (float)i - 6.0f; /* -6 to 12: both kinks exactly */
+      d[i] = i % 3 == 0 ? -0.0f : 0.25f * (float)i;
+      g[i] = 1.0f + (float)i;
+    }
+    x[5] = NAN;
+    for (int i = 0; i < N; i++) {
+      int pass = kind == 0 ? x[i] > 0.0f : x[i] > 0.0f && x[i] < 6.0f;
+      want[i] = pass ? d[i] + g[i] : d[i];
+    }
+    if (kind == 0)
+      qt_cpu_relu_backward(d, g, x, N);
+    else
+      qt_cpu_relu6_backward(d, g, x, N);
+    CU_ASSERT(memcmp(d, want, sizeof d) == 0);
+  }
+}
+
 typedef struct pool_ctx {
   size_t batch, c, hw;
   pair x, r;
@@ -1014,6 +1039,7 @@ static const qt_test_case cases[] = {
     {"batchnorm gradients (train, eval, frozen)", test_batchnorm_gradients},
     {"batchnorm running statistics by hand", test_batchnorm_running_stats_by_hand},
     {"activations", test_activations},
+    {"activation_backward_blocked", test_activation_backward_blocked},
     {"global average pooling", test_global_avgpool},
     {"squeeze-and-excitation", test_squeeze_excite},
     {"max pooling", test_maxpool},
