@@ -696,6 +696,23 @@ static void test_host_register(void) {
   qt_rng_free(rng);
 }
 
+/* A failed call that is not a launch (here cudaMalloc out of memory, and
+ * unregistering memory that was never registered) leaves no error for the
+ * next launch's check: after a trial runs out of device memory, the next
+ * one trains. */
+static void test_failure_not_left_behind(void) {
+  void *huge = NULL;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt_cuda_malloc(&huge, (size_t)1 << 50, &err), QT_ENOMEM);
+  CU_ASSERT_PTR_NULL(huge);
+  float h = 0.5f, *d = device_floats(&h, 1);
+  CHECK_RC(qt_cuda_gelu_forward(d, d, 1, E));
+  qt_cuda_host_unregister(&h);
+  CHECK_RC(qt_cuda_gelu_forward(d, d, 1, E));
+  CHECK_RC(qt_cuda_synchronize(E));
+  qt_cuda_free(d);
+}
+
 static const qt_test_case cases[] = {
     {"linear", test_linear},
     {"linear_tf32", test_linear_tf32},
@@ -710,6 +727,7 @@ static const qt_test_case cases[] = {
     {"cross_entropy", test_cross_entropy},
     {"arguments", test_arguments},
     {"host_register", test_host_register},
+    {"failure_not_left_behind", test_failure_not_left_behind},
     {NULL, NULL},
 };
 

@@ -22,7 +22,12 @@ extern "C" int qt__cuda_code(cudaError_t status) {
   }
 }
 
+/* The error is reported here, so it is also consumed: the runtime keeps the
+ * last failure of any call (a cudaMalloc out of memory, say) for the next
+ * cudaGetLastError, which would otherwise fail the next kernel launch's
+ * check with it. A sticky error (a corrupted context) stays all the same. */
 extern "C" int qt__cuda_error(qt_err *err, cudaError_t status, const char *what) {
+  (void)cudaGetLastError();
   return qt_err_set(err, qt__cuda_code(status), "%s: %s (%s)", what, cudaGetErrorString(status),
                     cudaGetErrorName(status));
 }

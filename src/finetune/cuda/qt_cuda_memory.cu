@@ -76,8 +76,10 @@ extern "C" int qt_cuda_malloc(void **ptr, size_t bytes, qt_err *err) {
   return 0;
 }
 
+/* Failures of the two below are dropped (a caller freeing cannot act on
+ * them), and cleared so that no later launch check reports them. */
 extern "C" void qt_cuda_free(void *ptr) {
-  if (ptr) cudaFree(ptr);
+  if (ptr && cudaFree(ptr) != cudaSuccess) (void)cudaGetLastError();
 }
 
 extern "C" int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err) {
@@ -131,7 +133,6 @@ extern "C" int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err) {
   if (!ptr) return qt_err_set(err, QT_EINVAL, "qt_cuda_host_register: NULL pointer");
   cudaError_t status = cudaHostRegister(ptr, bytes, cudaHostRegisterDefault);
   if (status != cudaSuccess) {
-    cudaGetLastError(); /* a failed registration is not sticky: clear it */
     char what[96];
     snprintf(what, sizeof what, "qt_cuda_host_register: page-locking %zu bytes", bytes);
     return qt__cuda_error(err, status, what);
@@ -140,7 +141,7 @@ extern "C" int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err) {
 }
 
 extern "C" void qt_cuda_host_unregister(void *ptr) {
-  if (ptr) cudaHostUnregister(ptr);
+  if (ptr && cudaHostUnregister(ptr) != cudaSuccess) (void)cudaGetLastError();
 }
 
 extern "C" int qt_cuda_synchronize(qt_err *err) {
