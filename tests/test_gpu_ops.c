@@ -114,6 +114,10 @@ static void test_linear(void) {
   linear_case(33, 768, 1000, 1, 15); /* a ViT-B head */
   linear_case(5, 0, 7, 1, 16);       /* no input features: out = bias */
   linear_case(5, 0, 7, 0, 17);       /* ... or 0 */
+  /* The bias gradient's column sums: rows in 12 chunks (the last shorter),
+   * and more column tiles than one grid takes chunks for. */
+  linear_case(3000, 16, 40, 1, 18);
+  linear_case(300, 2, 33000, 1, 19);
 }
 
 /* FP32 is the default; TF32 can be switched on and back off, and with it on
@@ -286,6 +290,7 @@ static void test_layernorm(void) {
   layernorm_case(394, 192, 1, 34);
   layernorm_case(3, 1000, 1, 35); /* more features than threads per block */
   layernorm_case(2, 768, 1, 36);
+  layernorm_case(3000, 40, 1, 37); /* the parameter gradients' rows in 12 chunks */
 }
 
 /* ------------------------------------------------------------------------- */
@@ -462,6 +467,7 @@ static void test_residual(void) {
   residual_case(37, 45, 1, 62);
   residual_case(37, 45, 0, 63);
   residual_case(394, 192, 1, 64);
+  residual_case(3000, 40, 1, 65); /* the layer scale gradient's rows in 12 chunks */
 }
 
 /* ------------------------------------------------------------------------- */

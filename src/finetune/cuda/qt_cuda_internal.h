@@ -62,6 +62,26 @@ int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size
                               size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
                               long long stride_c, size_t batch, const char *who, qt_err *err);
 
+/* Column sums in double over the n rows of (n, c) float arrays, each
+ * column's total rounded to float and added to dst0[col] (and dst1[col]),
+ * queued on the default stream (qt_cuda_colsum.cu). Kinds:
+ *   QT__COLSUM_PLAIN      dst0 += sum of a (a bias gradient, a = dout)
+ *   QT__COLSUM_PRODUCT    dst0 += sum of (double) a * b (a layer scale's)
+ *   QT__COLSUM_LAYERNORM  dst0 += sum of (double) (dy * xhat) and dst1 +=
+ *                         sum of dy, with a = dy, b the layer norm's input,
+ *                         xhat = (b - mean[row]) * rstd[row] in float (its
+ *                         weight and bias gradients)
+ * A NULL dst is skipped. The order of the additions depends only on (n,
+ * c): the rows are split into ceil(n / 256) chunks (fewer when the columns
+ * alone need many blocks), summed per chunk and then over the chunks in
+ * order. */
+#define QT__COLSUM_PLAIN 0
+#define QT__COLSUM_PRODUCT 1
+#define QT__COLSUM_LAYERNORM 2
+int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, const float *b,
+                         const float *mean, const float *rstd, size_t n, size_t c, const char *who,
+                         qt_err *err);
+
 } /* extern "C" */
 
 /* ------------------------------------------------------------------------- */

@@ -75,40 +75,6 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* dweight (c) += column sums of dy * xhat, dbias (c) += column sums of dy,
- * in double: blocks of (32, 8) threads own 32 columns and stride over the
- * rows, reduced in shared memory. */
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    layernorm_backward_params_kernel(float *__restrict__ dweight, float *__restrict__ dbias,
-                                     const float *__restrict__ dout, const float *__restrict__ inp,
-                                     const float *__restrict__ mean, const float *__restrict__ rstd,
-                                     size_t n, size_t c) {
-  __shared__ double partial_w[8][33];
-  __shared__ double partial_b[8][33];
-  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
-  double sum_w = 0.0, sum_b = 0.0;
-  if (col < c) {
-    for (size_t i = threadIdx.y; i < n; i += 8) {
-      float dy = dout[i * c + col];
-      float xhat = __fmul_rn(inp[i * c + col] - mean[i], rstd[i]);
-      sum_w += (double)__fmul_rn(dy, xhat);
-      sum_b += dy;
-    }
-  }
-  partial_w[threadIdx.y][threadIdx.x] = sum_w;
-  partial_b[threadIdx.y][threadIdx.x] = sum_b;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < c) {
-    double total_w = 0.0, total_b = 0.0;
-    for (int r = 0; r < 8; r++) {
-      total_w += partial_w[r][threadIdx.x];
-      total_b += partial_b[r][threadIdx.x];
-    }
-    if (dweight) dweight[col] += (float)total_w;
-    if (dbias) dbias[col] += (float)total_b;
-  }
-}
-
 extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                          const float *weight, const float *bias, size_t n, size_t c,
                                          float eps, qt_err *err) {
@@ -137,12 +103,7 @@ extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *db
     int rc = qt__cuda_check_launch(err, who, "the layer norm input gradient");
     if (rc < 0) return rc;
   }
-  if (dweight || dbias) {
-    dim3 block(32, 8);
-    unsigned blocks = (unsigned)((c + 31) / 32);
-    layernorm_backward_params_kernel<<<blocks, block>>>(dweight, dbias, dout, inp, mean, rstd, n,
-                                                        c);
-    return qt__cuda_check_launch(err, who, "the layer norm parameter gradients");
-  }
-  return 0;
+  /* dweight (c) += column sums of dy * xhat, dbias (c) += those of dy. */
+  return qt__cuda_column_sums(QT__COLSUM_LAYERNORM, dweight, dbias, dout, inp, mean, rstd, n, c,
+                              who, err);
 }

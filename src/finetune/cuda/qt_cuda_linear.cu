@@ -1,8 +1,8 @@
 /*
  * qt_cuda_linear.cu - the linear layer on a CUDA device, the twin of
  * cpu/qt_cpu_linear.c: matrix products by cuBLAS (in the precision of
- * qt_cuda_set_matmul_precision), the bias broadcast and the bias gradient by
- * kernels. See qt_finetune.h.
+ * qt_cuda_set_matmul_precision), the bias broadcast by a kernel and the bias
+ * gradient by qt__cuda_column_sums. See qt_finetune.h.
  */
 #include <limits.h>
 
@@ -18,27 +18,6 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   size_t total = n * out_c, stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     out[i] = bias[i % out_c];
-  }
-}
-
-/* Column sums of dout (n, out_c) in double, added to dbias (out_c) once:
- * blocks of (32, 8) threads own 32 columns; the 8 rows of threads stride
- * over the rows and are reduced in shared memory. */
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    bias_grad_kernel(float *__restrict__ dbias, const float *__restrict__ dout, size_t n,
-                     size_t out_c) {
-  __shared__ double partial[8][33];
-  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
-  double sum = 0.0;
-  if (col < out_c) {
-    for (size_t i = threadIdx.y; i < n; i += 8) sum += dout[i * out_c + col];
-  }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < out_c) {
-    double total = 0.0;
-    for (int r = 0; r < 8; r++) total += partial[r][threadIdx.x];
-    dbias[col] += (float)total;
   }
 }
 
@@ -97,11 +76,8 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
                        in_c, 0, 1, who, err);
     if (rc < 0) return rc;
   }
-  if (dbias) {
-    dim3 block(32, 8);
-    unsigned blocks = (unsigned)((out_c + 31) / 32);
-    bias_grad_kernel<<<blocks, block>>>(dbias, dout, n, out_c);
-    rc = qt__cuda_check_launch(err, who, "the bias gradient");
-  }
+  if (dbias)
+    rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dbias, NULL, dout, NULL, NULL, NULL, n, out_c, who,
+                              err);
   return rc;
 }

@@ -31,28 +31,6 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* dgamma (c) += column sums of dout * branch in double; blocks of (32, 8)
- * threads own 32 columns. */
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    residual_gamma_grad_kernel(float *__restrict__ dgamma, const float *__restrict__ dout,
-                               const float *__restrict__ branch, size_t n, size_t c) {
-  __shared__ double partial[8][33];
-  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
-  double sum = 0.0;
-  if (col < c) {
-    for (size_t i = threadIdx.y; i < n; i += 8) {
-      sum += (double)dout[i * c + col] * branch[i * c + col];
-    }
-  }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < c) {
-    double total = 0.0;
-    for (int r = 0; r < 8; r++) total += partial[r][threadIdx.x];
-    dgamma[col] += (float)total;
-  }
-}
-
 extern "C" int qt_cuda_residual_forward(float *out, const float *res, const float *branch,
                                         const float *gamma, size_t n, size_t c, qt_err *err) {
   if (n == 0 || c == 0) return 0;
@@ -76,10 +54,7 @@ extern "C" int qt_cuda_residual_backward(float *dres, float *dbranch, float *dga
     int rc = qt__cuda_check_launch(err, who, "the residual backward kernel");
     if (rc < 0) return rc;
   }
-  if (dgamma) {
-    dim3 block(32, 8);
-    residual_gamma_grad_kernel<<<(unsigned)((c + 31) / 32), block>>>(dgamma, dout, branch, n, c);
-    return qt__cuda_check_launch(err, who, "the layer scale gradient");
-  }
-  return 0;
+  /* dgamma (c) += column sums of dout * branch in double. */
+  return qt__cuda_column_sums(QT__COLSUM_PRODUCT, dgamma, NULL, dout, branch, NULL, NULL, n, c, who,
+                              err);
 }

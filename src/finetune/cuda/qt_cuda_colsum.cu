@@ -1,0 +1,178 @@
+/*
+ * qt_cuda_colsum.cu - column sums in double over the rows of (n, c) arrays
+ * for the gradients of per-feature parameters: a linear layer's bias, a
+ * layer norm's weight and bias, a layer scale. See qt__cuda_column_sums in
+ * qt_cuda_internal.h.
+ *
+ * The rows are split into chunks as well as the columns into tiles of 32,
+ * so that a ViT's (12608, 768) gradient keeps the whole device busy: a grid
+ * of column tiles alone would be 24 blocks of 8 warps, each walking all
+ * 12608 rows, on a device of 132 multiprocessors. Each block sums its
+ * chunk's rows of its 32 columns (its 8 rows of threads taking every 8th
+ * row, then adding their 8 partial sums in order) and writes one partial sum
+ * per column and output; a second kernel adds a column's partial sums in
+ * chunk order and adds the total, rounded to float, to the gradient. The
+ * split depends only on (n, c), so the result is the same from run to run.
+ * A single chunk (n of at most COLSUM_ROWS, or more than
+ * COLSUM_MAX_BLOCKS / 2 column tiles) adds its sums directly.
+ */
+#include <limits.h>
+#include <pthread.h>
+
+#include <cuda_runtime.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+
+/* The most blocks a call splits rows for (a few per multiprocessor of a
+ * large device), which bounds the partial sums to COLSUM_MAX_BLOCKS * 32 per
+ * output, and the rows per chunk it aims at: ceil(n / COLSUM_ROWS) chunks
+ * of equal size (the last shorter), as many as fit. */
+#define COLSUM_MAX_BLOCKS 1024
+#define COLSUM_ROWS 256
+
+/* The term of row i, column col, for output 0 (and 1). */
+template <int kind>
+static __device__ __forceinline__ void colsum_terms(const float *__restrict__ a,
+                                                    const float *__restrict__ b,
+                                                    const float *__restrict__ mean,
+                                                    const float *__restrict__ rstd, size_t i,
+                                                    size_t c, size_t col, double *t0, double *t1) {
+  float x = a[i * c + col];
+  if (kind == QT__COLSUM_PLAIN) {
+    *t0 = x;
+  } else if (kind == QT__COLSUM_PRODUCT) {
+    *t0 = (double)x * b[i * c + col];
+  } else { /* QT__COLSUM_LAYERNORM: x is dy, b the layer norm's input */
+    float xhat = __fmul_rn(b[i * c + col] - mean[i], rstd[i]);
+    *t0 = (double)__fmul_rn(x, xhat);
+    *t1 = x;
+  }
+}
+
+/* Grid (column tiles, chunks), blocks of (32, 8). With one chunk the sums
+ * go to dst0 / dst1 directly; else to partial[(o * chunks + chunk) * c +
+ * col] for output o. */
+template <int kind>
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    colsum_kernel(float *__restrict__ dst0, float *__restrict__ dst1, double *__restrict__ partial,
+                  const float *__restrict__ a, const float *__restrict__ b,
+                  const float *__restrict__ mean, const float *__restrict__ rstd, size_t n,
+                  size_t c, size_t rows_per_chunk) {
+  __shared__ double shared0[8][33];
+  __shared__ double shared1[8][33];
+  size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
+  size_t first = (size_t)blockIdx.y * rows_per_chunk;
+  size_t end = first + rows_per_chunk < n ? first + rows_per_chunk : n;
+  double sum0 = 0.0, sum1 = 0.0;
+  if (col < c) {
+    for (size_t i = first + threadIdx.y; i < end; i += 8) {
+      double t0 = 0.0, t1 = 0.0;
+      colsum_terms<kind>(a, b, mean, rstd, i, c, col, &t0, &t1);
+      sum0 += t0;
+      sum1 += t1;
+    }
+  }
+  shared0[threadIdx.y][threadIdx.x] = sum0;
+  shared1[threadIdx.y][threadIdx.x] = sum1;
+  __syncthreads();
+  if (threadIdx.y != 0 || col >= c) return;
+  double total0 = 0.0, total1 = 0.0;
+  for (int r = 0; r < 8; r++) {
+    total0 += shared0[r][threadIdx.x];
+    total1 += shared1[r][threadIdx.x];
+  }
+  if (gridDim.y == 1) {
+    if (dst0) dst0[col] += (float)total0;
+    if (dst1) dst1[col] += (float)total1;
+    return;
+  }
+  partial[(size_t)blockIdx.y * c + col] = total0;
+  partial[((size_t)gridDim.y + blockIdx.y) * c + col] = total1;
+}
+
+/* dst_o[col] += the sum over chunks, in order, of output o's partials. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    colsum_add_kernel(float *__restrict__ dst0, float *__restrict__ dst1,
+                      const double *__restrict__ partial, size_t chunks, size_t c) {
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x; col < c; col += stride) {
+    double total0 = 0.0, total1 = 0.0;
+    for (size_t r = 0; r < chunks; r++) {
+      total0 += partial[r * c + col];
+      total1 += partial[(chunks + r) * c + col];
+    }
+    if (dst0) dst0[col] += (float)total0;
+    if (dst1) dst1[col] += (float)total1;
+  }
+}
+
+/* The partial sums (2 * COLSUM_MAX_BLOCKS * 32 doubles, 512 KiB, per
+ * device), allocated on first use and kept; work on the default stream is
+ * ordered, and the lock keeps host threads from interleaving their
+ * launches. */
+#define COLSUM_MAX_DEVICES 64
+static pthread_mutex_t colsum_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *colsum_partials[COLSUM_MAX_DEVICES];
+
+template <int kind>
+static int column_sums(float *dst0, float *dst1, const float *a, const float *b, const float *mean,
+                       const float *rstd, size_t n, size_t c, const char *who, qt_err *err) {
+  size_t tiles = (c + 31) / 32;
+  size_t chunks = (n + COLSUM_ROWS - 1) / COLSUM_ROWS;
+  size_t most = COLSUM_MAX_BLOCKS / tiles; /* 0 when the tiles alone fill the grid */
+  if (chunks > most) chunks = most;
+  if (chunks < 1) chunks = 1;
+  size_t rows_per_chunk = (n + chunks - 1) / chunks;
+  chunks = (n + rows_per_chunk - 1) / rows_per_chunk; /* none empty */
+  dim3 block(32, 8), grid((unsigned)tiles, (unsigned)chunks);
+  if (chunks == 1) {
+    colsum_kernel<kind><<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, n, c, rows_per_chunk);
+    return qt__cuda_check_launch(err, who, "the column sums");
+  }
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  if (device < 0 || device >= COLSUM_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
+                      COLSUM_MAX_DEVICES);
+  int rc = 0;
+  pthread_mutex_lock(&colsum_lock);
+  double *partial = colsum_partials[device];
+  if (!partial) {
+    status = cudaMalloc((void **)&partial, 2 * (size_t)COLSUM_MAX_BLOCKS * 32 * sizeof *partial);
+    if (status == cudaSuccess)
+      colsum_partials[device] = partial;
+    else
+      rc = qt__cuda_error(err, status, who);
+  }
+  if (rc == 0) {
+    colsum_kernel<kind>
+        <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, n, c, rows_per_chunk);
+    rc = qt__cuda_check_launch(err, who, "the column sums");
+  }
+  if (rc == 0) {
+    colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
+    rc = qt__cuda_check_launch(err, who, "the column sums' total");
+  }
+  pthread_mutex_unlock(&colsum_lock);
+  return rc;
+}
+
+extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a,
+                                    const float *b, const float *mean, const float *rstd, size_t n,
+                                    size_t c, const char *who, qt_err *err) {
+  if (n == 0 || c == 0 || (!dst0 && !dst1)) return 0;
+  if ((c + 31) / 32 > INT_MAX)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
+  switch (kind) {
+    case QT__COLSUM_PLAIN:
+      return column_sums<QT__COLSUM_PLAIN>(dst0, NULL, a, NULL, NULL, NULL, n, c, who, err);
+    case QT__COLSUM_PRODUCT:
+      return column_sums<QT__COLSUM_PRODUCT>(dst0, NULL, a, b, NULL, NULL, n, c, who, err);
+    case QT__COLSUM_LAYERNORM:
+      return column_sums<QT__COLSUM_LAYERNORM>(dst0, dst1, a, b, mean, rstd, n, c, who, err);
+    default:
+      return qt_err_set(err, QT_EINVAL, "%s: unknown column sum %d", who, kind);
+  }
+}
