@@ -340,6 +340,10 @@ static void test_batchnorm(void) {
     batchnorm_case(3, 5, 7, 0, modes[m], seed + 3);
     batchnorm_case(1, 7, 1, 1, modes[m], seed + 4); /* one value per channel */
     batchnorm_case(3, 40, 1, 1, modes[m], seed + 5);
+    /* A channel's values in 3 chunks whose bounds fall inside images, and
+     * in 10 chunks of whole images. */
+    batchnorm_case(2, 5, 4097, 1, modes[m], seed + 6);
+    batchnorm_case(40, 2, 1000, 1, modes[m], seed + 7);
   }
 }
 
@@ -431,6 +435,7 @@ static void test_stochnorm(void) {
   stochnorm_case(3, 13, 49, 251);
   stochnorm_case(1, 24, 289, 252);
   stochnorm_case(1, 7, 1, 253); /* one value per channel */
+  stochnorm_case(2, 5, 4097, 254); /* each channel's values in 3 chunks */
 }
 
 /* ------------------------------------------------------------------------- */

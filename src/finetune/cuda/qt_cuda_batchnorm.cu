@@ -2,139 +2,330 @@
  * qt_cuda_batchnorm.cu - batch norm over the channels of NCHW images on a
  * CUDA device, the twin of cpu/qt_cpu_batchnorm.c (train, eval and frozen
  * modes) and of cpu/qt_cpu_stochnorm.c (a per-channel choice between the
- * two, sharing the kernels). One block per channel: in TRAIN mode the batch statistics are
- * reduced in double in two passes (mean, then the biased variance around
- * it) and the running statistics updated with PyTorch's rule in double, as
- * on the CPU; the output, and the backward's input gradient, use the CPU's
- * float operations in its order (__fmul_rn / __fadd_rn, no FMA
- * contraction). The backward's two sums per channel are reduced in double.
- * See qt_finetune.h.
+ * two, sharing the kernels). In TRAIN mode the batch statistics are reduced
+ * in double in two passes (mean, then the biased variance around it) and
+ * the running statistics updated with PyTorch's rule in double, as on the
+ * CPU; the output, and the backward's input gradient, use the CPU's float
+ * operations in its order (__fmul_rn / __fadd_rn, no FMA contraction). The
+ * backward's two sums per channel are reduced in double. See
+ * qt_finetune.h.
  *
- * One block per channel keeps each channel's reduction in one place; with
- * few channels and large images (a stem's 32 channels of 112 x 112 pixels)
- * the grid is small, which is correctness first, not speed.
+ * A channel's values (batch runs of hw) are split into chunks of about
+ * BN_CHUNK values, so that a stem's 32 channels of 64 x 112 x 112 values
+ * keep the whole device busy instead of 32 blocks each walking 802,816
+ * values: a block sums one chunk of one channel (bn_sums_kernel), one
+ * thread per channel adds the chunks' sums in chunk order and finishes the
+ * channel (bn_channel_kernel: the batch mean, then the statistics and the
+ * running update, or the backward's affine gradients and means), and the
+ * output or input gradient is an elementwise pass. The chunking depends
+ * only on the shape, so results do not change from run to run.
  */
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* One block per channel. train: the batch statistics normalize and the
- * running ones update (TRAIN mode). select (StochNorm; NULL for batch norm):
- * the batch statistics are computed and the running ones updated for every
- * channel, and select[ch] picks which of them normalize (the running ones
- * as they were before this step's update). */
+/* Values per chunk aimed at, and the most blocks a pass splits channels
+ * into chunks for. */
+#define BN_CHUNK 4096
+#define BN_MAX_BLOCKS 2048
+
+/* What a pass sums per chunk, and what the channel kernel then does. */
+enum {
+  BN_MEAN,    /* sum of x; then stats[MEAN] = the batch mean */
+  BN_FORWARD, /* sum of (x - mean)^2; then the statistics and running update */
+  BN_BACKWARD /* sums of dy and dy * xhat; then the affine gradients and means */
+};
+
+/* Per-channel doubles of the scratch after the partial sums. */
+enum { STAT_MEAN, STAT_A, STAT_B, STATS };
+
+typedef struct bn_shape {
+  size_t batch, c, hw, count; /* count = batch * hw values per channel */
+  size_t chunks, per_chunk;   /* chunks per channel, values per chunk */
+} bn_shape;
+
+/* Grid: chunks * c blocks, block b summing chunk b / c of channel b % c
+ * into partial[(o * chunks + chunk) * c + ch] for its output o (two for the
+ * backward). A channel's value i is image i / hw, pixel i % hw: the block
+ * walks its chunk in steps of the block's size, carrying (image, pixel)
+ * along instead of dividing. */
+template <int kind>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    batchnorm_forward_kernel(float *__restrict__ out, float *__restrict__ mean,
-                             float *__restrict__ rstd, float *__restrict__ running_mean,
-                             float *__restrict__ running_var, const float *__restrict__ inp,
-                             const float *__restrict__ weight, const float *__restrict__ bias,
-                             const unsigned char *__restrict__ select, size_t batch, size_t c,
-                             size_t hw, float eps, float momentum, int train) {
+    bn_sums_kernel(double *__restrict__ partial, const double *__restrict__ stats,
+                   const float *__restrict__ x, const float *__restrict__ dy,
+                   const float *__restrict__ mean, const float *__restrict__ rstd, bn_shape s) {
   __shared__ double shared[32];
-  size_t ch = blockIdx.x, count = batch * hw;
-  /* Every thread reads the running statistics here, before the block sums
-   * below synchronize the block and thread 0 updates them. */
-  double m = running_mean[ch], var = running_var[ch];
-  int update = train || select;
-  int use_batch = select ? select[ch] != 0 : train;
-  if (update) {
-    double sum = 0.0;
-    for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-      sum += inp[((i / hw) * c + ch) * hw + i % hw];
+  size_t ch = blockIdx.x % s.c, chunk = blockIdx.x / s.c;
+  size_t first = chunk * s.per_chunk;
+  size_t end = first + s.per_chunk < s.count ? first + s.per_chunk : s.count;
+  double m = kind == BN_FORWARD ? stats[STAT_MEAN * s.c + ch] : 0.0;
+  float mf = kind == BN_BACKWARD ? mean[ch] : 0.0f, rf = kind == BN_BACKWARD ? rstd[ch] : 0.0f;
+  double sum_a = 0.0, sum_b = 0.0;
+  size_t i = first + threadIdx.x, image = i / s.hw, pixel = i % s.hw;
+  size_t step_images = blockDim.x / s.hw, step_pixels = blockDim.x % s.hw;
+  for (; i < end; i += blockDim.x) {
+    size_t at = (image * s.c + ch) * s.hw + pixel;
+    if (kind == BN_MEAN) {
+      sum_a += x[at];
+    } else if (kind == BN_FORWARD) {
+      double d = x[at] - m;
+      sum_a += d * d;
+    } else {
+      float g = dy[at];
+      sum_a += g;
+      sum_b += (double)g * __fmul_rn(x[at] - mf, rf);
     }
-    double batch_mean = qt__block_sum(sum, shared) / (double)count;
-    double sq = 0.0;
-    for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-      double d = inp[((i / hw) * c + ch) * hw + i % hw] - batch_mean;
-      sq += d * d;
-    }
-    sq = qt__block_sum(sq, shared);
-    if (use_batch) {
-      m = batch_mean;
-      var = sq / (double)count;
-    }
-    /* PyTorch's update with the unbiased variance; count 1 leaves the
-     * variance as it was. */
-    if (threadIdx.x == 0) {
-      double mom = (double)momentum;
-      running_mean[ch] = (float)((1.0 - mom) * running_mean[ch] + mom * batch_mean);
-      if (count > 1) {
-        double unbiased = sq / (double)(count - 1);
-        running_var[ch] = (float)((1.0 - mom) * running_var[ch] + mom * unbiased);
-      }
+    image += step_images;
+    pixel += step_pixels;
+    if (pixel >= s.hw) {
+      pixel -= s.hw;
+      image++;
     }
   }
-  float mf = (float)m, rf = (float)(1.0 / sqrt(var + (double)eps));
+  sum_a = qt__block_sum(sum_a, shared);
+  if (kind == BN_BACKWARD) sum_b = qt__block_sum(sum_b, shared);
   if (threadIdx.x == 0) {
-    mean[ch] = mf;
-    rstd[ch] = rf;
-  }
-  float scale = __fmul_rn(rf, weight ? weight[ch] : 1.0f);
-  float shift = bias ? bias[ch] : 0.0f;
-  for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-    size_t at = ((i / hw) * c + ch) * hw + i % hw;
-    out[at] = __fadd_rn(__fmul_rn(inp[at] - mf, scale), shift);
+    partial[chunk * s.c + ch] = sum_a;
+    if (kind == BN_BACKWARD) partial[(s.chunks + chunk) * s.c + ch] = sum_b;
   }
 }
 
-/* One block per channel: the affine gradients (learn_affine) and the input
- * gradient, through the batch statistics (train) or with the statistics as
- * constants. select (StochNorm; NULL for batch norm) sets train per
- * channel. */
+/* What the channel kernel needs besides the sums. */
+typedef struct bn_channel_args {
+  /* BN_FORWARD */
+  float *mean, *rstd, *running_mean, *running_var;
+  const unsigned char *select; /* StochNorm; NULL for batch norm */
+  float eps, momentum;
+  int train; /* batch norm: TRAIN mode */
+  /* BN_BACKWARD */
+  float *dweight, *dbias;
+  int learn_affine;
+} bn_channel_args;
+
+/* One thread per channel: the chunks' sums added in chunk order, then:
+ *   BN_MEAN      stats[MEAN] = sum / count;
+ *   BN_FORWARD   the running statistics read, then updated (every channel
+ *                for StochNorm, TRAIN mode for batch norm; count 1 leaves
+ *                the variance), and mean / rstd set from the batch
+ *                statistics where they normalize (TRAIN, select[ch]), else
+ *                from the running ones as they were;
+ *   BN_BACKWARD  the affine gradients added (learn_affine), and stats[A],
+ *                stats[B] = the means of dy and dy * xhat as floats (what
+ *                TRAIN's input gradient uses).
+ * Without sums (EVAL or FROZEN forward: chunks 0) BN_FORWARD only sets
+ * mean / rstd from the running statistics. */
+template <int kind>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    batchnorm_backward_kernel(float *__restrict__ dinp, float *__restrict__ dweight,
-                              float *__restrict__ dbias, const float *__restrict__ dout,
-                              const float *__restrict__ inp, const float *__restrict__ weight,
-                              const float *__restrict__ mean, const float *__restrict__ rstd,
-                              const unsigned char *__restrict__ select, size_t batch, size_t c,
-                              size_t hw, int train, int learn_affine) {
-  __shared__ double shared[32];
-  size_t ch = blockIdx.x, count = batch * hw;
-  /* StochNorm: select[ch] says whether the batch statistics normalized. */
-  if (select) train = select[ch] != 0;
-  float m = mean[ch], r = rstd[ch], w = weight ? weight[ch] : 1.0f;
-  double dy_sum = 0.0, dy_xhat_sum = 0.0;
-  /* The sums are needed for the affine gradients and for TRAIN's input
-   * gradient only. */
-  int need_sums = (learn_affine && (dweight || dbias)) || (train && dinp);
-  if (need_sums) {
-    for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-      size_t at = ((i / hw) * c + ch) * hw + i % hw;
-      float dy = dout[at];
-      dy_sum += dy;
-      dy_xhat_sum += (double)dy * __fmul_rn(inp[at] - m, r);
+    bn_channel_kernel(double *__restrict__ stats, const double *__restrict__ partial, bn_shape s,
+                      bn_channel_args a) {
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t ch = (size_t)blockIdx.x * blockDim.x + threadIdx.x; ch < s.c; ch += stride) {
+    double sum_a = 0.0, sum_b = 0.0;
+    for (size_t r = 0; r < s.chunks; r++) {
+      sum_a += partial[r * s.c + ch];
+      if (kind == BN_BACKWARD) sum_b += partial[(s.chunks + r) * s.c + ch];
     }
-    dy_sum = qt__block_sum(dy_sum, shared);
-    dy_xhat_sum = qt__block_sum(dy_xhat_sum, shared);
+    double count = (double)s.count;
+    if (kind == BN_MEAN) {
+      stats[STAT_MEAN * s.c + ch] = sum_a / count;
+    } else if (kind == BN_FORWARD) {
+      double m = a.running_mean[ch], var = a.running_var[ch];
+      int update = a.train || a.select;
+      int use_batch = a.select ? a.select[ch] != 0 : a.train;
+      if (update) {
+        double batch_mean = stats[STAT_MEAN * s.c + ch];
+        if (use_batch) {
+          m = batch_mean;
+          var = sum_a / count;
+        }
+        /* PyTorch's update with the unbiased variance. */
+        double mom = (double)a.momentum;
+        a.running_mean[ch] = (float)((1.0 - mom) * a.running_mean[ch] + mom * batch_mean);
+        if (s.count > 1) {
+          double unbiased = sum_a / (count - 1.0);
+          a.running_var[ch] = (float)((1.0 - mom) * a.running_var[ch] + mom * unbiased);
+        }
+      }
+      a.mean[ch] = (float)m;
+      a.rstd[ch] = (float)(1.0 / sqrt(var + (double)a.eps));
+    } else {
+      if (a.learn_affine) {
+        if (a.dweight) a.dweight[ch] += (float)sum_b;
+        if (a.dbias) a.dbias[ch] += (float)sum_a;
+      }
+      stats[STAT_A * s.c + ch] = (float)(sum_a / count);
+      stats[STAT_B * s.c + ch] = (float)(sum_b / count);
+    }
   }
-  if (threadIdx.x == 0 && learn_affine) {
-    if (dweight) dweight[ch] += (float)dy_xhat_sum;
-    if (dbias) dbias[ch] += (float)dy_sum;
+}
+
+/* out = (x - mean) * (rstd * weight) + bias, elementwise. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    bn_normalize_kernel(float *__restrict__ out, const float *__restrict__ x,
+                        const float *__restrict__ mean, const float *__restrict__ rstd,
+                        const float *__restrict__ weight, const float *__restrict__ bias,
+                        bn_shape s) {
+  size_t total = s.batch * s.c * s.hw, stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
+    size_t ch = at / s.hw % s.c;
+    float scale = __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f);
+    out[at] = __fadd_rn(__fmul_rn(x[at] - mean[ch], scale), bias ? bias[ch] : 0.0f);
   }
-  if (!dinp) return;
-  if (train) {
-    /* dx = w rstd (dy - mean(dy) - xhat mean(dy xhat)), evaluated as the
-     * CPU's ((w r) ((dy - dy_mean) - xhat dy_xhat_mean)). */
-    float dy_mean = (float)(dy_sum / (double)count);
-    float dy_xhat_mean = (float)(dy_xhat_sum / (double)count);
-    float wr = __fmul_rn(w, r);
-    for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-      size_t at = ((i / hw) * c + ch) * hw + i % hw;
-      float xhat = __fmul_rn(inp[at] - m, r);
-      float inner = (dout[at] - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
+}
+
+/* dinp += the input gradient, elementwise: through the batch statistics
+ * where they normalized (train, or select[ch] for StochNorm), as the CPU's
+ * ((w r) ((dy - dy_mean) - xhat dy_xhat_mean)), else w r dy. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    bn_input_grad_kernel(float *__restrict__ dinp, const float *__restrict__ dy,
+                         const float *__restrict__ x, const float *__restrict__ weight,
+                         const float *__restrict__ mean, const float *__restrict__ rstd,
+                         const double *__restrict__ stats, const unsigned char *__restrict__ select,
+                         int train, bn_shape s) {
+  size_t total = s.batch * s.c * s.hw, stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
+    size_t ch = at / s.hw % s.c;
+    float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
+    if (select ? select[ch] != 0 : train) {
+      float xhat = __fmul_rn(x[at] - mean[ch], r);
+      float dy_mean = (float)stats[STAT_A * s.c + ch];
+      float dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
+      float inner = (dy[at] - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
       dinp[at] = __fadd_rn(dinp[at], __fmul_rn(wr, inner));
+    } else {
+      dinp[at] = __fadd_rn(dinp[at], __fmul_rn(wr, dy[at]));
+    }
+  }
+}
+
+/* The scratch of the passes (partial sums, then STATS doubles per channel),
+ * per device, grown when a call needs more and kept; work on the default
+ * stream is ordered, and the lock keeps host threads from interleaving
+ * their passes. */
+#define BN_MAX_DEVICES 64
+static pthread_mutex_t bn_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  double *block;
+  size_t doubles;
+} bn_scratch[BN_MAX_DEVICES];
+
+/* The chunking of (batch, c, hw): chunks of about BN_CHUNK values, as many
+ * per channel as BN_MAX_BLOCKS blocks allow (at least one). */
+static bn_shape bn_plan(size_t batch, size_t c, size_t hw) {
+  bn_shape s = {batch, c, hw, batch * hw, 1, batch * hw};
+  size_t chunks = (s.count + BN_CHUNK - 1) / BN_CHUNK, most = BN_MAX_BLOCKS / c;
+  if (chunks > most) chunks = most;
+  if (chunks < 1) chunks = 1;
+  s.per_chunk = (s.count + chunks - 1) / chunks;
+  s.chunks = (s.count + s.per_chunk - 1) / s.per_chunk; /* none empty */
+  return s;
+}
+
+/* Locks the device's scratch, at least `doubles` of it, into *out; on
+ * success the caller unlocks bn_lock. */
+static int bn_scratch_lock(size_t doubles, double **out, const char *who, qt_err *err) {
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  if (device < 0 || device >= BN_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
+                      BN_MAX_DEVICES);
+  pthread_mutex_lock(&bn_lock);
+  if (bn_scratch[device].doubles < doubles) {
+    /* cudaFree waits for the work that may still read the old block. */
+    if (bn_scratch[device].block) cudaFree(bn_scratch[device].block);
+    bn_scratch[device].block = NULL;
+    bn_scratch[device].doubles = 0;
+    status = cudaMalloc((void **)&bn_scratch[device].block, doubles * sizeof(double));
+    if (status != cudaSuccess) {
+      bn_scratch[device].block = NULL;
+      pthread_mutex_unlock(&bn_lock);
+      return qt__cuda_error(err, status, who);
+    }
+    bn_scratch[device].doubles = doubles;
+  }
+  *out = bn_scratch[device].block;
+  return 0;
+}
+
+/* The forward of batch norm (select NULL; train: TRAIN mode) or StochNorm
+ * (select set, train 1). */
+static int bn_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
+                      const float *inp, const float *weight, const float *bias,
+                      const unsigned char *select, size_t batch, size_t c, size_t hw, float eps,
+                      float momentum, int train, const char *who, qt_err *err) {
+  bn_shape s = bn_plan(batch, c, hw);
+  double *scratch = NULL;
+  int rc = bn_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
+  if (rc < 0) return rc;
+  double *partial = scratch, *stats = scratch + s.chunks * 2 * c;
+  bn_channel_args a = {mean,     rstd,  running_mean, running_var, select, eps,
+                       momentum, train, NULL,         NULL,        0};
+  unsigned blocks = (unsigned)(s.chunks * c), channel_blocks = qt__cuda_blocks(c);
+  if (train || select) {
+    bn_sums_kernel<BN_MEAN><<<blocks, QT_CUDA_THREADS>>>(partial, stats, inp, NULL, NULL, NULL, s);
+    rc = qt__cuda_check_launch(err, who, "the batch sums");
+    if (rc == 0) {
+      bn_channel_kernel<BN_MEAN><<<channel_blocks, QT_CUDA_THREADS>>>(stats, partial, s, a);
+      rc = qt__cuda_check_launch(err, who, "the batch means");
+    }
+    if (rc == 0) {
+      bn_sums_kernel<BN_FORWARD>
+          <<<blocks, QT_CUDA_THREADS>>>(partial, stats, inp, NULL, NULL, NULL, s);
+      rc = qt__cuda_check_launch(err, who, "the batch sums of squares");
     }
   } else {
-    float scale = __fmul_rn(w, r);
-    for (size_t i = threadIdx.x; i < count; i += blockDim.x) {
-      size_t at = ((i / hw) * c + ch) * hw + i % hw;
-      dinp[at] = __fadd_rn(dinp[at], __fmul_rn(scale, dout[at]));
+    s.chunks = 0; /* the running statistics only */
+  }
+  if (rc == 0) {
+    bn_channel_kernel<BN_FORWARD><<<channel_blocks, QT_CUDA_THREADS>>>(stats, partial, s, a);
+    rc = qt__cuda_check_launch(err, who, "the statistics");
+  }
+  if (rc == 0) {
+    bn_normalize_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS>>>(out, inp, mean, rstd,
+                                                                              weight, bias, s);
+    rc = qt__cuda_check_launch(err, who, "the normalization");
+  }
+  pthread_mutex_unlock(&bn_lock);
+  return rc;
+}
+
+/* The backward of batch norm (select NULL; train: TRAIN mode) or StochNorm
+ * (select set: train per channel). */
+static int bn_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                       const float *inp, const float *weight, const float *mean, const float *rstd,
+                       const unsigned char *select, size_t batch, size_t c, size_t hw, int train,
+                       int learn_affine, const char *who, qt_err *err) {
+  /* The sums are needed for the affine gradients and for TRAIN's input
+   * gradient only. */
+  int need_sums = (learn_affine && (dweight || dbias)) || ((train || select) && dinp);
+  bn_shape s = bn_plan(batch, c, hw);
+  double *scratch = NULL;
+  int rc = bn_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
+  if (rc < 0) return rc;
+  double *partial = scratch, *stats = scratch + s.chunks * 2 * c;
+  bn_channel_args a = {NULL, NULL, NULL, NULL, NULL, 0.0f, 0.0f, 0, dweight, dbias, learn_affine};
+  if (need_sums) {
+    bn_sums_kernel<BN_BACKWARD>
+        <<<(unsigned)(s.chunks * c), QT_CUDA_THREADS>>>(partial, stats, inp, dout, mean, rstd, s);
+    rc = qt__cuda_check_launch(err, who, "the gradient sums");
+    if (rc == 0) {
+      bn_channel_kernel<BN_BACKWARD><<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(stats, partial, s, a);
+      rc = qt__cuda_check_launch(err, who, "the affine gradients");
     }
   }
+  if (rc == 0 && dinp) {
+    bn_input_grad_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS>>>(
+        dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
+    rc = qt__cuda_check_launch(err, who, "the input gradient");
+  }
+  pthread_mutex_unlock(&bn_lock);
+  return rc;
 }
 
 static int check_mode(qt_batchnorm_mode mode, const char *who, qt_err *err) {
@@ -161,10 +352,8 @@ extern "C" int qt_cuda_batchnorm_forward(float *out, float *mean, float *rstd, f
   if (!out || !mean || !rstd || !running_mean || !running_var || !inp) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  batchnorm_forward_kernel<<<(unsigned)c, QT_CUDA_THREADS>>>(
-      out, mean, rstd, running_mean, running_var, inp, weight, bias, NULL, batch, c, hw, eps,
-      momentum, mode == QT_BATCHNORM_MODE_TRAIN);
-  return qt__cuda_check_launch(err, who, "the batch norm kernel");
+  return bn_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias, NULL, batch, c,
+                    hw, eps, momentum, mode == QT_BATCHNORM_MODE_TRAIN, who, err);
 }
 
 extern "C" int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias,
@@ -180,10 +369,8 @@ extern "C" int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *db
   if (!dout || !inp || !mean || !rstd) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   int learn_affine = mode != QT_BATCHNORM_MODE_FROZEN;
   if (!dinp && !(learn_affine && (dweight || dbias))) return 0;
-  batchnorm_backward_kernel<<<(unsigned)c, QT_CUDA_THREADS>>>(
-      dinp, dweight, dbias, dout, inp, weight, mean, rstd, NULL, batch, c, hw,
-      mode == QT_BATCHNORM_MODE_TRAIN, learn_affine);
-  return qt__cuda_check_launch(err, who, "the batch norm backward kernel");
+  return bn_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, NULL, batch, c, hw,
+                     mode == QT_BATCHNORM_MODE_TRAIN, learn_affine, who, err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -204,10 +391,8 @@ extern "C" int qt_cuda_stochnorm_forward(float *out, float *mean, float *rstd, f
   if (!out || !mean || !rstd || !running_mean || !running_var || !inp || !select) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  batchnorm_forward_kernel<<<(unsigned)c, QT_CUDA_THREADS>>>(out, mean, rstd, running_mean,
-                                                             running_var, inp, weight, bias, select,
-                                                             batch, c, hw, eps, momentum, 1);
-  return qt__cuda_check_launch(err, who, "the StochNorm kernel");
+  return bn_forward(out, mean, rstd, running_mean, running_var, inp, weight, bias, select, batch, c,
+                    hw, eps, momentum, 1, who, err);
 }
 
 extern "C" int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias,
@@ -222,7 +407,6 @@ extern "C" int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *db
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   if (!dinp && !dweight && !dbias) return 0;
-  batchnorm_backward_kernel<<<(unsigned)c, QT_CUDA_THREADS>>>(
-      dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c, hw, 1, 1);
-  return qt__cuda_check_launch(err, who, "the StochNorm backward kernel");
+  return bn_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c, hw, 1,
+                     1, who, err);
 }
