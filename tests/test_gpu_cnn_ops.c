@@ -217,6 +217,11 @@ static void test_conv_depthwise(void) {
   conv_case("depthwise 1x1 on 1x1 (1, 3, 1x1)", &s, 1, 129);
   s = rect_shape(3, 6, 11, 8, 12, 5, 3, 1, 2, 2, 1, 6);
   conv_case("depthwise rectangular 5x3/(1,2) x2 (3, 6, 11x8)", &s, 1, 130);
+  /* The weight gradient's terms in 2 and 3 chunks. */
+  s = conv_shape(2, 2, 64, 4, 5, 1, 2, 2);
+  conv_case("depthwise 5x5 multiplier 2 (2, 2, 64x64) -> 4", &s, 0, 131);
+  s = conv_shape(8, 3, 40, 3, 3, 1, 1, 3);
+  conv_case("depthwise 3x3/1 (8, 3, 40x40)", &s, 1, 132);
 }
 
 /* ------------------------------------------------------------------------- */

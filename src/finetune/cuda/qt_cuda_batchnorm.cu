@@ -22,7 +22,6 @@
  */
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 
 #include <cuda_runtime.h>
 
@@ -203,17 +202,6 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* The scratch of the passes (partial sums, then STATS doubles per channel),
- * per device, grown when a call needs more and kept; work on the default
- * stream is ordered, and the lock keeps host threads from interleaving
- * their passes. */
-#define BN_MAX_DEVICES 64
-static pthread_mutex_t bn_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-  double *block;
-  size_t doubles;
-} bn_scratch[BN_MAX_DEVICES];
-
 /* The chunking of (batch, c, hw): chunks of about BN_CHUNK values, as many
  * per channel as BN_MAX_BLOCKS blocks allow (at least one). */
 static bn_shape bn_plan(size_t batch, size_t c, size_t hw) {
@@ -226,33 +214,6 @@ static bn_shape bn_plan(size_t batch, size_t c, size_t hw) {
   return s;
 }
 
-/* Locks the device's scratch, at least `doubles` of it, into *out; on
- * success the caller unlocks bn_lock. */
-static int bn_scratch_lock(size_t doubles, double **out, const char *who, qt_err *err) {
-  int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  if (device < 0 || device >= BN_MAX_DEVICES)
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
-                      BN_MAX_DEVICES);
-  pthread_mutex_lock(&bn_lock);
-  if (bn_scratch[device].doubles < doubles) {
-    /* cudaFree waits for the work that may still read the old block. */
-    if (bn_scratch[device].block) cudaFree(bn_scratch[device].block);
-    bn_scratch[device].block = NULL;
-    bn_scratch[device].doubles = 0;
-    status = cudaMalloc((void **)&bn_scratch[device].block, doubles * sizeof(double));
-    if (status != cudaSuccess) {
-      bn_scratch[device].block = NULL;
-      pthread_mutex_unlock(&bn_lock);
-      return qt__cuda_error(err, status, who);
-    }
-    bn_scratch[device].doubles = doubles;
-  }
-  *out = bn_scratch[device].block;
-  return 0;
-}
-
 /* The forward of batch norm (select NULL; train: TRAIN mode) or StochNorm
  * (select set, train 1). */
 static int bn_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
@@ -261,7 +222,7 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
                       float momentum, int train, const char *who, qt_err *err) {
   bn_shape s = bn_plan(batch, c, hw);
   double *scratch = NULL;
-  int rc = bn_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
+  int rc = qt__cuda_sums_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
   if (rc < 0) return rc;
   double *partial = scratch, *stats = scratch + s.chunks * 2 * c;
   bn_channel_args a = {mean,     rstd,  running_mean, running_var, select, eps,
@@ -291,7 +252,7 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
                                                                               weight, bias, s);
     rc = qt__cuda_check_launch(err, who, "the normalization");
   }
-  pthread_mutex_unlock(&bn_lock);
+  qt__cuda_sums_scratch_unlock();
   return rc;
 }
 
@@ -306,7 +267,7 @@ static int bn_backward(float *dinp, float *dweight, float *dbias, const float *d
   int need_sums = (learn_affine && (dweight || dbias)) || ((train || select) && dinp);
   bn_shape s = bn_plan(batch, c, hw);
   double *scratch = NULL;
-  int rc = bn_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
+  int rc = qt__cuda_sums_scratch_lock((s.chunks * 2 + STATS) * c, &scratch, who, err);
   if (rc < 0) return rc;
   double *partial = scratch, *stats = scratch + s.chunks * 2 * c;
   bn_channel_args a = {NULL, NULL, NULL, NULL, NULL, 0.0f, 0.0f, 0, dweight, dbias, learn_affine};
@@ -324,7 +285,7 @@ static int bn_backward(float *dinp, float *dweight, float *dbias, const float *d
         dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
     rc = qt__cuda_check_launch(err, who, "the input gradient");
   }
-  pthread_mutex_unlock(&bn_lock);
+  qt__cuda_sums_scratch_unlock();
   return rc;
 }
 

@@ -17,7 +17,6 @@
  * COLSUM_MAX_BLOCKS / 2 column tiles) adds its sums directly.
  */
 #include <limits.h>
-#include <pthread.h>
 
 #include <cuda_runtime.h>
 
@@ -107,14 +106,6 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* The partial sums (2 * COLSUM_MAX_BLOCKS * 32 doubles, 512 KiB, per
- * device), allocated on first use and kept; work on the default stream is
- * ordered, and the lock keeps host threads from interleaving their
- * launches. */
-#define COLSUM_MAX_DEVICES 64
-static pthread_mutex_t colsum_lock = PTHREAD_MUTEX_INITIALIZER;
-static double *colsum_partials[COLSUM_MAX_DEVICES];
-
 template <int kind>
 static int column_sums(float *dst0, float *dst1, const float *a, const float *b, const float *mean,
                        const float *rstd, size_t n, size_t c, const char *who, qt_err *err) {
@@ -130,32 +121,16 @@ static int column_sums(float *dst0, float *dst1, const float *a, const float *b,
     colsum_kernel<kind><<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, n, c, rows_per_chunk);
     return qt__cuda_check_launch(err, who, "the column sums");
   }
-  int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  if (device < 0 || device >= COLSUM_MAX_DEVICES)
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
-                      COLSUM_MAX_DEVICES);
-  int rc = 0;
-  pthread_mutex_lock(&colsum_lock);
-  double *partial = colsum_partials[device];
-  if (!partial) {
-    status = cudaMalloc((void **)&partial, 2 * (size_t)COLSUM_MAX_BLOCKS * 32 * sizeof *partial);
-    if (status == cudaSuccess)
-      colsum_partials[device] = partial;
-    else
-      rc = qt__cuda_error(err, status, who);
-  }
-  if (rc == 0) {
-    colsum_kernel<kind>
-        <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, n, c, rows_per_chunk);
-    rc = qt__cuda_check_launch(err, who, "the column sums");
-  }
+  double *partial = NULL;
+  int rc = qt__cuda_sums_scratch_lock(2 * chunks * c, &partial, who, err);
+  if (rc < 0) return rc;
+  colsum_kernel<kind><<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, n, c, rows_per_chunk);
+  rc = qt__cuda_check_launch(err, who, "the column sums");
   if (rc == 0) {
     colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
     rc = qt__cuda_check_launch(err, who, "the column sums' total");
   }
-  pthread_mutex_unlock(&colsum_lock);
+  qt__cuda_sums_scratch_unlock();
   return rc;
 }
 

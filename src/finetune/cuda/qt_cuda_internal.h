@@ -62,6 +62,13 @@ int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size
                               size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
                               long long stride_c, size_t batch, const char *who, qt_err *err);
 
+/* The current device's scratch for the partial sums of a reduction split
+ * into chunks: at least `doubles` doubles in *out, locked for the caller's
+ * passes (queued on the default stream) until qt__cuda_sums_scratch_unlock.
+ * On failure (out of memory, no device) nothing stays locked. */
+int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who, qt_err *err);
+void qt__cuda_sums_scratch_unlock(void);
+
 /* Column sums in double over the n rows of (n, c) float arrays, each
  * column's total rounded to float and added to dst0[col] (and dst1[col]),
  * queued on the default stream (qt_cuda_colsum.cu). Kinds:

@@ -158,10 +158,10 @@ extern "C" int qt_cuda_synchronize(qt_err *err) {
 static int matmul_precision = QT_MATMUL_FP32;
 
 extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
-  int p = precision == QT_MATMUL_TF32 || precision == QT_MATMUL_BF16 ||
-                  precision == QT_MATMUL_BF16_FAST
-              ? (int)precision
-              : (int)QT_MATMUL_FP32;
+  int p =
+      precision == QT_MATMUL_TF32 || precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST
+          ? (int)precision
+          : (int)QT_MATMUL_FP32;
   return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
@@ -196,6 +196,46 @@ extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err
     return qt__cublas_error(err, status, what);
   }
   return 0;
+}
+
+/* The partial sums of the reductions split into chunks: one block of
+ * doubles per device, grown when a call needs more (cudaFree waits for the
+ * work that may still read the old one) and kept. Work on the default
+ * stream is ordered, so one block serves every call; sums_lock keeps host
+ * threads from interleaving their passes. */
+static struct {
+  double *block;
+  size_t doubles;
+} sums_scratch[QT_CUDA_MAX_DEVICES];
+static pthread_mutex_t sums_lock = PTHREAD_MUTEX_INITIALIZER;
+
+extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who,
+                                          qt_err *err) {
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  if (device < 0 || device >= QT_CUDA_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
+                      device, QT_CUDA_MAX_DEVICES);
+  pthread_mutex_lock(&sums_lock);
+  if (sums_scratch[device].doubles < doubles) {
+    if (sums_scratch[device].block) cudaFree(sums_scratch[device].block);
+    sums_scratch[device].block = NULL;
+    sums_scratch[device].doubles = 0;
+    status = cudaMalloc((void **)&sums_scratch[device].block, doubles * sizeof(double));
+    if (status != cudaSuccess) {
+      sums_scratch[device].block = NULL;
+      pthread_mutex_unlock(&sums_lock);
+      return qt__cuda_error(err, status, who);
+    }
+    sums_scratch[device].doubles = doubles;
+  }
+  *out = sums_scratch[device].block;
+  return 0;
+}
+
+extern "C" void qt__cuda_sums_scratch_unlock(void) {
+  pthread_mutex_unlock(&sums_lock);
 }
 
 /* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A and B
@@ -266,10 +306,10 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
 /* The GEMM of qt__cuda_gemm and qt__cuda_gemm_interleaved: under
  * QT_MATMUL_BF16, round_spans says whether the operands' spans are rounded
  * into scratch (1) or left to cuBLAS's own conversion (0). */
-static int gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
-                const float *a, size_t lda, long long stride_a, const float *b, size_t ldb,
-                long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
-                size_t batch, int round_spans, const char *who, qt_err *err) {
+static int gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha, const float *a,
+                size_t lda, long long stride_a, const float *b, size_t ldb, long long stride_b,
+                float beta, float *c, size_t ldc, long long stride_c, size_t batch, int round_spans,
+                const char *who, qt_err *err) {
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
       ldc > INT_MAX || batch > INT_MAX) {
     return qt_err_set(err, QT_EINVAL,
