@@ -278,6 +278,13 @@ void qt__ops_profile_reset(void);
  * first; returns how many. */
 size_t qt__ops_profile_read(qt__op_time *out, size_t cap);
 
+/* qt__ops_move for `count` arrays of `bytes` each (src[k] on `from` to dst[k]
+ * on `to`), through one host staging buffer when neither backend is the
+ * host; `family` names the model in the out-of-memory message. */
+int qt__ops_move_arrays(const qt__ops *from, const qt__ops *to, void *const *dst,
+                        const void *const *src, size_t count, size_t bytes, const char *family,
+                        qt_err *err);
+
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own
  * tables). */

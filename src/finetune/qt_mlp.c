@@ -676,13 +676,12 @@ int qt__mlp_set_ops(qt_mlp_t *m, const qt__ops *ops, qt_err *err) {
    * fill. */
   size_t bytes = m->n_params * sizeof(float);
   mlp_memory fresh;
-  float *staging = NULL;
   int rc = memory_alloc(m, ops, &fresh, err);
-  if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
-    rc = qt_err_set(err, QT_ENOMEM, "MLP: out of host memory to move %zu bytes", bytes);
-  if (rc == 0) rc = qt__ops_move(from, ops, fresh.params, m->mem.params, staging, bytes, err);
-  if (rc == 0) rc = qt__ops_move(from, ops, fresh.grads, m->mem.grads, staging, bytes, err);
-  free(staging);
+  if (rc == 0) {
+    void *const dst[2] = {fresh.params, fresh.grads};
+    const void *const src[2] = {m->mem.params, m->mem.grads};
+    rc = qt__ops_move_arrays(from, ops, dst, src, 2, bytes, "MLP", err);
+  }
   if (rc < 0) {
     memory_release(ops, &fresh);
     return rc;

@@ -540,6 +540,19 @@ int qt__ops_move(const qt__ops *from, const qt__ops *to, void *dst, const void *
   return rc < 0 ? rc : to->upload(dst, staging, bytes, err);
 }
 
+int qt__ops_move_arrays(const qt__ops *from, const qt__ops *to, void *const *dst,
+                        const void *const *src, size_t count, size_t bytes, const char *family,
+                        qt_err *err) {
+  void *staging = NULL;
+  if (!from->host_memory && !to->host_memory && bytes && !(staging = malloc(bytes)))
+    return qt_err_set(err, QT_ENOMEM, "%s: out of host memory to move %zu bytes", family, bytes);
+  int rc = 0;
+  for (size_t k = 0; k < count && rc == 0; k++)
+    rc = qt__ops_move(from, to, dst[k], src[k], staging, bytes, err);
+  free(staging);
+  return rc;
+}
+
 const qt__ops *qt__ops_cpu(void) {
   return &cpu_ops;
 }

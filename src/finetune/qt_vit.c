@@ -1046,7 +1046,7 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   size_t bytes = vit->n_params * sizeof(float);
   float *const old[4] = {vit->params, vit->grads, vit->m, vit->v};
   float *fresh[4] = {NULL, NULL, NULL, NULL};
-  float *arena = NULL, *host_logits = NULL, *host_losses = NULL, *staging = NULL;
+  float *arena = NULL, *host_logits = NULL, *host_losses = NULL;
   int *labels = NULL;
   vit->ops = ops;
   size_t arena_floats = layout_arena(vit, NULL);
@@ -1061,11 +1061,9 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
     if (!host_logits || !host_losses)
       rc = qt_err_set(err, QT_ENOMEM, "ViT: out of host memory for the logits' copy");
   }
-  if (rc == 0 && !from->host_memory && !ops->host_memory && !(staging = malloc(bytes)))
-    rc = qt_err_set(err, QT_ENOMEM, "ViT: out of host memory to move %zu bytes", bytes);
-  for (int k = 0; k < 4 && rc == 0; k++)
-    rc = qt__ops_move(from, ops, fresh[k], old[k], staging, bytes, err);
-  free(staging);
+  if (rc == 0)
+    rc = qt__ops_move_arrays(from, ops, (void *const *)fresh, (const void *const *)old, 4, bytes,
+                             "ViT", err);
   if (rc < 0) {
     for (int k = 0; k < 4; k++) ops->release(fresh[k]);
     ops->release(arena);
