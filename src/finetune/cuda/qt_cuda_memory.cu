@@ -165,23 +165,32 @@ extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision 
   return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
-/* One handle per device, created under the lock on first use. */
+/* The per-device state below (cuBLAS handles, scratch) is indexed by the
+ * calling thread's device. */
 #define QT_CUDA_MAX_DEVICES 64
+
+static int current_device(int *device, const char *who, qt_err *err) {
+  cudaError_t status = cudaGetDevice(device);
+  if (status != cudaSuccess) {
+    char what[128];
+    snprintf(what, sizeof what, "%s: cudaGetDevice", who);
+    return qt__cuda_error(err, status, what);
+  }
+  if (*device < 0 || *device >= QT_CUDA_MAX_DEVICES)
+    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
+                      *device, QT_CUDA_MAX_DEVICES);
+  return 0;
+}
+
+/* One handle per device, created under the lock on first use. */
 static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
 static cublasHandle_t handles[QT_CUDA_MAX_DEVICES];
 
 extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err) {
   int device = 0;
   char what[128];
-  cudaError_t cuda_status = cudaGetDevice(&device);
-  if (cuda_status != cudaSuccess) {
-    snprintf(what, sizeof what, "%s: cudaGetDevice", who);
-    return qt__cuda_error(err, cuda_status, what);
-  }
-  if (device < 0 || device >= QT_CUDA_MAX_DEVICES) {
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
-                      device, QT_CUDA_MAX_DEVICES);
-  }
+  int rc = current_device(&device, who, err);
+  if (rc < 0) return rc;
   pthread_mutex_lock(&handles_lock);
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
   if (!handles[device]) {
@@ -212,17 +221,14 @@ static pthread_mutex_t sums_lock = PTHREAD_MUTEX_INITIALIZER;
 extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who,
                                           qt_err *err) {
   int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  if (device < 0 || device >= QT_CUDA_MAX_DEVICES)
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
-                      device, QT_CUDA_MAX_DEVICES);
+  int rc = current_device(&device, who, err);
+  if (rc < 0) return rc;
   pthread_mutex_lock(&sums_lock);
   if (sums_scratch[device].doubles < doubles) {
     if (sums_scratch[device].block) cudaFree(sums_scratch[device].block);
     sums_scratch[device].block = NULL;
     sums_scratch[device].doubles = 0;
-    status = cudaMalloc((void **)&sums_scratch[device].block, doubles * sizeof(double));
+    cudaError_t status = cudaMalloc((void **)&sums_scratch[device].block, doubles * sizeof(double));
     if (status != cudaSuccess) {
       sums_scratch[device].block = NULL;
       pthread_mutex_unlock(&sums_lock);
@@ -272,11 +278,8 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
                    const __nv_bfloat16 **out_a, const __nv_bfloat16 **out_b, const char *who,
                    qt_err *err) {
   int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  if (device < 0 || device >= QT_CUDA_MAX_DEVICES)
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d that qtune supports", who,
-                      device, QT_CUDA_MAX_DEVICES);
+  int rc = current_device(&device, who, err);
+  if (rc < 0) return rc;
   bf16_scratch *s = &bf16_scratches[device];
   const float *src[2] = {a, b};
   size_t span[2] = {span_a, span_b};
@@ -285,7 +288,7 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
       if (s->block[i]) cudaFree(s->block[i]);
       s->block[i] = NULL;
       s->cap[i] = 0;
-      status = cudaMalloc((void **)&s->block[i], span[i] * sizeof(__nv_bfloat16));
+      cudaError_t status = cudaMalloc((void **)&s->block[i], span[i] * sizeof(__nv_bfloat16));
       if (status != cudaSuccess) {
         s->block[i] = NULL;
         char what[160];
@@ -295,8 +298,7 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
       s->cap[i] = span[i];
     }
     to_bf16_kernel<<<qt__cuda_blocks(span[i]), QT_CUDA_THREADS>>>(s->block[i], src[i], span[i]);
-    int rc = qt__cuda_check_launch(err, who, "the BF16 rounding");
-    if (rc < 0) return rc;
+    if ((rc = qt__cuda_check_launch(err, who, "the BF16 rounding")) < 0) return rc;
   }
   *out_a = s->block[0];
   *out_b = s->block[1];
