@@ -39,7 +39,7 @@ endif()
 
 # Links the CUDA runtime and cuBLAS into a target that has .cu sources.
 function(qt_cuda_configure_target target)
-  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublas)
+  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
   set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
   # -fno-exceptions: qtune's CUDA code is C behind extern "C" and throws
   # nothing. Without it, every .cu with a kernel launch defines the weak

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "qt_test.h"
 #include "qt_test_gpu.h"
 
@@ -719,6 +720,24 @@ static void test_failure_not_left_behind(void) {
   qt_cuda_free(d);
 }
 
+/* QT_CUDA_LT_BIAS=1: the linear forward adds its bias in cuBLASLt's
+ * epilogue. Every linear case (FP32, and with BF16 products rounded or
+ * converted by cuBLAS) holds as on the default path, and cuBLASLt took at
+ * least the FP32 products with a bias (it may decline a combination: that
+ * one then broadcasts as by default). */
+static void test_linear_bias_epilogue(void) {
+  long before = qt__cuda_linear_lt_count();
+  CU_ASSERT_EQUAL_FATAL(setenv("QT_CUDA_LT_BIAS", "1", 1), 0);
+  test_linear();
+  long fp32 = qt__cuda_linear_lt_count() - before;
+  test_linear_bf16();
+  test_linear_bf16_fast();
+  unsetenv("QT_CUDA_LT_BIAS");
+  printf("\n    cuBLASLt bias epilogue: %ld FP32 products, %ld in all", fp32,
+         qt__cuda_linear_lt_count() - before);
+  CU_ASSERT(fp32 > 0);
+}
+
 static const qt_test_case cases[] = {
     {"linear", test_linear},
     {"linear_tf32", test_linear_tf32},
@@ -734,6 +753,7 @@ static const qt_test_case cases[] = {
     {"arguments", test_arguments},
     {"host_register", test_host_register},
     {"failure_not_left_behind", test_failure_not_left_behind},
+    {"linear_bias_epilogue", test_linear_bias_epilogue},
     {NULL, NULL},
 };
 

@@ -285,6 +285,11 @@ int qt__ops_move_arrays(const qt__ops *from, const qt__ops *to, void *const *dst
                         const void *const *src, size_t count, size_t bytes, const char *family,
                         qt_err *err);
 
+/* How many linear forwards added their bias in cuBLASLt's epilogue (the
+ * opt-in QT_CUDA_LT_BIAS=1 path of qt_cuda_linear_forward, see
+ * docs/cuda.md); 0 in a build without CUDA. For tests. */
+long qt__cuda_linear_lt_count(void);
+
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own
  * tables). */

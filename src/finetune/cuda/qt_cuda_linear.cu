@@ -33,6 +33,8 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
   if (!out || (in_c > 0 && (!inp || !weight))) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
+  if (bias && in_c > 0 && qt__cuda_linear_bias_lt(out, inp, weight, bias, n, in_c, out_c, who) == 0)
+    return 0;
   if (bias) {
     bias_broadcast_kernel<<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(out, bias, n, out_c);
     int rc = qt__cuda_check_launch(err, who, "the bias broadcast");

@@ -6,7 +6,10 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -387,4 +390,137 @@ extern "C" int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, siz
                                          qt_err *err) {
   return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
               stride_c, batch, 0, who, err);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The linear forward with the bias in cuBLASLt's epilogue (opt-in)           */
+/* ------------------------------------------------------------------------- */
+
+/* QT_CUDA_LT_BIAS=1 in the environment: qt_cuda_linear_forward adds the
+ * bias in the product's epilogue (CUBLASLT_EPILOGUE_BIAS) instead of
+ * broadcasting it into the output first and multiplying with beta 1, which
+ * writes and reads the whole output once more (ViT-B: about 0.7 GB per
+ * block and step at batch 64). Written without a GPU: opt-in until a GPU
+ * run has checked it (test_gpu_ops linear_bias_epilogue, and
+ * tools/gpu-check's ViT-B run with it). */
+static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
+static long lt_products; /* products done by the epilogue path, for tests */
+
+extern "C" long qt__cuda_linear_lt_count(void) {
+  return __atomic_load_n(&lt_products, __ATOMIC_RELAXED);
+}
+
+/* The largest power of two up to 256 that divides the address and the row
+ * stride in bytes: the alignment cuBLASLt may assume. */
+static uint32_t alignment_of(const void *p, size_t ld_bytes) {
+  uintptr_t bits = (uintptr_t)p | (uintptr_t)ld_bytes | 256u;
+  return (uint32_t)(bits & (~bits + 1));
+}
+
+/* 0 when out (n, out_c) = inp (n, in_c) . weight^T + bias was queued by
+ * cuBLASLt; 1 when the path is off or cuBLASLt declines or fails: the
+ * caller then takes the broadcast path, which rewrites all of out whatever
+ * a failed attempt left. */
+extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float *weight,
+                                       const float *bias, size_t n, size_t in_c, size_t out_c,
+                                       const char *who) {
+  const char *on = getenv("QT_CUDA_LT_BIAS");
+  if (!on || strcmp(on, "1") != 0 || !bias || in_c == 0) return 1;
+  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
+  qt_err ignored;
+  int device = 0;
+  if (current_device(&device, who, &ignored) < 0) return 1;
+  pthread_mutex_lock(&handles_lock);
+  if (!lt_handles[device] && cublasLtCreate(&lt_handles[device]) != CUBLAS_STATUS_SUCCESS)
+    lt_handles[device] = NULL;
+  cublasLtHandle_t lt = lt_handles[device];
+  pthread_mutex_unlock(&handles_lock);
+  if (!lt) return 1;
+
+  int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
+  cublasComputeType_t compute = precision == QT_MATMUL_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                : precision == QT_MATMUL_BF16_FAST ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                   : CUBLAS_COMPUTE_32F;
+  cudaDataType_t operand_type = precision == QT_MATMUL_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  size_t operand_bytes = operand_type == CUDA_R_16BF ? 2 : 4;
+  /* Column-major: out^T (out_c, n) = weight (out_c, in_c) . inp^T (in_c, n),
+   * weight stored as (in_c, out_c) and transposed, inp as (in_c, n). */
+  cublasLtMatmulDesc_t op = NULL;
+  cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+  cublasLtMatmulPreference_t pref = NULL;
+  cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  int32_t bias_type = CUDA_R_32F;
+  uint64_t workspace = 0;
+  int rc = 1, locked = 0;
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  const void *a_data = weight, *b_data = inp;
+  if (operand_type == CUDA_R_16BF) {
+    const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
+    pthread_mutex_lock(&bf16_lock);
+    locked = 1;
+    if (to_bf16(weight, out_c * in_c, inp, n * in_c, &w16, &x16, who, &ignored) < 0) goto done;
+    a_data = w16;
+    b_data = x16;
+  }
+  {
+    uint32_t align_a = alignment_of(a_data, in_c * operand_bytes);
+    uint32_t align_b = alignment_of(b_data, in_c * operand_bytes);
+    uint32_t align_c = alignment_of(out, out_c * sizeof(float));
+    if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                       sizeof epilogue) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                       sizeof bias_type) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatrixLayoutCreate(&la, operand_type, in_c, out_c, (int64_t)in_c) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatrixLayoutCreate(&lb, operand_type, in_c, n, (int64_t)in_c) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, out_c, n, (int64_t)out_c) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace,
+                                             sizeof workspace) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                             &align_a, sizeof align_a) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                             &align_b, sizeof align_b) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                             &align_c, sizeof align_c) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                             &align_c, sizeof align_c) != CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &result, &found) !=
+            CUBLAS_STATUS_SUCCESS ||
+        found < 1)
+      goto done;
+  }
+  {
+    float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t status = cublasLtMatmul(lt, op, &alpha, a_data, la, b_data, lb, &beta, out, lc,
+                                           out, lc, &result.algo, NULL, 0, 0);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      /* The broadcast path rewrites all of out, whatever this left. */
+      QT_LOG_DEBUG("%s: cuBLASLt product with bias (%zu x %zu x %zu): status %d, broadcasting", who,
+                   n, out_c, in_c, (int)status);
+      goto done;
+    }
+    __atomic_add_fetch(&lt_products, 1, __ATOMIC_RELAXED);
+    rc = 0;
+  }
+done:
+  if (locked) pthread_mutex_unlock(&bf16_lock);
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (lc) cublasLtMatrixLayoutDestroy(lc);
+  if (lb) cublasLtMatrixLayoutDestroy(lb);
+  if (la) cublasLtMatrixLayoutDestroy(la);
+  if (op) cublasLtMatmulDescDestroy(op);
+  return rc;
 }

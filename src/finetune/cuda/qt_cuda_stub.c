@@ -5,6 +5,7 @@
  * no device and every op returns QT_ENODEV.
  */
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 #define QT_CUDA_STUB_MESSAGE "qtune was built without CUDA (QT_CUDA=OFF or no toolkit)"
 
@@ -346,4 +347,8 @@ int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *er
 
 int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_mul_add");
+}
+
+long qt__cuda_linear_lt_count(void) {
+  return 0;
 }
