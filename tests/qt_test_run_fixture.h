@@ -132,6 +132,20 @@ static inline qt_run_spec run_fixture_mlp_spec(void) {
   return s;
 }
 
+/* The MLP spec with most of a pipeline on: L2-SP (sp_reg 0.01), clipping at
+ * 0.5, half of the blocks frozen, mixup 0.4, head dropout 0.2 and BSS
+ * (0.01: the feature hook). */
+static inline qt_run_spec run_fixture_mlp_pipeline_spec(void) {
+  qt_run_spec s = run_fixture_mlp_spec();
+  s.optim.sp_reg = 0.01;
+  s.optim.clip_grad = 0.5;
+  s.pct_to_freeze = 0.5;
+  s.mixup = 0.4;
+  s.drop = 0.2;
+  s.bss_reg = 0.01;
+  return s;
+}
+
 static inline void run_fixture_free(void) {
   qt_data_splits_free(&run_fixture_splits);
   qt_data_splits_free(&run_fixture_mlp_splits);

@@ -119,15 +119,8 @@ static void test_mobilenet_run(void) {
 }
 
 static void test_mlp_run(void) {
-  qt_run_spec s = run_fixture_mlp_spec();
-  s.optim.sp_reg = 0.01;
-  s.optim.clip_grad = 0.5;
-  s.pct_to_freeze = 0.5;
-  s.mixup = 0.4;
-  s.drop = 0.2;
-  s.bss_reg = 0.01;
-  check(s, 1);
-  check(s, 0);
+  check(run_fixture_mlp_pipeline_spec(), 1);
+  check(run_fixture_mlp_pipeline_spec(), 0);
 }
 
 static void test_cleanup(void) {

@@ -524,6 +524,25 @@ static void fill_batch(float *x, int *labels, size_t batch, size_t features, lon
   for (size_t i = 0; i < batch; i++) labels[i] = (int)(i % (size_t)classes);
 }
 
+/* Every parameter (grads: every gradient) of m in one host array. */
+static float *mlp_values(const qt_mlp_t *m, const qt__ops *ops, int grads, size_t *n) {
+  size_t total = 0;
+  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
+    qt_mlp_tensor t;
+    qt_mlp_tensor_at(m, i, &t);
+    total += t.numel;
+  }
+  float *v = malloc(total * sizeof *v), *cursor = v;
+  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
+    qt_mlp_tensor t;
+    qt_mlp_tensor_at(m, i, &t);
+    CU_ASSERT_EQUAL(ops->download(cursor, grads ? t.grad : t.data, t.numel * sizeof *v, NULL), 0);
+    cursor += t.numel;
+  }
+  *n = total;
+  return v;
+}
+
 /* Gradients of one forward / backward (labels, no smoothing) into a copy. */
 static float *gradients(qt_mlp_t *m, const float *x, const int *labels, size_t batch) {
   qt_err err;
@@ -532,20 +551,8 @@ static float *gradients(qt_mlp_t *m, const float *x, const int *labels, size_t b
   CU_ASSERT_EQUAL(qt_mlp_forward(m, x, batch, &err), 0);
   CU_ASSERT_EQUAL(qt_mlp_loss(m, labels, NULL, 0.0, NULL, &err), 0);
   CU_ASSERT_EQUAL(qt_mlp_backward(m, &err), 0);
-  size_t total = 0;
-  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
-    qt_mlp_tensor t;
-    qt_mlp_tensor_at(m, i, &t);
-    total += t.numel;
-  }
-  float *g = malloc(total * sizeof *g), *cursor = g;
-  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
-    qt_mlp_tensor t;
-    qt_mlp_tensor_at(m, i, &t);
-    memcpy(cursor, t.grad, t.numel * sizeof *cursor);
-    cursor += t.numel;
-  }
-  return g;
+  size_t n;
+  return mlp_values(m, qt__ops_cpu(), 1, &n);
 }
 
 static void test_trainable_from(void) {
@@ -1171,25 +1178,6 @@ static void test_run_on_csv(void) {
 /* ------------------------------------------------------------------------- */
 /* On a backend                                                               */
 /* ------------------------------------------------------------------------- */
-
-/* Every parameter (grads: every gradient) of m in one host array. */
-static float *mlp_values(const qt_mlp_t *m, const qt__ops *ops, int grads, size_t *n) {
-  size_t total = 0;
-  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
-    qt_mlp_tensor t;
-    qt_mlp_tensor_at(m, i, &t);
-    total += t.numel;
-  }
-  float *v = malloc(total * sizeof *v), *cursor = v;
-  for (size_t i = 0; i < qt_mlp_tensor_count(m); i++) {
-    qt_mlp_tensor t;
-    qt_mlp_tensor_at(m, i, &t);
-    CU_ASSERT_EQUAL(ops->download(cursor, grads ? t.grad : t.data, t.numel * sizeof *v, NULL), 0);
-    cursor += t.numel;
-  }
-  *n = total;
-  return v;
-}
 
 static void expect_same_model(const qt_mlp_t *got, const qt__ops *ops, const qt_mlp_t *want,
                               int grads) {

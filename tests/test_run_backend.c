@@ -95,14 +95,7 @@ static qt_run_spec spec_at(int k) {
       return s;
     case 10: /* an MLP on tabular data with AdamW, L2-SP, clipping, half of it frozen, mixing,
                 dropout and BSS */
-      s = run_fixture_mlp_spec();
-      s.optim.sp_reg = 0.01;
-      s.optim.clip_grad = 0.5;
-      s.pct_to_freeze = 0.5;
-      s.mixup = 0.4;
-      s.drop = 0.2;
-      s.bss_reg = 0.01;
-      return s;
+      return run_fixture_mlp_pipeline_spec();
     default: /* a ResNet with SGD, clipping, half of it frozen and BSS (the hook on a CNN) */
       s = run_fixture_cnn_spec(CNN_FIXTURES "resnet_tiny.safetensors", QT_MODEL_FAMILY_RESNET);
       s.bss_reg = 0.01;
