@@ -282,6 +282,16 @@ typedef struct step_times {
   double forward, loss, backward, optimizer;
 } step_times;
 
+/* Adds the phases between the time stamps of one step: forward t0-t1, loss
+ * (and zero_grad) t1-t2, backward t2-t3, the optimizer (and the device's
+ * wait) t3-t4. */
+static void add_phases(step_times *t, double t0, double t1, double t2, double t3, double t4) {
+  t->forward += t1 - t0;
+  t->loss += t2 - t1;
+  t->backward += t3 - t2;
+  t->optimizer += t4 - t3;
+}
+
 /* One training step of a model: forward, loss, zero_grad, backward and an
  * optimizer step, ending (on a device) with the device's work done; adds
  * each phase's wall seconds to *t. */
@@ -368,11 +378,7 @@ static int vit_step(void *model, step_times *t, double *loss, qt_err *err) {
   /* The forward and the loss wait for the device (they copy the logits
    * and losses back); the backward and the step are queued: wait here. */
   if (v->cuda && qt_cuda_synchronize(err) != 0) return -1;
-  double t4 = wall_now();
-  t->forward += t1 - t0;
-  t->loss += t2 - t1;
-  t->backward += t3 - t2;
-  t->optimizer += t4 - t3;
+  add_phases(t, t0, t1, t2, t3, wall_now());
   return 0;
 }
 
@@ -471,11 +477,7 @@ static int cnn_step(void *model, step_times *t, double *loss, qt_err *err) {
     moments += 2 * p.numel;
   }
   if (c->cuda && qt_cuda_synchronize(err) != 0) return -1;
-  double t4 = wall_now();
-  t->forward += t1 - t0;
-  t->loss += t2 - t1;
-  t->backward += t3 - t2;
-  t->optimizer += t4 - t3;
+  add_phases(t, t0, t1, t2, t3, wall_now());
   return 0;
 }
 
