@@ -65,7 +65,8 @@ extern "C" int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
   memset(info, 0, sizeof *info);
   int device = 0;
   cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_device_info: cudaGetDevice");
+  if (status != cudaSuccess)
+    return qt__cuda_error(err, status, "qt_cuda_device_info: cudaGetDevice");
   cudaDeviceProp prop;
   status = cudaGetDeviceProperties(&prop, device);
   if (status != cudaSuccess)
@@ -76,7 +77,8 @@ extern "C" int qt_cuda_device_info(qt_cuda_info *info, qt_err *err) {
   info->multiprocessors = prop.multiProcessorCount;
   size_t free_bytes = 0, total_bytes = 0;
   status = cudaMemGetInfo(&free_bytes, &total_bytes);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_device_info: cudaMemGetInfo");
+  if (status != cudaSuccess)
+    return qt__cuda_error(err, status, "qt_cuda_device_info: cudaMemGetInfo");
   info->memory_free = free_bytes;
   info->memory_total = total_bytes;
   return 0;

@@ -52,6 +52,32 @@ int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float 
                   long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
                   size_t batch, const char *who, qt_err *err);
 
+/* One product of qt__cuda_gemm's, its arguments in that order; what a
+ * designated initializer leaves out is 0, batch 1. */
+typedef struct qt__cuda_product {
+  int trans_a = 0, trans_b = 0;
+  size_t m = 0, n = 0, k = 0;
+  float alpha = 1.0f;
+  const float *a = nullptr;
+  size_t lda = 0;
+  long long stride_a = 0;
+  const float *b = nullptr;
+  size_t ldb = 0;
+  long long stride_b = 0;
+  float beta = 0.0f;
+  float *c = nullptr;
+  size_t ldc = 0;
+  long long stride_c = 0;
+  size_t batch = 1;
+} qt__cuda_product;
+
+/* qt__cuda_gemm of `count` products in order, all in the precision of the
+ * call's start. Under QT_MATMUL_BF16 a product whose A is the previous
+ * product's (the same array and span) is not rounded again, unless the
+ * previous product wrote into it: for pairs such as the linear backward's,
+ * whose two products both read the output's gradient. */
+int qt__cuda_gemms(const qt__cuda_product *products, size_t count, const char *who, qt_err *err);
+
 /* qt__cuda_gemm for operands interleaved in a larger array, such as
  * attention's heads in the rows of qkv: under QT_MATMUL_BF16 cuBLAS
  * converts the FP32 operands itself (as QT_MATMUL_BF16_FAST), since

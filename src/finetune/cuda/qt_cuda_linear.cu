@@ -65,19 +65,38 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
   if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp)) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  int rc = 0;
+  /* Both products read dout: one call rounds it once under BF16. */
+  qt__cuda_product products[2];
+  size_t count = 0;
   if (dinp && in_c > 0) {
     /* dinp (n, in_c) += dout (n, out_c) . weight (out_c, in_c) */
-    rc = qt__cuda_gemm(0, 0, n, in_c, out_c, 1.0f, dout, out_c, 0, weight, in_c, 0, 1.0f, dinp,
-                       in_c, 0, 1, who, err);
-    if (rc < 0) return rc;
+    products[count++] = {.m = n,
+                         .n = in_c,
+                         .k = out_c,
+                         .a = dout,
+                         .lda = out_c,
+                         .b = weight,
+                         .ldb = in_c,
+                         .beta = 1.0f,
+                         .c = dinp,
+                         .ldc = in_c};
   }
   if (dweight && in_c > 0) {
     /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
-    rc = qt__cuda_gemm(1, 0, out_c, in_c, n, 1.0f, dout, out_c, 0, inp, in_c, 0, 1.0f, dweight,
-                       in_c, 0, 1, who, err);
-    if (rc < 0) return rc;
+    products[count++] = {.trans_a = 1,
+                         .m = out_c,
+                         .n = in_c,
+                         .k = n,
+                         .a = dout,
+                         .lda = out_c,
+                         .b = inp,
+                         .ldb = in_c,
+                         .beta = 1.0f,
+                         .c = dweight,
+                         .ldc = in_c};
   }
+  int rc = qt__cuda_gemms(products, count, who, err);
+  if (rc < 0) return rc;
   if (dbias)
     rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dbias, NULL, dout, NULL, NULL, NULL, n, out_c, who,
                               err);

@@ -276,7 +276,8 @@ static size_t matrix_span(size_t rows, size_t cols, size_t ld, long long stride,
 }
 
 /* BF16 copies of the spans of a (span_a elements) and b (span_b) in the
- * current device's scratch: *out_a, *out_b. Call under bf16_lock. */
+ * current device's scratch: *out_a, *out_b. A NULL a keeps the scratch's A
+ * as the last call left it (its span_a elements). Call under bf16_lock. */
 static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
                    const __nv_bfloat16 **out_a, const __nv_bfloat16 **out_b, const char *who,
                    qt_err *err) {
@@ -287,6 +288,7 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
   const float *src[2] = {a, b};
   size_t span[2] = {span_a, span_b};
   for (int i = 0; i < 2; i++) {
+    if (!src[i]) continue;
     if (span[i] > s->cap[i]) {
       if (s->block[i]) cudaFree(s->block[i]);
       s->block[i] = NULL;
@@ -308,78 +310,119 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
   return 0;
 }
 
-/* The GEMM of qt__cuda_gemm and qt__cuda_gemm_interleaved: under
- * QT_MATMUL_BF16, round_spans says whether the operands' spans are rounded
- * into scratch (1) or left to cuBLAS's own conversion (0). */
-static int gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha, const float *a,
-                size_t lda, long long stride_a, const float *b, size_t ldb, long long stride_b,
-                float beta, float *c, size_t ldc, long long stride_c, size_t batch, int round_spans,
-                const char *who, qt_err *err) {
-  if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
-      ldc > INT_MAX || batch > INT_MAX) {
+/* The elements of A and C that a product reads and writes, as stored:
+ * op(A) (m, k) is A (k, m) when transposed. */
+static size_t span_of_a(const qt__cuda_product *p) {
+  return matrix_span(p->trans_a ? p->k : p->m, p->trans_a ? p->m : p->k, p->lda, p->stride_a,
+                     p->batch);
+}
+
+static size_t span_of_c(const qt__cuda_product *p) {
+  return matrix_span(p->m, p->n, p->ldc, p->stride_c, p->batch);
+}
+
+/* One product in `precision` (QT_MATMUL_BF16 here means: round the spans
+ * into scratch, under bf16_lock, which the caller holds); keep_a: the
+ * scratch's A already holds this product's A, rounded. */
+static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char *who,
+                qt_err *err) {
+  if (p->m > INT_MAX || p->n > INT_MAX || p->k > INT_MAX || p->lda > INT_MAX || p->ldb > INT_MAX ||
+      p->ldc > INT_MAX || p->batch > INT_MAX) {
     return qt_err_set(err, QT_EINVAL,
                       "%s: matrix product of (%zu, %zu) x (%zu, %zu), %zu times, is too large "
                       "for cuBLAS's int sizes",
-                      who, m, k, k, n, batch);
+                      who, p->m, p->k, p->k, p->n, p->batch);
   }
-  if (m == 0 || n == 0 || batch == 0) return 0;
   cublasHandle_t handle;
   int rc = qt__cublas_handle(&handle, who, err);
   if (rc < 0) return rc;
   /* cuBLAS is column-major: a row-major (rows, cols) matrix is its
    * transpose there. C^T (n, m) = op(B)^T . op(A)^T, so B comes first and
    * the transposition flags stay as they are. */
-  cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
-  if (precision == QT_MATMUL_BF16 && !round_spans) precision = QT_MATMUL_BF16_FAST;
+  cublasOperation_t op_a = p->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t op_b = p->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasComputeType_t compute = precision == QT_MATMUL_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
                                 : precision == QT_MATMUL_BF16_FAST ? CUBLAS_COMPUTE_32F_FAST_16BF
                                                                    : CUBLAS_COMPUTE_32F;
-  const void *a_data = a, *b_data = b;
+  const void *a_data = p->a, *b_data = p->b;
   cudaDataType_t operand_type = CUDA_R_32F;
-  if (precision == QT_MATMUL_BF16 && k > 0) {
-    /* As stored: op(A) (m, k) is A (k, m) when transposed. */
-    size_t span_a = matrix_span(trans_a ? k : m, trans_a ? m : k, lda, stride_a, batch);
-    size_t span_b = matrix_span(trans_b ? n : k, trans_b ? k : n, ldb, stride_b, batch);
+  if (precision == QT_MATMUL_BF16) {
+    size_t span_b = matrix_span(p->trans_b ? p->n : p->k, p->trans_b ? p->k : p->n, p->ldb,
+                                p->stride_b, p->batch);
     const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
-    pthread_mutex_lock(&bf16_lock);
-    rc = to_bf16(a, span_a, b, span_b, &a16, &b16, who, err);
-    if (rc < 0) {
-      pthread_mutex_unlock(&bf16_lock);
-      return rc;
-    }
+    rc = to_bf16(keep_a ? NULL : p->a, span_of_a(p), p->b, span_b, &a16, &b16, who, err);
+    if (rc < 0) return rc;
     a_data = a16;
     b_data = b16;
     operand_type = CUDA_R_16BF;
   }
+  int m = (int)p->m, n = (int)p->n, k = (int)p->k;
   cublasStatus_t status;
-  if (batch == 1) {
-    status = cublasGemmEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b_data, operand_type,
-                          (int)ldb, a_data, operand_type, (int)lda, &beta, c, CUDA_R_32F, (int)ldc,
-                          compute, CUBLAS_GEMM_DEFAULT);
+  if (p->batch == 1) {
+    status = cublasGemmEx(handle, op_b, op_a, n, m, k, &p->alpha, b_data, operand_type, (int)p->ldb,
+                          a_data, operand_type, (int)p->lda, &p->beta, p->c, CUDA_R_32F,
+                          (int)p->ldc, compute, CUBLAS_GEMM_DEFAULT);
   } else {
-    status = cublasGemmStridedBatchedEx(handle, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b_data,
-                                        operand_type, (int)ldb, stride_b, a_data, operand_type,
-                                        (int)lda, stride_a, &beta, c, CUDA_R_32F, (int)ldc,
-                                        stride_c, (int)batch, compute, CUBLAS_GEMM_DEFAULT);
+    status = cublasGemmStridedBatchedEx(
+        handle, op_b, op_a, n, m, k, &p->alpha, b_data, operand_type, (int)p->ldb, p->stride_b,
+        a_data, operand_type, (int)p->lda, p->stride_a, &p->beta, p->c, CUDA_R_32F, (int)p->ldc,
+        p->stride_c, (int)p->batch, compute, CUBLAS_GEMM_DEFAULT);
   }
-  if (operand_type == CUDA_R_16BF) pthread_mutex_unlock(&bf16_lock);
   if (status != CUBLAS_STATUS_SUCCESS) {
     char what[192];
-    snprintf(what, sizeof what, "%s: cuBLAS GEMM (%zu x %zu x %zu, batch %zu)", who, m, n, k,
-             batch);
+    snprintf(what, sizeof what, "%s: cuBLAS GEMM (%zu x %zu x %zu, batch %zu)", who, p->m, p->n,
+             p->k, p->batch);
     return qt__cublas_error(err, status, what);
   }
   return 0;
+}
+
+/* The products of qt__cuda_gemm, qt__cuda_gemms and
+ * qt__cuda_gemm_interleaved, in order, all in the precision of the call's
+ * start. Under QT_MATMUL_BF16, round_spans says whether the operands' spans
+ * are rounded into scratch (1) or left to cuBLAS's own conversion (0); a
+ * product whose A is the previous product's (same array and span) reuses
+ * its rounding unless the previous one wrote into it. */
+static int products(const qt__cuda_product *p, size_t count, int round_spans, const char *who,
+                    qt_err *err) {
+  int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
+  if (precision == QT_MATMUL_BF16 && !round_spans) precision = QT_MATMUL_BF16_FAST;
+  int rounding = precision == QT_MATMUL_BF16;
+  if (rounding) pthread_mutex_lock(&bf16_lock);
+  const qt__cuda_product *rounded = NULL; /* whose A the scratch holds */
+  int rc = 0;
+  for (size_t i = 0; i < count && rc == 0; i++) {
+    const qt__cuda_product *q = &p[i];
+    if (q->m == 0 || q->n == 0 || q->batch == 0) continue;
+    /* k 0: C = beta C, which cuBLAS does in any precision. */
+    int in_bf16 = rounding && q->k > 0;
+    int keep_a = in_bf16 && rounded && rounded->a == q->a && span_of_a(rounded) == span_of_a(q);
+    rc = gemm(q,
+              in_bf16                       ? QT_MATMUL_BF16
+              : precision == QT_MATMUL_BF16 ? QT_MATMUL_FP32
+                                            : precision,
+              keep_a, who, err);
+    if (in_bf16) rounded = q;
+    /* A product that wrote into its A's span leaves the scratch stale. */
+    if (rounded && q->c < rounded->a + span_of_a(rounded) && rounded->a < q->c + span_of_c(q))
+      rounded = NULL;
+  }
+  if (rounding) pthread_mutex_unlock(&bf16_lock);
+  return rc;
 }
 
 extern "C" int qt__cuda_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                              const float *a, size_t lda, long long stride_a, const float *b,
                              size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
                              long long stride_c, size_t batch, const char *who, qt_err *err) {
-  return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
-              stride_c, batch, 1, who, err);
+  qt__cuda_product p = {trans_a, trans_b, m,        n,    k, alpha, a,        lda,  stride_a,
+                        b,       ldb,     stride_b, beta, c, ldc,   stride_c, batch};
+  return products(&p, 1, 1, who, err);
+}
+
+extern "C" int qt__cuda_gemms(const qt__cuda_product *p, size_t count, const char *who,
+                              qt_err *err) {
+  return products(p, count, 1, who, err);
 }
 
 extern "C" int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size_t k,
@@ -388,8 +431,9 @@ extern "C" int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, siz
                                          long long stride_b, float beta, float *c, size_t ldc,
                                          long long stride_c, size_t batch, const char *who,
                                          qt_err *err) {
-  return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
-              stride_c, batch, 0, who, err);
+  qt__cuda_product p = {trans_a, trans_b, m,        n,    k, alpha, a,        lda,  stride_a,
+                        b,       ldb,     stride_b, beta, c, ldc,   stride_c, batch};
+  return products(&p, 1, 0, who, err);
 }
 
 /* ------------------------------------------------------------------------- */
