@@ -51,8 +51,15 @@ static void conv_case(const char *name, const qt_conv2d_shape *s, int with_bias,
   float *d_dout = device_floats(dout, n_out);
   size_t cpu_scratch_n = qt_cpu_conv2d_scratch_size(s);
   size_t dev_scratch_n = qt_cuda_conv2d_scratch_size(s);
-  /* The device holds every group's column matrix, the CPU one group's. */
-  CU_ASSERT_EQUAL(dev_scratch_n, cpu_scratch_n * s->groups);
+  /* The device holds every group's column matrix of one image or more (at
+   * most the batch), the CPU one group's of one image. */
+  size_t image_cols = cpu_scratch_n * s->groups;
+  if (image_cols == 0) {
+    CU_ASSERT_EQUAL(dev_scratch_n, 0);
+  } else {
+    CU_ASSERT_EQUAL(dev_scratch_n % image_cols, 0);
+    CU_ASSERT(dev_scratch_n >= image_cols && dev_scratch_n <= image_cols * s->batch);
+  }
   float *scratch = malloc((cpu_scratch_n ? cpu_scratch_n : 1) * sizeof *scratch);
   CU_ASSERT_PTR_NOT_NULL_FATAL(scratch);
   float *d_scratch = device_alloc(dev_scratch_n);
@@ -178,6 +185,11 @@ static void test_conv_dense(void) {
   conv_case("grouped pointwise g5 (3, 10, 5x5) -> 15", &s, 1, 110);
   s = conv_shape(1, 5, 4, 7, 3, 1, 0, 1);
   conv_case("valid 3x3 no padding (1, 5, 4x4) -> 7", &s, 1, 111);
+  /* 13M floats of columns per image: the scratch holds two images' (of
+   * 2^25 floats), so the batch goes in chunks of 2 and 1. */
+  s = conv_shape(3, 16, 300, 8, 3, 1, 1, 1);
+  CU_ASSERT_EQUAL(qt_cuda_conv2d_scratch_size(&s), (size_t)2 * 16 * 9 * 300 * 300);
+  conv_case("3x3 in chunks of images (3, 16, 300x300) -> 8", &s, 1, 117);
   /* TensorFlow 'same': 15 -> 8 pads 1 / 1; 14 -> 7 pads 0 / 1 (the extra
    * pixel at the bottom and right); stride 1 pads symmetrically. */
   s = same_shape(3, 3, 15, 21, 3, 2, 1);
@@ -718,6 +730,10 @@ static void test_arguments(void) {
   CHECK_RC(qt_cuda_malloc((void **)&d, 4096 * sizeof *d, E));
   qt_conv2d_shape s = conv_shape(1, 4, 5, 6, 3, 1, 1, 2);
   CU_ASSERT_EQUAL(qt_cuda_conv2d_scratch_size(&s), (size_t)4 * 3 * 3 * 5 * 5);
+  qt_conv2d_shape three = conv_shape(3, 4, 5, 6, 3, 1, 1, 1); /* every image's columns */
+  CU_ASSERT_EQUAL(qt_cuda_conv2d_scratch_size(&three), (size_t)3 * 4 * 3 * 3 * 5 * 5);
+  qt_conv2d_shape grouped = conv_shape(3, 4, 5, 6, 3, 1, 1, 2); /* one image's */
+  CU_ASSERT_EQUAL(qt_cuda_conv2d_scratch_size(&grouped), (size_t)4 * 3 * 3 * 5 * 5);
   CU_ASSERT_EQUAL(qt_cuda_conv2d_forward(d, NULL, d, d, NULL, &s, &err), QT_EINVAL);
   CU_ASSERT_EQUAL(qt_cuda_conv2d_forward(NULL, d, d, d, NULL, &s, &err), QT_EINVAL);
   CU_ASSERT_EQUAL(qt_cuda_conv2d_forward(d, d, d, d, NULL, NULL, &err), QT_EINVAL);

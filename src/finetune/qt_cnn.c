@@ -613,7 +613,9 @@ static int memory_alloc(const qt_cnn_t *m, const qt__ops *ops, cnn_memory *mem, 
   memset(mem, 0, sizeof *mem);
   for (size_t i = 0; i < m->n_ops; i++) {
     if (m->ops[i].kind != OP_CONV) continue;
-    size_t need = ops->conv2d_scratch_size(&m->ops[i].conv);
+    qt_conv2d_shape full = m->ops[i].conv; /* a device's scratch may hold several images' */
+    full.batch = m->max_batch;
+    size_t need = ops->conv2d_scratch_size(&full);
     if (need > mem->scratch_n) mem->scratch_n = need;
   }
   size_t mb = m->max_batch, classes = (size_t)m->classes;

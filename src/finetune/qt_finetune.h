@@ -1632,10 +1632,13 @@ void qt_cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const 
  * mode, or sizes beyond an int, where the CPU asserts). Differences from
  * the CPU twins:
  *   - qt_cuda_conv2d_*'s scratch holds qt_cuda_conv2d_scratch_size(shape)
- *     floats = in_c * kernel_h * kernel_w * out_h * out_w, the column
- *     matrix of every group of one image (the CPU's holds one group's), 0
- *     for pointwise and depthwise convolutions; depthwise kernels have no
- *     8x8 limit on the device;
+ *     floats: the column matrices (in_c * kernel_h * kernel_w * out_h *
+ *     out_w floats, every group's) of as many of the batch's images as fit
+ *     2^25 floats, at least one, and of one image for grouped
+ *     convolutions (the CPU's holds one group's of one image); 0 for
+ *     pointwise and depthwise convolutions. It grows with shape->batch, so
+ *     size it for the largest batch. Depthwise kernels have no 8x8 limit
+ *     on the device;
  *   - qt_cuda_batchnorm_forward and qt_cuda_stochnorm_forward with batch
  *     or hw 0 are QT_EINVAL (the CPU would write NaN statistics);
  *   - a max-pooling window that misses the image (the CPU asserts) gives

@@ -60,9 +60,23 @@ static int is_pointwise(const qt_conv2d_shape *s) {
          s->pad_top == 0 && s->pad_left == 0 && s->out_h == s->in_h && s->out_w == s->in_w;
 }
 
+/* The images whose column matrices the scratch holds at once: as many as
+ * fit CONV_COLUMNS floats (128 MiB), at least one, at most the batch; one
+ * for grouped convolutions, whose products run over the groups image by
+ * image. */
+#define CONV_COLUMNS ((size_t)1 << 25)
+
+static size_t column_images(const qt_conv2d_shape *s) {
+  size_t col = s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  if (s->groups != 1 || col == 0) return 1;
+  size_t images = CONV_COLUMNS / col;
+  if (images > s->batch) images = s->batch;
+  return images < 1 ? 1 : images;
+}
+
 extern "C" size_t qt_cuda_conv2d_scratch_size(const qt_conv2d_shape *s) {
   if (is_depthwise(s) || is_pointwise(s)) return 0;
-  return s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  return column_images(s) * s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
 }
 
 /* QT_EINVAL unless the shape has nonzero sizes and strides, groups
@@ -112,36 +126,47 @@ static int check_shape(const qt_conv2d_shape *s, const char *who, qt_err *err) {
 /* col (in_c * kh * kw, out_h * out_w) from one image img (in_c, in_h,
  * in_w): row (ci * kh + ky) * kw + kx, so that group g's (kdim, P) block
  * starts at row g * cg * kh * kw, as the CPU's per-group matrix. Padding
- * reads 0. One thread per entry, grid-stride. */
+ * reads 0. `images` images in a row, their matrices one after the other.
+ * One thread per entry, grid-stride. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    im2col_kernel(float *__restrict__ col, const float *__restrict__ img, conv_geometry g) {
+    im2col_kernel(float *__restrict__ col, const float *__restrict__ img, conv_geometry g,
+                  long images) {
   long p_count = g.out_h * g.out_w;
-  long total = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  long per_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  long in_image = g.in_c * g.in_h * g.in_w;
+  long total = images * per_image;
   long stride = (long)gridDim.x * blockDim.x;
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long p = i % p_count, row = i / p_count;
+    long image = i / per_image, entry = i % per_image;
+    long p = entry % p_count, row = entry / p_count;
     long ox = p % g.out_w, oy = p / g.out_w;
     long kx = row % g.kernel_w, ky = (row / g.kernel_w) % g.kernel_h;
     long ci = row / (g.kernel_w * g.kernel_h);
     long iy = oy * g.stride_h + ky - g.pad_top;
     long ix = ox * g.stride_w + kx - g.pad_left;
     float v = 0.0f;
-    if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w) v = img[(ci * g.in_h + iy) * g.in_w + ix];
+    if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w)
+      v = img[image * in_image + (ci * g.in_h + iy) * g.in_w + ix];
     col[i] = v;
   }
 }
 
 /* img (in_c, in_h, in_w) += the entries of col (laid out as im2col's) that
- * were read from each pixel. One thread per pixel gathers its entries in
- * the CPU's order (ky, then kx ascending), so no two threads write the same
- * pixel. */
+ * were read from each pixel, for `images` images in a row. One thread per
+ * pixel gathers its entries in the CPU's order (ky, then kx ascending), so
+ * no two threads write the same pixel. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, conv_geometry g) {
+    col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, conv_geometry g,
+                      long images) {
   long p_count = g.out_h * g.out_w;
-  long total = g.in_c * g.in_h * g.in_w;
+  long in_image = g.in_c * g.in_h * g.in_w;
+  long col_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  long total = images * in_image;
   long stride = (long)gridDim.x * blockDim.x;
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long ix = i % g.in_w, iy = (i / g.in_w) % g.in_h, ci = i / (g.in_w * g.in_h);
+    long pixel = i % in_image;
+    const float *cols = col + (i / in_image) * col_image;
+    long ix = pixel % g.in_w, iy = (pixel / g.in_w) % g.in_h, ci = pixel / (g.in_w * g.in_h);
     float acc = img[i];
     for (long ky = 0; ky < g.kernel_h; ky++) {
       long ty = iy + g.pad_top - ky; /* = oy * stride_h */
@@ -154,7 +179,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
         long ox = tx / g.stride_w;
         if (ox >= g.out_w) continue;
         long row = (ci * g.kernel_h + ky) * g.kernel_w + kx;
-        acc = __fadd_rn(acc, col[row * p_count + oy * g.out_w + ox]);
+        acc = __fadd_rn(acc, cols[row * p_count + oy * g.out_w + ox]);
       }
     }
     img[i] = acc;
@@ -355,6 +380,47 @@ static int depthwise_weight_grad(float *dweight, const float *dout, const float 
   return rc;
 }
 
+/* The weight gradient of `images` images of a convolution without groups,
+ * dW (out_c, kdim) += sum over the images of dy_i (out_c, P) . x_i^T
+ * (P, kdim), with x_i the image itself (pointwise) or its column matrix,
+ * the images dy_stride and x_stride floats apart: one strided-batched
+ * product writes each image's term into scratch, up to PW_PARTIALS floats
+ * of them at a time, and qt__cuda_column_sums adds them up in double,
+ * instead of one product per image (for MobileNetV2's pointwise layers,
+ * some 2,200 launches per step at batch 64). One image at a time (one
+ * image, or a term as large as the scratch) accumulates straight into dW. */
+#define PW_PARTIALS ((size_t)1 << 25)
+
+static int weight_grad(float *dweight, const float *dy, size_t dy_stride, const float *x,
+                       size_t x_stride, size_t images, size_t out_c, size_t kdim, size_t p_count,
+                       const char *who, qt_err *err) {
+  size_t term = out_c * kdim, chunk = PW_PARTIALS / term;
+  if (chunk > images) chunk = images;
+  if (chunk <= 1) {
+    for (size_t i = 0; i < images; i++) {
+      int rc = qt__cuda_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count, 0,
+                             x + i * x_stride, p_count, 0, 1.0f, dweight, kdim, 0, 1, who, err);
+      if (rc < 0) return rc;
+    }
+    return 0;
+  }
+  float *terms = NULL;
+  int rc = qt__cuda_products_scratch_lock(chunk * term, &terms, who, err);
+  if (rc < 0) return rc;
+  for (size_t i = 0; i < images && rc == 0; i += chunk) {
+    size_t count = images - i < chunk ? images - i : chunk;
+    /* terms_j (out_c, kdim) = dy_j (out_c, P) . x_j^T (P, kdim) */
+    rc = qt__cuda_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count,
+                       (long long)dy_stride, x + i * x_stride, p_count, (long long)x_stride, 0.0f,
+                       terms, kdim, (long long)term, count, who, err);
+    if (rc == 0)
+      rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dweight, NULL, terms, NULL, NULL, NULL, count,
+                                term, who, err);
+  }
+  qt__cuda_products_scratch_unlock();
+  return rc;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Forward and backward                                                       */
 /* ------------------------------------------------------------------------- */
@@ -393,21 +459,33 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
                          (long long)in_image, bias ? 1.0f : 0.0f, out, p_count,
                          (long long)(s->out_c * p_count), s->batch, who, err);
   }
-  for (size_t b = 0; b < s->batch; b++) {
-    const float *img = inp + b * in_image;
-    const float *col = img;
+  /* Dense: the column matrices of `images` images at a time, and one
+   * product over them (the weight's batch stride is 0). Grouped: image by
+   * image, one product over the groups; pointwise, the image is its own
+   * column matrix. */
+  size_t images = pointwise ? 1 : column_images(s), col_image = s->groups * kdim * p_count;
+  for (size_t b = 0; b < s->batch; b += images) {
+    size_t count = s->batch - b < images ? s->batch - b : images;
+    const float *col = inp + b * in_image;
     if (!pointwise) {
-      im2col_kernel<<<qt__cuda_blocks(qt_cuda_conv2d_scratch_size(s)), QT_CUDA_THREADS>>>(scratch,
-                                                                                          img, g);
+      im2col_kernel<<<qt__cuda_blocks(count * col_image), QT_CUDA_THREADS>>>(scratch, col, g,
+                                                                             (long)count);
       rc = qt__cuda_check_launch(err, who, "im2col");
       if (rc < 0) return rc;
       col = scratch;
     }
-    /* y_g (og, P) = W_g (og, kdim) . col_g (kdim, P) for every group g. */
-    rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, (long long)(og * kdim), col,
-                       p_count, (long long)(kdim * p_count), bias ? 1.0f : 0.0f,
-                       out + b * s->out_c * p_count, p_count, (long long)(og * p_count), s->groups,
-                       who, err);
+    float *y = out + b * s->out_c * p_count;
+    if (s->groups == 1) {
+      /* y_i (out_c, P) = W (out_c, kdim) . col_i (kdim, P) for every image i. */
+      rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, col, p_count,
+                         (long long)col_image, bias ? 1.0f : 0.0f, y, p_count,
+                         (long long)(s->out_c * p_count), count, who, err);
+    } else {
+      /* y_g (og, P) = W_g (og, kdim) . col_g (kdim, P) for every group g. */
+      rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, (long long)(og * kdim), col,
+                         p_count, (long long)(kdim * p_count), bias ? 1.0f : 0.0f, y, p_count,
+                         (long long)(og * p_count), s->groups, who, err);
+    }
     if (rc < 0) return rc;
   }
   return 0;
@@ -447,44 +525,69 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
   size_t kdim = cg * s->kernel_h * s->kernel_w;
   size_t in_image = s->in_c * s->in_h * s->in_w;
   int pointwise = is_pointwise(s);
-  unsigned col_blocks = qt__cuda_blocks(qt_cuda_conv2d_scratch_size(s));
+  size_t out_image = s->out_c * p_count;
   /* A pointwise convolution without groups takes every image's input
-   * gradient in one call: dx_b (in_c, P) += W^T . dy_b. */
-  int batched_dinp = dinp && pointwise && s->groups == 1;
-  if (batched_dinp) {
-    rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
-                       (long long)(og * p_count), 1.0f, dinp, p_count, (long long)in_image,
-                       s->batch, who, err);
-    if (rc < 0) return rc;
+   * gradient in one call, dx_b (in_c, P) += W^T . dy_b, and its weight
+   * gradient in a few (weight_grad). */
+  if (pointwise && s->groups == 1) {
+    if (dinp) {
+      rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
+                         (long long)out_image, 1.0f, dinp, p_count, (long long)in_image, s->batch,
+                         who, err);
+      if (rc < 0) return rc;
+    }
+    if (dweight)
+      return weight_grad(dweight, dout, out_image, inp, in_image, s->batch, og, kdim, p_count, who,
+                         err);
+    return 0;
   }
-  for (size_t b = 0; b < s->batch; b++) {
-    const float *dy = dout + b * s->out_c * p_count;
+  /* Otherwise as the forward: `images` column matrices at a time (dense),
+   * or image by image over the groups. */
+  size_t images = pointwise ? 1 : column_images(s), col_image = s->groups * kdim * p_count;
+  for (size_t b = 0; b < s->batch; b += images) {
+    size_t count = s->batch - b < images ? s->batch - b : images;
+    const float *dy = dout + b * out_image;
     if (dweight) {
       const float *col = inp + b * in_image;
       if (!pointwise) {
-        im2col_kernel<<<col_blocks, QT_CUDA_THREADS>>>(scratch, inp + b * in_image, g);
+        im2col_kernel<<<qt__cuda_blocks(count * col_image), QT_CUDA_THREADS>>>(scratch, col, g,
+                                                                               (long)count);
         rc = qt__cuda_check_launch(err, who, "im2col");
         if (rc < 0) return rc;
         col = scratch;
       }
-      /* dW_g (og, kdim) += dy_g (og, P) . col_g^T (P, kdim) */
-      rc = qt__cuda_gemm(0, 1, og, kdim, p_count, 1.0f, dy, p_count, (long long)(og * p_count), col,
-                         p_count, (long long)(kdim * p_count), 1.0f, dweight, kdim,
-                         (long long)(og * kdim), s->groups, who, err);
+      if (s->groups == 1) {
+        rc =
+            weight_grad(dweight, dy, out_image, col, col_image, count, og, kdim, p_count, who, err);
+      } else {
+        /* dW_g (og, kdim) += dy_g (og, P) . col_g^T (P, kdim) */
+        rc = qt__cuda_gemm(0, 1, og, kdim, p_count, 1.0f, dy, p_count, (long long)(og * p_count),
+                           col, p_count, (long long)(kdim * p_count), 1.0f, dweight, kdim,
+                           (long long)(og * kdim), s->groups, who, err);
+      }
       if (rc < 0) return rc;
     }
-    if (dinp && !batched_dinp) {
+    if (dinp) {
       float *dimg = dinp + b * in_image;
-      /* dcol_g (kdim, P) = W_g^T (kdim, og) . dy_g (og, P); a pointwise
-       * convolution accumulates it straight into the image. The queue
-       * orders this after the weight gradient's read of the scratch. */
-      float *dcol = pointwise ? dimg : scratch;
-      rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
-                         p_count, (long long)(og * p_count), pointwise ? 1.0f : 0.0f, dcol, p_count,
-                         (long long)(kdim * p_count), s->groups, who, err);
+      /* The queue orders these products after the weight gradient's read
+       * of the scratch. */
+      if (s->groups == 1) {
+        /* dcol_i (kdim, P) = W^T (kdim, out_c) . dy_i (out_c, P) for every image i. */
+        rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dy, p_count,
+                           (long long)out_image, 0.0f, scratch, p_count, (long long)col_image,
+                           count, who, err);
+      } else {
+        /* dcol_g (kdim, P) = W_g^T (kdim, og) . dy_g (og, P); a pointwise
+         * convolution accumulates it straight into the image. */
+        float *dcol = pointwise ? dimg : scratch;
+        rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
+                           p_count, (long long)(og * p_count), pointwise ? 1.0f : 0.0f, dcol,
+                           p_count, (long long)(kdim * p_count), s->groups, who, err);
+      }
       if (rc < 0) return rc;
       if (!pointwise) {
-        col2im_add_kernel<<<qt__cuda_blocks(in_image), QT_CUDA_THREADS>>>(dimg, scratch, g);
+        col2im_add_kernel<<<qt__cuda_blocks(count * in_image), QT_CUDA_THREADS>>>(dimg, scratch, g,
+                                                                                  (long)count);
         rc = qt__cuda_check_launch(err, who, "col2im");
         if (rc < 0) return rc;
       }

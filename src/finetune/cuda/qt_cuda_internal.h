@@ -102,6 +102,13 @@ int qt__cuda_linear_bias_lt(float *out, const float *inp, const float *weight, c
 int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who, qt_err *err);
 void qt__cuda_sums_scratch_unlock(void);
 
+/* The same for float partial products that are then summed, such as a
+ * pointwise convolution's weight gradient image by image: at least `floats`
+ * floats. The caller may take the sums scratch (qt__cuda_column_sums, say)
+ * while it holds this one, not the reverse. */
+int qt__cuda_products_scratch_lock(size_t floats, float **out, const char *who, qt_err *err);
+void qt__cuda_products_scratch_unlock(void);
+
 /* Column sums in double over the n rows of (n, c) float arrays, each
  * column's total rounded to float and added to dst0[col] (and dst1[col]),
  * queued on the default stream (qt_cuda_colsum.cu). Kinds:

@@ -210,41 +210,59 @@ extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err
   return 0;
 }
 
-/* The partial sums of the reductions split into chunks: one block of
- * doubles per device, grown when a call needs more (cudaFree waits for the
- * work that may still read the old one) and kept. Work on the default
- * stream is ordered, so one block serves every call; sums_lock keeps host
- * threads from interleaving their passes. */
-static struct {
-  double *block;
-  size_t doubles;
-} sums_scratch[QT_CUDA_MAX_DEVICES];
-static pthread_mutex_t sums_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A block of device memory per device, grown when a call needs more
+ * (cudaFree waits for the work that may still read the old one) and kept.
+ * Work on the default stream is ordered, so one block serves every call;
+ * the lock keeps host threads from interleaving their passes. */
+typedef struct device_scratch {
+  void *block[QT_CUDA_MAX_DEVICES];
+  size_t bytes[QT_CUDA_MAX_DEVICES];
+  pthread_mutex_t lock;
+} device_scratch;
 
-extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who,
-                                          qt_err *err) {
+static int scratch_lock(device_scratch *s, size_t bytes, void **out, const char *who, qt_err *err) {
   int device = 0;
   int rc = current_device(&device, who, err);
   if (rc < 0) return rc;
-  pthread_mutex_lock(&sums_lock);
-  if (sums_scratch[device].doubles < doubles) {
-    if (sums_scratch[device].block) cudaFree(sums_scratch[device].block);
-    sums_scratch[device].block = NULL;
-    sums_scratch[device].doubles = 0;
-    cudaError_t status = cudaMalloc((void **)&sums_scratch[device].block, doubles * sizeof(double));
+  pthread_mutex_lock(&s->lock);
+  if (s->bytes[device] < bytes) {
+    if (s->block[device]) cudaFree(s->block[device]);
+    s->block[device] = NULL;
+    s->bytes[device] = 0;
+    cudaError_t status = cudaMalloc(&s->block[device], bytes);
     if (status != cudaSuccess) {
-      sums_scratch[device].block = NULL;
-      pthread_mutex_unlock(&sums_lock);
+      s->block[device] = NULL;
+      pthread_mutex_unlock(&s->lock);
       return qt__cuda_error(err, status, who);
     }
-    sums_scratch[device].doubles = doubles;
+    s->bytes[device] = bytes;
   }
-  *out = sums_scratch[device].block;
+  *out = s->block[device];
   return 0;
 }
 
+/* The partial sums of the reductions split into chunks, and the partial
+ * products of qt__cuda_products_scratch_lock's callers (which may sum them
+ * with the former while they hold the latter). */
+static device_scratch sums_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+static device_scratch products_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+
+extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who,
+                                          qt_err *err) {
+  return scratch_lock(&sums_scratch, doubles * sizeof **out, (void **)out, who, err);
+}
+
 extern "C" void qt__cuda_sums_scratch_unlock(void) {
-  pthread_mutex_unlock(&sums_lock);
+  pthread_mutex_unlock(&sums_scratch.lock);
+}
+
+extern "C" int qt__cuda_products_scratch_lock(size_t floats, float **out, const char *who,
+                                              qt_err *err) {
+  return scratch_lock(&products_scratch, floats * sizeof **out, (void **)out, who, err);
+}
+
+extern "C" void qt__cuda_products_scratch_unlock(void) {
+  pthread_mutex_unlock(&products_scratch.lock);
 }
 
 /* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A and B
