@@ -472,6 +472,48 @@ extern "C" long qt__cuda_linear_lt_count(void) {
   return __atomic_load_n(&lt_products, __ATOMIC_RELAXED);
 }
 
+/* cuBLASLt's choice of algorithm for a product, asked once per shape,
+ * precision, alignments and device (a ViT asks for about six shapes) and
+ * kept: the heuristic takes longer than queuing the product. A full table
+ * starts over. */
+typedef struct lt_plan {
+  int device, precision;
+  size_t n, in_c, out_c;
+  uint32_t align[3];
+  cublasLtMatmulAlgo_t algo;
+} lt_plan;
+#define LT_PLANS 64
+static lt_plan lt_plans[LT_PLANS];
+static size_t lt_plan_count;
+static pthread_mutex_t lt_plans_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int same_plan(const lt_plan *a, const lt_plan *b) {
+  return a->device == b->device && a->precision == b->precision && a->n == b->n &&
+         a->in_c == b->in_c && a->out_c == b->out_c && a->align[0] == b->align[0] &&
+         a->align[1] == b->align[1] && a->align[2] == b->align[2];
+}
+
+/* 1 and plan->algo when a plan like *plan was kept. */
+static int find_plan(lt_plan *plan) {
+  int found = 0;
+  pthread_mutex_lock(&lt_plans_lock);
+  for (size_t i = 0; i < lt_plan_count && !found; i++) {
+    if (same_plan(&lt_plans[i], plan)) {
+      plan->algo = lt_plans[i].algo;
+      found = 1;
+    }
+  }
+  pthread_mutex_unlock(&lt_plans_lock);
+  return found;
+}
+
+static void keep_plan(const lt_plan *plan) {
+  pthread_mutex_lock(&lt_plans_lock);
+  if (lt_plan_count == LT_PLANS) lt_plan_count = 0;
+  lt_plans[lt_plan_count++] = *plan;
+  pthread_mutex_unlock(&lt_plans_lock);
+}
+
 /* The largest power of two up to 256 that divides the address and the row
  * stride in bytes: the alignment cuBLASLt may assume. */
 static uint32_t alignment_of(const void *p, size_t ld_bytes) {
@@ -515,8 +557,8 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
   int32_t bias_type = CUDA_R_32F;
   uint64_t workspace = 0;
   int rc = 1, locked = 0;
-  cublasLtMatmulHeuristicResult_t result;
-  int found = 0;
+  lt_plan plan;
+  memset(&plan, 0, sizeof plan);
   const void *a_data = weight, *b_data = inp;
   if (operand_type == CUDA_R_16BF) {
     const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
@@ -526,48 +568,62 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
     a_data = w16;
     b_data = x16;
   }
-  {
-    uint32_t align_a = alignment_of(a_data, in_c * operand_bytes);
-    uint32_t align_b = alignment_of(b_data, in_c * operand_bytes);
-    uint32_t align_c = alignment_of(out, out_c * sizeof(float));
-    if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                       sizeof epilogue) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                       sizeof bias_type) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatrixLayoutCreate(&la, operand_type, in_c, out_c, (int64_t)in_c) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatrixLayoutCreate(&lb, operand_type, in_c, n, (int64_t)in_c) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, out_c, n, (int64_t)out_c) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS ||
+  plan.device = device;
+  plan.precision = precision;
+  plan.n = n;
+  plan.in_c = in_c;
+  plan.out_c = out_c;
+  plan.align[0] = alignment_of(a_data, in_c * operand_bytes);
+  plan.align[1] = alignment_of(b_data, in_c * operand_bytes);
+  plan.align[2] = alignment_of(out, out_c * sizeof(float));
+  if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                     sizeof epilogue) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                     sizeof bias_type) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&la, operand_type, in_c, out_c, (int64_t)in_c) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&lb, operand_type, in_c, n, (int64_t)in_c) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, out_c, n, (int64_t)out_c) !=
+          CUBLAS_STATUS_SUCCESS)
+    goto done;
+  if (!find_plan(&plan)) {
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace,
                                              sizeof workspace) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                             &align_a, sizeof align_a) != CUBLAS_STATUS_SUCCESS ||
+                                             &plan.align[0],
+                                             sizeof plan.align[0]) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                             &align_b, sizeof align_b) != CUBLAS_STATUS_SUCCESS ||
+                                             &plan.align[1],
+                                             sizeof plan.align[1]) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                             &align_c, sizeof align_c) != CUBLAS_STATUS_SUCCESS ||
+                                             &plan.align[2],
+                                             sizeof plan.align[2]) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                             &align_c, sizeof align_c) != CUBLAS_STATUS_SUCCESS ||
+                                             &plan.align[2],
+                                             sizeof plan.align[2]) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &result, &found) !=
             CUBLAS_STATUS_SUCCESS ||
         found < 1)
       goto done;
+    plan.algo = result.algo;
+    keep_plan(&plan);
   }
   {
     float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t status = cublasLtMatmul(lt, op, &alpha, a_data, la, b_data, lb, &beta, out, lc,
-                                           out, lc, &result.algo, NULL, 0, 0);
+                                           out, lc, &plan.algo, NULL, 0, 0);
     if (status != CUBLAS_STATUS_SUCCESS) {
       /* The broadcast path rewrites all of out, whatever this left. */
       QT_LOG_DEBUG("%s: cuBLASLt product with bias (%zu x %zu x %zu): status %d, broadcasting", who,
