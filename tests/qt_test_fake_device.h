@@ -33,8 +33,8 @@ static struct fake_device {
   int high;        /* slots in use lie below it */
   long fail_after; /* allocations left before one fails; < 0: none fails */
   long uploads, downloads, op_calls;
-  qt_matmul_precision precision; /* as set through the table */
-  long under_bf16;               /* calls of the three counters above made under BF16 */
+  qt_matmul_precision precision;         /* as set through the table */
+  long under_bf16;                       /* calls of the three counters above made under BF16 */
   fake_block pins[FAKE_DEVICE_MAX_PINS]; /* host arrays page-locked through the table */
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
@@ -171,8 +171,9 @@ static inline int fake_linear_forward(float *out, const float *inp, const float 
 }
 static inline int fake_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                        const float *inp, const float *weight, size_t n, size_t in_c,
-                                       size_t out_c, qt_err *err) {
-  FAKE_OP(op_calls, linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, err));
+                                       size_t out_c, int set, qt_err *err) {
+  FAKE_OP(op_calls,
+          linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err));
 }
 static inline int fake_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                          const float *weight, const float *bias, size_t n, size_t c,
@@ -190,8 +191,8 @@ static inline int fake_gelu_forward(float *out, const float *inp, size_t n, qt_e
   FAKE_OP(op_calls, gelu_forward(out, inp, n, err));
 }
 static inline int fake_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
-                                     qt_err *err) {
-  FAKE_OP(op_calls, gelu_backward(dinp, dout, inp, n, err));
+                                     int set, qt_err *err) {
+  FAKE_OP(op_calls, gelu_backward(dinp, dout, inp, n, set, err));
 }
 /* The CUDA backend's scratch size (one matrix per image or head), to
  * exercise an arena laid out for a device. */
@@ -204,9 +205,10 @@ static inline int fake_attention_forward(float *out, float *att, const float *qk
 }
 static inline int fake_attention_backward(float *dqkv, float *scratch, const float *dout,
                                           const float *qkv, const float *att, size_t batch,
-                                          size_t tokens, size_t c, size_t heads, qt_err *err) {
+                                          size_t tokens, size_t c, size_t heads, int set,
+                                          qt_err *err) {
   FAKE_OP(op_calls,
-          attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, err));
+          attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err));
 }
 static inline int fake_residual_forward(float *out, const float *res, const float *branch,
                                         const float *gamma, size_t n, size_t c, qt_err *err) {

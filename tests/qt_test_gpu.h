@@ -184,6 +184,23 @@ static inline grad grad_make(qt_rng_t *rng, size_t n) {
   return g;
 }
 
+/* A gradient that an op writes (the op table's `set`): the device's starts
+ * as NaN, which any read of the old values would carry into the result
+ * (the parity error is then infinite); the CPU's and init as 0, so the
+ * CPU's op, which adds, gives what the device must write. */
+static inline grad grad_make_unset(size_t n) {
+  grad g;
+  g.n = n;
+  g.init = calloc(n ? n : 1, sizeof *g.init);
+  g.cpu = calloc(n ? n : 1, sizeof *g.cpu);
+  float *nan = malloc((n ? n : 1) * sizeof *nan);
+  CU_ASSERT_FATAL(g.init && g.cpu && nan);
+  for (size_t i = 0; i < n; i++) nan[i] = NAN;
+  g.dev = device_floats(nan, n);
+  free(nan);
+  return g;
+}
+
 static inline void grad_check(const char *what, const grad *g) {
   expect_parity(what, g->dev, g->cpu, g->init, g->n);
 }

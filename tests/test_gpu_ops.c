@@ -91,6 +91,17 @@ static void linear_case(size_t n, size_t in_c, size_t out_c, int with_bias, uint
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight twice", n, in_c, out_c);
   if (in_c > 0) check_grad(what, &dweight);
 
+  /* `set` (the op table's): dinp written, not added to; dweight adds. */
+  grad fresh = grad_make_unset(n * in_c);
+  qt_cpu_linear_backward(fresh.cpu, dweight.cpu, NULL, dout, inp, weight, n, in_c, out_c);
+  CHECK_RC(qt__cuda_linear_backward(fresh.dev, dweight.dev, NULL, d_dout, d_inp, d_weight, n, in_c,
+                                    out_c, 1, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dinp set", n, in_c, out_c);
+  if (in_c > 0) check_grad(what, &fresh);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu: dweight with dinp set", n, in_c, out_c);
+  if (in_c > 0) check_grad(what, &dweight);
+  grad_free(&fresh);
+
   grad_free(&dinp);
   grad_free(&dweight);
   grad_free(&dbias);
@@ -317,6 +328,12 @@ static void test_gelu(void) {
     CHECK_RC(qt_cuda_gelu_backward(dinp.dev, d_dout, d_inp, n, E));
     snprintf(what, sizeof what, "gelu (%zu): dinp", n);
     grad_check(what, &dinp);
+    grad fresh = grad_make_unset(n);
+    qt_cpu_gelu_backward(fresh.cpu, dout, inp, n);
+    CHECK_RC(qt__cuda_gelu_backward(fresh.dev, d_dout, d_inp, n, 1, E));
+    snprintf(what, sizeof what, "gelu (%zu): dinp set", n);
+    grad_check(what, &fresh);
+    grad_free(&fresh);
     /* In place: out == inp. */
     CHECK_RC(qt_cuda_gelu_forward(d_inp, d_inp, n, E));
     snprintf(what, sizeof what, "gelu (%zu) in place: out", n);
@@ -368,6 +385,14 @@ static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, 
   snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: dqkv", batch, tokens, c,
            heads);
   check_grad(what, &dqkv);
+  grad fresh = grad_make_unset(n_qkv);
+  qt_cpu_attention_backward(fresh.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
+  CHECK_RC(qt__cuda_attention_backward(fresh.dev, d_scratch, d_dout, d_qkv, d_att, batch, tokens, c,
+                                       heads, 1, E));
+  snprintf(what, sizeof what, "attention b %zu, T %zu, c %zu, heads %zu: dqkv set", batch, tokens,
+           c, heads);
+  check_grad(what, &fresh);
+  grad_free(&fresh);
 
   grad_free(&dqkv);
   free(qkv);

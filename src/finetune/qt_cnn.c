@@ -1104,7 +1104,7 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
         break;
       case OP_LINEAR:
         CNN_TRY(ops->linear_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
-                                     param(m, o->weight), batch, o->in_f, o->out_f, err));
+                                     param(m, o->weight), batch, o->in_f, o->out_f, 0, err));
         break;
     }
   }

@@ -44,8 +44,8 @@ int qt__adamw_prepare(const char *who, const float *params, const float *grads, 
  * AdamW; *coupled is the decay Adam adds to the gradient (0 for AdamW). */
 int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr, double wd,
                            long step, const float *params, const float *grads, const float *m,
-                           const float *v, size_t n, qt__adamw_coefficients *out,
-                           float *coupled, qt_err *err);
+                           const float *v, size_t n, qt__adamw_coefficients *out, float *coupled,
+                           qt_err *err);
 
 /* ------------------------------------------------------------------------- */
 /* Head dropout and the feature hook (qt_head_hooks.c)                        */
@@ -109,8 +109,8 @@ typedef struct qt__ops {
   void (*release)(void *ptr);
   int (*zero)(void *ptr, size_t bytes, qt_err *err);
   int (*copy)(void *dst, const void *src, size_t bytes, qt_err *err);
-  int (*copy_rows)(float *dst, size_t dst_stride, const float *src, size_t src_stride,
-                   size_t cols, size_t rows, qt_err *err);
+  int (*copy_rows)(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t cols,
+                   size_t rows, qt_err *err);
   int (*upload)(void *dst, const void *src, size_t bytes, qt_err *err);
   int (*download)(void *dst, const void *src, size_t bytes, qt_err *err);
   /* Page-lock a host array that is uploaded at every step, and undo it
@@ -119,12 +119,17 @@ typedef struct qt__ops {
   int (*pin)(void *ptr, size_t bytes, qt_err *err);
   void (*unpin)(void *ptr);
 
-  /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). */
+  /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). The backward passes
+   * of linear, GELU and attention take `set`: 1 writes the input gradient
+   * (dinp, dqkv) instead of adding to it, as if it had been zeroed first,
+   * without the zeroing pass and the read of the old values (on a GPU a
+   * write and a read of the whole array saved); parameter gradients always
+   * add. */
   int (*linear_forward)(float *out, const float *inp, const float *weight, const float *bias,
                         size_t n, size_t in_c, size_t out_c, qt_err *err);
   int (*linear_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
-                         const float *inp, const float *weight, size_t n, size_t in_c,
-                         size_t out_c, qt_err *err);
+                         const float *inp, const float *weight, size_t n, size_t in_c, size_t out_c,
+                         int set, qt_err *err);
   int (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
                            const float *weight, const float *bias, size_t n, size_t c, float eps,
                            qt_err *err);
@@ -132,13 +137,14 @@ typedef struct qt__ops {
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, size_t n, size_t c, qt_err *err);
   int (*gelu_forward)(float *out, const float *inp, size_t n, qt_err *err);
-  int (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                       qt_err *err);
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
   int (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
                             const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
-                            qt_err *err);
+                            int set, qt_err *err);
   int (*residual_forward)(float *out, const float *res, const float *branch, const float *gamma,
                           size_t n, size_t c, qt_err *err);
   int (*residual_backward)(float *dres, float *dbranch, float *dgamma, const float *dout,
@@ -285,6 +291,18 @@ int qt__ops_move_arrays(const qt__ops *from, const qt__ops *to, void *const *dst
                         const void *const *src, size_t count, size_t bytes, const char *family,
                         qt_err *err);
 
+/* qt_cuda_linear_backward, qt_cuda_gelu_backward and
+ * qt_cuda_attention_backward with the op table's `set`: 1 writes dinp
+ * (dqkv) instead of adding to it. QT_ENODEV in a build without CUDA. */
+int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, size_t n, size_t in_c,
+                             size_t out_c, int set, qt_err *err);
+int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err);
+int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                                const float *att, size_t batch, size_t tokens, size_t c,
+                                size_t heads, int set, qt_err *err);
+
 /* How many linear forwards added their bias in cuBLASLt's epilogue (the
  * opt-in QT_CUDA_LT_BIAS=1 path of qt_cuda_linear_forward, see
  * docs/cuda.md); 0 in a build without CUDA. For tests. */
@@ -303,8 +321,8 @@ const qt__ops *qt__model_ops(const qt_model_t *m);
 /* qt_run_init and qt_run_load on the backend of ops instead of spec's
  * device (tests run them on a fake device). */
 int qt__run_init_ops(const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out, qt_err *err);
-int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops,
-                     qt_run_t **out, qt_err *err);
+int qt__run_load_ops(const char *path, const qt_run_spec *spec, const qt__ops *ops, qt_run_t **out,
+                     qt_err *err);
 
 /* Moves an MLP's parameters and gradients to the backend of `ops`, with a
  * new activation arena there (see qt_mlp_to_backend). */

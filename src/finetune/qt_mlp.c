@@ -560,7 +560,7 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
   if (below) MLP_TRY(ops->zero(m->ddrop, nf * F, err));
   MLP_TRY(ops->linear_backward(below ? m->ddrop : NULL, grad(m, m->head_w), grad(m, m->head_b),
                                m->dlogits, m->drop_out, param(m, m->head_w), batch, width, classes,
-                               err));
+                               0, err));
   if (!below) return 0;
   /* Back through dropout's mask, plus the hook's gradient (moved up off
    * the CPU). */
@@ -587,7 +587,7 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
     const float *pre = b->n ? b->n : b->z;
     MLP_TRY(ops->zero(dpre, n * F, err));
     if (m->act == QT_MLP_ACTIVATION_GELU)
-      MLP_TRY(ops->gelu_backward(dpre, b->da, pre, n, err));
+      MLP_TRY(ops->gelu_backward(dpre, b->da, pre, n, 0, err));
     else
       MLP_TRY(ops->relu_backward(dpre, b->da, pre, n, err));
     if (b->n) {
@@ -602,7 +602,7 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
     if (into) MLP_TRY(ops->zero(dx, batch * b->in_f * F, err));
     const float *x = i > 0 ? m->blocks[i - 1].a : m->inputs;
     MLP_TRY(ops->linear_backward(dx, grad(m, b->fc_w), grad(m, b->fc_b), b->dz, x,
-                                 param(m, b->fc_w), batch, b->in_f, b->out_f, err));
+                                 param(m, b->fc_w), batch, b->in_f, b->out_f, 0, err));
     if (!into) break;
   }
   return 0;

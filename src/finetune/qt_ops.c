@@ -58,10 +58,12 @@ static int cpu_linear_forward(float *out, const float *inp, const float *weight,
   return 0;
 }
 
+/* The CPU's backward passes add; `set` zeroes first. */
 static int cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                const float *inp, const float *weight, size_t n, size_t in_c,
-                               size_t out_c, qt_err *err) {
+                               size_t out_c, int set, qt_err *err) {
   (void)err;
+  if (set && dinp) memset(dinp, 0, n * in_c * sizeof *dinp);
   qt_cpu_linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c);
   return 0;
 }
@@ -88,9 +90,10 @@ static int cpu_gelu_forward(float *out, const float *inp, size_t n, qt_err *err)
   return 0;
 }
 
-static int cpu_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
+static int cpu_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
                              qt_err *err) {
   (void)err;
+  if (set) memset(dinp, 0, n * sizeof *dinp);
   qt_cpu_gelu_backward(dinp, dout, inp, n);
   return 0;
 }
@@ -111,8 +114,9 @@ static int cpu_attention_forward(float *out, float *att, const float *qkv, size_
 
 static int cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                   const float *att, size_t batch, size_t tokens, size_t c,
-                                  size_t heads, qt_err *err) {
+                                  size_t heads, int set, qt_err *err) {
   (void)err;
+  if (set) memset(dqkv, 0, batch * tokens * 3 * c * sizeof *dqkv);
   qt_cpu_attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads);
   return 0;
 }
@@ -481,14 +485,14 @@ static const qt__ops cuda_ops = {
     .pin = qt_cuda_host_register,
     .unpin = qt_cuda_host_unregister,
     .linear_forward = qt_cuda_linear_forward,
-    .linear_backward = qt_cuda_linear_backward,
+    .linear_backward = qt__cuda_linear_backward,
     .layernorm_forward = qt_cuda_layernorm_forward,
     .layernorm_backward = qt_cuda_layernorm_backward,
     .gelu_forward = qt_cuda_gelu_forward,
-    .gelu_backward = qt_cuda_gelu_backward,
+    .gelu_backward = qt__cuda_gelu_backward,
     .attention_scratch_size = qt_cuda_attention_scratch_size,
     .attention_forward = qt_cuda_attention_forward,
-    .attention_backward = qt_cuda_attention_backward,
+    .attention_backward = qt__cuda_attention_backward,
     .residual_forward = qt_cuda_residual_forward,
     .residual_backward = qt_cuda_residual_backward,
     .patchify = qt_cuda_patchify,

@@ -86,8 +86,8 @@ TIMED(linear_forward,
       (out, inp, weight, bias, n, in_c, out_c, err))
 TIMED(linear_backward,
       (float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-       const float *weight, size_t n, size_t in_c, size_t out_c, qt_err *err),
-      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, err))
+       const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
+      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
 TIMED(layernorm_forward,
       (float *out, float *mean, float *rstd, const float *inp, const float *weight,
        const float *bias, size_t n, size_t c, float eps, qt_err *err),
@@ -97,16 +97,17 @@ TIMED(layernorm_backward,
        const float *weight, const float *mean, const float *rstd, size_t n, size_t c, qt_err *err),
       (dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c, err))
 TIMED(gelu_forward, (float *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(gelu_backward, (float *dinp, const float *dout, const float *inp, size_t n, qt_err *err),
-      (dinp, dout, inp, n, err))
+TIMED(gelu_backward,
+      (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
+      (dinp, dout, inp, n, set, err))
 TIMED(attention_forward,
       (float *out, float *att, const float *qkv, size_t batch, size_t tokens, size_t c,
        size_t heads, qt_err *err),
       (out, att, qkv, batch, tokens, c, heads, err))
 TIMED(attention_backward,
       (float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-       size_t batch, size_t tokens, size_t c, size_t heads, qt_err *err),
-      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, err))
+       size_t batch, size_t tokens, size_t c, size_t heads, int set, qt_err *err),
+      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err))
 TIMED(residual_forward,
       (float *out, const float *res, const float *branch, const float *gamma, size_t n, size_t c,
        qt_err *err),

@@ -864,9 +864,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->cross_entropy_backward(vit->dlogits, vit->probs, vit->soft ? NULL : vit->labels,
                                       vit->soft ? vit->targets : NULL, vit->smoothing, vit->dloss,
                                       0, B, K, err));
-  VIT_TRY(ops->zero(vit->dcls_norm, B * C * F, err));
   VIT_TRY(ops->linear_backward(vit->dcls_norm, g->head_w, g->head_b, vit->dlogits, vit->cls_norm,
-                               p->head_w, B, C, K, err));
+                               p->head_w, B, C, K, 1, err));
   if (vit->hooks.dropped) {
     const float *mask = ops->host_memory ? vit->hooks.drop_mask : vit->drop_mask;
     VIT_TRY(ops->mul(vit->dcls_norm, vit->dcls_norm, mask, B * C, err));
@@ -900,29 +899,23 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     /* MLP branch. */
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
-    VIT_TRY(ops->zero(vit->dgelu, BT * M * F, err));
     VIT_TRY(ops->linear_backward(vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT, M,
-                                 C, err));
-    VIT_TRY(ops->zero(vit->dfc1, BT * M * F, err));
-    VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, err));
-    VIT_TRY(ops->zero(vit->dln, BT * C * F, err));
+                                 C, 1, err));
+    VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
     VIT_TRY(ops->linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT, C,
-                                 M, err));
+                                 M, 1, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
     /* Attention branch. */
     const float *dattn;
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
-    VIT_TRY(ops->zero(vit->dattn_y, BT * C * F, err));
     VIT_TRY(ops->linear_backward(vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y, w->proj_w,
-                                 BT, C, C, err));
-    VIT_TRY(ops->zero(vit->dqkv, BT * 3 * C * F, err));
+                                 BT, C, C, 1, err));
     VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H,
-                                    err));
-    VIT_TRY(ops->zero(vit->dln, BT * C * F, err));
+                                    1, err));
     VIT_TRY(ops->linear_backward(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT, C,
-                                 3 * C, err));
+                                 3 * C, 1, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
                                     w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }
@@ -933,7 +926,7 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->tokens_backward(vit->dpatch_emb, g->cls, g->pos, vit->dresid, !cf->no_embed_class, B,
                                N, C, err));
   VIT_TRY(ops->linear_backward(NULL, g->patch_w, g->patch_b, vit->dpatch_emb, vit->patch_in,
-                               p->patch_w, B * N, P, C, err));
+                               p->patch_w, B * N, P, C, 0, err));
   return 0;
 }
 

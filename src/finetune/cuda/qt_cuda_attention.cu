@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* Row-wise softmax in place over rows of `tokens` scores, one block per
@@ -131,9 +132,10 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   return rc;
 }
 
-extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout,
-                                          const float *qkv, const float *att, size_t batch,
-                                          size_t tokens, size_t c, size_t heads, qt_err *err) {
+extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout,
+                                           const float *qkv, const float *att, size_t batch,
+                                           size_t tokens, size_t c, size_t heads, int set,
+                                           qt_err *err) {
   const char *who = "qt_cuda_attention_backward";
   int rc = check_shape(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
@@ -145,6 +147,8 @@ extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const flo
   float scale = (float)(1.0 / sqrt((double)hs));
   walk w = walk_of(batch, tokens, c, heads);
   long long tt = (long long)(tokens * tokens);
+  /* Each element of dqkv is the result of one of the products below. */
+  float beta = set ? 0.0f : 1.0f;
   /* The outer steps run one after the other on the stream: the scratch,
    * (inner, T, T), is reused. */
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
@@ -159,7 +163,7 @@ extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const flo
     /* dv_h += a^T . dy_h */
     if (rc == 0) {
       rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, 1.0f, a, tokens, w.att_i, dy, c,
-                                     w.out_i, 1.0f, dv, 3 * c, w.qkv_i, w.inner, who, err);
+                                     w.out_i, beta, dv, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
       softmax_backward_rows_kernel<<<(unsigned)(w.inner * tokens), QT_CUDA_THREADS>>>(
@@ -169,12 +173,19 @@ extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const flo
     /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */
     if (rc == 0) {
       rc = qt__cuda_gemm_interleaved(0, 0, tokens, hs, tokens, scale, da, tokens, tt, k, 3 * c,
-                                     w.qkv_i, 1.0f, dq, 3 * c, w.qkv_i, w.inner, who, err);
+                                     w.qkv_i, beta, dq, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
       rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, scale, da, tokens, tt, q, 3 * c,
-                                     w.qkv_i, 1.0f, dk, 3 * c, w.qkv_i, w.inner, who, err);
+                                     w.qkv_i, beta, dk, 3 * c, w.qkv_i, w.inner, who, err);
     }
   }
   return rc;
+}
+
+extern "C" int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout,
+                                          const float *qkv, const float *att, size_t batch,
+                                          size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return qt__cuda_attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, 0,
+                                     err);
 }

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 #define QT_SQRT1_2 0.70710678118654752440f      /* 1 / sqrt(2) */
@@ -20,6 +21,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
+/* set: dinp starts from 0 (0 + g, as the CPU's zeroed array) instead of
+ * its old values. */
+template <bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     gelu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
                          const float *__restrict__ inp, size_t n) {
@@ -28,7 +32,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     float x = inp[i];
     float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
     float pdf = __fmul_rn(QT_INV_SQRT_2PI, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
-    dinp[i] = __fadd_rn(dinp[i], __fmul_rn(dout[i], __fadd_rn(cdf, __fmul_rn(x, pdf))));
+    dinp[i] =
+        __fadd_rn(set ? 0.0f : dinp[i], __fmul_rn(dout[i], __fadd_rn(cdf, __fmul_rn(x, pdf))));
   }
 }
 
@@ -39,12 +44,20 @@ extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_e
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
 }
 
-extern "C" int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
-                                     qt_err *err) {
+extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
+                                      int set, qt_err *err) {
   if (n == 0) return 0;
   if (!dinp || !dout || !inp) {
     return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
   }
-  gelu_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+  if (set)
+    gelu_backward_kernel<true><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+  else
+    gelu_backward_kernel<false><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
+}
+
+extern "C" int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
+                                     qt_err *err) {
+  return qt__cuda_gelu_backward(dinp, dout, inp, n, 0, err);
 }

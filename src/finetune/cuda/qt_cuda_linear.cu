@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* out (n, out_c) = bias broadcast to every row. */
@@ -53,13 +54,19 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
                        bias ? 1.0f : 0.0f, out, out_c, 0, 1, who, err);
 }
 
-extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                       const float *inp, const float *weight, size_t n, size_t in_c,
-                                       size_t out_c, qt_err *err) {
+extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
+                                        const float *dout, const float *inp, const float *weight,
+                                        size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
   const char *who = "qt_cuda_linear_backward";
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
+  }
+  if (set && dinp && n * in_c > 0 && out_c == 0) {
+    /* No product to write dinp: as zeroed. */
+    cudaError_t status = cudaMemsetAsync(dinp, 0, n * in_c * sizeof *dinp, 0);
+    if (status != cudaSuccess)
+      return qt__cuda_error(err, status, "qt_cuda_linear_backward: memset");
   }
   if (n == 0 || out_c == 0) return 0;
   if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp)) {
@@ -69,7 +76,7 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
   qt__cuda_product products[2];
   size_t count = 0;
   if (dinp && in_c > 0) {
-    /* dinp (n, in_c) += dout (n, out_c) . weight (out_c, in_c) */
+    /* dinp (n, in_c) (+)= dout (n, out_c) . weight (out_c, in_c) */
     products[count++] = {.m = n,
                          .n = in_c,
                          .k = out_c,
@@ -77,7 +84,7 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
                          .lda = out_c,
                          .b = weight,
                          .ldb = in_c,
-                         .beta = 1.0f,
+                         .beta = set ? 0.0f : 1.0f,
                          .c = dinp,
                          .ldc = in_c};
   }
@@ -101,4 +108,10 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
     rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dbias, NULL, dout, NULL, NULL, NULL, n, out_c, who,
                               err);
   return rc;
+}
+
+extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                       const float *inp, const float *weight, size_t n, size_t in_c,
+                                       size_t out_c, qt_err *err) {
+  return qt__cuda_linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 0, err);
 }

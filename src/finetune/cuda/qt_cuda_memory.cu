@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* ------------------------------------------------------------------------- */

@@ -100,6 +100,12 @@ int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const flo
   return QT_CUDA_STUB("qt_cuda_linear_backward");
 }
 
+int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, size_t n, size_t in_c,
+                             size_t out_c, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_backward");
+}
+
 int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *weight, const float *bias, size_t n, size_t c, float eps,
                               qt_err *err) {
@@ -120,6 +126,11 @@ int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size
   return QT_CUDA_STUB("qt_cuda_gelu_backward");
 }
 
+int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_backward");
+}
+
 size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
   return (batch > heads ? batch : heads) * tokens * tokens;
 }
@@ -132,6 +143,12 @@ int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t b
 int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                const float *att, size_t batch, size_t tokens, size_t c,
                                size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_backward");
+}
+
+int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                                const float *att, size_t batch, size_t tokens, size_t c,
+                                size_t heads, int set, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
