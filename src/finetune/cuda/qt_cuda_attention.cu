@@ -4,7 +4,7 @@
  * products is one strided-batched cuBLAS call per image over its heads, or
  * per head over the images, whichever makes fewer calls (q, k and v are read
  * in place through the qkv row stride; head h starts h * head_size floats
- * into a row). The softmax and its backward are one block per row of
+ * into a row). The softmax and its backward are one warp per row of
  * scores, with the row sums in double as on the CPU. See qt_finetune.h.
  */
 #include <limits.h>
@@ -16,44 +16,53 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* Row-wise softmax in place over rows of `tokens` scores, one block per
- * row: shifted by the row maximum, exponentials in float, their sum in
- * double, then scaled by the float reciprocal (the CPU's steps). */
+/* The softmax and its backward run one warp per row of scores, eight rows
+ * per block: a row is a few hundred values (197 for a ViT at 224 px), too
+ * few for a block of 256 threads and its two block-wide reductions, and a
+ * ViT-B step at batch 64 has 151,296 rows per block of the network. */
+#define ROWS_PER_BLOCK (QT_CUDA_THREADS / 32)
+
+static unsigned row_blocks(size_t rows) {
+  return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+}
+
+/* Row-wise softmax in place over `rows` rows of `tokens` scores: shifted by
+ * the row maximum, exponentials in float, their sum in double, then scaled
+ * by the float reciprocal (the CPU's steps). */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    softmax_rows_kernel(float *att, size_t tokens) {
-  __shared__ double shared[32];
-  __shared__ float shared_max[32];
-  float *row = att + (size_t)blockIdx.x * tokens;
+    softmax_rows_kernel(float *att, size_t rows, size_t tokens) {
+  size_t r = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (r >= rows) return; /* the whole warp */
+  float *row = att + r * tokens;
   float max = -INFINITY;
-  for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) max = fmaxf(max, row[j]);
-  max = qt__block_max(max, shared_max);
+  for (size_t j = lane; j < tokens; j += 32) max = fmaxf(max, row[j]);
+  max = qt__warp_max(max);
   double sum = 0.0;
-  for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) {
+  for (size_t j = lane; j < tokens; j += 32) {
     float e = expf(row[j] - max);
     row[j] = e;
     sum += e;
   }
-  float inv = (float)(1.0 / qt__block_sum(sum, shared));
-  for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) row[j] = __fmul_rn(row[j], inv);
+  float inv = (float)(1.0 / qt__warp_sum(sum));
+  for (size_t j = lane; j < tokens; j += 32) row[j] = __fmul_rn(row[j], inv);
 }
 
-/* Through the softmax, in place, one block per row: da = a * (da - sum_j a
+/* Through the softmax, in place, over `rows` rows: da = a * (da - sum_j a
  * da), the dot product in double. da holds rows of `tokens` one after the
  * other; a holds the same rows as matrices of `tokens` rows, a_stride floats
  * apart (da's matrix i, row j is a's matrix i, row j). */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    softmax_backward_rows_kernel(float *__restrict__ da, const float *__restrict__ att,
+    softmax_backward_rows_kernel(float *__restrict__ da, const float *__restrict__ att, size_t rows,
                                  size_t tokens, size_t a_stride) {
-  __shared__ double shared[32];
-  size_t row = blockIdx.x, matrix = row / tokens;
-  const float *arow = att + matrix * a_stride + (row - matrix * tokens) * tokens;
-  float *drow = da + row * tokens;
+  size_t r = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (r >= rows) return; /* the whole warp */
+  size_t matrix = r / tokens;
+  const float *arow = att + matrix * a_stride + (r - matrix * tokens) * tokens;
+  float *drow = da + r * tokens;
   double dot = 0.0;
-  for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) dot += (double)arow[j] * drow[j];
-  float dotf = (float)qt__block_sum(dot, shared);
-  for (size_t j = threadIdx.x; j < tokens; j += blockDim.x) {
-    drow[j] = __fmul_rn(arow[j], drow[j] - dotf);
-  }
+  for (size_t j = lane; j < tokens; j += 32) dot += (double)arow[j] * drow[j];
+  float dotf = (float)qt__warp_sum(dot);
+  for (size_t j = lane; j < tokens; j += 32) drow[j] = __fmul_rn(arow[j], drow[j] - dotf);
 }
 
 /* How the (image, head) score matrices are walked: an outer loop of
@@ -120,7 +129,8 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
                                    err);
   }
   if (rc < 0) return rc;
-  softmax_rows_kernel<<<(unsigned)(batch * heads * tokens), QT_CUDA_THREADS>>>(att, tokens);
+  size_t rows = batch * heads * tokens;
+  softmax_rows_kernel<<<row_blocks(rows), QT_CUDA_THREADS>>>(att, rows, tokens);
   rc = qt__cuda_check_launch(err, who, "the softmax kernel");
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
     const float *v = qkv + o * w.qkv_o + 2 * c;
@@ -166,8 +176,9 @@ extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const fl
                                      w.out_i, beta, dv, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
-      softmax_backward_rows_kernel<<<(unsigned)(w.inner * tokens), QT_CUDA_THREADS>>>(
-          da, a, tokens, (size_t)w.att_i);
+      size_t rows = w.inner * tokens;
+      softmax_backward_rows_kernel<<<row_blocks(rows), QT_CUDA_THREADS>>>(da, a, rows, tokens,
+                                                                          (size_t)w.att_i);
       rc = qt__cuda_check_launch(err, who, "the softmax backward kernel");
     }
     /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */
