@@ -163,15 +163,19 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* out = (x - mean) * (rstd * weight) + bias, elementwise. */
+/* out = (x - mean) * (rstd * weight) + bias, elementwise. The index
+ * arithmetic in I: unsigned where qt__cuda_int_indices allows (the
+ * channel of each element takes a division), else size_t. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     bn_normalize_kernel(float *__restrict__ out, const float *__restrict__ x,
                         const float *__restrict__ mean, const float *__restrict__ rstd,
                         const float *__restrict__ weight, const float *__restrict__ bias,
                         bn_shape s) {
-  size_t total = s.batch * s.c * s.hw, stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
-    size_t ch = at / s.hw % s.c;
+  I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I at = (I)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
+    I ch = at / hw % c;
     float scale = __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f);
     out[at] = __fadd_rn(__fmul_rn(x[at] - mean[ch], scale), bias ? bias[ch] : 0.0f);
   }
@@ -180,15 +184,17 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 /* dinp += the input gradient, elementwise: through the batch statistics
  * where they normalized (train, or select[ch] for StochNorm), as the CPU's
  * ((w r) ((dy - dy_mean) - xhat dy_xhat_mean)), else w r dy. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     bn_input_grad_kernel(float *__restrict__ dinp, const float *__restrict__ dy,
                          const float *__restrict__ x, const float *__restrict__ weight,
                          const float *__restrict__ mean, const float *__restrict__ rstd,
                          const double *__restrict__ stats, const unsigned char *__restrict__ select,
                          int train, bn_shape s) {
-  size_t total = s.batch * s.c * s.hw, stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t at = (size_t)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
-    size_t ch = at / s.hw % s.c;
+  I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I at = (I)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
+    I ch = at / hw % c;
     float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
     if (select ? select[ch] != 0 : train) {
       float xhat = __fmul_rn(x[at] - mean[ch], r);
@@ -248,8 +254,13 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
     rc = qt__cuda_check_launch(err, who, "the statistics");
   }
   if (rc == 0) {
-    bn_normalize_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS>>>(out, inp, mean, rstd,
-                                                                              weight, bias, s);
+    size_t n = batch * c * hw;
+    if (qt__cuda_int_indices(n))
+      bn_normalize_kernel<unsigned>
+          <<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
+    else
+      bn_normalize_kernel<size_t>
+          <<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
     rc = qt__cuda_check_launch(err, who, "the normalization");
   }
   qt__cuda_sums_scratch_unlock();
@@ -281,8 +292,13 @@ static int bn_backward(float *dinp, float *dweight, float *dbias, const float *d
     }
   }
   if (rc == 0 && dinp) {
-    bn_input_grad_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS>>>(
-        dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
+    size_t n = batch * c * hw;
+    if (qt__cuda_int_indices(n))
+      bn_input_grad_kernel<unsigned><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+          dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
+    else
+      bn_input_grad_kernel<size_t><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+          dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
     rc = qt__cuda_check_launch(err, who, "the input gradient");
   }
   qt__cuda_sums_scratch_unlock();

@@ -22,15 +22,18 @@
 /* Geometry                                                                   */
 /* ------------------------------------------------------------------------- */
 
-/* The shape as kernel arguments (passed by value). */
-typedef struct conv_geometry {
-  long in_c, in_h, in_w;
-  long out_c, out_h, out_w;
-  long kernel_h, kernel_w;
-  long stride_h, stride_w;
-  long pad_top, pad_left;
-  long groups;
-} conv_geometry;
+/* The shape as kernel arguments (passed by value), in the kernels' index
+ * type: int where qt__cuda_int_indices allows, else long. */
+template <typename I>
+struct geometry {
+  I in_c, in_h, in_w;
+  I out_c, out_h, out_w;
+  I kernel_h, kernel_w;
+  I stride_h, stride_w;
+  I pad_top, pad_left;
+  I groups;
+};
+typedef geometry<long> conv_geometry;
 
 static conv_geometry geometry_of(const qt_conv2d_shape *s) {
   conv_geometry g;
@@ -48,6 +51,25 @@ static conv_geometry geometry_of(const qt_conv2d_shape *s) {
   g.pad_left = (long)s->pad_left;
   g.groups = (long)s->groups;
   return g;
+}
+
+/* check_shape bounds every size by INT_MAX. */
+static geometry<int> int_geometry(const conv_geometry &g) {
+  geometry<int> n;
+  n.in_c = (int)g.in_c;
+  n.in_h = (int)g.in_h;
+  n.in_w = (int)g.in_w;
+  n.out_c = (int)g.out_c;
+  n.out_h = (int)g.out_h;
+  n.out_w = (int)g.out_w;
+  n.kernel_h = (int)g.kernel_h;
+  n.kernel_w = (int)g.kernel_w;
+  n.stride_h = (int)g.stride_h;
+  n.stride_w = (int)g.stride_w;
+  n.pad_top = (int)g.pad_top;
+  n.pad_left = (int)g.pad_left;
+  n.groups = (int)g.groups;
+  return n;
 }
 
 static int is_depthwise(const qt_conv2d_shape *s) {
@@ -123,27 +145,36 @@ static int check_shape(const qt_conv2d_shape *s, const char *who, qt_err *err) {
 /* im2col / col2im                                                            */
 /* ------------------------------------------------------------------------- */
 
+/* The first output o whose window (o * stride .. o * stride + kernel - 1,
+ * in padded coordinates) covers padded position t >= 0: the least o >= 0
+ * with t - o * stride <= kernel - 1. */
+template <typename I>
+static __device__ __forceinline__ I first_output(I t, I kernel, I stride) {
+  I over = t - (kernel - 1);
+  return over <= 0 ? 0 : (over - 1) / stride + 1;
+}
+
 /* col (in_c * kh * kw, out_h * out_w) from one image img (in_c, in_h,
  * in_w): row (ci * kh + ky) * kw + kx, so that group g's (kdim, P) block
  * starts at row g * cg * kh * kw, as the CPU's per-group matrix. Padding
  * reads 0. `images` images in a row, their matrices one after the other.
  * One thread per entry, grid-stride. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    im2col_kernel(float *__restrict__ col, const float *__restrict__ img, conv_geometry g,
-                  long images) {
-  long p_count = g.out_h * g.out_w;
-  long per_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
-  long in_image = g.in_c * g.in_h * g.in_w;
-  long total = images * per_image;
-  long stride = (long)gridDim.x * blockDim.x;
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long image = i / per_image, entry = i % per_image;
-    long p = entry % p_count, row = entry / p_count;
-    long ox = p % g.out_w, oy = p / g.out_w;
-    long kx = row % g.kernel_w, ky = (row / g.kernel_w) % g.kernel_h;
-    long ci = row / (g.kernel_w * g.kernel_h);
-    long iy = oy * g.stride_h + ky - g.pad_top;
-    long ix = ox * g.stride_w + kx - g.pad_left;
+    im2col_kernel(float *__restrict__ col, const float *__restrict__ img, geometry<I> g, I images) {
+  I p_count = g.out_h * g.out_w;
+  I per_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  I in_image = g.in_c * g.in_h * g.in_w;
+  I total = images * per_image;
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    I image = i / per_image, entry = i - image * per_image;
+    I row = entry / p_count, p = entry - row * p_count;
+    I oy = p / g.out_w, ox = p - oy * g.out_w;
+    I ci = row / (g.kernel_w * g.kernel_h), tap = row - ci * (g.kernel_w * g.kernel_h);
+    I ky = tap / g.kernel_w, kx = tap - ky * g.kernel_w;
+    I iy = oy * g.stride_h + ky - g.pad_top;
+    I ix = ox * g.stride_w + kx - g.pad_left;
     float v = 0.0f;
     if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w)
       v = img[image * in_image + (ci * g.in_h + iy) * g.in_w + ix];
@@ -155,30 +186,33 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
  * were read from each pixel, for `images` images in a row. One thread per
  * pixel gathers its entries in the CPU's order (ky, then kx ascending), so
  * no two threads write the same pixel. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, conv_geometry g,
-                      long images) {
-  long p_count = g.out_h * g.out_w;
-  long in_image = g.in_c * g.in_h * g.in_w;
-  long col_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
-  long total = images * in_image;
-  long stride = (long)gridDim.x * blockDim.x;
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long pixel = i % in_image;
-    const float *cols = col + (i / in_image) * col_image;
-    long ix = pixel % g.in_w, iy = (pixel / g.in_w) % g.in_h, ci = pixel / (g.in_w * g.in_h);
+    col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, geometry<I> g,
+                      I images) {
+  I p_count = g.out_h * g.out_w;
+  I in_image = g.in_c * g.in_h * g.in_w;
+  I col_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
+  I total = images * in_image;
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    I image = i / in_image, pixel = i - image * in_image;
+    const float *cols = col + image * col_image;
+    I plane = pixel / g.in_w, ix = pixel - plane * g.in_w;
+    I ci = plane / g.in_h, iy = plane - ci * g.in_h;
     float acc = img[i];
-    for (long ky = 0; ky < g.kernel_h; ky++) {
-      long ty = iy + g.pad_top - ky; /* = oy * stride_h */
-      if (ty < 0 || ty % g.stride_h != 0) continue;
-      long oy = ty / g.stride_h;
-      if (oy >= g.out_h) continue;
-      for (long kx = 0; kx < g.kernel_w; kx++) {
-        long tx = ix + g.pad_left - kx;
-        if (tx < 0 || tx % g.stride_w != 0) continue;
-        long ox = tx / g.stride_w;
-        if (ox >= g.out_w) continue;
-        long row = (ci * g.kernel_h + ky) * g.kernel_w + kx;
+    /* The outputs whose window covers the pixel: oy * stride_h + ky -
+     * pad_top = iy with 0 <= ky < kernel_h, so ky = ty - oy * stride_h
+     * for ty = iy + pad_top; ky ascending is oy descending (and x alike). */
+    I ty = iy + g.pad_top, tx = ix + g.pad_left;
+    I oy_last = min(ty / g.stride_h, g.out_h - 1), ox_last = min(tx / g.stride_w, g.out_w - 1);
+    I oy_first = first_output(ty, g.kernel_h, g.stride_h);
+    I ox_first = first_output(tx, g.kernel_w, g.stride_w);
+    for (I oy = oy_last; oy >= oy_first; oy--) {
+      I ky = ty - oy * g.stride_h;
+      for (I ox = ox_last; ox >= ox_first; ox--) {
+        I kx = tx - ox * g.stride_w;
+        I row = (ci * g.kernel_h + ky) * g.kernel_w + kx;
         acc = __fadd_rn(acc, cols[row * p_count + oy * g.out_w + ox]);
       }
     }
@@ -223,25 +257,26 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 /* One thread per output (b, o, oy, ox); output channel o reads input
  * channel o / multiplier. The CPU's order and float operations: acc = bias,
  * then += w * x over the taps inside the image, ky then kx. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_forward_kernel(float *__restrict__ out, const float *__restrict__ inp,
                              const float *__restrict__ weight, const float *__restrict__ bias,
-                             long batch, conv_geometry g) {
-  long mult = g.out_c / g.in_c;
-  long total = batch * g.out_c * g.out_h * g.out_w;
-  long stride = (long)gridDim.x * blockDim.x;
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long ox = i % g.out_w, oy = (i / g.out_w) % g.out_h;
-    long plane = i / (g.out_w * g.out_h); /* b * out_c + o */
-    long o = plane % g.out_c, b = plane / g.out_c;
+                             geometry<I> g, I batch) {
+  I mult = g.out_c / g.in_c;
+  I total = batch * g.out_c * g.out_h * g.out_w;
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    I row = i / g.out_w, ox = i - row * g.out_w;
+    I plane = row / g.out_h, oy = row - plane * g.out_h; /* plane = b * out_c + o */
+    I b = plane / g.out_c, o = plane - b * g.out_c;
     const float *x = inp + (b * g.in_c + o / mult) * g.in_h * g.in_w;
     const float *w = weight + o * g.kernel_h * g.kernel_w;
     float acc = bias ? bias[o] : 0.0f;
-    for (long ky = 0; ky < g.kernel_h; ky++) {
-      long iy = oy * g.stride_h + ky - g.pad_top;
+    for (I ky = 0; ky < g.kernel_h; ky++) {
+      I iy = oy * g.stride_h + ky - g.pad_top;
       if (iy < 0 || iy >= g.in_h) continue;
-      for (long kx = 0; kx < g.kernel_w; kx++) {
-        long ix = ox * g.stride_w + kx - g.pad_left;
+      for (I kx = 0; kx < g.kernel_w; kx++) {
+        I ix = ox * g.stride_w + kx - g.pad_left;
         if (ix < 0 || ix >= g.in_w) continue;
         acc = __fadd_rn(acc, __fmul_rn(w[ky * g.kernel_w + kx], x[iy * g.in_w + ix]));
       }
@@ -255,31 +290,32 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
  * whose window covers it. The loops run over ky and kx downwards, so the
  * outputs come in scan order (oy, then ox ascending), the order in which
  * the CPU adds them. */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                                    const float *__restrict__ weight, long batch, conv_geometry g) {
-  long mult = g.out_c / g.in_c;
-  long total = batch * g.in_c * g.in_h * g.in_w;
-  long stride = (long)gridDim.x * blockDim.x;
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    long ix = i % g.in_w, iy = (i / g.in_w) % g.in_h;
-    long plane = i / (g.in_w * g.in_h); /* b * in_c + ci */
-    long ci = plane % g.in_c, b = plane / g.in_c;
+                                    const float *__restrict__ weight, geometry<I> g, I batch) {
+  I mult = g.out_c / g.in_c;
+  I total = batch * g.in_c * g.in_h * g.in_w;
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    I row = i / g.in_w, ix = i - row * g.in_w;
+    I plane = row / g.in_h, iy = row - plane * g.in_h; /* plane = b * in_c + ci */
+    I b = plane / g.in_c, ci = plane - b * g.in_c;
+    /* The outputs whose window covers the pixel, as in col2im_add_kernel;
+     * ky and kx downwards are oy and ox upwards. */
+    I ty = iy + g.pad_top, tx = ix + g.pad_left;
+    I oy_first = first_output(ty, g.kernel_h, g.stride_h);
+    I ox_first = first_output(tx, g.kernel_w, g.stride_w);
+    I oy_last = min(ty / g.stride_h, g.out_h - 1), ox_last = min(tx / g.stride_w, g.out_w - 1);
     float acc = dinp[i];
-    for (long m = 0; m < mult; m++) {
-      long o = ci * mult + m;
+    for (I m = 0; m < mult; m++) {
+      I o = ci * mult + m;
       const float *dy = dout + (b * g.out_c + o) * g.out_h * g.out_w;
       const float *w = weight + o * g.kernel_h * g.kernel_w;
-      for (long ky = g.kernel_h - 1; ky >= 0; ky--) {
-        long ty = iy + g.pad_top - ky;
-        if (ty < 0 || ty % g.stride_h != 0) continue;
-        long oy = ty / g.stride_h;
-        if (oy >= g.out_h) continue;
-        for (long kx = g.kernel_w - 1; kx >= 0; kx--) {
-          long tx = ix + g.pad_left - kx;
-          if (tx < 0 || tx % g.stride_w != 0) continue;
-          long ox = tx / g.stride_w;
-          if (ox >= g.out_w) continue;
+      for (I oy = oy_first; oy <= oy_last; oy++) {
+        I ky = ty - oy * g.stride_h;
+        for (I ox = ox_first; ox <= ox_last; ox++) {
+          I kx = tx - ox * g.stride_w;
           acc = __fadd_rn(acc, __fmul_rn(dy[oy * g.out_w + ox], w[ky * g.kernel_w + kx]));
         }
       }
@@ -422,6 +458,71 @@ static int weight_grad(float *dweight, const float *dy, size_t dy_stride, const 
 }
 
 /* ------------------------------------------------------------------------- */
+/* Launches, in int indices where the arrays allow                            */
+/* ------------------------------------------------------------------------- */
+
+static size_t larger(size_t a, size_t b) {
+  return a > b ? a : b;
+}
+
+/* Whether the int kernels may run on arrays of up to `count` elements of
+ * this geometry: besides the flat indices, the coordinates they compute
+ * (oy * stride + ky, iy + pad, ...) must fit, which strides or padding
+ * near 2^31 would break. */
+static bool int_indices(size_t count, const conv_geometry &g) {
+  size_t h = larger((size_t)(g.out_h - 1) * g.stride_h + g.kernel_h,
+                    (size_t)(g.in_h + g.pad_top + g.stride_h));
+  size_t w = larger((size_t)(g.out_w - 1) * g.stride_w + g.kernel_w,
+                    (size_t)(g.in_w + g.pad_left + g.stride_w));
+  return qt__cuda_int_indices(larger(count, larger(h, w)));
+}
+
+/* im2col of `images` images from img into col. */
+static void im2col(float *col, const float *img, const conv_geometry &g, size_t images) {
+  size_t cols = images * g.in_c * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
+  size_t pixels = images * g.in_c * g.in_h * g.in_w;
+  if (int_indices(larger(cols, pixels), g))
+    im2col_kernel<int>
+        <<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, int_geometry(g), (int)images);
+  else
+    im2col_kernel<long><<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, g, (long)images);
+}
+
+/* img += col2im of `images` images' columns. */
+static void col2im_add(float *img, const float *col, const conv_geometry &g, size_t images) {
+  size_t cols = images * g.in_c * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
+  size_t pixels = images * g.in_c * g.in_h * g.in_w;
+  if (int_indices(larger(cols, pixels), g))
+    col2im_add_kernel<int>
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, int_geometry(g), (int)images);
+  else
+    col2im_add_kernel<long>
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images);
+}
+
+static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
+                              const conv_geometry &g, size_t batch) {
+  size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
+  if (int_indices(larger(outs, pixels), g))
+    depthwise_forward_kernel<int><<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(
+        out, inp, weight, bias, int_geometry(g), (int)batch);
+  else
+    depthwise_forward_kernel<long>
+        <<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(out, inp, weight, bias, g, (long)batch);
+}
+
+static void depthwise_backward_input(float *dinp, const float *dout, const float *weight,
+                                     const conv_geometry &g, size_t batch) {
+  size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
+  if (int_indices(larger(outs, pixels), g))
+    depthwise_backward_input_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
+        dinp, dout, weight, int_geometry(g), (int)batch);
+  else
+    depthwise_backward_input_kernel<long>
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(dinp, dout, weight, g, (long)batch);
+}
+
+/* ------------------------------------------------------------------------- */
 /* Forward and backward                                                       */
 /* ------------------------------------------------------------------------- */
 
@@ -438,8 +539,7 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
   conv_geometry g = geometry_of(s);
   size_t out_elems = s->batch * s->out_c * s->out_h * s->out_w;
   if (is_depthwise(s)) {
-    depthwise_forward_kernel<<<qt__cuda_blocks(out_elems), QT_CUDA_THREADS>>>(
-        out, inp, weight, bias, (long)s->batch, g);
+    depthwise_forward(out, inp, weight, bias, g, s->batch);
     return qt__cuda_check_launch(err, who, "the depthwise convolution kernel");
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -468,8 +568,7 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
     size_t count = s->batch - b < images ? s->batch - b : images;
     const float *col = inp + b * in_image;
     if (!pointwise) {
-      im2col_kernel<<<qt__cuda_blocks(count * col_image), QT_CUDA_THREADS>>>(scratch, col, g,
-                                                                             (long)count);
+      im2col(scratch, col, g, count);
       rc = qt__cuda_check_launch(err, who, "im2col");
       if (rc < 0) return rc;
       col = scratch;
@@ -512,9 +611,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
   }
   if (is_depthwise(s)) {
     if (dinp) {
-      size_t in_elems = s->batch * s->in_c * s->in_h * s->in_w;
-      depthwise_backward_input_kernel<<<qt__cuda_blocks(in_elems), QT_CUDA_THREADS>>>(
-          dinp, dout, weight, (long)s->batch, g);
+      depthwise_backward_input(dinp, dout, weight, g, s->batch);
       rc = qt__cuda_check_launch(err, who, "the depthwise input gradient");
       if (rc < 0) return rc;
     }
@@ -550,8 +647,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
     if (dweight) {
       const float *col = inp + b * in_image;
       if (!pointwise) {
-        im2col_kernel<<<qt__cuda_blocks(count * col_image), QT_CUDA_THREADS>>>(scratch, col, g,
-                                                                               (long)count);
+        im2col(scratch, col, g, count);
         rc = qt__cuda_check_launch(err, who, "im2col");
         if (rc < 0) return rc;
         col = scratch;
@@ -586,8 +682,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
       }
       if (rc < 0) return rc;
       if (!pointwise) {
-        col2im_add_kernel<<<qt__cuda_blocks(count * in_image), QT_CUDA_THREADS>>>(dimg, scratch, g,
-                                                                                  (long)count);
+        col2im_add(dimg, scratch, g, count);
         rc = qt__cuda_check_launch(err, who, "col2im");
         if (rc < 0) return rc;
       }

@@ -6,6 +6,7 @@
 #ifndef QT_CUDA_INTERNAL_H
 #define QT_CUDA_INTERNAL_H
 
+#include <limits.h>
 #include <math.h>
 
 #include <cublas_v2.h>
@@ -143,6 +144,15 @@ int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, con
 static_assert(32 * 8 == QT_CUDA_THREADS, "column-sum blocks are (32, 8) threads");
 /* Cap on the grid of the grid-stride elementwise kernels. */
 #define QT_CUDA_MAX_BLOCKS 65536
+
+/* Whether a grid-stride kernel may do its index arithmetic in int for
+ * arrays of up to `count` elements: every index and the loop's last step
+ * (at most QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS = 2^24 past the end) stay
+ * below INT_MAX. Kernels that split a flat index into coordinates divide
+ * per element, and a 64-bit division costs several times a 32-bit one. */
+static inline bool qt__cuda_int_indices(size_t count) {
+  return count <= (size_t)INT_MAX - (size_t)QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS;
+}
 
 /* Sum over the 32 lanes of a full warp; every lane gets the total. */
 static __device__ __forceinline__ double qt__warp_sum(double v) {

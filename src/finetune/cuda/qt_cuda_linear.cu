@@ -12,12 +12,15 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* out (n, out_c) = bias broadcast to every row. */
+/* out (n, out_c) = bias broadcast to every row; the index arithmetic in
+ * I (unsigned where qt__cuda_int_indices allows: one division per
+ * element). */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    bias_broadcast_kernel(float *__restrict__ out, const float *__restrict__ bias, size_t n,
-                          size_t out_c) {
-  size_t total = n * out_c, stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    bias_broadcast_kernel(float *__restrict__ out, const float *__restrict__ bias, I total,
+                          I out_c) {
+  I stride = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
     out[i] = bias[i % out_c];
   }
 }
@@ -37,7 +40,12 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
   if (bias && in_c > 0 && qt__cuda_linear_bias_lt(out, inp, weight, bias, n, in_c, out_c, who) == 0)
     return 0;
   if (bias) {
-    bias_broadcast_kernel<<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(out, bias, n, out_c);
+    if (qt__cuda_int_indices(n * out_c))
+      bias_broadcast_kernel<unsigned><<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(
+          out, bias, (unsigned)(n * out_c), (unsigned)out_c);
+    else
+      bias_broadcast_kernel<size_t>
+          <<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(out, bias, n * out_c, out_c);
     int rc = qt__cuda_check_launch(err, who, "the bias broadcast");
     if (rc < 0) return rc;
   }
