@@ -13,7 +13,6 @@
  * tests/test_gpu_optim.c checks them against qt_optim.c.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 
 #include <cuda_runtime.h>
@@ -224,16 +223,10 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
   return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
 }
 
-/* The blocks' partial sums (QT_CUDA_MAX_BLOCKS doubles per device),
- * allocated on first use and kept, so that clipping allocates nothing per
- * step; work on the default stream is ordered, and the lock keeps host
- * threads from interleaving their launches. */
-#define PARTIALS_MAX_DEVICES 64
-static pthread_mutex_t partials_lock = PTHREAD_MUTEX_INITIALIZER;
-static double *partials[PARTIALS_MAX_DEVICES];
-
 /* Sums term<kind> over n elements into *acc (add: += , else =), queued:
- * one partial per block, then one block adds them. */
+ * one partial per block, in the device's sums scratch
+ * (qt__cuda_sums_scratch_lock, kept between calls, so that clipping
+ * allocates nothing per step), then one block adds them. */
 template <int kind>
 static int reduce(const float *x, const float *y, const float *ref, size_t n, double *acc, int add,
                   const char *who, qt_err *err) {
@@ -244,32 +237,17 @@ static int reduce(const float *x, const float *y, const float *ref, size_t n, do
     return status == cudaSuccess ? 0 : qt__cuda_error(err, status, who);
   }
   if (!x || (kind == SUM_INNER && !y)) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  if (device < 0 || device >= PARTIALS_MAX_DEVICES)
-    return qt_err_set(err, QT_ENODEV, "%s: device %d is beyond the %d supported", who, device,
-                      PARTIALS_MAX_DEVICES);
   unsigned blocks = grid_for(n);
-  int rc = 0;
-  pthread_mutex_lock(&partials_lock);
-  double *partial = partials[device];
-  if (!partial) {
-    status = cudaMalloc((void **)&partial, QT_CUDA_MAX_BLOCKS * sizeof *partial);
-    if (status == cudaSuccess)
-      partials[device] = partial;
-    else
-      rc = qt__cuda_error(err, status, who);
-  }
-  if (rc == 0) {
-    reduce_kernel<kind><<<blocks, QT_CUDA_THREADS>>>(x, y, ref, n, partial);
-    rc = launched(who, "the reduction kernel", err);
-  }
+  double *partial = NULL;
+  int rc = qt__cuda_sums_scratch_lock(blocks, &partial, who, err);
+  if (rc < 0) return rc;
+  reduce_kernel<kind><<<blocks, QT_CUDA_THREADS>>>(x, y, ref, n, partial);
+  rc = launched(who, "the reduction kernel", err);
   if (rc == 0) {
     sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks, acc, add);
     rc = launched(who, "the kernel adding the partial sums", err);
   }
-  pthread_mutex_unlock(&partials_lock);
+  qt__cuda_sums_scratch_unlock();
   return rc;
 }
 
