@@ -749,18 +749,23 @@ static void test_failure_not_left_behind(void) {
  * epilogue. Every linear case (FP32, and with BF16 products rounded or
  * converted by cuBLAS) holds as on the default path, and cuBLASLt took at
  * least the FP32 products with a bias (it may decline a combination: that
- * one then broadcasts as by default). */
+ * one then broadcasts as by default). The FP32 cases run twice: the second
+ * time on the algorithms kept from the first, with as many products taken
+ * and the same results. */
 static void test_linear_bias_epilogue(void) {
   long before = qt__cuda_linear_lt_count();
   CU_ASSERT_EQUAL_FATAL(setenv("QT_CUDA_LT_BIAS", "1", 1), 0);
   test_linear();
   long fp32 = qt__cuda_linear_lt_count() - before;
+  test_linear();
+  long kept = qt__cuda_linear_lt_count() - before - fp32;
   test_linear_bf16();
   test_linear_bf16_fast();
   unsetenv("QT_CUDA_LT_BIAS");
-  printf("\n    cuBLASLt bias epilogue: %ld FP32 products, %ld in all", fp32,
-         qt__cuda_linear_lt_count() - before);
+  printf("\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld in all",
+         fp32, kept, qt__cuda_linear_lt_count() - before);
   CU_ASSERT(fp32 > 0);
+  CU_ASSERT_EQUAL(kept, fp32);
 }
 
 static const qt_test_case cases[] = {
