@@ -35,41 +35,25 @@ struct geometry {
 };
 typedef geometry<long> conv_geometry;
 
-static conv_geometry geometry_of(const qt_conv2d_shape *s) {
-  conv_geometry g;
-  g.in_c = (long)s->in_c;
-  g.in_h = (long)s->in_h;
-  g.in_w = (long)s->in_w;
-  g.out_c = (long)s->out_c;
-  g.out_h = (long)s->out_h;
-  g.out_w = (long)s->out_w;
-  g.kernel_h = (long)s->kernel_h;
-  g.kernel_w = (long)s->kernel_w;
-  g.stride_h = (long)s->stride_h;
-  g.stride_w = (long)s->stride_w;
-  g.pad_top = (long)s->pad_top;
-  g.pad_left = (long)s->pad_left;
-  g.groups = (long)s->groups;
+/* The sizes of a shape (or of another geometry) in index type I;
+ * check_shape bounds every one by INT_MAX. */
+template <typename I, typename S>
+static geometry<I> geometry_as(const S &s) {
+  geometry<I> g;
+  g.in_c = (I)s.in_c;
+  g.in_h = (I)s.in_h;
+  g.in_w = (I)s.in_w;
+  g.out_c = (I)s.out_c;
+  g.out_h = (I)s.out_h;
+  g.out_w = (I)s.out_w;
+  g.kernel_h = (I)s.kernel_h;
+  g.kernel_w = (I)s.kernel_w;
+  g.stride_h = (I)s.stride_h;
+  g.stride_w = (I)s.stride_w;
+  g.pad_top = (I)s.pad_top;
+  g.pad_left = (I)s.pad_left;
+  g.groups = (I)s.groups;
   return g;
-}
-
-/* check_shape bounds every size by INT_MAX. */
-static geometry<int> int_geometry(const conv_geometry &g) {
-  geometry<int> n;
-  n.in_c = (int)g.in_c;
-  n.in_h = (int)g.in_h;
-  n.in_w = (int)g.in_w;
-  n.out_c = (int)g.out_c;
-  n.out_h = (int)g.out_h;
-  n.out_w = (int)g.out_w;
-  n.kernel_h = (int)g.kernel_h;
-  n.kernel_w = (int)g.kernel_w;
-  n.stride_h = (int)g.stride_h;
-  n.stride_w = (int)g.stride_w;
-  n.pad_top = (int)g.pad_top;
-  n.pad_left = (int)g.pad_left;
-  n.groups = (int)g.groups;
-  return n;
 }
 
 static int is_depthwise(const qt_conv2d_shape *s) {
@@ -483,7 +467,7 @@ static void im2col(float *col, const float *img, const conv_geometry &g, size_t 
   size_t pixels = images * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(cols, pixels), g))
     im2col_kernel<int>
-        <<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, int_geometry(g), (int)images);
+        <<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, geometry_as<int>(g), (int)images);
   else
     im2col_kernel<long><<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, g, (long)images);
 }
@@ -494,7 +478,7 @@ static void col2im_add(float *img, const float *col, const conv_geometry &g, siz
   size_t pixels = images * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(cols, pixels), g))
     col2im_add_kernel<int>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, int_geometry(g), (int)images);
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, geometry_as<int>(g), (int)images);
   else
     col2im_add_kernel<long>
         <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images);
@@ -505,7 +489,7 @@ static void depthwise_forward(float *out, const float *inp, const float *weight,
   size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(outs, pixels), g))
     depthwise_forward_kernel<int><<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(
-        out, inp, weight, bias, int_geometry(g), (int)batch);
+        out, inp, weight, bias, geometry_as<int>(g), (int)batch);
   else
     depthwise_forward_kernel<long>
         <<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(out, inp, weight, bias, g, (long)batch);
@@ -516,7 +500,7 @@ static void depthwise_backward_input(float *dinp, const float *dout, const float
   size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(outs, pixels), g))
     depthwise_backward_input_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
-        dinp, dout, weight, int_geometry(g), (int)batch);
+        dinp, dout, weight, geometry_as<int>(g), (int)batch);
   else
     depthwise_backward_input_kernel<long>
         <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(dinp, dout, weight, g, (long)batch);
@@ -536,7 +520,7 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
     return qt_err_set(err, QT_EINVAL, "%s: NULL array (scratch needs %zu floats)", who,
                       qt_cuda_conv2d_scratch_size(s));
   }
-  conv_geometry g = geometry_of(s);
+  conv_geometry g = geometry_as<long>(*s);
   size_t out_elems = s->batch * s->out_c * s->out_h * s->out_w;
   if (is_depthwise(s)) {
     depthwise_forward(out, inp, weight, bias, g, s->batch);
@@ -601,7 +585,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
     return qt_err_set(err, QT_EINVAL, "%s: NULL array (scratch needs %zu floats)", who,
                       qt_cuda_conv2d_scratch_size(s));
   }
-  conv_geometry g = geometry_of(s);
+  conv_geometry g = geometry_as<long>(*s);
   size_t p_count = s->out_h * s->out_w;
   if (dbias) {
     conv_bias_grad_kernel<<<(unsigned)s->out_c, QT_CUDA_THREADS>>>(dbias, dout, (long)s->batch,
