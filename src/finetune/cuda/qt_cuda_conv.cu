@@ -1,15 +1,18 @@
 /*
  * qt_cuda_conv.cu - 2-D convolution on a CUDA device, the twin of
- * cpu/qt_cpu_conv2d.c. Dense and grouped convolutions lower, image by
- * image, to an im2col kernel (all groups of the image at once) and one
- * strided-batched cuBLAS GEMM over the groups; pointwise ones (1x1, stride
- * 1, no padding) multiply the image directly. The input gradient goes
- * through a column matrix and a col2im kernel that gathers, for each input
- * pixel, the entries it was read into (no atomics; the CPU's order of
- * additions). Depthwise convolutions (one input channel per group, any
- * multiplier) run as direct kernels: one thread per output (forward) or
- * input pixel (input gradient), and one block per weight tap for the
- * weight gradient, summed in double as on the CPU. See qt_finetune.h.
+ * cpu/qt_cpu_conv2d.c. Dense convolutions lower to an im2col kernel over
+ * as many images as the scratch holds and one strided-batched cuBLAS GEMM
+ * over those images; grouped ones, image by image, to an im2col over all
+ * groups and one GEMM over the groups; pointwise ones (1x1, stride 1, no
+ * padding) multiply the images directly. Weight gradients without groups
+ * are one batched GEMM of per-image terms and their column sums. The input
+ * gradient goes through column matrices and a col2im kernel that gathers,
+ * for each input pixel, the entries it was read into (no atomics; the
+ * CPU's order of additions). Depthwise convolutions (one input channel per
+ * group, any multiplier) run as direct kernels: one thread per output
+ * (forward) or input pixel (input gradient), and blocks over chunks of
+ * each weight tap's terms for the weight gradient, summed in double as on
+ * the CPU. See qt_finetune.h.
  */
 #include <limits.h>
 
@@ -271,9 +274,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 
 /* dinp += the input gradient: one thread per input pixel (b, ci, iy, ix)
  * gathers dout * w over the multiplier's output channels and the outputs
- * whose window covers it. The loops run over ky and kx downwards, so the
- * outputs come in scan order (oy, then ox ascending), the order in which
- * the CPU adds them. */
+ * whose window covers it, in scan order (oy, then ox ascending: ky and
+ * kx descending), the order in which the CPU adds them. */
 template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
@@ -285,8 +287,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     I row = i / g.in_w, ix = i - row * g.in_w;
     I plane = row / g.in_h, iy = row - plane * g.in_h; /* plane = b * in_c + ci */
     I b = plane / g.in_c, ci = plane - b * g.in_c;
-    /* The outputs whose window covers the pixel, as in col2im_add_kernel;
-     * ky and kx downwards are oy and ox upwards. */
+    /* The outputs whose window covers the pixel, as in col2im_add_kernel. */
     I ty = iy + g.pad_top, tx = ix + g.pad_left;
     I oy_first = first_output(ty, g.kernel_h, g.stride_h);
     I ox_first = first_output(tx, g.kernel_w, g.stride_w);
