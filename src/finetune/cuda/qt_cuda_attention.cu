@@ -16,22 +16,16 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* The softmax and its backward run one warp per row of scores, eight rows
- * per block: a row is a few hundred values (197 for a ViT at 224 px), too
- * few for a block of 256 threads and its two block-wide reductions, and a
- * ViT-B step at batch 64 has 151,296 rows per block of the network. */
-#define ROWS_PER_BLOCK (QT_CUDA_THREADS / 32)
-
-static unsigned row_blocks(size_t rows) {
-  return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-}
+/* The softmax and its backward run one warp per row of scores
+ * (QT_CUDA_WARP_ROWS per block): a ViT-B step at batch 64 has 151,296 rows
+ * of 197 scores per block of the network. */
 
 /* Row-wise softmax in place over `rows` rows of `tokens` scores: shifted by
  * the row maximum, exponentials in float, their sum in double, then scaled
  * by the float reciprocal (the CPU's steps). */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     softmax_rows_kernel(float *att, size_t rows, size_t tokens) {
-  size_t r = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+  size_t r = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return; /* the whole warp */
   float *row = att + r * tokens;
   float max = -INFINITY;
@@ -54,7 +48,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     softmax_backward_rows_kernel(float *__restrict__ da, const float *__restrict__ att, size_t rows,
                                  size_t tokens, size_t a_stride) {
-  size_t r = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+  size_t r = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return; /* the whole warp */
   size_t matrix = r / tokens;
   const float *arow = att + matrix * a_stride + (r - matrix * tokens) * tokens;
@@ -130,7 +124,7 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   }
   if (rc < 0) return rc;
   size_t rows = batch * heads * tokens;
-  softmax_rows_kernel<<<row_blocks(rows), QT_CUDA_THREADS>>>(att, rows, tokens);
+  softmax_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS>>>(att, rows, tokens);
   rc = qt__cuda_check_launch(err, who, "the softmax kernel");
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
     const float *v = qkv + o * w.qkv_o + 2 * c;
@@ -177,8 +171,8 @@ extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const fl
     }
     if (rc == 0) {
       size_t rows = w.inner * tokens;
-      softmax_backward_rows_kernel<<<row_blocks(rows), QT_CUDA_THREADS>>>(da, a, rows, tokens,
-                                                                          (size_t)w.att_i);
+      softmax_backward_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS>>>(
+          da, a, rows, tokens, (size_t)w.att_i);
       rc = qt__cuda_check_launch(err, who, "the softmax backward kernel");
     }
     /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */

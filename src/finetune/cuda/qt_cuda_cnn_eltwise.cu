@@ -116,15 +116,12 @@ QT_ACT_BACKWARD(qt_cuda_silu_backward, silu_backward_kernel, "the SiLU backward 
 /* Global average pooling                                                     */
 /* ------------------------------------------------------------------------- */
 
-/* Rows (of hw values) per block of the one-warp-per-row kernels. */
-#define ROWS_PER_BLOCK (QT_CUDA_THREADS / 32)
-
 /* out[row] = mean of inp's row (hw values), summed in double: one warp per
  * row. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     avgpool_forward_kernel(float *__restrict__ out, const float *__restrict__ inp, size_t rows,
                            size_t hw) {
-  size_t row = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  size_t row = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32;
   unsigned lane = threadIdx.x & 31;
   /* Whole warps leave together: the shuffle below needs all 32 lanes. */
   if (row >= rows) return;
@@ -145,9 +142,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* Blocks of ROWS_PER_BLOCK rows, or QT_EINVAL when they overflow the grid. */
+/* Blocks of QT_CUDA_WARP_ROWS rows, or QT_EINVAL when they overflow the grid. */
 static int row_blocks(size_t rows, unsigned *blocks, const char *who, qt_err *err) {
-  size_t b = (rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+  size_t b = (rows + QT_CUDA_WARP_ROWS - 1) / QT_CUDA_WARP_ROWS;
   if (b > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows are too many", who, rows);
   *blocks = (unsigned)b;
   return 0;
@@ -335,7 +332,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     se_gate_backward_kernel(float *__restrict__ dinp, float *__restrict__ dgate_pre,
                             const float *__restrict__ dout, const float *__restrict__ inp,
                             const float *__restrict__ gate, size_t rows, size_t hw) {
-  size_t row = (size_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  size_t row = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32;
   unsigned lane = threadIdx.x & 31;
   if (row >= rows) return; /* whole warps leave together */
   const float *x = inp + row * hw;

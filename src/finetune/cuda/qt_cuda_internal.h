@@ -154,6 +154,15 @@ static inline bool qt__cuda_int_indices(size_t count) {
   return count <= (size_t)INT_MAX - (size_t)QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS;
 }
 
+/* Kernels with one warp per row (rows of a few hundred values, too few for
+ * a block and its block-wide reductions) run this many rows per block. */
+#define QT_CUDA_WARP_ROWS (QT_CUDA_THREADS / 32)
+
+/* Blocks for `rows` rows, one warp each; rows must fit an int. */
+static inline unsigned qt__cuda_row_blocks(size_t rows) {
+  return (unsigned)((rows + QT_CUDA_WARP_ROWS - 1) / QT_CUDA_WARP_ROWS);
+}
+
 /* Sum over the 32 lanes of a full warp; every lane gets the total. */
 static __device__ __forceinline__ double qt__warp_sum(double v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
