@@ -317,8 +317,9 @@ static inline int fake_conv2d_forward(float *out, float *scratch, const float *i
 }
 static inline int fake_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                                        const float *dout, const float *inp, const float *weight,
-                                       const qt_conv2d_shape *shape, qt_err *err) {
-  FAKE_OP(op_calls, conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, shape, err));
+                                       const qt_conv2d_shape *shape, int set, qt_err *err) {
+  FAKE_OP(op_calls,
+          conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, shape, set, err));
 }
 static inline int fake_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
                                          float *running_var, const float *inp, const float *weight,
@@ -331,10 +332,10 @@ static inline int fake_batchnorm_forward(float *out, float *mean, float *rstd, f
 static inline int fake_batchnorm_backward(float *dinp, float *dweight, float *dbias,
                                           const float *dout, const float *inp, const float *weight,
                                           const float *mean, const float *rstd, size_t batch,
-                                          size_t c, size_t hw, qt_batchnorm_mode mode,
+                                          size_t c, size_t hw, qt_batchnorm_mode mode, int set,
                                           qt_err *err) {
   FAKE_OP(op_calls, batchnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch,
-                                       c, hw, mode, err));
+                                       c, hw, mode, set, err));
 }
 static inline int fake_stochnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
                                          float *running_var, const float *inp, const float *weight,
@@ -348,9 +349,9 @@ static inline int fake_stochnorm_backward(float *dinp, float *dweight, float *db
                                           const float *dout, const float *inp, const float *weight,
                                           const float *mean, const float *rstd,
                                           const unsigned char *select, size_t batch, size_t c,
-                                          size_t hw, qt_err *err) {
+                                          size_t hw, int set, qt_err *err) {
   FAKE_OP(op_calls, stochnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select,
-                                       batch, c, hw, err));
+                                       batch, c, hw, set, err));
 }
 /* The elementwise activations. */
 #define FAKE_ACTIVATION(name)                                                                    \
@@ -358,8 +359,8 @@ static inline int fake_stochnorm_backward(float *dinp, float *dweight, float *db
     FAKE_OP(op_calls, name##_forward(out, inp, n, err));                                         \
   }                                                                                              \
   static inline int fake_##name##_backward(float *dinp, const float *dout, const float *inp,     \
-                                           size_t n, qt_err *err) {                              \
-    FAKE_OP(op_calls, name##_backward(dinp, dout, inp, n, err));                                 \
+                                           size_t n, int set, qt_err *err) {                     \
+    FAKE_OP(op_calls, name##_backward(dinp, dout, inp, n, set, err));                            \
   }
 FAKE_ACTIVATION(relu)
 FAKE_ACTIVATION(relu6)

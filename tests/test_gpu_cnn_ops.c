@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "qt_test.h"
 #include "qt_test_gpu.h"
 
@@ -93,6 +94,14 @@ static void conv_case(const char *name, const qt_conv2d_shape *s, int with_bias,
   CHECK_RC(qt_cuda_conv2d_backward(dinp.dev, NULL, NULL, d_scratch, d_dout, d_inp, d_weight, s, E));
   snprintf(what, sizeof what, "conv %s: dinp twice", name);
   grad_check(what, &dinp);
+  /* `set` (the op table's): dinp written, not added to. */
+  grad fresh = grad_make_unset(n_in);
+  qt_cpu_conv2d_backward(fresh.cpu, NULL, NULL, scratch, dout, inp, weight, s);
+  CHECK_RC(
+      qt__cuda_conv2d_backward(fresh.dev, NULL, NULL, d_scratch, d_dout, d_inp, d_weight, s, 1, E));
+  snprintf(what, sizeof what, "conv %s: dinp set", name);
+  grad_check(what, &fresh);
+  grad_free(&fresh);
   snprintf(what, sizeof what, "conv %s: dbias untouched", name);
   grad_check(what, &dbias);
 
@@ -321,6 +330,15 @@ static void batchnorm_case(size_t batch, size_t c, size_t hw, int affine, qt_bat
                                       d_rstd, batch, c, hw, mode, E));
   snprintf(what, sizeof what, "%s: dweight twice", tag);
   grad_check(what, &dweight);
+  /* `set`: dinp written, not added to. */
+  grad fresh = grad_make_unset(n);
+  qt_cpu_batchnorm_backward(fresh.cpu, NULL, NULL, dout, inp, weight, mean, rstd, batch, c, hw,
+                            mode);
+  CHECK_RC(qt__cuda_batchnorm_backward(fresh.dev, NULL, NULL, d_dout, d_inp, d_weight, d_mean,
+                                       d_rstd, batch, c, hw, mode, 1, E));
+  snprintf(what, sizeof what, "%s: dinp set", tag);
+  grad_check(what, &fresh);
+  grad_free(&fresh);
 
   grad_free(&dinp);
   grad_free(&dweight);
@@ -421,6 +439,14 @@ static void stochnorm_case(size_t batch, size_t c, size_t hw, uint64_t seed) {
   grad_check(what, &dweight);
   snprintf(what, sizeof what, "%s: dbias", tag);
   grad_check(what, &dbias);
+  grad fresh = grad_make_unset(n);
+  qt_cpu_stochnorm_backward(fresh.cpu, NULL, NULL, dout, inp, weight, mean, rstd, select, batch, c,
+                            hw);
+  CHECK_RC(qt__cuda_stochnorm_backward(fresh.dev, NULL, NULL, d_dout, d_inp, d_weight, d_mean,
+                                       d_rstd, d_select, batch, c, hw, 1, E));
+  snprintf(what, sizeof what, "%s: dinp set", tag);
+  grad_check(what, &fresh);
+  grad_free(&fresh);
 
   grad_free(&dinp);
   grad_free(&dweight);
@@ -451,7 +477,7 @@ static void stochnorm_case(size_t batch, size_t c, size_t hw, uint64_t seed) {
 static void test_stochnorm(void) {
   stochnorm_case(3, 13, 49, 251);
   stochnorm_case(1, 24, 289, 252);
-  stochnorm_case(1, 7, 1, 253); /* one value per channel */
+  stochnorm_case(1, 7, 1, 253);    /* one value per channel */
   stochnorm_case(2, 5, 4097, 254); /* each channel's values in 3 chunks */
 }
 
@@ -463,10 +489,12 @@ typedef void (*cpu_forward_fn)(float *, const float *, size_t);
 typedef void (*cpu_backward_fn)(float *, const float *, const float *, size_t);
 typedef int (*cuda_forward_fn)(float *, const float *, size_t, qt_err *);
 typedef int (*cuda_backward_fn)(float *, const float *, const float *, size_t, qt_err *);
+typedef int (*cuda_backward_set_fn)(float *, const float *, const float *, size_t, int, qt_err *);
 
 static void activation_case(const char *name, cpu_forward_fn cpu_forward,
                             cpu_backward_fn cpu_backward, cuda_forward_fn cuda_forward,
-                            cuda_backward_fn cuda_backward, size_t n, uint64_t seed) {
+                            cuda_backward_fn cuda_backward, cuda_backward_set_fn cuda_backward_set,
+                            size_t n, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
   char what[96];
   /* N(3, 4^2) reaches below 0 and above 6; a few values sit exactly on
@@ -485,6 +513,13 @@ static void activation_case(const char *name, cpu_forward_fn cpu_forward,
   CHECK_RC(cuda_backward(dinp.dev, d_dout, d_inp, n, E));
   snprintf(what, sizeof what, "%s (%zu): dinp", name, n);
   grad_check(what, &dinp);
+  /* `set`: dinp written, 0 where the gradient does not pass. */
+  grad fresh = grad_make_unset(n);
+  cpu_backward(fresh.cpu, dout, inp, n);
+  CHECK_RC(cuda_backward_set(fresh.dev, d_dout, d_inp, n, 1, E));
+  snprintf(what, sizeof what, "%s (%zu): dinp set", name, n);
+  grad_check(what, &fresh);
+  grad_free(&fresh);
   /* In place: out == inp. */
   CHECK_RC(cuda_forward(d_inp, d_inp, n, E));
   snprintf(what, sizeof what, "%s (%zu) in place: out", name, n);
@@ -503,11 +538,11 @@ static void test_activations(void) {
   static const size_t sizes[] = {1, 1000, 100003};
   for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
     activation_case("relu", qt_cpu_relu_forward, qt_cpu_relu_backward, qt_cuda_relu_forward,
-                    qt_cuda_relu_backward, sizes[s], 300 + s);
+                    qt_cuda_relu_backward, qt__cuda_relu_backward, sizes[s], 300 + s);
     activation_case("relu6", qt_cpu_relu6_forward, qt_cpu_relu6_backward, qt_cuda_relu6_forward,
-                    qt_cuda_relu6_backward, sizes[s], 310 + s);
+                    qt_cuda_relu6_backward, qt__cuda_relu6_backward, sizes[s], 310 + s);
     activation_case("silu", qt_cpu_silu_forward, qt_cpu_silu_backward, qt_cuda_silu_forward,
-                    qt_cuda_silu_backward, sizes[s], 320 + s);
+                    qt_cuda_silu_backward, qt__cuda_silu_backward, sizes[s], 320 + s);
   }
 }
 

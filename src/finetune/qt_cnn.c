@@ -71,6 +71,7 @@ typedef struct activation {
   size_t per_image; /* floats per image */
   float *data;      /* (max_batch, per_image), in the arena */
   float *grad;      /* (max_batch, per_image), in the arena */
+  int written;      /* in a backward pass: grad holds this pass's values */
 } activation;
 
 /* Everything the passes read or write, in the memory of one backend
@@ -1009,6 +1010,21 @@ int qt_cnn_loss(qt_cnn_t *m, const int *labels, const float *soft_targets, doubl
   return 0;
 }
 
+/* Backward: makes activation i's gradient hold this pass's values before
+ * an op adds to it, zeroing it when no op has written it yet. */
+static int grad_started(qt_cnn_t *m, size_t i, qt_err *err) {
+  activation *a = &m->acts[i];
+  if (a->written) return 0;
+  a->written = 1;
+  return m->backend->zero(a->grad, m->batch * a->per_image * sizeof *a->grad, err);
+}
+
+/* The ops whose backward can write dx instead of adding to it. */
+static int takes_set(op_kind kind) {
+  return kind == OP_CONV || kind == OP_BN || kind == OP_RELU6 || kind == OP_RELU ||
+         kind == OP_SILU || kind == OP_LINEAR;
+}
+
 int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
   if (m->zero_grad_rc < 0) {
     int rc = m->zero_grad_rc;
@@ -1021,8 +1037,9 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
   const size_t F = sizeof(float);
   size_t batch = m->batch;
   m->labels_set = 0;
-  for (size_t i = 0; i < m->n_acts; i++)
-    CNN_TRY(ops->zero(m->acts[i].grad, batch * m->acts[i].per_image * F, err));
+  for (size_t i = 0; i < m->n_acts; i++) m->acts[i].written = 0;
+  /* The loss adds its gradient to the logits'. */
+  CNN_TRY(grad_started(m, m->n_acts - 1, err));
   float dloss = 1.0f / (float)batch;
   CNN_TRY(ops->upload(m->mem.dloss, &dloss, sizeof dloss, err));
   CNN_TRY(ops->cross_entropy_backward(m->acts[m->n_acts - 1].grad, m->mem.probs,
@@ -1035,24 +1052,31 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
     const float *x = m->acts[o->in].data;
     /* The images need no gradient. */
     float *dx = o->in == 0 ? NULL : m->acts[o->in].grad;
+    /* dy holds what the op's consumers (before it here) wrote. */
+    CNN_TRY(grad_started(m, o->out, err));
     const float *dy = m->acts[o->out].grad;
     size_t n = batch * m->acts[o->out].per_image;
+    /* The first op to reach dx writes it (set) where it can; the others
+     * add, to a gradient zeroed first if it is the first. */
+    int set = dx && !m->acts[o->in].written;
+    if (dx && !takes_set(o->kind)) CNN_TRY(grad_started(m, o->in, err));
     switch (o->kind) {
       case OP_CONV:
         o->conv.batch = batch;
         CNN_TRY(ops->conv2d_backward(dx, grad(m, o->weight), grad(m, o->bias), m->mem.scratch, dy,
-                                     x, param(m, o->weight), &o->conv, err));
+                                     x, param(m, o->weight), &o->conv, set, err));
         break;
       case OP_BN:
         if (o->stoch)
           CNN_TRY(ops->stochnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
                                           param(m, o->weight), m->mem.mean + o->stats,
                                           m->mem.rstd + o->stats, m->mem.select + o->stats, batch,
-                                          o->c, o->hw, err));
+                                          o->c, o->hw, set, err));
         else
-          CNN_TRY(ops->batchnorm_backward(
-              dx, grad(m, o->weight), grad(m, o->bias), dy, x, param(m, o->weight),
-              m->mem.mean + o->stats, m->mem.rstd + o->stats, batch, o->c, o->hw, o->mode, err));
+          CNN_TRY(ops->batchnorm_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
+                                          param(m, o->weight), m->mem.mean + o->stats,
+                                          m->mem.rstd + o->stats, batch, o->c, o->hw, o->mode, set,
+                                          err));
         break;
       case OP_DROPOUT:
         if (m->hooks.dropped) {
@@ -1073,13 +1097,13 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
         }
         break;
       case OP_RELU6:
-        CNN_TRY(ops->relu6_backward(dx, dy, x, n, err));
+        CNN_TRY(ops->relu6_backward(dx, dy, x, n, set, err));
         break;
       case OP_RELU:
-        CNN_TRY(ops->relu_backward(dx, dy, x, n, err));
+        CNN_TRY(ops->relu_backward(dx, dy, x, n, set, err));
         break;
       case OP_SILU:
-        CNN_TRY(ops->silu_backward(dx, dy, x, n, err));
+        CNN_TRY(ops->silu_backward(dx, dy, x, n, set, err));
         break;
       case OP_SE: {
         const float *saved = m->mem.se_saved + o->se_saved * m->max_batch;
@@ -1093,6 +1117,7 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
       }
       case OP_ADD:
         /* dx += dy, dx2 += dy. */
+        CNN_TRY(grad_started(m, o->in2, err));
         CNN_TRY(ops->residual_backward(dx, m->acts[o->in2].grad, NULL, dy, NULL, NULL, n, 1, err));
         break;
       case OP_POOL:
@@ -1104,9 +1129,10 @@ int qt_cnn_backward(qt_cnn_t *m, qt_err *err) {
         break;
       case OP_LINEAR:
         CNN_TRY(ops->linear_backward(dx, grad(m, o->weight), grad(m, o->bias), dy, x,
-                                     param(m, o->weight), batch, o->in_f, o->out_f, 0, err));
+                                     param(m, o->weight), batch, o->in_f, o->out_f, set, err));
         break;
     }
+    if (dx) m->acts[o->in].written = 1;
   }
   return 0;
 }

@@ -207,13 +207,15 @@ typedef struct qt__ops {
    * backend's: the CPU's scratch holds one group's column matrix, CUDA's
    * every group's (both 0 for pointwise and depthwise convolutions). The
    * StochNorm select (unsigned char per channel) and the max-pooling argmax
-   * (int32) live in backend memory like every other array. */
+   * (int32) live in backend memory like every other array. The backward
+   * passes of convolution, batch norm, StochNorm and the activations take
+   * `set` for dinp, as the ViT's ops above. */
   size_t (*conv2d_scratch_size)(const qt_conv2d_shape *shape);
   int (*conv2d_forward)(float *out, float *scratch, const float *inp, const float *weight,
                         const float *bias, const qt_conv2d_shape *shape, qt_err *err);
   int (*conv2d_backward)(float *dinp, float *dweight, float *dbias, float *scratch,
                          const float *dout, const float *inp, const float *weight,
-                         const qt_conv2d_shape *shape, qt_err *err);
+                         const qt_conv2d_shape *shape, int set, qt_err *err);
   int (*batchnorm_forward)(float *out, float *mean, float *rstd, float *running_mean,
                            float *running_var, const float *inp, const float *weight,
                            const float *bias, size_t batch, size_t c, size_t hw, float eps,
@@ -221,7 +223,7 @@ typedef struct qt__ops {
   int (*batchnorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, size_t batch, size_t c, size_t hw,
-                            qt_batchnorm_mode mode, qt_err *err);
+                            qt_batchnorm_mode mode, int set, qt_err *err);
   int (*stochnorm_forward)(float *out, float *mean, float *rstd, float *running_mean,
                            float *running_var, const float *inp, const float *weight,
                            const float *bias, const unsigned char *select, size_t batch, size_t c,
@@ -229,13 +231,16 @@ typedef struct qt__ops {
   int (*stochnorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, const unsigned char *select, size_t batch, size_t c,
-                            size_t hw, qt_err *err);
+                            size_t hw, int set, qt_err *err);
   int (*relu_forward)(float *out, const float *inp, size_t n, qt_err *err);
-  int (*relu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*relu_backward)(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                       qt_err *err);
   int (*relu6_forward)(float *out, const float *inp, size_t n, qt_err *err);
-  int (*relu6_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*relu6_backward)(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                        qt_err *err);
   int (*silu_forward)(float *out, const float *inp, size_t n, qt_err *err);
-  int (*silu_backward)(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err);
+  int (*silu_backward)(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                       qt_err *err);
   int (*global_avgpool_forward)(float *out, const float *inp, size_t batch, size_t c, size_t hw,
                                 qt_err *err);
   int (*global_avgpool_backward)(float *dinp, const float *dout, size_t batch, size_t c, size_t hw,
@@ -302,6 +307,26 @@ int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, siz
 int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                 const float *att, size_t batch, size_t tokens, size_t c,
                                 size_t heads, int set, qt_err *err);
+
+/* The same for the convolutional models' backward passes that take `set`
+ * in the op table. */
+int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                             const float *dout, const float *inp, const float *weight,
+                             const qt_conv2d_shape *shape, int set, qt_err *err);
+int qt__cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, size_t batch, size_t c, size_t hw,
+                                qt_batchnorm_mode mode, int set, qt_err *err);
+int qt__cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, const unsigned char *select, size_t batch,
+                                size_t c, size_t hw, int set, qt_err *err);
+int qt__cuda_relu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err);
+int qt__cuda_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                            qt_err *err);
+int qt__cuda_silu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err);
 
 /* How many linear forwards added their bias in cuBLASLt's epilogue (the
  * opt-in QT_CUDA_LT_BIAS=1 path of qt_cuda_linear_forward, see

@@ -589,7 +589,7 @@ int qt_mlp_backward(qt_mlp_t *m, qt_err *err) {
     if (m->act == QT_MLP_ACTIVATION_GELU)
       MLP_TRY(ops->gelu_backward(dpre, b->da, pre, n, 0, err));
     else
-      MLP_TRY(ops->relu_backward(dpre, b->da, pre, n, err));
+      MLP_TRY(ops->relu_backward(dpre, b->da, pre, n, 0, err));
     if (b->n) {
       MLP_TRY(ops->zero(b->dz, n * F, err));
       MLP_TRY(ops->layernorm_backward(b->dz, grad(m, b->norm_w), grad(m, b->norm_b), b->dn, b->z,

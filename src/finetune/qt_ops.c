@@ -191,8 +191,10 @@ static int cpu_conv2d_forward(float *out, float *scratch, const float *inp, cons
 
 static int cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                                const float *dout, const float *inp, const float *weight,
-                               const qt_conv2d_shape *shape, qt_err *err) {
+                               const qt_conv2d_shape *shape, int set, qt_err *err) {
   (void)err;
+  if (set && dinp)
+    memset(dinp, 0, shape->batch * shape->in_c * shape->in_h * shape->in_w * sizeof *dinp);
   qt_cpu_conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, shape);
   return 0;
 }
@@ -210,8 +212,9 @@ static int cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *ru
 static int cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                   const float *inp, const float *weight, const float *mean,
                                   const float *rstd, size_t batch, size_t c, size_t hw,
-                                  qt_batchnorm_mode mode, qt_err *err) {
+                                  qt_batchnorm_mode mode, int set, qt_err *err) {
   (void)err;
+  if (set && dinp) memset(dinp, 0, batch * c * hw * sizeof *dinp);
   qt_cpu_batchnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch, c, hw,
                             mode);
   return 0;
@@ -230,15 +233,16 @@ static int cpu_stochnorm_forward(float *out, float *mean, float *rstd, float *ru
 static int cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                   const float *inp, const float *weight, const float *mean,
                                   const float *rstd, const unsigned char *select, size_t batch,
-                                  size_t c, size_t hw, qt_err *err) {
+                                  size_t c, size_t hw, int set, qt_err *err) {
   (void)err;
+  if (set && dinp) memset(dinp, 0, batch * c * hw * sizeof *dinp);
   qt_cpu_stochnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c,
                             hw);
   return 0;
 }
 
 /* The elementwise activations: forward (out, inp, n), backward (dinp, dout,
- * inp, n). */
+ * inp, n, set). */
 #define CPU_ACTIVATION(name)                                                                   \
   static int cpu_##name##_forward(float *out, const float *inp, size_t n, qt_err *err) {       \
     (void)err;                                                                                 \
@@ -246,8 +250,9 @@ static int cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, con
     return 0;                                                                                  \
   }                                                                                            \
   static int cpu_##name##_backward(float *dinp, const float *dout, const float *inp, size_t n, \
-                                   qt_err *err) {                                              \
+                                   int set, qt_err *err) {                                     \
     (void)err;                                                                                 \
+    if (set) memset(dinp, 0, n * sizeof *dinp);                                                \
     qt_cpu_##name##_backward(dinp, dout, inp, n);                                              \
     return 0;                                                                                  \
   }
@@ -517,17 +522,17 @@ static const qt__ops cuda_ops = {
     .set_matmul_precision = qt_cuda_set_matmul_precision,
     .conv2d_scratch_size = qt_cuda_conv2d_scratch_size,
     .conv2d_forward = qt_cuda_conv2d_forward,
-    .conv2d_backward = qt_cuda_conv2d_backward,
+    .conv2d_backward = qt__cuda_conv2d_backward,
     .batchnorm_forward = qt_cuda_batchnorm_forward,
-    .batchnorm_backward = qt_cuda_batchnorm_backward,
+    .batchnorm_backward = qt__cuda_batchnorm_backward,
     .stochnorm_forward = qt_cuda_stochnorm_forward,
-    .stochnorm_backward = qt_cuda_stochnorm_backward,
+    .stochnorm_backward = qt__cuda_stochnorm_backward,
     .relu_forward = qt_cuda_relu_forward,
-    .relu_backward = qt_cuda_relu_backward,
+    .relu_backward = qt__cuda_relu_backward,
     .relu6_forward = qt_cuda_relu6_forward,
-    .relu6_backward = qt_cuda_relu6_backward,
+    .relu6_backward = qt__cuda_relu6_backward,
     .silu_forward = qt_cuda_silu_forward,
-    .silu_backward = qt_cuda_silu_backward,
+    .silu_backward = qt__cuda_silu_backward,
     .global_avgpool_forward = qt_cuda_global_avgpool_forward,
     .global_avgpool_backward = qt_cuda_global_avgpool_backward,
     .maxpool2d_forward = qt_cuda_maxpool2d_forward,

@@ -179,8 +179,8 @@ TIMED(conv2d_forward,
       (out, scratch, inp, weight, bias, shape, err))
 TIMED(conv2d_backward,
       (float *dinp, float *dweight, float *dbias, float *scratch, const float *dout,
-       const float *inp, const float *weight, const qt_conv2d_shape *shape, qt_err *err),
-      (dinp, dweight, dbias, scratch, dout, inp, weight, shape, err))
+       const float *inp, const float *weight, const qt_conv2d_shape *shape, int set, qt_err *err),
+      (dinp, dweight, dbias, scratch, dout, inp, weight, shape, set, err))
 TIMED(batchnorm_forward,
       (float *out, float *mean, float *rstd, float *running_mean, float *running_var,
        const float *inp, const float *weight, const float *bias, size_t batch, size_t c, size_t hw,
@@ -190,8 +190,8 @@ TIMED(batchnorm_forward,
 TIMED(batchnorm_backward,
       (float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
        const float *weight, const float *mean, const float *rstd, size_t batch, size_t c, size_t hw,
-       qt_batchnorm_mode mode, qt_err *err),
-      (dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch, c, hw, mode, err))
+       qt_batchnorm_mode mode, int set, qt_err *err),
+      (dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch, c, hw, mode, set, err))
 TIMED(stochnorm_forward,
       (float *out, float *mean, float *rstd, float *running_mean, float *running_var,
        const float *inp, const float *weight, const float *bias, const unsigned char *select,
@@ -201,17 +201,20 @@ TIMED(stochnorm_forward,
 TIMED(stochnorm_backward,
       (float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
        const float *weight, const float *mean, const float *rstd, const unsigned char *select,
-       size_t batch, size_t c, size_t hw, qt_err *err),
-      (dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c, hw, err))
+       size_t batch, size_t c, size_t hw, int set, qt_err *err),
+      (dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c, hw, set, err))
 TIMED(relu_forward, (float *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(relu_backward, (float *dinp, const float *dout, const float *inp, size_t n, qt_err *err),
-      (dinp, dout, inp, n, err))
+TIMED(relu_backward,
+      (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
+      (dinp, dout, inp, n, set, err))
 TIMED(relu6_forward, (float *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(relu6_backward, (float *dinp, const float *dout, const float *inp, size_t n, qt_err *err),
-      (dinp, dout, inp, n, err))
+TIMED(relu6_backward,
+      (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
+      (dinp, dout, inp, n, set, err))
 TIMED(silu_forward, (float *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(silu_backward, (float *dinp, const float *dout, const float *inp, size_t n, qt_err *err),
-      (dinp, dout, inp, n, err))
+TIMED(silu_backward,
+      (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
+      (dinp, dout, inp, n, set, err))
 TIMED(global_avgpool_forward,
       (float *out, const float *inp, size_t batch, size_t c, size_t hw, qt_err *err),
       (out, inp, batch, c, hw, err))

@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* Values per chunk aimed at, and the most blocks a pass splits channels
@@ -181,10 +182,11 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* dinp += the input gradient, elementwise: through the batch statistics
- * where they normalized (train, or select[ch] for StochNorm), as the CPU's
- * ((w r) ((dy - dy_mean) - xhat dy_xhat_mean)), else w r dy. */
-template <typename I>
+/* dinp += the input gradient (set: dinp = 0 + it), elementwise: through
+ * the batch statistics where they normalized (train, or select[ch] for
+ * StochNorm), as the CPU's ((w r) ((dy - dy_mean) - xhat dy_xhat_mean)),
+ * else w r dy. */
+template <typename I, bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     bn_input_grad_kernel(float *__restrict__ dinp, const float *__restrict__ dy,
                          const float *__restrict__ x, const float *__restrict__ weight,
@@ -201,9 +203,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
       float dy_mean = (float)stats[STAT_A * s.c + ch];
       float dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
       float inner = (dy[at] - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
-      dinp[at] = __fadd_rn(dinp[at], __fmul_rn(wr, inner));
+      dinp[at] = __fadd_rn(set ? 0.0f : dinp[at], __fmul_rn(wr, inner));
     } else {
-      dinp[at] = __fadd_rn(dinp[at], __fmul_rn(wr, dy[at]));
+      dinp[at] = __fadd_rn(set ? 0.0f : dinp[at], __fmul_rn(wr, dy[at]));
     }
   }
 }
@@ -267,12 +269,26 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
   return rc;
 }
 
+/* The input gradient's launch, in the index type the size allows. */
+template <bool set>
+static void bn_input_grad(float *dinp, const float *dy, const float *x, const float *weight,
+                          const float *mean, const float *rstd, const double *stats,
+                          const unsigned char *select, int train, bn_shape s) {
+  size_t n = s.batch * s.c * s.hw;
+  if (qt__cuda_int_indices(n))
+    bn_input_grad_kernel<unsigned, set><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+        dinp, dy, x, weight, mean, rstd, stats, select, train, s);
+  else
+    bn_input_grad_kernel<size_t, set><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+        dinp, dy, x, weight, mean, rstd, stats, select, train, s);
+}
+
 /* The backward of batch norm (select NULL; train: TRAIN mode) or StochNorm
- * (select set: train per channel). */
+ * (select set: train per channel); set: dinp written, not added to. */
 static int bn_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                        const float *inp, const float *weight, const float *mean, const float *rstd,
                        const unsigned char *select, size_t batch, size_t c, size_t hw, int train,
-                       int learn_affine, const char *who, qt_err *err) {
+                       int learn_affine, int set, const char *who, qt_err *err) {
   /* The sums are needed for the affine gradients and for TRAIN's input
    * gradient only. */
   int need_sums = (learn_affine && (dweight || dbias)) || ((train || select) && dinp);
@@ -292,13 +308,10 @@ static int bn_backward(float *dinp, float *dweight, float *dbias, const float *d
     }
   }
   if (rc == 0 && dinp) {
-    size_t n = batch * c * hw;
-    if (qt__cuda_int_indices(n))
-      bn_input_grad_kernel<unsigned><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
-          dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
+    if (set)
+      bn_input_grad<true>(dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
     else
-      bn_input_grad_kernel<size_t><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
-          dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
+      bn_input_grad<false>(dinp, dout, inp, weight, mean, rstd, stats, select, train, s);
     rc = qt__cuda_check_launch(err, who, "the input gradient");
   }
   qt__cuda_sums_scratch_unlock();
@@ -333,11 +346,11 @@ extern "C" int qt_cuda_batchnorm_forward(float *out, float *mean, float *rstd, f
                     hw, eps, momentum, mode == QT_BATCHNORM_MODE_TRAIN, who, err);
 }
 
-extern "C" int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const float *inp, const float *weight,
-                                          const float *mean, const float *rstd, size_t batch,
-                                          size_t c, size_t hw, qt_batchnorm_mode mode,
-                                          qt_err *err) {
+extern "C" int qt__cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias,
+                                           const float *dout, const float *inp, const float *weight,
+                                           const float *mean, const float *rstd, size_t batch,
+                                           size_t c, size_t hw, qt_batchnorm_mode mode, int set,
+                                           qt_err *err) {
   const char *who = "qt_cuda_batchnorm_backward";
   int rc = check_mode(mode, who, err);
   if (rc < 0) return rc;
@@ -347,7 +360,16 @@ extern "C" int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *db
   int learn_affine = mode != QT_BATCHNORM_MODE_FROZEN;
   if (!dinp && !(learn_affine && (dweight || dbias))) return 0;
   return bn_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, NULL, batch, c, hw,
-                     mode == QT_BATCHNORM_MODE_TRAIN, learn_affine, who, err);
+                     mode == QT_BATCHNORM_MODE_TRAIN, learn_affine, set, who, err);
+}
+
+extern "C" int qt_cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, size_t batch,
+                                          size_t c, size_t hw, qt_batchnorm_mode mode,
+                                          qt_err *err) {
+  return qt__cuda_batchnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, batch, c,
+                                     hw, mode, 0, err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -372,11 +394,11 @@ extern "C" int qt_cuda_stochnorm_forward(float *out, float *mean, float *rstd, f
                     hw, eps, momentum, 1, who, err);
 }
 
-extern "C" int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const float *inp, const float *weight,
-                                          const float *mean, const float *rstd,
-                                          const unsigned char *select, size_t batch, size_t c,
-                                          size_t hw, qt_err *err) {
+extern "C" int qt__cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias,
+                                           const float *dout, const float *inp, const float *weight,
+                                           const float *mean, const float *rstd,
+                                           const unsigned char *select, size_t batch, size_t c,
+                                           size_t hw, int set, qt_err *err) {
   const char *who = "qt_cuda_stochnorm_backward";
   if (c > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu channels do not fit an int", who, c);
   if (c == 0 || batch == 0 || hw == 0) return 0;
@@ -385,5 +407,14 @@ extern "C" int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *db
   }
   if (!dinp && !dweight && !dbias) return 0;
   return bn_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select, batch, c, hw, 1,
-                     1, who, err);
+                     1, set, who, err);
+}
+
+extern "C" int qt_cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd,
+                                          const unsigned char *select, size_t batch, size_t c,
+                                          size_t hw, qt_err *err) {
+  return qt__cuda_stochnorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, select,
+                                     batch, c, hw, 0, err);
 }

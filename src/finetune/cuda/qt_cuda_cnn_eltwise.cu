@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* ------------------------------------------------------------------------- */
@@ -37,12 +38,19 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
+/* The backward kernels add to dinp, or with `set` write it as the CPU's
+ * zeroed array plus the gradient: 0 where it does not pass, 0 + dout where
+ * it does. */
+template <bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     relu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
                          const float *__restrict__ inp, size_t n) {
   size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    if (inp[i] > 0.0f) dinp[i] = __fadd_rn(dinp[i], dout[i]);
+    if (inp[i] > 0.0f)
+      dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], dout[i]);
+    else if (set)
+      dinp[i] = 0.0f;
   }
 }
 
@@ -56,13 +64,17 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* PyTorch's hardtanh_backward: the gradient passes strictly inside (0, 6). */
+template <bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     relu6_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
                           const float *__restrict__ inp, size_t n) {
   size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float x = inp[i];
-    if (x > 0.0f && x < 6.0f) dinp[i] = __fadd_rn(dinp[i], dout[i]);
+    if (x > 0.0f && x < 6.0f)
+      dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], dout[i]);
+    else if (set)
+      dinp[i] = 0.0f;
   }
 }
 
@@ -77,6 +89,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 
 /* d/dx x s(x) = s(x) (1 + x (1 - s(x))), as the CPU's
  * dout * sig * (1 + x * (1 - sig)). */
+template <bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     silu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
                          const float *__restrict__ inp, size_t n) {
@@ -85,7 +98,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     float x = inp[i];
     float sig = sigmoid(x);
     float slope = __fadd_rn(1.0f, __fmul_rn(x, __fadd_rn(1.0f, -sig)));
-    dinp[i] = __fadd_rn(dinp[i], __fmul_rn(__fmul_rn(dout[i], sig), slope));
+    dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], __fmul_rn(__fmul_rn(dout[i], sig), slope));
   }
 }
 
@@ -97,20 +110,31 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);              \
     return qt__cuda_check_launch(err, #name, label);                           \
   }
-#define QT_ACT_BACKWARD(name, kernel, label)                                                     \
-  extern "C" int name(float *dinp, const float *dout, const float *inp, size_t n, qt_err *err) { \
-    if (n == 0) return 0;                                                                        \
-    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, #name ": NULL array");         \
-    kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);                         \
-    return qt__cuda_check_launch(err, #name, label);                                             \
+/* qt__cuda_<act>_backward with the op table's `set`, and the public
+ * qt_cuda_<act>_backward, which adds. */
+#define QT_ACT_BACKWARD(act, kernel, label)                                                  \
+  extern "C" int qt__cuda_##act##_backward(float *dinp, const float *dout, const float *inp, \
+                                           size_t n, int set, qt_err *err) {                 \
+    const char *who = "qt_cuda_" #act "_backward";                                           \
+    if (n == 0) return 0;                                                                    \
+    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);    \
+    if (set)                                                                                 \
+      kernel<true><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);             \
+    else                                                                                     \
+      kernel<false><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);            \
+    return qt__cuda_check_launch(err, who, label);                                           \
+  }                                                                                          \
+  extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,  \
+                                          size_t n, qt_err *err) {                           \
+    return qt__cuda_##act##_backward(dinp, dout, inp, n, 0, err);                            \
   }
 
 QT_ACT_FORWARD(qt_cuda_relu_forward, relu_forward_kernel, "the ReLU kernel")
-QT_ACT_BACKWARD(qt_cuda_relu_backward, relu_backward_kernel, "the ReLU backward kernel")
+QT_ACT_BACKWARD(relu, relu_backward_kernel, "the ReLU backward kernel")
 QT_ACT_FORWARD(qt_cuda_relu6_forward, relu6_forward_kernel, "the ReLU6 kernel")
-QT_ACT_BACKWARD(qt_cuda_relu6_backward, relu6_backward_kernel, "the ReLU6 backward kernel")
+QT_ACT_BACKWARD(relu6, relu6_backward_kernel, "the ReLU6 backward kernel")
 QT_ACT_FORWARD(qt_cuda_silu_forward, silu_forward_kernel, "the SiLU kernel")
-QT_ACT_BACKWARD(qt_cuda_silu_backward, silu_backward_kernel, "the SiLU backward kernel")
+QT_ACT_BACKWARD(silu, silu_backward_kernel, "the SiLU backward kernel")
 
 /* ------------------------------------------------------------------------- */
 /* Global average pooling                                                     */

@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* ------------------------------------------------------------------------- */
@@ -170,13 +171,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* img (in_c, in_h, in_w) += the entries of col (laid out as im2col's) that
- * were read from each pixel, for `images` images in a row. One thread per
+ * were read from each pixel (set: img = 0 + them), for `images` images in
+ * a row. One thread per
  * pixel gathers its entries in the CPU's order (ky, then kx ascending), so
  * no two threads write the same pixel. */
 template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     col2im_add_kernel(float *__restrict__ img, const float *__restrict__ col, geometry<I> g,
-                      I images) {
+                      I images, int set) {
   I p_count = g.out_h * g.out_w;
   I in_image = g.in_c * g.in_h * g.in_w;
   I col_image = g.in_c * g.kernel_h * g.kernel_w * p_count;
@@ -187,7 +189,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     const float *cols = col + image * col_image;
     I plane = pixel / g.in_w, ix = pixel - plane * g.in_w;
     I ci = plane / g.in_h, iy = plane - ci * g.in_h;
-    float acc = img[i];
+    float acc = set ? 0.0f : img[i];
     /* The outputs whose window covers the pixel: oy * stride_h + ky -
      * pad_top = iy with 0 <= ky < kernel_h, so ky = ty - oy * stride_h
      * for ty = iy + pad_top; ky ascending is oy descending (and x alike). */
@@ -272,14 +274,16 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* dinp += the input gradient: one thread per input pixel (b, ci, iy, ix)
+/* dinp += the input gradient (set: dinp = 0 + it): one thread per input
+ * pixel (b, ci, iy, ix)
  * gathers dout * w over the multiplier's output channels and the outputs
  * whose window covers it, in scan order (oy, then ox ascending: ky and
  * kx descending), the order in which the CPU adds them. */
 template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                                    const float *__restrict__ weight, geometry<I> g, I batch) {
+                                    const float *__restrict__ weight, geometry<I> g, I batch,
+                                    int set) {
   I mult = g.out_c / g.in_c;
   I total = batch * g.in_c * g.in_h * g.in_w;
   I stride = (I)gridDim.x * blockDim.x;
@@ -292,7 +296,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     I oy_first = first_output(ty, g.kernel_h, g.stride_h);
     I ox_first = first_output(tx, g.kernel_w, g.stride_w);
     I oy_last = min(ty / g.stride_h, g.out_h - 1), ox_last = min(tx / g.stride_w, g.out_w - 1);
-    float acc = dinp[i];
+    float acc = set ? 0.0f : dinp[i];
     for (I m = 0; m < mult; m++) {
       I o = ci * mult + m;
       const float *dy = dout + (b * g.out_c + o) * g.out_h * g.out_w;
@@ -473,16 +477,17 @@ static void im2col(float *col, const float *img, const conv_geometry &g, size_t 
     im2col_kernel<long><<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, g, (long)images);
 }
 
-/* img += col2im of `images` images' columns. */
-static void col2im_add(float *img, const float *col, const conv_geometry &g, size_t images) {
+/* img += col2im of `images` images' columns (set: img = it). */
+static void col2im_add(float *img, const float *col, const conv_geometry &g, size_t images,
+                       int set) {
   size_t cols = images * g.in_c * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
   size_t pixels = images * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(cols, pixels), g))
-    col2im_add_kernel<int>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, geometry_as<int>(g), (int)images);
+    col2im_add_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
+        img, col, geometry_as<int>(g), (int)images, set);
   else
     col2im_add_kernel<long>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images);
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images, set);
 }
 
 static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -497,14 +502,14 @@ static void depthwise_forward(float *out, const float *inp, const float *weight,
 }
 
 static void depthwise_backward_input(float *dinp, const float *dout, const float *weight,
-                                     const conv_geometry &g, size_t batch) {
+                                     const conv_geometry &g, size_t batch, int set) {
   size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(outs, pixels), g))
     depthwise_backward_input_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
-        dinp, dout, weight, geometry_as<int>(g), (int)batch);
+        dinp, dout, weight, geometry_as<int>(g), (int)batch, set);
   else
     depthwise_backward_input_kernel<long>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(dinp, dout, weight, g, (long)batch);
+        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(dinp, dout, weight, g, (long)batch, set);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -575,9 +580,9 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
   return 0;
 }
 
-extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
-                                       const float *dout, const float *inp, const float *weight,
-                                       const qt_conv2d_shape *s, qt_err *err) {
+extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                        const float *dout, const float *inp, const float *weight,
+                                        const qt_conv2d_shape *s, int set, qt_err *err) {
   const char *who = "qt_cuda_conv2d_backward";
   int rc = check_shape(s, who, err);
   if (rc < 0) return rc;
@@ -596,7 +601,7 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
   }
   if (is_depthwise(s)) {
     if (dinp) {
-      depthwise_backward_input(dinp, dout, weight, g, s->batch);
+      depthwise_backward_input(dinp, dout, weight, g, s->batch, set);
       rc = qt__cuda_check_launch(err, who, "the depthwise input gradient");
       if (rc < 0) return rc;
     }
@@ -614,8 +619,8 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
   if (pointwise && s->groups == 1) {
     if (dinp) {
       rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
-                         (long long)out_image, 1.0f, dinp, p_count, (long long)in_image, s->batch,
-                         who, err);
+                         (long long)out_image, set ? 0.0f : 1.0f, dinp, p_count,
+                         (long long)in_image, s->batch, who, err);
       if (rc < 0) return rc;
     }
     if (dweight)
@@ -662,16 +667,22 @@ extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias
          * convolution accumulates it straight into the image. */
         float *dcol = pointwise ? dimg : scratch;
         rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
-                           p_count, (long long)(og * p_count), pointwise ? 1.0f : 0.0f, dcol,
-                           p_count, (long long)(kdim * p_count), s->groups, who, err);
+                           p_count, (long long)(og * p_count), pointwise && !set ? 1.0f : 0.0f,
+                           dcol, p_count, (long long)(kdim * p_count), s->groups, who, err);
       }
       if (rc < 0) return rc;
       if (!pointwise) {
-        col2im_add(dimg, scratch, g, count);
+        col2im_add(dimg, scratch, g, count, set);
         rc = qt__cuda_check_launch(err, who, "col2im");
         if (rc < 0) return rc;
       }
     }
   }
   return 0;
+}
+
+extern "C" int qt_cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                                       const float *dout, const float *inp, const float *weight,
+                                       const qt_conv2d_shape *s, qt_err *err) {
+  return qt__cuda_conv2d_backward(dinp, dweight, dbias, scratch, dout, inp, weight, s, 0, err);
 }

@@ -369,3 +369,38 @@ int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err
 long qt__cuda_linear_lt_count(void) {
   return 0;
 }
+
+int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
+                             const float *dout, const float *inp, const float *weight,
+                             const qt_conv2d_shape *shape, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_conv2d_backward");
+}
+
+int qt__cuda_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, size_t batch, size_t c, size_t hw,
+                                qt_batchnorm_mode mode, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_batchnorm_backward");
+}
+
+int qt__cuda_stochnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                const float *inp, const float *weight, const float *mean,
+                                const float *rstd, const unsigned char *select, size_t batch,
+                                size_t c, size_t hw, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_stochnorm_backward");
+}
+
+int qt__cuda_relu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu_backward");
+}
+
+int qt__cuda_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                            qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_relu6_backward");
+}
+
+int qt__cuda_silu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
+                           qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_silu_backward");
+}
