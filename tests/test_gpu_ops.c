@@ -353,12 +353,29 @@ static void test_gelu(void) {
 /* Attention                                                                  */
 /* ------------------------------------------------------------------------- */
 
+/* Whether the attention cases round q, k, v and the output's gradient to
+ * BF16 on the host first (while they run with BF16 products): the error
+ * left is then that of the products' inner roundings (the probabilities,
+ * the scores' gradient), not of the inputs'. With N(0, 1) inputs of 64
+ * features, rounding q and k alone moves a score by about 4e-3, and the
+ * parity error, a maximum over every element, comes near 1e-2 (host
+ * emulation of the fused kernels: up to 1.3e-2 unrounded, 3.2e-3 rounded). */
+static int bf16_inputs = 0;
+
+static void round_to_bf16(float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
+}
+
 static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
   char what[128];
   size_t n_qkv = batch * tokens * 3 * c, n_out = batch * tokens * c;
   size_t n_att = batch * heads * tokens * tokens;
   float *qkv = host_random(rng, n_qkv, 0.0, 1.0), *dout = host_random(rng, n_out, 0.0, 1.0);
+  if (bf16_inputs) {
+    round_to_bf16(qkv, n_qkv);
+    round_to_bf16(dout, n_out);
+  }
   float *d_qkv = device_floats(qkv, n_qkv), *d_dout = device_floats(dout, n_out);
   float *out = host_random(rng, n_out, 0.0, 1.0), *att = host_random(rng, n_att, 0.0, 1.0);
   float *d_out = device_floats(out, n_out), *d_att = device_floats(att, n_att);
@@ -422,9 +439,137 @@ static void test_attention(void) {
 static void test_attention_bf16(void) {
   qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   tolerance = BF16_TOLERANCE;
+  bf16_inputs = 1;
   test_attention();
+  bf16_inputs = 0;
   tolerance = PARITY_TOLERANCE;
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
+}
+
+/* The log-sum-exp of each row of scaled scores, in double on the host:
+ * lse (batch, heads, tokens). */
+static void host_lse(double *lse, const float *qkv, size_t batch, size_t tokens, size_t c,
+                     size_t heads) {
+  size_t hs = c / heads;
+  double *row = malloc(tokens * sizeof *row);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(row);
+  for (size_t b = 0; b < batch; b++) {
+    for (size_t h = 0; h < heads; h++) {
+      for (size_t i = 0; i < tokens; i++) {
+        const float *q = qkv + (b * tokens + i) * 3 * c + h * hs;
+        double max = -INFINITY, sum = 0.0;
+        for (size_t j = 0; j < tokens; j++) {
+          const float *k = qkv + (b * tokens + j) * 3 * c + c + h * hs;
+          double dot = 0.0;
+          for (size_t f = 0; f < hs; f++) dot += (double)q[f] * k[f];
+          row[j] = dot / sqrt((double)hs);
+          max = fmax(max, row[j]);
+        }
+        for (size_t j = 0; j < tokens; j++) sum += exp(row[j] - max);
+        lse[(b * heads + h) * tokens + i] = max + log(sum);
+      }
+    }
+  }
+  free(row);
+}
+
+/* The fused attention kernels (the op table's under BF16 products) on
+ * inputs rounded to BF16: out and dqkv (added to, and written with `set`)
+ * within the BF16 bound of the FP32 CPU, and the stored log-sum-exps
+ * within 1e-4 of the host's in double (their scores are exact products of
+ * the rounded inputs). The op table takes them under BF16 products and not
+ * under FP32. */
+static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint64_t seed) {
+  size_t c = 64 * heads;
+  char what[128], label[160];
+  snprintf(what, sizeof what, "fused attention b %zu, T %zu, heads %zu", batch, tokens, heads);
+  CU_ASSERT_FATAL(qt__cuda_attention_fused_fits(batch, tokens, c, heads));
+  qt_rng_t *rng = make_rng(seed);
+  size_t n_qkv = batch * tokens * 3 * c, n_out = batch * tokens * c;
+  size_t n_att = batch * heads * tokens * tokens, n_lse = batch * heads * tokens;
+  float *qkv = host_random(rng, n_qkv, 0.0, 1.0), *dout = host_random(rng, n_out, 0.0, 1.0);
+  round_to_bf16(qkv, n_qkv);
+  round_to_bf16(dout, n_out);
+  float *out = malloc(n_out * sizeof *out), *att = malloc(n_att * sizeof *att);
+  float *lse = malloc(n_lse * sizeof *lse), *scratch = malloc(tokens * tokens * sizeof *scratch);
+  double *want_lse = malloc(n_lse * sizeof *want_lse);
+  CU_ASSERT_FATAL(out && att && lse && scratch && want_lse);
+  qt_cpu_attention_forward(out, att, qkv, batch, tokens, c, heads);
+  host_lse(want_lse, qkv, batch, tokens, c, heads);
+
+  float *d_qkv = device_floats(qkv, n_qkv), *d_dout = device_floats(dout, n_out);
+  float *d_out = device_floats(out, n_out), *d_att = NULL, *d_scratch = NULL;
+  CHECK_RC(qt_cuda_malloc((void **)&d_att, n_att * sizeof(float), E));
+  CHECK_RC(qt_cuda_malloc((void **)&d_scratch,
+                          qt_cuda_attention_scratch_size(batch, tokens, heads) * sizeof(float), E));
+  CHECK_RC(qt_cuda_zero(d_out, n_out * sizeof(float), E));
+  CHECK_RC(qt__cuda_attention_fused_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
+  snprintf(label, sizeof label, "%s: out", what);
+  expect_parity_tol(label, d_out, out, NULL, n_out, BF16_TOLERANCE);
+  CHECK_RC(qt_cuda_copy_to_host(lse, d_att, n_lse * sizeof *lse, E));
+  double lse_error = 0.0;
+  for (size_t i = 0; i < n_lse; i++) lse_error = fmax(lse_error, fabs(lse[i] - want_lse[i]));
+  if (!(lse_error < 1e-4)) printf("\n    %s: log-sum-exp off by %.3g", what, lse_error);
+  CU_ASSERT(lse_error < 1e-4);
+
+  grad added = grad_make(rng, n_qkv), fresh = grad_make_unset(n_qkv);
+  qt_cpu_attention_backward(added.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
+  qt_cpu_attention_backward(fresh.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
+  CHECK_RC(qt__cuda_attention_fused_backward(added.dev, d_scratch, d_dout, d_qkv, d_att, batch,
+                                             tokens, c, heads, 0, E));
+  CHECK_RC(qt__cuda_attention_fused_backward(fresh.dev, d_scratch, d_dout, d_qkv, d_att, batch,
+                                             tokens, c, heads, 1, E));
+  snprintf(label, sizeof label, "%s: dqkv", what);
+  expect_parity_tol(label, added.dev, added.cpu, added.init, n_qkv, BF16_TOLERANCE);
+  snprintf(label, sizeof label, "%s: dqkv set", what);
+  expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
+
+  /* The op table: under BF16 the fused forward (att holds the same
+   * log-sum-exps), under FP32 the probabilities. */
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
+  float *again = malloc(n_lse * sizeof *again);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(again);
+  CHECK_RC(qt_cuda_copy_to_host(again, d_att, n_lse * sizeof *again, E));
+  CU_ASSERT(memcmp(again, lse, n_lse * sizeof *lse) == 0);
+  qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
+  CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
+  snprintf(label, sizeof label, "%s: FP32 op table's probabilities", what);
+  expect_parity(label, d_att, att, NULL, n_att);
+  qt_cuda_set_matmul_precision(before);
+
+  grad_free(&added);
+  grad_free(&fresh);
+  free(qkv);
+  free(dout);
+  free(out);
+  free(att);
+  free(lse);
+  free(again);
+  free(scratch);
+  free(want_lse);
+  qt_cuda_free(d_qkv);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_cuda_free(d_att);
+  qt_cuda_free(d_scratch);
+  qt_rng_free(rng);
+}
+
+static void test_attention_fused(void) {
+  attention_fused_case(1, 1, 1, 61);
+  attention_fused_case(2, 17, 2, 62); /* a partial tile of rows */
+  attention_fused_case(3, 33, 2, 63);
+  attention_fused_case(2, 197, 6, 64);  /* ViT-S/16 at 224 px */
+  attention_fused_case(1, 197, 12, 65); /* ViT-B/16 at 224 px */
+  attention_fused_case(1, 256, 1, 66);  /* the most tokens */
+  /* What the fused kernels do not take: other head sizes, more tokens. */
+  CU_ASSERT_FALSE(qt__cuda_attention_fused_fits(1, 197, 192, 4));
+  CU_ASSERT_FALSE(qt__cuda_attention_fused_fits(1, 257, 64, 1));
+  CU_ASSERT_FALSE(qt__cuda_attention_fused_fits(1, 10, 64, 0));
+  qt_err err;
+  CU_ASSERT_EQUAL(qt__cuda_attention_fused_forward(NULL, NULL, NULL, 1, 257, 64, 1, &err),
+                  QT_EINVAL);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -697,6 +842,8 @@ static void test_arguments(void) {
                   0);
   CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(8, 197, 12), (size_t)12 * 197 * 197);
   CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(64, 197, 12), (size_t)64 * 197 * 197);
+  /* the fused backward's row sums, (batch, heads, tokens), when larger */
+  CU_ASSERT_EQUAL(qt_cuda_attention_scratch_size(4, 1, 4), (size_t)16);
   CHECK_RC(qt_cuda_synchronize(E));
   qt_cuda_free(d);
 }
@@ -774,6 +921,7 @@ static const qt_test_case cases[] = {
     {"linear_bf16", test_linear_bf16},
     {"linear_bf16_fast", test_linear_bf16_fast},
     {"attention_bf16", test_attention_bf16},
+    {"attention_fused", test_attention_fused},
     {"layernorm", test_layernorm},
     {"gelu", test_gelu},
     {"attention", test_attention},

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential   # gcc, make
+  build-essential   # gcc, g++, make
   cmake
   pkg-config
   libgsl-dev        # RNG, quasi-random sequences, special functions

@@ -308,6 +308,29 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
                                 const float *att, size_t batch, size_t tokens, size_t c,
                                 size_t heads, int set, qt_err *err);
 
+/* Fused attention (qt_cuda_attention_fused.cu): BF16 tensor-core products
+ * with the scores kept in shared memory, for heads of 64 features and at
+ * most 256 tokens on an sm_80 or newer device. fits says whether a shape
+ * can run there (0 also without CUDA). The forward writes out and the
+ * (batch, heads, tokens) log-sum-exps of the scaled scores into lse, not
+ * the probabilities; the backward reads them, and its scratch holds
+ * qt_cuda_attention_scratch_size floats. */
+int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads);
+int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv, size_t batch,
+                                     size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
+                                      const float *qkv, const float *lse, size_t batch,
+                                      size_t tokens, size_t c, size_t heads, int set, qt_err *err);
+/* The CUDA op table's attention: the fused kernels under BF16 products
+ * where they fit (att then holds the log-sum-exps, read only by the
+ * backward of the same step), unless QT_CUDA_FUSED_ATTENTION=0;
+ * qt_cuda_attention_forward and qt__cuda_attention_backward otherwise. */
+int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
+                                  size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                                   const float *att, size_t batch, size_t tokens, size_t c,
+                                   size_t heads, int set, qt_err *err);
+
 /* The same for the convolutional models' backward passes that take `set`
  * in the op table. */
 int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,

@@ -100,9 +100,11 @@ static int check_shape(size_t batch, size_t tokens, size_t c, size_t heads, cons
   return 0;
 }
 
-/* One call's gradients of the scores: `inner` matrices of (T, T). */
+/* One call's gradients of the scores, `inner` matrices of (T, T), or the
+ * fused backward's row sums D, (batch, heads, T). */
 extern "C" size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
-  return (batch > heads ? batch : heads) * tokens * tokens;
+  size_t scores = (batch > heads ? batch : heads) * tokens * tokens;
+  return scores > batch * heads * tokens ? scores : batch * heads * tokens;
 }
 
 extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch,

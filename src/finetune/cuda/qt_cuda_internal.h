@@ -39,6 +39,9 @@ int qt__cublas_error(qt_err *err, cublasStatus_t status, const char *what);
  * (one per device, never destroyed) and bound to the default stream. */
 int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
 
+/* The qt_matmul_precision that qt_cuda_set_matmul_precision set last. */
+int qt__cuda_matmul_precision(void);
+
 /* Row-major single-precision GEMM on the default stream:
  *   C (m, n) = alpha * op(A) (m, k) . op(B) (k, n) + beta * C
  * with op(X) = X or X^T (trans_a, trans_b nonzero), lda, ldb, ldc the row

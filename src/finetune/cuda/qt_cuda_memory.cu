@@ -169,6 +169,10 @@ extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision 
   return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
+extern "C" int qt__cuda_matmul_precision(void) {
+  return __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
+}
+
 /* The per-device state below (cuBLAS handles, scratch) is indexed by the
  * calling thread's device. */
 #define QT_CUDA_MAX_DEVICES 64

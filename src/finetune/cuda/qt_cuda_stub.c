@@ -132,7 +132,8 @@ int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, siz
 }
 
 size_t qt_cuda_attention_scratch_size(size_t batch, size_t tokens, size_t heads) {
-  return (batch > heads ? batch : heads) * tokens * tokens;
+  size_t scores = (batch > heads ? batch : heads) * tokens * tokens;
+  return scores > batch * heads * tokens ? scores : batch * heads * tokens;
 }
 
 int qt_cuda_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
@@ -149,6 +150,32 @@ int qt_cuda_attention_backward(float *dqkv, float *scratch, const float *dout, c
 int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                 const float *att, size_t batch, size_t tokens, size_t c,
                                 size_t heads, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_backward");
+}
+
+int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return 0;
+}
+
+int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv, size_t batch,
+                                     size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
+}
+
+int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
+                                      const float *qkv, const float *lse, size_t batch,
+                                      size_t tokens, size_t c, size_t heads, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
+}
+
+int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
+                                  size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_forward");
+}
+
+int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                                   const float *att, size_t batch, size_t tokens, size_t c,
+                                   size_t heads, int set, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 

@@ -1,0 +1,188 @@
+/*
+ * qt_cuda_attention_fused.cu - fused attention for BF16 runs: the kernels of
+ * qt_cuda_attention_fused.cuh launched one block per (image, head), and the
+ * op table's attention, which takes them under BF16 products where they fit
+ * (heads of 64 features, at most 256 tokens: every timm ViT at 224 px) and
+ * the cuBLAS path of qt_cuda_attention.cu otherwise.
+ *
+ * The unfused BF16 path writes the (batch, heads, tokens, tokens) scores,
+ * reads and writes them in the softmax and reads them again in the second
+ * product, and its backward does the same with their gradient: about
+ * 1.6 GB of memory traffic per block of ViT-B and step at batch 64, by
+ * count. The fused kernels keep the scores in shared memory and store only
+ * a log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
+ * QT_CUDA_FUSED_ATTENTION=0 turns them off, to measure one against the
+ * other.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
+#include "finetune/cuda/qt_cuda_internal.h"
+#include "finetune/cuda/qt_cuda_attention_fused.cuh"
+
+/* BF16 WMMA needs sm_80; a build for older devices traps in the kernels,
+ * and qt__cuda_attention_fused_fits keeps them from being launched there. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define QT_FA_BODY(call) __trap()
+#else
+#define QT_FA_BODY(call) call
+#endif
+
+static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
+    fused_forward_kernel(float *out, float *lse, const float *qkv, qt_fa::shape sh) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  QT_FA_BODY(qt_fa::forward_block(smem, out, lse, qkv, sh, blockIdx.x, threadIdx.x, blockDim.x));
+}
+
+static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
+    fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const float *qkv,
+                             const float *lse, qt_fa::shape sh, int set) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, lse, sh, set, blockIdx.x,
+                                      threadIdx.x, blockDim.x));
+}
+
+static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
+    fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const float *qkv,
+                              const float *lse, qt_fa::shape sh, int set) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, lse, sh, set, blockIdx.x,
+                                       threadIdx.x, blockDim.x));
+}
+
+/* Warps per block for kernel k on the current device (qt_fa::warps_within
+ * its shared memory limit); 0 on a device older than sm_80. */
+static int warps_for(qt_fa::kernel k, size_t tokens) {
+  int device, major, optin;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    cudaGetLastError(); /* not sticky: leave no error for the next check */
+    return 0;
+  }
+  return major < 8 ? 0 : qt_fa::warps_within(k, (int)tokens, (size_t)optin);
+}
+
+extern "C" int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
+  if (heads == 0 || c != heads * QT_FA_HEAD || tokens == 0 || tokens > QT_FA_MAX_TOKENS ||
+      batch == 0 || batch > INT_MAX / heads) {
+    return 0;
+  }
+  return warps_for(qt_fa::FORWARD, tokens) > 0 && warps_for(qt_fa::BACKWARD_DQ, tokens) > 0 &&
+         warps_for(qt_fa::BACKWARD_DKV, tokens) > 0;
+}
+
+static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads) {
+  qt_fa::shape sh;
+  sh.batch = (int)batch;
+  sh.tokens = (int)tokens;
+  sh.heads = (int)heads;
+  sh.padded = (int)((tokens + 15) / 16 * 16);
+  sh.c = c;
+  sh.scale = (float)(1.0 / sqrt((double)QT_FA_HEAD));
+  return sh;
+}
+
+/* Raises the kernel's dynamic shared memory limit to `bytes` and launches
+ * it over batch * heads blocks of `warps` warps. */
+template <typename Kernel, typename... Args>
+static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const char *who,
+                  const char *name, qt_err *err, Args... args) {
+  int warps = warps_for(k, (size_t)sh.tokens);
+  if (warps == 0) {
+    return qt_err_set(err, QT_EINVAL, "%s: %d tokens do not fit the fused kernels here", who,
+                      sh.tokens);
+  }
+  size_t bytes = qt_fa::shared_bytes(k, sh.padded, warps);
+  cudaError_t status =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  kernel<<<(unsigned)(sh.batch * sh.heads), warps * 32, bytes>>>(args...);
+  return qt__cuda_check_launch(err, who, name);
+}
+
+extern "C" int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv,
+                                                size_t batch, size_t tokens, size_t c, size_t heads,
+                                                qt_err *err) {
+  const char *who = "qt__cuda_attention_fused_forward";
+  if (!qt__cuda_attention_fused_fits(batch, tokens, c, heads)) {
+    return qt_err_set(err, QT_EINVAL, "%s: batch %zu, %zu tokens, %zu features, %zu heads", who,
+                      batch, tokens, c, heads);
+  }
+  if (!out || !lse || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  qt_fa::shape sh = shape_of(batch, tokens, c, heads);
+  return launch(fused_forward_kernel, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
+                out, lse, qkv, sh);
+}
+
+extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
+                                                 const float *qkv, const float *lse, size_t batch,
+                                                 size_t tokens, size_t c, size_t heads, int set,
+                                                 qt_err *err) {
+  const char *who = "qt__cuda_attention_fused_backward";
+  if (!qt__cuda_attention_fused_fits(batch, tokens, c, heads)) {
+    return qt_err_set(err, QT_EINVAL, "%s: batch %zu, %zu tokens, %zu features, %zu heads", who,
+                      batch, tokens, c, heads);
+  }
+  if (!dqkv || !scratch || !dout || !qkv || !lse) {
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  }
+  qt_fa::shape sh = shape_of(batch, tokens, c, heads);
+  int rc = launch(fused_backward_dq_kernel, qt_fa::BACKWARD_DQ, sh, who,
+                  "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, lse, sh, set);
+  if (rc < 0) return rc;
+  return launch(fused_backward_dkv_kernel, qt_fa::BACKWARD_DKV, sh, who,
+                "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
+                lse, sh, set);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The op table's attention                                                   */
+/* ------------------------------------------------------------------------- */
+
+/* Whether the op table takes the fused kernels for this shape now: under
+ * BF16 products (either kind), unless QT_CUDA_FUSED_ATTENTION=0. The
+ * forward and the backward of one step decide alike, since the precision is
+ * set for a whole epoch (qt_run_epoch) and the rest depends on the shape
+ * and the device. */
+static int fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
+  static int enabled = -1;
+  int on = __atomic_load_n(&enabled, __ATOMIC_RELAXED);
+  if (on < 0) {
+    const char *value = getenv("QT_CUDA_FUSED_ATTENTION");
+    on = !(value && strcmp(value, "0") == 0);
+    __atomic_store_n(&enabled, on, __ATOMIC_RELAXED);
+  }
+  int precision = qt__cuda_matmul_precision();
+  return on && (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
+         qt__cuda_attention_fused_fits(batch, tokens, c, heads);
+}
+
+extern "C" int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
+                                             size_t tokens, size_t c, size_t heads, qt_err *err) {
+  if (fused_now(batch, tokens, c, heads)) {
+    return qt__cuda_attention_fused_forward(out, att, qkv, batch, tokens, c, heads, err);
+  }
+  return qt_cuda_attention_forward(out, att, qkv, batch, tokens, c, heads, err);
+}
+
+extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,
+                                              const float *qkv, const float *att, size_t batch,
+                                              size_t tokens, size_t c, size_t heads, int set,
+                                              qt_err *err) {
+  if (fused_now(batch, tokens, c, heads)) {
+    return qt__cuda_attention_fused_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads,
+                                             set, err);
+  }
+  return qt__cuda_attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set,
+                                     err);
+}

@@ -1,0 +1,143 @@
+/*
+ * test_emulated_attention.cpp - the fused attention kernels' bodies
+ * (src/finetune/cuda/qt_cuda_attention_fused.cuh) run on the CPU through
+ * qt_cuda_emulation.h, against qt_cpu_attention_forward / _backward: out,
+ * the log-sum-exps and dqkv (added to, and written with `set`), for token
+ * counts around the tiles of 16 rows (1, 5, 16, 17, 33, 129, 197, 250,
+ * 256), several images and heads, and the warps per block that a device
+ * with 227 KB (H100) and with 99 KB (sm_86) of shared memory per block
+ * gives.
+ *
+ * Built twice: test_emulated_attention rounds to BF16 as the device does
+ * (inputs rounded on the host, so what is left is the kernels' own
+ * rounding of the probabilities and the scores' gradient: within 1e-2, the
+ * BF16 bound of the `gpu` tests); test_emulated_attention_exact keeps
+ * every value in FP32 (QT_EMULATE_EXACT), within 1e-5 like the FP32 ops.
+ * It runs without a GPU; it does not replace the `gpu` tests (the compiled
+ * kernels, the real tensor cores, the launch), which run them on a device.
+ */
+#include "qt_cuda_emulation.h"
+
+#include <random>
+
+#include "finetune/cuda/qt_cuda_attention_fused.cuh"
+#include "finetune/qt_finetune.h"
+
+#ifdef QT_EMULATE_EXACT
+static const double TOLERANCE = 1e-5;
+#else
+static const double TOLERANCE = 1e-2;
+#endif
+/* Shared memory per block, opt-in: H100 and H200; sm_86. */
+static const size_t H100_SHARED = 232448, SM86_SHARED = 101376;
+
+static int failures = 0;
+
+/* The parity measure of the `gpu` tests (qt_test_gpu.h). */
+static double parity_error(const std::vector<float> &got, const std::vector<float> &want,
+                           const std::vector<float> *init) {
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); i++) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
+    diff = fmax(diff, fabs((double)got[i] - want[i]));
+    scale = fmax(scale, fabs((double)want[i] - (init ? (*init)[i] : 0.0f)));
+  }
+  return scale == 0.0 ? (diff == 0.0 ? 0.0 : INFINITY) : diff / scale;
+}
+
+/* Runs one kernel's body over the grid, as the launcher would on a device
+ * with `limit` bytes of shared memory per block (scaled by the emulated
+ * BF16's size: QT_EMULATE_EXACT's is twice the device's). */
+template <class Body>
+static void launch(qt_fa::kernel k, const qt_fa::shape &sh, size_t limit, Body body) {
+  int warps = qt_fa::warps_within(k, sh.tokens, limit * sizeof(__nv_bfloat16) / 2);
+  if (warps == 0) {
+    printf("FAIL: %d tokens do not fit %zu bytes\n", sh.tokens, limit);
+    failures++;
+    return;
+  }
+  qt_emu_launch(sh.batch * sh.heads, warps * 32, qt_fa::shared_bytes(k, sh.padded, warps), body);
+}
+
+static void attention_case(int batch, int tokens, int heads, int set, size_t limit,
+                           unsigned seed) {
+  size_t c = (size_t)heads * QT_FA_HEAD, n_qkv = (size_t)batch * tokens * 3 * c;
+  size_t n_out = (size_t)batch * tokens * c, n_lse = (size_t)batch * heads * tokens;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> qkv(n_qkv), dout(n_out), init(n_qkv);
+  for (float &x : qkv) x = qt_emu_float(__float2bfloat16_rn(normal(rng)));
+  for (float &x : dout) x = qt_emu_float(__float2bfloat16_rn(normal(rng)));
+  for (float &x : init) x = set ? 0.0f : 1e-3f * normal(rng);
+
+  std::vector<float> want_out(n_out), att(n_lse * tokens), want_dqkv(init), scratch(tokens * tokens);
+  qt_cpu_attention_forward(want_out.data(), att.data(), qkv.data(), batch, tokens, c, heads);
+  qt_cpu_attention_backward(want_dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
+                            batch, tokens, c, heads);
+  /* The log-sum-exps, in double. */
+  std::vector<double> want_lse(n_lse);
+  for (size_t row = 0; row < n_lse; row++) {
+    size_t b = row / ((size_t)heads * tokens), h = row / tokens % heads, i = row % tokens;
+    const float *q = &qkv[((size_t)b * tokens + i) * 3 * c + h * QT_FA_HEAD];
+    std::vector<double> s(tokens);
+    double max = -INFINITY, sum = 0.0;
+    for (int j = 0; j < tokens; j++) {
+      const float *k = &qkv[((size_t)b * tokens + j) * 3 * c + c + h * QT_FA_HEAD];
+      double dot = 0.0;
+      for (int f = 0; f < QT_FA_HEAD; f++) dot += (double)q[f] * k[f];
+      s[j] = dot / 8.0;
+      max = fmax(max, s[j]);
+    }
+    for (int j = 0; j < tokens; j++) sum += exp(s[j] - max);
+    want_lse[row] = max + log(sum);
+  }
+
+  qt_fa::shape sh;
+  sh.batch = batch;
+  sh.tokens = tokens;
+  sh.heads = heads;
+  sh.padded = (tokens + 15) / 16 * 16;
+  sh.c = c;
+  sh.scale = 0.125f;
+  std::vector<float> out(n_out, NAN), lse(n_lse, NAN), d(n_lse, NAN), dqkv(init);
+  if (set) dqkv.assign(n_qkv, NAN); /* written, never read */
+  launch(qt_fa::FORWARD, sh, limit, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::forward_block(smem, out.data(), lse.data(), qkv.data(), sh, block, t, threads);
+  });
+  launch(qt_fa::BACKWARD_DQ, sh, limit, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::backward_dq_block(smem, dqkv.data(), d.data(), dout.data(), qkv.data(), lse.data(), sh,
+                             set, block, t, threads);
+  });
+  launch(qt_fa::BACKWARD_DKV, sh, limit, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::backward_dkv_block(smem, dqkv.data(), d.data(), dout.data(), qkv.data(), lse.data(), sh,
+                              set, block, t, threads);
+  });
+
+  double lse_error = 0.0;
+  for (size_t i = 0; i < n_lse; i++) {
+    double e = fabs(lse[i] - want_lse[i]);
+    lse_error = std::isfinite(e) ? fmax(lse_error, e) : INFINITY;
+  }
+  double out_error = parity_error(out, want_out, nullptr);
+  double dqkv_error = parity_error(dqkv, want_dqkv, set ? nullptr : &init);
+  bool ok = out_error < TOLERANCE && dqkv_error < TOLERANCE && lse_error < 1e-4;
+  if (!ok) failures++;
+  printf("%s batch %d, %3d tokens, %d heads, set %d, %6zu bytes: out %.2e, dqkv %.2e, lse %.2e\n",
+         ok ? "ok  " : "FAIL", batch, tokens, heads, set, limit, out_error, dqkv_error, lse_error);
+}
+
+int main(void) {
+  attention_case(1, 1, 1, 0, H100_SHARED, 1);
+  attention_case(1, 5, 2, 1, H100_SHARED, 2);
+  attention_case(2, 16, 1, 0, H100_SHARED, 3);
+  attention_case(2, 17, 2, 1, H100_SHARED, 4);
+  attention_case(3, 33, 2, 0, H100_SHARED, 5);
+  attention_case(1, 129, 1, 1, H100_SHARED, 6);
+  attention_case(2, 197, 2, 0, H100_SHARED, 7); /* ViT at 224 px: 13 tiles over 8 warps */
+  attention_case(1, 250, 1, 1, H100_SHARED, 8);
+  attention_case(1, 256, 1, 0, H100_SHARED, 9); /* the backward fits 6 and 7 warps */
+  attention_case(1, 197, 1, 1, SM86_SHARED, 10); /* 2 warps */
+  attention_case(1, 256, 1, 0, SM86_SHARED, 11);
+  printf("%d of 11 cases failed\n", failures);
+  return failures != 0;
+}
