@@ -614,8 +614,9 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
  *   - qt_cuda_attention_backward's scratch holds
  *     qt_cuda_attention_scratch_size(batch, tokens, heads) =
  *     max(batch, heads) * tokens * tokens floats (the CPU's: tokens *
- *     tokens), one score matrix per image or per head; batch is the
- *     largest batch the scratch serves.
+ *     tokens), one score matrix per image or per head, or batch * heads *
+ *     tokens when that is more (the fused backward's row sums); batch is
+ *     the largest batch the scratch serves.
  * Matrix products run on cuBLAS in the precision that
  * qt_cuda_set_matmul_precision chose (FP32 by default); reductions (row statistics, log-sum-exp, column sums
  * for bias, layer-norm and layer-scale gradients) accumulate in double as
