@@ -208,6 +208,112 @@ static void linear_bf16_exact(size_t n, size_t in_c, size_t out_c, uint64_t seed
   qt_rng_free(rng);
 }
 
+/* How many of the n BF16 values h (uint16_t bits) differ from the FP32
+ * values g (device memory both) rounded to nearest even on the host. */
+static size_t bf16_mismatches(const void *d_h, const float *d_g, size_t n) {
+  float *g = download(d_g, n);
+  uint16_t *h = download_bytes(d_h, n * sizeof *h);
+  size_t mismatches = 0;
+  for (size_t i = 0; i < n; i++) {
+    float r = bf16_round(g[i]);
+    uint32_t bits;
+    memcpy(&bits, &r, sizeof bits);
+    mismatches += h[i] != (uint16_t)(bits >> 16);
+  }
+  free(g);
+  free(h);
+  return mismatches;
+}
+
+/* Linear layers whose input their producer writes in BF16 (the op table's
+ * bf16_inputs path): layer norm's and GELU's BF16 outputs are their FP32
+ * outputs rounded to nearest even, bit for bit, and under BF16 products
+ * the linear layer on GELU's gives what it gives on the FP32 values, whose
+ * products round them the same way (within 1e-6: the two calls may take
+ * different cuBLAS algorithms); without BF16 products the BF16-input ops
+ * refuse. */
+static void test_bf16_inputs(void) {
+  qt_rng_t *rng = make_rng(20);
+  size_t n = 394, in_c = 192, out_c = 48, count = n * in_c;
+  float *x = host_random(rng, count, 0.0, 2.0);
+  float *d_x = device_floats(x, count), *d_g = NULL, *d_stats = NULL;
+  void *d_h = NULL;
+  CHECK_RC(qt_cuda_malloc((void **)&d_g, count * sizeof(float), E));
+  CHECK_RC(qt_cuda_malloc(&d_h, count * sizeof(uint16_t), E));
+  CHECK_RC(qt_cuda_malloc((void **)&d_stats, 2 * n * sizeof(float), E));
+  float *norm_w = host_random(rng, in_c, 1.0, 0.1), *norm_b = host_random(rng, in_c, 0.0, 0.1);
+  float *d_norm_w = device_floats(norm_w, in_c), *d_norm_b = device_floats(norm_b, in_c);
+  CHECK_RC(qt_cuda_layernorm_forward(d_g, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n, in_c,
+                                     1e-6f, E));
+  CHECK_RC(qt__cuda_layernorm_forward_h(d_h, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n, in_c,
+                                        1e-6f, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_h, d_g, count), 0);
+  CHECK_RC(qt_cuda_gelu_forward(d_g, d_x, count, E));
+  CHECK_RC(qt__cuda_gelu_forward_h(d_h, d_x, count, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_h, d_g, count), 0);
+
+  float *weight = host_random(rng, out_c * in_c, 0.0, 0.1), *bias = host_random(rng, out_c, 0.0, 1);
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0);
+  float *d_w = device_floats(weight, out_c * in_c), *d_b = device_floats(bias, out_c);
+  float *d_dout = device_floats(dout, n * out_c);
+  float *d_out = device_floats(dout, n * out_c), *d_out_h = device_floats(dout, n * out_c);
+  grad dinp = grad_make_unset(count), dinp_h = grad_make_unset(count);
+  grad dw = grad_make(rng, out_c * in_c), db = grad_make(rng, out_c);
+  float *d_dw_h = device_floats(dw.init, out_c * in_c), *d_db_h = device_floats(db.init, out_c);
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CHECK_RC(qt_cuda_linear_forward(d_out, d_g, d_w, d_b, n, in_c, out_c, E));
+  CHECK_RC(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, E));
+  CHECK_RC(
+      qt__cuda_linear_backward(dinp.dev, dw.dev, db.dev, d_dout, d_g, d_w, n, in_c, out_c, 1, E));
+  CHECK_RC(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c, out_c,
+                                      1, E));
+  float *out = download(d_out, n * out_c), *want_dinp = download(dinp.dev, count);
+  float *want_dw = download(dw.dev, out_c * in_c), *want_db = download(db.dev, out_c);
+  expect_parity_tol("linear on BF16 GELU: out", d_out_h, out, NULL, n * out_c, 1e-6);
+  expect_parity_tol("linear on BF16 GELU: dinp", dinp_h.dev, want_dinp, NULL, count, 1e-6);
+  expect_parity_tol("linear on BF16 GELU: dweight", d_dw_h, want_dw, dw.init, out_c * in_c, 1e-6);
+  expect_parity_tol("linear on BF16 GELU: dbias", d_db_h, want_db, db.init, out_c, 1e-6);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 1);
+  qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 0);
+  qt_err err;
+  CU_ASSERT_EQUAL(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, &err),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c,
+                                             out_c, 1, &err),
+                  QT_EINVAL);
+  qt_cuda_set_matmul_precision(before);
+
+  grad_free(&dinp);
+  grad_free(&dinp_h);
+  grad_free(&dw);
+  grad_free(&db);
+  free(x);
+  free(norm_w);
+  free(norm_b);
+  free(weight);
+  free(bias);
+  free(dout);
+  free(out);
+  free(want_dinp);
+  free(want_dw);
+  free(want_db);
+  qt_cuda_free(d_x);
+  qt_cuda_free(d_g);
+  qt_cuda_free(d_h);
+  qt_cuda_free(d_stats);
+  qt_cuda_free(d_norm_w);
+  qt_cuda_free(d_norm_b);
+  qt_cuda_free(d_w);
+  qt_cuda_free(d_b);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_cuda_free(d_out_h);
+  qt_cuda_free(d_dw_h);
+  qt_cuda_free(d_db_h);
+  qt_rng_free(rng);
+}
+
 /* Mixed precision (amp: bf16): the linear cases within the BF16 bound of the
  * FP32 CPU, and exactly the rounded operands' products. */
 static void test_linear_bf16(void) {
@@ -360,7 +466,7 @@ static void test_gelu(void) {
  * features, rounding q and k alone moves a score by about 4e-3, and the
  * parity error, a maximum over every element, comes near 1e-2 (host
  * emulation of the fused kernels: up to 1.3e-2 unrounded, 3.2e-3 rounded). */
-static int bf16_inputs = 0;
+static int round_attention_inputs = 0;
 
 static void round_to_bf16(float *x, size_t n) {
   for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
@@ -372,7 +478,7 @@ static void attention_case(size_t batch, size_t tokens, size_t c, size_t heads, 
   size_t n_qkv = batch * tokens * 3 * c, n_out = batch * tokens * c;
   size_t n_att = batch * heads * tokens * tokens;
   float *qkv = host_random(rng, n_qkv, 0.0, 1.0), *dout = host_random(rng, n_out, 0.0, 1.0);
-  if (bf16_inputs) {
+  if (round_attention_inputs) {
     round_to_bf16(qkv, n_qkv);
     round_to_bf16(dout, n_out);
   }
@@ -439,9 +545,9 @@ static void test_attention(void) {
 static void test_attention_bf16(void) {
   qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   tolerance = BF16_TOLERANCE;
-  bf16_inputs = 1;
+  round_attention_inputs = 1;
   test_attention();
-  bf16_inputs = 0;
+  round_attention_inputs = 0;
   tolerance = PARITY_TOLERANCE;
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
 }
@@ -920,6 +1026,7 @@ static const qt_test_case cases[] = {
     {"linear_tf32", test_linear_tf32},
     {"linear_bf16", test_linear_bf16},
     {"linear_bf16_fast", test_linear_bf16_fast},
+    {"bf16_inputs", test_bf16_inputs},
     {"attention_bf16", test_attention_bf16},
     {"attention_fused", test_attention_fused},
     {"layernorm", test_layernorm},

@@ -100,6 +100,22 @@ TIMED(gelu_forward, (float *out, const float *inp, size_t n, qt_err *err), (out,
 TIMED(gelu_backward,
       (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
       (dinp, dout, inp, n, set, err))
+TIMED(layernorm_forward_h,
+      (void *out, float *mean, float *rstd, const float *inp, const float *weight,
+       const float *bias, size_t n, size_t c, float eps, qt_err *err),
+      (out, mean, rstd, inp, weight, bias, n, c, eps, err))
+TIMED(gelu_forward_h, (void *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
+TIMED(linear_forward_h,
+      (float *out, const void *inp, const float *weight, const float *bias, size_t n, size_t in_c,
+       size_t out_c, qt_err *err),
+      (out, inp, weight, bias, n, in_c, out_c, err))
+TIMED(linear_backward_h,
+      (float *dinp, float *dweight, float *dbias, const float *dout, const void *inp,
+       const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
+      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
+static int pass_bf16_inputs(void) {
+  return profile.inner->bf16_inputs();
+}
 TIMED(attention_forward,
       (float *out, float *att, const float *qkv, size_t batch, size_t tokens, size_t c,
        size_t heads, qt_err *err),
@@ -310,6 +326,12 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profile.sync = sync;
   profiled.name = inner->name;
   profiled.host_memory = inner->host_memory;
+  /* The optional ops: where the inner table has them. */
+  profiled.bf16_inputs = inner->bf16_inputs ? pass_bf16_inputs : NULL;
+  profiled.layernorm_forward_h = inner->layernorm_forward_h ? timed_layernorm_forward_h : NULL;
+  profiled.gelu_forward_h = inner->gelu_forward_h ? timed_gelu_forward_h : NULL;
+  profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
+  profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
   qt__ops_profile_reset();
   return &profiled;
 }

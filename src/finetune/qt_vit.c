@@ -65,7 +65,9 @@ typedef struct tensor_entry {
 
 /* The activations of one block, kept from the forward for the backward. */
 typedef struct block_acts {
-  float *ln1;                 /* (B, T, C) norm1 output */
+  float *ln1;                 /* (B, T, C) norm1 output (BF16 in its first half
+                                 after a forward with bf16_inputs, as ln2
+                                 and gelu) */
   float *ln1_mean, *ln1_rstd; /* (B, T) */
   float *qkv;                 /* (B, T, 3C) */
   float *att;                 /* (B, H, T, T) softmax of the scores */
@@ -122,6 +124,9 @@ struct qt_vit {
   float *datt;       /* the attention backward's scratch (attention_scratch_size) */
   float *dfc1;       /* (B, T, M) */
   float *dgelu;      /* (B, T, M) */
+  int bf16_inputs;   /* the last forward kept ln1, ln2 and gelu in BF16 for
+                         the linear layers reading them (the op table's
+                         bf16_inputs), forward and backward */
   float *dcls_rows;  /* (B, C) */
   float *dcls_norm;  /* (B, C) */
   float *dlogits;    /* (B, K) */
@@ -694,6 +699,40 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
     if (vit_rc_ < 0) return vit_rc_; \
   } while (0)
 
+/* The producers of ln1, ln2 and gelu and the linear layers that read them:
+ * those activations in BF16 (the first half of their arrays) after a
+ * forward with bf16_inputs, else in FP32. */
+static int norm_for_linear(const qt_vit_t *vit, float *out, float *mean, float *rstd,
+                           const float *inp, const float *weight, const float *bias, size_t n,
+                           size_t c, qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  return vit->bf16_inputs
+             ? ops->layernorm_forward_h(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err)
+             : ops->layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err);
+}
+
+static int gelu_for_linear(const qt_vit_t *vit, float *out, const float *inp, size_t n,
+                           qt_err *err) {
+  return vit->bf16_inputs ? vit->ops->gelu_forward_h(out, inp, n, err)
+                          : vit->ops->gelu_forward(out, inp, n, err);
+}
+
+static int linear_of_kept(const qt_vit_t *vit, float *out, const float *inp, const float *weight,
+                          const float *bias, size_t n, size_t in_c, size_t out_c, qt_err *err) {
+  return vit->bf16_inputs ? vit->ops->linear_forward_h(out, inp, weight, bias, n, in_c, out_c, err)
+                          : vit->ops->linear_forward(out, inp, weight, bias, n, in_c, out_c, err);
+}
+
+static int linear_of_kept_backward(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+                                   const float *dout, const float *inp, const float *weight,
+                                   size_t n, size_t in_c, size_t out_c, qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  return vit->bf16_inputs ? ops->linear_backward_h(dinp, dweight, dbias, dout, inp, weight, n, in_c,
+                                                   out_c, 1, err)
+                          : ops->linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c,
+                                                 out_c, 1, err);
+}
+
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
   if (!vit || !images) return qt_err_set(err, QT_EINVAL, "qt_vit_forward: NULL argument");
   if (batch < 1 || batch > vit->max_batch)
@@ -707,6 +746,7 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
   size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
+  vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
 
   /* The images move to the backend once per batch. */
   const float *pixels = images;
@@ -726,17 +766,17 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    VIT_TRY(ops->layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT,
-                                   C, VIT_NORM_EPS, err));
-    VIT_TRY(ops->linear_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
+    VIT_TRY(norm_for_linear(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT, C,
+                            err));
+    VIT_TRY(linear_of_kept(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
     VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
     VIT_TRY(ops->linear_forward(a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, err));
     VIT_TRY(ops->residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C, err));
-    VIT_TRY(ops->layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w,
-                                   w->norm2_b, BT, C, VIT_NORM_EPS, err));
-    VIT_TRY(ops->linear_forward(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
-    VIT_TRY(ops->gelu_forward(a->gelu, a->fc1, BT * M, err));
-    VIT_TRY(ops->linear_forward(a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, err));
+    VIT_TRY(norm_for_linear(vit, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w,
+                            w->norm2_b, BT, C, err));
+    VIT_TRY(linear_of_kept(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
+    VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
+    VIT_TRY(linear_of_kept(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, err));
     VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     x = a->resid_out;
   }
@@ -899,11 +939,11 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     /* MLP branch. */
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
-    VIT_TRY(ops->linear_backward(vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT, M,
-                                 C, 1, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w,
+                                    BT, M, C, err));
     VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
-    VIT_TRY(ops->linear_backward(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2, w->fc1_w, BT, C,
-                                 M, 1, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2,
+                                    w->fc1_w, BT, C, M, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
@@ -914,8 +954,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
                                  BT, C, C, 1, err));
     VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H,
                                     1, err));
-    VIT_TRY(ops->linear_backward(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT, C,
-                                 3 * C, 1, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1,
+                                    w->qkv_w, BT, C, 3 * C, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
                                     w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }

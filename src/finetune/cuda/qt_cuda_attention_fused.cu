@@ -16,8 +16,6 @@
  */
 #include <limits.h>
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -81,6 +79,15 @@ extern "C" int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t
          warps_for(qt_fa::BACKWARD_DKV, tokens) > 0;
 }
 
+static int check_fits(size_t batch, size_t tokens, size_t c, size_t heads, const char *who,
+                      qt_err *err) {
+  if (qt__cuda_attention_fused_fits(batch, tokens, c, heads)) return 0;
+  return qt_err_set(err, QT_EINVAL,
+                    "%s: batch %zu, %zu tokens, %zu features, %zu heads do not fit the fused "
+                    "kernels on this device",
+                    who, batch, tokens, c, heads);
+}
+
 static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads) {
   qt_fa::shape sh;
   sh.batch = (int)batch;
@@ -114,10 +121,8 @@ extern "C" int qt__cuda_attention_fused_forward(float *out, float *lse, const fl
                                                 size_t batch, size_t tokens, size_t c, size_t heads,
                                                 qt_err *err) {
   const char *who = "qt__cuda_attention_fused_forward";
-  if (!qt__cuda_attention_fused_fits(batch, tokens, c, heads)) {
-    return qt_err_set(err, QT_EINVAL, "%s: batch %zu, %zu tokens, %zu features, %zu heads", who,
-                      batch, tokens, c, heads);
-  }
+  int rc = check_fits(batch, tokens, c, heads, who, err);
+  if (rc < 0) return rc;
   if (!out || !lse || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
   return launch(fused_forward_kernel, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
@@ -129,16 +134,14 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
                                                  size_t tokens, size_t c, size_t heads, int set,
                                                  qt_err *err) {
   const char *who = "qt__cuda_attention_fused_backward";
-  if (!qt__cuda_attention_fused_fits(batch, tokens, c, heads)) {
-    return qt_err_set(err, QT_EINVAL, "%s: batch %zu, %zu tokens, %zu features, %zu heads", who,
-                      batch, tokens, c, heads);
-  }
+  int rc = check_fits(batch, tokens, c, heads, who, err);
+  if (rc < 0) return rc;
   if (!dqkv || !scratch || !dout || !qkv || !lse) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  int rc = launch(fused_backward_dq_kernel, qt_fa::BACKWARD_DQ, sh, who,
-                  "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, lse, sh, set);
+  rc = launch(fused_backward_dq_kernel, qt_fa::BACKWARD_DQ, sh, who,
+              "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, lse, sh, set);
   if (rc < 0) return rc;
   return launch(fused_backward_dkv_kernel, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
@@ -155,15 +158,10 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
  * set for a whole epoch (qt_run_epoch) and the rest depends on the shape
  * and the device. */
 static int fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
-  static int enabled = -1;
-  int on = __atomic_load_n(&enabled, __ATOMIC_RELAXED);
-  if (on < 0) {
-    const char *value = getenv("QT_CUDA_FUSED_ATTENTION");
-    on = !(value && strcmp(value, "0") == 0);
-    __atomic_store_n(&enabled, on, __ATOMIC_RELAXED);
-  }
+  static int switch_state = -1;
   int precision = qt__cuda_matmul_precision();
-  return on && (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
+  return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
+         qt__cuda_switch_on("QT_CUDA_FUSED_ATTENTION", &switch_state) &&
          qt__cuda_attention_fused_fits(batch, tokens, c, heads);
 }
 

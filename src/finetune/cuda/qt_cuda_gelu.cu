@@ -3,6 +3,7 @@
  * cpu/qt_cpu_gelu.c: the same float expressions, with CUDA's erff and expf
  * (both within 2 units in the last place, like glibc's). See qt_finetune.h.
  */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
@@ -12,12 +13,17 @@
 #define QT_SQRT1_2 0.70710678118654752440f      /* 1 / sqrt(2) */
 #define QT_INV_SQRT_2PI 0.39894228040143267794f /* 1 / sqrt(2 pi) */
 
+static __device__ __forceinline__ float gelu(float x) {
+  return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
+}
+
+/* Out is float, or BF16 for the next linear layer of a BF16 run. */
+template <typename T>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    gelu_forward_kernel(float *out, const float *inp, size_t n) {
+    gelu_forward_kernel(T *out, const float *inp, size_t n) {
   size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    out[i] = __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
+    qt__store(out + i, gelu(inp[i]));
   }
 }
 
@@ -42,6 +48,13 @@ extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_e
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward: NULL array");
   gelu_forward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
+}
+
+extern "C" int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16): NULL array");
+  gelu_forward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out, inp, n);
+  return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16)", "the GELU kernel");
 }
 
 extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "core/qt_core.h"
@@ -38,6 +39,11 @@ int qt__cublas_error(qt_err *err, cublasStatus_t status, const char *what);
 /* The process's cuBLAS handle for the current device, created on first use
  * (one per device, never destroyed) and bound to the default stream. */
 int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
+
+/* A switch that the environment variable `name` turns off with "0" (on
+ * otherwise), read once into *state (-1 until then; a static of the
+ * caller's), for choices of this code worth measuring both ways. */
+int qt__cuda_switch_on(const char *name, int *state);
 
 /* The qt_matmul_precision that qt_cuda_set_matmul_precision set last. */
 int qt__cuda_matmul_precision(void);
@@ -73,6 +79,10 @@ typedef struct qt__cuda_product {
   size_t ldc = 0;
   long long stride_c = 0;
   size_t batch = 1;
+  /* A or B already in BF16 (as stored, in place of a or b): such a
+   * product runs with BF16 operands whatever the precision, rounding only
+   * the other operand. */
+  const void *a16 = nullptr, *b16 = nullptr;
 } qt__cuda_product;
 
 /* qt__cuda_gemm of `count` products in order, all in the precision of the
@@ -213,6 +223,15 @@ static __device__ __forceinline__ float qt__block_max(float v, float *shared) {
   }
   __syncthreads();
   return shared[0];
+}
+
+/* Stores v as float, or rounded to BF16 (to nearest even) for a kernel
+ * whose output feeds BF16 products only. */
+static __device__ __forceinline__ void qt__store(float *out, float v) {
+  *out = v;
+}
+static __device__ __forceinline__ void qt__store(__nv_bfloat16 *out, float v) {
+  *out = __float2bfloat16_rn(v);
 }
 
 /* Blocks for a grid-stride loop over n elements. */

@@ -12,20 +12,23 @@
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* One warp per row (QT_CUDA_WARP_ROWS per block): a ViT-B step at batch
  * 64 normalizes 12,608 rows of 768 features per call. */
 
+/* Out is float, or BF16 for the next linear layer of a BF16 run. */
+template <typename T>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    layernorm_forward_kernel(float *__restrict__ out, float *__restrict__ mean,
+    layernorm_forward_kernel(T *__restrict__ out, float *__restrict__ mean,
                              float *__restrict__ rstd, const float *__restrict__ inp,
                              const float *__restrict__ weight, const float *__restrict__ bias,
                              size_t n, size_t c, float eps) {
   size_t row = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= n) return; /* the whole warp */
   const float *x = inp + row * c;
-  float *y = out + row * c;
+  T *y = out + row * c;
   double sum = 0.0;
   for (size_t j = lane; j < c; j += 32) sum += x[j];
   double m = qt__warp_sum(sum) / (double)c;
@@ -39,7 +42,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   float mf = (float)m, rf = (float)r;
   for (size_t j = lane; j < c; j += 32) {
     float normalized = __fmul_rn(x[j] - mf, rf);
-    y[j] = __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f);
+    qt__store(y + j,
+              __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f));
   }
   if (lane == 0) {
     mean[row] = mf;
@@ -78,10 +82,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *weight, const float *bias, size_t n, size_t c,
-                                         float eps, qt_err *err) {
-  const char *who = "qt_cuda_layernorm_forward";
+template <typename T>
+static int forward(T *out, float *mean, float *rstd, const float *inp, const float *weight,
+                   const float *bias, size_t n, size_t c, float eps, const char *who, qt_err *err) {
   if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
   if (n == 0) return 0;
   if (c == 0 || !out || !mean || !rstd || !inp) {
@@ -90,6 +93,19 @@ extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, c
   layernorm_forward_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(out, mean, rstd, inp,
                                                                         weight, bias, n, c, eps);
   return qt__cuda_check_launch(err, who, "the layer norm kernel");
+}
+
+extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *weight, const float *bias, size_t n, size_t c,
+                                         float eps, qt_err *err) {
+  return forward(out, mean, rstd, inp, weight, bias, n, c, eps, "qt_cuda_layernorm_forward", err);
+}
+
+extern "C" int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
+                                            const float *weight, const float *bias, size_t n,
+                                            size_t c, float eps, qt_err *err) {
+  return forward((__nv_bfloat16 *)out, mean, rstd, inp, weight, bias, n, c, eps,
+                 "qt_cuda_layernorm_forward (BF16)", err);
 }
 
 extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,

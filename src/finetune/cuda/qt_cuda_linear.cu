@@ -2,7 +2,9 @@
  * qt_cuda_linear.cu - the linear layer on a CUDA device, the twin of
  * cpu/qt_cpu_linear.c: matrix products by cuBLAS (in the precision of
  * qt_cuda_set_matmul_precision), the bias broadcast by a kernel and the bias
- * gradient by qt__cuda_column_sums. See qt_finetune.h.
+ * gradient by qt__cuda_column_sums. See qt_finetune.h. Also the variants
+ * whose input is already BF16 (the op table's bf16_inputs, in
+ * qt_finetune_internal.h).
  */
 #include <limits.h>
 
@@ -25,19 +27,21 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float *weight,
-                                      const float *bias, size_t n, size_t in_c, size_t out_c,
-                                      qt_err *err) {
-  const char *who = "qt_cuda_linear_forward";
+/* The forward with its input in FP32 (inp) or, under BF16 products,
+ * already in BF16 (inp16). */
+static int forward(float *out, const float *inp, const void *inp16, const float *weight,
+                   const float *bias, size_t n, size_t in_c, size_t out_c, const char *who,
+                   qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
   }
   if (n == 0 || out_c == 0) return 0;
-  if (!out || (in_c > 0 && (!inp || !weight))) {
+  if (!out || (in_c > 0 && ((!inp && !inp16) || !weight))) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  if (bias && in_c > 0 && qt__cuda_linear_bias_lt(out, inp, weight, bias, n, in_c, out_c, who) == 0)
+  if (bias && in_c > 0 && inp &&
+      qt__cuda_linear_bias_lt(out, inp, weight, bias, n, in_c, out_c, who) == 0)
     return 0;
   if (bias) {
     if (qt__cuda_int_indices(n * out_c))
@@ -52,20 +56,53 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
   if (in_c == 0) {
     if (!bias) {
       cudaError_t status = cudaMemsetAsync(out, 0, n * out_c * sizeof *out, 0);
-      if (status != cudaSuccess)
-        return qt__cuda_error(err, status, "qt_cuda_linear_forward: memset");
+      if (status != cudaSuccess) return qt__cuda_error(err, status, who);
     }
     return 0;
   }
   /* out (n, out_c) = inp (n, in_c) . weight^T (+ out, which holds the bias) */
-  return qt__cuda_gemm(0, 1, n, out_c, in_c, 1.0f, inp, in_c, 0, weight, in_c, 0,
-                       bias ? 1.0f : 0.0f, out, out_c, 0, 1, who, err);
+  qt__cuda_product product = {.trans_b = 1,
+                              .m = n,
+                              .n = out_c,
+                              .k = in_c,
+                              .a = inp,
+                              .lda = in_c,
+                              .b = weight,
+                              .ldb = in_c,
+                              .beta = bias ? 1.0f : 0.0f,
+                              .c = out,
+                              .ldc = out_c,
+                              .a16 = inp16};
+  return qt__cuda_gemms(&product, 1, who, err);
 }
 
-extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
-                                        const float *dout, const float *inp, const float *weight,
-                                        size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
-  const char *who = "qt_cuda_linear_backward";
+extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float *weight,
+                                      const float *bias, size_t n, size_t in_c, size_t out_c,
+                                      qt_err *err) {
+  return forward(out, inp, NULL, weight, bias, n, in_c, out_c, "qt_cuda_linear_forward", err);
+}
+
+/* The BF16-input ops are for BF16 runs only: under FP32 products their
+ * input would have been rounded behind the caller's back. */
+static int check_bf16(const char *who, qt_err *err) {
+  int precision = qt__cuda_matmul_precision();
+  if (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) return 0;
+  return qt_err_set(err, QT_EINVAL, "%s: a BF16 input needs BF16 products", who);
+}
+
+extern "C" int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight,
+                                         const float *bias, size_t n, size_t in_c, size_t out_c,
+                                         qt_err *err) {
+  const char *who = "qt_cuda_linear_forward (BF16 input)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  return forward(out, NULL, inp, weight, bias, n, in_c, out_c, who, err);
+}
+
+/* The backward with the forward's input in FP32 (inp) or BF16 (inp16). */
+static int backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                    const void *inp16, const float *weight, size_t n, size_t in_c, size_t out_c,
+                    int set, const char *who, qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -73,11 +110,10 @@ extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbia
   if (set && dinp && n * in_c > 0 && out_c == 0) {
     /* No product to write dinp: as zeroed. */
     cudaError_t status = cudaMemsetAsync(dinp, 0, n * in_c * sizeof *dinp, 0);
-    if (status != cudaSuccess)
-      return qt__cuda_error(err, status, "qt_cuda_linear_backward: memset");
+    if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   }
   if (n == 0 || out_c == 0) return 0;
-  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp)) {
+  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp && !inp16)) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   /* Both products read dout: one call rounds it once under BF16. */
@@ -108,7 +144,8 @@ extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbia
                          .ldb = in_c,
                          .beta = 1.0f,
                          .c = dweight,
-                         .ldc = in_c};
+                         .ldc = in_c,
+                         .b16 = inp16};
   }
   int rc = qt__cuda_gemms(products, count, who, err);
   if (rc < 0) return rc;
@@ -118,8 +155,35 @@ extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbia
   return rc;
 }
 
+extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
+                                        const float *dout, const float *inp, const float *weight,
+                                        size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
+  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, n, in_c, out_c, set,
+                  "qt_cuda_linear_backward", err);
+}
+
+extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const void *inp, const float *weight,
+                                          size_t n, size_t in_c, size_t out_c, int set,
+                                          qt_err *err) {
+  const char *who = "qt_cuda_linear_backward (BF16 input)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, n, in_c, out_c, set, who, err);
+}
+
 extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                                        const float *inp, const float *weight, size_t n, size_t in_c,
                                        size_t out_c, qt_err *err) {
   return qt__cuda_linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 0, err);
+}
+
+/* The op table's choice: the ViT keeps its linear layers' inputs in BF16
+ * under BF16 products, unless QT_CUDA_BF16_INPUTS=0 (to measure one
+ * against the other). */
+extern "C" int qt__cuda_bf16_inputs(void) {
+  static int switch_state = -1;
+  int precision = qt__cuda_matmul_precision();
+  return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
+         qt__cuda_switch_on("QT_CUDA_BF16_INPUTS", &switch_state);
 }

@@ -169,6 +169,16 @@ extern "C" qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision 
   return (qt_matmul_precision)__atomic_exchange_n(&matmul_precision, p, __ATOMIC_SEQ_CST);
 }
 
+extern "C" int qt__cuda_switch_on(const char *name, int *state) {
+  int on = __atomic_load_n(state, __ATOMIC_RELAXED);
+  if (on < 0) {
+    const char *value = getenv(name);
+    on = !(value && strcmp(value, "0") == 0);
+    __atomic_store_n(state, on, __ATOMIC_RELAXED);
+  }
+  return on;
+}
+
 extern "C" int qt__cuda_matmul_precision(void) {
   return __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
 }
@@ -370,8 +380,9 @@ static size_t span_of_c(const qt__cuda_product *p) {
 }
 
 /* One product in `precision` (QT_MATMUL_BF16 here means: round the spans
- * into scratch, under bf16_lock, which the caller holds); keep_a: the
- * scratch's A already holds this product's A, rounded. */
+ * of the operands not given in BF16 into scratch, under bf16_lock, which
+ * the caller holds); keep_a: the scratch's A already holds this product's
+ * A, rounded. */
 static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char *who,
                 qt_err *err) {
   if (p->m > INT_MAX || p->n > INT_MAX || p->k > INT_MAX || p->lda > INT_MAX || p->ldb > INT_MAX ||
@@ -398,10 +409,11 @@ static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char
     size_t span_b = matrix_span(p->trans_b ? p->n : p->k, p->trans_b ? p->k : p->n, p->ldb,
                                 p->stride_b, p->batch);
     const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
-    rc = to_bf16(keep_a ? NULL : p->a, span_of_a(p), p->b, span_b, &a16, &b16, who, err);
+    rc = to_bf16(keep_a || p->a16 ? NULL : p->a, span_of_a(p), p->b16 ? NULL : p->b, span_b, &a16,
+                 &b16, who, err);
     if (rc < 0) return rc;
-    a_data = a16;
-    b_data = b16;
+    a_data = p->a16 ? p->a16 : a16;
+    b_data = p->b16 ? p->b16 : b16;
     operand_type = CUDA_R_16BF;
   }
   int m = (int)p->m, n = (int)p->n, k = (int)p->k;
@@ -435,7 +447,9 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
                     qt_err *err) {
   int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
   if (precision == QT_MATMUL_BF16 && !round_spans) precision = QT_MATMUL_BF16_FAST;
+  /* Products with an operand given in BF16 round the other one. */
   int rounding = precision == QT_MATMUL_BF16;
+  for (size_t i = 0; i < count; i++) rounding |= p[i].a16 || p[i].b16;
   if (rounding) pthread_mutex_lock(&bf16_lock);
   const qt__cuda_product *rounded = NULL; /* whose A the scratch holds */
   int rc = 0;
@@ -443,14 +457,15 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
     const qt__cuda_product *q = &p[i];
     if (q->m == 0 || q->n == 0 || q->batch == 0) continue;
     /* k 0: C = beta C, which cuBLAS does in any precision. */
-    int in_bf16 = rounding && q->k > 0;
-    int keep_a = in_bf16 && rounded && rounded->a == q->a && span_of_a(rounded) == span_of_a(q);
+    int in_bf16 = (precision == QT_MATMUL_BF16 || q->a16 || q->b16) && q->k > 0;
+    int keep_a =
+        in_bf16 && !q->a16 && rounded && rounded->a == q->a && span_of_a(rounded) == span_of_a(q);
     rc = gemm(q,
               in_bf16                       ? QT_MATMUL_BF16
               : precision == QT_MATMUL_BF16 ? QT_MATMUL_FP32
                                             : precision,
               keep_a, who, err);
-    if (in_bf16) rounded = q;
+    if (in_bf16 && !q->a16) rounded = q;
     /* A product that wrote into its A's span leaves the scratch stale. */
     if (rounded && q->c < rounded->a + span_of_a(rounded) && rounded->a < q->c + span_of_c(q))
       rounded = NULL;

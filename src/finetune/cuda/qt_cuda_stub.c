@@ -153,6 +153,31 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
+int qt__cuda_bf16_inputs(void) {
+  return 0;
+}
+
+int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
+                                 const float *weight, const float *bias, size_t n, size_t c,
+                                 float eps, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_layernorm_forward");
+}
+
+int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_forward");
+}
+
+int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight, const float *bias,
+                              size_t n, size_t in_c, size_t out_c, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_forward");
+}
+
+int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const void *inp, const float *weight, size_t n, size_t in_c,
+                               size_t out_c, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_backward");
+}
+
 int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
   return 0;
 }
