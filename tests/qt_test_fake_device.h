@@ -15,8 +15,10 @@
 #define QT_TEST_FAKE_DEVICE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -38,6 +40,7 @@ static struct fake_device {
   fake_block pins[FAKE_DEVICE_MAX_PINS]; /* host arrays page-locked through the table */
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
+  long bf16_input_calls;                 /* calls of fake_device_bf16_ops' BF16-input ops */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -472,6 +475,118 @@ static inline const qt__ops *fake_device_ops(void) {
       .se_forward = fake_se_forward,
       .se_backward = fake_se_backward,
   };
+  return &ops;
+}
+
+/* ------------------------------------------------------------------------- */
+/* BF16 linear inputs (qt__ops' bf16_inputs), as the CUDA table has them      */
+/* ------------------------------------------------------------------------- */
+
+/* The bits of x rounded to BF16 (to nearest even), and back. */
+static inline uint16_t fake_to_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static inline float fake_from_bf16(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+/* n floats of the CPU's result rounded into the BF16 array out, or the n
+ * BF16 values of inp widened into a fresh host array (freed by the
+ * caller); device memory is open around both. */
+static inline void fake_store_bf16(void *out, const float *values, size_t n) {
+  for (size_t i = 0; i < n; i++) ((uint16_t *)out)[i] = fake_to_bf16(values[i]);
+}
+static inline float *fake_widen(const void *inp, size_t n) {
+  float *x = malloc((n ? n : 1) * sizeof *x);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+  for (size_t i = 0; i < n; i++) x[i] = fake_from_bf16(((const uint16_t *)inp)[i]);
+  return x;
+}
+
+static inline void fake_count_bf16_input_call(void) {
+  fake_device.op_calls++;
+  fake_device.bf16_input_calls++;
+  if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++;
+}
+
+static inline int fake_bf16_inputs(void) {
+  return fake_device.precision == QT_MATMUL_BF16 || fake_device.precision == QT_MATMUL_BF16_FAST;
+}
+
+static inline int fake_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
+                                           const float *weight, const float *bias, size_t n,
+                                           size_t c, float eps, qt_err *err) {
+  fake_count_bf16_input_call();
+  float *y = malloc((n * c > 0 ? n * c : 1) * sizeof *y);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  FAKE_OPEN();
+  int rc = qt__ops_cpu()->layernorm_forward(y, mean, rstd, inp, weight, bias, n, c, eps, err);
+  fake_store_bf16(out, y, n * c);
+  FAKE_CLOSE();
+  free(y);
+  return rc;
+}
+
+static inline int fake_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
+  fake_count_bf16_input_call();
+  float *y = malloc((n ? n : 1) * sizeof *y);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  FAKE_OPEN();
+  int rc = qt__ops_cpu()->gelu_forward(y, inp, n, err);
+  fake_store_bf16(out, y, n);
+  FAKE_CLOSE();
+  free(y);
+  return rc;
+}
+
+static inline int fake_linear_forward_h(float *out, const void *inp, const float *weight,
+                                        const float *bias, size_t n, size_t in_c, size_t out_c,
+                                        qt_err *err) {
+  fake_count_bf16_input_call();
+  FAKE_OPEN();
+  float *x = fake_widen(inp, n * in_c);
+  int rc = qt__ops_cpu()->linear_forward(out, x, weight, bias, n, in_c, out_c, err);
+  FAKE_CLOSE();
+  free(x);
+  return rc;
+}
+
+static inline int fake_linear_backward_h(float *dinp, float *dweight, float *dbias,
+                                         const float *dout, const void *inp, const float *weight,
+                                         size_t n, size_t in_c, size_t out_c, int set,
+                                         qt_err *err) {
+  fake_count_bf16_input_call();
+  FAKE_OPEN();
+  float *x = fake_widen(inp, n * in_c);
+  int rc = qt__ops_cpu()->linear_backward(dinp, dweight, dbias, dout, x, weight, n, in_c, out_c,
+                                          set, err);
+  FAKE_CLOSE();
+  free(x);
+  return rc;
+}
+
+/* fake_device_ops with the BF16 linear inputs, taken under BF16 products:
+ * the producers round the CPU's FP32 results into BF16 arrays and the
+ * linear layers widen them back, so a model there gives the CPU's numbers
+ * on those roundings (not the CPU's own), and a model that hands a linear
+ * layer the wrong array, or reads a BF16 array as FP32, is far off. */
+static inline const qt__ops *fake_device_bf16_ops(void) {
+  static qt__ops ops;
+  if (!ops.name) {
+    ops = *fake_device_ops();
+    ops.name = "fake device (BF16 inputs)";
+    ops.bf16_inputs = fake_bf16_inputs;
+    ops.layernorm_forward_h = fake_layernorm_forward_h;
+    ops.gelu_forward_h = fake_gelu_forward_h;
+    ops.linear_forward_h = fake_linear_forward_h;
+    ops.linear_backward_h = fake_linear_backward_h;
+  }
   return &ops;
 }
 

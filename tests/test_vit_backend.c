@@ -101,6 +101,51 @@ static void test_feature_hook_on_the_device(void) {
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
 
+/* The BF16 linear inputs (the op table's bf16_inputs, as on CUDA) on the
+ * fake device: under BF16 products a training step takes them for every
+ * block's two layer norms and GELU and their three linear layers, forward
+ * and backward (9 calls per block), and lands within BF16's error of the
+ * FP32 CPU; handing a linear layer the wrong array or an FP32 array read
+ * as BF16 would not. Under FP32 products the same table takes none and
+ * equals the CPU bit for bit. */
+static void test_bf16_linear_inputs(void) {
+  vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
+  const qt__ops *ops = fake_device_bf16_ops();
+  qt_rng_t *init_a = make_rng(5), *init_b = make_rng(5), *data = make_rng(6);
+  qt_vit_t *cpu = NULL, *dev = NULL;
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
+  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_batch b = vit_backend_batch(data, &c);
+  qt_vit_t *both[2] = {cpu, dev};
+  qt_matmul_precision precisions[2] = {QT_MATMUL_BF16, QT_MATMUL_FP32};
+  for (int p = 0; p < 2; p++) {
+    qt_matmul_precision before = ops->set_matmul_precision(precisions[p]);
+    long calls = fake_device.bf16_input_calls;
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+      CHECK_RC(qt_vit_forward(both[k], b.images, c.batch, E));
+      CHECK_RC(qt_vit_loss(both[k], b.labels, NULL, 0.0, &loss[k], E));
+      qt_vit_zero_grad(both[k]);
+      CHECK_RC(qt_vit_backward(both[k], E));
+    }
+    ops->set_matmul_precision(before);
+    int bf16 = precisions[p] == QT_MATMUL_BF16;
+    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 9 * c.config.depth : 0);
+    const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0} : &exact;
+    CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
+    vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0,
+                               bf16 ? "BF16 linear inputs" : "FP32 products");
+  }
+  vit_batch_free(&b);
+  qt_vit_free(cpu);
+  qt_vit_free(dev);
+  qt_rng_free(init_a);
+  qt_rng_free(init_b);
+  qt_rng_free(data);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
 /* Without a device, asking for CUDA is QT_ENODEV and the model stays. */
 static void test_cuda_without_a_device(void) {
   int count = 0;
@@ -126,6 +171,7 @@ static const qt_test_case cases[] = {
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
+    {"bf16_linear_inputs", test_bf16_linear_inputs},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},
 };
