@@ -60,9 +60,11 @@ struct shape {
  * are QT_FA_LD values apart, rows of scores score_stride floats. */
 enum kernel { FORWARD, BACKWARD_DQ, BACKWARD_DKV };
 
-/* padded + 8: consecutive rows of scores start on different banks. */
+/* padded + 4 floats: rows then lie 16 or 80 bytes (mod 128) apart, so the
+ * eight rows of 16 bytes that one tensor-core load of BF16 probabilities
+ * reads fall on different banks (padded + 8 would pair them up). */
 __host__ __device__ inline int score_stride(int padded) {
-  return padded + 8;
+  return padded + 4;
 }
 
 __host__ __device__ inline size_t shared_block_bytes(kernel k, int padded) {
