@@ -545,6 +545,25 @@ static inline int fake_gelu_forward_h(void *out, const float *inp, size_t n, qt_
   return rc;
 }
 
+static inline int fake_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
+  (void)batch, (void)tokens, (void)c, (void)heads;
+  return fake_bf16_inputs();
+}
+
+static inline int fake_attention_forward_h(void *out, float *att, const float *qkv, size_t batch,
+                                           size_t tokens, size_t c, size_t heads, qt_err *err) {
+  fake_count_bf16_input_call();
+  size_t n = batch * tokens * c;
+  float *y = malloc((n > 0 ? n : 1) * sizeof *y);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  FAKE_OPEN();
+  int rc = qt__ops_cpu()->attention_forward(y, att, qkv, batch, tokens, c, heads, err);
+  fake_store_bf16(out, y, n);
+  FAKE_CLOSE();
+  free(y);
+  return rc;
+}
+
 static inline int fake_linear_forward_h(float *out, const void *inp, const float *weight,
                                         const float *bias, size_t n, size_t in_c, size_t out_c,
                                         qt_err *err) {
@@ -584,6 +603,8 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.bf16_inputs = fake_bf16_inputs;
     ops.layernorm_forward_h = fake_layernorm_forward_h;
     ops.gelu_forward_h = fake_gelu_forward_h;
+    ops.attention_bf16_out = fake_attention_bf16_out;
+    ops.attention_forward_h = fake_attention_forward_h;
     ops.linear_forward_h = fake_linear_forward_h;
     ops.linear_backward_h = fake_linear_backward_h;
   }

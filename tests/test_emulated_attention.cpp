@@ -2,7 +2,8 @@
  * test_emulated_attention.cpp - the fused attention kernels' bodies
  * (src/finetune/cuda/qt_cuda_attention_fused.cuh) run on the CPU through
  * qt_cuda_emulation.h, against qt_cpu_attention_forward / _backward: out,
- * the log-sum-exps and dqkv (added to, and written with `set`), for token
+ * the log-sum-exps, dqkv (added to, and written with `set`) and the
+ * forward's BF16 output (its FP32 output rounded, bit for bit), for token
  * counts around the tiles of 16 rows (1, 5, 16, 17, 33, 129, 197, 250,
  * 256), several images and heads, and the warps per block that a device
  * with 227 KB (H100) and with 99 KB (sm_86) of shared memory per block
@@ -59,8 +60,7 @@ static void launch(qt_fa::kernel k, const qt_fa::shape &sh, size_t limit, Body b
   qt_emu_launch(sh.batch * sh.heads, warps * 32, qt_fa::shared_bytes(k, sh.padded, warps), body);
 }
 
-static void attention_case(int batch, int tokens, int heads, int set, size_t limit,
-                           unsigned seed) {
+static void attention_case(int batch, int tokens, int heads, int set, size_t limit, unsigned seed) {
   size_t c = (size_t)heads * QT_FA_HEAD, n_qkv = (size_t)batch * tokens * 3 * c;
   size_t n_out = (size_t)batch * tokens * c, n_lse = (size_t)batch * heads * tokens;
   std::mt19937 rng(seed);
@@ -70,7 +70,8 @@ static void attention_case(int batch, int tokens, int heads, int set, size_t lim
   for (float &x : dout) x = qt_emu_float(__float2bfloat16_rn(normal(rng)));
   for (float &x : init) x = set ? 0.0f : 1e-3f * normal(rng);
 
-  std::vector<float> want_out(n_out), att(n_lse * tokens), want_dqkv(init), scratch(tokens * tokens);
+  std::vector<float> want_out(n_out), att(n_lse * tokens), want_dqkv(init),
+      scratch(tokens * tokens);
   qt_cpu_attention_forward(want_out.data(), att.data(), qkv.data(), batch, tokens, c, heads);
   qt_cpu_attention_backward(want_dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
                             batch, tokens, c, heads);
@@ -113,6 +114,16 @@ static void attention_case(int batch, int tokens, int heads, int set, size_t lim
                               set, block, t, threads);
   });
 
+  /* The forward's BF16 output (for proj): its FP32 output rounded. */
+  std::vector<__nv_bfloat16> out16(n_out);
+  launch(qt_fa::FORWARD, sh, limit, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::forward_block(smem, out16.data(), lse.data(), qkv.data(), sh, block, t, threads);
+  });
+  size_t out16_mismatches = 0;
+  for (size_t i = 0; i < n_out; i++) {
+    out16_mismatches += qt_emu_float(out16[i]) != qt_emu_float(__float2bfloat16_rn(out[i]));
+  }
+
   double lse_error = 0.0;
   for (size_t i = 0; i < n_lse; i++) {
     double e = fabs(lse[i] - want_lse[i]);
@@ -120,10 +131,14 @@ static void attention_case(int batch, int tokens, int heads, int set, size_t lim
   }
   double out_error = parity_error(out, want_out, nullptr);
   double dqkv_error = parity_error(dqkv, want_dqkv, set ? nullptr : &init);
-  bool ok = out_error < TOLERANCE && dqkv_error < TOLERANCE && lse_error < 1e-4;
+  bool ok =
+      out_error < TOLERANCE && dqkv_error < TOLERANCE && lse_error < 1e-4 && out16_mismatches == 0;
   if (!ok) failures++;
-  printf("%s batch %d, %3d tokens, %d heads, set %d, %6zu bytes: out %.2e, dqkv %.2e, lse %.2e\n",
-         ok ? "ok  " : "FAIL", batch, tokens, heads, set, limit, out_error, dqkv_error, lse_error);
+  printf(
+      "%s batch %d, %3d tokens, %d heads, set %d, %6zu bytes: out %.2e, dqkv %.2e, lse %.2e, "
+      "BF16 out %zu off\n",
+      ok ? "ok  " : "FAIL", batch, tokens, heads, set, limit, out_error, dqkv_error, lse_error,
+      out16_mismatches);
 }
 
 int main(void) {
@@ -135,7 +150,7 @@ int main(void) {
   attention_case(1, 129, 1, 1, H100_SHARED, 6);
   attention_case(2, 197, 2, 0, H100_SHARED, 7); /* ViT at 224 px: 13 tiles over 8 warps */
   attention_case(1, 250, 1, 1, H100_SHARED, 8);
-  attention_case(1, 256, 1, 0, H100_SHARED, 9); /* the backward fits 6 and 7 warps */
+  attention_case(1, 256, 1, 0, H100_SHARED, 9);  /* the backward fits 6 and 7 warps */
   attention_case(1, 197, 1, 1, SM86_SHARED, 10); /* 2 warps */
   attention_case(1, 256, 1, 0, SM86_SHARED, 11);
   printf("%d of 11 cases failed\n", failures);

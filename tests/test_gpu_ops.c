@@ -581,10 +581,11 @@ static void host_lse(double *lse, const float *qkv, size_t batch, size_t tokens,
 
 /* The fused attention kernels (the op table's under BF16 products) on
  * inputs rounded to BF16: out and dqkv (added to, and written with `set`)
- * within the BF16 bound of the FP32 CPU, and the stored log-sum-exps
- * within 1e-4 of the host's in double (their scores are exact products of
- * the rounded inputs). The op table takes them under BF16 products and not
- * under FP32. */
+ * within the BF16 bound of the FP32 CPU, the stored log-sum-exps within
+ * 1e-4 of the host's in double (their scores are exact products of the
+ * rounded inputs), and the BF16 output for proj the FP32 output rounded,
+ * bit for bit. The op table takes them, and writes BF16 for proj, under
+ * BF16 products and not under FP32. */
 static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint64_t seed) {
   size_t c = 64 * heads;
   char what[128], label[160];
@@ -617,6 +618,11 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   for (size_t i = 0; i < n_lse; i++) lse_error = fmax(lse_error, fabs(lse[i] - want_lse[i]));
   if (!(lse_error < 1e-4)) printf("\n    %s: log-sum-exp off by %.3g", what, lse_error);
   CU_ASSERT(lse_error < 1e-4);
+  /* The BF16 output for proj: the FP32 output rounded, bit for bit. */
+  void *d_out16 = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_out16, n_out * sizeof(uint16_t), E));
+  CHECK_RC(qt__cuda_attention_fused_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_out16, d_out, n_out), 0);
 
   grad added = grad_make(rng, n_qkv), fresh = grad_make_unset(n_qkv);
   qt_cpu_attention_backward(added.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
@@ -638,7 +644,15 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CU_ASSERT_PTR_NOT_NULL_FATAL(again);
   CHECK_RC(qt_cuda_copy_to_host(again, d_att, n_lse * sizeof *again, E));
   CU_ASSERT(memcmp(again, lse, n_lse * sizeof *lse) == 0);
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 1);
+  CHECK_RC(qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_out16, d_out, n_out), 0);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 0);
+  qt_err refused;
+  CU_ASSERT_EQUAL(
+      qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, &refused),
+      QT_EINVAL);
   CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   snprintf(label, sizeof label, "%s: FP32 op table's probabilities", what);
   expect_parity(label, d_att, att, NULL, n_att);
@@ -659,6 +673,7 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   qt_cuda_free(d_out);
   qt_cuda_free(d_att);
   qt_cuda_free(d_scratch);
+  qt_cuda_free(d_out16);
   qt_rng_free(rng);
 }
 

@@ -103,8 +103,9 @@ static void test_feature_hook_on_the_device(void) {
 
 /* The BF16 linear inputs (the op table's bf16_inputs, as on CUDA) on the
  * fake device: under BF16 products a training step takes them for every
- * block's two layer norms and GELU and their three linear layers, forward
- * and backward (9 calls per block), and lands within BF16's error of the
+ * block's two layer norms, attention and GELU and their four linear
+ * layers, forward and backward (12 calls per block), and lands within
+ * BF16's error of the
  * FP32 CPU; handing a linear layer the wrong array or an FP32 array read
  * as BF16 would not. Under FP32 products the same table takes none and
  * equals the CPU bit for bit. */
@@ -131,7 +132,7 @@ static void test_bf16_linear_inputs(void) {
     }
     ops->set_matmul_precision(before);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
-    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 9 * c.config.depth : 0);
+    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 12 * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
     vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0,

@@ -155,6 +155,12 @@ typedef struct qt__ops {
                              const float *weight, const float *bias, size_t n, size_t c, float eps,
                              qt_err *err);
   int (*gelu_forward_h)(void *out, const float *inp, size_t n, qt_err *err);
+  /* The same for attention's output (proj's input), where the backend can
+   * write it in BF16 for this shape now (attention_bf16_out); its att
+   * holds what attention_backward needs, as attention_forward's. */
+  int (*attention_bf16_out)(size_t batch, size_t tokens, size_t c, size_t heads);
+  int (*attention_forward_h)(void *out, float *att, const float *qkv, size_t batch, size_t tokens,
+                             size_t c, size_t heads, qt_err *err);
   int (*linear_forward_h)(float *out, const void *inp, const float *weight, const float *bias,
                           size_t n, size_t in_c, size_t out_c, qt_err *err);
   int (*linear_backward_h)(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -356,6 +362,16 @@ int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight, 
 int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const float *dout,
                                const void *inp, const float *weight, size_t n, size_t in_c,
                                size_t out_c, int set, qt_err *err);
+
+/* qt__cuda_attention_fused_forward with a BF16 output (rounded to nearest
+ * even); the op table's attention_bf16_out (the fused kernels run and the
+ * linear inputs are kept in BF16) and attention_forward_h (QT_EINVAL where
+ * attention_bf16_out is 0). */
+int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv, size_t batch,
+                                       size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads);
+int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
+                                    size_t tokens, size_t c, size_t heads, qt_err *err);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
  * where they fit (att then holds the log-sum-exps, read only by the

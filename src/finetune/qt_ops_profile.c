@@ -113,6 +113,13 @@ TIMED(linear_backward_h,
       (float *dinp, float *dweight, float *dbias, const float *dout, const void *inp,
        const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
       (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
+TIMED(attention_forward_h,
+      (void *out, float *att, const float *qkv, size_t batch, size_t tokens, size_t c, size_t heads,
+       qt_err *err),
+      (out, att, qkv, batch, tokens, c, heads, err))
+static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return profile.inner->attention_bf16_out(batch, tokens, c, heads);
+}
 static int pass_bf16_inputs(void) {
   return profile.inner->bf16_inputs();
 }
@@ -330,6 +337,8 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.bf16_inputs = inner->bf16_inputs ? pass_bf16_inputs : NULL;
   profiled.layernorm_forward_h = inner->layernorm_forward_h ? timed_layernorm_forward_h : NULL;
   profiled.gelu_forward_h = inner->gelu_forward_h ? timed_gelu_forward_h : NULL;
+  profiled.attention_bf16_out = inner->attention_bf16_out ? pass_attention_bf16_out : NULL;
+  profiled.attention_forward_h = inner->attention_forward_h ? timed_attention_forward_h : NULL;
   profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
   profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
   qt__ops_profile_reset();

@@ -71,7 +71,8 @@ typedef struct block_acts {
   float *ln1_mean, *ln1_rstd; /* (B, T) */
   float *qkv;                 /* (B, T, 3C) */
   float *att;                 /* (B, H, T, T) softmax of the scores */
-  float *attn_y;              /* (B, T, C) heads side by side, before proj */
+  float *attn_y;              /* (B, T, C) heads side by side, before proj
+                                 (BF16 after bf16_attention) */
   float *attn_out;            /* (B, T, C) proj output (the branch) */
   float *resid_mid;           /* (B, T, C) after the attention residual */
   float *ln2;                 /* (B, T, C) norm2 output */
@@ -102,41 +103,42 @@ struct qt_vit {
   /* Activations and backward scratch: one arena in backend memory. */
   float *arena;
   size_t arena_floats;
-  float *images;     /* (B, 3, S, S) the batch's images; NULL on the CPU,
-                        which reads the caller's in place */
-  float *patch_in;   /* (B, N, P) patchified images */
-  float *patch_emb;  /* (B, N, C) */
-  float *resid0;     /* (B, T, C) tokens entering block 0 */
-  block_acts *acts;  /* (depth) */
-  float *cls_rows;   /* (B, C) class token leaving the last block */
-  float *cls_norm;   /* (B, C) after the final norm */
-  float *cls_mean;   /* (B) */
-  float *cls_rstd;   /* (B) */
-  float *logits;     /* (B, K) */
-  float *probs;      /* (B, K) */
-  float *losses;     /* (B) */
-  float *targets;    /* (B, K) soft targets of the last loss */
-  float *dresid;     /* (B, T, C) gradient of the residual stream */
-  float *dbranch;    /* (B, T, C) */
-  float *dln;        /* (B, T, C) */
-  float *dattn_y;    /* (B, T, C) */
-  float *dqkv;       /* (B, T, 3C) */
-  float *datt;       /* the attention backward's scratch (attention_scratch_size) */
-  float *dfc1;       /* (B, T, M) */
-  float *dgelu;      /* (B, T, M) */
-  int bf16_inputs;   /* the last forward kept ln1, ln2 and gelu in BF16 for
-                         the linear layers reading them (the op table's
-                         bf16_inputs), forward and backward */
-  float *dcls_rows;  /* (B, C) */
-  float *dcls_norm;  /* (B, C) */
-  float *dlogits;    /* (B, K) */
-  float *dpatch_emb; /* (B, N, C) */
-  float *dloss;      /* (1) the loss gradient of every row, 1 / B */
-  float *drop_mask;  /* (B, C) head dropout's mask of the last forward; NULL
-                        on the CPU, which reads the hooks' own */
-  float *dfeat;      /* (B, C) the feature hook's gradient moved up; NULL on
-                        the CPU, which reads the hooks' own */
-  int *labels;       /* (B) labels of the last loss, backend memory */
+  float *images;      /* (B, 3, S, S) the batch's images; NULL on the CPU,
+                         which reads the caller's in place */
+  float *patch_in;    /* (B, N, P) patchified images */
+  float *patch_emb;   /* (B, N, C) */
+  float *resid0;      /* (B, T, C) tokens entering block 0 */
+  block_acts *acts;   /* (depth) */
+  float *cls_rows;    /* (B, C) class token leaving the last block */
+  float *cls_norm;    /* (B, C) after the final norm */
+  float *cls_mean;    /* (B) */
+  float *cls_rstd;    /* (B) */
+  float *logits;      /* (B, K) */
+  float *probs;       /* (B, K) */
+  float *losses;      /* (B) */
+  float *targets;     /* (B, K) soft targets of the last loss */
+  float *dresid;      /* (B, T, C) gradient of the residual stream */
+  float *dbranch;     /* (B, T, C) */
+  float *dln;         /* (B, T, C) */
+  float *dattn_y;     /* (B, T, C) */
+  float *dqkv;        /* (B, T, 3C) */
+  float *datt;        /* the attention backward's scratch (attention_scratch_size) */
+  float *dfc1;        /* (B, T, M) */
+  float *dgelu;       /* (B, T, M) */
+  int bf16_inputs;    /* the last forward kept ln1, ln2 and gelu in BF16 for
+                          the linear layers reading them (the op table's
+                          bf16_inputs), forward and backward */
+  int bf16_attention; /* and attn_y (attention_bf16_out) */
+  float *dcls_rows;   /* (B, C) */
+  float *dcls_norm;   /* (B, C) */
+  float *dlogits;     /* (B, K) */
+  float *dpatch_emb;  /* (B, N, C) */
+  float *dloss;       /* (1) the loss gradient of every row, 1 / B */
+  float *drop_mask;   /* (B, C) head dropout's mask of the last forward; NULL
+                         on the CPU, which reads the hooks' own */
+  float *dfeat;       /* (B, C) the feature hook's gradient moved up; NULL on
+                         the CPU, which reads the hooks' own */
+  int *labels;        /* (B) labels of the last loss, backend memory */
   /* Host copies of what callers read, off the CPU only (else NULL). */
   float *host_logits; /* (B, K) */
   float *host_losses; /* (B) */
@@ -699,9 +701,9 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
     if (vit_rc_ < 0) return vit_rc_; \
   } while (0)
 
-/* The producers of ln1, ln2 and gelu and the linear layers that read them:
- * those activations in BF16 (the first half of their arrays) after a
- * forward with bf16_inputs, else in FP32. */
+/* The producers of ln1, ln2 and gelu (attn_y) and the linear layers that
+ * read them: those activations in BF16 (the first half of their arrays)
+ * after a forward with bf16_inputs (bf16_attention), else in FP32. */
 static int norm_for_linear(const qt_vit_t *vit, float *out, float *mean, float *rstd,
                            const float *inp, const float *weight, const float *bias, size_t n,
                            size_t c, qt_err *err) {
@@ -717,20 +719,22 @@ static int gelu_for_linear(const qt_vit_t *vit, float *out, const float *inp, si
                           : vit->ops->gelu_forward(out, inp, n, err);
 }
 
-static int linear_of_kept(const qt_vit_t *vit, float *out, const float *inp, const float *weight,
-                          const float *bias, size_t n, size_t in_c, size_t out_c, qt_err *err) {
-  return vit->bf16_inputs ? vit->ops->linear_forward_h(out, inp, weight, bias, n, in_c, out_c, err)
-                          : vit->ops->linear_forward(out, inp, weight, bias, n, in_c, out_c, err);
+static int linear_of_kept(const qt_vit_t *vit, int bf16, float *out, const float *inp,
+                          const float *weight, const float *bias, size_t n, size_t in_c,
+                          size_t out_c, qt_err *err) {
+  return bf16 ? vit->ops->linear_forward_h(out, inp, weight, bias, n, in_c, out_c, err)
+              : vit->ops->linear_forward(out, inp, weight, bias, n, in_c, out_c, err);
 }
 
-static int linear_of_kept_backward(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
-                                   const float *dout, const float *inp, const float *weight,
-                                   size_t n, size_t in_c, size_t out_c, qt_err *err) {
+static int linear_of_kept_backward(const qt_vit_t *vit, int bf16, float *dinp, float *dweight,
+                                   float *dbias, const float *dout, const float *inp,
+                                   const float *weight, size_t n, size_t in_c, size_t out_c,
+                                   qt_err *err) {
   const qt__ops *ops = vit->ops;
-  return vit->bf16_inputs ? ops->linear_backward_h(dinp, dweight, dbias, dout, inp, weight, n, in_c,
-                                                   out_c, 1, err)
-                          : ops->linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c,
-                                                 out_c, 1, err);
+  return bf16 ? ops->linear_backward_h(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 1,
+                                       err)
+              : ops->linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 1,
+                                     err);
 }
 
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
@@ -747,6 +751,7 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
   vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
+  vit->bf16_attention = vit->bf16_inputs && ops->attention_bf16_out(B, T, C, H);
 
   /* The images move to the backend once per batch. */
   const float *pixels = images;
@@ -768,15 +773,22 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
     block_acts *a = &vit->acts[l];
     VIT_TRY(norm_for_linear(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT, C,
                             err));
-    VIT_TRY(linear_of_kept(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
-    VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
-    VIT_TRY(ops->linear_forward(a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, err));
+    VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C,
+                           err));
+    if (vit->bf16_attention)
+      VIT_TRY(ops->attention_forward_h(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    else
+      VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    VIT_TRY(linear_of_kept(vit, vit->bf16_attention, a->attn_out, a->attn_y, w->proj_w, w->proj_b,
+                           BT, C, C, err));
     VIT_TRY(ops->residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C, err));
     VIT_TRY(norm_for_linear(vit, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w,
                             w->norm2_b, BT, C, err));
-    VIT_TRY(linear_of_kept(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
+    VIT_TRY(
+        linear_of_kept(vit, vit->bf16_inputs, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
     VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
-    VIT_TRY(linear_of_kept(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, err));
+    VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
+                           err));
     VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     x = a->resid_out;
   }
@@ -939,23 +951,23 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     /* MLP branch. */
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w,
-                                    BT, M, C, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp,
+                                    a->gelu, w->fc2_w, BT, M, C, err));
     VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, a->ln2,
-                                    w->fc1_w, BT, C, M, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->fc1_w, gw->fc1_b,
+                                    vit->dfc1, a->ln2, w->fc1_w, BT, C, M, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
     /* Attention branch. */
     const float *dattn;
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
-    VIT_TRY(ops->linear_backward(vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y, w->proj_w,
-                                 BT, C, C, 1, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_attention, vit->dattn_y, gw->proj_w, gw->proj_b,
+                                    dattn, a->attn_y, w->proj_w, BT, C, C, err));
     VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H,
                                     1, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1,
-                                    w->qkv_w, BT, C, 3 * C, err));
+    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->qkv_w, gw->qkv_b,
+                                    vit->dqkv, a->ln1, w->qkv_w, BT, C, 3 * C, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
                                     w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }

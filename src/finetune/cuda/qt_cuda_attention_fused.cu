@@ -34,8 +34,10 @@
 #define QT_FA_BODY(call) call
 #endif
 
+/* Out is float, or BF16 for proj (the op table's bf16_inputs). */
+template <typename T>
 static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
-    fused_forward_kernel(float *out, float *lse, const float *qkv, qt_fa::shape sh) {
+    fused_forward_kernel(T *out, float *lse, const float *qkv, qt_fa::shape sh) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::forward_block(smem, out, lse, qkv, sh, blockIdx.x, threadIdx.x, blockDim.x));
 }
@@ -117,16 +119,29 @@ static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const 
   return qt__cuda_check_launch(err, who, name);
 }
 
-extern "C" int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv,
-                                                size_t batch, size_t tokens, size_t c, size_t heads,
-                                                qt_err *err) {
-  const char *who = "qt__cuda_attention_fused_forward";
+template <typename T>
+static int fused_forward(T *out, float *lse, const float *qkv, size_t batch, size_t tokens,
+                         size_t c, size_t heads, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!out || !lse || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  return launch(fused_forward_kernel, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
+  return launch(fused_forward_kernel<T>, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
                 out, lse, qkv, sh);
+}
+
+extern "C" int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv,
+                                                size_t batch, size_t tokens, size_t c, size_t heads,
+                                                qt_err *err) {
+  return fused_forward(out, lse, qkv, batch, tokens, c, heads, "qt__cuda_attention_fused_forward",
+                       err);
+}
+
+extern "C" int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv,
+                                                  size_t batch, size_t tokens, size_t c,
+                                                  size_t heads, qt_err *err) {
+  return fused_forward((__nv_bfloat16 *)out, lse, qkv, batch, tokens, c, heads,
+                       "qt__cuda_attention_fused_forward (BF16 output)", err);
 }
 
 extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
@@ -171,6 +186,23 @@ extern "C" int qt__cuda_attention_op_forward(float *out, float *att, const float
     return qt__cuda_attention_fused_forward(out, att, qkv, batch, tokens, c, heads, err);
   }
   return qt_cuda_attention_forward(out, att, qkv, batch, tokens, c, heads, err);
+}
+
+/* The attention's output in BF16 for proj: where the fused kernels run
+ * (they write it directly) and the linear inputs are kept in BF16. */
+extern "C" int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return qt__cuda_bf16_inputs() && fused_now(batch, tokens, c, heads);
+}
+
+extern "C" int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv,
+                                               size_t batch, size_t tokens, size_t c, size_t heads,
+                                               qt_err *err) {
+  if (!qt__cuda_attention_bf16_out(batch, tokens, c, heads)) {
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_cuda_attention_forward (BF16 output): only the fused kernels under BF16 "
+                      "products write BF16");
+  }
+  return qt__cuda_attention_fused_forward_h(out, att, qkv, batch, tokens, c, heads, err);
 }
 
 extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,

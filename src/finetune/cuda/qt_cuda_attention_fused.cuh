@@ -169,19 +169,27 @@ __device__ inline void times_head(frag_c acc[4], const bf16 *p, int padded, cons
   }
 }
 
+/* One value of a result: FP32 written when `set`, added otherwise; BF16
+ * (the forward's output for a linear layer that reads BF16) written. */
+__device__ inline void put(float *d, float v, int set) {
+  *d = set ? v : *d + v;
+}
+__device__ inline void put(bf16 *d, float v, int) {
+  *d = __float2bfloat16_rn(v);
+}
+
 /* Rows row0.. (those before `tokens`) of a head's 64 columns at dst (row
- * stride ld) receive scale * acc: written when `set`, added otherwise. */
-__device__ inline void put_rows(float *dst, size_t ld, int row0, int tokens, frag_c acc[4],
-                                float scale, int set, float *staging, int lane) {
+ * stride ld) receive scale * acc, as put() stores it. */
+template <typename T>
+__device__ inline void put_rows(T *dst, size_t ld, int row0, int tokens, frag_c acc[4], float scale,
+                                int set, float *staging, int lane) {
   for (int t = 0; t < 4; t++) {
     wmma::store_matrix_sync(staging, acc[t], 16, wmma::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
       int row = row0 + e / 16;
       if (row >= tokens) continue;
-      float *d = dst + (size_t)row * ld + 16 * t + e % 16;
-      float v = scale * staging[e];
-      *d = set ? v : *d + v;
+      put(dst + (size_t)row * ld + 16 * t + e % 16, scale * staging[e], set);
     }
     __syncwarp();
   }
@@ -307,8 +315,10 @@ __device__ inline void gradient_scores(float *s, const bf16 *a, const bf16 *b, c
 /* The three kernels' bodies: block = image * heads + head                    */
 /* ------------------------------------------------------------------------- */
 
-/* out (batch, tokens, c) = the heads' P V; lse (batch, heads, tokens). */
-__device__ inline void forward_block(unsigned char *smem, float *out, float *lse, const float *qkv,
+/* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); lse
+ * (batch, heads, tokens). */
+template <typename T>
+__device__ inline void forward_block(unsigned char *smem, T *out, float *lse, const float *qkv,
                                      const shape sh, int block, int tid, int threads) {
   int b = block / sh.heads, h = block % sh.heads;
   int warp = tid / 32, lane = tid % 32, warps = threads / 32;
@@ -324,7 +334,7 @@ __device__ inline void forward_block(unsigned char *smem, float *out, float *lse
   stage(v_all, q + 2 * sh.c, ld, 0, sh.padded, sh.tokens, tid, threads);
   __syncthreads();
   float *head_lse = lse + (size_t)block * sh.tokens;
-  float *o = out + (size_t)b * sh.tokens * sh.c + (size_t)h * QT_FA_HEAD;
+  T *o = out + (size_t)b * sh.tokens * sh.c + (size_t)h * QT_FA_HEAD;
   for (int row0 = 16 * warp; row0 < sh.tokens; row0 += 16 * warps) {
     stage(q_tile, q, ld, row0, 16, sh.tokens, lane, 32);
     __syncwarp();

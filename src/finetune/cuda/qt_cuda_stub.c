@@ -193,6 +193,20 @@ int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
+int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv, size_t batch,
+                                       size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
+}
+
+int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return 0;
+}
+
+int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
+                                    size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_forward");
+}
+
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_forward");
