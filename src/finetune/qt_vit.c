@@ -751,7 +751,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
   vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
-  vit->bf16_attention = vit->bf16_inputs && ops->attention_bf16_out(B, T, C, H);
+  vit->bf16_attention =
+      vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
 
   /* The images move to the backend once per batch. */
   const float *pixels = images;
