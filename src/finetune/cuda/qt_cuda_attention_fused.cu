@@ -58,18 +58,53 @@ static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
                                        threadIdx.x, blockDim.x));
 }
 
-/* Warps per block for kernel k on the current device (qt_fa::warps_within
- * its shared memory limit); 0 on a device older than sm_80. */
-static int warps_for(qt_fa::kernel k, size_t tokens) {
-  int device, major, optin;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+/* The shared memory a block of the fused kernels may take on `device`:
+ * its opt-in limit per block, which every fused kernel is then allowed
+ * (cudaFuncSetAttribute, once per device); 0 before sm_80 or when the
+ * device cannot say. */
+static int read_shared_limit(int device) {
+  int major, optin;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
           cudaSuccess) {
     cudaGetLastError(); /* not sticky: leave no error for the next check */
     return 0;
   }
-  return major < 8 ? 0 : qt_fa::warps_within(k, (int)tokens, (size_t)optin);
+  if (major < 8) return 0;
+  cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
+  if (cudaFuncSetAttribute(fused_forward_kernel<float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<__nv_bfloat16>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dq_kernel, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_kernel, limit, optin) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return optin;
+}
+
+/* read_shared_limit for the current device, read once per device (the
+ * op table asks at every attention call). */
+#define QT_FA_MAX_DEVICES 64
+static int shared_limit(void) {
+  static int limits[QT_FA_MAX_DEVICES]; /* limit + 1; 0 until read */
+  int device;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  if (device < 0 || device >= QT_FA_MAX_DEVICES) return read_shared_limit(device);
+  int known = __atomic_load_n(&limits[device], __ATOMIC_RELAXED);
+  if (known > 0) return known - 1;
+  int limit = read_shared_limit(device);
+  __atomic_store_n(&limits[device], limit + 1, __ATOMIC_RELAXED);
+  return limit;
+}
+
+/* Warps per block for kernel k on the current device (qt_fa::warps_within
+ * its shared memory limit); 0 on a device older than sm_80. */
+static int warps_for(qt_fa::kernel k, size_t tokens) {
+  int limit = shared_limit();
+  return limit > 0 ? qt_fa::warps_within(k, (int)tokens, (size_t)limit) : 0;
 }
 
 extern "C" int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
@@ -101,8 +136,8 @@ static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads
   return sh;
 }
 
-/* Raises the kernel's dynamic shared memory limit to `bytes` and launches
- * it over batch * heads blocks of `warps` warps. */
+/* Launches the kernel over batch * heads blocks of as many warps as fit
+ * (shared_limit allowed the kernel the memory). */
 template <typename Kernel, typename... Args>
 static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const char *who,
                   const char *name, qt_err *err, Args... args) {
@@ -112,9 +147,6 @@ static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const 
                       sh.tokens);
   }
   size_t bytes = qt_fa::shared_bytes(k, sh.padded, warps);
-  cudaError_t status =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-  if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   kernel<<<(unsigned)(sh.batch * sh.heads), warps * 32, bytes>>>(args...);
   return qt__cuda_check_launch(err, who, name);
 }
