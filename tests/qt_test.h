@@ -12,6 +12,7 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 #include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,22 @@ static inline int qt_test_run(const char *suite_name, const qt_test_case *cases)
 
 /* Checks two doubles within an absolute tolerance, printing both on failure. */
 #define QT_ASSERT_CLOSE(actual, expected, tol) CU_ASSERT_DOUBLE_EQUAL(actual, expected, tol)
+
+/* The bits of x rounded to BF16 (to nearest even, as the device's
+ * __float2bfloat16_rn; infinities and NaN keep their top bits), and a
+ * BF16 value widened back to float. */
+static inline uint16_t qt_test_bf16_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static inline float qt_test_bf16_float(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
 
 /* Path of a file of the shared folder (../shared), or NULL with a message
  * when the folder is absent (then the caller returns early: that test is a

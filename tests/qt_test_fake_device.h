@@ -482,30 +482,16 @@ static inline const qt__ops *fake_device_ops(void) {
 /* BF16 linear inputs (qt__ops' bf16_inputs), as the CUDA table has them      */
 /* ------------------------------------------------------------------------- */
 
-/* The bits of x rounded to BF16 (to nearest even), and back. */
-static inline uint16_t fake_to_bf16(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-static inline float fake_from_bf16(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-}
-
 /* n floats of the CPU's result rounded into the BF16 array out, or the n
  * BF16 values of inp widened into a fresh host array (freed by the
  * caller); device memory is open around both. */
 static inline void fake_store_bf16(void *out, const float *values, size_t n) {
-  for (size_t i = 0; i < n; i++) ((uint16_t *)out)[i] = fake_to_bf16(values[i]);
+  for (size_t i = 0; i < n; i++) ((uint16_t *)out)[i] = qt_test_bf16_bits(values[i]);
 }
 static inline float *fake_widen(const void *inp, size_t n) {
   float *x = malloc((n ? n : 1) * sizeof *x);
   CU_ASSERT_PTR_NOT_NULL_FATAL(x);
-  for (size_t i = 0; i < n; i++) x[i] = fake_from_bf16(((const uint16_t *)inp)[i]);
+  for (size_t i = 0; i < n; i++) x[i] = qt_test_bf16_float(((const uint16_t *)inp)[i]);
   return x;
 }
 

@@ -160,11 +160,7 @@ static void test_linear_tf32(void) {
 /* The float nearest to x among the BF16 values (ties to even), as
  * __float2bfloat16_rn rounds on the device. */
 static float bf16_round(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  memcpy(&x, &u, sizeof x);
-  return x;
+  return qt_test_bf16_float(qt_test_bf16_bits(x));
 }
 
 static float *host_bf16(const float *x, size_t n) {
@@ -214,12 +210,7 @@ static size_t bf16_mismatches(const void *d_h, const float *d_g, size_t n) {
   float *g = download(d_g, n);
   uint16_t *h = download_bytes(d_h, n * sizeof *h);
   size_t mismatches = 0;
-  for (size_t i = 0; i < n; i++) {
-    float r = bf16_round(g[i]);
-    uint32_t bits;
-    memcpy(&bits, &r, sizeof bits);
-    mismatches += h[i] != (uint16_t)(bits >> 16);
-  }
+  for (size_t i = 0; i < n; i++) mismatches += h[i] != qt_test_bf16_bits(g[i]);
   free(g);
   free(h);
   return mismatches;
