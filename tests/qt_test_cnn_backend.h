@@ -8,7 +8,19 @@
  * running statistics compared; and checkpoints saved on one backend and
  * resumed on the other. Shared by test_cnn_backend (the fake device of
  * qt_test_fake_device.h: every number must be equal) and
- * test_gpu_cnn_backend (CUDA: within the tolerances given).
+ * test_gpu_cnn_backend (CUDA: within the tolerances given, or within
+ * NOISE_FACTOR times the CPU's own rounding noise where that is larger: a
+ * third model, the noise twin of qt_test_gpu.h).
+ *
+ * With tolerances, each stage starts from the CPU's values: every step
+ * from its weights, running statistics and AdamW moments, and AdamW from
+ * its gradients (once the backend's have been compared). A step of these
+ * networks at random initialization amplifies a difference many times over
+ * (batch norm over a few values; Adam moves a value by about lr either way
+ * on a gradient that is zero but for rounding), so models left to train
+ * apart would be compared through that amplification, not through the
+ * backend's arithmetic. From one state, the forward and backward are within
+ * the twin's noise, and AdamW, elementwise on equal inputs, within 1e-3 lr.
  *
  * The model holds no optimizer: a cnn_trainer keeps AdamW's moments in the
  * model's backend memory (one array of n_params each, the tensors' offsets
@@ -28,13 +40,16 @@
 
 /* How close the backend must come to the CPU. All zero: bit for bit. */
 typedef struct cnn_tolerance {
-  double loss;   /* |loss - cpu| / |cpu| */
+  double loss;   /* |loss - cpu| / |cpu|, plus the logits' allowance (expect_loss) */
   double arrays; /* parity_error of the logits, every gradient and the running statistics */
-  /* Trainable parameters after AdamW steps: the fraction of values further
-   * than 1e-3 * lr from the CPU's (see vit_tolerance: Adam's first steps
-   * move a value by about lr * sign(gradient), so values whose gradient is
-   * zero to within rounding are counted, not failed one by one). */
+  /* Trainable parameters after AdamW: the fraction of values further than
+   * 1e-3 * lr from the CPU's (a value a few units of rounding from the
+   * CPU's is not a failure, many are). */
   double params_off;
+  /* > 0: the relative perturbation of the noise twin's weights and images
+   * (one unit of the backend's rounding); 0: no twin, the fixed tolerances
+   * alone. */
+  double noise;
 } cnn_tolerance;
 
 typedef struct cnn_case {
@@ -155,6 +170,17 @@ static inline void cnn_trainer_step(cnn_trainer *tr, qt_cnn_t *model, long train
   }
 }
 
+/* A model, its AdamW state and, with StochNorm, its own stream; for the
+ * noise twin, what perturbs it. */
+typedef struct cnn_side {
+  qt_cnn_t *model;
+  cnn_trainer trainer;
+  qt_rng_t *stoch_rng;
+  qt_rng_t *drop_rng;
+  double noise;        /* > 0: a noise twin, perturbed by this much */
+  qt_rng_t *nudge_rng; /* its perturbations */
+} cnn_side;
+
 /* ------------------------------------------------------------------------- */
 /* Comparisons                                                                */
 /* ------------------------------------------------------------------------- */
@@ -162,28 +188,52 @@ static inline void cnn_trainer_step(cnn_trainer *tr, qt_cnn_t *model, long train
 /* What cnn_backend_expect_tensors compares. */
 enum { CNN_GRADS = 1, CNN_PARAMS = 2 };
 
-/* Compares the gradients (tol->arrays) and/or the values of every tensor of
+/* The layer_scales (qt_test_gpu.h) of the CPU model's gradients (grads 1)
+ * or values. */
+static inline double *cnn_layer_scales(const qt_cnn_t *cpu, int grads) {
+  size_t n = qt_cnn_tensor_count(cpu);
+  const char **names = malloc((n ? n : 1) * sizeof *names);
+  double *largest = malloc((n ? n : 1) * sizeof *largest);
+  CU_ASSERT_FATAL(names && largest);
+  for (size_t i = 0; i < n; i++) {
+    qt_cnn_tensor t;
+    qt_cnn_tensor_at(cpu, i, &t);
+    names[i] = t.name;
+    largest[i] = max_abs(grads ? t.grad : t.data, t.numel);
+  }
+  double *scales = layer_scales(names, largest, n);
+  free(names);
+  free(largest);
+  return scales;
+}
+
+/* Compares the gradients (tol->arrays) or the values of every tensor of
  * the model dev (on backend ops) with the CPU model cpu: trainable
  * parameters with tol->params_off (lr: AdamW's), the running statistics
- * with tol->arrays. */
+ * with tol->arrays; the gradients and running statistics against their
+ * layer's scale and within the noise twin's bound where that is larger
+ * (twin NULL or its model NULL: none). */
 static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t *dev,
-                                              const qt_cnn_t *cpu, int what_mask,
-                                              const cnn_tolerance *tol, double lr,
+                                              const qt_cnn_t *cpu, const cnn_side *twin,
+                                              int what_mask, const cnn_tolerance *tol, double lr,
                                               const char *when) {
+  const qt_cnn_t *noise = twin ? twin->model : NULL;
   size_t off = 0, total = 0;
   CU_ASSERT_EQUAL_FATAL(qt_cnn_tensor_count(dev), qt_cnn_tensor_count(cpu));
+  double *scales = cnn_layer_scales(cpu, what_mask & CNN_GRADS);
   for (size_t i = 0; i < qt_cnn_tensor_count(cpu); i++) {
-    qt_cnn_tensor td, tc;
+    qt_cnn_tensor td, tc, tn = {0};
     qt_cnn_tensor_at(dev, i, &td);
     qt_cnn_tensor_at(cpu, i, &tc);
     CU_ASSERT_FATAL(td.numel == tc.numel && strcmp(td.name, tc.name) == 0);
+    if (noise) qt_cnn_tensor_at(noise, i, &tn);
     float *host = malloc(td.numel * sizeof *host);
     CU_ASSERT_PTR_NOT_NULL_FATAL(host);
     char what[200];
     if (what_mask & CNN_GRADS) {
       CHECK_RC(ops->download(host, td.grad, td.numel * sizeof *host, E));
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      expect_values(what, host, tc.grad, NULL, td.numel, tol->arrays);
+      expect_values_or_noise(what, host, tc.grad, tn.grad, td.numel, scales[i], tol->arrays);
     }
     if (what_mask & CNN_PARAMS) {
       CHECK_RC(ops->download(host, td.data, td.numel * sizeof *host, E));
@@ -191,15 +241,15 @@ static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t
       if (tol->params_off == 0.0) {
         expect_values(what, host, tc.data, NULL, td.numel, 0.0);
       } else if (!td.trainable) {
-        expect_values(what, host, tc.data, NULL, td.numel, tol->arrays);
+        expect_values_or_noise(what, host, tc.data, tn.data, td.numel, scales[i], tol->arrays);
       } else {
-        for (size_t j = 0; j < td.numel; j++)
-          off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
+        off += values_off(host, tc.data, td.numel, lr);
         total += td.numel;
       }
     }
     free(host);
   }
+  free(scales);
   if ((what_mask & CNN_PARAMS) && tol->params_off > 0.0) {
     double fraction = (double)off / (double)(total ? total : 1);
     printf("\n    %s: %zu of %zu parameters off by more than 1e-3 lr", when, off, total);
@@ -233,13 +283,6 @@ static inline double cnn_backend_pass(qt_cnn_t *m, const cnn_case *c, const cnn_
   return loss;
 }
 
-/* A model, its AdamW state and, with StochNorm, its own stream. */
-typedef struct cnn_side {
-  qt_cnn_t *model;
-  cnn_trainer trainer;
-  qt_rng_t *stoch_rng;
-  qt_rng_t *drop_rng;
-} cnn_side;
 
 static inline cnn_side cnn_side_init(const cnn_case *c, const char *checkpoint) {
   cnn_side s;
@@ -252,6 +295,8 @@ static inline cnn_side cnn_side_init(const cnn_case *c, const char *checkpoint) 
   }
   s.drop_rng = make_rng(17);
   CHECK_RC(qt_cnn_set_head_dropout(s.model, c->drop, s.drop_rng, E));
+  s.noise = 0.0;
+  s.nudge_rng = NULL;
   return s;
 }
 
@@ -262,37 +307,105 @@ static inline void cnn_side_move(cnn_side *s, const qt__ops *ops) {
 }
 
 static inline void cnn_side_free(cnn_side *s) {
+  if (!s->model) return; /* an empty side (no noise twin) */
   qt_cnn_free(s->model);
   cnn_trainer_free(&s->trainer);
   qt_rng_free(s->stoch_rng);
   qt_rng_free(s->drop_rng);
+  qt_rng_free(s->nudge_rng);
 }
 
-/* One step of both sides on the batch: loss, logits and gradients
- * compared, then the parameters and running statistics after AdamW. */
-static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, const cnn_case *c,
-                                         const cnn_batch *b, const cnn_tolerance *tol,
-                                         const char *when) {
+/* The noise twin of c (cnn_backend_sync perturbs it), or an empty side
+ * (model NULL) when the tolerance asks for none. */
+static inline cnn_side cnn_noise_twin(const cnn_case *c, const char *checkpoint,
+                                      const cnn_tolerance *tol) {
+  cnn_side s = {0};
+  if (tol->noise > 0.0 && tol->loss > 0.0) {
+    s = cnn_side_init(c, checkpoint);
+    s.noise = tol->noise;
+    s.nudge_rng = make_rng(19);
+  }
+  return s;
+}
+
+/* With tolerances (tol->loss > 0): the backend's model dev takes the CPU's
+ * values (every tensor, running statistics included) and AdamW's moments;
+ * the twin takes the values, its trainable tensors then perturbed. Bit for
+ * bit, nothing: the models must stay equal on their own. */
+static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_side *twin,
+                                    const cnn_tolerance *tol) {
+  if (tol->loss == 0.0) return;
+  for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
+    qt_cnn_tensor td, tc;
+    qt_cnn_tensor_at(dev->model, i, &td);
+    qt_cnn_tensor_at(cpu->model, i, &tc);
+    CHECK_RC(dev->trainer.ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
+    if (twin->model) {
+      qt_cnn_tensor tn;
+      qt_cnn_tensor_at(twin->model, i, &tn);
+      memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
+      if (tn.trainable) host_perturb(tn.data, tn.numel, twin->noise, twin->nudge_rng);
+    }
+  }
+  size_t bytes = cpu->trainer.n_params * sizeof(float);
+  CHECK_RC(dev->trainer.ops->upload(dev->trainer.m, cpu->trainer.m, bytes, E));
+  CHECK_RC(dev->trainer.ops->upload(dev->trainer.v, cpu->trainer.v, bytes, E));
+}
+
+/* With tolerances: the backend's gradients become the CPU's. */
+static inline void cnn_backend_sync_grads(cnn_side *dev, const cnn_side *cpu,
+                                          const cnn_tolerance *tol) {
+  if (tol->loss == 0.0) return;
+  for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
+    qt_cnn_tensor td, tc;
+    qt_cnn_tensor_at(dev->model, i, &td);
+    qt_cnn_tensor_at(cpu->model, i, &tc);
+    CHECK_RC(dev->trainer.ops->upload(td.grad, tc.grad, tc.numel * sizeof *tc.grad, E));
+  }
+}
+
+/* cnn_backend_pass of the side's model, on images perturbed when it is a
+ * noise twin. */
+static inline double cnn_side_pass(cnn_side *s, const cnn_case *c, const cnn_batch *b) {
+  if (s->noise == 0.0) return cnn_backend_pass(s->model, c, b);
+  size_t n = c->batch * 3 * (size_t)c->image_size * (size_t)c->image_size;
+  cnn_batch nudged = *b;
+  nudged.images = host_perturbed(b->images, n, s->noise, s->nudge_rng);
+  double loss = cnn_backend_pass(s->model, c, &nudged);
+  free(nudged.images);
+  return loss;
+}
+
+/* One step of the sides on the batch (from the CPU's values, with
+ * tolerances: cnn_backend_sync): loss, logits and gradients compared, then
+ * the parameters (AdamW from the CPU's gradients, with tolerances) and the
+ * running statistics; the noise twin (model NULL: none) runs the forward
+ * and backward. */
+static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, cnn_side *twin,
+                                         const cnn_case *c, const cnn_batch *b,
+                                         const cnn_tolerance *tol, const char *when) {
   const qt__ops *ops = dev->trainer.ops;
+  cnn_backend_sync(dev, cpu, twin, tol);
   double loss_dev = cnn_backend_pass(dev->model, c, b);
   double loss_cpu = cnn_backend_pass(cpu->model, c, b);
-  printf("\n    %s: loss %.9g (CPU %.9g)", when, loss_dev, loss_cpu);
-  CU_ASSERT(isfinite(loss_cpu));
-  if (tol->loss == 0.0) {
-    CU_ASSERT(memcmp(&loss_dev, &loss_cpu, sizeof loss_dev) == 0);
-  } else {
-    CU_ASSERT(fabs(loss_dev - loss_cpu) <= tol->loss * fabs(loss_cpu));
-  }
+  printf("\n    %s: loss %.9g (CPU %.9g", when, loss_dev, loss_cpu);
+  if (twin->model) printf(", noise twin %.9g", cnn_side_pass(twin, c, b));
+  printf(")");
+  size_t n = c->batch * (size_t)c->classes;
   char what[160];
+  snprintf(what, sizeof what, "%s: loss", when);
+  expect_loss(what, loss_dev, loss_cpu, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), n,
+              tol->loss);
   snprintf(what, sizeof what, "%s: logits", when);
-  expect_values(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), NULL,
-                c->batch * (size_t)c->classes, tol->arrays);
-  cnn_backend_expect_tensors(ops, dev->model, cpu->model, CNN_GRADS, tol, 0.0, when);
+  expect_values_or_noise(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model),
+                         twin->model ? qt_cnn_logits(twin->model) : NULL, n, 0.0, tol->arrays);
+  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twin, CNN_GRADS, tol, 0.0, when);
+  cnn_backend_sync_grads(dev, cpu, tol);
   cnn_trainer_step(&dev->trainer, dev->model, c->trainable_from);
   cnn_trainer_step(&cpu->trainer, cpu->model, c->trainable_from);
   snprintf(what, sizeof what, "%s, after AdamW", when);
-  cnn_backend_expect_tensors(ops, dev->model, cpu->model, CNN_PARAMS, tol, cnn_backend_adamw().lr,
-                             what);
+  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twin, CNN_PARAMS, tol,
+                             cnn_backend_adamw().lr, what);
 }
 
 /* c->steps steps side by side, then the backend's model comes back to the
@@ -304,21 +417,23 @@ static inline void cnn_backend_train_compare(const qt__ops *ops, const cnn_case 
   cnn_backend_checkpoint(c, 7, checkpoint, sizeof checkpoint);
   qt_rng_t *data = make_rng(11);
   cnn_side cpu = cnn_side_init(c, checkpoint), dev = cnn_side_init(c, checkpoint);
+  cnn_side twin = cnn_noise_twin(c, checkpoint, tol);
   cnn_side_move(&dev, ops);
   char when[128];
   for (int s = 1; s <= c->steps; s++) {
     cnn_batch b = cnn_backend_batch(data, c);
     snprintf(when, sizeof when, "%s step %d", c->name, s);
-    cnn_backend_step_both(&dev, &cpu, c, &b, tol, when);
+    cnn_backend_step_both(&dev, &cpu, &twin, c, &b, tol, when);
     cnn_batch_free(&b);
   }
   cnn_side_move(&dev, qt__ops_cpu());
   cnn_batch b = cnn_backend_batch(data, c);
   snprintf(when, sizeof when, "%s back on the CPU", c->name);
-  cnn_backend_step_both(&dev, &cpu, c, &b, tol, when);
+  cnn_backend_step_both(&dev, &cpu, &twin, c, &b, tol, when);
   cnn_batch_free(&b);
   cnn_side_free(&cpu);
   cnn_side_free(&dev);
+  cnn_side_free(&twin);
   qt_rng_free(data);
   remove(checkpoint);
 }
@@ -375,30 +490,33 @@ static inline void cnn_backend_save_resume(const qt__ops *ops, const cnn_toleran
   cnn_backend_checkpoint(&c, 3, checkpoint, sizeof checkpoint);
   qt_rng_t *data = make_rng(5);
   cnn_side cpu = cnn_side_init(&c, checkpoint), dev = cnn_side_init(&c, checkpoint);
+  cnn_side noisy = cnn_noise_twin(&c, checkpoint, tol);
   cnn_side_move(&dev, ops);
   cnn_batch b = cnn_backend_batch(data, &c);
-  cnn_backend_step_both(&dev, &cpu, &c, &b, tol, "before saving");
+  cnn_backend_step_both(&dev, &cpu, &noisy, &c, &b, tol, "before saving");
 
   char from_dev[512], from_cpu[512];
   qt_test_temp_path("cnn-from-backend.safetensors", from_dev, sizeof from_dev);
   qt_test_temp_path("cnn-from-cpu.safetensors", from_cpu, sizeof from_cpu);
   CHECK_RC(qt_cnn_save(dev.model, from_dev, E));
   CHECK_RC(qt_cnn_save(cpu.model, from_cpu, E));
-  const cnn_tolerance exact = {0, 0, 0};
+  const cnn_tolerance exact = {0, 0, 0, 0};
 
   /* Backend -> CPU: the file holds the backend's values exactly. */
   qt_cnn_t *resumed_cpu = cnn_backend_load(&c, from_dev);
-  cnn_backend_expect_tensors(ops, dev.model, resumed_cpu, CNN_PARAMS, &exact, 0.0,
+  cnn_backend_expect_tensors(ops, dev.model, resumed_cpu, NULL, CNN_PARAMS, &exact, 0.0,
                              "saved on the backend, loaded on the CPU");
   qt_cnn_free(resumed_cpu);
 
   /* CPU -> backend: the same values there, and the same next step. */
   cnn_side resumed_dev = cnn_side_init(&c, from_cpu), twin = cnn_side_init(&c, from_cpu);
+  cnn_side resumed_noisy = cnn_noise_twin(&c, from_cpu, tol);
   cnn_side_move(&resumed_dev, ops);
-  cnn_backend_expect_tensors(ops, resumed_dev.model, cpu.model, CNN_PARAMS, &exact, 0.0,
+  cnn_backend_expect_tensors(ops, resumed_dev.model, cpu.model, NULL, CNN_PARAMS, &exact, 0.0,
                              "saved on the CPU, moved to the backend");
   cnn_batch next = cnn_backend_batch(data, &c);
-  cnn_backend_step_both(&resumed_dev, &twin, &c, &next, tol, "resumed on the backend");
+  cnn_backend_step_both(&resumed_dev, &twin, &resumed_noisy, &c, &next, tol,
+                        "resumed on the backend");
 
   cnn_batch_free(&b);
   cnn_batch_free(&next);
@@ -406,6 +524,8 @@ static inline void cnn_backend_save_resume(const qt__ops *ops, const cnn_toleran
   cnn_side_free(&dev);
   cnn_side_free(&resumed_dev);
   cnn_side_free(&twin);
+  cnn_side_free(&noisy);
+  cnn_side_free(&resumed_noisy);
   qt_rng_free(data);
   remove(checkpoint);
   remove(from_dev);

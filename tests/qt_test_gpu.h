@@ -100,6 +100,31 @@ static inline double parity_error(const float *gpu, const float *cpu, const floa
   return diff / fmax(scale, (double)FLT_MIN);
 }
 
+/* The mean cross-entropy `got` of the logits got_logits against the CPU's
+ * (n logits each): within `tolerance` relative, plus what the distance of
+ * the logits allows. A mean cross-entropy (labels, smoothed or soft
+ * targets) moves by at most twice the largest change of a logit: its
+ * gradient, p - y per image, has an L1 norm of at most 2. So the loss is
+ * checked for what the logits do not already say, and a loss that has
+ * drifted with the weights over several steps is judged through the
+ * logits' bound (a single number, compared with a single draw of the
+ * twin's, would say little). tolerance 0: bit for bit. */
+static inline void expect_loss(const char *what, double got, double want, const float *got_logits,
+                               const float *want_logits, size_t n, double tolerance) {
+  CU_ASSERT(isfinite(want));
+  if (tolerance == 0.0) {
+    CU_ASSERT(memcmp(&got, &want, sizeof got) == 0);
+    return;
+  }
+  double dz = 0.0;
+  for (size_t i = 0; i < n; i++) dz = fmax(dz, fabs((double)got_logits[i] - want_logits[i]));
+  double bound = tolerance * fabs(want) + 2.0 * dz;
+  if (!(fabs(got - want) <= bound))
+    fprintf(stderr, "\n%s: loss %.9g, the CPU's %.9g: off by more than %.3g\n", what, got, want,
+            bound);
+  CU_ASSERT(fabs(got - want) <= bound);
+}
+
 /* A batch for whole training steps: images N(0, 1), labels uniform, and
  * soft targets (rows of a softmax), all drawn from rng in this order. */
 typedef struct test_batch {
@@ -146,6 +171,122 @@ static inline void expect_values(const char *what, const float *got, const float
   double e = parity_error(got, want, init, n);
   if (!(e < tolerance)) fprintf(stderr, "\n%s: error %.3g >= %.3g\n", what, e, tolerance);
   CU_ASSERT(e < tolerance);
+}
+
+/* The CPU's own rounding noise, the yardstick of the whole-step tests.
+ *
+ * A step of a deep network in training mode can amplify rounding: batch
+ * norm over a few values per channel, ReLU6's kinks, and gradients that are
+ * zero in exact arithmetic (a batch norm's shift when a linear layer and
+ * another batch norm in training mode follow: their invariance cancels it),
+ * which a relative measure sees as all error.
+ * So the tests run a third model, the "noise twin": on the CPU, on the same
+ * batches, with every weight and every image value moved by a relative
+ * `noise` (one unit of FP32's, or of BF16's, rounding) either way at random:
+ * each layer's output then moves about as much as a product's rounding in
+ * another order (FP32) or of rounded operands (BF16) moves it. How far the twin ends from the CPU is what rounding alone does
+ * to that step; the device may differ from the CPU by up to NOISE_FACTOR
+ * times that where it is above the fixed tolerance (as the CPU's golden
+ * tests admit 3 times PyTorch's float32 noise, test_cnn_golden_steps.c).
+ * The twin is a measurement, not a margin: an error with another cause
+ * than rounding stands out of it. */
+#define NOISE_FACTOR 4.0
+/* The twin's perturbations: one unit of FP32's rounding (its epsilon), and
+ * BF16's largest rounding error (half its epsilon, 2^-8). */
+#define NOISE_FP32 ((double)FLT_EPSILON)
+#define NOISE_BF16 (1.0 / 256.0)
+
+/* Moves each of the n values of x by the relative `noise`, up or down at
+ * random (rng). */
+static inline void host_perturb(float *x, size_t n, double noise, qt_rng_t *rng) {
+  for (size_t i = 0; i < n; i++)
+    x[i] = (float)((double)x[i] * (1.0 + (qt_rng_uniform(rng) < 0.5 ? -noise : noise)));
+}
+
+/* A perturbed copy of x (host_perturb). */
+static inline float *host_perturbed(const float *x, size_t n, double noise, qt_rng_t *rng) {
+  float *h = host_copy(x, n);
+  host_perturb(h, n, noise, rng);
+  return h;
+}
+
+/* How many of the n values of got are further than 1e-3 * lr from want's. */
+static inline size_t values_off(const float *got, const float *want, size_t n, double lr) {
+  size_t off = 0;
+  for (size_t j = 0; j < n; j++) off += !(fabs((double)got[j] - want[j]) <= 1e-3 * lr);
+  return off;
+}
+
+/* The bound of a comparison whose fixed tolerance is tolerance and whose
+ * noise twin came `noise` from the CPU (0 without a twin). */
+static inline double noise_bound(double tolerance, double noise) {
+  return fmax(tolerance, NOISE_FACTOR * noise);
+}
+
+/* parity_error (no init) with the scale max(max |want|, floor). */
+static inline double parity_error_floor(const float *got, const float *want, size_t n,
+                                        double floor) {
+  double diff = 0.0, scale = floor;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(got[i]) || !isfinite(want[i])) return INFINITY;
+    diff = fmax(diff, fabs((double)got[i] - want[i]));
+    scale = fmax(scale, fabs((double)want[i]));
+  }
+  if (scale == 0.0) return diff == 0.0 ? 0.0 : INFINITY;
+  return diff / fmax(scale, (double)FLT_MIN);
+}
+
+static inline double max_abs(const float *x, size_t n) {
+  double m = 0.0;
+  for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+  return m;
+}
+
+/* Whether two tensor names belong to one layer: equal up to their last '.'
+ * ("blocks.1.0.bn3.bias" and "blocks.1.0.bn3.weight"). */
+static inline int same_layer(const char *a, const char *b) {
+  const char *da = strrchr(a, '.'), *db = strrchr(b, '.');
+  size_t la = da ? (size_t)(da - a) : strlen(a), lb = db ? (size_t)(db - b) : strlen(b);
+  return la == lb && strncmp(a, b, la) == 0;
+}
+
+/* The scale of each of the n tensors (names) in the models' comparisons:
+ * the largest |value| of its layer (max_abs_of[j]: tensor j's largest), in
+ * a new array. Some values are zero in exact arithmetic, a batch norm's
+ * shift under the invariance above, or the running mean of a layer whose
+ * input has a zero mean per channel, and some are small differences of
+ * large ones; measured against themselves they are all error. Against
+ * their layer's largest they are measured as the layer's arithmetic makes
+ * them: under BF16, the mean of a zero-mean input rounded to BF16 is
+ * 2^-9 / sqrt(values) of its spread, not zero. */
+static inline double *layer_scales(const char *const *names, const double *max_abs_of, size_t n) {
+  double *scale = malloc((n ? n : 1) * sizeof *scale);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(scale);
+  for (size_t i = 0; i < n; i++) {
+    scale[i] = 0.0;
+    for (size_t j = 0; j < n; j++)
+      if (same_layer(names[i], names[j])) scale[i] = fmax(scale[i], max_abs_of[j]);
+  }
+  return scale;
+}
+
+/* expect_values with a noise twin (noise: its n values, NULL for none) and
+ * a floor under the scale (0: none): parity_error_floor(got, want) <
+ * noise_bound(tolerance, the twin's). */
+static inline void expect_values_or_noise(const char *what, const float *got, const float *want,
+                                          const float *noise, size_t n, double floor,
+                                          double tolerance) {
+  if (tolerance == 0.0 || !noise) {
+    expect_values(what, got, want, NULL, n, tolerance);
+    return;
+  }
+  double e = parity_error_floor(got, want, n, floor);
+  double en = parity_error_floor(noise, want, n, floor);
+  double bound = noise_bound(tolerance, en);
+  if (!(e < bound))
+    fprintf(stderr, "\n%s: error %.3g >= %.3g (tolerance %.3g, noise twin %.3g)\n", what, e,
+            bound, tolerance, en);
+  CU_ASSERT(e < bound);
 }
 
 /* Downloads the device array d, compares it with cpu, prints and checks the

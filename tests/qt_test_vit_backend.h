@@ -5,7 +5,12 @@
  * the losses, logits, gradients and parameters compared; and checkpoints
  * saved on one backend and resumed on the other. Shared by test_vit_backend
  * (the fake device of qt_test_fake_device.h: every number must be equal)
- * and test_gpu_vit_backend (CUDA: within the tolerances below).
+ * and test_gpu_vit_backend (CUDA: within the tolerances below, or within
+ * NOISE_FACTOR times the CPU's own rounding noise where that is larger: a
+ * third model, the noise twin of qt_test_gpu.h). With tolerances, each step
+ * starts the backend's model (and the twin) from the CPU's weights, and
+ * AdamW from the CPU's gradients, as in qt_test_cnn_backend.h and for its
+ * reasons; the moments are the model's own, on each side.
  *
  * Include after qt_test.h, qt_test_gpu.h (for CHECK_RC, E, make_rng,
  * host_random and parity_error), finetune/qt_finetune.h and
@@ -21,13 +26,16 @@
 
 /* How close the backend must come to the CPU. All zero: bit for bit. */
 typedef struct vit_tolerance {
-  double loss;   /* |loss - cpu| / |cpu| */
+  double loss;   /* |loss - cpu| / |cpu|, plus the logits' allowance (expect_loss) */
   double arrays; /* parity_error of the logits and of every gradient */
-  /* Parameters after AdamW steps: the fraction of values further than
-   * 1e-3 * lr from the CPU's. Adam's first steps move a value by about
-   * lr * sign(gradient), so a gradient that is zero to within rounding may
-   * step either way; those values are counted, not failed one by one. */
+  /* Parameters after AdamW: the fraction of values further than 1e-3 * lr
+   * from the CPU's (a value a few units of rounding from the CPU's is not a
+   * failure, many are). */
   double params_off;
+  /* > 0: the relative perturbation of the noise twin's weights and images
+   * (one unit of the backend's rounding); 0: no twin, the fixed tolerances
+   * alone. */
+  double noise;
 } vit_tolerance;
 
 typedef struct vit_case {
@@ -70,26 +78,57 @@ static inline void vit_backend_download(const qt__ops *ops, float *host, const f
 /* What vit_backend_expect_tensors compares. */
 enum { VIT_GRADS = 1, VIT_PARAMS = 2 };
 
+/* The noise twin of qt_test_gpu.h: a CPU model with its weights perturbed
+ * by `noise` (nudge_rng), run on perturbed images; model NULL when there is
+ * none. */
+typedef struct vit_twin {
+  qt_vit_t *model;
+  qt_rng_t *drop_rng, *nudge_rng;
+  double noise;
+} vit_twin;
+
+/* The layer_scales (qt_test_gpu.h) of the CPU model's gradients. */
+static inline double *vit_layer_scales(const qt_vit_t *cpu) {
+  size_t n = qt_vit_tensor_count(cpu);
+  const char **names = malloc((n ? n : 1) * sizeof *names);
+  double *largest = malloc((n ? n : 1) * sizeof *largest);
+  CU_ASSERT_FATAL(names && largest);
+  for (size_t i = 0; i < n; i++) {
+    qt_vit_tensor t;
+    qt_vit_tensor_at(cpu, i, &t);
+    names[i] = t.name;
+    largest[i] = max_abs(t.grad, t.numel);
+  }
+  double *scales = layer_scales(names, largest, n);
+  free(names);
+  free(largest);
+  return scales;
+}
+
 /* Compares the gradients (tol->arrays) and/or the parameters
  * (tol->params_off, with AdamW's learning rate lr) of every tensor of the
- * backend's model dev with the CPU's model cpu. */
+ * backend's model dev with the CPU's model cpu; each bound widened to the
+ * noise twin's (on the CPU; NULL: none) where that is larger. */
 static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t *dev,
-                                              const qt_vit_t *cpu, int what_mask,
-                                              const vit_tolerance *tol, double lr,
+                                              const qt_vit_t *cpu, const vit_twin *twin,
+                                              int what_mask, const vit_tolerance *tol, double lr,
                                               const char *when) {
+  const qt_vit_t *noise = twin ? twin->model : NULL;
   size_t off = 0, total = 0;
+  double *scales = vit_layer_scales(cpu);
   for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
-    qt_vit_tensor td, tc;
+    qt_vit_tensor td, tc, tn = {0};
     qt_vit_tensor_at(dev, i, &td);
     qt_vit_tensor_at(cpu, i, &tc);
     CU_ASSERT_FATAL(td.numel == tc.numel && strcmp(td.name, tc.name) == 0);
+    if (noise) qt_vit_tensor_at(noise, i, &tn);
     float *host = malloc(td.numel * sizeof *host);
     CU_ASSERT_PTR_NOT_NULL_FATAL(host);
     char what[160];
     if (what_mask & VIT_GRADS) {
       vit_backend_download(ops, host, td.grad, td.numel);
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      expect_values(what, host, tc.grad, NULL, td.numel, tol->arrays);
+      expect_values_or_noise(what, host, tc.grad, tn.grad, td.numel, scales[i], tol->arrays);
     }
     if (!(what_mask & VIT_PARAMS)) {
       free(host);
@@ -100,12 +139,12 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
       snprintf(what, sizeof what, "%s: %s", when, td.name);
       expect_values(what, host, tc.data, NULL, td.numel, 0.0);
     } else {
-      for (size_t j = 0; j < td.numel; j++)
-        off += !(fabs((double)host[j] - tc.data[j]) <= 1e-3 * lr);
+      off += values_off(host, tc.data, td.numel, lr);
     }
     total += td.numel;
     free(host);
   }
+  free(scales);
   if ((what_mask & VIT_PARAMS) && tol->params_off > 0.0) {
     double fraction = (double)off / (double)total;
     printf("\n    %s: %zu of %zu parameters off by more than 1e-3 lr", when, off, total);
@@ -139,29 +178,102 @@ static inline double vit_backend_step(qt_vit_t *vit, const vit_case *c, const vi
   return loss;
 }
 
-/* Runs one step of both models on the batch and compares loss, logits and
- * gradients, then the parameters after the update. */
+/* The twin of c around model (the CPU's start, its own copy; perturbed by
+ * vit_backend_sync), or none, and model freed, when tol asks for none. */
+static inline vit_twin vit_noise_twin(qt_vit_t *model, const vit_case *c,
+                                      const vit_tolerance *tol) {
+  vit_twin t = {0};
+  if (!(tol->noise > 0.0 && tol->loss > 0.0)) {
+    qt_vit_free(model);
+    return t;
+  }
+  t.model = model;
+  t.noise = tol->noise;
+  t.nudge_rng = make_rng(19);
+  t.drop_rng = make_rng(13);
+  qt_vit_set_backward_from(model, c->backward_from);
+  CHECK_RC(qt_vit_set_head_dropout(model, c->drop, t.drop_rng, E));
+  return t;
+}
+
+static inline void vit_twin_free(vit_twin *t) {
+  qt_vit_free(t->model);
+  qt_rng_free(t->drop_rng);
+  qt_rng_free(t->nudge_rng);
+}
+
+/* With tolerances (tol->loss > 0): the backend's model dev (on ops) takes
+ * the CPU's values, and the twin too, then perturbed. Bit for bit, nothing:
+ * the models must stay equal on their own. */
+static inline void vit_backend_sync(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
+                                    vit_twin *twin, const vit_tolerance *tol) {
+  if (tol->loss == 0.0) return;
+  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
+    qt_vit_tensor td, tc;
+    qt_vit_tensor_at(dev, i, &td);
+    qt_vit_tensor_at(cpu, i, &tc);
+    CHECK_RC(ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
+    if (twin->model) {
+      qt_vit_tensor tn;
+      qt_vit_tensor_at(twin->model, i, &tn);
+      memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
+      host_perturb(tn.data, tn.numel, twin->noise, twin->nudge_rng);
+    }
+  }
+}
+
+/* With tolerances: the backend's gradients become the CPU's. */
+static inline void vit_backend_sync_grads(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
+                                          const vit_tolerance *tol) {
+  if (tol->loss == 0.0) return;
+  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
+    qt_vit_tensor td, tc;
+    qt_vit_tensor_at(dev, i, &td);
+    qt_vit_tensor_at(cpu, i, &tc);
+    CHECK_RC(ops->upload(td.grad, tc.grad, tc.numel * sizeof *tc.grad, E));
+  }
+}
+
+/* vit_backend_step of the twin, on perturbed images. */
+static inline double vit_twin_step(vit_twin *t, const vit_case *c, const vit_batch *b) {
+  size_t n = c->batch * 3 * (size_t)c->config.image_size * (size_t)c->config.image_size;
+  vit_batch nudged = *b;
+  nudged.images = host_perturbed(b->images, n, t->noise, t->nudge_rng);
+  double loss = vit_backend_step(t->model, c, &nudged, 0);
+  free(nudged.images);
+  return loss;
+}
+
+/* Runs one step of the models on the batch (from the CPU's values, with
+ * tolerances: vit_backend_sync) and compares loss, logits and gradients,
+ * then the parameters after the update (from the CPU's gradients, with
+ * tolerances); the noise twin (model NULL: none) runs the forward and
+ * backward. */
 static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_vit_t *cpu,
-                                         const vit_case *c, const vit_batch *b,
+                                         vit_twin *twin, const vit_case *c, const vit_batch *b,
                                          const vit_tolerance *tol, const char *when) {
   size_t K = (size_t)c->config.num_classes;
+  vit_backend_sync(ops, dev, cpu, twin, tol);
   double loss_dev = vit_backend_step(dev, c, b, 0);
   double loss_cpu = vit_backend_step(cpu, c, b, 0);
-  printf("\n    %s: loss %.9g (CPU %.9g)", when, loss_dev, loss_cpu);
-  if (tol->loss == 0.0) {
-    CU_ASSERT(memcmp(&loss_dev, &loss_cpu, sizeof loss_dev) == 0);
-  } else {
-    CU_ASSERT(fabs(loss_dev - loss_cpu) <= tol->loss * fabs(loss_cpu));
-  }
+  printf("\n    %s: loss %.9g (CPU %.9g", when, loss_dev, loss_cpu);
+  if (twin->model) printf(", noise twin %.9g", vit_twin_step(twin, c, b));
+  printf(")");
   char what[160];
+  snprintf(what, sizeof what, "%s: loss", when);
+  expect_loss(what, loss_dev, loss_cpu, qt_vit_logits(dev), qt_vit_logits(cpu), c->batch * K,
+              tol->loss);
   snprintf(what, sizeof what, "%s: logits", when);
-  expect_values(what, qt_vit_logits(dev), qt_vit_logits(cpu), NULL, c->batch * K, tol->arrays);
-  vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0, when);
+  expect_values_or_noise(what, qt_vit_logits(dev), qt_vit_logits(cpu),
+                         twin->model ? qt_vit_logits(twin->model) : NULL, c->batch * K, 0.0,
+                         tol->arrays);
+  vit_backend_expect_tensors(ops, dev, cpu, twin, VIT_GRADS, tol, 0.0, when);
   qt_adamw_params hp = vit_backend_adamw();
+  vit_backend_sync_grads(ops, dev, cpu, tol);
   CHECK_RC(qt_vit_adamw_step(dev, &hp, E));
   CHECK_RC(qt_vit_adamw_step(cpu, &hp, E));
   snprintf(what, sizeof what, "%s, after AdamW", when);
-  vit_backend_expect_tensors(ops, dev, cpu, VIT_PARAMS, tol, hp.lr, what);
+  vit_backend_expect_tensors(ops, dev, cpu, twin, VIT_PARAMS, tol, hp.lr, what);
 }
 
 /* c->steps steps side by side, then the backend's model comes back to the
@@ -170,10 +282,13 @@ static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_v
 static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case *c,
                                              const vit_tolerance *tol) {
   printf("\n  case %s", c->name);
-  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(11);
-  qt_vit_t *cpu = NULL, *dev = NULL;
+  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *init_c = make_rng(7);
+  qt_rng_t *data = make_rng(11);
+  qt_vit_t *cpu = NULL, *dev = NULL, *noisy = NULL;
   CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_a, &cpu, E));
   CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_b, &dev, E));
+  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_c, &noisy, E));
+  vit_twin twin = vit_noise_twin(noisy, c, tol);
   CHECK_RC(qt__vit_set_ops(dev, ops, E));
   qt_vit_set_backward_from(cpu, c->backward_from);
   qt_vit_set_backward_from(dev, c->backward_from);
@@ -184,19 +299,21 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
   for (int s = 1; s <= c->steps; s++) {
     vit_batch b = vit_backend_batch(data, c);
     snprintf(when, sizeof when, "%s step %d", c->name, s);
-    vit_backend_step_both(ops, dev, cpu, c, &b, tol, when);
+    vit_backend_step_both(ops, dev, cpu, &twin, c, &b, tol, when);
     vit_batch_free(&b);
   }
   CHECK_RC(qt__vit_set_ops(dev, qt__ops_cpu(), E));
   CU_ASSERT_EQUAL(qt_vit_step(dev), qt_vit_step(cpu));
   vit_batch b = vit_backend_batch(data, c);
   snprintf(when, sizeof when, "%s back on the CPU", c->name);
-  vit_backend_step_both(qt__ops_cpu(), dev, cpu, c, &b, tol, when);
+  vit_backend_step_both(qt__ops_cpu(), dev, cpu, &twin, c, &b, tol, when);
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
+  vit_twin_free(&twin);
   qt_rng_free(init_a);
   qt_rng_free(init_b);
+  qt_rng_free(init_c);
   qt_rng_free(data);
   qt_rng_free(drop_a);
   qt_rng_free(drop_b);
@@ -248,18 +365,21 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
   /* Backend -> CPU: the file holds the backend's values exactly. */
   qt_vit_t *resumed_cpu = NULL;
   CHECK_RC(qt_vit_load(from_dev, &lp, &resumed_cpu, E));
-  vit_backend_expect_tensors(ops, dev, resumed_cpu, VIT_PARAMS, &(vit_tolerance){0, 0, 0}, 0.0,
+  vit_backend_expect_tensors(ops, dev, resumed_cpu, NULL, VIT_PARAMS, &(vit_tolerance){0}, 0.0,
                              "saved on the backend, loaded on the CPU");
 
   /* CPU -> backend: the same values there, and the same next step. */
-  qt_vit_t *resumed_dev = NULL, *twin = NULL;
+  qt_vit_t *resumed_dev = NULL, *twin = NULL, *resumed_noisy = NULL;
   CHECK_RC(qt_vit_load(from_cpu, &lp, &resumed_dev, E));
   CHECK_RC(qt_vit_load(from_cpu, &lp, &twin, E));
+  CHECK_RC(qt_vit_load(from_cpu, &lp, &resumed_noisy, E));
+  vit_twin noise_twin = vit_noise_twin(resumed_noisy, &c, tol);
   CHECK_RC(qt__vit_set_ops(resumed_dev, ops, E));
-  vit_backend_expect_tensors(ops, resumed_dev, cpu, VIT_PARAMS, &(vit_tolerance){0, 0, 0}, 0.0,
+  vit_backend_expect_tensors(ops, resumed_dev, cpu, NULL, VIT_PARAMS, &(vit_tolerance){0}, 0.0,
                              "saved on the CPU, moved to the backend");
   vit_batch next = vit_backend_batch(data, &c);
-  vit_backend_step_both(ops, resumed_dev, twin, &c, &next, tol, "resumed on the backend");
+  vit_backend_step_both(ops, resumed_dev, twin, &noise_twin, &c, &next, tol,
+                        "resumed on the backend");
 
   vit_batch_free(&b);
   vit_batch_free(&next);
@@ -268,6 +388,7 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
   qt_vit_free(resumed_cpu);
   qt_vit_free(resumed_dev);
   qt_vit_free(twin);
+  vit_twin_free(&noise_twin);
   qt_rng_free(init_a);
   qt_rng_free(init_b);
   qt_rng_free(data);

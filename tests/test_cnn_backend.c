@@ -15,7 +15,7 @@
 #include "qt_test_gpu.h"
 #include "qt_test_cnn_backend.h"
 
-static const cnn_tolerance exact = {0.0, 0.0, 0.0};
+static const cnn_tolerance exact = {0.0, 0.0, 0.0, 0.0};
 
 static void test_training_steps_match_cpu(void) {
   long uploads = fake_device.uploads, downloads = fake_device.downloads;
@@ -44,7 +44,7 @@ static void test_failed_move_changes_nothing(void) {
     qt_rng_t *data = make_rng(1);
     cnn_side m = cnn_side_init(&c, checkpoint), twin = cnn_side_init(&c, checkpoint);
     cnn_batch b = cnn_backend_batch(data, &c);
-    cnn_backend_step_both(&m, &twin, &c, &b, &exact, "before the move");
+    cnn_backend_step_both(&m, &twin, &(cnn_side){0}, &c, &b, &exact, "before the move");
     fake_device.fail_after = fail_after;
     qt_err err;
     int rc = qt__cnn_set_ops(m.model, fake_device_ops(), &err);
@@ -55,7 +55,7 @@ static void test_failed_move_changes_nothing(void) {
       CU_ASSERT_EQUAL(fake_blocks_held(), 0);
       failures++;
       cnn_batch next = cnn_backend_batch(data, &c);
-      cnn_backend_step_both(&m, &twin, &c, &next, &exact, "after a failed move");
+      cnn_backend_step_both(&m, &twin, &(cnn_side){0}, &c, &next, &exact, "after a failed move");
       cnn_batch_free(&next);
     }
     cnn_batch_free(&b);
@@ -102,7 +102,7 @@ static void test_feature_hook_on_the_device(void) {
   CU_ASSERT(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0);
   expect_values("features", qt_cnn_features(dev, &batch), qt_cnn_features(cpu, NULL), NULL, n, 0.0);
   CU_ASSERT_EQUAL(batch, c.batch);
-  cnn_backend_expect_tensors(fake_device_ops(), dev, cpu, CNN_GRADS, &exact, 0.0,
+  cnn_backend_expect_tensors(fake_device_ops(), dev, cpu, NULL, CNN_GRADS, &exact, 0.0,
                              "with the feature hook's gradient");
   free(dfeat);
   cnn_batch_free(&b);

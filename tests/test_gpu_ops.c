@@ -575,8 +575,9 @@ static void host_lse(double *lse, const float *qkv, size_t batch, size_t tokens,
  * within the BF16 bound of the FP32 CPU, the stored log-sum-exps within
  * 1e-4 of the host's in double (their scores are exact products of the
  * rounded inputs), and the BF16 output for proj the FP32 output rounded,
- * bit for bit. The op table takes them, and writes BF16 for proj, under
- * BF16 products and not under FP32. */
+ * bit for bit. Turned on (qt__cuda_set_fused_attention), the op table
+ * takes them, and writes BF16 for proj, under BF16 products and not under
+ * FP32; turned off (the default), not under BF16 either. */
 static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint64_t seed) {
   size_t c = 64 * heads;
   char what[128], label[160];
@@ -627,8 +628,10 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   snprintf(label, sizeof label, "%s: dqkv set", what);
   expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
 
-  /* The op table: under BF16 the fused forward (att holds the same
-   * log-sum-exps), under FP32 the probabilities. */
+  /* The op table, with the fused kernels turned on: under BF16 the fused
+   * forward (att holds the same log-sum-exps), under FP32 the
+   * probabilities. */
+  int was_fused = qt__cuda_set_fused_attention(1);
   qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   float *again = malloc(n_lse * sizeof *again);
@@ -647,7 +650,15 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   snprintf(label, sizeof label, "%s: FP32 op table's probabilities", what);
   expect_parity(label, d_att, att, NULL, n_att);
+  /* Turned off, BF16 takes the cuBLAS path: probabilities again. */
+  qt__cuda_set_fused_attention(0);
+  qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 0);
+  CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
+  snprintf(label, sizeof label, "%s: BF16 unfused", what);
+  expect_parity_tol(label, d_att, att, NULL, n_att, BF16_TOLERANCE);
   qt_cuda_set_matmul_precision(before);
+  qt__cuda_set_fused_attention(was_fused);
 
   grad_free(&added);
   grad_free(&fresh);

@@ -36,7 +36,12 @@ static qt_run_spec mobilenet_spec(void) {
   s.image_size = 32;
   s.optim = qt_optim_default_params();
   s.optim.kind = QT_OPTIM_KIND_ADAM;
-  s.optim.lr = 3e-3;
+  /* Not the ViT's 3e-3: at 3e-3 this tiny MobileNetV2 (batch norm over 6
+   * images, StochNorm) amplifies a difference of one unit of rounding in its
+   * weights to up to 0.5% of the third epoch's training loss, on the CPU
+   * alone; at 3e-4, to under 3e-5 (three perturbations, measured with the
+   * noise twin of qt_test_gpu.h), so that 1e-3 compares the backends. */
+  s.optim.lr = 3e-4;
   s.pct_to_freeze = 0.0;
   s.sfa = 0;
   s.mixup = 0.0;

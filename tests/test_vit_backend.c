@@ -14,7 +14,7 @@
 #include "qt_test_gpu.h"
 #include "qt_test_vit_backend.h"
 
-static const vit_tolerance exact = {0.0, 0.0, 0.0};
+static const vit_tolerance exact = {0.0, 0.0, 0.0, 0.0};
 
 static void test_training_steps_match_cpu(void) {
   long uploads = fake_device.uploads;
@@ -46,7 +46,7 @@ static void test_failed_move_changes_nothing(void) {
     CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOMEM);
     fake_device.fail_after = -1;
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
-    vit_backend_step_both(qt__ops_cpu(), vit, twin, &c, &b, &exact, "after a failed move");
+    vit_backend_step_both(qt__ops_cpu(), vit, twin, &(vit_twin){0}, &c, &b, &exact, "after a failed move");
     vit_batch_free(&b);
     qt_vit_free(vit);
     qt_vit_free(twin);
@@ -87,7 +87,7 @@ static void test_feature_hook_on_the_device(void) {
   CU_ASSERT(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0);
   expect_values("features", qt_vit_features(dev, &batch), qt_vit_features(cpu, NULL), NULL, n, 0.0);
   CU_ASSERT_EQUAL(batch, c.batch);
-  vit_backend_expect_tensors(fake_device_ops(), dev, cpu, VIT_GRADS, &exact, 0.0,
+  vit_backend_expect_tensors(fake_device_ops(), dev, cpu, NULL, VIT_GRADS, &exact, 0.0,
                              "with the feature hook's gradient");
   free(dfeat);
   vit_batch_free(&b);
@@ -133,9 +133,9 @@ static void test_bf16_linear_inputs(void) {
     ops->set_matmul_precision(before);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
     CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 12 * c.config.depth : 0);
-    const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0} : &exact;
+    const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
-    vit_backend_expect_tensors(ops, dev, cpu, VIT_GRADS, tol, 0.0,
+    vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,
                                bf16 ? "BF16 linear inputs" : "FP32 products");
   }
   vit_batch_free(&b);
