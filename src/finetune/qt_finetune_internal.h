@@ -374,14 +374,20 @@ int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, siz
                                     size_t tokens, size_t c, size_t heads, qt_err *err);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
- * where they fit (att then holds the log-sum-exps, read only by the
- * backward of the same step), unless QT_CUDA_FUSED_ATTENTION=0;
- * qt_cuda_attention_forward and qt__cuda_attention_backward otherwise. */
+ * where they fit, when turned on (att then holds the log-sum-exps, read
+ * only by the backward of the same step); qt_cuda_attention_forward and
+ * qt__cuda_attention_backward otherwise. */
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                                    const float *att, size_t batch, size_t tokens, size_t c,
                                    size_t heads, int set, qt_err *err);
+
+/* Turns the op table's fused attention on (1) or off (0) for the process;
+ * returns the previous setting. Off unless QT_CUDA_FUSED_ATTENTION=1 in the
+ * environment: slower than the cuBLAS path on an H100 (docs/cuda.md). Set
+ * it between epochs, not between a forward and its backward. */
+int qt__cuda_set_fused_attention(int on);
 
 /* The same for the convolutional models' backward passes that take `set`
  * in the op table. */

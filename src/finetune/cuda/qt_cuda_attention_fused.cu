@@ -11,11 +11,19 @@
  * 1.6 GB of memory traffic per block of ViT-B and step at batch 64, by
  * count. The fused kernels keep the scores in shared memory and store only
  * a log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
- * QT_CUDA_FUSED_ATTENTION=0 turns them off, to measure one against the
- * other.
+ *
+ * Off by default: on an H100 (tools/gpu-check, docs/benchmarks/) ViT-B/16
+ * trains at 1155 images/s with them and 1399 without. One block per
+ * (image, head) with at most 8 warps leaves the SMs underfed, and staging
+ * is not overlapped with the products: the cuBLAS path, scores and all,
+ * is faster until the kernels are tiled over query blocks.
+ * qt__cuda_set_fused_attention (or QT_CUDA_FUSED_ATTENTION=1 in the
+ * environment) turns them on.
  */
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -199,17 +207,38 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
 /* The op table's attention                                                   */
 /* ------------------------------------------------------------------------- */
 
+/* 1: the op table takes the fused kernels where they fit; -1 until the
+ * environment has been read. */
+static int fused_attention = -1;
+
+static int fused_attention_on(void) {
+  int on = __atomic_load_n(&fused_attention, __ATOMIC_RELAXED);
+  if (on < 0) {
+    const char *value = getenv("QT_CUDA_FUSED_ATTENTION");
+    on = value && strcmp(value, "1") == 0;
+    int unset = -1;
+    __atomic_compare_exchange_n(&fused_attention, &unset, on, 0, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
+    on = __atomic_load_n(&fused_attention, __ATOMIC_RELAXED);
+  }
+  return on;
+}
+
+extern "C" int qt__cuda_set_fused_attention(int on) {
+  int previous = fused_attention_on();
+  __atomic_store_n(&fused_attention, on != 0, __ATOMIC_SEQ_CST);
+  return previous;
+}
+
 /* Whether the op table takes the fused kernels for this shape now: under
- * BF16 products (either kind), unless QT_CUDA_FUSED_ATTENTION=0. The
- * forward and the backward of one step decide alike, since the precision is
- * set for a whole epoch (qt_run_epoch) and the rest depends on the shape
- * and the device. */
+ * BF16 products (either kind), when turned on. The forward and the backward
+ * of one step decide alike, since the precision and the switch are set for
+ * a whole epoch (qt_run_epoch) and the rest depends on the shape and the
+ * device. */
 static int fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
-  static int switch_state = -1;
   int precision = qt__cuda_matmul_precision();
   return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
-         qt__cuda_switch_on("QT_CUDA_FUSED_ATTENTION", &switch_state) &&
-         qt__cuda_attention_fused_fits(batch, tokens, c, heads);
+         fused_attention_on() && qt__cuda_attention_fused_fits(batch, tokens, c, heads);
 }
 
 extern "C" int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,

@@ -207,6 +207,10 @@ int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, siz
   return QT_CUDA_STUB("qt_cuda_attention_forward");
 }
 
+int qt__cuda_set_fused_attention(int on) {
+  return 0;
+}
+
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_forward");
