@@ -10,7 +10,7 @@
  * qt_test_fake_device.h: every number must be equal) and
  * test_gpu_cnn_backend (CUDA: within the tolerances given, or within
  * NOISE_FACTOR times the CPU's own rounding noise where that is larger: a
- * third model, the noise twin of qt_test_gpu.h).
+ * few more models, the noise twins of qt_test_gpu.h).
  *
  * With tolerances, each stage starts from the CPU's values: every step
  * from its weights, running statistics and AdamW moments, and AdamW from
@@ -20,7 +20,7 @@
  * on a gradient that is zero but for rounding), so models left to train
  * apart would be compared through that amplification, not through the
  * backend's arithmetic. From one state, the forward and backward are within
- * the twin's noise, and AdamW, elementwise on equal inputs, within 1e-3 lr.
+ * the twins' noise, and AdamW, elementwise on equal inputs, within 1e-3 lr.
  *
  * The model holds no optimizer: a cnn_trainer keeps AdamW's moments in the
  * model's backend memory (one array of n_params each, the tensors' offsets
@@ -46,7 +46,7 @@ typedef struct cnn_tolerance {
    * 1e-3 * lr from the CPU's (a value a few units of rounding from the
    * CPU's is not a failure, many are). */
   double params_off;
-  /* > 0: the relative perturbation of the noise twin's weights and images
+  /* > 0: the relative perturbation of the noise twins' weights and images
    * (one unit of the backend's rounding); 0: no twin, the fixed tolerances
    * alone. */
   double noise;
@@ -181,6 +181,12 @@ typedef struct cnn_side {
   qt_rng_t *nudge_rng; /* its perturbations */
 } cnn_side;
 
+/* The noise twins of a comparison: n of them (0: none). */
+typedef struct cnn_twins {
+  cnn_side side[NOISE_TWINS];
+  size_t n;
+} cnn_twins;
+
 /* ------------------------------------------------------------------------- */
 /* Comparisons                                                                */
 /* ------------------------------------------------------------------------- */
@@ -211,29 +217,35 @@ static inline double *cnn_layer_scales(const qt_cnn_t *cpu, int grads) {
  * the model dev (on backend ops) with the CPU model cpu: trainable
  * parameters with tol->params_off (lr: AdamW's), the running statistics
  * with tol->arrays; the gradients and running statistics against their
- * layer's scale and within the noise twin's bound where that is larger
- * (twin NULL or its model NULL: none). */
+ * layer's scale and within the noise twins' bound where that is larger
+ * (twins NULL or empty: none). */
 static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t *dev,
-                                              const qt_cnn_t *cpu, const cnn_side *twin,
+                                              const qt_cnn_t *cpu, const cnn_twins *twins,
                                               int what_mask, const cnn_tolerance *tol, double lr,
                                               const char *when) {
-  const qt_cnn_t *noise = twin ? twin->model : NULL;
-  size_t off = 0, total = 0;
+  size_t n_twins = twins ? twins->n : 0, off = 0, total = 0;
   CU_ASSERT_EQUAL_FATAL(qt_cnn_tensor_count(dev), qt_cnn_tensor_count(cpu));
   double *scales = cnn_layer_scales(cpu, what_mask & CNN_GRADS);
   for (size_t i = 0; i < qt_cnn_tensor_count(cpu); i++) {
-    qt_cnn_tensor td, tc, tn = {0};
+    qt_cnn_tensor td, tc;
     qt_cnn_tensor_at(dev, i, &td);
     qt_cnn_tensor_at(cpu, i, &tc);
     CU_ASSERT_FATAL(td.numel == tc.numel && strcmp(td.name, tc.name) == 0);
-    if (noise) qt_cnn_tensor_at(noise, i, &tn);
+    const float *noise_grad[NOISE_TWINS] = {0}, *noise_data[NOISE_TWINS] = {0};
+    for (size_t k = 0; k < n_twins; k++) {
+      qt_cnn_tensor tn;
+      qt_cnn_tensor_at(twins->side[k].model, i, &tn);
+      noise_grad[k] = tn.grad;
+      noise_data[k] = tn.data;
+    }
     float *host = malloc(td.numel * sizeof *host);
     CU_ASSERT_PTR_NOT_NULL_FATAL(host);
     char what[200];
     if (what_mask & CNN_GRADS) {
       CHECK_RC(ops->download(host, td.grad, td.numel * sizeof *host, E));
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      expect_values_or_noise(what, host, tc.grad, tn.grad, td.numel, scales[i], tol->arrays);
+      expect_values_or_noise(what, host, tc.grad, noise_grad, n_twins, td.numel, scales[i],
+                             tol->arrays);
     }
     if (what_mask & CNN_PARAMS) {
       CHECK_RC(ops->download(host, td.data, td.numel * sizeof *host, E));
@@ -241,7 +253,8 @@ static inline void cnn_backend_expect_tensors(const qt__ops *ops, const qt_cnn_t
       if (tol->params_off == 0.0) {
         expect_values(what, host, tc.data, NULL, td.numel, 0.0);
       } else if (!td.trainable) {
-        expect_values_or_noise(what, host, tc.data, tn.data, td.numel, scales[i], tol->arrays);
+        expect_values_or_noise(what, host, tc.data, noise_data, n_twins, td.numel, scales[i],
+                               tol->arrays);
       } else {
         off += values_off(host, tc.data, td.numel, lr);
         total += td.numel;
@@ -307,7 +320,6 @@ static inline void cnn_side_move(cnn_side *s, const qt__ops *ops) {
 }
 
 static inline void cnn_side_free(cnn_side *s) {
-  if (!s->model) return; /* an empty side (no noise twin) */
   qt_cnn_free(s->model);
   cnn_trainer_free(&s->trainer);
   qt_rng_free(s->stoch_rng);
@@ -315,24 +327,31 @@ static inline void cnn_side_free(cnn_side *s) {
   qt_rng_free(s->nudge_rng);
 }
 
-/* The noise twin of c (cnn_backend_sync perturbs it), or an empty side
- * (model NULL) when the tolerance asks for none. */
-static inline cnn_side cnn_noise_twin(const cnn_case *c, const char *checkpoint,
-                                      const cnn_tolerance *tol) {
-  cnn_side s = {0};
+/* The noise twins of c (cnn_backend_sync perturbs them), or none when the
+ * tolerance asks for none. */
+static inline cnn_twins cnn_noise_twins(const cnn_case *c, const char *checkpoint,
+                                        const cnn_tolerance *tol) {
+  cnn_twins t = {0};
   if (tol->noise > 0.0 && tol->loss > 0.0) {
-    s = cnn_side_init(c, checkpoint);
-    s.noise = tol->noise;
-    s.nudge_rng = make_rng(19);
+    for (t.n = 0; t.n < NOISE_TWINS; t.n++) {
+      t.side[t.n] = cnn_side_init(c, checkpoint);
+      t.side[t.n].noise = tol->noise;
+      t.side[t.n].nudge_rng = make_rng(19 + t.n);
+    }
   }
-  return s;
+  return t;
+}
+
+static inline void cnn_twins_free(cnn_twins *t) {
+  for (size_t k = 0; k < t->n; k++) cnn_side_free(&t->side[k]);
+  t->n = 0;
 }
 
 /* With tolerances (tol->loss > 0): the backend's model dev takes the CPU's
  * values (every tensor, running statistics included) and AdamW's moments;
- * the twin takes the values, its trainable tensors then perturbed. Bit for
- * bit, nothing: the models must stay equal on their own. */
-static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_side *twin,
+ * the twins take the values, their trainable tensors then perturbed. Bit
+ * for bit, nothing: the models must stay equal on their own. */
+static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_twins *twins,
                                     const cnn_tolerance *tol) {
   if (tol->loss == 0.0) return;
   for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
@@ -340,7 +359,8 @@ static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_side
     qt_cnn_tensor_at(dev->model, i, &td);
     qt_cnn_tensor_at(cpu->model, i, &tc);
     CHECK_RC(dev->trainer.ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
-    if (twin->model) {
+    for (size_t k = 0; k < twins->n; k++) {
+      cnn_side *twin = &twins->side[k];
       qt_cnn_tensor tn;
       qt_cnn_tensor_at(twin->model, i, &tn);
       memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
@@ -379,17 +399,17 @@ static inline double cnn_side_pass(cnn_side *s, const cnn_case *c, const cnn_bat
 /* One step of the sides on the batch (from the CPU's values, with
  * tolerances: cnn_backend_sync): loss, logits and gradients compared, then
  * the parameters (AdamW from the CPU's gradients, with tolerances) and the
- * running statistics; the noise twin (model NULL: none) runs the forward
- * and backward. */
-static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, cnn_side *twin,
+ * running statistics; the noise twins run the forward and backward. */
+static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, cnn_twins *twins,
                                          const cnn_case *c, const cnn_batch *b,
                                          const cnn_tolerance *tol, const char *when) {
   const qt__ops *ops = dev->trainer.ops;
-  cnn_backend_sync(dev, cpu, twin, tol);
+  cnn_backend_sync(dev, cpu, twins, tol);
   double loss_dev = cnn_backend_pass(dev->model, c, b);
   double loss_cpu = cnn_backend_pass(cpu->model, c, b);
   printf("\n    %s: loss %.9g (CPU %.9g", when, loss_dev, loss_cpu);
-  if (twin->model) printf(", noise twin %.9g", cnn_side_pass(twin, c, b));
+  for (size_t k = 0; k < twins->n; k++)
+    printf("%s%.9g", k ? " " : ", noise twins ", cnn_side_pass(&twins->side[k], c, b));
   printf(")");
   size_t n = c->batch * (size_t)c->classes;
   char what[160];
@@ -397,14 +417,16 @@ static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, cnn_side 
   expect_loss(what, loss_dev, loss_cpu, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), n,
               tol->loss);
   snprintf(what, sizeof what, "%s: logits", when);
-  expect_values_or_noise(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model),
-                         twin->model ? qt_cnn_logits(twin->model) : NULL, n, 0.0, tol->arrays);
-  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twin, CNN_GRADS, tol, 0.0, when);
+  const float *noise_logits[NOISE_TWINS] = {0};
+  for (size_t k = 0; k < twins->n; k++) noise_logits[k] = qt_cnn_logits(twins->side[k].model);
+  expect_values_or_noise(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), noise_logits,
+                         twins->n, n, 0.0, tol->arrays);
+  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twins, CNN_GRADS, tol, 0.0, when);
   cnn_backend_sync_grads(dev, cpu, tol);
   cnn_trainer_step(&dev->trainer, dev->model, c->trainable_from);
   cnn_trainer_step(&cpu->trainer, cpu->model, c->trainable_from);
   snprintf(what, sizeof what, "%s, after AdamW", when);
-  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twin, CNN_PARAMS, tol,
+  cnn_backend_expect_tensors(ops, dev->model, cpu->model, twins, CNN_PARAMS, tol,
                              cnn_backend_adamw().lr, what);
 }
 
@@ -417,23 +439,23 @@ static inline void cnn_backend_train_compare(const qt__ops *ops, const cnn_case 
   cnn_backend_checkpoint(c, 7, checkpoint, sizeof checkpoint);
   qt_rng_t *data = make_rng(11);
   cnn_side cpu = cnn_side_init(c, checkpoint), dev = cnn_side_init(c, checkpoint);
-  cnn_side twin = cnn_noise_twin(c, checkpoint, tol);
+  cnn_twins twins = cnn_noise_twins(c, checkpoint, tol);
   cnn_side_move(&dev, ops);
   char when[128];
   for (int s = 1; s <= c->steps; s++) {
     cnn_batch b = cnn_backend_batch(data, c);
     snprintf(when, sizeof when, "%s step %d", c->name, s);
-    cnn_backend_step_both(&dev, &cpu, &twin, c, &b, tol, when);
+    cnn_backend_step_both(&dev, &cpu, &twins, c, &b, tol, when);
     cnn_batch_free(&b);
   }
   cnn_side_move(&dev, qt__ops_cpu());
   cnn_batch b = cnn_backend_batch(data, c);
   snprintf(when, sizeof when, "%s back on the CPU", c->name);
-  cnn_backend_step_both(&dev, &cpu, &twin, c, &b, tol, when);
+  cnn_backend_step_both(&dev, &cpu, &twins, c, &b, tol, when);
   cnn_batch_free(&b);
   cnn_side_free(&cpu);
   cnn_side_free(&dev);
-  cnn_side_free(&twin);
+  cnn_twins_free(&twins);
   qt_rng_free(data);
   remove(checkpoint);
 }
@@ -490,7 +512,7 @@ static inline void cnn_backend_save_resume(const qt__ops *ops, const cnn_toleran
   cnn_backend_checkpoint(&c, 3, checkpoint, sizeof checkpoint);
   qt_rng_t *data = make_rng(5);
   cnn_side cpu = cnn_side_init(&c, checkpoint), dev = cnn_side_init(&c, checkpoint);
-  cnn_side noisy = cnn_noise_twin(&c, checkpoint, tol);
+  cnn_twins noisy = cnn_noise_twins(&c, checkpoint, tol);
   cnn_side_move(&dev, ops);
   cnn_batch b = cnn_backend_batch(data, &c);
   cnn_backend_step_both(&dev, &cpu, &noisy, &c, &b, tol, "before saving");
@@ -510,7 +532,7 @@ static inline void cnn_backend_save_resume(const qt__ops *ops, const cnn_toleran
 
   /* CPU -> backend: the same values there, and the same next step. */
   cnn_side resumed_dev = cnn_side_init(&c, from_cpu), twin = cnn_side_init(&c, from_cpu);
-  cnn_side resumed_noisy = cnn_noise_twin(&c, from_cpu, tol);
+  cnn_twins resumed_noisy = cnn_noise_twins(&c, from_cpu, tol);
   cnn_side_move(&resumed_dev, ops);
   cnn_backend_expect_tensors(ops, resumed_dev.model, cpu.model, NULL, CNN_PARAMS, &exact, 0.0,
                              "saved on the CPU, moved to the backend");
@@ -524,8 +546,8 @@ static inline void cnn_backend_save_resume(const qt__ops *ops, const cnn_toleran
   cnn_side_free(&dev);
   cnn_side_free(&resumed_dev);
   cnn_side_free(&twin);
-  cnn_side_free(&noisy);
-  cnn_side_free(&resumed_noisy);
+  cnn_twins_free(&noisy);
+  cnn_twins_free(&resumed_noisy);
   qt_rng_free(data);
   remove(checkpoint);
   remove(from_dev);

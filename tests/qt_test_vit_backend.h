@@ -32,7 +32,7 @@ typedef struct vit_tolerance {
    * from the CPU's (a value a few units of rounding from the CPU's is not a
    * failure, many are). */
   double params_off;
-  /* > 0: the relative perturbation of the noise twin's weights and images
+  /* > 0: the relative perturbation of the noise twins' weights and images
    * (one unit of the backend's rounding); 0: no twin, the fixed tolerances
    * alone. */
   double noise;
@@ -78,14 +78,19 @@ static inline void vit_backend_download(const qt__ops *ops, float *host, const f
 /* What vit_backend_expect_tensors compares. */
 enum { VIT_GRADS = 1, VIT_PARAMS = 2 };
 
-/* The noise twin of qt_test_gpu.h: a CPU model with its weights perturbed
- * by `noise` (nudge_rng), run on perturbed images; model NULL when there is
- * none. */
+/* A noise twin of qt_test_gpu.h: a CPU model with its weights perturbed by
+ * `noise` (nudge_rng), run on perturbed images. */
 typedef struct vit_twin {
   qt_vit_t *model;
   qt_rng_t *drop_rng, *nudge_rng;
   double noise;
 } vit_twin;
+
+/* The noise twins of a comparison: n of them (0: none). */
+typedef struct vit_twins {
+  vit_twin twin[NOISE_TWINS];
+  size_t n;
+} vit_twins;
 
 /* The layer_scales (qt_test_gpu.h) of the CPU model's gradients. */
 static inline double *vit_layer_scales(const qt_vit_t *cpu) {
@@ -107,28 +112,34 @@ static inline double *vit_layer_scales(const qt_vit_t *cpu) {
 
 /* Compares the gradients (tol->arrays) and/or the parameters
  * (tol->params_off, with AdamW's learning rate lr) of every tensor of the
- * backend's model dev with the CPU's model cpu; each bound widened to the
- * noise twin's (on the CPU; NULL: none) where that is larger. */
+ * backend's model dev with the CPU's model cpu; the gradients against
+ * their layer's scale and within the noise twins' bound where that is
+ * larger (twins NULL or empty: none). */
 static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t *dev,
-                                              const qt_vit_t *cpu, const vit_twin *twin,
+                                              const qt_vit_t *cpu, const vit_twins *twins,
                                               int what_mask, const vit_tolerance *tol, double lr,
                                               const char *when) {
-  const qt_vit_t *noise = twin ? twin->model : NULL;
-  size_t off = 0, total = 0;
+  size_t n_twins = twins ? twins->n : 0, off = 0, total = 0;
   double *scales = vit_layer_scales(cpu);
   for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
-    qt_vit_tensor td, tc, tn = {0};
+    qt_vit_tensor td, tc;
     qt_vit_tensor_at(dev, i, &td);
     qt_vit_tensor_at(cpu, i, &tc);
     CU_ASSERT_FATAL(td.numel == tc.numel && strcmp(td.name, tc.name) == 0);
-    if (noise) qt_vit_tensor_at(noise, i, &tn);
+    const float *noise_grad[NOISE_TWINS] = {0};
+    for (size_t k = 0; k < n_twins; k++) {
+      qt_vit_tensor tn;
+      qt_vit_tensor_at(twins->twin[k].model, i, &tn);
+      noise_grad[k] = tn.grad;
+    }
     float *host = malloc(td.numel * sizeof *host);
     CU_ASSERT_PTR_NOT_NULL_FATAL(host);
     char what[160];
     if (what_mask & VIT_GRADS) {
       vit_backend_download(ops, host, td.grad, td.numel);
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);
-      expect_values_or_noise(what, host, tc.grad, tn.grad, td.numel, scales[i], tol->arrays);
+      expect_values_or_noise(what, host, tc.grad, noise_grad, n_twins, td.numel, scales[i],
+                             tol->arrays);
     }
     if (!(what_mask & VIT_PARAMS)) {
       free(host);
@@ -178,42 +189,47 @@ static inline double vit_backend_step(qt_vit_t *vit, const vit_case *c, const vi
   return loss;
 }
 
-/* The twin of c around model (the CPU's start, its own copy; perturbed by
- * vit_backend_sync), or none, and model freed, when tol asks for none. */
-static inline vit_twin vit_noise_twin(qt_vit_t *model, const vit_case *c,
-                                      const vit_tolerance *tol) {
-  vit_twin t = {0};
-  if (!(tol->noise > 0.0 && tol->loss > 0.0)) {
-    qt_vit_free(model);
-    return t;
+/* The noise twins of c (vit_backend_sync gives them the CPU's values and
+ * perturbs them), or none when tol asks for none. */
+static inline vit_twins vit_noise_twins(const vit_case *c, const vit_tolerance *tol) {
+  vit_twins t = {0};
+  if (!(tol->noise > 0.0 && tol->loss > 0.0)) return t;
+  for (t.n = 0; t.n < NOISE_TWINS; t.n++) {
+    vit_twin *w = &t.twin[t.n];
+    qt_rng_t *init = make_rng(7);
+    CHECK_RC(qt_vit_init(&c->config, c->max_batch, init, &w->model, E));
+    qt_rng_free(init);
+    w->noise = tol->noise;
+    w->nudge_rng = make_rng(19 + t.n);
+    w->drop_rng = make_rng(13);
+    qt_vit_set_backward_from(w->model, c->backward_from);
+    CHECK_RC(qt_vit_set_head_dropout(w->model, c->drop, w->drop_rng, E));
   }
-  t.model = model;
-  t.noise = tol->noise;
-  t.nudge_rng = make_rng(19);
-  t.drop_rng = make_rng(13);
-  qt_vit_set_backward_from(model, c->backward_from);
-  CHECK_RC(qt_vit_set_head_dropout(model, c->drop, t.drop_rng, E));
   return t;
 }
 
-static inline void vit_twin_free(vit_twin *t) {
-  qt_vit_free(t->model);
-  qt_rng_free(t->drop_rng);
-  qt_rng_free(t->nudge_rng);
+static inline void vit_twins_free(vit_twins *t) {
+  for (size_t k = 0; k < t->n; k++) {
+    qt_vit_free(t->twin[k].model);
+    qt_rng_free(t->twin[k].drop_rng);
+    qt_rng_free(t->twin[k].nudge_rng);
+  }
+  t->n = 0;
 }
 
 /* With tolerances (tol->loss > 0): the backend's model dev (on ops) takes
  * the CPU's values, and the twin too, then perturbed. Bit for bit, nothing:
  * the models must stay equal on their own. */
 static inline void vit_backend_sync(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
-                                    vit_twin *twin, const vit_tolerance *tol) {
+                                    vit_twins *twins, const vit_tolerance *tol) {
   if (tol->loss == 0.0) return;
   for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
     qt_vit_tensor td, tc;
     qt_vit_tensor_at(dev, i, &td);
     qt_vit_tensor_at(cpu, i, &tc);
     CHECK_RC(ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
-    if (twin->model) {
+    for (size_t k = 0; k < twins->n; k++) {
+      vit_twin *twin = &twins->twin[k];
       qt_vit_tensor tn;
       qt_vit_tensor_at(twin->model, i, &tn);
       memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
@@ -250,30 +266,32 @@ static inline double vit_twin_step(vit_twin *t, const vit_case *c, const vit_bat
  * tolerances); the noise twin (model NULL: none) runs the forward and
  * backward. */
 static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_vit_t *cpu,
-                                         vit_twin *twin, const vit_case *c, const vit_batch *b,
+                                         vit_twins *twins, const vit_case *c, const vit_batch *b,
                                          const vit_tolerance *tol, const char *when) {
   size_t K = (size_t)c->config.num_classes;
-  vit_backend_sync(ops, dev, cpu, twin, tol);
+  vit_backend_sync(ops, dev, cpu, twins, tol);
   double loss_dev = vit_backend_step(dev, c, b, 0);
   double loss_cpu = vit_backend_step(cpu, c, b, 0);
   printf("\n    %s: loss %.9g (CPU %.9g", when, loss_dev, loss_cpu);
-  if (twin->model) printf(", noise twin %.9g", vit_twin_step(twin, c, b));
+  for (size_t k = 0; k < twins->n; k++)
+    printf("%s%.9g", k ? " " : ", noise twins ", vit_twin_step(&twins->twin[k], c, b));
   printf(")");
   char what[160];
   snprintf(what, sizeof what, "%s: loss", when);
   expect_loss(what, loss_dev, loss_cpu, qt_vit_logits(dev), qt_vit_logits(cpu), c->batch * K,
               tol->loss);
   snprintf(what, sizeof what, "%s: logits", when);
-  expect_values_or_noise(what, qt_vit_logits(dev), qt_vit_logits(cpu),
-                         twin->model ? qt_vit_logits(twin->model) : NULL, c->batch * K, 0.0,
-                         tol->arrays);
-  vit_backend_expect_tensors(ops, dev, cpu, twin, VIT_GRADS, tol, 0.0, when);
+  const float *noise_logits[NOISE_TWINS] = {0};
+  for (size_t k = 0; k < twins->n; k++) noise_logits[k] = qt_vit_logits(twins->twin[k].model);
+  expect_values_or_noise(what, qt_vit_logits(dev), qt_vit_logits(cpu), noise_logits, twins->n,
+                         c->batch * K, 0.0, tol->arrays);
+  vit_backend_expect_tensors(ops, dev, cpu, twins, VIT_GRADS, tol, 0.0, when);
   qt_adamw_params hp = vit_backend_adamw();
   vit_backend_sync_grads(ops, dev, cpu, tol);
   CHECK_RC(qt_vit_adamw_step(dev, &hp, E));
   CHECK_RC(qt_vit_adamw_step(cpu, &hp, E));
   snprintf(what, sizeof what, "%s, after AdamW", when);
-  vit_backend_expect_tensors(ops, dev, cpu, twin, VIT_PARAMS, tol, hp.lr, what);
+  vit_backend_expect_tensors(ops, dev, cpu, twins, VIT_PARAMS, tol, hp.lr, what);
 }
 
 /* c->steps steps side by side, then the backend's model comes back to the
@@ -282,13 +300,11 @@ static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_v
 static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case *c,
                                              const vit_tolerance *tol) {
   printf("\n  case %s", c->name);
-  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *init_c = make_rng(7);
-  qt_rng_t *data = make_rng(11);
-  qt_vit_t *cpu = NULL, *dev = NULL, *noisy = NULL;
+  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(11);
+  qt_vit_t *cpu = NULL, *dev = NULL;
   CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_a, &cpu, E));
   CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_b, &dev, E));
-  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_c, &noisy, E));
-  vit_twin twin = vit_noise_twin(noisy, c, tol);
+  vit_twins twins = vit_noise_twins(c, tol);
   CHECK_RC(qt__vit_set_ops(dev, ops, E));
   qt_vit_set_backward_from(cpu, c->backward_from);
   qt_vit_set_backward_from(dev, c->backward_from);
@@ -299,21 +315,20 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
   for (int s = 1; s <= c->steps; s++) {
     vit_batch b = vit_backend_batch(data, c);
     snprintf(when, sizeof when, "%s step %d", c->name, s);
-    vit_backend_step_both(ops, dev, cpu, &twin, c, &b, tol, when);
+    vit_backend_step_both(ops, dev, cpu, &twins, c, &b, tol, when);
     vit_batch_free(&b);
   }
   CHECK_RC(qt__vit_set_ops(dev, qt__ops_cpu(), E));
   CU_ASSERT_EQUAL(qt_vit_step(dev), qt_vit_step(cpu));
   vit_batch b = vit_backend_batch(data, c);
   snprintf(when, sizeof when, "%s back on the CPU", c->name);
-  vit_backend_step_both(qt__ops_cpu(), dev, cpu, &twin, c, &b, tol, when);
+  vit_backend_step_both(qt__ops_cpu(), dev, cpu, &twins, c, &b, tol, when);
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
-  vit_twin_free(&twin);
+  vit_twins_free(&twins);
   qt_rng_free(init_a);
   qt_rng_free(init_b);
-  qt_rng_free(init_c);
   qt_rng_free(data);
   qt_rng_free(drop_a);
   qt_rng_free(drop_b);
@@ -369,16 +384,15 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
                              "saved on the backend, loaded on the CPU");
 
   /* CPU -> backend: the same values there, and the same next step. */
-  qt_vit_t *resumed_dev = NULL, *twin = NULL, *resumed_noisy = NULL;
+  qt_vit_t *resumed_dev = NULL, *twin = NULL;
   CHECK_RC(qt_vit_load(from_cpu, &lp, &resumed_dev, E));
   CHECK_RC(qt_vit_load(from_cpu, &lp, &twin, E));
-  CHECK_RC(qt_vit_load(from_cpu, &lp, &resumed_noisy, E));
-  vit_twin noise_twin = vit_noise_twin(resumed_noisy, &c, tol);
+  vit_twins noisy = vit_noise_twins(&c, tol);
   CHECK_RC(qt__vit_set_ops(resumed_dev, ops, E));
   vit_backend_expect_tensors(ops, resumed_dev, cpu, NULL, VIT_PARAMS, &(vit_tolerance){0}, 0.0,
                              "saved on the CPU, moved to the backend");
   vit_batch next = vit_backend_batch(data, &c);
-  vit_backend_step_both(ops, resumed_dev, twin, &noise_twin, &c, &next, tol,
+  vit_backend_step_both(ops, resumed_dev, twin, &noisy, &c, &next, tol,
                         "resumed on the backend");
 
   vit_batch_free(&b);
@@ -388,7 +402,7 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
   qt_vit_free(resumed_cpu);
   qt_vit_free(resumed_dev);
   qt_vit_free(twin);
-  vit_twin_free(&noise_twin);
+  vit_twins_free(&noisy);
   qt_rng_free(init_a);
   qt_rng_free(init_b);
   qt_rng_free(data);

@@ -44,7 +44,7 @@ static void test_failed_move_changes_nothing(void) {
     qt_rng_t *data = make_rng(1);
     cnn_side m = cnn_side_init(&c, checkpoint), twin = cnn_side_init(&c, checkpoint);
     cnn_batch b = cnn_backend_batch(data, &c);
-    cnn_backend_step_both(&m, &twin, &(cnn_side){0}, &c, &b, &exact, "before the move");
+    cnn_backend_step_both(&m, &twin, &(cnn_twins){0}, &c, &b, &exact, "before the move");
     fake_device.fail_after = fail_after;
     qt_err err;
     int rc = qt__cnn_set_ops(m.model, fake_device_ops(), &err);
@@ -55,7 +55,7 @@ static void test_failed_move_changes_nothing(void) {
       CU_ASSERT_EQUAL(fake_blocks_held(), 0);
       failures++;
       cnn_batch next = cnn_backend_batch(data, &c);
-      cnn_backend_step_both(&m, &twin, &(cnn_side){0}, &c, &next, &exact, "after a failed move");
+      cnn_backend_step_both(&m, &twin, &(cnn_twins){0}, &c, &next, &exact, "after a failed move");
       cnn_batch_free(&next);
     }
     cnn_batch_free(&b);

@@ -46,7 +46,7 @@ static void test_failed_move_changes_nothing(void) {
     CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOMEM);
     fake_device.fail_after = -1;
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
-    vit_backend_step_both(qt__ops_cpu(), vit, twin, &(vit_twin){0}, &c, &b, &exact, "after a failed move");
+    vit_backend_step_both(qt__ops_cpu(), vit, twin, &(vit_twins){0}, &c, &b, &exact, "after a failed move");
     vit_batch_free(&b);
     qt_vit_free(vit);
     qt_vit_free(twin);
