@@ -189,11 +189,17 @@ static inline void expect_values(const char *what, const float *got, const float
  * rounding alone does to that step; the device may differ from the CPU by
  * up to NOISE_FACTOR times the farthest twin's distance where that is above
  * the fixed tolerance (as the CPU's golden tests admit 3 times PyTorch's
- * float32 noise, test_cnn_golden_steps.c). One twin is one draw: in one
- * ill-conditioned layer of mobilenetv2_100 the H100 came 4.3 times a single
- * twin's distance, hence three. The twins are a measurement, not a margin:
- * an error with another cause than rounding stands out of them. */
-#define NOISE_FACTOR 4.0
+ * float32 noise, test_cnn_golden_steps.c). Measured on an H100: the device
+ * comes within about the twins' distance everywhere but in one layer of
+ * mobilenetv2_100 in FP32 (blocks.5.1.bn1.bias: 0.070 against 0.016 for one
+ * twin, 0.017 for the farthest of three), where batch norm runs over
+ * nearly constant channels: the device's batch statistics add in another
+ * order, which the twins' perturbation does not reach. Hence three twins
+ * and twice that largest ratio. The twins are a measurement, not a margin:
+ * an error with another cause than rounding stands out of them (test
+ * programs built on the CPU op table with one op's result scaled by
+ * 1 + 1e-4 fail the small models' cases). */
+#define NOISE_FACTOR 8.0
 #define NOISE_TWINS 3
 /* The twin's perturbations: one unit of FP32's rounding (its epsilon), and
  * BF16's largest rounding error (half its epsilon, 2^-8). */
