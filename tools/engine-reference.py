@@ -36,6 +36,13 @@ The ViT's parameter names are not timm's; the structure and the parameter
 count (5,717,416 with 1000 classes, as qtune's qt_vit_default_config) are.
 The count of the model built is printed to stderr.
 
+--source timm builds timm's model of the same name instead (vit_*_patch16_224,
+mobilenetv2_100, resnet18; random weights, no dropout): for a ViT that is
+timm's current attention, F.scaled_dot_product_attention, which PyTorch runs
+as a fused (flash) kernel on a GPU in BF16. --source auto (the default) takes
+timm where it imports, the models above where not (Debian has no timm); the
+line on stderr names the one that ran.
+
 Inputs are random normal images and random labels. The last line printed is
 
     RESULT images_per_s=X peak_rss_kib=Y base_rss_kib=Z step_s=S cpu_step_s=U device_mib=D
@@ -59,6 +66,7 @@ usage: engine-reference.py [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|
                            [--batch 32] [--threads T] [--warmup 1]
                            [--steps 3] [--classes 1000] [--image-size 224]
                            [--device cpu|cuda] [--tf32 | --amp bf16]
+                           [--source auto|plain|timm]
 """
 import argparse
 import resource
@@ -125,7 +133,29 @@ VIT_SHAPES = {  # width, depth, heads, MLP features
 }
 
 
-def build_model(name, image_size, classes):
+TIMM_NAMES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+    "mobilenetv2_100": "mobilenetv2_100",
+    "resnet18": "resnet18",
+}
+
+
+def timm_available():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_model(name, image_size, classes, source):
+    if source == "timm":
+        import timm
+        extra = {"img_size": image_size} if name in VIT_SHAPES else {}
+        return timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=classes,
+                                 drop_rate=0.0, **extra)
     if name in VIT_SHAPES:
         width, depth, heads, mlp = VIT_SHAPES[name]
         return ViT(image_size=image_size, width=width, depth=depth, heads=heads,
@@ -151,7 +181,10 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--amp", choices=["bf16"], default=None)
+    ap.add_argument("--source", choices=["auto", "plain", "timm"], default="auto")
     args = ap.parse_args()
+    if args.source == "auto":
+        args.source = "timm" if timm_available() else "plain"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
@@ -163,7 +196,7 @@ def main():
         torch.backends.cudnn.allow_tf32 = args.tf32
     base_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
-    model = build_model(args.model, args.image_size, args.classes).to(args.device)
+    model = build_model(args.model, args.image_size, args.classes, args.source).to(args.device)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     decay, no_decay = [], []
@@ -203,7 +236,8 @@ def main():
     cpu_seconds = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per_step = seconds / max(args.steps, 1)
-    print(f"reference: {args.model}, {params} parameters, torch {torch.__version__}, "
+    source = "timm" if args.source == "timm" else "plain torch/torchvision"
+    print(f"reference: {args.model} ({source}), {params} parameters, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, last loss {loss:.4f}", file=sys.stderr)
     print(f"RESULT images_per_s={args.batch * args.steps / seconds:.4f} peak_rss_kib={peak} "
           f"base_rss_kib={base_rss_kib} step_s={per_step:.4f} "
