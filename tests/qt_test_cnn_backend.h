@@ -296,7 +296,6 @@ static inline double cnn_backend_pass(qt_cnn_t *m, const cnn_case *c, const cnn_
   return loss;
 }
 
-
 static inline cnn_side cnn_side_init(const cnn_case *c, const char *checkpoint) {
   cnn_side s;
   s.model = cnn_backend_load(c, checkpoint);

@@ -193,9 +193,9 @@ static inline void expect_values(const char *what, const float *got, const float
  * comes within about the twins' distance everywhere but in one layer of
  * mobilenetv2_100 in FP32 (blocks.5.1.bn1.bias: 0.070 against 0.016 for one
  * twin, 0.017 for the farthest of three), where batch norm runs over
- * nearly constant channels: the device's batch statistics add in another
- * order, which the twins' perturbation does not reach. Hence three twins
- * and twice that largest ratio. The twins are a measurement, not a margin:
+ * nearly constant channels (likely: the device's batch statistics add in
+ * another order, which the twins' perturbation does not reach). Hence
+ * three twins and about twice that largest ratio. The twins are a measurement, not a margin:
  * an error with another cause than rounding stands out of them (test
  * programs built on the CPU op table with one op's result scaled by
  * 1 + 1e-4 fail the small models' cases). */
@@ -294,8 +294,8 @@ static inline void expect_values_or_noise(const char *what, const float *got, co
   for (size_t k = 0; k < twins; k++) en = fmax(en, parity_error_floor(noise[k], want, n, floor));
   double bound = noise_bound(tolerance, en);
   if (!(e < bound))
-    fprintf(stderr, "\n%s: error %.3g >= %.3g (tolerance %.3g, noise twins %.3g)\n", what, e,
-            bound, tolerance, en);
+    fprintf(stderr, "\n%s: error %.3g >= %.3g (tolerance %.3g, noise twins %.3g)\n", what, e, bound,
+            tolerance, en);
   CU_ASSERT(e < bound);
 }
 

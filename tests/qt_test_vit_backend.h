@@ -7,8 +7,8 @@
  * (the fake device of qt_test_fake_device.h: every number must be equal)
  * and test_gpu_vit_backend (CUDA: within the tolerances below, or within
  * NOISE_FACTOR times the CPU's own rounding noise where that is larger: a
- * third model, the noise twin of qt_test_gpu.h). With tolerances, each step
- * starts the backend's model (and the twin) from the CPU's weights, and
+ * few more models, the noise twins of qt_test_gpu.h). With tolerances, each
+ * step starts the backend's model (and the twins) from the CPU's weights, and
  * AdamW from the CPU's gradients, as in qt_test_cnn_backend.h and for its
  * reasons; the moments are the model's own, on each side.
  *
@@ -218,8 +218,8 @@ static inline void vit_twins_free(vit_twins *t) {
 }
 
 /* With tolerances (tol->loss > 0): the backend's model dev (on ops) takes
- * the CPU's values, and the twin too, then perturbed. Bit for bit, nothing:
- * the models must stay equal on their own. */
+ * the CPU's values, and the twins too, then perturbed. Bit for bit,
+ * nothing: the models must stay equal on their own. */
 static inline void vit_backend_sync(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
                                     vit_twins *twins, const vit_tolerance *tol) {
   if (tol->loss == 0.0) return;
@@ -392,8 +392,7 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
   vit_backend_expect_tensors(ops, resumed_dev, cpu, NULL, VIT_PARAMS, &(vit_tolerance){0}, 0.0,
                              "saved on the CPU, moved to the backend");
   vit_batch next = vit_backend_batch(data, &c);
-  vit_backend_step_both(ops, resumed_dev, twin, &noisy, &c, &next, tol,
-                        "resumed on the backend");
+  vit_backend_step_both(ops, resumed_dev, twin, &noisy, &c, &next, tol, "resumed on the backend");
 
   vit_batch_free(&b);
   vit_batch_free(&next);
