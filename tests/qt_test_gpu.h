@@ -196,9 +196,9 @@ static inline void expect_values(const char *what, const float *got, const float
  * nearly constant channels (likely: the device's batch statistics add in
  * another order, which the twins' perturbation does not reach). Hence
  * three twins and about twice that largest ratio. The twins are a measurement, not a margin:
- * an error with another cause than rounding stands out of them (test
- * programs built on the CPU op table with one op's result scaled by
- * 1 + 1e-4 fail the small models' cases). */
+ * an error with another cause than rounding stands out of them
+ * (test_step_tolerances: the CPU's op table standing in for the device
+ * passes, and fails with one op's result off by a relative 1e-4). */
 #define NOISE_FACTOR 8.0
 #define NOISE_TWINS 3
 /* The twin's perturbations: one unit of FP32's rounding (its epsilon), and
