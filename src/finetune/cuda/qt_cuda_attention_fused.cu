@@ -13,7 +13,7 @@
  * a log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
  *
  * Off by default: on an H100 (tools/gpu-check, docs/benchmarks/) ViT-B/16
- * trains at 1155 images/s with them and 1399 without. One block per
+ * trains at about 1150 images/s with them and 1400 without. One block per
  * (image, head) with at most 8 warps leaves the SMs underfed, and staging
  * is not overlapped with the products: the cuBLAS path, scores and all,
  * is faster until the kernels are tiled over query blocks.
