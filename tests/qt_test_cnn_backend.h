@@ -346,6 +346,18 @@ static inline void cnn_twins_free(cnn_twins *t) {
   t->n = 0;
 }
 
+/* Uploads the CPU model's values (grads 0) or gradients (grads 1) of every
+ * tensor into the backend's model dev. */
+static inline void cnn_upload_from_cpu(cnn_side *dev, const cnn_side *cpu, int grads) {
+  for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
+    qt_cnn_tensor td, tc;
+    qt_cnn_tensor_at(dev->model, i, &td);
+    qt_cnn_tensor_at(cpu->model, i, &tc);
+    CHECK_RC(dev->trainer.ops->upload(grads ? td.grad : td.data, grads ? tc.grad : tc.data,
+                                      tc.numel * sizeof(float), E));
+  }
+}
+
 /* With tolerances (tol->loss > 0): the backend's model dev takes the CPU's
  * values (every tensor, running statistics included) and AdamW's moments;
  * the twins take the values, their trainable tensors then perturbed. Bit
@@ -353,15 +365,13 @@ static inline void cnn_twins_free(cnn_twins *t) {
 static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_twins *twins,
                                     const cnn_tolerance *tol) {
   if (tol->loss == 0.0) return;
-  for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
-    qt_cnn_tensor td, tc;
-    qt_cnn_tensor_at(dev->model, i, &td);
-    qt_cnn_tensor_at(cpu->model, i, &tc);
-    CHECK_RC(dev->trainer.ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
-    for (size_t k = 0; k < twins->n; k++) {
-      cnn_side *twin = &twins->side[k];
-      qt_cnn_tensor tn;
+  cnn_upload_from_cpu(dev, cpu, 0);
+  for (size_t k = 0; k < twins->n; k++) {
+    cnn_side *twin = &twins->side[k];
+    for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
+      qt_cnn_tensor tn, tc;
       qt_cnn_tensor_at(twin->model, i, &tn);
+      qt_cnn_tensor_at(cpu->model, i, &tc);
       memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
       if (tn.trainable) host_perturb(tn.data, tn.numel, twin->noise, twin->nudge_rng);
     }
@@ -369,18 +379,6 @@ static inline void cnn_backend_sync(cnn_side *dev, const cnn_side *cpu, cnn_twin
   size_t bytes = cpu->trainer.n_params * sizeof(float);
   CHECK_RC(dev->trainer.ops->upload(dev->trainer.m, cpu->trainer.m, bytes, E));
   CHECK_RC(dev->trainer.ops->upload(dev->trainer.v, cpu->trainer.v, bytes, E));
-}
-
-/* With tolerances: the backend's gradients become the CPU's. */
-static inline void cnn_backend_sync_grads(cnn_side *dev, const cnn_side *cpu,
-                                          const cnn_tolerance *tol) {
-  if (tol->loss == 0.0) return;
-  for (size_t i = 0; i < qt_cnn_tensor_count(cpu->model); i++) {
-    qt_cnn_tensor td, tc;
-    qt_cnn_tensor_at(dev->model, i, &td);
-    qt_cnn_tensor_at(cpu->model, i, &tc);
-    CHECK_RC(dev->trainer.ops->upload(td.grad, tc.grad, tc.numel * sizeof *tc.grad, E));
-  }
 }
 
 /* cnn_backend_pass of the side's model, on images perturbed when it is a
@@ -421,7 +419,7 @@ static inline void cnn_backend_step_both(cnn_side *dev, cnn_side *cpu, cnn_twins
   expect_values_or_noise(what, qt_cnn_logits(dev->model), qt_cnn_logits(cpu->model), noise_logits,
                          twins->n, n, 0.0, tol->arrays);
   cnn_backend_expect_tensors(ops, dev->model, cpu->model, twins, CNN_GRADS, tol, 0.0, when);
-  cnn_backend_sync_grads(dev, cpu, tol);
+  if (tol->loss > 0.0) cnn_upload_from_cpu(dev, cpu, 1); /* AdamW from the CPU's gradients */
   cnn_trainer_step(&dev->trainer, dev->model, c->trainable_from);
   cnn_trainer_step(&cpu->trainer, cpu->model, c->trainable_from);
   snprintf(what, sizeof what, "%s, after AdamW", when);

@@ -120,7 +120,7 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
                                               int what_mask, const vit_tolerance *tol, double lr,
                                               const char *when) {
   size_t n_twins = twins ? twins->n : 0, off = 0, total = 0;
-  double *scales = vit_layer_scales(cpu);
+  double *scales = what_mask & VIT_GRADS ? vit_layer_scales(cpu) : NULL;
   for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
     qt_vit_tensor td, tc;
     qt_vit_tensor_at(dev, i, &td);
@@ -217,36 +217,35 @@ static inline void vit_twins_free(vit_twins *t) {
   t->n = 0;
 }
 
+/* Uploads the CPU model's values (grads 0) or gradients (grads 1) of every
+ * tensor into the backend's model dev (on ops). */
+static inline void vit_upload_from_cpu(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
+                                       int grads) {
+  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
+    qt_vit_tensor td, tc;
+    qt_vit_tensor_at(dev, i, &td);
+    qt_vit_tensor_at(cpu, i, &tc);
+    CHECK_RC(ops->upload(grads ? td.grad : td.data, grads ? tc.grad : tc.data,
+                         tc.numel * sizeof(float), E));
+  }
+}
+
 /* With tolerances (tol->loss > 0): the backend's model dev (on ops) takes
  * the CPU's values, and the twins too, then perturbed. Bit for bit,
  * nothing: the models must stay equal on their own. */
 static inline void vit_backend_sync(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
                                     vit_twins *twins, const vit_tolerance *tol) {
   if (tol->loss == 0.0) return;
-  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
-    qt_vit_tensor td, tc;
-    qt_vit_tensor_at(dev, i, &td);
-    qt_vit_tensor_at(cpu, i, &tc);
-    CHECK_RC(ops->upload(td.data, tc.data, tc.numel * sizeof *tc.data, E));
-    for (size_t k = 0; k < twins->n; k++) {
-      vit_twin *twin = &twins->twin[k];
-      qt_vit_tensor tn;
+  vit_upload_from_cpu(ops, dev, cpu, 0);
+  for (size_t k = 0; k < twins->n; k++) {
+    vit_twin *twin = &twins->twin[k];
+    for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
+      qt_vit_tensor tn, tc;
       qt_vit_tensor_at(twin->model, i, &tn);
+      qt_vit_tensor_at(cpu, i, &tc);
       memcpy(tn.data, tc.data, tc.numel * sizeof *tc.data);
       host_perturb(tn.data, tn.numel, twin->noise, twin->nudge_rng);
     }
-  }
-}
-
-/* With tolerances: the backend's gradients become the CPU's. */
-static inline void vit_backend_sync_grads(const qt__ops *ops, qt_vit_t *dev, const qt_vit_t *cpu,
-                                          const vit_tolerance *tol) {
-  if (tol->loss == 0.0) return;
-  for (size_t i = 0; i < qt_vit_tensor_count(cpu); i++) {
-    qt_vit_tensor td, tc;
-    qt_vit_tensor_at(dev, i, &td);
-    qt_vit_tensor_at(cpu, i, &tc);
-    CHECK_RC(ops->upload(td.grad, tc.grad, tc.numel * sizeof *tc.grad, E));
   }
 }
 
@@ -287,7 +286,7 @@ static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_v
                          c->batch * K, 0.0, tol->arrays);
   vit_backend_expect_tensors(ops, dev, cpu, twins, VIT_GRADS, tol, 0.0, when);
   qt_adamw_params hp = vit_backend_adamw();
-  vit_backend_sync_grads(ops, dev, cpu, tol);
+  if (tol->loss > 0.0) vit_upload_from_cpu(ops, dev, cpu, 1); /* AdamW from the CPU's gradients */
   CHECK_RC(qt_vit_adamw_step(dev, &hp, E));
   CHECK_RC(qt_vit_adamw_step(cpu, &hp, E));
   snprintf(what, sizeof what, "%s, after AdamW", when);
