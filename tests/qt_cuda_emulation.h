@@ -13,12 +13,8 @@
  *     hangs (the test's timeout reports it), as it would be undefined on a
  *     device. The barriers order memory, so ThreadSanitizer reports a lane
  *     that reads shared memory another lane wrote without a barrier between.
- *   - WMMA at the level of tiles: every lane's fragment holds the whole
- *     16x16 tile (the device spreads it over the lanes, in a layout the
- *     kernels never rely on), loads check the device's alignment rules
- *     (256-bit pointers, rows a multiple of 16 bytes), mma_sync multiplies
- *     in float, and only lane 0 stores, so a lane that reads a stored tile
- *     before the warp's next barrier reads the old values.
+ *   - The tensor-core product qt__mma_bf16_16816 (mma.m16n8k16) with the
+ *     device's register layouts, exchanged through the warp's matrices.
  *   - __nv_bfloat16 rounds to nearest even, as __float2bfloat16_rn, unless
  *     QT_EMULATE_EXACT is defined: then it holds a whole float (twice the
  *     size; the kernels must size their BF16 arrays with sizeof), so the
@@ -75,6 +71,7 @@ static inline float qt_emu_float(__nv_bfloat16 b) {
 struct qt_emu_warp {
   std::barrier<> barrier{32};
   double slots[32];
+  float mma_a[16][16], mma_b[16][8]; /* qt__mma_bf16_16816's operands */
 };
 inline thread_local int qt_emu_lane;
 inline thread_local qt_emu_warp *qt_emu_my_warp;
@@ -105,75 +102,49 @@ static inline double qt__warp_sum(double v) {
   return v;
 }
 
-namespace nvcuda {
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "the emulation has 16x16x16 tiles only");
-  float x[16][16];
+/* CUDA's vector types, as the kernel bodies use them. */
+struct float2 {
+  float x, y;
 };
+struct float4 {
+  float x, y, z, w;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+  return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
+}
 
-/* WMMA's rules: the pointer 256-bit aligned, ldm a multiple of 16 bytes. */
-static inline void qt_emu_check(const void *p, unsigned ldm, size_t size) {
-  if ((uintptr_t)p % 32 != 0 || ldm * size % 16 != 0) {
-    fprintf(stderr, "wmma: pointer %p or ldm %u breaks the alignment rules\n", p, ldm);
-    abort();
+/* mma.m16n8k16 with BF16 operands: d (16, 8) += a (16, 16) . b (16, 8) in
+ * the PTX register layouts (lane = 4 g + t; a: [g][2t..], [g+8][2t..],
+ * [g][2t+8..], [g+8][2t+8..]; b: [2t..][g], [2t+8..][g]; d: [g][2t..],
+ * [g+8][2t..]). Every lane puts its parts of a and b in the warp's
+ * matrices, then reads back what it needs: a kernel that mixes up the
+ * layouts gets wrong numbers here as on the device. Products and sums in
+ * float, k in order. */
+static inline void qt__mma_bf16_16816(float d[4], const __nv_bfloat162 a[4],
+                                      const __nv_bfloat162 b[2]) {
+  qt_emu_warp *w = qt_emu_my_warp;
+  int g = qt_emu_lane / 4, t = qt_emu_lane % 4;
+  for (int i = 0; i < 4; i++) {
+    int row = g + 8 * (i % 2), col = 2 * t + 8 * (i / 2);
+    w->mma_a[row][col] = qt_emu_float(a[i].x);
+    w->mma_a[row][col + 1] = qt_emu_float(a[i].y);
   }
-}
-
-template <class Use, class T, class L>
-void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, float v) {
-  for (auto &row : f.x)
-    for (float &e : row) e = v;
-}
-
-/* A (i, k) and B (k, n), from row-major or column-major storage. */
-template <class Use, class L>
-void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L> &f, const __nv_bfloat16 *p,
-                      unsigned ldm) {
-  qt_emu_check(p, ldm, sizeof *p);
-  bool row_major_storage = std::is_same<L, row_major>::value;
-  for (int r = 0; r < 16; r++) {
-    for (int c = 0; c < 16; c++) {
-      f.x[r][c] = qt_emu_float(row_major_storage ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]);
-    }
+  for (int i = 0; i < 2; i++) {
+    w->mma_b[2 * t + 8 * i][g] = qt_emu_float(b[i].x);
+    w->mma_b[2 * t + 8 * i + 1][g] = qt_emu_float(b[i].y);
   }
-}
-
-template <class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
-              const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA> &a,
-              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB> &b,
-              const fragment<accumulator, 16, 16, 16, float> &c) {
-  fragment<accumulator, 16, 16, 16, float> r;
-  for (int i = 0; i < 16; i++) {
-    for (int n = 0; n < 16; n++) {
-      float sum = c.x[i][n];
-      for (int k = 0; k < 16; k++) sum += a.x[i][k] * b.x[k][n];
-      r.x[i][n] = sum;
-    }
+  __syncwarp();
+  for (int e = 0; e < 4; e++) {
+    int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+    float sum = d[e];
+    for (int k = 0; k < 16; k++) sum += w->mma_a[row][k] * w->mma_b[k][col];
+    d[e] = sum;
   }
-  d = r;
+  __syncwarp();
 }
-
-static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
-                                     unsigned ldm, layout_t layout) {
-  qt_emu_check(p, ldm, sizeof *p);
-  if (qt_emu_lane != 0) return;
-  for (int i = 0; i < 16; i++) {
-    for (int n = 0; n < 16; n++) {
-      p[layout == mem_row_major ? (size_t)i * ldm + n : (size_t)n * ldm + i] = f.x[i][n];
-    }
-  }
-}
-} /* namespace wmma */
-} /* namespace nvcuda */
 
 /* Runs body(smem, block, thread, threads) for every block in turn, with
  * `threads` (a multiple of 32) host threads and `smem_bytes` of fresh

@@ -576,8 +576,8 @@ static void host_lse(double *lse, const float *qkv, size_t batch, size_t tokens,
  * 1e-4 of the host's in double (their scores are exact products of the
  * rounded inputs), and the BF16 output for proj the FP32 output rounded,
  * bit for bit. Turned on (qt__cuda_set_fused_attention), the op table
- * takes them, and writes BF16 for proj, under BF16 products and not under
- * FP32; turned off (the default), not under BF16 either. */
+ * takes them (the default), and writes BF16 for proj, under BF16 products
+ * and not under FP32; turned off, not under BF16 either. */
 static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint64_t seed) {
   size_t c = 64 * heads;
   char what[128], label[160];

@@ -384,9 +384,9 @@ int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dou
                                    size_t heads, int set, qt_err *err);
 
 /* Turns the op table's fused attention on (1) or off (0) for the process;
- * returns the previous setting. Off unless QT_CUDA_FUSED_ATTENTION=1 in the
- * environment: slower than the cuBLAS path on an H100 (docs/cuda.md). Set
- * it between epochs, not between a forward and its backward. */
+ * returns the previous setting. On unless QT_CUDA_FUSED_ATTENTION=0 in the
+ * environment. Set it between epochs, not between a forward and its
+ * backward. */
 int qt__cuda_set_fused_attention(int on);
 
 /* The same for the convolutional models' backward passes that take `set`

@@ -120,9 +120,9 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
     const float *q = qkv + o * w.qkv_o, *k = q + c;
     /* att[b, h] (T, T) = scale * q_h (T, hs) . k_h^T */
-    rc = qt__cuda_gemm_interleaved(0, 1, tokens, tokens, hs, scale, q, 3 * c, w.qkv_i, k, 3 * c,
-                                   w.qkv_i, 0.0f, att + o * w.att_o, tokens, w.att_i, w.inner, who,
-                                   err);
+    rc =
+        qt__cuda_gemm_convert(0, 1, tokens, tokens, hs, scale, q, 3 * c, w.qkv_i, k, 3 * c, w.qkv_i,
+                              0.0f, att + o * w.att_o, tokens, w.att_i, w.inner, who, err);
   }
   if (rc < 0) return rc;
   size_t rows = batch * heads * tokens;
@@ -131,9 +131,9 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
     const float *v = qkv + o * w.qkv_o + 2 * c;
     /* out[b] (T, hs) at column h * hs = att[b, h] (T, T) . v_h (T, hs) */
-    rc = qt__cuda_gemm_interleaved(0, 0, tokens, hs, tokens, 1.0f, att + o * w.att_o, tokens,
-                                   w.att_i, v, 3 * c, w.qkv_i, 0.0f, out + o * w.out_o, c, w.out_i,
-                                   w.inner, who, err);
+    rc = qt__cuda_gemm_convert(0, 0, tokens, hs, tokens, 1.0f, att + o * w.att_o, tokens, w.att_i,
+                               v, 3 * c, w.qkv_i, 0.0f, out + o * w.out_o, c, w.out_i, w.inner, who,
+                               err);
   }
   return rc;
 }
@@ -164,12 +164,12 @@ extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const fl
     const float *dy = dout + o * w.out_o;
     float *da = scratch;
     /* da = dy_h (T, hs) . v_h^T */
-    rc = qt__cuda_gemm_interleaved(0, 1, tokens, tokens, hs, 1.0f, dy, c, w.out_i, v, 3 * c,
-                                   w.qkv_i, 0.0f, da, tokens, tt, w.inner, who, err);
+    rc = qt__cuda_gemm_convert(0, 1, tokens, tokens, hs, 1.0f, dy, c, w.out_i, v, 3 * c, w.qkv_i,
+                               0.0f, da, tokens, tt, w.inner, who, err);
     /* dv_h += a^T . dy_h */
     if (rc == 0) {
-      rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, 1.0f, a, tokens, w.att_i, dy, c,
-                                     w.out_i, beta, dv, 3 * c, w.qkv_i, w.inner, who, err);
+      rc = qt__cuda_gemm_convert(1, 0, tokens, hs, tokens, 1.0f, a, tokens, w.att_i, dy, c, w.out_i,
+                                 beta, dv, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
       size_t rows = w.inner * tokens;
@@ -179,12 +179,12 @@ extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const fl
     }
     /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */
     if (rc == 0) {
-      rc = qt__cuda_gemm_interleaved(0, 0, tokens, hs, tokens, scale, da, tokens, tt, k, 3 * c,
-                                     w.qkv_i, beta, dq, 3 * c, w.qkv_i, w.inner, who, err);
+      rc = qt__cuda_gemm_convert(0, 0, tokens, hs, tokens, scale, da, tokens, tt, k, 3 * c, w.qkv_i,
+                                 beta, dq, 3 * c, w.qkv_i, w.inner, who, err);
     }
     if (rc == 0) {
-      rc = qt__cuda_gemm_interleaved(1, 0, tokens, hs, tokens, scale, da, tokens, tt, q, 3 * c,
-                                     w.qkv_i, beta, dk, 3 * c, w.qkv_i, w.inner, who, err);
+      rc = qt__cuda_gemm_convert(1, 0, tokens, hs, tokens, scale, da, tokens, tt, q, 3 * c, w.qkv_i,
+                                 beta, dk, 3 * c, w.qkv_i, w.inner, who, err);
     }
   }
   return rc;

@@ -1,24 +1,21 @@
 /*
  * qt_cuda_attention_fused.cu - fused attention for BF16 runs: the kernels of
- * qt_cuda_attention_fused.cuh launched one block per (image, head), and the
- * op table's attention, which takes them under BF16 products where they fit
- * (heads of 64 features, at most 256 tokens: every timm ViT at 224 px) and
- * the cuBLAS path of qt_cuda_attention.cu otherwise.
+ * qt_cuda_attention_fused.cuh launched over (image, head) and parts of
+ * QT_FA_WARPS tiles of 16 rows, and the op table's attention, which takes
+ * them under BF16 products where they fit (heads of 64 features, at most
+ * 256 tokens: every timm ViT at 224 px) and the cuBLAS path of
+ * qt_cuda_attention.cu otherwise.
  *
  * The unfused BF16 path writes the (batch, heads, tokens, tokens) scores,
  * reads and writes them in the softmax and reads them again in the second
  * product, and its backward does the same with their gradient: about
  * 1.6 GB of memory traffic per block of ViT-B and step at batch 64, by
- * count. The fused kernels keep the scores in shared memory and store only
- * a log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
+ * count. The fused kernels keep the scores in registers and store only a
+ * log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
  *
- * Off by default: on an H100 (tools/gpu-check, docs/benchmarks/) ViT-B/16
- * trains at about 1150 images/s with them and 1400 without. One block per
- * (image, head) with at most 8 warps leaves the SMs underfed, and staging
- * is not overlapped with the products: the cuBLAS path, scores and all,
- * is faster until the kernels are tiled over query blocks.
- * qt__cuda_set_fused_attention (or QT_CUDA_FUSED_ATTENTION=1 in the
- * environment) turns them on.
+ * On by default; qt__cuda_set_fused_attention(0) (or
+ * QT_CUDA_FUSED_ATTENTION=0 in the environment) turns them off, to measure
+ * one path against the other (docs/benchmarks/README.md).
  */
 #include <limits.h>
 #include <math.h>
@@ -27,14 +24,32 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
+
+/* d (16, 8) += a (16, 16) . b (16, 8), BF16 operands and FP32 accumulators
+ * in the register layouts of qt_cuda_attention_fused.cuh: one tensor-core
+ * instruction (sm_80 and newer). */
+static __device__ __forceinline__ void qt__mma_bf16_16816(float d[4], const __nv_bfloat162 a[4],
+                                                          const __nv_bfloat162 b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned *A = reinterpret_cast<const unsigned *>(a);
+  const unsigned *B = reinterpret_cast<const unsigned *>(b);
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]));
+#else
+  (void)d, (void)a, (void)b;
+#endif
+}
+
 #include "finetune/cuda/qt_cuda_attention_fused.cuh"
 
-/* BF16 WMMA needs sm_80; a build for older devices traps in the kernels,
+/* BF16 mma needs sm_80; a build for older devices traps in the kernels,
  * and qt__cuda_attention_fused_fits keeps them from being launched there. */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #define QT_FA_BODY(call) __trap()
@@ -42,27 +57,32 @@
 #define QT_FA_BODY(call) call
 #endif
 
-/* Out is float, or BF16 for proj (the op table's bf16_inputs). */
-template <typename T>
-static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
-    fused_forward_kernel(T *out, float *lse, const float *qkv, qt_fa::shape sh) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::forward_block(smem, out, lse, qkv, sh, blockIdx.x, threadIdx.x, blockDim.x));
+/* The grid is (batch * heads, parts): the bodies' block number. */
+static __device__ __forceinline__ int block_index(void) {
+  return (int)(blockIdx.y * gridDim.x + blockIdx.x);
 }
 
-static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
+/* Out is float, or BF16 for proj (the op table's bf16_inputs). */
+template <typename T>
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
+    fused_forward_kernel(T *out, float *lse, const float *qkv, qt_fa::shape sh) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  QT_FA_BODY(qt_fa::forward_block(smem, out, lse, qkv, sh, block_index(), threadIdx.x, blockDim.x));
+}
+
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const float *qkv,
                              const float *lse, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, lse, sh, set, blockIdx.x,
+  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, lse, sh, set, block_index(),
                                       threadIdx.x, blockDim.x));
 }
 
-static __global__ void __launch_bounds__(QT_FA_MAX_WARPS * 32)
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const float *qkv,
                               const float *lse, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, lse, sh, set, blockIdx.x,
+  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, lse, sh, set, block_index(),
                                        threadIdx.x, blockDim.x));
 }
 
@@ -108,20 +128,21 @@ static int shared_limit(void) {
   return limit;
 }
 
-/* Warps per block for kernel k on the current device (qt_fa::warps_within
- * its shared memory limit); 0 on a device older than sm_80. */
-static int warps_for(qt_fa::kernel k, size_t tokens) {
+/* Whether kernel k's shared memory for `tokens` tokens fits the current
+ * device (none before sm_80). */
+static int shared_fits(qt_fa::kernel k, size_t tokens) {
   int limit = shared_limit();
-  return limit > 0 ? qt_fa::warps_within(k, (int)tokens, (size_t)limit) : 0;
+  return limit > 0 && qt_fa::shared_bytes(k, (int)((tokens + 15) / 16 * 16)) <= (size_t)limit;
 }
 
 extern "C" int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
+  /* Block numbers, at most 2 parts of batch * heads, fit an int. */
   if (heads == 0 || c != heads * QT_FA_HEAD || tokens == 0 || tokens > QT_FA_MAX_TOKENS ||
-      batch == 0 || batch > INT_MAX / heads) {
+      batch == 0 || batch > INT_MAX / 2 / heads) {
     return 0;
   }
-  return warps_for(qt_fa::FORWARD, tokens) > 0 && warps_for(qt_fa::BACKWARD_DQ, tokens) > 0 &&
-         warps_for(qt_fa::BACKWARD_DKV, tokens) > 0;
+  return shared_fits(qt_fa::FORWARD, tokens) && shared_fits(qt_fa::BACKWARD_DQ, tokens) &&
+         shared_fits(qt_fa::BACKWARD_DKV, tokens);
 }
 
 static int check_fits(size_t batch, size_t tokens, size_t c, size_t heads, const char *who,
@@ -144,18 +165,13 @@ static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads
   return sh;
 }
 
-/* Launches the kernel over batch * heads blocks of as many warps as fit
- * (shared_limit allowed the kernel the memory). */
+/* Launches the kernel over (batch * heads, parts) blocks of QT_FA_WARPS
+ * warps (shared_limit allowed the kernel the memory). */
 template <typename Kernel, typename... Args>
 static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const char *who,
                   const char *name, qt_err *err, Args... args) {
-  int warps = warps_for(k, (size_t)sh.tokens);
-  if (warps == 0) {
-    return qt_err_set(err, QT_EINVAL, "%s: %d tokens do not fit the fused kernels here", who,
-                      sh.tokens);
-  }
-  size_t bytes = qt_fa::shared_bytes(k, sh.padded, warps);
-  kernel<<<(unsigned)(sh.batch * sh.heads), warps * 32, bytes>>>(args...);
+  dim3 grid((unsigned)(sh.batch * sh.heads), (unsigned)qt_fa::parts(sh));
+  kernel<<<grid, QT_FA_WARPS * 32, qt_fa::shared_bytes(k, sh.padded)>>>(args...);
   return qt__cuda_check_launch(err, who, name);
 }
 
@@ -207,15 +223,15 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
 /* The op table's attention                                                   */
 /* ------------------------------------------------------------------------- */
 
-/* 1: the op table takes the fused kernels where they fit; -1 until the
- * environment has been read. */
+/* 1: the op table takes the fused kernels where they fit (unless
+ * QT_CUDA_FUSED_ATTENTION=0); -1 until the environment has been read. */
 static int fused_attention = -1;
 
 static int fused_attention_on(void) {
   int on = __atomic_load_n(&fused_attention, __ATOMIC_RELAXED);
   if (on < 0) {
     const char *value = getenv("QT_CUDA_FUSED_ATTENTION");
-    on = value && strcmp(value, "1") == 0;
+    on = !(value && strcmp(value, "0") == 0);
     int unset = -1;
     __atomic_compare_exchange_n(&fused_attention, &unset, on, 0, __ATOMIC_SEQ_CST,
                                 __ATOMIC_SEQ_CST);
@@ -231,7 +247,7 @@ extern "C" int qt__cuda_set_fused_attention(int on) {
 }
 
 /* Whether the op table takes the fused kernels for this shape now: under
- * BF16 products (either kind), when turned on. The forward and the backward
+ * BF16 products (either kind), unless turned off. The forward and the backward
  * of one step decide alike, since the precision and the switch are set for
  * a whole epoch (qt_run_epoch) and the rest depends on the shape and the
  * device. */

@@ -94,6 +94,25 @@ extern "C" size_t qt_cuda_conv2d_scratch_size(const qt_conv2d_shape *s) {
  * the int of cuBLAS and the launch grid hold. (Every kernel checks each
  * input index it reads against in_h and in_w, so output sizes that the
  * padded input does not produce read no memory out of bounds.) */
+/* The convolutions' products (qt__cuda_gemm's arguments). Under
+ * QT_MATMUL_BF16 cuBLAS converts their FP32 operands itself
+ * (qt__cuda_gemm_convert) rather than having them rounded into scratch
+ * first, a pass over every column matrix and activation less: MobileNetV2
+ * trained 5% faster so on an H100 (--amp bf16-fast, docs/benchmarks/).
+ * QT_CUDA_CONV_CONVERT=0 rounds them, to measure one against the other. */
+static int conv_gemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                     const float *a, size_t lda, long long stride_a, const float *b, size_t ldb,
+                     long long stride_b, float beta, float *c, size_t ldc, long long stride_c,
+                     size_t batch, const char *who, qt_err *err) {
+  static int convert = -1;
+  if (qt__cuda_switch_on("QT_CUDA_CONV_CONVERT", &convert)) {
+    return qt__cuda_gemm_convert(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb,
+                                 stride_b, beta, c, ldc, stride_c, batch, who, err);
+  }
+  return qt__cuda_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta,
+                       c, ldc, stride_c, batch, who, err);
+}
+
 static int check_shape(const qt_conv2d_shape *s, const char *who, qt_err *err) {
   if (!s) return qt_err_set(err, QT_EINVAL, "%s: shape is NULL", who);
   if (s->batch == 0 || s->in_c == 0 || s->in_h == 0 || s->in_w == 0 || s->out_c == 0 ||
@@ -423,8 +442,8 @@ static int weight_grad(float *dweight, const float *dy, size_t dy_stride, const 
   if (chunk > images) chunk = images;
   if (chunk <= 1) {
     for (size_t i = 0; i < images; i++) {
-      int rc = qt__cuda_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count, 0,
-                             x + i * x_stride, p_count, 0, 1.0f, dweight, kdim, 0, 1, who, err);
+      int rc = conv_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count, 0,
+                         x + i * x_stride, p_count, 0, 1.0f, dweight, kdim, 0, 1, who, err);
       if (rc < 0) return rc;
     }
     return 0;
@@ -435,9 +454,9 @@ static int weight_grad(float *dweight, const float *dy, size_t dy_stride, const 
   for (size_t i = 0; i < images && rc == 0; i += chunk) {
     size_t count = images - i < chunk ? images - i : chunk;
     /* terms_j (out_c, kdim) = dy_j (out_c, P) . x_j^T (P, kdim) */
-    rc = qt__cuda_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count,
-                       (long long)dy_stride, x + i * x_stride, p_count, (long long)x_stride, 0.0f,
-                       terms, kdim, (long long)term, count, who, err);
+    rc = conv_gemm(0, 1, out_c, kdim, p_count, 1.0f, dy + i * dy_stride, p_count,
+                   (long long)dy_stride, x + i * x_stride, p_count, (long long)x_stride, 0.0f,
+                   terms, kdim, (long long)term, count, who, err);
     if (rc == 0)
       rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dweight, NULL, terms, NULL, NULL, NULL, count,
                                 term, who, err);
@@ -545,9 +564,9 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
   if (pointwise && s->groups == 1) {
     /* y_b (out_c, P) = W (out_c, in_c) . x_b (in_c, P), every image in one
      * call (the weight's batch stride is 0). */
-    return qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, inp, p_count,
-                         (long long)in_image, bias ? 1.0f : 0.0f, out, p_count,
-                         (long long)(s->out_c * p_count), s->batch, who, err);
+    return conv_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, inp, p_count,
+                     (long long)in_image, bias ? 1.0f : 0.0f, out, p_count,
+                     (long long)(s->out_c * p_count), s->batch, who, err);
   }
   /* Dense: the column matrices of `images` images at a time, and one
    * product over them (the weight's batch stride is 0). Grouped: image by
@@ -566,14 +585,14 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
     float *y = out + b * s->out_c * p_count;
     if (s->groups == 1) {
       /* y_i (out_c, P) = W (out_c, kdim) . col_i (kdim, P) for every image i. */
-      rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, col, p_count,
-                         (long long)col_image, bias ? 1.0f : 0.0f, y, p_count,
-                         (long long)(s->out_c * p_count), count, who, err);
+      rc = conv_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, 0, col, p_count,
+                     (long long)col_image, bias ? 1.0f : 0.0f, y, p_count,
+                     (long long)(s->out_c * p_count), count, who, err);
     } else {
       /* y_g (og, P) = W_g (og, kdim) . col_g (kdim, P) for every group g. */
-      rc = qt__cuda_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, (long long)(og * kdim), col,
-                         p_count, (long long)(kdim * p_count), bias ? 1.0f : 0.0f, y, p_count,
-                         (long long)(og * p_count), s->groups, who, err);
+      rc = conv_gemm(0, 0, og, p_count, kdim, 1.0f, weight, kdim, (long long)(og * kdim), col,
+                     p_count, (long long)(kdim * p_count), bias ? 1.0f : 0.0f, y, p_count,
+                     (long long)(og * p_count), s->groups, who, err);
     }
     if (rc < 0) return rc;
   }
@@ -618,9 +637,9 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
    * gradient in a few (weight_grad). */
   if (pointwise && s->groups == 1) {
     if (dinp) {
-      rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
-                         (long long)out_image, set ? 0.0f : 1.0f, dinp, p_count,
-                         (long long)in_image, s->batch, who, err);
+      rc = conv_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dout, p_count,
+                     (long long)out_image, set ? 0.0f : 1.0f, dinp, p_count, (long long)in_image,
+                     s->batch, who, err);
       if (rc < 0) return rc;
     }
     if (dweight)
@@ -647,9 +666,9 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
             weight_grad(dweight, dy, out_image, col, col_image, count, og, kdim, p_count, who, err);
       } else {
         /* dW_g (og, kdim) += dy_g (og, P) . col_g^T (P, kdim) */
-        rc = qt__cuda_gemm(0, 1, og, kdim, p_count, 1.0f, dy, p_count, (long long)(og * p_count),
-                           col, p_count, (long long)(kdim * p_count), 1.0f, dweight, kdim,
-                           (long long)(og * kdim), s->groups, who, err);
+        rc = conv_gemm(0, 1, og, kdim, p_count, 1.0f, dy, p_count, (long long)(og * p_count), col,
+                       p_count, (long long)(kdim * p_count), 1.0f, dweight, kdim,
+                       (long long)(og * kdim), s->groups, who, err);
       }
       if (rc < 0) return rc;
     }
@@ -659,16 +678,16 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
        * of the scratch. */
       if (s->groups == 1) {
         /* dcol_i (kdim, P) = W^T (kdim, out_c) . dy_i (out_c, P) for every image i. */
-        rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dy, p_count,
-                           (long long)out_image, 0.0f, scratch, p_count, (long long)col_image,
-                           count, who, err);
+        rc = conv_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, 0, dy, p_count,
+                       (long long)out_image, 0.0f, scratch, p_count, (long long)col_image, count,
+                       who, err);
       } else {
         /* dcol_g (kdim, P) = W_g^T (kdim, og) . dy_g (og, P); a pointwise
          * convolution accumulates it straight into the image. */
         float *dcol = pointwise ? dimg : scratch;
-        rc = qt__cuda_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
-                           p_count, (long long)(og * p_count), pointwise && !set ? 1.0f : 0.0f,
-                           dcol, p_count, (long long)(kdim * p_count), s->groups, who, err);
+        rc = conv_gemm(1, 0, kdim, p_count, og, 1.0f, weight, kdim, (long long)(og * kdim), dy,
+                       p_count, (long long)(og * p_count), pointwise && !set ? 1.0f : 0.0f, dcol,
+                       p_count, (long long)(kdim * p_count), s->groups, who, err);
       }
       if (rc < 0) return rc;
       if (!pointwise) {

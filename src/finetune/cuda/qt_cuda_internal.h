@@ -92,15 +92,17 @@ typedef struct qt__cuda_product {
  * whose two products both read the output's gradient. */
 int qt__cuda_gemms(const qt__cuda_product *products, size_t count, const char *who, qt_err *err);
 
-/* qt__cuda_gemm for operands interleaved in a larger array, such as
- * attention's heads in the rows of qkv: under QT_MATMUL_BF16 cuBLAS
- * converts the FP32 operands itself (as QT_MATMUL_BF16_FAST), since
- * rounding the spans they occupy would copy most of that array at every
- * call. Any other precision is qt__cuda_gemm's. */
-int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
-                              const float *a, size_t lda, long long stride_a, const float *b,
-                              size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
-                              long long stride_c, size_t batch, const char *who, qt_err *err);
+/* qt__cuda_gemm whose FP32 operands cuBLAS converts itself under
+ * QT_MATMUL_BF16 (as QT_MATMUL_BF16_FAST), instead of their spans being
+ * rounded into scratch first: for operands interleaved in a larger array,
+ * such as attention's heads in the rows of qkv (rounding the spans they
+ * occupy would copy most of that array at every call), and for the
+ * convolutions' products (qt_cuda_conv.cu). Any other precision is
+ * qt__cuda_gemm's. */
+int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                          const float *a, size_t lda, long long stride_a, const float *b,
+                          size_t ldb, long long stride_b, float beta, float *c, size_t ldc,
+                          long long stride_c, size_t batch, const char *who, qt_err *err);
 
 /* qt_cuda_linear_forward's product with the bias in cuBLASLt's epilogue,
  * when QT_CUDA_LT_BIAS=1 (qt_cuda_memory.cu; qt__cuda_linear_lt_count in

@@ -438,7 +438,7 @@ static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char
 }
 
 /* The products of qt__cuda_gemm, qt__cuda_gemms and
- * qt__cuda_gemm_interleaved, in order, all in the precision of the call's
+ * qt__cuda_gemm_convert, in order, all in the precision of the call's
  * start. Under QT_MATMUL_BF16, round_spans says whether the operands' spans
  * are rounded into scratch (1) or left to cuBLAS's own conversion (0); a
  * product whose A is the previous product's (same array and span) reuses
@@ -488,12 +488,11 @@ extern "C" int qt__cuda_gemms(const qt__cuda_product *p, size_t count, const cha
   return products(p, count, 1, who, err);
 }
 
-extern "C" int qt__cuda_gemm_interleaved(int trans_a, int trans_b, size_t m, size_t n, size_t k,
-                                         float alpha, const float *a, size_t lda,
-                                         long long stride_a, const float *b, size_t ldb,
-                                         long long stride_b, float beta, float *c, size_t ldc,
-                                         long long stride_c, size_t batch, const char *who,
-                                         qt_err *err) {
+extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k,
+                                     float alpha, const float *a, size_t lda, long long stride_a,
+                                     const float *b, size_t ldb, long long stride_b, float beta,
+                                     float *c, size_t ldc, long long stride_c, size_t batch,
+                                     const char *who, qt_err *err) {
   qt__cuda_product p = {trans_a, trans_b, m,        n,    k, alpha, a,        lda,  stride_a,
                         b,       ldb,     stride_b, beta, c, ldc,   stride_c, batch};
   return products(&p, 1, 0, who, err);
