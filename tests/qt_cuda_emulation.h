@@ -102,13 +102,7 @@ static inline double qt__warp_sum(double v) {
   return v;
 }
 
-/* CUDA's vector types, as the kernel bodies use them. */
-struct float2 {
-  float x, y;
-};
-struct float4 {
-  float x, y, z, w;
-};
+/* CUDA's pair of BF16 values. */
 struct __nv_bfloat162 {
   __nv_bfloat16 x, y;
 };

@@ -111,17 +111,21 @@ __device__ inline void zero(frag_c &c) {
   for (int e = 0; e < 4; e++) c.x[e] = 0.0f;
 }
 
+/* Global memory is read and written a float (or BF16 value) at a time:
+ * the op table's arrays are only as aligned as their element type (an
+ * arena of small batches places them 4 bytes apart, which vector accesses
+ * fault on). */
+
 /* Rows [0, rows) of one head's 64 features (row r at src + r * ld) into
  * dst (rows, 64; row stride QT_FA_LD) as BF16; rows at or past `tokens`
- * are zero. Thread t of `count` threads, four features at a time. */
+ * are zero. Thread t of `count` threads, two features at a time. */
 __device__ inline void stage(bf16 *dst, const float *src, size_t ld, int rows, int tokens, int t,
                              int count) {
-  for (int i = t; i < rows * (QT_FA_HEAD / 4); i += count) {
-    int r = i / (QT_FA_HEAD / 4), f = 4 * (i % (QT_FA_HEAD / 4));
-    float4 v = r < tokens ? *(const float4 *)(src + (size_t)r * ld + f) : float4{0, 0, 0, 0};
-    bf16x2 *p = (bf16x2 *)(dst + r * QT_FA_LD + f);
-    p[0] = __floats2bfloat162_rn(v.x, v.y);
-    p[1] = __floats2bfloat162_rn(v.z, v.w);
+  for (int i = t; i < rows * (QT_FA_HEAD / 2); i += count) {
+    int r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
+    const float *x = src + (size_t)r * ld + f;
+    *(bf16x2 *)(dst + r * QT_FA_LD + f) =
+        r < tokens ? __floats2bfloat162_rn(x[0], x[1]) : __floats2bfloat162_rn(0.0f, 0.0f);
   }
 }
 
@@ -134,8 +138,8 @@ struct rows16 {
 
 __device__ inline bf16x2 pair_at(const float *src, size_t ld, int row, int tokens, int col) {
   if (row >= tokens) return __floats2bfloat162_rn(0.0f, 0.0f);
-  float2 v = *(const float2 *)(src + (size_t)row * ld + col);
-  return __floats2bfloat162_rn(v.x, v.y);
+  const float *x = src + (size_t)row * ld + col;
+  return __floats2bfloat162_rn(x[0], x[1]);
 }
 
 __device__ inline void load_rows(rows16 &a, const float *src, size_t ld, int row0, int tokens,
@@ -208,16 +212,12 @@ __device__ inline float quad_max(float v) {
  * written when `set`, added otherwise; BF16 (the forward's output for a
  * linear layer that reads BF16) written. */
 __device__ inline void put(float *d, float a, float b, int set) {
-  float2 *p = (float2 *)d;
-  if (set) {
-    *p = float2{a, b};
-  } else {
-    float2 v = *p;
-    *p = float2{v.x + a, v.y + b};
-  }
+  d[0] = set ? a : d[0] + a;
+  d[1] = set ? b : d[1] + b;
 }
 __device__ inline void put(bf16 *d, float a, float b, int) {
-  *(bf16x2 *)d = __floats2bfloat162_rn(a, b);
+  d[0] = __float2bfloat16_rn(a);
+  d[1] = __float2bfloat16_rn(b);
 }
 
 /* A warp's 16 rows (row0.., those before `tokens`) of a head's 64 columns
