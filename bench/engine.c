@@ -92,8 +92,18 @@
  *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
  *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
  *                 [--tf32 | --amp bf16|bf16-fast] [--peak-tflops X] [--profile]
+ *                 [--rounds 1]
  *                 [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
+ *
+ * --rounds R: R rounds, each a fresh qtune model and then a fresh
+ * reference process with the same warm-up and timed steps, so that both
+ * sides meet the machine's slow changes alike; each round's images/s and
+ * ratio are printed, and the table reports each side's median round
+ * (the lower middle one for an even R) with the spread of its rounds. One
+ * PyTorch run can be far off another on the same GPU (37% apart for
+ * ViT-B/16 in BF16 on an H100, docs/benchmarks/). --profile profiles the
+ * last round's qtune model.
  *
  * Example (2 threads, a short check): engine --model resnet18 --batch 16
  * --threads 2 --warmup 1 --steps 3
@@ -152,6 +162,7 @@ typedef struct bench_options {
   qt_matmul_precision precision; /* of the matrix products (CUDA) */
   double peak_tflops;            /* the device's peak for the utilization; 0: from its name */
   int profile;                   /* --profile: time per op after the timed steps */
+  long rounds;                   /* --rounds: qtune and the reference, in turn */
 } bench_options;
 
 typedef struct bench_result {
@@ -232,7 +243,7 @@ static void usage(const char *argv0) {
           "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
           "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
           "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16|bf16-fast]\n"
-          "          [--peak-tflops X] [--profile]\n"
+          "          [--peak-tflops X] [--profile] [--rounds 1]\n"
           "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
           argv0);
 }
@@ -630,10 +641,40 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   return 0;
 }
 
+/* The round of median images/s (the lower middle one of an even count). */
+static int by_rate(const void *a, const void *b) {
+  double x = ((const bench_result *)a)->images_per_s, y = ((const bench_result *)b)->images_per_s;
+  return (x > y) - (x < y);
+}
+
+static bench_result median_round(const bench_result *rounds, long count) {
+  bench_result *sorted = malloc((size_t)count * sizeof *sorted);
+  if (!sorted) return rounds[0];
+  memcpy(sorted, rounds, (size_t)count * sizeof *sorted);
+  qsort(sorted, (size_t)count, sizeof *sorted, by_rate);
+  bench_result median = sorted[(count - 1) / 2];
+  free(sorted);
+  return median;
+}
+
+static double lowest_rate(const bench_result *rounds, long count) {
+  double rate = rounds[0].images_per_s;
+  for (long i = 1; i < count; i++)
+    if (rounds[i].images_per_s < rate) rate = rounds[i].images_per_s;
+  return rate;
+}
+
+static double highest_rate(const bench_result *rounds, long count) {
+  double rate = rounds[0].images_per_s;
+  for (long i = 1; i < count; i++)
+    if (rounds[i].images_per_s > rate) rate = rounds[i].images_per_s;
+  return rate;
+}
+
 int main(int argc, char **argv) {
   bench_options o = {
       "vit_tiny",     32,  0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0, QT_BACKEND_KIND_CPU,
-      QT_MATMUL_FP32, 0.0, 0};
+      QT_MATMUL_FP32, 0.0, 0, 1};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -669,6 +710,8 @@ int main(int argc, char **argv) {
       bad = parse_long(flag, value, 0, &o.warmup);
     else if (!strcmp(flag, "--steps"))
       bad = parse_long(flag, value, 1, &o.steps);
+    else if (!strcmp(flag, "--rounds"))
+      bad = parse_long(flag, value, 1, &o.rounds);
     else if (!strcmp(flag, "--classes"))
       bad = parse_long(flag, value, 1, &o.classes);
     else if (!strcmp(flag, "--image-size"))
@@ -752,14 +795,44 @@ int main(int argc, char **argv) {
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
   fflush(stdout);
 
-  bench_result q = {0}, t = {0};
-  if ((is_cnn(o.model) ? run_qtune_cnn(&o, &q) : run_qtune_vit(&o, &q)) != 0) return 1;
-  printf("qtune per step: forward %.3f s, loss %.3f s, backward %.3f s, AdamW %.3f s\n",
-         q.forward_s, q.loss_s, q.backward_s, q.optimizer_s);
-  fflush(stdout);
-
+  bench_result *qs = calloc((size_t)o.rounds, sizeof *qs);
+  bench_result *ts = calloc((size_t)o.rounds, sizeof *ts);
+  if (!qs || !ts) {
+    fprintf(stderr, "engine: out of memory\n");
+    return 1;
+  }
   char why[512] = "skipped (--no-reference)";
-  int have_reference = !o.no_reference && run_reference(&o, &t, why, sizeof why) == 0;
+  int have_reference = !o.no_reference;
+  for (long round = 0; round < o.rounds; round++) {
+    bench_options this_round = o;
+    this_round.profile = o.profile && round == o.rounds - 1;
+    bench_result *q = &qs[round], *t = &ts[round];
+    if ((is_cnn(o.model) ? run_qtune_cnn(&this_round, q) : run_qtune_vit(&this_round, q)) != 0)
+      return 1;
+    printf("qtune per step: forward %.3f s, loss %.3f s, backward %.3f s, AdamW %.3f s\n",
+           q->forward_s, q->loss_s, q->backward_s, q->optimizer_s);
+    fflush(stdout);
+    /* A reference that failed once is not tried again. */
+    if (have_reference) have_reference = run_reference(&o, t, why, sizeof why) == 0;
+    if (o.rounds > 1) {
+      printf("round %ld of %ld: qtune %.2f images/s", round + 1, o.rounds, q->images_per_s);
+      if (have_reference)
+        printf(", PyTorch %.2f images/s, ratio %.2fx", t->images_per_s,
+               q->images_per_s / t->images_per_s);
+      printf("\n");
+      fflush(stdout);
+    }
+  }
+  bench_result q = median_round(qs, o.rounds), t = median_round(ts, o.rounds);
+  if (o.rounds > 1) {
+    printf("\nmedian of %ld rounds; images/s over the rounds: qtune %.2f to %.2f", o.rounds,
+           lowest_rate(qs, o.rounds), highest_rate(qs, o.rounds));
+    if (have_reference)
+      printf(", PyTorch %.2f to %.2f", lowest_rate(ts, o.rounds), highest_rate(ts, o.rounds));
+    printf("\n");
+  }
+  free(qs);
+  free(ts);
 
   printf("\n%-10s %10s %10s %12s %14s %14s\n", "", "images/s", "s/step", "CPU s/step",
          "peak RSS MiB", "base RSS MiB");
