@@ -224,7 +224,7 @@ def main():
         opt.step()
         if cuda:
             torch.cuda.synchronize()
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(args.warmup):
         step()
