@@ -116,17 +116,48 @@ __device__ inline void zero(frag_c &c) {
  * arena of small batches places them 4 bytes apart, which vector accesses
  * fault on). */
 
-/* Rows [0, rows) of one head's 64 features (row r at src + r * ld) into
- * dst (rows, 64; row stride QT_FA_LD) as BF16; rows at or past `tokens`
- * are zero. Thread t of `count` threads, two features at a time. */
-__device__ inline void stage(bf16 *dst, const float *src, size_t ld, int rows, int tokens, int t,
-                             int count) {
-  for (int i = t; i < rows * (QT_FA_HEAD / 2); i += count) {
-    int r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
-    const float *x = src + (size_t)r * ld + f;
-    *(bf16x2 *)(dst + r * QT_FA_LD + f) =
-        r < tokens ? __floats2bfloat162_rn(x[0], x[1]) : __floats2bfloat162_rn(0.0f, 0.0f);
+/* Rows [0, rows) of two heads' 64 features (row r at src[k] + r * ld[k])
+ * into dst[k] (rows, 64; row stride QT_FA_LD) as BF16; rows at or past
+ * `tokens` are zero. Thread t of `count` threads, two features of each at
+ * a time. Each thread issues the loads of QT_FA_STAGE_PAIRS pairs of both
+ * before it stores any (a store to shared memory could alias the loads'
+ * addresses for all the compiler knows, and would otherwise wait for
+ * every load in turn: the staging then dominated the forward). */
+#define QT_FA_STAGE_PAIRS 8
+__device__ inline void stage(bf16 *const dst[2], const float *const src[2], const size_t ld[2],
+                             int rows, int tokens, int t, int count) {
+  const int pairs = rows * (QT_FA_HEAD / 2);
+  for (int i0 = t; i0 < pairs; i0 += QT_FA_STAGE_PAIRS * count) {
+    float v[2][QT_FA_STAGE_PAIRS][2];
+#pragma unroll
+    for (int j = 0; j < QT_FA_STAGE_PAIRS; j++) {
+      int i = i0 + j * count, r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
+      bool in = i < pairs && r < tokens;
+      for (int k = 0; k < 2; k++) {
+        const float *x = src[k] + (size_t)r * ld[k] + f;
+        v[k][j][0] = in ? x[0] : 0.0f;
+        v[k][j][1] = in ? x[1] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < QT_FA_STAGE_PAIRS; j++) {
+      int i = i0 + j * count, r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
+      if (i >= pairs) break;
+      for (int k = 0; k < 2; k++) {
+        *(bf16x2 *)(dst[k] + r * QT_FA_LD + f) = __floats2bfloat162_rn(v[k][j][0], v[k][j][1]);
+      }
+    }
   }
+}
+
+/* stage() of two arrays of a block's (image, head): all `padded` rows. */
+__device__ inline void stage_heads(bf16 *dst0, const float *src0, size_t ld0, bf16 *dst1,
+                                   const float *src1, size_t ld1, const shape &sh, int t,
+                                   int count) {
+  bf16 *const dst[2] = {dst0, dst1};
+  const float *const src[2] = {src0, src1};
+  const size_t ld[2] = {ld0, ld1};
+  stage(dst, src, ld, sh.padded, sh.tokens, t, count);
 }
 
 /* A warp's 16 rows (row0..) of one head's 64 features from FP32 device
@@ -261,13 +292,13 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *lse, co
   size_t ld = 3 * sh.c;
   const float *q = qkv + (size_t)at.image * sh.tokens * ld + (size_t)at.head * QT_FA_HEAD;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
-  stage(ks, q + sh.c, ld, sh.padded, sh.tokens, tid, threads);
-  stage(vs, q + 2 * sh.c, ld, sh.padded, sh.tokens, tid, threads);
-  __syncthreads();
+  /* The warp's own rows first: their loads overlap the staging's. */
   int row0 = 16 * (at.tile0 + warp);
-  if (row0 >= sh.padded) return;
   rows16 qf;
   load_rows(qf, q, ld, row0, sh.tokens, lane);
+  stage_heads(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
+  __syncthreads();
+  if (row0 >= sh.padded) return;
   /* Per row (g, g + 8): the running maximum of the scores (in units of
    * log2, as exp2 takes them) and this lane's part of the running sum. */
   float max[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
@@ -354,14 +385,13 @@ __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float
   const float *q = qkv + (size_t)at.image * sh.tokens * ld + head;
   const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
-  stage(ks, q + sh.c, ld, sh.padded, sh.tokens, tid, threads);
-  stage(vs, q + 2 * sh.c, ld, sh.padded, sh.tokens, tid, threads);
-  __syncthreads();
   int row0 = 16 * (at.tile0 + warp);
-  if (row0 >= sh.padded) return;
   rows16 qf, dyf;
   load_rows(qf, q, ld, row0, sh.tokens, lane);
   load_rows(dyf, dy, sh.c, row0, sh.tokens, lane);
+  stage_heads(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
+  __syncthreads();
+  if (row0 >= sh.padded) return;
   size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   const float s2 = sh.scale * QT_FA_LOG2E;
   float lse2[2];
@@ -421,8 +451,11 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
   const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *qs = (bf16 *)smem, *dys = qs + (size_t)sh.padded * QT_FA_LD;
   float *lse2 = (float *)(dys + (size_t)sh.padded * QT_FA_LD), *d_all = lse2 + sh.padded;
-  stage(qs, q, ld, sh.padded, sh.tokens, tid, threads);
-  stage(dys, dy, sh.c, sh.padded, sh.tokens, tid, threads);
+  int row0 = 16 * (at.tile0 + warp);
+  rows16 kf, vf;
+  load_rows(kf, q + sh.c, ld, row0, sh.tokens, lane);
+  load_rows(vf, q + 2 * sh.c, ld, row0, sh.tokens, lane);
+  stage_heads(qs, q, ld, dys, dy, sh.c, sh, tid, threads);
   size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   for (int j = tid; j < sh.padded; j += threads) {
     int in = j < sh.tokens;
@@ -430,11 +463,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
     d_all[j] = in ? d[rows + j] : 0.0f;
   }
   __syncthreads();
-  int row0 = 16 * (at.tile0 + warp);
   if (row0 >= sh.padded) return;
-  rows16 kf, vf;
-  load_rows(kf, q + sh.c, ld, row0, sh.tokens, lane);
-  load_rows(vf, q + 2 * sh.c, ld, row0, sh.tokens, lane);
   const float s2 = sh.scale * QT_FA_LOG2E;
   frag_c dk[8], dv[8];
   for (int n = 0; n < 8; n++) {
