@@ -92,7 +92,9 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   sh.padded = (tokens + 15) / 16 * 16;
   sh.c = c;
   sh.scale = 0.125f;
-  std::vector<float> out(n_out, NAN), lse(n_lse, NAN), d(n_lse, NAN), dqkv(init);
+  /* lse: the forward's att, (batch, heads, tokens, tokens) floats, the
+   * log-sum-exps first. */
+  std::vector<float> out(n_out, NAN), lse(n_lse * tokens, NAN), d(n_lse, NAN), dqkv(init);
   if (set) dqkv.assign(n_qkv, NAN); /* written, never read */
   launch(qt_fa::FORWARD, sh, [&](unsigned char *smem, int block, int t, int threads) {
     qt_fa::forward_block(smem, out.data(), lse.data(), qkv.data(), sh, block, t, threads);

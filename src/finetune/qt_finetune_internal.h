@@ -336,17 +336,19 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
                                 size_t heads, int set, qt_err *err);
 
 /* Fused attention (qt_cuda_attention_fused.cu): BF16 tensor-core products
- * with the scores kept in shared memory, for heads of 64 features and at
- * most 256 tokens on an sm_80 or newer device. fits says whether a shape
- * can run there (0 also without CUDA). The forward writes out and the
- * (batch, heads, tokens) log-sum-exps of the scaled scores into lse, not
- * the probabilities; the backward reads them, and its scratch holds
- * qt_cuda_attention_scratch_size floats. */
+ * with the scores kept in registers, for heads of 64 features and at most
+ * 256 tokens on an sm_80 or newer device. fits says whether a shape can
+ * run there (0 also without CUDA). The forward writes out and, into att
+ * ((batch, heads, tokens, tokens) floats, as the unfused path's
+ * probabilities), the (batch, heads, tokens) log-sum-exps of the scaled
+ * scores and, with more than 64 tokens, then the output in FP32; the
+ * backward reads them, and its scratch holds qt_cuda_attention_scratch_size
+ * floats. */
 int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads);
-int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv, size_t batch,
+int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, size_t batch,
                                      size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                      const float *qkv, const float *lse, size_t batch,
+                                      const float *qkv, const float *att, size_t batch,
                                       size_t tokens, size_t c, size_t heads, int set, qt_err *err);
 /* The CUDA op table's BF16 inputs of linear layers (qt__ops' bf16_inputs,
  * layernorm_forward_h, gelu_forward_h, linear_forward_h and
@@ -367,16 +369,16 @@ int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const 
  * even); the op table's attention_bf16_out (the fused kernels run and the
  * linear inputs are kept in BF16) and attention_forward_h (QT_EINVAL where
  * attention_bf16_out is 0). */
-int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv, size_t batch,
+int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                        size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                     size_t tokens, size_t c, size_t heads, qt_err *err);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
- * where they fit, when turned on (att then holds the log-sum-exps, read
- * only by the backward of the same step); qt_cuda_attention_forward and
- * qt__cuda_attention_backward otherwise. */
+ * where they fit, unless turned off (att then holds the log-sum-exps and
+ * the output, read only by the backward of the same step);
+ * qt_cuda_attention_forward and qt__cuda_attention_backward otherwise. */
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,

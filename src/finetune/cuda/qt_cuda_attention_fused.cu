@@ -11,7 +11,8 @@
  * product, and its backward does the same with their gradient: about
  * 1.6 GB of memory traffic per block of ViT-B and step at batch 64, by
  * count. The fused kernels keep the scores in registers and store only a
- * log-sum-exp per row (and D = rowsum(P dP) per row in the backward).
+ * log-sum-exp per row and the output in FP32 (and D per row in the
+ * backward).
  *
  * On by default; qt__cuda_set_fused_attention(0) (or
  * QT_CUDA_FUSED_ATTENTION=0 in the environment) turns them off, to measure
@@ -65,24 +66,24 @@ static __device__ __forceinline__ int block_index(void) {
 /* Out is float, or BF16 for proj (the op table's bf16_inputs). */
 template <typename T>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_forward_kernel(T *out, float *lse, const float *qkv, qt_fa::shape sh) {
+    fused_forward_kernel(T *out, float *att, const float *qkv, qt_fa::shape sh) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::forward_block(smem, out, lse, qkv, sh, block_index(), threadIdx.x, blockDim.x));
+  QT_FA_BODY(qt_fa::forward_block(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
 }
 
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const float *qkv,
-                             const float *lse, qt_fa::shape sh, int set) {
+                             const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, lse, sh, set, block_index(),
+  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
                                       threadIdx.x, blockDim.x));
 }
 
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const float *qkv,
-                              const float *lse, qt_fa::shape sh, int set) {
+                              const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, lse, sh, set, block_index(),
+  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
                                        threadIdx.x, blockDim.x));
 }
 
@@ -176,47 +177,47 @@ static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const 
 }
 
 template <typename T>
-static int fused_forward(T *out, float *lse, const float *qkv, size_t batch, size_t tokens,
+static int fused_forward(T *out, float *att, const float *qkv, size_t batch, size_t tokens,
                          size_t c, size_t heads, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  if (!out || !lse || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (!out || !att || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
   return launch(fused_forward_kernel<T>, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
-                out, lse, qkv, sh);
+                out, att, qkv, sh);
 }
 
-extern "C" int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv,
+extern "C" int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv,
                                                 size_t batch, size_t tokens, size_t c, size_t heads,
                                                 qt_err *err) {
-  return fused_forward(out, lse, qkv, batch, tokens, c, heads, "qt__cuda_attention_fused_forward",
+  return fused_forward(out, att, qkv, batch, tokens, c, heads, "qt__cuda_attention_fused_forward",
                        err);
 }
 
-extern "C" int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv,
+extern "C" int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv,
                                                   size_t batch, size_t tokens, size_t c,
                                                   size_t heads, qt_err *err) {
-  return fused_forward((__nv_bfloat16 *)out, lse, qkv, batch, tokens, c, heads,
+  return fused_forward((__nv_bfloat16 *)out, att, qkv, batch, tokens, c, heads,
                        "qt__cuda_attention_fused_forward (BF16 output)", err);
 }
 
 extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                                 const float *qkv, const float *lse, size_t batch,
+                                                 const float *qkv, const float *att, size_t batch,
                                                  size_t tokens, size_t c, size_t heads, int set,
                                                  qt_err *err) {
   const char *who = "qt__cuda_attention_fused_backward";
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  if (!dqkv || !scratch || !dout || !qkv || !lse) {
+  if (!dqkv || !scratch || !dout || !qkv || !att) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
   rc = launch(fused_backward_dq_kernel, qt_fa::BACKWARD_DQ, sh, who,
-              "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, lse, sh, set);
+              "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, att, sh, set);
   if (rc < 0) return rc;
   return launch(fused_backward_dkv_kernel, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
-                lse, sh, set);
+                att, sh, set);
 }
 
 /* ------------------------------------------------------------------------- */

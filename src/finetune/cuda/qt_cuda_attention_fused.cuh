@@ -11,14 +11,19 @@
  *   forward   S = scale Q K^T, online softmax over blocks of 64 keys
  *             (running maximum and sum per row), O = P V,
  *             lse = log sum exp S per row
- *   backward  (kernel dq, per query tile) a first pass for D =
- *             rowsum(P * dP), dP = dO V^T, then P again, dS = P (dP - D),
- *             dQ = scale dS K
+ *   backward  (kernel dq, per query tile) D = rowsum(dO * O), then P
+ *             again, dP = dO V^T, dS = P (dP - D), dQ = scale dS K
  *             (kernel dkv, per key tile) P^T from lse, dV = P^T dO,
  *             dP^T = V dO^T, dS^T = P^T (dP^T - D), dK = scale dS^T Q
  * Operands are rounded to BF16 (to nearest even) as they are loaded, like
  * the operands of QT_MATMUL_BF16's products; P and dS are rounded as they
  * enter their products (as in FlashAttention), their sums and D are FP32.
+ * The forward's results go into att, the (batch, heads, tokens, tokens)
+ * floats that the op table's attention keeps for the backward: the
+ * log-sum-exps, (batch, heads, tokens), then where there is room (more
+ * than 64 tokens) the output O in FP32, (batch, heads, tokens, 64), from
+ * which the dq kernel takes D. With 64 tokens or fewer it computes D =
+ * rowsum(P * dP) in a first pass over the keys instead.
  * The two backward kernels write disjoint parts of dqkv, so every result is
  * written by one thread, without atomics: the results do not depend on the
  * schedule.
@@ -78,6 +83,12 @@ __host__ __device__ inline int parts(const shape &sh) {
 }
 
 enum kernel { FORWARD, BACKWARD_DQ, BACKWARD_DKV };
+
+/* Whether att has room for the output after the log-sum-exps: tokens^2 >=
+ * tokens + 64 tokens. */
+__host__ __device__ inline bool keeps_output(const shape &sh) {
+  return sh.tokens > QT_FA_HEAD;
+}
 
 /* Shared memory, in bytes: two (padded, 64) BF16 arrays (the forward and
  * dq: K and V; dkv: Q and dO), and for dkv the lse and D of every query. */
@@ -282,10 +293,11 @@ __device__ inline place place_of(const shape &sh, int block) {
   return place{bh / sh.heads, bh % sh.heads, (block / per_part) * QT_FA_WARPS};
 }
 
-/* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); lse
- * (batch, heads, tokens). */
+/* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); att: the
+ * log-sum-exps (batch, heads, tokens), then the output in FP32 where
+ * keeps_output. */
 template <typename T>
-__device__ inline void forward_block(unsigned char *smem, T *out, float *lse, const float *qkv,
+__device__ inline void forward_block(unsigned char *smem, T *out, float *att, const float *qkv,
                                      const shape sh, int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -354,7 +366,12 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *lse, co
   }
   T *dst = out + (size_t)at.image * sh.tokens * sh.c + (size_t)at.head * QT_FA_HEAD;
   put_rows(dst, sh.c, row0, sh.tokens, o, 1.0f, 1, lane);
-  float *head_lse = lse + ((size_t)at.image * sh.heads + at.head) * sh.tokens;
+  size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
+  if (keeps_output(sh)) {
+    float *kept = att + (size_t)sh.batch * sh.heads * sh.tokens + rows * QT_FA_HEAD;
+    put_rows(kept, QT_FA_HEAD, row0, sh.tokens, o, 1.0f, 1, lane);
+  }
+  float *head_lse = att + rows;
   for (int h = 0; h < 2; h++) {
     int row = row0 + g + 8 * h;
     if (t == 0 && row < sh.tokens) head_lse[row] = QT_FA_LN2 * (max[h] + log2f(sum[h]));
@@ -377,7 +394,7 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
 /* dq of dqkv (written when `set`, else added) and D = rowsum(P dP) into
  * d (batch, heads, tokens), for the dkv kernel. */
 __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float *d,
-                                         const float *dout, const float *qkv, const float *lse,
+                                         const float *dout, const float *qkv, const float *att,
                                          const shape sh, int set, int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -397,16 +414,28 @@ __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float
   float lse2[2];
   for (int h = 0; h < 2; h++) {
     int row = row0 + g + 8 * h;
-    lse2[h] = row < sh.tokens ? QT_FA_LOG2E * lse[rows + row] : 0.0f;
+    lse2[h] = row < sh.tokens ? QT_FA_LOG2E * att[rows + row] : 0.0f;
   }
-  /* D = rowsum(P * dP), dP = dO V^T. */
   float dsum[2] = {0.0f, 0.0f};
-  for (int k0 = 0; k0 < sh.padded; k0 += 8) {
-    frag_c s, dp;
-    times_rows_t(s, qf, ks, k0, lane);
-    times_rows_t(dp, dyf, vs, k0, lane);
-    probabilities(s, sh, s2, k0, lse2, nullptr, lane);
-    for (int e = 0; e < 4; e++) dsum[e / 2] += s.x[e] * dp.x[e];
+  if (keeps_output(sh)) {
+    /* D = rowsum(dO * O): lane t of a row's quad takes 16 of its features. */
+    const float *o = att + (size_t)sh.batch * sh.heads * sh.tokens + rows * QT_FA_HEAD;
+    for (int h = 0; h < 2; h++) {
+      int row = row0 + g + 8 * h;
+      if (row >= sh.tokens) continue;
+      const float *dyr = dy + (size_t)row * sh.c + 16 * t, *orow = o + (size_t)row * QT_FA_HEAD;
+#pragma unroll
+      for (int f = 0; f < 16; f++) dsum[h] += dyr[f] * orow[16 * t + f];
+    }
+  } else {
+    /* D = rowsum(P * dP), dP = dO V^T, over all the keys first. */
+    for (int k0 = 0; k0 < sh.padded; k0 += 8) {
+      frag_c s, dp;
+      times_rows_t(s, qf, ks, k0, lane);
+      times_rows_t(dp, dyf, vs, k0, lane);
+      probabilities(s, sh, s2, k0, lse2, nullptr, lane);
+      for (int e = 0; e < 4; e++) dsum[e / 2] += s.x[e] * dp.x[e];
+    }
   }
   float dd[2];
   for (int h = 0; h < 2; h++) {
@@ -441,7 +470,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float
 /* dk and dv of dqkv (written when `set`, else added), from D of the dq
  * kernel. */
 __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, const float *d,
-                                          const float *dout, const float *qkv, const float *lse,
+                                          const float *dout, const float *qkv, const float *att,
                                           const shape sh, int set, int block, int tid,
                                           int threads) {
   place at = place_of(sh, block);
@@ -459,7 +488,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
   size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   for (int j = tid; j < sh.padded; j += threads) {
     int in = j < sh.tokens;
-    lse2[j] = in ? QT_FA_LOG2E * lse[rows + j] : 0.0f;
+    lse2[j] = in ? QT_FA_LOG2E * att[rows + j] : 0.0f;
     d_all[j] = in ? d[rows + j] : 0.0f;
   }
   __syncthreads();

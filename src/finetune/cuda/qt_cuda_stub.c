@@ -182,18 +182,18 @@ int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t 
   return 0;
 }
 
-int qt__cuda_attention_fused_forward(float *out, float *lse, const float *qkv, size_t batch,
+int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, size_t batch,
                                      size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
 }
 
 int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                      const float *qkv, const float *lse, size_t batch,
+                                      const float *qkv, const float *att, size_t batch,
                                       size_t tokens, size_t c, size_t heads, int set, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
-int qt__cuda_attention_fused_forward_h(void *out, float *lse, const float *qkv, size_t batch,
+int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                        size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
 }
