@@ -70,7 +70,9 @@ typedef struct op {
 typedef struct activation {
   size_t per_image; /* floats per image */
   float *data;      /* (max_batch, per_image), in the arena */
-  float *grad;      /* (max_batch, per_image), in the arena */
+  float *grad;      /* (max_batch, per_image), in the arena, shared (plan_grads);
+                       NULL for the images */
+  size_t grad_at;   /* grad's offset in the arena's gradient part, floats */
   int written;      /* in a backward pass: grad holds this pass's values */
 } activation;
 
@@ -113,7 +115,8 @@ struct qt_cnn {
   size_t n_params;
   const qt__ops *backend; /* the backend every array of mem lives on */
   cnn_memory mem;
-  size_t arena_n;      /* floats */
+  size_t arena_n;      /* floats: the activations, then the gradient buffers */
+  size_t data_n;       /* floats of the activations' values */
   size_t se_n;         /* SE values per image */
   size_t se_scratch_n; /* SE backward scratch per image */
   size_t argmax_n;     /* max pooling winners per image */
@@ -664,9 +667,73 @@ static void point_acts(qt_cnn_t *m) {
   for (size_t i = 0; i < m->n_acts; i++) {
     m->acts[i].data = cursor;
     cursor += m->acts[i].per_image * m->max_batch;
-    m->acts[i].grad = cursor;
-    cursor += m->acts[i].per_image * m->max_batch;
+    m->acts[i].grad = i == 0 ? NULL : m->mem.arena + m->data_n + m->acts[i].grad_at;
   }
+}
+
+/* Plans the gradients' buffers and sizes the arena (m->data_n,
+ * m->arena_n, every activation's grad_at). In a backward pass, activation
+ * a's gradient lives from the first op that writes it, its last consumer
+ * (the loss, for the logits), down to its producer, whose backward reads
+ * it: over the ops [producer, last consumer]. Activations whose spans do
+ * not meet share a buffer, as large as the largest of them. Taken in the
+ * backward's order, each goes to a buffer whose last tenant's span has
+ * ended, the smallest one that is large enough, else the largest (grown),
+ * else a new one. The images need no gradient. A MobileNetV2 keeps a few
+ * buffers instead of one per activation, about halving the arena. */
+#define MAX_GRAD_BUFFERS (MAX_OPS + 1)
+
+/* Whether a free buffer of `candidate` floats suits `need` better than one
+ * of `current`: the smallest that is large enough, else the largest. */
+static int fits_better(size_t candidate, size_t current, size_t need) {
+  if (candidate >= need) return current < need || candidate < current;
+  return current < need && candidate > current;
+}
+
+static void plan_grads(qt_cnn_t *m) {
+  size_t n = m->n_acts;
+  long first[MAX_OPS + 1], last[MAX_OPS + 1]; /* the span, in op indices */
+  for (size_t a = 0; a < n; a++) first[a] = last[a] = -1;
+  for (size_t i = 0; i < m->n_ops; i++) {
+    const op *o = &m->ops[i];
+    first[o->out] = (long)i;
+    last[o->in] = (long)i;
+    if (o->kind == OP_ADD) last[o->in2] = (long)i;
+  }
+  last[n - 1] = (long)m->n_ops; /* the loss writes the logits' gradient */
+  for (size_t a = 1; a < n; a++)
+    if (last[a] < first[a]) last[a] = first[a]; /* read by no op: started by its producer */
+  size_t size[MAX_GRAD_BUFFERS], at[MAX_GRAD_BUFFERS];
+  long free_below[MAX_GRAD_BUFFERS]; /* the last tenant's producer */
+  size_t buffers = 0;
+  int placed[MAX_OPS + 1] = {0};
+  for (size_t step = 1; step < n; step++) {
+    /* The unplaced activation whose gradient the backward starts first. */
+    size_t a = 0;
+    for (size_t b = 1; b < n; b++)
+      if (!placed[b] && (a == 0 || last[b] > last[a])) a = b;
+    placed[a] = 1;
+    size_t need = m->acts[a].per_image * m->max_batch, pick = buffers;
+    for (size_t k = 0; k < buffers; k++) {
+      if (free_below[k] <= last[a]) continue; /* its tenant's span has not ended */
+      if (pick == buffers || fits_better(size[k], size[pick], need)) pick = k;
+    }
+    if (pick == buffers) size[buffers++] = 0;
+    if (size[pick] < need) size[pick] = need;
+    free_below[pick] = first[a];
+    m->acts[a].grad_at = pick; /* the buffer, for now */
+  }
+  size_t total = 0;
+  for (size_t k = 0; k < buffers; k++) {
+    at[k] = total;
+    total += size[k];
+  }
+  m->data_n = 0;
+  for (size_t a = 0; a < n; a++) {
+    m->data_n += m->acts[a].per_image * m->max_batch;
+    m->acts[a].grad_at = a == 0 ? 0 : at[m->acts[a].grad_at];
+  }
+  m->arena_n = m->data_n + total;
 }
 
 void qt_cnn_free(qt_cnn_t *m) {
@@ -743,8 +810,7 @@ int qt_cnn_load(const char *path, const qt_cnn_load_params *p, qt_cnn_t **out, q
   }
   /* Allocation on the CPU: parameters, activations, scratch, statistics
    * (zeroed, so that a new classifier's bias starts at 0). */
-  m->arena_n = 0;
-  for (size_t i = 0; i < m->n_acts; i++) m->arena_n += 2 * m->acts[i].per_image * m->max_batch;
+  plan_grads(m);
   if ((rc = memory_alloc(m, m->backend, &m->mem, err)) != 0) goto fail;
   m->host_select = calloc(m->stats_n ? m->stats_n : 1, 1);
   if (!m->host_select) {
