@@ -36,7 +36,6 @@
 #include <cstring>
 #include <memory>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 #define __device__
@@ -92,16 +91,6 @@ static inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
   if (mask != 0xffffffffu) abort(); /* the kernels shuffle over whole warps */
   return (float)qt_emu_exchange(v, offset);
 }
-/* qt_cuda_internal.h's warp reductions. */
-static inline float qt__warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, (float)qt_emu_exchange(v, offset));
-  return v;
-}
-static inline double qt__warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += qt_emu_exchange(v, offset);
-  return v;
-}
-
 /* CUDA's pair of BF16 values. */
 struct __nv_bfloat162 {
   __nv_bfloat16 x, y;

@@ -40,7 +40,7 @@
  * This file holds only __device__ functions over the primitives that CUDA
  * C++ provides (threadIdx-free: each body takes its block, thread and
  * shared memory as arguments), so that a host emulation can include it with
- * stand-ins. The includer provides cuda_bf16.h, qt__warp_max and
+ * stand-ins. The includer provides cuda_bf16.h, __shfl_xor_sync and
  * qt__mma_bf16_16816(float d[4], const __nv_bfloat162 a[4], const
  * __nv_bfloat162 b[2]): d += A B in the layouts above (the device's is one
  * mma.sync in qt_cuda_attention_fused.cu).
