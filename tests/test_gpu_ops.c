@@ -1017,10 +1017,11 @@ static void test_failure_not_left_behind(void) {
 }
 
 /* QT_CUDA_LT_BIAS=1: the linear forward adds its bias in cuBLASLt's
- * epilogue. Every linear case (FP32, and with BF16 products rounded or
- * converted by cuBLAS) holds as on the default path, and cuBLASLt took at
- * least the FP32 products with a bias (it may decline a combination: that
- * one then broadcasts as by default). The FP32 cases run twice: the second
+ * epilogue. Every linear case (FP32, with BF16 products rounded or
+ * converted by cuBLAS, and with its input already in BF16) holds as on the
+ * default path, and cuBLASLt took at least the FP32 products with a bias
+ * and one of the BF16 inputs' (it may decline a combination: that one
+ * then broadcasts as by default). The FP32 cases run twice: the second
  * time on the algorithms kept from the first, with as many products taken
  * and the same results. */
 static void test_linear_bias_epilogue(void) {
@@ -1032,11 +1033,17 @@ static void test_linear_bias_epilogue(void) {
   long kept = qt__cuda_linear_lt_count() - before - fp32;
   test_linear_bf16();
   test_linear_bf16_fast();
+  long before_inputs = qt__cuda_linear_lt_count();
+  test_bf16_inputs();
+  long inputs = qt__cuda_linear_lt_count() - before_inputs;
   unsetenv("QT_CUDA_LT_BIAS");
-  printf("\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld in all",
-         fp32, kept, qt__cuda_linear_lt_count() - before);
+  printf(
+      "\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld of the "
+      "BF16 inputs' case, %ld in all",
+      fp32, kept, inputs, qt__cuda_linear_lt_count() - before);
   CU_ASSERT(fp32 > 0);
   CU_ASSERT_EQUAL(kept, fp32);
+  CU_ASSERT(inputs > 0);
 }
 
 static const qt_test_case cases[] = {

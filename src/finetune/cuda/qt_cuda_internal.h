@@ -106,10 +106,12 @@ int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k
 
 /* qt_cuda_linear_forward's product with the bias in cuBLASLt's epilogue,
  * when QT_CUDA_LT_BIAS=1 (qt_cuda_memory.cu; qt__cuda_linear_lt_count in
- * qt_finetune_internal.h counts them): 0 when queued, 1 when the caller
- * must broadcast the bias and multiply instead. */
-int qt__cuda_linear_bias_lt(float *out, const float *inp, const float *weight, const float *bias,
-                            size_t n, size_t in_c, size_t out_c, const char *who);
+ * qt_finetune_internal.h counts them), its input in FP32 (inp) or BF16
+ * (inp16): 0 when queued, 1 when the caller must broadcast the bias and
+ * multiply instead. */
+int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16, const float *weight,
+                            const float *bias, size_t n, size_t in_c, size_t out_c,
+                            const char *who);
 
 /* The current device's scratch for the partial sums of a reduction split
  * into chunks: at least `doubles` doubles in *out, locked for the caller's

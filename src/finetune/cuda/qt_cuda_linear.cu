@@ -40,8 +40,8 @@ static int forward(float *out, const float *inp, const void *inp16, const float 
   if (!out || (in_c > 0 && ((!inp && !inp16) || !weight))) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  if (bias && in_c > 0 && inp &&
-      qt__cuda_linear_bias_lt(out, inp, weight, bias, n, in_c, out_c, who) == 0)
+  if (bias && in_c > 0 &&
+      qt__cuda_linear_bias_lt(out, inp, inp16, weight, bias, n, in_c, out_c, who) == 0)
     return 0;
   if (bias) {
     if (qt__cuda_int_indices(n * out_c))

@@ -512,6 +512,20 @@ extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t 
 static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
 static long lt_products; /* products done by the epilogue path, for tests */
 
+/* cuBLASLt's workspace, one per device: NVIDIA's recommended size, 32 MiB
+ * from Hopper (sm_90) on and 4 MiB before (without one, cuBLASLt may only
+ * choose among the algorithms that need none). */
+static device_scratch lt_workspace = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t lt_workspace_bytes(int device) {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    major = 0;
+  }
+  return (uint64_t)(major >= 9 ? 32 : 4) << 20;
+}
+
 extern "C" long qt__cuda_linear_lt_count(void) {
   return __atomic_load_n(&lt_products, __ATOMIC_RELAXED);
 }
@@ -569,11 +583,11 @@ static uint32_t alignment_of(const void *p, size_t ld_bytes) {
  * cuBLASLt; 1 when the path is off or cuBLASLt declines or fails: the
  * caller then takes the broadcast path, which rewrites all of out whatever
  * a failed attempt left. */
-extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float *weight,
-                                       const float *bias, size_t n, size_t in_c, size_t out_c,
-                                       const char *who) {
+extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16,
+                                       const float *weight, const float *bias, size_t n,
+                                       size_t in_c, size_t out_c, const char *who) {
   const char *on = getenv("QT_CUDA_LT_BIAS");
-  if (!on || strcmp(on, "1") != 0 || !bias || in_c == 0) return 1;
+  if (!on || strcmp(on, "1") != 0 || !bias || in_c == 0 || (!inp && !inp16)) return 1;
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
   qt_err ignored;
   int device = 0;
@@ -586,6 +600,9 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
   if (!lt) return 1;
 
   int precision = __atomic_load_n(&matmul_precision, __ATOMIC_RELAXED);
+  /* An input given in BF16 makes both operands BF16 (the weight rounded),
+   * whichever BF16 precision is set. */
+  if (inp16) precision = QT_MATMUL_BF16;
   cublasComputeType_t compute = precision == QT_MATMUL_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
                                 : precision == QT_MATMUL_BF16_FAST ? CUBLAS_COMPUTE_32F_FAST_16BF
                                                                    : CUBLAS_COMPUTE_32F;
@@ -599,19 +616,23 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
   cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
   int32_t bias_type = CUDA_R_32F;
-  uint64_t workspace = 0;
-  int rc = 1, locked = 0;
+  uint64_t workspace = lt_workspace_bytes(device);
+  void *workspace_block = NULL;
+  int rc = 1, locked = 0, workspace_locked = 0;
   lt_plan plan;
   memset(&plan, 0, sizeof plan);
-  const void *a_data = weight, *b_data = inp;
+  const void *a_data = weight, *b_data = inp16 ? inp16 : inp;
   if (operand_type == CUDA_R_16BF) {
     const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
     pthread_mutex_lock(&bf16_lock);
     locked = 1;
-    if (to_bf16(weight, out_c * in_c, inp, n * in_c, &w16, &x16, who, &ignored) < 0) goto done;
+    if (to_bf16(weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16, who, &ignored) < 0)
+      goto done;
     a_data = w16;
-    b_data = x16;
+    if (!inp16) b_data = x16;
   }
+  if (scratch_lock(&lt_workspace, workspace, &workspace_block, who, &ignored) < 0) goto done;
+  workspace_locked = 1;
   plan.device = device;
   plan.precision = precision;
   plan.n = n;
@@ -667,7 +688,7 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
   {
     float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t status = cublasLtMatmul(lt, op, &alpha, a_data, la, b_data, lb, &beta, out, lc,
-                                           out, lc, &plan.algo, NULL, 0, 0);
+                                           out, lc, &plan.algo, workspace_block, workspace, 0);
     if (status != CUBLAS_STATUS_SUCCESS) {
       /* The broadcast path rewrites all of out, whatever this left. */
       QT_LOG_DEBUG("%s: cuBLASLt product with bias (%zu x %zu x %zu): status %d, broadcasting", who,
@@ -678,6 +699,7 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const float
     rc = 0;
   }
 done:
+  if (workspace_locked) pthread_mutex_unlock(&lt_workspace.lock);
   if (locked) pthread_mutex_unlock(&bf16_lock);
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
   if (lc) cublasLtMatrixLayoutDestroy(lc);
