@@ -506,9 +506,10 @@ extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t 
  * bias in the product's epilogue (CUBLASLT_EPILOGUE_BIAS) instead of
  * broadcasting it into the output first and multiplying with beta 1, which
  * writes and reads the whole output once more (ViT-B: about 0.7 GB per
- * block and step at batch 64). Written without a GPU: opt-in until a GPU
- * run has checked it (test_gpu_ops linear_bias_epilogue, and
- * tools/gpu-check's ViT-B run with it). */
+ * block and step at batch 64). Opt-in: 1.00x and 1.03x on two H100 runs
+ * (docs/benchmarks/) before it had a workspace and took BF16 inputs;
+ * test_gpu_ops linear_bias_epilogue checks it, tools/gpu-check's ViT-B run
+ * with it (lt:) measures it. */
 static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
 static long lt_products; /* products done by the epilogue path, for tests */
 
