@@ -519,12 +519,17 @@ static long lt_products; /* products done by the epilogue path, for tests */
 static device_scratch lt_workspace = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
 
 static uint64_t lt_workspace_bytes(int device) {
+  static uint64_t known[QT_CUDA_MAX_DEVICES]; /* 0 until asked: once per device */
+  uint64_t bytes = __atomic_load_n(&known[device], __ATOMIC_RELAXED);
+  if (bytes) return bytes;
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
     cudaGetLastError();
     major = 0;
   }
-  return (uint64_t)(major >= 9 ? 32 : 4) << 20;
+  bytes = (uint64_t)(major >= 9 ? 32 : 4) << 20;
+  __atomic_store_n(&known[device], bytes, __ATOMIC_RELAXED);
+  return bytes;
 }
 
 extern "C" long qt__cuda_linear_lt_count(void) {
