@@ -195,8 +195,24 @@ static void linear_bf16_exact(size_t n, size_t in_c, size_t out_c, uint64_t seed
   grad_check(what, &dinp);
   snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands: dweight", n, in_c, out_c);
   grad_check(what, &dweight);
+  /* With a bias gradient, the pass that sums dout as given rounds it for
+   * both products: the same products, and the sums of the FP32 dout. */
+  grad dbias = grad_make(rng, out_c);
+  qt_cpu_linear_backward(dinp.cpu, dweight.cpu, NULL, r_dout, r_inp, r_weight, n, in_c, out_c);
+  qt_cpu_linear_backward(NULL, NULL, dbias.cpu, dout, inp, weight, n, in_c, out_c);
+  CHECK_RC(qt_cuda_linear_backward(dinp.dev, dweight.dev, dbias.dev, d_dout, d_inp, d_weight, n,
+                                   in_c, out_c, E));
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands with dbias: dinp", n, in_c,
+           out_c);
+  grad_check(what, &dinp);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands with dbias: dweight", n,
+           in_c, out_c);
+  grad_check(what, &dweight);
+  snprintf(what, sizeof what, "linear (%zu, %zu) -> %zu, BF16 operands: dbias", n, in_c, out_c);
+  grad_check(what, &dbias);
   grad_free(&dinp);
   grad_free(&dweight);
+  grad_free(&dbias);
   float *host[] = {inp, weight, dout, r_inp, r_weight, r_dout, out};
   for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
   float *dev[] = {d_inp, d_weight, d_dout, d_out};
@@ -1016,17 +1032,17 @@ static void test_failure_not_left_behind(void) {
   qt_cuda_free(d);
 }
 
-/* QT_CUDA_LT_BIAS=1: the linear forward adds its bias in cuBLASLt's
- * epilogue. Every linear case (FP32, with BF16 products rounded or
- * converted by cuBLAS, and with its input already in BF16) holds as on the
- * default path, and cuBLASLt took at least the FP32 products with a bias
- * and one of the BF16 inputs' (it may decline a combination: that one
- * then broadcasts as by default). The FP32 cases run twice: the second
- * time on the algorithms kept from the first, with as many products taken
- * and the same results. */
+/* The linear forward adds its bias in cuBLASLt's epilogue (the default).
+ * Every linear case (FP32, with BF16 products rounded or converted by
+ * cuBLAS, and with its input already in BF16) holds, and cuBLASLt took at
+ * least the FP32 products with a bias and one of the BF16 inputs' (it may
+ * decline a combination: that one then broadcasts, as in
+ * linear_bias_broadcast). The FP32 cases run twice: the second time on the
+ * algorithms kept from the first, with as many products taken and the
+ * same results. */
 static void test_linear_bias_epilogue(void) {
+  int was_on = qt__cuda_set_lt_bias(1);
   long before = qt__cuda_linear_lt_count();
-  CU_ASSERT_EQUAL_FATAL(setenv("QT_CUDA_LT_BIAS", "1", 1), 0);
   test_linear();
   long fp32 = qt__cuda_linear_lt_count() - before;
   test_linear();
@@ -1036,7 +1052,7 @@ static void test_linear_bias_epilogue(void) {
   long before_inputs = qt__cuda_linear_lt_count();
   test_bf16_inputs();
   long inputs = qt__cuda_linear_lt_count() - before_inputs;
-  unsetenv("QT_CUDA_LT_BIAS");
+  qt__cuda_set_lt_bias(was_on);
   printf(
       "\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld of the "
       "BF16 inputs' case, %ld in all",
@@ -1044,6 +1060,20 @@ static void test_linear_bias_epilogue(void) {
   CU_ASSERT(fp32 > 0);
   CU_ASSERT_EQUAL(kept, fp32);
   CU_ASSERT(inputs > 0);
+}
+
+/* The same cases with the epilogue off (QT_CUDA_LT_BIAS=0): the bias
+ * broadcast into the output, then the product with beta 1; no product
+ * takes the epilogue. */
+static void test_linear_bias_broadcast(void) {
+  int was_on = qt__cuda_set_lt_bias(0);
+  long before = qt__cuda_linear_lt_count();
+  test_linear();
+  test_linear_bf16();
+  test_linear_bf16_fast();
+  test_bf16_inputs();
+  qt__cuda_set_lt_bias(was_on);
+  CU_ASSERT_EQUAL(qt__cuda_linear_lt_count(), before);
 }
 
 static const qt_test_case cases[] = {
@@ -1064,6 +1094,7 @@ static const qt_test_case cases[] = {
     {"host_register", test_host_register},
     {"failure_not_left_behind", test_failure_not_left_behind},
     {"linear_bias_epilogue", test_linear_bias_epilogue},
+    {"linear_bias_broadcast", test_linear_bias_broadcast},
     {NULL, NULL},
 };
 

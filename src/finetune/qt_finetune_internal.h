@@ -411,9 +411,14 @@ int qt__cuda_relu6_backward(float *dinp, const float *dout, const float *inp, si
 int qt__cuda_silu_backward(float *dinp, const float *dout, const float *inp, size_t n, int set,
                            qt_err *err);
 
-/* How many linear forwards added their bias in cuBLASLt's epilogue (the
- * opt-in QT_CUDA_LT_BIAS=1 path of qt_cuda_linear_forward, see
- * docs/cuda.md); 0 in a build without CUDA. For tests. */
+/* Turns qt_cuda_linear_forward's bias in cuBLASLt's epilogue on (1) or
+ * off (0: the bias broadcast into the output, then the product with beta
+ * 1) for the process; returns the previous setting. On unless
+ * QT_CUDA_LT_BIAS=0 in the environment; see docs/cuda.md. */
+int qt__cuda_set_lt_bias(int on);
+
+/* How many linear forwards added their bias in cuBLASLt's epilogue; 0 in a
+ * build without CUDA. For tests. */
 long qt__cuda_linear_lt_count(void);
 
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to

@@ -20,8 +20,6 @@
  */
 #include <limits.h>
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -229,22 +227,11 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
 static int fused_attention = -1;
 
 static int fused_attention_on(void) {
-  int on = __atomic_load_n(&fused_attention, __ATOMIC_RELAXED);
-  if (on < 0) {
-    const char *value = getenv("QT_CUDA_FUSED_ATTENTION");
-    on = !(value && strcmp(value, "0") == 0);
-    int unset = -1;
-    __atomic_compare_exchange_n(&fused_attention, &unset, on, 0, __ATOMIC_SEQ_CST,
-                                __ATOMIC_SEQ_CST);
-    on = __atomic_load_n(&fused_attention, __ATOMIC_RELAXED);
-  }
-  return on;
+  return qt__cuda_switch_on("QT_CUDA_FUSED_ATTENTION", &fused_attention);
 }
 
 extern "C" int qt__cuda_set_fused_attention(int on) {
-  int previous = fused_attention_on();
-  __atomic_store_n(&fused_attention, on != 0, __ATOMIC_SEQ_CST);
-  return previous;
+  return qt__cuda_set_switch("QT_CUDA_FUSED_ATTENTION", &fused_attention, on);
 }
 
 /* Whether the op table takes the fused kernels for this shape now: under

@@ -18,6 +18,7 @@
  */
 #include <limits.h>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
@@ -30,16 +31,19 @@
 #define COLSUM_MAX_BLOCKS 1024
 #define COLSUM_ROWS 256
 
-/* The term of row i, column col, for output 0 (and 1). */
+/* The term of row i, column col, for output 0 (and 1); a plain sum also
+ * writes a's value rounded to BF16 into copy, when given. */
 template <int kind>
 static __device__ __forceinline__ void colsum_terms(const float *__restrict__ a,
                                                     const float *__restrict__ b,
                                                     const float *__restrict__ mean,
-                                                    const float *__restrict__ rstd, size_t i,
+                                                    const float *__restrict__ rstd,
+                                                    __nv_bfloat16 *__restrict__ copy, size_t i,
                                                     size_t c, size_t col, double *t0, double *t1) {
   float x = a[i * c + col];
   if (kind == QT__COLSUM_PLAIN) {
     *t0 = x;
+    if (copy) copy[i * c + col] = __float2bfloat16_rn(x);
   } else if (kind == QT__COLSUM_PRODUCT) {
     *t0 = (double)x * b[i * c + col];
   } else { /* QT__COLSUM_LAYERNORM: x is dy, b the layer norm's input */
@@ -56,8 +60,8 @@ template <int kind>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     colsum_kernel(float *__restrict__ dst0, float *__restrict__ dst1, double *__restrict__ partial,
                   const float *__restrict__ a, const float *__restrict__ b,
-                  const float *__restrict__ mean, const float *__restrict__ rstd, size_t n,
-                  size_t c, size_t rows_per_chunk) {
+                  const float *__restrict__ mean, const float *__restrict__ rstd,
+                  __nv_bfloat16 *__restrict__ copy, size_t n, size_t c, size_t rows_per_chunk) {
   __shared__ double shared0[8][33];
   __shared__ double shared1[8][33];
   size_t col = (size_t)blockIdx.x * 32 + threadIdx.x;
@@ -67,7 +71,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   if (col < c) {
     for (size_t i = first + threadIdx.y; i < end; i += 8) {
       double t0 = 0.0, t1 = 0.0;
-      colsum_terms<kind>(a, b, mean, rstd, i, c, col, &t0, &t1);
+      colsum_terms<kind>(a, b, mean, rstd, copy, i, c, col, &t0, &t1);
       sum0 += t0;
       sum1 += t1;
     }
@@ -108,7 +112,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 
 template <int kind>
 static int column_sums(float *dst0, float *dst1, const float *a, const float *b, const float *mean,
-                       const float *rstd, size_t n, size_t c, const char *who, qt_err *err) {
+                       const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c, const char *who,
+                       qt_err *err) {
   size_t tiles = (c + 31) / 32;
   size_t chunks = (n + COLSUM_ROWS - 1) / COLSUM_ROWS;
   size_t most = COLSUM_MAX_BLOCKS / tiles; /* 0 when the tiles alone fill the grid */
@@ -118,13 +123,15 @@ static int column_sums(float *dst0, float *dst1, const float *a, const float *b,
   chunks = (n + rows_per_chunk - 1) / rows_per_chunk; /* none empty */
   dim3 block(32, 8), grid((unsigned)tiles, (unsigned)chunks);
   if (chunks == 1) {
-    colsum_kernel<kind><<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, n, c, rows_per_chunk);
+    colsum_kernel<kind>
+        <<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
     return qt__cuda_check_launch(err, who, "the column sums");
   }
   double *partial = NULL;
   int rc = qt__cuda_sums_scratch_lock(2 * chunks * c, &partial, who, err);
   if (rc < 0) return rc;
-  colsum_kernel<kind><<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, n, c, rows_per_chunk);
+  colsum_kernel<kind>
+      <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
   rc = qt__cuda_check_launch(err, who, "the column sums");
   if (rc == 0) {
     colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
@@ -142,12 +149,22 @@ extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const fl
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
   switch (kind) {
     case QT__COLSUM_PLAIN:
-      return column_sums<QT__COLSUM_PLAIN>(dst0, NULL, a, NULL, NULL, NULL, n, c, who, err);
+      return column_sums<QT__COLSUM_PLAIN>(dst0, NULL, a, NULL, NULL, NULL, NULL, n, c, who, err);
     case QT__COLSUM_PRODUCT:
-      return column_sums<QT__COLSUM_PRODUCT>(dst0, NULL, a, b, NULL, NULL, n, c, who, err);
+      return column_sums<QT__COLSUM_PRODUCT>(dst0, NULL, a, b, NULL, NULL, NULL, n, c, who, err);
     case QT__COLSUM_LAYERNORM:
-      return column_sums<QT__COLSUM_LAYERNORM>(dst0, dst1, a, b, mean, rstd, n, c, who, err);
+      return column_sums<QT__COLSUM_LAYERNORM>(dst0, dst1, a, b, mean, rstd, NULL, n, c, who, err);
     default:
       return qt_err_set(err, QT_EINVAL, "%s: unknown column sum %d", who, kind);
   }
+}
+
+extern "C" int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t n,
+                                             size_t c, const char *who, qt_err *err) {
+  if (n == 0 || c == 0) return 0;
+  if (!dst || !copy || !a) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if ((c + 31) / 32 > INT_MAX)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
+  return column_sums<QT__COLSUM_PLAIN>(dst, NULL, a, NULL, NULL, NULL, (__nv_bfloat16 *)copy, n, c,
+                                       who, err);
 }

@@ -45,6 +45,10 @@ int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
  * caller's), for choices of this code worth measuring both ways. */
 int qt__cuda_switch_on(const char *name, int *state);
 
+/* Sets such a switch on (1) or off (0), whatever the environment says;
+ * returns its previous setting. */
+int qt__cuda_set_switch(const char *name, int *state, int on);
+
 /* The qt_matmul_precision that qt_cuda_set_matmul_precision set last. */
 int qt__cuda_matmul_precision(void);
 
@@ -105,9 +109,9 @@ int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k
                           long long stride_c, size_t batch, const char *who, qt_err *err);
 
 /* qt_cuda_linear_forward's product with the bias in cuBLASLt's epilogue,
- * when QT_CUDA_LT_BIAS=1 (qt_cuda_memory.cu; qt__cuda_linear_lt_count in
- * qt_finetune_internal.h counts them), its input in FP32 (inp) or BF16
- * (inp16): 0 when queued, 1 when the caller must broadcast the bias and
+ * unless switched off (qt__cuda_set_lt_bias, in qt_finetune_internal.h, with
+ * qt__cuda_linear_lt_count, which counts them), its input in FP32 (inp) or
+ * BF16 (inp16): 0 when queued, 1 when the caller must broadcast the bias and
  * multiply instead. */
 int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16, const float *weight,
                             const float *bias, size_t n, size_t in_c, size_t out_c,
@@ -126,6 +130,12 @@ void qt__cuda_sums_scratch_unlock(void);
  * while it holds this one, not the reverse. */
 int qt__cuda_products_scratch_lock(size_t floats, float **out, const char *who, qt_err *err);
 void qt__cuda_products_scratch_unlock(void);
+
+/* The same for a BF16 copy of an operand of qt__cuda_gemms (its a16 or
+ * b16) that its producer rounds: at least `elements` BF16 values. The
+ * caller may run products and column sums while it holds this one. */
+int qt__cuda_rounded_scratch_lock(size_t elements, void **out, const char *who, qt_err *err);
+void qt__cuda_rounded_scratch_unlock(void);
 
 /* Column sums in double over the n rows of (n, c) float arrays, each
  * column's total rounded to float and added to dst0[col] (and dst1[col]),
@@ -146,6 +156,13 @@ void qt__cuda_products_scratch_unlock(void);
 int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, const float *b,
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
+
+/* QT__COLSUM_PLAIN's sums (dst += the column sums of a, as above) that
+ * also write a rounded to BF16 (to nearest even) into copy (n, c), in the
+ * same pass over a: the bias gradient and the BF16 dout of a linear
+ * backward under BF16 products. */
+int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t n, size_t c,
+                                  const char *who, qt_err *err);
 
 } /* extern "C" */
 

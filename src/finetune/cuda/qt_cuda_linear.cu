@@ -1,8 +1,10 @@
 /*
  * qt_cuda_linear.cu - the linear layer on a CUDA device, the twin of
  * cpu/qt_cpu_linear.c: matrix products by cuBLAS (in the precision of
- * qt_cuda_set_matmul_precision), the bias broadcast by a kernel and the bias
- * gradient by qt__cuda_column_sums. See qt_finetune.h. Also the variants
+ * qt_cuda_set_matmul_precision), the bias added in cuBLASLt's epilogue (or
+ * broadcast by a kernel) and the bias gradient by qt__cuda_column_sums
+ * (under BF16 products in the same pass that rounds the output's gradient
+ * for both products). See qt_finetune.h. Also the variants
  * whose input is already BF16 (the op table's bf16_inputs, in
  * qt_finetune_internal.h).
  */
@@ -146,6 +148,18 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
                          .c = dweight,
                          .ldc = in_c,
                          .b16 = inp16};
+  }
+  if (dbias && count > 0 && qt__cuda_matmul_precision() == QT_MATMUL_BF16) {
+    /* Both products would round dout and the bias gradient read it again:
+     * one pass over dout does both, and the products take its copy. */
+    void *dout16 = NULL;
+    int rc = qt__cuda_rounded_scratch_lock(n * out_c, &dout16, who, err);
+    if (rc < 0) return rc;
+    rc = qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
+    for (size_t i = 0; i < count; i++) products[i].a16 = dout16;
+    if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
+    qt__cuda_rounded_scratch_unlock();
+    return rc;
   }
   int rc = qt__cuda_gemms(products, count, who, err);
   if (rc < 0) return rc;

@@ -174,9 +174,18 @@ extern "C" int qt__cuda_switch_on(const char *name, int *state) {
   if (on < 0) {
     const char *value = getenv(name);
     on = !(value && strcmp(value, "0") == 0);
-    __atomic_store_n(state, on, __ATOMIC_RELAXED);
+    /* A setter's value, stored meanwhile, wins over the environment's. */
+    int unset = -1;
+    __atomic_compare_exchange_n(state, &unset, on, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    on = __atomic_load_n(state, __ATOMIC_RELAXED);
   }
   return on;
+}
+
+extern "C" int qt__cuda_set_switch(const char *name, int *state, int on) {
+  int previous = qt__cuda_switch_on(name, state);
+  __atomic_store_n(state, on != 0, __ATOMIC_SEQ_CST);
+  return previous;
 }
 
 extern "C" int qt__cuda_matmul_precision(void) {
@@ -278,6 +287,21 @@ extern "C" int qt__cuda_products_scratch_lock(size_t floats, float **out, const 
 
 extern "C" void qt__cuda_products_scratch_unlock(void) {
   pthread_mutex_unlock(&products_scratch.lock);
+}
+
+/* BF16 copies of an operand that its producer rounded, passed to the
+ * products as a16 or b16 (a linear backward's dout, rounded as its bias
+ * gradient is summed). The products round their other operands under
+ * bf16_lock, which a holder of this one may take, not the reverse. */
+static device_scratch rounded_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+
+extern "C" int qt__cuda_rounded_scratch_lock(size_t elements, void **out, const char *who,
+                                             qt_err *err) {
+  return scratch_lock(&rounded_scratch, elements * sizeof(__nv_bfloat16), out, who, err);
+}
+
+extern "C" void qt__cuda_rounded_scratch_unlock(void) {
+  pthread_mutex_unlock(&rounded_scratch.lock);
 }
 
 /* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A and B
@@ -502,14 +526,15 @@ extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t 
 /* The linear forward with the bias in cuBLASLt's epilogue (opt-in)           */
 /* ------------------------------------------------------------------------- */
 
-/* QT_CUDA_LT_BIAS=1 in the environment: qt_cuda_linear_forward adds the
- * bias in the product's epilogue (CUBLASLT_EPILOGUE_BIAS) instead of
- * broadcasting it into the output first and multiplying with beta 1, which
- * writes and reads the whole output once more (ViT-B: about 0.7 GB per
- * block and step at batch 64). Opt-in: 1.00x and 1.03x on two H100 runs
- * (docs/benchmarks/) before it had a workspace and took BF16 inputs;
- * test_gpu_ops linear_bias_epilogue checks it, tools/gpu-check's ViT-B run
- * with it (lt:) measures it. */
+/* qt_cuda_linear_forward adds the bias in the product's epilogue
+ * (CUBLASLT_EPILOGUE_BIAS) instead of broadcasting it into the output first
+ * and multiplying with beta 1, which writes and reads the whole output once
+ * more (ViT-B: about 0.7 GB per block and step at batch 64): 1.10x for
+ * ViT-B/16 in BF16 on an H100 (docs/benchmarks/). On unless
+ * QT_CUDA_LT_BIAS=0 or qt__cuda_set_lt_bias(0); test_gpu_ops
+ * linear_bias_epilogue and linear_bias_broadcast check both paths,
+ * tools/gpu-check's ViT-B run without it (bcast:) measures it. */
+static int lt_bias = -1; /* the switch; -1 until the environment is read */
 static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
 static long lt_products; /* products done by the epilogue path, for tests */
 
@@ -530,6 +555,10 @@ static uint64_t lt_workspace_bytes(int device) {
   bytes = (uint64_t)(major >= 9 ? 32 : 4) << 20;
   __atomic_store_n(&known[device], bytes, __ATOMIC_RELAXED);
   return bytes;
+}
+
+extern "C" int qt__cuda_set_lt_bias(int on) {
+  return qt__cuda_set_switch("QT_CUDA_LT_BIAS", &lt_bias, on);
 }
 
 extern "C" long qt__cuda_linear_lt_count(void) {
@@ -592,8 +621,8 @@ static uint32_t alignment_of(const void *p, size_t ld_bytes) {
 extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16,
                                        const float *weight, const float *bias, size_t n,
                                        size_t in_c, size_t out_c, const char *who) {
-  const char *on = getenv("QT_CUDA_LT_BIAS");
-  if (!on || strcmp(on, "1") != 0 || !bias || in_c == 0 || (!inp && !inp16)) return 1;
+  if (!qt__cuda_switch_on("QT_CUDA_LT_BIAS", &lt_bias) || !bias || in_c == 0 || (!inp && !inp16))
+    return 1;
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
   qt_err ignored;
   int device = 0;

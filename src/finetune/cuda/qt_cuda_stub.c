@@ -436,6 +436,10 @@ int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err
   return QT_CUDA_STUB("qt_cuda_mul_add");
 }
 
+int qt__cuda_set_lt_bias(int on) {
+  return 0;
+}
+
 long qt__cuda_linear_lt_count(void) {
   return 0;
 }
