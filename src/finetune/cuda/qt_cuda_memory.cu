@@ -523,7 +523,7 @@ extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t 
 }
 
 /* ------------------------------------------------------------------------- */
-/* The linear forward with the bias in cuBLASLt's epilogue (opt-in)           */
+/* The linear forward with the bias in cuBLASLt's epilogue                     */
 /* ------------------------------------------------------------------------- */
 
 /* qt_cuda_linear_forward adds the bias in the product's epilogue
