@@ -60,9 +60,11 @@ static inline void qt_tiny_write_idx(const char *dir, uint32_t n, uint32_t side,
   qt_rng_free(rng);
   char path[1024];
   CU_ASSERT_FATAL(qt_mkdir_p(dir, NULL) == 0);
-  snprintf(path, sizeof path, "%s/train-images-idx3-ubyte", dir);
+  CU_ASSERT_FATAL(snprintf(path, sizeof path, "%s/train-images-idx3-ubyte", dir) <
+                  (int)sizeof path);
   qt_tiny_write_file(path, images, 16 + n * pixels);
-  snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte", dir);
+  CU_ASSERT_FATAL(snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte", dir) <
+                  (int)sizeof path);
   qt_tiny_write_file(path, labels, 8 + n);
   free(images);
   free(labels);
@@ -86,6 +88,34 @@ static inline void qt_tiny_write_vit(const char *path, uint64_t seed) {
   CU_ASSERT_FATAL(qt_vit_save(vit, path, NULL) == 0);
   qt_vit_free(vit);
   qt_rng_free(rng);
+}
+
+/* dir/a.safetensors and dir/b.safetensors, tiny ViTs of seeds 1 and 2, and
+ * dir/hub.yaml listing them as tiny_a and tiny_b, then the entries in `more`
+ * ("" for none); the hub's path in hub_path. */
+static inline void qt_tiny_write_hub(const char *dir, const char *more, char *hub_path,
+                                     size_t size) {
+  char path[1024];
+  CU_ASSERT_FATAL(qt_mkdir_p(dir, NULL) == 0);
+  CU_ASSERT_FATAL(snprintf(path, sizeof path, "%s/a.safetensors", dir) < (int)sizeof path);
+  qt_tiny_write_vit(path, 1);
+  CU_ASSERT_FATAL(snprintf(path, sizeof path, "%s/b.safetensors", dir) < (int)sizeof path);
+  qt_tiny_write_vit(path, 2);
+  char text[4096];
+  int n = snprintf(
+      text, sizeof text,
+      "version: 1\n"
+      "name: tiny\n"
+      "models:\n"
+      "  - {name: tiny_a, family: vit, checkpoint: a.safetensors, image_size: 8,\n"
+      "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
+      "  - {name: tiny_b, family: vit, checkpoint: b.safetensors, image_size: 8,\n"
+      "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
+      "%s",
+      more);
+  CU_ASSERT_FATAL(n > 0 && (size_t)n < sizeof text);
+  CU_ASSERT_FATAL(snprintf(hub_path, size, "%s/hub.yaml", dir) < (int)size);
+  qt_tiny_write_file(hub_path, text, (size_t)n);
 }
 
 #endif /* QT_TEST_TINY_H */

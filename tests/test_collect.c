@@ -37,14 +37,8 @@
 
 static char hub_path[512], space_path[512], task_a[512], task_b[512];
 
-static const char *hub_text =
-    "version: 1\n"
-    "name: tiny\n"
-    "models:\n"
-    "  - {name: tiny_a, family: vit, checkpoint: a.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
-    "  - {name: tiny_b, family: vit, checkpoint: b.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
+/* After the two tiny ViTs of qt_tiny_write_hub. */
+static const char *hub_more =
     "  - {name: cnn, family: mobilenetv2, checkpoint: missing.safetensors, image_size: 8,\n"
     "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5}\n";
 
@@ -70,14 +64,8 @@ static void make_fixtures(void) {
   qt_tiny_write_idx(path, 60, 8, 1);
   qt_test_temp_path("data-b", path, sizeof path);
   qt_tiny_write_idx(path, 90, 8, 2);
-  qt_test_temp_path("hub", path, sizeof path);
-  CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
-  qt_test_temp_path("hub/a.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 1);
-  qt_test_temp_path("hub/b.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 2);
-  qt_test_temp_path("hub/hub.yaml", hub_path, sizeof hub_path);
-  qt_tiny_write_file(hub_path, hub_text, strlen(hub_text));
+  qt_tiny_write_hub(qt_test_temp_path("hub", path, sizeof path), hub_more, hub_path,
+                    sizeof hub_path);
   qt_test_temp_path("space.yaml", space_path, sizeof space_path);
   qt_tiny_write_file(space_path, space_text, strlen(space_text));
   /* Task files with data: paths relative to their folder. */
@@ -299,11 +287,12 @@ static void test_other_settings_are_refused(void) {
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EINVAL);
   /* A space over other models. */
   p.seed = 7;
-  char hub2[1024], text[2048];
+  char hub2[1024], *text = NULL;
+  size_t length = 0;
+  CU_ASSERT_FATAL(qt_file_read(hub_path, &text, &length, NULL) == 0);
   qt_test_temp_path("hub/hub2.yaml", hub2, sizeof hub2);
-  snprintf(text, sizeof text, "%.*s", (int)(strstr(hub_text, "  - {name: tiny_b") - hub_text),
-           hub_text);
-  qt_tiny_write_file(hub2, text, strlen(text));
+  qt_tiny_write_file(hub2, text, (size_t)(strstr(text, "  - {name: tiny_b") - text));
+  free(text);
   p.hub = hub2;
   CU_ASSERT_EQUAL(qt_collect_run(&p, &r, &err), QT_EINVAL);
   CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "another space or hub"));

@@ -35,15 +35,6 @@
 
 static char data_dir[512], hub_path[512], space_path[512], amp_space_path[512];
 
-static const char *hub_text =
-    "version: 1\n"
-    "name: tiny\n"
-    "models:\n"
-    "  - {name: tiny_a, family: vit, checkpoint: a.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
-    "  - {name: tiny_b, family: vit, checkpoint: b.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n";
-
 /* Learning rates that train the tiny ViTs without diverging, so that every
  * trial runs its three epochs on both devices. */
 static const char *space_text =
@@ -64,14 +55,7 @@ static void make_fixtures(void) {
   char path[1024];
   qt_test_temp_path("data", data_dir, sizeof data_dir);
   qt_tiny_write_idx(data_dir, 120, 8, 99);
-  qt_test_temp_path("hub", path, sizeof path);
-  CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
-  qt_test_temp_path("hub/a.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 1);
-  qt_test_temp_path("hub/b.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 2);
-  qt_test_temp_path("hub/hub.yaml", hub_path, sizeof hub_path);
-  qt_tiny_write_file(hub_path, hub_text, strlen(hub_text));
+  qt_tiny_write_hub(qt_test_temp_path("hub", path, sizeof path), "", hub_path, sizeof hub_path);
   qt_test_temp_path("space.yaml", space_path, sizeof space_path);
   qt_tiny_write_file(space_path, space_text, strlen(space_text));
   /* The same space with amp on in every configuration. */

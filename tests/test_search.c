@@ -48,14 +48,8 @@
 
 static char data_dir[512], hub_path[512], space_path[512];
 
-static const char *hub_text =
-    "version: 1\n"
-    "name: tiny\n"
-    "models:\n"
-    "  - {name: tiny_a, family: vit, checkpoint: a.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
-    "  - {name: tiny_b, family: vit, checkpoint: b.safetensors, image_size: 8,\n"
-    "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
+/* After the two tiny ViTs of qt_tiny_write_hub. */
+static const char *hub_more =
     "  - {name: broken, family: vit, checkpoint: broken.safetensors, image_size: 8,\n"
     "     mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], num_classes: 5, patch_size: 4, heads: 2}\n"
     "  - {name: cnn, family: mobilenetv2, checkpoint: missing.safetensors, image_size: 8,\n"
@@ -81,16 +75,10 @@ static void make_fixtures(void) {
   qt_test_temp_path("data", data_dir, sizeof data_dir);
   CU_ASSERT_FATAL(qt_mkdir_p(data_dir, NULL) == 0);
   qt_tiny_write_idx(data_dir, 120, 8, 99);
-  qt_test_temp_path("hub", path, sizeof path);
-  CU_ASSERT_FATAL(qt_mkdir_p(path, NULL) == 0);
-  qt_test_temp_path("hub/a.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 1);
-  qt_test_temp_path("hub/b.safetensors", path, sizeof path);
-  qt_tiny_write_vit(path, 2);
+  qt_tiny_write_hub(qt_test_temp_path("hub", path, sizeof path), hub_more, hub_path,
+                    sizeof hub_path);
   qt_test_temp_path("hub/broken.safetensors", path, sizeof path);
   qt_tiny_write_file(path, "not a safetensors file at all, just text", 40);
-  qt_test_temp_path("hub/hub.yaml", hub_path, sizeof hub_path);
-  qt_tiny_write_file(hub_path, hub_text, strlen(hub_text));
   qt_test_temp_path("space.yaml", space_path, sizeof space_path);
   qt_tiny_write_file(space_path, space_text, strlen(space_text));
 }
@@ -882,7 +870,8 @@ static void test_pool_keeps_models(void) {
   CU_ASSERT_EQUAL_FATAL(qt_space_load_file(space, &base, &err), 0);
   CU_ASSERT_EQUAL_FATAL(qt_search_models_load(hub, base, &m, &err), 0);
   qt_config design[16];
-  for (size_t i = 0; i < 16; i++) CU_ASSERT_EQUAL_FATAL(qt_config_init(&design[i], m.space, &err), 0);
+  for (size_t i = 0; i < 16; i++)
+    CU_ASSERT_EQUAL_FATAL(qt_config_init(&design[i], m.space, &err), 0);
   CU_ASSERT_EQUAL_FATAL(qt_space_sobol(m.space, 16, 0, design, &err), 0);
   size_t replaced_cnn = 0;
   for (size_t i = 0; i < 16; i++) {
