@@ -46,7 +46,8 @@ static void test_failed_move_changes_nothing(void) {
     CU_ASSERT_EQUAL(qt__vit_set_ops(vit, fake_device_ops(), &err), QT_ENOMEM);
     fake_device.fail_after = -1;
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
-    vit_backend_step_both(qt__ops_cpu(), vit, twin, &(vit_twins){0}, &c, &b, &exact, "after a failed move");
+    vit_backend_step_both(qt__ops_cpu(), vit, twin, &(vit_twins){0}, &c, &b, &exact,
+                          "after a failed move");
     vit_batch_free(&b);
     qt_vit_free(vit);
     qt_vit_free(twin);
@@ -108,7 +109,8 @@ static void test_feature_hook_on_the_device(void) {
  * BF16's error of the
  * FP32 CPU; handing a linear layer the wrong array or an FP32 array read
  * as BF16 would not. Under FP32 products the same table takes none and
- * equals the CPU bit for bit. */
+ * equals the CPU bit for bit. The arena is laid out anew at each change:
+ * under BF16, ln1, ln2, attn_y and gelu take half their FP32 room. */
 static void test_bf16_linear_inputs(void) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
@@ -117,9 +119,11 @@ static void test_bf16_linear_inputs(void) {
   CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
   CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
   CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  size_t moved = qt_vit_activation_bytes(dev); /* laid out under FP32 */
   vit_batch b = vit_backend_batch(data, &c);
   qt_vit_t *both[2] = {cpu, dev};
   qt_matmul_precision precisions[2] = {QT_MATMUL_BF16, QT_MATMUL_FP32};
+  size_t bytes[2];
   for (int p = 0; p < 2; p++) {
     qt_matmul_precision before = ops->set_matmul_precision(precisions[p]);
     long calls = fake_device.bf16_input_calls;
@@ -131,6 +135,7 @@ static void test_bf16_linear_inputs(void) {
       CHECK_RC(qt_vit_backward(both[k], E));
     }
     ops->set_matmul_precision(before);
+    bytes[p] = qt_vit_activation_bytes(dev);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
     CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 12 * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
@@ -138,6 +143,45 @@ static void test_bf16_linear_inputs(void) {
     vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,
                                bf16 ? "BF16 linear inputs" : "FP32 products");
   }
+  size_t T = 5, btc = c.max_batch * T * (size_t)c.config.width;
+  size_t btm = c.max_batch * T * (size_t)c.config.mlp_hidden;
+  size_t halves = 3 * (btc - (btc + 1) / 2) + (btm - (btm + 1) / 2);
+  CU_ASSERT_EQUAL(bytes[1] - bytes[0], (size_t)c.config.depth * halves * sizeof(float));
+  CU_ASSERT_EQUAL(bytes[1], moved);
+  vit_batch_free(&b);
+  qt_vit_free(cpu);
+  qt_vit_free(dev);
+  qt_rng_free(init_a);
+  qt_rng_free(init_b);
+  qt_rng_free(data);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+/* Out of device memory when the arena is laid out anew (the first forward
+ * under BF16): the forward fails with QT_ENOMEM, and the next one, with
+ * memory, lays it out and trains as the CPU. */
+static void test_relayout_out_of_memory(void) {
+  vit_case c = {"relayout", vit_backend_small_config(), 2, 2, 0, 0.0, 0, 1, 0.0};
+  const qt__ops *ops = fake_device_bf16_ops();
+  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(8);
+  qt_vit_t *cpu = NULL, *dev = NULL;
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
+  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
+  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_batch b = vit_backend_batch(data, &c);
+  qt_matmul_precision before = ops->set_matmul_precision(QT_MATMUL_BF16);
+  fake_device.fail_after = 0;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt_vit_forward(dev, b.images, c.batch, &err), QT_ENOMEM);
+  fake_device.fail_after = -1;
+  double loss[2];
+  qt_vit_t *both[2] = {cpu, dev};
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_vit_forward(both[k], b.images, c.batch, E));
+    CHECK_RC(qt_vit_loss(both[k], b.labels, NULL, 0.0, &loss[k], E));
+  }
+  ops->set_matmul_precision(before);
+  CU_ASSERT(fabs(loss[1] - loss[0]) <= 1e-2 * fabs(loss[0]));
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
@@ -173,6 +217,7 @@ static const qt_test_case cases[] = {
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"bf16_linear_inputs", test_bf16_linear_inputs},
+    {"relayout_out_of_memory", test_relayout_out_of_memory},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},
 };

@@ -750,8 +750,13 @@ int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs, const int
  * Memory. qt_vit_t owns four arrays of all parameters (values, gradients,
  * AdamW's two moments; qt_vit_parameter_count floats each) and one
  * activation arena sized at creation for max_batch images (see
- * qt_vit_activation_bytes); forward, loss, backward and the optimizer step
- * allocate nothing. A forward with batch <= max_batch uses a prefix of it.
+ * qt_vit_activation_bytes); loss, backward and the optimizer step allocate
+ * nothing, and neither does a forward unless the backend's settings
+ * changed since the last one (on a GPU, BF16 products keep some
+ * activations in BF16 and the fused attention keeps less than the
+ * probabilities: the forward then lays the arena out anew, and fails with
+ * QT_ENOMEM, parameters untouched, where that memory cannot be had). A
+ * forward with batch <= max_batch uses a prefix of each of its arrays.
  * Pointers returned by accessors stay valid until qt_vit_free or
  * qt_vit_to_backend.
  *

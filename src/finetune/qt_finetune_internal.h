@@ -159,6 +159,10 @@ typedef struct qt__ops {
    * write it in BF16 for this shape now (attention_bf16_out); its att
    * holds what attention_backward needs, as attention_forward's. */
   int (*attention_bf16_out)(size_t batch, size_t tokens, size_t c, size_t heads);
+  /* The floats of att that attention_forward(_h) writes and
+   * attention_backward reads, for this shape now; NULL: (batch, heads,
+   * tokens, tokens), the probabilities. Non-decreasing in batch. */
+  size_t (*attention_saved_size)(size_t batch, size_t tokens, size_t c, size_t heads);
   int (*attention_forward_h)(void *out, float *att, const float *qkv, size_t batch, size_t tokens,
                              size_t c, size_t heads, qt_err *err);
   int (*linear_forward_h)(float *out, const void *inp, const float *weight, const float *bias,
@@ -372,6 +376,10 @@ int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const 
 int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                        size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads);
+/* The op table's attention_saved_size: the fused kernels' log-sum-exps and
+ * (with more than 64 tokens) FP32 output where they run now, else the
+ * probabilities. */
+size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                     size_t tokens, size_t c, size_t heads, qt_err *err);
 

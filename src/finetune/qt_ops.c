@@ -499,6 +499,7 @@ static const qt__ops cuda_ops = {
     .layernorm_forward_h = qt__cuda_layernorm_forward_h,
     .gelu_forward_h = qt__cuda_gelu_forward_h,
     .attention_bf16_out = qt__cuda_attention_bf16_out,
+    .attention_saved_size = qt__cuda_attention_saved_size,
     .attention_forward_h = qt__cuda_attention_op_forward_h,
     .linear_forward_h = qt__cuda_linear_forward_h,
     .linear_backward_h = qt__cuda_linear_backward_h,

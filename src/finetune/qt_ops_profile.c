@@ -120,6 +120,9 @@ TIMED(attention_forward_h,
 static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_bf16_out(batch, tokens, c, heads);
 }
+static size_t pass_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return profile.inner->attention_saved_size(batch, tokens, c, heads);
+}
 static int pass_bf16_inputs(void) {
   return profile.inner->bf16_inputs();
 }
@@ -338,6 +341,7 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.layernorm_forward_h = inner->layernorm_forward_h ? timed_layernorm_forward_h : NULL;
   profiled.gelu_forward_h = inner->gelu_forward_h ? timed_gelu_forward_h : NULL;
   profiled.attention_bf16_out = inner->attention_bf16_out ? pass_attention_bf16_out : NULL;
+  profiled.attention_saved_size = inner->attention_saved_size ? pass_attention_saved_size : NULL;
   profiled.attention_forward_h = inner->attention_forward_h ? timed_attention_forward_h : NULL;
   profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
   profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;

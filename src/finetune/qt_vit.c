@@ -63,6 +63,15 @@ typedef struct tensor_entry {
   float **grad_slot;  /* where the pointer into grads goes */
 } tensor_entry;
 
+/* What the arena's layout depends on besides the shapes: the activations
+ * kept in BF16 for their linear layers (half the room of FP32) and the
+ * floats that attention keeps per block, at max_batch. */
+typedef struct arena_mode {
+  int bf16_inputs;    /* ln1, ln2 and gelu */
+  int bf16_attention; /* attn_y */
+  size_t att;
+} arena_mode;
+
 /* The activations of one block, kept from the forward for the backward. */
 typedef struct block_acts {
   float *ln1;                 /* (B, T, C) norm1 output (BF16 in its first half
@@ -70,7 +79,9 @@ typedef struct block_acts {
                                  and gelu) */
   float *ln1_mean, *ln1_rstd; /* (B, T) */
   float *qkv;                 /* (B, T, 3C) */
-  float *att;                 /* (B, H, T, T) softmax of the scores */
+  float *att;                 /* what attention keeps for its backward: (B, H, T, T)
+                                 softmax of the scores, or the fused kernels'
+                                 less (the op table's attention_saved_size) */
   float *attn_y;              /* (B, T, C) heads side by side, before proj
                                  (BF16 after bf16_attention) */
   float *attn_out;            /* (B, T, C) proj output (the branch; shared by every
@@ -101,9 +112,11 @@ struct qt_vit {
   vit_tensors g; /* the same tensors in grads */
   long step;
 
-  /* Activations and backward scratch: one arena in backend memory. */
+  /* Activations and backward scratch: one arena in backend memory, laid
+   * out for `mode` (arena_mode_now when it was laid out). */
   float *arena;
   size_t arena_floats;
+  arena_mode mode;
   float *images;      /* (B, 3, S, S) the batch's images; NULL on the CPU,
                          which reads the caller's in place */
   float *patch_in;    /* (B, N, P) patchified images */
@@ -250,9 +263,30 @@ static float *carve(float *base, size_t *used, size_t n) {
   return at;
 }
 
-/* Lays the activations out in base (NULL: count only); returns the floats
- * used. Must visit the buffers in the same order both times. */
+/* The arena_mode for the op table's settings now (its precision, on a
+ * CUDA device its switches), at max_batch. */
+static arena_mode arena_mode_now(const qt_vit_t *vit) {
+  const qt__ops *ops = vit->ops;
+  size_t B = vit->max_batch, T = vit->tokens;
+  size_t C = (size_t)vit->config.width, H = (size_t)vit->config.heads;
+  arena_mode m;
+  m.bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
+  m.bf16_attention =
+      m.bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
+  m.att = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
+  return m;
+}
+
+/* Floats for n values, in BF16 when bf16. */
+static size_t kept_floats(size_t n, int bf16) {
+  return bf16 ? (n + 1) / 2 : n;
+}
+
+/* Lays the activations out in base (NULL: count only) for vit->mode;
+ * returns the floats used. Must visit the buffers in the same order both
+ * times. */
 static size_t layout_arena(qt_vit_t *vit, float *base) {
+  const arena_mode *m = &vit->mode;
   const qt_vit_config *cf = &vit->config;
   size_t B = vit->max_batch, N = vit->patches, T = vit->tokens;
   size_t C = (size_t)cf->width, H = (size_t)cf->heads, M = (size_t)cf->mlp_hidden;
@@ -270,19 +304,19 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   float *branch = one_branch ? carve(base, &used, B * T * C) : NULL;
   for (long l = 0; l < cf->depth; l++) {
     block_acts *a = &vit->acts[l];
-    a->ln1 = carve(base, &used, B * T * C);
+    a->ln1 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
     a->ln1_mean = carve(base, &used, B * T);
     a->ln1_rstd = carve(base, &used, B * T);
     a->qkv = carve(base, &used, B * T * 3 * C);
-    a->att = carve(base, &used, B * H * T * T);
-    a->attn_y = carve(base, &used, B * T * C);
+    a->att = carve(base, &used, m->att);
+    a->attn_y = carve(base, &used, kept_floats(B * T * C, m->bf16_attention));
     a->attn_out = one_branch ? branch : carve(base, &used, B * T * C);
     a->resid_mid = carve(base, &used, B * T * C);
-    a->ln2 = carve(base, &used, B * T * C);
+    a->ln2 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
     a->ln2_mean = carve(base, &used, B * T);
     a->ln2_rstd = carve(base, &used, B * T);
     a->fc1 = carve(base, &used, B * T * M);
-    a->gelu = carve(base, &used, B * T * M);
+    a->gelu = carve(base, &used, kept_floats(B * T * M, m->bf16_inputs));
     a->mlp_out = one_branch ? branch : carve(base, &used, B * T * C);
     a->resid_out = carve(base, &used, B * T * C);
   }
@@ -408,6 +442,7 @@ static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **
   vit->v = calloc(vit->n_params, sizeof *vit->v);
   if (!vit->params || !vit->grads || !vit->m || !vit->v) goto oom;
   point_tensors(vit);
+  vit->mode = arena_mode_now(vit);
   vit->arena_floats = layout_arena(vit, NULL);
   vit->arena = malloc(vit->arena_floats * sizeof *vit->arena);
   vit->labels = malloc(max_batch * sizeof *vit->labels);
@@ -743,6 +778,38 @@ static int linear_of_kept_backward(const qt_vit_t *vit, int bf16, float *dinp, f
                                      err);
 }
 
+/* Lays the arena out anew when the op table's settings changed since it
+ * was (a run's first epoch with amp, say): nothing in it outlives a step,
+ * so the old one goes first and the new one may take its memory. If the
+ * new one cannot be had, the old layout comes back; if that fails too, the
+ * model has no arena and every forward tries again. */
+static int fit_arena(qt_vit_t *vit, qt_err *err) {
+  arena_mode want = arena_mode_now(vit);
+  const arena_mode *have = &vit->mode;
+  if (vit->arena && want.bf16_inputs == have->bf16_inputs &&
+      want.bf16_attention == have->bf16_attention && want.att == have->att)
+    return 0;
+  const qt__ops *ops = vit->ops;
+  arena_mode old = vit->mode;
+  ops->release(vit->arena);
+  vit->arena = NULL;
+  vit->arena_floats = 0;
+  vit->mode = want;
+  size_t floats = layout_arena(vit, NULL);
+  float *arena = NULL;
+  int rc = ops->alloc((void **)&arena, floats * sizeof *arena, err);
+  if (rc < 0) {
+    qt_err ignored;
+    vit->mode = old;
+    floats = layout_arena(vit, NULL);
+    if (ops->alloc((void **)&arena, floats * sizeof *arena, &ignored) < 0) return rc;
+  }
+  vit->arena = arena;
+  vit->arena_floats = floats;
+  layout_arena(vit, arena);
+  return rc;
+}
+
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
   if (!vit || !images) return qt_err_set(err, QT_EINVAL, "qt_vit_forward: NULL argument");
   if (batch < 1 || batch > vit->max_batch)
@@ -756,9 +823,18 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   size_t K = (size_t)cf->num_classes, ps = (size_t)cf->patch_size, P = 3 * ps * ps;
   size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
+  VIT_TRY(fit_arena(vit, err));
   vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
   vit->bf16_attention =
       vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
+  /* A smaller batch than max_batch takes the same paths or ones that keep
+   * more (the fused kernels fit any smaller batch): the layout holds them. */
+  size_t saved = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
+  if (saved > vit->mode.att || vit->bf16_attention < vit->mode.bf16_attention)
+    return qt_err_set(err, QT_EINVAL,
+                      "qt_vit_forward: batch %zu takes an attention path that max_batch %zu does "
+                      "not",
+                      B, vit->max_batch);
 
   /* The images move to the backend once per batch. */
   const float *pixels = images;
@@ -1100,7 +1176,9 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
   float *fresh[4] = {NULL, NULL, NULL, NULL};
   float *arena = NULL, *host_logits = NULL, *host_losses = NULL;
   int *labels = NULL;
+  const arena_mode mode = vit->mode;
   vit->ops = ops;
+  vit->mode = arena_mode_now(vit);
   size_t arena_floats = layout_arena(vit, NULL);
   int rc = 0;
   for (int k = 0; k < 4 && rc == 0; k++) rc = ops->alloc((void **)&fresh[k], bytes, err);
@@ -1123,6 +1201,7 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err) {
     free(host_logits);
     free(host_losses);
     vit->ops = from;
+    vit->mode = mode;
     layout_arena(vit, vit->arena);
     return rc;
   }

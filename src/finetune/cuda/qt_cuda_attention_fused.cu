@@ -259,6 +259,12 @@ extern "C" int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c
   return qt__cuda_bf16_inputs() && fused_now(batch, tokens, c, heads);
 }
 
+extern "C" size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c,
+                                                size_t heads) {
+  if (!fused_now(batch, tokens, c, heads)) return batch * heads * tokens * tokens;
+  return batch * heads * tokens + (tokens > QT_FA_HEAD ? batch * tokens * c : 0);
+}
+
 extern "C" int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv,
                                                size_t batch, size_t tokens, size_t c, size_t heads,
                                                qt_err *err) {

@@ -202,6 +202,10 @@ int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t he
   return 0;
 }
 
+size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return batch * heads * tokens * tokens;
+}
+
 int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                     size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_forward");
