@@ -827,8 +827,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
   vit->bf16_attention =
       vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
-  /* A smaller batch than max_batch takes the same paths or ones that keep
-   * more (the fused kernels fit any smaller batch): the layout holds them. */
+  /* The layout is max_batch's: a smaller batch keeps no more (the fused
+   * kernels fit it wherever they fit max_batch), as this confirms. */
   size_t saved = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
   if (saved > vit->mode.att || vit->bf16_attention < vit->mode.bf16_attention)
     return qt_err_set(err, QT_EINVAL,
