@@ -163,6 +163,19 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
   }
 }
 
+/* Two models of c with the same weights (drawn from seed): *cpu on the
+ * CPU, and *dev moved to ops (left on the CPU when ops is NULL). */
+static inline void vit_backend_pair(const vit_case *c, uint64_t seed, const qt__ops *ops,
+                                    qt_vit_t **cpu, qt_vit_t **dev) {
+  qt_vit_t **both[2] = {cpu, dev};
+  for (int k = 0; k < 2; k++) {
+    qt_rng_t *init = make_rng(seed);
+    CHECK_RC(qt_vit_init(&c->config, c->max_batch, init, both[k], E));
+    qt_rng_free(init);
+  }
+  if (ops) CHECK_RC(qt__vit_set_ops(*dev, ops, E));
+}
+
 /* A batch of the case's shape (qt_test_gpu.h). */
 typedef test_batch vit_batch;
 
@@ -299,12 +312,10 @@ static inline void vit_backend_step_both(const qt__ops *ops, qt_vit_t *dev, qt_v
 static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case *c,
                                              const vit_tolerance *tol) {
   printf("\n  case %s", c->name);
-  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(11);
+  qt_rng_t *data = make_rng(11);
   qt_vit_t *cpu = NULL, *dev = NULL;
-  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_a, &cpu, E));
-  CHECK_RC(qt_vit_init(&c->config, c->max_batch, init_b, &dev, E));
+  vit_backend_pair(c, 7, ops, &cpu, &dev);
   vit_twins twins = vit_noise_twins(c, tol);
-  CHECK_RC(qt__vit_set_ops(dev, ops, E));
   qt_vit_set_backward_from(cpu, c->backward_from);
   qt_vit_set_backward_from(dev, c->backward_from);
   qt_rng_t *drop_a = make_rng(13), *drop_b = make_rng(13);
@@ -326,8 +337,6 @@ static inline void vit_backend_train_compare(const qt__ops *ops, const vit_case 
   qt_vit_free(cpu);
   qt_vit_free(dev);
   vit_twins_free(&twins);
-  qt_rng_free(init_a);
-  qt_rng_free(init_b);
   qt_rng_free(data);
   qt_rng_free(drop_a);
   qt_rng_free(drop_b);
@@ -358,11 +367,9 @@ static inline void vit_backend_cases(const qt__ops *ops, const vit_tolerance *to
  * backend with exactly the CPU's values and trains a step as the CPU does. */
 static inline void vit_backend_save_resume(const qt__ops *ops, const vit_tolerance *tol) {
   vit_case c = {"save and resume", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
-  qt_rng_t *init_a = make_rng(3), *init_b = make_rng(3), *data = make_rng(5);
+  qt_rng_t *data = make_rng(5);
   qt_vit_t *cpu = NULL, *dev = NULL;
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
-  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_backend_pair(&c, 3, ops, &cpu, &dev);
   vit_batch b = vit_backend_batch(data, &c);
   vit_backend_step(dev, &c, &b, 1);
   vit_backend_step(cpu, &c, &b, 1);
@@ -401,8 +408,6 @@ static inline void vit_backend_save_resume(const qt__ops *ops, const vit_toleran
   qt_vit_free(resumed_dev);
   qt_vit_free(twin);
   vit_twins_free(&noisy);
-  qt_rng_free(init_a);
-  qt_rng_free(init_b);
   qt_rng_free(data);
 }
 

@@ -34,10 +34,9 @@ static void test_save_and_resume_across_backends(void) {
 static void test_failed_move_changes_nothing(void) {
   vit_case c = {"after a failed move", vit_backend_small_config(), 2, 2, 0, 0.0, 0, 1, 0.0};
   for (long fail_after = 0; fail_after < 6; fail_after++) {
-    qt_rng_t *init_a = make_rng(9), *init_b = make_rng(9), *data = make_rng(1);
+    qt_rng_t *data = make_rng(1);
     qt_vit_t *vit = NULL, *twin = NULL;
-    CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &vit, E));
-    CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &twin, E));
+    vit_backend_pair(&c, 9, NULL, &vit, &twin);
     vit_batch b = vit_backend_batch(data, &c);
     vit_backend_step(vit, &c, &b, 1);
     vit_backend_step(twin, &c, &b, 1);
@@ -51,8 +50,6 @@ static void test_failed_move_changes_nothing(void) {
     vit_batch_free(&b);
     qt_vit_free(vit);
     qt_vit_free(twin);
-    qt_rng_free(init_a);
-    qt_rng_free(init_b);
     qt_rng_free(data);
   }
 }
@@ -62,11 +59,9 @@ static void test_failed_move_changes_nothing(void) {
  * reaches every parameter as on the CPU. */
 static void test_feature_hook_on_the_device(void) {
   vit_case c = {"feature hook", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
-  qt_rng_t *init_a = make_rng(2), *init_b = make_rng(2), *data = make_rng(3);
-  qt_rng_t *drop_a = make_rng(4), *drop_b = make_rng(4);
+  qt_rng_t *data = make_rng(3), *drop_a = make_rng(4), *drop_b = make_rng(4);
   qt_vit_t *cpu = NULL, *dev = NULL;
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
+  vit_backend_pair(&c, 2, NULL, &cpu, &dev); /* dev moves after its hooks are set */
   qt_vit_t *both[2] = {cpu, dev};
   qt_rng_t *drops[2] = {drop_a, drop_b};
   for (int k = 0; k < 2; k++) {
@@ -94,8 +89,6 @@ static void test_feature_hook_on_the_device(void) {
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
-  qt_rng_free(init_a);
-  qt_rng_free(init_b);
   qt_rng_free(data);
   qt_rng_free(drop_a);
   qt_rng_free(drop_b);
@@ -114,11 +107,9 @@ static void test_feature_hook_on_the_device(void) {
 static void test_bf16_linear_inputs(void) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
-  qt_rng_t *init_a = make_rng(5), *init_b = make_rng(5), *data = make_rng(6);
+  qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
-  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_backend_pair(&c, 5, ops, &cpu, &dev);
   size_t moved = qt_vit_activation_bytes(dev); /* laid out under FP32 */
   vit_batch b = vit_backend_batch(data, &c);
   qt_vit_t *both[2] = {cpu, dev};
@@ -151,8 +142,6 @@ static void test_bf16_linear_inputs(void) {
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
-  qt_rng_free(init_a);
-  qt_rng_free(init_b);
   qt_rng_free(data);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
@@ -163,11 +152,9 @@ static void test_bf16_linear_inputs(void) {
 static void test_relayout_out_of_memory(void) {
   vit_case c = {"relayout", vit_backend_small_config(), 2, 2, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
-  qt_rng_t *init_a = make_rng(7), *init_b = make_rng(7), *data = make_rng(8);
+  qt_rng_t *data = make_rng(8);
   qt_vit_t *cpu = NULL, *dev = NULL;
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_a, &cpu, E));
-  CHECK_RC(qt_vit_init(&c.config, c.max_batch, init_b, &dev, E));
-  CHECK_RC(qt__vit_set_ops(dev, ops, E));
+  vit_backend_pair(&c, 7, ops, &cpu, &dev);
   vit_batch b = vit_backend_batch(data, &c);
   qt_matmul_precision before = ops->set_matmul_precision(QT_MATMUL_BF16);
   fake_device.fail_after = 0;
@@ -185,8 +172,6 @@ static void test_relayout_out_of_memory(void) {
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
-  qt_rng_free(init_a);
-  qt_rng_free(init_b);
   qt_rng_free(data);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
