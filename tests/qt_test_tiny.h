@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "bo/qt_bo.h"
 #include "core/qt_core.h"
 #include "finetune/qt_finetune.h"
 
@@ -116,6 +117,23 @@ static inline void qt_tiny_write_hub(const char *dir, const char *more, char *hu
   CU_ASSERT_FATAL(n > 0 && (size_t)n < sizeof text);
   CU_ASSERT_FATAL(snprintf(hub_path, size, "%s/hub.yaml", dir) < (int)size);
   qt_tiny_write_file(hub_path, text, (size_t)n);
+}
+
+/* A search of the tiny setup into run_dir: random search, 3 epochs per
+ * trial, an hour's budget, one engine thread; the caller sets the pool,
+ * the seed and the rest. */
+static inline qt_search_params qt_tiny_search_params(const char *run_dir, const char *data,
+                                                     const char *hub, const char *space) {
+  qt_search_params p = qt_search_default_params();
+  p.run_dir = run_dir;
+  p.data = data;
+  p.hub = hub;
+  p.space = space;
+  p.optimizer = "random";
+  p.budget_s = 3600;
+  p.max_epochs = 3;
+  p.threads = 1;
+  return p;
 }
 
 #endif /* QT_TEST_TINY_H */

@@ -70,18 +70,10 @@ static qt_search_params params_for(const char *run_name, char *run_dir, size_t s
                                    qt_search_device device) {
   make_fixtures();
   qt_test_temp_path(run_name, run_dir, size);
-  qt_search_params p = qt_search_default_params();
-  p.run_dir = run_dir;
-  p.data = data_dir;
-  p.hub = hub_path;
-  p.space = space_path;
-  p.optimizer = "random";
-  p.budget_s = 3600;
+  qt_search_params p = qt_tiny_search_params(run_dir, data_dir, hub_path, space_path);
   p.pool_size = 6;
-  p.max_epochs = 3;
   p.max_epochs_total = 8;
   p.seed = 5;
-  p.threads = 1;
   p.device = device;
   return p;
 }

@@ -86,17 +86,9 @@ static void make_fixtures(void) {
 static qt_search_params base_params(const char *run_name, char *run_dir, size_t size) {
   make_fixtures();
   qt_test_temp_path(run_name, run_dir, size);
-  qt_search_params p = qt_search_default_params();
-  p.run_dir = run_dir;
-  p.data = data_dir;
-  p.hub = hub_path;
-  p.space = space_path;
-  p.optimizer = "random";
-  p.budget_s = 3600;
+  qt_search_params p = qt_tiny_search_params(run_dir, data_dir, hub_path, space_path);
   p.pool_size = 12;
-  p.max_epochs = 3;
   p.seed = 3;
-  p.threads = 1;
   return p;
 }
 
