@@ -8,8 +8,8 @@
  *   - One host thread per CUDA thread; qt_emu_launch runs the blocks one
  *     after the other, the threads of a block at once.
  *   - __syncwarp and __syncthreads are barriers over the warp's 32 threads
- *     and over the block; __shfl_xor_sync exchanges through the warp's
- *     slots between two barriers. A body whose lanes reach them unevenly
+ *     and over the block; __shfl_xor_sync (float and double) exchanges
+ *     through the warp's slots between two barriers. A body whose lanes reach them unevenly
  *     hangs (the test's timeout reports it), as it would be undefined on a
  *     device. The barriers order memory, so ThreadSanitizer reports a lane
  *     that reads shared memory another lane wrote without a barrier between.
@@ -91,6 +91,14 @@ static inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
   if (mask != 0xffffffffu) abort(); /* the kernels shuffle over whole warps */
   return (float)qt_emu_exchange(v, offset);
 }
+static inline double __shfl_xor_sync(unsigned mask, double v, int offset) {
+  if (mask != 0xffffffffu) abort();
+  return qt_emu_exchange(v, offset);
+}
+/* CUDA's uncontracted float product and sum: the host's plain ones (x86-64
+ * without -mfma contracts nothing). */
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
 /* CUDA's pair of BF16 values. */
 struct __nv_bfloat162 {
   __nv_bfloat16 x, y;

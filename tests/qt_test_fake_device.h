@@ -411,6 +411,12 @@ static inline qt_matmul_precision fake_set_matmul_precision(qt_matmul_precision 
   return previous;
 }
 
+static inline int fake_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
+                                                  float *mean, float *rstd, const float *res,
+                                                  const float *branch, const float *gamma,
+                                                  const float *weight, const float *bias, size_t n,
+                                                  size_t c, float eps, qt_err *err);
+
 static inline const qt__ops *fake_device_ops(void) {
   static const qt__ops ops = {
       .name = "fake device",
@@ -435,6 +441,7 @@ static inline const qt__ops *fake_device_ops(void) {
       .attention_backward = fake_attention_backward,
       .residual_forward = fake_residual_forward,
       .residual_backward = fake_residual_backward,
+      .residual_layernorm_forward = fake_residual_layernorm_forward,
       .patchify = fake_patchify,
       .tokens_forward = fake_tokens_forward,
       .tokens_backward = fake_tokens_backward,
@@ -516,6 +523,33 @@ static inline int fake_layernorm_forward_h(void *out, float *mean, float *rstd, 
   fake_store_bf16(out, y, n * c);
   FAKE_CLOSE();
   free(y);
+  return rc;
+}
+
+/* residual_forward, then layernorm_forward (its result rounded into BF16
+ * as fake_layernorm_forward_h does, when norm_bf16): the CPU's two ops,
+ * whose results the CUDA table's one kernel gives. In both fake tables,
+ * so that the backend tests of a ViT take the model's fused call. */
+static inline int fake_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
+                                                  float *mean, float *rstd, const float *res,
+                                                  const float *branch, const float *gamma,
+                                                  const float *weight, const float *bias, size_t n,
+                                                  size_t c, float eps, qt_err *err) {
+  if (norm_bf16) {
+    fake_count_bf16_input_call();
+  } else {
+    fake_device.op_calls++;
+    if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++;
+  }
+  float *y = norm_bf16 ? malloc((n * c > 0 ? n * c : 1) * sizeof *y) : norm;
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  const qt__ops *cpu = qt__ops_cpu();
+  FAKE_OPEN();
+  int rc = cpu->residual_forward(out, res, branch, gamma, n, c, err);
+  if (rc == 0) rc = cpu->layernorm_forward(y, mean, rstd, out, weight, bias, n, c, eps, err);
+  if (rc == 0 && norm_bf16) fake_store_bf16(norm, y, n * c);
+  FAKE_CLOSE();
+  if (norm_bf16) free(y);
   return rc;
 }
 

@@ -2,7 +2,8 @@
  * test_gpu_ops.c - parity of the CUDA layer ops of the ViT engine (linear,
  * layer norm, GELU, attention, residual, patchify and tokens, softmax
  * cross-entropy) with their CPU references, forward and backward (label
- * `gpu`). Without a CUDA device, or in a build without CUDA, the program
+ * `gpu`); the layer norm through its row kernels and its loop kernels, and
+ * the residual add with the layer norm after it in one op. Without a CUDA device, or in a build without CUDA, the program
  * prints why and exits 77, which CTest reports as skipped.
  *
  * The measure. Each output array (a forward's result, or what a backward
@@ -408,14 +409,73 @@ static void layernorm_case(size_t n, size_t c, int affine, uint64_t seed) {
   qt_rng_free(rng);
 }
 
+/* The row kernels (qt_cuda_layernorm.cuh) give the loop kernels' forward
+ * (out, mean, rstd) and dinp to the bit: the same float expressions and
+ * double sums in the same order. */
+static void layernorm_paths_agree(size_t n, size_t c, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  float *inp = host_random(rng, n * c, 3.0, 2.0), *weight = host_random(rng, c, 1.0, 0.2);
+  float *bias = host_random(rng, c, 0.0, 0.2), *dout = host_random(rng, n * c, 0.0, 1.0);
+  float *dinp0 = host_random(rng, n * c, 0.0, 1.0);
+  float *d_inp = device_floats(inp, n * c), *d_weight = device_floats(weight, c);
+  float *d_bias = device_floats(bias, c), *d_dout = device_floats(dout, n * c);
+  size_t bytes = (n * c + 2 * n) * sizeof(float);
+  float *got[2] = {malloc(bytes), malloc(bytes)}, *dinp[2] = {NULL, NULL};
+  float *d_out = device_floats(dinp0, n * c), *d_stats = device_floats(dinp0, 2 * n);
+  int was = qt__cuda_set_layernorm_rows(1);
+  for (int rows = 1; rows >= 0; rows--) {
+    qt__cuda_set_layernorm_rows(rows);
+    CHECK_RC(qt_cuda_layernorm_forward(d_out, d_stats, d_stats + n, d_inp, d_weight, d_bias, n, c,
+                                       1e-6f, E));
+    CHECK_RC(qt_cuda_copy_to_host(got[rows], d_out, n * c * sizeof(float), E));
+    CHECK_RC(qt_cuda_copy_to_host(got[rows] + n * c, d_stats, 2 * n * sizeof(float), E));
+    dinp[rows] = device_floats(dinp0, n * c);
+    CHECK_RC(qt_cuda_layernorm_backward(dinp[rows], NULL, NULL, d_dout, d_inp, d_weight, d_stats,
+                                        d_stats + n, n, c, E));
+  }
+  qt__cuda_set_layernorm_rows(was);
+  CU_ASSERT_EQUAL(memcmp(got[0], got[1], bytes), 0);
+  CHECK_RC(qt_cuda_copy_to_host(got[0], dinp[0], n * c * sizeof(float), E));
+  CHECK_RC(qt_cuda_copy_to_host(got[1], dinp[1], n * c * sizeof(float), E));
+  CU_ASSERT_EQUAL(memcmp(got[0], got[1], n * c * sizeof(float)), 0);
+  for (int k = 0; k < 2; k++) {
+    free(got[k]);
+    qt_cuda_free(dinp[k]);
+  }
+  free(inp);
+  free(weight);
+  free(bias);
+  free(dout);
+  free(dinp0);
+  qt_cuda_free(d_inp);
+  qt_cuda_free(d_weight);
+  qt_cuda_free(d_bias);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_out);
+  qt_cuda_free(d_stats);
+  qt_rng_free(rng);
+}
+
+/* Every case through the row kernels (the default for rows of at most 1024
+ * features) and through the loop kernels. */
 static void test_layernorm(void) {
-  layernorm_case(1, 1, 1, 31);
-  layernorm_case(5, 7, 1, 32);
-  layernorm_case(5, 7, 0, 33);
-  layernorm_case(394, 192, 1, 34);
-  layernorm_case(3, 1000, 1, 35); /* more features than threads per block */
-  layernorm_case(2, 768, 1, 36);
-  layernorm_case(3000, 40, 1, 37); /* the parameter gradients' rows in 12 chunks */
+  int was = qt__cuda_set_layernorm_rows(1);
+  for (int rows = 1; rows >= 0; rows--) {
+    qt__cuda_set_layernorm_rows(rows);
+    layernorm_case(1, 1, 1, 31);
+    layernorm_case(5, 7, 1, 32);
+    layernorm_case(5, 7, 0, 33);
+    layernorm_case(394, 192, 1, 34);
+    layernorm_case(3, 1000, 1, 35); /* more features than threads per block */
+    layernorm_case(2, 768, 1, 36);
+    layernorm_case(3000, 40, 1, 37);  /* the parameter gradients' rows in chunks */
+    layernorm_case(12608, 768, 1, 38); /* ViT-B/16 at batch 64 */
+    layernorm_case(60000, 24, 1, 39);  /* more rows than 1024 chunks of 48 */
+    layernorm_case(4, 1025, 1, 40);    /* wider than the row kernels */
+  }
+  qt__cuda_set_layernorm_rows(was);
+  layernorm_paths_agree(12608, 768, 41);
+  layernorm_paths_agree(37, 1000, 42);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -781,6 +841,83 @@ static void test_residual(void) {
   residual_case(3000, 40, 1, 65); /* the layer scale gradient's rows in 12 chunks */
 }
 
+/* The residual add and the layer norm after it in one op
+ * (qt__cuda_residual_layernorm_forward) give what the two ops give, to the
+ * bit: the sum, the normalized rows (FP32 or BF16), mean and rstd. */
+static void residual_layernorm_case(size_t n, size_t c, int with_gamma, int bf16, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  float *res = host_random(rng, n * c, 1.0, 1.0), *branch = host_random(rng, n * c, 0.0, 1.0);
+  float *gamma = host_random(rng, c, 0.0, 0.1), *weight = host_random(rng, c, 1.0, 0.2);
+  float *bias = host_random(rng, c, 0.0, 0.2);
+  float *d_res = device_floats(res, n * c), *d_branch = device_floats(branch, n * c);
+  float *d_gamma = with_gamma ? device_floats(gamma, c) : NULL;
+  float *d_weight = device_floats(weight, c), *d_bias = device_floats(bias, c);
+  /* [sum (n c) | norm (n c, BF16 in its first half) | mean (n) | rstd (n)] */
+  size_t floats = 2 * n * c + 2 * n, bytes = floats * sizeof(float);
+  float *d_one = device_floats(res, n * c), *d_two = device_floats(res, n * c);
+  float *got[2] = {calloc(floats, sizeof(float)), calloc(floats, sizeof(float))};
+  float *d_norm[2], *d_stats[2];
+  for (int k = 0; k < 2; k++) {
+    d_norm[k] = device_floats(got[k], n * c);
+    d_stats[k] = device_floats(got[k], 2 * n);
+  }
+  CHECK_RC(qt__cuda_residual_layernorm_forward(d_one, d_norm[0], bf16, d_stats[0], d_stats[0] + n,
+                                               d_res, d_branch, d_gamma, d_weight, d_bias, n, c,
+                                               1e-6f, E));
+  CHECK_RC(qt_cuda_residual_forward(d_two, d_res, d_branch, d_gamma, n, c, E));
+  if (bf16)
+    CHECK_RC(qt__cuda_layernorm_forward_h(d_norm[1], d_stats[1], d_stats[1] + n, d_two, d_weight,
+                                          d_bias, n, c, 1e-6f, E));
+  else
+    CHECK_RC(qt_cuda_layernorm_forward(d_norm[1], d_stats[1], d_stats[1] + n, d_two, d_weight,
+                                       d_bias, n, c, 1e-6f, E));
+  float *d_sum[2] = {d_one, d_two};
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt_cuda_copy_to_host(got[k], d_sum[k], n * c * sizeof(float), E));
+    CHECK_RC(qt_cuda_copy_to_host(got[k] + n * c, d_norm[k], n * c * sizeof(float), E));
+    CHECK_RC(qt_cuda_copy_to_host(got[k] + 2 * n * c, d_stats[k], 2 * n * sizeof(float), E));
+  }
+  if (memcmp(got[0], got[1], bytes) != 0)
+    printf("residual + layernorm (%zu, %zu)%s%s: not the two ops' results\n", n, c,
+           with_gamma ? " layer scale" : "", bf16 ? " BF16" : "");
+  CU_ASSERT_EQUAL(memcmp(got[0], got[1], bytes), 0);
+  for (int k = 0; k < 2; k++) {
+    free(got[k]);
+    qt_cuda_free(d_norm[k]);
+    qt_cuda_free(d_stats[k]);
+  }
+  free(res);
+  free(branch);
+  free(gamma);
+  free(weight);
+  free(bias);
+  qt_cuda_free(d_res);
+  qt_cuda_free(d_branch);
+  qt_cuda_free(d_gamma);
+  qt_cuda_free(d_weight);
+  qt_cuda_free(d_bias);
+  qt_cuda_free(d_one);
+  qt_cuda_free(d_two);
+  qt_rng_free(rng);
+}
+
+/* With the layer norm's row kernels and with the loop kernels (where the
+ * op calls the two ops). */
+static void test_residual_layernorm(void) {
+  int was = qt__cuda_set_layernorm_rows(1);
+  for (int rows = 1; rows >= 0; rows--) {
+    qt__cuda_set_layernorm_rows(rows);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+      residual_layernorm_case(1, 1, 1, bf16, 71);
+      residual_layernorm_case(37, 45, 0, bf16, 72);
+      residual_layernorm_case(394, 192, 1, bf16, 73);
+      residual_layernorm_case(12608, 768, 0, bf16, 74); /* ViT-B/16 at batch 64 */
+      residual_layernorm_case(5, 1100, 1, bf16, 75);    /* wider than the row kernels */
+    }
+  }
+  qt__cuda_set_layernorm_rows(was);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Patchify and tokens                                                        */
 /* ------------------------------------------------------------------------- */
@@ -1088,6 +1225,7 @@ static const qt_test_case cases[] = {
     {"gelu", test_gelu},
     {"attention", test_attention},
     {"residual", test_residual},
+    {"residual_layernorm", test_residual_layernorm},
     {"tokens", test_tokens},
     {"cross_entropy", test_cross_entropy},
     {"arguments", test_arguments},

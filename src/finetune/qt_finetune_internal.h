@@ -181,6 +181,15 @@ typedef struct qt__ops {
   int (*residual_backward)(float *dres, float *dbranch, float *dgamma, const float *dout,
                            const float *branch, const float *gamma, size_t n, size_t c,
                            qt_err *err);
+  /* residual_forward into out, then layernorm_forward of out into norm
+   * (in BF16 as layernorm_forward_h writes it when norm_bf16), with the
+   * same results, in one pass where a backend has it; NULL: the model
+   * calls the two in turn. A transformer block's residual add and the
+   * layer norm after it. */
+  int (*residual_layernorm_forward)(float *out, void *norm, int norm_bf16, float *mean,
+                                    float *rstd, const float *res, const float *branch,
+                                    const float *gamma, const float *weight, const float *bias,
+                                    size_t n, size_t c, float eps, qt_err *err);
   int (*patchify)(float *patches, const float *images, size_t batch, size_t channels, size_t size,
                   size_t patch, qt_err *err);
   int (*tokens_forward)(float *x, const float *patch_tokens, const float *cls_token,
@@ -363,6 +372,14 @@ int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const floa
                                  const float *weight, const float *bias, size_t n, size_t c,
                                  float eps, qt_err *err);
 int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err);
+/* The CUDA op table's residual_layernorm_forward (qt__ops): one kernel
+ * for rows of at most 1024 features while the layer norm's row kernels are
+ * on (qt__cuda_set_layernorm_rows), else the two ops. */
+int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
+                                        float *rstd, const float *res, const float *branch,
+                                        const float *gamma, const float *weight,
+                                        const float *bias, size_t n, size_t c, float eps,
+                                        qt_err *err);
 int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight, const float *bias,
                               size_t n, size_t in_c, size_t out_c, qt_err *err);
 int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -398,6 +415,11 @@ int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dou
  * environment. Set it between epochs, not between a forward and its
  * backward. */
 int qt__cuda_set_fused_attention(int on);
+
+/* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
+ * in registers, the backward's weight and bias sums in the same pass), for
+ * rows of at most 1024 features. On unless QT_CUDA_LAYERNORM_ROWS=0. */
+int qt__cuda_set_layernorm_rows(int on);
 
 /* The same for the convolutional models' backward passes that take `set`
  * in the op table. */

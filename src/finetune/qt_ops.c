@@ -508,6 +508,7 @@ static const qt__ops cuda_ops = {
     .attention_backward = qt__cuda_attention_op_backward,
     .residual_forward = qt_cuda_residual_forward,
     .residual_backward = qt_cuda_residual_backward,
+    .residual_layernorm_forward = qt__cuda_residual_layernorm_forward,
     .patchify = qt_cuda_patchify,
     .tokens_forward = qt_cuda_tokens_forward,
     .tokens_backward = qt_cuda_tokens_backward,

@@ -142,6 +142,11 @@ TIMED(residual_backward,
       (float *dres, float *dbranch, float *dgamma, const float *dout, const float *branch,
        const float *gamma, size_t n, size_t c, qt_err *err),
       (dres, dbranch, dgamma, dout, branch, gamma, n, c, err))
+TIMED(residual_layernorm_forward,
+      (float *out, void *norm, int norm_bf16, float *mean, float *rstd, const float *res,
+       const float *branch, const float *gamma, const float *weight, const float *bias, size_t n,
+       size_t c, float eps, qt_err *err),
+      (out, norm, norm_bf16, mean, rstd, res, branch, gamma, weight, bias, n, c, eps, err))
 TIMED(patchify,
       (float *patches, const float *images, size_t batch, size_t channels, size_t size,
        size_t patch, qt_err *err),
@@ -345,6 +350,8 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.attention_forward_h = inner->attention_forward_h ? timed_attention_forward_h : NULL;
   profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
   profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
+  profiled.residual_layernorm_forward =
+      inner->residual_layernorm_forward ? timed_residual_layernorm_forward : NULL;
   qt__ops_profile_reset();
   return &profiled;
 }

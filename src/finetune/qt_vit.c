@@ -754,6 +754,20 @@ static int norm_for_linear(const qt_vit_t *vit, float *out, float *mean, float *
              : ops->layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err);
 }
 
+/* out = res + gamma branch, then its layer norm for the next linear layer
+ * (as norm_for_linear): one op where the backend has it. */
+static int residual_then_norm(const qt_vit_t *vit, float *out, const float *res,
+                              const float *branch, const float *gamma, float *norm, float *mean,
+                              float *rstd, const float *weight, const float *bias, size_t n,
+                              size_t c, qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  if (ops->residual_layernorm_forward)
+    return ops->residual_layernorm_forward(out, norm, vit->bf16_inputs, mean, rstd, res, branch,
+                                           gamma, weight, bias, n, c, VIT_NORM_EPS, err);
+  int rc = ops->residual_forward(out, res, branch, gamma, n, c, err);
+  return rc < 0 ? rc : norm_for_linear(vit, norm, mean, rstd, out, weight, bias, n, c, err);
+}
+
 static int gelu_for_linear(const qt_vit_t *vit, float *out, const float *inp, size_t n,
                            qt_err *err) {
   return vit->bf16_inputs ? vit->ops->gelu_forward_h(out, inp, n, err)
@@ -850,12 +864,17 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   VIT_TRY(ops->tokens_forward(vit->resid0, vit->patch_emb, p->cls, p->pos, !cf->no_embed_class, B,
                               N, C, err));
 
+  /* Each block's second layer norm, and the next block's first, come
+   * with the residual add before them (residual_then_norm). */
   const float *x = vit->resid0;
+  if (cf->depth > 0) {
+    block_acts *a = &vit->acts[0];
+    VIT_TRY(norm_for_linear(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->blocks[0].norm1_w,
+                            p->blocks[0].norm1_b, BT, C, err));
+  }
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    VIT_TRY(norm_for_linear(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->norm1_w, w->norm1_b, BT, C,
-                            err));
     VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C,
                            err));
     if (vit->bf16_attention)
@@ -864,15 +883,22 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
       VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
     VIT_TRY(linear_of_kept(vit, vit->bf16_attention, a->attn_out, a->attn_y, w->proj_w, w->proj_b,
                            BT, C, C, err));
-    VIT_TRY(ops->residual_forward(a->resid_mid, x, a->attn_out, w->ls1, BT, C, err));
-    VIT_TRY(norm_for_linear(vit, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_mid, w->norm2_w,
-                            w->norm2_b, BT, C, err));
+    VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
+                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, err));
     VIT_TRY(
         linear_of_kept(vit, vit->bf16_inputs, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
     VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
     VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
                            err));
-    VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
+    if (l + 1 < cf->depth) {
+      const block_tensors *next_w = &p->blocks[l + 1];
+      block_acts *next = &vit->acts[l + 1];
+      VIT_TRY(residual_then_norm(vit, a->resid_out, a->resid_mid, a->mlp_out, w->ls2, next->ln1,
+                                 next->ln1_mean, next->ln1_rstd, next_w->norm1_w, next_w->norm1_b,
+                                 BT, C, err));
+    } else {
+      VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
+    }
     x = a->resid_out;
   }
 

@@ -133,10 +133,7 @@ static int column_sums(float *dst0, float *dst1, const float *a, const float *b,
   colsum_kernel<kind>
       <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
   rc = qt__cuda_check_launch(err, who, "the column sums");
-  if (rc == 0) {
-    colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
-    rc = qt__cuda_check_launch(err, who, "the column sums' total");
-  }
+  if (rc == 0) rc = qt__cuda_column_partials_add(dst0, dst1, partial, chunks, c, who, err);
   qt__cuda_sums_scratch_unlock();
   return rc;
 }
@@ -157,6 +154,14 @@ extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const fl
     default:
       return qt_err_set(err, QT_EINVAL, "%s: unknown column sum %d", who, kind);
   }
+}
+
+extern "C" int qt__cuda_column_partials_add(float *dst0, float *dst1, const double *partial,
+                                            size_t chunks, size_t c, const char *who,
+                                            qt_err *err) {
+  if (chunks == 0 || c == 0 || (!dst0 && !dst1)) return 0;
+  colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
+  return qt__cuda_check_launch(err, who, "the column sums' total");
 }
 
 extern "C" int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t n,

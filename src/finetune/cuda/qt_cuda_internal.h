@@ -157,6 +157,13 @@ int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, con
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
 
+/* dst_o[col] += the sum, in double over the chunks in order, of
+ * partial[(o * chunks + chunk) * c + col], rounded to float (o = 0, 1; a
+ * NULL dst is skipped): the last pass of column sums that a kernel of
+ * another file split into chunks, as qt__cuda_column_sums does. */
+int qt__cuda_column_partials_add(float *dst0, float *dst1, const double *partial, size_t chunks,
+                                 size_t c, const char *who, qt_err *err);
+
 /* QT__COLSUM_PLAIN's sums (dst += the column sums of a, as above) that
  * also write a rounded to BF16 (to nearest even) into copy (n, c), in the
  * same pass over a: the bias gradient and the BF16 dout of a linear

@@ -4,19 +4,155 @@
  * in double exactly as the CPU does (two passes: mean, then the biased
  * variance around it), so mean and rstd agree with the CPU's to the last
  * float bit or one unit of it. The weight and bias gradients are column
- * sums over the rows, also in double (the CPU adds them row by row in
- * float, so there the GPU is the more accurate side). See qt_finetune.h.
+ * sums over the rows, in float per warp and then in double (the CPU adds
+ * them row by row in float, so there the GPU is the more accurate side).
+ * See qt_finetune.h.
+ *
+ * Rows of at most QT_LN_MAX_C (1024) features take the kernels of
+ * qt_cuda_layernorm.cuh, which hold a row in registers and take the
+ * backward's column sums in the same pass; wider rows, and every row while
+ * qt__cuda_set_layernorm_rows(0) (or QT_CUDA_LAYERNORM_ROWS=0) has them
+ * off, the loop kernels below and qt__cuda_column_sums.
  */
 #include <limits.h>
+#include <math.h>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* One warp per row (QT_CUDA_WARP_ROWS per block): a ViT-B step at batch
- * 64 normalizes 12,608 rows of 768 features per call. */
+#include "finetune/cuda/qt_cuda_layernorm.cuh"
+
+static_assert(QT_LN_WARPS * 32 == QT_CUDA_THREADS, "a block of the row kernels is 8 warps");
+
+/* 1: rows of at most QT_LN_MAX_C features take the row kernels (unless
+ * QT_CUDA_LAYERNORM_ROWS=0); -1 until the environment has been read. */
+static int rows_switch = -1;
+
+extern "C" int qt__cuda_set_layernorm_rows(int on) {
+  return qt__cuda_set_switch("QT_CUDA_LAYERNORM_ROWS", &rows_switch, on);
+}
+
+static int rows_kernels(size_t c) {
+  return c <= QT_LN_MAX_C && qt__cuda_switch_on("QT_CUDA_LAYERNORM_ROWS", &rows_switch);
+}
+
+template <int VEC, typename T>
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    layernorm_rows_forward_kernel(T *__restrict__ out, float *__restrict__ mean,
+                                  float *__restrict__ rstd, const float *__restrict__ inp,
+                                  const float *__restrict__ weight, const float *__restrict__ bias,
+                                  size_t n, size_t c, float eps) {
+  size_t row = (size_t)blockIdx.x * QT_LN_WARPS + threadIdx.x / 32;
+  if (row >= n) return; /* the whole warp */
+  qt_ln::forward_row<VEC>(out + row * c, mean + row, rstd + row, inp + row * c, weight, bias, c,
+                          eps, threadIdx.x % 32);
+}
+
+template <int VEC, typename T>
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    residual_layernorm_rows_kernel(float *out, T *__restrict__ norm, float *__restrict__ mean,
+                                   float *__restrict__ rstd, const float *res,
+                                   const float *__restrict__ branch,
+                                   const float *__restrict__ gamma,
+                                   const float *__restrict__ weight, const float *__restrict__ bias,
+                                   size_t n, size_t c, float eps) {
+  size_t row = (size_t)blockIdx.x * QT_LN_WARPS + threadIdx.x / 32;
+  if (row >= n) return; /* the whole warp */
+  qt_ln::residual_forward_row<VEC>(out + row * c, norm + row * c, mean + row, rstd + row,
+                                   res + row * c, branch + row * c, gamma, weight, bias, c, eps,
+                                   threadIdx.x % 32);
+}
+
+template <int VEC>
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    layernorm_rows_backward_kernel(float *dinp, float *dweight, float *dbias, double *partial,
+                                   const float *__restrict__ dout, const float *__restrict__ inp,
+                                   const float *__restrict__ weight, const float *__restrict__ mean,
+                                   const float *__restrict__ rstd, size_t n, size_t c,
+                                   size_t rows_per_chunk, int chunks) {
+  __shared__ float red[QT_LN_WARPS * QT_LN_MAX_C];
+  qt_ln::backward_block<VEC>(red, dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n,
+                             c, rows_per_chunk, chunks, blockIdx.x, threadIdx.x, blockDim.x);
+}
+
+template <typename T>
+static void launch_rows_forward(T *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, size_t n, size_t c,
+                                float eps) {
+  unsigned blocks = (unsigned)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
+  switch (qt_ln::vec_for(c)) {
+#define QT_LN_FORWARD(VEC)                                                            \
+  case VEC:                                                                           \
+    layernorm_rows_forward_kernel<VEC>                                                \
+        <<<blocks, QT_CUDA_THREADS>>>(out, mean, rstd, inp, weight, bias, n, c, eps); \
+    break;
+    QT_LN_FORWARD(8)
+    QT_LN_FORWARD(16)
+    QT_LN_FORWARD(24)
+    QT_LN_FORWARD(32)
+#undef QT_LN_FORWARD
+  }
+}
+
+template <typename T>
+static void launch_residual_rows(float *out, T *norm, float *mean, float *rstd, const float *res,
+                                 const float *branch, const float *gamma, const float *weight,
+                                 const float *bias, size_t n, size_t c, float eps) {
+  unsigned blocks = (unsigned)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
+  switch (qt_ln::vec_for(c)) {
+#define QT_LN_RESIDUAL(VEC)                                                  \
+  case VEC:                                                                  \
+    residual_layernorm_rows_kernel<VEC><<<blocks, QT_CUDA_THREADS>>>(        \
+        out, norm, mean, rstd, res, branch, gamma, weight, bias, n, c, eps); \
+    break;
+    QT_LN_RESIDUAL(8)
+    QT_LN_RESIDUAL(16)
+    QT_LN_RESIDUAL(24)
+    QT_LN_RESIDUAL(32)
+#undef QT_LN_RESIDUAL
+  }
+}
+
+/* The row kernel's backward and, with several chunks, the partial sums'
+ * total. */
+static int rows_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, const float *mean,
+                         const float *rstd, size_t n, size_t c, const char *who, qt_err *err) {
+  size_t rows_per_chunk;
+  int chunks;
+  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
+  double *partial = NULL;
+  int sums = (dweight || dbias) && chunks > 1;
+  if (sums) {
+    int rc = qt__cuda_sums_scratch_lock(2 * (size_t)chunks * c, &partial, who, err);
+    if (rc < 0) return rc;
+  }
+  switch (qt_ln::vec_for(c)) {
+#define QT_LN_BACKWARD(VEC)                                                                   \
+  case VEC:                                                                                   \
+    layernorm_rows_backward_kernel<VEC>                                                       \
+        <<<chunks, QT_CUDA_THREADS>>>(dinp, dweight, dbias, partial, dout, inp, weight, mean, \
+                                      rstd, n, c, rows_per_chunk, chunks);                    \
+    break;
+    QT_LN_BACKWARD(8)
+    QT_LN_BACKWARD(16)
+    QT_LN_BACKWARD(24)
+    QT_LN_BACKWARD(32)
+#undef QT_LN_BACKWARD
+  }
+  int rc = qt__cuda_check_launch(err, who, "the layer norm backward");
+  if (rc == 0 && sums)
+    rc = qt__cuda_column_partials_add(dweight, dbias, partial, (size_t)chunks, c, who, err);
+  if (sums) qt__cuda_sums_scratch_unlock();
+  return rc;
+}
+
+/* The loop kernels: one warp per row (QT_CUDA_WARP_ROWS per block), any
+ * number of features. */
 
 /* Out is float, or BF16 for the next linear layer of a BF16 run. */
 template <typename T>
@@ -90,8 +226,11 @@ static int forward(T *out, float *mean, float *rstd, const float *inp, const flo
   if (c == 0 || !out || !mean || !rstd || !inp) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array or no features (c = %zu)", who, c);
   }
-  layernorm_forward_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(out, mean, rstd, inp,
-                                                                        weight, bias, n, c, eps);
+  if (rows_kernels(c))
+    launch_rows_forward(out, mean, rstd, inp, weight, bias, n, c, eps);
+  else
+    layernorm_forward_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(out, mean, rstd, inp,
+                                                                          weight, bias, n, c, eps);
   return qt__cuda_check_launch(err, who, "the layer norm kernel");
 }
 
@@ -116,6 +255,9 @@ extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *db
   if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
   if (n == 0 || c == 0) return 0;
   if (!dout || !inp || !mean || !rstd) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (!dinp && !dweight && !dbias) return 0;
+  if (rows_kernels(c))
+    return rows_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c, who, err);
   if (dinp) {
     layernorm_backward_input_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(
         dinp, dout, inp, weight, mean, rstd, n, c);
@@ -125,4 +267,31 @@ extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *db
   /* dweight (c) += column sums of dy * xhat, dbias (c) += those of dy. */
   return qt__cuda_column_sums(QT__COLSUM_LAYERNORM, dweight, dbias, dout, inp, mean, rstd, n, c,
                               who, err);
+}
+
+extern "C" int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
+                                                   float *mean, float *rstd, const float *res,
+                                                   const float *branch, const float *gamma,
+                                                   const float *weight, const float *bias, size_t n,
+                                                   size_t c, float eps, qt_err *err) {
+  const char *who = "qt_cuda_residual_layernorm_forward";
+  if (!rows_kernels(c)) {
+    int rc = qt_cuda_residual_forward(out, res, branch, gamma, n, c, err);
+    if (rc < 0) return rc;
+    return norm_bf16
+               ? qt__cuda_layernorm_forward_h(norm, mean, rstd, out, weight, bias, n, c, eps, err)
+               : qt_cuda_layernorm_forward((float *)norm, mean, rstd, out, weight, bias, n, c, eps,
+                                           err);
+  }
+  if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
+  if (n == 0) return 0;
+  if (c == 0 || !out || !norm || !mean || !rstd || !res || !branch)
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array or no features (c = %zu)", who, c);
+  if (norm_bf16)
+    launch_residual_rows(out, (__nv_bfloat16 *)norm, mean, rstd, res, branch, gamma, weight, bias,
+                         n, c, eps);
+  else
+    launch_residual_rows(out, (float *)norm, mean, rstd, res, branch, gamma, weight, bias, n, c,
+                         eps);
+  return qt__cuda_check_launch(err, who, "the residual and layer norm kernel");
 }

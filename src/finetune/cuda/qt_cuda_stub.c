@@ -163,6 +163,14 @@ int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const floa
   return QT_CUDA_STUB("qt_cuda_layernorm_forward");
 }
 
+int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
+                                        float *rstd, const float *res, const float *branch,
+                                        const float *gamma, const float *weight,
+                                        const float *bias, size_t n, size_t c, float eps,
+                                        qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_residual_layernorm_forward");
+}
+
 int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_gelu_forward");
 }
@@ -212,6 +220,10 @@ int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, siz
 }
 
 int qt__cuda_set_fused_attention(int on) {
+  return 0;
+}
+
+int qt__cuda_set_layernorm_rows(int on) {
   return 0;
 }
 

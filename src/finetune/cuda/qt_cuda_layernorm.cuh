@@ -1,0 +1,243 @@
+/*
+ * qt_cuda_layernorm.cuh - the bodies of the layer norm kernels for rows of
+ * at most QT_LN_MAX_C features (qt_cuda_layernorm.cu launches them; wider
+ * rows take its loop kernels). One warp per row, the row in registers:
+ * lane l holds columns l + 32 k for k < VEC, a compile-time count, so that
+ * the row is read from memory once and a lane's loads are all in flight
+ * together (the loop kernels wait for each load in turn).
+ *
+ *   forward   mean and rstd in double, each lane adding its columns in
+ *             turn and the warp adding the lanes' sums, as the loop kernel
+ *             does: the same results to the bit. With a residual add
+ *             before it (a transformer block's x + branch, then the next
+ *             layer norm), the sum is written and normalized from the
+ *             registers: 14 bytes of traffic per value with a BF16 output
+ *             instead of the two kernels' 18.
+ *   backward  dinp += rstd (g - mean(g) - xhat mean(g xhat)), g = weight
+ *             dy, as the loop kernel; in the same pass over dy and the
+ *             input, the column sums of dy xhat (the weight's gradient)
+ *             and of dy (the bias's), which the loop kernels take in a
+ *             second pass (qt__cuda_column_sums): 16 bytes of traffic per
+ *             value instead of 24. A block takes a chunk of rows (see
+ *             backward_plan), each warp every QT_LN_WARPS-th of them,
+ *             adding its rows' terms per column in float; the block adds
+ *             its warps' sums in order in double and writes them (one
+ *             chunk: adds them to the gradient as a float), and the
+ *             partial sums of several chunks are added in chunk order by
+ *             qt__cuda_column_partials_add. The split depends only on n,
+ *             so the results are the same from run to run.
+ *
+ * This file holds only __device__ functions over the primitives that CUDA
+ * C++ provides (threadIdx-free: each body takes its block, thread and
+ * shared memory as arguments), so that a host emulation can include it
+ * with stand-ins (tests/qt_cuda_emulation.h): the includer provides
+ * cuda_bf16.h, __shfl_xor_sync (float and double), __syncthreads,
+ * __fmul_rn and __fadd_rn.
+ */
+#ifndef QT_CUDA_LAYERNORM_CUH
+#define QT_CUDA_LAYERNORM_CUH
+
+#define QT_LN_WARPS 8    /* warps per block */
+#define QT_LN_MAX_C 1024 /* features per row: 32 per lane at most */
+/* Rows per block of the backward, as long as there are at most
+ * QT_LN_MAX_BLOCKS chunks: a ViT's 12,608 rows (batch 64) in 263 blocks,
+ * two per multiprocessor of an H100. */
+#define QT_LN_CHUNK_ROWS 48
+#define QT_LN_MAX_BLOCKS 1024
+
+namespace qt_ln {
+
+/* The registers per lane for rows of c features (c <= QT_LN_MAX_C): 8,
+ * 16, 24 or 32, the instantiations the launcher has. */
+__host__ __device__ inline int vec_for(size_t c) {
+  return c <= 256 ? 8 : c <= 512 ? 16 : c <= 768 ? 24 : 32;
+}
+
+/* The backward's chunks: at most QT_LN_MAX_BLOCKS of rows_per_chunk rows
+ * (the last shorter), none empty. */
+__host__ __device__ inline void backward_plan(size_t n, size_t *rows_per_chunk, int *chunks) {
+  size_t count = (n + QT_LN_CHUNK_ROWS - 1) / QT_LN_CHUNK_ROWS;
+  if (count > QT_LN_MAX_BLOCKS) count = QT_LN_MAX_BLOCKS;
+  if (count < 1) count = 1;
+  size_t rows = (n + count - 1) / count;
+  if (rows < 1) rows = 1;
+  *rows_per_chunk = rows;
+  *chunks = (int)((n + rows - 1) / rows);
+  if (*chunks < 1) *chunks = 1;
+}
+
+__device__ inline double warp_sum(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ inline void store(float *p, float v) {
+  *p = v;
+}
+__device__ inline void store(__nv_bfloat16 *p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+/* v[k] = src[lane + 32 k], 0 at and past c. */
+template <int VEC>
+__device__ inline void load_row(float v[VEC], const float *src, size_t c, int lane) {
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    size_t j = (size_t)lane + 32 * k;
+    v[k] = j < c ? src[j] : 0.0f;
+  }
+}
+
+/* One row by one warp: y (c, float or BF16), *mean and *rstd from the
+ * row in v (this lane's columns; 0 at and past c). */
+template <int VEC, typename T>
+__device__ inline void normalize_row(T *y, float *mean, float *rstd, const float v[VEC],
+                                     const float *weight, const float *bias, size_t c, float eps,
+                                     int lane) {
+  double sum = 0.0;
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    if ((size_t)lane + 32 * k < c) sum += v[k];
+  }
+  double m = warp_sum(sum) / (double)c;
+  double sq = 0.0;
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    if ((size_t)lane + 32 * k < c) {
+      double d = v[k] - m;
+      sq += d * d;
+    }
+  }
+  sq = warp_sum(sq);
+  double r = 1.0 / sqrt(sq / (double)c + (double)eps);
+  float mf = (float)m, rf = (float)r;
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    size_t j = (size_t)lane + 32 * k;
+    if (j >= c) continue;
+    float normalized = __fmul_rn(v[k] - mf, rf);
+    store(y + j,
+          __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f));
+  }
+  if (lane == 0) {
+    *mean = mf;
+    *rstd = rf;
+  }
+}
+
+/* The layer norm of row x. */
+template <int VEC, typename T>
+__device__ inline void forward_row(T *y, float *mean, float *rstd, const float *x,
+                                   const float *weight, const float *bias, size_t c, float eps,
+                                   int lane) {
+  float v[VEC];
+  load_row<VEC>(v, x, c, lane);
+  normalize_row<VEC>(y, mean, rstd, v, weight, bias, c, eps, lane);
+}
+
+/* out = res + gamma branch (the residual op's floats: gamma NULL is 1; out
+ * may be res), then the layer norm of out: the residual op and the next
+ * layer norm of a transformer block in one pass, as the two kernels would
+ * give them. */
+template <int VEC, typename T>
+__device__ inline void residual_forward_row(float *out, T *y, float *mean, float *rstd,
+                                            const float *res, const float *branch,
+                                            const float *gamma, const float *weight,
+                                            const float *bias, size_t c, float eps, int lane) {
+  float v[VEC], b[VEC];
+  load_row<VEC>(v, res, c, lane);
+  load_row<VEC>(b, branch, c, lane);
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    size_t j = (size_t)lane + 32 * k;
+    if (j >= c) continue;
+    v[k] = __fadd_rn(v[k], gamma ? __fmul_rn(gamma[j], b[k]) : b[k]);
+    out[j] = v[k];
+  }
+  normalize_row<VEC>(y, mean, rstd, v, weight, bias, c, eps, lane);
+}
+
+/* The block's sums of one output (sums[k]: this lane's, of column lane +
+ * 32 k over its warp's rows), added over the warps in order in double
+ * through red (QT_LN_WARPS * c floats of shared memory): added to dst as a
+ * float with one chunk, else written to partial[(output * chunks + block)
+ * * c + col]. Every thread of the block calls it. */
+template <int VEC>
+__device__ inline void block_sums(float *red, const float sums[VEC], float *dst, double *partial,
+                                  int output, int chunks, int block, size_t c, int tid,
+                                  int threads) {
+  int warp = tid / 32, lane = tid % 32;
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    size_t j = (size_t)lane + 32 * k;
+    if (j < c) red[warp * c + j] = sums[k];
+  }
+  __syncthreads();
+  for (size_t col = tid; col < c; col += threads) {
+    double total = 0.0;
+    for (int w = 0; w < QT_LN_WARPS; w++) total += red[w * c + col];
+    if (chunks == 1)
+      dst[col] += (float)total;
+    else
+      partial[((size_t)output * chunks + block) * c + col] = total;
+  }
+  __syncthreads();
+}
+
+/* Chunk `block` of the backward (see backward_plan) by a block of
+ * QT_LN_WARPS warps: dinp (when given) of its rows, and the sums of dy
+ * xhat (output 0, for dweight) and of dy (output 1, dbias), those whose
+ * gradient is given. */
+template <int VEC>
+__device__ inline void backward_block(float *red, float *dinp, float *dweight, float *dbias,
+                                      double *partial, const float *dout, const float *inp,
+                                      const float *weight, const float *mean, const float *rstd,
+                                      size_t n, size_t c, size_t rows_per_chunk, int chunks,
+                                      int block, int tid, int threads) {
+  int warp = tid / 32, lane = tid % 32;
+  /* The weight is read at each row (from the cache): in registers too, it
+   * would leave room for one block per multiprocessor instead of two. */
+  float sum_w[VEC], sum_b[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; k++) {
+    sum_w[k] = 0.0f;
+    sum_b[k] = 0.0f;
+  }
+  size_t first = (size_t)block * rows_per_chunk;
+  size_t end = first + rows_per_chunk < n ? first + rows_per_chunk : n;
+  for (size_t row = first + warp; row < end; row += QT_LN_WARPS) {
+    float x[VEC], dy[VEC];
+    load_row<VEC>(x, inp + row * c, c, lane);
+    load_row<VEC>(dy, dout + row * c, c, lane);
+    float m = mean[row], r = rstd[row];
+    double g_sum = 0.0, g_xhat_sum = 0.0;
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      if ((size_t)lane + 32 * k >= c) continue;
+      x[k] = __fmul_rn(x[k] - m, r); /* xhat from here on */
+      float g = __fmul_rn(weight ? weight[lane + 32 * k] : 1.0f, dy[k]);
+      g_sum += g;
+      g_xhat_sum += (double)g * x[k];
+    }
+    float g_mean = (float)(warp_sum(g_sum) / (double)c);
+    float g_xhat_mean = (float)(warp_sum(g_xhat_sum) / (double)c);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      size_t j = (size_t)lane + 32 * k;
+      if (j >= c) continue;
+      if (dinp) {
+        float g = __fmul_rn(weight ? weight[j] : 1.0f, dy[k]);
+        float *d = dinp + row * c + j;
+        *d += __fmul_rn(g - g_mean - __fmul_rn(x[k], g_xhat_mean), r);
+      }
+      sum_w[k] += __fmul_rn(dy[k], x[k]);
+      sum_b[k] += dy[k];
+    }
+  }
+  if (dweight) block_sums<VEC>(red, sum_w, dweight, partial, 0, chunks, block, c, tid, threads);
+  if (dbias) block_sums<VEC>(red, sum_b, dbias, partial, 1, chunks, block, c, tid, threads);
+}
+
+} /* namespace qt_ln */
+
+#endif /* QT_CUDA_LAYERNORM_CUH */

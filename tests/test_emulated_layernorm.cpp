@@ -1,0 +1,232 @@
+/*
+ * test_emulated_layernorm.cpp - the layer norm row kernels' bodies
+ * (src/finetune/cuda/qt_cuda_layernorm.cuh) run on the CPU through
+ * qt_cuda_emulation.h, against qt_cpu_layernorm_forward / _backward: out
+ * in FP32 and in BF16 (the FP32 result rounded, bit for bit), mean, rstd,
+ * dinp (added to its old values) and the weight's and bias's gradients
+ * (added to theirs; with several chunks, their partial sums added in chunk
+ * order as qt__cuda_column_partials_add does), within 1e-5 like the `gpu`
+ * tests' FP32 ops, for feature counts around the instantiations' widths
+ * (1, 7, 33, 256, 257, 384, 768, 1000, 1024) and row counts of one and of
+ * several chunks, with and without the affine parameters and each
+ * gradient alone; and the residual add with the layer norm after it in one
+ * body, against the CPU's two ops (the sum to the bit). It runs without a GPU; `test_gpu_ops` runs
+ * the compiled kernels on a device.
+ */
+#include "qt_cuda_emulation.h"
+
+#include <random>
+
+#include "finetune/cuda/qt_cuda_layernorm.cuh"
+#include "finetune/qt_finetune.h"
+
+static const double TOLERANCE = 1e-5;
+static int failures = 0, checks = 0;
+
+/* The parity measure of the `gpu` tests (qt_test_gpu.h). */
+static double parity_error(const std::vector<float> &got, const std::vector<float> &want,
+                           const std::vector<float> *init) {
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); i++) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
+    diff = fmax(diff, fabs((double)got[i] - want[i]));
+    scale = fmax(scale, fabs((double)want[i] - (init ? (*init)[i] : 0.0f)));
+  }
+  return scale == 0.0 ? (diff == 0.0 ? 0.0 : INFINITY) : diff / scale;
+}
+
+static void check(const char *what, size_t n, size_t c, const std::vector<float> &got,
+                  const std::vector<float> &want, const std::vector<float> *init) {
+  double e = parity_error(got, want, init);
+  checks++;
+  if (!(e <= TOLERANCE)) {
+    printf("FAIL layernorm (%zu, %zu) %s: relative error %.3g\n", n, c, what, e);
+    failures++;
+  }
+}
+
+template <int VEC>
+static void forward_case(size_t n, size_t c, const std::vector<float> &x,
+                         const std::vector<float> &w, const std::vector<float> &b, int affine) {
+  const float *weight = affine ? w.data() : nullptr, *bias = affine ? b.data() : nullptr;
+  std::vector<float> out(n * c), mean(n), rstd(n), want(n * c), want_mean(n), want_rstd(n);
+  std::vector<__nv_bfloat16> out16(n * c);
+  qt_cpu_layernorm_forward(want.data(), want_mean.data(), want_rstd.data(), x.data(), weight, bias,
+                           n, c, 1e-6f);
+  int blocks = (int)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
+  qt_emu_launch(blocks, QT_LN_WARPS * 32, 0, [&](unsigned char *, int block, int tid, int) {
+    size_t row = (size_t)block * QT_LN_WARPS + tid / 32;
+    if (row >= n) return;
+    qt_ln::forward_row<VEC>(out.data() + row * c, &mean[row], &rstd[row], x.data() + row * c,
+                            weight, bias, c, 1e-6f, tid % 32);
+    qt_ln::forward_row<VEC>(out16.data() + row * c, &mean[row], &rstd[row], x.data() + row * c,
+                            weight, bias, c, 1e-6f, tid % 32);
+  });
+  check("out", n, c, out, want, nullptr);
+  check("mean", n, c, mean, want_mean, nullptr);
+  check("rstd", n, c, rstd, want_rstd, nullptr);
+  size_t off = 0;
+  for (size_t i = 0; i < n * c; i++) off += out16[i].x != __float2bfloat16_rn(out[i]).x;
+  checks++;
+  if (off) {
+    printf("FAIL layernorm (%zu, %zu): %zu BF16 outputs are not the FP32 ones rounded\n", n, c,
+           off);
+    failures++;
+  }
+}
+
+/* The residual add and the layer norm in one body against the CPU's
+ * residual_forward, then layernorm_forward: out to the bit, the
+ * normalized rows, mean and rstd within the tolerance, the BF16 rows as
+ * the FP32 ones rounded; with and without the layer scale, out in place
+ * of res or apart. */
+template <int VEC>
+static void residual_case(size_t n, size_t c, const std::vector<float> &x,
+                          const std::vector<float> &w, const std::vector<float> &b, int with_gamma,
+                          int in_place, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> branch(n * c), gamma(c);
+  for (float &v : branch) v = normal(rng);
+  for (float &v : gamma) v = 0.1f * normal(rng);
+  const float *g = with_gamma ? gamma.data() : nullptr;
+  std::vector<float> want_out(n * c), want(n * c), want_mean(n), want_rstd(n);
+  qt_cpu_residual_forward(want_out.data(), x.data(), branch.data(), g, n, c);
+  qt_cpu_layernorm_forward(want.data(), want_mean.data(), want_rstd.data(), want_out.data(),
+                           w.data(), b.data(), n, c, 1e-6f);
+  std::vector<float> res = x, out(n * c), norm(n * c), mean(n), rstd(n);
+  std::vector<__nv_bfloat16> norm16(n * c);
+  float *dst = in_place ? res.data() : out.data();
+  int blocks = (int)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
+  qt_emu_launch(blocks, QT_LN_WARPS * 32, 0, [&](unsigned char *, int block, int tid, int) {
+    size_t row = (size_t)block * QT_LN_WARPS + tid / 32;
+    if (row >= n) return;
+    qt_ln::residual_forward_row<VEC>(dst + row * c, norm.data() + row * c, &mean[row], &rstd[row],
+                                     res.data() + row * c, branch.data() + row * c, g, w.data(),
+                                     b.data(), c, 1e-6f, tid % 32);
+  });
+  /* The BF16 output from a second pass over the same sums (out is res
+   * now when in place: add from x again). */
+  std::vector<float> out2(n * c);
+  qt_emu_launch(blocks, QT_LN_WARPS * 32, 0, [&](unsigned char *, int block, int tid, int) {
+    size_t row = (size_t)block * QT_LN_WARPS + tid / 32;
+    if (row >= n) return;
+    qt_ln::residual_forward_row<VEC>(out2.data() + row * c, norm16.data() + row * c, &mean[row],
+                                     &rstd[row], x.data() + row * c, branch.data() + row * c, g,
+                                     w.data(), b.data(), c, 1e-6f, tid % 32);
+  });
+  size_t off = 0;
+  for (size_t i = 0; i < n * c; i++) {
+    off += memcmp(&dst[i], &want_out[i], sizeof(float)) != 0;
+    off += memcmp(&out2[i], &want_out[i], sizeof(float)) != 0;
+    off += norm16[i].x != __float2bfloat16_rn(norm[i]).x;
+  }
+  checks++;
+  if (off) {
+    printf("FAIL residual + layernorm (%zu, %zu)%s%s: %zu values are not the two ops'\n", n, c,
+           with_gamma ? " layer scale" : "", in_place ? " in place" : "", off);
+    failures++;
+  }
+  check("residual + layernorm: norm", n, c, norm, want, nullptr);
+  check("residual + layernorm: mean", n, c, mean, want_mean, nullptr);
+  check("residual + layernorm: rstd", n, c, rstd, want_rstd, nullptr);
+}
+
+/* grads: which of dinp, dweight, dbias the call asks for (bits 1, 2, 4). */
+template <int VEC>
+static void backward_case(size_t n, size_t c, const std::vector<float> &x,
+                          const std::vector<float> &w, int affine, int grads, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> dy(n * c), mean(n), rstd(n), scratch(n * c);
+  for (float &v : dy) v = normal(rng);
+  const float *weight = affine ? w.data() : nullptr;
+  qt_cpu_layernorm_forward(scratch.data(), mean.data(), rstd.data(), x.data(), weight, nullptr, n,
+                           c, 1e-6f);
+  std::vector<float> dinp0(n * c), dw0(c), db0(c);
+  for (float &v : dinp0) v = normal(rng);
+  for (float &v : dw0) v = normal(rng);
+  for (float &v : db0) v = normal(rng);
+  std::vector<float> dinp = dinp0, dw = dw0, db = db0;
+  std::vector<float> want_dinp = dinp0, want_dw = dw0, want_db = db0;
+  float *gi = grads & 1 ? dinp.data() : nullptr, *gw = grads & 2 ? dw.data() : nullptr;
+  float *gb = grads & 4 ? db.data() : nullptr;
+  qt_cpu_layernorm_backward(grads & 1 ? want_dinp.data() : nullptr,
+                            grads & 2 ? want_dw.data() : nullptr,
+                            grads & 4 ? want_db.data() : nullptr, dy.data(), x.data(), weight,
+                            mean.data(), rstd.data(), n, c);
+  size_t rows_per_chunk;
+  int chunks;
+  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
+  /* NaN: a partial sum the kernel should have written and did not. */
+  std::vector<double> partial(2 * (size_t)chunks * c, NAN);
+  qt_emu_launch(chunks, QT_LN_WARPS * 32, QT_LN_WARPS * c * sizeof(float),
+                [&](unsigned char *smem, int block, int tid, int threads) {
+                  qt_ln::backward_block<VEC>((float *)smem, gi, gw, gb, partial.data(), dy.data(),
+                                             x.data(), weight, mean.data(), rstd.data(), n, c,
+                                             rows_per_chunk, chunks, block, tid, threads);
+                });
+  if (chunks > 1) { /* qt__cuda_column_partials_add */
+    for (size_t col = 0; col < c; col++) {
+      double t0 = 0.0, t1 = 0.0;
+      for (int r = 0; r < chunks; r++) {
+        t0 += partial[(size_t)r * c + col];
+        t1 += partial[((size_t)chunks + r) * c + col];
+      }
+      if (gw) gw[col] += (float)t0;
+      if (gb) gb[col] += (float)t1;
+    }
+  }
+  char what[64];
+  snprintf(what, sizeof what, "dinp (grads %d, %d chunks)", grads, chunks);
+  check(what, n, c, dinp, want_dinp, &dinp0);
+  snprintf(what, sizeof what, "dweight (grads %d, %d chunks)", grads, chunks);
+  check(what, n, c, dw, want_dw, &dw0);
+  snprintf(what, sizeof what, "dbias (grads %d, %d chunks)", grads, chunks);
+  check(what, n, c, db, want_db, &db0);
+}
+
+template <int VEC>
+static void layernorm_case(size_t n, size_t c, int affine, unsigned seed) {
+  if (qt_ln::vec_for(c) != VEC) {
+    printf("FAIL layernorm (%zu, %zu): %d registers per lane, the case says %d\n", n, c,
+           qt_ln::vec_for(c), VEC);
+    failures++;
+    return;
+  }
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(n * c), w(c), b(c);
+  /* An offset per row, so that the variance is taken around a mean. */
+  for (size_t i = 0; i < n; i++) {
+    float offset = 3.0f * normal(rng);
+    for (size_t j = 0; j < c; j++) x[i * c + j] = offset + normal(rng);
+  }
+  for (float &v : w) v = 1.0f + 0.3f * normal(rng);
+  for (float &v : b) v = normal(rng);
+  forward_case<VEC>(n, c, x, w, b, affine);
+  backward_case<VEC>(n, c, x, w, affine, 7, rng);
+  residual_case<VEC>(n, c, x, w, b, 0, 0, rng);
+  residual_case<VEC>(n, c, x, w, b, 1, 1, rng);
+}
+
+int main(void) {
+  layernorm_case<8>(1, 1, 1, 1);
+  layernorm_case<8>(5, 7, 1, 2);
+  layernorm_case<8>(5, 7, 0, 3);
+  layernorm_case<8>(19, 33, 1, 4);
+  layernorm_case<8>(9, 256, 1, 5);
+  layernorm_case<16>(9, 257, 1, 6);
+  layernorm_case<16>(130, 384, 1, 7); /* three chunks, the last shorter */
+  layernorm_case<24>(50, 768, 1, 8);  /* two chunks */
+  layernorm_case<32>(3, 1000, 0, 9);
+  layernorm_case<32>(12, 1024, 1, 10);
+  /* Each gradient alone, and dinp without the sums, over several chunks. */
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  size_t n = 100, c = 40;
+  std::vector<float> x(n * c), w(c);
+  for (float &v : x) v = normal(rng);
+  for (float &v : w) v = normal(rng);
+  for (int grads : {1, 2, 4, 3}) backward_case<8>(n, c, x, w, 1, grads, rng);
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
