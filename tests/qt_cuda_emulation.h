@@ -9,12 +9,13 @@
  *     after the other, the threads of a block at once.
  *   - __syncwarp and __syncthreads are barriers over the warp's 32 threads
  *     and over the block; __shfl_xor_sync (float and double) exchanges
- *     through the warp's slots between two barriers. A body whose lanes reach them unevenly
- *     hangs (the test's timeout reports it), as it would be undefined on a
- *     device. The barriers order memory, so ThreadSanitizer reports a lane
+ *     through the warp's slots between two barriers. A body whose lanes
+ *     reach them unevenly hangs (the test's timeout reports it), as it
+ *     would be undefined on a device. The barriers order memory, so ThreadSanitizer reports a lane
  *     that reads shared memory another lane wrote without a barrier between.
  *   - The tensor-core product qt__mma_bf16_16816 (mma.m16n8k16) with the
- *     device's register layouts, exchanged through the warp's matrices.
+ *     device's register layouts, exchanged through the warp's matrices,
+ *     and ldmatrix (qt__ldmatrix_x4, _trans) through the lanes' addresses.
  *   - __nv_bfloat16 rounds to nearest even, as __float2bfloat16_rn, unless
  *     QT_EMULATE_EXACT is defined: then it holds a whole float (twice the
  *     size; the kernels must size their BF16 arrays with sizeof), so the
@@ -71,6 +72,7 @@ struct qt_emu_warp {
   std::barrier<> barrier{32};
   double slots[32];
   float mma_a[16][16], mma_b[16][8]; /* qt__mma_bf16_16816's operands */
+  const __nv_bfloat16 *rows[32];      /* qt__ldmatrix_x4's addresses */
 };
 inline thread_local int qt_emu_lane;
 inline thread_local qt_emu_warp *qt_emu_my_warp;
@@ -135,6 +137,31 @@ static inline void qt__mma_bf16_16816(float d[4], const __nv_bfloat162 a[4],
     d[e] = sum;
   }
   __syncwarp();
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4 (.trans) .b16: lane 8 i + r gives the
+ * address (16-byte aligned) of row r of 8 x 8 matrix i; lane 4 g + t
+ * receives in r[i] that matrix's values 2t, 2t + 1 of row g, or with trans
+ * those of column g at rows 2t, 2t + 1. */
+static inline void qt_emu_ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *row, bool trans) {
+  qt_emu_warp *w = qt_emu_my_warp;
+  if ((uintptr_t)row % 16 != 0) abort(); /* the device faults */
+  w->rows[qt_emu_lane] = row;
+  __syncwarp();
+  int g = qt_emu_lane / 4, t = qt_emu_lane % 4;
+  for (int i = 0; i < 4; i++) {
+    if (trans)
+      r[i] = {w->rows[8 * i + 2 * t][g], w->rows[8 * i + 2 * t + 1][g]};
+    else
+      r[i] = {w->rows[8 * i + g][2 * t], w->rows[8 * i + g][2 * t + 1]};
+  }
+  __syncwarp();
+}
+static inline void qt__ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
+  qt_emu_ldmatrix_x4(r, row, false);
+}
+static inline void qt__ldmatrix_x4_trans(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
+  qt_emu_ldmatrix_x4(r, row, true);
 }
 
 /* Runs body(smem, block, thread, threads) for every block in turn, with

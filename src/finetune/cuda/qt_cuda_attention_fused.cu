@@ -46,6 +46,34 @@ static __device__ __forceinline__ void qt__mma_bf16_16816(float d[4], const __nv
 #endif
 }
 
+/* r = four 8 x 8 BF16 matrices of shared memory, lane 8 i + r giving the
+ * address of row r of matrix i: ldmatrix.sync.aligned.m8n8.x4 (.trans),
+ * in the layouts of qt_cuda_attention_fused.cuh. */
+static __device__ __forceinline__ void qt__ldmatrix_x4(__nv_bfloat162 r[4],
+                                                       const __nv_bfloat16 *row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned *R = reinterpret_cast<unsigned *>(r);
+  unsigned address = (unsigned)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(R[0]), "=r"(R[1]), "=r"(R[2]), "=r"(R[3])
+               : "r"(address));
+#else
+  (void)r, (void)row;
+#endif
+}
+static __device__ __forceinline__ void qt__ldmatrix_x4_trans(__nv_bfloat162 r[4],
+                                                             const __nv_bfloat16 *row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned *R = reinterpret_cast<unsigned *>(r);
+  unsigned address = (unsigned)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(R[0]), "=r"(R[1]), "=r"(R[2]), "=r"(R[3])
+               : "r"(address));
+#else
+  (void)r, (void)row;
+#endif
+}
+
 #include "finetune/cuda/qt_cuda_attention_fused.cuh"
 
 /* BF16 mma needs sm_80; a build for older devices traps in the kernels,

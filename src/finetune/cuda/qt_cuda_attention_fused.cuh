@@ -40,10 +40,12 @@
  * This file holds only __device__ functions over the primitives that CUDA
  * C++ provides (threadIdx-free: each body takes its block, thread and
  * shared memory as arguments), so that a host emulation can include it with
- * stand-ins. The includer provides cuda_bf16.h, __shfl_xor_sync and
+ * stand-ins. The includer provides cuda_bf16.h, __shfl_xor_sync,
  * qt__mma_bf16_16816(float d[4], const __nv_bfloat162 a[4], const
  * __nv_bfloat162 b[2]): d += A B in the layouts above (the device's is one
- * mma.sync in qt_cuda_attention_fused.cu).
+ * mma.sync in qt_cuda_attention_fused.cu), and qt__ldmatrix_x4 and
+ * qt__ldmatrix_x4_trans(__nv_bfloat162 r[4], const __nv_bfloat16 *row):
+ * ldmatrix.m8n8.x4 (.trans) from shared memory (below).
  */
 #ifndef QT_CUDA_ATTENTION_FUSED_CUH
 #define QT_CUDA_ATTENTION_FUSED_CUH
@@ -196,35 +198,46 @@ __device__ inline void load_rows(rows16 &a, const float *src, size_t ld, int row
   }
 }
 
+/* The B operands come from the staged arrays through ldmatrix (m8n8.x4:
+ * lane 8 i + r gives the address of row r of 8 x 8 matrix i, 16-byte
+ * aligned, and lane 4 g + t receives of each matrix the values 2t, 2t + 1
+ * of its row g, or with .trans those of its column g at rows 2t, 2t + 1):
+ * one instruction for four registers of operands, where 32-bit loads took
+ * four and the 16-bit loads down a column sixteen. Rows of QT_FA_LD values
+ * (144 bytes) put a matrix's 8 rows on 32 different banks. */
+
 /* acc (16, 8) = a (16, 64) . X[n0 .. n0 + 8)^T, X a staged (rows, 64)
- * array: the scores of a warp's rows against 8 rows of the other side. */
+ * array: the scores of a warp's rows against 8 rows of the other side.
+ * Matrix i of a load holds features 16 (2 p + i / 2) + 8 (i % 2) .. + 8 of
+ * the 8 rows. */
 __device__ inline void times_rows_t(frag_c &acc, const rows16 &a, const bf16 *x, int n0, int lane) {
-  int g = lane / 4, t = lane % 4;
-  const bf16 *row = x + (n0 + g) * QT_FA_LD + 2 * t;
+  int i = lane / 8, r = lane % 8;
+  const bf16 *row = x + (n0 + r) * QT_FA_LD + 16 * (i / 2) + 8 * (i % 2);
   zero(acc);
 #pragma unroll
-  for (int k = 0; k < QT_FA_HEAD / 16; k++) {
-    frag_b b;
-    b.x[0] = *(const bf16x2 *)(row + 16 * k);
-    b.x[1] = *(const bf16x2 *)(row + 16 * k + 8);
-    mma(acc, a.k[k], b);
+  for (int p = 0; p < QT_FA_HEAD / 32; p++) {
+    bf16x2 v[4];
+    qt__ldmatrix_x4(v, row + 32 * p);
+    frag_b b0 = {{v[0], v[1]}}, b1 = {{v[2], v[3]}};
+    mma(acc, a.k[2 * p], b0);
+    mma(acc, a.k[2 * p + 1], b1);
   }
 }
 
 /* acc[n] (16, 8 features) += a (16, 16 rows of X) . X[k0 .. k0 + 16) for
  * the 8 tiles of 8 features: a staged array as the B operand, read down
- * its columns. */
+ * its columns (ldmatrix .trans). Matrix i of a load holds rows k0 + 8 (i %
+ * 2) .. + 8 of features 8 (n + i / 2) .. + 8. */
 __device__ inline void times_rows(frag_c acc[8], const frag_a &a, const bf16 *x, int k0, int lane) {
-  int g = lane / 4, t = lane % 4;
-  const bf16 *top = x + (k0 + 2 * t) * QT_FA_LD + g, *bottom = top + 8 * QT_FA_LD;
+  int i = lane / 8, r = lane % 8;
+  const bf16 *row = x + (k0 + 8 * (i % 2) + r) * QT_FA_LD + 8 * (i / 2);
 #pragma unroll
-  for (int n = 0; n < 8; n++) {
-    frag_b b;
-    b.x[0].x = top[8 * n];
-    b.x[0].y = top[8 * n + QT_FA_LD];
-    b.x[1].x = bottom[8 * n];
-    b.x[1].y = bottom[8 * n + QT_FA_LD];
-    mma(acc[n], a, b);
+  for (int n = 0; n < 8; n += 2) {
+    bf16x2 v[4];
+    qt__ldmatrix_x4_trans(v, row + 8 * n);
+    frag_b b0 = {{v[0], v[1]}}, b1 = {{v[2], v[3]}};
+    mma(acc[n], a, b0);
+    mma(acc[n + 1], a, b1);
   }
 }
 
