@@ -610,6 +610,20 @@ static inline int fake_linear_backward_h(float *dinp, float *dweight, float *dbi
   return rc;
 }
 
+/* gelu_backward, then fake_linear_backward_h: the CPU's ops, whose
+ * results the CUDA table's op gives (one BF16-input call, as the linear
+ * layer's alone). */
+static inline int fake_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
+                                              float *dpre, const float *dout, const float *pre,
+                                              const void *inp, const float *weight, size_t n,
+                                              size_t in_c, size_t out_c, int set, qt_err *err) {
+  FAKE_OPEN();
+  int rc = qt__ops_cpu()->gelu_backward(dpre, dout, pre, n * out_c, 1, err);
+  FAKE_CLOSE();
+  if (rc < 0) return rc;
+  return fake_linear_backward_h(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, set, err);
+}
+
 /* fake_device_ops with the BF16 linear inputs, taken under BF16 products:
  * the producers round the CPU's FP32 results into BF16 arrays and the
  * linear layers widen them back, so a model there gives the CPU's numbers
@@ -627,6 +641,7 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.attention_forward_h = fake_attention_forward_h;
     ops.linear_forward_h = fake_linear_forward_h;
     ops.linear_backward_h = fake_linear_backward_h;
+    ops.gelu_linear_backward_h = fake_gelu_linear_backward_h;
   }
   return &ops;
 }

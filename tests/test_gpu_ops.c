@@ -2,8 +2,9 @@
  * test_gpu_ops.c - parity of the CUDA layer ops of the ViT engine (linear,
  * layer norm, GELU, attention, residual, patchify and tokens, softmax
  * cross-entropy) with their CPU references, forward and backward (label
- * `gpu`); the layer norm through its row kernels and its loop kernels, and
- * the residual add with the layer norm after it in one op. Without a CUDA device, or in a build without CUDA, the program
+ * `gpu`); the layer norm through its row kernels and its loop kernels, the
+ * residual add with the layer norm after it in one op, and the GELU's
+ * backward with the linear layer before it in one op. Without a CUDA device, or in a build without CUDA, the program
  * prints why and exits 77, which CTest reports as skipped.
  *
  * The measure. Each output array (a forward's result, or what a backward
@@ -219,6 +220,84 @@ static void linear_bf16_exact(size_t n, size_t in_c, size_t out_c, uint64_t seed
   float *dev[] = {d_inp, d_weight, d_dout, d_out};
   for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
   qt_rng_free(rng);
+}
+
+/* Whether the n floats at device addresses a and b are equal to the bit. */
+static int device_equal(const float *a, const float *b, size_t n) {
+  float *x = download(a, n), *y = download(b, n);
+  int same = memcmp(x, y, n * sizeof *x) == 0;
+  free(x);
+  free(y);
+  return same;
+}
+
+/* The MLP's GELU backward with the linear layer before it in one op
+ * (qt__cuda_gelu_linear_backward_h) gives what the two ops give, bit for
+ * bit: under BF16 products with a bias gradient in one pass that keeps
+ * the GELU's gradient only in BF16, else through the two ops. */
+static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
+                             qt_matmul_precision precision, uint64_t seed) {
+  qt_rng_t *rng = make_rng(seed);
+  float *x = host_random(rng, n * in_c, 0.0, 1.0), *pre = host_random(rng, n * out_c, 0.0, 1.5);
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0);
+  float *weight = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *init_w = host_random(rng, out_c * in_c, 0.0, 0.01), *init_b = host_random(rng, out_c, 0, 1);
+  uint16_t *x16 = malloc(n * in_c * sizeof *x16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(x16);
+  for (size_t i = 0; i < n * in_c; i++) x16[i] = qt_test_bf16_bits(x[i]);
+  void *d_x16 = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_x16, n * in_c * sizeof *x16, E));
+  CHECK_RC(qt_cuda_copy_to_device(d_x16, x16, n * in_c * sizeof *x16, E));
+  float *d_pre = device_floats(pre, n * out_c), *d_dout = device_floats(dout, n * out_c);
+  float *d_weight = device_floats(weight, out_c * in_c);
+  float *d_dinp[2], *d_dw[2], *d_db[2], *d_dpre[2];
+  for (int k = 0; k < 2; k++) {
+    d_dinp[k] = device_alloc(n * in_c);
+    d_dw[k] = device_floats(init_w, out_c * in_c);
+    d_db[k] = with_bias ? device_floats(init_b, out_c) : NULL;
+    d_dpre[k] = device_alloc(n * out_c);
+  }
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(precision);
+  CHECK_RC(qt__cuda_gelu_linear_backward_h(d_dinp[0], d_dw[0], d_db[0], d_dpre[0], d_dout, d_pre,
+                                           d_x16, d_weight, n, in_c, out_c, 1, E));
+  CHECK_RC(qt__cuda_gelu_backward(d_dpre[1], d_dout, d_pre, n * out_c, 1, E));
+  CHECK_RC(qt__cuda_linear_backward_h(d_dinp[1], d_dw[1], d_db[1], d_dpre[1], d_x16, d_weight, n,
+                                      in_c, out_c, 1, E));
+  qt_cuda_set_matmul_precision(before);
+  int same = device_equal(d_dinp[0], d_dinp[1], n * in_c) &&
+             device_equal(d_dw[0], d_dw[1], out_c * in_c) &&
+             (!with_bias || device_equal(d_db[0], d_db[1], out_c));
+  if (!same)
+    printf("gelu + linear (%zu, %zu) -> %zu%s, precision %d: not the two ops' gradients\n", n, in_c,
+           out_c, with_bias ? " with bias" : "", (int)precision);
+  CU_ASSERT(same);
+  for (int k = 0; k < 2; k++) {
+    qt_cuda_free(d_dinp[k]);
+    qt_cuda_free(d_dw[k]);
+    qt_cuda_free(d_db[k]);
+    qt_cuda_free(d_dpre[k]);
+  }
+  float *host[] = {x, pre, dout, weight, init_w, init_b};
+  for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+  free(x16);
+  qt_cuda_free(d_x16);
+  qt_cuda_free(d_pre);
+  qt_cuda_free(d_dout);
+  qt_cuda_free(d_weight);
+  qt_rng_free(rng);
+}
+
+static void test_gelu_linear_backward(void) {
+  gelu_linear_case(394, 192, 768, 1, QT_MATMUL_BF16, 81); /* the one pass */
+  gelu_linear_case(3000, 40, 100, 1, QT_MATMUL_BF16, 82); /* its sums in chunks */
+  gelu_linear_case(394, 192, 768, 0, QT_MATMUL_BF16, 83); /* no bias: the two ops */
+  gelu_linear_case(394, 192, 768, 1, QT_MATMUL_BF16_FAST, 84);
+  /* Like the other BF16-input ops, it refuses FP32 products. */
+  qt_err err;
+  float *d = device_alloc(4);
+  CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_h(d, d, d, d, d, d, d, d, 1, 1, 1, 1, &err),
+                  QT_EINVAL);
+  qt_cuda_free(d);
 }
 
 /* How many of the n BF16 values h (uint16_t bits) differ from the FP32
@@ -1226,6 +1305,7 @@ static const qt_test_case cases[] = {
     {"attention", test_attention},
     {"residual", test_residual},
     {"residual_layernorm", test_residual_layernorm},
+    {"gelu_linear_backward", test_gelu_linear_backward},
     {"tokens", test_tokens},
     {"cross_entropy", test_cross_entropy},
     {"arguments", test_arguments},

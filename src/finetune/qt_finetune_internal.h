@@ -170,6 +170,17 @@ typedef struct qt__ops {
   int (*linear_backward_h)(float *dinp, float *dweight, float *dbias, const float *dout,
                            const void *inp, const float *weight, size_t n, size_t in_c,
                            size_t out_c, int set, qt_err *err);
+  /* gelu_backward(dpre, dout, pre, n * out_c, set 1), then
+   * linear_backward_h with dpre as its dout: the MLP's GELU and the linear
+   * layer before it (pre, (n, out_c), is that layer's output), with the
+   * same results, where a backend has it (NULL: the model calls the two).
+   * dpre is scratch: a backend may leave it unwritten (the CUDA table
+   * under BF16 products keeps that gradient only in BF16, for the two
+   * products, and sums it for the bias in the same pass). */
+  int (*gelu_linear_backward_h)(float *dinp, float *dweight, float *dbias, float *dpre,
+                                const float *dout, const float *pre, const void *inp,
+                                const float *weight, size_t n, size_t in_c, size_t out_c, int set,
+                                qt_err *err);
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
@@ -372,6 +383,11 @@ int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const floa
                                  const float *weight, const float *bias, size_t n, size_t c,
                                  float eps, qt_err *err);
 int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err);
+/* The CUDA op table's gelu_linear_backward_h (qt__ops). */
+int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias, float *dpre,
+                                    const float *dout, const float *pre, const void *inp,
+                                    const float *weight, size_t n, size_t in_c, size_t out_c,
+                                    int set, qt_err *err);
 /* The CUDA op table's residual_layernorm_forward (qt__ops): one kernel
  * for rows of at most 1024 features while the layer norm's row kernels are
  * on (qt__cuda_set_layernorm_rows), else the two ops. */

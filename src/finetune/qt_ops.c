@@ -503,6 +503,7 @@ static const qt__ops cuda_ops = {
     .attention_forward_h = qt__cuda_attention_op_forward_h,
     .linear_forward_h = qt__cuda_linear_forward_h,
     .linear_backward_h = qt__cuda_linear_backward_h,
+    .gelu_linear_backward_h = qt__cuda_gelu_linear_backward_h,
     .attention_scratch_size = qt_cuda_attention_scratch_size,
     .attention_forward = qt__cuda_attention_op_forward,
     .attention_backward = qt__cuda_attention_op_backward,

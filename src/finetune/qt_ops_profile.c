@@ -142,6 +142,11 @@ TIMED(residual_backward,
       (float *dres, float *dbranch, float *dgamma, const float *dout, const float *branch,
        const float *gamma, size_t n, size_t c, qt_err *err),
       (dres, dbranch, dgamma, dout, branch, gamma, n, c, err))
+TIMED(gelu_linear_backward_h,
+      (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout,
+       const float *pre, const void *inp, const float *weight, size_t n, size_t in_c,
+       size_t out_c, int set, qt_err *err),
+      (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, err))
 TIMED(residual_layernorm_forward,
       (float *out, void *norm, int norm_bf16, float *mean, float *rstd, const float *res,
        const float *branch, const float *gamma, const float *weight, const float *bias, size_t n,
@@ -350,6 +355,8 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.attention_forward_h = inner->attention_forward_h ? timed_attention_forward_h : NULL;
   profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
   profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
+  profiled.gelu_linear_backward_h =
+      inner->gelu_linear_backward_h ? timed_gelu_linear_backward_h : NULL;
   profiled.residual_layernorm_forward =
       inner->residual_layernorm_forward ? timed_residual_layernorm_forward : NULL;
   qt__ops_profile_reset();

@@ -1062,9 +1062,14 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
     VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp,
                                     a->gelu, w->fc2_w, BT, M, C, err));
-    VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->fc1_w, gw->fc1_b,
-                                    vit->dfc1, a->ln2, w->fc1_w, BT, C, M, err));
+    if (vit->bf16_inputs && ops->gelu_linear_backward_h) {
+      VIT_TRY(ops->gelu_linear_backward_h(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
+                                          a->fc1, a->ln2, w->fc1_w, BT, C, M, 1, err));
+    } else {
+      VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
+      VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->fc1_w, gw->fc1_b,
+                                      vit->dfc1, a->ln2, w->fc1_w, BT, C, M, err));
+    }
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 

@@ -31,8 +31,8 @@
 #define COLSUM_MAX_BLOCKS 1024
 #define COLSUM_ROWS 256
 
-/* The term of row i, column col, for output 0 (and 1); a plain sum also
- * writes a's value rounded to BF16 into copy, when given. */
+/* The term of row i, column col, for output 0 (and 1); a plain sum (and
+ * GELU's) also writes the term rounded to BF16 into copy, when given. */
 template <int kind>
 static __device__ __forceinline__ void colsum_terms(const float *__restrict__ a,
                                                     const float *__restrict__ b,
@@ -41,7 +41,9 @@ static __device__ __forceinline__ void colsum_terms(const float *__restrict__ a,
                                                     __nv_bfloat16 *__restrict__ copy, size_t i,
                                                     size_t c, size_t col, double *t0, double *t1) {
   float x = a[i * c + col];
-  if (kind == QT__COLSUM_PLAIN) {
+  if (kind == QT__COLSUM_GELU) /* 0 + g, as the GELU backward writes it */
+    x = __fadd_rn(0.0f, qt__gelu_grad(x, b[i * c + col]));
+  if (kind == QT__COLSUM_PLAIN || kind == QT__COLSUM_GELU) {
     *t0 = x;
     if (copy) copy[i * c + col] = __float2bfloat16_rn(x);
   } else if (kind == QT__COLSUM_PRODUCT) {
@@ -172,4 +174,15 @@ extern "C" int qt__cuda_column_sums_rounding(float *dst, void *copy, const float
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
   return column_sums<QT__COLSUM_PLAIN>(dst, NULL, a, NULL, NULL, NULL, (__nv_bfloat16 *)copy, n, c,
                                        who, err);
+}
+
+extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout,
+                                                  const float *pre, size_t n, size_t c,
+                                                  const char *who, qt_err *err) {
+  if (n == 0 || c == 0) return 0;
+  if (!dst || !copy || !dout || !pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if ((c + 31) / 32 > INT_MAX)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
+  return column_sums<QT__COLSUM_GELU>(dst, NULL, dout, pre, NULL, NULL, (__nv_bfloat16 *)copy, n, c,
+                                      who, err);
 }

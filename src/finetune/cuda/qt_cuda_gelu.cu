@@ -10,8 +10,7 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-#define QT_SQRT1_2 0.70710678118654752440f      /* 1 / sqrt(2) */
-#define QT_INV_SQRT_2PI 0.39894228040143267794f /* 1 / sqrt(2 pi) */
+#define QT_SQRT1_2 0.70710678118654752440f /* 1 / sqrt(2) */
 
 static __device__ __forceinline__ float gelu(float x) {
   return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
@@ -35,11 +34,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                          const float *__restrict__ inp, size_t n) {
   size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
-    float pdf = __fmul_rn(QT_INV_SQRT_2PI, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
-    dinp[i] =
-        __fadd_rn(set ? 0.0f : dinp[i], __fmul_rn(dout[i], __fadd_rn(cdf, __fmul_rn(x, pdf))));
+    dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], qt__gelu_grad(dout[i], inp[i]));
   }
 }
 

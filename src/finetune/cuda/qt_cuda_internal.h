@@ -153,6 +153,7 @@ void qt__cuda_rounded_scratch_unlock(void);
 #define QT__COLSUM_PLAIN 0
 #define QT__COLSUM_PRODUCT 1
 #define QT__COLSUM_LAYERNORM 2
+#define QT__COLSUM_GELU 3 /* qt__cuda_column_sums_gelu_rounding's */
 int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, const float *b,
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
@@ -170,6 +171,15 @@ int qt__cuda_column_partials_add(float *dst0, float *dst1, const double *partial
  * backward under BF16 products. */
 int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t n, size_t c,
                                   const char *who, qt_err *err);
+
+/* The same for the gradient g that GELU passes back (as
+ * qt__cuda_gelu_backward writes it with `set`) from dout at its output
+ * and its input pre, both (n, c), without writing g in FP32: dst += the
+ * column sums of g, copy = g rounded to BF16. The MLP's GELU and the bias
+ * gradient of the linear layer before it, under BF16 products. */
+int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout,
+                                       const float *pre, size_t n, size_t c, const char *who,
+                                       qt_err *err);
 
 } /* extern "C" */
 
@@ -251,6 +261,18 @@ static __device__ __forceinline__ float qt__block_max(float v, float *shared) {
   }
   __syncthreads();
   return shared[0];
+}
+
+/* The gradient that exact (erf) GELU passes back at its input x for
+ * dout at its output: dout (cdf(x) + x pdf(x)), cpu/qt_cpu_gelu.c's float
+ * expressions with CUDA's erff and expf (qt_cuda_gelu.cu, and the GELU
+ * before a linear layer's column sums in qt_cuda_colsum.cu). */
+static __device__ __forceinline__ float qt__gelu_grad(float dout, float x) {
+  const float sqrt1_2 = 0.70710678118654752440f;     /* 1 / sqrt(2) */
+  const float inv_sqrt_2pi = 0.39894228040143267794f; /* 1 / sqrt(2 pi) */
+  float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, sqrt1_2)));
+  float pdf = __fmul_rn(inv_sqrt_2pi, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
+  return __fmul_rn(dout, __fadd_rn(cdf, __fmul_rn(x, pdf)));
 }
 
 /* Stores v as float, or rounded to BF16 (to nearest even) for a kernel

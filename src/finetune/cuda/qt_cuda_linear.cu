@@ -6,7 +6,8 @@
  * (under BF16 products in the same pass that rounds the output's gradient
  * for both products). See qt_finetune.h. Also the variants
  * whose input is already BF16 (the op table's bf16_inputs, in
- * qt_finetune_internal.h).
+ * qt_finetune_internal.h), and the backward of the MLP's GELU with the
+ * linear layer before it (gelu_linear_backward_h).
  */
 #include <limits.h>
 
@@ -101,10 +102,15 @@ extern "C" int qt__cuda_linear_forward_h(float *out, const void *inp, const floa
   return forward(out, NULL, inp, weight, bias, n, in_c, out_c, who, err);
 }
 
-/* The backward with the forward's input in FP32 (inp) or BF16 (inp16). */
+/* The backward with the forward's input in FP32 (inp) or BF16 (inp16).
+ * With gelu_pre, dout is the gradient at the output of an exact GELU
+ * whose input was this layer's output (gelu_pre): the layer's output
+ * gradient is what the GELU passes back, which goes into dpre first, or,
+ * under BF16 products with a bias gradient, only into the BF16 copy that
+ * the bias gradient's pass writes. */
 static int backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                    const void *inp16, const float *weight, size_t n, size_t in_c, size_t out_c,
-                    int set, const char *who, qt_err *err) {
+                    const void *inp16, const float *weight, const float *gelu_pre, float *dpre,
+                    size_t n, size_t in_c, size_t out_c, int set, const char *who, qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -115,8 +121,20 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
     if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   }
   if (n == 0 || out_c == 0) return 0;
-  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp && !inp16)) {
+  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp && !inp16) ||
+      (gelu_pre && !dpre)) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  }
+  int products_read_dout = (dinp || dweight) && in_c > 0;
+  /* Both products would round dout and the bias gradient read it again:
+   * under BF16 products one pass over dout does both (and the GELU's
+   * gradient before them), and the products take its copy. */
+  int one_pass = dbias && products_read_dout && qt__cuda_matmul_precision() == QT_MATMUL_BF16;
+  if (gelu_pre && !one_pass) {
+    int rc = qt__cuda_gelu_backward(dpre, dout, gelu_pre, n * out_c, 1, err);
+    if (rc < 0) return rc;
+    dout = dpre;
+    gelu_pre = NULL;
   }
   /* Both products read dout: one call rounds it once under BF16. */
   qt__cuda_product products[2];
@@ -149,13 +167,13 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
                          .ldc = in_c,
                          .b16 = inp16};
   }
-  if (dbias && count > 0 && qt__cuda_matmul_precision() == QT_MATMUL_BF16) {
-    /* Both products would round dout and the bias gradient read it again:
-     * one pass over dout does both, and the products take its copy. */
+  if (one_pass) {
     void *dout16 = NULL;
     int rc = qt__cuda_rounded_scratch_lock(n * out_c, &dout16, who, err);
     if (rc < 0) return rc;
-    rc = qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
+    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, n, out_c, who,
+                                                       err)
+                  : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
     for (size_t i = 0; i < count; i++) products[i].a16 = dout16;
     if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
     qt__cuda_rounded_scratch_unlock();
@@ -172,7 +190,7 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
 extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
                                         const float *dout, const float *inp, const float *weight,
                                         size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
-  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, n, in_c, out_c, set,
+  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, NULL, NULL, n, in_c, out_c, set,
                   "qt_cuda_linear_backward", err);
 }
 
@@ -183,7 +201,20 @@ extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *db
   const char *who = "qt_cuda_linear_backward (BF16 input)";
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, n, in_c, out_c, set, who, err);
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, NULL, NULL, n, in_c, out_c, set,
+                  who, err);
+}
+
+extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
+                                               float *dpre, const float *dout, const float *pre,
+                                               const void *inp, const float *weight, size_t n,
+                                               size_t in_c, size_t out_c, int set, qt_err *err) {
+  const char *who = "qt_cuda_gelu_linear_backward (BF16 input)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, dpre, n, in_c, out_c, set,
+                  who, err);
 }
 
 extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,

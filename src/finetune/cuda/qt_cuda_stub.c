@@ -163,6 +163,13 @@ int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const floa
   return QT_CUDA_STUB("qt_cuda_layernorm_forward");
 }
 
+int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias, float *dpre,
+                                    const float *dout, const float *pre, const void *inp,
+                                    const float *weight, size_t n, size_t in_c, size_t out_c,
+                                    int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
+}
+
 int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
                                         float *rstd, const float *res, const float *branch,
                                         const float *gamma, const float *weight,
