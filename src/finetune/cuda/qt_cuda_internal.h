@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include "core/qt_core.h"
+#include "finetune/cuda/qt_cuda_colsum.cuh"
 
 extern "C" {
 
@@ -150,10 +151,7 @@ void qt__cuda_rounded_scratch_unlock(void);
  * c): the rows are split into ceil(n / 256) chunks (fewer when the columns
  * alone need many blocks), summed per chunk and then over the chunks in
  * order. */
-#define QT__COLSUM_PLAIN 0
-#define QT__COLSUM_PRODUCT 1
-#define QT__COLSUM_LAYERNORM 2
-#define QT__COLSUM_GELU 3 /* qt__cuda_column_sums_gelu_rounding's */
+/* QT__COLSUM_PLAIN, _PRODUCT, _LAYERNORM: qt_cuda_colsum.cuh. */
 int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, const float *b,
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
@@ -261,18 +259,6 @@ static __device__ __forceinline__ float qt__block_max(float v, float *shared) {
   }
   __syncthreads();
   return shared[0];
-}
-
-/* The gradient that exact (erf) GELU passes back at its input x for
- * dout at its output: dout (cdf(x) + x pdf(x)), cpu/qt_cpu_gelu.c's float
- * expressions with CUDA's erff and expf (qt_cuda_gelu.cu, and the GELU
- * before a linear layer's column sums in qt_cuda_colsum.cu). */
-static __device__ __forceinline__ float qt__gelu_grad(float dout, float x) {
-  const float sqrt1_2 = 0.70710678118654752440f;     /* 1 / sqrt(2) */
-  const float inv_sqrt_2pi = 0.39894228040143267794f; /* 1 / sqrt(2 pi) */
-  float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, sqrt1_2)));
-  float pdf = __fmul_rn(inv_sqrt_2pi, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
-  return __fmul_rn(dout, __fadd_rn(cdf, __fmul_rn(x, pdf)));
 }
 
 /* Stores v as float, or rounded to BF16 (to nearest even) for a kernel

@@ -1,0 +1,165 @@
+/*
+ * qt_cuda_colsum.cuh - the bodies of the column-sum kernels of
+ * qt_cuda_colsum.cu (see qt__cuda_column_sums in qt_cuda_internal.h, which
+ * includes this file): a block of (32, 8) threads sums its 32 columns over
+ * a chunk of rows in double, thread (x, y) taking the chunk's rows y, y +
+ * 8, ..., the block adding its 8 rows of partial sums in order. A thread
+ * has QT_COLSUM_UNROLL rows' loads in flight before it adds their terms, in
+ * row order as one at a time would: with one load at a time, the 64 warps
+ * of a multiprocessor keep too few bytes in flight to fill the memory's
+ * bandwidth, and these passes go over every linear layer's output
+ * gradient.
+ *
+ * This file holds only __device__ functions over the primitives that CUDA
+ * C++ provides (threadIdx-free: each body takes its block and thread as
+ * arguments), so that a host emulation can include it with stand-ins
+ * (tests/qt_cuda_emulation.h): the includer provides cuda_bf16.h,
+ * __syncthreads, __fmul_rn, __fadd_rn, erff and expf.
+ */
+#ifndef QT_CUDA_COLSUM_CUH
+#define QT_CUDA_COLSUM_CUH
+
+/* The kinds of sums (qt__cuda_column_sums and its variants). */
+#define QT__COLSUM_PLAIN 0     /* a, written rounded to BF16 into copy when given */
+#define QT__COLSUM_PRODUCT 1   /* (double) a * b */
+#define QT__COLSUM_LAYERNORM 2 /* (double) (a * xhat) and a, xhat from b, mean, rstd */
+#define QT__COLSUM_GELU 3      /* the gradient GELU passes back from a at its input b, as PLAIN */
+
+#define QT_COLSUM_UNROLL 4 /* rows per thread in flight */
+
+/* The gradient that exact (erf) GELU passes back at its input x for
+ * dout at its output: dout (cdf(x) + x pdf(x)), cpu/qt_cpu_gelu.c's float
+ * expressions with CUDA's erff and expf (qt_cuda_gelu.cu's backward, and
+ * the GELU before a linear layer's column sums). */
+__device__ inline float qt__gelu_grad(float dout, float x) {
+  const float sqrt1_2 = 0.70710678118654752440f;      /* 1 / sqrt(2) */
+  const float inv_sqrt_2pi = 0.39894228040143267794f; /* 1 / sqrt(2 pi) */
+  float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, sqrt1_2)));
+  float pdf = __fmul_rn(inv_sqrt_2pi, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
+  return __fmul_rn(dout, __fadd_rn(cdf, __fmul_rn(x, pdf)));
+}
+
+namespace qt_colsum {
+
+/* What one row's term of one column reads. */
+struct values {
+  float a, b, mean, rstd;
+};
+
+template <int kind>
+__device__ inline values load(const float *a, const float *b, const float *mean, const float *rstd,
+                              size_t i, size_t c, size_t col) {
+  values v;
+  v.a = a[i * c + col];
+  v.b = kind != QT__COLSUM_PLAIN ? b[i * c + col] : 0.0f;
+  v.mean = kind == QT__COLSUM_LAYERNORM ? mean[i] : 0.0f;
+  v.rstd = kind == QT__COLSUM_LAYERNORM ? rstd[i] : 0.0f;
+  return v;
+}
+
+/* The terms for output 0 (and 1) of the values at element `at`; a plain
+ * sum (and GELU's) also writes its term rounded to BF16 into copy, when
+ * given. */
+template <int kind>
+__device__ inline void terms(const values &v, __nv_bfloat16 *copy, size_t at, double *t0,
+                             double *t1) {
+  float x = v.a;
+  if (kind == QT__COLSUM_GELU) /* 0 + g, as the GELU backward writes it */
+    x = __fadd_rn(0.0f, qt__gelu_grad(x, v.b));
+  if (kind == QT__COLSUM_PLAIN || kind == QT__COLSUM_GELU) {
+    *t0 = x;
+    if (copy) copy[at] = __float2bfloat16_rn(x);
+  } else if (kind == QT__COLSUM_PRODUCT) {
+    *t0 = (double)x * v.b;
+  } else { /* QT__COLSUM_LAYERNORM: a is dy, b the layer norm's input */
+    float xhat = __fmul_rn(v.b - v.mean, v.rstd);
+    *t0 = (double)__fmul_rn(x, xhat);
+    *t1 = x;
+  }
+}
+
+/* Block (tile, chunk) of `chunks`, thread (tx, ty): the sums of columns
+ * 32 tile .. over rows [chunk rows_per_chunk, ...) of n. With one chunk
+ * they go to dst0 / dst1 (added, as floats) directly; else to
+ * partial[(o * chunks + chunk) * c + col] for output o. shared0, shared1:
+ * (8, 33) doubles of the block's shared memory. */
+template <int kind>
+__device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], float *dst0,
+                                  float *dst1, double *partial, const float *a, const float *b,
+                                  const float *mean, const float *rstd, __nv_bfloat16 *copy,
+                                  size_t n, size_t c, size_t rows_per_chunk, int tile, int chunk,
+                                  int chunks, int tx, int ty) {
+  size_t col = (size_t)tile * 32 + tx;
+  size_t first = (size_t)chunk * rows_per_chunk;
+  size_t end = first + rows_per_chunk < n ? first + rows_per_chunk : n;
+  double sum0 = 0.0, sum1 = 0.0;
+  if (col < c) {
+    size_t i = first + ty;
+    for (; i + 8 * (QT_COLSUM_UNROLL - 1) < end; i += 8 * QT_COLSUM_UNROLL) {
+      values v[QT_COLSUM_UNROLL];
+#pragma unroll
+      for (int u = 0; u < QT_COLSUM_UNROLL; u++)
+        v[u] = load<kind>(a, b, mean, rstd, i + 8 * u, c, col);
+#pragma unroll
+      for (int u = 0; u < QT_COLSUM_UNROLL; u++) {
+        double t0 = 0.0, t1 = 0.0;
+        terms<kind>(v[u], copy, (i + 8 * u) * c + col, &t0, &t1);
+        sum0 += t0;
+        sum1 += t1;
+      }
+    }
+    for (; i < end; i += 8) {
+      double t0 = 0.0, t1 = 0.0;
+      terms<kind>(load<kind>(a, b, mean, rstd, i, c, col), copy, i * c + col, &t0, &t1);
+      sum0 += t0;
+      sum1 += t1;
+    }
+  }
+  shared0[ty][tx] = sum0;
+  shared1[ty][tx] = sum1;
+  __syncthreads();
+  if (ty != 0 || col >= c) return;
+  double total0 = 0.0, total1 = 0.0;
+  for (int r = 0; r < 8; r++) {
+    total0 += shared0[r][tx];
+    total1 += shared1[r][tx];
+  }
+  if (chunks == 1) {
+    if (dst0) dst0[col] += (float)total0;
+    if (dst1) dst1[col] += (float)total1;
+    return;
+  }
+  partial[(size_t)chunk * c + col] = total0;
+  partial[((size_t)chunks + chunk) * c + col] = total1;
+}
+
+/* dst_o[col] += the sum over the chunks, in order, of output o's
+ * partials (a NULL dst skipped). */
+__device__ inline void add_partials(float *dst0, float *dst1, const double *partial, size_t chunks,
+                                    size_t c, size_t col) {
+  double total0 = 0.0, total1 = 0.0;
+  for (size_t r = 0; r < chunks; r++) {
+    total0 += partial[r * c + col];
+    total1 += partial[(chunks + r) * c + col];
+  }
+  if (dst0) dst0[col] += (float)total0;
+  if (dst1) dst1[col] += (float)total1;
+}
+
+/* The split of n rows of c columns: chunks of rows_per_chunk rows (the
+ * last shorter, none empty), ceil(n / 256) of them as long as the grid
+ * of column tiles times chunks stays within 1024 blocks. The order of the
+ * additions depends only on (n, c). */
+__host__ __device__ inline void plan(size_t n, size_t c, size_t *rows_per_chunk, size_t *chunks) {
+  size_t tiles = (c + 31) / 32;
+  size_t count = (n + 255) / 256;
+  size_t most = 1024 / tiles; /* 0 when the tiles alone fill the grid */
+  if (count > most) count = most;
+  if (count < 1) count = 1;
+  *rows_per_chunk = (n + count - 1) / count;
+  *chunks = (n + *rows_per_chunk - 1) / *rows_per_chunk;
+}
+
+} /* namespace qt_colsum */
+
+#endif /* QT_CUDA_COLSUM_CUH */

@@ -1,0 +1,127 @@
+/*
+ * test_emulated_colsum.cpp - the column-sum kernels' bodies
+ * (src/finetune/cuda/qt_cuda_colsum.cuh) run on the CPU through
+ * qt_cuda_emulation.h: for each kind (a plain sum with its BF16 copy, a
+ * product, a layer norm's two sums, GELU's gradient with its BF16 copy),
+ * the split of qt_colsum::plan, the block sums and the chunks' total
+ * added to gradients that start from random values, against the terms
+ * added in row order in double on the host (GELU's from
+ * qt_cpu_gelu_backward; within 2e-7 of the largest sum: the order of the
+ * additions differs), and the copies equal to the terms rounded, bit for
+ * bit. Shapes around the unrolled rows (1, 7, 31, 33, 257 rows), several
+ * chunks (3000 rows), ten column tiles. It runs without a GPU;
+ * `test_gpu_ops` runs the compiled kernels on a device.
+ */
+#include "qt_cuda_emulation.h"
+
+#include <random>
+
+#include "finetune/cuda/qt_cuda_colsum.cuh"
+#include "finetune/qt_finetune.h"
+
+static int failures = 0, checks = 0;
+
+static void fail(const char *what, int kind, size_t n, size_t c, double e) {
+  printf("FAIL kind %d (%zu, %zu) %s: %.3g\n", kind, n, c, what, e);
+  failures++;
+}
+
+/* The emulated kernels: block_sums over the grid, then add_partials. */
+template <int kind>
+static void run(float *dst0, float *dst1, const float *a, const float *b, const float *mean,
+                const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c) {
+  size_t rows_per_chunk, chunks, tiles = (c + 31) / 32;
+  qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
+  /* NaN: a partial sum the kernel should have written and did not. */
+  std::vector<double> partial(chunks > 1 ? 2 * chunks * c : 1, NAN);
+  qt_emu_launch((int)(tiles * chunks), 256, 2 * 8 * 33 * sizeof(double),
+                [&](unsigned char *smem, int block, int tid, int) {
+                  double(*shared0)[33] = (double(*)[33])smem;
+                  double(*shared1)[33] = shared0 + 8;
+                  qt_colsum::block_sums<kind>(
+                      shared0, shared1, dst0, dst1, chunks > 1 ? partial.data() : nullptr, a, b,
+                      mean, rstd, copy, n, c, rows_per_chunk, (int)(block % tiles),
+                      (int)(block / tiles), (int)chunks, tid % 32, tid / 32);
+                });
+  if (chunks > 1)
+    qt_emu_launch(1, 32, 0, [&](unsigned char *, int, int tid, int) {
+      for (size_t col = tid; col < c; col += 32)
+        qt_colsum::add_partials(dst0, dst1, partial.data(), chunks, c, col);
+    });
+}
+
+template <int kind>
+static void colsum_case(size_t n, size_t c, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> a(n * c), b(n * c), mean(n), rstd(n), dst0(c), dst1(c);
+  for (float &v : a) v = normal(rng);
+  for (float &v : b) v = 1.0f + normal(rng);
+  for (size_t i = 0; i < n; i++) {
+    mean[i] = 0.5f * normal(rng);
+    rstd[i] = 1.0f + 0.1f * normal(rng);
+  }
+  for (float &v : dst0) v = normal(rng);
+  for (float &v : dst1) v = normal(rng);
+  /* The reference, in row order: GELU's gradient from the CPU's GELU
+   * backward (added to zeros), the others' terms written out here. */
+  std::vector<float> gelu(n * c, 0.0f);
+  if (kind == QT__COLSUM_GELU) qt_cpu_gelu_backward(gelu.data(), a.data(), b.data(), n * c);
+  std::vector<double> want0(c), want1(c);
+  std::vector<__nv_bfloat16> want_copy(n * c);
+  for (size_t col = 0; col < c; col++) {
+    double s0 = 0.0, s1 = 0.0;
+    for (size_t i = 0; i < n; i++) {
+      size_t k = i * c + col;
+      float x = kind == QT__COLSUM_GELU ? gelu[k] : a[k];
+      if (kind == QT__COLSUM_PRODUCT) {
+        s0 += (double)x * b[k];
+      } else if (kind == QT__COLSUM_LAYERNORM) {
+        float xhat = (b[k] - mean[i]) * rstd[i];
+        s0 += (double)(x * xhat);
+        s1 += x;
+      } else {
+        s0 += x;
+        want_copy[k] = __float2bfloat16_rn(x);
+      }
+    }
+    want0[col] = dst0[col] + (double)(float)s0;
+    want1[col] = dst1[col] + (double)(float)s1;
+  }
+  int copies = kind == QT__COLSUM_PLAIN || kind == QT__COLSUM_GELU;
+  std::vector<__nv_bfloat16> copy(n * c, __float2bfloat16_rn(NAN));
+  run<kind>(dst0.data(), kind == QT__COLSUM_LAYERNORM ? dst1.data() : nullptr, a.data(), b.data(),
+            mean.data(), rstd.data(), copies ? copy.data() : nullptr, n, c);
+  double diff = 0.0, scale = 0.0;
+  for (size_t col = 0; col < c; col++) {
+    diff = fmax(diff, fabs(dst0[col] - want0[col]));
+    scale = fmax(scale, fabs(want0[col]));
+    if (kind == QT__COLSUM_LAYERNORM) {
+      diff = fmax(diff, fabs(dst1[col] - want1[col]));
+      scale = fmax(scale, fabs(want1[col]));
+    }
+  }
+  checks++;
+  if (!(diff <= 2e-7 * scale)) fail("sums", kind, n, c, diff / scale);
+  if (copies) {
+    size_t off = 0;
+    for (size_t k = 0; k < n * c; k++) off += memcmp(&copy[k], &want_copy[k], sizeof copy[k]) != 0;
+    checks++;
+    if (off) fail("copies off", kind, n, c, (double)off);
+  }
+}
+
+template <int kind>
+static void kind_cases(unsigned seed) {
+  size_t shapes[][2] = {{1, 1}, {7, 5}, {31, 33}, {33, 40}, {257, 33}, {3000, 40}, {40, 300}};
+  for (auto &s : shapes) colsum_case<kind>(s[0], s[1], seed++);
+}
+
+int main(void) {
+  kind_cases<QT__COLSUM_PLAIN>(1);
+  kind_cases<QT__COLSUM_PRODUCT>(11);
+  kind_cases<QT__COLSUM_LAYERNORM>(21);
+  kind_cases<QT__COLSUM_GELU>(31);
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
