@@ -68,23 +68,35 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   double sum_a = 0.0, sum_b = 0.0;
   size_t i = first + threadIdx.x, image = i / s.hw, pixel = i % s.hw;
   size_t step_images = blockDim.x / s.hw, step_pixels = blockDim.x % s.hw;
-  for (; i < end; i += blockDim.x) {
-    size_t at = (image * s.c + ch) * s.hw + pixel;
-    if (kind == BN_MEAN) {
-      sum_a += x[at];
-    } else if (kind == BN_FORWARD) {
-      double d = x[at] - m;
-      sum_a += d * d;
-    } else {
-      float g = dy[at];
-      sum_a += g;
-      sum_b += (double)g * __fmul_rn(x[at] - mf, rf);
+  /* QT_CUDA_UNROLL values' loads in flight (see qt_cuda_elementwise.cuh),
+   * then their terms added in order, as one at a time. */
+  for (; i < end; i += QT_CUDA_UNROLL * (size_t)blockDim.x) {
+    float xv[QT_CUDA_UNROLL], gv[QT_CUDA_UNROLL];
+#pragma unroll
+    for (int u = 0; u < QT_CUDA_UNROLL; u++) {
+      bool in = i + (size_t)u * blockDim.x < end;
+      size_t at = (image * s.c + ch) * s.hw + pixel;
+      xv[u] = in ? x[at] : 0.0f;
+      gv[u] = in && kind == BN_BACKWARD ? dy[at] : 0.0f;
+      image += step_images;
+      pixel += step_pixels;
+      if (pixel >= s.hw) {
+        pixel -= s.hw;
+        image++;
+      }
     }
-    image += step_images;
-    pixel += step_pixels;
-    if (pixel >= s.hw) {
-      pixel -= s.hw;
-      image++;
+#pragma unroll
+    for (int u = 0; u < QT_CUDA_UNROLL; u++) {
+      if (i + (size_t)u * blockDim.x >= end) break;
+      if (kind == BN_MEAN) {
+        sum_a += xv[u];
+      } else if (kind == BN_FORWARD) {
+        double d = xv[u] - m;
+        sum_a += d * d;
+      } else {
+        sum_a += gv[u];
+        sum_b += (double)gv[u] * __fmul_rn(xv[u] - mf, rf);
+      }
     }
   }
   sum_a = qt__block_sum(sum_a, shared);
@@ -174,13 +186,20 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                         const float *__restrict__ weight, const float *__restrict__ bias,
                         bn_shape s) {
   I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
-  I stride = (I)gridDim.x * blockDim.x;
-  for (I at = (I)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
-    I ch = at / hw % c;
-    float scale = __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f);
-    out[at] = __fadd_rn(__fmul_rn(x[at] - mean[ch], scale), bias ? bias[ch] : 0.0f);
-  }
+  qt__elementwise(
+      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](I at) { return x[at]; },
+      [=](I at, float v) {
+        I ch = at / hw % c;
+        float scale = __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f);
+        out[at] = __fadd_rn(__fmul_rn(v - mean[ch], scale), bias ? bias[ch] : 0.0f);
+      });
 }
+
+/* What an element of the input gradient reads: x, dy and dinp's old
+ * value (0 with `set`). */
+struct bn_grad_in {
+  float x, dy, old;
+};
 
 /* dinp += the input gradient (set: dinp = 0 + it), elementwise: through
  * the batch statistics where they normalized (train, or select[ch] for
@@ -194,20 +213,22 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                          const double *__restrict__ stats, const unsigned char *__restrict__ select,
                          int train, bn_shape s) {
   I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
-  I stride = (I)gridDim.x * blockDim.x;
-  for (I at = (I)blockIdx.x * blockDim.x + threadIdx.x; at < total; at += stride) {
-    I ch = at / hw % c;
-    float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
-    if (select ? select[ch] != 0 : train) {
-      float xhat = __fmul_rn(x[at] - mean[ch], r);
-      float dy_mean = (float)stats[STAT_A * s.c + ch];
-      float dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
-      float inner = (dy[at] - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
-      dinp[at] = __fadd_rn(set ? 0.0f : dinp[at], __fmul_rn(wr, inner));
-    } else {
-      dinp[at] = __fadd_rn(set ? 0.0f : dinp[at], __fmul_rn(wr, dy[at]));
-    }
-  }
+  qt__elementwise(
+      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](I at) { return bn_grad_in{x[at], dy[at], set ? 0.0f : dinp[at]}; },
+      [=](I at, bn_grad_in v) {
+        I ch = at / hw % c;
+        float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
+        if (select ? select[ch] != 0 : train) {
+          float xhat = __fmul_rn(v.x - mean[ch], r);
+          float dy_mean = (float)stats[STAT_A * s.c + ch];
+          float dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
+          float inner = (v.dy - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
+          dinp[at] = __fadd_rn(v.old, __fmul_rn(wr, inner));
+        } else {
+          dinp[at] = __fadd_rn(v.old, __fmul_rn(wr, v.dy));
+        }
+      });
 }
 
 /* The chunking of (batch, c, hw): chunks of about BN_CHUNK values, as many
@@ -259,10 +280,10 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
     size_t n = batch * c * hw;
     if (qt__cuda_int_indices(n))
       bn_normalize_kernel<unsigned>
-          <<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
+          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
     else
       bn_normalize_kernel<size_t>
-          <<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
+          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
     rc = qt__cuda_check_launch(err, who, "the normalization");
   }
   qt__cuda_sums_scratch_unlock();
@@ -276,10 +297,10 @@ static void bn_input_grad(float *dinp, const float *dy, const float *x, const fl
                           const unsigned char *select, int train, bn_shape s) {
   size_t n = s.batch * s.c * s.hw;
   if (qt__cuda_int_indices(n))
-    bn_input_grad_kernel<unsigned, set><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+    bn_input_grad_kernel<unsigned, set><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
         dinp, dy, x, weight, mean, rstd, stats, select, train, s);
   else
-    bn_input_grad_kernel<size_t, set><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(
+    bn_input_grad_kernel<size_t, set><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
         dinp, dy, x, weight, mean, rstd, stats, select, train, s);
 }
 

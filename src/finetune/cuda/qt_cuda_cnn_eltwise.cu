@@ -29,85 +29,78 @@ static __device__ __forceinline__ float sigmoid(float x) {
   return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
 }
 
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    relu_forward_kernel(float *out, const float *inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    out[i] = x > 0.0f ? x : 0.0f;
-  }
+static __device__ __forceinline__ float relu(float x) {
+  return x > 0.0f ? x : 0.0f;
 }
 
-/* The backward kernels add to dinp, or with `set` write it as the CPU's
- * zeroed array plus the gradient: 0 where it does not pass, 0 + dout where
- * it does. */
-template <bool set>
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    relu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                         const float *__restrict__ inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    if (inp[i] > 0.0f)
-      dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], dout[i]);
-    else if (set)
-      dinp[i] = 0.0f;
-  }
+static __device__ __forceinline__ float relu6(float x) {
+  return x > 0.0f ? (x < 6.0f ? x : 6.0f) : 0.0f;
 }
 
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    relu6_forward_kernel(float *out, const float *inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    out[i] = x > 0.0f ? (x < 6.0f ? x : 6.0f) : 0.0f;
-  }
+static __device__ __forceinline__ float silu(float x) {
+  return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x)));
 }
 
-/* PyTorch's hardtanh_backward: the gradient passes strictly inside (0, 6). */
-template <bool set>
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    relu6_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                          const float *__restrict__ inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    if (x > 0.0f && x < 6.0f)
-      dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], dout[i]);
-    else if (set)
-      dinp[i] = 0.0f;
+/* out = act(inp), qt__elementwise's loop; out may be inp. */
+#define QT_ACT_FORWARD_KERNEL(kernel, act)                                                       \
+  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                                      \
+      kernel(float *out, const float *inp, size_t n) {                                           \
+    qt__elementwise(                                                                             \
+        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; },     \
+        [=](size_t i, float x) { out[i] = act(x); });                                            \
   }
+
+QT_ACT_FORWARD_KERNEL(relu_forward_kernel, relu)
+QT_ACT_FORWARD_KERNEL(relu6_forward_kernel, relu6)
+QT_ACT_FORWARD_KERNEL(silu_forward_kernel, silu)
+
+/* What a backward element reads: the input, the output's gradient and
+ * dinp's old value (0 with `set`). */
+struct act_in {
+  float x, dout, old;
+};
+
+/* The gradients passed back at x for dout: ReLU's for x > 0; ReLU6's
+ * strictly inside (0, 6), as PyTorch's hardtanh_backward; SiLU's d/dx x
+ * s(x) = s(x) (1 + x (1 - s(x))), as the CPU's dout * sig * (1 + x * (1 -
+ * sig)). Where the gradient does not pass, dinp keeps its old value (0
+ * with `set`: the CPU's zeroed array). */
+static __device__ __forceinline__ float relu_grad(const act_in &v) {
+  return v.x > 0.0f ? __fadd_rn(v.old, v.dout) : v.old;
 }
 
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    silu_forward_kernel(float *out, const float *inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    out[i] = __fdiv_rn(x, __fadd_rn(1.0f, expf(-x)));
-  }
+static __device__ __forceinline__ float relu6_grad(const act_in &v) {
+  return v.x > 0.0f && v.x < 6.0f ? __fadd_rn(v.old, v.dout) : v.old;
 }
 
-/* d/dx x s(x) = s(x) (1 + x (1 - s(x))), as the CPU's
- * dout * sig * (1 + x * (1 - sig)). */
-template <bool set>
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    silu_backward_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                         const float *__restrict__ inp, size_t n) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float x = inp[i];
-    float sig = sigmoid(x);
-    float slope = __fadd_rn(1.0f, __fmul_rn(x, __fadd_rn(1.0f, -sig)));
-    dinp[i] = __fadd_rn(set ? 0.0f : dinp[i], __fmul_rn(__fmul_rn(dout[i], sig), slope));
-  }
+static __device__ __forceinline__ float silu_grad(const act_in &v) {
+  float sig = sigmoid(v.x);
+  float slope = __fadd_rn(1.0f, __fmul_rn(v.x, __fadd_rn(1.0f, -sig)));
+  return __fadd_rn(v.old, __fmul_rn(__fmul_rn(v.dout, sig), slope));
 }
+
+/* dinp = grad(inp, dout, its old value), qt__elementwise's loop: set
+ * writes dinp as 0 + the gradient. */
+#define QT_ACT_BACKWARD_KERNEL(kernel, grad)                                                     \
+  template <bool set>                                                                            \
+  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                                      \
+      kernel(float *dinp, const float *dout, const float *inp, size_t n) {                       \
+    qt__elementwise(                                                                             \
+        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,                                       \
+        [=](size_t i) { return act_in{inp[i], dout[i], set ? 0.0f : dinp[i]}; },                 \
+        [=](size_t i, act_in v) { dinp[i] = grad(v); });                                         \
+  }
+
+QT_ACT_BACKWARD_KERNEL(relu_backward_kernel, relu_grad)
+QT_ACT_BACKWARD_KERNEL(relu6_backward_kernel, relu6_grad)
+QT_ACT_BACKWARD_KERNEL(silu_backward_kernel, silu_grad)
 
 /* The launches of the activations: QT_EINVAL for a NULL array (n > 0). */
 #define QT_ACT_FORWARD(name, kernel, label)                                    \
   extern "C" int name(float *out, const float *inp, size_t n, qt_err *err) {   \
     if (n == 0) return 0;                                                      \
     if (!out || !inp) return qt_err_set(err, QT_EINVAL, #name ": NULL array"); \
-    kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);              \
+    kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);  \
     return qt__cuda_check_launch(err, #name, label);                           \
   }
 /* qt__cuda_<act>_backward with the op table's `set`, and the public
@@ -119,9 +112,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     if (n == 0) return 0;                                                                    \
     if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);    \
     if (set)                                                                                 \
-      kernel<true><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);             \
+      kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n); \
     else                                                                                     \
-      kernel<false><<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);            \
+      kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n); \
     return qt__cuda_check_launch(err, who, label);                                           \
   }                                                                                          \
   extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,  \

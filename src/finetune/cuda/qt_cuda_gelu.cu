@@ -16,72 +16,42 @@ static __device__ __forceinline__ float gelu(float x) {
   return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
 }
 
-/* Each thread takes QT_GELU_UNROLL elements a block apart and issues their
- * loads before it computes and stores any: with one load in flight per
- * thread, a multiprocessor's warps keep too few bytes in flight to fill the
- * memory's bandwidth (the forward ran at about 1.9 TB/s on an H100, ViT-B's
- * 38.7 M values per call). An element is read and written by one thread,
- * so out may be inp. */
-#define QT_GELU_UNROLL 4
-
-static unsigned gelu_blocks(size_t n) {
-  return qt__cuda_blocks((n + QT_GELU_UNROLL - 1) / QT_GELU_UNROLL);
-}
-
-/* Out is float, or BF16 for the next linear layer of a BF16 run. */
+/* Out is float, or BF16 for the next linear layer of a BF16 run; out may
+ * be inp. */
 template <typename T>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     gelu_forward_kernel(T *out, const float *inp, size_t n) {
-  size_t tile = (size_t)blockDim.x * QT_GELU_UNROLL, stride = (size_t)gridDim.x * tile;
-  for (size_t base = (size_t)blockIdx.x * tile + threadIdx.x; base < n; base += stride) {
-    float x[QT_GELU_UNROLL];
-#pragma unroll
-    for (int u = 0; u < QT_GELU_UNROLL; u++) {
-      size_t i = base + (size_t)u * blockDim.x;
-      x[u] = i < n ? inp[i] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < QT_GELU_UNROLL; u++) {
-      size_t i = base + (size_t)u * blockDim.x;
-      if (i < n) qt__store(out + i, gelu(x[u]));
-    }
-  }
+  qt__elementwise(
+      n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; },
+      [=](size_t i, float x) { qt__store(out + i, gelu(x)); });
 }
 
+struct gelu_in {
+  float x, dout, old;
+};
+
 /* set: dinp starts from 0 (0 + g, as the CPU's zeroed array) instead of
- * its old values. dinp may be dout. */
+ * its old values. */
 template <bool set>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    gelu_backward_kernel(float *dinp, const float *dout, const float *__restrict__ inp, size_t n) {
-  size_t tile = (size_t)blockDim.x * QT_GELU_UNROLL, stride = (size_t)gridDim.x * tile;
-  for (size_t base = (size_t)blockIdx.x * tile + threadIdx.x; base < n; base += stride) {
-    float x[QT_GELU_UNROLL], dy[QT_GELU_UNROLL], old[QT_GELU_UNROLL];
-#pragma unroll
-    for (int u = 0; u < QT_GELU_UNROLL; u++) {
-      size_t i = base + (size_t)u * blockDim.x;
-      x[u] = i < n ? inp[i] : 0.0f;
-      dy[u] = i < n ? dout[i] : 0.0f;
-      old[u] = !set && i < n ? dinp[i] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < QT_GELU_UNROLL; u++) {
-      size_t i = base + (size_t)u * blockDim.x;
-      if (i < n) dinp[i] = __fadd_rn(old[u], qt__gelu_grad(dy[u], x[u]));
-    }
-  }
+    gelu_backward_kernel(float *dinp, const float *dout, const float *inp, size_t n) {
+  qt__elementwise(
+      n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](size_t i) { return gelu_in{inp[i], dout[i], set ? 0.0f : dinp[i]}; },
+      [=](size_t i, gelu_in v) { dinp[i] = __fadd_rn(v.old, qt__gelu_grad(v.dout, v.x)); });
 }
 
 extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward: NULL array");
-  gelu_forward_kernel<<<gelu_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);
+  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
 }
 
 extern "C" int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16): NULL array");
-  gelu_forward_kernel<<<gelu_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out, inp, n);
+  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16)", "the GELU kernel");
 }
 
@@ -92,9 +62,9 @@ extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const floa
     return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
   }
   if (set)
-    gelu_backward_kernel<true><<<gelu_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+    gelu_backward_kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   else
-    gelu_backward_kernel<false><<<gelu_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+    gelu_backward_kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
 }
 

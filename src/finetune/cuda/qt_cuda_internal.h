@@ -15,6 +15,7 @@
 
 #include "core/qt_core.h"
 #include "finetune/cuda/qt_cuda_colsum.cuh"
+#include "finetune/cuda/qt_cuda_elementwise.cuh"
 
 extern "C" {
 
@@ -196,11 +197,12 @@ static_assert(32 * 8 == QT_CUDA_THREADS, "column-sum blocks are (32, 8) threads"
 
 /* Whether a grid-stride kernel may do its index arithmetic in int for
  * arrays of up to `count` elements: every index and the loop's last step
- * (at most QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS = 2^24 past the end) stay
- * below INT_MAX. Kernels that split a flat index into coordinates divide
- * per element, and a 64-bit division costs several times a 32-bit one. */
+ * (at most QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS * QT_CUDA_UNROLL = 2^26
+ * past the end, in qt__elementwise) stay below INT_MAX. Kernels that split
+ * a flat index into coordinates divide per element, and a 64-bit division
+ * costs several times a 32-bit one. */
 static inline bool qt__cuda_int_indices(size_t count) {
-  return count <= (size_t)INT_MAX - (size_t)QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS;
+  return count <= (size_t)INT_MAX - (size_t)QT_CUDA_MAX_BLOCKS * QT_CUDA_THREADS * QT_CUDA_UNROLL;
 }
 
 /* Kernels with one warp per row (rows of a few hundred values, too few for
@@ -275,6 +277,12 @@ static inline unsigned qt__cuda_blocks(size_t n) {
   size_t blocks = (n + QT_CUDA_THREADS - 1) / QT_CUDA_THREADS;
   if (blocks > QT_CUDA_MAX_BLOCKS) blocks = QT_CUDA_MAX_BLOCKS;
   return blocks == 0 ? 1u : (unsigned)blocks;
+}
+
+/* Blocks for qt__elementwise over n elements (QT_CUDA_UNROLL per thread
+ * and turn). */
+static inline unsigned qt__cuda_elementwise_blocks(size_t n) {
+  return qt__cuda_blocks((n + QT_CUDA_UNROLL - 1) / QT_CUDA_UNROLL);
 }
 
 #endif /* QT_CUDA_INTERNAL_H */

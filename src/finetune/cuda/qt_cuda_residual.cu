@@ -8,27 +8,46 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* out may equal res: each element is read, then written, by one thread. */
+struct residual_in {
+  float res, branch;
+};
+
+/* out = res + gamma branch (gamma NULL: 1); out may be res. I: the index
+ * type (unsigned where qt__cuda_int_indices allows, for the column's
+ * k % c). */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     residual_forward_kernel(float *out, const float *res, const float *__restrict__ branch,
-                            const float *__restrict__ gamma, size_t n, size_t c) {
-  size_t total = n * c, stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += stride) {
-    float b = branch[k];
-    out[k] = __fadd_rn(res[k], gamma ? __fmul_rn(gamma[k % c], b) : b);
-  }
+                            const float *__restrict__ gamma, I total, I c) {
+  qt__elementwise(
+      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](I k) { return residual_in{res[k], branch[k]}; },
+      [=](I k, residual_in v) {
+        out[k] = __fadd_rn(v.res, gamma ? __fmul_rn(gamma[k % c], v.branch) : v.branch);
+      });
 }
 
+struct residual_grad_in {
+  float dout, dres, dbranch;
+};
+
+/* dres += dout, dbranch += gamma dout (either NULL: skipped; they may be
+ * the same array). */
+template <typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    residual_backward_kernel(float *dres, float *dbranch, /* may alias */
-                             const float *__restrict__ dout, const float *__restrict__ gamma,
-                             size_t n, size_t c) {
-  size_t total = n * c, stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += stride) {
-    float d = dout[k];
-    if (dres) dres[k] += d;
-    if (dbranch) dbranch[k] = __fadd_rn(dbranch[k], gamma ? __fmul_rn(gamma[k % c], d) : d);
-  }
+    residual_backward_kernel(float *dres, float *dbranch, const float *__restrict__ dout,
+                             const float *__restrict__ gamma, I total, I c) {
+  qt__elementwise(
+      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](I k) {
+        return residual_grad_in{dout[k], dres ? dres[k] : 0.0f, dbranch ? dbranch[k] : 0.0f};
+      },
+      [=](I k, residual_grad_in v) {
+        if (dres) dres[k] = v.dres + v.dout;
+        if (dbranch)
+          dbranch[k] = __fadd_rn(dres == dbranch ? dres[k] : v.dbranch,
+                                 gamma ? __fmul_rn(gamma[k % c], v.dout) : v.dout);
+      });
 }
 
 extern "C" int qt_cuda_residual_forward(float *out, const float *res, const float *branch,
@@ -37,8 +56,12 @@ extern "C" int qt_cuda_residual_forward(float *out, const float *res, const floa
   if (!out || !res || !branch) {
     return qt_err_set(err, QT_EINVAL, "qt_cuda_residual_forward: NULL array");
   }
-  residual_forward_kernel<<<qt__cuda_blocks(n * c), QT_CUDA_THREADS>>>(out, res, branch, gamma, n,
-                                                                       c);
+  if (qt__cuda_int_indices(n * c))
+    residual_forward_kernel<unsigned><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
+        out, res, branch, gamma, (unsigned)(n * c), (unsigned)c);
+  else
+    residual_forward_kernel<size_t><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
+        out, res, branch, gamma, n * c, c);
   return qt__cuda_check_launch(err, "qt_cuda_residual_forward", "the residual kernel");
 }
 
@@ -49,8 +72,12 @@ extern "C" int qt_cuda_residual_backward(float *dres, float *dbranch, float *dga
   if (n == 0 || c == 0) return 0;
   if (!dout || (dgamma && !branch)) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if (dres || dbranch) {
-    residual_backward_kernel<<<qt__cuda_blocks(n * c), QT_CUDA_THREADS>>>(dres, dbranch, dout,
-                                                                          gamma, n, c);
+    if (qt__cuda_int_indices(n * c))
+      residual_backward_kernel<unsigned><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
+          dres, dbranch, dout, gamma, (unsigned)(n * c), (unsigned)c);
+    else
+      residual_backward_kernel<size_t><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
+          dres, dbranch, dout, gamma, n * c, c);
     int rc = qt__cuda_check_launch(err, who, "the residual backward kernel");
     if (rc < 0) return rc;
   }
