@@ -23,21 +23,20 @@ static void loop_case(size_t n, int blocks, int threads) {
   float *data = x.data();
   int *count = loads.data();
   qt_emu_launch(blocks, threads, 0, [&](unsigned char *, int block, int tid, int team) {
-    qt__elementwise(
-        (I)n, (unsigned)block, (unsigned)blocks, (unsigned)tid, (unsigned)team,
-        [=](I i) {
-          __atomic_fetch_add(&count[i], 1, __ATOMIC_RELAXED);
-          return data[i];
-        },
-        [=](I i, float v) { data[i] = v + 1.0f; });
+    qt__elementwise((I)n, (unsigned)block, (unsigned)blocks, (unsigned)tid, (unsigned)team,
+                    [=](I i) {
+                      __atomic_fetch_add(&count[i], 1, __ATOMIC_RELAXED);
+                      return data[i];
+                    },
+                    [=](I i, float v) { data[i] = v + 1.0f; });
   });
   size_t off = 0;
   for (size_t i = 0; i < n; i++) off += x[i] != (float)i + 1.0f || loads[i] != 1;
   off += x[n] != (float)n || loads[n] != 0;
   checks++;
   if (off) {
-    printf("FAIL n %zu, %d blocks of %d (%zu-byte index): %zu elements wrong\n", n, blocks,
-           threads, sizeof(I), off);
+    printf("FAIL n %zu, %d blocks of %d (%zu-byte index): %zu elements wrong\n", n, blocks, threads,
+           sizeof(I), off);
     failures++;
   }
 }

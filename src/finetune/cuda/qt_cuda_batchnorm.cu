@@ -215,7 +215,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
-      [=](I at) { return bn_grad_in{x[at], dy[at], set ? 0.0f : dinp[at]}; },
+      [=](I at) {
+        return bn_grad_in{x[at], dy[at], set ? 0.0f : dinp[at]};
+      },
       [=](I at, bn_grad_in v) {
         I ch = at / hw % c;
         float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
@@ -279,11 +281,11 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
   if (rc == 0) {
     size_t n = batch * c * hw;
     if (qt__cuda_int_indices(n))
-      bn_normalize_kernel<unsigned>
-          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
+      bn_normalize_kernel<unsigned><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
+          out, inp, mean, rstd, weight, bias, s);
     else
-      bn_normalize_kernel<size_t>
-          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, mean, rstd, weight, bias, s);
+      bn_normalize_kernel<size_t><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
+          out, inp, mean, rstd, weight, bias, s);
     rc = qt__cuda_check_launch(err, who, "the normalization");
   }
   qt__cuda_sums_scratch_unlock();

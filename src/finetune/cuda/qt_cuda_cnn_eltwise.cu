@@ -42,12 +42,12 @@ static __device__ __forceinline__ float silu(float x) {
 }
 
 /* out = act(inp), qt__elementwise's loop; out may be inp. */
-#define QT_ACT_FORWARD_KERNEL(kernel, act)                                                       \
-  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                                      \
-      kernel(float *out, const float *inp, size_t n) {                                           \
-    qt__elementwise(                                                                             \
-        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; },     \
-        [=](size_t i, float x) { out[i] = act(x); });                                            \
+#define QT_ACT_FORWARD_KERNEL(kernel, act)                                                   \
+  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                                  \
+      kernel(float *out, const float *inp, size_t n) {                                       \
+    qt__elementwise(                                                                         \
+        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; }, \
+        [=](size_t i, float x) { out[i] = act(x); });                                        \
   }
 
 QT_ACT_FORWARD_KERNEL(relu_forward_kernel, relu)
@@ -81,14 +81,16 @@ static __device__ __forceinline__ float silu_grad(const act_in &v) {
 
 /* dinp = grad(inp, dout, its old value), qt__elementwise's loop: set
  * writes dinp as 0 + the gradient. */
-#define QT_ACT_BACKWARD_KERNEL(kernel, grad)                                                     \
-  template <bool set>                                                                            \
-  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                                      \
-      kernel(float *dinp, const float *dout, const float *inp, size_t n) {                       \
-    qt__elementwise(                                                                             \
-        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,                                       \
-        [=](size_t i) { return act_in{inp[i], dout[i], set ? 0.0f : dinp[i]}; },                 \
-        [=](size_t i, act_in v) { dinp[i] = grad(v); });                                         \
+#define QT_ACT_BACKWARD_KERNEL(kernel, grad)                               \
+  template <bool set>                                                      \
+  static __global__ void __launch_bounds__(QT_CUDA_THREADS)                \
+      kernel(float *dinp, const float *dout, const float *inp, size_t n) { \
+    qt__elementwise(                                                       \
+        n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,                 \
+        [=](size_t i) {                                                    \
+          return act_in{inp[i], dout[i], set ? 0.0f : dinp[i]};            \
+        },                                                                 \
+        [=](size_t i, act_in v) { dinp[i] = grad(v); });                   \
   }
 
 QT_ACT_BACKWARD_KERNEL(relu_backward_kernel, relu_grad)
@@ -105,21 +107,21 @@ QT_ACT_BACKWARD_KERNEL(silu_backward_kernel, silu_grad)
   }
 /* qt__cuda_<act>_backward with the op table's `set`, and the public
  * qt_cuda_<act>_backward, which adds. */
-#define QT_ACT_BACKWARD(act, kernel, label)                                                  \
-  extern "C" int qt__cuda_##act##_backward(float *dinp, const float *dout, const float *inp, \
-                                           size_t n, int set, qt_err *err) {                 \
-    const char *who = "qt_cuda_" #act "_backward";                                           \
-    if (n == 0) return 0;                                                                    \
-    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);    \
-    if (set)                                                                                 \
-      kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n); \
-    else                                                                                     \
+#define QT_ACT_BACKWARD(act, kernel, label)                                                   \
+  extern "C" int qt__cuda_##act##_backward(float *dinp, const float *dout, const float *inp,  \
+                                           size_t n, int set, qt_err *err) {                  \
+    const char *who = "qt_cuda_" #act "_backward";                                            \
+    if (n == 0) return 0;                                                                     \
+    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);     \
+    if (set)                                                                                  \
+      kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);  \
+    else                                                                                      \
       kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n); \
-    return qt__cuda_check_launch(err, who, label);                                           \
-  }                                                                                          \
-  extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,  \
-                                          size_t n, qt_err *err) {                           \
-    return qt__cuda_##act##_backward(dinp, dout, inp, n, 0, err);                            \
+    return qt__cuda_check_launch(err, who, label);                                            \
+  }                                                                                           \
+  extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,   \
+                                          size_t n, qt_err *err) {                            \
+    return qt__cuda_##act##_backward(dinp, dout, inp, n, 0, err);                             \
   }
 
 QT_ACT_FORWARD(qt_cuda_relu_forward, relu_forward_kernel, "the ReLU kernel")

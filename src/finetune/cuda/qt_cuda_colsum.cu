@@ -91,8 +91,7 @@ extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const fl
 }
 
 extern "C" int qt__cuda_column_partials_add(float *dst0, float *dst1, const double *partial,
-                                            size_t chunks, size_t c, const char *who,
-                                            qt_err *err) {
+                                            size_t chunks, size_t c, const char *who, qt_err *err) {
   if (chunks == 0 || c == 0 || (!dst0 && !dst1)) return 0;
   colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
   return qt__cuda_check_launch(err, who, "the column sums' total");

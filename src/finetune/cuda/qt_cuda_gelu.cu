@@ -37,7 +37,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     gelu_backward_kernel(float *dinp, const float *dout, const float *inp, size_t n) {
   qt__elementwise(
       n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
-      [=](size_t i) { return gelu_in{inp[i], dout[i], set ? 0.0f : dinp[i]}; },
+      [=](size_t i) {
+        return gelu_in{inp[i], dout[i], set ? 0.0f : dinp[i]};
+      },
       [=](size_t i, gelu_in v) { dinp[i] = __fadd_rn(v.old, qt__gelu_grad(v.dout, v.x)); });
 }
 
@@ -51,7 +53,8 @@ extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_e
 extern "C" int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16): NULL array");
-  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out, inp, n);
+  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out,
+                                                                           inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16)", "the GELU kernel");
 }
 
@@ -62,9 +65,11 @@ extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const floa
     return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
   }
   if (set)
-    gelu_backward_kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+    gelu_backward_kernel<true>
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   else
-    gelu_backward_kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+    gelu_backward_kernel<false>
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
 }
 

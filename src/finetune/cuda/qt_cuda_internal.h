@@ -176,9 +176,8 @@ int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t
  * and its input pre, both (n, c), without writing g in FP32: dst += the
  * column sums of g, copy = g rounded to BF16. The MLP's GELU and the bias
  * gradient of the linear layer before it, under BF16 products. */
-int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout,
-                                       const float *pre, size_t n, size_t c, const char *who,
-                                       qt_err *err);
+int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout, const float *pre,
+                                       size_t n, size_t c, const char *who, qt_err *err);
 
 } /* extern "C" */
 

@@ -171,9 +171,9 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
     void *dout16 = NULL;
     int rc = qt__cuda_rounded_scratch_lock(n * out_c, &dout16, who, err);
     if (rc < 0) return rc;
-    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, n, out_c, who,
-                                                       err)
-                  : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
+    rc = gelu_pre
+             ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, n, out_c, who, err)
+             : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
     for (size_t i = 0; i < count; i++) products[i].a16 = dout16;
     if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
     qt__cuda_rounded_scratch_unlock();

@@ -21,7 +21,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                             const float *__restrict__ gamma, I total, I c) {
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
-      [=](I k) { return residual_in{res[k], branch[k]}; },
+      [=](I k) {
+        return residual_in{res[k], branch[k]};
+      },
       [=](I k, residual_in v) {
         out[k] = __fadd_rn(v.res, gamma ? __fmul_rn(gamma[k % c], v.branch) : v.branch);
       });
