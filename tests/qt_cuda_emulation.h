@@ -191,4 +191,20 @@ static void qt_emu_launch(int blocks, int threads, size_t smem_bytes, Body body)
   free(smem);
 }
 
+/* The parity measure of the `gpu` tests (qt_test_gpu.h), for the tests
+ * that compare an emulated body with a CPU reference: the largest
+ * difference over the largest change from init (NULL: 0); INFINITY for a
+ * value that is not finite. */
+static inline double qt_emu_parity_error(const std::vector<float> &got,
+                                         const std::vector<float> &want,
+                                         const std::vector<float> *init) {
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < want.size(); i++) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
+    diff = fmax(diff, fabs((double)got[i] - want[i]));
+    scale = fmax(scale, fabs((double)want[i] - (init ? (*init)[i] : 0.0f)));
+  }
+  return scale == 0.0 ? (diff == 0.0 ? 0.0 : INFINITY) : diff / scale;
+}
+
 #endif /* QT_CUDA_EMULATION_H */

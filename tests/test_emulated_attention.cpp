@@ -33,18 +33,6 @@ static const size_t SM86_SHARED = 101376;
 
 static int failures = 0;
 
-/* The parity measure of the `gpu` tests (qt_test_gpu.h). */
-static double parity_error(const std::vector<float> &got, const std::vector<float> &want,
-                           const std::vector<float> *init) {
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); i++) {
-    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
-    diff = fmax(diff, fabs((double)got[i] - want[i]));
-    scale = fmax(scale, fabs((double)want[i] - (init ? (*init)[i] : 0.0f)));
-  }
-  return scale == 0.0 ? (diff == 0.0 ? 0.0 : INFINITY) : diff / scale;
-}
-
 /* Runs one kernel's body over the grid, as the launcher does. */
 template <class Body>
 static void launch(qt_fa::kernel k, const qt_fa::shape &sh, Body body) {
@@ -123,8 +111,8 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
     double e = fabs(lse[i] - want_lse[i]);
     lse_error = std::isfinite(e) ? fmax(lse_error, e) : INFINITY;
   }
-  double out_error = parity_error(out, want_out, nullptr);
-  double dqkv_error = parity_error(dqkv, want_dqkv, set ? nullptr : &init);
+  double out_error = qt_emu_parity_error(out, want_out, nullptr);
+  double dqkv_error = qt_emu_parity_error(dqkv, want_dqkv, set ? nullptr : &init);
   bool ok =
       out_error < TOLERANCE && dqkv_error < TOLERANCE && lse_error < 1e-4 && out16_mismatches == 0;
   if (!ok) failures++;

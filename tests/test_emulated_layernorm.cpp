@@ -23,21 +23,9 @@
 static const double TOLERANCE = 1e-5;
 static int failures = 0, checks = 0;
 
-/* The parity measure of the `gpu` tests (qt_test_gpu.h). */
-static double parity_error(const std::vector<float> &got, const std::vector<float> &want,
-                           const std::vector<float> *init) {
-  double diff = 0.0, scale = 0.0;
-  for (size_t i = 0; i < want.size(); i++) {
-    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
-    diff = fmax(diff, fabs((double)got[i] - want[i]));
-    scale = fmax(scale, fabs((double)want[i] - (init ? (*init)[i] : 0.0f)));
-  }
-  return scale == 0.0 ? (diff == 0.0 ? 0.0 : INFINITY) : diff / scale;
-}
-
 static void check(const char *what, size_t n, size_t c, const std::vector<float> &got,
                   const std::vector<float> &want, const std::vector<float> *init) {
-  double e = parity_error(got, want, init);
+  double e = qt_emu_parity_error(got, want, init);
   checks++;
   if (!(e <= TOLERANCE)) {
     printf("FAIL layernorm (%zu, %zu) %s: relative error %.3g\n", n, c, what, e);
