@@ -1,6 +1,6 @@
 /*
  * test_emulated_elementwise.cpp - the loop of the elementwise kernels
- * (qt__elementwise, src/finetune/cuda/qt_cuda_elementwise.cuh) run on the
+ * (qt__elementwise, src/finetune/cuda/qt_cuda_common.cuh) run on the
  * CPU through qt_cuda_emulation.h: in place (store where it loads), every
  * element of n is loaded and stored exactly once and only those, for n
  * around a turn's tile (threads x QT_CUDA_UNROLL) and beyond the grid
@@ -10,7 +10,7 @@
  */
 #include "qt_cuda_emulation.h"
 
-#include "finetune/cuda/qt_cuda_elementwise.cuh"
+#include "finetune/cuda/qt_cuda_common.cuh"
 
 static int failures = 0, checks = 0;
 

@@ -68,7 +68,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   double sum_a = 0.0, sum_b = 0.0;
   size_t i = first + threadIdx.x, image = i / s.hw, pixel = i % s.hw;
   size_t step_images = blockDim.x / s.hw, step_pixels = blockDim.x % s.hw;
-  /* QT_CUDA_UNROLL values' loads in flight (see qt_cuda_elementwise.cuh),
+  /* QT_CUDA_UNROLL values' loads in flight (see qt_cuda_common.cuh),
    * then their terms added in order, as one at a time. */
   for (; i < end; i += QT_CUDA_UNROLL * (size_t)blockDim.x) {
     float xv[QT_CUDA_UNROLL], gv[QT_CUDA_UNROLL];

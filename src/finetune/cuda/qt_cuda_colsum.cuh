@@ -13,11 +13,13 @@
  * This file holds only __device__ functions over the primitives that CUDA
  * C++ provides (threadIdx-free: each body takes its block and thread as
  * arguments), so that a host emulation can include it with stand-ins
- * (tests/qt_cuda_emulation.h): the includer provides cuda_bf16.h,
- * __syncthreads, __fmul_rn, __fadd_rn, erff and expf.
+ * (tests/qt_cuda_emulation.h): the includer provides __syncthreads and
+ * what qt_cuda_common.cuh needs.
  */
 #ifndef QT_CUDA_COLSUM_CUH
 #define QT_CUDA_COLSUM_CUH
+
+#include "finetune/cuda/qt_cuda_common.cuh" /* qt__gelu_grad */
 
 /* The kinds of sums (qt__cuda_column_sums and its variants). */
 #define QT__COLSUM_PLAIN 0     /* a, written rounded to BF16 into copy when given */
@@ -26,18 +28,6 @@
 #define QT__COLSUM_GELU 3      /* the gradient GELU passes back from a at its input b, as PLAIN */
 
 #define QT_COLSUM_UNROLL 4 /* rows per thread in flight */
-
-/* The gradient that exact (erf) GELU passes back at its input x for
- * dout at its output: dout (cdf(x) + x pdf(x)), cpu/qt_cpu_gelu.c's float
- * expressions with CUDA's erff and expf (qt_cuda_gelu.cu's backward, and
- * the GELU before a linear layer's column sums). */
-__device__ inline float qt__gelu_grad(float dout, float x) {
-  const float sqrt1_2 = 0.70710678118654752440f;      /* 1 / sqrt(2) */
-  const float inv_sqrt_2pi = 0.39894228040143267794f; /* 1 / sqrt(2 pi) */
-  float cdf = __fmul_rn(0.5f, 1.0f + erff(__fmul_rn(x, sqrt1_2)));
-  float pdf = __fmul_rn(inv_sqrt_2pi, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
-  return __fmul_rn(dout, __fadd_rn(cdf, __fmul_rn(x, pdf)));
-}
 
 namespace qt_colsum {
 

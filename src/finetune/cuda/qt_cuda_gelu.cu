@@ -1,7 +1,8 @@
 /*
  * qt_cuda_gelu.cu - exact (erf) GELU on a CUDA device, the twin of
  * cpu/qt_cpu_gelu.c: the same float expressions, with CUDA's erff and expf
- * (both within 2 units in the last place, like glibc's). See qt_finetune.h.
+ * (both within 2 units in the last place, like glibc's): qt__gelu and
+ * qt__gelu_grad in qt_cuda_common.cuh. See qt_finetune.h.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -10,12 +11,6 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-#define QT_SQRT1_2 0.70710678118654752440f /* 1 / sqrt(2) */
-
-static __device__ __forceinline__ float gelu(float x) {
-  return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + erff(__fmul_rn(x, QT_SQRT1_2)));
-}
-
 /* Out is float, or BF16 for the next linear layer of a BF16 run; out may
  * be inp. */
 template <typename T>
@@ -23,7 +18,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     gelu_forward_kernel(T *out, const float *inp, size_t n) {
   qt__elementwise(
       n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; },
-      [=](size_t i, float x) { qt__store(out + i, gelu(x)); });
+      [=](size_t i, float x) { qt__store(out + i, qt__gelu(x)); });
 }
 
 struct gelu_in {

@@ -15,7 +15,7 @@
 
 #include "core/qt_core.h"
 #include "finetune/cuda/qt_cuda_colsum.cuh"
-#include "finetune/cuda/qt_cuda_elementwise.cuh"
+#include "finetune/cuda/qt_cuda_common.cuh"
 
 extern "C" {
 
@@ -213,12 +213,6 @@ static inline unsigned qt__cuda_row_blocks(size_t rows) {
   return (unsigned)((rows + QT_CUDA_WARP_ROWS - 1) / QT_CUDA_WARP_ROWS);
 }
 
-/* Sum over the 32 lanes of a full warp; every lane gets the total. */
-static __device__ __forceinline__ double qt__warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 static __device__ __forceinline__ float qt__warp_max(float v) {
   for (int offset = 16; offset > 0; offset >>= 1)
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
@@ -260,15 +254,6 @@ static __device__ __forceinline__ float qt__block_max(float v, float *shared) {
   }
   __syncthreads();
   return shared[0];
-}
-
-/* Stores v as float, or rounded to BF16 (to nearest even) for a kernel
- * whose output feeds BF16 products only. */
-static __device__ __forceinline__ void qt__store(float *out, float v) {
-  *out = v;
-}
-static __device__ __forceinline__ void qt__store(__nv_bfloat16 *out, float v) {
-  *out = __float2bfloat16_rn(v);
 }
 
 /* Blocks for a grid-stride loop over n elements. */

@@ -31,11 +31,12 @@
  * C++ provides (threadIdx-free: each body takes its block, thread and
  * shared memory as arguments), so that a host emulation can include it
  * with stand-ins (tests/qt_cuda_emulation.h): the includer provides
- * cuda_bf16.h, __shfl_xor_sync (float and double), __syncthreads,
- * __fmul_rn and __fadd_rn.
+ * __syncthreads and what qt_cuda_common.cuh needs.
  */
 #ifndef QT_CUDA_LAYERNORM_CUH
 #define QT_CUDA_LAYERNORM_CUH
+
+#include "finetune/cuda/qt_cuda_common.cuh" /* qt__warp_sum, qt__store */
 
 #define QT_LN_WARPS 8    /* warps per block */
 #define QT_LN_MAX_C 1024 /* features per row: 32 per lane at most */
@@ -66,18 +67,6 @@ __host__ __device__ inline void backward_plan(size_t n, size_t *rows_per_chunk, 
   if (*chunks < 1) *chunks = 1;
 }
 
-__device__ inline double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-__device__ inline void store(float *p, float v) {
-  *p = v;
-}
-__device__ inline void store(__nv_bfloat16 *p, float v) {
-  *p = __float2bfloat16_rn(v);
-}
-
 /* v[k] = src[lane + 32 k], 0 at and past c. */
 template <int VEC>
 __device__ inline void load_row(float v[VEC], const float *src, size_t c, int lane) {
@@ -99,7 +88,7 @@ __device__ inline void normalize_row(T *y, float *mean, float *rstd, const float
   for (int k = 0; k < VEC; k++) {
     if ((size_t)lane + 32 * k < c) sum += v[k];
   }
-  double m = warp_sum(sum) / (double)c;
+  double m = qt__warp_sum(sum) / (double)c;
   double sq = 0.0;
 #pragma unroll
   for (int k = 0; k < VEC; k++) {
@@ -108,7 +97,7 @@ __device__ inline void normalize_row(T *y, float *mean, float *rstd, const float
       sq += d * d;
     }
   }
-  sq = warp_sum(sq);
+  sq = qt__warp_sum(sq);
   double r = 1.0 / sqrt(sq / (double)c + (double)eps);
   float mf = (float)m, rf = (float)r;
 #pragma unroll
@@ -116,8 +105,8 @@ __device__ inline void normalize_row(T *y, float *mean, float *rstd, const float
     size_t j = (size_t)lane + 32 * k;
     if (j >= c) continue;
     float normalized = __fmul_rn(v[k] - mf, rf);
-    store(y + j,
-          __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f));
+    qt__store(y + j,
+              __fadd_rn(__fmul_rn(normalized, weight ? weight[j] : 1.0f), bias ? bias[j] : 0.0f));
   }
   if (lane == 0) {
     *mean = mf;
@@ -219,8 +208,8 @@ __device__ inline void backward_block(float *red, float *dinp, float *dweight, f
       g_sum += g;
       g_xhat_sum += (double)g * x[k];
     }
-    float g_mean = (float)(warp_sum(g_sum) / (double)c);
-    float g_xhat_mean = (float)(warp_sum(g_xhat_sum) / (double)c);
+    float g_mean = (float)(qt__warp_sum(g_sum) / (double)c);
+    float g_xhat_mean = (float)(qt__warp_sum(g_xhat_sum) / (double)c);
 #pragma unroll
     for (int k = 0; k < VEC; k++) {
       size_t j = (size_t)lane + 32 * k;
