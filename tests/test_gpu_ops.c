@@ -498,40 +498,26 @@ static void layernorm_paths_agree(size_t n, size_t c, uint64_t seed) {
   float *dinp0 = host_random(rng, n * c, 0.0, 1.0);
   float *d_inp = device_floats(inp, n * c), *d_weight = device_floats(weight, c);
   float *d_bias = device_floats(bias, c), *d_dout = device_floats(dout, n * c);
-  size_t bytes = (n * c + 2 * n) * sizeof(float);
-  float *got[2] = {malloc(bytes), malloc(bytes)}, *dinp[2] = {NULL, NULL};
-  float *d_out = device_floats(dinp0, n * c), *d_stats = device_floats(dinp0, 2 * n);
+  /* Per path: [out (n, c) | mean (n) | rstd (n)], and dinp. */
+  size_t floats = n * c + 2 * n;
+  float *out[2], *dinp[2];
   int was = qt__cuda_set_layernorm_rows(1);
   for (int rows = 1; rows >= 0; rows--) {
     qt__cuda_set_layernorm_rows(rows);
-    CHECK_RC(qt_cuda_layernorm_forward(d_out, d_stats, d_stats + n, d_inp, d_weight, d_bias, n, c,
-                                       1e-6f, E));
-    CHECK_RC(qt_cuda_copy_to_host(got[rows], d_out, n * c * sizeof(float), E));
-    CHECK_RC(qt_cuda_copy_to_host(got[rows] + n * c, d_stats, 2 * n * sizeof(float), E));
+    float *stats = (out[rows] = device_alloc(floats)) + n * c;
     dinp[rows] = device_floats(dinp0, n * c);
-    CHECK_RC(qt_cuda_layernorm_backward(dinp[rows], NULL, NULL, d_dout, d_inp, d_weight, d_stats,
-                                        d_stats + n, n, c, E));
+    CHECK_RC(qt_cuda_layernorm_forward(out[rows], stats, stats + n, d_inp, d_weight, d_bias, n, c,
+                                       1e-6f, E));
+    CHECK_RC(qt_cuda_layernorm_backward(dinp[rows], NULL, NULL, d_dout, d_inp, d_weight, stats,
+                                        stats + n, n, c, E));
   }
   qt__cuda_set_layernorm_rows(was);
-  CU_ASSERT_EQUAL(memcmp(got[0], got[1], bytes), 0);
-  CHECK_RC(qt_cuda_copy_to_host(got[0], dinp[0], n * c * sizeof(float), E));
-  CHECK_RC(qt_cuda_copy_to_host(got[1], dinp[1], n * c * sizeof(float), E));
-  CU_ASSERT_EQUAL(memcmp(got[0], got[1], n * c * sizeof(float)), 0);
-  for (int k = 0; k < 2; k++) {
-    free(got[k]);
-    qt_cuda_free(dinp[k]);
-  }
-  free(inp);
-  free(weight);
-  free(bias);
-  free(dout);
-  free(dinp0);
-  qt_cuda_free(d_inp);
-  qt_cuda_free(d_weight);
-  qt_cuda_free(d_bias);
-  qt_cuda_free(d_dout);
-  qt_cuda_free(d_out);
-  qt_cuda_free(d_stats);
+  CU_ASSERT(device_equal(out[0], out[1], floats));
+  CU_ASSERT(device_equal(dinp[0], dinp[1], n * c));
+  float *host[] = {inp, weight, bias, dout, dinp0};
+  for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+  float *dev[] = {d_inp, d_weight, d_bias, d_dout, out[0], out[1], dinp[0], dinp[1]};
+  for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
   qt_rng_free(rng);
 }
 
@@ -931,52 +917,32 @@ static void residual_layernorm_case(size_t n, size_t c, int with_gamma, int bf16
   float *d_res = device_floats(res, n * c), *d_branch = device_floats(branch, n * c);
   float *d_gamma = with_gamma ? device_floats(gamma, c) : NULL;
   float *d_weight = device_floats(weight, c), *d_bias = device_floats(bias, c);
-  /* [sum (n c) | norm (n c, BF16 in its first half) | mean (n) | rstd (n)] */
-  size_t floats = 2 * n * c + 2 * n, bytes = floats * sizeof(float);
-  float *d_one = device_floats(res, n * c), *d_two = device_floats(res, n * c);
-  float *got[2] = {calloc(floats, sizeof(float)), calloc(floats, sizeof(float))};
-  float *d_norm[2], *d_stats[2];
-  for (int k = 0; k < 2; k++) {
-    d_norm[k] = device_floats(got[k], n * c);
-    d_stats[k] = device_floats(got[k], 2 * n);
-  }
-  CHECK_RC(qt__cuda_residual_layernorm_forward(d_one, d_norm[0], bf16, d_stats[0], d_stats[0] + n,
-                                               d_res, d_branch, d_gamma, d_weight, d_bias, n, c,
-                                               1e-6f, E));
-  CHECK_RC(qt_cuda_residual_forward(d_two, d_res, d_branch, d_gamma, n, c, E));
+  /* Per path: [sum (n, c) | norm (n, c; BF16 in its first half) | mean (n)
+   * | rstd (n)], zeroed, so that the halves a BF16 norm leaves agree. */
+  size_t floats = 2 * n * c + 2 * n;
+  float *zeros = calloc(floats, sizeof *zeros);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(zeros);
+  float *one = device_floats(zeros, floats), *two = device_floats(zeros, floats);
+  float *norm[2] = {one + n * c, two + n * c}, *stats[2] = {one + 2 * n * c, two + 2 * n * c};
+  CHECK_RC(qt__cuda_residual_layernorm_forward(one, norm[0], bf16, stats[0], stats[0] + n, d_res,
+                                               d_branch, d_gamma, d_weight, d_bias, n, c, 1e-6f,
+                                               E));
+  CHECK_RC(qt_cuda_residual_forward(two, d_res, d_branch, d_gamma, n, c, E));
   if (bf16)
-    CHECK_RC(qt__cuda_layernorm_forward_h(d_norm[1], d_stats[1], d_stats[1] + n, d_two, d_weight,
-                                          d_bias, n, c, 1e-6f, E));
+    CHECK_RC(qt__cuda_layernorm_forward_h(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias,
+                                          n, c, 1e-6f, E));
   else
-    CHECK_RC(qt_cuda_layernorm_forward(d_norm[1], d_stats[1], d_stats[1] + n, d_two, d_weight,
-                                       d_bias, n, c, 1e-6f, E));
-  float *d_sum[2] = {d_one, d_two};
-  for (int k = 0; k < 2; k++) {
-    CHECK_RC(qt_cuda_copy_to_host(got[k], d_sum[k], n * c * sizeof(float), E));
-    CHECK_RC(qt_cuda_copy_to_host(got[k] + n * c, d_norm[k], n * c * sizeof(float), E));
-    CHECK_RC(qt_cuda_copy_to_host(got[k] + 2 * n * c, d_stats[k], 2 * n * sizeof(float), E));
-  }
-  if (memcmp(got[0], got[1], bytes) != 0)
+    CHECK_RC(qt_cuda_layernorm_forward(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias, n,
+                                       c, 1e-6f, E));
+  int same = device_equal(one, two, floats);
+  if (!same)
     printf("residual + layernorm (%zu, %zu)%s%s: not the two ops' results\n", n, c,
            with_gamma ? " layer scale" : "", bf16 ? " BF16" : "");
-  CU_ASSERT_EQUAL(memcmp(got[0], got[1], bytes), 0);
-  for (int k = 0; k < 2; k++) {
-    free(got[k]);
-    qt_cuda_free(d_norm[k]);
-    qt_cuda_free(d_stats[k]);
-  }
-  free(res);
-  free(branch);
-  free(gamma);
-  free(weight);
-  free(bias);
-  qt_cuda_free(d_res);
-  qt_cuda_free(d_branch);
-  qt_cuda_free(d_gamma);
-  qt_cuda_free(d_weight);
-  qt_cuda_free(d_bias);
-  qt_cuda_free(d_one);
-  qt_cuda_free(d_two);
+  CU_ASSERT(same);
+  float *host[] = {res, branch, gamma, weight, bias, zeros};
+  for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+  float *dev[] = {d_res, d_branch, d_gamma, d_weight, d_bias, one, two};
+  for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
   qt_rng_free(rng);
 }
 
