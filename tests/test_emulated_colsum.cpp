@@ -26,6 +26,17 @@ static void fail(const char *what, int kind, size_t n, size_t c, double e) {
   failures++;
 }
 
+/* The emulated qt__cuda_column_partials_add: add_partials_block over the
+ * column tiles. */
+static void add_partials(float *dst0, float *dst1, const double *partial, size_t chunks, size_t c) {
+  qt_emu_launch((int)((c + 31) / 32), 256, 2 * 8 * 33 * sizeof(double),
+                [&](unsigned char *smem, int block, int tid, int) {
+                  double(*shared0)[33] = (double(*)[33])smem;
+                  qt_colsum::add_partials_block(shared0, shared0 + 8, dst0, dst1, partial, chunks,
+                                                c, block, tid % 32, tid / 32);
+                });
+}
+
 /* The emulated kernels: block_sums over the grid, then add_partials. */
 template <int kind>
 static void run(float *dst0, float *dst1, const float *a, const float *b, const float *mean,
@@ -43,11 +54,49 @@ static void run(float *dst0, float *dst1, const float *a, const float *b, const 
                       mean, rstd, copy, n, c, rows_per_chunk, (int)(block % tiles),
                       (int)(block / tiles), (int)chunks, tid % 32, tid / 32);
                 });
-  if (chunks > 1)
-    qt_emu_launch(1, 32, 0, [&](unsigned char *, int, int tid, int) {
-      for (size_t col = tid; col < c; col += 32)
-        qt_colsum::add_partials(dst0, dst1, partial.data(), chunks, c, col);
-    });
+  if (chunks > 1) add_partials(dst0, dst1, partial.data(), chunks, c);
+}
+
+/* The chunks' total alone, for counts around its unrolled loop and the
+ * layer norm backward's (263 chunks for a ViT's batch of 64, up to 1024):
+ * against the partials added in chunk order on the host, within 1e-15 of
+ * the largest total before rounding (the order of the additions
+ * differs). outputs: which of dst0, dst1 are given (bits 1, 2); the other's
+ * partials are NaN, which must not reach anything. */
+static void partials_case(size_t chunks, size_t c, int outputs, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> partial(2 * chunks * c, NAN);
+  for (size_t o = 0; o < 2; o++)
+    if (outputs & (1 << o))
+      for (size_t k = o * chunks * c; k < (o + 1) * chunks * c; k++) partial[k] = normal(rng);
+  std::vector<float> dst[2];
+  std::vector<double> want[2];
+  for (int o = 0; o < 2; o++) {
+    dst[o].resize(c);
+    want[o].resize(c);
+    for (size_t col = 0; col < c; col++) {
+      dst[o][col] = (float)normal(rng);
+      double total = 0.0;
+      for (size_t r = 0; r < chunks; r++) total += partial[(o * chunks + r) * c + col];
+      want[o][col] =
+          outputs & (1 << o) ? (double)(float)((double)dst[o][col] + total) : dst[o][col];
+    }
+  }
+  add_partials(outputs & 1 ? dst[0].data() : nullptr, outputs & 2 ? dst[1].data() : nullptr,
+               partial.data(), chunks, c);
+  for (int o = 0; o < 2; o++) {
+    double diff = 0.0, scale = 1.0;
+    for (size_t col = 0; col < c; col++) {
+      diff = fmax(diff, fabs(dst[o][col] - want[o][col]));
+      scale = fmax(scale, fabs(want[o][col]));
+    }
+    checks++;
+    /* One float rounding apart at most: the host adds dst before rounding,
+     * the kernel rounds the total and then adds it to dst. */
+    if (!(diff <= 3e-7 * scale))
+      fail(o ? "partials, output 1" : "partials, output 0", outputs, chunks, c, diff / scale);
+  }
 }
 
 template <int kind>
@@ -122,6 +171,9 @@ int main(void) {
   kind_cases<QT__COLSUM_PRODUCT>(11);
   kind_cases<QT__COLSUM_LAYERNORM>(21);
   kind_cases<QT__COLSUM_GELU>(31);
+  unsigned seed = 41;
+  for (size_t chunks : {2, 9, 31, 32, 33, 40, 263, 1024})
+    for (int outputs : {1, 2, 3}) partials_case(chunks, chunks == 263 ? 768 : 45, outputs, seed++);
   printf("%d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

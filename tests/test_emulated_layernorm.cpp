@@ -4,8 +4,9 @@
  * qt_cuda_emulation.h, against qt_cpu_layernorm_forward / _backward: out
  * in FP32 and in BF16 (the FP32 result rounded, bit for bit), mean, rstd,
  * dinp (added to its old values) and the weight's and bias's gradients
- * (added to theirs; with several chunks, their partial sums added in chunk
- * order as qt__cuda_column_partials_add does), within 1e-5 like the `gpu`
+ * (added to theirs; with several chunks, their partial sums added here in
+ * chunk order: test_emulated_colsum tests qt__cuda_column_partials_add's
+ * body), within 1e-5 like the `gpu`
  * tests' FP32 ops, for feature counts around the instantiations' widths
  * (1, 7, 33, 256, 257, 384, 768, 1000, 1024) and row counts of one and of
  * several chunks, with and without the affine parameters and each
@@ -152,7 +153,7 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
                                              x.data(), weight, mean.data(), rstd.data(), n, c,
                                              rows_per_chunk, chunks, block, tid, threads);
                 });
-  if (chunks > 1) { /* qt__cuda_column_partials_add */
+  if (chunks > 1) { /* what qt__cuda_column_partials_add does */
     for (size_t col = 0; col < c; col++) {
       double t0 = 0.0, t1 = 0.0;
       for (int r = 0; r < chunks; r++) {

@@ -10,8 +10,10 @@
  * 12608 rows, on a device of 132 multiprocessors. Each block sums its
  * chunk's rows of its 32 columns (its 8 rows of threads taking every 8th
  * row, then adding their 8 partial sums in order) and writes one partial sum
- * per column and output; a second kernel adds a column's partial sums in
- * chunk order and adds the total, rounded to float, to the gradient. The
+ * per column and output; a second kernel adds a column's partial sums
+ * (qt_colsum::add_partials_block: 8 rows of threads each taking every 8th
+ * chunk, then their 8 sums in order) and adds the total, rounded to float,
+ * to the gradient. The
  * split depends only on (n, c), so the result is the same from run to run.
  * A single chunk (n of at most 256, or more than 512 column tiles) adds
  * its sums directly; at most 1024 blocks in all (a few per multiprocessor
@@ -41,12 +43,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                               threadIdx.y);
 }
 
+/* Grid (column tiles), blocks of (32, 8): qt_colsum::add_partials_block. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     colsum_add_kernel(float *__restrict__ dst0, float *__restrict__ dst1,
                       const double *__restrict__ partial, size_t chunks, size_t c) {
-  size_t stride = (size_t)gridDim.x * blockDim.x;
-  for (size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x; col < c; col += stride)
-    qt_colsum::add_partials(dst0, dst1, partial, chunks, c, col);
+  __shared__ double shared0[8][33];
+  __shared__ double shared1[8][33];
+  qt_colsum::add_partials_block(shared0, shared1, dst0, dst1, partial, chunks, c, blockIdx.x,
+                                threadIdx.x, threadIdx.y);
 }
 
 template <int kind>
@@ -93,7 +97,9 @@ extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const fl
 extern "C" int qt__cuda_column_partials_add(float *dst0, float *dst1, const double *partial,
                                             size_t chunks, size_t c, const char *who, qt_err *err) {
   if (chunks == 0 || c == 0 || (!dst0 && !dst1)) return 0;
-  colsum_add_kernel<<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(dst0, dst1, partial, chunks, c);
+  if ((c + 31) / 32 > INT_MAX)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
+  colsum_add_kernel<<<(unsigned)((c + 31) / 32), dim3(32, 8)>>>(dst0, dst1, partial, chunks, c);
   return qt__cuda_check_launch(err, who, "the column sums' total");
 }
 

@@ -157,7 +157,7 @@ int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, con
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
 
-/* dst_o[col] += the sum, in double over the chunks in order, of
+/* dst_o[col] += the sum, in double over the chunks in a fixed order, of
  * partial[(o * chunks + chunk) * c + col], rounded to float (o = 0, 1; a
  * NULL dst is skipped): the last pass of column sums that a kernel of
  * another file split into chunks, as qt__cuda_column_sums does. */

@@ -23,7 +23,7 @@
  *             adding its rows' terms per column in float; the block adds
  *             its warps' sums in order in double and writes them (one
  *             chunk: adds them to the gradient as a float), and the
- *             partial sums of several chunks are added in chunk order by
+ *             partial sums of several chunks are added in a fixed order by
  *             qt__cuda_column_partials_add. The split depends only on n,
  *             so the results are the same from run to run.
  *
