@@ -67,8 +67,12 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                                    threadIdx.x % 32);
 }
 
+/* Two blocks per multiprocessor up to 24 values per lane, so that ViT-B's
+ * 263 chunks run in one wave on an H100: 128 registers (ptxas, sm_90: 28
+ * bytes spilled; 156 registers unbounded). With 32 (ViT-L) 255 registers
+ * and 152 bytes spilled either way. */
 template <int VEC>
-static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+static __global__ void __launch_bounds__(QT_CUDA_THREADS, VEC <= 24 ? 2 : 1)
     layernorm_rows_backward_kernel(float *dinp, float *dweight, float *dbias, double *partial,
                                    const float *__restrict__ dout, const float *__restrict__ inp,
                                    const float *__restrict__ weight, const float *__restrict__ mean,
