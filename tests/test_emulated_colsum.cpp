@@ -8,7 +8,7 @@
  * added in row order in double on the host (GELU's from
  * qt_cpu_gelu_backward; within 2e-7 of the largest sum: the order of the
  * additions differs), and the copies equal to the terms rounded, bit for
- * bit. Shapes around the unrolled rows (1, 7, 31, 33, 257 rows), several
+ * bit. Shapes around the unrolled rows (1, 7, 31, 33, 63, 65, 257 rows), several
  * chunks (3000 rows), ten column tiles. It runs without a GPU;
  * `test_gpu_ops` runs the compiled kernels on a device.
  */
@@ -162,7 +162,8 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
 
 template <int kind>
 static void kind_cases(unsigned seed) {
-  size_t shapes[][2] = {{1, 1}, {7, 5}, {31, 33}, {33, 40}, {257, 33}, {3000, 40}, {40, 300}};
+  size_t shapes[][2] = {{1, 1},   {7, 5},    {31, 33},   {33, 40}, {63, 33},
+                        {65, 40}, {257, 33}, {3000, 40}, {40, 300}};
   for (auto &s : shapes) colsum_case<kind>(s[0], s[1], seed++);
 }
 
@@ -172,7 +173,7 @@ int main(void) {
   kind_cases<QT__COLSUM_LAYERNORM>(21);
   kind_cases<QT__COLSUM_GELU>(31);
   unsigned seed = 41;
-  for (size_t chunks : {2, 9, 31, 32, 33, 40, 263, 1024})
+  for (size_t chunks : {2, 9, 31, 33, 63, 64, 65, 80, 263, 1024})
     for (int outputs : {1, 2, 3}) partials_case(chunks, chunks == 263 ? 768 : 45, outputs, seed++);
   printf("%d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
