@@ -227,8 +227,8 @@ __device__ inline void backward_block(float *red, float *dinp, float *dweight, f
     }
     float g_mean = (float)(qt__warp_sum(g_sum) / (double)c);
     float g_xhat_mean = (float)(qt__warp_sum(g_xhat_sum) / (double)c);
+    /* dinp += the terms: the row's loads first (into x), then its stores. */
     if (!dinp) continue;
-      /* dinp += the terms: the row's loads first (into x), then its stores. */
 #pragma unroll
     for (int k = 0; k < VEC; k++)
       dy[k] = __fmul_rn(dy[k] - g_mean - __fmul_rn(x[k], g_xhat_mean), r);
