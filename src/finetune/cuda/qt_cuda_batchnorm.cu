@@ -176,6 +176,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
+/* What an output element reads: x, and its channel's mean, rstd * weight
+ * and bias. The elementwise kernels read their channel's values in
+ * qt__elementwise's loads, not in its stores: there each would wait for
+ * the store before it (the compiler cannot tell the arrays apart). */
+struct bn_norm_in {
+  float x, mean, scale, bias;
+};
+
 /* out = (x - mean) * (rstd * weight) + bias, elementwise. The index
  * arithmetic in I: unsigned where qt__cuda_int_indices allows (the
  * channel of each element takes a division), else size_t. */
@@ -187,18 +195,22 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                         bn_shape s) {
   I hw = (I)s.hw, c = (I)s.c, total = (I)(s.batch * s.c * s.hw);
   qt__elementwise(
-      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](I at) { return x[at]; },
-      [=](I at, float v) {
+      total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](I at) {
         I ch = at / hw % c;
-        float scale = __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f);
-        out[at] = __fadd_rn(__fmul_rn(v - mean[ch], scale), bias ? bias[ch] : 0.0f);
-      });
+        return bn_norm_in{x[at], mean[ch], __fmul_rn(rstd[ch], weight ? weight[ch] : 1.0f),
+                          bias ? bias[ch] : 0.0f};
+      },
+      [=](I at, bn_norm_in v) { out[at] = __fadd_rn(__fmul_rn(v.x - v.mean, v.scale), v.bias); });
 }
 
-/* What an element of the input gradient reads: x, dy and dinp's old
- * value (0 with `set`). */
+/* What an element of the input gradient reads: x, dy, dinp's old value (0
+ * with `set`), and its channel's rstd, weight * rstd, whether it went
+ * through the batch statistics, and if so its mean and the means of dy and
+ * dy * xhat. */
 struct bn_grad_in {
-  float x, dy, old;
+  float x, dy, old, r, wr, mean, dy_mean, dy_xhat_mean;
+  int batch;
 };
 
 /* dinp += the input gradient (set: dinp = 0 + it), elementwise: through
@@ -216,19 +228,25 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](I at) {
-        return bn_grad_in{x[at], dy[at], set ? 0.0f : dinp[at]};
+        I ch = at / hw % c;
+        bn_grad_in v = {x[at], dy[at], set ? 0.0f : dinp[at]};
+        v.r = rstd[ch];
+        v.wr = __fmul_rn(weight ? weight[ch] : 1.0f, v.r);
+        v.batch = select ? select[ch] != 0 : train;
+        if (v.batch) {
+          v.mean = mean[ch];
+          v.dy_mean = (float)stats[STAT_A * s.c + ch];
+          v.dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
+        }
+        return v;
       },
       [=](I at, bn_grad_in v) {
-        I ch = at / hw % c;
-        float r = rstd[ch], wr = __fmul_rn(weight ? weight[ch] : 1.0f, r);
-        if (select ? select[ch] != 0 : train) {
-          float xhat = __fmul_rn(v.x - mean[ch], r);
-          float dy_mean = (float)stats[STAT_A * s.c + ch];
-          float dy_xhat_mean = (float)stats[STAT_B * s.c + ch];
-          float inner = (v.dy - dy_mean) - __fmul_rn(xhat, dy_xhat_mean);
-          dinp[at] = __fadd_rn(v.old, __fmul_rn(wr, inner));
+        if (v.batch) {
+          float xhat = __fmul_rn(v.x - v.mean, v.r);
+          float inner = (v.dy - v.dy_mean) - __fmul_rn(xhat, v.dy_xhat_mean);
+          dinp[at] = __fadd_rn(v.old, __fmul_rn(v.wr, inner));
         } else {
-          dinp[at] = __fadd_rn(v.old, __fmul_rn(wr, v.dy));
+          dinp[at] = __fadd_rn(v.old, __fmul_rn(v.wr, v.dy));
         }
       });
 }

@@ -8,8 +8,10 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
+/* What an element reads, its column's layer scale too (1 without): read
+ * in qt__elementwise's loads, where the stores would make it wait. */
 struct residual_in {
-  float res, branch;
+  float res, branch, gamma;
 };
 
 /* out = res + gamma branch (gamma NULL: 1); out may be res. I: the index
@@ -22,15 +24,15 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](I k) {
-        return residual_in{res[k], branch[k]};
+        return residual_in{res[k], branch[k], gamma ? gamma[k % c] : 1.0f};
       },
       [=](I k, residual_in v) {
-        out[k] = __fadd_rn(v.res, gamma ? __fmul_rn(gamma[k % c], v.branch) : v.branch);
+        out[k] = __fadd_rn(v.res, gamma ? __fmul_rn(v.gamma, v.branch) : v.branch);
       });
 }
 
 struct residual_grad_in {
-  float dout, dres, dbranch;
+  float dout, dres, dbranch, gamma;
 };
 
 /* dres += dout, dbranch += gamma dout (either NULL: skipped; they may be
@@ -42,13 +44,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](I k) {
-        return residual_grad_in{dout[k], dres ? dres[k] : 0.0f, dbranch ? dbranch[k] : 0.0f};
+        return residual_grad_in{dout[k], dres ? dres[k] : 0.0f, dbranch ? dbranch[k] : 0.0f,
+                                gamma ? gamma[k % c] : 1.0f};
       },
       [=](I k, residual_grad_in v) {
         if (dres) dres[k] = v.dres + v.dout;
         if (dbranch)
           dbranch[k] = __fadd_rn(dres == dbranch ? dres[k] : v.dbranch,
-                                 gamma ? __fmul_rn(gamma[k % c], v.dout) : v.dout);
+                                 gamma ? __fmul_rn(v.gamma, v.dout) : v.dout);
       });
 }
 
