@@ -74,6 +74,25 @@ __device__ inline void terms(const values &v, __nv_bfloat16 *copy, size_t at, do
   }
 }
 
+/* The totals of a block of (32, 8) threads' sums of column tx (sum0,
+ * sum1 of thread (tx, ty)), its 8 rows added in order through shared0,
+ * shared1 ((8, 33) doubles). Every thread of the block calls it; true in
+ * row 0's threads whose column is in range (`in`), which then have them. */
+__device__ inline bool block_totals(double (*shared0)[33], double (*shared1)[33], double sum0,
+                                    double sum1, int tx, int ty, bool in, double *total0,
+                                    double *total1) {
+  shared0[ty][tx] = sum0;
+  shared1[ty][tx] = sum1;
+  __syncthreads();
+  if (ty != 0 || !in) return false;
+  *total0 = *total1 = 0.0;
+  for (int r = 0; r < 8; r++) {
+    *total0 += shared0[r][tx];
+    *total1 += shared1[r][tx];
+  }
+  return true;
+}
+
 /* Block (tile, chunk) of `chunks`, thread (tx, ty): the sums of columns
  * 32 tile .. over rows [chunk rows_per_chunk, ...) of n. With one chunk
  * they go to dst0 / dst1 (added, as floats) directly; else to
@@ -111,15 +130,8 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
       sum1 += t1;
     }
   }
-  shared0[ty][tx] = sum0;
-  shared1[ty][tx] = sum1;
-  __syncthreads();
-  if (ty != 0 || col >= c) return;
-  double total0 = 0.0, total1 = 0.0;
-  for (int r = 0; r < 8; r++) {
-    total0 += shared0[r][tx];
-    total1 += shared1[r][tx];
-  }
+  double total0, total1;
+  if (!block_totals(shared0, shared1, sum0, sum1, tx, ty, col < c, &total0, &total1)) return;
   if (chunks == 1) {
     if (dst0) dst0[col] += (float)total0;
     if (dst1) dst1[col] += (float)total1;
@@ -165,15 +177,8 @@ __device__ inline void add_partials_block(double (*shared0)[33], double (*shared
       if (p1) sum1 += p1[r * c];
     }
   }
-  shared0[ty][tx] = sum0;
-  shared1[ty][tx] = sum1;
-  __syncthreads();
-  if (ty != 0 || col >= c) return;
-  double total0 = 0.0, total1 = 0.0;
-  for (int r = 0; r < 8; r++) {
-    total0 += shared0[r][tx];
-    total1 += shared1[r][tx];
-  }
+  double total0, total1;
+  if (!block_totals(shared0, shared1, sum0, sum1, tx, ty, col < c, &total0, &total1)) return;
   if (dst0) dst0[col] += (float)total0;
   if (dst1) dst1[col] += (float)total1;
 }
