@@ -10,9 +10,9 @@
  * for each input pixel, the entries it was read into (no atomics; the
  * CPU's order of additions). Depthwise convolutions (one input channel per
  * group, any multiplier) run as direct kernels: one thread per output
- * (forward) or input pixel (input gradient), and blocks over chunks of
- * each weight tap's terms for the weight gradient, summed in double as on
- * the CPU. See qt_finetune.h.
+ * (forward) or input pixel (input gradient), and for the weight gradient
+ * blocks over a channel's taps and a chunk of its terms, summed in double
+ * as on the CPU (qt_cuda_depthwise.cuh). See qt_finetune.h.
  */
 #include <limits.h>
 
@@ -21,6 +21,7 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
+#include "finetune/cuda/qt_cuda_depthwise.cuh"
 
 /* ------------------------------------------------------------------------- */
 /* Geometry                                                                   */
@@ -332,95 +333,51 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-/* dweight[o, ky, kx] += sum over the batch and the outputs of dout * x, in
- * double (as the CPU). The weight's o * kh * kw values are summed over
- * batch * out_h * out_w terms each, split into `chunks` chunks of
- * per_chunk terms: block b sums chunk b / taps of value w = b % taps, into
- * partial[chunk * taps + w], or (one chunk) straight into dweight[w]. A
- * term's index i is image i / P, output pixel i % P: the block walks its
- * chunk carrying (image, pixel) instead of dividing i. */
+/* The depthwise weight gradient: qt_cuda_depthwise.cuh's blocks of a
+ * channel, up to QT_DW_TAPS of its weights and a chunk of its terms, then
+ * (several chunks) the chunks' totals. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_weight_kernel(float *__restrict__ dweight, double *__restrict__ partial,
                                      const float *__restrict__ dout, const float *__restrict__ inp,
-                                     long batch, conv_geometry g, long chunks, long per_chunk) {
-  __shared__ double shared[32];
-  long kk = g.kernel_h * g.kernel_w, taps = g.out_c * kk;
-  long w = blockIdx.x % taps, chunk = blockIdx.x / taps;
-  long o = w / kk, k = w % kk;
-  long ky = k / g.kernel_w, kx = k % g.kernel_w;
-  long mult = g.out_c / g.in_c;
-  long p_count = g.out_h * g.out_w, count = batch * p_count;
-  long first = chunk * per_chunk, end = first + per_chunk < count ? first + per_chunk : count;
-  long i = first + threadIdx.x, b = i / p_count, p = i % p_count;
-  long step_images = blockDim.x / p_count, step_pixels = blockDim.x % p_count;
-  double sum = 0.0;
-  for (; i < end; i += blockDim.x) {
-    long oy = p / g.out_w, ox = p % g.out_w;
-    long iy = oy * g.stride_h + ky - g.pad_top;
-    long ix = ox * g.stride_w + kx - g.pad_left;
-    if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w) {
-      float dy = dout[(b * g.out_c + o) * p_count + p];
-      float x = inp[((b * g.in_c + o / mult) * g.in_h + iy) * g.in_w + ix];
-      sum += (double)dy * x;
-    }
-    b += step_images;
-    p += step_pixels;
-    if (p >= p_count) {
-      p -= p_count;
-      b++;
-    }
-  }
-  sum = qt__block_sum(sum, shared);
-  if (threadIdx.x != 0) return;
-  if (chunks == 1)
-    dweight[w] += (float)sum;
-  else
-    partial[chunk * taps + w] = sum;
+                                     qt_dw::shape s, qt_dw::split sp) {
+  __shared__ double shared[QT_DW_TAPS * QT_CUDA_THREADS / 32];
+  qt_dw::weight_block(shared, dweight, partial, dout, inp, s, sp, (long)blockIdx.x, threadIdx.x,
+                      blockDim.x);
 }
 
-/* dweight[w] += the sum over the chunks, in order, of w's partial sums. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_weight_total_kernel(float *__restrict__ dweight, const double *__restrict__ partial,
-                                  long taps, long chunks) {
+                                  long weights, long chunks) {
   long stride = (long)gridDim.x * blockDim.x;
-  for (long w = (long)blockIdx.x * blockDim.x + threadIdx.x; w < taps; w += stride) {
-    double sum = 0.0;
-    for (long r = 0; r < chunks; r++) sum += partial[r * taps + w];
-    dweight[w] += (float)sum;
+  for (long w = (long)blockIdx.x * blockDim.x + threadIdx.x; w < weights; w += stride) {
+    qt_dw::total(dweight, partial, weights, chunks, w);
   }
 }
 
-/* The depthwise weight gradient, the terms of each weight split into
- * chunks of about DW_CHUNK (up to DW_MAX_BLOCKS blocks in all), so that a
- * first block's 32 x 9 weights over 64 x 112 x 112 outputs keep the whole
- * device busy: 2016 blocks instead of 288 each walking 802,816 terms. The
- * chunking depends only on the shape. */
-#define DW_CHUNK 4096
-#define DW_MAX_BLOCKS 2048
-
 static int depthwise_weight_grad(float *dweight, const float *dout, const float *inp,
-                                 const qt_conv2d_shape *s, const conv_geometry &g, const char *who,
-                                 qt_err *err) {
-  /* check_shape bounds out_c * kh * kw by INT_MAX: the taps fit the grid. */
-  size_t taps = s->out_c * s->kernel_h * s->kernel_w, count = s->batch * s->out_h * s->out_w;
-  size_t chunks = (count + DW_CHUNK - 1) / DW_CHUNK, most = DW_MAX_BLOCKS / taps;
-  if (chunks > most) chunks = most;
-  if (chunks < 1) chunks = 1;
-  size_t per_chunk = (count + chunks - 1) / chunks;
-  chunks = (count + per_chunk - 1) / per_chunk; /* none empty */
+                                 const qt_conv2d_shape *s, const char *who, qt_err *err) {
+  qt_dw::shape sh = {(long)s->batch,    (long)s->in_c,     (long)s->in_h,     (long)s->in_w,
+                     (long)s->out_c,    (long)s->out_h,    (long)s->out_w,    (long)s->kernel_h,
+                     (long)s->kernel_w, (long)s->stride_h, (long)s->stride_w, (long)s->pad_top,
+                     (long)s->pad_left};
+  qt_dw::split sp = qt_dw::plan(sh);
+  /* check_shape bounds out_c * kh * kw by INT_MAX: the blocks fit the grid. */
+  size_t weights = s->out_c * s->kernel_h * s->kernel_w;
+  size_t blocks = s->out_c * (size_t)sp.groups * (size_t)sp.chunks;
   double *partial = NULL;
   int rc = 0;
-  if (chunks > 1 && (rc = qt__cuda_sums_scratch_lock(chunks * taps, &partial, who, err)) < 0)
+  if (sp.chunks > 1 &&
+      (rc = qt__cuda_sums_scratch_lock((size_t)sp.chunks * weights, &partial, who, err)) < 0)
     return rc;
-  depthwise_backward_weight_kernel<<<(unsigned)(chunks * taps), QT_CUDA_THREADS>>>(
-      dweight, partial, dout, inp, (long)s->batch, g, (long)chunks, (long)per_chunk);
+  depthwise_backward_weight_kernel<<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout,
+                                                                          inp, sh, sp);
   rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient");
-  if (rc == 0 && chunks > 1) {
-    depthwise_weight_total_kernel<<<qt__cuda_blocks(taps), QT_CUDA_THREADS>>>(
-        dweight, partial, (long)taps, (long)chunks);
+  if (rc == 0 && sp.chunks > 1) {
+    depthwise_weight_total_kernel<<<qt__cuda_blocks(weights), QT_CUDA_THREADS>>>(
+        dweight, partial, (long)weights, sp.chunks);
     rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient's total");
   }
-  if (chunks > 1) qt__cuda_sums_scratch_unlock();
+  if (sp.chunks > 1) qt__cuda_sums_scratch_unlock();
   return rc;
 }
 
@@ -624,7 +581,7 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
       rc = qt__cuda_check_launch(err, who, "the depthwise input gradient");
       if (rc < 0) return rc;
     }
-    if (dweight && (rc = depthwise_weight_grad(dweight, dout, inp, s, g, who, err)) < 0) return rc;
+    if (dweight && (rc = depthwise_weight_grad(dweight, dout, inp, s, who, err)) < 0) return rc;
     return 0;
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;

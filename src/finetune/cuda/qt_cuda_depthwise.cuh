@@ -1,0 +1,150 @@
+/*
+ * qt_cuda_depthwise.cuh - the body of the depthwise convolutions' weight
+ * gradient (qt_cuda_conv.cu launches it):
+ *   dweight[o, ky, kx] += sum over the images b and the outputs (oy, ox) of
+ *     dout[b, o, oy, ox] * inp[b, o / multiplier, oy sy + ky - pt, ox sx + kx - pl]
+ * (terms whose input falls in the padding are left out), each product
+ * and sum in double as on the CPU (qt_cpu_conv2d.c), rounded to float once.
+ *
+ * A block takes one output channel o, a group of up to QT_DW_TAPS of its
+ * weights (a 3x3 kernel's 9 in one group) and a chunk of its batch *
+ * out_h * out_w terms: each thread walks the chunk's terms `threads` apart,
+ * reads each output gradient once and adds it times the input under each
+ * of the group's taps to its own sum per tap; the block then adds its
+ * threads' sums, warp by warp in order. With one chunk the block adds its
+ * sums to dweight; with several it writes them to partial, and total()
+ * adds the chunks' in chunk order. The split (plan) depends only on the
+ * shape, so the result does not change from run to run.
+ *
+ * Until this body a block took one weight, so each output gradient and
+ * its input were read once per tap (9 times for 3x3), with a 64-bit
+ * division and remainder per term: MobileNetV2's weight gradients took 7.9
+ * of its 28.7 ms BF16 step on an H100 (docs/benchmarks/, 5e08e19).
+ *
+ * Only __device__ functions over the block, thread and shared memory given
+ * as arguments, so that tests/qt_cuda_emulation.h runs them on the CPU
+ * (test_emulated_depthwise); the includer provides __shfl_xor_sync for
+ * double and __syncthreads.
+ */
+#ifndef QT_CUDA_DEPTHWISE_CUH
+#define QT_CUDA_DEPTHWISE_CUH
+
+#define QT_DW_TAPS 9         /* weights per block */
+#define QT_DW_TERMS 8192     /* terms per chunk, at least where blocks allow */
+#define QT_DW_MAX_BLOCKS 2048 /* blocks per launch, at most (of chunks > 1) */
+
+namespace qt_dw {
+
+/* The convolution's sizes (qt_conv2d_shape, which check_shape bounds by
+ * INT_MAX each). */
+struct shape {
+  long batch, in_c, in_h, in_w, out_c, out_h, out_w;
+  long kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
+};
+
+/* The grid: out_c * groups * chunks blocks, block number (chunk * out_c +
+ * o) * groups + group; chunks of per_chunk terms (the last may be
+ * shorter, none empty). */
+struct split {
+  long groups, chunks, per_chunk;
+};
+
+__host__ __device__ inline split plan(const shape &s) {
+  split sp;
+  long taps = s.kernel_h * s.kernel_w, count = s.batch * s.out_h * s.out_w;
+  sp.groups = (taps + QT_DW_TAPS - 1) / QT_DW_TAPS;
+  long chunks = (count + QT_DW_TERMS - 1) / QT_DW_TERMS;
+  long most = QT_DW_MAX_BLOCKS / (s.out_c * sp.groups);
+  if (chunks > most) chunks = most;
+  if (chunks < 1) chunks = 1;
+  sp.per_chunk = (count + chunks - 1) / chunks;
+  sp.chunks = (count + sp.per_chunk - 1) / sp.per_chunk;
+  return sp;
+}
+
+/* Block `block` of the grid, thread tid of `threads` (a multiple of 32,
+ * at most 1024); shared holds QT_DW_TAPS * threads / 32 doubles. */
+__device__ inline void weight_block(double *shared, float *dweight, double *partial,
+                                    const float *dout, const float *inp, const shape s,
+                                    const split sp, long block, int tid, int threads) {
+  long group = block % sp.groups, rest = block / sp.groups;
+  long o = rest % s.out_c, chunk = rest / s.out_c;
+  long kk = s.kernel_h * s.kernel_w, k0 = group * QT_DW_TAPS;
+  int taps = (int)(kk - k0 < QT_DW_TAPS ? kk - k0 : QT_DW_TAPS);
+  int ky[QT_DW_TAPS], kx[QT_DW_TAPS];
+#pragma unroll
+  for (int j = 0; j < QT_DW_TAPS; j++) {
+    long k = k0 + (j < taps ? j : 0);
+    ky[j] = (int)(k / s.kernel_w);
+    kx[j] = (int)(k % s.kernel_w);
+  }
+  int out_h = (int)s.out_h, out_w = (int)s.out_w, in_h = (int)s.in_h, in_w = (int)s.in_w;
+  long p_count = s.out_h * s.out_w, count = s.batch * p_count;
+  long end = (chunk + 1) * sp.per_chunk < count ? (chunk + 1) * sp.per_chunk : count;
+  const float *x_channel = inp + (o / (s.out_c / s.in_c)) * s.in_h * s.in_w;
+  const float *dy_channel = dout + o * p_count;
+  long x_image = s.in_c * s.in_h * s.in_w, dy_image = s.out_c * p_count;
+  /* The thread's first term (b, oy, ox), then steps of `threads` terms:
+   * step_b images, step_y rows and step_x columns, carried. */
+  long i = chunk * sp.per_chunk + tid;
+  long b = i / p_count;
+  int oy = (int)(i % p_count / out_w), ox = (int)(i % p_count % out_w);
+  long step_b = threads / p_count;
+  int step_y = (int)(threads % p_count / out_w), step_x = (int)(threads % p_count % out_w);
+  double sum[QT_DW_TAPS];
+#pragma unroll
+  for (int j = 0; j < QT_DW_TAPS; j++) sum[j] = 0.0;
+  for (; i < end; i += threads) {
+    const float *x = x_channel + b * x_image;
+    double g = dy_channel[b * dy_image + (long)oy * out_w + ox];
+    int iy0 = oy * (int)s.stride_h - (int)s.pad_top, ix0 = ox * (int)s.stride_w - (int)s.pad_left;
+#pragma unroll
+    for (int j = 0; j < QT_DW_TAPS; j++) {
+      int iy = iy0 + ky[j], ix = ix0 + kx[j];
+      if (j < taps && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+        sum[j] += g * x[(long)iy * in_w + ix];
+      }
+    }
+    ox += step_x;
+    if (ox >= out_w) {
+      ox -= out_w;
+      oy++;
+    }
+    oy += step_y;
+    if (oy >= out_h) {
+      oy -= out_h;
+      b++;
+    }
+    b += step_b;
+  }
+  /* The warps' sums (each lane ends with its warp's), then the block's in
+   * warp order. */
+  int warps = threads / 32, warp = tid / 32, lane = tid % 32;
+#pragma unroll
+  for (int j = 0; j < QT_DW_TAPS; j++) {
+    double v = sum[j];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) shared[j * warps + warp] = v;
+  }
+  __syncthreads();
+  if (tid >= taps) return;
+  double total = 0.0;
+  for (int w = 0; w < warps; w++) total += shared[tid * warps + w];
+  long weight = o * kk + k0 + tid;
+  if (sp.chunks == 1)
+    dweight[weight] += (float)total;
+  else
+    partial[chunk * s.out_c * kk + weight] = total;
+}
+
+/* dweight[weight] += the chunks' partial sums of it, in chunk order. */
+__device__ inline void total(float *dweight, const double *partial, long weights, long chunks,
+                             long weight) {
+  double sum = 0.0;
+  for (long r = 0; r < chunks; r++) sum += partial[r * weights + weight];
+  dweight[weight] += (float)sum;
+}
+
+} /* namespace qt_dw */
+
+#endif /* QT_CUDA_DEPTHWISE_CUH */

@@ -1,0 +1,149 @@
+/*
+ * test_emulated_depthwise.cpp - the depthwise weight gradient's body
+ * (src/finetune/cuda/qt_cuda_depthwise.cuh) run on the CPU through
+ * qt_cuda_emulation.h: the blocks of qt_dw::plan, then the chunks' totals,
+ * added to a gradient that starts from random values, against the CPU's
+ * qt_cpu_conv2d_backward (the same terms in double in another order:
+ * within 1e-6 by the parity measure of the `gpu` tests). Shapes: those of
+ * test_gpu_cnn_ops with fewer channels (strides 1 and 2, 3x3 to 7x7, a
+ * multiplier, padding that leaves taps out, a rectangular kernel, 1x1
+ * planes), 8x8 (64 taps, the CPU's most: 8 groups of taps), several
+ * chunks, and blocks of 64 and 256 threads (the steps between a thread's
+ * terms cross rows and images differently); the split alone of a shape
+ * whose chunks the blocks cap and of MobileNetV2's first. `test_gpu_cnn_ops`
+ * runs the compiled kernel on a device.
+ */
+#include "qt_cuda_emulation.h"
+
+#include <random>
+
+#include "finetune/cuda/qt_cuda_depthwise.cuh"
+#include "finetune/qt_finetune.h"
+
+static int failures = 0, checks = 0;
+
+/* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad. */
+static void run(float *dweight, const float *dout, const float *inp, const qt_conv2d_shape &s,
+                int threads) {
+  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
+                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
+                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
+                     (long)s.pad_left};
+  qt_dw::split sp = qt_dw::plan(sh);
+  long weights = sh.out_c * sh.kernel_h * sh.kernel_w;
+  /* NaN: a partial sum the blocks should have written and did not. */
+  std::vector<double> partial(sp.chunks > 1 ? sp.chunks * weights : 1, NAN);
+  qt_emu_launch((int)(sh.out_c * sp.groups * sp.chunks), threads,
+                QT_DW_TAPS * (threads / 32) * sizeof(double),
+                [&](unsigned char *smem, int block, int tid, int count) {
+                  qt_dw::weight_block((double *)smem, dweight, partial.data(), dout, inp, sh, sp,
+                                      block, tid, count);
+                });
+  if (sp.chunks > 1) {
+    for (long w = 0; w < weights; w++) qt_dw::total(dweight, partial.data(), weights, sp.chunks, w);
+  }
+}
+
+static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, long want_chunks,
+                           unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  size_t n_in = s.batch * s.in_c * s.in_h * s.in_w, n_out = s.batch * s.out_c * s.out_h * s.out_w;
+  size_t n_w = s.out_c * s.kernel_h * s.kernel_w;
+  std::vector<float> inp(n_in), dout(n_out), weight(n_w), init(n_w);
+  for (float &v : inp) v = normal(rng);
+  for (float &v : dout) v = normal(rng);
+  for (float &v : weight) v = normal(rng);
+  for (float &v : init) v = normal(rng);
+  std::vector<float> want = init, got = init;
+  qt_cpu_conv2d_backward(nullptr, want.data(), nullptr, nullptr, dout.data(), inp.data(),
+                         weight.data(), &s);
+  run(got.data(), dout.data(), inp.data(), s, threads);
+  double e = qt_emu_parity_error(got, want, &init);
+  checks++;
+  if (!(e <= 1e-6)) {
+    printf("FAIL %s, %d threads: parity error %.3g\n", name, threads, e);
+    failures++;
+  }
+  /* The split the case is meant to exercise. */
+  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
+                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
+                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
+                     (long)s.pad_left};
+  long chunks = qt_dw::plan(sh).chunks;
+  checks++;
+  if (chunks != want_chunks) {
+    printf("FAIL %s: %ld chunks, meant %ld\n", name, chunks, want_chunks);
+    failures++;
+  }
+}
+
+static qt_conv2d_shape square(size_t batch, size_t in_c, size_t size, size_t out_c, size_t kernel,
+                              size_t stride, size_t pad) {
+  qt_conv2d_shape s;
+  qt_err err;
+  if (qt_conv2d_shape_init(&s, batch, in_c, size, size, out_c, kernel, stride, pad, in_c, &err))
+    abort();
+  return s;
+}
+
+/* The shape's split, without running it (the emulation takes about 20 ms a
+ * block of 64 threads): a capped one. */
+static void split_case(const char *name, qt_conv2d_shape s, long want_chunks) {
+  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
+                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
+                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
+                     (long)s.pad_left};
+  qt_dw::split sp = qt_dw::plan(sh);
+  long count = sh.batch * sh.out_h * sh.out_w;
+  checks++;
+  if (sp.chunks != want_chunks || sh.out_c * sp.groups * sp.chunks > QT_DW_MAX_BLOCKS ||
+      sp.per_chunk * sp.chunks < count || sp.per_chunk * (sp.chunks - 1) >= count) {
+    printf("FAIL %s: %ld chunks of %ld terms, meant %ld\n", name, sp.chunks, sp.per_chunk,
+           want_chunks);
+    failures++;
+  }
+}
+
+int main(void) {
+  unsigned seed = 1;
+  /* Blocks of 64 threads; a few of 256 (the CUDA launch's). */
+  depthwise_case("3x3/1 (3, 5, 17x17)", square(3, 5, 17, 5, 3, 1, 1), 64, 1, seed++);
+  depthwise_case("3x3/2 (1, 7, 17x17)", square(1, 7, 17, 7, 3, 2, 1), 64, 1, seed++);
+  depthwise_case("3x3/2 even (3, 6, 8x8)", square(3, 6, 8, 6, 3, 2, 1), 64, 1, seed++);
+  depthwise_case("5x5 multiplier 2 (3, 3, 9x9) -> 6", square(3, 3, 9, 6, 5, 1, 2), 64, 1, seed++);
+  depthwise_case("7x7/2 pad 3 (1, 2, 10x10)", square(1, 2, 10, 2, 7, 2, 3), 64, 1, seed++);
+  depthwise_case("8x8/1 pad 3 (2, 2, 12x12)", square(2, 2, 12, 2, 8, 1, 3), 64, 1, seed++);
+  depthwise_case("1x1 on 1x1 (1, 3, 1x1)", square(1, 3, 1, 3, 1, 1, 0), 64, 1, seed++);
+  qt_conv2d_shape rect = {.batch = 3,
+                          .in_c = 2,
+                          .in_h = 11,
+                          .in_w = 8,
+                          .out_c = 4,
+                          .out_h = (11 + 2 * 2 - 5) / 1 + 1,
+                          .out_w = (8 + 2 * 1 - 3) / 2 + 1,
+                          .kernel_h = 5,
+                          .kernel_w = 3,
+                          .stride_h = 1,
+                          .stride_w = 2,
+                          .pad_top = 2,
+                          .pad_left = 1,
+                          .groups = 2};
+  depthwise_case("rectangular 5x3/(1,2) x2 (3, 2, 11x8)", rect, 64, 1, seed++);
+  /* Several chunks: 12,800 and 16,384 terms, and 5 chunks over planes of
+   * 45 x 45. */
+  depthwise_case("3x3/1 (8, 3, 40x40)", square(8, 3, 40, 3, 3, 1, 1), 64, 2, seed++);
+  depthwise_case("5x5 multiplier 2 (4, 1, 64x64) -> 2", square(4, 1, 64, 2, 5, 1, 2), 64, 2,
+                 seed++);
+  for (int threads : {64, 256}) {
+    depthwise_case("3x3/1 (20, 2, 45x45)", square(20, 2, 45, 2, 3, 1, 1), threads, 5, seed++);
+    depthwise_case("1x1 on 1x1 (300, 3, 1x1)", square(300, 3, 1, 3, 1, 1, 0), threads, 1, seed++);
+  }
+  depthwise_case("3x3/2 (2, 3, 17x17)", square(2, 3, 17, 3, 3, 2, 1), 256, 1, seed++);
+  /* 19,200 terms would be 3 chunks; 300 channels in 3 groups of taps allow
+   * 2. MobileNetV2's first: 802,816 terms, 64 chunks of its 32 channels. */
+  split_case("5x5/1 (3, 300, 80x80)", square(3, 300, 80, 300, 5, 1, 2), 2);
+  split_case("3x3/1 (64, 32, 112x112)", square(64, 32, 112, 32, 3, 1, 1), 64);
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
