@@ -1,17 +1,24 @@
 /*
- * test_emulated_depthwise.cpp - the depthwise weight gradient's body
+ * test_emulated_depthwise.cpp - the depthwise convolutions' kernel bodies
  * (src/finetune/cuda/qt_cuda_depthwise.cuh) run on the CPU through
- * qt_cuda_emulation.h: the blocks of qt_dw::plan, then the chunks' totals,
- * added to a gradient that starts from random values, against the CPU's
- * qt_cpu_conv2d_backward (the same terms in double in another order:
- * within 1e-6 by the parity measure of the `gpu` tests). Shapes: those of
- * test_gpu_cnn_ops with fewer channels (strides 1 and 2, 3x3 to 7x7, a
- * multiplier, padding that leaves taps out, a rectangular kernel, 1x1
- * planes), 8x8 (64 taps, the CPU's most: 8 groups of taps), several
- * chunks, and blocks of 64 and 256 threads (the steps between a thread's
- * terms cross rows and images differently); the split alone of a shape
- * whose chunks the blocks cap and of MobileNetV2's first. `test_gpu_cnn_ops`
- * runs the compiled kernel on a device.
+ * qt_cuda_emulation.h, against the CPU's qt_cpu_conv2d_forward and
+ * qt_cpu_conv2d_backward:
+ *   - the forward and the input gradient (added, and set over NaN) at every
+ *     pixel, for the unrolled 3x3 and 5x5 bodies and the generic one, with
+ *     int and long indices: equal bit for bit;
+ *   - the weight gradient: the blocks of qt_dw::plan, then the chunks'
+ *     totals, added to a gradient that starts from random values (the same
+ *     terms in double in another order: within 1e-6 by the parity measure
+ *     of the `gpu` tests).
+ * Shapes: those of test_gpu_cnn_ops (fewer channels for the weight
+ * gradient, whose emulation takes about 20 ms a block): strides 1 and 2,
+ * 3x3 to 8x8 (64 taps, the CPU's most: 8 groups of taps), a multiplier,
+ * padding that leaves taps out, TensorFlow's 'same', a rectangular kernel,
+ * 1x1 planes; for the weight gradient several chunks and blocks of 64 and
+ * 256 threads (a thread's steps cross rows and images differently), and
+ * the split alone of a shape whose chunks the blocks cap and of
+ * MobileNetV2's first. `test_gpu_cnn_ops` runs the compiled kernels on a
+ * device.
  */
 #include "qt_cuda_emulation.h"
 
@@ -25,10 +32,7 @@ static int failures = 0, checks = 0;
 /* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad. */
 static void run(float *dweight, const float *dout, const float *inp, const qt_conv2d_shape &s,
                 int threads) {
-  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
-                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
-                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
-                     (long)s.pad_left};
+  qt_dw::shape sh = qt_dw::dims_of<long>(s);
   qt_dw::split sp = qt_dw::plan(sh);
   long weights = sh.out_c * sh.kernel_h * sh.kernel_w;
   /* NaN: a partial sum the blocks should have written and did not. */
@@ -66,16 +70,73 @@ static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, lon
     failures++;
   }
   /* The split the case is meant to exercise. */
-  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
-                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
-                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
-                     (long)s.pad_left};
+  qt_dw::shape sh = qt_dw::dims_of<long>(s);
   long chunks = qt_dw::plan(sh).chunks;
   checks++;
   if (chunks != want_chunks) {
     printf("FAIL %s: %ld chunks, meant %ld\n", name, chunks, want_chunks);
     failures++;
   }
+}
+
+/* The forward and the input gradient's bodies at every pixel of every
+ * plane (they use no barriers: a host loop is their grid), with the
+ * kernel size K and index type I that qt_cuda_conv.cu would pick, and
+ * with the generic ones: equal to the CPU's bit for bit, in place (added
+ * to dinp) and set (over NaN). */
+template <int K, typename I>
+static void pixel_case(const char *name, const qt_conv2d_shape &s, const std::vector<float> &inp,
+                       const std::vector<float> &dout, const std::vector<float> &weight,
+                       const std::vector<float> &bias, const std::vector<float> &want_out,
+                       const std::vector<float> &dinp0, const std::vector<float> &want_dinp) {
+  qt_dw::dims<I> d = qt_dw::dims_of<I>(s);
+  std::vector<float> out(want_out.size(), NAN), dinp = dinp0, set(dinp0.size(), NAN);
+  for (I plane = 0; plane < d.batch * d.out_c; plane++)
+    for (I p = 0; p < d.out_h * d.out_w; p++)
+      qt_dw::forward_at<K>(out.data(), inp.data(), weight.data(), bias.data(), d, plane, p);
+  for (I plane = 0; plane < d.batch * d.in_c; plane++) {
+    for (I p = 0; p < d.in_h * d.in_w; p++) {
+      qt_dw::input_grad_at<K>(dinp.data(), dout.data(), weight.data(), d, plane, p, 0);
+      qt_dw::input_grad_at<K>(set.data(), dout.data(), weight.data(), d, plane, p, 1);
+    }
+  }
+  /* set: the gradient alone, which the CPU adds to zeros. */
+  std::vector<float> zeros(dinp0.size(), 0.0f);
+  qt_cpu_conv2d_backward(zeros.data(), nullptr, nullptr, nullptr, dout.data(), inp.data(),
+                         weight.data(), &s);
+  const char *what[] = {"forward", "input gradient", "input gradient, set"};
+  const std::vector<float> *got[] = {&out, &dinp, &set}, *want[] = {&want_out, &want_dinp, &zeros};
+  for (int k = 0; k < 3; k++) {
+    checks++;
+    if (memcmp(got[k]->data(), want[k]->data(), want[k]->size() * sizeof(float)) != 0) {
+      printf("FAIL %s, K %d, %zu-byte indices: %s differs from the CPU's\n", name, K, sizeof(I),
+             what[k]);
+      failures++;
+    }
+  }
+}
+
+static void pixels_case(const char *name, qt_conv2d_shape s, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  size_t n_in = s.batch * s.in_c * s.in_h * s.in_w, n_out = s.batch * s.out_c * s.out_h * s.out_w;
+  std::vector<float> inp(n_in), dout(n_out), weight(s.out_c * s.kernel_h * s.kernel_w),
+      bias(s.out_c), dinp0(n_in);
+  for (float &v : inp) v = normal(rng);
+  for (float &v : dout) v = normal(rng);
+  for (float &v : weight) v = normal(rng);
+  for (float &v : bias) v = normal(rng);
+  for (float &v : dinp0) v = normal(rng);
+  std::vector<float> want_out(n_out), want_dinp = dinp0;
+  qt_cpu_conv2d_forward(want_out.data(), nullptr, inp.data(), weight.data(), bias.data(), &s);
+  qt_cpu_conv2d_backward(want_dinp.data(), nullptr, nullptr, nullptr, dout.data(), inp.data(),
+                         weight.data(), &s);
+  if (s.kernel_h == s.kernel_w && s.kernel_h == 3)
+    pixel_case<3, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
+  if (s.kernel_h == s.kernel_w && s.kernel_h == 5)
+    pixel_case<5, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
+  pixel_case<0, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
+  pixel_case<0, long>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
 }
 
 static qt_conv2d_shape square(size_t batch, size_t in_c, size_t size, size_t out_c, size_t kernel,
@@ -90,10 +151,7 @@ static qt_conv2d_shape square(size_t batch, size_t in_c, size_t size, size_t out
 /* The shape's split, without running it (the emulation takes about 20 ms a
  * block of 64 threads): a capped one. */
 static void split_case(const char *name, qt_conv2d_shape s, long want_chunks) {
-  qt_dw::shape sh = {(long)s.batch,    (long)s.in_c,     (long)s.in_h,     (long)s.in_w,
-                     (long)s.out_c,    (long)s.out_h,    (long)s.out_w,    (long)s.kernel_h,
-                     (long)s.kernel_w, (long)s.stride_h, (long)s.stride_w, (long)s.pad_top,
-                     (long)s.pad_left};
+  qt_dw::shape sh = qt_dw::dims_of<long>(s);
   qt_dw::split sp = qt_dw::plan(sh);
   long count = sh.batch * sh.out_h * sh.out_w;
   checks++;
@@ -140,6 +198,23 @@ int main(void) {
     depthwise_case("1x1 on 1x1 (300, 3, 1x1)", square(300, 3, 1, 3, 1, 1, 0), threads, 1, seed++);
   }
   depthwise_case("3x3/2 (2, 3, 17x17)", square(2, 3, 17, 3, 3, 2, 1), 256, 1, seed++);
+  /* The forward and the input gradient. */
+  pixels_case("3x3/1 (3, 24, 17x17)", square(3, 24, 17, 24, 3, 1, 1), seed++);
+  pixels_case("3x3/2 (2, 40, 17x17)", square(2, 40, 17, 40, 3, 2, 1), seed++);
+  pixels_case("3x3/2 even (3, 37, 8x8)", square(3, 37, 8, 37, 3, 2, 1), seed++);
+  pixels_case("3x3/2 no padding (2, 5, 9x9)", square(2, 5, 9, 5, 3, 2, 0), seed++);
+  pixels_case("5x5 multiplier 2 (3, 8, 9x9) -> 16", square(3, 8, 9, 16, 5, 1, 2), seed++);
+  pixels_case("5x5/2 (2, 6, 15x15)", square(2, 6, 15, 6, 5, 2, 2), seed++);
+  pixels_case("7x7/2 pad 3 (1, 6, 10x10)", square(1, 6, 10, 6, 7, 2, 3), seed++);
+  pixels_case("8x8/1 pad 3 (2, 3, 12x12)", square(2, 3, 12, 3, 8, 1, 3), seed++);
+  pixels_case("1x1 on 1x1 (4, 3, 1x1)", square(4, 3, 1, 3, 1, 1, 0), seed++);
+  pixels_case("rectangular 5x3/(1,2) x2 (3, 2, 11x8)", rect, seed++);
+  qt_conv2d_shape same;
+  qt_err err;
+  if (qt_conv2d_shape_init_same(&same, 3, 11, 15, 15, 11, 5, 2, 11, &err)) abort();
+  pixels_case("same 5x5/2 (3, 11, 15x15)", same, seed++);
+  if (qt_conv2d_shape_init_same(&same, 1, 13, 16, 16, 13, 3, 2, 13, &err)) abort();
+  pixels_case("same 3x3/2 even (1, 13, 16x16)", same, seed++);
   /* 19,200 terms would be 3 chunks; 300 channels in 3 groups of taps allow
    * 2. MobileNetV2's first: 802,816 terms, 64 chunks of its 32 channels. */
   split_case("5x5/1 (3, 300, 80x80)", square(3, 300, 80, 300, 5, 1, 2), 2);

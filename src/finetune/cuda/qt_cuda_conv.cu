@@ -16,6 +16,8 @@
  */
 #include <limits.h>
 
+#include <type_traits>
+
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
@@ -263,73 +265,31 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 /* Depthwise                                                                  */
 /* ------------------------------------------------------------------------- */
 
-/* One thread per output (b, o, oy, ox); output channel o reads input
- * channel o / multiplier. The CPU's order and float operations: acc = bias,
- * then += w * x over the taps inside the image, ky then kx. */
-template <typename I>
+/* qt_cuda_depthwise.cuh's forward and input gradient: blockIdx.x over the
+ * planes (output planes for the forward, input planes for the input
+ * gradient), blockIdx.y over tiles of QT_CUDA_THREADS of a plane's pixels;
+ * both walk on where the grid is smaller. K: the kernel's size when
+ * square and known at compile time, else 0. */
+template <int K, typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_forward_kernel(float *__restrict__ out, const float *__restrict__ inp,
                              const float *__restrict__ weight, const float *__restrict__ bias,
-                             geometry<I> g, I batch) {
-  I mult = g.out_c / g.in_c;
-  I total = batch * g.out_c * g.out_h * g.out_w;
-  I stride = (I)gridDim.x * blockDim.x;
-  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    I row = i / g.out_w, ox = i - row * g.out_w;
-    I plane = row / g.out_h, oy = row - plane * g.out_h; /* plane = b * out_c + o */
-    I b = plane / g.out_c, o = plane - b * g.out_c;
-    const float *x = inp + (b * g.in_c + o / mult) * g.in_h * g.in_w;
-    const float *w = weight + o * g.kernel_h * g.kernel_w;
-    float acc = bias ? bias[o] : 0.0f;
-    for (I ky = 0; ky < g.kernel_h; ky++) {
-      I iy = oy * g.stride_h + ky - g.pad_top;
-      if (iy < 0 || iy >= g.in_h) continue;
-      for (I kx = 0; kx < g.kernel_w; kx++) {
-        I ix = ox * g.stride_w + kx - g.pad_left;
-        if (ix < 0 || ix >= g.in_w) continue;
-        acc = __fadd_rn(acc, __fmul_rn(w[ky * g.kernel_w + kx], x[iy * g.in_w + ix]));
-      }
-    }
-    out[i] = acc;
+                             qt_dw::dims<I> s) {
+  I planes = s.batch * s.out_c, pixels = s.out_h * s.out_w;
+  for (I plane = (I)blockIdx.x; plane < planes; plane += (I)gridDim.x) {
+    for (I p = (I)blockIdx.y * blockDim.x + threadIdx.x; p < pixels; p += (I)gridDim.y * blockDim.x)
+      qt_dw::forward_at<K>(out, inp, weight, bias, s, plane, p);
   }
 }
 
-/* dinp += the input gradient (set: dinp = 0 + it): one thread per input
- * pixel (b, ci, iy, ix)
- * gathers dout * w over the multiplier's output channels and the outputs
- * whose window covers it, in scan order (oy, then ox ascending: ky and
- * kx descending), the order in which the CPU adds them. */
-template <typename I>
+template <int K, typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
-                                    const float *__restrict__ weight, geometry<I> g, I batch,
-                                    int set) {
-  I mult = g.out_c / g.in_c;
-  I total = batch * g.in_c * g.in_h * g.in_w;
-  I stride = (I)gridDim.x * blockDim.x;
-  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-    I row = i / g.in_w, ix = i - row * g.in_w;
-    I plane = row / g.in_h, iy = row - plane * g.in_h; /* plane = b * in_c + ci */
-    I b = plane / g.in_c, ci = plane - b * g.in_c;
-    /* The outputs whose window covers the pixel, as in col2im_add_kernel. */
-    I ty = iy + g.pad_top, tx = ix + g.pad_left;
-    I oy_first = first_output(ty, g.kernel_h, g.stride_h);
-    I ox_first = first_output(tx, g.kernel_w, g.stride_w);
-    I oy_last = min(ty / g.stride_h, g.out_h - 1), ox_last = min(tx / g.stride_w, g.out_w - 1);
-    float acc = set ? 0.0f : dinp[i];
-    for (I m = 0; m < mult; m++) {
-      I o = ci * mult + m;
-      const float *dy = dout + (b * g.out_c + o) * g.out_h * g.out_w;
-      const float *w = weight + o * g.kernel_h * g.kernel_w;
-      for (I oy = oy_first; oy <= oy_last; oy++) {
-        I ky = ty - oy * g.stride_h;
-        for (I ox = ox_first; ox <= ox_last; ox++) {
-          I kx = tx - ox * g.stride_w;
-          acc = __fadd_rn(acc, __fmul_rn(dy[oy * g.out_w + ox], w[ky * g.kernel_w + kx]));
-        }
-      }
-    }
-    dinp[i] = acc;
+                                    const float *__restrict__ weight, qt_dw::dims<I> s, int set) {
+  I planes = s.batch * s.in_c, pixels = s.in_h * s.in_w;
+  for (I plane = (I)blockIdx.x; plane < planes; plane += (I)gridDim.x) {
+    for (I p = (I)blockIdx.y * blockDim.x + threadIdx.x; p < pixels; p += (I)gridDim.y * blockDim.x)
+      qt_dw::input_grad_at<K>(dinp, dout, weight, s, plane, p, set);
   }
 }
 
@@ -356,10 +316,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 
 static int depthwise_weight_grad(float *dweight, const float *dout, const float *inp,
                                  const qt_conv2d_shape *s, const char *who, qt_err *err) {
-  qt_dw::shape sh = {(long)s->batch,    (long)s->in_c,     (long)s->in_h,     (long)s->in_w,
-                     (long)s->out_c,    (long)s->out_h,    (long)s->out_w,    (long)s->kernel_h,
-                     (long)s->kernel_w, (long)s->stride_h, (long)s->stride_w, (long)s->pad_top,
-                     (long)s->pad_left};
+  qt_dw::shape sh = qt_dw::dims_of<long>(*s);
   qt_dw::split sp = qt_dw::plan(sh);
   /* check_shape bounds out_c * kh * kw by INT_MAX: the blocks fit the grid. */
   size_t weights = s->out_c * s->kernel_h * s->kernel_w;
@@ -466,26 +423,52 @@ static void col2im_add(float *img, const float *col, const conv_geometry &g, siz
         <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images, set);
 }
 
-static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
-                              const conv_geometry &g, size_t batch) {
-  size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
-  if (int_indices(larger(outs, pixels), g))
-    depthwise_forward_kernel<int><<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(
-        out, inp, weight, bias, geometry_as<int>(g), (int)batch);
+/* The grid of the depthwise forward and input gradient over `planes`
+ * planes of `pixels` pixels: at most 2^20 planes at a time (so that the
+ * kernels' int indices step past the last without overflow, see
+ * int_indices) and the grid's 65535 tiles in y. */
+static dim3 depthwise_grid(size_t planes, size_t pixels) {
+  size_t tiles = (pixels + QT_CUDA_THREADS - 1) / QT_CUDA_THREADS, most = (size_t)1 << 20;
+  return dim3((unsigned)(planes < most ? planes : most), (unsigned)(tiles < 65535 ? tiles : 65535));
+}
+
+/* Calls launch(K, dims) with K the shape's kernel size as a compile-time
+ * constant where the bodies unroll it (3x3, 5x5; else 0, the shape's) and
+ * dims in the index type that the sizes allow. */
+template <typename Launch>
+static void depthwise_dispatch(const qt_conv2d_shape *s, const conv_geometry &g, Launch launch) {
+  size_t outs = s->batch * s->out_c * s->out_h * s->out_w;
+  size_t pixels = s->batch * s->in_c * s->in_h * s->in_w;
+  if (!int_indices(larger(outs, pixels), g)) {
+    launch(std::integral_constant<int, 0>(), qt_dw::dims_of<long>(*s));
+    return;
+  }
+  qt_dw::dims<int> d = qt_dw::dims_of<int>(*s);
+  size_t k = s->kernel_h == s->kernel_w ? s->kernel_h : 0;
+  if (k == 3)
+    launch(std::integral_constant<int, 3>(), d);
+  else if (k == 5)
+    launch(std::integral_constant<int, 5>(), d);
   else
-    depthwise_forward_kernel<long>
-        <<<qt__cuda_blocks(outs), QT_CUDA_THREADS>>>(out, inp, weight, bias, g, (long)batch);
+    launch(std::integral_constant<int, 0>(), d);
+}
+
+static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
+                              const qt_conv2d_shape *s, const conv_geometry &g) {
+  dim3 grid = depthwise_grid(s->batch * s->out_c, s->out_h * s->out_w);
+  depthwise_dispatch(s, g, [&](auto k, auto d) {
+    depthwise_forward_kernel<decltype(k)::value>
+        <<<grid, QT_CUDA_THREADS>>>(out, inp, weight, bias, d);
+  });
 }
 
 static void depthwise_backward_input(float *dinp, const float *dout, const float *weight,
-                                     const conv_geometry &g, size_t batch, int set) {
-  size_t outs = batch * g.out_c * g.out_h * g.out_w, pixels = batch * g.in_c * g.in_h * g.in_w;
-  if (int_indices(larger(outs, pixels), g))
-    depthwise_backward_input_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
-        dinp, dout, weight, geometry_as<int>(g), (int)batch, set);
-  else
-    depthwise_backward_input_kernel<long>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(dinp, dout, weight, g, (long)batch, set);
+                                     const qt_conv2d_shape *s, const conv_geometry &g, int set) {
+  dim3 grid = depthwise_grid(s->batch * s->in_c, s->in_h * s->in_w);
+  depthwise_dispatch(s, g, [&](auto k, auto d) {
+    depthwise_backward_input_kernel<decltype(k)::value>
+        <<<grid, QT_CUDA_THREADS>>>(dinp, dout, weight, d, set);
+  });
 }
 
 /* ------------------------------------------------------------------------- */
@@ -505,7 +488,7 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
   conv_geometry g = geometry_as<long>(*s);
   size_t out_elems = s->batch * s->out_c * s->out_h * s->out_w;
   if (is_depthwise(s)) {
-    depthwise_forward(out, inp, weight, bias, g, s->batch);
+    depthwise_forward(out, inp, weight, bias, s, g);
     return qt__cuda_check_launch(err, who, "the depthwise convolution kernel");
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -577,7 +560,7 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
   }
   if (is_depthwise(s)) {
     if (dinp) {
-      depthwise_backward_input(dinp, dout, weight, g, s->batch, set);
+      depthwise_backward_input(dinp, dout, weight, s, g, set);
       rc = qt__cuda_check_launch(err, who, "the depthwise input gradient");
       if (rc < 0) return rc;
     }

@@ -1,6 +1,24 @@
 /*
- * qt_cuda_depthwise.cuh - the body of the depthwise convolutions' weight
- * gradient (qt_cuda_conv.cu launches it):
+ * qt_cuda_depthwise.cuh - the bodies of the depthwise convolutions' kernels
+ * (one input channel per group, any multiplier; qt_cuda_conv.cu launches
+ * them).
+ *
+ * The forward and the input gradient take one thread per pixel of a plane
+ * (an image's channel), the grid's x over the planes and its y over tiles
+ * of a plane's pixels, so that a thread divides only its pixel's index by
+ * the plane's width (the loops they replace divided a flat index by the
+ * width, the height and the channels). A kernel size known at compile
+ * time (3x3, 5x5; 0: the shape's) unrolls the taps, so that a thread's
+ * loads are in flight together. Both keep the CPU's order and float
+ * operations (qt_cpu_conv2d.c), so their results equal the CPU's bit for
+ * bit:
+ *   forward         out = bias, then += w * x over the taps inside the
+ *                   image, ky then kx
+ *   input gradient  dinp (+)= dout * w over the multiplier's output
+ *                   channels and the outputs whose window covers the
+ *                   pixel, in scan order (oy, then ox ascending)
+ *
+ * The weight gradient:
  *   dweight[o, ky, kx] += sum over the images b and the outputs (oy, ox) of
  *     dout[b, o, oy, ox] * inp[b, o / multiplier, oy sy + ky - pt, ox sx + kx - pl]
  * (terms whose input falls in the padding are left out), each product
@@ -29,18 +47,97 @@
 #ifndef QT_CUDA_DEPTHWISE_CUH
 #define QT_CUDA_DEPTHWISE_CUH
 
-#define QT_DW_TAPS 9         /* weights per block */
-#define QT_DW_TERMS 8192     /* terms per chunk, at least where blocks allow */
+#define QT_DW_TAPS 9          /* weights per block */
+#define QT_DW_TERMS 8192      /* terms per chunk, at least where blocks allow */
 #define QT_DW_MAX_BLOCKS 2048 /* blocks per launch, at most (of chunks > 1) */
 
 namespace qt_dw {
 
 /* The convolution's sizes (qt_conv2d_shape, which check_shape bounds by
- * INT_MAX each). */
-struct shape {
-  long batch, in_c, in_h, in_w, out_c, out_h, out_w;
-  long kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
+ * INT_MAX each), in the index type I of the kernel: int where every index
+ * fits, else long. */
+template <typename I>
+struct dims {
+  I batch, in_c, in_h, in_w, out_c, out_h, out_w;
+  I kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left;
 };
+typedef dims<long> shape;
+
+template <typename I, typename S>
+__host__ __device__ inline dims<I> dims_of(const S &s) {
+  return dims<I>{(I)s.batch,    (I)s.in_c,    (I)s.in_h,     (I)s.in_w,     (I)s.out_c,
+                 (I)s.out_h,    (I)s.out_w,   (I)s.kernel_h, (I)s.kernel_w, (I)s.stride_h,
+                 (I)s.stride_w, (I)s.pad_top, (I)s.pad_left};
+}
+
+/* The forward's output p (oy out_w + ox) of plane b out_c + o. */
+template <int K, typename I>
+__device__ inline void forward_at(float *out, const float *inp, const float *weight,
+                                  const float *bias, const dims<I> &s, I plane, I p) {
+  I b = plane / s.out_c, o = plane - b * s.out_c;
+  I oy = p / s.out_w, ox = p - oy * s.out_w;
+  const I kh = K ? K : s.kernel_h, kw = K ? K : s.kernel_w;
+  const float *x = inp + (b * s.in_c + o / (s.out_c / s.in_c)) * s.in_h * s.in_w;
+  const float *w = weight + o * kh * kw;
+  I iy0 = oy * s.stride_h - s.pad_top, ix0 = ox * s.stride_w - s.pad_left;
+  float acc = bias ? bias[o] : 0.0f;
+#pragma unroll
+  for (I ky = 0; ky < kh; ky++) {
+    I iy = iy0 + ky;
+    if (iy < 0 || iy >= s.in_h) continue;
+#pragma unroll
+    for (I kx = 0; kx < kw; kx++) {
+      I ix = ix0 + kx;
+      if (ix < 0 || ix >= s.in_w) continue;
+      acc = __fadd_rn(acc, __fmul_rn(w[ky * kw + kx], x[iy * s.in_w + ix]));
+    }
+  }
+  out[plane * s.out_h * s.out_w + p] = acc;
+}
+
+/* The first output whose window (kernel taps, stride apart) covers padded
+ * position t: t - o stride <= kernel - 1. */
+template <typename I>
+__device__ inline I first_output(I t, I kernel, I stride) {
+  I over = t - (kernel - 1);
+  return over <= 0 ? 0 : (over - 1) / stride + 1;
+}
+
+/* The input gradient at pixel p (iy in_w + ix) of plane b in_c + ci,
+ * added to dinp, or written (set). At most kernel_h rows and kernel_w
+ * columns of outputs cover a pixel. */
+template <int K, typename I>
+__device__ inline void input_grad_at(float *dinp, const float *dout, const float *weight,
+                                     const dims<I> &s, I plane, I p, int set) {
+  I b = plane / s.in_c, ci = plane - b * s.in_c;
+  I iy = p / s.in_w, ix = p - iy * s.in_w;
+  const I kh = K ? K : s.kernel_h, kw = K ? K : s.kernel_w, mult = s.out_c / s.in_c;
+  I ty = iy + s.pad_top, tx = ix + s.pad_left;
+  I oy_first = first_output(ty, kh, s.stride_h), ox_first = first_output(tx, kw, s.stride_w);
+  I oy_last = ty / s.stride_h < s.out_h - 1 ? ty / s.stride_h : s.out_h - 1;
+  I ox_last = tx / s.stride_w < s.out_w - 1 ? tx / s.stride_w : s.out_w - 1;
+  float *d = dinp + plane * s.in_h * s.in_w + p;
+  float acc = set ? 0.0f : *d;
+  for (I m = 0; m < mult; m++) {
+    I o = ci * mult + m;
+    const float *dy = dout + (b * s.out_c + o) * s.out_h * s.out_w;
+    const float *w = weight + o * kh * kw;
+#pragma unroll
+    for (I j = 0; j < kh; j++) {
+      I oy = oy_first + j;
+      if (oy > oy_last) break;
+      I ky = ty - oy * s.stride_h;
+#pragma unroll
+      for (I l = 0; l < kw; l++) {
+        I ox = ox_first + l;
+        if (ox > ox_last) break;
+        I kx = tx - ox * s.stride_w;
+        acc = __fadd_rn(acc, __fmul_rn(dy[oy * s.out_w + ox], w[ky * kw + kx]));
+      }
+    }
+  }
+  *d = acc;
+}
 
 /* The grid: out_c * groups * chunks blocks, block number (chunk * out_c +
  * o) * groups + group; chunks of per_chunk terms (the last may be
