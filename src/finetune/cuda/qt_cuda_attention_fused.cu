@@ -105,7 +105,10 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
                                       threadIdx.x, blockDim.x));
 }
 
-static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
+/* Two blocks per multiprocessor: 128 registers (166 unbounded, which left
+ * one block of 8 warps per multiprocessor, 8 of its 64 warp slots; ptxas
+ * spills 40 bytes on sm_90). */
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
     fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const float *qkv,
                               const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];

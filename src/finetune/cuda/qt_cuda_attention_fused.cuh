@@ -58,10 +58,14 @@
 #define QT_FA_LD (QT_FA_HEAD + 8)
 #define QT_FA_MAX_TOKENS 256 /* tokens per image */
 #define QT_FA_WARPS 8        /* warps per block, a tile of 16 rows each */
-/* Keys per step of the forward's online softmax, queries or keys per step
- * of the backward kernels (fewer: they hold more accumulators). */
+/* Keys per step of the forward's online softmax, keys per step of the dq
+ * kernel (fewer: it holds more accumulators), queries per step of the dkv
+ * kernel (fewer still: its dK and dV take 64 registers, and 16 lets it
+ * run two blocks per multiprocessor, see qt_cuda_attention_fused.cu; the
+ * same products added in the same order as with 32). */
 #define QT_FA_FORWARD_STEP 64
 #define QT_FA_BACKWARD_STEP 32
+#define QT_FA_DKV_STEP 16
 
 namespace qt_fa {
 
@@ -512,11 +516,11 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
     zero(dk[n]);
     zero(dv[n]);
   }
-  for (int q0 = 0; q0 < sh.padded; q0 += QT_FA_BACKWARD_STEP) {
+  for (int q0 = 0; q0 < sh.padded; q0 += QT_FA_DKV_STEP) {
     /* P^T and dS^T of the warp's keys against this step's queries. */
-    frag_c p[QT_FA_BACKWARD_STEP / 8], ds[QT_FA_BACKWARD_STEP / 8];
+    frag_c p[QT_FA_DKV_STEP / 8], ds[QT_FA_DKV_STEP / 8];
 #pragma unroll
-    for (int n = 0; n < QT_FA_BACKWARD_STEP / 8; n++) {
+    for (int n = 0; n < QT_FA_DKV_STEP / 8; n++) {
       if (q0 + 8 * n >= sh.padded) break;
       times_rows_t(p[n], kf, qs, q0 + 8 * n, lane);
       times_rows_t(ds[n], vf, dys, q0 + 8 * n, lane);
@@ -526,7 +530,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
       }
     }
 #pragma unroll
-    for (int j = 0; j < QT_FA_BACKWARD_STEP / 16; j++) {
+    for (int j = 0; j < QT_FA_DKV_STEP / 16; j++) {
       if (q0 + 16 * j >= sh.padded) break;
       times_rows(dv, as_operand(p, j), dys, q0 + 16 * j, lane);
       times_rows(dk, as_operand(ds, j), qs, q0 + 16 * j, lane);
