@@ -4,12 +4,14 @@
  * qt_cuda_emulation.h, against the CPU's qt_cpu_conv2d_forward and
  * qt_cpu_conv2d_backward:
  *   - the forward and the input gradient (added, and set over NaN) at every
- *     pixel, for the unrolled 3x3 and 5x5 bodies and the generic one, with
- *     int and long indices: equal bit for bit;
+ *     pixel, for the unrolled 3x3 and 5x5 bodies (with strides 1 and 2
+ *     known and not) and the generic one, with int and long indices: equal
+ *     bit for bit, also with an infinite weight that the padding leaves out;
  *   - the weight gradient: the blocks of qt_dw::plan, then the chunks'
  *     totals, added to a gradient that starts from random values (the same
  *     terms in double in another order: within 1e-6 by the parity measure
- *     of the `gpu` tests).
+ *     of the `gpu` tests), and a NaN output gradient where some taps read
+ *     padding leaving those taps' sums finite.
  * Shapes: those of test_gpu_cnn_ops (fewer channels for the weight
  * gradient, whose emulation takes about 20 ms a block): strides 1 and 2,
  * 3x3 to 8x8 (64 taps, the CPU's most: 8 groups of taps), a multiplier,
@@ -84,7 +86,7 @@ static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, lon
  * kernel size K and index type I that qt_cuda_conv.cu would pick, and
  * with the generic ones: equal to the CPU's bit for bit, in place (added
  * to dinp) and set (over NaN). */
-template <int K, typename I>
+template <int K, int S, typename I>
 static void pixel_case(const char *name, const qt_conv2d_shape &s, const std::vector<float> &inp,
                        const std::vector<float> &dout, const std::vector<float> &weight,
                        const std::vector<float> &bias, const std::vector<float> &want_out,
@@ -96,8 +98,8 @@ static void pixel_case(const char *name, const qt_conv2d_shape &s, const std::ve
       qt_dw::forward_at<K>(out.data(), inp.data(), weight.data(), bias.data(), d, plane, p);
   for (I plane = 0; plane < d.batch * d.in_c; plane++) {
     for (I p = 0; p < d.in_h * d.in_w; p++) {
-      qt_dw::input_grad_at<K>(dinp.data(), dout.data(), weight.data(), d, plane, p, 0);
-      qt_dw::input_grad_at<K>(set.data(), dout.data(), weight.data(), d, plane, p, 1);
+      qt_dw::input_grad_at<K, S>(dinp.data(), dout.data(), weight.data(), d, plane, p, 0);
+      qt_dw::input_grad_at<K, S>(set.data(), dout.data(), weight.data(), d, plane, p, 1);
     }
   }
   /* set: the gradient alone, which the CPU adds to zeros. */
@@ -109,14 +111,17 @@ static void pixel_case(const char *name, const qt_conv2d_shape &s, const std::ve
   for (int k = 0; k < 3; k++) {
     checks++;
     if (memcmp(got[k]->data(), want[k]->data(), want[k]->size() * sizeof(float)) != 0) {
-      printf("FAIL %s, K %d, %zu-byte indices: %s differs from the CPU's\n", name, K, sizeof(I),
-             what[k]);
+      printf("FAIL %s, K %d, S %d, %zu-byte indices: %s differs from the CPU's\n", name, K, S,
+             sizeof(I), what[k]);
       failures++;
     }
   }
 }
 
-static void pixels_case(const char *name, qt_conv2d_shape s, unsigned seed) {
+/* inf_tap: the first weight infinite, so that the outputs whose window
+ * puts that tap in the padding stay finite only if the padding is left
+ * out (as on the CPU), not added as 0 * w. */
+static void pixels_case(const char *name, qt_conv2d_shape s, unsigned seed, bool inf_tap = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   size_t n_in = s.batch * s.in_c * s.in_h * s.in_w, n_out = s.batch * s.out_c * s.out_h * s.out_w;
@@ -127,16 +132,26 @@ static void pixels_case(const char *name, qt_conv2d_shape s, unsigned seed) {
   for (float &v : weight) v = normal(rng);
   for (float &v : bias) v = normal(rng);
   for (float &v : dinp0) v = normal(rng);
+  if (inf_tap) weight[0] = INFINITY;
   std::vector<float> want_out(n_out), want_dinp = dinp0;
   qt_cpu_conv2d_forward(want_out.data(), nullptr, inp.data(), weight.data(), bias.data(), &s);
   qt_cpu_conv2d_backward(want_dinp.data(), nullptr, nullptr, nullptr, dout.data(), inp.data(),
                          weight.data(), &s);
-  if (s.kernel_h == s.kernel_w && s.kernel_h == 3)
-    pixel_case<3, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
-  if (s.kernel_h == s.kernel_w && s.kernel_h == 5)
-    pixel_case<5, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
-  pixel_case<0, int>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
-  pixel_case<0, long>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp);
+  /* The instantiations qt_cuda_conv.cu's depthwise_dispatch would take,
+   * and the generic ones. */
+  size_t k = s.kernel_h == s.kernel_w ? s.kernel_h : 0;
+  size_t stride = s.stride_h == s.stride_w ? s.stride_h : 0;
+#define QT_PIXEL_CASE(K, S, I) \
+  pixel_case<K, S, I>(name, s, inp, dout, weight, bias, want_out, dinp0, want_dinp)
+  if (k == 3 && stride == 1) QT_PIXEL_CASE(3, 1, int);
+  if (k == 3 && stride == 2) QT_PIXEL_CASE(3, 2, int);
+  if (k == 3) QT_PIXEL_CASE(3, 0, int);
+  if (k == 5 && stride == 1) QT_PIXEL_CASE(5, 1, int);
+  if (k == 5 && stride == 2) QT_PIXEL_CASE(5, 2, int);
+  if (k == 5) QT_PIXEL_CASE(5, 0, int);
+  QT_PIXEL_CASE(0, 0, int);
+  QT_PIXEL_CASE(0, 0, long);
+#undef QT_PIXEL_CASE
 }
 
 static qt_conv2d_shape square(size_t batch, size_t in_c, size_t size, size_t out_c, size_t kernel,
@@ -146,6 +161,38 @@ static qt_conv2d_shape square(size_t batch, size_t in_c, size_t size, size_t out
   if (qt_conv2d_shape_init(&s, batch, in_c, size, size, out_c, kernel, stride, pad, in_c, &err))
     abort();
   return s;
+}
+
+/* A NaN output gradient at the image's corner: the taps whose input there
+ * is padding leave it out, as the CPU does, so their weights' gradients
+ * stay finite and the others' are NaN. */
+static void nan_case(int threads) {
+  qt_conv2d_shape s = square(2, 2, 9, 2, 3, 1, 1);
+  size_t n_in = s.batch * s.in_c * s.in_h * s.in_w, n_out = s.batch * s.out_c * s.out_h * s.out_w;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> inp(n_in), dout(n_out), weight(18), want(18, 0.0f), got(18, 0.0f);
+  for (float &v : inp) v = normal(rng);
+  for (float &v : dout) v = normal(rng);
+  for (float &v : weight) v = normal(rng);
+  dout[0] = NAN; /* image 0, channel 0, output (0, 0) */
+  qt_cpu_conv2d_backward(nullptr, want.data(), nullptr, nullptr, dout.data(), inp.data(),
+                         weight.data(), &s);
+  run(got.data(), dout.data(), inp.data(), s, threads);
+  int finite = 0, off = 0;
+  for (size_t k = 0; k < want.size(); k++) {
+    finite += std::isfinite(want[k]);
+    if (std::isnan(got[k]) != std::isnan(want[k]) ||
+        (std::isfinite(want[k]) && fabs(got[k] - want[k]) > 1e-6 * (1.0 + fabs(want[k]))))
+      off++;
+  }
+  checks++;
+  /* Channel 0's 4 taps inside the image at output (0, 0) are NaN. */
+  if (off || finite != 14) {
+    printf("FAIL NaN at the corner, %d threads: %d weights differ, %d finite (meant 14)\n", threads,
+           off, finite);
+    failures++;
+  }
 }
 
 /* The shape's split, without running it (the emulation takes about 20 ms a
@@ -198,8 +245,11 @@ int main(void) {
     depthwise_case("1x1 on 1x1 (300, 3, 1x1)", square(300, 3, 1, 3, 1, 1, 0), threads, 1, seed++);
   }
   depthwise_case("3x3/2 (2, 3, 17x17)", square(2, 3, 17, 3, 3, 2, 1), 256, 1, seed++);
+  nan_case(64);
   /* The forward and the input gradient. */
   pixels_case("3x3/1 (3, 24, 17x17)", square(3, 24, 17, 24, 3, 1, 1), seed++);
+  pixels_case("3x3/1 (1, 2, 6x6), an infinite tap", square(1, 2, 6, 2, 3, 1, 1), seed++, true);
+  pixels_case("5x5/2 (1, 2, 9x9), an infinite tap", square(1, 2, 9, 2, 5, 2, 2), seed++, true);
   pixels_case("3x3/2 (2, 40, 17x17)", square(2, 40, 17, 40, 3, 2, 1), seed++);
   pixels_case("3x3/2 even (3, 37, 8x8)", square(3, 37, 8, 37, 3, 2, 1), seed++);
   pixels_case("3x3/2 no padding (2, 5, 9x9)", square(2, 5, 9, 5, 3, 2, 0), seed++);

@@ -282,14 +282,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   }
 }
 
-template <int K, typename I>
+template <int K, int S, typename I>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
                                     const float *__restrict__ weight, qt_dw::dims<I> s, int set) {
   I planes = s.batch * s.in_c, pixels = s.in_h * s.in_w;
   for (I plane = (I)blockIdx.x; plane < planes; plane += (I)gridDim.x) {
     for (I p = (I)blockIdx.y * blockDim.x + threadIdx.x; p < pixels; p += (I)gridDim.y * blockDim.x)
-      qt_dw::input_grad_at<K>(dinp, dout, weight, s, plane, p, set);
+      qt_dw::input_grad_at<K, S>(dinp, dout, weight, s, plane, p, set);
   }
 }
 
@@ -432,31 +432,41 @@ static dim3 depthwise_grid(size_t planes, size_t pixels) {
   return dim3((unsigned)(planes < most ? planes : most), (unsigned)(tiles < 65535 ? tiles : 65535));
 }
 
-/* Calls launch(K, dims) with K the shape's kernel size as a compile-time
- * constant where the bodies unroll it (3x3, 5x5; else 0, the shape's) and
- * dims in the index type that the sizes allow. */
-template <typename Launch>
+/* Calls launch(K, S, dims) with K the shape's kernel size as a
+ * compile-time constant where the bodies unroll it (3x3, 5x5; else 0, the
+ * shape's), S its stride where by_stride and both are 1 or 2 (else 0),
+ * and dims in the index type that the sizes allow. */
+template <bool by_stride, typename Launch>
 static void depthwise_dispatch(const qt_conv2d_shape *s, const conv_geometry &g, Launch launch) {
+  typedef std::integral_constant<int, 0> none;
   size_t outs = s->batch * s->out_c * s->out_h * s->out_w;
   size_t pixels = s->batch * s->in_c * s->in_h * s->in_w;
   if (!int_indices(larger(outs, pixels), g)) {
-    launch(std::integral_constant<int, 0>(), qt_dw::dims_of<long>(*s));
+    launch(none(), none(), qt_dw::dims_of<long>(*s));
     return;
   }
   qt_dw::dims<int> d = qt_dw::dims_of<int>(*s);
+  size_t stride = s->stride_h == s->stride_w ? s->stride_h : 0;
+  auto by_k = [&](auto k) {
+    if constexpr (by_stride) {
+      if (stride == 1) return launch(k, std::integral_constant<int, 1>(), d);
+      if (stride == 2) return launch(k, std::integral_constant<int, 2>(), d);
+    }
+    launch(k, none(), d);
+  };
   size_t k = s->kernel_h == s->kernel_w ? s->kernel_h : 0;
   if (k == 3)
-    launch(std::integral_constant<int, 3>(), d);
+    by_k(std::integral_constant<int, 3>());
   else if (k == 5)
-    launch(std::integral_constant<int, 5>(), d);
+    by_k(std::integral_constant<int, 5>());
   else
-    launch(std::integral_constant<int, 0>(), d);
+    launch(none(), none(), d);
 }
 
 static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
                               const qt_conv2d_shape *s, const conv_geometry &g) {
   dim3 grid = depthwise_grid(s->batch * s->out_c, s->out_h * s->out_w);
-  depthwise_dispatch(s, g, [&](auto k, auto d) {
+  depthwise_dispatch<false>(s, g, [&](auto k, auto, auto d) {
     depthwise_forward_kernel<decltype(k)::value>
         <<<grid, QT_CUDA_THREADS>>>(out, inp, weight, bias, d);
   });
@@ -465,8 +475,8 @@ static void depthwise_forward(float *out, const float *inp, const float *weight,
 static void depthwise_backward_input(float *dinp, const float *dout, const float *weight,
                                      const qt_conv2d_shape *s, const conv_geometry &g, int set) {
   dim3 grid = depthwise_grid(s->batch * s->in_c, s->in_h * s->in_w);
-  depthwise_dispatch(s, g, [&](auto k, auto d) {
-    depthwise_backward_input_kernel<decltype(k)::value>
+  depthwise_dispatch<true>(s, g, [&](auto k, auto st, auto d) {
+    depthwise_backward_input_kernel<decltype(k)::value, decltype(st)::value>
         <<<grid, QT_CUDA_THREADS>>>(dinp, dout, weight, d, set);
   });
 }
