@@ -10,8 +10,9 @@
  *   - the weight gradient: the blocks of qt_dw::plan, then the chunks'
  *     totals, added to a gradient that starts from random values (the same
  *     terms in double in another order: within 1e-6 by the parity measure
- *     of the `gpu` tests), and a NaN output gradient where some taps read
- *     padding leaving those taps' sums finite.
+ *     of the `gpu` tests), with int and long coordinates, and a NaN output
+ *     gradient where some taps read padding leaving those taps' sums
+ *     finite.
  * Shapes: those of test_gpu_cnn_ops (fewer channels for the weight
  * gradient, whose emulation takes about 20 ms a block): strides 1 and 2,
  * 3x3 to 8x8 (64 taps, the CPU's most: 8 groups of taps), a multiplier,
@@ -31,9 +32,11 @@
 
 static int failures = 0, checks = 0;
 
-/* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad. */
+/* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad (wide:
+ * long coordinates, which it takes only for shapes whose coordinates do
+ * not fit an int). */
 static void run(float *dweight, const float *dout, const float *inp, const qt_conv2d_shape &s,
-                int threads) {
+                int threads, bool wide = false) {
   qt_dw::shape sh = qt_dw::dims_of<long>(s);
   qt_dw::split sp = qt_dw::plan(sh);
   long weights = sh.out_c * sh.kernel_h * sh.kernel_w;
@@ -42,8 +45,12 @@ static void run(float *dweight, const float *dout, const float *inp, const qt_co
   qt_emu_launch((int)(sh.out_c * sp.groups * sp.chunks), threads,
                 QT_DW_TAPS * (threads / 32) * sizeof(double),
                 [&](unsigned char *smem, int block, int tid, int count) {
-                  qt_dw::weight_block((double *)smem, dweight, partial.data(), dout, inp, sh, sp,
-                                      block, tid, count);
+                  if (wide || !qt_dw::int_coordinates(sh))
+                    qt_dw::weight_block<long>((double *)smem, dweight, partial.data(), dout, inp,
+                                              sh, sp, block, tid, count);
+                  else
+                    qt_dw::weight_block<int>((double *)smem, dweight, partial.data(), dout, inp, sh,
+                                             sp, block, tid, count);
                 });
   if (sp.chunks > 1) {
     for (long w = 0; w < weights; w++) qt_dw::total(dweight, partial.data(), weights, sp.chunks, w);
@@ -51,7 +58,7 @@ static void run(float *dweight, const float *dout, const float *inp, const qt_co
 }
 
 static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, long want_chunks,
-                           unsigned seed) {
+                           unsigned seed, bool wide = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   size_t n_in = s.batch * s.in_c * s.in_h * s.in_w, n_out = s.batch * s.out_c * s.out_h * s.out_w;
@@ -64,11 +71,12 @@ static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, lon
   std::vector<float> want = init, got = init;
   qt_cpu_conv2d_backward(nullptr, want.data(), nullptr, nullptr, dout.data(), inp.data(),
                          weight.data(), &s);
-  run(got.data(), dout.data(), inp.data(), s, threads);
+  run(got.data(), dout.data(), inp.data(), s, threads, wide);
   double e = qt_emu_parity_error(got, want, &init);
   checks++;
   if (!(e <= 1e-6)) {
-    printf("FAIL %s, %d threads: parity error %.3g\n", name, threads, e);
+    printf("FAIL %s, %d threads%s: parity error %.3g\n", name, threads,
+           wide ? ", long coordinates" : "", e);
     failures++;
   }
   /* The split the case is meant to exercise. */
@@ -245,6 +253,8 @@ int main(void) {
     depthwise_case("1x1 on 1x1 (300, 3, 1x1)", square(300, 3, 1, 3, 1, 1, 0), threads, 1, seed++);
   }
   depthwise_case("3x3/2 (2, 3, 17x17)", square(2, 3, 17, 3, 3, 2, 1), 256, 1, seed++);
+  depthwise_case("7x7/2 pad 3 (1, 2, 10x10)", square(1, 2, 10, 2, 7, 2, 3), 64, 1, seed++, true);
+  depthwise_case("3x3/1 (20, 2, 45x45)", square(20, 2, 45, 2, 3, 1, 1), 64, 5, seed++, true);
   nan_case(64);
   /* The forward and the input gradient. */
   pixels_case("3x3/1 (3, 24, 17x17)", square(3, 24, 17, 24, 3, 1, 1), seed++);

@@ -296,13 +296,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 /* The depthwise weight gradient: qt_cuda_depthwise.cuh's blocks of a
  * channel, up to QT_DW_TAPS of its weights and a chunk of its terms, then
  * (several chunks) the chunks' totals. */
+template <typename C>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_weight_kernel(float *__restrict__ dweight, double *__restrict__ partial,
                                      const float *__restrict__ dout, const float *__restrict__ inp,
                                      qt_dw::shape s, qt_dw::split sp) {
   __shared__ double shared[QT_DW_TAPS * QT_CUDA_THREADS / 32];
-  qt_dw::weight_block(shared, dweight, partial, dout, inp, s, sp, (long)blockIdx.x, threadIdx.x,
-                      blockDim.x);
+  qt_dw::weight_block<C>(shared, dweight, partial, dout, inp, s, sp, (long)blockIdx.x, threadIdx.x,
+                         blockDim.x);
 }
 
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
@@ -326,8 +327,12 @@ static int depthwise_weight_grad(float *dweight, const float *dout, const float 
   if (sp.chunks > 1 &&
       (rc = qt__cuda_sums_scratch_lock((size_t)sp.chunks * weights, &partial, who, err)) < 0)
     return rc;
-  depthwise_backward_weight_kernel<<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout,
-                                                                          inp, sh, sp);
+  if (qt_dw::int_coordinates(sh))
+    depthwise_backward_weight_kernel<int>
+        <<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
+  else
+    depthwise_backward_weight_kernel<long>
+        <<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
   rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient");
   if (rc == 0 && sp.chunks > 1) {
     depthwise_weight_total_kernel<<<qt__cuda_blocks(weights), QT_CUDA_THREADS>>>(

@@ -196,8 +196,21 @@ __host__ __device__ inline split plan(const shape &s) {
   return sp;
 }
 
+/* Whether the weight gradient's coordinates fit an int: every input row
+ * and column a tap reaches, and the padding and stride added to the
+ * input's size (check_shape bounds each size, not these sums). */
+__host__ __device__ inline bool int_coordinates(const shape &s) {
+  const long most = 2147483647L;
+  return (s.out_h - 1) * s.stride_h + s.kernel_h <= most &&
+         s.in_h + s.pad_top + s.stride_h <= most &&
+         (s.out_w - 1) * s.stride_w + s.kernel_w <= most &&
+         s.in_w + s.pad_left + s.stride_w <= most;
+}
+
 /* Block `block` of the grid, thread tid of `threads` (a multiple of 32,
- * at most 1024); shared holds QT_DW_TAPS * threads / 32 doubles. */
+ * at most 1024); shared holds QT_DW_TAPS * threads / 32 doubles. C: the
+ * type of a plane's coordinates, int where int_coordinates, else long. */
+template <typename C>
 __device__ inline void weight_block(double *shared, float *dweight, double *partial,
                                     const float *dout, const float *inp, const shape s,
                                     const split sp, long block, int tid, int threads) {
@@ -205,14 +218,14 @@ __device__ inline void weight_block(double *shared, float *dweight, double *part
   long o = rest % s.out_c, chunk = rest / s.out_c;
   long kk = s.kernel_h * s.kernel_w, k0 = group * QT_DW_TAPS;
   int taps = (int)(kk - k0 < QT_DW_TAPS ? kk - k0 : QT_DW_TAPS);
-  int ky[QT_DW_TAPS], kx[QT_DW_TAPS];
+  C ky[QT_DW_TAPS], kx[QT_DW_TAPS];
 #pragma unroll
   for (int j = 0; j < QT_DW_TAPS; j++) {
     long k = k0 + (j < taps ? j : 0);
-    ky[j] = (int)(k / s.kernel_w);
-    kx[j] = (int)(k % s.kernel_w);
+    ky[j] = (C)(k / s.kernel_w);
+    kx[j] = (C)(k % s.kernel_w);
   }
-  int out_h = (int)s.out_h, out_w = (int)s.out_w, in_h = (int)s.in_h, in_w = (int)s.in_w;
+  C out_h = (C)s.out_h, out_w = (C)s.out_w, in_h = (C)s.in_h, in_w = (C)s.in_w;
   long p_count = s.out_h * s.out_w, count = s.batch * p_count;
   long end = (chunk + 1) * sp.per_chunk < count ? (chunk + 1) * sp.per_chunk : count;
   const float *x_channel = inp + (o / (s.out_c / s.in_c)) * s.in_h * s.in_w;
@@ -222,9 +235,9 @@ __device__ inline void weight_block(double *shared, float *dweight, double *part
    * step_b images, step_y rows and step_x columns, carried. */
   long i = chunk * sp.per_chunk + tid;
   long b = i / p_count;
-  int oy = (int)(i % p_count / out_w), ox = (int)(i % p_count % out_w);
+  C oy = (C)(i % p_count / out_w), ox = (C)(i % p_count % out_w);
   long step_b = threads / p_count;
-  int step_y = (int)(threads % p_count / out_w), step_x = (int)(threads % p_count % out_w);
+  C step_y = (C)(threads % p_count / out_w), step_x = (C)(threads % p_count % out_w);
   double sum[QT_DW_TAPS];
 #pragma unroll
   for (int j = 0; j < QT_DW_TAPS; j++) sum[j] = 0.0;
@@ -239,11 +252,11 @@ __device__ inline void weight_block(double *shared, float *dweight, double *part
       const float *plane = x_channel + b * x_image;
       g[u] = term ? dy_channel[b * dy_image + (long)oy * out_w + ox] : 0.0f;
       inside[u] = 0;
-      int iy0 = oy * (int)s.stride_h - (int)s.pad_top;
-      int ix0 = ox * (int)s.stride_w - (int)s.pad_left;
+      C iy0 = oy * (C)s.stride_h - (C)s.pad_top;
+      C ix0 = ox * (C)s.stride_w - (C)s.pad_left;
 #pragma unroll
       for (int j = 0; j < QT_DW_TAPS; j++) {
-        int iy = iy0 + ky[j], ix = ix0 + kx[j];
+        C iy = iy0 + ky[j], ix = ix0 + kx[j];
         bool in = term && j < taps && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
         x[u][j] = in ? plane[(long)iy * in_w + ix] : 0.0f;
         inside[u] |= (unsigned)in << j;
