@@ -7,9 +7,10 @@
  * (an image's channel), the grid's x over the planes and its y over tiles
  * of a plane's pixels, so that a thread divides only its pixel's index by
  * the plane's width (the loops they replace divided a flat index by the
- * width, the height and the channels). A kernel size known at compile
- * time (3x3, 5x5; 0: the shape's) unrolls the taps, so that a thread's
- * loads are in flight together. Both keep the CPU's order and float
+ * width, the height and the channels). With the kernel size known at
+ * compile time (3x3, 5x5; 0: the shape's) a thread loads all its taps
+ * before it adds any, so that the loads are in flight together. Both keep
+ * the CPU's order and float
  * operations (qt_cpu_conv2d.c), so their results equal the CPU's bit for
  * bit:
  *   forward         out = bias, then += w * x over the taps inside the
@@ -27,8 +28,9 @@
  * A block takes one output channel o, a group of up to QT_DW_TAPS of its
  * weights (a 3x3 kernel's 9 in one group) and a chunk of its batch *
  * out_h * out_w terms: each thread walks the chunk's terms `threads` apart,
- * reads each output gradient once and adds it times the input under each
- * of the group's taps to its own sum per tap; the block then adds its
+ * QT_DW_UNROLL terms' loads at a time, reads each output gradient once
+ * and adds it times the input under each of the group's taps to its own
+ * sum per tap, in term order; the block then adds its
  * threads' sums, warp by warp in order. With one chunk the block adds its
  * sums to dweight; with several it writes them to partial, and total()
  * adds the chunks' in chunk order. The split (plan) depends only on the
@@ -37,7 +39,9 @@
  * Until this body a block took one weight, so each output gradient and
  * its input were read once per tap (9 times for 3x3), with a 64-bit
  * division and remainder per term: MobileNetV2's weight gradients took 7.9
- * of its 28.7 ms BF16 step on an H100 (docs/benchmarks/, 5e08e19).
+ * of its 28.7 ms BF16 step on an H100 (docs/benchmarks/, 5e08e19), and
+ * 2.5 of 23.2 with this body's first version (one term's loads at a time,
+ * e4fdf3e).
  *
  * Only __device__ functions over the block, thread and shared memory given
  * as arguments, so that tests/qt_cuda_emulation.h runs them on the CPU
