@@ -279,6 +279,21 @@ int main(void) {
    * 2. MobileNetV2's first: 802,816 terms, 64 chunks of its 32 channels. */
   split_case("5x5/1 (3, 300, 80x80)", square(3, 300, 80, 300, 5, 1, 2), 2);
   split_case("3x3/1 (64, 32, 112x112)", square(64, 32, 112, 32, 3, 1, 1), 64);
+  /* Which coordinates the launcher takes: int for MobileNetV2's first,
+   * long where a tap's row (3 outputs 2^30 apart) passes INT_MAX. */
+  qt_dw::shape wide = qt_dw::dims_of<long>(square(64, 32, 112, 32, 3, 1, 1));
+  checks++;
+  if (!qt_dw::int_coordinates(wide)) {
+    printf("FAIL int coordinates refused for (64, 32, 112x112)\n");
+    failures++;
+  }
+  wide.out_h = 3;
+  wide.stride_h = 1L << 30;
+  checks++;
+  if (qt_dw::int_coordinates(wide)) {
+    printf("FAIL int coordinates taken for a stride of 2^30\n");
+    failures++;
+  }
   printf("%d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }
