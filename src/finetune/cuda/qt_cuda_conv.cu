@@ -155,15 +155,6 @@ static int check_shape(const qt_conv2d_shape *s, const char *who, qt_err *err) {
 /* im2col / col2im                                                            */
 /* ------------------------------------------------------------------------- */
 
-/* The first output o whose window (o * stride .. o * stride + kernel - 1,
- * in padded coordinates) covers padded position t >= 0: the least o >= 0
- * with t - o * stride <= kernel - 1. */
-template <typename I>
-static __device__ __forceinline__ I first_output(I t, I kernel, I stride) {
-  I over = t - (kernel - 1);
-  return over <= 0 ? 0 : (over - 1) / stride + 1;
-}
-
 /* col (in_c * kh * kw, out_h * out_w) from one image img (in_c, in_h,
  * in_w): row (ci * kh + ky) * kw + kx, so that group g's (kdim, P) block
  * starts at row g * cg * kh * kw, as the CPU's per-group matrix. Padding
@@ -217,8 +208,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
      * for ty = iy + pad_top; ky ascending is oy descending (and x alike). */
     I ty = iy + g.pad_top, tx = ix + g.pad_left;
     I oy_last = min(ty / g.stride_h, g.out_h - 1), ox_last = min(tx / g.stride_w, g.out_w - 1);
-    I oy_first = first_output(ty, g.kernel_h, g.stride_h);
-    I ox_first = first_output(tx, g.kernel_w, g.stride_w);
+    I oy_first = qt_dw::first_output(ty, g.kernel_h, g.stride_h);
+    I ox_first = qt_dw::first_output(tx, g.kernel_w, g.stride_w);
     for (I oy = oy_last; oy >= oy_first; oy--) {
       I ky = ty - oy * g.stride_h;
       for (I ox = ox_last; ox >= ox_first; ox--) {

@@ -116,8 +116,10 @@ __device__ inline void forward_at(float *out, const float *inp, const float *wei
   out[plane * s.out_h * s.out_w + p] = acc;
 }
 
-/* The first output whose window (kernel taps, stride apart) covers padded
- * position t: t - o stride <= kernel - 1. */
+/* The first output o whose window (o * stride .. o * stride + kernel - 1,
+ * in padded coordinates) covers padded position t >= 0: the least o >= 0
+ * with t - o * stride <= kernel - 1. qt_cuda_conv.cu's col2im uses it
+ * too. */
 template <typename I>
 __device__ inline I first_output(I t, I kernel, I stride) {
   I over = t - (kernel - 1);
