@@ -388,11 +388,7 @@ static size_t larger(size_t a, size_t b) {
  * (oy * stride + ky, iy + pad, ...) must fit, which strides or padding
  * near 2^31 would break. */
 static bool int_indices(size_t count, const conv_geometry &g) {
-  size_t h = larger((size_t)(g.out_h - 1) * g.stride_h + g.kernel_h,
-                    (size_t)(g.in_h + g.pad_top + g.stride_h));
-  size_t w = larger((size_t)(g.out_w - 1) * g.stride_w + g.kernel_w,
-                    (size_t)(g.in_w + g.pad_left + g.stride_w));
-  return qt__cuda_int_indices(larger(count, larger(h, w)));
+  return qt__cuda_int_indices(larger(count, (size_t)qt_dw::coordinate_extent(g)));
 }
 
 /* im2col of `images` images from img into col. */

@@ -202,15 +202,24 @@ __host__ __device__ inline split plan(const shape &s) {
   return sp;
 }
 
-/* Whether the weight gradient's coordinates fit an int: every input row
- * and column a tap reaches, and the padding and stride added to the
- * input's size (check_shape bounds each size, not these sums). */
+/* The largest coordinate a convolution's kernels form, plus one: every
+ * input row and column a tap reaches, and the input's size with the
+ * padding and stride added (check_shape bounds each size, not these
+ * sums). S: a dims, or qt_cuda_conv.cu's geometry (the same fields). */
+template <typename S>
+__host__ __device__ inline long coordinate_extent(const S &s) {
+  long h = (long)(s.out_h - 1) * s.stride_h + s.kernel_h,
+       h2 = (long)s.in_h + s.pad_top + s.stride_h;
+  long w = (long)(s.out_w - 1) * s.stride_w + s.kernel_w,
+       w2 = (long)s.in_w + s.pad_left + s.stride_w;
+  h = h > h2 ? h : h2;
+  w = w > w2 ? w : w2;
+  return h > w ? h : w;
+}
+
+/* Whether the weight gradient's coordinates fit an int. */
 __host__ __device__ inline bool int_coordinates(const shape &s) {
-  const long most = 2147483647L;
-  return (s.out_h - 1) * s.stride_h + s.kernel_h <= most &&
-         s.in_h + s.pad_top + s.stride_h <= most &&
-         (s.out_w - 1) * s.stride_w + s.kernel_w <= most &&
-         s.in_w + s.pad_left + s.stride_w <= most;
+  return coordinate_extent(s) <= 2147483647L;
 }
 
 /* Block `block` of the grid, thread tid of `threads` (a multiple of 32,
