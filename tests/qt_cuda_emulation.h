@@ -108,6 +108,8 @@ struct __nv_bfloat162 {
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
 }
+static inline float __low2float(__nv_bfloat162 p) { return qt_emu_float(p.x); }
+static inline float __high2float(__nv_bfloat162 p) { return qt_emu_float(p.y); }
 
 /* mma.m16n8k16 with BF16 operands: d (16, 8) += a (16, 16) . b (16, 8) in
  * the PTX register layouts (lane = 4 g + t; a: [g][2t..], [g+8][2t..],

@@ -41,6 +41,7 @@ static struct fake_device {
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
   long bf16_input_calls;                 /* calls of fake_device_bf16_ops' BF16-input ops */
+  int bf16_qkv_off; /* 1: its attention_bf16_qkv says no, as QT_CUDA_BF16_QKV=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -610,6 +611,58 @@ static inline int fake_linear_backward_h(float *dinp, float *dweight, float *dbi
   return rc;
 }
 
+/* qkv in BF16 (attention_bf16_qkv): the CPU's ops on the widened qkv, the
+ * products' and the attention's results rounded into BF16. */
+static inline int fake_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return fake_attention_bf16_out(batch, tokens, c, heads) && !fake_device.bf16_qkv_off;
+}
+
+static inline int fake_linear_forward_hh(void *out, const void *inp, const float *weight,
+                                         const float *bias, size_t n, size_t in_c, size_t out_c,
+                                         qt_err *err) {
+  fake_count_bf16_input_call();
+  float *y = malloc((n * out_c > 0 ? n * out_c : 1) * sizeof *y);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  FAKE_OPEN();
+  float *x = fake_widen(inp, n * in_c);
+  int rc = qt__ops_cpu()->linear_forward(y, x, weight, bias, n, in_c, out_c, err);
+  fake_store_bf16(out, y, n * out_c);
+  FAKE_CLOSE();
+  free(x);
+  free(y);
+  return rc;
+}
+
+static inline int fake_attention_forward_hh(void *out, float *att, const void *qkv, size_t batch,
+                                            size_t tokens, size_t c, size_t heads, qt_err *err) {
+  fake_count_bf16_input_call();
+  size_t n = batch * tokens * c;
+  float *y = malloc((n > 0 ? n : 1) * sizeof *y);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  FAKE_OPEN();
+  float *x = fake_widen(qkv, 3 * n);
+  int rc = qt__ops_cpu()->attention_forward(y, att, x, batch, tokens, c, heads, err);
+  fake_store_bf16(out, y, n);
+  FAKE_CLOSE();
+  free(x);
+  free(y);
+  return rc;
+}
+
+static inline int fake_attention_backward_h(float *dqkv, float *scratch, const float *dout,
+                                            const void *qkv, const float *att, size_t batch,
+                                            size_t tokens, size_t c, size_t heads, int set,
+                                            qt_err *err) {
+  fake_count_bf16_input_call();
+  FAKE_OPEN();
+  float *x = fake_widen(qkv, 3 * batch * tokens * c);
+  int rc = qt__ops_cpu()->attention_backward(dqkv, scratch, dout, x, att, batch, tokens, c, heads,
+                                             set, err);
+  FAKE_CLOSE();
+  free(x);
+  return rc;
+}
+
 /* gelu_backward, then fake_linear_backward_h: the CPU's ops, whose
  * results the CUDA table's op gives (one BF16-input call, as the linear
  * layer's alone). */
@@ -642,6 +695,10 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.linear_forward_h = fake_linear_forward_h;
     ops.linear_backward_h = fake_linear_backward_h;
     ops.gelu_linear_backward_h = fake_gelu_linear_backward_h;
+    ops.attention_bf16_qkv = fake_attention_bf16_qkv;
+    ops.linear_forward_hh = fake_linear_forward_hh;
+    ops.attention_forward_hh = fake_attention_forward_hh;
+    ops.attention_backward_h = fake_attention_backward_h;
   }
   return &ops;
 }

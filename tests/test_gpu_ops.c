@@ -312,6 +312,21 @@ static size_t bf16_mismatches(const void *d_h, const float *d_g, size_t n) {
   return mismatches;
 }
 
+/* The largest |h - g| over the n BF16 values h (uint16_t bits) and FP32
+ * values g (device memory both), relative to the largest |g|. */
+static double bf16_parity(const void *d_h, const float *d_g, size_t n) {
+  float *g = download(d_g, n);
+  uint16_t *h = download_bytes(d_h, n * sizeof *h);
+  double diff = 0.0, scale = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    diff = fmax(diff, fabs((double)qt_test_bf16_float(h[i]) - g[i]));
+    scale = fmax(scale, fabs((double)g[i]));
+  }
+  free(g);
+  free(h);
+  return scale > 0.0 ? diff / scale : diff;
+}
+
 /* Linear layers whose input their producer writes in BF16 (the op table's
  * bf16_inputs path): layer norm's and GELU's BF16 outputs are their FP32
  * outputs rounded to nearest even, bit for bit, and under BF16 products
@@ -360,12 +375,31 @@ static void test_bf16_inputs(void) {
   expect_parity_tol("linear on BF16 GELU: dinp", dinp_h.dev, want_dinp, NULL, count, 1e-6);
   expect_parity_tol("linear on BF16 GELU: dweight", d_dw_h, want_dw, dw.init, out_c * in_c, 1e-6);
   expect_parity_tol("linear on BF16 GELU: dbias", d_db_h, want_db, db.init, out_c, 1e-6);
+  /* The output in BF16 too (qkv's): the FP32 output rounded, give or take
+   * the last bit where the two calls' algorithms add in another order:
+   * within one BF16 rounding (2^-8 of the largest value), with the bias
+   * and without. */
+  void *d_out16 = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_out16, n * out_c * sizeof(uint16_t), E));
+  for (int with_bias = 1; with_bias >= 0; with_bias--) {
+    const float *b = with_bias ? d_b : NULL;
+    CHECK_RC(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, b, n, in_c, out_c, E));
+    CHECK_RC(qt__cuda_linear_forward_hh(d_out16, d_h, d_w, b, n, in_c, out_c, E));
+    double error = bf16_parity(d_out16, d_out_h, n * out_c);
+    if (!(error <= 1.0 / 256))
+      printf("\n    BF16 output%s: off by %.3g", with_bias ? "" : " no bias", error);
+    CU_ASSERT(error <= 1.0 / 256);
+    CU_ASSERT(bf16_mismatches(d_out16, d_out_h, n * out_c) <= n * out_c / 100);
+  }
   CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 1);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
   CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 0);
   qt_err err;
   CU_ASSERT_EQUAL(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, &err),
                   QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_linear_forward_hh(d_out16, d_h, d_w, d_b, n, in_c, out_c, &err),
+                  QT_EINVAL);
+  qt_cuda_free(d_out16);
   CU_ASSERT_EQUAL(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c,
                                              out_c, 1, &err),
                   QT_EINVAL);
@@ -770,6 +804,37 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   snprintf(label, sizeof label, "%s: dqkv set", what);
   expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
 
+  /* qkv in BF16 (its values already are): the same att, BF16 output and
+   * dqkv, bit for bit. */
+  uint16_t *qkv16 = malloc(n_qkv * sizeof *qkv16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(qkv16);
+  for (size_t i = 0; i < n_qkv; i++) qkv16[i] = qt_test_bf16_bits(qkv[i]);
+  void *d_qkv16 = device_copy(qkv16, n_qkv, sizeof *qkv16), *d_out16_h = NULL;
+  float *d_att_h = NULL;
+  size_t n_kept = n_lse + (tokens > 64 ? n_out : 0);
+  CHECK_RC(qt_cuda_malloc(&d_out16_h, n_out * sizeof(uint16_t), E));
+  CHECK_RC(qt_cuda_malloc((void **)&d_att_h, n_att * sizeof(float), E));
+  CHECK_RC(
+      qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads, E));
+  grad fresh_h = grad_make_unset(n_qkv);
+  CHECK_RC(qt__cuda_attention_fused_backward_h(fresh_h.dev, d_scratch, d_dout, d_qkv16, d_att_h,
+                                               batch, tokens, c, heads, 1, E));
+  uint16_t *out16 = download_bytes(d_out16, n_out * sizeof *out16);
+  uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
+  float *kept = download(d_att, n_kept), *kept_h = download(d_att_h, n_kept);
+  float *dqkv = download(fresh.dev, n_qkv), *dqkv_h = download(fresh_h.dev, n_qkv);
+  CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
+  CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
+  CU_ASSERT(memcmp(dqkv_h, dqkv, n_qkv * sizeof *dqkv) == 0);
+  free(qkv16);
+  free(out16);
+  free(out16_h);
+  free(kept);
+  free(kept_h);
+  free(dqkv);
+  free(dqkv_h);
+  grad_free(&fresh_h);
+
   /* The op table, with the fused kernels turned on: under BF16 the fused
    * forward (att holds the same log-sum-exps), under FP32 the
    * probabilities. */
@@ -783,9 +848,28 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 1);
   CHECK_RC(qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16, d_out, n_out), 0);
+  /* qkv in BF16 where the output is, unless switched off. */
+  qt_err refused;
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 1);
+  CHECK_RC(
+      qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_out16_h, d_out, n_out), 0);
+  CHECK_RC(qt__cuda_attention_op_backward_h(fresh.dev, d_scratch, d_dout, d_qkv16, d_att_h, batch,
+                                            tokens, c, heads, 1, E));
+  snprintf(label, sizeof label, "%s: op table's dqkv from BF16 qkv", what);
+  expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
+  int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 0);
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c,
+                                                   heads, &refused),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_h(fresh.dev, d_scratch, d_dout, d_qkv16, d_att_h,
+                                                   batch, tokens, c, heads, 1, &refused),
+                  QT_EINVAL);
+  qt__cuda_set_bf16_qkv(was_bf16_qkv);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
   CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 0);
-  qt_err refused;
+  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 0);
   CU_ASSERT_EQUAL(
       qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, &refused),
       QT_EINVAL);
@@ -818,6 +902,9 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   qt_cuda_free(d_att);
   qt_cuda_free(d_scratch);
   qt_cuda_free(d_out16);
+  qt_cuda_free(d_qkv16);
+  qt_cuda_free(d_out16_h);
+  qt_cuda_free(d_att_h);
   qt_rng_free(rng);
 }
 

@@ -73,6 +73,17 @@ static void test_vit_small_step_bf16_unfused(void) {
   qt_cuda_set_matmul_precision(previous);
 }
 
+/* The same with qkv in FP32 (QT_CUDA_BF16_QKV=0; BF16 by default, for
+ * the fused kernels, which round it to BF16 anyway). */
+static void test_vit_small_step_bf16_fp32_qkv(void) {
+  vit_case c = vit_small_case("ViT-S/16 224 px, BF16, qkv in FP32");
+  qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
+  vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-2, 5e-2, 1e-3, NOISE_BF16});
+  qt__cuda_set_bf16_qkv(was_bf16_qkv);
+  qt_cuda_set_matmul_precision(previous);
+}
+
 /* The public entry point moves a model there and back. */
 static void test_to_backend(void) {
   qt_vit_config c = vit_backend_small_config();
@@ -97,6 +108,7 @@ static const qt_test_case cases[] = {
     {"vit_small_step", test_vit_small_step},
     {"vit_small_step_bf16", test_vit_small_step_bf16},
     {"vit_small_step_bf16_unfused", test_vit_small_step_bf16_unfused},
+    {"vit_small_step_bf16_fp32_qkv", test_vit_small_step_bf16_fp32_qkv},
     {"to_backend", test_to_backend},
     {NULL, NULL},
 };

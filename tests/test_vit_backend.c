@@ -98,15 +98,17 @@ static void test_feature_hook_on_the_device(void) {
 /* The BF16 linear inputs (the op table's bf16_inputs, as on CUDA) on the
  * fake device: under BF16 products a training step takes them for every
  * block's two layer norms, attention and GELU and their four linear
- * layers, forward and backward (12 calls per block), and lands within
- * BF16's error of the
- * FP32 CPU; handing a linear layer the wrong array or an FP32 array read
- * as BF16 would not. Under FP32 products the same table takes none and
- * equals the CPU bit for bit. The arena is laid out anew at each change:
- * under BF16, ln1, ln2, attn_y and gelu take half their FP32 room. */
-static void test_bf16_linear_inputs(void) {
+ * layers, forward and backward (12 calls per block; with qkv in BF16 too,
+ * the attention's backward reads it: 13), and lands within BF16's error of
+ * the FP32 CPU; handing a linear layer the wrong array or an FP32 array
+ * read as BF16 would not. Under FP32 products the same table takes none
+ * and equals the CPU bit for bit. The arena is laid out anew at each
+ * change: under BF16, ln1, ln2, attn_y and gelu (and qkv) take half their
+ * FP32 room. */
+static void bf16_linear_inputs(int bf16_qkv) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
+  fake_device.bf16_qkv_off = !bf16_qkv;
   qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
   vit_backend_pair(&c, 5, ops, &cpu, &dev);
@@ -128,7 +130,8 @@ static void test_bf16_linear_inputs(void) {
     ops->set_matmul_precision(before);
     bytes[p] = qt_vit_activation_bytes(dev);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
-    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls, bf16 ? 12 * c.config.depth : 0);
+    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls,
+                    bf16 ? (12 + bf16_qkv) * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
     vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,
@@ -137,13 +140,24 @@ static void test_bf16_linear_inputs(void) {
   size_t T = 5, btc = c.max_batch * T * (size_t)c.config.width;
   size_t btm = c.max_batch * T * (size_t)c.config.mlp_hidden;
   size_t halves = 3 * (btc - (btc + 1) / 2) + (btm - (btm + 1) / 2);
+  if (bf16_qkv) halves += 3 * btc - (3 * btc + 1) / 2;
   CU_ASSERT_EQUAL(bytes[1] - bytes[0], (size_t)c.config.depth * halves * sizeof(float));
   CU_ASSERT_EQUAL(bytes[1], moved);
+  fake_device.bf16_qkv_off = 0;
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
   qt_rng_free(data);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
+static void test_bf16_linear_inputs(void) {
+  bf16_linear_inputs(1);
+}
+
+/* The same with qkv in FP32 (QT_CUDA_BF16_QKV=0 on CUDA). */
+static void test_bf16_linear_inputs_fp32_qkv(void) {
+  bf16_linear_inputs(0);
 }
 
 /* Out of device memory when the arena is laid out anew (the first forward
@@ -202,6 +216,7 @@ static const qt_test_case cases[] = {
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"bf16_linear_inputs", test_bf16_linear_inputs},
+    {"bf16_linear_inputs_fp32_qkv", test_bf16_linear_inputs_fp32_qkv},
     {"relayout_out_of_memory", test_relayout_out_of_memory},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},

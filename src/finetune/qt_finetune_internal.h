@@ -181,6 +181,21 @@ typedef struct qt__ops {
                                 const float *dout, const float *pre, const void *inp,
                                 const float *weight, size_t n, size_t in_c, size_t out_c, int set,
                                 qt_err *err);
+  /* qkv in BF16 too, where the backend's attention reads it so for this
+   * shape now (attention_bf16_qkv; it implies attention_bf16_out):
+   * linear_forward_hh is linear_forward_h writing its output in BF16
+   * (rounded to nearest even), attention_forward_hh attention_forward_h
+   * and attention_backward_h attention_backward reading such a qkv. Saved,
+   * where the backend's attention rounds Q, K and V to BF16 anyway: half
+   * the product's writes, the attention's reads and the arena's qkv. */
+  int (*attention_bf16_qkv)(size_t batch, size_t tokens, size_t c, size_t heads);
+  int (*linear_forward_hh)(void *out, const void *inp, const float *weight, const float *bias,
+                           size_t n, size_t in_c, size_t out_c, qt_err *err);
+  int (*attention_forward_hh)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
+                              size_t c, size_t heads, qt_err *err);
+  int (*attention_backward_h)(float *dqkv, float *scratch, const float *dout, const void *qkv,
+                              const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
+                              int set, qt_err *err);
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
@@ -416,6 +431,30 @@ size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size
 int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                     size_t tokens, size_t c, size_t heads, qt_err *err);
 
+/* qkv in BF16 (uint16_t bits, rounded to nearest even from the FP32 sums)
+ * where the fused kernels write the attention's output in BF16, unless
+ * turned off (qt__cuda_set_bf16_qkv); the op table's attention_bf16_qkv,
+ * linear_forward_hh (linear_forward_h writing BF16), attention_forward_hh
+ * and attention_backward_h (attention_forward_h and attention_backward
+ * reading such a qkv; QT_EINVAL where attention_bf16_qkv is 0). The fused
+ * kernels round Q, K and V to BF16 as they load them, so they compute the
+ * same. The fused entry points below take it without the op table's
+ * checks. */
+int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads);
+int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight, const float *bias,
+                               size_t n, size_t in_c, size_t out_c, qt_err *err);
+int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv, size_t batch,
+                                     size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_op_backward_h(float *dqkv, float *scratch, const float *dout,
+                                     const void *qkv, const float *att, size_t batch, size_t tokens,
+                                     size_t c, size_t heads, int set, qt_err *err);
+int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv, size_t batch,
+                                        size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_fused_backward_h(float *dqkv, float *scratch, const float *dout,
+                                        const void *qkv, const float *att, size_t batch,
+                                        size_t tokens, size_t c, size_t heads, int set,
+                                        qt_err *err);
+
 /* The CUDA op table's attention: the fused kernels under BF16 products
  * where they fit, unless turned off (att then holds the log-sum-exps and
  * the output, read only by the backward of the same step);
@@ -431,6 +470,10 @@ int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dou
  * environment. Set it between epochs, not between a forward and its
  * backward. */
 int qt__cuda_set_fused_attention(int on);
+
+/* The same for qkv kept in BF16 (qt__cuda_attention_bf16_qkv). On unless
+ * QT_CUDA_BF16_QKV=0. */
+int qt__cuda_set_bf16_qkv(int on);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

@@ -10,7 +10,7 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 
-#define MAX_OPS 64
+#define MAX_OPS 96 /* more than the table's timed ops */
 
 static struct {
   const qt__ops *inner;
@@ -120,6 +120,21 @@ TIMED(attention_forward_h,
 static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_bf16_out(batch, tokens, c, heads);
 }
+static int pass_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return profile.inner->attention_bf16_qkv(batch, tokens, c, heads);
+}
+TIMED(linear_forward_hh,
+      (void *out, const void *inp, const float *weight, const float *bias, size_t n, size_t in_c,
+       size_t out_c, qt_err *err),
+      (out, inp, weight, bias, n, in_c, out_c, err))
+TIMED(attention_forward_hh,
+      (void *out, float *att, const void *qkv, size_t batch, size_t tokens, size_t c, size_t heads,
+       qt_err *err),
+      (out, att, qkv, batch, tokens, c, heads, err))
+TIMED(attention_backward_h,
+      (float *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
+       size_t batch, size_t tokens, size_t c, size_t heads, int set, qt_err *err),
+      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err))
 static size_t pass_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_saved_size(batch, tokens, c, heads);
 }
@@ -357,6 +372,10 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
   profiled.gelu_linear_backward_h =
       inner->gelu_linear_backward_h ? timed_gelu_linear_backward_h : NULL;
+  profiled.attention_bf16_qkv = inner->attention_bf16_qkv ? pass_attention_bf16_qkv : NULL;
+  profiled.linear_forward_hh = inner->linear_forward_hh ? timed_linear_forward_hh : NULL;
+  profiled.attention_forward_hh = inner->attention_forward_hh ? timed_attention_forward_hh : NULL;
+  profiled.attention_backward_h = inner->attention_backward_h ? timed_attention_backward_h : NULL;
   profiled.residual_layernorm_forward =
       inner->residual_layernorm_forward ? timed_residual_layernorm_forward : NULL;
   qt__ops_profile_reset();

@@ -69,6 +69,7 @@ typedef struct tensor_entry {
 typedef struct arena_mode {
   int bf16_inputs;    /* ln1, ln2 and gelu */
   int bf16_attention; /* attn_y */
+  int bf16_qkv;       /* qkv */
   size_t att;
 } arena_mode;
 
@@ -78,7 +79,8 @@ typedef struct block_acts {
                                  after a forward with bf16_inputs, as ln2
                                  and gelu) */
   float *ln1_mean, *ln1_rstd; /* (B, T) */
-  float *qkv;                 /* (B, T, 3C) */
+  float *qkv;                 /* (B, T, 3C) (BF16 after a forward with
+                                 bf16_qkv) */
   float *att;                 /* what attention keeps for its backward: (B, H, T, T)
                                  softmax of the scores, or the fused kernels'
                                  less (the op table's attention_saved_size) */
@@ -143,6 +145,7 @@ struct qt_vit {
                           the linear layers reading them (the op table's
                           bf16_inputs), forward and backward */
   int bf16_attention; /* and attn_y (attention_bf16_out) */
+  int bf16_qkv;       /* and qkv (attention_bf16_qkv) */
   float *dcls_rows;   /* (B, C) */
   float *dcls_norm;   /* (B, C) */
   float *dlogits;     /* (B, K) */
@@ -273,6 +276,7 @@ static arena_mode arena_mode_now(const qt_vit_t *vit) {
   m.bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
   m.bf16_attention =
       m.bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
+  m.bf16_qkv = m.bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
   m.att = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
   return m;
 }
@@ -307,7 +311,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
     a->ln1 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
     a->ln1_mean = carve(base, &used, B * T);
     a->ln1_rstd = carve(base, &used, B * T);
-    a->qkv = carve(base, &used, B * T * 3 * C);
+    a->qkv = carve(base, &used, kept_floats(B * T * 3 * C, m->bf16_qkv));
     a->att = carve(base, &used, m->att);
     a->attn_y = carve(base, &used, kept_floats(B * T * C, m->bf16_attention));
     a->attn_out = one_branch ? branch : carve(base, &used, B * T * C);
@@ -801,7 +805,8 @@ static int fit_arena(qt_vit_t *vit, qt_err *err) {
   arena_mode want = arena_mode_now(vit);
   const arena_mode *have = &vit->mode;
   if (vit->arena && want.bf16_inputs == have->bf16_inputs &&
-      want.bf16_attention == have->bf16_attention && want.att == have->att)
+      want.bf16_attention == have->bf16_attention && want.bf16_qkv == have->bf16_qkv &&
+      want.att == have->att)
     return 0;
   const qt__ops *ops = vit->ops;
   arena_mode old = vit->mode;
@@ -841,10 +846,13 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
   vit->bf16_attention =
       vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
+  vit->bf16_qkv =
+      vit->bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
   /* The layout is max_batch's: a smaller batch keeps no more (the fused
    * kernels fit it wherever they fit max_batch), as this confirms. */
   size_t saved = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
-  if (saved > vit->mode.att || vit->bf16_attention < vit->mode.bf16_attention)
+  if (saved > vit->mode.att || vit->bf16_attention < vit->mode.bf16_attention ||
+      vit->bf16_qkv < vit->mode.bf16_qkv)
     return qt_err_set(err, QT_EINVAL,
                       "qt_vit_forward: batch %zu takes an attention path that max_batch %zu does "
                       "not",
@@ -875,12 +883,17 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C,
-                           err));
-    if (vit->bf16_attention)
-      VIT_TRY(ops->attention_forward_h(a->attn_y, a->att, a->qkv, B, T, C, H, err));
-    else
-      VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    if (vit->bf16_qkv) {
+      VIT_TRY(ops->linear_forward_hh(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
+      VIT_TRY(ops->attention_forward_hh(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    } else {
+      VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C,
+                             3 * C, err));
+      if (vit->bf16_attention)
+        VIT_TRY(ops->attention_forward_h(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+      else
+        VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
+    }
     VIT_TRY(linear_of_kept(vit, vit->bf16_attention, a->attn_out, a->attn_y, w->proj_w, w->proj_b,
                            BT, C, C, err));
     VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
@@ -1078,8 +1091,12 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
     VIT_TRY(linear_of_kept_backward(vit, vit->bf16_attention, vit->dattn_y, gw->proj_w, gw->proj_b,
                                     dattn, a->attn_y, w->proj_w, BT, C, C, err));
-    VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C, H,
-                                    1, err));
+    if (vit->bf16_qkv)
+      VIT_TRY(ops->attention_backward_h(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
+                                        H, 1, err));
+    else
+      VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
+                                      H, 1, err));
     VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->qkv_w, gw->qkv_b,
                                     vit->dqkv, a->ln1, w->qkv_w, BT, C, 3 * C, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,

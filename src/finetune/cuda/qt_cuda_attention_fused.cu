@@ -20,6 +20,7 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -89,16 +90,18 @@ static __device__ __forceinline__ int block_index(void) {
   return (int)(blockIdx.y * gridDim.x + blockIdx.x);
 }
 
-/* Out is float, or BF16 for proj (the op table's bf16_inputs). */
-template <typename T>
+/* Out is float, or BF16 for proj (the op table's bf16_inputs); qkv (Q)
+ * float, or BF16 as its product wrote it (attention_bf16_qkv). */
+template <typename T, typename Q>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_forward_kernel(T *out, float *att, const float *qkv, qt_fa::shape sh) {
+    fused_forward_kernel(T *out, float *att, const Q *qkv, qt_fa::shape sh) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::forward_block(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
 }
 
+template <typename Q>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const float *qkv,
+    fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const Q *qkv,
                              const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
@@ -108,8 +111,9 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
 /* Two blocks per multiprocessor: 128 registers (166 unbounded, which left
  * one block of 8 warps per multiprocessor, 8 of its 64 warp slots; ptxas
  * spills 40 bytes on sm_90). */
+template <typename Q>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
-    fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const float *qkv,
+    fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const Q *qkv,
                               const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
@@ -130,10 +134,14 @@ static int read_shared_limit(int device) {
   }
   if (major < 8) return 0;
   cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
-  if (cudaFuncSetAttribute(fused_forward_kernel<float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_forward_kernel<__nv_bfloat16>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dq_kernel, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dkv_kernel, limit, optin) != cudaSuccess) {
+  typedef __nv_bfloat16 bf16;
+  if (cudaFuncSetAttribute(fused_forward_kernel<float, float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<bf16, float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dq_kernel<float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dq_kernel<bf16>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_kernel<float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_kernel<bf16>, limit, optin) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
@@ -205,15 +213,23 @@ static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const 
   return qt__cuda_check_launch(err, who, name);
 }
 
-template <typename T>
-static int fused_forward(T *out, float *att, const float *qkv, size_t batch, size_t tokens,
-                         size_t c, size_t heads, const char *who, qt_err *err) {
+/* A BF16 qkv is read in pairs of 32 bits: its start must be 4-byte
+ * aligned (the rows, 3 c values, and the heads' offsets are even). */
+static int check_qkv(const void *qkv, size_t bytes, const char *who, qt_err *err) {
+  if (bytes == sizeof(float) || (uintptr_t)qkv % 4 == 0) return 0;
+  return qt_err_set(err, QT_EINVAL, "%s: a BF16 qkv must start on a 4-byte boundary", who);
+}
+
+template <typename T, typename Q>
+static int fused_forward(T *out, float *att, const Q *qkv, size_t batch, size_t tokens, size_t c,
+                         size_t heads, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!out || !att || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  return launch(fused_forward_kernel<T>, qt_fa::FORWARD, sh, who, "the fused attention kernel", err,
-                out, att, qkv, sh);
+  return launch(fused_forward_kernel<T, Q>, qt_fa::FORWARD, sh, who, "the fused attention kernel",
+                err, out, att, qkv, sh);
 }
 
 extern "C" int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv,
@@ -230,23 +246,46 @@ extern "C" int qt__cuda_attention_fused_forward_h(void *out, float *att, const f
                        "qt__cuda_attention_fused_forward (BF16 output)", err);
 }
 
-extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                                 const float *qkv, const float *att, size_t batch,
-                                                 size_t tokens, size_t c, size_t heads, int set,
-                                                 qt_err *err) {
-  const char *who = "qt__cuda_attention_fused_backward";
+extern "C" int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv,
+                                                   size_t batch, size_t tokens, size_t c,
+                                                   size_t heads, qt_err *err) {
+  return fused_forward((__nv_bfloat16 *)out, att, (const __nv_bfloat16 *)qkv, batch, tokens, c,
+                       heads, "qt__cuda_attention_fused_forward (BF16 qkv and output)", err);
+}
+
+template <typename Q>
+static int fused_backward(float *dqkv, float *scratch, const float *dout, const Q *qkv,
+                          const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
+                          int set, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!dqkv || !scratch || !dout || !qkv || !att) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
+  if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  rc = launch(fused_backward_dq_kernel, qt_fa::BACKWARD_DQ, sh, who,
+  rc = launch(fused_backward_dq_kernel<Q>, qt_fa::BACKWARD_DQ, sh, who,
               "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, att, sh, set);
   if (rc < 0) return rc;
-  return launch(fused_backward_dkv_kernel, qt_fa::BACKWARD_DKV, sh, who,
+  return launch(fused_backward_dkv_kernel<Q>, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
                 att, sh, set);
+}
+
+extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
+                                                 const float *qkv, const float *att, size_t batch,
+                                                 size_t tokens, size_t c, size_t heads, int set,
+                                                 qt_err *err) {
+  return fused_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set,
+                        "qt__cuda_attention_fused_backward", err);
+}
+
+extern "C" int qt__cuda_attention_fused_backward_h(float *dqkv, float *scratch, const float *dout,
+                                                   const void *qkv, const float *att, size_t batch,
+                                                   size_t tokens, size_t c, size_t heads, int set,
+                                                   qt_err *err) {
+  return fused_backward(dqkv, scratch, dout, (const __nv_bfloat16 *)qkv, att, batch, tokens, c,
+                        heads, set, "qt__cuda_attention_fused_backward (BF16 qkv)", err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -305,6 +344,52 @@ extern "C" int qt__cuda_attention_op_forward_h(void *out, float *att, const floa
                       "products write BF16");
   }
   return qt__cuda_attention_fused_forward_h(out, att, qkv, batch, tokens, c, heads, err);
+}
+
+/* 1: qkv is kept in BF16 where the attention's output is (unless
+ * QT_CUDA_BF16_QKV=0); -1 until the environment has been read. */
+static int bf16_qkv = -1;
+
+extern "C" int qt__cuda_set_bf16_qkv(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_QKV", &bf16_qkv, on);
+}
+
+/* qkv in BF16, written so by its product: where the fused kernels run and
+ * write the attention's output in BF16 (they round Q, K and V as they
+ * load them: the same operands, half the product's writes and the
+ * kernels' reads, half the arena's qkv). */
+extern "C" int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return qt__cuda_attention_bf16_out(batch, tokens, c, heads) &&
+         qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv);
+}
+
+static int check_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads, const char *who,
+                          qt_err *err) {
+  if (qt__cuda_attention_bf16_qkv(batch, tokens, c, heads)) return 0;
+  return qt_err_set(err, QT_EINVAL,
+                    "%s: a BF16 qkv is read only by the fused kernels under BF16 products, with "
+                    "QT_CUDA_BF16_QKV on",
+                    who);
+}
+
+extern "C" int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv,
+                                                size_t batch, size_t tokens, size_t c, size_t heads,
+                                                qt_err *err) {
+  const char *who = "qt_cuda_attention_forward (BF16 qkv and output)";
+  int rc = check_bf16_qkv(batch, tokens, c, heads, who, err);
+  if (rc < 0) return rc;
+  return qt__cuda_attention_fused_forward_hh(out, att, qkv, batch, tokens, c, heads, err);
+}
+
+extern "C" int qt__cuda_attention_op_backward_h(float *dqkv, float *scratch, const float *dout,
+                                                const void *qkv, const float *att, size_t batch,
+                                                size_t tokens, size_t c, size_t heads, int set,
+                                                qt_err *err) {
+  const char *who = "qt_cuda_attention_backward (BF16 qkv)";
+  int rc = check_bf16_qkv(batch, tokens, c, heads, who, err);
+  if (rc < 0) return rc;
+  return qt__cuda_attention_fused_backward_h(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads,
+                                             set, err);
 }
 
 extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,

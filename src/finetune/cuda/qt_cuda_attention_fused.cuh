@@ -16,8 +16,10 @@
  *             (kernel dkv, per key tile) P^T from lse, dV = P^T dO,
  *             dP^T = V dO^T, dS^T = P^T (dP^T - D), dK = scale dS^T Q
  * Operands are rounded to BF16 (to nearest even) as they are loaded, like
- * the operands of QT_MATMUL_BF16's products; P and dS are rounded as they
- * enter their products (as in FlashAttention), their sums and D are FP32.
+ * the operands of QT_MATMUL_BF16's products (qkv may come in BF16 already,
+ * rounded by the product that wrote it: the same operands); P and dS are
+ * rounded as they enter their products (as in FlashAttention), their sums
+ * and D are FP32.
  * The forward's results go into att, the (batch, heads, tokens, tokens)
  * floats that the op table's attention keeps for the backward: the
  * log-sum-exps, (batch, heads, tokens), then where there is room (more
@@ -131,66 +133,72 @@ __device__ inline void zero(frag_c &c) {
 /* Global memory is read and written a float (or BF16 value) at a time:
  * the op table's arrays are only as aligned as their element type (an
  * arena of small batches places them 4 bytes apart, which vector accesses
- * fault on). */
+ * fault on). qkv comes in FP32 or, where its product writes it so, in BF16
+ * (the values these kernels would round it to: the same operands either
+ * way); a BF16 pair is one 32-bit load (features 2i, 2i + 1 of a row whose
+ * start is 4-byte aligned, as the launcher checks). */
+__device__ inline void load_pair(float v[2], const float *x) {
+  v[0] = x[0];
+  v[1] = x[1];
+}
+__device__ inline void load_pair(float v[2], const bf16 *x) {
+  bf16x2 p = *(const bf16x2 *)x;
+  v[0] = __low2float(p);
+  v[1] = __high2float(p);
+}
 
-/* Rows [0, rows) of two heads' 64 features (row r at src[k] + r * ld[k])
- * into dst[k] (rows, 64; row stride QT_FA_LD) as BF16; rows at or past
- * `tokens` are zero. Thread t of `count` threads, two features of each at
- * a time. Each thread issues the loads of QT_FA_STAGE_PAIRS pairs of both
- * before it stores any (a store to shared memory could alias the loads'
- * addresses for all the compiler knows, and would otherwise wait for
- * every load in turn: the staging then dominated the forward). */
+/* Rows [0, rows) of two heads' 64 features (row r at src0 + r * ld0, src1 +
+ * r * ld1) into dst0, dst1 (rows, 64; row stride QT_FA_LD) as BF16; rows
+ * at or past `tokens` are zero. Thread t of `count` threads, two features
+ * of each at a time. Each thread issues the loads of QT_FA_STAGE_PAIRS
+ * pairs of both before it stores any (a store to shared memory could
+ * alias the loads' addresses for all the compiler knows, and would
+ * otherwise wait for every load in turn: the staging then dominated the
+ * forward). */
 #define QT_FA_STAGE_PAIRS 8
-__device__ inline void stage(bf16 *const dst[2], const float *const src[2], const size_t ld[2],
-                             int rows, int tokens, int t, int count) {
-  const int pairs = rows * (QT_FA_HEAD / 2);
+template <typename S0, typename S1>
+__device__ inline void stage_heads(bf16 *dst0, const S0 *src0, size_t ld0, bf16 *dst1,
+                                   const S1 *src1, size_t ld1, const shape &sh, int t, int count) {
+  const int pairs = sh.padded * (QT_FA_HEAD / 2);
   for (int i0 = t; i0 < pairs; i0 += QT_FA_STAGE_PAIRS * count) {
     float v[2][QT_FA_STAGE_PAIRS][2];
 #pragma unroll
     for (int j = 0; j < QT_FA_STAGE_PAIRS; j++) {
       int i = i0 + j * count, r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
-      bool in = i < pairs && r < tokens;
-      for (int k = 0; k < 2; k++) {
-        const float *x = src[k] + (size_t)r * ld[k] + f;
-        v[k][j][0] = in ? x[0] : 0.0f;
-        v[k][j][1] = in ? x[1] : 0.0f;
+      if (i < pairs && r < sh.tokens) {
+        load_pair(v[0][j], src0 + (size_t)r * ld0 + f);
+        load_pair(v[1][j], src1 + (size_t)r * ld1 + f);
+      } else {
+        v[0][j][0] = v[0][j][1] = v[1][j][0] = v[1][j][1] = 0.0f;
       }
     }
 #pragma unroll
     for (int j = 0; j < QT_FA_STAGE_PAIRS; j++) {
       int i = i0 + j * count, r = i / (QT_FA_HEAD / 2), f = 2 * (i % (QT_FA_HEAD / 2));
       if (i >= pairs) break;
-      for (int k = 0; k < 2; k++) {
-        *(bf16x2 *)(dst[k] + r * QT_FA_LD + f) = __floats2bfloat162_rn(v[k][j][0], v[k][j][1]);
-      }
+      *(bf16x2 *)(dst0 + r * QT_FA_LD + f) = __floats2bfloat162_rn(v[0][j][0], v[0][j][1]);
+      *(bf16x2 *)(dst1 + r * QT_FA_LD + f) = __floats2bfloat162_rn(v[1][j][0], v[1][j][1]);
     }
   }
 }
 
-/* stage() of two arrays of a block's (image, head): all `padded` rows. */
-__device__ inline void stage_heads(bf16 *dst0, const float *src0, size_t ld0, bf16 *dst1,
-                                   const float *src1, size_t ld1, const shape &sh, int t,
-                                   int count) {
-  bf16 *const dst[2] = {dst0, dst1};
-  const float *const src[2] = {src0, src1};
-  const size_t ld[2] = {ld0, ld1};
-  stage(dst, src, ld, sh.padded, sh.tokens, t, count);
-}
-
-/* A warp's 16 rows (row0..) of one head's 64 features from FP32 device
- * memory (row r at src + r * ld) as the A operand of four products over
- * the features; rows at or past `tokens` are zero. */
+/* A warp's 16 rows (row0..) of one head's 64 features from device memory
+ * (row r at src + r * ld) as the A operand of four products over the
+ * features; rows at or past `tokens` are zero. */
 struct rows16 {
   frag_a k[QT_FA_HEAD / 16];
 };
 
-__device__ inline bf16x2 pair_at(const float *src, size_t ld, int row, int tokens, int col) {
+template <typename S>
+__device__ inline bf16x2 pair_at(const S *src, size_t ld, int row, int tokens, int col) {
   if (row >= tokens) return __floats2bfloat162_rn(0.0f, 0.0f);
-  const float *x = src + (size_t)row * ld + col;
-  return __floats2bfloat162_rn(x[0], x[1]);
+  float v[2];
+  load_pair(v, src + (size_t)row * ld + col);
+  return __floats2bfloat162_rn(v[0], v[1]);
 }
 
-__device__ inline void load_rows(rows16 &a, const float *src, size_t ld, int row0, int tokens,
+template <typename S>
+__device__ inline void load_rows(rows16 &a, const S *src, size_t ld, int row0, int tokens,
                                  int lane) {
   int g = lane / 4, t = lane % 4;
   for (int k = 0; k < QT_FA_HEAD / 16; k++) {
@@ -312,14 +320,14 @@ __device__ inline place place_of(const shape &sh, int block) {
 
 /* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); att: the
  * log-sum-exps (batch, heads, tokens), then the output in FP32 where
- * keeps_output. */
-template <typename T>
-__device__ inline void forward_block(unsigned char *smem, T *out, float *att, const float *qkv,
+ * keeps_output. qkv in FP32 or BF16 (Q), as in the two backward bodies. */
+template <typename T, typename Q>
+__device__ inline void forward_block(unsigned char *smem, T *out, float *att, const Q *qkv,
                                      const shape sh, int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   size_t ld = 3 * sh.c;
-  const float *q = qkv + (size_t)at.image * sh.tokens * ld + (size_t)at.head * QT_FA_HEAD;
+  const Q *q = qkv + (size_t)at.image * sh.tokens * ld + (size_t)at.head * QT_FA_HEAD;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
   /* The warp's own rows first: their loads overlap the staging's. */
   int row0 = 16 * (at.tile0 + warp);
@@ -410,13 +418,14 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
 
 /* dq of dqkv (written when `set`, else added) and D = rowsum(P dP) into
  * d (batch, heads, tokens), for the dkv kernel. */
+template <typename Q>
 __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float *d,
-                                         const float *dout, const float *qkv, const float *att,
+                                         const float *dout, const Q *qkv, const float *att,
                                          const shape sh, int set, int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
-  const float *q = qkv + (size_t)at.image * sh.tokens * ld + head;
+  const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
   const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
   int row0 = 16 * (at.tile0 + warp);
@@ -486,14 +495,15 @@ __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float
 
 /* dk and dv of dqkv (written when `set`, else added), from D of the dq
  * kernel. */
+template <typename Q>
 __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, const float *d,
-                                          const float *dout, const float *qkv, const float *att,
+                                          const float *dout, const Q *qkv, const float *att,
                                           const shape sh, int set, int block, int tid,
                                           int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
-  const float *q = qkv + (size_t)at.image * sh.tokens * ld + head;
+  const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
   const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *qs = (bf16 *)smem, *dys = qs + (size_t)sh.padded * QT_FA_LD;
   float *lse2 = (float *)(dys + (size_t)sh.padded * QT_FA_LD), *d_all = lse2 + sh.padded;

@@ -113,11 +113,14 @@ int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k
 /* qt_cuda_linear_forward's product with the bias in cuBLASLt's epilogue,
  * unless switched off (qt__cuda_set_lt_bias, in qt_finetune_internal.h, with
  * qt__cuda_linear_lt_count, which counts them), its input in FP32 (inp) or
- * BF16 (inp16): 0 when queued, 1 when the caller must broadcast the bias and
- * multiply instead. */
-int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16, const float *weight,
-                            const float *bias, size_t n, size_t in_c, size_t out_c,
-                            const char *who);
+ * BF16 (inp16), its output in FP32 or (out_bf16) BF16: 0 when queued, 1
+ * when the caller must broadcast the bias and multiply instead. */
+int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const void *inp16,
+                            const float *weight, const float *bias, size_t n, size_t in_c,
+                            size_t out_c, const char *who);
+
+/* out (n BF16 values) = in (n floats) rounded to nearest even, queued. */
+int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who, qt_err *err);
 
 /* The current device's scratch for the partial sums of a reduction split
  * into chunks: at least `doubles` doubles in *out, locked for the caller's

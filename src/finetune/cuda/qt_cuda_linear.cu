@@ -44,7 +44,7 @@ static int forward(float *out, const float *inp, const void *inp16, const float 
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   if (bias && in_c > 0 &&
-      qt__cuda_linear_bias_lt(out, inp, inp16, weight, bias, n, in_c, out_c, who) == 0)
+      qt__cuda_linear_bias_lt(out, 0, inp, inp16, weight, bias, n, in_c, out_c, who) == 0)
     return 0;
   if (bias) {
     if (qt__cuda_int_indices(n * out_c))
@@ -100,6 +100,36 @@ extern "C" int qt__cuda_linear_forward_h(float *out, const void *inp, const floa
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
   return forward(out, NULL, inp, weight, bias, n, in_c, out_c, who, err);
+}
+
+/* The same with its output in BF16 too (rounded to nearest even from the
+ * FP32 sums, bias included): for qkv, which the fused attention reads in
+ * BF16. cuBLASLt's epilogue writes it where it takes the shape (with a
+ * bias); else the FP32 product goes into scratch and is rounded from
+ * there, the same values by another way. */
+extern "C" int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight,
+                                          const float *bias, size_t n, size_t in_c, size_t out_c,
+                                          qt_err *err) {
+  const char *who = "qt_cuda_linear_forward (BF16 input and output)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
+    return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
+                      in_c, out_c);
+  }
+  if (n == 0 || out_c == 0) return 0;
+  if (!out || (in_c > 0 && (!inp || !weight)))
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (bias && in_c > 0 &&
+      qt__cuda_linear_bias_lt(out, 1, NULL, inp, weight, bias, n, in_c, out_c, who) == 0)
+    return 0;
+  float *wide = NULL;
+  rc = qt__cuda_products_scratch_lock(n * out_c, &wide, who, err);
+  if (rc < 0) return rc;
+  rc = forward(wide, NULL, inp, weight, bias, n, in_c, out_c, who, err);
+  if (rc == 0) rc = qt__cuda_round_bf16(out, wide, n * out_c, who, err);
+  qt__cuda_products_scratch_unlock();
+  return rc;
 }
 
 /* The backward with the forward's input in FP32 (inp) or BF16 (inp16).

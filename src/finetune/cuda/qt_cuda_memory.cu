@@ -347,6 +347,17 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   if (first < n - quads * 4) out[quads * 4 + first] = __float2bfloat16_rn(in[quads * 4 + first]);
 }
 
+extern "C" int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who,
+                                   qt_err *err) {
+  if (n == 0) return 0;
+  __nv_bfloat16 *out16 = (__nv_bfloat16 *)out;
+  if ((uintptr_t)in % 16 == 0 && (uintptr_t)out % 8 == 0)
+    to_bf16_x4_kernel<<<qt__cuda_blocks(n / 4), QT_CUDA_THREADS>>>(out16, in, n);
+  else
+    to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out16, in, n);
+  return qt__cuda_check_launch(err, who, "the BF16 rounding");
+}
+
 /* Elements from the first to the last that a row-major (rows, cols) matrix
  * with row stride ld, `batch` times stride apart, occupies. */
 static size_t matrix_span(size_t rows, size_t cols, size_t ld, long long stride, size_t batch) {
@@ -570,7 +581,7 @@ extern "C" long qt__cuda_linear_lt_count(void) {
  * kept: the heuristic takes longer than queuing the product. A full table
  * starts over. */
 typedef struct lt_plan {
-  int device, precision;
+  int device, precision, out_bf16;
   size_t n, in_c, out_c;
   uint32_t align[3];
   cublasLtMatmulAlgo_t algo;
@@ -581,8 +592,8 @@ static size_t lt_plan_count;
 static pthread_mutex_t lt_plans_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int same_plan(const lt_plan *a, const lt_plan *b) {
-  return a->device == b->device && a->precision == b->precision && a->n == b->n &&
-         a->in_c == b->in_c && a->out_c == b->out_c && a->align[0] == b->align[0] &&
+  return a->device == b->device && a->precision == b->precision && a->out_bf16 == b->out_bf16 &&
+         a->n == b->n && a->in_c == b->in_c && a->out_c == b->out_c && a->align[0] == b->align[0] &&
          a->align[1] == b->align[1] && a->align[2] == b->align[2];
 }
 
@@ -617,8 +628,9 @@ static uint32_t alignment_of(const void *p, size_t ld_bytes) {
 /* 0 when out (n, out_c) = inp (n, in_c) . weight^T + bias was queued by
  * cuBLASLt; 1 when the path is off or cuBLASLt declines or fails: the
  * caller then takes the broadcast path, which rewrites all of out whatever
- * a failed attempt left. */
-extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void *inp16,
+ * a failed attempt left. out is FP32, or BF16 when out_bf16 (the sums
+ * rounded once, from FP32, by the epilogue). */
+extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const void *inp16,
                                        const float *weight, const float *bias, size_t n,
                                        size_t in_c, size_t out_c, const char *who) {
   if (!qt__cuda_switch_on("QT_CUDA_LT_BIAS", &lt_bias) || !bias || in_c == 0 || (!inp && !inp16))
@@ -643,6 +655,8 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void 
                                                                    : CUBLAS_COMPUTE_32F;
   cudaDataType_t operand_type = precision == QT_MATMUL_BF16 ? CUDA_R_16BF : CUDA_R_32F;
   size_t operand_bytes = operand_type == CUDA_R_16BF ? 2 : 4;
+  cudaDataType_t out_type = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  size_t out_bytes = out_bf16 ? 2 : 4;
   /* Column-major: out^T (out_c, n) = weight (out_c, in_c) . inp^T (in_c, n),
    * weight stored as (in_c, out_c) and transposed, inp as (in_c, n). */
   cublasLtMatmulDesc_t op = NULL;
@@ -670,12 +684,13 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void 
   workspace_locked = 1;
   plan.device = device;
   plan.precision = precision;
+  plan.out_bf16 = out_bf16;
   plan.n = n;
   plan.in_c = in_c;
   plan.out_c = out_c;
   plan.align[0] = alignment_of(a_data, in_c * operand_bytes);
   plan.align[1] = alignment_of(b_data, in_c * operand_bytes);
-  plan.align[2] = alignment_of(out, out_c * sizeof(float));
+  plan.align[2] = alignment_of(out, out_c * out_bytes);
   if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
           CUBLAS_STATUS_SUCCESS ||
@@ -691,8 +706,7 @@ extern "C" int qt__cuda_linear_bias_lt(float *out, const float *inp, const void 
           CUBLAS_STATUS_SUCCESS ||
       cublasLtMatrixLayoutCreate(&lb, operand_type, in_c, n, (int64_t)in_c) !=
           CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, out_c, n, (int64_t)out_c) !=
-          CUBLAS_STATUS_SUCCESS)
+      cublasLtMatrixLayoutCreate(&lc, out_type, out_c, n, (int64_t)out_c) != CUBLAS_STATUS_SUCCESS)
     goto done;
   if (!find_plan(&plan)) {
     cublasLtMatmulHeuristicResult_t result;
