@@ -108,6 +108,7 @@ struct __nv_bfloat162 {
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
 }
+static inline float __bfloat162float(__nv_bfloat16 b) { return qt_emu_float(b); }
 static inline float __low2float(__nv_bfloat162 p) { return qt_emu_float(p.x); }
 static inline float __high2float(__nv_bfloat162 p) { return qt_emu_float(p.y); }
 

@@ -41,7 +41,8 @@ static struct fake_device {
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
   long bf16_input_calls;                 /* calls of fake_device_bf16_ops' BF16-input ops */
-  int bf16_qkv_off; /* 1: its attention_bf16_qkv says no, as QT_CUDA_BF16_QKV=0 */
+  int bf16_qkv_off;    /* 1: its attention_bf16_qkv says no, as QT_CUDA_BF16_QKV=0 */
+  int bf16_hidden_off; /* 1: its bf16_hidden says no, as QT_CUDA_BF16_HIDDEN=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -677,6 +678,35 @@ static inline int fake_gelu_linear_backward_h(float *dinp, float *dweight, float
   return fake_linear_backward_h(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, set, err);
 }
 
+/* The MLP's hidden pre-activation in BF16 (bf16_hidden): GELU and its
+ * backward of the CPU at the widened values (the layer before writes
+ * them through fake_linear_forward_hh). */
+static inline int fake_bf16_hidden(void) {
+  return fake_bf16_inputs() && !fake_device.bf16_hidden_off;
+}
+
+static inline int fake_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
+  FAKE_OPEN();
+  float *x = fake_widen(inp, n);
+  FAKE_CLOSE();
+  int rc = fake_gelu_forward_h(out, x, n, err);
+  free(x);
+  return rc;
+}
+
+static inline int fake_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias,
+                                               float *dpre, const float *dout, const void *pre,
+                                               const void *inp, const float *weight, size_t n,
+                                               size_t in_c, size_t out_c, int set, qt_err *err) {
+  FAKE_OPEN();
+  float *x = fake_widen(pre, n * out_c);
+  int rc = qt__ops_cpu()->gelu_backward(dpre, dout, x, n * out_c, 1, err);
+  FAKE_CLOSE();
+  free(x);
+  if (rc < 0) return rc;
+  return fake_linear_backward_h(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, set, err);
+}
+
 /* fake_device_ops with the BF16 linear inputs, taken under BF16 products:
  * the producers round the CPU's FP32 results into BF16 arrays and the
  * linear layers widen them back, so a model there gives the CPU's numbers
@@ -699,6 +729,9 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.linear_forward_hh = fake_linear_forward_hh;
     ops.attention_forward_hh = fake_attention_forward_hh;
     ops.attention_backward_h = fake_attention_backward_h;
+    ops.bf16_hidden = fake_bf16_hidden;
+    ops.gelu_forward_hh = fake_gelu_forward_hh;
+    ops.gelu_linear_backward_hh = fake_gelu_linear_backward_hh;
   }
   return &ops;
 }

@@ -234,7 +234,9 @@ static int device_equal(const float *a, const float *b, size_t n) {
 /* The MLP's GELU backward with the linear layer before it in one op
  * (qt__cuda_gelu_linear_backward_h) gives what the two ops give, bit for
  * bit: under BF16 products with a bias gradient in one pass that keeps
- * the GELU's gradient only in BF16, else through the two ops. */
+ * the GELU's gradient only in BF16, else through the two ops; and so does
+ * the op with GELU's input in BF16 (gelu_linear_backward_hh; the input
+ * holds BF16 values), as does GELU's forward from it (gelu_forward_hh). */
 static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
                              qt_matmul_precision precision, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
@@ -245,13 +247,20 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   uint16_t *x16 = malloc(n * in_c * sizeof *x16);
   CU_ASSERT_PTR_NOT_NULL_FATAL(x16);
   for (size_t i = 0; i < n * in_c; i++) x16[i] = qt_test_bf16_bits(x[i]);
+  uint16_t *pre16 = malloc(n * out_c * sizeof *pre16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(pre16);
+  for (size_t i = 0; i < n * out_c; i++) {
+    pre[i] = bf16_round(pre[i]);
+    pre16[i] = qt_test_bf16_bits(pre[i]);
+  }
+  void *d_pre16 = device_copy(pre16, n * out_c, sizeof *pre16);
   void *d_x16 = NULL;
   CHECK_RC(qt_cuda_malloc(&d_x16, n * in_c * sizeof *x16, E));
   CHECK_RC(qt_cuda_copy_to_device(d_x16, x16, n * in_c * sizeof *x16, E));
   float *d_pre = device_floats(pre, n * out_c), *d_dout = device_floats(dout, n * out_c);
   float *d_weight = device_floats(weight, out_c * in_c);
-  float *d_dinp[2], *d_dw[2], *d_db[2], *d_dpre[2];
-  for (int k = 0; k < 2; k++) {
+  float *d_dinp[3], *d_dw[3], *d_db[3], *d_dpre[3];
+  for (int k = 0; k < 3; k++) {
     d_dinp[k] = device_alloc(n * in_c);
     d_dw[k] = device_floats(init_w, out_c * in_c);
     d_db[k] = with_bias ? device_floats(init_b, out_c) : NULL;
@@ -263,15 +272,34 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   CHECK_RC(qt__cuda_gelu_backward(d_dpre[1], d_dout, d_pre, n * out_c, 1, E));
   CHECK_RC(qt__cuda_linear_backward_h(d_dinp[1], d_dw[1], d_db[1], d_dpre[1], d_x16, d_weight, n,
                                       in_c, out_c, 1, E));
+  CHECK_RC(qt__cuda_gelu_linear_backward_hh(d_dinp[2], d_dw[2], d_db[2], d_dpre[2], d_dout, d_pre16,
+                                            d_x16, d_weight, n, in_c, out_c, 1, E));
+  /* GELU's forward from the BF16 input: the FP32 input's, bit for bit. */
+  void *d_gelu[2] = {NULL, NULL};
+  for (int k = 0; k < 2; k++) CHECK_RC(qt_cuda_malloc(&d_gelu[k], n * out_c * sizeof *pre16, E));
+  CHECK_RC(qt__cuda_gelu_forward_h(d_gelu[0], d_pre, n * out_c, E));
+  CHECK_RC(qt__cuda_gelu_forward_hh(d_gelu[1], d_pre16, n * out_c, E));
   qt_cuda_set_matmul_precision(before);
-  int same = device_equal(d_dinp[0], d_dinp[1], n * in_c) &&
-             device_equal(d_dw[0], d_dw[1], out_c * in_c) &&
-             (!with_bias || device_equal(d_db[0], d_db[1], out_c));
-  if (!same)
-    printf("gelu + linear (%zu, %zu) -> %zu%s, precision %d: not the two ops' gradients\n", n, in_c,
-           out_c, with_bias ? " with bias" : "", (int)precision);
-  CU_ASSERT(same);
+  for (int k = 1; k < 3; k++) {
+    int same = device_equal(d_dinp[0], d_dinp[k], n * in_c) &&
+               device_equal(d_dw[0], d_dw[k], out_c * in_c) &&
+               (!with_bias || device_equal(d_db[0], d_db[k], out_c));
+    if (!same)
+      printf("gelu + linear (%zu, %zu) -> %zu%s, precision %d: not the %s gradients\n", n, in_c,
+             out_c, with_bias ? " with bias" : "", (int)precision,
+             k == 1 ? "two ops'" : "BF16 GELU input's");
+    CU_ASSERT(same);
+  }
+  uint16_t *gelu[2];
+  for (int k = 0; k < 2; k++) gelu[k] = download_bytes(d_gelu[k], n * out_c * sizeof *pre16);
+  CU_ASSERT(memcmp(gelu[0], gelu[1], n * out_c * sizeof *pre16) == 0);
   for (int k = 0; k < 2; k++) {
+    free(gelu[k]);
+    qt_cuda_free(d_gelu[k]);
+  }
+  free(pre16);
+  qt_cuda_free(d_pre16);
+  for (int k = 0; k < 3; k++) {
     qt_cuda_free(d_dinp[k]);
     qt_cuda_free(d_dw[k]);
     qt_cuda_free(d_db[k]);
@@ -296,6 +324,8 @@ static void test_gelu_linear_backward(void) {
   qt_err err;
   float *d = device_alloc(4);
   CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_h(d, d, d, d, d, d, d, d, 1, 1, 1, 1, &err),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_hh(d, d, d, d, d, d, d, d, 1, 1, 1, 1, &err),
                   QT_EINVAL);
   qt_cuda_free(d);
 }

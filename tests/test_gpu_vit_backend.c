@@ -73,14 +73,16 @@ static void test_vit_small_step_bf16_unfused(void) {
   qt_cuda_set_matmul_precision(previous);
 }
 
-/* The same with qkv in FP32 (QT_CUDA_BF16_QKV=0; BF16 by default, for
- * the fused kernels, which round it to BF16 anyway). */
-static void test_vit_small_step_bf16_fp32_qkv(void) {
-  vit_case c = vit_small_case("ViT-S/16 224 px, BF16, qkv in FP32");
+/* The same with qkv and fc1's output in FP32 (QT_CUDA_BF16_QKV=0
+ * QT_CUDA_BF16_HIDDEN=0; both BF16 by default: the fused attention
+ * rounds qkv to BF16 anyway, GELU then takes fc1's rounded output). */
+static void test_vit_small_step_bf16_fp32_qkv_hidden(void) {
+  vit_case c = vit_small_case("ViT-S/16 224 px, BF16, qkv and fc1 in FP32");
   qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
-  int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
+  int was_bf16_qkv = qt__cuda_set_bf16_qkv(0), was_bf16_hidden = qt__cuda_set_bf16_hidden(0);
   vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-2, 5e-2, 1e-3, NOISE_BF16});
   qt__cuda_set_bf16_qkv(was_bf16_qkv);
+  qt__cuda_set_bf16_hidden(was_bf16_hidden);
   qt_cuda_set_matmul_precision(previous);
 }
 
@@ -108,7 +110,7 @@ static const qt_test_case cases[] = {
     {"vit_small_step", test_vit_small_step},
     {"vit_small_step_bf16", test_vit_small_step_bf16},
     {"vit_small_step_bf16_unfused", test_vit_small_step_bf16_unfused},
-    {"vit_small_step_bf16_fp32_qkv", test_vit_small_step_bf16_fp32_qkv},
+    {"vit_small_step_bf16_fp32_qkv_hidden", test_vit_small_step_bf16_fp32_qkv_hidden},
     {"to_backend", test_to_backend},
     {NULL, NULL},
 };

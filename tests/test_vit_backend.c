@@ -103,12 +103,13 @@ static void test_feature_hook_on_the_device(void) {
  * the FP32 CPU; handing a linear layer the wrong array or an FP32 array
  * read as BF16 would not. Under FP32 products the same table takes none
  * and equals the CPU bit for bit. The arena is laid out anew at each
- * change: under BF16, ln1, ln2, attn_y and gelu (and qkv) take half their
- * FP32 room. */
-static void bf16_linear_inputs(int bf16_qkv) {
+ * change: under BF16, ln1, ln2, attn_y and gelu (and qkv, and fc1 with
+ * the hidden pre-activation in BF16) take half their FP32 room. */
+static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
   fake_device.bf16_qkv_off = !bf16_qkv;
+  fake_device.bf16_hidden_off = !bf16_hidden;
   qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
   vit_backend_pair(&c, 5, ops, &cpu, &dev);
@@ -141,9 +142,10 @@ static void bf16_linear_inputs(int bf16_qkv) {
   size_t btm = c.max_batch * T * (size_t)c.config.mlp_hidden;
   size_t halves = 3 * (btc - (btc + 1) / 2) + (btm - (btm + 1) / 2);
   if (bf16_qkv) halves += 3 * btc - (3 * btc + 1) / 2;
+  if (bf16_hidden) halves += btm - (btm + 1) / 2;
   CU_ASSERT_EQUAL(bytes[1] - bytes[0], (size_t)c.config.depth * halves * sizeof(float));
   CU_ASSERT_EQUAL(bytes[1], moved);
-  fake_device.bf16_qkv_off = 0;
+  fake_device.bf16_qkv_off = fake_device.bf16_hidden_off = 0;
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
@@ -152,12 +154,16 @@ static void bf16_linear_inputs(int bf16_qkv) {
 }
 
 static void test_bf16_linear_inputs(void) {
-  bf16_linear_inputs(1);
+  bf16_linear_inputs(1, 1);
 }
 
-/* The same with qkv in FP32 (QT_CUDA_BF16_QKV=0 on CUDA). */
-static void test_bf16_linear_inputs_fp32_qkv(void) {
-  bf16_linear_inputs(0);
+/* The same with qkv and the hidden pre-activation in FP32
+ * (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0 on CUDA), and with each in
+ * BF16 alone. */
+static void test_bf16_linear_inputs_fp32_qkv_hidden(void) {
+  bf16_linear_inputs(0, 0);
+  bf16_linear_inputs(1, 0);
+  bf16_linear_inputs(0, 1);
 }
 
 /* Out of device memory when the arena is laid out anew (the first forward
@@ -216,7 +222,7 @@ static const qt_test_case cases[] = {
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"bf16_linear_inputs", test_bf16_linear_inputs},
-    {"bf16_linear_inputs_fp32_qkv", test_bf16_linear_inputs_fp32_qkv},
+    {"bf16_linear_inputs_fp32_qkv_hidden", test_bf16_linear_inputs_fp32_qkv_hidden},
     {"relayout_out_of_memory", test_relayout_out_of_memory},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},

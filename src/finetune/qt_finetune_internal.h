@@ -196,6 +196,21 @@ typedef struct qt__ops {
   int (*attention_backward_h)(float *dqkv, float *scratch, const float *dout, const void *qkv,
                               const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
                               int set, qt_err *err);
+  /* The MLP's hidden pre-activation (the output of the linear layer
+   * before GELU, GELU's input) in BF16 too, where bf16_hidden() says so
+   * (it implies bf16_inputs): that layer's forward is linear_forward_hh,
+   * gelu_forward_hh is gelu_forward_h reading it, and
+   * gelu_linear_backward_hh is gelu_linear_backward_h reading it. GELU
+   * and its gradient are then taken at the rounded values, as under
+   * PyTorch's autocast. Saved: half the product's writes of the widest
+   * activation and half of GELU's and its backward's reads of it, and
+   * half its room in the arena. */
+  int (*bf16_hidden)(void);
+  int (*gelu_forward_hh)(void *out, const void *inp, size_t n, qt_err *err);
+  int (*gelu_linear_backward_hh)(float *dinp, float *dweight, float *dbias, float *dpre,
+                                 const float *dout, const void *pre, const void *inp,
+                                 const float *weight, size_t n, size_t in_c, size_t out_c, int set,
+                                 qt_err *err);
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
@@ -474,6 +489,18 @@ int qt__cuda_set_fused_attention(int on);
 /* The same for qkv kept in BF16 (qt__cuda_attention_bf16_qkv). On unless
  * QT_CUDA_BF16_QKV=0. */
 int qt__cuda_set_bf16_qkv(int on);
+
+/* The same for the MLP's hidden pre-activation kept in BF16 (the op
+ * table's bf16_hidden, qt__cuda_bf16_hidden: under BF16 products, with
+ * the linear inputs kept in BF16). On unless QT_CUDA_BF16_HIDDEN=0. */
+int qt__cuda_set_bf16_hidden(int on);
+int qt__cuda_bf16_hidden(void);
+/* The CUDA op table's gelu_forward_hh and gelu_linear_backward_hh. */
+int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err);
+int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias, float *dpre,
+                                     const float *dout, const void *pre, const void *inp,
+                                     const float *weight, size_t n, size_t in_c, size_t out_c,
+                                     int set, qt_err *err);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

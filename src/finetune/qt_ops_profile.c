@@ -123,6 +123,15 @@ static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t
 static int pass_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_bf16_qkv(batch, tokens, c, heads);
 }
+static int pass_bf16_hidden(void) {
+  return profile.inner->bf16_hidden();
+}
+TIMED(gelu_forward_hh, (void *out, const void *inp, size_t n, qt_err *err), (out, inp, n, err))
+TIMED(gelu_linear_backward_hh,
+      (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout, const void *pre,
+       const void *inp, const float *weight, size_t n, size_t in_c, size_t out_c, int set,
+       qt_err *err),
+      (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, err))
 TIMED(linear_forward_hh,
       (void *out, const void *inp, const float *weight, const float *bias, size_t n, size_t in_c,
        size_t out_c, qt_err *err),
@@ -376,6 +385,10 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.linear_forward_hh = inner->linear_forward_hh ? timed_linear_forward_hh : NULL;
   profiled.attention_forward_hh = inner->attention_forward_hh ? timed_attention_forward_hh : NULL;
   profiled.attention_backward_h = inner->attention_backward_h ? timed_attention_backward_h : NULL;
+  profiled.bf16_hidden = inner->bf16_hidden ? pass_bf16_hidden : NULL;
+  profiled.gelu_forward_hh = inner->gelu_forward_hh ? timed_gelu_forward_hh : NULL;
+  profiled.gelu_linear_backward_hh =
+      inner->gelu_linear_backward_hh ? timed_gelu_linear_backward_hh : NULL;
   profiled.residual_layernorm_forward =
       inner->residual_layernorm_forward ? timed_residual_layernorm_forward : NULL;
   qt__ops_profile_reset();

@@ -70,6 +70,7 @@ typedef struct arena_mode {
   int bf16_inputs;    /* ln1, ln2 and gelu */
   int bf16_attention; /* attn_y */
   int bf16_qkv;       /* qkv */
+  int bf16_hidden;    /* fc1 */
   size_t att;
 } arena_mode;
 
@@ -91,7 +92,8 @@ typedef struct block_acts {
   float *resid_mid;           /* (B, T, C) after the attention residual */
   float *ln2;                 /* (B, T, C) norm2 output */
   float *ln2_mean, *ln2_rstd; /* (B, T) */
-  float *fc1;                 /* (B, T, M) before GELU */
+  float *fc1;                 /* (B, T, M) before GELU (BF16 after a forward
+                                 with bf16_hidden) */
   float *gelu;                /* (B, T, M) */
   float *mlp_out;             /* (B, T, C) fc2 output (the branch) */
   float *resid_out;           /* (B, T, C) the block's output */
@@ -146,6 +148,7 @@ struct qt_vit {
                           bf16_inputs), forward and backward */
   int bf16_attention; /* and attn_y (attention_bf16_out) */
   int bf16_qkv;       /* and qkv (attention_bf16_qkv) */
+  int bf16_hidden;    /* and fc1, GELU's input (the op table's bf16_hidden) */
   float *dcls_rows;   /* (B, C) */
   float *dcls_norm;   /* (B, C) */
   float *dlogits;     /* (B, K) */
@@ -277,6 +280,7 @@ static arena_mode arena_mode_now(const qt_vit_t *vit) {
   m.bf16_attention =
       m.bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
   m.bf16_qkv = m.bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
+  m.bf16_hidden = m.bf16_inputs && ops->bf16_hidden && ops->bf16_hidden();
   m.att = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
   return m;
 }
@@ -319,7 +323,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
     a->ln2 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
     a->ln2_mean = carve(base, &used, B * T);
     a->ln2_rstd = carve(base, &used, B * T);
-    a->fc1 = carve(base, &used, B * T * M);
+    a->fc1 = carve(base, &used, kept_floats(B * T * M, m->bf16_hidden));
     a->gelu = carve(base, &used, kept_floats(B * T * M, m->bf16_inputs));
     a->mlp_out = one_branch ? branch : carve(base, &used, B * T * C);
     a->resid_out = carve(base, &used, B * T * C);
@@ -806,7 +810,7 @@ static int fit_arena(qt_vit_t *vit, qt_err *err) {
   const arena_mode *have = &vit->mode;
   if (vit->arena && want.bf16_inputs == have->bf16_inputs &&
       want.bf16_attention == have->bf16_attention && want.bf16_qkv == have->bf16_qkv &&
-      want.att == have->att)
+      want.bf16_hidden == have->bf16_hidden && want.att == have->att)
     return 0;
   const qt__ops *ops = vit->ops;
   arena_mode old = vit->mode;
@@ -848,6 +852,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
       vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
   vit->bf16_qkv =
       vit->bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
+  /* As the arena: the settings hold for an epoch (qt_run_epoch). */
+  vit->bf16_hidden = vit->mode.bf16_hidden;
   /* The layout is max_batch's: a smaller batch keeps no more (the fused
    * kernels fit it wherever they fit max_batch), as this confirms. */
   size_t saved = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
@@ -898,9 +904,14 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
                            BT, C, C, err));
     VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
                                a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, err));
-    VIT_TRY(
-        linear_of_kept(vit, vit->bf16_inputs, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
-    VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
+    if (vit->bf16_hidden) {
+      VIT_TRY(ops->linear_forward_hh(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
+      VIT_TRY(ops->gelu_forward_hh(a->gelu, a->fc1, BT * M, err));
+    } else {
+      VIT_TRY(
+          linear_of_kept(vit, vit->bf16_inputs, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
+      VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
+    }
     VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
                            err));
     if (l + 1 < cf->depth) {
@@ -1075,7 +1086,10 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
     VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp,
                                     a->gelu, w->fc2_w, BT, M, C, err));
-    if (vit->bf16_inputs && ops->gelu_linear_backward_h) {
+    if (vit->bf16_hidden) {
+      VIT_TRY(ops->gelu_linear_backward_hh(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
+                                           a->fc1, a->ln2, w->fc1_w, BT, C, M, 1, err));
+    } else if (vit->bf16_inputs && ops->gelu_linear_backward_h) {
       VIT_TRY(ops->gelu_linear_backward_h(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
                                           a->fc1, a->ln2, w->fc1_w, BT, C, M, 1, err));
     } else {

@@ -26,6 +26,8 @@
 #define QT__COLSUM_PRODUCT 1   /* (double) a * b */
 #define QT__COLSUM_LAYERNORM 2 /* (double) (a * xhat) and a, xhat from b, mean, rstd */
 #define QT__COLSUM_GELU 3      /* the gradient GELU passes back from a at its input b, as PLAIN */
+/* b is float, or BF16 for GELU's input where its producer wrote it so
+ * (the B parameter of load and block_sums). */
 
 /* Rows per thread in flight. A turn's loads wait for the stores of the
  * turn before (the BF16 copies, which the compiler cannot tell apart from
@@ -42,12 +44,12 @@ struct values {
   float a, b, mean, rstd;
 };
 
-template <int kind>
-__device__ inline values load(const float *a, const float *b, const float *mean, const float *rstd,
+template <int kind, typename B>
+__device__ inline values load(const float *a, const B *b, const float *mean, const float *rstd,
                               size_t i, size_t c, size_t col) {
   values v;
   v.a = a[i * c + col];
-  v.b = kind != QT__COLSUM_PLAIN ? b[i * c + col] : 0.0f;
+  v.b = kind != QT__COLSUM_PLAIN ? qt__load(b + i * c + col) : 0.0f;
   v.mean = kind == QT__COLSUM_LAYERNORM ? mean[i] : 0.0f;
   v.rstd = kind == QT__COLSUM_LAYERNORM ? rstd[i] : 0.0f;
   return v;
@@ -98,9 +100,9 @@ __device__ inline bool block_totals(double (*shared0)[33], double (*shared1)[33]
  * they go to dst0 / dst1 (added, as floats) directly; else to
  * partial[(o * chunks + chunk) * c + col] for output o. shared0, shared1:
  * (8, 33) doubles of the block's shared memory. */
-template <int kind>
+template <int kind, typename B>
 __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], float *dst0,
-                                  float *dst1, double *partial, const float *a, const float *b,
+                                  float *dst1, double *partial, const float *a, const B *b,
                                   const float *mean, const float *rstd, __nv_bfloat16 *copy,
                                   size_t n, size_t c, size_t rows_per_chunk, int tile, int chunk,
                                   int chunks, int tx, int ty) {
@@ -114,7 +116,7 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
       values v[QT_COLSUM_UNROLL];
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++)
-        v[u] = load<kind>(a, b, mean, rstd, i + 8 * u, c, col);
+        v[u] = load<kind, B>(a, b, mean, rstd, i + 8 * u, c, col);
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++) {
         double t0 = 0.0, t1 = 0.0;
@@ -125,7 +127,7 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
     }
     for (; i < end; i += 8) {
       double t0 = 0.0, t1 = 0.0;
-      terms<kind>(load<kind>(a, b, mean, rstd, i, c, col), copy, i * c + col, &t0, &t1);
+      terms<kind>(load<kind, B>(a, b, mean, rstd, i, c, col), copy, i * c + col, &t0, &t1);
       sum0 += t0;
       sum1 += t1;
     }

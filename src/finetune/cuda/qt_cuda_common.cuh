@@ -1,7 +1,7 @@
 /*
  * qt_cuda_common.cuh - device code that the kernels of finetune/cuda/ share
  * and that the host emulation of their bodies (tests/qt_cuda_emulation.h)
- * can include too: the warp's double sum, the float-or-BF16 store, exact
+ * can include too: the warp's double sum, the float-or-BF16 load and store, exact
  * GELU and its gradient, and the loop of the elementwise kernels. Included
  * by qt_cuda_internal.h, and by the .cuh files of kernel bodies. The
  * includer provides cuda_bf16.h (or the emulation's stand-ins),
@@ -25,6 +25,15 @@
 __device__ inline double qt__warp_sum(double v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
+}
+
+/* A float, or a BF16 value widened (exactly), from an array that its
+ * producer wrote in BF16 for BF16 products (qt__store below). */
+__device__ inline float qt__load(const float *in) {
+  return *in;
+}
+__device__ inline float qt__load(const __nv_bfloat16 *in) {
+  return __bfloat162float(*in);
 }
 
 /* Stores v as float, or rounded to BF16 (to nearest even) for a kernel

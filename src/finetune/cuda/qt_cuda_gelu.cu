@@ -11,13 +11,15 @@
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* Out is float, or BF16 for the next linear layer of a BF16 run; out may
- * be inp. */
-template <typename T>
+/* Out is float, or BF16 for the next linear layer of a BF16 run; inp
+ * (S) float, or BF16 as the linear layer before wrote it (the op table's
+ * bf16_hidden); out may be inp. */
+template <typename T, typename S>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    gelu_forward_kernel(T *out, const float *inp, size_t n) {
+    gelu_forward_kernel(T *out, const S *inp, size_t n) {
   qt__elementwise(
-      n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, [=](size_t i) { return inp[i]; },
+      n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
+      [=](size_t i) { return qt__load(inp + i); },
       [=](size_t i, float x) { qt__store(out + i, qt__gelu(x)); });
 }
 
@@ -27,13 +29,13 @@ struct gelu_in {
 
 /* set: dinp starts from 0 (0 + g, as the CPU's zeroed array) instead of
  * its old values. */
-template <bool set>
+template <bool set, typename S>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    gelu_backward_kernel(float *dinp, const float *dout, const float *inp, size_t n) {
+    gelu_backward_kernel(float *dinp, const float *dout, const S *inp, size_t n) {
   qt__elementwise(
       n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](size_t i) {
-        return gelu_in{inp[i], dout[i], set ? 0.0f : dinp[i]};
+        return gelu_in{qt__load(inp + i), dout[i], set ? 0.0f : dinp[i]};
       },
       [=](size_t i, gelu_in v) { dinp[i] = __fadd_rn(v.old, qt__gelu_grad(v.dout, v.x)); });
 }
@@ -53,8 +55,18 @@ extern "C" int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16)", "the GELU kernel");
 }
 
-extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
-                                      int set, qt_err *err) {
+extern "C" int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
+  if (n == 0) return 0;
+  if (!out || !inp)
+    return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16 input): NULL array");
+  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
+      (__nv_bfloat16 *)out, (const __nv_bfloat16 *)inp, n);
+  return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16 input)", "the GELU kernel");
+}
+
+template <typename S>
+static int gelu_backward(float *dinp, const float *dout, const S *inp, size_t n, int set,
+                         qt_err *err) {
   if (n == 0) return 0;
   if (!dinp || !dout || !inp) {
     return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
@@ -66,6 +78,16 @@ extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const floa
     gelu_backward_kernel<false>
         <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
+}
+
+extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,
+                                      int set, qt_err *err) {
+  return gelu_backward(dinp, dout, inp, n, set, err);
+}
+
+extern "C" int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n,
+                                        int set, qt_err *err) {
+  return gelu_backward(dinp, dout, (const __nv_bfloat16 *)inp, n, set, err);
 }
 
 extern "C" int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,

@@ -119,6 +119,11 @@ int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const voi
                             const float *weight, const float *bias, size_t n, size_t in_c,
                             size_t out_c, const char *who);
 
+/* qt__cuda_gelu_backward with its input in BF16 (the op table's
+ * bf16_hidden). */
+int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n, int set,
+                             qt_err *err);
+
 /* out (n BF16 values) = in (n floats) rounded to nearest even, queued. */
 int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who, qt_err *err);
 
@@ -176,11 +181,13 @@ int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t
 
 /* The same for the gradient g that GELU passes back (as
  * qt__cuda_gelu_backward writes it with `set`) from dout at its output
- * and its input pre, both (n, c), without writing g in FP32: dst += the
- * column sums of g, copy = g rounded to BF16. The MLP's GELU and the bias
- * gradient of the linear layer before it, under BF16 products. */
-int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout, const float *pre,
-                                       size_t n, size_t c, const char *who, qt_err *err);
+ * and its input pre (FP32, or BF16 when pre_bf16), both (n, c), without
+ * writing g in FP32: dst += the column sums of g, copy = g rounded to
+ * BF16. The MLP's GELU and the bias gradient of the linear layer before
+ * it, under BF16 products. */
+int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout, const void *pre,
+                                       int pre_bf16, size_t n, size_t c, const char *who,
+                                       qt_err *err);
 
 } /* extern "C" */
 

@@ -134,13 +134,14 @@ extern "C" int qt__cuda_linear_forward_hh(void *out, const void *inp, const floa
 
 /* The backward with the forward's input in FP32 (inp) or BF16 (inp16).
  * With gelu_pre, dout is the gradient at the output of an exact GELU
- * whose input was this layer's output (gelu_pre): the layer's output
+ * whose input was this layer's output (gelu_pre, in BF16 when pre_bf16): the layer's output
  * gradient is what the GELU passes back, which goes into dpre first, or,
  * under BF16 products with a bias gradient, only into the BF16 copy that
  * the bias gradient's pass writes. */
 static int backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                    const void *inp16, const float *weight, const float *gelu_pre, float *dpre,
-                    size_t n, size_t in_c, size_t out_c, int set, const char *who, qt_err *err) {
+                    const void *inp16, const float *weight, const void *gelu_pre, int pre_bf16,
+                    float *dpre, size_t n, size_t in_c, size_t out_c, int set, const char *who,
+                    qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -161,7 +162,9 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
    * gradient before them), and the products take its copy. */
   int one_pass = dbias && products_read_dout && qt__cuda_matmul_precision() == QT_MATMUL_BF16;
   if (gelu_pre && !one_pass) {
-    int rc = qt__cuda_gelu_backward(dpre, dout, gelu_pre, n * out_c, 1, err);
+    int rc = pre_bf16
+                 ? qt__cuda_gelu_backward_h(dpre, dout, gelu_pre, n * out_c, 1, err)
+                 : qt__cuda_gelu_backward(dpre, dout, (const float *)gelu_pre, n * out_c, 1, err);
     if (rc < 0) return rc;
     dout = dpre;
     gelu_pre = NULL;
@@ -201,9 +204,9 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
     void *dout16 = NULL;
     int rc = qt__cuda_rounded_scratch_lock(n * out_c, &dout16, who, err);
     if (rc < 0) return rc;
-    rc = gelu_pre
-             ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, n, out_c, who, err)
-             : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
+    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, pre_bf16, n,
+                                                       out_c, who, err)
+                  : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
     for (size_t i = 0; i < count; i++) products[i].a16 = dout16;
     if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
     qt__cuda_rounded_scratch_unlock();
@@ -220,7 +223,7 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
 extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
                                         const float *dout, const float *inp, const float *weight,
                                         size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
-  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, NULL, NULL, n, in_c, out_c, set,
+  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, NULL, 0, NULL, n, in_c, out_c, set,
                   "qt_cuda_linear_backward", err);
 }
 
@@ -231,7 +234,7 @@ extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *db
   const char *who = "qt_cuda_linear_backward (BF16 input)";
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, NULL, NULL, n, in_c, out_c, set,
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, NULL, 0, NULL, n, in_c, out_c, set,
                   who, err);
 }
 
@@ -243,7 +246,19 @@ extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, floa
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
   if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, dpre, n, in_c, out_c, set,
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, 0, dpre, n, in_c, out_c, set,
+                  who, err);
+}
+
+extern "C" int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias,
+                                                float *dpre, const float *dout, const void *pre,
+                                                const void *inp, const float *weight, size_t n,
+                                                size_t in_c, size_t out_c, int set, qt_err *err) {
+  const char *who = "qt_cuda_gelu_linear_backward (BF16 input and GELU input)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, 1, dpre, n, in_c, out_c, set,
                   who, err);
 }
 
@@ -261,4 +276,17 @@ extern "C" int qt__cuda_bf16_inputs(void) {
   int precision = qt__cuda_matmul_precision();
   return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
          qt__cuda_switch_on("QT_CUDA_BF16_INPUTS", &switch_state);
+}
+
+/* 1: the MLP's hidden pre-activation (fc1's output, GELU's input) is kept
+ * in BF16 where the linear inputs are (unless QT_CUDA_BF16_HIDDEN=0); -1
+ * until the environment has been read. */
+static int bf16_hidden = -1;
+
+extern "C" int qt__cuda_set_bf16_hidden(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
+}
+
+extern "C" int qt__cuda_bf16_hidden(void) {
+  return qt__cuda_bf16_inputs() && qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN", &bf16_hidden);
 }

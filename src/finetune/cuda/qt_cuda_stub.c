@@ -234,6 +234,25 @@ int qt__cuda_set_bf16_qkv(int on) {
   return 0;
 }
 
+int qt__cuda_set_bf16_hidden(int on) {
+  return 0;
+}
+
+int qt__cuda_bf16_hidden(void) {
+  return 0;
+}
+
+int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_forward");
+}
+
+int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias, float *dpre,
+                                     const float *dout, const void *pre, const void *inp,
+                                     const float *weight, size_t n, size_t in_c, size_t out_c,
+                                     int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
+}
+
 int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
   return 0;
 }
