@@ -160,6 +160,12 @@ static inline void qt_emu_ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *
   }
   __syncwarp();
 }
+/* The device's 16-byte copy (eight BF16 values; 32 bytes under
+ * QT_EMULATE_EXACT). */
+template <typename T>
+static inline void qt__copy16(T *dst, const T *src) {
+  *dst = *src;
+}
 static inline void qt__ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
   qt_emu_ldmatrix_x4(r, row, false);
 }

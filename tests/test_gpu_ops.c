@@ -856,6 +856,26 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
   CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
   CU_ASSERT(memcmp(dqkv_h, dqkv, n_qkv * sizeof *dqkv) == 0);
+  /* From 4 bytes past a 16-byte boundary: staged by pairs, the same. */
+  uint16_t *shifted = calloc(n_qkv + 2, sizeof *shifted);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(shifted);
+  memcpy(shifted + 2, qkv16, n_qkv * sizeof *qkv16);
+  uint16_t *d_shifted = device_copy(shifted, n_qkv + 2, sizeof *shifted);
+  CHECK_RC(qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_shifted + 2, batch, tokens, c,
+                                               heads, E));
+  CHECK_RC(qt__cuda_attention_fused_backward_h(fresh_h.dev, d_scratch, d_dout, d_shifted + 2,
+                                               d_att_h, batch, tokens, c, heads, 1, E));
+  free(out16_h);
+  free(kept_h);
+  free(dqkv_h);
+  out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
+  kept_h = download(d_att_h, n_kept);
+  dqkv_h = download(fresh_h.dev, n_qkv);
+  CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
+  CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
+  CU_ASSERT(memcmp(dqkv_h, dqkv, n_qkv * sizeof *dqkv) == 0);
+  free(shifted);
+  qt_cuda_free(d_shifted);
   free(qkv16);
   free(out16);
   free(out16_h);

@@ -75,6 +75,14 @@ static __device__ __forceinline__ void qt__ldmatrix_x4_trans(__nv_bfloat162 r[4]
 #endif
 }
 
+/* *dst = *src for 16 bytes on 16-byte boundaries: one 128-bit load or
+ * store (a struct's copy would go member by member). */
+template <typename T>
+static __device__ __forceinline__ void qt__copy16(T *dst, const T *src) {
+  static_assert(sizeof(T) == 16, "qt__copy16 copies 16 bytes");
+  *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+}
+
 #include "finetune/cuda/qt_cuda_attention_fused.cuh"
 
 /* BF16 mma needs sm_80; a build for older devices traps in the kernels,
