@@ -612,8 +612,8 @@ static inline int fake_linear_backward_h(float *dinp, float *dweight, float *dbi
   return rc;
 }
 
-/* qkv in BF16 (attention_bf16_qkv): the CPU's ops on the widened qkv, the
- * products' and the attention's results rounded into BF16. */
+/* qkv and dqkv in BF16 (attention_bf16_qkv): the CPU's ops on the widened
+ * qkv and dqkv, their results rounded into BF16. */
 static inline int fake_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
   return fake_attention_bf16_out(batch, tokens, c, heads) && !fake_device.bf16_qkv_off;
 }
@@ -650,16 +650,35 @@ static inline int fake_attention_forward_hh(void *out, float *att, const void *q
   return rc;
 }
 
-static inline int fake_attention_backward_h(float *dqkv, float *scratch, const float *dout,
-                                            const void *qkv, const float *att, size_t batch,
-                                            size_t tokens, size_t c, size_t heads, int set,
-                                            qt_err *err) {
+static inline int fake_attention_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                             const void *qkv, const float *att, size_t batch,
+                                             size_t tokens, size_t c, size_t heads, qt_err *err) {
+  fake_count_bf16_input_call();
+  size_t n = 3 * batch * tokens * c;
+  float *g = malloc((n > 0 ? n : 1) * sizeof *g);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+  FAKE_OPEN();
+  float *x = fake_widen(qkv, n);
+  int rc =
+      qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, 1, err);
+  fake_store_bf16(dqkv, g, n);
+  FAKE_CLOSE();
+  free(x);
+  free(g);
+  return rc;
+}
+
+static inline int fake_linear_backward_hh(float *dinp, float *dweight, float *dbias,
+                                          const void *dout, const void *inp, const float *weight,
+                                          size_t n, size_t in_c, size_t out_c, int set,
+                                          qt_err *err) {
   fake_count_bf16_input_call();
   FAKE_OPEN();
-  float *x = fake_widen(qkv, 3 * batch * tokens * c);
-  int rc = qt__ops_cpu()->attention_backward(dqkv, scratch, dout, x, att, batch, tokens, c, heads,
-                                             set, err);
+  float *g = fake_widen(dout, n * out_c), *x = fake_widen(inp, n * in_c);
+  int rc =
+      qt__ops_cpu()->linear_backward(dinp, dweight, dbias, g, x, weight, n, in_c, out_c, set, err);
   FAKE_CLOSE();
+  free(g);
   free(x);
   return rc;
 }
@@ -728,7 +747,8 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.attention_bf16_qkv = fake_attention_bf16_qkv;
     ops.linear_forward_hh = fake_linear_forward_hh;
     ops.attention_forward_hh = fake_attention_forward_hh;
-    ops.attention_backward_h = fake_attention_backward_h;
+    ops.attention_backward_hh = fake_attention_backward_hh;
+    ops.linear_backward_hh = fake_linear_backward_hh;
     ops.bf16_hidden = fake_bf16_hidden;
     ops.gelu_forward_hh = fake_gelu_forward_hh;
     ops.gelu_linear_backward_hh = fake_gelu_linear_backward_hh;

@@ -5,7 +5,8 @@
  * the log-sum-exps, dqkv (added to, and written with `set`) and the
  * forward's BF16 output (its FP32 output rounded, bit for bit), and all of
  * them again from qkv in BF16 up to 129 tokens, staged 8 values at a time
- * and by pairs (bit for bit those from FP32), for token
+ * and by pairs (bit for bit those from FP32; dqkv in BF16 the FP32 one
+ * rounded), for token
  * counts around the tiles of 16 rows and the parts of 8 tiles (1, 5, 16,
  * 17, 33, 129, 197, 250, 256), several images and heads; and that the
  * kernels' shared memory at 256 tokens fits a block of sm_86 (99 KB).
@@ -81,6 +82,23 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
   for (size_t i = 0; i < n_out; i++) mismatches += !same_bits(out_h[i], out[i]);
   for (size_t i = 0; i < kept; i++) mismatches += !same_bits(lse_h[i], lse[i]);
   for (size_t i = 0; i < n_qkv; i++) mismatches += !same_bits(dqkv_h[i], dqkv[i]);
+  if (set) {
+    /* dqkv written in BF16 (the op table's attention_backward_hh): the
+     * FP32 one rounded. */
+    std::vector<__nv_bfloat16> dqkv16(n_qkv, __float2bfloat16_rn(NAN));
+    launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
+      qt_fa::backward_dq_block(smem, dqkv16.data(), d_h.data(), dout.data(), x, lse_h.data(), sh, 1,
+                               block, t, threads);
+    });
+    launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
+      qt_fa::backward_dkv_block(smem, dqkv16.data(), d_h.data(), dout.data(), x, lse_h.data(), sh,
+                                1, block, t, threads);
+    });
+    for (size_t i = 0; i < n_qkv; i++) {
+      float want = qt_emu_float(__float2bfloat16_rn(dqkv[i]));
+      mismatches += !same_bits(qt_emu_float(dqkv16[i]), want);
+    }
+  }
   return mismatches;
 }
 

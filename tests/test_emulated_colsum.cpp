@@ -8,10 +8,10 @@
  * added in row order in double on the host (GELU's from
  * qt_cpu_gelu_backward; within 2e-7 of the largest sum: the order of the
  * additions differs), and the copies equal to the terms rounded, bit for
- * bit; GELU's with its input in BF16 as with the same values in FP32, bit
- * for bit. Shapes around the unrolled rows (1, 7, 31, 33, 63, 65, 257 rows), several
- * chunks (3000 rows), ten column tiles. It runs without a GPU;
- * `test_gpu_ops` runs the compiled kernels on a device.
+ * bit; a plain sum of BF16 values and GELU's with its input in BF16 as
+ * with the same values in FP32, bit for bit. Shapes around the unrolled rows (1, 7, 31, 33, 63, 65,
+ * 257 rows), several chunks (3000 rows), ten column tiles. It runs without a GPU; `test_gpu_ops`
+ * runs the compiled kernels on a device.
  */
 #include "qt_cuda_emulation.h"
 
@@ -39,8 +39,8 @@ static void add_partials(float *dst0, float *dst1, const double *partial, size_t
 }
 
 /* The emulated kernels: block_sums over the grid, then add_partials. */
-template <int kind, typename B>
-static void run(float *dst0, float *dst1, const float *a, const B *b, const float *mean,
+template <int kind, typename A, typename B>
+static void run(float *dst0, float *dst1, const A *a, const B *b, const float *mean,
                 const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c) {
   size_t rows_per_chunk, chunks, tiles = (c + 31) / 32;
   qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
@@ -157,6 +157,23 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
     for (size_t k = 0; k < n * c; k++) off += memcmp(&copy[k], &want_copy[k], sizeof copy[k]) != 0;
     checks++;
     if (off) fail("copies off", kind, n, c, (double)off);
+  }
+  if (kind == QT__COLSUM_PLAIN) {
+    /* A gradient in BF16 (qkv's, linear_backward_hh): the sums of the FP32
+     * body on the same values, bit for bit. */
+    std::vector<__nv_bfloat16> a16(n * c);
+    std::vector<float> wide(n * c), sums[2] = {dst0, dst0};
+    for (size_t k = 0; k < n * c; k++) {
+      a16[k] = __float2bfloat16_rn(a[k]);
+      wide[k] = qt_emu_float(a16[k]);
+    }
+    run<kind>(sums[0].data(), nullptr, wide.data(), (const float *)nullptr, nullptr, nullptr,
+              nullptr, n, c);
+    run<kind>(sums[1].data(), nullptr, a16.data(), (const float *)nullptr, nullptr, nullptr,
+              nullptr, n, c);
+    checks++;
+    if (memcmp(sums[0].data(), sums[1].data(), c * sizeof(float)) != 0)
+      fail("BF16 gradient differs", kind, n, c, 1.0);
   }
   if (kind == QT__COLSUM_GELU) {
     /* GELU's input in BF16 (the op table's bf16_hidden): the sums and

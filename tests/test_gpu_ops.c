@@ -421,6 +421,40 @@ static void test_bf16_inputs(void) {
     CU_ASSERT(error <= 1.0 / 256);
     CU_ASSERT(bf16_mismatches(d_out16, d_out_h, n * out_c) <= n * out_c / 100);
   }
+  /* The output's gradient in BF16 too (qkv's, as the fused attention
+   * writes it): what the BF16-input backward gives on the same values. */
+  uint16_t *dout16 = malloc(n * out_c * sizeof *dout16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dout16);
+  for (size_t i = 0; i < n * out_c; i++) {
+    dout[i] = bf16_round(dout[i]);
+    dout16[i] = qt_test_bf16_bits(dout[i]);
+  }
+  void *d_dout16 = device_copy(dout16, n * out_c, sizeof *dout16);
+  float *d_rounded = device_floats(dout, n * out_c);
+  float *d_w2[2], *d_b2[2], *d_in2[2];
+  for (int k = 0; k < 2; k++) {
+    d_w2[k] = device_floats(dw.init, out_c * in_c);
+    d_b2[k] = device_floats(db.init, out_c);
+    d_in2[k] = device_alloc(count);
+  }
+  CHECK_RC(qt__cuda_linear_backward_h(d_in2[0], d_w2[0], d_b2[0], d_rounded, d_h, d_w, n, in_c,
+                                      out_c, 1, E));
+  CHECK_RC(qt__cuda_linear_backward_hh(d_in2[1], d_w2[1], d_b2[1], d_dout16, d_h, d_w, n, in_c,
+                                       out_c, 1, E));
+  float *want2[3] = {download(d_in2[0], count), download(d_w2[0], out_c * in_c),
+                     download(d_b2[0], out_c)};
+  expect_parity_tol("linear, BF16 dout: dinp", d_in2[1], want2[0], NULL, count, 1e-6);
+  expect_parity_tol("linear, BF16 dout: dweight", d_w2[1], want2[1], dw.init, out_c * in_c, 1e-6);
+  expect_parity_tol("linear, BF16 dout: dbias", d_b2[1], want2[2], db.init, out_c, 1e-6);
+  for (int k = 0; k < 2; k++) {
+    qt_cuda_free(d_w2[k]);
+    qt_cuda_free(d_b2[k]);
+    qt_cuda_free(d_in2[k]);
+  }
+  for (int k = 0; k < 3; k++) free(want2[k]);
+  free(dout16);
+  qt_cuda_free(d_dout16);
+  qt_cuda_free(d_rounded);
   CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 1);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
   CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 0);
@@ -428,6 +462,9 @@ static void test_bf16_inputs(void) {
   CU_ASSERT_EQUAL(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, &err),
                   QT_EINVAL);
   CU_ASSERT_EQUAL(qt__cuda_linear_forward_hh(d_out16, d_h, d_w, d_b, n, in_c, out_c, &err),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_linear_backward_hh(dinp_h.dev, d_dw_h, d_db_h, d_h, d_h, d_w, n, in_c,
+                                              out_c, 1, &err),
                   QT_EINVAL);
   qt_cuda_free(d_out16);
   CU_ASSERT_EQUAL(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c,
@@ -834,56 +871,41 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   snprintf(label, sizeof label, "%s: dqkv set", what);
   expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
 
-  /* qkv in BF16 (its values already are): the same att, BF16 output and
-   * dqkv, bit for bit. */
-  uint16_t *qkv16 = malloc(n_qkv * sizeof *qkv16);
+  /* qkv in BF16 (its values already are): the same att and BF16 output,
+   * and dqkv in BF16 the FP32 one rounded, bit for bit; from a 16-byte
+   * boundary (K and V staged 8 values a load) and from 4 bytes past one
+   * (by pairs). */
+  uint16_t *qkv16 = calloc(n_qkv + 2, sizeof *qkv16);
   CU_ASSERT_PTR_NOT_NULL_FATAL(qkv16);
   for (size_t i = 0; i < n_qkv; i++) qkv16[i] = qt_test_bf16_bits(qkv[i]);
-  void *d_qkv16 = device_copy(qkv16, n_qkv, sizeof *qkv16), *d_out16_h = NULL;
+  void *d_out16_h = NULL, *d_dqkv16 = NULL;
   float *d_att_h = NULL;
   size_t n_kept = n_lse + (tokens > 64 ? n_out : 0);
   CHECK_RC(qt_cuda_malloc(&d_out16_h, n_out * sizeof(uint16_t), E));
+  CHECK_RC(qt_cuda_malloc(&d_dqkv16, n_qkv * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc((void **)&d_att_h, n_att * sizeof(float), E));
-  CHECK_RC(
-      qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads, E));
-  grad fresh_h = grad_make_unset(n_qkv);
-  CHECK_RC(qt__cuda_attention_fused_backward_h(fresh_h.dev, d_scratch, d_dout, d_qkv16, d_att_h,
-                                               batch, tokens, c, heads, 1, E));
   uint16_t *out16 = download_bytes(d_out16, n_out * sizeof *out16);
-  uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
-  float *kept = download(d_att, n_kept), *kept_h = download(d_att_h, n_kept);
-  float *dqkv = download(fresh.dev, n_qkv), *dqkv_h = download(fresh_h.dev, n_qkv);
-  CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
-  CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
-  CU_ASSERT(memcmp(dqkv_h, dqkv, n_qkv * sizeof *dqkv) == 0);
-  /* From 4 bytes past a 16-byte boundary: staged by pairs, the same. */
-  uint16_t *shifted = calloc(n_qkv + 2, sizeof *shifted);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(shifted);
-  memcpy(shifted + 2, qkv16, n_qkv * sizeof *qkv16);
-  uint16_t *d_shifted = device_copy(shifted, n_qkv + 2, sizeof *shifted);
-  CHECK_RC(qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_shifted + 2, batch, tokens, c,
-                                               heads, E));
-  CHECK_RC(qt__cuda_attention_fused_backward_h(fresh_h.dev, d_scratch, d_dout, d_shifted + 2,
-                                               d_att_h, batch, tokens, c, heads, 1, E));
-  free(out16_h);
-  free(kept_h);
-  free(dqkv_h);
-  out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
-  kept_h = download(d_att_h, n_kept);
-  dqkv_h = download(fresh_h.dev, n_qkv);
-  CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
-  CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
-  CU_ASSERT(memcmp(dqkv_h, dqkv, n_qkv * sizeof *dqkv) == 0);
-  free(shifted);
-  qt_cuda_free(d_shifted);
-  free(qkv16);
+  float *kept = download(d_att, n_kept);
+  for (int shift = 0; shift <= 2; shift += 2) {
+    if (shift) memmove(qkv16 + shift, qkv16, n_qkv * sizeof *qkv16);
+    uint16_t *d_qkv16 = device_copy(qkv16, n_qkv + 2, sizeof *qkv16);
+    CHECK_RC(qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_qkv16 + shift, batch, tokens,
+                                                 c, heads, E));
+    CHECK_RC(qt__cuda_attention_fused_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16 + shift,
+                                                  d_att_h, batch, tokens, c, heads, E));
+    uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
+    float *kept_h = download(d_att_h, n_kept);
+    CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
+    CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
+    CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
+    free(out16_h);
+    free(kept_h);
+    qt_cuda_free(d_qkv16);
+  }
   free(out16);
-  free(out16_h);
   free(kept);
-  free(kept_h);
-  free(dqkv);
-  free(dqkv_h);
-  grad_free(&fresh_h);
+  void *d_qkv16 = device_copy(qkv16 + 2, n_qkv, sizeof *qkv16);
+  free(qkv16);
 
   /* The op table, with the fused kernels turned on: under BF16 the fused
    * forward (att holds the same log-sum-exps), under FP32 the
@@ -904,17 +926,16 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CHECK_RC(
       qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16_h, d_out, n_out), 0);
-  CHECK_RC(qt__cuda_attention_op_backward_h(fresh.dev, d_scratch, d_dout, d_qkv16, d_att_h, batch,
-                                            tokens, c, heads, 1, E));
-  snprintf(label, sizeof label, "%s: op table's dqkv from BF16 qkv", what);
-  expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
+  CHECK_RC(qt__cuda_attention_op_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h, batch,
+                                             tokens, c, heads, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
   int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
   CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 0);
   CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c,
                                                    heads, &refused),
                   QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_h(fresh.dev, d_scratch, d_dout, d_qkv16, d_att_h,
-                                                   batch, tokens, c, heads, 1, &refused),
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h,
+                                                    batch, tokens, c, heads, &refused),
                   QT_EINVAL);
   qt__cuda_set_bf16_qkv(was_bf16_qkv);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
@@ -954,6 +975,7 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   qt_cuda_free(d_out16);
   qt_cuda_free(d_qkv16);
   qt_cuda_free(d_out16_h);
+  qt_cuda_free(d_dqkv16);
   qt_cuda_free(d_att_h);
   qt_rng_free(rng);
 }

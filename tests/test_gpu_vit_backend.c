@@ -73,9 +73,10 @@ static void test_vit_small_step_bf16_unfused(void) {
   qt_cuda_set_matmul_precision(previous);
 }
 
-/* The same with qkv and fc1's output in FP32 (QT_CUDA_BF16_QKV=0
- * QT_CUDA_BF16_HIDDEN=0; both BF16 by default: the fused attention
- * rounds qkv to BF16 anyway, GELU then takes fc1's rounded output). */
+/* The same with qkv, its gradient and fc1's output in FP32
+ * (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0; BF16 by default: the fused
+ * attention rounds qkv to BF16 anyway and the products its gradient, GELU
+ * then takes fc1's rounded output). */
 static void test_vit_small_step_bf16_fp32_qkv_hidden(void) {
   vit_case c = vit_small_case("ViT-S/16 224 px, BF16, qkv and fc1 in FP32");
   qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);

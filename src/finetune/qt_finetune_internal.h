@@ -181,21 +181,30 @@ typedef struct qt__ops {
                                 const float *dout, const float *pre, const void *inp,
                                 const float *weight, size_t n, size_t in_c, size_t out_c, int set,
                                 qt_err *err);
-  /* qkv in BF16 too, where the backend's attention reads it so for this
-   * shape now (attention_bf16_qkv; it implies attention_bf16_out):
-   * linear_forward_hh is linear_forward_h writing its output in BF16
-   * (rounded to nearest even), attention_forward_hh attention_forward_h
-   * and attention_backward_h attention_backward reading such a qkv. Saved,
-   * where the backend's attention rounds Q, K and V to BF16 anyway: half
-   * the product's writes, the attention's reads and the arena's qkv. */
+  /* qkv and its gradient in BF16 too, where the backend's attention reads
+   * and writes them so for this shape now (attention_bf16_qkv; it implies
+   * attention_bf16_out): linear_forward_hh is linear_forward_h writing its
+   * output in BF16 (rounded to nearest even), attention_forward_hh is
+   * attention_forward_h reading such a qkv, attention_backward_hh is
+   * attention_backward reading it and writing dqkv in BF16 (as `set`: the
+   * FP32 values rounded), and linear_backward_hh is linear_backward_h with
+   * such an output gradient (its products take it as it is, its bias
+   * gradient sums the BF16 values). Saved, where the backend's attention
+   * rounds Q, K and V to BF16 anyway and the products round dqkv: half the
+   * product's writes, the attention's reads and the arena's qkv, half the
+   * attention's writes of dqkv, and the rounded copy of it that the qkv
+   * layer's backward would write and read. */
   int (*attention_bf16_qkv)(size_t batch, size_t tokens, size_t c, size_t heads);
   int (*linear_forward_hh)(void *out, const void *inp, const float *weight, const float *bias,
                            size_t n, size_t in_c, size_t out_c, qt_err *err);
   int (*attention_forward_hh)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
                               size_t c, size_t heads, qt_err *err);
-  int (*attention_backward_h)(float *dqkv, float *scratch, const float *dout, const void *qkv,
-                              const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
-                              int set, qt_err *err);
+  int (*attention_backward_hh)(void *dqkv, float *scratch, const float *dout, const void *qkv,
+                               const float *att, size_t batch, size_t tokens, size_t c,
+                               size_t heads, qt_err *err);
+  int (*linear_backward_hh)(float *dinp, float *dweight, float *dbias, const void *dout,
+                            const void *inp, const float *weight, size_t n, size_t in_c,
+                            size_t out_c, int set, qt_err *err);
   /* The MLP's hidden pre-activation (the output of the linear layer
    * before GELU, GELU's input) in BF16 too, where bf16_hidden() says so
    * (it implies bf16_inputs): that layer's forward is linear_forward_hh,
@@ -446,29 +455,31 @@ size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size
 int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
                                     size_t tokens, size_t c, size_t heads, qt_err *err);
 
-/* qkv in BF16 (uint16_t bits, rounded to nearest even from the FP32 sums)
+/* qkv and dqkv in BF16 (uint16_t bits, rounded to nearest even from FP32)
  * where the fused kernels write the attention's output in BF16, unless
  * turned off (qt__cuda_set_bf16_qkv); the op table's attention_bf16_qkv,
- * linear_forward_hh (linear_forward_h writing BF16), attention_forward_hh
- * and attention_backward_h (attention_forward_h and attention_backward
- * reading such a qkv; QT_EINVAL where attention_bf16_qkv is 0). The fused
- * kernels round Q, K and V to BF16 as they load them, so they compute the
- * same. The fused entry points below take it without the op table's
- * checks. */
+ * linear_forward_hh, attention_forward_hh, attention_backward_hh and
+ * linear_backward_hh (qt__ops; the attention ops QT_EINVAL where
+ * attention_bf16_qkv is 0). The fused kernels round Q, K and V to BF16 as
+ * they load them, so they compute the same, and the products round dqkv
+ * as it is rounded here. The fused entry points take them without the op
+ * table's checks. */
 int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight, const float *bias,
                                size_t n, size_t in_c, size_t out_c, qt_err *err);
 int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv, size_t batch,
                                      size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_op_backward_h(float *dqkv, float *scratch, const float *dout,
-                                     const void *qkv, const float *att, size_t batch, size_t tokens,
-                                     size_t c, size_t heads, int set, qt_err *err);
 int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv, size_t batch,
                                         size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_fused_backward_h(float *dqkv, float *scratch, const float *dout,
-                                        const void *qkv, const float *att, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, int set,
-                                        qt_err *err);
+int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                      const void *qkv, const float *att, size_t batch,
+                                      size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                         const void *qkv, const float *att, size_t batch,
+                                         size_t tokens, size_t c, size_t heads, qt_err *err);
+int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias, const void *dout,
+                                const void *inp, const float *weight, size_t n, size_t in_c,
+                                size_t out_c, int set, qt_err *err);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
  * where they fit, unless turned off (att then holds the log-sum-exps and

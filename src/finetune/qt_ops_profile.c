@@ -123,6 +123,14 @@ static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t
 static int pass_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_bf16_qkv(batch, tokens, c, heads);
 }
+TIMED(attention_backward_hh,
+      (void *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
+       size_t batch, size_t tokens, size_t c, size_t heads, qt_err *err),
+      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, err))
+TIMED(linear_backward_hh,
+      (float *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+       const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
+      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
 static int pass_bf16_hidden(void) {
   return profile.inner->bf16_hidden();
 }
@@ -140,10 +148,6 @@ TIMED(attention_forward_hh,
       (void *out, float *att, const void *qkv, size_t batch, size_t tokens, size_t c, size_t heads,
        qt_err *err),
       (out, att, qkv, batch, tokens, c, heads, err))
-TIMED(attention_backward_h,
-      (float *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
-       size_t batch, size_t tokens, size_t c, size_t heads, int set, qt_err *err),
-      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err))
 static size_t pass_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_saved_size(batch, tokens, c, heads);
 }
@@ -384,7 +388,9 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.attention_bf16_qkv = inner->attention_bf16_qkv ? pass_attention_bf16_qkv : NULL;
   profiled.linear_forward_hh = inner->linear_forward_hh ? timed_linear_forward_hh : NULL;
   profiled.attention_forward_hh = inner->attention_forward_hh ? timed_attention_forward_hh : NULL;
-  profiled.attention_backward_h = inner->attention_backward_h ? timed_attention_backward_h : NULL;
+  profiled.attention_backward_hh =
+      inner->attention_backward_hh ? timed_attention_backward_hh : NULL;
+  profiled.linear_backward_hh = inner->linear_backward_hh ? timed_linear_backward_hh : NULL;
   profiled.bf16_hidden = inner->bf16_hidden ? pass_bf16_hidden : NULL;
   profiled.gelu_forward_hh = inner->gelu_forward_hh ? timed_gelu_forward_hh : NULL;
   profiled.gelu_linear_backward_hh =

@@ -139,7 +139,7 @@ struct qt_vit {
   float *dbranch;     /* (B, T, C) */
   float *dln;         /* (B, T, C) */
   float *dattn_y;     /* (B, T, C) */
-  float *dqkv;        /* (B, T, 3C) */
+  float *dqkv;        /* (B, T, 3C) (BF16 after a forward with bf16_qkv) */
   float *datt;        /* the attention backward's scratch (attention_scratch_size) */
   float *dfc1;        /* (B, T, M) */
   float *dgelu;       /* (B, T, M) */
@@ -340,7 +340,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dbranch = carve(base, &used, B * T * C);
   vit->dln = carve(base, &used, B * T * C);
   vit->dattn_y = carve(base, &used, B * T * C);
-  vit->dqkv = carve(base, &used, B * T * 3 * C);
+  vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->bf16_qkv));
   vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
   vit->dgelu = carve(base, &used, B * T * M);
@@ -1105,14 +1105,17 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
     VIT_TRY(linear_of_kept_backward(vit, vit->bf16_attention, vit->dattn_y, gw->proj_w, gw->proj_b,
                                     dattn, a->attn_y, w->proj_w, BT, C, C, err));
-    if (vit->bf16_qkv)
-      VIT_TRY(ops->attention_backward_h(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
-                                        H, 1, err));
-    else
+    if (vit->bf16_qkv) {
+      VIT_TRY(ops->attention_backward_hh(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T,
+                                         C, H, err));
+      VIT_TRY(ops->linear_backward_hh(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w,
+                                      BT, C, 3 * C, 1, err));
+    } else {
       VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
                                       H, 1, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->qkv_w, gw->qkv_b,
-                                    vit->dqkv, a->ln1, w->qkv_w, BT, C, 3 * C, err));
+      VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->qkv_w, gw->qkv_b,
+                                      vit->dqkv, a->ln1, w->qkv_w, BT, C, 3 * C, err));
+    }
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
                                     w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }

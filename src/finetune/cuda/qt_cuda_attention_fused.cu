@@ -107,10 +107,10 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
   QT_FA_BODY(qt_fa::forward_block(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
 }
 
-template <typename Q>
+template <typename Q, typename D>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_backward_dq_kernel(float *dqkv, float *d, const float *dout, const Q *qkv,
-                             const float *att, qt_fa::shape sh, int set) {
+    fused_backward_dq_kernel(D *dqkv, float *d, const float *dout, const Q *qkv, const float *att,
+                             qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
                                       threadIdx.x, blockDim.x));
@@ -119,9 +119,9 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
 /* Two blocks per multiprocessor: 128 registers (166 unbounded, which left
  * one block of 8 warps per multiprocessor, 8 of its 64 warp slots; ptxas
  * spills 40 bytes on sm_90). */
-template <typename Q>
+template <typename Q, typename D>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
-    fused_backward_dkv_kernel(float *dqkv, const float *d, const float *dout, const Q *qkv,
+    fused_backward_dkv_kernel(D *dqkv, const float *d, const float *dout, const Q *qkv,
                               const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
@@ -146,10 +146,10 @@ static int read_shared_limit(int device) {
   if (cudaFuncSetAttribute(fused_forward_kernel<float, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dq_kernel<float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dq_kernel<bf16>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dkv_kernel<float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dkv_kernel<bf16>, limit, optin) != cudaSuccess) {
+      cudaFuncSetAttribute(fused_backward_dq_kernel<float, float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dq_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_kernel<float, float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_kernel<bf16, bf16>, limit, optin) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
@@ -261,8 +261,8 @@ extern "C" int qt__cuda_attention_fused_forward_hh(void *out, float *att, const 
                        heads, "qt__cuda_attention_fused_forward (BF16 qkv and output)", err);
 }
 
-template <typename Q>
-static int fused_backward(float *dqkv, float *scratch, const float *dout, const Q *qkv,
+template <typename Q, typename D>
+static int fused_backward(D *dqkv, float *scratch, const float *dout, const Q *qkv,
                           const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
                           int set, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
@@ -272,10 +272,10 @@ static int fused_backward(float *dqkv, float *scratch, const float *dout, const 
   }
   if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  rc = launch(fused_backward_dq_kernel<Q>, qt_fa::BACKWARD_DQ, sh, who,
+  rc = launch(fused_backward_dq_kernel<Q, D>, qt_fa::BACKWARD_DQ, sh, who,
               "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, att, sh, set);
   if (rc < 0) return rc;
-  return launch(fused_backward_dkv_kernel<Q>, qt_fa::BACKWARD_DKV, sh, who,
+  return launch(fused_backward_dkv_kernel<Q, D>, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
                 att, sh, set);
 }
@@ -288,12 +288,13 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
                         "qt__cuda_attention_fused_backward", err);
 }
 
-extern "C" int qt__cuda_attention_fused_backward_h(float *dqkv, float *scratch, const float *dout,
-                                                   const void *qkv, const float *att, size_t batch,
-                                                   size_t tokens, size_t c, size_t heads, int set,
-                                                   qt_err *err) {
-  return fused_backward(dqkv, scratch, dout, (const __nv_bfloat16 *)qkv, att, batch, tokens, c,
-                        heads, set, "qt__cuda_attention_fused_backward (BF16 qkv)", err);
+extern "C" int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                                    const void *qkv, const float *att, size_t batch,
+                                                    size_t tokens, size_t c, size_t heads,
+                                                    qt_err *err) {
+  return fused_backward((__nv_bfloat16 *)dqkv, scratch, dout, (const __nv_bfloat16 *)qkv, att,
+                        batch, tokens, c, heads, 1,
+                        "qt__cuda_attention_fused_backward (BF16 qkv and dqkv)", err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -389,15 +390,15 @@ extern "C" int qt__cuda_attention_op_forward_hh(void *out, float *att, const voi
   return qt__cuda_attention_fused_forward_hh(out, att, qkv, batch, tokens, c, heads, err);
 }
 
-extern "C" int qt__cuda_attention_op_backward_h(float *dqkv, float *scratch, const float *dout,
-                                                const void *qkv, const float *att, size_t batch,
-                                                size_t tokens, size_t c, size_t heads, int set,
-                                                qt_err *err) {
-  const char *who = "qt_cuda_attention_backward (BF16 qkv)";
+extern "C" int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                                 const void *qkv, const float *att, size_t batch,
+                                                 size_t tokens, size_t c, size_t heads,
+                                                 qt_err *err) {
+  const char *who = "qt_cuda_attention_backward (BF16 qkv and dqkv)";
   int rc = check_bf16_qkv(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  return qt__cuda_attention_fused_backward_h(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads,
-                                             set, err);
+  return qt__cuda_attention_fused_backward_hh(dqkv, scratch, dout, qkv, att, batch, tokens, c,
+                                              heads, err);
 }
 
 extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,

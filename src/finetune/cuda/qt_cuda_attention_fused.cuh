@@ -463,12 +463,13 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
   }
 }
 
-/* dq of dqkv (written when `set`, else added) and D = rowsum(P dP) into
- * d (batch, heads, tokens), for the dkv kernel. */
-template <typename Q>
-__device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float *d,
-                                         const float *dout, const Q *qkv, const float *att,
-                                         const shape sh, int set, int block, int tid, int threads) {
+/* dq of dqkv (written when `set`, else added; in BF16, written, when D is
+ * BF16) and D = rowsum(P dP) into d (batch, heads, tokens), for the dkv
+ * kernel. */
+template <typename Q, typename D>
+__device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d, const float *dout,
+                                         const Q *qkv, const float *att, const shape sh, int set,
+                                         int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
@@ -540,10 +541,10 @@ __device__ inline void backward_dq_block(unsigned char *smem, float *dqkv, float
            lane);
 }
 
-/* dk and dv of dqkv (written when `set`, else added), from D of the dq
- * kernel. */
-template <typename Q>
-__device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, const float *d,
+/* dk and dv of dqkv (written when `set`, else added; in BF16 as the dq
+ * kernel's), from D of the dq kernel. */
+template <typename Q, typename D>
+__device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const float *d,
                                           const float *dout, const Q *qkv, const float *att,
                                           const shape sh, int set, int block, int tid,
                                           int threads) {
@@ -593,7 +594,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, float *dqkv, cons
       times_rows(dk, as_operand(ds, j), qs, q0 + 16 * j, lane);
     }
   }
-  float *dk_rows = dqkv + (size_t)at.image * sh.tokens * ld + head + sh.c;
+  D *dk_rows = dqkv + (size_t)at.image * sh.tokens * ld + head + sh.c;
   put_rows(dk_rows, ld, row0, sh.tokens, dk, sh.scale, set, lane);
   put_rows(dk_rows + sh.c, ld, row0, sh.tokens, dv, 1.0f, set, lane);
 }

@@ -30,17 +30,17 @@
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* Grid (column tiles, chunks), blocks of (32, 8): qt_colsum::block_sums. */
-template <int kind, typename B>
+template <int kind, typename A, typename B>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     colsum_kernel(float *__restrict__ dst0, float *__restrict__ dst1, double *__restrict__ partial,
-                  const float *__restrict__ a, const B *__restrict__ b,
-                  const float *__restrict__ mean, const float *__restrict__ rstd,
-                  __nv_bfloat16 *__restrict__ copy, size_t n, size_t c, size_t rows_per_chunk) {
+                  const A *__restrict__ a, const B *__restrict__ b, const float *__restrict__ mean,
+                  const float *__restrict__ rstd, __nv_bfloat16 *__restrict__ copy, size_t n,
+                  size_t c, size_t rows_per_chunk) {
   __shared__ double shared0[8][33];
   __shared__ double shared1[8][33];
-  qt_colsum::block_sums<kind, B>(shared0, shared1, dst0, dst1, partial, a, b, mean, rstd, copy, n,
-                                 c, rows_per_chunk, blockIdx.x, blockIdx.y, gridDim.y, threadIdx.x,
-                                 threadIdx.y);
+  qt_colsum::block_sums<kind, A, B>(shared0, shared1, dst0, dst1, partial, a, b, mean, rstd, copy,
+                                    n, c, rows_per_chunk, blockIdx.x, blockIdx.y, gridDim.y,
+                                    threadIdx.x, threadIdx.y);
 }
 
 /* Grid (column tiles), blocks of (32, 8): qt_colsum::add_partials_block. */
@@ -53,22 +53,22 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                                 threadIdx.x, threadIdx.y);
 }
 
-template <int kind, typename B>
-static int column_sums(float *dst0, float *dst1, const float *a, const B *b, const float *mean,
+template <int kind, typename A, typename B>
+static int column_sums(float *dst0, float *dst1, const A *a, const B *b, const float *mean,
                        const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c, const char *who,
                        qt_err *err) {
   size_t tiles = (c + 31) / 32, rows_per_chunk, chunks;
   qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
   dim3 block(32, 8), grid((unsigned)tiles, (unsigned)chunks);
   if (chunks == 1) {
-    colsum_kernel<kind, B>
+    colsum_kernel<kind, A, B>
         <<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
     return qt__cuda_check_launch(err, who, "the column sums");
   }
   double *partial = NULL;
   int rc = qt__cuda_sums_scratch_lock(2 * chunks * c, &partial, who, err);
   if (rc < 0) return rc;
-  colsum_kernel<kind, B>
+  colsum_kernel<kind, A, B>
       <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
   rc = qt__cuda_check_launch(err, who, "the column sums");
   if (rc == 0) rc = qt__cuda_column_partials_add(dst0, dst1, partial, chunks, c, who, err);
@@ -84,12 +84,14 @@ extern "C" int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const fl
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
   switch (kind) {
     case QT__COLSUM_PLAIN:
-      return column_sums<QT__COLSUM_PLAIN, float>(dst0, NULL, a, NULL, NULL, NULL, NULL, n, c, who,
-                                                  err);
+      return column_sums<QT__COLSUM_PLAIN, float, float>(dst0, NULL, a, NULL, NULL, NULL, NULL, n,
+                                                         c, who, err);
     case QT__COLSUM_PRODUCT:
-      return column_sums<QT__COLSUM_PRODUCT>(dst0, NULL, a, b, NULL, NULL, NULL, n, c, who, err);
+      return column_sums<QT__COLSUM_PRODUCT, float, float>(dst0, NULL, a, b, NULL, NULL, NULL, n, c,
+                                                           who, err);
     case QT__COLSUM_LAYERNORM:
-      return column_sums<QT__COLSUM_LAYERNORM>(dst0, dst1, a, b, mean, rstd, NULL, n, c, who, err);
+      return column_sums<QT__COLSUM_LAYERNORM, float, float>(dst0, dst1, a, b, mean, rstd, NULL, n,
+                                                             c, who, err);
     default:
       return qt_err_set(err, QT_EINVAL, "%s: unknown column sum %d", who, kind);
   }
@@ -110,8 +112,8 @@ extern "C" int qt__cuda_column_sums_rounding(float *dst, void *copy, const float
   if (!dst || !copy || !a) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if ((c + 31) / 32 > INT_MAX)
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
-  return column_sums<QT__COLSUM_PLAIN, float>(dst, NULL, a, NULL, NULL, NULL, (__nv_bfloat16 *)copy,
-                                              n, c, who, err);
+  return column_sums<QT__COLSUM_PLAIN, float, float>(dst, NULL, a, NULL, NULL, NULL,
+                                                     (__nv_bfloat16 *)copy, n, c, who, err);
 }
 
 extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout,
@@ -123,8 +125,18 @@ extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const 
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
   __nv_bfloat16 *copy16 = (__nv_bfloat16 *)copy;
   if (pre_bf16)
-    return column_sums<QT__COLSUM_GELU>(dst, NULL, dout, (const __nv_bfloat16 *)pre, NULL, NULL,
-                                        copy16, n, c, who, err);
-  return column_sums<QT__COLSUM_GELU>(dst, NULL, dout, (const float *)pre, NULL, NULL, copy16, n, c,
-                                      who, err);
+    return column_sums<QT__COLSUM_GELU, float>(dst, NULL, dout, (const __nv_bfloat16 *)pre, NULL,
+                                               NULL, copy16, n, c, who, err);
+  return column_sums<QT__COLSUM_GELU, float>(dst, NULL, dout, (const float *)pre, NULL, NULL,
+                                             copy16, n, c, who, err);
+}
+
+extern "C" int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c,
+                                      const char *who, qt_err *err) {
+  if (n == 0 || c == 0 || !dst) return 0;
+  if (!a) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if ((c + 31) / 32 > INT_MAX)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
+  return column_sums<QT__COLSUM_PLAIN, __nv_bfloat16, float>(
+      dst, NULL, (const __nv_bfloat16 *)a, NULL, NULL, NULL, NULL, n, c, who, err);
 }

@@ -27,7 +27,8 @@
 #define QT__COLSUM_LAYERNORM 2 /* (double) (a * xhat) and a, xhat from b, mean, rstd */
 #define QT__COLSUM_GELU 3      /* the gradient GELU passes back from a at its input b, as PLAIN */
 /* b is float, or BF16 for GELU's input where its producer wrote it so
- * (the B parameter of load and block_sums). */
+ * (the B parameter of load and block_sums); a is float, or BF16 for a
+ * plain sum of a gradient that its producer wrote in BF16 (A). */
 
 /* Rows per thread in flight. A turn's loads wait for the stores of the
  * turn before (the BF16 copies, which the compiler cannot tell apart from
@@ -44,11 +45,11 @@ struct values {
   float a, b, mean, rstd;
 };
 
-template <int kind, typename B>
-__device__ inline values load(const float *a, const B *b, const float *mean, const float *rstd,
+template <int kind, typename A, typename B>
+__device__ inline values load(const A *a, const B *b, const float *mean, const float *rstd,
                               size_t i, size_t c, size_t col) {
   values v;
-  v.a = a[i * c + col];
+  v.a = qt__load(a + i * c + col);
   v.b = kind != QT__COLSUM_PLAIN ? qt__load(b + i * c + col) : 0.0f;
   v.mean = kind == QT__COLSUM_LAYERNORM ? mean[i] : 0.0f;
   v.rstd = kind == QT__COLSUM_LAYERNORM ? rstd[i] : 0.0f;
@@ -100,9 +101,9 @@ __device__ inline bool block_totals(double (*shared0)[33], double (*shared1)[33]
  * they go to dst0 / dst1 (added, as floats) directly; else to
  * partial[(o * chunks + chunk) * c + col] for output o. shared0, shared1:
  * (8, 33) doubles of the block's shared memory. */
-template <int kind, typename B>
+template <int kind, typename A, typename B>
 __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], float *dst0,
-                                  float *dst1, double *partial, const float *a, const B *b,
+                                  float *dst1, double *partial, const A *a, const B *b,
                                   const float *mean, const float *rstd, __nv_bfloat16 *copy,
                                   size_t n, size_t c, size_t rows_per_chunk, int tile, int chunk,
                                   int chunks, int tx, int ty) {
@@ -116,7 +117,7 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
       values v[QT_COLSUM_UNROLL];
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++)
-        v[u] = load<kind, B>(a, b, mean, rstd, i + 8 * u, c, col);
+        v[u] = load<kind, A, B>(a, b, mean, rstd, i + 8 * u, c, col);
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++) {
         double t0 = 0.0, t1 = 0.0;
@@ -127,7 +128,7 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
     }
     for (; i < end; i += 8) {
       double t0 = 0.0, t1 = 0.0;
-      terms<kind>(load<kind, B>(a, b, mean, rstd, i, c, col), copy, i * c + col, &t0, &t1);
+      terms<kind>(load<kind, A, B>(a, b, mean, rstd, i, c, col), copy, i * c + col, &t0, &t1);
       sum0 += t0;
       sum1 += t1;
     }

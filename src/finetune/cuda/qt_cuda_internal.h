@@ -119,6 +119,11 @@ int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const voi
                             const float *weight, const float *bias, size_t n, size_t in_c,
                             size_t out_c, const char *who);
 
+/* dst += the column sums of a, (n, c) BF16 values (a gradient its
+ * producer wrote in BF16), in double as qt__cuda_column_sums. */
+int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c, const char *who,
+                           qt_err *err);
+
 /* qt__cuda_gelu_backward with its input in BF16 (the op table's
  * bf16_hidden). */
 int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n, int set,

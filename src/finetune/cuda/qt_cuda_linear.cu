@@ -238,6 +238,60 @@ extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *db
                   who, err);
 }
 
+/* The backward with its output's gradient in BF16 too (dout, as the fused
+ * attention writes qkv's): the products take it as it is, and the bias
+ * gradient sums its BF16 values (in double). */
+extern "C" int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias,
+                                           const void *dout, const void *inp, const float *weight,
+                                           size_t n, size_t in_c, size_t out_c, int set,
+                                           qt_err *err) {
+  const char *who = "qt_cuda_linear_backward (BF16 input and output gradient)";
+  int rc = check_bf16(who, err);
+  if (rc < 0) return rc;
+  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
+    return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
+                      in_c, out_c);
+  }
+  if (set && dinp && n * in_c > 0 && out_c == 0) {
+    cudaError_t status = cudaMemsetAsync(dinp, 0, n * in_c * sizeof *dinp, 0);
+    if (status != cudaSuccess) return qt__cuda_error(err, status, who);
+  }
+  if (n == 0 || out_c == 0) return 0;
+  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp))
+    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  qt__cuda_product products[2];
+  size_t count = 0;
+  if (dinp && in_c > 0) {
+    /* dinp (n, in_c) (+)= dout (n, out_c) . weight (out_c, in_c) */
+    products[count++] = {.m = n,
+                         .n = in_c,
+                         .k = out_c,
+                         .lda = out_c,
+                         .b = weight,
+                         .ldb = in_c,
+                         .beta = set ? 0.0f : 1.0f,
+                         .c = dinp,
+                         .ldc = in_c,
+                         .a16 = dout};
+  }
+  if (dweight && in_c > 0) {
+    /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
+    products[count++] = {.trans_a = 1,
+                         .m = out_c,
+                         .n = in_c,
+                         .k = n,
+                         .lda = out_c,
+                         .beta = 1.0f,
+                         .c = dweight,
+                         .ldc = in_c,
+                         .a16 = dout,
+                         .b16 = inp};
+  }
+  rc = qt__cuda_gemms(products, count, who, err);
+  if (rc == 0 && dbias) rc = qt__cuda_column_sums_h(dbias, dout, n, out_c, who, err);
+  return rc;
+}
+
 extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
                                                float *dpre, const float *dout, const float *pre,
                                                const void *inp, const float *weight, size_t n,

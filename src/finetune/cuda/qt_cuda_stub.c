@@ -234,6 +234,24 @@ int qt__cuda_set_bf16_qkv(int on) {
   return 0;
 }
 
+int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                      const void *qkv, const float *att, size_t batch,
+                                      size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_backward");
+}
+
+int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
+                                         const void *qkv, const float *att, size_t batch,
+                                         size_t tokens, size_t c, size_t heads, qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
+}
+
+int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias, const void *dout,
+                                const void *inp, const float *weight, size_t n, size_t in_c,
+                                size_t out_c, int set, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_backward");
+}
+
 int qt__cuda_set_bf16_hidden(int on) {
   return 0;
 }
@@ -267,22 +285,9 @@ int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv, siz
   return QT_CUDA_STUB("qt_cuda_attention_forward");
 }
 
-int qt__cuda_attention_op_backward_h(float *dqkv, float *scratch, const float *dout,
-                                     const void *qkv, const float *att, size_t batch, size_t tokens,
-                                     size_t c, size_t heads, int set, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_attention_backward");
-}
-
 int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv, size_t batch,
                                         size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
-}
-
-int qt__cuda_attention_fused_backward_h(float *dqkv, float *scratch, const float *dout,
-                                        const void *qkv, const float *att, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, int set,
-                                        qt_err *err) {
-  return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
 int qt__cuda_set_layernorm_rows(int on) {
