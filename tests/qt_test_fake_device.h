@@ -672,14 +672,11 @@ static inline int fake_linear_backward_hh(float *dinp, float *dweight, float *db
                                           const void *dout, const void *inp, const float *weight,
                                           size_t n, size_t in_c, size_t out_c, int set,
                                           qt_err *err) {
-  fake_count_bf16_input_call();
   FAKE_OPEN();
-  float *g = fake_widen(dout, n * out_c), *x = fake_widen(inp, n * in_c);
-  int rc =
-      qt__ops_cpu()->linear_backward(dinp, dweight, dbias, g, x, weight, n, in_c, out_c, set, err);
+  float *g = fake_widen(dout, n * out_c);
   FAKE_CLOSE();
+  int rc = fake_linear_backward_h(dinp, dweight, dbias, g, inp, weight, n, in_c, out_c, set, err);
   free(g);
-  free(x);
   return rc;
 }
 

@@ -132,16 +132,19 @@ extern "C" int qt__cuda_linear_forward_hh(void *out, const void *inp, const floa
   return rc;
 }
 
-/* The backward with the forward's input in FP32 (inp) or BF16 (inp16).
- * With gelu_pre, dout is the gradient at the output of an exact GELU
- * whose input was this layer's output (gelu_pre, in BF16 when pre_bf16): the layer's output
- * gradient is what the GELU passes back, which goes into dpre first, or,
- * under BF16 products with a bias gradient, only into the BF16 copy that
- * the bias gradient's pass writes. */
-static int backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                    const void *inp16, const float *weight, const void *gelu_pre, int pre_bf16,
-                    float *dpre, size_t n, size_t in_c, size_t out_c, int set, const char *who,
-                    qt_err *err) {
+/* The backward with the forward's input in FP32 (inp) or BF16 (inp16),
+ * and the output's gradient in FP32 (dout) or, under BF16 products, BF16
+ * (dout16: the products take it as it is, the bias gradient sums its
+ * values). With gelu_pre, dout is the gradient at the output of an exact
+ * GELU whose input was this layer's output (gelu_pre, in BF16 when
+ * pre_bf16): the layer's output gradient is what the GELU passes back,
+ * which goes into dpre first, or, under BF16 products with a bias
+ * gradient, only into the BF16 copy that the bias gradient's pass
+ * writes. */
+static int backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const void *dout16, const float *inp, const void *inp16, const float *weight,
+                    const void *gelu_pre, int pre_bf16, float *dpre, size_t n, size_t in_c,
+                    size_t out_c, int set, const char *who, qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -152,15 +155,16 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
     if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   }
   if (n == 0 || out_c == 0) return 0;
-  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp && !inp16) ||
-      (gelu_pre && !dpre)) {
+  if ((!dout && !dout16) || (dinp && in_c > 0 && !weight) ||
+      (dweight && in_c > 0 && !inp && !inp16) || (gelu_pre && (!dpre || !dout))) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   int products_read_dout = (dinp || dweight) && in_c > 0;
   /* Both products would round dout and the bias gradient read it again:
    * under BF16 products one pass over dout does both (and the GELU's
    * gradient before them), and the products take its copy. */
-  int one_pass = dbias && products_read_dout && qt__cuda_matmul_precision() == QT_MATMUL_BF16;
+  int one_pass =
+      dout && dbias && products_read_dout && qt__cuda_matmul_precision() == QT_MATMUL_BF16;
   if (gelu_pre && !one_pass) {
     int rc = pre_bf16
                  ? qt__cuda_gelu_backward_h(dpre, dout, gelu_pre, n * out_c, 1, err)
@@ -183,7 +187,8 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
                          .ldb = in_c,
                          .beta = set ? 0.0f : 1.0f,
                          .c = dinp,
-                         .ldc = in_c};
+                         .ldc = in_c,
+                         .a16 = dout16};
   }
   if (dweight && in_c > 0) {
     /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
@@ -198,22 +203,24 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
                          .beta = 1.0f,
                          .c = dweight,
                          .ldc = in_c,
+                         .a16 = dout16,
                          .b16 = inp16};
   }
   if (one_pass) {
-    void *dout16 = NULL;
-    int rc = qt__cuda_rounded_scratch_lock(n * out_c, &dout16, who, err);
+    void *rounded = NULL;
+    int rc = qt__cuda_rounded_scratch_lock(n * out_c, &rounded, who, err);
     if (rc < 0) return rc;
-    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, dout16, dout, gelu_pre, pre_bf16, n,
+    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, rounded, dout, gelu_pre, pre_bf16, n,
                                                        out_c, who, err)
-                  : qt__cuda_column_sums_rounding(dbias, dout16, dout, n, out_c, who, err);
-    for (size_t i = 0; i < count; i++) products[i].a16 = dout16;
+                  : qt__cuda_column_sums_rounding(dbias, rounded, dout, n, out_c, who, err);
+    for (size_t i = 0; i < count; i++) products[i].a16 = rounded;
     if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
     qt__cuda_rounded_scratch_unlock();
     return rc;
   }
   int rc = qt__cuda_gemms(products, count, who, err);
   if (rc < 0) return rc;
+  if (dbias && dout16) return qt__cuda_column_sums_h(dbias, dout16, n, out_c, who, err);
   if (dbias)
     rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dbias, NULL, dout, NULL, NULL, NULL, n, out_c, who,
                               err);
@@ -223,8 +230,8 @@ static int backward(float *dinp, float *dweight, float *dbias, const float *dout
 extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
                                         const float *dout, const float *inp, const float *weight,
                                         size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
-  return backward(dinp, dweight, dbias, dout, inp, NULL, weight, NULL, 0, NULL, n, in_c, out_c, set,
-                  "qt_cuda_linear_backward", err);
+  return backward(dinp, dweight, dbias, dout, NULL, inp, NULL, weight, NULL, 0, NULL, n, in_c,
+                  out_c, set, "qt_cuda_linear_backward", err);
 }
 
 extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias,
@@ -234,13 +241,12 @@ extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *db
   const char *who = "qt_cuda_linear_backward (BF16 input)";
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, NULL, 0, NULL, n, in_c, out_c, set,
-                  who, err);
+  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, NULL, 0, NULL, n, in_c,
+                  out_c, set, who, err);
 }
 
 /* The backward with its output's gradient in BF16 too (dout, as the fused
- * attention writes qkv's): the products take it as it is, and the bias
- * gradient sums its BF16 values (in double). */
+ * attention writes qkv's). */
 extern "C" int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias,
                                            const void *dout, const void *inp, const float *weight,
                                            size_t n, size_t in_c, size_t out_c, int set,
@@ -248,48 +254,8 @@ extern "C" int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *d
   const char *who = "qt_cuda_linear_backward (BF16 input and output gradient)";
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
-  if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
-    return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
-                      in_c, out_c);
-  }
-  if (set && dinp && n * in_c > 0 && out_c == 0) {
-    cudaError_t status = cudaMemsetAsync(dinp, 0, n * in_c * sizeof *dinp, 0);
-    if (status != cudaSuccess) return qt__cuda_error(err, status, who);
-  }
-  if (n == 0 || out_c == 0) return 0;
-  if (!dout || (dinp && in_c > 0 && !weight) || (dweight && in_c > 0 && !inp))
-    return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  qt__cuda_product products[2];
-  size_t count = 0;
-  if (dinp && in_c > 0) {
-    /* dinp (n, in_c) (+)= dout (n, out_c) . weight (out_c, in_c) */
-    products[count++] = {.m = n,
-                         .n = in_c,
-                         .k = out_c,
-                         .lda = out_c,
-                         .b = weight,
-                         .ldb = in_c,
-                         .beta = set ? 0.0f : 1.0f,
-                         .c = dinp,
-                         .ldc = in_c,
-                         .a16 = dout};
-  }
-  if (dweight && in_c > 0) {
-    /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
-    products[count++] = {.trans_a = 1,
-                         .m = out_c,
-                         .n = in_c,
-                         .k = n,
-                         .lda = out_c,
-                         .beta = 1.0f,
-                         .c = dweight,
-                         .ldc = in_c,
-                         .a16 = dout,
-                         .b16 = inp};
-  }
-  rc = qt__cuda_gemms(products, count, who, err);
-  if (rc == 0 && dbias) rc = qt__cuda_column_sums_h(dbias, dout, n, out_c, who, err);
-  return rc;
+  return backward(dinp, dweight, dbias, NULL, dout, NULL, inp, weight, NULL, 0, NULL, n, in_c,
+                  out_c, set, who, err);
 }
 
 extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
@@ -300,8 +266,8 @@ extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, floa
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
   if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, 0, dpre, n, in_c, out_c, set,
-                  who, err);
+  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, pre, 0, dpre, n, in_c, out_c,
+                  set, who, err);
 }
 
 extern "C" int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias,
@@ -312,8 +278,8 @@ extern "C" int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, flo
   int rc = check_bf16(who, err);
   if (rc < 0) return rc;
   if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  return backward(dinp, dweight, dbias, dout, NULL, inp, weight, pre, 1, dpre, n, in_c, out_c, set,
-                  who, err);
+  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, pre, 1, dpre, n, in_c, out_c,
+                  set, who, err);
 }
 
 extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
