@@ -621,32 +621,23 @@ static inline int fake_attention_bf16_qkv(size_t batch, size_t tokens, size_t c,
 static inline int fake_linear_forward_hh(void *out, const void *inp, const float *weight,
                                          const float *bias, size_t n, size_t in_c, size_t out_c,
                                          qt_err *err) {
-  fake_count_bf16_input_call();
   float *y = malloc((n * out_c > 0 ? n * out_c : 1) * sizeof *y);
   CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  int rc = fake_linear_forward_h(y, inp, weight, bias, n, in_c, out_c, err);
   FAKE_OPEN();
-  float *x = fake_widen(inp, n * in_c);
-  int rc = qt__ops_cpu()->linear_forward(y, x, weight, bias, n, in_c, out_c, err);
   fake_store_bf16(out, y, n * out_c);
   FAKE_CLOSE();
-  free(x);
   free(y);
   return rc;
 }
 
 static inline int fake_attention_forward_hh(void *out, float *att, const void *qkv, size_t batch,
                                             size_t tokens, size_t c, size_t heads, qt_err *err) {
-  fake_count_bf16_input_call();
-  size_t n = batch * tokens * c;
-  float *y = malloc((n > 0 ? n : 1) * sizeof *y);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
   FAKE_OPEN();
-  float *x = fake_widen(qkv, 3 * n);
-  int rc = qt__ops_cpu()->attention_forward(y, att, x, batch, tokens, c, heads, err);
-  fake_store_bf16(out, y, n);
+  float *x = fake_widen(qkv, 3 * batch * tokens * c);
   FAKE_CLOSE();
+  int rc = fake_attention_forward_h(out, att, x, batch, tokens, c, heads, err);
   free(x);
-  free(y);
   return rc;
 }
 
