@@ -1378,29 +1378,41 @@ static void test_failure_not_left_behind(void) {
  * cuBLAS, and with its input already in BF16) holds, and cuBLASLt took at
  * least the FP32 products with a bias and one of the BF16 inputs' (it may
  * decline a combination: that one then broadcasts, as in
- * linear_bias_broadcast). The FP32 cases run twice: the second time on the
- * algorithms kept from the first, with as many products taken and the
- * same results. */
+ * linear_bias_broadcast). The FP32 and BF16-input cases run twice: the
+ * second time on the algorithms (and the declines) kept from the first,
+ * with as many products taken, the same results and no new question to
+ * cuBLASLt's heuristic. */
 static void test_linear_bias_epilogue(void) {
   int was_on = qt__cuda_set_lt_bias(1);
   long before = qt__cuda_linear_lt_count();
   test_linear();
   long fp32 = qt__cuda_linear_lt_count() - before;
+  long queries = qt__cuda_linear_lt_queries();
   test_linear();
   long kept = qt__cuda_linear_lt_count() - before - fp32;
+  long fp32_queries = qt__cuda_linear_lt_queries() - queries;
   test_linear_bf16();
   test_linear_bf16_fast();
   long before_inputs = qt__cuda_linear_lt_count();
   test_bf16_inputs();
   long inputs = qt__cuda_linear_lt_count() - before_inputs;
+  queries = qt__cuda_linear_lt_queries();
+  test_bf16_inputs();
+  long inputs_kept = qt__cuda_linear_lt_count() - before_inputs - inputs;
+  long inputs_queries = qt__cuda_linear_lt_queries() - queries;
   qt__cuda_set_lt_bias(was_on);
   printf(
       "\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld of the "
-      "BF16 inputs' case, %ld in all",
-      fp32, kept, inputs, qt__cuda_linear_lt_count() - before);
+      "BF16 inputs' case (%ld kept), %ld in all; %ld heuristic queries in all, %ld and %ld "
+      "on the second runs",
+      fp32, kept, inputs, inputs_kept, qt__cuda_linear_lt_count() - before,
+      qt__cuda_linear_lt_queries(), fp32_queries, inputs_queries);
   CU_ASSERT(fp32 > 0);
   CU_ASSERT_EQUAL(kept, fp32);
   CU_ASSERT(inputs > 0);
+  CU_ASSERT_EQUAL(inputs_kept, inputs);
+  CU_ASSERT_EQUAL(fp32_queries, 0);
+  CU_ASSERT_EQUAL(inputs_queries, 0);
 }
 
 /* The same cases with the epilogue off (QT_CUDA_LT_BIAS=0): the bias

@@ -547,6 +547,10 @@ int qt__cuda_set_lt_bias(int on);
 /* How many linear forwards added their bias in cuBLASLt's epilogue; 0 in a
  * build without CUDA. For tests. */
 long qt__cuda_linear_lt_count(void);
+/* How many times the epilogue path asked cuBLASLt's heuristic for an
+ * algorithm (once per shape, precision and alignments, whether it took
+ * the shape or declined it); 0 in a build without CUDA. For tests. */
+long qt__cuda_linear_lt_queries(void);
 
 /* Moves a ViT's parameters, gradients, AdamW moments and step counter to
  * the backend of `ops` (see qt_vit_to_backend; tests pass their own

@@ -548,6 +548,7 @@ extern "C" int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t 
 static int lt_bias = -1; /* the switch; -1 until the environment is read */
 static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
 static long lt_products; /* products done by the epilogue path, for tests */
+static long lt_queries;  /* calls of cuBLASLt's heuristic, for tests */
 
 /* cuBLASLt's workspace, one per device: NVIDIA's recommended size, 32 MiB
  * from Hopper (sm_90) on and 4 MiB before (without one, cuBLASLt may only
@@ -576,12 +577,17 @@ extern "C" long qt__cuda_linear_lt_count(void) {
   return __atomic_load_n(&lt_products, __ATOMIC_RELAXED);
 }
 
+extern "C" long qt__cuda_linear_lt_queries(void) {
+  return __atomic_load_n(&lt_queries, __ATOMIC_RELAXED);
+}
+
 /* cuBLASLt's choice of algorithm for a product, asked once per shape,
  * precision, alignments and device (a ViT asks for about six shapes) and
- * kept: the heuristic takes longer than queuing the product. A full table
- * starts over. */
+ * kept: the heuristic takes longer than queuing the product. A shape that
+ * cuBLASLt declined is kept too (`declined`), so that its next calls go
+ * to the broadcast path without asking again. A full table starts over. */
 typedef struct lt_plan {
-  int device, precision, out_bf16;
+  int device, precision, out_bf16, declined;
   size_t n, in_c, out_c;
   uint32_t align[3];
   cublasLtMatmulAlgo_t algo;
@@ -597,13 +603,14 @@ static int same_plan(const lt_plan *a, const lt_plan *b) {
          a->align[1] == b->align[1] && a->align[2] == b->align[2];
 }
 
-/* 1 and plan->algo when a plan like *plan was kept. */
+/* 1 and plan->algo and plan->declined when a plan like *plan was kept. */
 static int find_plan(lt_plan *plan) {
   int found = 0;
   pthread_mutex_lock(&lt_plans_lock);
   for (size_t i = 0; i < lt_plan_count && !found; i++) {
     if (same_plan(&lt_plans[i], plan)) {
       plan->algo = lt_plans[i].algo;
+      plan->declined = lt_plans[i].declined;
       found = 1;
     }
   }
@@ -667,10 +674,24 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   int32_t bias_type = CUDA_R_32F;
   uint64_t workspace = lt_workspace_bytes(device);
   void *workspace_block = NULL;
-  int rc = 1, locked = 0, workspace_locked = 0;
+  int rc = 1, locked = 0, workspace_locked = 0, kept = 0;
   lt_plan plan;
   memset(&plan, 0, sizeof plan);
+  plan.device = device;
+  plan.precision = precision;
+  plan.out_bf16 = out_bf16;
+  plan.n = n;
+  plan.in_c = in_c;
+  plan.out_c = out_c;
+  /* FP32 operands are read in place; BF16 ones from to_bf16's blocks
+   * (cudaMalloc's, on 256 bytes), except an input given in BF16. */
   const void *a_data = weight, *b_data = inp16 ? inp16 : inp;
+  plan.align[0] = alignment_of(operand_type == CUDA_R_16BF ? NULL : a_data, in_c * operand_bytes);
+  plan.align[1] =
+      alignment_of(operand_type == CUDA_R_16BF && !inp16 ? NULL : b_data, in_c * operand_bytes);
+  plan.align[2] = alignment_of(out, out_c * out_bytes);
+  kept = find_plan(&plan);
+  if (kept && plan.declined) return 1;
   if (operand_type == CUDA_R_16BF) {
     const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
     pthread_mutex_lock(&bf16_lock);
@@ -682,15 +703,6 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   }
   if (scratch_lock(&lt_workspace, workspace, &workspace_block, who, &ignored) < 0) goto done;
   workspace_locked = 1;
-  plan.device = device;
-  plan.precision = precision;
-  plan.out_bf16 = out_bf16;
-  plan.n = n;
-  plan.in_c = in_c;
-  plan.out_c = out_c;
-  plan.align[0] = alignment_of(a_data, in_c * operand_bytes);
-  plan.align[1] = alignment_of(b_data, in_c * operand_bytes);
-  plan.align[2] = alignment_of(out, out_c * out_bytes);
   if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
           CUBLAS_STATUS_SUCCESS ||
@@ -708,9 +720,7 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
           CUBLAS_STATUS_SUCCESS ||
       cublasLtMatrixLayoutCreate(&lc, out_type, out_c, n, (int64_t)out_c) != CUBLAS_STATUS_SUCCESS)
     goto done;
-  if (!find_plan(&plan)) {
-    cublasLtMatmulHeuristicResult_t result;
-    int found = 0;
+  if (!kept) {
     if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace,
@@ -726,11 +736,22 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
                                              sizeof plan.align[2]) != CUBLAS_STATUS_SUCCESS ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                              &plan.align[2],
-                                             sizeof plan.align[2]) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &result, &found) !=
-            CUBLAS_STATUS_SUCCESS ||
-        found < 1)
+                                             sizeof plan.align[2]) != CUBLAS_STATUS_SUCCESS)
       goto done;
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    __atomic_add_fetch(&lt_queries, 1, __ATOMIC_RELAXED);
+    cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &result, &found);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found < 1)) {
+      /* Declined: kept, so that the shape's next calls do not ask again. */
+      QT_LOG_DEBUG("%s: cuBLASLt declines the product with bias (%zu x %zu x %zu), broadcasting",
+                   who, n, out_c, in_c);
+      plan.declined = 1;
+      keep_plan(&plan);
+      goto done;
+    }
+    if (status != CUBLAS_STATUS_SUCCESS) goto done;
     plan.algo = result.algo;
     keep_plan(&plan);
   }
