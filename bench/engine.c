@@ -359,9 +359,9 @@ static int profiled_steps(step_fn step, void *model, const bench_options *o, dou
       "\nqtune per op (--profile: %ld more steps, %.4f s each with every op waiting for its "
       "work; the ops %.1f%% of that)\n",
       o->steps, seconds / steps, 100.0 * ops / seconds);
-  printf("%-24s %10s %10s %7s\n", "op", "calls/step", "ms/step", "share");
+  printf("%-34s %10s %10s %7s\n", "op", "calls/step", "ms/step", "share");
   for (size_t i = 0; i < n; i++)
-    printf("%-24s %10.1f %10.3f %6.1f%%\n", times[i].name, (double)times[i].calls / steps,
+    printf("%-34s %10.1f %10.3f %6.1f%%\n", times[i].name, (double)times[i].calls / steps,
            1e3 * times[i].seconds / steps, 100.0 * times[i].seconds / ops);
   return 0;
 }

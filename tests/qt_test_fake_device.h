@@ -40,9 +40,9 @@ static struct fake_device {
   fake_block pins[FAKE_DEVICE_MAX_PINS]; /* host arrays page-locked through the table */
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
-  long bf16_input_calls;                 /* calls of fake_device_bf16_ops' BF16-input ops */
-  int bf16_qkv_off;    /* 1: its attention_bf16_qkv says no, as QT_CUDA_BF16_QKV=0 */
-  int bf16_hidden_off; /* 1: its bf16_hidden says no, as QT_CUDA_BF16_HIDDEN=0 */
+  long bf16_calls;                       /* calls of fake_device_bf16_ops' ops with BF16 arrays */
+  int bf16_qkv_off;    /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
+  int bf16_hidden_off; /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -488,7 +488,7 @@ static inline const qt__ops *fake_device_ops(void) {
 }
 
 /* ------------------------------------------------------------------------- */
-/* BF16 linear inputs (qt__ops' bf16_inputs), as the CUDA table has them      */
+/* BF16 activations (qt__ops' bf16_activations), as the CUDA table has them   */
 /* ------------------------------------------------------------------------- */
 
 /* n floats of the CPU's result rounded into the BF16 array out, or the n
@@ -504,242 +504,218 @@ static inline float *fake_widen(const void *inp, size_t n) {
   return x;
 }
 
-static inline void fake_count_bf16_input_call(void) {
-  fake_device.op_calls++;
-  fake_device.bf16_input_calls++;
-  if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++;
+/* A _bf16 op's array for the CPU's op, with device memory open: an input
+ * as it is, or (bf16) its values widened; an output as it is, or (bf16)
+ * fresh host memory that fake_put rounds into it. fake_drop frees a
+ * widened input. */
+static inline const float *fake_in(const void *a, size_t n, unsigned bf16) {
+  return bf16 ? fake_widen(a, n) : (const float *)a;
 }
-
-static inline int fake_bf16_inputs(void) {
-  return fake_device.precision == QT_MATMUL_BF16 || fake_device.precision == QT_MATMUL_BF16_FAST;
+static inline void fake_drop(const void *a, const float *x) {
+  if ((const void *)x != a) free((void *)x);
 }
-
-static inline int fake_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
-                                           const float *weight, const float *bias, size_t n,
-                                           size_t c, float eps, qt_err *err) {
-  fake_count_bf16_input_call();
-  float *y = malloc((n * c > 0 ? n * c : 1) * sizeof *y);
+static inline float *fake_out(void *a, size_t n, unsigned bf16) {
+  if (!bf16) return (float *)a;
+  float *y = malloc((n ? n : 1) * sizeof *y);
   CU_ASSERT_PTR_NOT_NULL_FATAL(y);
-  FAKE_OPEN();
-  int rc = qt__ops_cpu()->layernorm_forward(y, mean, rstd, inp, weight, bias, n, c, eps, err);
-  fake_store_bf16(out, y, n * c);
-  FAKE_CLOSE();
+  return y;
+}
+static inline void fake_put(void *a, float *y, size_t n, unsigned bf16) {
+  if (!bf16) return;
+  fake_store_bf16(a, y, n);
   free(y);
+}
+
+/* Counts a call (bf16_calls where it has BF16 arrays) and refuses, as
+ * the CUDA table does, a set of BF16 arrays it does not implement
+ * (`implemented` lists the sets, 0-terminated after the first) or any
+ * BF16 array without BF16 products. */
+static inline int fake_bf16_call(unsigned bf16, const unsigned *implemented, size_t count,
+                                 const char *who, qt_err *err) {
+  fake_device.op_calls++;
+  if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++;
+  if (!bf16) return 0;
+  fake_device.bf16_calls++;
+  int known = 0;
+  for (size_t i = 0; i < count; i++) known |= implemented[i] == bf16;
+  int bf16_products =
+      fake_device.precision == QT_MATMUL_BF16 || fake_device.precision == QT_MATMUL_BF16_FAST;
+  if (known && bf16_products) return 0;
+  CU_FAIL("fake device: a set of BF16 arrays that the CUDA table refuses");
+  return qt_err_set(err, QT_EINVAL, "fake device %s: BF16 arrays 0x%x refused", who, bf16);
+}
+#define FAKE_BF16_CALL(bf16, who, err, ...)                                                    \
+  do {                                                                                         \
+    static const unsigned implemented_[] = {__VA_ARGS__};                                      \
+    int rc_ = fake_bf16_call(bf16, implemented_, sizeof implemented_ / sizeof *implemented_, \
+                             who, err);                                                        \
+    if (rc_ < 0) return rc_;                                                                   \
+  } while (0)
+enum {
+  FAKE_IN = QT__BF16_INP,
+  FAKE_OUT = QT__BF16_OUT,
+  FAKE_IN_OUT = QT__BF16_INP | QT__BF16_OUT,
+  FAKE_IN_DOUT = QT__BF16_INP | QT__BF16_DOUT,
+  FAKE_IN_DIN = QT__BF16_INP | QT__BF16_DINP,
+};
+
+static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
+  (void)batch, (void)tokens, (void)c, (void)heads;
+  if (fake_device.precision != QT_MATMUL_BF16 && fake_device.precision != QT_MATMUL_BF16_FAST)
+    return 0;
+  return QT__KEEP_LINEAR_INPUTS | QT__KEEP_ATTENTION_OUT |
+         (fake_device.bf16_qkv_off ? 0u : QT__KEEP_QKV) |
+         (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN);
+}
+
+static inline int fake_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
+                                              const float *weight, const float *bias, size_t n,
+                                              size_t c, float eps, unsigned bf16, qt_err *err) {
+  FAKE_BF16_CALL(bf16, "layernorm_forward", err, FAKE_OUT);
+  FAKE_OPEN();
+  float *y = fake_out(out, n * c, bf16 & QT__BF16_OUT);
+  int rc = qt__ops_cpu()->layernorm_forward(y, mean, rstd, inp, weight, bias, n, c, eps, err);
+  fake_put(out, y, n * c, bf16 & QT__BF16_OUT);
+  FAKE_CLOSE();
   return rc;
 }
 
 /* residual_forward, then layernorm_forward (its result rounded into BF16
- * as fake_layernorm_forward_h does, when norm_bf16): the CPU's two ops,
- * whose results the CUDA table's one kernel gives. In both fake tables,
- * so that the backend tests of a ViT take the model's fused call. */
+ * when norm_bf16): the CPU's two ops, whose results the CUDA table's one
+ * kernel gives. In both fake tables, so that the backend tests of a ViT
+ * take the model's fused call. */
 static inline int fake_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
                                                   float *mean, float *rstd, const float *res,
                                                   const float *branch, const float *gamma,
                                                   const float *weight, const float *bias, size_t n,
                                                   size_t c, float eps, qt_err *err) {
-  if (norm_bf16) {
-    fake_count_bf16_input_call();
-  } else {
-    fake_device.op_calls++;
-    if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++;
-  }
-  float *y = norm_bf16 ? malloc((n * c > 0 ? n * c : 1) * sizeof *y) : norm;
-  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+  unsigned bf16 = norm_bf16 ? QT__BF16_OUT : 0;
+  FAKE_BF16_CALL(bf16, "residual_layernorm_forward", err, FAKE_OUT);
   const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
+  float *y = fake_out(norm, n * c, bf16);
   int rc = cpu->residual_forward(out, res, branch, gamma, n, c, err);
   if (rc == 0) rc = cpu->layernorm_forward(y, mean, rstd, out, weight, bias, n, c, eps, err);
-  if (rc == 0 && norm_bf16) fake_store_bf16(norm, y, n * c);
+  fake_put(norm, y, n * c, bf16);
   FAKE_CLOSE();
-  if (norm_bf16) free(y);
   return rc;
 }
 
-static inline int fake_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
-  fake_count_bf16_input_call();
-  float *y = malloc((n ? n : 1) * sizeof *y);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
-  FAKE_OPEN();
-  int rc = qt__ops_cpu()->gelu_forward(y, inp, n, err);
-  fake_store_bf16(out, y, n);
-  FAKE_CLOSE();
-  free(y);
-  return rc;
-}
-
-static inline int fake_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
-  (void)batch, (void)tokens, (void)c, (void)heads;
-  return fake_bf16_inputs();
-}
-
-static inline int fake_attention_forward_h(void *out, float *att, const float *qkv, size_t batch,
-                                           size_t tokens, size_t c, size_t heads, qt_err *err) {
-  fake_count_bf16_input_call();
-  size_t n = batch * tokens * c;
-  float *y = malloc((n > 0 ? n : 1) * sizeof *y);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
-  FAKE_OPEN();
-  int rc = qt__ops_cpu()->attention_forward(y, att, qkv, batch, tokens, c, heads, err);
-  fake_store_bf16(out, y, n);
-  FAKE_CLOSE();
-  free(y);
-  return rc;
-}
-
-static inline int fake_linear_forward_h(float *out, const void *inp, const float *weight,
-                                        const float *bias, size_t n, size_t in_c, size_t out_c,
-                                        qt_err *err) {
-  fake_count_bf16_input_call();
-  FAKE_OPEN();
-  float *x = fake_widen(inp, n * in_c);
-  int rc = qt__ops_cpu()->linear_forward(out, x, weight, bias, n, in_c, out_c, err);
-  FAKE_CLOSE();
-  free(x);
-  return rc;
-}
-
-static inline int fake_linear_backward_h(float *dinp, float *dweight, float *dbias,
-                                         const float *dout, const void *inp, const float *weight,
-                                         size_t n, size_t in_c, size_t out_c, int set,
+static inline int fake_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16,
                                          qt_err *err) {
-  fake_count_bf16_input_call();
+  FAKE_BF16_CALL(bf16, "gelu_forward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT);
   FAKE_OPEN();
-  float *x = fake_widen(inp, n * in_c);
-  int rc = qt__ops_cpu()->linear_backward(dinp, dweight, dbias, dout, x, weight, n, in_c, out_c,
-                                          set, err);
+  const float *x = fake_in(inp, n, bf16 & QT__BF16_INP);
+  float *y = fake_out(out, n, bf16 & QT__BF16_OUT);
+  int rc = qt__ops_cpu()->gelu_forward(y, x, n, err);
+  fake_put(out, y, n, bf16 & QT__BF16_OUT);
+  fake_drop(inp, x);
   FAKE_CLOSE();
-  free(x);
   return rc;
 }
 
-/* qkv and dqkv in BF16 (attention_bf16_qkv): the CPU's ops on the widened
- * qkv and dqkv, their results rounded into BF16. */
-static inline int fake_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return fake_attention_bf16_out(batch, tokens, c, heads) && !fake_device.bf16_qkv_off;
-}
-
-static inline int fake_linear_forward_hh(void *out, const void *inp, const float *weight,
-                                         const float *bias, size_t n, size_t in_c, size_t out_c,
-                                         qt_err *err) {
-  float *y = malloc((n * out_c > 0 ? n * out_c : 1) * sizeof *y);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(y);
-  int rc = fake_linear_forward_h(y, inp, weight, bias, n, in_c, out_c, err);
+static inline int fake_linear_forward_bf16(void *out, const void *inp, const float *weight,
+                                           const float *bias, size_t n, size_t in_c, size_t out_c,
+                                           unsigned bf16, qt_err *err) {
+  FAKE_BF16_CALL(bf16, "linear_forward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT);
   FAKE_OPEN();
-  fake_store_bf16(out, y, n * out_c);
+  const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
+  float *y = fake_out(out, n * out_c, bf16 & QT__BF16_OUT);
+  int rc = qt__ops_cpu()->linear_forward(y, x, weight, bias, n, in_c, out_c, err);
+  fake_put(out, y, n * out_c, bf16 & QT__BF16_OUT);
+  fake_drop(inp, x);
   FAKE_CLOSE();
-  free(y);
   return rc;
 }
 
-static inline int fake_attention_forward_hh(void *out, float *att, const void *qkv, size_t batch,
-                                            size_t tokens, size_t c, size_t heads, qt_err *err) {
+static inline int fake_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                            const void *dout, const void *inp, const float *weight,
+                                            size_t n, size_t in_c, size_t out_c, int set,
+                                            unsigned bf16, qt_err *err) {
+  FAKE_BF16_CALL(bf16, "linear_backward", err, FAKE_IN, QT__BF16_DOUT, FAKE_IN_DOUT);
   FAKE_OPEN();
-  float *x = fake_widen(qkv, 3 * batch * tokens * c);
-  FAKE_CLOSE();
-  int rc = fake_attention_forward_h(out, att, x, batch, tokens, c, heads, err);
-  free(x);
-  return rc;
-}
-
-static inline int fake_attention_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                             const void *qkv, const float *att, size_t batch,
-                                             size_t tokens, size_t c, size_t heads, qt_err *err) {
-  fake_count_bf16_input_call();
-  size_t n = 3 * batch * tokens * c;
-  float *g = malloc((n > 0 ? n : 1) * sizeof *g);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(g);
-  FAKE_OPEN();
-  float *x = fake_widen(qkv, n);
+  const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
+  const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
   int rc =
-      qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, 1, err);
-  fake_store_bf16(dqkv, g, n);
+      qt__ops_cpu()->linear_backward(dinp, dweight, dbias, g, x, weight, n, in_c, out_c, set, err);
+  fake_drop(inp, x);
+  fake_drop(dout, g);
   FAKE_CLOSE();
-  free(x);
-  free(g);
   return rc;
 }
 
-static inline int fake_linear_backward_hh(float *dinp, float *dweight, float *dbias,
-                                          const void *dout, const void *inp, const float *weight,
-                                          size_t n, size_t in_c, size_t out_c, int set,
-                                          qt_err *err) {
+/* gelu_backward, then linear_backward: the CPU's ops, whose results the
+ * CUDA table's one op gives. */
+static inline int fake_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                                 float *dpre, const float *dout, const void *pre,
+                                                 const void *inp, const float *weight, size_t n,
+                                                 size_t in_c, size_t out_c, int set, unsigned bf16,
+                                                 qt_err *err) {
+  FAKE_BF16_CALL(bf16, "gelu_linear_backward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT);
+  const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
-  float *g = fake_widen(dout, n * out_c);
+  const float *p = fake_in(pre, n * out_c, bf16 & QT__BF16_OUT);
+  const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
+  int rc = cpu->gelu_backward(dpre, dout, p, n * out_c, 1, err);
+  if (rc == 0)
+    rc = cpu->linear_backward(dinp, dweight, dbias, dpre, x, weight, n, in_c, out_c, set, err);
+  fake_drop(pre, p);
+  fake_drop(inp, x);
   FAKE_CLOSE();
-  int rc = fake_linear_backward_h(dinp, dweight, dbias, g, inp, weight, n, in_c, out_c, set, err);
-  free(g);
   return rc;
 }
 
-/* gelu_backward, then fake_linear_backward_h: the CPU's ops, whose
- * results the CUDA table's op gives (one BF16-input call, as the linear
- * layer's alone). */
-static inline int fake_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
-                                              float *dpre, const float *dout, const float *pre,
-                                              const void *inp, const float *weight, size_t n,
-                                              size_t in_c, size_t out_c, int set, qt_err *err) {
+static inline int fake_attention_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
+                                              size_t tokens, size_t c, size_t heads, unsigned bf16,
+                                              qt_err *err) {
+  FAKE_BF16_CALL(bf16, "attention_forward", err, FAKE_OUT, FAKE_IN_OUT);
+  size_t n = batch * tokens * c;
   FAKE_OPEN();
-  int rc = qt__ops_cpu()->gelu_backward(dpre, dout, pre, n * out_c, 1, err);
+  const float *x = fake_in(qkv, 3 * n, bf16 & QT__BF16_INP);
+  float *y = fake_out(out, n, bf16 & QT__BF16_OUT);
+  int rc = qt__ops_cpu()->attention_forward(y, att, x, batch, tokens, c, heads, err);
+  fake_put(out, y, n, bf16 & QT__BF16_OUT);
+  fake_drop(qkv, x);
   FAKE_CLOSE();
-  if (rc < 0) return rc;
-  return fake_linear_backward_h(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, set, err);
-}
-
-/* The MLP's hidden pre-activation in BF16 (bf16_hidden): GELU and its
- * backward of the CPU at the widened values (the layer before writes
- * them through fake_linear_forward_hh). */
-static inline int fake_bf16_hidden(void) {
-  return fake_bf16_inputs() && !fake_device.bf16_hidden_off;
-}
-
-static inline int fake_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
-  FAKE_OPEN();
-  float *x = fake_widen(inp, n);
-  FAKE_CLOSE();
-  int rc = fake_gelu_forward_h(out, x, n, err);
-  free(x);
   return rc;
 }
 
-static inline int fake_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias,
-                                               float *dpre, const float *dout, const void *pre,
-                                               const void *inp, const float *weight, size_t n,
-                                               size_t in_c, size_t out_c, int set, qt_err *err) {
+static inline int fake_attention_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                               const void *qkv, const float *att, size_t batch,
+                                               size_t tokens, size_t c, size_t heads, int set,
+                                               unsigned bf16, qt_err *err) {
+  FAKE_BF16_CALL(bf16, "attention_backward", err, FAKE_IN_DIN);
+  CU_ASSERT(set || !bf16);
+  size_t n = 3 * batch * tokens * c;
   FAKE_OPEN();
-  float *x = fake_widen(pre, n * out_c);
-  int rc = qt__ops_cpu()->gelu_backward(dpre, dout, x, n * out_c, 1, err);
+  const float *x = fake_in(qkv, n, bf16 & QT__BF16_INP);
+  float *g = fake_out(dqkv, n, bf16 & QT__BF16_DINP);
+  int rc =
+      qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, set, err);
+  fake_put(dqkv, g, n, bf16 & QT__BF16_DINP);
+  fake_drop(qkv, x);
   FAKE_CLOSE();
-  free(x);
-  if (rc < 0) return rc;
-  return fake_linear_backward_h(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, set, err);
+  return rc;
 }
 
-/* fake_device_ops with the BF16 linear inputs, taken under BF16 products:
+/* fake_device_ops with the BF16 activations, taken under BF16 products:
  * the producers round the CPU's FP32 results into BF16 arrays and the
- * linear layers widen them back, so a model there gives the CPU's numbers
- * on those roundings (not the CPU's own), and a model that hands a linear
- * layer the wrong array, or reads a BF16 array as FP32, is far off. */
+ * readers widen them back, so a model there gives the CPU's numbers on
+ * those roundings (not the CPU's own), and a model that hands an op the
+ * wrong array, or reads a BF16 array as FP32, is far off. */
 static inline const qt__ops *fake_device_bf16_ops(void) {
   static qt__ops ops;
   if (!ops.name) {
     ops = *fake_device_ops();
-    ops.name = "fake device (BF16 inputs)";
-    ops.bf16_inputs = fake_bf16_inputs;
-    ops.layernorm_forward_h = fake_layernorm_forward_h;
-    ops.gelu_forward_h = fake_gelu_forward_h;
-    ops.attention_bf16_out = fake_attention_bf16_out;
-    ops.attention_forward_h = fake_attention_forward_h;
-    ops.linear_forward_h = fake_linear_forward_h;
-    ops.linear_backward_h = fake_linear_backward_h;
-    ops.gelu_linear_backward_h = fake_gelu_linear_backward_h;
-    ops.attention_bf16_qkv = fake_attention_bf16_qkv;
-    ops.linear_forward_hh = fake_linear_forward_hh;
-    ops.attention_forward_hh = fake_attention_forward_hh;
-    ops.attention_backward_hh = fake_attention_backward_hh;
-    ops.linear_backward_hh = fake_linear_backward_hh;
-    ops.bf16_hidden = fake_bf16_hidden;
-    ops.gelu_forward_hh = fake_gelu_forward_hh;
-    ops.gelu_linear_backward_hh = fake_gelu_linear_backward_hh;
+    ops.name = "fake device (BF16 activations)";
+    ops.bf16_activations = fake_bf16_activations;
+    ops.layernorm_forward_bf16 = fake_layernorm_forward_bf16;
+    ops.gelu_forward_bf16 = fake_gelu_forward_bf16;
+    ops.linear_forward_bf16 = fake_linear_forward_bf16;
+    ops.linear_backward_bf16 = fake_linear_backward_bf16;
+    ops.gelu_linear_backward_bf16 = fake_gelu_linear_backward_bf16;
+    ops.attention_forward_bf16 = fake_attention_forward_bf16;
+    ops.attention_backward_bf16 = fake_attention_backward_bf16;
   }
   return &ops;
 }

@@ -83,7 +83,7 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
   for (size_t i = 0; i < kept; i++) mismatches += !same_bits(lse_h[i], lse[i]);
   for (size_t i = 0; i < n_qkv; i++) mismatches += !same_bits(dqkv_h[i], dqkv[i]);
   if (set) {
-    /* dqkv written in BF16 (the op table's attention_backward_hh): the
+    /* dqkv written in BF16 (the op table's attention_backward_bf16): the
      * FP32 one rounded. */
     std::vector<__nv_bfloat16> dqkv16(n_qkv, __float2bfloat16_rn(NAN));
     launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {

@@ -159,7 +159,7 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
     if (off) fail("copies off", kind, n, c, (double)off);
   }
   if (kind == QT__COLSUM_PLAIN) {
-    /* A gradient in BF16 (qkv's, linear_backward_hh): the sums of the FP32
+    /* A gradient in BF16 (qkv's, QT__BF16_DOUT): the sums of the FP32
      * body on the same values, bit for bit. */
     std::vector<__nv_bfloat16> a16(n * c);
     std::vector<float> wide(n * c), sums[2] = {dst0, dst0};
@@ -176,7 +176,7 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
       fail("BF16 gradient differs", kind, n, c, 1.0);
   }
   if (kind == QT__COLSUM_GELU) {
-    /* GELU's input in BF16 (the op table's bf16_hidden): the sums and
+    /* GELU's input in BF16 (fc1's output, QT__KEEP_HIDDEN): the sums and
      * copies of the FP32 body on the same values, bit for bit. */
     std::vector<__nv_bfloat16> b16(n * c);
     std::vector<float> wide(n * c), sums[2] = {dst0, dst0};

@@ -4,8 +4,8 @@
  * cross-entropy) with their CPU references, forward and backward (label
  * `gpu`); the layer norm through its row kernels and its loop kernels, the
  * residual add with the layer norm after it in one op, and the GELU's
- * backward with the linear layer before it in one op. Without a CUDA device, or in a build without CUDA, the program
- * prints why and exits 77, which CTest reports as skipped.
+ * backward with the linear layer before it in one op. Without a CUDA device, or in a build without
+ * CUDA, the program prints why and exits 77, which CTest reports as skipped.
  *
  * The measure. Each output array (a forward's result, or what a backward
  * added to a gradient) is compared as a whole:
@@ -243,7 +243,8 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   float *x = host_random(rng, n * in_c, 0.0, 1.0), *pre = host_random(rng, n * out_c, 0.0, 1.5);
   float *dout = host_random(rng, n * out_c, 0.0, 1.0);
   float *weight = host_random(rng, out_c * in_c, 0.0, 0.1);
-  float *init_w = host_random(rng, out_c * in_c, 0.0, 0.01), *init_b = host_random(rng, out_c, 0, 1);
+  float *init_w = host_random(rng, out_c * in_c, 0.0, 0.01),
+        *init_b = host_random(rng, out_c, 0, 1);
   uint16_t *x16 = malloc(n * in_c * sizeof *x16);
   CU_ASSERT_PTR_NOT_NULL_FATAL(x16);
   for (size_t i = 0; i < n * in_c; i++) x16[i] = qt_test_bf16_bits(x[i]);
@@ -267,18 +268,20 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
     d_dpre[k] = device_alloc(n * out_c);
   }
   qt_matmul_precision before = qt_cuda_set_matmul_precision(precision);
-  CHECK_RC(qt__cuda_gelu_linear_backward_h(d_dinp[0], d_dw[0], d_db[0], d_dpre[0], d_dout, d_pre,
-                                           d_x16, d_weight, n, in_c, out_c, 1, E));
+  CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp[0], d_dw[0], d_db[0], d_dpre[0], d_dout, d_pre,
+                                              d_x16, d_weight, n, in_c, out_c, 1, QT__BF16_INP, E));
   CHECK_RC(qt__cuda_gelu_backward(d_dpre[1], d_dout, d_pre, n * out_c, 1, E));
-  CHECK_RC(qt__cuda_linear_backward_h(d_dinp[1], d_dw[1], d_db[1], d_dpre[1], d_x16, d_weight, n,
-                                      in_c, out_c, 1, E));
-  CHECK_RC(qt__cuda_gelu_linear_backward_hh(d_dinp[2], d_dw[2], d_db[2], d_dpre[2], d_dout, d_pre16,
-                                            d_x16, d_weight, n, in_c, out_c, 1, E));
+  CHECK_RC(qt__cuda_linear_backward_bf16(d_dinp[1], d_dw[1], d_db[1], d_dpre[1], d_x16, d_weight, n,
+                                         in_c, out_c, 1, QT__BF16_INP, E));
+  CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp[2], d_dw[2], d_db[2], d_dpre[2], d_dout,
+                                              d_pre16, d_x16, d_weight, n, in_c, out_c, 1,
+                                              QT__BF16_INP | QT__BF16_OUT, E));
   /* GELU's forward from the BF16 input: the FP32 input's, bit for bit. */
   void *d_gelu[2] = {NULL, NULL};
   for (int k = 0; k < 2; k++) CHECK_RC(qt_cuda_malloc(&d_gelu[k], n * out_c * sizeof *pre16, E));
-  CHECK_RC(qt__cuda_gelu_forward_h(d_gelu[0], d_pre, n * out_c, E));
-  CHECK_RC(qt__cuda_gelu_forward_hh(d_gelu[1], d_pre16, n * out_c, E));
+  CHECK_RC(qt__cuda_gelu_forward_bf16(d_gelu[0], d_pre, n * out_c, QT__BF16_OUT, E));
+  CHECK_RC(
+      qt__cuda_gelu_forward_bf16(d_gelu[1], d_pre16, n * out_c, QT__BF16_INP | QT__BF16_OUT, E));
   qt_cuda_set_matmul_precision(before);
   for (int k = 1; k < 3; k++) {
     int same = device_equal(d_dinp[0], d_dinp[k], n * in_c) &&
@@ -323,9 +326,11 @@ static void test_gelu_linear_backward(void) {
   /* Like the other BF16-input ops, it refuses FP32 products. */
   qt_err err;
   float *d = device_alloc(4);
-  CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_h(d, d, d, d, d, d, d, d, 1, 1, 1, 1, &err),
-                  QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_hh(d, d, d, d, d, d, d, d, 1, 1, 1, 1, &err),
+  CU_ASSERT_EQUAL(
+      qt__cuda_gelu_linear_backward_bf16(d, d, d, d, d, d, d, d, 1, 1, 1, 1, QT__BF16_INP, &err),
+      QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_gelu_linear_backward_bf16(d, d, d, d, d, d, d, d, 1, 1, 1, 1,
+                                                     QT__BF16_INP | QT__BF16_OUT, &err),
                   QT_EINVAL);
   qt_cuda_free(d);
 }
@@ -377,11 +382,11 @@ static void test_bf16_inputs(void) {
   float *d_norm_w = device_floats(norm_w, in_c), *d_norm_b = device_floats(norm_b, in_c);
   CHECK_RC(qt_cuda_layernorm_forward(d_g, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n, in_c,
                                      1e-6f, E));
-  CHECK_RC(qt__cuda_layernorm_forward_h(d_h, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n, in_c,
-                                        1e-6f, E));
+  CHECK_RC(qt__cuda_layernorm_forward_bf16(d_h, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n,
+                                           in_c, 1e-6f, QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_h, d_g, count), 0);
   CHECK_RC(qt_cuda_gelu_forward(d_g, d_x, count, E));
-  CHECK_RC(qt__cuda_gelu_forward_h(d_h, d_x, count, E));
+  CHECK_RC(qt__cuda_gelu_forward_bf16(d_h, d_x, count, QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_h, d_g, count), 0);
 
   float *weight = host_random(rng, out_c * in_c, 0.0, 0.1), *bias = host_random(rng, out_c, 0.0, 1);
@@ -394,11 +399,11 @@ static void test_bf16_inputs(void) {
   float *d_dw_h = device_floats(dw.init, out_c * in_c), *d_db_h = device_floats(db.init, out_c);
   qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   CHECK_RC(qt_cuda_linear_forward(d_out, d_g, d_w, d_b, n, in_c, out_c, E));
-  CHECK_RC(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, E));
+  CHECK_RC(qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, d_b, n, in_c, out_c, QT__BF16_INP, E));
   CHECK_RC(
       qt__cuda_linear_backward(dinp.dev, dw.dev, db.dev, d_dout, d_g, d_w, n, in_c, out_c, 1, E));
-  CHECK_RC(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c, out_c,
-                                      1, E));
+  CHECK_RC(qt__cuda_linear_backward_bf16(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c,
+                                         out_c, 1, QT__BF16_INP, E));
   float *out = download(d_out, n * out_c), *want_dinp = download(dinp.dev, count);
   float *want_dw = download(dw.dev, out_c * in_c), *want_db = download(db.dev, out_c);
   expect_parity_tol("linear on BF16 GELU: out", d_out_h, out, NULL, n * out_c, 1e-6);
@@ -413,8 +418,9 @@ static void test_bf16_inputs(void) {
   CHECK_RC(qt_cuda_malloc(&d_out16, n * out_c * sizeof(uint16_t), E));
   for (int with_bias = 1; with_bias >= 0; with_bias--) {
     const float *b = with_bias ? d_b : NULL;
-    CHECK_RC(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, b, n, in_c, out_c, E));
-    CHECK_RC(qt__cuda_linear_forward_hh(d_out16, d_h, d_w, b, n, in_c, out_c, E));
+    CHECK_RC(qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, b, n, in_c, out_c, QT__BF16_INP, E));
+    CHECK_RC(qt__cuda_linear_forward_bf16(d_out16, d_h, d_w, b, n, in_c, out_c,
+                                          QT__BF16_INP | QT__BF16_OUT, E));
     double error = bf16_parity(d_out16, d_out_h, n * out_c);
     if (!(error <= 1.0 / 256))
       printf("\n    BF16 output%s: off by %.3g", with_bias ? "" : " no bias", error);
@@ -437,10 +443,10 @@ static void test_bf16_inputs(void) {
     d_b2[k] = device_floats(db.init, out_c);
     d_in2[k] = device_alloc(count);
   }
-  CHECK_RC(qt__cuda_linear_backward_h(d_in2[0], d_w2[0], d_b2[0], d_rounded, d_h, d_w, n, in_c,
-                                      out_c, 1, E));
-  CHECK_RC(qt__cuda_linear_backward_hh(d_in2[1], d_w2[1], d_b2[1], d_dout16, d_h, d_w, n, in_c,
-                                       out_c, 1, E));
+  CHECK_RC(qt__cuda_linear_backward_bf16(d_in2[0], d_w2[0], d_b2[0], d_rounded, d_h, d_w, n, in_c,
+                                         out_c, 1, QT__BF16_INP, E));
+  CHECK_RC(qt__cuda_linear_backward_bf16(d_in2[1], d_w2[1], d_b2[1], d_dout16, d_h, d_w, n, in_c,
+                                         out_c, 1, QT__BF16_INP | QT__BF16_DOUT, E));
   float *want2[3] = {download(d_in2[0], count), download(d_w2[0], out_c * in_c),
                      download(d_b2[0], out_c)};
   expect_parity_tol("linear, BF16 dout: dinp", d_in2[1], want2[0], NULL, count, 1e-6);
@@ -455,20 +461,29 @@ static void test_bf16_inputs(void) {
   free(dout16);
   qt_cuda_free(d_dout16);
   qt_cuda_free(d_rounded);
-  CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 1);
-  qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
-  CU_ASSERT_EQUAL(qt__cuda_bf16_inputs(), 0);
+  CU_ASSERT(qt__cuda_bf16_activations(n, 1, in_c, 1) & QT__KEEP_LINEAR_INPUTS);
   qt_err err;
-  CU_ASSERT_EQUAL(qt__cuda_linear_forward_h(d_out_h, d_h, d_w, d_b, n, in_c, out_c, &err),
+  /* A BF16 array that the op does not take is refused. */
+  CU_ASSERT_EQUAL(qt__cuda_layernorm_forward_bf16(d_h, d_stats, d_stats + n, d_h, d_norm_w,
+                                                  d_norm_b, n, in_c, 1e-6f, QT__BF16_INP, &err),
                   QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_linear_forward_hh(d_out16, d_h, d_w, d_b, n, in_c, out_c, &err),
+  CU_ASSERT_EQUAL(
+      qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, d_b, n, in_c, out_c, QT__BF16_DINP, &err),
+      QT_EINVAL);
+  qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_activations(n, 1, in_c, 1), 0u);
+  CU_ASSERT_EQUAL(
+      qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, d_b, n, in_c, out_c, QT__BF16_INP, &err),
+      QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_linear_forward_bf16(d_out16, d_h, d_w, d_b, n, in_c, out_c,
+                                               QT__BF16_INP | QT__BF16_OUT, &err),
                   QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_linear_backward_hh(dinp_h.dev, d_dw_h, d_db_h, d_h, d_h, d_w, n, in_c,
-                                              out_c, 1, &err),
+  CU_ASSERT_EQUAL(qt__cuda_linear_backward_bf16(dinp_h.dev, d_dw_h, d_db_h, d_h, d_h, d_w, n, in_c,
+                                                out_c, 1, QT__BF16_INP | QT__BF16_DOUT, &err),
                   QT_EINVAL);
   qt_cuda_free(d_out16);
-  CU_ASSERT_EQUAL(qt__cuda_linear_backward_h(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n, in_c,
-                                             out_c, 1, &err),
+  CU_ASSERT_EQUAL(qt__cuda_linear_backward_bf16(dinp_h.dev, d_dw_h, d_db_h, d_dout, d_h, d_w, n,
+                                                in_c, out_c, 1, QT__BF16_INP, &err),
                   QT_EINVAL);
   qt_cuda_set_matmul_precision(before);
 
@@ -634,7 +649,7 @@ static void test_layernorm(void) {
     layernorm_case(394, 192, 1, 34);
     layernorm_case(3, 1000, 1, 35); /* more features than threads per block */
     layernorm_case(2, 768, 1, 36);
-    layernorm_case(3000, 40, 1, 37);  /* the parameter gradients' rows in chunks */
+    layernorm_case(3000, 40, 1, 37);   /* the parameter gradients' rows in chunks */
     layernorm_case(12608, 768, 1, 38); /* ViT-B/16 at batch 64 */
     layernorm_case(60000, 24, 1, 39);  /* more rows than 1024 chunks of 48 */
     layernorm_case(4, 1025, 1, 40);    /* wider than the row kernels */
@@ -856,7 +871,8 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   /* The BF16 output for proj: the FP32 output rounded, bit for bit. */
   void *d_out16 = NULL;
   CHECK_RC(qt_cuda_malloc(&d_out16, n_out * sizeof(uint16_t), E));
-  CHECK_RC(qt__cuda_attention_fused_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, E));
+  CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16, d_att, d_qkv, batch, tokens, c, heads,
+                                                 QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16, d_out, n_out), 0);
 
   grad added = grad_make(rng, n_qkv), fresh = grad_make_unset(n_qkv);
@@ -889,10 +905,12 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   for (int shift = 0; shift <= 2; shift += 2) {
     if (shift) memmove(qkv16 + shift, qkv16, n_qkv * sizeof *qkv16);
     uint16_t *d_qkv16 = device_copy(qkv16, n_qkv + 2, sizeof *qkv16);
-    CHECK_RC(qt__cuda_attention_fused_forward_hh(d_out16_h, d_att_h, d_qkv16 + shift, batch, tokens,
-                                                 c, heads, E));
-    CHECK_RC(qt__cuda_attention_fused_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16 + shift,
-                                                  d_att_h, batch, tokens, c, heads, E));
+    CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16_h, d_att_h, d_qkv16 + shift, batch,
+                                                   tokens, c, heads, QT__BF16_INP | QT__BF16_OUT,
+                                                   E));
+    CHECK_RC(qt__cuda_attention_fused_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16 + shift,
+                                                    d_att_h, batch, tokens, c, heads, 1,
+                                                    QT__BF16_INP | QT__BF16_DINP, E));
     uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
     float *kept_h = download(d_att_h, n_kept);
     CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
@@ -917,40 +935,46 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CU_ASSERT_PTR_NOT_NULL_FATAL(again);
   CHECK_RC(qt_cuda_copy_to_host(again, d_att, n_lse * sizeof *again, E));
   CU_ASSERT(memcmp(again, lse, n_lse * sizeof *lse) == 0);
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 1);
-  CHECK_RC(qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, E));
+  unsigned attention_kept = QT__KEEP_ATTENTION_OUT | QT__KEEP_QKV;
+  CU_ASSERT_EQUAL(qt__cuda_bf16_activations(batch, tokens, c, heads) & attention_kept,
+                  attention_kept);
+  CHECK_RC(qt__cuda_attention_op_forward_bf16(d_out16, d_att, d_qkv, batch, tokens, c, heads,
+                                              QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16, d_out, n_out), 0);
   /* qkv in BF16 where the output is, unless switched off. */
   qt_err refused;
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 1);
-  CHECK_RC(
-      qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads, E));
+  CHECK_RC(qt__cuda_attention_op_forward_bf16(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads,
+                                              QT__BF16_INP | QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16_h, d_out, n_out), 0);
-  CHECK_RC(qt__cuda_attention_op_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h, batch,
-                                             tokens, c, heads, E));
+  CHECK_RC(qt__cuda_attention_op_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h, batch,
+                                               tokens, c, heads, 1, QT__BF16_INP | QT__BF16_DINP,
+                                               E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
+  /* A BF16 qkv with an FP32 output, and a BF16 dqkv added to, are not
+   * implemented. */
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_bf16(d_out, d_att_h, d_qkv16, batch, tokens, c,
+                                                     heads, QT__BF16_INP, &refused),
+                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h,
+                                                      batch, tokens, c, heads, 0,
+                                                      QT__BF16_INP | QT__BF16_DINP, &refused),
+                  QT_EINVAL);
   int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 0);
-  CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_hh(d_out16_h, d_att_h, d_qkv16, batch, tokens, c,
-                                                   heads, &refused),
-                  QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_hh(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h,
-                                                    batch, tokens, c, heads, &refused),
-                  QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_activations(batch, tokens, c, heads) & attention_kept,
+                  QT__KEEP_ATTENTION_OUT);
   qt__cuda_set_bf16_qkv(was_bf16_qkv);
   qt_cuda_set_matmul_precision(QT_MATMUL_FP32);
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 0);
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_qkv(batch, tokens, c, heads), 0);
-  CU_ASSERT_EQUAL(
-      qt__cuda_attention_op_forward_h(d_out16, d_att, d_qkv, batch, tokens, c, heads, &refused),
-      QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_activations(batch, tokens, c, heads), 0u);
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_bf16(d_out16, d_att, d_qkv, batch, tokens, c, heads,
+                                                     QT__BF16_OUT, &refused),
+                  QT_EINVAL);
   CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   snprintf(label, sizeof label, "%s: FP32 op table's probabilities", what);
   expect_parity(label, d_att, att, NULL, n_att);
   /* Turned off, BF16 takes the cuBLAS path: probabilities again. */
   qt__cuda_set_fused_attention(0);
   qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
-  CU_ASSERT_EQUAL(qt__cuda_attention_bf16_out(batch, tokens, c, heads), 0);
+  CU_ASSERT_EQUAL(qt__cuda_bf16_activations(batch, tokens, c, heads) & attention_kept, 0u);
   CHECK_RC(qt__cuda_attention_op_forward(d_out, d_att, d_qkv, batch, tokens, c, heads, E));
   snprintf(label, sizeof label, "%s: BF16 unfused", what);
   expect_parity_tol(label, d_att, att, NULL, n_att, BF16_TOLERANCE);
@@ -1088,11 +1112,11 @@ static void residual_layernorm_case(size_t n, size_t c, int with_gamma, int bf16
                                                E));
   CHECK_RC(qt_cuda_residual_forward(two, d_res, d_branch, d_gamma, n, c, E));
   if (bf16)
-    CHECK_RC(qt__cuda_layernorm_forward_h(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias,
-                                          n, c, 1e-6f, E));
+    CHECK_RC(qt__cuda_layernorm_forward_bf16(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias,
+                                             n, c, 1e-6f, QT__BF16_OUT, E));
   else
-    CHECK_RC(qt_cuda_layernorm_forward(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias, n,
-                                       c, 1e-6f, E));
+    CHECK_RC(qt_cuda_layernorm_forward(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias, n, c,
+                                       1e-6f, E));
   int same = device_equal(one, two, floats);
   if (!same)
     printf("residual + layernorm (%zu, %zu)%s%s: not the two ops' results\n", n, c,

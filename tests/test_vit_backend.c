@@ -95,8 +95,8 @@ static void test_feature_hook_on_the_device(void) {
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
 }
 
-/* The BF16 linear inputs (the op table's bf16_inputs, as on CUDA) on the
- * fake device: under BF16 products a training step takes them for every
+/* The BF16 activations (the op table's bf16_activations, as on CUDA) on
+ * the fake device: under BF16 products a training step takes them for every
  * block's two layer norms, attention and GELU and their four linear
  * layers, forward and backward (12 calls per block; with qkv in BF16 too,
  * the attention's backward reads it: 13), and lands within BF16's error of
@@ -120,7 +120,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden) {
   size_t bytes[2];
   for (int p = 0; p < 2; p++) {
     qt_matmul_precision before = ops->set_matmul_precision(precisions[p]);
-    long calls = fake_device.bf16_input_calls;
+    long calls = fake_device.bf16_calls;
     double loss[2];
     for (int k = 0; k < 2; k++) {
       CHECK_RC(qt_vit_forward(both[k], b.images, c.batch, E));
@@ -131,7 +131,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden) {
     ops->set_matmul_precision(before);
     bytes[p] = qt_vit_activation_bytes(dev);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
-    CU_ASSERT_EQUAL(fake_device.bf16_input_calls - calls,
+    CU_ASSERT_EQUAL(fake_device.bf16_calls - calls,
                     bf16 ? (12 + bf16_qkv) * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));

@@ -96,6 +96,25 @@ void qt__head_hooks_free(qt__head_hooks *h);
  * that callers' arrays may stand in for (the CPU); a model then reads the
  * caller's images in place instead of uploading them.
  */
+/* Which arrays of an op table's _bf16 op are BF16 (qt__ops): a set of
+ * these, named after the forward's tensors. */
+enum {
+  QT__BF16_INP = 1u,  /* the forward's input (the backward's: as the forward read it) */
+  QT__BF16_OUT = 2u,  /* the forward's output */
+  QT__BF16_DOUT = 4u, /* the backward's output gradient */
+  QT__BF16_DINP = 8u, /* the backward's input gradient */
+};
+
+/* A transformer block's activations that a backend may keep in BF16
+ * (qt__ops' bf16_activations); each of the last three comes only with
+ * the first. */
+enum {
+  QT__KEEP_LINEAR_INPUTS = 1u, /* the layer norms' and GELU's outputs: qkv's, fc1's, fc2's inputs */
+  QT__KEEP_ATTENTION_OUT = 2u, /* the attention's output, proj's input */
+  QT__KEEP_QKV = 4u,           /* qkv and its gradient */
+  QT__KEEP_HIDDEN = 8u,        /* fc1's output, GELU's input */
+};
+
 typedef struct qt__ops {
   const char *name; /* "cpu", "cuda", in messages */
   int host_memory;
@@ -139,87 +158,54 @@ typedef struct qt__ops {
   int (*gelu_forward)(float *out, const float *inp, size_t n, qt_err *err);
   int (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n, int set,
                        qt_err *err);
-  /* Linear layers whose input their producer writes in BF16, on a
-   * backend that has them (NULL where not: the CPU): bf16_inputs() says
-   * whether to use them now (the CUDA table: under BF16 products).
-   * layernorm_forward_h and gelu_forward_h write the BF16 values (uint16_t
-   * bits, rounded to nearest even) of layernorm_forward's and
-   * gelu_forward's outputs; linear_forward_h and linear_backward_h are
-   * linear_forward and linear_backward with such a BF16 input (the
-   * products' rounding of it is then already done). Saved: the producer's
-   * FP32 write and the rounding passes of the linear layer's two products
-   * that read it; for ViT-B at batch 64 (both layer norms and GELU), about
-   * 0.8 GB of memory traffic per block and step. */
-  int (*bf16_inputs)(void);
-  int (*layernorm_forward_h)(void *out, float *mean, float *rstd, const float *inp,
-                             const float *weight, const float *bias, size_t n, size_t c, float eps,
-                             qt_err *err);
-  int (*gelu_forward_h)(void *out, const float *inp, size_t n, qt_err *err);
-  /* The same for attention's output (proj's input), where the backend can
-   * write it in BF16 for this shape now (attention_bf16_out); its att
-   * holds what attention_backward needs, as attention_forward's. */
-  int (*attention_bf16_out)(size_t batch, size_t tokens, size_t c, size_t heads);
-  /* The floats of att that attention_forward(_h) writes and
-   * attention_backward reads, for this shape now; NULL: (batch, heads,
-   * tokens, tokens), the probabilities. Non-decreasing in batch. */
-  size_t (*attention_saved_size)(size_t batch, size_t tokens, size_t c, size_t heads);
-  int (*attention_forward_h)(void *out, float *att, const float *qkv, size_t batch, size_t tokens,
-                             size_t c, size_t heads, qt_err *err);
-  int (*linear_forward_h)(float *out, const void *inp, const float *weight, const float *bias,
-                          size_t n, size_t in_c, size_t out_c, qt_err *err);
-  int (*linear_backward_h)(float *dinp, float *dweight, float *dbias, const float *dout,
-                           const void *inp, const float *weight, size_t n, size_t in_c,
-                           size_t out_c, int set, qt_err *err);
+  /* Activations in BF16 (uint16_t bits, rounded to nearest even from
+   * FP32), where a backend keeps them so (NULL on the CPU). Each saves the
+   * FP32 array's writes and reads by half and, where its reader rounds it
+   * to BF16 anyway (a product's operand), that rounding pass too; for
+   * ViT-B at batch 64, about 1.4 GB of memory traffic per block and step
+   * by count (docs/cuda.md, "Mixed precision").
+   *
+   * bf16_activations: which of a transformer's activations (QT__KEEP_*)
+   * the backend keeps in BF16 for this shape now (on CUDA: under BF16
+   * products, by its switches, the attention's where the fused kernels
+   * run). The _bf16 ops are the FP32 ops with the arrays that `bf16`
+   * (QT__BF16_*) names in BF16 (void *; the others FP32), and with no bit
+   * set the FP32 ops themselves; a set a backend does not implement is
+   * QT_EINVAL. Where a BF16 result comes from FP32 values, it is those
+   * values rounded; where a BF16 input feeds float arithmetic (GELU, the
+   * bias gradient's sums), it is taken at its rounded value, as PyTorch's
+   * autocast does. */
+  unsigned (*bf16_activations)(size_t batch, size_t tokens, size_t c, size_t heads);
+  int (*layernorm_forward_bf16)(void *out, float *mean, float *rstd, const float *inp,
+                                const float *weight, const float *bias, size_t n, size_t c,
+                                float eps, unsigned bf16, qt_err *err);
+  int (*gelu_forward_bf16)(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
+  int (*linear_forward_bf16)(void *out, const void *inp, const float *weight, const float *bias,
+                             size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err);
+  int (*linear_backward_bf16)(float *dinp, float *dweight, float *dbias, const void *dout,
+                              const void *inp, const float *weight, size_t n, size_t in_c,
+                              size_t out_c, int set, unsigned bf16, qt_err *err);
   /* gelu_backward(dpre, dout, pre, n * out_c, set 1), then
-   * linear_backward_h with dpre as its dout: the MLP's GELU and the linear
-   * layer before it (pre, (n, out_c), is that layer's output), with the
-   * same results, where a backend has it (NULL: the model calls the two).
+   * linear_backward with dpre as its dout: the MLP's GELU and the linear
+   * layer before it (pre, (n, out_c), is that layer's output: QT__BF16_OUT
+   * names it, QT__BF16_INP that layer's input), with the same results.
    * dpre is scratch: a backend may leave it unwritten (the CUDA table
    * under BF16 products keeps that gradient only in BF16, for the two
    * products, and sums it for the bias in the same pass). */
-  int (*gelu_linear_backward_h)(float *dinp, float *dweight, float *dbias, float *dpre,
-                                const float *dout, const float *pre, const void *inp,
-                                const float *weight, size_t n, size_t in_c, size_t out_c, int set,
-                                qt_err *err);
-  /* qkv and its gradient in BF16 too, where the backend's attention reads
-   * and writes them so for this shape now (attention_bf16_qkv; it implies
-   * attention_bf16_out): linear_forward_hh is linear_forward_h writing its
-   * output in BF16 (rounded to nearest even), attention_forward_hh is
-   * attention_forward_h reading such a qkv, attention_backward_hh is
-   * attention_backward reading it and writing dqkv in BF16 (as `set`: the
-   * FP32 values rounded), and linear_backward_hh is linear_backward_h with
-   * such an output gradient (its products take it as it is, its bias
-   * gradient sums the BF16 values). Saved, where the backend's attention
-   * rounds Q, K and V to BF16 anyway and the products round dqkv: half the
-   * product's writes, the attention's reads and the arena's qkv, half the
-   * attention's writes of dqkv, and the rounded copy of it that the qkv
-   * layer's backward would write and read. */
-  int (*attention_bf16_qkv)(size_t batch, size_t tokens, size_t c, size_t heads);
-  int (*linear_forward_hh)(void *out, const void *inp, const float *weight, const float *bias,
-                           size_t n, size_t in_c, size_t out_c, qt_err *err);
-  int (*attention_forward_hh)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
-                              size_t c, size_t heads, qt_err *err);
-  int (*attention_backward_hh)(void *dqkv, float *scratch, const float *dout, const void *qkv,
-                               const float *att, size_t batch, size_t tokens, size_t c,
-                               size_t heads, qt_err *err);
-  int (*linear_backward_hh)(float *dinp, float *dweight, float *dbias, const void *dout,
-                            const void *inp, const float *weight, size_t n, size_t in_c,
-                            size_t out_c, int set, qt_err *err);
-  /* The MLP's hidden pre-activation (the output of the linear layer
-   * before GELU, GELU's input) in BF16 too, where bf16_hidden() says so
-   * (it implies bf16_inputs): that layer's forward is linear_forward_hh,
-   * gelu_forward_hh is gelu_forward_h reading it, and
-   * gelu_linear_backward_hh is gelu_linear_backward_h reading it. GELU
-   * and its gradient are then taken at the rounded values, as under
-   * PyTorch's autocast. Saved: half the product's writes of the widest
-   * activation and half of GELU's and its backward's reads of it, and
-   * half its room in the arena. */
-  int (*bf16_hidden)(void);
-  int (*gelu_forward_hh)(void *out, const void *inp, size_t n, qt_err *err);
-  int (*gelu_linear_backward_hh)(float *dinp, float *dweight, float *dbias, float *dpre,
-                                 const float *dout, const void *pre, const void *inp,
-                                 const float *weight, size_t n, size_t in_c, size_t out_c, int set,
-                                 qt_err *err);
+  int (*gelu_linear_backward_bf16)(float *dinp, float *dweight, float *dbias, float *dpre,
+                                   const float *dout, const void *pre, const void *inp,
+                                   const float *weight, size_t n, size_t in_c, size_t out_c,
+                                   int set, unsigned bf16, qt_err *err);
+  /* QT__BF16_INP names qkv, QT__BF16_DINP dqkv (written as `set`). */
+  int (*attention_forward_bf16)(void *out, float *att, const void *qkv, size_t batch,
+                                size_t tokens, size_t c, size_t heads, unsigned bf16, qt_err *err);
+  int (*attention_backward_bf16)(void *dqkv, float *scratch, const float *dout, const void *qkv,
+                                 const float *att, size_t batch, size_t tokens, size_t c,
+                                 size_t heads, int set, unsigned bf16, qt_err *err);
+  /* The floats of att that attention_forward(_bf16) writes and
+   * attention_backward(_bf16) reads, for this shape now; NULL: (batch,
+   * heads, tokens, tokens), the probabilities. Non-decreasing in batch. */
+  size_t (*attention_saved_size)(size_t batch, size_t tokens, size_t c, size_t heads);
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
@@ -232,7 +218,7 @@ typedef struct qt__ops {
                            const float *branch, const float *gamma, size_t n, size_t c,
                            qt_err *err);
   /* residual_forward into out, then layernorm_forward of out into norm
-   * (in BF16 as layernorm_forward_h writes it when norm_bf16), with the
+   * (in BF16 as layernorm_forward_bf16 writes it when norm_bf16), with the
    * same results, in one pass where a backend has it; NULL: the model
    * calls the two in turn. A transformer block's residual add and the
    * layer norm after it. */
@@ -413,20 +399,6 @@ int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, s
 int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
                                       const float *qkv, const float *att, size_t batch,
                                       size_t tokens, size_t c, size_t heads, int set, qt_err *err);
-/* The CUDA op table's BF16 inputs of linear layers (qt__ops' bf16_inputs,
- * layernorm_forward_h, gelu_forward_h, linear_forward_h and
- * linear_backward_h); the linear ops fail (QT_EINVAL) unless the products
- * are BF16. QT_ENODEV in a build without CUDA. */
-int qt__cuda_bf16_inputs(void);
-int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
-                                 const float *weight, const float *bias, size_t n, size_t c,
-                                 float eps, qt_err *err);
-int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err);
-/* The CUDA op table's gelu_linear_backward_h (qt__ops). */
-int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias, float *dpre,
-                                    const float *dout, const float *pre, const void *inp,
-                                    const float *weight, size_t n, size_t in_c, size_t out_c,
-                                    int set, qt_err *err);
 /* The CUDA op table's residual_layernorm_forward (qt__ops): one kernel
  * for rows of at most 1024 features while the layer norm's row kernels are
  * on (qt__cuda_set_layernorm_rows), else the two ops. */
@@ -435,51 +407,57 @@ int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, f
                                         const float *gamma, const float *weight,
                                         const float *bias, size_t n, size_t c, float eps,
                                         qt_err *err);
-int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight, const float *bias,
-                              size_t n, size_t in_c, size_t out_c, qt_err *err);
-int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const void *inp, const float *weight, size_t n, size_t in_c,
-                               size_t out_c, int set, qt_err *err);
 
-/* qt__cuda_attention_fused_forward with a BF16 output (rounded to nearest
- * even); the op table's attention_bf16_out (the fused kernels run and the
- * linear inputs are kept in BF16) and attention_forward_h (QT_EINVAL where
- * attention_bf16_out is 0). */
-int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv, size_t batch,
-                                       size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads);
+/* The CUDA op table's BF16 activations (qt__ops' bf16_activations and
+ * _bf16 ops). Under BF16 products the linear inputs (unless
+ * QT_CUDA_BF16_INPUTS=0) and with them fc1's output (unless
+ * qt__cuda_set_bf16_hidden turned it off); where the fused attention runs
+ * for the shape, its output, and qkv with its gradient (unless
+ * qt__cuda_set_bf16_qkv turned them off). Every BF16 array needs BF16
+ * products (QT_EINVAL otherwise: the values would have been rounded behind
+ * the caller's back), and the attention's the fused kernels for the shape
+ * now. Supported sets: any for the linear ops and GELU's forward; the
+ * layer norm's output; the attention's output, or its output with qkv
+ * (forward), qkv with dqkv (backward, `set` only). The fused kernels
+ * round Q, K and V as they load them and the products round dqkv, so
+ * BF16 qkv and dqkv change no number; fc1's BF16 output does (GELU at the
+ * rounded values). QT_ENODEV in a build without CUDA. */
+unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads);
+int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
+                                    const float *weight, const float *bias, size_t n, size_t c,
+                                    float eps, unsigned bf16, qt_err *err);
+int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
+int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
+                                 const float *bias, size_t n, size_t in_c, size_t out_c,
+                                 unsigned bf16, qt_err *err);
+int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+                                  const void *inp, const float *weight, size_t n, size_t in_c,
+                                  size_t out_c, int set, unsigned bf16, qt_err *err);
+int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
+                                       const float *dout, const void *pre, const void *inp,
+                                       const float *weight, size_t n, size_t in_c, size_t out_c,
+                                       int set, unsigned bf16, qt_err *err);
+int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
+                                       size_t tokens, size_t c, size_t heads, unsigned bf16,
+                                       qt_err *err);
+int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                        const void *qkv, const float *att, size_t batch,
+                                        size_t tokens, size_t c, size_t heads, int set,
+                                        unsigned bf16, qt_err *err);
+/* The fused kernels with those BF16 arrays, without the op table's
+ * checks (for tests). */
+int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
+                                          size_t tokens, size_t c, size_t heads, unsigned bf16,
+                                          qt_err *err);
+int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                           const void *qkv, const float *att, size_t batch,
+                                           size_t tokens, size_t c, size_t heads, int set,
+                                           unsigned bf16, qt_err *err);
+
 /* The op table's attention_saved_size: the fused kernels' log-sum-exps and
  * (with more than 64 tokens) FP32 output where they run now, else the
  * probabilities. */
 size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads);
-int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
-                                    size_t tokens, size_t c, size_t heads, qt_err *err);
-
-/* qkv and dqkv in BF16 (uint16_t bits, rounded to nearest even from FP32)
- * where the fused kernels write the attention's output in BF16, unless
- * turned off (qt__cuda_set_bf16_qkv); the op table's attention_bf16_qkv,
- * linear_forward_hh, attention_forward_hh, attention_backward_hh and
- * linear_backward_hh (qt__ops; the attention ops QT_EINVAL where
- * attention_bf16_qkv is 0). The fused kernels round Q, K and V to BF16 as
- * they load them, so they compute the same, and the products round dqkv
- * as it is rounded here. The fused entry points take them without the op
- * table's checks. */
-int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads);
-int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight, const float *bias,
-                               size_t n, size_t in_c, size_t out_c, qt_err *err);
-int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv, size_t batch,
-                                     size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                      const void *qkv, const float *att, size_t batch,
-                                      size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                         const void *qkv, const float *att, size_t batch,
-                                         size_t tokens, size_t c, size_t heads, qt_err *err);
-int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias, const void *dout,
-                                const void *inp, const float *weight, size_t n, size_t in_c,
-                                size_t out_c, int set, qt_err *err);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
  * where they fit, unless turned off (att then holds the log-sum-exps and
@@ -497,21 +475,13 @@ int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dou
  * backward. */
 int qt__cuda_set_fused_attention(int on);
 
-/* The same for qkv kept in BF16 (qt__cuda_attention_bf16_qkv). On unless
+/* The same for qkv kept in BF16 (QT__KEEP_QKV). On unless
  * QT_CUDA_BF16_QKV=0. */
 int qt__cuda_set_bf16_qkv(int on);
 
-/* The same for the MLP's hidden pre-activation kept in BF16 (the op
- * table's bf16_hidden, qt__cuda_bf16_hidden: under BF16 products, with
- * the linear inputs kept in BF16). On unless QT_CUDA_BF16_HIDDEN=0. */
+/* The same for the MLP's hidden pre-activation kept in BF16
+ * (QT__KEEP_HIDDEN). On unless QT_CUDA_BF16_HIDDEN=0. */
 int qt__cuda_set_bf16_hidden(int on);
-int qt__cuda_bf16_hidden(void);
-/* The CUDA op table's gelu_forward_hh and gelu_linear_backward_hh. */
-int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err);
-int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias, float *dpre,
-                                     const float *dout, const void *pre, const void *inp,
-                                     const float *weight, size_t n, size_t in_c, size_t out_c,
-                                     int set, qt_err *err);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

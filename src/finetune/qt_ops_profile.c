@@ -100,59 +100,57 @@ TIMED(gelu_forward, (float *out, const float *inp, size_t n, qt_err *err), (out,
 TIMED(gelu_backward,
       (float *dinp, const float *dout, const float *inp, size_t n, int set, qt_err *err),
       (dinp, dout, inp, n, set, err))
-TIMED(layernorm_forward_h,
-      (void *out, float *mean, float *rstd, const float *inp, const float *weight,
-       const float *bias, size_t n, size_t c, float eps, qt_err *err),
-      (out, mean, rstd, inp, weight, bias, n, c, eps, err))
-TIMED(gelu_forward_h, (void *out, const float *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(linear_forward_h,
-      (float *out, const void *inp, const float *weight, const float *bias, size_t n, size_t in_c,
-       size_t out_c, qt_err *err),
-      (out, inp, weight, bias, n, in_c, out_c, err))
-TIMED(linear_backward_h,
-      (float *dinp, float *dweight, float *dbias, const float *dout, const void *inp,
-       const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
-      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
-TIMED(attention_forward_h,
-      (void *out, float *att, const float *qkv, size_t batch, size_t tokens, size_t c, size_t heads,
-       qt_err *err),
-      (out, att, qkv, batch, tokens, c, heads, err))
-static int pass_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return profile.inner->attention_bf16_out(batch, tokens, c, heads);
+static unsigned pass_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return profile.inner->bf16_activations(batch, tokens, c, heads);
 }
-static int pass_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return profile.inner->attention_bf16_qkv(batch, tokens, c, heads);
-}
-TIMED(attention_backward_hh,
-      (void *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
-       size_t batch, size_t tokens, size_t c, size_t heads, qt_err *err),
-      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, err))
-TIMED(linear_backward_hh,
-      (float *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
-       const float *weight, size_t n, size_t in_c, size_t out_c, int set, qt_err *err),
-      (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, err))
-static int pass_bf16_hidden(void) {
-  return profile.inner->bf16_hidden();
-}
-TIMED(gelu_forward_hh, (void *out, const void *inp, size_t n, qt_err *err), (out, inp, n, err))
-TIMED(gelu_linear_backward_hh,
-      (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout, const void *pre,
-       const void *inp, const float *weight, size_t n, size_t in_c, size_t out_c, int set,
-       qt_err *err),
-      (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, err))
-TIMED(linear_forward_hh,
-      (void *out, const void *inp, const float *weight, const float *bias, size_t n, size_t in_c,
-       size_t out_c, qt_err *err),
-      (out, inp, weight, bias, n, in_c, out_c, err))
-TIMED(attention_forward_hh,
-      (void *out, float *att, const void *qkv, size_t batch, size_t tokens, size_t c, size_t heads,
-       qt_err *err),
-      (out, att, qkv, batch, tokens, c, heads, err))
+/* A timed wrapper of a _bf16 op (`params` ending in unsigned bf16, qt_err
+ * *err): a row per set of BF16 arrays, named after the op and the set
+ * (linear_forward_bf16[inp,out]), so that qkv's product stays apart from
+ * proj's. */
+#define BF16_ROWS(op)                                                                             \
+  {                                                                                               \
+#op, #op "[inp]", #op "[out]", #op "[inp,out]", #op "[dout]", #op "[inp,dout]",               \
+        #op "[out,dout]", #op "[inp,out,dout]", #op "[dinp]", #op "[inp,dinp]", #op "[out,dinp]", \
+        #op "[inp,out,dinp]", #op "[dout,dinp]", #op "[inp,dout,dinp]", #op "[out,dout,dinp]",    \
+        #op "[inp,out,dout,dinp]"                                                                 \
+  }
+#define TIMED_BF16(op, params, args)                                     \
+  static int timed_##op params {                                         \
+    static const char *const rows[16] = BF16_ROWS(op);                   \
+    double start = now();                                                \
+    return op_end(rows[bf16 & 15u], start, profile.inner->op args, err); \
+  }
+TIMED_BF16(layernorm_forward_bf16,
+           (void *out, float *mean, float *rstd, const float *inp, const float *weight,
+            const float *bias, size_t n, size_t c, float eps, unsigned bf16, qt_err *err),
+           (out, mean, rstd, inp, weight, bias, n, c, eps, bf16, err))
+TIMED_BF16(gelu_forward_bf16, (void *out, const void *inp, size_t n, unsigned bf16, qt_err *err),
+           (out, inp, n, bf16, err))
+TIMED_BF16(linear_forward_bf16,
+           (void *out, const void *inp, const float *weight, const float *bias, size_t n,
+            size_t in_c, size_t out_c, unsigned bf16, qt_err *err),
+           (out, inp, weight, bias, n, in_c, out_c, bf16, err))
+TIMED_BF16(linear_backward_bf16,
+           (float *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+            const float *weight, size_t n, size_t in_c, size_t out_c, int set, unsigned bf16,
+            qt_err *err),
+           (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, bf16, err))
+TIMED_BF16(gelu_linear_backward_bf16,
+           (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout,
+            const void *pre, const void *inp, const float *weight, size_t n, size_t in_c,
+            size_t out_c, int set, unsigned bf16, qt_err *err),
+           (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, bf16, err))
+TIMED_BF16(attention_forward_bf16,
+           (void *out, float *att, const void *qkv, size_t batch, size_t tokens, size_t c,
+            size_t heads, unsigned bf16, qt_err *err),
+           (out, att, qkv, batch, tokens, c, heads, bf16, err))
+TIMED_BF16(attention_backward_bf16,
+           (void *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
+            size_t batch, size_t tokens, size_t c, size_t heads, int set, unsigned bf16,
+            qt_err *err),
+           (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, bf16, err))
 static size_t pass_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_saved_size(batch, tokens, c, heads);
-}
-static int pass_bf16_inputs(void) {
-  return profile.inner->bf16_inputs();
 }
 TIMED(attention_forward,
       (float *out, float *att, const float *qkv, size_t batch, size_t tokens, size_t c,
@@ -170,11 +168,6 @@ TIMED(residual_backward,
       (float *dres, float *dbranch, float *dgamma, const float *dout, const float *branch,
        const float *gamma, size_t n, size_t c, qt_err *err),
       (dres, dbranch, dgamma, dout, branch, gamma, n, c, err))
-TIMED(gelu_linear_backward_h,
-      (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout,
-       const float *pre, const void *inp, const float *weight, size_t n, size_t in_c,
-       size_t out_c, int set, qt_err *err),
-      (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, err))
 TIMED(residual_layernorm_forward,
       (float *out, void *norm, int norm_bf16, float *mean, float *rstd, const float *res,
        const float *branch, const float *gamma, const float *weight, const float *bias, size_t n,
@@ -375,26 +368,17 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.name = inner->name;
   profiled.host_memory = inner->host_memory;
   /* The optional ops: where the inner table has them. */
-  profiled.bf16_inputs = inner->bf16_inputs ? pass_bf16_inputs : NULL;
-  profiled.layernorm_forward_h = inner->layernorm_forward_h ? timed_layernorm_forward_h : NULL;
-  profiled.gelu_forward_h = inner->gelu_forward_h ? timed_gelu_forward_h : NULL;
-  profiled.attention_bf16_out = inner->attention_bf16_out ? pass_attention_bf16_out : NULL;
+  profiled.bf16_activations = inner->bf16_activations ? pass_bf16_activations : NULL;
   profiled.attention_saved_size = inner->attention_saved_size ? pass_attention_saved_size : NULL;
-  profiled.attention_forward_h = inner->attention_forward_h ? timed_attention_forward_h : NULL;
-  profiled.linear_forward_h = inner->linear_forward_h ? timed_linear_forward_h : NULL;
-  profiled.linear_backward_h = inner->linear_backward_h ? timed_linear_backward_h : NULL;
-  profiled.gelu_linear_backward_h =
-      inner->gelu_linear_backward_h ? timed_gelu_linear_backward_h : NULL;
-  profiled.attention_bf16_qkv = inner->attention_bf16_qkv ? pass_attention_bf16_qkv : NULL;
-  profiled.linear_forward_hh = inner->linear_forward_hh ? timed_linear_forward_hh : NULL;
-  profiled.attention_forward_hh = inner->attention_forward_hh ? timed_attention_forward_hh : NULL;
-  profiled.attention_backward_hh =
-      inner->attention_backward_hh ? timed_attention_backward_hh : NULL;
-  profiled.linear_backward_hh = inner->linear_backward_hh ? timed_linear_backward_hh : NULL;
-  profiled.bf16_hidden = inner->bf16_hidden ? pass_bf16_hidden : NULL;
-  profiled.gelu_forward_hh = inner->gelu_forward_hh ? timed_gelu_forward_hh : NULL;
-  profiled.gelu_linear_backward_hh =
-      inner->gelu_linear_backward_hh ? timed_gelu_linear_backward_hh : NULL;
+#define PROFILED_BF16(op) profiled.op = inner->op ? timed_##op : NULL
+  PROFILED_BF16(layernorm_forward_bf16);
+  PROFILED_BF16(gelu_forward_bf16);
+  PROFILED_BF16(linear_forward_bf16);
+  PROFILED_BF16(linear_backward_bf16);
+  PROFILED_BF16(gelu_linear_backward_bf16);
+  PROFILED_BF16(attention_forward_bf16);
+  PROFILED_BF16(attention_backward_bf16);
+#undef PROFILED_BF16
   profiled.residual_layernorm_forward =
       inner->residual_layernorm_forward ? timed_residual_layernorm_forward : NULL;
   qt__ops_profile_reset();

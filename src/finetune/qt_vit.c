@@ -64,36 +64,33 @@ typedef struct tensor_entry {
 } tensor_entry;
 
 /* What the arena's layout depends on besides the shapes: the activations
- * kept in BF16 for their linear layers (half the room of FP32) and the
- * floats that attention keeps per block, at max_batch. */
+ * kept in BF16 (half the room of FP32) and the floats that attention
+ * keeps per block, at max_batch. */
 typedef struct arena_mode {
-  int bf16_inputs;    /* ln1, ln2 and gelu */
-  int bf16_attention; /* attn_y */
-  int bf16_qkv;       /* qkv */
-  int bf16_hidden;    /* fc1 */
+  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1 */
   size_t att;
 } arena_mode;
 
 /* The activations of one block, kept from the forward for the backward. */
 typedef struct block_acts {
   float *ln1;                 /* (B, T, C) norm1 output (BF16 in its first half
-                                 after a forward with bf16_inputs, as ln2
-                                 and gelu) */
+                                 after a forward that kept the linear inputs
+                                 so, as ln2 and gelu) */
   float *ln1_mean, *ln1_rstd; /* (B, T) */
-  float *qkv;                 /* (B, T, 3C) (BF16 after a forward with
-                                 bf16_qkv) */
+  float *qkv;                 /* (B, T, 3C) (BF16 after a forward that kept
+                                 it so) */
   float *att;                 /* what attention keeps for its backward: (B, H, T, T)
                                  softmax of the scores, or the fused kernels'
                                  less (the op table's attention_saved_size) */
   float *attn_y;              /* (B, T, C) heads side by side, before proj
-                                 (BF16 after bf16_attention) */
+                                 (BF16 after a forward that kept it so) */
   float *attn_out;            /* (B, T, C) proj output (the branch; shared by every
                                  block's attn_out and mlp_out without layer scale) */
   float *resid_mid;           /* (B, T, C) after the attention residual */
   float *ln2;                 /* (B, T, C) norm2 output */
   float *ln2_mean, *ln2_rstd; /* (B, T) */
   float *fc1;                 /* (B, T, M) before GELU (BF16 after a forward
-                                 with bf16_hidden) */
+                                 that kept it so) */
   float *gelu;                /* (B, T, M) */
   float *mlp_out;             /* (B, T, C) fc2 output (the branch) */
   float *resid_out;           /* (B, T, C) the block's output */
@@ -121,44 +118,41 @@ struct qt_vit {
   float *arena;
   size_t arena_floats;
   arena_mode mode;
-  float *images;      /* (B, 3, S, S) the batch's images; NULL on the CPU,
-                         which reads the caller's in place */
-  float *patch_in;    /* (B, N, P) patchified images */
-  float *patch_emb;   /* (B, N, C) */
-  float *resid0;      /* (B, T, C) tokens entering block 0 */
-  block_acts *acts;   /* (depth) */
-  float *cls_rows;    /* (B, C) class token leaving the last block */
-  float *cls_norm;    /* (B, C) after the final norm */
-  float *cls_mean;    /* (B) */
-  float *cls_rstd;    /* (B) */
-  float *logits;      /* (B, K) */
-  float *probs;       /* (B, K) */
-  float *losses;      /* (B) */
-  float *targets;     /* (B, K) soft targets of the last loss */
-  float *dresid;      /* (B, T, C) gradient of the residual stream */
-  float *dbranch;     /* (B, T, C) */
-  float *dln;         /* (B, T, C) */
-  float *dattn_y;     /* (B, T, C) */
-  float *dqkv;        /* (B, T, 3C) (BF16 after a forward with bf16_qkv) */
-  float *datt;        /* the attention backward's scratch (attention_scratch_size) */
-  float *dfc1;        /* (B, T, M) */
-  float *dgelu;       /* (B, T, M) */
-  int bf16_inputs;    /* the last forward kept ln1, ln2 and gelu in BF16 for
-                          the linear layers reading them (the op table's
-                          bf16_inputs), forward and backward */
-  int bf16_attention; /* and attn_y (attention_bf16_out) */
-  int bf16_qkv;       /* and qkv (attention_bf16_qkv) */
-  int bf16_hidden;    /* and fc1, GELU's input (the op table's bf16_hidden) */
-  float *dcls_rows;   /* (B, C) */
-  float *dcls_norm;   /* (B, C) */
-  float *dlogits;     /* (B, K) */
-  float *dpatch_emb;  /* (B, N, C) */
-  float *dloss;       /* (1) the loss gradient of every row, 1 / B */
-  float *drop_mask;   /* (B, C) head dropout's mask of the last forward; NULL
-                         on the CPU, which reads the hooks' own */
-  float *dfeat;       /* (B, C) the feature hook's gradient moved up; NULL on
-                         the CPU, which reads the hooks' own */
-  int *labels;        /* (B) labels of the last loss, backend memory */
+  float *images;     /* (B, 3, S, S) the batch's images; NULL on the CPU,
+                        which reads the caller's in place */
+  float *patch_in;   /* (B, N, P) patchified images */
+  float *patch_emb;  /* (B, N, C) */
+  float *resid0;     /* (B, T, C) tokens entering block 0 */
+  block_acts *acts;  /* (depth) */
+  float *cls_rows;   /* (B, C) class token leaving the last block */
+  float *cls_norm;   /* (B, C) after the final norm */
+  float *cls_mean;   /* (B) */
+  float *cls_rstd;   /* (B) */
+  float *logits;     /* (B, K) */
+  float *probs;      /* (B, K) */
+  float *losses;     /* (B) */
+  float *targets;    /* (B, K) soft targets of the last loss */
+  float *dresid;     /* (B, T, C) gradient of the residual stream */
+  float *dbranch;    /* (B, T, C) */
+  float *dln;        /* (B, T, C) */
+  float *dattn_y;    /* (B, T, C) */
+  float *dqkv;       /* (B, T, 3C) (BF16 after a forward that kept qkv so) */
+  float *datt;       /* the attention backward's scratch (attention_scratch_size) */
+  float *dfc1;       /* (B, T, M) */
+  float *dgelu;      /* (B, T, M) */
+  unsigned keep;     /* the activations that the last forward kept in BF16
+                        (QT__KEEP_*, the op table's bf16_activations), for
+                        it and its backward */
+  float *dcls_rows;  /* (B, C) */
+  float *dcls_norm;  /* (B, C) */
+  float *dlogits;    /* (B, K) */
+  float *dpatch_emb; /* (B, N, C) */
+  float *dloss;      /* (1) the loss gradient of every row, 1 / B */
+  float *drop_mask;  /* (B, C) head dropout's mask of the last forward; NULL
+                        on the CPU, which reads the hooks' own */
+  float *dfeat;      /* (B, C) the feature hook's gradient moved up; NULL on
+                        the CPU, which reads the hooks' own */
+  int *labels;       /* (B) labels of the last loss, backend memory */
   /* Host copies of what callers read, off the CPU only (else NULL). */
   float *host_logits; /* (B, K) */
   float *host_losses; /* (B) */
@@ -269,25 +263,32 @@ static float *carve(float *base, size_t *used, size_t n) {
   return at;
 }
 
-/* The arena_mode for the op table's settings now (its precision, on a
- * CUDA device its switches), at max_batch. */
+/* The activations the op table keeps in BF16 for batch B now (its
+ * precision, on a CUDA device its switches and the fused attention's
+ * reach), each with those its ops need beside it (QT__KEEP_*). */
+static unsigned keep_now(const qt_vit_t *vit, size_t B) {
+  const qt__ops *ops = vit->ops;
+  size_t T = vit->tokens, C = (size_t)vit->config.width, H = (size_t)vit->config.heads;
+  unsigned keep = ops->bf16_activations ? ops->bf16_activations(B, T, C, H) : 0;
+  if (!(keep & QT__KEEP_LINEAR_INPUTS)) return 0;
+  if (!(keep & QT__KEEP_ATTENTION_OUT)) keep &= ~QT__KEEP_QKV;
+  return keep;
+}
+
+/* The arena_mode for the op table's settings now, at max_batch. */
 static arena_mode arena_mode_now(const qt_vit_t *vit) {
   const qt__ops *ops = vit->ops;
   size_t B = vit->max_batch, T = vit->tokens;
   size_t C = (size_t)vit->config.width, H = (size_t)vit->config.heads;
   arena_mode m;
-  m.bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
-  m.bf16_attention =
-      m.bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
-  m.bf16_qkv = m.bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
-  m.bf16_hidden = m.bf16_inputs && ops->bf16_hidden && ops->bf16_hidden();
+  m.keep = keep_now(vit, B);
   m.att = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
   return m;
 }
 
-/* Floats for n values, in BF16 when bf16. */
-static size_t kept_floats(size_t n, int bf16) {
-  return bf16 ? (n + 1) / 2 : n;
+/* Floats for n values, in BF16 where `keep` (QT__KEEP_*) is in `mode`. */
+static size_t kept_floats(size_t n, unsigned mode, unsigned keep) {
+  return mode & keep ? (n + 1) / 2 : n;
 }
 
 /* Lays the activations out in base (NULL: count only) for vit->mode;
@@ -312,19 +313,19 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   float *branch = one_branch ? carve(base, &used, B * T * C) : NULL;
   for (long l = 0; l < cf->depth; l++) {
     block_acts *a = &vit->acts[l];
-    a->ln1 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
+    a->ln1 = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_LINEAR_INPUTS));
     a->ln1_mean = carve(base, &used, B * T);
     a->ln1_rstd = carve(base, &used, B * T);
-    a->qkv = carve(base, &used, kept_floats(B * T * 3 * C, m->bf16_qkv));
+    a->qkv = carve(base, &used, kept_floats(B * T * 3 * C, m->keep, QT__KEEP_QKV));
     a->att = carve(base, &used, m->att);
-    a->attn_y = carve(base, &used, kept_floats(B * T * C, m->bf16_attention));
+    a->attn_y = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_ATTENTION_OUT));
     a->attn_out = one_branch ? branch : carve(base, &used, B * T * C);
     a->resid_mid = carve(base, &used, B * T * C);
-    a->ln2 = carve(base, &used, kept_floats(B * T * C, m->bf16_inputs));
+    a->ln2 = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_LINEAR_INPUTS));
     a->ln2_mean = carve(base, &used, B * T);
     a->ln2_rstd = carve(base, &used, B * T);
-    a->fc1 = carve(base, &used, kept_floats(B * T * M, m->bf16_hidden));
-    a->gelu = carve(base, &used, kept_floats(B * T * M, m->bf16_inputs));
+    a->fc1 = carve(base, &used, kept_floats(B * T * M, m->keep, QT__KEEP_HIDDEN));
+    a->gelu = carve(base, &used, kept_floats(B * T * M, m->keep, QT__KEEP_LINEAR_INPUTS));
     a->mlp_out = one_branch ? branch : carve(base, &used, B * T * C);
     a->resid_out = carve(base, &used, B * T * C);
   }
@@ -340,7 +341,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dbranch = carve(base, &used, B * T * C);
   vit->dln = carve(base, &used, B * T * C);
   vit->dattn_y = carve(base, &used, B * T * C);
-  vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->bf16_qkv));
+  vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->keep, QT__KEEP_QKV));
   vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
   vit->dgelu = carve(base, &used, B * T * M);
@@ -750,54 +751,92 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
     if (vit_rc_ < 0) return vit_rc_; \
   } while (0)
 
-/* The producers of ln1, ln2 and gelu (attn_y) and the linear layers that
- * read them: those activations in BF16 (the first half of their arrays)
- * after a forward with bf16_inputs (bf16_attention), else in FP32. */
-static int norm_for_linear(const qt_vit_t *vit, float *out, float *mean, float *rstd,
-                           const float *inp, const float *weight, const float *bias, size_t n,
-                           size_t c, qt_err *err) {
-  const qt__ops *ops = vit->ops;
-  return vit->bf16_inputs
-             ? ops->layernorm_forward_h(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err)
-             : ops->layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err);
+/* `bit` (QT__BF16_*) where the last forward kept the activation `keep`
+ * (QT__KEEP_*) in BF16, else 0: the arrays of the ops below. */
+static unsigned kept(const qt_vit_t *vit, unsigned keep, unsigned bit) {
+  return vit->keep & keep ? bit : 0;
 }
 
-/* out = res + gamma branch, then its layer norm for the next linear layer
- * (as norm_for_linear): one op where the backend has it. */
+/* The ops below: with the BF16 arrays that `bf16` names, the op table's
+ * _bf16 op (there are none without bf16_activations, where keep_now
+ * names none), else its FP32 op. */
+static int norm_op(const qt_vit_t *vit, void *out, float *mean, float *rstd, const float *inp,
+                   const float *weight, const float *bias, size_t n, size_t c, unsigned bf16,
+                   qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  return bf16 ? ops->layernorm_forward_bf16(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS,
+                                            bf16, err)
+              : ops->layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err);
+}
+
+/* out = res + gamma branch, then its layer norm (as norm_op): one op where
+ * the backend has it. A transformer block's residual add and the layer
+ * norm after it. */
 static int residual_then_norm(const qt_vit_t *vit, float *out, const float *res,
-                              const float *branch, const float *gamma, float *norm, float *mean,
+                              const float *branch, const float *gamma, void *norm, float *mean,
                               float *rstd, const float *weight, const float *bias, size_t n,
-                              size_t c, qt_err *err) {
+                              size_t c, unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
   if (ops->residual_layernorm_forward)
-    return ops->residual_layernorm_forward(out, norm, vit->bf16_inputs, mean, rstd, res, branch,
-                                           gamma, weight, bias, n, c, VIT_NORM_EPS, err);
+    return ops->residual_layernorm_forward(out, norm, bf16 != 0, mean, rstd, res, branch, gamma,
+                                           weight, bias, n, c, VIT_NORM_EPS, err);
   int rc = ops->residual_forward(out, res, branch, gamma, n, c, err);
-  return rc < 0 ? rc : norm_for_linear(vit, norm, mean, rstd, out, weight, bias, n, c, err);
+  return rc < 0 ? rc : norm_op(vit, norm, mean, rstd, out, weight, bias, n, c, bf16, err);
 }
 
-static int gelu_for_linear(const qt_vit_t *vit, float *out, const float *inp, size_t n,
-                           qt_err *err) {
-  return vit->bf16_inputs ? vit->ops->gelu_forward_h(out, inp, n, err)
-                          : vit->ops->gelu_forward(out, inp, n, err);
+static int gelu_op(const qt_vit_t *vit, void *out, const void *inp, size_t n, unsigned bf16,
+                   qt_err *err) {
+  return bf16 ? vit->ops->gelu_forward_bf16(out, inp, n, bf16, err)
+              : vit->ops->gelu_forward(out, inp, n, err);
 }
 
-static int linear_of_kept(const qt_vit_t *vit, int bf16, float *out, const float *inp,
-                          const float *weight, const float *bias, size_t n, size_t in_c,
-                          size_t out_c, qt_err *err) {
-  return bf16 ? vit->ops->linear_forward_h(out, inp, weight, bias, n, in_c, out_c, err)
+static int linear_op(const qt_vit_t *vit, void *out, const void *inp, const float *weight,
+                     const float *bias, size_t n, size_t in_c, size_t out_c, unsigned bf16,
+                     qt_err *err) {
+  return bf16 ? vit->ops->linear_forward_bf16(out, inp, weight, bias, n, in_c, out_c, bf16, err)
               : vit->ops->linear_forward(out, inp, weight, bias, n, in_c, out_c, err);
 }
 
-static int linear_of_kept_backward(const qt_vit_t *vit, int bf16, float *dinp, float *dweight,
-                                   float *dbias, const float *dout, const float *inp,
-                                   const float *weight, size_t n, size_t in_c, size_t out_c,
-                                   qt_err *err) {
+/* The backward ops write the input gradient (set). */
+static int linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+                              const void *dout, const void *inp, const float *weight, size_t n,
+                              size_t in_c, size_t out_c, unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
-  return bf16 ? ops->linear_backward_h(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 1,
-                                       err)
+  return bf16 ? ops->linear_backward_bf16(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c,
+                                          1, bf16, err)
               : ops->linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 1,
                                      err);
+}
+
+/* The MLP's GELU and fc1 before it (pre: fc1's output, inp its input);
+ * dpre is scratch. */
+static int gelu_linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+                                   float *dpre, const float *dout, const void *pre, const void *inp,
+                                   const float *weight, size_t n, size_t in_c, size_t out_c,
+                                   unsigned bf16, qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  if (bf16)
+    return ops->gelu_linear_backward_bf16(dinp, dweight, dbias, dpre, dout, pre, inp, weight, n,
+                                          in_c, out_c, 1, bf16, err);
+  int rc = ops->gelu_backward(dpre, dout, pre, n * out_c, 1, err);
+  return rc < 0 ? rc
+                : ops->linear_backward(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, 1,
+                                       err);
+}
+
+static int attention_op(const qt_vit_t *vit, void *out, float *att, const void *qkv, size_t B,
+                        size_t T, size_t C, size_t H, unsigned bf16, qt_err *err) {
+  return bf16 ? vit->ops->attention_forward_bf16(out, att, qkv, B, T, C, H, bf16, err)
+              : vit->ops->attention_forward(out, att, qkv, B, T, C, H, err);
+}
+
+static int attention_backward_op(const qt_vit_t *vit, void *dqkv, float *scratch, const float *dout,
+                                 const void *qkv, const float *att, size_t B, size_t T, size_t C,
+                                 size_t H, unsigned bf16, qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  return bf16
+             ? ops->attention_backward_bf16(dqkv, scratch, dout, qkv, att, B, T, C, H, 1, bf16, err)
+             : ops->attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, H, 1, err);
 }
 
 /* Lays the arena out anew when the op table's settings changed since it
@@ -808,10 +847,7 @@ static int linear_of_kept_backward(const qt_vit_t *vit, int bf16, float *dinp, f
 static int fit_arena(qt_vit_t *vit, qt_err *err) {
   arena_mode want = arena_mode_now(vit);
   const arena_mode *have = &vit->mode;
-  if (vit->arena && want.bf16_inputs == have->bf16_inputs &&
-      want.bf16_attention == have->bf16_attention && want.bf16_qkv == have->bf16_qkv &&
-      want.bf16_hidden == have->bf16_hidden && want.att == have->att)
-    return 0;
+  if (vit->arena && want.keep == have->keep && want.att == have->att) return 0;
   const qt__ops *ops = vit->ops;
   arena_mode old = vit->mode;
   ops->release(vit->arena);
@@ -847,18 +883,13 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   size_t S = (size_t)cf->image_size;
   vit->have_forward = vit->have_loss = 0;
   VIT_TRY(fit_arena(vit, err));
-  vit->bf16_inputs = ops->bf16_inputs && ops->bf16_inputs();
-  vit->bf16_attention =
-      vit->bf16_inputs && ops->attention_bf16_out && ops->attention_bf16_out(B, T, C, H);
-  vit->bf16_qkv =
-      vit->bf16_attention && ops->attention_bf16_qkv && ops->attention_bf16_qkv(B, T, C, H);
-  /* As the arena: the settings hold for an epoch (qt_run_epoch). */
-  vit->bf16_hidden = vit->mode.bf16_hidden;
   /* The layout is max_batch's: a smaller batch keeps no more (the fused
-   * kernels fit it wherever they fit max_batch), as this confirms. */
+   * kernels fit it wherever they fit max_batch), as this confirms. The
+   * rest of the settings hold for an epoch (qt_run_epoch), as the
+   * arena's. */
+  vit->keep = keep_now(vit, B);
   size_t saved = ops->attention_saved_size ? ops->attention_saved_size(B, T, C, H) : B * H * T * T;
-  if (saved > vit->mode.att || vit->bf16_attention < vit->mode.bf16_attention ||
-      vit->bf16_qkv < vit->mode.bf16_qkv)
+  if (saved > vit->mode.att || (vit->mode.keep & ~vit->keep) != 0)
     return qt_err_set(err, QT_EINVAL,
                       "qt_vit_forward: batch %zu takes an attention path that max_batch %zu does "
                       "not",
@@ -881,45 +912,40 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Each block's second layer norm, and the next block's first, come
    * with the residual add before them (residual_then_norm). */
   const float *x = vit->resid0;
+  /* The BF16 arrays of each op (QT__BF16_*), by the activations kept so. */
+  unsigned norm_out = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_OUT);
+  unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
+  unsigned qkv_out = kept(vit, QT__KEEP_QKV, QT__BF16_OUT);
+  unsigned qkv_in = kept(vit, QT__KEEP_QKV, QT__BF16_INP);
+  unsigned attention_out = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_OUT);
+  unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
+  unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
+  unsigned hidden_in = kept(vit, QT__KEEP_HIDDEN, QT__BF16_INP);
   if (cf->depth > 0) {
     block_acts *a = &vit->acts[0];
-    VIT_TRY(norm_for_linear(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->blocks[0].norm1_w,
-                            p->blocks[0].norm1_b, BT, C, err));
+    VIT_TRY(norm_op(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->blocks[0].norm1_w,
+                    p->blocks[0].norm1_b, BT, C, norm_out, err));
   }
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    if (vit->bf16_qkv) {
-      VIT_TRY(ops->linear_forward_hh(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, err));
-      VIT_TRY(ops->attention_forward_hh(a->attn_y, a->att, a->qkv, B, T, C, H, err));
-    } else {
-      VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C,
-                             3 * C, err));
-      if (vit->bf16_attention)
-        VIT_TRY(ops->attention_forward_h(a->attn_y, a->att, a->qkv, B, T, C, H, err));
-      else
-        VIT_TRY(ops->attention_forward(a->attn_y, a->att, a->qkv, B, T, C, H, err));
-    }
-    VIT_TRY(linear_of_kept(vit, vit->bf16_attention, a->attn_out, a->attn_y, w->proj_w, w->proj_b,
-                           BT, C, C, err));
+    VIT_TRY(
+        linear_op(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, norm_in | qkv_out, err));
+    VIT_TRY(attention_op(vit, a->attn_y, a->att, a->qkv, B, T, C, H, qkv_in | attention_out, err));
+    VIT_TRY(
+        linear_op(vit, a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, attention_in, err));
     VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
-                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, err));
-    if (vit->bf16_hidden) {
-      VIT_TRY(ops->linear_forward_hh(a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
-      VIT_TRY(ops->gelu_forward_hh(a->gelu, a->fc1, BT * M, err));
-    } else {
-      VIT_TRY(
-          linear_of_kept(vit, vit->bf16_inputs, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, err));
-      VIT_TRY(gelu_for_linear(vit, a->gelu, a->fc1, BT * M, err));
-    }
-    VIT_TRY(linear_of_kept(vit, vit->bf16_inputs, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
-                           err));
+                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, norm_out, err));
+    VIT_TRY(
+        linear_op(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, norm_in | hidden_out, err));
+    VIT_TRY(gelu_op(vit, a->gelu, a->fc1, BT * M, hidden_in | norm_out, err));
+    VIT_TRY(linear_op(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, norm_in, err));
     if (l + 1 < cf->depth) {
       const block_tensors *next_w = &p->blocks[l + 1];
       block_acts *next = &vit->acts[l + 1];
       VIT_TRY(residual_then_norm(vit, a->resid_out, a->resid_mid, a->mlp_out, w->ls2, next->ln1,
                                  next->ln1_mean, next->ln1_rstd, next_w->norm1_w, next_w->norm1_b,
-                                 BT, C, err));
+                                 BT, C, norm_out, err));
     } else {
       VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     }
@@ -1073,6 +1099,12 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->zero(vit->dresid, BT * C * F, err));
   VIT_TRY(ops->copy_rows(vit->dresid, T * C, vit->dcls_rows, C, C, B, err));
 
+  /* The BF16 arrays of each op, as in the forward. */
+  unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
+  unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
+  unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
+  unsigned qkv = kept(vit, QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP);
+  unsigned dqkv = kept(vit, QT__KEEP_QKV, QT__BF16_DOUT);
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
   for (long l = cf->depth - 1; l >= vit->backward_from; l--) {
@@ -1084,38 +1116,22 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     /* MLP branch. */
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp,
-                                    a->gelu, w->fc2_w, BT, M, C, err));
-    if (vit->bf16_hidden) {
-      VIT_TRY(ops->gelu_linear_backward_hh(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
-                                           a->fc1, a->ln2, w->fc1_w, BT, C, M, 1, err));
-    } else if (vit->bf16_inputs && ops->gelu_linear_backward_h) {
-      VIT_TRY(ops->gelu_linear_backward_h(vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
-                                          a->fc1, a->ln2, w->fc1_w, BT, C, M, 1, err));
-    } else {
-      VIT_TRY(ops->gelu_backward(vit->dfc1, vit->dgelu, a->fc1, BT * M, 1, err));
-      VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->fc1_w, gw->fc1_b,
-                                      vit->dfc1, a->ln2, w->fc1_w, BT, C, M, err));
-    }
+    VIT_TRY(linear_backward_op(vit, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT,
+                               M, C, norm_in, err));
+    VIT_TRY(gelu_linear_backward_op(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
+                                    a->fc1, a->ln2, w->fc1_w, BT, C, M, norm_in | hidden_out, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 
     /* Attention branch. */
     const float *dattn;
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
-    VIT_TRY(linear_of_kept_backward(vit, vit->bf16_attention, vit->dattn_y, gw->proj_w, gw->proj_b,
-                                    dattn, a->attn_y, w->proj_w, BT, C, C, err));
-    if (vit->bf16_qkv) {
-      VIT_TRY(ops->attention_backward_hh(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T,
-                                         C, H, err));
-      VIT_TRY(ops->linear_backward_hh(vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w,
-                                      BT, C, 3 * C, 1, err));
-    } else {
-      VIT_TRY(ops->attention_backward(vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
-                                      H, 1, err));
-      VIT_TRY(linear_of_kept_backward(vit, vit->bf16_inputs, vit->dln, gw->qkv_w, gw->qkv_b,
-                                      vit->dqkv, a->ln1, w->qkv_w, BT, C, 3 * C, err));
-    }
+    VIT_TRY(linear_backward_op(vit, vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y,
+                               w->proj_w, BT, C, C, attention_in, err));
+    VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
+                                  H, qkv, err));
+    VIT_TRY(linear_backward_op(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT,
+                               C, 3 * C, norm_in | dqkv, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
                                     w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
   }

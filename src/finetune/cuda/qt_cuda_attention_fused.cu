@@ -98,8 +98,8 @@ static __device__ __forceinline__ int block_index(void) {
   return (int)(blockIdx.y * gridDim.x + blockIdx.x);
 }
 
-/* Out is float, or BF16 for proj (the op table's bf16_inputs); qkv (Q)
- * float, or BF16 as its product wrote it (attention_bf16_qkv). */
+/* Out is float, or BF16 for proj (QT__KEEP_ATTENTION_OUT); qkv (Q)
+ * float, or BF16 as its product wrote it (QT__KEEP_QKV). */
 template <typename T, typename Q>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_forward_kernel(T *out, float *att, const Q *qkv, qt_fa::shape sh) {
@@ -247,18 +247,24 @@ extern "C" int qt__cuda_attention_fused_forward(float *out, float *att, const fl
                        err);
 }
 
-extern "C" int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv,
-                                                  size_t batch, size_t tokens, size_t c,
-                                                  size_t heads, qt_err *err) {
-  return fused_forward((__nv_bfloat16 *)out, att, qkv, batch, tokens, c, heads,
-                       "qt__cuda_attention_fused_forward (BF16 output)", err);
-}
-
-extern "C" int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv,
-                                                   size_t batch, size_t tokens, size_t c,
-                                                   size_t heads, qt_err *err) {
-  return fused_forward((__nv_bfloat16 *)out, att, (const __nv_bfloat16 *)qkv, batch, tokens, c,
-                       heads, "qt__cuda_attention_fused_forward (BF16 qkv and output)", err);
+extern "C" int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv,
+                                                     size_t batch, size_t tokens, size_t c,
+                                                     size_t heads, unsigned bf16, qt_err *err) {
+  const char *who = "qt__cuda_attention_fused_forward (BF16 arrays)";
+  typedef __nv_bfloat16 bf16_t;
+  switch (bf16) {
+    case 0:
+      return fused_forward((float *)out, att, (const float *)qkv, batch, tokens, c, heads, who,
+                           err);
+    case QT__BF16_OUT:
+      return fused_forward((bf16_t *)out, att, (const float *)qkv, batch, tokens, c, heads, who,
+                           err);
+    case QT__BF16_INP | QT__BF16_OUT:
+      return fused_forward((bf16_t *)out, att, (const bf16_t *)qkv, batch, tokens, c, heads, who,
+                           err);
+    default:
+      return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
+  }
 }
 
 template <typename Q, typename D>
@@ -288,13 +294,26 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
                         "qt__cuda_attention_fused_backward", err);
 }
 
-extern "C" int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                                    const void *qkv, const float *att, size_t batch,
-                                                    size_t tokens, size_t c, size_t heads,
-                                                    qt_err *err) {
-  return fused_backward((__nv_bfloat16 *)dqkv, scratch, dout, (const __nv_bfloat16 *)qkv, att,
-                        batch, tokens, c, heads, 1,
-                        "qt__cuda_attention_fused_backward (BF16 qkv and dqkv)", err);
+extern "C" int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                                      const void *qkv, const float *att,
+                                                      size_t batch, size_t tokens, size_t c,
+                                                      size_t heads, int set, unsigned bf16,
+                                                      qt_err *err) {
+  const char *who = "qt__cuda_attention_fused_backward (BF16 arrays)";
+  typedef __nv_bfloat16 bf16_t;
+  switch (bf16) {
+    case 0:
+      return fused_backward((float *)dqkv, scratch, dout, (const float *)qkv, att, batch, tokens, c,
+                            heads, set, who, err);
+    case QT__BF16_INP | QT__BF16_DINP:
+      /* BF16 values cannot be added to: dqkv is written. */
+      if (!set)
+        return qt_err_set(err, QT_EINVAL, "%s: a BF16 dqkv is written (set), not added to", who);
+      return fused_backward((bf16_t *)dqkv, scratch, dout, (const bf16_t *)qkv, att, batch, tokens,
+                            c, heads, 1, who, err);
+    default:
+      return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
+  }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -313,12 +332,10 @@ extern "C" int qt__cuda_set_fused_attention(int on) {
   return qt__cuda_set_switch("QT_CUDA_FUSED_ATTENTION", &fused_attention, on);
 }
 
-/* Whether the op table takes the fused kernels for this shape now: under
- * BF16 products (either kind), unless turned off. The forward and the backward
- * of one step decide alike, since the precision and the switch are set for
- * a whole epoch (qt_run_epoch) and the rest depends on the shape and the
- * device. */
-static int fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
+/* The forward and the backward of one step decide alike, since the
+ * precision and the switch are set for a whole epoch (qt_run_epoch) and
+ * the rest depends on the shape and the device. */
+extern "C" int qt__cuda_attention_fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
   int precision = qt__cuda_matmul_precision();
   return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
          fused_attention_on() && qt__cuda_attention_fused_fits(batch, tokens, c, heads);
@@ -326,86 +343,62 @@ static int fused_now(size_t batch, size_t tokens, size_t c, size_t heads) {
 
 extern "C" int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                              size_t tokens, size_t c, size_t heads, qt_err *err) {
-  if (fused_now(batch, tokens, c, heads)) {
+  if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     return qt__cuda_attention_fused_forward(out, att, qkv, batch, tokens, c, heads, err);
   }
   return qt_cuda_attention_forward(out, att, qkv, batch, tokens, c, heads, err);
 }
 
-/* The attention's output in BF16 for proj: where the fused kernels run
- * (they write it directly) and the linear inputs are kept in BF16. */
-extern "C" int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return qt__cuda_bf16_inputs() && fused_now(batch, tokens, c, heads);
-}
-
 extern "C" size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c,
                                                 size_t heads) {
-  if (!fused_now(batch, tokens, c, heads)) return batch * heads * tokens * tokens;
+  if (!qt__cuda_attention_fused_now(batch, tokens, c, heads))
+    return batch * heads * tokens * tokens;
   return batch * heads * tokens + (tokens > QT_FA_HEAD ? batch * tokens * c : 0);
 }
 
-extern "C" int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv,
-                                               size_t batch, size_t tokens, size_t c, size_t heads,
-                                               qt_err *err) {
-  if (!qt__cuda_attention_bf16_out(batch, tokens, c, heads)) {
-    return qt_err_set(err, QT_EINVAL,
-                      "qt_cuda_attention_forward (BF16 output): only the fused kernels under BF16 "
-                      "products write BF16");
-  }
-  return qt__cuda_attention_fused_forward_h(out, att, qkv, batch, tokens, c, heads, err);
-}
-
-/* 1: qkv is kept in BF16 where the attention's output is (unless
- * QT_CUDA_BF16_QKV=0); -1 until the environment has been read. */
-static int bf16_qkv = -1;
-
-extern "C" int qt__cuda_set_bf16_qkv(int on) {
-  return qt__cuda_set_switch("QT_CUDA_BF16_QKV", &bf16_qkv, on);
-}
-
-/* qkv in BF16, written so by its product: where the fused kernels run and
- * write the attention's output in BF16 (they round Q, K and V as they
- * load them: the same operands, half the product's writes and the
- * kernels' reads, half the arena's qkv). */
-extern "C" int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return qt__cuda_attention_bf16_out(batch, tokens, c, heads) &&
-         qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv);
-}
-
-static int check_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads, const char *who,
-                          qt_err *err) {
-  if (qt__cuda_attention_bf16_qkv(batch, tokens, c, heads)) return 0;
+/* The op table's attention with BF16 arrays: only the fused kernels read
+ * or write them (QT_EINVAL where they do not run for the shape now). */
+static int check_fused_bf16(unsigned bf16, size_t batch, size_t tokens, size_t c, size_t heads,
+                            const char *who, qt_err *err) {
+  if (!bf16 || qt__cuda_attention_fused_now(batch, tokens, c, heads)) return 0;
   return qt_err_set(err, QT_EINVAL,
-                    "%s: a BF16 qkv is read only by the fused kernels under BF16 products, with "
-                    "QT_CUDA_BF16_QKV on",
+                    "%s: only the fused kernels under BF16 products read or write BF16 arrays",
                     who);
 }
 
-extern "C" int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv,
-                                                size_t batch, size_t tokens, size_t c, size_t heads,
-                                                qt_err *err) {
-  const char *who = "qt_cuda_attention_forward (BF16 qkv and output)";
-  int rc = check_bf16_qkv(batch, tokens, c, heads, who, err);
+extern "C" int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv,
+                                                  size_t batch, size_t tokens, size_t c,
+                                                  size_t heads, unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_attention_forward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
+  if (rc == 0) rc = check_fused_bf16(bf16, batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  return qt__cuda_attention_fused_forward_hh(out, att, qkv, batch, tokens, c, heads, err);
+  if (!bf16)
+    return qt__cuda_attention_op_forward((float *)out, att, (const float *)qkv, batch, tokens, c,
+                                         heads, err);
+  return qt__cuda_attention_fused_forward_bf16(out, att, qkv, batch, tokens, c, heads, bf16, err);
 }
 
-extern "C" int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                                 const void *qkv, const float *att, size_t batch,
-                                                 size_t tokens, size_t c, size_t heads,
-                                                 qt_err *err) {
-  const char *who = "qt_cuda_attention_backward (BF16 qkv and dqkv)";
-  int rc = check_bf16_qkv(batch, tokens, c, heads, who, err);
+extern "C" int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                                   const void *qkv, const float *att, size_t batch,
+                                                   size_t tokens, size_t c, size_t heads, int set,
+                                                   unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_attention_backward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DINP, who, err);
+  if (rc == 0) rc = check_fused_bf16(bf16, batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  return qt__cuda_attention_fused_backward_hh(dqkv, scratch, dout, qkv, att, batch, tokens, c,
-                                              heads, err);
+  if (!bf16)
+    return qt__cuda_attention_op_backward((float *)dqkv, scratch, dout, (const float *)qkv, att,
+                                          batch, tokens, c, heads, set, err);
+  return qt__cuda_attention_fused_backward_bf16(dqkv, scratch, dout, qkv, att, batch, tokens, c,
+                                                heads, set, bf16, err);
 }
 
 extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,
                                               const float *qkv, const float *att, size_t batch,
                                               size_t tokens, size_t c, size_t heads, int set,
                                               qt_err *err) {
-  if (fused_now(batch, tokens, c, heads)) {
+  if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     return qt__cuda_attention_fused_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads,
                                              set, err);
   }

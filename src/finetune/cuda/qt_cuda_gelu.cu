@@ -12,8 +12,8 @@
 #include "finetune/cuda/qt_cuda_internal.h"
 
 /* Out is float, or BF16 for the next linear layer of a BF16 run; inp
- * (S) float, or BF16 as the linear layer before wrote it (the op table's
- * bf16_hidden); out may be inp. */
+ * (S) float, or BF16 as the linear layer before wrote it (fc1's output,
+ * QT__KEEP_HIDDEN); out may be inp. */
 template <typename T, typename S>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     gelu_forward_kernel(T *out, const S *inp, size_t n) {
@@ -47,21 +47,31 @@ extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_e
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
 }
 
-extern "C" int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
+/* The op table's gelu_forward_bf16: inp (QT__BF16_INP) and out
+ * (QT__BF16_OUT) each float or BF16. */
+extern "C" int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16,
+                                          qt_err *err) {
+  const char *who = "qt_cuda_gelu_forward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
+  if (rc < 0) return rc;
   if (n == 0) return 0;
-  if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16): NULL array");
-  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>((__nv_bfloat16 *)out,
-                                                                           inp, n);
-  return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16)", "the GELU kernel");
-}
-
-extern "C" int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
-  if (n == 0) return 0;
-  if (!out || !inp)
-    return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward (BF16 input): NULL array");
-  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
-      (__nv_bfloat16 *)out, (const __nv_bfloat16 *)inp, n);
-  return qt__cuda_check_launch(err, "qt_cuda_gelu_forward (BF16 input)", "the GELU kernel");
+  if (!out || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  unsigned blocks = qt__cuda_elementwise_blocks(n);
+  typedef __nv_bfloat16 bf16_t;
+  switch (bf16) {
+    case 0:
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((float *)out, (const float *)inp, n);
+      break;
+    case QT__BF16_INP:
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((float *)out, (const bf16_t *)inp, n);
+      break;
+    case QT__BF16_OUT:
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((bf16_t *)out, (const float *)inp, n);
+      break;
+    default:
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((bf16_t *)out, (const bf16_t *)inp, n);
+  }
+  return qt__cuda_check_launch(err, who, "the GELU kernel");
 }
 
 template <typename S>

@@ -124,8 +124,18 @@ int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const voi
 int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c, const char *who,
                            qt_err *err);
 
-/* qt__cuda_gelu_backward with its input in BF16 (the op table's
- * bf16_hidden). */
+/* QT_EINVAL where bf16 (QT__BF16_*) names an array that the op does not
+ * take in BF16 (not in `implemented`), or any BF16 array while the
+ * products are not BF16; else 0. For the op table's _bf16 ops. */
+int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const char *who, qt_err *err);
+
+/* Whether the op table's attention takes the fused kernels for this
+ * shape now: under BF16 products (either kind), unless turned off
+ * (qt__cuda_set_fused_attention), where they fit the device. */
+int qt__cuda_attention_fused_now(size_t batch, size_t tokens, size_t c, size_t heads);
+
+/* qt__cuda_gelu_backward with its input in BF16 (fc1's output kept in
+ * BF16, QT__KEEP_HIDDEN). */
 int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n, int set,
                              qt_err *err);
 

@@ -244,11 +244,18 @@ extern "C" int qt_cuda_layernorm_forward(float *out, float *mean, float *rstd, c
   return forward(out, mean, rstd, inp, weight, bias, n, c, eps, "qt_cuda_layernorm_forward", err);
 }
 
-extern "C" int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
-                                            const float *weight, const float *bias, size_t n,
-                                            size_t c, float eps, qt_err *err) {
-  return forward((__nv_bfloat16 *)out, mean, rstd, inp, weight, bias, n, c, eps,
-                 "qt_cuda_layernorm_forward (BF16)", err);
+/* The op table's layernorm_forward_bf16: out in BF16 (QT__BF16_OUT) or
+ * float. */
+extern "C" int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd,
+                                               const float *inp, const float *weight,
+                                               const float *bias, size_t n, size_t c, float eps,
+                                               unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_layernorm_forward (BF16 output)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_OUT, who, err);
+  if (rc < 0) return rc;
+  if (bf16)
+    return forward((__nv_bfloat16 *)out, mean, rstd, inp, weight, bias, n, c, eps, who, err);
+  return forward((float *)out, mean, rstd, inp, weight, bias, n, c, eps, who, err);
 }
 
 extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
@@ -282,10 +289,8 @@ extern "C" int qt__cuda_residual_layernorm_forward(float *out, void *norm, int n
   if (!rows_kernels(c)) {
     int rc = qt_cuda_residual_forward(out, res, branch, gamma, n, c, err);
     if (rc < 0) return rc;
-    return norm_bf16
-               ? qt__cuda_layernorm_forward_h(norm, mean, rstd, out, weight, bias, n, c, eps, err)
-               : qt_cuda_layernorm_forward((float *)norm, mean, rstd, out, weight, bias, n, c, eps,
-                                           err);
+    return qt__cuda_layernorm_forward_bf16(norm, mean, rstd, out, weight, bias, n, c, eps,
+                                           norm_bf16 ? QT__BF16_OUT : 0, err);
   }
   if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
   if (n == 0) return 0;

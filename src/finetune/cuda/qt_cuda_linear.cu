@@ -4,10 +4,11 @@
  * qt_cuda_set_matmul_precision), the bias added in cuBLASLt's epilogue (or
  * broadcast by a kernel) and the bias gradient by qt__cuda_column_sums
  * (under BF16 products in the same pass that rounds the output's gradient
- * for both products). See qt_finetune.h. Also the variants
- * whose input is already BF16 (the op table's bf16_inputs, in
- * qt_finetune_internal.h), and the backward of the MLP's GELU with the
- * linear layer before it (gelu_linear_backward_h).
+ * for both products). See qt_finetune.h. Also the variants with BF16
+ * arrays (the op table's _bf16 ops, in qt_finetune_internal.h), the
+ * backward of the MLP's GELU with the linear layer before it
+ * (gelu_linear_backward_bf16), and the op table's choice of the BF16
+ * activations (bf16_activations).
  */
 #include <limits.h>
 
@@ -85,34 +86,21 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
   return forward(out, inp, NULL, weight, bias, n, in_c, out_c, "qt_cuda_linear_forward", err);
 }
 
-/* The BF16-input ops are for BF16 runs only: under FP32 products their
- * input would have been rounded behind the caller's back. */
-static int check_bf16(const char *who, qt_err *err) {
-  int precision = qt__cuda_matmul_precision();
-  if (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) return 0;
-  return qt_err_set(err, QT_EINVAL, "%s: a BF16 input needs BF16 products", who);
-}
-
-extern "C" int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight,
-                                         const float *bias, size_t n, size_t in_c, size_t out_c,
-                                         qt_err *err) {
-  const char *who = "qt_cuda_linear_forward (BF16 input)";
-  int rc = check_bf16(who, err);
+/* The op table's linear_forward_bf16 (QT__BF16_INP: inp in BF16;
+ * QT__BF16_OUT: out in BF16, rounded to nearest even from the FP32 sums,
+ * bias included). cuBLASLt's epilogue writes a BF16 output where it takes
+ * the shape (with a bias); else the FP32 product goes into scratch and is
+ * rounded from there, the same values by another way. */
+extern "C" int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
+                                            const float *bias, size_t n, size_t in_c, size_t out_c,
+                                            unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_linear_forward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
   if (rc < 0) return rc;
-  return forward(out, NULL, inp, weight, bias, n, in_c, out_c, who, err);
-}
-
-/* The same with its output in BF16 too (rounded to nearest even from the
- * FP32 sums, bias included): for qkv, which the fused attention reads in
- * BF16. cuBLASLt's epilogue writes it where it takes the shape (with a
- * bias); else the FP32 product goes into scratch and is rounded from
- * there, the same values by another way. */
-extern "C" int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight,
-                                          const float *bias, size_t n, size_t in_c, size_t out_c,
-                                          qt_err *err) {
-  const char *who = "qt_cuda_linear_forward (BF16 input and output)";
-  int rc = check_bf16(who, err);
-  if (rc < 0) return rc;
+  const float *inp32 = bf16 & QT__BF16_INP ? NULL : (const float *)inp;
+  const void *inp16 = bf16 & QT__BF16_INP ? inp : NULL;
+  if (!(bf16 & QT__BF16_OUT))
+    return forward((float *)out, inp32, inp16, weight, bias, n, in_c, out_c, who, err);
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -121,12 +109,12 @@ extern "C" int qt__cuda_linear_forward_hh(void *out, const void *inp, const floa
   if (!out || (in_c > 0 && (!inp || !weight)))
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if (bias && in_c > 0 &&
-      qt__cuda_linear_bias_lt(out, 1, NULL, inp, weight, bias, n, in_c, out_c, who) == 0)
+      qt__cuda_linear_bias_lt(out, 1, inp32, inp16, weight, bias, n, in_c, out_c, who) == 0)
     return 0;
   float *wide = NULL;
   rc = qt__cuda_products_scratch_lock(n * out_c, &wide, who, err);
   if (rc < 0) return rc;
-  rc = forward(wide, NULL, inp, weight, bias, n, in_c, out_c, who, err);
+  rc = forward(wide, inp32, inp16, weight, bias, n, in_c, out_c, who, err);
   if (rc == 0) rc = qt__cuda_round_bf16(out, wide, n * out_c, who, err);
   qt__cuda_products_scratch_unlock();
   return rc;
@@ -234,51 +222,35 @@ extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbia
                   out_c, set, "qt_cuda_linear_backward", err);
 }
 
-extern "C" int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const void *inp, const float *weight,
-                                          size_t n, size_t in_c, size_t out_c, int set,
-                                          qt_err *err) {
-  const char *who = "qt_cuda_linear_backward (BF16 input)";
-  int rc = check_bf16(who, err);
+/* The op table's linear_backward_bf16 (QT__BF16_INP: the forward's input
+ * in BF16; QT__BF16_DOUT: the output's gradient in BF16, as the fused
+ * attention writes qkv's) and gelu_linear_backward_bf16 (QT__BF16_INP as
+ * there; QT__BF16_OUT: pre, GELU's input, in BF16). */
+extern "C" int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                             const void *dout, const void *inp, const float *weight,
+                                             size_t n, size_t in_c, size_t out_c, int set,
+                                             unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_linear_backward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DOUT, who, err);
   if (rc < 0) return rc;
-  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, NULL, 0, NULL, n, in_c,
-                  out_c, set, who, err);
+  int inp16 = (bf16 & QT__BF16_INP) != 0, dout16 = (bf16 & QT__BF16_DOUT) != 0;
+  return backward(dinp, dweight, dbias, dout16 ? NULL : (const float *)dout, dout16 ? dout : NULL,
+                  inp16 ? NULL : (const float *)inp, inp16 ? inp : NULL, weight, NULL, 0, NULL, n,
+                  in_c, out_c, set, who, err);
 }
 
-/* The backward with its output's gradient in BF16 too (dout, as the fused
- * attention writes qkv's). */
-extern "C" int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias,
-                                           const void *dout, const void *inp, const float *weight,
-                                           size_t n, size_t in_c, size_t out_c, int set,
-                                           qt_err *err) {
-  const char *who = "qt_cuda_linear_backward (BF16 input and output gradient)";
-  int rc = check_bf16(who, err);
-  if (rc < 0) return rc;
-  return backward(dinp, dweight, dbias, NULL, dout, NULL, inp, weight, NULL, 0, NULL, n, in_c,
-                  out_c, set, who, err);
-}
-
-extern "C" int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias,
-                                               float *dpre, const float *dout, const float *pre,
-                                               const void *inp, const float *weight, size_t n,
-                                               size_t in_c, size_t out_c, int set, qt_err *err) {
-  const char *who = "qt_cuda_gelu_linear_backward (BF16 input)";
-  int rc = check_bf16(who, err);
+extern "C" int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                                  float *dpre, const float *dout, const void *pre,
+                                                  const void *inp, const float *weight, size_t n,
+                                                  size_t in_c, size_t out_c, int set, unsigned bf16,
+                                                  qt_err *err) {
+  const char *who = "qt_cuda_gelu_linear_backward (BF16 arrays)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
   if (rc < 0) return rc;
   if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, pre, 0, dpre, n, in_c, out_c,
-                  set, who, err);
-}
-
-extern "C" int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias,
-                                                float *dpre, const float *dout, const void *pre,
-                                                const void *inp, const float *weight, size_t n,
-                                                size_t in_c, size_t out_c, int set, qt_err *err) {
-  const char *who = "qt_cuda_gelu_linear_backward (BF16 input and GELU input)";
-  int rc = check_bf16(who, err);
-  if (rc < 0) return rc;
-  if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  return backward(dinp, dweight, dbias, dout, NULL, NULL, inp, weight, pre, 1, dpre, n, in_c, out_c,
+  int inp16 = (bf16 & QT__BF16_INP) != 0;
+  return backward(dinp, dweight, dbias, dout, NULL, inp16 ? NULL : (const float *)inp,
+                  inp16 ? inp : NULL, weight, pre, (bf16 & QT__BF16_OUT) != 0, dpre, n, in_c, out_c,
                   set, who, err);
 }
 
@@ -288,25 +260,47 @@ extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias
   return qt__cuda_linear_backward(dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, 0, err);
 }
 
-/* The op table's choice: the ViT keeps its linear layers' inputs in BF16
- * under BF16 products, unless QT_CUDA_BF16_INPUTS=0 (to measure one
- * against the other). */
-extern "C" int qt__cuda_bf16_inputs(void) {
-  static int switch_state = -1;
+/* The BF16 arrays of the _bf16 ops need BF16 products: under FP32
+ * products their values would have been rounded behind the caller's
+ * back. */
+extern "C" int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const char *who,
+                                   qt_err *err) {
+  if (bf16 & ~implemented)
+    return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
+  if (!bf16) return 0;
   int precision = qt__cuda_matmul_precision();
-  return (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) &&
-         qt__cuda_switch_on("QT_CUDA_BF16_INPUTS", &switch_state);
+  if (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST) return 0;
+  return qt_err_set(err, QT_EINVAL, "%s: a BF16 array needs BF16 products", who);
 }
 
-/* 1: the MLP's hidden pre-activation (fc1's output, GELU's input) is kept
- * in BF16 where the linear inputs are (unless QT_CUDA_BF16_HIDDEN=0); -1
- * until the environment has been read. */
-static int bf16_hidden = -1;
+/* The switches of the op table's BF16 activations, each on unless its
+ * environment variable is 0 (to measure one against the other); -1 until
+ * the environment has been read. */
+static int bf16_inputs = -1, bf16_hidden = -1, bf16_qkv = -1;
 
 extern "C" int qt__cuda_set_bf16_hidden(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
 }
 
-extern "C" int qt__cuda_bf16_hidden(void) {
-  return qt__cuda_bf16_inputs() && qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN", &bf16_hidden);
+extern "C" int qt__cuda_set_bf16_qkv(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_QKV", &bf16_qkv, on);
+}
+
+/* The op table's bf16_activations: under BF16 products (either kind), the
+ * linear inputs and fc1's output; where the fused attention runs for the
+ * shape (it writes its output in BF16 directly, and rounds Q, K and V as
+ * it loads them: half the product's writes and its reads of qkv), its
+ * output, qkv and dqkv. */
+extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
+  int precision = qt__cuda_matmul_precision();
+  if ((precision != QT_MATMUL_BF16 && precision != QT_MATMUL_BF16_FAST) ||
+      !qt__cuda_switch_on("QT_CUDA_BF16_INPUTS", &bf16_inputs))
+    return 0;
+  unsigned keep = QT__KEEP_LINEAR_INPUTS;
+  if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN", &bf16_hidden)) keep |= QT__KEEP_HIDDEN;
+  if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
+    keep |= QT__KEEP_ATTENTION_OUT;
+    if (qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv)) keep |= QT__KEEP_QKV;
+  }
+  return keep;
 }

@@ -153,44 +153,12 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
-int qt__cuda_bf16_inputs(void) {
-  return 0;
-}
-
-int qt__cuda_layernorm_forward_h(void *out, float *mean, float *rstd, const float *inp,
-                                 const float *weight, const float *bias, size_t n, size_t c,
-                                 float eps, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_layernorm_forward");
-}
-
-int qt__cuda_gelu_linear_backward_h(float *dinp, float *dweight, float *dbias, float *dpre,
-                                    const float *dout, const float *pre, const void *inp,
-                                    const float *weight, size_t n, size_t in_c, size_t out_c,
-                                    int set, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
-}
-
 int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
                                         float *rstd, const float *res, const float *branch,
                                         const float *gamma, const float *weight,
                                         const float *bias, size_t n, size_t c, float eps,
                                         qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_residual_layernorm_forward");
-}
-
-int qt__cuda_gelu_forward_h(void *out, const float *inp, size_t n, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_gelu_forward");
-}
-
-int qt__cuda_linear_forward_h(float *out, const void *inp, const float *weight, const float *bias,
-                              size_t n, size_t in_c, size_t out_c, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_linear_forward");
-}
-
-int qt__cuda_linear_backward_h(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const void *inp, const float *weight, size_t n, size_t in_c,
-                               size_t out_c, int set, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_linear_backward");
 }
 
 int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads) {
@@ -208,22 +176,67 @@ int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
-int qt__cuda_attention_fused_forward_h(void *out, float *att, const float *qkv, size_t batch,
-                                       size_t tokens, size_t c, size_t heads, qt_err *err) {
-  return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
-}
-
-int qt__cuda_attention_bf16_out(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return 0;
-}
-
 size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
   return batch * heads * tokens * tokens;
 }
 
-int qt__cuda_attention_op_forward_h(void *out, float *att, const float *qkv, size_t batch,
-                                    size_t tokens, size_t c, size_t heads, qt_err *err) {
+unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
+  return 0;
+}
+
+int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
+                                    const float *weight, const float *bias, size_t n, size_t c,
+                                    float eps, unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_layernorm_forward");
+}
+
+int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_forward");
+}
+
+int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
+                                 const float *bias, size_t n, size_t in_c, size_t out_c,
+                                 unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_forward");
+}
+
+int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+                                  const void *inp, const float *weight, size_t n, size_t in_c,
+                                  size_t out_c, int set, unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_linear_backward");
+}
+
+int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
+                                       const float *dout, const void *pre, const void *inp,
+                                       const float *weight, size_t n, size_t in_c, size_t out_c,
+                                       int set, unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
+}
+
+int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
+                                       size_t tokens, size_t c, size_t heads, unsigned bf16,
+                                       qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_forward");
+}
+
+int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                        const void *qkv, const float *att, size_t batch,
+                                        size_t tokens, size_t c, size_t heads, int set,
+                                        unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_attention_backward");
+}
+
+int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
+                                          size_t tokens, size_t c, size_t heads, unsigned bf16,
+                                          qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
+}
+
+int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+                                           const void *qkv, const float *att, size_t batch,
+                                           size_t tokens, size_t c, size_t heads, int set,
+                                           unsigned bf16, qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
 int qt__cuda_set_fused_attention(int on) {
@@ -234,60 +247,8 @@ int qt__cuda_set_bf16_qkv(int on) {
   return 0;
 }
 
-int qt__cuda_attention_op_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                      const void *qkv, const float *att, size_t batch,
-                                      size_t tokens, size_t c, size_t heads, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_attention_backward");
-}
-
-int qt__cuda_attention_fused_backward_hh(void *dqkv, float *scratch, const float *dout,
-                                         const void *qkv, const float *att, size_t batch,
-                                         size_t tokens, size_t c, size_t heads, qt_err *err) {
-  return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
-}
-
-int qt__cuda_linear_backward_hh(float *dinp, float *dweight, float *dbias, const void *dout,
-                                const void *inp, const float *weight, size_t n, size_t in_c,
-                                size_t out_c, int set, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_linear_backward");
-}
-
 int qt__cuda_set_bf16_hidden(int on) {
   return 0;
-}
-
-int qt__cuda_bf16_hidden(void) {
-  return 0;
-}
-
-int qt__cuda_gelu_forward_hh(void *out, const void *inp, size_t n, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_gelu_forward");
-}
-
-int qt__cuda_gelu_linear_backward_hh(float *dinp, float *dweight, float *dbias, float *dpre,
-                                     const float *dout, const void *pre, const void *inp,
-                                     const float *weight, size_t n, size_t in_c, size_t out_c,
-                                     int set, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
-}
-
-int qt__cuda_attention_bf16_qkv(size_t batch, size_t tokens, size_t c, size_t heads) {
-  return 0;
-}
-
-int qt__cuda_linear_forward_hh(void *out, const void *inp, const float *weight, const float *bias,
-                               size_t n, size_t in_c, size_t out_c, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_linear_forward");
-}
-
-int qt__cuda_attention_op_forward_hh(void *out, float *att, const void *qkv, size_t batch,
-                                     size_t tokens, size_t c, size_t heads, qt_err *err) {
-  return QT_CUDA_STUB("qt_cuda_attention_forward");
-}
-
-int qt__cuda_attention_fused_forward_hh(void *out, float *att, const void *qkv, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, qt_err *err) {
-  return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
 }
 
 int qt__cuda_set_layernorm_rows(int on) {
