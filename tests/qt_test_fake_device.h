@@ -41,8 +41,9 @@ static struct fake_device {
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
   long bf16_calls;                       /* calls of fake_device_bf16_ops' ops with BF16 arrays */
-  int bf16_qkv_off;    /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
-  int bf16_hidden_off; /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
+  int bf16_qkv_off;         /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
+  int bf16_hidden_off;      /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
+  int bf16_hidden_grad_off; /* 1: ... and GELU's output gradient, as QT_CUDA_BF16_HIDDEN_GRAD=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -544,12 +545,12 @@ static inline int fake_bf16_call(unsigned bf16, const unsigned *implemented, siz
   CU_FAIL("fake device: a set of BF16 arrays that the CUDA table refuses");
   return qt_err_set(err, QT_EINVAL, "fake device %s: BF16 arrays 0x%x refused", who, bf16);
 }
-#define FAKE_BF16_CALL(bf16, who, err, ...)                                                    \
-  do {                                                                                         \
-    static const unsigned implemented_[] = {__VA_ARGS__};                                      \
-    int rc_ = fake_bf16_call(bf16, implemented_, sizeof implemented_ / sizeof *implemented_, \
-                             who, err);                                                        \
-    if (rc_ < 0) return rc_;                                                                   \
+#define FAKE_BF16_CALL(bf16, who, err, ...)                                                       \
+  do {                                                                                            \
+    static const unsigned implemented_[] = {__VA_ARGS__};                                         \
+    int rc_ =                                                                                     \
+        fake_bf16_call(bf16, implemented_, sizeof implemented_ / sizeof *implemented_, who, err); \
+    if (rc_ < 0) return rc_;                                                                      \
   } while (0)
 enum {
   FAKE_IN = QT__BF16_INP,
@@ -565,7 +566,8 @@ static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t
     return 0;
   return QT__KEEP_LINEAR_INPUTS | QT__KEEP_ATTENTION_OUT |
          (fake_device.bf16_qkv_off ? 0u : QT__KEEP_QKV) |
-         (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN);
+         (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN) |
+         (fake_device.bf16_hidden_grad_off ? 0u : QT__KEEP_HIDDEN_GRAD);
 }
 
 static inline int fake_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
@@ -628,16 +630,20 @@ static inline int fake_linear_forward_bf16(void *out, const void *inp, const flo
   return rc;
 }
 
-static inline int fake_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+static inline int fake_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
                                             const void *dout, const void *inp, const float *weight,
                                             size_t n, size_t in_c, size_t out_c, int set,
                                             unsigned bf16, qt_err *err) {
-  FAKE_BF16_CALL(bf16, "linear_backward", err, FAKE_IN, QT__BF16_DOUT, FAKE_IN_DOUT);
+  FAKE_BF16_CALL(bf16, "linear_backward", err, FAKE_IN, QT__BF16_DOUT, FAKE_IN_DOUT, FAKE_IN_DIN,
+                 FAKE_IN_DOUT | QT__BF16_DINP);
+  CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   FAKE_OPEN();
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
   const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
+  float *dx = dinp ? fake_out(dinp, n * in_c, bf16 & QT__BF16_DINP) : NULL;
   int rc =
-      qt__ops_cpu()->linear_backward(dinp, dweight, dbias, g, x, weight, n, in_c, out_c, set, err);
+      qt__ops_cpu()->linear_backward(dx, dweight, dbias, g, x, weight, n, in_c, out_c, set, err);
+  if (dinp) fake_put(dinp, dx, n * in_c, bf16 & QT__BF16_DINP);
   fake_drop(inp, x);
   fake_drop(dout, g);
   FAKE_CLOSE();
@@ -647,18 +653,21 @@ static inline int fake_linear_backward_bf16(float *dinp, float *dweight, float *
 /* gelu_backward, then linear_backward: the CPU's ops, whose results the
  * CUDA table's one op gives. */
 static inline int fake_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
-                                                 float *dpre, const float *dout, const void *pre,
+                                                 float *dpre, const void *dout, const void *pre,
                                                  const void *inp, const float *weight, size_t n,
                                                  size_t in_c, size_t out_c, int set, unsigned bf16,
                                                  qt_err *err) {
-  FAKE_BF16_CALL(bf16, "gelu_linear_backward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT);
+  FAKE_BF16_CALL(bf16, "gelu_linear_backward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT,
+                 FAKE_IN_OUT | QT__BF16_DOUT, FAKE_IN | QT__BF16_DOUT);
   const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
+  const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
   const float *p = fake_in(pre, n * out_c, bf16 & QT__BF16_OUT);
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
-  int rc = cpu->gelu_backward(dpre, dout, p, n * out_c, 1, err);
+  int rc = cpu->gelu_backward(dpre, g, p, n * out_c, 1, err);
   if (rc == 0)
     rc = cpu->linear_backward(dinp, dweight, dbias, dpre, x, weight, n, in_c, out_c, set, err);
+  fake_drop(dout, g);
   fake_drop(pre, p);
   fake_drop(inp, x);
   FAKE_CLOSE();
@@ -690,8 +699,8 @@ static inline int fake_attention_backward_bf16(void *dqkv, float *scratch, const
   FAKE_OPEN();
   const float *x = fake_in(qkv, n, bf16 & QT__BF16_INP);
   float *g = fake_out(dqkv, n, bf16 & QT__BF16_DINP);
-  int rc =
-      qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, set, err);
+  int rc = qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, set,
+                                             err);
   fake_put(dqkv, g, n, bf16 & QT__BF16_DINP);
   fake_drop(qkv, x);
   FAKE_CLOSE();

@@ -193,6 +193,23 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
     if (memcmp(sums[0].data(), sums[1].data(), c * sizeof(float)) != 0 ||
         memcmp(copies16[0].data(), copies16[1].data(), n * c * sizeof copy[0]) != 0)
       fail("BF16 input differs", kind, n, c, 1.0);
+    /* And GELU's output gradient in BF16 too (QT__KEEP_HIDDEN_GRAD). */
+    std::vector<__nv_bfloat16> a16(n * c);
+    std::vector<float> wide_a(n * c);
+    for (size_t k = 0; k < n * c; k++) {
+      a16[k] = __float2bfloat16_rn(a[k]);
+      wide_a[k] = qt_emu_float(a16[k]);
+    }
+    sums[0] = sums[1] = dst0;
+    copies16[0] = copies16[1] = copy;
+    run<kind>(sums[0].data(), nullptr, wide_a.data(), wide.data(), nullptr, nullptr,
+              copies16[0].data(), n, c);
+    run<kind>(sums[1].data(), nullptr, a16.data(), b16.data(), nullptr, nullptr, copies16[1].data(),
+              n, c);
+    checks++;
+    if (memcmp(sums[0].data(), sums[1].data(), c * sizeof(float)) != 0 ||
+        memcmp(copies16[0].data(), copies16[1].data(), n * c * sizeof copy[0]) != 0)
+      fail("BF16 output gradient differs", kind, n, c, 1.0);
   }
 }
 

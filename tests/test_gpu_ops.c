@@ -235,8 +235,10 @@ static int device_equal(const float *a, const float *b, size_t n) {
  * (qt__cuda_gelu_linear_backward_h) gives what the two ops give, bit for
  * bit: under BF16 products with a bias gradient in one pass that keeps
  * the GELU's gradient only in BF16, else through the two ops; and so does
- * the op with GELU's input in BF16 (gelu_linear_backward_hh; the input
- * holds BF16 values), as does GELU's forward from it (gelu_forward_hh). */
+ * the op with GELU's input in BF16 (QT__BF16_OUT; the input holds BF16
+ * values), as does GELU's forward from it (QT__BF16_INP). With GELU's
+ * output gradient in BF16 too (QT__BF16_DOUT), the op gives what it gives
+ * on the FP32 gradient of the same values. */
 static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
                              qt_matmul_precision precision, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
@@ -260,8 +262,18 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   CHECK_RC(qt_cuda_copy_to_device(d_x16, x16, n * in_c * sizeof *x16, E));
   float *d_pre = device_floats(pre, n * out_c), *d_dout = device_floats(dout, n * out_c);
   float *d_weight = device_floats(weight, out_c * in_c);
-  float *d_dinp[3], *d_dw[3], *d_db[3], *d_dpre[3];
-  for (int k = 0; k < 3; k++) {
+  uint16_t *dout16 = malloc(n * out_c * sizeof *dout16);
+  float *dout_r = malloc(n * out_c * sizeof *dout_r);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dout16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dout_r);
+  for (size_t i = 0; i < n * out_c; i++) {
+    dout_r[i] = bf16_round(dout[i]);
+    dout16[i] = qt_test_bf16_bits(dout_r[i]);
+  }
+  void *d_dout16 = device_copy(dout16, n * out_c, sizeof *dout16);
+  float *d_dout_r = device_floats(dout_r, n * out_c);
+  float *d_dinp[5], *d_dw[5], *d_db[5], *d_dpre[5];
+  for (int k = 0; k < 5; k++) {
     d_dinp[k] = device_alloc(n * in_c);
     d_dw[k] = device_floats(init_w, out_c * in_c);
     d_db[k] = with_bias ? device_floats(init_b, out_c) : NULL;
@@ -276,6 +288,14 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp[2], d_dw[2], d_db[2], d_dpre[2], d_dout,
                                               d_pre16, d_x16, d_weight, n, in_c, out_c, 1,
                                               QT__BF16_INP | QT__BF16_OUT, E));
+  /* GELU's output gradient in BF16: what the FP32 one of the same values
+   * gives. */
+  CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp[3], d_dw[3], d_db[3], d_dpre[3], d_dout_r,
+                                              d_pre16, d_x16, d_weight, n, in_c, out_c, 1,
+                                              QT__BF16_INP | QT__BF16_OUT, E));
+  CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp[4], d_dw[4], d_db[4], d_dpre[4], d_dout16,
+                                              d_pre16, d_x16, d_weight, n, in_c, out_c, 1,
+                                              QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT, E));
   /* GELU's forward from the BF16 input: the FP32 input's, bit for bit. */
   void *d_gelu[2] = {NULL, NULL};
   for (int k = 0; k < 2; k++) CHECK_RC(qt_cuda_malloc(&d_gelu[k], n * out_c * sizeof *pre16, E));
@@ -293,6 +313,13 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
              k == 1 ? "two ops'" : "BF16 GELU input's");
     CU_ASSERT(same);
   }
+  int same = device_equal(d_dinp[3], d_dinp[4], n * in_c) &&
+             device_equal(d_dw[3], d_dw[4], out_c * in_c) &&
+             (!with_bias || device_equal(d_db[3], d_db[4], out_c));
+  if (!same)
+    printf("gelu + linear (%zu, %zu) -> %zu%s, precision %d: not the BF16 dout's gradients\n", n,
+           in_c, out_c, with_bias ? " with bias" : "", (int)precision);
+  CU_ASSERT(same);
   uint16_t *gelu[2];
   for (int k = 0; k < 2; k++) gelu[k] = download_bytes(d_gelu[k], n * out_c * sizeof *pre16);
   CU_ASSERT(memcmp(gelu[0], gelu[1], n * out_c * sizeof *pre16) == 0);
@@ -302,7 +329,11 @@ static void gelu_linear_case(size_t n, size_t in_c, size_t out_c, int with_bias,
   }
   free(pre16);
   qt_cuda_free(d_pre16);
-  for (int k = 0; k < 3; k++) {
+  free(dout16);
+  free(dout_r);
+  qt_cuda_free(d_dout16);
+  qt_cuda_free(d_dout_r);
+  for (int k = 0; k < 5; k++) {
     qt_cuda_free(d_dinp[k]);
     qt_cuda_free(d_dw[k]);
     qt_cuda_free(d_db[k]);
@@ -452,6 +483,35 @@ static void test_bf16_inputs(void) {
   expect_parity_tol("linear, BF16 dout: dinp", d_in2[1], want2[0], NULL, count, 1e-6);
   expect_parity_tol("linear, BF16 dout: dweight", d_w2[1], want2[1], dw.init, out_c * in_c, 1e-6);
   expect_parity_tol("linear, BF16 dout: dbias", d_b2[1], want2[2], db.init, out_c, 1e-6);
+  /* The input's gradient written in BF16 (fc2's, GELU's output gradient):
+   * the FP32 one rounded, give or take the last bit as the output above,
+   * with and without the bias gradient's pass, under both BF16 precisions
+   * (the converting one writes through scratch). */
+  void *d_dinp16 = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_dinp16, count * sizeof(uint16_t), E));
+  qt_matmul_precision bf16_kinds[2] = {QT_MATMUL_BF16, QT_MATMUL_BF16_FAST};
+  for (int p = 0; p < 2; p++) {
+    qt_cuda_set_matmul_precision(bf16_kinds[p]);
+    for (int with_bias = 1; with_bias >= 0; with_bias--) {
+      CHECK_RC(qt__cuda_linear_backward_bf16(d_in2[0], NULL, with_bias ? d_b2[0] : NULL, d_dout,
+                                             d_h, d_w, n, in_c, out_c, 1, QT__BF16_INP, E));
+      CHECK_RC(qt__cuda_linear_backward_bf16(d_dinp16, NULL, with_bias ? d_b2[1] : NULL, d_dout,
+                                             d_h, d_w, n, in_c, out_c, 1,
+                                             QT__BF16_INP | QT__BF16_DINP, E));
+      double error = bf16_parity(d_dinp16, d_in2[0], count);
+      if (!(error <= 1.0 / 256))
+        printf("\n    BF16 dinp (precision %d%s): off by %.3g", (int)bf16_kinds[p],
+               with_bias ? "" : ", no bias", error);
+      CU_ASSERT(error <= 1.0 / 256);
+      CU_ASSERT(bf16_mismatches(d_dinp16, d_in2[0], count) <= count / 100);
+    }
+  }
+  qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  qt_err added;
+  CU_ASSERT_EQUAL(qt__cuda_linear_backward_bf16(d_dinp16, NULL, NULL, d_dout, d_h, d_w, n, in_c,
+                                                out_c, 0, QT__BF16_INP | QT__BF16_DINP, &added),
+                  QT_EINVAL);
+  qt_cuda_free(d_dinp16);
   for (int k = 0; k < 2; k++) {
     qt_cuda_free(d_w2[k]);
     qt_cuda_free(d_b2[k]);

@@ -113,6 +113,7 @@ enum {
   QT__KEEP_ATTENTION_OUT = 2u, /* the attention's output, proj's input */
   QT__KEEP_QKV = 4u,           /* qkv and its gradient */
   QT__KEEP_HIDDEN = 8u,        /* fc1's output, GELU's input */
+  QT__KEEP_HIDDEN_GRAD = 16u,  /* GELU's output gradient, fc2's input gradient */
 };
 
 typedef struct qt__ops {
@@ -182,23 +183,24 @@ typedef struct qt__ops {
   int (*gelu_forward_bf16)(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
   int (*linear_forward_bf16)(void *out, const void *inp, const float *weight, const float *bias,
                              size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err);
-  int (*linear_backward_bf16)(float *dinp, float *dweight, float *dbias, const void *dout,
+  int (*linear_backward_bf16)(void *dinp, float *dweight, float *dbias, const void *dout,
                               const void *inp, const float *weight, size_t n, size_t in_c,
                               size_t out_c, int set, unsigned bf16, qt_err *err);
   /* gelu_backward(dpre, dout, pre, n * out_c, set 1), then
    * linear_backward with dpre as its dout: the MLP's GELU and the linear
    * layer before it (pre, (n, out_c), is that layer's output: QT__BF16_OUT
-   * names it, QT__BF16_INP that layer's input), with the same results.
+   * names it, QT__BF16_INP that layer's input, QT__BF16_DOUT dout, GELU's
+   * output gradient), with the same results.
    * dpre is scratch: a backend may leave it unwritten (the CUDA table
    * under BF16 products keeps that gradient only in BF16, for the two
    * products, and sums it for the bias in the same pass). */
   int (*gelu_linear_backward_bf16)(float *dinp, float *dweight, float *dbias, float *dpre,
-                                   const float *dout, const void *pre, const void *inp,
+                                   const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    int set, unsigned bf16, qt_err *err);
   /* QT__BF16_INP names qkv, QT__BF16_DINP dqkv (written as `set`). */
-  int (*attention_forward_bf16)(void *out, float *att, const void *qkv, size_t batch,
-                                size_t tokens, size_t c, size_t heads, unsigned bf16, qt_err *err);
+  int (*attention_forward_bf16)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
+                                size_t c, size_t heads, unsigned bf16, qt_err *err);
   int (*attention_backward_bf16)(void *dqkv, float *scratch, const float *dout, const void *qkv,
                                  const float *att, size_t batch, size_t tokens, size_t c,
                                  size_t heads, int set, unsigned bf16, qt_err *err);
@@ -222,10 +224,10 @@ typedef struct qt__ops {
    * same results, in one pass where a backend has it; NULL: the model
    * calls the two in turn. A transformer block's residual add and the
    * layer norm after it. */
-  int (*residual_layernorm_forward)(float *out, void *norm, int norm_bf16, float *mean,
-                                    float *rstd, const float *res, const float *branch,
-                                    const float *gamma, const float *weight, const float *bias,
-                                    size_t n, size_t c, float eps, qt_err *err);
+  int (*residual_layernorm_forward)(float *out, void *norm, int norm_bf16, float *mean, float *rstd,
+                                    const float *res, const float *branch, const float *gamma,
+                                    const float *weight, const float *bias, size_t n, size_t c,
+                                    float eps, qt_err *err);
   int (*patchify)(float *patches, const float *images, size_t batch, size_t channels, size_t size,
                   size_t patch, qt_err *err);
   int (*tokens_forward)(float *x, const float *patch_tokens, const float *cls_token,
@@ -404,37 +406,37 @@ int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *
  * on (qt__cuda_set_layernorm_rows), else the two ops. */
 int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
                                         float *rstd, const float *res, const float *branch,
-                                        const float *gamma, const float *weight,
-                                        const float *bias, size_t n, size_t c, float eps,
-                                        qt_err *err);
+                                        const float *gamma, const float *weight, const float *bias,
+                                        size_t n, size_t c, float eps, qt_err *err);
 
 /* The CUDA op table's BF16 activations (qt__ops' bf16_activations and
  * _bf16 ops). Under BF16 products the linear inputs (unless
- * QT_CUDA_BF16_INPUTS=0) and with them fc1's output (unless
- * qt__cuda_set_bf16_hidden turned it off); where the fused attention runs
- * for the shape, its output, and qkv with its gradient (unless
- * qt__cuda_set_bf16_qkv turned them off). Every BF16 array needs BF16
- * products (QT_EINVAL otherwise: the values would have been rounded behind
- * the caller's back), and the attention's the fused kernels for the shape
- * now. Supported sets: any for the linear ops and GELU's forward; the
+ * QT_CUDA_BF16_INPUTS=0) and with them fc1's output and GELU's output
+ * gradient (unless qt__cuda_set_bf16_hidden, qt__cuda_set_bf16_hidden_grad
+ * turned them off); where the fused attention runs for the shape, its
+ * output, and qkv with its gradient (unless qt__cuda_set_bf16_qkv turned
+ * them off). Every BF16 array needs BF16 products (QT_EINVAL otherwise:
+ * the values would have been rounded behind the caller's back), and the
+ * attention's the fused kernels for the shape now. Supported sets: any
+ * for the linear ops (a BF16 dinp `set` only) and GELU's forward; the
  * layer norm's output; the attention's output, or its output with qkv
  * (forward), qkv with dqkv (backward, `set` only). The fused kernels
  * round Q, K and V as they load them and the products round dqkv, so
- * BF16 qkv and dqkv change no number; fc1's BF16 output does (GELU at the
- * rounded values). QT_ENODEV in a build without CUDA. */
+ * BF16 qkv and dqkv change no number; fc1's BF16 output and GELU's BF16
+ * output gradient do (GELU and its gradient at the rounded values, as
+ * under PyTorch's autocast). QT_ENODEV in a build without CUDA. */
 unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
                                     const float *weight, const float *bias, size_t n, size_t c,
                                     float eps, unsigned bf16, qt_err *err);
 int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
-int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
-                                 const float *bias, size_t n, size_t in_c, size_t out_c,
-                                 unsigned bf16, qt_err *err);
-int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight, const float *bias,
+                                 size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err);
+int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias, const void *dout,
                                   const void *inp, const float *weight, size_t n, size_t in_c,
                                   size_t out_c, int set, unsigned bf16, qt_err *err);
 int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
-                                       const float *dout, const void *pre, const void *inp,
+                                       const void *dout, const void *pre, const void *inp,
                                        const float *weight, size_t n, size_t in_c, size_t out_c,
                                        int set, unsigned bf16, qt_err *err);
 int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
@@ -482,6 +484,10 @@ int qt__cuda_set_bf16_qkv(int on);
 /* The same for the MLP's hidden pre-activation kept in BF16
  * (QT__KEEP_HIDDEN). On unless QT_CUDA_BF16_HIDDEN=0. */
 int qt__cuda_set_bf16_hidden(int on);
+
+/* The same for GELU's output gradient kept in BF16 (QT__KEEP_HIDDEN_GRAD).
+ * On unless QT_CUDA_BF16_HIDDEN_GRAD=0. */
+int qt__cuda_set_bf16_hidden_grad(int on);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

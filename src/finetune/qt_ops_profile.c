@@ -131,12 +131,12 @@ TIMED_BF16(linear_forward_bf16,
             size_t in_c, size_t out_c, unsigned bf16, qt_err *err),
            (out, inp, weight, bias, n, in_c, out_c, bf16, err))
 TIMED_BF16(linear_backward_bf16,
-           (float *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+           (void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
             const float *weight, size_t n, size_t in_c, size_t out_c, int set, unsigned bf16,
             qt_err *err),
            (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, bf16, err))
 TIMED_BF16(gelu_linear_backward_bf16,
-           (float *dinp, float *dweight, float *dbias, float *dpre, const float *dout,
+           (float *dinp, float *dweight, float *dbias, float *dpre, const void *dout,
             const void *pre, const void *inp, const float *weight, size_t n, size_t in_c,
             size_t out_c, int set, unsigned bf16, qt_err *err),
            (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, bf16, err))

@@ -67,7 +67,7 @@ typedef struct tensor_entry {
  * kept in BF16 (half the room of FP32) and the floats that attention
  * keeps per block, at max_batch. */
 typedef struct arena_mode {
-  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1 */
+  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1; dgelu */
   size_t att;
 } arena_mode;
 
@@ -139,7 +139,7 @@ struct qt_vit {
   float *dqkv;       /* (B, T, 3C) (BF16 after a forward that kept qkv so) */
   float *datt;       /* the attention backward's scratch (attention_scratch_size) */
   float *dfc1;       /* (B, T, M) */
-  float *dgelu;      /* (B, T, M) */
+  float *dgelu;      /* (B, T, M) (BF16 after a forward that kept it so) */
   unsigned keep;     /* the activations that the last forward kept in BF16
                         (QT__KEEP_*, the op table's bf16_activations), for
                         it and its backward */
@@ -344,7 +344,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->keep, QT__KEEP_QKV));
   vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
-  vit->dgelu = carve(base, &used, B * T * M);
+  vit->dgelu = carve(base, &used, kept_floats(B * T * M, m->keep, QT__KEEP_HIDDEN_GRAD));
   vit->dcls_rows = carve(base, &used, B * C);
   vit->dcls_norm = carve(base, &used, B * C);
   vit->dlogits = carve(base, &used, B * K);
@@ -798,7 +798,7 @@ static int linear_op(const qt_vit_t *vit, void *out, const void *inp, const floa
 }
 
 /* The backward ops write the input gradient (set). */
-static int linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+static int linear_backward_op(const qt_vit_t *vit, void *dinp, float *dweight, float *dbias,
                               const void *dout, const void *inp, const float *weight, size_t n,
                               size_t in_c, size_t out_c, unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
@@ -811,14 +811,14 @@ static int linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, 
 /* The MLP's GELU and fc1 before it (pre: fc1's output, inp its input);
  * dpre is scratch. */
 static int gelu_linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
-                                   float *dpre, const float *dout, const void *pre, const void *inp,
+                                   float *dpre, const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
   if (bf16)
     return ops->gelu_linear_backward_bf16(dinp, dweight, dbias, dpre, dout, pre, inp, weight, n,
                                           in_c, out_c, 1, bf16, err);
-  int rc = ops->gelu_backward(dpre, dout, pre, n * out_c, 1, err);
+  int rc = ops->gelu_backward(dpre, (const float *)dout, pre, n * out_c, 1, err);
   return rc < 0 ? rc
                 : ops->linear_backward(dinp, dweight, dbias, dpre, inp, weight, n, in_c, out_c, 1,
                                        err);
@@ -1105,6 +1105,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
   unsigned qkv = kept(vit, QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP);
   unsigned dqkv = kept(vit, QT__KEEP_QKV, QT__BF16_DOUT);
+  unsigned dgelu_in = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DINP);
+  unsigned dgelu_out = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DOUT);
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
   for (long l = cf->depth - 1; l >= vit->backward_from; l--) {
@@ -1117,9 +1119,10 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
     VIT_TRY(linear_backward_op(vit, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT,
-                               M, C, norm_in, err));
+                               M, C, norm_in | dgelu_in, err));
     VIT_TRY(gelu_linear_backward_op(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
-                                    a->fc1, a->ln2, w->fc1_w, BT, C, M, norm_in | hidden_out, err));
+                                    a->fc1, a->ln2, w->fc1_w, BT, C, M,
+                                    norm_in | hidden_out | dgelu_out, err));
     VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
                                     w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
 

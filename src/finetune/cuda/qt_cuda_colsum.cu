@@ -116,19 +116,26 @@ extern "C" int qt__cuda_column_sums_rounding(float *dst, void *copy, const float
                                                      (__nv_bfloat16 *)copy, n, c, who, err);
 }
 
-extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout,
-                                                  const void *pre, int pre_bf16, size_t n, size_t c,
-                                                  const char *who, qt_err *err) {
+extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const void *dout,
+                                                  int dout_bf16, const void *pre, int pre_bf16,
+                                                  size_t n, size_t c, const char *who,
+                                                  qt_err *err) {
   if (n == 0 || c == 0) return 0;
   if (!dst || !copy || !dout || !pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if ((c + 31) / 32 > INT_MAX)
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
-  __nv_bfloat16 *copy16 = (__nv_bfloat16 *)copy;
-  if (pre_bf16)
-    return column_sums<QT__COLSUM_GELU, float>(dst, NULL, dout, (const __nv_bfloat16 *)pre, NULL,
-                                               NULL, copy16, n, c, who, err);
-  return column_sums<QT__COLSUM_GELU, float>(dst, NULL, dout, (const float *)pre, NULL, NULL,
-                                             copy16, n, c, who, err);
+  typedef __nv_bfloat16 bf16_t;
+  bf16_t *copy16 = (bf16_t *)copy;
+  const int kind = QT__COLSUM_GELU;
+  if (dout_bf16)
+    return pre_bf16 ? column_sums<kind>(dst, NULL, (const bf16_t *)dout, (const bf16_t *)pre, NULL,
+                                        NULL, copy16, n, c, who, err)
+                    : column_sums<kind>(dst, NULL, (const bf16_t *)dout, (const float *)pre, NULL,
+                                        NULL, copy16, n, c, who, err);
+  return pre_bf16 ? column_sums<kind>(dst, NULL, (const float *)dout, (const bf16_t *)pre, NULL,
+                                      NULL, copy16, n, c, who, err)
+                  : column_sums<kind>(dst, NULL, (const float *)dout, (const float *)pre, NULL,
+                                      NULL, copy16, n, c, who, err);
 }
 
 extern "C" int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c,

@@ -28,14 +28,14 @@ struct gelu_in {
 };
 
 /* set: dinp starts from 0 (0 + g, as the CPU's zeroed array) instead of
- * its old values. */
-template <bool set, typename S>
+ * its old values. dout (D) and inp (S) each float or BF16. */
+template <bool set, typename D, typename S>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    gelu_backward_kernel(float *dinp, const float *dout, const S *inp, size_t n) {
+    gelu_backward_kernel(float *dinp, const D *dout, const S *inp, size_t n) {
   qt__elementwise(
       n, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](size_t i) {
-        return gelu_in{qt__load(inp + i), dout[i], set ? 0.0f : dinp[i]};
+        return gelu_in{qt__load(inp + i), qt__load(dout + i), set ? 0.0f : dinp[i]};
       },
       [=](size_t i, gelu_in v) { dinp[i] = __fadd_rn(v.old, qt__gelu_grad(v.dout, v.x)); });
 }
@@ -74,9 +74,8 @@ extern "C" int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, 
   return qt__cuda_check_launch(err, who, "the GELU kernel");
 }
 
-template <typename S>
-static int gelu_backward(float *dinp, const float *dout, const S *inp, size_t n, int set,
-                         qt_err *err) {
+template <typename D, typename S>
+static int gelu_backward(float *dinp, const D *dout, const S *inp, size_t n, int set, qt_err *err) {
   if (n == 0) return 0;
   if (!dinp || !dout || !inp) {
     return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_backward: NULL array");
@@ -95,9 +94,15 @@ extern "C" int qt__cuda_gelu_backward(float *dinp, const float *dout, const floa
   return gelu_backward(dinp, dout, inp, n, set, err);
 }
 
-extern "C" int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n,
-                                        int set, qt_err *err) {
-  return gelu_backward(dinp, dout, (const __nv_bfloat16 *)inp, n, set, err);
+extern "C" int qt__cuda_gelu_backward_any(float *dinp, const void *dout, int dout_bf16,
+                                          const void *inp, int inp_bf16, size_t n, int set,
+                                          qt_err *err) {
+  typedef __nv_bfloat16 bf16_t;
+  if (dout_bf16)
+    return inp_bf16 ? gelu_backward(dinp, (const bf16_t *)dout, (const bf16_t *)inp, n, set, err)
+                    : gelu_backward(dinp, (const bf16_t *)dout, (const float *)inp, n, set, err);
+  return inp_bf16 ? gelu_backward(dinp, (const float *)dout, (const bf16_t *)inp, n, set, err)
+                  : gelu_backward(dinp, (const float *)dout, (const float *)inp, n, set, err);
 }
 
 extern "C" int qt_cuda_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n,

@@ -89,6 +89,10 @@ typedef struct qt__cuda_product {
    * product runs with BF16 operands whatever the precision, rounding only
    * the other operand. */
   const void *a16 = nullptr, *b16 = nullptr;
+  /* C written in BF16 (in place of c; its FP32 sums rounded to nearest
+   * even), for a product with BF16 operands and beta 0 (QT_EINVAL
+   * otherwise). */
+  void *c16 = nullptr;
 } qt__cuda_product;
 
 /* qt__cuda_gemm of `count` products in order, all in the precision of the
@@ -134,10 +138,11 @@ int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const char *who, qt
  * (qt__cuda_set_fused_attention), where they fit the device. */
 int qt__cuda_attention_fused_now(size_t batch, size_t tokens, size_t c, size_t heads);
 
-/* qt__cuda_gelu_backward with its input in BF16 (fc1's output kept in
- * BF16, QT__KEEP_HIDDEN). */
-int qt__cuda_gelu_backward_h(float *dinp, const float *dout, const void *inp, size_t n, int set,
-                             qt_err *err);
+/* qt__cuda_gelu_backward with its output gradient and its input each in
+ * FP32 or (dout_bf16, inp_bf16) BF16: GELU's output gradient and fc1's
+ * output kept in BF16 (QT__KEEP_HIDDEN_GRAD, QT__KEEP_HIDDEN). */
+int qt__cuda_gelu_backward_any(float *dinp, const void *dout, int dout_bf16, const void *inp,
+                               int inp_bf16, size_t n, int set, qt_err *err);
 
 /* out (n BF16 values) = in (n floats) rounded to nearest even, queued. */
 int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who, qt_err *err);
@@ -196,13 +201,13 @@ int qt__cuda_column_sums_rounding(float *dst, void *copy, const float *a, size_t
 
 /* The same for the gradient g that GELU passes back (as
  * qt__cuda_gelu_backward writes it with `set`) from dout at its output
- * and its input pre (FP32, or BF16 when pre_bf16), both (n, c), without
- * writing g in FP32: dst += the column sums of g, copy = g rounded to
- * BF16. The MLP's GELU and the bias gradient of the linear layer before
- * it, under BF16 products. */
-int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const float *dout, const void *pre,
-                                       int pre_bf16, size_t n, size_t c, const char *who,
-                                       qt_err *err);
+ * and its input pre (each FP32, or BF16 when dout_bf16, pre_bf16), both
+ * (n, c), without writing g in FP32: dst += the column sums of g, copy =
+ * g rounded to BF16. The MLP's GELU and the bias gradient of the linear
+ * layer before it, under BF16 products. */
+int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const void *dout, int dout_bf16,
+                                       const void *pre, int pre_bf16, size_t n, size_t c,
+                                       const char *who, qt_err *err);
 
 } /* extern "C" */
 

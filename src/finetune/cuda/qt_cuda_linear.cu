@@ -120,138 +120,202 @@ extern "C" int qt__cuda_linear_forward_bf16(void *out, const void *inp, const fl
   return rc;
 }
 
-/* The backward with the forward's input in FP32 (inp) or BF16 (inp16),
- * and the output's gradient in FP32 (dout) or, under BF16 products, BF16
- * (dout16: the products take it as it is, the bias gradient sums its
- * values). With gelu_pre, dout is the gradient at the output of an exact
- * GELU whose input was this layer's output (gelu_pre, in BF16 when
- * pre_bf16): the layer's output gradient is what the GELU passes back,
- * which goes into dpre first, or, under BF16 products with a bias
- * gradient, only into the BF16 copy that the bias gradient's pass
- * writes. */
-static int backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                    const void *dout16, const float *inp, const void *inp16, const float *weight,
-                    const void *gelu_pre, int pre_bf16, float *dpre, size_t n, size_t in_c,
-                    size_t out_c, int set, const char *who, qt_err *err) {
+/* The arrays of a linear backward. dinp, dout and inp each in FP32 or
+ * (the 16 twin, under BF16 products) BF16: a BF16 dinp is written (set),
+ * its FP32 sums rounded; a BF16 dout goes into the products as it is and
+ * its values into the bias gradient's sums. With gelu_pre, dout is the
+ * gradient at the output of an exact GELU whose input was this layer's
+ * output (gelu_pre, in BF16 when pre_bf16): the layer's output gradient is
+ * what the GELU passes back, which goes into dpre first, or, under BF16
+ * products with a bias gradient, only into the BF16 copy that the bias
+ * gradient's pass writes. */
+typedef struct backward_arrays {
+  float *dinp;
+  void *dinp16;
+  float *dweight, *dbias;
+  const float *dout;
+  const void *dout16;
+  const float *inp;
+  const void *inp16;
+  const float *weight;
+  const void *gelu_pre;
+  int pre_bf16;
+  float *dpre;
+} backward_arrays;
+
+static int backward(backward_arrays a, size_t n, size_t in_c, size_t out_c, int set,
+                    const char *who, qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
   }
-  if (set && dinp && n * in_c > 0 && out_c == 0) {
+  int has_dinp = a.dinp || a.dinp16;
+  if (a.dinp16 && !set)
+    return qt_err_set(err, QT_EINVAL, "%s: a BF16 dinp is written (set), not added to", who);
+  if (set && has_dinp && n * in_c > 0 && out_c == 0) {
     /* No product to write dinp: as zeroed. */
-    cudaError_t status = cudaMemsetAsync(dinp, 0, n * in_c * sizeof *dinp, 0);
+    cudaError_t status = a.dinp16 ? cudaMemsetAsync(a.dinp16, 0, n * in_c * 2, 0)
+                                  : cudaMemsetAsync(a.dinp, 0, n * in_c * sizeof(float), 0);
     if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   }
   if (n == 0 || out_c == 0) return 0;
-  if ((!dout && !dout16) || (dinp && in_c > 0 && !weight) ||
-      (dweight && in_c > 0 && !inp && !inp16) || (gelu_pre && (!dpre || !dout))) {
+  if ((!a.dout && !a.dout16) || (has_dinp && in_c > 0 && !a.weight) ||
+      (a.dweight && in_c > 0 && !a.inp && !a.inp16) || (a.gelu_pre && !a.dpre)) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  int products_read_dout = (dinp || dweight) && in_c > 0;
+  int precision = qt__cuda_matmul_precision();
+  int products_read_dout = (has_dinp || a.dweight) && in_c > 0;
   /* Both products would round dout and the bias gradient read it again:
    * under BF16 products one pass over dout does both (and the GELU's
-   * gradient before them), and the products take its copy. */
+   * gradient before them), and the products take its copy. A BF16 dout
+   * without the GELU goes into the products as it is. */
   int one_pass =
-      dout && dbias && products_read_dout && qt__cuda_matmul_precision() == QT_MATMUL_BF16;
-  if (gelu_pre && !one_pass) {
-    int rc = pre_bf16
-                 ? qt__cuda_gelu_backward_h(dpre, dout, gelu_pre, n * out_c, 1, err)
-                 : qt__cuda_gelu_backward(dpre, dout, (const float *)gelu_pre, n * out_c, 1, err);
+      (a.dout || a.gelu_pre) && a.dbias && products_read_dout && precision == QT_MATMUL_BF16;
+  if (a.gelu_pre && !one_pass) {
+    int rc =
+        qt__cuda_gelu_backward_any(a.dpre, a.dout ? (const void *)a.dout : a.dout16,
+                                   a.dout16 && !a.dout, a.gelu_pre, a.pre_bf16, n * out_c, 1, err);
     if (rc < 0) return rc;
-    dout = dpre;
-    gelu_pre = NULL;
+    a.dout = a.dpre;
+    a.dout16 = NULL;
+    a.gelu_pre = NULL;
   }
   /* Both products read dout: one call rounds it once under BF16. */
   qt__cuda_product products[2];
   size_t count = 0;
-  if (dinp && in_c > 0) {
+  float *wide = NULL; /* a BF16 dinp's FP32 product, where its operands are not BF16 */
+  if (has_dinp && in_c > 0) {
+    if (a.dinp16 && !(precision == QT_MATMUL_BF16 || one_pass || a.dout16)) {
+      int rc = qt__cuda_products_scratch_lock(n * in_c, &wide, who, err);
+      if (rc < 0) return rc;
+    }
     /* dinp (n, in_c) (+)= dout (n, out_c) . weight (out_c, in_c) */
     products[count++] = {.m = n,
                          .n = in_c,
                          .k = out_c,
-                         .a = dout,
+                         .a = a.dout,
                          .lda = out_c,
-                         .b = weight,
+                         .b = a.weight,
                          .ldb = in_c,
                          .beta = set ? 0.0f : 1.0f,
-                         .c = dinp,
+                         .c = wide ? wide : a.dinp,
                          .ldc = in_c,
-                         .a16 = dout16};
+                         .a16 = a.dout16,
+                         .c16 = wide ? NULL : a.dinp16};
   }
-  if (dweight && in_c > 0) {
+  if (a.dweight && in_c > 0) {
     /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
     products[count++] = {.trans_a = 1,
                          .m = out_c,
                          .n = in_c,
                          .k = n,
-                         .a = dout,
+                         .a = a.dout,
                          .lda = out_c,
-                         .b = inp,
+                         .b = a.inp,
                          .ldb = in_c,
                          .beta = 1.0f,
-                         .c = dweight,
+                         .c = a.dweight,
                          .ldc = in_c,
-                         .a16 = dout16,
-                         .b16 = inp16};
+                         .a16 = a.dout16,
+                         .b16 = a.inp16};
   }
+  int rc = 0;
   if (one_pass) {
     void *rounded = NULL;
-    int rc = qt__cuda_rounded_scratch_lock(n * out_c, &rounded, who, err);
-    if (rc < 0) return rc;
-    rc = gelu_pre ? qt__cuda_column_sums_gelu_rounding(dbias, rounded, dout, gelu_pre, pre_bf16, n,
-                                                       out_c, who, err)
-                  : qt__cuda_column_sums_rounding(dbias, rounded, dout, n, out_c, who, err);
-    for (size_t i = 0; i < count; i++) products[i].a16 = rounded;
-    if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
-    qt__cuda_rounded_scratch_unlock();
-    return rc;
+    rc = qt__cuda_rounded_scratch_lock(n * out_c, &rounded, who, err);
+    if (rc == 0) {
+      rc = a.gelu_pre ? qt__cuda_column_sums_gelu_rounding(
+                            a.dbias, rounded, a.dout ? (const void *)a.dout : a.dout16,
+                            a.dout16 && !a.dout, a.gelu_pre, a.pre_bf16, n, out_c, who, err)
+                      : qt__cuda_column_sums_rounding(a.dbias, rounded, a.dout, n, out_c, who, err);
+      for (size_t i = 0; i < count; i++) products[i].a16 = rounded;
+      if (rc == 0) rc = qt__cuda_gemms(products, count, who, err);
+      qt__cuda_rounded_scratch_unlock();
+    }
+  } else {
+    rc = qt__cuda_gemms(products, count, who, err);
+    if (rc == 0 && a.dbias && a.dout16)
+      rc = qt__cuda_column_sums_h(a.dbias, a.dout16, n, out_c, who, err);
+    else if (rc == 0 && a.dbias)
+      rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, a.dbias, NULL, a.dout, NULL, NULL, NULL, n, out_c,
+                                who, err);
   }
-  int rc = qt__cuda_gemms(products, count, who, err);
-  if (rc < 0) return rc;
-  if (dbias && dout16) return qt__cuda_column_sums_h(dbias, dout16, n, out_c, who, err);
-  if (dbias)
-    rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, dbias, NULL, dout, NULL, NULL, NULL, n, out_c, who,
-                              err);
+  if (wide) {
+    if (rc == 0) rc = qt__cuda_round_bf16(a.dinp16, wide, n * in_c, who, err);
+    qt__cuda_products_scratch_unlock();
+  }
   return rc;
 }
 
 extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbias,
                                         const float *dout, const float *inp, const float *weight,
                                         size_t n, size_t in_c, size_t out_c, int set, qt_err *err) {
-  return backward(dinp, dweight, dbias, dout, NULL, inp, NULL, weight, NULL, 0, NULL, n, in_c,
-                  out_c, set, "qt_cuda_linear_backward", err);
+  backward_arrays a = {};
+  a.dinp = dinp;
+  a.dweight = dweight;
+  a.dbias = dbias;
+  a.dout = dout;
+  a.inp = inp;
+  a.weight = weight;
+  return backward(a, n, in_c, out_c, set, "qt_cuda_linear_backward", err);
+}
+
+/* The backward_arrays of the _bf16 ops' dinp, dout and inp. */
+static void set_arrays(backward_arrays *a, void *dinp, const void *dout, const void *inp,
+                       unsigned bf16) {
+  if (bf16 & QT__BF16_DINP)
+    a->dinp16 = dinp;
+  else
+    a->dinp = (float *)dinp;
+  if (bf16 & QT__BF16_DOUT)
+    a->dout16 = dout;
+  else
+    a->dout = (const float *)dout;
+  if (bf16 & QT__BF16_INP)
+    a->inp16 = inp;
+  else
+    a->inp = (const float *)inp;
 }
 
 /* The op table's linear_backward_bf16 (QT__BF16_INP: the forward's input
  * in BF16; QT__BF16_DOUT: the output's gradient in BF16, as the fused
- * attention writes qkv's) and gelu_linear_backward_bf16 (QT__BF16_INP as
- * there; QT__BF16_OUT: pre, GELU's input, in BF16). */
-extern "C" int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+ * attention writes qkv's; QT__BF16_DINP: the input's gradient written in
+ * BF16, fc2's for GELU's backward) and gelu_linear_backward_bf16
+ * (QT__BF16_INP and QT__BF16_DOUT as there, dout being GELU's output
+ * gradient; QT__BF16_OUT: pre, GELU's input, in BF16). */
+extern "C" int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
                                              const void *dout, const void *inp, const float *weight,
                                              size_t n, size_t in_c, size_t out_c, int set,
                                              unsigned bf16, qt_err *err) {
   const char *who = "qt_cuda_linear_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DOUT, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DOUT | QT__BF16_DINP, who, err);
   if (rc < 0) return rc;
-  int inp16 = (bf16 & QT__BF16_INP) != 0, dout16 = (bf16 & QT__BF16_DOUT) != 0;
-  return backward(dinp, dweight, dbias, dout16 ? NULL : (const float *)dout, dout16 ? dout : NULL,
-                  inp16 ? NULL : (const float *)inp, inp16 ? inp : NULL, weight, NULL, 0, NULL, n,
-                  in_c, out_c, set, who, err);
+  backward_arrays a = {};
+  set_arrays(&a, dinp, dout, inp, bf16);
+  a.dweight = dweight;
+  a.dbias = dbias;
+  a.weight = weight;
+  return backward(a, n, in_c, out_c, set, who, err);
 }
 
 extern "C" int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
-                                                  float *dpre, const float *dout, const void *pre,
+                                                  float *dpre, const void *dout, const void *pre,
                                                   const void *inp, const float *weight, size_t n,
                                                   size_t in_c, size_t out_c, int set, unsigned bf16,
                                                   qt_err *err) {
   const char *who = "qt_cuda_gelu_linear_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT, who, err);
   if (rc < 0) return rc;
-  if (!pre) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  int inp16 = (bf16 & QT__BF16_INP) != 0;
-  return backward(dinp, dweight, dbias, dout, NULL, inp16 ? NULL : (const float *)inp,
-                  inp16 ? inp : NULL, weight, pre, (bf16 & QT__BF16_OUT) != 0, dpre, n, in_c, out_c,
-                  set, who, err);
+  if (!pre || !dout) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  backward_arrays a = {};
+  set_arrays(&a, dinp, dout, inp, bf16);
+  a.dweight = dweight;
+  a.dbias = dbias;
+  a.weight = weight;
+  a.gelu_pre = pre;
+  a.pre_bf16 = (bf16 & QT__BF16_OUT) != 0;
+  a.dpre = dpre;
+  return backward(a, n, in_c, out_c, set, who, err);
 }
 
 extern "C" int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -276,10 +340,14 @@ extern "C" int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const ch
 /* The switches of the op table's BF16 activations, each on unless its
  * environment variable is 0 (to measure one against the other); -1 until
  * the environment has been read. */
-static int bf16_inputs = -1, bf16_hidden = -1, bf16_qkv = -1;
+static int bf16_inputs = -1, bf16_hidden = -1, bf16_hidden_grad = -1, bf16_qkv = -1;
 
 extern "C" int qt__cuda_set_bf16_hidden(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
+}
+
+extern "C" int qt__cuda_set_bf16_hidden_grad(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN_GRAD", &bf16_hidden_grad, on);
 }
 
 extern "C" int qt__cuda_set_bf16_qkv(int on) {
@@ -287,7 +355,9 @@ extern "C" int qt__cuda_set_bf16_qkv(int on) {
 }
 
 /* The op table's bf16_activations: under BF16 products (either kind), the
- * linear inputs and fc1's output; where the fused attention runs for the
+ * linear inputs, fc1's output and GELU's output gradient (fc2's backward
+ * writes it as its products would have rounded it: half the writes and
+ * GELU's backward's reads); where the fused attention runs for the
  * shape (it writes its output in BF16 directly, and rounds Q, K and V as
  * it loads them: half the product's writes and its reads of qkv), its
  * output, qkv and dqkv. */
@@ -298,6 +368,8 @@ extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_
     return 0;
   unsigned keep = QT__KEEP_LINEAR_INPUTS;
   if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN", &bf16_hidden)) keep |= QT__KEEP_HIDDEN;
+  if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN_GRAD", &bf16_hidden_grad))
+    keep |= QT__KEEP_HIDDEN_GRAD;
   if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     keep |= QT__KEEP_ATTENTION_OUT;
     if (qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv)) keep |= QT__KEEP_QKV;

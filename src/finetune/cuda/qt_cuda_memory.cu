@@ -414,6 +414,14 @@ static size_t span_of_c(const qt__cuda_product *p) {
   return matrix_span(p->m, p->n, p->ldc, p->stride_c, p->batch);
 }
 
+/* Whether product q writes into the span of A that product r reads. */
+static int writes_a_of(const qt__cuda_product *q, const qt__cuda_product *r) {
+  const char *c = q->c16 ? (const char *)q->c16 : (const char *)q->c;
+  size_t c_bytes = span_of_c(q) * (q->c16 ? 2 : sizeof(float));
+  const char *a = (const char *)r->a;
+  return c < a + span_of_a(r) * sizeof(float) && a < c + c_bytes;
+}
+
 /* One product in `precision` (QT_MATMUL_BF16 here means: round the spans
  * of the operands not given in BF16 into scratch, under bf16_lock, which
  * the caller holds); keep_a: the scratch's A already holds this product's
@@ -451,16 +459,22 @@ static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char
     b_data = p->b16 ? p->b16 : b16;
     operand_type = CUDA_R_16BF;
   }
+  if (p->c16 && (operand_type != CUDA_R_16BF || p->beta != 0.0f)) {
+    return qt_err_set(err, QT_EINVAL,
+                      "%s: a BF16 product is written only from BF16 operands with beta 0", who);
+  }
+  void *c_data = p->c16 ? p->c16 : (void *)p->c;
+  cudaDataType_t c_type = p->c16 ? CUDA_R_16BF : CUDA_R_32F;
   int m = (int)p->m, n = (int)p->n, k = (int)p->k;
   cublasStatus_t status;
   if (p->batch == 1) {
     status = cublasGemmEx(handle, op_b, op_a, n, m, k, &p->alpha, b_data, operand_type, (int)p->ldb,
-                          a_data, operand_type, (int)p->lda, &p->beta, p->c, CUDA_R_32F,
-                          (int)p->ldc, compute, CUBLAS_GEMM_DEFAULT);
+                          a_data, operand_type, (int)p->lda, &p->beta, c_data, c_type, (int)p->ldc,
+                          compute, CUBLAS_GEMM_DEFAULT);
   } else {
     status = cublasGemmStridedBatchedEx(
         handle, op_b, op_a, n, m, k, &p->alpha, b_data, operand_type, (int)p->ldb, p->stride_b,
-        a_data, operand_type, (int)p->lda, p->stride_a, &p->beta, p->c, CUDA_R_32F, (int)p->ldc,
+        a_data, operand_type, (int)p->lda, p->stride_a, &p->beta, c_data, c_type, (int)p->ldc,
         p->stride_c, (int)p->batch, compute, CUBLAS_GEMM_DEFAULT);
   }
   if (status != CUBLAS_STATUS_SUCCESS) {
@@ -502,8 +516,7 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
               keep_a, who, err);
     if (in_bf16 && !q->a16) rounded = q;
     /* A product that wrote into its A's span leaves the scratch stale. */
-    if (rounded && q->c < rounded->a + span_of_a(rounded) && rounded->a < q->c + span_of_c(q))
-      rounded = NULL;
+    if (rounded && writes_a_of(q, rounded)) rounded = NULL;
   }
   if (rounding) pthread_mutex_unlock(&bf16_lock);
   return rc;

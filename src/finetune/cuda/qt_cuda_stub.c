@@ -200,14 +200,14 @@ int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight
   return QT_CUDA_STUB("qt_cuda_linear_forward");
 }
 
-int qt__cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias, const void *dout,
                                   const void *inp, const float *weight, size_t n, size_t in_c,
                                   size_t out_c, int set, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_linear_backward");
 }
 
 int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
-                                       const float *dout, const void *pre, const void *inp,
+                                       const void *dout, const void *pre, const void *inp,
                                        const float *weight, size_t n, size_t in_c, size_t out_c,
                                        int set, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_gelu_linear_backward");
@@ -248,6 +248,10 @@ int qt__cuda_set_bf16_qkv(int on) {
 }
 
 int qt__cuda_set_bf16_hidden(int on) {
+  return 0;
+}
+
+int qt__cuda_set_bf16_hidden_grad(int on) {
   return 0;
 }
 
