@@ -44,6 +44,7 @@ static struct fake_device {
   int bf16_qkv_off;         /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
   int bf16_hidden_off;      /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
   int bf16_hidden_grad_off; /* 1: ... and GELU's output gradient, as QT_CUDA_BF16_HIDDEN_GRAD=0 */
+  int bf16_norm_grad_off;   /* 1: ... and the norms' output gradients, QT_CUDA_BF16_NORM_GRAD=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -552,6 +553,13 @@ static inline int fake_bf16_call(unsigned bf16, const unsigned *implemented, siz
         fake_bf16_call(bf16, implemented_, sizeof implemented_ / sizeof *implemented_, who, err); \
     if (rc_ < 0) return rc_;                                                                      \
   } while (0)
+/* The same where any set of the bits in `mask` is implemented. */
+#define FAKE_BF16_ANY(bf16, mask, who, err)                                              \
+  do {                                                                                   \
+    unsigned set_ = (bf16) & (mask) ? (bf16) : 0u;                                       \
+    int rc_ = fake_bf16_call(bf16, &set_, (bf16) & ~(unsigned)(mask) ? 0 : 1, who, err); \
+    if (rc_ < 0) return rc_;                                                             \
+  } while (0)
 enum {
   FAKE_IN = QT__BF16_INP,
   FAKE_OUT = QT__BF16_OUT,
@@ -567,7 +575,8 @@ static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t
   return QT__KEEP_LINEAR_INPUTS | QT__KEEP_ATTENTION_OUT |
          (fake_device.bf16_qkv_off ? 0u : QT__KEEP_QKV) |
          (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN) |
-         (fake_device.bf16_hidden_grad_off ? 0u : QT__KEEP_HIDDEN_GRAD);
+         (fake_device.bf16_hidden_grad_off ? 0u : QT__KEEP_HIDDEN_GRAD) |
+         (fake_device.bf16_norm_grad_off ? 0u : QT__KEEP_NORM_GRAD);
 }
 
 static inline int fake_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
@@ -578,6 +587,21 @@ static inline int fake_layernorm_forward_bf16(void *out, float *mean, float *rst
   float *y = fake_out(out, n * c, bf16 & QT__BF16_OUT);
   int rc = qt__ops_cpu()->layernorm_forward(y, mean, rstd, inp, weight, bias, n, c, eps, err);
   fake_put(out, y, n * c, bf16 & QT__BF16_OUT);
+  FAKE_CLOSE();
+  return rc;
+}
+
+static inline int fake_layernorm_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                               const void *dout, const float *inp,
+                                               const float *weight, const float *mean,
+                                               const float *rstd, size_t n, size_t c, unsigned bf16,
+                                               qt_err *err) {
+  FAKE_BF16_CALL(bf16, "layernorm_backward", err, QT__BF16_DOUT);
+  FAKE_OPEN();
+  const float *g = fake_in(dout, n * c, bf16 & QT__BF16_DOUT);
+  int rc = qt__ops_cpu()->layernorm_backward(dinp, dweight, dbias, g, inp, weight, mean, rstd, n, c,
+                                             err);
+  fake_drop(dout, g);
   FAKE_CLOSE();
   return rc;
 }
@@ -634,8 +658,7 @@ static inline int fake_linear_backward_bf16(void *dinp, float *dweight, float *d
                                             const void *dout, const void *inp, const float *weight,
                                             size_t n, size_t in_c, size_t out_c, int set,
                                             unsigned bf16, qt_err *err) {
-  FAKE_BF16_CALL(bf16, "linear_backward", err, FAKE_IN, QT__BF16_DOUT, FAKE_IN_DOUT, FAKE_IN_DIN,
-                 FAKE_IN_DOUT | QT__BF16_DINP);
+  FAKE_BF16_ANY(bf16, QT__BF16_INP | QT__BF16_DOUT | QT__BF16_DINP, "linear_backward", err);
   CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   FAKE_OPEN();
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
@@ -652,21 +675,24 @@ static inline int fake_linear_backward_bf16(void *dinp, float *dweight, float *d
 
 /* gelu_backward, then linear_backward: the CPU's ops, whose results the
  * CUDA table's one op gives. */
-static inline int fake_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+static inline int fake_gelu_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
                                                  float *dpre, const void *dout, const void *pre,
                                                  const void *inp, const float *weight, size_t n,
                                                  size_t in_c, size_t out_c, int set, unsigned bf16,
                                                  qt_err *err) {
-  FAKE_BF16_CALL(bf16, "gelu_linear_backward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT,
-                 FAKE_IN_OUT | QT__BF16_DOUT, FAKE_IN | QT__BF16_DOUT);
+  FAKE_BF16_ANY(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT | QT__BF16_DINP,
+                "gelu_linear_backward", err);
+  CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
   const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
   const float *p = fake_in(pre, n * out_c, bf16 & QT__BF16_OUT);
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
+  float *dx = dinp ? fake_out(dinp, n * in_c, bf16 & QT__BF16_DINP) : NULL;
   int rc = cpu->gelu_backward(dpre, g, p, n * out_c, 1, err);
   if (rc == 0)
-    rc = cpu->linear_backward(dinp, dweight, dbias, dpre, x, weight, n, in_c, out_c, set, err);
+    rc = cpu->linear_backward(dx, dweight, dbias, dpre, x, weight, n, in_c, out_c, set, err);
+  if (dinp) fake_put(dinp, dx, n * in_c, bf16 & QT__BF16_DINP);
   fake_drop(dout, g);
   fake_drop(pre, p);
   fake_drop(inp, x);
@@ -719,6 +745,7 @@ static inline const qt__ops *fake_device_bf16_ops(void) {
     ops.name = "fake device (BF16 activations)";
     ops.bf16_activations = fake_bf16_activations;
     ops.layernorm_forward_bf16 = fake_layernorm_forward_bf16;
+    ops.layernorm_backward_bf16 = fake_layernorm_backward_bf16;
     ops.gelu_forward_bf16 = fake_gelu_forward_bf16;
     ops.linear_forward_bf16 = fake_linear_forward_bf16;
     ops.linear_backward_bf16 = fake_linear_backward_bf16;

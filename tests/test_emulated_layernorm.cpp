@@ -120,7 +120,42 @@ static void residual_case(size_t n, size_t c, const std::vector<float> &x,
   check("residual + layernorm: rstd", n, c, rstd, want_rstd, nullptr);
 }
 
-/* grads: which of dinp, dweight, dbias the call asks for (bits 1, 2, 4). */
+/* The emulated backward of dy (float or BF16) into gi, gw, gb (each
+ * skipped when NULL), the partial sums of several chunks added as
+ * qt__cuda_column_partials_add does; returns the chunks. */
+template <int VEC, typename D>
+static int emulated_backward(float *gi, float *gw, float *gb, const D *dy, const float *x,
+                             const float *weight, const float *mean, const float *rstd, size_t n,
+                             size_t c) {
+  size_t rows_per_chunk;
+  int chunks;
+  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
+  /* NaN: a partial sum the kernel should have written and did not. */
+  std::vector<double> partial(2 * (size_t)chunks * c, NAN);
+  qt_emu_launch(chunks, QT_LN_WARPS * 32, QT_LN_WARPS * c * sizeof(float),
+                [&](unsigned char *smem, int block, int tid, int threads) {
+                  qt_ln::backward_block<VEC>((float *)smem, gi, gw, gb, partial.data(), dy, x,
+                                             weight, mean, rstd, n, c, rows_per_chunk, chunks,
+                                             block, tid, threads);
+                });
+  if (chunks > 1) {
+    for (size_t col = 0; col < c; col++) {
+      double t0 = 0.0, t1 = 0.0;
+      for (int r = 0; r < chunks; r++) {
+        t0 += partial[(size_t)r * c + col];
+        t1 += partial[((size_t)chunks + r) * c + col];
+      }
+      if (gw) gw[col] += (float)t0;
+      if (gb) gb[col] += (float)t1;
+    }
+  }
+  return chunks;
+}
+
+/* grads: which of dinp, dweight, dbias the call asks for (bits 1, 2, 4).
+ * With all three, dy in BF16 too (the layer norms' output gradients that
+ * the linear layers after them write so, QT__KEEP_NORM_GRAD): the FP32
+ * body's results on the same values, bit for bit. */
 template <int VEC>
 static void backward_case(size_t n, size_t c, const std::vector<float> &x,
                           const std::vector<float> &w, int affine, int grads, std::mt19937 &rng) {
@@ -142,28 +177,8 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
                             grads & 2 ? want_dw.data() : nullptr,
                             grads & 4 ? want_db.data() : nullptr, dy.data(), x.data(), weight,
                             mean.data(), rstd.data(), n, c);
-  size_t rows_per_chunk;
-  int chunks;
-  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
-  /* NaN: a partial sum the kernel should have written and did not. */
-  std::vector<double> partial(2 * (size_t)chunks * c, NAN);
-  qt_emu_launch(chunks, QT_LN_WARPS * 32, QT_LN_WARPS * c * sizeof(float),
-                [&](unsigned char *smem, int block, int tid, int threads) {
-                  qt_ln::backward_block<VEC>((float *)smem, gi, gw, gb, partial.data(), dy.data(),
-                                             x.data(), weight, mean.data(), rstd.data(), n, c,
-                                             rows_per_chunk, chunks, block, tid, threads);
-                });
-  if (chunks > 1) { /* what qt__cuda_column_partials_add does */
-    for (size_t col = 0; col < c; col++) {
-      double t0 = 0.0, t1 = 0.0;
-      for (int r = 0; r < chunks; r++) {
-        t0 += partial[(size_t)r * c + col];
-        t1 += partial[((size_t)chunks + r) * c + col];
-      }
-      if (gw) gw[col] += (float)t0;
-      if (gb) gb[col] += (float)t1;
-    }
-  }
+  int chunks = emulated_backward<VEC>(gi, gw, gb, dy.data(), x.data(), weight, mean.data(),
+                                      rstd.data(), n, c);
   char what[64];
   snprintf(what, sizeof what, "dinp (grads %d, %d chunks)", grads, chunks);
   check(what, n, c, dinp, want_dinp, &dinp0);
@@ -171,6 +186,26 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
   check(what, n, c, dw, want_dw, &dw0);
   snprintf(what, sizeof what, "dbias (grads %d, %d chunks)", grads, chunks);
   check(what, n, c, db, want_db, &db0);
+  if (grads != 7) return;
+  std::vector<__nv_bfloat16> dy16(n * c);
+  std::vector<float> wide(n * c);
+  for (size_t k = 0; k < n * c; k++) {
+    dy16[k] = __float2bfloat16_rn(dy[k]);
+    wide[k] = qt_emu_float(dy16[k]);
+  }
+  std::vector<float> got[2][3] = {{dinp0, dw0, db0}, {dinp0, dw0, db0}};
+  emulated_backward<VEC>(got[0][0].data(), got[0][1].data(), got[0][2].data(), wide.data(),
+                         x.data(), weight, mean.data(), rstd.data(), n, c);
+  emulated_backward<VEC>(got[1][0].data(), got[1][1].data(), got[1][2].data(), dy16.data(),
+                         x.data(), weight, mean.data(), rstd.data(), n, c);
+  checks++;
+  int same = 1;
+  for (int k = 0; k < 3; k++)
+    same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)) == 0;
+  if (!same) {
+    printf("FAIL layernorm backward (%zu, %zu): BF16 dy differs from its FP32 values\n", n, c);
+    failures++;
+  }
 }
 
 template <int VEC>

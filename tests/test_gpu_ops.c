@@ -644,6 +644,38 @@ static void layernorm_case(size_t n, size_t c, int affine, uint64_t seed) {
   snprintf(what, sizeof what, "layernorm (%zu, %zu): dbias", n, c);
   grad_check(what, &dbias);
 
+  /* The output's gradient in BF16 (QT__KEEP_NORM_GRAD; under BF16
+   * products): what the FP32 gradient of the same values gives, bit for
+   * bit. */
+  uint16_t *dout16 = malloc(n * c * sizeof *dout16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dout16);
+  for (size_t i = 0; i < n * c; i++) {
+    dout[i] = bf16_round(dout[i]);
+    dout16[i] = qt_test_bf16_bits(dout[i]);
+  }
+  void *d_dout16 = device_copy(dout16, n * c, sizeof *dout16);
+  CHECK_RC(qt_cuda_copy_to_device(d_dout, dout, n * c * sizeof *dout, E));
+  float *from[2][3];
+  for (int k = 0; k < 2; k++) {
+    from[k][0] = device_floats(dinp.init, n * c);
+    from[k][1] = device_floats(dweight.init, c);
+    from[k][2] = device_floats(dbias.init, c);
+  }
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CHECK_RC(qt_cuda_layernorm_backward(from[0][0], from[0][1], from[0][2], d_dout, d_inp, d_weight,
+                                      d_mean, d_rstd, n, c, E));
+  CHECK_RC(qt__cuda_layernorm_backward_bf16(from[1][0], from[1][1], from[1][2], d_dout16, d_inp,
+                                            d_weight, d_mean, d_rstd, n, c, QT__BF16_DOUT, E));
+  qt_cuda_set_matmul_precision(before);
+  int same = device_equal(from[0][0], from[1][0], n * c) &&
+             device_equal(from[0][1], from[1][1], c) && device_equal(from[0][2], from[1][2], c);
+  if (!same) printf("\n    layernorm (%zu, %zu): the BF16 output gradient's differ", n, c);
+  CU_ASSERT(same);
+  for (int k = 0; k < 2; k++)
+    for (int j = 0; j < 3; j++) qt_cuda_free(from[k][j]);
+  free(dout16);
+  qt_cuda_free(d_dout16);
+
   grad_free(&dinp);
   grad_free(&dweight);
   grad_free(&dbias);

@@ -99,19 +99,24 @@ static void test_feature_hook_on_the_device(void) {
  * the fake device: under BF16 products a training step takes them for every
  * block's two layer norms, attention and GELU and their four linear
  * layers, forward and backward (12 calls per block; with qkv in BF16 too,
- * the attention's backward reads it: 13), and lands within BF16's error of
+ * the attention's backward reads it: one more; with the layer norms'
+ * output gradients, their two backward passes), and lands within BF16's
+ * error of
  * the FP32 CPU; handing a linear layer the wrong array or an FP32 array
  * read as BF16 would not. Under FP32 products the same table takes none
  * and equals the CPU bit for bit. The arena is laid out anew at each
  * change: under BF16, ln1, ln2, attn_y and gelu (and qkv and dqkv, fc1
- * with the hidden pre-activation in BF16, and dgelu with GELU's output
- * gradient) take half their FP32 room. */
-static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_grad) {
+ * with the hidden pre-activation in BF16, dgelu with GELU's output
+ * gradient, and dln with the layer norms' output gradients) take half
+ * their FP32 room. */
+static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_grad,
+                               int bf16_norm_grad) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
   fake_device.bf16_qkv_off = !bf16_qkv;
   fake_device.bf16_hidden_off = !bf16_hidden;
   fake_device.bf16_hidden_grad_off = !bf16_hidden_grad;
+  fake_device.bf16_norm_grad_off = !bf16_norm_grad;
   qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
   vit_backend_pair(&c, 5, ops, &cpu, &dev);
@@ -133,7 +138,8 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
     ops->set_matmul_precision(before);
     bytes[p] = qt_vit_activation_bytes(dev);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
-    CU_ASSERT_EQUAL(fake_device.bf16_calls - calls, bf16 ? (12 + bf16_qkv) * c.config.depth : 0);
+    CU_ASSERT_EQUAL(fake_device.bf16_calls - calls,
+                    bf16 ? (12 + bf16_qkv + 2 * bf16_norm_grad) * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
     vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,
@@ -144,13 +150,15 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
   size_t halves = 3 * (btc - (btc + 1) / 2) + (btm - (btm + 1) / 2);
   if (bf16_qkv) halves += 3 * btc - (3 * btc + 1) / 2;
   if (bf16_hidden) halves += btm - (btm + 1) / 2;
-  /* and the one dqkv and dgelu of the backward */
+  /* and the one dqkv, dgelu and dln of the backward */
   size_t backward_halves = bf16_qkv ? 3 * btc - (3 * btc + 1) / 2 : 0;
   if (bf16_hidden_grad) backward_halves += btm - (btm + 1) / 2;
+  if (bf16_norm_grad) backward_halves += btc - (btc + 1) / 2;
   CU_ASSERT_EQUAL(bytes[1] - bytes[0],
                   ((size_t)c.config.depth * halves + backward_halves) * sizeof(float));
   CU_ASSERT_EQUAL(bytes[1], moved);
-  fake_device.bf16_qkv_off = fake_device.bf16_hidden_off = fake_device.bf16_hidden_grad_off = 0;
+  fake_device.bf16_qkv_off = fake_device.bf16_hidden_off = 0;
+  fake_device.bf16_hidden_grad_off = fake_device.bf16_norm_grad_off = 0;
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
@@ -159,17 +167,19 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
 }
 
 static void test_bf16_linear_inputs(void) {
-  bf16_linear_inputs(1, 1, 1);
+  bf16_linear_inputs(1, 1, 1, 1);
 }
 
-/* The same with qkv, the hidden pre-activation and GELU's output gradient
- * in FP32 (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0
- * QT_CUDA_BF16_HIDDEN_GRAD=0 on CUDA), and with each in BF16 alone. */
+/* The same with qkv, the hidden pre-activation, GELU's output gradient
+ * and the layer norms' output gradients in FP32 (QT_CUDA_BF16_QKV=0
+ * QT_CUDA_BF16_HIDDEN=0 QT_CUDA_BF16_HIDDEN_GRAD=0 QT_CUDA_BF16_NORM_GRAD=0
+ * on CUDA), and with each in BF16 alone. */
 static void test_bf16_linear_inputs_fp32_qkv_hidden(void) {
-  bf16_linear_inputs(0, 0, 0);
-  bf16_linear_inputs(1, 0, 0);
-  bf16_linear_inputs(0, 1, 0);
-  bf16_linear_inputs(0, 0, 1);
+  bf16_linear_inputs(0, 0, 0, 0);
+  bf16_linear_inputs(1, 0, 0, 0);
+  bf16_linear_inputs(0, 1, 0, 0);
+  bf16_linear_inputs(0, 0, 1, 0);
+  bf16_linear_inputs(0, 0, 0, 1);
 }
 
 /* Out of device memory when the arena is laid out anew (the first forward

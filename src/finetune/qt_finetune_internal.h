@@ -114,6 +114,7 @@ enum {
   QT__KEEP_QKV = 4u,           /* qkv and its gradient */
   QT__KEEP_HIDDEN = 8u,        /* fc1's output, GELU's input */
   QT__KEEP_HIDDEN_GRAD = 16u,  /* GELU's output gradient, fc2's input gradient */
+  QT__KEEP_NORM_GRAD = 32u,    /* the layer norms' output gradients: qkv's, fc1's input gradients */
 };
 
 typedef struct qt__ops {
@@ -180,6 +181,9 @@ typedef struct qt__ops {
   int (*layernorm_forward_bf16)(void *out, float *mean, float *rstd, const float *inp,
                                 const float *weight, const float *bias, size_t n, size_t c,
                                 float eps, unsigned bf16, qt_err *err);
+  int (*layernorm_backward_bf16)(float *dinp, float *dweight, float *dbias, const void *dout,
+                                 const float *inp, const float *weight, const float *mean,
+                                 const float *rstd, size_t n, size_t c, unsigned bf16, qt_err *err);
   int (*gelu_forward_bf16)(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
   int (*linear_forward_bf16)(void *out, const void *inp, const float *weight, const float *bias,
                              size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err);
@@ -194,7 +198,7 @@ typedef struct qt__ops {
    * dpre is scratch: a backend may leave it unwritten (the CUDA table
    * under BF16 products keeps that gradient only in BF16, for the two
    * products, and sums it for the bias in the same pass). */
-  int (*gelu_linear_backward_bf16)(float *dinp, float *dweight, float *dbias, float *dpre,
+  int (*gelu_linear_backward_bf16)(void *dinp, float *dweight, float *dbias, float *dpre,
                                    const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    int set, unsigned bf16, qt_err *err);
@@ -411,31 +415,37 @@ int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, f
 
 /* The CUDA op table's BF16 activations (qt__ops' bf16_activations and
  * _bf16 ops). Under BF16 products the linear inputs (unless
- * QT_CUDA_BF16_INPUTS=0) and with them fc1's output and GELU's output
- * gradient (unless qt__cuda_set_bf16_hidden, qt__cuda_set_bf16_hidden_grad
- * turned them off); where the fused attention runs for the shape, its
+ * QT_CUDA_BF16_INPUTS=0) and with them fc1's output, GELU's output
+ * gradient and the layer norms' output gradients (unless
+ * qt__cuda_set_bf16_hidden, _hidden_grad, _norm_grad turned them off);
+ * where the fused attention runs for the shape, its
  * output, and qkv with its gradient (unless qt__cuda_set_bf16_qkv turned
  * them off). Every BF16 array needs BF16 products (QT_EINVAL otherwise:
  * the values would have been rounded behind the caller's back), and the
  * attention's the fused kernels for the shape now. Supported sets: any
  * for the linear ops (a BF16 dinp `set` only) and GELU's forward; the
- * layer norm's output; the attention's output, or its output with qkv
+ * layer norm's output (forward) and output gradient (backward); the
+ * attention's output, or its output with qkv
  * (forward), qkv with dqkv (backward, `set` only). The fused kernels
  * round Q, K and V as they load them and the products round dqkv, so
- * BF16 qkv and dqkv change no number; fc1's BF16 output and GELU's BF16
- * output gradient do (GELU and its gradient at the rounded values, as
- * under PyTorch's autocast). QT_ENODEV in a build without CUDA. */
+ * BF16 qkv and dqkv change no number; fc1's BF16 output and the BF16
+ * gradients do (GELU and the layer norms' backward at the rounded values,
+ * as under PyTorch's autocast). QT_ENODEV in a build without CUDA. */
 unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
                                     const float *weight, const float *bias, size_t n, size_t c,
                                     float eps, unsigned bf16, qt_err *err);
+int qt__cuda_layernorm_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+                                     const float *inp, const float *weight, const float *mean,
+                                     const float *rstd, size_t n, size_t c, unsigned bf16,
+                                     qt_err *err);
 int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16, qt_err *err);
 int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight, const float *bias,
                                  size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err);
 int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias, const void *dout,
                                   const void *inp, const float *weight, size_t n, size_t in_c,
                                   size_t out_c, int set, unsigned bf16, qt_err *err);
-int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
+int qt__cuda_gelu_linear_backward_bf16(void *dinp, float *dweight, float *dbias, float *dpre,
                                        const void *dout, const void *pre, const void *inp,
                                        const float *weight, size_t n, size_t in_c, size_t out_c,
                                        int set, unsigned bf16, qt_err *err);
@@ -488,6 +498,10 @@ int qt__cuda_set_bf16_hidden(int on);
 /* The same for GELU's output gradient kept in BF16 (QT__KEEP_HIDDEN_GRAD).
  * On unless QT_CUDA_BF16_HIDDEN_GRAD=0. */
 int qt__cuda_set_bf16_hidden_grad(int on);
+
+/* The same for the layer norms' output gradients kept in BF16
+ * (QT__KEEP_NORM_GRAD). On unless QT_CUDA_BF16_NORM_GRAD=0. */
+int qt__cuda_set_bf16_norm_grad(int on);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

@@ -497,6 +497,7 @@ static const qt__ops cuda_ops = {
     .gelu_backward = qt__cuda_gelu_backward,
     .bf16_activations = qt__cuda_bf16_activations,
     .layernorm_forward_bf16 = qt__cuda_layernorm_forward_bf16,
+    .layernorm_backward_bf16 = qt__cuda_layernorm_backward_bf16,
     .gelu_forward_bf16 = qt__cuda_gelu_forward_bf16,
     .linear_forward_bf16 = qt__cuda_linear_forward_bf16,
     .linear_backward_bf16 = qt__cuda_linear_backward_bf16,

@@ -124,6 +124,11 @@ TIMED_BF16(layernorm_forward_bf16,
            (void *out, float *mean, float *rstd, const float *inp, const float *weight,
             const float *bias, size_t n, size_t c, float eps, unsigned bf16, qt_err *err),
            (out, mean, rstd, inp, weight, bias, n, c, eps, bf16, err))
+TIMED_BF16(layernorm_backward_bf16,
+           (float *dinp, float *dweight, float *dbias, const void *dout, const float *inp,
+            const float *weight, const float *mean, const float *rstd, size_t n, size_t c,
+            unsigned bf16, qt_err *err),
+           (dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c, bf16, err))
 TIMED_BF16(gelu_forward_bf16, (void *out, const void *inp, size_t n, unsigned bf16, qt_err *err),
            (out, inp, n, bf16, err))
 TIMED_BF16(linear_forward_bf16,
@@ -136,7 +141,7 @@ TIMED_BF16(linear_backward_bf16,
             qt_err *err),
            (dinp, dweight, dbias, dout, inp, weight, n, in_c, out_c, set, bf16, err))
 TIMED_BF16(gelu_linear_backward_bf16,
-           (float *dinp, float *dweight, float *dbias, float *dpre, const void *dout,
+           (void *dinp, float *dweight, float *dbias, float *dpre, const void *dout,
             const void *pre, const void *inp, const float *weight, size_t n, size_t in_c,
             size_t out_c, int set, unsigned bf16, qt_err *err),
            (dinp, dweight, dbias, dpre, dout, pre, inp, weight, n, in_c, out_c, set, bf16, err))
@@ -372,6 +377,7 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.attention_saved_size = inner->attention_saved_size ? pass_attention_saved_size : NULL;
 #define PROFILED_BF16(op) profiled.op = inner->op ? timed_##op : NULL
   PROFILED_BF16(layernorm_forward_bf16);
+  PROFILED_BF16(layernorm_backward_bf16);
   PROFILED_BF16(gelu_forward_bf16);
   PROFILED_BF16(linear_forward_bf16);
   PROFILED_BF16(linear_backward_bf16);

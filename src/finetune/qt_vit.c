@@ -67,7 +67,7 @@ typedef struct tensor_entry {
  * kept in BF16 (half the room of FP32) and the floats that attention
  * keeps per block, at max_batch. */
 typedef struct arena_mode {
-  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1; dgelu */
+  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1; dgelu; dln */
   size_t att;
 } arena_mode;
 
@@ -134,7 +134,7 @@ struct qt_vit {
   float *targets;    /* (B, K) soft targets of the last loss */
   float *dresid;     /* (B, T, C) gradient of the residual stream */
   float *dbranch;    /* (B, T, C) */
-  float *dln;        /* (B, T, C) */
+  float *dln;        /* (B, T, C) (BF16 after a forward that kept it so) */
   float *dattn_y;    /* (B, T, C) */
   float *dqkv;       /* (B, T, 3C) (BF16 after a forward that kept qkv so) */
   float *datt;       /* the attention backward's scratch (attention_scratch_size) */
@@ -339,7 +339,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->targets = carve(base, &used, B * K);
   vit->dresid = carve(base, &used, B * T * C);
   vit->dbranch = carve(base, &used, B * T * C);
-  vit->dln = carve(base, &used, B * T * C);
+  vit->dln = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_NORM_GRAD));
   vit->dattn_y = carve(base, &used, B * T * C);
   vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->keep, QT__KEEP_QKV));
   vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
@@ -769,6 +769,18 @@ static int norm_op(const qt_vit_t *vit, void *out, float *mean, float *rstd, con
               : ops->layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, VIT_NORM_EPS, err);
 }
 
+/* dinp += the layer norm's input gradient (dinp: the residual stream's). */
+static int norm_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+                            const void *dout, const float *inp, const float *weight,
+                            const float *mean, const float *rstd, size_t n, size_t c, unsigned bf16,
+                            qt_err *err) {
+  const qt__ops *ops = vit->ops;
+  return bf16 ? ops->layernorm_backward_bf16(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n,
+                                             c, bf16, err)
+              : ops->layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c,
+                                        err);
+}
+
 /* out = res + gamma branch, then its layer norm (as norm_op): one op where
  * the backend has it. A transformer block's residual add and the layer
  * norm after it. */
@@ -810,7 +822,7 @@ static int linear_backward_op(const qt_vit_t *vit, void *dinp, float *dweight, f
 
 /* The MLP's GELU and fc1 before it (pre: fc1's output, inp its input);
  * dpre is scratch. */
-static int gelu_linear_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, float *dbias,
+static int gelu_linear_backward_op(const qt_vit_t *vit, void *dinp, float *dweight, float *dbias,
                                    float *dpre, const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    unsigned bf16, qt_err *err) {
@@ -1107,6 +1119,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   unsigned dqkv = kept(vit, QT__KEEP_QKV, QT__BF16_DOUT);
   unsigned dgelu_in = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DINP);
   unsigned dgelu_out = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DOUT);
+  unsigned dln_in = kept(vit, QT__KEEP_NORM_GRAD, QT__BF16_DINP);
+  unsigned dln_out = kept(vit, QT__KEEP_NORM_GRAD, QT__BF16_DOUT);
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
   for (long l = cf->depth - 1; l >= vit->backward_from; l--) {
@@ -1122,9 +1136,9 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
                                M, C, norm_in | dgelu_in, err));
     VIT_TRY(gelu_linear_backward_op(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
                                     a->fc1, a->ln2, w->fc1_w, BT, C, M,
-                                    norm_in | hidden_out | dgelu_out, err));
-    VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
-                                    w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, err));
+                                    norm_in | hidden_out | dgelu_out | dln_in, err));
+    VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
+                             w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, dln_out, err));
 
     /* Attention branch. */
     const float *dattn;
@@ -1134,9 +1148,9 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
                                   H, qkv, err));
     VIT_TRY(linear_backward_op(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT,
-                               C, 3 * C, norm_in | dqkv, err));
-    VIT_TRY(ops->layernorm_backward(vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in,
-                                    w->norm1_w, a->ln1_mean, a->ln1_rstd, BT, C, err));
+                               C, 3 * C, norm_in | dqkv | dln_in, err));
+    VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,
+                             a->ln1_mean, a->ln1_rstd, BT, C, dln_out, err));
   }
 
   /* Frozen blocks and stem below backward_from need no gradients. */

@@ -138,12 +138,27 @@ extern "C" int qt__cuda_column_sums_gelu_rounding(float *dst, void *copy, const 
                                       NULL, copy16, n, c, who, err);
 }
 
-extern "C" int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c,
-                                      const char *who, qt_err *err) {
-  if (n == 0 || c == 0 || !dst) return 0;
+extern "C" int qt__cuda_column_sums_any(int kind, float *dst0, float *dst1, const void *a,
+                                        int a_bf16, const float *b, const float *mean,
+                                        const float *rstd, size_t n, size_t c, const char *who,
+                                        qt_err *err) {
+  if (!a_bf16)
+    return qt__cuda_column_sums(kind, dst0, dst1, (const float *)a, b, mean, rstd, n, c, who, err);
+  if (n == 0 || c == 0 || (!dst0 && !dst1)) return 0;
   if (!a) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if ((c + 31) / 32 > INT_MAX)
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
-  return column_sums<QT__COLSUM_PLAIN, __nv_bfloat16, float>(
-      dst, NULL, (const __nv_bfloat16 *)a, NULL, NULL, NULL, NULL, n, c, who, err);
+  typedef __nv_bfloat16 bf16_t;
+  const bf16_t *a16 = (const bf16_t *)a;
+  switch (kind) {
+    case QT__COLSUM_PLAIN:
+      return column_sums<QT__COLSUM_PLAIN, bf16_t, float>(dst0, NULL, a16, NULL, NULL, NULL, NULL,
+                                                          n, c, who, err);
+    case QT__COLSUM_LAYERNORM:
+      return column_sums<QT__COLSUM_LAYERNORM, bf16_t, float>(dst0, dst1, a16, b, mean, rstd, NULL,
+                                                              n, c, who, err);
+    default:
+      return qt_err_set(err, QT_EINVAL, "%s: column sum %d of BF16 values is not implemented", who,
+                        kind);
+  }
 }

@@ -123,11 +123,6 @@ int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const voi
                             const float *weight, const float *bias, size_t n, size_t in_c,
                             size_t out_c, const char *who);
 
-/* dst += the column sums of a, (n, c) BF16 values (a gradient its
- * producer wrote in BF16), in double as qt__cuda_column_sums. */
-int qt__cuda_column_sums_h(float *dst, const void *a, size_t n, size_t c, const char *who,
-                           qt_err *err);
-
 /* QT_EINVAL where bf16 (QT__BF16_*) names an array that the op does not
  * take in BF16 (not in `implemented`), or any BF16 array while the
  * products are not BF16; else 0. For the op table's _bf16 ops. */
@@ -184,6 +179,11 @@ void qt__cuda_rounded_scratch_unlock(void);
 int qt__cuda_column_sums(int kind, float *dst0, float *dst1, const float *a, const float *b,
                          const float *mean, const float *rstd, size_t n, size_t c, const char *who,
                          qt_err *err);
+/* The same with a in FP32 or (a_bf16) BF16 values (a gradient its
+ * producer wrote in BF16): QT__COLSUM_PLAIN and _LAYERNORM. */
+int qt__cuda_column_sums_any(int kind, float *dst0, float *dst1, const void *a, int a_bf16,
+                             const float *b, const float *mean, const float *rstd, size_t n,
+                             size_t c, const char *who, qt_err *err);
 
 /* dst_o[col] += the sum, in double over the chunks in a fixed order, of
  * partial[(o * chunks + chunk) * c + col], rounded to float (o = 0, 1; a

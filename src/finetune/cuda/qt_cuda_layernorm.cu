@@ -71,10 +71,10 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
  * 263 chunks run in one wave on an H100: 128 registers (ptxas, sm_90: 28
  * bytes spilled; 156 registers unbounded). With 32 (ViT-L) 255 registers
  * and 152 bytes spilled either way. */
-template <int VEC>
+template <int VEC, typename D>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS, VEC <= 24 ? 2 : 1)
     layernorm_rows_backward_kernel(float *dinp, float *dweight, float *dbias, double *partial,
-                                   const float *__restrict__ dout, const float *__restrict__ inp,
+                                   const D *__restrict__ dout, const float *__restrict__ inp,
                                    const float *__restrict__ weight, const float *__restrict__ mean,
                                    const float *__restrict__ rstd, size_t n, size_t c,
                                    size_t rows_per_chunk, int chunks) {
@@ -123,9 +123,10 @@ static void launch_residual_rows(float *out, T *norm, float *mean, float *rstd, 
 
 /* The row kernel's backward and, with several chunks, the partial sums'
  * total. */
-static int rows_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                         const float *inp, const float *weight, const float *mean,
-                         const float *rstd, size_t n, size_t c, const char *who, qt_err *err) {
+template <typename D>
+static int rows_backward(float *dinp, float *dweight, float *dbias, const D *dout, const float *inp,
+                         const float *weight, const float *mean, const float *rstd, size_t n,
+                         size_t c, const char *who, qt_err *err) {
   size_t rows_per_chunk;
   int chunks;
   qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
@@ -192,21 +193,22 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* dinp of one row per warp: dx = rstd * (g - mean(g) - xhat * mean(g xhat))
- * with g = weight * dy. */
+ * with g = weight * dy, dy float or BF16. */
+template <typename D>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    layernorm_backward_input_kernel(float *__restrict__ dinp, const float *__restrict__ dout,
+    layernorm_backward_input_kernel(float *__restrict__ dinp, const D *__restrict__ dout,
                                     const float *__restrict__ inp, const float *__restrict__ weight,
                                     const float *__restrict__ mean, const float *__restrict__ rstd,
                                     size_t n, size_t c) {
   size_t row = (size_t)blockIdx.x * QT_CUDA_WARP_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= n) return; /* the whole warp */
   const float *x = inp + row * c;
-  const float *dy = dout + row * c;
+  const D *dy = dout + row * c;
   float m = mean[row], r = rstd[row];
   double g_sum = 0.0, g_xhat_sum = 0.0;
   for (size_t j = lane; j < c; j += 32) {
     float xhat = __fmul_rn(x[j] - m, r);
-    float g = __fmul_rn(weight ? weight[j] : 1.0f, dy[j]);
+    float g = __fmul_rn(weight ? weight[j] : 1.0f, qt__load(dy + j));
     g_sum += g;
     g_xhat_sum += (double)g * xhat;
   }
@@ -216,7 +218,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   float g_xhat_mean = (float)(g_xhat_sum / (double)c);
   for (size_t j = lane; j < c; j += 32) {
     float xhat = __fmul_rn(x[j] - m, r);
-    float g = __fmul_rn(weight ? weight[j] : 1.0f, dy[j]);
+    float g = __fmul_rn(weight ? weight[j] : 1.0f, qt__load(dy + j));
     float d = __fmul_rn(g - g_mean - __fmul_rn(xhat, g_xhat_mean), r);
     dinp[row * c + j] += d;
   }
@@ -258,11 +260,11 @@ extern "C" int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rs
   return forward((float *)out, mean, rstd, inp, weight, bias, n, c, eps, who, err);
 }
 
-extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
-                                          const float *dout, const float *inp, const float *weight,
-                                          const float *mean, const float *rstd, size_t n, size_t c,
-                                          qt_err *err) {
-  const char *who = "qt_cuda_layernorm_backward";
+/* The backward with dout float or (D) BF16. */
+template <typename D>
+static int backward(float *dinp, float *dweight, float *dbias, const D *dout, const float *inp,
+                    const float *weight, const float *mean, const float *rstd, size_t n, size_t c,
+                    const char *who, qt_err *err) {
   if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
   if (n == 0 || c == 0) return 0;
   if (!dout || !inp || !mean || !rstd) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
@@ -276,8 +278,33 @@ extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *db
     if (rc < 0) return rc;
   }
   /* dweight (c) += column sums of dy * xhat, dbias (c) += those of dy. */
-  return qt__cuda_column_sums(QT__COLSUM_LAYERNORM, dweight, dbias, dout, inp, mean, rstd, n, c,
-                              who, err);
+  return qt__cuda_column_sums_any(QT__COLSUM_LAYERNORM, dweight, dbias, dout, sizeof *dout == 2,
+                                  inp, mean, rstd, n, c, who, err);
+}
+
+extern "C" int qt_cuda_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                          const float *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, size_t n, size_t c,
+                                          qt_err *err) {
+  return backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c,
+                  "qt_cuda_layernorm_backward", err);
+}
+
+/* The op table's layernorm_backward_bf16: dout in BF16 (QT__BF16_DOUT) or
+ * float. */
+extern "C" int qt__cuda_layernorm_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                                const void *dout, const float *inp,
+                                                const float *weight, const float *mean,
+                                                const float *rstd, size_t n, size_t c,
+                                                unsigned bf16, qt_err *err) {
+  const char *who = "qt_cuda_layernorm_backward (BF16 output gradient)";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_DOUT, who, err);
+  if (rc < 0) return rc;
+  if (bf16)
+    return backward(dinp, dweight, dbias, (const __nv_bfloat16 *)dout, inp, weight, mean, rstd, n,
+                    c, who, err);
+  return backward(dinp, dweight, dbias, (const float *)dout, inp, weight, mean, rstd, n, c, who,
+                  err);
 }
 
 extern "C" int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16,

@@ -67,13 +67,13 @@ __host__ __device__ inline void backward_plan(size_t n, size_t *rows_per_chunk, 
   if (*chunks < 1) *chunks = 1;
 }
 
-/* v[k] = src[lane + 32 k], 0 at and past c. */
-template <int VEC>
-__device__ inline void load_row(float v[VEC], const float *src, size_t c, int lane) {
+/* v[k] = src[lane + 32 k] (float or BF16), 0 at and past c. */
+template <int VEC, typename S>
+__device__ inline void load_row(float v[VEC], const S *src, size_t c, int lane) {
 #pragma unroll
   for (int k = 0; k < VEC; k++) {
     size_t j = (size_t)lane + 32 * k;
-    v[k] = j < c ? src[j] : 0.0f;
+    v[k] = j < c ? qt__load(src + j) : 0.0f;
   }
 }
 
@@ -191,10 +191,11 @@ __device__ inline void block_sums(float *red, const float sums[VEC], float *dst,
 /* Chunk `block` of the backward (see backward_plan) by a block of
  * QT_LN_WARPS warps: dinp (when given) of its rows, and the sums of dy
  * xhat (output 0, for dweight) and of dy (output 1, dbias), those whose
- * gradient is given. */
-template <int VEC>
+ * gradient is given. dy (D) is float, or BF16 as the linear layer after
+ * the norm wrote it. */
+template <int VEC, typename D>
 __device__ inline void backward_block(float *red, float *dinp, float *dweight, float *dbias,
-                                      double *partial, const float *dout, const float *inp,
+                                      double *partial, const D *dout, const float *inp,
                                       const float *weight, const float *mean, const float *rstd,
                                       size_t n, size_t c, size_t rows_per_chunk, int chunks,
                                       int block, int tid, int threads) {

@@ -235,7 +235,8 @@ static int backward(backward_arrays a, size_t n, size_t in_c, size_t out_c, int 
   } else {
     rc = qt__cuda_gemms(products, count, who, err);
     if (rc == 0 && a.dbias && a.dout16)
-      rc = qt__cuda_column_sums_h(a.dbias, a.dout16, n, out_c, who, err);
+      rc = qt__cuda_column_sums_any(QT__COLSUM_PLAIN, a.dbias, NULL, a.dout16, 1, NULL, NULL, NULL,
+                                    n, out_c, who, err);
     else if (rc == 0 && a.dbias)
       rc = qt__cuda_column_sums(QT__COLSUM_PLAIN, a.dbias, NULL, a.dout, NULL, NULL, NULL, n, out_c,
                                 who, err);
@@ -280,9 +281,10 @@ static void set_arrays(backward_arrays *a, void *dinp, const void *dout, const v
 /* The op table's linear_backward_bf16 (QT__BF16_INP: the forward's input
  * in BF16; QT__BF16_DOUT: the output's gradient in BF16, as the fused
  * attention writes qkv's; QT__BF16_DINP: the input's gradient written in
- * BF16, fc2's for GELU's backward) and gelu_linear_backward_bf16
- * (QT__BF16_INP and QT__BF16_DOUT as there, dout being GELU's output
- * gradient; QT__BF16_OUT: pre, GELU's input, in BF16). */
+ * BF16: fc2's for GELU's backward, qkv's for the layer norm's) and
+ * gelu_linear_backward_bf16 (QT__BF16_INP, QT__BF16_DOUT and
+ * QT__BF16_DINP as there, dout being GELU's output gradient;
+ * QT__BF16_OUT: pre, GELU's input, in BF16). */
 extern "C" int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
                                              const void *dout, const void *inp, const float *weight,
                                              size_t n, size_t in_c, size_t out_c, int set,
@@ -298,13 +300,14 @@ extern "C" int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *
   return backward(a, n, in_c, out_c, set, who, err);
 }
 
-extern "C" int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+extern "C" int qt__cuda_gelu_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
                                                   float *dpre, const void *dout, const void *pre,
                                                   const void *inp, const float *weight, size_t n,
                                                   size_t in_c, size_t out_c, int set, unsigned bf16,
                                                   qt_err *err) {
   const char *who = "qt_cuda_gelu_linear_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT | QT__BF16_DINP,
+                               who, err);
   if (rc < 0) return rc;
   if (!pre || !dout) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   backward_arrays a = {};
@@ -340,7 +343,8 @@ extern "C" int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const ch
 /* The switches of the op table's BF16 activations, each on unless its
  * environment variable is 0 (to measure one against the other); -1 until
  * the environment has been read. */
-static int bf16_inputs = -1, bf16_hidden = -1, bf16_hidden_grad = -1, bf16_qkv = -1;
+static int bf16_inputs = -1, bf16_hidden = -1, bf16_hidden_grad = -1, bf16_norm_grad = -1;
+static int bf16_qkv = -1;
 
 extern "C" int qt__cuda_set_bf16_hidden(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
@@ -350,14 +354,19 @@ extern "C" int qt__cuda_set_bf16_hidden_grad(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN_GRAD", &bf16_hidden_grad, on);
 }
 
+extern "C" int qt__cuda_set_bf16_norm_grad(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_NORM_GRAD", &bf16_norm_grad, on);
+}
+
 extern "C" int qt__cuda_set_bf16_qkv(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_QKV", &bf16_qkv, on);
 }
 
 /* The op table's bf16_activations: under BF16 products (either kind), the
- * linear inputs, fc1's output and GELU's output gradient (fc2's backward
- * writes it as its products would have rounded it: half the writes and
- * GELU's backward's reads); where the fused attention runs for the
+ * linear inputs, fc1's output, GELU's output gradient and the layer norms'
+ * output gradients (fc2's, fc1's and qkv's backward write them as the
+ * products that read them would have rounded them: half the writes and
+ * the readers' reads); where the fused attention runs for the
  * shape (it writes its output in BF16 directly, and rounds Q, K and V as
  * it loads them: half the product's writes and its reads of qkv), its
  * output, qkv and dqkv. */
@@ -370,6 +379,7 @@ extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_
   if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN", &bf16_hidden)) keep |= QT__KEEP_HIDDEN;
   if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN_GRAD", &bf16_hidden_grad))
     keep |= QT__KEEP_HIDDEN_GRAD;
+  if (qt__cuda_switch_on("QT_CUDA_BF16_NORM_GRAD", &bf16_norm_grad)) keep |= QT__KEEP_NORM_GRAD;
   if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     keep |= QT__KEEP_ATTENTION_OUT;
     if (qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv)) keep |= QT__KEEP_QKV;

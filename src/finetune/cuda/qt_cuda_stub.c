@@ -206,7 +206,7 @@ int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias, cons
   return QT_CUDA_STUB("qt_cuda_linear_backward");
 }
 
-int qt__cuda_gelu_linear_backward_bf16(float *dinp, float *dweight, float *dbias, float *dpre,
+int qt__cuda_gelu_linear_backward_bf16(void *dinp, float *dweight, float *dbias, float *dpre,
                                        const void *dout, const void *pre, const void *inp,
                                        const float *weight, size_t n, size_t in_c, size_t out_c,
                                        int set, unsigned bf16, qt_err *err) {
@@ -253,6 +253,17 @@ int qt__cuda_set_bf16_hidden(int on) {
 
 int qt__cuda_set_bf16_hidden_grad(int on) {
   return 0;
+}
+
+int qt__cuda_set_bf16_norm_grad(int on) {
+  return 0;
+}
+
+int qt__cuda_layernorm_backward_bf16(float *dinp, float *dweight, float *dbias, const void *dout,
+                                     const float *inp, const float *weight, const float *mean,
+                                     const float *rstd, size_t n, size_t c, unsigned bf16,
+                                     qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_layernorm_backward");
 }
 
 int qt__cuda_set_layernorm_rows(int on) {
