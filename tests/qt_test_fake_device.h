@@ -45,6 +45,7 @@ static struct fake_device {
   int bf16_hidden_off;      /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
   int bf16_hidden_grad_off; /* 1: ... and GELU's output gradient, as QT_CUDA_BF16_HIDDEN_GRAD=0 */
   int bf16_norm_grad_off;   /* 1: ... and the norms' output gradients, QT_CUDA_BF16_NORM_GRAD=0 */
+  int bf16_attention_grad_off; /* 1: ... and the attention's, QT_CUDA_BF16_ATTENTION_GRAD=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -576,7 +577,10 @@ static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t
          (fake_device.bf16_qkv_off ? 0u : QT__KEEP_QKV) |
          (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN) |
          (fake_device.bf16_hidden_grad_off ? 0u : QT__KEEP_HIDDEN_GRAD) |
-         (fake_device.bf16_norm_grad_off ? 0u : QT__KEEP_NORM_GRAD);
+         (fake_device.bf16_norm_grad_off ? 0u : QT__KEEP_NORM_GRAD) |
+         (fake_device.bf16_qkv_off || fake_device.bf16_attention_grad_off
+              ? 0u
+              : QT__KEEP_ATTENTION_GRAD);
 }
 
 static inline int fake_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
@@ -715,20 +719,22 @@ static inline int fake_attention_forward_bf16(void *out, float *att, const void 
   return rc;
 }
 
-static inline int fake_attention_backward_bf16(void *dqkv, float *scratch, const float *dout,
+static inline int fake_attention_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                                const void *qkv, const float *att, size_t batch,
                                                size_t tokens, size_t c, size_t heads, int set,
                                                unsigned bf16, qt_err *err) {
-  FAKE_BF16_CALL(bf16, "attention_backward", err, FAKE_IN_DIN);
+  FAKE_BF16_CALL(bf16, "attention_backward", err, FAKE_IN_DIN, FAKE_IN_DIN | QT__BF16_DOUT);
   CU_ASSERT(set || !bf16);
   size_t n = 3 * batch * tokens * c;
   FAKE_OPEN();
   const float *x = fake_in(qkv, n, bf16 & QT__BF16_INP);
+  const float *dy = fake_in(dout, batch * tokens * c, bf16 & QT__BF16_DOUT);
   float *g = fake_out(dqkv, n, bf16 & QT__BF16_DINP);
-  int rc = qt__ops_cpu()->attention_backward(g, scratch, dout, x, att, batch, tokens, c, heads, set,
-                                             err);
+  int rc =
+      qt__ops_cpu()->attention_backward(g, scratch, dy, x, att, batch, tokens, c, heads, set, err);
   fake_put(dqkv, g, n, bf16 & QT__BF16_DINP);
   fake_drop(qkv, x);
+  fake_drop(dout, dy);
   FAKE_CLOSE();
   return rc;
 }

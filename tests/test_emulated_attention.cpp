@@ -98,6 +98,24 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
       float want = qt_emu_float(__float2bfloat16_rn(dqkv[i]));
       mismatches += !same_bits(qt_emu_float(dqkv16[i]), want);
     }
+    /* dout in BF16 too (proj's backward writes it so where the op table
+     * keeps the attention's output gradient in BF16; dout holds BF16
+     * values): the same dqkv, bit for bit, staged as qkv is. */
+    std::vector<__nv_bfloat16> dout16(n_out + offset), dqkv16b(n_qkv, __float2bfloat16_rn(NAN));
+    const __nv_bfloat16 *dy = dout16.data() + offset;
+    if ((uintptr_t)dout16.data() % 16 != 0) abort();
+    for (size_t i = 0; i < n_out; i++) dout16[offset + i] = __float2bfloat16_rn(dout[i]);
+    std::vector<float> d_b(n_lse, NAN);
+    launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
+      qt_fa::backward_dq_block(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1, block,
+                               t, threads);
+    });
+    launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
+      qt_fa::backward_dkv_block(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1, block,
+                                t, threads);
+    });
+    for (size_t i = 0; i < n_qkv; i++) mismatches += dqkv16b[i].x != dqkv16[i].x;
+    for (size_t i = 0; i < n_lse; i++) mismatches += !same_bits(d_b[i], d_h[i]);
   }
   return mismatches;
 }

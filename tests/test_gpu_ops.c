@@ -982,21 +982,27 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   /* qkv in BF16 (its values already are): the same att and BF16 output,
    * and dqkv in BF16 the FP32 one rounded, bit for bit; from a 16-byte
    * boundary (K and V staged 8 values a load) and from 4 bytes past one
-   * (by pairs). */
-  uint16_t *qkv16 = calloc(n_qkv + 2, sizeof *qkv16);
+   * (by pairs). With dout in BF16 too (its values already are): the same
+   * dqkv, bit for bit. */
+  uint16_t *qkv16 = calloc(n_qkv + 2, sizeof *qkv16), *dout16 = calloc(n_out + 2, sizeof *dout16);
   CU_ASSERT_PTR_NOT_NULL_FATAL(qkv16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(dout16);
   for (size_t i = 0; i < n_qkv; i++) qkv16[i] = qt_test_bf16_bits(qkv[i]);
-  void *d_out16_h = NULL, *d_dqkv16 = NULL;
+  for (size_t i = 0; i < n_out; i++) dout16[i] = qt_test_bf16_bits(dout[i]);
+  void *d_out16_h = NULL, *d_dqkv16 = NULL, *d_dqkv16_b = NULL;
   float *d_att_h = NULL;
   size_t n_kept = n_lse + (tokens > 64 ? n_out : 0);
   CHECK_RC(qt_cuda_malloc(&d_out16_h, n_out * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc(&d_dqkv16, n_qkv * sizeof(uint16_t), E));
+  CHECK_RC(qt_cuda_malloc(&d_dqkv16_b, n_qkv * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc((void **)&d_att_h, n_att * sizeof(float), E));
   uint16_t *out16 = download_bytes(d_out16, n_out * sizeof *out16);
   float *kept = download(d_att, n_kept);
   for (int shift = 0; shift <= 2; shift += 2) {
     if (shift) memmove(qkv16 + shift, qkv16, n_qkv * sizeof *qkv16);
+    if (shift) memmove(dout16 + shift, dout16, n_out * sizeof *dout16);
     uint16_t *d_qkv16 = device_copy(qkv16, n_qkv + 2, sizeof *qkv16);
+    uint16_t *d_dout16 = device_copy(dout16, n_out + 2, sizeof *dout16);
     CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16_h, d_att_h, d_qkv16 + shift, batch,
                                                    tokens, c, heads, QT__BF16_INP | QT__BF16_OUT,
                                                    E));
@@ -1008,6 +1014,15 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
     CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
     CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
     CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
+    CHECK_RC(qt__cuda_attention_fused_backward_bf16(
+        d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, batch, tokens, c, heads,
+        1, QT__BF16_INP | QT__BF16_DINP | QT__BF16_DOUT, E));
+    uint16_t *dqkv16[2] = {download_bytes(d_dqkv16, n_qkv * sizeof(uint16_t)),
+                           download_bytes(d_dqkv16_b, n_qkv * sizeof(uint16_t))};
+    CU_ASSERT(memcmp(dqkv16[0], dqkv16[1], n_qkv * sizeof(uint16_t)) == 0);
+    free(dqkv16[0]);
+    free(dqkv16[1]);
+    qt_cuda_free(d_dout16);
     free(out16_h);
     free(kept_h);
     qt_cuda_free(d_qkv16);
@@ -1016,6 +1031,7 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   free(kept);
   void *d_qkv16 = device_copy(qkv16 + 2, n_qkv, sizeof *qkv16);
   free(qkv16);
+  free(dout16);
 
   /* The op table, with the fused kernels turned on: under BF16 the fused
    * forward (att holds the same log-sum-exps), under FP32 the
@@ -1092,6 +1108,7 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   qt_cuda_free(d_qkv16);
   qt_cuda_free(d_out16_h);
   qt_cuda_free(d_dqkv16);
+  qt_cuda_free(d_dqkv16_b);
   qt_cuda_free(d_att_h);
   qt_rng_free(rng);
 }

@@ -107,16 +107,17 @@ static void test_feature_hook_on_the_device(void) {
  * and equals the CPU bit for bit. The arena is laid out anew at each
  * change: under BF16, ln1, ln2, attn_y and gelu (and qkv and dqkv, fc1
  * with the hidden pre-activation in BF16, dgelu with GELU's output
- * gradient, and dln with the layer norms' output gradients) take half
- * their FP32 room. */
+ * gradient, dln with the layer norms' output gradients, and dattn_y with
+ * the attention's, which comes with qkv) take half their FP32 room. */
 static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_grad,
-                               int bf16_norm_grad) {
+                               int bf16_norm_grad, int bf16_attention_grad) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
   fake_device.bf16_qkv_off = !bf16_qkv;
   fake_device.bf16_hidden_off = !bf16_hidden;
   fake_device.bf16_hidden_grad_off = !bf16_hidden_grad;
   fake_device.bf16_norm_grad_off = !bf16_norm_grad;
+  fake_device.bf16_attention_grad_off = !bf16_attention_grad;
   qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
   vit_backend_pair(&c, 5, ops, &cpu, &dev);
@@ -150,15 +151,17 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
   size_t halves = 3 * (btc - (btc + 1) / 2) + (btm - (btm + 1) / 2);
   if (bf16_qkv) halves += 3 * btc - (3 * btc + 1) / 2;
   if (bf16_hidden) halves += btm - (btm + 1) / 2;
-  /* and the one dqkv, dgelu and dln of the backward */
+  /* and the one dqkv, dgelu, dln and dattn_y of the backward */
   size_t backward_halves = bf16_qkv ? 3 * btc - (3 * btc + 1) / 2 : 0;
   if (bf16_hidden_grad) backward_halves += btm - (btm + 1) / 2;
   if (bf16_norm_grad) backward_halves += btc - (btc + 1) / 2;
+  if (bf16_qkv && bf16_attention_grad) backward_halves += btc - (btc + 1) / 2;
   CU_ASSERT_EQUAL(bytes[1] - bytes[0],
                   ((size_t)c.config.depth * halves + backward_halves) * sizeof(float));
   CU_ASSERT_EQUAL(bytes[1], moved);
   fake_device.bf16_qkv_off = fake_device.bf16_hidden_off = 0;
   fake_device.bf16_hidden_grad_off = fake_device.bf16_norm_grad_off = 0;
+  fake_device.bf16_attention_grad_off = 0;
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
@@ -167,19 +170,23 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
 }
 
 static void test_bf16_linear_inputs(void) {
-  bf16_linear_inputs(1, 1, 1, 1);
+  bf16_linear_inputs(1, 1, 1, 1, 1);
 }
 
-/* The same with qkv, the hidden pre-activation, GELU's output gradient
- * and the layer norms' output gradients in FP32 (QT_CUDA_BF16_QKV=0
- * QT_CUDA_BF16_HIDDEN=0 QT_CUDA_BF16_HIDDEN_GRAD=0 QT_CUDA_BF16_NORM_GRAD=0
- * on CUDA), and with each in BF16 alone. */
+/* The same with qkv, the hidden pre-activation and the gradients of
+ * GELU's, the layer norms' and the attention's outputs in FP32
+ * (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0 QT_CUDA_BF16_HIDDEN_GRAD=0
+ * QT_CUDA_BF16_NORM_GRAD=0 QT_CUDA_BF16_ATTENTION_GRAD=0 on CUDA), and with
+ * each in BF16 alone (the attention's gradient with qkv, which it needs;
+ * asked for without it, it stays FP32). */
 static void test_bf16_linear_inputs_fp32_qkv_hidden(void) {
-  bf16_linear_inputs(0, 0, 0, 0);
-  bf16_linear_inputs(1, 0, 0, 0);
-  bf16_linear_inputs(0, 1, 0, 0);
-  bf16_linear_inputs(0, 0, 1, 0);
-  bf16_linear_inputs(0, 0, 0, 1);
+  bf16_linear_inputs(0, 0, 0, 0, 0);
+  bf16_linear_inputs(1, 0, 0, 0, 0);
+  bf16_linear_inputs(0, 1, 0, 0, 0);
+  bf16_linear_inputs(0, 0, 1, 0, 0);
+  bf16_linear_inputs(0, 0, 0, 1, 0);
+  bf16_linear_inputs(1, 0, 0, 0, 1);
+  bf16_linear_inputs(0, 0, 0, 0, 1);
 }
 
 /* Out of device memory when the arena is laid out anew (the first forward

@@ -115,6 +115,8 @@ enum {
   QT__KEEP_HIDDEN = 8u,        /* fc1's output, GELU's input */
   QT__KEEP_HIDDEN_GRAD = 16u,  /* GELU's output gradient, fc2's input gradient */
   QT__KEEP_NORM_GRAD = 32u,    /* the layer norms' output gradients: qkv's, fc1's input gradients */
+  QT__KEEP_ATTENTION_GRAD = 64u, /* the attention's output gradient, proj's input gradient (with
+                                    QT__KEEP_QKV) */
 };
 
 typedef struct qt__ops {
@@ -202,10 +204,11 @@ typedef struct qt__ops {
                                    const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    int set, unsigned bf16, qt_err *err);
-  /* QT__BF16_INP names qkv, QT__BF16_DINP dqkv (written as `set`). */
+  /* QT__BF16_INP names qkv, QT__BF16_DINP dqkv (written as `set`),
+   * QT__BF16_DOUT the output's gradient. */
   int (*attention_forward_bf16)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
                                 size_t c, size_t heads, unsigned bf16, qt_err *err);
-  int (*attention_backward_bf16)(void *dqkv, float *scratch, const float *dout, const void *qkv,
+  int (*attention_backward_bf16)(void *dqkv, float *scratch, const void *dout, const void *qkv,
                                  const float *att, size_t batch, size_t tokens, size_t c,
                                  size_t heads, int set, unsigned bf16, qt_err *err);
   /* The floats of att that attention_forward(_bf16) writes and
@@ -426,7 +429,8 @@ int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, f
  * for the linear ops (a BF16 dinp `set` only) and GELU's forward; the
  * layer norm's output (forward) and output gradient (backward); the
  * attention's output, or its output with qkv
- * (forward), qkv with dqkv (backward, `set` only). The fused kernels
+ * (forward), qkv with dqkv, and with the output's gradient too
+ * (backward, `set` only). The fused kernels
  * round Q, K and V as they load them and the products round dqkv, so
  * BF16 qkv and dqkv change no number; fc1's BF16 output and the BF16
  * gradients do (GELU and the layer norms' backward at the rounded values,
@@ -452,7 +456,7 @@ int qt__cuda_gelu_linear_backward_bf16(void *dinp, float *dweight, float *dbias,
 int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
                                        size_t tokens, size_t c, size_t heads, unsigned bf16,
                                        qt_err *err);
-int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                         const void *qkv, const float *att, size_t batch,
                                         size_t tokens, size_t c, size_t heads, int set,
                                         unsigned bf16, qt_err *err);
@@ -461,7 +465,7 @@ int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float 
 int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
                                           size_t tokens, size_t c, size_t heads, unsigned bf16,
                                           qt_err *err);
-int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                            const void *qkv, const float *att, size_t batch,
                                            size_t tokens, size_t c, size_t heads, int set,
                                            unsigned bf16, qt_err *err);
@@ -502,6 +506,10 @@ int qt__cuda_set_bf16_hidden_grad(int on);
 /* The same for the layer norms' output gradients kept in BF16
  * (QT__KEEP_NORM_GRAD). On unless QT_CUDA_BF16_NORM_GRAD=0. */
 int qt__cuda_set_bf16_norm_grad(int on);
+
+/* The same for the attention's output gradient kept in BF16
+ * (QT__KEEP_ATTENTION_GRAD). On unless QT_CUDA_BF16_ATTENTION_GRAD=0. */
+int qt__cuda_set_bf16_attention_grad(int on);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

@@ -150,7 +150,7 @@ TIMED_BF16(attention_forward_bf16,
             size_t heads, unsigned bf16, qt_err *err),
            (out, att, qkv, batch, tokens, c, heads, bf16, err))
 TIMED_BF16(attention_backward_bf16,
-           (void *dqkv, float *scratch, const float *dout, const void *qkv, const float *att,
+           (void *dqkv, float *scratch, const void *dout, const void *qkv, const float *att,
             size_t batch, size_t tokens, size_t c, size_t heads, int set, unsigned bf16,
             qt_err *err),
            (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, bf16, err))

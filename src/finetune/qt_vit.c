@@ -67,7 +67,7 @@ typedef struct tensor_entry {
  * kept in BF16 (half the room of FP32) and the floats that attention
  * keeps per block, at max_batch. */
 typedef struct arena_mode {
-  unsigned keep; /* QT__KEEP_*: ln1, ln2 and gelu; attn_y; qkv and dqkv; fc1; dgelu; dln */
+  unsigned keep; /* QT__KEEP_*: ln1, ln2, gelu; attn_y; qkv, dqkv; fc1; dgelu; dln; dattn_y */
   size_t att;
 } arena_mode;
 
@@ -135,7 +135,7 @@ struct qt_vit {
   float *dresid;     /* (B, T, C) gradient of the residual stream */
   float *dbranch;    /* (B, T, C) */
   float *dln;        /* (B, T, C) (BF16 after a forward that kept it so) */
-  float *dattn_y;    /* (B, T, C) */
+  float *dattn_y;    /* (B, T, C) (BF16 after a forward that kept it so) */
   float *dqkv;       /* (B, T, 3C) (BF16 after a forward that kept qkv so) */
   float *datt;       /* the attention backward's scratch (attention_scratch_size) */
   float *dfc1;       /* (B, T, M) */
@@ -272,6 +272,7 @@ static unsigned keep_now(const qt_vit_t *vit, size_t B) {
   unsigned keep = ops->bf16_activations ? ops->bf16_activations(B, T, C, H) : 0;
   if (!(keep & QT__KEEP_LINEAR_INPUTS)) return 0;
   if (!(keep & QT__KEEP_ATTENTION_OUT)) keep &= ~QT__KEEP_QKV;
+  if (!(keep & QT__KEEP_QKV)) keep &= ~QT__KEEP_ATTENTION_GRAD;
   return keep;
 }
 
@@ -340,7 +341,7 @@ static size_t layout_arena(qt_vit_t *vit, float *base) {
   vit->dresid = carve(base, &used, B * T * C);
   vit->dbranch = carve(base, &used, B * T * C);
   vit->dln = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_NORM_GRAD));
-  vit->dattn_y = carve(base, &used, B * T * C);
+  vit->dattn_y = carve(base, &used, kept_floats(B * T * C, m->keep, QT__KEEP_ATTENTION_GRAD));
   vit->dqkv = carve(base, &used, kept_floats(B * T * 3 * C, m->keep, QT__KEEP_QKV));
   vit->datt = carve(base, &used, vit->ops->attention_scratch_size(B, T, H));
   vit->dfc1 = carve(base, &used, B * T * M);
@@ -842,13 +843,14 @@ static int attention_op(const qt_vit_t *vit, void *out, float *att, const void *
               : vit->ops->attention_forward(out, att, qkv, B, T, C, H, err);
 }
 
-static int attention_backward_op(const qt_vit_t *vit, void *dqkv, float *scratch, const float *dout,
+static int attention_backward_op(const qt_vit_t *vit, void *dqkv, float *scratch, const void *dout,
                                  const void *qkv, const float *att, size_t B, size_t T, size_t C,
                                  size_t H, unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
   return bf16
              ? ops->attention_backward_bf16(dqkv, scratch, dout, qkv, att, B, T, C, H, 1, bf16, err)
-             : ops->attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, H, 1, err);
+             : ops->attention_backward(dqkv, scratch, (const float *)dout, qkv, att, B, T, C, H, 1,
+                                       err);
 }
 
 /* Lays the arena out anew when the op table's settings changed since it
@@ -1116,6 +1118,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
   unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
   unsigned qkv = kept(vit, QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP);
+  unsigned dattn_in = kept(vit, QT__KEEP_ATTENTION_GRAD, QT__BF16_DINP);
+  unsigned dattn_out = kept(vit, QT__KEEP_ATTENTION_GRAD, QT__BF16_DOUT);
   unsigned dqkv = kept(vit, QT__KEEP_QKV, QT__BF16_DOUT);
   unsigned dgelu_in = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DINP);
   unsigned dgelu_out = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DOUT);
@@ -1144,9 +1148,9 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     const float *dattn;
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
     VIT_TRY(linear_backward_op(vit, vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y,
-                               w->proj_w, BT, C, C, attention_in, err));
+                               w->proj_w, BT, C, C, attention_in | dattn_in, err));
     VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
-                                  H, qkv, err));
+                                  H, qkv | dattn_out, err));
     VIT_TRY(linear_backward_op(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT,
                                C, 3 * C, norm_in | dqkv | dln_in, err));
     VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,

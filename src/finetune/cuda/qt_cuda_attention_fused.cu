@@ -107,9 +107,12 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
   QT_FA_BODY(qt_fa::forward_block(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
 }
 
-template <typename Q, typename D>
+/* dqkv (D) and dout (O) are float, or BF16 where qkv and the
+ * attention's output gradient are kept so (QT__KEEP_QKV,
+ * QT__KEEP_ATTENTION_GRAD). */
+template <typename Q, typename D, typename O>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_backward_dq_kernel(D *dqkv, float *d, const float *dout, const Q *qkv, const float *att,
+    fused_backward_dq_kernel(D *dqkv, float *d, const O *dout, const Q *qkv, const float *att,
                              qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
@@ -119,13 +122,21 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
 /* Two blocks per multiprocessor: 128 registers (166 unbounded, which left
  * one block of 8 warps per multiprocessor, 8 of its 64 warp slots; ptxas
  * spills 40 bytes on sm_90). */
-template <typename Q, typename D>
+template <typename Q, typename D, typename O>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
-    fused_backward_dkv_kernel(D *dqkv, const float *d, const float *dout, const Q *qkv,
+    fused_backward_dkv_kernel(D *dqkv, const float *d, const O *dout, const Q *qkv,
                               const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
   QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
                                        threadIdx.x, blockDim.x));
+}
+
+/* Both backward kernels of one instantiation allowed `bytes` of shared
+ * memory. */
+template <typename Q, typename D, typename O>
+static bool allow_backward(cudaFuncAttribute limit, int bytes) {
+  return cudaFuncSetAttribute(fused_backward_dq_kernel<Q, D, O>, limit, bytes) == cudaSuccess &&
+         cudaFuncSetAttribute(fused_backward_dkv_kernel<Q, D, O>, limit, bytes) == cudaSuccess;
 }
 
 /* The shared memory a block of the fused kernels may take on `device`:
@@ -146,10 +157,9 @@ static int read_shared_limit(int device) {
   if (cudaFuncSetAttribute(fused_forward_kernel<float, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dq_kernel<float, float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dq_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dkv_kernel<float, float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_backward_dkv_kernel<bf16, bf16>, limit, optin) != cudaSuccess) {
+      !allow_backward<float, float, float>(limit, optin) ||
+      !allow_backward<bf16, bf16, float>(limit, optin) ||
+      !allow_backward<bf16, bf16, bf16>(limit, optin)) {
     cudaGetLastError();
     return 0;
   }
@@ -228,6 +238,12 @@ static int check_qkv(const void *qkv, size_t bytes, const char *who, qt_err *err
   return qt_err_set(err, QT_EINVAL, "%s: a BF16 qkv must start on a 4-byte boundary", who);
 }
 
+/* The same for a BF16 dout (rows of c values, the heads' offsets even). */
+static int check_dout(const void *dout, size_t bytes, const char *who, qt_err *err) {
+  if (bytes == sizeof(float) || (uintptr_t)dout % 4 == 0) return 0;
+  return qt_err_set(err, QT_EINVAL, "%s: a BF16 dout must start on a 4-byte boundary", who);
+}
+
 template <typename T, typename Q>
 static int fused_forward(T *out, float *att, const Q *qkv, size_t batch, size_t tokens, size_t c,
                          size_t heads, const char *who, qt_err *err) {
@@ -267,21 +283,22 @@ extern "C" int qt__cuda_attention_fused_forward_bf16(void *out, float *att, cons
   }
 }
 
-template <typename Q, typename D>
-static int fused_backward(D *dqkv, float *scratch, const float *dout, const Q *qkv,
-                          const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
-                          int set, const char *who, qt_err *err) {
+template <typename Q, typename D, typename O>
+static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, const float *att,
+                          size_t batch, size_t tokens, size_t c, size_t heads, int set,
+                          const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!dqkv || !scratch || !dout || !qkv || !att) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
+  if ((rc = check_dout(dout, sizeof *dout, who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  rc = launch(fused_backward_dq_kernel<Q, D>, qt_fa::BACKWARD_DQ, sh, who,
+  rc = launch(fused_backward_dq_kernel<Q, D, O>, qt_fa::BACKWARD_DQ, sh, who,
               "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, att, sh, set);
   if (rc < 0) return rc;
-  return launch(fused_backward_dkv_kernel<Q, D>, qt_fa::BACKWARD_DKV, sh, who,
+  return launch(fused_backward_dkv_kernel<Q, D, O>, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
                 att, sh, set);
 }
@@ -294,26 +311,27 @@ extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, co
                         "qt__cuda_attention_fused_backward", err);
 }
 
-extern "C" int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+extern "C" int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                                       const void *qkv, const float *att,
                                                       size_t batch, size_t tokens, size_t c,
                                                       size_t heads, int set, unsigned bf16,
                                                       qt_err *err) {
   const char *who = "qt__cuda_attention_fused_backward (BF16 arrays)";
   typedef __nv_bfloat16 bf16_t;
-  switch (bf16) {
-    case 0:
-      return fused_backward((float *)dqkv, scratch, dout, (const float *)qkv, att, batch, tokens, c,
-                            heads, set, who, err);
-    case QT__BF16_INP | QT__BF16_DINP:
-      /* BF16 values cannot be added to: dqkv is written. */
-      if (!set)
-        return qt_err_set(err, QT_EINVAL, "%s: a BF16 dqkv is written (set), not added to", who);
-      return fused_backward((bf16_t *)dqkv, scratch, dout, (const bf16_t *)qkv, att, batch, tokens,
-                            c, heads, 1, who, err);
-    default:
-      return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
-  }
+  const unsigned qkv16 = QT__BF16_INP | QT__BF16_DINP;
+  if (bf16 == 0)
+    return fused_backward((float *)dqkv, scratch, (const float *)dout, (const float *)qkv, att,
+                          batch, tokens, c, heads, set, who, err);
+  if (bf16 != qkv16 && bf16 != (qkv16 | QT__BF16_DOUT))
+    return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
+  /* BF16 values cannot be added to: dqkv is written. */
+  if (!set)
+    return qt_err_set(err, QT_EINVAL, "%s: a BF16 dqkv is written (set), not added to", who);
+  if (bf16 & QT__BF16_DOUT)
+    return fused_backward((bf16_t *)dqkv, scratch, (const bf16_t *)dout, (const bf16_t *)qkv, att,
+                          batch, tokens, c, heads, 1, who, err);
+  return fused_backward((bf16_t *)dqkv, scratch, (const float *)dout, (const bf16_t *)qkv, att,
+                        batch, tokens, c, heads, 1, who, err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -379,17 +397,18 @@ extern "C" int qt__cuda_attention_op_forward_bf16(void *out, float *att, const v
   return qt__cuda_attention_fused_forward_bf16(out, att, qkv, batch, tokens, c, heads, bf16, err);
 }
 
-extern "C" int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+extern "C" int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                                    const void *qkv, const float *att, size_t batch,
                                                    size_t tokens, size_t c, size_t heads, int set,
                                                    unsigned bf16, qt_err *err) {
   const char *who = "qt_cuda_attention_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DINP, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DINP | QT__BF16_DOUT, who, err);
   if (rc == 0) rc = check_fused_bf16(bf16, batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!bf16)
-    return qt__cuda_attention_op_backward((float *)dqkv, scratch, dout, (const float *)qkv, att,
-                                          batch, tokens, c, heads, set, err);
+    return qt__cuda_attention_op_backward((float *)dqkv, scratch, (const float *)dout,
+                                          (const float *)qkv, att, batch, tokens, c, heads, set,
+                                          err);
   return qt__cuda_attention_fused_backward_bf16(dqkv, scratch, dout, qkv, att, batch, tokens, c,
                                                 heads, set, bf16, err);
 }

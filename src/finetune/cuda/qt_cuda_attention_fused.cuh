@@ -77,7 +77,7 @@ typedef __nv_bfloat16 bf16;
 typedef __nv_bfloat162 bf16x2;
 
 /* One call's shape. qkv rows are 3 c floats: [q | k | v], head h at
- * h * 64 within each; out, dout rows are c floats. */
+ * h * 64 within each; out, dout rows are c values. */
 struct shape {
   int batch, tokens, heads;
   int padded; /* tokens rounded up to a multiple of 16 */
@@ -465,16 +465,17 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
 
 /* dq of dqkv (written when `set`, else added; in BF16, written, when D is
  * BF16) and D = rowsum(P dP) into d (batch, heads, tokens), for the dkv
- * kernel. */
-template <typename Q, typename D>
-__device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d, const float *dout,
+ * kernel. dout (O) is FP32, or BF16 as proj's backward wrote it (the
+ * values the products round it to; D from them). */
+template <typename Q, typename D, typename O>
+__device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d, const O *dout,
                                          const Q *qkv, const float *att, const shape sh, int set,
                                          int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
   const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
-  const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
+  const O *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
   int row0 = 16 * (at.tile0 + warp);
   rows16 qf, dyf;
@@ -497,9 +498,15 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
     for (int h = 0; h < 2; h++) {
       int row = row0 + g + 8 * h;
       if (row >= sh.tokens) continue;
-      const float *dyr = dy + (size_t)row * sh.c + 16 * t, *orow = o + (size_t)row * QT_FA_HEAD;
+      const O *dyr = dy + (size_t)row * sh.c + 16 * t;
+      const float *orow = o + (size_t)row * QT_FA_HEAD + 16 * t;
 #pragma unroll
-      for (int f = 0; f < 16; f++) dsum[h] += dyr[f] * orow[16 * t + f];
+      for (int f = 0; f < 16; f += 2) {
+        float v[2];
+        load_pair(v, dyr + f);
+        dsum[h] += v[0] * orow[f];
+        dsum[h] += v[1] * orow[f + 1];
+      }
     }
   } else {
     /* D = rowsum(P * dP), dP = dO V^T, over all the keys first. */
@@ -542,17 +549,17 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
 }
 
 /* dk and dv of dqkv (written when `set`, else added; in BF16 as the dq
- * kernel's), from D of the dq kernel. */
-template <typename Q, typename D>
+ * kernel's), from D of the dq kernel; dout as there. */
+template <typename Q, typename D, typename O>
 __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const float *d,
-                                          const float *dout, const Q *qkv, const float *att,
+                                          const O *dout, const Q *qkv, const float *att,
                                           const shape sh, int set, int block, int tid,
                                           int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
   const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
-  const float *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
+  const O *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *qs = (bf16 *)smem, *dys = qs + (size_t)sh.padded * QT_FA_LD;
   float *lse2 = (float *)(dys + (size_t)sh.padded * QT_FA_LD), *d_all = lse2 + sh.padded;
   int row0 = 16 * (at.tile0 + warp);

@@ -344,7 +344,7 @@ extern "C" int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const ch
  * environment variable is 0 (to measure one against the other); -1 until
  * the environment has been read. */
 static int bf16_inputs = -1, bf16_hidden = -1, bf16_hidden_grad = -1, bf16_norm_grad = -1;
-static int bf16_qkv = -1;
+static int bf16_qkv = -1, bf16_attention_grad = -1;
 
 extern "C" int qt__cuda_set_bf16_hidden(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
@@ -358,6 +358,10 @@ extern "C" int qt__cuda_set_bf16_norm_grad(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_NORM_GRAD", &bf16_norm_grad, on);
 }
 
+extern "C" int qt__cuda_set_bf16_attention_grad(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_ATTENTION_GRAD", &bf16_attention_grad, on);
+}
+
 extern "C" int qt__cuda_set_bf16_qkv(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_QKV", &bf16_qkv, on);
 }
@@ -369,7 +373,8 @@ extern "C" int qt__cuda_set_bf16_qkv(int on) {
  * the readers' reads); where the fused attention runs for the
  * shape (it writes its output in BF16 directly, and rounds Q, K and V as
  * it loads them: half the product's writes and its reads of qkv), its
- * output, qkv and dqkv. */
+ * output, qkv and dqkv, and with them its output gradient (which its
+ * products round too). */
 extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
   int precision = qt__cuda_matmul_precision();
   if ((precision != QT_MATMUL_BF16 && precision != QT_MATMUL_BF16_FAST) ||
@@ -383,6 +388,9 @@ extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_
   if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     keep |= QT__KEEP_ATTENTION_OUT;
     if (qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv)) keep |= QT__KEEP_QKV;
+    if ((keep & QT__KEEP_QKV) &&
+        qt__cuda_switch_on("QT_CUDA_BF16_ATTENTION_GRAD", &bf16_attention_grad))
+      keep |= QT__KEEP_ATTENTION_GRAD;
   }
   return keep;
 }

@@ -219,7 +219,7 @@ int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, s
   return QT_CUDA_STUB("qt_cuda_attention_forward");
 }
 
-int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const float *dout,
+int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                         const void *qkv, const float *att, size_t batch,
                                         size_t tokens, size_t c, size_t heads, int set,
                                         unsigned bf16, qt_err *err) {
@@ -232,7 +232,7 @@ int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv
   return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
 }
 
-int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const float *dout,
+int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                            const void *qkv, const float *att, size_t batch,
                                            size_t tokens, size_t c, size_t heads, int set,
                                            unsigned bf16, qt_err *err) {
@@ -256,6 +256,10 @@ int qt__cuda_set_bf16_hidden_grad(int on) {
 }
 
 int qt__cuda_set_bf16_norm_grad(int on) {
+  return 0;
+}
+
+int qt__cuda_set_bf16_attention_grad(int on) {
   return 0;
 }
 
