@@ -106,17 +106,17 @@ enum {
 };
 
 /* A transformer block's activations that a backend may keep in BF16
- * (qt__ops' bf16_activations); each of the last three comes only with
- * the first. */
+ * (qt__ops' bf16_activations). Every other one comes only with the
+ * first, qkv only with the attention's output, and the attention's
+ * output gradient only with qkv (a model drops one without the other). */
 enum {
-  QT__KEEP_LINEAR_INPUTS = 1u, /* the layer norms' and GELU's outputs: qkv's, fc1's, fc2's inputs */
-  QT__KEEP_ATTENTION_OUT = 2u, /* the attention's output, proj's input */
-  QT__KEEP_QKV = 4u,           /* qkv and its gradient */
-  QT__KEEP_HIDDEN = 8u,        /* fc1's output, GELU's input */
-  QT__KEEP_HIDDEN_GRAD = 16u,  /* GELU's output gradient, fc2's input gradient */
-  QT__KEEP_NORM_GRAD = 32u,    /* the layer norms' output gradients: qkv's, fc1's input gradients */
-  QT__KEEP_ATTENTION_GRAD = 64u, /* the attention's output gradient, proj's input gradient (with
-                                    QT__KEEP_QKV) */
+  QT__KEEP_LINEAR_INPUTS = 1u,   /* the norms' and GELU's outputs (qkv's, fc1's, fc2's input) */
+  QT__KEEP_ATTENTION_OUT = 2u,   /* the attention's output (proj's input) */
+  QT__KEEP_QKV = 4u,             /* qkv and its gradient */
+  QT__KEEP_HIDDEN = 8u,          /* fc1's output (GELU's input) */
+  QT__KEEP_HIDDEN_GRAD = 16u,    /* GELU's output gradient (fc2's input gradient) */
+  QT__KEEP_NORM_GRAD = 32u,      /* the norms' output gradients (qkv's, fc1's input gradients) */
+  QT__KEEP_ATTENTION_GRAD = 64u, /* the attention's output gradient (proj's input gradient) */
 };
 
 typedef struct qt__ops {

@@ -926,7 +926,9 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Each block's second layer norm, and the next block's first, come
    * with the residual add before them (residual_then_norm). */
   const float *x = vit->resid0;
-  /* The BF16 arrays of each op (QT__BF16_*), by the activations kept so. */
+  /* The BF16 arrays of each op (QT__BF16_*), by the activations kept so:
+   * <array>_<bit> is the bit by which the op that writes the array (out)
+   * or reads it (in) names it. */
   unsigned norm_out = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_OUT);
   unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
   unsigned qkv_out = kept(vit, QT__KEEP_QKV, QT__BF16_OUT);
@@ -1113,7 +1115,9 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->zero(vit->dresid, BT * C * F, err));
   VIT_TRY(ops->copy_rows(vit->dresid, T * C, vit->dcls_rows, C, C, B, err));
 
-  /* The BF16 arrays of each op, as in the forward. */
+  /* The BF16 arrays of each op, as in the forward (d<array>_in: written
+   * as an input gradient, DINP; d<array>_out: read as an output
+   * gradient, DOUT). */
   unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
   unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
   unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
