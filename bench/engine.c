@@ -359,9 +359,12 @@ static int profiled_steps(step_fn step, void *model, const bench_options *o, dou
       "\nqtune per op (--profile: %ld more steps, %.4f s each with every op waiting for its "
       "work; the ops %.1f%% of that)\n",
       o->steps, seconds / steps, 100.0 * ops / seconds);
-  printf("%-34s %10s %10s %7s\n", "op", "calls/step", "ms/step", "share");
+  int width = 24; /* the names' column: the longest name, as the BF16 rows' sets lengthen them */
   for (size_t i = 0; i < n; i++)
-    printf("%-34s %10.1f %10.3f %6.1f%%\n", times[i].name, (double)times[i].calls / steps,
+    if ((int)strlen(times[i].name) > width) width = (int)strlen(times[i].name);
+  printf("%-*s %10s %10s %7s\n", width, "op", "calls/step", "ms/step", "share");
+  for (size_t i = 0; i < n; i++)
+    printf("%-*s %10.1f %10.3f %6.1f%%\n", width, times[i].name, (double)times[i].calls / steps,
            1e3 * times[i].seconds / steps, 100.0 * times[i].seconds / ops);
   return 0;
 }
