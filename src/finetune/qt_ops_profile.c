@@ -107,13 +107,13 @@ static unsigned pass_bf16_activations(size_t batch, size_t tokens, size_t c, siz
  * *err): a row per set of BF16 arrays, named after the op and the set
  * (linear_forward_bf16[inp,out]), so that qkv's product stays apart from
  * proj's. */
-#define BF16_ROWS(op)                                                                             \
-  {                                                                                               \
-#op, #op "[inp]", #op "[out]", #op "[inp,out]", #op "[dout]", #op "[inp,dout]",               \
-        #op "[out,dout]", #op "[inp,out,dout]", #op "[dinp]", #op "[inp,dinp]", #op "[out,dinp]", \
-        #op "[inp,out,dinp]", #op "[dout,dinp]", #op "[inp,dout,dinp]", #op "[out,dout,dinp]",    \
-        #op "[inp,out,dout,dinp]"                                                                 \
-  }
+/* clang-format off */
+#define BF16_ROWS(op)                                                                          \
+  {#op,               #op "[inp]",            #op "[out]",            #op "[inp,out]",           \
+   #op "[dout]",      #op "[inp,dout]",       #op "[out,dout]",       #op "[inp,out,dout]",      \
+   #op "[dinp]",      #op "[inp,dinp]",       #op "[out,dinp]",       #op "[inp,out,dinp]",      \
+   #op "[dout,dinp]", #op "[inp,dout,dinp]",  #op "[out,dout,dinp]",  #op "[inp,out,dout,dinp]"}
+/* clang-format on */
 #define TIMED_BF16(op, params, args)                                     \
   static int timed_##op params {                                         \
     static const char *const rows[16] = BF16_ROWS(op);                   \
