@@ -189,6 +189,68 @@ static void test_bf16_linear_inputs_fp32_qkv_hidden(void) {
   bf16_linear_inputs(0, 0, 0, 0, 1);
 }
 
+/* The op profile over the fake device's BF16 activations: a row per op
+ * and set of BF16 arrays, with the step's calls of each where the ViT
+ * makes them (qkv's and fc1's products both write BF16 from BF16, proj's
+ * and fc2's read BF16; the attention's backward reads qkv and dO in BF16
+ * and writes dqkv so; qkv's backward reads dqkv and writes dln in BF16;
+ * the layer norms' backward reads dln), and the step's numbers those of
+ * the table it times. */
+static void test_bf16_profile_rows(void) {
+  vit_case c = {"BF16 profile", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
+  const qt__ops *ops = fake_device_bf16_ops();
+  const qt__ops *profiled = qt__ops_profile(ops, NULL);
+  qt_rng_t *data = make_rng(9);
+  qt_vit_t *cpu[2] = {NULL, NULL}, *dev[2] = {NULL, NULL};
+  vit_backend_pair(&c, 10, ops, &cpu[0], &dev[0]);
+  vit_backend_pair(&c, 10, profiled, &cpu[1], &dev[1]);
+  vit_batch b = vit_backend_batch(data, &c);
+  qt_matmul_precision before = ops->set_matmul_precision(QT_MATMUL_BF16);
+  double loss[2];
+  for (int k = 0; k < 2; k++) {
+    if (k == 1) qt__ops_profile_reset();
+    CHECK_RC(qt_vit_forward(dev[k], b.images, c.batch, E));
+    CHECK_RC(qt_vit_loss(dev[k], b.labels, NULL, 0.0, &loss[k], E));
+    qt_vit_zero_grad(dev[k]);
+    CHECK_RC(qt_vit_backward(dev[k], E));
+  }
+  ops->set_matmul_precision(before);
+  CU_ASSERT_EQUAL(loss[1], loss[0]);
+  long depth = c.config.depth;
+  struct {
+    const char *name;
+    long calls;
+  } want[] = {
+      {"linear_forward_bf16[inp,out]", 2 * depth},
+      {"linear_forward_bf16[inp]", 2 * depth},
+      {"attention_forward_bf16[inp,out]", depth},
+      {"gelu_forward_bf16[inp,out]", depth},
+      {"linear_backward_bf16[inp,dinp]", 2 * depth},
+      {"gelu_linear_backward_bf16[inp,out,dout,dinp]", depth},
+      {"attention_backward_bf16[inp,dout,dinp]", depth},
+      {"linear_backward_bf16[inp,dout,dinp]", depth},
+      {"layernorm_backward_bf16[dout]", 2 * depth},
+  };
+  qt__op_time t[64];
+  size_t n = qt__ops_profile_read(t, 64);
+  for (size_t w = 0; w < sizeof want / sizeof *want; w++) {
+    long calls = -1;
+    for (size_t i = 0; i < n; i++)
+      if (strcmp(t[i].name, want[w].name) == 0) calls = t[i].calls;
+    if (calls != want[w].calls)
+      printf("\n    %s: %ld calls, not %ld", want[w].name, calls, want[w].calls);
+    CU_ASSERT_EQUAL(calls, want[w].calls);
+  }
+  qt__ops_profile_reset();
+  vit_batch_free(&b);
+  for (int k = 0; k < 2; k++) {
+    qt_vit_free(cpu[k]);
+    qt_vit_free(dev[k]);
+  }
+  qt_rng_free(data);
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+}
+
 /* Out of device memory when the arena is laid out anew (the first forward
  * under BF16): the forward fails with QT_ENOMEM, and the next one, with
  * memory, lays it out and trains as the CPU. */
@@ -246,6 +308,7 @@ static const qt_test_case cases[] = {
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"bf16_linear_inputs", test_bf16_linear_inputs},
     {"bf16_linear_inputs_fp32_qkv_hidden", test_bf16_linear_inputs_fp32_qkv_hidden},
+    {"bf16_profile_rows", test_bf16_profile_rows},
     {"relayout_out_of_memory", test_relayout_out_of_memory},
     {"cuda_without_a_device", test_cuda_without_a_device},
     {NULL, NULL},
