@@ -46,6 +46,7 @@ static struct fake_device {
   int bf16_hidden_grad_off; /* 1: ... and GELU's output gradient, as QT_CUDA_BF16_HIDDEN_GRAD=0 */
   int bf16_norm_grad_off;   /* 1: ... and the norms' output gradients, QT_CUDA_BF16_NORM_GRAD=0 */
   int bf16_attention_grad_off; /* 1: ... and the attention's, QT_CUDA_BF16_ATTENTION_GRAD=0 */
+  int bf16_branch_off;         /* 1: ... and proj's and fc2's outputs, QT_CUDA_BF16_BRANCH=0 */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -416,11 +417,11 @@ static inline qt_matmul_precision fake_set_matmul_precision(qt_matmul_precision 
   return previous;
 }
 
-static inline int fake_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
-                                                  float *mean, float *rstd, const float *res,
-                                                  const float *branch, const float *gamma,
-                                                  const float *weight, const float *bias, size_t n,
-                                                  size_t c, float eps, qt_err *err);
+static inline int fake_residual_layernorm_forward(float *out, void *norm, float *mean, float *rstd,
+                                                  const float *res, const void *branch,
+                                                  const float *gamma, const float *weight,
+                                                  const float *bias, size_t n, size_t c, float eps,
+                                                  unsigned bf16, qt_err *err);
 
 static inline const qt__ops *fake_device_ops(void) {
   static const qt__ops ops = {
@@ -578,6 +579,7 @@ static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t
          (fake_device.bf16_hidden_off ? 0u : QT__KEEP_HIDDEN) |
          (fake_device.bf16_hidden_grad_off ? 0u : QT__KEEP_HIDDEN_GRAD) |
          (fake_device.bf16_norm_grad_off ? 0u : QT__KEEP_NORM_GRAD) |
+         (fake_device.bf16_branch_off ? 0u : QT__KEEP_BRANCH) |
          (fake_device.bf16_qkv_off || fake_device.bf16_attention_grad_off
               ? 0u
               : QT__KEEP_ATTENTION_GRAD);
@@ -610,23 +612,24 @@ static inline int fake_layernorm_backward_bf16(float *dinp, float *dweight, floa
   return rc;
 }
 
-/* residual_forward, then layernorm_forward (its result rounded into BF16
- * when norm_bf16): the CPU's two ops, whose results the CUDA table's one
- * kernel gives. In both fake tables, so that the backend tests of a ViT
- * take the model's fused call. */
-static inline int fake_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
-                                                  float *mean, float *rstd, const float *res,
-                                                  const float *branch, const float *gamma,
-                                                  const float *weight, const float *bias, size_t n,
-                                                  size_t c, float eps, qt_err *err) {
-  unsigned bf16 = norm_bf16 ? QT__BF16_OUT : 0;
-  FAKE_BF16_CALL(bf16, "residual_layernorm_forward", err, FAKE_OUT);
+/* residual_forward, then layernorm_forward (the branch widened and the
+ * norm rounded where bf16 says so): the CPU's two ops, whose results the
+ * CUDA table's one kernel gives. In both fake tables, so that the backend
+ * tests of a ViT take the model's fused call. */
+static inline int fake_residual_layernorm_forward(float *out, void *norm, float *mean, float *rstd,
+                                                  const float *res, const void *branch,
+                                                  const float *gamma, const float *weight,
+                                                  const float *bias, size_t n, size_t c, float eps,
+                                                  unsigned bf16, qt_err *err) {
+  FAKE_BF16_ANY(bf16, QT__BF16_INP | QT__BF16_OUT, "residual_layernorm_forward", err);
   const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
-  float *y = fake_out(norm, n * c, bf16);
-  int rc = cpu->residual_forward(out, res, branch, gamma, n, c, err);
+  const float *b = fake_in(branch, n * c, bf16 & QT__BF16_INP);
+  float *y = fake_out(norm, n * c, bf16 & QT__BF16_OUT);
+  int rc = cpu->residual_forward(out, res, b, gamma, n, c, err);
   if (rc == 0) rc = cpu->layernorm_forward(y, mean, rstd, out, weight, bias, n, c, eps, err);
-  fake_put(norm, y, n * c, bf16);
+  fake_put(norm, y, n * c, bf16 & QT__BF16_OUT);
+  fake_drop(branch, b);
   FAKE_CLOSE();
   return rc;
 }

@@ -118,6 +118,38 @@ static void residual_case(size_t n, size_t c, const std::vector<float> &x,
   check("residual + layernorm: norm", n, c, norm, want, nullptr);
   check("residual + layernorm: mean", n, c, mean, want_mean, nullptr);
   check("residual + layernorm: rstd", n, c, rstd, want_rstd, nullptr);
+  /* The branch in BF16 (proj's and fc2's outputs kept so, QT__KEEP_BRANCH):
+   * the FP32 body's results on the same values, bit for bit. */
+  std::vector<__nv_bfloat16> branch16(n * c);
+  std::vector<float> wide(n * c), got[2][4];
+  for (size_t i = 0; i < n * c; i++) {
+    branch16[i] = __float2bfloat16_rn(branch[i]);
+    wide[i] = qt_emu_float(branch16[i]);
+  }
+  for (int k = 0; k < 2; k++) {
+    for (auto &v : got[k]) v.assign(n * c, 0.0f);
+    qt_emu_launch(blocks, QT_LN_WARPS * 32, 0, [&](unsigned char *, int block, int tid, int) {
+      size_t row = (size_t)block * QT_LN_WARPS + tid / 32;
+      if (row >= n) return;
+      float *o = got[k][0].data() + row * c, *y = got[k][1].data() + row * c;
+      float *m = &got[k][2][row], *r = &got[k][3][row];
+      if (k == 0)
+        qt_ln::residual_forward_row<VEC>(o, y, m, r, x.data() + row * c, wide.data() + row * c, g,
+                                         w.data(), b.data(), c, 1e-6f, tid % 32);
+      else
+        qt_ln::residual_forward_row<VEC>(o, y, m, r, x.data() + row * c, branch16.data() + row * c,
+                                         g, w.data(), b.data(), c, 1e-6f, tid % 32);
+    });
+  }
+  checks++;
+  int same = 1;
+  for (int j = 0; j < 4; j++)
+    same &= memcmp(got[0][j].data(), got[1][j].data(), n * c * sizeof(float)) == 0;
+  if (!same) {
+    printf("FAIL residual + layernorm (%zu, %zu): a BF16 branch differs from its FP32 values\n", n,
+           c);
+    failures++;
+  }
 }
 
 /* The emulated backward of dy (float or BF16) into gi, gw, gb (each

@@ -411,6 +411,8 @@ static void test_bf16_inputs(void) {
   CHECK_RC(qt_cuda_malloc((void **)&d_stats, 2 * n * sizeof(float), E));
   float *norm_w = host_random(rng, in_c, 1.0, 0.1), *norm_b = host_random(rng, in_c, 0.0, 0.1);
   float *d_norm_w = device_floats(norm_w, in_c), *d_norm_b = device_floats(norm_b, in_c);
+  /* Every BF16 array needs BF16 products (the refusals at the end). */
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   CHECK_RC(qt_cuda_layernorm_forward(d_g, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n, in_c,
                                      1e-6f, E));
   CHECK_RC(qt__cuda_layernorm_forward_bf16(d_h, d_stats, d_stats + n, d_x, d_norm_w, d_norm_b, n,
@@ -428,7 +430,6 @@ static void test_bf16_inputs(void) {
   grad dinp = grad_make_unset(count), dinp_h = grad_make_unset(count);
   grad dw = grad_make(rng, out_c * in_c), db = grad_make(rng, out_c);
   float *d_dw_h = device_floats(dw.init, out_c * in_c), *d_db_h = device_floats(db.init, out_c);
-  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   CHECK_RC(qt_cuda_linear_forward(d_out, d_g, d_w, d_b, n, in_c, out_c, E));
   CHECK_RC(qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, d_b, n, in_c, out_c, QT__BF16_INP, E));
   CHECK_RC(
@@ -1200,10 +1201,13 @@ static void test_residual(void) {
 
 /* The residual add and the layer norm after it in one op
  * (qt__cuda_residual_layernorm_forward) give what the two ops give, to the
- * bit: the sum, the normalized rows (FP32 or BF16), mean and rstd. */
+ * bit: the sum, the normalized rows (FP32 or BF16), mean and rstd; with a
+ * BF16 branch (its values BF16 already, under BF16 products), what they
+ * give on its FP32 values. */
 static void residual_layernorm_case(size_t n, size_t c, int with_gamma, int bf16, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
   float *res = host_random(rng, n * c, 1.0, 1.0), *branch = host_random(rng, n * c, 0.0, 1.0);
+  for (size_t i = 0; i < n * c; i++) branch[i] = bf16_round(branch[i]);
   float *gamma = host_random(rng, c, 0.0, 0.1), *weight = host_random(rng, c, 1.0, 0.2);
   float *bias = host_random(rng, c, 0.0, 0.2);
   float *d_res = device_floats(res, n * c), *d_branch = device_floats(branch, n * c);
@@ -1216,25 +1220,31 @@ static void residual_layernorm_case(size_t n, size_t c, int with_gamma, int bf16
   CU_ASSERT_PTR_NOT_NULL_FATAL(zeros);
   float *one = device_floats(zeros, floats), *two = device_floats(zeros, floats);
   float *norm[2] = {one + n * c, two + n * c}, *stats[2] = {one + 2 * n * c, two + 2 * n * c};
-  CHECK_RC(qt__cuda_residual_layernorm_forward(one, norm[0], bf16, stats[0], stats[0] + n, d_res,
-                                               d_branch, d_gamma, d_weight, d_bias, n, c, 1e-6f,
-                                               E));
+  uint16_t *branch16 = malloc(n * c * sizeof *branch16);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(branch16);
+  for (size_t i = 0; i < n * c; i++) branch16[i] = qt_test_bf16_bits(branch[i]);
+  void *d_branch16 = device_copy(branch16, n * c, sizeof *branch16);
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  /* bf16: 0, 1 (the norm), 2 (the branch), 3 (both). */
+  CHECK_RC(qt__cuda_residual_layernorm_forward(
+      one, norm[0], stats[0], stats[0] + n, d_res, bf16 & 2 ? d_branch16 : (void *)d_branch,
+      d_gamma, d_weight, d_bias, n, c, 1e-6f,
+      (bf16 & 1 ? QT__BF16_OUT : 0u) | (bf16 & 2 ? QT__BF16_INP : 0u), E));
   CHECK_RC(qt_cuda_residual_forward(two, d_res, d_branch, d_gamma, n, c, E));
-  if (bf16)
-    CHECK_RC(qt__cuda_layernorm_forward_bf16(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias,
-                                             n, c, 1e-6f, QT__BF16_OUT, E));
-  else
-    CHECK_RC(qt_cuda_layernorm_forward(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias, n, c,
-                                       1e-6f, E));
+  CHECK_RC(qt__cuda_layernorm_forward_bf16(norm[1], stats[1], stats[1] + n, two, d_weight, d_bias,
+                                           n, c, 1e-6f, bf16 & 1 ? QT__BF16_OUT : 0u, E));
+  qt_cuda_set_matmul_precision(before);
   int same = device_equal(one, two, floats);
   if (!same)
-    printf("residual + layernorm (%zu, %zu)%s%s: not the two ops' results\n", n, c,
-           with_gamma ? " layer scale" : "", bf16 ? " BF16" : "");
+    printf("residual + layernorm (%zu, %zu)%s, BF16 %d: not the two ops' results\n", n, c,
+           with_gamma ? " layer scale" : "", bf16);
   CU_ASSERT(same);
   float *host[] = {res, branch, gamma, weight, bias, zeros};
   for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
   float *dev[] = {d_res, d_branch, d_gamma, d_weight, d_bias, one, two};
   for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) qt_cuda_free(dev[i]);
+  free(branch16);
+  qt_cuda_free(d_branch16);
   qt_rng_free(rng);
 }
 
@@ -1244,7 +1254,7 @@ static void test_residual_layernorm(void) {
   int was = qt__cuda_set_layernorm_rows(1);
   for (int rows = 1; rows >= 0; rows--) {
     qt__cuda_set_layernorm_rows(rows);
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+    for (int bf16 = 0; bf16 < 4; bf16++) {
       residual_layernorm_case(1, 1, 1, bf16, 71);
       residual_layernorm_case(37, 45, 0, bf16, 72);
       residual_layernorm_case(394, 192, 1, bf16, 73);

@@ -108,9 +108,10 @@ static void test_feature_hook_on_the_device(void) {
  * change: under BF16, ln1, ln2, attn_y and gelu (and qkv and dqkv, fc1
  * with the hidden pre-activation in BF16, dgelu with GELU's output
  * gradient, dln with the layer norms' output gradients, and dattn_y with
- * the attention's, which comes with qkv) take half their FP32 room. */
+ * the attention's, which comes with qkv) take half their FP32 room; the
+ * branch outputs kept in BF16 keep theirs (the last block's is FP32). */
 static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_grad,
-                               int bf16_norm_grad, int bf16_attention_grad) {
+                               int bf16_norm_grad, int bf16_attention_grad, int bf16_branch) {
   vit_case c = {"BF16 inputs", vit_backend_small_config(), 3, 3, 0, 0.0, 0, 1, 0.0};
   const qt__ops *ops = fake_device_bf16_ops();
   fake_device.bf16_qkv_off = !bf16_qkv;
@@ -118,6 +119,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
   fake_device.bf16_hidden_grad_off = !bf16_hidden_grad;
   fake_device.bf16_norm_grad_off = !bf16_norm_grad;
   fake_device.bf16_attention_grad_off = !bf16_attention_grad;
+  fake_device.bf16_branch_off = !bf16_branch;
   qt_rng_t *data = make_rng(6);
   qt_vit_t *cpu = NULL, *dev = NULL;
   vit_backend_pair(&c, 5, ops, &cpu, &dev);
@@ -161,7 +163,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
   CU_ASSERT_EQUAL(bytes[1], moved);
   fake_device.bf16_qkv_off = fake_device.bf16_hidden_off = 0;
   fake_device.bf16_hidden_grad_off = fake_device.bf16_norm_grad_off = 0;
-  fake_device.bf16_attention_grad_off = 0;
+  fake_device.bf16_attention_grad_off = fake_device.bf16_branch_off = 0;
   vit_batch_free(&b);
   qt_vit_free(cpu);
   qt_vit_free(dev);
@@ -170,29 +172,33 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
 }
 
 static void test_bf16_linear_inputs(void) {
-  bf16_linear_inputs(1, 1, 1, 1, 1);
+  bf16_linear_inputs(1, 1, 1, 1, 1, 1);
 }
 
 /* The same with qkv, the hidden pre-activation and the gradients of
  * GELU's, the layer norms' and the attention's outputs in FP32
  * (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0 QT_CUDA_BF16_HIDDEN_GRAD=0
- * QT_CUDA_BF16_NORM_GRAD=0 QT_CUDA_BF16_ATTENTION_GRAD=0 on CUDA), and with
+ * QT_CUDA_BF16_NORM_GRAD=0 QT_CUDA_BF16_ATTENTION_GRAD=0 on CUDA), the
+ * branch outputs too (QT_CUDA_BF16_BRANCH=0), and with
  * each in BF16 alone (the attention's gradient with qkv, which it needs;
  * asked for without it, it stays FP32). */
 static void test_bf16_linear_inputs_fp32_qkv_hidden(void) {
-  bf16_linear_inputs(0, 0, 0, 0, 0);
-  bf16_linear_inputs(1, 0, 0, 0, 0);
-  bf16_linear_inputs(0, 1, 0, 0, 0);
-  bf16_linear_inputs(0, 0, 1, 0, 0);
-  bf16_linear_inputs(0, 0, 0, 1, 0);
-  bf16_linear_inputs(1, 0, 0, 0, 1);
-  bf16_linear_inputs(0, 0, 0, 0, 1);
+  bf16_linear_inputs(0, 0, 0, 0, 0, 0);
+  bf16_linear_inputs(1, 0, 0, 0, 0, 0);
+  bf16_linear_inputs(0, 1, 0, 0, 0, 0);
+  bf16_linear_inputs(0, 0, 1, 0, 0, 0);
+  bf16_linear_inputs(0, 0, 0, 1, 0, 0);
+  bf16_linear_inputs(1, 0, 0, 0, 1, 0);
+  bf16_linear_inputs(0, 0, 0, 0, 1, 0);
+  bf16_linear_inputs(0, 0, 0, 0, 0, 1);
 }
 
 /* The op profile over the fake device's BF16 activations: a row per op
  * and set of BF16 arrays, with the step's calls of each where the ViT
- * makes them (qkv's and fc1's products both write BF16 from BF16, proj's
- * and fc2's read BF16; the attention's backward reads qkv and dO in BF16
+ * makes them (every linear layer's product writes BF16 from BF16 but the
+ * last block's fc2, whose output goes to the plain residual add; the
+ * residual adds before a layer norm read the branch and write the norm in
+ * BF16; the attention's backward reads qkv and dO in BF16
  * and writes dqkv so; qkv's backward reads dqkv and writes dln in BF16;
  * the layer norms' backward reads dln), and the step's numbers those of
  * the table it times. */
@@ -221,8 +227,9 @@ static void test_bf16_profile_rows(void) {
     const char *name;
     long calls;
   } want[] = {
-      {"linear_forward_bf16[inp,out]", 2 * depth},
-      {"linear_forward_bf16[inp]", 2 * depth},
+      {"linear_forward_bf16[inp,out]", 4 * depth - 1},
+      {"linear_forward_bf16[inp]", 1},
+      {"residual_layernorm_forward[inp,out]", 2 * depth - 1},
       {"attention_forward_bf16[inp,out]", depth},
       {"gelu_forward_bf16[inp,out]", depth},
       {"linear_backward_bf16[inp,dinp]", 2 * depth},

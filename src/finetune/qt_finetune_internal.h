@@ -117,6 +117,7 @@ enum {
   QT__KEEP_HIDDEN_GRAD = 16u,    /* GELU's output gradient (fc2's input gradient) */
   QT__KEEP_NORM_GRAD = 32u,      /* the norms' output gradients (qkv's, fc1's input gradients) */
   QT__KEEP_ATTENTION_GRAD = 64u, /* the attention's output gradient (proj's input gradient) */
+  QT__KEEP_BRANCH = 128u,        /* proj's and fc2's outputs, read by the residual add */
 };
 
 typedef struct qt__ops {
@@ -226,15 +227,16 @@ typedef struct qt__ops {
   int (*residual_backward)(float *dres, float *dbranch, float *dgamma, const float *dout,
                            const float *branch, const float *gamma, size_t n, size_t c,
                            qt_err *err);
-  /* residual_forward into out, then layernorm_forward of out into norm
-   * (in BF16 as layernorm_forward_bf16 writes it when norm_bf16), with the
-   * same results, in one pass where a backend has it; NULL: the model
-   * calls the two in turn. A transformer block's residual add and the
-   * layer norm after it. */
-  int (*residual_layernorm_forward)(float *out, void *norm, int norm_bf16, float *mean, float *rstd,
-                                    const float *res, const float *branch, const float *gamma,
+  /* residual_forward into out, then layernorm_forward of out into norm,
+   * with the same results, in one pass where a backend has it; NULL: the
+   * model calls the two in turn. A transformer block's residual add and
+   * the layer norm after it. bf16 as the _bf16 ops' (a backend with
+   * bf16_activations implements every set): QT__BF16_OUT names norm,
+   * QT__BF16_INP the branch (res, the residual stream, and out are FP32). */
+  int (*residual_layernorm_forward)(float *out, void *norm, float *mean, float *rstd,
+                                    const float *res, const void *branch, const float *gamma,
                                     const float *weight, const float *bias, size_t n, size_t c,
-                                    float eps, qt_err *err);
+                                    float eps, unsigned bf16, qt_err *err);
   int (*patchify)(float *patches, const float *images, size_t batch, size_t channels, size_t size,
                   size_t patch, qt_err *err);
   int (*tokens_forward)(float *x, const float *patch_tokens, const float *cls_token,
@@ -411,10 +413,10 @@ int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *
 /* The CUDA op table's residual_layernorm_forward (qt__ops): one kernel
  * for rows of at most 1024 features while the layer norm's row kernels are
  * on (qt__cuda_set_layernorm_rows), else the two ops. */
-int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
-                                        float *rstd, const float *res, const float *branch,
-                                        const float *gamma, const float *weight, const float *bias,
-                                        size_t n, size_t c, float eps, qt_err *err);
+int qt__cuda_residual_layernorm_forward(float *out, void *norm, float *mean, float *rstd,
+                                        const float *res, const void *branch, const float *gamma,
+                                        const float *weight, const float *bias, size_t n, size_t c,
+                                        float eps, unsigned bf16, qt_err *err);
 
 /* The CUDA op table's BF16 activations (qt__ops' bf16_activations and
  * _bf16 ops). Under BF16 products the linear inputs (unless
@@ -510,6 +512,10 @@ int qt__cuda_set_bf16_norm_grad(int on);
 /* The same for the attention's output gradient kept in BF16
  * (QT__KEEP_ATTENTION_GRAD). On unless QT_CUDA_BF16_ATTENTION_GRAD=0. */
 int qt__cuda_set_bf16_attention_grad(int on);
+
+/* The same for the branch outputs kept in BF16 (QT__KEEP_BRANCH). On
+ * unless QT_CUDA_BF16_BRANCH=0. */
+int qt__cuda_set_bf16_branch(int on);
 
 /* The same for the layer norm's row kernels (qt_cuda_layernorm.cuh: a row
  * in registers, the backward's weight and bias sums in the same pass), for

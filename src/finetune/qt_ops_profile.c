@@ -173,11 +173,11 @@ TIMED(residual_backward,
       (float *dres, float *dbranch, float *dgamma, const float *dout, const float *branch,
        const float *gamma, size_t n, size_t c, qt_err *err),
       (dres, dbranch, dgamma, dout, branch, gamma, n, c, err))
-TIMED(residual_layernorm_forward,
-      (float *out, void *norm, int norm_bf16, float *mean, float *rstd, const float *res,
-       const float *branch, const float *gamma, const float *weight, const float *bias, size_t n,
-       size_t c, float eps, qt_err *err),
-      (out, norm, norm_bf16, mean, rstd, res, branch, gamma, weight, bias, n, c, eps, err))
+TIMED_BF16(residual_layernorm_forward,
+           (float *out, void *norm, float *mean, float *rstd, const float *res, const void *branch,
+            const float *gamma, const float *weight, const float *bias, size_t n, size_t c,
+            float eps, unsigned bf16, qt_err *err),
+           (out, norm, mean, rstd, res, branch, gamma, weight, bias, n, c, eps, bf16, err))
 TIMED(patchify,
       (float *patches, const float *images, size_t batch, size_t channels, size_t size,
        size_t patch, qt_err *err),

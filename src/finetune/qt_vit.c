@@ -273,6 +273,9 @@ static unsigned keep_now(const qt_vit_t *vit, size_t B) {
   if (!(keep & QT__KEEP_LINEAR_INPUTS)) return 0;
   if (!(keep & QT__KEEP_ATTENTION_OUT)) keep &= ~QT__KEEP_QKV;
   if (!(keep & QT__KEEP_QKV)) keep &= ~QT__KEEP_ATTENTION_GRAD;
+  /* The branch outputs only where the residual add's fused op reads them
+   * (and no layer scale's gradient does). */
+  if (!ops->residual_layernorm_forward || vit->config.layer_scale) keep &= ~QT__KEEP_BRANCH;
   return keep;
 }
 
@@ -783,17 +786,18 @@ static int norm_backward_op(const qt_vit_t *vit, float *dinp, float *dweight, fl
 }
 
 /* out = res + gamma branch, then its layer norm (as norm_op): one op where
- * the backend has it. A transformer block's residual add and the layer
- * norm after it. */
-static int residual_then_norm(const qt_vit_t *vit, float *out, const float *res,
-                              const float *branch, const float *gamma, void *norm, float *mean,
-                              float *rstd, const float *weight, const float *bias, size_t n,
-                              size_t c, unsigned bf16, qt_err *err) {
+ * the backend has it (bf16: QT__BF16_OUT for norm, QT__BF16_INP for the
+ * branch, which only that op takes in BF16). A transformer block's
+ * residual add and the layer norm after it. */
+static int residual_then_norm(const qt_vit_t *vit, float *out, const float *res, const void *branch,
+                              const float *gamma, void *norm, float *mean, float *rstd,
+                              const float *weight, const float *bias, size_t n, size_t c,
+                              unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
   if (ops->residual_layernorm_forward)
-    return ops->residual_layernorm_forward(out, norm, bf16 != 0, mean, rstd, res, branch, gamma,
-                                           weight, bias, n, c, VIT_NORM_EPS, err);
-  int rc = ops->residual_forward(out, res, branch, gamma, n, c, err);
+    return ops->residual_layernorm_forward(out, norm, mean, rstd, res, branch, gamma, weight, bias,
+                                           n, c, VIT_NORM_EPS, bf16, err);
+  int rc = ops->residual_forward(out, res, (const float *)branch, gamma, n, c, err);
   return rc < 0 ? rc : norm_op(vit, norm, mean, rstd, out, weight, bias, n, c, bf16, err);
 }
 
@@ -937,6 +941,8 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
   unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
   unsigned hidden_in = kept(vit, QT__KEEP_HIDDEN, QT__BF16_INP);
+  unsigned branch_out = kept(vit, QT__KEEP_BRANCH, QT__BF16_OUT);
+  unsigned branch_in = kept(vit, QT__KEEP_BRANCH, QT__BF16_INP);
   if (cf->depth > 0) {
     block_acts *a = &vit->acts[0];
     VIT_TRY(norm_op(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->blocks[0].norm1_w,
@@ -948,20 +954,24 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
     VIT_TRY(
         linear_op(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, norm_in | qkv_out, err));
     VIT_TRY(attention_op(vit, a->attn_y, a->att, a->qkv, B, T, C, H, qkv_in | attention_out, err));
-    VIT_TRY(
-        linear_op(vit, a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, attention_in, err));
+    VIT_TRY(linear_op(vit, a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C,
+                      attention_in | branch_out, err));
     VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
-                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, norm_out, err));
+                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, norm_out | branch_in,
+                               err));
     VIT_TRY(
         linear_op(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, norm_in | hidden_out, err));
     VIT_TRY(gelu_op(vit, a->gelu, a->fc1, BT * M, hidden_in | norm_out, err));
-    VIT_TRY(linear_op(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C, norm_in, err));
-    if (l + 1 < cf->depth) {
+    /* The last block's MLP output goes to the plain residual add, in FP32. */
+    int last = l + 1 == cf->depth;
+    VIT_TRY(linear_op(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
+                      norm_in | (last ? 0u : branch_out), err));
+    if (!last) {
       const block_tensors *next_w = &p->blocks[l + 1];
       block_acts *next = &vit->acts[l + 1];
       VIT_TRY(residual_then_norm(vit, a->resid_out, a->resid_mid, a->mlp_out, w->ls2, next->ln1,
                                  next->ln1_mean, next->ln1_rstd, next_w->norm1_w, next_w->norm1_b,
-                                 BT, C, norm_out, err));
+                                 BT, C, norm_out | branch_in, err));
     } else {
       VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     }

@@ -133,6 +133,11 @@ int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const char *who, qt
  * (qt__cuda_set_fused_attention), where they fit the device. */
 int qt__cuda_attention_fused_now(size_t batch, size_t tokens, size_t c, size_t heads);
 
+/* qt_cuda_residual_forward with the branch in FP32 or (branch_bf16) BF16
+ * (a branch output kept in BF16, QT__KEEP_BRANCH). */
+int qt__cuda_residual_forward_any(float *out, const float *res, const void *branch, int branch_bf16,
+                                  const float *gamma, size_t n, size_t c, qt_err *err);
+
 /* qt__cuda_gelu_backward with its output gradient and its input each in
  * FP32 or (dout_bf16, inp_bf16) BF16: GELU's output gradient and fc1's
  * output kept in BF16 (QT__KEEP_HIDDEN_GRAD, QT__KEEP_HIDDEN). */

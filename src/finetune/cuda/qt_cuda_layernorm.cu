@@ -52,12 +52,11 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                           eps, threadIdx.x % 32);
 }
 
-template <int VEC, typename T>
+template <int VEC, typename T, typename B>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     residual_layernorm_rows_kernel(float *out, T *__restrict__ norm, float *__restrict__ mean,
                                    float *__restrict__ rstd, const float *res,
-                                   const float *__restrict__ branch,
-                                   const float *__restrict__ gamma,
+                                   const B *__restrict__ branch, const float *__restrict__ gamma,
                                    const float *__restrict__ weight, const float *__restrict__ bias,
                                    size_t n, size_t c, float eps) {
   size_t row = (size_t)blockIdx.x * QT_LN_WARPS + threadIdx.x / 32;
@@ -102,9 +101,9 @@ static void launch_rows_forward(T *out, float *mean, float *rstd, const float *i
   }
 }
 
-template <typename T>
+template <typename T, typename B>
 static void launch_residual_rows(float *out, T *norm, float *mean, float *rstd, const float *res,
-                                 const float *branch, const float *gamma, const float *weight,
+                                 const B *branch, const float *gamma, const float *weight,
                                  const float *bias, size_t n, size_t c, float eps) {
   unsigned blocks = (unsigned)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
   switch (qt_ln::vec_for(c)) {
@@ -307,27 +306,45 @@ extern "C" int qt__cuda_layernorm_backward_bf16(float *dinp, float *dweight, flo
                   err);
 }
 
-extern "C" int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16,
-                                                   float *mean, float *rstd, const float *res,
-                                                   const float *branch, const float *gamma,
-                                                   const float *weight, const float *bias, size_t n,
-                                                   size_t c, float eps, qt_err *err) {
+/* The op table's residual_layernorm_forward: norm in BF16 where bf16 has
+ * QT__BF16_OUT, branch where it has QT__BF16_INP (res, the residual
+ * stream, and out are FP32). */
+extern "C" int qt__cuda_residual_layernorm_forward(float *out, void *norm, float *mean, float *rstd,
+                                                   const float *res, const void *branch,
+                                                   const float *gamma, const float *weight,
+                                                   const float *bias, size_t n, size_t c, float eps,
+                                                   unsigned bf16, qt_err *err) {
   const char *who = "qt_cuda_residual_layernorm_forward";
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
+  if (rc < 0) return rc;
+  int branch_bf16 = (bf16 & QT__BF16_INP) != 0;
   if (!rows_kernels(c)) {
-    int rc = qt_cuda_residual_forward(out, res, branch, gamma, n, c, err);
+    rc = qt__cuda_residual_forward_any(out, res, branch, branch_bf16, gamma, n, c, err);
     if (rc < 0) return rc;
     return qt__cuda_layernorm_forward_bf16(norm, mean, rstd, out, weight, bias, n, c, eps,
-                                           norm_bf16 ? QT__BF16_OUT : 0, err);
+                                           bf16 & QT__BF16_OUT, err);
   }
   if (n > INT_MAX) return qt_err_set(err, QT_EINVAL, "%s: %zu rows do not fit an int", who, n);
   if (n == 0) return 0;
   if (c == 0 || !out || !norm || !mean || !rstd || !res || !branch)
     return qt_err_set(err, QT_EINVAL, "%s: NULL array or no features (c = %zu)", who, c);
-  if (norm_bf16)
-    launch_residual_rows(out, (__nv_bfloat16 *)norm, mean, rstd, res, branch, gamma, weight, bias,
-                         n, c, eps);
-  else
-    launch_residual_rows(out, (float *)norm, mean, rstd, res, branch, gamma, weight, bias, n, c,
-                         eps);
+  typedef __nv_bfloat16 bf16_t;
+  switch (bf16) {
+    case 0:
+      launch_residual_rows(out, (float *)norm, mean, rstd, res, (const float *)branch, gamma,
+                           weight, bias, n, c, eps);
+      break;
+    case QT__BF16_OUT:
+      launch_residual_rows(out, (bf16_t *)norm, mean, rstd, res, (const float *)branch, gamma,
+                           weight, bias, n, c, eps);
+      break;
+    case QT__BF16_INP:
+      launch_residual_rows(out, (float *)norm, mean, rstd, res, (const bf16_t *)branch, gamma,
+                           weight, bias, n, c, eps);
+      break;
+    default:
+      launch_residual_rows(out, (bf16_t *)norm, mean, rstd, res, (const bf16_t *)branch, gamma,
+                           weight, bias, n, c, eps);
+  }
   return qt__cuda_check_launch(err, who, "the residual and layer norm kernel");
 }

@@ -141,14 +141,14 @@ __device__ inline void forward_row(T *y, float *mean, float *rstd, const float *
 }
 
 /* out = res + gamma branch (the residual op's floats: gamma NULL is 1; out
- * may be res), then the layer norm of out: the residual op and the next
- * layer norm of a transformer block in one pass, as the two kernels would
- * give them. */
-template <int VEC, typename T>
+ * may be res; branch (B) float or BF16), then the layer norm of out: the
+ * residual op and the next layer norm of a transformer block in one pass,
+ * as the two kernels would give them. */
+template <int VEC, typename T, typename B>
 __device__ inline void residual_forward_row(float *out, T *y, float *mean, float *rstd,
-                                            const float *res, const float *branch,
-                                            const float *gamma, const float *weight,
-                                            const float *bias, size_t c, float eps, int lane) {
+                                            const float *res, const B *branch, const float *gamma,
+                                            const float *weight, const float *bias, size_t c,
+                                            float eps, int lane) {
   float v[VEC], b[VEC];
   load_row<VEC>(v, res, c, lane);
   load_row<VEC>(b, branch, c, lane);

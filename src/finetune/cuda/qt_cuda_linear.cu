@@ -344,7 +344,7 @@ extern "C" int qt__cuda_check_bf16(unsigned bf16, unsigned implemented, const ch
  * environment variable is 0 (to measure one against the other); -1 until
  * the environment has been read. */
 static int bf16_inputs = -1, bf16_hidden = -1, bf16_hidden_grad = -1, bf16_norm_grad = -1;
-static int bf16_qkv = -1, bf16_attention_grad = -1;
+static int bf16_qkv = -1, bf16_attention_grad = -1, bf16_branch = -1;
 
 extern "C" int qt__cuda_set_bf16_hidden(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_HIDDEN", &bf16_hidden, on);
@@ -356,6 +356,10 @@ extern "C" int qt__cuda_set_bf16_hidden_grad(int on) {
 
 extern "C" int qt__cuda_set_bf16_norm_grad(int on) {
   return qt__cuda_set_switch("QT_CUDA_BF16_NORM_GRAD", &bf16_norm_grad, on);
+}
+
+extern "C" int qt__cuda_set_bf16_branch(int on) {
+  return qt__cuda_set_switch("QT_CUDA_BF16_BRANCH", &bf16_branch, on);
 }
 
 extern "C" int qt__cuda_set_bf16_attention_grad(int on) {
@@ -370,11 +374,11 @@ extern "C" int qt__cuda_set_bf16_qkv(int on) {
  * linear inputs, fc1's output, GELU's output gradient and the layer norms'
  * output gradients (fc2's, fc1's and qkv's backward write them as the
  * products that read them would have rounded them: half the writes and
- * the readers' reads); where the fused attention runs for the
- * shape (it writes its output in BF16 directly, and rounds Q, K and V as
- * it loads them: half the product's writes and its reads of qkv), its
- * output, qkv and dqkv, and with them its output gradient (which its
- * products round too). */
+ * the readers' reads), and proj's and fc2's outputs (the residual add
+ * then adds their rounded values, as under PyTorch's autocast); where the fused attention runs for
+ * the shape (it writes its output in BF16 directly, and rounds Q, K and V as it loads them: half
+ * the product's writes and its reads of qkv), its output, qkv and dqkv, and with them its output
+ * gradient (which its products round too). */
 extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
   int precision = qt__cuda_matmul_precision();
   if ((precision != QT_MATMUL_BF16 && precision != QT_MATMUL_BF16_FAST) ||
@@ -385,6 +389,7 @@ extern "C" unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_
   if (qt__cuda_switch_on("QT_CUDA_BF16_HIDDEN_GRAD", &bf16_hidden_grad))
     keep |= QT__KEEP_HIDDEN_GRAD;
   if (qt__cuda_switch_on("QT_CUDA_BF16_NORM_GRAD", &bf16_norm_grad)) keep |= QT__KEEP_NORM_GRAD;
+  if (qt__cuda_switch_on("QT_CUDA_BF16_BRANCH", &bf16_branch)) keep |= QT__KEEP_BRANCH;
   if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
     keep |= QT__KEEP_ATTENTION_OUT;
     if (qt__cuda_switch_on("QT_CUDA_BF16_QKV", &bf16_qkv)) keep |= QT__KEEP_QKV;

@@ -3,6 +3,7 @@
  * a CUDA device, the twin of cpu/qt_cpu_residual.c. The layer-scale
  * gradient is a column sum in double, as on the CPU. See qt_finetune.h.
  */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "finetune/qt_finetune.h"
@@ -14,17 +15,17 @@ struct residual_in {
   float res, branch, gamma;
 };
 
-/* out = res + gamma branch (gamma NULL: 1); out may be res. I: the index
- * type (unsigned where qt__cuda_int_indices allows, for the column's
- * k % c). */
-template <typename I>
+/* out = res + gamma branch (gamma NULL: 1; branch (B) float or BF16); out
+ * may be res. I: the index type (unsigned where qt__cuda_int_indices
+ * allows, for the column's k % c). */
+template <typename I, typename B>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
-    residual_forward_kernel(float *out, const float *res, const float *__restrict__ branch,
+    residual_forward_kernel(float *out, const float *res, const B *__restrict__ branch,
                             const float *__restrict__ gamma, I total, I c) {
   qt__elementwise(
       total, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x,
       [=](I k) {
-        return residual_in{res[k], branch[k], gamma ? gamma[k % c] : 1.0f};
+        return residual_in{res[k], qt__load(branch + k), gamma ? gamma[k % c] : 1.0f};
       },
       [=](I k, residual_in v) {
         out[k] = __fadd_rn(v.res, gamma ? __fmul_rn(v.gamma, v.branch) : v.branch);
@@ -55,8 +56,9 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
       });
 }
 
-extern "C" int qt_cuda_residual_forward(float *out, const float *res, const float *branch,
-                                        const float *gamma, size_t n, size_t c, qt_err *err) {
+template <typename B>
+static int forward(float *out, const float *res, const B *branch, const float *gamma, size_t n,
+                   size_t c, qt_err *err) {
   if (n == 0 || c == 0) return 0;
   if (!out || !res || !branch) {
     return qt_err_set(err, QT_EINVAL, "qt_cuda_residual_forward: NULL array");
@@ -68,6 +70,18 @@ extern "C" int qt_cuda_residual_forward(float *out, const float *res, const floa
     residual_forward_kernel<size_t><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
         out, res, branch, gamma, n * c, c);
   return qt__cuda_check_launch(err, "qt_cuda_residual_forward", "the residual kernel");
+}
+
+extern "C" int qt_cuda_residual_forward(float *out, const float *res, const float *branch,
+                                        const float *gamma, size_t n, size_t c, qt_err *err) {
+  return forward(out, res, branch, gamma, n, c, err);
+}
+
+extern "C" int qt__cuda_residual_forward_any(float *out, const float *res, const void *branch,
+                                             int branch_bf16, const float *gamma, size_t n,
+                                             size_t c, qt_err *err) {
+  if (branch_bf16) return forward(out, res, (const __nv_bfloat16 *)branch, gamma, n, c, err);
+  return forward(out, res, (const float *)branch, gamma, n, c, err);
 }
 
 extern "C" int qt_cuda_residual_backward(float *dres, float *dbranch, float *dgamma,

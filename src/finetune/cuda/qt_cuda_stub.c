@@ -153,11 +153,10 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
-int qt__cuda_residual_layernorm_forward(float *out, void *norm, int norm_bf16, float *mean,
-                                        float *rstd, const float *res, const float *branch,
-                                        const float *gamma, const float *weight,
-                                        const float *bias, size_t n, size_t c, float eps,
-                                        qt_err *err) {
+int qt__cuda_residual_layernorm_forward(float *out, void *norm, float *mean, float *rstd,
+                                        const float *res, const void *branch, const float *gamma,
+                                        const float *weight, const float *bias, size_t n, size_t c,
+                                        float eps, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_residual_layernorm_forward");
 }
 
@@ -260,6 +259,10 @@ int qt__cuda_set_bf16_norm_grad(int on) {
 }
 
 int qt__cuda_set_bf16_attention_grad(int on) {
+  return 0;
+}
+
+int qt__cuda_set_bf16_branch(int on) {
   return 0;
 }
 
