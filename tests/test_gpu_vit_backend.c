@@ -76,10 +76,11 @@ static void test_vit_small_step_bf16_unfused(void) {
 /* The same with qkv, its gradient, fc1's output and the gradients between
  * ops in FP32 (QT_CUDA_BF16_QKV=0 QT_CUDA_BF16_HIDDEN=0
  * QT_CUDA_BF16_HIDDEN_GRAD=0 QT_CUDA_BF16_NORM_GRAD=0
- * QT_CUDA_BF16_ATTENTION_GRAD=0; BF16 by default: the fused attention
+ * QT_CUDA_BF16_ATTENTION_GRAD=0), and the branch outputs too
+ * (QT_CUDA_BF16_BRANCH=0; all BF16 by default: the fused attention
  * rounds qkv to BF16 anyway and the products its gradient, GELU, the
- * layer norms' backward and the attention's D then take the rounded
- * values). */
+ * layer norms' backward, the attention's D and the residual adds then
+ * take the rounded values). */
 static void test_vit_small_step_bf16_fp32_qkv_hidden(void) {
   vit_case c = vit_small_case("ViT-S/16 224 px, BF16, qkv, fc1 and the gradients in FP32");
   qt_matmul_precision previous = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
@@ -87,12 +88,14 @@ static void test_vit_small_step_bf16_fp32_qkv_hidden(void) {
   int was_bf16_hidden_grad = qt__cuda_set_bf16_hidden_grad(0);
   int was_bf16_norm_grad = qt__cuda_set_bf16_norm_grad(0);
   int was_bf16_attention_grad = qt__cuda_set_bf16_attention_grad(0);
+  int was_bf16_branch = qt__cuda_set_bf16_branch(0);
   vit_backend_train_compare(qt__ops_cuda(), &c, &(vit_tolerance){1e-2, 5e-2, 1e-3, NOISE_BF16});
   qt__cuda_set_bf16_qkv(was_bf16_qkv);
   qt__cuda_set_bf16_hidden(was_bf16_hidden);
   qt__cuda_set_bf16_hidden_grad(was_bf16_hidden_grad);
   qt__cuda_set_bf16_norm_grad(was_bf16_norm_grad);
   qt__cuda_set_bf16_attention_grad(was_bf16_attention_grad);
+  qt__cuda_set_bf16_branch(was_bf16_branch);
   qt_cuda_set_matmul_precision(previous);
 }
 
