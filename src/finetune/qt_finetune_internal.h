@@ -419,24 +419,25 @@ int qt__cuda_residual_layernorm_forward(float *out, void *norm, float *mean, flo
                                         float eps, unsigned bf16, qt_err *err);
 
 /* The CUDA op table's BF16 activations (qt__ops' bf16_activations and
- * _bf16 ops). Under BF16 products the linear inputs (unless
- * QT_CUDA_BF16_INPUTS=0) and with them fc1's output, GELU's output
- * gradient and the layer norms' output gradients (unless
- * qt__cuda_set_bf16_hidden, _hidden_grad, _norm_grad turned them off);
- * where the fused attention runs for the shape, its
- * output, and qkv with its gradient (unless qt__cuda_set_bf16_qkv turned
- * them off). Every BF16 array needs BF16 products (QT_EINVAL otherwise:
- * the values would have been rounded behind the caller's back), and the
- * attention's the fused kernels for the shape now. Supported sets: any
- * for the linear ops (a BF16 dinp `set` only) and GELU's forward; the
- * layer norm's output (forward) and output gradient (backward); the
- * attention's output, or its output with qkv
- * (forward), qkv with dqkv, and with the output's gradient too
- * (backward, `set` only). The fused kernels
- * round Q, K and V as they load them and the products round dqkv, so
- * BF16 qkv and dqkv change no number; fc1's BF16 output and the BF16
- * gradients do (GELU and the layer norms' backward at the rounded values,
- * as under PyTorch's autocast). QT_ENODEV in a build without CUDA. */
+ * _bf16 ops). Under BF16 products: the linear inputs (unless
+ * QT_CUDA_BF16_INPUTS=0) and with them fc1's output, GELU's and the
+ * layer norms' output gradients and the branch outputs (unless
+ * qt__cuda_set_bf16_hidden, _hidden_grad, _norm_grad, _branch turned them
+ * off); where the fused attention runs for the shape, its output, qkv
+ * with its gradient, and its output gradient (unless
+ * qt__cuda_set_bf16_qkv, _attention_grad turned them off). Every BF16
+ * array needs BF16 products (QT_EINVAL otherwise: the values would have
+ * been rounded behind the caller's back), and the attention's the fused
+ * kernels for the shape now. Supported sets: any for the linear ops (a
+ * BF16 dinp `set` only), GELU's forward and the residual add with the
+ * layer norm; the layer norm's output (forward) and output gradient
+ * (backward); the attention's output, or its output with qkv (forward),
+ * qkv with dqkv, and with the output's gradient too (backward, `set`
+ * only). The fused kernels round Q, K and V as they load them and the
+ * products round dqkv, so BF16 qkv and dqkv change no number; the other
+ * BF16 activations do (GELU, the layer norms' backward, the attention's D
+ * and the residual adds at the rounded values, as under PyTorch's
+ * autocast). QT_ENODEV in a build without CUDA. */
 unsigned qt__cuda_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_layernorm_forward_bf16(void *out, float *mean, float *rstd, const float *inp,
                                     const float *weight, const float *bias, size_t n, size_t c,
