@@ -755,10 +755,45 @@ int qt_vit_find_tensor(const qt_vit_t *vit, const char *name, qt_vit_tensor *out
     if (vit_rc_ < 0) return vit_rc_; \
   } while (0)
 
-/* `bit` (QT__BF16_*) where the last forward kept the activation `keep`
- * (QT__KEEP_*) in BF16, else 0: the arrays of the ops below. */
-static unsigned kept(const qt_vit_t *vit, unsigned keep, unsigned bit) {
-  return vit->keep & keep ? bit : 0;
+/* The BF16 arrays (QT__BF16_*) of each call of a step, from the
+ * activations that its forward keeps in BF16 (vit->keep): each activation
+ * is named by the bit of the call that writes it and of those that read
+ * it. */
+typedef struct call_sets {
+  /* forward */
+  unsigned norm;          /* each layer norm: ln1, ln2 written */
+  unsigned residual_norm; /* the residual add before a layer norm: the branch read too */
+  unsigned qkv, attention, proj, fc1, gelu, fc2, fc2_last;
+  /* backward */
+  unsigned fc2_back, fc1_back, norm_back, proj_back, attention_back, qkv_back;
+} call_sets;
+
+static call_sets call_sets_of(const qt_vit_t *vit) {
+  unsigned k = vit->keep;
+#define BIT(keep, bit) (k & (keep) ? (unsigned)(bit) : 0u)
+  unsigned linear_in = BIT(QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
+  call_sets c;
+  c.norm = BIT(QT__KEEP_LINEAR_INPUTS, QT__BF16_OUT);
+  c.residual_norm = c.norm | BIT(QT__KEEP_BRANCH, QT__BF16_INP);
+  c.qkv = linear_in | BIT(QT__KEEP_QKV, QT__BF16_OUT);
+  c.attention = BIT(QT__KEEP_QKV, QT__BF16_INP) | BIT(QT__KEEP_ATTENTION_OUT, QT__BF16_OUT);
+  c.proj = BIT(QT__KEEP_ATTENTION_OUT, QT__BF16_INP) | BIT(QT__KEEP_BRANCH, QT__BF16_OUT);
+  c.fc1 = linear_in | BIT(QT__KEEP_HIDDEN, QT__BF16_OUT);
+  c.gelu = BIT(QT__KEEP_HIDDEN, QT__BF16_INP) | BIT(QT__KEEP_LINEAR_INPUTS, QT__BF16_OUT);
+  c.fc2 = linear_in | BIT(QT__KEEP_BRANCH, QT__BF16_OUT);
+  c.fc2_last = linear_in; /* its output goes to the plain residual add, in FP32 */
+  c.fc2_back = linear_in | BIT(QT__KEEP_HIDDEN_GRAD, QT__BF16_DINP);
+  c.fc1_back = linear_in | BIT(QT__KEEP_HIDDEN, QT__BF16_OUT) |
+               BIT(QT__KEEP_HIDDEN_GRAD, QT__BF16_DOUT) | BIT(QT__KEEP_NORM_GRAD, QT__BF16_DINP);
+  c.norm_back = BIT(QT__KEEP_NORM_GRAD, QT__BF16_DOUT);
+  c.proj_back =
+      BIT(QT__KEEP_ATTENTION_OUT, QT__BF16_INP) | BIT(QT__KEEP_ATTENTION_GRAD, QT__BF16_DINP);
+  c.attention_back =
+      BIT(QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP) | BIT(QT__KEEP_ATTENTION_GRAD, QT__BF16_DOUT);
+  c.qkv_back =
+      linear_in | BIT(QT__KEEP_QKV, QT__BF16_DOUT) | BIT(QT__KEEP_NORM_GRAD, QT__BF16_DINP);
+#undef BIT
+  return c;
 }
 
 /* The ops below: with the BF16 arrays that `bf16` names, the op table's
@@ -930,48 +965,33 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
   /* Each block's second layer norm, and the next block's first, come
    * with the residual add before them (residual_then_norm). */
   const float *x = vit->resid0;
-  /* The BF16 arrays of each op (QT__BF16_*), by the activations kept so:
-   * <array>_<bit> is the bit by which the op that writes the array (out)
-   * or reads it (in) names it. */
-  unsigned norm_out = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_OUT);
-  unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
-  unsigned qkv_out = kept(vit, QT__KEEP_QKV, QT__BF16_OUT);
-  unsigned qkv_in = kept(vit, QT__KEEP_QKV, QT__BF16_INP);
-  unsigned attention_out = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_OUT);
-  unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
-  unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
-  unsigned hidden_in = kept(vit, QT__KEEP_HIDDEN, QT__BF16_INP);
-  unsigned branch_out = kept(vit, QT__KEEP_BRANCH, QT__BF16_OUT);
-  unsigned branch_in = kept(vit, QT__KEEP_BRANCH, QT__BF16_INP);
+  const call_sets sets = call_sets_of(vit);
   if (cf->depth > 0) {
     block_acts *a = &vit->acts[0];
     VIT_TRY(norm_op(vit, a->ln1, a->ln1_mean, a->ln1_rstd, x, p->blocks[0].norm1_w,
-                    p->blocks[0].norm1_b, BT, C, norm_out, err));
+                    p->blocks[0].norm1_b, BT, C, sets.norm, err));
   }
   for (long l = 0; l < cf->depth; l++) {
     const block_tensors *w = &p->blocks[l];
     block_acts *a = &vit->acts[l];
-    VIT_TRY(
-        linear_op(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, norm_in | qkv_out, err));
-    VIT_TRY(attention_op(vit, a->attn_y, a->att, a->qkv, B, T, C, H, qkv_in | attention_out, err));
-    VIT_TRY(linear_op(vit, a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C,
-                      attention_in | branch_out, err));
+    VIT_TRY(linear_op(vit, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * C, sets.qkv, err));
+    VIT_TRY(attention_op(vit, a->attn_y, a->att, a->qkv, B, T, C, H, sets.attention, err));
+    VIT_TRY(linear_op(vit, a->attn_out, a->attn_y, w->proj_w, w->proj_b, BT, C, C, sets.proj, err));
     VIT_TRY(residual_then_norm(vit, a->resid_mid, x, a->attn_out, w->ls1, a->ln2, a->ln2_mean,
-                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, norm_out | branch_in,
+                               a->ln2_rstd, w->norm2_w, w->norm2_b, BT, C, sets.residual_norm,
                                err));
-    VIT_TRY(
-        linear_op(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, norm_in | hidden_out, err));
-    VIT_TRY(gelu_op(vit, a->gelu, a->fc1, BT * M, hidden_in | norm_out, err));
+    VIT_TRY(linear_op(vit, a->fc1, a->ln2, w->fc1_w, w->fc1_b, BT, C, M, sets.fc1, err));
+    VIT_TRY(gelu_op(vit, a->gelu, a->fc1, BT * M, sets.gelu, err));
     /* The last block's MLP output goes to the plain residual add, in FP32. */
     int last = l + 1 == cf->depth;
     VIT_TRY(linear_op(vit, a->mlp_out, a->gelu, w->fc2_w, w->fc2_b, BT, M, C,
-                      norm_in | (last ? 0u : branch_out), err));
+                      last ? sets.fc2_last : sets.fc2, err));
     if (!last) {
       const block_tensors *next_w = &p->blocks[l + 1];
       block_acts *next = &vit->acts[l + 1];
       VIT_TRY(residual_then_norm(vit, a->resid_out, a->resid_mid, a->mlp_out, w->ls2, next->ln1,
                                  next->ln1_mean, next->ln1_rstd, next_w->norm1_w, next_w->norm1_b,
-                                 BT, C, norm_out | branch_in, err));
+                                 BT, C, sets.residual_norm, err));
     } else {
       VIT_TRY(ops->residual_forward(a->resid_out, a->resid_mid, a->mlp_out, w->ls2, BT, C, err));
     }
@@ -1125,20 +1145,7 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
   VIT_TRY(ops->zero(vit->dresid, BT * C * F, err));
   VIT_TRY(ops->copy_rows(vit->dresid, T * C, vit->dcls_rows, C, C, B, err));
 
-  /* The BF16 arrays of each op, as in the forward (d<array>_in: written
-   * as an input gradient, DINP; d<array>_out: read as an output
-   * gradient, DOUT). */
-  unsigned norm_in = kept(vit, QT__KEEP_LINEAR_INPUTS, QT__BF16_INP);
-  unsigned attention_in = kept(vit, QT__KEEP_ATTENTION_OUT, QT__BF16_INP);
-  unsigned hidden_out = kept(vit, QT__KEEP_HIDDEN, QT__BF16_OUT);
-  unsigned qkv = kept(vit, QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP);
-  unsigned dattn_in = kept(vit, QT__KEEP_ATTENTION_GRAD, QT__BF16_DINP);
-  unsigned dattn_out = kept(vit, QT__KEEP_ATTENTION_GRAD, QT__BF16_DOUT);
-  unsigned dqkv = kept(vit, QT__KEEP_QKV, QT__BF16_DOUT);
-  unsigned dgelu_in = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DINP);
-  unsigned dgelu_out = kept(vit, QT__KEEP_HIDDEN_GRAD, QT__BF16_DOUT);
-  unsigned dln_in = kept(vit, QT__KEEP_NORM_GRAD, QT__BF16_DINP);
-  unsigned dln_out = kept(vit, QT__KEEP_NORM_GRAD, QT__BF16_DOUT);
+  const call_sets sets = call_sets_of(vit);
   /* dresid holds the gradient of the residual stream: d(block output) on
    * entry to each block, d(block input) when it leaves. */
   for (long l = cf->depth - 1; l >= vit->backward_from; l--) {
@@ -1151,24 +1158,23 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     const float *dmlp;
     VIT_TRY(branch_grad(vit, w->ls2, gw->ls2, a->mlp_out, BT, C, &dmlp, err));
     VIT_TRY(linear_backward_op(vit, vit->dgelu, gw->fc2_w, gw->fc2_b, dmlp, a->gelu, w->fc2_w, BT,
-                               M, C, norm_in | dgelu_in, err));
+                               M, C, sets.fc2_back, err));
     VIT_TRY(gelu_linear_backward_op(vit, vit->dln, gw->fc1_w, gw->fc1_b, vit->dfc1, vit->dgelu,
-                                    a->fc1, a->ln2, w->fc1_w, BT, C, M,
-                                    norm_in | hidden_out | dgelu_out | dln_in, err));
+                                    a->fc1, a->ln2, w->fc1_w, BT, C, M, sets.fc1_back, err));
     VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm2_w, gw->norm2_b, vit->dln, a->resid_mid,
-                             w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, dln_out, err));
+                             w->norm2_w, a->ln2_mean, a->ln2_rstd, BT, C, sets.norm_back, err));
 
     /* Attention branch. */
     const float *dattn;
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
     VIT_TRY(linear_backward_op(vit, vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y,
-                               w->proj_w, BT, C, C, attention_in | dattn_in, err));
+                               w->proj_w, BT, C, C, sets.proj_back, err));
     VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
-                                  H, qkv | dattn_out, err));
+                                  H, sets.attention_back, err));
     VIT_TRY(linear_backward_op(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT,
-                               C, 3 * C, norm_in | dqkv | dln_in, err));
+                               C, 3 * C, sets.qkv_back, err));
     VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,
-                             a->ln1_mean, a->ln1_rstd, BT, C, dln_out, err));
+                             a->ln1_mean, a->ln1_rstd, BT, C, sets.norm_back, err));
   }
 
   /* Frozen blocks and stem below backward_from need no gradients. */
