@@ -352,8 +352,8 @@ static int profiled_steps(step_fn step, void *model, const bench_options *o, dou
   for (long k = 0; k < o->steps; k++)
     if (step(model, &t, loss, err) != 0) return -1;
   double seconds = wall_now() - start, ops = 0.0, steps = (double)o->steps;
-  qt__op_time times[64];
-  size_t n = qt__ops_profile_read(times, 64);
+  qt__op_time times[QT__OPS_PROFILE_MAX];
+  size_t n = qt__ops_profile_read(times, QT__OPS_PROFILE_MAX);
   for (size_t i = 0; i < n; i++) ops += times[i].seconds;
   printf(
       "\nqtune per op (--profile: %ld more steps, %.4f s each with every op waiting for its "

@@ -314,8 +314,8 @@ static void test_profile(void) {
   epoch(dev, &rd);
   expect_same_epoch(&rd, &rc_, "profiled");
   expect_same_weights(dev, cpu, "profiled");
-  qt__op_time t[64];
-  size_t n = qt__ops_profile_read(t, 64);
+  qt__op_time t[QT__OPS_PROFILE_MAX];
+  size_t n = qt__ops_profile_read(t, QT__OPS_PROFILE_MAX);
   long calls = 0;
   int seen_linear = 0, seen_attention = 0, seen_step = 0;
   for (size_t i = 0; i < n; i++) {
@@ -331,7 +331,7 @@ static void test_profile(void) {
   CU_ASSERT_EQUAL(calls, syncs);
   CU_ASSERT_EQUAL(qt__ops_profile_read(t, 2), 2);
   qt__ops_profile_reset();
-  CU_ASSERT_EQUAL(qt__ops_profile_read(t, 64), 0);
+  CU_ASSERT_EQUAL(qt__ops_profile_read(t, QT__OPS_PROFILE_MAX), 0);
   qt_run_free(cpu);
   qt_run_free(dev);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);

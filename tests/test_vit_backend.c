@@ -238,8 +238,8 @@ static void test_bf16_profile_rows(void) {
       {"linear_backward_bf16[inp,dout,dinp]", depth},
       {"layernorm_backward_bf16[dout]", 2 * depth},
   };
-  qt__op_time t[64];
-  size_t n = qt__ops_profile_read(t, 64);
+  qt__op_time t[QT__OPS_PROFILE_MAX];
+  size_t n = qt__ops_profile_read(t, QT__OPS_PROFILE_MAX);
   for (size_t w = 0; w < sizeof want / sizeof *want; w++) {
     long calls = -1;
     for (size_t i = 0; i < n; i++)

@@ -372,6 +372,9 @@ typedef struct qt__op_time {
 } qt__op_time;
 const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err));
 void qt__ops_profile_reset(void);
+/* The most entries a profile holds: more than the table's timed ops and
+ * their BF16 sets. */
+#define QT__OPS_PROFILE_MAX 96
 /* Up to cap entries of the ops called since the last reset, most time
  * first; returns how many. */
 size_t qt__ops_profile_read(qt__op_time *out, size_t cap);

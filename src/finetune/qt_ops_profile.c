@@ -10,12 +10,10 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 
-#define MAX_OPS 96 /* more than the table's timed ops */
-
 static struct {
   const qt__ops *inner;
   int (*sync)(qt_err *err);
-  qt__op_time times[MAX_OPS]; /* in the order of first calls */
+  qt__op_time times[QT__OPS_PROFILE_MAX]; /* in the order of first calls */
   size_t n;
 } profile;
 
@@ -33,7 +31,7 @@ static int op_end(const char *name, double start, int rc, qt_err *err) {
   size_t i = 0;
   while (i < profile.n && profile.times[i].name != name) i++;
   if (i == profile.n) {
-    QT_ASSERT(profile.n < MAX_OPS);
+    QT_ASSERT(profile.n < QT__OPS_PROFILE_MAX);
     profile.times[profile.n++] = (qt__op_time){.name = name};
   }
   profile.times[i].calls++;
@@ -402,7 +400,7 @@ static int by_time(const void *a, const void *b) {
 }
 
 size_t qt__ops_profile_read(qt__op_time *out, size_t cap) {
-  qt__op_time sorted[MAX_OPS];
+  qt__op_time sorted[QT__OPS_PROFILE_MAX];
   memcpy(sorted, profile.times, profile.n * sizeof *sorted);
   qsort(sorted, profile.n, sizeof *sorted, by_time);
   size_t n = profile.n < cap ? profile.n : cap;
