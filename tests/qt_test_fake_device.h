@@ -314,10 +314,12 @@ static inline int fake_mul_add(float *acc, const float *a, const float *b, size_
 
 /* A device's convolution scratch size (every group's column matrix of
  * every image, as the CUDA backend's for small batches), to exercise
- * buffers laid out for a device and sized by the batch. */
+ * buffers laid out for a device and sized by the batch; at least the CPU
+ * op's, which the fake runs. */
 static inline size_t fake_conv2d_scratch_size(const qt_conv2d_shape *s) {
   size_t cpu = qt__ops_cpu()->conv2d_scratch_size(s);
-  return cpu == 0 ? 0 : s->batch * s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  size_t device = s->batch * s->in_c * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  return cpu == 0 ? 0 : cpu > device ? cpu : device;
 }
 static inline int fake_conv2d_forward(float *out, float *scratch, const float *inp,
                                       const float *weight, const float *bias,

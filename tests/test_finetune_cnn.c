@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "qt_test.h"
 
 #define FORWARD_TOL 1e-5
@@ -272,9 +273,112 @@ static void test_conv_depthwise(void) {
 static void test_conv_pointwise(void) {
   qt_conv2d_shape s;
   qt_err err;
-  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 2, 5, 4, 3, 6, 1, 1, 0, 1, &err), 0);
+  /* One image's planes are its column matrix: no scratch. */
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 1, 5, 4, 3, 6, 1, 1, 0, 1, &err), 0);
   CU_ASSERT_EQUAL(qt_cpu_conv2d_scratch_size(&s), 0);
-  run_conv_case("pointwise 1x1", &s, 1);
+  run_conv_case("pointwise 1x1, one image", &s, 1);
+  /* Two narrow planes go side by side into one product, through scratch:
+   * both images' columns (5 rows) and the product's output (6 rows). */
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 2, 5, 4, 3, 6, 1, 1, 0, 1, &err), 0);
+  CU_ASSERT_EQUAL(qt_cpu_conv2d_scratch_size(&s), (5 + 6) * 2 * 12);
+  run_conv_case("pointwise 1x1, two images", &s, 1);
+}
+
+/* How many images one product takes: planes of 196 positions go three to
+ * a product (512 columns at least), so a batch of 4 ends with a product of
+ * one image; planes of 512 positions or more go one at a time, straight
+ * into the output. Both against the direct sums and finite differences. */
+static void test_conv_images_per_product(void) {
+  qt_conv2d_shape s;
+  qt_err err;
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 4, 2, 14, 14, 3, 3, 1, 1, 1, &err), 0);
+  CU_ASSERT_EQUAL(qt_cpu_conv2d_scratch_size(&s), (2 * 9 + 3) * 3 * 196);
+  run_conv_case("3x3, 4 images of 14x14: 3 + 1", &s, 1);
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 4, 4, 14, 14, 4, 3, 1, 1, 2, &err), 0);
+  run_conv_case("grouped (2) 3x3, 4 images of 14x14", &s, 0);
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 3, 2, 25, 25, 2, 3, 1, 1, 1, &err), 0);
+  CU_ASSERT_EQUAL(qt_cpu_conv2d_scratch_size(&s), 2 * 9 * 25 * 25);
+  run_conv_case("3x3, 3 images of 25x25: 1 + 1 + 1", &s, 1);
+  /* A scratch sized for a batch serves a smaller one. */
+  qt_conv2d_shape small = s;
+  small.batch = 1;
+  CU_ASSERT(qt_cpu_conv2d_scratch_size(&small) <= qt_cpu_conv2d_scratch_size(&s));
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&s, 64, 8, 7, 7, 8, 3, 1, 1, 1, &err), 0);
+  small = s;
+  for (small.batch = 1; small.batch <= s.batch; small.batch++)
+    CU_ASSERT(qt_cpu_conv2d_scratch_size(&small) <= qt_cpu_conv2d_scratch_size(&s));
+}
+
+/* The forward's output and the three gradients of one convolution, with
+ * the CPU's columns per product set to `columns` (0: the default). */
+typedef struct conv_results {
+  float *out, *dx, *dw, *db;
+  size_t scratch_n;
+} conv_results;
+
+static conv_results conv_with_columns(const qt_conv2d_shape *s, size_t columns, const pair *x,
+                                      const pair *w, const pair *b, const pair *r) {
+  size_t was = qt__cpu_set_conv_columns(columns);
+  conv_results c = {.scratch_n = qt_cpu_conv2d_scratch_size(s)};
+  float *scratch = c.scratch_n ? zeros(c.scratch_n) : NULL;
+  c.out = zeros(r->n);
+  c.dx = zeros(x->n);
+  c.dw = zeros(w->n);
+  c.db = zeros(b->n);
+  qt_cpu_conv2d_forward(c.out, scratch, x->f, w->f, b->f, s);
+  qt_cpu_conv2d_backward(c.dx, c.dw, c.db, scratch, r->f, x->f, w->f, s);
+  free(scratch);
+  qt__cpu_set_conv_columns(was);
+  return c;
+}
+
+static double worst_difference(const float *a, const float *b, size_t n) {
+  double worst = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double e = fabs((double)a[i] - b[i]) / (1.0 + fabs((double)b[i]));
+    if (e > worst) worst = e;
+  }
+  return worst;
+}
+
+/* Several images side by side in one product (the default) against one
+ * image per product (QT_CPU_CONV_COLUMNS=1): the same convolution, up to
+ * the order of the sums. */
+static void test_conv_columns_setting(void) {
+  qt_conv2d_shape shapes[2];
+  qt_err err;
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&shapes[0], 5, 6, 9, 9, 8, 3, 2, 1, 1, &err), 0);
+  CU_ASSERT_EQUAL_FATAL(qt_conv2d_shape_init(&shapes[1], 5, 6, 5, 5, 8, 1, 1, 0, 1, &err), 0);
+  for (size_t k = 0; k < 2; k++) {
+    const qt_conv2d_shape *s = &shapes[k];
+    size_t kdim = s->in_c * s->kernel_h * s->kernel_w, plane = s->out_h * s->out_w;
+    pair x = pair_new(s->batch * s->in_c * s->in_h * s->in_w, -1, 1);
+    pair w = pair_new(s->out_c * kdim, -1, 1), b = pair_new(s->out_c, -1, 1);
+    pair r = pair_new(s->batch * s->out_c * plane, -1, 1);
+    conv_results one = conv_with_columns(s, 1, &x, &w, &b, &r);
+    conv_results wide = conv_with_columns(s, 0, &x, &w, &b, &r);
+    /* One image: its column matrix, none when pointwise; all five side by
+     * side: their columns and the product's output. */
+    CU_ASSERT_EQUAL(one.scratch_n, k == 0 ? kdim * plane : 0);
+    CU_ASSERT_EQUAL(wide.scratch_n, (kdim + s->out_c) * s->batch * plane);
+    double errors[4] = {
+        worst_difference(wide.out, one.out, r.n), worst_difference(wide.dx, one.dx, x.n),
+        worst_difference(wide.dw, one.dw, w.n), worst_difference(wide.db, one.db, b.n)};
+    fprintf(stderr, "  %s: out %.1e, dinp %.1e, dweight %.1e, dbias %.1e\n",
+            k == 0 ? "3x3 stride 2" : "pointwise", errors[0], errors[1], errors[2], errors[3]);
+    for (int e = 0; e < 4; e++) CU_ASSERT(errors[e] <= 1e-5);
+    conv_results both[2] = {one, wide};
+    for (int i = 0; i < 2; i++) {
+      free(both[i].out);
+      free(both[i].dx);
+      free(both[i].dw);
+      free(both[i].db);
+    }
+    pair_free(&x);
+    pair_free(&w);
+    pair_free(&b);
+    pair_free(&r);
+  }
 }
 
 static void test_conv_tf_same(void) {
@@ -1035,6 +1139,8 @@ static const qt_test_case cases[] = {
     {"conv2d grouped gradients", test_conv_grouped},
     {"conv2d depthwise gradients", test_conv_depthwise},
     {"conv2d pointwise gradients", test_conv_pointwise},
+    {"conv2d images per product", test_conv_images_per_product},
+    {"conv2d images side by side or one by one", test_conv_columns_setting},
     {"conv2d TensorFlow same padding", test_conv_tf_same},
     {"batchnorm gradients (train, eval, frozen)", test_batchnorm_gradients},
     {"batchnorm running statistics by hand", test_batchnorm_running_stats_by_hand},

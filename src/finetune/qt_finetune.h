@@ -1512,9 +1512,13 @@ int qt_conv2d_shape_init_same(qt_conv2d_shape *shape, size_t batch, size_t in_c,
 
 /* Depthwise kernels (one input channel per group) may be at most 8x8
  * (asserted; qt_cnn_load checks it). */
-/* Floats of scratch space the forward and the backward need (the im2col
- * matrix of one group of one image); 0 for pointwise (1x1, stride 1, no
- * padding) and for depthwise convolutions, which need none. */
+/* Floats of scratch space the forward and the backward need: the im2col
+ * matrix of one group of one image, or, where output planes are narrow
+ * (fewer than 512 positions), of several images side by side with room for
+ * their product's output; 0 for depthwise convolutions and for pointwise
+ * ones (1x1, stride 1, no padding) of wide planes. It grows with
+ * shape->batch up to a bound: a scratch sized for a batch serves smaller
+ * ones of the same shape. */
 size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *shape);
 /* out (batch, out_c, out_h, out_w) = conv(inp (batch, in_c, in_h, in_w),
  * weight) + bias (out_c, may be NULL). Dense and grouped convolutions go

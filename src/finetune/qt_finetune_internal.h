@@ -372,6 +372,14 @@ typedef struct qt__op_time {
 } qt__op_time;
 const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err));
 void qt__ops_profile_reset(void);
+/* The columns that the CPU convolutions' matrix products take at least,
+ * several images' column matrices side by side where one image's plane is
+ * narrower (qt_cpu_conv2d.c): QT_CPU_CONV_COLUMNS in the environment, else
+ * 512; 1 puts one image in each product. Sets it (0: the default) and
+ * returns the previous value; only before any scratch is sized for a
+ * convolution, since qt_cpu_conv2d_scratch_size depends on it. */
+size_t qt__cpu_set_conv_columns(size_t columns);
+
 /* The most entries a profile holds: more than the table's timed ops and
  * their BF16 sets. */
 #define QT__OPS_PROFILE_MAX 96

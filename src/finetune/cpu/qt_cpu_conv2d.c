@@ -1,17 +1,21 @@
 /*
  * qt_cpu_conv2d.c - 2-D convolution (torch.nn.Conv2d, with TensorFlow's
  * asymmetric 'same' padding as an option) on the CPU, forward and backward.
- * Dense and grouped convolutions lower to im2col + cblas_sgemm per image and
- * group; pointwise ones (1x1, stride 1, no padding) skip the im2col, since
- * the image already is the column matrix; convolutions with one input
- * channel per group (depthwise) run as direct loops, where a matrix product
- * would have a single row. See qt_finetune.h for shapes.
+ * Dense and grouped convolutions lower to im2col + cblas_sgemm per group,
+ * over one image or, where an image's output plane is narrow, several side
+ * by side (images_per_product); pointwise ones (1x1, stride 1, no padding)
+ * skip the im2col when one image is enough, since the image already is the
+ * column matrix; convolutions with one input channel per group (depthwise)
+ * run as direct loops, where a matrix product would have a single row. See
+ * qt_finetune.h for shapes.
  */
 #include <cblas.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 
 /* ------------------------------------------------------------------------- */
 /* Shapes                                                                     */
@@ -91,24 +95,70 @@ static int is_pointwise(const qt_conv2d_shape *s) {
          s->pad_top == 0 && s->pad_left == 0 && s->out_h == s->in_h && s->out_w == s->in_w;
 }
 
+/* The columns a matrix product should have at least. One image's column
+ * matrix is out_h * out_w columns wide, 49 at ResNet-18's last stage at
+ * 224 px (16 at 112 px), where each product's threads meet for little
+ * work; side by side ResNet-18 trained 1.07x to 1.25x faster at 112 px
+ * on two threads (docs/benchmarks/README.md). Wider planes (784 at its
+ * second stage at 224 px) go one image at a time: two side by side ran a
+ * few percent slower, their column matrix twice as large. */
+#define CONV_COLUMNS 512
+
+/* QT_CPU_CONV_COLUMNS in the environment (1: one image per product, to
+ * measure one way against the other), else CONV_COLUMNS; read once. */
+static size_t columns_setting; /* 0: not read yet */
+
+static size_t conv_columns(void) {
+  size_t columns = __atomic_load_n(&columns_setting, __ATOMIC_RELAXED);
+  if (columns == 0) {
+    const char *env = getenv("QT_CPU_CONV_COLUMNS");
+    long v = env ? strtol(env, NULL, 10) : 0;
+    columns = v >= 1 ? (size_t)v : CONV_COLUMNS;
+    __atomic_store_n(&columns_setting, columns, __ATOMIC_RELAXED);
+  }
+  return columns;
+}
+
+size_t qt__cpu_set_conv_columns(size_t columns) {
+  size_t was = conv_columns();
+  __atomic_store_n(&columns_setting, columns >= 1 ? columns : CONV_COLUMNS, __ATOMIC_RELAXED);
+  return was;
+}
+
+/* Images whose column matrices one product takes side by side: enough for
+ * conv_columns() columns, at most the batch. It depends on the shape (and
+ * the setting) alone, so the sums' order, and with it every result, does
+ * too. */
+static size_t images_per_product(const qt_conv2d_shape *s) {
+  size_t p_count = s->out_h * s->out_w, columns = conv_columns();
+  size_t images = p_count >= columns ? 1 : (columns + p_count - 1) / p_count;
+  return images < s->batch ? images : s->batch;
+}
+
+/* One image: its column matrix (none when pointwise). Several: their column
+ * matrices and, after them, the product's (out_c / groups) rows of output
+ * or output gradient, which the images' planes are copied from or into. */
 size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *s) {
-  if (is_depthwise(s) || is_pointwise(s)) return 0;
-  return (s->in_c / s->groups) * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  if (is_depthwise(s)) return 0;
+  size_t kdim = (s->in_c / s->groups) * s->kernel_h * s->kernel_w;
+  size_t p_count = s->out_h * s->out_w, images = images_per_product(s);
+  if (images == 1) return is_pointwise(s) ? 0 : kdim * p_count;
+  return (kdim + s->out_c / s->groups) * images * p_count;
 }
 
 /* ------------------------------------------------------------------------- */
 /* im2col / col2im                                                            */
 /* ------------------------------------------------------------------------- */
 
-/* col (cg * kh * kw, out_h * out_w) from the cg channels of one image that
- * start at img (cg, in_h, in_w); positions in the padding read 0. */
-static void im2col(float *col, const float *img, size_t cg, const qt_conv2d_shape *s) {
-  size_t p_count = s->out_h * s->out_w;
+/* col (cg * kh * kw, out_h * out_w; rows ld apart) from the cg channels of
+ * one image that start at img (cg, in_h, in_w); positions in the padding
+ * read 0. */
+static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_conv2d_shape *s) {
   for (size_t ci = 0; ci < cg; ci++) {
     const float *plane = img + ci * s->in_h * s->in_w;
     for (size_t ky = 0; ky < s->kernel_h; ky++) {
       for (size_t kx = 0; kx < s->kernel_w; kx++) {
-        float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * p_count;
+        float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * ld;
         for (size_t oy = 0; oy < s->out_h; oy++) {
           /* iy = oy * stride + ky - pad_top, done in signed arithmetic. */
           long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
@@ -128,15 +178,15 @@ static void im2col(float *col, const float *img, size_t cg, const qt_conv2d_shap
   }
 }
 
-/* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col at the
- * positions they were read from. */
-static void col2im_add(float *img, const float *col, size_t cg, const qt_conv2d_shape *s) {
-  size_t p_count = s->out_h * s->out_w;
+/* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col (rows
+ * ld apart) at the positions they were read from. */
+static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
+                       const qt_conv2d_shape *s) {
   for (size_t ci = 0; ci < cg; ci++) {
     float *plane = img + ci * s->in_h * s->in_w;
     for (size_t ky = 0; ky < s->kernel_h; ky++) {
       for (size_t kx = 0; kx < s->kernel_w; kx++) {
-        const float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * p_count;
+        const float *row = col + ((ci * s->kernel_h + ky) * s->kernel_w + kx) * ld;
         for (size_t oy = 0; oy < s->out_h; oy++) {
           long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
           if (iy < 0 || iy >= (long)s->in_h) continue;
@@ -241,6 +291,23 @@ static void add_bias_gradient(float *dbias, const float *dout, const qt_conv2d_s
   }
 }
 
+/* The column matrices of images b0 .. b0 + n - 1, group g, side by side:
+ * col (cg kh kw, n P), image j's in columns j P to (j + 1) P - 1 (a
+ * pointwise convolution's are its input planes). */
+static void columns(float *col, const float *inp, size_t b0, size_t n, size_t g,
+                    const qt_conv2d_shape *s) {
+  size_t cg = s->in_c / s->groups, p_count = s->out_h * s->out_w, ld = n * p_count;
+  for (size_t j = 0; j < n; j++) {
+    const float *img = inp + ((b0 + j) * s->in_c + g * cg) * s->in_h * s->in_w;
+    if (is_pointwise(s)) {
+      for (size_t c = 0; c < cg; c++)
+        memcpy(col + c * ld + j * p_count, img + c * p_count, p_count * sizeof *col);
+    } else {
+      im2col(col + j * p_count, ld, img, cg, s);
+    }
+  }
+}
+
 void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
                            const float *bias, const qt_conv2d_shape *s) {
   if (is_depthwise(s)) {
@@ -249,28 +316,50 @@ void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const f
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
   size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
-  QT_ASSERT(kdim <= INT_MAX && p_count <= INT_MAX && og <= INT_MAX);
+  size_t images = images_per_product(s);
+  QT_ASSERT(kdim <= INT_MAX && images * p_count <= INT_MAX && og <= INT_MAX);
   int pointwise = is_pointwise(s);
-  QT_ASSERT(pointwise || scratch);
-  for (size_t b = 0; b < s->batch; b++) {
+  QT_ASSERT((pointwise && images == 1) || scratch);
+  for (size_t b0 = 0; b0 < s->batch; b0 += images) {
+    size_t n = s->batch - b0 < images ? s->batch - b0 : images, cols = n * p_count;
     for (size_t g = 0; g < s->groups; g++) {
-      const float *img = inp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
-      float *y = out + (b * s->out_c + g * og) * p_count;
-      const float *col = img;
-      if (!pointwise) {
-        im2col(scratch, img, cg, s);
-        col = scratch;
+      const float *w = weight + g * og * kdim;
+      if (images == 1) {
+        /* y (og, P) = W_g (og, kdim) . col (kdim, P), in the image's planes */
+        const float *col = inp + (b0 * s->in_c + g * cg) * s->in_h * s->in_w;
+        if (!pointwise) {
+          columns(scratch, inp, b0, 1, g, s);
+          col = scratch;
+        }
+        float *y = out + (b0 * s->out_c + g * og) * p_count;
+        if (bias) {
+          for (size_t o = 0; o < og; o++) {
+            float v = bias[g * og + o];
+            for (size_t p = 0; p < p_count; p++) y[o * p_count + p] = v;
+          }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)p_count, (int)kdim,
+                    1.0f, w, (int)kdim, col, (int)p_count, bias ? 1.0f : 0.0f, y, (int)p_count);
+        continue;
       }
-      if (bias) {
+      /* y (og, n P) = W_g (og, kdim) . col (kdim, n P), then each image's
+       * planes (+ the bias) copied out of it */
+      float *col = scratch, *y = scratch + kdim * images * p_count;
+      columns(col, inp, b0, n, g, s);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)cols, (int)kdim, 1.0f, w,
+                  (int)kdim, col, (int)cols, 0.0f, y, (int)cols);
+      for (size_t j = 0; j < n; j++) {
         for (size_t o = 0; o < og; o++) {
-          float v = bias[g * og + o];
-          for (size_t p = 0; p < p_count; p++) y[o * p_count + p] = v;
+          float *dst = out + ((b0 + j) * s->out_c + g * og + o) * p_count;
+          const float *src = y + o * cols + j * p_count;
+          if (bias) {
+            float v = bias[g * og + o];
+            for (size_t p = 0; p < p_count; p++) dst[p] = src[p] + v;
+          } else {
+            memcpy(dst, src, p_count * sizeof *dst);
+          }
         }
       }
-      /* y (og, P) = W_g (og, kdim) . col (kdim, P) */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)p_count, (int)kdim, 1.0f,
-                  weight + g * og * kdim, (int)kdim, col, (int)p_count, bias ? 1.0f : 0.0f, y,
-                  (int)p_count);
     }
   }
 }
@@ -285,35 +374,56 @@ void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
   size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
-  QT_ASSERT(kdim <= INT_MAX && p_count <= INT_MAX && og <= INT_MAX);
+  size_t images = images_per_product(s), in_plane = s->in_h * s->in_w;
+  QT_ASSERT(kdim <= INT_MAX && images * p_count <= INT_MAX && og <= INT_MAX);
   int pointwise = is_pointwise(s);
-  QT_ASSERT(pointwise || scratch);
-  for (size_t b = 0; b < s->batch; b++) {
+  QT_ASSERT((pointwise && images == 1) || scratch);
+  for (size_t b0 = 0; b0 < s->batch; b0 += images) {
+    size_t n = s->batch - b0 < images ? s->batch - b0 : images, cols = n * p_count;
     for (size_t g = 0; g < s->groups; g++) {
-      const float *img = inp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
-      const float *dy = dout + (b * s->out_c + g * og) * p_count;
       const float *w = weight + g * og * kdim;
-      if (dweight) {
-        const float *col = img;
-        if (!pointwise) {
-          im2col(scratch, img, cg, s);
-          col = scratch;
-        }
-        /* dW_g (og, kdim) += dy (og, P) . col^T (P, kdim) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)kdim, (int)p_count, 1.0f,
-                    dy, (int)p_count, col, (int)p_count, 1.0f, dweight + g * og * kdim, (int)kdim);
+      /* dy (og, n P): the images' output gradient planes, as they are for
+       * one image, else copied side by side after the column matrices. */
+      const float *dy = dout + (b0 * s->out_c + g * og) * p_count;
+      float *col = scratch;
+      if (images > 1) {
+        float *rows = scratch + kdim * images * p_count;
+        for (size_t j = 0; j < n; j++)
+          for (size_t o = 0; o < og; o++)
+            memcpy(rows + o * cols + j * p_count,
+                   dout + ((b0 + j) * s->out_c + g * og + o) * p_count, p_count * sizeof *rows);
+        dy = rows;
       }
-      if (dinp) {
-        float *dimg = dinp + (b * s->in_c + g * cg) * s->in_h * s->in_w;
-        /* dcol (kdim, P) = W_g^T (kdim, og) . dy (og, P); a pointwise
-         * convolution accumulates it straight into the image. */
+      if (dweight) {
+        const float *x = col;
+        if (pointwise && images == 1)
+          x = inp + (b0 * s->in_c + g * cg) * in_plane;
+        else
+          columns(col, inp, b0, n, g, s);
+        /* dW_g (og, kdim) += dy (og, n P) . col^T (n P, kdim) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)kdim, (int)cols, 1.0f,
+                    dy, (int)cols, x, (int)cols, 1.0f, dweight + g * og * kdim, (int)kdim);
+      }
+      if (!dinp) continue;
+      /* dcol (kdim, n P) = W_g^T (kdim, og) . dy (og, n P), added into each
+       * image's planes; one pointwise image takes it straight. */
+      if (pointwise && images == 1) {
+        float *dimg = dinp + (b0 * s->in_c + g * cg) * in_plane;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og, 1.0f,
+                    w, (int)kdim, dy, (int)p_count, 1.0f, dimg, (int)p_count);
+        continue;
+      }
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)cols, (int)og, 1.0f, w,
+                  (int)kdim, dy, (int)cols, 0.0f, col, (int)cols);
+      for (size_t j = 0; j < n; j++) {
+        float *dimg = dinp + ((b0 + j) * s->in_c + g * cg) * in_plane;
         if (pointwise) {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og,
-                      1.0f, w, (int)kdim, dy, (int)p_count, 1.0f, dimg, (int)p_count);
+          for (size_t c = 0; c < cg; c++) {
+            const float *src = col + c * cols + j * p_count;
+            for (size_t p = 0; p < p_count; p++) dimg[c * p_count + p] += src[p];
+          }
         } else {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og,
-                      1.0f, w, (int)kdim, dy, (int)p_count, 0.0f, scratch, (int)p_count);
-          col2im_add(dimg, scratch, cg, s);
+          col2im_add(dimg, col + j * p_count, cols, cg, s);
         }
       }
     }
