@@ -1454,6 +1454,13 @@ static void test_arguments(void) {
   CU_ASSERT_EQUAL(qt_cuda_layernorm_forward(d, NULL, d, d, NULL, NULL, 2, 2, 1e-6f, &err),
                   QT_EINVAL);
   CU_ASSERT_EQUAL(qt_cuda_gelu_forward(NULL, d, 3, &err), QT_EINVAL);
+  /* GELU in place with a float and a BF16 array (under BF16 products, which
+   * allow the BF16 arrays); with one type it runs. */
+  qt_matmul_precision was = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CU_ASSERT_EQUAL(qt__cuda_gelu_forward_bf16(d, d, 3, QT__BF16_OUT, &err), QT_EINVAL);
+  CU_ASSERT_EQUAL(qt__cuda_gelu_forward_bf16(d, d, 3, QT__BF16_INP, &err), QT_EINVAL);
+  CHECK_RC(qt__cuda_gelu_forward_bf16(d, d, 3, QT__BF16_INP | QT__BF16_OUT, E));
+  qt_cuda_set_matmul_precision(was);
   CU_ASSERT_EQUAL(qt_cuda_patchify(d, d, 1, 1, 5, 2, &err), QT_EINVAL);
   CU_ASSERT_EQUAL(qt_cuda_cross_entropy_forward(d, d, d, NULL, NULL, 0.0f, 2, 2, &err), QT_EINVAL);
   CU_ASSERT_EQUAL(qt_cuda_linear_forward(NULL, NULL, NULL, NULL, 0, 3, 3, &err), 0);

@@ -48,7 +48,9 @@ extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_e
 }
 
 /* The op table's gelu_forward_bf16: inp (QT__BF16_INP) and out
- * (QT__BF16_OUT) each float or BF16. */
+ * (QT__BF16_OUT) each float or BF16; in place only where both are the
+ * same type (a thread's store would land on values that others have not
+ * read yet). */
 extern "C" int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf16,
                                           qt_err *err) {
   const char *who = "qt_cuda_gelu_forward (BF16 arrays)";
@@ -56,6 +58,8 @@ extern "C" int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, 
   if (rc < 0) return rc;
   if (n == 0) return 0;
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (out == inp && (bf16 == QT__BF16_INP || bf16 == QT__BF16_OUT))
+    return qt_err_set(err, QT_EINVAL, "%s: in place with a float and a BF16 array", who);
   unsigned blocks = qt__cuda_elementwise_blocks(n);
   typedef __nv_bfloat16 bf16_t;
   switch (bf16) {
