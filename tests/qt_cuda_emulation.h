@@ -161,11 +161,17 @@ static inline void qt_emu_ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *
   __syncwarp();
 }
 /* The device's 16-byte copy (eight BF16 values; 32 bytes under
- * QT_EMULATE_EXACT). */
+ * QT_EMULATE_EXACT), on 16-byte boundaries or the device faults. */
 template <typename T>
 static inline void qt__copy16(T *dst, const T *src) {
+  if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0) abort();
   *dst = *src;
 }
+/* A vector access of `values` elements at p (qt_cuda_attention_fused.cuh):
+ * the device faults unless p is on values * (element size) bytes, here the
+ * element's emulated size. */
+#define QT_FA_ALIGNED(p, values) \
+  ((uintptr_t)(p) % ((values) * sizeof *(p)) != 0 ? abort() : (void)0)
 static inline void qt__ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
   qt_emu_ldmatrix_x4(r, row, false);
 }

@@ -61,7 +61,13 @@
  * (rows 2t, words g / 2). */
 #define QT_FA_LD (QT_FA_HEAD + 8)
 #define QT_FA_MAX_TOKENS 256 /* tokens per image */
-#define QT_FA_WARPS 8        /* warps per block, a tile of 16 rows each */
+/* A vector access of `values` elements at p, which the device does only
+ * where p is on values * (element size) bytes: the includer may check it
+ * (the host emulation aborts where the device would fault). */
+#ifndef QT_FA_ALIGNED
+#define QT_FA_ALIGNED(p, values) ((void)0)
+#endif
+#define QT_FA_WARPS 8 /* warps per block, a tile of 16 rows each */
 /* Keys per step of the forward's online softmax, keys per step of the dq
  * kernel (fewer: it holds more accumulators), queries per step of the dkv
  * kernel (fewer still: its dK and dV take 64 registers, and 16 lets it
@@ -144,6 +150,7 @@ __device__ inline void load_pair(float v[2], const float *x) {
   v[1] = x[1];
 }
 __device__ inline void load_pair(float v[2], const bf16 *x) {
+  QT_FA_ALIGNED(x, 2);
   bf16x2 p = *(const bf16x2 *)x;
   v[0] = __low2float(p);
   v[1] = __high2float(p);
