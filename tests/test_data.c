@@ -16,6 +16,7 @@
 #include "qt_test.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdint.h>
@@ -621,6 +622,42 @@ static void test_image_folder_errors(void) {
   CU_ASSERT_EQUAL(qt_dataset_load_image_folder(tmp_path("empty"), &p, &ds, &err), QT_ESCHEMA);
   CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "'b' is not a class"));
   free(img);
+}
+
+/* A folder so deep that a name inside it makes a path longer than the
+ * loader's 4095 bytes: an error that says so, not a cut path (which would
+ * name another file, or none). The levels are made relative to their
+ * parents, as mkdir takes no path that long. */
+static void test_image_folder_long_path(void) {
+  make_dirs("long/a");
+  make_dirs("long/b");
+  uint8_t *img = solid_rgb(4, 4, 1, 2, 3);
+  write_png(tmp_path("long/a/x.png"), 4, 4, PNG_COLOR_TYPE_RGB, 8, img, NULL, 0);
+  free(img);
+  char name[251];
+  memset(name, 'x', 250);
+  name[250] = '\0';
+  size_t len = strlen(tmp_path("long/b"));
+  int parent = -1, fd = open(tmp_path("long/b"), O_RDONLY | O_DIRECTORY);
+  CU_ASSERT_FATAL(fd >= 0);
+  while (len < 4096) {
+    CU_ASSERT_EQUAL_FATAL(mkdirat(fd, name, 0777), 0);
+    if (parent >= 0) close(parent);
+    parent = fd;
+    fd = openat(parent, name, O_RDONLY | O_DIRECTORY);
+    CU_ASSERT_FATAL(fd >= 0);
+    len += 1 + strlen(name);
+  }
+  close(fd);
+  qt_dataset *ds = NULL;
+  qt_err err;
+  qt_image_folder_params p = qt_image_folder_default_params();
+  CU_ASSERT_EQUAL(qt_dataset_load_image_folder(tmp_path("long"), &p, &ds, &err), QT_EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "path too long (over 4095 bytes)"));
+  CU_ASSERT_PTR_NULL(ds);
+  /* The deepest level, which the temporary folder's removal cannot name. */
+  CU_ASSERT_EQUAL(unlinkat(parent, name, AT_REMOVEDIR), 0);
+  close(parent);
 }
 
 static void test_image_folder_sizes(void) {
@@ -1941,6 +1978,7 @@ static const qt_test_case cases[] = {
     {"image folder decodes every PNG/JPEG kind, skips failures", test_image_folder_decode},
     {"image load errors", test_image_load_errors},
     {"image folder errors: classes", test_image_folder_errors},
+    {"image folder errors: a path too long", test_image_folder_long_path},
     {"image folder common size", test_image_folder_sizes},
     {"train/val/test layouts", test_split_layout},
     {"csv tabular data", test_csv},

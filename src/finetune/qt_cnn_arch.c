@@ -270,7 +270,9 @@ static void push(layout *l, const char *name, size_t ndim, size_t d0, size_t d1,
     l->cap = cap;
   }
   tensor_spec *t = &l->items[l->n++];
-  snprintf(t->name, sizeof t->name, "%s", name);
+  size_t len = strlen(name); /* the tables' own names, which fit */
+  QT_ASSERT(len < sizeof t->name);
+  memcpy(t->name, name, len + 1);
   t->ndim = ndim;
   size_t dims[4] = {d0, d1, d2, d3};
   for (size_t i = 0; i < 4; i++) t->shape[i] = i < ndim ? dims[i] : 0;

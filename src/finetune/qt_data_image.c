@@ -398,6 +398,15 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* path = "dir/name", or QT_EINVAL when that does not fit in size bytes (a
+ * cut path would name another file, or none). */
+static int join_path(char *path, size_t size, const char *dir, const char *name, qt_err *err) {
+  int n = snprintf(path, size, "%s/%s", dir, name);
+  if (n < 0 || (size_t)n >= size)
+    return qt_err_set(err, QT_EINVAL, "path too long (over %zu bytes): %s/%s", size - 1, dir, name);
+  return 0;
+}
+
 /* Sorted names of the entries of dir that are folders (want_dirs) or image
  * files, skipping names that start with '.'. */
 static int list_dir(const char *dir, int want_dirs, char ***names, size_t *count, qt_err *err) {
@@ -414,10 +423,7 @@ static int list_dir(const char *dir, int want_dirs, char ***names, size_t *count
   char path[4096];
   while ((e = readdir(d))) {
     if (e->d_name[0] == '.') continue;
-    if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) {
-      rc = qt_err_set(err, QT_EINVAL, "path too long: %s/%s", dir, e->d_name);
-      break;
-    }
+    if ((rc = join_path(path, sizeof path, dir, e->d_name, err)) < 0) break;
     struct stat st;
     if (stat(path, &st) != 0) continue; /* a dangling link */
     if (want_dirs ? !S_ISDIR(st.st_mode) : !(S_ISREG(st.st_mode) && has_image_extension(e->d_name)))
@@ -473,7 +479,7 @@ static int walk(const char *dir, int32_t label, int depth, file_list *out, qt_er
       out->items = grown;
       out->cap = new_cap;
     }
-    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    if ((rc = join_path(path, sizeof path, dir, files[i], err)) < 0) break;
     file_entry *e = &out->items[out->n];
     e->label = label;
     e->dir = NULL;
@@ -488,8 +494,8 @@ static int walk(const char *dir, int32_t label, int depth, file_list *out, qt_er
   if (rc < 0) return rc;
   if ((rc = list_dir(dir, 1, &dirs, &n_dirs, err)) < 0) return rc;
   for (size_t i = 0; i < n_dirs && rc == 0; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, dirs[i]);
-    rc = walk(path, label, depth + 1, out, err);
+    if ((rc = join_path(path, sizeof path, dir, dirs[i], err)) == 0)
+      rc = walk(path, label, depth + 1, out, err);
   }
   free_list(dirs, n_dirs);
   return rc;

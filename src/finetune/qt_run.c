@@ -172,7 +172,7 @@ static int parse_number(const char *name, const char *text, double *out, qt_err 
 }
 
 static int parse_whole(const char *name, const char *text, long *out, qt_err *err) {
-  double v;
+  double v = 0.0;
   int rc = parse_number(name, text, &v, err);
   if (rc < 0) return rc;
   if (v != floor(v) || fabs(v) > 1e12)
