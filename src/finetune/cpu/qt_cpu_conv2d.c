@@ -98,10 +98,11 @@ static int is_pointwise(const qt_conv2d_shape *s) {
 /* The columns a matrix product should have at least. One image's column
  * matrix is out_h * out_w columns wide, 49 at ResNet-18's last stage at
  * 224 px (16 at 112 px), where each product's threads meet for little
- * work; side by side ResNet-18 trained 1.07x to 1.25x faster at 112 px
- * on two threads (docs/benchmarks/README.md). Wider planes (784 at its
- * second stage at 224 px) go one image at a time: two side by side ran a
- * few percent slower, their column matrix twice as large. */
+ * work; side by side ResNet-18 trained 1.22x faster at 112 px and 1.10x
+ * at 224 px on two threads (tools/bench-conv-columns,
+ * docs/benchmarks/README.md). Wider planes (784 at its second stage at
+ * 224 px) go one image at a time: two side by side ran a few percent
+ * slower, their column matrix twice as large. */
 #define CONV_COLUMNS 512
 
 /* QT_CPU_CONV_COLUMNS in the environment (1: one image per product, to

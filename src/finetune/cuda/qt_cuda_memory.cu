@@ -602,7 +602,7 @@ extern "C" long qt__cuda_linear_lt_queries(void) {
 typedef struct lt_plan {
   int device, precision, out_bf16, declined;
   size_t n, in_c, out_c;
-  uint32_t align[4]; /* A, B, C (and D), the bias */
+  uint32_t align[3];
   cublasLtMatmulAlgo_t algo;
 } lt_plan;
 #define LT_PLANS 64
@@ -613,7 +613,7 @@ static pthread_mutex_t lt_plans_lock = PTHREAD_MUTEX_INITIALIZER;
 static int same_plan(const lt_plan *a, const lt_plan *b) {
   return a->device == b->device && a->precision == b->precision && a->out_bf16 == b->out_bf16 &&
          a->n == b->n && a->in_c == b->in_c && a->out_c == b->out_c && a->align[0] == b->align[0] &&
-         a->align[1] == b->align[1] && a->align[2] == b->align[2] && a->align[3] == b->align[3];
+         a->align[1] == b->align[1] && a->align[2] == b->align[2];
 }
 
 /* 1 and plan->algo and plan->declined when a plan like *plan was kept. */
@@ -656,7 +656,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   if (!qt__cuda_switch_on("QT_CUDA_LT_BIAS", &lt_bias) || !bias || in_c == 0 || (!inp && !inp16))
     return 1;
   /* cuBLASLt states no alignment for the bias, and other projects report
-   * its epilogue faulting on biases off 16 bytes: those broadcast. */
+   * its epilogue faulting on biases off 16 bytes: those broadcast (a ViT's
+   * are all on 16 bytes, so a plan chosen with one serves the others). */
   if ((uintptr_t)bias % 16 != 0) return 1;
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
   qt_err ignored;
@@ -706,7 +707,6 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   plan.align[1] =
       alignment_of(operand_type == CUDA_R_16BF && !inp16 ? NULL : b_data, in_c * operand_bytes);
   plan.align[2] = alignment_of(out, out_c * out_bytes);
-  plan.align[3] = alignment_of(bias, 0);
   kept = find_plan(&plan);
   if (kept && plan.declined) return 1;
   if (operand_type == CUDA_R_16BF) {
