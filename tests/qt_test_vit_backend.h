@@ -134,7 +134,7 @@ static inline void vit_backend_expect_tensors(const qt__ops *ops, const qt_vit_t
     }
     float *host = malloc(td.numel * sizeof *host);
     CU_ASSERT_PTR_NOT_NULL_FATAL(host);
-    char what[160];
+    char what[256];
     if (what_mask & VIT_GRADS) {
       vit_backend_download(ops, host, td.grad, td.numel);
       snprintf(what, sizeof what, "%s: gradient of %s", when, td.name);

@@ -19,7 +19,8 @@
  * it printed (stdout and stderr together) in `output`. */
 static int run_qtune(char *output, size_t size, const char *args) {
   char command[2048];
-  snprintf(command, sizeof command, "'%s' %s 2>&1", QT_QTUNE_BINARY, args);
+  int length = snprintf(command, sizeof command, "'%s' %s 2>&1", QT_QTUNE_BINARY, args);
+  if (length < 0 || (size_t)length >= sizeof command) return -1; /* not a cut command */
   FILE *pipe = popen(command, "r");
   if (!pipe) return -1;
   size_t used = fread(output, 1, size - 1, pipe);

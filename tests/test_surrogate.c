@@ -82,7 +82,7 @@ static void ref_gp(qt_gp_kernel kernel, const double *raw, const double *X, cons
   double noise = ref_softplus(raw[QT_GP_HYPER_RAW_NOISE]) + 1e-4;
   double s = ref_softplus(raw[QT_GP_HYPER_RAW_OUTPUTSCALE]);
   double c0 = raw[QT_GP_HYPER_MEAN];
-  double A[REF_MAX][REF_MAX], Ainv[REF_MAX][REF_MAX], alpha[REF_MAX];
+  double A[REF_MAX][REF_MAX], Ainv[REF_MAX][REF_MAX] = {{0.0}}, alpha[REF_MAX];
   for (size_t i = 0; i < n; i++) {
     for (size_t j = 0; j < n; j++) {
       A[i][j] = ref_kernel(kernel, raw, X + i * d, X + j * d, d) + (i == j ? noise : 0.0);

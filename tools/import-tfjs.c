@@ -245,7 +245,9 @@ static weight *find_weight(const char *name) {
 static out_tensor *new_out(const char *name, size_t ndim, const size_t *shape, size_t numel) {
   if (n_outs == MAX_WEIGHTS) die("too many tensors", NULL, NULL);
   out_tensor *t = &outs[n_outs++];
-  snprintf(t->name, sizeof t->name, "%s", name);
+  size_t len = strlen(name);
+  if (len >= sizeof t->name) die("tensor name too long", name, NULL);
+  memcpy(t->name, name, len + 1);
   t->ndim = ndim;
   memcpy(t->shape, shape, ndim * sizeof *shape);
   t->values = malloc(numel * sizeof(float));

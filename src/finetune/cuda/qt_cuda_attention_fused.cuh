@@ -459,13 +459,15 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *att, co
 
 /* The probabilities of a backward step's tile n (16, 8): P = exp(scale S
  * - lse), 0 where the column (key, or query) is at or past `tokens`. lse2
- * is lse in units of log2, per row (lse_row) or per column (lse_col). */
+ * is lse in units of log2, per row (the tile's rows g and g + 8: lse2[0],
+ * lse2[1]) or, BY_COLUMN, per column (every column's: lse2[col]). */
+template <bool BY_COLUMN>
 __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int col0,
-                                     const float lse_row[2], const float *lse_col, int lane) {
+                                     const float *lse2, int lane) {
   int t = lane % 4;
   for (int e = 0; e < 4; e++) {
     int col = col0 + 2 * t + e % 2;
-    float l = lse_col ? lse_col[col] : lse_row[e / 2];
+    float l = BY_COLUMN ? lse2[col] : lse2[e / 2];
     s.x[e] = col < sh.tokens ? exp2f(s2 * s.x[e] - l) : 0.0f;
   }
 }
@@ -521,7 +523,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
       frag_c s, dp;
       times_rows_t(s, qf, ks, k0, lane);
       times_rows_t(dp, dyf, vs, k0, lane);
-      probabilities(s, sh, s2, k0, lse2, nullptr, lane);
+      probabilities<false>(s, sh, s2, k0, lse2, lane);
       for (int e = 0; e < 4; e++) dsum[e / 2] += s.x[e] * dp.x[e];
     }
   }
@@ -542,7 +544,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
       frag_c dp;
       times_rows_t(ds[n], qf, ks, k0 + 8 * n, lane);
       times_rows_t(dp, dyf, vs, k0 + 8 * n, lane);
-      probabilities(ds[n], sh, s2, k0 + 8 * n, lse2, nullptr, lane);
+      probabilities<false>(ds[n], sh, s2, k0 + 8 * n, lse2, lane);
       for (int e = 0; e < 4; e++) ds[n].x[e] *= dp.x[e] - dd[e / 2];
     }
 #pragma unroll
@@ -596,7 +598,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const fl
       if (q0 + 8 * n >= sh.padded) break;
       times_rows_t(p[n], kf, qs, q0 + 8 * n, lane);
       times_rows_t(ds[n], vf, dys, q0 + 8 * n, lane);
-      probabilities(p[n], sh, s2, q0 + 8 * n, nullptr, lse2, lane);
+      probabilities<true>(p[n], sh, s2, q0 + 8 * n, lse2, lane);
       for (int e = 0; e < 4; e++) {
         ds[n].x[e] = p[n].x[e] * (ds[n].x[e] - d_all[q0 + 8 * n + 2 * t + e % 2]);
       }
