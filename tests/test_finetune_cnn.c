@@ -718,6 +718,15 @@ static void test_maxpool(void) {
   int32_t arg[1];
   qt_cpu_maxpool2d_forward(y, arg, flat, &s);
   CU_ASSERT_EQUAL(arg[0], 0);
+  /* A NaN wins only where it comes first in the window (PyTorch's CPU
+   * kernel takes every NaN); pinned so that a rewrite changes nothing. */
+  float nan_later[4] = {1, NAN, 2, 0}, nan_first[4] = {NAN, 3, 2, 0};
+  qt_cpu_maxpool2d_forward(y, arg, nan_later, &s);
+  CU_ASSERT_EQUAL(arg[0], 2);
+  CU_ASSERT_EQUAL(y[0], 2.0f);
+  qt_cpu_maxpool2d_forward(y, arg, nan_first, &s);
+  CU_ASSERT_EQUAL(arg[0], 0);
+  CU_ASSERT(isnan(y[0]));
   free(out);
   free(dx);
   free(argmax);

@@ -32,6 +32,14 @@ void qt_cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch
  * convolution without weights, padding reads as -infinity. argmax keeps,
  * per output, the index of the winner inside its input plane; ties go to
  * the first in scan order, as PyTorch's CPU kernel does. */
+/* The kernel rows (or columns) [*lo, *hi) that land in the image for an
+ * output whose window starts at `start` (negative in the padding). */
+static void window(long start, size_t kernel, size_t extent, size_t *lo, size_t *hi) {
+  *lo = start < 0 ? (size_t)-start : 0;
+  long end = start + (long)kernel;
+  *hi = end > (long)extent ? (size_t)((long)extent - start) : kernel;
+}
+
 void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
                               const qt_conv2d_shape *s) {
   size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
@@ -40,24 +48,30 @@ void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
     float *y = out + plane * out_plane;
     int32_t *arg = argmax + plane * out_plane;
     for (size_t oy = 0; oy < s->out_h; oy++) {
+      long y0 = (long)(oy * s->stride_h) - (long)s->pad_top;
+      size_t ky_lo, ky_hi;
+      window(y0, s->kernel_h, s->in_h, &ky_lo, &ky_hi);
       for (size_t ox = 0; ox < s->out_w; ox++) {
-        float best = -INFINITY;
-        long best_at = -1;
-        for (size_t ky = 0; ky < s->kernel_h; ky++) {
-          long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
-          if (iy < 0 || iy >= (long)s->in_h) continue;
-          for (size_t kx = 0; kx < s->kernel_w; kx++) {
-            long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
-            if (ix < 0 || ix >= (long)s->in_w) continue;
-            long at = iy * (long)s->in_w + ix;
-            if (best_at < 0 || x[at] > best) {
-              best = x[at];
-              best_at = at;
-            }
+        long x0 = (long)(ox * s->stride_w) - (long)s->pad_left;
+        size_t kx_lo, kx_hi;
+        window(x0, s->kernel_w, s->in_w, &kx_lo, &kx_hi);
+        /* The kernel always overlaps the image (padding < kernel). */
+        QT_ASSERT(ky_lo < ky_hi && kx_lo < kx_hi);
+        /* The first value in scan order, then each later one that is
+         * larger (a NaN never is), chosen without a branch: on random
+         * signs a branch mispredicts a few times per window. */
+        long best_at = (y0 + (long)ky_lo) * (long)s->in_w + x0 + (long)kx_lo;
+        float best = x[best_at];
+        for (size_t ky = ky_lo; ky < ky_hi; ky++) {
+          long row = (y0 + (long)ky) * (long)s->in_w + x0;
+          for (size_t kx = kx_lo; kx < kx_hi; kx++) {
+            long at = row + (long)kx;
+            float v = x[at];
+            int larger = v > best;
+            best = larger ? v : best;
+            best_at = larger ? at : best_at;
           }
         }
-        /* The kernel always overlaps the image (padding < kernel). */
-        QT_ASSERT(best_at >= 0);
         y[oy * s->out_w + ox] = best;
         arg[oy * s->out_w + ox] = (int32_t)best_at;
       }
