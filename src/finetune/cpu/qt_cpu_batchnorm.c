@@ -7,6 +7,67 @@
 
 #include "finetune/qt_finetune.h"
 
+/* The channel sums below are in double, over every image's plane. A
+ * single running sum waits for each add before the next (a double add's
+ * latency per value); LANES sums of every LANES-th value, added together
+ * at the end, keep the adder busy. The order of the sums is fixed by the
+ * plane's length alone. */
+#define LANES 8
+
+/* sum of x[0, n) */
+static double plane_sum(const float *x, size_t n) {
+  double part[LANES] = {0.0};
+  size_t p = 0;
+  for (; p + LANES <= n; p += LANES)
+    for (int l = 0; l < LANES; l++) part[l] += x[p + l];
+  double sum = 0.0;
+  for (int l = 0; l < LANES; l++) sum += part[l];
+  for (; p < n; p++) sum += x[p];
+  return sum;
+}
+
+/* sum of (x - m)^2 over x[0, n) */
+static double plane_squares(const float *x, size_t n, double m) {
+  double part[LANES] = {0.0};
+  size_t p = 0;
+  for (; p + LANES <= n; p += LANES)
+    for (int l = 0; l < LANES; l++) {
+      double d = x[p + l] - m;
+      part[l] += d * d;
+    }
+  double sq = 0.0;
+  for (int l = 0; l < LANES; l++) sq += part[l];
+  for (; p < n; p++) {
+    double d = x[p] - m;
+    sq += d * d;
+  }
+  return sq;
+}
+
+/* The backward's sums over one plane: *dy_sum += dy, *dy_xhat_sum += dy
+ * xhat, xhat = (x - m) r in float. */
+static void plane_gradient_sums(const float *x, const float *dy, size_t n, float m, float r,
+                                double *dy_sum, double *dy_xhat_sum) {
+  double part[LANES] = {0.0}, part_xhat[LANES] = {0.0};
+  size_t p = 0;
+  for (; p + LANES <= n; p += LANES)
+    for (int l = 0; l < LANES; l++) {
+      part[l] += dy[p + l];
+      part_xhat[l] += (double)dy[p + l] * ((x[p + l] - m) * r);
+    }
+  double sum = 0.0, sum_xhat = 0.0;
+  for (int l = 0; l < LANES; l++) {
+    sum += part[l];
+    sum_xhat += part_xhat[l];
+  }
+  for (; p < n; p++) {
+    sum += dy[p];
+    sum_xhat += (double)dy[p] * ((x[p] - m) * r);
+  }
+  *dy_sum += sum;
+  *dy_xhat_sum += sum_xhat;
+}
+
 void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
                               float *running_var, const float *inp, const float *weight,
                               const float *bias, size_t batch, size_t c, size_t hw, float eps,
@@ -18,19 +79,10 @@ void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *runni
       /* Two passes in double, as the layer norm: mean, then the biased
        * variance around it. */
       double sum = 0.0;
-      for (size_t b = 0; b < batch; b++) {
-        const float *x = inp + (b * c + ch) * hw;
-        for (size_t p = 0; p < hw; p++) sum += x[p];
-      }
+      for (size_t b = 0; b < batch; b++) sum += plane_sum(inp + (b * c + ch) * hw, hw);
       m = sum / (double)count;
       double sq = 0.0;
-      for (size_t b = 0; b < batch; b++) {
-        const float *x = inp + (b * c + ch) * hw;
-        for (size_t p = 0; p < hw; p++) {
-          double d = x[p] - m;
-          sq += d * d;
-        }
-      }
+      for (size_t b = 0; b < batch; b++) sq += plane_squares(inp + (b * c + ch) * hw, hw, m);
       var = sq / (double)count;
       /* PyTorch updates the running variance with the unbiased estimate. */
       running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * m);
@@ -63,14 +115,9 @@ void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
   for (size_t ch = 0; ch < c; ch++) {
     float m = mean[ch], r = rstd[ch], w = weight ? weight[ch] : 1.0f;
     double dy_sum = 0.0, dy_xhat_sum = 0.0;
-    for (size_t b = 0; b < batch; b++) {
-      const float *x = inp + (b * c + ch) * hw;
-      const float *dy = dout + (b * c + ch) * hw;
-      for (size_t p = 0; p < hw; p++) {
-        dy_sum += dy[p];
-        dy_xhat_sum += (double)dy[p] * ((x[p] - m) * r);
-      }
-    }
+    for (size_t b = 0; b < batch; b++)
+      plane_gradient_sums(inp + (b * c + ch) * hw, dout + (b * c + ch) * hw, hw, m, r, &dy_sum,
+                          &dy_xhat_sum);
     if (mode != QT_BATCHNORM_MODE_FROZEN) {
       if (dweight) dweight[ch] += (float)dy_xhat_sum;
       if (dbias) dbias[ch] += (float)dy_sum;
