@@ -293,20 +293,13 @@ static void add_bias_gradient(float *dbias, const float *dout, const qt_conv2d_s
 }
 
 /* The column matrices of images b0 .. b0 + n - 1, group g, side by side:
- * col (cg kh kw, n P), image j's in columns j P to (j + 1) P - 1 (a
- * pointwise convolution's are its input planes). */
+ * col (cg kh kw, n P), image j's in columns j P to (j + 1) P - 1. */
 static void columns(float *col, const float *inp, size_t b0, size_t n, size_t g,
                     const qt_conv2d_shape *s) {
-  size_t cg = s->in_c / s->groups, p_count = s->out_h * s->out_w, ld = n * p_count;
-  for (size_t j = 0; j < n; j++) {
-    const float *img = inp + ((b0 + j) * s->in_c + g * cg) * s->in_h * s->in_w;
-    if (is_pointwise(s)) {
-      for (size_t c = 0; c < cg; c++)
-        memcpy(col + c * ld + j * p_count, img + c * p_count, p_count * sizeof *col);
-    } else {
-      im2col(col + j * p_count, ld, img, cg, s);
-    }
-  }
+  size_t cg = s->in_c / s->groups, p_count = s->out_h * s->out_w;
+  for (size_t j = 0; j < n; j++)
+    im2col(col + j * p_count, n * p_count, inp + ((b0 + j) * s->in_c + g * cg) * s->in_h * s->in_w,
+           cg, s);
 }
 
 void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
@@ -416,17 +409,8 @@ void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
       }
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)cols, (int)og, 1.0f, w,
                   (int)kdim, dy, (int)cols, 0.0f, col, (int)cols);
-      for (size_t j = 0; j < n; j++) {
-        float *dimg = dinp + ((b0 + j) * s->in_c + g * cg) * in_plane;
-        if (pointwise) {
-          for (size_t c = 0; c < cg; c++) {
-            const float *src = col + c * cols + j * p_count;
-            for (size_t p = 0; p < p_count; p++) dimg[c * p_count + p] += src[p];
-          }
-        } else {
-          col2im_add(dimg, col + j * p_count, cols, cg, s);
-        }
-      }
+      for (size_t j = 0; j < n; j++)
+        col2im_add(dinp + ((b0 + j) * s->in_c + g * cg) * in_plane, col + j * p_count, cols, cg, s);
     }
   }
 }
