@@ -393,6 +393,10 @@ static double bf16_parity(const void *d_h, const float *d_g, size_t n) {
   return scale > 0.0 ? diff / scale : diff;
 }
 
+/* How many BF16 outputs with a bias test_bf16_inputs saw cuBLASLt's
+ * epilogue write (linear_bias_epilogue). */
+static long bf16_output_epilogues;
+
 /* Linear layers whose input their producer writes in BF16 (the op table's
  * bf16_inputs path): layer norm's and GELU's BF16 outputs are their FP32
  * outputs rounded to nearest even, bit for bit, and under BF16 products
@@ -445,14 +449,21 @@ static void test_bf16_inputs(void) {
   /* The output in BF16 too (qkv's): the FP32 output rounded, give or take
    * the last bit where the two calls' algorithms add in another order:
    * within one BF16 rounding (2^-8 of the largest value), with the bias
-   * and without. */
+   * and without. Where cuBLASLt's epilogue took it, the bias it added was
+   * rounded to BF16 first, and so is the FP32 output's. */
   void *d_out16 = NULL;
   CHECK_RC(qt_cuda_malloc(&d_out16, n * out_c * sizeof(uint16_t), E));
+  float *bias16 = host_bf16(bias, out_c), *d_b16 = device_floats(bias16, out_c);
   for (int with_bias = 1; with_bias >= 0; with_bias--) {
     const float *b = with_bias ? d_b : NULL;
-    CHECK_RC(qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, b, n, in_c, out_c, QT__BF16_INP, E));
+    long taken = qt__cuda_linear_lt_count();
     CHECK_RC(qt__cuda_linear_forward_bf16(d_out16, d_h, d_w, b, n, in_c, out_c,
                                           QT__BF16_INP | QT__BF16_OUT, E));
+    if (with_bias && qt__cuda_linear_lt_count() > taken) {
+      b = d_b16;
+      bf16_output_epilogues++;
+    }
+    CHECK_RC(qt__cuda_linear_forward_bf16(d_out_h, d_h, d_w, b, n, in_c, out_c, QT__BF16_INP, E));
     double error = bf16_parity(d_out16, d_out_h, n * out_c);
     if (!(error <= 1.0 / 256))
       printf("\n    BF16 output%s: off by %.3g", with_bias ? "" : " no bias", error);
@@ -557,6 +568,7 @@ static void test_bf16_inputs(void) {
   free(norm_b);
   free(weight);
   free(bias);
+  free(bias16);
   free(dout);
   free(out);
   free(want_dinp);
@@ -570,6 +582,7 @@ static void test_bf16_inputs(void) {
   qt_cuda_free(d_norm_b);
   qt_cuda_free(d_w);
   qt_cuda_free(d_b);
+  qt_cuda_free(d_b16);
   qt_cuda_free(d_dout);
   qt_cuda_free(d_out);
   qt_cuda_free(d_out_h);
@@ -1526,9 +1539,9 @@ static void test_failure_not_left_behind(void) {
 /* The linear forward adds its bias in cuBLASLt's epilogue (the default).
  * Every linear case (FP32, with BF16 products rounded or converted by
  * cuBLAS, and with its input already in BF16) holds, and cuBLASLt took at
- * least the FP32 products with a bias and one of the BF16 inputs' (it may
- * decline a combination: that one then broadcasts, as in
- * linear_bias_broadcast). The FP32 and BF16-input cases run twice: the
+ * least the FP32 products with a bias, one of the BF16 inputs' and the
+ * BF16 output's (it may decline another combination: that one then
+ * broadcasts, as in linear_bias_broadcast). The FP32 and BF16-input cases run twice: the
  * second time on the algorithms (and the declines) kept from the first,
  * with as many products taken, the same results and no new question to
  * cuBLASLt's heuristic. */
@@ -1544,6 +1557,7 @@ static void test_linear_bias_epilogue(void) {
   test_linear_bf16();
   test_linear_bf16_fast();
   long before_inputs = qt__cuda_linear_lt_count();
+  bf16_output_epilogues = 0;
   test_bf16_inputs();
   long inputs = qt__cuda_linear_lt_count() - before_inputs;
   queries = qt__cuda_linear_lt_queries();
@@ -1553,14 +1567,17 @@ static void test_linear_bias_epilogue(void) {
   qt__cuda_set_lt_bias(was_on);
   printf(
       "\n    cuBLASLt bias epilogue: %ld FP32 products (%ld on kept algorithms), %ld of the "
-      "BF16 inputs' case (%ld kept), %ld in all; %ld heuristic queries in all, %ld and %ld "
-      "on the second runs",
-      fp32, kept, inputs, inputs_kept, qt__cuda_linear_lt_count() - before,
+      "BF16 inputs' case (%ld kept; BF16 outputs %ld of 2), %ld in all; %ld heuristic queries "
+      "in all, %ld and %ld on the second runs",
+      fp32, kept, inputs, inputs_kept, bf16_output_epilogues, qt__cuda_linear_lt_count() - before,
       qt__cuda_linear_lt_queries(), fp32_queries, inputs_queries);
   CU_ASSERT(fp32 > 0);
   CU_ASSERT_EQUAL(kept, fp32);
   CU_ASSERT(inputs > 0);
   CU_ASSERT_EQUAL(inputs_kept, inputs);
+  /* The BF16 output with its bias in BF16 is a combination cuBLASLt lists
+   * (qkv's, fc1's and the branches' in a ViT under BF16 products). */
+  CU_ASSERT_EQUAL(bf16_output_epilogues, 2);
   CU_ASSERT_EQUAL(fp32_queries, 0);
   CU_ASSERT_EQUAL(inputs_queries, 0);
 }

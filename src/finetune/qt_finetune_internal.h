@@ -177,9 +177,10 @@ typedef struct qt__ops {
    * (QT__BF16_*) names in BF16 (void *; the others FP32), and with no bit
    * set the FP32 ops themselves; a set a backend does not implement is
    * QT_EINVAL. Where a BF16 result comes from FP32 values, it is those
-   * values rounded; where a BF16 input feeds float arithmetic (GELU, the
-   * bias gradient's sums), it is taken at its rounded value, as PyTorch's
-   * autocast does. */
+   * values rounded (a linear layer's BF16 output may take its bias rounded
+   * to BF16, as cuBLASLt's epilogue does); where a BF16 input feeds float
+   * arithmetic (GELU, the bias gradient's sums), it is taken at its
+   * rounded value, as PyTorch's autocast does. */
   unsigned (*bf16_activations)(size_t batch, size_t tokens, size_t c, size_t heads);
   int (*layernorm_forward_bf16)(void *out, float *mean, float *rstd, const float *inp,
                                 const float *weight, const float *bias, size_t n, size_t c,

@@ -89,8 +89,9 @@ extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float 
 /* The op table's linear_forward_bf16 (QT__BF16_INP: inp in BF16;
  * QT__BF16_OUT: out in BF16, rounded to nearest even from the FP32 sums,
  * bias included). cuBLASLt's epilogue writes a BF16 output where it takes
- * the shape (with a bias); else the FP32 product goes into scratch and is
- * rounded from there, the same values by another way. */
+ * the shape (with a bias), adding the bias rounded to BF16, as PyTorch's
+ * autocast does; else the FP32 product goes into scratch and is rounded
+ * from there, with the bias as it is. */
 extern "C" int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
                                             const float *bias, size_t n, size_t in_c, size_t out_c,
                                             unsigned bf16, qt_err *err) {

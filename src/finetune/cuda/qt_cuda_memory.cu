@@ -313,8 +313,8 @@ extern "C" void qt__cuda_rounded_scratch_unlock(void) {
  * interleaving between a rounding and its product; cudaFree (on growth)
  * waits for the device. */
 typedef struct bf16_scratch {
-  __nv_bfloat16 *block[2];
-  size_t cap[2]; /* elements */
+  __nv_bfloat16 *block[3]; /* A, B, and the bias of a BF16 output's epilogue */
+  size_t cap[3];           /* elements */
 } bf16_scratch;
 static bf16_scratch bf16_scratches[QT_CUDA_MAX_DEVICES];
 static pthread_mutex_t bf16_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -364,6 +364,31 @@ static size_t matrix_span(size_t rows, size_t cols, size_t ld, long long stride,
   return (batch - 1) * (size_t)stride + (rows - 1) * ld + cols;
 }
 
+/* A BF16 copy of the span elements at src in block i of s (*out). Call
+ * under bf16_lock. */
+static int round_into_block(bf16_scratch *s, int i, const float *src, size_t span,
+                            const __nv_bfloat16 **out, const char *who, qt_err *err) {
+  if (span > s->cap[i]) {
+    if (s->block[i]) cudaFree(s->block[i]);
+    s->block[i] = NULL;
+    s->cap[i] = 0;
+    cudaError_t status = cudaMalloc((void **)&s->block[i], span * sizeof(__nv_bfloat16));
+    if (status != cudaSuccess) {
+      s->block[i] = NULL;
+      char what[160];
+      snprintf(what, sizeof what, "%s: %zu BF16 operand elements", who, span);
+      return qt__cuda_error(err, status, what);
+    }
+    s->cap[i] = span;
+  }
+  if ((uintptr_t)src % 16 == 0)
+    to_bf16_x4_kernel<<<qt__cuda_blocks(span / 4), QT_CUDA_THREADS>>>(s->block[i], src, span);
+  else
+    to_bf16_kernel<<<qt__cuda_blocks(span), QT_CUDA_THREADS>>>(s->block[i], src, span);
+  *out = s->block[i];
+  return qt__cuda_check_launch(err, who, "the BF16 rounding");
+}
+
 /* BF16 copies of the spans of a (span_a elements) and b (span_b) in the
  * current device's scratch: *out_a, *out_b. A NULL a keeps the scratch's A
  * as the last call left it (its span_a elements). Call under bf16_lock. */
@@ -374,32 +399,10 @@ static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
   int rc = current_device(&device, who, err);
   if (rc < 0) return rc;
   bf16_scratch *s = &bf16_scratches[device];
-  const float *src[2] = {a, b};
-  size_t span[2] = {span_a, span_b};
-  for (int i = 0; i < 2; i++) {
-    if (!src[i]) continue;
-    if (span[i] > s->cap[i]) {
-      if (s->block[i]) cudaFree(s->block[i]);
-      s->block[i] = NULL;
-      s->cap[i] = 0;
-      cudaError_t status = cudaMalloc((void **)&s->block[i], span[i] * sizeof(__nv_bfloat16));
-      if (status != cudaSuccess) {
-        s->block[i] = NULL;
-        char what[160];
-        snprintf(what, sizeof what, "%s: %zu BF16 operand elements", who, span[i]);
-        return qt__cuda_error(err, status, what);
-      }
-      s->cap[i] = span[i];
-    }
-    if ((uintptr_t)src[i] % 16 == 0)
-      to_bf16_x4_kernel<<<qt__cuda_blocks(span[i] / 4), QT_CUDA_THREADS>>>(s->block[i], src[i],
-                                                                           span[i]);
-    else
-      to_bf16_kernel<<<qt__cuda_blocks(span[i]), QT_CUDA_THREADS>>>(s->block[i], src[i], span[i]);
-    if ((rc = qt__cuda_check_launch(err, who, "the BF16 rounding")) < 0) return rc;
-  }
   *out_a = s->block[0];
   *out_b = s->block[1];
+  if (a && (rc = round_into_block(s, 0, a, span_a, out_a, who, err)) < 0) return rc;
+  if (b && (rc = round_into_block(s, 1, b, span_b, out_b, who, err)) < 0) return rc;
   return 0;
 }
 
@@ -648,8 +651,10 @@ static uint32_t alignment_of(const void *p, size_t ld_bytes) {
 /* 0 when out (n, out_c) = inp (n, in_c) . weight^T + bias was queued by
  * cuBLASLt; 1 when the path is off or cuBLASLt declines or fails: the
  * caller then takes the broadcast path, which rewrites all of out whatever
- * a failed attempt left. out is FP32, or BF16 when out_bf16 (the sums
- * rounded once, from FP32, by the epilogue). */
+ * a failed attempt left. out is FP32, or BF16 when out_bf16: the FP32 sums
+ * rounded once by the epilogue, with the bias rounded to BF16 first, since
+ * cuBLASLt takes a BF16 output's bias only in BF16 (cublasLt.h,
+ * CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), as PyTorch's autocast passes it. */
 extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const void *inp16,
                                        const float *weight, const float *bias, size_t n,
                                        size_t in_c, size_t out_c, const char *who) {
@@ -657,8 +662,9 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
     return 1;
   /* cuBLASLt states no alignment for the bias, and other projects report
    * its epilogue faulting on biases off 16 bytes: those broadcast (a ViT's
-   * are all on 16 bytes, so a plan chosen with one serves the others). */
-  if ((uintptr_t)bias % 16 != 0) return 1;
+   * are all on 16 bytes, so a plan chosen with one serves the others). A
+   * BF16 output's bias is read from its BF16 copy, on 256 bytes. */
+  if (!out_bf16 && (uintptr_t)bias % 16 != 0) return 1;
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
   qt_err ignored;
   int device = 0;
@@ -688,7 +694,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   cublasLtMatmulPreference_t pref = NULL;
   cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-  int32_t bias_type = CUDA_R_32F;
+  int32_t bias_type = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const void *bias_data = bias;
   uint64_t workspace = lt_workspace_bytes(device);
   void *workspace_block = NULL;
   int rc = 1, locked = 0, workspace_locked = 0, kept = 0;
@@ -709,14 +716,22 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   plan.align[2] = alignment_of(out, out_c * out_bytes);
   kept = find_plan(&plan);
   if (kept && plan.declined) return 1;
-  if (operand_type == CUDA_R_16BF) {
-    const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
+  if (operand_type == CUDA_R_16BF || out_bf16) {
     pthread_mutex_lock(&bf16_lock);
     locked = 1;
+  }
+  if (operand_type == CUDA_R_16BF) {
+    const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
     if (to_bf16(weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16, who, &ignored) < 0)
       goto done;
     a_data = w16;
     if (!inp16) b_data = x16;
+  }
+  if (out_bf16) {
+    const __nv_bfloat16 *bias16 = NULL;
+    if (round_into_block(&bf16_scratches[device], 2, bias, out_c, &bias16, who, &ignored) < 0)
+      goto done;
+    bias_data = bias16;
   }
   if (scratch_lock(&lt_workspace, workspace, &workspace_block, who, &ignored) < 0) goto done;
   workspace_locked = 1;
@@ -727,8 +742,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
           CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
                                      sizeof epilogue) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
-          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_data,
+                                     sizeof bias_data) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                      sizeof bias_type) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatrixLayoutCreate(&la, operand_type, in_c, out_c, (int64_t)in_c) !=
@@ -762,9 +777,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
         cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &result, &found);
     if (status != CUBLAS_STATUS_SUCCESS || found < 1 || result.state != CUBLAS_STATUS_SUCCESS) {
       /* Declined, whatever the reason (NOT_SUPPORTED, no algorithm, or
-       * INVALID_VALUE for a combination it does not take, such as a BF16
-       * output with an FP32 bias, which cublasLt.h does not list): kept,
-       * so that the shape's next calls do not ask again. */
+       * INVALID_VALUE for a combination it does not take): kept, so that
+       * the shape's next calls do not ask again. */
       QT_LOG_DEBUG(
           "%s: cuBLASLt declines the product with bias (%zu x %zu x %zu, %s output): "
           "status %d, %d found, broadcasting",
