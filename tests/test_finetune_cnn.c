@@ -718,15 +718,21 @@ static void test_maxpool(void) {
   int32_t arg[1];
   qt_cpu_maxpool2d_forward(y, arg, flat, &s);
   CU_ASSERT_EQUAL(arg[0], 0);
-  /* A NaN wins only where it comes first in the window (PyTorch's CPU
-   * kernel takes every NaN); pinned so that a rewrite changes nothing. */
+  /* A NaN wins wherever it is in the window, the last of several, as in
+   * PyTorch's kernels (val > max || isnan(val)), so that it reaches the
+   * loss; its gradient goes to it. The window covers the 2x2 plane. */
   float nan_later[4] = {1, NAN, 2, 0}, nan_first[4] = {NAN, 3, 2, 0};
-  qt_cpu_maxpool2d_forward(y, arg, nan_later, &s);
-  CU_ASSERT_EQUAL(arg[0], 2);
-  CU_ASSERT_EQUAL(y[0], 2.0f);
-  qt_cpu_maxpool2d_forward(y, arg, nan_first, &s);
-  CU_ASSERT_EQUAL(arg[0], 0);
-  CU_ASSERT(isnan(y[0]));
+  float nan_two[4] = {1, NAN, 2, NAN}, no_nan[4] = {1, 7, 2, 7};
+  float *cases[4] = {nan_later, nan_first, nan_two, no_nan};
+  int32_t want_arg[4] = {1, 0, 3, 1};
+  for (int c = 0; c < 4; c++) {
+    qt_cpu_maxpool2d_forward(y, arg, cases[c], &s);
+    CU_ASSERT_EQUAL(arg[0], want_arg[c]);
+    CU_ASSERT(c < 3 ? isnan(y[0]) : y[0] == 7.0f);
+    float g = 0.5f, dnan[4] = {0};
+    qt_cpu_maxpool2d_backward(dnan, &g, arg, &s);
+    for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(dnan[i], i == want_arg[c] ? 0.5f : 0.0f);
+  }
   free(out);
   free(dx);
   free(argmax);

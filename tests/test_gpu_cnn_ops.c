@@ -582,7 +582,9 @@ static void avgpool_case(size_t batch, size_t c, size_t hw, uint64_t seed) {
 }
 
 /* ties: values on a coarse grid, so that windows hold equal maxima (the
- * first in scan order must win on both sides). */
+ * first in scan order must win on both sides); 2: every fifth value NaN
+ * too (a NaN wins, the last of several, on both sides: the outputs must
+ * match to the bit). */
 static void maxpool_case(const char *name, const qt_conv2d_shape *s, int ties, uint64_t seed) {
   qt_rng_t *rng = make_rng(seed);
   char what[128];
@@ -591,6 +593,9 @@ static void maxpool_case(const char *name, const qt_conv2d_shape *s, int ties, u
   float *inp = host_random(rng, n_in, 0.0, 1.0), *dout = host_random(rng, n_out, 0.0, 1.0);
   if (ties) {
     for (size_t i = 0; i < n_in; i++) inp[i] = roundf(inp[i]);
+  }
+  if (ties == 2) {
+    for (size_t i = 0; i < n_in; i += 5) inp[i] = NAN;
   }
   float *d_inp = device_floats(inp, n_in), *d_dout = device_floats(dout, n_out);
   float *out = host_random(rng, n_out, 0.0, 1.0);
@@ -602,7 +607,20 @@ static void maxpool_case(const char *name, const qt_conv2d_shape *s, int ties, u
   qt_cpu_maxpool2d_forward(out, argmax, inp, s);
   CHECK_RC(qt_cuda_maxpool2d_forward(d_out, d_argmax, d_inp, s, E));
   snprintf(what, sizeof what, "maxpool %s: out", name);
-  expect_parity(what, d_out, out, NULL, n_out);
+  if (ties == 2) {
+    float *gpu_out = download(d_out, n_out);
+    size_t differ = 0, nans = 0;
+    for (size_t i = 0; i < n_out; i++) {
+      differ += memcmp(&gpu_out[i], &out[i], sizeof *out) != 0;
+      nans += isnan(out[i]) != 0;
+    }
+    printf("\n    %-60s %zu of %zu differ (%zu NaN)", what, differ, n_out, nans);
+    CU_ASSERT_EQUAL(differ, 0);
+    CU_ASSERT(nans > 0 && nans < n_out);
+    free(gpu_out);
+  } else {
+    expect_parity(what, d_out, out, NULL, n_out);
+  }
   int32_t *gpu_argmax = download_bytes(d_argmax, n_out * sizeof *gpu_argmax);
   size_t mismatches = 0;
   for (size_t i = 0; i < n_out; i++) mismatches += gpu_argmax[i] != argmax[i];
@@ -639,6 +657,7 @@ static void test_pooling(void) {
   s = conv_shape(3, 13, 17, 13, 3, 2, 1, 13);
   maxpool_case("3x3/2 pad 1 (3, 13, 17x17)", &s, 0, 411);
   maxpool_case("3x3/2 pad 1 ties (3, 13, 17x17)", &s, 1, 412);
+  maxpool_case("3x3/2 pad 1 ties and NaN (3, 13, 17x17)", &s, 2, 417);
   s = conv_shape(1, 20, 16, 20, 3, 2, 1, 20);
   maxpool_case("3x3/2 pad 1 even (1, 20, 16x16)", &s, 1, 413);
   s = conv_shape(3, 7, 10, 7, 2, 2, 0, 7);

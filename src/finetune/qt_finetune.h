@@ -1586,7 +1586,8 @@ void qt_cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch
  * over the geometry of a depthwise convolution (qt_conv2d_shape_init with
  * out_c = groups = in_c); padding never wins. argmax (batch, c, out_h,
  * out_w) receives each winner's index inside its input plane (first in scan
- * order on ties, as PyTorch); the backward routes dout there. */
+ * order on ties; a NaN wins, the last in scan order of several, as
+ * PyTorch); the backward routes dout there. */
 void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
                               const qt_conv2d_shape *shape);
 void qt_cpu_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax,

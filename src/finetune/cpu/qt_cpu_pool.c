@@ -31,7 +31,9 @@ void qt_cpu_global_avgpool_backward(float *dinp, const float *dout, size_t batch
 /* Max pooling (torch.nn.MaxPool2d): the geometry of a depthwise
  * convolution without weights, padding reads as -infinity. argmax keeps,
  * per output, the index of the winner inside its input plane; ties go to
- * the first in scan order, as PyTorch's CPU kernel does. */
+ * the first in scan order, and a NaN in the window wins (the last one in
+ * scan order, if several), as in PyTorch's kernels: a NaN activation
+ * reaches the loss instead of vanishing here. */
 /* The kernel rows (or columns) [*lo, *hi) that land in the image for an
  * output whose window starts at `start` (negative in the padding). */
 static void window(long start, size_t kernel, size_t extent, size_t *lo, size_t *hi) {
@@ -58,9 +60,10 @@ void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
         /* The kernel always overlaps the image (padding < kernel). */
         QT_ASSERT(ky_lo < ky_hi && kx_lo < kx_hi);
         /* The first value in scan order, then each later one that is
-         * larger (a NaN never is), chosen without a branch: on random
-         * signs a branch mispredicts a few times per window. */
-        long best_at = (y0 + (long)ky_lo) * (long)s->in_w + x0 + (long)kx_lo;
+         * larger, and the last NaN, chosen without a branch: on random
+         * signs a branch mispredicts a few times per window (the NaN
+         * apart, the maximum compiles to maxss and a cmov). */
+        long best_at = (y0 + (long)ky_lo) * (long)s->in_w + x0 + (long)kx_lo, nan_at = -1;
         float best = x[best_at];
         for (size_t ky = ky_lo; ky < ky_hi; ky++) {
           long row = (y0 + (long)ky) * (long)s->in_w + x0;
@@ -70,7 +73,12 @@ void qt_cpu_maxpool2d_forward(float *out, int32_t *argmax, const float *inp,
             int larger = v > best;
             best = larger ? v : best;
             best_at = larger ? at : best_at;
+            nan_at = v != v ? at : nan_at;
           }
+        }
+        if (nan_at >= 0) {
+          best = x[nan_at];
+          best_at = nan_at;
         }
         y[oy * s->out_w + ox] = best;
         arg[oy * s->out_w + ox] = (int32_t)best_at;

@@ -204,7 +204,7 @@ typedef struct pool_geometry {
 } pool_geometry;
 
 /* One thread per output: the CPU's scan (ky, then kx), the first maximum in
- * scan order wins, padding never does. Windows that miss the image (which
+ * scan order wins (a NaN, the last NaN), padding never does. Windows that miss the image (which
  * PyTorch's padding rule excludes and the caller validates) give -infinity
  * and argmax 0, where the CPU asserts. */
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
@@ -224,7 +224,7 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
         long ix = ox * g.stride_w + kx - g.pad_left;
         if (ix < 0 || ix >= g.in_w) continue;
         long at = iy * g.in_w + ix;
-        if (best_at < 0 || x[at] > best) {
+        if (best_at < 0 || x[at] > best || isnan(x[at])) {
           best = x[at];
           best_at = at;
         }
