@@ -52,9 +52,10 @@
  * the model was built (for PyTorch, that is the interpreter and torch's
  * libraries, a few hundred MiB that are not the model's).
  *
- * The reference is tools/engine-reference.py run by /usr/bin/python3 as a
- * child process with the same model, batch, threads, classes, image size,
- * warm-up and timed steps; it prints a line "RESULT images_per_s=...
+ * The reference is tools/engine-reference.py run by /usr/bin/python3
+ * (--python: a path, or a name looked up on PATH) as a child process
+ * with the same model, batch, threads, classes, image size, warm-up and
+ * timed steps; it prints a line "RESULT images_per_s=...
  * peak_rss_kib=... base_rss_kib=... step_s=... cpu_step_s=..." that is
  * parsed here. Without python3, torch (or torchvision for the CNNs) the
  * qtune numbers are printed and the reference is reported unavailable
@@ -585,10 +586,29 @@ done:
   return status;
 }
 
+/* The program `name` names: itself when it has a slash, else the first
+ * executable of that name in a directory of PATH (as the shell finds it).
+ * 0 with path filled, -1 when there is none. */
+static int find_program(const char *name, char *path, size_t size) {
+  if (strchr(name, '/'))
+    return (size_t)snprintf(path, size, "%s", name) < size && access(path, X_OK) == 0 ? 0 : -1;
+  const char *dirs = getenv("PATH");
+  while (dirs && *dirs) {
+    size_t len = strcspn(dirs, ":");
+    /* An empty entry is the current directory. */
+    int n = len ? snprintf(path, size, "%.*s/%s", (int)len, dirs, name)
+                : snprintf(path, size, "./%s", name);
+    if (n > 0 && (size_t)n < size && access(path, X_OK) == 0) return 0;
+    dirs += len + (dirs[len] == ':');
+  }
+  return -1;
+}
+
 /* Runs the PyTorch reference; 0 with r filled, -1 when it is unavailable
  * (reason in why). */
 static int run_reference(const bench_options *o, bench_result *r, char *why, size_t why_size) {
-  if (access(o->python, X_OK) != 0) {
+  char python[1024];
+  if (find_program(o->python, python, sizeof python) != 0) {
     snprintf(why, why_size, "%s not found", o->python);
     return -1;
   }
@@ -596,19 +616,24 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
     snprintf(why, why_size, "%s not found", o->reference);
     return -1;
   }
-  if (strchr(o->python, '\'') || strchr(o->reference, '\'')) {
+  if (strchr(python, '\'') || strchr(o->reference, '\'')) {
     snprintf(why, why_size, "paths with a quote are not supported");
     return -1;
   }
-  char command[2048];
-  snprintf(command, sizeof command,
-           "'%s' '%s' --model %s --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld "
-           "--image-size %ld --device %s%s",
-           o->python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
-           o->image_size, qt_backend_kind_name(o->device),
-           o->precision == QT_MATMUL_BF16 || o->precision == QT_MATMUL_BF16_FAST ? " --amp bf16"
-           : o->precision == QT_MATMUL_TF32                                      ? " --tf32"
-                                                                                 : "");
+  char command[4096];
+  int length = snprintf(
+      command, sizeof command,
+      "'%s' '%s' --model %s --batch %ld --threads %ld --warmup %ld --steps %ld --classes %ld "
+      "--image-size %ld --device %s%s",
+      python, o->reference, o->model, o->batch, o->threads, o->warmup, o->steps, o->classes,
+      o->image_size, qt_backend_kind_name(o->device),
+      o->precision == QT_MATMUL_BF16 || o->precision == QT_MATMUL_BF16_FAST ? " --amp bf16"
+      : o->precision == QT_MATMUL_TF32                                      ? " --tf32"
+                                                                            : "");
+  if (length < 0 || (size_t)length >= sizeof command) {
+    snprintf(why, why_size, "the reference's command is too long");
+    return -1;
+  }
   /* The child's OpenMP and OpenBLAS pools get the same thread count. */
   char threads[32];
   snprintf(threads, sizeof threads, "%ld", o->threads);
@@ -618,7 +643,7 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   fflush(stdout);
   FILE *pipe = popen(command, "r");
   if (!pipe) {
-    snprintf(why, why_size, "cannot start %s", o->python);
+    snprintf(why, why_size, "cannot start %.200s", python);
     return -1;
   }
   char line[512];
