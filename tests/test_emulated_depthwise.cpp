@@ -32,9 +32,10 @@
 
 static int failures = 0, checks = 0;
 
-/* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad (wide:
- * long coordinates, which it takes only for shapes whose coordinates do
- * not fit an int). */
+/* The emulated launches of qt_cuda_conv.cu's depthwise_weight_grad, with
+ * U terms' loads at a time (wide: long coordinates, which it takes only
+ * for shapes whose coordinates do not fit an int). */
+template <int U>
 static void run(float *dweight, const float *dout, const float *inp, const qt_conv2d_shape &s,
                 int threads, bool wide = false) {
   qt_dw::shape sh = qt_dw::dims_of<long>(s);
@@ -46,11 +47,11 @@ static void run(float *dweight, const float *dout, const float *inp, const qt_co
                 QT_DW_TAPS * (threads / 32) * sizeof(double),
                 [&](unsigned char *smem, int block, int tid, int count) {
                   if (wide || !qt_dw::int_coordinates(sh))
-                    qt_dw::weight_block<long>((double *)smem, dweight, partial.data(), dout, inp,
-                                              sh, sp, block, tid, count);
+                    qt_dw::weight_block<long, U>((double *)smem, dweight, partial.data(), dout, inp,
+                                                 sh, sp, block, tid, count);
                   else
-                    qt_dw::weight_block<int>((double *)smem, dweight, partial.data(), dout, inp, sh,
-                                             sp, block, tid, count);
+                    qt_dw::weight_block<int, U>((double *)smem, dweight, partial.data(), dout, inp,
+                                                sh, sp, block, tid, count);
                 });
   if (sp.chunks > 1) {
     for (long w = 0; w < weights; w++) qt_dw::total(dweight, partial.data(), weights, sp.chunks, w);
@@ -68,15 +69,23 @@ static void depthwise_case(const char *name, qt_conv2d_shape s, int threads, lon
   for (float &v : dout) v = normal(rng);
   for (float &v : weight) v = normal(rng);
   for (float &v : init) v = normal(rng);
-  std::vector<float> want = init, got = init;
+  std::vector<float> want = init, got = init, got3 = init;
   qt_cpu_conv2d_backward(nullptr, want.data(), nullptr, nullptr, dout.data(), inp.data(),
                          weight.data(), &s);
-  run(got.data(), dout.data(), inp.data(), s, threads, wide);
+  run<1>(got.data(), dout.data(), inp.data(), s, threads, wide);
   double e = qt_emu_parity_error(got, want, &init);
   checks++;
   if (!(e <= 1e-6)) {
     printf("FAIL %s, %d threads%s: parity error %.3g\n", name, threads,
            wide ? ", long coordinates" : "", e);
+    failures++;
+  }
+  /* Three terms' loads in flight: the same sums in the same order. */
+  run<3>(got3.data(), dout.data(), inp.data(), s, threads, wide);
+  checks++;
+  if (memcmp(got3.data(), got.data(), got.size() * sizeof(float)) != 0) {
+    printf("FAIL %s, %d threads%s: three terms at a time differ from one\n", name, threads,
+           wide ? ", long coordinates" : "");
     failures++;
   }
   /* The split the case is meant to exercise. */
@@ -186,11 +195,14 @@ static void nan_case(int threads) {
   dout[0] = NAN; /* image 0, channel 0, output (0, 0) */
   qt_cpu_conv2d_backward(nullptr, want.data(), nullptr, nullptr, dout.data(), inp.data(),
                          weight.data(), &s);
-  run(got.data(), dout.data(), inp.data(), s, threads);
+  run<1>(got.data(), dout.data(), inp.data(), s, threads);
+  std::vector<float> got3(18, 0.0f);
+  run<3>(got3.data(), dout.data(), inp.data(), s, threads);
   int finite = 0, off = 0;
   for (size_t k = 0; k < want.size(); k++) {
     finite += std::isfinite(want[k]);
-    if (std::isnan(got[k]) != std::isnan(want[k]) ||
+    if (std::isnan(got[k]) != std::isnan(want[k]) || std::isnan(got3[k]) != std::isnan(got[k]) ||
+        (std::isfinite(got[k]) && got3[k] != got[k]) ||
         (std::isfinite(want[k]) && fabs(got[k] - want[k]) > 1e-6 * (1.0 + fabs(want[k]))))
       off++;
   }

@@ -285,17 +285,22 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* The depthwise weight gradient: qt_cuda_depthwise.cuh's blocks of a
- * channel, up to QT_DW_TAPS of its weights and a chunk of its terms, then
- * (several chunks) the chunks' totals. */
-template <typename C>
+ * channel, up to QT_DW_TAPS of its weights and a chunk of its terms (U
+ * terms' loads at a time), then (several chunks) the chunks' totals. */
+template <typename C, int U>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_backward_weight_kernel(float *__restrict__ dweight, double *__restrict__ partial,
                                      const float *__restrict__ dout, const float *__restrict__ inp,
                                      qt_dw::shape s, qt_dw::split sp) {
   __shared__ double shared[QT_DW_TAPS * QT_CUDA_THREADS / 32];
-  qt_dw::weight_block<C>(shared, dweight, partial, dout, inp, s, sp, (long)blockIdx.x, threadIdx.x,
-                         blockDim.x);
+  qt_dw::weight_block<C, U>(shared, dweight, partial, dout, inp, s, sp, (long)blockIdx.x,
+                            threadIdx.x, blockDim.x);
 }
+
+/* One term's loads at a time in the weight gradient (2.48 ms of
+ * MobileNetV2's BF16 step on an H100 at e4fdf3e), or three in flight
+ * (QT_CUDA_DW_WEIGHT_ONE_TERM=0: 3.07 ms at 481738e); the same sums. */
+static int dw_weight_one_term = -1;
 
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     depthwise_weight_total_kernel(float *__restrict__ dweight, const double *__restrict__ partial,
@@ -318,12 +323,13 @@ static int depthwise_weight_grad(float *dweight, const float *dout, const float 
   if (sp.chunks > 1 &&
       (rc = qt__cuda_sums_scratch_lock((size_t)sp.chunks * weights, &partial, who, err)) < 0)
     return rc;
-  if (qt_dw::int_coordinates(sh))
-    depthwise_backward_weight_kernel<int>
-        <<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
-  else
-    depthwise_backward_weight_kernel<long>
-        <<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
+  bool one_term = qt__cuda_switch_on("QT_CUDA_DW_WEIGHT_ONE_TERM", &dw_weight_one_term);
+  bool narrow = qt_dw::int_coordinates(sh);
+  auto kernel = narrow ? (one_term ? depthwise_backward_weight_kernel<int, 1>
+                                   : depthwise_backward_weight_kernel<int, 3>)
+                       : (one_term ? depthwise_backward_weight_kernel<long, 1>
+                                   : depthwise_backward_weight_kernel<long, 3>);
+  kernel<<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
   rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient");
   if (rc == 0 && sp.chunks > 1) {
     depthwise_weight_total_kernel<<<qt__cuda_blocks(weights), QT_CUDA_THREADS>>>(

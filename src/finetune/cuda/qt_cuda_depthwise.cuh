@@ -28,7 +28,7 @@
  * A block takes one output channel o, a group of up to QT_DW_TAPS of its
  * weights (a 3x3 kernel's 9 in one group) and a chunk of its batch *
  * out_h * out_w terms: each thread walks the chunk's terms `threads` apart,
- * QT_DW_UNROLL terms' loads at a time, reads each output gradient once
+ * U terms' loads at a time, reads each output gradient once
  * and adds it times the input under each of the group's taps to its own
  * sum per tap, in term order; the block then adds its
  * threads' sums, warp by warp in order. With one chunk the block adds its
@@ -41,7 +41,10 @@
  * division and remainder per term: MobileNetV2's weight gradients took 7.9
  * of its 28.7 ms BF16 step on an H100 (docs/benchmarks/, 5e08e19), and
  * 2.5 of 23.2 with this body's first version (one term's loads at a time,
- * e4fdf3e).
+ * e4fdf3e), 3.1 with three terms' loads in flight (481738e, at 128
+ * registers and two blocks per multiprocessor where one term took 79 and
+ * three): qt_cuda_conv.cu takes U = 1, and 3 under
+ * QT_CUDA_DW_WEIGHT_ONE_TERM=0, to measure the two again.
  *
  * Only __device__ functions over the block, thread and shared memory given
  * as arguments, so that tests/qt_cuda_emulation.h runs them on the CPU
@@ -52,7 +55,6 @@
 #define QT_CUDA_DEPTHWISE_CUH
 
 #define QT_DW_TAPS 9          /* weights per block */
-#define QT_DW_UNROLL 3        /* a thread's terms whose loads are in flight together */
 #define QT_DW_TERMS 8192      /* terms per chunk, at least where blocks allow */
 #define QT_DW_MAX_BLOCKS 2048 /* blocks per launch, at most (of chunks > 1) */
 
@@ -224,8 +226,10 @@ __host__ __device__ inline bool int_coordinates(const shape &s) {
 
 /* Block `block` of the grid, thread tid of `threads` (a multiple of 32,
  * at most 1024); shared holds QT_DW_TAPS * threads / 32 doubles. C: the
- * type of a plane's coordinates, int where int_coordinates, else long. */
-template <typename C>
+ * type of a plane's coordinates, int where int_coordinates, else long; U:
+ * a thread's terms whose loads are in flight together (the sums are the
+ * same for any U). */
+template <typename C, int U>
 __device__ inline void weight_block(double *shared, float *dweight, double *partial,
                                     const float *dout, const float *inp, const shape s,
                                     const split sp, long block, int tid, int threads) {
@@ -256,25 +260,19 @@ __device__ inline void weight_block(double *shared, float *dweight, double *part
   double sum[QT_DW_TAPS];
 #pragma unroll
   for (int j = 0; j < QT_DW_TAPS; j++) sum[j] = 0.0;
-  /* QT_DW_UNROLL terms' loads in flight, then their products added in
-   * term order, as one term at a time. */
-  for (; i < end; i += QT_DW_UNROLL * (long)threads) {
-    float g[QT_DW_UNROLL], x[QT_DW_UNROLL][QT_DW_TAPS];
-    unsigned inside[QT_DW_UNROLL]; /* bit j: tap j's input is in the image */
-#pragma unroll
-    for (int u = 0; u < QT_DW_UNROLL; u++) {
-      bool term = i + u * (long)threads < end;
+  /* The two loops carry (b, oy, ox) the same way; written out in each, as
+   * a shared lambda cost the three-term body a spill (ptxas, sm_90). */
+  if constexpr (U == 1) {
+    /* One term at a time, each tap's product added as it is loaded. */
+    for (; i < end; i += threads) {
       const float *plane = x_channel + b * x_image;
-      g[u] = term ? dy_channel[b * dy_image + (long)oy * out_w + ox] : 0.0f;
-      inside[u] = 0;
-      C iy0 = oy * (C)s.stride_h - (C)s.pad_top;
-      C ix0 = ox * (C)s.stride_w - (C)s.pad_left;
+      double g = dy_channel[b * dy_image + (long)oy * out_w + ox];
+      C iy0 = oy * (C)s.stride_h - (C)s.pad_top, ix0 = ox * (C)s.stride_w - (C)s.pad_left;
 #pragma unroll
       for (int j = 0; j < QT_DW_TAPS; j++) {
         C iy = iy0 + ky[j], ix = ix0 + kx[j];
-        bool in = term && j < taps && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
-        x[u][j] = in ? plane[(long)iy * in_w + ix] : 0.0f;
-        inside[u] |= (unsigned)in << j;
+        if (j < taps && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w)
+          sum[j] += g * plane[(long)iy * in_w + ix];
       }
       ox += step_x;
       if (ox >= out_w) {
@@ -288,11 +286,45 @@ __device__ inline void weight_block(double *shared, float *dweight, double *part
       }
       b += step_b;
     }
+  } else {
+    /* U terms' loads in flight, then their products added in term order,
+     * as one term at a time. */
+    for (; i < end; i += U * (long)threads) {
+      float g[U], x[U][QT_DW_TAPS];
+      unsigned inside[U]; /* bit j: tap j's input is in the image */
 #pragma unroll
-    for (int u = 0; u < QT_DW_UNROLL; u++) {
+      for (int u = 0; u < U; u++) {
+        bool term = i + u * (long)threads < end;
+        const float *plane = x_channel + b * x_image;
+        g[u] = term ? dy_channel[b * dy_image + (long)oy * out_w + ox] : 0.0f;
+        inside[u] = 0;
+        C iy0 = oy * (C)s.stride_h - (C)s.pad_top;
+        C ix0 = ox * (C)s.stride_w - (C)s.pad_left;
 #pragma unroll
-      for (int j = 0; j < QT_DW_TAPS; j++)
-        if (inside[u] >> j & 1u) sum[j] += (double)g[u] * x[u][j];
+        for (int j = 0; j < QT_DW_TAPS; j++) {
+          C iy = iy0 + ky[j], ix = ix0 + kx[j];
+          bool in = term && j < taps && iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
+          x[u][j] = in ? plane[(long)iy * in_w + ix] : 0.0f;
+          inside[u] |= (unsigned)in << j;
+        }
+        ox += step_x;
+        if (ox >= out_w) {
+          ox -= out_w;
+          oy++;
+        }
+        oy += step_y;
+        if (oy >= out_h) {
+          oy -= out_h;
+          b++;
+        }
+        b += step_b;
+      }
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+#pragma unroll
+        for (int j = 0; j < QT_DW_TAPS; j++)
+          if (inside[u] >> j & 1u) sum[j] += (double)g[u] * x[u][j];
+      }
     }
   }
   /* The warps' sums (each lane ends with its warp's), then the block's in
