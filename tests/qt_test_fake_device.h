@@ -14,6 +14,7 @@
 #ifndef QT_TEST_FAKE_DEVICE_H
 #define QT_TEST_FAKE_DEVICE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -212,12 +213,36 @@ static inline int fake_attention_forward(float *out, float *att, const float *qk
                                          size_t tokens, size_t c, size_t heads, qt_err *err) {
   FAKE_OP(op_calls, attention_forward(out, att, qkv, batch, tokens, c, heads, err));
 }
+/* Whether out, (batch, tokens, c) values (BF16 where `bf16`), is the
+ * attention's output for qkv (FP32, device memory open): the CUDA table's
+ * backward takes D from it, so a model that passes another array must
+ * fail here, where the CPU's backward would not notice. */
+static inline int fake_is_attention_out(const void *out, int bf16, const float *qkv, size_t batch,
+                                        size_t tokens, size_t c, size_t heads) {
+  size_t n = batch * tokens * c;
+  float *want = malloc(n * sizeof *want),
+        *att = malloc(batch * heads * tokens * tokens * sizeof *att);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(want);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(att);
+  qt_cpu_attention_forward(want, att, qkv, batch, tokens, c, heads);
+  int same = 1;
+  for (size_t i = 0; i < n && same; i++) {
+    float y = bf16 ? qt_test_bf16_float(((const uint16_t *)out)[i]) : ((const float *)out)[i];
+    same = fabsf(y - want[i]) <= 1e-2f * (1.0f + fabsf(want[i]));
+  }
+  free(att);
+  free(want);
+  return same;
+}
 static inline int fake_attention_backward(float *dqkv, float *scratch, const float *dout,
-                                          const float *qkv, const float *att, size_t batch,
-                                          size_t tokens, size_t c, size_t heads, int set,
-                                          qt_err *err) {
-  FAKE_OP(op_calls,
-          attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err));
+                                          const float *qkv, const float *att, const float *out,
+                                          size_t batch, size_t tokens, size_t c, size_t heads,
+                                          int set, qt_err *err) {
+  FAKE_OPEN();
+  CU_ASSERT(fake_is_attention_out(out, 0, qkv, batch, tokens, c, heads));
+  FAKE_CLOSE();
+  FAKE_OP(op_calls, attention_backward(dqkv, scratch, dout, qkv, att, out, batch, tokens, c, heads,
+                                       set, err));
 }
 static inline int fake_residual_forward(float *out, const float *res, const float *branch,
                                         const float *gamma, size_t n, size_t c, qt_err *err) {
@@ -725,18 +750,20 @@ static inline int fake_attention_forward_bf16(void *out, float *att, const void 
 }
 
 static inline int fake_attention_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                               const void *qkv, const float *att, size_t batch,
-                                               size_t tokens, size_t c, size_t heads, int set,
-                                               unsigned bf16, qt_err *err) {
-  FAKE_BF16_CALL(bf16, "attention_backward", err, FAKE_IN_DIN, FAKE_IN_DIN | QT__BF16_DOUT);
-  CU_ASSERT(set || !bf16);
+                                               const void *qkv, const float *att, const void *out,
+                                               size_t batch, size_t tokens, size_t c, size_t heads,
+                                               int set, unsigned bf16, qt_err *err) {
+  FAKE_BF16_CALL(bf16, "attention_backward", err, FAKE_OUT, FAKE_IN_OUT | QT__BF16_DINP,
+                 FAKE_IN_OUT | QT__BF16_DINP | QT__BF16_DOUT);
+  CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   size_t n = 3 * batch * tokens * c;
   FAKE_OPEN();
   const float *x = fake_in(qkv, n, bf16 & QT__BF16_INP);
   const float *dy = fake_in(dout, batch * tokens * c, bf16 & QT__BF16_DOUT);
   float *g = fake_out(dqkv, n, bf16 & QT__BF16_DINP);
-  int rc =
-      qt__ops_cpu()->attention_backward(g, scratch, dy, x, att, batch, tokens, c, heads, set, err);
+  CU_ASSERT(fake_is_attention_out(out, bf16 & QT__BF16_OUT, x, batch, tokens, c, heads));
+  int rc = qt__ops_cpu()->attention_backward(g, scratch, dy, x, att, NULL, batch, tokens, c, heads,
+                                             set, err);
   fake_put(dqkv, g, n, bf16 & QT__BF16_DINP);
   fake_drop(qkv, x);
   fake_drop(dout, dy);

@@ -2,8 +2,9 @@
  * test_emulated_attention.cpp - the fused attention kernels' bodies
  * (src/finetune/cuda/qt_cuda_attention_fused.cuh) run on the CPU through
  * qt_cuda_emulation.h, against qt_cpu_attention_forward / _backward: out,
- * the log-sum-exps, dqkv (added to, and written with `set`) and the
- * forward's BF16 output (its FP32 output rounded, bit for bit), and all of
+ * the log-sum-exps (and nothing written past them), dqkv (added to, and
+ * written with `set`), the forward's BF16 output (its FP32 output
+ * rounded, bit for bit) and dqkv with D from that BF16 output, and all of
  * them again from qkv in BF16 up to 129 tokens, staged 8 values at a time
  * and by pairs (bit for bit those from FP32; dqkv in BF16 the FP32 one
  * rounded), for token
@@ -13,7 +14,8 @@
  *
  * Built twice: test_emulated_attention rounds to BF16 as the device does
  * (inputs rounded on the host, so what is left is the kernels' own
- * rounding of the probabilities and the scores' gradient: within 1e-2, the
+ * rounding of the probabilities, the scores' gradient and, where the
+ * output is BF16, D: within 1e-2, the
  * BF16 bound of the `gpu` tests); test_emulated_attention_exact keeps
  * every value in FP32 (QT_EMULATE_EXACT), within 1e-5 like the FP32 ops.
  * It runs without a GPU; it does not replace the `gpu` tests (the compiled
@@ -69,26 +71,24 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
     qt_fa::forward_block(smem, out_h.data(), lse_h.data(), x, sh, block, t, threads);
   });
   launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-    qt_fa::backward_dq_block(smem, dqkv_h.data(), d_h.data(), dout.data(), x, lse_h.data(), sh, set,
-                             block, t, threads);
+    qt_fa::backward_dq_block(smem, dqkv_h.data(), d_h.data(), dout.data(), out.data(), x,
+                             lse_h.data(), sh, set, block, t, threads);
   });
   launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
     qt_fa::backward_dkv_block(smem, dqkv_h.data(), d_h.data(), dout.data(), x, lse_h.data(), sh,
                               set, block, t, threads);
   });
-  /* att holds the log-sum-exps and, past 64 tokens, the FP32 output after
-   * them; the rest is never written. */
-  size_t kept = n_lse + (sh.tokens > QT_FA_HEAD ? n_out : 0), mismatches = 0;
+  size_t mismatches = 0;
   for (size_t i = 0; i < n_out; i++) mismatches += !same_bits(out_h[i], out[i]);
-  for (size_t i = 0; i < kept; i++) mismatches += !same_bits(lse_h[i], lse[i]);
+  for (size_t i = 0; i < lse.size(); i++) mismatches += !same_bits(lse_h[i], lse[i]);
   for (size_t i = 0; i < n_qkv; i++) mismatches += !same_bits(dqkv_h[i], dqkv[i]);
   if (set) {
     /* dqkv written in BF16 (the op table's attention_backward_bf16): the
      * FP32 one rounded. */
     std::vector<__nv_bfloat16> dqkv16(n_qkv, __float2bfloat16_rn(NAN));
     launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dq_block(smem, dqkv16.data(), d_h.data(), dout.data(), x, lse_h.data(), sh, 1,
-                               block, t, threads);
+      qt_fa::backward_dq_block(smem, dqkv16.data(), d_h.data(), dout.data(), out.data(), x,
+                               lse_h.data(), sh, 1, block, t, threads);
     });
     launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
       qt_fa::backward_dkv_block(smem, dqkv16.data(), d_h.data(), dout.data(), x, lse_h.data(), sh,
@@ -107,8 +107,8 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
     for (size_t i = 0; i < n_out; i++) dout16[offset + i] = __float2bfloat16_rn(dout[i]);
     std::vector<float> d_b(n_lse, NAN);
     launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dq_block(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1, block,
-                               t, threads);
+      qt_fa::backward_dq_block(smem, dqkv16b.data(), d_b.data(), dy, out.data(), x, lse_h.data(),
+                               sh, 1, block, t, threads);
     });
     launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
       qt_fa::backward_dkv_block(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1, block,
@@ -160,16 +160,20 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   sh.padded = (tokens + 15) / 16 * 16;
   sh.c = c;
   sh.scale = 0.125f;
-  /* lse: the forward's att, (batch, heads, tokens, tokens) floats, the
-   * log-sum-exps first. */
-  std::vector<float> out(n_out, NAN), lse(n_lse * tokens, NAN), d(n_lse, NAN), dqkv(init);
+  /* lse: the forward's att, the (batch, heads, tokens) log-sum-exps,
+   * and past them a guard of NaNs that the forward must leave alone (the
+   * op table's att has no more room). */
+  const size_t guard = 64;
+  std::vector<float> out(n_out, NAN), lse(n_lse + guard, NAN), d(n_lse, NAN), dqkv(init);
   if (set) dqkv.assign(n_qkv, NAN); /* written, never read */
   launch(qt_fa::FORWARD, sh, [&](unsigned char *smem, int block, int t, int threads) {
     qt_fa::forward_block(smem, out.data(), lse.data(), qkv.data(), sh, block, t, threads);
   });
+  size_t guard_written = 0;
+  for (size_t i = n_lse; i < lse.size(); i++) guard_written += !std::isnan(lse[i]);
   launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-    qt_fa::backward_dq_block(smem, dqkv.data(), d.data(), dout.data(), qkv.data(), lse.data(), sh,
-                             set, block, t, threads);
+    qt_fa::backward_dq_block(smem, dqkv.data(), d.data(), dout.data(), out.data(), qkv.data(),
+                             lse.data(), sh, set, block, t, threads);
   });
   launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
     qt_fa::backward_dkv_block(smem, dqkv.data(), d.data(), dout.data(), qkv.data(), lse.data(), sh,
@@ -185,6 +189,19 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   for (size_t i = 0; i < n_out; i++) {
     out16_mismatches += qt_emu_float(out16[i]) != qt_emu_float(__float2bfloat16_rn(out[i]));
   }
+  /* The backward with D from that BF16 output (proj reads the output in
+   * BF16 where the op table keeps it so, and the backward is handed that
+   * array): the same dqkv within the BF16 bound. */
+  std::vector<float> dqkv_y16(init), d_y16(n_lse, NAN);
+  if (set) dqkv_y16.assign(n_qkv, NAN);
+  launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::backward_dq_block(smem, dqkv_y16.data(), d_y16.data(), dout.data(), out16.data(),
+                             qkv.data(), lse.data(), sh, set, block, t, threads);
+  });
+  launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::backward_dkv_block(smem, dqkv_y16.data(), d_y16.data(), dout.data(), qkv.data(),
+                              lse.data(), sh, set, block, t, threads);
+  });
 
   /* qkv in BF16 (up to 129 tokens, two parts, to keep the test's time). */
   size_t qkv16_mismatches = 0;
@@ -199,14 +216,16 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   }
   double out_error = qt_emu_parity_error(out, want_out, nullptr);
   double dqkv_error = qt_emu_parity_error(dqkv, want_dqkv, set ? nullptr : &init);
-  bool ok = out_error < TOLERANCE && dqkv_error < TOLERANCE && lse_error < 1e-4 &&
-            out16_mismatches == 0 && qkv16_mismatches == 0;
+  double dqkv_y16_error = qt_emu_parity_error(dqkv_y16, want_dqkv, set ? nullptr : &init);
+  bool ok = out_error < TOLERANCE && dqkv_error < TOLERANCE && dqkv_y16_error < TOLERANCE &&
+            lse_error < 1e-4 && guard_written == 0 && out16_mismatches == 0 &&
+            qkv16_mismatches == 0;
   if (!ok) failures++;
   printf(
-      "%s batch %d, %3d tokens, %d heads, set %d: out %.2e, dqkv %.2e, lse %.2e, BF16 out %zu "
-      "off, BF16 qkv %zu off\n",
-      ok ? "ok  " : "FAIL", batch, tokens, heads, set, out_error, dqkv_error, lse_error,
-      out16_mismatches, qkv16_mismatches);
+      "%s batch %d, %3d tokens, %d heads, set %d: out %.2e, dqkv %.2e (from a BF16 out %.2e), "
+      "lse %.2e, %zu written past lse, BF16 out %zu off, BF16 qkv %zu off\n",
+      ok ? "ok  " : "FAIL", batch, tokens, heads, set, out_error, dqkv_error, dqkv_y16_error,
+      lse_error, guard_written, out16_mismatches, qkv16_mismatches);
 }
 
 int main(void) {

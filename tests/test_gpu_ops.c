@@ -984,17 +984,26 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   grad added = grad_make(rng, n_qkv), fresh = grad_make_unset(n_qkv);
   qt_cpu_attention_backward(added.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
   qt_cpu_attention_backward(fresh.cpu, scratch, dout, qkv, att, batch, tokens, c, heads);
-  CHECK_RC(qt__cuda_attention_fused_backward(added.dev, d_scratch, d_dout, d_qkv, d_att, batch,
-                                             tokens, c, heads, 0, E));
-  CHECK_RC(qt__cuda_attention_fused_backward(fresh.dev, d_scratch, d_dout, d_qkv, d_att, batch,
-                                             tokens, c, heads, 1, E));
+  CHECK_RC(qt__cuda_attention_fused_backward(added.dev, d_scratch, d_dout, d_qkv, d_att, d_out,
+                                             batch, tokens, c, heads, 0, E));
+  CHECK_RC(qt__cuda_attention_fused_backward(fresh.dev, d_scratch, d_dout, d_qkv, d_att, d_out,
+                                             batch, tokens, c, heads, 1, E));
   snprintf(label, sizeof label, "%s: dqkv", what);
   expect_parity_tol(label, added.dev, added.cpu, added.init, n_qkv, BF16_TOLERANCE);
   snprintf(label, sizeof label, "%s: dqkv set", what);
   expect_parity_tol(label, fresh.dev, fresh.cpu, fresh.init, n_qkv, BF16_TOLERANCE);
+  /* D from the BF16 output (the array proj reads, which the backward is
+   * then handed): dqkv within the BF16 bound too. */
+  grad fresh_y16 = grad_make_unset(n_qkv);
+  CHECK_RC(qt__cuda_attention_fused_backward_bf16(fresh_y16.dev, d_scratch, d_dout, d_qkv, d_att,
+                                                  d_out16, batch, tokens, c, heads, 1, QT__BF16_OUT,
+                                                  E));
+  snprintf(label, sizeof label, "%s: dqkv, BF16 out", what);
+  expect_parity_tol(label, fresh_y16.dev, fresh.cpu, fresh_y16.init, n_qkv, BF16_TOLERANCE);
 
   /* qkv in BF16 (its values already are): the same att and BF16 output,
-   * and dqkv in BF16 the FP32 one rounded, bit for bit; from a 16-byte
+   * and dqkv in BF16 the FP32 one (D from the BF16 output) rounded, bit
+   * for bit; from a 16-byte
    * boundary (K and V staged 8 values a load) and from 4 bytes past one
    * (by pairs). With dout in BF16 too (its values already are): the same
    * dqkv, bit for bit. */
@@ -1005,13 +1014,12 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   for (size_t i = 0; i < n_out; i++) dout16[i] = qt_test_bf16_bits(dout[i]);
   void *d_out16_h = NULL, *d_dqkv16 = NULL, *d_dqkv16_b = NULL;
   float *d_att_h = NULL;
-  size_t n_kept = n_lse + (tokens > 64 ? n_out : 0);
   CHECK_RC(qt_cuda_malloc(&d_out16_h, n_out * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc(&d_dqkv16, n_qkv * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc(&d_dqkv16_b, n_qkv * sizeof(uint16_t), E));
   CHECK_RC(qt_cuda_malloc((void **)&d_att_h, n_att * sizeof(float), E));
   uint16_t *out16 = download_bytes(d_out16, n_out * sizeof *out16);
-  float *kept = download(d_att, n_kept);
+  float *kept = download(d_att, n_lse);
   for (int shift = 0; shift <= 2; shift += 2) {
     if (shift) memmove(qkv16 + shift, qkv16, n_qkv * sizeof *qkv16);
     if (shift) memmove(dout16 + shift, dout16, n_out * sizeof *dout16);
@@ -1020,17 +1028,17 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
     CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16_h, d_att_h, d_qkv16 + shift, batch,
                                                    tokens, c, heads, QT__BF16_INP | QT__BF16_OUT,
                                                    E));
-    CHECK_RC(qt__cuda_attention_fused_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16 + shift,
-                                                    d_att_h, batch, tokens, c, heads, 1,
-                                                    QT__BF16_INP | QT__BF16_DINP, E));
-    uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
-    float *kept_h = download(d_att_h, n_kept);
-    CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
-    CU_ASSERT(memcmp(kept_h, kept, n_kept * sizeof *kept) == 0);
-    CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
     CHECK_RC(qt__cuda_attention_fused_backward_bf16(
-        d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, batch, tokens, c, heads,
-        1, QT__BF16_INP | QT__BF16_DINP | QT__BF16_DOUT, E));
+        d_dqkv16, d_scratch, d_dout, d_qkv16 + shift, d_att_h, d_out16_h, batch, tokens, c, heads,
+        1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP, E));
+    uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
+    float *kept_h = download(d_att_h, n_lse);
+    CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
+    CU_ASSERT(memcmp(kept_h, kept, n_lse * sizeof *kept) == 0);
+    CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh_y16.dev, n_qkv), 0);
+    CHECK_RC(qt__cuda_attention_fused_backward_bf16(
+        d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, d_out16_h, batch, tokens,
+        c, heads, 1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | QT__BF16_DOUT, E));
     uint16_t *dqkv16[2] = {download_bytes(d_dqkv16, n_qkv * sizeof(uint16_t)),
                            download_bytes(d_dqkv16_b, n_qkv * sizeof(uint16_t))};
     CU_ASSERT(memcmp(dqkv16[0], dqkv16[1], n_qkv * sizeof(uint16_t)) == 0);
@@ -1068,18 +1076,18 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
   CHECK_RC(qt__cuda_attention_op_forward_bf16(d_out16_h, d_att_h, d_qkv16, batch, tokens, c, heads,
                                               QT__BF16_INP | QT__BF16_OUT, E));
   CU_ASSERT_EQUAL(bf16_mismatches(d_out16_h, d_out, n_out), 0);
-  CHECK_RC(qt__cuda_attention_op_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h, batch,
-                                               tokens, c, heads, 1, QT__BF16_INP | QT__BF16_DINP,
-                                               E));
-  CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh.dev, n_qkv), 0);
+  CHECK_RC(qt__cuda_attention_op_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h,
+                                               d_out16_h, batch, tokens, c, heads, 1,
+                                               QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP, E));
+  CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh_y16.dev, n_qkv), 0);
   /* A BF16 qkv with an FP32 output, and a BF16 dqkv added to, are not
    * implemented. */
   CU_ASSERT_EQUAL(qt__cuda_attention_op_forward_bf16(d_out, d_att_h, d_qkv16, batch, tokens, c,
                                                      heads, QT__BF16_INP, &refused),
                   QT_EINVAL);
-  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_bf16(d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h,
-                                                      batch, tokens, c, heads, 0,
-                                                      QT__BF16_INP | QT__BF16_DINP, &refused),
+  CU_ASSERT_EQUAL(qt__cuda_attention_op_backward_bf16(
+                      d_dqkv16, d_scratch, d_dout, d_qkv16, d_att_h, d_out16_h, batch, tokens, c,
+                      heads, 0, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP, &refused),
                   QT_EINVAL);
   int was_bf16_qkv = qt__cuda_set_bf16_qkv(0);
   CU_ASSERT_EQUAL(qt__cuda_bf16_activations(batch, tokens, c, heads) & attention_kept,
@@ -1105,6 +1113,7 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
 
   grad_free(&added);
   grad_free(&fresh);
+  grad_free(&fresh_y16);
   free(qkv);
   free(dout);
   free(out);

@@ -98,8 +98,8 @@ static void test_feature_hook_on_the_device(void) {
 /* The BF16 activations (the op table's bf16_activations, as on CUDA) on
  * the fake device: under BF16 products a training step takes them for every
  * block's two layer norms, attention and GELU and their four linear
- * layers, forward and backward (12 calls per block; with qkv in BF16 too,
- * the attention's backward reads it: one more; with the layer norms'
+ * layers, forward and backward, and the attention's backward, which reads
+ * the attention's BF16 output (13 calls per block; with the layer norms'
  * output gradients, their two backward passes), and lands within BF16's
  * error of
  * the FP32 CPU; handing a linear layer the wrong array or an FP32 array
@@ -142,7 +142,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
     bytes[p] = qt_vit_activation_bytes(dev);
     int bf16 = precisions[p] == QT_MATMUL_BF16;
     CU_ASSERT_EQUAL(fake_device.bf16_calls - calls,
-                    bf16 ? (12 + bf16_qkv + 2 * bf16_norm_grad) * c.config.depth : 0);
+                    bf16 ? (13 + 2 * bf16_norm_grad) * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
     vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,
@@ -234,7 +234,7 @@ static void test_bf16_profile_rows(void) {
       {"gelu_forward_bf16[inp,out]", depth},
       {"linear_backward_bf16[inp,dinp]", 2 * depth},
       {"gelu_linear_backward_bf16[inp,out,dout,dinp]", depth},
-      {"attention_backward_bf16[inp,dout,dinp]", depth},
+      {"attention_backward_bf16[inp,out,dout,dinp]", depth},
       {"linear_backward_bf16[inp,dout,dinp]", depth},
       {"layernorm_backward_bf16[dout]", 2 * depth},
   };

@@ -206,13 +206,14 @@ typedef struct qt__ops {
                                    const void *dout, const void *pre, const void *inp,
                                    const float *weight, size_t n, size_t in_c, size_t out_c,
                                    int set, unsigned bf16, qt_err *err);
-  /* QT__BF16_INP names qkv, QT__BF16_DINP dqkv (written as `set`),
+  /* QT__BF16_INP names qkv, QT__BF16_OUT out (the backward's: as the
+   * forward wrote it), QT__BF16_DINP dqkv (written as `set`),
    * QT__BF16_DOUT the output's gradient. */
   int (*attention_forward_bf16)(void *out, float *att, const void *qkv, size_t batch, size_t tokens,
                                 size_t c, size_t heads, unsigned bf16, qt_err *err);
   int (*attention_backward_bf16)(void *dqkv, float *scratch, const void *dout, const void *qkv,
-                                 const float *att, size_t batch, size_t tokens, size_t c,
-                                 size_t heads, int set, unsigned bf16, qt_err *err);
+                                 const float *att, const void *out, size_t batch, size_t tokens,
+                                 size_t c, size_t heads, int set, unsigned bf16, qt_err *err);
   /* The floats of att that attention_forward(_bf16) writes and
    * attention_backward(_bf16) reads, for this shape now; NULL: (batch,
    * heads, tokens, tokens), the probabilities. Non-decreasing in batch. */
@@ -220,9 +221,11 @@ typedef struct qt__ops {
   size_t (*attention_scratch_size)(size_t batch, size_t tokens, size_t heads);
   int (*attention_forward)(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
                            size_t c, size_t heads, qt_err *err);
+  /* att and out as the forward of the same step left them (out: its
+   * output; a backend may read either or both). */
   int (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                            const float *att, size_t batch, size_t tokens, size_t c, size_t heads,
-                            int set, qt_err *err);
+                            const float *att, const float *out, size_t batch, size_t tokens,
+                            size_t c, size_t heads, int set, qt_err *err);
   int (*residual_forward)(float *out, const float *res, const float *branch, const float *gamma,
                           size_t n, size_t c, qt_err *err);
   int (*residual_backward)(float *dres, float *dbranch, float *dgamma, const float *dout,
@@ -410,18 +413,17 @@ int qt__cuda_attention_backward(float *dqkv, float *scratch, const float *dout, 
 /* Fused attention (qt_cuda_attention_fused.cu): BF16 tensor-core products
  * with the scores kept in registers, for heads of 64 features and at most
  * 256 tokens on an sm_80 or newer device. fits says whether a shape can
- * run there (0 also without CUDA). The forward writes out and, into att
- * ((batch, heads, tokens, tokens) floats, as the unfused path's
- * probabilities), the (batch, heads, tokens) log-sum-exps of the scaled
- * scores and, with more than 64 tokens, then the output in FP32; the
- * backward reads them, and its scratch holds qt_cuda_attention_scratch_size
- * floats. */
+ * run there (0 also without CUDA). The forward writes out and, into att,
+ * the (batch, heads, tokens) log-sum-exps of the scaled scores; the
+ * backward reads them and out (D = rowsum(dout * out)), and its scratch
+ * holds qt_cuda_attention_scratch_size floats. */
 int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t heads);
 int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, size_t batch,
                                      size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                      const float *qkv, const float *att, size_t batch,
-                                      size_t tokens, size_t c, size_t heads, int set, qt_err *err);
+                                      const float *qkv, const float *att, const float *out,
+                                      size_t batch, size_t tokens, size_t c, size_t heads, int set,
+                                      qt_err *err);
 /* The CUDA op table's residual_layernorm_forward (qt__ops): one kernel
  * for rows of at most 1024 features while the layer norm's row kernels are
  * on (qt__cuda_set_layernorm_rows), else the two ops. */
@@ -444,8 +446,8 @@ int qt__cuda_residual_layernorm_forward(float *out, void *norm, float *mean, flo
  * BF16 dinp `set` only), GELU's forward and the residual add with the
  * layer norm; the layer norm's output (forward) and output gradient
  * (backward); the attention's output, or its output with qkv (forward),
- * qkv with dqkv, and with the output's gradient too (backward, `set`
- * only). The fused kernels round Q, K and V as they load them and the
+ * its output, with qkv and dqkv (`set` only), and with the output's
+ * gradient too (backward). The fused kernels round Q, K and V as they load them and the
  * products round dqkv, so BF16 qkv and dqkv change no number; the other
  * BF16 activations do (GELU, the layer norms' backward, the attention's D
  * and the residual adds at the rounded values, as under PyTorch's
@@ -472,33 +474,32 @@ int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, s
                                        size_t tokens, size_t c, size_t heads, unsigned bf16,
                                        qt_err *err);
 int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                        const void *qkv, const float *att, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, int set,
-                                        unsigned bf16, qt_err *err);
+                                        const void *qkv, const float *att, const void *out,
+                                        size_t batch, size_t tokens, size_t c, size_t heads,
+                                        int set, unsigned bf16, qt_err *err);
 /* The fused kernels with those BF16 arrays, without the op table's
  * checks (for tests). */
 int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv, size_t batch,
                                           size_t tokens, size_t c, size_t heads, unsigned bf16,
                                           qt_err *err);
 int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                           const void *qkv, const float *att, size_t batch,
-                                           size_t tokens, size_t c, size_t heads, int set,
-                                           unsigned bf16, qt_err *err);
+                                           const void *qkv, const float *att, const void *out,
+                                           size_t batch, size_t tokens, size_t c, size_t heads,
+                                           int set, unsigned bf16, qt_err *err);
 
-/* The op table's attention_saved_size: the fused kernels' log-sum-exps and
- * (with more than 64 tokens) FP32 output where they run now, else the
- * probabilities. */
+/* The op table's attention_saved_size: the fused kernels' log-sum-exps
+ * where they run now, else the probabilities. */
 size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads);
 
 /* The CUDA op table's attention: the fused kernels under BF16 products
- * where they fit, unless turned off (att then holds the log-sum-exps and
- * the output, read only by the backward of the same step);
+ * where they fit, unless turned off (att then holds the log-sum-exps, read
+ * with out only by the backward of the same step);
  * qt_cuda_attention_forward and qt__cuda_attention_backward otherwise. */
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err);
 int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                                   const float *att, size_t batch, size_t tokens, size_t c,
-                                   size_t heads, int set, qt_err *err);
+                                   const float *att, const float *out, size_t batch, size_t tokens,
+                                   size_t c, size_t heads, int set, qt_err *err);
 
 /* Turns the op table's fused attention on (1) or off (0) for the process;
  * returns the previous setting. On unless QT_CUDA_FUSED_ATTENTION=0 in the

@@ -112,10 +112,11 @@ static int cpu_attention_forward(float *out, float *att, const float *qkv, size_
   return 0;
 }
 
+/* From the probabilities in att; out is not needed. */
 static int cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                                  const float *att, size_t batch, size_t tokens, size_t c,
-                                  size_t heads, int set, qt_err *err) {
-  (void)err;
+                                  const float *att, const float *out, size_t batch, size_t tokens,
+                                  size_t c, size_t heads, int set, qt_err *err) {
+  (void)out, (void)err;
   if (set) memset(dqkv, 0, batch * tokens * 3 * c * sizeof *dqkv);
   qt_cpu_attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads);
   return 0;

@@ -149,9 +149,9 @@ TIMED_BF16(attention_forward_bf16,
            (out, att, qkv, batch, tokens, c, heads, bf16, err))
 TIMED_BF16(attention_backward_bf16,
            (void *dqkv, float *scratch, const void *dout, const void *qkv, const float *att,
-            size_t batch, size_t tokens, size_t c, size_t heads, int set, unsigned bf16,
-            qt_err *err),
-           (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, bf16, err))
+            const void *out, size_t batch, size_t tokens, size_t c, size_t heads, int set,
+            unsigned bf16, qt_err *err),
+           (dqkv, scratch, dout, qkv, att, out, batch, tokens, c, heads, set, bf16, err))
 static size_t pass_attention_saved_size(size_t batch, size_t tokens, size_t c, size_t heads) {
   return profile.inner->attention_saved_size(batch, tokens, c, heads);
 }
@@ -161,8 +161,8 @@ TIMED(attention_forward,
       (out, att, qkv, batch, tokens, c, heads, err))
 TIMED(attention_backward,
       (float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
-       size_t batch, size_t tokens, size_t c, size_t heads, int set, qt_err *err),
-      (dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set, err))
+       const float *out, size_t batch, size_t tokens, size_t c, size_t heads, int set, qt_err *err),
+      (dqkv, scratch, dout, qkv, att, out, batch, tokens, c, heads, set, err))
 TIMED(residual_forward,
       (float *out, const float *res, const float *branch, const float *gamma, size_t n, size_t c,
        qt_err *err),

@@ -788,8 +788,9 @@ static call_sets call_sets_of(const qt_vit_t *vit) {
   c.norm_back = BIT(QT__KEEP_NORM_GRAD, QT__BF16_DOUT);
   c.proj_back =
       BIT(QT__KEEP_ATTENTION_OUT, QT__BF16_INP) | BIT(QT__KEEP_ATTENTION_GRAD, QT__BF16_DINP);
-  c.attention_back =
-      BIT(QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP) | BIT(QT__KEEP_ATTENTION_GRAD, QT__BF16_DOUT);
+  c.attention_back = BIT(QT__KEEP_QKV, QT__BF16_INP | QT__BF16_DINP) |
+                     BIT(QT__KEEP_ATTENTION_OUT, QT__BF16_OUT) |
+                     BIT(QT__KEEP_ATTENTION_GRAD, QT__BF16_DOUT);
   c.qkv_back =
       linear_in | BIT(QT__KEEP_QKV, QT__BF16_DOUT) | BIT(QT__KEEP_NORM_GRAD, QT__BF16_DINP);
 #undef BIT
@@ -883,13 +884,13 @@ static int attention_op(const qt_vit_t *vit, void *out, float *att, const void *
 }
 
 static int attention_backward_op(const qt_vit_t *vit, void *dqkv, float *scratch, const void *dout,
-                                 const void *qkv, const float *att, size_t B, size_t T, size_t C,
-                                 size_t H, unsigned bf16, qt_err *err) {
+                                 const void *qkv, const float *att, const void *out, size_t B,
+                                 size_t T, size_t C, size_t H, unsigned bf16, qt_err *err) {
   const qt__ops *ops = vit->ops;
-  return bf16
-             ? ops->attention_backward_bf16(dqkv, scratch, dout, qkv, att, B, T, C, H, 1, bf16, err)
-             : ops->attention_backward(dqkv, scratch, (const float *)dout, qkv, att, B, T, C, H, 1,
-                                       err);
+  return bf16 ? ops->attention_backward_bf16(dqkv, scratch, dout, qkv, att, out, B, T, C, H, 1,
+                                             bf16, err)
+              : ops->attention_backward(dqkv, scratch, (const float *)dout, qkv, att,
+                                        (const float *)out, B, T, C, H, 1, err);
 }
 
 /* Lays the arena out anew when the op table's settings changed since it
@@ -1169,8 +1170,8 @@ int qt_vit_backward(qt_vit_t *vit, qt_err *err) {
     VIT_TRY(branch_grad(vit, w->ls1, gw->ls1, a->attn_out, BT, C, &dattn, err));
     VIT_TRY(linear_backward_op(vit, vit->dattn_y, gw->proj_w, gw->proj_b, dattn, a->attn_y,
                                w->proj_w, BT, C, C, sets.proj_back, err));
-    VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att, B, T, C,
-                                  H, sets.attention_back, err));
+    VIT_TRY(attention_backward_op(vit, vit->dqkv, vit->datt, vit->dattn_y, a->qkv, a->att,
+                                  a->attn_y, B, T, C, H, sets.attention_back, err));
     VIT_TRY(linear_backward_op(vit, vit->dln, gw->qkv_w, gw->qkv_b, vit->dqkv, a->ln1, w->qkv_w, BT,
                                C, 3 * C, sets.qkv_back, err));
     VIT_TRY(norm_backward_op(vit, vit->dresid, gw->norm1_w, gw->norm1_b, vit->dln, x_in, w->norm1_w,

@@ -11,8 +11,8 @@
  * product, and its backward does the same with their gradient: about
  * 1.6 GB of memory traffic per block of ViT-B and step at batch 64, by
  * count. The fused kernels keep the scores in registers and store only a
- * log-sum-exp per row and the output in FP32 (and D per row in the
- * backward).
+ * log-sum-exp per row (and D per row in the backward, which takes it from
+ * the forward's output).
  *
  * On by default; qt__cuda_set_fused_attention(0) (or
  * QT_CUDA_FUSED_ATTENTION=0 in the environment) turns them off, to measure
@@ -109,13 +109,14 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
 
 /* dqkv (D) and dout (O) are float, or BF16 where qkv and the
  * attention's output gradient are kept so (QT__KEEP_QKV,
- * QT__KEEP_ATTENTION_GRAD). */
-template <typename Q, typename D, typename O>
+ * QT__KEEP_ATTENTION_GRAD); out (Y), the forward's output, float or BF16
+ * as the forward wrote it (QT__KEEP_ATTENTION_OUT). */
+template <typename Q, typename D, typename O, typename Y>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
-    fused_backward_dq_kernel(D *dqkv, float *d, const O *dout, const Q *qkv, const float *att,
-                             qt_fa::shape sh, int set) {
+    fused_backward_dq_kernel(D *dqkv, float *d, const O *dout, const Y *out, const Q *qkv,
+                             const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
+  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, out, qkv, att, sh, set, block_index(),
                                       threadIdx.x, blockDim.x));
 }
 
@@ -133,9 +134,9 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
 
 /* Both backward kernels of one instantiation allowed `bytes` of shared
  * memory. */
-template <typename Q, typename D, typename O>
+template <typename Q, typename D, typename O, typename Y>
 static bool allow_backward(cudaFuncAttribute limit, int bytes) {
-  return cudaFuncSetAttribute(fused_backward_dq_kernel<Q, D, O>, limit, bytes) == cudaSuccess &&
+  return cudaFuncSetAttribute(fused_backward_dq_kernel<Q, D, O, Y>, limit, bytes) == cudaSuccess &&
          cudaFuncSetAttribute(fused_backward_dkv_kernel<Q, D, O>, limit, bytes) == cudaSuccess;
 }
 
@@ -157,9 +158,10 @@ static int read_shared_limit(int device) {
   if (cudaFuncSetAttribute(fused_forward_kernel<float, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, float>, limit, optin) != cudaSuccess ||
       cudaFuncSetAttribute(fused_forward_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
-      !allow_backward<float, float, float>(limit, optin) ||
-      !allow_backward<bf16, bf16, float>(limit, optin) ||
-      !allow_backward<bf16, bf16, bf16>(limit, optin)) {
+      !allow_backward<float, float, float, float>(limit, optin) ||
+      !allow_backward<float, float, float, bf16>(limit, optin) ||
+      !allow_backward<bf16, bf16, float, bf16>(limit, optin) ||
+      !allow_backward<bf16, bf16, bf16, bf16>(limit, optin)) {
     cudaGetLastError();
     return 0;
   }
@@ -238,10 +240,12 @@ static int check_qkv(const void *qkv, size_t bytes, const char *who, qt_err *err
   return qt_err_set(err, QT_EINVAL, "%s: a BF16 qkv must start on a 4-byte boundary", who);
 }
 
-/* The same for a BF16 dout (rows of c values, the heads' offsets even). */
-static int check_dout(const void *dout, size_t bytes, const char *who, qt_err *err) {
-  if (bytes == sizeof(float) || (uintptr_t)dout % 4 == 0) return 0;
-  return qt_err_set(err, QT_EINVAL, "%s: a BF16 dout must start on a 4-byte boundary", who);
+/* The same for a BF16 dout or out (rows of c values, the heads' offsets
+ * even). */
+static int check_rows(const void *rows, size_t bytes, const char *name, const char *who,
+                      qt_err *err) {
+  if (bytes == sizeof(float) || (uintptr_t)rows % 4 == 0) return 0;
+  return qt_err_set(err, QT_EINVAL, "%s: a BF16 %s must start on a 4-byte boundary", who, name);
 }
 
 template <typename T, typename Q>
@@ -283,20 +287,21 @@ extern "C" int qt__cuda_attention_fused_forward_bf16(void *out, float *att, cons
   }
 }
 
-template <typename Q, typename D, typename O>
+template <typename Q, typename D, typename O, typename Y>
 static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, const float *att,
-                          size_t batch, size_t tokens, size_t c, size_t heads, int set,
-                          const char *who, qt_err *err) {
+                          const Y *out, size_t batch, size_t tokens, size_t c, size_t heads,
+                          int set, const char *who, qt_err *err) {
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
-  if (!dqkv || !scratch || !dout || !qkv || !att) {
+  if (!dqkv || !scratch || !dout || !qkv || !att || !out) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
-  if ((rc = check_dout(dout, sizeof *dout, who, err)) < 0) return rc;
+  if ((rc = check_rows(dout, sizeof *dout, "dout", who, err)) < 0) return rc;
+  if ((rc = check_rows(out, sizeof *out, "out", who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  rc = launch(fused_backward_dq_kernel<Q, D, O>, qt_fa::BACKWARD_DQ, sh, who,
-              "the fused attention dq kernel", err, dqkv, scratch, dout, qkv, att, sh, set);
+  rc = launch(fused_backward_dq_kernel<Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who,
+              "the fused attention dq kernel", err, dqkv, scratch, dout, out, qkv, att, sh, set);
   if (rc < 0) return rc;
   return launch(fused_backward_dkv_kernel<Q, D, O>, qt_fa::BACKWARD_DKV, sh, who,
                 "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
@@ -304,24 +309,29 @@ static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, 
 }
 
 extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                                 const float *qkv, const float *att, size_t batch,
-                                                 size_t tokens, size_t c, size_t heads, int set,
-                                                 qt_err *err) {
-  return fused_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set,
+                                                 const float *qkv, const float *att,
+                                                 const float *out, size_t batch, size_t tokens,
+                                                 size_t c, size_t heads, int set, qt_err *err) {
+  return fused_backward(dqkv, scratch, dout, qkv, att, out, batch, tokens, c, heads, set,
                         "qt__cuda_attention_fused_backward", err);
 }
 
 extern "C" int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
                                                       const void *qkv, const float *att,
-                                                      size_t batch, size_t tokens, size_t c,
-                                                      size_t heads, int set, unsigned bf16,
-                                                      qt_err *err) {
+                                                      const void *out, size_t batch, size_t tokens,
+                                                      size_t c, size_t heads, int set,
+                                                      unsigned bf16, qt_err *err) {
   const char *who = "qt__cuda_attention_fused_backward (BF16 arrays)";
   typedef __nv_bfloat16 bf16_t;
-  const unsigned qkv16 = QT__BF16_INP | QT__BF16_DINP;
+  const unsigned qkv16 = QT__BF16_INP | QT__BF16_DINP | QT__BF16_OUT;
+  const float *out32 = (const float *)out;
+  const bf16_t *out16 = (const bf16_t *)out;
   if (bf16 == 0)
     return fused_backward((float *)dqkv, scratch, (const float *)dout, (const float *)qkv, att,
-                          batch, tokens, c, heads, set, who, err);
+                          out32, batch, tokens, c, heads, set, who, err);
+  if (bf16 == QT__BF16_OUT)
+    return fused_backward((float *)dqkv, scratch, (const float *)dout, (const float *)qkv, att,
+                          out16, batch, tokens, c, heads, set, who, err);
   if (bf16 != qkv16 && bf16 != (qkv16 | QT__BF16_DOUT))
     return qt_err_set(err, QT_EINVAL, "%s: BF16 arrays 0x%x are not implemented", who, bf16);
   /* BF16 values cannot be added to: dqkv is written. */
@@ -329,9 +339,9 @@ extern "C" int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch
     return qt_err_set(err, QT_EINVAL, "%s: a BF16 dqkv is written (set), not added to", who);
   if (bf16 & QT__BF16_DOUT)
     return fused_backward((bf16_t *)dqkv, scratch, (const bf16_t *)dout, (const bf16_t *)qkv, att,
-                          batch, tokens, c, heads, 1, who, err);
+                          out16, batch, tokens, c, heads, 1, who, err);
   return fused_backward((bf16_t *)dqkv, scratch, (const float *)dout, (const bf16_t *)qkv, att,
-                        batch, tokens, c, heads, 1, who, err);
+                        out16, batch, tokens, c, heads, 1, who, err);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -371,7 +381,7 @@ extern "C" size_t qt__cuda_attention_saved_size(size_t batch, size_t tokens, siz
                                                 size_t heads) {
   if (!qt__cuda_attention_fused_now(batch, tokens, c, heads))
     return batch * heads * tokens * tokens;
-  return batch * heads * tokens + (tokens > QT_FA_HEAD ? batch * tokens * c : 0);
+  return batch * heads * tokens;
 }
 
 /* The op table's attention with BF16 arrays: only the fused kernels read
@@ -398,28 +408,30 @@ extern "C" int qt__cuda_attention_op_forward_bf16(void *out, float *att, const v
 }
 
 extern "C" int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                                   const void *qkv, const float *att, size_t batch,
-                                                   size_t tokens, size_t c, size_t heads, int set,
-                                                   unsigned bf16, qt_err *err) {
+                                                   const void *qkv, const float *att,
+                                                   const void *out, size_t batch, size_t tokens,
+                                                   size_t c, size_t heads, int set, unsigned bf16,
+                                                   qt_err *err) {
   const char *who = "qt_cuda_attention_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DINP | QT__BF16_DOUT, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | QT__BF16_DOUT,
+                               who, err);
   if (rc == 0) rc = check_fused_bf16(bf16, batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!bf16)
     return qt__cuda_attention_op_backward((float *)dqkv, scratch, (const float *)dout,
-                                          (const float *)qkv, att, batch, tokens, c, heads, set,
-                                          err);
-  return qt__cuda_attention_fused_backward_bf16(dqkv, scratch, dout, qkv, att, batch, tokens, c,
-                                                heads, set, bf16, err);
+                                          (const float *)qkv, att, (const float *)out, batch,
+                                          tokens, c, heads, set, err);
+  return qt__cuda_attention_fused_backward_bf16(dqkv, scratch, dout, qkv, att, out, batch, tokens,
+                                                c, heads, set, bf16, err);
 }
 
 extern "C" int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout,
-                                              const float *qkv, const float *att, size_t batch,
-                                              size_t tokens, size_t c, size_t heads, int set,
-                                              qt_err *err) {
+                                              const float *qkv, const float *att, const float *out,
+                                              size_t batch, size_t tokens, size_t c, size_t heads,
+                                              int set, qt_err *err) {
   if (qt__cuda_attention_fused_now(batch, tokens, c, heads)) {
-    return qt__cuda_attention_fused_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads,
-                                             set, err);
+    return qt__cuda_attention_fused_backward(dqkv, scratch, dout, qkv, att, out, batch, tokens, c,
+                                             heads, set, err);
   }
   return qt__cuda_attention_backward(dqkv, scratch, dout, qkv, att, batch, tokens, c, heads, set,
                                      err);

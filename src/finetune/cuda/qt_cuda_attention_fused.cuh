@@ -11,8 +11,9 @@
  *   forward   S = scale Q K^T, online softmax over blocks of 64 keys
  *             (running maximum and sum per row), O = P V,
  *             lse = log sum exp S per row
- *   backward  (kernel dq, per query tile) D = rowsum(dO * O), then P
- *             again, dP = dO V^T, dS = P (dP - D), dQ = scale dS K
+ *   backward  (kernel dq, per query tile) D = rowsum(dO * O), O the
+ *             forward's output as it wrote it, then P again,
+ *             dP = dO V^T, dS = P (dP - D), dQ = scale dS K
  *             (kernel dkv, per key tile) P^T from lse, dV = P^T dO,
  *             dP^T = V dO^T, dS^T = P^T (dP^T - D), dK = scale dS^T Q
  * Operands are rounded to BF16 (to nearest even) as they are loaded, like
@@ -20,12 +21,10 @@
  * rounded by the product that wrote it: the same operands); P and dS are
  * rounded as they enter their products (as in FlashAttention), their sums
  * and D are FP32.
- * The forward's results go into att, the (batch, heads, tokens, tokens)
- * floats that the op table's attention keeps for the backward: the
- * log-sum-exps, (batch, heads, tokens), then where there is room (more
- * than 64 tokens) the output O in FP32, (batch, heads, tokens, 64), from
- * which the dq kernel takes D. With 64 tokens or fewer it computes D =
- * rowsum(P * dP) in a first pass over the keys instead.
+ * The forward keeps for the backward only the log-sum-exps, (batch,
+ * heads, tokens) floats in att; the dq kernel takes D from the output
+ * itself (FP32, or BF16 where proj reads it so: then D is that of the
+ * rounded output, as in FlashAttention-2 and under PyTorch's autocast).
  * The two backward kernels write disjoint parts of dqkv, so every result is
  * written by one thread, without atomics: the results do not depend on the
  * schedule.
@@ -99,12 +98,6 @@ __host__ __device__ inline int parts(const shape &sh) {
 }
 
 enum kernel { FORWARD, BACKWARD_DQ, BACKWARD_DKV };
-
-/* Whether att has room for the output after the log-sum-exps: tokens^2 >=
- * tokens + 64 tokens. */
-__host__ __device__ inline bool keeps_output(const shape &sh) {
-  return sh.tokens > QT_FA_HEAD;
-}
 
 /* Shared memory, in bytes: two (padded, 64) BF16 arrays (the forward and
  * dq: K and V; dkv: Q and dO), and for dkv the lse and D of every query. */
@@ -373,8 +366,8 @@ __device__ inline place place_of(const shape &sh, int block) {
 }
 
 /* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); att: the
- * log-sum-exps (batch, heads, tokens), then the output in FP32 where
- * keeps_output. qkv in FP32 or BF16 (Q), as in the two backward bodies. */
+ * log-sum-exps (batch, heads, tokens). qkv in FP32 or BF16 (Q), as in the
+ * two backward bodies. */
 template <typename T, typename Q>
 __device__ inline void forward_block(unsigned char *smem, T *out, float *att, const Q *qkv,
                                      const shape sh, int block, int tid, int threads) {
@@ -445,12 +438,7 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *att, co
   }
   T *dst = out + (size_t)at.image * sh.tokens * sh.c + (size_t)at.head * QT_FA_HEAD;
   put_rows(dst, sh.c, row0, sh.tokens, o, 1.0f, 1, lane);
-  size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
-  if (keeps_output(sh)) {
-    float *kept = att + (size_t)sh.batch * sh.heads * sh.tokens + rows * QT_FA_HEAD;
-    put_rows(kept, QT_FA_HEAD, row0, sh.tokens, o, 1.0f, 1, lane);
-  }
-  float *head_lse = att + rows;
+  float *head_lse = att + ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   for (int h = 0; h < 2; h++) {
     int row = row0 + g + 8 * h;
     if (t == 0 && row < sh.tokens) head_lse[row] = QT_FA_LN2 * (max[h] + log2f(sum[h]));
@@ -473,18 +461,20 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
 }
 
 /* dq of dqkv (written when `set`, else added; in BF16, written, when D is
- * BF16) and D = rowsum(P dP) into d (batch, heads, tokens), for the dkv
+ * BF16) and D = rowsum(dO * O) into d (batch, heads, tokens), for the dkv
  * kernel. dout (O) is FP32, or BF16 as proj's backward wrote it (the
- * values the products round it to; D from them). */
-template <typename Q, typename D, typename O>
+ * values the products round it to; D from them); out (Y), the forward's
+ * output, FP32 or BF16 as it wrote it. */
+template <typename Q, typename D, typename O, typename Y>
 __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d, const O *dout,
-                                         const Q *qkv, const float *att, const shape sh, int set,
-                                         int block, int tid, int threads) {
+                                         const Y *out, const Q *qkv, const float *att,
+                                         const shape sh, int set, int block, int tid, int threads) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
   const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
   const O *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
+  const Y *o = out + (size_t)at.image * sh.tokens * sh.c + head;
   bf16 *ks = (bf16 *)smem, *vs = ks + (size_t)sh.padded * QT_FA_LD;
   int row0 = 16 * (at.tile0 + warp);
   rows16 qf, dyf;
@@ -500,31 +490,20 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
     int row = row0 + g + 8 * h;
     lse2[h] = row < sh.tokens ? QT_FA_LOG2E * att[rows + row] : 0.0f;
   }
+  /* D = rowsum(dO * O): lane t of a row's quad takes 16 of its features. */
   float dsum[2] = {0.0f, 0.0f};
-  if (keeps_output(sh)) {
-    /* D = rowsum(dO * O): lane t of a row's quad takes 16 of its features. */
-    const float *o = att + (size_t)sh.batch * sh.heads * sh.tokens + rows * QT_FA_HEAD;
-    for (int h = 0; h < 2; h++) {
-      int row = row0 + g + 8 * h;
-      if (row >= sh.tokens) continue;
-      const O *dyr = dy + (size_t)row * sh.c + 16 * t;
-      const float *orow = o + (size_t)row * QT_FA_HEAD + 16 * t;
+  for (int h = 0; h < 2; h++) {
+    int row = row0 + g + 8 * h;
+    if (row >= sh.tokens) continue;
+    const O *dyr = dy + (size_t)row * sh.c + 16 * t;
+    const Y *orow = o + (size_t)row * sh.c + 16 * t;
 #pragma unroll
-      for (int f = 0; f < 16; f += 2) {
-        float v[2];
-        load_pair(v, dyr + f);
-        dsum[h] += v[0] * orow[f];
-        dsum[h] += v[1] * orow[f + 1];
-      }
-    }
-  } else {
-    /* D = rowsum(P * dP), dP = dO V^T, over all the keys first. */
-    for (int k0 = 0; k0 < sh.padded; k0 += 8) {
-      frag_c s, dp;
-      times_rows_t(s, qf, ks, k0, lane);
-      times_rows_t(dp, dyf, vs, k0, lane);
-      probabilities<false>(s, sh, s2, k0, lse2, lane);
-      for (int e = 0; e < 4; e++) dsum[e / 2] += s.x[e] * dp.x[e];
+    for (int f = 0; f < 16; f += 2) {
+      float v[2], w[2];
+      load_pair(v, dyr + f);
+      load_pair(w, orow + f);
+      dsum[h] += v[0] * w[0];
+      dsum[h] += v[1] * w[1];
     }
   }
   float dd[2];

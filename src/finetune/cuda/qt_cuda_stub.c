@@ -170,8 +170,9 @@ int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, s
 }
 
 int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,
-                                      const float *qkv, const float *att, size_t batch,
-                                      size_t tokens, size_t c, size_t heads, int set, qt_err *err) {
+                                      const float *qkv, const float *att, const float *out,
+                                      size_t batch, size_t tokens, size_t c, size_t heads, int set,
+                                      qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
@@ -193,9 +194,8 @@ int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, unsigned bf
   return QT_CUDA_STUB("qt_cuda_gelu_forward");
 }
 
-int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
-                                 const float *bias, size_t n, size_t in_c, size_t out_c,
-                                 unsigned bf16, qt_err *err) {
+int qt__cuda_linear_forward_bf16(void *out, const void *inp, const float *weight, const float *bias,
+                                 size_t n, size_t in_c, size_t out_c, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_linear_forward");
 }
 
@@ -219,9 +219,9 @@ int qt__cuda_attention_op_forward_bf16(void *out, float *att, const void *qkv, s
 }
 
 int qt__cuda_attention_op_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                        const void *qkv, const float *att, size_t batch,
-                                        size_t tokens, size_t c, size_t heads, int set,
-                                        unsigned bf16, qt_err *err) {
+                                        const void *qkv, const float *att, const void *out,
+                                        size_t batch, size_t tokens, size_t c, size_t heads,
+                                        int set, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
@@ -232,9 +232,9 @@ int qt__cuda_attention_fused_forward_bf16(void *out, float *att, const void *qkv
 }
 
 int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const void *dout,
-                                           const void *qkv, const float *att, size_t batch,
-                                           size_t tokens, size_t c, size_t heads, int set,
-                                           unsigned bf16, qt_err *err) {
+                                           const void *qkv, const float *att, const void *out,
+                                           size_t batch, size_t tokens, size_t c, size_t heads,
+                                           int set, unsigned bf16, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
@@ -283,8 +283,8 @@ int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size
 }
 
 int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                                   const float *att, size_t batch, size_t tokens, size_t c,
-                                   size_t heads, int set, qt_err *err) {
+                                   const float *att, const float *out, size_t batch, size_t tokens,
+                                   size_t c, size_t heads, int set, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_backward");
 }
 
