@@ -160,6 +160,7 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   sh.padded = (tokens + 15) / 16 * 16;
   sh.c = c;
   sh.scale = 0.125f;
+  sh.parts_adjacent = (int)(seed % 2); /* both block orders, each with shapes of two parts */
   /* lse: the forward's att, the (batch, heads, tokens) log-sum-exps,
    * and past them a guard of NaNs that the forward must leave alone (the
    * op table's att has no more room). */
@@ -222,10 +223,10 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
             qkv16_mismatches == 0;
   if (!ok) failures++;
   printf(
-      "%s batch %d, %3d tokens, %d heads, set %d: out %.2e, dqkv %.2e (from a BF16 out %.2e), "
-      "lse %.2e, %zu written past lse, BF16 out %zu off, BF16 qkv %zu off\n",
-      ok ? "ok  " : "FAIL", batch, tokens, heads, set, out_error, dqkv_error, dqkv_y16_error,
-      lse_error, guard_written, out16_mismatches, qkv16_mismatches);
+      "%s batch %d, %3d tokens, %d heads, set %d, parts adjacent %d: out %.2e, dqkv %.2e (from a "
+      "BF16 out %.2e), lse %.2e, %zu written past lse, BF16 out %zu off, BF16 qkv %zu off\n",
+      ok ? "ok  " : "FAIL", batch, tokens, heads, set, sh.parts_adjacent, out_error, dqkv_error,
+      dqkv_y16_error, lse_error, guard_written, out16_mismatches, qkv16_mismatches);
 }
 
 int main(void) {
@@ -234,7 +235,7 @@ int main(void) {
   attention_case(2, 16, 1, 0, 3);
   attention_case(2, 17, 2, 1, 4);
   attention_case(3, 33, 2, 0, 5);
-  attention_case(1, 129, 1, 1, 6); /* two parts, the second of one tile */
+  attention_case(2, 129, 1, 1, 6); /* two parts, the second of one tile; two images */
   attention_case(2, 197, 2, 0, 7); /* ViT at 224 px: 13 tiles, parts of 8 and 5 */
   attention_case(1, 250, 1, 1, 8);
   attention_case(1, 256, 1, 0, 9); /* two full parts */

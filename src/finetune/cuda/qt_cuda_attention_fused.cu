@@ -93,9 +93,9 @@ static __device__ __forceinline__ void qt__copy16(T *dst, const T *src) {
 #define QT_FA_BODY(call) call
 #endif
 
-/* The grid is (batch * heads, parts): the bodies' block number. */
+/* The grid is one-dimensional: the bodies' block number. */
 static __device__ __forceinline__ int block_index(void) {
-  return (int)(blockIdx.y * gridDim.x + blockIdx.x);
+  return (int)blockIdx.x;
 }
 
 /* Out is float, or BF16 for proj (QT__KEEP_ATTENTION_OUT); qkv (Q)
@@ -212,6 +212,11 @@ static int check_fits(size_t batch, size_t tokens, size_t c, size_t heads, const
                     who, batch, tokens, c, heads);
 }
 
+/* 1: the parts of a head in adjacent blocks (qt_fa::place_of), unless
+ * QT_CUDA_FA_PARTS_ADJACENT=0 (tools/gpu-check's faparts: row measures
+ * the other order); -1 until the environment has been read. */
+static int parts_adjacent = -1;
+
 static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads) {
   qt_fa::shape sh;
   sh.batch = (int)batch;
@@ -220,16 +225,17 @@ static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads
   sh.padded = (int)((tokens + 15) / 16 * 16);
   sh.c = c;
   sh.scale = (float)(1.0 / sqrt((double)QT_FA_HEAD));
+  sh.parts_adjacent = qt__cuda_switch_on("QT_CUDA_FA_PARTS_ADJACENT", &parts_adjacent);
   return sh;
 }
 
-/* Launches the kernel over (batch * heads, parts) blocks of QT_FA_WARPS
+/* Launches the kernel over batch * heads * parts blocks of QT_FA_WARPS
  * warps (shared_limit allowed the kernel the memory). */
 template <typename Kernel, typename... Args>
 static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const char *who,
                   const char *name, qt_err *err, Args... args) {
-  dim3 grid((unsigned)(sh.batch * sh.heads), (unsigned)qt_fa::parts(sh));
-  kernel<<<grid, QT_FA_WARPS * 32, qt_fa::shared_bytes(k, sh.padded)>>>(args...);
+  unsigned blocks = (unsigned)(sh.batch * sh.heads * qt_fa::parts(sh));
+  kernel<<<blocks, QT_FA_WARPS * 32, qt_fa::shared_bytes(k, sh.padded)>>>(args...);
   return qt__cuda_check_launch(err, who, name);
 }
 

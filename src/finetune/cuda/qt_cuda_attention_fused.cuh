@@ -87,12 +87,18 @@ struct shape {
   int batch, tokens, heads;
   int padded; /* tokens rounded up to a multiple of 16 */
   size_t c;
-  float scale; /* 1 / sqrt(64) */
+  float scale;        /* 1 / sqrt(64) */
+  int parts_adjacent; /* the block order below */
 };
 
-/* The grid: batch * heads blocks per part, parts enough for the tiles of
- * 16 rows at QT_FA_WARPS per block. Block number = part * (batch * heads)
- * + image * heads + head. */
+/* The grid: a block per (image, head) and part, parts enough for the
+ * tiles of 16 rows at QT_FA_WARPS per block. With parts_adjacent, block
+ * number = (image * heads + head) * parts + part: the parts of one head
+ * run side by side, and the second to stage the head's K and V (the dkv
+ * kernel: Q and dO) finds them in L2, where in the other order, part *
+ * (batch * heads) + image * heads + head, the second parts start after
+ * every first part and read them from memory again (ViT-B at batch 64:
+ * 58 MB of BF16 qkv a block of the network, past an H100's 50 MB of L2). */
 __host__ __device__ inline int parts(const shape &sh) {
   return (sh.padded / 16 + QT_FA_WARPS - 1) / QT_FA_WARPS;
 }
@@ -361,8 +367,10 @@ struct place {
 };
 
 __device__ inline place place_of(const shape &sh, int block) {
-  int per_part = sh.batch * sh.heads, bh = block % per_part;
-  return place{bh / sh.heads, bh % sh.heads, (block / per_part) * QT_FA_WARPS};
+  int n = parts(sh), per_part = sh.batch * sh.heads;
+  int bh = sh.parts_adjacent ? block / n : block % per_part;
+  int part = sh.parts_adjacent ? block % n : block / per_part;
+  return place{bh / sh.heads, bh % sh.heads, part * QT_FA_WARPS};
 }
 
 /* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); att: the
