@@ -77,8 +77,9 @@
  * and device memory: for qtune the memory in use after the steps less
  * that before the model (cudaMemGetInfo: the model, its arena and cuBLAS's
  * workspace), for PyTorch torch.cuda.max_memory_reserved. The CNNs move
- * with qt_cnn_to_backend and step AdamW with qt_cuda_optim_tensor_step
- * (moments on the device); their FLOPs are not counted. The per-phase
+ * with qt_cnn_to_backend and step AdamW with the op table's optim_steps,
+ * as a run does (qt__cuda_optim_steps: a launch per 40 tensors; moments on
+ * the device); their FLOPs are not counted. The per-phase
  * split (forward, loss, backward, AdamW) is host time: on the GPU the
  * backward's work is mostly counted under AdamW, whose end waits for it.
  *
@@ -464,9 +465,10 @@ typedef struct cnn_model {
   const int *labels;
   size_t batch;
   qt_optim_params hp;
-  const qt__ops *ops; /* the model's table: the optimizer step runs on it */
-  float *state;       /* (2 * trainable parameters) AdamW moments, on the model's backend */
-  long step;          /* AdamW steps taken */
+  const qt__ops *ops;      /* the model's table: the optimizer step runs on it */
+  float *state;            /* (2 * trainable parameters) AdamW moments, on the model's backend */
+  qt__optim_slice *slices; /* (tensors) the step's trainable tensors, as a run hands them over */
+  long step;               /* AdamW steps taken */
   int cuda;
 } cnn_model;
 
@@ -482,15 +484,16 @@ static int cnn_step(void *model, step_times *t, double *loss, qt_err *err) {
   double t3 = wall_now();
   c->step++;
   float *moments = c->state;
+  size_t count = 0;
   for (size_t i = 0; i < qt_cnn_tensor_count(c->cnn); i++) {
     qt_cnn_tensor p;
     qt_cnn_tensor_at(c->cnn, i, &p);
     if (!p.trainable) continue;
-    if (c->ops->optim_step(&c->hp, c->hp.lr, p.decay, c->step, p.data, p.grad, moments,
-                           moments + p.numel, p.numel, err) != 0)
-      return -1;
+    c->slices[count++] = (qt__optim_slice){p.data,  p.grad,   moments, moments + p.numel,
+                                           p.numel, c->hp.lr, c->step, p.decay};
     moments += 2 * p.numel;
   }
+  if (c->ops->optim_steps(&c->hp, c->slices, count, err) != 0) return -1;
   if (c->cuda && qt_cuda_synchronize(err) != 0) return -1;
   add_phases(t, t0, t1, t2, t3, wall_now());
   return 0;
@@ -498,7 +501,7 @@ static int cnn_step(void *model, step_times *t, double *loss, qt_err *err) {
 
 /* The same for a CNN of qt_cnn_arch.c: written to a temporary file, loaded,
  * then forward (TRAIN), loss, zero_grad, backward and an AdamW step of
- * every trainable tensor (the backend's optim_step) per step. */
+ * every trainable tensor (the backend's optim_steps, as a run's) per step. */
 static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   qt_err err;
   qt_err_clear(&err);
@@ -546,6 +549,10 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
   if (ops->alloc((void **)&model.state, state_bytes, &err) != 0 ||
       ops->zero(model.state, state_bytes, &err) != 0)
     goto fail;
+  if (!(model.slices = calloc(qt_cnn_tensor_count(cnn) + 1, sizeof *model.slices))) {
+    fprintf(stderr, "engine: out of memory for the optimizer's slices\n");
+    goto done;
+  }
   size_t pixels = 3 * (size_t)o->image_size * (size_t)o->image_size;
   images = malloc((size_t)o->batch * pixels * sizeof *images);
   labels = malloc((size_t)o->batch * sizeof *labels);
@@ -581,6 +588,7 @@ done:
   free(images);
   free(labels);
   ops->release(model.state);
+  free(model.slices);
   qt_cnn_free(cnn);
   qt_rng_free(rng);
   return status;

@@ -46,8 +46,12 @@
 struct __nv_bfloat16 {
   float x;
 };
-static inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {f}; }
-static inline float qt_emu_float(__nv_bfloat16 b) { return b.x; }
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  return {f};
+}
+static inline float qt_emu_float(__nv_bfloat16 b) {
+  return b.x;
+}
 #else
 struct __nv_bfloat16 {
   uint16_t x;
@@ -72,14 +76,18 @@ struct qt_emu_warp {
   std::barrier<> barrier{32};
   double slots[32];
   float mma_a[16][16], mma_b[16][8]; /* qt__mma_bf16_16816's operands */
-  const __nv_bfloat16 *rows[32];      /* qt__ldmatrix_x4's addresses */
+  const __nv_bfloat16 *rows[32];     /* qt__ldmatrix_x4's addresses */
 };
 inline thread_local int qt_emu_lane;
 inline thread_local qt_emu_warp *qt_emu_my_warp;
 inline thread_local std::barrier<> *qt_emu_my_block;
 
-static inline void __syncwarp() { qt_emu_my_warp->barrier.arrive_and_wait(); }
-static inline void __syncthreads() { qt_emu_my_block->arrive_and_wait(); }
+static inline void __syncwarp() {
+  qt_emu_my_warp->barrier.arrive_and_wait();
+}
+static inline void __syncthreads() {
+  qt_emu_my_block->arrive_and_wait();
+}
 
 /* The value of lane (this lane ^ offset). */
 static inline double qt_emu_exchange(double v, int offset) {
@@ -99,8 +107,21 @@ static inline double __shfl_xor_sync(unsigned mask, double v, int offset) {
 }
 /* CUDA's uncontracted float product and sum: the host's plain ones (x86-64
  * without -mfma contracts nothing). */
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+static inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+static inline float __fsub_rn(float a, float b) {
+  return a - b;
+}
+static inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+static inline float __fsqrt_rn(float a) {
+  return sqrtf(a);
+}
 /* CUDA's pair of BF16 values. */
 struct __nv_bfloat162 {
   __nv_bfloat16 x, y;
@@ -108,9 +129,15 @@ struct __nv_bfloat162 {
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
 }
-static inline float __bfloat162float(__nv_bfloat16 b) { return qt_emu_float(b); }
-static inline float __low2float(__nv_bfloat162 p) { return qt_emu_float(p.x); }
-static inline float __high2float(__nv_bfloat162 p) { return qt_emu_float(p.y); }
+static inline float __bfloat162float(__nv_bfloat16 b) {
+  return qt_emu_float(b);
+}
+static inline float __low2float(__nv_bfloat162 p) {
+  return qt_emu_float(p.x);
+}
+static inline float __high2float(__nv_bfloat162 p) {
+  return qt_emu_float(p.y);
+}
 
 /* mma.m16n8k16 with BF16 operands: d (16, 8) += a (16, 16) . b (16, 8) in
  * the PTX register layouts (lane = 4 g + t; a: [g][2t..], [g+8][2t..],

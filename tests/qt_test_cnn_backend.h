@@ -3,7 +3,7 @@
  * (MobileNetV2, ResNet, EfficientNet) on a backend against the CPU: two
  * models loaded from one randomly initialized checkpoint, one moved to the
  * backend, trained side by side on the same batches (forward, loss,
- * backward, AdamW through the backend's adamw_step on every trainable
+ * backward, AdamW through the backend's optim_steps on every trainable
  * tensor), with the losses, logits, gradients, parameters and batch norm
  * running statistics compared; and checkpoints saved on one backend and
  * resumed on the other. Shared by test_cnn_backend (the fake device of
@@ -152,22 +152,32 @@ static inline void cnn_trainer_move(cnn_trainer *tr, const qt__ops *to) {
   tr->ops = to;
 }
 
-/* One AdamW step with the backend's op on every trainable tensor of a unit
- * that is not frozen (decay on the tensors with qt_cnn_tensor.decay). */
+/* One AdamW step with the backend's op, as a run's, on every trainable
+ * tensor of a unit that is not frozen (decay on the tensors with
+ * qt_cnn_tensor.decay). */
 static inline void cnn_trainer_step(cnn_trainer *tr, qt_cnn_t *model, long trainable_from) {
-  qt_adamw_params hp = cnn_backend_adamw(), no_decay = hp;
-  no_decay.weight_decay = 0.0;
+  qt_adamw_params hp = cnn_backend_adamw();
+  qt_optim_params p = qt_optim_default_params(); /* AdamW, decay toward 0 */
+  p.lr = hp.lr;
+  p.beta1 = hp.beta1;
+  p.beta2 = hp.beta2;
+  p.eps = hp.eps;
+  p.weight_decay = hp.weight_decay;
   tr->step++;
-  size_t offset = 0;
-  for (size_t i = 0; i < qt_cnn_tensor_count(model); i++) {
+  size_t count = 0, offset = 0, n = qt_cnn_tensor_count(model);
+  qt__optim_slice *slices = calloc(n + 1, sizeof *slices);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(slices);
+  for (size_t i = 0; i < n; i++) {
     qt_cnn_tensor t;
     qt_cnn_tensor_at(model, i, &t);
     if (t.trainable && (t.head || t.unit >= trainable_from)) {
-      CHECK_RC(tr->ops->adamw_step(t.data, t.grad, tr->m + offset, tr->v + offset, t.numel,
-                                   t.decay ? &hp : &no_decay, tr->step, E));
+      slices[count++] = (qt__optim_slice){t.data,  t.grad, tr->m + offset, tr->v + offset,
+                                          t.numel, hp.lr,  tr->step,       t.decay};
     }
     offset += t.numel;
   }
+  CHECK_RC(tr->ops->optim_steps(&p, slices, count, E));
+  free(slices);
 }
 
 /* A model, its AdamW state and, with StochNorm, its own stream; for the

@@ -283,14 +283,9 @@ static inline int fake_cross_entropy_backward(float *dlogits, const float *probs
   FAKE_OP(op_calls, cross_entropy_backward(dlogits, probs, labels, soft_targets, smoothing, dloss,
                                            dloss_per_row, batch, classes, err));
 }
-static inline int fake_adamw_step(float *params, const float *grads, float *m, float *v, size_t n,
-                                  const qt_adamw_params *hp, long step, qt_err *err) {
-  FAKE_OP(op_calls, adamw_step(params, grads, m, v, n, hp, step, err));
-}
-static inline int fake_optim_step(const qt_optim_params *p, double lr, int decay, long step,
-                                  float *params, const float *grads, float *state1, float *state2,
-                                  size_t n, qt_err *err) {
-  FAKE_OP(op_calls, optim_step(p, lr, decay, step, params, grads, state1, state2, n, err));
+static inline int fake_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices,
+                                   size_t count, qt_err *err) {
+  FAKE_OP(op_calls, optim_steps(p, slices, count, err));
 }
 static inline int fake_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
   FAKE_OP(op_calls, axpy(x, a, y, n, err));
@@ -480,8 +475,7 @@ static inline const qt__ops *fake_device_ops(void) {
       .tokens_backward = fake_tokens_backward,
       .cross_entropy_forward = fake_cross_entropy_forward,
       .cross_entropy_backward = fake_cross_entropy_backward,
-      .adamw_step = fake_adamw_step,
-      .optim_step = fake_optim_step,
+      .optim_steps = fake_optim_steps,
       .sum_squares = fake_sum_squares,
       .scale = fake_scale,
       .l2sp_gradient = fake_l2sp_gradient,

@@ -235,7 +235,7 @@ int main(void) {
   attention_case(2, 16, 1, 0, 3);
   attention_case(2, 17, 2, 1, 4);
   attention_case(3, 33, 2, 0, 5);
-  attention_case(2, 129, 1, 1, 6); /* two parts, the second of one tile; two images */
+  attention_case(2, 129, 1, 0, 6); /* two parts, the second of one tile; two images */
   attention_case(2, 197, 2, 0, 7); /* ViT at 224 px: 13 tiles, parts of 8 and 5 */
   attention_case(1, 250, 1, 1, 8);
   attention_case(1, 256, 1, 0, 9); /* two full parts */

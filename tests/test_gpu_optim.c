@@ -2,6 +2,9 @@
  * test_gpu_optim.c - a run's optimizer arithmetic on a CUDA device against
  * qt_optim.c (label gpu; skips with 77 without a device): the step of
  * every optimizer kind with and without weight decay over three steps,
+ * and of 45 tensors in one call of the op table's optim_steps (Adam and
+ * AdamW in two launches, each tensor with its own learning rate, step and
+ * decay; a bad slice refused before any tensor changes),
  * L2-SP's gradient and SFA's average (with and without a reference), the
  * scaling of a clipped gradient, head dropout's products, GOODFIT's reference
  * step: bit-identical to the CPU, since the
@@ -11,6 +14,7 @@
 #include "qt_test.h"
 
 #include "finetune/qt_finetune.h"
+#include "finetune/qt_finetune_internal.h"
 #include "qt_test_gpu.h"
 
 static const size_t sizes[] = {1, 1000, 100003};
@@ -58,6 +62,66 @@ static void test_optimizer_steps(void) {
         free(s1);
         free(s2);
       }
+    }
+  }
+  qt_rng_free(rng);
+}
+
+/* The op table's optim_steps over 45 tensors (more than a launch's 40
+ * jobs) of sizes around a block's chunk of 4096 and empty ones, against
+ * qt_optim_tensor_step on each, bit for bit. */
+#define BATCH 45
+static void test_optimizer_steps_batched(void) {
+  static const size_t batch_sizes[] = {1, 1000, 4096, 4097, 100003, 0, 767};
+  qt_rng_t *rng = make_rng(7);
+  const qt_optim_kind kinds[] = {QT_OPTIM_KIND_ADAM, QT_OPTIM_KIND_ADAMW, QT_OPTIM_KIND_MOMENTUM};
+  for (size_t k = 0; k < 3; k++) {
+    qt_optim_params p = qt_optim_default_params();
+    p.kind = kinds[k];
+    p.weight_decay = 0.05;
+    float *x[BATCH], *g[BATCH], *s1[BATCH], *s2[BATCH];
+    qt__optim_slice slices[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+      size_t n = batch_sizes[i % 7];
+      x[i] = host_random(rng, n, 0.0, 1.0);
+      g[i] = host_random(rng, n, 0.0, 1e-2);
+      s1[i] = host_random(rng, n, 0.0, 1e-3);
+      s2[i] = host_random(rng, n, 1e-4, 0.0);
+      slices[i] = (qt__optim_slice){device_floats(x[i], n),
+                                    device_floats(g[i], n),
+                                    device_floats(s1[i], n),
+                                    device_floats(s2[i], n),
+                                    n,
+                                    1e-3 * (1 + i % 4),
+                                    1 + i % 3,
+                                    i % 2};
+    }
+    /* A slice without its moments: refused, and no tensor changed. */
+    qt__optim_slice bad = slices[BATCH - 1];
+    slices[BATCH - 1].state2 = NULL;
+    qt_err refused;
+    if (p.kind != QT_OPTIM_KIND_MOMENTUM) {
+      CU_ASSERT_EQUAL(qt__cuda_optim_steps(&p, slices, BATCH, &refused), QT_EINVAL);
+      expect_same("refused batch: the first tensor", slices[0].params, x[0], slices[0].n);
+    }
+    slices[BATCH - 1] = bad;
+    CHECK_RC(qt__cuda_optim_steps(&p, slices, BATCH, E));
+    for (int i = 0; i < BATCH; i++) {
+      const qt__optim_slice *q = &slices[i];
+      qt_optim_tensor_step(&p, q->lr, q->decay, q->step, x[i], g[i], s1[i], s2[i], q->n);
+      char what[96];
+      snprintf(what, sizeof what, "%s, tensor %d of one call", qt_optim_kind_name(p.kind), i);
+      expect_same(what, q->params, x[i], q->n);
+      expect_same(what, q->state1, s1[i], q->n);
+      if (p.kind != QT_OPTIM_KIND_MOMENTUM) expect_same(what, q->state2, s2[i], q->n);
+      qt_cuda_free(q->params);
+      qt_cuda_free((float *)q->grads);
+      qt_cuda_free(q->state1);
+      qt_cuda_free(q->state2);
+      free(x[i]);
+      free(g[i]);
+      free(s1[i]);
+      free(s2[i]);
     }
   }
   qt_rng_free(rng);
@@ -236,6 +300,7 @@ static void test_lora(void) {
 
 static const qt_test_case cases[] = {
     {"optimizer_steps", test_optimizer_steps},
+    {"optimizer_steps_batched", test_optimizer_steps_batched},
     {"l2sp_sfa_scale", test_l2sp_sfa_scale},
     {"spd", test_spd},
     {"goodfit", test_goodfit},

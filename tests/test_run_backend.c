@@ -324,7 +324,7 @@ static void test_profile(void) {
     if (i > 0) CU_ASSERT(t[i].seconds <= t[i - 1].seconds);
     seen_linear |= strcmp(t[i].name, "linear_forward") == 0;
     seen_attention |= strcmp(t[i].name, "attention_backward") == 0;
-    seen_step |= strcmp(t[i].name, "optim_step") == 0;
+    seen_step |= strcmp(t[i].name, "optim_steps") == 0;
   }
   CU_ASSERT(seen_linear && seen_attention && seen_step);
   /* Every timed call waited once (expect_same_weights's downloads too). */

@@ -79,11 +79,11 @@ static int layernorm_dweight_off(float *dinp, float *dweight, float *dbias, cons
   return rc;
 }
 
-static int adamw_double_decay(float *params, const float *grads, float *m, float *v, size_t n,
-                              const qt_adamw_params *hp, long step, qt_err *err) {
-  qt_adamw_params doubled = *hp;
+static int adamw_double_decay(const qt_optim_params *p, const qt__optim_slice *slices, size_t count,
+                              qt_err *err) {
+  qt_optim_params doubled = *p;
   doubled.weight_decay *= 2.0;
-  return qt__ops_cpu()->adamw_step(params, grads, m, v, n, &doubled, step, err);
+  return qt__ops_cpu()->optim_steps(&doubled, slices, count, err);
 }
 
 static void cnn_cases(void) {
@@ -139,7 +139,7 @@ static void test_wrong_cnn_ops_fail(void) {
   stand_in.conv2d_forward = conv_out_off;
   CU_ASSERT_EQUAL(cnn_verdict(), 1);
   stand_in = *qt__ops_cpu();
-  stand_in.adamw_step = adamw_double_decay;
+  stand_in.optim_steps = adamw_double_decay;
   CU_ASSERT_EQUAL(cnn_verdict(), 1);
 }
 
@@ -151,7 +151,7 @@ static void test_wrong_vit_ops_fail(void) {
   stand_in.layernorm_backward = layernorm_dweight_off;
   CU_ASSERT_EQUAL(vit_verdict(), 1);
   stand_in = *qt__ops_cpu();
-  stand_in.adamw_step = adamw_double_decay;
+  stand_in.optim_steps = adamw_double_decay;
   CU_ASSERT_EQUAL(vit_verdict(), 1);
 }
 

@@ -880,8 +880,10 @@ void qt_vit_zero_grad(qt_vit_t *vit);
  * since the last forward. */
 int qt_vit_backward(qt_vit_t *vit, qt_err *err);
 
-/* One AdamW step (qt_cpu_adamw_step per tensor, weight decay only where
- * qt_vit_tensor.decay is set, as timm's param_groups_weight_decay). The
+/* One AdamW step, a run's (qt_optim_tensor_step per tensor, the float
+ * expressions of qt_cpu_adamw_step; through the op table's optim_steps,
+ * on CUDA one launch per 40 tensors), weight decay only where
+ * qt_vit_tensor.decay is set, as timm's param_groups_weight_decay. The
  * step counter starts at 1 and lives in the model. */
 int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err);
 /* Steps taken so far. */

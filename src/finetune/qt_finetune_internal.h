@@ -47,6 +47,19 @@ int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr,
                            const float *v, size_t n, qt__adamw_coefficients *out, float *coupled,
                            qt_err *err);
 
+/* One tensor (or adapter factor) of a run's optimizer step: the arrays
+ * and scalars that qt_optim_tensor_step takes besides the optimizer's
+ * parameters (the op table's optim_steps). */
+typedef struct qt__optim_slice {
+  float *params;
+  const float *grads;
+  float *state1, *state2;
+  size_t n;
+  double lr; /* this tensor's learning rate this step */
+  long step; /* this tensor's steps, this one included */
+  int decay; /* weight decay toward 0 applies */
+} qt__optim_slice;
+
 /* ------------------------------------------------------------------------- */
 /* Head dropout and the feature hook (qt_head_hooks.c)                        */
 /* ------------------------------------------------------------------------- */
@@ -254,13 +267,13 @@ typedef struct qt__ops {
   int (*cross_entropy_backward)(float *dlogits, const float *probs, const int *labels,
                                 const float *soft_targets, float smoothing, const float *dloss,
                                 int dloss_per_row, size_t batch, size_t classes, qt_err *err);
-  int (*adamw_step)(float *params, const float *grads, float *m, float *v, size_t n,
-                    const qt_adamw_params *hp, long step, qt_err *err);
 
   /* A run's optimizer arithmetic, as qt_cuda_optim_tensor_step and the
-   * functions after it (qt_finetune.h, "Optimizers"). */
-  int (*optim_step)(const qt_optim_params *p, double lr, int decay, long step, float *params,
-                    const float *grads, float *state1, float *state2, size_t n, qt_err *err);
+   * functions after it (qt_finetune.h, "Optimizers"); optim_steps steps
+   * `count` tensors, each as qt_optim_tensor_step (the CUDA table's Adam
+   * and AdamW in one launch per QT_ADAM_JOBS tensors, qt__cuda_optim_steps). */
+  int (*optim_steps)(const qt_optim_params *p, const qt__optim_slice *slices, size_t count,
+                     qt_err *err);
   /* *acc += sum x^2, acc one double of the backend's memory. */
   int (*sum_squares)(const float *x, size_t n, double *acc, qt_err *err);
   int (*scale)(float *x, float c, size_t n, qt_err *err);
@@ -397,6 +410,13 @@ size_t qt__ops_profile_read(qt__op_time *out, size_t cap);
 int qt__ops_move_arrays(const qt__ops *from, const qt__ops *to, void *const *dst,
                         const void *const *src, size_t count, size_t bytes, const char *family,
                         qt_err *err);
+
+/* The CUDA op table's optim_steps: qt_cuda_optim_tensor_step on each
+ * slice, Adam and AdamW as one launch per QT_ADAM_JOBS tensors
+ * (qt_cuda_optim.cuh), every slice checked before the first launch.
+ * QT_ENODEV in a build without CUDA. */
+int qt__cuda_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices, size_t count,
+                         qt_err *err);
 
 /* qt_cuda_linear_backward, qt_cuda_gelu_backward and
  * qt_cuda_attention_backward with the op table's `set`: 1 writes dinp

@@ -316,10 +316,14 @@ static int cpu_se_backward(float *dinp, float *dw_reduce, float *db_reduce, floa
 /* CPU: a run's optimizer arithmetic                                          */
 /* ------------------------------------------------------------------------- */
 
-static int cpu_optim_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
-                          const float *grads, float *state1, float *state2, size_t n, qt_err *err) {
+static int cpu_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices, size_t count,
+                           qt_err *err) {
   (void)err;
-  qt_optim_tensor_step(p, lr, decay, step, params, grads, state1, state2, n);
+  for (size_t i = 0; i < count; i++) {
+    const qt__optim_slice *s = &slices[i];
+    qt_optim_tensor_step(p, s->lr, s->decay, s->step, s->params, s->grads, s->state1, s->state2,
+                         s->n);
+  }
   return 0;
 }
 
@@ -442,8 +446,7 @@ static const qt__ops cpu_ops = {
     .tokens_backward = cpu_tokens_backward,
     .cross_entropy_forward = cpu_cross_entropy_forward,
     .cross_entropy_backward = cpu_cross_entropy_backward,
-    .adamw_step = qt_cpu_adamw_step,
-    .optim_step = cpu_optim_step,
+    .optim_steps = cpu_optim_steps,
     .sum_squares = cpu_sum_squares,
     .scale = cpu_scale,
     .l2sp_gradient = cpu_l2sp_gradient,
@@ -517,8 +520,7 @@ static const qt__ops cuda_ops = {
     .tokens_backward = qt_cuda_tokens_backward,
     .cross_entropy_forward = qt_cuda_cross_entropy_forward,
     .cross_entropy_backward = qt_cuda_cross_entropy_backward,
-    .adamw_step = qt_cuda_adamw_step,
-    .optim_step = qt_cuda_optim_tensor_step,
+    .optim_steps = qt__cuda_optim_steps,
     .sum_squares = qt_cuda_sum_squares,
     .scale = qt_cuda_scale,
     .l2sp_gradient = qt_cuda_l2sp_gradient,

@@ -197,14 +197,9 @@ TIMED(cross_entropy_backward,
        float smoothing, const float *dloss, int dloss_per_row, size_t batch, size_t classes,
        qt_err *err),
       (dlogits, probs, labels, soft_targets, smoothing, dloss, dloss_per_row, batch, classes, err))
-TIMED(adamw_step,
-      (float *params, const float *grads, float *m, float *v, size_t n, const qt_adamw_params *hp,
-       long step, qt_err *err),
-      (params, grads, m, v, n, hp, step, err))
-TIMED(optim_step,
-      (const qt_optim_params *p, double lr, int decay, long step, float *params, const float *grads,
-       float *state1, float *state2, size_t n, qt_err *err),
-      (p, lr, decay, step, params, grads, state1, state2, n, err))
+TIMED(optim_steps,
+      (const qt_optim_params *p, const qt__optim_slice *slices, size_t count, qt_err *err),
+      (p, slices, count, err))
 TIMED(sum_squares, (const float *x, size_t n, double *acc, qt_err *err), (x, n, acc, err))
 TIMED(scale, (float *x, float c, size_t n, qt_err *err), (x, c, n, err))
 TIMED(l2sp_gradient,
@@ -329,8 +324,7 @@ static qt__ops profiled = {
     .tokens_backward = timed_tokens_backward,
     .cross_entropy_forward = timed_cross_entropy_forward,
     .cross_entropy_backward = timed_cross_entropy_backward,
-    .adamw_step = timed_adamw_step,
-    .optim_step = timed_optim_step,
+    .optim_steps = timed_optim_steps,
     .sum_squares = timed_sum_squares,
     .scale = timed_scale,
     .l2sp_gradient = timed_l2sp_gradient,

@@ -106,9 +106,10 @@ struct qt_run {
   long goodfit_phase;      /* batches done in the current GOODFIT cycle, 0..n_ref */
   int (*stop)(void *user); /* the stop hook (qt_run_set_stop), NULL: none */
   void *stop_user;
-  int stopped;     /* 1 after an epoch was abandoned by the stop hook */
-  double *scalars; /* (4) doubles of the backend's memory, allocated at the first step that
-                      needs them: clipping's sum of squares, SPD's three statistics */
+  int stopped;             /* 1 after an epoch was abandoned by the stop hook */
+  double *scalars;         /* (4) doubles of the backend's memory, allocated at the first step that
+                              needs them: clipping's sum of squares, SPD's three statistics */
+  qt__optim_slice *slices; /* (2 n_tensors): an optimizer step's tensors, for optim_steps */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -809,6 +810,7 @@ void qt_run_free(qt_run_t *run) {
   (run->ops ? run->ops : qt__ops_cpu())->release(run->scalars);
   free(run->tensors);
   free(run->trainable);
+  free(run->slices);
   qt_model_free(run->model);
   qt_model_free(run->source);
   cotuning_free(run->cot);
@@ -869,7 +871,8 @@ static int run_create(const qt_run_spec *spec, qt_run_t **out, qt_err *err) {
   run->n_tensors = qt_model_tensor_count(run->model);
   run->tensors = calloc(run->n_tensors, sizeof *run->tensors);
   run->trainable = calloc(run->n_tensors, 1);
-  if (!run->tensors || !run->trainable) {
+  run->slices = calloc(2 * run->n_tensors + 1, sizeof *run->slices);
+  if (!run->tensors || !run->trainable || !run->slices) {
     qt_run_free(run);
     return qt_err_set(err, QT_ENOMEM, "out of memory for a run");
   }
@@ -1231,8 +1234,9 @@ static int spd_step(qt_run_t *run, double lr, long step, const param_slice *q, q
   base.decay = QT_DECAY_KIND_NONE;
   int rc = run_scalars(run, err);
   double *stats = run->scalars + 1;
+  qt__optim_slice one = {q->data, q->grad, q->s1, q->s2, q->n, lr, step, 0};
   if (rc == 0) rc = ops->spd_stats(q->data, q->grad, q->ref, q->n, stats, err);
-  if (rc == 0) rc = ops->optim_step(&base, lr, 0, step, q->data, q->grad, q->s1, q->s2, q->n, err);
+  if (rc == 0) rc = ops->optim_steps(&base, &one, 1, err);
   if (rc == 0)
     rc = ops->spd_project(q->data, q->ref, q->n, run->spec.optim.weight_decay, stats, err);
   return rc;
@@ -1291,6 +1295,10 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
     double coef = o->clip_grad / (norm + 1e-6);
     if (coef < 1.0) clip = coef;
   }
+  /* The plain steps of all tensors go to the backend in one call (the
+   * CUDA table's Adam takes them in a few launches, not one per tensor);
+   * SPD's statistics and projection wrap each tensor's step on its own. */
+  size_t steps = 0;
   for (size_t i = 0; i < run->n_tensors; i++) {
     if (run->trainable[i] != MASK_STEP) continue;
     run_tensor *t = &run->tensors[i];
@@ -1305,10 +1313,11 @@ static int optimizer_step(qt_run_t *run, double lr, qt_err *err) {
       if (o->decay == QT_DECAY_KIND_SPD)
         RUN_TRY(spd_step(run, lr * scale, t->steps, q, err));
       else
-        RUN_TRY(ops->optim_step(o, lr * scale, q->decay, t->steps, q->data, q->grad, q->s1, q->s2,
-                                q->n, err));
+        run->slices[steps++] =
+            (qt__optim_slice){q->data, q->grad, q->s1, q->s2, q->n, lr * scale, t->steps, q->decay};
     }
   }
+  if (steps) RUN_TRY(ops->optim_steps(o, run->slices, steps, err));
   cotuning_step(run, lr, clip);
   run->global_step++;
   if (run->spec.sfa) {

@@ -103,7 +103,8 @@ struct qt_vit {
   const qt__ops *ops;     /* the backend every array below lives on */
 
   /* Parameters: four arrays in the order of the table, backend memory. */
-  tensor_entry *entries; /* (n_entries) */
+  tensor_entry *entries;   /* (n_entries) */
+  qt__optim_slice *slices; /* (n_entries) qt_vit_adamw_step's, for the op table's optim_steps */
   size_t n_entries;
   size_t n_params;
   float *params; /* (n_params) values */
@@ -446,7 +447,8 @@ static int vit_create(const qt_vit_config *config, size_t max_batch, qt_vit_t **
   vit->g.blocks = calloc(depth, sizeof *vit->g.blocks);
   vit->acts = calloc(depth, sizeof *vit->acts);
   vit->entries = calloc(max_entries(config->depth), sizeof *vit->entries);
-  if (!vit->p.blocks || !vit->g.blocks || !vit->acts || !vit->entries) goto oom;
+  vit->slices = calloc(max_entries(config->depth), sizeof *vit->slices);
+  if (!vit->p.blocks || !vit->g.blocks || !vit->acts || !vit->entries || !vit->slices) goto oom;
   build_table(vit);
   QT_ASSERT(vit->n_entries <= max_entries(config->depth));
   vit->params = calloc(vit->n_params, sizeof *vit->params);
@@ -475,6 +477,7 @@ void qt_vit_free(qt_vit_t *vit) {
   free(vit->g.blocks);
   free(vit->acts);
   free(vit->entries);
+  free(vit->slices);
   const qt__ops *ops = vit->ops;
   ops->release(vit->params);
   ops->release(vit->grads);
@@ -1235,17 +1238,26 @@ int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err) {
                              NULL, err);
   if (rc < 0) return rc;
   long step = vit->step + 1;
-  qt_adamw_params no_decay = *hp;
-  no_decay.weight_decay = 0.0;
+  /* A run's AdamW (qt_optim_tensor_step, on the CPU the same float
+   * expressions as qt_cpu_adamw_step), every tensor in one call. */
+  qt_optim_params p = qt_optim_default_params();
+  p.kind = QT_OPTIM_KIND_ADAMW;
+  p.decay = QT_DECAY_KIND_WEIGHT_DECAY;
+  p.lr = hp->lr;
+  p.beta1 = hp->beta1;
+  p.beta2 = hp->beta2;
+  p.eps = hp->eps;
+  p.weight_decay = hp->weight_decay;
   for (size_t i = 0; i < vit->n_entries; i++) {
     const tensor_entry *e = &vit->entries[i];
     size_t o = e->offset;
-    rc = vit->ops->adamw_step(vit->params + o, vit->grads + o, vit->m + o, vit->v + o, e->numel,
-                              e->decay ? hp : &no_decay, step, err);
-    /* The arguments were checked above; a device can still fail. The step
-     * counter then stays, and the run fails. */
-    if (rc < 0) return rc;
+    vit->slices[i] = (qt__optim_slice){vit->params + o, vit->grads + o, vit->m + o, vit->v + o,
+                                       e->numel,        hp->lr,         step,       e->decay};
   }
+  /* The arguments were checked above; a device can still fail. The step
+   * counter then stays, and the run fails. */
+  rc = vit->ops->optim_steps(&p, vit->slices, vit->n_entries, err);
+  if (rc < 0) return rc;
   vit->step = step;
   return 0;
 }

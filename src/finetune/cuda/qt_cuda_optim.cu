@@ -20,6 +20,7 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 #include "finetune/cuda/qt_cuda_internal.h"
+#include "finetune/cuda/qt_cuda_optim.cuh"
 
 /* Blocks for n elements, grid-stride beyond QT_CUDA_MAX_BLOCKS. */
 static unsigned grid_for(size_t n) {
@@ -57,23 +58,17 @@ static __global__ void momentum_kernel(float *__restrict__ x, const float *__res
 }
 
 /* Adam (coupled decay through the gradient) and AdamW (decoupled decay in
- * c.decay), as qt_optim_tensor_step. */
-static __global__ void adam_kernel(float *__restrict__ x, const float *__restrict__ grad,
-                                   float *__restrict__ m, float *__restrict__ v, float coupled,
-                                   qt__adamw_coefficients c, size_t n) {
-  GRID_STRIDE(i, n) {
-    float p = x[i];
-    float g = __fadd_rn(grad[i], __fmul_rn(coupled, p));
-    float m_new = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(c.one_minus_beta1, g));
-    float v_new =
-        __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
-    m[i] = m_new;
-    v[i] = v_new;
-    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v_new), c.bias_correction2_sqrt), c.eps);
-    x[i] = __fsub_rn(__fsub_rn(p, __fmul_rn(c.decay, p)),
-                     __fmul_rn(c.step_size, __fdiv_rn(m_new, denom)));
-  }
+ * c.decay), as qt_optim_tensor_step: one tensor (qt_cuda_optim.cuh). */
+static __global__ void adam_kernel(const qt__adam_job a) {
+  GRID_STRIDE(i, a.n) qt_optim::adam_element(a, i);
 }
+
+/* The same for the tensors of a launch's jobs. */
+static __global__ void __launch_bounds__(QT_CUDA_THREADS)
+    adam_jobs_kernel(const qt__adam_jobs jobs) {
+  qt_optim::adam_jobs_block(jobs, blockIdx.x, threadIdx.x, blockDim.x);
+}
+static_assert(sizeof(qt__adam_jobs) <= 4096, "a launch's jobs must fit CUDA's 4 KB of arguments");
 
 /* The sums of the reductions, per element in double: x^2 (clipping);
  * with d = x - ref (ref NULL: x), y d and d^2 (SPD's statistics, x the
@@ -211,16 +206,73 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
     case QT_OPTIM_KIND_ADAM:
     case QT_OPTIM_KIND_ADAMW: {
       if (!state1 || !state2) return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
-      qt__adamw_coefficients c;
-      float coupled;
-      int rc = qt__optim_adam_prepare(who, p, lr, wd, step, params, grads, state1, state2, n, &c,
-                                      &coupled, err);
+      qt__adam_job a = {params, grads, state1, state2, n, {}, 0.0f};
+      int rc = qt__optim_adam_prepare(who, p, lr, wd, step, params, grads, state1, state2, n, &a.c,
+                                      &a.coupled, err);
       if (rc < 0) return rc;
-      adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, state2, coupled, c, n);
+      adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(a);
       return launched(who, "the Adam kernel", err);
     }
   }
   return qt_err_set(err, QT_EINVAL, "%s: unknown optimizer kind %d", who, (int)p->kind);
+}
+
+/* A slice's Adam job, checked (qt__optim_adam_prepare). */
+static int adam_job(const qt_optim_params *p, const qt__optim_slice *s, qt__adam_job *a,
+                    const char *who, qt_err *err) {
+  if (!s->params || !s->grads) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
+  if (!s->state1 || !s->state2)
+    return qt_err_set(err, QT_EINVAL, "%s: Adam needs its moments", who);
+  double wd = s->decay ? qt_optim_zero_decay(p) : 0.0;
+  *a = {s->params, s->grads, s->state1, s->state2, s->n, {}, 0.0f};
+  return qt__optim_adam_prepare(who, p, s->lr, wd, s->step, s->params, s->grads, s->state1,
+                                s->state2, s->n, &a->c, &a->coupled, err);
+}
+
+static int launch_jobs(const qt__adam_jobs &jobs, const char *who, qt_err *err) {
+  if (jobs.count == 0) return 0;
+  adam_jobs_kernel<<<jobs.first_block[jobs.count], QT_CUDA_THREADS>>>(jobs);
+  return launched(who, "the Adam kernel for several tensors", err);
+}
+
+extern "C" int qt__cuda_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices,
+                                    size_t count, qt_err *err) {
+  const char *who = "qt__cuda_optim_steps";
+  if (!p) return qt_err_set(err, QT_EINVAL, "%s: NULL parameters", who);
+  if (count && !slices) return qt_err_set(err, QT_EINVAL, "%s: NULL slices", who);
+  if (p->kind != QT_OPTIM_KIND_ADAM && p->kind != QT_OPTIM_KIND_ADAMW) {
+    for (size_t i = 0; i < count; i++) {
+      const qt__optim_slice *s = &slices[i];
+      int rc = qt_cuda_optim_tensor_step(p, s->lr, s->decay, s->step, s->params, s->grads,
+                                         s->state1, s->state2, s->n, err);
+      if (rc < 0) return rc;
+    }
+    return 0;
+  }
+  /* Every slice checked before the first launch: a bad one changes nothing. */
+  for (size_t i = 0; i < count; i++) {
+    qt__adam_job a;
+    int rc = slices[i].n ? adam_job(p, &slices[i], &a, who, err) : 0;
+    if (rc < 0) return rc;
+    if (qt_optim::blocks_of(slices[i].n) > QT_ADAM_MAX_BLOCKS)
+      return qt_err_set(err, QT_EINVAL, "%s: a tensor of %zu elements is too large", who,
+                        slices[i].n);
+  }
+  qt__adam_jobs jobs;
+  jobs.count = 0;
+  jobs.first_block[0] = 0;
+  for (size_t i = 0; i < count; i++) {
+    qt__adam_job a;
+    if (slices[i].n == 0) continue;
+    adam_job(p, &slices[i], &a, who, err); /* checked above */
+    if (!qt_optim::add_job(jobs, a)) {
+      int rc = launch_jobs(jobs, who, err);
+      if (rc < 0) return rc;
+      jobs.count = 0;
+      qt_optim::add_job(jobs, a);
+    }
+  }
+  return launch_jobs(jobs, who, err);
 }
 
 /* Sums term<kind> over n elements into *acc (add: += , else =), queued:

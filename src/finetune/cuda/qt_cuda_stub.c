@@ -164,6 +164,11 @@ int qt__cuda_attention_fused_fits(size_t batch, size_t tokens, size_t c, size_t 
   return 0;
 }
 
+int qt__cuda_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices, size_t count,
+                         qt_err *err) {
+  return QT_CUDA_STUB("qt__cuda_optim_steps");
+}
+
 int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv, size_t batch,
                                      size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt__cuda_attention_fused_forward");
