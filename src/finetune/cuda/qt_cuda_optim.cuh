@@ -69,20 +69,37 @@ inline bool add_job(qt__adam_jobs &jobs, const qt__adam_job &a) {
   return true;
 }
 
-/* Element i of a job: the moments, then the parameter. */
-__device__ inline void adam_element(const qt__adam_job &a, size_t i) {
+/* One element's values, as loaded. */
+struct adam_values {
+  float x, grad, m, v;
+};
+
+__device__ inline adam_values adam_load(const qt__adam_job &a, size_t i) {
+  return adam_values{a.x[i], a.grad[i], a.m[i], a.v[i]};
+}
+
+/* Element i of a job from its values: the moments, then the parameter. */
+__device__ inline void adam_store(const qt__adam_job &a, size_t i, const adam_values &e) {
   const qt__adamw_coefficients &c = a.c;
-  float p = a.x[i];
-  float g = __fadd_rn(a.grad[i], __fmul_rn(a.coupled, p));
-  float m_new = __fadd_rn(__fmul_rn(c.beta1, a.m[i]), __fmul_rn(c.one_minus_beta1, g));
-  float v_new =
-      __fadd_rn(__fmul_rn(c.beta2, a.v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
+  float p = e.x;
+  float g = __fadd_rn(e.grad, __fmul_rn(a.coupled, p));
+  float m_new = __fadd_rn(__fmul_rn(c.beta1, e.m), __fmul_rn(c.one_minus_beta1, g));
+  float v_new = __fadd_rn(__fmul_rn(c.beta2, e.v), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
   a.m[i] = m_new;
   a.v[i] = v_new;
   float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v_new), c.bias_correction2_sqrt), c.eps);
   a.x[i] = __fsub_rn(__fsub_rn(p, __fmul_rn(c.decay, p)),
                      __fmul_rn(c.step_size, __fdiv_rn(m_new, denom)));
 }
+
+__device__ inline void adam_element(const qt__adam_job &a, size_t i) {
+  adam_store(a, i, adam_load(a, i));
+}
+
+/* Elements per thread whose loads are issued before any of their stores:
+ * the compiler cannot tell a store from the next element's loads apart,
+ * so one element at a time would keep only its 4 loads in flight. */
+#define QT_ADAM_UNROLL 4
 
 /* Block `block` of a launch over `jobs`, thread tid of `threads`: its
  * job's elements [QT_ADAM_CHUNK k, QT_ADAM_CHUNK (k + 1)) for the job's
@@ -94,7 +111,19 @@ __device__ inline void adam_jobs_block(const qt__adam_jobs &jobs, unsigned block
   const qt__adam_job &a = jobs.job[j];
   size_t first = (size_t)(block - jobs.first_block[j]) * QT_ADAM_CHUNK;
   size_t end = first + QT_ADAM_CHUNK < a.n ? first + QT_ADAM_CHUNK : a.n;
-  for (size_t i = first + tid; i < end; i += threads) adam_element(a, i);
+  for (size_t i0 = first + tid; i0 < end; i0 += QT_ADAM_UNROLL * (size_t)threads) {
+    adam_values e[QT_ADAM_UNROLL];
+#pragma unroll
+    for (int u = 0; u < QT_ADAM_UNROLL; u++) {
+      size_t i = i0 + (size_t)u * threads;
+      if (i < end) e[u] = adam_load(a, i);
+    }
+#pragma unroll
+    for (int u = 0; u < QT_ADAM_UNROLL; u++) {
+      size_t i = i0 + (size_t)u * threads;
+      if (i < end) adam_store(a, i, e[u]);
+    }
+  }
 }
 
 } /* namespace qt_optim */
