@@ -235,12 +235,18 @@ static int launch_jobs(const qt__adam_jobs &jobs, const char *who, qt_err *err) 
   return launched(who, "the Adam kernel for several tensors", err);
 }
 
+/* 1: Adam's tensors share launches, unless QT_CUDA_ADAM_JOBS=0 (one
+ * launch per tensor, to measure the two: tools/gpu-check's adam1: row);
+ * -1 until the environment has been read. */
+static int adam_jobs = -1;
+
 extern "C" int qt__cuda_optim_steps(const qt_optim_params *p, const qt__optim_slice *slices,
                                     size_t count, qt_err *err) {
   const char *who = "qt__cuda_optim_steps";
   if (!p) return qt_err_set(err, QT_EINVAL, "%s: NULL parameters", who);
   if (count && !slices) return qt_err_set(err, QT_EINVAL, "%s: NULL slices", who);
-  if (p->kind != QT_OPTIM_KIND_ADAM && p->kind != QT_OPTIM_KIND_ADAMW) {
+  if ((p->kind != QT_OPTIM_KIND_ADAM && p->kind != QT_OPTIM_KIND_ADAMW) ||
+      !qt__cuda_switch_on("QT_CUDA_ADAM_JOBS", &adam_jobs)) {
     for (size_t i = 0; i < count; i++) {
       const qt__optim_slice *s = &slices[i];
       int rc = qt_cuda_optim_tensor_step(p, s->lr, s->decay, s->step, s->params, s->grads,
