@@ -6,7 +6,8 @@
  * `gpu` tests check the compiled kernels on a device.
  *
  *   - One host thread per CUDA thread; qt_emu_launch runs the blocks one
- *     after the other, the threads of a block at once.
+ *     after the other, the threads of a block at once (one team of
+ *     threads for all the blocks).
  *   - __syncwarp and __syncthreads are barriers over the warp's 32 threads
  *     and over the block; __shfl_xor_sync (float and double) exchanges
  *     through the warp's slots between two barriers. A body whose lanes
@@ -208,28 +209,34 @@ static inline void qt__ldmatrix_x4_trans(__nv_bfloat162 r[4], const __nv_bfloat1
 
 /* Runs body(smem, block, thread, threads) for every block in turn, with
  * `threads` (a multiple of 32) host threads and `smem_bytes` of fresh
- * "shared memory" (128-byte aligned, 0xff bytes) per block. */
+ * "shared memory" (128-byte aligned, 0xff bytes) per block. One team of
+ * threads runs all the blocks, meeting between them: creating a team per
+ * block took most of these tests' time. */
 template <class Body>
 static void qt_emu_launch(int blocks, int threads, size_t smem_bytes, Body body) {
   size_t bytes = (smem_bytes + 127) / 128 * 128;
   unsigned char *smem = (unsigned char *)aligned_alloc(128, bytes ? bytes : 128);
   if (!smem || threads % 32 != 0) abort();
-  for (int block = 0; block < blocks; block++) {
-    memset(smem, 0xff, bytes);
-    std::barrier<> block_barrier(threads);
-    std::vector<std::unique_ptr<qt_emu_warp>> warps;
-    for (int w = 0; w < threads / 32; w++) warps.push_back(std::make_unique<qt_emu_warp>());
-    std::vector<std::thread> team;
-    for (int t = 0; t < threads; t++) {
-      team.emplace_back([&, t] {
-        qt_emu_lane = t % 32;
-        qt_emu_my_warp = warps[t / 32].get();
-        qt_emu_my_block = &block_barrier;
+  std::barrier<> block_barrier(threads);
+  std::vector<std::unique_ptr<qt_emu_warp>> warps;
+  for (int w = 0; w < threads / 32; w++) warps.push_back(std::make_unique<qt_emu_warp>());
+  /* The last thread to finish a block gives the next one fresh shared
+   * memory, while the others wait. */
+  auto fresh = [&]() noexcept { memset(smem, 0xff, bytes); };
+  std::barrier<decltype(fresh)> next_block(threads, fresh);
+  std::vector<std::thread> team;
+  for (int t = 0; t < threads; t++) {
+    team.emplace_back([&, t] {
+      qt_emu_lane = t % 32;
+      qt_emu_my_warp = warps[t / 32].get();
+      qt_emu_my_block = &block_barrier;
+      for (int block = 0; block < blocks; block++) {
+        next_block.arrive_and_wait();
         body(smem, block, t, threads);
-      });
-    }
-    for (std::thread &thread : team) thread.join();
+      }
+    });
   }
+  for (std::thread &thread : team) thread.join();
   free(smem);
 }
 
