@@ -618,11 +618,11 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
  *     tokens when that is more (the fused backward's row sums); batch is
  *     the largest batch the scratch serves.
  * Matrix products run on cuBLAS in the precision that
- * qt_cuda_set_matmul_precision chose (FP32 by default); reductions (row statistics, log-sum-exp, column sums
- * for bias, layer-norm and layer-scale gradients) accumulate in double as
- * on the CPU. tests/test_gpu_ops.c checks each op against its CPU twin
- * (docs/cuda.md gives the tolerances). Built without CUDA, every function
- * here returns QT_ENODEV ("built without CUDA"); qt_cuda_free does nothing.
+ * qt_cuda_set_matmul_precision chose (FP32 by default); reductions (row statistics, log-sum-exp,
+ * column sums for bias, layer-norm and layer-scale gradients) accumulate in double as on the CPU.
+ * tests/test_gpu_ops.c checks each op against its CPU twin (docs/cuda.md gives the tolerances).
+ * Built without CUDA, every function here returns QT_ENODEV ("built without CUDA"); qt_cuda_free
+ * does nothing.
  */
 
 /* Device memory for tests and callers written in C: qt_cuda_malloc stores a
@@ -651,7 +651,6 @@ int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err);
 int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, qt_err *err);
 int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
                       size_t cols, size_t rows, qt_err *err);
-
 
 /* How the CUDA ops compute their matrix products (every cuBLAS call: the
  * linear layers, attention's products, the convolutions' GEMMs). Storage
@@ -2006,8 +2005,8 @@ const float *qt_mlp_logits(const qt_mlp_t *mlp);
 /* The mean cross-entropy of the last forward, as qt_cnn_loss: labels
  * (batch) with label_smoothing in [0, 1), or soft_targets (batch,
  * num_classes) when labels is NULL. *loss may be NULL. */
-int qt_mlp_loss(qt_mlp_t *mlp, const int *labels, const float *soft_targets,
-                double label_smoothing, double *loss, qt_err *err);
+int qt_mlp_loss(qt_mlp_t *mlp, const int *labels, const float *soft_targets, double label_smoothing,
+                double *loss, qt_err *err);
 void qt_mlp_zero_grad(qt_mlp_t *mlp);
 /* Adds d loss / d parameter to the gradients (of the trainable units and
  * the head). QT_EINVAL without a loss since the last forward. */
@@ -2294,8 +2293,8 @@ int qt_model_to_backend(qt_model_t *model, qt_backend_kind kind, qt_err *err);
  * batch norms of trainable blocks of a CNN, channel draws from another
  * stream of (seed, epoch); a ViT has no batch norm, so it changes nothing
  * there, as in Quick-Tune. Not implemented yet: the dropout of timm < 0.9
- * inside the blocks (pos/proj/MLP), drop path, adapters on convolutional families and the MLP family
- * (QT_ENOTIMPL from qt_run_init).
+ * inside the blocks (pos/proj/MLP), drop path, adapters on convolutional families and the MLP
+ * family (QT_ENOTIMPL from qt_run_init).
  */
 
 typedef enum qt_optim_kind {
@@ -2437,8 +2436,7 @@ int qt_cuda_axpy(float *x, float a, const float *y, size_t n, qt_err *err);
 /* qt_goodfit_project on the device, with stats two doubles of device
  * memory as scratch: the sums in double (in another order), the
  * conditional update on the device (nothing waits). */
-int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *stats,
-                            qt_err *err);
+int qt_cuda_goodfit_project(float *grads, const float *delta, size_t n, double *stats, qt_err *err);
 /* SPD's halves (qt_optim_spd_stats, qt_optim_spd_project) with stats three
  * doubles of device memory: the projection reads them on the device, so an
  * SPD step waits for nothing. Sums in double in another order than the
@@ -2687,8 +2685,8 @@ typedef struct qt_run_spec {
   int stoch_norm;              /* 1: StochNorm (p = 0.5) on the batch norms of trainable units
                                   (qt_cnn_set_stoch_norm); no effect on the ViT families */
   /* Execution. */
-  uint64_t seed; /* fixes the new head, batch order and augmentation */
-  int threads;   /* preprocessing threads (results do not depend on it) */
+  uint64_t seed;          /* fixes the new head, batch order and augmentation */
+  int threads;            /* preprocessing threads (results do not depend on it) */
   qt_backend_kind device; /* where the model trains (default cpu) */
   int amp; /* 1: mixed precision on a device (QT_MATMUL_BF16 products during the run's epochs
               and evaluations, FP32 master weights); the CPU computes in FP32 regardless.
@@ -2761,10 +2759,10 @@ qt_run_spec qt_run_default_spec(void);
  * decay on its weight only, no layer decay, L2-SP or SFA; inside gradient
  * clipping's global norm). Run checkpoints store it as
  * "cotuning.source_head.weight" and ".bias" with their optimizer state; R
- * is recomputed on load. With GOODFIT it is QT_ENOTIMPL. opt goodfit sets goodfit (another opt clears it);
- * goodfit_n_ref, goodfit_lr_ref_ratio and goodfit_main (sgd, momentum,
- * adam, adamw; not in the space yet) set its values. Other names are
- * QT_ENOENT, bad values QT_EINVAL (ranges are checked by qt_run_init).
+ * is recomputed on load. With GOODFIT it is QT_ENOTIMPL. opt goodfit sets goodfit (another opt
+ * clears it); goodfit_n_ref, goodfit_lr_ref_ratio and goodfit_main (sgd, momentum, adam, adamw; not
+ * in the space yet) set its values. Other names are QT_ENOENT, bad values QT_EINVAL (ranges are
+ * checked by qt_run_init).
  */
 int qt_run_spec_set(qt_run_spec *spec, const char *name, const char *value, qt_err *err);
 
@@ -2939,8 +2937,8 @@ void qt_cotuning_relationship_finalize(const double *sum, const double *count, s
  * finite; sizes >= 1; labels in [0, n_target); else QT_EINVAL. */
 int qt_cotuning_penalty(const float *features, size_t batch, size_t dim, const float *w,
                         const float *b, size_t n_src, const float *r, size_t n_target,
-                        const int32_t *labels, const float *weights, double lambda,
-                        double *penalty, float *dfeat, float *dw, float *db, qt_err *err);
+                        const int32_t *labels, const float *weights, double lambda, double *penalty,
+                        float *dfeat, float *dw, float *db, qt_err *err);
 /* end of run section */
 
 #ifdef __cplusplus
