@@ -157,12 +157,7 @@ static inline void cnn_trainer_move(cnn_trainer *tr, const qt__ops *to) {
  * qt_cnn_tensor.decay). */
 static inline void cnn_trainer_step(cnn_trainer *tr, qt_cnn_t *model, long trainable_from) {
   qt_adamw_params hp = cnn_backend_adamw();
-  qt_optim_params p = qt_optim_default_params(); /* AdamW, decay toward 0 */
-  p.lr = hp.lr;
-  p.beta1 = hp.beta1;
-  p.beta2 = hp.beta2;
-  p.eps = hp.eps;
-  p.weight_decay = hp.weight_decay;
+  qt_optim_params p = qt__optim_params_adamw(&hp);
   tr->step++;
   size_t count = 0, offset = 0, n = qt_cnn_tensor_count(model);
   qt__optim_slice *slices = calloc(n + 1, sizeof *slices);

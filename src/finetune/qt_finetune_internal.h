@@ -42,6 +42,9 @@ int qt__adamw_prepare(const char *who, const float *params, const float *grads, 
 /* The same for a run's Adam or AdamW step (qt_optim_tensor_step and its
  * CUDA twin): p's betas and eps at lr, weight decay wd decoupled for
  * AdamW; *coupled is the decay Adam adds to the gradient (0 for AdamW). */
+/* A run's optimizer parameters for the fused AdamW step's: AdamW with
+ * decoupled decay toward 0, no clipping or layer decay. */
+qt_optim_params qt__optim_params_adamw(const qt_adamw_params *hp);
 int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr, double wd,
                            long step, const float *params, const float *grads, const float *m,
                            const float *v, size_t n, qt__adamw_coefficients *out, float *coupled,

@@ -104,6 +104,16 @@ int qt_optim_params_check(const qt_optim_params *p, qt_err *err) {
   return 0;
 }
 
+qt_optim_params qt__optim_params_adamw(const qt_adamw_params *hp) {
+  qt_optim_params p = qt_optim_default_params(); /* AdamW, decay toward 0 */
+  p.lr = hp->lr;
+  p.beta1 = hp->beta1;
+  p.beta2 = hp->beta2;
+  p.eps = hp->eps;
+  p.weight_decay = hp->weight_decay;
+  return p;
+}
+
 int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr, double wd,
                            long step, const float *params, const float *grads, const float *m,
                            const float *v, size_t n, qt__adamw_coefficients *out,

@@ -1240,14 +1240,7 @@ int qt_vit_adamw_step(qt_vit_t *vit, const qt_adamw_params *hp, qt_err *err) {
   long step = vit->step + 1;
   /* A run's AdamW (qt_optim_tensor_step, on the CPU the same float
    * expressions as qt_cpu_adamw_step), every tensor in one call. */
-  qt_optim_params p = qt_optim_default_params();
-  p.kind = QT_OPTIM_KIND_ADAMW;
-  p.decay = QT_DECAY_KIND_WEIGHT_DECAY;
-  p.lr = hp->lr;
-  p.beta1 = hp->beta1;
-  p.beta2 = hp->beta2;
-  p.eps = hp->eps;
-  p.weight_decay = hp->weight_decay;
+  qt_optim_params p = qt__optim_params_adamw(hp);
   for (size_t i = 0; i < vit->n_entries; i++) {
     const tensor_entry *e = &vit->entries[i];
     size_t o = e->offset;
