@@ -239,18 +239,12 @@ static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const 
   return qt__cuda_check_launch(err, who, name);
 }
 
-/* A BF16 qkv is read in pairs of 32 bits: its start must be 4-byte
- * aligned (the rows, 3 c values, and the heads' offsets are even). */
-static int check_qkv(const void *qkv, size_t bytes, const char *who, qt_err *err) {
-  if (bytes == sizeof(float) || (uintptr_t)qkv % 4 == 0) return 0;
-  return qt_err_set(err, QT_EINVAL, "%s: a BF16 qkv must start on a 4-byte boundary", who);
-}
-
-/* The same for a BF16 dout or out (rows of c values, the heads' offsets
- * even). */
-static int check_rows(const void *rows, size_t bytes, const char *name, const char *who,
-                      qt_err *err) {
-  if (bytes == sizeof(float) || (uintptr_t)rows % 4 == 0) return 0;
+/* A BF16 array that the kernels read in pairs of 32 bits (qkv, dout, the
+ * backward's out: rows of 3 c or c values, the heads' offsets even) must
+ * start on a 4-byte boundary. */
+static int check_pairs(const void *a, size_t bytes, const char *name, const char *who,
+                       qt_err *err) {
+  if (bytes == sizeof(float) || (uintptr_t)a % 4 == 0) return 0;
   return qt_err_set(err, QT_EINVAL, "%s: a BF16 %s must start on a 4-byte boundary", who, name);
 }
 
@@ -260,7 +254,7 @@ static int fused_forward(T *out, float *att, const Q *qkv, size_t batch, size_t 
   int rc = check_fits(batch, tokens, c, heads, who, err);
   if (rc < 0) return rc;
   if (!out || !att || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
+  if ((rc = check_pairs(qkv, sizeof *qkv, "qkv", who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
   return launch(fused_forward_kernel<T, Q>, qt_fa::FORWARD, sh, who, "the fused attention kernel",
                 err, out, att, qkv, sh);
@@ -302,9 +296,9 @@ static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, 
   if (!dqkv || !scratch || !dout || !qkv || !att || !out) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  if ((rc = check_qkv(qkv, sizeof *qkv, who, err)) < 0) return rc;
-  if ((rc = check_rows(dout, sizeof *dout, "dout", who, err)) < 0) return rc;
-  if ((rc = check_rows(out, sizeof *out, "out", who, err)) < 0) return rc;
+  if ((rc = check_pairs(qkv, sizeof *qkv, "qkv", who, err)) < 0) return rc;
+  if ((rc = check_pairs(dout, sizeof *dout, "dout", who, err)) < 0) return rc;
+  if ((rc = check_pairs(out, sizeof *out, "out", who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
   rc = launch(fused_backward_dq_kernel<Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who,
               "the fused attention dq kernel", err, dqkv, scratch, dout, out, qkv, att, sh, set);
