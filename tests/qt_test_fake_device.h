@@ -41,6 +41,10 @@ static struct fake_device {
   fake_block pins[FAKE_DEVICE_MAX_PINS]; /* host arrays page-locked through the table */
   int refuse_pins;                       /* 1: pin fails, as cudaHostRegister may */
   long pinned_uploads;                   /* uploads whose source lies in a pinned array */
+  int streams;                           /* streams made through the table and not destroyed */
+  void *stream;                          /* the current one (stream_use); NULL: the default */
+  long default_stream_calls;             /* calls of the counters above with none current */
+  int refuse_streams;                    /* 1: stream_create fails, as on a device out of memory */
   long bf16_calls;                       /* calls of fake_device_bf16_ops' ops with BF16 arrays */
   int bf16_qkv_off;         /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
   int bf16_hidden_off;      /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
@@ -146,11 +150,37 @@ static inline int fake_pinned(const void *src, size_t bytes) {
   return 0;
 }
 
+/* Streams: tokens, the current one recorded, so that tests can tell
+ * which calls a run made on its own. */
+static inline int fake_stream_create(void **out, qt_err *err) {
+  *out = NULL;
+  if (fake_device.refuse_streams)
+    return qt_err_set(err, QT_ENOMEM, "fake device: no memory for a stream");
+  *out = malloc(1);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(*out);
+  fake_device.streams++;
+  return 0;
+}
+
+static inline void *fake_stream_use(void *stream) {
+  void *previous = fake_device.stream;
+  fake_device.stream = stream;
+  return previous;
+}
+
+static inline void fake_stream_destroy(void *stream) {
+  if (!stream) return;
+  if (fake_device.stream == stream) fake_device.stream = NULL;
+  fake_device.streams--;
+  free(stream);
+}
+
 /* The CPU's function `name` with the fake's memory open while it runs. */
 #define FAKE_OP(counter, call)                                             \
   do {                                                                     \
     fake_device.counter++;                                                 \
     if (fake_device.precision == QT_MATMUL_BF16) fake_device.under_bf16++; \
+    if (!fake_device.stream) fake_device.default_stream_calls++;           \
     FAKE_OPEN();                                                           \
     int fake_rc_ = qt__ops_cpu()->call;                                    \
     FAKE_CLOSE();                                                          \
@@ -458,6 +488,9 @@ static inline const qt__ops *fake_device_ops(void) {
       .download = fake_download,
       .pin = fake_pin,
       .unpin = fake_unpin,
+      .stream_create = fake_stream_create,
+      .stream_use = fake_stream_use,
+      .stream_destroy = fake_stream_destroy,
       .linear_forward = fake_linear_forward,
       .linear_backward = fake_linear_backward,
       .layernorm_forward = fake_layernorm_forward,

@@ -28,6 +28,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1605,6 +1606,120 @@ static void test_linear_bias_broadcast(void) {
   CU_ASSERT_EQUAL(qt__cuda_linear_lt_count(), before);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Streams                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* One thread's share of streams_concurrent: a linear backward with BF16
+ * products (the BF16 operands' scratch, the bias gradient's column sums,
+ * the cuBLAS handle) repeated on its inputs, on the thread's own stream or
+ * (stream 0) the default one; the gradients come back in dweight, dbias. */
+typedef struct stream_job {
+  int stream;
+  size_t n, in_c, out_c;
+  const float *inp, *weight, *dout;
+  float *dweight, *dbias; /* host, out_c * in_c and out_c */
+  int rc;
+  char message[256];
+} stream_job;
+
+#define STREAM_JOB_REPEATS 20
+
+static void *stream_job_run(void *arg) {
+  stream_job *j = arg;
+  qt_err err;
+  qt_cuda_stream_t *s = NULL, *previous = NULL;
+  float *d[5] = {NULL, NULL, NULL, NULL, NULL}; /* inp, weight, dout, dweight, dbias */
+  const float *h[3] = {j->inp, j->weight, j->dout};
+  size_t sizes[5] = {j->n * j->in_c, j->out_c * j->in_c, j->n * j->out_c, j->out_c * j->in_c,
+                     j->out_c};
+  int rc = j->stream ? qt_cuda_stream_create(&s, &err) : 0;
+  if (rc == 0) previous = qt_cuda_stream_use(s);
+  for (int k = 0; k < 5 && rc == 0; k++) {
+    rc = qt_cuda_malloc((void **)&d[k], sizes[k] * sizeof(float), &err);
+    if (rc == 0 && k < 3) rc = qt_cuda_copy_to_device(d[k], h[k], sizes[k] * sizeof(float), &err);
+  }
+  /* Every repeat starts from zero: the last one's sums are the result. */
+  for (int r = 0; r < STREAM_JOB_REPEATS && rc == 0; r++) {
+    rc = qt_cuda_zero(d[3], sizes[3] * sizeof(float), &err);
+    if (rc == 0) rc = qt_cuda_zero(d[4], sizes[4] * sizeof(float), &err);
+    if (rc == 0)
+      rc = qt_cuda_linear_backward(NULL, d[3], d[4], d[2], d[0], d[1], j->n, j->in_c, j->out_c,
+                                   &err);
+  }
+  if (rc == 0) rc = qt_cuda_copy_to_host(j->dweight, d[3], sizes[3] * sizeof(float), &err);
+  if (rc == 0) rc = qt_cuda_copy_to_host(j->dbias, d[4], sizes[4] * sizeof(float), &err);
+  for (int k = 0; k < 5; k++) qt_cuda_free(d[k]);
+  if (s) {
+    qt_cuda_stream_use(previous);
+    qt_cuda_stream_destroy(s);
+  }
+  j->rc = rc;
+  if (rc < 0) snprintf(j->message, sizeof j->message, "%s", qt_err_message(&err));
+  return NULL;
+}
+
+/* A stream of its own: the linear cases hold on it in FP32 and with BF16
+ * products, the thread's stream is what qt_cuda_stream_use set, and
+ * destroying the current stream leaves the default one current. */
+static void test_streams(void) {
+  qt_cuda_stream_t *s = NULL;
+  CHECK_RC(qt_cuda_stream_create(&s, E));
+  CU_ASSERT_PTR_NULL(qt_cuda_stream_use(s));
+  test_linear();
+  test_linear_bf16();
+  CU_ASSERT_PTR_EQUAL(qt_cuda_stream_use(s), s);
+  qt_cuda_stream_destroy(s);
+  CU_ASSERT_PTR_NULL(qt_cuda_stream_use(NULL)); /* the destroyed stream is no longer current */
+  test_linear();
+}
+
+/* Two threads at once, each on a stream of its own, each with its own
+ * scratch: with BF16 products, each thread's gradients equal bit for bit
+ * those of the same work done alone on the default stream (were the
+ * scratch shared, one thread's operands rounded into it could be read by
+ * the other's product). */
+static void test_streams_concurrent(void) {
+  enum { JOBS = 2 };
+  size_t n = 4096, in_c = 512, out_c = 768;
+  qt_rng_t *rng = make_rng(53);
+  stream_job jobs[JOBS], alone[JOBS];
+  float *arrays[JOBS][7];
+  for (int i = 0; i < JOBS; i++) {
+    arrays[i][0] = host_random(rng, n * in_c, 0.0, 1.0);
+    arrays[i][1] = host_random(rng, out_c * in_c, 0.0, 0.1);
+    arrays[i][2] = host_random(rng, n * out_c, 0.0, 1.0);
+    for (int k = 3; k < 7; k++) {
+      arrays[i][k] = malloc((k % 2 ? out_c * in_c : out_c) * sizeof(float));
+      CU_ASSERT_PTR_NOT_NULL_FATAL(arrays[i][k]);
+    }
+    jobs[i] = (stream_job){
+        1, n, in_c, out_c, arrays[i][0], arrays[i][1], arrays[i][2], arrays[i][3], arrays[i][4],
+        0, ""};
+    alone[i] = jobs[i];
+    alone[i].stream = 0;
+    alone[i].dweight = arrays[i][5];
+    alone[i].dbias = arrays[i][6];
+  }
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_BF16), QT_MATMUL_FP32);
+  for (int i = 0; i < JOBS; i++) stream_job_run(&alone[i]);
+  pthread_t threads[JOBS];
+  for (int i = 0; i < JOBS; i++)
+    CU_ASSERT_FATAL(pthread_create(&threads[i], NULL, stream_job_run, &jobs[i]) == 0);
+  for (int i = 0; i < JOBS; i++) pthread_join(threads[i], NULL);
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_BF16);
+  for (int i = 0; i < JOBS; i++) {
+    if (jobs[i].rc || alone[i].rc)
+      fprintf(stderr, "\n  stream job %d: %s%s\n", i, jobs[i].message, alone[i].message);
+    CU_ASSERT_EQUAL(jobs[i].rc, 0);
+    CU_ASSERT_EQUAL(alone[i].rc, 0);
+    CU_ASSERT(memcmp(jobs[i].dweight, alone[i].dweight, out_c * in_c * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(jobs[i].dbias, alone[i].dbias, out_c * sizeof(float)) == 0);
+    for (int k = 0; k < 7; k++) free(arrays[i][k]);
+  }
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"linear", test_linear},
     {"linear_tf32", test_linear_tf32},
@@ -1626,6 +1741,8 @@ static const qt_test_case cases[] = {
     {"failure_not_left_behind", test_failure_not_left_behind},
     {"linear_bias_epilogue", test_linear_bias_epilogue},
     {"linear_bias_broadcast", test_linear_bias_broadcast},
+    {"streams", test_streams},
+    {"streams_concurrent", test_streams_concurrent},
     {NULL, NULL},
 };
 

@@ -161,12 +161,17 @@ static qt_run_t *start(const qt_run_spec *s, const qt__ops *ops) {
   return run;
 }
 
+/* An epoch; on the fake device every op of it runs on the run's own
+ * stream, and the thread's stream is the default again after it. */
 static void epoch(qt_run_t *run, qt_run_epoch_result *r) {
   qt_err err;
+  long default_calls = fake_device.default_stream_calls;
   int rc = qt_run_epoch(run, r, &err);
   if (rc) fprintf(stderr, "\nqt_run_epoch: %s\n", qt_err_message(&err));
   CU_ASSERT_FATAL(rc == 0);
   CU_ASSERT_EQUAL(r->status, QT_RUN_STATUS_OK);
+  CU_ASSERT_EQUAL(fake_device.default_stream_calls, default_calls);
+  CU_ASSERT_PTR_NULL(fake_device.stream);
 }
 
 static void test_epochs_match_cpu(void) {
@@ -190,6 +195,7 @@ static void test_epochs_match_cpu(void) {
     qt_run_free(dev);
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
     CU_ASSERT_EQUAL(fake_pins_held(), 0);
+    CU_ASSERT_EQUAL(fake_device.streams, 0);
   }
 }
 
@@ -266,7 +272,9 @@ static void check_resume_across(const qt_run_spec *s, const qt__ops *first, cons
   qt_run_t *part = start(s, first);
   epoch(part, &got);
   expect_same_epoch(&got, &want[0], "before the checkpoint");
+  long default_calls = fake_device.default_stream_calls;
   CU_ASSERT_FATAL(qt_run_save(part, path, &err) == 0);
+  CU_ASSERT_EQUAL(fake_device.default_stream_calls, default_calls); /* on the run's stream */
   qt_run_free(part);
   part = NULL;
   int rc = qt__run_load_ops(path, s, second, &part, &err);
@@ -281,6 +289,7 @@ static void check_resume_across(const qt_run_spec *s, const qt__ops *first, cons
   qt_run_free(full);
   qt_run_free(part);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  CU_ASSERT_EQUAL(fake_device.streams, 0);
 }
 
 static void test_resume_across_backends(void) {
@@ -377,10 +386,22 @@ static void check_failed_move(const qt_run_spec *spec) {
     CU_ASSERT_EQUAL(rc, QT_ENOMEM);
     CU_ASSERT_PTR_NULL(run);
     CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+    CU_ASSERT_EQUAL(fake_device.streams, 0);
+    CU_ASSERT_PTR_NULL(fake_device.stream);
   }
   /* The loaded run holds reference weights and moments to move. */
   CU_ASSERT(failures > 10);
   CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  /* A stream that cannot be made fails the move before anything is. */
+  fake_device.refuse_streams = 1;
+  run = NULL;
+  qt_err err;
+  CU_ASSERT_EQUAL(qt__run_load_ops(path, &s, fake_device_ops(), &run, &err), QT_ENOMEM);
+  fake_device.refuse_streams = 0;
+  CU_ASSERT_PTR_NULL(run);
+  CU_ASSERT_PTR_NOT_NULL(strstr(qt_err_message(&err), "stream"));
+  CU_ASSERT_EQUAL(fake_blocks_held(), 0);
+  CU_ASSERT_EQUAL(fake_device.streams, 0);
 }
 
 static void test_failed_move(void) {

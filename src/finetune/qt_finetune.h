@@ -26,7 +26,8 @@
  *
  * Memory. The caller owns every array passed to an op. qt_cpu_* functions
  * take host pointers. qt_cuda_<op>() takes device pointers (memory from
- * cudaMalloc) and launches asynchronously on the default stream;
+ * cudaMalloc) and launches asynchronously on the calling thread's stream
+ * (qt_cuda_stream_use);
  * qt_cuda_<op>_host() takes host pointers, copies them to the device, runs the
  * op, copies the results back and frees its device memory before returning
  * (for tests and one-off use, not for the training loop).
@@ -138,7 +139,7 @@ int qt_cpu_adamw_step(float *params, const float *grads, float *m, float *v, siz
                       const qt_adamw_params *hp, long step, qt_err *err);
 
 /* The same step on the CUDA device, with device pointers. The kernel is
- * launched on the default stream and may still run when this returns; a
+ * launched on the thread's stream and may still run when this returns; a
  * launch failure is reported here, a later execution failure by the next
  * synchronizing call. Arguments are checked as in qt_cpu_adamw_step. CUDA
  * failures map to QT_ENOMEM (out of device memory), QT_EINVAL (the runtime
@@ -609,8 +610,10 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
  *     int of cuBLAS and of the launch grid (where the CPU asserts), and the
  *     CUDA / cuBLAS failures of qt_cuda_adamw_step (QT_ENOMEM, QT_EINVAL,
  *     QT_ENODEV);
- *   - work is queued on the default stream and may still run when the call
- *     returns (qt_cuda_synchronize waits; execution errors surface there);
+ *   - work is queued on the calling thread's stream (qt_cuda_stream_use;
+ *     the legacy default stream unless one was made current) and may still
+ *     run when the call returns (qt_cuda_synchronize waits; execution
+ *     errors surface there);
  *   - qt_cuda_attention_backward's scratch holds
  *     qt_cuda_attention_scratch_size(batch, tokens, heads) =
  *     max(batch, heads) * tokens * tokens floats (the CPU's: tokens *
@@ -627,7 +630,9 @@ void qt_cpu_resample_bicubic(float *out, float *scratch, const float *inp, size_
 
 /* Device memory for tests and callers written in C: qt_cuda_malloc stores a
  * cudaMalloc'ed block of `bytes` in *ptr (NULL for 0 bytes), qt_cuda_free
- * releases it (NULL is a no-op), the copies are synchronous cudaMemcpy's. */
+ * releases it (NULL is a no-op), the copies are synchronous: each waits for
+ * the work queued on the thread's stream before it, and returns when its
+ * bytes have arrived. */
 int qt_cuda_malloc(void **ptr, size_t bytes, qt_err *err);
 void qt_cuda_free(void *ptr);
 int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err);
@@ -643,7 +648,25 @@ int qt_cuda_synchronize(qt_err *err);
  * hundred MB: done once per buffer, not per copy. */
 int qt_cuda_host_register(void *ptr, size_t bytes, qt_err *err);
 void qt_cuda_host_unregister(void *ptr);
-/* Queued on the default stream: qt_cuda_zero sets `bytes` bytes to 0,
+/* A stream of device work and what that work uses: a CUDA stream of its
+ * own (blocking: ordered with the legacy default stream, so that work
+ * queued there by anyone, a cudaMemcpy say, still comes before or after
+ * it), the cuBLAS handle bound to it, and its own scratch blocks for the
+ * ops (partial sums, BF16 operands, cuBLASLt's workspace), so that work
+ * on two streams never shares a block. A run trains on one of its own
+ * (qt_run_t, through the op table). qt_cuda_stream_create makes one on
+ * the calling thread's device (QT_ENOMEM, QT_ENODEV as CUDA reports);
+ * qt_cuda_stream_destroy waits for its work and releases it (NULL is a
+ * no-op; a thread that had it current falls back to the default).
+ * qt_cuda_stream_use makes s the calling thread's stream (NULL: the legacy
+ * default stream and the device's own scratch) for every qt_cuda_* call
+ * after it, and returns the previous one, for the caller to restore; use
+ * a stream only on the device it was made on. */
+typedef struct qt_cuda_stream qt_cuda_stream_t;
+int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err);
+void qt_cuda_stream_destroy(qt_cuda_stream_t *s);
+qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s);
+/* Queued on the thread's stream: qt_cuda_zero sets `bytes` bytes to 0,
  * qt_cuda_copy_on_device copies between two device blocks, and
  * qt_cuda_copy_rows copies `rows` rows of `cols` floats from rows
  * `src_stride` floats apart to rows `dst_stride` floats apart. */
@@ -1640,7 +1663,7 @@ void qt_cpu_stochnorm_backward(float *dinp, float *dweight, float *dbias, const 
 /*
  * The convolutional layer ops above on a CUDA device, with the conventions
  * of "CUDA layer ops" (device arrays, a QT_E* code and qt_err last, the
- * default stream, QT_EINVAL for a NULL array the op needs, a bad shape or
+ * thread's stream, QT_EINVAL for a NULL array the op needs, a bad shape or
  * mode, or sizes beyond an int, where the CPU asserts). Differences from
  * the CPU twins:
  *   - qt_cuda_conv2d_*'s scratch holds qt_cuda_conv2d_scratch_size(shape)
@@ -2415,7 +2438,7 @@ int qt_sfa_due(long interval, long total_steps, long step);
 void qt_sfa_average(float *params, const float *ref, size_t n, double beta);
 
 /* The CUDA twins of the per-tensor arithmetic above (finetune/cuda/
- * qt_cuda_optim.cu), on device arrays, queued on the default stream, with a
+ * qt_cuda_optim.cu), on device arrays, queued on the thread's stream, with a
  * QT_E* code and qt_err last: each element is computed with the CPU's float
  * operations in its order (bit-identical results). qt_cuda_sum_squares
  * adds sum_i x_i^2 to *acc, one double in device memory (in double, in

@@ -158,6 +158,15 @@ typedef struct qt__ops {
    * whose memory is the host's. Failing to pin costs only speed. */
   int (*pin)(void *ptr, size_t bytes, qt_err *err);
   void (*unpin)(void *ptr);
+  /* A stream of the backend's own, for one run's work (on CUDA a
+   * qt_cuda_stream_t: its CUDA stream, cuBLAS handle and scratch).
+   * stream_create makes one; stream_use makes it the calling thread's for
+   * the ops after it (NULL: the backend's default) and returns the
+   * previous one; stream_destroy waits for its work and releases it (NULL
+   * is a no-op). All three NULL for a backend without streams (the CPU). */
+  int (*stream_create)(void **out, qt_err *err);
+  void *(*stream_use)(void *stream);
+  void (*stream_destroy)(void *stream);
 
   /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). The backward passes
    * of linear, GELU and attention take `set`: 1 writes the input gradient

@@ -481,6 +481,20 @@ static const qt__ops cpu_ops = {
     .se_backward = cpu_se_backward,
 };
 
+/* The CUDA table's streams: qt_cuda_stream_t behind the table's void *. */
+static int cuda_stream_create(void **out, qt_err *err) {
+  qt_cuda_stream_t *s = NULL;
+  int rc = qt_cuda_stream_create(&s, err);
+  *out = s;
+  return rc;
+}
+static void *cuda_stream_use(void *stream) {
+  return qt_cuda_stream_use(stream);
+}
+static void cuda_stream_destroy(void *stream) {
+  qt_cuda_stream_destroy(stream);
+}
+
 static const qt__ops cuda_ops = {
     .name = "cuda",
     .host_memory = 0,
@@ -493,6 +507,9 @@ static const qt__ops cuda_ops = {
     .download = qt_cuda_copy_to_host,
     .pin = qt_cuda_host_register,
     .unpin = qt_cuda_host_unregister,
+    .stream_create = cuda_stream_create,
+    .stream_use = cuda_stream_use,
+    .stream_destroy = cuda_stream_destroy,
     .linear_forward = qt_cuda_linear_forward,
     .linear_backward = qt__cuda_linear_backward,
     .layernorm_forward = qt_cuda_layernorm_forward,

@@ -364,6 +364,9 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profile.sync = sync;
   profiled.name = inner->name;
   profiled.host_memory = inner->host_memory;
+  profiled.stream_create = inner->stream_create;
+  profiled.stream_use = inner->stream_use;
+  profiled.stream_destroy = inner->stream_destroy;
   /* The optional ops: where the inner table has them. */
   profiled.bf16_activations = inner->bf16_activations ? pass_bf16_activations : NULL;
   profiled.attention_saved_size = inner->attention_saved_size ? pass_attention_saved_size : NULL;

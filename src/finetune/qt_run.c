@@ -82,6 +82,7 @@ struct qt_run {
   /* The backend of the model, of each run_tensor's arrays (tensor_arrays)
    * and of scalars; Co-Tuning's source head and the data are host memory. */
   const qt__ops *ops;
+  void *stream; /* the run's own stream on a backend with streams (run_move), else NULL */
   qt_model_t *model;
   qt_model_t *source;                /* DELTA's frozen pretrained copy (delta_reg > 0), else NULL */
   cotuning_state *cot;               /* Co-Tuning (cotuning_reg > 0), else NULL */
@@ -818,7 +819,19 @@ void qt_run_free(qt_run_t *run) {
   free(run->checkpoint);
   free(run->feature_mean);
   free(run->feature_std);
+  if (run->stream) run->ops->stream_destroy(run->stream);
   free(run);
+}
+
+/* The run's work between stream_enter and stream_leave is queued on its
+ * own stream (nothing changes on a backend without streams); the thread's
+ * previous stream comes back after. */
+static void *stream_enter(const qt_run_t *run) {
+  return run->stream ? run->ops->stream_use(run->stream) : NULL;
+}
+
+static void stream_leave(const qt_run_t *run, void *previous) {
+  if (run->stream) run->ops->stream_use(previous);
 }
 
 /* A run on the CPU: the model loaded, the data and the methods set up. */
@@ -1012,7 +1025,14 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   size_t n = run->n_tensors;
   float **fresh = calloc(RUN_ARRAYS * (n ? n : 1), sizeof *fresh);
   if (!fresh) return qt_err_set(err, QT_ENOMEM, "out of memory to move a run");
-  int rc = 0;
+  /* The stream first, so that the move's own copies are queued on it. */
+  void *stream = NULL, *previous = NULL;
+  int rc = ops->stream_create ? ops->stream_create(&stream, err) : 0;
+  if (rc < 0) {
+    free(fresh);
+    return qt_err_prefix(err, rc, "moving the run to %s", ops->name);
+  }
+  if (stream) previous = ops->stream_use(stream);
   for (size_t i = 0; i < n && rc == 0; i++) {
     float **slots[RUN_ARRAYS];
     size_t counts[RUN_ARRAYS];
@@ -1026,9 +1046,11 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   }
   if (rc == 0) rc = qt__model_set_ops(run->model, ops, err);
   if (rc == 0 && run->source) rc = qt__model_set_ops(run->source, ops, err);
+  if (stream) ops->stream_use(previous);
   if (rc < 0) {
     for (size_t k = 0; k < RUN_ARRAYS * n; k++) ops->release(fresh[k]);
     free(fresh);
+    if (stream) ops->stream_destroy(stream); /* after its work, which it waits for */
     return qt_err_prefix(err, rc, "moving the run to %s", ops->name);
   }
   for (size_t i = 0; i < n; i++) {
@@ -1045,6 +1067,7 @@ static int run_move(qt_run_t *run, const qt__ops *ops, qt_err *err) {
   run->ops->release(run->scalars);
   run->scalars = NULL;
   run->ops = ops;
+  run->stream = stream;
   overlap_batches(run);
   return 0;
 }
@@ -1533,9 +1556,11 @@ int qt_run_evaluate_test(qt_run_t *run, double *top1, double *top5, double *loss
     return qt_err_set(err, QT_EINVAL, "qt_run_evaluate_test: NULL argument");
   *top1 = *top5 = *loss = NAN;
   if (!run->test_it) return 0;
+  void *stream = stream_enter(run);
   qt_matmul_precision previous = amp_enter(run);
   int rc = evaluate(run, run->test_it, 0, top1, top5, loss, err);
   amp_leave(run, previous);
+  stream_leave(run, stream);
   return rc;
 }
 
@@ -1543,9 +1568,11 @@ static int run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err);
 
 int qt_run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   if (!run || !out) return qt_err_set(err, QT_EINVAL, "qt_run_epoch: NULL argument");
+  void *stream = stream_enter(run);
   qt_matmul_precision previous = amp_enter(run);
   int rc = run_epoch(run, out, err);
   amp_leave(run, previous);
+  stream_leave(run, stream);
   return rc;
 }
 
@@ -1805,8 +1832,17 @@ static const float *host_view(const qt_run_t *run, const float *p, size_t n, hos
   return copy;
 }
 
+static int run_save(const qt_run_t *run, const char *path, qt_err *err);
+
 int qt_run_save(const qt_run_t *run, const char *path, qt_err *err) {
   if (!run || !path) return qt_err_set(err, QT_EINVAL, "qt_run_save: NULL argument");
+  void *stream = stream_enter(run);
+  int rc = run_save(run, path, err);
+  stream_leave(run, stream);
+  return rc;
+}
+
+static int run_save(const qt_run_t *run, const char *path, qt_err *err) {
   if (run->diverged || run->stopped)
     return qt_err_set(err, QT_EINVAL, "qt_run_save: the run %s; not overwriting %s",
                       run->stopped ? "was stopped within an epoch" : "diverged", path);
@@ -2085,5 +2121,8 @@ fail:
 
 int qt_run_save_weights(const qt_run_t *run, const char *path, qt_err *err) {
   if (!run || !path) return qt_err_set(err, QT_EINVAL, "qt_run_save_weights: NULL argument");
-  return qt_model_save(run->model, path, err);
+  void *stream = stream_enter(run);
+  int rc = qt_model_save(run->model, path, err);
+  stream_leave(run, stream);
+  return rc;
 }

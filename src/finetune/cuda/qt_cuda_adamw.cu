@@ -49,7 +49,8 @@ static int launch_adamw_step(float *params, const float *grads, float *m, float 
                              const qt__adamw_coefficients &c, const char *who, qt_err *err) {
   size_t blocks = (n + kThreadsPerBlock - 1) / kThreadsPerBlock;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
-  adamw_step_kernel<<<(unsigned)blocks, kThreadsPerBlock>>>(params, grads, m, v, n, c);
+  adamw_step_kernel<<<(unsigned)blocks, kThreadsPerBlock, 0, qt__cuda_stream()>>>(params, grads, m,
+                                                                                  v, n, c);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) {
     char what[128];

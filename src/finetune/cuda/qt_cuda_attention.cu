@@ -126,7 +126,8 @@ extern "C" int qt_cuda_attention_forward(float *out, float *att, const float *qk
   }
   if (rc < 0) return rc;
   size_t rows = batch * heads * tokens;
-  softmax_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS>>>(att, rows, tokens);
+  softmax_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      att, rows, tokens);
   rc = qt__cuda_check_launch(err, who, "the softmax kernel");
   for (size_t o = 0; o < w.outer && rc == 0; o++) {
     const float *v = qkv + o * w.qkv_o + 2 * c;
@@ -173,8 +174,8 @@ extern "C" int qt__cuda_attention_backward(float *dqkv, float *scratch, const fl
     }
     if (rc == 0) {
       size_t rows = w.inner * tokens;
-      softmax_backward_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS>>>(
-          da, a, rows, tokens, (size_t)w.att_i);
+      softmax_backward_rows_kernel<<<qt__cuda_row_blocks(rows), QT_CUDA_THREADS, 0,
+                                     qt__cuda_stream()>>>(da, a, rows, tokens, (size_t)w.att_i);
       rc = qt__cuda_check_launch(err, who, "the softmax backward kernel");
     }
     /* dq_h += scale ds . k_h; dk_h += scale ds^T . q_h */

@@ -235,7 +235,8 @@ template <typename Kernel, typename... Args>
 static int launch(Kernel kernel, qt_fa::kernel k, const qt_fa::shape &sh, const char *who,
                   const char *name, qt_err *err, Args... args) {
   unsigned blocks = (unsigned)(sh.batch * sh.heads * qt_fa::parts(sh));
-  kernel<<<blocks, QT_FA_WARPS * 32, qt_fa::shared_bytes(k, sh.padded)>>>(args...);
+  kernel<<<blocks, QT_FA_WARPS * 32, qt_fa::shared_bytes(k, sh.padded), qt__cuda_stream()>>>(
+      args...);
   return qt__cuda_check_launch(err, who, name);
 }
 

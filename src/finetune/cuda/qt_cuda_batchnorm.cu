@@ -278,32 +278,37 @@ static int bn_forward(float *out, float *mean, float *rstd, float *running_mean,
                        momentum, train, NULL,         NULL,        0};
   unsigned blocks = (unsigned)(s.chunks * c), channel_blocks = qt__cuda_blocks(c);
   if (train || select) {
-    bn_sums_kernel<BN_MEAN><<<blocks, QT_CUDA_THREADS>>>(partial, stats, inp, NULL, NULL, NULL, s);
+    bn_sums_kernel<BN_MEAN><<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(partial, stats, inp,
+                                                                               NULL, NULL, NULL, s);
     rc = qt__cuda_check_launch(err, who, "the batch sums");
     if (rc == 0) {
-      bn_channel_kernel<BN_MEAN><<<channel_blocks, QT_CUDA_THREADS>>>(stats, partial, s, a);
+      bn_channel_kernel<BN_MEAN>
+          <<<channel_blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(stats, partial, s, a);
       rc = qt__cuda_check_launch(err, who, "the batch means");
     }
     if (rc == 0) {
-      bn_sums_kernel<BN_FORWARD>
-          <<<blocks, QT_CUDA_THREADS>>>(partial, stats, inp, NULL, NULL, NULL, s);
+      bn_sums_kernel<BN_FORWARD><<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+          partial, stats, inp, NULL, NULL, NULL, s);
       rc = qt__cuda_check_launch(err, who, "the batch sums of squares");
     }
   } else {
     s.chunks = 0; /* the running statistics only */
   }
   if (rc == 0) {
-    bn_channel_kernel<BN_FORWARD><<<channel_blocks, QT_CUDA_THREADS>>>(stats, partial, s, a);
+    bn_channel_kernel<BN_FORWARD>
+        <<<channel_blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(stats, partial, s, a);
     rc = qt__cuda_check_launch(err, who, "the statistics");
   }
   if (rc == 0) {
     size_t n = batch * c * hw;
     if (qt__cuda_int_indices(n))
-      bn_normalize_kernel<unsigned><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
-          out, inp, mean, rstd, weight, bias, s);
+      bn_normalize_kernel<unsigned>
+          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              out, inp, mean, rstd, weight, bias, s);
     else
-      bn_normalize_kernel<size_t><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
-          out, inp, mean, rstd, weight, bias, s);
+      bn_normalize_kernel<size_t>
+          <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              out, inp, mean, rstd, weight, bias, s);
     rc = qt__cuda_check_launch(err, who, "the normalization");
   }
   qt__cuda_sums_scratch_unlock();
@@ -317,11 +322,13 @@ static void bn_input_grad(float *dinp, const float *dy, const float *x, const fl
                           const unsigned char *select, int train, bn_shape s) {
   size_t n = s.batch * s.c * s.hw;
   if (qt__cuda_int_indices(n))
-    bn_input_grad_kernel<unsigned, set><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
-        dinp, dy, x, weight, mean, rstd, stats, select, train, s);
+    bn_input_grad_kernel<unsigned, set>
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            dinp, dy, x, weight, mean, rstd, stats, select, train, s);
   else
-    bn_input_grad_kernel<size_t, set><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(
-        dinp, dy, x, weight, mean, rstd, stats, select, train, s);
+    bn_input_grad_kernel<size_t, set>
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            dinp, dy, x, weight, mean, rstd, stats, select, train, s);
 }
 
 /* The backward of batch norm (select NULL; train: TRAIN mode) or StochNorm
@@ -341,10 +348,12 @@ static int bn_backward(float *dinp, float *dweight, float *dbias, const float *d
   bn_channel_args a = {NULL, NULL, NULL, NULL, NULL, 0.0f, 0.0f, 0, dweight, dbias, learn_affine};
   if (need_sums) {
     bn_sums_kernel<BN_BACKWARD>
-        <<<(unsigned)(s.chunks * c), QT_CUDA_THREADS>>>(partial, stats, inp, dout, mean, rstd, s);
+        <<<(unsigned)(s.chunks * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(partial, stats, inp,
+                                                                              dout, mean, rstd, s);
     rc = qt__cuda_check_launch(err, who, "the gradient sums");
     if (rc == 0) {
-      bn_channel_kernel<BN_BACKWARD><<<qt__cuda_blocks(c), QT_CUDA_THREADS>>>(stats, partial, s, a);
+      bn_channel_kernel<BN_BACKWARD>
+          <<<qt__cuda_blocks(c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(stats, partial, s, a);
       rc = qt__cuda_check_launch(err, who, "the affine gradients");
     }
   }

@@ -98,30 +98,33 @@ QT_ACT_BACKWARD_KERNEL(relu6_backward_kernel, relu6_grad)
 QT_ACT_BACKWARD_KERNEL(silu_backward_kernel, silu_grad)
 
 /* The launches of the activations: QT_EINVAL for a NULL array (n > 0). */
-#define QT_ACT_FORWARD(name, kernel, label)                                    \
-  extern "C" int name(float *out, const float *inp, size_t n, qt_err *err) {   \
-    if (n == 0) return 0;                                                      \
-    if (!out || !inp) return qt_err_set(err, QT_EINVAL, #name ": NULL array"); \
-    kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);  \
-    return qt__cuda_check_launch(err, #name, label);                           \
+#define QT_ACT_FORWARD(name, kernel, label)                                                     \
+  extern "C" int name(float *out, const float *inp, size_t n, qt_err *err) {                    \
+    if (n == 0) return 0;                                                                       \
+    if (!out || !inp) return qt_err_set(err, QT_EINVAL, #name ": NULL array");                  \
+    kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, inp, \
+                                                                                      n);       \
+    return qt__cuda_check_launch(err, #name, label);                                            \
   }
 /* qt__cuda_<act>_backward with the op table's `set`, and the public
  * qt_cuda_<act>_backward, which adds. */
-#define QT_ACT_BACKWARD(act, kernel, label)                                                   \
-  extern "C" int qt__cuda_##act##_backward(float *dinp, const float *dout, const float *inp,  \
-                                           size_t n, int set, qt_err *err) {                  \
-    const char *who = "qt_cuda_" #act "_backward";                                            \
-    if (n == 0) return 0;                                                                     \
-    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);     \
-    if (set)                                                                                  \
-      kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);  \
-    else                                                                                      \
-      kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n); \
-    return qt__cuda_check_launch(err, who, label);                                            \
-  }                                                                                           \
-  extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,   \
-                                          size_t n, qt_err *err) {                            \
-    return qt__cuda_##act##_backward(dinp, dout, inp, n, 0, err);                             \
+#define QT_ACT_BACKWARD(act, kernel, label)                                                     \
+  extern "C" int qt__cuda_##act##_backward(float *dinp, const float *dout, const float *inp,    \
+                                           size_t n, int set, qt_err *err) {                    \
+    const char *who = "qt_cuda_" #act "_backward";                                              \
+    if (n == 0) return 0;                                                                       \
+    if (!dinp || !dout || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);       \
+    if (set)                                                                                    \
+      kernel<true><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(  \
+          dinp, dout, inp, n);                                                                  \
+    else                                                                                        \
+      kernel<false><<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
+          dinp, dout, inp, n);                                                                  \
+    return qt__cuda_check_launch(err, who, label);                                              \
+  }                                                                                             \
+  extern "C" int qt_cuda_##act##_backward(float *dinp, const float *dout, const float *inp,     \
+                                          size_t n, qt_err *err) {                              \
+    return qt__cuda_##act##_backward(dinp, dout, inp, n, 0, err);                               \
   }
 
 QT_ACT_FORWARD(qt_cuda_relu_forward, relu_forward_kernel, "the ReLU kernel")
@@ -179,7 +182,7 @@ extern "C" int qt_cuda_global_avgpool_forward(float *out, const float *inp, size
   unsigned blocks = 0;
   int rc = row_blocks(rows, &blocks, who, err);
   if (rc < 0) return rc;
-  avgpool_forward_kernel<<<blocks, QT_CUDA_THREADS>>>(out, inp, rows, hw);
+  avgpool_forward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, inp, rows, hw);
   return qt__cuda_check_launch(err, who, "the average pooling kernel");
 }
 
@@ -189,8 +192,8 @@ extern "C" int qt_cuda_global_avgpool_backward(float *dinp, const float *dout, s
   size_t n = batch * c * hw;
   if (n == 0) return 0;
   if (!dinp || !dout) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
-  avgpool_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, n, hw,
-                                                                   1.0f / (float)hw);
+  avgpool_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      dinp, dout, n, hw, 1.0f / (float)hw);
   return qt__cuda_check_launch(err, who, "the average pooling backward kernel");
 }
 
@@ -307,7 +310,8 @@ extern "C" int qt_cuda_maxpool2d_forward(float *out, int32_t *argmax, const floa
   if (rc < 0) return rc;
   if (!out || !argmax || !inp) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   size_t n = s->batch * s->in_c * s->out_h * s->out_w;
-  maxpool_forward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out, argmax, inp, n, g);
+  maxpool_forward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, argmax,
+                                                                                        inp, n, g);
   return qt__cuda_check_launch(err, who, "the max pooling kernel");
 }
 
@@ -319,7 +323,8 @@ extern "C" int qt_cuda_maxpool2d_backward(float *dinp, const float *dout, const 
   if (rc < 0) return rc;
   if (!dinp || !dout || !argmax) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   size_t n = s->batch * s->in_c * s->in_h * s->in_w;
-  maxpool_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, argmax, n, g);
+  maxpool_backward_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      dinp, dout, argmax, n, g);
   return qt__cuda_check_launch(err, who, "the max pooling backward kernel");
 }
 
@@ -391,11 +396,12 @@ extern "C" int qt_cuda_se_forward(float *out, float *pooled, float *hidden_pre, 
   if (rc < 0) return rc;
   rc = qt_cuda_linear_forward(gate, hidden, w_expand, b_expand, batch, rd, c, err);
   if (rc < 0) return rc;
-  sigmoid_kernel<<<qt__cuda_blocks(batch * c), QT_CUDA_THREADS>>>(gate, batch * c);
+  sigmoid_kernel<<<qt__cuda_blocks(batch * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(gate,
+                                                                                        batch * c);
   rc = qt__cuda_check_launch(err, who, "the gate's sigmoid");
   if (rc < 0) return rc;
-  se_scale_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS>>>(out, inp, gate,
-                                                                        batch * c * hw, hw);
+  se_scale_kernel<<<qt__cuda_blocks(batch * c * hw), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      out, inp, gate, batch * c * hw, hw);
   return qt__cuda_check_launch(err, who, "the gate's scaling");
 }
 
@@ -421,14 +427,14 @@ extern "C" int qt_cuda_se_backward(float *dinp, float *dw_reduce, float *db_redu
   float *dpooled = dgate_pre + batch * c;    /* (batch, c) */
   float *dhidden = dpooled + batch * c;      /* (batch, rd) */
   float *dhidden_pre = dhidden + batch * rd; /* (batch, rd) */
-  cudaError_t status =
-      cudaMemsetAsync(scratch, 0, (2 * batch * c + 2 * batch * rd) * sizeof *scratch, 0);
+  cudaError_t status = cudaMemsetAsync(
+      scratch, 0, (2 * batch * c + 2 * batch * rd) * sizeof *scratch, qt__cuda_stream());
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_se_backward: memset");
   unsigned blocks = 0;
   int rc = row_blocks(batch * c, &blocks, who, err);
   if (rc < 0) return rc;
-  se_gate_backward_kernel<<<blocks, QT_CUDA_THREADS>>>(dinp, dgate_pre, dout, inp, gate, batch * c,
-                                                       hw);
+  se_gate_backward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      dinp, dgate_pre, dout, inp, gate, batch * c, hw);
   rc = qt__cuda_check_launch(err, who, "the gate's backward");
   if (rc < 0) return rc;
   rc = qt_cuda_linear_backward(dhidden, dw_expand, db_expand, dgate_pre, hidden, w_expand, batch,

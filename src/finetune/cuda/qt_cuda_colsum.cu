@@ -61,15 +61,15 @@ static int column_sums(float *dst0, float *dst1, const A *a, const B *b, const f
   qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
   dim3 block(32, 8), grid((unsigned)tiles, (unsigned)chunks);
   if (chunks == 1) {
-    colsum_kernel<kind, A, B>
-        <<<grid, block>>>(dst0, dst1, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
+    colsum_kernel<kind, A, B><<<grid, block, 0, qt__cuda_stream()>>>(
+        dst0, dst1, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
     return qt__cuda_check_launch(err, who, "the column sums");
   }
   double *partial = NULL;
   int rc = qt__cuda_sums_scratch_lock(2 * chunks * c, &partial, who, err);
   if (rc < 0) return rc;
-  colsum_kernel<kind, A, B>
-      <<<grid, block>>>(dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
+  colsum_kernel<kind, A, B><<<grid, block, 0, qt__cuda_stream()>>>(
+      dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
   rc = qt__cuda_check_launch(err, who, "the column sums");
   if (rc == 0) rc = qt__cuda_column_partials_add(dst0, dst1, partial, chunks, c, who, err);
   qt__cuda_sums_scratch_unlock();
@@ -102,7 +102,8 @@ extern "C" int qt__cuda_column_partials_add(float *dst0, float *dst1, const doub
   if (chunks == 0 || c == 0 || (!dst0 && !dst1)) return 0;
   if ((c + 31) / 32 > INT_MAX)
     return qt_err_set(err, QT_EINVAL, "%s: %zu columns are too many", who, c);
-  colsum_add_kernel<<<(unsigned)((c + 31) / 32), dim3(32, 8)>>>(dst0, dst1, partial, chunks, c);
+  colsum_add_kernel<<<(unsigned)((c + 31) / 32), dim3(32, 8), 0, qt__cuda_stream()>>>(
+      dst0, dst1, partial, chunks, c);
   return qt__cuda_check_launch(err, who, "the column sums' total");
 }
 

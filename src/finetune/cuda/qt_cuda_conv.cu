@@ -329,11 +329,13 @@ static int depthwise_weight_grad(float *dweight, const float *dout, const float 
                                    : depthwise_backward_weight_kernel<int, 3>)
                        : (one_term ? depthwise_backward_weight_kernel<long, 1>
                                    : depthwise_backward_weight_kernel<long, 3>);
-  kernel<<<(unsigned)blocks, QT_CUDA_THREADS>>>(dweight, partial, dout, inp, sh, sp);
+  kernel<<<(unsigned)blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(dweight, partial, dout, inp,
+                                                                      sh, sp);
   rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient");
   if (rc == 0 && sp.chunks > 1) {
-    depthwise_weight_total_kernel<<<qt__cuda_blocks(weights), QT_CUDA_THREADS>>>(
-        dweight, partial, (long)weights, sp.chunks);
+    depthwise_weight_total_kernel<<<qt__cuda_blocks(weights), QT_CUDA_THREADS, 0,
+                                    qt__cuda_stream()>>>(dweight, partial, (long)weights,
+                                                         sp.chunks);
     rc = qt__cuda_check_launch(err, who, "the depthwise weight gradient's total");
   }
   if (sp.chunks > 1) qt__cuda_sums_scratch_unlock();
@@ -402,10 +404,11 @@ static void im2col(float *col, const float *img, const conv_geometry &g, size_t 
   size_t cols = images * g.in_c * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
   size_t pixels = images * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(cols, pixels), g))
-    im2col_kernel<int>
-        <<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, geometry_as<int>(g), (int)images);
+    im2col_kernel<int><<<qt__cuda_blocks(cols), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        col, img, geometry_as<int>(g), (int)images);
   else
-    im2col_kernel<long><<<qt__cuda_blocks(cols), QT_CUDA_THREADS>>>(col, img, g, (long)images);
+    im2col_kernel<long><<<qt__cuda_blocks(cols), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        col, img, g, (long)images);
 }
 
 /* img += col2im of `images` images' columns (set: img = it). */
@@ -414,11 +417,11 @@ static void col2im_add(float *img, const float *col, const conv_geometry &g, siz
   size_t cols = images * g.in_c * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
   size_t pixels = images * g.in_c * g.in_h * g.in_w;
   if (int_indices(larger(cols, pixels), g))
-    col2im_add_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(
+    col2im_add_kernel<int><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
         img, col, geometry_as<int>(g), (int)images, set);
   else
-    col2im_add_kernel<long>
-        <<<qt__cuda_blocks(pixels), QT_CUDA_THREADS>>>(img, col, g, (long)images, set);
+    col2im_add_kernel<long><<<qt__cuda_blocks(pixels), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        img, col, g, (long)images, set);
 }
 
 /* The grid of the depthwise forward and input gradient over `planes`
@@ -466,7 +469,7 @@ static void depthwise_forward(float *out, const float *inp, const float *weight,
   dim3 grid = depthwise_grid(s->batch * s->out_c, s->out_h * s->out_w);
   depthwise_dispatch<false>(s, g, [&](auto k, auto, auto d) {
     depthwise_forward_kernel<decltype(k)::value>
-        <<<grid, QT_CUDA_THREADS>>>(out, inp, weight, bias, d);
+        <<<grid, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, inp, weight, bias, d);
   });
 }
 
@@ -475,7 +478,7 @@ static void depthwise_backward_input(float *dinp, const float *dout, const float
   dim3 grid = depthwise_grid(s->batch * s->in_c, s->in_h * s->in_w);
   depthwise_dispatch<true>(s, g, [&](auto k, auto st, auto d) {
     depthwise_backward_input_kernel<decltype(k)::value, decltype(st)::value>
-        <<<grid, QT_CUDA_THREADS>>>(dinp, dout, weight, d, set);
+        <<<grid, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(dinp, dout, weight, d, set);
   });
 }
 
@@ -503,8 +506,9 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
   size_t kdim = cg * s->kernel_h * s->kernel_w, p_count = s->out_h * s->out_w;
   int pointwise = is_pointwise(s);
   if (bias) {
-    conv_bias_broadcast_kernel<<<qt__cuda_blocks(out_elems), QT_CUDA_THREADS>>>(
-        out, bias, (long)out_elems, (long)s->out_c, (long)p_count);
+    conv_bias_broadcast_kernel<<<qt__cuda_blocks(out_elems), QT_CUDA_THREADS, 0,
+                                 qt__cuda_stream()>>>(out, bias, (long)out_elems, (long)s->out_c,
+                                                      (long)p_count);
     rc = qt__cuda_check_launch(err, who, "the bias broadcast");
     if (rc < 0) return rc;
   }
@@ -561,8 +565,8 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
   conv_geometry g = geometry_as<long>(*s);
   size_t p_count = s->out_h * s->out_w;
   if (dbias) {
-    conv_bias_grad_kernel<<<(unsigned)s->out_c, QT_CUDA_THREADS>>>(dbias, dout, (long)s->batch,
-                                                                   (long)s->out_c, (long)p_count);
+    conv_bias_grad_kernel<<<(unsigned)s->out_c, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        dbias, dout, (long)s->batch, (long)s->out_c, (long)p_count);
     rc = qt__cuda_check_launch(err, who, "the bias gradient");
     if (rc < 0) return rc;
   }

@@ -89,14 +89,17 @@ static int check_labels(const int *labels, size_t batch, size_t classes, const c
 #else
   int *bad = NULL;
   cudaError_t status = cudaMalloc((void **)&bad, sizeof *bad);
-  if (status == cudaSuccess) status = cudaMemset(bad, 0, sizeof *bad);
+  cudaStream_t stream = qt__cuda_stream();
+  if (status == cudaSuccess) status = cudaMemsetAsync(bad, 0, sizeof *bad, stream);
   if (status == cudaSuccess) {
-    check_labels_kernel<<<qt__cuda_blocks(batch), QT_CUDA_THREADS>>>(bad, labels, batch, classes);
+    check_labels_kernel<<<qt__cuda_blocks(batch), QT_CUDA_THREADS, 0, stream>>>(bad, labels, batch,
+                                                                                classes);
     status = cudaGetLastError();
   }
   int host_bad = 0;
   if (status == cudaSuccess)
-    status = cudaMemcpy(&host_bad, bad, sizeof host_bad, cudaMemcpyDeviceToHost);
+    status = cudaMemcpyAsync(&host_bad, bad, sizeof host_bad, cudaMemcpyDeviceToHost, stream);
+  if (status == cudaSuccess) status = cudaStreamSynchronize(stream);
   cudaFree(bad);
   if (status != cudaSuccess) {
     char what[128];
@@ -125,7 +128,7 @@ extern "C" int qt_cuda_cross_entropy_forward(float *losses, float *probs, const 
     int rc = check_labels(labels, batch, classes, who, err);
     if (rc < 0) return rc;
   }
-  cross_entropy_forward_kernel<<<(unsigned)batch, QT_CUDA_THREADS>>>(
+  cross_entropy_forward_kernel<<<(unsigned)batch, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
       losses, probs, logits, labels, soft_targets, smoothing, classes);
   return qt__cuda_check_launch(err, who, "the cross-entropy kernel");
 }
@@ -140,7 +143,7 @@ extern "C" int qt_cuda_cross_entropy_backward(float *dlogits, const float *probs
   if (!dlogits || !probs || !dloss || (!soft_targets && !labels)) {
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
-  cross_entropy_backward_kernel<<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(
+  cross_entropy_backward_kernel<<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
       dlogits, probs, labels, soft_targets, smoothing, dloss, dloss_per_row, batch, classes);
   return qt__cuda_check_launch(err, who, "the cross-entropy backward kernel");
 }

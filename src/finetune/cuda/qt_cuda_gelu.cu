@@ -43,7 +43,8 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 extern "C" int qt_cuda_gelu_forward(float *out, const float *inp, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!out || !inp) return qt_err_set(err, QT_EINVAL, "qt_cuda_gelu_forward: NULL array");
-  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(out, inp, n);
+  gelu_forward_kernel<<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      out, inp, n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_forward", "the GELU kernel");
 }
 
@@ -64,16 +65,20 @@ extern "C" int qt__cuda_gelu_forward_bf16(void *out, const void *inp, size_t n, 
   typedef __nv_bfloat16 bf16_t;
   switch (bf16) {
     case 0:
-      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((float *)out, (const float *)inp, n);
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>((float *)out,
+                                                                             (const float *)inp, n);
       break;
     case QT__BF16_INP:
-      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((float *)out, (const bf16_t *)inp, n);
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+          (float *)out, (const bf16_t *)inp, n);
       break;
     case QT__BF16_OUT:
-      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((bf16_t *)out, (const float *)inp, n);
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>((bf16_t *)out,
+                                                                             (const float *)inp, n);
       break;
     default:
-      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS>>>((bf16_t *)out, (const bf16_t *)inp, n);
+      gelu_forward_kernel<<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+          (bf16_t *)out, (const bf16_t *)inp, n);
   }
   return qt__cuda_check_launch(err, who, "the GELU kernel");
 }
@@ -86,10 +91,12 @@ static int gelu_backward(float *dinp, const D *dout, const S *inp, size_t n, int
   }
   if (set)
     gelu_backward_kernel<true>
-        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(dinp, dout, inp,
+                                                                                    n);
   else
     gelu_backward_kernel<false>
-        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS>>>(dinp, dout, inp, n);
+        <<<qt__cuda_elementwise_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(dinp, dout, inp,
+                                                                                    n);
   return qt__cuda_check_launch(err, "qt_cuda_gelu_backward", "the GELU backward kernel");
 }
 

@@ -38,8 +38,14 @@ int qt__cuda_check_launch(qt_err *err, const char *who, const char *kernel);
  * QT_ENODEV. Records "<what>: <cuBLAS's name>" and returns the code. */
 int qt__cublas_error(qt_err *err, cublasStatus_t status, const char *what);
 
-/* The process's cuBLAS handle for the current device, created on first use
- * (one per device, never destroyed) and bound to the default stream. */
+/* The stream that the calling thread's work is queued on: the one
+ * qt_cuda_stream_use made current, else 0, the legacy default stream.
+ * Every launch, asynchronous copy and cuBLAS call of the ops takes it. */
+cudaStream_t qt__cuda_stream(void);
+
+/* The cuBLAS handle of the calling thread's stream (bound to it): a
+ * created stream's own, else its device's default one, created on first
+ * use and never destroyed. */
 int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err);
 
 /* A switch that the environment variable `name` turns off with "0" (on
@@ -54,7 +60,7 @@ int qt__cuda_set_switch(const char *name, int *state, int on);
 /* The qt_matmul_precision that qt_cuda_set_matmul_precision set last. */
 int qt__cuda_matmul_precision(void);
 
-/* Row-major single-precision GEMM on the default stream:
+/* Row-major single-precision GEMM on the thread's stream:
  *   C (m, n) = alpha * op(A) (m, k) . op(B) (k, n) + beta * C
  * with op(X) = X or X^T (trans_a, trans_b nonzero), lda, ldb, ldc the row
  * strides of the matrices as stored, and `batch` matrices spaced
@@ -147,9 +153,9 @@ int qt__cuda_gelu_backward_any(float *dinp, const void *dout, int dout_bf16, con
 /* out (n BF16 values) = in (n floats) rounded to nearest even, queued. */
 int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who, qt_err *err);
 
-/* The current device's scratch for the partial sums of a reduction split
+/* The thread's stream's scratch for the partial sums of a reduction split
  * into chunks: at least `doubles` doubles in *out, locked for the caller's
- * passes (queued on the default stream) until qt__cuda_sums_scratch_unlock.
+ * passes (queued on that stream) until qt__cuda_sums_scratch_unlock.
  * On failure (out of memory, no device) nothing stays locked. */
 int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who, qt_err *err);
 void qt__cuda_sums_scratch_unlock(void);
@@ -169,7 +175,7 @@ void qt__cuda_rounded_scratch_unlock(void);
 
 /* Column sums in double over the n rows of (n, c) float arrays, each
  * column's total rounded to float and added to dst0[col] (and dst1[col]),
- * queued on the default stream (qt_cuda_colsum.cu). Kinds:
+ * queued on the thread's stream (qt_cuda_colsum.cu). Kinds:
  *   QT__COLSUM_PLAIN      dst0 += sum of a (a bias gradient, a = dout)
  *   QT__COLSUM_PRODUCT    dst0 += sum of (double) a * b (a layer scale's)
  *   QT__COLSUM_LAYERNORM  dst0 += sum of (double) (dy * xhat) and dst1 +=

@@ -88,10 +88,10 @@ static void launch_rows_forward(T *out, float *mean, float *rstd, const float *i
                                 float eps) {
   unsigned blocks = (unsigned)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
   switch (qt_ln::vec_for(c)) {
-#define QT_LN_FORWARD(VEC)                                                            \
-  case VEC:                                                                           \
-    layernorm_rows_forward_kernel<VEC>                                                \
-        <<<blocks, QT_CUDA_THREADS>>>(out, mean, rstd, inp, weight, bias, n, c, eps); \
+#define QT_LN_FORWARD(VEC)                                                                 \
+  case VEC:                                                                                \
+    layernorm_rows_forward_kernel<VEC><<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
+        out, mean, rstd, inp, weight, bias, n, c, eps);                                    \
     break;
     QT_LN_FORWARD(8)
     QT_LN_FORWARD(16)
@@ -107,10 +107,10 @@ static void launch_residual_rows(float *out, T *norm, float *mean, float *rstd, 
                                  const float *bias, size_t n, size_t c, float eps) {
   unsigned blocks = (unsigned)((n + QT_LN_WARPS - 1) / QT_LN_WARPS);
   switch (qt_ln::vec_for(c)) {
-#define QT_LN_RESIDUAL(VEC)                                                  \
-  case VEC:                                                                  \
-    residual_layernorm_rows_kernel<VEC><<<blocks, QT_CUDA_THREADS>>>(        \
-        out, norm, mean, rstd, res, branch, gamma, weight, bias, n, c, eps); \
+#define QT_LN_RESIDUAL(VEC)                                                                 \
+  case VEC:                                                                                 \
+    residual_layernorm_rows_kernel<VEC><<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
+        out, norm, mean, rstd, res, branch, gamma, weight, bias, n, c, eps);                \
     break;
     QT_LN_RESIDUAL(8)
     QT_LN_RESIDUAL(16)
@@ -136,11 +136,11 @@ static int rows_backward(float *dinp, float *dweight, float *dbias, const D *dou
     if (rc < 0) return rc;
   }
   switch (qt_ln::vec_for(c)) {
-#define QT_LN_BACKWARD(VEC)                                                                   \
-  case VEC:                                                                                   \
-    layernorm_rows_backward_kernel<VEC>                                                       \
-        <<<chunks, QT_CUDA_THREADS>>>(dinp, dweight, dbias, partial, dout, inp, weight, mean, \
-                                      rstd, n, c, rows_per_chunk, chunks);                    \
+#define QT_LN_BACKWARD(VEC)                                                                 \
+  case VEC:                                                                                 \
+    layernorm_rows_backward_kernel<VEC><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
+        dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk, \
+        chunks);                                                                            \
     break;
     QT_LN_BACKWARD(8)
     QT_LN_BACKWARD(16)
@@ -234,8 +234,8 @@ static int forward(T *out, float *mean, float *rstd, const float *inp, const flo
   if (rows_kernels(c))
     launch_rows_forward(out, mean, rstd, inp, weight, bias, n, c, eps);
   else
-    layernorm_forward_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(out, mean, rstd, inp,
-                                                                          weight, bias, n, c, eps);
+    layernorm_forward_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        out, mean, rstd, inp, weight, bias, n, c, eps);
   return qt__cuda_check_launch(err, who, "the layer norm kernel");
 }
 
@@ -271,8 +271,9 @@ static int backward(float *dinp, float *dweight, float *dbias, const D *dout, co
   if (rows_kernels(c))
     return rows_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c, who, err);
   if (dinp) {
-    layernorm_backward_input_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS>>>(
-        dinp, dout, inp, weight, mean, rstd, n, c);
+    layernorm_backward_input_kernel<<<qt__cuda_row_blocks(n), QT_CUDA_THREADS, 0,
+                                      qt__cuda_stream()>>>(dinp, dout, inp, weight, mean, rstd, n,
+                                                           c);
     int rc = qt__cuda_check_launch(err, who, "the layer norm input gradient");
     if (rc < 0) return rc;
   }

@@ -49,17 +49,19 @@ static int forward(float *out, const float *inp, const void *inp16, const float 
     return 0;
   if (bias) {
     if (qt__cuda_int_indices(n * out_c))
-      bias_broadcast_kernel<unsigned><<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(
-          out, bias, (unsigned)(n * out_c), (unsigned)out_c);
+      bias_broadcast_kernel<unsigned>
+          <<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              out, bias, (unsigned)(n * out_c), (unsigned)out_c);
     else
       bias_broadcast_kernel<size_t>
-          <<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS>>>(out, bias, n * out_c, out_c);
+          <<<qt__cuda_blocks(n * out_c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, bias,
+                                                                                  n * out_c, out_c);
     int rc = qt__cuda_check_launch(err, who, "the bias broadcast");
     if (rc < 0) return rc;
   }
   if (in_c == 0) {
     if (!bias) {
-      cudaError_t status = cudaMemsetAsync(out, 0, n * out_c * sizeof *out, 0);
+      cudaError_t status = cudaMemsetAsync(out, 0, n * out_c * sizeof *out, qt__cuda_stream());
       if (status != cudaSuccess) return qt__cuda_error(err, status, who);
     }
     return 0;
@@ -155,8 +157,9 @@ static int backward(backward_arrays a, size_t n, size_t in_c, size_t out_c, int 
     return qt_err_set(err, QT_EINVAL, "%s: a BF16 dinp is written (set), not added to", who);
   if (set && has_dinp && n * in_c > 0 && out_c == 0) {
     /* No product to write dinp: as zeroed. */
-    cudaError_t status = a.dinp16 ? cudaMemsetAsync(a.dinp16, 0, n * in_c * 2, 0)
-                                  : cudaMemsetAsync(a.dinp, 0, n * in_c * sizeof(float), 0);
+    cudaError_t status =
+        a.dinp16 ? cudaMemsetAsync(a.dinp16, 0, n * in_c * 2, qt__cuda_stream())
+                 : cudaMemsetAsync(a.dinp, 0, n * in_c * sizeof(float), qt__cuda_stream());
     if (status != cudaSuccess) return qt__cuda_error(err, status, who);
   }
   if (n == 0 || out_c == 0) return 0;

@@ -1,7 +1,7 @@
 /*
  * qt_cuda_lora.cu - LoRA's merge and the gradients of its factors on a
  * CUDA device, the twins of qt_lora_merge and qt_lora_gradients
- * (qt_methods_lora.c): a copy and cuBLAS products on the default stream,
+ * (qt_methods_lora.c): a copy and cuBLAS products on the thread's stream,
  * in the precision of qt_cuda_set_matmul_precision. See qt_finetune.h.
  */
 #include <cuda_runtime.h>

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <new>
+
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -89,7 +91,9 @@ extern "C" void qt_cuda_free(void *ptr) {
 extern "C" int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, qt_err *err) {
   if (bytes == 0) return 0;
   if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_to_device: NULL pointer");
-  cudaError_t status = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  cudaStream_t stream = qt__cuda_stream();
+  cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream);
+  if (status == cudaSuccess) status = cudaStreamSynchronize(stream);
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_to_device");
   return 0;
 }
@@ -97,7 +101,9 @@ extern "C" int qt_cuda_copy_to_device(void *dst, const void *src, size_t bytes, 
 extern "C" int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt_err *err) {
   if (bytes == 0) return 0;
   if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_to_host: NULL pointer");
-  cudaError_t status = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+  cudaStream_t stream = qt__cuda_stream();
+  cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream);
+  if (status == cudaSuccess) status = cudaStreamSynchronize(stream);
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_to_host");
   return 0;
 }
@@ -105,7 +111,7 @@ extern "C" int qt_cuda_copy_to_host(void *dst, const void *src, size_t bytes, qt
 extern "C" int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err) {
   if (bytes == 0) return 0;
   if (!ptr) return qt_err_set(err, QT_EINVAL, "qt_cuda_zero: NULL pointer");
-  cudaError_t status = cudaMemsetAsync(ptr, 0, bytes, 0);
+  cudaError_t status = cudaMemsetAsync(ptr, 0, bytes, qt__cuda_stream());
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_zero");
   return 0;
 }
@@ -113,7 +119,8 @@ extern "C" int qt_cuda_zero(void *ptr, size_t bytes, qt_err *err) {
 extern "C" int qt_cuda_copy_on_device(void *dst, const void *src, size_t bytes, qt_err *err) {
   if (bytes == 0) return 0;
   if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_copy_on_device: NULL pointer");
-  cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0);
+  cudaError_t status =
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, qt__cuda_stream());
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_on_device");
   return 0;
 }
@@ -127,7 +134,7 @@ extern "C" int qt_cuda_copy_rows(float *dst, size_t dst_stride, const float *src
                       cols, dst_stride, src_stride);
   cudaError_t status =
       cudaMemcpy2DAsync(dst, dst_stride * sizeof(float), src, src_stride * sizeof(float),
-                        cols * sizeof(float), rows, cudaMemcpyDeviceToDevice, 0);
+                        cols * sizeof(float), rows, cudaMemcpyDeviceToDevice, qt__cuda_stream());
   if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_copy_rows");
   return 0;
 }
@@ -209,115 +216,205 @@ static int current_device(int *device, const char *who, qt_err *err) {
   return 0;
 }
 
-/* One handle per device, created under the lock on first use. */
-static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
-static cublasHandle_t handles[QT_CUDA_MAX_DEVICES];
+/* ------------------------------------------------------------------------- */
+/* Streams                                                                    */
+/* ------------------------------------------------------------------------- */
 
-extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err) {
+/* A block of device memory, grown when a call needs more (cudaFree waits
+ * for the work that may still read the old one) and kept while its stream
+ * lives. Work on one stream is ordered, so one block serves every call
+ * queued there; the lock keeps host threads that share the stream from
+ * interleaving their passes. */
+typedef struct scratch_block {
+  void *block = nullptr;
+  size_t bytes = 0;
+  pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+} scratch_block;
+
+/* qt_cuda_stream_t: a stream and what the work queued on it uses. Each
+ * device has a default one for the legacy default stream (stream 0), its
+ * cuBLAS handle created on first use and its scratch kept for the
+ * process. */
+struct qt_cuda_stream {
+  cudaStream_t stream = 0;
+  cublasHandle_t blas = nullptr;
+  /* The partial sums of the reductions split into chunks, and the partial
+   * products of qt__cuda_products_scratch_lock's callers (which may sum
+   * them with the former while they hold the latter). */
+  scratch_block sums, products;
+  /* BF16 copies of an operand that its producer rounded, passed to the
+   * products as a16 or b16 (a linear backward's dout, rounded as its bias
+   * gradient is summed). The products round their other operands under
+   * bf16_lock, which a holder of this one may take, not the reverse. */
+  scratch_block rounded;
+  /* cuBLASLt's workspace (lt_workspace_bytes). */
+  scratch_block lt_workspace;
+  /* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A
+   * and B that it reads to BF16 (round to nearest even) into bf16[0] and
+   * bf16[1], kept and grown as needed; bf16[2] holds the bias of a BF16
+   * output's epilogue. The spans keep their layout, so the leading
+   * dimensions and batch strides stay as they are. bf16_lock keeps host
+   * threads from interleaving between a rounding and its product. */
+  __nv_bfloat16 *bf16[3] = {nullptr, nullptr, nullptr};
+  size_t bf16_cap[3] = {0, 0, 0}; /* elements */
+  pthread_mutex_t bf16_lock = PTHREAD_MUTEX_INITIALIZER;
+};
+
+static qt_cuda_stream default_streams[QT_CUDA_MAX_DEVICES];
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The calling thread's stream (qt_cuda_stream_use); NULL: its device's
+ * default. */
+static thread_local qt_cuda_stream *current_stream;
+
+extern "C" cudaStream_t qt__cuda_stream(void) {
+  return current_stream ? current_stream->stream : 0;
+}
+
+/* The calling thread's stream: the current one, else the default one of
+ * its device. */
+static int thread_stream(qt_cuda_stream **out, const char *who, qt_err *err) {
+  if (current_stream) {
+    *out = current_stream;
+    return 0;
+  }
   int device = 0;
-  char what[128];
   int rc = current_device(&device, who, err);
   if (rc < 0) return rc;
+  *out = &default_streams[device];
+  return 0;
+}
+
+extern "C" int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err) {
+  const char *who = "qt_cuda_stream_create";
+  if (!out) return qt_err_set(err, QT_EINVAL, "%s: out is NULL", who);
+  *out = NULL;
+  int device = 0;
+  int rc = current_device(&device, who, err);
+  if (rc < 0) return rc;
+  qt_cuda_stream *s = new (std::nothrow) qt_cuda_stream();
+  if (!s) return qt_err_set(err, QT_ENOMEM, "%s: out of host memory", who);
+  cudaError_t status = cudaStreamCreateWithFlags(&s->stream, cudaStreamDefault);
+  if (status != cudaSuccess) {
+    delete s;
+    return qt__cuda_error(err, status, "qt_cuda_stream_create: cudaStreamCreate");
+  }
+  cublasStatus_t blas = cublasCreate(&s->blas);
+  if (blas == CUBLAS_STATUS_SUCCESS) blas = cublasSetStream(s->blas, s->stream);
+  if (blas != CUBLAS_STATUS_SUCCESS) {
+    if (s->blas) cublasDestroy(s->blas);
+    cudaStreamDestroy(s->stream);
+    delete s;
+    return qt__cublas_error(err, blas, "qt_cuda_stream_create: cublasCreate");
+  }
+  *out = s;
+  return 0;
+}
+
+/* Failures are dropped and cleared, as qt_cuda_free's. */
+extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
+  if (!s) return;
+  if (current_stream == s) current_stream = NULL;
+  if (cudaStreamSynchronize(s->stream) != cudaSuccess) (void)cudaGetLastError();
+  scratch_block *blocks[] = {&s->sums, &s->products, &s->rounded, &s->lt_workspace};
+  for (scratch_block *b : blocks) {
+    if (b->block && cudaFree(b->block) != cudaSuccess) (void)cudaGetLastError();
+    pthread_mutex_destroy(&b->lock);
+  }
+  for (__nv_bfloat16 *b : s->bf16) {
+    if (b && cudaFree(b) != cudaSuccess) (void)cudaGetLastError();
+  }
+  pthread_mutex_destroy(&s->bf16_lock);
+  cublasDestroy(s->blas);
+  if (cudaStreamDestroy(s->stream) != cudaSuccess) (void)cudaGetLastError();
+  delete s;
+}
+
+extern "C" qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s) {
+  qt_cuda_stream *previous = current_stream;
+  current_stream = s;
+  return previous;
+}
+
+extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err *err) {
+  qt_cuda_stream *s = NULL;
+  int rc = thread_stream(&s, who, err);
+  if (rc < 0) return rc;
+  /* A created stream made its handle; a default one makes it here. */
   pthread_mutex_lock(&handles_lock);
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
-  if (!handles[device]) {
+  if (!s->blas) {
     cublasHandle_t created = NULL;
     status = cublasCreate(&created);
-    if (status == CUBLAS_STATUS_SUCCESS) handles[device] = created;
+    if (status == CUBLAS_STATUS_SUCCESS) s->blas = created;
   }
-  *handle = handles[device];
+  *handle = s->blas;
   pthread_mutex_unlock(&handles_lock);
   if (status != CUBLAS_STATUS_SUCCESS) {
+    char what[128];
     snprintf(what, sizeof what, "%s: cublasCreate", who);
     return qt__cublas_error(err, status, what);
   }
   return 0;
 }
 
-/* A block of device memory per device, grown when a call needs more
- * (cudaFree waits for the work that may still read the old one) and kept.
- * Work on the default stream is ordered, so one block serves every call;
- * the lock keeps host threads from interleaving their passes. */
-typedef struct device_scratch {
-  void *block[QT_CUDA_MAX_DEVICES];
-  size_t bytes[QT_CUDA_MAX_DEVICES];
-  pthread_mutex_t lock;
-} device_scratch;
-
-static int scratch_lock(device_scratch *s, size_t bytes, void **out, const char *who, qt_err *err) {
-  int device = 0;
-  int rc = current_device(&device, who, err);
+/* Locks the block `which` of the thread's stream, grown to at least
+ * `bytes` (*out); *held records it for the unlock. */
+static int scratch_lock(scratch_block qt_cuda_stream::*which, size_t bytes, void **out,
+                        scratch_block **held, const char *who, qt_err *err) {
+  qt_cuda_stream *s = NULL;
+  int rc = thread_stream(&s, who, err);
   if (rc < 0) return rc;
-  pthread_mutex_lock(&s->lock);
-  if (s->bytes[device] < bytes) {
-    if (s->block[device]) cudaFree(s->block[device]);
-    s->block[device] = NULL;
-    s->bytes[device] = 0;
-    cudaError_t status = cudaMalloc(&s->block[device], bytes);
+  scratch_block *b = &(s->*which);
+  pthread_mutex_lock(&b->lock);
+  if (b->bytes < bytes) {
+    if (b->block) cudaFree(b->block);
+    b->block = NULL;
+    b->bytes = 0;
+    cudaError_t status = cudaMalloc(&b->block, bytes);
     if (status != cudaSuccess) {
-      s->block[device] = NULL;
-      pthread_mutex_unlock(&s->lock);
+      b->block = NULL;
+      pthread_mutex_unlock(&b->lock);
       return qt__cuda_error(err, status, who);
     }
-    s->bytes[device] = bytes;
+    b->bytes = bytes;
   }
-  *out = s->block[device];
+  *out = b->block;
+  *held = b;
   return 0;
 }
 
-/* The partial sums of the reductions split into chunks, and the partial
- * products of qt__cuda_products_scratch_lock's callers (which may sum them
- * with the former while they hold the latter). */
-static device_scratch sums_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
-static device_scratch products_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+/* The blocks this thread holds, one of each kind at a time. */
+static thread_local scratch_block *held_sums, *held_products, *held_rounded;
 
 extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const char *who,
                                           qt_err *err) {
-  return scratch_lock(&sums_scratch, doubles * sizeof **out, (void **)out, who, err);
+  return scratch_lock(&qt_cuda_stream::sums, doubles * sizeof **out, (void **)out, &held_sums, who,
+                      err);
 }
 
 extern "C" void qt__cuda_sums_scratch_unlock(void) {
-  pthread_mutex_unlock(&sums_scratch.lock);
+  pthread_mutex_unlock(&held_sums->lock);
 }
 
 extern "C" int qt__cuda_products_scratch_lock(size_t floats, float **out, const char *who,
                                               qt_err *err) {
-  return scratch_lock(&products_scratch, floats * sizeof **out, (void **)out, who, err);
+  return scratch_lock(&qt_cuda_stream::products, floats * sizeof **out, (void **)out,
+                      &held_products, who, err);
 }
 
 extern "C" void qt__cuda_products_scratch_unlock(void) {
-  pthread_mutex_unlock(&products_scratch.lock);
+  pthread_mutex_unlock(&held_products->lock);
 }
-
-/* BF16 copies of an operand that its producer rounded, passed to the
- * products as a16 or b16 (a linear backward's dout, rounded as its bias
- * gradient is summed). The products round their other operands under
- * bf16_lock, which a holder of this one may take, not the reverse. */
-static device_scratch rounded_scratch = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
 
 extern "C" int qt__cuda_rounded_scratch_lock(size_t elements, void **out, const char *who,
                                              qt_err *err) {
-  return scratch_lock(&rounded_scratch, elements * sizeof(__nv_bfloat16), out, who, err);
+  return scratch_lock(&qt_cuda_stream::rounded, elements * sizeof(__nv_bfloat16), out,
+                      &held_rounded, who, err);
 }
 
 extern "C" void qt__cuda_rounded_scratch_unlock(void) {
-  pthread_mutex_unlock(&rounded_scratch.lock);
+  pthread_mutex_unlock(&held_rounded->lock);
 }
-
-/* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A and B
- * that it reads to BF16 (round to nearest even) in two scratch blocks of the
- * device, kept and grown as needed (never freed: one pair per device, like
- * the handles). The spans keep their layout, so the leading dimensions and
- * batch strides stay as they are. Work on the default stream is ordered,
- * so one pair serves every call; bf16_lock keeps host threads from
- * interleaving between a rounding and its product; cudaFree (on growth)
- * waits for the device. */
-typedef struct bf16_scratch {
-  __nv_bfloat16 *block[3]; /* A, B, and the bias of a BF16 output's epilogue */
-  size_t cap[3];           /* elements */
-} bf16_scratch;
-static bf16_scratch bf16_scratches[QT_CUDA_MAX_DEVICES];
-static pthread_mutex_t bf16_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     to_bf16_kernel(__nv_bfloat16 *__restrict__ out, const float *__restrict__ in, size_t n) {
@@ -352,9 +449,10 @@ extern "C" int qt__cuda_round_bf16(void *out, const float *in, size_t n, const c
   if (n == 0) return 0;
   __nv_bfloat16 *out16 = (__nv_bfloat16 *)out;
   if ((uintptr_t)in % 16 == 0 && (uintptr_t)out % 8 == 0)
-    to_bf16_x4_kernel<<<qt__cuda_blocks(n / 4), QT_CUDA_THREADS>>>(out16, in, n);
+    to_bf16_x4_kernel<<<qt__cuda_blocks(n / 4), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out16, in,
+                                                                                         n);
   else
-    to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS>>>(out16, in, n);
+    to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out16, in, n);
   return qt__cuda_check_launch(err, who, "the BF16 rounding");
 }
 
@@ -364,43 +462,41 @@ static size_t matrix_span(size_t rows, size_t cols, size_t ld, long long stride,
   return (batch - 1) * (size_t)stride + (rows - 1) * ld + cols;
 }
 
-/* A BF16 copy of the span elements at src in block i of s (*out). Call
- * under bf16_lock. */
-static int round_into_block(bf16_scratch *s, int i, const float *src, size_t span,
+/* A BF16 copy of the span elements at src in block i of s's BF16
+ * operands (*out). Call under s->bf16_lock. */
+static int round_into_block(qt_cuda_stream *s, int i, const float *src, size_t span,
                             const __nv_bfloat16 **out, const char *who, qt_err *err) {
-  if (span > s->cap[i]) {
-    if (s->block[i]) cudaFree(s->block[i]);
-    s->block[i] = NULL;
-    s->cap[i] = 0;
-    cudaError_t status = cudaMalloc((void **)&s->block[i], span * sizeof(__nv_bfloat16));
+  if (span > s->bf16_cap[i]) {
+    if (s->bf16[i]) cudaFree(s->bf16[i]);
+    s->bf16[i] = NULL;
+    s->bf16_cap[i] = 0;
+    cudaError_t status = cudaMalloc((void **)&s->bf16[i], span * sizeof(__nv_bfloat16));
     if (status != cudaSuccess) {
-      s->block[i] = NULL;
+      s->bf16[i] = NULL;
       char what[160];
       snprintf(what, sizeof what, "%s: %zu BF16 operand elements", who, span);
       return qt__cuda_error(err, status, what);
     }
-    s->cap[i] = span;
+    s->bf16_cap[i] = span;
   }
   if ((uintptr_t)src % 16 == 0)
-    to_bf16_x4_kernel<<<qt__cuda_blocks(span / 4), QT_CUDA_THREADS>>>(s->block[i], src, span);
+    to_bf16_x4_kernel<<<qt__cuda_blocks(span / 4), QT_CUDA_THREADS, 0, s->stream>>>(s->bf16[i], src,
+                                                                                    span);
   else
-    to_bf16_kernel<<<qt__cuda_blocks(span), QT_CUDA_THREADS>>>(s->block[i], src, span);
-  *out = s->block[i];
+    to_bf16_kernel<<<qt__cuda_blocks(span), QT_CUDA_THREADS, 0, s->stream>>>(s->bf16[i], src, span);
+  *out = s->bf16[i];
   return qt__cuda_check_launch(err, who, "the BF16 rounding");
 }
 
-/* BF16 copies of the spans of a (span_a elements) and b (span_b) in the
- * current device's scratch: *out_a, *out_b. A NULL a keeps the scratch's A
- * as the last call left it (its span_a elements). Call under bf16_lock. */
-static int to_bf16(const float *a, size_t span_a, const float *b, size_t span_b,
+/* BF16 copies of the spans of a (span_a elements) and b (span_b) in s's
+ * scratch: *out_a, *out_b. A NULL a keeps the scratch's A as the last call
+ * left it (its span_a elements). Call under s->bf16_lock. */
+static int to_bf16(qt_cuda_stream *s, const float *a, size_t span_a, const float *b, size_t span_b,
                    const __nv_bfloat16 **out_a, const __nv_bfloat16 **out_b, const char *who,
                    qt_err *err) {
-  int device = 0;
-  int rc = current_device(&device, who, err);
-  if (rc < 0) return rc;
-  bf16_scratch *s = &bf16_scratches[device];
-  *out_a = s->block[0];
-  *out_b = s->block[1];
+  int rc = 0;
+  *out_a = s->bf16[0];
+  *out_b = s->bf16[1];
   if (a && (rc = round_into_block(s, 0, a, span_a, out_a, who, err)) < 0) return rc;
   if (b && (rc = round_into_block(s, 1, b, span_b, out_b, who, err)) < 0) return rc;
   return 0;
@@ -429,8 +525,8 @@ static int writes_a_of(const qt__cuda_product *q, const qt__cuda_product *r) {
  * of the operands not given in BF16 into scratch, under bf16_lock, which
  * the caller holds); keep_a: the scratch's A already holds this product's
  * A, rounded. */
-static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char *who,
-                qt_err *err) {
+static int gemm(qt_cuda_stream *s, const qt__cuda_product *p, int precision, int keep_a,
+                const char *who, qt_err *err) {
   if (p->m > INT_MAX || p->n > INT_MAX || p->k > INT_MAX || p->lda > INT_MAX || p->ldb > INT_MAX ||
       p->ldc > INT_MAX || p->batch > INT_MAX) {
     return qt_err_set(err, QT_EINVAL,
@@ -455,8 +551,8 @@ static int gemm(const qt__cuda_product *p, int precision, int keep_a, const char
     size_t span_b = matrix_span(p->trans_b ? p->n : p->k, p->trans_b ? p->k : p->n, p->ldb,
                                 p->stride_b, p->batch);
     const __nv_bfloat16 *a16 = NULL, *b16 = NULL;
-    rc = to_bf16(keep_a || p->a16 ? NULL : p->a, span_of_a(p), p->b16 ? NULL : p->b, span_b, &a16,
-                 &b16, who, err);
+    rc = to_bf16(s, keep_a || p->a16 ? NULL : p->a, span_of_a(p), p->b16 ? NULL : p->b, span_b,
+                 &a16, &b16, who, err);
     if (rc < 0) return rc;
     a_data = p->a16 ? p->a16 : a16;
     b_data = p->b16 ? p->b16 : b16;
@@ -502,9 +598,11 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
   /* Products with an operand given in BF16 round the other one. */
   int rounding = precision == QT_MATMUL_BF16;
   for (size_t i = 0; i < count; i++) rounding |= p[i].a16 || p[i].b16;
-  if (rounding) pthread_mutex_lock(&bf16_lock);
+  qt_cuda_stream *s = NULL;
+  int rc = thread_stream(&s, who, err);
+  if (rc < 0) return rc;
+  if (rounding) pthread_mutex_lock(&s->bf16_lock);
   const qt__cuda_product *rounded = NULL; /* whose A the scratch holds */
-  int rc = 0;
   for (size_t i = 0; i < count && rc == 0; i++) {
     const qt__cuda_product *q = &p[i];
     if (q->m == 0 || q->n == 0 || q->batch == 0) continue;
@@ -512,7 +610,7 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
     int in_bf16 = (precision == QT_MATMUL_BF16 || q->a16 || q->b16) && q->k > 0;
     int keep_a =
         in_bf16 && !q->a16 && rounded && rounded->a == q->a && span_of_a(rounded) == span_of_a(q);
-    rc = gemm(q,
+    rc = gemm(s, q,
               in_bf16                       ? QT_MATMUL_BF16
               : precision == QT_MATMUL_BF16 ? QT_MATMUL_FP32
                                             : precision,
@@ -521,7 +619,7 @@ static int products(const qt__cuda_product *p, size_t count, int round_spans, co
     /* A product that wrote into its A's span leaves the scratch stale. */
     if (rounded && writes_a_of(q, rounded)) rounded = NULL;
   }
-  if (rounding) pthread_mutex_unlock(&bf16_lock);
+  if (rounding) pthread_mutex_unlock(&s->bf16_lock);
   return rc;
 }
 
@@ -566,10 +664,9 @@ static cublasLtHandle_t lt_handles[QT_CUDA_MAX_DEVICES];
 static long lt_products; /* products done by the epilogue path, for tests */
 static long lt_queries;  /* calls of cuBLASLt's heuristic, for tests */
 
-/* cuBLASLt's workspace, one per device: NVIDIA's recommended size, 32 MiB
- * from Hopper (sm_90) on and 4 MiB before (without one, cuBLASLt may only
- * choose among the algorithms that need none). */
-static device_scratch lt_workspace = {{NULL}, {0}, PTHREAD_MUTEX_INITIALIZER};
+/* The size of cuBLASLt's workspace (one per stream): NVIDIA's recommended
+ * size, 32 MiB from Hopper (sm_90) on and 4 MiB before (without one,
+ * cuBLASLt may only choose among the algorithms that need none). */
 
 static uint64_t lt_workspace_bytes(int device) {
   static uint64_t known[QT_CUDA_MAX_DEVICES]; /* 0 until asked: once per device */
@@ -668,7 +765,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) return 1;
   qt_err ignored;
   int device = 0;
-  if (current_device(&device, who, &ignored) < 0) return 1;
+  qt_cuda_stream *s = NULL;
+  if (current_device(&device, who, &ignored) < 0 || thread_stream(&s, who, &ignored) < 0) return 1;
   pthread_mutex_lock(&handles_lock);
   if (!lt_handles[device] && cublasLtCreate(&lt_handles[device]) != CUBLAS_STATUS_SUCCESS)
     lt_handles[device] = NULL;
@@ -698,6 +796,7 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   const void *bias_data = bias;
   uint64_t workspace = lt_workspace_bytes(device);
   void *workspace_block = NULL;
+  scratch_block *held_workspace = NULL;
   int rc = 1, locked = 0, workspace_locked = 0, kept = 0;
   lt_plan plan;
   memset(&plan, 0, sizeof plan);
@@ -717,23 +816,25 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   kept = find_plan(&plan);
   if (kept && plan.declined) return 1;
   if (operand_type == CUDA_R_16BF || out_bf16) {
-    pthread_mutex_lock(&bf16_lock);
+    pthread_mutex_lock(&s->bf16_lock);
     locked = 1;
   }
   if (operand_type == CUDA_R_16BF) {
     const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
-    if (to_bf16(weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16, who, &ignored) < 0)
+    if (to_bf16(s, weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16, who, &ignored) <
+        0)
       goto done;
     a_data = w16;
     if (!inp16) b_data = x16;
   }
   if (out_bf16) {
     const __nv_bfloat16 *bias16 = NULL;
-    if (round_into_block(&bf16_scratches[device], 2, bias, out_c, &bias16, who, &ignored) < 0)
-      goto done;
+    if (round_into_block(s, 2, bias, out_c, &bias16, who, &ignored) < 0) goto done;
     bias_data = bias16;
   }
-  if (scratch_lock(&lt_workspace, workspace, &workspace_block, who, &ignored) < 0) goto done;
+  if (scratch_lock(&qt_cuda_stream::lt_workspace, workspace, &workspace_block, &held_workspace, who,
+                   &ignored) < 0)
+    goto done;
   workspace_locked = 1;
   if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) !=
@@ -792,8 +893,9 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   }
   {
     float alpha = 1.0f, beta = 0.0f;
-    cublasStatus_t status = cublasLtMatmul(lt, op, &alpha, a_data, la, b_data, lb, &beta, out, lc,
-                                           out, lc, &plan.algo, workspace_block, workspace, 0);
+    cublasStatus_t status =
+        cublasLtMatmul(lt, op, &alpha, a_data, la, b_data, lb, &beta, out, lc, out, lc, &plan.algo,
+                       workspace_block, workspace, s->stream);
     if (status != CUBLAS_STATUS_SUCCESS) {
       /* The broadcast path rewrites all of out, whatever this left. */
       QT_LOG_DEBUG("%s: cuBLASLt product with bias (%zu x %zu x %zu): status %d, broadcasting", who,
@@ -804,8 +906,8 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
     rc = 0;
   }
 done:
-  if (workspace_locked) pthread_mutex_unlock(&lt_workspace.lock);
-  if (locked) pthread_mutex_unlock(&bf16_lock);
+  if (workspace_locked) pthread_mutex_unlock(&held_workspace->lock);
+  if (locked) pthread_mutex_unlock(&s->bf16_lock);
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
   if (lc) cublasLtMatrixLayoutDestroy(lc);
   if (lb) cublasLtMatrixLayoutDestroy(lb);

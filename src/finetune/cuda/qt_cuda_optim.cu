@@ -196,12 +196,13 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
   double wd = decay ? qt_optim_zero_decay(p) : 0.0;
   switch (p->kind) {
     case QT_OPTIM_KIND_SGD:
-      sgd_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, (float)lr, (float)wd, n);
+      sgd_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(params, grads, (float)lr,
+                                                                         (float)wd, n);
       return launched(who, "the SGD kernel", err);
     case QT_OPTIM_KIND_MOMENTUM:
       if (!state1) return qt_err_set(err, QT_EINVAL, "%s: momentum needs its buffer", who);
-      momentum_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, grads, state1, (float)lr, (float)wd,
-                                                        (float)p->momentum, n);
+      momentum_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+          params, grads, state1, (float)lr, (float)wd, (float)p->momentum, n);
       return launched(who, "the momentum kernel", err);
     case QT_OPTIM_KIND_ADAM:
     case QT_OPTIM_KIND_ADAMW: {
@@ -210,7 +211,7 @@ extern "C" int qt_cuda_optim_tensor_step(const qt_optim_params *p, double lr, in
       int rc = qt__optim_adam_prepare(who, p, lr, wd, step, params, grads, state1, state2, n, &a.c,
                                       &a.coupled, err);
       if (rc < 0) return rc;
-      adam_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(a);
+      adam_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(a);
       return launched(who, "the Adam kernel", err);
     }
   }
@@ -231,7 +232,7 @@ static int adam_job(const qt_optim_params *p, const qt__optim_slice *s, qt__adam
 
 static int launch_jobs(const qt__adam_jobs &jobs, const char *who, qt_err *err) {
   if (jobs.count == 0) return 0;
-  adam_jobs_kernel<<<jobs.first_block[jobs.count], QT_CUDA_THREADS>>>(jobs);
+  adam_jobs_kernel<<<jobs.first_block[jobs.count], QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(jobs);
   return launched(who, "the Adam kernel for several tensors", err);
 }
 
@@ -291,7 +292,7 @@ static int reduce(const float *x, const float *y, const float *ref, size_t n, do
   if (!acc) return qt_err_set(err, QT_EINVAL, "%s: the accumulator is NULL", who);
   if (n == 0) {
     if (add) return 0;
-    cudaError_t status = cudaMemsetAsync(acc, 0, sizeof *acc, 0);
+    cudaError_t status = cudaMemsetAsync(acc, 0, sizeof *acc, qt__cuda_stream());
     return status == cudaSuccess ? 0 : qt__cuda_error(err, status, who);
   }
   if (!x || (kind == SUM_INNER && !y)) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
@@ -299,10 +300,10 @@ static int reduce(const float *x, const float *y, const float *ref, size_t n, do
   double *partial = NULL;
   int rc = qt__cuda_sums_scratch_lock(blocks, &partial, who, err);
   if (rc < 0) return rc;
-  reduce_kernel<kind><<<blocks, QT_CUDA_THREADS>>>(x, y, ref, n, partial);
+  reduce_kernel<kind><<<blocks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(x, y, ref, n, partial);
   rc = launched(who, "the reduction kernel", err);
   if (rc == 0) {
-    sum_partials_kernel<<<1, QT_CUDA_THREADS>>>(partial, blocks, acc, add);
+    sum_partials_kernel<<<1, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(partial, blocks, acc, add);
     rc = launched(who, "the kernel adding the partial sums", err);
   }
   qt__cuda_sums_scratch_unlock();
@@ -316,7 +317,7 @@ extern "C" int qt_cuda_sum_squares(const float *x, size_t n, double *acc, qt_err
 extern "C" int qt_cuda_axpy(float *x, float a, const float *y, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!x || !y) return qt_err_set(err, QT_EINVAL, "qt_cuda_axpy: NULL array");
-  axpy_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(x, a, y, n);
+  axpy_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(x, a, y, n);
   return launched("qt_cuda_axpy", "the axpy kernel", err);
 }
 
@@ -330,7 +331,8 @@ extern "C" int qt_cuda_goodfit_project(float *grads, const float *delta, size_t 
   int rc = reduce<SUM_INNER>(delta, grads, NULL, n, stats, 0, who, err);
   if (rc == 0) rc = reduce<SUM_SQUARES>(delta, NULL, NULL, n, stats + 1, 0, who, err);
   if (rc < 0) return rc;
-  goodfit_project_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(grads, delta, n, stats);
+  goodfit_project_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(grads, delta, n,
+                                                                                 stats);
   return launched(who, "the GOODFIT projection kernel", err);
 }
 
@@ -348,14 +350,15 @@ extern "C" int qt_cuda_spd_project(float *params, const float *ref, size_t n, do
   if (!stats) return qt_err_set(err, QT_EINVAL, "%s: stats is NULL", who);
   int rc = reduce<SUM_DEVIATION>(params, NULL, ref, n, stats + 2, 0, who, err);
   if (rc < 0 || n == 0) return rc;
-  spd_project_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, ref, n, lambda, stats);
+  spd_project_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(params, ref, n, lambda,
+                                                                             stats);
   return launched(who, "the SPD projection kernel", err);
 }
 
 extern "C" int qt_cuda_scale(float *x, float c, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!x) return qt_err_set(err, QT_EINVAL, "qt_cuda_scale: NULL array");
-  scale_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(x, c, n);
+  scale_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(x, c, n);
   return launched("qt_cuda_scale", "the scaling kernel", err);
 }
 
@@ -363,7 +366,8 @@ extern "C" int qt_cuda_l2sp_gradient(float *grads, const float *params, const fl
                                      double c, qt_err *err) {
   if (n == 0) return 0;
   if (!grads || !params) return qt_err_set(err, QT_EINVAL, "qt_cuda_l2sp_gradient: NULL array");
-  l2sp_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(grads, params, ref, (float)(2.0 * c), n);
+  l2sp_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(grads, params, ref,
+                                                                      (float)(2.0 * c), n);
   return launched("qt_cuda_l2sp_gradient", "the L2-SP kernel", err);
 }
 
@@ -371,20 +375,21 @@ extern "C" int qt_cuda_sfa_average(float *params, const float *ref, size_t n, do
                                    qt_err *err) {
   if (n == 0) return 0;
   if (!params) return qt_err_set(err, QT_EINVAL, "qt_cuda_sfa_average: NULL array");
-  sfa_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(params, ref, (float)(1.0 - beta), (float)beta, n);
+  sfa_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      params, ref, (float)(1.0 - beta), (float)beta, n);
   return launched("qt_cuda_sfa_average", "the SFA kernel", err);
 }
 
 extern "C" int qt_cuda_mul(float *out, const float *a, const float *b, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!out || !a || !b) return qt_err_set(err, QT_EINVAL, "qt_cuda_mul: NULL array");
-  mul_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(out, a, b, n);
+  mul_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out, a, b, n);
   return launched("qt_cuda_mul", "the product kernel", err);
 }
 
 extern "C" int qt_cuda_mul_add(float *acc, const float *a, const float *b, size_t n, qt_err *err) {
   if (n == 0) return 0;
   if (!acc || !a || !b) return qt_err_set(err, QT_EINVAL, "qt_cuda_mul_add: NULL array");
-  mul_add_kernel<<<grid_for(n), QT_CUDA_THREADS>>>(acc, a, b, n);
+  mul_add_kernel<<<grid_for(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(acc, a, b, n);
   return launched("qt_cuda_mul_add", "the multiply-accumulate kernel", err);
 }

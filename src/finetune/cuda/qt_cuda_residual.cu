@@ -64,11 +64,13 @@ static int forward(float *out, const float *res, const B *branch, const float *g
     return qt_err_set(err, QT_EINVAL, "qt_cuda_residual_forward: NULL array");
   }
   if (qt__cuda_int_indices(n * c))
-    residual_forward_kernel<unsigned><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
-        out, res, branch, gamma, (unsigned)(n * c), (unsigned)c);
+    residual_forward_kernel<unsigned>
+        <<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            out, res, branch, gamma, (unsigned)(n * c), (unsigned)c);
   else
-    residual_forward_kernel<size_t><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
-        out, res, branch, gamma, n * c, c);
+    residual_forward_kernel<size_t>
+        <<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            out, res, branch, gamma, n * c, c);
   return qt__cuda_check_launch(err, "qt_cuda_residual_forward", "the residual kernel");
 }
 
@@ -92,11 +94,13 @@ extern "C" int qt_cuda_residual_backward(float *dres, float *dbranch, float *dga
   if (!dout || (dgamma && !branch)) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if (dres || dbranch) {
     if (qt__cuda_int_indices(n * c))
-      residual_backward_kernel<unsigned><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
-          dres, dbranch, dout, gamma, (unsigned)(n * c), (unsigned)c);
+      residual_backward_kernel<unsigned>
+          <<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              dres, dbranch, dout, gamma, (unsigned)(n * c), (unsigned)c);
     else
-      residual_backward_kernel<size_t><<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS>>>(
-          dres, dbranch, dout, gamma, n * c, c);
+      residual_backward_kernel<size_t>
+          <<<qt__cuda_elementwise_blocks(n * c), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              dres, dbranch, dout, gamma, n * c, c);
     int rc = qt__cuda_check_launch(err, who, "the residual backward kernel");
     if (rc < 0) return rc;
   }

@@ -84,6 +84,20 @@ void qt_cuda_host_unregister(void *ptr) {
   (void)ptr;
 }
 
+int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err) {
+  if (out) *out = NULL;
+  return QT_CUDA_STUB("qt_cuda_stream_create");
+}
+
+void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
+  (void)s;
+}
+
+qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s) {
+  (void)s;
+  return NULL;
+}
+
 qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
   (void)precision;
   return QT_MATMUL_FP32;

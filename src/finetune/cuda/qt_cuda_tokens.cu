@@ -105,11 +105,11 @@ extern "C" int qt_cuda_patchify(float *patches, const float *images, size_t batc
   if (total == 0) return 0;
   if (!patches || !images) return qt_err_set(err, QT_EINVAL, "qt_cuda_patchify: NULL array");
   if (qt__cuda_int_indices(total))
-    patchify_kernel<unsigned><<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(
+    patchify_kernel<unsigned><<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
         patches, images, (unsigned)batch, (unsigned)channels, (unsigned)size, (unsigned)patch);
   else
-    patchify_kernel<size_t><<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(patches, images, batch,
-                                                                         channels, size, patch);
+    patchify_kernel<size_t><<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+        patches, images, batch, channels, size, patch);
   return qt__cuda_check_launch(err, "qt_cuda_patchify", "the patchify kernel");
 }
 
@@ -122,12 +122,14 @@ extern "C" int qt_cuda_tokens_forward(float *x, const float *patch_tokens, const
     return qt_err_set(err, QT_EINVAL, "qt_cuda_tokens_forward: NULL array");
   }
   if (qt__cuda_int_indices(total))
-    tokens_forward_kernel<unsigned><<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(
-        x, patch_tokens, cls_token, pos, class_in_pos, (unsigned)batch, (unsigned)patches,
-        (unsigned)c);
+    tokens_forward_kernel<unsigned>
+        <<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            x, patch_tokens, cls_token, pos, class_in_pos, (unsigned)batch, (unsigned)patches,
+            (unsigned)c);
   else
-    tokens_forward_kernel<size_t><<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(
-        x, patch_tokens, cls_token, pos, class_in_pos, batch, patches, c);
+    tokens_forward_kernel<size_t>
+        <<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+            x, patch_tokens, cls_token, pos, class_in_pos, batch, patches, c);
   return qt__cuda_check_launch(err, "qt_cuda_tokens_forward", "the tokens kernel");
 }
 
@@ -140,17 +142,20 @@ extern "C" int qt_cuda_tokens_backward(float *dpatch_tokens, float *dcls_token, 
   if (dpatch_tokens && patches > 0) {
     size_t total = batch * patches * c;
     if (qt__cuda_int_indices(batch * (patches + 1) * c))
-      tokens_backward_patches_kernel<unsigned><<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(
-          dpatch_tokens, dx, (unsigned)batch, (unsigned)patches, (unsigned)c);
+      tokens_backward_patches_kernel<unsigned>
+          <<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+              dpatch_tokens, dx, (unsigned)batch, (unsigned)patches, (unsigned)c);
     else
       tokens_backward_patches_kernel<size_t>
-          <<<qt__cuda_blocks(total), QT_CUDA_THREADS>>>(dpatch_tokens, dx, batch, patches, c);
+          <<<qt__cuda_blocks(total), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(dpatch_tokens, dx,
+                                                                              batch, patches, c);
     int rc = qt__cuda_check_launch(err, who, "the patch token gradient");
     if (rc < 0) return rc;
   }
   if (dcls_token || dpos) {
-    tokens_backward_params_kernel<<<qt__cuda_blocks((patches + 1) * c), QT_CUDA_THREADS>>>(
-        dcls_token, dpos, dx, class_in_pos, batch, patches, c);
+    tokens_backward_params_kernel<<<qt__cuda_blocks((patches + 1) * c), QT_CUDA_THREADS, 0,
+                                    qt__cuda_stream()>>>(dcls_token, dpos, dx, class_in_pos, batch,
+                                                         patches, c);
     return qt__cuda_check_launch(err, who, "the class token and position gradients");
   }
   return 0;
