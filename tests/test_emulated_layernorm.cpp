@@ -10,7 +10,9 @@
  * tests' FP32 ops, for feature counts around the instantiations' widths
  * (1, 7, 33, 256, 257, 384, 768, 1000, 1024) and row counts of one and of
  * several chunks, with and without the affine parameters and each
- * gradient alone; and the residual add with the layer norm after it in one
+ * gradient alone, the backward's column sums in registers and in shared
+ * memory (the latter, in the former's chunks, bit for bit the same); and
+ * the residual add with the layer norm after it in one
  * body, against the CPU's two ops (the sum to the bit). It runs without a GPU; `test_gpu_ops` runs
  * the compiled kernels on a device.
  */
@@ -153,22 +155,24 @@ static void residual_case(size_t n, size_t c, const std::vector<float> &x,
 }
 
 /* The emulated backward of dy (float or BF16) into gi, gw, gb (each
- * skipped when NULL), the partial sums of several chunks added as
- * qt__cuda_column_partials_add does; returns the chunks. */
-template <int VEC, typename D>
+ * skipped when NULL), the sums in registers or (SHARED) in shared memory,
+ * in the chunks of backward_plan(n, plan_shared), the partial sums of
+ * several chunks added as qt__cuda_column_partials_add does; returns the
+ * chunks. */
+template <int VEC, bool SHARED, typename D>
 static int emulated_backward(float *gi, float *gw, float *gb, const D *dy, const float *x,
                              const float *weight, const float *mean, const float *rstd, size_t n,
-                             size_t c) {
+                             size_t c, bool plan_shared) {
   size_t rows_per_chunk;
   int chunks;
-  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
+  qt_ln::backward_plan(n, plan_shared, &rows_per_chunk, &chunks);
   /* NaN: a partial sum the kernel should have written and did not. */
   std::vector<double> partial(2 * (size_t)chunks * c, NAN);
-  qt_emu_launch(chunks, QT_LN_WARPS * 32, QT_LN_WARPS * c * sizeof(float),
+  qt_emu_launch(chunks, QT_LN_WARPS * 32, (SHARED ? 2 : 1) * QT_LN_WARPS * c * sizeof(float),
                 [&](unsigned char *smem, int block, int tid, int threads) {
-                  qt_ln::backward_block<VEC>((float *)smem, gi, gw, gb, partial.data(), dy, x,
-                                             weight, mean, rstd, n, c, rows_per_chunk, chunks,
-                                             block, tid, threads);
+                  qt_ln::backward_block<VEC, SHARED>((float *)smem, gi, gw, gb, partial.data(), dy,
+                                                     x, weight, mean, rstd, n, c, rows_per_chunk,
+                                                     chunks, block, tid, threads);
                 });
   if (chunks > 1) {
     for (size_t col = 0; col < c; col++) {
@@ -184,13 +188,27 @@ static int emulated_backward(float *gi, float *gw, float *gb, const D *dy, const
   return chunks;
 }
 
+/* emulated_backward with the sums in shared memory and its chunks where
+ * `shared` and the rows allow (QT_LN_SHARED_MAX_C), as the launcher; else
+ * in registers. */
+template <int VEC, typename D>
+static int emulated_backward_as(bool shared, float *gi, float *gw, float *gb, const D *dy,
+                                const float *x, const float *weight, const float *mean,
+                                const float *rstd, size_t n, size_t c) {
+  if (shared && c <= QT_LN_SHARED_MAX_C)
+    return emulated_backward<VEC, VEC * 32 <= QT_LN_SHARED_MAX_C>(gi, gw, gb, dy, x, weight, mean,
+                                                                  rstd, n, c, true);
+  return emulated_backward<VEC, false>(gi, gw, gb, dy, x, weight, mean, rstd, n, c, false);
+}
+
 /* grads: which of dinp, dweight, dbias the call asks for (bits 1, 2, 4).
  * With all three, dy in BF16 too (the layer norms' output gradients that
  * the linear layers after them write so, QT__KEEP_NORM_GRAD): the FP32
  * body's results on the same values, bit for bit. */
 template <int VEC>
 static void backward_case(size_t n, size_t c, const std::vector<float> &x,
-                          const std::vector<float> &w, int affine, int grads, std::mt19937 &rng) {
+                          const std::vector<float> &w, int affine, int grads, bool shared,
+                          std::mt19937 &rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> dy(n * c), mean(n), rstd(n), scratch(n * c);
   for (float &v : dy) v = normal(rng);
@@ -209,15 +227,34 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
                             grads & 2 ? want_dw.data() : nullptr,
                             grads & 4 ? want_db.data() : nullptr, dy.data(), x.data(), weight,
                             mean.data(), rstd.data(), n, c);
-  int chunks = emulated_backward<VEC>(gi, gw, gb, dy.data(), x.data(), weight, mean.data(),
-                                      rstd.data(), n, c);
-  char what[64];
-  snprintf(what, sizeof what, "dinp (grads %d, %d chunks)", grads, chunks);
+  int chunks = emulated_backward_as<VEC>(shared, gi, gw, gb, dy.data(), x.data(), weight,
+                                         mean.data(), rstd.data(), n, c);
+  const char *sums = shared && c <= QT_LN_SHARED_MAX_C ? "shared" : "registers";
+  char what[96];
+  snprintf(what, sizeof what, "dinp (grads %d, %d chunks, sums in %s)", grads, chunks, sums);
   check(what, n, c, dinp, want_dinp, &dinp0);
-  snprintf(what, sizeof what, "dweight (grads %d, %d chunks)", grads, chunks);
+  snprintf(what, sizeof what, "dweight (grads %d, %d chunks, sums in %s)", grads, chunks, sums);
   check(what, n, c, dw, want_dw, &dw0);
-  snprintf(what, sizeof what, "dbias (grads %d, %d chunks)", grads, chunks);
+  snprintf(what, sizeof what, "dbias (grads %d, %d chunks, sums in %s)", grads, chunks, sums);
   check(what, n, c, db, want_db, &db0);
+  if (VEC * 32 <= QT_LN_SHARED_MAX_C && shared) {
+    /* In the register body's chunks, the shared sums are its additions in
+     * its order: the same bits. */
+    std::vector<float> got[2][3] = {{dinp0, dw0, db0}, {dinp0, dw0, db0}};
+    emulated_backward<VEC, false>(got[0][0].data(), got[0][1].data(), got[0][2].data(), dy.data(),
+                                  x.data(), weight, mean.data(), rstd.data(), n, c, false);
+    emulated_backward<VEC, VEC * 32 <= QT_LN_SHARED_MAX_C>(
+        got[1][0].data(), got[1][1].data(), got[1][2].data(), dy.data(), x.data(), weight,
+        mean.data(), rstd.data(), n, c, false);
+    checks++;
+    int same = 1;
+    for (int k = 0; k < 3; k++)
+      same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)) == 0;
+    if (!same) {
+      printf("FAIL layernorm backward (%zu, %zu): shared sums differ from the registers'\n", n, c);
+      failures++;
+    }
+  }
   if (grads != 7) return;
   std::vector<__nv_bfloat16> dy16(n * c);
   std::vector<float> wide(n * c);
@@ -226,10 +263,10 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
     wide[k] = qt_emu_float(dy16[k]);
   }
   std::vector<float> got[2][3] = {{dinp0, dw0, db0}, {dinp0, dw0, db0}};
-  emulated_backward<VEC>(got[0][0].data(), got[0][1].data(), got[0][2].data(), wide.data(),
-                         x.data(), weight, mean.data(), rstd.data(), n, c);
-  emulated_backward<VEC>(got[1][0].data(), got[1][1].data(), got[1][2].data(), dy16.data(),
-                         x.data(), weight, mean.data(), rstd.data(), n, c);
+  emulated_backward_as<VEC>(shared, got[0][0].data(), got[0][1].data(), got[0][2].data(),
+                            wide.data(), x.data(), weight, mean.data(), rstd.data(), n, c);
+  emulated_backward_as<VEC>(shared, got[1][0].data(), got[1][1].data(), got[1][2].data(),
+                            dy16.data(), x.data(), weight, mean.data(), rstd.data(), n, c);
   checks++;
   int same = 1;
   for (int k = 0; k < 3; k++)
@@ -259,7 +296,8 @@ static void layernorm_case(size_t n, size_t c, int affine, unsigned seed) {
   for (float &v : w) v = 1.0f + 0.3f * normal(rng);
   for (float &v : b) v = normal(rng);
   forward_case<VEC>(n, c, x, w, b, affine);
-  backward_case<VEC>(n, c, x, w, affine, 7, rng);
+  backward_case<VEC>(n, c, x, w, affine, 7, false, rng);
+  backward_case<VEC>(n, c, x, w, affine, 7, true, rng);
   residual_case<VEC>(n, c, x, w, b, 0, 0, rng);
   residual_case<VEC>(n, c, x, w, b, 1, 1, rng);
 }
@@ -282,7 +320,10 @@ int main(void) {
   std::vector<float> x(n * c), w(c);
   for (float &v : x) v = normal(rng);
   for (float &v : w) v = normal(rng);
-  for (int grads : {1, 2, 4, 3}) backward_case<8>(n, c, x, w, 1, grads, rng);
+  for (int grads : {1, 2, 4, 3}) {
+    backward_case<8>(n, c, x, w, 1, grads, false, rng);
+    backward_case<8>(n, c, x, w, 1, grads, true, rng);
+  }
   printf("%d checks, %d failed\n", checks, failures);
   return failures ? 1 : 0;
 }

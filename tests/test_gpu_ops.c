@@ -745,11 +745,14 @@ static void layernorm_paths_agree(size_t n, size_t c, uint64_t seed) {
 }
 
 /* Every case through the row kernels (the default for rows of at most 1024
- * features) and through the loop kernels. */
+ * features), their backward's sums in shared memory (the default up to 768
+ * features) and in registers, and through the loop kernels. */
 static void test_layernorm(void) {
-  int was = qt__cuda_set_layernorm_rows(1);
-  for (int rows = 1; rows >= 0; rows--) {
+  int was = qt__cuda_set_layernorm_rows(1), was_shared = qt__cuda_set_layernorm_shared_sums(1);
+  for (int path = 2; path >= 0; path--) {
+    int rows = path > 0;
     qt__cuda_set_layernorm_rows(rows);
+    qt__cuda_set_layernorm_shared_sums(path == 2);
     layernorm_case(1, 1, 1, 31);
     layernorm_case(5, 7, 1, 32);
     layernorm_case(5, 7, 0, 33);
@@ -762,6 +765,7 @@ static void test_layernorm(void) {
     layernorm_case(4, 1025, 1, 40);    /* wider than the row kernels */
   }
   qt__cuda_set_layernorm_rows(was);
+  qt__cuda_set_layernorm_shared_sums(was_shared);
   layernorm_paths_agree(12608, 768, 41);
   layernorm_paths_agree(37, 1000, 42);
 }

@@ -568,6 +568,11 @@ int qt__cuda_set_bf16_branch(int on);
  * rows of at most 1024 features. On unless QT_CUDA_LAYERNORM_ROWS=0. */
 int qt__cuda_set_layernorm_rows(int on);
 
+/* The same for the row backward's column sums kept in shared memory
+ * instead of registers (rows of at most 768 features: three blocks per
+ * multiprocessor instead of two). On unless QT_CUDA_LN_SHARED_SUMS=0. */
+int qt__cuda_set_layernorm_shared_sums(int on);
+
 /* The same for the convolutional models' backward passes that take `set`
  * in the op table. */
 int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,

@@ -40,6 +40,20 @@ static int rows_kernels(size_t c) {
   return c <= QT_LN_MAX_C && qt__cuda_switch_on("QT_CUDA_LAYERNORM_ROWS", &rows_switch);
 }
 
+/* 1: the row backward keeps its column sums in shared memory where the
+ * rows allow (QT_LN_SHARED_MAX_C), unless QT_CUDA_LN_SHARED_SUMS=0; -1
+ * until the environment has been read. */
+static int shared_sums_switch = -1;
+
+extern "C" int qt__cuda_set_layernorm_shared_sums(int on) {
+  return qt__cuda_set_switch("QT_CUDA_LN_SHARED_SUMS", &shared_sums_switch, on);
+}
+
+static bool shared_sums(size_t c) {
+  return c <= QT_LN_SHARED_MAX_C &&
+         qt__cuda_switch_on("QT_CUDA_LN_SHARED_SUMS", &shared_sums_switch);
+}
+
 template <int VEC, typename T>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     layernorm_rows_forward_kernel(T *__restrict__ out, float *__restrict__ mean,
@@ -66,20 +80,29 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                                    threadIdx.x % 32);
 }
 
-/* Two blocks per multiprocessor up to 24 values per lane, so that ViT-B's
- * 263 chunks run in one wave on an H100: 128 registers (ptxas, sm_90: 28
- * bytes spilled; 156 registers unbounded). With 32 (ViT-L) 255 registers
- * and 152 bytes spilled either way. */
-template <int VEC, typename D>
-static __global__ void __launch_bounds__(QT_CUDA_THREADS, VEC <= 24 ? 2 : 1)
+/* The row backward's blocks per multiprocessor. Sums in registers: two up
+ * to 24 values per lane, so that ViT-B's 263 chunks run in one wave on an
+ * H100: 128 registers (ptxas, sm_90: 28 bytes spilled; 156 registers
+ * unbounded). With 32 (ViT-L) 255 registers and 152 bytes spilled either
+ * way. Sums in shared memory (SHARED): three, 80 registers and 28 bytes
+ * spilled at 24 values (28 and 44 with FP32 and BF16 dy in registers),
+ * with 48 KB of shared memory a block; ViT-B's 394 chunks in one wave. */
+static constexpr int backward_blocks(int vec, bool shared) {
+  return shared ? 3 : vec <= 24 ? 2 : 1;
+}
+
+template <int VEC, bool SHARED, typename D>
+static __global__ void __launch_bounds__(QT_CUDA_THREADS, backward_blocks(VEC, SHARED))
     layernorm_rows_backward_kernel(float *dinp, float *dweight, float *dbias, double *partial,
                                    const D *__restrict__ dout, const float *__restrict__ inp,
                                    const float *__restrict__ weight, const float *__restrict__ mean,
                                    const float *__restrict__ rstd, size_t n, size_t c,
                                    size_t rows_per_chunk, int chunks) {
-  __shared__ float red[QT_LN_WARPS * QT_LN_MAX_C];
-  qt_ln::backward_block<VEC>(red, dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n,
-                             c, rows_per_chunk, chunks, blockIdx.x, threadIdx.x, blockDim.x);
+  static_assert(!SHARED || VEC * 32 <= QT_LN_SHARED_MAX_C, "48 KB of shared sums at most");
+  __shared__ float red[SHARED ? 2 * QT_LN_WARPS * 32 * VEC : QT_LN_WARPS * QT_LN_MAX_C];
+  qt_ln::backward_block<VEC, SHARED>(red, dinp, dweight, dbias, partial, dout, inp, weight, mean,
+                                     rstd, n, c, rows_per_chunk, chunks, blockIdx.x, threadIdx.x,
+                                     blockDim.x);
 }
 
 template <typename T>
@@ -126,9 +149,10 @@ template <typename D>
 static int rows_backward(float *dinp, float *dweight, float *dbias, const D *dout, const float *inp,
                          const float *weight, const float *mean, const float *rstd, size_t n,
                          size_t c, const char *who, qt_err *err) {
+  bool shared = shared_sums(c);
   size_t rows_per_chunk;
   int chunks;
-  qt_ln::backward_plan(n, &rows_per_chunk, &chunks);
+  qt_ln::backward_plan(n, shared, &rows_per_chunk, &chunks);
   double *partial = NULL;
   int sums = (dweight || dbias) && chunks > 1;
   if (sums) {
@@ -136,16 +160,30 @@ static int rows_backward(float *dinp, float *dweight, float *dbias, const D *dou
     if (rc < 0) return rc;
   }
   switch (qt_ln::vec_for(c)) {
-#define QT_LN_BACKWARD(VEC)                                                                 \
-  case VEC:                                                                                 \
-    layernorm_rows_backward_kernel<VEC><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
-        dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk, \
-        chunks);                                                                            \
-    break;
-    QT_LN_BACKWARD(8)
-    QT_LN_BACKWARD(16)
-    QT_LN_BACKWARD(24)
-    QT_LN_BACKWARD(32)
+#define QT_LN_BACKWARD(VEC, SHARED)                                                               \
+  layernorm_rows_backward_kernel<VEC, SHARED><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
+      dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk, chunks)
+    case 8:
+      if (shared)
+        QT_LN_BACKWARD(8, true);
+      else
+        QT_LN_BACKWARD(8, false);
+      break;
+    case 16:
+      if (shared)
+        QT_LN_BACKWARD(16, true);
+      else
+        QT_LN_BACKWARD(16, false);
+      break;
+    case 24:
+      if (shared)
+        QT_LN_BACKWARD(24, true);
+      else
+        QT_LN_BACKWARD(24, false);
+      break;
+    case 32:
+      QT_LN_BACKWARD(32, false);
+      break;
 #undef QT_LN_BACKWARD
   }
   int rc = qt__cuda_check_launch(err, who, "the layer norm backward");

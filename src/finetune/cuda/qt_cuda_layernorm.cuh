@@ -42,9 +42,14 @@
 #define QT_LN_MAX_C 1024 /* features per row: 32 per lane at most */
 /* Rows per block of the backward, as long as there are at most
  * QT_LN_MAX_BLOCKS chunks: a ViT's 12,608 rows (batch 64) in 263 blocks,
- * two per multiprocessor of an H100. */
+ * two per multiprocessor of an H100; with the sums in shared memory
+ * (backward_block's SHARED), in 394 blocks, three per multiprocessor. */
 #define QT_LN_CHUNK_ROWS 48
+#define QT_LN_SHARED_CHUNK_ROWS 32
 #define QT_LN_MAX_BLOCKS 1024
+/* The widest rows whose backward may keep its sums in shared memory: two
+ * outputs' QT_LN_WARPS rows of them, 48 KB at 768 features. */
+#define QT_LN_SHARED_MAX_C 768
 
 namespace qt_ln {
 
@@ -55,9 +60,11 @@ __host__ __device__ inline int vec_for(size_t c) {
 }
 
 /* The backward's chunks: at most QT_LN_MAX_BLOCKS of rows_per_chunk rows
- * (the last shorter), none empty. */
-__host__ __device__ inline void backward_plan(size_t n, size_t *rows_per_chunk, int *chunks) {
-  size_t count = (n + QT_LN_CHUNK_ROWS - 1) / QT_LN_CHUNK_ROWS;
+ * (the last shorter), none empty; `shared`: for backward_block's SHARED. */
+__host__ __device__ inline void backward_plan(size_t n, bool shared, size_t *rows_per_chunk,
+                                              int *chunks) {
+  size_t chunk_rows = shared ? QT_LN_SHARED_CHUNK_ROWS : QT_LN_CHUNK_ROWS;
+  size_t count = (n + chunk_rows - 1) / chunk_rows;
   if (count > QT_LN_MAX_BLOCKS) count = QT_LN_MAX_BLOCKS;
   if (count < 1) count = 1;
   size_t rows = (n + count - 1) / count;
@@ -161,11 +168,25 @@ __device__ inline void residual_forward_row(float *out, T *y, float *mean, float
   normalize_row<VEC>(y, mean, rstd, v, weight, bias, c, eps, lane);
 }
 
-/* The block's sums of one output (sums[k]: this lane's, of column lane +
- * 32 k over its warp's rows), added over the warps in order in double
- * through red (QT_LN_WARPS * c floats of shared memory): added to dst as a
- * float with one chunk, else written to partial[(output * chunks + block)
- * * c + col]. Every thread of the block calls it. */
+/* The block's sums of one output, warp w's of column col at red[w * c +
+ * col], added over the warps in order in double: added to dst as a float
+ * with one chunk, else written to partial[(output * chunks + block) * c +
+ * col]. */
+__device__ inline void block_totals(const float *red, float *dst, double *partial, int output,
+                                    int chunks, int block, size_t c, int tid, int threads) {
+  for (size_t col = tid; col < c; col += threads) {
+    double total = 0.0;
+    for (int w = 0; w < QT_LN_WARPS; w++) total += red[w * c + col];
+    if (chunks == 1)
+      dst[col] += (float)total;
+    else
+      partial[((size_t)output * chunks + block) * c + col] = total;
+  }
+}
+
+/* block_totals of sums held in registers (sums[k]: this lane's, of column
+ * lane + 32 k over its warp's rows), through red (QT_LN_WARPS * c floats
+ * of shared memory). Every thread of the block calls it. */
 template <int VEC>
 __device__ inline void block_sums(float *red, const float sums[VEC], float *dst, double *partial,
                                   int output, int chunks, int block, size_t c, int tid,
@@ -177,14 +198,7 @@ __device__ inline void block_sums(float *red, const float sums[VEC], float *dst,
     if (j < c) red[warp * c + j] = sums[k];
   }
   __syncthreads();
-  for (size_t col = tid; col < c; col += threads) {
-    double total = 0.0;
-    for (int w = 0; w < QT_LN_WARPS; w++) total += red[w * c + col];
-    if (chunks == 1)
-      dst[col] += (float)total;
-    else
-      partial[((size_t)output * chunks + block) * c + col] = total;
-  }
+  block_totals(red, dst, partial, output, chunks, block, c, tid, threads);
   __syncthreads();
 }
 
@@ -192,8 +206,16 @@ __device__ inline void block_sums(float *red, const float sums[VEC], float *dst,
  * QT_LN_WARPS warps: dinp (when given) of its rows, and the sums of dy
  * xhat (output 0, for dweight) and of dy (output 1, dbias), those whose
  * gradient is given. dy (D) is float, or BF16 as the linear layer after
- * the norm wrote it. */
-template <int VEC, typename D>
+ * the norm wrote it.
+ *
+ * Each lane adds its columns' terms over its warp's rows in float, in row
+ * order: in registers (red: QT_LN_WARPS * c floats of shared memory, for
+ * the totals), or with SHARED (c at most QT_LN_SHARED_MAX_C) in the
+ * warp's rows of red (2 * QT_LN_WARPS * c floats: output 0's rows, then
+ * output 1's), the same additions in the same order. SHARED frees the 2 *
+ * VEC registers of the sums: three blocks per multiprocessor instead of
+ * two, and half as many rows' loads again in flight. */
+template <int VEC, bool SHARED, typename D>
 __device__ inline void backward_block(float *red, float *dinp, float *dweight, float *dbias,
                                       double *partial, const D *dout, const float *inp,
                                       const float *weight, const float *mean, const float *rstd,
@@ -202,11 +224,17 @@ __device__ inline void backward_block(float *red, float *dinp, float *dweight, f
   int warp = tid / 32, lane = tid % 32;
   /* The weight is read at each row (from the cache): in registers too, it
    * would leave room for one block per multiprocessor instead of two. */
-  float sum_w[VEC], sum_b[VEC];
+  float sum_w[SHARED ? 1 : VEC], sum_b[SHARED ? 1 : VEC];
+  float *shared_w = red + (size_t)warp * c + lane;
+  float *shared_b = red + (size_t)(QT_LN_WARPS + warp) * c + lane;
 #pragma unroll
   for (int k = 0; k < VEC; k++) {
-    sum_w[k] = 0.0f;
-    sum_b[k] = 0.0f;
+    if (SHARED) {
+      if ((size_t)lane + 32 * k < c) shared_w[32 * k] = shared_b[32 * k] = 0.0f;
+    } else {
+      sum_w[k] = 0.0f;
+      sum_b[k] = 0.0f;
+    }
   }
   size_t first = (size_t)block * rows_per_chunk;
   size_t end = first + rows_per_chunk < n ? first + rows_per_chunk : n;
@@ -220,8 +248,13 @@ __device__ inline void backward_block(float *red, float *dinp, float *dweight, f
     for (int k = 0; k < VEC; k++) {
       if ((size_t)lane + 32 * k >= c) continue;
       x[k] = __fmul_rn(x[k] - m, r); /* xhat from here on */
-      sum_w[k] += __fmul_rn(dy[k], x[k]);
-      sum_b[k] += dy[k];
+      if (SHARED) {
+        shared_w[32 * k] += __fmul_rn(dy[k], x[k]);
+        shared_b[32 * k] += dy[k];
+      } else {
+        sum_w[k] += __fmul_rn(dy[k], x[k]);
+        sum_b[k] += dy[k];
+      }
       dy[k] = __fmul_rn(weight ? weight[lane + 32 * k] : 1.0f, dy[k]); /* g from here on */
       g_sum += dy[k];
       g_xhat_sum += (double)dy[k] * x[k];
@@ -237,6 +270,13 @@ __device__ inline void backward_block(float *red, float *dinp, float *dweight, f
 #pragma unroll
     for (int k = 0; k < VEC; k++) x[k] += dy[k];
     store_row<VEC>(dinp + row * c, x, c, lane);
+  }
+  if (SHARED) {
+    __syncthreads();
+    if (dweight) block_totals(red, dweight, partial, 0, chunks, block, c, tid, threads);
+    if (dbias)
+      block_totals(red + QT_LN_WARPS * c, dbias, partial, 1, chunks, block, c, tid, threads);
+    return;
   }
   if (dweight) block_sums<VEC>(red, sum_w, dweight, partial, 0, chunks, block, c, tid, threads);
   if (dbias) block_sums<VEC>(red, sum_b, dbias, partial, 1, chunks, block, c, tid, threads);

@@ -296,6 +296,10 @@ int qt__cuda_set_layernorm_rows(int on) {
   return 0;
 }
 
+int qt__cuda_set_layernorm_shared_sums(int on) {
+  return 0;
+}
+
 int qt__cuda_attention_op_forward(float *out, float *att, const float *qkv, size_t batch,
                                   size_t tokens, size_t c, size_t heads, qt_err *err) {
   return QT_CUDA_STUB("qt_cuda_attention_forward");
