@@ -68,9 +68,9 @@
  * under torch.autocast with bfloat16; --amp bf16-fast the same with cuBLAS
  * converting the FP32 operands itself, QT_MATMUL_BF16_FAST); the
  * images and labels go up every step as in training (the images from
- * page-locked memory, as a run's batches), and every timed step
- * ends with qt_cuda_synchronize (the reference with
- * torch.cuda.synchronize). Printed next to the throughput: the model FLOP
+ * page-locked memory, as a run's batches; the reference's too, from
+ * page-locked tensors), and every timed step ends with
+ * qt_cuda_synchronize (the reference with torch.cuda.synchronize). Printed next to the throughput: the model FLOP
  * utilization (vit_forward_flops x 3 per image over the device's peak:
  * NVIDIA's dense FP32, TF32 or BF16 figure for a known name, else
  * --peak-tflops)

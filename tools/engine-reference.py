@@ -53,7 +53,9 @@ interpreter and torch's libraries); step_s is wall-clock seconds per timed
 step and cpu_step_s CPU seconds (all threads) per timed step, which a loaded
 machine inflates less. device_mib is torch.cuda.max_memory_reserved in
 MiB on a CUDA device (the caching allocator's peak, without the CUDA
-context), 0 on the CPU. On CUDA every timed step ends with
+context), 0 on the CPU. On CUDA the images and labels go up at every step
+from page-locked host memory (.to(device, non_blocking=True)), as
+bench/engine's qtune side does, and every timed step ends with
 torch.cuda.synchronize(); matrix products are FP32 unless --tf32 (which
 sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32) or
 --amp bf16 (forward and loss under torch.autocast with bfloat16, the
@@ -208,8 +210,12 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device)
-    labels = torch.randint(0, args.classes, (args.batch,), device=args.device)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, args.classes, (args.batch,))
+    if cuda:
+        # As bench/engine's qtune side and a training loop: the batch goes up
+        # at every step, from page-locked memory.
+        images, labels = images.pin_memory(), labels.pin_memory()
     loss_fn = nn.CrossEntropyLoss()
 
     amp = args.amp == "bf16"
@@ -217,9 +223,11 @@ def main():
         raise SystemExit("engine-reference.py: --amp bf16 is for --device cuda")
 
     def step():
+        x = images.to(args.device, non_blocking=True)
+        y = labels.to(args.device, non_blocking=True)
         opt.zero_grad(set_to_none=False)
         with torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(images), labels)
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         if cuda:
