@@ -188,6 +188,19 @@ static int emulated_backward(float *gi, float *gw, float *gb, const D *dy, const
   return chunks;
 }
 
+/* Two backwards' dinp, dweight and dbias, the same bits (else `what`). */
+static void expect_same_grads(const std::vector<float> (&got)[2][3], size_t n, size_t c,
+                              const char *what) {
+  checks++;
+  int same = 1;
+  for (int k = 0; k < 3; k++)
+    same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)) == 0;
+  if (!same) {
+    printf("FAIL layernorm backward (%zu, %zu): %s\n", n, c, what);
+    failures++;
+  }
+}
+
 /* emulated_backward with the sums in shared memory and its chunks where
  * `shared` and the rows allow (QT_LN_SHARED_MAX_C), as the launcher; else
  * in registers. */
@@ -246,14 +259,7 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
     emulated_backward<VEC, VEC * 32 <= QT_LN_SHARED_MAX_C>(
         got[1][0].data(), got[1][1].data(), got[1][2].data(), dy.data(), x.data(), weight,
         mean.data(), rstd.data(), n, c, false);
-    checks++;
-    int same = 1;
-    for (int k = 0; k < 3; k++)
-      same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)) == 0;
-    if (!same) {
-      printf("FAIL layernorm backward (%zu, %zu): shared sums differ from the registers'\n", n, c);
-      failures++;
-    }
+    expect_same_grads(got, n, c, "shared sums differ from the registers'");
   }
   if (grads != 7) return;
   std::vector<__nv_bfloat16> dy16(n * c);
@@ -267,14 +273,7 @@ static void backward_case(size_t n, size_t c, const std::vector<float> &x,
                             wide.data(), x.data(), weight, mean.data(), rstd.data(), n, c);
   emulated_backward_as<VEC>(shared, got[1][0].data(), got[1][1].data(), got[1][2].data(),
                             dy16.data(), x.data(), weight, mean.data(), rstd.data(), n, c);
-  checks++;
-  int same = 1;
-  for (int k = 0; k < 3; k++)
-    same &= memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)) == 0;
-  if (!same) {
-    printf("FAIL layernorm backward (%zu, %zu): BF16 dy differs from its FP32 values\n", n, c);
-    failures++;
-  }
+  expect_same_grads(got, n, c, "BF16 dy differs from its FP32 values");
 }
 
 template <int VEC>

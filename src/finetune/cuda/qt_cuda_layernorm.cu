@@ -143,6 +143,25 @@ static void launch_residual_rows(float *out, T *norm, float *mean, float *rstd, 
   }
 }
 
+/* The row backward's kernel for rows of VEC values per lane, its sums in
+ * shared memory where `shared` and VEC allow it. */
+template <int VEC, typename D>
+static void launch_backward(bool shared, int chunks, float *dinp, float *dweight, float *dbias,
+                            double *partial, const D *dout, const float *inp, const float *weight,
+                            const float *mean, const float *rstd, size_t n, size_t c,
+                            size_t rows_per_chunk) {
+  if constexpr (VEC * 32 <= QT_LN_SHARED_MAX_C) {
+    if (shared) {
+      layernorm_rows_backward_kernel<VEC, true><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+          dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk,
+          chunks);
+      return;
+    }
+  }
+  layernorm_rows_backward_kernel<VEC, false><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(
+      dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk, chunks);
+}
+
 /* The row kernel's backward and, with several chunks, the partial sums'
  * total. */
 template <typename D>
@@ -160,30 +179,15 @@ static int rows_backward(float *dinp, float *dweight, float *dbias, const D *dou
     if (rc < 0) return rc;
   }
   switch (qt_ln::vec_for(c)) {
-#define QT_LN_BACKWARD(VEC, SHARED)                                                               \
-  layernorm_rows_backward_kernel<VEC, SHARED><<<chunks, QT_CUDA_THREADS, 0, qt__cuda_stream()>>>( \
-      dinp, dweight, dbias, partial, dout, inp, weight, mean, rstd, n, c, rows_per_chunk, chunks)
-    case 8:
-      if (shared)
-        QT_LN_BACKWARD(8, true);
-      else
-        QT_LN_BACKWARD(8, false);
-      break;
-    case 16:
-      if (shared)
-        QT_LN_BACKWARD(16, true);
-      else
-        QT_LN_BACKWARD(16, false);
-      break;
-    case 24:
-      if (shared)
-        QT_LN_BACKWARD(24, true);
-      else
-        QT_LN_BACKWARD(24, false);
-      break;
-    case 32:
-      QT_LN_BACKWARD(32, false);
-      break;
+#define QT_LN_BACKWARD(VEC)                                                                      \
+  case VEC:                                                                                      \
+    launch_backward<VEC>(shared, chunks, dinp, dweight, dbias, partial, dout, inp, weight, mean, \
+                         rstd, n, c, rows_per_chunk);                                            \
+    break;
+    QT_LN_BACKWARD(8)
+    QT_LN_BACKWARD(16)
+    QT_LN_BACKWARD(24)
+    QT_LN_BACKWARD(32)
 #undef QT_LN_BACKWARD
   }
   int rc = qt__cuda_check_launch(err, who, "the layer norm backward");
