@@ -25,6 +25,13 @@
 
 #define FAKE_DEVICE_MAX_BLOCKS 1024
 #define FAKE_DEVICE_MAX_PINS 8
+#define FAKE_DEVICE_MAX_PENDING 4
+
+typedef struct fake_pending_copy {
+  void *dst;
+  const void *src;
+  size_t bytes;
+} fake_pending_copy;
 
 typedef struct fake_block {
   void *ptr;
@@ -45,7 +52,14 @@ static struct fake_device {
   void *stream;                          /* the current one (stream_use); NULL: the default */
   long default_stream_calls;             /* calls of the counters above with none current */
   int refuse_streams;                    /* 1: stream_create fails, as on a device out of memory */
-  long bf16_calls;                       /* calls of fake_device_bf16_ops' ops with BF16 arrays */
+  /* upload_async's copies on a stream, made only at upload_wait (or when
+   * the stream goes), as late as a device may make them: a model that
+   * reads dst before the wait, or a caller that changes src before it,
+   * gets numbers other than the CPU's. */
+  fake_pending_copy pending[FAKE_DEVICE_MAX_PENDING];
+  int n_pending;
+  long async_uploads;       /* upload_async calls on a stream */
+  long bf16_calls;          /* calls of fake_device_bf16_ops' ops with BF16 arrays */
   int bf16_qkv_off;         /* 1: its bf16_activations keeps qkv in FP32, as QT_CUDA_BF16_QKV=0 */
   int bf16_hidden_off;      /* 1: ... and fc1's output, as QT_CUDA_BF16_HIDDEN=0 */
   int bf16_hidden_grad_off; /* 1: ... and GELU's output gradient, as QT_CUDA_BF16_HIDDEN_GRAD=0 */
@@ -168,8 +182,20 @@ static inline void *fake_stream_use(void *stream) {
   return previous;
 }
 
+/* The pending copies, made now. */
+static inline void fake_copies_arrive(void) {
+  FAKE_OPEN();
+  for (int i = 0; i < fake_device.n_pending; i++) {
+    fake_pending_copy *c = &fake_device.pending[i];
+    memcpy(c->dst, c->src, c->bytes);
+  }
+  FAKE_CLOSE();
+  fake_device.n_pending = 0;
+}
+
 static inline void fake_stream_destroy(void *stream) {
   if (!stream) return;
+  fake_copies_arrive(); /* destroying waits for the stream's copies */
   if (fake_device.stream == stream) fake_device.stream = NULL;
   fake_device.streams--;
   free(stream);
@@ -203,6 +229,20 @@ static inline int fake_upload(void *dst, const void *src, size_t bytes, qt_err *
 }
 static inline int fake_download(void *dst, const void *src, size_t bytes, qt_err *err) {
   FAKE_OP(downloads, download(dst, src, bytes, err));
+}
+/* Without a stream current, an upload; with one, a copy left pending. */
+static inline int fake_upload_async(void *dst, const void *src, size_t bytes, qt_err *err) {
+  if (!fake_device.stream) return fake_upload(dst, src, bytes, err);
+  CU_ASSERT_FATAL(fake_device.n_pending < FAKE_DEVICE_MAX_PENDING);
+  fake_device.pinned_uploads += fake_pinned(src, bytes);
+  fake_device.async_uploads++;
+  fake_device.pending[fake_device.n_pending++] = (fake_pending_copy){dst, src, bytes};
+  return 0;
+}
+static inline int fake_upload_wait(qt_err *err) {
+  (void)err;
+  if (fake_device.stream) fake_copies_arrive();
+  return 0;
 }
 static inline int fake_linear_forward(float *out, const float *inp, const float *weight,
                                       const float *bias, size_t n, size_t in_c, size_t out_c,
@@ -491,6 +531,8 @@ static inline const qt__ops *fake_device_ops(void) {
       .stream_create = fake_stream_create,
       .stream_use = fake_stream_use,
       .stream_destroy = fake_stream_destroy,
+      .upload_async = fake_upload_async,
+      .upload_wait = fake_upload_wait,
       .linear_forward = fake_linear_forward,
       .linear_backward = fake_linear_backward,
       .layernorm_forward = fake_layernorm_forward,

@@ -938,8 +938,22 @@ static int prepare_batchnorms(qt_cnn_t *m, qt_batchnorm_mode mode, qt_err *err) 
   return 0;
 }
 
+static int cnn_forward(qt_cnn_t *m, const float *images, int staged, size_t batch,
+                       qt_batchnorm_mode mode, qt_err *err);
+
 int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_mode mode,
                    qt_err *err) {
+  return cnn_forward(m, images, 0, batch, mode, err);
+}
+
+int qt__cnn_forward_staged(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_mode mode,
+                           qt_err *err) {
+  return cnn_forward(m, images, 1, batch, mode, err);
+}
+
+/* The forward of images on the host, or (staged) already on the backend. */
+static int cnn_forward(qt_cnn_t *m, const float *images, int staged, size_t batch,
+                       qt_batchnorm_mode mode, qt_err *err) {
   if (!images || batch == 0 || batch > m->max_batch)
     return qt_err_set(err, QT_EINVAL, "qt_cnn_forward: batch %zu outside [1, %zu]", batch,
                       m->max_batch);
@@ -950,7 +964,11 @@ int qt_cnn_forward(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_
   m->hooks.dropped = 0;
   /* The images are copied into the arena on every backend (the stem's
    * backward reads them after the caller may have reused its buffer). */
-  CNN_TRY(ops->upload(m->acts[0].data, images, batch * m->acts[0].per_image * F, err));
+  size_t image_bytes = batch * m->acts[0].per_image * F;
+  if (staged)
+    CNN_TRY(ops->copy(m->acts[0].data, images, image_bytes, err));
+  else
+    CNN_TRY(ops->upload(m->acts[0].data, images, image_bytes, err));
   CNN_TRY(prepare_batchnorms(m, mode, err));
   for (size_t i = 0; i < m->n_ops; i++) {
     op *o = &m->ops[i];

@@ -666,6 +666,18 @@ typedef struct qt_cuda_stream qt_cuda_stream_t;
 int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err);
 void qt_cuda_stream_destroy(qt_cuda_stream_t *s);
 qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s);
+/* An upload that overlaps the thread's stream's work: queued on a copy
+ * stream of that stream's own, it may still be on its way when the call
+ * returns. qt_cuda_upload_wait makes the work queued on the thread's
+ * stream after it wait (on the device) for every upload_async before it.
+ * Until the stream has run past that point (a download after it has
+ * returned, say), src must stay as it is and dst be neither read nor
+ * written; src page-locked (qt_cuda_host_register) for the copy to
+ * overlap at all. Without a
+ * created stream current, qt_cuda_upload_async is qt_cuda_copy_to_device
+ * and qt_cuda_upload_wait does nothing. */
+int qt_cuda_upload_async(void *dst, const void *src, size_t bytes, qt_err *err);
+int qt_cuda_upload_wait(qt_err *err);
 /* Queued on the thread's stream: qt_cuda_zero sets `bytes` bytes to 0,
  * qt_cuda_copy_on_device copies between two device blocks, and
  * qt_cuda_copy_rows copies `rows` rows of `cols` floats from rows

@@ -167,6 +167,12 @@ typedef struct qt__ops {
   int (*stream_create)(void **out, qt_err *err);
   void *(*stream_use)(void *stream);
   void (*stream_destroy)(void *stream);
+  /* An upload that overlaps the thread's stream's work, and the wait for
+   * it (qt_cuda_upload_async, qt_cuda_upload_wait: src unchanged and dst
+   * untouched until the stream has run past the wait). NULL for a
+   * backend whose memory is the host's. */
+  int (*upload_async)(void *dst, const void *src, size_t bytes, qt_err *err);
+  int (*upload_wait)(qt_err *err);
 
   /* The ViT's layer ops and AdamW, as qt_cuda_<op>(). The backward passes
    * of linear, GELU and attention take `set`: 1 writes the input gradient
@@ -616,6 +622,16 @@ int qt__vit_set_ops(qt_vit_t *vit, const qt__ops *ops, qt_err *err);
  * are on (the CPU's until moved). */
 int qt__model_set_ops(qt_model_t *m, const qt__ops *ops, qt_err *err);
 const qt__ops *qt__model_ops(const qt_model_t *m);
+
+/* The forwards of images already on the model's backend (staged: a run
+ * uploads the next batch with upload_async while the device works on the
+ * current one), as qt_vit_forward, qt_cnn_forward and qt_model_forward
+ * otherwise; an MLP's features are not staged (QT_EINVAL). */
+int qt__vit_forward_staged(qt_vit_t *vit, const float *images, size_t batch, qt_err *err);
+int qt__cnn_forward_staged(qt_cnn_t *m, const float *images, size_t batch, qt_batchnorm_mode mode,
+                           qt_err *err);
+int qt__model_forward_staged(qt_model_t *m, const float *images, size_t batch, int training,
+                             qt_err *err);
 
 /* qt_run_init and qt_run_load on the backend of ops instead of spec's
  * device (tests run them on a fake device). */

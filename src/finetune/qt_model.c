@@ -262,6 +262,15 @@ int qt_model_forward(qt_model_t *m, const float *images, size_t batch, int train
                         training ? QT_BATCHNORM_MODE_TRAIN : QT_BATCHNORM_MODE_EVAL, err);
 }
 
+int qt__model_forward_staged(qt_model_t *m, const float *images, size_t batch, int training,
+                             qt_err *err) {
+  if (m->vit) return qt__vit_forward_staged(m->vit, images, batch, err);
+  if (m->mlp)
+    return qt_err_set(err, QT_EINVAL, "qt_model_forward: an MLP's features are not staged");
+  return qt__cnn_forward_staged(m->cnn, images, batch,
+                                training ? QT_BATCHNORM_MODE_TRAIN : QT_BATCHNORM_MODE_EVAL, err);
+}
+
 const float *qt_model_logits(const qt_model_t *m) {
   if (m->mlp) return qt_mlp_logits(m->mlp);
   return m->vit ? qt_vit_logits(m->vit) : qt_cnn_logits(m->cnn);

@@ -367,6 +367,8 @@ const qt__ops *qt__ops_profile(const qt__ops *inner, int (*sync)(qt_err *err)) {
   profiled.stream_create = inner->stream_create;
   profiled.stream_use = inner->stream_use;
   profiled.stream_destroy = inner->stream_destroy;
+  profiled.upload_async = inner->upload_async;
+  profiled.upload_wait = inner->upload_wait;
   /* The optional ops: where the inner table has them. */
   profiled.bf16_activations = inner->bf16_activations ? pass_bf16_activations : NULL;
   profiled.attention_saved_size = inner->attention_saved_size ? pass_attention_saved_size : NULL;

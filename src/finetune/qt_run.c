@@ -97,8 +97,12 @@ struct qt_run {
   qt_batch_iter_t *val_it;
   qt_batch_iter_t *test_it; /* NULL when the test split is absent or empty */
   void *pinned[3][2];       /* the iterators' input arrays that ops->pin page-locked */
-  long done;                /* epochs completed */
-  double best;              /* best validation score, NaN before the first epoch */
+  /* On a backend with upload_async, for image models: a training batch's
+   * images, uploaded while the device works on the batch before (NULL:
+   * each batch is uploaded by its forward). */
+  float *staged;
+  long done;   /* epochs completed */
+  double best; /* best validation score, NaN before the first epoch */
   qt_schedule_plateau plateau;
   int diverged;
   qt_rng_t *root_rng;      /* the seed's stream: parent of the per-epoch dropout streams */
@@ -791,6 +795,10 @@ static void tensor_arrays(qt_run_t *run, size_t i, float **slots[RUN_ARRAYS],
 
 void qt_run_free(qt_run_t *run) {
   if (!run) return;
+  /* The stream first: it waits for its work, an upload of a batch that
+   * the run did not get to included, before the batches' arrays go. */
+  if (run->stream) run->ops->stream_destroy(run->stream);
+  run->stream = NULL;
   for (int k = 0; k < 3; k++) {
     for (int slot = 0; slot < 2; slot++) {
       if (run->pinned[k][slot]) run->ops->unpin(run->pinned[k][slot]);
@@ -809,6 +817,7 @@ void qt_run_free(qt_run_t *run) {
     }
   }
   (run->ops ? run->ops : qt__ops_cpu())->release(run->scalars);
+  if (run->staged) run->ops->release(run->staged);
   free(run->tensors);
   free(run->trainable);
   free(run->slices);
@@ -819,7 +828,6 @@ void qt_run_free(qt_run_t *run) {
   free(run->checkpoint);
   free(run->feature_mean);
   free(run->feature_std);
-  if (run->stream) run->ops->stream_destroy(run->stream);
   free(run);
 }
 
@@ -1012,6 +1020,16 @@ static void overlap_batches(qt_run_t *run) {
         QT_LOG_DEBUG("run: batches upload from pageable memory (%s)", qt_err_message(&err));
     }
   }
+  /* Training batches of images go up while the device works on the
+   * batch before (train_epoch); without the room, each in its forward. */
+  size_t bytes = 0;
+  if (!run->ops->upload_async || qt_model_family_is_mlp(qt_model_get_family(run->model)) ||
+      !qt_batch_iter_inputs_buffer(run->train_it, 0, &bytes))
+    return;
+  qt_err err;
+  qt_err_clear(&err);
+  if (run->ops->alloc((void **)&run->staged, bytes, &err) < 0)
+    QT_LOG_DEBUG("run: each batch uploads in its forward (%s)", qt_err_message(&err));
 }
 
 /* Moves a run made on the CPU to the backend of ops: the model, DELTA's
@@ -1662,6 +1680,12 @@ static int run_epoch(qt_run_t *run, qt_run_epoch_result *out, qt_err *err) {
   return 0;
 }
 
+/* Queues the upload of a training batch's images into run->staged. */
+static int stage_batch(qt_run_t *run, const qt_batch *b, qt_err *err) {
+  size_t bytes = b->size * b->channels * b->height * b->width * sizeof *b->inputs;
+  return run->ops->upload_async(run->staged, b->inputs, bytes, err);
+}
+
 /* The training half of an epoch: every batch forward, loss, backward, step. */
 static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t0, qt_err *err) {
   double lr = out->lr;
@@ -1670,14 +1694,28 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
   size_t images = 0;
   double loss_sum = 0.0;
   qt_batch batch;
-  while ((rc = qt_batch_iter_next(run->train_it, &batch, err)) == 1) {
+  /* With run->staged, each batch after the first is fetched after the
+   * loss of the one before (the host is then done with that one's arrays,
+   * and the device with the staged images) and its images are queued for
+   * upload there, so that the upload runs beside the backward pass and
+   * the step; its forward waits for them. `staged`: the batch in `batch`
+   * has its images in run->staged. */
+  rc = qt_batch_iter_next(run->train_it, &batch, err);
+  int staged = rc == 1 && run->staged;
+  if (staged && (rc = stage_batch(run, &batch, err)) == 0) rc = 1;
+  while (rc == 1) {
     if (stop_requested(run)) {
       run->stopped = 1;
       out->status = QT_RUN_STATUS_STOPPED;
       out->seconds = now_seconds() - t0;
       return 0;
     }
-    rc = qt_model_forward(run->model, batch.inputs, batch.size, 1, err);
+    if (staged) {
+      rc = run->ops->upload_wait(err);
+      if (rc == 0) rc = qt__model_forward_staged(run->model, run->staged, batch.size, 1, err);
+    } else {
+      rc = qt_model_forward(run->model, batch.inputs, batch.size, 1, err);
+    }
     if (rc < 0) return rc;
     double loss;
     rc = qt_model_loss(run->model, NULL, batch.targets, 0.0, &loss, err);
@@ -1727,13 +1765,22 @@ static int train_epoch(qt_run_t *run, long e, qt_run_epoch_result *out, double t
         return 0;
       }
     }
+    size_t size = batch.size;
+    int next = 1;
+    if (run->staged) {
+      next = qt_batch_iter_next(run->train_it, &batch, err);
+      if (next < 0) return next;
+      staged = next == 1;
+      if (staged && (rc = stage_batch(run, &batch, err)) < 0) return rc;
+    }
     qt_model_zero_grad(run->model);
     rc = qt_model_backward(run->model, err);
     if (rc < 0) return rc;
     rc = run->spec.goodfit ? goodfit_step(run, lr, err) : optimizer_step(run, lr, err);
     if (rc < 0) return rc;
-    loss_sum += loss * (double)batch.size;
-    images += batch.size;
+    loss_sum += loss * (double)size;
+    images += size;
+    rc = run->staged ? next : qt_batch_iter_next(run->train_it, &batch, err);
   }
   if (rc < 0) return rc;
   if (run->spec.goodfit && (rc = goodfit_drop_cycle(run, err)) < 0) return rc;

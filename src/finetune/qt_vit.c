@@ -926,7 +926,18 @@ static int fit_arena(qt_vit_t *vit, qt_err *err) {
   return rc;
 }
 
+static int vit_forward(qt_vit_t *vit, const float *images, int staged, size_t batch, qt_err *err);
+
 int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
+  return vit_forward(vit, images, 0, batch, err);
+}
+
+int qt__vit_forward_staged(qt_vit_t *vit, const float *images, size_t batch, qt_err *err) {
+  return vit_forward(vit, images, 1, batch, err);
+}
+
+/* The forward of images on the host, or (staged) already on the backend. */
+static int vit_forward(qt_vit_t *vit, const float *images, int staged, size_t batch, qt_err *err) {
   if (!vit || !images) return qt_err_set(err, QT_EINVAL, "qt_vit_forward: NULL argument");
   if (batch < 1 || batch > vit->max_batch)
     return qt_err_set(err, QT_EINVAL, "qt_vit_forward: batch %zu is not in [1, %zu] (max_batch)",
@@ -952,9 +963,10 @@ int qt_vit_forward(qt_vit_t *vit, const float *images, size_t batch, qt_err *err
                       "not",
                       B, vit->max_batch);
 
-  /* The images move to the backend once per batch. */
+  /* The images move to the backend once per batch (a staged batch is
+   * there already). */
   const float *pixels = images;
-  if (!ops->host_memory) {
+  if (!ops->host_memory && !staged) {
     VIT_TRY(ops->upload(vit->images, images, B * 3 * S * S * sizeof *images, err));
     pixels = vit->images;
   }

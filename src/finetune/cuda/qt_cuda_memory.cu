@@ -238,6 +238,11 @@ typedef struct scratch_block {
 struct qt_cuda_stream {
   cudaStream_t stream = 0;
   cublasHandle_t blas = nullptr;
+  /* qt_cuda_upload_async's copies (a non-blocking stream: ordered with
+   * this one only through `copied`, recorded after each). None for a
+   * default one. */
+  cudaStream_t copy = 0;
+  cudaEvent_t copied = nullptr;
   /* The partial sums of the reductions split into chunks, and the partial
    * products of qt__cuda_products_scratch_lock's callers (which may sum
    * them with the former while they hold the latter). */
@@ -298,12 +303,19 @@ extern "C" int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err) {
     delete s;
     return qt__cuda_error(err, status, "qt_cuda_stream_create: cudaStreamCreate");
   }
-  cublasStatus_t blas = cublasCreate(&s->blas);
+  status = cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking);
+  if (status == cudaSuccess) status = cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming);
+  cublasStatus_t blas = CUBLAS_STATUS_NOT_INITIALIZED;
+  if (status == cudaSuccess) blas = cublasCreate(&s->blas);
   if (blas == CUBLAS_STATUS_SUCCESS) blas = cublasSetStream(s->blas, s->stream);
   if (blas != CUBLAS_STATUS_SUCCESS) {
     if (s->blas) cublasDestroy(s->blas);
+    if (s->copied) cudaEventDestroy(s->copied);
+    if (s->copy) cudaStreamDestroy(s->copy);
     cudaStreamDestroy(s->stream);
     delete s;
+    if (status != cudaSuccess)
+      return qt__cuda_error(err, status, "qt_cuda_stream_create: the copy stream");
     return qt__cublas_error(err, blas, "qt_cuda_stream_create: cublasCreate");
   }
   *out = s;
@@ -314,6 +326,7 @@ extern "C" int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err) {
 extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
   if (!s) return;
   if (current_stream == s) current_stream = NULL;
+  if (cudaStreamSynchronize(s->copy) != cudaSuccess) (void)cudaGetLastError();
   if (cudaStreamSynchronize(s->stream) != cudaSuccess) (void)cudaGetLastError();
   scratch_block *blocks[] = {&s->sums, &s->products, &s->rounded, &s->lt_workspace};
   for (scratch_block *b : blocks) {
@@ -325,8 +338,29 @@ extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
   }
   pthread_mutex_destroy(&s->bf16_lock);
   cublasDestroy(s->blas);
+  cudaEventDestroy(s->copied);
+  cudaStreamDestroy(s->copy);
   if (cudaStreamDestroy(s->stream) != cudaSuccess) (void)cudaGetLastError();
   delete s;
+}
+
+extern "C" int qt_cuda_upload_async(void *dst, const void *src, size_t bytes, qt_err *err) {
+  qt_cuda_stream *s = current_stream;
+  if (!s) return qt_cuda_copy_to_device(dst, src, bytes, err);
+  if (bytes == 0) return 0;
+  if (!dst || !src) return qt_err_set(err, QT_EINVAL, "qt_cuda_upload_async: NULL pointer");
+  cudaError_t status = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s->copy);
+  if (status == cudaSuccess) status = cudaEventRecord(s->copied, s->copy);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_upload_async");
+  return 0;
+}
+
+extern "C" int qt_cuda_upload_wait(qt_err *err) {
+  qt_cuda_stream *s = current_stream;
+  if (!s) return 0;
+  cudaError_t status = cudaStreamWaitEvent(s->stream, s->copied, 0);
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_upload_wait");
+  return 0;
 }
 
 extern "C" qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s) {

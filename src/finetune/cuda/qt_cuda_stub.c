@@ -98,6 +98,14 @@ qt_cuda_stream_t *qt_cuda_stream_use(qt_cuda_stream_t *s) {
   return NULL;
 }
 
+int qt_cuda_upload_async(void *dst, const void *src, size_t bytes, qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_upload_async");
+}
+
+int qt_cuda_upload_wait(qt_err *err) {
+  return QT_CUDA_STUB("qt_cuda_upload_wait");
+}
+
 qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision) {
   (void)precision;
   return QT_MATMUL_FP32;
