@@ -70,7 +70,11 @@
  * images and labels go up every step as in training (the images from
  * page-locked memory, as a run's batches; the reference's too, from
  * page-locked tensors), and every timed step ends with
- * qt_cuda_synchronize (the reference with torch.cuda.synchronize). Printed next to the throughput: the model FLOP
+ * qt_cuda_synchronize (the reference with torch.cuda.synchronize). As in
+ * a run (qt_run.c), the steps run on a stream of their own and the next
+ * step's images go up beside the backward pass and the AdamW step
+ * (qt_cuda_upload_async after the loss; the forward waits for them);
+ * --no-overlap uploads them in the forward instead. Printed next to the throughput: the model FLOP
  * utilization (vit_forward_flops x 3 per image over the device's peak:
  * NVIDIA's dense FP32, TF32 or BF16 figure for a known name, else
  * --peak-tflops)
@@ -94,7 +98,7 @@
  *                 [--batch 32] [--threads T] [--warmup 1] [--steps 3]
  *                 [--classes 1000] [--image-size 224] [--device cpu|cuda]
  *                 [--tf32 | --amp bf16|bf16-fast] [--peak-tflops X] [--profile]
- *                 [--rounds 1]
+ *                 [--rounds 1] [--no-overlap]
  *                 [--python /usr/bin/python3]
  *                 [--reference tools/engine-reference.py] [--no-reference]
  *
@@ -165,6 +169,7 @@ typedef struct bench_options {
   double peak_tflops;            /* the device's peak for the utilization; 0: from its name */
   int profile;                   /* --profile: time per op after the timed steps */
   long rounds;                   /* --rounds: qtune and the reference, in turn */
+  int no_overlap;                /* --no-overlap: each step's images go up in its forward */
 } bench_options;
 
 typedef struct bench_result {
@@ -245,7 +250,7 @@ static void usage(const char *argv0) {
           "usage: %s [--model vit_tiny|vit_small|vit_base|mobilenetv2_100|resnet18]\n"
           "          [--batch 32] [--threads T] [--warmup 1] [--steps 3] [--classes 1000]\n"
           "          [--image-size 224] [--device cpu|cuda] [--tf32 | --amp bf16|bf16-fast]\n"
-          "          [--peak-tflops X] [--profile] [--rounds 1]\n"
+          "          [--peak-tflops X] [--profile] [--rounds 1] [--no-overlap]\n"
           "          [--python /usr/bin/python3] [--reference PATH] [--no-reference]\n",
           argv0);
 }
@@ -288,6 +293,49 @@ static int pin_images(int cuda, float *images, size_t bytes) {
   if (qt_cuda_host_register(images, bytes, &err) == 0) return 1;
   fprintf(stderr, "engine: the images upload from pageable memory (%s)\n", qt_err_message(&err));
   return 0;
+}
+
+/* The steps' stream and images on the device, as a run's (qt_run.c): a
+ * stream of their own, current while the model steps, and (unless
+ * --no-overlap) `staged`, where each step's images are uploaded during the
+ * step before (the first step's before it). */
+typedef struct device_batch {
+  qt_cuda_stream_t *stream, *previous;
+  float *staged; /* NULL: each forward uploads the images */
+  const float *images;
+  size_t bytes;
+} device_batch;
+
+static int device_batch_init(device_batch *d, const bench_options *o, const float *images,
+                             size_t bytes, qt_err *err) {
+  *d = (device_batch){.images = images, .bytes = bytes};
+  if (o->device != QT_BACKEND_KIND_CUDA) return 0;
+  if (qt_cuda_stream_create(&d->stream, err) != 0) return -1;
+  d->previous = qt_cuda_stream_use(d->stream);
+  if (o->no_overlap) return 0;
+  if (qt_cuda_malloc((void **)&d->staged, bytes, err) != 0) return -1;
+  return qt_cuda_upload_async(d->staged, images, bytes, err);
+}
+
+static void device_batch_free(device_batch *d) {
+  if (!d->stream) return;
+  qt_cuda_free(d->staged);
+  qt_cuda_stream_use(d->previous);
+  qt_cuda_stream_destroy(d->stream);
+}
+
+/* The images of this step's forward: the staged ones, once the stream
+ * waits for them, or the host's; *staged says which. */
+static const float *step_images(const device_batch *d, int *staged, qt_err *err) {
+  *staged = d->staged != NULL;
+  if (!*staged) return d->images;
+  return qt_cuda_upload_wait(err) == 0 ? d->staged : NULL;
+}
+
+/* After the loss (the forward is done with the staged images): the next
+ * step's go up. */
+static int stage_next(const device_batch *d, qt_err *err) {
+  return d->staged ? qt_cuda_upload_async(d->staged, d->images, d->bytes, err) : 0;
 }
 
 /* Wall seconds of the phases of the steps timed so far. */
@@ -373,7 +421,7 @@ static int profiled_steps(step_fn step, void *model, const bench_options *o, dou
 
 typedef struct vit_model {
   qt_vit_t *vit;
-  const float *images;
+  device_batch dev;
   const int *labels;
   size_t batch;
   qt_adamw_params hp;
@@ -383,9 +431,15 @@ typedef struct vit_model {
 static int vit_step(void *model, step_times *t, double *loss, qt_err *err) {
   vit_model *v = model;
   double t0 = wall_now();
-  if (qt_vit_forward(v->vit, v->images, v->batch, err) != 0) return -1;
+  int staged;
+  const float *images = step_images(&v->dev, &staged, err);
+  if (!images) return -1;
+  if ((staged ? qt__vit_forward_staged(v->vit, images, v->batch, err)
+              : qt_vit_forward(v->vit, images, v->batch, err)) != 0)
+    return -1;
   double t1 = wall_now();
   if (qt_vit_loss(v->vit, v->labels, NULL, 0.0, loss, err) != 0) return -1;
+  if (stage_next(&v->dev, err) != 0) return -1;
   qt_vit_zero_grad(v->vit);
   double t2 = wall_now();
   if (qt_vit_backward(v->vit, err) != 0) return -1;
@@ -406,6 +460,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   float *images = NULL;
   int *labels = NULL;
   int status = 1, pinned = 0;
+  vit_model model = {0};
   r->base_rss_kib = current_rss_kib();
   int cuda = o->device == QT_BACKEND_KIND_CUDA;
   if (cuda) {
@@ -438,9 +493,12 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
   for (long i = 0; i < o->batch; i++)
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
   pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
-  vit_model model = {vit, images, labels, (size_t)o->batch, qt_adamw_default_params(), cuda};
+  model = (vit_model){vit, {0}, labels, (size_t)o->batch, qt_adamw_default_params(), cuda};
   double loss = 0;
-  if (timed_steps(vit_step, &model, o, r, &loss, &err) != 0) goto fail;
+  if (device_batch_init(&model.dev, o, images, (size_t)o->batch * pixels * sizeof *images, &err) !=
+          0 ||
+      timed_steps(vit_step, &model, o, r, &loss, &err) != 0)
+    goto fail;
   printf("qtune: %zu parameters, activation arena %.1f MiB, last loss %.4f\n",
          qt_vit_parameter_count(vit), (double)qt_vit_activation_bytes(vit) / 1048576.0, loss);
   if (o->profile && (qt__vit_set_ops(vit, profile_ops(o), &err) != 0 ||
@@ -451,6 +509,7 @@ static int run_qtune_vit(const bench_options *o, bench_result *r) {
 fail:
   fprintf(stderr, "engine: %s\n", qt_err_message(&err));
 done:
+  device_batch_free(&model.dev);
   if (pinned) qt_cuda_host_unregister(images);
   free(images);
   free(labels);
@@ -461,7 +520,7 @@ done:
 
 typedef struct cnn_model {
   qt_cnn_t *cnn;
-  const float *images;
+  device_batch dev;
   const int *labels;
   size_t batch;
   qt_optim_params hp;
@@ -475,9 +534,15 @@ typedef struct cnn_model {
 static int cnn_step(void *model, step_times *t, double *loss, qt_err *err) {
   cnn_model *c = model;
   double t0 = wall_now();
-  if (qt_cnn_forward(c->cnn, c->images, c->batch, QT_BATCHNORM_MODE_TRAIN, err) != 0) return -1;
+  int staged;
+  const float *images = step_images(&c->dev, &staged, err);
+  if (!images) return -1;
+  if ((staged ? qt__cnn_forward_staged(c->cnn, images, c->batch, QT_BATCHNORM_MODE_TRAIN, err)
+              : qt_cnn_forward(c->cnn, images, c->batch, QT_BATCHNORM_MODE_TRAIN, err)) != 0)
+    return -1;
   double t1 = wall_now();
   if (qt_cnn_loss(c->cnn, c->labels, NULL, 0.0, loss, err) != 0) return -1;
+  if (stage_next(&c->dev, err) != 0) return -1;
   qt_cnn_zero_grad(c->cnn);
   double t2 = wall_now();
   if (qt_cnn_backward(c->cnn, err) != 0) return -1;
@@ -566,12 +631,14 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
     labels[i] = (int)qt_rng_uniform_int(rng, (uint64_t)o->classes);
   pinned = pin_images(cuda, images, (size_t)o->batch * pixels * sizeof *images);
   model.cnn = cnn;
-  model.images = images;
   model.labels = labels;
   model.batch = (size_t)o->batch;
   model.cuda = cuda;
   double loss = 0;
-  if (timed_steps(cnn_step, &model, o, r, &loss, &err) != 0) goto fail;
+  if (device_batch_init(&model.dev, o, images, (size_t)o->batch * pixels * sizeof *images, &err) !=
+          0 ||
+      timed_steps(cnn_step, &model, o, r, &loss, &err) != 0)
+    goto fail;
   printf("qtune: %zu parameters, last loss %.4f\n", params, loss);
   if (o->profile) {
     model.ops = profile_ops(o);
@@ -584,6 +651,7 @@ static int run_qtune_cnn(const bench_options *o, bench_result *r) {
 fail:
   fprintf(stderr, "engine: %s\n", qt_err_message(&err));
 done:
+  device_batch_free(&model.dev);
   if (pinned) qt_cuda_host_unregister(images);
   free(images);
   free(labels);
@@ -710,7 +778,7 @@ static double highest_rate(const bench_result *rounds, long count) {
 int main(int argc, char **argv) {
   bench_options o = {
       "vit_tiny",     32,  0, 1, 3, 1000, 224, "/usr/bin/python3", NULL, 0, QT_BACKEND_KIND_CPU,
-      QT_MATMUL_FP32, 0.0, 0, 1};
+      QT_MATMUL_FP32, 0.0, 0, 1, 0};
   char reference_buf[4096];
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i];
@@ -724,6 +792,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(flag, "--profile")) {
       o.profile = 1;
+      continue;
+    }
+    if (!strcmp(flag, "--no-overlap")) {
+      o.no_overlap = 1;
       continue;
     }
     if (!strcmp(flag, "--help") || !strcmp(flag, "-h")) {
