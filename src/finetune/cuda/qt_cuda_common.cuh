@@ -7,14 +7,19 @@
  * includer provides cuda_bf16.h (or the emulation's stand-ins),
  * __shfl_xor_sync, __fmul_rn, __fadd_rn, erff and expf.
  *
- * The elementwise loop: each thread takes QT_CUDA_UNROLL elements a block
- * apart per turn and issues all their loads before it stores any. With
+ * The elementwise loop: each thread takes QT_CUDA_UNROLL elements (U)
+ * a block apart per turn and issues all their loads before it stores any. With
  * one element at a time, a thread's next load waits for its store (the
  * compiler cannot tell that they do not alias), and the 64 warps of a
  * multiprocessor keep about 8 KB in flight, too little to fill a large
  * device's memory bandwidth: GELU's forward ran at about 1.9 TB/s on an
  * H100 that way. An element is loaded and stored by the same thread, so a
- * kernel may write where it reads (in place).
+ * kernel may write where it reads (in place). A kernel whose element reads
+ * only 2 bytes (GELU's forward from BF16) takes U = 8, so that a thread
+ * still has 16 bytes of loads in flight (at 4, Nsight Compute had that
+ * kernel at 1.95 TB/s, 79 us a call for ViT-B at batch 64, 481738e; at 8
+ * it takes 40 registers, six blocks a multiprocessor: 24 KB in flight
+ * where there were 16; bounded to eight blocks it spills).
  */
 #ifndef QT_CUDA_COMMON_CUH
 #define QT_CUDA_COMMON_CUH
@@ -67,19 +72,19 @@ __device__ inline float qt__gelu_grad(float dout, float x) {
  * where the kernel's index arithmetic allows it, see
  * qt__cuda_int_indices). Load returns a value (a struct for several
  * arrays), Store takes it back. */
-template <typename I, class Load, class Store>
+template <int U = QT_CUDA_UNROLL, typename I, class Load, class Store>
 __device__ inline void qt__elementwise(I n, unsigned block, unsigned blocks, unsigned thread,
                                        unsigned threads, Load load, Store store) {
-  I tile = (I)threads * QT_CUDA_UNROLL, stride = (I)blocks * tile;
+  I tile = (I)threads * U, stride = (I)blocks * tile;
   for (I base = (I)block * tile + thread; base < n; base += stride) {
-    decltype(load(base)) v[QT_CUDA_UNROLL] = {};
+    decltype(load(base)) v[U] = {};
 #pragma unroll
-    for (int u = 0; u < QT_CUDA_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
       I i = base + (I)u * threads;
       if (i < n) v[u] = load(i);
     }
 #pragma unroll
-    for (int u = 0; u < QT_CUDA_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
       I i = base + (I)u * threads;
       if (i < n) store(i, v[u]);
     }

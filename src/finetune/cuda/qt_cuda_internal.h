@@ -304,10 +304,10 @@ static inline unsigned qt__cuda_blocks(size_t n) {
   return blocks == 0 ? 1u : (unsigned)blocks;
 }
 
-/* Blocks for qt__elementwise over n elements (QT_CUDA_UNROLL per thread
- * and turn). */
-static inline unsigned qt__cuda_elementwise_blocks(size_t n) {
-  return qt__cuda_blocks((n + QT_CUDA_UNROLL - 1) / QT_CUDA_UNROLL);
+/* Blocks for qt__elementwise over n elements (unroll per thread and
+ * turn, its U). */
+static inline unsigned qt__cuda_elementwise_blocks(size_t n, size_t unroll = QT_CUDA_UNROLL) {
+  return qt__cuda_blocks((n + unroll - 1) / unroll);
 }
 
 #endif /* QT_CUDA_INTERNAL_H */
