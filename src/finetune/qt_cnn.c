@@ -963,7 +963,8 @@ static int cnn_forward(qt_cnn_t *m, const float *images, int staged, size_t batc
   m->labels_set = 0;
   m->hooks.dropped = 0;
   /* The images are copied into the arena on every backend (the stem's
-   * backward reads them after the caller may have reused its buffer). */
+   * backward reads them after the caller may have reused its buffer; a
+   * run's staged buffer takes the next batch's images during it). */
   size_t image_bytes = batch * m->acts[0].per_image * F;
   if (staged)
     CNN_TRY(ops->copy(m->acts[0].data, images, image_bytes, err));
