@@ -1724,6 +1724,42 @@ static void test_streams_concurrent(void) {
   qt_rng_free(rng);
 }
 
+/* qt_cuda_upload_async and _wait: without a stream of its own, a plain
+ * upload; on a stream, each of several uploads of changing page-locked
+ * host values is what a copy queued on the stream after the wait reads,
+ * bit for bit. */
+static void test_upload_async(void) {
+  qt_rng_t *rng = make_rng(59);
+  size_t n = (size_t)1 << 22, bytes = n * sizeof(float);
+  float *h = host_random(rng, n, 0.0, 1.0), *back = malloc(bytes);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(back);
+  CHECK_RC(qt_cuda_host_register(h, bytes, E));
+  float *d = device_alloc(n), *copy = device_alloc(n);
+  CHECK_RC(qt_cuda_upload_async(d, h, bytes, E));
+  CHECK_RC(qt_cuda_upload_wait(E));
+  CHECK_RC(qt_cuda_copy_to_host(back, d, bytes, E));
+  CU_ASSERT(memcmp(back, h, bytes) == 0);
+  qt_cuda_stream_t *s = NULL;
+  CHECK_RC(qt_cuda_stream_create(&s, E));
+  qt_cuda_stream_t *previous = qt_cuda_stream_use(s);
+  for (int round = 0; round < 4; round++) {
+    for (size_t i = 0; i < n; i++) h[i] = (float)round + (float)i / (float)n;
+    CHECK_RC(qt_cuda_upload_async(d, h, bytes, E));
+    CHECK_RC(qt_cuda_upload_wait(E));
+    CHECK_RC(qt_cuda_copy_on_device(copy, d, bytes, E));
+    CHECK_RC(qt_cuda_copy_to_host(back, copy, bytes, E));
+    CU_ASSERT(memcmp(back, h, bytes) == 0);
+  }
+  qt_cuda_stream_use(previous);
+  qt_cuda_stream_destroy(s);
+  qt_cuda_host_unregister(h);
+  qt_cuda_free(d);
+  qt_cuda_free(copy);
+  free(h);
+  free(back);
+  qt_rng_free(rng);
+}
+
 static const qt_test_case cases[] = {
     {"linear", test_linear},
     {"linear_tf32", test_linear_tf32},
@@ -1747,6 +1783,7 @@ static const qt_test_case cases[] = {
     {"linear_bias_broadcast", test_linear_bias_broadcast},
     {"streams", test_streams},
     {"streams_concurrent", test_streams_concurrent},
+    {"upload_async", test_upload_async},
     {NULL, NULL},
 };
 
