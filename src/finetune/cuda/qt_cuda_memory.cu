@@ -299,27 +299,24 @@ extern "C" int qt_cuda_stream_create(qt_cuda_stream_t **out, qt_err *err) {
   qt_cuda_stream *s = new (std::nothrow) qt_cuda_stream();
   if (!s) return qt_err_set(err, QT_ENOMEM, "%s: out of host memory", who);
   cudaError_t status = cudaStreamCreateWithFlags(&s->stream, cudaStreamDefault);
-  if (status != cudaSuccess) {
-    delete s;
-    return qt__cuda_error(err, status, "qt_cuda_stream_create: cudaStreamCreate");
-  }
-  status = cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking);
+  if (status == cudaSuccess) status = cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking);
   if (status == cudaSuccess) status = cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming);
-  cublasStatus_t blas = CUBLAS_STATUS_NOT_INITIALIZED;
+  cublasStatus_t blas = CUBLAS_STATUS_SUCCESS;
   if (status == cudaSuccess) blas = cublasCreate(&s->blas);
-  if (blas == CUBLAS_STATUS_SUCCESS) blas = cublasSetStream(s->blas, s->stream);
-  if (blas != CUBLAS_STATUS_SUCCESS) {
-    if (s->blas) cublasDestroy(s->blas);
-    if (s->copied) cudaEventDestroy(s->copied);
-    if (s->copy) cudaStreamDestroy(s->copy);
-    cudaStreamDestroy(s->stream);
-    delete s;
-    if (status != cudaSuccess)
-      return qt__cuda_error(err, status, "qt_cuda_stream_create: the copy stream");
-    return qt__cublas_error(err, blas, "qt_cuda_stream_create: cublasCreate");
+  if (status == cudaSuccess && blas == CUBLAS_STATUS_SUCCESS)
+    blas = cublasSetStream(s->blas, s->stream);
+  if (status == cudaSuccess && blas == CUBLAS_STATUS_SUCCESS) {
+    *out = s;
+    return 0;
   }
-  *out = s;
-  return 0;
+  /* What was made, unmade. */
+  if (s->blas) cublasDestroy(s->blas);
+  if (s->copied) cudaEventDestroy(s->copied);
+  if (s->copy) cudaStreamDestroy(s->copy);
+  if (s->stream) cudaStreamDestroy(s->stream);
+  delete s;
+  if (status != cudaSuccess) return qt__cuda_error(err, status, "qt_cuda_stream_create");
+  return qt__cublas_error(err, blas, "qt_cuda_stream_create: cublasCreate");
 }
 
 /* Failures are dropped and cleared, as qt_cuda_free's. */
