@@ -1,7 +1,7 @@
 #!/bin/sh
 # tools/ncu-summary on the Nsight Compute output kept in docs/benchmarks
-# (ViT-B/16's and MobileNetV2's BF16 steps on an H100 at 481738e and
-# 5e08e19): the families, calls and times that docs/benchmarks/README.md
+# (ViT-B/16's and MobileNetV2's BF16 steps on an H100 at 66dc338,
+# 481738e and 5e08e19): the families, calls and times that docs/benchmarks/README.md
 # quotes from it, and a clean failure on a file without kernel times.
 set -eu
 root=${1:?usage: check-ncu-summary.sh SOURCE_DIR}
@@ -21,6 +21,12 @@ check() {
     fi
   done
 }
+check ncu-vit_base-66dc338.txt 'cuBLAS\(Lt\) products +162 +9\.867 +60\.9$' \
+  'colsum_kernel +50 +2\.257 ' 'fused_backward_dkv_kernel +12 +1\.977 ' \
+  'fused_backward_dq_kernel +12 +1\.408 ' 'fused_forward_kernel +12 +1\.137 ' \
+  'layernorm_rows_backward_kernel +25 +1\.294 ' 'residual_layernorm_rows_kernel +23 +1\.189 ' \
+  'gelu_forward_kernel +12 +0\.929 ' 'adam_jobs_kernel +4 +0\.854 ' \
+  'to_bf16_x4_kernel +150 +0\.790 ' '^total +22\.385$'
 check ncu-vit_base-481738e.txt 'cuBLAS\(Lt\) products +162 +10\.325 +63\.7$' \
   'to_bf16_x4_kernel +152 +2\.825 +18\.6$' 'colsum_kernel +50 +2\.229 ' \
   'fused_backward_dkv_kernel +12 +2\.024 ' 'fused_forward_kernel +12 +1\.516 ' \
