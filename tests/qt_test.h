@@ -28,11 +28,24 @@ typedef struct qt_test_case {
 
 #define QT_TEST_SKIP_CODE 77
 
+/* Whether `name` is one of the space-separated words of `list`. */
+static inline int qt_test_listed(const char *list, const char *name) {
+  size_t len = strlen(name);
+  for (const char *p = list; (p = strstr(p, name)) != NULL; p += len) {
+    if ((p == list || p[-1] == ' ') && (p[len] == '\0' || p[len] == ' ')) return 1;
+  }
+  return 0;
+}
+
+/* Runs the cases; with QT_TEST_ONLY="NAME ..." in the environment only
+ * those (a device session that checks one change runs its cases alone). */
 static inline int qt_test_run(const char *suite_name, const qt_test_case *cases) {
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
   CU_pSuite suite = CU_add_suite(suite_name, NULL, NULL);
   if (!suite) return 1;
+  const char *only = getenv("QT_TEST_ONLY");
   for (const qt_test_case *c = cases; c->name; c++) {
+    if (only && *only && !qt_test_listed(only, c->name)) continue;
     if (!CU_add_test(suite, c->name, c->fn)) return 1;
   }
   CU_basic_set_mode(CU_BRM_VERBOSE);

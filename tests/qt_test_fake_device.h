@@ -26,6 +26,15 @@
 #define FAKE_DEVICE_MAX_BLOCKS 1024
 #define FAKE_DEVICE_MAX_PINS 8
 #define FAKE_DEVICE_MAX_PENDING 4
+#define FAKE_DEVICE_MAX_KEPT 256
+
+/* A weight that a linear forward kept (QT__BF16_KEEP_WEIGHT): its values'
+ * hash then, which the backward that takes it must find again. */
+typedef struct fake_kept_weight {
+  const float *weight; /* NULL: a free slot */
+  size_t n;
+  uint64_t hash;
+} fake_kept_weight;
 
 typedef struct fake_pending_copy {
   void *dst;
@@ -66,6 +75,12 @@ static struct fake_device {
   int bf16_norm_grad_off;   /* 1: ... and the norms' output gradients, QT_CUDA_BF16_NORM_GRAD=0 */
   int bf16_attention_grad_off; /* 1: ... and the attention's, QT_CUDA_BF16_ATTENTION_GRAD=0 */
   int bf16_branch_off;         /* 1: ... and proj's and fc2's outputs, QT_CUDA_BF16_BRANCH=0 */
+  /* The weights kept by linear forwards and not yet taken by a backward
+   * (QT__BF16_KEEP_WEIGHT, QT__BF16_KEPT_WEIGHT): a backward that takes
+   * one that no forward kept, or whose values changed since, fails the
+   * test (a device would multiply by the stale copy). */
+  fake_kept_weight kept[FAKE_DEVICE_MAX_KEPT];
+  long kept_taken; /* backwards that took a kept weight */
 } fake_device = {.fail_after = -1};
 
 static inline void fake_protect(int prot) {
@@ -107,6 +122,12 @@ static inline void fake_release(void *ptr) {
   for (int i = 0; i < FAKE_DEVICE_MAX_BLOCKS; i++) {
     fake_block *b = &fake_device.blocks[i];
     if (b->ptr == ptr) {
+      /* Its weights' kept copies go with it. */
+      for (int k = 0; k < FAKE_DEVICE_MAX_KEPT; k++) {
+        const char *w = (const char *)fake_device.kept[k].weight;
+        if (w >= (const char *)b->ptr && w < (const char *)b->ptr + b->bytes)
+          fake_device.kept[k].weight = NULL;
+      }
       munmap(b->ptr, b->bytes);
       b->ptr = NULL;
       return;
@@ -666,6 +687,44 @@ enum {
   FAKE_IN_DIN = QT__BF16_INP | QT__BF16_DINP,
 };
 
+/* FNV-1a over a weight's bytes (with device memory open). */
+static inline uint64_t fake_weight_hash(const float *weight, size_t n) {
+  const unsigned char *p = (const unsigned char *)weight;
+  uint64_t h = 14695981039346656037u;
+  for (size_t i = 0; i < n * sizeof *weight; i++) h = (h ^ p[i]) * 1099511628211u;
+  return h;
+}
+
+/* A forward's QT__BF16_KEEP_WEIGHT (with device memory open). */
+static inline void fake_keep_weight(const float *weight, size_t n) {
+  fake_kept_weight *slot = NULL;
+  for (int k = 0; k < FAKE_DEVICE_MAX_KEPT && !slot; k++)
+    if (fake_device.kept[k].weight == weight) slot = &fake_device.kept[k];
+  for (int k = 0; k < FAKE_DEVICE_MAX_KEPT && !slot; k++)
+    if (!fake_device.kept[k].weight) slot = &fake_device.kept[k];
+  CU_ASSERT_PTR_NOT_NULL_FATAL(slot);
+  *slot = (fake_kept_weight){weight, n, fake_weight_hash(weight, n)};
+}
+
+/* A backward's QT__BF16_KEPT_WEIGHT (with device memory open): the copy
+ * that a forward kept of these values, taken. */
+static inline int fake_take_kept_weight(const float *weight, size_t n, const char *who,
+                                        qt_err *err) {
+  for (int k = 0; k < FAKE_DEVICE_MAX_KEPT; k++) {
+    fake_kept_weight *slot = &fake_device.kept[k];
+    if (slot->weight != weight || slot->n != n) continue;
+    slot->weight = NULL;
+    if (slot->hash != fake_weight_hash(weight, n)) {
+      CU_FAIL("fake device: a kept weight changed between its forward and its backward");
+      return qt_err_set(err, QT_EINVAL, "fake device %s: the kept weight changed", who);
+    }
+    fake_device.kept_taken++;
+    return 0;
+  }
+  CU_FAIL("fake device: a backward takes a kept weight that no forward kept");
+  return qt_err_set(err, QT_EINVAL, "fake device %s: no kept weight", who);
+}
+
 static inline unsigned fake_bf16_activations(size_t batch, size_t tokens, size_t c, size_t heads) {
   (void)batch, (void)tokens, (void)c, (void)heads;
   if (fake_device.precision != QT_MATMUL_BF16 && fake_device.precision != QT_MATMUL_BF16_FAST)
@@ -746,8 +805,12 @@ static inline int fake_gelu_forward_bf16(void *out, const void *inp, size_t n, u
 static inline int fake_linear_forward_bf16(void *out, const void *inp, const float *weight,
                                            const float *bias, size_t n, size_t in_c, size_t out_c,
                                            unsigned bf16, qt_err *err) {
+  unsigned keep = bf16 & QT__BF16_KEEP_WEIGHT;
+  bf16 &= ~(unsigned)QT__BF16_KEEP_WEIGHT;
   FAKE_BF16_CALL(bf16, "linear_forward", err, FAKE_IN, FAKE_OUT, FAKE_IN_OUT);
+  CU_ASSERT(!keep || bf16); /* only with BF16 arrays, which the CUDA table checks */
   FAKE_OPEN();
+  if (keep) fake_keep_weight(weight, in_c * out_c);
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
   float *y = fake_out(out, n * out_c, bf16 & QT__BF16_OUT);
   int rc = qt__ops_cpu()->linear_forward(y, x, weight, bias, n, in_c, out_c, err);
@@ -761,9 +824,15 @@ static inline int fake_linear_backward_bf16(void *dinp, float *dweight, float *d
                                             const void *dout, const void *inp, const float *weight,
                                             size_t n, size_t in_c, size_t out_c, int set,
                                             unsigned bf16, qt_err *err) {
+  unsigned kept = bf16 & QT__BF16_KEPT_WEIGHT;
+  bf16 &= ~(unsigned)QT__BF16_KEPT_WEIGHT;
   FAKE_BF16_ANY(bf16, QT__BF16_INP | QT__BF16_DOUT | QT__BF16_DINP, "linear_backward", err);
   CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   FAKE_OPEN();
+  if (kept && fake_take_kept_weight(weight, in_c * out_c, "linear_backward", err) < 0) {
+    FAKE_CLOSE();
+    return QT_EINVAL;
+  }
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);
   const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
   float *dx = dinp ? fake_out(dinp, n * in_c, bf16 & QT__BF16_DINP) : NULL;
@@ -783,11 +852,17 @@ static inline int fake_gelu_linear_backward_bf16(void *dinp, float *dweight, flo
                                                  const void *inp, const float *weight, size_t n,
                                                  size_t in_c, size_t out_c, int set, unsigned bf16,
                                                  qt_err *err) {
+  unsigned kept = bf16 & QT__BF16_KEPT_WEIGHT;
+  bf16 &= ~(unsigned)QT__BF16_KEPT_WEIGHT;
   FAKE_BF16_ANY(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT | QT__BF16_DINP,
                 "gelu_linear_backward", err);
   CU_ASSERT(set || !(bf16 & QT__BF16_DINP));
   const qt__ops *cpu = qt__ops_cpu();
   FAKE_OPEN();
+  if (kept && fake_take_kept_weight(weight, in_c * out_c, "gelu_linear_backward", err) < 0) {
+    FAKE_CLOSE();
+    return QT_EINVAL;
+  }
   const float *g = fake_in(dout, n * out_c, bf16 & QT__BF16_DOUT);
   const float *p = fake_in(pre, n * out_c, bf16 & QT__BF16_OUT);
   const float *x = fake_in(inp, n * in_c, bf16 & QT__BF16_INP);

@@ -1724,6 +1724,119 @@ static void test_streams_concurrent(void) {
   qt_rng_free(rng);
 }
 
+/* One linear layer's forward, backward, forward again and GELU-linear
+ * backward with BF16 input and output under BF16 products, the weight kept
+ * for the backwards (QT__BF16_KEEP_WEIGHT, QT__BF16_KEPT_WEIGHT) or not:
+ * what each wrote, as bytes, in out[0..5] (out16, dinp16, dweight, dbias,
+ * the GELU-linear's dinp16, dweight). */
+enum { KEPT_ARRAYS = 6 };
+static void kept_weight_step(int keep, const void *d_h, const float *d_w, const float *d_b,
+                             const float *d_dout, size_t n, size_t in_c, size_t out_c,
+                             void *out[KEPT_ARRAYS]) {
+  unsigned k_fwd = keep ? QT__BF16_KEEP_WEIGHT : 0, k_bwd = keep ? QT__BF16_KEPT_WEIGHT : 0;
+  size_t sizes[KEPT_ARRAYS] = {n * out_c * 2, n * in_c * 2, out_c * in_c * 4,
+                               out_c * 4,     n * in_c * 2, out_c * in_c * 4};
+  void *d[KEPT_ARRAYS];
+  for (int i = 0; i < KEPT_ARRAYS; i++) {
+    void *zeros = calloc(1, sizes[i]);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(zeros);
+    d[i] = device_copy(zeros, sizes[i], 1);
+    free(zeros);
+  }
+  float *d_dpre = device_alloc(n * out_c), *d_db2 = device_alloc(out_c);
+  CHECK_RC(qt__cuda_linear_forward_bf16(d[0], d_h, d_w, d_b, n, in_c, out_c,
+                                        QT__BF16_INP | QT__BF16_OUT | k_fwd, E));
+  CHECK_RC(qt__cuda_linear_backward_bf16(d[1], d[2], d[3], d_dout, d_h, d_w, n, in_c, out_c, 1,
+                                         QT__BF16_INP | QT__BF16_DINP | k_bwd, E));
+  CHECK_RC(qt__cuda_linear_forward_bf16(d[0], d_h, d_w, d_b, n, in_c, out_c,
+                                        QT__BF16_INP | QT__BF16_OUT | k_fwd, E));
+  CHECK_RC(qt__cuda_gelu_linear_backward_bf16(
+      d[4], d[5], d_db2, d_dpre, d_dout, d[0], d_h, d_w, n, in_c, out_c, 1,
+      QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | k_bwd, E));
+  for (int i = 0; i < KEPT_ARRAYS; i++) {
+    out[i] = download_bytes(d[i], sizes[i]);
+    qt_cuda_free(d[i]);
+  }
+  qt_cuda_free(d_dpre);
+  qt_cuda_free(d_db2);
+}
+
+/* The weight a linear forward keeps rounded for its backward: on a stream
+ * of its own, the two backwards take the kept copies and every array is
+ * the same bits as without them; on the default stream, and with
+ * QT_CUDA_KEEP_WEIGHTS=0, nothing is kept and the bits are the same too. A
+ * backward that asks again after the copy was taken, with the weight
+ * changed since, rounds the new weight: the same bits as without asking. */
+static void test_kept_weight(void) {
+  qt_rng_t *rng = make_rng(61);
+  size_t n = 197, in_c = 192, out_c = 96;
+  float *x = host_random(rng, n * in_c, 0.0, 2.0), *w = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *w2 = host_random(rng, out_c * in_c, 0.0, 0.1), *b = host_random(rng, out_c, 0.0, 1.0);
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0);
+  float *d_x = device_floats(x, n * in_c), *d_w = device_floats(w, out_c * in_c);
+  float *d_b = device_floats(b, out_c), *d_dout = device_floats(dout, n * out_c);
+  void *d_h = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_h, n * in_c * sizeof(uint16_t), E));
+  qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
+  CHECK_RC(qt__cuda_gelu_forward_bf16(d_h, d_x, n * in_c, QT__BF16_OUT, E));
+  size_t sizes[KEPT_ARRAYS] = {n * out_c * 2, n * in_c * 2, out_c * in_c * 4,
+                               out_c * 4,     n * in_c * 2, out_c * in_c * 4};
+  void *want[KEPT_ARRAYS], *got[KEPT_ARRAYS];
+  kept_weight_step(0, d_h, d_w, d_b, d_dout, n, in_c, out_c, want);
+  qt_cuda_stream_t *s = NULL;
+  CHECK_RC(qt_cuda_stream_create(&s, E));
+  const char *paths[] = {"on a stream", "on the default stream", "switched off"};
+  for (int path = 0; path < 3; path++) {
+    qt_cuda_stream_t *previous = qt_cuda_stream_use(path == 1 ? NULL : s);
+    int was_on = qt__cuda_set_keep_weights(path != 2);
+    long taken = qt__cuda_kept_weight_count();
+    kept_weight_step(1, d_h, d_w, d_b, d_dout, n, in_c, out_c, got);
+    CU_ASSERT_EQUAL(qt__cuda_kept_weight_count() - taken, path == 0 ? 2 : 0);
+    for (int i = 0; i < KEPT_ARRAYS; i++) {
+      if (memcmp(got[i], want[i], sizes[i]) != 0) {
+        printf("\n    kept weight %s: array %d differs", paths[path], i);
+        CU_FAIL("a kept weight changed a result");
+      }
+      free(got[i]);
+    }
+    qt__cuda_set_keep_weights(was_on);
+    qt_cuda_stream_use(previous);
+  }
+  /* Taken, then the weight changes: the backward rounds the new one. */
+  qt_cuda_stream_t *previous = qt_cuda_stream_use(s);
+  void *d_out16 = NULL;
+  CHECK_RC(qt_cuda_malloc(&d_out16, n * out_c * sizeof(uint16_t), E));
+  CHECK_RC(qt__cuda_linear_forward_bf16(d_out16, d_h, d_w, d_b, n, in_c, out_c,
+                                        QT__BF16_INP | QT__BF16_OUT | QT__BF16_KEEP_WEIGHT, E));
+  grad dinp[2] = {grad_make_unset(n * in_c), grad_make_unset(n * in_c)};
+  float *d_dw = device_alloc(out_c * in_c), *d_db = device_alloc(out_c);
+  long taken = qt__cuda_kept_weight_count();
+  for (int k = 0; k < 2; k++) {
+    CHECK_RC(qt__cuda_linear_backward_bf16(dinp[k].dev, d_dw, d_db, d_dout, d_h, d_w, n, in_c,
+                                           out_c, 1, QT__BF16_INP | QT__BF16_KEPT_WEIGHT, E));
+    if (k == 0) CHECK_RC(qt_cuda_copy_to_device(d_w, w2, out_c * in_c * sizeof(float), E));
+  }
+  CU_ASSERT_EQUAL(qt__cuda_kept_weight_count() - taken, 1);
+  float *fresh = device_alloc(n * in_c);
+  CHECK_RC(qt__cuda_linear_backward_bf16(fresh, d_dw, d_db, d_dout, d_h, d_w, n, in_c, out_c, 1,
+                                         QT__BF16_INP, E));
+  float *a = download(dinp[1].dev, n * in_c), *c = download(fresh, n * in_c);
+  CU_ASSERT(memcmp(a, c, n * in_c * sizeof(float)) == 0);
+  qt_cuda_stream_use(previous);
+  qt_cuda_stream_destroy(s);
+  qt_cuda_set_matmul_precision(before);
+  for (int i = 0; i < KEPT_ARRAYS; i++) free(want[i]);
+  free(a);
+  free(c);
+  float *hosts[] = {x, w, w2, b, dout};
+  for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++) free(hosts[i]);
+  void *devs[] = {d_x, d_w, d_b, d_dout, d_h, d_out16, d_dw, d_db, fresh};
+  for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) qt_cuda_free(devs[i]);
+  grad_free(&dinp[0]);
+  grad_free(&dinp[1]);
+  qt_rng_free(rng);
+}
+
 /* qt_cuda_upload_async and _wait: without a stream of its own, a plain
  * upload; on a stream, each of several uploads of changing page-locked
  * host values is what a copy queued on the stream after the wait reads,
@@ -1784,6 +1897,7 @@ static const qt_test_case cases[] = {
     {"streams", test_streams},
     {"streams_concurrent", test_streams_concurrent},
     {"upload_async", test_upload_async},
+    {"kept_weight", test_kept_weight},
     {NULL, NULL},
 };
 

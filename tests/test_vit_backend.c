@@ -103,7 +103,8 @@ static void test_feature_hook_on_the_device(void) {
  * output gradients, their two backward passes), and lands within BF16's
  * error of
  * the FP32 CPU; handing a linear layer the wrong array or an FP32 array
- * read as BF16 would not. Under FP32 products the same table takes none
+ * read as BF16 would not. Each linear backward takes the weight's BF16
+ * rounding that its forward kept. Under FP32 products the same table takes none
  * and equals the CPU bit for bit. The arena is laid out anew at each
  * change: under BF16, ln1, ln2, attn_y and gelu (and qkv and dqkv, fc1
  * with the hidden pre-activation in BF16, dgelu with GELU's output
@@ -130,7 +131,7 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
   size_t bytes[2];
   for (int p = 0; p < 2; p++) {
     qt_matmul_precision before = ops->set_matmul_precision(precisions[p]);
-    long calls = fake_device.bf16_calls;
+    long calls = fake_device.bf16_calls, taken = fake_device.kept_taken;
     double loss[2];
     for (int k = 0; k < 2; k++) {
       CHECK_RC(qt_vit_forward(both[k], b.images, c.batch, E));
@@ -143,6 +144,10 @@ static void bf16_linear_inputs(int bf16_qkv, int bf16_hidden, int bf16_hidden_gr
     int bf16 = precisions[p] == QT_MATMUL_BF16;
     CU_ASSERT_EQUAL(fake_device.bf16_calls - calls,
                     bf16 ? (13 + 2 * bf16_norm_grad) * c.config.depth : 0);
+    /* Each of the four linear layers' backward takes the weight's rounding
+     * that its forward kept (the fake device checks that the weight is
+     * unchanged since). */
+    CU_ASSERT_EQUAL(fake_device.kept_taken - taken, bf16 ? 4 * c.config.depth : 0);
     const vit_tolerance *tol = bf16 ? &(vit_tolerance){1e-2, 5e-2, 0.0, 0.0} : &exact;
     CU_ASSERT(fabs(loss[1] - loss[0]) <= tol->loss * fabs(loss[0]));
     vit_backend_expect_tensors(ops, dev, cpu, NULL, VIT_GRADS, tol, 0.0,

@@ -119,6 +119,14 @@ enum {
   QT__BF16_OUT = 2u,  /* the forward's output */
   QT__BF16_DOUT = 4u, /* the backward's output gradient */
   QT__BF16_DINP = 8u, /* the backward's input gradient */
+  /* Not arrays: a linear layer's forward may keep its weight rounded to
+   * BF16 for the backward (KEEP), and that backward may take the kept
+   * copy (KEPT) instead of rounding the weight again, where the caller
+   * promises that the weight has not changed since a forward with KEEP
+   * (in a step: the forward, its loss, the backward). The results are the
+   * same bits either way; a backend may ignore both. */
+  QT__BF16_KEEP_WEIGHT = 16u, /* linear_forward_bf16 */
+  QT__BF16_KEPT_WEIGHT = 32u, /* linear_backward_bf16, gelu_linear_backward_bf16 */
 };
 
 /* A transformer block's activations that a backend may keep in BF16
@@ -608,6 +616,15 @@ int qt__cuda_set_lt_bias(int on);
 /* How many linear forwards added their bias in cuBLASLt's epilogue; 0 in a
  * build without CUDA. For tests. */
 long qt__cuda_linear_lt_count(void);
+
+/* Turns the CUDA table's kept weights (QT__BF16_KEEP_WEIGHT: a linear
+ * forward's weight rounded to BF16 once for its backward too) on (1) or
+ * off (0: the backward rounds it again) for the process; returns the
+ * previous setting. On unless QT_CUDA_KEEP_WEIGHTS=0 in the environment. */
+int qt__cuda_set_keep_weights(int on);
+/* How many linear backwards took a kept weight; 0 in a build without
+ * CUDA. For tests. */
+long qt__cuda_kept_weight_count(void);
 /* How many times the epilogue path asked cuBLASLt's heuristic for an
  * algorithm (once per shape, precision and alignments, whether it took
  * the shape or declined it); 0 in a build without CUDA. For tests. */

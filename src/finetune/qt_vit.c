@@ -797,6 +797,19 @@ static call_sets call_sets_of(const qt_vit_t *vit) {
   c.qkv_back =
       linear_in | BIT(QT__KEEP_QKV, QT__BF16_DOUT) | BIT(QT__KEEP_NORM_GRAD, QT__BF16_DINP);
 #undef BIT
+  /* A linear layer whose forward takes the _bf16 op keeps its weight's
+   * BF16 rounding for a backward that takes the _bf16 op too: the backward
+   * follows the forward whose loss it takes, and nothing writes the
+   * weights between (qt_vit_backward). */
+  unsigned *forwards[] = {&c.qkv, &c.proj, &c.fc1, &c.fc2};
+  unsigned *backwards[] = {&c.qkv_back, &c.proj_back, &c.fc1_back, &c.fc2_back};
+  for (size_t i = 0; i < sizeof forwards / sizeof *forwards; i++) {
+    /* fc2_back serves the last block too, whose forward takes fc2_last. */
+    int kept_by_all = *forwards[i] && (forwards[i] != &c.fc2 || c.fc2_last);
+    if (*forwards[i]) *forwards[i] |= QT__BF16_KEEP_WEIGHT;
+    if (kept_by_all && *backwards[i]) *backwards[i] |= QT__BF16_KEPT_WEIGHT;
+  }
+  if (c.fc2_last) c.fc2_last |= QT__BF16_KEEP_WEIGHT;
   return c;
 }
 

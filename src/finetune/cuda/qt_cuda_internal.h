@@ -123,11 +123,26 @@ int qt__cuda_gemm_convert(int trans_a, int trans_b, size_t m, size_t n, size_t k
 /* qt_cuda_linear_forward's product with the bias in cuBLASLt's epilogue,
  * unless switched off (qt__cuda_set_lt_bias, in qt_finetune_internal.h, with
  * qt__cuda_linear_lt_count, which counts them), its input in FP32 (inp) or
- * BF16 (inp16), its output in FP32 or (out_bf16) BF16: 0 when queued, 1
+ * BF16 (inp16), its weight rounded here or given rounded (weight16, under
+ * BF16 products), its output in FP32 or (out_bf16) BF16: 0 when queued, 1
  * when the caller must broadcast the bias and multiply instead. */
 int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const void *inp16,
-                            const float *weight, const float *bias, size_t n, size_t in_c,
-                            size_t out_c, const char *who);
+                            const float *weight, const void *weight16, const float *bias, size_t n,
+                            size_t in_c, size_t out_c, const char *who);
+
+/* A linear forward's weight rounded to BF16 (round to nearest even, as
+ * the products round it) into a block of the thread's stream kept for
+ * the weight's address, queued on the stream: its copy, valid until
+ * qt__cuda_kept_weight takes it; NULL on the default stream, with
+ * QT_CUDA_KEEP_WEIGHTS=0 (qt__cuda_set_keep_weights), or without room,
+ * where the products round the weight as before. The op table's
+ * QT__BF16_KEEP_WEIGHT. */
+const void *qt__cuda_keep_weight(const float *weight, size_t elements);
+/* The copy that qt__cuda_keep_weight kept for weight (of `elements`) on
+ * the thread's stream, taken (the next call finds none until a forward
+ * keeps it again); NULL where there is none. QT__BF16_KEPT_WEIGHT: the
+ * caller promises that the weight has not changed since. */
+const void *qt__cuda_kept_weight(const float *weight, size_t elements);
 
 /* QT_EINVAL where bf16 (QT__BF16_*) names an array that the op does not
  * take in BF16 (not in `implemented`), or any BF16 array while the

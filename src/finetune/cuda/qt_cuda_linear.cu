@@ -32,10 +32,11 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
 }
 
 /* The forward with its input in FP32 (inp) or, under BF16 products,
- * already in BF16 (inp16). */
+ * already in BF16 (inp16), and its weight rounded by the product or
+ * (weight16, under BF16 products) already. */
 static int forward(float *out, const float *inp, const void *inp16, const float *weight,
-                   const float *bias, size_t n, size_t in_c, size_t out_c, const char *who,
-                   qt_err *err) {
+                   const void *weight16, const float *bias, size_t n, size_t in_c, size_t out_c,
+                   const char *who, qt_err *err) {
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -45,7 +46,7 @@ static int forward(float *out, const float *inp, const void *inp16, const float 
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   }
   if (bias && in_c > 0 &&
-      qt__cuda_linear_bias_lt(out, 0, inp, inp16, weight, bias, n, in_c, out_c, who) == 0)
+      qt__cuda_linear_bias_lt(out, 0, inp, inp16, weight, weight16, bias, n, in_c, out_c, who) == 0)
     return 0;
   if (bias) {
     if (qt__cuda_int_indices(n * out_c))
@@ -78,19 +79,31 @@ static int forward(float *out, const float *inp, const void *inp16, const float 
                               .beta = bias ? 1.0f : 0.0f,
                               .c = out,
                               .ldc = out_c,
-                              .a16 = inp16};
+                              .a16 = inp16,
+                              .b16 = weight16};
   return qt__cuda_gemms(&product, 1, who, err);
 }
 
 extern "C" int qt_cuda_linear_forward(float *out, const float *inp, const float *weight,
                                       const float *bias, size_t n, size_t in_c, size_t out_c,
                                       qt_err *err) {
-  return forward(out, inp, NULL, weight, bias, n, in_c, out_c, "qt_cuda_linear_forward", err);
+  return forward(out, inp, NULL, weight, NULL, bias, n, in_c, out_c, "qt_cuda_linear_forward", err);
+}
+
+/* The weight's BF16 copy kept for the backward, where `bf16` asks for it
+ * (QT__BF16_KEEP_WEIGHT) under BF16 products and a created stream gives
+ * it; else NULL, and the product rounds the weight as it reads it. */
+static const void *keep_weight(const float *weight, size_t in_c, size_t out_c, unsigned bf16) {
+  if (!(bf16 & QT__BF16_KEEP_WEIGHT) || !weight || in_c == 0 ||
+      qt__cuda_matmul_precision() != QT_MATMUL_BF16)
+    return NULL;
+  return qt__cuda_keep_weight(weight, in_c * out_c);
 }
 
 /* The op table's linear_forward_bf16 (QT__BF16_INP: inp in BF16;
  * QT__BF16_OUT: out in BF16, rounded to nearest even from the FP32 sums,
- * bias included). cuBLASLt's epilogue writes a BF16 output where it takes
+ * bias included; QT__BF16_KEEP_WEIGHT: the weight's rounding kept for the
+ * backward). cuBLASLt's epilogue writes a BF16 output where it takes
  * the shape (with a bias), adding the bias rounded to BF16, as PyTorch's
  * autocast does; else the FP32 product goes into scratch and is rounded
  * from there, with the bias as it is. */
@@ -98,12 +111,13 @@ extern "C" int qt__cuda_linear_forward_bf16(void *out, const void *inp, const fl
                                             const float *bias, size_t n, size_t in_c, size_t out_c,
                                             unsigned bf16, qt_err *err) {
   const char *who = "qt_cuda_linear_forward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT, who, err);
+  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_KEEP_WEIGHT, who, err);
   if (rc < 0) return rc;
   const float *inp32 = bf16 & QT__BF16_INP ? NULL : (const float *)inp;
   const void *inp16 = bf16 & QT__BF16_INP ? inp : NULL;
+  const void *weight16 = n > 0 && inp ? keep_weight(weight, in_c, out_c, bf16) : NULL;
   if (!(bf16 & QT__BF16_OUT))
-    return forward((float *)out, inp32, inp16, weight, bias, n, in_c, out_c, who, err);
+    return forward((float *)out, inp32, inp16, weight, weight16, bias, n, in_c, out_c, who, err);
   if (n > INT_MAX || in_c > INT_MAX || out_c > INT_MAX) {
     return qt_err_set(err, QT_EINVAL, "%s: shape (%zu, %zu) -> %zu does not fit an int", who, n,
                       in_c, out_c);
@@ -112,12 +126,13 @@ extern "C" int qt__cuda_linear_forward_bf16(void *out, const void *inp, const fl
   if (!out || (in_c > 0 && (!inp || !weight)))
     return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if (bias && in_c > 0 &&
-      qt__cuda_linear_bias_lt(out, 1, inp32, inp16, weight, bias, n, in_c, out_c, who) == 0)
+      qt__cuda_linear_bias_lt(out, 1, inp32, inp16, weight, weight16, bias, n, in_c, out_c, who) ==
+          0)
     return 0;
   float *wide = NULL;
   rc = qt__cuda_products_scratch_lock(n * out_c, &wide, who, err);
   if (rc < 0) return rc;
-  rc = forward(wide, inp32, inp16, weight, bias, n, in_c, out_c, who, err);
+  rc = forward(wide, inp32, inp16, weight, weight16, bias, n, in_c, out_c, who, err);
   if (rc == 0) rc = qt__cuda_round_bf16(out, wide, n * out_c, who, err);
   qt__cuda_products_scratch_unlock();
   return rc;
@@ -141,6 +156,7 @@ typedef struct backward_arrays {
   const float *inp;
   const void *inp16;
   const float *weight;
+  const void *weight16; /* the weight's BF16 copy that its forward kept, or NULL */
   const void *gelu_pre;
   int pre_bf16;
   float *dpre;
@@ -205,6 +221,7 @@ static int backward(backward_arrays a, size_t n, size_t in_c, size_t out_c, int 
                          .c = wide ? wide : a.dinp,
                          .ldc = in_c,
                          .a16 = a.dout16,
+                         .b16 = a.weight16,
                          .c16 = wide ? NULL : a.dinp16};
   }
   if (a.dweight && in_c > 0) {
@@ -265,9 +282,15 @@ extern "C" int qt__cuda_linear_backward(float *dinp, float *dweight, float *dbia
   return backward(a, n, in_c, out_c, set, "qt_cuda_linear_backward", err);
 }
 
-/* The backward_arrays of the _bf16 ops' dinp, dout and inp. */
+/* The backward_arrays of the _bf16 ops' dinp, dout, inp and weight (its
+ * kept copy where QT__BF16_KEPT_WEIGHT says the forward's still holds, and
+ * under BF16 products: the same bits as the product's own rounding). */
 static void set_arrays(backward_arrays *a, void *dinp, const void *dout, const void *inp,
-                       unsigned bf16) {
+                       const float *weight, size_t in_c, size_t out_c, unsigned bf16) {
+  a->weight = weight;
+  if ((bf16 & QT__BF16_KEPT_WEIGHT) && weight && dinp && in_c > 0 &&
+      qt__cuda_matmul_precision() == QT_MATMUL_BF16)
+    a->weight16 = qt__cuda_kept_weight(weight, in_c * out_c);
   if (bf16 & QT__BF16_DINP)
     a->dinp16 = dinp;
   else
@@ -294,13 +317,13 @@ extern "C" int qt__cuda_linear_backward_bf16(void *dinp, float *dweight, float *
                                              size_t n, size_t in_c, size_t out_c, int set,
                                              unsigned bf16, qt_err *err) {
   const char *who = "qt_cuda_linear_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_DOUT | QT__BF16_DINP, who, err);
+  int rc = qt__cuda_check_bf16(
+      bf16, QT__BF16_INP | QT__BF16_DOUT | QT__BF16_DINP | QT__BF16_KEPT_WEIGHT, who, err);
   if (rc < 0) return rc;
   backward_arrays a = {};
-  set_arrays(&a, dinp, dout, inp, bf16);
+  set_arrays(&a, dinp, dout, inp, weight, in_c, out_c, bf16);
   a.dweight = dweight;
   a.dbias = dbias;
-  a.weight = weight;
   return backward(a, n, in_c, out_c, set, who, err);
 }
 
@@ -310,15 +333,15 @@ extern "C" int qt__cuda_gelu_linear_backward_bf16(void *dinp, float *dweight, fl
                                                   size_t in_c, size_t out_c, int set, unsigned bf16,
                                                   qt_err *err) {
   const char *who = "qt_cuda_gelu_linear_backward (BF16 arrays)";
-  int rc = qt__cuda_check_bf16(bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT | QT__BF16_DINP,
-                               who, err);
+  int rc = qt__cuda_check_bf16(
+      bf16, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DOUT | QT__BF16_DINP | QT__BF16_KEPT_WEIGHT, who,
+      err);
   if (rc < 0) return rc;
   if (!pre || !dout) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   backward_arrays a = {};
-  set_arrays(&a, dinp, dout, inp, bf16);
+  set_arrays(&a, dinp, dout, inp, weight, in_c, out_c, bf16);
   a.dweight = dweight;
   a.dbias = dbias;
-  a.weight = weight;
   a.gelu_pre = pre;
   a.pre_bf16 = (bf16 & QT__BF16_OUT) != 0;
   a.dpre = dpre;

@@ -231,6 +231,19 @@ typedef struct scratch_block {
   pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 } scratch_block;
 
+/* A weight's BF16 copy, rounded by a linear forward (QT__BF16_KEEP_WEIGHT)
+ * and valid until a backward takes it (QT__BF16_KEPT_WEIGHT); the block
+ * stays with the slot, for the weight's next forward. */
+typedef struct kept_weight {
+  const float *weight; /* NULL: a slot never used */
+  size_t elements;     /* of the copy now */
+  __nv_bfloat16 *copy;
+  size_t cap; /* elements the block holds */
+  int valid;
+} kept_weight;
+/* A ViT-L has 96 linear layers in its blocks. */
+#define QT_CUDA_KEPT_WEIGHTS 128
+
 /* qt_cuda_stream_t: a stream and what the work queued on it uses. Each
  * device has a default one for the legacy default stream (stream 0), its
  * cuBLAS handle created on first use and its scratch kept for the
@@ -263,6 +276,10 @@ struct qt_cuda_stream {
   __nv_bfloat16 *bf16[3] = {nullptr, nullptr, nullptr};
   size_t bf16_cap[3] = {0, 0, 0}; /* elements */
   pthread_mutex_t bf16_lock = PTHREAD_MUTEX_INITIALIZER;
+  /* The weights that linear forwards kept rounded for their backwards
+   * (qt__cuda_keep_weight), by address; a created stream's only. */
+  kept_weight kept[QT_CUDA_KEPT_WEIGHTS] = {};
+  pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
 };
 
 static qt_cuda_stream default_streams[QT_CUDA_MAX_DEVICES];
@@ -333,7 +350,11 @@ extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
   for (__nv_bfloat16 *b : s->bf16) {
     if (b && cudaFree(b) != cudaSuccess) (void)cudaGetLastError();
   }
+  for (kept_weight &k : s->kept) {
+    if (k.copy && cudaFree(k.copy) != cudaSuccess) (void)cudaGetLastError();
+  }
   pthread_mutex_destroy(&s->bf16_lock);
+  pthread_mutex_destroy(&s->kept_lock);
   cublasDestroy(s->blas);
   cudaEventDestroy(s->copied);
   cudaStreamDestroy(s->copy);
@@ -485,6 +506,84 @@ extern "C" int qt__cuda_round_bf16(void *out, const float *in, size_t n, const c
   else
     to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out16, in, n);
   return qt__cuda_check_launch(err, who, "the BF16 rounding");
+}
+
+/* Kept weights (QT__BF16_KEEP_WEIGHT): on unless QT_CUDA_KEEP_WEIGHTS=0;
+ * how many backwards took one. */
+static int keep_weights = -1;
+static long kept_taken;
+
+extern "C" int qt__cuda_set_keep_weights(int on) {
+  return qt__cuda_set_switch("QT_CUDA_KEEP_WEIGHTS", &keep_weights, on);
+}
+
+extern "C" long qt__cuda_kept_weight_count(void) {
+  return __atomic_load_n(&kept_taken, __ATOMIC_RELAXED);
+}
+
+extern "C" const void *qt__cuda_keep_weight(const float *weight, size_t elements) {
+  qt_cuda_stream *s = current_stream;
+  if (!s || !weight || elements == 0 || !qt__cuda_switch_on("QT_CUDA_KEEP_WEIGHTS", &keep_weights))
+    return NULL;
+  pthread_mutex_lock(&s->kept_lock);
+  /* The weight's own slot, else one never used or already taken. */
+  kept_weight *k = NULL, *spare = NULL;
+  for (kept_weight &slot : s->kept) {
+    if (slot.weight == weight) {
+      k = &slot;
+      break;
+    }
+    if (!spare && !slot.valid) spare = &slot;
+  }
+  if (!k) k = spare;
+  const void *out = NULL;
+  if (k) {
+    k->valid = 0;
+    k->weight = weight;
+    if (k->cap < elements) {
+      if (k->copy && cudaFree(k->copy) != cudaSuccess) (void)cudaGetLastError();
+      k->copy = NULL;
+      k->cap = 0;
+      if (cudaMalloc((void **)&k->copy, elements * sizeof *k->copy) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no room: the products round the weight as before */
+        k->copy = NULL;
+      } else {
+        k->cap = elements;
+      }
+    }
+    if (k->copy) {
+      if ((uintptr_t)weight % 16 == 0)
+        to_bf16_x4_kernel<<<qt__cuda_blocks(elements / 4), QT_CUDA_THREADS, 0, s->stream>>>(
+            k->copy, weight, elements);
+      else
+        to_bf16_kernel<<<qt__cuda_blocks(elements), QT_CUDA_THREADS, 0, s->stream>>>(
+            k->copy, weight, elements);
+      if (cudaPeekAtLastError() == cudaSuccess) {
+        k->elements = elements;
+        k->valid = 1;
+        out = k->copy;
+      }
+    }
+  }
+  pthread_mutex_unlock(&s->kept_lock);
+  return out;
+}
+
+extern "C" const void *qt__cuda_kept_weight(const float *weight, size_t elements) {
+  qt_cuda_stream *s = current_stream;
+  if (!s || !weight) return NULL;
+  const void *out = NULL;
+  pthread_mutex_lock(&s->kept_lock);
+  for (kept_weight &slot : s->kept) {
+    if (slot.weight == weight && slot.valid && slot.elements == elements) {
+      slot.valid = 0;
+      out = slot.copy;
+      __atomic_add_fetch(&kept_taken, 1, __ATOMIC_RELAXED);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&s->kept_lock);
+  return out;
 }
 
 /* Elements from the first to the last that a row-major (rows, cols) matrix
@@ -784,8 +883,8 @@ static uint32_t alignment_of(const void *p, size_t ld_bytes) {
  * cuBLASLt takes a BF16 output's bias only in BF16 (cublasLt.h,
  * CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE), as PyTorch's autocast passes it. */
 extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp, const void *inp16,
-                                       const float *weight, const float *bias, size_t n,
-                                       size_t in_c, size_t out_c, const char *who) {
+                                       const float *weight, const void *weight16, const float *bias,
+                                       size_t n, size_t in_c, size_t out_c, const char *who) {
   if (!qt__cuda_switch_on("QT_CUDA_LT_BIAS", &lt_bias) || !bias || in_c == 0 || (!inp && !inp16))
     return 1;
   /* cuBLASLt states no alignment for the bias, and other projects report
@@ -852,10 +951,10 @@ extern "C" int qt__cuda_linear_bias_lt(void *out, int out_bf16, const float *inp
   }
   if (operand_type == CUDA_R_16BF) {
     const __nv_bfloat16 *w16 = NULL, *x16 = NULL;
-    if (to_bf16(s, weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16, who, &ignored) <
-        0)
+    if (to_bf16(s, weight16 ? NULL : weight, out_c * in_c, inp16 ? NULL : inp, n * in_c, &w16, &x16,
+                who, &ignored) < 0)
       goto done;
-    a_data = w16;
+    a_data = weight16 ? weight16 : w16;
     if (!inp16) b_data = x16;
   }
   if (out_bf16) {
