@@ -1,7 +1,7 @@
 #!/bin/sh
 # tools/ncu-summary on the Nsight Compute output kept in docs/benchmarks
-# (ViT-B/16's and MobileNetV2's BF16 steps on an H100 at 66dc338,
-# 481738e and 5e08e19): the families, calls and times that docs/benchmarks/README.md
+# (ViT-B/16's and MobileNetV2's BF16 steps on an H100 at dbd7517,
+# 66dc338, 481738e and 5e08e19): the families, calls and times that docs/benchmarks/README.md
 # quotes from it, and a clean failure on a file without kernel times.
 set -eu
 root=${1:?usage: check-ncu-summary.sh SOURCE_DIR}
@@ -21,6 +21,10 @@ check() {
     fi
   done
 }
+check ncu-vit_base-dbd7517.txt 'cuBLAS\(Lt\) products +162 +9\.788 ' \
+  'to_bf16_x4_kernel +102 +0\.494 ' '^total +22\.018$'
+check ncu-mobilenetv2_100-dbd7517.txt 'depthwise_backward_weight_kernel +17 +2\.499 ' \
+  'depthwise_backward_input_kernel +17 +2\.313 ' 'adam_jobs_kernel +4 +0\.057 ' '^total +21\.364$'
 check ncu-vit_base-66dc338.txt 'cuBLAS\(Lt\) products +162 +9\.867 +60\.9$' \
   'colsum_kernel +50 +2\.257 ' 'fused_backward_dkv_kernel +12 +1\.977 ' \
   'fused_backward_dq_kernel +12 +1\.408 ' 'fused_forward_kernel +12 +1\.137 ' \
