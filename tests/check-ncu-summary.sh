@@ -1,8 +1,9 @@
 #!/bin/sh
 # tools/ncu-summary on the Nsight Compute output kept in docs/benchmarks
 # (ViT-B/16's and MobileNetV2's BF16 steps on an H100 at dbd7517,
-# 66dc338, 481738e and 5e08e19): the families, calls and times that docs/benchmarks/README.md
-# quotes from it, and a clean failure on a file without kernel times.
+# 66dc338, 481738e and 5e08e19): the families, calls and times that
+# docs/benchmarks/README.md quotes from it, and a clean failure on a file
+# without kernel times.
 set -eu
 root=${1:?usage: check-ncu-summary.sh SOURCE_DIR}
 tool="$root/tools/ncu-summary"
