@@ -89,6 +89,18 @@ static inline void __syncwarp() {
 static inline void __syncthreads() {
   qt_emu_my_block->arrive_and_wait();
 }
+/* Blocks run one after another, each block's threads at once: a fence
+ * orders this thread's memory, an atomic is the host's, and a load
+ * through L2 is a load. */
+static inline void __threadfence() {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+static inline unsigned atomicAdd(unsigned *address, unsigned v) {
+  return __atomic_fetch_add(address, v, __ATOMIC_SEQ_CST);
+}
+static inline double __ldcg(const double *p) {
+  return *p;
+}
 
 /* The value of lane (this lane ^ offset). */
 static inline double qt_emu_exchange(double v, int offset) {

@@ -10,7 +10,10 @@
  * additions differs), and the copies equal to the terms rounded, bit for
  * bit; a plain sum of BF16 values and GELU's with its input in BF16 as
  * with the same values in FP32, bit for bit. Shapes around the unrolled rows (1, 7, 31, 33, 63, 65,
- * 257 rows), several chunks (3000 rows), ten column tiles. It runs without a GPU; `test_gpu_ops`
+ * 257 rows), several chunks (3000 rows), ten column tiles. With several
+ * chunks, the one launch whose last block per tile adds the chunks'
+ * totals (QT_CUDA_COLSUM_ONE_PASS), with the blocks in either order: the
+ * same bits as the second kernel. It runs without a GPU; `test_gpu_ops`
  * runs the compiled kernels on a device.
  */
 #include "qt_cuda_emulation.h"
@@ -38,24 +41,65 @@ static void add_partials(float *dst0, float *dst1, const double *partial, size_t
                 });
 }
 
-/* The emulated kernels: block_sums over the grid, then add_partials. */
+/* The colsum kernel's launch: block_sums over the grid, and with
+ * counters (one pass) the last block of each tile adding the tile's
+ * partials; the blocks run in chunk order, or from the last chunk to the
+ * first (reversed), so that each chunk's block is the last in one order. */
+template <int kind, typename A, typename B>
+static void launch(float *dst0, float *dst1, double *partial, unsigned *counters, const A *a,
+                   const B *b, const float *mean, const float *rstd, __nv_bfloat16 *copy, size_t n,
+                   size_t c, bool reversed) {
+  size_t rows_per_chunk, chunks, tiles = (c + 31) / 32;
+  qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
+  size_t shared = 2 * 8 * 33 * sizeof(double);
+  qt_emu_launch((int)(tiles * chunks), 256, shared + sizeof(int),
+                [&](unsigned char *smem, int block, int tid, int) {
+                  double(*shared0)[33] = (double(*)[33])smem;
+                  double(*shared1)[33] = shared0 + 8;
+                  int tile = (int)(block % tiles), chunk = (int)(block / tiles);
+                  if (reversed) chunk = (int)chunks - 1 - chunk;
+                  qt_colsum::block_sums<kind>(shared0, shared1, dst0, dst1, partial, a, b, mean,
+                                              rstd, copy, n, c, rows_per_chunk, tile, chunk,
+                                              (int)chunks, tid % 32, tid / 32);
+                  if (counters && qt_colsum::last_of_tile(counters, chunks, tile, tid % 32,
+                                                          tid / 32, (int *)(smem + shared)))
+                    qt_colsum::add_partials_block<true>(shared0, shared1, dst0, dst1, partial,
+                                                        chunks, c, tile, tid % 32, tid / 32);
+                });
+}
+
+/* The emulated kernels: block_sums over the grid, then add_partials. With
+ * several chunks, the one launch of QT_CUDA_COLSUM_ONE_PASS too, in both
+ * orders of the blocks: the same bits, and every tile's count back at 0. */
 template <int kind, typename A, typename B>
 static void run(float *dst0, float *dst1, const A *a, const B *b, const float *mean,
                 const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c) {
   size_t rows_per_chunk, chunks, tiles = (c + 31) / 32;
   qt_colsum::plan(n, c, &rows_per_chunk, &chunks);
+  std::vector<float> before0(dst0, dst0 + c), before1(dst1 ? dst1 : dst0, (dst1 ? dst1 : dst0) + c);
   /* NaN: a partial sum the kernel should have written and did not. */
   std::vector<double> partial(chunks > 1 ? 2 * chunks * c : 1, NAN);
-  qt_emu_launch((int)(tiles * chunks), 256, 2 * 8 * 33 * sizeof(double),
-                [&](unsigned char *smem, int block, int tid, int) {
-                  double(*shared0)[33] = (double(*)[33])smem;
-                  double(*shared1)[33] = shared0 + 8;
-                  qt_colsum::block_sums<kind>(
-                      shared0, shared1, dst0, dst1, chunks > 1 ? partial.data() : nullptr, a, b,
-                      mean, rstd, copy, n, c, rows_per_chunk, (int)(block % tiles),
-                      (int)(block / tiles), (int)chunks, tid % 32, tid / 32);
-                });
-  if (chunks > 1) add_partials(dst0, dst1, partial.data(), chunks, c);
+  launch<kind>(dst0, dst1, chunks > 1 ? partial.data() : nullptr, nullptr, a, b, mean, rstd, copy,
+               n, c, false);
+  if (chunks == 1) return;
+  add_partials(dst0, dst1, partial.data(), chunks, c);
+  for (bool reversed : {false, true}) {
+    std::vector<float> once0 = before0, once1 = before1;
+    std::vector<double> fresh(2 * chunks * c, NAN);
+    std::vector<unsigned> counters(tiles, 0u);
+    launch<kind>(once0.data(), dst1 ? once1.data() : nullptr, fresh.data(), counters.data(), a, b,
+                 mean, rstd, nullptr, n, c, reversed);
+    checks++;
+    if (memcmp(once0.data(), dst0, c * sizeof(float)) != 0 ||
+        (dst1 && memcmp(once1.data(), dst1, c * sizeof(float)) != 0))
+      fail(reversed ? "one pass, blocks reversed, differs" : "one pass differs", kind, n, c, 1.0);
+    checks++;
+    for (unsigned count : counters)
+      if (count != 0) {
+        fail("a tile's count left", kind, n, c, (double)count);
+        break;
+      }
+  }
 }
 
 /* The chunks' total alone, for counts around its unrolled loop and the

@@ -1837,6 +1837,71 @@ static void test_kept_weight(void) {
   qt_rng_free(rng);
 }
 
+/* The column sums' chunk totals added by the last block of each column
+ * tile in the sums' launch (QT_CUDA_COLSUM_ONE_PASS) against a second
+ * kernel: the same bias gradients, bit for bit, for a linear backward in
+ * FP32 and GELU's with fc1's under BF16 products (whose pass also writes
+ * the BF16 gradient the products read), twice each, on the default
+ * stream and on one of its own. */
+static void test_colsum_one_pass(void) {
+  qt_rng_t *rng = make_rng(67);
+  size_t n = 3000, in_c = 64, out_c = 768; /* 24 column tiles, 12 chunks */
+  float *x = host_random(rng, n * in_c, 0.0, 1.0), *w = host_random(rng, out_c * in_c, 0.0, 0.1);
+  float *dout = host_random(rng, n * out_c, 0.0, 1.0), *pre = host_random(rng, n * out_c, 0, 1);
+  float *d_x = device_floats(x, n * in_c), *d_w = device_floats(w, out_c * in_c);
+  float *d_dout = device_floats(dout, n * out_c), *d_pre = device_floats(pre, n * out_c);
+  float *d_dinp = device_alloc(n * in_c), *d_dpre = device_alloc(n * out_c);
+  float *d_dw = device_alloc(out_c * in_c), *d_db = device_alloc(out_c);
+  float *zeros = calloc(out_c * in_c, sizeof(float));
+  CU_ASSERT_PTR_NOT_NULL_FATAL(zeros);
+  qt_cuda_stream_t *s = NULL;
+  CHECK_RC(qt_cuda_stream_create(&s, E));
+  int was_on = qt__cuda_set_colsum_one_pass(1);
+  for (int bf16 = 0; bf16 < 2; bf16++) {
+    qt_matmul_precision before =
+        qt_cuda_set_matmul_precision(bf16 ? QT_MATMUL_BF16 : QT_MATMUL_FP32);
+    float *got[2][2][2]; /* [stream][one pass][dbias, dinp] */
+    for (int on_stream = 0; on_stream < 2; on_stream++) {
+      qt_cuda_stream_t *previous = qt_cuda_stream_use(on_stream ? s : NULL);
+      for (int one = 0; one < 2; one++) {
+        qt__cuda_set_colsum_one_pass(one);
+        CHECK_RC(qt_cuda_copy_to_device(d_db, zeros, out_c * sizeof(float), E));
+        CHECK_RC(qt_cuda_copy_to_device(d_dw, zeros, out_c * in_c * sizeof(float), E));
+        for (int twice = 0; twice < 2; twice++) {
+          if (bf16)
+            CHECK_RC(qt__cuda_gelu_linear_backward_bf16(d_dinp, d_dw, d_db, d_dpre, d_dout, d_pre,
+                                                        d_x, d_w, n, in_c, out_c, 1, 0, E));
+          else
+            CHECK_RC(qt__cuda_linear_backward(d_dinp, d_dw, d_db, d_dout, d_x, d_w, n, in_c, out_c,
+                                              1, E));
+        }
+        got[on_stream][one][0] = download(d_db, out_c);
+        got[on_stream][one][1] = download(d_dinp, n * in_c);
+      }
+      qt_cuda_stream_use(previous);
+    }
+    qt_cuda_set_matmul_precision(before);
+    for (int on_stream = 0; on_stream < 2; on_stream++)
+      for (int k = 0; k < 2; k++) {
+        size_t count = k ? n * in_c : out_c;
+        if (memcmp(got[on_stream][1][k], got[on_stream][0][k], count * sizeof(float)) != 0) {
+          printf("\n    colsum one pass (%s, %s): %s differs", bf16 ? "BF16" : "FP32",
+                 on_stream ? "own stream" : "default stream", k ? "dinp" : "dbias");
+          CU_FAIL("the one-pass column sums changed a result");
+        }
+        free(got[on_stream][0][k]);
+        free(got[on_stream][1][k]);
+      }
+  }
+  qt__cuda_set_colsum_one_pass(was_on);
+  qt_cuda_stream_destroy(s);
+  float *hosts[] = {x, w, dout, pre, zeros};
+  for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++) free(hosts[i]);
+  float *devs[] = {d_x, d_w, d_dout, d_pre, d_dinp, d_dpre, d_dw, d_db};
+  for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) qt_cuda_free(devs[i]);
+  qt_rng_free(rng);
+}
+
 /* qt_cuda_upload_async and _wait: without a stream of its own, a plain
  * upload; on a stream, each of several uploads of changing page-locked
  * host values is what a copy queued on the stream after the wait reads,
@@ -1898,6 +1963,7 @@ static const qt_test_case cases[] = {
     {"streams_concurrent", test_streams_concurrent},
     {"upload_async", test_upload_async},
     {"kept_weight", test_kept_weight},
+    {"colsum_one_pass", test_colsum_one_pass},
     {NULL, NULL},
 };
 

@@ -625,6 +625,13 @@ int qt__cuda_set_keep_weights(int on);
 /* How many linear backwards took a kept weight; 0 in a build without
  * CUDA. For tests. */
 long qt__cuda_kept_weight_count(void);
+
+/* Turns the CUDA column sums' chunk totals in the same launch (the last
+ * block of each column tile adds them) on (1) or off (0: a second kernel
+ * adds them; the same sums in the same order) for the process; returns
+ * the previous setting. On unless QT_CUDA_COLSUM_ONE_PASS=0 in the
+ * environment. */
+int qt__cuda_set_colsum_one_pass(int on);
 /* How many times the epilogue path asked cuBLASLt's heuristic for an
  * algorithm (once per shape, precision and alignments, whether it took
  * the shape or declined it); 0 in a build without CUDA. For tests. */

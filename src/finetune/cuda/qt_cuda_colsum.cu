@@ -10,11 +10,15 @@
  * 12608 rows, on a device of 132 multiprocessors. Each block sums its
  * chunk's rows of its 32 columns (its 8 rows of threads taking every 8th
  * row, then adding their 8 partial sums in order) and writes one partial sum
- * per column and output; a second kernel adds a column's partial sums
- * (qt_colsum::add_partials_block: 8 rows of threads each taking every 8th
- * chunk, then their 8 sums in order) and adds the total, rounded to float,
- * to the gradient. The
- * split depends only on (n, c), so the result is the same from run to run.
+ * per column and output; the last block of each column tile to finish
+ * (a count per tile, qt_colsum::last_of_tile) then adds the tile's partial
+ * sums (qt_colsum::add_partials_block: 8 rows of threads each taking every
+ * 8th chunk, then their 8 sums in order) and adds the total, rounded to
+ * float, to the gradient: one launch instead of a second kernel for the
+ * totals (QT_CUDA_COLSUM_ONE_PASS=0 keeps that kernel, the same sums in the
+ * same order). Which block adds them changes from run to run, their order
+ * does not: the split depends only on (n, c), so the result is the same
+ * from run to run.
  * A single chunk (n of at most 256, or more than 512 column tiles) adds
  * its sums directly; at most 1024 blocks in all (a few per multiprocessor
  * of a large device), which bounds the partial sums to 1024 * 32 per
@@ -29,18 +33,25 @@
 #include "finetune/qt_finetune.h"
 #include "finetune/cuda/qt_cuda_internal.h"
 
-/* Grid (column tiles, chunks), blocks of (32, 8): qt_colsum::block_sums. */
+/* Grid (column tiles, chunks), blocks of (32, 8): qt_colsum::block_sums;
+ * with counters (several chunks), the last block of each tile adds the
+ * tile's partials too (qt_colsum::last_of_tile). */
 template <int kind, typename A, typename B>
 static __global__ void __launch_bounds__(QT_CUDA_THREADS)
     colsum_kernel(float *__restrict__ dst0, float *__restrict__ dst1, double *__restrict__ partial,
-                  const A *__restrict__ a, const B *__restrict__ b, const float *__restrict__ mean,
-                  const float *__restrict__ rstd, __nv_bfloat16 *__restrict__ copy, size_t n,
-                  size_t c, size_t rows_per_chunk) {
+                  unsigned *__restrict__ counters, const A *__restrict__ a, const B *__restrict__ b,
+                  const float *__restrict__ mean, const float *__restrict__ rstd,
+                  __nv_bfloat16 *__restrict__ copy, size_t n, size_t c, size_t rows_per_chunk) {
   __shared__ double shared0[8][33];
   __shared__ double shared1[8][33];
+  __shared__ int last;
   qt_colsum::block_sums<kind, A, B>(shared0, shared1, dst0, dst1, partial, a, b, mean, rstd, copy,
                                     n, c, rows_per_chunk, blockIdx.x, blockIdx.y, gridDim.y,
                                     threadIdx.x, threadIdx.y);
+  if (counters &&
+      qt_colsum::last_of_tile(counters, gridDim.y, blockIdx.x, threadIdx.x, threadIdx.y, &last))
+    qt_colsum::add_partials_block<true>(shared0, shared1, dst0, dst1, partial, gridDim.y, c,
+                                        blockIdx.x, threadIdx.x, threadIdx.y);
 }
 
 /* Grid (column tiles), blocks of (32, 8): qt_colsum::add_partials_block. */
@@ -53,6 +64,14 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
                                 threadIdx.x, threadIdx.y);
 }
 
+/* The chunks' totals in the column sums' launch (QT_CUDA_COLSUM_ONE_PASS,
+ * qt__cuda_set_colsum_one_pass); -1 until the environment is read. */
+static int one_pass = -1;
+
+extern "C" int qt__cuda_set_colsum_one_pass(int on) {
+  return qt__cuda_set_switch("QT_CUDA_COLSUM_ONE_PASS", &one_pass, on);
+}
+
 template <int kind, typename A, typename B>
 static int column_sums(float *dst0, float *dst1, const A *a, const B *b, const float *mean,
                        const float *rstd, __nv_bfloat16 *copy, size_t n, size_t c, const char *who,
@@ -62,16 +81,23 @@ static int column_sums(float *dst0, float *dst1, const A *a, const B *b, const f
   dim3 block(32, 8), grid((unsigned)tiles, (unsigned)chunks);
   if (chunks == 1) {
     colsum_kernel<kind, A, B><<<grid, block, 0, qt__cuda_stream()>>>(
-        dst0, dst1, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
+        dst0, dst1, NULL, NULL, a, b, mean, rstd, copy, n, c, rows_per_chunk);
     return qt__cuda_check_launch(err, who, "the column sums");
   }
   double *partial = NULL;
   int rc = qt__cuda_sums_scratch_lock(2 * chunks * c, &partial, who, err);
   if (rc < 0) return rc;
-  colsum_kernel<kind, A, B><<<grid, block, 0, qt__cuda_stream()>>>(
-      dst0, dst1, partial, a, b, mean, rstd, copy, n, c, rows_per_chunk);
-  rc = qt__cuda_check_launch(err, who, "the column sums");
-  if (rc == 0) rc = qt__cuda_column_partials_add(dst0, dst1, partial, chunks, c, who, err);
+  /* The chunks' totals in the same launch, else in a second kernel. */
+  unsigned *counters = NULL;
+  if (qt__cuda_switch_on("QT_CUDA_COLSUM_ONE_PASS", &one_pass))
+    rc = qt__cuda_tile_counters(&counters, tiles, who, err);
+  if (rc == 0) {
+    colsum_kernel<kind, A, B><<<grid, block, 0, qt__cuda_stream()>>>(
+        dst0, dst1, partial, counters, a, b, mean, rstd, copy, n, c, rows_per_chunk);
+    rc = qt__cuda_check_launch(err, who, "the column sums");
+  }
+  if (rc == 0 && !counters)
+    rc = qt__cuda_column_partials_add(dst0, dst1, partial, chunks, c, who, err);
   qt__cuda_sums_scratch_unlock();
   return rc;
 }

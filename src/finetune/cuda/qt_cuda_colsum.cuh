@@ -13,8 +13,8 @@
  * This file holds only __device__ functions over the primitives that CUDA
  * C++ provides (threadIdx-free: each body takes its block and thread as
  * arguments), so that a host emulation can include it with stand-ins
- * (tests/qt_cuda_emulation.h): the includer provides __syncthreads and
- * what qt_cuda_common.cuh needs.
+ * (tests/qt_cuda_emulation.h): the includer provides __syncthreads,
+ * __threadfence, atomicAdd, __ldcg and what qt_cuda_common.cuh needs.
  */
 #ifndef QT_CUDA_COLSUM_CUH
 #define QT_CUDA_COLSUM_CUH
@@ -144,6 +144,15 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
   partial[((size_t)chunks + chunk) * c + col] = total1;
 }
 
+/* A partial sum, through L2 (__ldcg) where other blocks of the same
+ * kernel wrote it (from_l2): this multiprocessor's L1 is not coherent
+ * with their stores. */
+template <bool from_l2>
+__device__ inline double partial_at(const double *p) {
+  if (from_l2) return __ldcg(p);
+  return *p;
+}
+
 /* Block `tile` of (32, 8) threads, thread (tx, ty): dst_o[col] += the
  * sum of output o's partials over the chunks, for the tile's 32 columns (a
  * NULL dst skipped, its partials not read). Thread (tx, ty) adds chunks ty,
@@ -153,7 +162,10 @@ __device__ inline void block_sums(double (*shared0)[33], double (*shared1)[33], 
  * turn, the layer norm row backward (263 chunks at ViT-B's batch 64)
  * measured slower than the loop kernels (3.4 against 3.1 ms a step at
  * ae479c0); this way the totals take about 5 us a call (572ad8e).
- * shared0, shared1: (8, 33) doubles of shared memory. */
+ * shared0, shared1: (8, 33) doubles of shared memory. from_l2: the
+ * partials were written by other blocks of the same launch
+ * (last_of_tile). */
+template <bool from_l2 = false>
 __device__ inline void add_partials_block(double (*shared0)[33], double (*shared1)[33], float *dst0,
                                           float *dst1, const double *partial, size_t chunks,
                                           size_t c, int tile, int tx, int ty) {
@@ -166,8 +178,8 @@ __device__ inline void add_partials_block(double (*shared0)[33], double (*shared
       double v0[QT_COLSUM_UNROLL], v1[QT_COLSUM_UNROLL];
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++) {
-        v0[u] = p0 ? p0[(r + 8 * u) * c] : 0.0;
-        v1[u] = p1 ? p1[(r + 8 * u) * c] : 0.0;
+        v0[u] = p0 ? partial_at<from_l2>(p0 + (r + 8 * u) * c) : 0.0;
+        v1[u] = p1 ? partial_at<from_l2>(p1 + (r + 8 * u) * c) : 0.0;
       }
 #pragma unroll
       for (int u = 0; u < QT_COLSUM_UNROLL; u++) {
@@ -176,14 +188,33 @@ __device__ inline void add_partials_block(double (*shared0)[33], double (*shared
       }
     }
     for (; r < chunks; r += 8) {
-      if (p0) sum0 += p0[r * c];
-      if (p1) sum1 += p1[r * c];
+      if (p0) sum0 += partial_at<from_l2>(p0 + r * c);
+      if (p1) sum1 += partial_at<from_l2>(p1 + r * c);
     }
   }
   double total0, total1;
   if (!block_totals(shared0, shared1, sum0, sum1, tx, ty, col < c, &total0, &total1)) return;
   if (dst0) dst0[col] += (float)total0;
   if (dst1) dst1[col] += (float)total1;
+}
+
+/* Whether this block, which has written its partial sums, is the last of
+ * the `chunks` blocks of its column tile to do so: thread (0, 0) counts
+ * the block in counters[tile], which the last one sets back to 0 for the
+ * next call on the stream. That block then adds the tile's partials
+ * (add_partials_block<true>: the same sums in the same order as the
+ * second kernel, so the same bits) in the same launch. Every thread of the
+ * block calls it; *last is an int of the block's shared memory. */
+__device__ inline bool last_of_tile(unsigned *counters, size_t chunks, int tile, int tx, int ty,
+                                    int *last) {
+  __threadfence(); /* the partials this thread wrote, before the count */
+  __syncthreads();
+  if (tx == 0 && ty == 0) {
+    *last = atomicAdd(&counters[tile], 1u) == (unsigned)(chunks - 1);
+    if (*last) counters[tile] = 0;
+  }
+  __syncthreads();
+  return *last != 0;
 }
 
 /* The split of n rows of c columns: chunks of rows_per_chunk rows (the

@@ -188,6 +188,12 @@ void qt__cuda_products_scratch_unlock(void);
 int qt__cuda_rounded_scratch_lock(size_t elements, void **out, const char *who, qt_err *err);
 void qt__cuda_rounded_scratch_unlock(void);
 
+/* The thread's stream's counters of finished blocks per column tile (at
+ * least `tiles`, each 0 between launches: the last block of a tile sets
+ * it back, qt_colsum::last_of_tile), for a launch that holds the sums'
+ * scratch (the lock orders the launches that use them). */
+int qt__cuda_tile_counters(unsigned **out, size_t tiles, const char *who, qt_err *err);
+
 /* Column sums in double over the n rows of (n, c) float arrays, each
  * column's total rounded to float and added to dst0[col] (and dst1[col]),
  * queued on the thread's stream (qt_cuda_colsum.cu). Kinds:

@@ -267,6 +267,9 @@ struct qt_cuda_stream {
   scratch_block rounded;
   /* cuBLASLt's workspace (lt_workspace_bytes). */
   scratch_block lt_workspace;
+  /* qt__cuda_tile_counters': QT_CUDA_TILE_COUNTERS unsigned, zeroed when
+   * made (under the sums' lock, which every launch that uses them holds). */
+  unsigned *tile_counters = nullptr;
   /* BF16 operands: each GEMM under QT_MATMUL_BF16 rounds the spans of A
    * and B that it reads to BF16 (round to nearest even) into bf16[0] and
    * bf16[1], kept and grown as needed; bf16[2] holds the bias of a BF16
@@ -353,6 +356,7 @@ extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
   for (kept_weight &k : s->kept) {
     if (k.copy && cudaFree(k.copy) != cudaSuccess) (void)cudaGetLastError();
   }
+  if (s->tile_counters && cudaFree(s->tile_counters) != cudaSuccess) (void)cudaGetLastError();
   pthread_mutex_destroy(&s->bf16_lock);
   pthread_mutex_destroy(&s->kept_lock);
   cublasDestroy(s->blas);
@@ -446,6 +450,31 @@ extern "C" int qt__cuda_sums_scratch_lock(size_t doubles, double **out, const ch
 
 extern "C" void qt__cuda_sums_scratch_unlock(void) {
   pthread_mutex_unlock(&held_sums->lock);
+}
+
+/* The column tiles a launch of the column sums counts at most: its grid
+ * of tiles x chunks has at most 1024 blocks (qt_colsum::plan). */
+#define QT_CUDA_TILE_COUNTERS 1024
+
+extern "C" int qt__cuda_tile_counters(unsigned **out, size_t tiles, const char *who, qt_err *err) {
+  if (tiles > QT_CUDA_TILE_COUNTERS)
+    return qt_err_set(err, QT_EINVAL, "%s: %zu column tiles to count", who, tiles);
+  qt_cuda_stream *s = NULL;
+  int rc = thread_stream(&s, who, err);
+  if (rc < 0) return rc;
+  if (!s->tile_counters) {
+    unsigned *made = NULL;
+    cudaError_t status = cudaMalloc((void **)&made, QT_CUDA_TILE_COUNTERS * sizeof *made);
+    if (status == cudaSuccess)
+      status = cudaMemsetAsync(made, 0, QT_CUDA_TILE_COUNTERS * sizeof *made, s->stream);
+    if (status != cudaSuccess) {
+      if (made) cudaFree(made);
+      return qt__cuda_error(err, status, who);
+    }
+    s->tile_counters = made;
+  }
+  *out = s->tile_counters;
+  return 0;
 }
 
 extern "C" int qt__cuda_products_scratch_lock(size_t floats, float **out, const char *who,

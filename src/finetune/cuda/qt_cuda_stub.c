@@ -553,6 +553,10 @@ long qt__cuda_kept_weight_count(void) {
   return 0;
 }
 
+int qt__cuda_set_colsum_one_pass(int on) {
+  return 0;
+}
+
 int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                              const float *dout, const float *inp, const float *weight,
                              const qt_conv2d_shape *shape, int set, qt_err *err) {
