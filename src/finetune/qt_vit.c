@@ -798,18 +798,17 @@ static call_sets call_sets_of(const qt_vit_t *vit) {
       linear_in | BIT(QT__KEEP_QKV, QT__BF16_DOUT) | BIT(QT__KEEP_NORM_GRAD, QT__BF16_DINP);
 #undef BIT
   /* A linear layer whose forward takes the _bf16 op keeps its weight's
-   * BF16 rounding for a backward that takes the _bf16 op too: the backward
-   * follows the forward whose loss it takes, and nothing writes the
-   * weights between (qt_vit_backward). */
-  unsigned *forwards[] = {&c.qkv, &c.proj, &c.fc1, &c.fc2};
-  unsigned *backwards[] = {&c.qkv_back, &c.proj_back, &c.fc1_back, &c.fc2_back};
-  for (size_t i = 0; i < sizeof forwards / sizeof *forwards; i++) {
-    /* fc2_back serves the last block too, whose forward takes fc2_last. */
-    int kept_by_all = *forwards[i] && (forwards[i] != &c.fc2 || c.fc2_last);
+   * BF16 rounding, and a backward that takes the _bf16 op too takes it
+   * where every forward it serves kept it (fc2_back serves the last
+   * block's fc2_last): the backward follows the forward whose loss it
+   * takes, and nothing writes the weights between (qt_vit_backward). */
+  unsigned *forwards[] = {&c.qkv, &c.proj, &c.fc1, &c.fc2, &c.fc2_last};
+  for (size_t i = 0; i < sizeof forwards / sizeof *forwards; i++)
     if (*forwards[i]) *forwards[i] |= QT__BF16_KEEP_WEIGHT;
-    if (kept_by_all && *backwards[i]) *backwards[i] |= QT__BF16_KEPT_WEIGHT;
-  }
-  if (c.fc2_last) c.fc2_last |= QT__BF16_KEEP_WEIGHT;
+  if (c.qkv && c.qkv_back) c.qkv_back |= QT__BF16_KEPT_WEIGHT;
+  if (c.proj && c.proj_back) c.proj_back |= QT__BF16_KEPT_WEIGHT;
+  if (c.fc1 && c.fc1_back) c.fc1_back |= QT__BF16_KEPT_WEIGHT;
+  if (c.fc2 && c.fc2_last && c.fc2_back) c.fc2_back |= QT__BF16_KEPT_WEIGHT;
   return c;
 }
 
