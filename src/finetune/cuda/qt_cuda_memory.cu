@@ -525,15 +525,19 @@ static __global__ void __launch_bounds__(QT_CUDA_THREADS)
   if (first < n - quads * 4) out[quads * 4 + first] = __float2bfloat16_rn(in[quads * 4 + first]);
 }
 
+/* Queues out = in rounded on `stream`, four at a time where the arrays'
+ * places allow. */
+static void round_on(cudaStream_t stream, __nv_bfloat16 *out, const float *in, size_t n) {
+  if ((uintptr_t)in % 16 == 0 && (uintptr_t)out % 8 == 0)
+    to_bf16_x4_kernel<<<qt__cuda_blocks(n / 4), QT_CUDA_THREADS, 0, stream>>>(out, in, n);
+  else
+    to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, stream>>>(out, in, n);
+}
+
 extern "C" int qt__cuda_round_bf16(void *out, const float *in, size_t n, const char *who,
                                    qt_err *err) {
   if (n == 0) return 0;
-  __nv_bfloat16 *out16 = (__nv_bfloat16 *)out;
-  if ((uintptr_t)in % 16 == 0 && (uintptr_t)out % 8 == 0)
-    to_bf16_x4_kernel<<<qt__cuda_blocks(n / 4), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out16, in,
-                                                                                         n);
-  else
-    to_bf16_kernel<<<qt__cuda_blocks(n), QT_CUDA_THREADS, 0, qt__cuda_stream()>>>(out16, in, n);
+  round_on(qt__cuda_stream(), (__nv_bfloat16 *)out, in, n);
   return qt__cuda_check_launch(err, who, "the BF16 rounding");
 }
 
@@ -581,12 +585,7 @@ extern "C" const void *qt__cuda_keep_weight(const float *weight, size_t elements
       }
     }
     if (k->copy) {
-      if ((uintptr_t)weight % 16 == 0)
-        to_bf16_x4_kernel<<<qt__cuda_blocks(elements / 4), QT_CUDA_THREADS, 0, s->stream>>>(
-            k->copy, weight, elements);
-      else
-        to_bf16_kernel<<<qt__cuda_blocks(elements), QT_CUDA_THREADS, 0, s->stream>>>(
-            k->copy, weight, elements);
+      round_on(s->stream, k->copy, weight, elements);
       if (cudaPeekAtLastError() == cudaSuccess) {
         k->elements = elements;
         k->valid = 1;
@@ -638,11 +637,7 @@ static int round_into_block(qt_cuda_stream *s, int i, const float *src, size_t s
     }
     s->bf16_cap[i] = span;
   }
-  if ((uintptr_t)src % 16 == 0)
-    to_bf16_x4_kernel<<<qt__cuda_blocks(span / 4), QT_CUDA_THREADS, 0, s->stream>>>(s->bf16[i], src,
-                                                                                    span);
-  else
-    to_bf16_kernel<<<qt__cuda_blocks(span), QT_CUDA_THREADS, 0, s->stream>>>(s->bf16[i], src, span);
+  round_on(s->stream, s->bf16[i], src, span);
   *out = s->bf16[i];
   return qt__cuda_check_launch(err, who, "the BF16 rounding");
 }
