@@ -1730,12 +1730,17 @@ static void test_streams_concurrent(void) {
  * what each wrote, as bytes, in out[0..5] (out16, dinp16, dweight, dbias,
  * the GELU-linear's dinp16, dweight). */
 enum { KEPT_ARRAYS = 6 };
+static void kept_sizes(size_t n, size_t in_c, size_t out_c, size_t sizes[KEPT_ARRAYS]) {
+  size_t bytes[KEPT_ARRAYS] = {n * out_c * 2, n * in_c * 2, out_c * in_c * 4,
+                               out_c * 4,     n * in_c * 2, out_c * in_c * 4};
+  memcpy(sizes, bytes, sizeof bytes);
+}
 static void kept_weight_step(int keep, const void *d_h, const float *d_w, const float *d_b,
                              const float *d_dout, size_t n, size_t in_c, size_t out_c,
                              void *out[KEPT_ARRAYS]) {
   unsigned k_fwd = keep ? QT__BF16_KEEP_WEIGHT : 0, k_bwd = keep ? QT__BF16_KEPT_WEIGHT : 0;
-  size_t sizes[KEPT_ARRAYS] = {n * out_c * 2, n * in_c * 2, out_c * in_c * 4,
-                               out_c * 4,     n * in_c * 2, out_c * in_c * 4};
+  size_t sizes[KEPT_ARRAYS];
+  kept_sizes(n, in_c, out_c, sizes);
   void *d[KEPT_ARRAYS];
   for (int i = 0; i < KEPT_ARRAYS; i++) {
     void *zeros = calloc(1, sizes[i]);
@@ -1779,8 +1784,8 @@ static void test_kept_weight(void) {
   CHECK_RC(qt_cuda_malloc(&d_h, n * in_c * sizeof(uint16_t), E));
   qt_matmul_precision before = qt_cuda_set_matmul_precision(QT_MATMUL_BF16);
   CHECK_RC(qt__cuda_gelu_forward_bf16(d_h, d_x, n * in_c, QT__BF16_OUT, E));
-  size_t sizes[KEPT_ARRAYS] = {n * out_c * 2, n * in_c * 2, out_c * in_c * 4,
-                               out_c * 4,     n * in_c * 2, out_c * in_c * 4};
+  size_t sizes[KEPT_ARRAYS];
+  kept_sizes(n, in_c, out_c, sizes);
   void *want[KEPT_ARRAYS], *got[KEPT_ARRAYS];
   kept_weight_step(0, d_h, d_w, d_b, d_dout, n, in_c, out_c, want);
   qt_cuda_stream_t *s = NULL;
