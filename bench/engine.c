@@ -899,6 +899,23 @@ int main(int argc, char **argv) {
            info.major, info.minor, info.multiprocessors, (double)info.memory_total / 1048576.0,
            precision_words(o.precision), o.peak_tflops,
            o.peak_tflops > 0 ? "" : " (unknown: give --peak-tflops)");
+    if (is_cnn(o.model)) {
+      int version = 0;
+      char why[256];
+      int off = !qt__cuda_set_cudnn(1);
+      if (off) qt__cuda_set_cudnn(0);
+      if (!qt__cuda_cudnn_loaded(&version, why, sizeof why))
+        printf("convolutions: im2col and cuBLAS (no cuDNN: %s)\n", why);
+      else if (off || o.precision == QT_MATMUL_BF16 || o.precision == QT_MATMUL_BF16_FAST)
+        printf("convolutions: im2col and cuBLAS (cuDNN %d.%d.%d loaded, %s)\n", version / 10000,
+               version / 100 % 100, version % 100,
+               off ? "QT_CUDA_CUDNN=0" : "not used for BF16 products");
+      else
+        printf(
+            "convolutions: cuDNN %d.%d.%d where it takes the shape (dense and grouped, "
+            "symmetric padding), im2col and cuBLAS for the rest\n",
+            version / 10000, version / 100 % 100, version % 100);
+    }
   }
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
   fflush(stdout);

@@ -29,6 +29,14 @@ if(NOT QT_CUDA STREQUAL "OFF")
     set(CMAKE_CUDA_STANDARD 17)
     set(QT_CUDA_ENABLED ON)
     set(QT_CUDA_SUMMARY "on: CUDA ${CUDAToolkit_VERSION}, nvcc ${CMAKE_CUDA_COMPILER}, archs ${CMAKE_CUDA_ARCHITECTURES}")
+    # cuDNN's headers, for its types: the library itself is loaded at run
+    # time where the machine has it (src/finetune/cuda/qt_cuda_cudnn.cu).
+    find_path(QT_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    if(QT_CUDNN_INCLUDE_DIR)
+      string(APPEND QT_CUDA_SUMMARY ", cuDNN headers ${QT_CUDNN_INCLUDE_DIR}")
+    else()
+      string(APPEND QT_CUDA_SUMMARY ", no cuDNN headers (convolutions on im2col and cuBLAS)")
+    endif()
   elseif(QT_CUDA STREQUAL "ON")
     message(FATAL_ERROR "QT_CUDA=ON but the CUDA toolkit or nvcc was not found. "
       "Install the CUDA toolkit (nvcc in PATH or /usr/local/cuda/bin) or configure with -DQT_CUDA=OFF.")
@@ -37,9 +45,15 @@ if(NOT QT_CUDA STREQUAL "OFF")
   endif()
 endif()
 
-# Links the CUDA runtime and cuBLAS into a target that has .cu sources.
+# Links the CUDA runtime, cuBLAS and dlopen (for cuDNN) into a target that
+# has .cu sources.
 function(qt_cuda_configure_target target)
-  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
+  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt ${CMAKE_DL_LIBS})
+  if(QT_CUDNN_INCLUDE_DIR)
+    set_property(SOURCE ${CMAKE_CURRENT_SOURCE_DIR}/src/finetune/cuda/qt_cuda_cudnn.cu APPEND
+      PROPERTY COMPILE_DEFINITIONS QT_HAVE_CUDNN_H=1)
+    target_include_directories(${target} PRIVATE ${QT_CUDNN_INCLUDE_DIR})
+  endif()
   set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
   # -fno-exceptions: qtune's CUDA code is C behind extern "C" and throws
   # nothing. Without it, every .cu with a kernel launch defines the weak

@@ -7,6 +7,8 @@
  * access to the model's memory goes through the op table (any other would
  * crash). test_gpu_cnn_backend runs the same cases on CUDA.
  */
+#include <dlfcn.h>
+
 #include "qt_test.h"
 
 #include "finetune/qt_finetune.h"
@@ -136,12 +138,92 @@ static void test_cuda_without_a_device(void) {
   remove(checkpoint);
 }
 
+/* Which convolutions the CUDA table would give cuDNN (qt_cuda_cudnn.cu):
+ * dense and grouped ones with symmetric padding, not depthwise or
+ * pointwise ones, nor TensorFlow 'same' with its extra row at the bottom. */
+static void test_cudnn_takes_dense_convolutions(void) {
+#if QT_HAVE_CUDA
+  qt_conv2d_shape s;
+  struct {
+    const char *what;
+    size_t batch, in_c, size, out_c, kernel, stride, pad, groups;
+    int same, fits;
+  } cases[] = {
+      {"ResNet 3x3/1 pad 1", 8, 64, 56, 64, 3, 1, 1, 1, 0, 1},
+      {"ResNet stem 7x7/2 pad 3", 8, 3, 224, 64, 7, 2, 3, 1, 0, 1},
+      {"downsample 1x1/2", 8, 64, 56, 128, 1, 2, 0, 1, 0, 1},
+      {"3x3/2 pad 1 on an even size", 8, 32, 224, 32, 3, 2, 1, 1, 0, 1},
+      {"grouped 3x3 g4", 2, 32, 17, 64, 3, 1, 1, 4, 0, 1},
+      {"valid 3x3", 2, 5, 9, 7, 3, 1, 0, 1, 0, 1},
+      {"pointwise 1x1", 8, 64, 56, 256, 1, 1, 0, 1, 0, 0},
+      {"grouped pointwise g4", 8, 64, 56, 256, 1, 1, 0, 4, 0, 0},
+      {"depthwise 3x3", 8, 32, 112, 32, 3, 1, 1, 32, 0, 0},
+      {"depthwise 3x3 multiplier 2", 8, 32, 112, 64, 3, 1, 1, 32, 0, 0},
+      {"same 3x3/2 on 15 (pads 1 and 1)", 2, 3, 15, 8, 3, 2, 0, 1, 1, 1},
+      {"same 3x3/2 on 14 (pads 0 and 1)", 2, 3, 14, 8, 3, 2, 0, 1, 1, 0},
+      {"same 5x5/1 (pads 2 and 2)", 2, 3, 13, 8, 5, 1, 0, 1, 1, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    if (cases[i].same) {
+      CHECK_RC(qt_conv2d_shape_init_same(&s, cases[i].batch, cases[i].in_c, cases[i].size,
+                                         cases[i].size, cases[i].out_c, cases[i].kernel,
+                                         cases[i].stride, cases[i].groups, E));
+    } else {
+      CHECK_RC(qt_conv2d_shape_init(&s, cases[i].batch, cases[i].in_c, cases[i].size, cases[i].size,
+                                    cases[i].out_c, cases[i].kernel, cases[i].stride, cases[i].pad,
+                                    cases[i].groups, E));
+    }
+    if (qt__cuda_cudnn_fits(&s) != cases[i].fits)
+      printf("  %s: cuDNN fits %d, expected %d\n", cases[i].what, !cases[i].fits, cases[i].fits);
+    CU_ASSERT_EQUAL(qt__cuda_cudnn_fits(&s), cases[i].fits);
+  }
+  /* Beyond an int of elements: the kernels' long indices take it. */
+  CHECK_RC(qt_conv2d_shape_init(&s, 1024, 64, 256, 256, 64, 3, 1, 1, 1, E));
+  CU_ASSERT_EQUAL(qt__cuda_cudnn_fits(&s), 0);
+  s.batch = 511;
+  CU_ASSERT_EQUAL(qt__cuda_cudnn_fits(&s), 1);
+#endif
+}
+
+/* Where this machine's loader finds cuDNN's library, qtune loads it with
+ * every function it uses and the major version of the headers it was
+ * built with; where it does not, qtune says why (and its convolutions
+ * stay on im2col and cuBLAS). */
+static void test_cudnn_library(void) {
+  int version = -1;
+  char why[256] = "unset";
+  int loaded = qt__cuda_cudnn_loaded(&version, why, sizeof why);
+#if QT_HAVE_CUDA
+  void *lib = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL);
+  printf("  cuDNN: %s%s (version %d)\n", loaded ? "loaded" : "not loaded: ", why, version);
+  if (lib) {
+    CU_ASSERT(loaded);
+    CU_ASSERT_EQUAL(version / 10000, 9);
+    CU_ASSERT_STRING_EQUAL(why, "");
+    dlclose(lib);
+  } else {
+    CU_ASSERT(!loaded);
+    CU_ASSERT_EQUAL(version, 0);
+    CU_ASSERT(strlen(why) > 0 && strcmp(why, "unset") != 0);
+  }
+  /* The switch reads the environment, and a setter wins over it. */
+  int was = qt__cuda_set_cudnn(0);
+  CU_ASSERT_EQUAL(qt__cuda_set_cudnn(was), 0);
+#else
+  CU_ASSERT(!loaded);
+  CU_ASSERT_EQUAL(version, 0);
+  CU_ASSERT_STRING_EQUAL(why, "built without CUDA");
+#endif
+}
+
 static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
     {"failed_move_changes_nothing", test_failed_move_changes_nothing},
     {"feature_hook_on_the_device", test_feature_hook_on_the_device},
     {"cuda_without_a_device", test_cuda_without_a_device},
+    {"cudnn_takes_dense_convolutions", test_cudnn_takes_dense_convolutions},
+    {"cudnn_library", test_cudnn_library},
     {NULL, NULL},
 };
 

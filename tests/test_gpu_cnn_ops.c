@@ -19,7 +19,10 @@
  * depthwise 3x3 with stride 1 and 2, 1x1 pointwise, ResNet's 7x7 stride-2
  * stem with padding 3 and its 1x1 stride-2 downsample, TensorFlow 'same'
  * padding on odd and even sizes, grouped convolutions; batches of 1 and 3;
- * channel counts that are not multiples of 32.
+ * channel counts that are not multiples of 32. Where the machine has
+ * cuDNN, the dense and grouped convolutions go through it (each case
+ * counts its passes there), and run again on the im2col kernels
+ * (conv_dense_im2col); three run in TF32 (bound 1e-2).
  */
 #include <float.h>
 #include <math.h>
@@ -36,8 +39,32 @@
 /* Convolution                                                                */
 /* ------------------------------------------------------------------------- */
 
-/* Runs one convolution forward and backward on both sides. */
+/* The bound of the convolutions' checks: FP32's, or TF32's in
+ * test_conv_tf32. */
+static double conv_tolerance = PARITY_TOLERANCE;
+
+static void conv_check(const char *what, const float *d, const float *cpu, const float *init,
+                       size_t n) {
+  expect_parity_tol(what, d, cpu, init, n, conv_tolerance);
+}
+
+static void conv_grad_check(const char *what, const grad *g) {
+  conv_check(what, g->dev, g->cpu, g->init, g->n);
+}
+
+/* Whether the convolutions of this process go through cuDNN where they fit
+ * (the library loaded and the switch on), as the counts below expect. */
+static int cudnn_now(void) {
+  int on = qt__cuda_set_cudnn(1);
+  qt__cuda_set_cudnn(on);
+  return on && qt__cuda_cudnn_loaded(NULL, NULL, 0);
+}
+
+/* Runs one convolution forward and backward on both sides: six passes
+ * (the forward, both gradients, then each alone, then the input's set),
+ * every one through cuDNN where it takes the shape, else none. */
 static void conv_case(const char *name, const qt_conv2d_shape *s, int with_bias, uint64_t seed) {
+  long cudnn_before = qt__cuda_cudnn_count();
   qt_rng_t *rng = make_rng(seed);
   char what[128];
   size_t n_in = s->batch * s->in_c * s->in_h * s->in_w;
@@ -74,7 +101,7 @@ static void conv_case(const char *name, const qt_conv2d_shape *s, int with_bias,
   qt_cpu_conv2d_forward(out, scratch, inp, weight, bias, s);
   CHECK_RC(qt_cuda_conv2d_forward(d_out, d_scratch, d_inp, d_weight, d_bias, s, E));
   snprintf(what, sizeof what, "conv %s%s: out", name, with_bias ? "" : " no bias");
-  expect_parity(what, d_out, out, NULL, n_out);
+  conv_check(what, d_out, out, NULL, n_out);
 
   grad dinp = grad_make(rng, n_in), dweight = grad_make(rng, n_w);
   grad dbias = grad_make(rng, s->out_c);
@@ -82,32 +109,39 @@ static void conv_case(const char *name, const qt_conv2d_shape *s, int with_bias,
   CHECK_RC(qt_cuda_conv2d_backward(dinp.dev, dweight.dev, dbias.dev, d_scratch, d_dout, d_inp,
                                    d_weight, s, E));
   snprintf(what, sizeof what, "conv %s: dinp", name);
-  grad_check(what, &dinp);
+  conv_grad_check(what, &dinp);
   snprintf(what, sizeof what, "conv %s: dweight", name);
-  grad_check(what, &dweight);
+  conv_grad_check(what, &dweight);
   snprintf(what, sizeof what, "conv %s: dbias", name);
-  grad_check(what, &dbias);
+  conv_grad_check(what, &dbias);
 
   /* NULL gradients are skipped: dweight alone, then dinp alone. */
   qt_cpu_conv2d_backward(NULL, dweight.cpu, NULL, scratch, dout, inp, weight, s);
   CHECK_RC(
       qt_cuda_conv2d_backward(NULL, dweight.dev, NULL, d_scratch, d_dout, d_inp, d_weight, s, E));
   snprintf(what, sizeof what, "conv %s: dweight twice", name);
-  grad_check(what, &dweight);
+  conv_grad_check(what, &dweight);
   qt_cpu_conv2d_backward(dinp.cpu, NULL, NULL, scratch, dout, inp, weight, s);
   CHECK_RC(qt_cuda_conv2d_backward(dinp.dev, NULL, NULL, d_scratch, d_dout, d_inp, d_weight, s, E));
   snprintf(what, sizeof what, "conv %s: dinp twice", name);
-  grad_check(what, &dinp);
+  conv_grad_check(what, &dinp);
   /* `set` (the op table's): dinp written, not added to. */
   grad fresh = grad_make_unset(n_in);
   qt_cpu_conv2d_backward(fresh.cpu, NULL, NULL, scratch, dout, inp, weight, s);
   CHECK_RC(
       qt__cuda_conv2d_backward(fresh.dev, NULL, NULL, d_scratch, d_dout, d_inp, d_weight, s, 1, E));
   snprintf(what, sizeof what, "conv %s: dinp set", name);
-  grad_check(what, &fresh);
+  conv_grad_check(what, &fresh);
   grad_free(&fresh);
   snprintf(what, sizeof what, "conv %s: dbias untouched", name);
-  grad_check(what, &dbias);
+  conv_grad_check(what, &dbias);
+
+  long cudnn_ran = qt__cuda_cudnn_count() - cudnn_before;
+  long cudnn_want = cudnn_now() && qt__cuda_cudnn_fits(s) ? 6 : 0;
+  if (cudnn_ran != cudnn_want)
+    fprintf(stderr, "\nconv %s: %ld passes through cuDNN, expected %ld\n", name, cudnn_ran,
+            cudnn_want);
+  CU_ASSERT_EQUAL(cudnn_ran, cudnn_want);
 
   grad_free(&dinp);
   grad_free(&dweight);
@@ -175,6 +209,13 @@ static qt_conv2d_shape rect_shape(size_t batch, size_t in_c, size_t in_h, size_t
 /* Dense and grouped convolutions (im2col and cuBLAS, or the image itself
  * for pointwise ones). */
 static void test_conv_dense(void) {
+  int version = 0;
+  char why[256];
+  if (qt__cuda_cudnn_loaded(&version, why, sizeof why))
+    printf("\n    cuDNN %d.%d.%d%s", version / 10000, version / 100 % 100, version % 100,
+           cudnn_now() ? "" : ", switched off");
+  else
+    printf("\n    no cuDNN: %s", why);
   qt_conv2d_shape s;
   s = conv_shape(3, 3, 33, 24, 3, 2, 1, 1);
   conv_case("stem 3x3/2 (3, 3, 33x33) -> 24", &s, 0, 101);
@@ -216,6 +257,29 @@ static void test_conv_dense(void) {
   conv_case("rectangular 3x5/(2,1) pad (1,2) (2, 5, 13x9) -> 7", &s, 1, 115);
   s = rect_shape(2, 6, 13, 9, 9, 3, 5, 2, 1, 1, 2, 3);
   conv_case("rectangular grouped g3 (2, 6, 13x9) -> 9", &s, 0, 116);
+}
+
+/* The same on the im2col kernels and cuBLAS, where cuDNN took them above
+ * (QT_CUDA_CUDNN=0's path). */
+static void test_conv_dense_im2col(void) {
+  int was = qt__cuda_set_cudnn(0);
+  test_conv_dense();
+  qt__cuda_set_cudnn(was);
+}
+
+/* TF32 products: cuDNN with its default math (tensor cores), or the
+ * kernels' TF32 products, within the TF32 bound of test_gpu_ops. */
+static void test_conv_tf32(void) {
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_TF32), QT_MATMUL_FP32);
+  conv_tolerance = 1e-2;
+  qt_conv2d_shape s = conv_shape(3, 16, 20, 24, 3, 1, 1, 1);
+  conv_case("TF32 3x3 (3, 16, 20x20) -> 24", &s, 1, 141);
+  s = conv_shape(2, 3, 31, 20, 7, 2, 3, 1);
+  conv_case("TF32 ResNet stem 7x7/2 (2, 3, 31x31) -> 20", &s, 0, 142);
+  s = conv_shape(3, 12, 11, 18, 3, 1, 1, 3);
+  conv_case("TF32 grouped 3x3 g3 (3, 12, 11x11) -> 18", &s, 1, 143);
+  conv_tolerance = PARITY_TOLERANCE;
+  CU_ASSERT_EQUAL(qt_cuda_set_matmul_precision(QT_MATMUL_FP32), QT_MATMUL_TF32);
 }
 
 /* Depthwise convolutions (direct kernels). */
@@ -866,6 +930,8 @@ static void test_arguments(void) {
 
 static const qt_test_case cases[] = {
     {"conv_dense", test_conv_dense},
+    {"conv_dense_im2col", test_conv_dense_im2col},
+    {"conv_tf32", test_conv_tf32},
     {"conv_depthwise", test_conv_depthwise},
     {"batchnorm", test_batchnorm},
     {"stochnorm", test_stochnorm},

@@ -632,6 +632,24 @@ long qt__cuda_kept_weight_count(void);
  * the previous setting. On unless QT_CUDA_COLSUM_ONE_PASS=0 in the
  * environment. */
 int qt__cuda_set_colsum_one_pass(int on);
+/* cuDNN for the CUDA convolutions (qt_cuda_cudnn.cu, docs/cuda.md):
+ * whether this process loaded it (dlopen of libcudnn.so.9, done here if
+ * no convolution did yet), with its version (90100 for 9.1.0) in
+ * *version, or 0 and why not in why (a phrase; "" when loaded). 0 in a
+ * build without CUDA. */
+int qt__cuda_cudnn_loaded(int *version, char *why, size_t why_size);
+/* Whether cuDNN would take the convolution (FP32 or TF32 products aside):
+ * neither depthwise nor pointwise, padding symmetric, element counts
+ * within an int. */
+int qt__cuda_cudnn_fits(const qt_conv2d_shape *shape);
+/* Turns the convolutions through cuDNN on (1) or off (0: im2col and
+ * cuBLAS for every one) for the process; returns the previous setting. On
+ * unless QT_CUDA_CUDNN=0 in the environment. */
+int qt__cuda_set_cudnn(int on);
+/* How many convolution passes (forwards, input and weight gradients)
+ * cuDNN ran; 0 in a build without CUDA. For tests. */
+long qt__cuda_cudnn_count(void);
+
 /* How many times the epilogue path asked cuBLASLt's heuristic for an
  * algorithm (once per shape, precision and alignments, whether it took
  * the shape or declined it); 0 in a build without CUDA. For tests. */

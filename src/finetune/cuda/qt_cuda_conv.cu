@@ -12,7 +12,9 @@
  * group, any multiplier) run as direct kernels: one thread per output
  * (forward) or input pixel (input gradient), and for the weight gradient
  * blocks over a channel's taps and a chunk of its terms, summed in double
- * as on the CPU (qt_cuda_depthwise.cuh). See qt_finetune.h.
+ * as on the CPU (qt_cuda_depthwise.cuh). Where the machine has cuDNN,
+ * it runs the dense and grouped convolutions of FP32 and TF32 products
+ * instead (qt_cuda_cudnn.cu says which). See qt_finetune.h.
  */
 #include <limits.h>
 
@@ -512,6 +514,9 @@ extern "C" int qt_cuda_conv2d_forward(float *out, float *scratch, const float *i
     rc = qt__cuda_check_launch(err, who, "the bias broadcast");
     if (rc < 0) return rc;
   }
+  rc = qt__cuda_cudnn_conv(QT__CUDNN_FORWARD, out, inp, weight, bias ? 1.0f : 0.0f, scratch, s, who,
+                           err);
+  if (rc <= 0) return rc;
   size_t in_image = s->in_c * s->in_h * s->in_w;
   if (pointwise && s->groups == 1) {
     /* y_b (out_c, P) = W (out_c, in_c) . x_b (in_c, P), every image in one
@@ -579,6 +584,20 @@ extern "C" int qt__cuda_conv2d_backward(float *dinp, float *dweight, float *dbia
     if (dweight && (rc = depthwise_weight_grad(dweight, dout, inp, s, who, err)) < 0) return rc;
     return 0;
   }
+  /* What cuDNN takes, the kernels below leave alone. */
+  if (dweight) {
+    rc = qt__cuda_cudnn_conv(QT__CUDNN_BACKWARD_FILTER, dweight, inp, dout, 1.0f, scratch, s, who,
+                             err);
+    if (rc < 0) return rc;
+    if (rc == 0) dweight = NULL;
+  }
+  if (dinp) {
+    rc = qt__cuda_cudnn_conv(QT__CUDNN_BACKWARD_DATA, dinp, weight, dout, set ? 0.0f : 1.0f,
+                             scratch, s, who, err);
+    if (rc < 0) return rc;
+    if (rc == 0) dinp = NULL;
+  }
+  if (!dinp && !dweight) return 0;
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
   size_t kdim = cg * s->kernel_h * s->kernel_w;
   size_t in_image = s->in_c * s->in_h * s->in_w;

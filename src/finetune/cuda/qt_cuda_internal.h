@@ -188,6 +188,35 @@ void qt__cuda_products_scratch_unlock(void);
 int qt__cuda_rounded_scratch_lock(size_t elements, void **out, const char *who, qt_err *err);
 void qt__cuda_rounded_scratch_unlock(void);
 
+/* The thread's stream's cuDNN handle (*out, an opaque cudnnHandle_t),
+ * made by `make` bound to the stream on first use and destroyed with the
+ * stream (qt__cudnn_destroy), locked for the caller's calls until
+ * qt__cuda_dnn_unlock (a handle takes one host thread at a time). On
+ * failure nothing stays locked. */
+int qt__cuda_dnn_lock(void **out, int (*make)(void **handle, cudaStream_t stream, qt_err *err),
+                      const char *who, qt_err *err);
+void qt__cuda_dnn_unlock(void);
+void qt__cudnn_destroy(void *handle);
+
+/* A pass of a convolution through cuDNN (qt_cuda_cudnn.cu), queued on the
+ * thread's stream with the caller's scratch (qt_cuda_conv2d_scratch_size
+ * floats) as its workspace:
+ *   QT__CUDNN_FORWARD          out (y) = conv(a = x, b = w) + beta out
+ *   QT__CUDNN_BACKWARD_DATA    out (dx) = the input gradient from
+ *                              a = w, b = dy, + beta out
+ *   QT__CUDNN_BACKWARD_FILTER  out (dw) = the weight gradient from
+ *                              a = x, b = dy, + beta out
+ * 0 when queued, 1 when the caller runs its own kernels (cuDNN absent or
+ * switched off, a shape it does not take, BF16 products, no algorithm
+ * that qualifies), or a QT_E* code. */
+typedef enum qt__cudnn_pass {
+  QT__CUDNN_FORWARD,
+  QT__CUDNN_BACKWARD_DATA,
+  QT__CUDNN_BACKWARD_FILTER
+} qt__cudnn_pass;
+int qt__cuda_cudnn_conv(qt__cudnn_pass pass, float *out, const float *a, const float *b, float beta,
+                        float *scratch, const qt_conv2d_shape *s, const char *who, qt_err *err);
+
 /* The thread's stream's counters of finished blocks per column tile (at
  * least `tiles`, each 0 between launches: the last block of a tile sets
  * it back, qt_colsum::last_of_tile), for a launch that holds the sums'

@@ -283,6 +283,9 @@ struct qt_cuda_stream {
    * (qt__cuda_keep_weight), by address; a created stream's only. */
   kept_weight kept[QT_CUDA_KEPT_WEIGHTS] = {};
   pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+  /* The cuDNN handle (qt__cuda_dnn_lock), bound to `stream`. */
+  void *dnn = nullptr;
+  pthread_mutex_t dnn_lock = PTHREAD_MUTEX_INITIALIZER;
 };
 
 static qt_cuda_stream default_streams[QT_CUDA_MAX_DEVICES];
@@ -359,6 +362,8 @@ extern "C" void qt_cuda_stream_destroy(qt_cuda_stream_t *s) {
   if (s->tile_counters && cudaFree(s->tile_counters) != cudaSuccess) (void)cudaGetLastError();
   pthread_mutex_destroy(&s->bf16_lock);
   pthread_mutex_destroy(&s->kept_lock);
+  qt__cudnn_destroy(s->dnn);
+  pthread_mutex_destroy(&s->dnn_lock);
   cublasDestroy(s->blas);
   cudaEventDestroy(s->copied);
   cudaStreamDestroy(s->copy);
@@ -411,6 +416,31 @@ extern "C" int qt__cublas_handle(cublasHandle_t *handle, const char *who, qt_err
     return qt__cublas_error(err, status, what);
   }
   return 0;
+}
+
+/* The stream whose cuDNN handle the calling thread holds. */
+static thread_local qt_cuda_stream *dnn_held;
+
+extern "C" int qt__cuda_dnn_lock(void **out,
+                                 int (*make)(void **handle, cudaStream_t stream, qt_err *err),
+                                 const char *who, qt_err *err) {
+  qt_cuda_stream *s = NULL;
+  int rc = thread_stream(&s, who, err);
+  if (rc < 0) return rc;
+  pthread_mutex_lock(&s->dnn_lock);
+  if (!s->dnn && (rc = make(&s->dnn, s->stream, err)) < 0) {
+    pthread_mutex_unlock(&s->dnn_lock);
+    return rc;
+  }
+  *out = s->dnn;
+  dnn_held = s;
+  return 0;
+}
+
+extern "C" void qt__cuda_dnn_unlock(void) {
+  qt_cuda_stream *s = dnn_held;
+  dnn_held = NULL;
+  if (s) pthread_mutex_unlock(&s->dnn_lock);
 }
 
 /* Locks the block `which` of the thread's stream, grown to at least

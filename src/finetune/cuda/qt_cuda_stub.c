@@ -4,6 +4,8 @@
  * exists so that callers and tests need no #ifdef: the device query reports
  * no device and every op returns QT_ENODEV.
  */
+#include <stdio.h>
+
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 
@@ -554,6 +556,24 @@ long qt__cuda_kept_weight_count(void) {
 }
 
 int qt__cuda_set_colsum_one_pass(int on) {
+  return 0;
+}
+
+int qt__cuda_cudnn_loaded(int *version, char *why, size_t why_size) {
+  if (version) *version = 0;
+  if (why && why_size) snprintf(why, why_size, "built without CUDA");
+  return 0;
+}
+
+int qt__cuda_cudnn_fits(const qt_conv2d_shape *shape) {
+  return 0;
+}
+
+int qt__cuda_set_cudnn(int on) {
+  return 0;
+}
+
+long qt__cuda_cudnn_count(void) {
   return 0;
 }
 
