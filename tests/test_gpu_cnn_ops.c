@@ -209,13 +209,6 @@ static qt_conv2d_shape rect_shape(size_t batch, size_t in_c, size_t in_h, size_t
 /* Dense and grouped convolutions (im2col and cuBLAS, or the image itself
  * for pointwise ones). */
 static void test_conv_dense(void) {
-  int version = 0;
-  char why[256];
-  if (qt__cuda_cudnn_loaded(&version, why, sizeof why))
-    printf("\n    cuDNN %d.%d.%d%s", version / 10000, version / 100 % 100, version % 100,
-           cudnn_now() ? "" : ", switched off");
-  else
-    printf("\n    no cuDNN: %s", why);
   qt_conv2d_shape s;
   s = conv_shape(3, 3, 33, 24, 3, 2, 1, 1);
   conv_case("stem 3x3/2 (3, 3, 33x33) -> 24", &s, 0, 101);
@@ -257,6 +250,15 @@ static void test_conv_dense(void) {
   conv_case("rectangular 3x5/(2,1) pad (1,2) (2, 5, 13x9) -> 7", &s, 1, 115);
   s = rect_shape(2, 6, 13, 9, 9, 3, 5, 2, 1, 1, 2, 3);
   conv_case("rectangular grouped g3 (2, 6, 13x9) -> 9", &s, 0, 116);
+  /* After the convolutions: a library that loaded but could make no
+   * handle says so now. */
+  int version = 0;
+  char why[256];
+  if (qt__cuda_cudnn_loaded(&version, why, sizeof why))
+    printf("\n    through cuDNN %d.%d.%d%s", version / 10000, version / 100 % 100, version % 100,
+           cudnn_now() ? "" : " (switched off)");
+  else
+    printf("\n    no cuDNN: %s", why);
 }
 
 /* The same on the im2col kernels and cuBLAS, where cuDNN took them above

@@ -28,8 +28,11 @@
  *   - in FP32 (QT_MATMUL_FP32, the default): FMA math (no TF32 tensor
  *     cores, as cuBLAS's FP32 products), and no FFT or Winograd
  *     transform, whose rounding would approach the FP32 parity bound of
- *     docs/cuda.md (1e-5); in TF32, whatever cuDNN's default math allows.
- * When no algorithm qualifies, the kernels run the convolution. cuDNN adds
+ *     docs/cuda.md (1e-5); in TF32, whatever cuDNN's default math allows;
+ *   - never a conversion of the FP32 operands to FP16
+ *     (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION).
+ * When no algorithm qualifies, the kernels run the convolution; when the
+ * library cannot make a handle (short of memory), they run every one. cuDNN adds
  * into its output (beta 1) for the gradients, as the op table wants;
  * bias and its gradient stay in qt_cuda_conv.cu (the bias gradient summed
  * in double). QT_CUDA_CUDNN=0 (or qt__cuda_set_cudnn) keeps every
@@ -199,15 +202,25 @@ static void load(void) {
   api_version = version;
 }
 
+/* Set (once, with why_unusable) when the library loaded but cannot make
+ * a handle: its sublibraries, this driver or this GPU not supported. */
+static int unusable;
+static char why_unusable[256];
+static pthread_mutex_t unusable_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static bool loaded(void) {
   pthread_once(&load_once, load);
-  return api_version != 0;
+  return api_version != 0 && !__atomic_load_n(&unusable, __ATOMIC_ACQUIRE);
 }
 
 extern "C" int qt__cuda_cudnn_loaded(int *version, char *why, size_t why_size) {
   bool ok = loaded();
-  if (version) *version = api_version;
-  if (why && why_size) snprintf(why, why_size, "%s", ok ? "" : api_why);
+  if (version) *version = ok ? api_version : 0;
+  if (why && why_size) {
+    pthread_mutex_lock(&unusable_lock);
+    snprintf(why, why_size, "%s", ok ? "" : api_version ? why_unusable : api_why);
+    pthread_mutex_unlock(&unusable_lock);
+  }
   return ok;
 }
 
@@ -226,18 +239,33 @@ static int dnn_error(qt_err *err, cudnnStatus_t status, const char *who, const c
 /* Handles                                                                    */
 /* ------------------------------------------------------------------------- */
 
-/* A handle for qt__cuda_dnn_lock, bound to `stream`. */
+/* A handle for qt__cuda_dnn_lock, bound to `stream`. Out of memory is
+ * an error (the run's); any other failure leaves cuDNN unused by this
+ * process, the convolutions on the kernels, and says why
+ * (qt__cuda_cudnn_loaded): 1. */
 static int make_handle(void **out, cudaStream_t stream, qt_err *err) {
   cudnnHandle_t handle = NULL;
+  const char *what = "cudnnCreate";
   cudnnStatus_t status = api.cudnnCreate(&handle);
   if (status == CUDNN_STATUS_SUCCESS) {
+    what = "cudnnSetStream";
     status = api.cudnnSetStream(handle, stream);
     if (status != CUDNN_STATUS_SUCCESS) api.cudnnDestroy(handle);
   }
-  if (status != CUDNN_STATUS_SUCCESS)
-    return dnn_error(err, status, "qt_cuda_conv2d", "cudnnCreate");
-  *out = handle;
-  return 0;
+  if (status == CUDNN_STATUS_SUCCESS) {
+    *out = handle;
+    return 0;
+  }
+  if (status == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
+      status == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)
+    return dnn_error(err, status, "qt_cuda_conv2d", what);
+  pthread_mutex_lock(&unusable_lock);
+  snprintf(why_unusable, sizeof why_unusable, "cuDNN %d.%d.%d loaded, but %s: %s (%d)",
+           api_version / 10000, api_version / 100 % 100, api_version % 100, what,
+           api.cudnnGetErrorString(status), (int)status);
+  __atomic_store_n(&unusable, 1, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&unusable_lock);
+  return 1;
 }
 
 extern "C" void qt__cudnn_destroy(void *handle) {
@@ -333,9 +361,10 @@ static void pick(plan *p, const Perf *perf, int count) {
     if (r.status != CUDNN_STATUS_SUCCESS || r.determinism != CUDNN_DETERMINISTIC ||
         r.memory > p->workspace)
       continue;
-    bool tensor_cores =
-        r.mathType == CUDNN_TENSOR_OP_MATH || r.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
-    if (p->strict && (tensor_cores || transform(p->pass, (int)r.algo))) continue;
+    /* Conversion would take FP32 operands down to FP16 (its range). */
+    if (r.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
+    if (p->strict && (r.mathType == CUDNN_TENSOR_OP_MATH || transform(p->pass, (int)r.algo)))
+      continue;
     p->algo = (int)r.algo;
     /* Strict FP32 runs with the FMA math it asked for, whatever math the
      * answer names (the default one would allow TF32). */
@@ -468,7 +497,7 @@ extern "C" int qt__cuda_cudnn_conv(qt__cudnn_pass pass, float *out, const float 
 
   void *handle = NULL;
   int rc = qt__cuda_dnn_lock(&handle, make_handle, who, err);
-  if (rc < 0) return rc;
+  if (rc != 0) return rc;
   cudnnHandle_t h = (cudnnHandle_t)handle;
   descriptors d;
   plan p = key;

@@ -191,8 +191,9 @@ void qt__cuda_rounded_scratch_unlock(void);
 /* The thread's stream's cuDNN handle (*out, an opaque cudnnHandle_t),
  * made by `make` bound to the stream on first use and destroyed with the
  * stream (qt__cudnn_destroy), locked for the caller's calls until
- * qt__cuda_dnn_unlock (a handle takes one host thread at a time). On
- * failure nothing stays locked. */
+ * qt__cuda_dnn_unlock (a handle takes one host thread at a time): 0.
+ * Otherwise what `make` returned (a QT_E* code, or 1: no handle, no
+ * error), nothing locked. */
 int qt__cuda_dnn_lock(void **out, int (*make)(void **handle, cudaStream_t stream, qt_err *err),
                       const char *who, qt_err *err);
 void qt__cuda_dnn_unlock(void);

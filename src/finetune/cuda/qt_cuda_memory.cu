@@ -428,7 +428,7 @@ extern "C" int qt__cuda_dnn_lock(void **out,
   int rc = thread_stream(&s, who, err);
   if (rc < 0) return rc;
   pthread_mutex_lock(&s->dnn_lock);
-  if (!s->dnn && (rc = make(&s->dnn, s->stream, err)) < 0) {
+  if (!s->dnn && (rc = make(&s->dnn, s->stream, err)) != 0) {
     pthread_mutex_unlock(&s->dnn_lock);
     return rc;
   }
