@@ -24,6 +24,8 @@
  *     which checks their algebra apart from BF16's error.
  *   - Shared memory starts as 0xff bytes (NaN as floats and BF16): a body
  *     that reads what it never wrote gives NaN.
+ *   - cp.async (qt__cp_async16, _commit, _wait) copies only when the
+ *     thread's wait lets the group land.
  *
  * C++20 (std::barrier). Include before the kernel bodies' .cuh.
  */
@@ -214,6 +216,34 @@ static inline void qt__copy16(T *dst, const T *src) {
 static inline void qt__ldmatrix_x4(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
   qt_emu_ldmatrix_x4(r, row, false);
 }
+
+/* cp.async of eight BF16 values (16 bytes on 16-byte boundaries, or the
+ * device faults), held back until the thread's qt__cp_async_wait lets
+ * their group land: a body that reads shared memory before it waits, or
+ * before the barrier after it, reads the 0xff bytes (NaN) of a fresh
+ * block, or what was there. A thread that leaves a block with copies in
+ * flight aborts the test. */
+struct qt_emu_copy {
+  __nv_bfloat16 *dst;
+  const __nv_bfloat16 *src;
+};
+static thread_local std::vector<qt_emu_copy> qt_emu_copies_open;
+static thread_local std::vector<std::vector<qt_emu_copy>> qt_emu_copy_groups;
+static inline void qt__cp_async16(__nv_bfloat16 *dst, const __nv_bfloat16 *src) {
+  if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0) abort();
+  qt_emu_copies_open.push_back({dst, src});
+}
+static inline void qt__cp_async_commit() {
+  qt_emu_copy_groups.push_back(std::move(qt_emu_copies_open));
+  qt_emu_copies_open.clear();
+}
+static inline void qt__cp_async_wait(int pending) {
+  if (pending < 0 || pending > 3) abort(); /* the device's immediates */
+  while (qt_emu_copy_groups.size() > (size_t)pending) {
+    for (const qt_emu_copy &c : qt_emu_copy_groups.front()) memcpy(c.dst, c.src, 8 * sizeof *c.src);
+    qt_emu_copy_groups.erase(qt_emu_copy_groups.begin());
+  }
+}
 static inline void qt__ldmatrix_x4_trans(__nv_bfloat162 r[4], const __nv_bfloat16 *row) {
   qt_emu_ldmatrix_x4(r, row, true);
 }
@@ -244,6 +274,7 @@ static void qt_emu_launch(int blocks, int threads, size_t smem_bytes, Body body)
       for (int block = 0; block < blocks; block++) {
         next_block.arrive_and_wait();
         body(smem, block, t, threads);
+        if (!qt_emu_copies_open.empty() || !qt_emu_copy_groups.empty()) abort();
       }
     });
   }

@@ -5,9 +5,9 @@
  * the log-sum-exps (and nothing written past them), dqkv (added to, and
  * written with `set`), the forward's BF16 output (its FP32 output
  * rounded, bit for bit) and dqkv with D from that BF16 output, and all of
- * them again from qkv in BF16 up to 129 tokens, staged 8 values at a time
- * and by pairs (bit for bit those from FP32; dqkv in BF16 the FP32 one
- * rounded), for token
+ * them again from qkv in BF16 up to 129 tokens, staged 8 values at a time,
+ * by asynchronous copies (and those at 197 tokens) and by pairs (bit for
+ * bit those from FP32; dqkv in BF16 the FP32 one rounded), for token
  * counts around the tiles of 16 rows and the parts of 8 tiles (1, 5, 16,
  * 17, 33, 129, 197, 250, 256), several images and heads; and that the
  * kernels' shared memory at 256 tokens fits a block of sm_86 (99 KB).
@@ -55,6 +55,7 @@ static void launch(qt_fa::kernel k, const qt_fa::shape &sh, Body body) {
  * arrays on 16 bytes (`offset` 0) and by pairs otherwise (2). The values
  * that differ from those of the FP32 qkv (out, lse: att as the forward
  * left it, dqkv). */
+template <bool ASYNC>
 static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<float> &qkv,
                                   const std::vector<float> &dout, const std::vector<float> &init,
                                   int set, const std::vector<float> &out,
@@ -68,15 +69,15 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
   std::vector<float> out_h(n_out, NAN), lse_h(lse.size(), NAN), d_h(n_lse, NAN), dqkv_h(init);
   if (set) dqkv_h.assign(n_qkv, NAN);
   launch(qt_fa::FORWARD, sh, [&](unsigned char *smem, int block, int t, int threads) {
-    qt_fa::forward_block(smem, out_h.data(), lse_h.data(), x, sh, block, t, threads);
+    qt_fa::forward_block<ASYNC>(smem, out_h.data(), lse_h.data(), x, sh, block, t, threads);
   });
   launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-    qt_fa::backward_dq_block(smem, dqkv_h.data(), d_h.data(), dout.data(), out.data(), x,
-                             lse_h.data(), sh, set, block, t, threads);
+    qt_fa::backward_dq_block<ASYNC>(smem, dqkv_h.data(), d_h.data(), dout.data(), out.data(), x,
+                                    lse_h.data(), sh, set, block, t, threads);
   });
   launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
-    qt_fa::backward_dkv_block(smem, dqkv_h.data(), d_h.data(), dout.data(), x, lse_h.data(), sh,
-                              set, block, t, threads);
+    qt_fa::backward_dkv_block<ASYNC>(smem, dqkv_h.data(), d_h.data(), dout.data(), x, lse_h.data(),
+                                     sh, set, block, t, threads);
   });
   size_t mismatches = 0;
   for (size_t i = 0; i < n_out; i++) mismatches += !same_bits(out_h[i], out[i]);
@@ -87,12 +88,12 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
      * FP32 one rounded. */
     std::vector<__nv_bfloat16> dqkv16(n_qkv, __float2bfloat16_rn(NAN));
     launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dq_block(smem, dqkv16.data(), d_h.data(), dout.data(), out.data(), x,
-                               lse_h.data(), sh, 1, block, t, threads);
+      qt_fa::backward_dq_block<ASYNC>(smem, dqkv16.data(), d_h.data(), dout.data(), out.data(), x,
+                                      lse_h.data(), sh, 1, block, t, threads);
     });
     launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dkv_block(smem, dqkv16.data(), d_h.data(), dout.data(), x, lse_h.data(), sh,
-                                1, block, t, threads);
+      qt_fa::backward_dkv_block<ASYNC>(smem, dqkv16.data(), d_h.data(), dout.data(), x,
+                                       lse_h.data(), sh, 1, block, t, threads);
     });
     for (size_t i = 0; i < n_qkv; i++) {
       float want = qt_emu_float(__float2bfloat16_rn(dqkv[i]));
@@ -107,12 +108,12 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
     for (size_t i = 0; i < n_out; i++) dout16[offset + i] = __float2bfloat16_rn(dout[i]);
     std::vector<float> d_b(n_lse, NAN);
     launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dq_block(smem, dqkv16b.data(), d_b.data(), dy, out.data(), x, lse_h.data(),
-                               sh, 1, block, t, threads);
+      qt_fa::backward_dq_block<ASYNC>(smem, dqkv16b.data(), d_b.data(), dy, out.data(), x,
+                                      lse_h.data(), sh, 1, block, t, threads);
     });
     launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
-      qt_fa::backward_dkv_block(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1, block,
-                                t, threads);
+      qt_fa::backward_dkv_block<ASYNC>(smem, dqkv16b.data(), d_b.data(), dy, x, lse_h.data(), sh, 1,
+                                       block, t, threads);
     });
     for (size_t i = 0; i < n_qkv; i++) mismatches += dqkv16b[i].x != dqkv16[i].x;
     for (size_t i = 0; i < n_lse; i++) mismatches += !same_bits(d_b[i], d_h[i]);
@@ -204,11 +205,19 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
                               lse.data(), sh, set, block, t, threads);
   });
 
-  /* qkv in BF16 (up to 129 tokens, two parts, to keep the test's time). */
+  /* qkv in BF16 (up to 129 tokens, two parts, to keep the test's time):
+   * on 16 bytes staged whole and by asynchronous copies (the same values
+   * in shared memory: the same results), else by pairs; and at 197 and
+   * 250 tokens (four groups of copies, a part with idle warps; 250 with
+   * dout in BF16 too) by the copies alone. */
   size_t qkv16_mismatches = 0;
-  for (size_t offset : {0, 2})
-    if (tokens <= 129)
-      qkv16_mismatches += bf16_qkv_mismatches(sh, qkv, dout, init, set, out, lse, dqkv, offset);
+  if (tokens <= 129) {
+    for (size_t offset : {0, 2})
+      qkv16_mismatches +=
+          bf16_qkv_mismatches<false>(sh, qkv, dout, init, set, out, lse, dqkv, offset);
+  }
+  if (tokens <= 129 || tokens == 197 || tokens == 250)
+    qkv16_mismatches += bf16_qkv_mismatches<true>(sh, qkv, dout, init, set, out, lse, dqkv, 0);
 
   double lse_error = 0.0;
   for (size_t i = 0; i < n_lse; i++) {

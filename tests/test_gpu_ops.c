@@ -1030,28 +1030,34 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
     if (shift) memmove(dout16 + shift, dout16, n_out * sizeof *dout16);
     uint16_t *d_qkv16 = device_copy(qkv16, n_qkv + 2, sizeof *qkv16);
     uint16_t *d_dout16 = device_copy(dout16, n_out + 2, sizeof *dout16);
-    CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16_h, d_att_h, d_qkv16 + shift, batch,
-                                                   tokens, c, heads, QT__BF16_INP | QT__BF16_OUT,
-                                                   E));
-    CHECK_RC(qt__cuda_attention_fused_backward_bf16(
-        d_dqkv16, d_scratch, d_dout, d_qkv16 + shift, d_att_h, d_out16_h, batch, tokens, c, heads,
-        1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP, E));
-    uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
-    float *kept_h = download(d_att_h, n_lse);
-    CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
-    CU_ASSERT(memcmp(kept_h, kept, n_lse * sizeof *kept) == 0);
-    CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh_y16.dev, n_qkv), 0);
-    CHECK_RC(qt__cuda_attention_fused_backward_bf16(
-        d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, d_out16_h, batch, tokens,
-        c, heads, 1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | QT__BF16_DOUT, E));
-    uint16_t *dqkv16[2] = {download_bytes(d_dqkv16, n_qkv * sizeof(uint16_t)),
-                           download_bytes(d_dqkv16_b, n_qkv * sizeof(uint16_t))};
-    CU_ASSERT(memcmp(dqkv16[0], dqkv16[1], n_qkv * sizeof(uint16_t)) == 0);
-    free(dqkv16[0]);
-    free(dqkv16[1]);
+    /* Staged whole, then by asynchronous copies (qt__cuda_set_fa_async;
+     * on 16 bytes only, else by pairs again): the same bits. */
+    for (int async = 0; async <= 1; async++) {
+      int was_async = qt__cuda_set_fa_async(async);
+      CHECK_RC(qt__cuda_attention_fused_forward_bf16(d_out16_h, d_att_h, d_qkv16 + shift, batch,
+                                                     tokens, c, heads, QT__BF16_INP | QT__BF16_OUT,
+                                                     E));
+      CHECK_RC(qt__cuda_attention_fused_backward_bf16(
+          d_dqkv16, d_scratch, d_dout, d_qkv16 + shift, d_att_h, d_out16_h, batch, tokens, c, heads,
+          1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP, E));
+      uint16_t *out16_h = download_bytes(d_out16_h, n_out * sizeof *out16_h);
+      float *kept_h = download(d_att_h, n_lse);
+      CU_ASSERT(memcmp(out16_h, out16, n_out * sizeof *out16) == 0);
+      CU_ASSERT(memcmp(kept_h, kept, n_lse * sizeof *kept) == 0);
+      CU_ASSERT_EQUAL(bf16_mismatches(d_dqkv16, fresh_y16.dev, n_qkv), 0);
+      CHECK_RC(qt__cuda_attention_fused_backward_bf16(
+          d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, d_out16_h, batch,
+          tokens, c, heads, 1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | QT__BF16_DOUT, E));
+      uint16_t *dqkv16[2] = {download_bytes(d_dqkv16, n_qkv * sizeof(uint16_t)),
+                             download_bytes(d_dqkv16_b, n_qkv * sizeof(uint16_t))};
+      CU_ASSERT(memcmp(dqkv16[0], dqkv16[1], n_qkv * sizeof(uint16_t)) == 0);
+      free(dqkv16[0]);
+      free(dqkv16[1]);
+      free(out16_h);
+      free(kept_h);
+      qt__cuda_set_fa_async(was_async);
+    }
     qt_cuda_free(d_dout16);
-    free(out16_h);
-    free(kept_h);
     qt_cuda_free(d_qkv16);
   }
   free(out16);

@@ -553,6 +553,14 @@ int qt__cuda_attention_op_backward(float *dqkv, float *scratch, const float *dou
  * backward. */
 int qt__cuda_set_fused_attention(int on);
 
+/* Turns the fused attention's staging by asynchronous copies (cp.async,
+ * in groups of 64 rows that the steps wait for as they reach them) on (1)
+ * or off (0: the whole head staged before a barrier; the same values, so
+ * the same results) for the process; returns the previous setting. Off
+ * unless QT_CUDA_FA_ASYNC=1 in the environment, until a device measures
+ * it (docs/cuda.md, "Fused attention"). */
+int qt__cuda_set_fa_async(int on);
+
 /* The same for qkv kept in BF16 (QT__KEEP_QKV). On unless
  * QT_CUDA_BF16_QKV=0. */
 int qt__cuda_set_bf16_qkv(int on);

@@ -21,6 +21,10 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -83,6 +87,45 @@ static __device__ __forceinline__ void qt__copy16(T *dst, const T *src) {
   *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
 }
 
+/* cp.async of 16 bytes (eight BF16 values) from device to shared memory,
+ * bypassing L1 (.cg), its commit group and the wait for all but the
+ * latest `pending` (0 to 3) groups: the staging of
+ * qt_cuda_attention_fused.cuh's stage_async. */
+static __device__ __forceinline__ void qt__cp_async16(__nv_bfloat16 *dst,
+                                                      const __nv_bfloat16 *src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned address = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(src) : "memory");
+#else
+  (void)dst, (void)src;
+#endif
+}
+static __device__ __forceinline__ void qt__cp_async_commit(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void qt__cp_async_wait(int pending) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  switch (pending) {
+    case 0:
+      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+      break;
+    case 1:
+      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+      break;
+    case 2:
+      asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+      break;
+    default:
+      asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+      break;
+  }
+#else
+  (void)pending;
+#endif
+}
+
 #include "finetune/cuda/qt_cuda_attention_fused.cuh"
 
 /* BF16 mma needs sm_80; a build for older devices traps in the kernels,
@@ -100,44 +143,48 @@ static __device__ __forceinline__ int block_index(void) {
 
 /* Out is float, or BF16 for proj (QT__KEEP_ATTENTION_OUT); qkv (Q)
  * float, or BF16 as its product wrote it (QT__KEEP_QKV). */
-template <typename T, typename Q>
+template <bool A, typename T, typename Q>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_forward_kernel(T *out, float *att, const Q *qkv, qt_fa::shape sh) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::forward_block(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
+  QT_FA_BODY(
+      qt_fa::forward_block<A>(smem, out, att, qkv, sh, block_index(), threadIdx.x, blockDim.x));
 }
 
 /* dqkv (D) and dout (O) are float, or BF16 where qkv and the
  * attention's output gradient are kept so (QT__KEEP_QKV,
  * QT__KEEP_ATTENTION_GRAD); out (Y), the forward's output, float or BF16
  * as the forward wrote it (QT__KEEP_ATTENTION_OUT). */
-template <typename Q, typename D, typename O, typename Y>
+template <bool A, typename Q, typename D, typename O, typename Y>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
     fused_backward_dq_kernel(D *dqkv, float *d, const O *dout, const Y *out, const Q *qkv,
                              const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dq_block(smem, dqkv, d, dout, out, qkv, att, sh, set, block_index(),
-                                      threadIdx.x, blockDim.x));
+  QT_FA_BODY(qt_fa::backward_dq_block<A>(smem, dqkv, d, dout, out, qkv, att, sh, set, block_index(),
+                                         threadIdx.x, blockDim.x));
 }
 
 /* Two blocks per multiprocessor: 128 registers (166 unbounded, which left
  * one block of 8 warps per multiprocessor, 8 of its 64 warp slots; ptxas
  * spills 40 bytes on sm_90). */
-template <typename Q, typename D, typename O>
+template <bool A, typename Q, typename D, typename O>
 static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
     fused_backward_dkv_kernel(D *dqkv, const float *d, const O *dout, const Q *qkv,
                               const float *att, qt_fa::shape sh, int set) {
   extern __shared__ __align__(128) unsigned char smem[];
-  QT_FA_BODY(qt_fa::backward_dkv_block(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
-                                       threadIdx.x, blockDim.x));
+  QT_FA_BODY(qt_fa::backward_dkv_block<A>(smem, dqkv, d, dout, qkv, att, sh, set, block_index(),
+                                          threadIdx.x, blockDim.x));
 }
 
 /* Both backward kernels of one instantiation allowed `bytes` of shared
  * memory. */
-template <typename Q, typename D, typename O, typename Y>
+template <bool A, typename Q, typename D, typename O, typename Y>
 static bool allow_backward(cudaFuncAttribute limit, int bytes) {
-  return cudaFuncSetAttribute(fused_backward_dq_kernel<Q, D, O, Y>, limit, bytes) == cudaSuccess &&
-         cudaFuncSetAttribute(fused_backward_dkv_kernel<Q, D, O>, limit, bytes) == cudaSuccess;
+  return cudaFuncSetAttribute(fused_backward_dq_kernel<A, Q, D, O, Y>, limit, bytes) ==
+             cudaSuccess &&
+         cudaFuncSetAttribute(
+             fused_backward_dkv_kernel < A && std::is_same<O, __nv_bfloat16>::value, Q, D, O >,
+             limit, bytes) == cudaSuccess;
 }
 
 /* The shared memory a block of the fused kernels may take on `device`:
@@ -155,13 +202,19 @@ static int read_shared_limit(int device) {
   if (major < 8) return 0;
   cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
   typedef __nv_bfloat16 bf16;
-  if (cudaFuncSetAttribute(fused_forward_kernel<float, float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_forward_kernel<bf16, float>, limit, optin) != cudaSuccess ||
-      cudaFuncSetAttribute(fused_forward_kernel<bf16, bf16>, limit, optin) != cudaSuccess ||
-      !allow_backward<float, float, float, float>(limit, optin) ||
-      !allow_backward<float, float, float, bf16>(limit, optin) ||
-      !allow_backward<bf16, bf16, float, bf16>(limit, optin) ||
-      !allow_backward<bf16, bf16, bf16, bf16>(limit, optin)) {
+  /* Every instance that fused_forward and fused_backward launch: those
+   * with asynchronous staging where qkv is BF16. */
+  if (cudaFuncSetAttribute(fused_forward_kernel<false, float, float>, limit, optin) !=
+          cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<false, bf16, float>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<false, bf16, bf16>, limit, optin) != cudaSuccess ||
+      cudaFuncSetAttribute(fused_forward_kernel<true, bf16, bf16>, limit, optin) != cudaSuccess ||
+      !allow_backward<false, float, float, float, float>(limit, optin) ||
+      !allow_backward<false, float, float, float, bf16>(limit, optin) ||
+      !allow_backward<false, bf16, bf16, float, bf16>(limit, optin) ||
+      !allow_backward<false, bf16, bf16, bf16, bf16>(limit, optin) ||
+      !allow_backward<true, bf16, bf16, float, bf16>(limit, optin) ||
+      !allow_backward<true, bf16, bf16, bf16, bf16>(limit, optin)) {
     cudaGetLastError();
     return 0;
   }
@@ -217,6 +270,30 @@ static int check_fits(size_t batch, size_t tokens, size_t c, size_t heads, const
  * the other order); -1 until the environment has been read. */
 static int parts_adjacent = -1;
 
+/* 1: the staging by asynchronous copies (qt_fa::stage_async), only with
+ * QT_CUDA_FA_ASYNC=1 in the environment or qt__cuda_set_fa_async(1): not
+ * yet measured on a device (tools/gpu-check's faasync: row); -1 until the
+ * environment has been read. */
+static int fa_async = -1;
+
+static int fa_async_on(void) {
+  int on = __atomic_load_n(&fa_async, __ATOMIC_RELAXED);
+  if (on < 0) {
+    const char *value = getenv("QT_CUDA_FA_ASYNC");
+    int unset = -1;
+    __atomic_compare_exchange_n(&fa_async, &unset, value && strcmp(value, "1") == 0, 0,
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    on = __atomic_load_n(&fa_async, __ATOMIC_RELAXED);
+  }
+  return on;
+}
+
+extern "C" int qt__cuda_set_fa_async(int on) {
+  int previous = fa_async_on();
+  __atomic_store_n(&fa_async, on != 0, __ATOMIC_SEQ_CST);
+  return previous;
+}
+
 static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads) {
   qt_fa::shape sh;
   sh.batch = (int)batch;
@@ -257,8 +334,15 @@ static int fused_forward(T *out, float *att, const Q *qkv, size_t batch, size_t 
   if (!out || !att || !qkv) return qt_err_set(err, QT_EINVAL, "%s: NULL array", who);
   if ((rc = check_pairs(qkv, sizeof *qkv, "qkv", who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  return launch(fused_forward_kernel<T, Q>, qt_fa::FORWARD, sh, who, "the fused attention kernel",
-                err, out, att, qkv, sh);
+  const char *name = "the fused attention kernel";
+  /* The staging by asynchronous copies takes K and V from a BF16 qkv. */
+  if constexpr (std::is_same<Q, __nv_bfloat16>::value) {
+    if (fa_async_on())
+      return launch(fused_forward_kernel<true, T, Q>, qt_fa::FORWARD, sh, who, name, err, out, att,
+                    qkv, sh);
+  }
+  return launch(fused_forward_kernel<false, T, Q>, qt_fa::FORWARD, sh, who, name, err, out, att,
+                qkv, sh);
 }
 
 extern "C" int qt__cuda_attention_fused_forward(float *out, float *att, const float *qkv,
@@ -301,12 +385,25 @@ static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, 
   if ((rc = check_pairs(dout, sizeof *dout, "dout", who, err)) < 0) return rc;
   if ((rc = check_pairs(out, sizeof *out, "out", who, err)) < 0) return rc;
   qt_fa::shape sh = shape_of(batch, tokens, c, heads);
-  rc = launch(fused_backward_dq_kernel<Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who,
-              "the fused attention dq kernel", err, dqkv, scratch, dout, out, qkv, att, sh, set);
+  /* The staging by asynchronous copies: the dq kernel's K and V from a
+   * BF16 qkv, the dkv kernel's Q and dO where both are BF16. */
+  constexpr bool dq_async = std::is_same<Q, __nv_bfloat16>::value;
+  constexpr bool dkv_async = dq_async && std::is_same<O, __nv_bfloat16>::value;
+  bool async = fa_async_on();
+  const char *dq_name = "the fused attention dq kernel";
+  if (dq_async && async)
+    rc = launch(fused_backward_dq_kernel<dq_async, Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who,
+                dq_name, err, dqkv, scratch, dout, out, qkv, att, sh, set);
+  else
+    rc = launch(fused_backward_dq_kernel<false, Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who, dq_name,
+                err, dqkv, scratch, dout, out, qkv, att, sh, set);
   if (rc < 0) return rc;
-  return launch(fused_backward_dkv_kernel<Q, D, O>, qt_fa::BACKWARD_DKV, sh, who,
-                "the fused attention dk, dv kernel", err, dqkv, (const float *)scratch, dout, qkv,
-                att, sh, set);
+  const char *dkv_name = "the fused attention dk, dv kernel";
+  if (dkv_async && async)
+    return launch(fused_backward_dkv_kernel<dkv_async, Q, D, O>, qt_fa::BACKWARD_DKV, sh, who,
+                  dkv_name, err, dqkv, (const float *)scratch, dout, qkv, att, sh, set);
+  return launch(fused_backward_dkv_kernel<false, Q, D, O>, qt_fa::BACKWARD_DKV, sh, who, dkv_name,
+                err, dqkv, (const float *)scratch, dout, qkv, att, sh, set);
 }
 
 extern "C" int qt__cuda_attention_fused_backward(float *dqkv, float *scratch, const float *dout,

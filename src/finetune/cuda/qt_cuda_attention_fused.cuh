@@ -48,10 +48,17 @@
  * qt__ldmatrix_x4_trans(__nv_bfloat162 r[4], const __nv_bfloat16 *row):
  * ldmatrix.m8n8.x4 (.trans) from shared memory (below), and
  * qt__copy16(T *dst, const T *src): *dst = *src for the 16 bytes of
- * eight BF16 values on 16 bytes, in one access on the device.
+ * eight BF16 values on 16 bytes, in one access on the device; and for the
+ * staging by asynchronous copies (the bodies' ASYNC, below)
+ * qt__cp_async16(bf16 *dst, const bf16 *src): cp.async of those 16 bytes
+ * from device to shared memory, qt__cp_async_commit(): cp.async.
+ * commit_group, and qt__cp_async_wait(int pending): cp.async.wait_group
+ * for at most `pending` (0 to 3) of the thread's latest groups.
  */
 #ifndef QT_CUDA_ATTENTION_FUSED_CUH
 #define QT_CUDA_ATTENTION_FUSED_CUH
+
+#include <type_traits>
 
 #define QT_FA_HEAD 64 /* features per head */
 /* Row stride, in values, of the BF16 rows of heads in shared memory: 144
@@ -235,6 +242,102 @@ __device__ inline void stage_heads(bf16 *dst0, const bf16 *src0, size_t ld0, bf1
   }
 }
 
+/* The staging by asynchronous copies (the bodies' ASYNC, kernels of
+ * their own; off unless QT_CUDA_FA_ASYNC=1, see
+ * qt_cuda_attention_fused.cu): where stage_heads takes two BF16 arrays 8
+ * values at a time, cp.async copies them straight into shared memory,
+ * every copy of the block issued at once (no registers hold them), in
+ * groups of QT_FA_ASYNC_ROWS rows; the loop over the staged rows waits
+ * for a group only as it reaches its rows (await_rows), so that its first
+ * steps run while the later rows arrive. Rows at or past `tokens` are
+ * zeroed by plain stores. The same values in shared memory as
+ * stage_heads', so the same results to the bit. */
+#define QT_FA_ASYNC_ROWS 64
+#define QT_FA_ASYNC_GROUPS (QT_FA_MAX_TOKENS / QT_FA_ASYNC_ROWS)
+static_assert(QT_FA_ASYNC_GROUPS <= 4, "qt__cp_async_wait waits with 0 to 3 pending");
+static_assert(QT_FA_ASYNC_ROWS % QT_FA_FORWARD_STEP == 0 &&
+                  QT_FA_ASYNC_ROWS % QT_FA_BACKWARD_STEP == 0 &&
+                  QT_FA_ASYNC_ROWS % QT_FA_DKV_STEP == 0,
+              "a step's rows lie in one group");
+
+/* Whether two BF16 arrays stage asynchronously: both on 16 bytes, rows a
+ * multiple of 16 bytes apart (else stage_heads, by pairs). */
+__device__ inline bool stage_async_fits(const bf16 *src0, size_t ld0, const bf16 *src1,
+                                        size_t ld1) {
+  return ((uintptr_t)src0 | (uintptr_t)src1 | (sizeof(bf16) * (ld0 | ld1))) % 16 == 0;
+}
+
+/* Issues the block's copies, a commit group per QT_FA_ASYNC_ROWS rows
+ * (thread t of `count`); returns the number of groups. */
+__device__ inline int stage_async(bf16 *dst0, const bf16 *src0, size_t ld0, bf16 *dst1,
+                                  const bf16 *src1, size_t ld1, const shape &sh, int t, int count) {
+  const int per_row = QT_FA_HEAD / 8;
+  int groups = (sh.padded + QT_FA_ASYNC_ROWS - 1) / QT_FA_ASYNC_ROWS;
+  for (int group = 0; group < groups; group++) {
+    int first = group * QT_FA_ASYNC_ROWS;
+    int rows = sh.padded - first < QT_FA_ASYNC_ROWS ? sh.padded - first : QT_FA_ASYNC_ROWS;
+    for (int i = t; i < rows * per_row; i += count) {
+      int r = first + i / per_row, f = 8 * (i % per_row);
+      if (r < sh.tokens) {
+        qt__cp_async16(dst0 + r * QT_FA_LD + f, src0 + (size_t)r * ld0 + f);
+        qt__cp_async16(dst1 + r * QT_FA_LD + f, src1 + (size_t)r * ld1 + f);
+      } else {
+        for (int k = 0; k < 8; k += 2) {
+          *(bf16x2 *)(dst0 + r * QT_FA_LD + f + k) = __floats2bfloat162_rn(0.0f, 0.0f);
+          *(bf16x2 *)(dst1 + r * QT_FA_LD + f + k) = __floats2bfloat162_rn(0.0f, 0.0f);
+        }
+      }
+    }
+    qt__cp_async_commit();
+  }
+  return groups;
+}
+
+/* The block's staging: the groups issued and those the block has waited
+ * for (0 and 0 when staged whole, by stage_heads, before a barrier). */
+struct staging {
+  int groups = 0, landed = 0;
+};
+
+/* Before a step reads the staged rows below `rows`: where they are still
+ * in flight, every thread waits for its copies of their groups, then the
+ * block meets (so every thread's copies are seen). Each thread makes the
+ * same calls, in the same order: one barrier per group. */
+__device__ inline void await_rows(staging &st, int rows) {
+  int need = (rows + QT_FA_ASYNC_ROWS - 1) / QT_FA_ASYNC_ROWS;
+  if (need > st.groups) need = st.groups;
+  if (need <= st.landed) return;
+  qt__cp_async_wait(st.groups - need);
+  __syncthreads();
+  st.landed = need;
+}
+
+/* The barriers of every group not yet awaited: a warp without rows of its
+ * own meets the block at each, as the warps with rows do in their steps. */
+__device__ inline void await_all(staging &st) {
+  while (st.landed < st.groups) await_rows(st, (st.landed + 1) * QT_FA_ASYNC_ROWS);
+}
+
+/* Stages the two arrays as stage_heads does, asynchronously where ASYNC
+ * and the arrays allow it (then the caller's other writes to shared
+ * memory are seen after the first await_rows), else whole (the caller
+ * meets the block after it, st.groups 0). Without ASYNC the staging's
+ * waits compile to nothing. */
+template <bool ASYNC, typename S0, typename S1>
+__device__ inline staging stage(bf16 *dst0, const S0 *src0, size_t ld0, bf16 *dst1, const S1 *src1,
+                                size_t ld1, const shape &sh, int t, int count) {
+  staging st;
+  /* FP32 arrays are rounded as they are staged. */
+  if constexpr (ASYNC && std::is_same<S0, bf16>::value && std::is_same<S1, bf16>::value) {
+    if (stage_async_fits(src0, ld0, src1, ld1)) {
+      st.groups = stage_async(dst0, src0, ld0, dst1, src1, ld1, sh, t, count);
+      return st;
+    }
+  }
+  stage_heads(dst0, src0, ld0, dst1, src1, ld1, sh, t, count);
+  return st;
+}
+
 /* A warp's 16 rows (row0..) of one head's 64 features from device memory
  * (row r at src + r * ld) as the A operand of four products over the
  * features; rows at or past `tokens` are zero. */
@@ -376,7 +479,7 @@ __device__ inline place place_of(const shape &sh, int block) {
 /* out (batch, tokens, c) = the heads' P V, in FP32 or BF16 (T); att: the
  * log-sum-exps (batch, heads, tokens). qkv in FP32 or BF16 (Q), as in the
  * two backward bodies. */
-template <typename T, typename Q>
+template <bool ASYNC = false, typename T, typename Q>
 __device__ inline void forward_block(unsigned char *smem, T *out, float *att, const Q *qkv,
                                      const shape sh, int block, int tid, int threads) {
   place at = place_of(sh, block);
@@ -388,9 +491,12 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *att, co
   int row0 = 16 * (at.tile0 + warp);
   rows16 qf;
   load_rows(qf, q, ld, row0, sh.tokens, lane);
-  stage_heads(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
-  __syncthreads();
-  if (row0 >= sh.padded) return;
+  staging st = stage<ASYNC>(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
+  if (!st.groups) __syncthreads();
+  if (row0 >= sh.padded) {
+    await_all(st);
+    return;
+  }
   /* Per row (g, g + 8): the running maximum of the scores (in units of
    * log2, as exp2 takes them) and this lane's part of the running sum. */
   float max[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
@@ -398,6 +504,7 @@ __device__ inline void forward_block(unsigned char *smem, T *out, float *att, co
   for (int n = 0; n < 8; n++) zero(o[n]);
   const float s2 = sh.scale * QT_FA_LOG2E;
   for (int k0 = 0; k0 < sh.padded; k0 += QT_FA_FORWARD_STEP) {
+    await_rows(st, k0 + QT_FA_FORWARD_STEP);
     frag_c s[QT_FA_FORWARD_STEP / 8];
     float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -473,7 +580,7 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
  * kernel. dout (O) is FP32, or BF16 as proj's backward wrote it (the
  * values the products round it to; D from them); out (Y), the forward's
  * output, FP32 or BF16 as it wrote it. */
-template <typename Q, typename D, typename O, typename Y>
+template <bool ASYNC = false, typename Q, typename D, typename O, typename Y>
 __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d, const O *dout,
                                          const Y *out, const Q *qkv, const float *att,
                                          const shape sh, int set, int block, int tid, int threads) {
@@ -488,9 +595,12 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
   rows16 qf, dyf;
   load_rows(qf, q, ld, row0, sh.tokens, lane);
   load_rows(dyf, dy, sh.c, row0, sh.tokens, lane);
-  stage_heads(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
-  __syncthreads();
-  if (row0 >= sh.padded) return;
+  staging st = stage<ASYNC>(ks, q + sh.c, ld, vs, q + 2 * sh.c, ld, sh, tid, threads);
+  if (!st.groups) __syncthreads();
+  if (row0 >= sh.padded) {
+    await_all(st);
+    return;
+  }
   size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   const float s2 = sh.scale * QT_FA_LOG2E;
   float lse2[2];
@@ -524,6 +634,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
   frag_c dq[8];
   for (int n = 0; n < 8; n++) zero(dq[n]);
   for (int k0 = 0; k0 < sh.padded; k0 += QT_FA_BACKWARD_STEP) {
+    await_rows(st, k0 + QT_FA_BACKWARD_STEP);
     frag_c ds[QT_FA_BACKWARD_STEP / 8];
 #pragma unroll
     for (int n = 0; n < QT_FA_BACKWARD_STEP / 8; n++) {
@@ -546,7 +657,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
 
 /* dk and dv of dqkv (written when `set`, else added; in BF16 as the dq
  * kernel's), from D of the dq kernel; dout as there. */
-template <typename Q, typename D, typename O>
+template <bool ASYNC = false, typename Q, typename D, typename O>
 __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const float *d,
                                           const O *dout, const Q *qkv, const float *att,
                                           const shape sh, int set, int block, int tid,
@@ -562,15 +673,18 @@ __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const fl
   rows16 kf, vf;
   load_rows(kf, q + sh.c, ld, row0, sh.tokens, lane);
   load_rows(vf, q + 2 * sh.c, ld, row0, sh.tokens, lane);
-  stage_heads(qs, q, ld, dys, dy, sh.c, sh, tid, threads);
+  staging st = stage<ASYNC>(qs, q, ld, dys, dy, sh.c, sh, tid, threads);
   size_t rows = ((size_t)at.image * sh.heads + at.head) * sh.tokens;
   for (int j = tid; j < sh.padded; j += threads) {
     int in = j < sh.tokens;
     lse2[j] = in ? QT_FA_LOG2E * att[rows + j] : 0.0f;
     d_all[j] = in ? d[rows + j] : 0.0f;
   }
-  __syncthreads();
-  if (row0 >= sh.padded) return;
+  if (!st.groups) __syncthreads();
+  if (row0 >= sh.padded) {
+    await_all(st);
+    return;
+  }
   const float s2 = sh.scale * QT_FA_LOG2E;
   frag_c dk[8], dv[8];
   for (int n = 0; n < 8; n++) {
@@ -578,6 +692,7 @@ __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const fl
     zero(dv[n]);
   }
   for (int q0 = 0; q0 < sh.padded; q0 += QT_FA_DKV_STEP) {
+    await_rows(st, q0 + QT_FA_DKV_STEP);
     /* P^T and dS^T of the warp's keys against this step's queries. */
     frag_c p[QT_FA_DKV_STEP / 8], ds[QT_FA_DKV_STEP / 8];
 #pragma unroll
