@@ -900,16 +900,18 @@ int main(int argc, char **argv) {
            precision_words(o.precision), o.peak_tflops,
            o.peak_tflops > 0 ? "" : " (unknown: give --peak-tflops)");
     if (is_cnn(o.model)) {
+      /* Loading cuDNN costs host memory (peak RSS): only where it could
+       * be used. */
       int version = 0;
       char why[256];
       int off = !qt__cuda_set_cudnn(1);
       if (off) qt__cuda_set_cudnn(0);
-      if (!qt__cuda_cudnn_loaded(&version, why, sizeof why))
+      if (off)
+        printf("convolutions: im2col and cuBLAS (QT_CUDA_CUDNN=0)\n");
+      else if (o.precision == QT_MATMUL_BF16 || o.precision == QT_MATMUL_BF16_FAST)
+        printf("convolutions: im2col and cuBLAS (cuDNN is not used for BF16 products)\n");
+      else if (!qt__cuda_cudnn_loaded(&version, why, sizeof why))
         printf("convolutions: im2col and cuBLAS (no cuDNN: %s)\n", why);
-      else if (off || o.precision == QT_MATMUL_BF16 || o.precision == QT_MATMUL_BF16_FAST)
-        printf("convolutions: im2col and cuBLAS (cuDNN %d.%d.%d loaded, %s)\n", version / 10000,
-               version / 100 % 100, version % 100,
-               off ? "QT_CUDA_CUDNN=0" : "not used for BF16 products");
       else
         printf(
             "convolutions: cuDNN %d.%d.%d where it takes the shape (dense and grouped, "
