@@ -640,6 +640,7 @@ long qt__cuda_kept_weight_count(void);
  * the previous setting. On unless QT_CUDA_COLSUM_ONE_PASS=0 in the
  * environment. */
 int qt__cuda_set_colsum_one_pass(int on);
+
 /* cuDNN for the CUDA convolutions (qt_cuda_cudnn.cu, docs/cuda.md):
  * whether this process loaded it (dlopen of libcudnn.so.9, done here if
  * no convolution did yet), with its version (90100 for 9.1.0) in
