@@ -174,14 +174,13 @@ static char api_why[256];
  * with); else why not, in api_why. */
 static void load(void) {
   const char *names[] = {"libcudnn.so." QT_DNN_TEXT(CUDNN_MAJOR), "libcudnn.so"};
-  void *lib = NULL;
-  for (const char *name : names) {
-    if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
-  }
+  void *lib = dlopen(names[0], RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
-    snprintf(api_why, sizeof api_why, "%s not found (%s)", names[0], dlerror());
-    return;
+    /* The first name's reason, the one a user would look into. */
+    snprintf(api_why, sizeof api_why, "%s", dlerror());
+    lib = dlopen(names[1], RTLD_NOW | RTLD_LOCAL);
   }
+  if (!lib) return;
   dnn_api found;
 #define QT_DNN_RESOLVE(name)                                            \
   if (!(found.name = (decltype(&::name))dlsym(lib, #name))) {           \
