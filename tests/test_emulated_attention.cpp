@@ -7,7 +7,9 @@
  * rounded, bit for bit) and dqkv with D from that BF16 output, and all of
  * them again from qkv in BF16 up to 129 tokens, staged 8 values at a time,
  * by asynchronous copies (and those at 197 tokens) and by pairs (bit for
- * bit those from FP32; dqkv in BF16 the FP32 one rounded), for token
+ * bit those from FP32; dqkv in BF16 the FP32 one rounded); the backward
+ * with dQ from the dS that the dkv body writes, up to 197 tokens (D, dK
+ * and dV the bits of the dq and dkv bodies, dQ within the bound), for token
  * counts around the tiles of 16 rows and the parts of 8 tiles (1, 5, 16,
  * 17, 33, 129, 197, 250, 256), several images and heads; and that the
  * kernels' shared memory at 256 tokens fits a block of sm_86 (99 KB).
@@ -121,6 +123,53 @@ static size_t bf16_qkv_mismatches(const qt_fa::shape &sh, const std::vector<floa
   return mismatches;
 }
 
+/* The backward with dQ from dS (QT_CUDA_FA_DS): D by deltas_block, then
+ * the dkv body writing dS, then dQ = scale dS K here in double, as
+ * cuBLAS does on the device. D and dK, dV must be those of the dq and
+ * dkv bodies (d, dqkv) to the bit; the returned dqkv is for the caller to
+ * hold against the CPU's within the bound. */
+static std::vector<float> ds_backward(const qt_fa::shape &sh, const std::vector<float> &qkv,
+                                      const std::vector<float> &dout,
+                                      const std::vector<float> &init, int set,
+                                      const std::vector<float> &out, const std::vector<float> &lse,
+                                      const std::vector<float> &d, const std::vector<float> &dqkv,
+                                      size_t *mismatches) {
+  size_t c = sh.c, ld = 3 * c, padded = (size_t)sh.padded;
+  size_t per_head = (size_t)sh.batch * padded * padded;
+  std::vector<float> d2(d.size(), NAN), dqkv2(init);
+  if (set) dqkv2.assign(qkv.size(), NAN);
+  std::vector<__nv_bfloat16> ds(per_head * sh.heads, __float2bfloat16_rn(NAN));
+  launch(qt_fa::BACKWARD_DQ, sh, [&](unsigned char *, int block, int t, int) {
+    qt_fa::deltas_block(d2.data(), dout.data(), out.data(), sh, block, t);
+  });
+  launch(qt_fa::BACKWARD_DKV, sh, [&](unsigned char *smem, int block, int t, int threads) {
+    qt_fa::backward_dkv_block<false, true>(smem, dqkv2.data(), d2.data(), dout.data(), qkv.data(),
+                                           lse.data(), sh, set, block, t, threads, ds.data());
+  });
+  for (size_t i = 0; i < d.size(); i++) *mismatches += !same_bits(d2[i], d[i]);
+  for (size_t row = 0; row < qkv.size() / ld; row++) {
+    for (size_t f = c; f < ld; f++)
+      *mismatches += !same_bits(dqkv2[row * ld + f], dqkv[row * ld + f]);
+  }
+  for (int h = 0; h < sh.heads; h++) {
+    for (int b = 0; b < sh.batch; b++) {
+      const __nv_bfloat16 *dsh = &ds[(size_t)h * per_head + (size_t)b * padded * padded];
+      for (int i = 0; i < sh.tokens; i++) {
+        float *dq = &dqkv2[((size_t)b * sh.tokens + i) * ld + (size_t)h * QT_FA_HEAD];
+        for (int f = 0; f < QT_FA_HEAD; f++) {
+          double sum = 0.0;
+          for (int j = 0; j < sh.tokens; j++) {
+            const float *k = &qkv[((size_t)b * sh.tokens + j) * ld + c + (size_t)h * QT_FA_HEAD];
+            sum += (double)qt_emu_float(dsh[(size_t)i * padded + j]) * k[f];
+          }
+          dq[f] = (float)(sh.scale * sum) + (set ? 0.0f : dq[f]);
+        }
+      }
+    }
+  }
+  return dqkv2;
+}
+
 static void attention_case(int batch, int tokens, int heads, int set, unsigned seed) {
   size_t c = (size_t)heads * QT_FA_HEAD, n_qkv = (size_t)batch * tokens * 3 * c;
   size_t n_out = (size_t)batch * tokens * c, n_lse = (size_t)batch * heads * tokens;
@@ -182,6 +231,17 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
                               set, block, t, threads);
   });
 
+  /* dQ from dS (up to 197 tokens, to keep the test's time). */
+  size_t ds_mismatches = 0;
+  double dqkv_ds_error = 0.0;
+  char ds_text[32] = "not run";
+  if (tokens <= 197) {
+    std::vector<float> dqkv_ds =
+        ds_backward(sh, qkv, dout, init, set, out, lse, d, dqkv, &ds_mismatches);
+    dqkv_ds_error = qt_emu_parity_error(dqkv_ds, want_dqkv, set ? nullptr : &init);
+    snprintf(ds_text, sizeof ds_text, "%.2e", dqkv_ds_error);
+  }
+
   /* The forward's BF16 output (for proj): its FP32 output rounded. */
   std::vector<__nv_bfloat16> out16(n_out);
   launch(qt_fa::FORWARD, sh, [&](unsigned char *smem, int block, int t, int threads) {
@@ -229,13 +289,15 @@ static void attention_case(int batch, int tokens, int heads, int set, unsigned s
   double dqkv_y16_error = qt_emu_parity_error(dqkv_y16, want_dqkv, set ? nullptr : &init);
   bool ok = out_error < TOLERANCE && dqkv_error < TOLERANCE && dqkv_y16_error < TOLERANCE &&
             lse_error < 1e-4 && guard_written == 0 && out16_mismatches == 0 &&
-            qkv16_mismatches == 0;
+            qkv16_mismatches == 0 && dqkv_ds_error < TOLERANCE && ds_mismatches == 0;
   if (!ok) failures++;
   printf(
       "%s batch %d, %3d tokens, %d heads, set %d, parts adjacent %d: out %.2e, dqkv %.2e (from a "
-      "BF16 out %.2e), lse %.2e, %zu written past lse, BF16 out %zu off, BF16 qkv %zu off\n",
+      "BF16 out %.2e, dQ from dS %s), lse %.2e, %zu written past lse, BF16 out %zu off, BF16 "
+      "qkv %zu off, D and dK, dV with dS %zu off\n",
       ok ? "ok  " : "FAIL", batch, tokens, heads, set, sh.parts_adjacent, out_error, dqkv_error,
-      dqkv_y16_error, lse_error, guard_written, out16_mismatches, qkv16_mismatches);
+      dqkv_y16_error, ds_text, lse_error, guard_written, out16_mismatches, qkv16_mismatches,
+      ds_mismatches);
 }
 
 int main(void) {

@@ -1055,6 +1055,30 @@ static void attention_fused_case(size_t batch, size_t tokens, size_t heads, uint
       free(dqkv16[1]);
       free(out16_h);
       free(kept_h);
+      /* dQ from dS by cuBLAS (qt__cuda_set_fa_ds): dqkv within the BF16
+       * bound of the CPU's, dK and dV the same bits. */
+      int was_ds = qt__cuda_set_fa_ds(1);
+      CHECK_RC(qt__cuda_attention_fused_backward_bf16(
+          d_dqkv16_b, d_scratch, d_dout16 + shift, d_qkv16 + shift, d_att_h, d_out16_h, batch,
+          tokens, c, heads, 1, QT__BF16_INP | QT__BF16_OUT | QT__BF16_DINP | QT__BF16_DOUT, E));
+      qt__cuda_set_fa_ds(was_ds);
+      uint16_t *by_ds = download_bytes(d_dqkv16_b, n_qkv * sizeof(uint16_t));
+      uint16_t *by_dq = download_bytes(d_dqkv16, n_qkv * sizeof(uint16_t));
+      float *by_ds_f = malloc(n_qkv * sizeof *by_ds_f);
+      CU_ASSERT_PTR_NOT_NULL_FATAL(by_ds_f);
+      size_t kv_off = 0;
+      for (size_t i = 0; i < n_qkv; i++) {
+        by_ds_f[i] = qt_test_bf16_float(by_ds[i]);
+        kv_off += i % (3 * c) >= c && by_ds[i] != by_dq[i];
+      }
+      double e = parity_error(by_ds_f, fresh.cpu, NULL, n_qkv);
+      snprintf(label, sizeof label, "%s: dqkv, dQ from dS%s", what, async ? ", async" : "");
+      printf("\n    %-60s error %.3g, dK and dV %zu off", label, e, kv_off);
+      CU_ASSERT(e < BF16_TOLERANCE);
+      CU_ASSERT_EQUAL(kv_off, 0);
+      free(by_ds);
+      free(by_dq);
+      free(by_ds_f);
       qt__cuda_set_fa_async(was_async);
     }
     qt_cuda_free(d_dout16);

@@ -561,6 +561,14 @@ int qt__cuda_set_fused_attention(int on);
  * it (docs/cuda.md, "Fused attention"). */
 int qt__cuda_set_fa_async(int on);
 
+/* Turns the fused attention backward's dQ from dS on (1: the dkv kernel
+ * writes dS in BF16, D comes from a kernel of its own, cuBLAS multiplies
+ * dS by K for each head; a BF16 qkv only, within the BF16 bound of the
+ * dq kernel's) or off (0: the dq kernel) for the process; returns the
+ * previous setting. Off unless QT_CUDA_FA_DS=1 in the environment, until
+ * a device measures it (docs/cuda.md, "Fused attention"). */
+int qt__cuda_set_fa_ds(int on);
+
 /* The same for qkv kept in BF16 (QT__KEEP_QKV). On unless
  * QT_CUDA_BF16_QKV=0. */
 int qt__cuda_set_bf16_qkv(int on);

@@ -176,6 +176,23 @@ static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
                                           threadIdx.x, blockDim.x));
 }
 
+/* The dkv kernel that also writes dS, for dQ = scale dS K by cuBLAS
+ * (QT_CUDA_FA_DS), and the D it then needs first (no shared memory). */
+template <bool A, typename Q, typename D, typename O>
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32, 2)
+    fused_backward_dkv_ds_kernel(D *dqkv, const float *d, const O *dout, const Q *qkv,
+                                 const float *att, qt_fa::shape sh, int set, __nv_bfloat16 *ds) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  QT_FA_BODY((qt_fa::backward_dkv_block<A, true>(smem, dqkv, d, dout, qkv, att, sh, set,
+                                                 block_index(), threadIdx.x, blockDim.x, ds)));
+}
+
+template <typename O, typename Y>
+static __global__ void __launch_bounds__(QT_FA_WARPS * 32)
+    fused_deltas_kernel(float *d, const O *dout, const Y *out, qt_fa::shape sh) {
+  QT_FA_BODY(qt_fa::deltas_block(d, dout, out, sh, block_index(), threadIdx.x));
+}
+
 /* Both backward kernels of one instantiation allowed `bytes` of shared
  * memory. */
 template <bool A, typename Q, typename D, typename O, typename Y>
@@ -214,7 +231,13 @@ static int read_shared_limit(int device) {
       !allow_backward<false, bf16, bf16, float, bf16>(limit, optin) ||
       !allow_backward<false, bf16, bf16, bf16, bf16>(limit, optin) ||
       !allow_backward<true, bf16, bf16, float, bf16>(limit, optin) ||
-      !allow_backward<true, bf16, bf16, bf16, bf16>(limit, optin)) {
+      !allow_backward<true, bf16, bf16, bf16, bf16>(limit, optin) ||
+      cudaFuncSetAttribute(fused_backward_dkv_ds_kernel<false, bf16, bf16, float>, limit, optin) !=
+          cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_ds_kernel<false, bf16, bf16, bf16>, limit, optin) !=
+          cudaSuccess ||
+      cudaFuncSetAttribute(fused_backward_dkv_ds_kernel<true, bf16, bf16, bf16>, limit, optin) !=
+          cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
@@ -291,6 +314,30 @@ static int fa_async_on(void) {
 extern "C" int qt__cuda_set_fa_async(int on) {
   int previous = fa_async_on();
   __atomic_store_n(&fa_async, on != 0, __ATOMIC_SEQ_CST);
+  return previous;
+}
+
+/* 1: the backward's dQ from dS by cuBLAS (backward_by_ds), only with
+ * QT_CUDA_FA_DS=1 in the environment or qt__cuda_set_fa_ds(1): not yet
+ * measured on a device (tools/gpu-check's fads: row); -1 until the
+ * environment has been read. */
+static int fa_ds = -1;
+
+static int fa_ds_on(void) {
+  int on = __atomic_load_n(&fa_ds, __ATOMIC_RELAXED);
+  if (on < 0) {
+    const char *value = getenv("QT_CUDA_FA_DS");
+    int unset = -1;
+    __atomic_compare_exchange_n(&fa_ds, &unset, value && strcmp(value, "1") == 0, 0,
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    on = __atomic_load_n(&fa_ds, __ATOMIC_RELAXED);
+  }
+  return on;
+}
+
+extern "C" int qt__cuda_set_fa_ds(int on) {
+  int previous = fa_ds_on();
+  __atomic_store_n(&fa_ds, on != 0, __ATOMIC_SEQ_CST);
   return previous;
 }
 
@@ -372,6 +419,62 @@ extern "C" int qt__cuda_attention_fused_forward_bf16(void *out, float *att, cons
   }
 }
 
+/* The backward with dQ from dS (a BF16 qkv and dqkv): D by its own kernel
+ * into d, then the dkv kernel, which writes dS (heads, batch, padded,
+ * padded) into the stream's BF16 scratch as well as dK and dV, then for
+ * each head one batched product over the images,
+ *   dQ_h (tokens, 64) = scale dS_h (tokens, tokens) . K_h (tokens, 64),
+ * written in BF16 (dqkv BF16 is always written, `set`). The dq kernel
+ * computed dS again from Q, K, V and dO, two products more per tile; the
+ * values are the dkv kernel's dS as it rounds it for dK (the dq kernel's
+ * own could differ in the last bits of dP's FP32 sums), and cuBLAS sums
+ * dQ in its own order. */
+template <typename D, typename O, typename Y>
+static int backward_by_ds(D *dqkv, float *d, const O *dout, const __nv_bfloat16 *qkv,
+                          const float *att, const Y *out, const qt_fa::shape &sh, int set,
+                          bool async, const char *who, qt_err *err) {
+  static_assert(std::is_same<D, __nv_bfloat16>::value, "a BF16 qkv has a BF16 dqkv");
+  size_t padded = (size_t)sh.padded, per_head = (size_t)sh.batch * padded * padded;
+  void *ds = NULL;
+  int rc = qt__cuda_rounded_scratch_lock(per_head * sh.heads, &ds, who, err);
+  if (rc < 0) return rc;
+  __nv_bfloat16 *ds16 = (__nv_bfloat16 *)ds;
+  unsigned blocks = (unsigned)(sh.batch * sh.heads * qt_fa::parts(sh));
+  fused_deltas_kernel<O, Y><<<blocks, QT_FA_WARPS * 32, 0, qt__cuda_stream()>>>(d, dout, out, sh);
+  rc = qt__cuda_check_launch(err, who, "the fused attention's D kernel");
+  const char *name = "the fused attention dk, dv, dS kernel";
+  constexpr bool dkv_async = std::is_same<O, __nv_bfloat16>::value;
+  if (rc == 0 && dkv_async && async)
+    rc = launch(fused_backward_dkv_ds_kernel<dkv_async, __nv_bfloat16, D, O>, qt_fa::BACKWARD_DKV,
+                sh, who, name, err, dqkv, (const float *)d, dout, qkv, att, sh, set, ds16);
+  else if (rc == 0)
+    rc = launch(fused_backward_dkv_ds_kernel<false, __nv_bfloat16, D, O>, qt_fa::BACKWARD_DKV, sh,
+                who, name, err, dqkv, (const float *)d, dout, qkv, att, sh, set, ds16);
+  size_t ld = 3 * sh.c, tokens = (size_t)sh.tokens;
+  for (int h = 0; rc == 0 && h < sh.heads; h++) {
+    qt__cuda_product p;
+    p.m = tokens;
+    p.n = QT_FA_HEAD;
+    p.k = tokens;
+    p.alpha = sh.scale;
+    p.a16 = ds16 + (size_t)h * per_head;
+    p.lda = padded;
+    p.stride_a = (long long)(padded * padded);
+    p.b16 = qkv + sh.c + (size_t)h * QT_FA_HEAD;
+    p.ldb = ld;
+    p.stride_b = (long long)(tokens * ld);
+    p.beta = 0.0f;
+    p.c16 = dqkv + (size_t)h * QT_FA_HEAD;
+    p.ldc = ld;
+    p.stride_c = (long long)(tokens * ld);
+    p.batch = (size_t)sh.batch;
+    rc = qt__cuda_gemms(&p, 1, who, err);
+  }
+  qt__cuda_rounded_scratch_unlock();
+  (void)set; /* BF16 dqkv: always written */
+  return rc;
+}
+
 template <typename Q, typename D, typename O, typename Y>
 static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, const float *att,
                           const Y *out, size_t batch, size_t tokens, size_t c, size_t heads,
@@ -390,6 +493,10 @@ static int fused_backward(D *dqkv, float *scratch, const O *dout, const Q *qkv, 
   constexpr bool dq_async = std::is_same<Q, __nv_bfloat16>::value;
   constexpr bool dkv_async = dq_async && std::is_same<O, __nv_bfloat16>::value;
   bool async = fa_async_on();
+  if constexpr (dq_async) {
+    if (fa_ds_on())
+      return backward_by_ds(dqkv, scratch, dout, qkv, att, out, sh, set, async, who, err);
+  }
   const char *dq_name = "the fused attention dq kernel";
   if (dq_async && async)
     rc = launch(fused_backward_dq_kernel<dq_async, Q, D, O, Y>, qt_fa::BACKWARD_DQ, sh, who,

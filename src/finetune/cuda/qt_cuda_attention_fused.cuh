@@ -575,6 +575,50 @@ __device__ inline void probabilities(frag_c &s, const shape &sh, float s2, int c
   }
 }
 
+/* D = rowsum(dO * O) of a warp's 16 rows (row0.., rows g and g + 8 in
+ * dd) of one head (dy, o: its first row's features; row stride c), into
+ * d (the head's, by row) too: lane t of a row's quad takes 16 of its
+ * features. */
+template <typename O, typename Y>
+__device__ inline void row_deltas(float dd[2], float *d, const O *dy, const Y *o, const shape &sh,
+                                  int row0, int lane) {
+  int g = lane / 4, t = lane % 4;
+  float dsum[2] = {0.0f, 0.0f};
+  for (int h = 0; h < 2; h++) {
+    int row = row0 + g + 8 * h;
+    if (row >= sh.tokens) continue;
+    const O *dyr = dy + (size_t)row * sh.c + 16 * t;
+    const Y *orow = o + (size_t)row * sh.c + 16 * t;
+#pragma unroll
+    for (int f = 0; f < 16; f += 2) {
+      float v[2], w[2];
+      load_pair(v, dyr + f);
+      load_pair(w, orow + f);
+      dsum[h] += v[0] * w[0];
+      dsum[h] += v[1] * w[1];
+    }
+  }
+  for (int h = 0; h < 2; h++) {
+    dd[h] = quad_sum(dsum[h]);
+    int row = row0 + g + 8 * h;
+    if (t == 0 && row < sh.tokens) d[row] = dd[h];
+  }
+}
+
+/* D alone into d (batch, heads, tokens), the grid of the dq kernel's: for
+ * the backward whose dkv kernel writes dS for cuBLAS's dQ (DS below). */
+template <typename O, typename Y>
+__device__ inline void deltas_block(float *d, const O *dout, const Y *out, const shape sh,
+                                    int block, int tid) {
+  place at = place_of(sh, block);
+  int warp = tid / 32, lane = tid % 32, row0 = 16 * (at.tile0 + warp);
+  if (row0 >= sh.padded) return;
+  size_t head = (size_t)at.head * QT_FA_HEAD, image = (size_t)at.image * sh.tokens * sh.c;
+  float dd[2];
+  row_deltas(dd, d + ((size_t)at.image * sh.heads + at.head) * sh.tokens, dout + image + head,
+             out + image + head, sh, row0, lane);
+}
+
 /* dq of dqkv (written when `set`, else added; in BF16, written, when D is
  * BF16) and D = rowsum(dO * O) into d (batch, heads, tokens), for the dkv
  * kernel. dout (O) is FP32, or BF16 as proj's backward wrote it (the
@@ -585,7 +629,7 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
                                          const Y *out, const Q *qkv, const float *att,
                                          const shape sh, int set, int block, int tid, int threads) {
   place at = place_of(sh, block);
-  int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  int warp = tid / 32, lane = tid % 32, g = lane / 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
   const Q *q = qkv + (size_t)at.image * sh.tokens * ld + head;
   const O *dy = dout + (size_t)at.image * sh.tokens * sh.c + head;
@@ -608,28 +652,8 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
     int row = row0 + g + 8 * h;
     lse2[h] = row < sh.tokens ? QT_FA_LOG2E * att[rows + row] : 0.0f;
   }
-  /* D = rowsum(dO * O): lane t of a row's quad takes 16 of its features. */
-  float dsum[2] = {0.0f, 0.0f};
-  for (int h = 0; h < 2; h++) {
-    int row = row0 + g + 8 * h;
-    if (row >= sh.tokens) continue;
-    const O *dyr = dy + (size_t)row * sh.c + 16 * t;
-    const Y *orow = o + (size_t)row * sh.c + 16 * t;
-#pragma unroll
-    for (int f = 0; f < 16; f += 2) {
-      float v[2], w[2];
-      load_pair(v, dyr + f);
-      load_pair(w, orow + f);
-      dsum[h] += v[0] * w[0];
-      dsum[h] += v[1] * w[1];
-    }
-  }
   float dd[2];
-  for (int h = 0; h < 2; h++) {
-    dd[h] = quad_sum(dsum[h]);
-    int row = row0 + g + 8 * h;
-    if (t == 0 && row < sh.tokens) d[rows + row] = dd[h];
-  }
+  row_deltas(dd, d + rows, dy, o, sh, row0, lane);
   /* dS = P (dP - D), dQ = scale dS K. */
   frag_c dq[8];
   for (int n = 0; n < 8; n++) zero(dq[n]);
@@ -656,12 +680,16 @@ __device__ inline void backward_dq_block(unsigned char *smem, D *dqkv, float *d,
 }
 
 /* dk and dv of dqkv (written when `set`, else added; in BF16 as the dq
- * kernel's), from D of the dq kernel; dout as there. */
-template <bool ASYNC = false, typename Q, typename D, typename O>
+ * kernel's), from D of the dq kernel; dout as there. With DS, also dS
+ * (BF16, as it enters the dK product) into ds: (heads, batch, padded,
+ * padded), dS[query][key] of head h and image b at (h batch + b) padded
+ * padded, every query and key below padded (0 past tokens), for dQ =
+ * scale dS K as one product per head (qt_cuda_attention_fused.cu). */
+template <bool ASYNC = false, bool DS = false, typename Q, typename D, typename O>
 __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const float *d,
                                           const O *dout, const Q *qkv, const float *att,
-                                          const shape sh, int set, int block, int tid,
-                                          int threads) {
+                                          const shape sh, int set, int block, int tid, int threads,
+                                          bf16 *ds_out = nullptr) {
   place at = place_of(sh, block);
   int warp = tid / 32, lane = tid % 32, t = lane % 4;
   size_t ld = 3 * sh.c, head = (size_t)at.head * QT_FA_HEAD;
@@ -703,6 +731,14 @@ __device__ inline void backward_dkv_block(unsigned char *smem, D *dqkv, const fl
       probabilities<true>(p[n], sh, s2, q0 + 8 * n, lse2, lane);
       for (int e = 0; e < 4; e++) {
         ds[n].x[e] = p[n].x[e] * (ds[n].x[e] - d_all[q0 + 8 * n + 2 * t + e % 2]);
+      }
+      if constexpr (DS) {
+        /* ds[n] is dS^T (keys row0 + g, + 8; queries q0 + 8 n + 2 t, + 1). */
+        bf16 *head_ds = ds_out + ((size_t)at.head * sh.batch + at.image) * sh.padded * sh.padded;
+        for (int e = 0; e < 4; e++) {
+          int key = row0 + lane / 4 + 8 * (e / 2), query = q0 + 8 * n + 2 * t + e % 2;
+          head_ds[(size_t)query * sh.padded + key] = __float2bfloat16_rn(ds[n].x[e]);
+        }
       }
     }
 #pragma unroll

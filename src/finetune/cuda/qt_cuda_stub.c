@@ -267,6 +267,10 @@ int qt__cuda_attention_fused_backward_bf16(void *dqkv, float *scratch, const voi
   return QT_CUDA_STUB("qt__cuda_attention_fused_backward");
 }
 
+int qt__cuda_set_fa_ds(int on) {
+  return 0;
+}
+
 int qt__cuda_set_fa_async(int on) {
   return 0;
 }
