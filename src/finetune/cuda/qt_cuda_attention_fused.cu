@@ -293,52 +293,46 @@ static int check_fits(size_t batch, size_t tokens, size_t c, size_t heads, const
  * the other order); -1 until the environment has been read. */
 static int parts_adjacent = -1;
 
-/* 1: the staging by asynchronous copies (qt_fa::stage_async), only with
- * QT_CUDA_FA_ASYNC=1 in the environment or qt__cuda_set_fa_async(1): not
- * yet measured on a device (tools/gpu-check's faasync: row); -1 until the
- * environment has been read. */
-static int fa_async = -1;
-
-static int fa_async_on(void) {
-  int on = __atomic_load_n(&fa_async, __ATOMIC_RELAXED);
+/* Switches that are off unless their variable is 1 (qt__cuda_switch_on's
+ * are on unless it is 0): the choices not yet measured on a device. -1
+ * until the environment has been read; a setter's value wins over it. */
+static int opt_in_on(const char *name, int *state) {
+  int on = __atomic_load_n(state, __ATOMIC_RELAXED);
   if (on < 0) {
-    const char *value = getenv("QT_CUDA_FA_ASYNC");
+    const char *value = getenv(name);
     int unset = -1;
-    __atomic_compare_exchange_n(&fa_async, &unset, value && strcmp(value, "1") == 0, 0,
+    __atomic_compare_exchange_n(state, &unset, value && strcmp(value, "1") == 0, 0,
                                 __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    on = __atomic_load_n(&fa_async, __ATOMIC_RELAXED);
+    on = __atomic_load_n(state, __ATOMIC_RELAXED);
   }
   return on;
+}
+
+static int set_opt_in(const char *name, int *state, int on) {
+  int previous = opt_in_on(name, state);
+  __atomic_store_n(state, on != 0, __ATOMIC_SEQ_CST);
+  return previous;
+}
+
+/* The staging by asynchronous copies (qt_fa::stage_async: QT_CUDA_FA_ASYNC,
+ * tools/gpu-check's faasync: row) and the backward's dQ from dS by cuBLAS
+ * (backward_by_ds: QT_CUDA_FA_DS, the fads: row). */
+static int fa_async = -1, fa_ds = -1;
+
+static int fa_async_on(void) {
+  return opt_in_on("QT_CUDA_FA_ASYNC", &fa_async);
+}
+
+static int fa_ds_on(void) {
+  return opt_in_on("QT_CUDA_FA_DS", &fa_ds);
 }
 
 extern "C" int qt__cuda_set_fa_async(int on) {
-  int previous = fa_async_on();
-  __atomic_store_n(&fa_async, on != 0, __ATOMIC_SEQ_CST);
-  return previous;
-}
-
-/* 1: the backward's dQ from dS by cuBLAS (backward_by_ds), only with
- * QT_CUDA_FA_DS=1 in the environment or qt__cuda_set_fa_ds(1): not yet
- * measured on a device (tools/gpu-check's fads: row); -1 until the
- * environment has been read. */
-static int fa_ds = -1;
-
-static int fa_ds_on(void) {
-  int on = __atomic_load_n(&fa_ds, __ATOMIC_RELAXED);
-  if (on < 0) {
-    const char *value = getenv("QT_CUDA_FA_DS");
-    int unset = -1;
-    __atomic_compare_exchange_n(&fa_ds, &unset, value && strcmp(value, "1") == 0, 0,
-                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    on = __atomic_load_n(&fa_ds, __ATOMIC_RELAXED);
-  }
-  return on;
+  return set_opt_in("QT_CUDA_FA_ASYNC", &fa_async, on);
 }
 
 extern "C" int qt__cuda_set_fa_ds(int on) {
-  int previous = fa_ds_on();
-  __atomic_store_n(&fa_ds, on != 0, __ATOMIC_SEQ_CST);
-  return previous;
+  return set_opt_in("QT_CUDA_FA_DS", &fa_ds, on);
 }
 
 static qt_fa::shape shape_of(size_t batch, size_t tokens, size_t c, size_t heads) {
