@@ -904,9 +904,7 @@ int main(int argc, char **argv) {
        * be used. */
       int version = 0;
       char why[256];
-      int off = !qt__cuda_set_cudnn(1);
-      if (off) qt__cuda_set_cudnn(0);
-      if (off)
+      if (!qt__cuda_cudnn_switched_on())
         printf("convolutions: im2col and cuBLAS (QT_CUDA_CUDNN=0)\n");
       else if (o.precision == QT_MATMUL_BF16 || o.precision == QT_MATMUL_BF16_FAST)
         printf("convolutions: im2col and cuBLAS (cuDNN is not used for BF16 products)\n");

@@ -55,9 +55,7 @@ static void conv_grad_check(const char *what, const grad *g) {
 /* Whether the convolutions of this process go through cuDNN where they fit
  * (the library loaded and the switch on), as the counts below expect. */
 static int cudnn_now(void) {
-  int on = qt__cuda_set_cudnn(1);
-  qt__cuda_set_cudnn(on);
-  return on && qt__cuda_cudnn_loaded(NULL, NULL, 0);
+  return qt__cuda_cudnn_switched_on() && qt__cuda_cudnn_loaded(NULL, NULL, 0);
 }
 
 /* Runs one convolution forward and backward on both sides: six passes

@@ -663,6 +663,9 @@ int qt__cuda_cudnn_fits(const qt_conv2d_shape *shape);
  * cuBLAS for every one) for the process; returns the previous setting. On
  * unless QT_CUDA_CUDNN=0 in the environment. */
 int qt__cuda_set_cudnn(int on);
+/* That switch as it stands (reading the environment the first time); 0
+ * in a build without CUDA. */
+int qt__cuda_cudnn_switched_on(void);
 /* How many convolution passes (forwards, input and weight gradients)
  * cuDNN ran; 0 in a build without CUDA. For tests. */
 long qt__cuda_cudnn_count(void);

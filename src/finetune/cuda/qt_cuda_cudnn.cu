@@ -71,6 +71,10 @@ extern "C" int qt__cuda_set_cudnn(int on) {
   return qt__cuda_set_switch("QT_CUDA_CUDNN", &use_cudnn, on);
 }
 
+extern "C" int qt__cuda_cudnn_switched_on(void) {
+  return qt__cuda_switch_on("QT_CUDA_CUDNN", &use_cudnn);
+}
+
 extern "C" long qt__cuda_cudnn_count(void) {
   return __atomic_load_n(&passes_run, __ATOMIC_RELAXED);
 }
@@ -483,8 +487,7 @@ extern "C" int qt__cuda_cudnn_conv(qt__cudnn_pass pass, float *out, const float 
                                    const char *who, qt_err *err) {
   int precision = qt__cuda_matmul_precision();
   if (precision != QT_MATMUL_FP32 && precision != QT_MATMUL_TF32) return 1;
-  if (!qt__cuda_switch_on("QT_CUDA_CUDNN", &use_cudnn) || !qt__cuda_cudnn_fits(s) || !loaded())
-    return 1;
+  if (!qt__cuda_cudnn_switched_on() || !qt__cuda_cudnn_fits(s) || !loaded()) return 1;
   plan key = {};
   cudaError_t status = cudaGetDevice(&key.device);
   if (status != cudaSuccess) return qt__cuda_error(err, status, who);

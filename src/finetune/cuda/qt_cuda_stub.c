@@ -581,6 +581,10 @@ int qt__cuda_set_cudnn(int on) {
   return 0;
 }
 
+int qt__cuda_cudnn_switched_on(void) {
+  return 0;
+}
+
 long qt__cuda_cudnn_count(void) {
   return 0;
 }
