@@ -900,21 +900,11 @@ int main(int argc, char **argv) {
            precision_words(o.precision), o.peak_tflops,
            o.peak_tflops > 0 ? "" : " (unknown: give --peak-tflops)");
     if (is_cnn(o.model)) {
-      /* Loading cuDNN costs host memory (peak RSS): only where it could
-       * be used. */
-      int version = 0;
-      char why[256];
-      if (!qt__cuda_cudnn_switched_on())
-        printf("convolutions: im2col and cuBLAS (QT_CUDA_CUDNN=0)\n");
-      else if (o.precision == QT_MATMUL_BF16 || o.precision == QT_MATMUL_BF16_FAST)
-        printf("convolutions: im2col and cuBLAS (cuDNN is not used for BF16 products)\n");
-      else if (!qt__cuda_cudnn_loaded(&version, why, sizeof why))
-        printf("convolutions: im2col and cuBLAS (no cuDNN: %s)\n", why);
-      else
-        printf(
-            "convolutions: cuDNN %d.%d.%d where it takes the shape (dense and grouped, "
-            "symmetric padding), im2col and cuBLAS for the rest\n",
-            version / 10000, version / 100 % 100, version % 100);
+      /* This loads cuDNN (host memory: peak RSS) only where the run could
+       * use it. */
+      char path[512];
+      qt_cuda_describe_convolutions(o.precision, path, sizeof path);
+      printf("convolutions: %s\n", path);
     }
   }
   printf("load average before: %.2f %.2f %.2f\n", load[0], load[1], load[2]);

@@ -216,6 +216,40 @@ static void test_cudnn_library(void) {
 #endif
 }
 
+/* The log line of the convolutions' path says which and why, and a short
+ * buffer gets a terminated prefix of it. */
+static void test_describe_convolutions(void) {
+  char line[512], fit[8];
+  qt_cuda_describe_convolutions(QT_MATMUL_FP32, line, sizeof line);
+  printf("  FP32 convolutions: %s\n", line);
+#if QT_HAVE_CUDA
+  int version = 0;
+  char why[256];
+  if (qt__cuda_cudnn_loaded(&version, why, sizeof why)) {
+    char expect[32];
+    snprintf(expect, sizeof expect, "cuDNN %d.%d.%d ", version / 10000, version / 100 % 100,
+             version % 100);
+    CU_ASSERT_EQUAL(strncmp(line, expect, strlen(expect)), 0);
+  } else {
+    CU_ASSERT_PTR_NOT_NULL(strstr(line, why));
+    CU_ASSERT_EQUAL(strncmp(line, "im2col and cuBLAS (no cuDNN: ", 29), 0);
+  }
+  qt_cuda_describe_convolutions(QT_MATMUL_TF32, fit, sizeof fit);
+  CU_ASSERT_EQUAL(strncmp(line, fit, sizeof fit - 1), 0);
+  CU_ASSERT_EQUAL(strlen(fit), sizeof fit - 1);
+  qt_cuda_describe_convolutions(QT_MATMUL_BF16, line, sizeof line);
+  CU_ASSERT_STRING_EQUAL(line, "im2col and cuBLAS (cuDNN is not used for BF16 products)");
+  int was = qt__cuda_set_cudnn(0);
+  qt_cuda_describe_convolutions(QT_MATMUL_FP32, line, sizeof line);
+  CU_ASSERT_STRING_EQUAL(line, "im2col and cuBLAS (QT_CUDA_CUDNN=0)");
+  qt__cuda_set_cudnn(was);
+#else
+  CU_ASSERT_STRING_EQUAL(line, "none (built without CUDA)");
+  qt_cuda_describe_convolutions(QT_MATMUL_BF16, fit, sizeof fit);
+  CU_ASSERT_STRING_EQUAL(fit, "none (b");
+#endif
+}
+
 static const qt_test_case cases[] = {
     {"training_steps_match_cpu", test_training_steps_match_cpu},
     {"save_and_resume_across_backends", test_save_and_resume_across_backends},
@@ -224,6 +258,7 @@ static const qt_test_case cases[] = {
     {"cuda_without_a_device", test_cuda_without_a_device},
     {"cudnn_takes_dense_convolutions", test_cudnn_takes_dense_convolutions},
     {"cudnn_library", test_cudnn_library},
+    {"describe_convolutions", test_describe_convolutions},
     {NULL, NULL},
 };
 

@@ -1254,7 +1254,20 @@ int qt_search_run(const qt_search_params *caller_params, qt_search_result *out, 
       rc = qt_err_set(err, QT_ENODEV, "--device cuda: %s", qt_err_message(&why));
       goto done;
     }
-    if (gpu) QT_LOG_INFO("trials train on the GPU (cuda:0)");
+    if (gpu) {
+      QT_LOG_INFO("trials train on the GPU (cuda:0)");
+      int cnn = 0;
+      for (size_t i = 0; i < S.n_models && !cnn; i++) {
+        qt_model_family family;
+        cnn = qt_model_family_parse(S.models[i]->family, &family) == 0 &&
+              qt_model_family_is_cnn(family);
+      }
+      if (cnn) {
+        char path[512];
+        qt_cuda_describe_convolutions(QT_MATMUL_FP32, path, sizeof path);
+        QT_LOG_INFO("CNN trials' convolutions in FP32: %s; under amp: im2col and cuBLAS", path);
+      }
+    }
   }
   qt__finetune_setup setup = {S.run_dir, &S.pool,      S.model_hp,   S.models,
                               &S.data,   S.max_epochs, params->seed, S.threads, gpu};

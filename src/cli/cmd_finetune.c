@@ -287,10 +287,15 @@ int qt_cli_finetune(const qt_cli_args *args) {
   spec.device = kind;
   if (device_auto && qt_backend_kind_check(QT_BACKEND_KIND_CUDA, NULL) == 0)
     spec.device = QT_BACKEND_KIND_CUDA;
-  if (spec.device == QT_BACKEND_KIND_CUDA)
+  if (spec.device == QT_BACKEND_KIND_CUDA) {
     QT_LOG_INFO("training on the GPU (cuda:%d)%s", dev.index,
                 spec.amp ? ", BF16 matrix products (amp)" : ", in FP32");
-  else if (spec.amp)
+    if (qt_model_family_is_cnn(spec.family)) {
+      char path[512];
+      qt_cuda_describe_convolutions(spec.amp ? QT_MATMUL_BF16 : QT_MATMUL_FP32, path, sizeof path);
+      QT_LOG_INFO("convolutions: %s", path);
+    }
+  } else if (spec.amp)
     QT_LOG_INFO("amp: no effect on the CPU, which computes in FP32");
   if (qt_run_init(&spec, &run, &err) != 0) {
     status = qt_cli_fail(args->command, &err);

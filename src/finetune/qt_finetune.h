@@ -713,6 +713,12 @@ typedef enum qt_matmul_precision {
  * only returns QT_MATMUL_FP32. */
 qt_matmul_precision qt_cuda_set_matmul_precision(qt_matmul_precision precision);
 
+/* For a log line: the path the CUDA convolutions take under products of
+ * `precision`: cuDNN and its version where it takes the shape, else
+ * im2col and cuBLAS, and why (written to out, always terminated). Loads
+ * cuDNN where it could be used (FP32 or TF32, QT_CUDA_CUDNN not 0). */
+void qt_cuda_describe_convolutions(qt_matmul_precision precision, char *out, size_t size);
+
 int qt_cuda_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                            size_t n, size_t in_c, size_t out_c, qt_err *err);
 int qt_cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,

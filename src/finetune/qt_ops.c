@@ -4,6 +4,7 @@
  * the signatures of the CUDA ops, the CUDA table is the qt_cuda_* functions
  * themselves.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -605,4 +606,23 @@ const qt__ops *qt__ops_cuda(void) {
 
 const qt__ops *qt__ops_for(qt_backend_kind kind) {
   return kind == QT_BACKEND_KIND_CUDA ? &cuda_ops : &cpu_ops;
+}
+
+void qt_cuda_describe_convolutions(qt_matmul_precision precision, char *out, size_t size) {
+  int version = 0;
+  char why[256];
+  if (!out || size == 0) return;
+  if (!QT_HAVE_CUDA)
+    snprintf(out, size, "none (built without CUDA)");
+  else if (!qt__cuda_cudnn_switched_on())
+    snprintf(out, size, "im2col and cuBLAS (QT_CUDA_CUDNN=0)");
+  else if (precision == QT_MATMUL_BF16 || precision == QT_MATMUL_BF16_FAST)
+    snprintf(out, size, "im2col and cuBLAS (cuDNN is not used for BF16 products)");
+  else if (!qt__cuda_cudnn_loaded(&version, why, sizeof why))
+    snprintf(out, size, "im2col and cuBLAS (no cuDNN: %s)", why);
+  else
+    snprintf(out, size,
+             "cuDNN %d.%d.%d where it takes the shape (dense and grouped, symmetric padding), "
+             "im2col and cuBLAS for the rest",
+             version / 10000, version / 100 % 100, version % 100);
 }
