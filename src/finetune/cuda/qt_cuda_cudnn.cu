@@ -31,8 +31,10 @@
  *     docs/cuda.md (1e-5); in TF32, whatever cuDNN's default math allows;
  *   - never a conversion of the FP32 operands to FP16
  *     (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION).
- * When no algorithm qualifies, the kernels run the convolution; when the
- * library cannot make a handle (short of memory), they run every one. cuDNN adds
+ * When no algorithm qualifies, or cuDNN says that it cannot do the
+ * convolution (a CUDNN_STATUS_NOT_SUPPORTED status), the kernels run it;
+ * when the library cannot make a handle (for a reason other than memory,
+ * which is the run's error), they run every one. cuDNN adds
  * into its output (beta 1) for the gradients, as the op table wants;
  * bias and its gradient stay in qt_cuda_conv.cu (the bias gradient summed
  * in double). QT_CUDA_CUDNN=0 (or qt__cuda_set_cudnn) keeps every
@@ -179,25 +181,29 @@ static char api_why[256];
 static void load(void) {
   const char *names[] = {"libcudnn.so." QT_DNN_TEXT(CUDNN_MAJOR), "libcudnn.so"};
   void *lib = dlopen(names[0], RTLD_NOW | RTLD_LOCAL);
+  const char *name = names[0];
   if (!lib) {
     /* The first name's reason, the one a user would look into. */
     snprintf(api_why, sizeof api_why, "%s", dlerror());
-    lib = dlopen(names[1], RTLD_NOW | RTLD_LOCAL);
+    lib = dlopen(name = names[1], RTLD_NOW | RTLD_LOCAL);
   }
   if (!lib) return;
   dnn_api found;
-#define QT_DNN_RESOLVE(name)                                            \
-  if (!(found.name = (decltype(&::name))dlsym(lib, #name))) {           \
-    snprintf(api_why, sizeof api_why, "%s has no %s", names[0], #name); \
-    dlclose(lib);                                                       \
-    return;                                                             \
+#define QT_DNN_RESOLVE(function)                                          \
+  if (!(found.function = (decltype(&::function))dlsym(lib, #function))) { \
+    snprintf(api_why, sizeof api_why, "%s has no %s", name, #function);   \
+    dlclose(lib);                                                         \
+    return;                                                               \
   }
   QT_DNN_FUNCTIONS(QT_DNN_RESOLVE)
 #undef QT_DNN_RESOLVE
   int version = (int)found.cudnnGetVersion();
   if (version / 10000 != CUDNN_MAJOR) {
-    snprintf(api_why, sizeof api_why, "cuDNN %d.%d.%d loaded, built for %d.x", version / 10000,
-             version / 100 % 100, version % 100, CUDNN_MAJOR);
+    /* cuDNN 8 numbered its versions major * 1000 + minor * 100 + patch. */
+    int major = version < 10000 ? version / 1000 : version / 10000;
+    int minor = version < 10000 ? version / 100 % 10 : version / 100 % 100;
+    snprintf(api_why, sizeof api_why, "cuDNN %d.%d.%d loaded, built for %d.x", major, minor,
+             version % 100, CUDNN_MAJOR);
     dlclose(lib);
     return;
   }
@@ -268,6 +274,7 @@ static int make_handle(void **out, cudaStream_t stream, qt_err *err) {
            api.cudnnGetErrorString(status), (int)status);
   __atomic_store_n(&unusable, 1, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&unusable_lock);
+  (void)cudaGetLastError(); /* what cuDNN may have left is not the kernels' error */
   return 1;
 }
 
@@ -310,25 +317,35 @@ static bool same_shape(const qt_conv2d_shape &a, const qt_conv2d_shape &b) {
          a.groups == b.groups;
 }
 
-static bool find_plan(const plan &key, plan *out) {
-  pthread_mutex_lock(&plans_lock);
-  size_t n = plans_made < QT_DNN_PLANS ? plans_made : QT_DNN_PLANS;
-  bool found = false;
-  for (size_t i = 0; i < n && !found; i++) {
-    const plan &p = plans[i];
-    if (p.device == key.device && p.pass == key.pass && p.strict == key.strict &&
-        p.workspace == key.workspace && same_shape(p.shape, key.shape)) {
-      *out = p;
-      found = true;
-    }
-  }
-  pthread_mutex_unlock(&plans_lock);
-  return found;
+static bool same_key(const plan &a, const plan &b) {
+  return a.device == b.device && a.pass == b.pass && a.strict == b.strict &&
+         a.workspace == b.workspace && same_shape(a.shape, b.shape);
 }
 
+/* The entry of p's key, or NULL; under plans_lock. */
+static plan *entry_of(const plan &key) {
+  size_t n = plans_made < QT_DNN_PLANS ? plans_made : QT_DNN_PLANS;
+  for (size_t i = 0; i < n; i++)
+    if (same_key(plans[i], key)) return &plans[i];
+  return NULL;
+}
+
+static bool find_plan(const plan &key, plan *out) {
+  pthread_mutex_lock(&plans_lock);
+  const plan *p = entry_of(key);
+  if (p) *out = *p;
+  pthread_mutex_unlock(&plans_lock);
+  return p != NULL;
+}
+
+/* Keeps p for its key, in place of what was kept for it. */
 static void keep_plan(const plan &p) {
   pthread_mutex_lock(&plans_lock);
-  plans[plans_made++ % QT_DNN_PLANS] = p;
+  plan *old = entry_of(p);
+  if (old)
+    *old = p;
+  else
+    plans[plans_made++ % QT_DNN_PLANS] = p;
   pthread_mutex_unlock(&plans_lock);
 }
 
@@ -348,6 +365,7 @@ static bool transform(qt__cudnn_pass pass, int algo) {
     case QT__CUDNN_BACKWARD_FILTER:
       return algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT ||
              algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+             algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD ||
              algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
   }
   return true;
@@ -366,12 +384,12 @@ static void pick(plan *p, const Perf *perf, int count) {
       continue;
     /* Conversion would take FP32 operands down to FP16 (its range). */
     if (r.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
-    if (p->strict && (r.mathType == CUDNN_TENSOR_OP_MATH || transform(p->pass, (int)r.algo)))
-      continue;
+    /* Strict FP32: an answer in FMA math only (the default math would
+     * allow TF32, and an answer's workspace and status hold for its own
+     * math), without a transform. */
+    if (p->strict && (r.mathType != CUDNN_FMA_MATH || transform(p->pass, (int)r.algo))) continue;
     p->algo = (int)r.algo;
-    /* Strict FP32 runs with the FMA math it asked for, whatever math the
-     * answer names (the default one would allow TF32). */
-    p->math = p->strict ? CUDNN_FMA_MATH : r.mathType;
+    p->math = r.mathType;
     return;
   }
 }
@@ -516,6 +534,14 @@ extern "C" int qt__cuda_cudnn_conv(qt__cudnn_pass pass, float *out, const float 
     st = run(h, d, p, out, a, b, beta, scratch);
   }
   qt__cuda_dnn_unlock();
+  if ((int)st / 1000 * 1000 == CUDNN_STATUS_NOT_SUPPORTED) {
+    /* This cuDNN cannot do this convolution, its library says: the kernels
+     * run the pass, now and from now on. */
+    p.algo = -1;
+    keep_plan(p);
+    (void)cudaGetLastError();
+    return 1;
+  }
   if (st != CUDNN_STATUS_SUCCESS) return dnn_error(err, st, who, what);
   if (!taken) return 1;
   __atomic_add_fetch(&passes_run, 1, __ATOMIC_RELAXED);
