@@ -5,9 +5,10 @@
  * product, a layer norm's two sums, GELU's gradient with its BF16 copy),
  * the split of qt_colsum::plan, the block sums and the chunks' total
  * added to gradients that start from random values, against the terms
- * added in row order in double on the host (GELU's from
- * qt_cpu_gelu_backward; within 2e-7 of the largest sum: the order of the
- * additions differs), and the copies equal to the terms rounded, bit for
+ * added in row order in double on the host (GELU's gradient from the
+ * device's own qt__gelu_grad on the host, whose parity with the CPU's
+ * GELU test_gpu_ops checks; within 2e-7 of the largest sum: the order of
+ * the additions differs), and the copies equal to the terms rounded, bit for
  * bit; a plain sum of BF16 values and GELU's with its input in BF16 as
  * with the same values in FP32, bit for bit. Shapes around the unrolled rows (1, 7, 31, 33, 63, 65,
  * 257 rows), several chunks (3000 rows), ten column tiles. With several
@@ -156,10 +157,11 @@ static void colsum_case(size_t n, size_t c, unsigned seed) {
   }
   for (float &v : dst0) v = normal(rng);
   for (float &v : dst1) v = normal(rng);
-  /* The reference, in row order: GELU's gradient from the CPU's GELU
-   * backward (added to zeros), the others' terms written out here. */
+  /* The reference, in row order: GELU's gradient as the GELU backward
+   * writes it (0 + g), the others' terms written out here. */
   std::vector<float> gelu(n * c, 0.0f);
-  if (kind == QT__COLSUM_GELU) qt_cpu_gelu_backward(gelu.data(), a.data(), b.data(), n * c);
+  if (kind == QT__COLSUM_GELU)
+    for (size_t k = 0; k < n * c; k++) gelu[k] = 0.0f + qt__gelu_grad(a[k], b[k]);
   std::vector<double> want0(c), want1(c);
   std::vector<__nv_bfloat16> want_copy(n * c);
   for (size_t col = 0; col < c; col++) {

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 
+#include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
 void qt_cpu_attention_forward(float *out, float *att, const float *qkv, size_t batch, size_t tokens,
@@ -33,11 +34,9 @@ void qt_cpu_attention_forward(float *out, float *att, const float *qkv, size_t b
         float *row = a + i * tokens;
         float max = row[0];
         for (size_t j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
+        qt__cpu_exp_shifted(row, tokens, max);
         double sum = 0.0;
-        for (size_t j = 0; j < tokens; j++) {
-          row[j] = expf(row[j] - max);
-          sum += row[j];
-        }
+        for (size_t j = 0; j < tokens; j++) sum += row[j];
         float inv = (float)(1.0 / sum);
         for (size_t j = 0; j < tokens; j++) row[j] *= inv;
       }
