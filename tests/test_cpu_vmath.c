@@ -9,8 +9,8 @@
  *   - qt_vphif over every 7th float from -16 to 10: within 1.5e-7
  *     absolute everywhere, within 1e-6 relative where Phi >= 1e-30;
  *   - the loops that use them, which the compiler vectorizes (the CPU's
- *     GELU forward and backward in qt_cpu_gelu.c, the softmax's
- *     exponentials qt__cpu_exp_shifted), give, bit for bit, what the same
+ *     GELU forward and backward in qt_cpu_gelu.c, SiLU's in qt_cpu_act.c,
+ *     the softmax's exponentials qt__cpu_exp_shifted), give, bit for bit, what the same
  *     formulas give one value at a time through a function pointer (never
  *     vectorized): vector and scalar code compute the same floats, in
  *     whichever copy (AVX-512, AVX2, SSE2) this processor runs.
@@ -186,6 +186,31 @@ static void test_gelu_vector_equals_scalar(void) {
   free(dx);
 }
 
+/* SiLU, x / (1 + e^-x), forward and backward, against one value at a
+ * time. */
+static void test_silu_vector_equals_scalar(void) {
+  enum { N = 2053 };
+  float x[N], y[N], dy[N], dx[N];
+  for (int i = 0; i < N; i++) {
+    x[i] = -100.0f + 200.0f * (float)i / (N - 1) + 1e-3f * (float)(i % 5);
+    dy[i] = 0.5f - (float)(i % 3);
+    dx[i] = (float)(i % 4);
+  }
+  x[0] = NAN, x[1] = INFINITY, x[2] = -INFINITY, x[3] = 0.0f, x[4] = -0.0f;
+  qt_cpu_silu_forward(y, x, N);
+  qt_cpu_silu_backward(dx, dy, x, N);
+  int same = 1;
+  for (int i = 0; i < N; i++) {
+    float sig = 1.0f / (1.0f + exp_one(-x[i]));
+    float want_y = x[i] / (1.0f + exp_one(-x[i]));
+    float want_dx = (float)(i % 4) + dy[i] * sig * (1.0f + x[i] * (1.0f - sig));
+    same &= memcmp(&want_y, &y[i], sizeof y[i]) == 0 && memcmp(&want_dx, &dx[i], sizeof dx[i]) == 0;
+  }
+  CU_ASSERT(same);
+  /* SiLU(-inf) = -inf / inf: NaN, as x / (1 + expf(-x)) gives. */
+  CU_ASSERT(isnan(y[0]) && isinf(y[1]) && isnan(y[2]) && y[3] == 0.0f);
+}
+
 /* The softmax's exponentials, against qt_vexpf one value at a time. */
 static void test_exp_shifted_vector_equals_scalar(void) {
   enum { N = 1031 };
@@ -211,6 +236,7 @@ static const qt_test_case cases[] = {
     {"phi_special_values", test_phi_special_values},
     {"gelu_vector_equals_scalar", test_gelu_vector_equals_scalar},
     {"exp_shifted_vector_equals_scalar", test_exp_shifted_vector_equals_scalar},
+    {"silu_vector_equals_scalar", test_silu_vector_equals_scalar},
     {NULL, NULL},
 };
 

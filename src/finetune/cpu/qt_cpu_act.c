@@ -1,12 +1,14 @@
 /*
  * qt_cpu_act.c - the activations of the convolutional families on the CPU:
  * ReLU, ReLU6 (MobileNetV2) and SiLU (EfficientNet), forward and backward.
- * See qt_finetune.h.
+ * SiLU's e^-x is qt_vexpf (qt_cpu_vmath.h), which vectorizes. See
+ * qt_finetune.h.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
 void qt_cpu_relu_forward(float *out, const float *inp, size_t n) {
@@ -50,18 +52,19 @@ void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, siz
   }
 }
 
-void qt_cpu_silu_forward(float *out, const float *inp, size_t n) {
+QT_VECTOR_CLONES void qt_cpu_silu_forward(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
-    out[i] = x / (1.0f + expf(-x));
+    out[i] = x / (1.0f + qt_vexpf(-x));
   }
 }
 
-void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+QT_VECTOR_CLONES void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp,
+                                           size_t n) {
   /* d/dx x s(x) = s(x) (1 + x (1 - s(x))). */
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
-    float sig = 1.0f / (1.0f + expf(-x));
+    float sig = 1.0f / (1.0f + qt_vexpf(-x));
     dinp[i] += dout[i] * sig * (1.0f + x * (1.0f - sig));
   }
 }
