@@ -91,10 +91,10 @@ static inline float qt_vexpf(float x) {
  * below 1.1e-8); Phi(x) = 1 - Phi(-x) for x > 0. y^2 / 2 goes to the
  * exponential in two parts, yh^2 / 2 exactly (yh: y's first 12 bits) and
  * yl (y + yh) / 2 (yl = y - yh) with g: rounded to one float it would
- * lose up to 3.8e-6 of Phi's relative accuracy at y = 11. Near 0, where
- * that tail's few roundings of about 0.5 would be 4 ulp of Phi, Phi is
- * 1/2 + x / sqrt(2 pi) sum_n (-x^2 / 2)^n / (n! (2n + 1)) instead, the
- * terms to n = 7 (the rest below 1e-8 relative for |x| < 1). */
+ * lose up to 3.8e-6 of Phi's relative accuracy at y = 11. For |x| < 1,
+ * where the tail is near 1/2 and its few roundings would add up to 4 ulp
+ * of Phi, Phi is 1/2 + x / sqrt(2 pi) sum_n (-x^2 / 2)^n / (n! (2n + 1))
+ * instead, the terms to n = 7 (the rest below 1e-8 relative). */
 static inline float qt_vphif(float x) {
   float y = fabsf(x);
   float t = 1.0f / (1.0f + y * 0.353553391f);
