@@ -10,7 +10,9 @@
  *     absolute everywhere, within 1e-6 relative where Phi >= 1e-30;
  *   - the loops that use them, which the compiler vectorizes (the CPU's
  *     GELU forward and backward in qt_cpu_gelu.c, SiLU's in qt_cpu_act.c,
- *     the softmax's exponentials qt__cpu_exp_shifted), give, bit for bit, what the same
+ *     the softmax forward and backward of qt_cpu_vmath.c, with their row
+ *     sums in qt_cpu_sums.h's order; the linear's and layer scale's
+ *     column sums), give, bit for bit, what the same
  *     formulas give one value at a time through a function pointer (never
  *     vectorized): vector and scalar code compute the same floats, in
  *     whichever copy (AVX-512, AVX2, SSE2) this processor runs.
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 #include "qt_test.h"
@@ -223,21 +226,103 @@ static void test_silu_vector_equals_scalar(void) {
   CU_ASSERT(isnan(y[0]) && isinf(y[1]) && isnan(y[2]) && y[3] == 0.0f);
 }
 
-/* The softmax's exponentials, against qt_vexpf one value at a time. */
-static void test_exp_shifted_vector_equals_scalar(void) {
-  enum { N = 1031 };
-  float x[N], want[N];
-  for (int i = 0; i < N; i++) {
-    x[i] = -30.0f + 0.05f * (float)i - 1e-4f * (float)(i % 11);
-    want[i] = exp_one(x[i] - 3.5f);
+/* sum of x[0, n) in double one value at a time, in the order qt_cpu_sums.h
+ * defines: QT_SUM_LANES parts of every QT_SUM_LANES-th value, added in
+ * turn, then the values past the last whole group. With b, the products
+ * a b. */
+static double lane_order_sum(const float *a, const float *b, size_t n) {
+  double part[QT_SUM_LANES] = {0.0}, sum = 0.0;
+  size_t whole = n - n % QT_SUM_LANES;
+  for (size_t i = 0; i < whole; i++) part[i % QT_SUM_LANES] += b ? (double)a[i] * b[i] : a[i];
+  for (int l = 0; l < QT_SUM_LANES; l++) sum += part[l];
+  for (size_t i = whole; i < n; i++) sum += b ? (double)a[i] * b[i] : a[i];
+  return sum;
+}
+
+/* The softmax forward and backward (qt__cpu_softmax_rows and
+ * qt__cpu_softmax_backward_rows, the attention's), against one value at a
+ * time: rows as long as ViT-B/16's 197 tokens, one shorter than the
+ * lanes, one of a single score, a row with -inf (its e^x is 0) and one
+ * with a NaN (all NaN). The forward also against the softmax in double. */
+static void test_softmax_vector_equals_scalar(void) {
+  enum { ROWS = 4, T = 197 };
+  static const size_t lengths[] = {T, 5, 1};
+  float a[ROWS * T], da[ROWS * T], want[ROWS * T], want_da[ROWS * T];
+  int same = 1, same_grad = 1;
+  double worst = 0.0;
+  for (size_t k = 0; k < sizeof lengths / sizeof lengths[0]; k++) {
+    size_t n = lengths[k];
+    for (size_t i = 0; i < ROWS * n; i++) {
+      a[i] = 9.0f * sinf(0.37f * (float)i) + 0.01f * (float)(i % 13);
+      da[i] = cosf(0.11f * (float)i) - 0.25f;
+    }
+    if (n > 2) a[2 * n + 1] = -INFINITY, a[3 * n + n / 2] = NAN;
+    for (size_t r = 0; r < ROWS; r++) {
+      const float *x = a + r * n;
+      float *w = want + r * n;
+      float max = x[0];
+      for (size_t j = 1; j < n; j++) max = x[j] > max ? x[j] : max;
+      for (size_t j = 0; j < n; j++) w[j] = exp_one(x[j] - max);
+      float inv = (float)(1.0 / lane_order_sum(w, NULL, n));
+      double exact_sum = 0.0;
+      for (size_t j = 0; j < n; j++) exact_sum += exp((double)x[j] - max);
+      for (size_t j = 0; j < n; j++) {
+        w[j] *= inv;
+        double exact = exp((double)x[j] - max) / exact_sum;
+        if (isfinite(exact)) worst = fmax(worst, fabs(w[j] - exact) / (exact + 1e-30));
+      }
+      float dot = (float)lane_order_sum(w, da + r * n, n);
+      for (size_t j = 0; j < n; j++) want_da[r * n + j] = w[j] * (da[r * n + j] - dot);
+    }
+    qt__cpu_softmax_rows(a, ROWS, n);
+    qt__cpu_softmax_backward_rows(da, a, ROWS, n);
+    for (size_t i = 0; i < ROWS * n; i++) {
+      same &= same_value(a[i], want[i]);
+      same_grad &= same_value(da[i], want_da[i]);
+    }
+    if (n == 1) CU_ASSERT(a[0] == 1.0f && da[0] == 0.0f);
+    if (n > 2) {
+      CU_ASSERT(a[2 * n + 1] == 0.0f && isnan(a[3 * n]) && isnan(da[3 * n]));
+      CU_ASSERT(isfinite(a[2 * n]) && isfinite(da[2 * n]));
+    }
   }
-  x[7] = NAN, x[8] = -INFINITY, x[9] = 3.5f;
-  want[7] = NAN, want[8] = 0.0f, want[9] = 1.0f;
-  qt__cpu_exp_shifted(x, N, 3.5f);
-  int same = 1;
-  for (int i = 0; i < N; i++) same &= same_value(x[i], want[i]);
+  printf("\n    softmax: at most %.3g relative to the softmax in double\n", worst);
   CU_ASSERT(same);
-  CU_ASSERT(isnan(x[7]) && x[8] == 0.0f && x[9] == 1.0f);
+  CU_ASSERT(same_grad);
+  /* x - max is rounded to float first, as every float softmax does: an
+   * error of up to |x - max| 2^-24 in the exponent, about 1.1e-6 relative
+   * where the scores span 18, as here; e^x, the sum's reciprocal and the
+   * product add a few ulp. */
+  CU_ASSERT(worst < 2e-6);
+}
+
+/* The linear's bias gradient and the layer scale's (qt__add_column_sums),
+ * walked QT_COLUMN_BLOCK columns at a time, against one column at a time:
+ * the same sums, bit for bit. 150 columns: two whole blocks and part of
+ * a third. */
+static void test_column_sums_equal_one_column_at_a_time(void) {
+  enum { N = 37, C = 150 };
+  static float dout[N * C], branch[N * C];
+  float dbias[C], dgamma[C], want_bias[C], want_gamma[C];
+  for (int i = 0; i < N * C; i++) {
+    dout[i] = sinf(0.7f * (float)i) * (1.0f + (float)(i % 17));
+    branch[i] = cosf(0.3f * (float)i);
+  }
+  for (int j = 0; j < C; j++) {
+    dbias[j] = want_bias[j] = 0.5f * (float)(j % 3);
+    dgamma[j] = want_gamma[j] = -0.25f * (float)(j % 5);
+    double sum = 0.0, sum_product = 0.0;
+    for (int i = 0; i < N; i++) {
+      sum += dout[i * C + j];
+      sum_product += (double)dout[i * C + j] * branch[i * C + j];
+    }
+    want_bias[j] += (float)sum;
+    want_gamma[j] += (float)sum_product;
+  }
+  qt_cpu_linear_backward(NULL, NULL, dbias, dout, NULL, NULL, N, 0, C);
+  qt_cpu_residual_backward(NULL, NULL, dgamma, dout, branch, NULL, N, C);
+  CU_ASSERT(memcmp(dbias, want_bias, sizeof dbias) == 0);
+  CU_ASSERT(memcmp(dgamma, want_gamma, sizeof dgamma) == 0);
 }
 
 static const qt_test_case cases[] = {
@@ -246,8 +331,9 @@ static const qt_test_case cases[] = {
     {"phi_accuracy", test_phi_accuracy},
     {"phi_special_values", test_phi_special_values},
     {"gelu_vector_equals_scalar", test_gelu_vector_equals_scalar},
-    {"exp_shifted_vector_equals_scalar", test_exp_shifted_vector_equals_scalar},
+    {"softmax_vector_equals_scalar", test_softmax_vector_equals_scalar},
     {"silu_vector_equals_scalar", test_silu_vector_equals_scalar},
+    {"column_sums_equal_one_column_at_a_time", test_column_sums_equal_one_column_at_a_time},
     {NULL, NULL},
 };
 

@@ -30,16 +30,7 @@ void qt_cpu_attention_forward(float *out, float *att, const float *qkv, size_t b
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q, ld_qkv, k, ld_qkv,
                   0.0f, a, T);
       /* Row-wise softmax, shifted by the row maximum. */
-      for (size_t i = 0; i < tokens; i++) {
-        float *row = a + i * tokens;
-        float max = row[0];
-        for (size_t j = 1; j < tokens; j++) max = row[j] > max ? row[j] : max;
-        qt__cpu_exp_shifted(row, tokens, max);
-        double sum = 0.0;
-        for (size_t j = 0; j < tokens; j++) sum += row[j];
-        float inv = (float)(1.0 / sum);
-        for (size_t j = 0; j < tokens; j++) row[j] *= inv;
-      }
+      qt__cpu_softmax_rows(a, tokens, tokens);
       /* out (T, hs) at column h * hs = a (T, T) . v (T, hs) */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, a, T, v, ld_qkv, 0.0f,
                   out + b * tokens * c + h * hs, ld_out);
@@ -69,14 +60,7 @@ void qt_cpu_attention_backward(float *dqkv, float *scratch, const float *dout, c
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, a, T, dy, ld_out, 1.0f,
                   dv, ld_qkv);
       /* Through the softmax, in place: ds = a * (da - sum_j a da). */
-      for (size_t i = 0; i < tokens; i++) {
-        const float *arow = a + i * tokens;
-        float *drow = da + i * tokens;
-        double dot = 0.0;
-        for (size_t j = 0; j < tokens; j++) dot += (double)arow[j] * drow[j];
-        float dotf = (float)dot;
-        for (size_t j = 0; j < tokens; j++) drow[j] = arow[j] * (drow[j] - dotf);
-      }
+      qt__cpu_softmax_backward_rows(da, a, tokens, tokens);
       /* The scores were scale * q k^T: dq += scale ds . k, dk += scale ds^T . q */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, scale, da, T, k, ld_qkv,
                   1.0f, dq, ld_qkv);

@@ -5,58 +5,25 @@
  */
 #include <math.h>
 
+#include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
 
-/* The channel sums below are in double, over every image's plane. A
- * single running sum waits for each add before the next (a double add's
- * latency per value); LANES sums of every LANES-th value, added together
- * at the end, keep the adder busy. The order of the sums is fixed by the
- * plane's length alone. */
-#define LANES 8
-
-/* sum of x[0, n) */
-static double plane_sum(const float *x, size_t n) {
-  double part[LANES] = {0.0};
-  size_t p = 0;
-  for (; p + LANES <= n; p += LANES)
-    for (int l = 0; l < LANES; l++) part[l] += x[p + l];
-  double sum = 0.0;
-  for (int l = 0; l < LANES; l++) sum += part[l];
-  for (; p < n; p++) sum += x[p];
-  return sum;
-}
-
-/* sum of (x - m)^2 over x[0, n) */
-static double plane_squares(const float *x, size_t n, double m) {
-  double part[LANES] = {0.0};
-  size_t p = 0;
-  for (; p + LANES <= n; p += LANES)
-    for (int l = 0; l < LANES; l++) {
-      double d = x[p + l] - m;
-      part[l] += d * d;
-    }
-  double sq = 0.0;
-  for (int l = 0; l < LANES; l++) sq += part[l];
-  for (; p < n; p++) {
-    double d = x[p] - m;
-    sq += d * d;
-  }
-  return sq;
-}
+/* The channel sums are in double, over every image's plane, in
+ * QT_SUM_LANES parts (qt_cpu_sums.h). */
 
 /* The backward's sums over one plane: *dy_sum += dy, *dy_xhat_sum += dy
  * xhat, xhat = (x - m) r in float. */
 static void plane_gradient_sums(const float *x, const float *dy, size_t n, float m, float r,
                                 double *dy_sum, double *dy_xhat_sum) {
-  double part[LANES] = {0.0}, part_xhat[LANES] = {0.0};
+  double part[QT_SUM_LANES] = {0.0}, part_xhat[QT_SUM_LANES] = {0.0};
   size_t p = 0;
-  for (; p + LANES <= n; p += LANES)
-    for (int l = 0; l < LANES; l++) {
+  for (; p + QT_SUM_LANES <= n; p += QT_SUM_LANES)
+    for (int l = 0; l < QT_SUM_LANES; l++) {
       part[l] += dy[p + l];
       part_xhat[l] += (double)dy[p + l] * ((x[p + l] - m) * r);
     }
   double sum = 0.0, sum_xhat = 0.0;
-  for (int l = 0; l < LANES; l++) {
+  for (int l = 0; l < QT_SUM_LANES; l++) {
     sum += part[l];
     sum_xhat += part_xhat[l];
   }
@@ -79,10 +46,10 @@ void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *runni
       /* Two passes in double, as the layer norm: mean, then the biased
        * variance around it. */
       double sum = 0.0;
-      for (size_t b = 0; b < batch; b++) sum += plane_sum(inp + (b * c + ch) * hw, hw);
+      for (size_t b = 0; b < batch; b++) sum += qt__sum(inp + (b * c + ch) * hw, hw);
       m = sum / (double)count;
       double sq = 0.0;
-      for (size_t b = 0; b < batch; b++) sq += plane_squares(inp + (b * c + ch) * hw, hw, m);
+      for (size_t b = 0; b < batch; b++) sq += qt__squares(inp + (b * c + ch) * hw, hw, m);
       var = sq / (double)count;
       /* PyTorch updates the running variance with the unbiased estimate. */
       running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * m);

@@ -4,24 +4,47 @@
  */
 #include <math.h>
 
+#include "finetune/cpu/qt_cpu_sums.h"
+#include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
-void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                              const float *weight, const float *bias, size_t n, size_t c,
-                              float eps) {
+/* The backward's sums over one row: *g_sum = sum g, *g_xhat_sum =
+ * sum g xhat, with g = w dy (w = 1 without weight) and xhat = (x - m) r in
+ * float; in double, in QT_SUM_LANES parts (qt_cpu_sums.h). */
+static inline void row_gradient_sums(const float *x, const float *dy, const float *weight, size_t c,
+                                     float m, float r, double *g_sum, double *g_xhat_sum) {
+  double part[QT_SUM_LANES] = {0.0}, part_xhat[QT_SUM_LANES] = {0.0};
+  size_t j = 0;
+  for (; j + QT_SUM_LANES <= c; j += QT_SUM_LANES)
+    for (int l = 0; l < QT_SUM_LANES; l++) {
+      float g = (weight ? weight[j + l] : 1.0f) * dy[j + l];
+      part[l] += g;
+      part_xhat[l] += (double)g * ((x[j + l] - m) * r);
+    }
+  double sum = 0.0, sum_xhat = 0.0;
+  for (int l = 0; l < QT_SUM_LANES; l++) {
+    sum += part[l];
+    sum_xhat += part_xhat[l];
+  }
+  for (; j < c; j++) {
+    float g = (weight ? weight[j] : 1.0f) * dy[j];
+    sum += g;
+    sum_xhat += (double)g * ((x[j] - m) * r);
+  }
+  *g_sum = sum;
+  *g_xhat_sum = sum_xhat;
+}
+
+QT_VECTOR_CLONES void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd,
+                                               const float *inp, const float *weight,
+                                               const float *bias, size_t n, size_t c, float eps) {
   for (size_t i = 0; i < n; i++) {
     const float *x = inp + i * c;
     float *y = out + i * c;
     /* Two passes in double: the mean first, then the biased variance
      * around it, so that large means do not cancel the variance. */
-    double sum = 0.0;
-    for (size_t j = 0; j < c; j++) sum += x[j];
-    double m = sum / (double)c;
-    double sq = 0.0;
-    for (size_t j = 0; j < c; j++) {
-      double d = x[j] - m;
-      sq += d * d;
-    }
+    double m = qt__sum(x, c) / (double)c;
+    double sq = qt__squares(x, c, m);
     double r = 1.0 / sqrt(sq / (double)c + (double)eps);
     float mf = (float)m, rf = (float)r;
     for (size_t j = 0; j < c; j++) {
@@ -33,30 +56,31 @@ void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float 
   }
 }
 
-void qt_cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, size_t n, size_t c) {
+QT_VECTOR_CLONES void qt_cpu_layernorm_backward(float *dinp, float *dweight, float *dbias,
+                                                const float *dout, const float *inp,
+                                                const float *weight, const float *mean,
+                                                const float *rstd, size_t n, size_t c) {
   for (size_t i = 0; i < n; i++) {
     const float *x = inp + i * c;
     const float *dy = dout + i * c;
     float m = mean[i], r = rstd[i];
     /* With xhat = (x - mean) * rstd and g = weight * dy:
      * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). */
-    double g_sum = 0.0, g_xhat_sum = 0.0;
-    for (size_t j = 0; j < c; j++) {
-      float xhat = (x[j] - m) * r;
-      float g = (weight ? weight[j] : 1.0f) * dy[j];
-      g_sum += g;
-      g_xhat_sum += (double)g * xhat;
-    }
+    double g_sum, g_xhat_sum;
+    row_gradient_sums(x, dy, weight, c, m, r, &g_sum, &g_xhat_sum);
     float g_mean = (float)(g_sum / (double)c);
     float g_xhat_mean = (float)(g_xhat_sum / (double)c);
-    for (size_t j = 0; j < c; j++) {
-      float xhat = (x[j] - m) * r;
-      float g = (weight ? weight[j] : 1.0f) * dy[j];
-      if (dinp) dinp[i * c + j] += (g - g_mean - xhat * g_xhat_mean) * r;
-      if (dweight) dweight[j] += dy[j] * xhat;
-      if (dbias) dbias[j] += dy[j];
+    /* One loop a gradient, so that each is a vector loop. */
+    if (dinp) {
+      float *dx = dinp + i * c;
+      for (size_t j = 0; j < c; j++) {
+        float g = (weight ? weight[j] : 1.0f) * dy[j];
+        dx[j] += (g - g_mean - (x[j] - m) * r * g_xhat_mean) * r;
+      }
     }
+    if (dweight)
+      for (size_t j = 0; j < c; j++) dweight[j] += dy[j] * ((x[j] - m) * r);
+    if (dbias)
+      for (size_t j = 0; j < c; j++) dbias[j] += dy[j];
   }
 }

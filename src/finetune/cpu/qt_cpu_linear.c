@@ -1,11 +1,13 @@
 /*
  * qt_cpu_linear.c - the linear layer (torch.nn.Linear) on the CPU: matrix
- * products by OpenBLAS, bias loops by hand. See qt_finetune.h for shapes.
+ * products by OpenBLAS, bias loops by hand (the bias gradient's column
+ * sums in qt_cpu_sums.h). See qt_finetune.h for shapes.
  */
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
 
 void qt_cpu_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -40,12 +42,6 @@ void qt_cpu_linear_backward(float *dinp, float *dweight, float *dbias, const flo
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out_c, (int)in_c, (int)n, 1.0f, dout,
                 (int)out_c, inp, (int)in_c, 1.0f, dweight, (int)in_c);
   }
-  if (dbias) {
-    /* Column sums in double: a bias collects n terms (batch * tokens). */
-    for (size_t o = 0; o < out_c; o++) {
-      double sum = 0.0;
-      for (size_t i = 0; i < n; i++) sum += dout[i * out_c + o];
-      dbias[o] += (float)sum;
-    }
-  }
+  /* Column sums in double: a bias collects n terms (batch * tokens). */
+  if (dbias) qt__add_column_sums(dbias, dout, NULL, n, out_c);
 }

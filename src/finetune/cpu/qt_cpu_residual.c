@@ -2,6 +2,7 @@
  * qt_cpu_residual.c - a residual connection with optional layer scale
  * (timm's LayerScale, DeiT III). See qt_finetune.h.
  */
+#include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
 
 void qt_cpu_residual_forward(float *out, const float *res, const float *branch, const float *gamma,
@@ -23,11 +24,5 @@ void qt_cpu_residual_backward(float *dres, float *dbranch, float *dgamma, const 
       if (dbranch) dbranch[k] += gamma ? gamma[j] * dout[k] : dout[k];
     }
   }
-  if (dgamma) {
-    for (size_t j = 0; j < c; j++) {
-      double sum = 0.0;
-      for (size_t i = 0; i < n; i++) sum += (double)dout[i * c + j] * branch[i * c + j];
-      dgamma[j] += (float)sum;
-    }
-  }
+  if (dgamma) qt__add_column_sums(dgamma, dout, branch, n, c);
 }

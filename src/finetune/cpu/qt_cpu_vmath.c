@@ -3,6 +3,24 @@
  */
 #include "finetune/cpu/qt_cpu_vmath.h"
 
-QT_VECTOR_CLONES void qt__cpu_exp_shifted(float *x, size_t n, float shift) {
-  for (size_t i = 0; i < n; i++) x[i] = qt_vexpf(x[i] - shift);
+#include "finetune/cpu/qt_cpu_sums.h"
+
+QT_VECTOR_CLONES void qt__cpu_softmax_rows(float *a, size_t rows, size_t n) {
+  for (size_t i = 0; i < rows; i++) {
+    float *row = a + i * n;
+    float max = qt__max(row, n);
+    for (size_t j = 0; j < n; j++) row[j] = qt_vexpf(row[j] - max);
+    float inv = (float)(1.0 / qt__sum(row, n));
+    for (size_t j = 0; j < n; j++) row[j] *= inv;
+  }
+}
+
+QT_VECTOR_CLONES void qt__cpu_softmax_backward_rows(float *da, const float *a, size_t rows,
+                                                    size_t n) {
+  for (size_t i = 0; i < rows; i++) {
+    const float *arow = a + i * n;
+    float *drow = da + i * n;
+    float dot = (float)qt__dot(arow, drow, n);
+    for (size_t j = 0; j < n; j++) drow[j] = arow[j] * (drow[j] - dot);
+  }
 }

@@ -128,9 +128,15 @@ static inline float qt_vphif(float x) {
   return y < 1.0f ? near0 : far;
 }
 
-/* x[i] = e^(x[i] - shift) for i < n, by qt_vexpf, vectorized (AVX-512,
- * AVX2 or SSE2, as the processor allows: qt_cpu_vmath.c): the softmax's
- * exponentials. */
-void qt__cpu_exp_shifted(float *x, size_t n, float shift);
+/* The softmax of each of `rows` rows of n >= 1 floats at a, in place:
+ * e^(x - the row's maximum) by qt_vexpf, over their sum (in double, by
+ * qt__sum). Vectorized (AVX-512, AVX2 or SSE2, as the processor allows:
+ * qt_cpu_vmath.c), the same bits in each. */
+void qt__cpu_softmax_rows(float *a, size_t rows, size_t n);
+
+/* Through the softmax backward, in place: each row of da becomes
+ * a (da - sum_j a da), with a the softmax's output (the sum in double, by
+ * qt__dot). Vectorized as qt__cpu_softmax_rows. */
+void qt__cpu_softmax_backward_rows(float *da, const float *a, size_t rows, size_t n);
 
 #endif /* QT_CPU_VMATH_H */
