@@ -11,9 +11,12 @@
  */
 #include <cblas.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_sums.h"
+#include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 
@@ -208,70 +211,140 @@ static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
 /* ------------------------------------------------------------------------- */
 
 /* One input channel per group; output channel o reads input channel
- * o / multiplier (PyTorch's grouping with in_c / groups = 1). */
-static void depthwise_forward(float *out, const float *inp, const float *weight, const float *bias,
-                              const qt_conv2d_shape *s) {
-  size_t mult = s->out_c / s->in_c;
+ * o / multiplier (PyTorch's grouping with in_c / groups = 1).
+ *
+ * The loops run along output rows: for each output row, kernel row ky and
+ * column kx, one weight times a run of the input row, over the outputs
+ * ox in [lo[kx], hi[kx]) whose tap kx falls inside the image (the padding
+ * is left out, not added as 0 * w). That inner run is a vector loop. Each
+ * output still takes its bias and then its taps in (ky, kx) order, and
+ * each input gradient its terms in raster order of the outputs, so the
+ * values are those of one pixel at a time (the CUDA kernels' too:
+ * test_emulated_depthwise compares them bit for bit). */
+
+/* The outputs [*lo, *hi) of a row whose tap k (of stride `stride`, after
+ * `pad` columns of padding) reads inside the `in` columns of the input. */
+static void tap_range(size_t k, size_t stride, size_t pad, size_t in, size_t out, size_t *lo,
+                      size_t *hi) {
+  size_t first = pad > k ? (pad - k + stride - 1) / stride : 0;
+  size_t end = in + pad > k ? (in - 1 + pad - k) / stride + 1 : 0;
+  *lo = first < out ? first : out;
+  *hi = end < out ? end : out;
+  if (*hi < *lo) *hi = *lo;
+}
+
+/* Runs along a row: output ox meets the input column ox stride + shift of
+ * `row` (shift = kx - pad_left, negative where the padding is on the
+ * left), for ox in [lo, hi), where that column is inside the row. */
+
+/* y[ox] += w row[ox stride + shift] */
+static inline void add_scaled_run(float *y, const float *row, ptrdiff_t shift, float w, size_t lo,
+                                  size_t hi, size_t stride) {
+  if (stride == 1)
+    for (size_t ox = lo; ox < hi; ox++) y[ox] += w * row[(ptrdiff_t)ox + shift];
+  else if (stride == 2)
+    for (size_t ox = lo; ox < hi; ox++) y[ox] += w * row[(ptrdiff_t)(2 * ox) + shift];
+  else
+    for (size_t ox = lo; ox < hi; ox++) y[ox] += w * row[(ptrdiff_t)(ox * stride) + shift];
+}
+
+/* row[ox stride + shift] += dy[ox] w */
+static inline void scatter_scaled_run(float *row, ptrdiff_t shift, const float *dy, float w,
+                                      size_t lo, size_t hi, size_t stride) {
+  if (stride == 1)
+    for (size_t ox = lo; ox < hi; ox++) row[(ptrdiff_t)ox + shift] += dy[ox] * w;
+  else if (stride == 2)
+    for (size_t ox = lo; ox < hi; ox++) row[(ptrdiff_t)(2 * ox) + shift] += dy[ox] * w;
+  else
+    for (size_t ox = lo; ox < hi; ox++) row[(ptrdiff_t)(ox * stride) + shift] += dy[ox] * w;
+}
+
+/* The sum of dy[ox] row[ox stride + shift], in double, in QT_SUM_LANES
+ * parts (qt_cpu_sums.h). */
+static inline double dot_run(const float *dy, const float *row, ptrdiff_t shift, size_t lo,
+                             size_t hi, size_t stride) {
+  if (stride == 1) return qt__dot(dy + lo, row + ((ptrdiff_t)lo + shift), hi - lo);
+  double part[QT_SUM_LANES] = {0.0}, dot = 0.0;
+  size_t ox = lo;
+  for (; ox + QT_SUM_LANES <= hi; ox += QT_SUM_LANES)
+    for (int l = 0; l < QT_SUM_LANES; l++)
+      part[l] += (double)dy[ox + l] * row[(ptrdiff_t)((ox + l) * stride) + shift];
+  for (int l = 0; l < QT_SUM_LANES; l++) dot += part[l];
+  for (; ox < hi; ox++) dot += (double)dy[ox] * row[(ptrdiff_t)(ox * stride) + shift];
+  return dot;
+}
+
+/* Kernels up to 64 taps (8x8; timm's largest depthwise kernel is 7x7). */
+enum { MAX_TAPS = 64 };
+
+QT_VECTOR_CLONES static void depthwise_forward(float *out, const float *inp, const float *weight,
+                                               const float *bias, const qt_conv2d_shape *s) {
+  size_t mult = s->out_c / s->in_c, kh = s->kernel_h, kw = s->kernel_w;
   size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
+  QT_ASSERT(kh * kw <= MAX_TAPS);
+  size_t lo[MAX_TAPS], hi[MAX_TAPS];
+  for (size_t kx = 0; kx < kw; kx++)
+    tap_range(kx, s->stride_w, s->pad_left, s->in_w, s->out_w, &lo[kx], &hi[kx]);
   for (size_t b = 0; b < s->batch; b++) {
     for (size_t o = 0; o < s->out_c; o++) {
       const float *x = inp + (b * s->in_c + o / mult) * in_plane;
-      const float *w = weight + o * s->kernel_h * s->kernel_w;
+      const float *w = weight + o * kh * kw;
       float *y = out + (b * s->out_c + o) * out_plane;
       float b0 = bias ? bias[o] : 0.0f;
       for (size_t oy = 0; oy < s->out_h; oy++) {
-        for (size_t ox = 0; ox < s->out_w; ox++) {
-          float acc = b0;
-          for (size_t ky = 0; ky < s->kernel_h; ky++) {
-            long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
-            if (iy < 0 || iy >= (long)s->in_h) continue;
-            for (size_t kx = 0; kx < s->kernel_w; kx++) {
-              long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
-              if (ix < 0 || ix >= (long)s->in_w) continue;
-              acc += w[ky * s->kernel_w + kx] * x[(size_t)iy * s->in_w + (size_t)ix];
-            }
-          }
-          y[oy * s->out_w + ox] = acc;
+        float *yrow = y + oy * s->out_w;
+        for (size_t ox = 0; ox < s->out_w; ox++) yrow[ox] = b0;
+        for (size_t ky = 0; ky < kh; ky++) {
+          size_t iy = oy * s->stride_h + ky;
+          if (iy < s->pad_top || iy - s->pad_top >= s->in_h) continue;
+          const float *xrow = x + (iy - s->pad_top) * s->in_w;
+          for (size_t kx = 0; kx < kw; kx++)
+            add_scaled_run(yrow, xrow, (ptrdiff_t)kx - (ptrdiff_t)s->pad_left, w[ky * kw + kx],
+                           lo[kx], hi[kx], s->stride_w);
         }
       }
     }
   }
 }
 
-static void depthwise_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                               const float *weight, const qt_conv2d_shape *s) {
-  size_t mult = s->out_c / s->in_c;
+QT_VECTOR_CLONES static void depthwise_backward(float *dinp, float *dweight, const float *dout,
+                                                const float *inp, const float *weight,
+                                                const qt_conv2d_shape *s) {
+  size_t mult = s->out_c / s->in_c, kh = s->kernel_h, kw = s->kernel_w;
   size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
-  size_t kk = s->kernel_h * s->kernel_w;
+  QT_ASSERT(kh * kw <= MAX_TAPS);
+  size_t lo[MAX_TAPS], hi[MAX_TAPS];
+  for (size_t kx = 0; kx < kw; kx++)
+    tap_range(kx, s->stride_w, s->pad_left, s->in_w, s->out_w, &lo[kx], &hi[kx]);
   for (size_t o = 0; o < s->out_c; o++) {
-    const float *w = weight + o * kk;
+    const float *w = weight + o * kh * kw;
     /* Weight gradients collect batch * out_h * out_w terms: double. */
-    double dw[64];
-    QT_ASSERT(kk <= 64); /* kernels up to 8x8; timm's largest is 7x7 */
-    for (size_t k = 0; k < kk; k++) dw[k] = 0.0;
+    double dw[MAX_TAPS] = {0.0};
     for (size_t b = 0; b < s->batch; b++) {
       const float *x = inp + (b * s->in_c + o / mult) * in_plane;
       float *dx = dinp ? dinp + (b * s->in_c + o / mult) * in_plane : NULL;
       const float *dy = dout + (b * s->out_c + o) * out_plane;
       for (size_t oy = 0; oy < s->out_h; oy++) {
-        for (size_t ox = 0; ox < s->out_w; ox++) {
-          float g = dy[oy * s->out_w + ox];
-          for (size_t ky = 0; ky < s->kernel_h; ky++) {
-            long iy = (long)(oy * s->stride_h + ky) - (long)s->pad_top;
-            if (iy < 0 || iy >= (long)s->in_h) continue;
-            for (size_t kx = 0; kx < s->kernel_w; kx++) {
-              long ix = (long)(ox * s->stride_w + kx) - (long)s->pad_left;
-              if (ix < 0 || ix >= (long)s->in_w) continue;
-              size_t at = (size_t)iy * s->in_w + (size_t)ix;
-              if (dx) dx[at] += g * w[ky * s->kernel_w + kx];
-              dw[ky * s->kernel_w + kx] += (double)g * x[at];
-            }
+        const float *dyrow = dy + oy * s->out_w;
+        for (size_t ky = 0; ky < kh; ky++) {
+          size_t iy = oy * s->stride_h + ky;
+          if (iy < s->pad_top || iy - s->pad_top >= s->in_h) continue;
+          size_t row = (iy - s->pad_top) * s->in_w;
+          /* kx from the last: an input pixel takes the terms of one output
+           * row in the order of its outputs, whose kx falls as ox rises. */
+          for (size_t kx = kw; kx-- > 0;) {
+            ptrdiff_t shift = (ptrdiff_t)kx - (ptrdiff_t)s->pad_left;
+            if (dx)
+              scatter_scaled_run(dx + row, shift, dyrow, w[ky * kw + kx], lo[kx], hi[kx],
+                                 s->stride_w);
+            if (dweight)
+              dw[ky * kw + kx] += dot_run(dyrow, x + row, shift, lo[kx], hi[kx], s->stride_w);
           }
         }
       }
     }
     if (dweight) {
-      for (size_t k = 0; k < kk; k++) dweight[o * kk + k] += (float)dw[k];
+      for (size_t k = 0; k < kh * kw; k++) dweight[o * kh * kw + k] += (float)dw[k];
     }
   }
 }
