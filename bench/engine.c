@@ -734,7 +734,9 @@ static int run_reference(const bench_options *o, bench_result *r, char *why, siz
   }
   int rc = pclose(pipe);
   if (rc != 0) {
-    snprintf(why, why_size, "the reference failed (exit status %d; is python3-torch installed?)",
+    snprintf(why, why_size,
+             "the reference failed (exit status %d, its error above; it needs Debian's "
+             "python3-torch, and python3-torchvision for the CNNs)",
              WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
     return -1;
   }
