@@ -1,39 +1,14 @@
 /*
  * qt_cpu_batchnorm.c - batch norm over the channels of NCHW images
  * (torch.nn.BatchNorm2d) on the CPU: train statistics with PyTorch's
- * running-statistics update, eval mode and frozen mode. See qt_finetune.h.
+ * running-statistics update, eval mode and frozen mode. The channel sums
+ * are in double, over every image's plane, in QT_SUM_LANES parts
+ * (qt_cpu_sums.h). See qt_finetune.h.
  */
 #include <math.h>
 
 #include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
-
-/* The channel sums are in double, over every image's plane, in
- * QT_SUM_LANES parts (qt_cpu_sums.h). */
-
-/* The backward's sums over one plane: *dy_sum += dy, *dy_xhat_sum += dy
- * xhat, xhat = (x - m) r in float. */
-static void plane_gradient_sums(const float *x, const float *dy, size_t n, float m, float r,
-                                double *dy_sum, double *dy_xhat_sum) {
-  double part[QT_SUM_LANES] = {0.0}, part_xhat[QT_SUM_LANES] = {0.0};
-  size_t p = 0;
-  for (; p + QT_SUM_LANES <= n; p += QT_SUM_LANES)
-    for (int l = 0; l < QT_SUM_LANES; l++) {
-      part[l] += dy[p + l];
-      part_xhat[l] += (double)dy[p + l] * ((x[p + l] - m) * r);
-    }
-  double sum = 0.0, sum_xhat = 0.0;
-  for (int l = 0; l < QT_SUM_LANES; l++) {
-    sum += part[l];
-    sum_xhat += part_xhat[l];
-  }
-  for (; p < n; p++) {
-    sum += dy[p];
-    sum_xhat += (double)dy[p] * ((x[p] - m) * r);
-  }
-  *dy_sum += sum;
-  *dy_xhat_sum += sum_xhat;
-}
 
 void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
                               float *running_var, const float *inp, const float *weight,
@@ -83,8 +58,8 @@ void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
     float m = mean[ch], r = rstd[ch], w = weight ? weight[ch] : 1.0f;
     double dy_sum = 0.0, dy_xhat_sum = 0.0;
     for (size_t b = 0; b < batch; b++)
-      plane_gradient_sums(inp + (b * c + ch) * hw, dout + (b * c + ch) * hw, hw, m, r, &dy_sum,
-                          &dy_xhat_sum);
+      qt__add_gradient_sums(inp + (b * c + ch) * hw, dout + (b * c + ch) * hw, NULL, hw, m, r,
+                            &dy_sum, &dy_xhat_sum);
     if (mode != QT_BATCHNORM_MODE_FROZEN) {
       if (dweight) dweight[ch] += (float)dy_xhat_sum;
       if (dbias) dbias[ch] += (float)dy_sum;

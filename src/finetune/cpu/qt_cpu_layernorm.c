@@ -8,33 +8,6 @@
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
-/* The backward's sums over one row: *g_sum = sum g, *g_xhat_sum =
- * sum g xhat, with g = w dy (w = 1 without weight) and xhat = (x - m) r in
- * float; in double, in QT_SUM_LANES parts (qt_cpu_sums.h). */
-static inline void row_gradient_sums(const float *x, const float *dy, const float *weight, size_t c,
-                                     float m, float r, double *g_sum, double *g_xhat_sum) {
-  double part[QT_SUM_LANES] = {0.0}, part_xhat[QT_SUM_LANES] = {0.0};
-  size_t j = 0;
-  for (; j + QT_SUM_LANES <= c; j += QT_SUM_LANES)
-    for (int l = 0; l < QT_SUM_LANES; l++) {
-      float g = (weight ? weight[j + l] : 1.0f) * dy[j + l];
-      part[l] += g;
-      part_xhat[l] += (double)g * ((x[j + l] - m) * r);
-    }
-  double sum = 0.0, sum_xhat = 0.0;
-  for (int l = 0; l < QT_SUM_LANES; l++) {
-    sum += part[l];
-    sum_xhat += part_xhat[l];
-  }
-  for (; j < c; j++) {
-    float g = (weight ? weight[j] : 1.0f) * dy[j];
-    sum += g;
-    sum_xhat += (double)g * ((x[j] - m) * r);
-  }
-  *g_sum = sum;
-  *g_xhat_sum = sum_xhat;
-}
-
 QT_VECTOR_CLONES void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd,
                                                const float *inp, const float *weight,
                                                const float *bias, size_t n, size_t c, float eps) {
@@ -66,8 +39,8 @@ QT_VECTOR_CLONES void qt_cpu_layernorm_backward(float *dinp, float *dweight, flo
     float m = mean[i], r = rstd[i];
     /* With xhat = (x - mean) * rstd and g = weight * dy:
      * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). */
-    double g_sum, g_xhat_sum;
-    row_gradient_sums(x, dy, weight, c, m, r, &g_sum, &g_xhat_sum);
+    double g_sum = 0.0, g_xhat_sum = 0.0;
+    qt__add_gradient_sums(x, dy, weight, c, m, r, &g_sum, &g_xhat_sum);
     float g_mean = (float)(g_sum / (double)c);
     float g_xhat_mean = (float)(g_xhat_sum / (double)c);
     /* One loop a gradient, so that each is a vector loop. */

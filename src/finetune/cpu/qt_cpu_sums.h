@@ -1,6 +1,6 @@
 /*
- * qt_cpu_sums.h - the CPU ops' reductions over a row or a plane (batch
- * norm's channel sums, layer norm's row sums, the softmax's row maximum,
+ * qt_cpu_sums.h - the CPU ops' reductions over a row or a plane (the batch
+ * and layer norms' sums, forward and backward, the softmax's row maximum,
  * sum and dot product, the linear's bias gradient), written for the
  * vectorizer.
  *
@@ -74,6 +74,34 @@ static inline float qt__max(const float *x, size_t n) {
   for (int l = 1; l < QT_SUM_LANES; l++) max = part[l] > max ? part[l] : max;
   for (; i < n; i++) max = x[i] > max ? x[i] : max;
   return max;
+}
+
+/* The norms' backward sums over a row or plane x[0, n) with its output
+ * gradient dy: *g_sum += the sum of g and *g_xhat_sum += the sum of
+ * g xhat, with g = w dy (w[i], or 1 where w is NULL) and xhat = (x - m) r
+ * in float. */
+static inline void qt__add_gradient_sums(const float *x, const float *dy, const float *w, size_t n,
+                                         float m, float r, double *g_sum, double *g_xhat_sum) {
+  double part[QT_SUM_LANES] = {0.0}, part_xhat[QT_SUM_LANES] = {0.0};
+  size_t i = 0;
+  for (; i + QT_SUM_LANES <= n; i += QT_SUM_LANES)
+    for (int l = 0; l < QT_SUM_LANES; l++) {
+      float g = (w ? w[i + l] : 1.0f) * dy[i + l];
+      part[l] += g;
+      part_xhat[l] += (double)g * ((x[i + l] - m) * r);
+    }
+  double sum = 0.0, sum_xhat = 0.0;
+  for (int l = 0; l < QT_SUM_LANES; l++) {
+    sum += part[l];
+    sum_xhat += part_xhat[l];
+  }
+  for (; i < n; i++) {
+    float g = (w ? w[i] : 1.0f) * dy[i];
+    sum += g;
+    sum_xhat += (double)g * ((x[i] - m) * r);
+  }
+  *g_sum += sum;
+  *g_xhat_sum += sum_xhat;
 }
 
 /* Sums down the columns of row-major (n, c) arrays: out[j] += the sum over
