@@ -476,7 +476,12 @@ int qt_model_inspect_open(const qt_safetensors_t *st, qt_model_family family,
  * arrays, in the style of llm.c: plain loops, matrix products by OpenBLAS
  * (cblas_sgemm), no allocation (scratch space is passed in). One op per file
  * in cpu/ (qt_cpu_<op>.c); a CUDA version of each will be checked against
- * these.
+ * these. The ops split their work over OpenBLAS's thread count
+ * (openblas_set_num_threads, OPENBLAS_NUM_THREADS) on worker threads of
+ * their own (cpu/qt_cpu_parallel.h), each product into blocks of one
+ * OpenBLAS call on one thread: their results, bit for bit, do not depend on
+ * the thread count. A worker holds the scratch an op needs for its share
+ * (the attention backward: tokens * tokens floats), kept between calls.
  *
  * Conventions for every op below:
  *   - arrays are row-major and caller-owned; n is the number of rows (for a
@@ -1565,7 +1570,7 @@ int qt_conv2d_shape_init_same(qt_conv2d_shape *shape, size_t batch, size_t in_c,
 size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *shape);
 /* out (batch, out_c, out_h, out_w) = conv(inp (batch, in_c, in_h, in_w),
  * weight) + bias (out_c, may be NULL). Dense and grouped convolutions go
- * through im2col and cblas_sgemm; one input channel per group (depthwise,
+ * through im2col and matrix products; one input channel per group (depthwise,
  * any multiplier) runs as direct loops. scratch holds
  * qt_cpu_conv2d_scratch_size floats (may be NULL when that is 0). */
 void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,

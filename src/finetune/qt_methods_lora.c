@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/qt_finetune.h"
 
 double qt_lora_scale(double alpha, long rank) {
@@ -37,19 +38,19 @@ void qt_lora_merge(float *w, const float *w0, const float *a, const float *b, si
   QT_ASSERT(out <= INT_MAX && in <= INT_MAX && rank <= INT_MAX);
   memcpy(w, w0, out * in * sizeof *w);
   /* W (out, in) += scale B (out, rank) A (rank, in). */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)in, (int)rank,
-              (float)scale, b, (int)rank, a, (int)in, 1.0f, w, (int)in);
+  qt__cpu_sgemm(CblasNoTrans, CblasNoTrans, (int)out, (int)in, (int)rank, (float)scale, b,
+                (int)rank, a, (int)in, 1.0f, w, (int)in);
 }
 
 void qt_lora_gradients(const float *dw, const float *a, const float *b, size_t out, size_t in,
                        size_t rank, double scale, float *ga, float *gb) {
   QT_ASSERT(out <= INT_MAX && in <= INT_MAX && rank <= INT_MAX);
   /* dL/dA = scale B^T dW: (rank, in). */
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rank, (int)in, (int)out,
-              (float)scale, b, (int)rank, dw, (int)in, 0.0f, ga, (int)in);
+  qt__cpu_sgemm(CblasTrans, CblasNoTrans, (int)rank, (int)in, (int)out, (float)scale, b, (int)rank,
+                dw, (int)in, 0.0f, ga, (int)in);
   /* dL/dB = scale dW A^T: (out, rank). */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)out, (int)rank, (int)in,
-              (float)scale, dw, (int)in, a, (int)in, 0.0f, gb, (int)rank);
+  qt__cpu_sgemm(CblasNoTrans, CblasTrans, (int)out, (int)rank, (int)in, (float)scale, dw, (int)in,
+                a, (int)in, 0.0f, gb, (int)rank);
 }
 
 /* ------------------------------------------------------------------------- */

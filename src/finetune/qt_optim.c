@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/qt_finetune.h"
 #include "finetune/qt_finetune_internal.h"
 
@@ -128,6 +129,34 @@ int qt__optim_adam_prepare(const char *who, const qt_optim_params *p, double lr,
   return qt__adamw_prepare(who, params, grads, m, v, n, &hp, step, out, err);
 }
 
+/* Adam and AdamW over ranges of a tensor, on the worker threads
+ * (qt_cpu_parallel.h). */
+typedef struct adam_job {
+  float *params, *m, *v;
+  const float *grads;
+  qt__adamw_coefficients c;
+  float coupled;
+} adam_job;
+
+static void adam_range(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const adam_job *A = job;
+  float *params = A->params, *m = A->m, *v = A->v;
+  const float *grads = A->grads;
+  qt__adamw_coefficients c = A->c;
+  float coupled = A->coupled;
+  for (size_t i = begin; i < end; i++) {
+    float x = params[i];
+    float g = grads[i] + coupled * x;
+    float m_new = c.beta1 * m[i] + c.one_minus_beta1 * g;
+    float v_new = c.beta2 * v[i] + c.one_minus_beta2 * (g * g);
+    m[i] = m_new;
+    v[i] = v_new;
+    float denom = sqrtf(v_new) / c.bias_correction2_sqrt + c.eps;
+    params[i] = x - c.decay * x - c.step_size * (m_new / denom);
+  }
+}
+
 void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long step, float *params,
                           const float *grads, float *state1, float *state2, size_t n) {
   double wd = decay ? qt_optim_zero_decay(p) : 0.0;
@@ -159,16 +188,13 @@ void qt_optim_tensor_step(const qt_optim_params *p, double lr, int decay, long s
     int rc = qt__optim_adam_prepare("qt_optim_tensor_step", p, lr, wd, step, params, grads,
                                     state1, state2, n, &c, &coupled, NULL);
     QT_ASSERT(rc == 0); /* the run checked the parameters */
-    for (size_t i = 0; i < n; i++) {
-      float x = params[i];
-      float g = grads[i] + coupled * x;
-      float m_new = c.beta1 * state1[i] + c.one_minus_beta1 * g;
-      float v_new = c.beta2 * state2[i] + c.one_minus_beta2 * (g * g);
-      state1[i] = m_new;
-      state2[i] = v_new;
-      float denom = sqrtf(v_new) / c.bias_correction2_sqrt + c.eps;
-      params[i] = x - c.decay * x - c.step_size * (m_new / denom);
-    }
+    adam_job job = {.params = params,
+                    .m = state1,
+                    .v = state2,
+                    .grads = grads,
+                    .c = c,
+                    .coupled = coupled};
+    qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, adam_range, &job);
     return;
   }
   }

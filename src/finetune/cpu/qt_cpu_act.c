@@ -1,17 +1,30 @@
 /*
  * qt_cpu_act.c - the activations of the convolutional families on the CPU:
  * ReLU, ReLU6 (MobileNetV2) and SiLU (EfficientNet), forward and backward.
- * SiLU's e^-x is qt_vexpf (qt_cpu_vmath.h), which vectorizes. See
- * qt_finetune.h.
+ * SiLU's e^-x is qt_vexpf (qt_cpu_vmath.h), which vectorizes. Ranges of
+ * values go to the worker threads (qt_cpu_parallel.h). See qt_finetune.h.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
-void qt_cpu_relu_forward(float *out, const float *inp, size_t n) {
+/* An activation's loop over values, forward (out = f(inp)) or backward
+ * (dinp += f'(inp) dout), and its arrays. */
+typedef void (*forward_values)(float *out, const float *inp, size_t n);
+typedef void (*backward_values)(float *dinp, const float *dout, const float *inp, size_t n);
+
+typedef struct act_job {
+  forward_values forward;
+  backward_values backward;
+  float *out; /* forward: out; backward: dinp */
+  const float *dout, *inp;
+} act_job;
+
+static void relu_forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
@@ -30,21 +43,21 @@ static inline float pick(int pass, float a, float b) {
   return a;
 }
 
-void qt_cpu_relu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+static void relu_backward_values(float *dinp, const float *dout, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float d = dinp[i];
     dinp[i] = pick(inp[i] > 0.0f, d + dout[i], d);
   }
 }
 
-void qt_cpu_relu6_forward(float *out, const float *inp, size_t n) {
+static void relu6_forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     out[i] = x > 0.0f ? (x < 6.0f ? x : 6.0f) : 0.0f;
   }
 }
 
-void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+static void relu6_backward_values(float *dinp, const float *dout, const float *inp, size_t n) {
   /* PyTorch's hardtanh_backward: the gradient passes strictly inside. */
   for (size_t i = 0; i < n; i++) {
     float x = inp[i], d = dinp[i];
@@ -52,19 +65,67 @@ void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, siz
   }
 }
 
-QT_VECTOR_CLONES void qt_cpu_silu_forward(float *out, const float *inp, size_t n) {
+static QT_VECTOR_CLONES void silu_forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     out[i] = x / (1.0f + qt_vexpf(-x));
   }
 }
 
-QT_VECTOR_CLONES void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp,
-                                           size_t n) {
+static QT_VECTOR_CLONES void silu_backward_values(float *dinp, const float *dout, const float *inp,
+                                                  size_t n) {
   /* d/dx x s(x) = s(x) (1 + x (1 - s(x))). */
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float sig = 1.0f / (1.0f + qt_vexpf(-x));
     dinp[i] += dout[i] * sig * (1.0f + x * (1.0f - sig));
   }
+}
+
+/* The pieces: each runs its activation's loop over its range. */
+static void forward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const act_job *A = job;
+  A->forward(A->out + begin, A->inp + begin, end - begin);
+}
+
+static void backward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const act_job *A = job;
+  A->backward(A->out + begin, A->dout + begin, A->inp + begin, end - begin);
+}
+
+static void run_forward(forward_values fn, float *out, const float *inp, size_t n) {
+  act_job job = {.forward = fn, .out = out, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, forward_piece, &job);
+}
+
+static void run_backward(backward_values fn, float *dinp, const float *dout, const float *inp,
+                         size_t n) {
+  act_job job = {.backward = fn, .out = dinp, .dout = dout, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, backward_piece, &job);
+}
+
+void qt_cpu_relu_forward(float *out, const float *inp, size_t n) {
+  run_forward(relu_forward_values, out, inp, n);
+}
+
+void qt_cpu_relu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+  run_backward(relu_backward_values, dinp, dout, inp, n);
+}
+
+void qt_cpu_relu6_forward(float *out, const float *inp, size_t n) {
+  run_forward(relu6_forward_values, out, inp, n);
+}
+
+void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+  run_backward(relu6_backward_values, dinp, dout, inp, n);
+}
+
+void qt_cpu_silu_forward(float *out, const float *inp, size_t n) {
+  run_forward(silu_forward_values, out, inp, n);
+}
+
+void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+  run_backward(silu_backward_values, dinp, dout, inp, n);
 }

@@ -3,19 +3,43 @@
  * (torch.nn.BatchNorm2d) on the CPU: train statistics with PyTorch's
  * running-statistics update, eval mode and frozen mode. The channel sums
  * are in double, over every image's plane, in QT_SUM_LANES parts
- * (qt_cpu_sums.h). See qt_finetune.h.
+ * (qt_cpu_sums.h). Channels go to the worker threads (qt_cpu_parallel.h):
+ * each channel's sums, statistics and planes are its own. See
+ * qt_finetune.h.
  */
 #include <math.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
 
-void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
-                              float *running_var, const float *inp, const float *weight,
-                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
-                              float momentum, qt_batchnorm_mode mode) {
-  size_t count = batch * hw;
-  for (size_t ch = 0; ch < c; ch++) {
+typedef struct batchnorm_job {
+  float *out, *mean, *rstd, *running_mean, *running_var; /* forward */
+  float *dinp, *dweight, *dbias;                         /* backward */
+  const float *inp, *dout, *weight, *bias;               /* dout: backward only */
+  const float *saved_mean, *saved_rstd;                  /* backward: the forward's */
+  size_t batch, c, hw;
+  float eps, momentum;
+  qt_batchnorm_mode mode;
+} batchnorm_job;
+
+/* Channels per piece: as many as hold QT_CPU_VALUES_GRAIN values. */
+static size_t channel_grain(size_t batch, size_t hw) {
+  size_t per_channel = batch * hw;
+  return per_channel >= QT_CPU_VALUES_GRAIN || per_channel == 0 ? 1
+                                                                : QT_CPU_VALUES_GRAIN / per_channel;
+}
+
+static void forward_channels(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const batchnorm_job *J = job;
+  float *out = J->out, *mean = J->mean, *rstd = J->rstd;
+  float *running_mean = J->running_mean, *running_var = J->running_var;
+  const float *inp = J->inp, *weight = J->weight, *bias = J->bias;
+  size_t batch = J->batch, c = J->c, hw = J->hw, count = batch * hw;
+  float eps = J->eps, momentum = J->momentum;
+  qt_batchnorm_mode mode = J->mode;
+  for (size_t ch = begin; ch < end; ch++) {
     double m, var;
     if (mode == QT_BATCHNORM_MODE_TRAIN) {
       /* Two passes in double, as the layer norm: mean, then the biased
@@ -49,12 +73,36 @@ void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *runni
   }
 }
 
-void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
-                               const float *rstd, size_t batch, size_t c, size_t hw,
-                               qt_batchnorm_mode mode) {
-  size_t count = batch * hw;
-  for (size_t ch = 0; ch < c; ch++) {
+void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *inp, const float *weight,
+                              const float *bias, size_t batch, size_t c, size_t hw, float eps,
+                              float momentum, qt_batchnorm_mode mode) {
+  batchnorm_job job = {.out = out,
+                       .mean = mean,
+                       .rstd = rstd,
+                       .running_mean = running_mean,
+                       .running_var = running_var,
+                       .inp = inp,
+                       .weight = weight,
+                       .bias = bias,
+                       .batch = batch,
+                       .c = c,
+                       .hw = hw,
+                       .eps = eps,
+                       .momentum = momentum,
+                       .mode = mode};
+  qt__cpu_parallel_for(c, channel_grain(batch, hw), 0, 0, forward_channels, &job);
+}
+
+static void backward_channels(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const batchnorm_job *J = job;
+  float *dinp = J->dinp, *dweight = J->dweight, *dbias = J->dbias;
+  const float *dout = J->dout, *inp = J->inp, *weight = J->weight;
+  const float *mean = J->saved_mean, *rstd = J->saved_rstd;
+  size_t batch = J->batch, c = J->c, hw = J->hw, count = batch * hw;
+  qt_batchnorm_mode mode = J->mode;
+  for (size_t ch = begin; ch < end; ch++) {
     float m = mean[ch], r = rstd[ch], w = weight ? weight[ch] : 1.0f;
     double dy_sum = 0.0, dy_xhat_sum = 0.0;
     for (size_t b = 0; b < batch; b++)
@@ -89,4 +137,23 @@ void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
       }
     }
   }
+}
+
+void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t batch, size_t c, size_t hw,
+                               qt_batchnorm_mode mode) {
+  batchnorm_job job = {.dinp = dinp,
+                       .dweight = dweight,
+                       .dbias = dbias,
+                       .inp = inp,
+                       .dout = dout,
+                       .weight = weight,
+                       .saved_mean = mean,
+                       .saved_rstd = rstd,
+                       .batch = batch,
+                       .c = c,
+                       .hw = hw,
+                       .mode = mode};
+  qt__cpu_parallel_for(c, channel_grain(batch, hw), 0, 0, backward_channels, &job);
 }

@@ -1,13 +1,14 @@
 /*
  * qt_cpu_conv2d.c - 2-D convolution (torch.nn.Conv2d, with TensorFlow's
  * asymmetric 'same' padding as an option) on the CPU, forward and backward.
- * Dense and grouped convolutions lower to im2col + cblas_sgemm per group,
- * over one image or, where an image's output plane is narrow, several side
- * by side (images_per_product); pointwise ones (1x1, stride 1, no padding)
- * skip the im2col when one image is enough, since the image already is the
- * column matrix; convolutions with one input channel per group (depthwise)
- * run as direct loops, where a matrix product would have a single row. See
- * qt_finetune.h for shapes.
+ * Dense and grouped convolutions lower to im2col + a matrix product per
+ * group (qt__cpu_sgemm, on the worker threads), over one image or, where an
+ * image's output plane is narrow, several side by side
+ * (images_per_product); pointwise ones (1x1, stride 1, no padding) skip the
+ * im2col when one image is enough, since the image already is the column
+ * matrix; convolutions with one input channel per group (depthwise) run as
+ * direct loops, where a matrix product would have a single row, by
+ * channels on the worker threads. See qt_finetune.h for shapes.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
@@ -277,8 +279,19 @@ static inline double dot_run(const float *dy, const float *row, ptrdiff_t shift,
 /* Kernels up to 64 taps (8x8; timm's largest depthwise kernel is 7x7). */
 enum { MAX_TAPS = 64 };
 
-QT_VECTOR_CLONES static void depthwise_forward(float *out, const float *inp, const float *weight,
-                                               const float *bias, const qt_conv2d_shape *s) {
+/* A depthwise convolution's arrays, for its pieces. */
+typedef struct depthwise_job {
+  float *out, *dinp, *dweight;
+  const float *inp, *dout, *weight, *bias;
+  const qt_conv2d_shape *s;
+} depthwise_job;
+
+/* The output channels [o_begin, o_end) of every image. */
+QT_VECTOR_CLONES static void depthwise_forward(const depthwise_job *J, size_t o_begin,
+                                               size_t o_end) {
+  float *out = J->out;
+  const float *inp = J->inp, *weight = J->weight, *bias = J->bias;
+  const qt_conv2d_shape *s = J->s;
   size_t mult = s->out_c / s->in_c, kh = s->kernel_h, kw = s->kernel_w;
   size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
   QT_ASSERT(kh * kw <= MAX_TAPS);
@@ -286,7 +299,7 @@ QT_VECTOR_CLONES static void depthwise_forward(float *out, const float *inp, con
   for (size_t kx = 0; kx < kw; kx++)
     tap_range(kx, s->stride_w, s->pad_left, s->in_w, s->out_w, &lo[kx], &hi[kx]);
   for (size_t b = 0; b < s->batch; b++) {
-    for (size_t o = 0; o < s->out_c; o++) {
+    for (size_t o = o_begin; o < o_end; o++) {
       const float *x = inp + (b * s->in_c + o / mult) * in_plane;
       const float *w = weight + o * kh * kw;
       float *y = out + (b * s->out_c + o) * out_plane;
@@ -307,16 +320,20 @@ QT_VECTOR_CLONES static void depthwise_forward(float *out, const float *inp, con
   }
 }
 
-QT_VECTOR_CLONES static void depthwise_backward(float *dinp, float *dweight, const float *dout,
-                                                const float *inp, const float *weight,
-                                                const qt_conv2d_shape *s) {
+/* The input channels [c_begin, c_end): the output channels of each, in
+ * order, so that an input pixel takes its terms as over all of them. */
+QT_VECTOR_CLONES static void depthwise_backward(const depthwise_job *J, size_t c_begin,
+                                                size_t c_end) {
+  float *dinp = J->dinp, *dweight = J->dweight;
+  const float *dout = J->dout, *inp = J->inp, *weight = J->weight;
+  const qt_conv2d_shape *s = J->s;
   size_t mult = s->out_c / s->in_c, kh = s->kernel_h, kw = s->kernel_w;
   size_t in_plane = s->in_h * s->in_w, out_plane = s->out_h * s->out_w;
   QT_ASSERT(kh * kw <= MAX_TAPS);
   size_t lo[MAX_TAPS], hi[MAX_TAPS];
   for (size_t kx = 0; kx < kw; kx++)
     tap_range(kx, s->stride_w, s->pad_left, s->in_w, s->out_w, &lo[kx], &hi[kx]);
-  for (size_t o = 0; o < s->out_c; o++) {
+  for (size_t o = c_begin * mult; o < c_end * mult; o++) {
     const float *w = weight + o * kh * kw;
     /* Weight gradients collect batch * out_h * out_w terms: double. */
     double dw[MAX_TAPS] = {0.0};
@@ -349,6 +366,23 @@ QT_VECTOR_CLONES static void depthwise_backward(float *dinp, float *dweight, con
   }
 }
 
+static void depthwise_forward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  depthwise_forward(job, begin, end);
+}
+
+static void depthwise_backward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  depthwise_backward(job, begin, end);
+}
+
+/* Channels per piece of a depthwise convolution: as many as hold
+ * QT_CPU_VALUES_GRAIN output values. */
+static size_t depthwise_grain(const qt_conv2d_shape *s, size_t per_channel) {
+  size_t values = s->batch * s->out_h * s->out_w * per_channel;
+  return values >= QT_CPU_VALUES_GRAIN || values == 0 ? 1 : QT_CPU_VALUES_GRAIN / values;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Forward and backward                                                       */
 /* ------------------------------------------------------------------------- */
@@ -378,7 +412,8 @@ static void columns(float *col, const float *inp, size_t b0, size_t n, size_t g,
 void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
                            const float *bias, const qt_conv2d_shape *s) {
   if (is_depthwise(s)) {
-    depthwise_forward(out, inp, weight, bias, s);
+    depthwise_job job = {.out = out, .inp = inp, .weight = weight, .bias = bias, .s = s};
+    qt__cpu_parallel_for(s->out_c, depthwise_grain(s, 1), 0, 0, depthwise_forward_piece, &job);
     return;
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -405,16 +440,16 @@ void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const f
             for (size_t p = 0; p < p_count; p++) y[o * p_count + p] = v;
           }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)p_count, (int)kdim,
-                    1.0f, w, (int)kdim, col, (int)p_count, bias ? 1.0f : 0.0f, y, (int)p_count);
+        qt__cpu_sgemm(CblasNoTrans, CblasNoTrans, (int)og, (int)p_count, (int)kdim, 1.0f, w,
+                      (int)kdim, col, (int)p_count, bias ? 1.0f : 0.0f, y, (int)p_count);
         continue;
       }
       /* y (og, n P) = W_g (og, kdim) . col (kdim, n P), then each image's
        * planes (+ the bias) copied out of it */
       float *col = scratch, *y = scratch + kdim * images * p_count;
       columns(col, inp, b0, n, g, s);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)cols, (int)kdim, 1.0f, w,
-                  (int)kdim, col, (int)cols, 0.0f, y, (int)cols);
+      qt__cpu_sgemm(CblasNoTrans, CblasNoTrans, (int)og, (int)cols, (int)kdim, 1.0f, w, (int)kdim,
+                    col, (int)cols, 0.0f, y, (int)cols);
       for (size_t j = 0; j < n; j++) {
         for (size_t o = 0; o < og; o++) {
           float *dst = out + ((b0 + j) * s->out_c + g * og + o) * p_count;
@@ -436,7 +471,11 @@ void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
                             const qt_conv2d_shape *s) {
   if (dbias) add_bias_gradient(dbias, dout, s);
   if (is_depthwise(s)) {
-    if (dinp || dweight) depthwise_backward(dinp, dweight, dout, inp, weight, s);
+    depthwise_job job = {
+        .dinp = dinp, .dweight = dweight, .inp = inp, .dout = dout, .weight = weight, .s = s};
+    if (dinp || dweight)
+      qt__cpu_parallel_for(s->in_c, depthwise_grain(s, s->out_c / s->in_c), 0, 0,
+                           depthwise_backward_piece, &job);
     return;
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -468,20 +507,20 @@ void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
         else
           columns(col, inp, b0, n, g, s);
         /* dW_g (og, kdim) += dy (og, n P) . col^T (n P, kdim) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)kdim, (int)cols, 1.0f,
-                    dy, (int)cols, x, (int)cols, 1.0f, dweight + g * og * kdim, (int)kdim);
+        qt__cpu_sgemm(CblasNoTrans, CblasTrans, (int)og, (int)kdim, (int)cols, 1.0f, dy, (int)cols,
+                      x, (int)cols, 1.0f, dweight + g * og * kdim, (int)kdim);
       }
       if (!dinp) continue;
       /* dcol (kdim, n P) = W_g^T (kdim, og) . dy (og, n P), added into each
        * image's planes; one pointwise image takes it straight. */
       if (pointwise && images == 1) {
         float *dimg = dinp + (b0 * s->in_c + g * cg) * in_plane;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og, 1.0f,
-                    w, (int)kdim, dy, (int)p_count, 1.0f, dimg, (int)p_count);
+        qt__cpu_sgemm(CblasTrans, CblasNoTrans, (int)kdim, (int)p_count, (int)og, 1.0f, w,
+                      (int)kdim, dy, (int)p_count, 1.0f, dimg, (int)p_count);
         continue;
       }
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kdim, (int)cols, (int)og, 1.0f, w,
-                  (int)kdim, dy, (int)cols, 0.0f, col, (int)cols);
+      qt__cpu_sgemm(CblasTrans, CblasNoTrans, (int)kdim, (int)cols, (int)og, 1.0f, w, (int)kdim, dy,
+                    (int)cols, 0.0f, col, (int)cols);
       for (size_t j = 0; j < n; j++)
         col2im_add(dinp + ((b0 + j) * s->in_c + g * cg) * in_plane, col + j * p_count, cols, cg, s);
     }

@@ -4,14 +4,22 @@
  * CDF (1 + erf(x / sqrt 2)) / 2, here qt_vphif, which the compiler
  * vectorizes (qt_cpu_vmath.h: within 1.5e-7 of Phi, and accurate in the
  * lower tail, where 1 + erff(x / sqrt 2) is a difference of two numbers
- * near 1). See qt_finetune.h.
+ * near 1). Ranges of values on the worker threads (qt_cpu_parallel.h).
+ * See qt_finetune.h.
  */
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
 #define QT_INV_SQRT_2PI 0.39894228040143267794f /* 1 / sqrt(2 pi) */
 
-QT_VECTOR_CLONES void qt_cpu_gelu_forward(float *out, const float *inp, size_t n) {
+typedef struct gelu_job {
+  float *out;        /* forward: GELU(inp); backward: dinp */
+  const float *dout; /* backward only */
+  const float *inp;
+} gelu_job;
+
+static QT_VECTOR_CLONES void forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     out[i] = x * qt_vphif(x);
@@ -19,11 +27,33 @@ QT_VECTOR_CLONES void qt_cpu_gelu_forward(float *out, const float *inp, size_t n
 }
 
 /* d/dx x Phi(x) = Phi(x) + x phi(x), phi the standard normal density. */
-QT_VECTOR_CLONES void qt_cpu_gelu_backward(float *dinp, const float *dout, const float *inp,
-                                           size_t n) {
+static QT_VECTOR_CLONES void backward_values(float *dinp, const float *dout, const float *inp,
+                                             size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float pdf = QT_INV_SQRT_2PI * qt_vexpf(-0.5f * x * x);
     dinp[i] += dout[i] * (qt_vphif(x) + x * pdf);
   }
+}
+
+static void forward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  gelu_job *g = job;
+  forward_values(g->out + begin, g->inp + begin, end - begin);
+}
+
+static void backward_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  gelu_job *g = job;
+  backward_values(g->out + begin, g->dout + begin, g->inp + begin, end - begin);
+}
+
+void qt_cpu_gelu_forward(float *out, const float *inp, size_t n) {
+  gelu_job job = {.out = out, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, forward_piece, &job);
+}
+
+void qt_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+  gelu_job job = {.out = dinp, .dout = dout, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, backward_piece, &job);
 }

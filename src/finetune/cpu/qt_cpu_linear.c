@@ -1,12 +1,14 @@
 /*
  * qt_cpu_linear.c - the linear layer (torch.nn.Linear) on the CPU: matrix
- * products by OpenBLAS, bias loops by hand (the bias gradient's column
+ * products by OpenBLAS (qt__cpu_sgemm: in blocks on the worker threads),
+ * bias loops by hand (the bias gradient's column
  * sums in qt_cpu_sums.h). See qt_finetune.h for shapes.
  */
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
 
+#include "finetune/cpu/qt_cpu_parallel.h"
 #include "finetune/cpu/qt_cpu_sums.h"
 #include "finetune/qt_finetune.h"
 
@@ -23,8 +25,8 @@ void qt_cpu_linear_forward(float *out, const float *inp, const float *weight, co
     if (!bias) memset(out, 0, n * out_c * sizeof *out);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out_c, (int)in_c, 1.0f, inp,
-              (int)in_c, weight, (int)in_c, bias ? 1.0f : 0.0f, out, (int)out_c);
+  qt__cpu_sgemm(CblasNoTrans, CblasTrans, (int)n, (int)out_c, (int)in_c, 1.0f, inp, (int)in_c,
+                weight, (int)in_c, bias ? 1.0f : 0.0f, out, (int)out_c);
 }
 
 void qt_cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -34,13 +36,13 @@ void qt_cpu_linear_backward(float *dinp, float *dweight, float *dbias, const flo
   if (n == 0 || out_c == 0) return;
   if (dinp && in_c > 0) {
     /* dinp (n, in_c) += dout (n, out_c) . weight (out_c, in_c) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in_c, (int)out_c, 1.0f,
-                dout, (int)out_c, weight, (int)in_c, 1.0f, dinp, (int)in_c);
+    qt__cpu_sgemm(CblasNoTrans, CblasNoTrans, (int)n, (int)in_c, (int)out_c, 1.0f, dout, (int)out_c,
+                  weight, (int)in_c, 1.0f, dinp, (int)in_c);
   }
   if (dweight && in_c > 0) {
     /* dweight (out_c, in_c) += dout^T (out_c, n) . inp (n, in_c) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out_c, (int)in_c, (int)n, 1.0f, dout,
-                (int)out_c, inp, (int)in_c, 1.0f, dweight, (int)in_c);
+    qt__cpu_sgemm(CblasTrans, CblasNoTrans, (int)out_c, (int)in_c, (int)n, 1.0f, dout, (int)out_c,
+                  inp, (int)in_c, 1.0f, dweight, (int)in_c);
   }
   /* Column sums in double: a bias collects n terms (batch * tokens). */
   if (dbias) qt__add_column_sums(dbias, dout, NULL, n, out_c);
