@@ -39,7 +39,7 @@ sanitize-thread:
 	@$(MAKE) build BUILD=build-tsan \
 	  CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DQT_CUDA=OFF -DQT_SANITIZE_THREAD=ON"
 	@ctest --test-dir build-tsan --output-on-failure \
-	  -R '^test_(data|run_backend|emulated_attention|emulated_attention_exact|emulated_layernorm|emulated_colsum|emulated_optim)$$'
+	  -R '^test_(data|cpu_parallel|run_backend|emulated_attention|emulated_attention_exact|emulated_layernorm|emulated_colsum|emulated_optim)$$'
 
 demo: build
 	@tools/demo.sh $(BUILD)/qtune

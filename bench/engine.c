@@ -35,11 +35,13 @@
  * images are random normal values, the labels uniform. Speed does not
  * depend on the weights.
  *
- * Threads. The engine's only parallelism is OpenBLAS's (matrix products in
- * the linears, the patch embedding, the attention, and the im2col
- * convolutions of the CNNs); everything else (norms, activations, softmax,
- * residuals, depthwise convolutions, pooling, the optimizer) runs on the
- * calling thread. This program sets OpenBLAS's threads with
+ * Threads. The engine splits most of its ops over OpenBLAS's thread count,
+ * on worker threads of its own (src/finetune/cpu/qt_cpu_parallel.h): the
+ * products, in blocks of one single-threaded OpenBLAS call each, the norms,
+ * activations, attention, residuals, convolutions (im2col, col2im,
+ * depthwise loops, bias gradients) and the optimizer. Pooling, the patch
+ * extraction and tokens, squeeze-excitation and the loss still run on the
+ * calling thread. This program sets the count with
  * openblas_set_num_threads(T) and PyTorch's with torch.set_num_threads(T).
  *
  * Time is wall-clock seconds per timed step (images/s = batch / that), and

@@ -7,8 +7,9 @@
  * (images_per_product); pointwise ones (1x1, stride 1, no padding) skip the
  * im2col when one image is enough, since the image already is the column
  * matrix; convolutions with one input channel per group (depthwise) run as
- * direct loops, where a matrix product would have a single row, by
- * channels on the worker threads. See qt_finetune.h for shapes.
+ * direct loops, where a matrix product would have a single row. The
+ * im2col, col2im, depthwise loops and bias gradients split by channels on
+ * the worker threads. See qt_finetune.h for shapes.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -156,11 +157,24 @@ size_t qt_cpu_conv2d_scratch_size(const qt_conv2d_shape *s) {
 /* im2col / col2im                                                            */
 /* ------------------------------------------------------------------------- */
 
-/* col (cg * kh * kw, out_h * out_w; rows ld apart) from the cg channels of
- * one image that start at img (cg, in_h, in_w); positions in the padding
- * read 0. */
-static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_conv2d_shape *s) {
-  for (size_t ci = 0; ci < cg; ci++) {
+/* An im2col's or col2im's arrays, for its pieces: channels of one image. */
+typedef struct columns_job {
+  float *col;       /* im2col: written */
+  float *img;       /* col2im: added to */
+  const float *src; /* im2col: the image; col2im: the columns */
+  size_t ld;
+  const qt_conv2d_shape *s;
+} columns_job;
+
+/* The channels [c_begin, c_end): their rows of col. */
+static void im2col_channels(void *job, size_t c_begin, size_t c_end, void *scratch) {
+  (void)scratch;
+  const columns_job *J = job;
+  float *col = J->col;
+  const float *img = J->src;
+  size_t ld = J->ld;
+  const qt_conv2d_shape *s = J->s;
+  for (size_t ci = c_begin; ci < c_end; ci++) {
     const float *plane = img + ci * s->in_h * s->in_w;
     for (size_t ky = 0; ky < s->kernel_h; ky++) {
       for (size_t kx = 0; kx < s->kernel_w; kx++) {
@@ -184,11 +198,16 @@ static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_
   }
 }
 
-/* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col (rows
- * ld apart) at the positions they were read from. */
-static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
-                       const qt_conv2d_shape *s) {
-  for (size_t ci = 0; ci < cg; ci++) {
+/* The channels [c_begin, c_end): each its own plane, its terms in the
+ * order of one channel at a time. */
+static void col2im_channels(void *job, size_t c_begin, size_t c_end, void *scratch) {
+  (void)scratch;
+  const columns_job *J = job;
+  float *img = J->img;
+  const float *col = J->src;
+  size_t ld = J->ld;
+  const qt_conv2d_shape *s = J->s;
+  for (size_t ci = c_begin; ci < c_end; ci++) {
     float *plane = img + ci * s->in_h * s->in_w;
     for (size_t ky = 0; ky < s->kernel_h; ky++) {
       for (size_t kx = 0; kx < s->kernel_w; kx++) {
@@ -206,6 +225,29 @@ static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
       }
     }
   }
+}
+
+/* Channels per piece of an im2col or col2im: as many as hold
+ * QT_CPU_VALUES_GRAIN values of col. */
+static size_t columns_grain(const qt_conv2d_shape *s) {
+  size_t values = s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+  return values >= QT_CPU_VALUES_GRAIN ? 1 : QT_CPU_VALUES_GRAIN / values;
+}
+
+/* col (cg * kh * kw, out_h * out_w; rows ld apart) from the cg channels of
+ * one image that start at img (cg, in_h, in_w); positions in the padding
+ * read 0. Channels on the worker threads. */
+static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_conv2d_shape *s) {
+  columns_job job = {.col = col, .src = img, .ld = ld, .s = s};
+  qt__cpu_parallel_for(cg, columns_grain(s), 0, 0, im2col_channels, &job);
+}
+
+/* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col (rows
+ * ld apart) at the positions they were read from. */
+static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
+                       const qt_conv2d_shape *s) {
+  columns_job job = {.img = img, .src = col, .ld = ld, .s = s};
+  qt__cpu_parallel_for(cg, columns_grain(s), 0, 0, col2im_channels, &job);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -279,16 +321,16 @@ static inline double dot_run(const float *dy, const float *row, ptrdiff_t shift,
 /* Kernels up to 64 taps (8x8; timm's largest depthwise kernel is 7x7). */
 enum { MAX_TAPS = 64 };
 
-/* A depthwise convolution's arrays, for its pieces. */
-typedef struct depthwise_job {
-  float *out, *dinp, *dweight;
+/* A convolution's arrays, for the pieces of its direct loops (depthwise,
+ * bias gradient). */
+typedef struct conv_job {
+  float *out, *dinp, *dweight, *dbias;
   const float *inp, *dout, *weight, *bias;
   const qt_conv2d_shape *s;
-} depthwise_job;
+} conv_job;
 
 /* The output channels [o_begin, o_end) of every image. */
-QT_VECTOR_CLONES static void depthwise_forward(const depthwise_job *J, size_t o_begin,
-                                               size_t o_end) {
+QT_VECTOR_CLONES static void depthwise_forward(const conv_job *J, size_t o_begin, size_t o_end) {
   float *out = J->out;
   const float *inp = J->inp, *weight = J->weight, *bias = J->bias;
   const qt_conv2d_shape *s = J->s;
@@ -322,8 +364,7 @@ QT_VECTOR_CLONES static void depthwise_forward(const depthwise_job *J, size_t o_
 
 /* The input channels [c_begin, c_end): the output channels of each, in
  * order, so that an input pixel takes its terms as over all of them. */
-QT_VECTOR_CLONES static void depthwise_backward(const depthwise_job *J, size_t c_begin,
-                                                size_t c_end) {
+QT_VECTOR_CLONES static void depthwise_backward(const conv_job *J, size_t c_begin, size_t c_end) {
   float *dinp = J->dinp, *dweight = J->dweight;
   const float *dout = J->dout, *inp = J->inp, *weight = J->weight;
   const qt_conv2d_shape *s = J->s;
@@ -376,9 +417,9 @@ static void depthwise_backward_piece(void *job, size_t begin, size_t end, void *
   depthwise_backward(job, begin, end);
 }
 
-/* Channels per piece of a depthwise convolution: as many as hold
- * QT_CPU_VALUES_GRAIN output values. */
-static size_t depthwise_grain(const qt_conv2d_shape *s, size_t per_channel) {
+/* Channels per piece of a direct loop: as many as hold QT_CPU_VALUES_GRAIN
+ * output values (per_channel output planes a channel). */
+static size_t channel_grain(const qt_conv2d_shape *s, size_t per_channel) {
   size_t values = s->batch * s->out_h * s->out_w * per_channel;
   return values >= QT_CPU_VALUES_GRAIN || values == 0 ? 1 : QT_CPU_VALUES_GRAIN / values;
 }
@@ -387,9 +428,16 @@ static size_t depthwise_grain(const qt_conv2d_shape *s, size_t per_channel) {
 /* Forward and backward                                                       */
 /* ------------------------------------------------------------------------- */
 
-static void add_bias_gradient(float *dbias, const float *dout, const qt_conv2d_shape *s) {
+/* The output channels [o_begin, o_end) of dbias += the sums of dout's
+ * planes. */
+static void bias_gradient_channels(void *job, size_t o_begin, size_t o_end, void *scratch) {
+  (void)scratch;
+  const conv_job *J = job;
+  float *dbias = J->dbias;
+  const float *dout = J->dout;
+  const qt_conv2d_shape *s = J->s;
   size_t plane = s->out_h * s->out_w;
-  for (size_t o = 0; o < s->out_c; o++) {
+  for (size_t o = o_begin; o < o_end; o++) {
     double sum = 0.0;
     for (size_t b = 0; b < s->batch; b++) {
       const float *dy = dout + (b * s->out_c + o) * plane;
@@ -412,8 +460,8 @@ static void columns(float *col, const float *inp, size_t b0, size_t n, size_t g,
 void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const float *weight,
                            const float *bias, const qt_conv2d_shape *s) {
   if (is_depthwise(s)) {
-    depthwise_job job = {.out = out, .inp = inp, .weight = weight, .bias = bias, .s = s};
-    qt__cpu_parallel_for(s->out_c, depthwise_grain(s, 1), 0, 0, depthwise_forward_piece, &job);
+    conv_job job = {.out = out, .inp = inp, .weight = weight, .bias = bias, .s = s};
+    qt__cpu_parallel_for(s->out_c, channel_grain(s, 1), 0, 0, depthwise_forward_piece, &job);
     return;
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -469,12 +517,18 @@ void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const f
 void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *scratch,
                             const float *dout, const float *inp, const float *weight,
                             const qt_conv2d_shape *s) {
-  if (dbias) add_bias_gradient(dbias, dout, s);
+  conv_job job = {.dinp = dinp,
+                  .dweight = dweight,
+                  .dbias = dbias,
+                  .inp = inp,
+                  .dout = dout,
+                  .weight = weight,
+                  .s = s};
+  if (dbias)
+    qt__cpu_parallel_for(s->out_c, channel_grain(s, 1), 0, 0, bias_gradient_channels, &job);
   if (is_depthwise(s)) {
-    depthwise_job job = {
-        .dinp = dinp, .dweight = dweight, .inp = inp, .dout = dout, .weight = weight, .s = s};
     if (dinp || dweight)
-      qt__cpu_parallel_for(s->in_c, depthwise_grain(s, s->out_c / s->in_c), 0, 0,
+      qt__cpu_parallel_for(s->in_c, channel_grain(s, s->out_c / s->in_c), 0, 0,
                            depthwise_backward_piece, &job);
     return;
   }

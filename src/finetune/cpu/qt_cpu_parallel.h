@@ -69,9 +69,11 @@ void qt__cpu_parallel_for(size_t n, size_t grain, size_t scratch_bytes, unsigned
  * (QT_CPU_PARALLEL_BLAS, QT_CPU_PARALLEL_EXACT). How OpenBLAS sums a value
  * of C depends on the call's shape (a block of fewer than about a million
  * multiply-adds takes its small-matrix kernels, whose order differs), so
- * the blocks depend on the shape alone: at most QT_CPU_GEMM_BLOCKS of
- * them, multiples of 64 rows, whatever the thread count. */
+ * the blocks depend on the shape alone, whatever the thread count: at most
+ * QT_CPU_GEMM_BLOCKS of them, each a multiple of 64 rows and at least
+ * QT_CPU_GEMM_MIN_BLOCK (the last one shorter). */
 #define QT_CPU_GEMM_BLOCKS 32
+#define QT_CPU_GEMM_MIN_BLOCK 128
 void qt__cpu_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int m, int n, int k,
                    float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                    float *c, int ldc);
