@@ -6,9 +6,11 @@
  * the pool's lock until none is left, and the caller returns when the last
  * one has finished. A job is cut into a few pieces a thread, so that a
  * worker slow to wake leaves its pieces to the others instead of holding
- * the job up. The workers sleep on a condition variable between jobs (no
- * spinning: OpenBLAS's threads, which spin after each product, share the
- * processors with them).
+ * the job up. The workers sleep on a condition variable between jobs
+ * rather than spin: a spinning thread takes a processor from whatever else
+ * runs, the data threads that prepare the next batch among them (OpenBLAS's
+ * own threads spin so after each product they run, which is why the
+ * engine's products do not go to them, QT_CPU_PARALLEL_BLAS).
  */
 #include "finetune/cpu/qt_cpu_parallel.h"
 

@@ -31,8 +31,10 @@
 /* On x86-64 with GCC, a copy of a loop for AVX-512 and for AVX2, picked
  * when the program loads where the processor has them: 16 and 8 floats a
  * step instead of SSE2's 4, the same values (no FMA contraction in ISO
- * C). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * C). Not under ThreadSanitizer, which instruments the resolver that
+ * picks the copy; it runs while the program is being relocated, before
+ * the sanitizer's runtime is ready, and crashes it (make sanitize-thread). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define QT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define QT_VECTOR_CLONES
