@@ -23,13 +23,6 @@ typedef struct batchnorm_job {
   qt_batchnorm_mode mode;
 } batchnorm_job;
 
-/* Channels per piece: as many as hold QT_CPU_VALUES_GRAIN values. */
-static size_t channel_grain(size_t batch, size_t hw) {
-  size_t per_channel = batch * hw;
-  return per_channel >= QT_CPU_VALUES_GRAIN || per_channel == 0 ? 1
-                                                                : QT_CPU_VALUES_GRAIN / per_channel;
-}
-
 static void forward_channels(void *job, size_t begin, size_t end, void *scratch) {
   (void)scratch;
   const batchnorm_job *J = job;
@@ -91,7 +84,7 @@ void qt_cpu_batchnorm_forward(float *out, float *mean, float *rstd, float *runni
                        .eps = eps,
                        .momentum = momentum,
                        .mode = mode};
-  qt__cpu_parallel_for(c, channel_grain(batch, hw), 0, 0, forward_channels, &job);
+  qt__cpu_parallel_for(c, qt__cpu_items_grain(batch * hw), 0, 0, forward_channels, &job);
 }
 
 static void backward_channels(void *job, size_t begin, size_t end, void *scratch) {
@@ -155,5 +148,5 @@ void qt_cpu_batchnorm_backward(float *dinp, float *dweight, float *dbias, const 
                        .c = c,
                        .hw = hw,
                        .mode = mode};
-  qt__cpu_parallel_for(c, channel_grain(batch, hw), 0, 0, backward_channels, &job);
+  qt__cpu_parallel_for(c, qt__cpu_items_grain(batch * hw), 0, 0, backward_channels, &job);
 }

@@ -227,19 +227,13 @@ static void col2im_channels(void *job, size_t c_begin, size_t c_end, void *scrat
   }
 }
 
-/* Channels per piece of an im2col or col2im: as many as hold
- * QT_CPU_VALUES_GRAIN values of col. */
-static size_t columns_grain(const qt_conv2d_shape *s) {
-  size_t values = s->kernel_h * s->kernel_w * s->out_h * s->out_w;
-  return values >= QT_CPU_VALUES_GRAIN ? 1 : QT_CPU_VALUES_GRAIN / values;
-}
-
 /* col (cg * kh * kw, out_h * out_w; rows ld apart) from the cg channels of
  * one image that start at img (cg, in_h, in_w); positions in the padding
  * read 0. Channels on the worker threads. */
 static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_conv2d_shape *s) {
   columns_job job = {.col = col, .src = img, .ld = ld, .s = s};
-  qt__cpu_parallel_for(cg, columns_grain(s), 0, 0, im2col_channels, &job);
+  size_t per_channel = s->kernel_h * s->kernel_w * s->out_h * s->out_w; /* values of col */
+  qt__cpu_parallel_for(cg, qt__cpu_items_grain(per_channel), 0, 0, im2col_channels, &job);
 }
 
 /* The adjoint of im2col: img (cg, in_h, in_w) += the entries of col (rows
@@ -247,7 +241,8 @@ static void im2col(float *col, size_t ld, const float *img, size_t cg, const qt_
 static void col2im_add(float *img, const float *col, size_t ld, size_t cg,
                        const qt_conv2d_shape *s) {
   columns_job job = {.img = img, .src = col, .ld = ld, .s = s};
-  qt__cpu_parallel_for(cg, columns_grain(s), 0, 0, col2im_channels, &job);
+  size_t per_channel = s->kernel_h * s->kernel_w * s->out_h * s->out_w; /* values of col */
+  qt__cpu_parallel_for(cg, qt__cpu_items_grain(per_channel), 0, 0, col2im_channels, &job);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -417,13 +412,6 @@ static void depthwise_backward_piece(void *job, size_t begin, size_t end, void *
   depthwise_backward(job, begin, end);
 }
 
-/* Channels per piece of a direct loop: as many as hold QT_CPU_VALUES_GRAIN
- * output values (per_channel output planes a channel). */
-static size_t channel_grain(const qt_conv2d_shape *s, size_t per_channel) {
-  size_t values = s->batch * s->out_h * s->out_w * per_channel;
-  return values >= QT_CPU_VALUES_GRAIN || values == 0 ? 1 : QT_CPU_VALUES_GRAIN / values;
-}
-
 /* ------------------------------------------------------------------------- */
 /* Forward and backward                                                       */
 /* ------------------------------------------------------------------------- */
@@ -461,7 +449,9 @@ void qt_cpu_conv2d_forward(float *out, float *scratch, const float *inp, const f
                            const float *bias, const qt_conv2d_shape *s) {
   if (is_depthwise(s)) {
     conv_job job = {.out = out, .inp = inp, .weight = weight, .bias = bias, .s = s};
-    qt__cpu_parallel_for(s->out_c, channel_grain(s, 1), 0, 0, depthwise_forward_piece, &job);
+    size_t planes = s->batch * s->out_h * s->out_w; /* output values a channel */
+    qt__cpu_parallel_for(s->out_c, qt__cpu_items_grain(planes), 0, 0, depthwise_forward_piece,
+                         &job);
     return;
   }
   size_t cg = s->in_c / s->groups, og = s->out_c / s->groups;
@@ -524,11 +514,12 @@ void qt_cpu_conv2d_backward(float *dinp, float *dweight, float *dbias, float *sc
                   .dout = dout,
                   .weight = weight,
                   .s = s};
+  size_t planes = s->batch * s->out_h * s->out_w; /* output values a channel */
   if (dbias)
-    qt__cpu_parallel_for(s->out_c, channel_grain(s, 1), 0, 0, bias_gradient_channels, &job);
+    qt__cpu_parallel_for(s->out_c, qt__cpu_items_grain(planes), 0, 0, bias_gradient_channels, &job);
   if (is_depthwise(s)) {
     if (dinp || dweight)
-      qt__cpu_parallel_for(s->in_c, channel_grain(s, s->out_c / s->in_c), 0, 0,
+      qt__cpu_parallel_for(s->in_c, qt__cpu_items_grain(planes * (s->out_c / s->in_c)), 0, 0,
                            depthwise_backward_piece, &job);
     return;
   }

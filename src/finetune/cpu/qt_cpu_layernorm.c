@@ -60,7 +60,7 @@ void qt_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float 
                        .bias = bias,
                        .c = c,
                        .eps = eps};
-  qt__cpu_parallel_for(n, qt__cpu_row_grain(c), 0, 0, forward_piece, &job);
+  qt__cpu_parallel_for(n, qt__cpu_items_grain(c), 0, 0, forward_piece, &job);
 }
 
 /* dinp's rows. With xhat = (x - mean) * rstd and g = weight * dy:
@@ -137,11 +137,10 @@ void qt_cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const 
                        .saved_rstd = rstd,
                        .c = c,
                        .n_rows = n};
-  if (dinp) qt__cpu_parallel_for(n, qt__cpu_row_grain(c), 0, 0, input_gradient_piece, &job);
+  if (dinp) qt__cpu_parallel_for(n, qt__cpu_items_grain(c), 0, 0, input_gradient_piece, &job);
   if (dweight || dbias) {
-    /* Blocks of columns, each of n rows: as many as hold the grain. */
-    size_t blocks =
-        n >= QT_CPU_VALUES_GRAIN / QT_COLUMN_BLOCK ? 1 : QT_CPU_VALUES_GRAIN / QT_COLUMN_BLOCK / n;
+    /* Blocks of columns, each of n rows. */
+    size_t blocks = qt__cpu_items_grain(n * QT_COLUMN_BLOCK);
     qt__cpu_parallel_for(c, blocks * QT_COLUMN_BLOCK, 0, 0, parameter_gradient_piece, &job);
   }
 }

@@ -32,9 +32,11 @@
  * as hold as many values. */
 #define QT_CPU_VALUES_GRAIN 16384
 
-/* Rows of c values per piece of a row-wise op. */
-static inline size_t qt__cpu_row_grain(size_t c) {
-  return c >= QT_CPU_VALUES_GRAIN ? 1 : QT_CPU_VALUES_GRAIN / c;
+/* Items (rows, channels, blocks of columns) per piece of an op whose items
+ * hold `values` values each: as many as hold QT_CPU_VALUES_GRAIN, at least
+ * one. */
+static inline size_t qt__cpu_items_grain(size_t values) {
+  return values >= QT_CPU_VALUES_GRAIN || values == 0 ? 1 : QT_CPU_VALUES_GRAIN / values;
 }
 
 /* One piece of a job: [begin, end) of its n items. scratch is NULL on the

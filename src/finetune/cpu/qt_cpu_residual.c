@@ -44,13 +44,13 @@ void qt_cpu_residual_forward(float *out, const float *res, const float *branch, 
                              size_t n, size_t c) {
   if (c == 0) return;
   residual_job job = {.out = out, .res = res, .branch = branch, .gamma = gamma, .c = c};
-  qt__cpu_parallel_for(n, qt__cpu_row_grain(c), 0, 0, forward_rows, &job);
+  qt__cpu_parallel_for(n, qt__cpu_items_grain(c), 0, 0, forward_rows, &job);
 }
 
 void qt_cpu_residual_backward(float *dres, float *dbranch, float *dgamma, const float *dout,
                               const float *branch, const float *gamma, size_t n, size_t c) {
   if (c == 0) return;
   residual_job job = {.dres = dres, .dbranch = dbranch, .dout = dout, .gamma = gamma, .c = c};
-  if (dres || dbranch) qt__cpu_parallel_for(n, qt__cpu_row_grain(c), 0, 0, backward_rows, &job);
+  if (dres || dbranch) qt__cpu_parallel_for(n, qt__cpu_items_grain(c), 0, 0, backward_rows, &job);
   if (dgamma) qt__add_column_sums(dgamma, dout, branch, n, c);
 }
