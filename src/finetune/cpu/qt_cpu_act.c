@@ -12,18 +12,6 @@
 #include "finetune/cpu/qt_cpu_vmath.h"
 #include "finetune/qt_finetune.h"
 
-/* An activation's loop over values, forward (out = f(inp)) or backward
- * (dinp += f'(inp) dout), and its arrays. */
-typedef void (*forward_values)(float *out, const float *inp, size_t n);
-typedef void (*backward_values)(float *dinp, const float *dout, const float *inp, size_t n);
-
-typedef struct act_job {
-  forward_values forward;
-  backward_values backward;
-  float *out; /* forward: out; backward: dinp */
-  const float *dout, *inp;
-} act_job;
-
 static void relu_forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
@@ -82,50 +70,26 @@ static QT_VECTOR_CLONES void silu_backward_values(float *dinp, const float *dout
   }
 }
 
-/* The pieces: each runs its activation's loop over its range. */
-static void forward_piece(void *job, size_t begin, size_t end, void *scratch) {
-  (void)scratch;
-  const act_job *A = job;
-  A->forward(A->out + begin, A->inp + begin, end - begin);
-}
-
-static void backward_piece(void *job, size_t begin, size_t end, void *scratch) {
-  (void)scratch;
-  const act_job *A = job;
-  A->backward(A->out + begin, A->dout + begin, A->inp + begin, end - begin);
-}
-
-static void run_forward(forward_values fn, float *out, const float *inp, size_t n) {
-  act_job job = {.forward = fn, .out = out, .inp = inp};
-  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, forward_piece, &job);
-}
-
-static void run_backward(backward_values fn, float *dinp, const float *dout, const float *inp,
-                         size_t n) {
-  act_job job = {.backward = fn, .out = dinp, .dout = dout, .inp = inp};
-  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, backward_piece, &job);
-}
-
 void qt_cpu_relu_forward(float *out, const float *inp, size_t n) {
-  run_forward(relu_forward_values, out, inp, n);
+  qt__cpu_parallel_values(relu_forward_values, out, inp, n);
 }
 
 void qt_cpu_relu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-  run_backward(relu_backward_values, dinp, dout, inp, n);
+  qt__cpu_parallel_gradients(relu_backward_values, dinp, dout, inp, n);
 }
 
 void qt_cpu_relu6_forward(float *out, const float *inp, size_t n) {
-  run_forward(relu6_forward_values, out, inp, n);
+  qt__cpu_parallel_values(relu6_forward_values, out, inp, n);
 }
 
 void qt_cpu_relu6_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-  run_backward(relu6_backward_values, dinp, dout, inp, n);
+  qt__cpu_parallel_gradients(relu6_backward_values, dinp, dout, inp, n);
 }
 
 void qt_cpu_silu_forward(float *out, const float *inp, size_t n) {
-  run_forward(silu_forward_values, out, inp, n);
+  qt__cpu_parallel_values(silu_forward_values, out, inp, n);
 }
 
 void qt_cpu_silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-  run_backward(silu_backward_values, dinp, dout, inp, n);
+  qt__cpu_parallel_gradients(silu_backward_values, dinp, dout, inp, n);
 }

@@ -13,12 +13,6 @@
 
 #define QT_INV_SQRT_2PI 0.39894228040143267794f /* 1 / sqrt(2 pi) */
 
-typedef struct gelu_job {
-  float *out;        /* forward: GELU(inp); backward: dinp */
-  const float *dout; /* backward only */
-  const float *inp;
-} gelu_job;
-
 static QT_VECTOR_CLONES void forward_values(float *out, const float *inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
@@ -36,24 +30,10 @@ static QT_VECTOR_CLONES void backward_values(float *dinp, const float *dout, con
   }
 }
 
-static void forward_piece(void *job, size_t begin, size_t end, void *scratch) {
-  (void)scratch;
-  gelu_job *g = job;
-  forward_values(g->out + begin, g->inp + begin, end - begin);
-}
-
-static void backward_piece(void *job, size_t begin, size_t end, void *scratch) {
-  (void)scratch;
-  gelu_job *g = job;
-  backward_values(g->out + begin, g->dout + begin, g->inp + begin, end - begin);
-}
-
 void qt_cpu_gelu_forward(float *out, const float *inp, size_t n) {
-  gelu_job job = {.out = out, .inp = inp};
-  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, forward_piece, &job);
+  qt__cpu_parallel_values(forward_values, out, inp, n);
 }
 
 void qt_cpu_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-  gelu_job job = {.out = dinp, .dout = dout, .inp = inp};
-  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, backward_piece, &job);
+  qt__cpu_parallel_gradients(backward_values, dinp, dout, inp, n);
 }

@@ -210,6 +210,40 @@ void qt__cpu_parallel_for(size_t n, size_t grain, size_t scratch_bytes, unsigned
 }
 
 /* ------------------------------------------------------------------------- */
+/* Element-wise ops                                                           */
+/* ------------------------------------------------------------------------- */
+
+typedef struct values_job {
+  qt__cpu_values_fn forward;
+  qt__cpu_gradients_fn backward;
+  float *out; /* forward: out; backward: dinp */
+  const float *dout, *inp;
+} values_job;
+
+static void values_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const values_job *V = job;
+  V->forward(V->out + begin, V->inp + begin, end - begin);
+}
+
+static void gradients_piece(void *job, size_t begin, size_t end, void *scratch) {
+  (void)scratch;
+  const values_job *V = job;
+  V->backward(V->out + begin, V->dout + begin, V->inp + begin, end - begin);
+}
+
+void qt__cpu_parallel_values(qt__cpu_values_fn fn, float *out, const float *inp, size_t n) {
+  values_job job = {.forward = fn, .out = out, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, values_piece, &job);
+}
+
+void qt__cpu_parallel_gradients(qt__cpu_gradients_fn fn, float *dinp, const float *dout,
+                                const float *inp, size_t n) {
+  values_job job = {.backward = fn, .out = dinp, .dout = dout, .inp = inp};
+  qt__cpu_parallel_for(n, QT_CPU_VALUES_GRAIN, 0, 0, gradients_piece, &job);
+}
+
+/* ------------------------------------------------------------------------- */
 /* Matrix products                                                            */
 /* ------------------------------------------------------------------------- */
 

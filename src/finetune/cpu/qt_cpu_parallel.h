@@ -80,6 +80,16 @@ void qt__cpu_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int m, int 
                    float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                    float *c, int ldc);
 
+/* An element-wise op's loop over n values: forward, out = f(inp); backward,
+ * dinp += f'(inp) dout. qt__cpu_parallel_values and _gradients run it
+ * over ranges of QT_CPU_VALUES_GRAIN values or more on the worker threads
+ * (out may be inp). */
+typedef void (*qt__cpu_values_fn)(float *out, const float *inp, size_t n);
+typedef void (*qt__cpu_gradients_fn)(float *dinp, const float *dout, const float *inp, size_t n);
+void qt__cpu_parallel_values(qt__cpu_values_fn fn, float *out, const float *inp, size_t n);
+void qt__cpu_parallel_gradients(qt__cpu_gradients_fn fn, float *dinp, const float *dout,
+                                const float *inp, size_t n);
+
 /* The thread count a job started now would use (1 when it would run on the
  * calling thread alone). */
 size_t qt__cpu_parallel_threads(void);
